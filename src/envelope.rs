@@ -1,0 +1,186 @@
+//! The envelope: what SMTP says about a message besides its content.
+//!
+//! Role: the owned, archivable types shared by the SMTP session (which builds them from
+//! peer commands), the spool (which stores them in message records) and later the outbound
+//! client (which replays them to a next hop). They are plain data: parsing and validation
+//! live in `smtp::`, durability in `spool::`.
+//!
+//! Exposure: every string here came from a network peer. They were syntax-checked by the
+//! session (RFC 5321 paths, RFC 3461 parameters) before they got here, but they are still
+//! untrusted: never interpret them as paths or shell words.
+//!
+//! Standards: RFC 5321 §4.1.2 (paths), RFC 1870 (SIZE), RFC 6152 / RFC 3030 (BODY),
+//! RFC 6531 (SMTPUTF8), RFC 3461 (DSN: RET, ENVID, NOTIFY, ORCPT).
+#![forbid(unsafe_code)]
+
+use std::fmt;
+use std::str::FromStr;
+
+use rkyv::{Archive, Deserialize, Serialize};
+
+/// A message's identity, unique across shards and restarts.
+///
+/// Layout: the high 56 bits are microseconds since the Unix epoch at allocation, made strictly
+/// increasing per shard; the low 8 bits are the shard that stored it. So ids sort by arrival,
+/// carry their shard (no lookup needed to find the segment directory) and need no
+/// coordination between cores. 2^56 µs is ≈ 2,283 years; 256 shards covers the 64-core goal.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[rkyv(derive(Debug, PartialEq, Eq, Hash))]
+pub struct QueueId(pub u64);
+
+impl QueueId {
+    pub const SHARD_BITS: u32 = 8;
+
+    pub fn new(micros: u64, shard: u8) -> Self {
+        QueueId((micros << Self::SHARD_BITS) | u64::from(shard))
+    }
+
+    pub fn shard(self) -> u8 {
+        (self.0 & 0xff) as u8
+    }
+
+    /// Microseconds since the Unix epoch at which the id was allocated.
+    pub fn micros(self) -> u64 {
+        self.0 >> Self::SHARD_BITS
+    }
+}
+
+impl fmt::Display for QueueId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:016X}", self.0)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("not a queue id (expected 16 hexadecimal digits): {0:?}")]
+pub struct BadQueueId(pub String);
+
+impl FromStr for QueueId {
+    type Err = BadQueueId;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if s.len() != 16 {
+            return Err(BadQueueId(s.to_string()));
+        }
+        u64::from_str_radix(s, 16)
+            .map(QueueId)
+            .map_err(|_| BadQueueId(s.to_string()))
+    }
+}
+
+/// BODY= of MAIL FROM (RFC 6152 8BITMIME, RFC 3030 BINARYMIME). Absent means 7BIT.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[rkyv(derive(Debug, PartialEq, Eq))]
+pub enum BodyType {
+    #[default]
+    SevenBit,
+    EightBitMime,
+    BinaryMime,
+}
+
+/// RET= of MAIL FROM (RFC 3461 §4.3): how much of the message a failure DSN returns.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+#[rkyv(derive(Debug, PartialEq, Eq))]
+pub enum DsnRet {
+    Full,
+    Headers,
+}
+
+/// NOTIFY= of RCPT TO (RFC 3461 §4.1) as a bit set. `NEVER` excludes the other three.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[rkyv(derive(Debug, PartialEq, Eq))]
+pub struct Notify(pub u8);
+
+impl Notify {
+    pub const NEVER: Notify = Notify(0b1000);
+    pub const SUCCESS: Notify = Notify(0b0001);
+    pub const FAILURE: Notify = Notify(0b0010);
+    pub const DELAY: Notify = Notify(0b0100);
+
+    pub fn contains(self, other: Notify) -> bool {
+        self.0 & other.0 == other.0
+    }
+
+    pub fn union(self, other: Notify) -> Notify {
+        Notify(self.0 | other.0)
+    }
+}
+
+/// MAIL FROM parameters the relay keeps (RFC 5321 §4.1.2 Mail-parameters).
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq, Default)]
+#[rkyv(derive(Debug))]
+pub struct MailParams {
+    /// SIZE= as declared by the client (RFC 1870); the stored body length is authoritative.
+    pub size: Option<u64>,
+    pub body: BodyType,
+    /// SMTPUTF8 was given (RFC 6531): addresses and headers may hold UTF-8.
+    pub smtputf8: bool,
+    pub ret: Option<DsnRet>,
+    /// ENVID= as xtext-decoded text (RFC 3461 §4.4).
+    pub envid: Option<String>,
+}
+
+/// One accepted RCPT TO.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub struct Recipient {
+    /// The forward-path mailbox without angle brackets or source route: `local@domain`,
+    /// or `postmaster` (RFC 5321 §4.5.1 requires accepting it without a domain).
+    pub address: String,
+    /// NOTIFY= (RFC 3461 §4.1); `None` when absent (the next hop's default applies).
+    pub notify: Option<Notify>,
+    /// ORCPT= as `addr-type;xtext-decoded-address` (RFC 3461 §4.2).
+    pub orcpt: Option<String>,
+}
+
+/// Sender, parameters and recipients of one transaction.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq, Default)]
+#[rkyv(derive(Debug))]
+pub struct Envelope {
+    /// The reverse-path mailbox without angle brackets; empty for the null sender `<>`.
+    pub reverse_path: String,
+    pub params: MailParams,
+    pub recipients: Vec<Recipient>,
+}
+
+/// How the message reached us, for the Received header, the log and later policy.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq, Default)]
+#[rkyv(derive(Debug))]
+pub struct Origin {
+    /// The client's IP address as text (`192.0.2.1`, `2001:db8::1`).
+    pub client_ip: String,
+    pub client_port: u16,
+    /// The HELO/EHLO argument as the client sent it.
+    pub helo: String,
+    /// RFC 3848 "with" keyword: SMTP, ESMTP, UTF8SMTP, UTF8ESMTP (ESMTPS/ESMTPA with TLS/AUTH).
+    pub protocol: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn queue_id_packs_time_and_shard() {
+        let id = QueueId::new(1_764_000_000_000_000, 7);
+        assert_eq!(id.shard(), 7);
+        assert_eq!(id.micros(), 1_764_000_000_000_000);
+        let text = id.to_string();
+        assert_eq!(text.len(), 16);
+        assert_eq!(text.parse::<QueueId>(), Ok(id));
+    }
+
+    #[test]
+    fn queue_id_rejects_malformed_text() {
+        for bad in ["", "12", "XYZ0000000000000", "00000000000000000"] {
+            assert_eq!(bad.parse::<QueueId>(), Err(BadQueueId(bad.to_string())));
+        }
+    }
+
+    #[test]
+    fn notify_never_is_exclusive_of_the_others() {
+        let all = Notify::SUCCESS.union(Notify::FAILURE).union(Notify::DELAY);
+        assert!(all.contains(Notify::FAILURE));
+        assert!(!all.contains(Notify::NEVER));
+        assert!(!Notify::NEVER.contains(Notify::SUCCESS));
+    }
+}

@@ -1,0 +1,18 @@
+//! `relay`: a high-throughput SMTP edge relay, thread-per-core on io_uring, with a durable
+//! append-only spool. See README.md for the architecture and DESIGN notes.
+//!
+//! Module map:
+//! - [`config`]: the typed TOML configuration, its defaults (each with its reason) and the
+//!   checks that relate limits to each other.
+//! - [`envelope`]: the envelope types shared by the SMTP session and the spool.
+//! - [`smtp`]: the sans-IO SMTP server (and later client) protocol core.
+//! - [`spool`]: the append-only, checksummed, group-committed message log.
+//! - [`runtime`]: pinned per-core threads, the io_uring probe and the engine choice.
+//! - [`net`]: listeners and connection tasks: the only code that moves bytes.
+
+pub mod config;
+pub mod envelope;
+pub mod net;
+pub mod runtime;
+pub mod smtp;
+pub mod spool;
