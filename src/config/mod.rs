@@ -1,1 +1,471 @@
-//! placeholder
+//! The typed configuration: one TOML file, grouped by owner (`[server] [smtp] [spool]
+//! [relay] [local]`; later `[pop3] [delivery] [tls] [policy]` with their features).
+//!
+//! Role: turn operator text into values the rest of the relay can trust. Every key has a
+//! default (see `defaults.rs`, where each cites its RFC or reason); unknown keys and bad
+//! values are errors naming the key and line, never silent defaults; limits that depend on
+//! each other are checked here, once, at load (`Config::validate`).
+//!
+//! Exposure: a local file written by the operator; never network input.
+
+mod defaults;
+pub mod units;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+pub use units::{ByteSize, Interval};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{origin}: {message}")]
+    Parse { origin: String, message: String },
+    #[error("{origin}: `{key}`: {message}")]
+    Invalid {
+        origin: String,
+        key: &'static str,
+        message: String,
+    },
+}
+
+/// Which kernel interface moves the bytes (DESIGN.md §1a).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum IoEngine {
+    /// io_uring when the probe succeeds, else epoll with one warning naming the cause.
+    #[default]
+    Auto,
+    /// io_uring or refuse to start.
+    Uring,
+    /// Force the epoll fallback (tokio current-thread runtimes).
+    Epoll,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub smtp: SmtpConfig,
+    pub spool: SpoolSection,
+    pub relay: RelayConfig,
+    pub local: LocalConfig,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// Our name in greetings and Received headers; the system hostname when absent.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hostname: Option<String>,
+    /// Shards (pinned threads); every available core when absent.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cores: Option<usize>,
+    pub io: IoEngine,
+    pub drain_timeout: Interval,
+    pub connections_per_core_max: usize,
+    pub connections_per_ip_max: usize,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            hostname: None,
+            cores: None,
+            io: IoEngine::Auto,
+            drain_timeout: defaults::DRAIN_TIMEOUT,
+            connections_per_core_max: defaults::CONNECTIONS_PER_CORE_MAX,
+            connections_per_ip_max: defaults::CONNECTIONS_PER_IP_MAX,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SmtpConfig {
+    pub listen: Vec<SocketAddr>,
+    pub command_line_max: usize,
+    pub text_line_max: usize,
+    pub recipients_max: usize,
+    pub message_size_max: ByteSize,
+    pub errors_max: u32,
+    pub command_timeout: Interval,
+    pub data_timeout: Interval,
+}
+
+impl Default for SmtpConfig {
+    fn default() -> Self {
+        SmtpConfig {
+            listen: defaults::smtp_listen(),
+            command_line_max: defaults::COMMAND_LINE_MAX,
+            text_line_max: defaults::TEXT_LINE_MAX,
+            recipients_max: defaults::RECIPIENTS_MAX,
+            message_size_max: defaults::MESSAGE_SIZE_MAX,
+            errors_max: defaults::ERRORS_MAX,
+            command_timeout: defaults::COMMAND_TIMEOUT,
+            data_timeout: defaults::DATA_TIMEOUT,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SpoolSection {
+    pub dir: PathBuf,
+    /// `false` is for benchmarks only: a 250 then no longer means the message is on disk.
+    pub fsync: bool,
+    pub commit_window: Interval,
+    pub segment_size: ByteSize,
+    pub appends_pending_max: usize,
+    pub commit_records_max: usize,
+}
+
+impl Default for SpoolSection {
+    fn default() -> Self {
+        SpoolSection {
+            dir: defaults::spool_dir(),
+            fsync: true,
+            commit_window: defaults::COMMIT_WINDOW,
+            segment_size: defaults::SEGMENT_SIZE,
+            appends_pending_max: defaults::APPENDS_PENDING_MAX,
+            commit_records_max: defaults::COMMIT_RECORDS_MAX,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RelayConfig {
+    /// Clients (CIDR) that may send to any domain; everyone else only to `local.domains`.
+    pub allowed_networks: Vec<ipnet::IpNet>,
+}
+
+impl Default for RelayConfig {
+    fn default() -> Self {
+        RelayConfig {
+            allowed_networks: defaults::relay_allowed_networks(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LocalConfig {
+    /// Domains whose mail ends here (lower-cased at load).
+    pub domains: Vec<String>,
+}
+
+impl Default for LocalConfig {
+    fn default() -> Self {
+        LocalConfig {
+            domains: defaults::local_domains(),
+        }
+    }
+}
+
+impl Config {
+    /// Read, parse and validate a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Config::parse(&text, &path.display().to_string())
+    }
+
+    /// Parse and validate config text; `origin` names it in errors (a path, "embedded").
+    pub fn parse(text: &str, origin: &str) -> Result<Config, ConfigError> {
+        let mut config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            origin: origin.to_string(),
+            message: e.to_string().trim_end().to_string(),
+        })?;
+        config.normalize();
+        config.validate(origin)?;
+        Ok(config)
+    }
+
+    /// The effective config as TOML, every key shown (for `relay check`).
+    pub fn to_toml(&self) -> String {
+        toml::to_string(self).unwrap_or_else(|e| format!("# cannot render config: {e}\n"))
+    }
+
+    fn normalize(&mut self) {
+        for domain in &mut self.local.domains {
+            *domain = domain.trim_end_matches('.').to_ascii_lowercase();
+        }
+    }
+
+    /// Our name: the configured one, else the system's.
+    pub fn hostname(&self) -> String {
+        match &self.server.hostname {
+            Some(name) => name.clone(),
+            None => gethostname::gethostname()
+                .into_string()
+                .ok()
+                .filter(|name| valid_domain(name))
+                .unwrap_or_else(|| "localhost".to_string()),
+        }
+    }
+
+    /// Shards to run: the configured count, else one per available core.
+    pub fn cores(&self) -> usize {
+        self.server.cores.unwrap_or_else(|| {
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1)
+                .min(MAX_SHARDS)
+        })
+    }
+
+    /// Checks each value and the relations between limits.
+    pub fn validate(&self, origin: &str) -> Result<(), ConfigError> {
+        let invalid = |key: &'static str, message: String| ConfigError::Invalid {
+            origin: origin.to_string(),
+            key,
+            message,
+        };
+        let s = &self.smtp;
+        if s.listen.is_empty() {
+            return Err(invalid("smtp.listen", "at least one address is needed".into()));
+        }
+        if !(defaults::COMMAND_LINE_MAX..=COMMAND_LINE_CEILING).contains(&s.command_line_max) {
+            return Err(invalid(
+                "smtp.command_line_max",
+                format!(
+                    "must be between {} (RFC 5321 §4.5.3.1.4) and {COMMAND_LINE_CEILING} (the read buffer)",
+                    defaults::COMMAND_LINE_MAX
+                ),
+            ));
+        }
+        if s.text_line_max < defaults::TEXT_LINE_MAX {
+            return Err(invalid(
+                "smtp.text_line_max",
+                format!("must be at least {} (RFC 5321 §4.5.3.1.6)", defaults::TEXT_LINE_MAX),
+            ));
+        }
+        if s.recipients_max == 0 {
+            return Err(invalid("smtp.recipients_max", "must be at least 1".into()));
+        }
+        if s.message_size_max.0 < ByteSize::KIB || s.message_size_max.0 > MESSAGE_SIZE_CEILING {
+            return Err(invalid(
+                "smtp.message_size_max",
+                format!(
+                    "must be between 1KiB and {} (the spool frame's 32-bit body length)",
+                    ByteSize(MESSAGE_SIZE_CEILING)
+                ),
+            ));
+        }
+        if s.errors_max == 0 {
+            return Err(invalid("smtp.errors_max", "must be at least 1".into()));
+        }
+        for (key, value) in [
+            ("smtp.command_timeout", s.command_timeout),
+            ("smtp.data_timeout", s.data_timeout),
+        ] {
+            if value.0.is_zero() {
+                return Err(invalid(key, "must be more than 0".into()));
+            }
+        }
+        let sp = &self.spool;
+        if sp.segment_size.0 < ByteSize::MIB {
+            return Err(invalid("spool.segment_size", "must be at least 1MiB".into()));
+        }
+        if sp.commit_window.0 > std::time::Duration::from_secs(1) {
+            return Err(invalid(
+                "spool.commit_window",
+                "must be at most 1s: every 250 after DATA waits up to this long".into(),
+            ));
+        }
+        if sp.appends_pending_max == 0 || sp.commit_records_max == 0 {
+            return Err(invalid(
+                "spool.appends_pending_max",
+                "appends_pending_max and commit_records_max must be at least 1".into(),
+            ));
+        }
+        if sp.dir.as_os_str().is_empty() {
+            return Err(invalid("spool.dir", "must not be empty".into()));
+        }
+        let sv = &self.server;
+        if let Some(cores) = sv.cores {
+            if !(1..=MAX_SHARDS).contains(&cores) {
+                return Err(invalid(
+                    "server.cores",
+                    format!("must be between 1 and {MAX_SHARDS} (queue ids carry an 8-bit shard)"),
+                ));
+            }
+        }
+        if let Some(name) = &sv.hostname {
+            if !valid_domain(name) {
+                return Err(invalid(
+                    "server.hostname",
+                    format!("`{name}` is not a valid host name (letters, digits, '-' and '.')"),
+                ));
+            }
+        }
+        if sv.connections_per_core_max == 0 || sv.connections_per_ip_max == 0 {
+            return Err(invalid(
+                "server.connections_per_core_max",
+                "connections_per_core_max and connections_per_ip_max must be at least 1".into(),
+            ));
+        }
+        if sv.drain_timeout.0 > std::time::Duration::from_secs(3600) {
+            return Err(invalid("server.drain_timeout", "must be at most 1h".into()));
+        }
+        for domain in &self.local.domains {
+            if !valid_domain(domain) {
+                return Err(invalid(
+                    "local.domains",
+                    format!("`{domain}` is not a valid domain"),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The queue id keeps 8 bits for the shard.
+pub const MAX_SHARDS: usize = 256;
+/// The connection's read buffer must hold a whole command line.
+pub const COMMAND_LINE_CEILING: usize = 16 * 1024;
+/// The spool frame stores the body length in 32 bits.
+pub const MESSAGE_SIZE_CEILING: u64 = (u32::MAX as u64) - 64 * ByteSize::KIB;
+
+/// RFC 1035 host name syntax (LDH labels), which is also what a greeting may carry safely.
+pub fn valid_domain(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 253
+        && name.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+                && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(text, "test.toml")
+    }
+
+    #[test]
+    fn empty_file_is_the_embedded_default() {
+        let config = parse("").expect("empty config is valid");
+        assert_eq!(config, Config::default());
+        assert_eq!(config.smtp.listen, defaults::smtp_listen());
+        assert_eq!(config.spool.dir, PathBuf::from("spool"));
+        assert_eq!(config.local.domains, vec!["localhost".to_string()]);
+        assert!(config.spool.fsync);
+    }
+
+    #[test]
+    fn values_carry_units() {
+        let config = parse(
+            "[smtp]\nmessage_size_max = \"10MiB\"\ncommand_timeout = \"30s\"\n\
+             [spool]\ncommit_window = \"2ms\"\nsegment_size = \"128MiB\"\n",
+        )
+        .expect("valid");
+        assert_eq!(config.smtp.message_size_max, ByteSize::mib(10));
+        assert_eq!(config.smtp.command_timeout, Interval::secs(30));
+        assert_eq!(
+            config.spool.commit_window,
+            Interval(std::time::Duration::from_millis(2))
+        );
+        assert_eq!(config.spool.segment_size, ByteSize::mib(128));
+    }
+
+    #[test]
+    fn unknown_key_names_key_and_line() {
+        let err = parse("[smtp]\nlisten = [\"127.0.0.1:25\"]\nrecipient_max = 5\n")
+            .expect_err("unknown key");
+        let text = err.to_string();
+        assert!(text.contains("recipient_max"), "{text}");
+        assert!(text.contains("line 3"), "{text}");
+    }
+
+    #[test]
+    fn unknown_section_is_an_error() {
+        let err = parse("[smpt]\nlisten = []\n").expect_err("unknown section");
+        assert!(err.to_string().contains("smpt"), "{err}");
+    }
+
+    #[test]
+    fn bad_unit_names_line() {
+        let err = parse("[spool]\n\nsegment_size = \"12 parsecs\"\n").expect_err("bad unit");
+        let text = err.to_string();
+        assert!(text.contains("line 3") && text.contains("parsecs"), "{text}");
+    }
+
+    #[test]
+    fn bad_types_are_errors() {
+        for text in [
+            "[smtp]\nrecipients_max = \"many\"\n",
+            "[server]\nio = \"kqueue\"\n",
+            "[relay]\nallowed_networks = [\"10.0.0.0/33\"]\n",
+            "[smtp]\nlisten = [\"localhost\"]\n",
+            "[smtp]\ncommand_timeout = 5\n",
+        ] {
+            assert!(matches!(parse(text), Err(ConfigError::Parse { .. })), "{text}");
+        }
+    }
+
+    #[test]
+    fn limit_relations_are_checked() {
+        let cases = [
+            ("[smtp]\ncommand_line_max = 100\n", "smtp.command_line_max"),
+            ("[smtp]\ntext_line_max = 80\n", "smtp.text_line_max"),
+            ("[smtp]\nrecipients_max = 0\n", "smtp.recipients_max"),
+            ("[smtp]\nmessage_size_max = \"8GiB\"\n", "smtp.message_size_max"),
+            ("[smtp]\nlisten = []\n", "smtp.listen"),
+            ("[spool]\nsegment_size = \"4KiB\"\n", "spool.segment_size"),
+            ("[spool]\ncommit_window = \"5s\"\n", "spool.commit_window"),
+            ("[server]\ncores = 0\n", "server.cores"),
+            ("[server]\ncores = 300\n", "server.cores"),
+            ("[server]\nhostname = \"bad host\"\n", "server.hostname"),
+            ("[local]\ndomains = [\"ex ample.test\"]\n", "local.domains"),
+            ("[smtp]\ncommand_timeout = \"0s\"\n", "smtp.command_timeout"),
+        ];
+        for (text, key) in cases {
+            match parse(text) {
+                Err(ConfigError::Invalid { key: got, .. }) => assert_eq!(got, key, "{text}"),
+                other => panic!("{text}: expected Invalid({key}), got {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn domains_are_normalized() {
+        let config = parse("[local]\ndomains = [\"Example.TEST.\"]\n").expect("valid");
+        assert_eq!(config.local.domains, vec!["example.test".to_string()]);
+    }
+
+    #[test]
+    fn effective_config_round_trips() {
+        let config = parse(
+            "[server]\ncores = 2\nio = \"epoll\"\nhostname = \"mx.example.test\"\n\
+             [smtp]\nlisten = [\"127.0.0.1:0\", \"[::1]:2525\"]\n",
+        )
+        .expect("valid");
+        let shown = config.to_toml();
+        let again = parse(&shown).expect("printed config parses");
+        assert_eq!(again, config);
+    }
+
+    #[test]
+    fn hostnames_are_checked() {
+        assert!(valid_domain("mx1.example.test"));
+        assert!(valid_domain("localhost"));
+        for bad in ["", "a..b", "-a.b", "a b", "a\r\nb", "é.test"] {
+            assert!(!valid_domain(bad), "{bad:?}");
+        }
+    }
+}

@@ -1,0 +1,69 @@
+//! Every default of the configuration, each next to the standard or the reason behind it.
+//! The embedded default config (`relay serve` with no file) is exactly these values.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use super::units::{ByteSize, Interval};
+
+/// Unprivileged port on loopback: a fresh install must not relay for the world or need root.
+pub fn smtp_listen() -> Vec<SocketAddr> {
+    vec![SocketAddr::from(([127, 0, 0, 1], 2525))]
+}
+
+/// RFC 5321 §4.5.3.1.4: a command line is at most 512 octets including CRLF.
+pub const COMMAND_LINE_MAX: usize = 512;
+/// RFC 5321 §4.5.3.1.6: a text line is at most 1000 octets including CRLF.
+pub const TEXT_LINE_MAX: usize = 1000;
+/// RFC 5321 §4.5.3.1.8: servers must accept at least 100 recipients per message.
+pub const RECIPIENTS_MAX: usize = 100;
+/// What the large mailbox providers accept; Postfix defaults to 10 MB, which is too small
+/// for today's attachments once Base64 adds its third.
+pub const MESSAGE_SIZE_MAX: ByteSize = ByteSize::mib(25);
+/// Postfix's `smtpd_hard_error_limit`: enough for a confused client, too few for a scanner.
+pub const ERRORS_MAX: u32 = 20;
+/// RFC 5321 §4.5.3.2.7: a server should wait at least 5 minutes for the next command.
+pub const COMMAND_TIMEOUT: Interval = Interval::secs(300);
+/// RFC 5321 §4.5.3.2: the client's data block timeout is 3 minutes; waiting 5 (Postfix's
+/// `smtpd_timeout`) tolerates slow links without holding dead connections for long.
+pub const DATA_TIMEOUT: Interval = Interval::secs(300);
+
+/// Long enough for a 25 MiB message on a slow link to finish after SIGTERM, short enough for
+/// systemd's default 90 s stop timeout.
+pub const DRAIN_TIMEOUT: Interval = Interval::secs(30);
+/// Each idle SMTP connection costs ≤ 32 KiB (TARGETS.md); 10,000 per core is ≈ 320 MiB at
+/// the worst, and within a default `nofile` hard limit of 524,288 on current systemd.
+pub const CONNECTIONS_PER_CORE_MAX: usize = 10_000;
+/// Postfix's `smtpd_client_connection_count_limit`: one client cannot take every slot.
+pub const CONNECTIONS_PER_IP_MAX: usize = 50;
+
+/// Relative to the working directory, so a first `relay serve` needs no setup.
+pub fn spool_dir() -> PathBuf {
+    PathBuf::from("spool")
+}
+/// 0: a lone message is synced at once; concurrent ones share the next fdatasync anyway
+/// (group commit), so a window only helps when sessions are few and the disk is slow.
+pub const COMMIT_WINDOW: Interval = Interval::secs(0);
+/// Big enough that rollover is rare (a few seconds at full speed), small enough that
+/// compaction can rewrite one quickly.
+pub const SEGMENT_SIZE: ByteSize = ByteSize::mib(64);
+/// A bounded hand-off queue per shard: when the disk falls behind, sessions get 452 4.3.1
+/// instead of the relay buffering without bound.
+pub const APPENDS_PENDING_MAX: usize = 4096;
+/// storage-measurements.md §3: 64–256 records per fdatasync reach the device's sequential
+/// write speed; more only adds latency.
+pub const COMMIT_RECORDS_MAX: usize = 256;
+
+/// Never an open relay: only the host itself may send to other domains until an operator
+/// names its networks.
+pub fn relay_allowed_networks() -> Vec<ipnet::IpNet> {
+    ["127.0.0.0/8", "::1/128"]
+        .iter()
+        .filter_map(|n| n.parse().ok())
+        .collect()
+}
+
+/// The embedded default accepts mail for the host itself only.
+pub fn local_domains() -> Vec<String> {
+    vec!["localhost".to_string()]
+}

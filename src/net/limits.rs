@@ -1,0 +1,172 @@
+//! Connection admission: a per-core slot count and a per-client-IP count shared by all
+//! cores (SO_REUSEPORT spreads one client's connections over every core, so a per-core count
+//! would let it take `cores ×` the limit).
+//!
+//! The shared table is touched only at connect and disconnect, never per command or per
+//! message; dashmap's sharded locks keep cores from contending on one mutex.
+
+use std::cell::Cell;
+use std::net::IpAddr;
+use std::rc::Rc;
+use std::sync::Arc;
+
+use dashmap::DashMap;
+
+/// Why a connection was turned away (answered 421 4.7.0 by the caller).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    CoreFull,
+    ClientFull,
+}
+
+/// Connections per client address across all shards.
+#[derive(Debug)]
+pub struct ClientTable {
+    max: usize,
+    counts: DashMap<IpAddr, usize>,
+}
+
+impl ClientTable {
+    pub fn new(max: usize) -> Arc<Self> {
+        Arc::new(ClientTable {
+            max,
+            counts: DashMap::new(),
+        })
+    }
+
+    fn acquire(self: &Arc<Self>, ip: IpAddr) -> Option<ClientSlot> {
+        let mut count = self.counts.entry(ip).or_insert(0);
+        if *count >= self.max {
+            return None;
+        }
+        *count += 1;
+        Some(ClientSlot {
+            table: Arc::clone(self),
+            ip,
+        })
+    }
+
+    fn release(&self, ip: IpAddr) {
+        // Remove at zero so the table holds only clients that are connected now.
+        self.counts.remove_if_mut(&ip, |_, count| {
+            *count = count.saturating_sub(1);
+            *count == 0
+        });
+    }
+
+    pub fn count(&self, ip: IpAddr) -> usize {
+        self.counts.get(&ip).map(|c| *c).unwrap_or(0)
+    }
+}
+
+struct ClientSlot {
+    table: Arc<ClientTable>,
+    ip: IpAddr,
+}
+
+impl Drop for ClientSlot {
+    fn drop(&mut self) {
+        self.table.release(self.ip);
+    }
+}
+
+/// One shard's admission state.
+pub struct Admission {
+    core_max: usize,
+    active: Rc<Cell<usize>>,
+    clients: Arc<ClientTable>,
+}
+
+/// Held for the life of an admitted connection; dropping it frees both slots.
+pub struct Permit {
+    active: Rc<Cell<usize>>,
+    _client: ClientSlot,
+}
+
+impl Drop for Permit {
+    fn drop(&mut self) {
+        self.active.set(self.active.get().saturating_sub(1));
+    }
+}
+
+impl Admission {
+    pub fn new(core_max: usize, clients: Arc<ClientTable>) -> Self {
+        Admission {
+            core_max,
+            active: Rc::new(Cell::new(0)),
+            clients,
+        }
+    }
+
+    pub fn admit(&self, ip: IpAddr) -> Result<Permit, Refusal> {
+        if self.active.get() >= self.core_max {
+            return Err(Refusal::CoreFull);
+        }
+        let client = self.clients.acquire(ip).ok_or(Refusal::ClientFull)?;
+        self.active.set(self.active.get() + 1);
+        Ok(Permit {
+            active: Rc::clone(&self.active),
+            _client: client,
+        })
+    }
+
+    /// Connections open on this shard now.
+    pub fn active(&self) -> usize {
+        self.active.get()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const A: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(192, 0, 2, 1));
+    const B: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(192, 0, 2, 2));
+
+    #[test]
+    fn per_client_limit_spans_shards() {
+        let clients = ClientTable::new(2);
+        let core0 = Admission::new(100, Arc::clone(&clients));
+        let core1 = Admission::new(100, Arc::clone(&clients));
+        let p1 = core0.admit(A).expect("first");
+        let _p2 = core1.admit(A).expect("second, other core");
+        assert_eq!(core0.admit(A).err(), Some(Refusal::ClientFull));
+        assert_eq!(core1.admit(A).err(), Some(Refusal::ClientFull));
+        assert!(core0.admit(B).is_ok(), "another client is not affected");
+        drop(p1);
+        assert!(core1.admit(A).is_ok(), "a freed slot is reusable");
+    }
+
+    #[test]
+    fn per_core_limit() {
+        let clients = ClientTable::new(100);
+        let core = Admission::new(2, clients);
+        let _a = core.admit(A).unwrap();
+        let b = core.admit(B).unwrap();
+        assert_eq!(core.admit(A).err(), Some(Refusal::CoreFull));
+        assert_eq!(core.active(), 2);
+        drop(b);
+        assert_eq!(core.active(), 1);
+        assert!(core.admit(A).is_ok());
+    }
+
+    #[test]
+    fn table_forgets_disconnected_clients() {
+        let clients = ClientTable::new(5);
+        let core = Admission::new(10, Arc::clone(&clients));
+        let permits: Vec<_> = (0..3).map(|_| core.admit(A).unwrap()).collect();
+        assert_eq!(clients.count(A), 3);
+        drop(permits);
+        assert_eq!(clients.count(A), 0);
+        assert!(clients.counts.is_empty());
+    }
+
+    #[test]
+    fn refused_core_admission_does_not_leak_a_client_slot() {
+        let clients = ClientTable::new(5);
+        let core = Admission::new(1, Arc::clone(&clients));
+        let _held = core.admit(A).unwrap();
+        assert_eq!(core.admit(B).err(), Some(Refusal::CoreFull));
+        assert_eq!(clients.count(B), 0);
+    }
+}

@@ -1,0 +1,106 @@
+//! Listening sockets: one per shard per configured address, sharing the port through
+//! SO_REUSEPORT so the kernel spreads connections across cores without a shared accept queue.
+//!
+//! All sockets are bound by the main thread before any shard starts, so a bad address fails
+//! the start with one clear line instead of a half-started server. Port 0 (tests) is resolved
+//! by the first bind and reused for the other shards' sockets.
+
+use std::io;
+use std::net::{SocketAddr, TcpListener};
+
+use socket2::{Domain, Protocol, Socket, Type};
+
+/// Kernel accept backlog; net.core.somaxconn caps it (see tuning/kernel).
+const BACKLOG: i32 = 4096;
+
+#[derive(Debug, thiserror::Error)]
+#[error("cannot listen on {addr}: {source}")]
+pub struct BindError {
+    pub addr: SocketAddr,
+    pub source: io::Error,
+}
+
+/// The sockets for one configured address: `sockets[i]` belongs to shard `i`.
+pub struct ListenerSet {
+    pub addr: SocketAddr,
+    pub sockets: Vec<TcpListener>,
+}
+
+/// Binds `shards` SO_REUSEPORT sockets on `addr`.
+pub fn bind_shared(addr: SocketAddr, shards: usize) -> Result<ListenerSet, BindError> {
+    let first = bind_one(addr).map_err(|source| BindError { addr, source })?;
+    let actual = first
+        .local_addr()
+        .map_err(|source| BindError { addr, source })?;
+    let mut sockets = vec![first];
+    for _ in 1..shards {
+        sockets.push(bind_one(actual).map_err(|source| BindError {
+            addr: actual,
+            source,
+        })?);
+    }
+    Ok(ListenerSet {
+        addr: actual,
+        sockets,
+    })
+}
+
+fn bind_one(addr: SocketAddr) -> io::Result<TcpListener> {
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    if addr.is_ipv6() {
+        // `[::]` should mean IPv6 only; a separate `0.0.0.0` entry covers IPv4.
+        socket.set_only_v6(true)?;
+    }
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(BACKLOG)?;
+    Ok(socket.into())
+}
+
+/// Makes a pending `accept` on this listening socket (possibly an io_uring operation that
+/// must not be dropped) complete with an error, so an accept loop can end without leaking
+/// an armed operation. Works through any duplicate of the socket.
+pub fn stop_accepting(socket: &TcpListener) {
+    let _ = socket2::SockRef::from(socket).shutdown(std::net::Shutdown::Read);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn port_zero_is_shared_by_every_shard() {
+        let set = bind_shared("127.0.0.1:0".parse().unwrap(), 3).expect("bind");
+        assert_ne!(set.addr.port(), 0);
+        assert_eq!(set.sockets.len(), 3);
+        for socket in &set.sockets {
+            assert_eq!(socket.local_addr().unwrap(), set.addr);
+        }
+    }
+
+    #[test]
+    fn a_taken_port_is_reported_with_its_address() {
+        let plain = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = plain.local_addr().unwrap();
+        let err = bind_shared(addr, 1).err().expect("port is taken without SO_REUSEPORT");
+        assert_eq!(err.addr, addr);
+        assert!(err.to_string().contains(&addr.to_string()));
+    }
+
+    #[test]
+    fn stop_accepting_wakes_a_blocked_accept() {
+        let set = bind_shared("127.0.0.1:0".parse().unwrap(), 1).expect("bind");
+        let listener = set.sockets.into_iter().next().unwrap();
+        listener.set_nonblocking(false).unwrap();
+        let clone = listener.try_clone().unwrap();
+        let waiter = std::thread::spawn(move || listener.accept().map(|_| ()));
+        // Either order proves the point: shut down before the accept starts, accept fails at
+        // once; after, the blocked accept wakes. The pause makes the second case the usual one.
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        stop_accepting(&clone);
+        let result = waiter.join().unwrap();
+        assert!(result.is_err(), "accept must fail once the socket is shut down");
+    }
+}
