@@ -74,18 +74,24 @@ impl Drop for ClientSlot {
 pub struct Admission {
     core_max: usize,
     active: Rc<Cell<usize>>,
+    idle: Rc<tokio::sync::Notify>,
     clients: Arc<ClientTable>,
 }
 
 /// Held for the life of an admitted connection; dropping it frees both slots.
 pub struct Permit {
     active: Rc<Cell<usize>>,
+    idle: Rc<tokio::sync::Notify>,
     _client: ClientSlot,
 }
 
 impl Drop for Permit {
     fn drop(&mut self) {
-        self.active.set(self.active.get().saturating_sub(1));
+        let left = self.active.get().saturating_sub(1);
+        self.active.set(left);
+        if left == 0 {
+            self.idle.notify_waiters();
+        }
     }
 }
 
@@ -94,6 +100,7 @@ impl Admission {
         Admission {
             core_max,
             active: Rc::new(Cell::new(0)),
+            idle: Rc::new(tokio::sync::Notify::new()),
             clients,
         }
     }
@@ -106,8 +113,21 @@ impl Admission {
         self.active.set(self.active.get() + 1);
         Ok(Permit {
             active: Rc::clone(&self.active),
+            idle: Rc::clone(&self.idle),
             _client: client,
         })
+    }
+
+    /// Resolves once no connection is open on this shard.
+    pub async fn idle(&self) {
+        loop {
+            // Registered before the check, so a release in between is not missed.
+            let released = self.idle.notified();
+            if self.active.get() == 0 {
+                return;
+            }
+            released.await;
+        }
     }
 
     /// Connections open on this shard now.

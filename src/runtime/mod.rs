@@ -1,3 +1,82 @@
-//! Pinned per-core shards, the io_uring probe and the engine choice.
+//! The runtime layer: pinned per-core shards, the io_uring probe and the engine choice,
+//! and the server's life from start to drained shutdown.
+//!
+//! Role: one thread per core, each pinned and running its own single-threaded runtime:
+//! tokio-uring (io_uring) or, as the fallback, tokio current-thread (epoll). Nothing is
+//! shared between shards on the hot path except bounded queues (DESIGN.md §1).
+//!
+//! Exposure: none to the network directly; reads /proc for the io_uring probe.
 
 pub mod probe;
+pub mod server;
+mod shard;
+
+use crate::config::IoEngine;
+pub use probe::UringUnavailable;
+
+/// Where a shard is in the server's life. Sent from the main thread to every shard.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    Running,
+    /// Stop accepting; idle connections get 421 and close; transactions may finish.
+    Draining,
+    /// The drain deadline passed: every connection closes now.
+    Stopping,
+}
+
+/// The kernel interface the shards use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Engine {
+    Uring,
+    Epoll,
+}
+
+impl std::fmt::Display for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Engine::Uring => "io_uring",
+            Engine::Epoll => "epoll",
+        })
+    }
+}
+
+/// Applies `server.io`: `auto` falls back to epoll with one warning naming the cause,
+/// `uring` refuses to start without io_uring, `epoll` forces the fallback.
+pub fn choose_engine(
+    wanted: IoEngine,
+    probe: impl FnOnce() -> Result<(), UringUnavailable>,
+) -> Result<Engine, UringUnavailable> {
+    match wanted {
+        IoEngine::Epoll => Ok(Engine::Epoll),
+        IoEngine::Uring => probe().map(|()| Engine::Uring),
+        IoEngine::Auto => match probe() {
+            Ok(()) => Ok(Engine::Uring),
+            Err(cause) => {
+                tracing::warn!("io_uring unavailable, using epoll: {cause}");
+                Ok(Engine::Epoll)
+            }
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn engine_choice_follows_the_config() {
+        let works = || Ok(());
+        let denied = || Err(UringUnavailable::Denied);
+        assert_eq!(choose_engine(IoEngine::Auto, works), Ok(Engine::Uring));
+        assert_eq!(choose_engine(IoEngine::Auto, denied), Ok(Engine::Epoll));
+        assert_eq!(choose_engine(IoEngine::Uring, works), Ok(Engine::Uring));
+        assert_eq!(
+            choose_engine(IoEngine::Uring, denied),
+            Err(UringUnavailable::Denied)
+        );
+        assert_eq!(
+            choose_engine(IoEngine::Epoll, || panic!("epoll must not probe")),
+            Ok(Engine::Epoll)
+        );
+    }
+}

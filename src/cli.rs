@@ -1,0 +1,153 @@
+//! Command line: `serve`, `check`, `spool ls`, `spool cat`.
+//!
+//! `anyhow` lives here only: library modules return typed errors, and this is the one
+//! place they become a line on stderr and an exit status.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+
+use relay::config::Config;
+use relay::envelope::QueueId;
+use relay::spool::inspect;
+
+#[derive(Parser)]
+#[command(name = "relay", version, about = "High-throughput SMTP edge relay")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the relay (on the embedded default config when no file is given).
+    Serve {
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+    /// Validate a config file and print the effective config (every key, defaults included).
+    Check {
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+    /// Inspect the spool (works while the server runs: it only reads).
+    Spool {
+        #[command(subcommand)]
+        command: SpoolCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum SpoolCommand {
+    /// List stored messages: queue id, arrival, sender, recipients, size.
+    Ls {
+        /// Spool directory (default: the config's `spool.dir`).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+    /// Print one stored message (Received header and content) as stored.
+    Cat {
+        id: String,
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Serve { config } => serve(config.as_deref()),
+        Command::Check { config } => check(config.as_deref()),
+        Command::Spool { command } => spool(command),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("relay: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn load(path: Option<&Path>) -> Result<Config> {
+    Ok(match path {
+        Some(path) => Config::load(path)?,
+        None => Config::parse("", "embedded default")?,
+    })
+}
+
+fn serve(path: Option<&Path>) -> Result<()> {
+    init_logging();
+    let config = load(path)?;
+    relay::runtime::server::run(config)?;
+    Ok(())
+}
+
+fn check(path: Option<&Path>) -> Result<()> {
+    let config = load(path)?;
+    let origin = path.map_or("embedded default".to_string(), |p| p.display().to_string());
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "# {origin}: valid; effective configuration:")?;
+    write!(out, "{}", config.to_toml())?;
+    Ok(())
+}
+
+fn spool(command: SpoolCommand) -> Result<()> {
+    match command {
+        SpoolCommand::Ls { dir, config } => {
+            let dir = spool_dir(dir, config.as_deref())?;
+            let messages = inspect::list(&dir)
+                .with_context(|| format!("cannot read spool {}", dir.display()))?;
+            let mut out = std::io::stdout().lock();
+            writeln!(out, "{:<16}  {:<20}  {:>9}  {:<30}  RECIPIENTS", "QUEUE ID", "ARRIVAL (UTC)", "SIZE", "SENDER")?;
+            for m in &messages {
+                let arrival = chrono::DateTime::from_timestamp_micros(m.arrival_unix_micros as i64)
+                    .map(|t| t.format("%Y-%m-%d %H:%M:%S").to_string())
+                    .unwrap_or_else(|| "?".into());
+                let sender = if m.sender.is_empty() { "<>" } else { m.sender.as_str() };
+                writeln!(
+                    out,
+                    "{:<16}  {:<20}  {:>9}  {:<30}  {}",
+                    m.id.to_string(),
+                    arrival,
+                    m.size,
+                    sender,
+                    m.recipients.join(", ")
+                )?;
+            }
+            writeln!(out, "-- {} message(s)", messages.len())?;
+        }
+        SpoolCommand::Cat { id, dir, config } => {
+            let dir = spool_dir(dir, config.as_deref())?;
+            let id: QueueId = id.parse()?;
+            let body = inspect::cat(&dir, id)
+                .with_context(|| format!("cannot read message {id} from {}", dir.display()))?;
+            std::io::stdout().lock().write_all(&body)?;
+        }
+    }
+    Ok(())
+}
+
+fn spool_dir(dir: Option<PathBuf>, config: Option<&Path>) -> Result<PathBuf> {
+    match dir {
+        Some(dir) => Ok(dir),
+        None => Ok(load(config)?.spool.dir),
+    }
+}
+
+fn init_logging() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_env("RELAY_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(true)
+        .init();
+}

@@ -1,0 +1,250 @@
+//! The server's life: probe, recover the spool, bind, start the shards, wait for a signal,
+//! drain, make the spool durable, exit.
+//!
+//! Shutdown contract (SIGTERM or SIGINT): stop accepting; idle connections get 421 and
+//! close; transactions in flight may finish within `server.drain_timeout`, after which every
+//! connection is closed; then the spool writers commit and sync what they hold, and the
+//! process exits 0. A second signal exits at once with status 1: nothing acknowledged can be
+//! lost by that, because a 250 was only ever sent after its fdatasync, and recovery truncates
+//! whatever partial frame the exit left.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crossbeam::channel::{self, RecvTimeoutError};
+use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::iterator::Signals;
+use tokio::sync::watch;
+
+use super::shard::{self, ShardEvent, ShardSeed};
+use super::{choose_engine, probe, Engine, Phase, UringUnavailable};
+use crate::config::Config;
+use crate::net::limits::{Admission, ClientTable};
+use crate::net::listener::{bind_shared, BindError};
+use crate::net::shard::ShardContext;
+use crate::smtp::SessionConfig;
+use crate::spool::{Spool, SpoolConfig, SpoolError};
+
+/// Why the server could not start or stop cleanly; each is one clear line for the operator.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("server.io = \"uring\" but {0}")]
+    UringRequired(UringUnavailable),
+    #[error("spool: {0}")]
+    Spool(#[from] SpoolError),
+    #[error(transparent)]
+    Bind(#[from] BindError),
+    #[error("cannot install signal handlers: {0}")]
+    Signals(std::io::Error),
+    #[error("cannot start shard threads: {0}")]
+    Thread(std::io::Error),
+    #[error("shard {0} failed to start: {1}")]
+    ShardStart(usize, String),
+    #[error("shard {0} stopped unexpectedly")]
+    ShardDied(usize),
+}
+
+/// The spool settings as the spool module takes them.
+pub fn spool_config(config: &Config) -> SpoolConfig {
+    SpoolConfig {
+        dir: config.spool.dir.clone(),
+        fsync: config.spool.fsync,
+        commit_window: config.spool.commit_window.0,
+        segment_size: config.spool.segment_size.0,
+        appends_pending_max: config.spool.appends_pending_max,
+        commit_records_max: config.spool.commit_records_max,
+    }
+}
+
+/// The SMTP session settings as the protocol core takes them.
+pub fn session_config(config: &Config, hostname: &str) -> SessionConfig {
+    SessionConfig {
+        hostname: hostname.to_string(),
+        command_line_max: config.smtp.command_line_max,
+        text_line_max: config.smtp.text_line_max,
+        recipients_max: config.smtp.recipients_max,
+        message_size_max: config.smtp.message_size_max.0,
+        errors_max: config.smtp.errors_max,
+        local_domains: config.local.domains.clone(),
+        relay_networks: config.relay.allowed_networks.clone(),
+    }
+}
+
+/// Runs the relay until a signal stops it.
+pub fn run(config: Config) -> Result<(), ServerError> {
+    let engine = choose_engine(config.server.io, probe::probe).map_err(ServerError::UringRequired)?;
+    let shards = config.cores();
+    let hostname = config.hostname();
+
+    // Signals are routed to us before anything starts, so an early SIGTERM is not lost.
+    let mut signals = Signals::new([SIGTERM, SIGINT]).map_err(ServerError::Signals)?;
+
+    let (spool, report) = Spool::open(spool_config(&config), shards)?;
+    tracing::info!("spool {}: {report}", config.spool.dir.display());
+    if !config.spool.fsync {
+        tracing::warn!(
+            "spool.fsync = false: a 250 no longer means the message is on disk (benchmarks only)"
+        );
+    }
+
+    let mut per_shard_sockets: Vec<Vec<std::net::TcpListener>> =
+        (0..shards).map(|_| Vec::new()).collect();
+    for addr in &config.smtp.listen {
+        let set = bind_shared(*addr, shards)?;
+        tracing::info!(protocol = "smtp", addr = %set.addr, "listening");
+        for (i, socket) in set.sockets.into_iter().enumerate() {
+            per_shard_sockets[i].push(socket);
+        }
+    }
+
+    let (phase_tx, phase_rx) = watch::channel(Phase::Running);
+    let (events_tx, events_rx) = channel::unbounded();
+    let clients = ClientTable::new(config.server.connections_per_ip_max);
+    let session = Arc::new(session_config(&config, &hostname));
+    let cores = core_affinity::get_core_ids().unwrap_or_default();
+    let mut threads = Vec::new();
+    for (index, sockets) in per_shard_sockets.into_iter().enumerate() {
+        let handle = spool.shard(index);
+        let clients = Arc::clone(&clients);
+        let session = Arc::clone(&session);
+        let phase = phase_rx.clone();
+        let hostname = hostname.clone();
+        let core_max = config.server.connections_per_core_max;
+        let command_timeout = config.smtp.command_timeout.0;
+        let data_timeout = config.smtp.data_timeout.0;
+        let seed = ShardSeed {
+            index,
+            core: (!cores.is_empty()).then(|| cores[index % cores.len()]),
+            engine,
+            sockets,
+            make_context: Box::new(move || ShardContext {
+                shard: index,
+                hostname,
+                session_config: session,
+                command_timeout,
+                data_timeout,
+                spool: handle,
+                admission: Admission::new(core_max, clients),
+                phase,
+            }),
+        };
+        threads.push(shard::spawn(seed, events_tx.clone()).map_err(ServerError::Thread)?);
+    }
+    drop(events_tx);
+
+    if let Err(error) = wait_ready(&events_rx, shards) {
+        let _ = phase_tx.send(Phase::Stopping);
+        join(threads);
+        let _ = spool.close();
+        return Err(error);
+    }
+    tracing::info!(engine = %engine, shards, hostname = %hostname, "relay ready");
+    if engine == Engine::Epoll {
+        tracing::info!("running on the epoll fallback");
+    }
+
+    let (signal_tx, signal_rx) = channel::unbounded();
+    std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            for signal in signals.forever() {
+                if signal_tx.send(signal).is_err() {
+                    break;
+                }
+            }
+        })
+        .map_err(ServerError::Thread)?;
+
+    // Serve until a signal, or until a shard dies (a bug: stop everything cleanly).
+    let died = channel::select! {
+        recv(signal_rx) -> signal => {
+            tracing::info!(signal = signal.unwrap_or(0), "shutting down: draining connections");
+            None
+        }
+        recv(events_rx) -> event => match event {
+            Ok(ShardEvent::Exited(i)) | Ok(ShardEvent::Failed(i, _)) => Some(i),
+            _ => None,
+        },
+    };
+
+    let _ = phase_tx.send(Phase::Draining);
+    drain(
+        &events_rx,
+        &signal_rx,
+        &phase_tx,
+        shards - usize::from(died.is_some()),
+        config.server.drain_timeout.0,
+    );
+    join(threads);
+    spool.close()?;
+    match died {
+        Some(shard) => Err(ServerError::ShardDied(shard)),
+        None => {
+            tracing::info!("stopped: spool is durable");
+            Ok(())
+        }
+    }
+}
+
+fn wait_ready(events: &channel::Receiver<ShardEvent>, shards: usize) -> Result<(), ServerError> {
+    let mut ready = 0;
+    while ready < shards {
+        match events.recv() {
+            Ok(ShardEvent::Ready(_)) => ready += 1,
+            Ok(ShardEvent::Failed(i, message)) => return Err(ServerError::ShardStart(i, message)),
+            Ok(ShardEvent::Exited(i)) => return Err(ServerError::ShardDied(i)),
+            Err(_) => return Err(ServerError::ShardDied(ready)),
+        }
+    }
+    Ok(())
+}
+
+/// Waits for `running` shards to exit. Past the drain deadline every connection is told to
+/// close; a second signal exits the process at once.
+fn drain(
+    events: &channel::Receiver<ShardEvent>,
+    signals: &channel::Receiver<i32>,
+    phase: &watch::Sender<Phase>,
+    running: usize,
+    drain_timeout: Duration,
+) {
+    let deadline = Instant::now() + drain_timeout;
+    let mut left = running;
+    let mut stopping = false;
+    while left > 0 {
+        let wait = if stopping {
+            Duration::from_secs(3600)
+        } else {
+            deadline.saturating_duration_since(Instant::now())
+        };
+        channel::select! {
+            recv(events) -> event => match event {
+                Ok(ShardEvent::Exited(_)) => left -= 1,
+                Ok(_) => {}
+                Err(_) => return,
+            },
+            recv(signals) -> _ => {
+                tracing::warn!("second signal: exiting now without draining");
+                std::process::exit(1);
+            },
+            default(wait) => {
+                if !stopping {
+                    tracing::warn!(
+                        "drain timeout ({}) passed: closing remaining connections",
+                        humantime::format_duration(drain_timeout)
+                    );
+                    let _ = phase.send(Phase::Stopping);
+                    stopping = true;
+                }
+            },
+        }
+    }
+}
+
+fn join(threads: Vec<std::thread::JoinHandle<()>>) {
+    for thread in threads {
+        if thread.join().is_err() {
+            tracing::error!("a shard thread panicked");
+        }
+    }
+}
