@@ -1,0 +1,858 @@
+//! Typed SMTP replies: the one place where reply codes, enhanced status codes and reply text
+//! live (DESIGN.md §3.4).
+//!
+//! Every reply the server sends is built by a named constructor below, so a reply's wording is
+//! decided once and a test can compare against the same constructor. Encoding appends to a
+//! caller buffer, so a pipelined group's replies leave in one write (RFC 2920 §3.2).
+//!
+//! Standards: RFC 5321 §4.2 (reply syntax, multi-line replies), RFC 3463 (enhanced status
+//! codes), RFC 2034 (enhanced codes go on every line of 2xx, 4xx and 5xx replies, never on 3xx).
+//!
+//! Exposure: a few constructors embed peer-supplied text (an address, a parameter keyword).
+//! [`Reply::encode`] replaces control characters so that no peer text can end a reply line
+//! early or inject a reply of its own.
+
+use std::borrow::Cow;
+use std::fmt;
+
+/// A three-digit reply code (RFC 5321 §4.2.1).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ReplyCode(u16);
+
+impl ReplyCode {
+    pub const HELP: Self = Self(214);
+    pub const SERVICE_READY: Self = Self(220);
+    pub const CLOSING: Self = Self(221);
+    pub const OK: Self = Self(250);
+    pub const CANNOT_VRFY: Self = Self(252);
+    pub const START_MAIL_INPUT: Self = Self(354);
+    pub const SERVICE_NOT_AVAILABLE: Self = Self(421);
+    pub const INSUFFICIENT_STORAGE: Self = Self(452);
+    pub const SYNTAX_ERROR: Self = Self(500);
+    pub const PARAMETER_SYNTAX_ERROR: Self = Self(501);
+    pub const NOT_IMPLEMENTED: Self = Self(502);
+    pub const BAD_SEQUENCE: Self = Self(503);
+    pub const PARAMETER_NOT_IMPLEMENTED: Self = Self(504);
+    pub const EXCEEDED_STORAGE: Self = Self(552);
+    pub const MAILBOX_NAME_NOT_ALLOWED: Self = Self(553);
+    pub const TRANSACTION_FAILED: Self = Self(554);
+    pub const PARAMETERS_NOT_RECOGNIZED: Self = Self(555);
+
+    /// A reply code as RFC 5321 §4.2 allows it: first digit 2–5, second 0–5, third 0–9.
+    pub const fn new(code: u16) -> Option<Self> {
+        let first = code / 100;
+        let second = (code / 10) % 10;
+        if first >= 2 && first <= 5 && second <= 5 {
+            Some(Self(code))
+        } else {
+            None
+        }
+    }
+
+    pub const fn get(self) -> u16 {
+        self.0
+    }
+
+    /// The first digit: 2 positive completion, 3 intermediate, 4 transient, 5 permanent.
+    pub const fn class(self) -> u8 {
+        (self.0 / 100) as u8
+    }
+
+    /// 4xx or 5xx.
+    pub const fn is_negative(self) -> bool {
+        self.class() >= 4
+    }
+}
+
+impl fmt::Display for ReplyCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+/// An RFC 3463 enhanced status code `class.subject.detail`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct EnhancedStatus {
+    class: u8,
+    subject: u16,
+    detail: u16,
+}
+
+impl EnhancedStatus {
+    /// RFC 3463 §2: class is 2, 4 or 5; subject and detail have one to three digits.
+    pub const fn new(class: u8, subject: u16, detail: u16) -> Option<Self> {
+        if (class == 2 || class == 4 || class == 5) && subject <= 999 && detail <= 999 {
+            Some(Self {
+                class,
+                subject,
+                detail,
+            })
+        } else {
+            None
+        }
+    }
+
+    /// For the constant table below, whose values are checked by a unit test.
+    const fn known(class: u8, subject: u16, detail: u16) -> Self {
+        Self {
+            class,
+            subject,
+            detail,
+        }
+    }
+
+    pub const fn class(self) -> u8 {
+        self.class
+    }
+    pub const fn subject(self) -> u16 {
+        self.subject
+    }
+    pub const fn detail(self) -> u16 {
+        self.detail
+    }
+
+    fn encode(self, out: &mut Vec<u8>) {
+        out.push(b'0' + self.class);
+        out.push(b'.');
+        push_decimal(out, u64::from(self.subject));
+        out.push(b'.');
+        push_decimal(out, u64::from(self.detail));
+    }
+}
+
+impl fmt::Display for EnhancedStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}.{}.{}", self.class, self.subject, self.detail)
+    }
+}
+
+// The RFC 3463 codes this server uses, named after the RFC's titles.
+/// 2.0.0 Other undefined status (success).
+const S_2_0_0: EnhancedStatus = EnhancedStatus::known(2, 0, 0);
+/// 2.1.0 Other address status (sender accepted).
+const S_2_1_0: EnhancedStatus = EnhancedStatus::known(2, 1, 0);
+/// 2.1.5 Destination address valid.
+const S_2_1_5: EnhancedStatus = EnhancedStatus::known(2, 1, 5);
+/// 2.5.2 with 252: sendmail's long-standing answer to a refused VRFY ("Cannot VRFY user; try
+/// RCPT"); RFC 3463 defines X.5.2 only as a syntax status, so this pairing is convention.
+const S_2_5_2: EnhancedStatus = EnhancedStatus::known(2, 5, 2);
+/// 4.3.1 Mail system full.
+const S_4_3_1: EnhancedStatus = EnhancedStatus::known(4, 3, 1);
+/// 4.3.2 System not accepting network messages.
+const S_4_3_2: EnhancedStatus = EnhancedStatus::known(4, 3, 2);
+/// 4.4.2 Bad connection (here: the peer went quiet).
+const S_4_4_2: EnhancedStatus = EnhancedStatus::known(4, 4, 2);
+/// 4.5.3 Too many recipients.
+const S_4_5_3: EnhancedStatus = EnhancedStatus::known(4, 5, 3);
+/// 4.7.0 Other or undefined security status (too many errors: we stop talking to the peer).
+const S_4_7_0: EnhancedStatus = EnhancedStatus::known(4, 7, 0);
+/// 5.1.3 Bad destination mailbox address syntax.
+const S_5_1_3: EnhancedStatus = EnhancedStatus::known(5, 1, 3);
+/// 5.1.7 Bad sender's mailbox address syntax.
+const S_5_1_7: EnhancedStatus = EnhancedStatus::known(5, 1, 7);
+/// 5.3.4 Message too big for system.
+const S_5_3_4: EnhancedStatus = EnhancedStatus::known(5, 3, 4);
+/// 5.5.1 Invalid command (also used for bad sequence, as Postfix does).
+const S_5_5_1: EnhancedStatus = EnhancedStatus::known(5, 5, 1);
+/// 5.5.2 Syntax error.
+const S_5_5_2: EnhancedStatus = EnhancedStatus::known(5, 5, 2);
+/// 5.5.4 Invalid command arguments.
+const S_5_5_4: EnhancedStatus = EnhancedStatus::known(5, 5, 4);
+/// 5.6.0 Other or undefined media error.
+const S_5_6_0: EnhancedStatus = EnhancedStatus::known(5, 6, 0);
+/// 5.6.7 Non-ASCII addresses not permitted (RFC 6531 §3.5 registers it).
+const S_5_6_7: EnhancedStatus = EnhancedStatus::known(5, 6, 7);
+/// 5.7.1 Delivery not authorized, message refused.
+const S_5_7_1: EnhancedStatus = EnhancedStatus::known(5, 7, 1);
+
+/// An ESMTP service extension advertised in the EHLO reply (RFC 5321 §4.1.1.1).
+///
+/// Extension point: STARTTLS (RFC 3207) and AUTH (RFC 4954) become variants here when TLS and
+/// credentials exist; the session decides which to advertise in `Session::extensions`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Extension {
+    /// RFC 3030.
+    BinaryMime,
+    /// RFC 3030.
+    Chunking,
+    /// RFC 3461.
+    Dsn,
+    /// RFC 6152.
+    EightBitMime,
+    /// RFC 2034.
+    EnhancedStatusCodes,
+    /// Lists HELP as a keyword, as several MTAs do; RFC 5321 §4.1.1.8 requires HELP anyway.
+    Help,
+    /// RFC 2920.
+    Pipelining,
+    /// RFC 1870, with the fixed maximum in octets.
+    Size(u64),
+    /// RFC 6531.
+    SmtpUtf8,
+}
+
+impl Extension {
+    fn push_keyword(&self, text: &mut String) {
+        let keyword = match self {
+            Extension::BinaryMime => "BINARYMIME",
+            Extension::Chunking => "CHUNKING",
+            Extension::Dsn => "DSN",
+            Extension::EightBitMime => "8BITMIME",
+            Extension::EnhancedStatusCodes => "ENHANCEDSTATUSCODES",
+            Extension::Help => "HELP",
+            Extension::Pipelining => "PIPELINING",
+            Extension::Size(max) => {
+                text.push_str("SIZE ");
+                text.push_str(&max.to_string());
+                return;
+            }
+            Extension::SmtpUtf8 => "SMTPUTF8",
+        };
+        text.push_str(keyword);
+    }
+}
+
+/// One SMTP reply: a code, an optional enhanced status and text. A multi-line reply keeps its
+/// lines separated by `\n` in `text`; encoding turns each into its own `ddd-` line.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Reply {
+    code: ReplyCode,
+    status: Option<EnhancedStatus>,
+    text: Cow<'static, str>,
+}
+
+impl Reply {
+    /// A reply with any code and text; prefer the named constructors below.
+    pub fn new(
+        code: ReplyCode,
+        status: Option<EnhancedStatus>,
+        text: impl Into<Cow<'static, str>>,
+    ) -> Self {
+        Self {
+            code,
+            status,
+            text: text.into(),
+        }
+    }
+
+    const fn fixed(code: ReplyCode, status: EnhancedStatus, text: &'static str) -> Self {
+        Self {
+            code,
+            status: Some(status),
+            text: Cow::Borrowed(text),
+        }
+    }
+
+    pub fn code(&self) -> ReplyCode {
+        self.code
+    }
+
+    pub fn status(&self) -> Option<EnhancedStatus> {
+        self.status
+    }
+
+    /// The text, lines separated by `\n`.
+    pub fn text(&self) -> &str {
+        &self.text
+    }
+
+    /// Appends the wire form (every line ending in CRLF) to `out`.
+    pub fn encode(&self, out: &mut Vec<u8>) {
+        let mut lines = self.text.split('\n').peekable();
+        while let Some(line) = lines.next() {
+            push_decimal(out, u64::from(self.code.0));
+            out.push(if lines.peek().is_some() { b'-' } else { b' ' });
+            if let Some(status) = self.status {
+                status.encode(out);
+                if !line.is_empty() {
+                    out.push(b' ');
+                }
+            }
+            push_printable(out, line);
+            out.extend_from_slice(b"\r\n");
+        }
+    }
+
+    // ---- Greeting, HELO, EHLO (no enhanced codes: RFC 2034 §3 applies them after EHLO) ----
+
+    /// `220 <hostname> ESMTP relay` (RFC 5321 §4.3.1).
+    pub fn greeting(hostname: &str) -> Self {
+        Self::new(
+            ReplyCode::SERVICE_READY,
+            None,
+            format!("{} ESMTP relay", printable(hostname)),
+        )
+    }
+
+    /// The HELO reply (RFC 5321 §4.1.1.1).
+    pub fn helo(hostname: &str) -> Self {
+        Self::new(ReplyCode::OK, None, printable(hostname).into_owned())
+    }
+
+    /// The multi-line EHLO reply: our name, then one extension per line.
+    pub fn ehlo(hostname: &str, extensions: &[Extension]) -> Self {
+        let mut text = printable(hostname).into_owned();
+        for extension in extensions {
+            text.push('\n');
+            extension.push_keyword(&mut text);
+        }
+        Self::new(ReplyCode::OK, None, text)
+    }
+
+    // ---- Positive replies ----
+
+    pub fn ok() -> Self {
+        Self::fixed(ReplyCode::OK, S_2_0_0, "Ok")
+    }
+
+    /// MAIL accepted.
+    pub fn sender_ok() -> Self {
+        Self::fixed(ReplyCode::OK, S_2_1_0, "Ok")
+    }
+
+    /// RCPT accepted.
+    pub fn recipient_ok() -> Self {
+        Self::fixed(ReplyCode::OK, S_2_1_5, "Ok")
+    }
+
+    /// DATA accepted: 354 carries no enhanced code (RFC 2034 §4: 2xx, 4xx, 5xx only).
+    pub fn start_mail_input() -> Self {
+        Self::new(
+            ReplyCode::START_MAIL_INPUT,
+            None,
+            "End data with <CR><LF>.<CR><LF>",
+        )
+    }
+
+    /// The message is on stable storage (DESIGN.md §2).
+    pub fn queued(id: impl fmt::Display) -> Self {
+        Self::new(ReplyCode::OK, Some(S_2_0_0), format!("Ok: queued as {id}"))
+    }
+
+    /// A non-final BDAT chunk was received (RFC 3030 §4.2).
+    pub fn chunk_received(octets: u64) -> Self {
+        Self::new(
+            ReplyCode::OK,
+            Some(S_2_0_0),
+            format!("Ok: {octets} octets received"),
+        )
+    }
+
+    pub fn closing() -> Self {
+        Self::fixed(ReplyCode::CLOSING, S_2_0_0, "Bye")
+    }
+
+    pub fn help() -> Self {
+        Self::fixed(
+            ReplyCode::HELP,
+            S_2_0_0,
+            "Commands: HELO EHLO MAIL RCPT DATA BDAT RSET NOOP QUIT HELP VRFY",
+        )
+    }
+
+    /// RFC 5321 §3.5.3: 252 when we will not verify (no address disclosure) but will accept.
+    pub fn cannot_vrfy() -> Self {
+        Self::fixed(
+            ReplyCode::CANNOT_VRFY,
+            S_2_5_2,
+            "Cannot VRFY user, but will accept message and attempt delivery",
+        )
+    }
+
+    // ---- Transient negative replies ----
+
+    /// 421 after too many client errors (Postfix `smtpd_hard_error_limit`).
+    pub fn too_many_errors(hostname: &str) -> Self {
+        Self::new(
+            ReplyCode::SERVICE_NOT_AVAILABLE,
+            Some(S_4_7_0),
+            format!("{} Error: too many errors", printable(hostname)),
+        )
+    }
+
+    /// 421 when the peer was silent for too long (RFC 5321 §4.5.3.2).
+    pub fn timeout(hostname: &str) -> Self {
+        Self::new(
+            ReplyCode::SERVICE_NOT_AVAILABLE,
+            Some(S_4_4_2),
+            format!("{} Error: timeout exceeded", printable(hostname)),
+        )
+    }
+
+    /// 421 when the server stops (RFC 5321 §3.8).
+    pub fn shutting_down(hostname: &str) -> Self {
+        Self::new(
+            ReplyCode::SERVICE_NOT_AVAILABLE,
+            Some(S_4_3_2),
+            format!("{} Service shutting down", printable(hostname)),
+        )
+    }
+
+    /// RFC 5321 §4.5.3.1.10: 452 for recipients beyond the limit; the client sends them in a
+    /// later transaction.
+    pub fn too_many_recipients() -> Self {
+        Self::fixed(
+            ReplyCode::INSUFFICIENT_STORAGE,
+            S_4_5_3,
+            "Error: too many recipients",
+        )
+    }
+
+    /// The spool could not take the message (backpressure or storage error): try later.
+    pub fn insufficient_storage() -> Self {
+        Self::fixed(
+            ReplyCode::INSUFFICIENT_STORAGE,
+            S_4_3_1,
+            "Error: insufficient system storage",
+        )
+    }
+
+    // ---- Permanent negative replies: syntax ----
+
+    pub fn unknown_command() -> Self {
+        Self::fixed(
+            ReplyCode::SYNTAX_ERROR,
+            S_5_5_1,
+            "Error: command not recognized",
+        )
+    }
+
+    /// A command line longer than the limit (RFC 5321 §4.5.3.1.4, §4.5.3.1.10).
+    pub fn line_too_long() -> Self {
+        Self::fixed(ReplyCode::SYNTAX_ERROR, S_5_5_2, "Error: line too long")
+    }
+
+    /// A command line ended in a bare LF.
+    pub fn bare_lf_in_command() -> Self {
+        Self::fixed(
+            ReplyCode::SYNTAX_ERROR,
+            S_5_5_2,
+            "Error: bare <LF> received; command lines must end with <CR><LF> (RFC 5321 §2.3.8)",
+        )
+    }
+
+    /// 501 with the command's usage.
+    pub fn syntax(usage: &'static str) -> Self {
+        Self::new(
+            ReplyCode::PARAMETER_SYNTAX_ERROR,
+            Some(S_5_5_4),
+            format!("Syntax: {usage}"),
+        )
+    }
+
+    pub fn bad_sender_syntax() -> Self {
+        Self::fixed(
+            ReplyCode::PARAMETER_SYNTAX_ERROR,
+            S_5_1_7,
+            "Bad sender address syntax",
+        )
+    }
+
+    pub fn bad_recipient_syntax() -> Self {
+        Self::fixed(
+            ReplyCode::PARAMETER_SYNTAX_ERROR,
+            S_5_1_3,
+            "Bad recipient address syntax",
+        )
+    }
+
+    /// A known MAIL/RCPT parameter with a value we cannot parse.
+    pub fn bad_parameter_value(keyword: &'static str) -> Self {
+        Self::new(
+            ReplyCode::PARAMETER_SYNTAX_ERROR,
+            Some(S_5_5_4),
+            format!("Bad {keyword} parameter value"),
+        )
+    }
+
+    /// RFC 5321 §4.1.1.11 does not allow a parameter twice.
+    pub fn duplicate_parameter(keyword: &'static str) -> Self {
+        Self::new(
+            ReplyCode::PARAMETER_SYNTAX_ERROR,
+            Some(S_5_5_4),
+            format!("Duplicate {keyword} parameter"),
+        )
+    }
+
+    /// RFC 5321 §4.1.1.11 and §4.2.3: an unrecognized or unimplemented MAIL/RCPT parameter is
+    /// 555. (The issue text asked for 504; the RFC reserves 504 for other commands.)
+    pub fn parameter_not_recognized(keyword: &str) -> Self {
+        Self::new(
+            ReplyCode::PARAMETERS_NOT_RECOGNIZED,
+            Some(S_5_5_4),
+            format!("Unsupported option: {}", printable(keyword)),
+        )
+    }
+
+    /// ESMTP parameters after a plain HELO: the extensions were never negotiated (RFC 5321
+    /// §4.1.1.1), so the parameters are not recognized (555 as above).
+    pub fn parameters_need_ehlo() -> Self {
+        Self::fixed(
+            ReplyCode::PARAMETERS_NOT_RECOGNIZED,
+            S_5_5_4,
+            "Error: ESMTP parameters require EHLO",
+        )
+    }
+
+    /// 504 for a command parameter this server does not implement. Unused by the server today:
+    /// RFC 5321 sends unimplemented MAIL/RCPT parameters to 555; AUTH mechanisms will use it.
+    pub fn parameter_not_implemented(what: &str) -> Self {
+        Self::new(
+            ReplyCode::PARAMETER_NOT_IMPLEMENTED,
+            Some(S_5_5_4),
+            format!("Unsupported parameter: {}", printable(what)),
+        )
+    }
+
+    // ---- Permanent negative replies: commands we do not offer ----
+
+    /// TURN (RFC 5321 §4.1.1.11 and Appendix F.1): it would hand the connection's direction
+    /// to an unauthenticated peer, so RFC 2821 removed it.
+    pub fn turn_not_implemented() -> Self {
+        Self::fixed(
+            ReplyCode::NOT_IMPLEMENTED,
+            S_5_5_1,
+            "Error: TURN is obsolete (RFC 5321 Appendix F.1)",
+        )
+    }
+
+    /// EXPN would disclose list members (RFC 5321 §7.3).
+    pub fn expn_not_implemented() -> Self {
+        Self::fixed(
+            ReplyCode::NOT_IMPLEMENTED,
+            S_5_5_1,
+            "Error: EXPN not available",
+        )
+    }
+
+    /// SEND (and terminals in general) are obsolete (RFC 5321 Appendix F.6).
+    pub fn send_not_implemented() -> Self {
+        Self::fixed(
+            ReplyCode::NOT_IMPLEMENTED,
+            S_5_5_1,
+            "Error: SEND is obsolete (RFC 5321 Appendix F.6)",
+        )
+    }
+
+    /// STARTTLS and AUTH until TLS and credentials exist.
+    pub fn not_implemented() -> Self {
+        Self::fixed(
+            ReplyCode::NOT_IMPLEMENTED,
+            S_5_5_1,
+            "Error: command not implemented",
+        )
+    }
+
+    // ---- Permanent negative replies: sequence ----
+
+    pub fn need_helo() -> Self {
+        Self::fixed(
+            ReplyCode::BAD_SEQUENCE,
+            S_5_5_1,
+            "Error: send HELO/EHLO first",
+        )
+    }
+
+    pub fn need_mail() -> Self {
+        Self::fixed(ReplyCode::BAD_SEQUENCE, S_5_5_1, "Error: need MAIL command")
+    }
+
+    pub fn need_recipient() -> Self {
+        Self::fixed(ReplyCode::BAD_SEQUENCE, S_5_5_1, "Error: need RCPT command")
+    }
+
+    pub fn nested_mail() -> Self {
+        Self::fixed(
+            ReplyCode::BAD_SEQUENCE,
+            S_5_5_1,
+            "Error: nested MAIL command",
+        )
+    }
+
+    /// RFC 3030 §3: DATA after BDAT in one transaction is 503.
+    pub fn data_after_bdat() -> Self {
+        Self::fixed(
+            ReplyCode::BAD_SEQUENCE,
+            S_5_5_1,
+            "Error: DATA after BDAT in the same transaction (RFC 3030 §3)",
+        )
+    }
+
+    /// RCPT once message data has started to arrive in BDAT chunks.
+    pub fn recipient_after_bdat() -> Self {
+        Self::fixed(
+            ReplyCode::BAD_SEQUENCE,
+            S_5_5_1,
+            "Error: RCPT after BDAT in the same transaction",
+        )
+    }
+
+    /// RFC 3030 §3: a BINARYMIME message must be sent with BDAT.
+    pub fn binarymime_needs_bdat() -> Self {
+        Self::fixed(
+            ReplyCode::BAD_SEQUENCE,
+            S_5_5_1,
+            "Error: BODY=BINARYMIME requires BDAT (RFC 3030 §3)",
+        )
+    }
+
+    // ---- Permanent negative replies: policy and content ----
+
+    /// RFC 1870 §6: the declared or actual size exceeds the fixed maximum.
+    pub fn message_too_large() -> Self {
+        Self::fixed(
+            ReplyCode::EXCEEDED_STORAGE,
+            S_5_3_4,
+            "Error: message size exceeds fixed limit",
+        )
+    }
+
+    /// RFC 5321 §3.3: DATA when every RCPT was rejected.
+    pub fn no_valid_recipients() -> Self {
+        Self::fixed(
+            ReplyCode::TRANSACTION_FAILED,
+            S_5_5_1,
+            "Error: no valid recipients",
+        )
+    }
+
+    /// We are not an open relay: the recipient's domain is not ours and the client is not in
+    /// a relay network.
+    pub fn relay_denied(address: &str) -> Self {
+        Self::new(
+            ReplyCode::TRANSACTION_FAILED,
+            Some(S_5_7_1),
+            format!("<{}>: Relay access denied", printable(address)),
+        )
+    }
+
+    /// RFC 6531 §3.5: a UTF-8 address in a transaction without the SMTPUTF8 parameter.
+    pub fn utf8_needs_smtputf8() -> Self {
+        Self::fixed(
+            ReplyCode::MAILBOX_NAME_NOT_ALLOWED,
+            S_5_6_7,
+            "Error: non-ASCII address requires the SMTPUTF8 parameter (RFC 6531)",
+        )
+    }
+
+    /// RFC 5321 §2.3.8: only CRLF ends a line. A bare CR or LF in the data is how SMTP
+    /// smuggling hides a second message from the next hop, so the message is refused.
+    pub fn bare_line_end_in_data() -> Self {
+        Self::fixed(
+            ReplyCode::TRANSACTION_FAILED,
+            S_5_5_2,
+            "Error: bare <CR> or <LF> in message data (RFC 5321 §2.3.8)",
+        )
+    }
+
+    /// A text line over the limit (RFC 5321 §4.5.3.1.6).
+    ///
+    /// Why 5.6.0 ("other or undefined media error"): the message cannot be relayed over SMTP
+    /// as it is; the fault lies in the content, not in a command (5.5.x), not in its size
+    /// (5.3.4, which clients read as "try a smaller message"), and RFC 3463 has no more
+    /// specific media code for it. 554 because the transaction as a whole failed.
+    pub fn text_line_too_long(max: usize) -> Self {
+        Self::new(
+            ReplyCode::TRANSACTION_FAILED,
+            Some(S_5_6_0),
+            format!(
+                "Error: message has a line longer than {max} octets including CRLF (RFC 5321 §4.5.3.1.6)"
+            ),
+        )
+    }
+}
+
+impl fmt::Display for Reply {
+    /// One log-friendly line: `554 5.5.2 text` with multi-line text joined by `/`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.code)?;
+        if let Some(status) = self.status {
+            write!(f, " {status}")?;
+        }
+        for (i, line) in self.text.split('\n').enumerate() {
+            f.write_str(if i == 0 { " " } else { " / " })?;
+            f.write_str(line)?;
+        }
+        Ok(())
+    }
+}
+
+/// Appends `n` in decimal without going through `fmt` (the reply path is hot under pipelining).
+fn push_decimal(out: &mut Vec<u8>, mut n: u64) {
+    let mut digits = [0u8; 20];
+    let mut i = digits.len();
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[i..]);
+}
+
+/// Appends a reply line, replacing control characters so that text can never end the line.
+fn push_printable(out: &mut Vec<u8>, line: &str) {
+    if line.bytes().all(|b| !b.is_ascii_control()) {
+        out.extend_from_slice(line.as_bytes());
+    } else {
+        out.extend(
+            line.bytes()
+                .map(|b| if b.is_ascii_control() { b'?' } else { b }),
+        );
+    }
+}
+
+/// Peer or config text for a reply: control characters (CR, LF, TAB, ...) become `?`.
+pub(crate) fn printable(text: &str) -> Cow<'_, str> {
+    if text.chars().any(|c| c.is_control()) {
+        Cow::Owned(
+            text.chars()
+                .map(|c| if c.is_control() { '?' } else { c })
+                .collect(),
+        )
+    } else {
+        Cow::Borrowed(text)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn wire(reply: &Reply) -> String {
+        let mut out = Vec::new();
+        reply.encode(&mut out);
+        String::from_utf8(out).unwrap()
+    }
+
+    #[test]
+    fn single_line_with_enhanced_status() {
+        assert_eq!(wire(&Reply::ok()), "250 2.0.0 Ok\r\n");
+        assert_eq!(
+            wire(&Reply::too_many_recipients()),
+            "452 4.5.3 Error: too many recipients\r\n"
+        );
+    }
+
+    #[test]
+    fn greeting_and_helo_have_no_enhanced_status() {
+        assert_eq!(
+            wire(&Reply::greeting("mx.example")),
+            "220 mx.example ESMTP relay\r\n"
+        );
+        assert_eq!(wire(&Reply::helo("mx.example")), "250 mx.example\r\n");
+        assert_eq!(
+            wire(&Reply::start_mail_input()),
+            "354 End data with <CR><LF>.<CR><LF>\r\n"
+        );
+    }
+
+    #[test]
+    fn multi_line_marks_all_but_the_last_line_with_a_dash() {
+        let reply = Reply::ehlo(
+            "mx.example",
+            &[Extension::Pipelining, Extension::Size(1000), Extension::Dsn],
+        );
+        assert_eq!(
+            wire(&reply),
+            "250-mx.example\r\n250-PIPELINING\r\n250-SIZE 1000\r\n250 DSN\r\n"
+        );
+        let with_status = Reply::new(ReplyCode::OK, EnhancedStatus::new(2, 0, 0), "a\nb");
+        assert_eq!(wire(&with_status), "250-2.0.0 a\r\n250 2.0.0 b\r\n");
+    }
+
+    #[test]
+    fn peer_text_cannot_inject_lines() {
+        let reply = Reply::relay_denied("a\r\n250 ok@x");
+        assert_eq!(
+            wire(&reply),
+            "554 5.7.1 <a??250 ok@x>: Relay access denied\r\n"
+        );
+        let raw = Reply::new(ReplyCode::OK, None, "x\ry");
+        assert_eq!(wire(&raw), "250 x?y\r\n");
+    }
+
+    #[test]
+    fn codes_are_validated() {
+        assert_eq!(ReplyCode::new(250), Some(ReplyCode::OK));
+        assert_eq!(ReplyCode::new(199), None);
+        assert_eq!(ReplyCode::new(260), None);
+        assert_eq!(ReplyCode::new(600), None);
+        assert!(ReplyCode::new(554).is_some_and(ReplyCode::is_negative));
+        assert!(!ReplyCode::OK.is_negative());
+        assert_eq!(EnhancedStatus::new(3, 0, 0), None);
+        assert_eq!(EnhancedStatus::new(5, 1000, 0), None);
+        for status in [
+            S_2_0_0, S_2_1_0, S_2_1_5, S_2_5_2, S_4_3_1, S_4_3_2, S_4_4_2, S_4_5_3, S_4_7_0,
+            S_5_1_3, S_5_1_7, S_5_3_4, S_5_5_1, S_5_5_2, S_5_5_4, S_5_6_0, S_5_6_7, S_5_7_1,
+        ] {
+            assert_eq!(
+                EnhancedStatus::new(status.class(), status.subject(), status.detail()),
+                Some(status)
+            );
+        }
+    }
+
+    #[test]
+    fn enhanced_class_matches_reply_class() {
+        // RFC 3463 §2: the class digit of the enhanced code agrees with the reply's first digit.
+        let all = [
+            Reply::ok(),
+            Reply::sender_ok(),
+            Reply::recipient_ok(),
+            Reply::queued("X"),
+            Reply::chunk_received(1),
+            Reply::closing(),
+            Reply::help(),
+            Reply::cannot_vrfy(),
+            Reply::too_many_errors("h"),
+            Reply::timeout("h"),
+            Reply::shutting_down("h"),
+            Reply::too_many_recipients(),
+            Reply::insufficient_storage(),
+            Reply::unknown_command(),
+            Reply::line_too_long(),
+            Reply::bare_lf_in_command(),
+            Reply::syntax("X"),
+            Reply::bad_sender_syntax(),
+            Reply::bad_recipient_syntax(),
+            Reply::bad_parameter_value("X"),
+            Reply::duplicate_parameter("X"),
+            Reply::parameter_not_recognized("X"),
+            Reply::parameters_need_ehlo(),
+            Reply::parameter_not_implemented("X"),
+            Reply::turn_not_implemented(),
+            Reply::expn_not_implemented(),
+            Reply::send_not_implemented(),
+            Reply::not_implemented(),
+            Reply::need_helo(),
+            Reply::need_mail(),
+            Reply::need_recipient(),
+            Reply::nested_mail(),
+            Reply::data_after_bdat(),
+            Reply::recipient_after_bdat(),
+            Reply::binarymime_needs_bdat(),
+            Reply::message_too_large(),
+            Reply::no_valid_recipients(),
+            Reply::relay_denied("a@b"),
+            Reply::utf8_needs_smtputf8(),
+            Reply::bare_line_end_in_data(),
+            Reply::text_line_too_long(1000),
+        ];
+        for reply in all {
+            let status = reply.status().unwrap();
+            assert_eq!(status.class(), reply.code().class(), "{reply}");
+        }
+    }
+
+    #[test]
+    fn display_is_one_line() {
+        assert_eq!(
+            Reply::ehlo("h", &[Extension::Help]).to_string(),
+            "250 h / HELP"
+        );
+        assert_eq!(Reply::ok().to_string(), "250 2.0.0 Ok");
+    }
+}

@@ -1,0 +1,1951 @@
+//! The SMTP server session: a sans-IO state machine from peer bytes to replies and events.
+//!
+//! The connection driver (net/) owns the socket and the read buffer. It calls
+//! [`Session::handle_input`] with the buffered bytes, writes `Outbox::bytes` in one write,
+//! then performs `Outbox::events` (store a message, log a rejection, close). The session
+//! never reads a clock: `now` comes in as an argument.
+//!
+//! Consumption contract: in command mode only complete lines are consumed; a partial line
+//! stays in the driver's buffer unless it is already longer than the command-line limit, in
+//! which case it is discarded up to its LF and answered 500 5.5.2. In DATA everything up to
+//! and including the terminator is consumed; in a BDAT chunk, up to the chunk's end.
+//! Consumption stops right after a `Submit` (until [`Session::submitted`]) or a `Close`.
+//!
+//! States (DESIGN.md §3.2): each variant carries only what exists in it. A transaction
+//! exists only from MAIL to its end; a body receiver only while data arrives; `Closed` is
+//! terminal.
+//!
+//! Error accounting: every 4xx/5xx reply the client caused counts (Postfix
+//! `smtpd_hard_error_limit`); at `errors_max` the session answers 421 4.7.0 and closes. Two
+//! exceptions, both from Postfix: 452 "too many recipients" does not count for as many
+//! surplus recipients as the limit again (RFC 5321 §4.5.3.1.10 tells clients to send the rest
+//! in a later transaction, so the overshoot is normal), and a message accepted for delivery
+//! resets the count ("errors ... without delivering mail"). Junk commands (NOOP, RSET, VRFY,
+//! HELP, HELO, EHLO) past [`JUNK_COMMANDS_MAX`] count as errors too (Postfix
+//! `smtpd_junk_command_limit`), so no peer can keep a session busy without sending mail.
+//!
+//! Output size: replies are appended to `Outbox::bytes` for all input consumed in one call.
+//! The largest reply per input octet is EHLO's (about 20×), and junk and error limits end a
+//! session that keeps asking, so a call's output stays within a small multiple of its input.
+
+use std::mem;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use memchr::memchr;
+
+use super::address::{ForwardPath, ReversePath};
+use super::command::{self, Command};
+use super::data::{BodyLimits, BodyReceiver};
+use super::line::{self, Ending, Frame};
+use super::params::RcptParams;
+use super::received;
+use super::reply::{Extension, Reply};
+use crate::envelope::{BodyType, Envelope, MailParams, Origin, QueueId, Recipient};
+
+/// RFC 5321 §4.5.3.1.4: a server must accept command lines of 512 octets (CRLF included).
+pub const COMMAND_LINE_MIN: usize = 512;
+/// RFC 5321 §4.5.3.1.6: a server must accept text lines of 1000 octets (CRLF included).
+pub const TEXT_LINE_MIN: usize = 1000;
+
+/// Junk commands (see `CommandSpec::counts_as_junk`) allowed before each further one counts
+/// as an error: Postfix's `smtpd_junk_command_limit` default. A constant rather than a config
+/// field so that `SessionConfig` keeps the shape the driver and config modules agreed on.
+pub const JUNK_COMMANDS_MAX: u32 = 100;
+
+/// What one session needs to know; shared by all sessions of a listener.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SessionConfig {
+    /// Our name in the greeting, HELO/EHLO replies, 421s and Received headers.
+    pub hostname: String,
+    /// Octets including CRLF; at least [`COMMAND_LINE_MIN`].
+    pub command_line_max: usize,
+    /// Octets including CRLF; at least [`TEXT_LINE_MIN`].
+    pub text_line_max: usize,
+    pub recipients_max: usize,
+    pub message_size_max: u64,
+    pub errors_max: u32,
+    /// Domains we accept mail for from anyone; compared case-insensitively.
+    pub local_domains: Vec<String>,
+    /// Clients allowed to relay to any domain.
+    pub relay_networks: Vec<ipnet::IpNet>,
+}
+
+impl Default for SessionConfig {
+    fn default() -> Self {
+        Self {
+            hostname: String::from("localhost"),
+            command_line_max: COMMAND_LINE_MIN,
+            text_line_max: TEXT_LINE_MIN,
+            // RFC 5321 §4.5.3.1.8: at least 100 recipients must be buffered.
+            recipients_max: 100,
+            message_size_max: 25 * 1024 * 1024,
+            // Postfix smtpd_hard_error_limit.
+            errors_max: 20,
+            local_domains: vec![String::from("localhost")],
+            relay_networks: vec![
+                ipnet::IpNet::V4(ipnet::Ipv4Net::new_assert(
+                    std::net::Ipv4Addr::new(127, 0, 0, 0),
+                    8,
+                )),
+                ipnet::IpNet::V6(ipnet::Ipv6Net::new_assert(
+                    std::net::Ipv6Addr::LOCALHOST,
+                    128,
+                )),
+            ],
+        }
+    }
+}
+
+/// A configuration the session cannot honour.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum SessionConfigError {
+    #[error("smtp.command_line_max must be at least {COMMAND_LINE_MIN} (RFC 5321 §4.5.3.1.4)")]
+    CommandLineTooShort,
+    #[error("smtp.errors_max must be at least 1")]
+    NoErrorsAllowed,
+    #[error("smtp.hostname must not be empty")]
+    NoHostname,
+    #[error("smtp.message_size_max must be at least 1")]
+    NoMessageSize,
+    #[error("smtp.recipients_max must be at least 1")]
+    NoRecipients,
+    #[error("smtp.text_line_max must be at least {TEXT_LINE_MIN} (RFC 5321 §4.5.3.1.6)")]
+    TextLineTooShort,
+}
+
+impl SessionConfig {
+    /// The relations the config loader must check before sessions start.
+    pub fn check(&self) -> Result<(), SessionConfigError> {
+        if self.hostname.is_empty() {
+            return Err(SessionConfigError::NoHostname);
+        }
+        if self.command_line_max < COMMAND_LINE_MIN {
+            return Err(SessionConfigError::CommandLineTooShort);
+        }
+        if self.text_line_max < TEXT_LINE_MIN {
+            return Err(SessionConfigError::TextLineTooShort);
+        }
+        if self.recipients_max == 0 {
+            return Err(SessionConfigError::NoRecipients);
+        }
+        if self.message_size_max == 0 {
+            return Err(SessionConfigError::NoMessageSize);
+        }
+        if self.errors_max == 0 {
+            return Err(SessionConfigError::NoErrorsAllowed);
+        }
+        Ok(())
+    }
+
+    fn body_limits(&self) -> BodyLimits {
+        BodyLimits {
+            size_max: self.message_size_max,
+            line_max: self.text_line_max,
+        }
+    }
+}
+
+/// What a call produced: replies, encoded in order, and events for the driver.
+#[derive(Debug, Default)]
+pub struct Outbox {
+    pub bytes: Vec<u8>,
+    pub events: Vec<Event>,
+}
+
+impl Outbox {
+    pub fn clear(&mut self) {
+        self.bytes.clear();
+        self.events.clear();
+    }
+}
+
+/// Something the driver must do after writing `Outbox::bytes`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Event {
+    /// A message passed every check: store it, then call [`Session::submitted`].
+    Submit(Box<Submission>),
+    /// A transaction ended without a queue id: its data was refused, or storing it failed.
+    /// One per such transaction, for the one-log-line-per-transaction rule.
+    Rejected(TransactionSummary),
+    /// Flush `bytes`, then close the connection.
+    Close(CloseReason),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CloseReason {
+    Quit,
+    ShuttingDown,
+    TimedOut,
+    TooManyErrors,
+}
+
+/// A message to store.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Submission {
+    pub envelope: Envelope,
+    pub origin: Origin,
+    /// Unstuffed, CRLF line ends (BINARYMIME: as sent), without our Received header.
+    pub body: Vec<u8>,
+    /// When MAIL was accepted, for the log's duration.
+    pub mail_at: SystemTime,
+}
+
+impl Submission {
+    /// The Received header (ending in CRLF) to prepend when storing; see `smtp::received`.
+    pub fn received_header(&self, id: QueueId, hostname: &str, now: SystemTime) -> String {
+        received::received_header(&self.origin, &self.envelope.recipients, id, hostname, now)
+    }
+}
+
+/// A transaction that ended without a queue id, for the log.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TransactionSummary {
+    /// Empty for the null sender.
+    pub reverse_path: String,
+    pub recipients: usize,
+    /// Octets of data received (unstuffed), counted even when discarded.
+    pub size: u64,
+    pub reply: Reply,
+}
+
+/// Why the driver could not store a submission (an operating error, not the peer's).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum SubmitError {
+    #[error("the spool is applying backpressure")]
+    Backpressure,
+    #[error("the spool could not store the message")]
+    Storage,
+}
+
+/// After HELO or EHLO.
+#[derive(Debug)]
+struct Helo {
+    name: String,
+    /// EHLO: ESMTP extensions (and their parameters) are available.
+    extended: bool,
+}
+
+/// From an accepted MAIL to the end of its data.
+#[derive(Debug)]
+struct Transaction {
+    envelope: Envelope,
+    mail_at: SystemTime,
+    /// 452 "too many recipients" answered so far (see the module doc).
+    overshoot: usize,
+}
+
+/// Command-reading phases.
+#[derive(Debug)]
+enum Phase {
+    /// Greeting sent, no HELO/EHLO yet.
+    Greeted,
+    Ready(Helo),
+    /// MAIL accepted; RCPTs may follow.
+    Mail(Helo, Transaction),
+    /// Between BDAT chunks: the body so far is in the receiver.
+    Chunked(Helo, Transaction, BodyReceiver),
+}
+
+#[derive(Debug)]
+enum State {
+    Command(Phase),
+    /// Discarding the rest of an over-long command line up to its LF.
+    DrainLine(Phase),
+    /// After 354: message data until CRLF.CRLF.
+    Data(Helo, Transaction, BodyReceiver),
+    /// Inside the octets of one BDAT chunk.
+    Chunk(Chunk),
+    /// A Submit event is out; waiting for [`Session::submitted`].
+    Submitting(Helo, Pending),
+    Closed,
+}
+
+#[derive(Debug)]
+struct Chunk {
+    size: u64,
+    remaining: u64,
+    last: bool,
+    sink: ChunkSink,
+}
+
+#[derive(Debug)]
+enum ChunkSink {
+    Accept(Helo, Transaction, BodyReceiver),
+    /// BDAT outside a usable transaction: RFC 3030 §2 still sends the octets, so they are
+    /// read and dropped, then `reply` is sent and the session continues in `after`.
+    Discard {
+        after: Phase,
+        reply: Reply,
+    },
+}
+
+/// What the summary of a submitted transaction needs if storing it fails.
+#[derive(Debug)]
+struct Pending {
+    reverse_path: String,
+    recipients: usize,
+    size: u64,
+}
+
+/// One SMTP server session.
+#[derive(Debug)]
+pub struct Session {
+    config: Arc<SessionConfig>,
+    peer: SocketAddr,
+    /// The client is inside `relay_networks` (decided once, at connect).
+    relay_client: bool,
+    errors: u32,
+    /// Junk commands so far; reset with `errors` when a message is accepted.
+    junk: u32,
+    state: State,
+}
+
+impl Session {
+    /// A session for a new connection; encodes the 220 greeting into `out`.
+    pub fn new(
+        config: Arc<SessionConfig>,
+        peer: SocketAddr,
+        now: SystemTime,
+        out: &mut Outbox,
+    ) -> Session {
+        // The greeting carries no time; `now` is in the signature for symmetry with the other
+        // entry points and for a future connect timestamp.
+        let _ = now;
+        debug_assert_eq!(config.check(), Ok(()));
+        // Dual-stack sockets report IPv4 clients as ::ffff:a.b.c.d.
+        let ip = peer.ip().to_canonical();
+        let relay_client = config.relay_networks.iter().any(|net| net.contains(&ip));
+        Reply::greeting(&config.hostname).encode(&mut out.bytes);
+        Session {
+            config,
+            peer,
+            relay_client,
+            errors: 0,
+            junk: 0,
+            state: State::Command(Phase::Greeted),
+        }
+    }
+
+    /// Processes buffered input; returns how many octets were consumed (see the module doc).
+    pub fn handle_input(&mut self, input: &[u8], now: SystemTime, out: &mut Outbox) -> usize {
+        let mut consumed = 0;
+        while let Some(octets) = self.step(&input[consumed..], now, out) {
+            consumed += octets;
+        }
+        consumed
+    }
+
+    /// The driver's answer to `Event::Submit`.
+    pub fn submitted(
+        &mut self,
+        result: Result<QueueId, SubmitError>,
+        now: SystemTime,
+        out: &mut Outbox,
+    ) {
+        let _ = now;
+        if !self.awaiting_submission() {
+            // After a close (timeout, shutdown) the answer has nowhere to go; anything else
+            // is a driver bug.
+            debug_assert!(self.is_closed(), "submitted without Submit");
+            return;
+        }
+        let State::Submitting(helo, pending) = mem::replace(&mut self.state, State::Closed) else {
+            return;
+        };
+        self.state = State::Command(Phase::Ready(helo));
+        match result {
+            Ok(id) => {
+                self.errors = 0;
+                self.junk = 0;
+                Reply::queued(id).encode(&mut out.bytes);
+            }
+            Err(_) => {
+                // Not the client's fault: not counted as an error.
+                let reply = Reply::insufficient_storage();
+                reply.encode(&mut out.bytes);
+                out.events.push(Event::Rejected(TransactionSummary {
+                    reverse_path: pending.reverse_path,
+                    recipients: pending.recipients,
+                    size: pending.size,
+                    reply,
+                }));
+            }
+        }
+    }
+
+    /// The peer was silent for too long.
+    pub fn timed_out(&mut self, out: &mut Outbox) {
+        if self.is_closed() {
+            return;
+        }
+        self.close(
+            Reply::timeout(&self.config.hostname),
+            CloseReason::TimedOut,
+            out,
+        );
+    }
+
+    /// The server is stopping.
+    pub fn shutting_down(&mut self, out: &mut Outbox) {
+        if self.is_closed() {
+            return;
+        }
+        let reply = Reply::shutting_down(&self.config.hostname);
+        self.close(reply, CloseReason::ShuttingDown, out);
+    }
+
+    /// MAIL was accepted and the transaction has not ended.
+    pub fn in_transaction(&self) -> bool {
+        match &self.state {
+            State::Command(phase) | State::DrainLine(phase) => {
+                matches!(phase, Phase::Mail(..) | Phase::Chunked(..))
+            }
+            State::Data(..) | State::Submitting(..) => true,
+            State::Chunk(chunk) => matches!(chunk.sink, ChunkSink::Accept(..)),
+            State::Closed => false,
+        }
+    }
+
+    /// Inside DATA or a BDAT chunk: the driver applies the data timeout.
+    pub fn receiving_data(&self) -> bool {
+        matches!(self.state, State::Data(..) | State::Chunk(..))
+    }
+
+    pub fn awaiting_submission(&self) -> bool {
+        matches!(self.state, State::Submitting(..))
+    }
+
+    pub fn is_closed(&self) -> bool {
+        matches!(self.state, State::Closed)
+    }
+
+    pub fn peer(&self) -> SocketAddr {
+        self.peer
+    }
+
+    /// The EHLO keywords. STARTTLS (RFC 3207) and AUTH (RFC 4954) are added here once TLS
+    /// and credentials exist; until then their commands answer 502.
+    pub fn extensions(&self) -> Vec<Extension> {
+        vec![
+            Extension::Pipelining,
+            Extension::Size(self.config.message_size_max),
+            Extension::EightBitMime,
+            Extension::BinaryMime,
+            Extension::EnhancedStatusCodes,
+            Extension::SmtpUtf8,
+            Extension::Chunking,
+            Extension::Dsn,
+            Extension::Help,
+        ]
+    }
+
+    /// One unit of progress; `None` when nothing more can happen without more input (or at
+    /// all). `Some(0)` is returned only together with a state change.
+    fn step(&mut self, input: &[u8], now: SystemTime, out: &mut Outbox) -> Option<usize> {
+        match &mut self.state {
+            State::Closed | State::Submitting(..) => None,
+            State::Command(_) => self.command_line(input, now, out),
+            State::DrainLine(_) => {
+                if input.is_empty() {
+                    return None;
+                }
+                let Some(lf) = memchr(b'\n', input) else {
+                    return Some(input.len());
+                };
+                if let State::DrainLine(phase) = mem::replace(&mut self.state, State::Closed) {
+                    self.state = State::Command(phase);
+                }
+                self.reject(Reply::line_too_long(), out);
+                Some(lf + 1)
+            }
+            State::Data(_, _, body) => {
+                if input.is_empty() {
+                    return None;
+                }
+                let (consumed, done) = body.receive(input);
+                if done {
+                    self.end_of_data(out);
+                }
+                Some(consumed)
+            }
+            State::Chunk(chunk) => {
+                if chunk.remaining == 0 {
+                    self.end_of_chunk(out);
+                    return Some(0);
+                }
+                if input.is_empty() {
+                    return None;
+                }
+                let take = usize::try_from(chunk.remaining)
+                    .unwrap_or(usize::MAX)
+                    .min(input.len());
+                if let ChunkSink::Accept(_, _, body) = &mut chunk.sink {
+                    body.receive(&input[..take]);
+                }
+                chunk.remaining -= take as u64;
+                Some(take)
+            }
+        }
+    }
+
+    /// Frames and handles one command line.
+    fn command_line(&mut self, input: &[u8], now: SystemTime, out: &mut Outbox) -> Option<usize> {
+        match line::frame(input, self.config.command_line_max) {
+            Frame::Incomplete => None,
+            Frame::TooLong { consumed, complete } => {
+                if complete {
+                    self.reject(Reply::line_too_long(), out);
+                } else if let State::Command(phase) = mem::replace(&mut self.state, State::Closed) {
+                    self.state = State::DrainLine(phase);
+                }
+                Some(consumed)
+            }
+            Frame::Line {
+                line,
+                ending,
+                consumed,
+            } => {
+                match ending {
+                    // RFC 5321 §2.3.8: a bare LF does not end a command line; it is refused
+                    // rather than guessed at, as it is in message data.
+                    Ending::BareLf => self.reject(Reply::bare_lf_in_command(), out),
+                    Ending::CrLf => match command::parse(line) {
+                        Ok(command) => self.command(command, now, out),
+                        Err(error) => self.reject(error.reply(), out),
+                    },
+                }
+                Some(consumed)
+            }
+        }
+    }
+
+    /// Takes the command phase out of the state (the state is `Closed` until put back).
+    fn take_phase(&mut self) -> Phase {
+        match mem::replace(&mut self.state, State::Closed) {
+            State::Command(phase) => phase,
+            other => {
+                // Commands are dispatched only in `State::Command`.
+                debug_assert!(false, "command outside command state: {other:?}");
+                self.state = other;
+                Phase::Greeted
+            }
+        }
+    }
+
+    fn command(&mut self, command: Command, now: SystemTime, out: &mut Outbox) {
+        let junk = command.verb().spec().counts_as_junk;
+        if junk {
+            self.junk = self.junk.saturating_add(1);
+        }
+        self.dispatch(command, now, out);
+        // Past the junk limit a junk command counts as an error after its (positive) reply,
+        // as in Postfix.
+        if junk && self.junk > JUNK_COMMANDS_MAX && !self.is_closed() {
+            self.count_error(out);
+        }
+    }
+
+    fn dispatch(&mut self, command: Command, now: SystemTime, out: &mut Outbox) {
+        match command {
+            Command::Helo { domain } => self.helo(domain, false, out),
+            Command::Ehlo { domain } => self.helo(domain, true, out),
+            Command::Mail { from, params, .. } => self.mail(from, params, now, out),
+            Command::Rcpt { to, params } => self.rcpt(to, params, out),
+            Command::Data => self.data(out),
+            Command::Bdat { size, last } => self.bdat(size, last),
+            Command::Rset => {
+                let phase = self.take_phase();
+                self.state = State::Command(reset(phase));
+                self.reply(&Reply::ok(), out);
+            }
+            Command::Noop { .. } => self.reply(&Reply::ok(), out),
+            Command::Help { .. } => self.reply(&Reply::help(), out),
+            Command::Vrfy { .. } => self.reply(&Reply::cannot_vrfy(), out),
+            Command::Expn { .. } => self.reject(Reply::expn_not_implemented(), out),
+            Command::Turn => self.reject(Reply::turn_not_implemented(), out),
+            Command::Send { .. } => self.reject(Reply::send_not_implemented(), out),
+            Command::StartTls | Command::Auth { .. } => self.reject(Reply::not_implemented(), out),
+            Command::Quit => self.close(Reply::closing(), CloseReason::Quit, out),
+        }
+    }
+
+    /// HELO/EHLO: RFC 5321 §4.1.4 makes it a reset of any transaction.
+    fn helo(&mut self, name: String, extended: bool, out: &mut Outbox) {
+        let _ = self.take_phase();
+        self.state = State::Command(Phase::Ready(Helo { name, extended }));
+        let reply = if extended {
+            Reply::ehlo(&self.config.hostname, &self.extensions())
+        } else {
+            Reply::helo(&self.config.hostname)
+        };
+        self.reply(&reply, out);
+    }
+
+    fn mail(&mut self, from: ReversePath, params: MailParams, now: SystemTime, out: &mut Outbox) {
+        let helo = match self.take_phase() {
+            Phase::Ready(helo) => helo,
+            phase @ Phase::Greeted => return self.refuse(phase, Reply::need_helo(), out),
+            phase => return self.refuse(phase, Reply::nested_mail(), out),
+        };
+        let refusal = if !helo.extended && params != MailParams::default() {
+            // Known gap: an explicit BODY=7BIT after HELO equals the default and passes.
+            Some(Reply::parameters_need_ehlo())
+        } else if !params.smtputf8 && !from.is_ascii() {
+            Some(Reply::utf8_needs_smtputf8())
+        } else if params
+            .size
+            .is_some_and(|size| size > self.config.message_size_max)
+        {
+            // RFC 1870 §6.1: refuse a declared size over the limit before the data.
+            Some(Reply::message_too_large())
+        } else {
+            None
+        };
+        if let Some(reply) = refusal {
+            return self.refuse(Phase::Ready(helo), reply, out);
+        }
+        let transaction = Transaction {
+            envelope: Envelope {
+                reverse_path: from.into_string(),
+                params,
+                recipients: Vec::new(),
+            },
+            mail_at: now,
+            overshoot: 0,
+        };
+        self.state = State::Command(Phase::Mail(helo, transaction));
+        self.reply(&Reply::sender_ok(), out);
+    }
+
+    fn rcpt(&mut self, to: ForwardPath, params: RcptParams, out: &mut Outbox) {
+        let (helo, mut transaction) = match self.take_phase() {
+            Phase::Mail(helo, transaction) => (helo, transaction),
+            phase @ Phase::Chunked(..) => {
+                return self.refuse(phase, Reply::recipient_after_bdat(), out)
+            }
+            phase => return self.refuse(phase, Reply::need_mail(), out),
+        };
+        let refusal = if !helo.extended && params != RcptParams::default() {
+            Some(Reply::parameters_need_ehlo())
+        } else if !transaction.envelope.params.smtputf8 && !to.is_ascii() {
+            Some(Reply::utf8_needs_smtputf8())
+        } else if transaction.envelope.recipients.len() >= self.config.recipients_max {
+            transaction.overshoot += 1;
+            if transaction.overshoot <= self.config.recipients_max {
+                self.state = State::Command(Phase::Mail(helo, transaction));
+                return self.reply(&Reply::too_many_recipients(), out);
+            }
+            Some(Reply::too_many_recipients())
+        } else if !self.may_relay_to(&to) {
+            Some(Reply::relay_denied(to.as_str()))
+        } else {
+            None
+        };
+        if let Some(reply) = refusal {
+            return self.refuse(Phase::Mail(helo, transaction), reply, out);
+        }
+        transaction.envelope.recipients.push(Recipient {
+            address: to.into_string(),
+            notify: params.notify,
+            orcpt: params.orcpt,
+        });
+        self.state = State::Command(Phase::Mail(helo, transaction));
+        self.reply(&Reply::recipient_ok(), out);
+    }
+
+    /// Relay control: never an open relay. Local domains (and the bare postmaster, RFC 5321
+    /// §4.5.1) take mail from anyone; other domains only from clients in `relay_networks`.
+    fn may_relay_to(&self, to: &ForwardPath) -> bool {
+        match to.domain() {
+            None => true,
+            Some(domain) => {
+                self.relay_client
+                    || self
+                        .config
+                        .local_domains
+                        .iter()
+                        .any(|local| local.eq_ignore_ascii_case(domain))
+            }
+        }
+    }
+
+    fn data(&mut self, out: &mut Outbox) {
+        let (helo, transaction) = match self.take_phase() {
+            Phase::Mail(helo, transaction) => (helo, transaction),
+            // RFC 3030 §3: DATA after BDAT is 503 and leaves the transaction undefined; we
+            // end it, as a failed BDAT does.
+            Phase::Chunked(helo, ..) => {
+                return self.refuse(Phase::Ready(helo), Reply::data_after_bdat(), out)
+            }
+            phase => return self.refuse(phase, Reply::need_mail(), out),
+        };
+        if transaction.envelope.recipients.is_empty() {
+            return self.refuse(
+                Phase::Mail(helo, transaction),
+                Reply::no_valid_recipients(),
+                out,
+            );
+        }
+        if transaction.envelope.params.body == BodyType::BinaryMime {
+            let phase = Phase::Mail(helo, transaction);
+            return self.refuse(phase, Reply::binarymime_needs_bdat(), out);
+        }
+        let body = BodyReceiver::dot(self.config.body_limits(), transaction.envelope.params.size);
+        self.state = State::Data(helo, transaction, body);
+        self.reply(&Reply::start_mail_input(), out);
+    }
+
+    /// BDAT: the chunk octets follow the command line whatever the answer will be (RFC 3030
+    /// §2), so a BDAT that cannot be accepted still reads its chunk, then answers 503.
+    fn bdat(&mut self, size: u64, last: bool) {
+        let sink = match self.take_phase() {
+            Phase::Mail(helo, transaction) if !transaction.envelope.recipients.is_empty() => {
+                let params = &transaction.envelope.params;
+                let text = params.body != BodyType::BinaryMime;
+                let body = BodyReceiver::chunks(self.config.body_limits(), text, params.size);
+                ChunkSink::Accept(helo, transaction, body)
+            }
+            Phase::Chunked(helo, transaction, body) => ChunkSink::Accept(helo, transaction, body),
+            Phase::Greeted => ChunkSink::Discard {
+                after: Phase::Greeted,
+                reply: Reply::need_helo(),
+            },
+            Phase::Ready(helo) => ChunkSink::Discard {
+                after: Phase::Ready(helo),
+                reply: Reply::need_mail(),
+            },
+            // MAIL without an accepted RCPT: the failed BDAT ends the transaction.
+            Phase::Mail(helo, _) => ChunkSink::Discard {
+                after: Phase::Ready(helo),
+                reply: Reply::need_recipient(),
+            },
+        };
+        self.state = State::Chunk(Chunk {
+            size,
+            remaining: size,
+            last,
+            sink,
+        });
+    }
+
+    fn end_of_chunk(&mut self, out: &mut Outbox) {
+        let State::Chunk(chunk) = mem::replace(&mut self.state, State::Closed) else {
+            return;
+        };
+        match chunk.sink {
+            ChunkSink::Discard { after, reply } => self.refuse(after, reply, out),
+            ChunkSink::Accept(helo, transaction, body) => {
+                if let Some(error) = body.error() {
+                    // Refuse now rather than after the last chunk: the client can stop.
+                    self.refuse_message(helo, transaction, body.size(), error.reply(), out);
+                } else if chunk.last {
+                    self.finish_message(helo, transaction, body, out);
+                } else {
+                    self.state = State::Command(Phase::Chunked(helo, transaction, body));
+                    self.reply(&Reply::chunk_received(chunk.size), out);
+                }
+            }
+        }
+    }
+
+    fn end_of_data(&mut self, out: &mut Outbox) {
+        if let State::Data(helo, transaction, body) = mem::replace(&mut self.state, State::Closed) {
+            self.finish_message(helo, transaction, body, out);
+        }
+    }
+
+    /// The data is complete: submit it, or refuse it if a check failed.
+    fn finish_message(
+        &mut self,
+        helo: Helo,
+        transaction: Transaction,
+        body: BodyReceiver,
+        out: &mut Outbox,
+    ) {
+        let size = body.size();
+        let body = match body.finish() {
+            Ok(body) => body,
+            Err(error) => return self.refuse_message(helo, transaction, size, error.reply(), out),
+        };
+        let origin = self.origin(&helo, &transaction.envelope.params);
+        let pending = Pending {
+            reverse_path: transaction.envelope.reverse_path.clone(),
+            recipients: transaction.envelope.recipients.len(),
+            size,
+        };
+        out.events.push(Event::Submit(Box::new(Submission {
+            envelope: transaction.envelope,
+            origin,
+            body,
+            mail_at: transaction.mail_at,
+        })));
+        self.state = State::Submitting(helo, pending);
+    }
+
+    /// Ends a transaction whose data was refused.
+    fn refuse_message(
+        &mut self,
+        helo: Helo,
+        transaction: Transaction,
+        size: u64,
+        reply: Reply,
+        out: &mut Outbox,
+    ) {
+        out.events.push(Event::Rejected(TransactionSummary {
+            reverse_path: transaction.envelope.reverse_path,
+            recipients: transaction.envelope.recipients.len(),
+            size,
+            reply: reply.clone(),
+        }));
+        self.refuse(Phase::Ready(helo), reply, out);
+    }
+
+    fn origin(&self, helo: &Helo, params: &MailParams) -> Origin {
+        // RFC 3848 and RFC 6531 §4.3 "with" keywords (ESMTPS/ESMTPA come with TLS/AUTH).
+        let protocol = match (helo.extended, params.smtputf8) {
+            (false, _) => "SMTP",
+            (true, false) => "ESMTP",
+            (true, true) => "UTF8SMTP",
+        };
+        Origin {
+            client_ip: self.peer.ip().to_canonical().to_string(),
+            client_port: self.peer.port(),
+            helo: helo.name.clone(),
+            protocol: protocol.to_owned(),
+        }
+    }
+
+    /// Sends a positive (or otherwise uncounted) reply.
+    fn reply(&mut self, reply: &Reply, out: &mut Outbox) {
+        reply.encode(&mut out.bytes);
+    }
+
+    /// Puts `phase` back and sends a refusal the client caused.
+    fn refuse(&mut self, phase: Phase, reply: Reply, out: &mut Outbox) {
+        self.state = State::Command(phase);
+        self.reject(reply, out);
+    }
+
+    /// Sends a reply the client caused and counts it if negative; closes at the limit.
+    fn reject(&mut self, reply: Reply, out: &mut Outbox) {
+        reply.encode(&mut out.bytes);
+        if reply.code().is_negative() {
+            self.count_error(out);
+        }
+    }
+
+    fn count_error(&mut self, out: &mut Outbox) {
+        self.errors = self.errors.saturating_add(1);
+        if self.errors >= self.config.errors_max.max(1) {
+            let reply = Reply::too_many_errors(&self.config.hostname);
+            self.close(reply, CloseReason::TooManyErrors, out);
+        }
+    }
+
+    fn close(&mut self, reply: Reply, reason: CloseReason, out: &mut Outbox) {
+        reply.encode(&mut out.bytes);
+        out.events.push(Event::Close(reason));
+        self.state = State::Closed;
+    }
+}
+
+/// RSET (RFC 5321 §4.1.1.5): the transaction ends, HELO/EHLO stays.
+fn reset(phase: Phase) -> Phase {
+    match phase {
+        Phase::Greeted => Phase::Greeted,
+        Phase::Ready(helo) | Phase::Mail(helo, _) | Phase::Chunked(helo, ..) => Phase::Ready(helo),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::VecDeque;
+    use std::time::{Duration, UNIX_EPOCH};
+
+    const NOW: Duration = Duration::from_secs(1_700_000_000);
+    const OUTSIDE: &str = "192.0.2.1:40000";
+    const INSIDE: &str = "127.0.0.1:40000";
+    const GREETING: &str = "220 mx.test ESMTP relay";
+    const EHLO_REPLY: [&str; 10] = [
+        "250-mx.test",
+        "250-PIPELINING",
+        "250-SIZE 26214400",
+        "250-8BITMIME",
+        "250-BINARYMIME",
+        "250-ENHANCEDSTATUSCODES",
+        "250-SMTPUTF8",
+        "250-CHUNKING",
+        "250-DSN",
+        "250 HELP",
+    ];
+
+    fn now() -> SystemTime {
+        UNIX_EPOCH + NOW
+    }
+
+    fn config() -> SessionConfig {
+        SessionConfig {
+            hostname: "mx.test".into(),
+            local_domains: vec!["localhost".into(), "Example.NET".into()],
+            ..SessionConfig::default()
+        }
+    }
+
+    /// A connection driver as net/ will be: it keeps unconsumed bytes, re-presents them with
+    /// the next read, answers Submit events and stops at Close.
+    struct Driver {
+        session: Session,
+        buffer: Vec<u8>,
+        output: Vec<u8>,
+        events: Vec<Event>,
+        outcomes: VecDeque<Result<QueueId, SubmitError>>,
+        next_id: u64,
+    }
+
+    impl Driver {
+        fn new(config: &SessionConfig, peer: &str) -> Self {
+            let mut out = Outbox::default();
+            let peer = peer.parse().unwrap();
+            let session = Session::new(Arc::new(config.clone()), peer, now(), &mut out);
+            assert!(out.events.is_empty());
+            Self {
+                session,
+                buffer: Vec::new(),
+                output: out.bytes,
+                events: Vec::new(),
+                outcomes: VecDeque::new(),
+                next_id: 0,
+            }
+        }
+
+        fn feed(&mut self, chunk: &[u8]) {
+            self.buffer.extend_from_slice(chunk);
+            loop {
+                let mut out = Outbox::default();
+                let consumed = self.session.handle_input(&self.buffer, now(), &mut out);
+                assert!(consumed <= self.buffer.len());
+                self.buffer.drain(..consumed);
+                self.output.extend_from_slice(&out.bytes);
+                let mut again = consumed > 0;
+                for event in out.events {
+                    let submit = matches!(event, Event::Submit(_));
+                    self.events.push(event);
+                    if submit {
+                        assert!(self.session.awaiting_submission());
+                        self.next_id += 1;
+                        let result = self
+                            .outcomes
+                            .pop_front()
+                            .unwrap_or(Ok(QueueId(self.next_id)));
+                        let mut out = Outbox::default();
+                        self.session.submitted(result, now(), &mut out);
+                        self.output.extend_from_slice(&out.bytes);
+                        self.events.extend(out.events);
+                        again = true;
+                    }
+                }
+                if !again || self.session.is_closed() {
+                    break;
+                }
+            }
+        }
+
+        fn lines(&self) -> Vec<String> {
+            let text = String::from_utf8_lossy(&self.output);
+            text.split_inclusive("\r\n")
+                .map(|line| {
+                    assert!(line.ends_with("\r\n"), "unterminated reply {line:?}");
+                    line.trim_end_matches("\r\n").to_owned()
+                })
+                .collect()
+        }
+    }
+
+    struct Run {
+        lines: Vec<String>,
+        events: Vec<Event>,
+        unconsumed: Vec<u8>,
+    }
+
+    /// Runs `input` in one piece, then split at every offset and byte by byte, and checks
+    /// that the output, the events and what is left unconsumed never depend on the split.
+    fn run_with(
+        config: &SessionConfig,
+        peer: &str,
+        input: &[u8],
+        outcomes: &[Result<QueueId, SubmitError>],
+    ) -> Run {
+        let drive = |pieces: &[&[u8]]| {
+            let mut driver = Driver::new(config, peer);
+            driver.outcomes = outcomes.iter().copied().collect();
+            for piece in pieces {
+                driver.feed(piece);
+            }
+            driver
+        };
+        let whole = drive(&[input]);
+        let splits = (0..=input.len()).map(|k| {
+            let (a, b) = input.split_at(k);
+            (format!("split at {k}"), drive(&[a, b]))
+        });
+        let bytes: Vec<&[u8]> = input.chunks(1).collect();
+        let byte_by_byte = std::iter::once((String::from("byte by byte"), drive(&bytes)));
+        for (how, other) in splits.chain(byte_by_byte) {
+            assert_eq!(
+                String::from_utf8_lossy(&other.output),
+                String::from_utf8_lossy(&whole.output),
+                "{how}"
+            );
+            assert_eq!(other.events, whole.events, "{how}");
+            assert_eq!(other.buffer, whole.buffer, "{how}");
+        }
+        Run {
+            lines: whole.lines(),
+            events: whole.events,
+            unconsumed: whole.buffer,
+        }
+    }
+
+    fn run(input: &str) -> Run {
+        run_with(&config(), OUTSIDE, input.as_bytes(), &[])
+    }
+
+    /// The replies after the greeting and the EHLO reply.
+    fn after_ehlo(run: &Run) -> Vec<&str> {
+        assert_eq!(run.lines[0], GREETING);
+        for (line, expected) in run.lines[1..11].iter().zip(EHLO_REPLY) {
+            // SIZE follows the configured limit.
+            if !expected.starts_with("250-SIZE ") {
+                assert_eq!(line, expected);
+            }
+        }
+        run.lines[11..].iter().map(String::as_str).collect()
+    }
+
+    fn submissions(run: &Run) -> Vec<&Submission> {
+        run.events
+            .iter()
+            .filter_map(|e| match e {
+                Event::Submit(s) => Some(&**s),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn rejections(run: &Run) -> Vec<&TransactionSummary> {
+        run.events
+            .iter()
+            .filter_map(|e| match e {
+                Event::Rejected(r) => Some(r),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn closes(run: &Run) -> Vec<CloseReason> {
+        run.events
+            .iter()
+            .filter_map(|e| match e {
+                Event::Close(reason) => Some(*reason),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn pipelined_transaction_replies_in_order() {
+        let run = run(concat!(
+            "EHLO client.example\r\n",
+            "MAIL FROM:<alice@client.example> SIZE=100 BODY=8BITMIME\r\n",
+            "RCPT TO:<bob@localhost> NOTIFY=FAILURE ORCPT=rfc822;bob@localhost\r\n",
+            "RCPT TO:<carol@EXAMPLE.net>\r\n",
+            "DATA\r\n",
+            "Subject: hi\r\n",
+            "\r\n",
+            "..leading dot\r\n",
+            ".\r\n",
+            "QUIT\r\n",
+        ));
+        assert_eq!(
+            after_ehlo(&run),
+            [
+                "250 2.1.0 Ok",
+                "250 2.1.5 Ok",
+                "250 2.1.5 Ok",
+                "354 End data with <CR><LF>.<CR><LF>",
+                "250 2.0.0 Ok: queued as 0000000000000001",
+                "221 2.0.0 Bye",
+            ]
+        );
+        let submitted = submissions(&run);
+        assert_eq!(submitted.len(), 1);
+        let submission = submitted[0];
+        assert_eq!(submission.body, b"Subject: hi\r\n\r\n.leading dot\r\n");
+        assert_eq!(submission.envelope.reverse_path, "alice@client.example");
+        assert_eq!(submission.envelope.params.size, Some(100));
+        assert_eq!(submission.envelope.params.body, BodyType::EightBitMime);
+        assert_eq!(
+            submission.envelope.recipients,
+            [
+                Recipient {
+                    address: "bob@localhost".into(),
+                    notify: Some(crate::envelope::Notify::FAILURE),
+                    orcpt: Some("rfc822;bob@localhost".into()),
+                },
+                Recipient {
+                    address: "carol@EXAMPLE.net".into(),
+                    notify: None,
+                    orcpt: None,
+                },
+            ]
+        );
+        assert_eq!(
+            submission.origin,
+            Origin {
+                client_ip: "192.0.2.1".into(),
+                client_port: 40000,
+                helo: "client.example".into(),
+                protocol: "ESMTP".into(),
+            }
+        );
+        assert_eq!(submission.mail_at, now());
+        assert_eq!(closes(&run), [CloseReason::Quit]);
+        assert!(run.unconsumed.is_empty());
+    }
+
+    #[test]
+    fn several_transactions_in_one_session() {
+        let run = run(concat!(
+            "EHLO c\r\n",
+            "MAIL FROM:<>\r\nRCPT TO:<a@localhost>\r\nDATA\r\nfirst\r\n.\r\n",
+            "MAIL FROM:<b@c>\r\nRCPT TO:<postmaster>\r\nDATA\r\nsecond\r\n.\r\n",
+            "RSET\r\nNOOP\r\n",
+        ));
+        assert_eq!(
+            after_ehlo(&run),
+            [
+                "250 2.1.0 Ok",
+                "250 2.1.5 Ok",
+                "354 End data with <CR><LF>.<CR><LF>",
+                "250 2.0.0 Ok: queued as 0000000000000001",
+                "250 2.1.0 Ok",
+                "250 2.1.5 Ok",
+                "354 End data with <CR><LF>.<CR><LF>",
+                "250 2.0.0 Ok: queued as 0000000000000002",
+                "250 2.0.0 Ok",
+                "250 2.0.0 Ok",
+            ]
+        );
+        let submitted = submissions(&run);
+        assert_eq!(submitted[0].envelope.reverse_path, "");
+        assert_eq!(submitted[0].body, b"first\r\n");
+        assert_eq!(submitted[1].envelope.recipients[0].address, "postmaster");
+        assert_eq!(submitted[1].body, b"second\r\n");
+    }
+
+    #[test]
+    fn submission_stops_consumption_until_submitted() {
+        let mut out = Outbox::default();
+        let peer = OUTSIDE.parse().unwrap();
+        let mut session = Session::new(Arc::new(config()), peer, now(), &mut out);
+        let input =
+            b"HELO c\r\nMAIL FROM:<a@b>\r\nRCPT TO:<x@localhost>\r\nDATA\r\nhi\r\n.\r\nNOOP\r\n";
+        out.clear();
+        assert!(!session.in_transaction());
+        let consumed = session.handle_input(input, now(), &mut out);
+        assert_eq!(&input[consumed..], b"NOOP\r\n");
+        assert!(session.awaiting_submission());
+        assert!(session.in_transaction());
+        assert!(!session.receiving_data());
+        assert!(matches!(out.events.as_slice(), [Event::Submit(_)]));
+        // Nothing more is consumed until the driver answers.
+        assert_eq!(session.handle_input(b"NOOP\r\n", now(), &mut out), 0);
+        out.clear();
+        session.submitted(Err(SubmitError::Backpressure), now(), &mut out);
+        assert_eq!(
+            out.bytes,
+            b"452 4.3.1 Error: insufficient system storage\r\n"
+        );
+        assert_eq!(
+            out.events,
+            [Event::Rejected(TransactionSummary {
+                reverse_path: "a@b".into(),
+                recipients: 1,
+                size: 4,
+                reply: Reply::insufficient_storage(),
+            })]
+        );
+        assert!(!session.in_transaction());
+        out.clear();
+        assert_eq!(session.handle_input(b"NOOP\r\n", now(), &mut out), 6);
+        assert_eq!(out.bytes, b"250 2.0.0 Ok\r\n");
+    }
+
+    #[test]
+    fn storage_failure_answers_452_and_the_session_goes_on() {
+        let input = concat!(
+            "EHLO c\r\nMAIL FROM:<a@b>\r\nRCPT TO:<x@localhost>\r\nDATA\r\nhi\r\n.\r\n",
+            "MAIL FROM:<a@b>\r\nRCPT TO:<x@localhost>\r\nDATA\r\nagain\r\n.\r\n",
+        );
+        let run = run_with(
+            &config(),
+            OUTSIDE,
+            input.as_bytes(),
+            &[Err(SubmitError::Storage)],
+        );
+        let replies = after_ehlo(&run);
+        assert_eq!(replies[3], "452 4.3.1 Error: insufficient system storage");
+        assert_eq!(replies[7], "250 2.0.0 Ok: queued as 0000000000000002");
+        assert_eq!(rejections(&run).len(), 1);
+        assert_eq!(submissions(&run).len(), 2);
+    }
+
+    #[test]
+    fn flags_follow_the_states() {
+        let mut out = Outbox::default();
+        let peer = OUTSIDE.parse().unwrap();
+        let mut session = Session::new(Arc::new(config()), peer, now(), &mut out);
+        let mut feed =
+            |session: &mut Session, input: &[u8]| session.handle_input(input, now(), &mut out);
+        assert_eq!(feed(&mut session, b"EHLO c\r\nMAIL FROM:<a@b>\r\n"), 25);
+        assert!(session.in_transaction() && !session.receiving_data());
+        assert_eq!(
+            feed(&mut session, b"RCPT TO:<x@localhost>\r\nDATA\r\npartial"),
+            36
+        );
+        assert!(session.receiving_data());
+        assert_eq!(feed(&mut session, b"\r\n.\r"), 4);
+        assert!(session.receiving_data());
+        assert_eq!(feed(&mut session, b"\nRSET\r\n"), 1);
+        assert!(session.awaiting_submission());
+    }
+
+    #[test]
+    fn helo_is_plain_smtp_without_extensions() {
+        let run = run(concat!(
+            "HELO client.example\r\n",
+            "MAIL FROM:<a@b> SIZE=10\r\n",
+            "MAIL FROM:<a@b>\r\n",
+            "RCPT TO:<c@localhost> NOTIFY=NEVER\r\n",
+            "RCPT TO:<c@localhost>\r\n",
+            "DATA\r\n.\r\n",
+        ));
+        assert_eq!(
+            run.lines,
+            [
+                GREETING,
+                "250 mx.test",
+                "555 5.5.4 Error: ESMTP parameters require EHLO",
+                "250 2.1.0 Ok",
+                "555 5.5.4 Error: ESMTP parameters require EHLO",
+                "250 2.1.5 Ok",
+                "354 End data with <CR><LF>.<CR><LF>",
+                "250 2.0.0 Ok: queued as 0000000000000001",
+            ]
+        );
+        assert_eq!(submissions(&run)[0].origin.protocol, "SMTP");
+        assert_eq!(submissions(&run)[0].body, b"");
+    }
+
+    #[test]
+    fn sequence_errors() {
+        let run = run(concat!(
+            "MAIL FROM:<a@b>\r\n",
+            "RCPT TO:<a@localhost>\r\n",
+            "DATA\r\n",
+            "EHLO c\r\n",
+            "RCPT TO:<a@localhost>\r\n",
+            "DATA\r\n",
+            "MAIL FROM:<a@b>\r\n",
+            "MAIL FROM:<a@b>\r\n",
+            "DATA\r\n",
+            "RCPT TO:<a@localhost>\r\n",
+            "RSET\r\n",
+            "RCPT TO:<a@localhost>\r\n",
+        ));
+        assert_eq!(
+            run.lines[..4],
+            [
+                GREETING,
+                "503 5.5.1 Error: send HELO/EHLO first",
+                "503 5.5.1 Error: need MAIL command",
+                "503 5.5.1 Error: need MAIL command",
+            ]
+        );
+        assert_eq!(
+            run.lines[14..],
+            [
+                "503 5.5.1 Error: need MAIL command",
+                "503 5.5.1 Error: need MAIL command",
+                "250 2.1.0 Ok",
+                "503 5.5.1 Error: nested MAIL command",
+                "554 5.5.1 Error: no valid recipients",
+                "250 2.1.5 Ok",
+                "250 2.0.0 Ok",
+                "503 5.5.1 Error: need MAIL command",
+            ]
+        );
+    }
+
+    #[test]
+    fn helo_resets_the_transaction() {
+        let run = run("EHLO a\r\nMAIL FROM:<a@b>\r\nEHLO b\r\nRCPT TO:<x@localhost>\r\n");
+        assert_eq!(run.lines[12..22], EHLO_REPLY);
+        assert_eq!(run.lines[22], "503 5.5.1 Error: need MAIL command");
+    }
+
+    #[test]
+    fn other_commands() {
+        let run = run(concat!(
+            "EHLO c\r\n",
+            "NOOP\r\nNOOP anything at all\r\nHELP\r\nHELP DATA\r\nVRFY root\r\nVRFY\r\n",
+            "EXPN staff\r\nTURN\r\nSEND FROM:<a@b>\r\nSTARTTLS\r\nAUTH PLAIN\r\nFOO\r\n",
+            "SOML FROM:<a@b>\r\nRSET\r\nsaml from:<a@b>\r\n",
+        ));
+        assert_eq!(
+            after_ehlo(&run),
+            [
+                "250 2.0.0 Ok",
+                "250 2.0.0 Ok",
+                "214 2.0.0 Commands: HELO EHLO MAIL RCPT DATA BDAT RSET NOOP QUIT HELP VRFY",
+                "214 2.0.0 Commands: HELO EHLO MAIL RCPT DATA BDAT RSET NOOP QUIT HELP VRFY",
+                "252 2.5.2 Cannot VRFY user, but will accept message and attempt delivery",
+                "501 5.5.4 Syntax: VRFY address",
+                "502 5.5.1 Error: EXPN not available",
+                "502 5.5.1 Error: TURN is obsolete (RFC 5321 Appendix F.1)",
+                "502 5.5.1 Error: SEND is obsolete (RFC 5321 Appendix F.6)",
+                "502 5.5.1 Error: command not implemented",
+                "502 5.5.1 Error: command not implemented",
+                "500 5.5.1 Error: command not recognized",
+                "250 2.1.0 Ok",
+                "250 2.0.0 Ok",
+                "250 2.1.0 Ok",
+            ]
+        );
+    }
+
+    #[test]
+    fn parameters_and_addresses() {
+        let run = run(concat!(
+            "EHLO c\r\n",
+            "MAIL FROM:<a@b> FOO=BAR\r\n",
+            "MAIL FROM:<a@b> SIZE=abc\r\n",
+            "MAIL FROM:<a@@b>\r\n",
+            "MAIL FROM: <a@b> SIZE=26214401\r\n",
+            "MAIL FROM: <a@b> SIZE=26214400 RET=HDRS ENVID=x+2By\r\n",
+            "RCPT TO:<x@localhost> FOO\r\n",
+            "RCPT TO:<x@@localhost>\r\n",
+            "RCPT TO:<x@localhost> NOTIFY=NEVER,DELAY\r\n",
+            "RCPT TO: <x@localhost> NOTIFY=never\r\n",
+        ));
+        assert_eq!(
+            after_ehlo(&run),
+            [
+                "555 5.5.4 Unsupported option: FOO",
+                "501 5.5.4 Bad SIZE parameter value",
+                "501 5.1.7 Bad sender address syntax",
+                "552 5.3.4 Error: message size exceeds fixed limit",
+                "250 2.1.0 Ok",
+                "555 5.5.4 Unsupported option: FOO",
+                "501 5.1.3 Bad recipient address syntax",
+                "501 5.5.4 Bad NOTIFY parameter value",
+                "250 2.1.5 Ok",
+            ]
+        );
+    }
+
+    #[test]
+    fn utf8_addresses_need_smtputf8() {
+        let run = run(concat!(
+            "EHLO c\r\n",
+            "MAIL FROM:<jörg@b.example>\r\n",
+            "MAIL FROM:<a@b.example>\r\n",
+            "RCPT TO:<jörg@localhost>\r\n",
+            "RSET\r\n",
+            "MAIL FROM:<jörg@b.example> SMTPUTF8\r\n",
+            "RCPT TO:<jörg@localhost>\r\n",
+            "DATA\r\nSubject: é\r\n.\r\n",
+        ));
+        assert_eq!(
+            after_ehlo(&run),
+            [
+                "553 5.6.7 Error: non-ASCII address requires the SMTPUTF8 parameter (RFC 6531)",
+                "250 2.1.0 Ok",
+                "553 5.6.7 Error: non-ASCII address requires the SMTPUTF8 parameter (RFC 6531)",
+                "250 2.0.0 Ok",
+                "250 2.1.0 Ok",
+                "250 2.1.5 Ok",
+                "354 End data with <CR><LF>.<CR><LF>",
+                "250 2.0.0 Ok: queued as 0000000000000001",
+            ]
+        );
+        let submission = submissions(&run)[0];
+        assert_eq!(submission.origin.protocol, "UTF8SMTP");
+        assert_eq!(submission.envelope.recipients[0].address, "jörg@localhost");
+        assert!(submission.envelope.params.smtputf8);
+    }
+
+    #[test]
+    fn relay_control() {
+        let input = concat!(
+            "EHLO c\r\nMAIL FROM:<a@b>\r\n",
+            "RCPT TO:<x@localhost>\r\n",
+            "RCPT TO:<x@LOCALHOST>\r\n",
+            "RCPT TO:<x@example.net>\r\n",
+            "RCPT TO:<postmaster>\r\n",
+            "RCPT TO:<x@elsewhere.example>\r\n",
+            "RCPT TO:<x@localhost.elsewhere.example>\r\n",
+            "RCPT TO:<x@[127.0.0.1]>\r\n",
+            "RCPT TO:<@localhost:x@elsewhere.example>\r\n",
+        );
+        let denied = |address: &str| format!("554 5.7.1 <{address}>: Relay access denied");
+        let outside = run_with(&config(), OUTSIDE, input.as_bytes(), &[]);
+        assert_eq!(
+            after_ehlo(&outside),
+            [
+                "250 2.1.0 Ok".to_owned(),
+                "250 2.1.5 Ok".to_owned(),
+                "250 2.1.5 Ok".to_owned(),
+                "250 2.1.5 Ok".to_owned(),
+                "250 2.1.5 Ok".to_owned(),
+                denied("x@elsewhere.example"),
+                denied("x@localhost.elsewhere.example"),
+                denied("x@[127.0.0.1]"),
+                denied("x@elsewhere.example"),
+            ]
+        );
+        for inside in [INSIDE, "[::1]:25", "[::ffff:127.0.0.2]:25"] {
+            let run = run_with(&config(), inside, input.as_bytes(), &[]);
+            assert!(
+                after_ehlo(&run)[1..].iter().all(|r| *r == "250 2.1.5 Ok"),
+                "{inside}"
+            );
+        }
+        let mut no_relay = config();
+        no_relay.relay_networks.clear();
+        let run = run_with(&no_relay, INSIDE, input.as_bytes(), &[]);
+        assert_eq!(after_ehlo(&run)[5], denied("x@elsewhere.example"));
+    }
+
+    #[test]
+    fn recipient_limit_answers_452_without_counting_errors() {
+        let mut config = config();
+        config.recipients_max = 2;
+        config.errors_max = 2;
+        let input = concat!(
+            "EHLO c\r\nMAIL FROM:<a@b>\r\n",
+            "RCPT TO:<1@localhost>\r\nRCPT TO:<2@localhost>\r\n",
+            "RCPT TO:<3@localhost>\r\nRCPT TO:<4@localhost>\r\n",
+            "DATA\r\nx\r\n.\r\n",
+            "MAIL FROM:<a@b>\r\n",
+            "RCPT TO:<1@localhost>\r\nRCPT TO:<2@localhost>\r\nRCPT TO:<3@localhost>\r\n",
+            "RCPT TO:<4@localhost>\r\nRCPT TO:<5@localhost>\r\nRCPT TO:<6@localhost>\r\n",
+        );
+        let run = run_with(&config, OUTSIDE, input.as_bytes(), &[]);
+        let replies = after_ehlo(&run);
+        assert_eq!(replies[3], "452 4.5.3 Error: too many recipients");
+        assert_eq!(replies[4], "452 4.5.3 Error: too many recipients");
+        assert_eq!(replies[6], "250 2.0.0 Ok: queued as 0000000000000001");
+        assert_eq!(submissions(&run)[0].envelope.recipients.len(), 2);
+        // Overshoot beyond the limit again counts: two more 452s reach errors_max.
+        assert_eq!(
+            replies[10..],
+            [
+                "452 4.5.3 Error: too many recipients",
+                "452 4.5.3 Error: too many recipients",
+                "452 4.5.3 Error: too many recipients",
+                "452 4.5.3 Error: too many recipients",
+                "421 4.7.0 mx.test Error: too many errors",
+            ]
+        );
+        assert_eq!(closes(&run), [CloseReason::TooManyErrors]);
+    }
+
+    #[test]
+    fn too_many_errors_closes_and_stops_consuming() {
+        let mut config = config();
+        config.errors_max = 3;
+        let input = b"FOO\r\nBAR\r\nNOOP\r\nBAZ\r\nNOOP\r\nQUIT\r\n";
+        let run = run_with(&config, OUTSIDE, input, &[]);
+        assert_eq!(
+            run.lines,
+            [
+                GREETING,
+                "500 5.5.1 Error: command not recognized",
+                "500 5.5.1 Error: command not recognized",
+                "250 2.0.0 Ok",
+                "500 5.5.1 Error: command not recognized",
+                "421 4.7.0 mx.test Error: too many errors",
+            ]
+        );
+        assert_eq!(closes(&run), [CloseReason::TooManyErrors]);
+        assert_eq!(run.unconsumed, b"NOOP\r\nQUIT\r\n");
+    }
+
+    #[test]
+    fn accepted_message_resets_the_error_count() {
+        let mut config = config();
+        config.errors_max = 2;
+        let input = concat!(
+            "EHLO c\r\nFOO\r\nMAIL FROM:<a@b>\r\nRCPT TO:<x@localhost>\r\nDATA\r\n.\r\n",
+            "FOO\r\nNOOP\r\n",
+        );
+        let run = run_with(&config, OUTSIDE, input.as_bytes(), &[]);
+        assert_eq!(after_ehlo(&run).last(), Some(&"250 2.0.0 Ok"));
+        assert!(closes(&run).is_empty());
+    }
+
+    #[test]
+    fn junk_commands_count_as_errors_past_their_limit() {
+        let mut config = config();
+        config.errors_max = 3;
+        // EHLO is junk too: EHLO, 98 NOOPs and RSET make 100.
+        let junk = "NOOP\r\n".repeat(JUNK_COMMANDS_MAX as usize - 2);
+        let input = format!("EHLO c\r\n{junk}RSET\r\nVRFY x\r\nHELP\r\nNOOP\r\nNOOP\r\n");
+        let run = run_with(&config, OUTSIDE, input.as_bytes(), &[]);
+        let replies = after_ehlo(&run);
+        assert_eq!(replies.len(), JUNK_COMMANDS_MAX as usize + 3);
+        assert_eq!(
+            replies[JUNK_COMMANDS_MAX as usize - 2..],
+            [
+                "250 2.0.0 Ok",
+                "252 2.5.2 Cannot VRFY user, but will accept message and attempt delivery",
+                "214 2.0.0 Commands: HELO EHLO MAIL RCPT DATA BDAT RSET NOOP QUIT HELP VRFY",
+                "250 2.0.0 Ok",
+                "421 4.7.0 mx.test Error: too many errors",
+            ]
+        );
+        assert_eq!(run.unconsumed, b"NOOP\r\n");
+        // An accepted message resets the junk count.
+        let message = "MAIL FROM:<a@b>\r\nRCPT TO:<x@localhost>\r\nDATA\r\n.\r\n";
+        let input = format!("EHLO c\r\n{junk}{message}{junk}QUIT\r\n");
+        let run = run_with(&config, OUTSIDE, input.as_bytes(), &[]);
+        assert_eq!(closes(&run), [CloseReason::Quit]);
+    }
+
+    #[test]
+    fn command_line_limit() {
+        let at_limit = format!("NOOP {}\r\n", "x".repeat(COMMAND_LINE_MIN - 7));
+        assert_eq!(at_limit.len(), COMMAND_LINE_MIN);
+        let over = format!("NOOP {}\r\n", "x".repeat(COMMAND_LINE_MIN - 6));
+        let huge = format!("MAIL FROM:<{}@localhost>\r\n", "x".repeat(5000));
+        let input = format!("EHLO c\r\n{at_limit}{over}{huge}MAIL FROM:<a@b>\r\n");
+        let run = run_with(&config(), OUTSIDE, input.as_bytes(), &[]);
+        assert_eq!(
+            after_ehlo(&run),
+            [
+                "250 2.0.0 Ok",
+                "500 5.5.2 Error: line too long",
+                "500 5.5.2 Error: line too long",
+                "250 2.1.0 Ok",
+            ]
+        );
+    }
+
+    #[test]
+    fn overlong_partial_line_is_consumed_and_answered_at_its_end() {
+        let mut out = Outbox::default();
+        let peer = OUTSIDE.parse().unwrap();
+        let mut session = Session::new(Arc::new(config()), peer, now(), &mut out);
+        out.clear();
+        // Below the limit a partial line is left for the driver to re-present.
+        assert_eq!(session.handle_input(&[b'x'; 511], now(), &mut out), 0);
+        // At the limit without LF it is consumed; nothing is answered yet.
+        assert_eq!(session.handle_input(&[b'x'; 600], now(), &mut out), 600);
+        assert_eq!(
+            session.handle_input(&[b'y'; 10_000], now(), &mut out),
+            10_000
+        );
+        assert!(out.bytes.is_empty());
+        assert_eq!(
+            session.handle_input(b"zz\r\nNOOP\r\nNO", now(), &mut out),
+            10
+        );
+        assert_eq!(
+            out.bytes,
+            b"500 5.5.2 Error: line too long\r\n250 2.0.0 Ok\r\n".to_vec()
+        );
+    }
+
+    #[test]
+    fn bare_lf_ends_no_command_line() {
+        let run = run("EHLO c\nEHLO c\r\nNOOP\nRSET\r\n");
+        assert_eq!(
+            run.lines[..2],
+            [
+                GREETING,
+                "500 5.5.2 Error: bare <LF> received; command lines must end with <CR><LF> (RFC 5321 §2.3.8)",
+            ]
+        );
+        assert_eq!(run.lines[2..12], EHLO_REPLY);
+        assert_eq!(run.lines[12], run.lines[1]);
+        assert_eq!(run.lines[13], "250 2.0.0 Ok");
+    }
+
+    const START: &str = "EHLO c\r\nMAIL FROM:<a@b>\r\nRCPT TO:<x@localhost>\r\nDATA\r\n";
+
+    /// Runs one message through DATA followed by NOOP; returns the replies after 354.
+    fn data_replies(config: &SessionConfig, body: &[u8]) -> (Vec<String>, Run) {
+        let mut input = START.as_bytes().to_vec();
+        input.extend_from_slice(body);
+        input.extend_from_slice(b"NOOP\r\n");
+        let run = run_with(config, OUTSIDE, &input, &[]);
+        let replies = after_ehlo(&run);
+        assert_eq!(
+            replies[..3],
+            [
+                "250 2.1.0 Ok",
+                "250 2.1.5 Ok",
+                "354 End data with <CR><LF>.<CR><LF>"
+            ]
+        );
+        let rest = replies[3..].iter().map(|s| s.to_string()).collect();
+        (rest, run)
+    }
+
+    #[test]
+    fn smuggling_attempts_are_refused_and_the_session_goes_on() {
+        const BARE: &str = "554 5.5.2 Error: bare <CR> or <LF> in message data (RFC 5321 §2.3.8)";
+        let table: &[&[u8]] = &[
+            b"a\r\n\n.\nMAIL FROM:<evil@x>\r\n.\r\n",
+            b"a\r\n\r.\rMAIL FROM:<evil@x>\r\n.\r\n",
+            b"a\r\n.\nMAIL FROM:<evil@x>\r\n.\r\n",
+            b"a\n.\r\nMAIL FROM:<evil@x>\r\n.\r\n",
+            b"a\r\n.\rMAIL FROM:<evil@x>\r\n.\r\n",
+            b"Subject: x\nBcc: y\r\n\r\nbody\r\n.\r\n",
+            b"Subject: x\rBcc: y\r\n\r\nbody\r\n.\r\n",
+            b"Subject: x\r\n\r\nbody\nmore\r\n.\r\n",
+            b"Subject: x\r\n\r\nbody\rmore\r\n.\r\n",
+            b"Subject: x\r\n\r\nend\r\r\n.\r\n",
+            b"x\r\n\n\r\n.\r\n",
+        ];
+        for body in table {
+            let shown = String::from_utf8_lossy(body);
+            let (replies, run) = data_replies(&config(), body);
+            assert_eq!(replies, [BARE, "250 2.0.0 Ok"], "{shown:?}");
+            assert!(submissions(&run).is_empty(), "{shown:?}");
+            let rejected = rejections(&run);
+            assert_eq!(rejected.len(), 1, "{shown:?}");
+            assert_eq!(rejected[0].reply, Reply::bare_line_end_in_data());
+            assert_eq!(rejected[0].reverse_path, "a@b");
+            assert_eq!(rejected[0].recipients, 1);
+        }
+    }
+
+    #[test]
+    fn text_line_limit_in_data() {
+        let ok = format!("{}\r\n.\r\n", "x".repeat(TEXT_LINE_MIN - 2));
+        let (replies, run) = data_replies(&config(), ok.as_bytes());
+        assert_eq!(
+            replies,
+            ["250 2.0.0 Ok: queued as 0000000000000001", "250 2.0.0 Ok"]
+        );
+        assert_eq!(submissions(&run)[0].body.len(), TEXT_LINE_MIN);
+        let over = format!("{}\r\n.\r\n", "x".repeat(TEXT_LINE_MIN - 1));
+        let (replies, run) = data_replies(&config(), over.as_bytes());
+        assert_eq!(
+            replies,
+            [
+                "554 5.6.0 Error: message has a line longer than 1000 octets including CRLF (RFC 5321 §4.5.3.1.6)",
+                "250 2.0.0 Ok"
+            ]
+        );
+        assert_eq!(rejections(&run)[0].size, TEXT_LINE_MIN as u64 + 1);
+    }
+
+    #[test]
+    fn message_size_limit_in_data() {
+        let mut config = config();
+        config.message_size_max = 1000;
+        let line = format!("{}\r\n", "y".repeat(98));
+        let ok = format!("{}.\r\n", line.repeat(10));
+        let (replies, _) = data_replies(&config, ok.as_bytes());
+        assert_eq!(replies[0], "250 2.0.0 Ok: queued as 0000000000000001");
+        let over = format!("{}z\r\n.\r\n", line.repeat(10));
+        let (replies, run) = data_replies(&config, over.as_bytes());
+        assert_eq!(
+            replies,
+            [
+                "552 5.3.4 Error: message size exceeds fixed limit",
+                "250 2.0.0 Ok"
+            ]
+        );
+        assert_eq!(rejections(&run)[0].size, 1003);
+    }
+
+    fn bdat(input: &str) -> Run {
+        run(&format!("EHLO c\r\n{input}"))
+    }
+
+    #[test]
+    fn bdat_chunks() {
+        let run = bdat(concat!(
+            "MAIL FROM:<a@b>\r\nRCPT TO:<x@localhost>\r\n",
+            "BDAT 5\r\nhello",
+            "BDAT 9\r\n, world\r\n",
+            "BDAT 0 LAST\r\n",
+            "MAIL FROM:<a@b>\r\nRCPT TO:<x@localhost>\r\n",
+            "BDAT 7 LAST\r\n.\r\nQUIT",
+            "NOOP\r\n",
+        ));
+        assert_eq!(
+            after_ehlo(&run),
+            [
+                "250 2.1.0 Ok",
+                "250 2.1.5 Ok",
+                "250 2.0.0 Ok: 5 octets received",
+                "250 2.0.0 Ok: 9 octets received",
+                "250 2.0.0 Ok: queued as 0000000000000001",
+                "250 2.1.0 Ok",
+                "250 2.1.5 Ok",
+                "250 2.0.0 Ok: queued as 0000000000000002",
+                "250 2.0.0 Ok",
+            ]
+        );
+        let submitted = submissions(&run);
+        assert_eq!(submitted[0].body, b"hello, world\r\n");
+        // No dot-stuffing with BDAT: ".\r\n" is content.
+        assert_eq!(submitted[1].body, b".\r\nQUIT");
+    }
+
+    #[test]
+    fn bdat_without_transaction_consumes_its_chunk_then_503() {
+        let run = run("BDAT 6\r\nQUIT\r\nEHLO c\r\nBDAT 6 LAST\r\nQUIT\r\nMAIL FROM:<a@b>\r\nBDAT 6\r\nQUIT\r\nRCPT TO:<x@localhost>\r\nNOOP\r\n");
+        assert_eq!(
+            run.lines[..2],
+            [GREETING, "503 5.5.1 Error: send HELO/EHLO first"]
+        );
+        assert_eq!(
+            run.lines[12..],
+            [
+                "503 5.5.1 Error: need MAIL command",
+                "250 2.1.0 Ok",
+                "503 5.5.1 Error: need RCPT command",
+                // The failed BDAT ended the transaction.
+                "503 5.5.1 Error: need MAIL command",
+                "250 2.0.0 Ok",
+            ]
+        );
+        assert!(closes(&run).is_empty());
+    }
+
+    #[test]
+    fn bdat_mixing_rules() {
+        let run = bdat(concat!(
+            "MAIL FROM:<a@b>\r\nRCPT TO:<x@localhost>\r\nBDAT 3\r\nabc",
+            "RCPT TO:<y@localhost>\r\n",
+            "DATA\r\n",
+            // DATA after BDAT ended the transaction.
+            "RCPT TO:<y@localhost>\r\n",
+            "MAIL FROM:<a@b> BODY=BINARYMIME\r\nRCPT TO:<x@localhost>\r\n",
+            "DATA\r\n",
+            "BDAT 4 LAST\r\n\r\n.\n",
+        ));
+        assert_eq!(
+            after_ehlo(&run),
+            [
+                "250 2.1.0 Ok",
+                "250 2.1.5 Ok",
+                "250 2.0.0 Ok: 3 octets received",
+                "503 5.5.1 Error: RCPT after BDAT in the same transaction",
+                "503 5.5.1 Error: DATA after BDAT in the same transaction (RFC 3030 §3)",
+                "503 5.5.1 Error: need MAIL command",
+                "250 2.1.0 Ok",
+                "250 2.1.5 Ok",
+                "503 5.5.1 Error: BODY=BINARYMIME requires BDAT (RFC 3030 §3)",
+                "250 2.0.0 Ok: queued as 0000000000000001",
+            ]
+        );
+        // BINARYMIME content is opaque: bare line ends are allowed.
+        assert_eq!(submissions(&run)[0].body, b"\r\n.\n");
+        assert_eq!(
+            submissions(&run)[0].envelope.params.body,
+            BodyType::BinaryMime
+        );
+    }
+
+    #[test]
+    fn bdat_text_bodies_get_the_data_checks() {
+        let run = bdat(concat!(
+            "MAIL FROM:<a@b>\r\nRCPT TO:<x@localhost>\r\n",
+            "BDAT 4\r\na\nb.",
+            // The failed BDAT ended the transaction: this chunk is read and refused.
+            "BDAT 3 LAST\r\nc\r\n",
+            "MAIL FROM:<a@b>\r\nRCPT TO:<x@localhost>\r\n",
+            "BDAT 2\r\nx\r",
+            "BDAT 2 LAST\r\ny\n",
+            "MAIL FROM:<a@b>\r\nRCPT TO:<x@localhost>\r\n",
+            "BDAT 3 LAST\r\nab\r",
+            "NOOP\r\n",
+        ));
+        const BARE: &str = "554 5.5.2 Error: bare <CR> or <LF> in message data (RFC 5321 §2.3.8)";
+        assert_eq!(
+            after_ehlo(&run),
+            [
+                "250 2.1.0 Ok",
+                "250 2.1.5 Ok",
+                BARE,
+                "503 5.5.1 Error: need MAIL command",
+                "250 2.1.0 Ok",
+                "250 2.1.5 Ok",
+                "250 2.0.0 Ok: 2 octets received",
+                BARE,
+                "250 2.1.0 Ok",
+                "250 2.1.5 Ok",
+                BARE,
+                "250 2.0.0 Ok",
+            ]
+        );
+        assert!(submissions(&run).is_empty());
+        assert_eq!(rejections(&run).len(), 3);
+    }
+
+    #[test]
+    fn bdat_size_limit() {
+        let mut config = config();
+        config.message_size_max = 10;
+        let input = concat!(
+            "EHLO c\r\nMAIL FROM:<a@b>\r\nRCPT TO:<x@localhost>\r\n",
+            "BDAT 6\r\n123456",
+            "BDAT 6 LAST\r\n789012",
+            "NOOP\r\n",
+        );
+        let run = run_with(&config, OUTSIDE, input.as_bytes(), &[]);
+        assert_eq!(
+            after_ehlo(&run),
+            [
+                "250 2.1.0 Ok",
+                "250 2.1.5 Ok",
+                "250 2.0.0 Ok: 6 octets received",
+                "552 5.3.4 Error: message size exceeds fixed limit",
+                "250 2.0.0 Ok",
+            ]
+        );
+        assert_eq!(rejections(&run)[0].size, 12);
+    }
+
+    #[test]
+    fn huge_bdat_chunk_is_read_without_storing_it() {
+        let mut out = Outbox::default();
+        let peer = OUTSIDE.parse().unwrap();
+        let mut config = config();
+        config.message_size_max = 100;
+        let mut session = Session::new(Arc::new(config), peer, now(), &mut out);
+        let start = b"EHLO c\r\nMAIL FROM:<a@b>\r\nRCPT TO:<x@localhost>\r\nBDAT 18446744073709551615 LAST\r\n";
+        assert_eq!(session.handle_input(start, now(), &mut out), start.len());
+        let block = vec![b'x'; 1 << 16];
+        for _ in 0..64 {
+            assert_eq!(session.handle_input(&block, now(), &mut out), block.len());
+        }
+        assert!(session.receiving_data());
+        out.clear();
+        session.timed_out(&mut out);
+        assert_eq!(out.bytes, b"421 4.4.2 mx.test Error: timeout exceeded\r\n");
+        assert_eq!(out.events, [Event::Close(CloseReason::TimedOut)]);
+        assert!(session.is_closed());
+        assert_eq!(session.handle_input(b"NOOP\r\n", now(), &mut out), 0);
+        out.clear();
+        session.timed_out(&mut out);
+        session.shutting_down(&mut out);
+        assert!(out.bytes.is_empty() && out.events.is_empty());
+    }
+
+    #[test]
+    fn shutting_down_closes() {
+        let mut out = Outbox::default();
+        let peer = OUTSIDE.parse().unwrap();
+        let mut session = Session::new(Arc::new(config()), peer, now(), &mut out);
+        out.clear();
+        session.shutting_down(&mut out);
+        assert_eq!(out.bytes, b"421 4.3.2 mx.test Service shutting down\r\n");
+        assert_eq!(out.events, [Event::Close(CloseReason::ShuttingDown)]);
+        assert!(session.is_closed());
+    }
+
+    #[test]
+    fn received_header_of_a_submission() {
+        let run =
+            run("EHLO client.example\r\nMAIL FROM:<a@b>\r\nRCPT TO:<x@localhost>\r\nDATA\r\n.\r\n");
+        let header = submissions(&run)[0].received_header(QueueId(1), "mx.test", now());
+        assert_eq!(
+            header,
+            "Received: from client.example ([192.0.2.1])\r\n\
+             \tby mx.test (relay) with ESMTP id 0000000000000001\r\n\
+             \tfor <x@localhost>; Tue, 14 Nov 2023 22:13:20 +0000\r\n"
+        );
+    }
+
+    #[test]
+    fn default_config_is_valid_and_checked() {
+        let config = SessionConfig::default();
+        assert_eq!(config.check(), Ok(()));
+        assert_eq!(config.command_line_max, 512);
+        assert_eq!(config.text_line_max, 1000);
+        assert_eq!(config.recipients_max, 100);
+        assert_eq!(config.message_size_max, 25 * 1024 * 1024);
+        assert_eq!(config.errors_max, 20);
+        assert_eq!(config.local_domains, ["localhost"]);
+        assert_eq!(
+            config.relay_networks,
+            [
+                "127.0.0.0/8".parse().unwrap(),
+                "::1/128".parse::<ipnet::IpNet>().unwrap()
+            ]
+        );
+        let short = SessionConfig {
+            command_line_max: 511,
+            ..SessionConfig::default()
+        };
+        assert_eq!(short.check(), Err(SessionConfigError::CommandLineTooShort));
+    }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        fn fragment() -> impl Strategy<Value = Vec<u8>> {
+            prop_oneof![
+                Just(b"EHLO c\r\n".to_vec()),
+                Just(b"HELO c\r\n".to_vec()),
+                Just(b"MAIL FROM:<a@b>\r\n".to_vec()),
+                Just(b"RCPT TO:<x@localhost>\r\n".to_vec()),
+                Just(b"RCPT TO:<x@elsewhere>\r\n".to_vec()),
+                Just(b"DATA\r\n".to_vec()),
+                Just(b"BDAT 3\r\n".to_vec()),
+                Just(b"BDAT 2 LAST\r\n".to_vec()),
+                Just(b"RSET\r\n".to_vec()),
+                Just(b".\r\n".to_vec()),
+                Just(b"\r\n".to_vec()),
+                Just(b"\n".to_vec()),
+                Just(b"\r".to_vec()),
+                Just(b".".to_vec()),
+                prop::collection::vec(any::<u8>(), 0..20),
+            ]
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(64))]
+
+            #[test]
+            fn any_input_in_any_split_gives_the_same_result(
+                fragments in prop::collection::vec(fragment(), 0..30),
+            ) {
+                let mut config = config();
+                config.errors_max = 1000;
+                let input: Vec<u8> = fragments.concat();
+                // run_with asserts split invariance and never panics.
+                run_with(&config, OUTSIDE, &input, &[]);
+            }
+
+            #[test]
+            fn random_bytes_never_panic(input in prop::collection::vec(any::<u8>(), 0..2000)) {
+                let mut driver = Driver::new(&config(), OUTSIDE);
+                driver.feed(&input);
+                prop_assert!(driver.buffer.len() <= input.len());
+            }
+        }
+    }
+}
