@@ -1,0 +1,457 @@
+//! On-disk layout: the segment preamble, the frame header and the record kinds.
+//!
+//! ```text
+//! segment file  = preamble (64 B) , frame* , [torn tail]
+//! preamble      = segment header (32 B) written twice (a flipped bit in one copy does not
+//!                 make the segment unreadable)
+//! segment header= magic "RLYSPOOL" [8] | format u16 | shard u16 | salt u32 | segment u64
+//!                 | reserved u32 | crc32c(previous 28 bytes) u32
+//! frame         = header (32 B) | meta (rkyv, meta_len B) | pad to 16 | body (body_len B) | pad to 16
+//! frame header  = magic "RLYF" [4] | version u16 | kind u16 | meta_len u32 | body_len u32
+//!                 | seq u64 | data_crc u32 | header_crc u32
+//! ```
+//! All integers are little-endian. Every frame starts at a 16-aligned file offset, and segments
+//! are read into 16-aligned buffers, so the rkyv payload is 16-aligned in memory as rkyv 0.8
+//! requires (storage-measurements.md §3, pitfall 2). `meta_len` is the exact payload length
+//! because rkyv finds its root at the END of the slice (pitfall 3).
+//!
+//! - `data_crc` = crc32c(meta ‖ body) (the padding is not covered: it carries nothing).
+//! - `header_crc` = crc32c over the first 28 header bytes, seeded with the segment's random
+//!   `salt`. The header crc is checked before any length is believed. The salt exists because
+//!   bodies are attacker-controlled bytes stored at 16-aligned offsets: when recovery resyncs
+//!   after a damaged header it scans for the next header at 16-byte steps, and without a secret
+//!   in the checksum a peer could plant a well-formed "frame" inside a message body. The salt
+//!   lives only in the segment preamble, which no peer can read.
+//! - `seq` is the shard's record sequence number (strictly increasing, gaps allowed after a
+//!   failed batch); recovery resumes after the highest one found.
+//! - `version` is the layout version of that `kind`'s record. A reader that does not know a
+//!   (kind, version) pair stops (Fatal) instead of skipping: an older binary must not silently
+//!   drop records a newer one wrote — they may be deletions.
+//!
+//! Compared with the first sketch (DESIGN.md §2) the frame header is unchanged in size and
+//! order, but its checksum is salted per segment and every segment starts with a preamble that
+//! carries the salt and names its shard and number (a file copied into the wrong directory is
+//! refused instead of mis-indexed). The message meta also records `received_len`, where the
+//! Received header ends inside the stored body.
+//!
+//! The body is raw bytes after the meta, not inside rkyv: it is never copied by serialisation,
+//! it is written with writev straight from the session's buffers, and POP3 can later serve it
+//! straight from the segment ([`Location::body_offset`](super::Location)).
+
+use rkyv::rancor::BoxedError;
+use rkyv::util::AlignedVec;
+use rkyv::{Archive, Deserialize, Serialize};
+
+use crate::envelope::{Envelope, Origin, QueueId};
+
+use super::SpoolError;
+
+pub const SEGMENT_MAGIC: [u8; 8] = *b"RLYSPOOL";
+pub const SEGMENT_FORMAT: u16 = 1;
+pub const SEGMENT_HEADER_LEN: usize = 32;
+/// Two copies of the segment header; the first frame starts here.
+pub const SEGMENT_PREAMBLE_LEN: u64 = 2 * SEGMENT_HEADER_LEN as u64;
+
+pub const FRAME_MAGIC: [u8; 4] = *b"RLYF";
+pub const FRAME_HEADER_LEN: usize = 32;
+/// Frame alignment in the file and in read buffers (the largest rkyv alignment we archive).
+pub const ALIGN: u64 = 16;
+/// Zeros for padding iovecs.
+pub(crate) static ZERO_PAD: [u8; ALIGN as usize] = [0; ALIGN as usize];
+
+/// The largest meta or body a frame can describe (`u32` length fields).
+pub const MAX_PART_LEN: u64 = u32::MAX as u64;
+
+pub const fn pad16(n: u64) -> u64 {
+    (n + (ALIGN - 1)) & !(ALIGN - 1)
+}
+
+/// What a frame holds. Numbers are stored on disk: never reuse one. 0 is reserved so that a
+/// zero-filled region never parses as a kind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[repr(u16)]
+pub enum RecordKind {
+    /// A message: [`MessageMeta`] + the stored body (Received header ‖ message).
+    Message = 1,
+    // Planned, appended by later issues: LocalDelivery, DeliveryResult, MailboxDeletion, Retired.
+}
+
+impl RecordKind {
+    pub fn from_u16(v: u16) -> Option<RecordKind> {
+        match v {
+            1 => Some(RecordKind::Message),
+            _ => None,
+        }
+    }
+
+    /// The layout version this build writes for the kind.
+    pub const fn current_version(self) -> u16 {
+        match self {
+            RecordKind::Message => 1,
+        }
+    }
+
+    /// Whether this build can read `version` of the kind. Keep old versions readable forever.
+    pub fn version_known(self, version: u16) -> bool {
+        match self {
+            RecordKind::Message => version == 1,
+        }
+    }
+}
+
+/// The rkyv payload of a [`RecordKind::Message`] frame.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub struct MessageMeta {
+    pub id: QueueId,
+    pub arrival_unix_micros: u64,
+    pub origin: Origin,
+    pub envelope: Envelope,
+    /// Length of the Received header at the start of the stored body; the message proper
+    /// follows it.
+    pub received_len: u64,
+}
+
+/// A record decoded from a validated frame.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Record {
+    Message(MessageMeta),
+}
+
+/// Validates (bytecheck) and deserializes a payload of a known kind.
+pub fn decode_payload(kind: RecordKind, meta: &[u8]) -> Result<Record, String> {
+    match kind {
+        RecordKind::Message => {
+            let archived =
+                rkyv::access::<ArchivedMessageMeta, BoxedError>(meta).map_err(|e| e.to_string())?;
+            let meta = rkyv::deserialize::<MessageMeta, BoxedError>(archived)
+                .map_err(|e| e.to_string())?;
+            Ok(Record::Message(meta))
+        }
+    }
+}
+
+fn crc_seeded(seed: u32, bytes: &[u8]) -> u32 {
+    crc32c::crc32c_append(seed, bytes)
+}
+
+fn u16_at(b: &[u8], at: usize) -> u16 {
+    u16::from_le_bytes([b[at], b[at + 1]])
+}
+
+fn u32_at(b: &[u8], at: usize) -> u32 {
+    u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
+}
+
+fn u64_at(b: &[u8], at: usize) -> u64 {
+    let mut a = [0u8; 8];
+    a.copy_from_slice(&b[at..at + 8]);
+    u64::from_le_bytes(a)
+}
+
+/// The identity of a segment file, written at its start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SegmentHeader {
+    pub shard: u16,
+    pub segment: u64,
+    pub salt: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SegmentHeaderError {
+    Zero,
+    BadMagic,
+    BadChecksum,
+    UnknownFormat(u16),
+}
+
+impl SegmentHeader {
+    pub fn encode(&self) -> [u8; SEGMENT_HEADER_LEN] {
+        let mut b = [0u8; SEGMENT_HEADER_LEN];
+        b[0..8].copy_from_slice(&SEGMENT_MAGIC);
+        b[8..10].copy_from_slice(&SEGMENT_FORMAT.to_le_bytes());
+        b[10..12].copy_from_slice(&self.shard.to_le_bytes());
+        b[12..16].copy_from_slice(&self.salt.to_le_bytes());
+        b[16..24].copy_from_slice(&self.segment.to_le_bytes());
+        // 24..28 reserved, zero.
+        let crc = crc32c::crc32c(&b[..28]);
+        b[28..32].copy_from_slice(&crc.to_le_bytes());
+        b
+    }
+
+    /// `b` must hold at least [`SEGMENT_HEADER_LEN`] bytes.
+    pub fn decode(b: &[u8]) -> Result<SegmentHeader, SegmentHeaderError> {
+        let b = &b[..SEGMENT_HEADER_LEN];
+        if b.iter().all(|&x| x == 0) {
+            return Err(SegmentHeaderError::Zero);
+        }
+        if b[0..8] != SEGMENT_MAGIC {
+            return Err(SegmentHeaderError::BadMagic);
+        }
+        if crc32c::crc32c(&b[..28]) != u32_at(b, 28) {
+            return Err(SegmentHeaderError::BadChecksum);
+        }
+        let format = u16_at(b, 8);
+        if format != SEGMENT_FORMAT {
+            return Err(SegmentHeaderError::UnknownFormat(format));
+        }
+        Ok(SegmentHeader {
+            shard: u16_at(b, 10),
+            salt: u32_at(b, 12),
+            segment: u64_at(b, 16),
+        })
+    }
+}
+
+/// The fixed-size frame header (see the module doc).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FrameHeader {
+    pub version: u16,
+    pub kind: u16,
+    pub meta_len: u32,
+    pub body_len: u32,
+    pub seq: u64,
+    pub data_crc: u32,
+}
+
+/// What a 32-byte region says about itself. `header` is only meaningful when both flags hold.
+#[derive(Debug, Clone, Copy)]
+pub struct HeaderCheck {
+    pub magic_ok: bool,
+    pub crc_ok: bool,
+    pub header: FrameHeader,
+}
+
+impl HeaderCheck {
+    pub fn trusted(&self) -> bool {
+        self.magic_ok && self.crc_ok
+    }
+}
+
+impl FrameHeader {
+    pub fn frame_len(&self) -> u64 {
+        FRAME_HEADER_LEN as u64 + pad16(u64::from(self.meta_len)) + pad16(u64::from(self.body_len))
+    }
+
+    /// Offset of the body from the start of the frame.
+    pub fn body_offset(&self) -> u64 {
+        FRAME_HEADER_LEN as u64 + pad16(u64::from(self.meta_len))
+    }
+
+    pub fn encode(&self, salt: u32) -> [u8; FRAME_HEADER_LEN] {
+        let mut b = [0u8; FRAME_HEADER_LEN];
+        b[0..4].copy_from_slice(&FRAME_MAGIC);
+        b[4..6].copy_from_slice(&self.version.to_le_bytes());
+        b[6..8].copy_from_slice(&self.kind.to_le_bytes());
+        b[8..12].copy_from_slice(&self.meta_len.to_le_bytes());
+        b[12..16].copy_from_slice(&self.body_len.to_le_bytes());
+        b[16..24].copy_from_slice(&self.seq.to_le_bytes());
+        b[24..28].copy_from_slice(&self.data_crc.to_le_bytes());
+        let crc = crc_seeded(salt, &b[..28]);
+        b[28..32].copy_from_slice(&crc.to_le_bytes());
+        b
+    }
+
+    /// `b` must hold at least [`FRAME_HEADER_LEN`] bytes.
+    pub fn check(b: &[u8], salt: u32) -> HeaderCheck {
+        let b = &b[..FRAME_HEADER_LEN];
+        HeaderCheck {
+            magic_ok: b[0..4] == FRAME_MAGIC,
+            crc_ok: crc_seeded(salt, &b[..28]) == u32_at(b, 28),
+            header: FrameHeader {
+                version: u16_at(b, 4),
+                kind: u16_at(b, 6),
+                meta_len: u32_at(b, 8),
+                body_len: u32_at(b, 12),
+                seq: u64_at(b, 16),
+                data_crc: u32_at(b, 24),
+            },
+        }
+    }
+
+    /// Recomputes the data checksum over the frame's meta and body (`frame` starts at the header
+    /// and holds at least `frame_len` bytes).
+    pub fn data_crc_matches(&self, frame: &[u8]) -> bool {
+        let meta = &frame[FRAME_HEADER_LEN..FRAME_HEADER_LEN + self.meta_len as usize];
+        let body_at = self.body_offset() as usize;
+        let body = &frame[body_at..body_at + self.body_len as usize];
+        crc32c::crc32c_append(crc32c::crc32c(meta), body) == self.data_crc
+    }
+}
+
+/// One message frame encoded into the writer's batch buffer: `head` is header ‖ meta ‖ meta
+/// padding; the body parts and their padding are separate iovecs.
+#[derive(Debug, Clone)]
+pub(crate) struct EncodedFrame {
+    pub head: std::ops::Range<usize>,
+    pub header: FrameHeader,
+}
+
+/// Appends header (checksum not yet final: the salt depends on the segment chosen later),
+/// meta and meta padding of one message frame to `buf`, whose length must be 16-aligned.
+/// Serialising straight into the batch buffer after the header keeps the payload
+/// byte-identical to a standalone `to_bytes` (the start is 16-aligned) without a copy.
+pub(crate) fn encode_message(
+    buf: &mut AlignedVec<16>,
+    meta: &MessageMeta,
+    body_parts: [&[u8]; 2],
+    seq: u64,
+) -> Result<EncodedFrame, SpoolError> {
+    debug_assert_eq!(buf.len() as u64 % ALIGN, 0);
+    let body_len = body_parts[0].len() as u64 + body_parts[1].len() as u64;
+    if body_len > MAX_PART_LEN {
+        return Err(SpoolError::TooLarge {
+            len: body_len,
+            max: MAX_PART_LEN,
+        });
+    }
+    let start = buf.len();
+    buf.extend_from_slice(&[0u8; FRAME_HEADER_LEN]);
+    let taken = std::mem::replace(buf, AlignedVec::new());
+    let mut grown = match rkyv::api::high::to_bytes_in::<_, BoxedError>(meta, taken) {
+        Ok(v) => v,
+        Err(e) => return Err(SpoolError::Codec(e.to_string())),
+    };
+    let meta_end = grown.len();
+    let meta_len = (meta_end - start - FRAME_HEADER_LEN) as u64;
+    if meta_len > MAX_PART_LEN {
+        grown.resize(start, 0);
+        *buf = grown;
+        return Err(SpoolError::TooLarge {
+            len: meta_len,
+            max: MAX_PART_LEN,
+        });
+    }
+    let padded = start + FRAME_HEADER_LEN + pad16(meta_len) as usize;
+    grown.resize(padded, 0);
+    let meta_bytes = &grown[start + FRAME_HEADER_LEN..meta_end];
+    let mut crc = crc32c::crc32c(meta_bytes);
+    for part in body_parts {
+        crc = crc32c::crc32c_append(crc, part);
+    }
+    let header = FrameHeader {
+        version: RecordKind::Message.current_version(),
+        kind: RecordKind::Message as u16,
+        meta_len: meta_len as u32,
+        body_len: body_len as u32,
+        seq,
+        data_crc: crc,
+    };
+    *buf = grown;
+    Ok(EncodedFrame {
+        head: start..padded,
+        header,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::envelope::{MailParams, Recipient};
+
+    pub(crate) fn sample_meta(n: u64) -> MessageMeta {
+        MessageMeta {
+            id: QueueId::new(1_764_000_000_000_000 + n, 3),
+            arrival_unix_micros: 1_764_000_000_000_000 + n,
+            origin: Origin {
+                client_ip: "192.0.2.7".into(),
+                client_port: 40000,
+                helo: "client.example".into(),
+                protocol: "ESMTP".into(),
+            },
+            envelope: Envelope {
+                reverse_path: "alice@example.org".into(),
+                params: MailParams::default(),
+                recipients: vec![Recipient {
+                    address: "bob@example.net".into(),
+                    notify: None,
+                    orcpt: None,
+                }],
+            },
+            received_len: 5,
+        }
+    }
+
+    #[test]
+    fn segment_header_round_trips_and_detects_damage() {
+        let h = SegmentHeader {
+            shard: 7,
+            segment: 42,
+            salt: 0xdead_beef,
+        };
+        let b = h.encode();
+        assert_eq!(SegmentHeader::decode(&b), Ok(h));
+        let mut bad = b;
+        bad[17] ^= 1;
+        assert_eq!(
+            SegmentHeader::decode(&bad),
+            Err(SegmentHeaderError::BadChecksum)
+        );
+        assert_eq!(
+            SegmentHeader::decode(&[0u8; 32]),
+            Err(SegmentHeaderError::Zero)
+        );
+        let mut bad = b;
+        bad[0] = b'X';
+        assert_eq!(
+            SegmentHeader::decode(&bad),
+            Err(SegmentHeaderError::BadMagic)
+        );
+    }
+
+    #[test]
+    fn frame_header_checksum_depends_on_salt() {
+        let h = FrameHeader {
+            version: 1,
+            kind: 1,
+            meta_len: 100,
+            body_len: 7,
+            seq: 9,
+            data_crc: 1234,
+        };
+        let b = h.encode(5);
+        let ok = FrameHeader::check(&b, 5);
+        assert!(ok.trusted());
+        assert_eq!(ok.header, h);
+        assert!(!FrameHeader::check(&b, 6).crc_ok, "another segment's salt");
+        assert_eq!(h.frame_len(), 32 + 112 + 16);
+        assert_eq!(h.body_offset(), 32 + 112);
+    }
+
+    #[test]
+    fn encoded_message_meta_is_aligned_exact_and_decodes() {
+        let mut buf = AlignedVec::<16>::new();
+        buf.extend_from_slice(&[0u8; 64]);
+        let meta = sample_meta(1);
+        let f = encode_message(&mut buf, &meta, [b"Recv:", b"hello"], 77).unwrap();
+        assert_eq!(f.head.start, 64);
+        assert_eq!(buf.len() % 16, 0);
+        assert_eq!(f.head.end, buf.len());
+        let m = &buf[64 + 32..64 + 32 + f.header.meta_len as usize];
+        assert_eq!(m.as_ptr() as usize % 16, 0);
+        assert_eq!(
+            decode_payload(RecordKind::Message, m),
+            Ok(Record::Message(meta.clone()))
+        );
+        // Byte-identical to a standalone serialisation.
+        let alone = rkyv::to_bytes::<BoxedError>(&meta).unwrap();
+        assert_eq!(&alone[..], m);
+        assert_eq!(f.header.body_len, 10);
+        assert_eq!(f.header.seq, 77);
+    }
+
+    #[test]
+    fn payload_validation_reports_real_messages() {
+        let meta = sample_meta(2);
+        let bytes = rkyv::to_bytes::<BoxedError>(&meta).unwrap();
+        // Trailing padding moves the root: validation must fail, with a message.
+        let mut padded = AlignedVec::<16>::new();
+        padded.extend_from_slice(&bytes);
+        padded.extend_from_slice(&[0xff; 16]);
+        let err = decode_payload(RecordKind::Message, &padded).unwrap_err();
+        assert!(
+            !err.is_empty() && !err.contains("without error information"),
+            "{err}"
+        );
+    }
+}

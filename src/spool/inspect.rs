@@ -1,0 +1,174 @@
+//! Read-only views of a spool directory, for `relay spool list|cat` and for reading records
+//! back by location.
+//!
+//! Works while the server runs: nothing is locked or modified; a torn tail (a batch being
+//! written right now) is simply where the listing stops, and no file is truncated.
+
+use std::ops::ControlFlow;
+use std::path::Path;
+
+use rkyv::util::AlignedVec;
+
+use super::frame::{
+    decode_payload, FrameHeader, Record, RecordKind, SegmentHeader, ALIGN, FRAME_HEADER_LEN,
+    SEGMENT_HEADER_LEN,
+};
+use super::io::{FsIo, SegmentIo};
+use super::recovery::{scan_shard, Mode};
+use super::{Location, SpoolError, StoredMessage};
+use crate::envelope::QueueId;
+
+/// One line of `relay spool list`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MessageSummary {
+    pub id: QueueId,
+    pub arrival_unix_micros: u64,
+    /// Reverse-path; empty for the null sender.
+    pub sender: String,
+    pub recipients: Vec<String>,
+    /// Stored body size (Received header + message).
+    pub size: u64,
+    pub location: Location,
+}
+
+fn open_root(dir: &Path) -> Result<FsIo, SpoolError> {
+    if !dir.is_dir() {
+        return Err(SpoolError::io(
+            "open spool dir",
+            dir,
+            std::io::Error::from(std::io::ErrorKind::NotFound),
+        ));
+    }
+    Ok(FsIo::new(dir))
+}
+
+/// Every message record in the spool at `dir`, ordered by queue id.
+pub fn list(dir: &Path) -> Result<Vec<MessageSummary>, SpoolError> {
+    list_with_io(&open_root(dir)?)
+}
+
+pub(crate) fn list_with_io(io: &dyn SegmentIo) -> Result<Vec<MessageSummary>, SpoolError> {
+    let shards = io
+        .list_shards()
+        .map_err(|e| SpoolError::io("list shards", io.root(), e))?;
+    let mut out = Vec::new();
+    for shard in shards {
+        scan_shard(io, shard, Mode::ReadOnly, &mut |v| {
+            let Record::Message(meta) = v.record;
+            out.push(MessageSummary {
+                id: meta.id,
+                arrival_unix_micros: meta.arrival_unix_micros,
+                sender: meta.envelope.reverse_path,
+                recipients: meta
+                    .envelope
+                    .recipients
+                    .into_iter()
+                    .map(|r| r.address)
+                    .collect(),
+                size: v.location.body_len,
+                location: v.location,
+            });
+            ControlFlow::Continue(())
+        })?;
+    }
+    out.sort_by_key(|m| m.id);
+    Ok(out)
+}
+
+/// The stored body of message `id`: its Received header followed by the message.
+pub fn cat(dir: &Path, id: QueueId) -> Result<Vec<u8>, SpoolError> {
+    Ok(find_with_io(&open_root(dir)?, id)?.body)
+}
+
+/// Finds a message by scanning the shard its id names.
+pub(crate) fn find_with_io(io: &dyn SegmentIo, id: QueueId) -> Result<StoredMessage, SpoolError> {
+    let shard = id.shard();
+    if !io
+        .list_shards()
+        .map_err(|e| SpoolError::io("list shards", io.root(), e))?
+        .contains(&shard)
+    {
+        return Err(SpoolError::NotFound(id));
+    }
+    let mut found = None;
+    scan_shard(io, shard, Mode::ReadOnly, &mut |v| {
+        let Record::Message(meta) = v.record;
+        if meta.id == id {
+            found = Some(StoredMessage {
+                meta,
+                location: v.location,
+                body: v.body.to_vec(),
+            });
+            ControlFlow::Break(())
+        } else {
+            ControlFlow::Continue(())
+        }
+    })?;
+    found.ok_or(SpoolError::NotFound(id))
+}
+
+/// Reads the record at `location`, verifying the segment header, the frame header and the data
+/// checksum (for POP3-style reads of one message without a scan).
+pub(crate) fn read_at(
+    io: &dyn SegmentIo,
+    location: &Location,
+) -> Result<StoredMessage, SpoolError> {
+    let path = io.segment_path(location.shard, location.segment);
+    let file = io
+        .open_segment(location.shard, location.segment, false)
+        .map_err(|e| SpoolError::io("open segment", &path, e))?;
+    let bad = |reason: String| SpoolError::Recovery {
+        path: path.clone(),
+        offset: location.offset,
+        reason,
+    };
+    let mut preamble = [0u8; 2 * SEGMENT_HEADER_LEN];
+    let n = file
+        .read_at(0, &mut preamble)
+        .map_err(|e| SpoolError::io("read segment header", &path, e))?;
+    if n < preamble.len() {
+        return Err(bad("segment shorter than its preamble".into()));
+    }
+    let seg = SegmentHeader::decode(&preamble[..SEGMENT_HEADER_LEN])
+        .or_else(|_| SegmentHeader::decode(&preamble[SEGMENT_HEADER_LEN..]))
+        .map_err(|e| bad(format!("unreadable segment header: {e:?}")))?;
+    let len = usize::try_from(location.frame_len).map_err(|_| bad("frame too large".into()))?;
+    if len < FRAME_HEADER_LEN || location.offset % ALIGN != 0 {
+        return Err(bad("not a frame location".into()));
+    }
+    let mut frame = AlignedVec::<16>::new();
+    frame.resize(len, 0);
+    let n = file
+        .read_at(location.offset, &mut frame)
+        .map_err(|e| SpoolError::io("read frame", &path, e))?;
+    if n < len {
+        return Err(bad(format!("frame cut short: {n} of {len} bytes")));
+    }
+    let check = FrameHeader::check(&frame, seg.salt);
+    if !check.trusted() {
+        return Err(bad("no valid frame header at this location".into()));
+    }
+    let h = check.header;
+    if h.frame_len() != location.frame_len {
+        return Err(bad("frame length differs from the location".into()));
+    }
+    if !h.data_crc_matches(&frame) {
+        return Err(bad("data checksum mismatch".into()));
+    }
+    let kind = RecordKind::from_u16(h.kind)
+        .filter(|k| k.version_known(h.version))
+        .ok_or_else(|| {
+            bad(format!(
+                "unknown record kind {} version {}",
+                h.kind, h.version
+            ))
+        })?;
+    let meta_bytes = &frame[FRAME_HEADER_LEN..][..h.meta_len as usize];
+    let Record::Message(meta) = decode_payload(kind, meta_bytes).map_err(bad)?;
+    let body_at = h.body_offset() as usize;
+    Ok(StoredMessage {
+        meta,
+        location: *location,
+        body: frame[body_at..body_at + h.body_len as usize].to_vec(),
+    })
+}

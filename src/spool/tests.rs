@@ -1,0 +1,731 @@
+//! Spool tests on real files (tempdirs) and through the IO seam with injected errors.
+
+use std::fs::{self, OpenOptions};
+use std::io::{IoSlice, Write};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use super::frame::{FrameHeader, SegmentHeader, FRAME_HEADER_LEN, SEGMENT_PREAMBLE_LEN};
+use super::sim::{SimDisk, SimFaults};
+use super::*;
+use crate::envelope::{MailParams, Recipient};
+
+pub(crate) fn message(id: QueueId, n: usize, body_len: usize) -> NewMessage {
+    NewMessage {
+        id,
+        arrival_unix_micros: id.micros(),
+        origin: Origin {
+            client_ip: format!("192.0.2.{}", n % 250),
+            client_port: 40000 + (n % 1000) as u16,
+            helo: format!("client{n}.example"),
+            protocol: "ESMTP".into(),
+        },
+        envelope: Envelope {
+            reverse_path: if n % 7 == 0 {
+                String::new()
+            } else {
+                format!("sender{n}@example.org")
+            },
+            params: MailParams::default(),
+            recipients: (0..1 + n % 3)
+                .map(|r| Recipient {
+                    address: format!("rcpt{r}-{n}@example.net"),
+                    notify: None,
+                    orcpt: None,
+                })
+                .collect(),
+        },
+        received_header: format!("Received: from client{n}.example; id {id}\r\n").into_bytes(),
+        body: (0..body_len).map(|i| (i * 31 + n) as u8).collect(),
+    }
+}
+
+fn stored_body(m: &NewMessage) -> Vec<u8> {
+    let mut v = m.received_header.clone();
+    v.extend_from_slice(&m.body);
+    v
+}
+
+fn config(dir: &std::path::Path) -> SpoolConfig {
+    SpoolConfig::new(dir.join("spool"))
+}
+
+fn append_wait(h: &ShardHandle, m: NewMessage) -> Result<Committed, SpoolError> {
+    h.append_message(m)?
+        .blocking_recv()
+        .unwrap_or(Err(SpoolError::Closed))
+}
+
+fn write_some(
+    spool: &Spool,
+    shard: usize,
+    count: usize,
+    body_len: usize,
+) -> Vec<(NewMessage, Committed)> {
+    let h = spool.shard(shard);
+    (0..count)
+        .map(|n| {
+            let m = message(h.next_id(SystemTime::now()), n, body_len + n);
+            let c = append_wait(&h, m.clone()).unwrap();
+            (m, c)
+        })
+        .collect()
+}
+
+#[test]
+fn append_and_reopen_round_trip() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (spool, report) = Spool::open(config(tmp.path()), 2).unwrap();
+    assert!(report.is_clean() && report.records_kept() == 0, "{report}");
+    let a = write_some(&spool, 0, 20, 1000);
+    let b = write_some(&spool, 1, 5, 10);
+    for (m, c) in a.iter().chain(&b) {
+        assert_eq!(c.id, m.id);
+        let back = spool.read_message(&c.location).unwrap();
+        assert_eq!(back.body, stored_body(m));
+        assert_eq!(back.meta.envelope, m.envelope);
+        assert_eq!(back.meta.received_len, m.received_header.len() as u64);
+    }
+    spool.close().unwrap();
+
+    let (spool, report) = Spool::open(config(tmp.path()), 2).unwrap();
+    assert!(report.is_clean(), "{report}");
+    assert_eq!(report.records_kept(), 25);
+    assert_eq!(spool.index().len(), 25);
+    for (m, c) in a.iter().chain(&b) {
+        let loc = spool.index().get(m.id).unwrap();
+        assert_eq!(loc, &c.location);
+        let back = spool.read_message(loc).unwrap();
+        assert_eq!(back.body, stored_body(m));
+        assert_eq!(back.meta.origin, m.origin);
+        assert_eq!(back.meta.arrival_unix_micros, m.arrival_unix_micros);
+    }
+    // Ids keep increasing after a restart, even with a clock that went backwards.
+    let last = a.last().unwrap().0.id;
+    let next = spool.shard(0).next_id(SystemTime::UNIX_EPOCH);
+    assert!(next > last && next.shard() == 0);
+    // Each run writes a new segment, never appending to the old ones.
+    let c = append_wait(&spool.shard(0), message(next, 0, 1)).unwrap();
+    assert!(c.location.segment > a[0].1.location.segment);
+    spool.close().unwrap();
+}
+
+#[test]
+fn handles_cross_threads() {
+    fn assert_handle<T: Clone + Send + Sync + 'static>() {}
+    assert_handle::<ShardHandle>();
+    fn assert_send<T: Send>() {}
+    assert_send::<Spool>();
+    assert_send::<SpoolError>();
+}
+
+#[test]
+fn read_message_rejects_a_bogus_location() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (spool, _) = Spool::open(config(tmp.path()), 1).unwrap();
+    let (_, c) = write_some(&spool, 0, 2, 100).remove(1);
+    for bad in [
+        Location {
+            frame_len: 8,
+            ..c.location
+        },
+        Location {
+            offset: c.location.offset + 16,
+            ..c.location
+        },
+        Location {
+            offset: c.location.offset + 1,
+            ..c.location
+        },
+        Location {
+            frame_len: c.location.frame_len + 16,
+            ..c.location
+        },
+    ] {
+        assert!(spool.read_message(&bad).is_err(), "{bad:?}");
+    }
+    assert!(spool.read_message(&c.location).is_ok());
+    spool.close().unwrap();
+}
+
+#[test]
+fn next_id_is_strictly_increasing_and_carries_the_shard() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (spool, _) = Spool::open(config(tmp.path()), 3).unwrap();
+    let h = spool.shard(2);
+    let t = SystemTime::now();
+    let mut prev = h.next_id(t);
+    for _ in 0..1000 {
+        let id = h.next_id(t);
+        assert!(id > prev);
+        assert_eq!(id.shard(), 2);
+        prev = id;
+    }
+    spool.close().unwrap();
+}
+
+fn only_segment(dir: &std::path::Path, shard: u8) -> std::path::PathBuf {
+    let io = FsIo::new(dir.join("spool"));
+    let segs = io.list_segments(shard).unwrap();
+    assert_eq!(segs.len(), 1, "{segs:?}");
+    io.segment_path(shard, segs[0])
+}
+
+#[test]
+fn torn_tail_is_truncated_and_logged() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (spool, _) = Spool::open(config(tmp.path()), 1).unwrap();
+    let written = write_some(&spool, 0, 5, 3000);
+    spool.close().unwrap();
+    let path = only_segment(tmp.path(), 0);
+    let last = written[4].1.location;
+    // Cut the last frame in the middle of its body.
+    let cut = last.offset + 100;
+    OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .unwrap()
+        .set_len(cut)
+        .unwrap();
+
+    let (spool, report) = Spool::open(config(tmp.path()), 1).unwrap();
+    assert_eq!(report.records_kept(), 4);
+    let torn = &report.shards[0].torn_tails;
+    assert_eq!(torn.len(), 1, "{report}");
+    assert_eq!(torn[0].offset, last.offset);
+    assert_eq!(torn[0].bytes_dropped, 100);
+    assert!(
+        torn[0].reason.contains("past the end"),
+        "{}",
+        torn[0].reason
+    );
+    assert!(report.to_string().contains("torn tail"), "{report}");
+    assert_eq!(
+        fs::metadata(&path).unwrap().len(),
+        last.offset,
+        "truncated to the frame start"
+    );
+    assert!(spool.index().get(written[4].0.id).is_none());
+    spool.close().unwrap();
+
+    let (spool, report) = Spool::open(config(tmp.path()), 1).unwrap();
+    assert!(
+        report.is_clean(),
+        "a repaired spool reopens clean: {report}"
+    );
+    assert_eq!(report.records_kept(), 4);
+    spool.close().unwrap();
+}
+
+#[test]
+fn zero_filled_tail_is_end_of_data() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (spool, _) = Spool::open(config(tmp.path()), 1).unwrap();
+    write_some(&spool, 0, 3, 100);
+    spool.close().unwrap();
+    let path = only_segment(tmp.path(), 0);
+    let len = fs::metadata(&path).unwrap().len();
+    OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .unwrap()
+        .set_len(len + 8192)
+        .unwrap();
+    let (spool, report) = Spool::open(config(tmp.path()), 1).unwrap();
+    assert_eq!(report.records_kept(), 3);
+    let torn = &report.shards[0].torn_tails[0];
+    assert_eq!((torn.offset, torn.bytes_dropped), (len, 8192));
+    assert_eq!(torn.reason, "zero fill");
+    spool.close().unwrap();
+}
+
+#[test]
+fn corrupt_byte_mid_segment_skips_only_that_record() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (spool, _) = Spool::open(config(tmp.path()), 1).unwrap();
+    let written = write_some(&spool, 0, 6, 500);
+    spool.close().unwrap();
+    let path = only_segment(tmp.path(), 0);
+    let mut bytes = fs::read(&path).unwrap();
+    // Record 1: a body byte (data checksum). Record 3: a header byte (resync needed).
+    bytes[(written[1].1.location.body_offset + 10) as usize] ^= 0x40;
+    bytes[(written[3].1.location.offset + 9) as usize] ^= 0x01;
+    fs::write(&path, &bytes).unwrap();
+
+    let (spool, report) = Spool::open(config(tmp.path()), 1).unwrap();
+    let corrupt = &report.shards[0].corrupt_frames;
+    assert_eq!(corrupt.len(), 2, "{report}");
+    assert_eq!(corrupt[0].offset, written[1].1.location.offset);
+    assert_eq!(corrupt[0].bytes_skipped, written[1].1.location.frame_len);
+    assert_eq!(corrupt[0].reason, "data checksum mismatch");
+    assert_eq!(corrupt[1].offset, written[3].1.location.offset);
+    assert_eq!(corrupt[1].bytes_skipped, written[3].1.location.frame_len);
+    assert_eq!(corrupt[1].reason, "header checksum mismatch");
+    assert!(report.shards[0].torn_tails.is_empty(), "{report}");
+    for (i, (m, c)) in written.iter().enumerate() {
+        let found = spool.index().get(m.id);
+        if i == 1 || i == 3 {
+            assert!(found.is_none());
+        } else {
+            assert_eq!(found, Some(&c.location));
+            assert_eq!(
+                spool.read_message(&c.location).unwrap().body,
+                stored_body(m)
+            );
+        }
+    }
+    assert!(
+        report.to_string().contains("corrupt frame skipped"),
+        "{report}"
+    );
+    spool.close().unwrap();
+    // Nothing was truncated: the damaged bytes stay for inspection.
+    assert_eq!(fs::read(&path).unwrap().len(), bytes.len());
+}
+
+#[test]
+fn damaged_first_segment_header_copy_uses_the_second() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (spool, _) = Spool::open(config(tmp.path()), 1).unwrap();
+    write_some(&spool, 0, 2, 100);
+    spool.close().unwrap();
+    let path = only_segment(tmp.path(), 0);
+    let mut bytes = fs::read(&path).unwrap();
+    bytes[3] ^= 0xff;
+    fs::write(&path, &bytes).unwrap();
+    let (spool, report) = Spool::open(config(tmp.path()), 1).unwrap();
+    assert_eq!(report.records_kept(), 2);
+    assert_eq!(report.shards[0].header_copies_repaired.len(), 1);
+    spool.close().unwrap();
+    // Both copies bad: stop, do not guess.
+    bytes[32 + 3] ^= 0xff;
+    fs::write(&path, &bytes).unwrap();
+    let err = Spool::open(config(tmp.path()), 1).unwrap_err();
+    assert!(matches!(err, SpoolError::Recovery { .. }), "{err}");
+    assert!(err.to_string().contains("move the file aside"), "{err}");
+}
+
+/// Appends a hand-made frame of `kind`/`version` to a closed segment.
+fn append_raw_frame(path: &std::path::Path, kind: u16, version: u16) {
+    let bytes = fs::read(path).unwrap();
+    let seg = SegmentHeader::decode(&bytes[..32]).unwrap();
+    let meta = [1u8; 16];
+    let h = FrameHeader {
+        version,
+        kind,
+        meta_len: 16,
+        body_len: 0,
+        seq: 1 << 40,
+        data_crc: crc32c::crc32c(&meta),
+    };
+    let mut f = OpenOptions::new().append(true).open(path).unwrap();
+    f.write_all(&h.encode(seg.salt)).unwrap();
+    f.write_all(&meta).unwrap();
+}
+
+#[test]
+fn unknown_kind_or_version_is_fatal_and_changes_nothing() {
+    for (kind, version) in [(99u16, 1u16), (1, 2)] {
+        let tmp = tempfile::tempdir().unwrap();
+        let (spool, _) = Spool::open(config(tmp.path()), 1).unwrap();
+        write_some(&spool, 0, 2, 100);
+        spool.close().unwrap();
+        let path = only_segment(tmp.path(), 0);
+        append_raw_frame(&path, kind, version);
+        let before = fs::read(&path).unwrap();
+        let err = Spool::open(config(tmp.path()), 1).unwrap_err();
+        let text = err.to_string();
+        assert!(
+            text.contains(&format!("record kind {kind} version {version} is unknown")),
+            "{text}"
+        );
+        assert_eq!(fs::read(&path).unwrap(), before);
+        assert!(matches!(
+            inspect::list(&tmp.path().join("spool")),
+            Err(SpoolError::Recovery { .. })
+        ));
+    }
+}
+
+#[test]
+fn segments_roll_over_and_a_huge_record_gets_its_own() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut cfg = config(tmp.path());
+    cfg.segment_size = 8192;
+    let (spool, _) = Spool::open(cfg.clone(), 1).unwrap();
+    let h = spool.shard(0);
+    let mut written = Vec::new();
+    for n in 0..40 {
+        let len = if n == 17 { 50_000 } else { 700 };
+        let m = message(h.next_id(SystemTime::now()), n, len);
+        written.push((m.clone(), append_wait(&h, m).unwrap()));
+    }
+    let huge = written[17].1.location;
+    assert_eq!(
+        huge.offset, SEGMENT_PREAMBLE_LEN,
+        "huge record starts a fresh segment"
+    );
+    assert_ne!(written[16].1.location.segment, huge.segment);
+    assert_ne!(
+        written[18].1.location.segment, huge.segment,
+        "and has it alone"
+    );
+    for (_, c) in &written {
+        if c.location != huge {
+            assert!(c.location.offset + c.location.frame_len <= 8192);
+        }
+    }
+    spool.close().unwrap();
+    let segs = FsIo::new(cfg.dir.clone()).list_segments(0).unwrap();
+    assert!(segs.len() >= 5, "{segs:?}");
+    let (spool, report) = Spool::open(cfg, 1).unwrap();
+    assert!(report.is_clean(), "{report}");
+    assert_eq!(spool.index().len(), 40);
+    for (m, c) in &written {
+        assert_eq!(
+            spool.read_message(&c.location).unwrap().body,
+            stored_body(m)
+        );
+    }
+    spool.close().unwrap();
+}
+
+#[test]
+fn inspect_works_on_a_live_spool_and_tolerates_a_torn_tail() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("spool");
+    let (spool, _) = Spool::open(config(tmp.path()), 2).unwrap();
+    let mut written = write_some(&spool, 0, 3, 200);
+    written.extend(write_some(&spool, 1, 2, 50));
+    let list = inspect::list(&dir).unwrap();
+    assert_eq!(list.len(), 5);
+    let mut ids: Vec<QueueId> = written.iter().map(|(m, _)| m.id).collect();
+    ids.sort();
+    assert_eq!(list.iter().map(|s| s.id).collect::<Vec<_>>(), ids);
+    for (m, c) in &written {
+        let s = list.iter().find(|s| s.id == m.id).unwrap();
+        assert_eq!(s.sender, m.envelope.reverse_path);
+        assert_eq!(s.recipients.len(), m.envelope.recipients.len());
+        assert_eq!(s.size, c.location.body_len);
+        assert_eq!(s.arrival_unix_micros, m.arrival_unix_micros);
+        assert_eq!(inspect::cat(&dir, m.id).unwrap(), stored_body(m));
+    }
+    // A batch "being written": half a frame at the end of the live segment.
+    let path = FsIo::new(&dir).segment_path(0, written[0].1.location.segment);
+    let mut half = fs::read(&path).unwrap()[SEGMENT_PREAMBLE_LEN as usize..][..150].to_vec();
+    half[0] ^= 0; // an exact copy of the first frame's start: valid header, data cut short
+    OpenOptions::new()
+        .append(true)
+        .open(&path)
+        .unwrap()
+        .write_all(&half)
+        .unwrap();
+    let size = fs::metadata(&path).unwrap().len();
+    assert_eq!(inspect::list(&dir).unwrap().len(), 5);
+    assert_eq!(
+        fs::metadata(&path).unwrap().len(),
+        size,
+        "read-only: nothing truncated"
+    );
+    let missing = QueueId::new(1, 0);
+    assert!(matches!(inspect::cat(&dir, missing), Err(SpoolError::NotFound(id)) if id == missing));
+    assert!(inspect::list(&tmp.path().join("nope")).is_err());
+    spool.close().unwrap();
+}
+
+#[test]
+fn shards_beyond_the_count_are_read_not_written() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (spool, _) = Spool::open(config(tmp.path()), 3).unwrap();
+    let w2 = write_some(&spool, 2, 2, 100);
+    spool.close().unwrap();
+    let io = FsIo::new(tmp.path().join("spool"));
+    let segs_before = io.list_segments(2).unwrap();
+    // Damage shard 2's tail: a read-only shard reports it but does not truncate.
+    let path = io.segment_path(2, segs_before[0]);
+    let len = fs::metadata(&path).unwrap().len();
+    OpenOptions::new()
+        .append(true)
+        .open(&path)
+        .unwrap()
+        .write_all(&[0xAB; 40])
+        .unwrap();
+
+    let (spool, report) = Spool::open(config(tmp.path()), 2).unwrap();
+    assert_eq!(spool.shard_count(), 2);
+    let s2 = report.shards.iter().find(|s| s.shard == 2).unwrap();
+    assert!(
+        !s2.writable && s2.records_kept == 2 && s2.torn_tails.len() == 1,
+        "{report}"
+    );
+    assert!(report.to_string().contains("(read-only)"));
+    for (m, c) in &w2 {
+        assert_eq!(spool.index().get(m.id), Some(&c.location));
+    }
+    write_some(&spool, 0, 1, 10);
+    spool.close().unwrap();
+    assert_eq!(io.list_segments(2).unwrap(), segs_before);
+    assert_eq!(fs::metadata(&path).unwrap().len(), len + 40);
+}
+
+#[test]
+fn close_commits_everything_queued_then_refuses() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut cfg = config(tmp.path());
+    cfg.commit_window = Duration::from_millis(2);
+    let (spool, _) = Spool::open(cfg, 1).unwrap();
+    let h = spool.shard(0);
+    let rxs: Vec<_> = (0..50)
+        .map(|n| {
+            h.append_message(message(h.next_id(SystemTime::now()), n, 64))
+                .unwrap()
+        })
+        .collect();
+    spool.close().unwrap();
+    for rx in rxs {
+        assert!(rx.blocking_recv().unwrap().is_ok());
+    }
+    let err = h
+        .append_message(message(h.next_id(SystemTime::now()), 0, 1))
+        .unwrap_err();
+    assert!(matches!(err, SpoolError::Closed));
+    let (spool, report) = Spool::open(config(tmp.path()), 1).unwrap();
+    assert_eq!(report.records_kept(), 50);
+    drop(spool); // Drop also stops the writers.
+}
+
+#[test]
+fn config_is_checked() {
+    let tmp = tempfile::tempdir().unwrap();
+    assert!(matches!(
+        Spool::open(config(tmp.path()), 0),
+        Err(SpoolError::Config(_))
+    ));
+    assert!(matches!(
+        Spool::open(config(tmp.path()), 257),
+        Err(SpoolError::Config(_))
+    ));
+    let mut cfg = config(tmp.path());
+    cfg.segment_size = 10;
+    assert!(matches!(Spool::open(cfg, 1), Err(SpoolError::Config(_))));
+}
+
+/// A SegmentIo whose data syncs wait for a permit: lets a test hold the writer mid-commit.
+struct GatedIo {
+    inner: SimDisk,
+    gate: Arc<Mutex<mpsc::Receiver<()>>>,
+    entered: mpsc::Sender<()>,
+}
+
+struct GatedFile {
+    inner: Box<dyn SegmentFile>,
+    gate: Arc<Mutex<mpsc::Receiver<()>>>,
+    entered: mpsc::Sender<()>,
+}
+
+impl SegmentFile for GatedFile {
+    fn write_all_at(&mut self, offset: u64, bufs: &[IoSlice<'_>]) -> std::io::Result<()> {
+        self.inner.write_all_at(offset, bufs)
+    }
+    fn sync_data(&mut self) -> std::io::Result<()> {
+        let _ = self.entered.send(());
+        let _ = self.gate.lock().unwrap().recv();
+        self.inner.sync_data()
+    }
+    fn truncate(&mut self, len: u64) -> std::io::Result<()> {
+        self.inner.truncate(len)
+    }
+    fn size(&self) -> std::io::Result<u64> {
+        self.inner.size()
+    }
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> std::io::Result<usize> {
+        self.inner.read_at(offset, buf)
+    }
+}
+
+impl SegmentIo for GatedIo {
+    fn root(&self) -> &std::path::Path {
+        self.inner.root()
+    }
+    fn list_shards(&self) -> std::io::Result<Vec<u8>> {
+        self.inner.list_shards()
+    }
+    fn create_shard(&self, shard: u8) -> std::io::Result<()> {
+        self.inner.create_shard(shard)
+    }
+    fn list_segments(&self, shard: u8) -> std::io::Result<Vec<u64>> {
+        self.inner.list_segments(shard)
+    }
+    fn create_segment(&self, shard: u8, segment: u64) -> std::io::Result<Box<dyn SegmentFile>> {
+        Ok(Box::new(GatedFile {
+            inner: self.inner.create_segment(shard, segment)?,
+            gate: Arc::clone(&self.gate),
+            entered: self.entered.clone(),
+        }))
+    }
+    fn open_segment(
+        &self,
+        shard: u8,
+        segment: u64,
+        w: bool,
+    ) -> std::io::Result<Box<dyn SegmentFile>> {
+        self.inner.open_segment(shard, segment, w)
+    }
+    fn remove_segment(&self, shard: u8, segment: u64) -> std::io::Result<()> {
+        self.inner.remove_segment(shard, segment)
+    }
+    fn sync_shard_dir(&self, shard: u8) -> std::io::Result<()> {
+        self.inner.sync_shard_dir(shard)
+    }
+    fn new_salt(&self) -> u32 {
+        self.inner.new_salt()
+    }
+}
+
+#[test]
+fn full_queue_is_backpressure_at_once_and_batches_group() {
+    let disk = SimDisk::new(7, SimFaults::default());
+    let (permit, gate) = mpsc::channel();
+    let (entered_tx, entered) = mpsc::channel();
+    let io = Arc::new(GatedIo {
+        inner: disk.clone(),
+        gate: Arc::new(Mutex::new(gate)),
+        entered: entered_tx,
+    });
+    let mut cfg = SpoolConfig::new("/unused");
+    cfg.appends_pending_max = 4;
+    let (spool, _) = Spool::open_with_io(cfg, 1, io).unwrap();
+    let h = spool.shard(0);
+    let id = |h: &ShardHandle| h.next_id(SystemTime::now());
+    let wait = Duration::from_secs(10);
+    let first = h.append_message(message(id(&h), 0, 10)).unwrap();
+    // The writer creates a segment (header sync), then syncs the lone first message.
+    entered.recv_timeout(wait).unwrap();
+    permit.send(()).unwrap();
+    entered.recv_timeout(wait).unwrap();
+    // The writer is now held inside the first message's fdatasync: fill the queue.
+    let queued: Vec<_> = (1..=4)
+        .map(|n| h.append_message(message(id(&h), n, 10)).unwrap())
+        .collect();
+    let t = std::time::Instant::now();
+    let err = h.append_message(message(id(&h), 9, 10)).unwrap_err();
+    assert!(matches!(err, SpoolError::Backpressure));
+    assert!(t.elapsed() < Duration::from_millis(500), "never blocks");
+    permit.send(()).unwrap();
+    let a = first.blocking_recv().unwrap().unwrap();
+    // The four queued ones form ONE group commit.
+    entered.recv_timeout(wait).unwrap();
+    permit.send(()).unwrap();
+    let rest: Vec<Committed> = queued
+        .into_iter()
+        .map(|r| r.blocking_recv().unwrap().unwrap())
+        .collect();
+    assert!(rest
+        .iter()
+        .all(|c| c.location.segment == a.location.segment));
+    assert_eq!(disk.stats().syncs, 3, "header, lone message, group of four");
+    drop(permit);
+    spool.close().unwrap();
+}
+
+#[test]
+fn injected_write_and_sync_errors_fail_the_batch_and_move_to_a_new_segment() {
+    for fail_sync in [false, true] {
+        let disk = SimDisk::new(11, SimFaults::default());
+        let io: Arc<dyn SegmentIo> = Arc::new(disk.clone());
+        let (spool, _) =
+            Spool::open_with_io(SpoolConfig::new("/unused"), 1, Arc::clone(&io)).unwrap();
+        let h = spool.shard(0);
+        let a = message(h.next_id(SystemTime::now()), 1, 100);
+        let ca = append_wait(&h, a.clone()).unwrap();
+        if fail_sync {
+            disk.fail_next_syncs(1);
+        } else {
+            disk.fail_next_writes(1);
+        }
+        let b = message(h.next_id(SystemTime::now()), 2, 100);
+        let err = append_wait(&h, b.clone()).unwrap_err();
+        assert!(matches!(err, SpoolError::Io { .. }), "{err}");
+        let text = err.to_string();
+        assert!(
+            text.contains(if fail_sync { "fdatasync" } else { "write" }),
+            "{text}"
+        );
+        // The writer keeps running, in a new segment; the old one is cut back to A's end.
+        let c = message(h.next_id(SystemTime::now()), 3, 100);
+        let cc = append_wait(&h, c.clone()).unwrap();
+        assert!(cc.location.segment > ca.location.segment);
+        let old = disk.contents(0, ca.location.segment).unwrap();
+        assert_eq!(old.len() as u64, ca.location.offset + ca.location.frame_len);
+        spool.close().unwrap();
+
+        // Power loss now: A and C were acknowledged and must survive; B may not appear.
+        let after = disk.crash();
+        let (spool, report) =
+            Spool::open_with_io(SpoolConfig::new("/unused"), 1, Arc::new(after.clone())).unwrap();
+        assert!(spool.index().get(a.id).is_some(), "{report}");
+        assert!(spool.index().get(c.id).is_some(), "{report}");
+        let back = spool
+            .read_message(spool.index().get(c.id).unwrap())
+            .unwrap();
+        assert_eq!(back.body, stored_body(&c));
+        spool.close().unwrap();
+    }
+}
+
+#[test]
+fn failed_segment_creation_fails_the_batch_then_recovers() {
+    let disk = SimDisk::new(3, SimFaults::default());
+    let (spool, _) =
+        Spool::open_with_io(SpoolConfig::new("/unused"), 1, Arc::new(disk.clone())).unwrap();
+    let h = spool.shard(0);
+    disk.set_faults(SimFaults {
+        create_error: (1, 1),
+        ..SimFaults::default()
+    });
+    let err = append_wait(&h, message(h.next_id(SystemTime::now()), 1, 10)).unwrap_err();
+    assert!(err.to_string().contains("create segment"), "{err}");
+    disk.set_faults(SimFaults::default());
+    append_wait(&h, message(h.next_id(SystemTime::now()), 2, 10)).unwrap();
+    spool.close().unwrap();
+}
+
+#[test]
+fn report_display_names_everything() {
+    let report = RecoveryReport {
+        shards: vec![ShardRecovery {
+            shard: 1,
+            writable: true,
+            segments_scanned: 2,
+            records_kept: 10,
+            bytes_kept: 1000,
+            torn_tails: vec![TornTail {
+                segment: 2,
+                offset: 640,
+                bytes_dropped: 33,
+                reason: "zero fill".into(),
+            }],
+            corrupt_frames: vec![CorruptFrame {
+                segment: 1,
+                offset: 64,
+                bytes_skipped: 128,
+                reason: "data checksum mismatch".into(),
+            }],
+            ..ShardRecovery::default()
+        }],
+    };
+    let text = report.to_string();
+    assert!(text.starts_with("spool recovery: 1 shard(s), 2 segment(s), 10 record(s) kept, 1 torn tail(s) truncated, 1 corrupt frame(s) skipped"), "{text}");
+    assert!(
+        text.contains("torn tail: segment 2 offset 640: 33 byte(s) dropped (zero fill)"),
+        "{text}"
+    );
+    assert!(
+        text.contains(
+            "corrupt frame skipped: segment 1 offset 64: 128 byte(s) (data checksum mismatch)"
+        ),
+        "{text}"
+    );
+    let _ = FRAME_HEADER_LEN;
+}
