@@ -151,7 +151,8 @@ pub struct Origin {
     pub client_port: u16,
     /// The HELO/EHLO argument as the client sent it.
     pub helo: String,
-    /// RFC 3848 "with" keyword: SMTP, ESMTP, UTF8SMTP, UTF8ESMTP (ESMTPS/ESMTPA with TLS/AUTH).
+    /// RFC 3848 / RFC 6531 §4.3 "with" keyword: SMTP, ESMTP, UTF8SMTP (ESMTPS/ESMTPA and
+    /// UTF8SMTPS/UTF8SMTPA with TLS/AUTH).
     pub protocol: String,
 }
 

@@ -26,7 +26,7 @@ pub trait Connection {
 
 /// A listening socket on the current shard.
 pub trait Listener {
-    type Conn: Connection;
+    type Conn: Connection + 'static;
     async fn accept(&self) -> io::Result<(Self::Conn, SocketAddr)>;
 }
 

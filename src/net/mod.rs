@@ -10,3 +10,5 @@
 pub mod io;
 pub mod limits;
 pub mod listener;
+pub mod shard;
+pub mod smtp_conn;

@@ -11,7 +11,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crossbeam::channel::{self, RecvTimeoutError};
+use crossbeam::channel;
 use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 use tokio::sync::watch;
@@ -40,6 +40,8 @@ pub enum ServerError {
     Thread(std::io::Error),
     #[error("shard {0} failed to start: {1}")]
     ShardStart(usize, String),
+    #[error("smtp settings: {0}")]
+    Session(String),
     #[error("shard {0} stopped unexpectedly")]
     ShardDied(usize),
 }
@@ -100,7 +102,11 @@ pub fn run(config: Config) -> Result<(), ServerError> {
     let (phase_tx, phase_rx) = watch::channel(Phase::Running);
     let (events_tx, events_rx) = channel::unbounded();
     let clients = ClientTable::new(config.server.connections_per_ip_max);
-    let session = Arc::new(session_config(&config, &hostname));
+    let session = session_config(&config, &hostname);
+    session
+        .check()
+        .map_err(|e| ServerError::Session(e.to_string()))?;
+    let session = Arc::new(session);
     let cores = core_affinity::get_core_ids().unwrap_or_default();
     let mut threads = Vec::new();
     for (index, sockets) in per_shard_sockets.into_iter().enumerate() {
@@ -190,7 +196,10 @@ fn wait_ready(events: &channel::Receiver<ShardEvent>, shards: usize) -> Result<(
     let mut ready = 0;
     while ready < shards {
         match events.recv() {
-            Ok(ShardEvent::Ready(_)) => ready += 1,
+            Ok(ShardEvent::Ready(shard)) => {
+                tracing::debug!(shard, "shard ready");
+                ready += 1;
+            }
             Ok(ShardEvent::Failed(i, message)) => return Err(ServerError::ShardStart(i, message)),
             Ok(ShardEvent::Exited(i)) => return Err(ServerError::ShardDied(i)),
             Err(_) => return Err(ServerError::ShardDied(ready)),

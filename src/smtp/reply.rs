@@ -388,6 +388,29 @@ impl Reply {
         )
     }
 
+    /// 421 at connect when this core already serves `server.connections_per_core_max`.
+    pub fn too_many_connections(hostname: &str) -> Self {
+        Self::new(
+            ReplyCode::SERVICE_NOT_AVAILABLE,
+            Some(S_4_7_0),
+            format!("{} Error: too many connections, try again later", printable(hostname)),
+        )
+    }
+
+    /// 421 at connect when this client address already holds
+    /// `server.connections_per_ip_max` connections (Postfix's
+    /// `smtpd_client_connection_count_limit`).
+    pub fn too_many_connections_from_client(hostname: &str) -> Self {
+        Self::new(
+            ReplyCode::SERVICE_NOT_AVAILABLE,
+            Some(S_4_7_0),
+            format!(
+                "{} Error: too many connections from your address",
+                printable(hostname)
+            ),
+        )
+    }
+
     /// RFC 5321 §4.5.3.1.10: 452 for recipients beyond the limit; the client sends them in a
     /// later transaction.
     pub fn too_many_recipients() -> Self {
