@@ -106,12 +106,20 @@ fn spool(command: SpoolCommand) -> Result<()> {
             let messages = inspect::list(&dir)
                 .with_context(|| format!("cannot read spool {}", dir.display()))?;
             let mut out = std::io::stdout().lock();
-            writeln!(out, "{:<16}  {:<20}  {:>9}  {:<30}  RECIPIENTS", "QUEUE ID", "ARRIVAL (UTC)", "SIZE", "SENDER")?;
+            writeln!(
+                out,
+                "{:<16}  {:<20}  {:>9}  {:<30}  RECIPIENTS",
+                "QUEUE ID", "ARRIVAL (UTC)", "SIZE", "SENDER"
+            )?;
             for m in &messages {
                 let arrival = chrono::DateTime::from_timestamp_micros(m.arrival_unix_micros as i64)
                     .map(|t| t.format("%Y-%m-%d %H:%M:%S").to_string())
                     .unwrap_or_else(|| "?".into());
-                let sender = if m.sender.is_empty() { "<>" } else { m.sender.as_str() };
+                let sender = if m.sender.is_empty() {
+                    "<>"
+                } else {
+                    m.sender.as_str()
+                };
                 writeln!(
                     out,
                     "{:<16}  {:<20}  {:>9}  {:<30}  {}",

@@ -24,7 +24,9 @@ use rkyv::{Archive, Deserialize, Serialize};
 /// increasing per shard; the low 8 bits are the shard that stored it. So ids sort by arrival,
 /// carry their shard (no lookup needed to find the segment directory) and need no
 /// coordination between cores. 2^56 µs is ≈ 2,283 years; 256 shards covers the 64-core goal.
-#[derive(Archive, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(
+    Archive, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord,
+)]
 #[rkyv(derive(Debug, PartialEq, Eq, Hash))]
 pub struct QueueId(pub u64);
 

@@ -232,7 +232,10 @@ impl Config {
         };
         let s = &self.smtp;
         if s.listen.is_empty() {
-            return Err(invalid("smtp.listen", "at least one address is needed".into()));
+            return Err(invalid(
+                "smtp.listen",
+                "at least one address is needed".into(),
+            ));
         }
         if !(defaults::COMMAND_LINE_MAX..=COMMAND_LINE_CEILING).contains(&s.command_line_max) {
             return Err(invalid(
@@ -246,7 +249,10 @@ impl Config {
         if s.text_line_max < defaults::TEXT_LINE_MAX {
             return Err(invalid(
                 "smtp.text_line_max",
-                format!("must be at least {} (RFC 5321 §4.5.3.1.6)", defaults::TEXT_LINE_MAX),
+                format!(
+                    "must be at least {} (RFC 5321 §4.5.3.1.6)",
+                    defaults::TEXT_LINE_MAX
+                ),
             ));
         }
         if s.recipients_max == 0 {
@@ -274,7 +280,10 @@ impl Config {
         }
         let sp = &self.spool;
         if sp.segment_size.0 < ByteSize::MIB {
-            return Err(invalid("spool.segment_size", "must be at least 1MiB".into()));
+            return Err(invalid(
+                "spool.segment_size",
+                "must be at least 1MiB".into(),
+            ));
         }
         if sp.commit_window.0 > std::time::Duration::from_secs(1) {
             return Err(invalid(
@@ -345,7 +354,9 @@ pub fn valid_domain(name: &str) -> bool {
                 && label.len() <= 63
                 && !label.starts_with('-')
                 && !label.ends_with('-')
-                && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
         })
 }
 
@@ -402,7 +413,10 @@ mod tests {
     fn bad_unit_names_line() {
         let err = parse("[spool]\n\nsegment_size = \"12 parsecs\"\n").expect_err("bad unit");
         let text = err.to_string();
-        assert!(text.contains("line 3") && text.contains("parsecs"), "{text}");
+        assert!(
+            text.contains("line 3") && text.contains("parsecs"),
+            "{text}"
+        );
     }
 
     #[test]
@@ -414,7 +428,10 @@ mod tests {
             "[smtp]\nlisten = [\"localhost\"]\n",
             "[smtp]\ncommand_timeout = 5\n",
         ] {
-            assert!(matches!(parse(text), Err(ConfigError::Parse { .. })), "{text}");
+            assert!(
+                matches!(parse(text), Err(ConfigError::Parse { .. })),
+                "{text}"
+            );
         }
     }
 
@@ -424,7 +441,10 @@ mod tests {
             ("[smtp]\ncommand_line_max = 100\n", "smtp.command_line_max"),
             ("[smtp]\ntext_line_max = 80\n", "smtp.text_line_max"),
             ("[smtp]\nrecipients_max = 0\n", "smtp.recipients_max"),
-            ("[smtp]\nmessage_size_max = \"8GiB\"\n", "smtp.message_size_max"),
+            (
+                "[smtp]\nmessage_size_max = \"8GiB\"\n",
+                "smtp.message_size_max",
+            ),
             ("[smtp]\nlisten = []\n", "smtp.listen"),
             ("[spool]\nsegment_size = \"4KiB\"\n", "spool.segment_size"),
             ("[spool]\ncommit_window = \"5s\"\n", "spool.commit_window"),

@@ -180,7 +180,14 @@ mod tests {
 
     #[test]
     fn sizes_reject_garbage() {
-        for text in ["", "MiB", "12 parsecs", "-1", "99999999999999999999GiB", "1.5MiB"] {
+        for text in [
+            "",
+            "MiB",
+            "12 parsecs",
+            "-1",
+            "99999999999999999999GiB",
+            "1.5MiB",
+        ] {
             assert!(ByteSize::parse(text).is_err(), "{text} should be rejected");
         }
     }
@@ -201,7 +208,11 @@ mod tests {
             Interval::parse("250ms"),
             Ok(Interval(Duration::from_millis(250)))
         );
-        for d in [Interval::secs(0), Interval::secs(90), Interval(Duration::from_millis(5))] {
+        for d in [
+            Interval::secs(0),
+            Interval::secs(90),
+            Interval(Duration::from_millis(5)),
+        ] {
             assert_eq!(Interval::parse(&d.to_string()), Ok(d));
         }
         assert!(Interval::parse("5 fortnights please").is_err());

@@ -41,7 +41,10 @@ pub mod uring {
         async fn read_into(&self, buf: Vec<u8>) -> (io::Result<usize>, Vec<u8>) {
             let start = buf.len();
             if start == buf.capacity() {
-                return (Err(io::Error::other("read buffer has no spare capacity")), buf);
+                return (
+                    Err(io::Error::other("read buffer has no spare capacity")),
+                    buf,
+                );
             }
             let (result, slice) = self.0.read(buf.slice(start..)).await;
             (result, slice.into_inner())
@@ -85,7 +88,10 @@ pub mod epoll {
     impl Connection for EpollConnection {
         async fn read_into(&self, mut buf: Vec<u8>) -> (io::Result<usize>, Vec<u8>) {
             if buf.len() == buf.capacity() {
-                return (Err(io::Error::other("read buffer has no spare capacity")), buf);
+                return (
+                    Err(io::Error::other("read buffer has no spare capacity")),
+                    buf,
+                );
             }
             loop {
                 if let Err(e) = self.0.readable().await {

@@ -84,7 +84,9 @@ mod tests {
     fn a_taken_port_is_reported_with_its_address() {
         let plain = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = plain.local_addr().unwrap();
-        let err = bind_shared(addr, 1).err().expect("port is taken without SO_REUSEPORT");
+        let err = bind_shared(addr, 1)
+            .err()
+            .expect("port is taken without SO_REUSEPORT");
         assert_eq!(err.addr, addr);
         assert!(err.to_string().contains(&addr.to_string()));
     }
@@ -101,6 +103,9 @@ mod tests {
         std::thread::sleep(std::time::Duration::from_millis(50));
         stop_accepting(&clone);
         let result = waiter.join().unwrap();
-        assert!(result.is_err(), "accept must fail once the socket is shut down");
+        assert!(
+            result.is_err(),
+            "accept must fail once the socket is shut down"
+        );
     }
 }

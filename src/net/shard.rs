@@ -77,12 +77,7 @@ async fn accept_loop<L: Listener>(ctx: Rc<ShardContext>, listener: L) {
         match accepted {
             Ok((conn, peer)) => match ctx.admission.admit(peer.ip()) {
                 Ok(permit) => {
-                    tokio::task::spawn_local(smtp_conn::serve(
-                        conn,
-                        peer,
-                        Rc::clone(&ctx),
-                        permit,
-                    ));
+                    tokio::task::spawn_local(smtp_conn::serve(conn, peer, Rc::clone(&ctx), permit));
                 }
                 Err(refusal) => {
                     tracing::info!(client = %peer, ?refusal, "connection refused");

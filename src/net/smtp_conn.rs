@@ -265,11 +265,7 @@ async fn store(
         },
         Err(error) => Err(error),
     };
-    let took = mail_at
-        .elapsed()
-        .unwrap_or_default()
-        .as_secs_f64()
-        * 1000.0;
+    let took = mail_at.elapsed().unwrap_or_default().as_secs_f64() * 1000.0;
     match result {
         Ok(id) => {
             tracing::info!(

@@ -96,7 +96,10 @@ mod tests {
     #[test]
     fn causes_are_classified() {
         let eperm = || io::Error::from_raw_os_error(libc::EPERM);
-        assert_eq!(classify(eperm(), Some(2)), UringUnavailable::DisabledBySysctl(2));
+        assert_eq!(
+            classify(eperm(), Some(2)),
+            UringUnavailable::DisabledBySysctl(2)
+        );
         assert_eq!(classify(eperm(), Some(0)), UringUnavailable::Denied);
         assert_eq!(classify(eperm(), None), UringUnavailable::Denied);
         assert_eq!(

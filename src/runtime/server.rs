@@ -74,7 +74,8 @@ pub fn session_config(config: &Config, hostname: &str) -> SessionConfig {
 
 /// Runs the relay until a signal stops it.
 pub fn run(config: Config) -> Result<(), ServerError> {
-    let engine = choose_engine(config.server.io, probe::probe).map_err(ServerError::UringRequired)?;
+    let engine =
+        choose_engine(config.server.io, probe::probe).map_err(ServerError::UringRequired)?;
     let shards = config.cores();
     let hostname = config.hostname();
 

@@ -393,7 +393,10 @@ impl Reply {
         Self::new(
             ReplyCode::SERVICE_NOT_AVAILABLE,
             Some(S_4_7_0),
-            format!("{} Error: too many connections, try again later", printable(hostname)),
+            format!(
+                "{} Error: too many connections, try again later",
+                printable(hostname)
+            ),
         )
     }
 
