@@ -135,7 +135,9 @@ pub async fn serve<C: Connection>(
                 }
             }
         }
-        if progressed && consumed < input.len() {
+        // More may be possible without reading: pipelined input after a stored message,
+        // or events the last step produced.
+        if progressed && (consumed < input.len() || !out.events.is_empty()) {
             continue;
         }
 
