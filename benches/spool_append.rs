@@ -37,6 +37,8 @@ fn message(h: &ShardHandle, body: &[u8], received: &[u8]) -> NewMessage {
         },
         received_header: received.to_vec(),
         body: body.to_vec(),
+        mailboxes: Vec::new(),
+        remote: Vec::new(),
     }
 }
 

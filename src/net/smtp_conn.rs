@@ -244,6 +244,8 @@ async fn store(
         .into_bytes();
     let Submission {
         envelope,
+        mailboxes,
+        remote,
         origin,
         body,
         mail_at,
@@ -258,6 +260,8 @@ async fn store(
         envelope,
         received_header: received,
         body,
+        mailboxes,
+        remote,
     };
     let result = match ctx.spool.append_message(message) {
         Ok(pending) => match pending.await {

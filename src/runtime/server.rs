@@ -69,6 +69,9 @@ pub fn session_config(config: &Config, hostname: &str) -> SessionConfig {
         errors_max: config.smtp.errors_max,
         local_domains: config.local.domains.clone(),
         relay_networks: config.relay.allowed_networks.clone(),
+        mailboxes: None,
+        vrfy: false,
+        expn: false,
     }
 }
 

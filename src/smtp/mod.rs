@@ -34,6 +34,7 @@ pub mod data;
 pub mod line;
 pub mod params;
 pub mod received;
+pub mod recipients;
 pub mod reply;
 pub mod session;
 
@@ -41,6 +42,7 @@ pub use address::{AddressError, ForwardPath, Mailbox, ReversePath};
 pub use command::{encode, parse, Command, CommandSpec, MailKind, ParseError, Verb, COMMANDS};
 pub use data::{BodyError, BodyLimits, BodyReceiver};
 pub use params::{ParamError, RcptParams};
+pub use recipients::{LocalRecipients, Lookup, Mailboxes};
 pub use reply::{EnhancedStatus, Extension, Reply, ReplyCode};
 pub use session::{
     CloseReason, Event, Outbox, Session, SessionConfig, SessionConfigError, Submission,

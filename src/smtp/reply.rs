@@ -28,6 +28,7 @@ impl ReplyCode {
     pub const START_MAIL_INPUT: Self = Self(354);
     pub const SERVICE_NOT_AVAILABLE: Self = Self(421);
     pub const INSUFFICIENT_STORAGE: Self = Self(452);
+    pub const MAILBOX_UNAVAILABLE: Self = Self(550);
     pub const SYNTAX_ERROR: Self = Self(500);
     pub const PARAMETER_SYNTAX_ERROR: Self = Self(501);
     pub const NOT_IMPLEMENTED: Self = Self(502);
@@ -137,6 +138,7 @@ const S_2_1_5: EnhancedStatus = EnhancedStatus::known(2, 1, 5);
 /// RCPT"); RFC 3463 defines X.5.2 only as a syntax status, so this pairing is convention.
 const S_2_5_2: EnhancedStatus = EnhancedStatus::known(2, 5, 2);
 /// 4.3.1 Mail system full.
+const S_4_2_2: EnhancedStatus = EnhancedStatus::known(4, 2, 2);
 const S_4_3_1: EnhancedStatus = EnhancedStatus::known(4, 3, 1);
 /// 4.3.2 System not accepting network messages.
 const S_4_3_2: EnhancedStatus = EnhancedStatus::known(4, 3, 2);
@@ -147,6 +149,7 @@ const S_4_5_3: EnhancedStatus = EnhancedStatus::known(4, 5, 3);
 /// 4.7.0 Other or undefined security status (too many errors: we stop talking to the peer).
 const S_4_7_0: EnhancedStatus = EnhancedStatus::known(4, 7, 0);
 /// 5.1.3 Bad destination mailbox address syntax.
+const S_5_1_1: EnhancedStatus = EnhancedStatus::known(5, 1, 1);
 const S_5_1_3: EnhancedStatus = EnhancedStatus::known(5, 1, 3);
 /// 5.1.7 Bad sender's mailbox address syntax.
 const S_5_1_7: EnhancedStatus = EnhancedStatus::known(5, 1, 7);
@@ -359,6 +362,25 @@ impl Reply {
         )
     }
 
+    /// VRFY of a local mailbox when `smtp.vrfy` allows disclosure (RFC 5321 §3.5.2).
+    pub fn verified(address: &str) -> Self {
+        Self::new(
+            ReplyCode::OK,
+            Some(S_2_1_5),
+            format!("<{}>", printable(address)),
+        )
+    }
+
+    /// EXPN of a list when `smtp.expn` allows disclosure (RFC 5321 §3.5.2): one member per
+    /// line.
+    pub fn list_members(members: &[String]) -> Self {
+        let text: Vec<String> = members
+            .iter()
+            .map(|m| format!("<{}>", printable(m)))
+            .collect();
+        Self::new(ReplyCode::OK, Some(S_2_1_5), text.join("\n"))
+    }
+
     // ---- Transient negative replies ----
 
     /// 421 after too many client errors (Postfix `smtpd_hard_error_limit`).
@@ -411,6 +433,15 @@ impl Reply {
                 "{} Error: too many connections from your address",
                 printable(hostname)
             ),
+        )
+    }
+
+    /// RCPT to a local mailbox that is over its quota: try later (RFC 3463 4.2.2).
+    pub fn mailbox_full(address: &str) -> Self {
+        Self::new(
+            ReplyCode::INSUFFICIENT_STORAGE,
+            Some(S_4_2_2),
+            format!("<{}>: Mailbox full", printable(address)),
         )
     }
 
@@ -652,6 +683,24 @@ impl Reply {
         )
     }
 
+    /// A local domain without such a mailbox (RFC 5321 §3.6.2, RFC 3463 5.1.1).
+    pub fn unknown_mailbox(address: &str) -> Self {
+        Self::new(
+            ReplyCode::MAILBOX_UNAVAILABLE,
+            Some(S_5_1_1),
+            format!("<{}>: Recipient address rejected: User unknown", printable(address)),
+        )
+    }
+
+    /// EXPN of an address that is not a list.
+    pub fn not_a_list(address: &str) -> Self {
+        Self::new(
+            ReplyCode::MAILBOX_UNAVAILABLE,
+            Some(S_5_1_1),
+            format!("<{}>: not a mailing list", printable(address)),
+        )
+    }
+
     /// RFC 6531 §3.5: a UTF-8 address in a transaction without the SMTPUTF8 parameter.
     pub fn utf8_needs_smtputf8() -> Self {
         Self::fixed(
@@ -811,8 +860,8 @@ mod tests {
         assert_eq!(EnhancedStatus::new(3, 0, 0), None);
         assert_eq!(EnhancedStatus::new(5, 1000, 0), None);
         for status in [
-            S_2_0_0, S_2_1_0, S_2_1_5, S_2_5_2, S_4_3_1, S_4_3_2, S_4_4_2, S_4_5_3, S_4_7_0,
-            S_5_1_3, S_5_1_7, S_5_3_4, S_5_5_1, S_5_5_2, S_5_5_4, S_5_6_0, S_5_6_7, S_5_7_1,
+            S_2_0_0, S_2_1_0, S_2_1_5, S_2_5_2, S_4_2_2, S_4_3_1, S_4_3_2, S_4_4_2, S_4_5_3,
+            S_4_7_0, S_5_1_1, S_5_1_3, S_5_1_7, S_5_3_4, S_5_5_1, S_5_5_2, S_5_5_4, S_5_6_0, S_5_6_7, S_5_7_1,
         ] {
             assert_eq!(
                 EnhancedStatus::new(status.class(), status.subject(), status.detail()),

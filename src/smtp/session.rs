@@ -41,6 +41,7 @@ use super::data::{BodyLimits, BodyReceiver};
 use super::line::{self, Ending, Frame};
 use super::params::RcptParams;
 use super::received;
+use super::recipients::{Lookup, Mailboxes};
 use super::reply::{Extension, Reply};
 use crate::envelope::{BodyType, Envelope, MailParams, Origin, QueueId, Recipient};
 
@@ -70,6 +71,13 @@ pub struct SessionConfig {
     pub local_domains: Vec<String>,
     /// Clients allowed to relay to any domain.
     pub relay_networks: Vec<ipnet::IpNet>,
+    /// Who receives mail in the local domains. `None`: any local part is accepted and
+    /// stored without a mailbox (a relay with no local users).
+    pub mailboxes: Option<Mailboxes>,
+    /// VRFY answers 250 for a local mailbox (else 252 for all: no address disclosure).
+    pub vrfy: bool,
+    /// EXPN lists a list's members (else 502).
+    pub expn: bool,
 }
 
 impl Default for SessionConfig {
@@ -94,6 +102,9 @@ impl Default for SessionConfig {
                     128,
                 )),
             ],
+            mailboxes: None,
+            vrfy: false,
+            expn: false,
         }
     }
 }
@@ -185,6 +196,12 @@ pub enum CloseReason {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Submission {
     pub envelope: Envelope,
+    /// Local mailboxes the recipients resolved to (deduplicated): the message is delivered
+    /// to them by the same durable write that stores it.
+    pub mailboxes: Vec<String>,
+    /// Addresses to deliver to other hosts: the remote RCPTs and what local aliases
+    /// forward to (deduplicated). Empty when every recipient is local.
+    pub remote: Vec<String>,
     pub origin: Origin,
     /// Unstuffed, CRLF line ends (BINARYMIME: as sent), without our Received header.
     pub body: Vec<u8>,
@@ -231,6 +248,10 @@ struct Helo {
 #[derive(Debug)]
 struct Transaction {
     envelope: Envelope,
+    /// Local mailboxes the accepted recipients resolved to (deduplicated, in order).
+    mailboxes: Vec<String>,
+    /// Remote RCPTs and alias forwards.
+    remote: Vec<String>,
     mail_at: SystemTime,
     /// 452 "too many recipients" answered so far (see the module doc).
     overshoot: usize,
@@ -562,8 +583,8 @@ impl Session {
             }
             Command::Noop { .. } => self.reply(&Reply::ok(), out),
             Command::Help { .. } => self.reply(&Reply::help(), out),
-            Command::Vrfy { .. } => self.reply(&Reply::cannot_vrfy(), out),
-            Command::Expn { .. } => self.reject(Reply::expn_not_implemented(), out),
+            Command::Vrfy { argument } => self.vrfy(&argument, out),
+            Command::Expn { argument } => self.expn(&argument, out),
             Command::Turn => self.reject(Reply::turn_not_implemented(), out),
             Command::Send { .. } => self.reject(Reply::send_not_implemented(), out),
             Command::StartTls | Command::Auth { .. } => self.reject(Reply::not_implemented(), out),
@@ -612,6 +633,8 @@ impl Session {
                 params,
                 recipients: Vec::new(),
             },
+            mailboxes: Vec::new(),
+            remote: Vec::new(),
             mail_at: now,
             overshoot: 0,
         };
@@ -641,7 +664,25 @@ impl Session {
         } else if !self.may_relay_to(&to) {
             Some(Reply::relay_denied(to.as_str()))
         } else {
-            None
+            match self.local_lookup(&to, transaction.envelope.params.size.unwrap_or(0)) {
+                Some(Lookup::Unknown) => Some(Reply::unknown_mailbox(to.as_str())),
+                Some(Lookup::OverQuota) => {
+                    self.state = State::Command(Phase::Mail(helo, transaction));
+                    // A full mailbox is the recipient's problem, not the client's error.
+                    return self.reply(&Reply::mailbox_full(to.as_str()), out);
+                }
+                Some(Lookup::Deliver { mailboxes, forward }) => {
+                    extend_unique(&mut transaction.mailboxes, mailboxes);
+                    extend_unique(&mut transaction.remote, forward);
+                    None
+                }
+                None => {
+                    if self.config.mailboxes.is_some() && !self.is_local_forward_path(&to) {
+                        extend_unique(&mut transaction.remote, vec![to.as_str().to_string()]);
+                    }
+                    None
+                }
+            }
         };
         if let Some(reply) = refusal {
             return self.refuse(Phase::Mail(helo, transaction), reply, out);
@@ -653,6 +694,68 @@ impl Session {
         });
         self.state = State::Command(Phase::Mail(helo, transaction));
         self.reply(&Reply::recipient_ok(), out);
+    }
+
+    /// Resolves a local recipient through the mailbox seam; `None` for remote addresses
+    /// or when no mailboxes are configured.
+    fn local_lookup(&self, to: &ForwardPath, size: u64) -> Option<Lookup> {
+        let mailboxes = self.config.mailboxes.as_ref()?;
+        self.is_local_forward_path(to)
+            .then(|| mailboxes.0.lookup(to.as_str(), size))
+    }
+
+    fn is_local_forward_path(&self, to: &ForwardPath) -> bool {
+        to.domain().is_none_or(|domain| self.is_local_domain(domain))
+    }
+
+    fn is_local_domain(&self, domain: &str) -> bool {
+        self.config
+            .local_domains
+            .iter()
+            .any(|local| local.eq_ignore_ascii_case(domain))
+    }
+
+    /// VRFY (RFC 5321 §3.5.2): no disclosure unless `vrfy` is on; then a local mailbox is
+    /// confirmed, an unknown local address refused, anything else "cannot verify".
+    fn vrfy(&mut self, argument: &str, out: &mut Outbox) {
+        let address = argument.trim().trim_start_matches('<').trim_end_matches('>');
+        if address.is_empty() {
+            return self.reject(Reply::syntax("VRFY address"), out);
+        }
+        let answer = match (&self.config.mailboxes, self.config.vrfy) {
+            (Some(mailboxes), true) if self.is_local_address(address) => {
+                match mailboxes.0.verify(address) {
+                    Some(canonical) => Some(Reply::verified(&canonical)),
+                    None if mailboxes.0.lookup(address, 0) == Lookup::Unknown => {
+                        return self.reject(Reply::unknown_mailbox(address), out)
+                    }
+                    None => None,
+                }
+            }
+            _ => None,
+        };
+        self.reply(&answer.unwrap_or_else(Reply::cannot_vrfy), out);
+    }
+
+    /// EXPN (RFC 5321 §3.5.2): refused unless `expn` is on; then a list's members.
+    fn expn(&mut self, argument: &str, out: &mut Outbox) {
+        let address = argument.trim().trim_start_matches('<').trim_end_matches('>');
+        match (&self.config.mailboxes, self.config.expn) {
+            (Some(mailboxes), true) => match mailboxes.0.expand(address) {
+                Some(members) if self.is_local_address(address) => {
+                    self.reply(&Reply::list_members(&members), out)
+                }
+                _ => self.reject(Reply::not_a_list(address), out),
+            },
+            _ => self.reject(Reply::expn_not_implemented(), out),
+        }
+    }
+
+    fn is_local_address(&self, address: &str) -> bool {
+        match address.rsplit_once('@') {
+            Some((_, domain)) => self.is_local_domain(domain),
+            None => address.eq_ignore_ascii_case("postmaster"),
+        }
     }
 
     /// Relay control: never an open relay. Local domains (and the bare postmaster, RFC 5321
@@ -777,6 +880,8 @@ impl Session {
         };
         out.events.push(Event::Submit(Box::new(Submission {
             envelope: transaction.envelope,
+            mailboxes: transaction.mailboxes,
+            remote: transaction.remote,
             origin,
             body,
             mail_at: transaction.mail_at,
@@ -852,6 +957,14 @@ impl Session {
 }
 
 /// RSET (RFC 5321 §4.1.1.5): the transaction ends, HELO/EHLO stays.
+fn extend_unique(into: &mut Vec<String>, items: Vec<String>) {
+    for item in items {
+        if !into.contains(&item) {
+            into.push(item);
+        }
+    }
+}
+
 fn reset(phase: Phase) -> Phase {
     match phase {
         Phase::Greeted => Phase::Greeted,

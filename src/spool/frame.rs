@@ -110,6 +110,14 @@ pub struct MessageMeta {
     /// Length of the Received header at the start of the stored body; the message proper
     /// follows it.
     pub received_len: u64,
+    /// Local mailboxes the message was delivered to when it was stored: the delivery is
+    /// part of the same frame, so it is durable with the message and can never be torn
+    /// from it.
+    pub mailboxes: Vec<String>,
+    /// Addresses still to be delivered to other hosts: remote RCPTs and alias forwards.
+    /// While it is not empty the message is live (outbound delivery results come later as
+    /// records of their own).
+    pub remote: Vec<String>,
 }
 
 /// A record decoded from a validated frame.
@@ -369,6 +377,8 @@ mod tests {
                 }],
             },
             received_len: 5,
+            mailboxes: vec!["bob".into()],
+            remote: Vec::new(),
         }
     }
 

@@ -168,6 +168,10 @@ pub struct NewMessage {
     /// The Received header this relay prepends (stored first).
     pub received_header: Vec<u8>,
     pub body: Vec<u8>,
+    /// Local mailboxes this message is delivered to (see [`MessageMeta::mailboxes`]).
+    pub mailboxes: Vec<String>,
+    /// Remote RCPTs and alias forwards (see [`MessageMeta::remote`]).
+    pub remote: Vec<String>,
 }
 
 /// Where a record lives. `body_offset..body_offset + body_len` of the segment file is the
@@ -327,6 +331,8 @@ impl ShardHandle {
                     origin: msg.origin,
                     envelope: msg.envelope,
                     received_len: msg.received_header.len() as u64,
+                    mailboxes: msg.mailboxes,
+                    remote: msg.remote,
                 },
                 received: msg.received_header,
                 body: msg.body,

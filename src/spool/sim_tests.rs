@@ -75,6 +75,8 @@ fn pending(rng: &mut SimRng, id: QueueId, segment_size: u64) -> Pending {
                     .collect(),
             },
             received_len: received.len() as u64,
+            mailboxes: Vec::new(),
+            remote: Vec::new(),
         },
         received,
         body: (0..body_len).map(|i| fill.wrapping_add(i as u8)).collect(),

@@ -1,0 +1,50 @@
+//! The session's question about local recipients, behind a seam: "where does mail for this
+//! local address go?". The real answer comes from the mailbox directory and the mailbox
+//! store's usage (`mailbox::LocalRecipients`); tests use small tables. The session stays
+//! sans-IO: lookups are in-memory and immediate.
+
+use std::fmt;
+use std::sync::Arc;
+
+/// Where mail for one local address goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Lookup {
+    /// Local mailboxes, plus remote addresses an alias forwards to.
+    Deliver {
+        mailboxes: Vec<String>,
+        forward: Vec<String>,
+    },
+    /// No such user or alias: 550 5.1.1.
+    Unknown,
+    /// A mailbox is over its quota: 452 4.2.2 (the client retries later).
+    OverQuota,
+}
+
+/// Answers for addresses in the local domains (and the bare `postmaster`).
+pub trait LocalRecipients: Send + Sync {
+    /// `address` is `local@domain` with a local domain, or `postmaster`; `size` is the
+    /// declared SIZE (0 when absent), for the quota check.
+    fn lookup(&self, address: &str, size: u64) -> Lookup;
+    /// VRFY: the mailbox's canonical address when `address` is exactly one local mailbox.
+    fn verify(&self, address: &str) -> Option<String>;
+    /// EXPN: a list's members.
+    fn expand(&self, address: &str) -> Option<Vec<String>>;
+}
+
+/// Shared handle to the seam, comparable by identity so `SessionConfig` stays `Eq`.
+#[derive(Clone)]
+pub struct Mailboxes(pub Arc<dyn LocalRecipients>);
+
+impl fmt::Debug for Mailboxes {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Mailboxes(..)")
+    }
+}
+
+impl PartialEq for Mailboxes {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+impl Eq for Mailboxes {}
