@@ -11,6 +11,10 @@
 #![forbid(unsafe_code)]
 
 pub mod directory;
+pub mod local;
 pub mod password;
+pub mod store;
 
 pub use directory::{Directory, DirectoryError, Resolution, User};
+pub use local::LocalDelivery;
+pub use store::{Entry, InUse, MailStore, MaildropLock};

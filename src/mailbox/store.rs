@@ -1,0 +1,166 @@
+//! Maildrops: for each mailbox, the messages delivered to it and not yet deleted, its usage
+//! for quotas, and the exclusive lock a POP3 session holds (RFC 1939 §8: one session per
+//! maildrop).
+//!
+//! This is an index over the spool, not a store of its own: an entry is a queue id and a
+//! size; the bytes stay in the spool segments. It is rebuilt at start from the spool's
+//! replay and updated only after the spool has made a change durable.
+//!
+//! Shared by every core: one small lock per mailbox (dashmap shards), touched once per
+//! delivered message and per POP3 login/QUIT — never per byte and never across mailboxes.
+
+use std::sync::Arc;
+
+use dashmap::DashMap;
+
+use crate::envelope::QueueId;
+
+/// One message in a maildrop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Entry {
+    pub id: QueueId,
+    /// Octets of the stored message (Received header ‖ content), what RETR sends unstuffed.
+    pub size: u64,
+}
+
+#[derive(Debug, Default)]
+struct Maildrop {
+    entries: Vec<Entry>,
+    usage: u64,
+    locked: bool,
+}
+
+/// Every mailbox's maildrop.
+#[derive(Debug, Default)]
+pub struct MailStore {
+    boxes: DashMap<String, Maildrop>,
+}
+
+/// A second session asked for a locked maildrop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct InUse;
+
+/// An exclusive hold on one maildrop; dropping it (the session ended, however) unlocks.
+#[derive(Debug)]
+pub struct MaildropLock {
+    store: Arc<MailStore>,
+    mailbox: String,
+    /// The maildrop as it was when locked, in delivery order (RFC 1939 numbers 1..n).
+    pub entries: Vec<Entry>,
+}
+
+impl MaildropLock {
+    pub fn mailbox(&self) -> &str {
+        &self.mailbox
+    }
+}
+
+impl Drop for MaildropLock {
+    fn drop(&mut self) {
+        if let Some(mut drop) = self.store.boxes.get_mut(&self.mailbox) {
+            drop.locked = false;
+        }
+    }
+}
+
+impl MailStore {
+    pub fn new() -> Arc<MailStore> {
+        Arc::new(MailStore::default())
+    }
+
+    /// Records a durable delivery (after the spool's commit, or while replaying it).
+    pub fn deliver(&self, mailbox: &str, entry: Entry) {
+        let mut drop = self.boxes.entry(mailbox.to_string()).or_default();
+        if drop.entries.iter().all(|e| e.id != entry.id) {
+            drop.usage += entry.size;
+            drop.entries.push(entry);
+        }
+    }
+
+    /// Applies durable deletions (after the spool's commit, or while replaying it).
+    pub fn remove(&self, mailbox: &str, ids: &[QueueId]) {
+        if let Some(mut drop) = self.boxes.get_mut(mailbox) {
+            let mut freed = 0;
+            drop.entries.retain(|e| {
+                let keep = !ids.contains(&e.id);
+                if !keep {
+                    freed += e.size;
+                }
+                keep
+            });
+            drop.usage = drop.usage.saturating_sub(freed);
+        }
+    }
+
+    /// Octets currently stored for `mailbox` (for quotas).
+    pub fn usage(&self, mailbox: &str) -> u64 {
+        self.boxes.get(mailbox).map(|d| d.usage).unwrap_or(0)
+    }
+
+    /// Messages currently in `mailbox`.
+    pub fn count(&self, mailbox: &str) -> usize {
+        self.boxes.get(mailbox).map(|d| d.entries.len()).unwrap_or(0)
+    }
+
+    /// Takes the maildrop's exclusive lock and a snapshot of its entries.
+    pub fn lock(self: &Arc<Self>, mailbox: &str) -> Result<MaildropLock, InUse> {
+        let mut drop = self.boxes.entry(mailbox.to_string()).or_default();
+        if drop.locked {
+            return Err(InUse);
+        }
+        drop.locked = true;
+        let entries = drop.entries.clone();
+        Ok(MaildropLock {
+            store: Arc::clone(self),
+            mailbox: mailbox.to_string(),
+            entries,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(n: u64, size: u64) -> Entry {
+        Entry {
+            id: QueueId::new(1_000 + n, 0),
+            size,
+        }
+    }
+
+    #[test]
+    fn deliveries_and_deletions_track_usage() {
+        let store = MailStore::new();
+        store.deliver("alice", entry(1, 100));
+        store.deliver("alice", entry(2, 50));
+        store.deliver("alice", entry(2, 50)); // replayed twice: counted once
+        assert_eq!((store.count("alice"), store.usage("alice")), (2, 150));
+        store.remove("alice", &[entry(1, 0).id]);
+        assert_eq!((store.count("alice"), store.usage("alice")), (1, 50));
+        assert_eq!(store.usage("bob"), 0);
+    }
+
+    #[test]
+    fn one_session_per_maildrop_and_release_on_drop() {
+        let store = MailStore::new();
+        store.deliver("alice", entry(1, 10));
+        let first = store.lock("alice").expect("free");
+        assert_eq!(first.entries, vec![entry(1, 10)]);
+        assert_eq!(store.lock("alice").err(), Some(InUse));
+        assert!(store.lock("bob").is_ok(), "other mailboxes are independent");
+        drop(first);
+        assert!(store.lock("alice").is_ok(), "a dropped session releases its lock");
+    }
+
+    #[test]
+    fn snapshot_does_not_change_under_a_session() {
+        let store = MailStore::new();
+        store.deliver("alice", entry(1, 10));
+        let lock = store.lock("alice").unwrap();
+        store.deliver("alice", entry(2, 10));
+        assert_eq!(lock.entries.len(), 1, "RFC 1939 numbers stay stable in a session");
+        drop(lock);
+        assert_eq!(store.lock("alice").unwrap().entries.len(), 2);
+    }
+}
