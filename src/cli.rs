@@ -38,6 +38,28 @@ enum Command {
         #[command(subcommand)]
         command: SpoolCommand,
     },
+    /// Manage mailbox users (passwords are read from stdin, stored as argon2id hashes).
+    User {
+        #[command(subcommand)]
+        command: UserCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum UserCommand {
+    /// Hash a password read from stdin and print the users-file line (or append it).
+    Add {
+        name: String,
+        /// Append the line to this users file (created 0600) instead of printing it.
+        #[arg(long)]
+        file: Option<PathBuf>,
+    },
+    /// Check a password read from stdin against the configured user (exit 0 if it matches).
+    Check {
+        name: String,
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -66,6 +88,7 @@ pub fn main() -> ExitCode {
         Command::Serve { config } => serve(config.as_deref()),
         Command::Check { config } => check(config.as_deref()),
         Command::Spool { command } => spool(command),
+        Command::User { command } => user(command),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -141,6 +164,56 @@ fn spool(command: SpoolCommand) -> Result<()> {
         }
     }
     Ok(())
+}
+
+fn user(command: UserCommand) -> Result<()> {
+    match command {
+        UserCommand::Add { name, file } => {
+            let name = name.to_ascii_lowercase();
+            anyhow::ensure!(
+                relay::mailbox::directory::valid_name(&name),
+                "`{name}` is not a valid mailbox name (1-64 of a-z 0-9 . - _)"
+            );
+            let password = read_password()?;
+            let phc = relay::mailbox::password::hash(&password)?;
+            let line = relay::mailbox::users_file::line(&name, &phc);
+            match file {
+                None => println!("{line}"),
+                Some(path) => {
+                    use std::os::unix::fs::OpenOptionsExt;
+                    let mut f = std::fs::OpenOptions::new()
+                        .create(true)
+                        .append(true)
+                        .mode(0o600)
+                        .open(&path)
+                        .with_context(|| format!("cannot open {}", path.display()))?;
+                    writeln!(f, "{line}")?;
+                    eprintln!("added {name} to {}", path.display());
+                }
+            }
+        }
+        UserCommand::Check { name, config } => {
+            let config = load(config.as_deref())?;
+            let directory = relay::mailbox::load_directory(&config)?;
+            let password = read_password()?;
+            match directory.verify(&name, &password) {
+                Some(user) => println!("{user}: password matches"),
+                None => anyhow::bail!("{name}: unknown user or wrong password"),
+            }
+        }
+    }
+    Ok(())
+}
+
+/// One line from stdin without its line end; never echoed or logged.
+fn read_password() -> Result<String> {
+    let mut line = String::new();
+    std::io::stdin()
+        .read_line(&mut line)
+        .context("cannot read the password from stdin")?;
+    let password = line.trim_end_matches(['\r', '\n']).to_string();
+    anyhow::ensure!(!password.is_empty(), "empty password");
+    Ok(password)
 }
 
 fn spool_dir(dir: Option<PathBuf>, config: Option<&Path>) -> Result<PathBuf> {

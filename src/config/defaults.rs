@@ -67,3 +67,16 @@ pub fn relay_allowed_networks() -> Vec<ipnet::IpNet> {
 pub fn local_domains() -> Vec<String> {
     vec!["localhost".to_string()]
 }
+
+/// The conventional unprivileged POP3 port on loopback (995/110 need root and TLS).
+pub fn pop3_listen() -> Vec<SocketAddr> {
+    vec![SocketAddr::from(([127, 0, 0, 1], 1110))]
+}
+/// RFC 1939 §3: "the autologout timer MUST be of at least 10 minutes' duration".
+pub const POP3_IDLE_TIMEOUT: Interval = Interval::secs(600);
+/// Dovecot's `auth_failure_delay`: long enough to slow guessing, short for a typo.
+pub const AUTH_FAILURE_DELAY: Interval = Interval::secs(2);
+/// Failed logins per client address per window: a person mistypes a few times, a
+/// guesser hundreds.
+pub const AUTH_FAILURES_PER_IP_MAX: u32 = 10;
+pub const AUTH_FAILURE_WINDOW: Interval = Interval::secs(600);

@@ -27,10 +27,12 @@ pub enum ConfigError {
     },
     #[error("{origin}: {message}")]
     Parse { origin: String, message: String },
-    #[error("{origin}: `{key}`: {message}")]
+    #[error("{origin}{}: `{key}`: {message}", line.map(|n| format!(", line {n}")).unwrap_or_default())]
     Invalid {
         origin: String,
         key: &'static str,
+        /// Where the key is set; `None` when the (default) value is not in the file.
+        line: Option<usize>,
         message: String,
     },
 }
@@ -56,6 +58,7 @@ pub struct Config {
     pub spool: SpoolSection,
     pub relay: RelayConfig,
     pub local: LocalConfig,
+    pub pop3: Pop3Config,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -97,6 +100,10 @@ pub struct SmtpConfig {
     pub errors_max: u32,
     pub command_timeout: Interval,
     pub data_timeout: Interval,
+    /// VRFY confirms local mailboxes (address disclosure: off by default, RFC 5321 §3.5.3).
+    pub vrfy: bool,
+    /// EXPN lists the members of local lists (off by default: spammers harvest them).
+    pub expn: bool,
 }
 
 impl Default for SmtpConfig {
@@ -110,6 +117,8 @@ impl Default for SmtpConfig {
             errors_max: defaults::ERRORS_MAX,
             command_timeout: defaults::COMMAND_TIMEOUT,
             data_timeout: defaults::DATA_TIMEOUT,
+            vrfy: false,
+            expn: false,
         }
     }
 }
@@ -159,12 +168,63 @@ impl Default for RelayConfig {
 pub struct LocalConfig {
     /// Domains whose mail ends here (lower-cased at load).
     pub domains: Vec<String>,
+    /// Mailbox owners; more can come from `users_file`.
+    pub users: Vec<UserConfig>,
+    /// A file of users, one per line: `name $argon2id$… [quota=1GiB] [apop=secret]`
+    /// (what `relay user add` prints). Relative paths are relative to the config file.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub users_file: Option<PathBuf>,
+    /// `"list@domain" = ["alice", "bob@example.test", "someone@remote.test"]`.
+    pub aliases: std::collections::BTreeMap<String, Vec<String>>,
 }
 
 impl Default for LocalConfig {
     fn default() -> Self {
         LocalConfig {
             domains: defaults::local_domains(),
+            users: Vec::new(),
+            users_file: None,
+            aliases: std::collections::BTreeMap::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UserConfig {
+    pub name: String,
+    /// argon2id PHC string (`relay user add` makes one); never a plaintext password.
+    pub password: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quota: Option<ByteSize>,
+    /// Shared secret for APOP (RFC 1939 §7); APOP is offered only when a user has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub apop_secret: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Pop3Config {
+    /// Addresses; empty disables POP3.
+    pub listen: Vec<SocketAddr>,
+    /// RFC 1939 §3: the autologout timer must be at least 10 minutes.
+    pub idle_timeout: Interval,
+    /// Wait before answering a failed login (slows guessing; Dovecot waits 2s).
+    pub auth_failure_delay: Interval,
+    /// Failed logins per client address within `auth_failure_window` before further
+    /// attempts from it are refused outright.
+    pub auth_failures_per_ip_max: u32,
+    pub auth_failure_window: Interval,
+}
+
+impl Default for Pop3Config {
+    fn default() -> Self {
+        Pop3Config {
+            listen: defaults::pop3_listen(),
+            idle_timeout: defaults::POP3_IDLE_TIMEOUT,
+            auth_failure_delay: defaults::AUTH_FAILURE_DELAY,
+            auth_failures_per_ip_max: defaults::AUTH_FAILURES_PER_IP_MAX,
+            auth_failure_window: defaults::AUTH_FAILURE_WINDOW,
         }
     }
 }
@@ -176,7 +236,14 @@ impl Config {
             path: path.to_path_buf(),
             source,
         })?;
-        Config::parse(&text, &path.display().to_string())
+        let mut config = Config::parse(&text, &path.display().to_string())?;
+        // A users file named relative to the config lives next to it.
+        if let (Some(file), Some(dir)) = (&config.local.users_file, path.parent()) {
+            if file.is_relative() {
+                config.local.users_file = Some(dir.join(file));
+            }
+        }
+        Ok(config)
     }
 
     /// Parse and validate config text; `origin` names it in errors (a path, "embedded").
@@ -186,7 +253,20 @@ impl Config {
             message: e.to_string().trim_end().to_string(),
         })?;
         config.normalize();
-        config.validate(origin)?;
+        config.validate(origin).map_err(|error| match error {
+            ConfigError::Invalid {
+                origin,
+                key,
+                message,
+                ..
+            } => ConfigError::Invalid {
+                origin,
+                key,
+                line: locate_key(text, key),
+                message,
+            },
+            other => other,
+        })?;
         Ok(config)
     }
 
@@ -228,6 +308,7 @@ impl Config {
         let invalid = |key: &'static str, message: String| ConfigError::Invalid {
             origin: origin.to_string(),
             key,
+            line: None,
             message,
         };
         let s = &self.smtp;
@@ -326,6 +407,25 @@ impl Config {
         if sv.drain_timeout.0 > std::time::Duration::from_secs(3600) {
             return Err(invalid("server.drain_timeout", "must be at most 1h".into()));
         }
+        let p = &self.pop3;
+        if p.idle_timeout.0 < std::time::Duration::from_secs(600) && !p.listen.is_empty() {
+            return Err(invalid(
+                "pop3.idle_timeout",
+                "must be at least 10m (RFC 1939 §3 autologout timer)".into(),
+            ));
+        }
+        if p.auth_failure_delay.0 > std::time::Duration::from_secs(30) {
+            return Err(invalid(
+                "pop3.auth_failure_delay",
+                "must be at most 30s".into(),
+            ));
+        }
+        if p.auth_failures_per_ip_max == 0 {
+            return Err(invalid(
+                "pop3.auth_failures_per_ip_max",
+                "must be at least 1".into(),
+            ));
+        }
         for domain in &self.local.domains {
             if !valid_domain(domain) {
                 return Err(invalid(
@@ -336,6 +436,35 @@ impl Config {
         }
         Ok(())
     }
+}
+
+/// The 1-based line that sets `section.key` in TOML text written in the usual
+/// `[section]` / `key = value` form (what a validation error should point at).
+fn locate_key(text: &str, dotted: &str) -> Option<usize> {
+    let (section, key) = dotted.split_once('.')?;
+    let mut current = "";
+    for (index, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if let Some(header) = line.strip_prefix('[') {
+            current = header
+                .trim_start_matches('[')
+                .split(']')
+                .next()
+                .unwrap_or("")
+                .trim();
+            continue;
+        }
+        let assigned = line
+            .split_once('=')
+            .map(|(name, _)| name.trim().trim_matches('"'));
+        if current == section && assigned == Some(key) {
+            return Some(index + 1);
+        }
+        if current.is_empty() && assigned == Some(dotted) {
+            return Some(index + 1);
+        }
+    }
+    None
 }
 
 /// The queue id keeps 8 bits for the shard.
@@ -460,6 +589,21 @@ mod tests {
                 other => panic!("{text}: expected Invalid({key}), got {other:?}"),
             }
         }
+    }
+
+    #[test]
+    fn range_errors_name_the_line() {
+        let err = parse(
+            "[server]\ncores = 2\n\n[smtp]\nlisten = [\"127.0.0.1:25\"]\nrecipients_max = 0\n",
+        )
+        .expect_err("invalid");
+        match &err {
+            ConfigError::Invalid { key, line, .. } => {
+                assert_eq!((*key, *line), ("smtp.recipients_max", Some(6)));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(err.to_string().contains("line 6"), "{err}");
     }
 
     #[test]

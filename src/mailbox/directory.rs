@@ -99,11 +99,12 @@ impl Directory {
             domains,
             users: by_name,
             aliases: HashMap::new(),
-            dummy_hash: password::hash("relay dummy password for timing")
-                .map_err(|source| DirectoryError::BadPassword {
+            dummy_hash: password::hash("relay dummy password for timing").map_err(|source| {
+                DirectoryError::BadPassword {
                     user: "(dummy)".into(),
                     source,
-                })?,
+                }
+            })?,
         };
         for (alias, targets) in aliases {
             let local = directory
@@ -209,11 +210,7 @@ impl Directory {
         let mut md5 = Md5::new();
         md5.update(timestamp.as_bytes());
         md5.update(secret.as_bytes());
-        let expected: String = md5
-            .finalize()
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
+        let expected: String = md5.finalize().iter().map(|b| format!("{b:02x}")).collect();
         constant_time_eq(expected.as_bytes(), digest.to_ascii_lowercase().as_bytes())
             .then(|| user.name.clone())
     }
@@ -371,7 +368,13 @@ mod tests {
             d.verify_apop("alice", ts, "c4c9334bac560ecc979e58001b3e22fb"),
             Some("alice".into())
         );
-        assert_eq!(d.verify_apop("alice", ts, "00000000000000000000000000000000"), None);
-        assert_eq!(d.verify_apop("bob", ts, "c4c9334bac560ecc979e58001b3e22fb"), None);
+        assert_eq!(
+            d.verify_apop("alice", ts, "00000000000000000000000000000000"),
+            None
+        );
+        assert_eq!(
+            d.verify_apop("bob", ts, "c4c9334bac560ecc979e58001b3e22fb"),
+            None
+        );
     }
 }

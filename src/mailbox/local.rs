@@ -32,10 +32,7 @@ impl LocalRecipients for LocalDelivery {
                 if mailboxes.iter().any(|m| self.over_quota(m, size)) {
                     Lookup::OverQuota
                 } else {
-                    Lookup::Deliver {
-                        mailboxes,
-                        forward,
-                    }
+                    Lookup::Deliver { mailboxes, forward }
                 }
             }
             Resolution::Unknown => Lookup::Unknown,
@@ -81,7 +78,10 @@ mod tests {
             apop_secret: None,
         };
         let mut aliases = BTreeMap::new();
-        aliases.insert("team".to_string(), vec!["alice".to_string(), "bob".to_string()]);
+        aliases.insert(
+            "team".to_string(),
+            vec!["alice".to_string(), "bob".to_string()],
+        );
         let directory = Directory::new(
             vec!["example.test".into()],
             vec![user("alice", Some(1000)), user("bob", None)],

@@ -14,7 +14,57 @@ pub mod directory;
 pub mod local;
 pub mod password;
 pub mod store;
+pub mod users_file;
 
 pub use directory::{Directory, DirectoryError, Resolution, User};
 pub use local::LocalDelivery;
 pub use store::{Entry, InUse, MailStore, MaildropLock};
+
+use std::sync::Arc;
+
+use crate::config::Config;
+
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("cannot read users file {path}: {source}")]
+    Read {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    #[error("users file {path}: {source}")]
+    UsersFile {
+        path: std::path::PathBuf,
+        source: users_file::UsersFileError,
+    },
+    #[error(transparent)]
+    Directory(#[from] DirectoryError),
+}
+
+/// Builds the directory from `[local]`: inline users, the users file, aliases.
+pub fn load_directory(config: &Config) -> Result<Arc<Directory>, LoadError> {
+    let mut users: Vec<User> = config
+        .local
+        .users
+        .iter()
+        .map(|u| User {
+            name: u.name.clone(),
+            password: u.password.clone(),
+            quota: u.quota.map(|q| q.0),
+            apop_secret: u.apop_secret.clone(),
+        })
+        .collect();
+    if let Some(path) = &config.local.users_file {
+        let text = std::fs::read_to_string(path).map_err(|source| LoadError::Read {
+            path: path.clone(),
+            source,
+        })?;
+        users.extend(
+            users_file::parse(&text).map_err(|source| LoadError::UsersFile {
+                path: path.clone(),
+                source,
+            })?,
+        );
+    }
+    let directory = Directory::new(config.local.domains.clone(), users, &config.local.aliases)?;
+    Ok(Arc::new(directory))
+}

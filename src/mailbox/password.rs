@@ -77,7 +77,12 @@ mod tests {
 
     #[test]
     fn malformed_hashes_never_verify() {
-        for bad in ["", "plaintext", "$argon2id$", "$2y$10$abcdefghijklmnopqrstuv"] {
+        for bad in [
+            "",
+            "plaintext",
+            "$argon2id$",
+            "$2y$10$abcdefghijklmnopqrstuv",
+        ] {
             assert!(!verify(bad, "plaintext"), "{bad}");
             assert!(validate(bad).is_err(), "{bad}");
         }

@@ -99,7 +99,10 @@ impl MailStore {
 
     /// Messages currently in `mailbox`.
     pub fn count(&self, mailbox: &str) -> usize {
-        self.boxes.get(mailbox).map(|d| d.entries.len()).unwrap_or(0)
+        self.boxes
+            .get(mailbox)
+            .map(|d| d.entries.len())
+            .unwrap_or(0)
     }
 
     /// Takes the maildrop's exclusive lock and a snapshot of its entries.
@@ -150,7 +153,10 @@ mod tests {
         assert_eq!(store.lock("alice").err(), Some(InUse));
         assert!(store.lock("bob").is_ok(), "other mailboxes are independent");
         drop(first);
-        assert!(store.lock("alice").is_ok(), "a dropped session releases its lock");
+        assert!(
+            store.lock("alice").is_ok(),
+            "a dropped session releases its lock"
+        );
     }
 
     #[test]
@@ -159,7 +165,11 @@ mod tests {
         store.deliver("alice", entry(1, 10));
         let lock = store.lock("alice").unwrap();
         store.deliver("alice", entry(2, 10));
-        assert_eq!(lock.entries.len(), 1, "RFC 1939 numbers stay stable in a session");
+        assert_eq!(
+            lock.entries.len(),
+            1,
+            "RFC 1939 numbers stay stable in a session"
+        );
         drop(lock);
         assert_eq!(store.lock("alice").unwrap().entries.len(), 2);
     }

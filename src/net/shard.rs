@@ -26,6 +26,8 @@ pub struct ShardContext {
     pub command_timeout: Duration,
     pub data_timeout: Duration,
     pub spool: ShardHandle,
+    /// Maildrops, updated once a local delivery is durable.
+    pub mail_store: Arc<crate::mailbox::MailStore>,
     pub admission: Admission,
     pub phase: watch::Receiver<Phase>,
 }

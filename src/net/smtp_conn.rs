@@ -252,6 +252,7 @@ async fn store(
     } = submission;
     let sender = envelope.reverse_path.clone();
     let rcpts = envelope.recipients.len();
+    let delivered_to = mailboxes.clone();
     let size = (received.len() + body.len()) as u64;
     let message = NewMessage {
         id,
@@ -265,7 +266,16 @@ async fn store(
     };
     let result = match ctx.spool.append_message(message) {
         Ok(pending) => match pending.await {
-            Ok(Ok(_committed)) => Ok(id),
+            Ok(Ok(committed)) => {
+                let entry = crate::mailbox::Entry {
+                    id,
+                    size: committed.location.body_len,
+                };
+                for mailbox in &delivered_to {
+                    ctx.mail_store.deliver(mailbox, entry);
+                }
+                Ok(id)
+            }
             Ok(Err(error)) => Err(error),
             Err(_) => Err(SpoolError::Closed),
         },

@@ -19,10 +19,11 @@ use tokio::sync::watch;
 use super::shard::{self, ShardEvent, ShardSeed};
 use super::{choose_engine, probe, Engine, Phase, UringUnavailable};
 use crate::config::Config;
+use crate::mailbox::{LocalDelivery, MailStore};
 use crate::net::limits::{Admission, ClientTable};
 use crate::net::listener::{bind_shared, BindError};
 use crate::net::shard::ShardContext;
-use crate::smtp::SessionConfig;
+use crate::smtp::{Mailboxes, SessionConfig};
 use crate::spool::{Spool, SpoolConfig, SpoolError};
 
 /// Why the server could not start or stop cleanly; each is one clear line for the operator.
@@ -40,6 +41,8 @@ pub enum ServerError {
     Thread(std::io::Error),
     #[error("shard {0} failed to start: {1}")]
     ShardStart(usize, String),
+    #[error("local mailboxes: {0}")]
+    Mailboxes(#[from] crate::mailbox::LoadError),
     #[error("smtp settings: {0}")]
     Session(String),
     #[error("shard {0} stopped unexpectedly")]
@@ -59,7 +62,11 @@ pub fn spool_config(config: &Config) -> SpoolConfig {
 }
 
 /// The SMTP session settings as the protocol core takes them.
-pub fn session_config(config: &Config, hostname: &str) -> SessionConfig {
+pub fn session_config(
+    config: &Config,
+    hostname: &str,
+    mailboxes: Option<crate::smtp::Mailboxes>,
+) -> SessionConfig {
     SessionConfig {
         hostname: hostname.to_string(),
         command_line_max: config.smtp.command_line_max,
@@ -69,9 +76,9 @@ pub fn session_config(config: &Config, hostname: &str) -> SessionConfig {
         errors_max: config.smtp.errors_max,
         local_domains: config.local.domains.clone(),
         relay_networks: config.relay.allowed_networks.clone(),
-        mailboxes: None,
-        vrfy: false,
-        expn: false,
+        mailboxes,
+        vrfy: config.smtp.vrfy,
+        expn: config.smtp.expn,
     }
 }
 
@@ -85,6 +92,8 @@ pub fn run(config: Config) -> Result<(), ServerError> {
     // Signals are routed to us before anything starts, so an early SIGTERM is not lost.
     let mut signals = Signals::new([SIGTERM, SIGINT]).map_err(ServerError::Signals)?;
 
+    let directory = crate::mailbox::load_directory(&config)?;
+    let mail_store = MailStore::new();
     let (spool, report) = Spool::open(spool_config(&config), shards)?;
     tracing::info!("spool {}: {report}", config.spool.dir.display());
     if !config.spool.fsync {
@@ -106,7 +115,8 @@ pub fn run(config: Config) -> Result<(), ServerError> {
     let (phase_tx, phase_rx) = watch::channel(Phase::Running);
     let (events_tx, events_rx) = channel::unbounded();
     let clients = ClientTable::new(config.server.connections_per_ip_max);
-    let session = session_config(&config, &hostname);
+    let local = LocalDelivery::new(Arc::clone(&directory), Arc::clone(&mail_store));
+    let session = session_config(&config, &hostname, Some(Mailboxes(Arc::new(local))));
     session
         .check()
         .map_err(|e| ServerError::Session(e.to_string()))?;
@@ -119,6 +129,7 @@ pub fn run(config: Config) -> Result<(), ServerError> {
         let session = Arc::clone(&session);
         let phase = phase_rx.clone();
         let hostname = hostname.clone();
+        let mail_store = Arc::clone(&mail_store);
         let core_max = config.server.connections_per_core_max;
         let command_timeout = config.smtp.command_timeout.0;
         let data_timeout = config.smtp.data_timeout.0;
@@ -134,6 +145,7 @@ pub fn run(config: Config) -> Result<(), ServerError> {
                 command_timeout,
                 data_timeout,
                 spool: handle,
+                mail_store,
                 admission: Admission::new(core_max, clients),
                 phase,
             }),

@@ -688,7 +688,10 @@ impl Reply {
         Self::new(
             ReplyCode::MAILBOX_UNAVAILABLE,
             Some(S_5_1_1),
-            format!("<{}>: Recipient address rejected: User unknown", printable(address)),
+            format!(
+                "<{}>: Recipient address rejected: User unknown",
+                printable(address)
+            ),
         )
     }
 
@@ -861,7 +864,8 @@ mod tests {
         assert_eq!(EnhancedStatus::new(5, 1000, 0), None);
         for status in [
             S_2_0_0, S_2_1_0, S_2_1_5, S_2_5_2, S_4_2_2, S_4_3_1, S_4_3_2, S_4_4_2, S_4_5_3,
-            S_4_7_0, S_5_1_1, S_5_1_3, S_5_1_7, S_5_3_4, S_5_5_1, S_5_5_2, S_5_5_4, S_5_6_0, S_5_6_7, S_5_7_1,
+            S_4_7_0, S_5_1_1, S_5_1_3, S_5_1_7, S_5_3_4, S_5_5_1, S_5_5_2, S_5_5_4, S_5_6_0,
+            S_5_6_7, S_5_7_1,
         ] {
             assert_eq!(
                 EnhancedStatus::new(status.class(), status.subject(), status.detail()),

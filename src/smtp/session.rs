@@ -705,7 +705,8 @@ impl Session {
     }
 
     fn is_local_forward_path(&self, to: &ForwardPath) -> bool {
-        to.domain().is_none_or(|domain| self.is_local_domain(domain))
+        to.domain()
+            .is_none_or(|domain| self.is_local_domain(domain))
     }
 
     fn is_local_domain(&self, domain: &str) -> bool {
@@ -718,7 +719,10 @@ impl Session {
     /// VRFY (RFC 5321 §3.5.2): no disclosure unless `vrfy` is on; then a local mailbox is
     /// confirmed, an unknown local address refused, anything else "cannot verify".
     fn vrfy(&mut self, argument: &str, out: &mut Outbox) {
-        let address = argument.trim().trim_start_matches('<').trim_end_matches('>');
+        let address = argument
+            .trim()
+            .trim_start_matches('<')
+            .trim_end_matches('>');
         if address.is_empty() {
             return self.reject(Reply::syntax("VRFY address"), out);
         }
@@ -739,7 +743,10 @@ impl Session {
 
     /// EXPN (RFC 5321 §3.5.2): refused unless `expn` is on; then a list's members.
     fn expn(&mut self, argument: &str, out: &mut Outbox) {
-        let address = argument.trim().trim_start_matches('<').trim_end_matches('>');
+        let address = argument
+            .trim()
+            .trim_start_matches('<')
+            .trim_end_matches('>');
         match (&self.config.mailboxes, self.config.expn) {
             (Some(mailboxes), true) => match mailboxes.0.expand(address) {
                 Some(members) if self.is_local_address(address) => {

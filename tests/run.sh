@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# The project's one test command: README and .ci/run call exactly this script.
+# Extra arguments go to `cargo test` (e.g. `bash tests/run.sh -- --nocapture`).
+#
+# The integration tests drive the relay with independent clients: Python's smtplib
+# (python3, stdlib only) and curl. They are installed here when missing (Debian, as root).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+missing=()
+command -v python3 >/dev/null 2>&1 || missing+=(python3)
+command -v curl >/dev/null 2>&1 || missing+=(curl ca-certificates)
+if ((${#missing[@]} > 0)); then
+    if [ "$(id -u)" -ne 0 ]; then
+        echo "tests/run.sh: missing ${missing[*]}; install them (apt-get needs root)" >&2
+        exit 1
+    fi
+    echo "tests/run.sh: installing ${missing[*]}" >&2
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update
+    apt-get install -y --no-install-recommends "${missing[@]}"
+fi
+
+cargo build --all-targets
+cargo test --all-targets "$@"
