@@ -22,4 +22,4 @@ if ((${#missing[@]} > 0)); then
 fi
 
 cargo build --all-targets
-cargo test --all-targets "$@"
+cargo test --all-targets --no-fail-fast "$@"
