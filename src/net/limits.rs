@@ -136,6 +136,51 @@ impl Admission {
     }
 }
 
+
+/// Failed logins per client address in a sliding window, across all shards: past the
+/// limit, further attempts from that address are refused without checking the password
+/// (no argon2 work for a guesser).
+#[derive(Debug)]
+pub struct AuthFailures {
+    max: u32,
+    window: std::time::Duration,
+    failures: DashMap<IpAddr, (u32, std::time::Instant)>,
+}
+
+impl AuthFailures {
+    pub fn new(max: u32, window: std::time::Duration) -> Arc<Self> {
+        Arc::new(AuthFailures {
+            max,
+            window,
+            failures: DashMap::new(),
+        })
+    }
+
+    /// Whether `ip` used up its failures for the current window.
+    pub fn blocked(&self, ip: IpAddr, now: std::time::Instant) -> bool {
+        match self.failures.get(&ip) {
+            Some(entry) => {
+                let (count, since) = *entry;
+                count >= self.max && now.duration_since(since) < self.window
+            }
+            None => false,
+        }
+    }
+
+    pub fn record_failure(&self, ip: IpAddr, now: std::time::Instant) {
+        let mut entry = self.failures.entry(ip).or_insert((0, now));
+        if now.duration_since(entry.1) >= self.window {
+            *entry = (0, now);
+        }
+        entry.0 = entry.0.saturating_add(1);
+    }
+
+    /// A successful login forgives the address's earlier mistakes.
+    pub fn record_success(&self, ip: IpAddr) {
+        self.failures.remove(&ip);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -179,6 +224,24 @@ mod tests {
         drop(permits);
         assert_eq!(clients.count(A), 0);
         assert!(clients.counts.is_empty());
+    }
+
+    #[test]
+    fn auth_failures_block_within_their_window_only() {
+        use std::time::{Duration, Instant};
+        let limiter = AuthFailures::new(3, Duration::from_secs(60));
+        let t0 = Instant::now();
+        for _ in 0..3 {
+            assert!(!limiter.blocked(A, t0));
+            limiter.record_failure(A, t0);
+        }
+        assert!(limiter.blocked(A, t0));
+        assert!(!limiter.blocked(B, t0), "other addresses are not affected");
+        assert!(!limiter.blocked(A, t0 + Duration::from_secs(61)), "the window passes");
+        limiter.record_failure(A, t0 + Duration::from_secs(61));
+        assert!(!limiter.blocked(A, t0 + Duration::from_secs(61)), "a new window starts");
+        limiter.record_success(A);
+        assert!(!limiter.blocked(A, t0));
     }
 
     #[test]

@@ -7,6 +7,7 @@
 //! can hold: one read buffer per connection, connection counts per core and per client IP,
 //! and timeouts on every wait.
 
+pub mod conn;
 pub mod io;
 pub mod limits;
 pub mod listener;

@@ -12,62 +12,15 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::rc::Rc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-use tokio::sync::watch;
-
+use super::conn::{compact, flush, stop_requested, within, GOODBYE_WRITE_LIMIT, READ_CHUNK};
 use super::io::Connection;
 use super::limits::Permit;
 use super::shard::ShardContext;
 use crate::envelope::QueueId;
-use crate::runtime::Phase;
 use crate::smtp::{Event, Outbox, Session, Submission, SubmitError};
 use crate::spool::{NewMessage, SpoolError};
-
-/// Bytes read per call. Command lines are at most `smtp.command_line_max`, so a partial line
-/// plus one chunk always fits; an idle connection holds one such buffer (TARGETS.md: ≤ 32 KiB
-/// per idle connection).
-pub const READ_CHUNK: usize = 16 * 1024;
-/// How long a goodbye (421) may take to write before the socket is simply shut.
-const GOODBYE_WRITE_LIMIT: Duration = Duration::from_secs(2);
-
-/// The I/O wait ended without the operation's result.
-struct Expired;
-
-/// Runs an I/O future with a time limit. On expiry the connection is shut down and the
-/// future is still awaited to completion (it completes at once after the shutdown), so no
-/// operation is left armed in the kernel.
-async fn within<C: Connection, F: Future>(
-    conn: &C,
-    limit: Duration,
-    io: F,
-) -> Result<F::Output, Expired> {
-    tokio::pin!(io);
-    tokio::select! {
-        biased;
-        out = &mut io => Ok(out),
-        _ = tokio::time::sleep(limit) => {
-            conn.shutdown();
-            let _ = io.await;
-            Err(Expired)
-        }
-    }
-}
-
-/// Resolves when this connection must end because of shutdown: at once when stopping, and
-/// when draining only if no transaction is in flight (in-flight ones may finish).
-async fn stop_requested(phase: &mut watch::Receiver<Phase>, in_transaction: bool) {
-    loop {
-        let now = *phase.borrow_and_update();
-        if now == Phase::Stopping || (now == Phase::Draining && !in_transaction) {
-            return;
-        }
-        if phase.changed().await.is_err() {
-            // The server side of the channel is gone only at process exit.
-            std::future::pending::<()>().await;
-        }
-    }
-}
 
 /// Serves one accepted SMTP connection until it ends. `_permit` holds the admission slots.
 pub async fn serve<C: Connection>(
@@ -128,7 +81,7 @@ pub async fn serve<C: Connection>(
                     );
                 }
                 Event::Close(reason) => {
-                    let _ = flush(&conn, &mut out, GOODBYE_WRITE_LIMIT).await;
+                    let _ = flush(&conn, &mut out.bytes, GOODBYE_WRITE_LIMIT).await;
                     conn.shutdown();
                     tracing::debug!(client = %peer, ?reason, "closed");
                     return;
@@ -147,7 +100,7 @@ pub async fn serve<C: Connection>(
         } else {
             ctx.command_timeout
         };
-        if flush(&conn, &mut out, limit).await.is_err() {
+        if flush(&conn, &mut out.bytes, limit).await.is_err() {
             conn.shutdown();
             return;
         }
@@ -199,36 +152,9 @@ async fn goodbye<C: Connection, F: Future>(
     out: &mut Outbox,
     pending_read: std::pin::Pin<&mut F>,
 ) {
-    let _ = flush(conn, out, GOODBYE_WRITE_LIMIT).await;
+    let _ = flush(conn, &mut out.bytes, GOODBYE_WRITE_LIMIT).await;
     conn.shutdown();
     let _ = pending_read.await;
-}
-
-/// Writes the encoded replies, if any, in one write.
-async fn flush<C: Connection>(conn: &C, out: &mut Outbox, limit: Duration) -> Result<(), ()> {
-    if out.bytes.is_empty() {
-        return Ok(());
-    }
-    let bytes = std::mem::take(&mut out.bytes);
-    match within(conn, limit, conn.write_all(bytes)).await {
-        Ok((Ok(()), mut buffer)) => {
-            buffer.clear();
-            out.bytes = buffer; // keep the allocation for the next replies
-            Ok(())
-        }
-        _ => Err(()),
-    }
-}
-
-/// Moves the unconsumed tail to the front and makes room for one more read.
-fn compact(input: &mut Vec<u8>, consumed: &mut usize) {
-    if *consumed > 0 {
-        input.drain(..*consumed);
-        *consumed = 0;
-    }
-    if input.capacity() - input.len() < READ_CHUNK / 4 {
-        input.reserve(READ_CHUNK);
-    }
 }
 
 /// Stores one message durably; Ok only once the group commit covering it has synced.

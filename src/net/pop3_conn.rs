@@ -1,0 +1,207 @@
+//! One POP3 connection: moves bytes between the socket and the sans-IO [`pop3::Session`],
+//! and answers its events: credentials (argon2 off the core, a delay on failure, a per-IP
+//! failure limit), the maildrop lock, message bytes from the spool, durable deletions.
+//!
+//! A mailbox is an index over the spool: RETR reads the stored body bytes straight from the
+//! segment (one pread, no record decoding); QUIT's deletions are appended to the spool log
+//! and fsynced before the `+OK`, then applied to the maildrop index.
+//!
+//! Timeouts follow RFC 1939 §3: an idle session is closed without a response and without
+//! entering UPDATE, so nothing is deleted.
+
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::time::Instant;
+
+use super::conn::{compact, flush, stop_requested, GOODBYE_WRITE_LIMIT, READ_CHUNK};
+use super::io::Connection;
+use super::limits::Permit;
+use super::shard::ShardContext;
+use crate::envelope::QueueId;
+use crate::mailbox::MaildropLock;
+use crate::pop3::{Credentials, Event, LockResult, MaildropEntry, Outbox, Session};
+
+/// Serves one accepted POP3 connection until it ends. `_permit` holds the admission slots.
+pub async fn serve<C: Connection>(
+    conn: C,
+    peer: SocketAddr,
+    ctx: Rc<ShardContext>,
+    _permit: Permit,
+) {
+    let mut phase = ctx.phase.clone();
+    let mut out = Outbox::default();
+    let nonce = format!("{}.{}", std::process::id(), rand_core::RngCore::next_u64(&mut rand_core::OsRng));
+    let mut session = Session::new(ctx.pop3.config.clone(), &nonce, &mut out);
+    // Held for the whole TRANSACTION state; dropping it (however the session ends) unlocks.
+    let mut maildrop: Option<MaildropLock> = None;
+    let mut input: Vec<u8> = Vec::with_capacity(READ_CHUNK);
+    let mut consumed = 0usize;
+
+    loop {
+        let mut progressed = false;
+        if consumed < input.len() && !session.awaiting() && !session.is_closed() {
+            let n = session.handle_input(&input[consumed..], &mut out);
+            consumed += n;
+            progressed = n > 0;
+        }
+        let events = std::mem::take(&mut out.events);
+        for event in events {
+            progressed = true;
+            match event {
+                Event::Authenticate(credentials) => {
+                    let user = authenticate(&ctx, peer, credentials).await;
+                    if user.is_none() {
+                        // Slow down guessing before the -ERR goes out.
+                        tokio::time::sleep(ctx.pop3.auth_failure_delay).await;
+                    }
+                    session.authenticated(user, &mut out);
+                }
+                Event::Lock { user } => match ctx.mail_store.lock(&user) {
+                    Ok(lock) => {
+                        let entries = lock
+                            .entries
+                            .iter()
+                            .map(|e| MaildropEntry {
+                                uid: e.id.to_string(),
+                                size: e.size,
+                            })
+                            .collect();
+                        tracing::info!(target: "relay::pop3", client = %peer.ip(), user = %user, messages = lock.entries.len(), "login");
+                        maildrop = Some(lock);
+                        session.locked(LockResult::Locked(entries), &mut out);
+                    }
+                    Err(_) => session.locked(LockResult::InUse, &mut out),
+                },
+                Event::Retrieve { index, .. } => {
+                    let body = maildrop
+                        .as_ref()
+                        .and_then(|lock| lock.entries.get(index))
+                        .map(|entry| ctx.store.read_body(entry.id));
+                    match body {
+                        Some(Ok(bytes)) => session.retrieved(Ok(&bytes), &mut out),
+                        Some(Err(error)) => {
+                            tracing::warn!(target: "relay::pop3", %error, "cannot read a message");
+                            session.retrieved(Err(()), &mut out);
+                        }
+                        None => session.retrieved(Err(()), &mut out),
+                    }
+                }
+                Event::Update { deleted } => {
+                    let result = match &maildrop {
+                        Some(lock) => delete(&ctx, lock, &deleted).await,
+                        None => Err(()),
+                    };
+                    session.updated(result, &mut out);
+                }
+                Event::Close(reason) => {
+                    let _ = flush(&conn, &mut out.bytes, GOODBYE_WRITE_LIMIT).await;
+                    conn.shutdown();
+                    tracing::debug!(client = %peer, ?reason, "pop3 closed");
+                    return;
+                }
+            }
+        }
+        if progressed && (consumed < input.len() || !out.events.is_empty()) {
+            continue;
+        }
+        if flush(&conn, &mut out.bytes, ctx.pop3.idle_timeout).await.is_err() {
+            conn.shutdown();
+            return;
+        }
+        compact(&mut input, &mut consumed);
+        let read = conn.read_into(input);
+        tokio::pin!(read);
+        tokio::select! {
+            biased;
+            (result, buffer) = &mut read => {
+                input = buffer;
+                match result {
+                    Ok(n) if n > 0 => {}
+                    // A dropped connection never enters UPDATE: nothing is deleted.
+                    _ => {
+                        conn.shutdown();
+                        return;
+                    }
+                }
+            }
+            _ = tokio::time::sleep(ctx.pop3.idle_timeout) => {
+                session.timed_out(&mut out);
+                let _ = flush(&conn, &mut out.bytes, GOODBYE_WRITE_LIMIT).await;
+                conn.shutdown();
+                let _ = read.await;
+                return;
+            }
+            _ = stop_requested(&mut phase, false) => {
+                session.shutting_down(&mut out);
+                let _ = flush(&conn, &mut out.bytes, GOODBYE_WRITE_LIMIT).await;
+                conn.shutdown();
+                let _ = read.await;
+                return;
+            }
+        }
+    }
+}
+
+/// Checks credentials on the blocking pool (argon2 takes tens of milliseconds by design and
+/// must not stall the other connections of this core). Addresses over their failure limit
+/// are refused without any hashing.
+async fn authenticate(ctx: &ShardContext, peer: SocketAddr, credentials: Credentials) -> Option<String> {
+    let ip = peer.ip();
+    if ctx.pop3.auth_failures.blocked(ip, Instant::now()) {
+        tracing::info!(target: "relay::pop3", client = %ip, "login refused: too many failures");
+        return None;
+    }
+    let directory = std::sync::Arc::clone(&ctx.pop3.directory);
+    let attempted = credentials.user().to_string();
+    let verified = tokio::task::spawn_blocking(move || match credentials {
+        // RFC 4616 §2: an authorization identity other than the login's own is not offered.
+        Credentials::Plain {
+            authzid: Some(authzid),
+            user,
+            ..
+        } if !authzid.is_empty() && !authzid.eq_ignore_ascii_case(&user) => None,
+        Credentials::Plain { user, password, .. } => directory.verify(&user, &password),
+        Credentials::Apop {
+            user,
+            timestamp,
+            digest,
+        } => directory.verify_apop(&user, &timestamp, &digest),
+    })
+    .await
+    .ok()
+    .flatten();
+    match &verified {
+        Some(_) => ctx.pop3.auth_failures.record_success(ip),
+        None => {
+            ctx.pop3.auth_failures.record_failure(ip, Instant::now());
+            // The attempted name is logged, never the password.
+            tracing::info!(target: "relay::pop3", client = %ip, user = %attempted, "login failed");
+        }
+    }
+    verified
+}
+
+/// Makes the session's deletions durable (appended to the spool log and fsynced), then
+/// applies them to the maildrop index. Only then may the session answer +OK.
+async fn delete(ctx: &ShardContext, lock: &MaildropLock, deleted: &[usize]) -> Result<(), ()> {
+    let ids: Vec<QueueId> = deleted
+        .iter()
+        .filter_map(|&i| lock.entries.get(i).map(|e| e.id))
+        .collect();
+    let pending = ctx
+        .spool
+        .append_deletion(lock.mailbox().to_string(), ids.clone())
+        .map_err(|error| tracing::warn!(target: "relay::pop3", %error, "deletions not stored"))?;
+    match pending.await {
+        Ok(Ok(_)) => {
+            ctx.mail_store.remove(lock.mailbox(), &ids);
+            tracing::info!(target: "relay::pop3", user = %lock.mailbox(), deleted = ids.len(), "update");
+            Ok(())
+        }
+        Ok(Err(error)) => {
+            tracing::warn!(target: "relay::pop3", %error, "deletions not stored");
+            Err(())
+        }
+        Err(_) => Err(()),
+    }
+}
