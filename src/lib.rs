@@ -14,6 +14,7 @@ pub mod config;
 pub mod envelope;
 pub mod mailbox;
 pub mod net;
+pub mod pop3;
 pub mod runtime;
 pub mod smtp;
 pub mod spool;

@@ -1,0 +1,102 @@
+//! The POP3 protocol core: the server session that serves a maildrop from the spool.
+//!
+//! **Role.** Turn the bytes a POP3 client sends into responses and typed events (verify these
+//! credentials, lock this maildrop, fetch this message, make these deletions durable, close),
+//! and nothing else. It is sans-IO and synchronous (DESIGN.md §3.1): no sockets, no async, no
+//! clock, no files, no password hashing. The connection driver in `net/` moves the bytes,
+//! answers the events from `mailbox/` and the spool, and applies the idle timeout and the
+//! authentication failure delay. Tests therefore drive it with byte slices split at every
+//! possible offset, against a fake maildrop.
+//!
+//! **Exposure.** Command lines come from unauthenticated network peers; message bodies come
+//! from the spool (that is, from anyone who could send mail). Nothing may panic on any input
+//! and nothing grows without bound. Credentials pass through in [`Event::Authenticate`];
+//! their `Debug` (and that of [`Command`]) redacts passwords, AUTH responses and APOP
+//! digests, so events and commands can be logged. Message contents are only ever copied to
+//! the output buffer, never into events or errors.
+//!
+//! **Standards.** RFC 1939 (POP3: USER, PASS, APOP, STAT, LIST, RETR, DELE, NOOP, RSET, TOP,
+//! UIDL, QUIT; byte-stuffing; UPDATE only on QUIT), RFC 2449 (CAPA; TOP, UIDL, USER, SASL,
+//! RESP-CODES, PIPELINING, IMPLEMENTATION capabilities; `[IN-USE]`, `[LOGIN-DELAY]`; 255-octet
+//! command lines), RFC 3206 (`[SYS/TEMP]`, `[SYS/PERM]`, `[AUTH]`, AUTH-RESP-CODE), RFC 5034
+//! (AUTH with initial response or `+ ` continuation, `*` to cancel), RFC 4616 (SASL PLAIN),
+//! RFC 4648 (base64). STLS (RFC 2595) comes with TLS.
+//!
+//! **Limits** (constants in [`session`]): command line 255 octets including CRLF (RFC 2449
+//! §4), AUTH response line 2048, 20 client errors per session, 3 authentication failures per
+//! session, 50 commands before authentication; PLAIN fields 255 octets each (RFC 4616).
+//!
+//! Modules: [`reply`] (every response: status, response code, text), [`command`] (the
+//! `Command` type shared with the load generator), [`sasl`] (base64 and PLAIN), [`stuff`](mod@stuff)
+//! (byte-stuffing, TOP, the octet count RETR sends), [`session`] (the state machine). The line
+//! framer is SMTP's ([`crate::smtp::line::frame`]); POP3 also accepts a bare LF as a line end.
+#![forbid(unsafe_code)]
+
+pub mod command;
+pub mod reply;
+pub mod sasl;
+pub mod session;
+pub mod stuff;
+
+pub use command::{encode, parse, Command, ParseError, Verb, VERBS};
+pub use reply::{Capability, MultiLine, Reply, ResponseCode, Status};
+pub use session::{
+    CloseReason, Credentials, Event, LockResult, MaildropEntry, Outbox, Pop3Config, Session,
+};
+pub use stuff::{retr_size, stuff, top};
+
+#[cfg(test)]
+mod tidy {
+    //! Mechanical style checks for this module (DESIGN.md §3.4, §3.5).
+
+    /// Every source file of the module, without its `#[cfg(test)]` part.
+    const SOURCES: [(&str, &str); 6] = [
+        ("command.rs", include_str!("command.rs")),
+        ("mod.rs", include_str!("mod.rs")),
+        ("reply.rs", include_str!("reply.rs")),
+        ("sasl.rs", include_str!("sasl.rs")),
+        ("session.rs", include_str!("session.rs")),
+        ("stuff.rs", include_str!("stuff.rs")),
+    ];
+
+    fn production(source: &str) -> &str {
+        source.split("#[cfg(test)]").next().unwrap_or(source)
+    }
+
+    /// `"+OK`, `"-ERR`: a response written by hand instead of by `reply.rs`.
+    fn has_reply_literal(code: &str) -> bool {
+        code.contains("\"+OK") || code.contains("\"-ERR") || code.contains("\"+ ")
+    }
+
+    #[test]
+    fn replies_are_written_only_in_reply_rs() {
+        for (name, source) in SOURCES {
+            if name != "reply.rs" {
+                assert!(
+                    !has_reply_literal(production(source)),
+                    "{name}: response literal outside reply.rs; add a constructor to reply.rs"
+                );
+            }
+        }
+        assert!(has_reply_literal("x = \"-ERR no\""));
+        assert!(has_reply_literal(production(SOURCES[2].1)));
+    }
+
+    #[test]
+    fn no_unwrap_or_expect_outside_tests() {
+        for (name, source) in SOURCES {
+            let code = production(source);
+            for banned in [".unwrap()", ".expect("] {
+                assert!(
+                    !code.contains(banned),
+                    "{name}: {banned} outside tests; peer input must never panic (return an error)"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn unsafe_is_forbidden() {
+        assert!(production(SOURCES[1].1).contains("#![forbid(unsafe_code)]"));
+    }
+}
