@@ -107,9 +107,45 @@ fn spool_append(c: &mut Criterion) {
     group.finish();
 }
 
+/// The ceiling the spool is measured against, in the same run: 64 records' worth of bytes
+/// appended with one write and one fdatasync, no framing, no serialisation, no threads
+/// (TARGETS.md: the spool should reach ≥ 60% of this at 64 writers).
+fn raw_group_commit_ceiling(c: &mut Criterion) {
+    use std::io::Write;
+    const BATCH: usize = 64;
+    let record = vec![b'r'; BODY + 160];
+    let batch: Vec<u8> = record.repeat(BATCH);
+    let tmp = tempfile::Builder::new()
+        .prefix("spool-ceiling-")
+        .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
+        .expect("tempdir on the target disk");
+    let mut group = c.benchmark_group("raw_group_commit_ceiling");
+    group.sample_size(10);
+    group.throughput(Throughput::ElementsAndBytes {
+        elements: BATCH as u64,
+        bytes: batch.len() as u64,
+    });
+    group.bench_function("64_records_per_fdatasync", |b| {
+        let mut file = std::fs::File::create(tmp.path().join("raw")).expect("create");
+        let mut written = 0u64;
+        b.iter(|| {
+            file.write_all(&batch).expect("write");
+            file.sync_data().expect("fdatasync");
+            written += batch.len() as u64;
+            // Keep the file from growing without bound over long runs.
+            if written > 1 << 30 {
+                file.set_len(0).expect("truncate");
+                file = std::fs::File::create(tmp.path().join("raw")).expect("create");
+                written = 0;
+            }
+        })
+    });
+    group.finish();
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default().measurement_time(Duration::from_secs(3)).warm_up_time(Duration::from_secs(1));
-    targets = spool_append
+    targets = spool_append, raw_group_commit_ceiling
 }
 criterion_main!(benches);

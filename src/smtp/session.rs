@@ -875,10 +875,16 @@ impl Session {
         out: &mut Outbox,
     ) {
         let size = body.size();
-        let body = match body.finish() {
+        let mut body = match body.finish() {
             Ok(body) => body,
             Err(error) => return self.refuse_message(helo, transaction, size, error.reply(), out),
         };
+        // DATA content always ends in CRLF; BDAT content may not (RFC 3030 leaves it to the
+        // client). Every stored message ends in CRLF, so a next hop's DATA and a POP3 RETR
+        // can send it as stored and their octet counts are the stored length.
+        if !body.is_empty() && !body.ends_with(b"\r\n") {
+            body.extend_from_slice(b"\r\n");
+        }
         let origin = self.origin(&helo, &transaction.envelope.params);
         let pending = Pending {
             reverse_path: transaction.envelope.reverse_path.clone(),
@@ -1827,8 +1833,8 @@ mod tests {
         );
         let submitted = submissions(&run);
         assert_eq!(submitted[0].body, b"hello, world\r\n");
-        // No dot-stuffing with BDAT: ".\r\n" is content.
-        assert_eq!(submitted[1].body, b".\r\nQUIT");
+        // No dot-stuffing with BDAT: ".\r\n" is content; a missing final CRLF is added.
+        assert_eq!(submitted[1].body, b".\r\nQUIT\r\n");
     }
 
     #[test]
@@ -1880,7 +1886,7 @@ mod tests {
             ]
         );
         // BINARYMIME content is opaque: bare line ends are allowed.
-        assert_eq!(submissions(&run)[0].body, b"\r\n.\n");
+        assert_eq!(submissions(&run)[0].body, b"\r\n.\n\r\n");
         assert_eq!(
             submissions(&run)[0].envelope.params.body,
             BodyType::BinaryMime
