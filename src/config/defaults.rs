@@ -54,6 +54,10 @@ pub const APPENDS_PENDING_MAX: usize = 4096;
 /// write speed; more only adds latency.
 pub const COMMIT_RECORDS_MAX: usize = 256;
 
+/// Dead records cost only disk until then; a minute keeps the scan cheap and space
+/// returns soon after POP3 users delete their mail.
+pub const COMPACT_INTERVAL: Interval = Interval::secs(60);
+
 /// Never an open relay: only the host itself may send to other domains until an operator
 /// names its networks.
 pub fn relay_allowed_networks() -> Vec<ipnet::IpNet> {

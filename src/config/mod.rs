@@ -133,6 +133,9 @@ pub struct SpoolSection {
     pub segment_size: ByteSize,
     pub appends_pending_max: usize,
     pub commit_records_max: usize,
+    /// How often sealed segments with mostly dead records are rewritten (in the
+    /// background; ingest and POP3 go on).
+    pub compact_interval: Interval,
 }
 
 impl Default for SpoolSection {
@@ -144,6 +147,7 @@ impl Default for SpoolSection {
             segment_size: defaults::SEGMENT_SIZE,
             appends_pending_max: defaults::APPENDS_PENDING_MAX,
             commit_records_max: defaults::COMMIT_RECORDS_MAX,
+            compact_interval: defaults::COMPACT_INTERVAL,
         }
     }
 }
@@ -377,6 +381,9 @@ impl Config {
                 "spool.appends_pending_max",
                 "appends_pending_max and commit_records_max must be at least 1".into(),
             ));
+        }
+        if sp.compact_interval.0 < std::time::Duration::from_secs(1) {
+            return Err(invalid("spool.compact_interval", "must be at least 1s".into()));
         }
         if sp.dir.as_os_str().is_empty() {
             return Err(invalid("spool.dir", "must not be empty".into()));

@@ -15,8 +15,11 @@ use super::limits::{Admission, Refusal};
 use super::listener::stop_accepting;
 use super::smtp_conn;
 use crate::runtime::Phase;
+use super::limits::AuthFailures;
+use super::pop3_conn;
+use crate::mailbox::{Directory, MailStore};
 use crate::smtp::{Reply, SessionConfig};
-use crate::spool::ShardHandle;
+use crate::spool::{ShardHandle, Spool};
 
 /// What every connection task of a shard needs.
 pub struct ShardContext {
@@ -25,17 +28,38 @@ pub struct ShardContext {
     pub session_config: Arc<SessionConfig>,
     pub command_timeout: Duration,
     pub data_timeout: Duration,
+    /// This shard's spool writer (appends from this core go to its own shard).
     pub spool: ShardHandle,
-    /// Maildrops, updated once a local delivery is durable.
-    pub mail_store: Arc<crate::mailbox::MailStore>,
+    /// The whole spool, for reading stored messages from any shard.
+    pub store: Arc<Spool>,
+    /// Maildrops, updated once a local delivery or a deletion is durable.
+    pub mail_store: Arc<MailStore>,
+    pub pop3: Pop3Context,
     pub admission: Admission,
     pub phase: watch::Receiver<Phase>,
+}
+
+/// What POP3 connections need besides the common parts.
+pub struct Pop3Context {
+    pub config: Arc<crate::pop3::Pop3Config>,
+    pub directory: Arc<Directory>,
+    pub idle_timeout: Duration,
+    pub auth_failure_delay: Duration,
+    pub auth_failures: Arc<AuthFailures>,
+}
+
+/// Which protocol a listener speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    Smtp,
+    Pop3,
 }
 
 /// A listener plus a duplicate of its socket, used to stop a pending accept at shutdown.
 pub struct Bound<L> {
     pub listener: L,
     pub socket: std::net::TcpListener,
+    pub protocol: Protocol,
 }
 
 /// Runs the shard until shutdown has drained (or force-closed) every connection.
@@ -47,6 +71,7 @@ pub async fn run<L: Listener + 'static>(ctx: Rc<ShardContext>, listeners: Vec<Bo
         loops.push(tokio::task::spawn_local(accept_loop(
             Rc::clone(&ctx),
             bound.listener,
+            bound.protocol,
         )));
     }
     let mut phase = ctx.phase.clone();
@@ -67,7 +92,7 @@ pub async fn run<L: Listener + 'static>(ctx: Rc<ShardContext>, listeners: Vec<Bo
     ctx.admission.idle().await;
 }
 
-async fn accept_loop<L: Listener>(ctx: Rc<ShardContext>, listener: L) {
+async fn accept_loop<L: Listener>(ctx: Rc<ShardContext>, listener: L, protocol: Protocol) {
     loop {
         let accepted = listener.accept().await;
         if *ctx.phase.borrow() != Phase::Running {
@@ -77,14 +102,22 @@ async fn accept_loop<L: Listener>(ctx: Rc<ShardContext>, listener: L) {
             return;
         }
         match accepted {
-            Ok((conn, peer)) => match ctx.admission.admit(peer.ip()) {
-                Ok(permit) => {
+            Ok((conn, peer)) => match (ctx.admission.admit(peer.ip()), protocol) {
+                (Ok(permit), Protocol::Smtp) => {
                     tokio::task::spawn_local(smtp_conn::serve(conn, peer, Rc::clone(&ctx), permit));
                 }
-                Err(refusal) => {
-                    tracing::info!(client = %peer, ?refusal, "connection refused");
+                (Ok(permit), Protocol::Pop3) => {
+                    tokio::task::spawn_local(pop3_conn::serve(conn, peer, Rc::clone(&ctx), permit));
+                }
+                (Err(refusal), _) => {
+                    tracing::info!(client = %peer, ?refusal, ?protocol, "connection refused");
                     let mut reply = Vec::new();
-                    refusal_reply(&ctx.hostname, refusal).encode(&mut reply);
+                    match protocol {
+                        Protocol::Smtp => refusal_reply(&ctx.hostname, refusal).encode(&mut reply),
+                        Protocol::Pop3 => {
+                            crate::pop3::Reply::too_many_connections().encode(&mut reply)
+                        }
+                    }
                     tokio::task::spawn_local(smtp_conn::refuse(conn, reply));
                 }
             },

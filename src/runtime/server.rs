@@ -22,7 +22,8 @@ use crate::config::Config;
 use crate::mailbox::{LocalDelivery, MailStore};
 use crate::net::limits::{Admission, ClientTable};
 use crate::net::listener::{bind_shared, BindError};
-use crate::net::shard::ShardContext;
+use crate::net::limits::AuthFailures;
+use crate::net::shard::{Pop3Context, Protocol, ShardContext};
 use crate::smtp::{Mailboxes, SessionConfig};
 use crate::spool::{Spool, SpoolConfig, SpoolError};
 
@@ -96,22 +97,43 @@ pub fn run(config: Config) -> Result<(), ServerError> {
     let mail_store = MailStore::new();
     let (spool, report) = Spool::open(spool_config(&config), shards)?;
     tracing::info!("spool {}: {report}", config.spool.dir.display());
+    let spool = Arc::new(spool);
+    rebuild_maildrops(&spool, &mail_store)?;
     if !config.spool.fsync {
         tracing::warn!(
             "spool.fsync = false: a 250 no longer means the message is on disk (benchmarks only)"
         );
     }
 
-    let mut per_shard_sockets: Vec<Vec<std::net::TcpListener>> =
+    let mut per_shard_sockets: Vec<Vec<(std::net::TcpListener, Protocol)>> =
         (0..shards).map(|_| Vec::new()).collect();
-    for addr in &config.smtp.listen {
-        let set = bind_shared(*addr, shards)?;
-        tracing::info!(protocol = "smtp", addr = %set.addr, "listening");
+    let listen = config
+        .smtp
+        .listen
+        .iter()
+        .map(|a| (*a, Protocol::Smtp))
+        .chain(config.pop3.listen.iter().map(|a| (*a, Protocol::Pop3)));
+    for (addr, protocol) in listen {
+        let set = bind_shared(addr, shards)?;
+        let name = match protocol {
+            Protocol::Smtp => "smtp",
+            Protocol::Pop3 => "pop3",
+        };
+        tracing::info!(protocol = name, addr = %set.addr, "listening");
         for (i, socket) in set.sockets.into_iter().enumerate() {
-            per_shard_sockets[i].push(socket);
+            per_shard_sockets[i].push((socket, protocol));
         }
     }
 
+    let pop3_config = Arc::new(crate::pop3::Pop3Config {
+        hostname: hostname.clone(),
+        apop: directory.apop_available(),
+        user_command: true,
+    });
+    let auth_failures = AuthFailures::new(
+        config.pop3.auth_failures_per_ip_max,
+        config.pop3.auth_failure_window.0,
+    );
     let (phase_tx, phase_rx) = watch::channel(Phase::Running);
     let (events_tx, events_rx) = channel::unbounded();
     let clients = ClientTable::new(config.server.connections_per_ip_max);
@@ -130,6 +152,14 @@ pub fn run(config: Config) -> Result<(), ServerError> {
         let phase = phase_rx.clone();
         let hostname = hostname.clone();
         let mail_store = Arc::clone(&mail_store);
+        let store = Arc::clone(&spool);
+        let pop3 = Pop3Context {
+            config: Arc::clone(&pop3_config),
+            directory: Arc::clone(&directory),
+            idle_timeout: config.pop3.idle_timeout.0,
+            auth_failure_delay: config.pop3.auth_failure_delay.0,
+            auth_failures: Arc::clone(&auth_failures),
+        };
         let core_max = config.server.connections_per_core_max;
         let command_timeout = config.smtp.command_timeout.0;
         let data_timeout = config.smtp.data_timeout.0;
@@ -145,7 +175,9 @@ pub fn run(config: Config) -> Result<(), ServerError> {
                 command_timeout,
                 data_timeout,
                 spool: handle,
+                store,
                 mail_store,
+                pop3,
                 admission: Admission::new(core_max, clients),
                 phase,
             }),
@@ -157,9 +189,10 @@ pub fn run(config: Config) -> Result<(), ServerError> {
     if let Err(error) = wait_ready(&events_rx, shards) {
         let _ = phase_tx.send(Phase::Stopping);
         join(threads);
-        let _ = spool.close();
+        let _ = close_spool(spool);
         return Err(error);
     }
+    let compactor = Compactor::start(Arc::clone(&spool), config.spool.compact_interval.0);
     tracing::info!(engine = %engine, shards, hostname = %hostname, "relay ready");
     if engine == Engine::Epoll {
         tracing::info!("running on the epoll fallback");
@@ -198,12 +231,86 @@ pub fn run(config: Config) -> Result<(), ServerError> {
         config.server.drain_timeout.0,
     );
     join(threads);
-    spool.close()?;
+    compactor.stop();
+    close_spool(spool)?;
     match died {
         Some(shard) => Err(ServerError::ShardDied(shard)),
         None => {
             tracing::info!("stopped: spool is durable");
             Ok(())
+        }
+    }
+}
+
+/// Shards are joined by now, so this is the last holder of the spool (the compactor
+/// thread has been stopped and joined too).
+fn close_spool(spool: Arc<Spool>) -> Result<(), SpoolError> {
+    match Arc::try_unwrap(spool) {
+        Ok(spool) => spool.close(),
+        // Unreachable by construction; dropping the last handle closes it all the same.
+        Err(_) => Ok(()),
+    }
+}
+
+/// Rebuilds every maildrop from the spool log: deliveries first, then deletions.
+fn rebuild_maildrops(spool: &Spool, store: &MailStore) -> Result<(), ServerError> {
+    let replay = spool.replay()?;
+    let mut delivered = 0usize;
+    for message in &replay.messages {
+        for mailbox in &message.mailboxes {
+            store.deliver(
+                mailbox,
+                crate::mailbox::Entry {
+                    id: message.id,
+                    size: message.body_len,
+                },
+            );
+            delivered += 1;
+        }
+    }
+    for (mailbox, id) in &replay.deletions {
+        store.remove(mailbox, std::slice::from_ref(id));
+    }
+    tracing::info!(
+        deliveries = delivered,
+        deletions = replay.deletions.len(),
+        "maildrops rebuilt from the spool"
+    );
+    Ok(())
+}
+
+/// Reclaims spool space in the background (never on a shard's thread: it reads and
+/// rewrites whole segments).
+struct Compactor {
+    stop: Option<crossbeam::channel::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Compactor {
+    fn start(spool: Arc<Spool>, interval: Duration) -> Compactor {
+        let (stop, stopped) = channel::bounded::<()>(1);
+        let thread = std::thread::Builder::new()
+            .name("spool-compact".into())
+            .spawn(move || loop {
+                match stopped.recv_timeout(interval) {
+                    Err(channel::RecvTimeoutError::Timeout) => match spool.compact() {
+                        Ok(report) => tracing::debug!("spool compaction: {report}"),
+                        Err(error) => tracing::warn!(%error, "spool compaction failed"),
+                    },
+                    _ => return,
+                }
+            })
+            .ok();
+        Compactor {
+            stop: Some(stop),
+            thread,
+        }
+    }
+
+    fn stop(mut self) {
+        drop(self.stop.take());
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
         }
     }
 }

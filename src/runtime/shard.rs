@@ -7,7 +7,7 @@ use crossbeam::channel::Sender;
 
 use super::Engine;
 use crate::net::io::{epoll::EpollListener, uring::UringListener};
-use crate::net::shard::{self as net_shard, Bound, ShardContext};
+use crate::net::shard::{self as net_shard, Bound, Protocol, ShardContext};
 
 /// What a shard thread reports to the main thread.
 #[derive(Debug)]
@@ -37,7 +37,7 @@ pub struct ShardSeed {
     pub index: usize,
     pub core: Option<core_affinity::CoreId>,
     pub engine: Engine,
-    pub sockets: Vec<std::net::TcpListener>,
+    pub sockets: Vec<(std::net::TcpListener, Protocol)>,
     pub make_context: Box<dyn FnOnce() -> ShardContext + Send>,
 }
 
@@ -71,7 +71,7 @@ fn run(seed: ShardSeed, events: &Sender<ShardEvent>) -> Result<(), String> {
     } = seed;
     let duplicates = sockets
         .iter()
-        .map(|s| s.try_clone())
+        .map(|(s, _)| s.try_clone())
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| format!("cannot duplicate listening socket: {e}"))?;
     let ctx = Rc::new(make_context());
@@ -83,9 +83,10 @@ fn run(seed: ShardSeed, events: &Sender<ShardEvent>) -> Result<(), String> {
                 let listeners = sockets
                     .into_iter()
                     .zip(duplicates)
-                    .map(|(socket, dup)| Bound {
+                    .map(|((socket, protocol), dup)| Bound {
                         listener: UringListener::from_std(socket),
                         socket: dup,
+                        protocol,
                     })
                     .collect();
                 let _ = events.send(ShardEvent::Ready(index));
@@ -100,12 +101,13 @@ fn run(seed: ShardSeed, events: &Sender<ShardEvent>) -> Result<(), String> {
             let local = tokio::task::LocalSet::new();
             local.block_on(&runtime, async move {
                 let mut listeners = Vec::new();
-                for (socket, dup) in sockets.into_iter().zip(duplicates) {
+                for ((socket, protocol), dup) in sockets.into_iter().zip(duplicates) {
                     let listener = EpollListener::from_std(socket)
                         .map_err(|e| format!("cannot register listener with epoll: {e}"))?;
                     listeners.push(Bound {
                         listener,
                         socket: dup,
+                        protocol,
                     });
                 }
                 let _ = events.send(ShardEvent::Ready(index));
