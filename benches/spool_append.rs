@@ -2,13 +2,19 @@
 //! (threads that append and wait for their durable reply) into one shard. The spool lives in a
 //! tempdir under the target dir, on the real disk (not tmpfs): fdatasync is what is measured.
 //!
-//! Run briefly: `cargo bench --bench spool_append -- --warm-up-time 1 --measurement-time 3`.
+//! Also the POP3 RETR path before the loadgen's POP3 mode exists: `Spool::read_body` of 10 KiB
+//! messages (live-index lookup, cached segment handle, one pread, crc32c check) by 1 and 4
+//! threads, over 4000 stored messages (40 MB, in the page cache: the read path is measured, not
+//! the disk).
+//!
+//! Run briefly: `cargo bench --bench spool_append -- --warm-up-time 1 --measurement-time 3`
+//! (`-- read_body` for the read group only).
 //! Target (storage-measurements.md §7): ≥ 15k records/s at 64 writers on the 2-vCPU VM.
 
 use std::time::{Duration, Instant, SystemTime};
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use relay::envelope::{Envelope, MailParams, Origin, Recipient};
+use relay::envelope::{Envelope, MailParams, Origin, QueueId, Recipient};
 use relay::spool::{NewMessage, ShardHandle, Spool, SpoolConfig, SpoolError};
 
 const BODY: usize = 10 * 1024;
@@ -143,9 +149,68 @@ fn raw_group_commit_ceiling(c: &mut Criterion) {
     group.finish();
 }
 
+fn spool_read_body(c: &mut Criterion) {
+    const STORED: usize = 4000;
+    let received = b"Received: from bench.example\r\n".to_vec();
+    let body: Vec<u8> = (0..BODY - received.len())
+        .map(|i| b'a' + (i % 26) as u8)
+        .collect();
+    let tmp = tempfile::Builder::new()
+        .prefix("spool-bench-read-")
+        .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
+        .expect("tempdir on the target disk");
+    let (spool, _) =
+        Spool::open(SpoolConfig::new(tmp.path().join("spool")), 1).expect("open spool");
+    let h = spool.shard(0);
+    let mut ids: Vec<QueueId> = Vec::with_capacity(STORED);
+    let mut waiting = Vec::new();
+    for _ in 0..STORED {
+        let mut m = message(&h, &body, &received);
+        m.mailboxes = vec!["bench".into()];
+        ids.push(m.id);
+        waiting.push(h.append_message(m).expect("queue"));
+        if waiting.len() == 256 {
+            for rx in waiting.drain(..) {
+                rx.blocking_recv().expect("writer").expect("stored");
+            }
+        }
+    }
+    for rx in waiting.drain(..) {
+        rx.blocking_recv().expect("writer").expect("stored");
+    }
+    let reader = spool.reader();
+    let mut group = c.benchmark_group("spool_read_body_10KiB");
+    for threads in [1usize, 4] {
+        group.throughput(Throughput::ElementsAndBytes {
+            elements: threads as u64,
+            bytes: (threads * BODY) as u64,
+        });
+        group.bench_with_input(BenchmarkId::from_parameter(threads), &threads, |b, &t| {
+            b.iter_custom(|iters| {
+                let start = Instant::now();
+                std::thread::scope(|s| {
+                    for k in 0..t {
+                        let (reader, ids) = (reader.clone(), &ids);
+                        s.spawn(move || {
+                            for i in 0..iters as usize {
+                                let id = ids[(i * 7 + k * 1013) % ids.len()];
+                                let got = reader.read_body(id).expect("read_body");
+                                assert_eq!(got.len(), BODY);
+                            }
+                        });
+                    }
+                });
+                start.elapsed()
+            })
+        });
+    }
+    group.finish();
+    spool.close().expect("close spool");
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default().measurement_time(Duration::from_secs(3)).warm_up_time(Duration::from_secs(1));
-    targets = spool_append, raw_group_commit_ceiling
+    targets = spool_append, raw_group_commit_ceiling, spool_read_body
 }
 criterion_main!(benches);

@@ -43,6 +43,15 @@ pub enum SpoolError {
     #[error("message of {len} bytes exceeds the spool record limit of {max} bytes")]
     TooLarge { len: u64, max: u64 },
 
+    /// Bytes read back from a segment do not match their checksum (media damage). Nothing is
+    /// served; the message needs an operator (`relay spool cat` shows the same error).
+    #[error("spool data damaged in {} at offset {offset}: {reason}", path.display())]
+    Corrupt {
+        path: PathBuf,
+        offset: u64,
+        reason: String,
+    },
+
     /// A record could not be encoded or decoded (rkyv); with a path when read from a file.
     #[error("spool record codec: {0}")]
     Codec(String),

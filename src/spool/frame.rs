@@ -37,6 +37,17 @@
 //! The body is raw bytes after the meta, not inside rkyv: it is never copied by serialisation,
 //! it is written with writev straight from the session's buffers, and POP3 can later serve it
 //! straight from the segment ([`Location::body_offset`](super::Location)).
+//!
+//! Record kinds (each with its own layout version):
+//! - 1 `Message` v1: [`MessageMeta`] (envelope, origin, local `mailboxes`, `remote` routes) +
+//!   the stored body. Local delivery is part of this frame, so it can never be torn from it.
+//! - 2 `MailboxDeletion` v1: [`MailboxDeletion`] `{ mailbox, ids }`, no body: one POP3
+//!   session's DELEs, written at QUIT.
+//!
+//! Compaction copies frames into another segment with meta and body bytes unchanged: only the
+//! header is re-encoded (its checksum is salted per segment); `seq` and `data_crc` stay. The
+//! meta's own crc32c (`crc32c(meta)`, kept in the live index) lets a reader verify a body it
+//! read alone: `crc32c_append(meta_crc, body) == data_crc`.
 
 use rkyv::rancor::BoxedError;
 use rkyv::util::AlignedVec;
@@ -73,13 +84,17 @@ pub const fn pad16(n: u64) -> u64 {
 pub enum RecordKind {
     /// A message: [`MessageMeta`] + the stored body (Received header ‖ message).
     Message = 1,
-    // Planned, appended by later issues: LocalDelivery, DeliveryResult, MailboxDeletion, Retired.
+    /// A POP3 session's deletions, applied at QUIT: [`MailboxDeletion`], no body.
+    MailboxDeletion = 2,
+    // Planned, appended by later issues: DeliveryResult, Retired. (Local delivery needs no
+    // record of its own: it is `MessageMeta::mailboxes`, in the message's frame.)
 }
 
 impl RecordKind {
     pub fn from_u16(v: u16) -> Option<RecordKind> {
         match v {
             1 => Some(RecordKind::Message),
+            2 => Some(RecordKind::MailboxDeletion),
             _ => None,
         }
     }
@@ -88,6 +103,7 @@ impl RecordKind {
     pub const fn current_version(self) -> u16 {
         match self {
             RecordKind::Message => 1,
+            RecordKind::MailboxDeletion => 1,
         }
     }
 
@@ -95,6 +111,7 @@ impl RecordKind {
     pub fn version_known(self, version: u16) -> bool {
         match self {
             RecordKind::Message => version == 1,
+            RecordKind::MailboxDeletion => version == 1,
         }
     }
 }
@@ -120,10 +137,22 @@ pub struct MessageMeta {
     pub remote: Vec<String>,
 }
 
+/// The rkyv payload of a [`RecordKind::MailboxDeletion`] frame: the messages a POP3 session
+/// marked deleted in `mailbox`, made durable before its `+OK` to QUIT. Only that mailbox's copy
+/// is deleted; the message itself becomes garbage when the liveness rule says so
+/// (`spool::index`).
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub struct MailboxDeletion {
+    pub mailbox: String,
+    pub ids: Vec<QueueId>,
+}
+
 /// A record decoded from a validated frame.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Record {
     Message(MessageMeta),
+    Deletion(MailboxDeletion),
 }
 
 /// Validates (bytecheck) and deserializes a payload of a known kind.
@@ -135,6 +164,13 @@ pub fn decode_payload(kind: RecordKind, meta: &[u8]) -> Result<Record, String> {
             let meta = rkyv::deserialize::<MessageMeta, BoxedError>(archived)
                 .map_err(|e| e.to_string())?;
             Ok(Record::Message(meta))
+        }
+        RecordKind::MailboxDeletion => {
+            let archived = rkyv::access::<ArchivedMailboxDeletion, BoxedError>(meta)
+                .map_err(|e| e.to_string())?;
+            let deletion = rkyv::deserialize::<MailboxDeletion, BoxedError>(archived)
+                .map_err(|e| e.to_string())?;
+            Ok(Record::Deletion(deletion))
         }
     }
 }
@@ -287,12 +323,15 @@ impl FrameHeader {
     }
 }
 
-/// One message frame encoded into the writer's batch buffer: `head` is header ‖ meta ‖ meta
-/// padding; the body parts and their padding are separate iovecs.
+/// One frame encoded into the writer's batch buffer: `head` is header ‖ meta ‖ meta padding;
+/// the body parts and their padding are separate iovecs.
 #[derive(Debug, Clone)]
 pub(crate) struct EncodedFrame {
     pub head: std::ops::Range<usize>,
     pub header: FrameHeader,
+    /// crc32c of the meta alone: with `header.data_crc` it lets a reader verify the body
+    /// without reading the meta (`crc32c_append(meta_crc, body) == data_crc`).
+    pub meta_crc: u32,
 }
 
 /// Appends header (checksum not yet final: the salt depends on the segment chosen later),
@@ -305,6 +344,29 @@ pub(crate) fn encode_message(
     body_parts: [&[u8]; 2],
     seq: u64,
 ) -> Result<EncodedFrame, SpoolError> {
+    encode_with(buf, RecordKind::Message, body_parts, seq, |v| {
+        rkyv::api::high::to_bytes_in::<_, BoxedError>(meta, v)
+    })
+}
+
+/// Like [`encode_message`] for a deletion record (no body).
+pub(crate) fn encode_deletion(
+    buf: &mut AlignedVec<16>,
+    deletion: &MailboxDeletion,
+    seq: u64,
+) -> Result<EncodedFrame, SpoolError> {
+    encode_with(buf, RecordKind::MailboxDeletion, [&[], &[]], seq, |v| {
+        rkyv::api::high::to_bytes_in::<_, BoxedError>(deletion, v)
+    })
+}
+
+fn encode_with(
+    buf: &mut AlignedVec<16>,
+    kind: RecordKind,
+    body_parts: [&[u8]; 2],
+    seq: u64,
+    serialize: impl FnOnce(AlignedVec<16>) -> Result<AlignedVec<16>, BoxedError>,
+) -> Result<EncodedFrame, SpoolError> {
     debug_assert_eq!(buf.len() as u64 % ALIGN, 0);
     let body_len = body_parts[0].len() as u64 + body_parts[1].len() as u64;
     if body_len > MAX_PART_LEN {
@@ -316,7 +378,7 @@ pub(crate) fn encode_message(
     let start = buf.len();
     buf.extend_from_slice(&[0u8; FRAME_HEADER_LEN]);
     let taken = std::mem::replace(buf, AlignedVec::new());
-    let mut grown = match rkyv::api::high::to_bytes_in::<_, BoxedError>(meta, taken) {
+    let mut grown = match serialize(taken) {
         Ok(v) => v,
         Err(e) => return Err(SpoolError::Codec(e.to_string())),
     };
@@ -333,13 +395,14 @@ pub(crate) fn encode_message(
     let padded = start + FRAME_HEADER_LEN + pad16(meta_len) as usize;
     grown.resize(padded, 0);
     let meta_bytes = &grown[start + FRAME_HEADER_LEN..meta_end];
-    let mut crc = crc32c::crc32c(meta_bytes);
+    let meta_crc = crc32c::crc32c(meta_bytes);
+    let mut crc = meta_crc;
     for part in body_parts {
         crc = crc32c::crc32c_append(crc, part);
     }
     let header = FrameHeader {
-        version: RecordKind::Message.current_version(),
-        kind: RecordKind::Message as u16,
+        version: kind.current_version(),
+        kind: kind as u16,
         meta_len: meta_len as u32,
         body_len: body_len as u32,
         seq,
@@ -349,6 +412,7 @@ pub(crate) fn encode_message(
     Ok(EncodedFrame {
         head: start..padded,
         header,
+        meta_crc,
     })
 }
 
@@ -448,6 +512,45 @@ mod tests {
         assert_eq!(&alone[..], m);
         assert_eq!(f.header.body_len, 10);
         assert_eq!(f.header.seq, 77);
+        assert_eq!(f.meta_crc, crc32c::crc32c(m));
+        assert_eq!(
+            crc32c::crc32c_append(f.meta_crc, b"Recv:hello"),
+            f.header.data_crc
+        );
+    }
+
+    #[test]
+    fn encoded_deletion_round_trips() {
+        let mut buf = AlignedVec::<16>::new();
+        let d = MailboxDeletion {
+            mailbox: "alice".into(),
+            ids: vec![QueueId::new(5, 1), QueueId::new(6, 0)],
+        };
+        let f = encode_deletion(&mut buf, &d, 3).unwrap();
+        assert_eq!(f.header.kind, RecordKind::MailboxDeletion as u16);
+        assert_eq!((f.header.version, f.header.body_len), (1, 0));
+        assert_eq!(buf.len() % 16, 0);
+        let m = &buf[32..32 + f.header.meta_len as usize];
+        assert_eq!(
+            decode_payload(RecordKind::MailboxDeletion, m),
+            Ok(Record::Deletion(d))
+        );
+        assert_eq!(f.header.data_crc, crc32c::crc32c(m));
+        // A message payload is not a deletion and vice versa.
+        assert!(decode_payload(RecordKind::Message, m).is_err());
+    }
+
+    #[test]
+    fn kinds_and_versions_are_stable() {
+        assert_eq!(RecordKind::from_u16(1), Some(RecordKind::Message));
+        assert_eq!(RecordKind::from_u16(2), Some(RecordKind::MailboxDeletion));
+        for unknown in [0u16, 3, 99, u16::MAX] {
+            assert_eq!(RecordKind::from_u16(unknown), None);
+        }
+        for k in [RecordKind::Message, RecordKind::MailboxDeletion] {
+            assert!(k.version_known(k.current_version()));
+            assert!(!k.version_known(k.current_version() + 1));
+        }
     }
 
     #[test]

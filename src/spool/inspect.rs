@@ -2,16 +2,20 @@
 //! back by location.
 //!
 //! Works while the server runs: nothing is locked or modified; a torn tail (a batch being
-//! written right now) is simply where the listing stops, and no file is truncated.
+//! written right now) is simply where the listing stops, and no file is truncated. A segment
+//! that a running compaction unlinks between listing and reading is skipped (its live frames
+//! are in a segment published before the unlink; one listed too late is missed by that one
+//! listing), and a message found twice (old and new segment) is listed once.
 
+use std::collections::BTreeMap;
 use std::ops::ControlFlow;
 use std::path::Path;
 
 use rkyv::util::AlignedVec;
 
 use super::frame::{
-    decode_payload, FrameHeader, Record, RecordKind, SegmentHeader, ALIGN, FRAME_HEADER_LEN,
-    SEGMENT_HEADER_LEN,
+    decode_payload, FrameHeader, MailboxDeletion, Record, RecordKind, SegmentHeader, ALIGN,
+    FRAME_HEADER_LEN, SEGMENT_HEADER_LEN,
 };
 use super::io::{FsIo, SegmentIo};
 use super::recovery::{scan_shard, Mode};
@@ -29,6 +33,9 @@ pub struct MessageSummary {
     /// Stored body size (Received header + message).
     pub size: u64,
     pub location: Location,
+    /// Local mailboxes it was delivered to, and those of them whose copy is deleted.
+    pub mailboxes: Vec<String>,
+    pub deleted: Vec<String>,
 }
 
 fn open_root(dir: &Path) -> Result<FsIo, SpoolError> {
@@ -42,7 +49,8 @@ fn open_root(dir: &Path) -> Result<FsIo, SpoolError> {
     Ok(FsIo::new(dir))
 }
 
-/// Every message record in the spool at `dir`, ordered by queue id.
+/// Every message record in the spool at `dir`, ordered by queue id (garbage not yet
+/// compacted included: see `deleted`).
 pub fn list(dir: &Path) -> Result<Vec<MessageSummary>, SpoolError> {
     list_with_io(&open_root(dir)?)
 }
@@ -51,28 +59,43 @@ pub(crate) fn list_with_io(io: &dyn SegmentIo) -> Result<Vec<MessageSummary>, Sp
     let shards = io
         .list_shards()
         .map_err(|e| SpoolError::io("list shards", io.root(), e))?;
-    let mut out = Vec::new();
+    let mut out: BTreeMap<QueueId, MessageSummary> = BTreeMap::new();
+    let mut deletions: Vec<MailboxDeletion> = Vec::new();
     for shard in shards {
         scan_shard(io, shard, Mode::ReadOnly, &mut |v| {
-            let Record::Message(meta) = v.record;
-            out.push(MessageSummary {
-                id: meta.id,
-                arrival_unix_micros: meta.arrival_unix_micros,
-                sender: meta.envelope.reverse_path,
-                recipients: meta
-                    .envelope
-                    .recipients
-                    .into_iter()
-                    .map(|r| r.address)
-                    .collect(),
-                size: v.location.body_len,
-                location: v.location,
-            });
+            match v.record {
+                Record::Message(meta) => {
+                    out.entry(meta.id).or_insert_with(|| MessageSummary {
+                        id: meta.id,
+                        arrival_unix_micros: meta.arrival_unix_micros,
+                        sender: meta.envelope.reverse_path,
+                        recipients: meta
+                            .envelope
+                            .recipients
+                            .into_iter()
+                            .map(|r| r.address)
+                            .collect(),
+                        size: v.location.body_len,
+                        location: v.location,
+                        mailboxes: meta.mailboxes,
+                        deleted: Vec::new(),
+                    });
+                }
+                Record::Deletion(d) => deletions.push(d),
+            }
             ControlFlow::Continue(())
         })?;
     }
-    out.sort_by_key(|m| m.id);
-    Ok(out)
+    for d in deletions {
+        for id in &d.ids {
+            if let Some(m) = out.get_mut(id) {
+                if m.mailboxes.contains(&d.mailbox) && !m.deleted.contains(&d.mailbox) {
+                    m.deleted.push(d.mailbox.clone());
+                }
+            }
+        }
+    }
+    Ok(out.into_values().collect())
 }
 
 /// The stored body of message `id`: its Received header followed by the message.
@@ -91,18 +114,16 @@ pub(crate) fn find_with_io(io: &dyn SegmentIo, id: QueueId) -> Result<StoredMess
         return Err(SpoolError::NotFound(id));
     }
     let mut found = None;
-    scan_shard(io, shard, Mode::ReadOnly, &mut |v| {
-        let Record::Message(meta) = v.record;
-        if meta.id == id {
+    scan_shard(io, shard, Mode::ReadOnly, &mut |v| match v.record {
+        Record::Message(meta) if meta.id == id => {
             found = Some(StoredMessage {
                 meta,
                 location: v.location,
                 body: v.body.to_vec(),
             });
             ControlFlow::Break(())
-        } else {
-            ControlFlow::Continue(())
         }
+        _ => ControlFlow::Continue(()),
     })?;
     found.ok_or(SpoolError::NotFound(id))
 }
@@ -164,7 +185,9 @@ pub(crate) fn read_at(
             ))
         })?;
     let meta_bytes = &frame[FRAME_HEADER_LEN..][..h.meta_len as usize];
-    let Record::Message(meta) = decode_payload(kind, meta_bytes).map_err(bad)?;
+    let Record::Message(meta) = decode_payload(kind, meta_bytes).map_err(bad)? else {
+        return Err(bad("not a message record".into()));
+    };
     let body_at = h.body_offset() as usize;
     Ok(StoredMessage {
         meta,

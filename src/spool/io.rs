@@ -17,8 +17,9 @@ use std::path::{Path, PathBuf};
 /// Highest shard number: a [`QueueId`](crate::envelope::QueueId) carries 8 bits of shard.
 pub const MAX_SHARDS: usize = 256;
 
-/// One open segment file.
-pub trait SegmentFile: Send {
+/// One open segment file. `Sync` because readers share open files through the spool's small
+/// cache of segment handles (positioned reads need no `&mut`).
+pub trait SegmentFile: Send + Sync {
     /// Writes every byte of `bufs`, in order, starting at `offset`.
     fn write_all_at(&mut self, offset: u64, bufs: &[IoSlice<'_>]) -> io::Result<()>;
     /// `fdatasync`: data and the size are on stable storage when this returns Ok.
@@ -57,9 +58,24 @@ pub trait SegmentIo: Send + Sync {
         segment: u64,
         writable: bool,
     ) -> io::Result<Box<dyn SegmentFile>>;
+    /// Unlinks a segment. Not durable until [`SegmentIo::sync_shard_dir`]; handles already
+    /// open keep reading the old file (POSIX unlink semantics).
     fn remove_segment(&self, shard: u8, segment: u64) -> io::Result<()>;
-    /// Makes the shard directory's entries (created or removed segments) durable.
+    /// Makes the shard directory's entries (created, renamed or removed files) durable.
     fn sync_shard_dir(&self, shard: u8) -> io::Result<()>;
+    /// The temporary name compaction writes segment `segment` under before publishing it.
+    fn temp_segment_path(&self, shard: u8, segment: u64) -> PathBuf {
+        self.shard_path(shard)
+            .join(format!("{segment:020}.seg.tmp"))
+    }
+    /// Creates (exclusively, 0600) the temporary file of a segment being compacted.
+    fn create_temp_segment(&self, shard: u8, segment: u64) -> io::Result<Box<dyn SegmentFile>>;
+    /// Atomically renames the temporary file to the segment's real name (fails if the temporary
+    /// file is missing). Not durable until [`SegmentIo::sync_shard_dir`].
+    fn publish_temp_segment(&self, shard: u8, segment: u64) -> io::Result<()>;
+    /// Segment numbers that have a temporary file (leftovers of an interrupted compaction).
+    fn list_temp_segments(&self, shard: u8) -> io::Result<Vec<u64>>;
+    fn remove_temp_segment(&self, shard: u8, segment: u64) -> io::Result<()>;
     /// A fresh random segment salt (see `frame`: it keeps body bytes from posing as frames).
     fn new_salt(&self) -> u32;
 }
@@ -91,11 +107,41 @@ pub(crate) fn parse_shard_name(name: &str) -> Option<u16> {
 
 /// Parses `NNNNNNNNNNNNNNNNNNNN.seg` (exactly twenty digits).
 pub(crate) fn parse_segment_name(name: &str) -> Option<u64> {
-    let digits = name.strip_suffix(".seg")?;
+    parse_twenty_digits(name.strip_suffix(".seg")?)
+}
+
+/// Parses `NNNNNNNNNNNNNNNNNNNN.seg.tmp`, compaction's temporary name.
+pub(crate) fn parse_temp_segment_name(name: &str) -> Option<u64> {
+    parse_twenty_digits(name.strip_suffix(".seg.tmp")?)
+}
+
+fn parse_twenty_digits(digits: &str) -> Option<u64> {
     if digits.len() != 20 || !digits.bytes().all(|b| b.is_ascii_digit()) {
         return None;
     }
     digits.parse().ok()
+}
+
+fn list_named(dir: &Path, parse: fn(&str) -> Option<u64>) -> io::Result<Vec<u64>> {
+    let mut out = Vec::new();
+    for entry in fs::read_dir(dir)? {
+        let entry = entry?;
+        if let Some(n) = entry.file_name().to_str().and_then(parse) {
+            out.push(n);
+        }
+    }
+    out.sort_unstable();
+    Ok(out)
+}
+
+fn create_private(path: &Path) -> io::Result<Box<dyn SegmentFile>> {
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)?;
+    Ok(Box::new(FsFile { file }))
 }
 
 impl SegmentIo for FsIo {
@@ -145,25 +191,11 @@ impl SegmentIo for FsIo {
     }
 
     fn list_segments(&self, shard: u8) -> io::Result<Vec<u64>> {
-        let mut out = Vec::new();
-        for entry in fs::read_dir(self.shard_path(shard))? {
-            let entry = entry?;
-            if let Some(n) = entry.file_name().to_str().and_then(parse_segment_name) {
-                out.push(n);
-            }
-        }
-        out.sort_unstable();
-        Ok(out)
+        list_named(&self.shard_path(shard), parse_segment_name)
     }
 
     fn create_segment(&self, shard: u8, segment: u64) -> io::Result<Box<dyn SegmentFile>> {
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(self.segment_path(shard, segment))?;
-        Ok(Box::new(FsFile { file }))
+        create_private(&self.segment_path(shard, segment))
     }
 
     fn open_segment(
@@ -185,6 +217,25 @@ impl SegmentIo for FsIo {
 
     fn sync_shard_dir(&self, shard: u8) -> io::Result<()> {
         sync_dir(&self.shard_path(shard))
+    }
+
+    fn create_temp_segment(&self, shard: u8, segment: u64) -> io::Result<Box<dyn SegmentFile>> {
+        create_private(&self.temp_segment_path(shard, segment))
+    }
+
+    fn publish_temp_segment(&self, shard: u8, segment: u64) -> io::Result<()> {
+        fs::rename(
+            self.temp_segment_path(shard, segment),
+            self.segment_path(shard, segment),
+        )
+    }
+
+    fn list_temp_segments(&self, shard: u8) -> io::Result<Vec<u64>> {
+        list_named(&self.shard_path(shard), parse_temp_segment_name)
+    }
+
+    fn remove_temp_segment(&self, shard: u8, segment: u64) -> io::Result<()> {
+        fs::remove_file(self.temp_segment_path(shard, segment))
     }
 
     fn new_salt(&self) -> u32 {
@@ -262,6 +313,12 @@ mod tests {
         assert_eq!(parse_segment_name("00000000000000000012.seg"), Some(12));
         assert_eq!(parse_segment_name("12.seg"), None);
         assert_eq!(parse_segment_name("00000000000000000012.seg.tmp"), None);
+        assert_eq!(
+            parse_temp_segment_name("00000000000000000012.seg.tmp"),
+            Some(12)
+        );
+        assert_eq!(parse_temp_segment_name("00000000000000000012.seg"), None);
+        assert_eq!(parse_temp_segment_name("12.seg.tmp"), None);
     }
 
     #[test]
@@ -298,5 +355,36 @@ mod tests {
         io.remove_segment(3, 1).unwrap();
         assert!(io.list_segments(3).unwrap().is_empty());
         assert_ne!(io.new_salt(), io.new_salt());
+        // Compaction's temporary files: separate names, published by an atomic rename.
+        let mut t = io.create_temp_segment(3, 9).unwrap();
+        t.write_all_at(0, &[IoSlice::new(b"compacted")]).unwrap();
+        t.sync_data().unwrap();
+        assert!(io.create_temp_segment(3, 9).is_err(), "create is exclusive");
+        assert_eq!(io.list_temp_segments(3).unwrap(), vec![9]);
+        assert!(io.list_segments(3).unwrap().is_empty());
+        io.publish_temp_segment(3, 9).unwrap();
+        assert!(io.list_temp_segments(3).unwrap().is_empty());
+        assert_eq!(io.list_segments(3).unwrap(), vec![9]);
+        assert!(
+            io.publish_temp_segment(3, 9).is_err(),
+            "nothing left to publish"
+        );
+        let mode = fs::metadata(io.segment_path(3, 9))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+        let r = io.open_segment(3, 9, false).unwrap();
+        io.remove_segment(3, 9).unwrap();
+        let mut back = [0u8; 9];
+        assert_eq!(
+            r.read_at(0, &mut back).unwrap(),
+            9,
+            "an open handle outlives unlink"
+        );
+        assert_eq!(&back, b"compacted");
+        io.create_temp_segment(3, 10).unwrap();
+        io.remove_temp_segment(3, 10).unwrap();
+        assert!(io.list_temp_segments(3).unwrap().is_empty());
     }
 }

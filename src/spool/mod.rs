@@ -3,9 +3,36 @@
 //! # Role
 //! Every accepted message is written here once, as a versioned rkyv record followed by its raw
 //! body, in segment files per shard: `dir/shard-NNN/NNNNNNNNNNNNNNNNNNNN.seg`. Everything that
-//! later happens to a message (local delivery, delivery results, POP3 deletions, retirement)
-//! will be a small record of another [`RecordKind`] appended to the same log; indexes are
-//! rebuilt from the log at start ([`Spool::open`] → [`SpoolIndex`]).
+//! later happens to a message is a small record of another [`RecordKind`] appended to the same
+//! log. Record kinds today (layouts in [`frame`]):
+//! - `Message` (1): meta + stored body. Local delivery is in the meta (`mailboxes`), so it is
+//!   durable with the message in the same frame; `remote` lists what is still to relay.
+//! - `MailboxDeletion` (2): `{ mailbox, ids }`, a POP3 session's DELEs at QUIT, appended with
+//!   [`ShardHandle::append_deletion`] through the same queue and group commit as messages and
+//!   answered only after fdatasync (`+OK` to QUIT then).
+//!
+//! # The live index, reads and replay
+//! Recovery builds a live index (queue id → location, checksums, mailbox copies and their
+//! deletion state; a [`dashmap::DashMap`] touched once per message, never per byte). Writer
+//! threads update it after each commit, before replying, and compaction after each move, so
+//! [`Spool::locate`] / [`Spool::read_body`] see a message acknowledged a microsecond ago. A body
+//! read is one `pread` of the body bytes through a small cache of open segment handles,
+//! verified against the frame checksum without reading the meta (see [`frame`]).
+//! [`Spool::replay`] gives the mailbox store (and later the queue) what to rebuild at start.
+//!
+//! # Liveness and compaction
+//! A message is garbage when no remote delivery is pending, it has at least one local mailbox
+//! and every one of them has a durable deletion for it (one function decides; a message with
+//! neither mailboxes nor remote routes is kept: its recipients are unaccounted for). Later
+//! issues add remote delivery results to that rule. [`Spool::compact`] rewrites sealed
+//! segments whose live bytes fell below 50% (live frames and the deletions still needed by
+//! messages on disk) into a new segment — temp file, fdatasync, rename, directory fsync, index
+//! update, unlink, directory fsync — on the caller's thread, without blocking ingest or reads.
+//! A crash at any point leaves either a temporary file (removed at open) or old and new
+//! segments side by side (identical copies: one is indexed, the id is reported, the next
+//! compaction drops the other); nothing acknowledged is lost and no deletion is undone. The
+//! protocol and each crash case are in [`compact`]. [`compact_offline`] is
+//! `relay spool compact --dir D`.
 //!
 //! Durability contract (DESIGN.md §2): a [`ShardHandle::append_message`] reply is `Ok` only
 //! after the record's bytes are covered by a successful `fdatasync`, so "250 after DATA ⇔ on
@@ -25,7 +52,8 @@
 //! Failure rule: a failed write or fdatasync fails every request of that batch with
 //! [`SpoolError::Io`], truncates the segment back to its last committed offset and continues
 //! in a NEW segment (after a failed fsync the page cache state is unknown — "fsyncgate").
-//! Each run also starts a new segment: files written by an earlier run are only read.
+//! Each run also starts a new segment: files written by an earlier run are only read (and,
+//! once sealed, compacted).
 //!
 //! # Exposure
 //! Bodies, envelopes and origins are bytes from network peers; they are stored, checksummed
@@ -38,7 +66,8 @@
 //!
 //! # Standards
 //! None on the wire. Durability follows POSIX `fdatasync` semantics for data and file size,
-//! plus an explicit directory fsync when a segment is created (ext4/XFS need both).
+//! plus an explicit directory fsync when a segment is created, renamed or removed (ext4/XFS
+//! need both); `rename(2)` is relied on to be atomic.
 //! Checksums are CRC-32C (Castagnoli). Payloads are rkyv 0.8 archives.
 //!
 //! # Limits
@@ -52,34 +81,43 @@
 //! - A message whose batch failed was answered 452 but may still reappear after a crash if its
 //!   bytes reached the disk anyway (at-least-once, like any MTA).
 //! - `fsync = false` gives up the durability contract (benchmarks only; the caller warns).
+//! - The live index holds every message on disk (≈ 150 B + mailbox names each); the replay
+//!   snapshot recovery builds is kept until [`Spool::replay`] takes it: call it once at start.
+//! - At most 128 segment handles are cached for reads (one fd each).
+//! - Compaction holds one source segment and its kept frames in memory at a time (≤ 2 ×
+//!   `segment_size`); one compaction runs at a time. Shards of an earlier run with more cores
+//!   (read-only at open) are not compacted.
+//! - Nothing locks the directory: run `relay spool compact` only while the server is stopped.
 //!
 //! # Tests
 //! Unit tests sit in each file; `tests.rs` runs the spool on real files in tempdirs and through
-//! the IO seam with injected errors; `sim_tests.rs` is the seeded simulation on [`sim::SimDisk`]
-//! (crash points, torn and lost unsynced writes, write/sync/create errors, bit flips) whose
-//! checker asserts acknowledged ⊆ recovered ⊆ accepted with intact bodies; failures print
-//! `SEED=…` for replay. The real [`FsIo`] is also proven by the kill -9 crash test.
+//! the IO seam with injected errors (deletions, replay, reads racing compaction, leftovers of an
+//! interrupted compaction); `sim_tests.rs` is the seeded simulation on [`sim::SimDisk`] (appends,
+//! deletions, compactions; crash points anywhere, also inside a compaction; torn and lost
+//! unsynced writes and directory operations; write/sync/create errors; bit flips) whose checker
+//! asserts acknowledged ⊆ recovered ⊆ accepted (minus garbage) with intact bodies and copies,
+//! acknowledged deletions never undone, and a replay that lists each live message once; a
+//! second simulation replays every crash point of one compaction. Failures print `SEED=…` for
+//! replay. The real [`FsIo`] is proven by kill -9 tests: `tests/spool_compaction.rs` kills a
+//! compaction process at many moments.
 
 #![forbid(unsafe_code)]
 
+pub mod compact;
 mod error;
 pub mod frame;
+mod index;
 pub mod inspect;
 pub mod io;
 pub mod recovery;
 pub mod sim;
 mod writer;
 
-#[cfg(test)]
-mod sim_tests;
-#[cfg(test)]
-mod tests;
-
 use std::collections::HashMap;
 use std::ops::ControlFlow;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -88,14 +126,18 @@ use tokio::sync::oneshot;
 
 use crate::envelope::{Envelope, Origin, QueueId};
 
+pub use compact::{compact_offline, compact_offline_with, CompactionConfig, CompactionReport};
 pub use error::SpoolError;
-pub use frame::{MessageMeta, RecordKind};
+pub use frame::{MailboxDeletion, MessageMeta, RecordKind};
+pub use index::{Replay, ReplayMessage};
 pub use io::{FsIo, SegmentFile, SegmentIo, MAX_SHARDS};
 pub use recovery::{CorruptFrame, RecoveryReport, ShardRecovery, TornTail};
 
+use compact::CompactionState;
 use frame::{Record, MAX_PART_LEN};
+use index::{DeletionRefs, Entry, FileCache, Found, LiveIndex, FILE_CACHE_CAPACITY};
 use recovery::{scan_shard, Mode, ShardResume};
-use writer::{LoopConfig, Msg, Pending, Request, ShardWriter, WriterConfig};
+use writer::{LoopConfig, Msg, Pending, PendingMessage, Reply, Request, ShardWriter};
 
 /// `[spool]` settings the spool itself uses. Defaults carry their reason.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -203,32 +245,6 @@ pub struct StoredMessage {
     pub body: Vec<u8>,
 }
 
-/// Queue id → location of every message record recovered at open. A snapshot: appends after
-/// open are reported through their [`Committed`] replies (the queue module keeps its own
-/// live index from those).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct SpoolIndex {
-    messages: HashMap<QueueId, Location>,
-}
-
-impl SpoolIndex {
-    pub fn get(&self, id: QueueId) -> Option<&Location> {
-        self.messages.get(&id)
-    }
-
-    pub fn len(&self) -> usize {
-        self.messages.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.messages.is_empty()
-    }
-
-    pub fn iter(&self) -> impl Iterator<Item = (&QueueId, &Location)> {
-        self.messages.iter()
-    }
-}
-
 pub(crate) struct ShardShared {
     shard: u8,
     tx: Sender<Msg>,
@@ -324,7 +340,7 @@ impl ShardHandle {
         }
         let (reply, rx) = oneshot::channel();
         let request = Request {
-            pending: Pending {
+            pending: Pending::Message(PendingMessage {
                 meta: MessageMeta {
                     id: msg.id,
                     arrival_unix_micros: msg.arrival_unix_micros,
@@ -336,16 +352,42 @@ impl ShardHandle {
                 },
                 received: msg.received_header,
                 body: msg.body,
-            },
-            reply,
+            }),
+            reply: Reply::Message(reply),
         };
+        self.send(request).map(|()| rx)
+    }
+
+    /// Queues a POP3 session's deletions in `mailbox` (applied at QUIT) for the next group
+    /// commit: same bounded queue, same batches as messages. The receiver yields `Ok(())` only
+    /// once the record is on stable storage (send `+OK` then) and the live index applies it;
+    /// `RecvError` means the spool stopped first: nothing was deleted. An empty `ids` is
+    /// answered at once.
+    pub fn append_deletion(
+        &self,
+        mailbox: String,
+        ids: Vec<QueueId>,
+    ) -> Result<oneshot::Receiver<Result<(), SpoolError>>, SpoolError> {
+        let (reply, rx) = oneshot::channel();
+        if ids.is_empty() {
+            let _ = reply.send(Ok(()));
+            return Ok(rx);
+        }
+        self.send(Request {
+            pending: Pending::Deletion(MailboxDeletion { mailbox, ids }),
+            reply: Reply::Deletion(reply),
+        })
+        .map(|()| rx)
+    }
+
+    fn send(&self, request: Request) -> Result<(), SpoolError> {
         let shared = &self.shared;
         shared.in_flight.fetch_add(1, Ordering::SeqCst);
         let result = if shared.closed.load(Ordering::SeqCst) {
             Err(SpoolError::Closed)
         } else {
             match shared.tx.try_send(Msg::Append(request)) {
-                Ok(()) => Ok(rx),
+                Ok(()) => Ok(()),
                 Err(TrySendError::Full(_)) => Err(SpoolError::Backpressure),
                 Err(TrySendError::Disconnected(_)) => Err(SpoolError::Closed),
             }
@@ -355,20 +397,227 @@ impl ShardHandle {
     }
 }
 
-/// The open spool: recovered index, one writer thread per shard.
+/// Per writable shard, shared by its writer and compaction.
+#[derive(Debug)]
+pub(crate) struct ShardSegments {
+    /// The next unused segment number (both take numbers from it).
+    pub next_segment: AtomicU64,
+    /// The writer appends only to segments ≥ this; it publishes a new segment's number here
+    /// before the file exists. Below it, every segment is sealed.
+    pub writer_floor: AtomicU64,
+}
+
+/// The spool's shared side: what writers, readers and compaction all use.
+pub(crate) struct Core {
+    pub io: Arc<dyn SegmentIo>,
+    pub index: LiveIndex,
+    pub deletion_refs: DeletionRefs,
+    pub files: FileCache,
+    /// Writable shards `0..n`.
+    pub shards: Vec<ShardSegments>,
+    pub compaction: Mutex<CompactionState>,
+    pub fsync: bool,
+    pub segment_size: u64,
+    /// What recovery found, until [`Spool::replay`] takes it.
+    replay: Mutex<Option<Replay>>,
+}
+
+impl Core {
+    /// The shared side from what recovery produced (also used by the simulation).
+    pub(crate) fn new(
+        io: Arc<dyn SegmentIo>,
+        recovered: Recovered,
+        segment_size: u64,
+        fsync: bool,
+    ) -> (Arc<Core>, RecoveryReport, Vec<ShardResume>) {
+        let Recovered {
+            report,
+            index,
+            deletion_refs,
+            replay,
+            resume,
+        } = recovered;
+        let shards = resume
+            .iter()
+            .map(|r| {
+                let next = r.next_segment.max(1);
+                ShardSegments {
+                    next_segment: AtomicU64::new(next),
+                    writer_floor: AtomicU64::new(next),
+                }
+            })
+            .collect();
+        let core = Core {
+            io,
+            index,
+            deletion_refs,
+            files: FileCache::new(FILE_CACHE_CAPACITY),
+            shards,
+            compaction: Mutex::new(CompactionState::default()),
+            fsync,
+            segment_size,
+            replay: Mutex::new(Some(replay)),
+        };
+        (Arc::new(core), report, resume)
+    }
+
+    fn locate(&self, id: QueueId) -> Option<Location> {
+        self.index.location(id)
+    }
+
+    fn read_body(&self, id: QueueId) -> Result<Vec<u8>, SpoolError> {
+        let mut found = self.index.find(id).ok_or(SpoolError::NotFound(id))?;
+        let mut retried = false;
+        loop {
+            match self.read_located(&found) {
+                Ok(body) => return Ok(body),
+                Err(e) if retried => return Err(e),
+                Err(e) => {
+                    // Compaction may have moved it (and unlinked the old segment) meanwhile.
+                    retried = true;
+                    match self.index.find(id) {
+                        Some(now) if now.location != found.location => found = now,
+                        Some(_) => return Err(e),
+                        None => return Err(SpoolError::NotFound(id)),
+                    }
+                }
+            }
+        }
+    }
+
+    /// One pread of the stored body, verified against the frame's data checksum without
+    /// reading the meta (`crc32c_append(meta_crc, body) == data_crc`).
+    fn read_located(&self, found: &Found) -> Result<Vec<u8>, SpoolError> {
+        let l = &found.location;
+        let path = || self.io.segment_path(l.shard, l.segment);
+        let file = self
+            .files
+            .get(self.io.as_ref(), l.shard, l.segment)
+            .map_err(|e| SpoolError::io("open segment", path(), e))?;
+        let corrupt = |reason: String| SpoolError::Corrupt {
+            path: path(),
+            offset: l.offset,
+            reason,
+        };
+        let len = usize::try_from(l.body_len).map_err(|_| corrupt("body too large".into()))?;
+        let mut body = vec![0u8; len];
+        let n = file
+            .read_at(l.body_offset, &mut body)
+            .map_err(|e| SpoolError::io("read body", path(), e))?;
+        if n < len {
+            return Err(corrupt(format!("body cut short: {n} of {len} bytes")));
+        }
+        if crc32c::crc32c_append(found.meta_crc, &body) != found.data_crc {
+            return Err(corrupt("data checksum mismatch".into()));
+        }
+        Ok(body)
+    }
+
+    fn replay(&self) -> Result<Replay, SpoolError> {
+        let taken = self.replay.lock().unwrap_or_else(|p| p.into_inner()).take();
+        match taken {
+            Some(r) => Ok(r),
+            None => self.replay_scan(),
+        }
+    }
+
+    /// The replay rebuilt from the files (a second call): every segment read back, filtered by
+    /// the live index.
+    fn replay_scan(&self) -> Result<Replay, SpoolError> {
+        let io = self.io.as_ref();
+        let shards = io
+            .list_shards()
+            .map_err(|e| SpoolError::io("list shards", io.root(), e))?;
+        let mut replay = Replay::default();
+        for shard in shards {
+            scan_shard(io, shard, Mode::ReadOnly, &mut |v| {
+                if let Record::Message(meta) = v.record {
+                    if let Some(e) = self.index.get(meta.id) {
+                        if e.location == v.location && !e.is_garbage() {
+                            push_replay(&mut replay, &e, replay_message(meta, v.location));
+                        }
+                    }
+                }
+                ControlFlow::Continue(())
+            })?;
+        }
+        replay.messages.sort_by_key(|m| m.id);
+        replay.deletions.sort();
+        Ok(replay)
+    }
+}
+
+fn replay_message(meta: MessageMeta, location: Location) -> ReplayMessage {
+    ReplayMessage {
+        id: meta.id,
+        arrival_unix_micros: meta.arrival_unix_micros,
+        mailboxes: meta.mailboxes,
+        remote: meta.remote,
+        body_len: location.body_len,
+        sender: meta.envelope.reverse_path,
+        recipients: meta.envelope.recipients.len(),
+    }
+}
+
+fn push_replay(replay: &mut Replay, entry: &Entry, message: ReplayMessage) {
+    for m in &entry.mailboxes {
+        if m.deleted {
+            replay.deletions.push((m.name.to_string(), message.id));
+        }
+    }
+    replay.messages.push(message);
+}
+
+/// A cheap, cloneable handle on the spool's shared side, for threads that do not own the
+/// [`Spool`]: POP3 connection tasks (locate, read bodies) and a background compaction thread.
+#[derive(Clone)]
+pub struct SpoolReader {
+    core: Arc<Core>,
+}
+
+impl std::fmt::Debug for SpoolReader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SpoolReader")
+            .field("root", &self.core.io.root())
+            .finish_non_exhaustive()
+    }
+}
+
+impl SpoolReader {
+    /// See [`Spool::locate`].
+    pub fn locate(&self, id: QueueId) -> Option<Location> {
+        self.core.locate(id)
+    }
+
+    /// See [`Spool::read_body`].
+    pub fn read_body(&self, id: QueueId) -> Result<Vec<u8>, SpoolError> {
+        self.core.read_body(id)
+    }
+
+    /// See [`Spool::compact`].
+    pub fn compact(&self) -> Result<CompactionReport, SpoolError> {
+        compact::run(&self.core, &CompactionConfig::new(self.core.segment_size))
+    }
+
+    /// See [`Spool::compact_with`].
+    pub fn compact_with(&self, cfg: &CompactionConfig) -> Result<CompactionReport, SpoolError> {
+        compact::run(&self.core, cfg)
+    }
+}
+
+/// The open spool: the live index, one writer thread per shard, compaction.
 pub struct Spool {
-    io: Arc<dyn SegmentIo>,
+    core: Arc<Core>,
     handles: Vec<ShardHandle>,
     writers: Vec<Option<JoinHandle<()>>>,
-    index: SpoolIndex,
 }
 
 impl std::fmt::Debug for Spool {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Spool")
-            .field("root", &self.io.root())
+            .field("root", &self.core.io.root())
             .field("shards", &self.handles.len())
-            .field("index", &self.index.len())
+            .field("index", &self.core.index.len())
             .finish_non_exhaustive()
     }
 }
@@ -379,13 +628,32 @@ const RECOVERY_THREADS_MAX: usize = 4;
 /// Everything recovery produced, before threads start (also used by the simulation).
 pub(crate) struct Recovered {
     pub report: RecoveryReport,
-    pub index: SpoolIndex,
+    pub index: LiveIndex,
+    pub deletion_refs: DeletionRefs,
+    pub replay: Replay,
     /// Resume points of shards `0..shards`.
     pub resume: Vec<ShardResume>,
 }
 
+/// A kept record as a recovery worker hands it back.
+enum Scanned {
+    Message {
+        location: Location,
+        data_crc: u32,
+        meta_crc: u32,
+        message: ReplayMessage,
+    },
+    Deletion {
+        location: Location,
+        deletion: MailboxDeletion,
+    },
+}
+
 /// Recovers every shard directory under the root (repairing `0..shards`, reading the others),
-/// creating missing shards `0..shards`. Shards are scanned in parallel.
+/// creating missing shards `0..shards`. Shards are scanned in parallel; the live index, the
+/// deletion references and the replay are built from what they found, in shard and log order
+/// (messages first, then deletions: a compacted segment may hold a deletion older than a
+/// message in a later segment, and the other way round).
 pub(crate) fn recover(io: &dyn SegmentIo, shards: usize) -> Result<Recovered, SpoolError> {
     for s in 0..shards {
         io.create_shard(s as u8)
@@ -394,7 +662,7 @@ pub(crate) fn recover(io: &dyn SegmentIo, shards: usize) -> Result<Recovered, Sp
     let present = io
         .list_shards()
         .map_err(|e| SpoolError::io("list shards", io.root(), e))?;
-    type ShardOutcome = Result<(ShardRecovery, ShardResume, Vec<(QueueId, Location)>), SpoolError>;
+    type ShardOutcome = Result<(ShardRecovery, ShardResume, Vec<Scanned>), SpoolError>;
     let scan_one = |shard: u8| -> ShardOutcome {
         let mode = if usize::from(shard) < shards {
             Mode::Repair
@@ -403,8 +671,18 @@ pub(crate) fn recover(io: &dyn SegmentIo, shards: usize) -> Result<Recovered, Sp
         };
         let mut found = Vec::new();
         let (report, resume) = scan_shard(io, shard, mode, &mut |v| {
-            let Record::Message(meta) = &v.record;
-            found.push((meta.id, v.location));
+            found.push(match v.record {
+                Record::Message(meta) => Scanned::Message {
+                    location: v.location,
+                    data_crc: v.header.data_crc,
+                    meta_crc: crc32c::crc32c(v.meta),
+                    message: replay_message(meta, v.location),
+                },
+                Record::Deletion(deletion) => Scanned::Deletion {
+                    location: v.location,
+                    deletion,
+                },
+            });
             ControlFlow::Continue(())
         })?;
         Ok((report, resume, found))
@@ -451,13 +729,46 @@ pub(crate) fn recover(io: &dyn SegmentIo, shards: usize) -> Result<Recovered, Sp
         })
     });
     let mut report = RecoveryReport::default();
-    let mut index = SpoolIndex::default();
+    let index = LiveIndex::default();
+    let deletion_refs = DeletionRefs::default();
+    let mut messages: HashMap<QueueId, ReplayMessage> = HashMap::new();
+    let mut deletions = Vec::new();
     let mut resume = vec![ShardResume::default(); shards];
     for (&shard, outcome) in present.iter().zip(outcomes) {
         let (mut shard_report, shard_resume, found) = outcome?;
-        for (id, location) in found {
-            if index.messages.insert(id, location).is_some() {
-                shard_report.duplicate_ids.push(id);
+        for f in found {
+            match f {
+                Scanned::Message {
+                    location,
+                    data_crc,
+                    meta_crc,
+                    message,
+                } => {
+                    let id = message.id;
+                    let entry = Entry::new(
+                        location,
+                        data_crc,
+                        meta_crc,
+                        &message.mailboxes,
+                        message.remote.len(),
+                    );
+                    if let Some(first) = index.find(id) {
+                        // A copy left by an interrupted compaction: same bytes, or a bug.
+                        shard_report.duplicate_ids.push(id);
+                        if first.data_crc != data_crc
+                            || first.location.body_len != location.body_len
+                        {
+                            shard_report.conflicting_duplicates.push(id);
+                        }
+                    } else {
+                        messages.insert(id, message);
+                    }
+                    index.insert(id, entry);
+                }
+                Scanned::Deletion { location, deletion } => {
+                    deletion_refs.add(shard, location.segment, location.frame_len, &deletion.ids);
+                    deletions.push(deletion);
+                }
             }
         }
         if usize::from(shard) < shards {
@@ -465,9 +776,31 @@ pub(crate) fn recover(io: &dyn SegmentIo, shards: usize) -> Result<Recovered, Sp
         }
         report.shards.push(shard_report);
     }
+    for d in &deletions {
+        index.apply_deletion(&d.mailbox, &d.ids);
+        // Never hand out an id a surviving deletion names (its message may have been lost
+        // to corruption): the deletion would apply to the new message.
+        for id in &d.ids {
+            if let Some(r) = resume.get_mut(usize::from(id.shard())) {
+                r.last_micros = r.last_micros.max(id.micros());
+            }
+        }
+    }
+    let mut replay = Replay::default();
+    for (id, message) in messages {
+        if let Some(e) = index.get(id) {
+            if !e.is_garbage() {
+                push_replay(&mut replay, &e, message);
+            }
+        }
+    }
+    replay.messages.sort_by_key(|m| m.id);
+    replay.deletions.sort();
     Ok(Recovered {
         report,
         index,
+        deletion_refs,
+        replay,
         resume,
     })
 }
@@ -491,9 +824,15 @@ impl Spool {
     ) -> Result<(Spool, RecoveryReport), SpoolError> {
         config.check(shards)?;
         let recovered = recover(io.as_ref(), shards)?;
+        let (core, report, resume) = Core::new(
+            Arc::clone(&io),
+            recovered,
+            config.segment_size,
+            config.fsync,
+        );
         let mut handles = Vec::with_capacity(shards);
         let mut writers = Vec::with_capacity(shards);
-        for (shard, resume) in recovered.resume.iter().enumerate() {
+        for (shard, resume) in resume.iter().enumerate() {
             let shard = shard as u8;
             let (tx, rx) = bounded(config.appends_pending_max);
             let shared = Arc::new(ShardShared {
@@ -507,16 +846,7 @@ impl Spool {
                 bytes: AtomicU64::new(0),
                 failed_records: AtomicU64::new(0),
             });
-            let writer = ShardWriter::new(
-                shard,
-                Arc::clone(&io),
-                WriterConfig {
-                    segment_size: config.segment_size,
-                    fsync: config.fsync,
-                },
-                resume.next_segment,
-                resume.next_seq,
-            );
+            let writer = ShardWriter::new(shard, Arc::clone(&core), resume.next_seq);
             let loop_cfg = LoopConfig {
                 commit_window: config.commit_window,
                 commit_records_max: config.commit_records_max,
@@ -530,10 +860,9 @@ impl Spool {
                 Err(e) => {
                     // Stop the writers already started before reporting.
                     let partial = Spool {
-                        io: Arc::clone(&io),
+                        core: Arc::clone(&core),
                         handles,
                         writers,
-                        index: SpoolIndex::default(),
                     };
                     drop(partial);
                     return Err(SpoolError::io("spawn writer thread", io.root(), e));
@@ -543,12 +872,11 @@ impl Spool {
             writers.push(Some(join));
         }
         let spool = Spool {
-            io,
+            core,
             handles,
             writers,
-            index: recovered.index,
         };
-        Ok((spool, recovered.report))
+        Ok((spool, report))
     }
 
     pub fn shard_count(&self) -> usize {
@@ -563,14 +891,50 @@ impl Spool {
         self.handles[i].clone()
     }
 
-    /// Queue id → location of every message recovered at open (a snapshot).
-    pub fn index(&self) -> &SpoolIndex {
-        &self.index
+    /// Where message `id` is now (live index: recovered at open, then every commit and
+    /// compaction). `None` for an id never stored, or garbage whose every copy was compacted
+    /// away.
+    pub fn locate(&self, id: QueueId) -> Option<Location> {
+        self.core.locate(id)
+    }
+
+    /// The stored body of message `id` (Received header ‖ message), for RETR/TOP: one
+    /// positioned read of the body bytes through a cached segment handle, verified against the
+    /// frame's data checksum (no meta read, no deserialisation). If compaction moved the
+    /// message between the lookup and the read, the lookup is retried once.
+    /// `Err(NotFound)` for an unknown id, `Err(Corrupt)` if the bytes on disk are damaged.
+    pub fn read_body(&self, id: QueueId) -> Result<Vec<u8>, SpoolError> {
+        self.core.read_body(id)
+    }
+
+    /// Every live message and every deletion `(mailbox, id)` of a live message, to rebuild
+    /// mailbox views (and later queues) at start: apply the messages, then the deletions.
+    /// Messages are sorted by id (arrival order), each listed once. The first call returns
+    /// what recovery found at open (no IO); a later call reads the segments again.
+    pub fn replay(&self) -> Result<Replay, SpoolError> {
+        self.core.replay()
+    }
+
+    /// Compacts sealed segments whose live bytes are below 50% (see [`compact`]) on the
+    /// calling thread. Ingest and reads go on meanwhile; one compaction runs at a time.
+    pub fn compact(&self) -> Result<CompactionReport, SpoolError> {
+        self.compact_with(&CompactionConfig::new(self.core.segment_size))
+    }
+
+    pub fn compact_with(&self, cfg: &CompactionConfig) -> Result<CompactionReport, SpoolError> {
+        compact::run(&self.core, cfg)
+    }
+
+    /// A cloneable handle for other threads: locate, read bodies, compact.
+    pub fn reader(&self) -> SpoolReader {
+        SpoolReader {
+            core: Arc::clone(&self.core),
+        }
     }
 
     /// Reads one message back (meta + stored body), verifying its checksums.
     pub fn read_message(&self, location: &Location) -> Result<StoredMessage, SpoolError> {
-        inspect::read_at(self.io.as_ref(), location)
+        inspect::read_at(self.core.io.as_ref(), location)
     }
 
     fn stop(&mut self) -> Result<(), SpoolError> {
@@ -592,7 +956,7 @@ impl Spool {
         match panicked {
             Some(shard) => Err(SpoolError::Io {
                 op: "join writer thread",
-                path: self.io.shard_path(shard as u8),
+                path: self.core.io.shard_path(shard as u8),
                 source: Arc::new(std::io::Error::other("spool writer thread panicked")),
             }),
             None => Ok(()),
@@ -615,3 +979,9 @@ impl Drop for Spool {
         }
     }
 }
+
+// Test modules last: tests/tidy.rs checks everything above the first `#[cfg(test)]`.
+#[cfg(test)]
+mod sim_tests;
+#[cfg(test)]
+mod tests;

@@ -18,6 +18,15 @@
 //! Segment preambles: a file of at most 64 bytes is an interrupted creation (frames are only
 //! written after the preamble is synced) and is removed in repair mode; a longer file whose two
 //! header copies are both bad, or whose header names another shard or number, is Fatal.
+//!
+//! Compaction leftovers (see [`super::compact`] for the protocol): a `N.seg.tmp` file is a
+//! compaction that did not publish its segment; its sources are all still present, so it is
+//! removed (repair mode) and reported. A queue id found in two segments is a compaction that
+//! published its segment but did not finish unlinking the sources: the bytes are identical; the
+//! first copy found (lowest segment) is indexed, the others are remembered as copies and the
+//! id is reported in `duplicate_ids`. The next compaction reclaims the dead copies. Neither
+//! case needs a decision-table row: they are whole files, not frames, and every frame in them
+//! is intact.
 
 use std::fmt;
 use std::ops::ControlFlow;
@@ -132,10 +141,19 @@ pub struct ShardRecovery {
     pub corrupt_frames: Vec<CorruptFrame>,
     /// Segment files of at most a preamble (an interrupted creation), removed when writable.
     pub empty_segments: Vec<u64>,
+    /// Temporary files of an interrupted compaction (`N.seg.tmp`), removed when writable.
+    pub temp_segments: Vec<u64>,
     /// Segments whose first header copy was bad and the second one was used.
     pub header_copies_repaired: Vec<u64>,
-    /// Records whose queue id was already indexed (kept: the first one).
+    /// Records whose queue id was already indexed: copies left by an interrupted compaction
+    /// (kept: the first one; the others are dead bytes the next compaction reclaims).
     pub duplicate_ids: Vec<QueueId>,
+    /// Duplicates whose bytes differ from the kept copy (should never happen: compaction
+    /// copies bytes as they are). Reported loudly; the first copy is kept.
+    pub conflicting_duplicates: Vec<QueueId>,
+    /// Deletion records kept, and how many (mailbox, id) pairs they name.
+    pub deletion_records: u64,
+    pub deletion_pairs: u64,
     /// Repairs (truncate, remove) that failed. Not fatal: old segments are never appended
     /// to, so the next start meets the same tail and decides the same way.
     pub repair_errors: Vec<String>,
@@ -166,8 +184,10 @@ impl RecoveryReport {
             s.torn_tails.is_empty()
                 && s.corrupt_frames.is_empty()
                 && s.empty_segments.is_empty()
+                && s.temp_segments.is_empty()
                 && s.header_copies_repaired.is_empty()
                 && s.duplicate_ids.is_empty()
+                && s.conflicting_duplicates.is_empty()
                 && s.repair_errors.is_empty()
         })
     }
@@ -212,6 +232,13 @@ impl fmt::Display for RecoveryReport {
             for e in &s.empty_segments {
                 write!(f, "\n    empty segment {e} (interrupted creation)")?;
             }
+            for e in &s.temp_segments {
+                write!(
+                    f,
+                    "\n    temporary segment {e}.seg.tmp (interrupted compaction){}",
+                    if s.writable { " removed" } else { "" }
+                )?;
+            }
             for e in &s.header_copies_repaired {
                 write!(
                     f,
@@ -224,8 +251,16 @@ impl fmt::Display for RecoveryReport {
             if !s.duplicate_ids.is_empty() {
                 write!(
                     f,
-                    "\n    {} duplicate queue id(s), first kept",
+                    "\n    {} duplicate queue id(s) (interrupted compaction), first kept",
                     s.duplicate_ids.len()
+                )?;
+            }
+            if !s.conflicting_duplicates.is_empty() {
+                write!(
+                    f,
+                    "\n    {} duplicate queue id(s) with DIFFERENT bytes, first kept: {:?}",
+                    s.conflicting_duplicates.len(),
+                    s.conflicting_duplicates
                 )?;
             }
         }
@@ -233,10 +268,13 @@ impl fmt::Display for RecoveryReport {
     }
 }
 
-/// One kept record, handed to the visitor with the segment bytes of its body.
+/// One kept record, handed to the visitor with its header and the segment bytes of its meta
+/// and body (compaction copies them as they are).
 pub(crate) struct Visit<'a> {
     pub location: Location,
+    pub header: FrameHeader,
     pub record: Record,
+    pub meta: &'a [u8],
     pub body: &'a [u8],
 }
 
@@ -277,7 +315,9 @@ fn next_valid_header(buf: &[u8], from: u64, salt: u32) -> Option<u64> {
     None
 }
 
-/// Outcome of examining one frame position.
+/// Outcome of examining one frame position. Short-lived on the stack, so the size difference
+/// of its variants costs nothing worth an allocation per record.
+#[allow(clippy::large_enum_variant)]
 enum Step {
     Keep { header: FrameHeader, record: Record },
     Truncate { reason: String },
@@ -424,8 +464,8 @@ fn fatal(path: PathBuf, offset: u64, reason: impl Into<String>) -> SpoolError {
 }
 
 /// Scans every segment of one shard directory, calling `visit` for each kept record (in log
-/// order); `visit` may stop the scan early. Repairs torn tails and empty leftovers in
-/// [`Mode::Repair`].
+/// order); `visit` may stop the scan early. Repairs torn tails, empty leftovers and compaction
+/// temporaries in [`Mode::Repair`].
 pub(crate) fn scan_shard(
     io: &dyn SegmentIo,
     shard: u8,
@@ -439,154 +479,221 @@ pub(crate) fn scan_shard(
         ..ShardRecovery::default()
     };
     let mut resume = ShardResume::default();
+    let temps = io
+        .list_temp_segments(shard)
+        .map_err(|e| SpoolError::io("list segments", io.shard_path(shard), e))?;
+    for &segment in &temps {
+        // Its number was handed out: never reuse it.
+        resume.next_segment = resume.next_segment.max(segment + 1);
+        report.temp_segments.push(segment);
+        if writable {
+            tracing::warn!(
+                shard,
+                segment,
+                "spool: removing the temporary file of an interrupted compaction"
+            );
+            let removed = io
+                .remove_temp_segment(shard, segment)
+                .map_err(|e| {
+                    SpoolError::io(
+                        "remove compaction temporary",
+                        io.temp_segment_path(shard, segment),
+                        e,
+                    )
+                })
+                .and_then(|()| {
+                    io.sync_shard_dir(shard)
+                        .map_err(|e| SpoolError::io("sync dir", io.shard_path(shard), e))
+                });
+            if let Err(e) = removed {
+                tracing::warn!(error = %e, "spool: recovery repair failed");
+                report.repair_errors.push(e.to_string());
+            }
+        }
+    }
     let segments = io
         .list_segments(shard)
         .map_err(|e| SpoolError::io("list segments", io.shard_path(shard), e))?;
     for &segment in &segments {
         resume.next_segment = resume.next_segment.max(segment + 1);
-        let path = io.segment_path(shard, segment);
-        let (mut file, buf) = read_segment(io, shard, segment, writable)?;
-        report.segments_scanned += 1;
-        if buf.len() as u64 <= SEGMENT_PREAMBLE_LEN {
-            // Frames are written only after the preamble is synced: nothing can be lost here.
-            report.empty_segments.push(segment);
-            if writable {
-                drop(file);
-                let removed = io
-                    .remove_segment(shard, segment)
-                    .map_err(|e| SpoolError::io("remove empty segment", &path, e))
-                    .and_then(|()| {
-                        io.sync_shard_dir(shard)
-                            .map_err(|e| SpoolError::io("sync dir", io.shard_path(shard), e))
-                    });
-                if let Err(e) = removed {
-                    tracing::warn!(error = %e, "spool: recovery repair failed");
-                    report.repair_errors.push(e.to_string());
-                }
-            }
-            continue;
-        }
-        let first = SegmentHeader::decode(&buf[..SEGMENT_HEADER_LEN]);
-        let seg_header = match first {
-            Ok(h) => h,
-            Err(e1) => {
-                match SegmentHeader::decode(&buf[SEGMENT_HEADER_LEN..2 * SEGMENT_HEADER_LEN]) {
-                    Ok(h) => {
-                        report.header_copies_repaired.push(segment);
-                        h
-                    }
-                    Err(e2) => {
-                        let newer = [e1, e2].into_iter().find_map(|e| match e {
-                            SegmentHeaderError::UnknownFormat(v) => Some(v),
-                            _ => None,
-                        });
-                        let reason = match newer {
-                            Some(v) => format!(
-                                "segment format {v} is unknown to this build (written by a newer relay?)"
-                            ),
-                            None => format!(
-                                "both segment header copies are unreadable ({e1:?}, {e2:?}); \
-                                 move the file aside to start without its records"
-                            ),
-                        };
-                        return Err(fatal(path, 0, reason));
-                    }
-                }
-            }
-        };
-        if seg_header.shard != u16::from(shard) || seg_header.segment != segment {
-            return Err(fatal(
-                path,
-                0,
-                format!(
-                    "segment header names shard {} segment {}, but the file is shard {} segment {}",
-                    seg_header.shard, seg_header.segment, shard, segment
-                ),
-            ));
-        }
-        let salt = seg_header.salt;
-        let mut off = SEGMENT_PREAMBLE_LEN as usize;
-        while off < buf.len() {
-            match examine(&buf, off, salt) {
-                Step::Keep { header, record } => {
-                    let frame_len = header.frame_len();
-                    let body_at = off + header.body_offset() as usize;
-                    let location = Location {
-                        shard,
-                        segment,
-                        offset: off as u64,
-                        frame_len,
-                        body_offset: body_at as u64,
-                        body_len: u64::from(header.body_len),
-                    };
-                    report.records_kept += 1;
-                    report.bytes_kept += frame_len;
-                    resume.next_seq = resume.next_seq.max(header.seq + 1);
-                    let Record::Message(meta) = &record;
-                    if meta.id.shard() == shard {
-                        resume.last_micros = resume.last_micros.max(meta.id.micros());
-                    }
-                    let body = &buf[body_at..body_at + header.body_len as usize];
-                    let flow = visit(Visit {
-                        location,
-                        record,
-                        body,
-                    });
-                    if flow.is_break() {
-                        return Ok((report, resume));
-                    }
-                    off += frame_len as usize;
-                }
-                Step::Truncate { reason } => {
-                    let dropped = (buf.len() - off) as u64;
-                    tracing::warn!(
-                        shard,
-                        segment,
-                        offset = off,
-                        bytes = dropped,
-                        %reason,
-                        "spool: torn tail{}",
-                        if writable { " truncated" } else { " (read-only, left alone)" }
-                    );
-                    report.torn_tails.push(TornTail {
-                        segment,
-                        offset: off as u64,
-                        bytes_dropped: dropped,
-                        reason,
-                    });
-                    if writable {
-                        let cut = file
-                            .truncate(off as u64)
-                            .map_err(|e| SpoolError::io("truncate torn tail", &path, e))
-                            .and_then(|()| {
-                                file.sync_data()
-                                    .map_err(|e| SpoolError::io("sync truncated segment", &path, e))
-                            });
-                        if let Err(e) = cut {
-                            tracing::warn!(error = %e, "spool: recovery repair failed");
-                            report.repair_errors.push(e.to_string());
-                        }
-                    }
-                    break;
-                }
-                Step::Skip {
-                    resume: next,
-                    reason,
-                } => {
-                    tracing::warn!(shard, segment, offset = off, bytes = next - off as u64, %reason, "spool: corrupt frame skipped");
-                    report.corrupt_frames.push(CorruptFrame {
-                        segment,
-                        offset: off as u64,
-                        bytes_skipped: next - off as u64,
-                        reason,
-                    });
-                    off = next as usize;
-                }
-                Step::Fatal { reason } => return Err(fatal(path, off as u64, reason)),
-            }
+        let flow = scan_segment(io, shard, segment, mode, &mut report, &mut resume, visit)?;
+        if flow.is_break() {
+            break;
         }
     }
     Ok((report, resume))
+}
+
+/// Scans one segment (see [`scan_shard`]). In read-only mode a segment that vanished since it
+/// was listed (a concurrent compaction unlinked it after publishing its replacement) is
+/// skipped.
+pub(crate) fn scan_segment(
+    io: &dyn SegmentIo,
+    shard: u8,
+    segment: u64,
+    mode: Mode,
+    report: &mut ShardRecovery,
+    resume: &mut ShardResume,
+    visit: &mut dyn FnMut(Visit<'_>) -> ControlFlow<()>,
+) -> Result<ControlFlow<()>, SpoolError> {
+    let writable = mode == Mode::Repair;
+    let path = io.segment_path(shard, segment);
+    let (mut file, buf) = match read_segment(io, shard, segment, writable) {
+        Ok(v) => v,
+        Err(SpoolError::Io { ref source, .. })
+            if !writable && source.kind() == std::io::ErrorKind::NotFound =>
+        {
+            return Ok(ControlFlow::Continue(()));
+        }
+        Err(e) => return Err(e),
+    };
+    report.segments_scanned += 1;
+    if buf.len() as u64 <= SEGMENT_PREAMBLE_LEN {
+        // Frames are written only after the preamble is synced: nothing can be lost here.
+        report.empty_segments.push(segment);
+        if writable {
+            drop(file);
+            let removed = io
+                .remove_segment(shard, segment)
+                .map_err(|e| SpoolError::io("remove empty segment", &path, e))
+                .and_then(|()| {
+                    io.sync_shard_dir(shard)
+                        .map_err(|e| SpoolError::io("sync dir", io.shard_path(shard), e))
+                });
+            if let Err(e) = removed {
+                tracing::warn!(error = %e, "spool: recovery repair failed");
+                report.repair_errors.push(e.to_string());
+            }
+        }
+        return Ok(ControlFlow::Continue(()));
+    }
+    let first = SegmentHeader::decode(&buf[..SEGMENT_HEADER_LEN]);
+    let seg_header = match first {
+        Ok(h) => h,
+        Err(e1) => match SegmentHeader::decode(&buf[SEGMENT_HEADER_LEN..2 * SEGMENT_HEADER_LEN]) {
+            Ok(h) => {
+                report.header_copies_repaired.push(segment);
+                h
+            }
+            Err(e2) => {
+                let newer = [e1, e2].into_iter().find_map(|e| match e {
+                    SegmentHeaderError::UnknownFormat(v) => Some(v),
+                    _ => None,
+                });
+                let reason = match newer {
+                    Some(v) => format!(
+                        "segment format {v} is unknown to this build (written by a newer relay?)"
+                    ),
+                    None => format!(
+                        "both segment header copies are unreadable ({e1:?}, {e2:?}); \
+                         move the file aside to start without its records"
+                    ),
+                };
+                return Err(fatal(path, 0, reason));
+            }
+        },
+    };
+    if seg_header.shard != u16::from(shard) || seg_header.segment != segment {
+        return Err(fatal(
+            path,
+            0,
+            format!(
+                "segment header names shard {} segment {}, but the file is shard {} segment {}",
+                seg_header.shard, seg_header.segment, shard, segment
+            ),
+        ));
+    }
+    let salt = seg_header.salt;
+    let mut off = SEGMENT_PREAMBLE_LEN as usize;
+    while off < buf.len() {
+        match examine(&buf, off, salt) {
+            Step::Keep { header, record } => {
+                let frame_len = header.frame_len();
+                let body_at = off + header.body_offset() as usize;
+                let location = Location {
+                    shard,
+                    segment,
+                    offset: off as u64,
+                    frame_len,
+                    body_offset: body_at as u64,
+                    body_len: u64::from(header.body_len),
+                };
+                report.records_kept += 1;
+                report.bytes_kept += frame_len;
+                resume.next_seq = resume.next_seq.max(header.seq + 1);
+                match &record {
+                    Record::Message(meta) => {
+                        if meta.id.shard() == shard {
+                            resume.last_micros = resume.last_micros.max(meta.id.micros());
+                        }
+                    }
+                    Record::Deletion(d) => {
+                        report.deletion_records += 1;
+                        report.deletion_pairs += d.ids.len() as u64;
+                    }
+                }
+                let meta_at = off + FRAME_HEADER_LEN;
+                let flow = visit(Visit {
+                    location,
+                    header,
+                    record,
+                    meta: &buf[meta_at..meta_at + header.meta_len as usize],
+                    body: &buf[body_at..body_at + header.body_len as usize],
+                });
+                if flow.is_break() {
+                    return Ok(ControlFlow::Break(()));
+                }
+                off += frame_len as usize;
+            }
+            Step::Truncate { reason } => {
+                let dropped = (buf.len() - off) as u64;
+                tracing::warn!(
+                    shard,
+                    segment,
+                    offset = off,
+                    bytes = dropped,
+                    %reason,
+                    "spool: torn tail{}",
+                    if writable { " truncated" } else { " (read-only, left alone)" }
+                );
+                report.torn_tails.push(TornTail {
+                    segment,
+                    offset: off as u64,
+                    bytes_dropped: dropped,
+                    reason,
+                });
+                if writable {
+                    let cut = file
+                        .truncate(off as u64)
+                        .map_err(|e| SpoolError::io("truncate torn tail", &path, e))
+                        .and_then(|()| {
+                            file.sync_data()
+                                .map_err(|e| SpoolError::io("sync truncated segment", &path, e))
+                        });
+                    if let Err(e) = cut {
+                        tracing::warn!(error = %e, "spool: recovery repair failed");
+                        report.repair_errors.push(e.to_string());
+                    }
+                }
+                break;
+            }
+            Step::Skip {
+                resume: next,
+                reason,
+            } => {
+                tracing::warn!(shard, segment, offset = off, bytes = next - off as u64, %reason, "spool: corrupt frame skipped");
+                report.corrupt_frames.push(CorruptFrame {
+                    segment,
+                    offset: off as u64,
+                    bytes_skipped: next - off as u64,
+                    reason,
+                });
+                off = next as usize;
+            }
+            Step::Fatal { reason } => return Err(fatal(path, off as u64, reason)),
+        }
+    }
+    Ok(ControlFlow::Continue(()))
 }
 
 #[cfg(test)]

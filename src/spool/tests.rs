@@ -94,11 +94,11 @@ fn append_and_reopen_round_trip() {
     let (spool, report) = Spool::open(config(tmp.path()), 2).unwrap();
     assert!(report.is_clean(), "{report}");
     assert_eq!(report.records_kept(), 25);
-    assert_eq!(spool.index().len(), 25);
+    assert_eq!(spool.core.index.len(), 25);
     for (m, c) in a.iter().chain(&b) {
-        let loc = spool.index().get(m.id).unwrap();
-        assert_eq!(loc, &c.location);
-        let back = spool.read_message(loc).unwrap();
+        let loc = spool.locate(m.id).unwrap();
+        assert_eq!(loc, c.location);
+        let back = spool.read_message(&loc).unwrap();
         assert_eq!(back.body, stored_body(m));
         assert_eq!(back.meta.origin, m.origin);
         assert_eq!(back.meta.arrival_unix_micros, m.arrival_unix_micros);
@@ -208,7 +208,7 @@ fn torn_tail_is_truncated_and_logged() {
         last.offset,
         "truncated to the frame start"
     );
-    assert!(spool.index().get(written[4].0.id).is_none());
+    assert!(spool.locate(written[4].0.id).is_none());
     spool.close().unwrap();
 
     let (spool, report) = Spool::open(config(tmp.path()), 1).unwrap();
@@ -266,11 +266,11 @@ fn corrupt_byte_mid_segment_skips_only_that_record() {
     assert_eq!(corrupt[1].reason, "header checksum mismatch");
     assert!(report.shards[0].torn_tails.is_empty(), "{report}");
     for (i, (m, c)) in written.iter().enumerate() {
-        let found = spool.index().get(m.id);
+        let found = spool.locate(m.id);
         if i == 1 || i == 3 {
             assert!(found.is_none());
         } else {
-            assert_eq!(found, Some(&c.location));
+            assert_eq!(found, Some(c.location));
             assert_eq!(
                 spool.read_message(&c.location).unwrap().body,
                 stored_body(m)
@@ -328,7 +328,7 @@ fn append_raw_frame(path: &std::path::Path, kind: u16, version: u16) {
 
 #[test]
 fn unknown_kind_or_version_is_fatal_and_changes_nothing() {
-    for (kind, version) in [(99u16, 1u16), (1, 2)] {
+    for (kind, version) in [(99u16, 1u16), (1, 2), (2, 2), (3, 1)] {
         let tmp = tempfile::tempdir().unwrap();
         let (spool, _) = Spool::open(config(tmp.path()), 1).unwrap();
         write_some(&spool, 0, 2, 100);
@@ -383,7 +383,7 @@ fn segments_roll_over_and_a_huge_record_gets_its_own() {
     assert!(segs.len() >= 5, "{segs:?}");
     let (spool, report) = Spool::open(cfg, 1).unwrap();
     assert!(report.is_clean(), "{report}");
-    assert_eq!(spool.index().len(), 40);
+    assert_eq!(spool.core.index.len(), 40);
     for (m, c) in &written {
         assert_eq!(
             spool.read_message(&c.location).unwrap().body,
@@ -463,7 +463,7 @@ fn shards_beyond_the_count_are_read_not_written() {
     );
     assert!(report.to_string().contains("(read-only)"));
     for (m, c) in &w2 {
-        assert_eq!(spool.index().get(m.id), Some(&c.location));
+        assert_eq!(spool.locate(m.id), Some(c.location));
     }
     write_some(&spool, 0, 1, 10);
     spool.close().unwrap();
@@ -580,6 +580,18 @@ impl SegmentIo for GatedIo {
     fn sync_shard_dir(&self, shard: u8) -> std::io::Result<()> {
         self.inner.sync_shard_dir(shard)
     }
+    fn create_temp_segment(&self, shard: u8, seg: u64) -> std::io::Result<Box<dyn SegmentFile>> {
+        self.inner.create_temp_segment(shard, seg)
+    }
+    fn publish_temp_segment(&self, shard: u8, seg: u64) -> std::io::Result<()> {
+        self.inner.publish_temp_segment(shard, seg)
+    }
+    fn list_temp_segments(&self, shard: u8) -> std::io::Result<Vec<u64>> {
+        self.inner.list_temp_segments(shard)
+    }
+    fn remove_temp_segment(&self, shard: u8, seg: u64) -> std::io::Result<()> {
+        self.inner.remove_temp_segment(shard, seg)
+    }
     fn new_salt(&self) -> u32 {
         self.inner.new_salt()
     }
@@ -666,11 +678,9 @@ fn injected_write_and_sync_errors_fail_the_batch_and_move_to_a_new_segment() {
         let after = disk.crash();
         let (spool, report) =
             Spool::open_with_io(SpoolConfig::new("/unused"), 1, Arc::new(after.clone())).unwrap();
-        assert!(spool.index().get(a.id).is_some(), "{report}");
-        assert!(spool.index().get(c.id).is_some(), "{report}");
-        let back = spool
-            .read_message(spool.index().get(c.id).unwrap())
-            .unwrap();
+        assert!(spool.locate(a.id).is_some(), "{report}");
+        assert!(spool.locate(c.id).is_some(), "{report}");
+        let back = spool.read_message(&spool.locate(c.id).unwrap()).unwrap();
         assert_eq!(back.body, stored_body(&c));
         spool.close().unwrap();
     }
@@ -730,4 +740,383 @@ fn report_display_names_everything() {
         "{text}"
     );
     let _ = FRAME_HEADER_LEN;
+}
+
+fn delete_wait(h: &ShardHandle, mailbox: &str, ids: Vec<QueueId>) -> Result<(), SpoolError> {
+    h.append_deletion(mailbox.to_string(), ids)?
+        .blocking_recv()
+        .unwrap_or(Err(SpoolError::Closed))
+}
+
+/// A message for `mailboxes` (and a remote route when `remote`).
+fn local_message(h: &ShardHandle, n: usize, mailboxes: &[&str], remote: bool) -> NewMessage {
+    let mut m = message(h.next_id(SystemTime::now()), n, 2000 + n);
+    m.mailboxes = mailboxes.iter().map(|s| s.to_string()).collect();
+    m.remote = if remote {
+        vec!["far@example.com".into()]
+    } else {
+        Vec::new()
+    };
+    m
+}
+
+#[test]
+fn deletions_are_durable_and_replayed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (spool, _) = Spool::open(config(tmp.path()), 2).unwrap();
+    let h = spool.shard(0);
+    let both = local_message(&h, 1, &["alice", "bob"], false);
+    let alice_only = local_message(&h, 2, &["alice"], false);
+    let relayed = local_message(&h, 3, &["alice"], true);
+    let nobody = local_message(&h, 4, &[], false);
+    for m in [&both, &alice_only, &relayed, &nobody] {
+        append_wait(&h, m.clone()).unwrap();
+    }
+    // alice's QUIT goes through the other shard's writer: deletions are not tied to a shard.
+    let ids = vec![both.id, alice_only.id, relayed.id, nobody.id];
+    delete_wait(&spool.shard(1), "alice", ids).unwrap();
+    assert!(
+        delete_wait(&h, "alice", Vec::new()).is_ok(),
+        "nothing to store"
+    );
+    spool.close().unwrap();
+
+    let (spool, report) = Spool::open(config(tmp.path()), 2).unwrap();
+    assert!(report.is_clean(), "{report}");
+    let deletions: u64 = report.shards.iter().map(|s| s.deletion_pairs).sum();
+    assert_eq!(deletions, 4);
+    let replay = spool.replay().unwrap();
+    let listed: Vec<QueueId> = replay.messages.iter().map(|m| m.id).collect();
+    // alice_only is garbage (its one mailbox deleted it); the others stay.
+    assert_eq!(listed, vec![both.id, relayed.id, nobody.id]);
+    assert_eq!(
+        replay.deletions,
+        vec![
+            ("alice".to_string(), both.id),
+            ("alice".to_string(), relayed.id)
+        ]
+    );
+    let r = &replay.messages[0];
+    assert_eq!(r.mailboxes, vec!["alice", "bob"]);
+    assert_eq!(r.body_len, stored_body(&both).len() as u64);
+    assert_eq!(r.sender, both.envelope.reverse_path);
+    assert_eq!(r.recipients, both.envelope.recipients.len());
+    assert_eq!(r.arrival_unix_micros, both.arrival_unix_micros);
+    assert_eq!(replay.messages[1].remote, vec!["far@example.com"]);
+    // A second call reads the files again and agrees.
+    assert_eq!(spool.replay().unwrap(), replay);
+    spool.close().unwrap();
+}
+
+#[test]
+fn read_body_locates_at_once_and_verifies() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (spool, _) = Spool::open(config(tmp.path()), 1).unwrap();
+    let h = spool.shard(0);
+    let reader = spool.reader();
+    let m = local_message(&h, 1, &["alice"], false);
+    let c = append_wait(&h, m.clone()).unwrap();
+    // Acknowledged a moment ago: locatable and readable from any thread.
+    let back = std::thread::spawn(move || (reader.locate(m.id), reader.read_body(m.id)))
+        .join()
+        .unwrap();
+    assert_eq!(back.0, Some(c.location));
+    assert_eq!(back.1.unwrap(), stored_body(&m));
+    let missing = QueueId::new(1, 0);
+    assert!(matches!(spool.read_body(missing), Err(SpoolError::NotFound(id)) if id == missing));
+    assert_eq!(spool.core.files.cached(), 1);
+    // Damage on disk after open is refused, not served.
+    let path = FsIo::new(tmp.path().join("spool")).segment_path(0, c.location.segment);
+    let mut bytes = fs::read(&path).unwrap();
+    bytes[(c.location.body_offset + 7) as usize] ^= 0x20;
+    OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .unwrap()
+        .write_all(&bytes)
+        .unwrap();
+    let err = spool.read_body(m.id).unwrap_err();
+    assert!(matches!(err, SpoolError::Corrupt { .. }), "{err}");
+    assert!(err.to_string().contains("checksum"), "{err}");
+    spool.close().unwrap();
+}
+
+#[test]
+fn compaction_reclaims_garbage_and_keeps_what_is_still_needed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut cfg = config(tmp.path());
+    cfg.segment_size = 16 << 10;
+    let (spool, _) = Spool::open(cfg.clone(), 1).unwrap();
+    let h = spool.shard(0);
+    let mut kept = Vec::new();
+    let mut doomed = Vec::new();
+    for n in 0..40 {
+        let m = match n % 4 {
+            0 => local_message(&h, n, &["alice", "bob"], false), // alice deletes: bob keeps it
+            1 => local_message(&h, n, &["carol"], false),        // never deleted
+            _ => local_message(&h, n, &["alice"], false),        // deleted: garbage
+        };
+        append_wait(&h, m.clone()).unwrap();
+        if n % 4 >= 2 {
+            doomed.push(m);
+        } else {
+            kept.push(m);
+        }
+    }
+    let alice: Vec<QueueId> = kept
+        .iter()
+        .chain(&doomed)
+        .filter(|m| m.mailboxes.contains(&"alice".to_string()))
+        .map(|m| m.id)
+        .collect();
+    delete_wait(&h, "alice", alice).unwrap();
+    // The writer's active segment is never compacted, whatever its garbage.
+    let active = spool.locate(doomed[doomed.len() - 1].id).unwrap().segment;
+    let report = spool.compact().unwrap();
+    assert!(
+        report.segments_removed.iter().all(|&(_, s)| s < active),
+        "{report}"
+    );
+    assert!(!report.segments_removed.is_empty(), "{report}");
+    assert!(
+        report.messages_dropped > 0 && report.messages_copied > 0,
+        "{report}"
+    );
+    assert!(report.bytes_reclaimed() > 0, "{report}");
+    assert!(
+        report.to_string().starts_with("spool compaction:"),
+        "{report}"
+    );
+    // Readers follow the moves at once.
+    for m in &kept {
+        assert_eq!(spool.read_body(m.id).unwrap(), stored_body(m));
+    }
+    spool.close().unwrap();
+
+    // After a restart every segment is sealed: compact everything with any dead byte.
+    let (spool, report) = Spool::open(cfg.clone(), 1).unwrap();
+    assert!(report.is_clean(), "{report}");
+    let full = CompactionConfig {
+        live_percent_below: 100,
+        ..CompactionConfig::new(cfg.segment_size)
+    };
+    spool.compact_with(&full).unwrap();
+    let second = spool.compact_with(&full).unwrap();
+    assert_eq!(second.messages_dropped, 0, "{second}");
+    for m in &doomed {
+        assert!(spool.locate(m.id).is_none());
+    }
+    spool.close().unwrap();
+    let (spool, report) = Spool::open(cfg, 1).unwrap();
+    assert!(report.is_clean(), "{report}");
+    let replay = spool.replay().unwrap();
+    let mut ids: Vec<QueueId> = kept.iter().map(|m| m.id).collect();
+    ids.sort();
+    assert_eq!(
+        replay.messages.iter().map(|m| m.id).collect::<Vec<_>>(),
+        ids
+    );
+    // bob's copy of the alice+bob messages survives; alice's deletion of it too.
+    let shared: Vec<(String, QueueId)> = kept
+        .iter()
+        .filter(|m| m.mailboxes.len() == 2)
+        .map(|m| ("alice".to_string(), m.id))
+        .collect();
+    assert_eq!(replay.deletions, shared);
+    for m in &kept {
+        assert_eq!(spool.read_body(m.id).unwrap(), stored_body(m));
+    }
+    spool.close().unwrap();
+}
+
+#[test]
+fn leftovers_of_an_interrupted_compaction_are_resolved_at_open() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("spool");
+    let (spool, _) = Spool::open(config(tmp.path()), 1).unwrap();
+    let h = spool.shard(0);
+    let live: Vec<NewMessage> = (0..4)
+        .map(|n| local_message(&h, n, &["bob"], false))
+        .collect();
+    let gone: Vec<NewMessage> = (0..8)
+        .map(|n| local_message(&h, 10 + n, &["alice"], false))
+        .collect();
+    for m in live.iter().chain(&gone) {
+        append_wait(&h, m.clone()).unwrap();
+    }
+    delete_wait(&h, "alice", gone.iter().map(|m| m.id).collect()).unwrap();
+    spool.close().unwrap();
+    let io = FsIo::new(&dir);
+    let old = io.list_segments(0).unwrap();
+    assert_eq!(old.len(), 1);
+    let old_path = io.segment_path(0, old[0]);
+    let old_bytes = fs::read(&old_path).unwrap();
+
+    // A complete compaction, then the old segment put back: as if killed before the unlink.
+    let report = compact_offline(&dir).unwrap();
+    assert_eq!(report.segments_removed, vec![(0, old[0])], "{report}");
+    assert_eq!(report.messages_dropped, 8);
+    fs::write(&old_path, &old_bytes).unwrap();
+    // And a half-written temporary of a later attempt.
+    let temp = io.temp_segment_path(0, 999);
+    fs::write(&temp, b"RLYSPOOL partial").unwrap();
+
+    let (spool, report) = Spool::open(config(tmp.path()), 1).unwrap();
+    let s = &report.shards[0];
+    assert_eq!(s.temp_segments, vec![999], "{report}");
+    assert!(!temp.exists(), "temporary removed");
+    let mut dups = s.duplicate_ids.clone();
+    dups.sort();
+    assert_eq!(
+        dups,
+        live.iter().map(|m| m.id).collect::<Vec<_>>(),
+        "{report}"
+    );
+    assert!(s.conflicting_duplicates.is_empty(), "{report}");
+    assert!(
+        report.to_string().contains("interrupted compaction"),
+        "{report}"
+    );
+    // Nothing visible is duplicated or resurrected.
+    let replay = spool.replay().unwrap();
+    assert_eq!(
+        replay.messages.iter().map(|m| m.id).collect::<Vec<_>>(),
+        live.iter().map(|m| m.id).collect::<Vec<_>>()
+    );
+    assert!(replay.deletions.is_empty());
+    for m in &live {
+        assert_eq!(spool.read_body(m.id).unwrap(), stored_body(m));
+    }
+    // The next compaction drops the dead copies (and the garbage that came back with them).
+    let report = spool.compact().unwrap();
+    assert!(
+        report.copies_dropped + report.messages_dropped >= 8,
+        "{report}"
+    );
+    spool.close().unwrap();
+    let (spool, report) = Spool::open(config(tmp.path()), 1).unwrap();
+    assert!(report.is_clean(), "{report}");
+    assert_eq!(spool.replay().unwrap(), replay);
+    spool.close().unwrap();
+    // The next number is past the temporary's: never reused.
+    assert!(io.list_segments(0).unwrap().iter().all(|&n| n != 999));
+}
+
+#[test]
+fn compaction_runs_while_ingest_and_reads_go_on() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut cfg = config(tmp.path());
+    cfg.segment_size = 32 << 10;
+    let (spool, _) = Spool::open(cfg, 2).unwrap();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stored: Arc<Mutex<Vec<NewMessage>>> = Arc::default();
+    let mut threads = Vec::new();
+    for shard in 0..2 {
+        let h = spool.shard(shard);
+        let (stop, stored) = (Arc::clone(&stop), Arc::clone(&stored));
+        threads.push(std::thread::spawn(move || {
+            let mut n = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let a = local_message(&h, n, &["alice"], false);
+                let b = local_message(&h, n + 1, &["bob"], false);
+                append_wait(&h, a.clone()).unwrap();
+                append_wait(&h, b.clone()).unwrap();
+                delete_wait(&h, "alice", vec![a.id]).unwrap();
+                stored.lock().unwrap().push(b);
+                n += 2;
+            }
+        }));
+    }
+    let reader = spool.reader();
+    let (stop_r, stored_r) = (Arc::clone(&stop), Arc::clone(&stored));
+    let reads = std::thread::spawn(move || {
+        let mut reads = 0u64;
+        while !stop_r.load(std::sync::atomic::Ordering::Relaxed) {
+            let sample: Vec<NewMessage> = stored_r
+                .lock()
+                .unwrap()
+                .iter()
+                .rev()
+                .take(20)
+                .cloned()
+                .collect();
+            for m in sample {
+                assert_eq!(reader.read_body(m.id).unwrap(), stored_body(&m));
+                reads += 1;
+            }
+        }
+        reads
+    });
+    let mut removed = 0;
+    let compactor = spool.reader();
+    for _ in 0..30 {
+        std::thread::sleep(Duration::from_millis(20));
+        removed += compactor.compact().unwrap().segments_removed.len();
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for t in threads {
+        t.join().unwrap();
+    }
+    assert!(reads.join().unwrap() > 0);
+    assert!(removed > 0, "compaction found sealed segments to reclaim");
+    let all = stored.lock().unwrap().clone();
+    for m in &all {
+        assert_eq!(spool.read_body(m.id).unwrap(), stored_body(m));
+    }
+    spool.close().unwrap();
+    let (spool, report) = Spool::open(config(tmp.path()), 2).unwrap();
+    assert!(report.is_clean(), "{report}");
+    let replay = spool.replay().unwrap();
+    assert_eq!(
+        replay.messages.len(),
+        all.len(),
+        "only bob's copies are live"
+    );
+    spool.close().unwrap();
+}
+
+#[test]
+fn a_reader_holding_an_unlinked_segment_finishes_and_a_stale_location_is_retried() {
+    let disk = SimDisk::new(5, SimFaults::default());
+    let mut cfg = SpoolConfig::new("/unused");
+    cfg.segment_size = 8192;
+    let (spool, _) = Spool::open_with_io(cfg.clone(), 1, Arc::new(disk.clone())).unwrap();
+    let h = spool.shard(0);
+    let keep = local_message(&h, 1, &["bob"], false);
+    append_wait(&h, keep.clone()).unwrap();
+    for n in 0..6 {
+        let m = local_message(&h, 10 + n, &["alice"], false);
+        append_wait(&h, m.clone()).unwrap();
+        delete_wait(&h, "alice", vec![m.id]).unwrap();
+    }
+    spool.close().unwrap();
+    let (spool, _) = Spool::open_with_io(cfg, 1, Arc::new(disk.crash())).unwrap();
+    let before = spool.core.index.find(keep.id).unwrap();
+    let held = spool
+        .core
+        .files
+        .get(spool.core.io.as_ref(), 0, before.location.segment)
+        .unwrap();
+    let full = CompactionConfig {
+        live_percent_below: 100,
+        ..CompactionConfig::new(8192)
+    };
+    let report = spool.compact_with(&full).unwrap();
+    assert!(
+        report
+            .segments_removed
+            .contains(&(0, before.location.segment)),
+        "{report}"
+    );
+    let after = spool.locate(keep.id).unwrap();
+    assert_ne!(after.segment, before.location.segment);
+    // The handle taken before the unlink still reads the old bytes.
+    let mut body = vec![0u8; before.location.body_len as usize];
+    held.read_at(before.location.body_offset, &mut body)
+        .unwrap();
+    assert_eq!(body, stored_body(&keep));
+    // A read that looked up the old location: the file is gone, the lookup is retried.
+    assert!(spool.core.read_located(&before).is_err());
+    assert_eq!(spool.read_body(keep.id).unwrap(), stored_body(&keep));
+    spool.close().unwrap();
 }

@@ -8,7 +8,15 @@
 //! `commit_records_max`, optionally wait up to `commit_window` for more, then one vectored
 //! write and one fdatasync per segment touched (normally one), then reply. With a zero window a
 //! lone message is synced at once, and under load the batch grows by itself: everything that
-//! arrived during the previous fdatasync is in the next batch.
+//! arrived during the previous fdatasync is in the next batch. Messages and deletion records
+//! share the queue and the batches.
+//!
+//! After a chunk is durable, and before any reply goes out, the writer updates the live index
+//! (new messages located, deletions applied): whoever is told "stored" can locate it at once.
+//!
+//! Segment numbers come from the shard's shared counter (compaction takes numbers from it
+//! too). Before creating segment `n` the writer publishes `n` as its floor: compaction treats a
+//! segment as sealed only below the floor, so it never touches the file being appended to.
 
 use std::io::IoSlice;
 use std::path::PathBuf;
@@ -21,24 +29,48 @@ use rkyv::util::AlignedVec;
 use tokio::sync::oneshot;
 
 use super::frame::{
-    encode_message, pad16, EncodedFrame, MessageMeta, SegmentHeader, FRAME_HEADER_LEN,
-    SEGMENT_PREAMBLE_LEN, ZERO_PAD,
+    encode_deletion, encode_message, pad16, EncodedFrame, MailboxDeletion, MessageMeta,
+    SegmentHeader, FRAME_HEADER_LEN, SEGMENT_PREAMBLE_LEN, ZERO_PAD,
 };
-use super::io::{SegmentFile, SegmentIo};
-use super::{Committed, Location, ShardShared, SpoolError};
+use super::index::Entry;
+use super::io::SegmentFile;
+use super::{Committed, Core, Location, ShardShared, SpoolError};
 
 /// A message as the writer needs it: the meta to serialise and the two body parts, written
 /// straight from these buffers.
 #[derive(Debug, Clone)]
-pub(crate) struct Pending {
+pub(crate) struct PendingMessage {
     pub meta: MessageMeta,
     pub received: Vec<u8>,
     pub body: Vec<u8>,
 }
 
+/// One record to append. Moved by value through the preallocated channel like `Msg`: boxing
+/// the message variant would cost an allocation per message to shrink rare deletions.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug, Clone)]
+pub(crate) enum Pending {
+    Message(PendingMessage),
+    Deletion(MailboxDeletion),
+}
+
+impl Pending {
+    fn body_parts(&self) -> [&[u8]; 2] {
+        match self {
+            Pending::Message(m) => [&m.received, &m.body],
+            Pending::Deletion(_) => [&[], &[]],
+        }
+    }
+}
+
+pub(crate) enum Reply {
+    Message(oneshot::Sender<Result<Committed, SpoolError>>),
+    Deletion(oneshot::Sender<Result<(), SpoolError>>),
+}
+
 pub(crate) struct Request {
     pub pending: Pending,
-    pub reply: oneshot::Sender<Result<Committed, SpoolError>>,
+    pub reply: Reply,
 }
 
 // Requests move by value through the preallocated array channel (≈ 1 MB per shard at 4096);
@@ -58,38 +90,24 @@ struct ActiveSegment {
     tail: u64,
 }
 
-pub(crate) struct WriterConfig {
-    pub segment_size: u64,
-    pub fsync: bool,
-}
-
 pub(crate) struct ShardWriter {
     shard: u8,
-    io: Arc<dyn SegmentIo>,
-    cfg: WriterConfig,
+    core: Arc<Core>,
     current: Option<ActiveSegment>,
-    next_segment: u64,
     next_seq: u64,
     /// Headers and metas of the batch being built; reused so steady state allocates nothing.
     heads: AlignedVec<16>,
 }
 
 impl ShardWriter {
-    pub fn new(
-        shard: u8,
-        io: Arc<dyn SegmentIo>,
-        cfg: WriterConfig,
-        next_segment: u64,
-        next_seq: u64,
-    ) -> ShardWriter {
+    /// The writer of `shard`, which must be one of `core`'s writable shards. It never appends
+    /// to a segment written by an earlier run: its tail state is whatever the crash left, and a
+    /// fresh file makes "one writer per file" trivially true.
+    pub fn new(shard: u8, core: Arc<Core>, next_seq: u64) -> ShardWriter {
         ShardWriter {
             shard,
-            io,
-            cfg,
+            core,
             current: None,
-            // Never append to a segment written by an earlier run: its tail state is whatever
-            // the crash left, and a fresh file makes "one writer per file" trivially true.
-            next_segment: next_segment.max(1),
             next_seq,
             heads: AlignedVec::new(),
         }
@@ -97,15 +115,18 @@ impl ShardWriter {
 
     /// Creates the next segment durably: preamble written and synced, directory synced.
     fn open_segment(&mut self) -> Result<(), SpoolError> {
-        let number = self.next_segment;
-        // Bump first: a half-created file must not block the next attempt (create is O_EXCL).
-        self.next_segment += 1;
-        let path = self.io.segment_path(self.shard, number);
-        let mut file = self
-            .io
+        let io = Arc::clone(&self.core.io);
+        let fsync = self.core.fsync;
+        let segments = &self.core.shards[usize::from(self.shard)];
+        // Take the number first: a half-created file must not block the next attempt (create is
+        // O_EXCL). Publish it as the floor before the file exists (see the module doc).
+        let number = segments.next_segment.fetch_add(1, Ordering::SeqCst);
+        segments.writer_floor.store(number, Ordering::SeqCst);
+        let path = io.segment_path(self.shard, number);
+        let mut file = io
             .create_segment(self.shard, number)
             .map_err(|e| SpoolError::io("create segment", &path, e))?;
-        let salt = self.io.new_salt();
+        let salt = io.new_salt();
         let header = SegmentHeader {
             shard: u16::from(self.shard),
             segment: number,
@@ -116,19 +137,18 @@ impl ShardWriter {
             .write_all_at(0, &[IoSlice::new(&header), IoSlice::new(&header)])
             .map_err(|e| SpoolError::io("write segment header", &path, e))
             .and_then(|()| {
-                if self.cfg.fsync {
+                if fsync {
                     file.sync_data()
                         .map_err(|e| SpoolError::io("sync segment header", &path, e))?;
-                    self.io.sync_shard_dir(self.shard).map_err(|e| {
-                        SpoolError::io("sync dir", self.io.shard_path(self.shard), e)
-                    })?;
+                    io.sync_shard_dir(self.shard)
+                        .map_err(|e| SpoolError::io("sync dir", io.shard_path(self.shard), e))?;
                 }
                 Ok(())
             });
         if let Err(e) = result {
             drop(file);
             // Best effort: recovery removes preamble-only leftovers anyway.
-            let _ = self.io.remove_segment(self.shard, number);
+            let _ = io.remove_segment(self.shard, number);
             return Err(e);
         }
         tracing::debug!(shard = self.shard, segment = number, "spool: new segment");
@@ -150,27 +170,31 @@ impl ShardWriter {
         if let Some(mut seg) = self.current.take() {
             if let Err(e) = seg.file.truncate(seg.tail) {
                 tracing::warn!(path = %seg.path.display(), error = %e, "spool: truncate after failure failed; recovery will cut the tail");
-            } else if self.cfg.fsync {
+            } else if self.core.fsync {
                 let _ = seg.file.sync_data();
             }
             tracing::warn!(path = %seg.path.display(), tail = seg.tail, "spool: segment abandoned after an IO error; continuing in a new segment");
         }
     }
 
-    /// Writes and syncs a batch. Returns one result per message, in order: `Ok` only for
-    /// messages whose frame is covered by a successful fdatasync.
+    /// Writes and syncs a batch. Returns one result per record, in order: `Ok` only for
+    /// records whose frame is covered by a successful fdatasync (and is then in the index).
     pub fn commit(&mut self, batch: &[Pending]) -> Vec<Result<Location, SpoolError>> {
         let mut results: Vec<Option<Result<Location, SpoolError>>> = vec![None; batch.len()];
         // 1. Encode headers + metas into the reused buffer.
         self.heads.clear();
         let mut frames: Vec<(usize, EncodedFrame)> = Vec::with_capacity(batch.len());
         for (i, p) in batch.iter().enumerate() {
-            match encode_message(
-                &mut self.heads,
-                &p.meta,
-                [&p.received, &p.body],
-                self.next_seq,
-            ) {
+            let encoded = match p {
+                Pending::Message(m) => encode_message(
+                    &mut self.heads,
+                    &m.meta,
+                    [&m.received, &m.body],
+                    self.next_seq,
+                ),
+                Pending::Deletion(d) => encode_deletion(&mut self.heads, d, self.next_seq),
+            };
+            match encoded {
                 Ok(f) => {
                     self.next_seq += 1;
                     frames.push((i, f));
@@ -194,7 +218,7 @@ impl ShardWriter {
                 break;
             };
             let fresh = seg.tail == SEGMENT_PREAMBLE_LEN;
-            let room = self.cfg.segment_size.saturating_sub(seg.tail);
+            let room = self.core.segment_size.saturating_sub(seg.tail);
             let mut end = next;
             let mut bytes = 0u64;
             while end < frames.len() {
@@ -217,20 +241,42 @@ impl ShardWriter {
                 &mut self.heads,
                 batch,
                 &frames[next..end],
-                self.cfg.fsync,
+                self.core.fsync,
             ) {
                 Ok(()) => {
                     let mut offset = seg.tail;
                     for (i, f) in &frames[next..end] {
                         let frame_len = f.header.frame_len();
-                        results[*i] = Some(Ok(Location {
+                        let location = Location {
                             shard: self.shard,
                             segment: seg.number,
                             offset,
                             frame_len,
                             body_offset: offset + f.header.body_offset(),
                             body_len: u64::from(f.header.body_len),
-                        }));
+                        };
+                        // Durable: index it before anyone is told.
+                        match &batch[*i] {
+                            Pending::Message(m) => {
+                                self.core.index.insert(
+                                    m.meta.id,
+                                    Entry::new(
+                                        location,
+                                        f.header.data_crc,
+                                        f.meta_crc,
+                                        &m.meta.mailboxes,
+                                        m.meta.remote.len(),
+                                    ),
+                                );
+                            }
+                            Pending::Deletion(d) => {
+                                self.core.index.apply_deletion(&d.mailbox, &d.ids);
+                                self.core
+                                    .deletion_refs
+                                    .add(self.shard, seg.number, frame_len, &d.ids);
+                            }
+                        }
+                        results[*i] = Some(Ok(location));
                         offset += frame_len;
                     }
                     seg.tail = offset;
@@ -270,13 +316,11 @@ fn write_chunk(
     }
     let mut iov: Vec<IoSlice<'_>> = Vec::with_capacity(frames.len() * 4);
     for (i, f) in frames {
-        let p = &batch[*i];
         iov.push(IoSlice::new(&heads[f.head.clone()]));
-        if !p.received.is_empty() {
-            iov.push(IoSlice::new(&p.received));
-        }
-        if !p.body.is_empty() {
-            iov.push(IoSlice::new(&p.body));
+        for part in batch[*i].body_parts() {
+            if !part.is_empty() {
+                iov.push(IoSlice::new(part));
+            }
         }
         let body_len = u64::from(f.header.body_len);
         let pad = (pad16(body_len) - body_len) as usize;
@@ -372,11 +416,21 @@ fn commit_and_reply(writer: &mut ShardWriter, batch: &mut Vec<Request>, shared: 
         .failed_records
         .fetch_add(results.len() as u64 - ok, Ordering::Relaxed);
     for ((p, reply), result) in pendings.iter().zip(replies).zip(results) {
-        let answer = result.map(|location| Committed {
-            id: p.meta.id,
-            location,
-        });
-        // The session may have gone away; its message is stored all the same.
-        let _ = reply.send(answer);
+        // The session may have gone away; its record is stored all the same.
+        match (p, reply) {
+            (Pending::Message(m), Reply::Message(reply)) => {
+                let _ = reply.send(result.map(|location| Committed {
+                    id: m.meta.id,
+                    location,
+                }));
+            }
+            (_, Reply::Deletion(reply)) => {
+                let _ = reply.send(result.map(|_| ()));
+            }
+            (Pending::Deletion(_), Reply::Message(reply)) => {
+                // Not built by `ShardHandle`; answer rather than leave the waiter hanging.
+                let _ = reply.send(Err(SpoolError::Closed));
+            }
+        }
     }
 }
