@@ -72,6 +72,14 @@ enum SpoolCommand {
         #[arg(long, short)]
         config: Option<PathBuf>,
     },
+    /// Rewrite segments whose live bytes fell below half (run with the server stopped;
+    /// the running server compacts by itself every `spool.compact_interval`).
+    Compact {
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
     /// Print one stored message (Received header and content) as stored.
     Cat {
         id: String,
@@ -154,6 +162,12 @@ fn spool(command: SpoolCommand) -> Result<()> {
                 )?;
             }
             writeln!(out, "-- {} message(s)", messages.len())?;
+        }
+        SpoolCommand::Compact { dir, config } => {
+            let dir = spool_dir(dir, config.as_deref())?;
+            let report = relay::spool::compact_offline(&dir)
+                .with_context(|| format!("cannot compact spool {}", dir.display()))?;
+            println!("{report}");
         }
         SpoolCommand::Cat { id, dir, config } => {
             let dir = spool_dir(dir, config.as_deref())?;

@@ -11,5 +11,6 @@ pub mod conn;
 pub mod io;
 pub mod limits;
 pub mod listener;
+pub mod pop3_conn;
 pub mod shard;
 pub mod smtp_conn;
