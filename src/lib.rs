@@ -12,6 +12,7 @@
 
 pub mod config;
 pub mod envelope;
+pub mod mime;
 pub mod net;
 pub mod runtime;
 pub mod smtp;
