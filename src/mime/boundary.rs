@@ -14,7 +14,8 @@
 //!   `abc`: it is not a delimiter and the scan goes on. That is how boundaries that are
 //!   prefixes of others (forbidden by §5.1.1, written anyway) are handled.
 //! - After the close delimiter, everything is the epilogue, even lines that look like
-//!   delimiters. Without a close delimiter the last part runs to the end of the body.
+//!   delimiters. Without a close delimiter the last part runs to the end of the body, less
+//!   one final line end.
 //! - No delimiter at all: the whole body is the preamble and there are no parts.
 //!
 //! Exposure: peer bytes. Work is linear in the body (each candidate is checked in O(padding)
@@ -179,7 +180,16 @@ impl<'b> Splitter<'b> {
                 if split.parts.len() >= max_parts {
                     return Err(TooManyParts);
                 }
-                split.parts.push(ps..end);
+                // Without a close delimiter the final line end is read as the one that
+                // would have preceded it (what Python's email and mail-parser do too).
+                let mut e = end;
+                if e > ps && buf[e - 1] == b'\n' {
+                    e -= 1;
+                    if e > ps && buf[e - 1] == b'\r' {
+                        e -= 1;
+                    }
+                }
+                split.parts.push(ps..e);
             }
         }
         Ok(split)
@@ -243,7 +253,7 @@ mod tests {
                 ("", &["one\r\n--bb\r\n--b-x", "two"], "", true),
             ),
             // Missing close delimiter: the last part runs to the end.
-            ("--b\r\none\r\n--b\r\ntwo\r\n", "b", ("", &["one", "two\r\n"], "", false)),
+            ("--b\r\none\r\n--b\r\ntwo\r\n", "b", ("", &["one", "two"], "", false)),
             // No delimiter at all.
             ("just text\r\n", "b", ("just text\r\n", &[], "", false)),
             // Delimiters after the close are epilogue.
