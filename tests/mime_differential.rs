@@ -77,9 +77,11 @@ impl Gen {
                     s.push(' ');
                 }
                 if eight_bit && self.rng.chance(20) {
-                    s.push_str(*self.rng.pick(UTF8_WORDS));
+                    let w: &&str = self.rng.pick(UTF8_WORDS);
+                    s.push_str(w);
                 } else {
-                    s.push_str(*self.rng.pick(WORDS));
+                    let w: &&str = self.rng.pick(WORDS);
+                    s.push_str(w);
                 }
             }
             s.push_str(self.le);
@@ -119,12 +121,16 @@ impl Gen {
         let cte = if binary {
             "base64"
         } else {
-            *self.rng.pick(&["7bit", "8bit", "quoted-printable", "base64", ""])
+            *self
+                .rng
+                .pick(&["7bit", "8bit", "quoted-printable", "base64", ""])
         };
         let content = if binary {
-            (0..self.rng.below(3000)).map(|_| self.rng.next() as u8).collect()
+            (0..self.rng.below(3000))
+                .map(|_| self.rng.next() as u8)
+                .collect()
         } else {
-            self.text(cte != "7bit" && cte != "")
+            self.text(cte != "7bit" && !cte.is_empty())
         };
         Node::Leaf {
             ctype,
@@ -141,7 +147,9 @@ impl Gen {
         if r < 6 {
             return Node::Message(Box::new(self.node(depth + 1, None)));
         }
-        let sub = *self.rng.pick(&["mixed", "alternative", "parallel", "digest", "related"]);
+        let sub = *self
+            .rng
+            .pick(&["mixed", "alternative", "parallel", "digest", "related"]);
         let boundary = self.boundary(parent_boundary);
         let digest = sub == "digest";
         // At least one part: RFC 2046 §5.1.1 requires it, and Python reads a multipart
@@ -182,7 +190,11 @@ impl Gen {
             .ok();
         }
         match node {
-            Node::Leaf { ctype, cte, content } => {
+            Node::Leaf {
+                ctype,
+                cte,
+                content,
+            } => {
                 let ct = self.header_name("Content-Type");
                 if *ctype != "text/plain" || in_digest || self.rng.chance(50) {
                     let shown = if self.rng.chance(30) {
@@ -285,7 +297,9 @@ impl std::fmt::Write for S<'_> {
 /// The truth about a generated tree, in depth-first order.
 fn truth(node: &Node, depth: usize, out: &mut Outline) {
     match node {
-        Node::Leaf { ctype, content, .. } => out.push((depth, ctype.to_string(), Some(content.clone()))),
+        Node::Leaf { ctype, content, .. } => {
+            out.push((depth, ctype.to_string(), Some(content.clone())))
+        }
         Node::Message(inner) => {
             out.push((depth, "message/rfc822".into(), None));
             truth(inner, depth + 1, out);
@@ -320,9 +334,7 @@ fn mail_parser_outline(text: &[u8]) -> Outline {
         let part = &msg.parts[id];
         let ctype = part
             .content_type()
-            .map(|ct| {
-                format!("{}/{}", ct.ctype(), ct.subtype().unwrap_or("")).to_ascii_lowercase()
-            })
+            .map(|ct| format!("{}/{}", ct.ctype(), ct.subtype().unwrap_or("")).to_ascii_lowercase())
             .unwrap_or_else(|| "?".into());
         match &part.body {
             PartType::Multipart(ids) => {
@@ -343,7 +355,9 @@ fn mail_parser_outline(text: &[u8]) -> Outline {
             }
         }
     }
-    let msg = MessageParser::default().parse(text).expect("mail-parser parse");
+    let msg = MessageParser::default()
+        .parse(text)
+        .expect("mail-parser parse");
     let mut out = Vec::new();
     walk(&msg, 0, 0, &mut out);
     out
@@ -412,7 +426,9 @@ fn write_outline(name: &str, o: &Outline) -> String {
 fn mail_parser_child() {
     let (Some(dir), Some(start)) = (
         std::env::var_os("MIME_MP_DIR"),
-        std::env::var("MIME_MP_START").ok().and_then(|s| s.parse::<usize>().ok()),
+        std::env::var("MIME_MP_START")
+            .ok()
+            .and_then(|s| s.parse::<usize>().ok()),
     ) else {
         return; // Only meaningful as a child.
     };
@@ -648,7 +664,11 @@ fn mail_parser_agrees() {
     );
     // Python decides the disputed ones.
     let dir = tempfile::tempdir().expect("tempdir");
-    let disputed: Vec<usize> = panics.iter().map(|p| p.0).chain(differs.iter().copied()).collect();
+    let disputed: Vec<usize> = panics
+        .iter()
+        .map(|p| p.0)
+        .chain(differs.iter().copied())
+        .collect();
     let files: Vec<PathBuf> = disputed
         .iter()
         .map(|&n| {
@@ -659,7 +679,10 @@ fn mail_parser_agrees() {
         .collect();
     if let Some(py) = python_outlines(&files) {
         for (k, &n) in disputed.iter().enumerate() {
-            assert_eq!(py[k], corpus[n].1, "message {n}: mail-parser and Python both differ");
+            assert_eq!(
+                py[k], corpus[n].1,
+                "message {n}: mail-parser and Python both differ"
+            );
         }
     }
     assert!(

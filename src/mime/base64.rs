@@ -300,7 +300,8 @@ mod tests {
 
     #[test]
     fn decode_table() {
-        let table: &[(&[u8], Result<&[u8], Base64Error>)] = &[
+        type Case<'a> = (&'a [u8], Result<&'a [u8], Base64Error>);
+        let table: &[Case<'_>] = &[
             (b"", Ok(b"")),
             (b"TWFu", Ok(b"Man")),
             (b"TWE=", Ok(b"Ma")),

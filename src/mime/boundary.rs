@@ -126,7 +126,11 @@ impl<'b> Splitter<'b> {
             match classify(buf, start + dash_len, end) {
                 LineKind::Delimiter(next) => {
                     part_start = Some(next);
-                    from = if buf[next - 1] == b'\n' { next - 1 } else { next } - start;
+                    from = if buf[next - 1] == b'\n' {
+                        next - 1
+                    } else {
+                        next
+                    } - start;
                 }
                 LineKind::Close(next) => {
                     split.closed = true;
@@ -171,7 +175,11 @@ impl<'b> Splitter<'b> {
             part_start = Some(next);
             // The LF that ended this delimiter line may also start the next one (an empty
             // part: "--b CRLF --b"), so the search resumes on it.
-            from = if buf[next - 1] == b'\n' { next - 1 } else { next } - start;
+            from = if buf[next - 1] == b'\n' {
+                next - 1
+            } else {
+                next
+            } - start;
         }
         match part_start {
             // No delimiter at all: all preamble.
@@ -239,7 +247,11 @@ mod tests {
             // An empty line as preamble: the CRLF belongs to the delimiter.
             ("\r\n--b\r\none\r\n--b--\r\n", "b", ("", &["one"], "", true)),
             // LF only.
-            ("pre\n--b\none\n--b\ntwo\n--b--\n", "b", ("pre", &["one", "two"], "", true)),
+            (
+                "pre\n--b\none\n--b\ntwo\n--b--\n",
+                "b",
+                ("pre", &["one", "two"], "", true),
+            ),
             // Transport padding after the boundary and after the close.
             (
                 "--b \t\r\none\r\n--b--  \r\nepi",
@@ -253,7 +265,11 @@ mod tests {
                 ("", &["one\r\n--bb\r\n--b-x", "two"], "", true),
             ),
             // Missing close delimiter: the last part runs to the end.
-            ("--b\r\none\r\n--b\r\ntwo\r\n", "b", ("", &["one", "two"], "", false)),
+            (
+                "--b\r\none\r\n--b\r\ntwo\r\n",
+                "b",
+                ("", &["one", "two"], "", false),
+            ),
             // No delimiter at all.
             ("just text\r\n", "b", ("just text\r\n", &[], "", false)),
             // Delimiters after the close are epilogue.
@@ -267,7 +283,11 @@ mod tests {
             // The delimiter at the very end without a line end.
             ("--b\r\none\r\n--b", "b", ("", &["one", ""], "", false)),
             // Close delimiter directly at the start.
-            ("--b--\r\nall epilogue", "b", ("", &[], "all epilogue", true)),
+            (
+                "--b--\r\nall epilogue",
+                "b",
+                ("", &[], "all epilogue", true),
+            ),
             // A boundary inside a line is text.
             ("--b\r\na --b b\r\n--b--", "b", ("", &["a --b b"], "", true)),
         ];

@@ -88,7 +88,11 @@ pub fn downgrade<'a>(message: &'a [u8], limits: &Limits) -> Result<Cow<'a, [u8]>
     }
     let msg = parse(message, limits)?;
     let mut out = Vec::with_capacity(message.len() + message.len() / 3);
-    Writer { msg: &msg, out: &mut out }.message()?;
+    Writer {
+        msg: &msg,
+        out: &mut out,
+    }
+    .message()?;
     Ok(Cow::Owned(out))
 }
 
@@ -128,11 +132,13 @@ impl Writer<'_, '_, '_> {
         while let Some(step) = stack.pop() {
             match step {
                 Step::Copy(r) => self.out.extend_from_slice(&self.msg.buf()[r]),
-                Step::Sanitize(r) => self.out.extend(
-                    self.msg.buf()[r]
-                        .iter()
-                        .map(|&b| if b >= 0x80 { b'?' } else { b }),
-                ),
+                Step::Sanitize(r) => {
+                    self.out.extend(
+                        self.msg.buf()[r]
+                            .iter()
+                            .map(|&b| if b >= 0x80 { b'?' } else { b }),
+                    )
+                }
                 Step::Part(i) => self.part(i, &mut stack)?,
             }
         }
@@ -163,7 +169,9 @@ impl Writer<'_, '_, '_> {
                         || (part.content_type.is_top("message") && part.encoding.is_identity());
                     let escaped = decoded
                         .iter()
-                        .filter(|&&b| b >= 0x80 || (b < 32 && b != b'\r' && b != b'\n' && b != b'\t'))
+                        .filter(|&&b| {
+                            b >= 0x80 || (b < 32 && b != b'\r' && b != b'\n' && b != b'\t')
+                        })
                         .count();
                     let (enc, bytes) = if texty && escaped * QP_MAX_ESCAPED_PER <= decoded.len() {
                         (
@@ -184,13 +192,11 @@ impl Writer<'_, '_, '_> {
                     None
                 }
             }
-            PartKind::Multipart { .. } | PartKind::Message => {
-                matches!(
-                    part.encoding,
-                    TransferEncoding::EightBit | TransferEncoding::Binary
-                )
-                .then_some(TransferEncoding::SevenBit)
-            }
+            PartKind::Multipart { .. } | PartKind::Message => matches!(
+                part.encoding,
+                TransferEncoding::EightBit | TransferEncoding::Binary
+            )
+            .then_some(TransferEncoding::SevenBit),
         };
         // The header.
         let mut has_mime_version = false;
@@ -263,7 +269,11 @@ impl Writer<'_, '_, '_> {
         let name = String::from_utf8_lossy(name_bytes).into_owned();
         let lower = name.to_ascii_lowercase();
         let raw = &buf[field.value.clone()];
-        let unfolded: Vec<u8> = raw.iter().copied().filter(|&b| b != b'\r' && b != b'\n').collect();
+        let unfolded: Vec<u8> = raw
+            .iter()
+            .copied()
+            .filter(|&b| b != b'\r' && b != b'\n')
+            .collect();
         let Ok(text) = std::str::from_utf8(unfolded.trim_ascii()) else {
             return Err(DowngradeError::HeaderNotUtf8 { field: name });
         };
@@ -365,14 +375,22 @@ mod tests {
     fn check(text: &[u8]) -> Vec<u8> {
         let out = downgrade(text, &Limits::default()).unwrap().into_owned();
         assert!(!has_8bit(&out), "{}", String::from_utf8_lossy(&out));
-        assert_eq!(leaves(&out), leaves(text), "{}", String::from_utf8_lossy(&out));
+        assert_eq!(
+            leaves(&out),
+            leaves(text),
+            "{}",
+            String::from_utf8_lossy(&out)
+        );
         out
     }
 
     #[test]
     fn seven_bit_is_borrowed() {
         let text = b"Subject: x\r\n\r\nhello\r\n";
-        assert!(matches!(downgrade(text, &Limits::default()), Ok(Cow::Borrowed(_))));
+        assert!(matches!(
+            downgrade(text, &Limits::default()),
+            Ok(Cow::Borrowed(_))
+        ));
     }
 
     #[test]
@@ -381,7 +399,10 @@ mod tests {
         let out = check(text);
         let s = String::from_utf8(out).unwrap();
         assert!(s.contains("MIME-Version: 1.0\r\n"), "{s}");
-        assert!(s.contains("Content-Transfer-Encoding: quoted-printable\r\n"), "{s}");
+        assert!(
+            s.contains("Content-Transfer-Encoding: quoted-printable\r\n"),
+            "{s}"
+        );
         assert!(!s.contains("8bit"), "{s}");
         assert!(s.contains("Caf=C3=A9 au lait"), "{s}");
     }
@@ -390,11 +411,18 @@ mod tests {
     fn binary_ish_becomes_base64() {
         let mut text = b"MIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=b\r\n\r\npre\xff\r\n--b\r\nContent-Type: text/plain\r\n\r\nplain ascii\r\n--b\r\nContent-Type: application/octet-stream\r\nContent-Transfer-Encoding: 8bit\r\n\r\n".to_vec();
         text.extend((0..=255u8).filter(|&b| b != b'\r' && b != b'\n'));
-        text.extend_from_slice("\r\n--b\r\nContent-Type: text/plain; charset=koi8-r\r\n\r\nпривет мир\r\n--b--\r\nepi".as_bytes());
+        text.extend_from_slice(
+            "\r\n--b\r\nContent-Type: text/plain; charset=koi8-r\r\n\r\nпривет мир\r\n--b--\r\nepi"
+                .as_bytes(),
+        );
         text.extend_from_slice(b"\xfe\r\n");
         let out = check(&text);
         let s = String::from_utf8(out).unwrap();
-        assert_eq!(s.matches("Content-Transfer-Encoding: base64").count(), 2, "{s}");
+        assert_eq!(
+            s.matches("Content-Transfer-Encoding: base64").count(),
+            2,
+            "{s}"
+        );
         assert!(s.contains("pre?\r\n--b\r\n"));
         assert!(s.contains("--b--\r\nepi?\r\n"));
         assert!(s.contains("plain ascii\r\n--b\r\n"));
@@ -411,8 +439,14 @@ mod tests {
             Some("Jörg Müller <jm@example.org>, plain@example.org")
         );
         let inner = msg.parts[1].children.start;
-        assert_eq!(msg.header_text(inner, "from").as_deref(), Some("Ünal, X <u@example.org>"));
-        assert_eq!(msg.header_text(inner, "subject").as_deref(), Some("inner ü"));
+        assert_eq!(
+            msg.header_text(inner, "from").as_deref(),
+            Some("Ünal, X <u@example.org>")
+        );
+        assert_eq!(
+            msg.header_text(inner, "subject").as_deref(),
+            Some("inner ü")
+        );
         assert_eq!(
             msg.header(0, "content-transfer-encoding"),
             Some(&b" 7bit"[..])
@@ -428,11 +462,15 @@ mod tests {
             ),
             (
                 "Content-Type: text/plain; name=\"é.txt\"\r\n\r\nx".as_bytes(),
-                DowngradeError::EightBitHeader { field: "Content-Type".into() },
+                DowngradeError::EightBitHeader {
+                    field: "Content-Type".into(),
+                },
             ),
             (
                 b"Subject: \xff\xfe\r\n\r\nx",
-                DowngradeError::HeaderNotUtf8 { field: "Subject".into() },
+                DowngradeError::HeaderNotUtf8 {
+                    field: "Subject".into(),
+                },
             ),
         ];
         for (text, want) in cases {
@@ -442,7 +480,9 @@ mod tests {
 
     #[test]
     fn part_without_blank_line_gets_one() {
-        let text = "Content-Type: multipart/mixed; boundary=b\r\n\r\n--b\r\nnot a header ü\r\n--b--\r\n".as_bytes();
+        let text =
+            "Content-Type: multipart/mixed; boundary=b\r\n\r\n--b\r\nnot a header ü\r\n--b--\r\n"
+                .as_bytes();
         check(text);
     }
 

@@ -18,8 +18,8 @@ use super::base64;
 /// Windows-1252 octets 0x80–0x9F (the rest is ISO-8859-1); undefined ones are U+FFFD.
 const CP1252_HIGH: [char; 32] = [
     '€', '\u{FFFD}', '‚', 'ƒ', '„', '…', '†', '‡', 'ˆ', '‰', 'Š', '‹', 'Œ', '\u{FFFD}', 'Ž',
-    '\u{FFFD}', '\u{FFFD}', '‘', '’', '“', '”', '•', '–', '—', '˜', '™', 'š', '›', 'œ',
-    '\u{FFFD}', 'ž', 'Ÿ',
+    '\u{FFFD}', '\u{FFFD}', '‘', '’', '“', '”', '•', '–', '—', '˜', '™', 'š', '›', 'œ', '\u{FFFD}',
+    'ž', 'Ÿ',
 ];
 
 /// Converts `bytes` in `charset` to text, or `None` for a charset we do not know. A RFC 2231
@@ -185,8 +185,14 @@ mod tests {
             (b"=?ISO-8859-1?Q?a?= =?ISO-8859-1?Q?b?=", "ab"),
             (b"=?ISO-8859-1?Q?a?=\r\n  =?ISO-8859-1?Q?b?=", "ab"),
             (b"=?ISO-8859-1?Q?a_b?=", "a b"),
-            (b"=?ISO-8859-1?Q?a?= =?ISO-8859-2?Q?_b?=", "a=?ISO-8859-2?Q?_b?="),
-            (b"=?US-ASCII?Q?Keith_Moore?= <moore@cs.utk.edu>", "Keith Moore <moore@cs.utk.edu>"),
+            (
+                b"=?ISO-8859-1?Q?a?= =?ISO-8859-2?Q?_b?=",
+                "a=?ISO-8859-2?Q?_b?=",
+            ),
+            (
+                b"=?US-ASCII?Q?Keith_Moore?= <moore@cs.utk.edu>",
+                "Keith Moore <moore@cs.utk.edu>",
+            ),
             (b"=?ISO-8859-1?Q?Andr=E9?= Pirard", "André Pirard"),
             (b"=?utf-8?b?w6lsw6h2ZQ==?=", "élève"),
             (b"=?UTF-8*en?B?w6k=?=", "é"),
@@ -204,7 +210,13 @@ mod tests {
 
     #[test]
     fn encode_round_trips_and_fits() {
-        for text in ["", "a", "Grüße aus Köln", &"é".repeat(100), &"日本語".repeat(40)] {
+        for text in [
+            "",
+            "a",
+            "Grüße aus Köln",
+            &"é".repeat(100),
+            &"日本語".repeat(40),
+        ] {
             let enc = encode_utf8(text);
             for word in enc.split("\r\n ") {
                 assert!(word.len() <= 75, "{word}");

@@ -35,7 +35,10 @@ pub fn parse_message(data: &[u8]) {
             assert_eq!(child.parent, Some(i));
             assert!(p.body.start <= child.span.start && child.span.end <= p.body.end);
         }
-        if let PartKind::Multipart { preamble, epilogue, .. } = &p.kind {
+        if let PartKind::Multipart {
+            preamble, epilogue, ..
+        } = &p.kind
+        {
             assert!(p.body.start <= preamble.start && preamble.end <= p.body.end);
             assert!(p.body.start <= epilogue.start && epilogue.end <= p.body.end);
         }
@@ -80,7 +83,9 @@ pub fn qp_decode(data: &[u8]) {
         for mode in [qp::Mode::Text, qp::Mode::Binary] {
             let enc = qp::encode(input, mode);
             assert!(enc.iter().all(|&b| b.is_ascii()));
-            assert!(enc.split(|&b| b == b'\n').all(|l| l.len() <= qp::LINE_CHARS + 1));
+            assert!(enc
+                .split(|&b| b == b'\n')
+                .all(|l| l.len() <= qp::LINE_CHARS + 1));
             assert_eq!(qp::decode(&enc), input);
         }
     }
@@ -91,14 +96,19 @@ mod tests {
     use std::path::Path;
 
     fn seeds(target: &str) -> Vec<Vec<u8>> {
-        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus").join(target);
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("fuzz/corpus")
+            .join(target);
         let mut files: Vec<_> = std::fs::read_dir(&dir)
             .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
             .map(|e| e.unwrap().path())
             .collect();
         files.sort();
         assert!(!files.is_empty(), "no seeds in {}", dir.display());
-        files.into_iter().map(|f| std::fs::read(f).unwrap()).collect()
+        files
+            .into_iter()
+            .map(|f| std::fs::read(f).unwrap())
+            .collect()
     }
 
     #[test]

@@ -200,8 +200,7 @@ impl<'a> Lexer<'a> {
     /// Skips whitespace (folding included) and comments.
     fn skip_cfws(&mut self) {
         loop {
-            while self.i < self.s.len() && matches!(self.s[self.i], b' ' | b'\t' | b'\r' | b'\n')
-            {
+            while self.i < self.s.len() && matches!(self.s[self.i], b' ' | b'\t' | b'\r' | b'\n') {
                 self.i += 1;
             }
             if self.peek() != Some(b'(') {
@@ -305,7 +304,8 @@ impl<'a> Lexer<'a> {
             return self.quoted();
         }
         let start = self.i;
-        while self.i < self.s.len() && !matches!(self.s[self.i], b';' | b'"' | b'(' | b'\r' | b'\n') {
+        while self.i < self.s.len() && !matches!(self.s[self.i], b';' | b'"' | b'(' | b'\r' | b'\n')
+        {
             self.i += 1;
         }
         Cow::Borrowed(self.s[start..self.i].trim_ascii())
@@ -471,21 +471,12 @@ pub fn find_param<'a>(params: Params<'a>, name: &str) -> Option<ParamValue<'a>> 
     for p in params {
         match section_of(p.name, name) {
             None => {}
-            Some((None, false)) => {
-                if plain.is_none() {
-                    plain = Some(p.value);
-                }
+            Some((None, false)) if plain.is_none() => plain = Some(p.value),
+            Some((None, true)) if extended_single.is_none() => extended_single = Some(p.value),
+            Some((Some(n), ext)) if sections.len() < SECTIONS_MAX => {
+                sections.push((n, ext, p.value));
             }
-            Some((None, true)) => {
-                if extended_single.is_none() {
-                    extended_single = Some(p.value);
-                }
-            }
-            Some((Some(n), ext)) => {
-                if sections.len() < SECTIONS_MAX {
-                    sections.push((n, ext, p.value));
-                }
-            }
+            Some(_) => {}
         }
     }
     if !sections.is_empty() {
@@ -595,7 +586,8 @@ impl<'a> ContentType<'a> {
 
     /// Is the media type `top/sub` (case-insensitive)?
     pub fn is(&self, top: &str, sub: &str) -> bool {
-        self.top.eq_ignore_ascii_case(top.as_bytes()) && self.sub.eq_ignore_ascii_case(sub.as_bytes())
+        self.top.eq_ignore_ascii_case(top.as_bytes())
+            && self.sub.eq_ignore_ascii_case(sub.as_bytes())
     }
 
     pub fn is_top(&self, top: &str) -> bool {
@@ -791,9 +783,13 @@ mod tests {
 
     #[test]
     fn content_types() {
-        let table: &[(&[u8], Option<(&str, &[(&str, &[u8])])>)] = &[
+        type Case<'a> = (&'a [u8], Option<(&'a str, &'a [(&'a str, &'a [u8])])>);
+        let table: &[Case<'_>] = &[
             (b"text/plain", Some(("text/plain", &[]))),
-            (b" TEXT/Plain ; charset=\"utf-8\"", Some(("text/plain", &[("charset", b"utf-8")]))),
+            (
+                b" TEXT/Plain ; charset=\"utf-8\"",
+                Some(("text/plain", &[("charset", b"utf-8")])),
+            ),
             (
                 b"multipart/mixed;\r\n\tboundary=\"--=_a b\\\"c\"",
                 Some(("multipart/mixed", &[("boundary", b"--=_a b\"c")])),
@@ -883,14 +879,20 @@ mod tests {
 
     #[test]
     fn transfer_encodings() {
-        assert_eq!(TransferEncoding::parse(b" Base64 "), TransferEncoding::Base64);
+        assert_eq!(
+            TransferEncoding::parse(b" Base64 "),
+            TransferEncoding::Base64
+        );
         assert_eq!(
             TransferEncoding::parse(b"QUOTED-PRINTABLE (x)"),
             TransferEncoding::QuotedPrintable
         );
         assert_eq!(TransferEncoding::parse(b"8BIT"), TransferEncoding::EightBit);
         assert_eq!(TransferEncoding::parse(b""), TransferEncoding::SevenBit);
-        assert_eq!(TransferEncoding::parse(b"x-uuencode"), TransferEncoding::Other);
+        assert_eq!(
+            TransferEncoding::parse(b"x-uuencode"),
+            TransferEncoding::Other
+        );
     }
 
     #[test]
@@ -907,6 +909,9 @@ mod tests {
 
     #[test]
     fn display_values() {
-        assert_eq!(display_value(b" =?utf-8?q?caf=C3=A9?=\r\n and more"), "café and more");
+        assert_eq!(
+            display_value(b" =?utf-8?q?caf=C3=A9?=\r\n and more"),
+            "café and more"
+        );
     }
 }

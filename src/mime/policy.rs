@@ -103,7 +103,13 @@ fn sanitize(text: &str) -> String {
     let mut out: String = text
         .chars()
         .take(REASON_NAME_MAX)
-        .map(|c| if c.is_ascii_graphic() || c == ' ' { c } else { '?' })
+        .map(|c| {
+            if c.is_ascii_graphic() || c == ' ' {
+                c
+            } else {
+                '?'
+            }
+        })
         .collect();
     if text.chars().count() > REASON_NAME_MAX {
         out.push_str("...");
@@ -252,38 +258,60 @@ mod tests {
             );
         }
         let err = policy()
-            .check(&with_attachment("Content-Disposition: attachment; filename=\"x\u{7}\u{0}y.exe\""))
+            .check(&with_attachment(
+                "Content-Disposition: attachment; filename=\"x\u{7}\u{0}y.exe\"",
+            ))
             .unwrap_err();
         assert!(err.reason().is_ascii());
-        assert!(!err.reason().chars().any(|c| c.is_ascii_control()), "{}", err.reason());
+        assert!(
+            !err.reason().chars().any(|c| c.is_ascii_control()),
+            "{}",
+            err.reason()
+        );
         // Not blocked: no extension, or an extension that merely contains a blocked one.
         for headers in [
             "Content-Disposition: attachment; filename=exe",
             "Content-Disposition: attachment; filename=a.exee",
         ] {
-            assert!(policy().check(&with_attachment(headers)).is_ok(), "{headers}");
+            assert!(
+                policy().check(&with_attachment(headers)).is_ok(),
+                "{headers}"
+            );
         }
     }
 
     #[test]
     fn blocked_types() {
-        for headers in ["Content-Type: Application/X-MSDownload", "Content-Type: audio/mpeg"] {
+        for headers in [
+            "Content-Type: Application/X-MSDownload",
+            "Content-Type: audio/mpeg",
+        ] {
             assert_eq!(
-                policy().check(&with_attachment(headers)).map_err(|e| e.to_string().contains("not accepted")),
+                policy()
+                    .check(&with_attachment(headers))
+                    .map_err(|e| e.to_string().contains("not accepted")),
                 Err(true),
                 "{headers}"
             );
         }
-        assert!(policy().check(&with_attachment("Content-Type: audiox/mpeg")).is_ok());
+        assert!(policy()
+            .check(&with_attachment("Content-Type: audiox/mpeg"))
+            .is_ok());
     }
 
     #[test]
     fn limits_become_violations() {
         let mut deep = Vec::new();
         for i in 0..6 {
-            deep.extend_from_slice(format!("Content-Type: multipart/mixed; boundary=b{i}\r\n\r\n--b{i}\r\n").as_bytes());
+            deep.extend_from_slice(
+                format!("Content-Type: multipart/mixed; boundary=b{i}\r\n\r\n--b{i}\r\n")
+                    .as_bytes(),
+            );
         }
-        assert_eq!(policy().check(&deep), Err(PolicyViolation::TooDeep { limit: 4 }));
+        assert_eq!(
+            policy().check(&deep),
+            Err(PolicyViolation::TooDeep { limit: 4 })
+        );
         let mut many = b"Content-Type: multipart/mixed; boundary=b\r\n\r\n".to_vec();
         for _ in 0..100 {
             many.extend_from_slice(b"--b\r\n\r\nx\r\n");

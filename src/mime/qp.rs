@@ -222,12 +222,7 @@ mod tests {
             (b"a\r\n\r\nb", b"a\r\n\r\nb"),
         ];
         for (input, want) in table {
-            assert_eq!(
-                decode(input),
-                *want,
-                "{:?}",
-                String::from_utf8_lossy(input)
-            );
+            assert_eq!(decode(input), *want, "{:?}", String::from_utf8_lossy(input));
         }
     }
 

@@ -201,9 +201,7 @@ pub fn parse<'a>(buf: &'a [u8], limits: &Limits) -> Result<Message<'a>, LimitExc
                             limit: limits.max_depth,
                         });
                     }
-                    let room = limits
-                        .max_parts
-                        .saturating_sub(next_index);
+                    let room = limits.max_parts.saturating_sub(next_index);
                     let split = Splitter::new(&boundary, &mut needle)
                         .split(buf, body.clone(), room)
                         .map_err(|TooManyParts| LimitExceeded::Parts {
@@ -362,7 +360,9 @@ mod tests {
             .map(|i| {
                 let p = &msg.parts[i];
                 let content = match p.kind {
-                    PartKind::Leaf => String::from_utf8_lossy(&msg.decoded(i).unwrap()).into_owned(),
+                    PartKind::Leaf => {
+                        String::from_utf8_lossy(&msg.decoded(i).unwrap()).into_owned()
+                    }
                     _ => String::new(),
                 };
                 (p.depth, p.content_type.essence(), content)
@@ -464,14 +464,26 @@ epilogue\r\n";
         let got = outline(text);
         assert_eq!(
             got.iter().map(|g| g.1.as_str()).collect::<Vec<_>>(),
-            ["multipart/digest", "message/rfc822", "text/plain", "text/plain"]
+            [
+                "multipart/digest",
+                "message/rfc822",
+                "text/plain",
+                "text/plain"
+            ]
         );
         assert_eq!(got[2].2, "first");
     }
 
     #[test]
     fn every_multipart_subtype_splits() {
-        for sub in ["mixed", "alternative", "parallel", "related", "signed", "x-unknown"] {
+        for sub in [
+            "mixed",
+            "alternative",
+            "parallel",
+            "related",
+            "signed",
+            "x-unknown",
+        ] {
             let text = format!(
                 "Content-Type: multipart/{sub}; boundary=b\r\n\r\n--b\r\n\r\na\r\n--b\r\n\r\nb\r\n--b--\r\n"
             );
@@ -490,14 +502,22 @@ epilogue\r\n";
         ];
         for (text, defect) in cases {
             let msg = parse(text, &Limits::default()).unwrap();
-            assert_eq!(msg.defects, vec![(0, *defect)], "{:?}", String::from_utf8_lossy(text));
+            assert_eq!(
+                msg.defects,
+                vec![(0, *defect)],
+                "{:?}",
+                String::from_utf8_lossy(text)
+            );
         }
     }
 
     fn nest(depth: usize) -> Vec<u8> {
         let mut text = Vec::new();
         for i in 0..depth {
-            text.extend_from_slice(format!("Content-Type: multipart/mixed; boundary=b{i}\r\n\r\n--b{i}\r\n").as_bytes());
+            text.extend_from_slice(
+                format!("Content-Type: multipart/mixed; boundary=b{i}\r\n\r\n--b{i}\r\n")
+                    .as_bytes(),
+            );
         }
         text.extend_from_slice(b"\r\nleaf\r\n");
         text
@@ -510,7 +530,10 @@ epilogue\r\n";
             ..Limits::default()
         };
         assert!(parse(&nest(5), &limits).is_ok());
-        assert_eq!(parse(&nest(6), &limits).unwrap_err(), LimitExceeded::Depth { limit: 5 });
+        assert_eq!(
+            parse(&nest(6), &limits).unwrap_err(),
+            LimitExceeded::Depth { limit: 5 }
+        );
         // Absurd nesting stays an error, not a stack overflow.
         assert!(parse(&nest(100_000), &Limits::default()).is_err());
         // message/rfc822 nesting counts too.
@@ -573,7 +596,10 @@ epilogue\r\n";
         for (i, p) in msg.parts.iter().enumerate() {
             assert!(p.span.start <= p.header.start && p.header.end <= p.body.start);
             assert!(p.body.end <= p.span.end && p.span.end <= NESTED.len());
-            assert!(std::ptr::eq(msg.body(i).as_ptr(), NESTED[p.body.start..].as_ptr()));
+            assert!(std::ptr::eq(
+                msg.body(i).as_ptr(),
+                NESTED[p.body.start..].as_ptr()
+            ));
         }
     }
 }
