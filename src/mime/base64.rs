@@ -67,10 +67,11 @@ pub fn encode_wrapped_into(src: &[u8], out: &mut Vec<u8>) {
             let to = base + line * (LINE_CHARS + 2);
             let len = LINE_CHARS.min(chars - line * LINE_CHARS);
             if line > 0 {
-                if len == LINE_CHARS {
-                    out.copy_within(from..from + LINE_CHARS, to);
-                } else {
-                    out.copy_within(from..from + len, to);
+                // A full line goes through a fixed-size array: constant-size copies become a
+                // few vector moves instead of a memmove call per line.
+                match <[u8; LINE_CHARS]>::try_from(&out[from..from + len]) {
+                    Ok(full) => out[to..to + LINE_CHARS].copy_from_slice(&full),
+                    Err(_) => out.copy_within(from..from + len, to),
                 }
             }
             out[to + len] = b'\r';
