@@ -187,6 +187,7 @@ fn is_token_byte(b: u8) -> bool {
 }
 
 /// A cursor over a structured field value that skips CFWS (RFC 5322 §3.2.2).
+#[derive(Clone, Debug)]
 struct Lexer<'a> {
     s: &'a [u8],
     i: usize,
@@ -355,21 +356,6 @@ impl<'a> Iterator for Params<'a> {
             let value = self.lex.value();
             return Some(RawParam { name, value });
         }
-    }
-}
-
-impl Clone for Lexer<'_> {
-    fn clone(&self) -> Self {
-        Lexer {
-            s: self.s,
-            i: self.i,
-        }
-    }
-}
-
-impl std::fmt::Debug for Lexer<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Lexer({})", self.i)
     }
 }
 

@@ -26,7 +26,8 @@
 //! RFC 6532 (message/global is parsed like message/rfc822).
 //!
 //! **Limits** (defaults in [`Limits::default`], each with its reason): nesting 32 levels,
-//! 10,000 parts, 100 KiB and 1,000 fields per header block. Boundaries longer than
+//! 10,000 parts, 100 KiB and 1,000 fields per header block, 80,000 fields in all
+//! ([`Limits::total_header_fields`]). Boundaries longer than
 //! [`header::BOUNDARY_MAX`] octets are not boundaries (RFC 2046 allows 70).
 //!
 //! **Tolerance.** Line ends may be CRLF (what SMTP delivers) or LF alone (stored or foreign
@@ -97,6 +98,17 @@ pub enum LimitExceeded {
     HeaderBytes { limit: usize },
     #[error("more than {limit} header fields in one block")]
     HeaderFields { limit: usize },
+    #[error("more than {limit} header fields in the message")]
+    TotalHeaderFields { limit: usize },
+}
+
+impl Limits {
+    /// Header fields in the whole message: eight per part on average, and never fewer than
+    /// one full block. Real parts carry 2–5 fields; the cap keeps the field arena (48 octets
+    /// a field) proportional to the parts allowed instead of to the input size.
+    pub fn total_header_fields(&self) -> usize {
+        self.max_header_fields.max(self.max_parts.saturating_mul(8))
+    }
 }
 
 #[cfg(test)]

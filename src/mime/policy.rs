@@ -90,9 +90,9 @@ impl From<LimitExceeded> for PolicyViolation {
         match e {
             LimitExceeded::Depth { limit } => PolicyViolation::TooDeep { limit },
             LimitExceeded::Parts { limit } => PolicyViolation::TooManyParts { limit },
-            LimitExceeded::HeaderBytes { .. } | LimitExceeded::HeaderFields { .. } => {
-                PolicyViolation::HeaderTooLarge
-            }
+            LimitExceeded::HeaderBytes { .. }
+            | LimitExceeded::HeaderFields { .. }
+            | LimitExceeded::TotalHeaderFields { .. } => PolicyViolation::HeaderTooLarge,
         }
     }
 }

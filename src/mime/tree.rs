@@ -153,13 +153,23 @@ pub fn parse<'a>(buf: &'a [u8], limits: &Limits) -> Result<Message<'a>, LimitExc
     while let Some(p) = queue.pop_front() {
         let index = msg.parts.len();
         let first_field = msg.fields.len();
+        // The field arena grows with the message; a message of tiny parts full of tiny
+        // fields would otherwise cost 48 octets of arena per 3 octets of input.
+        let total_max = limits.total_header_fields();
+        let room = total_max.saturating_sub(msg.fields.len());
         let block = header::parse_block(
             buf,
             p.span.clone(),
             limits.max_header_bytes,
-            limits.max_header_fields,
+            limits.max_header_fields.min(room),
             &mut msg.fields,
-        )?;
+        )
+        .map_err(|e| match e {
+            LimitExceeded::HeaderFields { .. } if room < limits.max_header_fields => {
+                LimitExceeded::TotalHeaderFields { limit: total_max }
+            }
+            other => other,
+        })?;
         let fields = first_field..msg.fields.len();
         let field_value = |name: &str| -> Option<&'a [u8]> {
             msg.fields[fields.clone()]
@@ -579,6 +589,27 @@ epilogue\r\n";
         assert_eq!(
             parse(&text, &Limits::default()).unwrap_err(),
             LimitExceeded::HeaderFields { limit: 1000 }
+        );
+    }
+
+    #[test]
+    fn total_fields_are_bounded() {
+        let limits = Limits {
+            max_parts: 100,
+            max_header_fields: 1000,
+            ..Limits::default()
+        };
+        let mut text = b"Content-Type: multipart/mixed; boundary=b\r\n\r\n".to_vec();
+        for _ in 0..90 {
+            text.extend_from_slice(b"--b\r\n");
+            text.extend_from_slice(&b"a:\r\n".repeat(900));
+            text.extend_from_slice(b"\r\nx\r\n");
+        }
+        assert_eq!(
+            parse(&text, &limits).unwrap_err(),
+            LimitExceeded::TotalHeaderFields {
+                limit: limits.total_header_fields()
+            }
         );
     }
 
