@@ -27,8 +27,12 @@
 //!   is encoded as an encoded word (RFC 2047 §5 (3) allows them in a phrase); an 8-bit
 //!   address itself cannot be expressed in 7 bits (that needs SMTPUTF8, RFC 6531), so the
 //!   conversion fails with [`DowngradeError::EightBitAddress`].
-//! - Any other structured field with 8-bit octets (Content-Type with a raw 8-bit file name,
-//!   Message-ID, Received...) fails with [`DowngradeError::EightBitHeader`], as does header
+//! - Content-Type and Content-Disposition with 8-bit UTF-8 parameter values (the raw
+//!   `filename="café.pdf"` many MUAs write) are rewritten with RFC 2231 extended values
+//!   (`filename*=utf-8''caf%C3%A9.pdf`, in sections when long), which MIME readers decode
+//!   back to the same name.
+//! - Any other structured field with 8-bit octets (Message-ID, Received, an 8-bit media
+//!   type...) fails with [`DowngradeError::EightBitHeader`], as does header
 //!   text that is not UTF-8: guessing a charset or rewriting a structured field could change
 //!   its meaning. The outbound client bounces such a message with 5.6.3 ("conversion required
 //!   but not supported", RFC 3463) instead of sending a mislabelled one.
@@ -41,7 +45,7 @@ use std::ops::Range;
 
 use super::base64;
 use super::encoded_word;
-use super::header::{Field, TransferEncoding};
+use super::header::{ContentType, Disposition, Field, TransferEncoding};
 use super::qp;
 use super::tree::{parse, Message, PartKind};
 use super::{LimitExceeded, Limits};
@@ -281,6 +285,9 @@ impl Writer<'_, '_, '_> {
             encoded_word::encode_utf8(text)
         } else if ADDRESS_FIELDS.contains(&lower.as_str()) {
             encode_address_list(text).ok_or(DowngradeError::EightBitAddress { field: name })?
+        } else if lower == "content-type" || lower == "content-disposition" {
+            encode_mime_params(&lower, text)
+                .ok_or(DowngradeError::EightBitHeader { field: name })?
         } else {
             return Err(DowngradeError::EightBitHeader { field: name });
         };
@@ -290,6 +297,110 @@ impl Writer<'_, '_, '_> {
         self.out.extend_from_slice(b"\r\n");
         Ok(())
     }
+}
+
+/// RFC 2231 §7 `attribute-char`: what may stand unencoded in an extended value.
+fn is_attribute_char(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$&+-.^_`|~".contains(&b)
+}
+
+/// Encoded characters per RFC 2231 section, so each folded line stays short (RFC 5322 §2.1.1
+/// recommends 78 characters).
+const SECTION_CHARS: usize = 48;
+
+/// Rewrites a Content-Type or Content-Disposition whose parameter values hold 8-bit UTF-8
+/// (a raw `filename="café.pdf"`) with RFC 2231 extended values
+/// (`filename*=utf-8''caf%C3%A9.pdf`), split into sections when long, one parameter per
+/// folded line. `None` if the 8-bit text is anywhere else (the media type itself, a
+/// parameter name, an already-sectioned parameter).
+fn encode_mime_params(field: &str, text: &str) -> Option<String> {
+    let bytes = text.as_bytes();
+    let (lead, params) = if field == "content-type" {
+        let ct = ContentType::parse(bytes)?;
+        (
+            format!(
+                "{}/{}",
+                std::str::from_utf8(ct.top).ok()?,
+                std::str::from_utf8(ct.sub).ok()?
+            ),
+            ct.params(),
+        )
+    } else {
+        let d = Disposition::parse(bytes)?;
+        (std::str::from_utf8(d.kind).ok()?.to_string(), d.params())
+    };
+    if !lead.is_ascii() {
+        return None;
+    }
+    let mut out = lead;
+    for p in params {
+        let name = std::str::from_utf8(p.name).ok()?;
+        if !name.is_ascii() {
+            return None;
+        }
+        out.push_str(";\r\n ");
+        if p.value.is_ascii() {
+            out.push_str(name);
+            out.push('=');
+            let token = !p.value.is_empty()
+                && p.value
+                    .iter()
+                    .all(|&b| is_attribute_char(b) || b"*'%".contains(&b));
+            if token {
+                out.push_str(std::str::from_utf8(&p.value).ok()?);
+            } else {
+                out.push('"');
+                for &b in p.value.iter() {
+                    if b == b'"' || b == b'\\' {
+                        out.push('\\');
+                    }
+                    out.push(char::from(b));
+                }
+                out.push('"');
+            }
+            continue;
+        }
+        // An 8-bit value: it must be UTF-8 and belong to a plain (unsectioned) parameter.
+        if name.contains('*') {
+            return None;
+        }
+        std::str::from_utf8(&p.value).ok()?;
+        let encoded: Vec<String> = p
+            .value
+            .iter()
+            .map(|&b| {
+                if is_attribute_char(b) {
+                    String::from(char::from(b))
+                } else {
+                    format!("%{b:02X}")
+                }
+            })
+            .collect();
+        let total: usize = encoded.iter().map(String::len).sum();
+        if total <= SECTION_CHARS {
+            out.push_str(&format!("{name}*=utf-8''{}", encoded.concat()));
+            continue;
+        }
+        // RFC 2231 §3 and §4.1: sections name*0*, name*1*...; the charset goes in the first.
+        // A %XX triple is never split.
+        let mut sections = Vec::new();
+        let mut current = String::new();
+        for e in encoded {
+            if current.len() + e.len() > SECTION_CHARS {
+                sections.push(std::mem::take(&mut current));
+            }
+            current.push_str(&e);
+        }
+        sections.push(current);
+        for (n, chunk) in sections.iter().enumerate() {
+            if n > 0 {
+                out.push_str(";\r\n ");
+            }
+            let charset = if n == 0 { "utf-8''" } else { "" };
+            out.push_str(&format!("{name}*{n}*={charset}{chunk}"));
+        }
+    }
+    Some(out)
 }
 
 /// Splits an address list at top-level commas (outside quotes, angle brackets and comments).
@@ -461,9 +572,15 @@ mod tests {
                 DowngradeError::EightBitAddress { field: "To".into() },
             ),
             (
-                "Content-Type: text/plain; name=\"é.txt\"\r\n\r\nx".as_bytes(),
+                "Content-Type: téxt/plain\r\n\r\nx".as_bytes(),
                 DowngradeError::EightBitHeader {
                     field: "Content-Type".into(),
+                },
+            ),
+            (
+                "Message-ID: <é@example.org>\r\n\r\nx".as_bytes(),
+                DowngradeError::EightBitHeader {
+                    field: "Message-ID".into(),
                 },
             ),
             (
@@ -475,6 +592,30 @@ mod tests {
         ];
         for (text, want) in cases {
             assert_eq!(downgrade(text, &Limits::default()).unwrap_err(), *want);
+        }
+    }
+
+    #[test]
+    fn eight_bit_file_names_become_rfc2231() {
+        let long = "ü".repeat(40);
+        let text = format!(
+            "Content-Type: multipart/mixed; boundary=b\r\n\r\n--b\r\n\
+             Content-Type: application/pdf; name=\"Grüße \\\"x\\\".pdf\"\r\n\
+             Content-Disposition: attachment; filename=\"{long}.pdf\"; size=3\r\n\
+             Content-Transfer-Encoding: base64\r\n\r\nAAAA\r\n--b--\r\n"
+        );
+        let out = check(text.as_bytes());
+        let msg = parse(&out, &Limits::default()).unwrap();
+        let part = &msg.parts[1];
+        assert_eq!(part.filename(), Some(format!("{long}.pdf")));
+        assert_eq!(
+            part.content_type.param("name").unwrap().text(),
+            "Grüße \"x\".pdf"
+        );
+        let size = part.disposition.as_ref().unwrap().param("size").unwrap();
+        assert_eq!(&*size.bytes, b"3");
+        for line in String::from_utf8(out).unwrap().split("\r\n") {
+            assert!(line.len() <= 78, "{line}");
         }
     }
 
