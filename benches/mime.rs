@@ -5,6 +5,19 @@
 //! and encode ≥ 6 GB/s (GB/s of raw, decoded bytes); full structure parse of a 10 MB
 //! multipart ≥ 5× mail-parser. Ratios within one run are the headline; the machine is shared.
 //! Run briefly: `cargo bench --bench mime -- --warm-up-time 1 --measurement-time 3`.
+//!
+//! One run on the 2-vCPU development machine (load 3–4.5 from other work), criterion means
+//! converted to GB/s (10^9 octets; raw octets for base64):
+//!
+//! | what | relay | beside it |
+//! |---|---|---|
+//! | boundary scan, 10 MB | 47.2 | bare memmem count 44.1; memcpy 23.9 |
+//! | base64 encode, wrapped, 1 KB / 64 KB / 4 MB | 5.97 / 7.38 / 6.95 | base64 crate wrapped 1.72 / 1.81 / 1.65; base64-simd unwrapped 8.7 / 12.1 / 10.8 |
+//! | base64 decode, wrapped, 1 KB / 64 KB / 4 MB | 5.14 / 4.08 / 3.72 | base64 crate (strip + decode) 0.49 / 0.47 / 0.42; mail-parser 0.80 / 0.86 / 0.84; base64-simd unwrapped 5.0 / 5.6 / 5.3 |
+//! | base64 decode, unwrapped | 4.97 / 4.35 / 4.30 | base64 crate 1.29 / 1.33 / 1.28 |
+//! | parse 10 MB, structure | 29.1 (69× mail-parser) | mail-parser full parse 0.42; memcpy 16.5 |
+//! | parse 10 MB + decode every leaf | 7.1 (17× mail-parser) | |
+//! | policy check 10 MB | 29.1 | |
 
 use std::hint::black_box;
 

@@ -125,6 +125,40 @@ mod tests {
         }
     }
 
+    /// Fragments that make structure likely, so random sequences of them reach the
+    /// multipart, nesting and header paths (a cheap stand-in for coverage guidance).
+    const FRAGMENTS: &[&[u8]] = &[
+        b"\r\n",
+        b"\n",
+        b"--b",
+        b"--b--",
+        b"--c",
+        b"Content-Type: multipart/mixed; boundary=b\r\n",
+        b"Content-Type: multipart/digest; boundary=c\r\n",
+        b"Content-Type: message/rfc822\r\n",
+        b"Content-Transfer-Encoding: base64\r\n",
+        b"Content-Transfer-Encoding: quoted-printable\r\n",
+        b"Content-Transfer-Encoding: 8bit\r\n",
+        b"Content-Disposition: attachment; filename*=utf-8''a%C3%A9.exe\r\n",
+        b"Subject: =?utf-8?q?caf=C3=A9?=\r\n",
+        b" folded\r\n",
+        b"TWFu",
+        b"=3D=\r\n",
+        b"\xc3\xa9",
+        b"\xff",
+        b"text ",
+    ];
+
+    proptest::proptest! {
+        #[test]
+        fn structured_noise(picks in proptest::collection::vec(0..FRAGMENTS.len(), 0..200)) {
+            let data: Vec<u8> = picks.iter().flat_map(|&i| FRAGMENTS[i].iter().copied()).collect();
+            super::parse_message(&data);
+            super::base64_decode(&data);
+            super::qp_decode(&data);
+        }
+    }
+
     #[test]
     fn qp_seeds() {
         for seed in seeds("qp") {
