@@ -13,6 +13,7 @@
 pub mod config;
 pub mod envelope;
 pub mod mailbox;
+pub mod mime;
 pub mod net;
 pub mod pop3;
 pub mod runtime;
