@@ -59,6 +59,44 @@ pub struct Config {
     pub relay: RelayConfig,
     pub local: LocalConfig,
     pub pop3: Pop3Config,
+    pub policy: PolicySection,
+}
+
+/// Content policy applied at the end of DATA (violations get 554 5.7.1, nothing queued).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PolicySection {
+    /// MIME entities per message, the message itself included.
+    pub max_parts: usize,
+    /// Nesting levels of multiparts and enclosed messages.
+    pub max_nesting: usize,
+    /// Attachment file extensions refused, e.g. `["exe", "scr", "js"]` (opt-in).
+    pub blocked_extensions: Vec<String>,
+    /// Media types refused, `type/subtype` or `type/*` (opt-in).
+    pub blocked_types: Vec<String>,
+}
+
+impl Default for PolicySection {
+    fn default() -> Self {
+        let policy = crate::mime::Policy::default();
+        PolicySection {
+            max_parts: policy.max_parts,
+            max_nesting: policy.max_nesting,
+            blocked_extensions: Vec::new(),
+            blocked_types: Vec::new(),
+        }
+    }
+}
+
+impl PolicySection {
+    pub fn to_policy(&self) -> crate::mime::Policy {
+        crate::mime::Policy {
+            max_parts: self.max_parts,
+            max_nesting: self.max_nesting,
+            blocked_extensions: self.blocked_extensions.clone(),
+            blocked_types: self.blocked_types.clone(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -383,7 +421,10 @@ impl Config {
             ));
         }
         if sp.compact_interval.0 < std::time::Duration::from_secs(1) {
-            return Err(invalid("spool.compact_interval", "must be at least 1s".into()));
+            return Err(invalid(
+                "spool.compact_interval",
+                "must be at least 1s".into(),
+            ));
         }
         if sp.dir.as_os_str().is_empty() {
             return Err(invalid("spool.dir", "must not be empty".into()));
@@ -413,6 +454,29 @@ impl Config {
         }
         if sv.drain_timeout.0 > std::time::Duration::from_secs(3600) {
             return Err(invalid("server.drain_timeout", "must be at most 1h".into()));
+        }
+        let po = &self.policy;
+        if po.max_parts == 0 || po.max_nesting == 0 {
+            return Err(invalid(
+                "policy.max_parts",
+                "max_parts and max_nesting must be at least 1".into(),
+            ));
+        }
+        if let Some(bad) = po.blocked_types.iter().find(|t| !t.contains('/')) {
+            return Err(invalid(
+                "policy.blocked_types",
+                format!("`{bad}` is not a media type (write `type/subtype` or `type/*`)"),
+            ));
+        }
+        if let Some(bad) = po
+            .blocked_extensions
+            .iter()
+            .find(|e| e.trim_start_matches('.').is_empty() || e.contains('/') || !e.is_ascii())
+        {
+            return Err(invalid(
+                "policy.blocked_extensions",
+                format!("`{bad}` is not a file extension"),
+            ));
         }
         let p = &self.pop3;
         if p.idle_timeout.0 < std::time::Duration::from_secs(600) && !p.listen.is_empty() {

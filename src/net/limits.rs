@@ -136,7 +136,6 @@ impl Admission {
     }
 }
 
-
 /// Failed logins per client address in a sliding window, across all shards: past the
 /// limit, further attempts from that address are refused without checking the password
 /// (no argon2 work for a guesser).
@@ -237,9 +236,15 @@ mod tests {
         }
         assert!(limiter.blocked(A, t0));
         assert!(!limiter.blocked(B, t0), "other addresses are not affected");
-        assert!(!limiter.blocked(A, t0 + Duration::from_secs(61)), "the window passes");
+        assert!(
+            !limiter.blocked(A, t0 + Duration::from_secs(61)),
+            "the window passes"
+        );
         limiter.record_failure(A, t0 + Duration::from_secs(61));
-        assert!(!limiter.blocked(A, t0 + Duration::from_secs(61)), "a new window starts");
+        assert!(
+            !limiter.blocked(A, t0 + Duration::from_secs(61)),
+            "a new window starts"
+        );
         limiter.record_success(A);
         assert!(!limiter.blocked(A, t0));
     }

@@ -30,7 +30,11 @@ pub async fn serve<C: Connection>(
 ) {
     let mut phase = ctx.phase.clone();
     let mut out = Outbox::default();
-    let nonce = format!("{}.{}", std::process::id(), rand_core::RngCore::next_u64(&mut rand_core::OsRng));
+    let nonce = format!(
+        "{}.{}",
+        std::process::id(),
+        rand_core::RngCore::next_u64(&mut rand_core::OsRng)
+    );
     let mut session = Session::new(ctx.pop3.config.clone(), &nonce, &mut out);
     // Held for the whole TRANSACTION state; dropping it (however the session ends) unlocks.
     let mut maildrop: Option<MaildropLock> = None;
@@ -104,7 +108,10 @@ pub async fn serve<C: Connection>(
         if progressed && (consumed < input.len() || !out.events.is_empty()) {
             continue;
         }
-        if flush(&conn, &mut out.bytes, ctx.pop3.idle_timeout).await.is_err() {
+        if flush(&conn, &mut out.bytes, ctx.pop3.idle_timeout)
+            .await
+            .is_err()
+        {
             conn.shutdown();
             return;
         }
@@ -145,7 +152,11 @@ pub async fn serve<C: Connection>(
 /// Checks credentials on the blocking pool (argon2 takes tens of milliseconds by design and
 /// must not stall the other connections of this core). Addresses over their failure limit
 /// are refused without any hashing.
-async fn authenticate(ctx: &ShardContext, peer: SocketAddr, credentials: Credentials) -> Option<String> {
+async fn authenticate(
+    ctx: &ShardContext,
+    peer: SocketAddr,
+    credentials: Credentials,
+) -> Option<String> {
     let ip = peer.ip();
     if ctx.pop3.auth_failures.blocked(ip, Instant::now()) {
         tracing::info!(target: "relay::pop3", client = %ip, "login refused: too many failures");

@@ -11,13 +11,13 @@ use std::time::Duration;
 use tokio::sync::watch;
 
 use super::io::{Connection, Listener};
+use super::limits::AuthFailures;
 use super::limits::{Admission, Refusal};
 use super::listener::stop_accepting;
-use super::smtp_conn;
-use crate::runtime::Phase;
-use super::limits::AuthFailures;
 use super::pop3_conn;
+use super::smtp_conn;
 use crate::mailbox::{Directory, MailStore};
+use crate::runtime::Phase;
 use crate::smtp::{Reply, SessionConfig};
 use crate::spool::{ShardHandle, Spool};
 

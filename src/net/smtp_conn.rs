@@ -172,6 +172,7 @@ async fn store(
         envelope,
         mailboxes,
         remote,
+        mime,
         origin,
         body,
         mail_at,
@@ -217,6 +218,8 @@ async fn store(
                 sender = %sender,
                 rcpts,
                 size,
+                parts = mime.parts,
+                attachments = mime.attachments,
                 result = "queued",
                 duration_ms = format_args!("{took:.1}"),
                 "accepted"

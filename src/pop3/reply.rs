@@ -359,7 +359,10 @@ impl Reply {
     /// At connect, when the core or the client address has no connection slot left
     /// (RFC 3206 §4: temporary, on our side).
     pub fn too_many_connections() -> Self {
-        Self::err_code(ResponseCode::SysTemp, "too many connections, try again later")
+        Self::err_code(
+            ResponseCode::SysTemp,
+            "too many connections, try again later",
+        )
     }
 
     /// Unauthenticated peers get a bounded number of commands.

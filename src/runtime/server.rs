@@ -20,9 +20,9 @@ use super::shard::{self, ShardEvent, ShardSeed};
 use super::{choose_engine, probe, Engine, Phase, UringUnavailable};
 use crate::config::Config;
 use crate::mailbox::{LocalDelivery, MailStore};
+use crate::net::limits::AuthFailures;
 use crate::net::limits::{Admission, ClientTable};
 use crate::net::listener::{bind_shared, BindError};
-use crate::net::limits::AuthFailures;
 use crate::net::shard::{Pop3Context, Protocol, ShardContext};
 use crate::smtp::{Mailboxes, SessionConfig};
 use crate::spool::{Spool, SpoolConfig, SpoolError};
@@ -80,6 +80,7 @@ pub fn session_config(
         mailboxes,
         vrfy: config.smtp.vrfy,
         expn: config.smtp.expn,
+        policy: config.policy.to_policy(),
     }
 }
 

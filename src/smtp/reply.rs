@@ -683,6 +683,16 @@ impl Reply {
         )
     }
 
+    /// The content policy refused the message (RFC 3463 5.7.1: delivery not authorized,
+    /// message refused). `reason` is printable and bounded by the policy.
+    pub fn content_refused(reason: &str) -> Self {
+        Self::new(
+            ReplyCode::TRANSACTION_FAILED,
+            Some(S_5_7_1),
+            format!("message refused: {}", printable(reason)),
+        )
+    }
+
     /// A local domain without such a mailbox (RFC 5321 §3.6.2, RFC 3463 5.1.1).
     pub fn unknown_mailbox(address: &str) -> Self {
         Self::new(

@@ -78,6 +78,8 @@ pub struct SessionConfig {
     pub vrfy: bool,
     /// EXPN lists a list's members (else 502).
     pub expn: bool,
+    /// Content policy checked at the end of the data (MIME structure, attachments).
+    pub policy: crate::mime::Policy,
 }
 
 impl Default for SessionConfig {
@@ -105,6 +107,7 @@ impl Default for SessionConfig {
             mailboxes: None,
             vrfy: false,
             expn: false,
+            policy: crate::mime::Policy::default(),
         }
     }
 }
@@ -202,6 +205,8 @@ pub struct Submission {
     /// Addresses to deliver to other hosts: the remote RCPTs and what local aliases
     /// forward to (deduplicated). Empty when every recipient is local.
     pub remote: Vec<String>,
+    /// MIME structure counts, for the transaction log.
+    pub mime: crate::mime::MessageStats,
     pub origin: Origin,
     /// Unstuffed, CRLF line ends (BINARYMIME: as sent), without our Received header.
     pub body: Vec<u8>,
@@ -885,6 +890,15 @@ impl Session {
         if !body.is_empty() && !body.ends_with(b"\r\n") {
             body.extend_from_slice(b"\r\n");
         }
+        // Content policy on the whole message (DATA and BDAT LAST alike): a violation is
+        // refused here, so nothing of it is queued.
+        let mime = match self.config.policy.check(&body) {
+            Ok(stats) => stats,
+            Err(violation) => {
+                let reply = Reply::content_refused(&violation.reason());
+                return self.refuse_message(helo, transaction, size, reply, out);
+            }
+        };
         let origin = self.origin(&helo, &transaction.envelope.params);
         let pending = Pending {
             reverse_path: transaction.envelope.reverse_path.clone(),
@@ -895,6 +909,7 @@ impl Session {
             envelope: transaction.envelope,
             mailboxes: transaction.mailboxes,
             remote: transaction.remote,
+            mime,
             origin,
             body,
             mail_at: transaction.mail_at,
@@ -1714,6 +1729,45 @@ mod tests {
     const START: &str = "EHLO c\r\nMAIL FROM:<a@b>\r\nRCPT TO:<x@localhost>\r\nDATA\r\n";
 
     /// Runs one message through DATA followed by NOOP; returns the replies after 354.
+    #[test]
+    fn content_policy_refuses_blocked_attachments_and_the_session_goes_on() {
+        let mut cfg = config();
+        cfg.policy.blocked_extensions = vec!["exe".into()];
+        let body = concat!(
+            "Content-Type: multipart/mixed; boundary=b\r\n\r\n",
+            "--b\r\nContent-Type: text/plain\r\n\r\nhi\r\n",
+            "--b\r\nContent-Type: application/octet-stream\r\n",
+            "Content-Disposition: attachment; filename=\"setup.EXE\"\r\n\r\nMZ\r\n",
+            "--b--\r\n.\r\n"
+        );
+        let (replies, run) = data_replies(&cfg, body.as_bytes());
+        assert_eq!(replies.len(), 2, "{replies:?}");
+        assert!(
+            replies[0].starts_with("554 5.7.1 message refused:") && replies[0].contains("exe"),
+            "{replies:?}"
+        );
+        assert_eq!(replies[1], "250 2.0.0 Ok");
+        assert!(submissions(&run).is_empty());
+        assert_eq!(rejections(&run).len(), 1);
+    }
+
+    #[test]
+    fn accepted_messages_carry_their_mime_counts() {
+        let body = concat!(
+            "Content-Type: multipart/mixed; boundary=b\r\n\r\n",
+            "--b\r\nContent-Type: text/plain\r\n\r\nhi\r\n",
+            "--b\r\nContent-Disposition: attachment; filename=a.pdf\r\n\r\n%PDF\r\n",
+            "--b--\r\n.\r\n"
+        );
+        let (_, run) = data_replies(&config(), body.as_bytes());
+        let submitted = submissions(&run);
+        assert_eq!(submitted.len(), 1);
+        assert_eq!(
+            (submitted[0].mime.parts, submitted[0].mime.attachments),
+            (3, 1)
+        );
+    }
+
     fn data_replies(config: &SessionConfig, body: &[u8]) -> (Vec<String>, Run) {
         let mut input = START.as_bytes().to_vec();
         input.extend_from_slice(body);
