@@ -227,7 +227,7 @@ fn header_message_id(message: &[u8]) -> Option<String> {
 fn kill9_loses_no_acknowledged_message(engine: Engine) {
     let ledger = Arc::new(Mutex::new(Ledger::default()));
     let mut relay = Relay::start(Settings::new(engine));
-    for cycle in 0..CYCLES {
+    for (cycle, &kill_at) in KILL_AT_ACKS.iter().enumerate() {
         let progress = Arc::new(Progress {
             acked: Mutex::new(0),
             changed: Condvar::new(),
@@ -250,7 +250,7 @@ fn kill9_loses_no_acknowledged_message(engine: Engine) {
             let guard = progress.acked.lock().unwrap();
             let (guard, _) = progress
                 .changed
-                .wait_timeout_while(guard, KILL_AFTER, |n| *n < KILL_AT_ACKS[cycle])
+                .wait_timeout_while(guard, KILL_AFTER, |n| *n < kill_at)
                 .unwrap();
             *guard
         };
