@@ -23,3 +23,11 @@ fi
 
 cargo build --all-targets
 cargo test --all-targets --no-fail-fast "$@"
+
+# Fuzz targets (MIME parser and decoders) run briefly so regressions show; their seed corpora
+# also run as unit tests above. cargo-fuzz needs nightly features: fuzz/run.sh enables them
+# on the stable toolchain with RUSTC_BOOTSTRAP=1.
+if ! command -v cargo-fuzz >/dev/null 2>&1; then
+    cargo install cargo-fuzz --locked
+fi
+bash fuzz/run.sh "${RELAY_FUZZ_SECONDS:-10}"

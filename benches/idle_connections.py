@@ -1,0 +1,57 @@
+#!/usr/bin/env python3
+"""Memory per idle SMTP connection (TARGETS.md: <= 32 KiB).
+
+Starts the release relay on a temporary spool, opens N connections that read the greeting
+and then stay silent, and reports the relay's RSS growth per connection (from
+/proc/PID/status). Loopback only; bounded by N and a timeout.
+
+Usage: python3 benches/idle_connections.py [N] [io]   (io: uring or epoll; default 5000 uring)
+"""
+import os, re, resource, socket, subprocess, sys, tempfile, time
+
+N = int(sys.argv[1]) if len(sys.argv) > 1 else 5000
+IO = sys.argv[2] if len(sys.argv) > 2 else "uring"
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BIN = os.path.join(os.environ.get("CARGO_TARGET_DIR", os.path.join(ROOT, "target")), "release", "relay")
+
+soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+want = min(hard, N * 2 + 256)
+resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+
+def rss_kib(pid):
+    with open(f"/proc/{pid}/status") as f:
+        return int(re.search(r"VmRSS:\s+(\d+)", f.read()).group(1))
+
+with tempfile.TemporaryDirectory() as tmp:
+    cfg = os.path.join(tmp, "relay.toml")
+    with open(cfg, "w") as f:
+        f.write(f'[server]\nio = "{IO}"\ncores = 2\nhostname = "bench.test"\n'
+                f'connections_per_core_max = {N}\nconnections_per_ip_max = {N}\n'
+                f'[smtp]\nlisten = ["127.0.0.1:0"]\n[pop3]\nlisten = []\n'
+                f'[spool]\ndir = "{tmp}/spool"\n')
+    proc = subprocess.Popen([BIN, "serve", "--config", cfg], stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "RELAY_LOG": "info"})
+    port = None
+    deadline = time.time() + 30
+    for line in proc.stderr:
+        m = re.search(r'protocol="smtp" addr=127\.0\.0\.1:(\d+)', line)
+        if m:
+            port = int(m.group(1))
+        if "relay ready" in line or time.time() > deadline:
+            break
+    before = rss_kib(proc.pid)
+    socks = []
+    for i in range(N):
+        s = socket.create_connection(("127.0.0.1", port), timeout=10)
+        if s.recv(512)[:3] != b"220":
+            raise SystemExit(f"connection {i}: no greeting")
+        socks.append(s)
+    time.sleep(0.5)  # let both shards settle their task bookkeeping before sampling
+    after = rss_kib(proc.pid)
+    per = (after - before) / N
+    print(f"io={IO} connections={N} rss_before={before}KiB rss_after={after}KiB "
+          f"per_connection={per:.1f}KiB")
+    for s in socks:
+        s.close()
+    proc.terminate()
+    proc.wait(timeout=30)
