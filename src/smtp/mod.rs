@@ -31,6 +31,7 @@
 pub mod address;
 pub mod command;
 pub mod data;
+pub mod fuzz;
 pub mod line;
 pub mod params;
 pub mod received;
