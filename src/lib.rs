@@ -10,6 +10,10 @@
 //! - [`runtime`]: pinned per-core threads, the io_uring probe and the engine choice.
 //! - [`net`]: listeners and connection tasks: the only code that moves bytes.
 
+// No module needs unsafe code: io_uring comes through tokio-uring, SIMD through memchr and
+// base64-simd, syscalls through std, socket2 and core_affinity.
+#![forbid(unsafe_code)]
+
 pub mod config;
 pub mod envelope;
 pub mod mailbox;

@@ -7,7 +7,11 @@
 //! - `tokio_uring` only under `src/runtime/` and `src/net/`: everything else must be testable
 //!   without io_uring;
 //! - `anyhow` only in the binary's CLI;
-//! - no `todo!`/`unimplemented!`.
+//! - no `todo!`/`unimplemented!`;
+//! - protocol replies are written only by their `reply.rs` (DESIGN.md §3.4): an SMTP reply
+//!   literal (`"250 `, `"554-`) anywhere else in `src/smtp`, or a POP3 one (`"+OK`,
+//!   `"-ERR`) anywhere else in `src/pop3`, is refused;
+//! - `unsafe` is forbidden crate-wide (`#![forbid(unsafe_code)]` in `src/lib.rs`).
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -117,4 +121,56 @@ fn no_stubs() {
         }
     }
     assert!(found.is_empty(), "stubs left in the code: {found:?}");
+}
+
+/// `"250 `, `"554-` ...: an SMTP reply written by hand.
+fn has_smtp_reply_literal(code: &str) -> bool {
+    code.as_bytes().windows(5).any(|w| {
+        w[0] == b'"'
+            && (b'2'..=b'5').contains(&w[1])
+            && w[2].is_ascii_digit()
+            && w[3].is_ascii_digit()
+            && (w[4] == b' ' || w[4] == b'-')
+    })
+}
+
+/// `"+OK`, `"-ERR`, `"+ `: a POP3 response written by hand.
+fn has_pop3_reply_literal(code: &str) -> bool {
+    code.contains("\"+OK") || code.contains("\"-ERR") || code.contains("\"+ ")
+}
+
+#[test]
+fn replies_are_written_only_in_reply_rs() {
+    assert!(has_smtp_reply_literal("x = \"250 ok\""));
+    assert!(has_pop3_reply_literal("x = \"-ERR no\""));
+    let mut found = Vec::new();
+    for (path, text) in sources() {
+        let rule: fn(&str) -> bool = if path.starts_with("src/smtp") {
+            has_smtp_reply_literal
+        } else if path.starts_with("src/pop3") {
+            has_pop3_reply_literal
+        } else {
+            continue;
+        };
+        if path.file_name().is_some_and(|n| n == "reply.rs") {
+            continue;
+        }
+        for (n, line) in production_lines(&text) {
+            if rule(line) {
+                found.push(format!("{}:{n}: {}", path.display(), line.trim()));
+            }
+        }
+    }
+    assert!(
+        found.is_empty(),
+        "reply literal outside reply.rs; add a named constructor there:\n{}",
+        found.join("\n")
+    );
+}
+
+#[test]
+fn unsafe_is_forbidden_crate_wide() {
+    let lib = fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("src/lib.rs"))
+        .expect("src/lib.rs");
+    assert!(lib.contains("#![forbid(unsafe_code)]"));
 }
