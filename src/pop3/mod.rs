@@ -44,4 +44,3 @@ pub use session::{
     CloseReason, Credentials, Event, LockResult, MaildropEntry, Outbox, Pop3Config, Session,
 };
 pub use stuff::{retr_size, stuff, top};
-

@@ -49,4 +49,3 @@ pub use session::{
     CloseReason, Event, Outbox, Session, SessionConfig, SessionConfigError, Submission,
     SubmitError, TransactionSummary,
 };
-
