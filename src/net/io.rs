@@ -24,6 +24,34 @@ pub trait Connection {
     fn shutdown(&self);
 }
 
+/// Opens outbound connections on the current shard (the delivery side).
+///
+/// Connecting is done through tokio's readiness-based `TcpStream::connect` on both engines:
+/// its future can be dropped on a timeout without leaving anything armed (a tokio-uring
+/// connect operation could not be cancelled that way, DESIGN.md §1a). The connected socket
+/// then moves to the engine's stream for the data phase.
+pub trait Connector {
+    type Conn: Connection + 'static;
+    async fn connect(&self, addr: SocketAddr, limit: std::time::Duration)
+        -> io::Result<Self::Conn>;
+}
+
+async fn connect_std(
+    addr: SocketAddr,
+    limit: std::time::Duration,
+) -> io::Result<tokio::net::TcpStream> {
+    let stream = tokio::time::timeout(limit, tokio::net::TcpStream::connect(addr))
+        .await
+        .map_err(|_| {
+            io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("connect to {addr} timed out"),
+            )
+        })??;
+    stream.set_nodelay(true)?;
+    Ok(stream)
+}
+
 /// A listening socket on the current shard.
 pub trait Listener {
     type Conn: Connection + 'static;
@@ -57,6 +85,26 @@ pub mod uring {
         fn shutdown(&self) {
             // ENOTCONN when the peer already went away is fine: the goal is a closed socket.
             let _ = self.0.shutdown(Shutdown::Both);
+        }
+    }
+
+    /// Connects with tokio (cancellable), then hands the socket to io_uring.
+    pub struct UringConnector;
+
+    impl Connector for UringConnector {
+        type Conn = UringConnection;
+        async fn connect(
+            &self,
+            addr: SocketAddr,
+            limit: std::time::Duration,
+        ) -> io::Result<UringConnection> {
+            let stream = super::connect_std(addr, limit).await?.into_std()?;
+            // io_uring waits for readiness itself; a blocking fd keeps reads from returning
+            // EAGAIN to us.
+            stream.set_nonblocking(false)?;
+            Ok(UringConnection(tokio_uring::net::TcpStream::from_std(
+                stream,
+            )))
         }
     }
 
@@ -125,6 +173,19 @@ pub mod epoll {
         }
     }
 
+    pub struct EpollConnector;
+
+    impl Connector for EpollConnector {
+        type Conn = EpollConnection;
+        async fn connect(
+            &self,
+            addr: SocketAddr,
+            limit: std::time::Duration,
+        ) -> io::Result<EpollConnection> {
+            super::connect_std(addr, limit).await.map(EpollConnection)
+        }
+    }
+
     pub struct EpollListener(tokio::net::TcpListener);
 
     impl EpollListener {
@@ -141,5 +202,104 @@ pub mod epoll {
             let _ = stream.set_nodelay(true);
             Ok((EpollConnection(stream), peer))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::epoll::EpollConnector;
+    use super::uring::UringConnector;
+    use super::*;
+    use std::io::{Read, Write};
+    use std::time::Duration;
+
+    /// A peer on loopback that answers one line with "pong\r\n".
+    fn echo_peer() -> (SocketAddr, std::thread::JoinHandle<Vec<u8>>) {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let peer = std::thread::spawn(move || {
+            let (mut stream, _) = listener.accept().unwrap();
+            let mut got = vec![0u8; 6];
+            stream.read_exact(&mut got).unwrap();
+            stream.write_all(b"pong\r\n").unwrap();
+            got
+        });
+        (addr, peer)
+    }
+
+    async fn ping<C: Connector>(connector: C, addr: SocketAddr) -> Vec<u8> {
+        let conn = connector
+            .connect(addr, Duration::from_secs(5))
+            .await
+            .unwrap();
+        let (written, _) = conn.write_all(b"ping\r\n".to_vec()).await;
+        written.unwrap();
+        let (read, buf) = conn.read_into(Vec::with_capacity(64)).await;
+        read.unwrap();
+        conn.shutdown();
+        buf
+    }
+
+    #[test]
+    fn uring_connector_moves_bytes() {
+        let (addr, peer) = echo_peer();
+        let runtime = tokio_uring::Runtime::new(&tokio_uring::builder()).unwrap();
+        let reply = runtime.block_on(ping(UringConnector, addr));
+        assert_eq!(reply, b"pong\r\n");
+        assert_eq!(peer.join().unwrap(), b"ping\r\n");
+    }
+
+    #[test]
+    fn epoll_connector_moves_bytes() {
+        let (addr, peer) = echo_peer();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let reply = runtime.block_on(ping(EpollConnector, addr));
+        assert_eq!(reply, b"pong\r\n");
+        assert_eq!(peer.join().unwrap(), b"ping\r\n");
+    }
+
+    #[test]
+    fn connect_timeout_ends_a_hanging_connect() {
+        // A listener that never accepts, with its accept queue full: the kernel drops
+        // further SYNs and a connect hangs (loopback only).
+        let socket =
+            socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        socket
+            .bind(&SocketAddr::from(([127, 0, 0, 1], 0)).into())
+            .unwrap();
+        socket.listen(0).unwrap();
+        let addr = socket.local_addr().unwrap().as_socket().unwrap();
+        let mut held = Vec::new();
+        for _ in 0..8 {
+            if let Ok(s) = std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)) {
+                held.push(s);
+            }
+        }
+        let runtime = tokio_uring::Runtime::new(&tokio_uring::builder()).unwrap();
+        let started = std::time::Instant::now();
+        let result = runtime.block_on(UringConnector.connect(addr, Duration::from_millis(300)));
+        assert_eq!(
+            result.err().map(|e| e.kind()),
+            Some(io::ErrorKind::TimedOut)
+        );
+        assert!(started.elapsed() < Duration::from_secs(5));
+    }
+
+    #[test]
+    fn refused_connection_is_an_error_not_a_hang() {
+        // A port that was just free: nothing listens there.
+        let addr = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        let runtime = tokio_uring::Runtime::new(&tokio_uring::builder()).unwrap();
+        let result = runtime.block_on(UringConnector.connect(addr, Duration::from_secs(5)));
+        assert_eq!(
+            result.err().map(|e| e.kind()),
+            Some(io::ErrorKind::ConnectionRefused)
+        );
     }
 }
