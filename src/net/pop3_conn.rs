@@ -98,6 +98,9 @@ pub async fn serve<C: Connection>(
                     session.updated(result, &mut out);
                 }
                 Event::Close(reason) => {
+                    // Unlock before the goodbye goes out: a client that reconnects as soon
+                    // as it reads +OK must find its maildrop free.
+                    drop(maildrop.take());
                     let _ = flush(&conn, &mut out.bytes, GOODBYE_WRITE_LIMIT).await;
                     conn.shutdown();
                     tracing::debug!(client = %peer, ?reason, "pop3 closed");

@@ -1,11 +1,14 @@
 //! Shared harness of the integration and crash tests: the real `relay` binary, started on
-//! port 0 in a temporary directory, observed only through what an operator or a client sees
-//! (its log on stderr, SMTP replies, `relay spool ls|cat`, exit status, /proc).
+//! port 0 (SMTP and POP3) in a temporary directory, observed only through what an operator or
+//! a client sees (its log on stderr, SMTP replies, POP3 responses, `relay spool ls|cat`, exit
+//! status, /proc).
 //!
 //! Rule (DESIGN.md §3.11): nothing here sleeps to wait for an event. Waits are on the event
 //! itself (a log line, a reply, EOF, a child's exit), each with a deadline, so a broken relay
-//! fails a test instead of hanging it. The only polling is of /proc (fd counts) and of
-//! admission retries, where the kernel gives no event to wait on; both are bounded.
+//! fails a test instead of hanging it. The only polling is where the kernel gives no event to
+//! wait on, always bounded: /proc (fd counts), admission retries, POP3 logins retried while a
+//! finished session's maildrop lock is released (`-ERR [IN-USE]`, see `pop3.rs`), and the
+//! spool directory in the compaction crash test.
 //!
 //! Every relay's stderr is kept; when a test panics, `Drop` prints it, so a failure shows what
 //! the relay said.
@@ -13,6 +16,7 @@
 #![allow(dead_code)]
 
 pub mod json;
+pub mod pop3;
 pub mod smtp;
 
 use std::ffi::OsStr;
@@ -33,6 +37,9 @@ pub const READY_TIMEOUT: Duration = Duration::from_secs(30);
 pub const EXIT_TIMEOUT: Duration = Duration::from_secs(30);
 /// Bound on one run of a helper command (`relay spool ls`, `curl`, `python3`).
 pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long a POP3 session that ended (QUIT, dropped connection) may keep its maildrop
+/// lock: the server notices the close asynchronously, so a new login retries until then.
+pub const LOCK_RELEASE_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// The path of the binary under test, built by cargo for the integration tests.
 pub fn relay_bin() -> &'static str {
@@ -104,12 +111,35 @@ pub struct Settings {
     pub allowed_networks: Vec<String>,
     pub local_domains: Vec<String>,
     pub segment_size: Option<String>,
+    /// `spool.compact_interval` (the relay's default when None).
+    pub compact_interval: Option<String>,
+    /// `smtp.vrfy` / `smtp.expn` (the relay's defaults, false, when None).
+    pub vrfy: Option<bool>,
+    pub expn: Option<bool>,
+    /// `[local.aliases]`: `("team@example.test", ["alice", "bob"])`.
+    pub aliases: Vec<(String, Vec<String>)>,
+    /// The quota of [`QUOTA_USER`] (`[[local.users]] quota`).
+    pub quota_user_quota: String,
+    /// `pop3.auth_failure_delay`: short, so failed logins do not slow the tests down.
+    pub pop3_auth_failure_delay: String,
+    /// `pop3.auth_failures_per_ip_max` / `pop3.auth_failure_window` (defaults when None).
+    pub pop3_auth_failures_per_ip_max: Option<u32>,
+    pub pop3_auth_failure_window: Option<String>,
+    /// `policy.blocked_extensions` (not written when empty).
+    pub blocked_extensions: Vec<String>,
+    /// `(user, secret)`: `apop_secret` of these test users (APOP is offered only when one
+    /// is set).
+    pub apop_secrets: Vec<(String, String)>,
+    /// `RELAY_LOG` for the process ("info"; "debug" or "trace" to check what those say).
+    pub log_level: &'static str,
     /// Run in the child between fork and exec (rlimits, seccomp). Must be async-signal-safe.
     pub pre_exec: Option<fn() -> std::io::Result<()>>,
 }
 
 /// Local mailboxes every test relay has, all with the password [`TEST_PASSWORD`].
-pub const TEST_USERS: [&str; 6] = ["one", "two", "three", "sink", "postmaster", "alice"];
+pub const TEST_USERS: [&str; 7] = ["one", "two", "three", "sink", "postmaster", "alice", "bob"];
+/// One more mailbox, with the small quota `Settings::quota_user_quota` (same password).
+pub const QUOTA_USER: &str = "small";
 pub const TEST_PASSWORD: &str = "password";
 /// `echo password | relay user add x` (argon2id, so the config holds no plaintext).
 pub const TEST_PASSWORD_HASH: &str =
@@ -130,6 +160,17 @@ impl Settings {
             allowed_networks: vec!["127.0.0.0/8".into(), "::1/128".into()],
             local_domains: vec!["localhost".into(), "example.test".into()],
             segment_size: None,
+            compact_interval: None,
+            vrfy: None,
+            expn: None,
+            aliases: Vec::new(),
+            quota_user_quota: "1KiB".into(),
+            pop3_auth_failure_delay: "50ms".into(),
+            pop3_auth_failures_per_ip_max: None,
+            pop3_auth_failure_window: None,
+            blocked_extensions: Vec::new(),
+            apop_secrets: Vec::new(),
+            log_level: "info",
             pre_exec: None,
         }
     }
@@ -177,8 +218,41 @@ impl Settings {
             rcpts = self.recipients_max,
             dir = spool_dir.to_str().expect("utf-8 temp path"),
         );
+        // [smtp] keys go before [spool]: insert them at the end of the [smtp] section.
+        let mut smtp_extra = String::new();
+        if let Some(vrfy) = self.vrfy {
+            smtp_extra.push_str(&format!("vrfy = {vrfy}\n"));
+        }
+        if let Some(expn) = self.expn {
+            smtp_extra.push_str(&format!("expn = {expn}\n"));
+        }
+        if !smtp_extra.is_empty() {
+            let at = text.find("[spool]\n").expect("template has [spool]");
+            text.insert_str(at, &smtp_extra);
+        }
         if let Some(size) = &self.segment_size {
             text.push_str(&format!("segment_size = {size:?}\n"));
+        }
+        if let Some(interval) = &self.compact_interval {
+            text.push_str(&format!("compact_interval = {interval:?}\n"));
+        }
+        // POP3 on port 0 too (the embedded default is 127.0.0.1:1110, which parallel test
+        // relays would share through SO_REUSEPORT).
+        text.push_str(&format!(
+            "[pop3]\nlisten = [\"127.0.0.1:0\"]\nauth_failure_delay = {:?}\n",
+            self.pop3_auth_failure_delay
+        ));
+        if let Some(max) = self.pop3_auth_failures_per_ip_max {
+            text.push_str(&format!("auth_failures_per_ip_max = {max}\n"));
+        }
+        if let Some(window) = &self.pop3_auth_failure_window {
+            text.push_str(&format!("auth_failure_window = {window:?}\n"));
+        }
+        if !self.blocked_extensions.is_empty() {
+            text.push_str(&format!(
+                "[policy]\nblocked_extensions = [{}]\n",
+                list(&self.blocked_extensions)
+            ));
         }
         text.push_str(&format!(
             "[relay]\nallowed_networks = [{}]\n[local]\ndomains = [{}]\n",
@@ -190,6 +264,19 @@ impl Settings {
             text.push_str(&format!(
                 "[[local.users]]\nname = {name:?}\npassword = {TEST_PASSWORD_HASH:?}\n"
             ));
+            if let Some((_, secret)) = self.apop_secrets.iter().find(|(user, _)| user == name) {
+                text.push_str(&format!("apop_secret = {secret:?}\n"));
+            }
+        }
+        text.push_str(&format!(
+            "[[local.users]]\nname = {QUOTA_USER:?}\npassword = {TEST_PASSWORD_HASH:?}\nquota = {:?}\n",
+            self.quota_user_quota
+        ));
+        if !self.aliases.is_empty() {
+            text.push_str("[local.aliases]\n");
+            for (alias, targets) in &self.aliases {
+                text.push_str(&format!("{alias:?} = [{}]\n", list(targets)));
+            }
         }
         text
     }
@@ -435,6 +522,8 @@ pub struct Relay {
     dir: Arc<tempfile::TempDir>,
     /// The SMTP listener, as the relay reported it.
     pub addr: SocketAddr,
+    /// The POP3 listener, as the relay reported it (`listening protocol="pop3"`).
+    pub pop3_addr: SocketAddr,
     /// The `relay ready` line.
     pub ready_line: String,
     pub spool_dir: PathBuf,
@@ -480,7 +569,7 @@ impl Relay {
             .arg("--config")
             .arg(&config_path)
             .current_dir(dir.path())
-            .env("RELAY_LOG", "info")
+            .env("RELAY_LOG", settings.log_level)
             .env("NO_COLOR", "1")
             .env_remove("RUST_LOG")
             .stdin(Stdio::null())
@@ -513,21 +602,26 @@ impl Relay {
                 log.render()
             );
         };
-        let addr = log
-            .lines()
-            .iter()
-            .find_map(|l| listen_addr(l))
-            .unwrap_or_else(|| {
-                panic!(
-                    "no `listening … addr=` line before ready; stderr:\n{}",
-                    log.render()
-                )
-            });
+        let find = |protocol: &str| {
+            log.lines()
+                .iter()
+                .filter(|l| field_value(l, "protocol").as_deref() == Some(protocol))
+                .find_map(|l| listen_addr(l))
+                .unwrap_or_else(|| {
+                    panic!(
+                        "no `listening protocol={protocol:?} addr=` line before ready; stderr:\n{}",
+                        log.render()
+                    )
+                })
+        };
+        let addr = find("smtp");
+        let pop3_addr = find("pop3");
         let relay = Relay {
             process,
             log,
             dir,
             addr,
+            pop3_addr,
             ready_line,
             spool_dir,
             config_path,
@@ -658,6 +752,35 @@ impl Relay {
     /// A new client connection whose 220 greeting has been read.
     pub fn client(&self) -> Client {
         Client::greeted(self.addr)
+    }
+
+    /// One SMTP transaction on a new connection; panics unless 250. Returns the queue id,
+    /// once the `accepted` line is logged.
+    pub fn deliver(&self, rcpts: &[&str], content: &[u8]) -> String {
+        let mut client = self.client();
+        client.ehlo();
+        let reply = client
+            .transaction("sender@example.test", rcpts, content)
+            .unwrap_or_else(|e| panic!("deliver to {rcpts:?}: {e}"));
+        assert_eq!(reply.code, 250, "deliver to {rcpts:?}: {reply}");
+        let id = reply
+            .queue_id()
+            .unwrap_or_else(|| panic!("no queue id: {reply}"));
+        client.quit();
+        self.wait_accepted(&id);
+        id
+    }
+
+    /// A new POP3 connection whose `+OK` greeting has been read.
+    pub fn pop3(&self) -> pop3::Pop3 {
+        pop3::Pop3::greeted(self.pop3_addr)
+    }
+
+    /// A POP3 session logged in as `user` (password [`TEST_PASSWORD`]) that holds the
+    /// maildrop lock; a lock still held by an ending session is retried for
+    /// [`LOCK_RELEASE_TIMEOUT`].
+    pub fn pop3_login(&self, user: &str) -> pop3::Pop3 {
+        pop3::Pop3::login_retrying(self.pop3_addr, user, TEST_PASSWORD, LOCK_RELEASE_TIMEOUT)
     }
 }
 
