@@ -16,17 +16,29 @@
 //!   for those few bytes, but it means no order of unlinks can ever leave a message on disk
 //!   without its deletions (a message delivered to alice and bob whose alice copy is deleted
 //!   never comes back to alice).
+//! - Delivery records (results and DSN markers) are filtered by the same reasoning: a result
+//!   is kept iff its message is still indexed, it names one of the message's remote
+//!   recipients, and it is either final or that recipient's latest Deferred (by `(attempt,
+//!   at)`, per the index; older Deferred results are superseded by a durable later one). A
+//!   marker is kept iff its message is indexed. A delivered or bounced recipient of a message
+//!   still on disk therefore never becomes pending again (it would be delivered twice), and a
+//!   deferred one keeps its attempt count, last reply and next attempt. Kept entries are
+//!   rewritten, exact duplicates removed and sorted, as [`DeliveryRecord`]s of at most
+//!   [`DELIVERY_ENTRIES_PER_RECORD`] entries (`seq` = the highest of the records they came
+//!   from). Results and markers of a dropped message go once its last frame is unlinked
+//!   (later in the same pass, or the next one).
 //!
 //! # Which segments
 //! Only sealed ones: below the shard writer's floor (the segment it appends to, published
 //! before that file exists), or written by an earlier compaction of this run. Shards of an
 //! earlier run with more cores (read-only at open) are left alone. A segment is compacted when
 //! `live × 100 < (size − preamble) × live_percent_below`, counting live messages and the share
-//! of its deletion bytes still needed. Candidates are merged, in order, into outputs of at most
-//! `output_segment_size` live bytes. Corrupt frames (which recovery already stepped over and
-//! reported, e.g. the torn middle of an unacknowledged batch after a crash) are dropped with
-//! their segment and counted; a segment that cannot be read at all (both header copies bad,
-//! an unknown record kind: what recovery calls Fatal) is left alone and reported.
+//! of its deletion and delivery record bytes still needed. Candidates are merged, in order,
+//! into outputs of at most `output_segment_size` live bytes. Corrupt frames (which recovery
+//! already stepped over and reported, e.g. the torn middle of an unacknowledged batch after a
+//! crash) are dropped with their segment and counted; a segment that cannot be read at all
+//! (both header copies bad, an unknown record kind: what recovery calls Fatal) is left alone
+//! and reported.
 //!
 //! # Protocol, per output (and what a crash at each point leaves)
 //! 1. Take a new number N from the shard's counter (shared with the writer); write the
@@ -59,9 +71,10 @@ use std::time::{Duration, Instant};
 use rkyv::util::AlignedVec;
 
 use super::frame::{
-    encode_deletion, pad16, FrameHeader, MailboxDeletion, Record, SegmentHeader,
-    SEGMENT_PREAMBLE_LEN, ZERO_PAD,
+    encode_deletion, encode_delivery, pad16, DeliveryRecord, DeliveryResult, DsnSent, FrameHeader,
+    MailboxDeletion, Record, SegmentHeader, SEGMENT_PREAMBLE_LEN, ZERO_PAD,
 };
+use super::index::Ref;
 use super::io::{FsIo, SegmentFile, SegmentIo};
 use super::recovery::{scan_segment, Mode, ShardRecovery, ShardResume};
 use super::{Core, Location, Spool, SpoolConfig, SpoolError};
@@ -69,6 +82,9 @@ use crate::envelope::QueueId;
 
 /// Ids per rewritten deletion record (keeps each record far below any length limit).
 pub const DELETION_IDS_PER_RECORD: usize = 4096;
+
+/// Results plus markers per rewritten delivery record (a result is ≈ 100–1100 bytes).
+pub const DELIVERY_ENTRIES_PER_RECORD: usize = 1024;
 
 /// How eagerly compaction rewrites. Defaults carry their reason.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -120,6 +136,13 @@ pub struct CompactionReport {
     /// `(mailbox, id)` deletion pairs rewritten, and dropped (no frame of the message left).
     pub deletions_kept: u64,
     pub deletions_dropped: u64,
+    /// Delivery results rewritten, and dropped (message gone, unknown recipient, or a
+    /// Deferred superseded by a later result).
+    pub results_kept: u64,
+    pub results_dropped: u64,
+    /// DSN markers rewritten, and dropped (message gone).
+    pub markers_kept: u64,
+    pub markers_dropped: u64,
     /// File bytes of the removed segments, and of the segments written.
     pub bytes_removed: u64,
     pub bytes_written: u64,
@@ -141,6 +164,7 @@ impl fmt::Display for CompactionReport {
             f,
             "spool compaction: {} segment(s) examined, {} removed, {} written; {} message(s) copied, \
              {} garbage dropped, {} dead copies dropped; {} deletion(s) kept, {} dropped; \
+             {} delivery result(s) kept, {} dropped; {} DSN marker(s) kept, {} dropped; \
              {} damaged region(s) dropped; {} byte(s) reclaimed in {:.1} ms",
             self.segments_examined,
             self.segments_removed.len(),
@@ -150,6 +174,10 @@ impl fmt::Display for CompactionReport {
             self.copies_dropped,
             self.deletions_kept,
             self.deletions_dropped,
+            self.results_kept,
+            self.results_dropped,
+            self.markers_kept,
+            self.markers_dropped,
             self.damaged_regions_dropped,
             self.bytes_reclaimed(),
             self.duration.as_secs_f64() * 1000.0
@@ -279,7 +307,7 @@ pub(crate) fn run(core: &Core, cfg: &CompactionConfig) -> Result<CompactionRepor
                 .map_err(|e| SpoolError::io("stat segment", &path, e))?;
             let data = size.saturating_sub(SEGMENT_PREAMBLE_LEN);
             let live_bytes = live.get(&(shard, segment)).copied().unwrap_or(0)
-                + core.deletion_refs.needed_bytes(shard, segment, &core.index);
+                + core.record_refs.needed_bytes(shard, segment, &core.index);
             if data == 0 || live_bytes * 100 < data * percent {
                 candidates.push((segment, live_bytes));
             }
@@ -325,6 +353,12 @@ struct SourceScan {
     /// Needed deletion pairs, by mailbox, and the highest seq they came from.
     needed: BTreeMap<String, BTreeSet<QueueId>>,
     deletion_seq: u64,
+    /// Needed delivery results and markers, and the highest seq they came from.
+    results: BTreeSet<DeliveryResult>,
+    markers: BTreeSet<DsnSent>,
+    delivery_seq: u64,
+    results_dropped: u64,
+    markers_dropped: u64,
     messages_dropped: u64,
     copies_dropped: u64,
     deletions_dropped: u64,
@@ -382,6 +416,23 @@ fn scan_source(
                                 .insert(*id);
                         } else {
                             scan.deletions_dropped += 1;
+                        }
+                    }
+                }
+                Record::Delivery(d) => {
+                    scan.delivery_seq = scan.delivery_seq.max(v.header.seq);
+                    for r in &d.results {
+                        if core.index.needs_result(r) {
+                            scan.results.insert(r.clone());
+                        } else {
+                            scan.results_dropped += 1;
+                        }
+                    }
+                    for m in &d.dsn_sent {
+                        if core.index.needs_marker(m) {
+                            scan.markers.insert(m.clone());
+                        } else {
+                            scan.markers_dropped += 1;
                         }
                     }
                 }
@@ -555,8 +606,9 @@ fn compact_batch(
                 core.index.moved(c.id, &c.from, to);
             }
         }
-        for (frame_len, ids) in &scans.deletion_frames {
-            core.deletion_refs.add(shard, number, *frame_len, ids);
+        for (frame_len, refs) in &scans.record_frames {
+            core.record_refs
+                .add(shard, number, *frame_len, refs.iter().copied());
         }
         // Sources are unlinked only once the new name is durable. If this fails, both stay
         // (both known to the index) and the next compaction tries again.
@@ -595,7 +647,7 @@ fn compact_batch(
             // deletions stay needed).
             continue;
         }
-        core.deletion_refs.remove(shard, segment);
+        core.record_refs.remove(shard, segment);
         state.outputs.remove(&(shard, segment));
         for id in &scan.seen {
             core.index.segment_removed(*id, shard, segment);
@@ -603,6 +655,8 @@ fn compact_batch(
         report.messages_dropped += scan.messages_dropped;
         report.copies_dropped += scan.copies_dropped;
         report.deletions_dropped += scan.deletions_dropped;
+        report.results_dropped += scan.results_dropped;
+        report.markers_dropped += scan.markers_dropped;
         report.damaged_regions_dropped += scan.damaged_regions;
         report.bytes_removed += size;
         report.segments_removed.push((shard, segment));
@@ -610,15 +664,16 @@ fn compact_batch(
     synced.map_err(|e| SpoolError::io("sync dir", io.shard_path(shard), e))
 }
 
-/// The scanned sources of a batch and the deletion frames written for them.
+/// The scanned sources of a batch and the deletion and delivery frames written for them.
 struct Written {
     sources: Vec<(u64, SourceScan)>,
-    /// `(frame_len, ids)` of each rewritten deletion record.
-    deletion_frames: Vec<(u64, Vec<QueueId>)>,
+    /// `(frame_len, refs)` of each rewritten deletion or delivery record.
+    record_frames: Vec<(u64, Vec<Ref>)>,
 }
 
 /// Steps 1 of the protocol: scan each source, append its kept frames, then the needed
-/// deletions, to the temporary file (created on the first byte to write).
+/// deletions and delivery records, to the temporary file (created on the first byte to
+/// write).
 fn write_output(
     core: &Core,
     shard: u8,
@@ -631,6 +686,9 @@ fn write_output(
     let mut done = Vec::new();
     let mut needed: BTreeMap<String, BTreeSet<QueueId>> = BTreeMap::new();
     let mut deletion_seq = 0;
+    let mut results: BTreeSet<DeliveryResult> = BTreeSet::new();
+    let mut markers: BTreeSet<DsnSent> = BTreeSet::new();
+    let mut delivery_seq = 0;
     for &segment in sources {
         let mut scan = match scan_source(core, shard, segment, salt)? {
             Ok(scan) => scan,
@@ -655,26 +713,45 @@ fn write_output(
             needed.entry(mailbox).or_default().extend(ids);
         }
         deletion_seq = deletion_seq.max(scan.deletion_seq);
+        results.append(&mut scan.results);
+        markers.append(&mut scan.markers);
+        delivery_seq = delivery_seq.max(scan.delivery_seq);
         done.push((segment, scan));
     }
-    let mut deletion_frames = Vec::new();
-    if !needed.is_empty() {
-        let mut buf = AlignedVec::<16>::new();
-        for (mailbox, ids) in needed {
-            let ids: Vec<QueueId> = ids.into_iter().collect();
-            for part in ids.chunks(DELETION_IDS_PER_RECORD) {
-                let d = MailboxDeletion {
-                    mailbox: mailbox.clone(),
-                    ids: part.to_vec(),
-                };
-                let start = buf.len();
-                let f = encode_deletion(&mut buf, &d, deletion_seq)?;
-                let h = f.header.encode(salt);
-                buf[start..start + h.len()].copy_from_slice(&h);
-                report.deletions_kept += d.ids.len() as u64;
-                deletion_frames.push((f.header.frame_len(), d.ids));
-            }
+    let mut record_frames = Vec::new();
+    let mut buf = AlignedVec::<16>::new();
+    for (mailbox, ids) in needed {
+        let ids: Vec<QueueId> = ids.into_iter().collect();
+        for part in ids.chunks(DELETION_IDS_PER_RECORD) {
+            let d = MailboxDeletion {
+                mailbox: mailbox.clone(),
+                ids: part.to_vec(),
+            };
+            let start = buf.len();
+            let f = encode_deletion(&mut buf, &d, deletion_seq)?;
+            let h = f.header.encode(salt);
+            buf[start..start + h.len()].copy_from_slice(&h);
+            report.deletions_kept += d.ids.len() as u64;
+            record_frames.push((f.header.frame_len(), Ref::deletions(&d.ids).collect()));
         }
+    }
+    report.results_kept += results.len() as u64;
+    report.markers_kept += markers.len() as u64;
+    let mut results = results.into_iter().peekable();
+    let mut markers = markers.into_iter().peekable();
+    while results.peek().is_some() || markers.peek().is_some() {
+        let mut d = DeliveryRecord::default();
+        d.results
+            .extend(results.by_ref().take(DELIVERY_ENTRIES_PER_RECORD));
+        let room = DELIVERY_ENTRIES_PER_RECORD - d.results.len();
+        d.dsn_sent.extend(markers.by_ref().take(room));
+        let start = buf.len();
+        let f = encode_delivery(&mut buf, &d, delivery_seq)?;
+        let h = f.header.encode(salt);
+        buf[start..start + h.len()].copy_from_slice(&h);
+        record_frames.push((f.header.frame_len(), Ref::delivery(&d).collect()));
+    }
+    if !buf.is_empty() {
         let o = match out {
             Some(o) => o,
             None => out.insert(Output::create(core, shard, salt)?),
@@ -683,7 +760,7 @@ fn write_output(
     }
     Ok(Written {
         sources: done,
-        deletion_frames,
+        record_frames,
     })
 }
 

@@ -3,25 +3,32 @@
 //! Built by recovery at open, then kept current by the writer threads (after each commit,
 //! before the replies go out, so a message acknowledged a microsecond ago is locatable) and by
 //! compaction (when it moves or drops frames). Shared by every thread as a [`DashMap`]: it is
-//! touched once per message, per deletion and per located read, never per byte, and no lock is
-//! held across IO.
+//! touched once per message, per deletion, per delivery result and per located read, never per
+//! byte, and no lock is held across IO.
 //!
 //! # The liveness rule
-//! [`is_garbage`] is the one place that decides whether a message may be dropped: no remote
-//! delivery still pending, at least one local mailbox, and every one of those mailboxes has a
-//! durable [`MailboxDeletion`](super::MailboxDeletion) for it. A message with neither
-//! mailboxes nor remote routes is NOT garbage: its recipients are unaccounted for (a relay-only
-//! configuration, or a record written before routes were recorded), so it stays until a later
-//! issue's delivery results say otherwise. Later issues extend the rule with remote delivery
-//! results: change [`is_garbage`] and [`Entry`], nothing else.
+//! [`is_garbage`] is the one place that decides whether a message may be dropped: every
+//! remote recipient has a durable final [`DeliveryResult`](super::DeliveryResult) (delivered,
+//! bounced or expired), every local mailbox has a durable
+//! [`MailboxDeletion`](super::MailboxDeletion) for it, and it has at least one of the two. A
+//! message with neither mailboxes nor remote routes is NOT garbage: its recipients are
+//! unaccounted for (a relay-only configuration, or a record written before routes were
+//! recorded). Deferred results and DSN markers never make a message garbage. To change the
+//! rule change [`is_garbage`] and [`Entry`], nothing else.
+//!
+//! # Remote recipients
+//! Per remote recipient the entry keeps only whether it is final and the order key
+//! `(attempt, at)` of its latest Deferred result: enough for the rule and for compaction to
+//! tell the latest Deferred (kept) from older ones (dropped), and small (a deferred message
+//! costs its entry, not its replies: those are read back from the log by replay).
 //!
 //! # Copies
 //! After a compaction interrupted between publishing its new segment and unlinking the old
 //! ones, a frame exists twice on disk (identical meta and body bytes). The index keeps the
 //! first one found as the message's location and remembers the others in [`Entry::copies`]:
-//! they are dead bytes for compaction, but they still exist, so the message's deletion records
-//! must be kept as long as any copy does (otherwise a restart would find the copy without its
-//! deletions and resurrect it in a mailbox).
+//! they are dead bytes for compaction, but they still exist, so the message's deletion and
+//! result records must be kept as long as any copy does (otherwise a restart would find the
+//! copy without them and resurrect it in a mailbox, or deliver it again).
 
 use std::collections::HashMap;
 use std::io;
@@ -29,6 +36,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use dashmap::DashMap;
 
+use super::frame::{DeliveryRecord, DeliveryResult, DsnSent, Outcome};
 use super::io::{SegmentFile, SegmentIo};
 use super::Location;
 use crate::envelope::QueueId;
@@ -38,6 +46,16 @@ use crate::envelope::QueueId;
 pub(crate) struct MailboxCopy {
     pub name: Box<str>,
     pub deleted: bool,
+}
+
+/// One remote recipient's delivery state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct RemoteState {
+    pub name: Box<str>,
+    /// A final result (Delivered, Bounced, Expired) is durable.
+    pub done: bool,
+    /// Order key `(attempt, at)` of the latest durable Deferred result.
+    pub deferred: Option<(u32, u64)>,
 }
 
 /// What the spool knows about one message while it runs.
@@ -51,13 +69,15 @@ pub(crate) struct Entry {
     /// Other on-disk copies of the same frame (see the module doc).
     pub copies: Vec<Location>,
     pub mailboxes: Vec<MailboxCopy>,
-    /// Remote deliveries still pending (today: `MessageMeta::remote.len()`).
-    pub remote_pending: u32,
+    /// `MessageMeta::remote`, each address once, with its delivery state.
+    pub remote: Vec<RemoteState>,
 }
 
 /// The liveness rule (see the module doc). Keep it the only place that decides.
-pub(crate) fn is_garbage(remote_pending: u32, mailboxes: &[MailboxCopy]) -> bool {
-    remote_pending == 0 && !mailboxes.is_empty() && mailboxes.iter().all(|m| m.deleted)
+pub(crate) fn is_garbage(remote: &[RemoteState], mailboxes: &[MailboxCopy]) -> bool {
+    (!remote.is_empty() || !mailboxes.is_empty())
+        && remote.iter().all(|r| r.done)
+        && mailboxes.iter().all(|m| m.deleted)
 }
 
 impl Entry {
@@ -66,7 +86,7 @@ impl Entry {
         data_crc: u32,
         meta_crc: u32,
         mailboxes: &[String],
-        remote: usize,
+        remote: &[String],
     ) -> Entry {
         let mut copies: Vec<MailboxCopy> = Vec::with_capacity(mailboxes.len());
         for m in mailboxes {
@@ -78,18 +98,55 @@ impl Entry {
                 });
             }
         }
+        let mut states: Vec<RemoteState> = Vec::with_capacity(remote.len());
+        for r in remote {
+            // Likewise one delivery per address.
+            if states.iter().all(|s| *s.name != **r) {
+                states.push(RemoteState {
+                    name: r.as_str().into(),
+                    done: false,
+                    deferred: None,
+                });
+            }
+        }
         Entry {
             location,
             data_crc,
             meta_crc,
             copies: Vec::new(),
             mailboxes: copies,
-            remote_pending: u32::try_from(remote).unwrap_or(u32::MAX),
+            remote: states,
         }
     }
 
     pub fn is_garbage(&self) -> bool {
-        is_garbage(self.remote_pending, &self.mailboxes)
+        is_garbage(&self.remote, &self.mailboxes)
+    }
+
+    fn remote_mut(&mut self, recipient: &str) -> Option<&mut RemoteState> {
+        self.remote.iter_mut().find(|r| &*r.name == recipient)
+    }
+
+    /// Applies one durable result; false if the recipient is not one of the message's.
+    fn apply_result(&mut self, r: &DeliveryResult) -> bool {
+        let Some(state) = self.remote_mut(&r.recipient) else {
+            return false;
+        };
+        if r.outcome.is_final() {
+            state.done = true;
+        } else if state.deferred.is_none_or(|k| r.order_key() >= k) {
+            state.deferred = Some(r.order_key());
+        }
+        true
+    }
+
+    /// Whether compaction must keep result `r` of this message: every final result of one of
+    /// its recipients, and each recipient's latest Deferred (older ones are superseded by a
+    /// durable later one).
+    pub fn needs_result(&self, r: &DeliveryResult) -> bool {
+        self.remote.iter().any(|s| {
+            *s.name == *r.recipient && (r.outcome.is_final() || s.deferred == Some(r.order_key()))
+        })
     }
 
     /// Marks `mailbox`'s copy deleted; false if the message was not delivered there.
@@ -135,6 +192,31 @@ impl LiveIndex {
                 true
             }
         }
+    }
+
+    /// Applies durable delivery results; returns how many matched a remote recipient.
+    /// (DSN markers change nothing here: they never make a message garbage.)
+    pub fn apply_delivery(&self, record: &DeliveryRecord) -> usize {
+        record
+            .results
+            .iter()
+            .filter(|r| {
+                self.map
+                    .get_mut(&r.id)
+                    .is_some_and(|mut e| e.apply_result(r))
+            })
+            .count()
+    }
+
+    /// Whether compaction must keep result `r` (see [`Entry::needs_result`]). Only results of
+    /// messages with a frame still on disk are kept.
+    pub fn needs_result(&self, r: &DeliveryResult) -> bool {
+        self.map.get(&r.id).is_some_and(|e| e.needs_result(r))
+    }
+
+    /// Whether compaction must keep a DSN marker: as long as a frame of its message exists.
+    pub fn needs_marker(&self, d: &DsnSent) -> bool {
+        self.map.contains_key(&d.id)
     }
 
     /// Applies a durable deletion; returns how many (mailbox, id) pairs matched a copy.
@@ -220,47 +302,116 @@ impl LiveIndex {
     }
 }
 
-/// Which queue ids the deletion records of each segment name, and how many bytes those frames
-/// take: compaction counts the bytes of still-needed deletions as live, so a segment of needed
-/// deletions is not rewritten over and over, and one of orphaned deletions is reclaimed.
+/// Which queue ids the deletion and delivery records of each segment name, and how many
+/// bytes those frames take: compaction counts the bytes of still-needed ones as live, so a
+/// segment of needed records is not rewritten over and over, and one of orphaned deletions
+/// or superseded Deferred results is reclaimed.
 #[derive(Debug, Default)]
-pub(crate) struct DeletionRefs {
-    map: Mutex<HashMap<(u8, u64), SegmentDeletions>>,
+pub(crate) struct RecordRefs {
+    map: Mutex<HashMap<(u8, u64), SegmentRefs>>,
+}
+
+/// One queue id named by a deletion or delivery record. `result` fingerprints a result's
+/// recipient and, for a Deferred, its order key: a final result is needed while its
+/// recipient is one of the message's, a Deferred only while it is its recipient's latest.
+/// `None` for what is needed as long as the message is indexed (deletions, DSN markers).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Ref {
+    pub id: QueueId,
+    pub result: Option<u64>,
+}
+
+/// FNV-1a over a recipient and a Deferred's order key (`None`: a final result). A collision
+/// only makes compaction count an unneeded result as needed (an overestimate of live bytes,
+/// never a loss: what is kept is decided record by record).
+fn result_fingerprint(recipient: &str, deferred: Option<(u32, u64)>) -> u64 {
+    let (attempt, at) = deferred.unwrap_or((u32::MAX, u64::MAX));
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    let tail = [0xff, u8::from(deferred.is_some())];
+    let (attempt, at) = (attempt.to_le_bytes(), at.to_le_bytes());
+    let bytes = recipient
+        .as_bytes()
+        .iter()
+        .chain(&tail)
+        .chain(&attempt)
+        .chain(&at);
+    for &b in bytes {
+        h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+    }
+    h
+}
+
+impl Ref {
+    pub fn deletions(ids: &[QueueId]) -> impl Iterator<Item = Ref> + '_ {
+        ids.iter().map(|&id| Ref { id, result: None })
+    }
+
+    pub fn delivery(record: &DeliveryRecord) -> impl Iterator<Item = Ref> + '_ {
+        record
+            .results
+            .iter()
+            .map(|r| Ref {
+                id: r.id,
+                result: Some(result_fingerprint(
+                    &r.recipient,
+                    (!r.outcome.is_final()).then(|| r.order_key()),
+                )),
+            })
+            .chain(record.dsn_sent.iter().map(|d| Ref {
+                id: d.id,
+                result: None,
+            }))
+    }
+
+    /// Whether the record part this ref stands for is still needed (see [`Entry::needs_result`]).
+    fn needed(&self, index: &LiveIndex) -> bool {
+        let Some(e) = index.map.get(&self.id) else {
+            return false;
+        };
+        let Some(fingerprint) = self.result else {
+            return true;
+        };
+        e.remote.iter().any(|s| {
+            result_fingerprint(&s.name, None) == fingerprint
+                || s.deferred
+                    .is_some_and(|k| result_fingerprint(&s.name, Some(k)) == fingerprint)
+        })
+    }
 }
 
 #[derive(Debug, Clone, Default)]
-pub(crate) struct SegmentDeletions {
+pub(crate) struct SegmentRefs {
     pub bytes: u64,
-    pub ids: Vec<QueueId>,
+    pub refs: Vec<Ref>,
 }
 
-impl DeletionRefs {
-    fn lock(&self) -> MutexGuard<'_, HashMap<(u8, u64), SegmentDeletions>> {
+impl RecordRefs {
+    fn lock(&self) -> MutexGuard<'_, HashMap<(u8, u64), SegmentRefs>> {
         self.map.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    pub fn add(&self, shard: u8, segment: u64, frame_len: u64, ids: &[QueueId]) {
+    pub fn add(&self, shard: u8, segment: u64, frame_len: u64, refs: impl Iterator<Item = Ref>) {
         let mut map = self.lock();
         let e = map.entry((shard, segment)).or_default();
         e.bytes += frame_len;
-        e.ids.extend_from_slice(ids);
+        e.refs.extend(refs);
     }
 
     pub fn remove(&self, shard: u8, segment: u64) {
         self.lock().remove(&(shard, segment));
     }
 
-    /// Bytes of deletion frames in a segment that some indexed message still needs
-    /// (proportional to the ids still indexed).
+    /// Bytes of deletion and delivery frames in a segment that some indexed message still
+    /// needs (proportional to the refs still needed).
     pub fn needed_bytes(&self, shard: u8, segment: u64, index: &LiveIndex) -> u64 {
         let Some(d) = self.lock().get(&(shard, segment)).cloned() else {
             return 0;
         };
-        if d.ids.is_empty() {
+        if d.refs.is_empty() {
             return 0;
         }
-        let needed = d.ids.iter().filter(|id| index.contains(**id)).count() as u64;
-        d.bytes * needed / d.ids.len() as u64
+        let needed = d.refs.iter().filter(|r| r.needed(index)).count() as u64;
+        d.bytes * needed / d.refs.len() as u64
     }
 }
 
@@ -345,13 +496,33 @@ pub struct ReplayMessage {
     pub arrival_unix_micros: u64,
     /// Local mailboxes it was delivered to (some may have deleted it: see `Replay::deletions`).
     pub mailboxes: Vec<String>,
-    /// Remote addresses still to deliver to.
+    /// Every remote address of the message, as stored (`pending` and `finished` split them).
     pub remote: Vec<String>,
     /// Stored body size (Received header ‖ message): what RETR sends before dot-stuffing.
     pub body_len: u64,
     /// Reverse-path; empty for the null sender.
     pub sender: String,
     pub recipients: usize,
+    /// Remote recipients without a final result, in `remote` order, each address once: the
+    /// queue to rebuild.
+    pub pending: Vec<PendingRecipient>,
+    /// The final result of each remote recipient that has one (the earliest by `(attempt,
+    /// at)` if several), in `remote` order.
+    pub finished: Vec<DeliveryResult>,
+    /// DSN markers recorded for this message (each once, sorted): notices not to send again.
+    pub dsn_sent: Vec<DsnSent>,
+}
+
+/// A remote recipient still to deliver, with what its latest Deferred result said.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PendingRecipient {
+    pub recipient: String,
+    /// Attempts made so far (the latest Deferred's `attempt`; 0: never tried).
+    pub attempts: u32,
+    pub last_reply: Option<String>,
+    pub last_attempt_unix_micros: Option<u64>,
+    /// When to try again; `None`: at once.
+    pub next_attempt_unix_micros: Option<u64>,
 }
 
 /// What a caller needs to rebuild its views at start: apply `messages` first, then
@@ -362,6 +533,105 @@ pub struct Replay {
     pub messages: Vec<ReplayMessage>,
     /// `(mailbox, id)`: that mailbox's copy of the message is deleted.
     pub deletions: Vec<(String, QueueId)>,
+}
+
+/// What the delivery records of the log say, folded per message as they are read (the latest
+/// Deferred and the earliest final result per recipient, the markers), to fill the replay.
+/// Its fold agrees with the index's ([`Entry`]): a recipient is final here iff it is there.
+#[derive(Debug, Default)]
+pub(crate) struct DeliveryHistory {
+    by_id: HashMap<QueueId, MessageHistory>,
+}
+
+#[derive(Debug, Default)]
+struct MessageHistory {
+    recipients: HashMap<String, RecipientHistory>,
+    dsn_sent: Vec<DsnSent>,
+}
+
+#[derive(Debug, Default)]
+struct RecipientHistory {
+    deferred: Option<DeliveryResult>,
+    finished: Option<DeliveryResult>,
+}
+
+impl DeliveryHistory {
+    pub fn add(&mut self, record: &DeliveryRecord) {
+        for r in &record.results {
+            let h = self
+                .by_id
+                .entry(r.id)
+                .or_default()
+                .recipients
+                .entry(r.recipient.clone())
+                .or_default();
+            let slot = if r.outcome.is_final() {
+                &mut h.finished
+            } else {
+                &mut h.deferred
+            };
+            // Latest Deferred, earliest final; a tie of `(attempt, at)` goes to the greater
+            // result, so the fold does not depend on log order (compaction reorders).
+            let replace = match slot {
+                None => true,
+                Some(old) if r.outcome.is_final() => (r.order_key(), r) < (old.order_key(), old),
+                Some(old) => (r.order_key(), r) > (old.order_key(), old),
+            };
+            if replace {
+                *slot = Some(r.clone());
+            }
+        }
+        for d in &record.dsn_sent {
+            let m = self.by_id.entry(d.id).or_default();
+            if !m.dsn_sent.contains(d) {
+                m.dsn_sent.push(d.clone());
+            }
+        }
+    }
+
+    /// The final outcome recorded for `recipient` of message `id`, if any.
+    pub fn final_outcome(&self, id: QueueId, recipient: &str) -> Option<Outcome> {
+        self.by_id
+            .get(&id)?
+            .recipients
+            .get(recipient)?
+            .finished
+            .as_ref()
+            .map(|f| f.outcome)
+    }
+
+    /// Fills `message`'s delivery state from what was read.
+    pub fn fill(&self, message: &mut ReplayMessage) {
+        let history = self.by_id.get(&message.id);
+        message.pending.clear();
+        message.finished.clear();
+        message.dsn_sent.clear();
+        let mut seen: Vec<&str> = Vec::with_capacity(message.remote.len());
+        for address in &message.remote {
+            if seen.contains(&address.as_str()) {
+                continue;
+            }
+            seen.push(address);
+            let h = history.and_then(|h| h.recipients.get(address));
+            match h.and_then(|h| h.finished.as_ref()) {
+                Some(f) => message.finished.push(f.clone()),
+                None => {
+                    let d = h.and_then(|h| h.deferred.as_ref());
+                    message.pending.push(PendingRecipient {
+                        recipient: address.clone(),
+                        attempts: d.map_or(0, |d| d.attempt),
+                        last_reply: d.map(|d| d.reply.clone()),
+                        last_attempt_unix_micros: d.map(|d| d.at_unix_micros),
+                        next_attempt_unix_micros: d.and_then(|d| d.next_attempt_unix_micros),
+                    });
+                }
+            }
+        }
+        if let Some(h) = history {
+            message.dsn_sent = h.dsn_sent.clone();
+            message.dsn_sent.sort();
+        }
+    }
 }
 
 #[cfg(test)]
@@ -390,26 +660,192 @@ mod tests {
             .collect()
     }
 
+    fn remotes(states: &[bool]) -> Vec<RemoteState> {
+        states
+            .iter()
+            .enumerate()
+            .map(|(i, &done)| RemoteState {
+                name: format!("r{i}@far").into(),
+                done,
+                deferred: None,
+            })
+            .collect()
+    }
+
     #[test]
     fn liveness_rule_table() {
-        // (remote pending, mailbox copies deleted?) → garbage
-        let table: &[(u32, &[bool], bool)] = &[
-            (0, &[], false), // nothing recorded: recipients unaccounted for, keep
-            (1, &[], false),
-            (0, &[false], false),
-            (0, &[true], true),
-            (0, &[true, false], false),
-            (0, &[true, true], true),
-            (1, &[true], false), // still to deliver remotely
-            (2, &[true, true], false),
+        // (remote recipients final?, mailbox copies deleted?) → garbage
+        let table: &[(&[bool], &[bool], bool)] = &[
+            (&[], &[], false), // nothing recorded: recipients unaccounted for, keep
+            (&[false], &[], false),
+            (&[true], &[], true), // relayed and done
+            (&[true, false], &[], false),
+            (&[true, true], &[], true),
+            (&[], &[false], false),
+            (&[], &[true], true),
+            (&[], &[true, false], false),
+            (&[], &[true, true], true),
+            (&[false], &[true], false), // still to deliver remotely
+            (&[true], &[false], false), // still in a mailbox
+            (&[true], &[true], true),
+            (&[true, false], &[true, true], false),
+            (&[true, true], &[true, true], true),
         ];
         for (remote, states, garbage) in table {
             assert_eq!(
-                is_garbage(*remote, &copies(states)),
+                is_garbage(&remotes(remote), &copies(states)),
                 *garbage,
-                "{remote} {states:?}"
+                "{remote:?} {states:?}"
             );
         }
+    }
+
+    fn result(id: QueueId, rcpt: &str, outcome: Outcome, attempt: u32, at: u64) -> DeliveryResult {
+        DeliveryResult {
+            id,
+            recipient: rcpt.into(),
+            outcome,
+            reply: format!("{outcome:?} {attempt}"),
+            attempt,
+            at_unix_micros: at,
+            next_attempt_unix_micros: (!outcome.is_final()).then_some(at + 60),
+        }
+    }
+
+    fn record(results: Vec<DeliveryResult>) -> DeliveryRecord {
+        DeliveryRecord {
+            results,
+            dsn_sent: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn results_finish_recipients_and_track_the_latest_deferred() {
+        let index = LiveIndex::default();
+        let id = QueueId::new(10, 0);
+        let remote = ["a@far".to_string(), "b@far".into(), "a@far".into()];
+        index.insert(id, Entry::new(loc(1, 64), 1, 2, &[], &remote));
+        assert_eq!(
+            index.get(id).unwrap().remote.len(),
+            2,
+            "an address named twice"
+        );
+        let d2 = result(id, "a@far", Outcome::Deferred, 2, 200);
+        let d1 = result(id, "a@far", Outcome::Deferred, 1, 100);
+        // Applied out of order: the latest by (attempt, at) stays.
+        assert_eq!(
+            index.apply_delivery(&record(vec![d2.clone(), d1.clone()])),
+            2
+        );
+        let e = index.get(id).unwrap();
+        assert_eq!(e.remote[0].deferred, Some((2, 200)));
+        assert!(e.needs_result(&d2) && !e.needs_result(&d1));
+        assert!(!e.is_garbage());
+        // An unknown recipient or message changes nothing.
+        let stray = result(id, "z@far", Outcome::Delivered, 1, 1);
+        let other = result(QueueId::new(11, 0), "a@far", Outcome::Delivered, 1, 1);
+        assert_eq!(
+            index.apply_delivery(&record(vec![stray.clone(), other.clone()])),
+            0
+        );
+        assert!(!index.needs_result(&stray) && !index.needs_result(&other));
+        let done_a = result(id, "a@far", Outcome::Bounced, 3, 300);
+        index.apply_delivery(&record(vec![done_a.clone()]));
+        assert!(!index.get(id).unwrap().is_garbage(), "b@far still pending");
+        // A Deferred after a final does not reopen the recipient.
+        index.apply_delivery(&record(vec![result(
+            id,
+            "a@far",
+            Outcome::Deferred,
+            4,
+            400,
+        )]));
+        index.apply_delivery(&record(vec![result(id, "b@far", Outcome::Expired, 9, 900)]));
+        let e = index.get(id).unwrap();
+        assert!(e.is_garbage());
+        assert!(
+            e.needs_result(&done_a),
+            "finals stay while the message is on disk"
+        );
+        let marker = DsnSent {
+            id,
+            recipient: "a@far".into(),
+            kind: super::super::DsnKind::Failure,
+            at_unix_micros: 301,
+            notice_id: None,
+        };
+        assert!(index.needs_marker(&marker));
+        index.segment_removed(id, 0, 1);
+        assert!(!index.needs_result(&done_a) && !index.needs_marker(&marker));
+    }
+
+    #[test]
+    fn history_fold_does_not_depend_on_order() {
+        let id = QueueId::new(10, 0);
+        let mut results = vec![
+            result(id, "a@far", Outcome::Deferred, 1, 100),
+            result(id, "a@far", Outcome::Deferred, 2, 200),
+            result(id, "b@far", Outcome::Deferred, 1, 100),
+            result(id, "b@far", Outcome::Delivered, 2, 250),
+            result(id, "b@far", Outcome::Delivered, 3, 350),
+            result(id, "c@far", Outcome::Deferred, 1, 100),
+        ];
+        let mut tie = result(id, "c@far", Outcome::Deferred, 1, 100);
+        tie.reply = "zzz".into();
+        results.push(tie.clone());
+        let message = ReplayMessage {
+            id,
+            arrival_unix_micros: 1,
+            mailboxes: Vec::new(),
+            remote: vec![
+                "a@far".into(),
+                "b@far".into(),
+                "c@far".into(),
+                "d@far".into(),
+            ],
+            body_len: 0,
+            sender: String::new(),
+            recipients: 4,
+            pending: Vec::new(),
+            finished: Vec::new(),
+            dsn_sent: Vec::new(),
+        };
+        let mut filled = Vec::new();
+        for rotation in 0..results.len() {
+            let mut order = results.clone();
+            order.rotate_left(rotation);
+            if rotation % 2 == 1 {
+                order.reverse();
+            }
+            let mut h = DeliveryHistory::default();
+            for r in order {
+                h.add(&record(vec![r]));
+            }
+            let mut m = message.clone();
+            h.fill(&mut m);
+            filled.push(m);
+        }
+        let m = &filled[0];
+        assert!(filled.iter().all(|f| f == m), "fold depends on order");
+        let pending: Vec<_> = m.pending.iter().map(|p| p.recipient.as_str()).collect();
+        assert_eq!(pending, ["a@far", "c@far", "d@far"]);
+        assert_eq!(m.pending[0].attempts, 2);
+        assert_eq!(m.pending[0].last_reply.as_deref(), Some("Deferred 2"));
+        assert_eq!(m.pending[0].next_attempt_unix_micros, Some(260));
+        assert_eq!(
+            m.pending[1].last_reply.as_deref(),
+            Some("zzz"),
+            "tie: greater wins"
+        );
+        assert_eq!(
+            (m.pending[2].attempts, m.pending[2].last_reply.clone()),
+            (0, None)
+        );
+        assert_eq!(m.finished.len(), 1);
+        assert_eq!(
+            (m.finished[0].attempt, m.finished[0].outcome),
+            (2, Outcome::Delivered)
+        );
     }
 
     #[test]
@@ -417,7 +853,7 @@ mod tests {
         let index = LiveIndex::default();
         let id = QueueId::new(10, 0);
         let mailboxes = ["alice".to_string(), "bob".into(), "alice".into()];
-        assert!(index.insert(id, Entry::new(loc(1, 64), 1, 2, &mailboxes, 0)));
+        assert!(index.insert(id, Entry::new(loc(1, 64), 1, 2, &mailboxes, &[])));
         let e = index.get(id).unwrap();
         assert_eq!(e.mailboxes.len(), 2, "a mailbox named twice holds one copy");
         assert_eq!(index.apply_deletion("alice", &[id, QueueId::new(99, 0)]), 1);
@@ -426,7 +862,7 @@ mod tests {
         index.apply_deletion("bob", &[id]);
         assert!(index.get(id).unwrap().is_garbage());
         // A second frame of the id (compaction leftover) is a copy; the first stays.
-        assert!(!index.insert(id, Entry::new(loc(7, 64), 1, 2, &mailboxes, 0)));
+        assert!(!index.insert(id, Entry::new(loc(7, 64), 1, 2, &mailboxes, &[])));
         let e = index.get(id).unwrap();
         assert_eq!(
             (e.location, e.copies.clone()),
@@ -439,7 +875,7 @@ mod tests {
     fn moves_and_removals_track_every_copy() {
         let index = LiveIndex::default();
         let id = QueueId::new(10, 0);
-        index.insert(id, Entry::new(loc(1, 64), 1, 2, &["a".into()], 0));
+        index.insert(id, Entry::new(loc(1, 64), 1, 2, &["a".into()], &[]));
         index.moved(id, &loc(1, 64), loc(5, 64));
         let e = index.get(id).unwrap();
         assert_eq!(
@@ -453,7 +889,7 @@ mod tests {
         let e = index.get(id).unwrap();
         assert_eq!((e.location, e.copies.len()), (loc(5, 64), 0));
         // The location's segment goes but a copy remains: the copy becomes the location.
-        index.insert(id, Entry::new(loc(6, 64), 1, 2, &[], 0));
+        index.insert(id, Entry::new(loc(6, 64), 1, 2, &[], &[]));
         index.segment_removed(id, 0, 5);
         assert_eq!(index.location(id), Some(loc(6, 64)));
         index.segment_removed(id, 0, 6);

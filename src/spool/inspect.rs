@@ -14,9 +14,10 @@ use std::path::Path;
 use rkyv::util::AlignedVec;
 
 use super::frame::{
-    decode_payload, FrameHeader, MailboxDeletion, Record, RecordKind, SegmentHeader, ALIGN,
-    FRAME_HEADER_LEN, SEGMENT_HEADER_LEN,
+    decode_payload, FrameHeader, MailboxDeletion, Outcome, Record, RecordKind, SegmentHeader,
+    ALIGN, FRAME_HEADER_LEN, SEGMENT_HEADER_LEN,
 };
+use super::index::DeliveryHistory;
 use super::io::{FsIo, SegmentIo};
 use super::recovery::{scan_shard, Mode};
 use super::{Location, SpoolError, StoredMessage};
@@ -36,6 +37,12 @@ pub struct MessageSummary {
     /// Local mailboxes it was delivered to, and those of them whose copy is deleted.
     pub mailboxes: Vec<String>,
     pub deleted: Vec<String>,
+    /// Remote addresses (each once), and how many of them are still pending, delivered, or
+    /// bounced (including expired), per the delivery results in the spool.
+    pub remote: Vec<String>,
+    pub remote_pending: usize,
+    pub remote_delivered: usize,
+    pub remote_bounced: usize,
 }
 
 fn open_root(dir: &Path) -> Result<FsIo, SpoolError> {
@@ -50,7 +57,7 @@ fn open_root(dir: &Path) -> Result<FsIo, SpoolError> {
 }
 
 /// Every message record in the spool at `dir`, ordered by queue id (garbage not yet
-/// compacted included: see `deleted`).
+/// compacted included: see `deleted` and `remote_pending`).
 pub fn list(dir: &Path) -> Result<Vec<MessageSummary>, SpoolError> {
     list_with_io(&open_root(dir)?)
 }
@@ -61,10 +68,17 @@ pub(crate) fn list_with_io(io: &dyn SegmentIo) -> Result<Vec<MessageSummary>, Sp
         .map_err(|e| SpoolError::io("list shards", io.root(), e))?;
     let mut out: BTreeMap<QueueId, MessageSummary> = BTreeMap::new();
     let mut deletions: Vec<MailboxDeletion> = Vec::new();
+    let mut history = DeliveryHistory::default();
     for shard in shards {
         scan_shard(io, shard, Mode::ReadOnly, &mut |v| {
             match v.record {
                 Record::Message(meta) => {
+                    let mut remote: Vec<String> = Vec::with_capacity(meta.remote.len());
+                    for r in meta.remote {
+                        if !remote.contains(&r) {
+                            remote.push(r);
+                        }
+                    }
                     out.entry(meta.id).or_insert_with(|| MessageSummary {
                         id: meta.id,
                         arrival_unix_micros: meta.arrival_unix_micros,
@@ -79,9 +93,14 @@ pub(crate) fn list_with_io(io: &dyn SegmentIo) -> Result<Vec<MessageSummary>, Sp
                         location: v.location,
                         mailboxes: meta.mailboxes,
                         deleted: Vec::new(),
+                        remote_pending: remote.len(),
+                        remote,
+                        remote_delivered: 0,
+                        remote_bounced: 0,
                     });
                 }
                 Record::Deletion(d) => deletions.push(d),
+                Record::Delivery(d) => history.add(&d),
             }
             ControlFlow::Continue(())
         })?;
@@ -94,6 +113,16 @@ pub(crate) fn list_with_io(io: &dyn SegmentIo) -> Result<Vec<MessageSummary>, Sp
                 }
             }
         }
+    }
+    for m in out.values_mut() {
+        for r in &m.remote {
+            match history.final_outcome(m.id, r) {
+                None | Some(Outcome::Deferred) => {}
+                Some(Outcome::Delivered) => m.remote_delivered += 1,
+                Some(Outcome::Bounced | Outcome::Expired) => m.remote_bounced += 1,
+            }
+        }
+        m.remote_pending = m.remote.len() - m.remote_delivered - m.remote_bounced;
     }
     Ok(out.into_values().collect())
 }

@@ -10,6 +10,27 @@
 //! - `MailboxDeletion` (2): `{ mailbox, ids }`, a POP3 session's DELEs at QUIT, appended with
 //!   [`ShardHandle::append_deletion`] through the same queue and group commit as messages and
 //!   answered only after fdatasync (`+OK` to QUIT then).
+//! - `DeliveryResult` (3): a [`DeliveryRecord`] `{ results, dsn_sent }`: outbound delivery
+//!   results ([`DeliveryResult`]: per remote recipient `Delivered`, `Deferred` (with the next
+//!   attempt), `Bounced` or `Expired`, with the reply and attempt number) and DSN markers
+//!   ([`DsnSent`]: a failure / delay / success notice about a recipient was sent), appended
+//!   with [`ShardHandle::append_results`], [`ShardHandle::append_dsn_sent`] or, both in one
+//!   frame, [`ShardHandle::append_delivery`]; same queue, group commit and fdatasync, answered
+//!   after the live index applied them. A result may go to any shard (the core that owns the
+//!   destination), not only its message's.
+//!
+//! # Outbound delivery state
+//! After a restart [`Spool::replay`] rebuilds the queue: per live message, the remote
+//! recipients still pending (no final result) with their attempt count, last reply and next
+//! attempt (from the latest Deferred by `(attempt, at)`), the final result of the others, and
+//! the DSN markers. Every recipient is delivered at least once: a result is acknowledged only
+//! once durable, so only the transaction in flight at a crash can be repeated.
+//! Notices are sent at most once when the queue follows this order: build the notice from the
+//! message (its headers), append the final result together with the notice's marker in ONE
+//! record ([`ShardHandle::append_delivery`]), then store the notice as a new message. A crash
+//! between the last two steps loses that one notice (never sends it twice); the reverse order
+//! would give at-least-once instead. Read from the message before appending the result that
+//! finishes it: from that moment it may be garbage, and compaction may drop it.
 //!
 //! # The live index, reads and replay
 //! Recovery builds a live index (queue id → location, checksums, mailbox copies and their
@@ -21,13 +42,15 @@
 //! [`Spool::replay`] gives the mailbox store (and later the queue) what to rebuild at start.
 //!
 //! # Liveness and compaction
-//! A message is garbage when no remote delivery is pending, it has at least one local mailbox
-//! and every one of them has a durable deletion for it (one function decides; a message with
-//! neither mailboxes nor remote routes is kept: its recipients are unaccounted for). Later
-//! issues add remote delivery results to that rule. [`Spool::compact`] rewrites sealed
-//! segments whose live bytes fell below 50% (live frames and the deletions still needed by
-//! messages on disk) into a new segment — temp file, fdatasync, rename, directory fsync, index
-//! update, unlink, directory fsync — on the caller's thread, without blocking ingest or reads.
+//! A message is garbage when every remote recipient has a durable final result (Delivered,
+//! Bounced or Expired), every local mailbox has a durable deletion for it, and it has at least
+//! one of the two (one function decides, `index::is_garbage`; a message with neither mailboxes
+//! nor remote routes is kept: its recipients are unaccounted for). Deferred results and DSN
+//! markers never make a message garbage. [`Spool::compact`] rewrites sealed segments whose
+//! live bytes fell below 50% (live frames, and the deletions, final results, latest Deferred
+//! results and markers still needed by messages on disk) into a new segment — temp file,
+//! fdatasync, rename, directory fsync, index update, unlink, directory fsync — on the
+//! caller's thread, without blocking ingest or reads.
 //! A crash at any point leaves either a temporary file (removed at open) or old and new
 //! segments side by side (identical copies: one is indexed, the id is reported, the next
 //! compaction drops the other); nothing acknowledged is lost and no deletion is undone. The
@@ -81,8 +104,12 @@
 //! - A message whose batch failed was answered 452 but may still reappear after a crash if its
 //!   bytes reached the disk anyway (at-least-once, like any MTA).
 //! - `fsync = false` gives up the durability contract (benchmarks only; the caller warns).
-//! - The live index holds every message on disk (≈ 150 B + mailbox names each); the replay
-//!   snapshot recovery builds is kept until [`Spool::replay`] takes it: call it once at start.
+//! - The live index holds every message on disk (≈ 150 B + mailbox names + 48 B and the
+//!   address per remote recipient: no replies, which replay reads back from the log); the
+//!   replay snapshot recovery builds is kept until [`Spool::replay`] takes it: call it once at
+//!   start. Compaction's reference list holds 24 B per id named by a deletion or delivery
+//!   record on disk.
+//! - A stored reply is at most [`REPLY_MAX_LEN`] bytes (longer ones are cut).
 //! - At most 128 segment handles are cached for reads (one fd each).
 //! - Compaction holds one source segment and its kept frames in memory at a time (≤ 2 ×
 //!   `segment_size`); one compaction runs at a time. Shards of an earlier run with more cores
@@ -92,11 +119,14 @@
 //! # Tests
 //! Unit tests sit in each file; `tests.rs` runs the spool on real files in tempdirs and through
 //! the IO seam with injected errors (deletions, replay, reads racing compaction, leftovers of an
-//! interrupted compaction); `sim_tests.rs` is the seeded simulation on [`sim::SimDisk`] (appends,
-//! deletions, compactions; crash points anywhere, also inside a compaction; torn and lost
-//! unsynced writes and directory operations; write/sync/create errors; bit flips) whose checker
-//! asserts acknowledged ⊆ recovered ⊆ accepted (minus garbage) with intact bodies and copies,
-//! acknowledged deletions never undone, and a replay that lists each live message once; a
+//! interrupted compaction, delivery results and markers through recovery and compaction);
+//! `sim_tests.rs` is the seeded simulation on [`sim::SimDisk`] (appends, deletions, delivery
+//! results and DSN markers, compactions; crash points anywhere, also inside a compaction; torn
+//! and lost unsynced writes and directory operations; write/sync/create errors; bit flips)
+//! whose checker asserts acknowledged ⊆ recovered ⊆ accepted (minus garbage) with intact bodies
+//! and copies, acknowledged deletions and results never undone, a message with a pending
+//! recipient never gone, and a replay that lists each live message once with exactly the
+//! pending recipients of the index (and their latest Deferred); a
 //! second simulation replays every crash point of one compaction. Failures print `SEED=…` for
 //! replay. The real [`FsIo`] is proven by kill -9 tests: `tests/spool_compaction.rs` kills a
 //! compaction process at many moments.
@@ -128,14 +158,19 @@ use crate::envelope::{Envelope, Origin, QueueId};
 
 pub use compact::{compact_offline, compact_offline_with, CompactionConfig, CompactionReport};
 pub use error::SpoolError;
-pub use frame::{MailboxDeletion, MessageMeta, RecordKind};
-pub use index::{Replay, ReplayMessage};
+pub use frame::{
+    DeliveryRecord, DeliveryResult, DsnKind, DsnSent, MailboxDeletion, MessageMeta, Outcome,
+    RecordKind, REPLY_MAX_LEN,
+};
+pub use index::{PendingRecipient, Replay, ReplayMessage};
 pub use io::{FsIo, SegmentFile, SegmentIo, MAX_SHARDS};
 pub use recovery::{CorruptFrame, RecoveryReport, ShardRecovery, TornTail};
 
 use compact::CompactionState;
 use frame::{Record, MAX_PART_LEN};
-use index::{DeletionRefs, Entry, FileCache, Found, LiveIndex, FILE_CACHE_CAPACITY};
+use index::{
+    DeliveryHistory, Entry, FileCache, Found, LiveIndex, RecordRefs, Ref, FILE_CACHE_CAPACITY,
+};
 use recovery::{scan_shard, Mode, ShardResume};
 use writer::{LoopConfig, Msg, Pending, PendingMessage, Reply, Request, ShardWriter};
 
@@ -380,6 +415,57 @@ impl ShardHandle {
         .map(|()| rx)
     }
 
+    /// Queues outbound delivery results (see [`DeliveryResult`]) for the next group commit, as
+    /// one record: same bounded queue, same batches as messages. The receiver yields `Ok(())`
+    /// only once the record is on stable storage and the live index applied it (a message
+    /// whose last pending recipient became final, with every mailbox copy deleted, is garbage
+    /// from then on: read what a bounce needs from it before). `RecvError` means the spool
+    /// stopped first: nothing was recorded. Replies longer than [`REPLY_MAX_LEN`] bytes are
+    /// cut. An empty `results` is answered at once.
+    pub fn append_results(
+        &self,
+        results: Vec<DeliveryResult>,
+    ) -> Result<oneshot::Receiver<Result<(), SpoolError>>, SpoolError> {
+        self.append_delivery(DeliveryRecord {
+            results,
+            dsn_sent: Vec::new(),
+        })
+    }
+
+    /// Queues DSN markers ([`DsnSent`]) like [`ShardHandle::append_results`]: once `Ok`, a
+    /// restart's replay lists them and the notice must not be sent again.
+    pub fn append_dsn_sent(
+        &self,
+        dsn_sent: Vec<DsnSent>,
+    ) -> Result<oneshot::Receiver<Result<(), SpoolError>>, SpoolError> {
+        self.append_delivery(DeliveryRecord {
+            results: Vec::new(),
+            dsn_sent,
+        })
+    }
+
+    /// Results and markers in ONE record, durable together or not at all: e.g. a recipient's
+    /// `Bounced` result with the marker of its failure notice, so that a restart never sees
+    /// one without the other. Otherwise as [`ShardHandle::append_results`].
+    pub fn append_delivery(
+        &self,
+        mut record: DeliveryRecord,
+    ) -> Result<oneshot::Receiver<Result<(), SpoolError>>, SpoolError> {
+        let (reply, rx) = oneshot::channel();
+        if record.is_empty() {
+            let _ = reply.send(Ok(()));
+            return Ok(rx);
+        }
+        for r in &mut record.results {
+            frame::bound_reply(&mut r.reply);
+        }
+        self.send(Request {
+            pending: Pending::Delivery(record),
+            reply: Reply::Delivery(reply),
+        })
+        .map(|()| rx)
+    }
+
     fn send(&self, request: Request) -> Result<(), SpoolError> {
         let shared = &self.shared;
         shared.in_flight.fetch_add(1, Ordering::SeqCst);
@@ -411,7 +497,7 @@ pub(crate) struct ShardSegments {
 pub(crate) struct Core {
     pub io: Arc<dyn SegmentIo>,
     pub index: LiveIndex,
-    pub deletion_refs: DeletionRefs,
+    pub record_refs: RecordRefs,
     pub files: FileCache,
     /// Writable shards `0..n`.
     pub shards: Vec<ShardSegments>,
@@ -433,7 +519,7 @@ impl Core {
         let Recovered {
             report,
             index,
-            deletion_refs,
+            record_refs,
             replay,
             resume,
         } = recovered;
@@ -450,7 +536,7 @@ impl Core {
         let core = Core {
             io,
             index,
-            deletion_refs,
+            record_refs,
             files: FileCache::new(FILE_CACHE_CAPACITY),
             shards,
             compaction: Mutex::new(CompactionState::default()),
@@ -528,18 +614,27 @@ impl Core {
         let shards = io
             .list_shards()
             .map_err(|e| SpoolError::io("list shards", io.root(), e))?;
-        let mut replay = Replay::default();
+        let mut live = Vec::new();
+        let mut history = DeliveryHistory::default();
         for shard in shards {
             scan_shard(io, shard, Mode::ReadOnly, &mut |v| {
-                if let Record::Message(meta) = v.record {
-                    if let Some(e) = self.index.get(meta.id) {
-                        if e.location == v.location && !e.is_garbage() {
-                            push_replay(&mut replay, &e, replay_message(meta, v.location));
+                match v.record {
+                    Record::Message(meta) => {
+                        if let Some(e) = self.index.get(meta.id) {
+                            if e.location == v.location && !e.is_garbage() {
+                                live.push((e, replay_message(meta, v.location)));
+                            }
                         }
                     }
+                    Record::Delivery(record) => history.add(&record),
+                    Record::Deletion(_) => {}
                 }
                 ControlFlow::Continue(())
             })?;
+        }
+        let mut replay = Replay::default();
+        for (e, message) in live {
+            push_replay(&mut replay, &e, &history, message);
         }
         replay.messages.sort_by_key(|m| m.id);
         replay.deletions.sort();
@@ -556,10 +651,19 @@ fn replay_message(meta: MessageMeta, location: Location) -> ReplayMessage {
         body_len: location.body_len,
         sender: meta.envelope.reverse_path,
         recipients: meta.envelope.recipients.len(),
+        pending: Vec::new(),
+        finished: Vec::new(),
+        dsn_sent: Vec::new(),
     }
 }
 
-fn push_replay(replay: &mut Replay, entry: &Entry, message: ReplayMessage) {
+fn push_replay(
+    replay: &mut Replay,
+    entry: &Entry,
+    history: &DeliveryHistory,
+    mut message: ReplayMessage,
+) {
+    history.fill(&mut message);
     for m in &entry.mailboxes {
         if m.deleted {
             replay.deletions.push((m.name.to_string(), message.id));
@@ -629,7 +733,7 @@ const RECOVERY_THREADS_MAX: usize = 4;
 pub(crate) struct Recovered {
     pub report: RecoveryReport,
     pub index: LiveIndex,
-    pub deletion_refs: DeletionRefs,
+    pub record_refs: RecordRefs,
     pub replay: Replay,
     /// Resume points of shards `0..shards`.
     pub resume: Vec<ShardResume>,
@@ -647,13 +751,18 @@ enum Scanned {
         location: Location,
         deletion: MailboxDeletion,
     },
+    Delivery {
+        location: Location,
+        record: DeliveryRecord,
+    },
 }
 
 /// Recovers every shard directory under the root (repairing `0..shards`, reading the others),
 /// creating missing shards `0..shards`. Shards are scanned in parallel; the live index, the
-/// deletion references and the replay are built from what they found, in shard and log order
-/// (messages first, then deletions: a compacted segment may hold a deletion older than a
-/// message in a later segment, and the other way round).
+/// record references and the replay are built from what they found, in shard and log order
+/// (messages first, then deletions and delivery records: a compacted segment may hold a
+/// deletion or result older than a message in a later segment, and the other way round, and
+/// a result may sit in another shard than its message).
 pub(crate) fn recover(io: &dyn SegmentIo, shards: usize) -> Result<Recovered, SpoolError> {
     for s in 0..shards {
         io.create_shard(s as u8)
@@ -681,6 +790,10 @@ pub(crate) fn recover(io: &dyn SegmentIo, shards: usize) -> Result<Recovered, Sp
                 Record::Deletion(deletion) => Scanned::Deletion {
                     location: v.location,
                     deletion,
+                },
+                Record::Delivery(record) => Scanned::Delivery {
+                    location: v.location,
+                    record,
                 },
             });
             ControlFlow::Continue(())
@@ -730,9 +843,10 @@ pub(crate) fn recover(io: &dyn SegmentIo, shards: usize) -> Result<Recovered, Sp
     });
     let mut report = RecoveryReport::default();
     let index = LiveIndex::default();
-    let deletion_refs = DeletionRefs::default();
+    let record_refs = RecordRefs::default();
     let mut messages: HashMap<QueueId, ReplayMessage> = HashMap::new();
     let mut deletions = Vec::new();
+    let mut deliveries = Vec::new();
     let mut resume = vec![ShardResume::default(); shards];
     for (&shard, outcome) in present.iter().zip(outcomes) {
         let (mut shard_report, shard_resume, found) = outcome?;
@@ -750,7 +864,7 @@ pub(crate) fn recover(io: &dyn SegmentIo, shards: usize) -> Result<Recovered, Sp
                         data_crc,
                         meta_crc,
                         &message.mailboxes,
-                        message.remote.len(),
+                        &message.remote,
                     );
                     if let Some(first) = index.find(id) {
                         // A copy left by an interrupted compaction: same bytes, or a bug.
@@ -766,8 +880,16 @@ pub(crate) fn recover(io: &dyn SegmentIo, shards: usize) -> Result<Recovered, Sp
                     index.insert(id, entry);
                 }
                 Scanned::Deletion { location, deletion } => {
-                    deletion_refs.add(shard, location.segment, location.frame_len, &deletion.ids);
+                    record_refs.add(
+                        shard,
+                        location.segment,
+                        location.frame_len,
+                        Ref::deletions(&deletion.ids),
+                    );
                     deletions.push(deletion);
+                }
+                Scanned::Delivery { location, record } => {
+                    deliveries.push((shard, location, record));
                 }
             }
         }
@@ -776,21 +898,40 @@ pub(crate) fn recover(io: &dyn SegmentIo, shards: usize) -> Result<Recovered, Sp
         }
         report.shards.push(shard_report);
     }
+    // Never hand out an id a surviving deletion or result names (its message may have been
+    // lost to corruption): the record would apply to the new message.
+    let mut named = |id: QueueId| {
+        if let Some(r) = resume.get_mut(usize::from(id.shard())) {
+            r.last_micros = r.last_micros.max(id.micros());
+        }
+    };
     for d in &deletions {
         index.apply_deletion(&d.mailbox, &d.ids);
-        // Never hand out an id a surviving deletion names (its message may have been lost
-        // to corruption): the deletion would apply to the new message.
-        for id in &d.ids {
-            if let Some(r) = resume.get_mut(usize::from(id.shard())) {
-                r.last_micros = r.last_micros.max(id.micros());
-            }
-        }
+        d.ids.iter().copied().for_each(&mut named);
+    }
+    let mut history = DeliveryHistory::default();
+    for (shard, location, record) in deliveries {
+        index.apply_delivery(&record);
+        record_refs.add(
+            shard,
+            location.segment,
+            location.frame_len,
+            Ref::delivery(&record),
+        );
+        history.add(&record);
+        record.ids().for_each(&mut named);
+        // A marker's notice id too: the queue may look the notice up by it.
+        record
+            .dsn_sent
+            .iter()
+            .filter_map(|d| d.notice_id)
+            .for_each(&mut named);
     }
     let mut replay = Replay::default();
     for (id, message) in messages {
         if let Some(e) = index.get(id) {
             if !e.is_garbage() {
-                push_replay(&mut replay, &e, message);
+                push_replay(&mut replay, &e, &history, message);
             }
         }
     }
@@ -799,7 +940,7 @@ pub(crate) fn recover(io: &dyn SegmentIo, shards: usize) -> Result<Recovered, Sp
     Ok(Recovered {
         report,
         index,
-        deletion_refs,
+        record_refs,
         replay,
         resume,
     })

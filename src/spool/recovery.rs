@@ -154,6 +154,10 @@ pub struct ShardRecovery {
     /// Deletion records kept, and how many (mailbox, id) pairs they name.
     pub deletion_records: u64,
     pub deletion_pairs: u64,
+    /// Delivery records kept, and the results and DSN markers they hold.
+    pub delivery_records: u64,
+    pub delivery_results: u64,
+    pub dsn_markers: u64,
     /// Repairs (truncate, remove) that failed. Not fatal: old segments are never appended
     /// to, so the next start meets the same tail and decides the same way.
     pub repair_errors: Vec<String>,
@@ -630,6 +634,11 @@ pub(crate) fn scan_segment(
                     Record::Deletion(d) => {
                         report.deletion_records += 1;
                         report.deletion_pairs += d.ids.len() as u64;
+                    }
+                    Record::Delivery(d) => {
+                        report.delivery_records += 1;
+                        report.delivery_results += d.results.len() as u64;
+                        report.dsn_markers += d.dsn_sent.len() as u64;
                     }
                 }
                 let meta_at = off + FRAME_HEADER_LEN;

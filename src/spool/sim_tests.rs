@@ -1,28 +1,39 @@
-//! Seeded simulation: thousands of scenarios of message appends, mailbox deletions, group
-//! commits, compactions, injected IO errors, crash points (anywhere, including inside a
-//! compaction) and torn writes on [`SimDisk`], each followed by recovery and a checker:
+//! Seeded simulation: thousands of scenarios of message appends, mailbox deletions, delivery
+//! results (deferred, then delivered, bounced or expired) and DSN markers, group commits,
+//! compactions, injected IO errors, crash points (anywhere, including inside a compaction)
+//! and torn writes on [`SimDisk`], each followed by recovery and a checker:
 //!
 //! - acknowledged ⊆ recovered ⊆ accepted for messages, except that a message that is garbage
-//!   under the accepted deletions may be gone (compaction may have dropped it);
+//!   under the accepted deletions and results may be gone (compaction may have dropped it); a
+//!   message with a recipient that no accepted result finished never disappears;
+//! - an acknowledged final result is applied (the recipient is never pending again) and an
+//!   acknowledged Deferred is never rolled back to an older attempt, for every recovered
+//!   message; only accepted results are ever applied; acknowledged DSN markers are listed;
 //! - every recovered message's meta and stored body are exactly what was appended, and so are
 //!   the bytes of every extra copy an interrupted compaction left (listed once all the same);
 //! - an acknowledged deletion is applied to every recovered copy of its message (a message is
 //!   never resurrected into a mailbox); only accepted deletions are ever applied;
-//! - the replay lists every live recovered message exactly once, with exactly its deletions;
+//! - the replay lists every live recovered message exactly once, with exactly its deletions,
+//!   and its pending recipients are exactly the index's (between "remote minus accepted
+//!   finals" and "remote minus acknowledged finals"), each with its latest Deferred;
 //! - recovery never stops with an error on a crash image (only Fatal inputs may);
-//! - at the end, two full compactions on the recovered disk drop every garbage message and
-//!   orphaned deletion and change nothing a reader can see.
+//! - at the end, two full compactions on the recovered disk drop every garbage message,
+//!   orphaned deletion, orphaned result or marker and superseded Deferred result, and change
+//!   nothing a reader can see.
 //!
 //! The writer core and compaction are driven synchronously (no threads), so a seed replays
 //! exactly: `SPOOL_SIM_SEED=<seed> cargo test --lib spool::sim_tests` runs one scenario;
-//! `SPOOL_SIM_SCENARIOS=<n>` changes how many run (default 1500, ~15 s in debug on 2 vCPUs);
+//! `SPOOL_SIM_SCENARIOS=<n>` changes how many run (default 1500, ~25 s in debug on 2 vCPUs);
 //! `SPOOL_SIM_CRASH_SEEDS=<n>` how many states the every-crash-point test starts from (30).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use super::compact::{self, CompactionConfig};
-use super::frame::{MailboxDeletion, MessageMeta, SEGMENT_PREAMBLE_LEN};
+use super::frame::{
+    DeliveryRecord, DeliveryResult, DsnKind, DsnSent, MailboxDeletion, MessageMeta, Outcome,
+    Record, SEGMENT_PREAMBLE_LEN,
+};
 use super::index::Entry;
 use super::inspect;
 use super::sim::{SimDisk, SimFaults, SimRng};
@@ -31,6 +42,7 @@ use super::{recover, Core, Location, Replay, SegmentIo};
 use crate::envelope::{Envelope, MailParams, Origin, QueueId, Recipient};
 
 const MAILBOXES: [&str; 3] = ["alice", "bob", "carol"];
+const REMOTES: [&str; 3] = ["far@example.com", "x@example.net", "y@example.org"];
 
 /// What the scenarios exercised, so the simulation cannot silently become vacuous.
 #[derive(Debug, Default)]
@@ -54,14 +66,32 @@ struct Coverage {
     temp_files_removed: u64,
     duplicates_recovered: u64,
     copies_shadowing_deletions: u64,
+    results_acked: u64,
+    results_failed: u64,
+    finals_acked: u64,
+    relayed_garbage_dropped: u64,
+    results_dropped: u64,
+    pending_replayed: u64,
 }
+
+type Pair = (QueueId, String);
 
 struct Model {
     accepted: HashMap<QueueId, PendingMessage>,
     acked: HashSet<QueueId>,
     accepted_deletions: HashSet<(String, QueueId)>,
     acked_deletions: HashSet<(String, QueueId)>,
+    /// Delivery results per (message, recipient), in the order they were appended.
+    accepted_results: HashMap<Pair, Vec<DeliveryResult>>,
+    acked_results: HashMap<Pair, Vec<DeliveryResult>>,
+    accepted_markers: HashSet<DsnSent>,
+    acked_markers: HashSet<DsnSent>,
+    /// (message, recipient) pairs with a final result among the above.
+    accepted_finals: HashSet<Pair>,
+    acked_finals: HashSet<Pair>,
     next_micros: u64,
+    /// The delivery clock (`at_unix_micros` of results).
+    clock: u64,
 }
 
 impl Model {
@@ -71,22 +101,65 @@ impl Model {
             acked: HashSet::new(),
             accepted_deletions: HashSet::new(),
             acked_deletions: HashSet::new(),
+            accepted_results: HashMap::new(),
+            acked_results: HashMap::new(),
+            accepted_markers: HashSet::new(),
+            acked_markers: HashSet::new(),
+            accepted_finals: HashSet::new(),
+            acked_finals: HashSet::new(),
             next_micros,
+            clock: 1_000,
         }
     }
 
     /// The liveness rule, stated independently of `index::is_garbage`: every recipient is
-    /// accounted for (local mailboxes, no remote) and every mailbox copy has a deletion.
-    fn garbage_under(&self, id: QueueId, deletions: &HashSet<(String, QueueId)>) -> bool {
+    /// accounted for (at least one local mailbox or remote address), every remote address has
+    /// a final result and every mailbox copy has a deletion.
+    fn garbage_under(
+        &self,
+        id: QueueId,
+        deletions: &HashSet<(String, QueueId)>,
+        finals: &HashSet<Pair>,
+    ) -> bool {
         let Some(p) = self.accepted.get(&id) else {
             return false;
         };
-        p.meta.remote.is_empty()
-            && !p.meta.mailboxes.is_empty()
-            && p.meta
-                .mailboxes
+        let m = &p.meta;
+        (!m.remote.is_empty() || !m.mailboxes.is_empty())
+            && m.remote.iter().all(|r| finals.contains(&(id, r.clone())))
+            && m.mailboxes
                 .iter()
-                .all(|m| deletions.contains(&(m.clone(), id)))
+                .all(|mb| deletions.contains(&(mb.clone(), id)))
+    }
+
+    /// Garbage under everything accepted: the most that may be gone.
+    fn may_be_gone(&self, id: QueueId) -> bool {
+        self.garbage_under(id, &self.accepted_deletions, &self.accepted_finals)
+    }
+
+    fn accept_delivery(&mut self, d: &DeliveryRecord) {
+        for r in &d.results {
+            let pair = (r.id, r.recipient.clone());
+            if r.outcome.is_final() {
+                self.accepted_finals.insert(pair.clone());
+            }
+            self.accepted_results
+                .entry(pair)
+                .or_default()
+                .push(r.clone());
+        }
+        self.accepted_markers.extend(d.dsn_sent.iter().cloned());
+    }
+
+    fn ack_delivery(&mut self, d: &DeliveryRecord) {
+        for r in &d.results {
+            let pair = (r.id, r.recipient.clone());
+            if r.outcome.is_final() {
+                self.acked_finals.insert(pair.clone());
+            }
+            self.acked_results.entry(pair).or_default().push(r.clone());
+        }
+        self.acked_markers.extend(d.dsn_sent.iter().cloned());
     }
 }
 
@@ -113,11 +186,19 @@ fn pending(rng: &mut SimRng, id: QueueId, segment_size: u64) -> PendingMessage {
             .map(|m| m.to_string())
             .collect()
     };
-    let remote = if rng.chance(1, 6) {
-        vec!["far@example.com".to_string()]
+    let mut remote: Vec<String> = if rng.chance(1, 3) {
+        REMOTES
+            .iter()
+            .filter(|_| rng.chance(1, 2))
+            .map(|r| r.to_string())
+            .collect()
     } else {
         Vec::new()
     };
+    if !remote.is_empty() && rng.chance(1, 10) {
+        // An address named twice is delivered once.
+        remote.push(remote[0].clone());
+    }
     PendingMessage {
         meta: MessageMeta {
             id,
@@ -180,6 +261,94 @@ fn deletion(rng: &mut SimRng, model: &Model) -> MailboxDeletion {
     MailboxDeletion { mailbox, ids }
 }
 
+/// Outbound delivery results: mostly the next attempt for an acknowledged message's remote
+/// recipient (sometimes several recipients of one transaction sharing attempt and time, a
+/// tie, or a result after a final one), sometimes a stray recipient or an unknown id; DSN
+/// markers now and then.
+fn delivery(rng: &mut SimRng, model: &mut Model) -> DeliveryRecord {
+    let mut relayed: Vec<QueueId> = model
+        .acked
+        .iter()
+        .copied()
+        .filter(|id| !model.accepted[id].meta.remote.is_empty())
+        .collect();
+    relayed.sort();
+    let mut d = DeliveryRecord::default();
+    let transaction = rng.chance(1, 3);
+    model.clock += 1 + rng.below(5);
+    for _ in 0..1 + rng.below(4) {
+        let (id, recipient) = if !relayed.is_empty() && rng.chance(7, 8) {
+            let id = relayed[rng.below(relayed.len() as u64) as usize];
+            let remote = &model.accepted[&id].meta.remote;
+            let mut open: Vec<&String> = remote
+                .iter()
+                .filter(|r| {
+                    !model
+                        .acked_results
+                        .get(&(id, (*r).clone()))
+                        .is_some_and(|rs| rs.iter().any(|x| x.outcome.is_final()))
+                })
+                .collect();
+            if open.is_empty() || rng.chance(1, 10) {
+                open = remote.iter().collect();
+            }
+            (id, open[rng.below(open.len() as u64) as usize].clone())
+        } else if rng.chance(1, 2) && !model.accepted.is_empty() {
+            let mut all: Vec<QueueId> = model.accepted.keys().copied().collect();
+            all.sort();
+            let id = all[rng.below(all.len() as u64) as usize];
+            (id, REMOTES[rng.below(3) as usize].to_string())
+        } else {
+            (QueueId::new(rng.below(1000), 0), REMOTES[0].to_string())
+        };
+        let previous = model
+            .accepted_results
+            .get(&(id, recipient.clone()))
+            .map_or(0, |rs| rs.iter().map(|r| r.attempt).max().unwrap_or(0));
+        let attempt = if rng.chance(1, 10) {
+            previous.max(1)
+        } else {
+            previous + 1
+        };
+        if !transaction {
+            model.clock += 1 + rng.below(5);
+        }
+        let outcome = match rng.below(20) {
+            0..=10 => Outcome::Deferred,
+            11..=15 => Outcome::Delivered,
+            16..=18 => Outcome::Bounced,
+            _ => Outcome::Expired,
+        };
+        let at = model.clock;
+        d.results.push(DeliveryResult {
+            id,
+            recipient: recipient.clone(),
+            outcome,
+            reply: format!("{outcome:?} #{attempt} r{}", rng.below(1000)),
+            attempt,
+            at_unix_micros: at,
+            next_attempt_unix_micros: (outcome == Outcome::Deferred)
+                .then(|| at + 60_000_000 * u64::from(attempt)),
+        });
+        if rng.chance(1, 4) {
+            d.dsn_sent.push(DsnSent {
+                id,
+                recipient,
+                kind: match outcome {
+                    Outcome::Deferred => DsnKind::Delay,
+                    Outcome::Delivered => DsnKind::Success,
+                    Outcome::Bounced | Outcome::Expired => DsnKind::Failure,
+                },
+                at_unix_micros: at,
+                notice_id: rng
+                    .chance(1, 2)
+                    .then(|| QueueId::new(rng.below(1 << 40), 0)),
+            });
+        }
+    }
+    d
+}
+
 fn check_record(disk: &SimDisk, loc: &Location, p: &PendingMessage) -> Result<(), String> {
     let back = inspect::read_at(disk, loc).map_err(|e| e.to_string())?;
     if back.meta != p.meta {
@@ -210,10 +379,11 @@ fn check_state(
     let all = entries(&core.index);
     let indexed: HashSet<QueueId> = all.iter().map(|(id, _)| *id).collect();
     for id in &model.acked {
-        if !indexed.contains(id) && !model.garbage_under(*id, &model.accepted_deletions) {
+        if !indexed.contains(id) && !model.may_be_gone(*id) {
             return Err(format!("acknowledged live {id} lost"));
         }
     }
+    let (accepted_finals, acked_finals) = (&model.accepted_finals, &model.acked_finals);
     for (id, e) in &all {
         let Some(p) = model.accepted.get(id) else {
             return Err(format!("recovered {id} was never appended"));
@@ -233,7 +403,62 @@ fn check_state(
                 return Err(format!("{id} deleted in {} without a deletion", m.name));
             }
         }
-        if e.is_garbage() != model.garbage_under(*id, &deleted_pairs(&all)) {
+        for r in &e.remote {
+            let pair = (*id, r.name.to_string());
+            if acked_finals.contains(&pair) && !r.done {
+                return Err(format!(
+                    "acknowledged final result of {id} to {} lost",
+                    r.name
+                ));
+            }
+            if r.done && !accepted_finals.contains(&pair) {
+                return Err(format!("{id} to {} final without a final result", r.name));
+            }
+            let accepted_keys: Vec<(u32, u64)> = model
+                .accepted_results
+                .get(&pair)
+                .into_iter()
+                .flatten()
+                .filter(|x| !x.outcome.is_final())
+                .map(|x| x.order_key())
+                .collect();
+            let acked_max = model
+                .acked_results
+                .get(&pair)
+                .into_iter()
+                .flatten()
+                .filter(|x| !x.outcome.is_final())
+                .map(|x| x.order_key())
+                .max();
+            match r.deferred {
+                Some(k) if !accepted_keys.contains(&k) => {
+                    return Err(format!("{id} to {}: deferred {k:?} never appended", r.name));
+                }
+                _ if r.deferred < acked_max => {
+                    return Err(format!(
+                        "{id} to {}: acknowledged deferred {acked_max:?} rolled back to {:?}",
+                        r.name, r.deferred
+                    ));
+                }
+                _ => {}
+            }
+        }
+        let mut remote: Vec<&String> = Vec::new();
+        for r in &p.meta.remote {
+            if !remote.contains(&r) {
+                remote.push(r);
+            }
+        }
+        if e.remote
+            .iter()
+            .map(|r| &*r.name)
+            .ne(remote.iter().map(|r| r.as_str()))
+        {
+            return Err(format!(
+                "{id}: index remote recipients differ from the meta"
+            ));
+        }
+        if e.is_garbage() != model.garbage_under(*id, &deleted_pairs(&all), &done_pairs(&all)) {
             return Err(format!("{id}: index and model disagree on garbage"));
         }
     }
@@ -253,6 +478,7 @@ fn check_state(
             {
                 return Err(format!("replay of {} differs from what was stored", m.id));
             }
+            check_replayed_delivery(m, &all, model)?;
         }
         let live: HashSet<QueueId> = all
             .iter()
@@ -280,6 +506,111 @@ fn check_state(
     Ok(())
 }
 
+/// The delivery state replay gives one live message: pending exactly the index's open
+/// recipients (so between the model's bounds), each with its latest Deferred; finished
+/// exactly the others, with accepted finals; markers accepted, none acknowledged missing.
+fn check_replayed_delivery(
+    m: &super::ReplayMessage,
+    all: &[(QueueId, Entry)],
+    model: &Model,
+) -> Result<(), String> {
+    let id = m.id;
+    let Some((_, e)) = all.iter().find(|(x, _)| *x == id) else {
+        return Err(format!("replay lists {id}, not in the index"));
+    };
+    let open: Vec<&str> = e
+        .remote
+        .iter()
+        .filter(|r| !r.done)
+        .map(|r| &*r.name)
+        .collect();
+    let pending: Vec<&str> = m.pending.iter().map(|p| p.recipient.as_str()).collect();
+    if pending != open {
+        return Err(format!(
+            "{id}: replay pending {pending:?} != index pending {open:?}"
+        ));
+    }
+    let (accepted_finals, acked_finals) = (&model.accepted_finals, &model.acked_finals);
+    for r in &m.remote {
+        let pair = (id, r.clone());
+        let is_pending = pending.contains(&r.as_str());
+        if is_pending && acked_finals.contains(&pair) {
+            return Err(format!(
+                "{id}: {r} pending after an acknowledged final result"
+            ));
+        }
+        if !is_pending && !accepted_finals.contains(&pair) {
+            return Err(format!("{id}: {r} not pending without a final result"));
+        }
+    }
+    for p in &m.pending {
+        let state = e.remote.iter().find(|r| *r.name == *p.recipient);
+        let key = state.and_then(|s| s.deferred);
+        match key {
+            None => {
+                if p.attempts != 0 || p.last_reply.is_some() || p.next_attempt_unix_micros.is_some()
+                {
+                    return Err(format!("{id}: {} has a history from nowhere", p.recipient));
+                }
+            }
+            Some(k) => {
+                let matches = model
+                    .accepted_results
+                    .get(&(id, p.recipient.clone()))
+                    .into_iter()
+                    .flatten()
+                    .any(|x| {
+                        !x.outcome.is_final()
+                            && x.order_key() == k
+                            && (p.attempts, p.last_attempt_unix_micros) == (k.0, Some(k.1))
+                            && p.last_reply.as_deref() == Some(x.reply.as_str())
+                            && p.next_attempt_unix_micros == x.next_attempt_unix_micros
+                    });
+                if !matches {
+                    return Err(format!(
+                        "{id}: {} replayed {p:?}, not the latest deferred {k:?}",
+                        p.recipient
+                    ));
+                }
+            }
+        }
+    }
+    let done: Vec<&str> = e
+        .remote
+        .iter()
+        .filter(|r| r.done)
+        .map(|r| &*r.name)
+        .collect();
+    let finished: Vec<&str> = m.finished.iter().map(|f| f.recipient.as_str()).collect();
+    if finished != done {
+        return Err(format!(
+            "{id}: replay finished {finished:?} != index {done:?}"
+        ));
+    }
+    for f in &m.finished {
+        let ok = f.id == id
+            && f.outcome.is_final()
+            && model
+                .accepted_results
+                .get(&(id, f.recipient.clone()))
+                .is_some_and(|rs| rs.contains(f));
+        if !ok {
+            return Err(format!("{id}: replayed final {f:?} was never appended"));
+        }
+    }
+    for d in &m.dsn_sent {
+        if d.id != id || !model.accepted_markers.contains(d) {
+            return Err(format!("{id}: replayed marker {d:?} was never appended"));
+        }
+    }
+    for d in model.acked_markers.iter().filter(|d| d.id == id) {
+        if !m.dsn_sent.contains(d) {
+            return Err(format!("{id}: acknowledged marker {d:?} lost"));
+        }
+    }
+    Ok(())
+}
+
 fn deleted_pairs(all: &[(QueueId, Entry)]) -> HashSet<(String, QueueId)> {
     all.iter()
         .flat_map(|(id, e)| {
@@ -287,6 +618,17 @@ fn deleted_pairs(all: &[(QueueId, Entry)]) -> HashSet<(String, QueueId)> {
                 .iter()
                 .filter(|m| m.deleted)
                 .map(move |m| (m.name.to_string(), *id))
+        })
+        .collect()
+}
+
+fn done_pairs(all: &[(QueueId, Entry)]) -> HashSet<Pair> {
+    all.iter()
+        .flat_map(|(id, e)| {
+            e.remote
+                .iter()
+                .filter(|r| r.done)
+                .map(move |r| (*id, r.name.to_string()))
         })
         .collect()
 }
@@ -325,6 +667,12 @@ fn recover_and_check(
             cov.copies_shadowing_deletions += 1;
         }
     });
+    cov.pending_replayed += replay
+        .messages
+        .iter()
+        .flat_map(|m| &m.pending)
+        .filter(|p| p.attempts > 0)
+        .count() as u64;
     check_state(disk, &core, Some(&replay), model).map_err(|e| format!("{e}\n{report}"))?;
     Ok((core, resume))
 }
@@ -378,10 +726,11 @@ fn run_scenario(seed: u64, cov: &mut Coverage) -> Result<(), String> {
                         cov.compactions += 1;
                         cov.segments_compacted += report.segments_removed.len() as u64;
                         cov.garbage_dropped += report.messages_dropped;
+                        cov.results_dropped += report.results_dropped;
                         // Everything live is still readable through the index.
                         if disk.is_alive() {
                             for id in &model.acked {
-                                if model.garbage_under(*id, &model.accepted_deletions) {
+                                if model.may_be_gone(*id) {
                                     continue;
                                 }
                                 let p = &model.accepted[id];
@@ -402,10 +751,16 @@ fn run_scenario(seed: u64, cov: &mut Coverage) -> Result<(), String> {
                 continue;
             }
             let shard = rng.below(shards as u64) as usize;
-            let batch: Vec<Pending> = if action < 9 {
+            let batch: Vec<Pending> = if action < 8 {
                 (0..1 + rng.below(3))
                     .map(|_| Pending::Deletion(deletion(&mut rng, &model)))
                     .collect()
+            } else if action < 13 {
+                let mut batch = Vec::new();
+                for _ in 0..1 + rng.below(3) {
+                    batch.push(Pending::Delivery(delivery(&mut rng, &mut model)));
+                }
+                batch
             } else {
                 (0..1 + rng.below(8))
                     .map(|_| {
@@ -425,6 +780,7 @@ fn run_scenario(seed: u64, cov: &mut Coverage) -> Result<(), String> {
                             model.accepted_deletions.insert((d.mailbox.clone(), *id));
                         }
                     }
+                    Pending::Delivery(d) => model.accept_delivery(d),
                 }
             }
             let results = writers[shard].commit(&batch);
@@ -458,8 +814,19 @@ fn run_scenario(seed: u64, cov: &mut Coverage) -> Result<(), String> {
                         }
                         cov.deletions_acked += 1;
                     }
+                    (Pending::Delivery(d), Ok(_)) => {
+                        // Applied to the index before the reply.
+                        if disk.is_alive() {
+                            check_applied(&core, d)?;
+                        }
+                        model.ack_delivery(d);
+                        cov.results_acked += 1;
+                        cov.finals_acked +=
+                            d.results.iter().filter(|r| r.outcome.is_final()).count() as u64;
+                    }
                     (Pending::Message(_), Err(_)) => cov.failed += 1,
                     (Pending::Deletion(_), Err(_)) => cov.deletions_failed += 1,
+                    (Pending::Delivery(_), Err(_)) => cov.results_failed += 1,
                 }
             }
         }
@@ -472,6 +839,27 @@ fn run_scenario(seed: u64, cov: &mut Coverage) -> Result<(), String> {
     }
     disk.set_faults(SimFaults::default());
     check_full_compaction(&disk, shards, segment_size, &model, cov)
+}
+
+/// A just acknowledged delivery record is in the live index already.
+fn check_applied(core: &Core, d: &DeliveryRecord) -> Result<(), String> {
+    for r in &d.results {
+        let Some(e) = core.index.get(r.id) else {
+            continue;
+        };
+        let Some(state) = e.remote.iter().find(|s| *s.name == *r.recipient) else {
+            continue;
+        };
+        let applied = if r.outcome.is_final() {
+            state.done
+        } else {
+            state.deferred >= Some(r.order_key())
+        };
+        if !applied {
+            return Err(format!("just acknowledged, not applied: {r:?}"));
+        }
+    }
+    Ok(())
 }
 
 /// Two full compactions on a quiet disk: the first drops every garbage message, the second
@@ -506,14 +894,59 @@ fn check_full_compaction(
     if replay_of(&again)? != before {
         return Err("full compaction changed what a reader sees".into());
     }
-    let orphans = disk_deletion_ids(disk)?
-        .into_iter()
-        .filter(|id| !again.index.contains(*id))
+    let side = disk_side_records(disk)?;
+    let orphans = side
+        .deletions
+        .iter()
+        .filter(|id| !again.index.contains(**id))
         .count();
     if orphans > 0 {
         return Err(format!(
             "{orphans} orphaned deletion(s) left after two full compactions"
         ));
+    }
+    let unneeded: Vec<&DeliveryResult> = side
+        .results
+        .iter()
+        .filter(|r| !again.index.needs_result(r))
+        .collect();
+    if !unneeded.is_empty() {
+        return Err(format!(
+            "{} orphaned or superseded result(s) left after two full compactions: {:?}",
+            unneeded.len(),
+            unneeded.first()
+        ));
+    }
+    let orphans = side
+        .markers
+        .iter()
+        .filter(|m| !again.index.needs_marker(m))
+        .count();
+    if orphans > 0 {
+        return Err(format!(
+            "{orphans} orphaned DSN marker(s) left after two full compactions"
+        ));
+    }
+    // Stated without the index's own `needs_result`: per indexed recipient, only Deferred
+    // results of its latest key, and no result of an address the message does not have.
+    for r in &side.results {
+        let Some(e) = again.index.get(r.id) else {
+            continue;
+        };
+        let Some(state) = e.remote.iter().find(|s| *s.name == *r.recipient) else {
+            return Err(format!("result for a stray recipient kept: {r:?}"));
+        };
+        if !r.outcome.is_final() && state.deferred != Some(r.order_key()) {
+            return Err(format!(
+                "superseded Deferred kept (latest {:?}): {r:?}",
+                state.deferred
+            ));
+        }
+    }
+    for (id, p) in &model.accepted {
+        if !p.meta.remote.is_empty() && model.acked.contains(id) && !again.index.contains(*id) {
+            cov.relayed_garbage_dropped += 1;
+        }
     }
     Ok(())
 }
@@ -531,10 +964,16 @@ fn run_every_crash_point(seed: u64, cov: &mut Coverage) -> Result<u64, String> {
         let (core, resume) = recover_and_check(&disk, 1, segment_size, &model, cov)?;
         let mut w = ShardWriter::new(0, Arc::clone(&core), resume[0].next_seq);
         for _ in 0..4 + rng.below(8) {
-            let batch: Vec<Pending> = if rng.chance(2, 5) && !model.acked.is_empty() {
+            let batch: Vec<Pending> = if rng.chance(1, 4) && !model.acked.is_empty() {
                 (0..1 + rng.below(3))
                     .map(|_| Pending::Deletion(deletion(&mut rng, &model)))
                     .collect()
+            } else if rng.chance(1, 3) && !model.acked.is_empty() {
+                let mut batch = Vec::new();
+                for _ in 0..1 + rng.below(3) {
+                    batch.push(Pending::Delivery(delivery(&mut rng, &mut model)));
+                }
+                batch
             } else {
                 (0..1 + rng.below(4))
                     .map(|_| {
@@ -559,6 +998,10 @@ fn run_every_crash_point(seed: u64, cov: &mut Coverage) -> Result<u64, String> {
                             model.accepted_deletions.insert((d.mailbox.clone(), *id));
                             model.acked_deletions.insert((d.mailbox.clone(), *id));
                         }
+                    }
+                    Pending::Delivery(d) => {
+                        model.accept_delivery(d);
+                        model.ack_delivery(d);
                     }
                 }
             }
@@ -623,18 +1066,31 @@ fn replay_of(core: &Core) -> Result<Replay, String> {
     core.replay_scan().map_err(|e| e.to_string())
 }
 
-fn disk_deletion_ids(disk: &SimDisk) -> Result<Vec<QueueId>, String> {
-    let mut ids = Vec::new();
+/// Every deletion id, delivery result and DSN marker on the disk.
+#[derive(Default)]
+struct SideRecords {
+    deletions: Vec<QueueId>,
+    results: Vec<DeliveryResult>,
+    markers: Vec<DsnSent>,
+}
+
+fn disk_side_records(disk: &SimDisk) -> Result<SideRecords, String> {
+    let mut side = SideRecords::default();
     for shard in disk.list_shards().map_err(|e| e.to_string())? {
         super::recovery::scan_shard(disk, shard, super::recovery::Mode::ReadOnly, &mut |v| {
-            if let super::frame::Record::Deletion(d) = v.record {
-                ids.extend(d.ids);
+            match v.record {
+                Record::Deletion(d) => side.deletions.extend(d.ids),
+                Record::Delivery(d) => {
+                    side.results.extend(d.results);
+                    side.markers.extend(d.dsn_sent);
+                }
+                Record::Message(_) => {}
             }
             std::ops::ControlFlow::Continue(())
         })
         .map_err(|e| e.to_string())?;
     }
-    Ok(ids)
+    Ok(side)
 }
 
 #[test]
@@ -684,6 +1140,12 @@ fn simulation_acknowledged_subset_recovered_subset_accepted() {
             c.temp_files_removed,
             c.duplicates_recovered,
             c.copies_shadowing_deletions,
+            c.results_acked,
+            c.results_failed,
+            c.finals_acked,
+            c.relayed_garbage_dropped,
+            c.results_dropped,
+            c.pending_replayed,
         ];
         assert!(
             seen.iter().all(|&n| n > 0),

@@ -328,7 +328,7 @@ fn append_raw_frame(path: &std::path::Path, kind: u16, version: u16) {
 
 #[test]
 fn unknown_kind_or_version_is_fatal_and_changes_nothing() {
-    for (kind, version) in [(99u16, 1u16), (1, 2), (2, 2), (3, 1)] {
+    for (kind, version) in [(99u16, 1u16), (1, 2), (2, 2), (3, 2), (4, 1)] {
         let tmp = tempfile::tempdir().unwrap();
         let (spool, _) = Spool::open(config(tmp.path()), 1).unwrap();
         write_some(&spool, 0, 2, 100);
@@ -1118,5 +1118,181 @@ fn a_reader_holding_an_unlinked_segment_finishes_and_a_stale_location_is_retried
     // A read that looked up the old location: the file is gone, the lookup is retried.
     assert!(spool.core.read_located(&before).is_err());
     assert_eq!(spool.read_body(keep.id).unwrap(), stored_body(&keep));
+    spool.close().unwrap();
+}
+
+fn deliver_wait(h: &ShardHandle, record: DeliveryRecord) -> Result<(), SpoolError> {
+    h.append_delivery(record)?
+        .blocking_recv()
+        .unwrap_or(Err(SpoolError::Closed))
+}
+
+fn outcome(m: &NewMessage, rcpt: &str, outcome: Outcome, attempt: u32, at: u64) -> DeliveryResult {
+    DeliveryResult {
+        id: m.id,
+        recipient: rcpt.into(),
+        outcome,
+        reply: format!("{outcome:?} on attempt {attempt}"),
+        attempt,
+        at_unix_micros: at,
+        next_attempt_unix_micros: (outcome == Outcome::Deferred).then_some(at + 60_000_000),
+    }
+}
+
+#[test]
+fn delivery_results_are_durable_replayed_and_compacted() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut cfg = config(tmp.path());
+    cfg.segment_size = 16 << 10;
+    let (spool, _) = Spool::open(cfg.clone(), 2).unwrap();
+    let h = spool.shard(0);
+    let mut relayed = local_message(&h, 1, &[], false);
+    relayed.remote = vec!["a@far.example".into(), "b@far.example".into()];
+    let mut mixed = local_message(&h, 2, &["alice"], false);
+    mixed.remote = vec!["c@far.example".into()];
+    for m in [&relayed, &mixed] {
+        append_wait(&h, m.clone()).unwrap();
+    }
+    // Results come from whichever core owns the destination: the other shard's writer.
+    let other = spool.shard(1);
+    assert!(other
+        .append_results(Vec::new())
+        .unwrap()
+        .blocking_recv()
+        .unwrap()
+        .is_ok());
+    let delay = DsnSent {
+        id: relayed.id,
+        recipient: "a@far.example".into(),
+        kind: DsnKind::Delay,
+        at_unix_micros: 300,
+        notice_id: Some(QueueId::new(77, 1)),
+    };
+    let results = vec![
+        outcome(&relayed, "a@far.example", Outcome::Deferred, 2, 200),
+        outcome(&relayed, "a@far.example", Outcome::Deferred, 1, 100),
+        outcome(&relayed, "b@far.example", Outcome::Delivered, 1, 100),
+        outcome(&mixed, "c@far.example", Outcome::Deferred, 1, 100),
+    ];
+    other
+        .append_results(results.clone())
+        .unwrap()
+        .blocking_recv()
+        .unwrap()
+        .unwrap();
+    other
+        .append_dsn_sent(vec![delay.clone()])
+        .unwrap()
+        .blocking_recv()
+        .unwrap()
+        .unwrap();
+    // A reply longer than the bound is cut.
+    let mut long = outcome(&mixed, "c@far.example", Outcome::Deferred, 2, 400);
+    long.reply = "4".repeat(3 * REPLY_MAX_LEN);
+    deliver_wait(
+        &h,
+        DeliveryRecord {
+            results: vec![long],
+            dsn_sent: Vec::new(),
+        },
+    )
+    .unwrap();
+    spool.close().unwrap();
+
+    let (spool, report) = Spool::open(cfg.clone(), 2).unwrap();
+    assert!(report.is_clean(), "{report}");
+    let sum = |f: fn(&ShardRecovery) -> u64| report.shards.iter().map(f).sum::<u64>();
+    assert_eq!(sum(|s| s.delivery_records), 3);
+    assert_eq!(
+        (sum(|s| s.delivery_results), sum(|s| s.dsn_markers)),
+        (5, 1)
+    );
+    let replay = spool.replay().unwrap();
+    assert_eq!(replay.messages.len(), 2);
+    let r = &replay.messages[0];
+    assert_eq!(r.id, relayed.id);
+    assert_eq!(
+        r.pending,
+        vec![PendingRecipient {
+            recipient: "a@far.example".into(),
+            attempts: 2,
+            last_reply: Some("Deferred on attempt 2".into()),
+            last_attempt_unix_micros: Some(200),
+            next_attempt_unix_micros: Some(60_000_200),
+        }]
+    );
+    assert_eq!(r.finished, vec![results[2].clone()]);
+    assert_eq!(r.dsn_sent, vec![delay.clone()]);
+    let m = &replay.messages[1];
+    assert_eq!((m.pending.len(), m.pending[0].attempts), (1, 2));
+    assert_eq!(
+        m.pending[0].last_reply.as_ref().map(String::len),
+        Some(REPLY_MAX_LEN)
+    );
+    assert_eq!(spool.replay().unwrap(), replay, "a second call agrees");
+    let listed = inspect::list(&cfg.dir).unwrap();
+    let counts: Vec<(usize, usize, usize)> = listed
+        .iter()
+        .map(|s| (s.remote_pending, s.remote_delivered, s.remote_bounced))
+        .collect();
+    assert_eq!(counts, vec![(1, 1, 0), (1, 0, 0)]);
+
+    // a@ bounces (with its failure notice marker, in one record); alice deletes her copy.
+    let h = spool.shard(0);
+    let failure = DsnSent {
+        kind: DsnKind::Failure,
+        at_unix_micros: 500,
+        ..delay.clone()
+    };
+    deliver_wait(
+        &h,
+        DeliveryRecord {
+            results: vec![outcome(&relayed, "a@far.example", Outcome::Bounced, 3, 500)],
+            dsn_sent: vec![failure],
+        },
+    )
+    .unwrap();
+    delete_wait(&h, "alice", vec![mixed.id]).unwrap();
+    let listed = inspect::list(&cfg.dir).unwrap();
+    assert_eq!((listed[0].remote_pending, listed[0].remote_bounced), (0, 1));
+    spool.close().unwrap();
+
+    // Everything sealed after a restart: the relayed message is garbage now and goes; the
+    // mixed one stays for c@, with only its latest Deferred.
+    let (spool, _) = Spool::open(cfg.clone(), 2).unwrap();
+    let replay = spool.replay().unwrap();
+    assert_eq!(replay.messages.len(), 1);
+    assert_eq!(replay.messages[0].id, mixed.id);
+    assert_eq!(replay.deletions, vec![("alice".to_string(), mixed.id)]);
+    let full = CompactionConfig {
+        live_percent_below: 100,
+        ..CompactionConfig::new(cfg.segment_size)
+    };
+    let first = spool.compact_with(&full).unwrap();
+    assert_eq!(first.messages_dropped, 1, "{first}");
+    let second = spool.compact_with(&full).unwrap();
+    // The relayed message's 4 results and 2 markers once it is gone (in the first round for
+    // those compacted after its frame, else in the second), and c@'s superseded Deferred.
+    assert_eq!(
+        (
+            first.results_dropped + second.results_dropped,
+            first.markers_dropped + second.markers_dropped
+        ),
+        (5, 2),
+        "{first}
+{second}"
+    );
+    assert!(spool.locate(relayed.id).is_none());
+    assert!(spool.locate(mixed.id).is_some());
+    spool.close().unwrap();
+    let (spool, report) = Spool::open(cfg.clone(), 2).unwrap();
+    assert!(report.is_clean(), "{report}");
+    let sum = |f: fn(&ShardRecovery) -> u64| report.shards.iter().map(f).sum::<u64>();
+    assert_eq!(
+        (sum(|s| s.delivery_results), sum(|s| s.dsn_markers)),
+        (1, 0)
+    );
+    let after = spool.replay().unwrap();
+    assert_eq!(after, replay, "compaction changes nothing a reader sees");
     spool.close().unwrap();
 }

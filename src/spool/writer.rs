@@ -9,10 +9,11 @@
 //! write and one fdatasync per segment touched (normally one), then reply. With a zero window a
 //! lone message is synced at once, and under load the batch grows by itself: everything that
 //! arrived during the previous fdatasync is in the next batch. Messages and deletion records
-//! share the queue and the batches.
+//! share the queue and the batches, and so do delivery records.
 //!
 //! After a chunk is durable, and before any reply goes out, the writer updates the live index
-//! (new messages located, deletions applied): whoever is told "stored" can locate it at once.
+//! (new messages located, deletions and delivery results applied): whoever is told "stored"
+//! can locate it at once, and a message made garbage by a record is garbage for compaction.
 //!
 //! Segment numbers come from the shard's shared counter (compaction takes numbers from it
 //! too). Before creating segment `n` the writer publishes `n` as its floor: compaction treats a
@@ -29,10 +30,10 @@ use rkyv::util::AlignedVec;
 use tokio::sync::oneshot;
 
 use super::frame::{
-    encode_deletion, encode_message, pad16, EncodedFrame, MailboxDeletion, MessageMeta,
-    SegmentHeader, FRAME_HEADER_LEN, SEGMENT_PREAMBLE_LEN, ZERO_PAD,
+    encode_deletion, encode_delivery, encode_message, pad16, DeliveryRecord, EncodedFrame,
+    MailboxDeletion, MessageMeta, SegmentHeader, FRAME_HEADER_LEN, SEGMENT_PREAMBLE_LEN, ZERO_PAD,
 };
-use super::index::Entry;
+use super::index::{Entry, Ref};
 use super::io::SegmentFile;
 use super::{Committed, Core, Location, ShardShared, SpoolError};
 
@@ -52,13 +53,14 @@ pub(crate) struct PendingMessage {
 pub(crate) enum Pending {
     Message(PendingMessage),
     Deletion(MailboxDeletion),
+    Delivery(DeliveryRecord),
 }
 
 impl Pending {
     fn body_parts(&self) -> [&[u8]; 2] {
         match self {
             Pending::Message(m) => [&m.received, &m.body],
-            Pending::Deletion(_) => [&[], &[]],
+            Pending::Deletion(_) | Pending::Delivery(_) => [&[], &[]],
         }
     }
 }
@@ -66,6 +68,7 @@ impl Pending {
 pub(crate) enum Reply {
     Message(oneshot::Sender<Result<Committed, SpoolError>>),
     Deletion(oneshot::Sender<Result<(), SpoolError>>),
+    Delivery(oneshot::Sender<Result<(), SpoolError>>),
 }
 
 pub(crate) struct Request {
@@ -193,6 +196,7 @@ impl ShardWriter {
                     self.next_seq,
                 ),
                 Pending::Deletion(d) => encode_deletion(&mut self.heads, d, self.next_seq),
+                Pending::Delivery(d) => encode_delivery(&mut self.heads, d, self.next_seq),
             };
             match encoded {
                 Ok(f) => {
@@ -265,15 +269,27 @@ impl ShardWriter {
                                         f.header.data_crc,
                                         f.meta_crc,
                                         &m.meta.mailboxes,
-                                        m.meta.remote.len(),
+                                        &m.meta.remote,
                                     ),
                                 );
                             }
                             Pending::Deletion(d) => {
                                 self.core.index.apply_deletion(&d.mailbox, &d.ids);
-                                self.core
-                                    .deletion_refs
-                                    .add(self.shard, seg.number, frame_len, &d.ids);
+                                self.core.record_refs.add(
+                                    self.shard,
+                                    seg.number,
+                                    frame_len,
+                                    Ref::deletions(&d.ids),
+                                );
+                            }
+                            Pending::Delivery(d) => {
+                                self.core.index.apply_delivery(d);
+                                self.core.record_refs.add(
+                                    self.shard,
+                                    seg.number,
+                                    frame_len,
+                                    Ref::delivery(d),
+                                );
                             }
                         }
                         results[*i] = Some(Ok(location));
@@ -424,10 +440,10 @@ fn commit_and_reply(writer: &mut ShardWriter, batch: &mut Vec<Request>, shared: 
                     location,
                 }));
             }
-            (_, Reply::Deletion(reply)) => {
+            (_, Reply::Deletion(reply)) | (_, Reply::Delivery(reply)) => {
                 let _ = reply.send(result.map(|_| ()));
             }
-            (Pending::Deletion(_), Reply::Message(reply)) => {
+            (Pending::Deletion(_) | Pending::Delivery(_), Reply::Message(reply)) => {
                 // Not built by `ShardHandle`; answer rather than leave the waiter hanging.
                 let _ = reply.send(Err(SpoolError::Closed));
             }
