@@ -23,3 +23,4 @@ fi
 
 cargo build --all-targets
 cargo test --all-targets --no-fail-fast "$@"
+cargo test -p loadgen --no-fail-fast "$@"
