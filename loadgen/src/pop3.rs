@@ -213,7 +213,7 @@ pub fn run(args: Pop3Args) -> Result<ExitCode, String> {
         },
     };
     report.print(args.common.json);
-    Ok(if total.mailboxes == 0 {
+    Ok(if total.mailboxes == 0 && !control.interrupted() {
         ExitCode::from(1)
     } else {
         ExitCode::SUCCESS

@@ -259,7 +259,8 @@ pub fn run(args: SmtpArgs) -> Result<ExitCode, String> {
     }
     let report = SmtpReport::new(&args, addr, threads, elapsed, control.interrupted(), &total);
     report.print(args.common.json);
-    Ok(if total.sessions == 0 {
+    // Exit 1 when not one session could be started (a wrong port, a server refusing all).
+    Ok(if total.sessions == 0 && !control.interrupted() {
         ExitCode::from(1)
     } else {
         ExitCode::SUCCESS

@@ -70,18 +70,23 @@ impl Spawned {
 
     /// Waits for a stderr line containing `needle`; returns it.
     fn wait_line(&mut self, needle: &str) -> String {
+        self.wait_line_where(needle, |line| line.contains(needle))
+    }
+
+    /// Waits for a stderr line satisfying `pred` (`what` describes it in the failure).
+    fn wait_line_where(&mut self, what: &str, pred: impl Fn(&str) -> bool) -> String {
         let deadline = Instant::now() + TIMEOUT;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             match self.lines.recv_timeout(left) {
                 Ok(line) => {
                     self.seen.push(line.clone());
-                    if line.contains(needle) {
+                    if pred(&line) {
                         return line;
                     }
                 }
                 Err(_) => panic!(
-                    "no stderr line with {needle:?} within {TIMEOUT:?}; got:\n{}",
+                    "no stderr line with {what:?} within {TIMEOUT:?}; got:\n{}",
                     self.seen.join("\n")
                 ),
             }
@@ -330,8 +335,20 @@ fn sink_scripts_inject_faults_and_loadgen_counts_them() {
 
 #[test]
 fn open_loop_and_interrupt_print_a_partial_summary() {
-    let (sink, addr) = start_sink(&[]);
-    // Open loop at 200 msgs/s for up to 60 s, stopped by SIGINT after the first messages.
+    // A sink that prints its rate each second, so the test can wait for messages to arrive.
+    let mut sink = Spawned::start(
+        Path::new(LOADGEN),
+        &[
+            "sink",
+            "--listen",
+            "127.0.0.1:0",
+            "--duration",
+            "120s",
+            "--json",
+        ],
+    );
+    let addr = addr_in(&sink.wait_line("listening"));
+    // Open loop at 200 msgs/s for up to 60 s, stopped by SIGINT once messages flow.
     let mut run = Spawned::start(
         Path::new(LOADGEN),
         &[
@@ -348,17 +365,25 @@ fn open_loop_and_interrupt_print_a_partial_summary() {
         ],
     );
     let started = Instant::now();
-    // The start line comes after the signal handlers are installed.
     run.wait_line("loadgen smtp: started");
+    sink.wait_line_where("a rate line with messages", |line| {
+        line.contains("msgs/s") && !line.contains("total 0 msgs")
+    });
     run.signal(libc::SIGINT);
     let (status, stdout) = run.finish();
     assert!(status.success(), "{status}");
-    assert!(started.elapsed() < Duration::from_secs(20));
+    assert!(started.elapsed() < Duration::from_secs(30));
     let report: Value = serde_json::from_str(stdout.trim()).unwrap();
     assert_eq!(report["interrupted"], true, "{report}");
     assert_eq!(report["loop"], "open");
     assert_eq!(report["rate"], 200.0);
-    stop_sink(sink);
+    let accepted = u(&report, "/messages/accepted");
+    assert!(accepted > 0, "{report}");
+    // Bounded by the schedule: no more than 200/s over the time it ran (+1 for the first).
+    let ran = report["elapsed_s"].as_f64().unwrap();
+    assert!(accepted as f64 <= 200.0 * ran + 1.0, "{report}");
+    let received = stop_sink(sink);
+    assert_eq!(u(&received, "/messages"), accepted);
 }
 
 #[test]
