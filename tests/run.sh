@@ -23,8 +23,9 @@ fi
 
 cargo build --all-targets
 cargo test --all-targets --no-fail-fast "$@"
+cargo test -p loadgen --no-fail-fast "$@"
 
-# Fuzz targets (MIME parser and decoders) run briefly so regressions show; their seed corpora
+# Fuzz targets (MIME parser and decoders, SMTP server session) run briefly so regressions show; their seed corpora
 # also run as unit tests above. cargo-fuzz needs nightly features: fuzz/run.sh enables them
 # on the stable toolchain with RUSTC_BOOTSTRAP=1.
 if ! command -v cargo-fuzz >/dev/null 2>&1; then

@@ -750,6 +750,143 @@ impl Reply {
     }
 }
 
+/// One line of a reply as a client reads it (RFC 5321 §4.2): the code, whether the line ends
+/// its reply (`ddd SP text` or a bare `ddd`) or continues it (`ddd-text`), the enhanced status
+/// when the text starts with one whose class agrees with the code (RFC 2034 §3), and the rest
+/// of the text as sent (a client should not reject a reply for odd bytes in its text).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ReplyLine<'a> {
+    pub code: ReplyCode,
+    pub last: bool,
+    pub status: Option<EnhancedStatus>,
+    pub text: &'a [u8],
+}
+
+/// Why bytes from a server are not a reply. Exposure: the client side (outbound delivery,
+/// loadgen) parses what remote servers send; nothing here panics on any input.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ReplyParseError {
+    #[error("reply line does not start with a reply code")]
+    Code,
+    #[error("reply code not followed by a space, a hyphen or the line end")]
+    Separator,
+    #[error("the lines of a multi-line reply carry different codes")]
+    MixedCodes,
+    #[error("reply longer than {} octets", REPLY_MAX)]
+    TooLong,
+}
+
+/// The longest reply [`Reply::parse`] waits for. RFC 5321 §4.5.3.1.5 bounds a reply line at
+/// 512 octets; an EHLO reply has one line per extension, so a generous multiple of that.
+pub const REPLY_MAX: usize = 64 * 1024;
+
+impl EnhancedStatus {
+    /// `class.subject.detail` (RFC 3463 §2) at the start of `text`, ended by a space or the
+    /// end of `text`; returns the status and the rest after that space.
+    fn parse_prefix(text: &[u8]) -> Option<(Self, &[u8])> {
+        let end = memchr::memchr(b' ', text).unwrap_or(text.len());
+        let mut parts = text[..end].split(|&b| b == b'.');
+        let mut number = |max_digits: usize| -> Option<u16> {
+            let digits = parts.next()?;
+            if digits.is_empty()
+                || digits.len() > max_digits
+                || !digits.iter().all(u8::is_ascii_digit)
+            {
+                return None;
+            }
+            Some(
+                digits
+                    .iter()
+                    .fold(0u16, |n, &d| n * 10 + u16::from(d - b'0')),
+            )
+        };
+        let class = number(1)?;
+        let subject = number(3)?;
+        let detail = number(3)?;
+        if parts.next().is_some() {
+            return None;
+        }
+        let status = Self::new(class as u8, subject, detail)?;
+        Some((status, text.get(end + 1..).unwrap_or(&[])))
+    }
+}
+
+impl Reply {
+    /// Parses one reply line without its line end (a trailing CR is ignored, so a bare-LF
+    /// server still parses). Allocates nothing: the hot path of a client.
+    pub fn parse_line(line: &[u8]) -> Result<ReplyLine<'_>, ReplyParseError> {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        let digits = line.get(..3).ok_or(ReplyParseError::Code)?;
+        if !digits.iter().all(u8::is_ascii_digit) {
+            return Err(ReplyParseError::Code);
+        }
+        let number = digits
+            .iter()
+            .fold(0u16, |n, &d| n * 10 + u16::from(d - b'0'));
+        let code = ReplyCode::new(number).ok_or(ReplyParseError::Code)?;
+        let (last, text) = match line.get(3) {
+            None => (true, &line[3..]),
+            Some(b' ') => (true, &line[4..]),
+            Some(b'-') => (false, &line[4..]),
+            Some(_) => return Err(ReplyParseError::Separator),
+        };
+        let (status, text) = match EnhancedStatus::parse_prefix(text) {
+            Some((status, rest)) if status.class() == code.class() => (Some(status), rest),
+            _ => (None, text),
+        };
+        Ok(ReplyLine {
+            code,
+            last,
+            status,
+            text,
+        })
+    }
+
+    /// Parses one complete reply, single- or multi-line, from the start of `input`: the reply
+    /// and the octets it took, or `None` if its last line has not arrived yet. The enhanced
+    /// status of the first line becomes the reply's; each line's own copy of it is removed.
+    /// Text that is not UTF-8 is replaced (U+FFFD), as it only ever reaches logs and reports.
+    /// `parse(encode(r)) == r` for every reply this module builds.
+    pub fn parse(input: &[u8]) -> Result<Option<(Reply, usize)>, ReplyParseError> {
+        let mut offset = 0;
+        let mut head: Option<(ReplyCode, Option<EnhancedStatus>)> = None;
+        let mut text = String::new();
+        while let Some(lf) = memchr::memchr(b'\n', &input[offset..]) {
+            let raw = &input[offset..offset + lf];
+            offset += lf + 1;
+            let line = Self::parse_line(raw)?;
+            let (code, status) = match head {
+                None => {
+                    head = Some((line.code, line.status));
+                    (line.code, line.status)
+                }
+                Some((code, status)) => {
+                    if line.code != code {
+                        return Err(ReplyParseError::MixedCodes);
+                    }
+                    text.push('\n');
+                    (code, status)
+                }
+            };
+            // A line loses only the reply's own status; any other text stays whole.
+            let line_text = if line.status.is_some() && line.status == status {
+                line.text
+            } else {
+                let raw = raw.strip_suffix(b"\r").unwrap_or(raw);
+                raw.get(4..).unwrap_or(&[])
+            };
+            text.push_str(&String::from_utf8_lossy(line_text));
+            if line.last {
+                return Ok(Some((Reply::new(code, status, text), offset)));
+            }
+        }
+        if input.len() > REPLY_MAX {
+            return Err(ReplyParseError::TooLong);
+        }
+        Ok(None)
+    }
+}
+
 impl fmt::Display for Reply {
     /// One log-friendly line: `554 5.5.2 text` with multi-line text joined by `/`.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -884,10 +1021,9 @@ mod tests {
         }
     }
 
-    #[test]
-    fn enhanced_class_matches_reply_class() {
-        // RFC 3463 §2: the class digit of the enhanced code agrees with the reply's first digit.
-        let all = [
+    /// Every constructor that carries an enhanced status.
+    fn with_status() -> Vec<Reply> {
+        vec![
             Reply::ok(),
             Reply::sender_ok(),
             Reply::recipient_ok(),
@@ -929,11 +1065,110 @@ mod tests {
             Reply::utf8_needs_smtputf8(),
             Reply::bare_line_end_in_data(),
             Reply::text_line_too_long(1000),
-        ];
-        for reply in all {
+        ]
+    }
+
+    #[test]
+    fn enhanced_class_matches_reply_class() {
+        // RFC 3463 §2: the class digit of the enhanced code agrees with the reply's first digit.
+        for reply in with_status() {
             let status = reply.status().unwrap();
             assert_eq!(status.class(), reply.code().class(), "{reply}");
         }
+    }
+
+    #[test]
+    fn parse_inverts_encode_for_every_constructor() {
+        let mut all = with_status();
+        all.extend([
+            Reply::greeting("mx.example"),
+            Reply::helo("mx.example"),
+            Reply::ehlo(
+                "mx.example",
+                &[
+                    Extension::Pipelining,
+                    Extension::Size(1000),
+                    Extension::Chunking,
+                ],
+            ),
+            Reply::start_mail_input(),
+            Reply::list_members(&["a@b".into(), "c@d".into()]),
+            Reply::new(ReplyCode::OK, EnhancedStatus::new(2, 0, 0), ""),
+            Reply::new(ReplyCode::OK, EnhancedStatus::new(2, 0, 0), "a\n\nb"),
+        ]);
+        for reply in all {
+            let bytes = wire(&reply).into_bytes();
+            assert_eq!(
+                Reply::parse(&bytes),
+                Ok(Some((reply.clone(), bytes.len()))),
+                "{reply}"
+            );
+            // Every shorter prefix is incomplete, never an error or a different reply.
+            for cut in 0..bytes.len() {
+                assert_eq!(
+                    Reply::parse(&bytes[..cut]),
+                    Ok(None),
+                    "{reply} cut at {cut}"
+                );
+            }
+            // What follows the reply (the next pipelined reply) is left alone.
+            let mut two = bytes.clone();
+            two.extend_from_slice(b"354 go on\r\n");
+            assert_eq!(Reply::parse(&two), Ok(Some((reply, bytes.len()))));
+        }
+    }
+
+    #[test]
+    fn parse_line_table() {
+        let s = |c, d, e| EnhancedStatus::new(c, d, e);
+        type Expected<'a> = Result<(u16, bool, Option<EnhancedStatus>, &'a [u8]), ReplyParseError>;
+        let table: &[(&[u8], Expected<'_>)] = &[
+            (b"250 2.0.0 Ok", Ok((250, true, s(2, 0, 0), b"Ok"))),
+            (b"250-PIPELINING", Ok((250, false, None, b"PIPELINING"))),
+            (b"250 2.1.5 Ok\r", Ok((250, true, s(2, 1, 5), b"Ok"))),
+            (b"220", Ok((220, true, None, b""))),
+            (b"250 2.0.0", Ok((250, true, s(2, 0, 0), b""))),
+            (b"250-", Ok((250, false, None, b""))),
+            // A status whose class disagrees with the code is text (RFC 3463 §2).
+            (b"451 2.0.0 odd", Ok((451, true, None, b"2.0.0 odd"))),
+            (
+                b"554 5.7.1 <a@b>: no",
+                Ok((554, true, s(5, 7, 1), b"<a@b>: no")),
+            ),
+            (
+                b"250 2.0 not a status",
+                Ok((250, true, None, b"2.0 not a status")),
+            ),
+            (
+                b"250 2.0.0000 long",
+                Ok((250, true, None, b"2.0.0000 long")),
+            ),
+            (b"250 \xff\xfe", Ok((250, true, None, b"\xff\xfe"))),
+            (b"", Err(ReplyParseError::Code)),
+            (b"25", Err(ReplyParseError::Code)),
+            (b"abc def", Err(ReplyParseError::Code)),
+            (b"199 too low", Err(ReplyParseError::Code)),
+            (b"600 too high", Err(ReplyParseError::Code)),
+            (b"2500 x", Err(ReplyParseError::Separator)),
+            (b"250_x", Err(ReplyParseError::Separator)),
+        ];
+        for (line, expected) in table {
+            let got = Reply::parse_line(line).map(|l| (l.code.get(), l.last, l.status, l.text));
+            assert_eq!(&got, expected, "{:?}", String::from_utf8_lossy(line));
+        }
+    }
+
+    #[test]
+    fn parse_rejects_mixed_codes_and_endless_replies() {
+        assert_eq!(
+            Reply::parse(b"250-a\r\n251 b\r\n"),
+            Err(ReplyParseError::MixedCodes)
+        );
+        let endless = b"250-x\r\n".repeat(REPLY_MAX / 7 + 1);
+        assert_eq!(Reply::parse(&endless), Err(ReplyParseError::TooLong));
+        // Bare LF line ends and non-UTF-8 text still parse.
+        let (reply, used) = Reply::parse(b"250-a\n250 b\xff\n").unwrap().unwrap();
+        assert_eq!((reply.text(), used), ("a\nb\u{fffd}", 13));
     }
 
     #[test]

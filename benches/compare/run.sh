@@ -1,0 +1,437 @@
+#!/usr/bin/env bash
+# Side-by-side benchmark: relay against Postfix (SMTP edge relay) and Dovecot (POP3), all
+# driven by the same load client (loadgen) on this machine, in alternating runs.
+#
+#   bash benches/compare/run.sh            # as root on Debian/Ubuntu; installs what is missing
+#
+# What it does:
+#   1. Installs Debian's postfix and dovecot-pop3d when missing (DEBIAN_FRONTEND=noninteractive,
+#      Postfix as "No configuration", with services kept from starting during the install), and
+#      builds relay and loadgen in release mode.
+#   2. Starts `loadgen sink` on loopback; Postfix (own config directory, default durability:
+#      queue files are fsynced) listens on a loopback port and relays everything to the sink;
+#      Dovecot (own config file) serves Maildirs over POP3 on a loopback port with argon2id
+#      passwords of the same cost as relay's (the very same hash string).
+#   3. Runs, ROUNDS times, alternating which server goes first:
+#        - SMTP ingest: loadgen smtp --connections $CONNECTIONS --size $SIZE --duration $DURATION
+#          against relay (fsync on, fresh spool) and against Postfix; for Postfix also the
+#          end-to-end rate (until the sink has every accepted message);
+#        - POP3: $USERS mailboxes × $PER_USER messages of $SIZE, drained by
+#          loadgen pop3 --connections $POP3_CONNECTIONS (login, STAT, RETR + DELE all, QUIT);
+#      plus loadgen → loadgen sink with the same SMTP workload (the client's own ceiling).
+#   4. Prints one table (medians over the rounds; every run's figures are in $WORK/results.jsonl)
+#      and stops Postfix, Dovecot, relay and the sink. Nothing listens beyond 127.0.0.1.
+#
+# relay has no outbound delivery yet: its end-to-end column says so, and its ingest figure is
+# ingest into the durable spool only.
+#
+# Knobs (environment): ROUNDS=2 DURATION=10s CONNECTIONS=50 SIZE=10KiB USERS=20 PER_USER=50
+# POP3_CONNECTIONS=4 WORK=/var/lib/relay-compare KEEP=0 (keep $WORK) RELAY_BIN LOADGEN_BIN
+# (skip the build) CARGO_TARGET_DIR.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+REPO=$PWD
+
+ROUNDS=${ROUNDS:-2}
+DURATION=${DURATION:-10s}
+CONNECTIONS=${CONNECTIONS:-50}
+SIZE=${SIZE:-10KiB}
+USERS=${USERS:-20}
+PER_USER=${PER_USER:-50}
+POP3_CONNECTIONS=${POP3_CONNECTIONS:-4}
+WORK=${WORK:-/var/lib/relay-compare}
+KEEP=${KEEP:-0}
+# The argon2id hash of "password" that relay's tests use (m=19456 KiB, t=2, p=1).
+HASH='$argon2id$v=19$m=19456,t=2,p=1$ZooLWEChpY79Z6TwJvyWWQ$/qbC5yKMqMV95V9N9XJPga/chMKFOMNMHdI7/CftPiw'
+
+log() { echo "compare: $*" >&2; }
+die() { log "$*"; exit 1; }
+
+[ "$(id -u)" -eq 0 ] || die "run as root (it installs packages and starts Postfix and Dovecot)"
+command -v python3 >/dev/null || die "python3 is needed for the JSON and the table"
+
+# ---------------------------------------------------------------------------------------------
+# 1. Install and build
+
+if ! command -v postfix >/dev/null || ! command -v dovecot >/dev/null ||
+    [ ! -e /usr/lib/dovecot/pop3 ]; then
+    log "installing postfix and dovecot-pop3d"
+    export DEBIAN_FRONTEND=noninteractive
+    echo "postfix postfix/main_mailer_type select No configuration" | debconf-set-selections
+    # Keep the packages' own services from starting (they would listen on all interfaces).
+    created_policy=0
+    if [ ! -e /usr/sbin/policy-rc.d ]; then
+        printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d
+        chmod +x /usr/sbin/policy-rc.d
+        created_policy=1
+    fi
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends postfix dovecot-core dovecot-pop3d >/dev/null
+    if [ "$created_policy" -eq 1 ]; then rm -f /usr/sbin/policy-rc.d; fi
+fi
+
+if [ -z "${RELAY_BIN:-}" ] || [ -z "${LOADGEN_BIN:-}" ]; then
+    log "building relay and loadgen (release)"
+    cargo build --release --quiet -p relay -p loadgen
+    TARGET=${CARGO_TARGET_DIR:-$REPO/target}
+    RELAY_BIN=${RELAY_BIN:-$TARGET/release/relay}
+    LOADGEN_BIN=${LOADGEN_BIN:-$TARGET/release/loadgen}
+fi
+[ -x "$RELAY_BIN" ] && [ -x "$LOADGEN_BIN" ] || die "no relay/loadgen binaries"
+
+# ---------------------------------------------------------------------------------------------
+# 2. Work directory, ports, cleanup
+
+rm -rf "$WORK"
+mkdir -p -m 755 "$WORK"
+RESULTS=$WORK/results.jsonl
+: >"$RESULTS"
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+SINK_PID="" RELAY_PID="" PF_DIR=$WORK/postfix DV_CONF=$WORK/dovecot/dovecot.conf
+cleanup() {
+    set +e
+    [ -n "$RELAY_PID" ] && kill "$RELAY_PID" 2>/dev/null && wait "$RELAY_PID" 2>/dev/null
+    [ -f "$PF_DIR/main.cf" ] && postfix -c "$PF_DIR" stop >/dev/null 2>&1
+    [ -f "$DV_CONF" ] && dovecot -c "$DV_CONF" stop >/dev/null 2>&1
+    [ -n "$SINK_PID" ] && kill -INT "$SINK_PID" 2>/dev/null && wait "$SINK_PID" 2>/dev/null
+    if [ "$KEEP" != 1 ]; then rm -rf "$WORK"; else log "kept $WORK"; fi
+}
+trap cleanup EXIT
+
+# The sum of PSS (MiB) of a process and its children: what it costs in memory.
+pss_tree() {
+    python3 - "$@" <<'EOF'
+import os, sys
+roots = {int(p) for p in sys.argv[1:] if p}
+children = {}
+for pid in os.listdir("/proc"):
+    if pid.isdigit():
+        try:
+            stat = open(f"/proc/{pid}/stat").read()
+            ppid = int(stat.rsplit(")", 1)[1].split()[1])
+            children.setdefault(ppid, []).append(int(pid))
+        except OSError:
+            pass
+todo, seen = list(roots), set()
+while todo:
+    p = todo.pop()
+    if p not in seen:
+        seen.add(p)
+        todo.extend(children.get(p, []))
+total = 0
+for p in seen:
+    try:
+        for line in open(f"/proc/{p}/smaps_rollup"):
+            if line.startswith("Pss:"):
+                total += int(line.split()[1])
+    except OSError:
+        pass
+print(f"{total/1024:.1f} {len(seen)}")
+EOF
+}
+
+# Appends one result line: {"run": NAME, "round": R, ...loadgen JSON..., extra fields}.
+record() {
+    local name=$1 round=$2 json=$3
+    shift 3
+    python3 - "$name" "$round" "$json" "$@" >>"$RESULTS" <<'EOF'
+import json, sys
+name, rnd, text, *extra = sys.argv[1:]
+d = json.loads(text)
+d["run"], d["round"] = name, int(rnd)
+for kv in extra:
+    k, v = kv.split("=", 1)
+    d[k] = float(v)
+print(json.dumps(d))
+EOF
+}
+
+# ---------------------------------------------------------------------------------------------
+# 3. The sink, Postfix, Dovecot
+
+SINK_PORT=$(free_port)
+"$LOADGEN_BIN" sink --listen "127.0.0.1:$SINK_PORT" --duration 3h --max-time 3h \
+    >"$WORK/sink.out" 2>"$WORK/sink.log" &
+SINK_PID=$!
+sink_total() { grep -o 'total [0-9]*' "$WORK/sink.log" | tail -1 | cut -d' ' -f2; }
+
+PF_PORT=$(free_port)
+mkdir -p -m 755 "$PF_DIR"
+master_src=/usr/share/postfix/master.cf.dist
+[ -f "$master_src" ] || master_src=/etc/postfix/master.cf
+# The stock master.cf with its smtp listener moved to a loopback port.
+sed -E "s|^smtp +inet .*|127.0.0.1:$PF_PORT inet n - y - - smtpd|" "$master_src" >"$PF_DIR/master.cf"
+cat >"$PF_DIR/main.cf" <<EOF
+# relay's comparison: an edge relay on loopback forwarding everything to loadgen sink.
+compatibility_level = 3.6
+queue_directory = $WORK/postfix-queue
+data_directory = $WORK/postfix-data
+myhostname = postfix.bench.test
+mydomain = bench.test
+myorigin = \$myhostname
+inet_interfaces = loopback-only
+inet_protocols = ipv4
+mydestination =
+local_recipient_maps =
+alias_maps =
+alias_database =
+mynetworks = 127.0.0.0/8
+smtpd_relay_restrictions = permit_mynetworks, reject
+relayhost = [127.0.0.1]:$SINK_PORT
+smtp_tls_security_level = none
+smtpd_tls_security_level = none
+maillog_file = $WORK/postfix.log
+biff = no
+EOF
+mkdir -p -m 755 "$WORK/postfix-queue" "$WORK/postfix-data"
+chown postfix "$WORK/postfix-data"
+# No chroot: the stock master.cf chroots smtpd and smtp, which needs /etc files copied in.
+postconf -c "$PF_DIR" -F '*/*/chroot = n'
+postfix -c "$PF_DIR" check >/dev/null 2>&1 || die "postfix check failed (see $WORK/postfix.log)"
+postfix -c "$PF_DIR" start >/dev/null 2>&1 || die "postfix did not start (see $WORK/postfix.log)"
+PF_MASTER_PID() { head -1 "$WORK/postfix-queue/pid/master.pid" 2>/dev/null | tr -d ' '; }
+
+DV_PORT=$(free_port)
+mkdir -p -m 755 "$WORK/dovecot" "$WORK/dovecot/run" "$WORK/dovecot/state" "$WORK/maildirs"
+: >"$WORK/dovecot/users"
+for ((i = 0; i < USERS; i++)); do echo "user$i:{ARGON2ID}$HASH" >>"$WORK/dovecot/users"; done
+cat >"$DV_CONF" <<EOF
+# relay's comparison: POP3 on loopback over Maildirs.
+protocols = pop3
+listen = 127.0.0.1
+base_dir = $WORK/dovecot/run
+state_dir = $WORK/dovecot/state
+log_path = $WORK/dovecot/dovecot.log
+ssl = no
+disable_plaintext_auth = no
+auth_mechanisms = plain
+mail_location = maildir:$WORK/maildirs/%u
+first_valid_uid = 1
+passdb {
+  driver = passwd-file
+  args = scheme=ARGON2ID $WORK/dovecot/users
+}
+userdb {
+  driver = static
+  args = uid=nobody gid=nogroup home=$WORK/maildirs/%u
+}
+service pop3-login {
+  inet_listener pop3 {
+    address = 127.0.0.1
+    port = $DV_PORT
+  }
+  inet_listener pop3s {
+    port = 0
+  }
+}
+protocol pop3 {
+  pop3_uidl_format = %08Xu%08Xv
+}
+EOF
+dovecot -c "$DV_CONF" || die "dovecot did not start (see $WORK/dovecot/dovecot.log)"
+DV_MASTER_PID() { cat "$WORK/dovecot/run/master.pid" 2>/dev/null; }
+
+# ---------------------------------------------------------------------------------------------
+# 4. The runs
+
+start_relay() { # $1: local domain for mailboxes
+    rm -rf "$WORK/relay-spool"
+    {
+        printf '[server]\nhostname = "relay.bench.test"\n'
+        printf '[smtp]\nlisten = ["127.0.0.1:0"]\n[pop3]\nlisten = ["127.0.0.1:0"]\n'
+        printf '[spool]\ndir = "%s"\nfsync = true\n' "$WORK/relay-spool"
+        printf '[local]\ndomains = ["%s"]\n' "$1"
+        for ((i = 0; i < USERS; i++)); do
+            printf '[[local.users]]\nname = "user%d"\npassword = "%s"\n' "$i" "$HASH"
+        done
+    } >"$WORK/relay.toml"
+    "$RELAY_BIN" serve --config "$WORK/relay.toml" 2>"$WORK/relay.log" &
+    RELAY_PID=$!
+    for _ in $(seq 200); do
+        grep -q 'relay ready' "$WORK/relay.log" && break
+        sleep 0.05
+    done
+    grep -q 'relay ready' "$WORK/relay.log" || die "relay did not start: $(tail -5 "$WORK/relay.log")"
+    RELAY_SMTP=$(grep -o 'protocol="smtp" addr=[0-9.:]*' "$WORK/relay.log" | sed 's/.*addr=//')
+    RELAY_POP3=$(grep -o 'protocol="pop3" addr=[0-9.:]*' "$WORK/relay.log" | sed 's/.*addr=//')
+}
+stop_relay() {
+    kill "$RELAY_PID" && wait "$RELAY_PID" || true
+    RELAY_PID=""
+}
+
+ingest() { # $1: HOST:PORT; prints the JSON summary
+    "$LOADGEN_BIN" smtp --target "$1" --connections "$CONNECTIONS" --size "$SIZE" \
+        --duration "$DURATION" --pipelining --json 2>/dev/null
+}
+
+run_relay_ingest() {
+    start_relay localhost
+    local json pss
+    json=$(ingest "$RELAY_SMTP")
+    pss=$(pss_tree "$RELAY_PID")
+    stop_relay
+    record relay-ingest "$1" "$json" "pss_mib=${pss% *}" "processes=${pss#* }"
+    log "round $1 relay ingest: $(echo "$json" | python3 -c 'import json,sys; print(round(json.load(sys.stdin)["msgs_per_s"]), "msgs/s")')"
+}
+
+run_postfix_ingest() {
+    local before json pss t0 accepted done_at target
+    before=$(sink_total)
+    before=${before:-0}
+    t0=$(date +%s.%N)
+    json=$(ingest "127.0.0.1:$PF_PORT")
+    pss=$(pss_tree "$(PF_MASTER_PID)")
+    accepted=$(echo "$json" | python3 -c 'import json,sys; print(json.load(sys.stdin)["messages"]["accepted"])')
+    target=$((before + accepted))
+    # End to end: until the sink has every message Postfix accepted (at most 120 s more).
+    for _ in $(seq 1200); do
+        [ "$(sink_total)" -ge "$target" ] && break
+        sleep 0.1
+    done
+    done_at=$(date +%s.%N)
+    local delivered=$(($(sink_total) - before))
+    local e2e
+    e2e=$(python3 -c "print($delivered / ($done_at - $t0))")
+    record postfix-ingest "$1" "$json" "pss_mib=${pss% *}" "processes=${pss#* }" \
+        "e2e_msgs_per_s=$e2e" "delivered=$delivered"
+    log "round $1 postfix ingest: $(echo "$json" | python3 -c 'import json,sys; print(round(json.load(sys.stdin)["msgs_per_s"]), "msgs/s")'), end to end $(printf %.0f "$e2e") msgs/s"
+}
+
+run_sink_ingest() {
+    local json
+    json=$(ingest "127.0.0.1:$SINK_PORT")
+    record sink-ingest "$1" "$json"
+}
+
+pop3_load() { # $1: HOST:PORT
+    "$LOADGEN_BIN" pop3 --target "$1" --connections "$POP3_CONNECTIONS" \
+        --user-pattern 'user{n}:password' --user-count "$USERS" --json 2>/dev/null
+}
+
+run_relay_pop3() {
+    start_relay bench.test
+    # Fill the mailboxes through SMTP (recipients drawn at random from user0..).
+    local filled
+    filled=$("$LOADGEN_BIN" smtp --target "$RELAY_SMTP" --connections 8 --size "$SIZE" \
+        --messages $((USERS * PER_USER)) --to-domain bench.test --users "$USERS" \
+        --pipelining --json 2>/dev/null |
+        python3 -c 'import json,sys; print(json.load(sys.stdin)["messages"]["accepted"])')
+    [ "$filled" -eq $((USERS * PER_USER)) ] || die "relay accepted only $filled messages for the mailboxes"
+    local json pss
+    json=$(pop3_load "$RELAY_POP3")
+    pss=$(pss_tree "$RELAY_PID")
+    stop_relay
+    record relay-pop3 "$1" "$json" "pss_mib=${pss% *}"
+    log "round $1 relay pop3: $(echo "$json" | python3 -c 'import json,sys; print(round(json.load(sys.stdin)["msgs_per_s"]), "msgs/s")')"
+}
+
+fill_maildirs() {
+    rm -rf "$WORK/maildirs"
+    python3 - "$WORK/maildirs" "$USERS" "$PER_USER" "$SIZE" <<'EOF'
+import os, sys, random
+root, users, per_user, size = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+units = {"KiB": 1024, "MiB": 1 << 20, "kB": 1000, "KB": 1000, "MB": 10**6, "B": 1}
+num = int("".join(c for c in size if c.isdigit()))
+unit = size[len(str(num)):] or "B"
+size = num * units[unit]
+words = "relay spool message queue delivery server client mailbox segment commit".split()
+rng = random.Random(1)
+for u in range(users):
+    box = os.path.join(root, f"user{u}")
+    for d in ("cur", "new", "tmp"):
+        os.makedirs(os.path.join(box, d), exist_ok=True)
+    for m in range(per_user):
+        head = (f"From: <loadgen@loadgen.test>\r\nTo: <user{u}@bench.test>\r\n"
+                f"Subject: message {m}\r\nMessage-ID: <{u}.{m}@loadgen.test>\r\n\r\n")
+        body, n = [], len(head)
+        while n < size:
+            line = " ".join(rng.choice(words) for _ in range(9))[:72] + "\r\n"
+            body.append(line)
+            n += len(line)
+        with open(os.path.join(box, "new", f"{1700000000 + m}.M{m}P{u}.bench"), "w", newline="") as f:
+            f.write(head + "".join(body))
+EOF
+    chown -R nobody:nogroup "$WORK/maildirs"
+}
+
+run_dovecot_pop3() {
+    fill_maildirs
+    local json pss
+    json=$(pop3_load "127.0.0.1:$DV_PORT")
+    pss=$(pss_tree "$(DV_MASTER_PID)")
+    record dovecot-pop3 "$1" "$json" "pss_mib=${pss% *}"
+    log "round $1 dovecot pop3: $(echo "$json" | python3 -c 'import json,sys; print(round(json.load(sys.stdin)["msgs_per_s"]), "msgs/s")')"
+}
+
+log "load average before: $(cut -d' ' -f1-3 /proc/loadavg)"
+for ((round = 1; round <= ROUNDS; round++)); do
+    if ((round % 2 == 1)); then
+        run_relay_ingest "$round"
+        run_postfix_ingest "$round"
+        run_relay_pop3 "$round"
+        run_dovecot_pop3 "$round"
+    else
+        run_postfix_ingest "$round"
+        run_relay_ingest "$round"
+        run_dovecot_pop3 "$round"
+        run_relay_pop3 "$round"
+    fi
+done
+run_sink_ingest 1
+LOAD_AFTER=$(cut -d' ' -f1-3 /proc/loadavg)
+
+# ---------------------------------------------------------------------------------------------
+# 5. The table
+
+python3 - "$RESULTS" "$ROUNDS" "$DURATION" "$CONNECTIONS" "$SIZE" "$USERS" "$PER_USER" \
+    "$POP3_CONNECTIONS" "$LOAD_AFTER" "$(postconf -d -h mail_version 2>/dev/null || echo '?')" \
+    "$(dovecot --version 2>/dev/null | cut -d' ' -f1)" <<'EOF'
+import json, statistics, sys
+path, rounds, duration, conns, size, users, per_user, pconns, load, pf_ver, dv_ver = sys.argv[1:]
+runs = [json.loads(l) for l in open(path)]
+def med(name, key):
+    vals = []
+    for r in runs:
+        if r["run"] == name:
+            v = r
+            for k in key.split("/"):
+                v = v[k]
+            vals.append(v)
+    return statistics.median(vals) if vals else None
+def f(v, digits=0):
+    return "–" if v is None else f"{v:,.{digits}f}"
+def ratio(a, b):
+    return "–" if not a or not b else f"**{a / b:.1f}×**"
+rows = []
+ri, pi = med("relay-ingest", "msgs_per_s"), med("postfix-ingest", "msgs_per_s")
+rows.append((f"SMTP ingest, {size}, {conns} conns, {duration} (msgs/s)", f(ri), f(pi), ratio(ri, pi)))
+pe = med("postfix-ingest", "e2e_msgs_per_s")
+rows.append(("end to end → sink (msgs/s)", "n/a: no outbound delivery yet (ingest only)", f(pe), "–"))
+for q in ("p50_ms", "p99_ms"):
+    a, b = med("relay-ingest", f"latency_ms/transaction/{q}"), med("postfix-ingest", f"latency_ms/transaction/{q}")
+    rows.append((f"SMTP transaction {q[:3]} (ms)", f(a, 2), f(b, 2), ratio(b, a) + " lower" if a and b else "–"))
+a, b = med("relay-ingest", "pss_mib"), med("postfix-ingest", "pss_mib")
+rows.append(("memory after ingest, PSS (MiB; processes)", f"{f(a, 1)} (1)", f"{f(b, 1)} ({f(med('postfix-ingest', 'processes'))})", "–"))
+rp, dp = med("relay-pop3", "msgs_per_s"), med("dovecot-pop3", "msgs_per_s")
+rows.append((f"POP3 RETR+DELE, {users}×{per_user} × {size}, {pconns} clients (msgs/s)", f(rp), f(dp), ratio(rp, dp)))
+for q in ("p50_ms", "p99_ms"):
+    a, b = med("relay-pop3", f"latency_ms/retr/{q}"), med("dovecot-pop3", f"latency_ms/retr/{q}")
+    rows.append((f"POP3 RETR {q[:3]} (ms)", f(a, 2), f(b, 2), ratio(b, a) + " lower" if a and b else "–"))
+a, b = med("relay-pop3", "latency_ms/login/p50_ms"), med("dovecot-pop3", "latency_ms/login/p50_ms")
+rows.append(("POP3 connect→logged in p50 (ms, argon2id m=19 MiB t=2)", f(a, 1), f(b, 1), "–"))
+si = med("sink-ingest", "msgs_per_s")
+rows.append(("reference: loadgen → loadgen sink, same SMTP load (msgs/s)", f(si), "", ""))
+print(f"\nrelay vs Postfix {pf_ver} / Dovecot {dv_ver}; medians of {rounds} alternating rounds; load average after: {load}\n")
+print("| workload | relay | Postfix / Dovecot | ratio relay/peer |")
+print("|---|---|---|---|")
+for r in rows:
+    print("| " + " | ".join(r) + " |")
+print()
+print("per run:")
+for r in runs:
+    extra = f" e2e {r['e2e_msgs_per_s']:.0f}" if "e2e_msgs_per_s" in r else ""
+    print(f"  round {r['round']} {r['run']:<15} {r['msgs_per_s']:>9.1f} msgs/s{extra}")
+EOF

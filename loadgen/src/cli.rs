@@ -1,0 +1,369 @@
+//! Command-line arguments. Sizes and durations use the relay's config units (`10KiB`,
+//! `1MiB`, `250ms`, `30s`, `5m`).
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use relay::config::{ByteSize, Interval};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "loadgen",
+    version,
+    about = "Load generator for SMTP and POP3 servers, and a fast SMTP sink",
+    long_about = "Load generator for SMTP and POP3 servers, and a fast SMTP sink.\n\n\
+        Every run is bounded (--messages, --duration, the user list; always --max-time) and \
+        targets only loopback addresses unless --allow-remote is given. Ctrl-C stops a run \
+        and prints the partial summary; a second Ctrl-C exits at once."
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Mode,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Mode {
+    /// Send messages to an SMTP server and measure rates and latencies.
+    Smtp(SmtpArgs),
+    /// Log in to POP3 mailboxes, retrieve and delete every message.
+    Pop3(Pop3Args),
+    /// Accept SMTP mail as fast as possible and count it (optionally failing on a script).
+    Sink(SinkArgs),
+}
+
+/// Options every mode has.
+#[derive(Debug, Args, Clone)]
+pub struct Common {
+    /// Worker threads, each with its own runtime and connections (default: one per core).
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// Print one JSON summary object on stdout (the human summary goes to stderr).
+    #[arg(long)]
+    pub json: bool,
+    /// Hard limit on the run's length, whatever else is asked.
+    #[arg(long, value_parser = duration, default_value = "10m")]
+    pub max_time: Duration,
+    /// Allow addresses other than loopback (only for hosts you operate).
+    #[arg(long)]
+    pub allow_remote: bool,
+    /// Give up on a connection when the peer is silent this long.
+    #[arg(long, value_parser = duration, default_value = "30s")]
+    pub io_timeout: Duration,
+}
+
+impl Common {
+    /// The thread count: as asked, else one per core, never more than `connections`.
+    pub fn threads(&self, connections: usize) -> usize {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        self.threads.unwrap_or(cores).clamp(1, connections.max(1))
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct SmtpArgs {
+    /// The server, HOST:PORT.
+    #[arg(long)]
+    pub target: String,
+    /// Concurrent connections.
+    #[arg(long, default_value_t = 10)]
+    pub connections: usize,
+    /// Stop after this many messages.
+    #[arg(long)]
+    pub messages: Option<u64>,
+    /// Stop after this long.
+    #[arg(long, value_parser = duration)]
+    pub duration: Option<Duration>,
+    /// Message size (whole message, headers included).
+    #[arg(long, value_parser = size, default_value = "10KiB", conflicts_with = "size_dist")]
+    pub size: u64,
+    /// Size distribution SIZE:WEIGHT,…, e.g. 1KiB:60,10KiB:30,1MiB:10.
+    #[arg(long, value_parser = size_dist)]
+    pub size_dist: Option<SizeDist>,
+    /// Recipients per message.
+    #[arg(long, default_value_t = 1)]
+    pub rcpts: usize,
+    /// Pipeline MAIL/RCPT/DATA (RFC 2920) when the server offers PIPELINING.
+    #[arg(long)]
+    pub pipelining: bool,
+    /// Send messages with BDAT (RFC 3030 CHUNKING) when the server offers it.
+    #[arg(long)]
+    pub bdat: bool,
+    /// With --bdat: chunk size (0: the whole message in one `BDAT n LAST`).
+    #[arg(long, value_parser = size, default_value = "0")]
+    pub bdat_chunk: u64,
+    /// Messages per connection before QUIT and reconnect (0: unlimited).
+    #[arg(long, default_value_t = 0)]
+    pub messages_per_connection: u64,
+    /// Recipient domains by weight DOMAIN:WEIGHT,… (overrides --to-domain).
+    #[arg(long, value_parser = weights)]
+    pub domain_weights: Option<Weights>,
+    /// Multipart messages with a text part, an HTML part and a base64 attachment.
+    #[arg(long)]
+    pub mime: bool,
+    /// Envelope sender.
+    #[arg(long, default_value = "loadgen@loadgen.test")]
+    pub from: String,
+    /// Recipient domain.
+    #[arg(long, default_value = "example.test")]
+    pub to_domain: String,
+    /// Recipient local parts are drawn from user0 … user{N-1}.
+    #[arg(long, default_value_t = 1000)]
+    pub users: u64,
+    /// Open loop: start messages at this fixed rate (messages/s, over all connections) and
+    /// measure latency from each message's scheduled time (no coordinated omission).
+    #[arg(long)]
+    pub rate: Option<f64>,
+    /// The EHLO name.
+    #[arg(long, default_value = "loadgen.test")]
+    pub ehlo: String,
+    #[command(flatten)]
+    pub common: Common,
+}
+
+#[derive(Debug, Args)]
+pub struct Pop3Args {
+    /// The server, HOST:PORT.
+    #[arg(long)]
+    pub target: String,
+    /// A file of `user:password` lines (`#` starts a comment).
+    #[arg(
+        long,
+        conflicts_with = "user_pattern",
+        required_unless_present = "user_pattern"
+    )]
+    pub users: Option<PathBuf>,
+    /// A pattern `NAME:PASSWORD` in which `{n}` stands for 0 … N-1 (see --user-count).
+    #[arg(long, requires = "user_count")]
+    pub user_pattern: Option<String>,
+    /// How many users the pattern makes.
+    #[arg(long)]
+    pub user_count: Option<u64>,
+    /// Parallel sessions; each takes the next mailbox until all are drained.
+    #[arg(long, default_value_t = 4)]
+    pub connections: usize,
+    /// Send RETR and DELE together when the server offers PIPELINING (RFC 2449).
+    #[arg(long)]
+    pub pipelining: bool,
+    /// Stop after this long even if mailboxes are left.
+    #[arg(long, value_parser = duration)]
+    pub duration: Option<Duration>,
+    #[command(flatten)]
+    pub common: Common,
+}
+
+#[derive(Debug, Args)]
+pub struct SinkArgs {
+    /// Listen address, HOST:PORT (port 0 picks one; the address is printed on stderr).
+    #[arg(long)]
+    pub listen: String,
+    /// Stop after this long (also on SIGINT/SIGTERM).
+    #[arg(long, value_parser = duration)]
+    pub duration: Option<Duration>,
+    /// Fault script STAGE:every=N:CODE (stages: connect, ehlo, mail, rcpt, data, eom),
+    /// e.g. rcpt:every=3:451 answers every third RCPT with 451. Repeatable.
+    #[arg(long = "script", value_parser = script)]
+    pub scripts: Vec<Script>,
+    /// The name in the greeting and EHLO reply.
+    #[arg(long, default_value = "sink.loadgen.test")]
+    pub hostname: String,
+    /// Do not print the per-second rate line.
+    #[arg(long)]
+    pub quiet: bool,
+    #[command(flatten)]
+    pub common: Common,
+}
+
+/// Message sizes with weights.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SizeDist(pub Vec<(u64, u32)>);
+
+/// Names with weights.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Weights(pub Vec<(String, u32)>);
+
+/// Where a sink script applies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stage {
+    Connect,
+    Ehlo,
+    Mail,
+    Rcpt,
+    Data,
+    /// End of message: after the final dot or the last BDAT chunk.
+    Eom,
+}
+
+/// `STAGE:every=N:CODE`: answer every Nth command of that stage (counted over the whole sink)
+/// with CODE.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Script {
+    pub stage: Stage,
+    pub every: u64,
+    pub code: u16,
+}
+
+pub fn duration(text: &str) -> Result<Duration, String> {
+    Interval::parse(text).map(|i| i.0)
+}
+
+pub fn size(text: &str) -> Result<u64, String> {
+    ByteSize::parse(text).map(|s| s.0)
+}
+
+fn weighted<T>(
+    text: &str,
+    what: &str,
+    item: impl Fn(&str) -> Result<T, String>,
+) -> Result<Vec<(T, u32)>, String> {
+    let mut out = Vec::new();
+    for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (name, weight) = part
+            .rsplit_once(':')
+            .ok_or_else(|| format!("`{part}`: expected {what}:WEIGHT"))?;
+        let weight: u32 = weight
+            .trim()
+            .parse()
+            .map_err(|_| format!("`{part}`: the weight must be a whole number"))?;
+        if weight == 0 {
+            continue;
+        }
+        out.push((item(name.trim())?, weight));
+    }
+    if out.is_empty() {
+        return Err(format!("expected {what}:WEIGHT,… with a weight above 0"));
+    }
+    Ok(out)
+}
+
+pub fn size_dist(text: &str) -> Result<SizeDist, String> {
+    weighted(text, "SIZE", size).map(SizeDist)
+}
+
+pub fn weights(text: &str) -> Result<Weights, String> {
+    weighted(text, "DOMAIN", |d| {
+        if relay::smtp::address::is_domain(d) {
+            Ok(d.to_string())
+        } else {
+            Err(format!("`{d}` is not a domain"))
+        }
+    })
+    .map(Weights)
+}
+
+pub fn script(text: &str) -> Result<Script, String> {
+    let usage = || format!("`{text}`: expected STAGE:every=N:CODE, e.g. rcpt:every=3:451");
+    let mut parts = text.split(':');
+    let (Some(stage), Some(every), Some(code), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err(usage());
+    };
+    let stage = match stage.to_ascii_lowercase().as_str() {
+        "connect" => Stage::Connect,
+        "ehlo" => Stage::Ehlo,
+        "mail" => Stage::Mail,
+        "rcpt" => Stage::Rcpt,
+        "data" => Stage::Data,
+        "eom" => Stage::Eom,
+        other => {
+            return Err(format!(
+                "`{other}`: unknown stage (connect, ehlo, mail, rcpt, data, eom)"
+            ))
+        }
+    };
+    let every = every
+        .strip_prefix("every=")
+        .and_then(|n| n.parse::<u64>().ok())
+        .filter(|&n| n > 0)
+        .ok_or_else(usage)?;
+    let code = code
+        .parse::<u16>()
+        .ok()
+        .and_then(relay::smtp::ReplyCode::new)
+        .filter(|c| c.is_negative())
+        .ok_or_else(|| format!("`{code}`: the code must be a 4xx or 5xx reply code"))?
+        .get();
+    Ok(Script { stage, every, code })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_and_distributions() {
+        assert_eq!(size("10KiB"), Ok(10240));
+        assert_eq!(
+            size_dist("1KiB:60, 10KiB:30,1MiB:10"),
+            Ok(SizeDist(vec![(1024, 60), (10240, 30), (1 << 20, 10)]))
+        );
+        assert!(size_dist("1KiB").is_err());
+        assert!(size_dist("1KiB:x").is_err());
+        assert!(size_dist("1KiB:0").is_err());
+        assert!(size_dist("1XB:3").is_err());
+    }
+
+    #[test]
+    fn domain_weights() {
+        assert_eq!(
+            weights("gmail.test:50,yahoo.test:30"),
+            Ok(Weights(vec![
+                ("gmail.test".into(), 50),
+                ("yahoo.test".into(), 30)
+            ]))
+        );
+        assert!(weights("bad domain:1").is_err());
+    }
+
+    #[test]
+    fn scripts() {
+        assert_eq!(
+            script("rcpt:every=3:451"),
+            Ok(Script {
+                stage: Stage::Rcpt,
+                every: 3,
+                code: 451
+            })
+        );
+        for bad in [
+            "rcpt:3:451",
+            "rcpt:every=0:451",
+            "rcpt:every=3:250",
+            "rcpt:every=3:999",
+            "helo:every=1:550",
+            "rcpt:every=1",
+            "rcpt:every=1:550:x",
+        ] {
+            assert!(script(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn cli_parses() {
+        let cli = Cli::try_parse_from([
+            "loadgen",
+            "smtp",
+            "--target",
+            "127.0.0.1:25",
+            "--messages",
+            "5",
+            "--size-dist",
+            "1KiB:1",
+        ])
+        .unwrap();
+        assert!(matches!(cli.command, Mode::Smtp(a) if a.messages == Some(5)));
+        assert!(Cli::try_parse_from([
+            "loadgen",
+            "smtp",
+            "--target",
+            "x:1",
+            "--size",
+            "1KiB",
+            "--size-dist",
+            "1KiB:1"
+        ])
+        .is_err());
+        assert!(Cli::try_parse_from(["loadgen", "pop3", "--target", "x:1"]).is_err());
+    }
+}
