@@ -20,6 +20,7 @@ pub mod mailbox;
 pub mod mime;
 pub mod net;
 pub mod pop3;
+pub mod queue;
 pub mod runtime;
 pub mod smtp;
 pub mod spool;
