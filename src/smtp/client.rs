@@ -75,6 +75,11 @@ use crate::mime;
 mod harness;
 pub use harness::fuzz;
 
+/// Octets of a next hop's reply text kept in a result (for the log and the DSN). A hop can
+/// send `line_max * lines_max` octets in one reply, and a reply to MAIL or DATA is kept once
+/// per recipient, so it is cut here.
+pub const REPLY_TEXT_KEPT: usize = 1024;
+
 /// How long to wait for each reply (RFC 5321 §4.5.3.2).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Timeouts {
@@ -590,10 +595,10 @@ impl Client {
     }
 
     /// Starts delivering `message`. Only when idle ([`Next::Send`]); otherwise the message
-    /// is handed back untouched.
-    pub fn send(&mut self, message: Outgoing, out: &mut Output) -> Result<(), Outgoing> {
+    /// is handed back untouched (boxed: it is large).
+    pub fn send(&mut self, message: Outgoing, out: &mut Output) -> Result<(), Box<Outgoing>> {
         let State::Ready { rset } = self.state else {
-            return Err(message);
+            return Err(Box::new(message));
         };
         let mut delivery = Box::new(self.prepare(message));
         delivery.queue = (0..delivery.results.len())
@@ -813,6 +818,10 @@ impl Client {
         if !from.is_ascii() && !caps.smtputf8 {
             bounce_all(&mut results, Reply::next_hop_lacks_smtputf8());
         }
+        // RFC 6531 §3.4: SMTPUTF8 whenever an address needs it, even if the stored envelope
+        // did not say so.
+        let utf8_addresses =
+            !from.is_ascii() || paths.iter().flatten().any(|path| !path.is_ascii());
 
         // RFC 6152 §3: never 8-bit data to a hop without 8BITMIME.
         let declared_8bit = message.eight_bit || message.params.body != BodyType::SevenBit;
@@ -868,7 +877,7 @@ impl Client {
             MailParams {
                 size: caps.size.map(|_| size),
                 body: body_type,
-                smtputf8: message.params.smtputf8 && caps.smtputf8,
+                smtputf8: (message.params.smtputf8 || utf8_addresses) && caps.smtputf8,
                 ret: message.params.ret.filter(|_| caps.dsn),
                 envid: message.params.envid.filter(|_| caps.dsn),
             }
@@ -952,7 +961,9 @@ impl Client {
         delivery.round.owed.push_back(sent);
     }
 
-    fn delivery_reply(&mut self, mut delivery: Box<Delivery>, reply: Reply, out: &mut Output) {
+    fn delivery_reply(&mut self, mut delivery: Box<Delivery>, mut reply: Reply, out: &mut Output) {
+        // Kept once per recipient it concerns: bounded, whatever the hop sent.
+        reply.truncate_text(REPLY_TEXT_KEPT);
         let Some(sent) = delivery.round.owed.pop_front() else {
             // Not reached: a delivery always awaits a reply.
             self.state = State::Delivering(delivery);

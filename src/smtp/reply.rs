@@ -265,6 +265,22 @@ impl Reply {
         &self.text
     }
 
+    /// Cuts the text to at most `max` octets (at a character boundary), marking the cut
+    /// with "...". For keeping a peer's reply: a next hop may send a 400 KiB one, and it is
+    /// kept once per recipient it concerns.
+    pub fn truncate_text(&mut self, max: usize) {
+        if self.text.len() <= max {
+            return;
+        }
+        let mut end = max.saturating_sub(3);
+        while !self.text.is_char_boundary(end) {
+            end -= 1;
+        }
+        let mut text = self.text[..end].to_owned();
+        text.push_str("...");
+        self.text = Cow::Owned(text);
+    }
+
     /// Appends the wire form (every line ending in CRLF) to `out`.
     pub fn encode(&self, out: &mut Vec<u8>) {
         let mut lines = self.text.split('\n').peekable();
@@ -1262,7 +1278,8 @@ mod tests {
 
     #[test]
     fn parses_replies() {
-        let table: &[(&[u8], u16, Option<(u8, u16, u16)>, &str)] = &[
+        type Case<'a> = (&'a [u8], u16, Option<(u8, u16, u16)>, &'a str);
+        let table: &[Case<'_>] = &[
             (b"250 2.0.0 Ok\r\n", 250, Some((2, 0, 0)), "Ok"),
             (b"250 Ok\r\n", 250, None, "Ok"),
             (b"250\r\n", 250, None, ""),
@@ -1340,6 +1357,11 @@ mod tests {
             line_max: 16,
             lines_max: 3,
         };
+        let mut long = Reply::new(ReplyCode::OK, None, "abcdef\u{e9}gh");
+        long.truncate_text(100);
+        assert_eq!(long.text(), "abcdef\u{e9}gh");
+        long.truncate_text(10);
+        assert_eq!(long.text(), "abcdef...");
         let mut parser = ReplyParser::new();
         // A partial line under the limit waits; at the limit it is an error.
         assert_eq!(parser.parse(b"250 abc", &limits), Ok((0, None)));
