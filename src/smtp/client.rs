@@ -699,8 +699,13 @@ impl Client {
         self.fail(Diagnostic::Local { stage, reply }, out);
     }
 
-    fn reply(&mut self, reply: Reply, out: &mut Output) {
+    fn reply(&mut self, mut reply: Reply, out: &mut Output) {
         let stage = self.stage();
+        // A reply may be kept once per recipient it concerns: bounded, whatever the hop sent
+        // (only the EHLO reply is read in full, for its extensions).
+        if stage != Stage::Ehlo {
+            reply.truncate_text(REPLY_TEXT_KEPT);
+        }
         // RFC 5321 §3.8: 421 means the hop is closing the channel, whatever was asked.
         if reply.code() == ReplyCode::SERVICE_NOT_AVAILABLE && !matches!(self.state, State::Quit(_))
         {
@@ -961,9 +966,7 @@ impl Client {
         delivery.round.owed.push_back(sent);
     }
 
-    fn delivery_reply(&mut self, mut delivery: Box<Delivery>, mut reply: Reply, out: &mut Output) {
-        // Kept once per recipient it concerns: bounded, whatever the hop sent.
-        reply.truncate_text(REPLY_TEXT_KEPT);
+    fn delivery_reply(&mut self, mut delivery: Box<Delivery>, reply: Reply, out: &mut Output) {
         let Some(sent) = delivery.round.owed.pop_front() else {
             // Not reached: a delivery always awaits a reply.
             self.state = State::Delivering(delivery);

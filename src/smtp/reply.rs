@@ -1357,9 +1357,10 @@ mod tests {
             line_max: 16,
             lines_max: 3,
         };
-        let mut long = Reply::new(ReplyCode::OK, None, "abcdef\u{e9}gh");
-        long.truncate_text(100);
-        assert_eq!(long.text(), "abcdef\u{e9}gh");
+        let mut long = Reply::new(ReplyCode::OK, None, "abcdef\u{e9}gh!");
+        long.truncate_text(11);
+        assert_eq!(long.text(), "abcdef\u{e9}gh!");
+        // The cut falls inside the two octets of the e-acute: it moves back before it.
         long.truncate_text(10);
         assert_eq!(long.text(), "abcdef...");
         let mut parser = ReplyParser::new();
