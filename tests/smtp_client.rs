@@ -1469,3 +1469,102 @@ fn long_replies_are_kept_short_in_results() {
         }
     }
 }
+
+#[test]
+fn transcript_452_other_than_too_many_recipients_is_not_retried() {
+    check(
+        &[two_recipients()],
+        "
+        S: 220 mx.example ESMTP
+        C: EHLO client.example
+        S: 250-mx.example
+        S: 250 PIPELINING
+        C: MAIL FROM:<a@example.org>
+        C: RCPT TO:<b@example.net>
+        C: RCPT TO:<c@example.net>
+        C: DATA
+        S: 250 2.1.0 Ok
+        S: 250 2.1.5 Ok
+        S: 452 4.2.2 mailbox full
+        S: 354 go
+        C: Subject: x
+        C:
+        C: ..hi
+        C: .
+        S: 250 2.0.0 Ok
+        E: done tx=1 delivered 250 2.0.0 | deferred remote rcpt 452 4.2.2
+        C: QUIT
+        S: 221 2.0.0 Bye
+        E: closed quit
+        ",
+    );
+}
+
+#[test]
+fn transcript_452_too_many_recipients_is_retried_only_after_a_delivery() {
+    // The data was refused: nothing shows the hop would take more, so the 452 stands.
+    check(
+        &[two_recipients()],
+        "
+        S: 220 mx.example ESMTP
+        C: EHLO client.example
+        S: 250-mx.example
+        S: 250 PIPELINING
+        C: MAIL FROM:<a@example.org>
+        C: RCPT TO:<b@example.net>
+        C: RCPT TO:<c@example.net>
+        C: DATA
+        S: 250 2.1.0 Ok
+        S: 250 2.1.5 Ok
+        S: 452 4.5.3 too many recipients
+        S: 354 go
+        C: Subject: x
+        C:
+        C: ..hi
+        C: .
+        S: 451 4.3.0 try later
+        E: done tx=1 deferred remote end-of-data 451 4.3.0 | deferred remote rcpt 452 4.5.3
+        C: QUIT
+        S: 221 2.0.0 Bye
+        E: closed quit
+        ",
+    );
+    // Delivered to the first: the second goes in a new transaction (no RSET needed).
+    check(
+        &[two_recipients()],
+        "
+        S: 220 mx.example ESMTP
+        C: EHLO client.example
+        S: 250-mx.example
+        S: 250 PIPELINING
+        C: MAIL FROM:<a@example.org>
+        C: RCPT TO:<b@example.net>
+        C: RCPT TO:<c@example.net>
+        C: DATA
+        S: 250 2.1.0 Ok
+        S: 250 2.1.5 Ok
+        S: 452 too many recipients
+        S: 354 go
+        C: Subject: x
+        C:
+        C: ..hi
+        C: .
+        S: 250 2.0.0 Ok
+        C: MAIL FROM:<a@example.org>
+        C: RCPT TO:<c@example.net>
+        C: DATA
+        S: 250 2.1.0 Ok
+        S: 250 2.1.5 Ok
+        S: 354 go
+        C: Subject: x
+        C:
+        C: ..hi
+        C: .
+        S: 250 2.0.0 Ok
+        E: done tx=2 delivered 250 2.0.0 | delivered 250 2.0.0
+        C: QUIT
+        S: 221 2.0.0 Bye
+        E: closed quit
+        ",
+    );
+}

@@ -41,9 +41,9 @@
 //! RET/ENVID/NOTIFY/ORCPT only with DSN, RFC 3461 §4). Recipient replies: 2xx accepted, 4xx
 //! deferred, 5xx bounced; a 4xx/5xx to MAIL or DATA, and the reply to the end of data,
 //! apply to every recipient they concern. More recipients than
-//! `max_recipients_per_transaction`, and recipients answered 452 while others in the same
-//! transaction were accepted (RFC 5321 §4.5.3.1.10), go in further transactions on the same
-//! connection, each sending the message again. RSET precedes a transaction when the one
+//! `max_recipients_per_transaction`, and recipients answered 452 4.5.3 "too many recipients"
+//! in a transaction that delivered to others (RFC 5321 §4.5.3.1.10), go in further
+//! transactions on the same connection, each sending the message again. RSET precedes a transaction when the one
 //! before did not end with a reply to its data. A 421 at any point ends the connection and
 //! defers what is pending (RFC 5321 §3.8).
 //!
@@ -444,8 +444,10 @@ struct Round {
     /// Recipients with a 2xx to RCPT.
     accepted: Vec<usize>,
     /// Recipients answered 452 (too many recipients): sent again in the next transaction if
-    /// this one accepted someone, else deferred.
+    /// this one delivered to someone, else deferred.
     retry: Vec<(usize, Reply)>,
+    /// The end of data was answered 2xx.
+    delivered: bool,
     /// MAIL was refused: later replies of this transaction concern no one.
     mail_failed: bool,
 }
@@ -1004,9 +1006,7 @@ impl Client {
                 if !delivery.round.mail_failed {
                     match class {
                         2 => delivery.round.accepted.push(i),
-                        4 if reply.code() == ReplyCode::INSUFFICIENT_STORAGE => {
-                            delivery.round.retry.push((i, reply))
-                        }
+                        4 if too_many_recipients(&reply) => delivery.round.retry.push((i, reply)),
                         4 | 5 => delivery.resolve(i, stage, &reply),
                         _ => return self.unexpected(stage, &reply, out),
                     }
@@ -1043,6 +1043,7 @@ impl Client {
                         for i in delivery.round.accepted.clone() {
                             delivery.resolve(i, stage, &reply);
                         }
+                        delivery.round.delivered = class == 2;
                     }
                     clean = !discard;
                 }
@@ -1075,15 +1076,16 @@ impl Client {
             return;
         };
         let round = mem::take(&mut delivery.round);
-        if round.accepted.is_empty() {
-            for (i, reply) in &round.retry {
-                delivery.resolve(*i, Stage::Rcpt, reply);
-            }
-        } else {
-            // Progress was made, so the 452s go in the next transaction (RFC 5321
-            // §4.5.3.1.10), ahead of the recipients not tried yet.
+        if round.delivered {
+            // The hop took the message for someone, so the recipients it had no room for
+            // go in the next transaction (RFC 5321 §4.5.3.1.10), ahead of those not tried
+            // yet. Each such transaction delivers to at least one recipient: this ends.
             for (i, _) in round.retry.iter().rev() {
                 delivery.queue.push_front(*i);
+            }
+        } else {
+            for (i, reply) in &round.retry {
+                delivery.resolve(*i, Stage::Rcpt, reply);
             }
         }
         if !delivery.queue.is_empty() {
@@ -1093,6 +1095,15 @@ impl Client {
         out.events.push(ClientEvent::TransactionDone(outcome));
         self.ready(!clean, out);
     }
+}
+
+/// RFC 5321 §4.5.3.1.10: 452 "too many recipients" (4.5.3 when the hop gives enhanced
+/// codes; other 452s, such as 4.2.2 mailbox full, are ordinary transient failures).
+fn too_many_recipients(reply: &Reply) -> bool {
+    reply.code() == ReplyCode::INSUFFICIENT_STORAGE
+        && reply
+            .status()
+            .is_none_or(|s| s.subject() == 5 && s.detail() == 3)
 }
 
 fn aborted(stage: Stage) -> Diagnostic {
