@@ -453,7 +453,6 @@ struct Round {
 }
 
 /// A delivery in progress: one message, possibly several SMTP transactions.
-#[derive(Debug)]
 struct Delivery {
     from: ReversePath,
     /// The MAIL parameters for this hop.
@@ -468,6 +467,23 @@ struct Delivery {
     downgraded: bool,
     transactions: u32,
     round: Round,
+}
+
+impl fmt::Debug for Delivery {
+    /// Without the body: a client's debug output must not dump megabytes of message.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Delivery")
+            .field("from", &self.from)
+            .field("params", &self.params)
+            .field("recipients", &self.recipients.len())
+            .field("body", &self.body.len())
+            .field("results", &self.results)
+            .field("queue", &self.queue)
+            .field("downgraded", &self.downgraded)
+            .field("transactions", &self.transactions)
+            .field("round", &self.round)
+            .finish()
+    }
 }
 
 impl Delivery {
