@@ -29,6 +29,7 @@
 #![forbid(unsafe_code)]
 
 pub mod address;
+pub mod client;
 pub mod command;
 pub mod data;
 pub mod fuzz;

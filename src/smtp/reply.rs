@@ -142,8 +142,12 @@ const S_4_2_2: EnhancedStatus = EnhancedStatus::known(4, 2, 2);
 const S_4_3_1: EnhancedStatus = EnhancedStatus::known(4, 3, 1);
 /// 4.3.2 System not accepting network messages.
 const S_4_3_2: EnhancedStatus = EnhancedStatus::known(4, 3, 2);
-/// 4.4.2 Bad connection (here: the peer went quiet).
+/// 4.3.0 Other or undefined mail system status (the relay abandoned a delivery).
+const S_4_3_0: EnhancedStatus = EnhancedStatus::known(4, 3, 0);
+/// 4.4.2 Bad connection (here: the peer went quiet, or the connection broke).
 const S_4_4_2: EnhancedStatus = EnhancedStatus::known(4, 4, 2);
+/// 4.5.0 Other or undefined protocol status (a next hop broke the protocol).
+const S_4_5_0: EnhancedStatus = EnhancedStatus::known(4, 5, 0);
 /// 4.5.3 Too many recipients.
 const S_4_5_3: EnhancedStatus = EnhancedStatus::known(4, 5, 3);
 /// 4.7.0 Other or undefined security status (too many errors: we stop talking to the peer).
@@ -163,6 +167,8 @@ const S_5_5_2: EnhancedStatus = EnhancedStatus::known(5, 5, 2);
 const S_5_5_4: EnhancedStatus = EnhancedStatus::known(5, 5, 4);
 /// 5.6.0 Other or undefined media error.
 const S_5_6_0: EnhancedStatus = EnhancedStatus::known(5, 6, 0);
+/// 5.6.3 Conversion required but not supported.
+const S_5_6_3: EnhancedStatus = EnhancedStatus::known(5, 6, 3);
 /// 5.6.7 Non-ASCII addresses not permitted (RFC 6531 §3.5 registers it).
 const S_5_6_7: EnhancedStatus = EnhancedStatus::known(5, 6, 7);
 /// 5.7.1 Delivery not authorized, message refused.
@@ -257,6 +263,22 @@ impl Reply {
     /// The text, lines separated by `\n`.
     pub fn text(&self) -> &str {
         &self.text
+    }
+
+    /// Cuts the text to at most `max` octets (at a character boundary), marking the cut
+    /// with "...". For keeping a peer's reply: a next hop may send a 400 KiB one, and it is
+    /// kept once per recipient it concerns.
+    pub fn truncate_text(&mut self, max: usize) {
+        if self.text.len() <= max {
+            return;
+        }
+        let mut end = max.saturating_sub(3);
+        while !self.text.is_char_boundary(end) {
+            end -= 1;
+        }
+        let mut text = self.text[..end].to_owned();
+        text.push_str("...");
+        self.text = Cow::Owned(text);
     }
 
     /// Appends the wire form (every line ending in CRLF) to `out`.
@@ -748,6 +770,118 @@ impl Reply {
             ),
         )
     }
+
+    // ---- Replies the outbound client synthesizes (`smtp::client`) ----
+    //
+    // When a delivery fails without a usable reply from the next hop (a check before
+    // sending, a broken connection, a protocol violation), the client still reports a reply,
+    // so that logs and delivery status notifications have one shape. These never go on the
+    // wire.
+
+    /// RFC 1870 §6: the next hop announced a fixed SIZE maximum below the message's size,
+    /// so it would refuse the message for good; it is not sent.
+    pub fn next_hop_size_exceeded(size: u64, max: u64) -> Self {
+        Self::new(
+            ReplyCode::EXCEEDED_STORAGE,
+            Some(S_5_3_4),
+            format!(
+                "message size {size} exceeds the next hop's fixed maximum of {max} octets (RFC 1870)"
+            ),
+        )
+    }
+
+    /// RFC 6531 §3.2: a non-ASCII address cannot go to a next hop without SMTPUTF8.
+    pub fn next_hop_lacks_smtputf8() -> Self {
+        Self::fixed(
+            ReplyCode::MAILBOX_NAME_NOT_ALLOWED,
+            S_5_6_7,
+            "non-ASCII address, and the next hop does not support SMTPUTF8 (RFC 6531 §3.2)",
+        )
+    }
+
+    /// RFC 6152 §3: an 8-bit message for a next hop without 8BITMIME that could not be
+    /// converted to 7 bits. `reason` is the converter's (printable, bounded) explanation.
+    pub fn conversion_failed(reason: &str) -> Self {
+        Self::new(
+            ReplyCode::TRANSACTION_FAILED,
+            Some(S_5_6_3),
+            format!(
+                "8-bit message cannot be converted to 7 bits for a next hop without 8BITMIME: {}",
+                printable(reason)
+            ),
+        )
+    }
+
+    /// A stored reverse-path that no longer parses (the spool is trusted, but not blindly).
+    pub fn bad_stored_sender(address: &str) -> Self {
+        Self::new(
+            ReplyCode::MAILBOX_NAME_NOT_ALLOWED,
+            Some(S_5_1_7),
+            format!("<{}>: bad sender address syntax", printable(address)),
+        )
+    }
+
+    /// A stored recipient that no longer parses.
+    pub fn bad_stored_recipient(address: &str) -> Self {
+        Self::new(
+            ReplyCode::MAILBOX_NAME_NOT_ALLOWED,
+            Some(S_5_1_3),
+            format!("<{}>: bad recipient address syntax", printable(address)),
+        )
+    }
+
+    /// The connection to the next hop broke; `when` says where ("in reply to RCPT TO").
+    pub fn next_hop_connection_lost(when: &str) -> Self {
+        Self::new(
+            ReplyCode::SERVICE_NOT_AVAILABLE,
+            Some(S_4_4_2),
+            format!("lost connection with the next hop {}", printable(when)),
+        )
+    }
+
+    /// The next hop did not answer within the RFC 5321 §4.5.3.2 timeout.
+    pub fn next_hop_timed_out(when: &str) -> Self {
+        Self::new(
+            ReplyCode::SERVICE_NOT_AVAILABLE,
+            Some(S_4_4_2),
+            format!("timed out waiting for the next hop {}", printable(when)),
+        )
+    }
+
+    /// The next hop sent something that is not an SMTP reply (or one over our limits).
+    pub fn next_hop_bad_reply(when: &str, error: &ReplyError) -> Self {
+        Self::new(
+            ReplyCode::SERVICE_NOT_AVAILABLE,
+            Some(S_4_5_0),
+            format!(
+                "malformed reply from the next hop {}: {}",
+                printable(when),
+                error
+            ),
+        )
+    }
+
+    /// The next hop sent a well-formed reply that makes no sense where it came.
+    pub fn next_hop_unexpected_reply(when: &str, reply: &Reply) -> Self {
+        Self::new(
+            ReplyCode::SERVICE_NOT_AVAILABLE,
+            Some(S_4_5_0),
+            format!(
+                "unexpected reply from the next hop {}: {}",
+                printable(when),
+                reply.code()
+            ),
+        )
+    }
+
+    /// The relay abandoned a delivery in progress (the driver quit mid-transaction).
+    pub fn delivery_aborted() -> Self {
+        Self::fixed(
+            ReplyCode::SERVICE_NOT_AVAILABLE,
+            S_4_3_0,
+            "delivery abandoned by the relay",
+        )
+    }
 }
 
 /// One line of a reply as a client reads it (RFC 5321 §4.2): the code, whether the line ends
@@ -942,6 +1076,198 @@ pub(crate) fn printable(text: &str) -> Cow<'_, str> {
     }
 }
 
+/// Bounds on one reply read from a next hop (the outbound client's side). A hostile next
+/// hop can make the client hold at most `line_max * lines_max` octets of reply text.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ReplyLimits {
+    /// Octets of one reply line, CRLF included. RFC 5321 §4.5.3.1.5 sets 512; real servers
+    /// write longer EHLO and rejection lines, so the default is 4096.
+    pub line_max: usize,
+    /// Lines of one reply (a multi-line EHLO reply has one per extension).
+    pub lines_max: usize,
+}
+
+impl Default for ReplyLimits {
+    fn default() -> Self {
+        Self {
+            line_max: 4096,
+            lines_max: 100,
+        }
+    }
+}
+
+/// Why bytes from a next hop are not a reply. Any of them ends the connection: after it
+/// nothing tells where the next reply starts.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ReplyError {
+    #[error("reply line longer than {max} octets")]
+    LineTooLong { max: usize },
+    #[error("reply longer than {max} lines")]
+    TooManyLines { max: usize },
+    #[error("a reply line must start with a code 200-559 and then SP, '-' or CRLF")]
+    Malformed,
+    #[error("a multi-line reply changed its code from {first} to {then}")]
+    MixedCodes { first: u16, then: u16 },
+}
+
+/// The incremental reply reader of the outbound client (RFC 5321 §4.2).
+///
+/// It consumes whole lines only: a partial line stays in the caller's buffer, which thus
+/// never needs more than [`ReplyLimits::line_max`] octets before an error or progress. The
+/// lines of a multi-line reply already read are kept here, so a reply may be split at any
+/// octet.
+///
+/// Leniency: a bare LF ends a line too (a reply cannot smuggle anything), and a first line's
+/// text that starts with `class.subject.detail` of the reply's class is read as the RFC
+/// 3463 enhanced status code, whether or not ENHANCEDSTATUSCODES was announced; on later
+/// lines the same code, if present, is dropped. Control characters in the text become `?`,
+/// and text that is not UTF-8 is converted lossily, so a reply is safe to log.
+#[derive(Clone, Debug, Default)]
+pub struct ReplyParser {
+    /// The code of the first line of the reply being read, if any.
+    code: Option<ReplyCode>,
+    status: Option<EnhancedStatus>,
+    text: String,
+    lines: usize,
+}
+
+impl ReplyParser {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Lines of an unfinished multi-line reply are held.
+    pub fn in_progress(&self) -> bool {
+        self.code.is_some()
+    }
+
+    /// Reads whole lines from `input` until a reply is complete. Returns the octets consumed
+    /// and the reply, or `None` once only a partial line (or nothing) is left.
+    pub fn parse(
+        &mut self,
+        input: &[u8],
+        limits: &ReplyLimits,
+    ) -> Result<(usize, Option<Reply>), ReplyError> {
+        let mut consumed = 0;
+        loop {
+            let rest = &input[consumed..];
+            let window = &rest[..rest.len().min(limits.line_max)];
+            let Some(lf) = memchr::memchr(b'\n', window) else {
+                if rest.len() >= limits.line_max {
+                    return Err(ReplyError::LineTooLong {
+                        max: limits.line_max,
+                    });
+                }
+                return Ok((consumed, None));
+            };
+            consumed += lf + 1;
+            let line = &rest[..lf];
+            let line = line.strip_suffix(b"\r").unwrap_or(line);
+            if let Some(reply) = self.line(line, limits)? {
+                return Ok((consumed, Some(reply)));
+            }
+        }
+    }
+
+    /// One line without its line end; the reply when it was the last line.
+    fn line(&mut self, line: &[u8], limits: &ReplyLimits) -> Result<Option<Reply>, ReplyError> {
+        let (code, last, text) = split_reply_line(line)?;
+        self.lines += 1;
+        if self.lines > limits.lines_max {
+            return Err(ReplyError::TooManyLines {
+                max: limits.lines_max,
+            });
+        }
+        let text = String::from_utf8_lossy(text);
+        let text = printable(&text);
+        match self.code {
+            None => {
+                self.code = Some(code);
+                let (status, rest) = split_status(&text, code.class());
+                self.status = status;
+                self.text.push_str(rest);
+            }
+            Some(first) if first != code => {
+                return Err(ReplyError::MixedCodes {
+                    first: first.get(),
+                    then: code.get(),
+                })
+            }
+            Some(_) => {
+                let rest = match split_status(&text, code.class()) {
+                    (Some(status), rest) if Some(status) == self.status => rest,
+                    _ => &text,
+                };
+                self.text.push('\n');
+                self.text.push_str(rest);
+            }
+        }
+        if !last {
+            return Ok(None);
+        }
+        let taken = std::mem::take(self);
+        Ok(Some(Reply::new(code, taken.status, taken.text)))
+    }
+}
+
+/// `code (SP / "-" / end) text` (RFC 5321 §4.2: `Reply-code [ SP textstring ]`, and
+/// `Reply-code "-" [ textstring ]` for all but the last line).
+fn split_reply_line(line: &[u8]) -> Result<(ReplyCode, bool, &[u8]), ReplyError> {
+    let digits = line.get(..3).ok_or(ReplyError::Malformed)?;
+    let mut value = 0u16;
+    for &d in digits {
+        if !d.is_ascii_digit() {
+            return Err(ReplyError::Malformed);
+        }
+        value = value * 10 + u16::from(d - b'0');
+    }
+    let code = ReplyCode::new(value).ok_or(ReplyError::Malformed)?;
+    match line.get(3) {
+        None => Ok((code, true, &[])),
+        Some(b' ') => Ok((code, true, &line[4..])),
+        Some(b'-') => Ok((code, false, &line[4..])),
+        Some(_) => Err(ReplyError::Malformed),
+    }
+}
+
+/// A leading RFC 3463 code of class `class`, then the text after one space.
+fn split_status(text: &str, class: u8) -> (Option<EnhancedStatus>, &str) {
+    let end = text.find(' ').unwrap_or(text.len());
+    let mut parts = text[..end].split('.');
+    let mut number = |max_digits: usize| -> Option<u16> {
+        let part = parts.next()?;
+        if part.is_empty() || part.len() > max_digits || !part.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        part.parse().ok()
+    };
+    let status = (|| {
+        let first = number(1)?;
+        let subject = number(3)?;
+        let detail = number(3)?;
+        let status = EnhancedStatus::new(u8::try_from(first).ok()?, subject, detail)?;
+        (status.class() == class).then_some(status)
+    })();
+    if parts.next().is_some() {
+        return (None, text);
+    }
+    match status {
+        Some(status) => {
+            let rest = &text[end..];
+            (Some(status), rest.strip_prefix(' ').unwrap_or(rest))
+        }
+        None => (None, text),
+    }
+}
+
+/// Parses exactly one complete reply (tests and tools; the client uses [`ReplyParser`]).
+pub fn parse_reply(bytes: &[u8], limits: &ReplyLimits) -> Result<Reply, ReplyError> {
+    match ReplyParser::new().parse(bytes, limits)? {
+        (consumed, Some(reply)) if consumed == bytes.len() => Ok(reply),
+        _ => Err(ReplyError::Malformed),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1012,7 +1338,7 @@ mod tests {
         for status in [
             S_2_0_0, S_2_1_0, S_2_1_5, S_2_5_2, S_4_2_2, S_4_3_1, S_4_3_2, S_4_4_2, S_4_5_3,
             S_4_7_0, S_5_1_1, S_5_1_3, S_5_1_7, S_5_3_4, S_5_5_1, S_5_5_2, S_5_5_4, S_5_6_0,
-            S_5_6_7, S_5_7_1,
+            S_5_6_7, S_5_7_1, S_4_3_0, S_4_5_0, S_5_6_3,
         ] {
             assert_eq!(
                 EnhancedStatus::new(status.class(), status.subject(), status.detail()),
@@ -1065,6 +1391,16 @@ mod tests {
             Reply::utf8_needs_smtputf8(),
             Reply::bare_line_end_in_data(),
             Reply::text_line_too_long(1000),
+            Reply::next_hop_size_exceeded(2, 1),
+            Reply::next_hop_lacks_smtputf8(),
+            Reply::conversion_failed("x"),
+            Reply::bad_stored_sender("x"),
+            Reply::bad_stored_recipient("x"),
+            Reply::next_hop_connection_lost("x"),
+            Reply::next_hop_timed_out("x"),
+            Reply::next_hop_bad_reply("x", &ReplyError::Malformed),
+            Reply::next_hop_unexpected_reply("x", &Reply::ok()),
+            Reply::delivery_aborted(),
         ]
     }
 
@@ -1074,6 +1410,193 @@ mod tests {
         for reply in with_status() {
             let status = reply.status().unwrap();
             assert_eq!(status.class(), reply.code().class(), "{reply}");
+        }
+    }
+
+    fn read(bytes: &[u8]) -> Result<Reply, ReplyError> {
+        parse_reply(bytes, &ReplyLimits::default())
+    }
+
+    #[test]
+    fn parses_replies() {
+        type Case<'a> = (&'a [u8], u16, Option<(u8, u16, u16)>, &'a str);
+        let table: &[Case<'_>] = &[
+            (b"250 2.0.0 Ok\r\n", 250, Some((2, 0, 0)), "Ok"),
+            (b"250 Ok\r\n", 250, None, "Ok"),
+            (b"250\r\n", 250, None, ""),
+            (b"250 \r\n", 250, None, ""),
+            (
+                b"354 End data with <CR><LF>.<CR><LF>\r\n",
+                354,
+                None,
+                "End data with <CR><LF>.<CR><LF>",
+            ),
+            // A status of another class is text (RFC 3463 §2: the classes agree).
+            (b"550 4.1.1 no\r\n", 550, None, "4.1.1 no"),
+            (b"550 5.1.1\r\n", 550, Some((5, 1, 1)), ""),
+            (b"550 5.1.10 x\r\n", 550, Some((5, 1, 10)), "x"),
+            (b"550 5.1.1000 x\r\n", 550, None, "5.1.1000 x"),
+            (b"550 5.1 x\r\n", 550, None, "5.1 x"),
+            (b"550 5.1.1.1 x\r\n", 550, None, "5.1.1.1 x"),
+            (
+                b"250-mx.example\r\n250-PIPELINING\r\n250 SIZE 100\r\n",
+                250,
+                None,
+                "mx.example\nPIPELINING\nSIZE 100",
+            ),
+            (
+                b"451-4.7.1 one\r\n451-4.7.1 two\r\n451 three\r\n",
+                451,
+                Some((4, 7, 1)),
+                "one\ntwo\nthree",
+            ),
+            (b"250-\r\n250 x\r\n", 250, None, "\nx"),
+            // Lenient: a bare LF ends a line; control characters and bad UTF-8 are defused.
+            (b"250 ok\n", 250, None, "ok"),
+            (b"250 a\x00b\tc\xffd\r\n", 250, None, "a?b?c\u{fffd}d"),
+        ];
+        for (wire, code, status, text) in table {
+            let reply = read(wire).unwrap_or_else(|e| panic!("{wire:?}: {e}"));
+            assert_eq!(reply.code().get(), *code, "{wire:?}");
+            assert_eq!(
+                reply.status(),
+                status.and_then(|(c, s, d)| EnhancedStatus::new(c, s, d)),
+                "{wire:?}"
+            );
+            assert_eq!(reply.text(), *text, "{wire:?}");
+        }
+    }
+
+    #[test]
+    fn refuses_malformed_replies() {
+        let table: &[(&[u8], ReplyError)] = &[
+            (b"25 x\r\n", ReplyError::Malformed),
+            (b"\r\n", ReplyError::Malformed),
+            (b"2500 x\r\n", ReplyError::Malformed),
+            (b"250x\r\n", ReplyError::Malformed),
+            (b"abc x\r\n", ReplyError::Malformed),
+            (b"199 x\r\n", ReplyError::Malformed),
+            (b"260 x\r\n", ReplyError::Malformed),
+            (b"600 x\r\n", ReplyError::Malformed),
+            (
+                b"250-a\r\n550 b\r\n",
+                ReplyError::MixedCodes {
+                    first: 250,
+                    then: 550,
+                },
+            ),
+            (b"250-a\r\n", ReplyError::Malformed),
+        ];
+        for (wire, error) in table {
+            assert_eq!(read(wire), Err(error.clone()), "{wire:?}");
+        }
+    }
+
+    #[test]
+    fn reply_reading_is_bounded_and_incremental() {
+        let limits = ReplyLimits {
+            line_max: 16,
+            lines_max: 3,
+        };
+        let mut long = Reply::new(ReplyCode::OK, None, "abcdef\u{e9}gh!");
+        long.truncate_text(11);
+        assert_eq!(long.text(), "abcdef\u{e9}gh!");
+        // The cut falls inside the two octets of the e-acute: it moves back before it.
+        long.truncate_text(10);
+        assert_eq!(long.text(), "abcdef...");
+        let mut parser = ReplyParser::new();
+        // A partial line under the limit waits; at the limit it is an error.
+        assert_eq!(parser.parse(b"250 abc", &limits), Ok((0, None)));
+        assert_eq!(
+            parser.parse(&[b'x'; 16], &limits),
+            Err(ReplyError::LineTooLong { max: 16 })
+        );
+        assert_eq!(
+            ReplyParser::new().parse(b"250 0123456789abcdef\r\n", &limits),
+            Err(ReplyError::LineTooLong { max: 16 })
+        );
+        let mut parser = ReplyParser::new();
+        assert_eq!(
+            parser.parse(b"250-a\r\n250-b\r\n250-c\r\n250-d\r\n", &limits),
+            Err(ReplyError::TooManyLines { max: 3 })
+        );
+        // Whole lines are consumed as they come; the reply is returned with its last line.
+        let mut parser = ReplyParser::new();
+        assert_eq!(parser.parse(b"250-a\r\n250 b", &limits), Ok((7, None)));
+        assert!(parser.in_progress());
+        let (n, reply) = parser.parse(b"250 b\r\n221 next\r\n", &limits).unwrap();
+        assert_eq!(n, 7);
+        assert_eq!(reply.unwrap().text(), "a\nb");
+        assert!(!parser.in_progress());
+    }
+
+    #[test]
+    fn every_split_gives_the_same_replies() {
+        let wire: &[u8] = b"220 mx ESMTP\r\n250-mx\r\n250-PIPELINING\r\n250 8BITMIME\r\n550-5.1.1 a\r\n550 5.1.1 b\r\n";
+        let limits = ReplyLimits::default();
+        let run = |pieces: &[&[u8]]| {
+            let mut parser = ReplyParser::new();
+            let mut buffer = Vec::new();
+            let mut replies = Vec::new();
+            for piece in pieces {
+                buffer.extend_from_slice(piece);
+                loop {
+                    let (n, reply) = parser.parse(&buffer, &limits).unwrap();
+                    buffer.drain(..n);
+                    match reply {
+                        Some(reply) => replies.push(reply),
+                        None => break,
+                    }
+                }
+            }
+            assert!(buffer.is_empty());
+            replies
+        };
+        let whole = run(&[wire]);
+        assert_eq!(whole.len(), 3);
+        for k in 0..=wire.len() {
+            let (a, b) = wire.split_at(k);
+            assert_eq!(run(&[a, b]), whole, "split at {k}");
+        }
+        let bytes: Vec<&[u8]> = wire.chunks(1).collect();
+        assert_eq!(run(&bytes), whole);
+    }
+
+    mod properties {
+        use super::super::*;
+        use proptest::prelude::*;
+
+        fn reply() -> impl Strategy<Value = Reply> {
+            let code = (2u16..=5, 0u16..=5, 0u16..=9).prop_map(|(a, b, c)| a * 100 + b * 10 + c);
+            // The first text line must not itself look like an enhanced status code.
+            let first = "([ -/:-~][ -~]{0,30})?";
+            let more = proptest::collection::vec("[ -~]{0,30}", 0..4);
+            (code, any::<bool>(), 0u16..=999, 0u16..=999, first, more).prop_map(
+                |(code, with_status, subject, detail, first, more)| {
+                    let code = ReplyCode::new(code).unwrap();
+                    let status = if with_status {
+                        EnhancedStatus::new(code.class(), subject, detail)
+                    } else {
+                        None
+                    };
+                    let mut text = first;
+                    for line in more {
+                        text.push('\n');
+                        text.push_str(&line);
+                    }
+                    Reply::new(code, status, text)
+                },
+            )
+        }
+
+        proptest! {
+            #[test]
+            fn parse_of_encode_is_identity(reply in reply()) {
+                let mut wire = Vec::new();
+                reply.encode(&mut wire);
+                let parsed = parse_reply(&wire, &ReplyLimits::default());
+                prop_assert_eq!(parsed, Ok(reply));
+            }
         }
     }
 
