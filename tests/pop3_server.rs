@@ -1409,7 +1409,7 @@ fn large_message(marker: &str, size: usize) -> Vec<u8> {
     );
     let mut i = 0u64;
     while text.len() < size {
-        if i % 97 == 0 {
+        if i.is_multiple_of(97) {
             text.push('.');
         }
         text.push_str(&format!(

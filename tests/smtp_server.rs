@@ -843,3 +843,49 @@ fn received_header_split() {
 fn dot_stuffing_helper() {
     assert_eq!(dot_stuff(b".a\r\nb\r\n.\r\n"), b"..a\r\nb\r\n..\r\n.\r\n");
 }
+
+/// One process owns a spool: a second relay on the same spool directory, or an offline
+/// compaction next to a running relay, is refused with one clear line before it touches a
+/// file; once the owner has exited, both work.
+#[test]
+fn spool_is_locked_by_its_server() {
+    let relay = Relay::start(Settings::new(Engine::Epoll));
+    let second = relay_cmd([
+        OsStr::new("serve"),
+        OsStr::new("--config"),
+        relay.config_path.as_os_str(),
+    ]);
+    assert!(!second.status.success(), "{}", describe(&second));
+    let stderr = String::from_utf8_lossy(&second.stderr);
+    let last = stderr.lines().last().unwrap_or("");
+    assert!(
+        last.starts_with("relay: ") && last.contains("lock") && !stderr.contains("panicked"),
+        "{}",
+        describe(&second)
+    );
+    let compact = relay_cmd([
+        OsStr::new("spool"),
+        OsStr::new("compact"),
+        OsStr::new("--dir"),
+        relay.spool_dir.as_os_str(),
+    ]);
+    assert!(!compact.status.success(), "{}", describe(&compact));
+    assert!(
+        String::from_utf8_lossy(&compact.stderr).contains("lock"),
+        "{}",
+        describe(&compact)
+    );
+    // Reading needs no lock.
+    assert!(relay.spool_ls().is_empty());
+
+    let spool_dir = relay.spool_dir.clone();
+    relay.sigterm();
+    assert!(relay.wait_exit(Duration::from_secs(30)).success());
+    let compact = relay_cmd([
+        OsStr::new("spool"),
+        OsStr::new("compact"),
+        OsStr::new("--dir"),
+        spool_dir.as_os_str(),
+    ]);
+    assert!(compact.status.success(), "{}", describe(&compact));
+}

@@ -46,7 +46,7 @@ pub enum SaslError {
 
 /// Decodes RFC 4648 base64 with mandatory padding and no whitespace.
 pub fn decode_base64(text: &[u8]) -> Result<Vec<u8>, SaslError> {
-    if text.len() % 4 != 0 {
+    if !text.len().is_multiple_of(4) {
         return Err(SaslError::Base64);
     }
     let mut out = Vec::with_capacity(text.len() / 4 * 3);

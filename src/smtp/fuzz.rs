@@ -38,7 +38,7 @@ pub fn session(data: &[u8]) {
             for event in std::mem::take(&mut out.events) {
                 if let Event::Submit(_) = event {
                     submitted += 1;
-                    let result = if submitted % 5 == 0 {
+                    let result = if submitted.is_multiple_of(5) {
                         Err(SubmitError::Storage)
                     } else {
                         Ok(QueueId(submitted))

@@ -17,6 +17,10 @@ pub enum SpoolError {
     #[error("spool shard queue is full (backpressure)")]
     Backpressure,
 
+    /// Another process holds the spool's lock (a running relay, or an offline compaction).
+    #[error("spool lock {} is held by another process (is a relay already running on this spool?)", path.display())]
+    Locked { path: PathBuf },
+
     /// The spool is shutting down (or its writer stopped): nothing was stored.
     #[error("spool is closed")]
     Closed,

@@ -183,7 +183,7 @@ pub(crate) fn read_at(
         .or_else(|_| SegmentHeader::decode(&preamble[SEGMENT_HEADER_LEN..]))
         .map_err(|e| bad(format!("unreadable segment header: {e:?}")))?;
     let len = usize::try_from(location.frame_len).map_err(|_| bad("frame too large".into()))?;
-    if len < FRAME_HEADER_LEN || location.offset % ALIGN != 0 {
+    if len < FRAME_HEADER_LEN || !location.offset.is_multiple_of(ALIGN) {
         return Err(bad("not a frame location".into()));
     }
     let mut frame = AlignedVec::<16>::new();

@@ -145,7 +145,7 @@ mod writer;
 
 use std::collections::HashMap;
 use std::ops::ControlFlow;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -714,6 +714,9 @@ pub struct Spool {
     core: Arc<Core>,
     handles: Vec<ShardHandle>,
     writers: Vec<Option<JoinHandle<()>>>,
+    /// The exclusive lock on `<dir>/lock` (real directories only): one process writes a
+    /// spool at a time. Released when the spool is dropped.
+    lock: Option<std::fs::File>,
 }
 
 impl std::fmt::Debug for Spool {
@@ -952,8 +955,13 @@ impl Spool {
     /// starts one writer thread per shard. A spool left by a killed process opens without any
     /// manual step; only what [`recovery::decide`] calls Fatal stops it.
     pub fn open(config: SpoolConfig, shards: usize) -> Result<(Spool, RecoveryReport), SpoolError> {
+        // Before recovery touches anything: a second server (or an offline compaction next
+        // to a running server) would repair and append to files another process owns.
+        let lock = lock_dir(&config.dir)?;
         let io: Arc<dyn SegmentIo> = Arc::new(FsIo::new(config.dir.clone()));
-        Spool::open_with_io(config, shards, io)
+        let (mut spool, report) = Spool::open_with_io(config, shards, io)?;
+        spool.lock = Some(lock);
+        Ok((spool, report))
     }
 
     /// [`Spool::open`] on any [`SegmentIo`] (the simulated disk in tests). `config.dir` is
@@ -1004,6 +1012,7 @@ impl Spool {
                         core: Arc::clone(&core),
                         handles,
                         writers,
+                        lock: None,
                     };
                     drop(partial);
                     return Err(SpoolError::io("spawn writer thread", io.root(), e));
@@ -1016,6 +1025,7 @@ impl Spool {
             core,
             handles,
             writers,
+            lock: None,
         };
         Ok((spool, report))
     }
@@ -1108,6 +1118,30 @@ impl Spool {
     /// fdatasync) everything already queued and answer it, and joins them.
     pub fn close(mut self) -> Result<(), SpoolError> {
         self.stop()
+    }
+}
+
+/// Takes the exclusive lock on `<dir>/lock` (flock: released by the kernel when the process
+/// dies, so a crash never leaves a stale lock behind).
+fn lock_dir(dir: &Path) -> Result<std::fs::File, SpoolError> {
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(|e| SpoolError::io("create spool dir", dir, e))?;
+    let path = dir.join("lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .mode(0o600)
+        .open(&path)
+        .map_err(|e| SpoolError::io("open lock file", &path, e))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(SpoolError::Locked { path }),
+        Err(std::fs::TryLockError::Error(e)) => Err(SpoolError::io("lock", &path, e)),
     }
 }
 

@@ -304,7 +304,7 @@ fn next_valid_header(buf: &[u8], from: u64, salt: u32) -> Option<u64> {
     let mut pos = pad16(from) as usize;
     while pos + FRAME_HEADER_LEN <= buf.len() {
         let found = pos + finder.find(&buf[pos..])?;
-        if found % 16 != 0 {
+        if !found.is_multiple_of(16) {
             pos = pad16(found as u64 + 1) as usize;
             continue;
         }

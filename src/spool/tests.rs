@@ -22,7 +22,7 @@ pub(crate) fn message(id: QueueId, n: usize, body_len: usize) -> NewMessage {
             protocol: "ESMTP".into(),
         },
         envelope: Envelope {
-            reverse_path: if n % 7 == 0 {
+            reverse_path: if n.is_multiple_of(7) {
                 String::new()
             } else {
                 format!("sender{n}@example.org")
@@ -1295,4 +1295,17 @@ fn delivery_results_are_durable_replayed_and_compacted() {
     let after = spool.replay().unwrap();
     assert_eq!(after, replay, "compaction changes nothing a reader sees");
     spool.close().unwrap();
+}
+
+#[test]
+fn one_process_at_a_time_holds_a_spool() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (spool, _) = Spool::open(config(tmp.path()), 1).unwrap();
+    match Spool::open(config(tmp.path()), 1) {
+        Err(SpoolError::Locked { path }) => assert!(path.ends_with("lock")),
+        other => panic!("second open must be refused, got {other:?}"),
+    }
+    spool.close().unwrap();
+    let (again, _) = Spool::open(config(tmp.path()), 1).expect("the lock is released on close");
+    again.close().unwrap();
 }
