@@ -1,4 +1,4 @@
-//! Command line: `serve`, `check`, `spool ls`, `spool cat`.
+//! Command line: `serve`, `check`, `spool ls`, `spool cat`, `user`, `tune check|apply`.
 //!
 //! `anyhow` lives here only: library modules return typed errors, and this is the one
 //! place they become a line on stderr and an exit status.
@@ -42,6 +42,31 @@ enum Command {
     User {
         #[command(subcommand)]
         command: UserCommand,
+    },
+    /// Compare this machine with a tuning profile (tuning/kernel) and the config.
+    Tune {
+        #[command(subcommand)]
+        command: TuneCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum TuneCommand {
+    /// Print sysctl values, rlimits, CPUs and io_uring against the profile; exit non-zero
+    /// when a setting makes the config unsafe to run here.
+    Check {
+        #[arg(long, default_value = relay::tune::DEFAULT_PROFILE)]
+        profile: String,
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+    /// Print the `sysctl -w` commands that bring this machine to the profile; with `--yes`
+    /// write them to /proc/sys (root) and say what changed.
+    Apply {
+        #[arg(long)]
+        profile: String,
+        #[arg(long)]
+        yes: bool,
     },
 }
 
@@ -97,6 +122,7 @@ pub fn main() -> ExitCode {
         Command::Check { config } => check(config.as_deref()),
         Command::Spool { command } => spool(command),
         Command::User { command } => user(command),
+        Command::Tune { command } => tune(command),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -214,6 +240,60 @@ fn user(command: UserCommand) -> Result<()> {
                 Some(user) => println!("{user}: password matches"),
                 None => anyhow::bail!("{name}: unknown user or wrong password"),
             }
+        }
+    }
+    Ok(())
+}
+
+fn tune(command: TuneCommand) -> Result<()> {
+    use relay::tune;
+    match command {
+        TuneCommand::Check { profile, config } => {
+            let settings = tune::profile(&profile)?;
+            let config = load(config.as_deref())?;
+            let host = tune::HostFacts::gather();
+            let report = tune::evaluate(&profile, &settings, tune::read_current, &host, &config);
+            print!("{report}");
+            let reasons = report.unsafe_reasons();
+            anyhow::ensure!(
+                reasons.is_empty(),
+                "this machine cannot run the config safely: {}",
+                reasons.join("; ")
+            );
+        }
+        TuneCommand::Apply { profile, yes } => {
+            let settings = tune::profile(&profile)?;
+            let changes = tune::plan(&settings, tune::read_current);
+            if changes.is_empty() {
+                println!("# nothing to change: this machine already meets profile {profile}");
+                return Ok(());
+            }
+            if !yes {
+                println!(
+                    "# {} setting(s) fall short of profile {profile}; run these as root \
+                     (or `relay tune apply --profile {profile} --yes`), nothing was changed:",
+                    changes.len()
+                );
+                for change in &changes {
+                    println!("{}  # now {}", change.command(), change.from);
+                }
+                return Ok(());
+            }
+            let mut failed = 0;
+            for change in &changes {
+                match tune::write_sysctl(change) {
+                    Ok(()) => println!("changed {}: {} -> {}", change.key, change.from, change.to),
+                    Err(error) => {
+                        failed += 1;
+                        eprintln!("relay: {error}");
+                    }
+                }
+            }
+            println!(
+                "# these last until reboot; install tuning/kernel/{profile}.conf in /etc/sysctl.d \
+                 to keep them"
+            );
+            anyhow::ensure!(failed == 0, "{failed} setting(s) could not be written");
         }
     }
     Ok(())

@@ -9,9 +9,10 @@
 //! - [`spool`]: the append-only, checksummed, group-committed message log.
 //! - [`runtime`]: pinned per-core threads, the io_uring probe and the engine choice.
 //! - [`net`]: listeners and connection tasks: the only code that moves bytes.
+//! - [`tune`]: `relay tune`: the embedded kernel profiles compared with this machine.
 
 // No module needs unsafe code: io_uring comes through tokio-uring, SIMD through memchr and
-// base64-simd, syscalls through std, socket2 and core_affinity.
+// base64-simd, syscalls through std, socket2, core_affinity and rustix.
 #![forbid(unsafe_code)]
 
 pub mod config;
@@ -24,3 +25,4 @@ pub mod queue;
 pub mod runtime;
 pub mod smtp;
 pub mod spool;
+pub mod tune;
