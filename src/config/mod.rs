@@ -60,6 +60,8 @@ pub struct Config {
     pub local: LocalConfig,
     pub pop3: Pop3Config,
     pub policy: PolicySection,
+    /// Outbound delivery: retries, lifetime, notices, per-destination limits (`queue::settings`).
+    pub delivery: crate::queue::DeliveryConfig,
 }
 
 /// Content policy applied at the end of DATA (violations get 554 5.7.1, nothing queued).
@@ -195,12 +197,16 @@ impl Default for SpoolSection {
 pub struct RelayConfig {
     /// Clients (CIDR) that may send to any domain; everyone else only to `local.domains`.
     pub allowed_networks: Vec<ipnet::IpNet>,
+    /// `[[relay.routes]]`: where mail for a domain goes next (`queue::routes`); a domain no
+    /// route matches goes to its MX hosts.
+    pub routes: crate::queue::RoutesConfig,
 }
 
 impl Default for RelayConfig {
     fn default() -> Self {
         RelayConfig {
             allowed_networks: defaults::relay_allowed_networks(),
+            routes: crate::queue::RoutesConfig::default(),
         }
     }
 }
@@ -455,6 +461,20 @@ impl Config {
         if sv.drain_timeout.0 > std::time::Duration::from_secs(3600) {
             return Err(invalid("server.drain_timeout", "must be at most 1h".into()));
         }
+        if let Err(error) = self.delivery.check() {
+            return Err(invalid(delivery_key(error.key), error.message));
+        }
+        if let Some(name) = &self.delivery.helo_name {
+            if !valid_domain(name) {
+                return Err(invalid(
+                    "delivery.helo_name",
+                    format!("`{name}` is not a valid host name (letters, digits, '-' and '.')"),
+                ));
+            }
+        }
+        if let Err(error) = self.relay.routes.compile() {
+            return Err(invalid("relay.routes", error.to_string()));
+        }
         let po = &self.policy;
         if po.max_parts == 0 || po.max_nesting == 0 {
             return Err(invalid(
@@ -511,6 +531,34 @@ impl Config {
 
 /// The 1-based line that sets `section.key` in TOML text written in the usual
 /// `[section]` / `key = value` form (what a validation error should point at).
+/// `delivery.<key>` as a static string, for the error's line lookup.
+fn delivery_key(key: &str) -> &'static str {
+    const KEYS: &[&str] = &[
+        "delivery.retry_intervals",
+        "delivery.retry_every",
+        "delivery.retry_jitter_percent",
+        "delivery.max_age",
+        "delivery.delay_warning",
+        "delivery.delay_notice_without_notify",
+        "delivery.queued_messages_max",
+        "delivery.queued_bytes_max",
+        "delivery.destination_connections_max",
+        "delivery.destination_transactions_max",
+        "delivery.destination_messages_per_minute",
+        "delivery.destinations_max",
+        "delivery.dsn_original_max",
+        "delivery.mx_hosts_max",
+        "delivery.mx_addresses_max",
+        "delivery.connect_timeout",
+        "delivery.recipients_per_transaction_max",
+        "delivery.helo_name",
+    ];
+    KEYS.iter()
+        .find(|k| k.strip_prefix("delivery.") == Some(key))
+        .copied()
+        .unwrap_or("delivery")
+}
+
 fn locate_key(text: &str, dotted: &str) -> Option<usize> {
     let (section, key) = dotted.split_once('.')?;
     let mut current = "";

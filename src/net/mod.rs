@@ -8,6 +8,7 @@
 //! and timeouts on every wait.
 
 pub mod conn;
+pub mod delivery;
 pub mod io;
 pub mod limits;
 pub mod listener;

@@ -37,6 +37,8 @@ pub struct ShardContext {
     pub pop3: Pop3Context,
     pub admission: Admission,
     pub phase: watch::Receiver<Phase>,
+    /// Outbound delivery: the mesh to hand recipients to their owner core, and settings.
+    pub delivery: Arc<crate::net::delivery::DeliveryShared>,
 }
 
 /// What POP3 connections need besides the common parts.

@@ -180,6 +180,7 @@ async fn store(
     let sender = envelope.reverse_path.clone();
     let rcpts = envelope.recipients.len();
     let delivered_to = mailboxes.clone();
+    let queued_remote = remote.clone();
     let size = (received.len() + body.len()) as u64;
     let message = NewMessage {
         id,
@@ -200,6 +201,16 @@ async fn store(
                 };
                 for mailbox in &delivered_to {
                     ctx.mail_store.deliver(mailbox, entry);
+                }
+                if !queued_remote.is_empty() {
+                    crate::net::delivery::enqueue_new(
+                        &ctx.delivery,
+                        ctx.shard,
+                        id,
+                        &queued_remote,
+                        committed.location.body_len,
+                    )
+                    .await;
                 }
                 Ok(id)
             }

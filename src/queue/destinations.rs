@@ -89,6 +89,17 @@ impl DestinationKey {
     }
 }
 
+/// `example.com` for an MX destination, `[smtp.example.net:25]` for a static next hop
+/// (Postfix's notation for "no MX lookup"): for logs, metrics labels and `relay queue`.
+impl std::fmt::Display for DestinationKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DestinationKey::Mx(domain) => f.write_str(domain),
+            DestinationKey::Static { hop, .. } => write!(f, "[{hop}]"),
+        }
+    }
+}
+
 /// The core (`0..cores`) that owns `key`; 0 when `cores` is 0.
 pub fn owner(key: &DestinationKey, cores: usize) -> usize {
     jump_hash(key.stable_hash(), cores)
@@ -177,6 +188,9 @@ pub struct Entry {
     /// Attempts made so far (saturating).
     pub attempts: u16,
     pub dest: DestId,
+    /// The delay notice for these recipients is settled (sent or not wanted): it goes at most
+    /// once (issue 4 §4). Restored at start from the spool's DSN markers.
+    pub delay_noticed: bool,
 }
 
 impl Entry {
@@ -187,6 +201,7 @@ impl Entry {
             recipients,
             attempts: 0,
             dest,
+            delay_noticed: false,
         }
     }
 
@@ -401,6 +416,11 @@ impl Destination {
         self.held_until_ms = to_millis(schedule::later_of(from_millis(self.held_until_ms), until));
     }
 
+    /// Lifts a hold (`relay queue flush`: the operator says "try now").
+    pub fn release_hold(&mut self) {
+        self.held_until_ms = 0;
+    }
+
     pub fn ready_len(&self) -> usize {
         self.ready.len()
     }
@@ -605,6 +625,40 @@ impl CoreQueue {
             }
         }
         expired
+    }
+
+    /// Takes every ready entry of destination `id` (the destination failed as a whole: no
+    /// address answered, the greeting refused service, DNS said no).
+    pub fn take_ready(&mut self, id: DestId) -> Vec<Entry> {
+        match self.get_mut(id) {
+            Some(dest) => dest.ready.drain(..).collect(),
+            None => Vec::new(),
+        }
+    }
+
+    /// Visits every queued entry (ready ones first, then the deferred index in no order) with
+    /// its destination's key: for `relay queue list` and the metrics.
+    pub fn for_each_entry(&self, mut f: impl FnMut(&Entry, &DestinationKey, bool)) {
+        for dest in self.slots.iter().flatten() {
+            for entry in &dest.ready {
+                f(entry, &dest.key, true);
+            }
+        }
+        for Reverse(entry) in &self.deferred {
+            if let Some(dest) = self.get(entry.dest) {
+                f(entry, &dest.key, false);
+            }
+        }
+    }
+
+    /// The ids of the destinations that have ready entries.
+    pub fn with_ready(&self) -> Vec<DestId> {
+        self.slots
+            .iter()
+            .enumerate()
+            .filter(|(_, d)| d.as_ref().is_some_and(|d| !d.ready.is_empty()))
+            .filter_map(|(i, _)| u32::try_from(i).ok().map(DestId))
+            .collect()
     }
 
     /// Removes every entry of message `id` (queue delete, queue bounce); returns them.

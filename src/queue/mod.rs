@@ -36,6 +36,7 @@
 
 pub mod destinations;
 pub mod dsn;
+pub mod outcome;
 pub mod resolve;
 pub mod routes;
 pub mod schedule;

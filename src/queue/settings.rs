@@ -25,6 +25,9 @@
 //! dsn_original_max = "50kB"         # octets of the original returned in a notice
 //! mx_hosts_max = 10                 # MX hosts looked up per destination
 //! mx_addresses_max = 5              # addresses tried per delivery attempt
+//! connect_timeout = "30s"           # per address tried
+//! recipients_per_transaction_max = 100  # RCPTs in one outbound transaction
+//! helo_name = "relay.example.com"   # our EHLO name; default: server.hostname
 //! ```
 //!
 //! **Exposure.** The operator's file; never network input.
@@ -76,6 +79,10 @@ mod defaults {
     pub const MX_HOSTS_MAX: usize = 10;
     /// Postfix's smtp_mx_address_limit.
     pub const MX_ADDRESSES_MAX: usize = 5;
+    /// Postfix's smtp_connect_timeout (30s): a dead address costs at most this per attempt.
+    pub const CONNECT_TIMEOUT: Interval = Interval::secs(30);
+    /// RFC 5321 §4.5.3.1.8: a server must accept at least 100 recipients per transaction.
+    pub const RECIPIENTS_PER_TRANSACTION_MAX: usize = 100;
 }
 
 /// The `[delivery]` section (see the module doc for the TOML).
@@ -99,6 +106,10 @@ pub struct DeliveryConfig {
     pub dsn_original_max: ByteSize,
     pub mx_hosts_max: usize,
     pub mx_addresses_max: usize,
+    pub connect_timeout: Interval,
+    pub recipients_per_transaction_max: usize,
+    /// The name in our EHLO; `None`: `server.hostname`.
+    pub helo_name: Option<String>,
 }
 
 impl Default for DeliveryConfig {
@@ -119,6 +130,9 @@ impl Default for DeliveryConfig {
             dsn_original_max: defaults::DSN_ORIGINAL_MAX,
             mx_hosts_max: defaults::MX_HOSTS_MAX,
             mx_addresses_max: defaults::MX_ADDRESSES_MAX,
+            connect_timeout: defaults::CONNECT_TIMEOUT,
+            recipients_per_transaction_max: defaults::RECIPIENTS_PER_TRANSACTION_MAX,
+            helo_name: None,
         }
     }
 }
@@ -219,6 +233,18 @@ impl DeliveryConfig {
         if self.mx_addresses_max == 0 || self.mx_addresses_max > 100 {
             return Err(invalid("mx_addresses_max", "must be 1–100"));
         }
+        if self.connect_timeout.0.is_zero()
+            || self.connect_timeout.0 > std::time::Duration::from_secs(600)
+        {
+            return Err(invalid(
+                "connect_timeout",
+                "must be more than 0 and at most 10m",
+            ));
+        }
+        if self.recipients_per_transaction_max == 0 || self.recipients_per_transaction_max > 10_000
+        {
+            return Err(invalid("recipients_per_transaction_max", "must be 1–10000"));
+        }
         Ok(())
     }
 
@@ -296,6 +322,8 @@ destinations_max = 100000         # per core
 dsn_original_max = "50kB"         # octets of the original returned in a notice
 mx_hosts_max = 10                 # MX hosts looked up per destination
 mx_addresses_max = 5              # addresses tried per delivery attempt
+connect_timeout = "30s"           # per address tried
+recipients_per_transaction_max = 100  # RCPTs in one outbound transaction
 "#;
 
     #[test]

@@ -20,11 +20,13 @@ use super::shard::{self, ShardEvent, ShardSeed};
 use super::{choose_engine, probe, Engine, Phase, UringUnavailable};
 use crate::config::Config;
 use crate::mailbox::{LocalDelivery, MailStore};
+use crate::net::delivery::{jobs_from_replay, DeliveryShared, Mesh, QueueGauge};
 use crate::net::limits::AuthFailures;
 use crate::net::limits::{Admission, ClientTable};
 use crate::net::listener::{bind_shared, BindError};
 use crate::net::shard::{Pop3Context, Protocol, ShardContext};
-use crate::smtp::{Mailboxes, SessionConfig};
+use crate::smtp::client::ClientConfig;
+use crate::smtp::{Gate, Mailboxes, SessionConfig};
 use crate::spool::{Spool, SpoolConfig, SpoolError};
 
 /// Why the server could not start or stop cleanly; each is one clear line for the operator.
@@ -48,6 +50,8 @@ pub enum ServerError {
     Session(String),
     #[error("shard {0} stopped unexpectedly")]
     ShardDied(usize),
+    #[error("relay.routes: {0}")]
+    Routes(String),
 }
 
 /// The spool settings as the spool module takes them.
@@ -81,7 +85,46 @@ pub fn session_config(
         vrfy: config.smtp.vrfy,
         expn: config.smtp.expn,
         policy: config.policy.to_policy(),
+        ingest: None,
     }
+}
+
+/// The delivery side's shared settings and the cross-core mesh.
+pub fn delivery_shared(
+    config: &Config,
+    hostname: &str,
+    shards: usize,
+    mailboxes: Option<crate::smtp::Mailboxes>,
+) -> Result<DeliveryShared, ServerError> {
+    let d = &config.delivery;
+    let routes = config
+        .relay
+        .routes
+        .compile()
+        .map_err(|e| ServerError::Routes(e.to_string()))?;
+    let client = ClientConfig {
+        helo_name: d.helo_name.clone().unwrap_or_else(|| hostname.to_string()),
+        max_recipients_per_transaction: d.recipients_per_transaction_max,
+        ..ClientConfig::default()
+    };
+    Ok(DeliveryShared {
+        mesh: Mesh::new(
+            shards,
+            QueueGauge::new(d.queued_messages_max, d.queued_bytes_max.0),
+        ),
+        routes,
+        schedule: d.schedule(),
+        dsn_policy: d.dsn_policy(),
+        dsn_return_max: d.dsn_return_max(),
+        resolve_limits: d.resolve_limits(),
+        destination_limits: d.destination_limits(),
+        destinations_max: d.destinations_max,
+        client: Arc::new(client),
+        connect_timeout: d.connect_timeout.0,
+        hostname: hostname.to_string(),
+        local_domains: config.local.domains.clone(),
+        mailboxes,
+    })
 }
 
 /// Runs the relay until a signal stops it.
@@ -99,7 +142,9 @@ pub fn run(config: Config) -> Result<(), ServerError> {
     let (spool, report) = Spool::open(spool_config(&config), shards)?;
     tracing::info!("spool {}: {report}", config.spool.dir.display());
     let spool = Arc::new(spool);
-    rebuild_maildrops(&spool, &mail_store)?;
+    // One replay serves both views (the first call costs no I/O: recovery kept it).
+    let replay = spool.replay()?;
+    rebuild_maildrops(&replay, &mail_store);
     if !config.spool.fsync {
         tracing::warn!(
             "spool.fsync = false: a 250 no longer means the message is on disk (benchmarks only)"
@@ -138,8 +183,20 @@ pub fn run(config: Config) -> Result<(), ServerError> {
     let (phase_tx, phase_rx) = watch::channel(Phase::Running);
     let (events_tx, events_rx) = channel::unbounded();
     let clients = ClientTable::new(config.server.connections_per_ip_max);
-    let local = LocalDelivery::new(Arc::clone(&directory), Arc::clone(&mail_store));
-    let session = session_config(&config, &hostname, Some(Mailboxes(Arc::new(local))));
+    let local = Mailboxes(Arc::new(LocalDelivery::new(
+        Arc::clone(&directory),
+        Arc::clone(&mail_store),
+    )));
+    let delivery = Arc::new(delivery_shared(
+        &config,
+        &hostname,
+        shards,
+        Some(local.clone()),
+    )?);
+    let mut startup = jobs_from_replay(&delivery, &replay).into_iter();
+    drop(replay);
+    let mut session = session_config(&config, &hostname, Some(local));
+    session.ingest = Some(Gate(delivery.mesh.clone()));
     session
         .check()
         .map_err(|e| ServerError::Session(e.to_string()))?;
@@ -164,11 +221,13 @@ pub fn run(config: Config) -> Result<(), ServerError> {
         let core_max = config.server.connections_per_core_max;
         let command_timeout = config.smtp.command_timeout.0;
         let data_timeout = config.smtp.data_timeout.0;
+        let delivery = Arc::clone(&delivery);
         let seed = ShardSeed {
             index,
             core: (!cores.is_empty()).then(|| cores[index % cores.len()]),
             engine,
             sockets,
+            startup: startup.next().unwrap_or_default(),
             make_context: Box::new(move || ShardContext {
                 shard: index,
                 hostname,
@@ -181,6 +240,7 @@ pub fn run(config: Config) -> Result<(), ServerError> {
                 pop3,
                 admission: Admission::new(core_max, clients),
                 phase,
+                delivery,
             }),
         };
         threads.push(shard::spawn(seed, events_tx.clone()).map_err(ServerError::Thread)?);
@@ -254,8 +314,7 @@ fn close_spool(spool: Arc<Spool>) -> Result<(), SpoolError> {
 }
 
 /// Rebuilds every maildrop from the spool log: deliveries first, then deletions.
-fn rebuild_maildrops(spool: &Spool, store: &MailStore) -> Result<(), ServerError> {
-    let replay = spool.replay()?;
+fn rebuild_maildrops(replay: &crate::spool::Replay, store: &MailStore) {
     let mut delivered = 0usize;
     for message in &replay.messages {
         for mailbox in &message.mailboxes {
@@ -277,7 +336,6 @@ fn rebuild_maildrops(spool: &Spool, store: &MailStore) -> Result<(), ServerError
         deletions = replay.deletions.len(),
         "maildrops rebuilt from the spool"
     );
-    Ok(())
 }
 
 /// Reclaims spool space in the background (never on a shard's thread: it reads and

@@ -6,7 +6,11 @@ use std::thread::JoinHandle;
 use crossbeam::channel::Sender;
 
 use super::Engine;
-use crate::net::io::{epoll::EpollListener, uring::UringListener};
+use crate::net::delivery::{self, Core};
+use crate::net::io::{
+    epoll::EpollConnector, epoll::EpollListener, uring::UringConnector, uring::UringListener,
+    Connector,
+};
 use crate::net::shard::{self as net_shard, Bound, Protocol, ShardContext};
 
 /// What a shard thread reports to the main thread.
@@ -38,6 +42,8 @@ pub struct ShardSeed {
     pub core: Option<core_affinity::CoreId>,
     pub engine: Engine,
     pub sockets: Vec<(std::net::TcpListener, Protocol)>,
+    /// The delivery queue this core owns, rebuilt from the spool.
+    pub startup: Vec<crate::net::delivery::Job>,
     pub make_context: Box<dyn FnOnce() -> ShardContext + Send>,
 }
 
@@ -67,6 +73,7 @@ fn run(seed: ShardSeed, events: &Sender<ShardEvent>) -> Result<(), String> {
         engine,
         sockets,
         make_context,
+        startup,
         ..
     } = seed;
     let duplicates = sockets
@@ -89,8 +96,11 @@ fn run(seed: ShardSeed, events: &Sender<ShardEvent>) -> Result<(), String> {
                         protocol,
                     })
                     .collect();
+                let core = delivery_core(&ctx, UringConnector);
+                let delivery = tokio::task::spawn_local(delivery::run(core, startup));
                 let _ = events.send(ShardEvent::Ready(index));
                 net_shard::run(ctx, listeners).await;
+                let _ = delivery.await;
             });
         }
         Engine::Epoll => {
@@ -110,11 +120,26 @@ fn run(seed: ShardSeed, events: &Sender<ShardEvent>) -> Result<(), String> {
                         protocol,
                     });
                 }
+                let core = delivery_core(&ctx, EpollConnector);
+                let delivery = tokio::task::spawn_local(delivery::run(core, startup));
                 let _ = events.send(ShardEvent::Ready(index));
                 net_shard::run(ctx, listeners).await;
+                let _ = delivery.await;
                 Ok::<(), String>(())
             })?;
         }
     }
     Ok(())
+}
+
+fn delivery_core<C: Connector + 'static>(ctx: &ShardContext, connector: C) -> Rc<Core<C>> {
+    Core::new(
+        ctx.shard,
+        std::sync::Arc::clone(&ctx.delivery),
+        connector,
+        ctx.spool.clone(),
+        std::sync::Arc::clone(&ctx.store),
+        std::sync::Arc::clone(&ctx.mail_store),
+        ctx.phase.clone(),
+    )
 }

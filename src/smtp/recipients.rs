@@ -48,3 +48,29 @@ impl PartialEq for Mailboxes {
 }
 
 impl Eq for Mailboxes {}
+
+/// The session's question about the outbound queue: "may another message come in?". The
+/// real answer is the delivery runtime's queue gauge (`net::delivery::QueueGauge`); `false`
+/// makes MAIL answer 452 4.3.1 (RFC 5321 §4.5.3.1.10 style backpressure: the client retries
+/// later) instead of the queue growing without bound.
+pub trait IngestGate: Send + Sync {
+    fn accepting(&self) -> bool;
+}
+
+/// Shared handle to the gate, comparable by identity so `SessionConfig` stays `Eq`.
+#[derive(Clone)]
+pub struct Gate(pub Arc<dyn IngestGate>);
+
+impl fmt::Debug for Gate {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Gate(..)")
+    }
+}
+
+impl PartialEq for Gate {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+impl Eq for Gate {}

@@ -102,6 +102,13 @@ impl EnhancedStatus {
         }
     }
 
+    /// `X.0.0` for a reply code's class (2, 4 or 5; anything else reads as 5): the status a
+    /// report gives a reply that came without one (RFC 3463 §3.1).
+    pub const fn undefined(class: u8) -> Self {
+        let class = if class == 2 || class == 4 { class } else { 5 };
+        Self::known(class, 0, 0)
+    }
+
     pub const fn class(self) -> u8 {
         self.class
     }
@@ -173,6 +180,14 @@ const S_5_6_3: EnhancedStatus = EnhancedStatus::known(5, 6, 3);
 const S_5_6_7: EnhancedStatus = EnhancedStatus::known(5, 6, 7);
 /// 5.7.1 Delivery not authorized, message refused.
 const S_5_7_1: EnhancedStatus = EnhancedStatus::known(5, 7, 1);
+/// 4.4.1 No answer from host (no connection to any address of the next hop).
+const S_4_4_1: EnhancedStatus = EnhancedStatus::known(4, 4, 1);
+/// 4.4.5 System congestion (this relay's own delivery tables are full).
+const S_4_4_5: EnhancedStatus = EnhancedStatus::known(4, 4, 5);
+/// 5.4.7 Delivery time expired.
+const S_5_4_7: EnhancedStatus = EnhancedStatus::known(5, 4, 7);
+/// 5.0.0 Other undefined status (an operator's decision).
+const S_5_0_0: EnhancedStatus = EnhancedStatus::known(5, 0, 0);
 
 /// An ESMTP service extension advertised in the EHLO reply (RFC 5321 §4.1.1.1).
 ///
@@ -871,6 +886,68 @@ impl Reply {
                 printable(when),
                 reply.code()
             ),
+        )
+    }
+
+    /// No connection could be made to any address of the next hop; `why` names the last
+    /// attempt's target and error.
+    pub fn next_hop_unreachable(why: &str) -> Self {
+        Self::new(
+            ReplyCode::SERVICE_NOT_AVAILABLE,
+            Some(S_4_4_1),
+            format!("connect to the next hop failed: {}", printable(why)),
+        )
+    }
+
+    /// The stored message could not be read back (an I/O error): retried later.
+    pub fn spool_unreadable(why: &str) -> Self {
+        Self::new(
+            ReplyCode::SERVICE_NOT_AVAILABLE,
+            Some(S_4_3_0),
+            format!(
+                "message could not be read from the spool: {}",
+                printable(why)
+            ),
+        )
+    }
+
+    /// This core already tracks `delivery.destinations_max` destinations: retried later.
+    pub fn destinations_full() -> Self {
+        Self::fixed(
+            ReplyCode::SERVICE_NOT_AVAILABLE,
+            S_4_4_5,
+            "too many destinations queued on this core (delivery.destinations_max)",
+        )
+    }
+
+    /// `delivery.max_age` passed while the recipient was still deferred (RFC 5321
+    /// §4.5.4.1 give-up time); `last` is the last temporary reason.
+    pub fn delivery_expired(last: &str) -> Self {
+        Self::new(
+            ReplyCode::TRANSACTION_FAILED,
+            Some(S_5_4_7),
+            format!(
+                "delivery time expired (delivery.max_age); last error: {}",
+                printable(last)
+            ),
+        )
+    }
+
+    /// `relay queue bounce`: the operator returned the message to its sender.
+    pub fn bounced_by_operator() -> Self {
+        Self::fixed(
+            ReplyCode::MAILBOX_UNAVAILABLE,
+            S_5_0_0,
+            "returned to sender by the relay's operator",
+        )
+    }
+
+    /// `relay queue delete`: the operator removed the message without a notice.
+    pub fn deleted_by_operator() -> Self {
+        Self::fixed(
+            ReplyCode::MAILBOX_UNAVAILABLE,
+            S_5_0_0,
+            "deleted by the relay's operator (no notice sent)",
         )
     }
 

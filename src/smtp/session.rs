@@ -80,6 +80,8 @@ pub struct SessionConfig {
     pub expn: bool,
     /// Content policy checked at the end of the data (MIME structure, attachments).
     pub policy: crate::mime::Policy,
+    /// The outbound queue's backpressure; `None`: always accepting.
+    pub ingest: Option<super::recipients::Gate>,
 }
 
 impl Default for SessionConfig {
@@ -108,6 +110,7 @@ impl Default for SessionConfig {
             vrfy: false,
             expn: false,
             policy: crate::mime::Policy::default(),
+            ingest: None,
         }
     }
 }
@@ -626,6 +629,14 @@ impl Session {
         {
             // RFC 1870 §6.1: refuse a declared size over the limit before the data.
             Some(Reply::message_too_large())
+        } else if self
+            .config
+            .ingest
+            .as_ref()
+            .is_some_and(|gate| !gate.0.accepting())
+        {
+            // The outbound queue is over its limits: before the data, not after it.
+            Some(Reply::insufficient_storage())
         } else {
             None
         };
@@ -1323,6 +1334,36 @@ mod tests {
         out.clear();
         assert_eq!(session.handle_input(b"NOOP\r\n", now(), &mut out), 6);
         assert_eq!(out.bytes, b"250 2.0.0 Ok\r\n");
+    }
+
+    #[test]
+    fn a_closed_ingest_gate_answers_452_at_mail_and_opens_again() {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        struct Switch(AtomicBool);
+        impl crate::smtp::IngestGate for Switch {
+            fn accepting(&self) -> bool {
+                self.0.load(Ordering::Relaxed)
+            }
+        }
+        let switch = Arc::new(Switch(AtomicBool::new(false)));
+        let config = SessionConfig {
+            ingest: Some(crate::smtp::Gate(switch.clone())),
+            ..config()
+        };
+        let mut out = Outbox::default();
+        let mut session = Session::new(Arc::new(config), OUTSIDE.parse().unwrap(), now(), &mut out);
+        session.handle_input(b"EHLO c\r\n", now(), &mut out);
+        out.clear();
+        session.handle_input(b"MAIL FROM:<a@b>\r\n", now(), &mut out);
+        assert_eq!(
+            out.bytes,
+            b"452 4.3.1 Error: insufficient system storage\r\n"
+        );
+        assert!(!session.in_transaction());
+        switch.0.store(true, Ordering::Relaxed);
+        out.clear();
+        session.handle_input(b"MAIL FROM:<a@b>\r\n", now(), &mut out);
+        assert_eq!(out.bytes, b"250 2.1.0 Ok\r\n");
     }
 
     #[test]

@@ -17,6 +17,7 @@
 
 pub mod json;
 pub mod pop3;
+pub mod sinks;
 pub mod smtp;
 
 use std::ffi::OsStr;
@@ -134,6 +135,11 @@ pub struct Settings {
     pub log_level: &'static str,
     /// Run in the child between fork and exec (rlimits, seccomp). Must be async-signal-safe.
     pub pre_exec: Option<fn() -> std::io::Result<()>>,
+    /// `[[relay.routes]]` as `(domain, to)`. The default sends every remote domain to a
+    /// closed loopback port: tests never make DNS queries or leave the machine.
+    pub routes: Vec<(String, String)>,
+    /// TOML appended at the end (e.g. a `[delivery]` section).
+    pub extra_toml: String,
 }
 
 /// Local mailboxes every test relay has, all with the password [`TEST_PASSWORD`].
@@ -172,6 +178,8 @@ impl Settings {
             apop_secrets: Vec::new(),
             log_level: "info",
             pre_exec: None,
+            routes: vec![("*".into(), "127.0.0.1:1".into())],
+            extra_toml: String::new(),
         }
     }
 
@@ -278,6 +286,12 @@ impl Settings {
                 text.push_str(&format!("{alias:?} = [{}]\n", list(targets)));
             }
         }
+        for (domain, to) in &self.routes {
+            text.push_str(&format!(
+                "[[relay.routes]]\ndomain = {domain:?}\nto = {to:?}\n"
+            ));
+        }
+        text.push_str(&self.extra_toml);
         text
     }
 }

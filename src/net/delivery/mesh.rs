@@ -1,0 +1,265 @@
+//! The cross-core hand-off: "recipients R of message M are yours" as a small message on a
+//! bounded lock-free queue, one queue per (from core, to core) pair (DESIGN.md §1), plus a
+//! wake-up per core and an unbounded side channel for the operator's rare commands.
+//!
+//! Why one queue per pair: each `ArrayQueue` then has a single producer thread, so producers
+//! never contend with each other, and a core that floods one destination cannot starve the
+//! hand-offs of the others. A full queue is backpressure: the SMTP connection that stored the
+//! message waits (its 250 with it) until the owner has drained some.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use crossbeam::queue::{ArrayQueue, SegQueue};
+use tokio::sync::Notify;
+
+use crate::envelope::QueueId;
+use crate::queue::{DestinationKey, RcptSet};
+
+/// Hand-offs in flight per (from, to) pair before the sender waits.
+pub const PAIR_CAPACITY: usize = 4096;
+
+/// Recipients of one message for one destination, handed to the destination's owner.
+#[derive(Debug, Clone)]
+pub struct Job {
+    pub id: QueueId,
+    pub key: DestinationKey,
+    /// Indices into the message's remote addresses.
+    pub recipients: RcptSet,
+    /// When to try; at once for new mail.
+    pub due: SystemTime,
+    /// Attempts already made (from the spool's records at start).
+    pub attempts: u16,
+    pub delay_noticed: bool,
+    /// Stored size, for the backpressure gauge.
+    pub size: u64,
+}
+
+/// An operator's command for one core (from the admin thread).
+pub enum Control {
+    /// Deferred entries matching become ready now; answers how many.
+    Flush {
+        which: FlushFilter,
+        reply: crossbeam::channel::Sender<usize>,
+    },
+    /// Take every queued entry of a message out and end it (`bounce`: with a failure notice;
+    /// otherwise silently). Answers how many entries were removed.
+    Remove {
+        id: QueueId,
+        bounce: bool,
+        reply: crossbeam::channel::Sender<usize>,
+    },
+    /// What this core has queued.
+    Snapshot {
+        reply: crossbeam::channel::Sender<Vec<Queued>>,
+    },
+}
+
+/// Which deferred entries a flush moves.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FlushFilter {
+    All,
+    Message(QueueId),
+    /// A destination, as printed (`example.com`, `[host:25]`).
+    Destination(String),
+}
+
+/// One queued entry as a core reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Queued {
+    pub id: QueueId,
+    pub destination: String,
+    pub recipients: Vec<usize>,
+    pub due_unix_ms: u64,
+    pub attempts: u16,
+    /// Waiting for a connection slot now, rather than for its retry time.
+    pub ready: bool,
+    pub core: usize,
+}
+
+/// One core's receiving side.
+pub struct Inbox {
+    /// Indexed by sending core.
+    from: Vec<ArrayQueue<Job>>,
+    control: SegQueue<Control>,
+    pub wake: Notify,
+}
+
+/// Every core's inbox, plus the ingest gauge; shared by all shards.
+pub struct Mesh {
+    inboxes: Vec<Inbox>,
+    pub gauge: QueueGauge,
+}
+
+impl Mesh {
+    pub fn new(cores: usize, gauge: QueueGauge) -> Arc<Mesh> {
+        Arc::new(Mesh {
+            inboxes: (0..cores)
+                .map(|_| Inbox {
+                    from: (0..cores).map(|_| ArrayQueue::new(PAIR_CAPACITY)).collect(),
+                    control: SegQueue::new(),
+                    wake: Notify::new(),
+                })
+                .collect(),
+            gauge,
+        })
+    }
+
+    pub fn cores(&self) -> usize {
+        self.inboxes.len()
+    }
+
+    /// Hands `job` from core `from` to core `to`; gives it back when that queue is full.
+    pub fn send(&self, from: usize, to: usize, job: Job) -> Result<(), Job> {
+        let Some(inbox) = self.inboxes.get(to) else {
+            return Err(job);
+        };
+        let Some(queue) = inbox.from.get(from) else {
+            return Err(job);
+        };
+        queue.push(job)?;
+        inbox.wake.notify_one();
+        Ok(())
+    }
+
+    /// Sends an operator's command to core `to` (dropped if there is no such core: its reply
+    /// channel then reports a disconnect).
+    pub fn control(&self, to: usize, command: Control) {
+        if let Some(inbox) = self.inboxes.get(to) {
+            inbox.control.push(command);
+            inbox.wake.notify_one();
+        }
+    }
+
+    pub fn inbox(&self, core: usize) -> Option<&Inbox> {
+        self.inboxes.get(core)
+    }
+}
+
+impl Inbox {
+    /// Takes every waiting job, from every sender.
+    pub fn drain_jobs(&self, mut f: impl FnMut(Job)) {
+        for queue in &self.from {
+            while let Some(job) = queue.pop() {
+                f(job);
+            }
+        }
+    }
+
+    pub fn next_control(&self) -> Option<Control> {
+        self.control.pop()
+    }
+}
+
+/// Queued deliveries (a message × destination) and their bytes across all cores, against
+/// `delivery.queued_messages_max` / `queued_bytes_max`: SMTP ingest answers 452 4.3.1 while
+/// either is passed. Two relaxed atomics: read per MAIL, written per hand-off and per finished
+/// entry, never a lock.
+pub struct QueueGauge {
+    entries: AtomicU64,
+    bytes: AtomicU64,
+    entries_max: u64,
+    bytes_max: u64,
+}
+
+impl QueueGauge {
+    pub fn new(entries_max: u64, bytes_max: u64) -> QueueGauge {
+        QueueGauge {
+            entries: AtomicU64::new(0),
+            bytes: AtomicU64::new(0),
+            entries_max,
+            bytes_max,
+        }
+    }
+
+    pub fn accepting(&self) -> bool {
+        self.entries.load(Ordering::Relaxed) < self.entries_max
+            && self.bytes.load(Ordering::Relaxed) < self.bytes_max
+    }
+
+    pub fn admit(&self, bytes: u64) {
+        self.entries.fetch_add(1, Ordering::Relaxed);
+        self.bytes.fetch_add(bytes, Ordering::Relaxed);
+    }
+
+    pub fn release(&self, bytes: u64) {
+        let _ = self
+            .entries
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| {
+                Some(v.saturating_sub(1))
+            });
+        let _ = self
+            .bytes
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| {
+                Some(v.saturating_sub(bytes))
+            });
+    }
+
+    pub fn entries(&self) -> u64 {
+        self.entries.load(Ordering::Relaxed)
+    }
+
+    pub fn bytes(&self) -> u64 {
+        self.bytes.load(Ordering::Relaxed)
+    }
+}
+
+impl crate::smtp::IngestGate for Mesh {
+    fn accepting(&self) -> bool {
+        self.gauge.accepting()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::queue::DestinationKey;
+
+    fn job(n: u64) -> Job {
+        Job {
+            id: QueueId::new(n, 0),
+            key: DestinationKey::Mx("example.com".into()),
+            recipients: RcptSet::from_indices(&[0]).unwrap(),
+            due: SystemTime::UNIX_EPOCH,
+            attempts: 0,
+            delay_noticed: false,
+            size: 10,
+        }
+    }
+
+    #[test]
+    fn a_full_pair_gives_the_job_back_and_other_pairs_still_flow() {
+        let mesh = Mesh::new(2, QueueGauge::new(10, 10));
+        for n in 0..PAIR_CAPACITY as u64 {
+            assert!(mesh.send(0, 1, job(n)).is_ok());
+        }
+        let back = mesh.send(0, 1, job(99_999)).expect_err("queue is full");
+        assert_eq!(back.id, QueueId::new(99_999, 0));
+        assert!(
+            mesh.send(1, 1, job(1)).is_ok(),
+            "core 1's own queue is separate"
+        );
+        let mut seen = 0;
+        mesh.inbox(1).unwrap().drain_jobs(|_| seen += 1);
+        assert_eq!(seen, PAIR_CAPACITY + 1);
+        assert!(mesh.send(0, 7, job(1)).is_err(), "no such core");
+    }
+
+    #[test]
+    fn the_gauge_refuses_past_either_limit_and_recovers() {
+        let g = QueueGauge::new(2, 100);
+        assert!(g.accepting());
+        g.admit(10);
+        g.admit(10);
+        assert!(!g.accepting(), "entries at the limit");
+        g.release(10);
+        assert!(g.accepting());
+        g.admit(200);
+        assert!(!g.accepting(), "bytes past the limit");
+        g.release(200);
+        g.release(10);
+        g.release(10);
+        assert_eq!((g.entries(), g.bytes()), (0, 0), "saturates at zero");
+    }
+}

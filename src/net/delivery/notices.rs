@@ -1,0 +1,208 @@
+//! Delivery status notifications (RFC 3464) about one entry: built by `queue::dsn`, stored as
+//! new messages from `<>` and routed like any other mail: into the sender's mailbox when the
+//! sender is local, else queued for the sender's domain.
+//!
+//! One notice per kind (failure, delay, success) per attempt, listing every recipient of that
+//! kind. Each notice is committed before the markers that say it was sent (see the durable
+//! order in the parent module).
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use super::Core;
+use crate::envelope::{Origin, QueueId};
+use crate::net::io::Connector;
+use crate::queue::dsn::{build_dsn, Diagnostic, Dsn, DsnInput, RecipientReport};
+use crate::queue::outcome::{recipient_of, Notice};
+use crate::queue::{Action, Entry};
+use crate::smtp::reply::EnhancedStatus;
+use crate::smtp::Lookup;
+use crate::spool::{DsnKind, DsnSent, NewMessage, StoredMessage};
+
+fn kind_of(action: Action) -> DsnKind {
+    match action {
+        Action::Failed => DsnKind::Failure,
+        Action::Delayed => DsnKind::Delay,
+        Action::Delivered | Action::Relayed | Action::Expanded => DsnKind::Success,
+    }
+}
+
+fn micros(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+/// Sends the notices; returns the markers to record with the results. A notice that could
+/// not be stored is logged and gets a marker without a notice id (it is not retried: the
+/// results it reports are final either way).
+pub async fn send<C: Connector + 'static>(
+    core: &Core<C>,
+    entry: &Entry,
+    message: &StoredMessage,
+    notices: &[Notice],
+    hop: Option<&str>,
+) -> Vec<DsnSent> {
+    let mut markers = Vec::new();
+    let now = SystemTime::now();
+    for kind in [DsnKind::Failure, DsnKind::Delay, DsnKind::Success] {
+        let group: Vec<&Notice> = notices
+            .iter()
+            .filter(|n| kind_of(n.action) == kind)
+            .collect();
+        if group.is_empty() {
+            continue;
+        }
+        let notice_id = match build(core, entry, message, &group, hop, now) {
+            Ok(dsn) => match store(core, dsn).await {
+                Ok(id) => Some(id),
+                Err(why) => {
+                    tracing::warn!(target: "relay::delivery", queue_id = %entry.id, ?kind, "notice not sent: {why}");
+                    None
+                }
+            },
+            Err(error) => {
+                tracing::warn!(target: "relay::delivery", queue_id = %entry.id, ?kind, %error, "notice not built");
+                None
+            }
+        };
+        if let Some(id) = notice_id {
+            tracing::info!(target: "relay::delivery", queue_id = %entry.id, notice_id = %id, ?kind, to = %message.meta.envelope.reverse_path, "delivery status notification queued");
+        }
+        for n in group {
+            markers.push(DsnSent {
+                id: entry.id,
+                recipient: message
+                    .meta
+                    .remote
+                    .get(n.index)
+                    .cloned()
+                    .unwrap_or_default(),
+                kind,
+                at_unix_micros: micros(now),
+                notice_id,
+            });
+        }
+    }
+    markers
+}
+
+fn build<C: Connector + 'static>(
+    core: &Core<C>,
+    entry: &Entry,
+    message: &StoredMessage,
+    group: &[&Notice],
+    hop: Option<&str>,
+    now: SystemTime,
+) -> Result<Dsn, crate::queue::dsn::DsnError> {
+    let meta = &message.meta;
+    let recipients: Vec<_> = group
+        .iter()
+        .map(|n| {
+            recipient_of(
+                &meta.envelope,
+                meta.remote.get(n.index).map(String::as_str).unwrap_or(""),
+            )
+        })
+        .collect();
+    let deadline = core.shared.schedule.deadline(entry.first_seen());
+    let texts: Vec<String> = group.iter().map(|n| n.reply.to_string()).collect();
+    let reports = group
+        .iter()
+        .zip(&recipients)
+        .zip(&texts)
+        .map(|((n, recipient), text)| {
+            let status = n
+                .reply
+                .status()
+                .unwrap_or(EnhancedStatus::undefined(n.reply.code().class()));
+            RecipientReport {
+                recipient,
+                action: n.action,
+                status,
+                remote_mta: if n.remote { hop } else { None },
+                diagnostic: Some(if n.remote {
+                    Diagnostic::Smtp(&n.reply)
+                } else {
+                    Diagnostic::Local(text)
+                }),
+                last_attempt: Some(now),
+                will_retry_until: (n.action == Action::Delayed).then_some(deadline),
+            }
+        })
+        .collect();
+    let received = usize::try_from(meta.received_len).unwrap_or(0);
+    let original = message.body.get(received..).unwrap_or(&message.body);
+    build_dsn(&DsnInput {
+        hostname: &core.shared.hostname,
+        now,
+        queue_id: entry.id,
+        arrival: UNIX_EPOCH + Duration::from_micros(meta.arrival_unix_micros),
+        envelope: &meta.envelope,
+        reports,
+        original,
+        return_max: core.shared.dsn_return_max,
+    })
+}
+
+/// Stores a notice as a new message and routes it; returns its queue id once durable.
+async fn store<C: Connector + 'static>(core: &Core<C>, dsn: Dsn) -> Result<QueueId, String> {
+    let Dsn { message, envelope } = dsn;
+    let Some(to) = envelope.recipients.first().map(|r| r.address.clone()) else {
+        return Err("notice without a recipient".into());
+    };
+    let (mailboxes, remote) = if core.shared.is_local_domain(&to) {
+        match &core.shared.mailboxes {
+            Some(directory) => match directory.0.lookup(&to, message.len() as u64) {
+                Lookup::Deliver { mailboxes, forward } => (mailboxes, forward),
+                Lookup::Unknown => return Err(format!("the sender <{to}> is not a local user")),
+                Lookup::OverQuota => return Err(format!("the sender's mailbox <{to}> is full")),
+            },
+            None => (Vec::new(), Vec::new()),
+        }
+    } else {
+        (Vec::new(), vec![to])
+    };
+    let now = SystemTime::now();
+    let id = core.spool.next_id(now);
+    let new = NewMessage {
+        id,
+        arrival_unix_micros: micros(now),
+        origin: Origin {
+            client_ip: "127.0.0.1".into(),
+            client_port: 0,
+            helo: core.shared.hostname.clone(),
+            protocol: "LOCAL".into(),
+        },
+        envelope,
+        received_header: Vec::new(),
+        body: message,
+        mailboxes: mailboxes.clone(),
+        remote: remote.clone(),
+    };
+    let committed = match core.spool.append_message(new) {
+        Ok(rx) => match rx.await {
+            Ok(Ok(committed)) => committed,
+            Ok(Err(error)) => return Err(error.to_string()),
+            Err(_) => return Err("the spool closed".into()),
+        },
+        Err(error) => return Err(error.to_string()),
+    };
+    let entry = crate::mailbox::Entry {
+        id,
+        size: committed.location.body_len,
+    };
+    for mailbox in &mailboxes {
+        core.mail_store.deliver(mailbox, entry);
+    }
+    if !remote.is_empty() {
+        super::enqueue_new(
+            &core.shared,
+            core.index,
+            id,
+            &remote,
+            committed.location.body_len,
+        )
+        .await;
+    }
+    Ok(id)
+}

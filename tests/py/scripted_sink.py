@@ -1,0 +1,128 @@
+#!/usr/bin/env python3
+"""A scripted SMTP next hop for the relay's delivery tests (stdlib only, loopback only).
+
+Accepts mail like a plain ESMTP server (PIPELINING, 8BITMIME, SIZE), except where the
+script says otherwise, and writes every accepted message to OUT_DIR as one file:
+    MAIL:<sender>\n RCPT:<rcpt>\n ... \n\n<data as received, dot-unstuffed>
+so tests can compare bytes. Prints "listening PORT" on stdout once ready.
+
+Script options:
+  --mail-fail N:CODE       the first N MAIL commands get CODE (e.g. 1:451)
+  --rcpt CODE=ADDRESS      RCPT TO:<ADDRESS> always gets CODE (repeatable)
+  --eom-delay SECONDS      wait this long before answering the end of data
+  --port P                 listen on P (default: any free port)
+"""
+import argparse
+import os
+import socket
+import socketserver
+import sys
+import threading
+import time
+
+state_lock = threading.Lock()
+mail_count = 0
+seq = 0
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("out_dir")
+    ap.add_argument("--mail-fail", default="0:451")
+    ap.add_argument("--rcpt", action="append", default=[])
+    ap.add_argument("--eom-delay", type=float, default=0.0)
+    ap.add_argument("--port", type=int, default=0)
+    args = ap.parse_args()
+    fail_n, fail_code = args.mail_fail.split(":")
+    fail_n = int(fail_n)
+    rcpt_codes = {}
+    for item in args.rcpt:
+        code, addr = item.split("=", 1)
+        rcpt_codes[addr.lower()] = code
+
+    class Handler(socketserver.StreamRequestHandler):
+        def reply(self, line):
+            self.wfile.write(line.encode() + b"\r\n")
+            self.wfile.flush()
+
+        def handle(self):
+            global mail_count, seq
+            self.reply("220 scripted.sink ESMTP")
+            sender = None
+            rcpts = []
+            while True:
+                line = self.rfile.readline(4096)
+                if not line:
+                    return
+                cmd = line.rstrip(b"\r\n").decode("utf-8", "replace")
+                verb = cmd[:4].upper()
+                if verb in ("EHLO", "HELO"):
+                    self.reply("250-scripted.sink\r\n250-PIPELINING\r\n250-8BITMIME\r\n250 SIZE 100000000")
+                elif verb == "MAIL":
+                    with state_lock:
+                        mail_count += 1
+                        n = mail_count
+                    if n <= fail_n:
+                        sender, rcpts = None, []
+                        self.reply(f"{fail_code} 4.7.1 try again later (scripted)")
+                        continue
+                    sender = cmd[cmd.index(":") + 1:].split(" ")[0].strip("<>")
+                    rcpts = []
+                    self.reply("250 2.1.0 Ok")
+                elif verb == "RCPT" and sender is None:
+                    self.reply("503 5.5.1 need MAIL first")
+                elif verb == "RCPT":
+                    addr = cmd[cmd.index(":") + 1:].split(" ")[0].strip("<>")
+                    code = rcpt_codes.get(addr.lower())
+                    if code:
+                        self.reply(f"{code} 5.1.1 <{addr}>: scripted refusal")
+                    else:
+                        rcpts.append(addr)
+                        self.reply("250 2.1.5 Ok")
+                elif verb == "DATA":
+                    if sender is None or not rcpts:
+                        self.reply("503 5.5.1 need MAIL and RCPT first")
+                        continue
+                    self.reply("354 End data with <CR><LF>.<CR><LF>")
+                    data = bytearray()
+                    while True:
+                        dl = self.rfile.readline(1 << 20)
+                        if not dl:
+                            return
+                        if dl == b".\r\n":
+                            break
+                        if dl.startswith(b"."):
+                            dl = dl[1:]
+                        data += dl
+                    if args.eom_delay:
+                        time.sleep(args.eom_delay)
+                    with state_lock:
+                        seq += 1
+                        name = os.path.join(args.out_dir, f"msg-{seq:06d}-{os.getpid()}")
+                    head = f"MAIL:{sender}\n" + "".join(f"RCPT:{r}\n" for r in rcpts) + "\n"
+                    with open(name + ".tmp", "wb") as f:
+                        f.write(head.encode() + bytes(data))
+                    os.rename(name + ".tmp", name)
+                    self.reply("250 2.0.0 Ok: queued")
+                elif verb == "RSET":
+                    sender, rcpts = None, []
+                    self.reply("250 2.0.0 Ok")
+                elif verb == "NOOP":
+                    self.reply("250 2.0.0 Ok")
+                elif verb == "QUIT":
+                    self.reply("221 2.0.0 Bye")
+                    return
+                else:
+                    self.reply("502 5.5.2 command not recognized")
+
+    class Server(socketserver.ThreadingTCPServer):
+        allow_reuse_address = True
+        daemon_threads = True
+
+    server = Server(("127.0.0.1", args.port), Handler)
+    print(f"listening {server.server_address[1]}", flush=True)
+    server.serve_forever()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
