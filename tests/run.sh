@@ -3,13 +3,16 @@
 # Extra arguments go to `cargo test` (e.g. `bash tests/run.sh -- --nocapture`).
 #
 # The integration tests drive the relay with independent clients: Python's smtplib
-# (python3, stdlib only) and curl. They are installed here when missing (Debian, as root).
+# (python3, stdlib only) and curl, and deliver to Postfix's smtp-sink (Debian package
+# postfix, installed without configuring or starting a Postfix). They are installed here when
+# missing (Debian, as root).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 missing=()
 command -v python3 >/dev/null 2>&1 || missing+=(python3)
 command -v curl >/dev/null 2>&1 || missing+=(curl ca-certificates)
+[ -x /usr/sbin/smtp-sink ] || command -v smtp-sink >/dev/null 2>&1 || missing+=(postfix)
 if ((${#missing[@]} > 0)); then
     if [ "$(id -u)" -ne 0 ]; then
         echo "tests/run.sh: missing ${missing[*]}; install them (apt-get needs root)" >&2
@@ -17,6 +20,9 @@ if ((${#missing[@]} > 0)); then
     fi
     echo "tests/run.sh: installing ${missing[*]}" >&2
     export DEBIAN_FRONTEND=noninteractive
+    # Postfix's installer asks how to configure the system's mail: "No configuration" (the
+    # tests only run its smtp-sink and private instances).
+    echo "postfix postfix/main_mailer_type select No configuration" | debconf-set-selections
     apt-get update
     apt-get install -y --no-install-recommends "${missing[@]}"
 fi
