@@ -1,4 +1,4 @@
-//! Command line: `serve`, `check`, `spool ls`, `spool cat`, `user`, `tune check|apply`.
+//! Command line: `serve`, `check`, `spool ls`, `spool cat`, `user`, `tune check|apply`, `stat`.
 //!
 //! `anyhow` lives here only: library modules return typed errors, and this is the one
 //! place they become a line on stderr and an exit status.
@@ -47,6 +47,15 @@ enum Command {
     Tune {
         #[command(subcommand)]
         command: TuneCommand,
+    },
+    /// Print a summary of the running server's metrics (per core: connections, transactions,
+    /// deliveries; spool; queue), read from its admin listener (`[admin] listen`).
+    Stat {
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Print the JSON the server sent instead of the summary.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -123,6 +132,7 @@ pub fn main() -> ExitCode {
         Command::Spool { command } => spool(command),
         Command::User { command } => user(command),
         Command::Tune { command } => tune(command),
+        Command::Stat { config, json } => stat(config.as_deref(), json),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -296,6 +306,36 @@ fn tune(command: TuneCommand) -> Result<()> {
             anyhow::ensure!(failed == 0, "{failed} setting(s) could not be written");
         }
     }
+    Ok(())
+}
+
+/// How long `relay stat` waits for the server's answer.
+const STAT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+fn stat(path: Option<&Path>, json: bool) -> Result<()> {
+    let config = load(path)?;
+    anyhow::ensure!(
+        config.admin.enabled,
+        "the admin listener is disabled in this config (admin.enabled = false)"
+    );
+    let addr = config.admin.listen;
+    anyhow::ensure!(
+        addr.port() != 0,
+        "admin.listen {addr} has port 0: the running server picked a free port; name it in the config"
+    );
+    let (status, body) = relay::admin::client::request(addr, "GET", "/stat", STAT_TIMEOUT)?;
+    anyhow::ensure!(
+        status == 200,
+        "{addr} answered /stat with HTTP {status}: {}",
+        String::from_utf8_lossy(&body).trim()
+    );
+    if json {
+        std::io::stdout().lock().write_all(&body)?;
+        return Ok(());
+    }
+    let stat = relay::metrics::Stat::from_json(&body)
+        .with_context(|| format!("{addr} answered /stat with something other than its JSON"))?;
+    print!("{stat}");
     Ok(())
 }
 

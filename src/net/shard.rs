@@ -37,6 +37,8 @@ pub struct ShardContext {
     pub pop3: Pop3Context,
     pub admission: Admission,
     pub phase: watch::Receiver<Phase>,
+    /// This core's metric handles (atomics; no lock per event).
+    pub metrics: crate::metrics::CoreMetrics,
 }
 
 /// What POP3 connections need besides the common parts.
@@ -113,8 +115,12 @@ async fn accept_loop<L: Listener>(ctx: Rc<ShardContext>, listener: L, protocol: 
                     tracing::info!(client = %peer, ?refusal, ?protocol, "connection refused");
                     let mut reply = Vec::new();
                     match protocol {
-                        Protocol::Smtp => refusal_reply(&ctx.hostname, refusal).encode(&mut reply),
+                        Protocol::Smtp => {
+                            ctx.metrics.smtp.refused.inc();
+                            refusal_reply(&ctx.hostname, refusal).encode(&mut reply)
+                        }
                         Protocol::Pop3 => {
+                            ctx.metrics.pop3.refused.inc();
                             crate::pop3::Reply::too_many_connections().encode(&mut reply)
                         }
                     }

@@ -18,8 +18,10 @@ use tokio::sync::watch;
 
 use super::shard::{self, ShardEvent, ShardSeed};
 use super::{choose_engine, probe, Engine, Phase, UringUnavailable};
+use crate::admin::{Admin, AdminError};
 use crate::config::Config;
 use crate::mailbox::{LocalDelivery, MailStore};
+use crate::metrics::Metrics;
 use crate::net::limits::AuthFailures;
 use crate::net::limits::{Admission, ClientTable};
 use crate::net::listener::{bind_shared, BindError};
@@ -48,6 +50,8 @@ pub enum ServerError {
     Session(String),
     #[error("shard {0} stopped unexpectedly")]
     ShardDied(usize),
+    #[error(transparent)]
+    Admin(#[from] AdminError),
 }
 
 /// The spool settings as the spool module takes them.
@@ -99,6 +103,12 @@ pub fn run(config: Config) -> Result<(), ServerError> {
     let (spool, report) = Spool::open(spool_config(&config), shards)?;
     tracing::info!("spool {}: {report}", config.spool.dir.display());
     let spool = Arc::new(spool);
+    let metrics = Arc::new(Metrics::new(shards, Some(&spool)));
+    for shard in 0..shards {
+        spool
+            .shard(shard)
+            .observe_commits(metrics.core(shard).commit_observer());
+    }
     rebuild_maildrops(&spool, &mail_store)?;
     if !config.spool.fsync {
         tracing::warn!(
@@ -125,6 +135,16 @@ pub fn run(config: Config) -> Result<(), ServerError> {
             per_shard_sockets[i].push((socket, protocol));
         }
     }
+    // Routes: the metrics' own; the queue control adds its `/queue/...` ones here.
+    let admin_routes = crate::admin::metrics_routes(&metrics);
+    let admin = match config.admin.enabled {
+        true => {
+            let admin = Admin::start(config.admin.listen, admin_routes)?;
+            tracing::info!(protocol = "admin", addr = %admin.local_addr(), "listening");
+            Some(admin)
+        }
+        false => None,
+    };
 
     let pop3_config = Arc::new(crate::pop3::Pop3Config {
         hostname: hostname.clone(),
@@ -161,6 +181,7 @@ pub fn run(config: Config) -> Result<(), ServerError> {
             auth_failure_delay: config.pop3.auth_failure_delay.0,
             auth_failures: Arc::clone(&auth_failures),
         };
+        let core_metrics = metrics.core(index);
         let core_max = config.server.connections_per_core_max;
         let command_timeout = config.smtp.command_timeout.0;
         let data_timeout = config.smtp.data_timeout.0;
@@ -181,6 +202,7 @@ pub fn run(config: Config) -> Result<(), ServerError> {
                 pop3,
                 admission: Admission::new(core_max, clients),
                 phase,
+                metrics: core_metrics,
             }),
         };
         threads.push(shard::spawn(seed, events_tx.clone()).map_err(ServerError::Thread)?);
@@ -190,6 +212,9 @@ pub fn run(config: Config) -> Result<(), ServerError> {
     if let Err(error) = wait_ready(&events_rx, shards) {
         let _ = phase_tx.send(Phase::Stopping);
         join(threads);
+        if let Some(admin) = admin {
+            admin.stop();
+        }
         let _ = close_spool(spool);
         return Err(error);
     }
@@ -232,6 +257,9 @@ pub fn run(config: Config) -> Result<(), ServerError> {
         config.server.drain_timeout.0,
     );
     join(threads);
+    if let Some(admin) = admin {
+        admin.stop();
+    }
     compactor.stop();
     close_spool(spool)?;
     match died {
