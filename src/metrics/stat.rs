@@ -82,15 +82,17 @@ fn count(map: &BTreeMap<String, u64>, key: &str) -> u64 {
     map.get(key).copied().unwrap_or(0)
 }
 
-/// `k=v k=v` of a map, or `-` when empty.
+/// `k=v k=v` of a map's non-zero entries, or `-` when there are none.
 fn pairs(map: &BTreeMap<String, u64>) -> String {
-    if map.is_empty() {
+    let shown: Vec<String> = map
+        .iter()
+        .filter(|(_, v)| **v > 0)
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
+    if shown.is_empty() {
         return "-".into();
     }
-    map.iter()
-        .map(|(k, v)| format!("{k}={v}"))
-        .collect::<Vec<_>>()
-        .join(" ")
+    shown.join(" ")
 }
 
 /// The human summary `relay stat` prints.
@@ -110,7 +112,7 @@ impl fmt::Display for Stat {
             "pop3 ses",
             "RETR",
             "delivered",
-            "deferred",
+            "dlv-defer",
             "bounced",
             "expired",
             "queue"
@@ -246,7 +248,8 @@ mod tests {
         let text = stat.to_string();
         assert!(text.contains("2 core(s)"), "{text}");
         assert!(text.contains("0/6"), "{text}");
-        assert!(text.contains("replies: 250=14"), "{text}");
+        assert!(text.contains("replies: 250=14;"), "{text}");
+        assert!(Stat::default().to_string().contains("replies: -;"));
         assert!(text.contains("spool shard 1: 9 records"), "{text}");
         assert!(
             text.contains("core 1 example.test: 2 queued, oldest 1m 30s"),
