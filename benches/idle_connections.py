@@ -28,7 +28,7 @@ with tempfile.TemporaryDirectory() as tmp:
         f.write(f'[server]\nio = "{IO}"\ncores = 2\nhostname = "bench.test"\n'
                 f'connections_per_core_max = {N}\nconnections_per_ip_max = {N}\n'
                 f'[smtp]\nlisten = ["127.0.0.1:0"]\n[pop3]\nlisten = []\n'
-                f'[spool]\ndir = "{tmp}/spool"\n')
+                f'[spool]\ndir = "{tmp}/spool"\n[admin]\nlisten = "127.0.0.1:0"\n')
     proc = subprocess.Popen([BIN, "serve", "--config", cfg], stderr=subprocess.PIPE, text=True,
                             env={**os.environ, "RELAY_LOG": "info"})
     port = None

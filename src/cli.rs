@@ -1,4 +1,4 @@
-//! Command line: `serve`, `check`, `spool ls`, `spool cat`, `user`, `tune check|apply`.
+//! Command line: `serve`, `check`, `spool ls`, `spool cat`, `user`, `tune check|apply`, `stat`.
 //!
 //! `anyhow` lives here only: library modules return typed errors, and this is the one
 //! place they become a line on stderr and an exit status.
@@ -45,6 +45,9 @@ enum Command {
         command: QueueCommand,
         #[arg(long, short, global = true)]
         config: Option<PathBuf>,
+        /// The running server's admin address, when not the config's `admin.listen`.
+        #[arg(long, global = true)]
+        admin: Option<std::net::SocketAddr>,
     },
     /// Manage mailbox users (passwords are read from stdin, stored as argon2id hashes).
     User {
@@ -55,6 +58,15 @@ enum Command {
     Tune {
         #[command(subcommand)]
         command: TuneCommand,
+    },
+    /// Print a summary of the running server's metrics (per core: connections, transactions,
+    /// deliveries; spool; queue), read from its admin listener (`[admin] listen`).
+    Stat {
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Print the JSON the server sent instead of the summary.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -154,9 +166,14 @@ pub fn main() -> ExitCode {
         Command::Serve { config } => serve(config.as_deref()),
         Command::Check { config } => check(config.as_deref()),
         Command::Spool { command } => spool(command),
-        Command::Queue { command, config } => queue(command, config.as_deref()),
+        Command::Queue {
+            command,
+            config,
+            admin,
+        } => queue(command, config.as_deref(), admin),
         Command::User { command } => user(command),
         Command::Tune { command } => tune(command),
+        Command::Stat { config, json } => stat(config.as_deref(), json),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -333,6 +350,36 @@ fn tune(command: TuneCommand) -> Result<()> {
     Ok(())
 }
 
+/// How long `relay stat` waits for the server's answer.
+const STAT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+fn stat(path: Option<&Path>, json: bool) -> Result<()> {
+    let config = load(path)?;
+    anyhow::ensure!(
+        config.admin.enabled,
+        "the admin listener is disabled in this config (admin.enabled = false)"
+    );
+    let addr = config.admin.listen;
+    anyhow::ensure!(
+        addr.port() != 0,
+        "admin.listen {addr} has port 0: the running server picked a free port; name it in the config"
+    );
+    let (status, body) = relay::admin::client::request(addr, "GET", "/stat", STAT_TIMEOUT)?;
+    anyhow::ensure!(
+        status == 200,
+        "{addr} answered /stat with HTTP {status}: {}",
+        String::from_utf8_lossy(&body).trim()
+    );
+    if json {
+        std::io::stdout().lock().write_all(&body)?;
+        return Ok(());
+    }
+    let stat = relay::metrics::Stat::from_json(&body)
+        .with_context(|| format!("{addr} answered /stat with something other than its JSON"))?;
+    print!("{stat}");
+    Ok(())
+}
+
 /// One line from stdin without its line end; never echoed or logged.
 fn read_password() -> Result<String> {
     let mut line = String::new();
@@ -350,9 +397,13 @@ fn parse_id(id: &str) -> Result<relay::envelope::QueueId> {
     })
 }
 
-fn queue(command: QueueCommand, path: Option<&Path>) -> Result<()> {
+fn queue(
+    command: QueueCommand,
+    path: Option<&Path>,
+    admin: Option<std::net::SocketAddr>,
+) -> Result<()> {
     let config = load(path)?;
-    if let Some(answer) = queue_online(&config, &command)? {
+    if let Some(answer) = queue_online(&config, &command, admin)? {
         print!("{answer}");
         return Ok(());
     }
@@ -393,9 +444,80 @@ fn queue(command: QueueCommand, path: Option<&Path>) -> Result<()> {
     Ok(())
 }
 
+/// How long `relay queue` waits for the server (a listing reads the spool's log).
+const QUEUE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// Asks the running server; `None` when nothing answers at the admin address.
-fn queue_online(_config: &Config, _command: &QueueCommand) -> Result<Option<String>> {
-    Ok(None)
+fn queue_online(
+    config: &Config,
+    command: &QueueCommand,
+    admin: Option<std::net::SocketAddr>,
+) -> Result<Option<String>> {
+    use relay::net::delivery::control::{render, render_shown, ListedMessage, ShownMessage};
+    let addr = match admin {
+        Some(addr) => addr,
+        None if config.admin.enabled && config.admin.listen.port() != 0 => config.admin.listen,
+        // No address to ask: the spool's lock tells whether a server runs.
+        None => return Ok(None),
+    };
+    let query = |pairs: &[(&str, &str)]| {
+        let mut q = form_urlencoded::Serializer::new(String::new());
+        for (k, v) in pairs {
+            q.append_pair(k, v);
+        }
+        q.finish()
+    };
+    let (method, target) = match command {
+        QueueCommand::List { limit, .. } => (
+            "GET",
+            format!("/queue?{}", query(&[("limit", &limit.to_string())])),
+        ),
+        QueueCommand::Show { id } => ("GET", format!("/queue/show?{}", query(&[("id", id)]))),
+        QueueCommand::Flush { id, domain } => {
+            let mut pairs = Vec::new();
+            if let Some(id) = id {
+                pairs.push(("id", id.as_str()));
+            }
+            if let Some(domain) = domain {
+                pairs.push(("domain", domain.as_str()));
+            }
+            ("POST", format!("/queue/flush?{}", query(&pairs)))
+        }
+        QueueCommand::Delete { id } => ("POST", format!("/queue/delete?{}", query(&[("id", id)]))),
+        QueueCommand::Bounce { id } => ("POST", format!("/queue/bounce?{}", query(&[("id", id)]))),
+    };
+    let (status, body) = match relay::admin::client::request(addr, method, &target, QUEUE_TIMEOUT) {
+        Ok(answer) => answer,
+        Err(relay::admin::client::AdminClientError::NotRunning(_)) => return Ok(None),
+        Err(error) => return Err(error.into()),
+    };
+    anyhow::ensure!(
+        status == 200,
+        "{addr}: {}",
+        String::from_utf8_lossy(&body).trim()
+    );
+    let now = std::time::SystemTime::now();
+    Ok(Some(match command {
+        QueueCommand::List { json: true, .. } => format!("{}\n", String::from_utf8_lossy(&body)),
+        QueueCommand::List { .. } => {
+            let list: Vec<ListedMessage> = serde_json::from_slice(&body)?;
+            render(&list, now)
+        }
+        QueueCommand::Show { .. } => {
+            let shown: ShownMessage = serde_json::from_slice(&body)?;
+            render_shown(&shown, now)
+        }
+        QueueCommand::Flush { .. } => {
+            let v: serde_json::Value = serde_json::from_slice(&body)?;
+            format!("{} queued entries to be retried now\n", v["flushed"])
+        }
+        QueueCommand::Delete { id } | QueueCommand::Bounce { id } => {
+            let v: serde_json::Value = serde_json::from_slice(&body)?;
+            let n = v["removed"].as_u64().unwrap_or(0);
+            anyhow::ensure!(n > 0, "{id}: not in the queue (unknown, already delivered, or in the middle of a delivery attempt: try again)");
+            format!("{id}: {n} queued entries removed\n")
+        }
+    }))
 }
 
 fn spool_dir(dir: Option<PathBuf>, config: Option<&Path>) -> Result<PathBuf> {

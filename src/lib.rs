@@ -10,14 +10,18 @@
 //! - [`runtime`]: pinned per-core threads, the io_uring probe and the engine choice.
 //! - [`net`]: listeners and connection tasks: the only code that moves bytes.
 //! - [`tune`]: `relay tune`: the embedded kernel profiles compared with this machine.
+//! - [`metrics`]: the Prometheus registry (per-core handles) and the `relay stat` summary.
+//! - [`admin`]: the loopback HTTP listener (`/metrics`, `/stat`, queue control) and its client.
 
 // No module needs unsafe code: io_uring comes through tokio-uring, SIMD through memchr and
 // base64-simd, syscalls through std, socket2, core_affinity and rustix.
 #![forbid(unsafe_code)]
 
+pub mod admin;
 pub mod config;
 pub mod envelope;
 pub mod mailbox;
+pub mod metrics;
 pub mod mime;
 pub mod net;
 pub mod pop3;

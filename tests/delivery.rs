@@ -477,3 +477,154 @@ fn postfix_as_the_next_hop_accepts_and_relays_on() {
         "{text}"
     );
 }
+
+fn queue_cmd(relay: &Relay, args: &[&str]) -> std::process::Output {
+    let admin = relay.admin_addr.to_string();
+    let config = relay.config_path.to_str().expect("utf-8 path").to_string();
+    let mut all: Vec<&str> = vec!["queue"];
+    all.extend_from_slice(args);
+    all.extend_from_slice(&["--config", &config, "--admin", &admin]);
+    common::relay_cmd(all)
+}
+
+fn stdout_of(out: &std::process::Output) -> String {
+    assert!(out.status.success(), "{}", common::describe(out));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// `relay queue list|show|flush|delete|bounce` against the running server.
+#[test]
+fn queue_control_lists_flushes_deletes_and_bounces() {
+    let port = free_port();
+    let mut settings = Settings::new(Engine::Uring);
+    settings.routes = vec![
+        ("*".into(), format!("127.0.0.1:{port}")),
+        ("dead.test".into(), "127.0.0.1:1".into()),
+        ("dead2.test".into(), "127.0.0.1:2".into()),
+    ];
+    // Long waits: only a flush retries within the test.
+    settings.extra_toml = "[delivery]\nretry_intervals = [\"1h\"]\nretry_every = \"2h\"\n".into();
+    let relay = Relay::start(settings);
+    let later = send(
+        &relay,
+        "alice@example.test",
+        &["bob@remote.test"],
+        &message("later"),
+    );
+    let doomed = send(
+        &relay,
+        "alice@example.test",
+        &["x@dead.test"],
+        &message("doomed"),
+    );
+    // Another dead next hop: a failed one is held (one connection attempt per retry, not
+    // one per message), so a second message to it would wait unattempted.
+    let dropped = send(
+        &relay,
+        "alice@example.test",
+        &["y@dead2.test"],
+        &message("dropped"),
+    );
+    for id in [&later, &doomed, &dropped] {
+        relay.wait_log(
+            &["relay::delivery", id, "status=\"deferred\""],
+            Duration::from_secs(10),
+        );
+    }
+
+    let list = stdout_of(&queue_cmd(&relay, &["list"]));
+    for needle in [
+        later.as_str(),
+        doomed.as_str(),
+        "bob@remote.test  attempts=1 next=in ",
+        "connect to the next hop failed",
+        &format!("via=[127.0.0.1:{port}]"),
+        "-- 3 messages, 3 recipients",
+    ] {
+        assert!(list.contains(needle), "`{needle}` missing from:\n{list}");
+    }
+    let show = stdout_of(&queue_cmd(&relay, &["show", &later]));
+    assert!(show.contains("Subject: later"), "{show}");
+    assert!(show.contains("Received: from client.test"), "{show}");
+
+    // The next hop comes up; only a flush makes the relay try before the hour is over.
+    let sink = Sink::scripted(port, &[]);
+    let flushed = stdout_of(&queue_cmd(&relay, &["flush", &later]));
+    assert!(flushed.starts_with("1 queued entries"), "{flushed}");
+    relay.wait_log(
+        &["relay::delivery", &later, "attempt=2", "status=\"sent\""],
+        Duration::from_secs(10),
+    );
+    assert_eq!(sink.wait_messages(1, Duration::from_secs(5)).len(), 1);
+
+    // Delete: gone without a notice. Bounce: gone with one, in alice's mailbox.
+    stdout_of(&queue_cmd(&relay, &["delete", &dropped]));
+    relay.wait_log(
+        &[
+            "relay::delivery",
+            &dropped,
+            "status=\"bounced\"",
+            "deleted by the relay's operator",
+        ],
+        Duration::from_secs(10),
+    );
+    stdout_of(&queue_cmd(&relay, &["bounce", &doomed]));
+    relay.wait_log(
+        &["delivery status notification queued", &doomed],
+        Duration::from_secs(10),
+    );
+    let list = stdout_of(&queue_cmd(&relay, &["list"]));
+    assert!(list.contains("queue is empty"), "{list}");
+    let again = queue_cmd(&relay, &["delete", &dropped]);
+    assert!(
+        !again.status.success(),
+        "deleting twice must say it is not queued"
+    );
+    let mut pop = relay.pop3_login("alice");
+    assert_eq!(
+        pop.stat().0,
+        1,
+        "exactly one notice: the bounce, not the delete"
+    );
+    let notice = String::from_utf8_lossy(&pop.retr(1)).into_owned();
+    assert!(
+        notice.contains("Final-Recipient: rfc822; x@dead.test"),
+        "{notice}"
+    );
+    assert!(
+        notice.contains("returned to sender by the relay's operator"),
+        "{notice}"
+    );
+    pop.ok("QUIT");
+}
+
+/// Without a running server, `relay queue list` reads the spool and mutations refuse.
+#[test]
+fn queue_list_reads_the_spool_when_the_server_is_stopped() {
+    let relay = Relay::start(Settings::new(Engine::Epoll));
+    let id = send(
+        &relay,
+        "alice@example.test",
+        &["bob@remote.test"],
+        &message("offline"),
+    );
+    relay.wait_log(
+        &["relay::delivery", &id, "status=\"deferred\""],
+        Duration::from_secs(10),
+    );
+    relay.stop();
+    let config = relay.config_path.to_str().unwrap();
+    let out = common::relay_cmd(["queue", "list", "--config", config]);
+    let text = stdout_of(&out);
+    assert!(
+        text.contains(&id) && text.contains("bob@remote.test  attempts=1"),
+        "{text}"
+    );
+    let flush = common::relay_cmd(["queue", "flush", "--config", config]);
+    assert!(!flush.status.success());
+    assert!(
+        String::from_utf8_lossy(&flush.stderr).contains("the relay is not running"),
+        "{}",
+        common::describe(&flush)
+    );
+}

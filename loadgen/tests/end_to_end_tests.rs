@@ -453,6 +453,7 @@ fn loadgen_against_the_relay_counts_what_it_stored_and_pop3_drains_it() {
          [smtp]\nlisten = [\"127.0.0.1:0\"]\n\
          [pop3]\nlisten = [\"127.0.0.1:0\"]\n\
          [spool]\ndir = {:?}\nfsync = true\n\
+         [admin]\nlisten = \"127.0.0.1:0\"\n\
          [local]\ndomains = [\"localhost\", \"example.test\"]\n",
         spool.to_str().unwrap()
     );

@@ -84,3 +84,9 @@ pub const AUTH_FAILURE_DELAY: Interval = Interval::secs(2);
 /// guesser hundreds.
 pub const AUTH_FAILURES_PER_IP_MAX: u32 = 10;
 pub const AUTH_FAILURE_WINDOW: Interval = Interval::secs(600);
+
+/// The admin endpoint (metrics, `relay stat`, queue control) has no authentication: loopback
+/// only, on an unprivileged port next to the SMTP one (2525) that no common service uses.
+pub fn admin_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 9025))
+}

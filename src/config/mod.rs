@@ -1,5 +1,5 @@
 //! The typed configuration: one TOML file, grouped by owner (`[server] [smtp] [spool]
-//! [relay] [local]`; later `[pop3] [delivery] [tls] [policy]` with their features).
+//! [relay] [local] [pop3] [policy] [admin]`; later `[delivery] [tls]` with their features).
 //!
 //! Role: turn operator text into values the rest of the relay can trust. Every key has a
 //! default (see `defaults.rs`, where each cites its RFC or reason); unknown keys and bad
@@ -62,6 +62,34 @@ pub struct Config {
     pub policy: PolicySection,
     /// Outbound delivery: retries, lifetime, notices, per-destination limits (`queue::settings`).
     pub delivery: crate::queue::DeliveryConfig,
+    pub admin: AdminSection,
+}
+
+/// `[admin]`: the operator's HTTP listener, `/metrics` (Prometheus text), `/stat` (what
+/// `relay stat` prints) and the queue control. It has no authentication, so it listens on
+/// loopback only: `listen` must be in 127.0.0.0/8 or `::1` (put a reverse proxy with
+/// authentication in front of it to scrape from elsewhere). Port 0 picks a free port (logged
+/// as `listening protocol="admin"`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminSection {
+    /// `false` runs no admin listener (no metrics endpoint; `relay stat` cannot reach it).
+    pub enabled: bool,
+    pub listen: SocketAddr,
+}
+
+impl Default for AdminSection {
+    fn default() -> Self {
+        AdminSection {
+            enabled: true,
+            listen: defaults::admin_listen(),
+        }
+    }
+}
+
+/// Loopback only: 127.0.0.0/8 or ::1 (the admin endpoint has no authentication).
+pub fn admin_listen_allowed(addr: &SocketAddr) -> bool {
+    addr.ip().is_loopback()
 }
 
 /// Content policy applied at the end of DATA (violations get 554 5.7.1, nothing queued).
@@ -517,6 +545,16 @@ impl Config {
                 "must be at least 1".into(),
             ));
         }
+        if !admin_listen_allowed(&self.admin.listen) {
+            return Err(invalid(
+                "admin.listen",
+                format!(
+                    "{} is not a loopback address: the admin endpoint has no authentication, \
+                     so it listens on 127.0.0.0/8 or [::1] only (use a reverse proxy to expose it)",
+                    self.admin.listen
+                ),
+            ));
+        }
         for domain in &self.local.domains {
             if !valid_domain(domain) {
                 return Err(invalid(
@@ -701,6 +739,7 @@ mod tests {
             ("[server]\nhostname = \"bad host\"\n", "server.hostname"),
             ("[local]\ndomains = [\"ex ample.test\"]\n", "local.domains"),
             ("[smtp]\ncommand_timeout = \"0s\"\n", "smtp.command_timeout"),
+            ("[admin]\nlisten = \"0.0.0.0:9025\"\n", "admin.listen"),
         ];
         for (text, key) in cases {
             match parse(text) {
@@ -741,6 +780,48 @@ mod tests {
         let shown = config.to_toml();
         let again = parse(&shown).expect("printed config parses");
         assert_eq!(again, config);
+    }
+
+    #[test]
+    fn admin_listens_on_loopback_only() {
+        let config = parse("").expect("default");
+        assert_eq!(config.admin.listen, defaults::admin_listen());
+        assert!(config.admin.enabled);
+        for good in ["127.0.0.1:0", "127.1.2.3:9025", "[::1]:9025"] {
+            let text = format!("[admin]\nlisten = {good:?}\n");
+            let config = parse(&text).unwrap_or_else(|e| panic!("{good}: {e}"));
+            assert_eq!(
+                config.admin.listen,
+                good.parse::<SocketAddr>().expect("addr")
+            );
+        }
+        for bad in [
+            "0.0.0.0:9025",
+            "192.168.1.10:9025",
+            "[::]:9025",
+            "[::ffff:127.0.0.1]:9025",
+            "[2001:db8::1]:9025",
+        ] {
+            let text = format!("[server]\ncores = 1\n[admin]\nenabled = true\nlisten = {bad:?}\n");
+            match parse(&text) {
+                Err(
+                    err @ ConfigError::Invalid {
+                        key: "admin.listen",
+                        line: Some(5),
+                        ..
+                    },
+                ) => {
+                    assert!(err.to_string().contains("loopback"), "{err}");
+                }
+                other => panic!("{bad}: expected admin.listen on line 5, got {other:?}"),
+            }
+        }
+        let off = parse("[admin]\nenabled = false\n").expect("valid");
+        assert!(!off.admin.enabled);
+        assert!(matches!(
+            parse("[admin]\nlisten = [\"127.0.0.1:1\"]\n"),
+            Err(ConfigError::Parse { .. })
+        ));
     }
 
     #[test]

@@ -28,6 +28,7 @@ pub async fn serve<C: Connection>(
     ctx: Rc<ShardContext>,
     _permit: Permit,
 ) {
+    let _open = ctx.metrics.pop3.opened();
     let mut phase = ctx.phase.clone();
     let mut out = Outbox::default();
     let nonce = format!(
@@ -71,18 +72,24 @@ pub async fn serve<C: Connection>(
                             })
                             .collect();
                         tracing::info!(target: "relay::pop3", client = %peer.ip(), user = %user, messages = lock.entries.len(), "login");
+                        ctx.metrics.pop3_sessions.inc();
                         maildrop = Some(lock);
                         session.locked(LockResult::Locked(entries), &mut out);
                     }
                     Err(_) => session.locked(LockResult::InUse, &mut out),
                 },
-                Event::Retrieve { index, .. } => {
+                Event::Retrieve { index, top_lines } => {
                     let body = maildrop
                         .as_ref()
                         .and_then(|lock| lock.entries.get(index))
                         .map(|entry| ctx.store.read_body(entry.id));
                     match body {
-                        Some(Ok(bytes)) => session.retrieved(Ok(&bytes), &mut out),
+                        Some(Ok(bytes)) => {
+                            if top_lines.is_none() {
+                                ctx.metrics.pop3_retrievals.inc();
+                            }
+                            session.retrieved(Ok(&bytes), &mut out)
+                        }
                         Some(Err(error)) => {
                             tracing::warn!(target: "relay::pop3", %error, "cannot read a message");
                             session.retrieved(Err(()), &mut out);
@@ -101,6 +108,7 @@ pub async fn serve<C: Connection>(
                     // Unlock before the goodbye goes out: a client that reconnects as soon
                     // as it reads +OK must find its maildrop free.
                     drop(maildrop.take());
+                    ctx.metrics.pop3.bytes_sent.inc_by(out.bytes.len() as u64);
                     let _ = flush(&conn, &mut out.bytes, GOODBYE_WRITE_LIMIT).await;
                     conn.shutdown();
                     tracing::debug!(client = %peer, ?reason, "pop3 closed");
@@ -111,6 +119,7 @@ pub async fn serve<C: Connection>(
         if progressed && (consumed < input.len() || !out.events.is_empty()) {
             continue;
         }
+        ctx.metrics.pop3.bytes_sent.inc_by(out.bytes.len() as u64);
         if flush(&conn, &mut out.bytes, ctx.pop3.idle_timeout)
             .await
             .is_err()
@@ -126,7 +135,9 @@ pub async fn serve<C: Connection>(
             (result, buffer) = &mut read => {
                 input = buffer;
                 match result {
-                    Ok(n) if n > 0 => {}
+                    Ok(n) if n > 0 => {
+                        ctx.metrics.pop3.bytes_received.inc_by(n as u64);
+                    }
                     // A dropped connection never enters UPDATE: nothing is deleted.
                     _ => {
                         conn.shutdown();

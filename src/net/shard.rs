@@ -39,6 +39,8 @@ pub struct ShardContext {
     pub phase: watch::Receiver<Phase>,
     /// Outbound delivery: the mesh to hand recipients to their owner core, and settings.
     pub delivery: Arc<crate::net::delivery::DeliveryShared>,
+    /// This core's metric handles (atomics; no lock per event).
+    pub metrics: crate::metrics::CoreMetrics,
 }
 
 /// What POP3 connections need besides the common parts.
@@ -115,8 +117,12 @@ async fn accept_loop<L: Listener>(ctx: Rc<ShardContext>, listener: L, protocol: 
                     tracing::info!(client = %peer, ?refusal, ?protocol, "connection refused");
                     let mut reply = Vec::new();
                     match protocol {
-                        Protocol::Smtp => refusal_reply(&ctx.hostname, refusal).encode(&mut reply),
+                        Protocol::Smtp => {
+                            ctx.metrics.smtp.refused.inc();
+                            refusal_reply(&ctx.hostname, refusal).encode(&mut reply)
+                        }
                         Protocol::Pop3 => {
+                            ctx.metrics.pop3.refused.inc();
                             crate::pop3::Reply::too_many_connections().encode(&mut reply)
                         }
                     }

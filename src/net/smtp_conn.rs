@@ -29,6 +29,7 @@ pub async fn serve<C: Connection>(
     ctx: Rc<ShardContext>,
     _permit: Permit,
 ) {
+    let _open = ctx.metrics.smtp.opened();
     let mut phase = ctx.phase.clone();
     let mut out = Outbox::default();
     let mut session = Session::new(
@@ -70,6 +71,7 @@ pub async fn serve<C: Connection>(
                     progressed = true;
                 }
                 Event::Rejected(summary) => {
+                    ctx.metrics.transaction(summary.reply.code().get());
                     tracing::info!(
                         target: "relay::transaction",
                         client = %peer.ip(),
@@ -81,6 +83,7 @@ pub async fn serve<C: Connection>(
                     );
                 }
                 Event::Close(reason) => {
+                    ctx.metrics.smtp.bytes_sent.inc_by(out.bytes.len() as u64);
                     let _ = flush(&conn, &mut out.bytes, GOODBYE_WRITE_LIMIT).await;
                     conn.shutdown();
                     tracing::debug!(client = %peer, ?reason, "closed");
@@ -100,6 +103,7 @@ pub async fn serve<C: Connection>(
         } else {
             ctx.command_timeout
         };
+        ctx.metrics.smtp.bytes_sent.inc_by(out.bytes.len() as u64);
         if flush(&conn, &mut out.bytes, limit).await.is_err() {
             conn.shutdown();
             return;
@@ -113,7 +117,9 @@ pub async fn serve<C: Connection>(
             (result, buffer) = &mut read => {
                 input = buffer;
                 match result {
-                    Ok(n) if n > 0 => {}
+                    Ok(n) if n > 0 => {
+                        ctx.metrics.smtp.bytes_received.inc_by(n as u64);
+                    }
                     Ok(_) => return ended(&conn, &session, peer, "client closed the connection"),
                     Err(_) => return ended(&conn, &session, peer, "read error"),
                 }
@@ -222,6 +228,8 @@ async fn store(
     let took = mail_at.elapsed().unwrap_or_default().as_secs_f64() * 1000.0;
     match result {
         Ok(id) => {
+            ctx.metrics.transaction(crate::smtp::ReplyCode::OK.get());
+            ctx.metrics.message_bytes.inc_by(size);
             tracing::info!(
                 target: "relay::transaction",
                 queue_id = %id,

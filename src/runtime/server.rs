@@ -18,8 +18,10 @@ use tokio::sync::watch;
 
 use super::shard::{self, ShardEvent, ShardSeed};
 use super::{choose_engine, probe, Engine, Phase, UringUnavailable};
+use crate::admin::{Admin, AdminError};
 use crate::config::Config;
 use crate::mailbox::{LocalDelivery, MailStore};
+use crate::metrics::Metrics;
 use crate::net::delivery::{jobs_from_replay, DeliveryShared, Mesh, QueueGauge};
 use crate::net::limits::AuthFailures;
 use crate::net::limits::{Admission, ClientTable};
@@ -52,6 +54,8 @@ pub enum ServerError {
     ShardDied(usize),
     #[error("relay.routes: {0}")]
     Routes(String),
+    #[error(transparent)]
+    Admin(#[from] AdminError),
 }
 
 /// The spool settings as the spool module takes them.
@@ -124,6 +128,7 @@ pub fn delivery_shared(
         hostname: hostname.to_string(),
         local_domains: config.local.domains.clone(),
         mailboxes,
+        metrics: None,
     })
 }
 
@@ -142,6 +147,12 @@ pub fn run(config: Config) -> Result<(), ServerError> {
     let (spool, report) = Spool::open(spool_config(&config), shards)?;
     tracing::info!("spool {}: {report}", config.spool.dir.display());
     let spool = Arc::new(spool);
+    let metrics = Arc::new(Metrics::new(shards, Some(&spool)));
+    for shard in 0..shards {
+        spool
+            .shard(shard)
+            .observe_commits(metrics.core(shard).commit_observer());
+    }
     // One replay serves both views (the first call costs no I/O: recovery kept it).
     let replay = spool.replay()?;
     rebuild_maildrops(&replay, &mail_store);
@@ -187,14 +198,27 @@ pub fn run(config: Config) -> Result<(), ServerError> {
         Arc::clone(&directory),
         Arc::clone(&mail_store),
     )));
-    let delivery = Arc::new(delivery_shared(
-        &config,
-        &hostname,
-        shards,
-        Some(local.clone()),
-    )?);
+    let mut delivery = delivery_shared(&config, &hostname, shards, Some(local.clone()))?;
+    delivery.metrics = Some(Arc::clone(&metrics));
+    let delivery = Arc::new(delivery);
     let mut startup = jobs_from_replay(&delivery, &replay).into_iter();
     drop(replay);
+    // Routes: the metrics' own; the queue control adds its `/queue/...` ones here.
+    let mut admin_routes = crate::admin::metrics_routes(&metrics);
+    admin_routes.extend(crate::admin::queue::queue_routes(Arc::new(
+        crate::net::delivery::control::QueueService {
+            mesh: Arc::clone(&delivery.mesh),
+            spool: Arc::clone(&spool),
+        },
+    )));
+    let admin = match config.admin.enabled {
+        true => {
+            let admin = Admin::start(config.admin.listen, admin_routes)?;
+            tracing::info!(protocol = "admin", addr = %admin.local_addr(), "listening");
+            Some(admin)
+        }
+        false => None,
+    };
     let mut session = session_config(&config, &hostname, Some(local));
     session.ingest = Some(Gate(delivery.mesh.clone()));
     session
@@ -218,6 +242,7 @@ pub fn run(config: Config) -> Result<(), ServerError> {
             auth_failure_delay: config.pop3.auth_failure_delay.0,
             auth_failures: Arc::clone(&auth_failures),
         };
+        let core_metrics = metrics.core(index);
         let core_max = config.server.connections_per_core_max;
         let command_timeout = config.smtp.command_timeout.0;
         let data_timeout = config.smtp.data_timeout.0;
@@ -241,6 +266,7 @@ pub fn run(config: Config) -> Result<(), ServerError> {
                 admission: Admission::new(core_max, clients),
                 phase,
                 delivery,
+                metrics: core_metrics,
             }),
         };
         threads.push(shard::spawn(seed, events_tx.clone()).map_err(ServerError::Thread)?);
@@ -250,6 +276,9 @@ pub fn run(config: Config) -> Result<(), ServerError> {
     if let Err(error) = wait_ready(&events_rx, shards) {
         let _ = phase_tx.send(Phase::Stopping);
         join(threads);
+        if let Some(admin) = admin {
+            admin.stop();
+        }
         let _ = close_spool(spool);
         return Err(error);
     }
@@ -292,6 +321,9 @@ pub fn run(config: Config) -> Result<(), ServerError> {
         config.server.drain_timeout.0,
     );
     join(threads);
+    if let Some(admin) = admin {
+        admin.stop();
+    }
     compactor.stop();
     close_spool(spool)?;
     match died {

@@ -141,5 +141,6 @@ fn delivery_core<C: Connector + 'static>(ctx: &ShardContext, connector: C) -> Rc
         std::sync::Arc::clone(&ctx.store),
         std::sync::Arc::clone(&ctx.mail_store),
         ctx.phase.clone(),
+        Some(ctx.metrics.clone()),
     )
 }

@@ -172,6 +172,7 @@ use index::{
     DeliveryHistory, Entry, FileCache, Found, LiveIndex, RecordRefs, Ref, FILE_CACHE_CAPACITY,
 };
 use recovery::{scan_shard, Mode, ShardResume};
+pub use writer::CommitObserver;
 use writer::{LoopConfig, Msg, Pending, PendingMessage, Reply, Request, ShardWriter};
 
 /// `[spool]` settings the spool itself uses. Defaults carry their reason.
@@ -293,6 +294,8 @@ pub(crate) struct ShardShared {
     records: AtomicU64,
     bytes: AtomicU64,
     failed_records: AtomicU64,
+    /// Set once (by the server, before traffic) to watch group commits.
+    observer: std::sync::OnceLock<Arc<dyn CommitObserver>>,
 }
 
 /// Counters of one shard since open (for metrics and benchmarks).
@@ -337,6 +340,12 @@ impl ShardHandle {
             bytes: s.bytes.load(Ordering::Relaxed),
             failed_records: s.failed_records.load(Ordering::Relaxed),
         }
+    }
+
+    /// Lets `observer` watch this shard's group commits (fsync latency, batch size). Only the
+    /// first call has an effect: false when an observer was already set.
+    pub fn observe_commits(&self, observer: Arc<dyn CommitObserver>) -> bool {
+        self.shared.observer.set(observer).is_ok()
     }
 
     /// A new queue id: the wall clock in µs, bumped so that ids of this shard strictly increase
@@ -994,6 +1003,7 @@ impl Spool {
                 records: AtomicU64::new(0),
                 bytes: AtomicU64::new(0),
                 failed_records: AtomicU64::new(0),
+                observer: std::sync::OnceLock::new(),
             });
             let writer = ShardWriter::new(shard, Arc::clone(&core), resume.next_seq);
             let loop_cfg = LoopConfig {
@@ -1032,6 +1042,15 @@ impl Spool {
 
     pub fn shard_count(&self) -> usize {
         self.handles.len()
+    }
+
+    /// Segment files of writable shard `shard` now (a directory listing: for metrics, not
+    /// for hot paths); 0 when it cannot be listed.
+    pub fn segment_count(&self, shard: usize) -> usize {
+        u8::try_from(shard)
+            .ok()
+            .and_then(|shard| self.core.io.list_segments(shard).ok())
+            .map_or(0, |segments| segments.len())
     }
 
     /// The append handle of shard `i`.

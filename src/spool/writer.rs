@@ -37,6 +37,16 @@ use super::index::{Entry, Ref};
 use super::io::SegmentFile;
 use super::{Committed, Core, Location, ShardShared, SpoolError};
 
+/// Watches the writer's group commits (the metrics module's fsync latency and batch size
+/// histograms). Optional: a spool without one (its own tests, `relay spool compact`) works the
+/// same. Called on the writer thread once per fdatasync and once per batch, never per record.
+pub trait CommitObserver: Send + Sync {
+    /// One fdatasync of a group commit took `took`.
+    fn synced(&self, took: Duration);
+    /// One group commit carried `records` records (stored or failed).
+    fn committed(&self, records: usize);
+}
+
 /// A message as the writer needs it: the meta to serialise and the two body parts, written
 /// straight from these buffers.
 #[derive(Debug, Clone)]
@@ -100,6 +110,8 @@ pub(crate) struct ShardWriter {
     next_seq: u64,
     /// Headers and metas of the batch being built; reused so steady state allocates nothing.
     heads: AlignedVec<16>,
+    /// How long each fdatasync of the last `commit` took (for a [`CommitObserver`]).
+    syncs: Vec<Duration>,
 }
 
 impl ShardWriter {
@@ -113,6 +125,7 @@ impl ShardWriter {
             current: None,
             next_seq,
             heads: AlignedVec::new(),
+            syncs: Vec::new(),
         }
     }
 
@@ -184,6 +197,7 @@ impl ShardWriter {
     /// records whose frame is covered by a successful fdatasync (and is then in the index).
     pub fn commit(&mut self, batch: &[Pending]) -> Vec<Result<Location, SpoolError>> {
         let mut results: Vec<Option<Result<Location, SpoolError>>> = vec![None; batch.len()];
+        self.syncs.clear();
         // 1. Encode headers + metas into the reused buffer.
         self.heads.clear();
         let mut frames: Vec<(usize, EncodedFrame)> = Vec::with_capacity(batch.len());
@@ -246,6 +260,7 @@ impl ShardWriter {
                 batch,
                 &frames[next..end],
                 self.core.fsync,
+                &mut self.syncs,
             ) {
                 Ok(()) => {
                     let mut offset = seg.tail;
@@ -317,13 +332,15 @@ impl ShardWriter {
     }
 }
 
-/// One vectored write of `frames` at the segment tail, then fdatasync.
+/// One vectored write of `frames` at the segment tail, then fdatasync (its duration is pushed
+/// to `syncs`).
 fn write_chunk(
     seg: &mut ActiveSegment,
     heads: &mut AlignedVec<16>,
     batch: &[Pending],
     frames: &[(usize, EncodedFrame)],
     fsync: bool,
+    syncs: &mut Vec<Duration>,
 ) -> Result<(), SpoolError> {
     // The header checksum is salted per segment, known only now.
     for (_, f) in frames {
@@ -348,9 +365,11 @@ fn write_chunk(
         .write_all_at(seg.tail, &iov)
         .map_err(|e| SpoolError::io("write", &seg.path, e))?;
     if fsync {
+        let started = Instant::now();
         seg.file
             .sync_data()
             .map_err(|e| SpoolError::io("fdatasync", &seg.path, e))?;
+        syncs.push(started.elapsed());
     }
     Ok(())
 }
@@ -418,6 +437,12 @@ fn commit_and_reply(writer: &mut ShardWriter, batch: &mut Vec<Request>, shared: 
     let (pendings, replies): (Vec<Pending>, Vec<_>) =
         batch.drain(..).map(|r| (r.pending, r.reply)).unzip();
     let results = writer.commit(&pendings);
+    if let Some(observer) = shared.observer.get() {
+        observer.committed(pendings.len());
+        for took in &writer.syncs {
+            observer.synced(*took);
+        }
+    }
     let (mut ok, mut bytes) = (0u64, 0u64);
     for r in results.iter().flatten() {
         ok += 1;

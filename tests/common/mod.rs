@@ -262,6 +262,8 @@ impl Settings {
                 list(&self.blocked_extensions)
             ));
         }
+        // The admin listener (metrics, stat) on port 0 too, found from its `listening` line.
+        text.push_str("[admin]\nlisten = \"127.0.0.1:0\"\n");
         text.push_str(&format!(
             "[relay]\nallowed_networks = [{}]\n[local]\ndomains = [{}]\n",
             list(&self.allowed_networks),
@@ -538,6 +540,9 @@ pub struct Relay {
     pub addr: SocketAddr,
     /// The POP3 listener, as the relay reported it (`listening protocol="pop3"`).
     pub pop3_addr: SocketAddr,
+    /// The admin listener (`/metrics`, `/stat`), as the relay reported it
+    /// (`listening protocol="admin"`).
+    pub admin_addr: SocketAddr,
     /// The `relay ready` line.
     pub ready_line: String,
     pub spool_dir: PathBuf,
@@ -630,12 +635,14 @@ impl Relay {
         };
         let addr = find("smtp");
         let pop3_addr = find("pop3");
+        let admin_addr = find("admin");
         let relay = Relay {
             process,
             log,
             dir,
             addr,
             pop3_addr,
+            admin_addr,
             ready_line,
             spool_dir,
             config_path,
@@ -783,6 +790,14 @@ impl Relay {
         client.quit();
         self.wait_accepted(&id);
         id
+    }
+
+    /// `GET path` on the admin listener: (status, body). Panics when the request fails.
+    pub fn admin_get(&self, path: &str) -> (u16, String) {
+        let (status, body) =
+            relay::admin::client::request(self.admin_addr, "GET", path, COMMAND_TIMEOUT)
+                .unwrap_or_else(|e| panic!("GET {path} from {}: {e}", self.admin_addr));
+        (status, String::from_utf8_lossy(&body).into_owned())
     }
 
     /// A new POP3 connection whose `+OK` greeting has been read.

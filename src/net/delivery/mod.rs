@@ -84,6 +84,8 @@ pub struct DeliveryShared {
     pub local_domains: Vec<String>,
     /// Local mailboxes, for notices to a local sender.
     pub mailboxes: Option<Mailboxes>,
+    /// Per-destination queue gauges (`None` in tests without metrics).
+    pub metrics: Option<Arc<crate::metrics::Metrics>>,
 }
 
 impl DeliveryShared {
@@ -253,6 +255,9 @@ pub struct Core<C: Connector> {
     workers: Cell<usize>,
     /// Wakes the scheduler: a worker ended, a transaction finished.
     kick: Notify,
+    metrics: Option<crate::metrics::CoreMetrics>,
+    /// Destinations published to the per-destination gauges last time (to clear the gone).
+    published: RefCell<Vec<String>>,
 }
 
 impl<C: Connector + 'static> Core<C> {
@@ -265,6 +270,7 @@ impl<C: Connector + 'static> Core<C> {
         store: Arc<Spool>,
         mail_store: Arc<MailStore>,
         phase: watch::Receiver<Phase>,
+        metrics: Option<crate::metrics::CoreMetrics>,
     ) -> Rc<Self> {
         // Built on the core's own runtime: hickory spawns its tasks there.
         let resolver = match SystemResolver::from_system_conf() {
@@ -287,6 +293,8 @@ impl<C: Connector + 'static> Core<C> {
             phase,
             workers: Cell::new(0),
             kick: Notify::new(),
+            metrics,
+            published: RefCell::new(Vec::new()),
         })
     }
 
@@ -447,6 +455,9 @@ impl<C: Connector + 'static> Core<C> {
         }
         let markers = notices::send(self, entry, message, &notices, hop).await;
         for r in &results {
+            if let Some(m) = &self.metrics {
+                m.delivery(metric_name(r.outcome));
+            }
             tracing::info!(
                 target: "relay::delivery",
                 queue_id = %r.id,
@@ -587,6 +598,65 @@ impl<C: Connector + 'static> Core<C> {
     }
 }
 
+fn metric_name(outcome: Outcome) -> &'static str {
+    match outcome {
+        Outcome::Delivered => "delivered",
+        Outcome::Deferred => "deferred",
+        Outcome::Bounced => "bounced",
+        Outcome::Expired => "expired",
+    }
+}
+
+/// Destinations per core published as labelled gauges: the largest ones (a label per
+/// destination would let a spammer's random domains blow up the scrape).
+const PUBLISHED_DESTINATIONS_MAX: usize = 100;
+/// How often the per-destination gauges are refreshed.
+const PUBLISH_EVERY: Duration = Duration::from_secs(5);
+
+impl<C: Connector + 'static> Core<C> {
+    /// Refreshes the queue gauges: entries on this core, and depth and oldest age of its
+    /// largest destinations.
+    fn publish(&self, now: SystemTime) {
+        let mut per_dest: std::collections::HashMap<String, (i64, SystemTime)> =
+            std::collections::HashMap::new();
+        let mut entries = 0i64;
+        self.queue.borrow().for_each_entry(|e, key, _| {
+            entries += 1;
+            let slot = per_dest
+                .entry(key.to_string())
+                .or_insert((0, e.first_seen()));
+            slot.0 += 1;
+            slot.1 = slot.1.min(e.first_seen());
+        });
+        if let Some(m) = &self.metrics {
+            m.queue_entries.set(entries);
+        }
+        let Some(metrics) = &self.shared.metrics else {
+            return;
+        };
+        let mut largest: Vec<(String, (i64, SystemTime))> = per_dest.into_iter().collect();
+        largest.sort_by(|a, b| b.1 .0.cmp(&a.1 .0).then_with(|| a.0.cmp(&b.0)));
+        largest.truncate(PUBLISHED_DESTINATIONS_MAX);
+        let mut published = self.published.borrow_mut();
+        for gone in published.iter() {
+            if !largest.iter().any(|(d, _)| d == gone) {
+                metrics.clear_queue(self.index, gone);
+            }
+        }
+        published.clear();
+        for (destination, (depth, oldest)) in largest {
+            let age = now.duration_since(oldest).unwrap_or_default().as_secs();
+            metrics.set_queue(
+                self.index,
+                &destination,
+                depth,
+                i64::try_from(age).unwrap_or(i64::MAX),
+            );
+            published.push(destination);
+        }
+    }
+}
+
 fn outcome_name(outcome: Outcome) -> &'static str {
     match outcome {
         Outcome::Delivered => "sent",
@@ -614,9 +684,14 @@ pub async fn run<C: Connector + 'static>(core: Rc<Core<C>>, startup: Vec<Job>) {
         return;
     };
     let mut phase = core.phase.clone();
+    let mut published_at: Option<std::time::Instant> = None;
     loop {
         if *phase.borrow_and_update() != Phase::Running {
             break;
+        }
+        if published_at.is_none_or(|at| at.elapsed() >= PUBLISH_EVERY) {
+            core.publish(SystemTime::now());
+            published_at = Some(std::time::Instant::now());
         }
         inbox.drain_jobs(|job| core.accept(job));
         while let Some(command) = inbox.next_control() {
@@ -639,7 +714,11 @@ pub async fn run<C: Connector + 'static>(core: Rc<Core<C>>, startup: Vec<Job>) {
             _ = inbox.wake.notified() => {}
             _ = core.kick.notified() => {}
             _ = tokio::time::sleep(wait) => {}
-            _ = phase.changed() => {}
+            changed = phase.changed() => {
+                if changed.is_err() {
+                    break;
+                }
+            }
         }
     }
     // Draining: workers finish their transaction and quit; wait for them.

@@ -1,0 +1,107 @@
+//! `/queue/...`: the queue control behind `relay queue` (issue 4 §5), on the admin listener.
+//!
+//! | method, path | query | answer |
+//! |---|---|---|
+//! | GET `/queue` | `limit` | JSON list of queued messages ([`ListedMessage`]) |
+//! | GET `/queue/show` | `id` | JSON of one message ([`ShownMessage`]), 404 if not in the spool |
+//! | POST `/queue/flush` | `id` or `domain`, or neither (all) | `{"flushed": n}` |
+//! | POST `/queue/delete` | `id` | `{"removed": n}` (no notice) |
+//! | POST `/queue/bounce` | `id` | `{"removed": n}` (failure notice to the sender) |
+//!
+//! Mutations are POST only, so a stray GET (a browser, a crawler on a misrouted proxy) never
+//! changes the queue.
+
+use std::sync::Arc;
+
+use super::{AdminRequest, AdminResponse, Handler};
+use crate::envelope::QueueId;
+use crate::net::delivery::control::{QueueService, ShownMessage};
+use crate::net::delivery::FlushFilter;
+
+#[allow(unused_imports)] // named in the module doc
+use crate::net::delivery::control::ListedMessage;
+
+fn json(value: &impl serde::Serialize) -> AdminResponse {
+    match serde_json::to_vec(value) {
+        Ok(body) => AdminResponse::json(200, body),
+        Err(error) => AdminResponse::text(500, format!("cannot encode: {error}\n")),
+    }
+}
+
+fn id_param(request: &AdminRequest) -> Result<QueueId, AdminResponse> {
+    let Some(text) = request.param("id") else {
+        return Err(AdminResponse::text(400, "missing `id`\n"));
+    };
+    text.parse()
+        .map_err(|_| AdminResponse::text(400, format!("`{text}` is not a queue id\n")))
+}
+
+fn handle(service: &QueueService, request: &AdminRequest) -> Result<AdminResponse, AdminResponse> {
+    let post = request.method == "POST";
+    let failed = |error: String| AdminResponse::text(503, format!("{error}\n"));
+    match request.path.as_str() {
+        "/queue" | "/queue/" | "/queue/list" => {
+            if request.method != "GET" {
+                return Ok(AdminResponse::method_not_allowed());
+            }
+            let limit = match request.param("limit") {
+                Some(l) => l
+                    .parse()
+                    .map_err(|_| AdminResponse::text(400, "`limit` is not a number\n"))?,
+                None => 1000,
+            };
+            Ok(json(&service.list(limit).map_err(failed)?))
+        }
+        "/queue/show" => {
+            if request.method != "GET" {
+                return Ok(AdminResponse::method_not_allowed());
+            }
+            let id = id_param(request)?;
+            let shown: Option<ShownMessage> = service.show(id).map_err(failed)?;
+            match shown {
+                Some(shown) => Ok(json(&shown)),
+                None => Ok(AdminResponse::text(
+                    404,
+                    format!("{id}: no such message in the spool\n"),
+                )),
+            }
+        }
+        "/queue/flush" if post => {
+            let which = match (request.param("id"), request.param("domain")) {
+                (Some(_), Some(_)) => {
+                    return Err(AdminResponse::text(
+                        400,
+                        "give `id` or `domain`, not both\n",
+                    ))
+                }
+                (Some(_), None) => FlushFilter::Message(id_param(request)?),
+                (None, Some(domain)) => FlushFilter::Destination(domain.to_string()),
+                (None, None) => FlushFilter::All,
+            };
+            let n = service.flush(which).map_err(failed)?;
+            Ok(json(&serde_json::json!({ "flushed": n })))
+        }
+        "/queue/delete" | "/queue/bounce" if post => {
+            let id = id_param(request)?;
+            let bounce = request.path == "/queue/bounce";
+            let n = service.remove(id, bounce).map_err(failed)?;
+            Ok(json(&serde_json::json!({ "removed": n })))
+        }
+        "/queue/flush" | "/queue/delete" | "/queue/bounce" => {
+            Ok(AdminResponse::method_not_allowed())
+        }
+        _ => Ok(AdminResponse::not_found()),
+    }
+}
+
+/// The `/queue` routes for [`super::Admin::start`].
+pub fn queue_routes(service: Arc<QueueService>) -> Vec<(&'static str, Handler)> {
+    vec![(
+        "/queue",
+        Arc::new(
+            move |request: &AdminRequest| match handle(&service, request) {
+                Ok(response) | Err(response) => response,
+            },
+        ),
+    )]
+}
