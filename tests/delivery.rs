@@ -628,3 +628,131 @@ fn queue_list_reads_the_spool_when_the_server_is_stopped() {
         common::describe(&flush)
     );
 }
+
+/// A recipient still deferred after `delivery.delay_warning` earns one delay notice; at
+/// `delivery.max_age` it expires with a failure notice.
+#[test]
+fn delay_notice_then_expiry_notice() {
+    let mut settings = Settings::new(Engine::Uring);
+    // The default route: a closed port, so every attempt is deferred.
+    settings.extra_toml = "[delivery]\nretry_intervals = [\"300ms\"]\nretry_every = \"300ms\"\n\
+                           retry_jitter_percent = 0\ndelay_warning = \"1s\"\nmax_age = \"3s\"\n"
+        .into();
+    let relay = Relay::start(settings);
+    let id = send(
+        &relay,
+        "alice@example.test",
+        &["bob@remote.test"],
+        &message("slow"),
+    );
+    relay.wait_log(
+        &["relay::delivery", &id, "status=\"expired\""],
+        Duration::from_secs(15),
+    );
+    relay.wait_log(
+        &["delivery status notification queued", &id, "Failure"],
+        Duration::from_secs(10),
+    );
+    let delays = relay
+        .log_lines()
+        .iter()
+        .filter(|l| {
+            l.contains("delivery status notification queued")
+                && l.contains(&id)
+                && l.contains("Delay")
+        })
+        .count();
+    assert_eq!(delays, 1, "exactly one delay notice");
+    let mut pop = relay.pop3_login("alice");
+    assert_eq!(pop.stat().0, 2);
+    let first = String::from_utf8_lossy(&pop.retr(1)).into_owned();
+    let second = String::from_utf8_lossy(&pop.retr(2)).into_owned();
+    assert!(first.contains("Action: delayed"), "{first}");
+    assert!(first.contains("Will-Retry-Until:"), "{first}");
+    assert!(second.contains("Action: failed"), "{second}");
+    assert!(second.contains("5.4.7"), "{second}");
+    pop.ok("QUIT");
+}
+
+/// Past `delivery.queued_messages_max` queued deliveries, MAIL is answered 452 4.3.1; once
+/// the queue drains, mail is taken again.
+#[test]
+fn a_full_queue_answers_452_at_mail_and_recovers() {
+    let port = free_port();
+    let mut settings = routed_to(
+        Engine::Epoll,
+        std::net::SocketAddr::from(([127, 0, 0, 1], port)),
+    );
+    settings.extra_toml.push_str("queued_messages_max = 2\n");
+    let relay = Relay::start(settings);
+    send(
+        &relay,
+        "alice@example.test",
+        &["a@remote.test"],
+        &message("q1"),
+    );
+    send(
+        &relay,
+        "alice@example.test",
+        &["b@remote.test"],
+        &message("q2"),
+    );
+    let mut client = relay.client();
+    client.ehlo();
+    let reply = client.cmd("MAIL FROM:<alice@example.test>").unwrap();
+    assert!(reply.is(452, "4.3.1"), "{reply}");
+    client.quit();
+    // The next hop comes up: the queue drains and ingest opens again.
+    let sink = Sink::scripted(port, &[]);
+    sink.wait_messages(2, Duration::from_secs(15));
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let mut client = relay.client();
+        client.ehlo();
+        let reply = client.cmd("MAIL FROM:<alice@example.test>").unwrap();
+        client.quit();
+        if reply.code == 250 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "still refused: {reply}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// The delivery counters and queue gauges of `/metrics` move with deliveries.
+#[test]
+fn delivery_metrics_move() {
+    let sink = Sink::scripted(0, &["--rcpt", "550=no@remote.test"]);
+    let relay = Relay::start(routed_to(Engine::Uring, sink.addr));
+    let id = send(
+        &relay,
+        "alice@example.test",
+        &["yes@remote.test", "no@remote.test"],
+        &message("m"),
+    );
+    relay.wait_log(
+        &["relay::delivery", &id, "status=\"bounced\""],
+        Duration::from_secs(10),
+    );
+    relay.wait_log(
+        &["relay::delivery", &id, "status=\"sent\""],
+        Duration::from_secs(10),
+    );
+    let sum = |text: &str, result: &str| -> f64 {
+        text.lines()
+            .filter(|l| {
+                l.starts_with("relay_deliveries_total{")
+                    && l.contains(&format!("result=\"{result}\""))
+            })
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    };
+    let (status, text) = relay.admin_get("/metrics");
+    assert_eq!(status, 200);
+    assert_eq!(sum(&text, "delivered"), 1.0, "{text}");
+    assert_eq!(sum(&text, "bounced"), 1.0, "{text}");
+    assert_eq!(sum(&text, "deferred"), 0.0, "{text}");
+}
