@@ -14,16 +14,15 @@
 #      passwords of the same cost as relay's (the very same hash string).
 #   3. Runs, ROUNDS times, alternating which server goes first:
 #        - SMTP ingest: loadgen smtp --connections $CONNECTIONS --size $SIZE --duration $DURATION
-#          against relay (fsync on, fresh spool) and against Postfix; for Postfix also the
-#          end-to-end rate (until the sink has every accepted message);
+#          against relay (fsync on, fresh spool) and against Postfix, both relaying everything
+#          to the same loadgen sink; for both the end-to-end rate (until the sink has every
+#          accepted message), and for relay the delivery latency (250 after DATA → the
+#          next hop's 250, from relay's log);
 #        - POP3: $USERS mailboxes × $PER_USER messages of $SIZE, drained by
 #          loadgen pop3 --connections $POP3_CONNECTIONS (login, STAT, RETR + DELE all, QUIT);
 #      plus loadgen → loadgen sink with the same SMTP workload (the client's own ceiling).
 #   4. Prints one table (medians over the rounds; every run's figures are in $WORK/results.jsonl)
 #      and stops Postfix, Dovecot, relay and the sink. Nothing listens beyond 127.0.0.1.
-#
-# relay has no outbound delivery yet: its end-to-end column says so, and its ingest figure is
-# ingest into the durable spool only.
 #
 # Knobs (environment): ROUNDS=2 DURATION=10s CONNECTIONS=50 SIZE=10KiB USERS=20 PER_USER=50
 # POP3_CONNECTIONS=4 WORK=/var/lib/relay-compare KEEP=0 (keep $WORK) RELAY_BIN LOADGEN_BIN
@@ -243,6 +242,7 @@ start_relay() { # $1: local domain for mailboxes
         printf '[smtp]\nlisten = ["127.0.0.1:0"]\n[pop3]\nlisten = ["127.0.0.1:0"]\n'
         printf '[spool]\ndir = "%s"\nfsync = true\n' "$WORK/relay-spool"
         printf '[local]\ndomains = ["%s"]\n' "$1"
+        printf '[[relay.routes]]\ndomain = "*"\nto = "127.0.0.1:%s"\n' "$SINK_PORT"
         for ((i = 0; i < USERS; i++)); do
             printf '[[local.users]]\nname = "user%d"\npassword = "%s"\n' "$i" "$HASH"
         done
@@ -269,12 +269,28 @@ ingest() { # $1: HOST:PORT; prints the JSON summary
 
 run_relay_ingest() {
     start_relay localhost
-    local json pss
+    local json pss before t0 accepted target done_at delivered e2e lat
+    before=$(sink_total)
+    before=${before:-0}
+    t0=$(date +%s.%N)
     json=$(ingest "$RELAY_SMTP")
     pss=$(pss_tree "$RELAY_PID")
+    accepted=$(echo "$json" | python3 -c 'import json,sys; print(json.load(sys.stdin)["messages"]["accepted"])')
+    target=$((before + accepted))
+    # End to end: until the sink has every message relay accepted (at most 120 s more).
+    for _ in $(seq 1200); do
+        [ "$(sink_total)" -ge "$target" ] && break
+        sleep 0.1
+    done
+    done_at=$(date +%s.%N)
+    delivered=$(($(sink_total) - before))
+    e2e=$(python3 -c "print($delivered / ($done_at - $t0))")
     stop_relay
-    record relay-ingest "$1" "$json" "pss_mib=${pss% *}" "processes=${pss#* }"
-    log "round $1 relay ingest: $(echo "$json" | python3 -c 'import json,sys; print(round(json.load(sys.stdin)["msgs_per_s"]), "msgs/s")')"
+    # Delivery latency per message: its `accepted` line (250 sent) → its `status="sent"` line.
+    lat=$(python3 "$REPO/benches/compare/delivery_latency.py" "$WORK/relay.log")
+    record relay-ingest "$1" "$json" "pss_mib=${pss% *}" "processes=${pss#* }" \
+        "e2e_msgs_per_s=$e2e" "delivered=$delivered" $lat
+    log "round $1 relay ingest: $(echo "$json" | python3 -c 'import json,sys; print(round(json.load(sys.stdin)["msgs_per_s"]), "msgs/s")'), end to end $(printf %.0f "$e2e") msgs/s, $lat"
 }
 
 run_postfix_ingest() {
@@ -408,8 +424,10 @@ def ratio(a, b):
 rows = []
 ri, pi = med("relay-ingest", "msgs_per_s"), med("postfix-ingest", "msgs_per_s")
 rows.append((f"SMTP ingest, {size}, {conns} conns, {duration} (msgs/s)", f(ri), f(pi), ratio(ri, pi)))
-pe = med("postfix-ingest", "e2e_msgs_per_s")
-rows.append(("end to end → sink (msgs/s)", "n/a: no outbound delivery yet (ingest only)", f(pe), "–"))
+re_, pe = med("relay-ingest", "e2e_msgs_per_s"), med("postfix-ingest", "e2e_msgs_per_s")
+rows.append(("end to end → sink (msgs/s)", f(re_), f(pe), ratio(re_, pe)))
+for q in ("p50", "p99"):
+    rows.append((f"relay delivery latency {q}, 250 after DATA → next hop's 250 (ms)", f(med("relay-ingest", f"delivery_{q}_ms"), 1), "", ""))
 for q in ("p50_ms", "p99_ms"):
     a, b = med("relay-ingest", f"latency_ms/transaction/{q}"), med("postfix-ingest", f"latency_ms/transaction/{q}")
     rows.append((f"SMTP transaction {q[:3]} (ms)", f(a, 2), f(b, 2), ratio(b, a) + " lower" if a and b else "–"))
