@@ -756,3 +756,51 @@ fn delivery_metrics_move() {
     assert_eq!(sum(&text, "bounced"), 1.0, "{text}");
     assert_eq!(sum(&text, "deferred"), 0.0, "{text}");
 }
+
+/// CPU seconds (user + system) the process has used, from /proc.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("proc stat");
+    let after_comm = &stat[stat.rfind(')').expect("comm end") + 2..];
+    let fields: Vec<&str> = after_comm.split(' ').collect();
+    // utime and stime are fields 14 and 15 of the whole line: 12 and 13 after `) `.
+    let ticks: f64 = fields[11].parse::<f64>().unwrap() + fields[12].parse::<f64>().unwrap();
+    // SAFETY: sysconf has no preconditions.
+    ticks / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64
+}
+
+/// Mail waiting behind a dead next hop's hold costs no CPU: the scheduler starts no worker
+/// for a held destination (it once spun, starting and ending one per wake-up).
+#[test]
+fn a_held_destination_waits_without_spinning() {
+    let mut settings = Settings::new(Engine::Uring);
+    settings.extra_toml = "[delivery]\nretry_intervals = [\"1h\"]\nretry_every = \"2h\"\n".into();
+    let relay = Relay::start(settings);
+    let first = send(
+        &relay,
+        "alice@example.test",
+        &["a@remote.test"],
+        &message("first"),
+    );
+    relay.wait_log(
+        &["relay::delivery", &first, "status=\"deferred\""],
+        Duration::from_secs(10),
+    );
+    // Arrives while the destination is held: ready, and not attempted before the hold ends.
+    let second = send(
+        &relay,
+        "alice@example.test",
+        &["b@remote.test"],
+        &message("second"),
+    );
+    let before = cpu_seconds(relay.pid());
+    std::thread::sleep(Duration::from_secs(3));
+    let used = cpu_seconds(relay.pid()) - before;
+    assert!(used < 0.5, "the idle relay used {used:.2}s of CPU in 3s");
+    assert!(
+        !relay.log_contains(&format!("queue_id={second}"))
+            || !relay
+                .log_lines()
+                .iter()
+                .any(|l| l.contains("relay::delivery") && l.contains(&second))
+    );
+}

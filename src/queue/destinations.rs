@@ -294,6 +294,16 @@ impl RateLimiter {
         }
     }
 
+    /// When a token will be there, without taking one: `None` if one is there now.
+    pub fn would_wait(&self, now: SystemTime) -> Option<SystemTime> {
+        if self.interval_ms == 0 {
+            return None;
+        }
+        let now_ms = to_millis(now);
+        let tat = self.tat_ms.max(now_ms);
+        (tat - now_ms > self.tolerance_ms).then(|| from_millis(tat - self.tolerance_ms))
+    }
+
     /// Takes one token at `now`, or says when one will be there.
     pub fn try_acquire(&mut self, now: SystemTime) -> Result<(), SystemTime> {
         if self.interval_ms == 0 {
@@ -414,6 +424,16 @@ impl Destination {
     /// only ever extends: [`schedule::later_of`].
     pub fn hold_until(&mut self, until: SystemTime) {
         self.held_until_ms = to_millis(schedule::later_of(from_millis(self.held_until_ms), until));
+    }
+
+    /// Until when nothing may start here (a hold, or the rate limit); `None`: free now. For
+    /// the scheduler, so it starts no worker that would find the destination blocked.
+    pub fn blocked_until(&self, now: SystemTime) -> Option<SystemTime> {
+        let now_ms = to_millis(now);
+        if self.held_until_ms > now_ms {
+            return Some(from_millis(self.held_until_ms));
+        }
+        self.rate.would_wait(now)
     }
 
     /// Lifts a hold (`relay queue flush`: the operator says "try now").

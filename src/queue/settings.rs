@@ -1,8 +1,8 @@
 //! The `[delivery]` config section: retry schedule, lifetime, notices, per-destination limits,
 //! backpressure and DNS bounds.
 //!
-//! **Role.** A typed, strict (`deny_unknown_fields`) section the lead embeds in
-//! `config::Config` as `delivery`; [`DeliveryConfig::check`] checks each value and the
+//! **Role.** A typed, strict (`deny_unknown_fields`) section, `config::Config::delivery`;
+//! [`DeliveryConfig::check`] checks each value and the
 //! relations between them once at load and names the key at fault, and the `*()` accessors
 //! hand each part of the relay its checked piece.
 //!

@@ -335,6 +335,7 @@ impl<C: Connector + 'static> Core<C> {
             return;
         }
         let ids = self.queue.borrow().with_ready();
+        let now = SystemTime::now();
         for id in ids {
             loop {
                 let spawn = {
@@ -342,6 +343,11 @@ impl<C: Connector + 'static> Core<C> {
                     let Some(dest) = queue.get_mut(id) else {
                         break;
                     };
+                    // Held (a dead next hop) or rate-limited: a worker would find nothing to
+                    // send; the scheduler looks again at its next tick.
+                    if dest.blocked_until(now).is_some() {
+                        break;
+                    }
                     let limit = dest
                         .limits
                         .connections_max

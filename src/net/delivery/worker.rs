@@ -63,12 +63,18 @@ async fn deliver<C: Connector + 'static>(core: &Rc<Core<C>>, dest: DestId, first
     };
     let mut last_error = String::from("no address to try");
     let mut connected = None;
+    let mut phase = core.phase.clone();
     for target in &targets {
-        match core
-            .connector
-            .connect(target.addr, core.shared.connect_timeout)
-            .await
-        {
+        // A pending connect is a readiness future: dropping it at a stop leaves nothing armed.
+        let attempt = tokio::select! {
+            biased;
+            attempt = core.connector.connect(target.addr, core.shared.connect_timeout) => attempt,
+            _ = stop_requested(&mut phase, true) => {
+                last_error = "the relay is stopping".into();
+                break;
+            }
+        };
+        match attempt {
             Ok(conn) => {
                 connected = Some((conn, format!("{}[{}]", target.host, target.addr.ip())));
                 break;

@@ -536,3 +536,30 @@ fn arc_hops_are_cheap_to_key() {
     let key = DestinationKey::new(&route, "x.example");
     assert!(matches!(key, DestinationKey::Static { .. }));
 }
+
+#[test]
+fn blocked_until_reports_holds_and_the_rate_limit_without_taking_a_token() {
+    let mut queue = CoreQueue::new(
+        DestinationLimits {
+            messages_per_minute: 60,
+            ..DestinationLimits::default()
+        },
+        10,
+    );
+    let id = queue
+        .destination_id(DestinationKey::Mx("example.com".into()))
+        .unwrap();
+    let now = UNIX_EPOCH + Duration::from_secs(1_000_000);
+    let dest = queue.get_mut(id).unwrap();
+    assert_eq!(dest.blocked_until(now), None);
+    assert_eq!(dest.blocked_until(now), None, "peeking takes no token");
+    dest.hold_until(now + Duration::from_secs(30));
+    assert_eq!(dest.blocked_until(now), Some(now + Duration::from_secs(30)));
+    dest.release_hold();
+    assert_eq!(dest.blocked_until(now), None);
+    let mut rate = RateLimiter::new(60, 1);
+    assert_eq!(rate.would_wait(now), None);
+    assert!(rate.try_acquire(now).is_ok());
+    assert_eq!(rate.would_wait(now), Some(now + Duration::from_secs(1)));
+    assert_eq!(rate.try_acquire(now), Err(now + Duration::from_secs(1)));
+}
