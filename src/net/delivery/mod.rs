@@ -691,6 +691,7 @@ pub async fn run<C: Connector + 'static>(core: Rc<Core<C>>, startup: Vec<Job>) {
     };
     let mut phase = core.phase.clone();
     let mut published_at: Option<std::time::Instant> = None;
+    let mut swept_at: Option<std::time::Instant> = None;
     loop {
         if *phase.borrow_and_update() != Phase::Running {
             break;
@@ -704,10 +705,19 @@ pub async fn run<C: Connector + 'static>(core: Rc<Core<C>>, startup: Vec<Job>) {
             core.control(command);
         }
         let now = SystemTime::now();
+        // The expiry sweep walks every ready entry: once a tick, not on every wake-up (a
+        // wake-up per finished transaction made it quadratic in a long ready queue). Workers
+        // still expire what they meet at the front (`Destination::next`).
+        let sweep = swept_at.is_none_or(|at| at.elapsed() >= TICK);
         let expired = {
             let mut queue = core.queue.borrow_mut();
             queue.promote_due(now);
-            queue.take_expired(now, &shared.schedule)
+            if sweep {
+                swept_at = Some(std::time::Instant::now());
+                queue.take_expired(now, &shared.schedule)
+            } else {
+                Vec::new()
+            }
         };
         for entry in expired {
             tokio::task::spawn_local(Rc::clone(&core).expire(entry));

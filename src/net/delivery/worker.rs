@@ -294,16 +294,28 @@ async fn converse<C: Connector + 'static>(
                 ClientEvent::Ready => {}
                 ClientEvent::TransactionDone(done) => {
                     if let Some(flight) = current.take() {
+                        // The results are recorded in the background: the connection goes on
+                        // with the next message while the group commit syncs them (waiting
+                        // here put one fdatasync per message on every connection's path).
+                        // The entry stays out of the queue until its record is durable.
                         let dsn = client.capabilities().dsn;
-                        settle(
-                            core,
-                            &flight.entry,
-                            &flight.message,
-                            &done.results,
-                            dsn,
-                            Some(hop),
-                        )
-                        .await;
+                        // Counted with the workers, so a drain waits for the record too.
+                        let owner = Rc::clone(core);
+                        let hop = hop.to_string();
+                        owner.workers.set(owner.workers.get() + 1);
+                        tokio::task::spawn_local(async move {
+                            settle(
+                                &owner,
+                                &flight.entry,
+                                &flight.message,
+                                &done.results,
+                                dsn,
+                                Some(&hop),
+                            )
+                            .await;
+                            owner.workers.set(owner.workers.get().saturating_sub(1));
+                            owner.kick.notify_one();
+                        });
                         core.finish(dest);
                     }
                 }
