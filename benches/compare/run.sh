@@ -267,6 +267,14 @@ ingest() { # $1: HOST:PORT; prints the JSON summary
         --duration "$DURATION" --pipelining --json 2>/dev/null
 }
 
+# End to end: waits until the sink's total reaches $1 (at most 120 s).
+wait_sink() {
+    for _ in $(seq 1200); do
+        [ "$(sink_total)" -ge "$1" ] && break
+        sleep 0.1
+    done
+}
+
 run_relay_ingest() {
     start_relay localhost
     local json pss before t0 accepted target done_at delivered e2e lat
@@ -277,11 +285,7 @@ run_relay_ingest() {
     pss=$(pss_tree "$RELAY_PID")
     accepted=$(echo "$json" | python3 -c 'import json,sys; print(json.load(sys.stdin)["messages"]["accepted"])')
     target=$((before + accepted))
-    # End to end: until the sink has every message relay accepted (at most 120 s more).
-    for _ in $(seq 1200); do
-        [ "$(sink_total)" -ge "$target" ] && break
-        sleep 0.1
-    done
+    wait_sink "$target"
     done_at=$(date +%s.%N)
     delivered=$(($(sink_total) - before))
     e2e=$(python3 -c "print($delivered / ($done_at - $t0))")
@@ -302,11 +306,7 @@ run_postfix_ingest() {
     pss=$(pss_tree "$(PF_MASTER_PID)")
     accepted=$(echo "$json" | python3 -c 'import json,sys; print(json.load(sys.stdin)["messages"]["accepted"])')
     target=$((before + accepted))
-    # End to end: until the sink has every message Postfix accepted (at most 120 s more).
-    for _ in $(seq 1200); do
-        [ "$(sink_total)" -ge "$target" ] && break
-        sleep 0.1
-    done
+    wait_sink "$target"
     done_at=$(date +%s.%N)
     local delivered=$(($(sink_total) - before))
     local e2e

@@ -348,6 +348,29 @@ mod tests {
         vec!["a@x.test".into(), "b@x.test".into(), "c@x.test".into()]
     }
 
+    /// `settle` over the three addresses of [`addrs`] with the test schedule.
+    fn run(
+        e: &Entry,
+        env: &Envelope,
+        results: &[RecipientResult],
+        hop_dsn: bool,
+        now: SystemTime,
+    ) -> Settlement {
+        let remote = addrs();
+        settle(
+            &Attempted {
+                entry: e,
+                remote: &remote,
+                envelope: env,
+                results,
+                hop_dsn,
+                now,
+            },
+            &schedule(),
+            &DsnPolicy::default(),
+        )
+    }
+
     #[test]
     fn delivered_bounced_deferred_each_get_their_record_and_only_the_deferred_requeue() {
         let e = entry(&[0, 1, 2]);
@@ -360,19 +383,7 @@ mod tests {
             RecipientResult::Bounced(remote(550)),
             RecipientResult::Deferred(remote(451)),
         ];
-        let remote_addrs = addrs();
-        let s = settle(
-            &Attempted {
-                entry: &e,
-                remote: &remote_addrs,
-                envelope: &env,
-                results: &results,
-                hop_dsn: false,
-                now: at(10),
-            },
-            &schedule(),
-            &DsnPolicy::default(),
-        );
+        let s = run(&e, &env, &results, false, at(10));
         let outcomes: Vec<_> = s
             .results
             .iter()
@@ -406,19 +417,7 @@ mod tests {
         let e = entry(&[0]);
         let env = envelope("", &[("a@x.test", None)]);
         let results = [RecipientResult::Bounced(remote(550))];
-        let remote_addrs = addrs();
-        let s = settle(
-            &Attempted {
-                entry: &e,
-                remote: &remote_addrs,
-                envelope: &env,
-                results: &results,
-                hop_dsn: false,
-                now: at(1),
-            },
-            &schedule(),
-            &DsnPolicy::default(),
-        );
+        let s = run(&e, &env, &results, false, at(1));
         assert!(s.notices.is_empty());
         assert_eq!(s.double_bounces, [0]);
         assert_eq!(s.results[0].outcome, Outcome::Bounced);
@@ -429,20 +428,8 @@ mod tests {
         let e = entry(&[0]);
         let env = envelope("s@y.test", &[("a@x.test", None)]);
         let results = [RecipientResult::Deferred(remote(451))];
-        let remote_addrs = addrs();
         // 23h59m after arrival: the next wait (60s, first attempt) passes the 24h deadline.
-        let s = settle(
-            &Attempted {
-                entry: &e,
-                remote: &remote_addrs,
-                envelope: &env,
-                results: &results,
-                hop_dsn: false,
-                now: at(24 * 3600 - 30),
-            },
-            &schedule(),
-            &DsnPolicy::default(),
-        );
+        let s = run(&e, &env, &results, false, at(24 * 3600 - 30));
         assert_eq!(s.results[0].outcome, Outcome::Expired);
         assert!(
             s.results[0].reply.starts_with("554 5.4.7"),
@@ -459,21 +446,7 @@ mod tests {
         let mut e = entry(&[0]);
         let env = envelope("s@y.test", &[("a@x.test", None)]);
         let results = [RecipientResult::Deferred(remote(451))];
-        let remote_addrs = addrs();
-        let run = |e: &Entry, now| {
-            settle(
-                &Attempted {
-                    entry: e,
-                    remote: &remote_addrs,
-                    envelope: &env,
-                    results: &results,
-                    hop_dsn: false,
-                    now,
-                },
-                &schedule(),
-                &DsnPolicy::default(),
-            )
-        };
+        let run = |e: &Entry, now| run(e, &env, &results, false, now);
         let early = run(&e, at(3600));
         assert!(early.notices.is_empty());
         assert!(!early.requeue.as_ref().unwrap().delay_noticed);
@@ -491,21 +464,7 @@ mod tests {
         let e = entry(&[0]);
         let env = envelope("s@y.test", &[("a@x.test", Some(Notify::SUCCESS))]);
         let results = [RecipientResult::Delivered(reply(250, "ok"))];
-        let remote_addrs = addrs();
-        let run = |hop_dsn| {
-            settle(
-                &Attempted {
-                    entry: &e,
-                    remote: &remote_addrs,
-                    envelope: &env,
-                    results: &results,
-                    hop_dsn,
-                    now: at(1),
-                },
-                &schedule(),
-                &DsnPolicy::default(),
-            )
-        };
+        let run = |hop_dsn| run(&e, &env, &results, hop_dsn, at(1));
         let without = run(false);
         assert_eq!(without.notices.len(), 1);
         assert_eq!(without.notices[0].action, Action::Relayed);
@@ -517,19 +476,7 @@ mod tests {
         let e = entry(&[0]);
         let env = envelope("s@y.test", &[("a@x.test", Some(Notify::NEVER))]);
         let results = [RecipientResult::Bounced(remote(550))];
-        let remote_addrs = addrs();
-        let s = settle(
-            &Attempted {
-                entry: &e,
-                remote: &remote_addrs,
-                envelope: &env,
-                results: &results,
-                hop_dsn: false,
-                now: at(1),
-            },
-            &schedule(),
-            &DsnPolicy::default(),
-        );
+        let s = run(&e, &env, &results, false, at(1));
         assert!(s.notices.is_empty());
         assert!(s.double_bounces.is_empty());
     }
@@ -539,19 +486,7 @@ mod tests {
         let e = entry(&[0, 1]);
         let env = envelope("s@y.test", &[]);
         let results = [RecipientResult::Delivered(reply(250, "ok"))];
-        let remote_addrs = addrs();
-        let s = settle(
-            &Attempted {
-                entry: &e,
-                remote: &remote_addrs,
-                envelope: &env,
-                results: &results,
-                hop_dsn: false,
-                now: at(1),
-            },
-            &schedule(),
-            &DsnPolicy::default(),
-        );
+        let s = run(&e, &env, &results, false, at(1));
         assert_eq!(s.results[1].outcome, Outcome::Deferred);
         assert_eq!(s.requeue.unwrap().recipients.indices(), [1]);
     }

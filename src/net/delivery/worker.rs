@@ -46,18 +46,17 @@ async fn deliver<C: Connector + 'static>(core: &Rc<Core<C>>, dest: DestId, first
     };
     let targets = match resolve(core, &key).await {
         Resolution::Targets(targets) => targets,
-        Resolution::Bounce(reply) => {
-            let result = RecipientResult::Bounced(Diagnostic::Local {
+        // DNS said no for good (null MX, NXDOMAIN) or for now: the destination as a whole.
+        Resolution::Bounce(reply) | Resolution::Defer(reply) => {
+            let diagnostic = Diagnostic::Local {
                 stage: Stage::Prepare,
                 reply,
-            });
-            return fail_destination(core, dest, first, result, None).await;
-        }
-        Resolution::Defer(reply) => {
-            let result = RecipientResult::Deferred(Diagnostic::Local {
-                stage: Stage::Prepare,
-                reply,
-            });
+            };
+            let result = if diagnostic.reply().code().class() == 5 {
+                RecipientResult::Bounced(diagnostic)
+            } else {
+                RecipientResult::Deferred(diagnostic)
+            };
             return fail_destination(core, dest, first, result, None).await;
         }
     };
