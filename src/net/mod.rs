@@ -13,5 +13,6 @@ pub mod io;
 pub mod limits;
 pub mod listener;
 pub mod pop3_conn;
+pub mod proxy;
 pub mod shard;
 pub mod smtp_conn;
