@@ -36,6 +36,10 @@ pub const DRAIN_TIMEOUT: Interval = Interval::secs(30);
 pub const CONNECTIONS_PER_CORE_MAX: usize = 10_000;
 /// Postfix's `smtpd_client_connection_count_limit`: one client cannot take every slot.
 pub const CONNECTIONS_PER_IP_MAX: usize = 50;
+/// Off: a PROXY header from a client that is not a trusted proxy would let it claim any
+/// address, and with it relay rights (`relay.allowed_networks`) and others' per-IP limits.
+/// Turn it on only for listeners that nothing but the load balancer can reach.
+pub const PROXY_PROTOCOL: bool = false;
 
 /// Relative to the working directory, so a first `relay serve` needs no setup.
 pub fn spool_dir() -> PathBuf {

@@ -172,6 +172,9 @@ pub struct SmtpConfig {
     pub vrfy: bool,
     /// EXPN lists the members of local lists (off by default: spammers harvest them).
     pub expn: bool,
+    /// Every connection must start with a PROXY protocol header (v1 or v2) naming the
+    /// client; only for listeners behind a trusted load balancer (see `defaults.rs`).
+    pub proxy_protocol: bool,
 }
 
 impl Default for SmtpConfig {
@@ -187,6 +190,7 @@ impl Default for SmtpConfig {
             data_timeout: defaults::DATA_TIMEOUT,
             vrfy: false,
             expn: false,
+            proxy_protocol: defaults::PROXY_PROTOCOL,
         }
     }
 }
@@ -291,6 +295,8 @@ pub struct Pop3Config {
     /// attempts from it are refused outright.
     pub auth_failures_per_ip_max: u32,
     pub auth_failure_window: Interval,
+    /// As `smtp.proxy_protocol`, for the POP3 listeners.
+    pub proxy_protocol: bool,
 }
 
 impl Default for Pop3Config {
@@ -301,6 +307,7 @@ impl Default for Pop3Config {
             auth_failure_delay: defaults::AUTH_FAILURE_DELAY,
             auth_failures_per_ip_max: defaults::AUTH_FAILURES_PER_IP_MAX,
             auth_failure_window: defaults::AUTH_FAILURE_WINDOW,
+            proxy_protocol: defaults::PROXY_PROTOCOL,
         }
     }
 }
@@ -678,6 +685,18 @@ mod tests {
             Interval(std::time::Duration::from_millis(2))
         );
         assert_eq!(config.spool.segment_size, ByteSize::mib(128));
+    }
+
+    #[test]
+    fn proxy_protocol_is_off_unless_enabled_per_listener() {
+        let config = parse("").expect("valid");
+        assert!(!config.smtp.proxy_protocol && !config.pop3.proxy_protocol);
+        let config = parse("[smtp]\nproxy_protocol = true\n").expect("valid");
+        assert!(config.smtp.proxy_protocol && !config.pop3.proxy_protocol);
+        let config = parse("[pop3]\nproxy_protocol = true\n").expect("valid");
+        assert!(!config.smtp.proxy_protocol && config.pop3.proxy_protocol);
+        let err = parse("[smtp]\nproxy_protocol = \"yes\"\n").expect_err("not a bool");
+        assert!(err.to_string().contains("proxy_protocol"), "{err}");
     }
 
     #[test]

@@ -82,7 +82,24 @@ pub struct Admission {
 pub struct Permit {
     active: Rc<Cell<usize>>,
     idle: Rc<tokio::sync::Notify>,
-    _client: ClientSlot,
+    /// `None` only inside an [`Unidentified`], before the client's address is known.
+    _client: Option<ClientSlot>,
+}
+
+/// A core slot held while a connection's client is not known yet (a PROXY protocol header
+/// is still to come): the core limit applies at once, the per-client one once it is named.
+pub struct Unidentified {
+    permit: Permit,
+    clients: Arc<ClientTable>,
+}
+
+impl Unidentified {
+    /// Counts the connection against `ip`'s limit; on refusal the core slot is freed too.
+    pub fn identify(mut self, ip: IpAddr) -> Result<Permit, Refusal> {
+        let client = self.clients.acquire(ip).ok_or(Refusal::ClientFull)?;
+        self.permit._client = Some(client);
+        Ok(self.permit)
+    }
 }
 
 impl Drop for Permit {
@@ -106,15 +123,22 @@ impl Admission {
     }
 
     pub fn admit(&self, ip: IpAddr) -> Result<Permit, Refusal> {
+        self.admit_unidentified()?.identify(ip)
+    }
+
+    /// Takes a core slot only; the client's limit applies at [`Unidentified::identify`].
+    pub fn admit_unidentified(&self) -> Result<Unidentified, Refusal> {
         if self.active.get() >= self.core_max {
             return Err(Refusal::CoreFull);
         }
-        let client = self.clients.acquire(ip).ok_or(Refusal::ClientFull)?;
         self.active.set(self.active.get() + 1);
-        Ok(Permit {
-            active: Rc::clone(&self.active),
-            idle: Rc::clone(&self.idle),
-            _client: client,
+        Ok(Unidentified {
+            permit: Permit {
+                active: Rc::clone(&self.active),
+                idle: Rc::clone(&self.idle),
+                _client: None,
+            },
+            clients: Arc::clone(&self.clients),
         })
     }
 
@@ -256,5 +280,24 @@ mod tests {
         let _held = core.admit(A).unwrap();
         assert_eq!(core.admit(B).err(), Some(Refusal::CoreFull));
         assert_eq!(clients.count(B), 0);
+    }
+
+    #[test]
+    fn unidentified_holds_a_core_slot_until_named() {
+        let clients = ClientTable::new(1);
+        let core = Admission::new(2, Arc::clone(&clients));
+        let waiting = core.admit_unidentified().unwrap();
+        assert_eq!(core.active(), 1);
+        assert_eq!(clients.count(A), 0, "no client counted before the header");
+        let named = waiting.identify(A).unwrap();
+        assert_eq!((core.active(), clients.count(A)), (1, 1));
+        // Over the client's limit: refused, and its core slot is freed again.
+        let second = core.admit_unidentified().unwrap();
+        assert_eq!(core.active(), 2);
+        assert_eq!(core.admit_unidentified().err(), Some(Refusal::CoreFull));
+        assert_eq!(second.identify(A).err(), Some(Refusal::ClientFull));
+        assert_eq!((core.active(), clients.count(A)), (1, 1));
+        drop(named);
+        assert_eq!((core.active(), clients.count(A)), (0, 0));
     }
 }

@@ -21,12 +21,15 @@ use crate::envelope::QueueId;
 use crate::mailbox::MaildropLock;
 use crate::pop3::{Credentials, Event, LockResult, MaildropEntry, Outbox, Session};
 
-/// Serves one accepted POP3 connection until it ends. `_permit` holds the admission slots.
+/// Serves one accepted POP3 connection until it ends. `_permit` holds the admission slots;
+/// `input` is what the client sent before the session started (bytes that followed a PROXY
+/// header), taken as its first input.
 pub async fn serve<C: Connection>(
     conn: C,
     peer: SocketAddr,
     ctx: Rc<ShardContext>,
     _permit: Permit,
+    input: Vec<u8>,
 ) {
     let _open = ctx.metrics.pop3.opened();
     let mut phase = ctx.phase.clone();
@@ -39,7 +42,8 @@ pub async fn serve<C: Connection>(
     let mut session = Session::new(ctx.pop3.config.clone(), &nonce, &mut out);
     // Held for the whole TRANSACTION state; dropping it (however the session ends) unlocks.
     let mut maildrop: Option<MaildropLock> = None;
-    let mut input: Vec<u8> = Vec::with_capacity(READ_CHUNK);
+    let mut input = input;
+    input.reserve(READ_CHUNK.saturating_sub(input.len()));
     let mut consumed = 0usize;
 
     loop {

@@ -4,17 +4,20 @@
 //! the per-client connection table and the spool writer's queue.
 
 use std::io;
+use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::watch;
 
+use super::conn::{stop_requested, READ_CHUNK};
 use super::io::{Connection, Listener};
 use super::limits::AuthFailures;
-use super::limits::{Admission, Refusal};
+use super::limits::{Admission, Permit, Refusal, Unidentified};
 use super::listener::stop_accepting;
 use super::pop3_conn;
+use super::proxy::{self, Parsed, ProxyError};
 use super::smtp_conn;
 use crate::mailbox::{Directory, MailStore};
 use crate::runtime::Phase;
@@ -28,6 +31,9 @@ pub struct ShardContext {
     pub session_config: Arc<SessionConfig>,
     pub command_timeout: Duration,
     pub data_timeout: Duration,
+    /// Connections on SMTP (POP3) listeners start with a PROXY protocol header.
+    pub smtp_proxy_protocol: bool,
+    pub pop3_proxy_protocol: bool,
     /// This shard's spool writer (appends from this core go to its own shard).
     pub spool: ShardHandle,
     /// The whole spool, for reading stored messages from any shard.
@@ -97,6 +103,10 @@ pub async fn run<L: Listener + 'static>(ctx: Rc<ShardContext>, listeners: Vec<Bo
 }
 
 async fn accept_loop<L: Listener>(ctx: Rc<ShardContext>, listener: L, protocol: Protocol) {
+    let proxied = match protocol {
+        Protocol::Smtp => ctx.smtp_proxy_protocol,
+        Protocol::Pop3 => ctx.pop3_proxy_protocol,
+    };
     loop {
         let accepted = listener.accept().await;
         if *ctx.phase.borrow() != Phase::Running {
@@ -106,27 +116,46 @@ async fn accept_loop<L: Listener>(ctx: Rc<ShardContext>, listener: L, protocol: 
             return;
         }
         match accepted {
-            Ok((conn, peer)) => match (ctx.admission.admit(peer.ip()), protocol) {
-                (Ok(permit), Protocol::Smtp) => {
-                    tokio::task::spawn_local(smtp_conn::serve(conn, peer, Rc::clone(&ctx), permit));
+            // The client is named by the PROXY header: only the core limit applies until then.
+            Ok((conn, peer)) if proxied => match ctx.admission.admit_unidentified() {
+                Ok(pending) => {
+                    tokio::task::spawn_local(serve_proxied(
+                        conn,
+                        peer,
+                        Rc::clone(&ctx),
+                        pending,
+                        protocol,
+                    ));
                 }
-                (Ok(permit), Protocol::Pop3) => {
-                    tokio::task::spawn_local(pop3_conn::serve(conn, peer, Rc::clone(&ctx), permit));
+                Err(refusal) => {
+                    tokio::task::spawn_local(turn_away(
+                        conn,
+                        peer,
+                        Rc::clone(&ctx),
+                        protocol,
+                        refusal,
+                    ));
                 }
-                (Err(refusal), _) => {
-                    tracing::info!(client = %peer, ?refusal, ?protocol, "connection refused");
-                    let mut reply = Vec::new();
-                    match protocol {
-                        Protocol::Smtp => {
-                            ctx.metrics.smtp.refused.inc();
-                            refusal_reply(&ctx.hostname, refusal).encode(&mut reply)
-                        }
-                        Protocol::Pop3 => {
-                            ctx.metrics.pop3.refused.inc();
-                            crate::pop3::Reply::too_many_connections().encode(&mut reply)
-                        }
-                    }
-                    tokio::task::spawn_local(smtp_conn::refuse(conn, reply));
+            },
+            Ok((conn, peer)) => match ctx.admission.admit(peer.ip()) {
+                Ok(permit) => {
+                    tokio::task::spawn_local(serve(
+                        conn,
+                        peer,
+                        Rc::clone(&ctx),
+                        permit,
+                        protocol,
+                        Vec::new(),
+                    ));
+                }
+                Err(refusal) => {
+                    tokio::task::spawn_local(turn_away(
+                        conn,
+                        peer,
+                        Rc::clone(&ctx),
+                        protocol,
+                        refusal,
+                    ));
                 }
             },
             Err(error) => {
@@ -138,6 +167,144 @@ async fn accept_loop<L: Listener>(ctx: Rc<ShardContext>, listener: L, protocol: 
                 } else {
                     tracing::debug!(%error, "accept failed");
                 }
+            }
+        }
+    }
+}
+
+/// Runs the protocol's driver on an admitted connection; `input` is what the client already
+/// sent (bytes that followed a PROXY header).
+async fn serve<C: Connection>(
+    conn: C,
+    peer: SocketAddr,
+    ctx: Rc<ShardContext>,
+    permit: Permit,
+    protocol: Protocol,
+    input: Vec<u8>,
+) {
+    match protocol {
+        Protocol::Smtp => smtp_conn::serve(conn, peer, ctx, permit, input).await,
+        Protocol::Pop3 => pop3_conn::serve(conn, peer, ctx, permit, input).await,
+    }
+}
+
+/// Answers a refused connection with its protocol's "too many connections" and closes it.
+async fn turn_away<C: Connection>(
+    conn: C,
+    peer: SocketAddr,
+    ctx: Rc<ShardContext>,
+    protocol: Protocol,
+    refusal: Refusal,
+) {
+    tracing::info!(client = %peer, ?refusal, ?protocol, "connection refused");
+    let mut reply = Vec::new();
+    match protocol {
+        Protocol::Smtp => {
+            ctx.metrics.smtp.refused.inc();
+            refusal_reply(&ctx.hostname, refusal).encode(&mut reply)
+        }
+        Protocol::Pop3 => {
+            ctx.metrics.pop3.refused.inc();
+            crate::pop3::Reply::too_many_connections().encode(&mut reply)
+        }
+    }
+    smtp_conn::refuse(conn, reply).await;
+}
+
+/// How long a proxied connection may take to send its PROXY header: 10 s, or the protocol's
+/// own idle limit when that is shorter. A proxy writes the header as soon as it has
+/// connected (HAProxy and the cloud balancers send it in their first segment), so a wait
+/// longer than a few retransmissions means the peer is not a proxy; the protocol's timeout
+/// (minutes) would let such peers hold core slots without ever being greeted.
+pub const PROXY_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A connection on a `proxy_protocol` listener: reads the header, then admits the client it
+/// names (per-IP limits, relay control and logs all see that address) and serves it. A
+/// connection without a valid header is closed without a greeting, with one log line.
+async fn serve_proxied<C: Connection>(
+    conn: C,
+    socket_peer: SocketAddr,
+    ctx: Rc<ShardContext>,
+    pending: Unidentified,
+    protocol: Protocol,
+) {
+    let idle = match protocol {
+        Protocol::Smtp => ctx.command_timeout,
+        Protocol::Pop3 => ctx.pop3.idle_timeout,
+    };
+    let limit = PROXY_HEADER_TIMEOUT.min(idle);
+    let mut phase = ctx.phase.clone();
+    let (source, input) = match read_proxy_header(&conn, limit, &mut phase).await {
+        Ok(header) => header,
+        Err(failure) => {
+            tracing::info!(client = %socket_peer, ?protocol, reason = %failure, "connection closed without a PROXY header");
+            conn.shutdown();
+            return;
+        }
+    };
+    // v1 UNKNOWN, v2 LOCAL or UNSPEC: the proxy speaks for itself.
+    let peer = source.unwrap_or(socket_peer);
+    tracing::debug!(client = %peer, proxy = %socket_peer, ?protocol, "PROXY header read");
+    match pending.identify(peer.ip()) {
+        Ok(permit) => serve(conn, peer, ctx, permit, protocol, input).await,
+        Err(refusal) => turn_away(conn, peer, ctx, protocol, refusal).await,
+    }
+}
+
+/// Why a proxied connection ended before its header was complete.
+#[derive(Debug, thiserror::Error)]
+enum HeaderFailure {
+    #[error(transparent)]
+    Invalid(#[from] ProxyError),
+    #[error("no complete header within {0:?}")]
+    Timeout(Duration),
+    #[error("closed by the peer")]
+    Closed,
+    #[error("read error: {0}")]
+    Read(io::Error),
+    #[error("server shutting down")]
+    Stopping,
+}
+
+/// Reads until the PROXY header is complete: its source address (None: keep the socket's)
+/// and the bytes read after it. Never reads past `proxy::MAX_HEADER` without deciding;
+/// the deadline and shutdown shut the socket down, then let the pending read complete.
+async fn read_proxy_header<C: Connection>(
+    conn: &C,
+    limit: Duration,
+    phase: &mut watch::Receiver<Phase>,
+) -> Result<(Option<SocketAddr>, Vec<u8>), HeaderFailure> {
+    let deadline = tokio::time::Instant::now() + limit;
+    let mut input: Vec<u8> = Vec::with_capacity(READ_CHUNK);
+    loop {
+        if let Parsed::Complete {
+            consumed, source, ..
+        } = proxy::parse(&input)?
+        {
+            input.drain(..consumed);
+            return Ok((source, input));
+        }
+        let read = conn.read_into(input);
+        tokio::pin!(read);
+        tokio::select! {
+            biased;
+            (result, buffer) = &mut read => {
+                input = buffer;
+                match result {
+                    Ok(0) => return Err(HeaderFailure::Closed),
+                    Ok(_) => {}
+                    Err(error) => return Err(HeaderFailure::Read(error)),
+                }
+            }
+            _ = tokio::time::sleep_until(deadline) => {
+                conn.shutdown();
+                let _ = read.await;
+                return Err(HeaderFailure::Timeout(limit));
+            }
+            _ = stop_requested(phase, false) => {
+                conn.shutdown();
+                let _ = read.await;
+                return Err(HeaderFailure::Stopping);
             }
         }
     }

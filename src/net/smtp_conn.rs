@@ -22,12 +22,15 @@ use crate::envelope::QueueId;
 use crate::smtp::{Event, Outbox, Session, Submission, SubmitError};
 use crate::spool::{NewMessage, SpoolError};
 
-/// Serves one accepted SMTP connection until it ends. `_permit` holds the admission slots.
+/// Serves one accepted SMTP connection until it ends. `_permit` holds the admission slots;
+/// `input` is what the client sent before the session started (bytes that followed a PROXY
+/// header), taken as its first input.
 pub async fn serve<C: Connection>(
     conn: C,
     peer: SocketAddr,
     ctx: Rc<ShardContext>,
     _permit: Permit,
+    input: Vec<u8>,
 ) {
     let _open = ctx.metrics.smtp.opened();
     let mut phase = ctx.phase.clone();
@@ -38,7 +41,8 @@ pub async fn serve<C: Connection>(
         SystemTime::now(),
         &mut out,
     );
-    let mut input: Vec<u8> = Vec::with_capacity(READ_CHUNK);
+    let mut input = input;
+    input.reserve(READ_CHUNK.saturating_sub(input.len()));
     let mut consumed = 0usize;
     tracing::debug!(client = %peer, shard = ctx.shard, "connected");
 

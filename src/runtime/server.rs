@@ -246,6 +246,8 @@ pub fn run(config: Config) -> Result<(), ServerError> {
         let core_max = config.server.connections_per_core_max;
         let command_timeout = config.smtp.command_timeout.0;
         let data_timeout = config.smtp.data_timeout.0;
+        let smtp_proxy_protocol = config.smtp.proxy_protocol;
+        let pop3_proxy_protocol = config.pop3.proxy_protocol;
         let delivery = Arc::clone(&delivery);
         let seed = ShardSeed {
             index,
@@ -259,6 +261,8 @@ pub fn run(config: Config) -> Result<(), ServerError> {
                 session_config: session,
                 command_timeout,
                 data_timeout,
+                smtp_proxy_protocol,
+                pop3_proxy_protocol,
                 spool: handle,
                 store,
                 mail_store,
