@@ -117,6 +117,9 @@ pub struct Settings {
     /// `smtp.vrfy` / `smtp.expn` (the relay's defaults, false, when None).
     pub vrfy: Option<bool>,
     pub expn: Option<bool>,
+    /// `smtp.proxy_protocol` / `pop3.proxy_protocol` (the relay's defaults, false, when None).
+    pub proxy_protocol: Option<bool>,
+    pub pop3_proxy_protocol: Option<bool>,
     /// `[local.aliases]`: `("team@example.test", ["alice", "bob"])`.
     pub aliases: Vec<(String, Vec<String>)>,
     /// The quota of [`QUOTA_USER`] (`[[local.users]] quota`).
@@ -169,6 +172,8 @@ impl Settings {
             compact_interval: None,
             vrfy: None,
             expn: None,
+            proxy_protocol: None,
+            pop3_proxy_protocol: None,
             aliases: Vec::new(),
             quota_user_quota: "1KiB".into(),
             pop3_auth_failure_delay: "50ms".into(),
@@ -234,6 +239,9 @@ impl Settings {
         if let Some(expn) = self.expn {
             smtp_extra.push_str(&format!("expn = {expn}\n"));
         }
+        if let Some(proxy) = self.proxy_protocol {
+            smtp_extra.push_str(&format!("proxy_protocol = {proxy}\n"));
+        }
         if !smtp_extra.is_empty() {
             let at = text.find("[spool]\n").expect("template has [spool]");
             text.insert_str(at, &smtp_extra);
@@ -255,6 +263,9 @@ impl Settings {
         }
         if let Some(window) = &self.pop3_auth_failure_window {
             text.push_str(&format!("auth_failure_window = {window:?}\n"));
+        }
+        if let Some(proxy) = self.pop3_proxy_protocol {
+            text.push_str(&format!("proxy_protocol = {proxy}\n"));
         }
         if !self.blocked_extensions.is_empty() {
             text.push_str(&format!(
