@@ -545,56 +545,183 @@ pub(crate) struct DeliveryHistory {
 
 #[derive(Debug, Default)]
 struct MessageHistory {
-    recipients: HashMap<String, RecipientHistory>,
+    /// Per recipient, in first-seen order: a list, not a map (a message has few remote
+    /// recipients, and a million per-message hash maps cost a gigabyte at recovery).
+    recipients: Vec<(Box<str>, RecipientHistory)>,
     dsn_sent: Vec<DsnSent>,
 }
 
+/// Boxed: a result is ~100 octets inline, and most recipients have only one of the two.
 #[derive(Debug, Default)]
 struct RecipientHistory {
-    deferred: Option<DeliveryResult>,
-    finished: Option<DeliveryResult>,
+    deferred: Option<Box<DeliveryResult>>,
+    finished: Option<Box<DeliveryResult>>,
+}
+
+impl MessageHistory {
+    fn recipient_mut(&mut self, name: &str) -> &mut RecipientHistory {
+        let at = match self.recipients.iter().position(|(n, _)| &**n == name) {
+            Some(at) => at,
+            None => {
+                self.recipients
+                    .push((name.into(), RecipientHistory::default()));
+                self.recipients.len() - 1
+            }
+        };
+        &mut self.recipients[at].1
+    }
+
+    fn recipient(&self, name: &str) -> Option<&RecipientHistory> {
+        self.recipients
+            .iter()
+            .find(|(n, _)| &**n == name)
+            .map(|(_, h)| h)
+    }
+
+    fn take_recipient(&mut self, name: &str) -> Option<RecipientHistory> {
+        let at = self.recipients.iter().position(|(n, _)| &**n == name)?;
+        Some(self.recipients.swap_remove(at).1)
+    }
 }
 
 impl DeliveryHistory {
-    pub fn add(&mut self, record: &DeliveryRecord) {
-        for r in &record.results {
-            let h = self
-                .by_id
-                .entry(r.id)
-                .or_default()
-                .recipients
-                .entry(r.recipient.clone())
-                .or_default();
-            let slot = if r.outcome.is_final() {
-                &mut h.finished
-            } else {
-                &mut h.deferred
-            };
-            // Latest Deferred, earliest final; a tie of `(attempt, at)` goes to the greater
-            // result, so the fold does not depend on log order (compaction reorders).
-            let replace = match slot {
-                None => true,
-                Some(old) if r.outcome.is_final() => (r.order_key(), r) < (old.order_key(), old),
-                Some(old) => (r.order_key(), r) > (old.order_key(), old),
-            };
-            if replace {
-                *slot = Some(r.clone());
-            }
+    /// Like [`DeliveryHistory::add`], taking the record: its results move in, none is copied
+    /// (recovery folds a whole log of them).
+    pub fn add_owned(&mut self, record: DeliveryRecord) {
+        let DeliveryRecord { results, dsn_sent } = record;
+        for r in results {
+            self.fold(r);
         }
-        for d in &record.dsn_sent {
+        for d in dsn_sent {
             let m = self.by_id.entry(d.id).or_default();
-            if !m.dsn_sent.contains(d) {
-                m.dsn_sent.push(d.clone());
+            if !m.dsn_sent.contains(&d) {
+                m.dsn_sent.push(d);
             }
         }
+    }
+
+    /// Moves `other`'s fold into this one (the fold does not depend on order). The larger of
+    /// the two is kept and the smaller moved into it: one shard usually holds most results.
+    pub fn merge(&mut self, mut other: DeliveryHistory) {
+        if other.by_id.len() > self.by_id.len() {
+            std::mem::swap(self, &mut other);
+        }
+        for (id, m) in other.by_id {
+            for (_, h) in m.recipients {
+                if let Some(r) = h.deferred {
+                    self.fold(*r);
+                }
+                if let Some(r) = h.finished {
+                    self.fold(*r);
+                }
+            }
+            let mine = self.by_id.entry(id).or_default();
+            for d in m.dsn_sent {
+                if !mine.dsn_sent.contains(&d) {
+                    mine.dsn_sent.push(d);
+                }
+            }
+        }
+    }
+
+    /// Applies the fold to the live index: the same state as applying every record it was
+    /// folded from (the index keeps "any final" and "the latest Deferred", both of which the
+    /// fold keeps). Returns how many results matched a recipient.
+    pub fn apply_to(&self, index: &LiveIndex) -> usize {
+        let mut matched = 0;
+        for (id, m) in &self.by_id {
+            let Some(mut e) = index.map.get_mut(id) else {
+                continue;
+            };
+            for (_, h) in &m.recipients {
+                for r in h.deferred.iter().chain(h.finished.iter()) {
+                    matched += usize::from(e.apply_result(r));
+                }
+            }
+        }
+        matched
+    }
+
+    /// Every queue id a folded record named: results, markers and the markers' notices.
+    pub fn named_ids(&self) -> impl Iterator<Item = QueueId> + '_ {
+        self.by_id.iter().flat_map(|(id, m)| {
+            std::iter::once(*id).chain(m.dsn_sent.iter().filter_map(|d| d.notice_id))
+        })
+    }
+
+    /// Like [`DeliveryHistory::fill`], moving this message's history out instead of copying
+    /// it (recovery fills each message once).
+    pub fn fill_taking(&mut self, message: &mut ReplayMessage) {
+        let mut history = self.by_id.remove(&message.id);
+        message.pending.clear();
+        message.finished.clear();
+        message.dsn_sent.clear();
+        let mut seen: Vec<&str> = Vec::with_capacity(message.remote.len());
+        for address in &message.remote {
+            if seen.contains(&address.as_str()) {
+                continue;
+            }
+            seen.push(address);
+            let h = history
+                .as_mut()
+                .and_then(|h| h.take_recipient(address.as_str()));
+            match h {
+                Some(RecipientHistory {
+                    finished: Some(f), ..
+                }) => message.finished.push(*f),
+                h => {
+                    let d = h.and_then(|h| h.deferred).map(|d| *d);
+                    message.pending.push(PendingRecipient {
+                        recipient: address.clone(),
+                        attempts: d.as_ref().map_or(0, |d| d.attempt),
+                        last_attempt_unix_micros: d.as_ref().map(|d| d.at_unix_micros),
+                        next_attempt_unix_micros: d
+                            .as_ref()
+                            .and_then(|d| d.next_attempt_unix_micros),
+                        last_reply: d.map(|d| d.reply),
+                    });
+                }
+            }
+        }
+        if let Some(h) = history {
+            message.dsn_sent = h.dsn_sent;
+            message.dsn_sent.sort();
+        }
+    }
+
+    fn fold(&mut self, r: DeliveryResult) {
+        let h = self
+            .by_id
+            .entry(r.id)
+            .or_default()
+            .recipient_mut(&r.recipient);
+        let slot = if r.outcome.is_final() {
+            &mut h.finished
+        } else {
+            &mut h.deferred
+        };
+        let replace = match slot {
+            None => true,
+            Some(old) if r.outcome.is_final() => (r.order_key(), &r) < (old.order_key(), &*old),
+            Some(old) => (r.order_key(), &r) > (old.order_key(), &*old),
+        };
+        if replace {
+            *slot = Some(Box::new(r));
+        }
+    }
+
+    /// Folds one record: the latest Deferred and the earliest final result per recipient (a
+    /// tie of `(attempt, at)` goes to the greater result, so the fold does not depend on log
+    /// order: compaction reorders), and every DSN marker once.
+    pub fn add(&mut self, record: &DeliveryRecord) {
+        self.add_owned(record.clone());
     }
 
     /// The final outcome recorded for `recipient` of message `id`, if any.
     pub fn final_outcome(&self, id: QueueId, recipient: &str) -> Option<Outcome> {
         self.by_id
             .get(&id)?
-            .recipients
-            .get(recipient)?
+            .recipient(recipient)?
             .finished
             .as_ref()
             .map(|f| f.outcome)
@@ -612,9 +739,9 @@ impl DeliveryHistory {
                 continue;
             }
             seen.push(address);
-            let h = history.and_then(|h| h.recipients.get(address));
+            let h = history.and_then(|h| h.recipient(address));
             match h.and_then(|h| h.finished.as_ref()) {
-                Some(f) => message.finished.push(f.clone()),
+                Some(f) => message.finished.push(DeliveryResult::clone(f)),
                 None => {
                     let d = h.and_then(|h| h.deferred.as_ref());
                     message.pending.push(PendingRecipient {

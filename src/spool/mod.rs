@@ -143,7 +143,6 @@ pub mod recovery;
 pub mod sim;
 mod writer;
 
-use std::collections::HashMap;
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -751,7 +750,8 @@ pub(crate) struct Recovered {
     pub resume: Vec<ShardResume>,
 }
 
-/// A kept record as a recovery worker hands it back.
+/// A kept message or deletion as a recovery worker hands it back (delivery records are
+/// folded by the worker as it reads them: see [`recover`]).
 enum Scanned {
     Message {
         location: Location,
@@ -763,18 +763,22 @@ enum Scanned {
         location: Location,
         deletion: MailboxDeletion,
     },
-    Delivery {
-        location: Location,
-        record: DeliveryRecord,
-    },
 }
 
 /// Recovers every shard directory under the root (repairing `0..shards`, reading the others),
 /// creating missing shards `0..shards`. Shards are scanned in parallel; the live index, the
 /// record references and the replay are built from what they found, in shard and log order
-/// (messages first, then deletions and delivery records: a compacted segment may hold a
+/// (messages first, then deletions and delivery results: a compacted segment may hold a
 /// deletion or result older than a message in a later segment, and the other way round, and
 /// a result may sit in another shard than its message).
+///
+/// Memory: a log of a million messages and a million results must recover in well under a
+/// gigabyte. So no record is kept twice: each worker folds the delivery records it reads
+/// into its own [`DeliveryHistory`] (results move in, superseded ones are dropped) and adds
+/// their references at once; the folds are merged and applied to the index once every
+/// message is in it (the same state as applying each record: the index keeps "any final"
+/// and "the latest Deferred", both of which the fold keeps); the replay is the list of
+/// scanned messages itself, filtered in place, with each history moved into its message.
 pub(crate) fn recover(io: &dyn SegmentIo, shards: usize) -> Result<Recovered, SpoolError> {
     for s in 0..shards {
         io.create_shard(s as u8)
@@ -783,7 +787,9 @@ pub(crate) fn recover(io: &dyn SegmentIo, shards: usize) -> Result<Recovered, Sp
     let present = io
         .list_shards()
         .map_err(|e| SpoolError::io("list shards", io.root(), e))?;
-    type ShardOutcome = Result<(ShardRecovery, ShardResume, Vec<Scanned>), SpoolError>;
+    let record_refs = RecordRefs::default();
+    type ShardOutcome =
+        Result<(ShardRecovery, ShardResume, Vec<Scanned>, DeliveryHistory), SpoolError>;
     let scan_one = |shard: u8| -> ShardOutcome {
         let mode = if usize::from(shard) < shards {
             Mode::Repair
@@ -791,26 +797,33 @@ pub(crate) fn recover(io: &dyn SegmentIo, shards: usize) -> Result<Recovered, Sp
             Mode::ReadOnly
         };
         let mut found = Vec::new();
+        let mut history = DeliveryHistory::default();
         let (report, resume) = scan_shard(io, shard, mode, &mut |v| {
-            found.push(match v.record {
-                Record::Message(meta) => Scanned::Message {
+            match v.record {
+                Record::Message(meta) => found.push(Scanned::Message {
                     location: v.location,
                     data_crc: v.header.data_crc,
                     meta_crc: crc32c::crc32c(v.meta),
                     message: replay_message(meta, v.location),
-                },
-                Record::Deletion(deletion) => Scanned::Deletion {
+                }),
+                Record::Deletion(deletion) => found.push(Scanned::Deletion {
                     location: v.location,
                     deletion,
-                },
-                Record::Delivery(record) => Scanned::Delivery {
-                    location: v.location,
-                    record,
-                },
-            });
+                }),
+                Record::Delivery(record) => {
+                    record_refs.add(
+                        shard,
+                        v.location.segment,
+                        v.location.frame_len,
+                        Ref::delivery(&record),
+                    );
+                    history.add_owned(record);
+                }
+            }
             ControlFlow::Continue(())
         })?;
-        Ok((report, resume, found))
+        found.shrink_to_fit();
+        Ok((report, resume, found, history))
     };
     // A few shards at a time: each worker holds one whole segment in memory while scanning.
     let workers = std::thread::available_parallelism()
@@ -844,6 +857,12 @@ pub(crate) fn recover(io: &dyn SegmentIo, shards: usize) -> Result<Recovered, Sp
             }
         }
     });
+    let scanned_messages: usize = outcomes
+        .iter()
+        .flatten()
+        .flatten()
+        .map(|(_, _, found, _)| found.len())
+        .sum();
     let outcomes = outcomes.into_iter().map(|o| {
         o.unwrap_or_else(|| {
             Err(SpoolError::Recovery {
@@ -855,13 +874,14 @@ pub(crate) fn recover(io: &dyn SegmentIo, shards: usize) -> Result<Recovered, Sp
     });
     let mut report = RecoveryReport::default();
     let index = LiveIndex::default();
-    let record_refs = RecordRefs::default();
-    let mut messages: HashMap<QueueId, ReplayMessage> = HashMap::new();
+    // Sized once (messages and deletions counted together: a slight over-reservation).
+    let mut messages: Vec<ReplayMessage> = Vec::with_capacity(scanned_messages);
     let mut deletions = Vec::new();
-    let mut deliveries = Vec::new();
+    let mut history = DeliveryHistory::default();
     let mut resume = vec![ShardResume::default(); shards];
     for (&shard, outcome) in present.iter().zip(outcomes) {
-        let (mut shard_report, shard_resume, found) = outcome?;
+        let (mut shard_report, shard_resume, found, shard_history) = outcome?;
+        history.merge(shard_history);
         for f in found {
             match f {
                 Scanned::Message {
@@ -887,7 +907,7 @@ pub(crate) fn recover(io: &dyn SegmentIo, shards: usize) -> Result<Recovered, Sp
                             shard_report.conflicting_duplicates.push(id);
                         }
                     } else {
-                        messages.insert(id, message);
+                        messages.push(message);
                     }
                     index.insert(id, entry);
                 }
@@ -899,9 +919,6 @@ pub(crate) fn recover(io: &dyn SegmentIo, shards: usize) -> Result<Recovered, Sp
                         Ref::deletions(&deletion.ids),
                     );
                     deletions.push(deletion);
-                }
-                Scanned::Delivery { location, record } => {
-                    deliveries.push((shard, location, record));
                 }
             }
         }
@@ -921,33 +938,30 @@ pub(crate) fn recover(io: &dyn SegmentIo, shards: usize) -> Result<Recovered, Sp
         index.apply_deletion(&d.mailbox, &d.ids);
         d.ids.iter().copied().for_each(&mut named);
     }
-    let mut history = DeliveryHistory::default();
-    for (shard, location, record) in deliveries {
-        index.apply_delivery(&record);
-        record_refs.add(
-            shard,
-            location.segment,
-            location.frame_len,
-            Ref::delivery(&record),
-        );
-        history.add(&record);
-        record.ids().for_each(&mut named);
-        // A marker's notice id too: the queue may look the notice up by it.
-        record
-            .dsn_sent
-            .iter()
-            .filter_map(|d| d.notice_id)
-            .for_each(&mut named);
-    }
+    drop(deletions);
+    history.apply_to(&index);
+    // A marker's notice id too: the queue may look the notice up by it.
+    history.named_ids().for_each(&mut named);
     let mut replay = Replay::default();
-    for (id, message) in messages {
-        if let Some(e) = index.get(id) {
-            if !e.is_garbage() {
-                push_replay(&mut replay, &e, &history, message);
+    messages.retain_mut(|message| {
+        let Some(e) = index.get(message.id) else {
+            return false;
+        };
+        if e.is_garbage() {
+            return false;
+        }
+        history.fill_taking(message);
+        for m in &e.mailboxes {
+            if m.deleted {
+                replay.deletions.push((m.name.to_string(), message.id));
             }
         }
-    }
-    replay.messages.sort_by_key(|m| m.id);
+        true
+    });
+    drop(history);
+    messages.shrink_to_fit();
+    messages.sort_by_key(|m| m.id);
+    replay.messages = messages;
     replay.deletions.sort();
     Ok(Recovered {
         report,
