@@ -4,13 +4,17 @@
 //!
 //! ```text
 //! # comment
-//! O: peer=127.0.0.1:2525        options: peer, recipients_max, errors_max, message_size_max
+//! O: peer=127.0.0.1:2525        options: peer, recipients_max, errors_max, message_size_max,
+//!                               allow_plaintext_auth
 //! X: storage                    outcome for the next Submit: ok (default), backpressure, storage
 //! C: EHLO client.example        client line; CRLF is appended
 //! C~ a\nb                       raw client bytes with escapes (\r \n \t \\ \" \xHH), no CRLF
 //! S: 250 2.0.0 Ok               expected server line (CRLF appended)
 //! E: submit ...                 expected event (see `render`)
 //! ```
+//!
+//! AUTH credentials are answered as a directory would: password "password" succeeds for
+//! any user, user "locked" is over its failure limit, anything else is invalid.
 //!
 //! The client bytes are concatenated and fed to the session as a connection driver would,
 //! first in one piece, then split at every offset into two reads, then byte by byte. The
@@ -26,7 +30,9 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use relay::envelope::QueueId;
-use relay::smtp::{CloseReason, Event, Outbox, Session, SessionConfig, SubmitError};
+use relay::smtp::{
+    AuthFailure, CloseReason, Credentials, Event, Outbox, Session, SessionConfig, SubmitError,
+};
 
 fn now() -> SystemTime {
     UNIX_EPOCH + Duration::from_secs(1_700_000_000)
@@ -131,6 +137,9 @@ fn parse(path: &Path) -> Transcript {
                     "peer" => transcript.peer = value.parse().unwrap(),
                     "recipients_max" => transcript.config.recipients_max = value.parse().unwrap(),
                     "errors_max" => transcript.config.errors_max = value.parse().unwrap(),
+                    "allow_plaintext_auth" => {
+                        transcript.config.allow_plaintext_auth = value.parse().unwrap()
+                    }
                     "message_size_max" => {
                         transcript.config.message_size_max = value.parse().unwrap()
                     }
@@ -172,6 +181,11 @@ fn render(event: &Event) -> String {
                 .map(|s| s.to_string())
                 .unwrap_or_default(),
         ),
+        Event::Authenticate(credentials) => format!(
+            "authenticate user={} authzid={}",
+            credentials.user,
+            credentials.authzid.as_deref().unwrap_or("-")
+        ),
         Event::Close(reason) => format!(
             "close {}",
             match reason {
@@ -181,6 +195,17 @@ fn render(event: &Event) -> String {
                 CloseReason::TooManyErrors => "too-many-errors",
             }
         ),
+    }
+}
+
+/// The transcripts' directory (see the module doc).
+fn verify(credentials: &Credentials) -> Result<String, AuthFailure> {
+    if credentials.user == "locked" {
+        Err(AuthFailure::Locked)
+    } else if credentials.password.expose() == "password" {
+        Ok(credentials.user.clone())
+    } else {
+        Err(AuthFailure::Invalid)
     }
 }
 
@@ -204,6 +229,13 @@ fn drive(transcript: &Transcript, reads: &[&[u8]]) -> (String, Vec<String>) {
             let mut again = consumed > 0;
             for event in std::mem::take(&mut out.events) {
                 events.push(render(&event));
+                if let Event::Authenticate(credentials) = &event {
+                    out.clear();
+                    session.authenticated(verify(credentials), &mut out);
+                    output.extend_from_slice(&out.bytes);
+                    events.extend(out.events.iter().map(render));
+                    again = true;
+                }
                 if let Event::Submit(_) = event {
                     next_id += 1;
                     let result = match outcomes.pop_front() {

@@ -88,6 +88,14 @@ pub const AUTH_FAILURE_DELAY: Interval = Interval::secs(2);
 /// guesser hundreds.
 pub const AUTH_FAILURES_PER_IP_MAX: u32 = 10;
 pub const AUTH_FAILURE_WINDOW: Interval = Interval::secs(600);
+/// Failed logins per user name per window (SMTP AUTH): counted for names that do not exist
+/// too, so a lockout never tells whether a user exists. Bounds a guesser that spreads over
+/// many addresses; the price is that a guesser can lock a user out for one window.
+pub const AUTH_FAILURES_PER_USER_MAX: u32 = 10;
+/// RFC 4954 §4 and RFC 8314: credentials must not cross the network in clear, so AUTH is
+/// offered only on TLS connections. `true` is for loopback testing (TLS does not exist yet:
+/// with the default, AUTH is never offered and answers 538 5.7.11).
+pub const ALLOW_PLAINTEXT_AUTH: bool = false;
 
 /// The admin endpoint (metrics, `relay stat`, queue control) has no authentication: loopback
 /// only, on an unprivileged port next to the SMTP one (2525) that no common service uses.

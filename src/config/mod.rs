@@ -175,6 +175,15 @@ pub struct SmtpConfig {
     /// Every connection must start with a PROXY protocol header (v1 or v2) naming the
     /// client; only for listeners behind a trusted load balancer (see `defaults.rs`).
     pub proxy_protocol: bool,
+    /// Offer AUTH without TLS (passwords in clear: loopback testing only; see `defaults.rs`).
+    pub allow_plaintext_auth: bool,
+    /// Wait before answering a failed AUTH (slows guessing).
+    pub auth_failure_delay: Interval,
+    /// Failed AUTHs per client address, and per user name, within `auth_failure_window`
+    /// before further attempts are answered 454 4.7.0 without checking the password.
+    pub auth_failures_per_ip_max: u32,
+    pub auth_failures_per_user_max: u32,
+    pub auth_failure_window: Interval,
 }
 
 impl Default for SmtpConfig {
@@ -191,6 +200,11 @@ impl Default for SmtpConfig {
             vrfy: false,
             expn: false,
             proxy_protocol: defaults::PROXY_PROTOCOL,
+            allow_plaintext_auth: defaults::ALLOW_PLAINTEXT_AUTH,
+            auth_failure_delay: defaults::AUTH_FAILURE_DELAY,
+            auth_failures_per_ip_max: defaults::AUTH_FAILURES_PER_IP_MAX,
+            auth_failures_per_user_max: defaults::AUTH_FAILURES_PER_USER_MAX,
+            auth_failure_window: defaults::AUTH_FAILURE_WINDOW,
         }
     }
 }
@@ -433,6 +447,24 @@ impl Config {
         }
         if s.errors_max == 0 {
             return Err(invalid("smtp.errors_max", "must be at least 1".into()));
+        }
+        if s.auth_failure_delay.0 > std::time::Duration::from_secs(30) {
+            return Err(invalid(
+                "smtp.auth_failure_delay",
+                "must be at most 30s".into(),
+            ));
+        }
+        if s.auth_failures_per_ip_max == 0 {
+            return Err(invalid(
+                "smtp.auth_failures_per_ip_max",
+                "must be at least 1".into(),
+            ));
+        }
+        if s.auth_failures_per_user_max == 0 {
+            return Err(invalid(
+                "smtp.auth_failures_per_user_max",
+                "must be at least 1".into(),
+            ));
         }
         for (key, value) in [
             ("smtp.command_timeout", s.command_timeout),

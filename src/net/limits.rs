@@ -160,28 +160,38 @@ impl Admission {
     }
 }
 
-/// Failed logins per client address in a sliding window, across all shards: past the
-/// limit, further attempts from that address are refused without checking the password
-/// (no argon2 work for a guesser).
+/// Failed logins per client address (and, for SMTP AUTH, per user name) in a fixed window,
+/// across all shards: past a limit, further attempts are refused without checking the
+/// password (no argon2 work for a guesser).
 #[derive(Debug)]
 pub struct AuthFailures {
-    max: u32,
-    window: std::time::Duration,
-    failures: DashMap<IpAddr, (u32, std::time::Instant)>,
+    ips: FailureCounts<IpAddr>,
+    /// Keyed by the lower-cased name as attempted, whether or not such a user exists.
+    users: FailureCounts<String>,
 }
 
-impl AuthFailures {
-    pub fn new(max: u32, window: std::time::Duration) -> Arc<Self> {
-        Arc::new(AuthFailures {
+/// Entries kept in one failure table before expired ones are swept (a guesser trying
+/// random names would otherwise grow the per-user table for a whole window).
+const FAILURE_ENTRIES_SWEEP: usize = 65_536;
+
+#[derive(Debug)]
+struct FailureCounts<K: std::hash::Hash + Eq> {
+    max: u32,
+    window: std::time::Duration,
+    failures: DashMap<K, (u32, std::time::Instant)>,
+}
+
+impl<K: std::hash::Hash + Eq + Clone> FailureCounts<K> {
+    fn new(max: u32, window: std::time::Duration) -> Self {
+        FailureCounts {
             max,
             window,
             failures: DashMap::new(),
-        })
+        }
     }
 
-    /// Whether `ip` used up its failures for the current window.
-    pub fn blocked(&self, ip: IpAddr, now: std::time::Instant) -> bool {
-        match self.failures.get(&ip) {
+    fn blocked(&self, key: &K, now: std::time::Instant) -> bool {
+        match self.failures.get(key) {
             Some(entry) => {
                 let (count, since) = *entry;
                 count >= self.max && now.duration_since(since) < self.window
@@ -190,17 +200,64 @@ impl AuthFailures {
         }
     }
 
-    pub fn record_failure(&self, ip: IpAddr, now: std::time::Instant) {
-        let mut entry = self.failures.entry(ip).or_insert((0, now));
+    fn record_failure(&self, key: K, now: std::time::Instant) {
+        if self.failures.len() >= FAILURE_ENTRIES_SWEEP {
+            let window = self.window;
+            self.failures
+                .retain(|_, (_, since)| now.duration_since(*since) < window);
+        }
+        let mut entry = self.failures.entry(key).or_insert((0, now));
         if now.duration_since(entry.1) >= self.window {
             *entry = (0, now);
         }
         entry.0 = entry.0.saturating_add(1);
     }
 
+    fn forget(&self, key: &K) {
+        self.failures.remove(key);
+    }
+}
+
+impl AuthFailures {
+    /// Per-address counting only (POP3).
+    pub fn new(max: u32, window: std::time::Duration) -> Arc<Self> {
+        Self::with_users(max, u32::MAX, window)
+    }
+
+    /// Per-address and per-user-name counting (SMTP AUTH).
+    pub fn with_users(ip_max: u32, user_max: u32, window: std::time::Duration) -> Arc<Self> {
+        Arc::new(AuthFailures {
+            ips: FailureCounts::new(ip_max, window),
+            users: FailureCounts::new(user_max, window),
+        })
+    }
+
+    /// Whether `ip` used up its failures for the current window.
+    pub fn blocked(&self, ip: IpAddr, now: std::time::Instant) -> bool {
+        self.ips.blocked(&ip, now)
+    }
+
+    /// Whether the user name used up its failures for the current window.
+    pub fn user_blocked(&self, user: &str, now: std::time::Instant) -> bool {
+        self.users.blocked(&user.to_lowercase(), now)
+    }
+
+    pub fn record_failure(&self, ip: IpAddr, now: std::time::Instant) {
+        self.ips.record_failure(ip, now);
+    }
+
+    pub fn record_user_failure(&self, user: &str, now: std::time::Instant) {
+        self.users.record_failure(user.to_lowercase(), now);
+    }
+
     /// A successful login forgives the address's earlier mistakes.
     pub fn record_success(&self, ip: IpAddr) {
-        self.failures.remove(&ip);
+        self.ips.forget(&ip);
+    }
+
+    /// A successful login forgives the user name's earlier failures too.
+    pub fn record_user_success(&self, user: &str) {
+        self.users.forget(&user.to_lowercase());
     }
 }
 
@@ -299,5 +356,30 @@ mod tests {
         assert_eq!((core.active(), clients.count(A)), (1, 1));
         drop(named);
         assert_eq!((core.active(), clients.count(A)), (0, 0));
+    }
+
+    #[test]
+    fn user_failures_count_per_name_across_addresses() {
+        use std::time::{Duration, Instant};
+        let limiter = AuthFailures::with_users(100, 2, Duration::from_secs(60));
+        let t0 = Instant::now();
+        limiter.record_user_failure("Alice", t0);
+        assert!(!limiter.user_blocked("alice", t0));
+        limiter.record_user_failure("ALICE", t0);
+        assert!(
+            limiter.user_blocked("alice", t0),
+            "names are case-insensitive"
+        );
+        assert!(!limiter.user_blocked("bob", t0));
+        assert!(!limiter.blocked(A, t0), "the address limit is separate");
+        assert!(!limiter.user_blocked("alice", t0 + Duration::from_secs(61)));
+        limiter.record_user_success("alice");
+        assert!(!limiter.user_blocked("alice", t0));
+        // POP3's limiter has no per-user limit.
+        let pop3 = AuthFailures::new(3, Duration::from_secs(60));
+        for _ in 0..10 {
+            pop3.record_user_failure("alice", t0);
+        }
+        assert!(!pop3.user_blocked("alice", t0));
     }
 }

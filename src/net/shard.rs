@@ -41,6 +41,7 @@ pub struct ShardContext {
     /// Maildrops, updated once a local delivery or a deletion is durable.
     pub mail_store: Arc<MailStore>,
     pub pop3: Pop3Context,
+    pub smtp_auth: SmtpAuthContext,
     pub admission: Admission,
     pub phase: watch::Receiver<Phase>,
     /// Outbound delivery: the mesh to hand recipients to their owner core, and settings.
@@ -56,6 +57,13 @@ pub struct Pop3Context {
     pub idle_timeout: Duration,
     pub auth_failure_delay: Duration,
     pub auth_failures: Arc<AuthFailures>,
+}
+
+/// What SMTP AUTH needs: the POP3 users' directory and its own failure limits.
+pub struct SmtpAuthContext {
+    pub directory: Arc<Directory>,
+    pub failure_delay: Duration,
+    pub failures: Arc<AuthFailures>,
 }
 
 /// Which protocol a listener speaks.

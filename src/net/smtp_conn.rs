@@ -19,7 +19,7 @@ use super::io::Connection;
 use super::limits::Permit;
 use super::shard::ShardContext;
 use crate::envelope::QueueId;
-use crate::smtp::{Event, Outbox, Session, Submission, SubmitError};
+use crate::smtp::{AuthFailure, Credentials, Event, Outbox, Session, Submission, SubmitError};
 use crate::spool::{NewMessage, SpoolError};
 
 /// Serves one accepted SMTP connection until it ends. `_permit` holds the admission slots;
@@ -49,7 +49,11 @@ pub async fn serve<C: Connection>(
     loop {
         // 1. Let the session take what it can from the buffered input.
         let mut progressed = false;
-        if consumed < input.len() && !session.awaiting_submission() && !session.is_closed() {
+        if consumed < input.len()
+            && !session.awaiting_submission()
+            && !session.awaiting_authentication()
+            && !session.is_closed()
+        {
             let n = session.handle_input(&input[consumed..], SystemTime::now(), &mut out);
             consumed += n;
             progressed = n > 0;
@@ -74,12 +78,28 @@ pub async fn serve<C: Connection>(
                     session.submitted(result, SystemTime::now(), &mut out);
                     progressed = true;
                 }
+                Event::Authenticate(credentials) => {
+                    let result = tokio::select! {
+                        biased;
+                        result = authenticate(&ctx, peer, credentials) => Some(result),
+                        _ = stop_requested(&mut phase, false) => None,
+                    };
+                    let Some(result) = result else {
+                        session.shutting_down(&mut out);
+                        let _ = flush(&conn, &mut out.bytes, GOODBYE_WRITE_LIMIT).await;
+                        conn.shutdown();
+                        return;
+                    };
+                    session.authenticated(result, &mut out);
+                    progressed = true;
+                }
                 Event::Rejected(summary) => {
                     ctx.metrics.transaction(summary.reply.code().get());
                     tracing::info!(
                         target: "relay::transaction",
                         client = %peer.ip(),
                         sender = %summary.reverse_path,
+                        auth = session.authenticated_user().map(tracing::field::display),
                         rcpts = summary.recipients,
                         size = summary.size,
                         result = %summary.reply,
@@ -167,6 +187,61 @@ async fn goodbye<C: Connection, F: Future>(
     let _ = pending_read.await;
 }
 
+/// Checks AUTH credentials against the directory on the blocking pool (argon2 must not
+/// stall this core), after the per-address and per-user failure limits: over either, the
+/// answer is 454 without any hashing. A failure waits `failure_delay` before it is answered.
+/// Unknown users and wrong passwords take the same path (the directory hashes a dummy for
+/// unknown names) and get the same 535.
+async fn authenticate(
+    ctx: &ShardContext,
+    peer: SocketAddr,
+    credentials: Credentials,
+) -> Result<String, AuthFailure> {
+    let auth = &ctx.smtp_auth;
+    let ip = peer.ip().to_canonical();
+    let attempted = credentials.user.clone();
+    if auth.failures.blocked(ip, Instant::now())
+        || auth.failures.user_blocked(&attempted, Instant::now())
+    {
+        tracing::info!(target: "relay::smtp", client = %ip, user = %attempted, "auth refused: too many failures");
+        tokio::time::sleep(auth.failure_delay).await;
+        return Err(AuthFailure::Locked);
+    }
+    let directory = std::sync::Arc::clone(&auth.directory);
+    let verified = tokio::task::spawn_blocking(move || {
+        let Credentials {
+            authzid,
+            user,
+            password,
+        } = credentials;
+        match authzid {
+            // RFC 4616 §2: acting as another identity is not offered.
+            Some(authzid) if !authzid.eq_ignore_ascii_case(&user) => None,
+            _ => directory.verify(&user, password.expose()),
+        }
+    })
+    .await
+    .ok()
+    .flatten();
+    match verified {
+        Some(user) => {
+            auth.failures.record_success(ip);
+            auth.failures.record_user_success(&attempted);
+            tracing::info!(target: "relay::smtp", client = %ip, user = %user, "authenticated");
+            Ok(user)
+        }
+        None => {
+            auth.failures.record_failure(ip, Instant::now());
+            auth.failures
+                .record_user_failure(&attempted, Instant::now());
+            // The attempted name is logged, never the password.
+            tracing::info!(target: "relay::smtp", client = %ip, user = %attempted, "auth failed");
+            tokio::time::sleep(auth.failure_delay).await;
+            Err(AuthFailure::Invalid)
+        }
+    }
+}
+
 /// Stores one message durably; Ok only once the group commit covering it has synced.
 async fn store(
     ctx: &ShardContext,
@@ -186,7 +261,9 @@ async fn store(
         origin,
         body,
         mail_at,
+        authenticated,
     } = submission;
+
     let sender = envelope.reverse_path.clone();
     let rcpts = envelope.recipients.len();
     let delivered_to = mailboxes.clone();
@@ -239,6 +316,7 @@ async fn store(
                 queue_id = %id,
                 client = %peer.ip(),
                 sender = %sender,
+                auth = authenticated.as_deref().map(tracing::field::display),
                 rcpts,
                 size,
                 parts = mime.parts,

@@ -26,7 +26,7 @@ use crate::net::delivery::{jobs_from_replay, DeliveryShared, Mesh, QueueGauge};
 use crate::net::limits::AuthFailures;
 use crate::net::limits::{Admission, ClientTable};
 use crate::net::listener::{bind_shared, BindError};
-use crate::net::shard::{Pop3Context, Protocol, ShardContext};
+use crate::net::shard::{Pop3Context, Protocol, ShardContext, SmtpAuthContext};
 use crate::smtp::client::ClientConfig;
 use crate::smtp::{Gate, Mailboxes, SessionConfig};
 use crate::spool::{Spool, SpoolConfig, SpoolError};
@@ -90,6 +90,7 @@ pub fn session_config(
         expn: config.smtp.expn,
         policy: config.policy.to_policy(),
         ingest: None,
+        allow_plaintext_auth: config.smtp.allow_plaintext_auth,
     }
 }
 
@@ -191,6 +192,11 @@ pub fn run(config: Config) -> Result<(), ServerError> {
         config.pop3.auth_failures_per_ip_max,
         config.pop3.auth_failure_window.0,
     );
+    let smtp_auth_failures = AuthFailures::with_users(
+        config.smtp.auth_failures_per_ip_max,
+        config.smtp.auth_failures_per_user_max,
+        config.smtp.auth_failure_window.0,
+    );
     let (phase_tx, phase_rx) = watch::channel(Phase::Running);
     let (events_tx, events_rx) = channel::unbounded();
     let clients = ClientTable::new(config.server.connections_per_ip_max);
@@ -242,6 +248,11 @@ pub fn run(config: Config) -> Result<(), ServerError> {
             auth_failure_delay: config.pop3.auth_failure_delay.0,
             auth_failures: Arc::clone(&auth_failures),
         };
+        let smtp_auth = SmtpAuthContext {
+            directory: Arc::clone(&directory),
+            failure_delay: config.smtp.auth_failure_delay.0,
+            failures: Arc::clone(&smtp_auth_failures),
+        };
         let core_metrics = metrics.core(index);
         let core_max = config.server.connections_per_core_max;
         let command_timeout = config.smtp.command_timeout.0;
@@ -267,6 +278,7 @@ pub fn run(config: Config) -> Result<(), ServerError> {
                 store,
                 mail_store,
                 pop3,
+                smtp_auth,
                 admission: Admission::new(core_max, clients),
                 phase,
                 delivery,

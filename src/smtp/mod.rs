@@ -15,7 +15,7 @@
 //! **Standards.** RFC 5321 (SMTP), RFC 3463 and RFC 2034 (enhanced status codes), RFC 2920
 //! (PIPELINING), RFC 1870 (SIZE), RFC 6152 (8BITMIME), RFC 3030 (CHUNKING, BINARYMIME),
 //! RFC 6531 (SMTPUTF8), RFC 3461 (DSN parameters), RFC 3848 (Received "with" keywords),
-//! RFC 5322 (date-time in Received). SMTP smuggling defence: only CRLF.CRLF ends DATA, and
+//! RFC 5322 (date-time in Received), RFC 4954 (AUTH; PLAIN per RFC 4616, and LOGIN). SMTP smuggling defence: only CRLF.CRLF ends DATA, and
 //! bare CR or LF anywhere in message data refuses the message (RFC 5321 §2.3.8).
 //!
 //! **Limits** (defaults in [`SessionConfig`]): command line 512 octets, text line 1000 octets
@@ -47,6 +47,6 @@ pub use params::{ParamError, RcptParams};
 pub use recipients::{Gate, IngestGate, LocalRecipients, Lookup, Mailboxes};
 pub use reply::{EnhancedStatus, Extension, Reply, ReplyCode};
 pub use session::{
-    CloseReason, Event, Outbox, Session, SessionConfig, SessionConfigError, Submission,
-    SubmitError, TransactionSummary,
+    AuthFailure, CloseReason, Credentials, Event, Outbox, Password, Session, SessionConfig,
+    SessionConfigError, Submission, SubmitError, TransactionSummary,
 };

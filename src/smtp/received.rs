@@ -22,9 +22,12 @@ const HELO_MAX: usize = 255;
 
 /// Builds the header, ending in CRLF, for prepending to the stored body. `for <rcpt>` appears
 /// only with exactly one recipient: listing several would disclose Bcc recipients to each
-/// other (RFC 5321 §7.2).
+/// other (RFC 5321 §7.2). An AUTH identity is written as Postfix writes it,
+/// `(Authenticated sender: name)` after the `from` clause (a comment: RFC 5321 §4.4 has no
+/// clause for it; RFC 3848's `ESMTPA` says that AUTH was used).
 pub fn received_header(
     origin: &Origin,
+    authenticated: Option<&str>,
     recipients: &[Recipient],
     id: QueueId,
     hostname: &str,
@@ -35,7 +38,13 @@ pub fn received_header(
     header.push_str(&sanitize(&origin.helo, HELO_MAX));
     header.push_str(" (");
     header.push_str(&ip_literal(&origin.client_ip));
-    header.push_str(")\r\n\tby ");
+    header.push(')');
+    if let Some(user) = authenticated {
+        header.push_str("\r\n\t(Authenticated sender: ");
+        header.push_str(&sanitize_user(user));
+        header.push(')');
+    }
+    header.push_str("\r\n\tby ");
     header.push_str(&sanitize(hostname, HELO_MAX));
     header.push_str(" (relay) with ");
     header.push_str(&sanitize(&origin.protocol, 16));
@@ -83,6 +92,19 @@ fn sanitize(text: &str, max: usize) -> String {
         .collect()
 }
 
+/// A user name inside a comment: printable ASCII without parentheses or backslash (which
+/// would end or escape the comment, RFC 5322 §3.2.2), at most 255 characters.
+fn sanitize_user(user: &str) -> String {
+    user.chars()
+        .take(HELO_MAX)
+        .map(|c| match c {
+            '(' | ')' | '\\' => '?',
+            c if c.is_ascii_graphic() => c,
+            _ => '?',
+        })
+        .collect()
+}
+
 /// RFC 5322 date-time in UTC with a "+0000" zone, e.g. `Tue, 1 Jul 2003 10:52:37 +0000`.
 fn rfc5322_date(now: SystemTime) -> String {
     let since_epoch = now.duration_since(UNIX_EPOCH).unwrap_or_default();
@@ -123,6 +145,7 @@ mod tests {
     fn one_recipient_gets_a_for_clause() {
         let header = received_header(
             &origin("client.example", "192.0.2.1"),
+            None,
             &[recipient("a@b.example")],
             ID,
             "mx.example",
@@ -140,6 +163,7 @@ mod tests {
     fn several_recipients_are_not_disclosed() {
         let header = received_header(
             &origin("[IPv6:2001:db8::1]", "2001:db8::1"),
+            None,
             &[recipient("a@b"), recipient("c@d")],
             ID,
             "mx.example",
@@ -157,7 +181,14 @@ mod tests {
     #[test]
     fn helo_cannot_inject_header_lines() {
         let evil = "x\r\nBcc: victim@example.com (y); z\u{7f}é";
-        let header = received_header(&origin(evil, "::ffff:192.0.2.9"), &[], ID, "mx", UNIX_EPOCH);
+        let header = received_header(
+            &origin(evil, "::ffff:192.0.2.9"),
+            None,
+            &[],
+            ID,
+            "mx",
+            UNIX_EPOCH,
+        );
         assert_eq!(
             header,
             "Received: from x??Bcc:?victim?example.com??y???z?? ([192.0.2.9])\r\n\
@@ -165,7 +196,7 @@ mod tests {
              \tThu, 1 Jan 1970 00:00:00 +0000\r\n"
         );
         let long = "h".repeat(2000);
-        let header = received_header(&origin(&long, "192.0.2.1"), &[], ID, "mx", UNIX_EPOCH);
+        let header = received_header(&origin(&long, "192.0.2.1"), None, &[], ID, "mx", UNIX_EPOCH);
         let first_line = header.split("\r\n").next().unwrap();
         assert_eq!(
             first_line.len(),
@@ -186,5 +217,26 @@ mod tests {
             "Thu, 1 Jan 1970 00:00:00 +0000"
         );
         assert_eq!(rfc5322_date(UNIX_EPOCH), "Thu, 1 Jan 1970 00:00:00 +0000");
+    }
+
+    #[test]
+    fn an_authenticated_sender_is_named_in_a_comment() {
+        let mut origin = origin("client.example", "192.0.2.1");
+        origin.protocol = "ESMTPA".into();
+        let header = received_header(
+            &origin,
+            Some("al(ice)\\\r\n"),
+            &[recipient("a@b.example")],
+            ID,
+            "mx.example",
+            UNIX_EPOCH + NOW,
+        );
+        assert_eq!(
+            header,
+            "Received: from client.example ([192.0.2.1])\r\n\
+             \t(Authenticated sender: al?ice????)\r\n\
+             \tby mx.example (relay) with ESMTPA id 0123456789ABCDEF\r\n\
+             \tfor <a@b.example>; Tue, 14 Nov 2023 22:13:20 +0000\r\n"
+        );
     }
 }

@@ -25,9 +25,12 @@ impl ReplyCode {
     pub const CLOSING: Self = Self(221);
     pub const OK: Self = Self(250);
     pub const CANNOT_VRFY: Self = Self(252);
+    pub const AUTH_SUCCEEDED: Self = Self(235);
+    pub const AUTH_CONTINUE: Self = Self(334);
     pub const START_MAIL_INPUT: Self = Self(354);
     pub const SERVICE_NOT_AVAILABLE: Self = Self(421);
     pub const INSUFFICIENT_STORAGE: Self = Self(452);
+    pub const AUTH_TEMPORARY_FAILURE: Self = Self(454);
     pub const MAILBOX_UNAVAILABLE: Self = Self(550);
     pub const SYNTAX_ERROR: Self = Self(500);
     pub const PARAMETER_SYNTAX_ERROR: Self = Self(501);
@@ -38,6 +41,8 @@ impl ReplyCode {
     pub const MAILBOX_NAME_NOT_ALLOWED: Self = Self(553);
     pub const TRANSACTION_FAILED: Self = Self(554);
     pub const PARAMETERS_NOT_RECOGNIZED: Self = Self(555);
+    pub const AUTH_INVALID: Self = Self(535);
+    pub const ENCRYPTION_REQUIRED: Self = Self(538);
 
     /// A reply code as RFC 5321 §4.2 allows it: first digit 2–5, second 0–5, third 0–9.
     pub const fn new(code: u16) -> Option<Self> {
@@ -138,6 +143,14 @@ impl fmt::Display for EnhancedStatus {
 /// 2.0.0 Other undefined status (success).
 const S_2_0_0: EnhancedStatus = EnhancedStatus::known(2, 0, 0);
 /// 2.1.0 Other address status (sender accepted).
+/// 2.7.0 Other or undefined security status (authentication succeeded, RFC 4954 §6).
+const S_2_7_0: EnhancedStatus = EnhancedStatus::known(2, 7, 0);
+/// 5.7.8 Authentication credentials invalid (RFC 4954 §6).
+const S_5_7_8: EnhancedStatus = EnhancedStatus::known(5, 7, 8);
+/// 5.7.11 Encryption required for requested authentication mechanism (RFC 4954 §6).
+const S_5_7_11: EnhancedStatus = EnhancedStatus::known(5, 7, 11);
+/// 5.5.6 Authentication exchange line is too long (RFC 4954 §6).
+const S_5_5_6: EnhancedStatus = EnhancedStatus::known(5, 5, 6);
 const S_2_1_0: EnhancedStatus = EnhancedStatus::known(2, 1, 0);
 /// 2.1.5 Destination address valid.
 const S_2_1_5: EnhancedStatus = EnhancedStatus::known(2, 1, 5);
@@ -191,10 +204,12 @@ const S_5_0_0: EnhancedStatus = EnhancedStatus::known(5, 0, 0);
 
 /// An ESMTP service extension advertised in the EHLO reply (RFC 5321 §4.1.1.1).
 ///
-/// Extension point: STARTTLS (RFC 3207) and AUTH (RFC 4954) become variants here when TLS and
-/// credentials exist; the session decides which to advertise in `Session::extensions`.
+/// Extension point: STARTTLS (RFC 3207) becomes a variant here when TLS exists; the session
+/// decides which to advertise in `Session::extensions`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Extension {
+    /// RFC 4954: the SASL mechanisms offered.
+    Auth(&'static [&'static str]),
     /// RFC 3030.
     BinaryMime,
     /// RFC 3030.
@@ -218,6 +233,14 @@ pub enum Extension {
 impl Extension {
     fn push_keyword(&self, text: &mut String) {
         let keyword = match self {
+            Extension::Auth(mechanisms) => {
+                text.push_str("AUTH");
+                for mechanism in *mechanisms {
+                    text.push(' ');
+                    text.push_str(mechanism);
+                }
+                return;
+            }
             Extension::BinaryMime => "BINARYMIME",
             Extension::Chunking => "CHUNKING",
             Extension::Dsn => "DSN",
@@ -628,12 +651,111 @@ impl Reply {
         )
     }
 
-    /// STARTTLS and AUTH until TLS and credentials exist.
+    /// STARTTLS until TLS exists.
     pub fn not_implemented() -> Self {
         Self::fixed(
             ReplyCode::NOT_IMPLEMENTED,
             S_5_5_1,
             "Error: command not implemented",
+        )
+    }
+
+    // ---- AUTH (RFC 4954) ----
+
+    /// `334 <base64 challenge>`: the server waits for the next SASL response line. The
+    /// challenge is base64 (RFC 4954 §4), so it needs no sanitising; empty for PLAIN.
+    pub fn auth_challenge(challenge: &'static str) -> Self {
+        Self::new(ReplyCode::AUTH_CONTINUE, None, challenge)
+    }
+
+    /// RFC 4954 §6: authentication succeeded.
+    pub fn auth_succeeded() -> Self {
+        Self::fixed(
+            ReplyCode::AUTH_SUCCEEDED,
+            S_2_7_0,
+            "Authentication successful",
+        )
+    }
+
+    /// RFC 4954 §6: wrong password and unknown user alike (no user enumeration).
+    pub fn auth_invalid() -> Self {
+        Self::fixed(
+            ReplyCode::AUTH_INVALID,
+            S_5_7_8,
+            "Error: authentication credentials invalid",
+        )
+    }
+
+    /// RFC 4954 §6: the client's address or the user name is over its failure limit; the
+    /// same reply whether or not the user exists.
+    pub fn auth_locked() -> Self {
+        Self::fixed(
+            ReplyCode::AUTH_TEMPORARY_FAILURE,
+            S_4_7_0,
+            "Error: temporary authentication failure, try again later",
+        )
+    }
+
+    /// RFC 4954 §6 and §4: plaintext mechanisms only over TLS (RFC 8314).
+    pub fn auth_needs_encryption() -> Self {
+        Self::fixed(
+            ReplyCode::ENCRYPTION_REQUIRED,
+            S_5_7_11,
+            "Error: encryption required for requested authentication mechanism",
+        )
+    }
+
+    /// RFC 4954 §4: the client cancelled the exchange with `*`.
+    pub fn auth_cancelled() -> Self {
+        Self::fixed(
+            ReplyCode::PARAMETER_SYNTAX_ERROR,
+            S_5_0_0,
+            "Error: authentication cancelled",
+        )
+    }
+
+    /// RFC 4954 §4: a response that is not base64 (or not a valid PLAIN message).
+    pub fn auth_bad_response() -> Self {
+        Self::fixed(
+            ReplyCode::PARAMETER_SYNTAX_ERROR,
+            S_5_5_2,
+            "Error: cannot decode the authentication response",
+        )
+    }
+
+    /// RFC 4954 §4: a mechanism we do not offer.
+    pub fn auth_unknown_mechanism() -> Self {
+        Self::fixed(
+            ReplyCode::PARAMETER_NOT_IMPLEMENTED,
+            S_5_5_4,
+            "Error: unrecognized authentication mechanism",
+        )
+    }
+
+    /// RFC 4954 §4: AUTH after a successful AUTH.
+    pub fn already_authenticated() -> Self {
+        Self::fixed(
+            ReplyCode::BAD_SEQUENCE,
+            S_5_5_1,
+            "Error: already authenticated",
+        )
+    }
+
+    /// RFC 4954 §4: AUTH is not permitted during a mail transaction.
+    pub fn auth_in_transaction() -> Self {
+        Self::fixed(
+            ReplyCode::BAD_SEQUENCE,
+            S_5_5_1,
+            "Error: AUTH not permitted during a mail transaction",
+        )
+    }
+
+    /// RFC 4954 §6: a SASL response line over the limit.
+    pub fn auth_line_too_long() -> Self {
+        Self::fixed(
+            ReplyCode::SYNTAX_ERROR,
+            S_5_5_6,
+            "Error: authentication exchange line is too long",
         )
     }
 

@@ -44,6 +44,7 @@ use super::received;
 use super::recipients::{Lookup, Mailboxes};
 use super::reply::{Extension, Reply};
 use crate::envelope::{BodyType, Envelope, MailParams, Origin, QueueId, Recipient};
+use crate::pop3::sasl;
 
 /// RFC 5321 §4.5.3.1.4: a server must accept command lines of 512 octets (CRLF included).
 pub const COMMAND_LINE_MIN: usize = 512;
@@ -54,6 +55,18 @@ pub const TEXT_LINE_MIN: usize = 1000;
 /// as an error: Postfix's `smtpd_junk_command_limit` default. A constant rather than a config
 /// field so that `SessionConfig` keeps the shape the driver and config modules agreed on.
 pub const JUNK_COMMANDS_MAX: u32 = 100;
+
+/// The SASL mechanisms AUTH offers (RFC 4954): PLAIN (RFC 4616) and LOGIN
+/// (draft-murchison-sasl-login, what Outlook and many scripts still use).
+pub const SASL_MECHANISMS: &[&str] = &["PLAIN", "LOGIN"];
+/// RFC 4954 §4: a SASL response line (CRLF included) may be up to 12288 octets; longer ones
+/// are answered 500 5.5.6 and end the exchange.
+pub const SASL_LINE_MAX: usize = 12288;
+/// RFC 4616 §2 (and LOGIN by analogy): a user name or password is at most 255 octets.
+const SASL_FIELD_MAX: usize = 255;
+/// LOGIN's challenges: base64 of "Username:" and "Password:".
+const LOGIN_USERNAME: &str = "VXNlcm5hbWU6";
+const LOGIN_PASSWORD: &str = "UGFzc3dvcmQ6";
 
 /// What one session needs to know; shared by all sessions of a listener.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -82,6 +95,9 @@ pub struct SessionConfig {
     pub policy: crate::mime::Policy,
     /// The outbound queue's backpressure; `None`: always accepting.
     pub ingest: Option<super::recipients::Gate>,
+    /// Offer AUTH on connections without TLS (`smtp.allow_plaintext_auth`): for loopback
+    /// testing only, since the password then crosses the network in clear (RFC 8314).
+    pub allow_plaintext_auth: bool,
 }
 
 impl Default for SessionConfig {
@@ -111,6 +127,7 @@ impl Default for SessionConfig {
             expn: false,
             policy: crate::mime::Policy::default(),
             ingest: None,
+            allow_plaintext_auth: false,
         }
     }
 }
@@ -183,11 +200,63 @@ impl Outbox {
 pub enum Event {
     /// A message passed every check: store it, then call [`Session::submitted`].
     Submit(Box<Submission>),
+    /// AUTH credentials to verify (with the failure limits and delay), then call
+    /// [`Session::authenticated`].
+    Authenticate(Credentials),
     /// A transaction ended without a queue id: its data was refused, or storing it failed.
     /// One per such transaction, for the one-log-line-per-transaction rule.
     Rejected(TransactionSummary),
     /// Flush `bytes`, then close the connection.
     Close(CloseReason),
+}
+
+/// What a client offered in AUTH PLAIN or LOGIN.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Credentials {
+    /// PLAIN's authorization identity when not empty (RFC 4616 §2); the driver refuses one
+    /// that differs from `user`.
+    pub authzid: Option<String>,
+    pub user: String,
+    pub password: Password,
+}
+
+/// A password from a SASL response: never shown by `Debug`, overwritten when dropped.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Password(String);
+
+impl Password {
+    pub fn new(password: String) -> Self {
+        Password(password)
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Password {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+impl Drop for Password {
+    fn drop(&mut self) {
+        // Best effort without unsafe code: the bytes are zeroed before the allocation is
+        // freed (copies made by earlier reallocations are out of reach).
+        let mut bytes = mem::take(&mut self.0).into_bytes();
+        bytes.fill(0);
+        std::hint::black_box(&bytes);
+    }
+}
+
+/// Why the driver refused credentials.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AuthFailure {
+    /// Wrong password, unknown user or a foreign authzid: 535 5.7.8 for all of them.
+    Invalid,
+    /// The client's address or the user name is over its failure limit: 454 4.7.0.
+    Locked,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -215,12 +284,21 @@ pub struct Submission {
     pub body: Vec<u8>,
     /// When MAIL was accepted, for the log's duration.
     pub mail_at: SystemTime,
+    /// The AUTH identity of the session, if it authenticated.
+    pub authenticated: Option<String>,
 }
 
 impl Submission {
     /// The Received header (ending in CRLF) to prepend when storing; see `smtp::received`.
     pub fn received_header(&self, id: QueueId, hostname: &str, now: SystemTime) -> String {
-        received::received_header(&self.origin, &self.envelope.recipients, id, hostname, now)
+        received::received_header(
+            &self.origin,
+            self.authenticated.as_deref(),
+            &self.envelope.recipients,
+            id,
+            hostname,
+            now,
+        )
     }
 }
 
@@ -277,11 +355,26 @@ enum Phase {
     Chunked(Helo, Transaction, BodyReceiver),
 }
 
+/// Where an AUTH exchange is (RFC 4954 §4): the next line is a SASL response.
+#[derive(Debug)]
+enum SaslStep {
+    /// `334 ` sent for PLAIN without an initial response.
+    Plain,
+    /// LOGIN: `334 Username:` sent.
+    LoginUser,
+    /// LOGIN: `334 Password:` sent.
+    LoginPassword(String),
+}
+
 #[derive(Debug)]
 enum State {
     Command(Phase),
-    /// Discarding the rest of an over-long command line up to its LF.
-    DrainLine(Phase),
+    /// Discarding the rest of an over-long line up to its LF, then sending the reply.
+    DrainLine(Phase, Reply),
+    /// AUTH after EHLO: reading SASL response lines.
+    Sasl(Helo, SaslStep),
+    /// An Authenticate event is out; waiting for [`Session::authenticated`].
+    Authenticating(Helo),
     /// After 354: message data until CRLF.CRLF.
     Data(Helo, Transaction, BodyReceiver),
     /// Inside the octets of one BDAT chunk.
@@ -328,6 +421,11 @@ pub struct Session {
     errors: u32,
     /// Junk commands so far; reset with `errors` when a message is accepted.
     junk: u32,
+    /// The connection is protected by TLS. Always false until STARTTLS and implicit TLS
+    /// exist; AUTH is offered when it is true or `allow_plaintext_auth` is set.
+    tls: bool,
+    /// The AUTH identity once authenticated: may relay anywhere, named in Received.
+    authenticated: Option<String>,
     state: State,
 }
 
@@ -353,6 +451,8 @@ impl Session {
             relay_client,
             errors: 0,
             junk: 0,
+            tls: false,
+            authenticated: None,
             state: State::Command(Phase::Greeted),
         }
     }
@@ -404,6 +504,28 @@ impl Session {
         }
     }
 
+    /// The driver's answer to `Event::Authenticate`: the canonical user name, or why not.
+    /// The driver applies the failure delay before calling with an error.
+    pub fn authenticated(&mut self, result: Result<String, AuthFailure>, out: &mut Outbox) {
+        if !self.awaiting_authentication() {
+            debug_assert!(self.is_closed(), "authenticated without Authenticate");
+            return;
+        }
+        let State::Authenticating(helo) = mem::replace(&mut self.state, State::Closed) else {
+            return;
+        };
+        let phase = Phase::Ready(helo);
+        match result {
+            Ok(user) => {
+                self.authenticated = Some(user);
+                self.state = State::Command(phase);
+                self.reply(&Reply::auth_succeeded(), out);
+            }
+            Err(AuthFailure::Invalid) => self.refuse(phase, Reply::auth_invalid(), out),
+            Err(AuthFailure::Locked) => self.refuse(phase, Reply::auth_locked(), out),
+        }
+    }
+
     /// The peer was silent for too long.
     pub fn timed_out(&mut self, out: &mut Outbox) {
         if self.is_closed() {
@@ -428,12 +550,12 @@ impl Session {
     /// MAIL was accepted and the transaction has not ended.
     pub fn in_transaction(&self) -> bool {
         match &self.state {
-            State::Command(phase) | State::DrainLine(phase) => {
+            State::Command(phase) | State::DrainLine(phase, _) => {
                 matches!(phase, Phase::Mail(..) | Phase::Chunked(..))
             }
             State::Data(..) | State::Submitting(..) => true,
             State::Chunk(chunk) => matches!(chunk.sink, ChunkSink::Accept(..)),
-            State::Closed => false,
+            State::Sasl(..) | State::Authenticating(..) | State::Closed => false,
         }
     }
 
@@ -446,6 +568,20 @@ impl Session {
         matches!(self.state, State::Submitting(..))
     }
 
+    pub fn awaiting_authentication(&self) -> bool {
+        matches!(self.state, State::Authenticating(..))
+    }
+
+    /// The AUTH identity, once authenticated.
+    pub fn authenticated_user(&self) -> Option<&str> {
+        self.authenticated.as_deref()
+    }
+
+    /// AUTH is offered: on TLS, or in clear when the config allows it.
+    fn auth_offered(&self) -> bool {
+        self.tls || self.config.allow_plaintext_auth
+    }
+
     pub fn is_closed(&self) -> bool {
         matches!(self.state, State::Closed)
     }
@@ -454,10 +590,10 @@ impl Session {
         self.peer
     }
 
-    /// The EHLO keywords. STARTTLS (RFC 3207) and AUTH (RFC 4954) are added here once TLS
-    /// and credentials exist; until then their commands answer 502.
+    /// The EHLO keywords. STARTTLS (RFC 3207) is added here once TLS exists; until then it
+    /// answers 502. AUTH (RFC 4954) is listed only where it is offered (see `auth_offered`).
     pub fn extensions(&self) -> Vec<Extension> {
-        vec![
+        let mut extensions = vec![
             Extension::Pipelining,
             Extension::Size(self.config.message_size_max),
             Extension::EightBitMime,
@@ -467,26 +603,32 @@ impl Session {
             Extension::Chunking,
             Extension::Dsn,
             Extension::Help,
-        ]
+        ];
+        if self.auth_offered() && self.authenticated.is_none() {
+            extensions.insert(extensions.len() - 1, Extension::Auth(SASL_MECHANISMS));
+        }
+        extensions
     }
 
     /// One unit of progress; `None` when nothing more can happen without more input (or at
     /// all). `Some(0)` is returned only together with a state change.
     fn step(&mut self, input: &[u8], now: SystemTime, out: &mut Outbox) -> Option<usize> {
         match &mut self.state {
-            State::Closed | State::Submitting(..) => None,
+            State::Closed | State::Submitting(..) | State::Authenticating(..) => None,
             State::Command(_) => self.command_line(input, now, out),
-            State::DrainLine(_) => {
+            State::Sasl(..) => self.sasl_line(input, out),
+            State::DrainLine(..) => {
                 if input.is_empty() {
                     return None;
                 }
                 let Some(lf) = memchr(b'\n', input) else {
                     return Some(input.len());
                 };
-                if let State::DrainLine(phase) = mem::replace(&mut self.state, State::Closed) {
+                if let State::DrainLine(phase, reply) = mem::replace(&mut self.state, State::Closed)
+                {
                     self.state = State::Command(phase);
+                    self.reject(reply, out);
                 }
-                self.reject(Reply::line_too_long(), out);
                 Some(lf + 1)
             }
             State::Data(_, _, body) => {
@@ -527,7 +669,7 @@ impl Session {
                 if complete {
                     self.reject(Reply::line_too_long(), out);
                 } else if let State::Command(phase) = mem::replace(&mut self.state, State::Closed) {
-                    self.state = State::DrainLine(phase);
+                    self.state = State::DrainLine(phase, Reply::line_too_long());
                 }
                 Some(consumed)
             }
@@ -595,7 +737,8 @@ impl Session {
             Command::Expn { argument } => self.expn(&argument, out),
             Command::Turn => self.reject(Reply::turn_not_implemented(), out),
             Command::Send { .. } => self.reject(Reply::send_not_implemented(), out),
-            Command::StartTls | Command::Auth { .. } => self.reject(Reply::not_implemented(), out),
+            Command::StartTls => self.reject(Reply::not_implemented(), out),
+            Command::Auth { argument } => self.auth(&argument, out),
             Command::Quit => self.close(Reply::closing(), CloseReason::Quit, out),
         }
     }
@@ -610,6 +753,123 @@ impl Session {
             Reply::helo(&self.config.hostname)
         };
         self.reply(&reply, out);
+    }
+
+    /// AUTH (RFC 4954 §4): `AUTH mechanism [initial-response]`.
+    fn auth(&mut self, argument: &str, out: &mut Outbox) {
+        let helo = match self.take_phase() {
+            Phase::Ready(helo) => helo,
+            phase @ Phase::Greeted => return self.refuse(phase, Reply::need_helo(), out),
+            phase => return self.refuse(phase, Reply::auth_in_transaction(), out),
+        };
+        if self.authenticated.is_some() {
+            return self.refuse(Phase::Ready(helo), Reply::already_authenticated(), out);
+        }
+        if !self.auth_offered() {
+            return self.refuse(Phase::Ready(helo), Reply::auth_needs_encryption(), out);
+        }
+        let argument = argument.trim();
+        let (mechanism, initial) = match argument.split_once(' ') {
+            Some((mechanism, initial)) => (mechanism, Some(initial.trim().as_bytes())),
+            None => (argument, None),
+        };
+        if mechanism.is_empty() {
+            let reply = Reply::syntax("AUTH mechanism [initial-response]");
+            return self.refuse(Phase::Ready(helo), reply, out);
+        }
+        if mechanism.eq_ignore_ascii_case("PLAIN") {
+            match initial {
+                Some(response) => self.sasl_response(helo, SaslStep::Plain, response, out),
+                None => {
+                    self.state = State::Sasl(helo, SaslStep::Plain);
+                    self.reply(&Reply::auth_challenge(""), out);
+                }
+            }
+        } else if mechanism.eq_ignore_ascii_case("LOGIN") {
+            match initial {
+                Some(response) => self.sasl_response(helo, SaslStep::LoginUser, response, out),
+                None => {
+                    self.state = State::Sasl(helo, SaslStep::LoginUser);
+                    self.reply(&Reply::auth_challenge(LOGIN_USERNAME), out);
+                }
+            }
+        } else {
+            self.refuse(Phase::Ready(helo), Reply::auth_unknown_mechanism(), out);
+        }
+    }
+
+    /// Frames one SASL response line (bounded by [`SASL_LINE_MAX`]).
+    fn sasl_line(&mut self, input: &[u8], out: &mut Outbox) -> Option<usize> {
+        let frame = line::frame(input, SASL_LINE_MAX);
+        if frame == Frame::Incomplete {
+            return None;
+        }
+        let State::Sasl(helo, step) = mem::replace(&mut self.state, State::Closed) else {
+            return None;
+        };
+        match frame {
+            Frame::Incomplete => None,
+            Frame::TooLong { consumed, complete } => {
+                let reply = Reply::auth_line_too_long();
+                if complete {
+                    self.refuse(Phase::Ready(helo), reply, out);
+                } else {
+                    self.state = State::DrainLine(Phase::Ready(helo), reply);
+                }
+                Some(consumed)
+            }
+            Frame::Line {
+                line,
+                ending,
+                consumed,
+            } => {
+                match ending {
+                    Ending::BareLf => {
+                        self.refuse(Phase::Ready(helo), Reply::bare_lf_in_command(), out)
+                    }
+                    Ending::CrLf => self.sasl_response(helo, step, line, out),
+                }
+                Some(consumed)
+            }
+        }
+    }
+
+    /// One SASL response (base64 text, or `*` to cancel).
+    fn sasl_response(&mut self, helo: Helo, step: SaslStep, response: &[u8], out: &mut Outbox) {
+        if response == b"*" {
+            return self.refuse(Phase::Ready(helo), Reply::auth_cancelled(), out);
+        }
+        let credentials = match step {
+            SaslStep::Plain => match sasl::decode_plain(response) {
+                Ok(sasl::Plain {
+                    authzid,
+                    authcid,
+                    password,
+                }) => Credentials {
+                    authzid,
+                    user: authcid,
+                    password: Password::new(password),
+                },
+                Err(_) => return self.refuse(Phase::Ready(helo), Reply::auth_bad_response(), out),
+            },
+            SaslStep::LoginUser => match login_field(response) {
+                Some(user) => {
+                    self.state = State::Sasl(helo, SaslStep::LoginPassword(user.expose().into()));
+                    return self.reply(&Reply::auth_challenge(LOGIN_PASSWORD), out);
+                }
+                None => return self.refuse(Phase::Ready(helo), Reply::auth_bad_response(), out),
+            },
+            SaslStep::LoginPassword(user) => match login_field(response) {
+                Some(password) => Credentials {
+                    authzid: None,
+                    user,
+                    password,
+                },
+                None => return self.refuse(Phase::Ready(helo), Reply::auth_bad_response(), out),
+            },
+        };
+        out.events.push(Event::Authenticate(credentials));
+        self.state = State::Authenticating(helo);
     }
 
     fn mail(&mut self, from: ReversePath, params: MailParams, now: SystemTime, out: &mut Outbox) {
@@ -788,6 +1048,7 @@ impl Session {
             None => true,
             Some(domain) => {
                 self.relay_client
+                    || self.authenticated.is_some()
                     || self
                         .config
                         .local_domains
@@ -924,6 +1185,7 @@ impl Session {
             origin,
             body,
             mail_at: transaction.mail_at,
+            authenticated: self.authenticated.clone(),
         })));
         self.state = State::Submitting(helo, pending);
     }
@@ -947,17 +1209,25 @@ impl Session {
     }
 
     fn origin(&self, helo: &Helo, params: &MailParams) -> Origin {
-        // RFC 3848 and RFC 6531 §4.3 "with" keywords (ESMTPS/ESMTPA come with TLS/AUTH).
-        let protocol = match (helo.extended, params.smtputf8) {
+        // RFC 3848 and RFC 6531 §4.3 "with" keywords: S for TLS, A for AUTH.
+        let mut protocol = String::from(match (helo.extended, params.smtputf8) {
             (false, _) => "SMTP",
             (true, false) => "ESMTP",
             (true, true) => "UTF8SMTP",
-        };
+        });
+        if helo.extended {
+            if self.tls {
+                protocol.push('S');
+            }
+            if self.authenticated.is_some() {
+                protocol.push('A');
+            }
+        }
         Origin {
             client_ip: self.peer.ip().to_canonical().to_string(),
             client_port: self.peer.port(),
             helo: helo.name.clone(),
-            protocol: protocol.to_owned(),
+            protocol,
         }
     }
 
@@ -1002,6 +1272,20 @@ fn extend_unique(into: &mut Vec<String>, items: Vec<String>) {
             into.push(item);
         }
     }
+}
+
+/// A LOGIN response: base64 of a UTF-8 user name or password, 1 to 255 octets.
+fn login_field(response: &[u8]) -> Option<Password> {
+    let bytes = sasl::decode_base64(response).ok()?;
+    let text = match String::from_utf8(bytes) {
+        Ok(text) => Password::new(text),
+        Err(error) => {
+            let mut bytes = error.into_bytes();
+            bytes.fill(0);
+            return None;
+        }
+    };
+    (!text.expose().is_empty() && text.expose().len() <= SASL_FIELD_MAX).then_some(text)
 }
 
 fn reset(phase: Phase) -> Phase {
@@ -1084,6 +1368,15 @@ mod tests {
                 let mut again = consumed > 0;
                 for event in out.events {
                     let submit = matches!(event, Event::Submit(_));
+                    if let Event::Authenticate(credentials) = &event {
+                        assert!(self.session.awaiting_authentication());
+                        let result = test_verify(credentials);
+                        let mut out = Outbox::default();
+                        self.session.authenticated(result, &mut out);
+                        self.output.extend_from_slice(&out.bytes);
+                        self.events.extend(out.events);
+                        again = true;
+                    }
                     self.events.push(event);
                     if submit {
                         assert!(self.session.awaiting_submission());
@@ -1113,6 +1406,18 @@ mod tests {
                     line.trim_end_matches("\r\n").to_owned()
                 })
                 .collect()
+        }
+    }
+
+    /// The tests' directory: alice/secret; "locked" is over its failure limit.
+    fn test_verify(credentials: &Credentials) -> Result<String, AuthFailure> {
+        match (credentials.user.as_str(), credentials.password.expose()) {
+            ("locked", _) => Err(AuthFailure::Locked),
+            (_, _) if credentials.authzid.as_deref().is_some_and(|z| z != "alice") => {
+                Err(AuthFailure::Invalid)
+            }
+            ("alice", "secret") => Ok("alice".into()),
+            _ => Err(AuthFailure::Invalid),
         }
     }
 
@@ -1500,7 +1805,8 @@ mod tests {
                 "502 5.5.1 Error: TURN is obsolete (RFC 5321 Appendix F.1)",
                 "502 5.5.1 Error: SEND is obsolete (RFC 5321 Appendix F.6)",
                 "502 5.5.1 Error: command not implemented",
-                "502 5.5.1 Error: command not implemented",
+                // AUTH without TLS (and without allow_plaintext_auth): RFC 4954 §6.
+                "538 5.7.11 Error: encryption required for requested authentication mechanism",
                 "500 5.5.1 Error: command not recognized",
                 "250 2.1.0 Ok",
                 "250 2.0.0 Ok",
@@ -2121,6 +2427,289 @@ mod tests {
             ..SessionConfig::default()
         };
         assert_eq!(short.check(), Err(SessionConfigError::CommandLineTooShort));
+    }
+
+    mod auth {
+        use super::*;
+
+        // base64 of "\0alice\0secret", "alice", "secret", "\0alice\0wrong".
+        const PLAIN_OK: &str = "AGFsaWNlAHNlY3JldA==";
+        const PLAIN_WRONG: &str = "AGFsaWNlAHdyb25n";
+        const ALICE: &str = "YWxpY2U=";
+        const SECRET: &str = "c2VjcmV0";
+
+        fn auth_config() -> SessionConfig {
+            SessionConfig {
+                allow_plaintext_auth: true,
+                ..config()
+            }
+        }
+
+        fn auth_run(input: &str) -> Run {
+            run_with(&auth_config(), OUTSIDE, input.as_bytes(), &[])
+        }
+
+        /// The replies after the greeting and an EHLO reply that lists AUTH.
+        fn after_auth_ehlo(run: &Run) -> Vec<&str> {
+            assert_eq!(run.lines[0], GREETING);
+            assert_eq!(run.lines[10], "250-AUTH PLAIN LOGIN");
+            assert_eq!(run.lines[11], "250 HELP");
+            run.lines[12..].iter().map(String::as_str).collect()
+        }
+
+        fn authentications(run: &Run) -> Vec<&Credentials> {
+            run.events
+                .iter()
+                .filter_map(|e| match e {
+                    Event::Authenticate(c) => Some(c),
+                    _ => None,
+                })
+                .collect()
+        }
+
+        #[test]
+        fn without_tls_auth_is_not_offered_and_answers_538() {
+            let run = run("EHLO c\r\nAUTH PLAIN AGFsaWNlAHNlY3JldA==\r\nAUTH LOGIN\r\n");
+            assert!(
+                run.lines.iter().all(|l| !l.contains("AUTH")),
+                "{:?}",
+                run.lines
+            );
+            assert_eq!(
+                after_ehlo(&run),
+                [
+                    "538 5.7.11 Error: encryption required for requested authentication mechanism",
+                    "538 5.7.11 Error: encryption required for requested authentication mechanism",
+                ]
+            );
+            assert!(authentications(&run).is_empty());
+        }
+
+        #[test]
+        fn plain_with_initial_response() {
+            let run = auth_run(&format!("EHLO c\r\nAUTH PLAIN {PLAIN_OK}\r\nNOOP\r\n"));
+            assert_eq!(
+                after_auth_ehlo(&run),
+                ["235 2.7.0 Authentication successful", "250 2.0.0 Ok"]
+            );
+            let creds = authentications(&run);
+            assert_eq!(creds.len(), 1);
+            assert_eq!(
+                (creds[0].user.as_str(), creds[0].authzid.as_deref()),
+                ("alice", None)
+            );
+            assert_eq!(creds[0].password.expose(), "secret");
+        }
+
+        #[test]
+        fn plain_after_an_empty_challenge() {
+            let run = auth_run(&format!("EHLO c\r\nauth plain\r\n{PLAIN_OK}\r\nNOOP\r\n"));
+            assert_eq!(
+                after_auth_ehlo(&run),
+                [
+                    "334 ",
+                    "235 2.7.0 Authentication successful",
+                    "250 2.0.0 Ok"
+                ]
+            );
+        }
+
+        #[test]
+        fn login_in_two_steps_and_with_an_initial_user() {
+            let run = auth_run(&format!(
+                "EHLO c\r\nAUTH LOGIN\r\n{ALICE}\r\n{SECRET}\r\nNOOP\r\n"
+            ));
+            assert_eq!(
+                after_auth_ehlo(&run),
+                [
+                    "334 VXNlcm5hbWU6",
+                    "334 UGFzc3dvcmQ6",
+                    "235 2.7.0 Authentication successful",
+                    "250 2.0.0 Ok"
+                ]
+            );
+            let run = auth_run(&format!("EHLO c\r\nAUTH LOGIN {ALICE}\r\n{SECRET}\r\n"));
+            assert_eq!(
+                after_auth_ehlo(&run),
+                ["334 UGFzc3dvcmQ6", "235 2.7.0 Authentication successful"]
+            );
+        }
+
+        #[test]
+        fn wrong_password_unknown_user_and_foreign_authzid_get_the_same_535() {
+            // "\0nobody\0secret" and "bob\0alice\0secret".
+            let run = auth_run(&format!(
+                "EHLO c\r\nAUTH PLAIN {PLAIN_WRONG}\r\nAUTH PLAIN AG5vYm9keQBzZWNyZXQ=\r\n\
+                 AUTH PLAIN Ym9iAGFsaWNlAHNlY3JldA==\r\nAUTH LOGIN {ALICE}\r\nd3Jvbmc=\r\n"
+            ));
+            const INVALID: &str = "535 5.7.8 Error: authentication credentials invalid";
+            assert_eq!(
+                after_auth_ehlo(&run),
+                [INVALID, INVALID, INVALID, "334 UGFzc3dvcmQ6", INVALID]
+            );
+            assert_eq!(authentications(&run).len(), 4);
+        }
+
+        #[test]
+        fn a_locked_out_name_gets_454() {
+            // "\0locked\0x"
+            let run = auth_run("EHLO c\r\nAUTH PLAIN AGxvY2tlZAB4\r\nNOOP\r\n");
+            assert_eq!(
+                after_auth_ehlo(&run),
+                [
+                    "454 4.7.0 Error: temporary authentication failure, try again later",
+                    "250 2.0.0 Ok"
+                ]
+            );
+        }
+
+        #[test]
+        fn cancel_bad_base64_and_unknown_mechanism() {
+            let run = auth_run(concat!(
+                "EHLO c\r\n",
+                "AUTH PLAIN\r\n*\r\n",
+                "AUTH LOGIN\r\n*\r\n",
+                "AUTH LOGIN\r\nYWxpY2U=\r\n*\r\n",
+                "AUTH PLAIN not-base64\r\n",
+                "AUTH PLAIN\r\nAGFsaWNl#\r\n",
+                "AUTH PLAIN =\r\n",
+                "AUTH LOGIN\r\n=\r\n",
+                "AUTH CRAM-MD5\r\n",
+                "AUTH\r\n",
+                "NOOP\r\n",
+            ));
+            const CANCELLED: &str = "501 5.0.0 Error: authentication cancelled";
+            const BAD: &str = "501 5.5.2 Error: cannot decode the authentication response";
+            const UNKNOWN: &str = "504 5.5.4 Error: unrecognized authentication mechanism";
+            assert_eq!(
+                after_auth_ehlo(&run),
+                [
+                    "334 ",
+                    CANCELLED,
+                    "334 VXNlcm5hbWU6",
+                    CANCELLED,
+                    "334 VXNlcm5hbWU6",
+                    "334 UGFzc3dvcmQ6",
+                    CANCELLED,
+                    BAD,
+                    "334 ",
+                    BAD,
+                    BAD,
+                    "334 VXNlcm5hbWU6",
+                    BAD,
+                    UNKNOWN,
+                    "501 5.5.4 Syntax: AUTH mechanism [initial-response]",
+                    "250 2.0.0 Ok",
+                ]
+            );
+            assert!(authentications(&run).is_empty());
+        }
+
+        #[test]
+        fn sequence_errors() {
+            let run = auth_run(&format!(
+                "AUTH PLAIN {PLAIN_OK}\r\nEHLO c\r\nMAIL FROM:<a@b>\r\nAUTH PLAIN {PLAIN_OK}\r\n\
+                 RSET\r\nAUTH PLAIN {PLAIN_OK}\r\nAUTH PLAIN {PLAIN_OK}\r\nEHLO c\r\n"
+            ));
+            assert_eq!(run.lines[1], "503 5.5.1 Error: send HELO/EHLO first");
+            let rest: Vec<&str> = run.lines[13..].iter().map(String::as_str).collect();
+            assert_eq!(
+                rest[..5],
+                [
+                    "250 2.1.0 Ok",
+                    "503 5.5.1 Error: AUTH not permitted during a mail transaction",
+                    "250 2.0.0 Ok",
+                    "235 2.7.0 Authentication successful",
+                    "503 5.5.1 Error: already authenticated",
+                ]
+            );
+            // Once authenticated, EHLO no longer lists AUTH; the identity stays.
+            assert!(rest[5..].iter().all(|l| !l.contains("AUTH")), "{rest:?}");
+            assert_eq!(rest.last(), Some(&"250 HELP"));
+        }
+
+        #[test]
+        fn an_overlong_response_is_answered_500_5_5_6() {
+            let long = "A".repeat(SASL_LINE_MAX);
+            let input = format!("EHLO c\r\nAUTH PLAIN\r\n{long}\r\nNOOP\r\n");
+            let run = auth_run(&input);
+            assert_eq!(
+                after_auth_ehlo(&run),
+                [
+                    "334 ",
+                    "500 5.5.6 Error: authentication exchange line is too long",
+                    "250 2.0.0 Ok"
+                ]
+            );
+            // A response of exactly the limit is read (and refused as a bad PLAIN message).
+            let fits = "A".repeat(SASL_LINE_MAX - 2);
+            let run = auth_run(&format!("EHLO c\r\nAUTH PLAIN\r\n{fits}\r\n"));
+            assert_eq!(
+                after_auth_ehlo(&run)[1],
+                "501 5.5.2 Error: cannot decode the authentication response"
+            );
+        }
+
+        #[test]
+        fn authenticated_clients_relay_and_are_named_in_received() {
+            let input = format!(
+                "EHLO client.example\r\nMAIL FROM:<a@b>\r\nRCPT TO:<x@remote.example>\r\nRSET\r\n\
+                 AUTH PLAIN {PLAIN_OK}\r\nMAIL FROM:<a@b>\r\nRCPT TO:<x@remote.example>\r\n\
+                 DATA\r\nhi\r\n.\r\n"
+            );
+            let run = auth_run(&input);
+            assert_eq!(
+                after_auth_ehlo(&run),
+                [
+                    "250 2.1.0 Ok",
+                    "554 5.7.1 <x@remote.example>: Relay access denied",
+                    "250 2.0.0 Ok",
+                    "235 2.7.0 Authentication successful",
+                    "250 2.1.0 Ok",
+                    "250 2.1.5 Ok",
+                    "354 End data with <CR><LF>.<CR><LF>",
+                    "250 2.0.0 Ok: queued as 0000000000000001",
+                ]
+            );
+            let submitted = submissions(&run);
+            assert_eq!(submitted[0].authenticated.as_deref(), Some("alice"));
+            assert_eq!(submitted[0].origin.protocol, "ESMTPA");
+            let header = submitted[0].received_header(QueueId(1), "mx.test", now());
+            assert!(
+                header.contains("(Authenticated sender: alice)") && header.contains("with ESMTPA"),
+                "{header}"
+            );
+        }
+
+        #[test]
+        fn debug_never_shows_the_password() {
+            let credentials = Credentials {
+                authzid: None,
+                user: "alice".into(),
+                password: Password::new("hunter2".into()),
+            };
+            let shown = format!("{:?}", Event::Authenticate(credentials));
+            assert!(
+                shown.contains("alice") && !shown.contains("hunter2"),
+                "{shown}"
+            );
+        }
+
+        #[test]
+        fn authenticated_before_the_event_is_ignored_when_closed() {
+            let mut out = Outbox::default();
+            let peer = OUTSIDE.parse().unwrap();
+            let mut session = Session::new(Arc::new(auth_config()), peer, now(), &mut out);
+            let input = format!("EHLO c\r\nAUTH PLAIN {PLAIN_OK}\r\nNOOP\r\n");
+            let consumed = session.handle_input(input.as_bytes(), now(), &mut out);
+            assert_eq!(&input.as_bytes()[consumed..], b"NOOP\r\n");
+            assert!(session.awaiting_authentication() && !session.in_transaction());
+            assert_eq!(session.handle_input(b"NOOP\r\n", now(), &mut out), 0);
+            session.timed_out(&mut out);
+            out.clear();
+            session.authenticated(Ok("alice".into()), &mut out);
+            assert!(out.bytes.is_empty() && session.authenticated_user().is_none());
+        }
     }
 
     mod properties {

@@ -143,6 +143,8 @@ pub struct Settings {
     pub routes: Vec<(String, String)>,
     /// TOML appended at the end (e.g. a `[delivery]` section).
     pub extra_toml: String,
+    /// TOML lines inside the `[smtp]` section (e.g. `allow_plaintext_auth = true`).
+    pub smtp_toml: String,
 }
 
 /// Local mailboxes every test relay has, all with the password [`TEST_PASSWORD`].
@@ -185,6 +187,7 @@ impl Settings {
             pre_exec: None,
             routes: vec![("*".into(), "127.0.0.1:1".into())],
             extra_toml: String::new(),
+            smtp_toml: String::new(),
         }
     }
 
@@ -242,6 +245,7 @@ impl Settings {
         if let Some(proxy) = self.proxy_protocol {
             smtp_extra.push_str(&format!("proxy_protocol = {proxy}\n"));
         }
+        smtp_extra.push_str(&self.smtp_toml);
         if !smtp_extra.is_empty() {
             let at = text.find("[spool]\n").expect("template has [spool]");
             text.insert_str(at, &smtp_extra);
