@@ -49,6 +49,9 @@ const RET: u8 = 8;
 const ENVID: u8 = 16;
 const NOTIFY: u8 = 32;
 const ORCPT: u8 = 64;
+const AUTH: u8 = 128;
+/// RFC 4954 §5: AUTH=<> or an xtext mailbox; longer values than this are refused.
+const AUTH_MAX: usize = 500;
 
 /// Parses the text after MAIL FROM's path: empty, or `SP esmtp-param *(SP esmtp-param)`.
 pub fn parse_mail(text: &str) -> Result<MailParams, ParamError> {
@@ -77,6 +80,14 @@ pub fn parse_mail(text: &str) -> Result<MailParams, ParamError> {
                 .ok_or(ParamError::BadValue("ENVID"))?;
             params.envid = Some(envid);
             ENVID
+        } else if keyword.eq_ignore_ascii_case("AUTH") {
+            // RFC 4954 §5: accepted, then treated as AUTH=<> (this relay does not vouch for
+            // another server's authenticated submitter): checked, not stored or passed on.
+            value
+                .and_then(xtext_decode)
+                .filter(|v| !v.is_empty() && v.len() <= AUTH_MAX)
+                .ok_or(ParamError::BadValue("AUTH"))?;
+            AUTH
         } else {
             return Err(unknown(keyword));
         };
@@ -265,6 +276,7 @@ fn keyword_name(bit: u8) -> &'static str {
         RET => "RET",
         ENVID => "ENVID",
         NOTIFY => "NOTIFY",
+        AUTH => "AUTH",
         _ => "ORCPT",
     }
 }
@@ -392,7 +404,7 @@ mod tests {
             (" ENVID=a+G1", ParamError::BadValue("ENVID")),
             (" ENVID=a+4", ParamError::BadValue("ENVID")),
             (" ENVID=a=b", ParamError::Syntax),
-            (" AUTH=<>", ParamError::Unknown("AUTH".into())),
+            (" AUTH=a+G1", ParamError::BadValue("AUTH")),
             (" X-FOO", ParamError::Unknown("X-FOO".into())),
             (" NOTIFY=NEVER", ParamError::Unknown("NOTIFY".into())),
             (" -X", ParamError::Syntax),
@@ -461,6 +473,21 @@ mod tests {
         for (input, error) in table {
             assert_eq!(parse_rcpt(input).as_ref(), Err(error), "{input:?}");
         }
+    }
+
+    #[test]
+    fn mail_auth_is_checked_and_dropped() {
+        assert_eq!(parse_mail(" AUTH=<>"), Ok(MailParams::default()));
+        assert_eq!(
+            parse_mail(" AUTH=alice+40example.test SIZE=10").map(|p| p.size),
+            Ok(Some(10))
+        );
+        assert_eq!(parse_mail(" AUTH"), Err(ParamError::BadValue("AUTH")));
+        assert_eq!(parse_mail(" AUTH=bad+zz"), Err(ParamError::BadValue("AUTH")));
+        assert!(matches!(
+            parse_mail(" AUTH=<> AUTH=<>"),
+            Err(ParamError::Duplicate(_))
+        ));
     }
 
     #[test]
