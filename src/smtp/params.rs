@@ -483,7 +483,10 @@ mod tests {
             Ok(Some(10))
         );
         assert_eq!(parse_mail(" AUTH"), Err(ParamError::BadValue("AUTH")));
-        assert_eq!(parse_mail(" AUTH=bad+zz"), Err(ParamError::BadValue("AUTH")));
+        assert_eq!(
+            parse_mail(" AUTH=bad+zz"),
+            Err(ParamError::BadValue("AUTH"))
+        );
         assert!(matches!(
             parse_mail(" AUTH=<> AUTH=<>"),
             Err(ParamError::Duplicate(_))

@@ -175,6 +175,14 @@ pub(crate) struct LiveIndex {
 }
 
 impl LiveIndex {
+    /// An index sized for `n` messages up front: recovery knows the count, and growing a
+    /// million-entry table holds the old and the new one at once.
+    pub fn with_capacity(n: usize) -> LiveIndex {
+        LiveIndex {
+            map: DashMap::with_capacity(n),
+        }
+    }
+
     pub fn len(&self) -> usize {
         self.map.len()
     }

@@ -873,7 +873,7 @@ pub(crate) fn recover(io: &dyn SegmentIo, shards: usize) -> Result<Recovered, Sp
         })
     });
     let mut report = RecoveryReport::default();
-    let index = LiveIndex::default();
+    let index = LiveIndex::with_capacity(scanned_messages);
     // Sized once (messages and deletions counted together: a slight over-reservation).
     let mut messages: Vec<ReplayMessage> = Vec::with_capacity(scanned_messages);
     let mut deletions = Vec::new();
