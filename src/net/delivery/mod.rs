@@ -451,6 +451,9 @@ impl<C: Connector + 'static> Core<C> {
             notices,
             double_bounces,
         } = settlement;
+        // Taken now: the destination may be collected while the record syncs (its workers
+        // gone), and the requeue then makes it anew under its key.
+        let key = self.destination_key(entry.dest);
         for index in double_bounces {
             tracing::info!(
                 target: "relay::delivery",
@@ -501,18 +504,39 @@ impl<C: Connector + 'static> Core<C> {
             again.due_ms = crate::queue::to_millis(
                 SystemTime::now() + self.shared.schedule.interval(1, entry.seed()),
             );
-            let _ = self.queue.borrow_mut().defer(again);
+            self.requeue(again, key.as_ref(), size);
             return;
         }
         match requeue {
-            Some(next) => {
-                if self.queue.borrow_mut().defer(next).is_err() {
-                    self.shared.mesh.gauge.release(size);
-                }
-            }
+            Some(next) => self.requeue(next, key.as_ref(), size),
             None => self.shared.mesh.gauge.release(size),
         }
         self.kick.notify_one();
+    }
+
+    /// Puts an entry back in the deferred index under its destination, making the
+    /// destination anew if it was collected meanwhile. Only a full destination table loses it
+    /// from memory (it stays pending in the spool for the next start; logged).
+    fn requeue(&self, mut entry: Entry, key: Option<&DestinationKey>, size: u64) {
+        let mut queue = self.queue.borrow_mut();
+        if queue.get(entry.dest).map(|d| &d.key) != key {
+            let Some(key) = key else {
+                tracing::error!(queue_id = %entry.id, "requeue without a destination; recipients stay in the spool until the next start");
+                self.shared.mesh.gauge.release(size);
+                return;
+            };
+            match queue.destination_id(key.clone()) {
+                Ok(dest) => entry.dest = dest,
+                Err(full) => {
+                    tracing::error!(queue_id = %entry.id, destination = %key, "{full}: recipients stay in the spool until the next start");
+                    self.shared.mesh.gauge.release(size);
+                    return;
+                }
+            }
+        }
+        if queue.defer(entry).is_err() {
+            self.shared.mesh.gauge.release(size);
+        }
     }
 
     /// Handles an operator's command.
@@ -697,6 +721,9 @@ pub async fn run<C: Connector + 'static>(core: Rc<Core<C>>, startup: Vec<Job>) {
             break;
         }
         if published_at.is_none_or(|at| at.elapsed() >= PUBLISH_EVERY) {
+            // Destinations with nothing queued, no connection and no transaction are
+            // forgotten (their slot reused): with MX routing every recipient domain is one.
+            core.queue.borrow_mut().collect_unused();
             core.publish(SystemTime::now());
             published_at = Some(std::time::Instant::now());
         }

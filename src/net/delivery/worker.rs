@@ -211,7 +211,8 @@ fn gone<C: Connector + 'static>(core: &Core<C>, entry: &Entry) {
 fn retry_later<C: Connector + 'static>(core: &Core<C>, mut entry: Entry) {
     entry.due_ms =
         crate::queue::to_millis(SystemTime::now() + core.shared.schedule.interval(1, entry.seed()));
-    let _ = core.queue.borrow_mut().defer(entry);
+    let key = core.destination_key(entry.dest);
+    core.requeue(entry, key.as_ref(), 0);
 }
 
 async fn settle<C: Connector + 'static>(
