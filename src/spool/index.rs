@@ -551,7 +551,7 @@ pub(crate) struct DeliveryHistory {
     by_id: HashMap<QueueId, MessageHistory>,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 struct MessageHistory {
     /// Per recipient, in first-seen order: a list, not a map (a message has few remote
     /// recipients, and a million per-message hash maps cost a gigabyte at recovery).
@@ -560,7 +560,7 @@ struct MessageHistory {
 }
 
 /// Boxed: a result is ~100 octets inline, and most recipients have only one of the two.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 struct RecipientHistory {
     deferred: Option<Box<DeliveryResult>>,
     finished: Option<Box<DeliveryResult>>,
@@ -660,41 +660,8 @@ impl DeliveryHistory {
     /// Like [`DeliveryHistory::fill`], moving this message's history out instead of copying
     /// it (recovery fills each message once).
     pub fn fill_taking(&mut self, message: &mut ReplayMessage) {
-        let mut history = self.by_id.remove(&message.id);
-        message.pending.clear();
-        message.finished.clear();
-        message.dsn_sent.clear();
-        let mut seen: Vec<&str> = Vec::with_capacity(message.remote.len());
-        for address in &message.remote {
-            if seen.contains(&address.as_str()) {
-                continue;
-            }
-            seen.push(address);
-            let h = history
-                .as_mut()
-                .and_then(|h| h.take_recipient(address.as_str()));
-            match h {
-                Some(RecipientHistory {
-                    finished: Some(f), ..
-                }) => message.finished.push(*f),
-                h => {
-                    let d = h.and_then(|h| h.deferred).map(|d| *d);
-                    message.pending.push(PendingRecipient {
-                        recipient: address.clone(),
-                        attempts: d.as_ref().map_or(0, |d| d.attempt),
-                        last_attempt_unix_micros: d.as_ref().map(|d| d.at_unix_micros),
-                        next_attempt_unix_micros: d
-                            .as_ref()
-                            .and_then(|d| d.next_attempt_unix_micros),
-                        last_reply: d.map(|d| d.reply),
-                    });
-                }
-            }
-        }
-        if let Some(h) = history {
-            message.dsn_sent = h.dsn_sent;
-            message.dsn_sent.sort();
-        }
+        let history = self.by_id.remove(&message.id);
+        fill_from(message, history);
     }
 
     fn fold(&mut self, r: DeliveryResult) {
@@ -737,35 +704,43 @@ impl DeliveryHistory {
 
     /// Fills `message`'s delivery state from what was read.
     pub fn fill(&self, message: &mut ReplayMessage) {
-        let history = self.by_id.get(&message.id);
-        message.pending.clear();
-        message.finished.clear();
-        message.dsn_sent.clear();
-        let mut seen: Vec<&str> = Vec::with_capacity(message.remote.len());
-        for address in &message.remote {
-            if seen.contains(&address.as_str()) {
-                continue;
-            }
-            seen.push(address);
-            let h = history.and_then(|h| h.recipient(address));
-            match h.and_then(|h| h.finished.as_ref()) {
-                Some(f) => message.finished.push(DeliveryResult::clone(f)),
-                None => {
-                    let d = h.and_then(|h| h.deferred.as_ref());
-                    message.pending.push(PendingRecipient {
-                        recipient: address.clone(),
-                        attempts: d.map_or(0, |d| d.attempt),
-                        last_reply: d.map(|d| d.reply.clone()),
-                        last_attempt_unix_micros: d.map(|d| d.at_unix_micros),
-                        next_attempt_unix_micros: d.and_then(|d| d.next_attempt_unix_micros),
-                    });
-                }
+        fill_from(message, self.by_id.get(&message.id).cloned());
+    }
+}
+
+/// `message`'s pending and finished recipients and markers from its history (moved in).
+fn fill_from(message: &mut ReplayMessage, mut history: Option<MessageHistory>) {
+    message.pending.clear();
+    message.finished.clear();
+    message.dsn_sent.clear();
+    let mut seen: Vec<&str> = Vec::with_capacity(message.remote.len());
+    for address in &message.remote {
+        if seen.contains(&address.as_str()) {
+            continue;
+        }
+        seen.push(address);
+        let h = history
+            .as_mut()
+            .and_then(|h| h.take_recipient(address.as_str()));
+        match h {
+            Some(RecipientHistory {
+                finished: Some(f), ..
+            }) => message.finished.push(*f),
+            h => {
+                let d = h.and_then(|h| h.deferred).map(|d| *d);
+                message.pending.push(PendingRecipient {
+                    recipient: address.clone(),
+                    attempts: d.as_ref().map_or(0, |d| d.attempt),
+                    last_attempt_unix_micros: d.as_ref().map(|d| d.at_unix_micros),
+                    next_attempt_unix_micros: d.as_ref().and_then(|d| d.next_attempt_unix_micros),
+                    last_reply: d.map(|d| d.reply),
+                });
             }
         }
-        if let Some(h) = history {
-            message.dsn_sent = h.dsn_sent.clone();
-            message.dsn_sent.sort();
-        }
+    }
+    if let Some(h) = history {
+        message.dsn_sent = h.dsn_sent;
+        message.dsn_sent.sort();
     }
 }
 
