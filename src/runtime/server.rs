@@ -22,7 +22,7 @@ use crate::admin::{Admin, AdminError};
 use crate::config::Config;
 use crate::mailbox::{LocalDelivery, MailStore};
 use crate::metrics::Metrics;
-use crate::net::delivery::{jobs_from_replay, DeliveryShared, Mesh, QueueGauge};
+use crate::net::delivery::{jobs_from_live, DeliveryShared, Mesh, QueueGauge};
 use crate::net::limits::AuthFailures;
 use crate::net::limits::{Admission, ClientTable};
 use crate::net::listener::{bind_shared, BindError};
@@ -154,9 +154,7 @@ pub fn run(config: Config) -> Result<(), ServerError> {
             .shard(shard)
             .observe_commits(metrics.core(shard).commit_observer());
     }
-    // One replay serves both views (the first call costs no I/O: recovery kept it).
-    let replay = spool.replay()?;
-    rebuild_maildrops(&replay, &mail_store);
+
     if !config.spool.fsync {
         tracing::warn!(
             "spool.fsync = false: a 250 no longer means the message is on disk (benchmarks only)"
@@ -207,8 +205,30 @@ pub fn run(config: Config) -> Result<(), ServerError> {
     let mut delivery = delivery_shared(&config, &hostname, shards, Some(local.clone()))?;
     delivery.metrics = Some(Arc::clone(&metrics));
     let delivery = Arc::new(delivery);
-    let mut startup = jobs_from_replay(&delivery, &replay).into_iter();
-    drop(replay);
+    // Both start-up views in one pass over the index (no log is read again).
+    let mut per_core: Vec<Vec<crate::net::delivery::Job>> =
+        (0..shards).map(|_| Vec::new()).collect();
+    let (mut delivered, mut deleted) = (0usize, 0usize);
+    spool.startup_view(|message| {
+        for mailbox in &message.mailboxes {
+            mail_store.deliver(
+                mailbox,
+                crate::mailbox::Entry {
+                    id: message.id,
+                    size: message.body_len,
+                },
+            );
+        }
+        delivered += message.mailboxes.len() + message.deleted;
+        deleted += message.deleted;
+        jobs_from_live(&delivery, message, &mut per_core);
+    });
+    tracing::info!(
+        deliveries = delivered,
+        deletions = deleted,
+        "maildrops rebuilt from the spool"
+    );
+    let mut startup = per_core.into_iter();
     // Routes: the metrics' own; the queue control adds its `/queue/...` ones here.
     let mut admin_routes = crate::admin::metrics_routes(&metrics);
     admin_routes.extend(crate::admin::queue::queue_routes(Arc::new(
@@ -359,31 +379,6 @@ fn close_spool(spool: Arc<Spool>) -> Result<(), SpoolError> {
         // Unreachable by construction; dropping the last handle closes it all the same.
         Err(_) => Ok(()),
     }
-}
-
-/// Rebuilds every maildrop from the spool log: deliveries first, then deletions.
-fn rebuild_maildrops(replay: &crate::spool::Replay, store: &MailStore) {
-    let mut delivered = 0usize;
-    for message in &replay.messages {
-        for mailbox in &message.mailboxes {
-            store.deliver(
-                mailbox,
-                crate::mailbox::Entry {
-                    id: message.id,
-                    size: message.body_len,
-                },
-            );
-            delivered += 1;
-        }
-    }
-    for (mailbox, id) in &replay.deletions {
-        store.remove(mailbox, std::slice::from_ref(id));
-    }
-    tracing::info!(
-        deliveries = delivered,
-        deletions = replay.deletions.len(),
-        "maildrops rebuilt from the spool"
-    );
 }
 
 /// Reclaims spool space in the background (never on a shard's thread: it reads and

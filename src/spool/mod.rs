@@ -20,17 +20,17 @@
 //!   destination), not only its message's.
 //!
 //! # Outbound delivery state
-//! After a restart [`Spool::replay`] rebuilds the queue: per live message, the remote
-//! recipients still pending (no final result) with their attempt count, last reply and next
-//! attempt (from the latest Deferred by `(attempt, at)`), the final result of the others, and
-//! the DSN markers. Every recipient is delivered at least once: a result is acknowledged only
-//! once durable, so only the transaction in flight at a crash can be repeated.
-//! Notices are sent at most once when the queue follows this order: build the notice from the
-//! message (its headers), append the final result together with the notice's marker in ONE
-//! record ([`ShardHandle::append_delivery`]), then store the notice as a new message. A crash
-//! between the last two steps loses that one notice (never sends it twice); the reverse order
-//! would give at-least-once instead. Read from the message before appending the result that
-//! finishes it: from that moment it may be garbage, and compaction may drop it.
+//! After a restart [`Spool::startup_view`] rebuilds the queue: per live message, each remote
+//! recipient with whether it is final, its attempt count and next attempt (from the latest
+//! Deferred by `(attempt, at)`) and whether its delay notice was recorded. [`Spool::replay`]
+//! gives the same per message with the last replies and final results (read from the log:
+//! `relay queue list`). Every recipient is delivered at least once: a result is acknowledged
+//! only once durable, so only the transaction in flight at a crash can be repeated.
+//! The delivery runtime stores a notice as a new message first and then appends the final
+//! result together with the notice's marker in ONE record ([`ShardHandle::append_delivery`]):
+//! a crash between the two repeats the attempt and may send that notice twice, never loses
+//! it. Read from the message before appending the result that finishes it: from that moment it
+//! may be garbage, and compaction may drop it.
 //!
 //! # The live index, reads and replay
 //! Recovery builds a live index (queue id → location, checksums, mailbox copies and their
@@ -39,7 +39,7 @@
 //! [`Spool::locate`] / [`Spool::read_body`] see a message acknowledged a microsecond ago. A body
 //! read is one `pread` of the body bytes through a small cache of open segment handles,
 //! verified against the frame checksum without reading the meta (see [`frame`]).
-//! [`Spool::replay`] gives the mailbox store (and later the queue) what to rebuild at start.
+//! [`Spool::startup_view`] gives the mailbox store and the queue what to rebuild at start.
 //!
 //! # Liveness and compaction
 //! A message is garbage when every remote recipient has a durable final result (Delivered,
@@ -105,10 +105,12 @@
 //!   bytes reached the disk anyway (at-least-once, like any MTA).
 //! - `fsync = false` gives up the durability contract (benchmarks only; the caller warns).
 //! - The live index holds every message on disk (≈ 150 B + mailbox names + 48 B and the
-//!   address per remote recipient: no replies, which replay reads back from the log); the
-//!   replay snapshot recovery builds is kept until [`Spool::replay`] takes it: call it once at
-//!   start. Compaction's reference list holds 24 B per id named by a deletion or delivery
-//!   record on disk.
+//!   address per remote recipient: no replies, which replay reads back from the log).
+//!   Recovery keeps, besides the index, a compact fold of the delivery records (per
+//!   recipient: final?, the latest Deferred's attempt and times; the delay markers) until
+//!   [`Spool::startup_view`] takes it: a spool of a million deferred messages recovers in
+//!   under 1 GiB (BENCHMARKS.md). [`Spool::replay`] reads the log each call. Compaction's
+//!   reference list holds 24 B per id named by a deletion or delivery record on disk.
 //! - A stored reply is at most [`REPLY_MAX_LEN`] bytes (longer ones are cut).
 //! - At most 128 segment handles are cached for reads (one fd each).
 //! - Compaction holds one source segment and its kept frames in memory at a time (≤ 2 ×
@@ -168,7 +170,8 @@ pub use recovery::{CorruptFrame, RecoveryReport, ShardRecovery, TornTail};
 use compact::CompactionState;
 use frame::{Record, MAX_PART_LEN};
 use index::{
-    DeliveryHistory, Entry, FileCache, Found, LiveIndex, RecordRefs, Ref, FILE_CACHE_CAPACITY,
+    DeliveryHistory, Entry, FileCache, Found, LiveIndex, RecordRefs, Ref, StartupHistory,
+    FILE_CACHE_CAPACITY,
 };
 use recovery::{scan_shard, Mode, ShardResume};
 pub use writer::CommitObserver;
@@ -512,8 +515,8 @@ pub(crate) struct Core {
     pub compaction: Mutex<CompactionState>,
     pub fsync: bool,
     pub segment_size: u64,
-    /// What recovery found, until [`Spool::replay`] takes it.
-    replay: Mutex<Option<Replay>>,
+    /// Recovery's fold of the delivery records, until [`Spool::startup_view`] takes it.
+    startup: Mutex<Option<StartupHistory>>,
 }
 
 impl Core {
@@ -528,7 +531,7 @@ impl Core {
             report,
             index,
             record_refs,
-            replay,
+            history,
             resume,
         } = recovered;
         let shards = resume
@@ -550,7 +553,7 @@ impl Core {
             compaction: Mutex::new(CompactionState::default()),
             fsync,
             segment_size,
-            replay: Mutex::new(Some(replay)),
+            startup: Mutex::new(Some(history)),
         };
         (Arc::new(core), report, resume)
     }
@@ -607,12 +610,49 @@ impl Core {
         Ok(body)
     }
 
-    fn replay(&self) -> Result<Replay, SpoolError> {
-        let taken = self.replay.lock().unwrap_or_else(|p| p.into_inner()).take();
-        match taken {
-            Some(r) => Ok(r),
-            None => self.replay_scan(),
-        }
+    pub(crate) fn replay(&self) -> Result<Replay, SpoolError> {
+        self.replay_scan()
+    }
+
+    /// See [`Spool::startup_view`].
+    fn startup_view(&self, mut visit: impl FnMut(&LiveMessage<'_>)) {
+        let history = self
+            .startup
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+            .unwrap_or_default();
+        self.index.for_each(|id, e| {
+            if e.is_garbage() {
+                return;
+            }
+            let message = LiveMessage {
+                id,
+                body_len: e.location.body_len,
+                mailboxes: e
+                    .mailboxes
+                    .iter()
+                    .filter(|m| !m.deleted)
+                    .map(|m| &*m.name)
+                    .collect(),
+                deleted: e.mailboxes.iter().filter(|m| m.deleted).count(),
+                remote: e
+                    .remote
+                    .iter()
+                    .map(|r| {
+                        let (attempts, next) = history.deferred(id, &r.name).unwrap_or((0, None));
+                        LiveRecipient {
+                            address: &r.name,
+                            done: r.done,
+                            attempts,
+                            next_attempt_unix_micros: next,
+                            delay_noticed: history.delay_noticed(id, &r.name),
+                        }
+                    })
+                    .collect(),
+            };
+            visit(&message);
+        });
     }
 
     /// The replay rebuilt from the files (a second call): every segment read back, filtered by
@@ -680,6 +720,35 @@ fn push_replay(
     replay.messages.push(message);
 }
 
+/// One live message for the start-up views ([`Spool::startup_view`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LiveMessage<'a> {
+    pub id: QueueId,
+    /// Stored size (Received header ‖ message).
+    pub body_len: u64,
+    /// Local mailboxes holding a copy not deleted.
+    pub mailboxes: Vec<&'a str>,
+    /// Mailbox copies already deleted.
+    pub deleted: usize,
+    /// The remote addresses in stored order (`MessageMeta::remote`, which the session keeps
+    /// free of repeats), each with its delivery state.
+    pub remote: Vec<LiveRecipient<'a>>,
+}
+
+/// A remote recipient's state at start.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LiveRecipient<'a> {
+    pub address: &'a str,
+    /// A final result is recorded.
+    pub done: bool,
+    /// Attempts so far (the latest Deferred's `attempt`; 0: never tried).
+    pub attempts: u32,
+    /// The latest Deferred's next attempt; `None`: at once.
+    pub next_attempt_unix_micros: Option<u64>,
+    /// A delay notice was recorded for it.
+    pub delay_noticed: bool,
+}
+
 /// A cheap, cloneable handle on the spool's shared side, for threads that do not own the
 /// [`Spool`]: POP3 connection tasks (locate, read bodies) and a background compaction thread.
 #[derive(Clone)]
@@ -745,7 +814,8 @@ pub(crate) struct Recovered {
     pub report: RecoveryReport,
     pub index: LiveIndex,
     pub record_refs: RecordRefs,
-    pub replay: Replay,
+    /// The delivery records' fold: for [`Spool::startup_view`].
+    pub history: StartupHistory,
     /// Resume points of shards `0..shards`.
     pub resume: Vec<ShardResume>,
 }
@@ -753,12 +823,8 @@ pub(crate) struct Recovered {
 /// A kept message or deletion as a recovery worker hands it back (delivery records are
 /// folded by the worker as it reads them: see [`recover`]).
 enum Scanned {
-    Message {
-        location: Location,
-        data_crc: u32,
-        meta_crc: u32,
-        message: ReplayMessage,
-    },
+    /// The message's index entry, made by the worker (the rest of its meta is not kept).
+    Message { id: QueueId, entry: Entry },
     Deletion {
         location: Location,
         deletion: MailboxDeletion,
@@ -789,7 +855,7 @@ pub(crate) fn recover(io: &dyn SegmentIo, shards: usize) -> Result<Recovered, Sp
         .map_err(|e| SpoolError::io("list shards", io.root(), e))?;
     let record_refs = RecordRefs::default();
     type ShardOutcome =
-        Result<(ShardRecovery, ShardResume, Vec<Scanned>, DeliveryHistory), SpoolError>;
+        Result<(ShardRecovery, ShardResume, Vec<Scanned>, StartupHistory), SpoolError>;
     let scan_one = |shard: u8| -> ShardOutcome {
         let mode = if usize::from(shard) < shards {
             Mode::Repair
@@ -797,14 +863,18 @@ pub(crate) fn recover(io: &dyn SegmentIo, shards: usize) -> Result<Recovered, Sp
             Mode::ReadOnly
         };
         let mut found = Vec::new();
-        let mut history = DeliveryHistory::default();
+        let mut history = StartupHistory::default();
         let (report, resume) = scan_shard(io, shard, mode, &mut |v| {
             match v.record {
                 Record::Message(meta) => found.push(Scanned::Message {
-                    location: v.location,
-                    data_crc: v.header.data_crc,
-                    meta_crc: crc32c::crc32c(v.meta),
-                    message: replay_message(meta, v.location),
+                    id: meta.id,
+                    entry: Entry::new(
+                        v.location,
+                        v.header.data_crc,
+                        crc32c::crc32c(v.meta),
+                        &meta.mailboxes,
+                        &meta.remote,
+                    ),
                 }),
                 Record::Deletion(deletion) => found.push(Scanned::Deletion {
                     location: v.location,
@@ -817,7 +887,7 @@ pub(crate) fn recover(io: &dyn SegmentIo, shards: usize) -> Result<Recovered, Sp
                         v.location.frame_len,
                         Ref::delivery(&record),
                     );
-                    history.add_owned(record);
+                    history.add(record);
                 }
             }
             ControlFlow::Continue(())
@@ -874,40 +944,23 @@ pub(crate) fn recover(io: &dyn SegmentIo, shards: usize) -> Result<Recovered, Sp
     });
     let mut report = RecoveryReport::default();
     let index = LiveIndex::with_capacity(scanned_messages);
-    // Sized once (messages and deletions counted together: a slight over-reservation).
-    let mut messages: Vec<ReplayMessage> = Vec::with_capacity(scanned_messages);
     let mut deletions = Vec::new();
-    let mut history = DeliveryHistory::default();
+    let mut history = StartupHistory::default();
     let mut resume = vec![ShardResume::default(); shards];
     for (&shard, outcome) in present.iter().zip(outcomes) {
         let (mut shard_report, shard_resume, found, shard_history) = outcome?;
         history.merge(shard_history);
         for f in found {
             match f {
-                Scanned::Message {
-                    location,
-                    data_crc,
-                    meta_crc,
-                    message,
-                } => {
-                    let id = message.id;
-                    let entry = Entry::new(
-                        location,
-                        data_crc,
-                        meta_crc,
-                        &message.mailboxes,
-                        &message.remote,
-                    );
+                Scanned::Message { id, entry } => {
                     if let Some(first) = index.find(id) {
                         // A copy left by an interrupted compaction: same bytes, or a bug.
                         shard_report.duplicate_ids.push(id);
-                        if first.data_crc != data_crc
-                            || first.location.body_len != location.body_len
+                        if first.data_crc != entry.data_crc
+                            || first.location.body_len != entry.location.body_len
                         {
                             shard_report.conflicting_duplicates.push(id);
                         }
-                    } else {
-                        messages.push(message);
                     }
                     index.insert(id, entry);
                 }
@@ -942,32 +995,11 @@ pub(crate) fn recover(io: &dyn SegmentIo, shards: usize) -> Result<Recovered, Sp
     history.apply_to(&index);
     // A marker's notice id too: the queue may look the notice up by it.
     history.named_ids().for_each(&mut named);
-    let mut replay = Replay::default();
-    messages.retain_mut(|message| {
-        let Some(e) = index.get(message.id) else {
-            return false;
-        };
-        if e.is_garbage() {
-            return false;
-        }
-        history.fill_taking(message);
-        for m in &e.mailboxes {
-            if m.deleted {
-                replay.deletions.push((m.name.to_string(), message.id));
-            }
-        }
-        true
-    });
-    drop(history);
-    messages.shrink_to_fit();
-    messages.sort_by_key(|m| m.id);
-    replay.messages = messages;
-    replay.deletions.sort();
     Ok(Recovered {
         report,
         index,
         record_refs,
-        replay,
+        history,
         resume,
     })
 }
@@ -1091,12 +1123,19 @@ impl Spool {
         self.core.read_body(id)
     }
 
-    /// Every live message and every deletion `(mailbox, id)` of a live message, to rebuild
-    /// mailbox views (and later queues) at start: apply the messages, then the deletions.
-    /// Messages are sorted by id (arrival order), each listed once. The first call returns
-    /// what recovery found at open (no IO); a later call reads the segments again.
+    /// Every live message and every deletion `(mailbox, id)` of a live message, with each
+    /// remote recipient's state and last reply: apply the messages, then the deletions.
+    /// Messages are sorted by id (arrival order), each listed once. Reads every segment (it is
+    /// for `relay queue` and tests; the start-up views use [`Spool::startup_view`]).
     pub fn replay(&self) -> Result<Replay, SpoolError> {
         self.core.replay()
+    }
+
+    /// Every live message as the start-up views need it (maildrops, the delivery queue), from
+    /// the index and recovery's fold of the delivery records: no log is read again and no
+    /// message text is held. Call once, at start; a later call sees no delivery history.
+    pub fn startup_view(&self, visit: impl FnMut(&LiveMessage<'_>)) {
+        self.core.startup_view(visit)
     }
 
     /// Compacts sealed segments whose live bytes are below 50% (see [`compact`]) on the

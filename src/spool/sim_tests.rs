@@ -642,10 +642,12 @@ fn recover_and_check(
     cov: &mut Coverage,
 ) -> Result<(Arc<Core>, Vec<super::recovery::ShardResume>), String> {
     let rec = recover(disk, shards).map_err(|e| format!("recovery failed: {e}"))?;
-    let replay = rec.replay.clone();
     let report = rec.report.clone();
     let io: Arc<dyn SegmentIo> = Arc::new(disk.clone());
     let (core, _, resume) = Core::new(io, rec, segment_size, true);
+    let replay = core
+        .replay()
+        .map_err(|e| format!("replay after recovery failed: {e}"))?;
     cov.torn_tails += report.torn_tails() as u64;
     cov.corrupt_frames += report.corrupt_frames() as u64;
     for s in &report.shards {

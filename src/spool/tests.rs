@@ -1230,6 +1230,53 @@ fn delivery_results_are_durable_replayed_and_compacted() {
         Some(REPLY_MAX_LEN)
     );
     assert_eq!(spool.replay().unwrap(), replay, "a second call agrees");
+    // The start-up view agrees with the replay on what the queue and the maildrops need.
+    let mut views = Vec::new();
+    spool.startup_view(|m| {
+        let pending: Vec<(String, u32, Option<u64>, bool)> = m
+            .remote
+            .iter()
+            .filter(|r| !r.done)
+            .map(|r| {
+                (
+                    r.address.to_string(),
+                    r.attempts,
+                    r.next_attempt_unix_micros,
+                    r.delay_noticed,
+                )
+            })
+            .collect();
+        views.push((m.id, m.body_len, pending));
+    });
+    views.sort_by_key(|v| v.0);
+    let expected: Vec<_> = replay
+        .messages
+        .iter()
+        .map(|m| {
+            let pending = m
+                .pending
+                .iter()
+                .map(|p| {
+                    let noticed = m
+                        .dsn_sent
+                        .iter()
+                        .any(|d| d.kind == DsnKind::Delay && d.recipient == p.recipient);
+                    (
+                        p.recipient.clone(),
+                        p.attempts,
+                        p.next_attempt_unix_micros,
+                        noticed,
+                    )
+                })
+                .collect::<Vec<_>>();
+            (m.id, m.body_len, pending)
+        })
+        .collect();
+    assert_eq!(views, expected);
+    assert!(
+        views.iter().any(|v| v.2.iter().any(|p| p.3)),
+        "the delay marker shows"
+    );
     let listed = inspect::list(&cfg.dir).unwrap();
     let counts: Vec<(usize, usize, usize)> = listed
         .iter()

@@ -57,7 +57,7 @@ use crate::runtime::Phase;
 use crate::smtp::client::ClientConfig;
 use crate::smtp::reply::Reply;
 use crate::smtp::Mailboxes;
-use crate::spool::{DeliveryRecord, Outcome, Replay, ShardHandle, Spool, StoredMessage};
+use crate::spool::{DeliveryRecord, Outcome, ShardHandle, Spool, StoredMessage};
 
 /// How long a hand-off may wait for room in a full mesh queue before it gives up: the
 /// message stays pending in the spool and is queued at the next start (logged loudly).
@@ -183,57 +183,57 @@ async fn handoff(shared: &DeliveryShared, from: usize, to: usize, mut job: Job) 
     }
 }
 
-/// The queue to rebuild at start, per core: every pending remote recipient of the replay,
-/// grouped by destination and by what its last attempt said (attempts, next time).
-pub fn jobs_from_replay(shared: &DeliveryShared, replay: &Replay) -> Vec<Vec<Job>> {
-    let mut per_core: Vec<Vec<Job>> = (0..shared.cores()).map(|_| Vec::new()).collect();
-    for message in &replay.messages {
-        if message.pending.is_empty() {
+/// The queue to rebuild at start: one live message's pending remote recipients, grouped by
+/// destination and by what their last attempt said (attempts, next try), appended to their
+/// owners' lists.
+pub fn jobs_from_live(
+    shared: &DeliveryShared,
+    message: &crate::spool::LiveMessage<'_>,
+    per_core: &mut [Vec<Job>],
+) {
+    let remote: Vec<String> = message
+        .remote
+        .iter()
+        .map(|r| r.address.to_string())
+        .collect();
+    // Group by (attempts, next attempt) first: recipients retried together stay together.
+    let mut batches: Vec<RetryBatch> = Vec::new();
+    for (index, r) in message.remote.iter().enumerate() {
+        if r.done {
             continue;
         }
-        // Group by (attempts, next attempt) first: recipients retried together stay together.
-        let mut batches: Vec<RetryBatch> = Vec::new();
-        for p in &message.pending {
-            let Some(index) = message.remote.iter().position(|a| *a == p.recipient) else {
+        let key = (r.attempts, r.next_attempt_unix_micros);
+        match batches.iter_mut().find(|(k, _)| *k == key) {
+            Some((_, list)) => list.push(index),
+            None => batches.push((key, vec![index])),
+        }
+    }
+    for ((attempts, next), indices) in batches {
+        for (key, group) in shared.group(&remote, indices) {
+            let Ok(recipients) = RcptSet::from_indices(&group) else {
                 continue;
             };
-            let key = (p.attempts, p.next_attempt_unix_micros);
-            match batches.iter_mut().find(|(k, _)| *k == key) {
-                Some((_, list)) => list.push(index),
-                None => batches.push((key, vec![index])),
-            }
-        }
-        for ((attempts, next), indices) in batches {
-            for (key, group) in shared.group(&message.remote, indices) {
-                let Ok(recipients) = RcptSet::from_indices(&group) else {
-                    continue;
-                };
-                let delay_noticed = message.dsn_sent.iter().any(|d| {
-                    d.kind == crate::spool::DsnKind::Delay
-                        && group
-                            .iter()
-                            .any(|&i| message.remote.get(i) == Some(&d.recipient))
+            let delay_noticed = group
+                .iter()
+                .any(|&i| message.remote.get(i).is_some_and(|r| r.delay_noticed));
+            let due = next.map_or(SystemTime::now(), |us| {
+                UNIX_EPOCH + Duration::from_micros(us)
+            });
+            let core = owner(&key, shared.cores());
+            shared.mesh.gauge.admit(message.body_len);
+            if let Some(list) = per_core.get_mut(core) {
+                list.push(Job {
+                    id: message.id,
+                    key,
+                    recipients,
+                    due,
+                    attempts: u16::try_from(attempts).unwrap_or(u16::MAX),
+                    delay_noticed,
+                    size: message.body_len,
                 });
-                let due = next.map_or(SystemTime::now(), |us| {
-                    UNIX_EPOCH + Duration::from_micros(us)
-                });
-                let core = owner(&key, shared.cores());
-                shared.mesh.gauge.admit(message.body_len);
-                if let Some(list) = per_core.get_mut(core) {
-                    list.push(Job {
-                        id: message.id,
-                        key,
-                        recipients,
-                        due,
-                        attempts: u16::try_from(attempts).unwrap_or(u16::MAX),
-                        delay_noticed,
-                        size: message.body_len,
-                    });
-                }
             }
         }
     }
-    per_core
 }
 
 /// Pending recipients of one message that share (attempts, next attempt).
