@@ -240,7 +240,7 @@ async fn settle<C: Connector + 'static>(
 
 /// The message for the next hop: the stored bytes (our Received header first) and the
 /// entry's recipients with their DSN parameters.
-fn outgoing(entry: &Entry, message: &StoredMessage) -> Outgoing {
+fn outgoing(entry: &Entry, message: &StoredMessage, body: Bytes) -> Outgoing {
     let meta = &message.meta;
     let recipients = entry
         .recipients
@@ -253,7 +253,6 @@ fn outgoing(entry: &Entry, message: &StoredMessage) -> Outgoing {
             )
         })
         .collect();
-    let body = Bytes::from(message.body.clone());
     Outgoing {
         reverse_path: meta.envelope.reverse_path.clone(),
         params: meta.envelope.params.clone(),
@@ -263,9 +262,27 @@ fn outgoing(entry: &Entry, message: &StoredMessage) -> Outgoing {
     }
 }
 
+/// A message handed to the client. Its body lives in `body`, shared with the client (no
+/// copy per delivery); `message.body` is empty until the results need it back.
 struct InFlight {
     entry: Entry,
     message: StoredMessage,
+    body: Bytes,
+}
+
+impl InFlight {
+    /// The stored message whole again, for the results and notices. The client has dropped
+    /// its share by the time its transaction is done, so this takes the buffer back without
+    /// copying it.
+    fn into_message(self) -> (Entry, StoredMessage) {
+        let InFlight {
+            entry,
+            mut message,
+            body,
+        } = self;
+        message.body = Vec::from(body);
+        (entry, message)
+    }
 }
 
 /// Drives one connection until the client is done.
@@ -303,16 +320,9 @@ async fn converse<C: Connector + 'static>(
                         let owner = Rc::clone(core);
                         let hop = hop.to_string();
                         owner.workers.set(owner.workers.get() + 1);
+                        let (entry, message) = flight.into_message();
                         tokio::task::spawn_local(async move {
-                            settle(
-                                &owner,
-                                &flight.entry,
-                                &flight.message,
-                                &done.results,
-                                dsn,
-                                Some(&hop),
-                            )
-                            .await;
+                            settle(&owner, &entry, &message, &done.results, dsn, Some(&hop)).await;
                             owner.workers.set(owner.workers.get().saturating_sub(1));
                             owner.kick.notify_one();
                         });
@@ -351,10 +361,17 @@ async fn converse<C: Connector + 'static>(
                     continue;
                 };
                 match core.load(entry.id) {
-                    Ok(Some(message)) => {
-                        let message_out = outgoing(&entry, &message);
+                    Ok(Some(mut message)) => {
+                        let body = Bytes::from(std::mem::take(&mut message.body));
+                        let message_out = outgoing(&entry, &message, body.clone());
                         match client.send(message_out, &mut out) {
-                            Ok(()) => current = Some(InFlight { entry, message }),
+                            Ok(()) => {
+                                current = Some(InFlight {
+                                    entry,
+                                    message,
+                                    body,
+                                })
+                            }
                             Err(_) => {
                                 // Not idle after all (cannot happen after Next::Send).
                                 retry_later(core, entry);
