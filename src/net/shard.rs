@@ -124,48 +124,35 @@ async fn accept_loop<L: Listener>(ctx: Rc<ShardContext>, listener: L, protocol: 
             return;
         }
         match accepted {
-            // The client is named by the PROXY header: only the core limit applies until then.
-            Ok((conn, peer)) if proxied => match ctx.admission.admit_unidentified() {
-                Ok(pending) => {
-                    tokio::task::spawn_local(serve_proxied(
-                        conn,
-                        peer,
-                        Rc::clone(&ctx),
-                        pending,
-                        protocol,
-                    ));
+            Ok((conn, peer)) => {
+                let refused = if proxied {
+                    // The client is named by the PROXY header: only the core limit applies
+                    // until then.
+                    match ctx.admission.admit_unidentified() {
+                        Ok(pending) => {
+                            let task =
+                                serve_proxied(conn, peer, Rc::clone(&ctx), pending, protocol);
+                            tokio::task::spawn_local(task);
+                            None
+                        }
+                        Err(refusal) => Some((conn, refusal)),
+                    }
+                } else {
+                    match ctx.admission.admit(peer.ip()) {
+                        Ok(permit) => {
+                            let task =
+                                serve(conn, peer, Rc::clone(&ctx), permit, protocol, Vec::new());
+                            tokio::task::spawn_local(task);
+                            None
+                        }
+                        Err(refusal) => Some((conn, refusal)),
+                    }
+                };
+                if let Some((conn, refusal)) = refused {
+                    let task = turn_away(conn, peer, Rc::clone(&ctx), protocol, refusal);
+                    tokio::task::spawn_local(task);
                 }
-                Err(refusal) => {
-                    tokio::task::spawn_local(turn_away(
-                        conn,
-                        peer,
-                        Rc::clone(&ctx),
-                        protocol,
-                        refusal,
-                    ));
-                }
-            },
-            Ok((conn, peer)) => match ctx.admission.admit(peer.ip()) {
-                Ok(permit) => {
-                    tokio::task::spawn_local(serve(
-                        conn,
-                        peer,
-                        Rc::clone(&ctx),
-                        permit,
-                        protocol,
-                        Vec::new(),
-                    ));
-                }
-                Err(refusal) => {
-                    tokio::task::spawn_local(turn_away(
-                        conn,
-                        peer,
-                        Rc::clone(&ctx),
-                        protocol,
-                        refusal,
-                    ));
-                }
-            },
+            }
             Err(error) => {
                 if out_of_resources(&error) {
                     // Out of descriptors or memory: spinning on accept would only burn the

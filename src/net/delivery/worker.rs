@@ -114,46 +114,32 @@ async fn resolve<C: Connector + 'static>(core: &Core<C>, key: &DestinationKey) -
     };
     let names = [shared.hostname.clone()];
     let seed = key_seed(key);
-    match &core.resolver {
-        Some(resolver) => {
-            resolve::resolve(
-                resolver,
-                &route,
-                &domain,
-                seed,
-                &names,
-                &shared.resolve_limits,
-            )
-            .await
-        }
-        None => {
-            resolve::resolve(
-                &NoResolver,
-                &route,
-                &domain,
-                seed,
-                &names,
-                &shared.resolve_limits,
-            )
-            .await
-        }
-    }
+    resolve::resolve(
+        &core.resolver,
+        &route,
+        &domain,
+        seed,
+        &names,
+        &shared.resolve_limits,
+    )
+    .await
 }
 
-/// Stands in when the system resolver could not be built: every lookup is a temporary
-/// failure, so MX mail defers (and static routes with an address still work).
-struct NoResolver;
-
-impl resolve::Resolver for NoResolver {
-    fn mx(&self, _: &str) -> impl std::future::Future<Output = resolve::MxAnswer> {
-        std::future::ready(resolve::MxAnswer::TempFail(
-            "no DNS resolver available".into(),
-        ))
+/// Without a system resolver (it could not be built) every lookup is a temporary failure:
+/// MX mail defers, and static routes with an address still work.
+impl resolve::Resolver for Option<resolve::SystemResolver> {
+    async fn mx(&self, domain: &str) -> resolve::MxAnswer {
+        match self {
+            Some(resolver) => resolver.mx(domain).await,
+            None => resolve::MxAnswer::TempFail("no DNS resolver available".into()),
+        }
     }
-    fn addresses(&self, _: &str) -> impl std::future::Future<Output = resolve::AddrAnswer> {
-        std::future::ready(resolve::AddrAnswer::TempFail(
-            "no DNS resolver available".into(),
-        ))
+
+    async fn addresses(&self, host: &str) -> resolve::AddrAnswer {
+        match self {
+            Some(resolver) => resolver.addresses(host).await,
+            None => resolve::AddrAnswer::TempFail("no DNS resolver available".into()),
+        }
     }
 }
 
