@@ -29,4 +29,5 @@ pub mod queue;
 pub mod runtime;
 pub mod smtp;
 pub mod spool;
+pub mod tls;
 pub mod tune;

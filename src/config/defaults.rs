@@ -102,3 +102,8 @@ pub const ALLOW_PLAINTEXT_AUTH: bool = false;
 pub fn admin_listen() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 9025))
 }
+
+/// A handshake is a few round trips; a minute covers a slow link, as Postfix's
+/// `smtpd_starttls_timeout` is bounded by its command timeout, without letting a silent
+/// peer hold a slot for the whole command timeout.
+pub const TLS_HANDSHAKE_TIMEOUT: Interval = Interval::secs(60);

@@ -63,6 +63,42 @@ pub struct Config {
     /// Outbound delivery: retries, lifetime, notices, per-destination limits (`queue::settings`).
     pub delivery: crate::queue::DeliveryConfig,
     pub admin: AdminSection,
+    pub tls: TlsSection,
+}
+
+/// `[tls]`: the server certificate for STARTTLS/STLS and the implicit-TLS listeners
+/// (`smtp.tls_listen`, `pop3.tls_listen`), and what outbound delivery trusts. Without `cert`
+/// and `key` the relay offers no TLS (STARTTLS is not advertised). Paths relative to the
+/// config file are resolved next to it. SIGHUP reads the files again (see `runtime::server`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsSection {
+    /// PEM certificate chain, leaf first.
+    pub cert: Option<PathBuf>,
+    /// PEM private key (PKCS#8, RSA or SEC1 EC) of the leaf certificate.
+    pub key: Option<PathBuf>,
+    /// How long a client may take to complete a handshake after STARTTLS/STLS or connect.
+    pub handshake_timeout: Interval,
+    /// Extra trust anchors (PEM) for outbound `tls = "required"`, added to the webpki roots.
+    pub ca_file: Option<PathBuf>,
+}
+
+impl Default for TlsSection {
+    fn default() -> Self {
+        TlsSection {
+            cert: None,
+            key: None,
+            handshake_timeout: defaults::TLS_HANDSHAKE_TIMEOUT,
+            ca_file: None,
+        }
+    }
+}
+
+impl TlsSection {
+    /// The server offers TLS (both files named).
+    pub fn server_enabled(&self) -> bool {
+        self.cert.is_some() && self.key.is_some()
+    }
 }
 
 /// `[admin]`: the operator's HTTP listener, `/metrics` (Prometheus text), `/stat` (what
@@ -161,6 +197,8 @@ impl Default for ServerConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct SmtpConfig {
     pub listen: Vec<SocketAddr>,
+    /// Implicit-TLS listeners (submissions, RFC 8314 §3.3: port 465); need `[tls]`.
+    pub tls_listen: Vec<SocketAddr>,
     pub command_line_max: usize,
     pub text_line_max: usize,
     pub recipients_max: usize,
@@ -190,6 +228,7 @@ impl Default for SmtpConfig {
     fn default() -> Self {
         SmtpConfig {
             listen: defaults::smtp_listen(),
+            tls_listen: Vec::new(),
             command_line_max: defaults::COMMAND_LINE_MAX,
             text_line_max: defaults::TEXT_LINE_MAX,
             recipients_max: defaults::RECIPIENTS_MAX,
@@ -301,6 +340,8 @@ pub struct UserConfig {
 pub struct Pop3Config {
     /// Addresses; empty disables POP3.
     pub listen: Vec<SocketAddr>,
+    /// Implicit-TLS listeners (POP3S, RFC 8314 §3.3: port 995); need `[tls]`.
+    pub tls_listen: Vec<SocketAddr>,
     /// RFC 1939 §3: the autologout timer must be at least 10 minutes.
     pub idle_timeout: Interval,
     /// Wait before answering a failed login (slows guessing; Dovecot waits 2s).
@@ -317,6 +358,7 @@ impl Default for Pop3Config {
     fn default() -> Self {
         Pop3Config {
             listen: defaults::pop3_listen(),
+            tls_listen: Vec::new(),
             idle_timeout: defaults::POP3_IDLE_TIMEOUT,
             auth_failure_delay: defaults::AUTH_FAILURE_DELAY,
             auth_failures_per_ip_max: defaults::AUTH_FAILURES_PER_IP_MAX,
@@ -334,10 +376,17 @@ impl Config {
             source,
         })?;
         let mut config = Config::parse(&text, &path.display().to_string())?;
-        // A users file named relative to the config lives next to it.
-        if let (Some(file), Some(dir)) = (&config.local.users_file, path.parent()) {
-            if file.is_relative() {
-                config.local.users_file = Some(dir.join(file));
+        // Files named relative to the config live next to it.
+        if let Some(dir) = path.parent() {
+            for file in [
+                &mut config.local.users_file,
+                &mut config.tls.cert,
+                &mut config.tls.key,
+                &mut config.tls.ca_file,
+            ] {
+                if let Some(relative) = file.as_ref().filter(|f| f.is_relative()) {
+                    *file = Some(dir.join(relative));
+                }
             }
         }
         Ok(config)
@@ -582,6 +631,33 @@ impl Config {
             return Err(invalid(
                 "pop3.auth_failures_per_ip_max",
                 "must be at least 1".into(),
+            ));
+        }
+        let t = &self.tls;
+        if t.cert.is_some() != t.key.is_some() {
+            return Err(invalid(
+                if t.cert.is_some() { "tls.key" } else { "tls.cert" },
+                "tls.cert and tls.key go together: name both files or neither".into(),
+            ));
+        }
+        if !t.server_enabled() {
+            for (key, listen) in [
+                ("smtp.tls_listen", &self.smtp.tls_listen),
+                ("pop3.tls_listen", &self.pop3.tls_listen),
+            ] {
+                if !listen.is_empty() {
+                    return Err(invalid(
+                        key,
+                        "implicit-TLS listeners need a certificate: set tls.cert and tls.key"
+                            .into(),
+                    ));
+                }
+            }
+        }
+        if t.handshake_timeout.0.is_zero() {
+            return Err(invalid(
+                "tls.handshake_timeout",
+                "must be more than 0".into(),
             ));
         }
         if !admin_listen_allowed(&self.admin.listen) {

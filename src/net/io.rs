@@ -22,6 +22,9 @@ pub trait Connection {
     async fn write_all(&self, buf: Vec<u8>) -> (io::Result<()>, Vec<u8>);
     /// Shuts both directions down: any pending read or write completes at once.
     fn shutdown(&self);
+    /// Ends the session in order before a close (TLS sends close_notify); nothing on a
+    /// plain socket.
+    async fn finish(&self) {}
 }
 
 /// Opens outbound connections on the current shard (the delivery side).

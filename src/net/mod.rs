@@ -16,3 +16,4 @@ pub mod pop3_conn;
 pub mod proxy;
 pub mod shard;
 pub mod smtp_conn;
+pub mod tls;
