@@ -12,6 +12,7 @@
 //! - `connections_open{core,protocol}`, `connections_total`, `connections_refused_total`;
 //! - `bytes_received_total{core,protocol}`, `bytes_sent_total` (connection level: what the
 //!   connection loops read and wrote);
+//! - `tls_handshakes_total{core,protocol}`, `tls_handshake_failures_total` (client side);
 //! - `smtp_transactions_total{core,result,code}`: result `queued` (2xx), `deferred` (4xx),
 //!   `rejected` (5xx); `smtp_message_bytes_total{core}`: bytes of messages stored;
 //! - `pop3_sessions_total{core}` (logins that opened a maildrop), `pop3_retrievals_total`
@@ -108,6 +109,8 @@ struct Families {
     refused: Family<ProtocolLabels, Counter>,
     bytes_received: Family<ProtocolLabels, Counter>,
     bytes_sent: Family<ProtocolLabels, Counter>,
+    tls_handshakes: Family<ProtocolLabels, Counter>,
+    tls_failures: Family<ProtocolLabels, Counter>,
     transactions: Family<TransactionLabels, Counter>,
     message_bytes: Family<CoreLabels, Counter>,
     pop3_sessions: Family<CoreLabels, Counter>,
@@ -160,6 +163,8 @@ impl Metrics {
             refused: Family::default(),
             bytes_received: Family::default(),
             bytes_sent: Family::default(),
+            tls_handshakes: Family::default(),
+            tls_failures: Family::default(),
             transactions: Family::default(),
             message_bytes: Family::default(),
             pop3_sessions: Family::default(),
@@ -193,6 +198,16 @@ impl Metrics {
             "bytes_sent",
             "Bytes written to clients",
             f.bytes_sent.clone(),
+        );
+        registry.register(
+            "tls_handshakes",
+            "TLS sessions established by clients (STARTTLS, STLS, implicit TLS)",
+            f.tls_handshakes.clone(),
+        );
+        registry.register(
+            "tls_handshake_failures",
+            "TLS handshakes with clients that failed or timed out",
+            f.tls_failures.clone(),
         );
         registry.register(
             "smtp_transactions",
@@ -290,6 +305,12 @@ impl Metrics {
                 .get_or_create_owned(&ProtocolLabels { core, protocol }),
             bytes_sent: f
                 .bytes_sent
+                .get_or_create_owned(&ProtocolLabels { core, protocol }),
+            tls_handshakes: f
+                .tls_handshakes
+                .get_or_create_owned(&ProtocolLabels { core, protocol }),
+            tls_failures: f
+                .tls_failures
                 .get_or_create_owned(&ProtocolLabels { core, protocol }),
         };
         let labels = CoreLabels { core };
@@ -445,6 +466,8 @@ pub struct ProtocolMetrics {
     pub refused: Counter,
     pub bytes_received: Counter,
     pub bytes_sent: Counter,
+    pub tls_handshakes: Counter,
+    pub tls_failures: Counter,
 }
 
 impl ProtocolMetrics {

@@ -13,155 +13,265 @@ use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::Instant;
 
-use super::conn::{compact, flush, stop_requested, GOODBYE_WRITE_LIMIT, READ_CHUNK};
+use super::conn::{compact, flush, stop_requested, within, GOODBYE_WRITE_LIMIT, READ_CHUNK};
 use super::io::Connection;
 use super::limits::Permit;
 use super::shard::ShardContext;
+use super::tls::{self, TlsConnection};
 use crate::envelope::QueueId;
 use crate::mailbox::MaildropLock;
 use crate::pop3::{Credentials, Event, LockResult, MaildropEntry, Outbox, Session};
 
 /// Serves one accepted POP3 connection until it ends. `_permit` holds the admission slots;
 /// `input` is what the client sent before the session started (bytes that followed a PROXY
-/// header), taken as its first input.
+/// header), taken as its first input. On an implicit-TLS listener (`implicit_tls`, POP3S) the
+/// handshake comes first and `input` is the start of it.
 pub async fn serve<C: Connection>(
     conn: C,
     peer: SocketAddr,
     ctx: Rc<ShardContext>,
     _permit: Permit,
     input: Vec<u8>,
+    implicit_tls: bool,
 ) {
     let _open = ctx.metrics.pop3.opened();
-    let mut phase = ctx.phase.clone();
     let mut out = Outbox::default();
     let nonce = format!(
         "{}.{}",
         std::process::id(),
         rand_core::RngCore::next_u64(&mut rand_core::OsRng)
     );
-    let mut session = Session::new(ctx.pop3.config.clone(), &nonce, &mut out);
-    // Held for the whole TRANSACTION state; dropping it (however the session ends) unlocks.
-    let mut maildrop: Option<MaildropLock> = None;
-    let mut input = input;
-    input.reserve(READ_CHUNK.saturating_sub(input.len()));
-    let mut consumed = 0usize;
+    // The greeting waits in `out` until the first flush (after the handshake on TLS).
+    let session = Session::new(ctx.pop3.config.clone(), &nonce, &mut out);
+    let mut link = Link {
+        phase: ctx.phase.clone(),
+        ctx,
+        peer,
+        out,
+        session,
+        maildrop: None,
+        input: Vec::new(),
+        consumed: 0,
+    };
+    if implicit_tls {
+        if let Some(tls) = link.handshake(conn, input).await {
+            // STLS is refused on a TLS session, so this drive is the whole session.
+            let _ = link.drive(&tls).await;
+        }
+        return;
+    }
+    link.input = input;
+    link.input
+        .reserve(READ_CHUNK.saturating_sub(link.input.len()));
+    if link.drive(&conn).await == Ending::StartTls {
+        if let Some(tls) = link.handshake(conn, Vec::new()).await {
+            let _ = link.drive(&tls).await;
+        }
+    }
+}
 
-    loop {
-        let mut progressed = false;
-        if consumed < input.len() && !session.awaiting() && !session.is_closed() {
-            let n = session.handle_input(&input[consumed..], &mut out);
-            consumed += n;
-            progressed = n > 0;
-        }
-        let events = std::mem::take(&mut out.events);
-        for event in events {
-            progressed = true;
-            match event {
-                Event::Authenticate(credentials) => {
-                    let user = authenticate(&ctx, peer, credentials).await;
-                    if user.is_none() {
-                        // Slow down guessing before the -ERR goes out.
-                        tokio::time::sleep(ctx.pop3.auth_failure_delay).await;
-                    }
-                    session.authenticated(user, &mut out);
-                }
-                Event::Lock { user } => match ctx.mail_store.lock(&user) {
-                    Ok(lock) => {
-                        let entries = lock
-                            .entries
-                            .iter()
-                            .map(|e| MaildropEntry {
-                                uid: e.id.to_string(),
-                                size: e.size,
-                            })
-                            .collect();
-                        tracing::info!(target: "relay::pop3", client = %peer.ip(), user = %user, messages = lock.entries.len(), "login");
-                        ctx.metrics.pop3_sessions.inc();
-                        maildrop = Some(lock);
-                        session.locked(LockResult::Locked(entries), &mut out);
-                    }
-                    Err(_) => session.locked(LockResult::InUse, &mut out),
-                },
-                Event::Retrieve { index, top_lines } => {
-                    let body = maildrop
-                        .as_ref()
-                        .and_then(|lock| lock.entries.get(index))
-                        .map(|entry| ctx.store.read_body(entry.id));
-                    match body {
-                        Some(Ok(bytes)) => {
-                            if top_lines.is_none() {
-                                ctx.metrics.pop3_retrievals.inc();
-                            }
-                            session.retrieved(Ok(&bytes), &mut out)
-                        }
-                        Some(Err(error)) => {
-                            tracing::warn!(target: "relay::pop3", %error, "cannot read a message");
-                            session.retrieved(Err(()), &mut out);
-                        }
-                        None => session.retrieved(Err(()), &mut out),
-                    }
-                }
-                Event::Update { deleted } => {
-                    let result = match &maildrop {
-                        Some(lock) => delete(&ctx, lock, &deleted).await,
-                        None => Err(()),
-                    };
-                    session.updated(result, &mut out);
-                }
-                Event::Close(reason) => {
-                    // Unlock before the goodbye goes out: a client that reconnects as soon
-                    // as it reads +OK must find its maildrop free.
-                    drop(maildrop.take());
-                    ctx.metrics.pop3.bytes_sent.inc_by(out.bytes.len() as u64);
-                    let _ = flush(&conn, &mut out.bytes, GOODBYE_WRITE_LIMIT).await;
-                    conn.shutdown();
-                    tracing::debug!(client = %peer, ?reason, "pop3 closed");
-                    return;
-                }
-            }
-        }
-        if progressed && (consumed < input.len() || !out.events.is_empty()) {
-            continue;
-        }
-        ctx.metrics.pop3.bytes_sent.inc_by(out.bytes.len() as u64);
-        if flush(&conn, &mut out.bytes, ctx.pop3.idle_timeout)
-            .await
-            .is_err()
-        {
+/// Why a drive ended.
+#[derive(Debug, PartialEq, Eq)]
+enum Ending {
+    Closed,
+    /// STLS was answered +OK and the pipelined input discarded: hand the socket to TLS.
+    StartTls,
+}
+
+/// One connection's protocol state, kept across the switch to TLS.
+struct Link {
+    ctx: Rc<ShardContext>,
+    peer: SocketAddr,
+    phase: tokio::sync::watch::Receiver<crate::runtime::Phase>,
+    out: Outbox,
+    session: Session,
+    /// Held for the whole TRANSACTION state; dropping it (however the session ends) unlocks.
+    maildrop: Option<MaildropLock>,
+    input: Vec<u8>,
+    consumed: usize,
+}
+
+impl Link {
+    /// The server side of the TLS handshake (after STLS, or at connect on POP3S where
+    /// `early` holds bytes already read). `None`: failed or timed out, logged, socket shut.
+    async fn handshake<C: Connection>(
+        &mut self,
+        conn: C,
+        early: Vec<u8>,
+    ) -> Option<TlsConnection<C>> {
+        let ctx = &self.ctx;
+        let Some(server_tls) = ctx.server_tls.as_ref() else {
             conn.shutdown();
-            return;
+            return None;
+        };
+        match tls::accept(conn, server_tls.config(), &early, ctx.tls_handshake_timeout).await {
+            Ok((tls, summary)) => {
+                ctx.metrics.pop3.tls_handshakes.inc();
+                tracing::debug!(client = %self.peer, version = %summary.version, cipher = %summary.cipher, "TLS established");
+                self.session.tls_established();
+                self.input = Vec::with_capacity(READ_CHUNK);
+                self.consumed = 0;
+                Some(tls)
+            }
+            Err(failure) => {
+                ctx.metrics.pop3.tls_failures.inc();
+                tracing::info!(target: "relay::pop3", client = %self.peer.ip(), %failure, "no TLS session");
+                None
+            }
         }
-        compact(&mut input, &mut consumed);
-        let read = conn.read_into(input);
-        tokio::pin!(read);
-        tokio::select! {
-            biased;
-            (result, buffer) = &mut read => {
-                input = buffer;
-                match result {
-                    Ok(n) if n > 0 => {
-                        ctx.metrics.pop3.bytes_received.inc_by(n as u64);
+    }
+
+    /// Drives the session over `conn` until it closes or switches to TLS.
+    async fn drive<C: Connection>(&mut self, conn: &C) -> Ending {
+        let Link {
+            ctx,
+            peer,
+            phase,
+            out,
+            session,
+            maildrop,
+            input,
+            consumed,
+        } = self;
+        let ctx: &ShardContext = ctx;
+        let peer = *peer;
+        loop {
+            let mut progressed = false;
+            if *consumed < input.len() && !session.awaiting() && !session.is_closed() {
+                let n = session.handle_input(&input[*consumed..], out);
+                *consumed += n;
+                progressed = n > 0;
+            }
+            let events = std::mem::take(&mut out.events);
+            for event in events {
+                progressed = true;
+                match event {
+                    Event::Authenticate(credentials) => {
+                        let user = authenticate(ctx, peer, credentials).await;
+                        if user.is_none() {
+                            // Slow down guessing before the -ERR goes out.
+                            tokio::time::sleep(ctx.pop3.auth_failure_delay).await;
+                        }
+                        session.authenticated(user, out);
                     }
-                    // A dropped connection never enters UPDATE: nothing is deleted.
-                    _ => {
+                    Event::Lock { user } => match ctx.mail_store.lock(&user) {
+                        Ok(lock) => {
+                            let entries = lock
+                                .entries
+                                .iter()
+                                .map(|e| MaildropEntry {
+                                    uid: e.id.to_string(),
+                                    size: e.size,
+                                })
+                                .collect();
+                            tracing::info!(target: "relay::pop3", client = %peer.ip(), user = %user, messages = lock.entries.len(), "login");
+                            ctx.metrics.pop3_sessions.inc();
+                            *maildrop = Some(lock);
+                            session.locked(LockResult::Locked(entries), out);
+                        }
+                        Err(_) => session.locked(LockResult::InUse, out),
+                    },
+                    Event::Retrieve { index, top_lines } => {
+                        let body = maildrop
+                            .as_ref()
+                            .and_then(|lock| lock.entries.get(index))
+                            .map(|entry| ctx.store.read_body(entry.id));
+                        match body {
+                            Some(Ok(bytes)) => {
+                                if top_lines.is_none() {
+                                    ctx.metrics.pop3_retrievals.inc();
+                                }
+                                session.retrieved(Ok(&bytes), out)
+                            }
+                            Some(Err(error)) => {
+                                tracing::warn!(target: "relay::pop3", %error, "cannot read a message");
+                                session.retrieved(Err(()), out);
+                            }
+                            None => session.retrieved(Err(()), out),
+                        }
+                    }
+                    Event::Update { deleted } => {
+                        let result = match &maildrop {
+                            Some(lock) => delete(ctx, lock, &deleted).await,
+                            None => Err(()),
+                        };
+                        session.updated(result, out);
+                    }
+                    Event::Close(reason) => {
+                        // Unlock before the goodbye goes out: a client that reconnects as soon
+                        // as it reads +OK must find its maildrop free.
+                        drop(maildrop.take());
+                        ctx.metrics.pop3.bytes_sent.inc_by(out.bytes.len() as u64);
+                        let _ = flush(conn, &mut out.bytes, GOODBYE_WRITE_LIMIT).await;
+                        let _ = within(conn, GOODBYE_WRITE_LIMIT, conn.finish()).await;
                         conn.shutdown();
-                        return;
+                        tracing::debug!(client = %peer, ?reason, "pop3 closed");
+                        return Ending::Closed;
+                    }
+                    Event::StartTls => {
+                        ctx.metrics.pop3.bytes_sent.inc_by(out.bytes.len() as u64);
+                        if flush(conn, &mut out.bytes, ctx.pop3.idle_timeout)
+                            .await
+                            .is_err()
+                        {
+                            conn.shutdown();
+                            return Ending::Closed;
+                        }
+                        // Plaintext pipelined after STLS must not become commands of the TLS
+                        // session (the STARTTLS injection class, CVE-2011-0411).
+                        let discarded = input.len() - *consumed;
+                        if discarded > 0 {
+                            tracing::info!(target: "relay::pop3", client = %peer.ip(), octets = discarded, "discarded input pipelined after STLS");
+                        }
+                        input.clear();
+                        *consumed = 0;
+                        return Ending::StartTls;
                     }
                 }
             }
-            _ = tokio::time::sleep(ctx.pop3.idle_timeout) => {
-                session.timed_out(&mut out);
-                let _ = flush(&conn, &mut out.bytes, GOODBYE_WRITE_LIMIT).await;
-                conn.shutdown();
-                let _ = read.await;
-                return;
+            if progressed && (*consumed < input.len() || !out.events.is_empty()) {
+                continue;
             }
-            _ = stop_requested(&mut phase, false) => {
-                session.shutting_down(&mut out);
-                let _ = flush(&conn, &mut out.bytes, GOODBYE_WRITE_LIMIT).await;
+            ctx.metrics.pop3.bytes_sent.inc_by(out.bytes.len() as u64);
+            if flush(conn, &mut out.bytes, ctx.pop3.idle_timeout)
+                .await
+                .is_err()
+            {
                 conn.shutdown();
-                let _ = read.await;
-                return;
+                return Ending::Closed;
+            }
+            compact(input, consumed);
+            let read = conn.read_into(std::mem::take(input));
+            tokio::pin!(read);
+            tokio::select! {
+                biased;
+                (result, buffer) = &mut read => {
+                    *input = buffer;
+                    match result {
+                        Ok(n) if n > 0 => {
+                            ctx.metrics.pop3.bytes_received.inc_by(n as u64);
+                        }
+                        // A dropped connection never enters UPDATE: nothing is deleted.
+                        _ => {
+                            conn.shutdown();
+                            return Ending::Closed;
+                        }
+                    }
+                }
+                _ = tokio::time::sleep(ctx.pop3.idle_timeout) => {
+                    session.timed_out(out);
+                    let _ = flush(conn, &mut out.bytes, GOODBYE_WRITE_LIMIT).await;
+                    conn.shutdown();
+                    let _ = read.await;
+                    return Ending::Closed;
+                }
+                _ = stop_requested(phase, false) => {
+                    session.shutting_down(out);
+                    let _ = flush(conn, &mut out.bytes, GOODBYE_WRITE_LIMIT).await;
+                    conn.shutdown();
+                    let _ = read.await;
+                    return Ending::Closed;
+                }
             }
         }
     }

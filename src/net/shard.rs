@@ -48,6 +48,9 @@ pub struct ShardContext {
     pub delivery: Arc<crate::net::delivery::DeliveryShared>,
     /// This core's metric handles (atomics; no lock per event).
     pub metrics: crate::metrics::CoreMetrics,
+    /// The certificate for STARTTLS, STLS and implicit TLS; `None`: no TLS offered.
+    pub server_tls: Option<crate::tls::ServerTls>,
+    pub tls_handshake_timeout: Duration,
 }
 
 /// What POP3 connections need besides the common parts.
@@ -78,6 +81,8 @@ pub struct Bound<L> {
     pub listener: L,
     pub socket: std::net::TcpListener,
     pub protocol: Protocol,
+    /// Connections start with a TLS handshake (ports 465 and 995, RFC 8314).
+    pub implicit_tls: bool,
 }
 
 /// Runs the shard until shutdown has drained (or force-closed) every connection.
@@ -90,6 +95,7 @@ pub async fn run<L: Listener + 'static>(ctx: Rc<ShardContext>, listeners: Vec<Bo
             Rc::clone(&ctx),
             bound.listener,
             bound.protocol,
+            bound.implicit_tls,
         )));
     }
     let mut phase = ctx.phase.clone();
@@ -110,7 +116,12 @@ pub async fn run<L: Listener + 'static>(ctx: Rc<ShardContext>, listeners: Vec<Bo
     ctx.admission.idle().await;
 }
 
-async fn accept_loop<L: Listener>(ctx: Rc<ShardContext>, listener: L, protocol: Protocol) {
+async fn accept_loop<L: Listener>(
+    ctx: Rc<ShardContext>,
+    listener: L,
+    protocol: Protocol,
+    implicit_tls: bool,
+) {
     let proxied = match protocol {
         Protocol::Smtp => ctx.smtp_proxy_protocol,
         Protocol::Pop3 => ctx.pop3_proxy_protocol,
@@ -130,8 +141,14 @@ async fn accept_loop<L: Listener>(ctx: Rc<ShardContext>, listener: L, protocol: 
                     // until then.
                     match ctx.admission.admit_unidentified() {
                         Ok(pending) => {
-                            let task =
-                                serve_proxied(conn, peer, Rc::clone(&ctx), pending, protocol);
+                            let task = serve_proxied(
+                                conn,
+                                peer,
+                                Rc::clone(&ctx),
+                                pending,
+                                protocol,
+                                implicit_tls,
+                            );
                             tokio::task::spawn_local(task);
                             None
                         }
@@ -140,8 +157,15 @@ async fn accept_loop<L: Listener>(ctx: Rc<ShardContext>, listener: L, protocol: 
                 } else {
                     match ctx.admission.admit(peer.ip()) {
                         Ok(permit) => {
-                            let task =
-                                serve(conn, peer, Rc::clone(&ctx), permit, protocol, Vec::new());
+                            let task = serve(
+                                conn,
+                                peer,
+                                Rc::clone(&ctx),
+                                permit,
+                                protocol,
+                                implicit_tls,
+                                Vec::new(),
+                            );
                             tokio::task::spawn_local(task);
                             None
                         }
@@ -175,11 +199,12 @@ async fn serve<C: Connection>(
     ctx: Rc<ShardContext>,
     permit: Permit,
     protocol: Protocol,
+    implicit_tls: bool,
     input: Vec<u8>,
 ) {
     match protocol {
-        Protocol::Smtp => smtp_conn::serve(conn, peer, ctx, permit, input).await,
-        Protocol::Pop3 => pop3_conn::serve(conn, peer, ctx, permit, input).await,
+        Protocol::Smtp => smtp_conn::serve(conn, peer, ctx, permit, input, implicit_tls).await,
+        Protocol::Pop3 => pop3_conn::serve(conn, peer, ctx, permit, input, implicit_tls).await,
     }
 }
 
@@ -222,6 +247,7 @@ async fn serve_proxied<C: Connection>(
     ctx: Rc<ShardContext>,
     pending: Unidentified,
     protocol: Protocol,
+    implicit_tls: bool,
 ) {
     let idle = match protocol {
         Protocol::Smtp => ctx.command_timeout,
@@ -241,7 +267,7 @@ async fn serve_proxied<C: Connection>(
     let peer = source.unwrap_or(socket_peer);
     tracing::debug!(client = %peer, proxy = %socket_peer, ?protocol, "PROXY header read");
     match pending.identify(peer.ip()) {
-        Ok(permit) => serve(conn, peer, ctx, permit, protocol, input).await,
+        Ok(permit) => serve(conn, peer, ctx, permit, protocol, implicit_tls, input).await,
         Err(refusal) => turn_away(conn, peer, ctx, protocol, refusal).await,
     }
 }

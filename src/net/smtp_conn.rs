@@ -18,145 +18,270 @@ use super::conn::{compact, flush, stop_requested, within, GOODBYE_WRITE_LIMIT, R
 use super::io::Connection;
 use super::limits::Permit;
 use super::shard::ShardContext;
+use super::tls::{self, TlsConnection};
 use crate::envelope::QueueId;
 use crate::smtp::{AuthFailure, Credentials, Event, Outbox, Session, Submission, SubmitError};
 use crate::spool::{NewMessage, SpoolError};
 
 /// Serves one accepted SMTP connection until it ends. `_permit` holds the admission slots;
 /// `input` is what the client sent before the session started (bytes that followed a PROXY
-/// header), taken as its first input.
+/// header), taken as its first input. On an implicit-TLS listener (`implicit_tls`) the
+/// handshake comes first and `input` is the start of it.
 pub async fn serve<C: Connection>(
     conn: C,
     peer: SocketAddr,
     ctx: Rc<ShardContext>,
     _permit: Permit,
     input: Vec<u8>,
+    implicit_tls: bool,
 ) {
     let _open = ctx.metrics.smtp.opened();
-    let mut phase = ctx.phase.clone();
     let mut out = Outbox::default();
-    let mut session = Session::new(
+    // The greeting waits in `out` until the first flush (after the handshake on TLS).
+    let session = Session::new(
         ctx.session_config.clone(),
         peer,
         SystemTime::now(),
         &mut out,
     );
-    let mut input = input;
-    input.reserve(READ_CHUNK.saturating_sub(input.len()));
-    let mut consumed = 0usize;
-    tracing::debug!(client = %peer, shard = ctx.shard, "connected");
-
-    loop {
-        // 1. Let the session take what it can from the buffered input.
-        let mut progressed = false;
-        if consumed < input.len()
-            && !session.awaiting_submission()
-            && !session.awaiting_authentication()
-            && !session.is_closed()
-        {
-            let n = session.handle_input(&input[consumed..], SystemTime::now(), &mut out);
-            consumed += n;
-            progressed = n > 0;
-        }
-
-        // 2. Perform its events in order.
-        let events = std::mem::take(&mut out.events);
-        for event in events {
-            match event {
-                Event::Submit(submission) => {
-                    let stored = tokio::select! {
-                        biased;
-                        stored = store(&ctx, *submission, peer) => Some(stored),
-                        _ = stop_requested(&mut phase, true) => None,
-                    };
-                    let Some(result) = stored else {
-                        // Forced stop while the disk was busy: no reply is honest here; the
-                        // client retries (a duplicate is possible, a loss is not).
-                        conn.shutdown();
-                        return;
-                    };
-                    session.submitted(result, SystemTime::now(), &mut out);
-                    progressed = true;
-                }
-                Event::Authenticate(credentials) => {
-                    let result = tokio::select! {
-                        biased;
-                        result = authenticate(&ctx, peer, credentials) => Some(result),
-                        _ = stop_requested(&mut phase, false) => None,
-                    };
-                    let Some(result) = result else {
-                        session.shutting_down(&mut out);
-                        let _ = flush(&conn, &mut out.bytes, GOODBYE_WRITE_LIMIT).await;
-                        conn.shutdown();
-                        return;
-                    };
-                    session.authenticated(result, &mut out);
-                    progressed = true;
-                }
-                Event::Rejected(summary) => {
-                    ctx.metrics.transaction(summary.reply.code().get());
-                    tracing::info!(
-                        target: "relay::transaction",
-                        client = %peer.ip(),
-                        sender = %summary.reverse_path,
-                        auth = session.authenticated_user().map(tracing::field::display),
-                        rcpts = summary.recipients,
-                        size = summary.size,
-                        result = %summary.reply,
-                        "rejected"
-                    );
-                }
-                Event::Close(reason) => {
-                    ctx.metrics.smtp.bytes_sent.inc_by(out.bytes.len() as u64);
-                    let _ = flush(&conn, &mut out.bytes, GOODBYE_WRITE_LIMIT).await;
-                    conn.shutdown();
-                    tracing::debug!(client = %peer, ?reason, "closed");
-                    return;
-                }
-            }
-        }
-        // More may be possible without reading: pipelined input after a stored message,
-        // or events the last step produced.
-        if progressed && (consumed < input.len() || !out.events.is_empty()) {
-            continue;
-        }
-
-        // 3. Needs more bytes: answer everything so far in one write, then read.
-        let limit = if session.receiving_data() {
-            ctx.data_timeout
-        } else {
-            ctx.command_timeout
-        };
-        ctx.metrics.smtp.bytes_sent.inc_by(out.bytes.len() as u64);
-        if flush(&conn, &mut out.bytes, limit).await.is_err() {
-            conn.shutdown();
+    let mut link = Link {
+        phase: ctx.phase.clone(),
+        ctx,
+        peer,
+        out,
+        session,
+        input: Vec::new(),
+        consumed: 0,
+    };
+    tracing::debug!(client = %peer, shard = link.ctx.shard, implicit_tls, "connected");
+    if implicit_tls {
+        let Some(tls) = link.handshake(conn, input).await else {
             return;
+        };
+        // STARTTLS is refused on a TLS session, so this drive is the whole session.
+        let _ = link.drive(&tls).await;
+        return;
+    }
+    link.input = input;
+    link.input
+        .reserve(READ_CHUNK.saturating_sub(link.input.len()));
+    if link.drive(&conn).await == Ending::StartTls {
+        if let Some(tls) = link.handshake(conn, Vec::new()).await {
+            let _ = link.drive(&tls).await;
         }
-        compact(&mut input, &mut consumed);
-        let read = conn.read_into(input);
-        tokio::pin!(read);
-        let in_transaction = session.in_transaction();
-        tokio::select! {
-            biased;
-            (result, buffer) = &mut read => {
-                input = buffer;
-                match result {
-                    Ok(n) if n > 0 => {
-                        ctx.metrics.smtp.bytes_received.inc_by(n as u64);
+    }
+}
+
+/// Why a drive ended.
+#[derive(Debug, PartialEq, Eq)]
+enum Ending {
+    /// The connection is closed.
+    Closed,
+    /// STARTTLS was answered 220 and the pipelined input discarded: hand the socket to TLS.
+    StartTls,
+}
+
+/// One connection's protocol state, kept across the switch to TLS.
+struct Link {
+    ctx: Rc<ShardContext>,
+    peer: SocketAddr,
+    phase: tokio::sync::watch::Receiver<crate::runtime::Phase>,
+    out: Outbox,
+    session: Session,
+    input: Vec<u8>,
+    consumed: usize,
+}
+
+impl Link {
+    /// Runs the server side of the TLS handshake on `conn` (after STARTTLS's 220, or at
+    /// connect on an implicit-TLS listener, where `early` holds bytes already read).
+    /// `None`: it failed or timed out, the socket is shut and the failure logged.
+    async fn handshake<C: Connection>(
+        &mut self,
+        conn: C,
+        early: Vec<u8>,
+    ) -> Option<TlsConnection<C>> {
+        let ctx = &self.ctx;
+        let Some(server_tls) = ctx.server_tls.as_ref() else {
+            // The session offers STARTTLS only with a certificate; a listener is implicit-TLS
+            // only with one (config validation).
+            conn.shutdown();
+            return None;
+        };
+        match tls::accept(conn, server_tls.config(), &early, ctx.tls_handshake_timeout).await {
+            Ok((tls, summary)) => {
+                ctx.metrics.smtp.tls_handshakes.inc();
+                tracing::debug!(client = %self.peer, version = %summary.version, cipher = %summary.cipher, "TLS established");
+                self.session.tls_established(format!(
+                    "{} with cipher {}",
+                    summary.version, summary.cipher
+                ));
+                self.input = Vec::with_capacity(READ_CHUNK);
+                self.consumed = 0;
+                Some(tls)
+            }
+            Err(failure) => {
+                ctx.metrics.smtp.tls_failures.inc();
+                tracing::info!(target: "relay::smtp", client = %self.peer.ip(), %failure, "no TLS session");
+                None
+            }
+        }
+    }
+
+    /// Drives the session over `conn` until it closes or switches to TLS.
+    async fn drive<C: Connection>(&mut self, conn: &C) -> Ending {
+        let Link {
+            ctx,
+            peer,
+            phase,
+            out,
+            session,
+            input,
+            consumed,
+        } = self;
+        let ctx: &ShardContext = ctx;
+        let peer = *peer;
+        loop {
+            // 1. Let the session take what it can from the buffered input.
+            let mut progressed = false;
+            if *consumed < input.len()
+                && !session.awaiting_submission()
+                && !session.awaiting_authentication()
+                && !session.awaiting_tls()
+                && !session.is_closed()
+            {
+                let n = session.handle_input(&input[*consumed..], SystemTime::now(), out);
+                *consumed += n;
+                progressed = n > 0;
+            }
+
+            // 2. Perform its events in order.
+            let events = std::mem::take(&mut out.events);
+            for event in events {
+                match event {
+                    Event::Submit(submission) => {
+                        let stored = tokio::select! {
+                            biased;
+                            stored = store(ctx, *submission, peer) => Some(stored),
+                            _ = stop_requested(phase, true) => None,
+                        };
+                        let Some(result) = stored else {
+                            // Forced stop while the disk was busy: no reply is honest here;
+                            // the client retries (a duplicate is possible, a loss is not).
+                            conn.shutdown();
+                            return Ending::Closed;
+                        };
+                        session.submitted(result, SystemTime::now(), out);
+                        progressed = true;
                     }
-                    Ok(_) => return ended(&conn, &session, peer, "client closed the connection"),
-                    Err(_) => return ended(&conn, &session, peer, "read error"),
+                    Event::Authenticate(credentials) => {
+                        let result = tokio::select! {
+                            biased;
+                            result = authenticate(ctx, peer, credentials) => Some(result),
+                            _ = stop_requested(phase, false) => None,
+                        };
+                        let Some(result) = result else {
+                            session.shutting_down(out);
+                            let _ = flush(conn, &mut out.bytes, GOODBYE_WRITE_LIMIT).await;
+                            conn.shutdown();
+                            return Ending::Closed;
+                        };
+                        session.authenticated(result, out);
+                        progressed = true;
+                    }
+                    Event::StartTls => {
+                        ctx.metrics.smtp.bytes_sent.inc_by(out.bytes.len() as u64);
+                        if flush(conn, &mut out.bytes, ctx.command_timeout)
+                            .await
+                            .is_err()
+                        {
+                            conn.shutdown();
+                            return Ending::Closed;
+                        }
+                        // RFC 3207 §5 (CVE-2011-0411): plaintext pipelined after STARTTLS
+                        // would otherwise be taken as commands of the TLS session.
+                        let discarded = input.len() - *consumed;
+                        if discarded > 0 {
+                            tracing::info!(target: "relay::smtp", client = %peer.ip(), octets = discarded, "discarded input pipelined after STARTTLS");
+                        }
+                        input.clear();
+                        *consumed = 0;
+                        return Ending::StartTls;
+                    }
+                    Event::Rejected(summary) => {
+                        ctx.metrics.transaction(summary.reply.code().get());
+                        tracing::info!(
+                            target: "relay::transaction",
+                            client = %peer.ip(),
+                            sender = %summary.reverse_path,
+                            auth = session.authenticated_user().map(tracing::field::display),
+                            rcpts = summary.recipients,
+                            size = summary.size,
+                            result = %summary.reply,
+                            "rejected"
+                        );
+                    }
+                    Event::Close(reason) => {
+                        ctx.metrics.smtp.bytes_sent.inc_by(out.bytes.len() as u64);
+                        let _ = flush(conn, &mut out.bytes, GOODBYE_WRITE_LIMIT).await;
+                        let _ = within(conn, GOODBYE_WRITE_LIMIT, conn.finish()).await;
+                        conn.shutdown();
+                        tracing::debug!(client = %peer, ?reason, "closed");
+                        return Ending::Closed;
+                    }
                 }
             }
-            _ = tokio::time::sleep(limit) => {
-                session.timed_out(&mut out);
-                goodbye(&conn, &mut out, read).await;
-                return ended(&conn, &session, peer, "timeout");
+            // More may be possible without reading: pipelined input after a stored message,
+            // or events the last step produced.
+            if progressed && (*consumed < input.len() || !out.events.is_empty()) {
+                continue;
             }
-            _ = stop_requested(&mut phase, in_transaction) => {
-                session.shutting_down(&mut out);
-                goodbye(&conn, &mut out, read).await;
-                return ended(&conn, &session, peer, "server shutting down");
+
+            // 3. Needs more bytes: answer everything so far in one write, then read.
+            let limit = if session.receiving_data() {
+                ctx.data_timeout
+            } else {
+                ctx.command_timeout
+            };
+            ctx.metrics.smtp.bytes_sent.inc_by(out.bytes.len() as u64);
+            if flush(conn, &mut out.bytes, limit).await.is_err() {
+                conn.shutdown();
+                return Ending::Closed;
+            }
+            compact(input, consumed);
+            let read = conn.read_into(std::mem::take(input));
+            tokio::pin!(read);
+            let in_transaction = session.in_transaction();
+            tokio::select! {
+                biased;
+                (result, buffer) = &mut read => {
+                    *input = buffer;
+                    match result {
+                        Ok(n) if n > 0 => {
+                            ctx.metrics.smtp.bytes_received.inc_by(n as u64);
+                        }
+                        Ok(_) => {
+                            ended(conn, session, peer, "client closed the connection");
+                            return Ending::Closed;
+                        }
+                        Err(_) => {
+                            ended(conn, session, peer, "read error");
+                            return Ending::Closed;
+                        }
+                    }
+                }
+                _ = tokio::time::sleep(limit) => {
+                    session.timed_out(out);
+                    goodbye(conn, out, read).await;
+                    ended(conn, session, peer, "timeout");
+                    return Ending::Closed;
+                }
+                _ = stop_requested(phase, in_transaction) => {
+                    session.shutting_down(out);
+                    goodbye(conn, out, read).await;
+                    ended(conn, session, peer, "server shutting down");
+                    return Ending::Closed;
+                }
             }
         }
     }
@@ -262,6 +387,7 @@ async fn store(
         body,
         mail_at,
         authenticated,
+        tls,
     } = submission;
 
     let sender = envelope.reverse_path.clone();
@@ -317,6 +443,7 @@ async fn store(
                 client = %peer.ip(),
                 sender = %sender,
                 auth = authenticated.as_deref().map(tracing::field::display),
+                tls = tls.as_deref().map(tracing::field::display),
                 rcpts,
                 size,
                 parts = mime.parts,

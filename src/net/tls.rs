@@ -32,6 +32,42 @@ pub struct TlsSummary {
     pub cipher: String,
 }
 
+/// Why a server handshake did not complete.
+#[derive(Debug, thiserror::Error)]
+pub enum HandshakeFailure {
+    #[error("TLS handshake failed: {0}")]
+    Failed(io::Error),
+    #[error("TLS handshake timed out")]
+    TimedOut,
+}
+
+/// The server side of a handshake on `conn` within `limit`: after STARTTLS/STLS, or at
+/// connect on an implicit-TLS listener (where `early` holds ciphertext already read). On
+/// failure the socket is shut.
+pub async fn accept<C: Connection>(
+    conn: C,
+    config: Arc<rustls::ServerConfig>,
+    early: &[u8],
+    limit: std::time::Duration,
+) -> Result<(TlsConnection<C>, TlsSummary), HandshakeFailure> {
+    let tls = match TlsConnection::server(conn, config) {
+        Ok(tls) => tls,
+        Err(error) => return Err(HandshakeFailure::Failed(error)),
+    };
+    let done = match tls.absorb_early(early) {
+        Ok(()) => super::conn::within(&tls, limit, tls.handshake()).await,
+        Err(error) => Ok(Err(error)),
+    };
+    match done {
+        Ok(Ok(summary)) => Ok((tls, summary)),
+        Ok(Err(error)) => {
+            tls.shutdown();
+            Err(HandshakeFailure::Failed(error))
+        }
+        Err(_) => Err(HandshakeFailure::TimedOut),
+    }
+}
+
 /// A connection protected by TLS; the inner connection carries the ciphertext.
 pub struct TlsConnection<C> {
     inner: C,
@@ -131,6 +167,15 @@ impl<C: Connection> TlsConnection<C> {
             return Err(error);
         }
         Ok(n)
+    }
+
+    /// Ciphertext the peer sent before the TLS session existed (read along with a PROXY
+    /// header on an implicit-TLS listener): the start of its handshake.
+    pub fn absorb_early(&self, bytes: &[u8]) -> io::Result<()> {
+        if bytes.is_empty() {
+            return Ok(());
+        }
+        self.absorb(bytes)
     }
 
     /// Gives `bytes` (all of it, or the peer's EOF when empty) to rustls.
@@ -274,18 +319,21 @@ mod tests {
         let server = crate::tls::ServerTls::load(&cert_path, &key_path).unwrap();
         let mut roots = rustls::RootCertStore::empty();
         roots.add(cert.der().clone()).unwrap();
-        let client =
-            rustls::ClientConfig::builder_with_provider(crate::tls::provider())
-                .with_safe_default_protocol_versions()
-                .unwrap()
-                .with_root_certificates(roots)
-                .with_no_client_auth();
+        let client = rustls::ClientConfig::builder_with_provider(crate::tls::provider())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
         (server.config(), Arc::new(client), dir)
     }
 
     /// Server echoes lines in upper case until the client closes; the client sends
     /// `messages` of growing size (past one TLS record) and checks each answer.
-    async fn echo_over_tls<L: Listener + 'static, K: Connector>(listener: L, addr: std::net::SocketAddr, connector: K) {
+    async fn echo_over_tls<L: Listener + 'static, K: Connector>(
+        listener: L,
+        addr: std::net::SocketAddr,
+        connector: K,
+    ) {
         let (server_config, client_config, _dir) = pair();
         let server = tokio::task::spawn_local(async move {
             let (conn, _) = listener.accept().await.unwrap();
@@ -301,7 +349,10 @@ mod tests {
                 written.unwrap();
             }
         });
-        let conn = connector.connect(addr, Duration::from_secs(5)).await.unwrap();
+        let conn = connector
+            .connect(addr, Duration::from_secs(5))
+            .await
+            .unwrap();
         let name = ServerName::try_from("relay.test").unwrap();
         let tls = TlsConnection::client(conn, client_config, name).unwrap();
         tls.handshake().await.unwrap();
@@ -361,7 +412,10 @@ mod tests {
                 let tls = TlsConnection::server(conn, server_config).unwrap();
                 tls.handshake().await.is_err()
             });
-            let conn = UringConnector.connect(addr, Duration::from_secs(5)).await.unwrap();
+            let conn = UringConnector
+                .connect(addr, Duration::from_secs(5))
+                .await
+                .unwrap();
             let name = ServerName::try_from("relay.test").unwrap();
             let tls = TlsConnection::client(conn, other_client, name).unwrap();
             let error = tls.handshake().await.unwrap_err();

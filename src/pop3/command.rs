@@ -35,13 +35,15 @@ pub enum Verb {
     Retr,
     Rset,
     Stat,
+    /// RFC 2595 §4.
+    Stls,
     Top,
     Uidl,
     User,
 }
 
 /// Every verb, in `Verb` order.
-pub const VERBS: [Verb; 14] = [
+pub const VERBS: [Verb; 15] = [
     Verb::Apop,
     Verb::Auth,
     Verb::Capa,
@@ -53,6 +55,7 @@ pub const VERBS: [Verb; 14] = [
     Verb::Retr,
     Verb::Rset,
     Verb::Stat,
+    Verb::Stls,
     Verb::Top,
     Verb::Uidl,
     Verb::User,
@@ -72,6 +75,7 @@ impl Verb {
             Verb::Retr => "RETR",
             Verb::Rset => "RSET",
             Verb::Stat => "STAT",
+            Verb::Stls => "STLS",
             Verb::Top => "TOP",
             Verb::Uidl => "UIDL",
             Verb::User => "USER",
@@ -92,6 +96,7 @@ impl Verb {
             Verb::Retr => "RETR msg",
             Verb::Rset => "RSET",
             Verb::Stat => "STAT",
+            Verb::Stls => "STLS",
             Verb::Top => "TOP msg n",
             Verb::Uidl => "UIDL [msg]",
             Verb::User => "USER name",
@@ -139,6 +144,7 @@ pub enum Command {
     },
     Rset,
     Stat,
+    Stls,
     Top {
         msg: u64,
         lines: u64,
@@ -230,6 +236,7 @@ fn parse_arguments(verb: Verb, rest: &[u8]) -> Option<Command> {
         },
         Verb::Rset => Command::Rset,
         Verb::Stat => Command::Stat,
+        Verb::Stls => Command::Stls,
         Verb::Top => Command::Top {
             msg: number(next()?)?,
             lines: number(next()?)?,
@@ -278,6 +285,7 @@ impl Command {
             Command::Retr { .. } => Verb::Retr,
             Command::Rset => Verb::Rset,
             Command::Stat => Verb::Stat,
+            Command::Stls => Verb::Stls,
             Command::Top { .. } => Verb::Top,
             Command::Uidl { .. } => Verb::Uidl,
             Command::User { .. } => Verb::User,
@@ -331,7 +339,12 @@ impl Command {
                 push(&lines.to_string());
             }
             Command::User { name } => push(name),
-            Command::Capa | Command::Noop | Command::Quit | Command::Rset | Command::Stat => {}
+            Command::Capa
+            | Command::Noop
+            | Command::Quit
+            | Command::Rset
+            | Command::Stat
+            | Command::Stls => {}
         }
         out.extend_from_slice(b"\r\n");
     }
@@ -485,7 +498,8 @@ mod tests {
             (b"", Unknown),
             (b" USER a", Unknown),
             (b"HELO x", Unknown),
-            (b"STLS", Unknown),
+            (b"STLSX", Unknown),
+            (b"STLS now", Syntax(Verb::Stls)),
             (b"RETRX 1", Unknown),
             (b"TO", Unknown),
             (b"USER", Syntax(Verb::User)),

@@ -85,6 +85,8 @@ pub enum Capability {
     Implementation,
     /// RFC 3206 §6: `[AUTH]` and `[SYS/*]` may follow a failed authentication.
     AuthRespCode,
+    /// RFC 2595 §4: STLS is offered.
+    Stls,
 }
 
 impl Capability {
@@ -104,6 +106,7 @@ impl Capability {
             Capability::Uidl => text.push_str("UIDL"),
             Capability::Implementation => text.push_str("IMPLEMENTATION relay"),
             Capability::AuthRespCode => text.push_str("AUTH-RESP-CODE"),
+            Capability::Stls => text.push_str("STLS"),
         }
     }
 }
@@ -474,6 +477,21 @@ impl Reply {
     }
 
     /// A known command in a state where it is not valid (RFC 1939 §3).
+    /// RFC 2595 §4: the client starts the handshake after this response.
+    pub fn begin_tls() -> Self {
+        Self::ok("Begin TLS negotiation")
+    }
+
+    /// STLS on a connection that already has TLS (RFC 2595 §4).
+    pub fn tls_already_active() -> Self {
+        Self::err("TLS already active")
+    }
+
+    /// STLS without a certificate configured.
+    pub fn stls_unavailable() -> Self {
+        Self::err("STLS not available")
+    }
+
     pub fn wrong_state() -> Self {
         Self::err("command not valid in this state")
     }

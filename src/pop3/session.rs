@@ -72,6 +72,8 @@ pub struct Pop3Config {
     pub apop: bool,
     /// Accept USER/PASS (RFC 1939 §7) and advertise USER in CAPA (RFC 2449 §6.2).
     pub user_command: bool,
+    /// Offer STLS (RFC 2595 §4) on connections without TLS: the relay has a certificate.
+    pub stls: bool,
 }
 
 impl Default for Pop3Config {
@@ -80,6 +82,7 @@ impl Default for Pop3Config {
             hostname: String::from("localhost"),
             apop: false,
             user_command: true,
+            stls: false,
         }
     }
 }
@@ -117,6 +120,10 @@ pub enum Event {
     /// QUIT in TRANSACTION with deletions: make the deletions of these entries (0-based,
     /// ascending) durable, then call [`Session::updated`].
     Update { deleted: Vec<usize> },
+    /// STLS was accepted: flush `bytes` (the +OK), discard every byte the client sent after
+    /// the command (plaintext must not reach the TLS session), run the handshake, then call
+    /// [`Session::tls_established`] (or close on failure).
+    StartTls,
     /// Flush `bytes`, release the maildrop lock if held, close the connection.
     Close(CloseReason),
 }
@@ -292,6 +299,8 @@ enum State {
         user: String,
         deleted: usize,
     },
+    /// STLS answered; a StartTls event is out.
+    StartingTls,
     Closed,
 }
 
@@ -307,6 +316,8 @@ pub struct Session {
     authorization_commands: u32,
     /// Discarding the rest of an over-long line up to its LF.
     draining: bool,
+    /// The connection is protected by TLS (after STLS, or on an implicit-TLS listener).
+    tls: bool,
     state: State,
 }
 
@@ -339,6 +350,7 @@ impl Session {
             auth_failures: 0,
             authorization_commands: 0,
             draining: false,
+            tls: false,
             state: State::Authorization { user: None },
         }
     }
@@ -447,6 +459,24 @@ impl Session {
         self.close(reply, CloseReason::Quit, out);
     }
 
+    /// The driver's answer to `Event::StartTls` once the handshake is done, and the way an
+    /// implicit-TLS listener marks its sessions before any input. After STLS the session is
+    /// in AUTHORIZATION with nothing pending (RFC 2595 §4: the client discards what it
+    /// learnt, and so does the server); no new greeting is sent.
+    pub fn tls_established(&mut self) {
+        if matches!(self.state, State::StartingTls) {
+            self.state = State::Authorization { user: None };
+        } else if self.is_closed() {
+            return;
+        }
+        self.tls = true;
+    }
+
+    /// The session is protected by TLS.
+    pub fn is_tls(&self) -> bool {
+        self.tls
+    }
+
     /// RFC 1939 §3 autologout: the peer was idle too long. Closes without UPDATE: marked
     /// deletions are dropped. Also valid while an event is out; its answer is then ignored.
     pub fn timed_out(&mut self, out: &mut Outbox) {
@@ -470,6 +500,7 @@ impl Session {
                 | State::Locking { .. }
                 | State::Retrieving { .. }
                 | State::Updating { .. }
+                | State::StartingTls
         )
     }
 
@@ -487,6 +518,7 @@ impl Session {
             State::Authorization { .. }
             | State::SaslResponse
             | State::Authenticating
+            | State::StartingTls
             | State::Closed => None,
         }
     }
@@ -495,6 +527,9 @@ impl Session {
     /// server, and clients cache the AUTHORIZATION list.
     pub fn capabilities(&self) -> Vec<Capability> {
         let mut capabilities = vec![Capability::Top, Capability::Uidl];
+        if self.config.stls && !self.tls {
+            capabilities.push(Capability::Stls);
+        }
         if self.config.user_command {
             capabilities.push(Capability::User);
         }
@@ -681,6 +716,17 @@ impl Session {
             | Command::Rset
             | Command::Top { .. }
             | Command::Uidl { .. } => self.reject(Reply::wrong_state(), out),
+            Command::Stls => {
+                if self.tls {
+                    return self.reject(Reply::tls_already_active(), out);
+                }
+                if !self.config.stls {
+                    return self.reject(Reply::stls_unavailable(), out);
+                }
+                self.state = State::StartingTls;
+                Reply::begin_tls().encode(&mut out.bytes);
+                out.events.push(Event::StartTls);
+            }
             Command::Capa | Command::Quit => {}
         }
     }
@@ -774,7 +820,8 @@ impl Session {
             Command::User { .. }
             | Command::Pass { .. }
             | Command::Apop { .. }
-            | Command::Auth { .. } => Reply::wrong_state(),
+            | Command::Auth { .. }
+            | Command::Stls => Reply::wrong_state(),
             Command::Capa | Command::Quit => return,
         };
         self.state = State::Transaction(maildrop);
@@ -816,6 +863,7 @@ mod tests {
             hostname: "pop.test".into(),
             apop: false,
             user_command: true,
+            stls: false,
         }
     }
 
@@ -901,6 +949,11 @@ mod tests {
                         self.deleted.extend(deleted);
                     }
                     self.session.updated(result, out);
+                }
+                Event::StartTls => {
+                    // As the real driver: what was pipelined after STLS is dropped.
+                    self.buffer.clear();
+                    self.session.tls_established();
                 }
                 Event::Close(_) => return false,
             }
@@ -999,6 +1052,73 @@ mod tests {
         "+OK send PASS",
         "+OK maildrop has 3 messages (84 octets)",
     ];
+
+    /// STLS (RFC 2595 §4), fed whole: the driver drops what was pipelined after it, so a
+    /// split changes what is dropped.
+    fn stls_lines(config: &Pop3Config, input: &str) -> (Vec<String>, Driver) {
+        let mut driver = Driver::new(config);
+        driver.feed(input.as_bytes());
+        (driver.lines(), driver)
+    }
+
+    #[test]
+    fn stls_is_offered_with_a_certificate_and_only_before_tls() {
+        let tls = Pop3Config {
+            stls: true,
+            ..config()
+        };
+        let (lines, driver) = stls_lines(&tls, "CAPA\r\nSTLS\r\nUSER evil\r\nPASS x\r\n");
+        assert!(lines.contains(&"STLS".to_string()), "{lines:?}");
+        assert_eq!(lines.last().unwrap(), "+OK Begin TLS negotiation");
+        assert!(driver.session.is_tls());
+        // The USER/PASS pipelined in clear were dropped: no credentials were checked.
+        assert!(
+            !driver
+                .events
+                .iter()
+                .any(|e| matches!(e, Event::Authenticate(_))),
+            "{:?}",
+            driver.events
+        );
+
+        let mut driver = driver;
+        driver.feed(b"CAPA\r\nSTLS\r\nUSER alice\r\nPASS secret\r\n");
+        let lines = driver.lines();
+        let after = &lines[lines
+            .iter()
+            .rposition(|l| l == "+OK Begin TLS negotiation")
+            .unwrap()
+            + 1..];
+        assert!(
+            !after.contains(&"STLS".to_string()),
+            "not offered on TLS: {after:?}"
+        );
+        assert!(
+            after.contains(&"-ERR TLS already active".to_string()),
+            "{after:?}"
+        );
+        assert!(after.last().unwrap().starts_with("+OK"), "{after:?}");
+        assert!(driver.session.user().is_some());
+    }
+
+    #[test]
+    fn stls_without_a_certificate_or_after_login_is_refused() {
+        let (lines, driver) = stls_lines(&config(), "CAPA\r\nSTLS\r\n");
+        assert!(!lines.contains(&"STLS".to_string()), "{lines:?}");
+        assert_eq!(lines.last().unwrap(), "-ERR STLS not available");
+        assert!(!driver.session.is_tls());
+
+        let tls = Pop3Config {
+            stls: true,
+            ..config()
+        };
+        let (lines, driver) = stls_lines(&tls, "USER alice\r\nPASS secret\r\nSTLS\r\n");
+        assert_eq!(
+            lines.last().unwrap(),
+            "-ERR command not valid in this state"
+        );
+        assert!(!driver.session.is_tls());
+    }
 
     #[test]
     fn greeting_carries_a_timestamp_only_with_apop() {

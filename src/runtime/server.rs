@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crossbeam::channel;
-use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 use tokio::sync::watch;
 
@@ -30,6 +30,7 @@ use crate::net::shard::{Pop3Context, Protocol, ShardContext, SmtpAuthContext};
 use crate::smtp::client::ClientConfig;
 use crate::smtp::{Gate, Mailboxes, SessionConfig};
 use crate::spool::{Spool, SpoolConfig, SpoolError};
+use crate::tls::ServerTls;
 
 /// Why the server could not start or stop cleanly; each is one clear line for the operator.
 #[derive(Debug, thiserror::Error)]
@@ -56,6 +57,8 @@ pub enum ServerError {
     Routes(String),
     #[error(transparent)]
     Admin(#[from] AdminError),
+    #[error("tls: {0}")]
+    Tls(#[from] crate::tls::TlsError),
 }
 
 /// The spool settings as the spool module takes them.
@@ -91,6 +94,7 @@ pub fn session_config(
         policy: config.policy.to_policy(),
         ingest: None,
         allow_plaintext_auth: config.smtp.allow_plaintext_auth,
+        starttls: config.tls.server_enabled(),
     }
 }
 
@@ -141,7 +145,7 @@ pub fn run(config: Config) -> Result<(), ServerError> {
     let hostname = config.hostname();
 
     // Signals are routed to us before anything starts, so an early SIGTERM is not lost.
-    let mut signals = Signals::new([SIGTERM, SIGINT]).map_err(ServerError::Signals)?;
+    let mut signals = Signals::new([SIGTERM, SIGINT, SIGHUP]).map_err(ServerError::Signals)?;
 
     let directory = crate::mailbox::load_directory(&config)?;
     let mail_store = MailStore::new();
@@ -161,23 +165,36 @@ pub fn run(config: Config) -> Result<(), ServerError> {
         );
     }
 
-    let mut per_shard_sockets: Vec<Vec<(std::net::TcpListener, Protocol)>> =
+    let server_tls = match (&config.tls.cert, &config.tls.key) {
+        (Some(cert), Some(key)) => {
+            let tls = ServerTls::load(cert, key)?;
+            tracing::info!(cert = %cert.display(), "TLS certificate loaded");
+            Some(tls)
+        }
+        _ => None,
+    };
+
+    let mut per_shard_sockets: Vec<Vec<(std::net::TcpListener, Protocol, bool)>> =
         (0..shards).map(|_| Vec::new()).collect();
-    let listen = config
-        .smtp
-        .listen
-        .iter()
-        .map(|a| (*a, Protocol::Smtp))
-        .chain(config.pop3.listen.iter().map(|a| (*a, Protocol::Pop3)));
-    for (addr, protocol) in listen {
-        let set = bind_shared(addr, shards)?;
-        let name = match protocol {
-            Protocol::Smtp => "smtp",
-            Protocol::Pop3 => "pop3",
-        };
-        tracing::info!(protocol = name, addr = %set.addr, "listening");
-        for (i, socket) in set.sockets.into_iter().enumerate() {
-            per_shard_sockets[i].push((socket, protocol));
+    let listen = [
+        (&config.smtp.listen, Protocol::Smtp, false),
+        (&config.smtp.tls_listen, Protocol::Smtp, true),
+        (&config.pop3.listen, Protocol::Pop3, false),
+        (&config.pop3.tls_listen, Protocol::Pop3, true),
+    ];
+    for (addrs, protocol, implicit_tls) in listen {
+        for addr in addrs {
+            let set = bind_shared(*addr, shards)?;
+            let name = match (protocol, implicit_tls) {
+                (Protocol::Smtp, false) => "smtp",
+                (Protocol::Smtp, true) => "smtps",
+                (Protocol::Pop3, false) => "pop3",
+                (Protocol::Pop3, true) => "pop3s",
+            };
+            tracing::info!(protocol = name, addr = %set.addr, "listening");
+            for (i, socket) in set.sockets.into_iter().enumerate() {
+                per_shard_sockets[i].push((socket, protocol, implicit_tls));
+            }
         }
     }
 
@@ -185,6 +202,7 @@ pub fn run(config: Config) -> Result<(), ServerError> {
         hostname: hostname.clone(),
         apop: directory.apop_available(),
         user_command: true,
+        stls: server_tls.is_some(),
     });
     let auth_failures = AuthFailures::new(
         config.pop3.auth_failures_per_ip_max,
@@ -280,6 +298,8 @@ pub fn run(config: Config) -> Result<(), ServerError> {
         let smtp_proxy_protocol = config.smtp.proxy_protocol;
         let pop3_proxy_protocol = config.pop3.proxy_protocol;
         let delivery = Arc::clone(&delivery);
+        let server_tls = server_tls.clone();
+        let tls_handshake_timeout = config.tls.handshake_timeout.0;
         let seed = ShardSeed {
             index,
             core: (!cores.is_empty()).then(|| cores[index % cores.len()]),
@@ -303,6 +323,8 @@ pub fn run(config: Config) -> Result<(), ServerError> {
                 phase,
                 delivery,
                 metrics: core_metrics,
+                server_tls,
+                tls_handshake_timeout,
             }),
         };
         threads.push(shard::spawn(seed, events_tx.clone()).map_err(ServerError::Thread)?);
@@ -336,16 +358,22 @@ pub fn run(config: Config) -> Result<(), ServerError> {
         })
         .map_err(ServerError::Thread)?;
 
-    // Serve until a signal, or until a shard dies (a bug: stop everything cleanly).
-    let died = channel::select! {
-        recv(signal_rx) -> signal => {
-            tracing::info!(signal = signal.unwrap_or(0), "shutting down: draining connections");
-            None
+    // Serve until a stop signal, or until a shard dies (a bug: stop everything cleanly).
+    // SIGHUP reloads the certificate and goes on serving.
+    let died = loop {
+        channel::select! {
+            recv(signal_rx) -> signal => match signal {
+                Ok(SIGHUP) => reload_certificate(server_tls.as_ref()),
+                signal => {
+                    tracing::info!(signal = signal.unwrap_or(0), "shutting down: draining connections");
+                    break None;
+                }
+            },
+            recv(events_rx) -> event => match event {
+                Ok(ShardEvent::Exited(i)) | Ok(ShardEvent::Failed(i, _)) => break Some(i),
+                _ => break None,
+            },
         }
-        recv(events_rx) -> event => match event {
-            Ok(ShardEvent::Exited(i)) | Ok(ShardEvent::Failed(i, _)) => Some(i),
-            _ => None,
-        },
     };
 
     let _ = phase_tx.send(Phase::Draining);
@@ -368,6 +396,22 @@ pub fn run(config: Config) -> Result<(), ServerError> {
             tracing::info!("stopped: spool is durable");
             Ok(())
         }
+    }
+}
+
+/// SIGHUP: later handshakes use the certificate and key now in the files; connections
+/// already up keep theirs. A file that does not load leaves the current certificate in use.
+fn reload_certificate(server_tls: Option<&ServerTls>) {
+    match server_tls {
+        None => tracing::info!("SIGHUP: no TLS certificate configured; nothing to reload"),
+        Some(tls) => match tls.reload() {
+            Ok(()) => {
+                tracing::info!(cert = %tls.cert_path().display(), "SIGHUP: TLS certificate reloaded")
+            }
+            Err(error) => {
+                tracing::error!(%error, "SIGHUP: TLS certificate not reloaded; keeping the current one")
+            }
+        },
     }
 }
 
@@ -457,7 +501,10 @@ fn drain(
                 Ok(_) => {}
                 Err(_) => return,
             },
-            recv(signals) -> _ => {
+            recv(signals) -> signal => {
+                if signal == Ok(SIGHUP) {
+                    continue;
+                }
                 tracing::warn!("second signal: exiting now without draining");
                 std::process::exit(1);
             },

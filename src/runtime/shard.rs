@@ -41,7 +41,8 @@ pub struct ShardSeed {
     pub index: usize,
     pub core: Option<core_affinity::CoreId>,
     pub engine: Engine,
-    pub sockets: Vec<(std::net::TcpListener, Protocol)>,
+    /// Listening sockets, their protocol and whether they are implicit-TLS.
+    pub sockets: Vec<(std::net::TcpListener, Protocol, bool)>,
     /// The delivery queue this core owns, rebuilt from the spool.
     pub startup: Vec<crate::net::delivery::Job>,
     pub make_context: Box<dyn FnOnce() -> ShardContext + Send>,
@@ -78,7 +79,7 @@ fn run(seed: ShardSeed, events: &Sender<ShardEvent>) -> Result<(), String> {
     } = seed;
     let duplicates = sockets
         .iter()
-        .map(|(s, _)| s.try_clone())
+        .map(|(s, _, _)| s.try_clone())
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| format!("cannot duplicate listening socket: {e}"))?;
     let ctx = Rc::new(make_context());
@@ -90,10 +91,11 @@ fn run(seed: ShardSeed, events: &Sender<ShardEvent>) -> Result<(), String> {
                 let listeners = sockets
                     .into_iter()
                     .zip(duplicates)
-                    .map(|((socket, protocol), dup)| Bound {
+                    .map(|((socket, protocol, implicit_tls), dup)| Bound {
                         listener: UringListener::from_std(socket),
                         socket: dup,
                         protocol,
+                        implicit_tls,
                     })
                     .collect();
                 let core = delivery_core(&ctx, UringConnector);
@@ -111,13 +113,14 @@ fn run(seed: ShardSeed, events: &Sender<ShardEvent>) -> Result<(), String> {
             let local = tokio::task::LocalSet::new();
             local.block_on(&runtime, async move {
                 let mut listeners = Vec::new();
-                for ((socket, protocol), dup) in sockets.into_iter().zip(duplicates) {
+                for ((socket, protocol, implicit_tls), dup) in sockets.into_iter().zip(duplicates) {
                     let listener = EpollListener::from_std(socket)
                         .map_err(|e| format!("cannot register listener with epoll: {e}"))?;
                     listeners.push(Bound {
                         listener,
                         socket: dup,
                         protocol,
+                        implicit_tls,
                     });
                 }
                 let core = delivery_core(&ctx, EpollConnector);

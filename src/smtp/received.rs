@@ -27,6 +27,7 @@ const HELO_MAX: usize = 255;
 /// clause for it; RFC 3848's `ESMTPA` says that AUTH was used).
 pub fn received_header(
     origin: &Origin,
+    tls: Option<&str>,
     authenticated: Option<&str>,
     recipients: &[Recipient],
     id: QueueId,
@@ -39,6 +40,13 @@ pub fn received_header(
     header.push_str(" (");
     header.push_str(&ip_literal(&origin.client_ip));
     header.push(')');
+    if let Some(tls) = tls {
+        // Postfix's comment: `(using TLSv1.3 with cipher …)`; the text is ours (the driver's
+        // protocol and cipher names), still bounded and sanitised.
+        header.push_str("\r\n\t(using ");
+        header.push_str(&sanitize_comment(tls));
+        header.push(')');
+    }
     if let Some(user) = authenticated {
         header.push_str("\r\n\t(Authenticated sender: ");
         header.push_str(&sanitize_user(user));
@@ -105,6 +113,19 @@ fn sanitize_user(user: &str) -> String {
         .collect()
 }
 
+/// A comment's text: printable ASCII and spaces, no parentheses or backslash.
+fn sanitize_comment(text: &str) -> String {
+    text.chars()
+        .take(HELO_MAX)
+        .map(|c| match c {
+            '(' | ')' | '\\' => '?',
+            ' ' => ' ',
+            c if c.is_ascii_graphic() => c,
+            _ => '?',
+        })
+        .collect()
+}
+
 /// RFC 5322 date-time in UTC with a "+0000" zone, e.g. `Tue, 1 Jul 2003 10:52:37 +0000`.
 fn rfc5322_date(now: SystemTime) -> String {
     let since_epoch = now.duration_since(UNIX_EPOCH).unwrap_or_default();
@@ -146,6 +167,7 @@ mod tests {
         let header = received_header(
             &origin("client.example", "192.0.2.1"),
             None,
+            None,
             &[recipient("a@b.example")],
             ID,
             "mx.example",
@@ -163,6 +185,7 @@ mod tests {
     fn several_recipients_are_not_disclosed() {
         let header = received_header(
             &origin("[IPv6:2001:db8::1]", "2001:db8::1"),
+            None,
             None,
             &[recipient("a@b"), recipient("c@d")],
             ID,
@@ -184,6 +207,7 @@ mod tests {
         let header = received_header(
             &origin(evil, "::ffff:192.0.2.9"),
             None,
+            None,
             &[],
             ID,
             "mx",
@@ -196,7 +220,15 @@ mod tests {
              \tThu, 1 Jan 1970 00:00:00 +0000\r\n"
         );
         let long = "h".repeat(2000);
-        let header = received_header(&origin(&long, "192.0.2.1"), None, &[], ID, "mx", UNIX_EPOCH);
+        let header = received_header(
+            &origin(&long, "192.0.2.1"),
+            None,
+            None,
+            &[],
+            ID,
+            "mx",
+            UNIX_EPOCH,
+        );
         let first_line = header.split("\r\n").next().unwrap();
         assert_eq!(
             first_line.len(),
@@ -220,11 +252,12 @@ mod tests {
     }
 
     #[test]
-    fn an_authenticated_sender_is_named_in_a_comment() {
+    fn an_authenticated_sender_and_the_tls_session_are_named_in_comments() {
         let mut origin = origin("client.example", "192.0.2.1");
         origin.protocol = "ESMTPA".into();
         let header = received_header(
             &origin,
+            Some("TLSv1.3 (with) cipher\r\nX"),
             Some("al(ice)\\\r\n"),
             &[recipient("a@b.example")],
             ID,
@@ -234,6 +267,7 @@ mod tests {
         assert_eq!(
             header,
             "Received: from client.example ([192.0.2.1])\r\n\
+             \t(using TLSv1.3 ?with? cipher??X)\r\n\
              \t(Authenticated sender: al?ice????)\r\n\
              \tby mx.example (relay) with ESMTPA id 0123456789ABCDEF\r\n\
              \tfor <a@b.example>; Tue, 14 Nov 2023 22:13:20 +0000\r\n"

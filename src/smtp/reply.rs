@@ -204,8 +204,7 @@ const S_5_0_0: EnhancedStatus = EnhancedStatus::known(5, 0, 0);
 
 /// An ESMTP service extension advertised in the EHLO reply (RFC 5321 §4.1.1.1).
 ///
-/// Extension point: STARTTLS (RFC 3207) becomes a variant here when TLS exists; the session
-/// decides which to advertise in `Session::extensions`.
+/// The session decides which to advertise in `Session::extensions`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Extension {
     /// RFC 4954: the SASL mechanisms offered.
@@ -228,6 +227,8 @@ pub enum Extension {
     Size(u64),
     /// RFC 6531.
     SmtpUtf8,
+    /// RFC 3207: offered on a connection without TLS when the relay has a certificate.
+    StartTls,
 }
 
 impl Extension {
@@ -248,6 +249,7 @@ impl Extension {
             Extension::EnhancedStatusCodes => "ENHANCEDSTATUSCODES",
             Extension::Help => "HELP",
             Extension::Pipelining => "PIPELINING",
+            Extension::StartTls => "STARTTLS",
             Extension::Size(max) => {
                 text.push_str("SIZE ");
                 text.push_str(&max.to_string());
@@ -651,7 +653,34 @@ impl Reply {
         )
     }
 
-    /// STARTTLS until TLS exists.
+    // ---- STARTTLS (RFC 3207) ----
+
+    /// RFC 3207 §4: the client starts the handshake after this reply.
+    pub fn ready_to_start_tls() -> Self {
+        Self::fixed(ReplyCode::SERVICE_READY, S_2_0_0, "Ready to start TLS")
+    }
+
+    /// STARTTLS on a connection that already has TLS (Postfix's wording and code).
+    pub fn tls_already_active() -> Self {
+        Self::fixed(
+            ReplyCode::TRANSACTION_FAILED,
+            S_5_5_1,
+            "Error: TLS already active",
+        )
+    }
+
+    /// STARTTLS inside a mail transaction: the handshake would split one transaction over
+    /// two security contexts (RFC 3207 §4.2 resets the session), as Postfix refuses it.
+    pub fn tls_in_transaction() -> Self {
+        Self::fixed(
+            ReplyCode::BAD_SEQUENCE,
+            S_5_5_1,
+            "Error: MAIL transaction in progress",
+        )
+    }
+
+    /// STARTTLS where it is not offered (no certificate configured), and other commands
+    /// this server does not implement.
     pub fn not_implemented() -> Self {
         Self::fixed(
             ReplyCode::NOT_IMPLEMENTED,

@@ -98,6 +98,8 @@ pub struct SessionConfig {
     /// Offer AUTH on connections without TLS (`smtp.allow_plaintext_auth`): for loopback
     /// testing only, since the password then crosses the network in clear (RFC 8314).
     pub allow_plaintext_auth: bool,
+    /// Offer STARTTLS (RFC 3207) on connections without TLS: the relay has a certificate.
+    pub starttls: bool,
 }
 
 impl Default for SessionConfig {
@@ -128,6 +130,7 @@ impl Default for SessionConfig {
             policy: crate::mime::Policy::default(),
             ingest: None,
             allow_plaintext_auth: false,
+            starttls: false,
         }
     }
 }
@@ -206,6 +209,10 @@ pub enum Event {
     /// A transaction ended without a queue id: its data was refused, or storing it failed.
     /// One per such transaction, for the one-log-line-per-transaction rule.
     Rejected(TransactionSummary),
+    /// STARTTLS was accepted: flush `bytes` (the 220), discard every byte the client sent
+    /// after the command (RFC 3207 §5: pipelined plaintext must not reach the TLS session),
+    /// run the handshake, then call [`Session::tls_established`] (or close on failure).
+    StartTls,
     /// Flush `bytes`, then close the connection.
     Close(CloseReason),
 }
@@ -286,6 +293,8 @@ pub struct Submission {
     pub mail_at: SystemTime,
     /// The AUTH identity of the session, if it authenticated.
     pub authenticated: Option<String>,
+    /// The TLS protocol and cipher of the session ("TLSv1.3 with cipher …"), if any.
+    pub tls: Option<String>,
 }
 
 impl Submission {
@@ -293,6 +302,7 @@ impl Submission {
     pub fn received_header(&self, id: QueueId, hostname: &str, now: SystemTime) -> String {
         received::received_header(
             &self.origin,
+            self.tls.as_deref(),
             self.authenticated.as_deref(),
             &self.envelope.recipients,
             id,
@@ -381,6 +391,8 @@ enum State {
     Chunk(Chunk),
     /// A Submit event is out; waiting for [`Session::submitted`].
     Submitting(Helo, Pending),
+    /// A StartTls event is out; waiting for [`Session::tls_established`].
+    StartingTls,
     Closed,
 }
 
@@ -421,9 +433,10 @@ pub struct Session {
     errors: u32,
     /// Junk commands so far; reset with `errors` when a message is accepted.
     junk: u32,
-    /// The connection is protected by TLS. Always false until STARTTLS and implicit TLS
-    /// exist; AUTH is offered when it is true or `allow_plaintext_auth` is set.
-    tls: bool,
+    /// The connection is protected by TLS (after STARTTLS, or on an implicit-TLS listener):
+    /// its protocol and cipher, for the Received header. AUTH is offered when it is set or
+    /// `allow_plaintext_auth` is.
+    tls: Option<String>,
     /// The AUTH identity once authenticated: may relay anywhere, named in Received.
     authenticated: Option<String>,
     state: State,
@@ -451,7 +464,7 @@ impl Session {
             relay_client,
             errors: 0,
             junk: 0,
-            tls: false,
+            tls: None,
             authenticated: None,
             state: State::Command(Phase::Greeted),
         }
@@ -526,6 +539,25 @@ impl Session {
         }
     }
 
+    /// The driver's answer to `Event::StartTls` once the handshake is done, and the way an
+    /// implicit-TLS listener marks its sessions before any input. After STARTTLS the session
+    /// starts over as if just greeted (RFC 3207 §4.2: the client's EHLO and any AUTH are
+    /// forgotten; no new greeting is sent); the error and junk counts carry over.
+    pub fn tls_established(&mut self, summary: String) {
+        if matches!(self.state, State::StartingTls) {
+            self.state = State::Command(Phase::Greeted);
+            self.authenticated = None;
+        } else if self.is_closed() {
+            return;
+        }
+        self.tls = Some(summary);
+    }
+
+    /// A StartTls event is out and not yet answered.
+    pub fn awaiting_tls(&self) -> bool {
+        matches!(self.state, State::StartingTls)
+    }
+
     /// The peer was silent for too long.
     pub fn timed_out(&mut self, out: &mut Outbox) {
         if self.is_closed() {
@@ -555,7 +587,9 @@ impl Session {
             }
             State::Data(..) | State::Submitting(..) => true,
             State::Chunk(chunk) => matches!(chunk.sink, ChunkSink::Accept(..)),
-            State::Sasl(..) | State::Authenticating(..) | State::Closed => false,
+            State::Sasl(..) | State::Authenticating(..) | State::StartingTls | State::Closed => {
+                false
+            }
         }
     }
 
@@ -579,7 +613,12 @@ impl Session {
 
     /// AUTH is offered: on TLS, or in clear when the config allows it.
     fn auth_offered(&self) -> bool {
-        self.tls || self.config.allow_plaintext_auth
+        self.tls.is_some() || self.config.allow_plaintext_auth
+    }
+
+    /// The session is protected by TLS.
+    pub fn is_tls(&self) -> bool {
+        self.tls.is_some()
     }
 
     pub fn is_closed(&self) -> bool {
@@ -590,8 +629,8 @@ impl Session {
         self.peer
     }
 
-    /// The EHLO keywords. STARTTLS (RFC 3207) is added here once TLS exists; until then it
-    /// answers 502. AUTH (RFC 4954) is listed only where it is offered (see `auth_offered`).
+    /// The EHLO keywords. STARTTLS (RFC 3207) only without TLS and with a certificate; AUTH
+    /// (RFC 4954) only where it is offered (see `auth_offered`).
     pub fn extensions(&self) -> Vec<Extension> {
         let mut extensions = vec![
             Extension::Pipelining,
@@ -604,6 +643,9 @@ impl Session {
             Extension::Dsn,
             Extension::Help,
         ];
+        if self.config.starttls && self.tls.is_none() {
+            extensions.insert(extensions.len() - 1, Extension::StartTls);
+        }
         if self.auth_offered() && self.authenticated.is_none() {
             extensions.insert(extensions.len() - 1, Extension::Auth(SASL_MECHANISMS));
         }
@@ -614,7 +656,10 @@ impl Session {
     /// all). `Some(0)` is returned only together with a state change.
     fn step(&mut self, input: &[u8], now: SystemTime, out: &mut Outbox) -> Option<usize> {
         match &mut self.state {
-            State::Closed | State::Submitting(..) | State::Authenticating(..) => None,
+            State::Closed
+            | State::Submitting(..)
+            | State::Authenticating(..)
+            | State::StartingTls => None,
             State::Command(_) => self.command_line(input, now, out),
             State::Sasl(..) => self.sasl_line(input, out),
             State::DrainLine(..) => {
@@ -737,7 +782,7 @@ impl Session {
             Command::Expn { argument } => self.expn(&argument, out),
             Command::Turn => self.reject(Reply::turn_not_implemented(), out),
             Command::Send { .. } => self.reject(Reply::send_not_implemented(), out),
-            Command::StartTls => self.reject(Reply::not_implemented(), out),
+            Command::StartTls => self.starttls(out),
             Command::Auth { argument } => self.auth(&argument, out),
             Command::Quit => self.close(Reply::closing(), CloseReason::Quit, out),
         }
@@ -753,6 +798,26 @@ impl Session {
             Reply::helo(&self.config.hostname)
         };
         self.reply(&reply, out);
+    }
+
+    /// STARTTLS (RFC 3207 §4): 220, then nothing more is read until the handshake is done.
+    fn starttls(&mut self, out: &mut Outbox) {
+        if self.tls.is_some() {
+            return self.reject(Reply::tls_already_active(), out);
+        }
+        if !self.config.starttls {
+            return self.reject(Reply::not_implemented(), out);
+        }
+        match self.take_phase() {
+            phase @ (Phase::Mail(..) | Phase::Chunked(..)) => {
+                self.refuse(phase, Reply::tls_in_transaction(), out)
+            }
+            _ => {
+                self.state = State::StartingTls;
+                self.reply(&Reply::ready_to_start_tls(), out);
+                out.events.push(Event::StartTls);
+            }
+        }
     }
 
     /// AUTH (RFC 4954 §4): `AUTH mechanism [initial-response]`.
@@ -1186,6 +1251,7 @@ impl Session {
             body,
             mail_at: transaction.mail_at,
             authenticated: self.authenticated.clone(),
+            tls: self.tls.clone(),
         })));
         self.state = State::Submitting(helo, pending);
     }
@@ -1216,7 +1282,7 @@ impl Session {
             (true, true) => "UTF8SMTP",
         });
         if helo.extended {
-            if self.tls {
+            if self.tls.is_some() {
                 protocol.push('S');
             }
             if self.authenticated.is_some() {
@@ -2709,6 +2775,183 @@ mod tests {
             out.clear();
             session.authenticated(Ok("alice".into()), &mut out);
             assert!(out.bytes.is_empty() && session.authenticated_user().is_none());
+        }
+    }
+
+    /// STARTTLS (RFC 3207). The driver discards what was pipelined after the command, so
+    /// these runs are not split-invariant and use a driver of their own.
+    mod starttls {
+        use super::*;
+
+        const TLS: &str = "TLSv1.3 with cipher TLS13_AES_128_GCM_SHA256";
+
+        fn tls_config() -> SessionConfig {
+            SessionConfig {
+                starttls: true,
+                ..config()
+            }
+        }
+
+        /// Feeds `before`; at StartTls checks that nothing after the command was consumed,
+        /// drops it (as the driver does), marks the session TLS and feeds `after`.
+        fn run_tls(config: &SessionConfig, before: &str, after: &str) -> (Vec<String>, Vec<Event>) {
+            let mut out = Outbox::default();
+            let mut session = Session::new(
+                Arc::new(config.clone()),
+                OUTSIDE.parse().unwrap(),
+                now(),
+                &mut out,
+            );
+            let mut events = Vec::new();
+            let consumed = session.handle_input(before.as_bytes(), now(), &mut out);
+            let started = out.events.contains(&Event::StartTls);
+            events.append(&mut out.events);
+            if started {
+                let line_end = before.rfind("STARTTLS\r\n").unwrap() + "STARTTLS\r\n".len();
+                assert_eq!(consumed, line_end, "nothing after STARTTLS may be consumed");
+                assert!(session.awaiting_tls());
+                assert_eq!(session.handle_input(b"NOOP\r\n", now(), &mut out), 0);
+                session.tls_established(TLS.to_string());
+                assert!(session.is_tls());
+                session.handle_input(after.as_bytes(), now(), &mut out);
+                events.append(&mut out.events);
+            }
+            let lines = String::from_utf8(out.bytes)
+                .unwrap()
+                .split_terminator("\r\n")
+                .map(str::to_owned)
+                .collect();
+            (lines, events)
+        }
+
+        #[test]
+        fn offered_only_with_a_certificate() {
+            let (lines, events) = run_tls(&config(), "EHLO c\r\nSTARTTLS\r\n", "");
+            assert!(!lines.iter().any(|l| l.contains("STARTTLS")), "{lines:?}");
+            assert_eq!(
+                lines.last().unwrap(),
+                "502 5.5.1 Error: command not implemented"
+            );
+            assert!(events.is_empty());
+
+            let (lines, _) = run_tls(&tls_config(), "EHLO c\r\nQUIT\r\n", "");
+            assert!(lines.contains(&"250-STARTTLS".to_string()), "{lines:?}");
+        }
+
+        #[test]
+        fn pipelined_commands_after_starttls_are_not_taken() {
+            // CVE-2011-0411: an attacker in the middle appends plaintext commands; they must
+            // not run inside the TLS session.
+            let (lines, events) = run_tls(
+                &tls_config(),
+                "EHLO c\r\nSTARTTLS\r\nMAIL FROM:<evil@x>\r\nRCPT TO:<a@localhost>\r\n",
+                "MAIL FROM:<a@b>\r\nEHLO c\r\nMAIL FROM:<a@b>\r\n",
+            );
+            let after_ehlo: Vec<&str> = lines[12..].iter().map(String::as_str).collect();
+            assert_eq!(
+                after_ehlo,
+                [
+                    "220 2.0.0 Ready to start TLS",
+                    // The session starts over: no greeting, EHLO needed again.
+                    "503 5.5.1 Error: send HELO/EHLO first",
+                    "250-mx.test",
+                    "250-PIPELINING",
+                    "250-SIZE 26214400",
+                    "250-8BITMIME",
+                    "250-BINARYMIME",
+                    "250-ENHANCEDSTATUSCODES",
+                    "250-SMTPUTF8",
+                    "250-CHUNKING",
+                    "250-DSN",
+                    "250-AUTH PLAIN LOGIN",
+                    "250 HELP",
+                    "250 2.1.0 Ok",
+                ]
+            );
+            assert_eq!(events, [Event::StartTls]);
+        }
+
+        #[test]
+        fn refused_inside_a_transaction_and_once_active() {
+            let (lines, events) = run_tls(
+                &tls_config(),
+                "EHLO c\r\nMAIL FROM:<a@b>\r\nSTARTTLS\r\nRSET\r\nSTARTTLS\r\n",
+                "EHLO c\r\nSTARTTLS\r\nSTARTTLS now\r\n",
+            );
+            let tail: Vec<&str> = lines[13..].iter().map(String::as_str).collect();
+            assert_eq!(tail[0], "503 5.5.1 Error: MAIL transaction in progress");
+            assert_eq!(tail[1], "250 2.0.0 Ok");
+            assert_eq!(tail[2], "220 2.0.0 Ready to start TLS");
+            assert!(
+                !tail.contains(&"250-STARTTLS"),
+                "not offered twice: {tail:?}"
+            );
+            assert_eq!(
+                tail[tail.len() - 2..],
+                [
+                    "554 5.5.1 Error: TLS already active",
+                    "501 5.5.4 Syntax: STARTTLS",
+                ]
+            );
+            assert_eq!(events, [Event::StartTls]);
+        }
+
+        #[test]
+        fn authentication_before_starttls_is_forgotten() {
+            let config = SessionConfig {
+                allow_plaintext_auth: true,
+                ..tls_config()
+            };
+            let (lines, events) = run_tls(
+                &config,
+                "EHLO c\r\nSTARTTLS\r\n",
+                "EHLO c\r\nMAIL FROM:<a@b>\r\nRCPT TO:<x@far.example>\r\n",
+            );
+            // Before STARTTLS: AUTH offered (plaintext allowed); after it nobody is
+            // authenticated, so relaying is refused.
+            assert!(lines.iter().any(|l| l == "250-AUTH PLAIN LOGIN"));
+            assert!(lines.last().unwrap().starts_with("554 5.7.1"), "{lines:?}");
+            assert_eq!(events, [Event::StartTls]);
+        }
+
+        #[test]
+        fn received_header_names_the_tls_session() {
+            let (_, events) = run_tls(
+                &tls_config(),
+                "EHLO c\r\nSTARTTLS\r\n",
+                "EHLO c.example\r\nMAIL FROM:<a@b>\r\nRCPT TO:<x@localhost>\r\nDATA\r\n.\r\n",
+            );
+            let Some(Event::Submit(submission)) = events.last() else {
+                panic!("no submission: {events:?}");
+            };
+            let header = submission.received_header(QueueId(1), "mx.test", now());
+            assert_eq!(
+                header,
+                "Received: from c.example ([192.0.2.1])\r\n\
+                 \t(using TLSv1.3 with cipher TLS13_AES_128_GCM_SHA256)\r\n\
+                 \tby mx.test (relay) with ESMTPS id 0000000000000001\r\n\
+                 \tfor <x@localhost>; Tue, 14 Nov 2023 22:13:20 +0000\r\n"
+            );
+        }
+
+        #[test]
+        fn implicit_tls_marks_the_session_from_the_start() {
+            let mut out = Outbox::default();
+            let mut session = Session::new(
+                Arc::new(tls_config()),
+                OUTSIDE.parse().unwrap(),
+                now(),
+                &mut out,
+            );
+            session.tls_established(TLS.to_string());
+            session.handle_input(b"EHLO c\r\n", now(), &mut out);
+            let text = String::from_utf8(out.bytes).unwrap();
+            assert!(
+                text.starts_with("220 mx.test ESMTP relay\r\n"),
+                "greeting kept: {text}"
+            );
+            assert!(!text.contains("STARTTLS"), "{text}");
+            assert!(text.contains("250-AUTH PLAIN LOGIN"), "{text}");
         }
     }
 
