@@ -101,6 +101,7 @@ fn parse(path: &Path) -> Transcript {
             hostname: "pop.test".into(),
             apop: false,
             user_command: true,
+            stls: false,
         },
         nonce: "1896.697170952".into(),
         users: BTreeMap::new(),
@@ -189,6 +190,7 @@ fn render(event: &Event) -> String {
             user, timestamp, ..
         }) => format!("authenticate apop user={user} timestamp={timestamp}"),
         Event::Lock { user } => format!("lock {user}"),
+        Event::StartTls => "starttls".to_string(),
         Event::Retrieve { index, top_lines } => match top_lines {
             Some(lines) => format!("retrieve index={index} top={lines}"),
             None => format!("retrieve index={index}"),
@@ -226,6 +228,7 @@ impl Driver<'_> {
     fn answer(&mut self, session: &mut Session, event: &Event, out: &mut Outbox) {
         let users = &self.transcript.users;
         match event {
+            Event::StartTls => session.tls_established(),
             Event::Authenticate(credentials) => {
                 let ok = match credentials {
                     Credentials::Plain {

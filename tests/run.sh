@@ -2,8 +2,8 @@
 # The project's one test command: README and .ci/run call exactly this script.
 # Extra arguments go to `cargo test` (e.g. `bash tests/run.sh -- --nocapture`).
 #
-# The integration tests drive the relay with independent clients: Python's smtplib
-# (python3, stdlib only) and curl, and deliver to Postfix's smtp-sink (Debian package
+# The integration tests drive the relay with independent clients: Python's smtplib and
+# poplib (python3, stdlib only), curl, swaks and lettre, and deliver to Postfix's smtp-sink (Debian package
 # postfix, installed without configuring or starting a Postfix). They are installed here when
 # missing (Debian, as root).
 set -euo pipefail
@@ -13,6 +13,8 @@ missing=()
 command -v python3 >/dev/null 2>&1 || missing+=(python3)
 command -v curl >/dev/null 2>&1 || missing+=(curl ca-certificates)
 [ -x /usr/sbin/smtp-sink ] || command -v smtp-sink >/dev/null 2>&1 || missing+=(postfix)
+# swaks drives STARTTLS and AUTH (tests/tls.rs); it needs Net::SSLeay for TLS.
+command -v swaks >/dev/null 2>&1 || missing+=(swaks libnet-ssleay-perl)
 if ((${#missing[@]} > 0)); then
     if [ "$(id -u)" -ne 0 ]; then
         echo "tests/run.sh: missing ${missing[*]}; install them (apt-get needs root)" >&2

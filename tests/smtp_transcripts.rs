@@ -154,6 +154,7 @@ fn parse(path: &Path) -> Transcript {
 
 fn render(event: &Event) -> String {
     match event {
+        Event::StartTls => "starttls".to_string(),
         Event::Submit(submission) => {
             let recipients: Vec<String> = submission
                 .envelope

@@ -19,6 +19,7 @@ pub mod json;
 pub mod pop3;
 pub mod sinks;
 pub mod smtp;
+pub mod tls;
 
 use std::ffi::OsStr;
 use std::fmt;
@@ -145,6 +146,8 @@ pub struct Settings {
     pub extra_toml: String,
     /// TOML lines inside the `[smtp]` section (e.g. `allow_plaintext_auth = true`).
     pub smtp_toml: String,
+    /// TOML lines inside the `[pop3]` section (e.g. `tls_listen = [...]`).
+    pub pop3_toml: String,
 }
 
 /// Local mailboxes every test relay has, all with the password [`TEST_PASSWORD`].
@@ -188,6 +191,7 @@ impl Settings {
             routes: vec![("*".into(), "127.0.0.1:1".into())],
             extra_toml: String::new(),
             smtp_toml: String::new(),
+            pop3_toml: String::new(),
         }
     }
 
@@ -271,6 +275,7 @@ impl Settings {
         if let Some(proxy) = self.pop3_proxy_protocol {
             text.push_str(&format!("proxy_protocol = {proxy}\n"));
         }
+        text.push_str(&self.pop3_toml);
         if !self.blocked_extensions.is_empty() {
             text.push_str(&format!(
                 "[policy]\nblocked_extensions = [{}]\n",
@@ -683,6 +688,15 @@ impl Relay {
         Relay::start_in(Arc::clone(&self.dir), settings)
     }
 
+    /// The address a listener reported (`listening protocol="smtps"` ...), if it did.
+    pub fn listening(&self, protocol: &str) -> Option<SocketAddr> {
+        self.log
+            .lines()
+            .iter()
+            .filter(|l| field_value(l, "protocol").as_deref() == Some(protocol))
+            .find_map(|l| listen_addr(l))
+    }
+
     pub fn workdir(&self) -> Arc<tempfile::TempDir> {
         Arc::clone(&self.dir)
     }
@@ -693,6 +707,10 @@ impl Relay {
 
     pub fn sigterm(&self) {
         assert!(self.process.signal(libc::SIGTERM), "relay already exited");
+    }
+
+    pub fn sighup(&self) {
+        assert!(self.process.signal(libc::SIGHUP), "relay already exited");
     }
 
     pub fn sigint(&self) {
