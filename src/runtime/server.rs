@@ -56,6 +56,8 @@ pub enum ServerError {
     Routes(String),
     #[error(transparent)]
     Admin(#[from] AdminError),
+    #[error("outbound TLS: {0}")]
+    OutboundTls(crate::tls::TlsError),
 }
 
 /// The spool settings as the spool module takes them.
@@ -126,6 +128,10 @@ pub fn delivery_shared(
         destinations_max: d.destinations_max,
         client: Arc::new(client),
         connect_timeout: d.connect_timeout.0,
+        client_tls: crate::tls::ClientTls::load(config.tls.ca_file.as_deref())
+            .map_err(ServerError::OutboundTls)?,
+        tls_handshake_timeout: config.tls.handshake_timeout.0,
+        tls_failure_hold: d.tls_failure_hold.0,
         hostname: hostname.to_string(),
         local_domains: config.local.domains.clone(),
         mailboxes,
