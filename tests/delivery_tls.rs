@@ -61,7 +61,11 @@ fn send(relay: &Relay, subject: &str) -> String {
     let mut client = relay.client();
     client.ehlo();
     let reply = client
-        .transaction("alice@example.test", &["bob@remote.test"], content.as_bytes())
+        .transaction(
+            "alice@example.test",
+            &["bob@remote.test"],
+            content.as_bytes(),
+        )
         .unwrap_or_else(|e| panic!("send: {e}"));
     assert_eq!(reply.code, 250, "{reply}");
     let id = reply.queue_id().expect("queue id");
@@ -100,12 +104,24 @@ fn required_tls_to_an_unverifiable_certificate_defers(engine: Engine) {
     let relay = Relay::start(settings(engine, sink.addr, Some("required"), ""));
     let id = send(&relay, "required");
     relay.wait_log(
-        &["relay::delivery", &id, "attempt=1", "status=\"deferred\"", "4.7.5"],
+        &[
+            "relay::delivery",
+            &id,
+            "attempt=1",
+            "status=\"deferred\"",
+            "4.7.5",
+        ],
         PATIENCE,
     );
     // Retried (still queued) and deferred again: the certificate does not get better.
     relay.wait_log(
-        &["relay::delivery", &id, "attempt=2", "status=\"deferred\"", "4.7.5"],
+        &[
+            "relay::delivery",
+            &id,
+            "attempt=2",
+            "status=\"deferred\"",
+            "4.7.5",
+        ],
         PATIENCE,
     );
     assert!(sink.messages().is_empty(), "nothing may reach the hop");
@@ -114,7 +130,10 @@ fn required_tls_to_an_unverifiable_certificate_defers(engine: Engine) {
 
 fn required_tls_with_the_ca_file_is_verified_and_delivered(engine: Engine) {
     let (sink, _dir, cert) = tls_sink();
-    let extra = format!("[tls]\nca_file = {:?}\n", cert.to_str().expect("utf-8 path"));
+    let extra = format!(
+        "[tls]\nca_file = {:?}\n",
+        cert.to_str().expect("utf-8 path")
+    );
     let relay = Relay::start(settings(engine, sink.addr, Some("required"), &extra));
     let id = send(&relay, "verified");
     let got = sink.wait_messages(1, PATIENCE);
@@ -122,7 +141,13 @@ fn required_tls_with_the_ca_file_is_verified_and_delivered(engine: Engine) {
     assert!(tls.starts_with("TLS:TLSv1."), "{tls}");
     assert_eq!(seen, "STARTTLS-SEEN:1");
     relay.wait_log(
-        &["relay::delivery", &id, "attempt=1", "status=\"sent\"", "tls=\"TLSv1."],
+        &[
+            "relay::delivery",
+            &id,
+            "attempt=1",
+            "status=\"sent\"",
+            "tls=\"TLSv1.",
+        ],
         PATIENCE,
     );
 }
@@ -138,7 +163,13 @@ fn a_failed_opportunistic_handshake_falls_back_to_plaintext_and_is_remembered(en
         ("TLS:none".to_string(), "STARTTLS-SEEN:1".to_string())
     );
     relay.wait_log(
-        &["relay::delivery", &first, "attempt=1", "status=\"sent\"", "tls=\"none\""],
+        &[
+            "relay::delivery",
+            &first,
+            "attempt=1",
+            "status=\"sent\"",
+            "tls=\"none\"",
+        ],
         PATIENCE,
     );
     relay.wait_log(&["WARN", "TLS handshake failed", "destination="], PATIENCE);

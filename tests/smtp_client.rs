@@ -1303,7 +1303,14 @@ fn eight_bit_body_is_converted_for_a_seven_bit_hop() {
     assert!(m.eight_bit);
     let hop =
         "220 mx\r\n250-mx\r\n250 PIPELINING\r\n250 ok\r\n250 ok\r\n354 go\r\n250 ok\r\n221 bye\r\n";
-    let (written, events) = drive(&client_config(), StartTlsPolicy::Never, &[m], &[vec![hop.as_bytes()]], &[], End::Lost);
+    let (written, events) = drive(
+        &client_config(),
+        StartTlsPolicy::Never,
+        &[m],
+        &[vec![hop.as_bytes()]],
+        &[],
+        End::Lost,
+    );
     assert_eq!(
         events,
         ["done tx=1 downgraded delivered 250", "closed quit"]
@@ -1335,7 +1342,14 @@ fn eight_bit_body_that_cannot_be_converted_bounces() {
     let body = "Message-ID: <caf\u{e9}@example.org>\r\nSubject: x\r\n\r\nna\u{ef}ve\r\n";
     let m = message("a@example.org", &["b@example.net"], body.as_bytes());
     let hop = "220 mx\r\n250 mx\r\n221 bye\r\n";
-    let (written, events) = drive(&client_config(), StartTlsPolicy::Never, &[m], &[vec![hop.as_bytes()]], &[], End::Lost);
+    let (written, events) = drive(
+        &client_config(),
+        StartTlsPolicy::Never,
+        &[m],
+        &[vec![hop.as_bytes()]],
+        &[],
+        End::Lost,
+    );
     assert_eq!(
         events,
         ["done tx=0 bounced local prepare 554 5.6.3", "closed quit"]
@@ -1348,7 +1362,14 @@ fn eight_bit_body_goes_as_is_to_an_8bitmime_hop() {
     let m = message("a@example.org", &["b@example.net"], EIGHT_BIT.as_bytes());
     let hop =
         "220 mx\r\n250-mx\r\n250 8BITMIME\r\n250 ok\r\n250 ok\r\n354 go\r\n250 ok\r\n221 bye\r\n";
-    let (written, events) = drive(&client_config(), StartTlsPolicy::Never, &[m], &[vec![hop.as_bytes()]], &[], End::Lost);
+    let (written, events) = drive(
+        &client_config(),
+        StartTlsPolicy::Never,
+        &[m],
+        &[vec![hop.as_bytes()]],
+        &[],
+        End::Lost,
+    );
     assert_eq!(events, ["done tx=1 delivered 250", "closed quit"]);
     let text = String::from_utf8_lossy(&written);
     assert!(
@@ -1361,7 +1382,11 @@ fn eight_bit_body_goes_as_is_to_an_8bitmime_hop() {
 // STARTTLS (RFC 3207)
 
 fn one_recipient() -> Outgoing {
-    message("a@example.org", &["b@example.net"], b"Subject: x\r\n\r\nhi\r\n")
+    message(
+        "a@example.org",
+        &["b@example.net"],
+        b"Subject: x\r\n\r\nhi\r\n",
+    )
 }
 
 #[test]
@@ -1676,7 +1701,11 @@ fn starttls_handshake_state_reads_nothing_and_quits_without_quit() {
     assert_eq!(out.bytes, b"EHLO client.example\r\nSTARTTLS\r\n");
     out.clear();
     let after = b"220 go\r\n250 injected\r\n";
-    assert_eq!(client.handle_input(after, &mut out), 8, "only the 220 is read");
+    assert_eq!(
+        client.handle_input(after, &mut out),
+        8,
+        "only the 220 is read"
+    );
     assert_eq!(out.events, [ClientEvent::StartTls]);
     assert_eq!(client.next(), Next::StartTls);
     out.clear();

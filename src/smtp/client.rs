@@ -725,11 +725,7 @@ impl Client {
                 self.state = state;
                 self.fail(aborted(self.stage()), out);
             }
-            State::Greeting
-            | State::Ehlo
-            | State::Helo
-            | State::StartTls
-            | State::Handshake => {
+            State::Greeting | State::Ehlo | State::Helo | State::StartTls | State::Handshake => {
                 out.events
                     .push(ClientEvent::Closed(ConnectionOutcome::Quit));
             }
@@ -882,9 +878,7 @@ impl Client {
             State::Delivering(delivery) => self.delivery_reply(delivery, reply, out),
             State::Quit(outcome) => out.events.push(ClientEvent::Closed(outcome)),
             // Not reached: input is not read in these states.
-            state @ (State::Ready { .. } | State::Handshake | State::Closed) => {
-                self.state = state
-            }
+            state @ (State::Ready { .. } | State::Handshake | State::Closed) => self.state = state,
         }
     }
 

@@ -98,7 +98,11 @@ impl Checker {
                 ClientEvent::StartTls => {
                     self.starttls += 1;
                     assert_eq!(self.starttls, 1, "STARTTLS twice on one connection");
-                    assert_eq!(client.next(), Next::StartTls, "StartTls event without the state");
+                    assert_eq!(
+                        client.next(),
+                        Next::StartTls,
+                        "StartTls event without the state"
+                    );
                 }
                 ClientEvent::TransactionDone(outcome) => {
                     let expected = self.in_flight.pop_front();
@@ -154,7 +158,10 @@ pub fn fuzz(data: &[u8]) {
                     None => client.quit(&mut out),
                 },
                 Next::StartTls => {
-                    assert!(policy != StartTlsPolicy::Never, "STARTTLS against the policy");
+                    assert!(
+                        policy != StartTlsPolicy::Never,
+                        "STARTTLS against the policy"
+                    );
                     // As the driver does: what came before the handshake is dropped.
                     pending.clear();
                     if handshake_fails {
