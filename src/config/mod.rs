@@ -636,7 +636,11 @@ impl Config {
         let t = &self.tls;
         if t.cert.is_some() != t.key.is_some() {
             return Err(invalid(
-                if t.cert.is_some() { "tls.key" } else { "tls.cert" },
+                if t.cert.is_some() {
+                    "tls.key"
+                } else {
+                    "tls.cert"
+                },
                 "tls.cert and tls.key go together: name both files or neither".into(),
             ));
         }

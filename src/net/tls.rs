@@ -274,18 +274,21 @@ mod tests {
         let server = crate::tls::ServerTls::load(&cert_path, &key_path).unwrap();
         let mut roots = rustls::RootCertStore::empty();
         roots.add(cert.der().clone()).unwrap();
-        let client =
-            rustls::ClientConfig::builder_with_provider(crate::tls::provider())
-                .with_safe_default_protocol_versions()
-                .unwrap()
-                .with_root_certificates(roots)
-                .with_no_client_auth();
+        let client = rustls::ClientConfig::builder_with_provider(crate::tls::provider())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
         (server.config(), Arc::new(client), dir)
     }
 
     /// Server echoes lines in upper case until the client closes; the client sends
     /// `messages` of growing size (past one TLS record) and checks each answer.
-    async fn echo_over_tls<L: Listener + 'static, K: Connector>(listener: L, addr: std::net::SocketAddr, connector: K) {
+    async fn echo_over_tls<L: Listener + 'static, K: Connector>(
+        listener: L,
+        addr: std::net::SocketAddr,
+        connector: K,
+    ) {
         let (server_config, client_config, _dir) = pair();
         let server = tokio::task::spawn_local(async move {
             let (conn, _) = listener.accept().await.unwrap();
@@ -301,7 +304,10 @@ mod tests {
                 written.unwrap();
             }
         });
-        let conn = connector.connect(addr, Duration::from_secs(5)).await.unwrap();
+        let conn = connector
+            .connect(addr, Duration::from_secs(5))
+            .await
+            .unwrap();
         let name = ServerName::try_from("relay.test").unwrap();
         let tls = TlsConnection::client(conn, client_config, name).unwrap();
         tls.handshake().await.unwrap();
@@ -361,7 +367,10 @@ mod tests {
                 let tls = TlsConnection::server(conn, server_config).unwrap();
                 tls.handshake().await.is_err()
             });
-            let conn = UringConnector.connect(addr, Duration::from_secs(5)).await.unwrap();
+            let conn = UringConnector
+                .connect(addr, Duration::from_secs(5))
+                .await
+                .unwrap();
             let name = ServerName::try_from("relay.test").unwrap();
             let tls = TlsConnection::client(conn, other_client, name).unwrap();
             let error = tls.handshake().await.unwrap_err();
