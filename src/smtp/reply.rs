@@ -1627,6 +1627,13 @@ mod tests {
             Reply::text_line_too_long(1000),
             Reply::next_hop_size_exceeded(2, 1),
             Reply::next_hop_lacks_smtputf8(),
+            Reply::next_hop_lacks_starttls(),
+            Reply::next_hop_refused_starttls(&Reply::new(
+                ReplyCode::AUTH_TEMPORARY_FAILURE,
+                EnhancedStatus::new(4, 7, 0),
+                "no TLS\nsecond line",
+            )),
+            Reply::next_hop_tls_failed("x\r\ny"),
             Reply::conversion_failed("x"),
             Reply::bad_stored_sender("x"),
             Reply::bad_stored_recipient("x"),

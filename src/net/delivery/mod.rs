@@ -26,6 +26,11 @@
 //! dead host costs one connection attempt, not one per message (Postfix's dead-destination
 //! rule).
 //!
+//! **TLS.** Each connection asks for STARTTLS as its route's `tls` says (see [`worker`]);
+//! the rustls configurations are built once ([`DeliveryShared::client_tls`]). A destination
+//! whose opportunistic handshake failed is remembered by its owning core for
+//! `delivery.tls_failure_hold`, and reached in plaintext meanwhile.
+//!
 //! **Shutdown.** Draining stops new workers and new transactions; a transaction in flight may
 //! finish. Stopping shuts every connection at once: the client reports the recipients
 //! deferred, and their records are written before the spool closes.

@@ -189,7 +189,8 @@ enum Pause {
 }
 
 enum Handshake<K> {
-    Up(TlsConnection<K>, TlsSummary),
+    /// Boxed: rustls's connection state is large, the other outcomes are small.
+    Up(Box<TlsConnection<K>>, TlsSummary),
     Failed(String),
     Stopped,
 }
@@ -234,8 +235,9 @@ async fn session<C: Connector + 'static>(
             conv.tls = Some(format!("{}/{}", summary.version, summary.cipher));
             conv.client.tls_established(&mut conv.out);
             // The client asks for STARTTLS once per connection: this runs to the end.
-            let _ = converse(core, dest, &tls, &mut conv).await;
-            let _ = within(&tls, CLOSE_NOTIFY_LIMIT, tls.finish()).await;
+            let tls = &*tls;
+            let _ = converse(core, dest, tls, &mut conv).await;
+            let _ = within(tls, CLOSE_NOTIFY_LIMIT, tls.finish()).await;
             tls.shutdown();
             finish(core, dest, conv);
         }
@@ -328,7 +330,7 @@ async fn handshake<C: Connector + 'static, K: Connection>(
         }
     };
     match result {
-        Some(Ok(summary)) => Handshake::Up(tls, summary),
+        Some(Ok(summary)) => Handshake::Up(Box::new(tls), summary),
         Some(Err(why)) => {
             tls.shutdown();
             Handshake::Failed(why)
