@@ -119,6 +119,7 @@ fn client_to_session(c: &mut Criterion) {
                         to_client.drain(..n);
                     }
                     Next::Done => unreachable!("closed"),
+                    Next::StartTls => unreachable!("STARTTLS from a client that never asks"),
                 }
                 to_server.extend_from_slice(&out.bytes);
                 assert!(!out

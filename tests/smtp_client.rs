@@ -6,6 +6,9 @@
 //! 2. Scripted next hops: transcripts of `S:` (hop) and `C:` (client) lines plus `E:` (client
 //!    events), the hop's bytes fed whole, split at every offset into two reads, and byte by
 //!    byte; the client's bytes and events must be exactly the expected ones every time.
+//!    `P:` sets the STARTTLS policy and `T: ok|fail` marks where the TLS handshake happens:
+//!    the hop's bytes before it that the client did not read are dropped, as the driver
+//!    drops them, and the bytes after it stand for the decrypted stream.
 //! 3. Hostile next hops: endless continuation lines and megabyte lines stay bounded and defer.
 
 use std::collections::VecDeque;
@@ -18,7 +21,7 @@ use proptest::prelude::*;
 use relay::envelope::{BodyType, DsnRet, MailParams, Notify, QueueId, Recipient};
 use relay::smtp::client::{
     Client, ClientConfig, ClientEvent, ConnectionOutcome, Diagnostic, Next, Outgoing, Output,
-    RecipientResult, Stage, TransactionOutcome,
+    RecipientResult, Stage, StartTlsPolicy, TransactionOutcome,
 };
 use relay::smtp::{Event, Outbox, Session, SessionConfig, Submission};
 
@@ -103,6 +106,7 @@ fn converse(
                 to_client.drain(..n);
                 progress |= n > 0;
             }
+            Next::StartTls => panic!("STARTTLS from a client that never asks for it"),
         }
         if !out.bytes.is_empty() {
             run.writes.push(out.bytes.clone());
@@ -111,7 +115,7 @@ fn converse(
         }
         for event in out.events.drain(..) {
             match event {
-                ClientEvent::Ready => {}
+                ClientEvent::Ready | ClientEvent::StartTls => {}
                 ClientEvent::TransactionDone(outcome) => run.outcomes.push(outcome),
                 ClientEvent::Closed(outcome) => run.closed.push(outcome),
             }
@@ -460,6 +464,7 @@ fn stage_name(stage: Stage) -> &'static str {
         Stage::Greeting => "greeting",
         Stage::Ehlo => "ehlo",
         Stage::Helo => "helo",
+        Stage::StartTls => "starttls",
         Stage::Prepare => "prepare",
         Stage::Rset => "rset",
         Stage::Mail => "mail",
@@ -490,6 +495,7 @@ fn render_diagnostic(d: &Diagnostic) -> String {
 fn render(event: &ClientEvent) -> Option<String> {
     Some(match event {
         ClientEvent::Ready => return None,
+        ClientEvent::StartTls => "starttls".into(),
         ClientEvent::TransactionDone(outcome) => {
             let results: Vec<String> = outcome
                 .results
@@ -528,7 +534,11 @@ enum End {
 }
 
 struct Script {
-    hop: Vec<u8>,
+    /// The hop's bytes: before the first handshake, then after each.
+    hop: Vec<Vec<u8>>,
+    /// The outcome of each handshake (`T:` lines).
+    tls: Vec<bool>,
+    policy: StartTlsPolicy,
     client: Vec<u8>,
     events: Vec<String>,
     end: End,
@@ -536,7 +546,9 @@ struct Script {
 
 fn script(text: &str) -> Script {
     let mut s = Script {
-        hop: Vec::new(),
+        hop: vec![Vec::new()],
+        tls: Vec::new(),
+        policy: StartTlsPolicy::Never,
         client: Vec::new(),
         events: Vec::new(),
         end: End::Lost,
@@ -549,8 +561,25 @@ fn script(text: &str) -> Script {
         let rest = rest.strip_prefix(' ').unwrap_or(rest);
         match tag {
             "S:" => {
-                s.hop.extend_from_slice(rest.as_bytes());
-                s.hop.extend_from_slice(b"\r\n");
+                let hop = s.hop.last_mut().expect("a segment");
+                hop.extend_from_slice(rest.as_bytes());
+                hop.extend_from_slice(b"\r\n");
+            }
+            "T:" => {
+                s.tls.push(match rest {
+                    "ok" => true,
+                    "fail" => false,
+                    other => panic!("unknown handshake outcome {other}"),
+                });
+                s.hop.push(Vec::new());
+            }
+            "P:" => {
+                s.policy = match rest {
+                    "never" => StartTlsPolicy::Never,
+                    "if-offered" => StartTlsPolicy::IfOffered,
+                    "required" => StartTlsPolicy::Required,
+                    other => panic!("unknown policy {other}"),
+                }
             }
             "C:" => {
                 s.client.extend_from_slice(rest.as_bytes());
@@ -571,14 +600,18 @@ fn script(text: &str) -> Script {
     s
 }
 
-/// Drives a client over the hop's bytes in `reads`; returns its bytes and rendered events.
+/// Drives a client over the hop's bytes, `reads[i]` being the reads of segment `i` (before
+/// the first handshake, then after each); `tls[i]` is the outcome of handshake `i`. Returns
+/// the client's bytes and rendered events.
 fn drive(
     config: &Arc<ClientConfig>,
+    policy: StartTlsPolicy,
     messages: &[Outgoing],
-    reads: &[&[u8]],
+    reads: &[Vec<&[u8]>],
+    tls: &[bool],
     end: End,
 ) -> (Vec<u8>, Vec<String>) {
-    let mut client = Client::new(config.clone());
+    let mut client = Client::with_starttls(config.clone(), policy);
     let mut messages: VecDeque<Outgoing> = messages.iter().cloned().collect();
     let mut out = Output::default();
     let mut written = Vec::new();
@@ -589,28 +622,47 @@ fn drive(
         events.extend(out.events.iter().filter_map(render));
         out.clear();
     };
-    for read in reads {
-        buffer.extend_from_slice(read);
-        loop {
-            match client.next() {
-                Next::Done => break,
-                Next::Send => match messages.pop_front() {
-                    Some(m) => client.send(m, &mut out).unwrap(),
-                    None => client.quit(&mut out),
-                },
-                Next::Read(_) => {
-                    let n = client.handle_input(&buffer, &mut out);
-                    assert!(n <= buffer.len());
-                    buffer.drain(..n);
-                    let stuck = n == 0 && matches!(client.next(), Next::Read(_));
-                    collect(&mut out, &mut written, &mut events);
-                    if stuck {
-                        break;
+    let mut handshakes = tls.iter();
+    'segments: for segment in reads {
+        for read in segment {
+            buffer.extend_from_slice(read);
+            loop {
+                match client.next() {
+                    Next::Done => break,
+                    // The rest of this segment came before TLS: dropped unread.
+                    Next::StartTls => break,
+                    Next::Send => match messages.pop_front() {
+                        Some(m) => client.send(m, &mut out).unwrap(),
+                        None => client.quit(&mut out),
+                    },
+                    Next::Read(_) => {
+                        let n = client.handle_input(&buffer, &mut out);
+                        assert!(n <= buffer.len());
+                        buffer.drain(..n);
+                        let stuck = n == 0 && matches!(client.next(), Next::Read(_));
+                        collect(&mut out, &mut written, &mut events);
+                        if stuck {
+                            break;
+                        }
                     }
                 }
+                collect(&mut out, &mut written, &mut events);
             }
-            collect(&mut out, &mut written, &mut events);
+            if client.next() == Next::StartTls {
+                break;
+            }
         }
+        if client.next() != Next::StartTls {
+            break 'segments;
+        }
+        buffer.clear();
+        match handshakes.next() {
+            Some(true) => client.tls_established(&mut out),
+            Some(false) => client.tls_failed("scripted failure", &mut out),
+            None => panic!("STARTTLS accepted but the script has no T: line"),
+        }
+        assert_eq!(client.is_encrypted(), client.next() != Next::Done);
+        collect(&mut out, &mut written, &mut events);
     }
     if client.next() != Next::Done {
         match end {
@@ -629,28 +681,34 @@ fn escape(bytes: &[u8]) -> String {
         .replace('\n', "\\n\n")
 }
 
-/// Runs a transcript with the hop's bytes whole, split at every offset, and byte by byte.
+/// Runs a transcript with the hop's bytes whole, split at every offset, and byte by byte
+/// (each segment between handshakes on its own).
 fn check_with(config: ClientConfig, messages: &[Outgoing], text: &str) {
     let s = script(text);
     let config = Arc::new(config);
-    let (written, events) = drive(&config, messages, &[&s.hop], s.end);
+    let run = |reads: &[Vec<&[u8]>]| drive(&config, s.policy, messages, reads, &s.tls, s.end);
+    let whole: Vec<Vec<&[u8]>> = s.hop.iter().map(|h| vec![h.as_slice()]).collect();
+    let (written, events) = run(&whole);
     assert_eq!(
         escape(&written),
         escape(&s.client),
         "client bytes\nevents: {events:#?}"
     );
     assert_eq!(events, s.events, "events");
-    for k in 0..=s.hop.len() {
-        let (a, b) = s.hop.split_at(k);
-        let split = drive(&config, messages, &[a, b], s.end);
-        assert_eq!(split, (written.clone(), events.clone()), "split at {k}");
+    for (i, segment) in s.hop.iter().enumerate() {
+        for k in 0..=segment.len() {
+            let mut reads = whole.clone();
+            let (a, b) = segment.split_at(k);
+            reads[i] = vec![a, b];
+            assert_eq!(
+                run(&reads),
+                (written.clone(), events.clone()),
+                "segment {i} split at {k}"
+            );
+        }
     }
-    let bytes: Vec<&[u8]> = s.hop.chunks(1).collect();
-    assert_eq!(
-        drive(&config, messages, &bytes, s.end),
-        (written, events),
-        "byte by byte"
-    );
+    let bytes: Vec<Vec<&[u8]>> = s.hop.iter().map(|h| h.chunks(1).collect()).collect();
+    assert_eq!(run(&bytes), (written, events), "byte by byte");
 }
 
 fn check(messages: &[Outgoing], text: &str) {
@@ -1245,7 +1303,14 @@ fn eight_bit_body_is_converted_for_a_seven_bit_hop() {
     assert!(m.eight_bit);
     let hop =
         "220 mx\r\n250-mx\r\n250 PIPELINING\r\n250 ok\r\n250 ok\r\n354 go\r\n250 ok\r\n221 bye\r\n";
-    let (written, events) = drive(&client_config(), &[m], &[hop.as_bytes()], End::Lost);
+    let (written, events) = drive(
+        &client_config(),
+        StartTlsPolicy::Never,
+        &[m],
+        &[vec![hop.as_bytes()]],
+        &[],
+        End::Lost,
+    );
     assert_eq!(
         events,
         ["done tx=1 downgraded delivered 250", "closed quit"]
@@ -1277,7 +1342,14 @@ fn eight_bit_body_that_cannot_be_converted_bounces() {
     let body = "Message-ID: <caf\u{e9}@example.org>\r\nSubject: x\r\n\r\nna\u{ef}ve\r\n";
     let m = message("a@example.org", &["b@example.net"], body.as_bytes());
     let hop = "220 mx\r\n250 mx\r\n221 bye\r\n";
-    let (written, events) = drive(&client_config(), &[m], &[hop.as_bytes()], End::Lost);
+    let (written, events) = drive(
+        &client_config(),
+        StartTlsPolicy::Never,
+        &[m],
+        &[vec![hop.as_bytes()]],
+        &[],
+        End::Lost,
+    );
     assert_eq!(
         events,
         ["done tx=0 bounced local prepare 554 5.6.3", "closed quit"]
@@ -1290,7 +1362,14 @@ fn eight_bit_body_goes_as_is_to_an_8bitmime_hop() {
     let m = message("a@example.org", &["b@example.net"], EIGHT_BIT.as_bytes());
     let hop =
         "220 mx\r\n250-mx\r\n250 8BITMIME\r\n250 ok\r\n250 ok\r\n354 go\r\n250 ok\r\n221 bye\r\n";
-    let (written, events) = drive(&client_config(), &[m], &[hop.as_bytes()], End::Lost);
+    let (written, events) = drive(
+        &client_config(),
+        StartTlsPolicy::Never,
+        &[m],
+        &[vec![hop.as_bytes()]],
+        &[],
+        End::Lost,
+    );
     assert_eq!(events, ["done tx=1 delivered 250", "closed quit"]);
     let text = String::from_utf8_lossy(&written);
     assert!(
@@ -1298,6 +1377,350 @@ fn eight_bit_body_goes_as_is_to_an_8bitmime_hop() {
         "{text}"
     );
     assert_eq!(sent_data(&written), EIGHT_BIT.as_bytes());
+}
+
+// STARTTLS (RFC 3207)
+
+fn one_recipient() -> Outgoing {
+    message(
+        "a@example.org",
+        &["b@example.net"],
+        b"Subject: x\r\n\r\nhi\r\n",
+    )
+}
+
+#[test]
+fn transcript_starttls_sends_ehlo_again_and_forgets_the_first_capabilities() {
+    // PIPELINING was announced only before TLS: after it the client goes lock-step, and the
+    // STARTTLS of the second EHLO is not taken up again.
+    check(
+        &[one_recipient()],
+        "
+        P: if-offered
+        S: 220 mx.example ESMTP
+        C: EHLO client.example
+        S: 250-mx.example
+        S: 250-PIPELINING
+        S: 250 STARTTLS
+        C: STARTTLS
+        S: 220 2.0.0 Ready to start TLS
+        E: starttls
+        T: ok
+        C: EHLO client.example
+        S: 250-mx.example
+        S: 250 STARTTLS
+        C: MAIL FROM:<a@example.org>
+        S: 250 ok
+        C: RCPT TO:<b@example.net>
+        S: 250 ok
+        C: DATA
+        S: 354 go
+        C: Subject: x
+        C:
+        C: hi
+        C: .
+        S: 250 2.0.0 ok
+        E: done tx=1 delivered 250 2.0.0
+        C: QUIT
+        S: 221 bye
+        E: closed quit
+        ",
+    );
+}
+
+#[test]
+fn transcript_starttls_drops_replies_injected_before_the_handshake() {
+    // The NO STARTTLS response injection: a forged EHLO reply (with PIPELINING) and a 250
+    // pipelined after the 220 must not be read as the replies that come over TLS.
+    check(
+        &[one_recipient()],
+        "
+        P: required
+        S: 220 mx.example ESMTP
+        C: EHLO client.example
+        S: 250-mx.example
+        S: 250 STARTTLS
+        C: STARTTLS
+        S: 220 go ahead
+        S: 250-forged.example
+        S: 250 PIPELINING
+        S: 250 forged
+        E: starttls
+        T: ok
+        C: EHLO client.example
+        S: 250 mx.example
+        C: MAIL FROM:<a@example.org>
+        S: 451 4.3.0 not now
+        E: done tx=1 deferred remote mail 451 4.3.0
+        C: QUIT
+        S: 221 bye
+        E: closed quit
+        ",
+    );
+}
+
+#[test]
+fn transcript_starttls_not_offered() {
+    let plaintext = "
+        S: 220 mx.example ESMTP
+        C: EHLO client.example
+        S: 250-mx.example
+        S: 250 PIPELINING
+        C: MAIL FROM:<a@example.org>
+        C: RCPT TO:<b@example.net>
+        C: DATA
+        S: 250 ok
+        S: 250 ok
+        S: 354 go
+        C: Subject: x
+        C:
+        C: hi
+        C: .
+        S: 250 ok
+        E: done tx=1 delivered 250
+        C: QUIT
+        S: 221 bye
+        E: closed quit
+        ";
+    check(&[one_recipient()], &format!("P: if-offered\n{plaintext}"));
+    check(&[one_recipient()], &format!("P: never\n{plaintext}"));
+    // Required: QUIT, and the connection fails with a local 4xx (the driver defers).
+    check(
+        &[one_recipient()],
+        "
+        P: required
+        S: 220 mx.example ESMTP
+        C: EHLO client.example
+        S: 250-mx.example
+        S: 250 PIPELINING
+        C: QUIT
+        S: 221 bye
+        E: closed failed local ehlo 421 4.7.4
+        ",
+    );
+}
+
+#[test]
+fn transcript_starttls_offered_but_policy_never() {
+    check(
+        &[],
+        "
+        P: never
+        S: 220 mx.example ESMTP
+        C: EHLO client.example
+        S: 250-mx.example
+        S: 250 STARTTLS
+        C: QUIT
+        S: 221 bye
+        E: closed quit
+        ",
+    );
+}
+
+#[test]
+fn transcript_starttls_refused() {
+    // Opportunistic: RFC 3207 §4.1 lets the session go on; the first EHLO's capabilities
+    // (PIPELINING) still hold, since the hop's state did not change.
+    for refusal in ["454 4.7.0 TLS not available", "502 5.5.2 not implemented"] {
+        check(
+            &[one_recipient()],
+            &format!(
+                "
+                P: if-offered
+                S: 220 mx.example ESMTP
+                C: EHLO client.example
+                S: 250-mx.example
+                S: 250-PIPELINING
+                S: 250 STARTTLS
+                C: STARTTLS
+                S: {refusal}
+                C: MAIL FROM:<a@example.org>
+                C: RCPT TO:<b@example.net>
+                C: DATA
+                S: 250 ok
+                S: 250 ok
+                S: 354 go
+                C: Subject: x
+                C:
+                C: hi
+                C: .
+                S: 250 ok
+                E: done tx=1 delivered 250
+                C: QUIT
+                S: 221 bye
+                E: closed quit
+                "
+            ),
+        );
+        // Required: a 4xx or a 5xx alike is a local 4xx (deferred, never bounced).
+        check(
+            &[one_recipient()],
+            &format!(
+                "
+                P: required
+                S: 220 mx.example ESMTP
+                C: EHLO client.example
+                S: 250-mx.example
+                S: 250 STARTTLS
+                C: STARTTLS
+                S: {refusal}
+                C: QUIT
+                S: 221 bye
+                E: closed failed local starttls 421 4.7.4
+                "
+            ),
+        );
+    }
+}
+
+#[test]
+fn transcript_starttls_421_unexpected_and_silence() {
+    check(
+        &[one_recipient()],
+        "
+        P: if-offered
+        S: 220 mx.example ESMTP
+        C: EHLO client.example
+        S: 250-mx.example
+        S: 250 STARTTLS
+        C: STARTTLS
+        S: 421 4.3.2 shutting down
+        E: closed failed remote starttls 421 4.3.2
+        ",
+    );
+    check(
+        &[one_recipient()],
+        "
+        P: if-offered
+        S: 220 mx.example ESMTP
+        C: EHLO client.example
+        S: 250-mx.example
+        S: 250 STARTTLS
+        C: STARTTLS
+        S: 250 what
+        E: closed failed local starttls 421 4.5.0
+        ",
+    );
+    check(
+        &[one_recipient()],
+        "
+        P: required
+        S: 220 mx.example ESMTP
+        C: EHLO client.example
+        S: 250-mx.example
+        S: 250 STARTTLS
+        C: STARTTLS
+        X: timeout
+        E: closed failed local starttls 421 4.4.2
+        ",
+    );
+}
+
+#[test]
+fn transcript_starttls_handshake_failure_fails_the_connection() {
+    for policy in ["if-offered", "required"] {
+        check(
+            &[one_recipient()],
+            &format!(
+                "
+                P: {policy}
+                S: 220 mx.example ESMTP
+                C: EHLO client.example
+                S: 250-mx.example
+                S: 250 STARTTLS
+                C: STARTTLS
+                S: 220 go ahead
+                E: starttls
+                T: fail
+                E: closed failed local starttls 421 4.7.5
+                "
+            ),
+        );
+    }
+}
+
+#[test]
+fn transcript_starttls_required_after_a_helo_fallback() {
+    // HELO announces nothing, so TLS cannot be had.
+    check(
+        &[one_recipient()],
+        "
+        P: required
+        S: 220 old.example SMTP
+        C: EHLO client.example
+        S: 502 5.5.2 no
+        C: HELO client.example
+        S: 250 old.example
+        C: QUIT
+        S: 221 bye
+        E: closed failed local helo 421 4.7.4
+        ",
+    );
+    // Over TLS a refused EHLO falls back to HELO, and required is satisfied.
+    check(
+        &[one_recipient()],
+        "
+        P: required
+        S: 220 mx.example ESMTP
+        C: EHLO client.example
+        S: 250-mx.example
+        S: 250 STARTTLS
+        C: STARTTLS
+        S: 220 go ahead
+        E: starttls
+        T: ok
+        C: EHLO client.example
+        S: 500 5.5.1 confused
+        C: HELO client.example
+        S: 250 mx.example
+        C: MAIL FROM:<a@example.org>
+        S: 250 ok
+        C: RCPT TO:<b@example.net>
+        S: 250 ok
+        C: DATA
+        S: 354 go
+        C: Subject: x
+        C:
+        C: hi
+        C: .
+        S: 250 ok
+        E: done tx=1 delivered 250
+        C: QUIT
+        S: 221 bye
+        E: closed quit
+        ",
+    );
+}
+
+#[test]
+fn starttls_handshake_state_reads_nothing_and_quits_without_quit() {
+    let mut client = Client::with_starttls(client_config(), StartTlsPolicy::IfOffered);
+    let mut out = Output::default();
+    let hop = b"220 mx\r\n250-mx\r\n250 STARTTLS\r\n";
+    assert_eq!(client.handle_input(hop, &mut out), hop.len());
+    assert_eq!(out.bytes, b"EHLO client.example\r\nSTARTTLS\r\n");
+    out.clear();
+    let after = b"220 go\r\n250 injected\r\n";
+    assert_eq!(
+        client.handle_input(after, &mut out),
+        8,
+        "only the 220 is read"
+    );
+    assert_eq!(out.events, [ClientEvent::StartTls]);
+    assert_eq!(client.next(), Next::StartTls);
+    out.clear();
+    assert_eq!(client.handle_input(&after[8..], &mut out), 0);
+    assert!(out.events.is_empty() && out.bytes.is_empty());
+    // A driver that gives up (stopping) closes without a QUIT in the clear.
+    client.quit(&mut out);
+    assert!(out.bytes.is_empty());
+    assert_eq!(out.events, [ClientEvent::Closed(ConnectionOutcome::Quit)]);
+    assert_eq!(client.next(), Next::Done);
+    assert!(!client.is_encrypted());
+    // The handshake calls are ignored outside their state.
+    let mut idle = Client::with_starttls(client_config(), StartTlsPolicy::IfOffered);
+    idle.tls_established(&mut out);
+    assert!(!idle.is_encrypted());
 }
 
 // ---------------------------------------------------------------------------------------------

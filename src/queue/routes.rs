@@ -42,7 +42,13 @@
 //! recipient domain (SMTPUTF8) matches only `*`, since IDNA conversion is not done here.
 //! An address-literal domain (`[192.0.2.1]`) matches only `*`.
 //!
-//! **TLS.** `tls` is stored with the route for the TLS issue; nothing here acts on it.
+//! **TLS.** `tls` is acted on by delivery (`net::delivery::worker`, `smtp::client`):
+//! `opportunistic` sends STARTTLS when the next hop offers it, accepts any certificate
+//! (RFC 7435), and after a failed handshake delivers in plaintext (and skips STARTTLS to
+//! that destination for `delivery.tls_failure_hold`); `required` verifies the certificate
+//! (webpki roots plus `tls.ca_file`) against the next hop's host name, or its address for
+//! an IP literal, and defers (4.7.4/4.7.5) when STARTTLS is missing, refused or fails;
+//! `off` never sends STARTTLS. For an `mx` route the MX host name is checked.
 //!
 //! **Exposure.** Patterns and hops are the operator's; the domain looked up comes from a
 //! peer's RCPT TO (already syntax-checked by the session) and is only compared, never parsed
@@ -67,7 +73,7 @@ pub const LABEL_MAX: usize = 63;
 /// The SMTP port (RFC 5321 §4.5.4.2 cites IANA port 25) for a `to` without one.
 pub const DEFAULT_PORT: u16 = 25;
 
-/// What `tls` says for a route (acted on by the TLS issue).
+/// What `tls` says for a route (see the module doc).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum TlsMode {

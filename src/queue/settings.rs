@@ -27,6 +27,7 @@
 //! mx_addresses_max = 5              # addresses tried per delivery attempt
 //! connect_timeout = "30s"           # per address tried
 //! recipients_per_transaction_max = 100  # RCPTs in one outbound transaction
+//! tls_failure_hold = "1h"           # plaintext to a destination whose opportunistic TLS failed; "0" = never hold
 //! helo_name = "relay.example.com"   # our EHLO name; default: server.hostname
 //! ```
 //!
@@ -83,6 +84,9 @@ mod defaults {
     pub const CONNECT_TIMEOUT: Interval = Interval::secs(30);
     /// RFC 5321 §4.5.3.1.8: a server must accept at least 100 recipients per transaction.
     pub const RECIPIENTS_PER_TRANSACTION_MAX: usize = 100;
+    /// An hour: long enough that a hop with broken TLS costs one failed handshake per hour,
+    /// not one per connection; short enough that a fixed hop is encrypted again the same day.
+    pub const TLS_FAILURE_HOLD: Interval = Interval::secs(3600);
 }
 
 /// The `[delivery]` section (see the module doc for the TOML).
@@ -110,6 +114,9 @@ pub struct DeliveryConfig {
     pub recipients_per_transaction_max: usize,
     /// The name in our EHLO; `None`: `server.hostname`.
     pub helo_name: Option<String>,
+    /// After an opportunistic TLS handshake to a destination fails, its connections skip
+    /// STARTTLS this long (`0`: only the connection that failed goes on in plaintext).
+    pub tls_failure_hold: Interval,
 }
 
 impl Default for DeliveryConfig {
@@ -133,6 +140,7 @@ impl Default for DeliveryConfig {
             connect_timeout: defaults::CONNECT_TIMEOUT,
             recipients_per_transaction_max: defaults::RECIPIENTS_PER_TRANSACTION_MAX,
             helo_name: None,
+            tls_failure_hold: defaults::TLS_FAILURE_HOLD,
         }
     }
 }
@@ -324,6 +332,7 @@ mx_hosts_max = 10                 # MX hosts looked up per destination
 mx_addresses_max = 5              # addresses tried per delivery attempt
 connect_timeout = "30s"           # per address tried
 recipients_per_transaction_max = 100  # RCPTs in one outbound transaction
+tls_failure_hold = "1h"           # plaintext to a destination whose opportunistic TLS failed; "0" = never hold
 "#;
 
     #[test]

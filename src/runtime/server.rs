@@ -59,6 +59,8 @@ pub enum ServerError {
     Admin(#[from] AdminError),
     #[error("tls: {0}")]
     Tls(#[from] crate::tls::TlsError),
+    #[error("outbound TLS: {0}")]
+    OutboundTls(crate::tls::TlsError),
 }
 
 /// The spool settings as the spool module takes them.
@@ -130,6 +132,10 @@ pub fn delivery_shared(
         destinations_max: d.destinations_max,
         client: Arc::new(client),
         connect_timeout: d.connect_timeout.0,
+        client_tls: crate::tls::ClientTls::load(config.tls.ca_file.as_deref())
+            .map_err(ServerError::OutboundTls)?,
+        tls_handshake_timeout: config.tls.handshake_timeout.0,
+        tls_failure_hold: d.tls_failure_hold.0,
         hostname: hostname.to_string(),
         local_domains: config.local.domains.clone(),
         mailboxes,

@@ -19,6 +19,24 @@
 //!    once, last. [`ClientEvent::Ready`] repeats what `next()` says (idle again).
 //! 3. If a read times out call [`Client::timed_out`]; if the peer closes or a read or write
 //!    fails call [`Client::connection_lost`]. Both defer everything in flight.
+//! 4. [`Next::StartTls`] (announced by [`ClientEvent::StartTls`]): the hop said 220 to
+//!    STARTTLS. Drop every byte buffered and not consumed (it came before TLS and must not
+//!    be read as a protected reply: RFC 3207 §6, the "response injection" of NO STARTTLS,
+//!    USENIX Security 2021), run the TLS handshake on the connection, then call
+//!    [`Client::tls_established`] (EHLO goes again) or [`Client::tls_failed`].
+//!
+//! **STARTTLS** (RFC 3207), per [`StartTlsPolicy`] given to [`Client::with_starttls`]:
+//! after a 2xx EHLO that announces STARTTLS, the client sends it (never again once TLS is
+//! up). On 220 the capabilities of the first EHLO are forgotten and EHLO is sent again over
+//! TLS (§4.2). A 4xx/5xx to STARTTLS: `IfOffered` goes on in plaintext with the first EHLO's
+//! capabilities (§4.1 lets the client continue; the hop's state is unchanged, so no
+//! reconnect is needed); `Required` sends QUIT and fails the connection with a local
+//! 421 4.7.4, as it does when the hop does not offer STARTTLS at all (also after a HELO
+//! fallback). A failed handshake ([`Client::tls_failed`]) fails the connection with
+//! 421 4.7.5. These failures are local 4xx so the driver defers, never bounces: a 5xx from
+//! the hop to STARTTLS says nothing about the recipients. Whether a failed opportunistic
+//! handshake is retried in plaintext is the driver's decision (a new connection with a
+//! new client).
 //!
 //! **Consumption.** Only whole reply lines are consumed; a partial line stays with the driver,
 //! which therefore buffers at most [`ReplyLimits::line_max`] octets before the client either
@@ -52,8 +70,8 @@
 //! code makes no sense where it came, ends the connection and defers what is pending.
 //! Nothing here panics on any input (see the `fuzz` function and its target).
 //!
-//! **Not here** (deviations): STARTTLS is recorded in [`Capabilities`] but not negotiated
-//! (the TLS issue); BDAT/CHUNKING (RFC 3030) is not used, so a BINARYMIME message whose body
+//! **Not here** (deviations): the TLS handshake itself and certificate checks (the driver's,
+//! `net::tls` and `tls::client`); BDAT/CHUNKING (RFC 3030) is not used, so a BINARYMIME message whose body
 //! has bare CR or LF cannot be sent and bounces with 5.6.3; AUTH is not offered.
 
 use std::borrow::Cow;
@@ -198,7 +216,7 @@ pub struct Capabilities {
     pub binary_mime: bool,
     /// RFC 2034.
     pub enhanced_status_codes: bool,
-    /// RFC 3207 (recorded; TLS is not negotiated yet).
+    /// RFC 3207.
     pub starttls: bool,
 }
 
@@ -270,6 +288,8 @@ pub enum Stage {
     Greeting,
     Ehlo,
     Helo,
+    /// The reply to STARTTLS and the TLS handshake after it.
+    StartTls,
     /// Checks before any command of the transaction was sent.
     Prepare,
     Rset,
@@ -290,6 +310,7 @@ impl Stage {
             Stage::Greeting => "while receiving the initial greeting",
             Stage::Ehlo => "in reply to EHLO",
             Stage::Helo => "in reply to HELO",
+            Stage::StartTls => "in reply to STARTTLS",
             Stage::Prepare => "before sending the message",
             Stage::Rset => "in reply to RSET",
             Stage::Mail => "in reply to MAIL FROM",
@@ -377,6 +398,8 @@ pub enum ConnectionOutcome {
 pub enum ClientEvent {
     /// Idle: call [`Client::send`] or [`Client::quit`].
     Ready,
+    /// The hop agreed to STARTTLS: see [`Next::StartTls`].
+    StartTls,
     TransactionDone(TransactionOutcome),
     /// The last event: close the connection.
     Closed(ConnectionOutcome),
@@ -389,6 +412,9 @@ pub enum Next {
     Read(Duration),
     /// Idle: hand over a message or quit.
     Send,
+    /// Discard the unconsumed input, run the TLS handshake, then call
+    /// [`Client::tls_established`] or [`Client::tls_failed`] (module doc, step 4).
+    StartTls,
     /// Closed: close the socket.
     Done,
 }
@@ -406,6 +432,18 @@ impl Output {
         self.bytes.clear();
         self.events.clear();
     }
+}
+
+/// When the client asks for TLS (RFC 3207); see the module doc.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum StartTlsPolicy {
+    /// Never send STARTTLS.
+    #[default]
+    Never,
+    /// STARTTLS when the hop announces it; plaintext when it does not or refuses.
+    IfOffered,
+    /// STARTTLS or no delivery: the connection fails with a local 4xx.
+    Required,
 }
 
 /// A command whose reply is awaited, or that waits to be sent (without PIPELINING).
@@ -528,6 +566,10 @@ enum State {
     Ehlo,
     /// HELO sent after EHLO was refused.
     Helo,
+    /// STARTTLS sent; its reply is awaited.
+    StartTls,
+    /// 220 to STARTTLS: the driver runs the handshake.
+    Handshake,
     /// Idle between deliveries; `rset`: the last transaction did not end cleanly.
     Ready {
         rset: bool,
@@ -545,18 +587,51 @@ pub struct Client {
     parser: ReplyParser,
     caps: Capabilities,
     state: State,
+    starttls: StartTlsPolicy,
+    /// The TLS handshake succeeded on this connection.
+    encrypted: bool,
 }
 
 impl Client {
-    /// A client for a new connection. It writes nothing until the greeting comes.
+    /// A client for a new connection that never asks for TLS. It writes nothing until the
+    /// greeting comes.
     pub fn new(config: Arc<ClientConfig>) -> Client {
+        Client::with_starttls(config, StartTlsPolicy::Never)
+    }
+
+    /// A client for a new connection that asks for TLS as `starttls` says.
+    pub fn with_starttls(config: Arc<ClientConfig>, starttls: StartTlsPolicy) -> Client {
         debug_assert_eq!(config.check(), Ok(()));
         Client {
             config,
             parser: ReplyParser::new(),
             caps: Capabilities::default(),
             state: State::Greeting,
+            starttls,
+            encrypted: false,
         }
+    }
+
+    /// The conversation runs over TLS ([`Client::tls_established`] was called).
+    pub fn is_encrypted(&self) -> bool {
+        self.encrypted
+    }
+
+    /// The handshake after STARTTLS succeeded: EHLO goes again (RFC 3207 §4.2). Only after
+    /// [`Next::StartTls`]; ignored elsewhere.
+    pub fn tls_established(&mut self, out: &mut Output) {
+        if matches!(self.state, State::Handshake) {
+            self.encrypted = true;
+            self.ehlo(out);
+        }
+    }
+
+    /// The handshake after STARTTLS failed (`why`: for the diagnostic): the connection is
+    /// unusable, so it fails with a local 421 4.7.5 and no QUIT.
+    pub fn tls_failed(&mut self, why: &str, out: &mut Output) {
+        let stage = self.stage();
+        let reply = Reply::next_hop_tls_failed(why);
+        self.lost(Diagnostic::Local { stage, reply }, out);
     }
 
     /// What the next hop announced (meaningful from the first [`Next::Send`]).
@@ -568,7 +643,9 @@ impl Client {
         let t = &self.config.timeouts;
         match &self.state {
             State::Greeting => Next::Read(t.greeting),
-            State::Ehlo | State::Helo => Next::Read(t.ehlo),
+            // STARTTLS has no timeout of its own in RFC 5321; it is answered like EHLO.
+            State::Ehlo | State::Helo | State::StartTls => Next::Read(t.ehlo),
+            State::Handshake => Next::StartTls,
             State::Ready { .. } => Next::Send,
             State::Delivering(delivery) => Next::Read(match delivery.round.owed.front() {
                 Some(Sent::Rset) => t.rset,
@@ -592,7 +669,8 @@ impl Client {
         loop {
             match self.state {
                 State::Closed => return input.len(),
-                State::Ready { .. } => return consumed,
+                // After the 220 to STARTTLS nothing more is read: the rest came before TLS.
+                State::Ready { .. } | State::Handshake => return consumed,
                 _ => {}
             }
             let rest = &input[consumed..];
@@ -647,7 +725,7 @@ impl Client {
                 self.state = state;
                 self.fail(aborted(self.stage()), out);
             }
-            State::Greeting | State::Ehlo | State::Helo => {
+            State::Greeting | State::Ehlo | State::Helo | State::StartTls | State::Handshake => {
                 out.events
                     .push(ClientEvent::Closed(ConnectionOutcome::Quit));
             }
@@ -686,6 +764,7 @@ impl Client {
             State::Greeting => Stage::Greeting,
             State::Ehlo => Stage::Ehlo,
             State::Helo => Stage::Helo,
+            State::StartTls | State::Handshake => Stage::StartTls,
             State::Ready { .. } | State::Closed => Stage::Idle,
             State::Delivering(delivery) => delivery
                 .round
@@ -743,6 +822,17 @@ impl Client {
             State::Ehlo => match reply.code().class() {
                 2 => {
                     self.caps = Capabilities::from_ehlo(&reply);
+                    if self.starttls != StartTlsPolicy::Never && !self.encrypted {
+                        if self.caps.starttls {
+                            Command::StartTls.encode(&mut out.bytes);
+                            self.state = State::StartTls;
+                            return;
+                        }
+                        if self.starttls == StartTlsPolicy::Required {
+                            let reply = Reply::next_hop_lacks_starttls();
+                            return self.refused(Diagnostic::Local { stage, reply }, out);
+                        }
+                    }
                     self.ready(false, out);
                 }
                 // RFC 5321 §4.1.4 / §3.2: a server without EHLO answers 5xx; fall back.
@@ -759,15 +849,36 @@ impl Client {
             State::Helo => match reply.code().class() {
                 2 => {
                     self.caps = Capabilities::default();
+                    if self.starttls == StartTlsPolicy::Required && !self.encrypted {
+                        let reply = Reply::next_hop_lacks_starttls();
+                        return self.refused(Diagnostic::Local { stage, reply }, out);
+                    }
                     self.ready(false, out);
                 }
                 4 | 5 => self.refused(Diagnostic::Remote { stage, reply }, out),
                 _ => self.unexpected(stage, &reply, out),
             },
+            State::StartTls => match reply.code().class() {
+                2 if reply.code() == ReplyCode::SERVICE_READY => {
+                    // RFC 3207 §4.2: what the hop said before TLS may have been forged.
+                    self.caps = Capabilities::default();
+                    self.state = State::Handshake;
+                    out.events.push(ClientEvent::StartTls);
+                }
+                4 | 5 => match self.starttls {
+                    StartTlsPolicy::Required => {
+                        let reply = Reply::next_hop_refused_starttls(&reply);
+                        self.refused(Diagnostic::Local { stage, reply }, out);
+                    }
+                    // RFC 3207 §4.1: the session goes on as before STARTTLS.
+                    StartTlsPolicy::IfOffered | StartTlsPolicy::Never => self.ready(false, out),
+                },
+                _ => self.unexpected(stage, &reply, out),
+            },
             State::Delivering(delivery) => self.delivery_reply(delivery, reply, out),
             State::Quit(outcome) => out.events.push(ClientEvent::Closed(outcome)),
             // Not reached: input is not read in these states.
-            state @ (State::Ready { .. } | State::Closed) => self.state = state,
+            state @ (State::Ready { .. } | State::Handshake | State::Closed) => self.state = state,
         }
     }
 

@@ -195,6 +195,10 @@ const S_5_6_7: EnhancedStatus = EnhancedStatus::known(5, 6, 7);
 const S_5_7_1: EnhancedStatus = EnhancedStatus::known(5, 7, 1);
 /// 4.4.1 No answer from host (no connection to any address of the next hop).
 const S_4_4_1: EnhancedStatus = EnhancedStatus::known(4, 4, 1);
+/// 4.7.4 Security features not supported (RFC 3463): TLS required, the next hop has none.
+const S_4_7_4: EnhancedStatus = EnhancedStatus::known(4, 7, 4);
+/// 4.7.5 Cryptographic failure (RFC 3463): the TLS handshake with the next hop failed.
+const S_4_7_5: EnhancedStatus = EnhancedStatus::known(4, 7, 5);
 /// 4.4.5 System congestion (this relay's own delivery tables are full).
 const S_4_4_5: EnhancedStatus = EnhancedStatus::known(4, 4, 5);
 /// 5.4.7 Delivery time expired.
@@ -1050,6 +1054,37 @@ impl Reply {
         )
     }
 
+    /// The route requires TLS and the next hop does not announce STARTTLS (RFC 3207).
+    pub fn next_hop_lacks_starttls() -> Self {
+        Self::fixed(
+            ReplyCode::SERVICE_NOT_AVAILABLE,
+            S_4_7_4,
+            "TLS is required for this route, but the next hop does not offer STARTTLS",
+        )
+    }
+
+    /// The route requires TLS and the next hop answered STARTTLS with `reply`.
+    pub fn next_hop_refused_starttls(reply: &Reply) -> Self {
+        Self::new(
+            ReplyCode::SERVICE_NOT_AVAILABLE,
+            Some(S_4_7_4),
+            format!(
+                "TLS is required for this route, but the next hop refused STARTTLS: {} {}",
+                reply.code(),
+                printable(reply.text().lines().next().unwrap_or(""))
+            ),
+        )
+    }
+
+    /// The TLS handshake after STARTTLS failed or timed out; `why` names the cause.
+    pub fn next_hop_tls_failed(why: &str) -> Self {
+        Self::new(
+            ReplyCode::SERVICE_NOT_AVAILABLE,
+            Some(S_4_7_5),
+            format!("TLS handshake with the next hop failed: {}", printable(why)),
+        )
+    }
+
     /// The stored message could not be read back (an I/O error): retried later.
     pub fn spool_unreadable(why: &str) -> Self {
         Self::new(
@@ -1621,6 +1656,13 @@ mod tests {
             Reply::text_line_too_long(1000),
             Reply::next_hop_size_exceeded(2, 1),
             Reply::next_hop_lacks_smtputf8(),
+            Reply::next_hop_lacks_starttls(),
+            Reply::next_hop_refused_starttls(&Reply::new(
+                ReplyCode::AUTH_TEMPORARY_FAILURE,
+                EnhancedStatus::new(4, 7, 0),
+                "no TLS\nsecond line",
+            )),
+            Reply::next_hop_tls_failed("x\r\ny"),
             Reply::conversion_failed("x"),
             Reply::bad_stored_sender("x"),
             Reply::bad_stored_recipient("x"),

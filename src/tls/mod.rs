@@ -5,11 +5,13 @@
 //! Exposure: the PEM files are the operator's; a bad file is a start-up error naming the
 //! path, and a bad file at reload keeps the certificate already in use.
 
+pub mod client;
 pub mod server;
 
 use std::path::PathBuf;
 use std::sync::Arc;
 
+pub use client::ClientTls;
 pub use server::ServerTls;
 
 /// Why a certificate or key could not be used.
@@ -28,6 +30,11 @@ pub enum TlsError {
     Unusable {
         cert: PathBuf,
         key: PathBuf,
+        source: rustls::Error,
+    },
+    #[error("{path}: not a usable CA certificate: {source}")]
+    BadCa {
+        path: PathBuf,
         source: rustls::Error,
     },
     #[error("TLS configuration: {0}")]

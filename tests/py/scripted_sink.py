@@ -11,11 +11,17 @@ Script options:
   --rcpt CODE=ADDRESS      RCPT TO:<ADDRESS> always gets CODE (repeatable)
   --eom-delay SECONDS      wait this long before answering the end of data
   --port P                 listen on P (default: any free port)
+  --starttls CERT:KEY      offer STARTTLS with this PEM certificate and key
+  --starttls-garbage       offer STARTTLS, answer 220, then send junk instead of a handshake
+                           and close (a hop whose TLS is broken)
+With either STARTTLS option each message file's head also has
+    TLS:<protocol version, or none>\n STARTTLS-SEEN:<STARTTLS commands so far, all connections>\n
 """
 import argparse
 import os
 import socket
 import socketserver
+import ssl
 import sys
 import threading
 import time
@@ -23,6 +29,7 @@ import time
 state_lock = threading.Lock()
 mail_count = 0
 seq = 0
+starttls_seen = 0
 
 
 def main():
@@ -32,7 +39,15 @@ def main():
     ap.add_argument("--rcpt", action="append", default=[])
     ap.add_argument("--eom-delay", type=float, default=0.0)
     ap.add_argument("--port", type=int, default=0)
+    ap.add_argument("--starttls", default=None)
+    ap.add_argument("--starttls-garbage", action="store_true")
     args = ap.parse_args()
+    tls_context = None
+    if args.starttls:
+        cert, key = args.starttls.split(":", 1)
+        tls_context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        tls_context.load_cert_chain(cert, key)
+    offer_tls = tls_context is not None or args.starttls_garbage
     fail_n, fail_code = args.mail_fail.split(":")
     fail_n = int(fail_n)
     rcpt_codes = {}
@@ -46,10 +61,11 @@ def main():
             self.wfile.flush()
 
         def handle(self):
-            global mail_count, seq
+            global mail_count, seq, starttls_seen
             self.reply("220 scripted.sink ESMTP")
             sender = None
             rcpts = []
+            tls_version = None
             while True:
                 line = self.rfile.readline(4096)
                 if not line:
@@ -57,7 +73,26 @@ def main():
                 cmd = line.rstrip(b"\r\n").decode("utf-8", "replace")
                 verb = cmd[:4].upper()
                 if verb in ("EHLO", "HELO"):
-                    self.reply("250-scripted.sink\r\n250-PIPELINING\r\n250-8BITMIME\r\n250 SIZE 100000000")
+                    starttls = "250-STARTTLS\r\n" if offer_tls and tls_version is None else ""
+                    self.reply("250-scripted.sink\r\n" + starttls + "250-PIPELINING\r\n250-8BITMIME\r\n250 SIZE 100000000")
+                elif cmd.upper() == "STARTTLS" and offer_tls and tls_version is None:
+                    with state_lock:
+                        starttls_seen += 1
+                    sender, rcpts = None, []
+                    self.reply("220 2.0.0 Ready to start TLS")
+                    if args.starttls_garbage:
+                        self.wfile.write(b"this is not a TLS record\r\n" * 4)
+                        self.wfile.flush()
+                        return
+                    try:
+                        conn = tls_context.wrap_socket(self.connection, server_side=True)
+                    except (ssl.SSLError, OSError) as e:
+                        print(f"sink: TLS handshake failed: {e}", file=sys.stderr, flush=True)
+                        return
+                    self.connection = self.request = conn
+                    self.rfile = conn.makefile("rb")
+                    self.wfile = conn.makefile("wb")
+                    tls_version = conn.version()
                 elif verb == "MAIL":
                     with state_lock:
                         mail_count += 1
@@ -99,7 +134,12 @@ def main():
                     with state_lock:
                         seq += 1
                         name = os.path.join(args.out_dir, f"msg-{seq:06d}-{os.getpid()}")
-                    head = f"MAIL:{sender}\n" + "".join(f"RCPT:{r}\n" for r in rcpts) + "\n"
+                    head = f"MAIL:{sender}\n" + "".join(f"RCPT:{r}\n" for r in rcpts)
+                    if offer_tls:
+                        with state_lock:
+                            seen = starttls_seen
+                        head += f"TLS:{tls_version or 'none'}\nSTARTTLS-SEEN:{seen}\n"
+                    head += "\n"
                     with open(name + ".tmp", "wb") as f:
                         f.write(head.encode() + bytes(data))
                     os.rename(name + ".tmp", name)

@@ -26,6 +26,11 @@
 //! dead host costs one connection attempt, not one per message (Postfix's dead-destination
 //! rule).
 //!
+//! **TLS.** Each connection asks for STARTTLS as its route's `tls` says (see [`worker`]);
+//! the rustls configurations are built once ([`DeliveryShared::client_tls`]). A destination
+//! whose opportunistic handshake failed is remembered by its owning core for
+//! `delivery.tls_failure_hold`, and reached in plaintext meanwhile.
+//!
 //! **Shutdown.** Draining stops new workers and new transactions; a transaction in flight may
 //! finish. Stopping shuts every connection at once: the client reports the recipients
 //! deferred, and their records are written before the spool closes.
@@ -79,6 +84,13 @@ pub struct DeliveryShared {
     pub destinations_max: usize,
     pub client: Arc<ClientConfig>,
     pub connect_timeout: Duration,
+    /// The rustls configurations for STARTTLS (`tls::client`).
+    pub client_tls: crate::tls::ClientTls,
+    /// `tls.handshake_timeout`: bounds each outbound TLS handshake.
+    pub tls_handshake_timeout: Duration,
+    /// `delivery.tls_failure_hold`: how long a destination whose opportunistic handshake
+    /// failed is sent to in plaintext.
+    pub tls_failure_hold: Duration,
     /// Our host name: DSN Reporting-MTA, and the MX loop check.
     pub hostname: String,
     pub local_domains: Vec<String>,
@@ -258,6 +270,10 @@ pub struct Core<C: Connector> {
     metrics: Option<crate::metrics::CoreMetrics>,
     /// Destinations published to the per-destination gauges last time (to clear the gone).
     published: RefCell<Vec<String>>,
+    /// Destinations whose opportunistic TLS handshake failed, and until when their
+    /// connections skip STARTTLS (see `worker`). Expired marks are swept at each new mark,
+    /// so it holds at most the destinations that failed within one hold.
+    tls_failed: RefCell<std::collections::HashMap<DestinationKey, std::time::Instant>>,
 }
 
 impl<C: Connector + 'static> Core<C> {
@@ -295,6 +311,7 @@ impl<C: Connector + 'static> Core<C> {
             kick: Notify::new(),
             metrics,
             published: RefCell::new(Vec::new()),
+            tls_failed: RefCell::new(std::collections::HashMap::new()),
         })
     }
 
@@ -433,17 +450,19 @@ impl<C: Connector + 'static> Core<C> {
             SystemTime::now(),
             &self.shared.dsn_policy,
         );
-        self.apply(&entry, &message, settlement, None).await;
+        self.apply(&entry, &message, settlement, None, None).await;
     }
 
     /// Carries out a settlement in the durable order of the module doc. `hop`: the host that
-    /// answered (for notices and the log).
+    /// answered (for notices and the log); `tls`: the TLS version and cipher of that
+    /// connection, `None` in plaintext (for the log).
     async fn apply(
         &self,
         entry: &Entry,
         message: &StoredMessage,
         settlement: Settlement,
         hop: Option<&str>,
+        tls: Option<&str>,
     ) {
         let Settlement {
             results,
@@ -472,6 +491,7 @@ impl<C: Connector + 'static> Core<C> {
                 queue_id = %r.id,
                 to = %r.recipient,
                 relay = hop.unwrap_or("none"),
+                tls = tls.unwrap_or("none"),
                 attempt = r.attempt,
                 status = outcome_name(r.outcome),
                 reply = %r.reply,
@@ -623,7 +643,7 @@ impl<C: Connector + 'static> Core<C> {
                 SystemTime::now(),
                 &self.shared.dsn_policy,
             );
-            self.apply(&entry, &message, settlement, None).await;
+            self.apply(&entry, &message, settlement, None, None).await;
         }
     }
 }

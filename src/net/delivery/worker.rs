@@ -5,21 +5,37 @@
 //! its bytes are written completely (each write bounded by the data-block timeout), then its
 //! events are acted on; reads are bounded by the timeout it names. A timeout or a stop shuts
 //! the socket and then awaits the pending operation (DESIGN.md §1a), never drops it.
+//!
+//! **TLS.** The conversation loop ([`converse`]) is generic over the connection: when the
+//! client asks for STARTTLS it returns, the plaintext connection is wrapped in
+//! [`TlsConnection`] (bytes the hop sent before the handshake are dropped), and the loop runs
+//! again over TLS with the same client. The route's `tls` picks the client's policy and the
+//! rustls configuration (`tls::client`): `required` verifies the certificate against the
+//! next hop's name (the MX or route host name; an address for a route to an IP literal) and
+//! defers on any failure; `opportunistic` accepts any certificate. A failed opportunistic
+//! handshake (rustls's field failures: no common cipher suite, signature schemes, a hop
+//! that closes mid-handshake) marks the destination for `delivery.tls_failure_hold`, logs
+//! one warning, and the same attempt reconnects at once in plaintext; later connections to
+//! the destination skip STARTTLS until the mark expires. Marks live on the core that owns
+//! the destination and are lost at a restart (the first connection after it tries TLS
+//! again). The delivery log line names the TLS version and cipher (`tls=`).
 
 use std::rc::Rc;
-use std::time::{Duration, SystemTime};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 
 use super::Core;
 use crate::net::conn::{compact, stop_requested, within};
 use crate::net::io::{Connection, Connector};
+use crate::net::tls::{TlsConnection, TlsSummary};
 use crate::queue::outcome::{self, recipient_of, Attempted};
-use crate::queue::resolve::{self, Resolution};
-use crate::queue::{DestId, DestinationKey, Entry};
+use crate::queue::resolve::{self, Resolution, Target};
+use crate::queue::{DestId, DestinationKey, Entry, TlsMode};
 use crate::smtp::client::{
     Client, ClientEvent, ConnectionOutcome, Diagnostic, Next, Outgoing, Output, RecipientResult,
-    Stage,
+    Stage, StartTlsPolicy,
 };
 use crate::smtp::reply::Reply;
 use crate::spool::StoredMessage;
@@ -57,7 +73,7 @@ async fn deliver<C: Connector + 'static>(core: &Rc<Core<C>>, dest: DestId, first
             } else {
                 RecipientResult::Deferred(diagnostic)
             };
-            return fail_destination(core, dest, first, result, None).await;
+            return fail_destination(core, dest, first, result, None, None).await;
         }
     };
     let mut last_error = String::from("no address to try");
@@ -75,7 +91,7 @@ async fn deliver<C: Connector + 'static>(core: &Rc<Core<C>>, dest: DestId, first
         };
         match attempt {
             Ok(conn) => {
-                connected = Some((conn, format!("{}[{}]", target.host, target.addr.ip())));
+                connected = Some((conn, target));
                 break;
             }
             Err(error) => {
@@ -89,14 +105,238 @@ async fn deliver<C: Connector + 'static>(core: &Rc<Core<C>>, dest: DestId, first
             }
         }
     }
-    let Some((conn, hop)) = connected else {
+    let Some((conn, target)) = connected else {
         let result = RecipientResult::Deferred(Diagnostic::Local {
             stage: Stage::Greeting,
             reply: Reply::next_hop_unreachable(&last_error),
         });
-        return fail_destination(core, dest, first, result, None).await;
+        return fail_destination(core, dest, first, result, None, None).await;
     };
-    converse(core, dest, conn, &hop, first).await;
+    session(core, dest, &key, conn, target, first).await;
+}
+
+/// The TLS mode of the destination's route (MX destinations are keyed by domain alone, so
+/// their route is looked up again).
+fn tls_mode<C: Connector + 'static>(core: &Core<C>, key: &DestinationKey) -> TlsMode {
+    match key {
+        DestinationKey::Static { tls, .. } => *tls,
+        DestinationKey::Mx(domain) => core.shared.routes.route(domain).tls,
+    }
+}
+
+/// The destination's opportunistic TLS failed within the hold: skip STARTTLS.
+fn tls_held<C: Connector + 'static>(core: &Core<C>, key: &DestinationKey) -> bool {
+    core.tls_failed
+        .borrow()
+        .get(key)
+        .is_some_and(|until| Instant::now() < *until)
+}
+
+/// Marks the destination "TLS failed" for `tls_failure_hold`; sweeps expired marks.
+fn hold_tls<C: Connector + 'static>(core: &Core<C>, key: &DestinationKey) {
+    let hold = core.shared.tls_failure_hold;
+    if hold.is_zero() {
+        return;
+    }
+    let now = Instant::now();
+    let mut marks = core.tls_failed.borrow_mut();
+    marks.retain(|_, until| *until > now);
+    marks.insert(key.clone(), now + hold);
+}
+
+/// One connection's conversation: the client and what the driver holds for it. It outlives
+/// a change of connection type (plaintext to TLS after STARTTLS).
+struct Conversation {
+    client: Client,
+    out: Output,
+    input: Vec<u8>,
+    consumed: usize,
+    /// The entry taken before connecting, until the client is first ready for it.
+    pending_first: Option<Entry>,
+    current: Option<InFlight>,
+    /// `host[address]`, for the log and notices.
+    hop: String,
+    /// `version/cipher` once TLS is up, for the delivery log.
+    tls: Option<String>,
+}
+
+impl Conversation {
+    fn new<C: Connector + 'static>(
+        core: &Core<C>,
+        starttls: StartTlsPolicy,
+        hop: String,
+        first: Option<Entry>,
+    ) -> Conversation {
+        Conversation {
+            client: Client::with_starttls(Arc::clone(&core.shared.client), starttls),
+            out: Output::default(),
+            input: Vec::with_capacity(READ_CHUNK),
+            consumed: 0,
+            pending_first: first,
+            current: None,
+            hop,
+            tls: None,
+        }
+    }
+}
+
+/// Why [`converse`] returned.
+enum Pause {
+    /// The client is done: close the connection.
+    Done,
+    /// The hop said 220 to STARTTLS: the handshake is the caller's.
+    StartTls,
+}
+
+enum Handshake<K> {
+    /// Boxed: rustls's connection state is large, the other outcomes are small.
+    Up(Box<TlsConnection<K>>, TlsSummary),
+    Failed(String),
+    Stopped,
+}
+
+/// How long the close_notify at the end of a TLS session may take: it is a courtesy.
+const CLOSE_NOTIFY_LIMIT: Duration = Duration::from_secs(10);
+
+/// One connection to a next hop, with STARTTLS as the route says (module doc of
+/// `smtp::client` and of `delivery`): a failed opportunistic handshake marks the
+/// destination and the same attempt goes on in plaintext over a new connection, as
+/// Postfix's `may` level does; a failed required one defers.
+async fn session<C: Connector + 'static>(
+    core: &Rc<Core<C>>,
+    dest: DestId,
+    key: &DestinationKey,
+    conn: C::Conn,
+    target: &Target,
+    first: Entry,
+) {
+    let mode = tls_mode(core, key);
+    let starttls = match mode {
+        TlsMode::Off => StartTlsPolicy::Never,
+        TlsMode::Required => StartTlsPolicy::Required,
+        TlsMode::Opportunistic if tls_held(core, key) => StartTlsPolicy::Never,
+        TlsMode::Opportunistic => StartTlsPolicy::IfOffered,
+    };
+    let hop = format!("{}[{}]", target.host, target.addr.ip());
+    let mut conv = Conversation::new(core, starttls, hop, Some(first));
+    if let Pause::Done = converse(core, dest, &conn, &mut conv).await {
+        conn.shutdown();
+        return finish(core, dest, conv);
+    }
+    // RFC 3207 §6: what the hop sent after its 220 came before TLS; none of it is read.
+    conv.input.clear();
+    conv.consumed = 0;
+    let config = match mode {
+        TlsMode::Required => core.shared.client_tls.verified(),
+        TlsMode::Opportunistic | TlsMode::Off => core.shared.client_tls.opportunistic(),
+    };
+    match handshake(core, conn, config, &target.host).await {
+        Handshake::Up(tls, summary) => {
+            conv.tls = Some(format!("{}/{}", summary.version, summary.cipher));
+            conv.client.tls_established(&mut conv.out);
+            // The client asks for STARTTLS once per connection: this runs to the end.
+            let tls = &*tls;
+            let _ = converse(core, dest, tls, &mut conv).await;
+            let _ = within(tls, CLOSE_NOTIFY_LIMIT, tls.finish()).await;
+            tls.shutdown();
+            finish(core, dest, conv);
+        }
+        Handshake::Failed(why) if mode == TlsMode::Opportunistic => {
+            hold_tls(core, key);
+            tracing::warn!(
+                target: "relay::delivery",
+                destination = %key,
+                relay = %conv.hop,
+                error = %why,
+                hold = ?core.shared.tls_failure_hold,
+                "TLS handshake failed; delivering in plaintext, STARTTLS skipped for this destination during the hold"
+            );
+            // No message was handed to the client yet (STARTTLS precedes the first), so
+            // dropping it loses nothing; the entry goes to the plaintext connection.
+            let first = conv.pending_first.take();
+            let hop = conv.hop.clone();
+            finish(core, dest, conv);
+            let Some(first) = first else {
+                return;
+            };
+            let mut phase = core.phase.clone();
+            let attempt = tokio::select! {
+                biased;
+                attempt = core.connector.connect(target.addr, core.shared.connect_timeout) => attempt,
+                _ = stop_requested(&mut phase, true) => Err(std::io::Error::other("the relay is stopping")),
+            };
+            let plain = match attempt {
+                Ok(plain) => plain,
+                Err(error) => {
+                    let result = RecipientResult::Deferred(Diagnostic::Local {
+                        stage: Stage::Greeting,
+                        reply: Reply::next_hop_unreachable(&format!("{hop}: {error}")),
+                    });
+                    return fail_destination(core, dest, first, result, Some(&hop), None).await;
+                }
+            };
+            let mut conv = Conversation::new(core, StartTlsPolicy::Never, hop, Some(first));
+            let _ = converse(core, dest, &plain, &mut conv).await;
+            plain.shutdown();
+            finish(core, dest, conv);
+        }
+        Handshake::Failed(why) => {
+            conv.client.tls_failed(&why, &mut conv.out);
+            act(core, dest, &mut conv).await;
+            finish(core, dest, conv);
+        }
+        Handshake::Stopped => {
+            conv.client.connection_lost(&mut conv.out);
+            act(core, dest, &mut conv).await;
+            finish(core, dest, conv);
+        }
+    }
+}
+
+/// Wraps `conn` in TLS for `host` and runs the handshake, bounded by `tls.handshake_timeout`
+/// and a stop. On failure the connection is shut.
+async fn handshake<C: Connector + 'static, K: Connection>(
+    core: &Core<C>,
+    conn: K,
+    config: Arc<rustls::ClientConfig>,
+    host: &str,
+) -> Handshake<K> {
+    let Some(name) = crate::tls::client::server_name(host) else {
+        conn.shutdown();
+        return Handshake::Failed(format!("{host:?} is not a name TLS can check"));
+    };
+    let tls = match TlsConnection::client(conn, config, name) {
+        Ok(tls) => tls,
+        Err(error) => return Handshake::Failed(error.to_string()),
+    };
+    let mut phase = core.phase.clone();
+    let limit = core.shared.tls_handshake_timeout;
+    let result = {
+        let running = tls.handshake();
+        tokio::pin!(running);
+        tokio::select! {
+            biased;
+            result = &mut running => Some(result.map_err(|e| e.to_string())),
+            _ = tokio::time::sleep(limit) => {
+                tls.shutdown();
+                let _ = running.await;
+                Some(Err(format!("no handshake within {limit:?}")))
+            }
+            _ = stop_requested(&mut phase, true) => {
+                tls.shutdown();
+                let _ = running.await;
+                None
+            }
+        }
+    };
+    match result {
+        Some(Ok(summary)) => Handshake::Up(Box::new(tls), summary),
+        Some(Err(why)) => {
+            tls.shutdown();
+            Handshake::Failed(why)
+        }
+        None => Handshake::Stopped,
+    }
 }
 
 async fn resolve<C: Connector + 'static>(core: &Core<C>, key: &DestinationKey) -> Resolution {
@@ -158,6 +398,7 @@ async fn fail_destination<C: Connector + 'static>(
     first: Entry,
     result: RecipientResult,
     hop: Option<&str>,
+    tls: Option<&str>,
 ) {
     core.finish(dest);
     let mut entries = vec![first];
@@ -182,7 +423,7 @@ async fn fail_destination<C: Connector + 'static>(
             }
         };
         let results = vec![result.clone(); entry.recipients.len()];
-        settle(core, &entry, &message, &results, false, hop).await;
+        settle(core, &entry, &message, &results, false, hop, tls).await;
     }
 }
 
@@ -208,6 +449,7 @@ async fn settle<C: Connector + 'static>(
     results: &[RecipientResult],
     hop_dsn: bool,
     hop: Option<&str>,
+    tls: Option<&str>,
 ) {
     let settlement = outcome::settle(
         &Attempted {
@@ -221,7 +463,7 @@ async fn settle<C: Connector + 'static>(
         &core.shared.schedule,
         &core.shared.dsn_policy,
     );
-    core.apply(entry, message, settlement, hop).await;
+    core.apply(entry, message, settlement, hop, tls).await;
 }
 
 /// The message for the next hop: the stored bytes (our Received header first) and the
@@ -271,88 +513,39 @@ impl InFlight {
     }
 }
 
-/// Drives one connection until the client is done.
-async fn converse<C: Connector + 'static>(
+/// Drives the conversation over `conn` until the client is done or asks for TLS.
+async fn converse<C: Connector + 'static, K: Connection>(
     core: &Rc<Core<C>>,
     dest: DestId,
-    conn: C::Conn,
-    hop: &str,
-    first: Entry,
-) {
-    let mut client = Client::new(std::sync::Arc::clone(&core.shared.client));
-    let mut out = Output::default();
-    let mut input: Vec<u8> = Vec::with_capacity(READ_CHUNK);
-    let mut consumed = 0usize;
-    let mut pending_first = Some(first);
-    let mut current: Option<InFlight> = None;
+    conn: &K,
+    conv: &mut Conversation,
+) -> Pause {
     let mut phase = core.phase.clone();
     let write_limit = core.shared.client.timeouts.data_block;
 
     loop {
         // Write what the last call produced, then act on its events.
-        write_out(&conn, &mut client, &mut out, write_limit).await;
-        let events = std::mem::take(&mut out.events);
-        for event in events {
-            match event {
-                ClientEvent::Ready => {}
-                ClientEvent::TransactionDone(done) => {
-                    if let Some(flight) = current.take() {
-                        // The results are recorded in the background: the connection goes on
-                        // with the next message while the group commit syncs them (waiting
-                        // here put one fdatasync per message on every connection's path).
-                        // The entry stays out of the queue until its record is durable.
-                        let dsn = client.capabilities().dsn;
-                        // Counted with the workers, so a drain waits for the record too.
-                        let owner = Rc::clone(core);
-                        let hop = hop.to_string();
-                        owner.workers.set(owner.workers.get() + 1);
-                        let (entry, message) = flight.into_message();
-                        tokio::task::spawn_local(async move {
-                            settle(&owner, &entry, &message, &done.results, dsn, Some(&hop)).await;
-                            owner.workers.set(owner.workers.get().saturating_sub(1));
-                            owner.kick.notify_one();
-                        });
-                        core.finish(dest);
-                    }
-                }
-                ClientEvent::Closed(ConnectionOutcome::Failed(diagnostic)) => {
-                    tracing::info!(target: "relay::delivery", relay = hop, reason = %diagnostic, "connection to next hop failed");
-                    if let Some(first) = pending_first.take() {
-                        // Refused before any transaction: the destination as a whole.
-                        let reply = diagnostic.reply().clone();
-                        let result =
-                            if reply.code().class() == 5 && diagnostic.stage() != Stage::Greeting {
-                                RecipientResult::Bounced(diagnostic)
-                            } else {
-                                RecipientResult::Deferred(Diagnostic::Local {
-                                    stage: diagnostic.stage(),
-                                    reply,
-                                })
-                            };
-                        fail_destination(core, dest, first, result, Some(hop)).await;
-                    }
-                }
-                ClientEvent::Closed(ConnectionOutcome::Quit) => {}
-            }
-        }
-        match client.next() {
-            Next::Done => break,
+        write_out(conn, &mut conv.client, &mut conv.out, write_limit).await;
+        act(core, dest, conv).await;
+        match conv.client.next() {
+            Next::Done => return Pause::Done,
+            Next::StartTls => return Pause::StartTls,
             Next::Send => {
-                let next = match pending_first.take() {
+                let next = match conv.pending_first.take() {
                     Some(first) => Some(first),
                     None => core.take_next(dest),
                 };
                 let Some(entry) = next else {
-                    client.quit(&mut out);
+                    conv.client.quit(&mut conv.out);
                     continue;
                 };
                 match core.load(entry.id) {
                     Ok(Some(mut message)) => {
                         let body = Bytes::from(std::mem::take(&mut message.body));
                         let message_out = outgoing(&entry, &message, body.clone());
-                        match client.send(message_out, &mut out) {
+                        match conv.client.send(message_out, &mut conv.out) {
                             Ok(()) => {
-                                current = Some(InFlight {
+                                conv.current = Some(InFlight {
                                     entry,
                                     message,
                                     body,
@@ -377,11 +570,12 @@ async fn converse<C: Connector + 'static>(
                 }
             }
             Next::Read(limit) => {
-                compact(&mut input, &mut consumed);
+                let input = &mut conv.input;
+                compact(input, &mut conv.consumed);
                 if input.capacity() - input.len() < READ_CHUNK / 4 {
                     input.reserve(READ_CHUNK);
                 }
-                let read = conn.read_into(std::mem::take(&mut input));
+                let read = conn.read_into(std::mem::take(input));
                 tokio::pin!(read);
                 enum Woke {
                     Read(std::io::Result<usize>, Vec<u8>),
@@ -396,15 +590,17 @@ async fn converse<C: Connector + 'static>(
                 };
                 match woke {
                     Woke::Read(result, buffer) => {
-                        input = buffer;
+                        conv.input = buffer;
                         match result {
                             Ok(n) if n > 0 => {
-                                let used = client.handle_input(&input[consumed..], &mut out);
-                                consumed += used;
+                                let used = conv
+                                    .client
+                                    .handle_input(&conv.input[conv.consumed..], &mut conv.out);
+                                conv.consumed += used;
                             }
                             _ => {
                                 conn.shutdown();
-                                client.connection_lost(&mut out);
+                                conv.client.connection_lost(&mut conv.out);
                             }
                         }
                     }
@@ -412,25 +608,87 @@ async fn converse<C: Connector + 'static>(
                         // Shut first, then let the read complete: nothing stays armed.
                         conn.shutdown();
                         let (_, buffer) = read.await;
-                        input = buffer;
+                        conv.input = buffer;
                         if matches!(woke, Woke::TimedOut) {
-                            client.timed_out(&mut out);
+                            conv.client.timed_out(&mut conv.out);
                         } else {
-                            client.connection_lost(&mut out);
+                            conv.client.connection_lost(&mut conv.out);
                         }
                     }
                 }
             }
         }
     }
-    conn.shutdown();
+}
+
+/// Acts on the client's events (after its bytes were written).
+async fn act<C: Connector + 'static>(core: &Rc<Core<C>>, dest: DestId, conv: &mut Conversation) {
+    let events = std::mem::take(&mut conv.out.events);
+    for event in events {
+        match event {
+            ClientEvent::Ready | ClientEvent::StartTls => {}
+            ClientEvent::TransactionDone(done) => {
+                if let Some(flight) = conv.current.take() {
+                    // The results are recorded in the background: the connection goes on
+                    // with the next message while the group commit syncs them (waiting
+                    // here put one fdatasync per message on every connection's path).
+                    // The entry stays out of the queue until its record is durable.
+                    let dsn = conv.client.capabilities().dsn;
+                    // Counted with the workers, so a drain waits for the record too.
+                    let owner = Rc::clone(core);
+                    let hop = conv.hop.clone();
+                    let tls = conv.tls.clone();
+                    owner.workers.set(owner.workers.get() + 1);
+                    let (entry, message) = flight.into_message();
+                    tokio::task::spawn_local(async move {
+                        settle(
+                            &owner,
+                            &entry,
+                            &message,
+                            &done.results,
+                            dsn,
+                            Some(&hop),
+                            tls.as_deref(),
+                        )
+                        .await;
+                        owner.workers.set(owner.workers.get().saturating_sub(1));
+                        owner.kick.notify_one();
+                    });
+                    core.finish(dest);
+                }
+            }
+            ClientEvent::Closed(ConnectionOutcome::Failed(diagnostic)) => {
+                tracing::info!(target: "relay::delivery", relay = conv.hop, reason = %diagnostic, "connection to next hop failed");
+                if let Some(first) = conv.pending_first.take() {
+                    // Refused before any transaction: the destination as a whole.
+                    let reply = diagnostic.reply().clone();
+                    let result =
+                        if reply.code().class() == 5 && diagnostic.stage() != Stage::Greeting {
+                            RecipientResult::Bounced(diagnostic)
+                        } else {
+                            RecipientResult::Deferred(Diagnostic::Local {
+                                stage: diagnostic.stage(),
+                                reply,
+                            })
+                        };
+                    let tls = conv.tls.as_deref();
+                    fail_destination(core, dest, first, result, Some(&conv.hop), tls).await;
+                }
+            }
+            ClientEvent::Closed(ConnectionOutcome::Quit) => {}
+        }
+    }
+}
+
+/// The connection is over: entries the client still holds are never lost.
+fn finish<C: Connector + 'static>(core: &Rc<Core<C>>, dest: DestId, mut conv: Conversation) {
     // The client ended with a message still held (cannot happen: Closed comes last, after
     // its TransactionDone); never lose it.
-    if let Some(flight) = current.take() {
+    if let Some(flight) = conv.current.take() {
         retry_later(core, flight.entry);
         core.finish(dest);
     }
-    if let Some(first) = pending_first.take() {
+    if let Some(first) = conv.pending_first.take() {
         retry_later(core, first);
         core.finish(dest);
     }

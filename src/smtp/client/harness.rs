@@ -2,7 +2,8 @@
 //! the seed corpus in `fuzz/corpus/smtp_client` even where cargo-fuzz is not installed).
 //!
 //! The input is what a hostile next hop sends: its first byte chooses the read size, the
-//! rest is the hop's byte stream. The function drives a client as the connection driver
+//! STARTTLS policy and whether a handshake after STARTTLS succeeds; the rest is the hop's
+//! byte stream (after a "successful handshake" it stands for the decrypted stream). The function drives a client as the connection driver
 //! does (three messages, then QUIT) and checks the driver contract: consumption never
 //! exceeds the input and never stalls on a complete reply line, a partial line stays under
 //! the line limit, output per call stays bounded, every `send` gets exactly one
@@ -13,7 +14,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
-use super::{Client, ClientConfig, ClientEvent, Next, Outgoing, Output};
+use super::{Client, ClientConfig, ClientEvent, Next, Outgoing, Output, StartTlsPolicy};
 use crate::envelope::{BodyType, DsnRet, MailParams, Notify, Recipient};
 
 fn recipient(address: &str, notify: Option<Notify>, orcpt: Option<&str>) -> Recipient {
@@ -83,6 +84,8 @@ struct Checker {
     /// Recipient counts of the messages handed over and not yet reported.
     in_flight: VecDeque<usize>,
     closed: bool,
+    /// STARTTLS may be asked for at most once per connection.
+    starttls: usize,
 }
 
 impl Checker {
@@ -92,6 +95,15 @@ impl Checker {
             assert!(!self.closed, "event after Closed: {event:?}");
             match event {
                 ClientEvent::Ready => {}
+                ClientEvent::StartTls => {
+                    self.starttls += 1;
+                    assert_eq!(self.starttls, 1, "STARTTLS twice on one connection");
+                    assert_eq!(
+                        client.next(),
+                        Next::StartTls,
+                        "StartTls event without the state"
+                    );
+                }
                 ClientEvent::TransactionDone(outcome) => {
                     let expected = self.in_flight.pop_front();
                     assert_eq!(
@@ -117,11 +129,18 @@ pub fn fuzz(data: &[u8]) {
         ..ClientConfig::default()
     });
     let line_max = config.reply_limits.line_max;
-    let mut client = Client::new(config);
+    let policy = match split % 3 {
+        0 => StartTlsPolicy::Never,
+        1 => StartTlsPolicy::IfOffered,
+        _ => StartTlsPolicy::Required,
+    };
+    let handshake_fails = split & 4 != 0;
+    let mut client = Client::with_starttls(config, policy);
     let mut messages = messages();
     let mut checker = Checker {
         in_flight: VecDeque::new(),
         closed: false,
+        starttls: 0,
     };
     let mut out = Output::default();
     let mut pending: Vec<u8> = Vec::new();
@@ -138,6 +157,20 @@ pub fn fuzz(data: &[u8]) {
                     }
                     None => client.quit(&mut out),
                 },
+                Next::StartTls => {
+                    assert!(
+                        policy != StartTlsPolicy::Never,
+                        "STARTTLS against the policy"
+                    );
+                    // As the driver does: what came before the handshake is dropped.
+                    pending.clear();
+                    if handshake_fails {
+                        client.tls_failed("fuzzed handshake failure", &mut out);
+                    } else {
+                        client.tls_established(&mut out);
+                        assert!(client.is_encrypted());
+                    }
+                }
                 Next::Read(_) => {
                     let n = client.handle_input(&pending, &mut out);
                     assert!(n <= pending.len(), "consumed more than given");
