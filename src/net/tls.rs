@@ -12,7 +12,7 @@
 //! must never interleave on the socket.
 
 use std::cell::{Cell, RefCell};
-use std::io::{self, Read, Write};
+use std::io::{self, BufRead, Write};
 use std::sync::Arc;
 
 use rustls::pki_types::ServerName;
@@ -245,11 +245,18 @@ impl<C: Connection> Connection for TlsConnection<C> {
         loop {
             let plain = {
                 let mut state = self.state.borrow_mut();
-                let end = buf.capacity();
-                buf.resize(end, 0);
-                let read = state.reader().read(&mut buf[start..]);
-                buf.truncate(start + *read.as_ref().unwrap_or(&0));
-                read
+                let mut reader = state.reader();
+                // Copied straight from rustls's plaintext buffer: no zero-filling of the
+                // spare capacity per read.
+                match reader.fill_buf() {
+                    Ok(chunk) => {
+                        let n = chunk.len().min(buf.capacity() - start);
+                        buf.extend_from_slice(&chunk[..n]);
+                        reader.consume(n);
+                        Ok(n)
+                    }
+                    Err(e) => Err(e),
+                }
             };
             match plain {
                 Ok(n) => return (Ok(n), buf),
