@@ -107,3 +107,7 @@ pub fn admin_listen() -> SocketAddr {
 /// `smtpd_starttls_timeout` is bounded by its command timeout, without letting a silent
 /// peer hold a slot for the whole command timeout.
 pub const TLS_HANDSHAKE_TIMEOUT: Interval = Interval::secs(60);
+/// Block-list answers come from a nearby resolver in milliseconds; 5s covers a cold cache
+/// and a retry, and the greeting waits for it (Postfix's `postscreen_dnsbl_timeout` is 10s,
+/// but postscreen does not hold the greeting).
+pub const DNSBL_TIMEOUT: Interval = Interval::secs(5);

@@ -178,6 +178,9 @@ pub struct ServerConfig {
     pub drain_timeout: Interval,
     pub connections_per_core_max: usize,
     pub connections_per_ip_max: usize,
+    /// Name servers for MX and block-list lookups instead of `/etc/resolv.conf`'s (e.g. a
+    /// local caching resolver: public resolvers are refused by most block lists).
+    pub dns_servers: Vec<SocketAddr>,
 }
 
 impl Default for ServerConfig {
@@ -189,6 +192,7 @@ impl Default for ServerConfig {
             drain_timeout: defaults::DRAIN_TIMEOUT,
             connections_per_core_max: defaults::CONNECTIONS_PER_CORE_MAX,
             connections_per_ip_max: defaults::CONNECTIONS_PER_IP_MAX,
+            dns_servers: Vec::new(),
         }
     }
 }
@@ -199,6 +203,13 @@ pub struct SmtpConfig {
     pub listen: Vec<SocketAddr>,
     /// Implicit-TLS listeners (submissions, RFC 8314 §3.3: port 465); need `[tls]`.
     pub tls_listen: Vec<SocketAddr>,
+    /// DNS block lists (RFC 5782) checked for each client at connect, e.g.
+    /// `["zen.spamhaus.org"]`; a listed client's recipients get 554 5.7.1 unless it is in
+    /// `relay.allowed_networks` or has authenticated. Empty: no lookups.
+    pub dnsbl_zones: Vec<String>,
+    /// How long the block-list lookups may take; past it the client is not treated as
+    /// listed (a slow DNS must not stop mail).
+    pub dnsbl_timeout: Interval,
     pub command_line_max: usize,
     pub text_line_max: usize,
     pub recipients_max: usize,
@@ -229,6 +240,8 @@ impl Default for SmtpConfig {
         SmtpConfig {
             listen: defaults::smtp_listen(),
             tls_listen: Vec::new(),
+            dnsbl_zones: Vec::new(),
+            dnsbl_timeout: defaults::DNSBL_TIMEOUT,
             command_line_max: defaults::COMMAND_LINE_MAX,
             text_line_max: defaults::TEXT_LINE_MAX,
             recipients_max: defaults::RECIPIENTS_MAX,
@@ -631,6 +644,18 @@ impl Config {
             return Err(invalid(
                 "pop3.auth_failures_per_ip_max",
                 "must be at least 1".into(),
+            ));
+        }
+        if let Some(bad) = s.dnsbl_zones.iter().find(|z| !valid_domain(z)) {
+            return Err(invalid(
+                "smtp.dnsbl_zones",
+                format!("`{bad}` is not a DNS zone name"),
+            ));
+        }
+        if s.dnsbl_timeout.0.is_zero() || s.dnsbl_timeout.0 > std::time::Duration::from_secs(30) {
+            return Err(invalid(
+                "smtp.dnsbl_timeout",
+                "must be more than 0 and at most 30s (the greeting waits for it)".into(),
             ));
         }
         let t = &self.tls;

@@ -9,6 +9,7 @@
 
 pub mod conn;
 pub mod delivery;
+pub mod dnsbl;
 pub mod io;
 pub mod limits;
 pub mod listener;

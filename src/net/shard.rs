@@ -51,6 +51,18 @@ pub struct ShardContext {
     /// The certificate for STARTTLS, STLS and implicit TLS; `None`: no TLS offered.
     pub server_tls: Option<crate::tls::ServerTls>,
     pub tls_handshake_timeout: Duration,
+    /// `smtp.dnsbl_zones` (empty: no lookups) and what the lookups need.
+    pub dnsbl: Dnsbl,
+}
+
+/// Block-list settings and this core's resolver for them.
+pub struct Dnsbl {
+    pub zones: Vec<String>,
+    pub timeout: Duration,
+    pub dns_servers: Vec<SocketAddr>,
+    /// Built on first use, on the core's runtime (hickory spawns its tasks there); `None`
+    /// inside when it cannot be built (then every lookup is a temporary failure).
+    pub resolver: std::cell::OnceCell<Option<crate::queue::resolve::SystemResolver>>,
 }
 
 /// What POP3 connections need besides the common parts.

@@ -15,11 +15,13 @@ use std::rc::Rc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use super::conn::{compact, flush, stop_requested, within, GOODBYE_WRITE_LIMIT, READ_CHUNK};
+use super::dnsbl;
 use super::io::Connection;
 use super::limits::Permit;
 use super::shard::ShardContext;
 use super::tls::{self, TlsConnection};
 use crate::envelope::QueueId;
+use crate::queue::resolve::SystemResolver;
 use crate::smtp::{AuthFailure, Credentials, Event, Outbox, Session, Submission, SubmitError};
 use crate::spool::{NewMessage, SpoolError};
 
@@ -54,6 +56,19 @@ pub async fn serve<C: Connection>(
         consumed: 0,
     };
     tracing::debug!(client = %peer, shard = link.ctx.shard, implicit_tls, "connected");
+    let dnsbl = &link.ctx.dnsbl;
+    if !dnsbl.zones.is_empty() && !link.session.is_relay_client() {
+        let resolver = dnsbl.resolver.get_or_init(|| {
+            SystemResolver::new(&dnsbl.dns_servers)
+                .map_err(|error| tracing::warn!(%error, "no DNS resolver for block lists"))
+                .ok()
+        });
+        let ip = peer.ip().to_canonical();
+        if let Some((zone, code)) = dnsbl::check(resolver, ip, &dnsbl.zones, dnsbl.timeout).await {
+            tracing::info!(target: "relay::smtp", client = %ip, zone = %zone, code = %code, "client on a block list");
+            link.session.client_listed(zone);
+        }
+    }
     if implicit_tls {
         let Some(tls) = link.handshake(conn, input).await else {
             return;

@@ -91,6 +91,8 @@ pub enum AddrAnswer {
 pub trait Resolver {
     fn mx(&self, domain: &str) -> impl Future<Output = MxAnswer>;
     fn addresses(&self, host: &str) -> impl Future<Output = AddrAnswer>;
+    /// A records only: DNS block lists answer in IPv4 (RFC 5782 §2.1), so no AAAA query.
+    fn ipv4(&self, name: &str) -> impl Future<Output = AddrAnswer>;
 }
 
 /// Bounds on one resolution.
@@ -465,6 +467,18 @@ impl Resolver for ScriptedResolver {
             .unwrap_or(AddrAnswer::NxDomain);
         std::future::ready(answer)
     }
+
+    fn ipv4(&self, name: &str) -> impl Future<Output = AddrAnswer> {
+        self.log.borrow_mut().push(format!("A4 {name}"));
+        let answer = match self.addrs.get(&key(name)).cloned() {
+            Some(AddrAnswer::Addresses(all)) => {
+                AddrAnswer::Addresses(all.into_iter().filter(IpAddr::is_ipv4).collect())
+            }
+            Some(other) => other,
+            None => AddrAnswer::NxDomain,
+        };
+        std::future::ready(answer)
+    }
 }
 
 /// How a failed lookup is read (see [`classify`]).
@@ -509,9 +523,30 @@ pub struct SystemResolver {
 
 impl SystemResolver {
     pub fn from_system_conf() -> Result<Self, ResolverInitError> {
-        use hickory_resolver::config::LookupIpStrategy;
-        let mut builder =
-            hickory_resolver::TokioResolver::builder_tokio().map_err(ResolverInitError)?;
+        Self::new(&[])
+    }
+
+    /// With `servers` (`server.dns_servers`: a local caching resolver, or a test's) instead
+    /// of those in `/etc/resolv.conf`; the system's when empty.
+    pub fn new(servers: &[SocketAddr]) -> Result<Self, ResolverInitError> {
+        use hickory_resolver::config::{
+            LookupIpStrategy, NameServerConfig, NameServerConfigGroup, ResolverConfig,
+        };
+        use hickory_resolver::proto::xfer::Protocol;
+        let mut builder = if servers.is_empty() {
+            hickory_resolver::TokioResolver::builder_tokio().map_err(ResolverInitError)?
+        } else {
+            let mut group = NameServerConfigGroup::new();
+            for addr in servers {
+                // UDP first, TCP for truncated answers (RFC 7766).
+                group.push(NameServerConfig::new(*addr, Protocol::Udp));
+                group.push(NameServerConfig::new(*addr, Protocol::Tcp));
+            }
+            hickory_resolver::TokioResolver::builder_with_config(
+                ResolverConfig::from_parts(None, Vec::new(), group),
+                hickory_resolver::name_server::TokioConnectionProvider::default(),
+            )
+        };
         // Both families, so IPv6-only and IPv4-only MX hosts both work.
         builder.options_mut().ip_strategy = LookupIpStrategy::Ipv4AndIpv6;
         Ok(SystemResolver {
@@ -553,6 +588,17 @@ impl Resolver for SystemResolver {
                 LookupFailure::NxDomain => MxAnswer::NxDomain,
                 LookupFailure::NoRecords => MxAnswer::NoRecords,
                 LookupFailure::Temporary(why) => MxAnswer::TempFail(why),
+            },
+        }
+    }
+
+    async fn ipv4(&self, name: &str) -> AddrAnswer {
+        match self.inner.ipv4_lookup(absolute(name)).await {
+            Ok(lookup) => AddrAnswer::Addresses(lookup.iter().map(|a| IpAddr::V4(a.0)).collect()),
+            Err(err) => match classify(&err) {
+                LookupFailure::NxDomain => AddrAnswer::NxDomain,
+                LookupFailure::NoRecords => AddrAnswer::NoRecords,
+                LookupFailure::Temporary(why) => AddrAnswer::TempFail(why),
             },
         }
     }

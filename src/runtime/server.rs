@@ -136,6 +136,7 @@ pub fn delivery_shared(
             .map_err(ServerError::OutboundTls)?,
         tls_handshake_timeout: config.tls.handshake_timeout.0,
         tls_failure_hold: d.tls_failure_hold.0,
+        dns_servers: config.server.dns_servers.clone(),
         hostname: hostname.to_string(),
         local_domains: config.local.domains.clone(),
         mailboxes,
@@ -306,6 +307,12 @@ pub fn run(config: Config) -> Result<(), ServerError> {
         let delivery = Arc::clone(&delivery);
         let server_tls = server_tls.clone();
         let tls_handshake_timeout = config.tls.handshake_timeout.0;
+        let dnsbl = crate::net::shard::Dnsbl {
+            zones: config.smtp.dnsbl_zones.clone(),
+            timeout: config.smtp.dnsbl_timeout.0,
+            dns_servers: config.server.dns_servers.clone(),
+            resolver: std::cell::OnceCell::new(),
+        };
         let seed = ShardSeed {
             index,
             core: (!cores.is_empty()).then(|| cores[index % cores.len()]),
@@ -331,6 +338,7 @@ pub fn run(config: Config) -> Result<(), ServerError> {
                 metrics: core_metrics,
                 server_tls,
                 tls_handshake_timeout,
+                dnsbl,
             }),
         };
         threads.push(shard::spawn(seed, events_tx.clone()).map_err(ServerError::Thread)?);

@@ -875,6 +875,19 @@ impl Reply {
         )
     }
 
+    /// The client's address is on a DNS block list (Postfix's wording for
+    /// `reject_rbl_client`).
+    pub fn client_blocklisted(ip: &std::net::IpAddr, zone: &str) -> Self {
+        Self::new(
+            ReplyCode::TRANSACTION_FAILED,
+            Some(S_5_7_1),
+            format!(
+                "Service unavailable; Client host [{ip}] blocked using {}",
+                printable(zone)
+            ),
+        )
+    }
+
     /// The content policy refused the message (RFC 3463 5.7.1: delivery not authorized,
     /// message refused). `reason` is printable and bounded by the policy.
     pub fn content_refused(reason: &str) -> Self {

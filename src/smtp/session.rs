@@ -439,6 +439,9 @@ pub struct Session {
     tls: Option<String>,
     /// The AUTH identity once authenticated: may relay anywhere, named in Received.
     authenticated: Option<String>,
+    /// The DNS block list that lists the client (set by the driver before any input):
+    /// its recipients are refused unless it may relay or has authenticated.
+    listed_by: Option<String>,
     state: State,
 }
 
@@ -466,6 +469,7 @@ impl Session {
             junk: 0,
             tls: None,
             authenticated: None,
+            listed_by: None,
             state: State::Command(Phase::Greeted),
         }
     }
@@ -553,6 +557,14 @@ impl Session {
         self.tls = Some(summary);
     }
 
+    /// The driver found the client on the DNS block list `zone` (RFC 5782). As Postfix's
+    /// `reject_rbl_client` after `permit_mynetworks, permit_sasl_authenticated`: RCPT is
+    /// refused with 554 5.7.1, except for relay networks and authenticated clients (a
+    /// submission user on a dynamic address listed by a policy list must still get in).
+    pub fn client_listed(&mut self, zone: String) {
+        self.listed_by = Some(zone);
+    }
+
     /// A StartTls event is out and not yet answered.
     pub fn awaiting_tls(&self) -> bool {
         matches!(self.state, State::StartingTls)
@@ -614,6 +626,11 @@ impl Session {
     /// AUTH is offered: on TLS, or in clear when the config allows it.
     fn auth_offered(&self) -> bool {
         self.tls.is_some() || self.config.allow_plaintext_auth
+    }
+
+    /// The client is in `relay_networks` (block lists are not consulted for it).
+    pub fn is_relay_client(&self) -> bool {
+        self.relay_client
     }
 
     /// The session is protected by TLS.
@@ -1004,6 +1021,15 @@ impl Session {
             Some(Reply::too_many_recipients())
         } else if !self.may_relay_to(&to) {
             Some(Reply::relay_denied(to.as_str()))
+        } else if let Some(zone) = self
+            .listed_by
+            .as_deref()
+            .filter(|_| !self.relay_client && self.authenticated.is_none())
+        {
+            Some(Reply::client_blocklisted(
+                &self.peer.ip().to_canonical(),
+                zone,
+            ))
         } else {
             match self.local_lookup(&to, transaction.envelope.params.size.unwrap_or(0)) {
                 Some(Lookup::Unknown) => Some(Reply::unknown_mailbox(to.as_str())),

@@ -148,6 +148,8 @@ pub struct Settings {
     pub smtp_toml: String,
     /// TOML lines inside the `[pop3]` section (e.g. `tls_listen = [...]`).
     pub pop3_toml: String,
+    /// TOML lines inside the `[server]` section (e.g. `dns_servers = [...]`).
+    pub server_toml: String,
 }
 
 /// Local mailboxes every test relay has, all with the password [`TEST_PASSWORD`].
@@ -192,6 +194,7 @@ impl Settings {
             extra_toml: String::new(),
             smtp_toml: String::new(),
             pop3_toml: String::new(),
+            server_toml: String::new(),
         }
     }
 
@@ -250,6 +253,10 @@ impl Settings {
             smtp_extra.push_str(&format!("proxy_protocol = {proxy}\n"));
         }
         smtp_extra.push_str(&self.smtp_toml);
+        if !self.server_toml.is_empty() {
+            let at = text.find("[smtp]\n").expect("template has [smtp]");
+            text.insert_str(at, &self.server_toml);
+        }
         if !smtp_extra.is_empty() {
             let at = text.find("[spool]\n").expect("template has [spool]");
             text.insert_str(at, &smtp_extra);

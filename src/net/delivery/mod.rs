@@ -91,6 +91,8 @@ pub struct DeliveryShared {
     /// `delivery.tls_failure_hold`: how long a destination whose opportunistic handshake
     /// failed is sent to in plaintext.
     pub tls_failure_hold: Duration,
+    /// `server.dns_servers` (empty: `/etc/resolv.conf`).
+    pub dns_servers: Vec<std::net::SocketAddr>,
     /// Our host name: DSN Reporting-MTA, and the MX loop check.
     pub hostname: String,
     pub local_domains: Vec<String>,
@@ -289,7 +291,7 @@ impl<C: Connector + 'static> Core<C> {
         metrics: Option<crate::metrics::CoreMetrics>,
     ) -> Rc<Self> {
         // Built on the core's own runtime: hickory spawns its tasks there.
-        let resolver = match SystemResolver::from_system_conf() {
+        let resolver = match SystemResolver::new(&shared.dns_servers) {
             Ok(r) => Some(r),
             Err(error) => {
                 tracing::warn!(core = index, %error, "no DNS resolver: MX destinations will be deferred");

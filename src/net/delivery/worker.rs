@@ -381,6 +381,13 @@ impl resolve::Resolver for Option<resolve::SystemResolver> {
             None => resolve::AddrAnswer::TempFail("no DNS resolver available".into()),
         }
     }
+
+    async fn ipv4(&self, name: &str) -> resolve::AddrAnswer {
+        match self {
+            Some(resolver) => resolver.ipv4(name).await,
+            None => resolve::AddrAnswer::TempFail("no DNS resolver available".into()),
+        }
+    }
 }
 
 fn key_seed(key: &DestinationKey) -> u64 {
