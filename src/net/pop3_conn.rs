@@ -6,12 +6,16 @@
 //! segment (one pread, no record decoding); QUIT's deletions are appended to the spool log
 //! and fsynced before the `+OK`, then applied to the maildrop index.
 //!
-//! Timeouts follow RFC 1939 §3: an idle session is closed without a response and without
-//! entering UPDATE, so nothing is deleted.
+//! Timeouts follow RFC 1939 §3: an idle session is closed without entering UPDATE, so
+//! nothing is deleted. `pop3.idle_timeout` (the RFC's autologout timer, at least 10 minutes)
+//! runs from when the relay starts waiting for a command; bytes arriving do not restart it,
+//! only a complete command does. Once part of a line has arrived, the rest must follow within
+//! `pop3.command_timeout`: a client trickling a line a byte at a time is not idle, and
+//! holding a slot for ten minutes per 255-octet line is what a slow-client attack wants.
 
 use std::net::SocketAddr;
 use std::rc::Rc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use super::conn::{compact, flush, stop_requested, GOODBYE_WRITE_LIMIT, READ_CHUNK};
 use super::io::Connection;
@@ -45,6 +49,7 @@ pub async fn serve<C: Connection>(
     let mut input = input;
     input.reserve(READ_CHUNK.saturating_sub(input.len()));
     let mut consumed = 0usize;
+    let mut deadlines = Deadlines::default();
 
     loop {
         let mut progressed = false;
@@ -52,6 +57,9 @@ pub async fn serve<C: Connection>(
             let n = session.handle_input(&input[consumed..], &mut out);
             consumed += n;
             progressed = n > 0;
+            if progressed {
+                deadlines = Deadlines::default();
+            }
         }
         let events = std::mem::take(&mut out.events);
         for event in events {
@@ -131,7 +139,14 @@ pub async fn serve<C: Connection>(
             conn.shutdown();
             return;
         }
+        let partial = consumed < input.len();
         compact(&mut input, &mut consumed);
+        let deadline = deadlines.next(
+            partial,
+            Instant::now(),
+            ctx.pop3.idle_timeout,
+            ctx.pop3.command_timeout,
+        );
         let read = conn.read_into(input);
         tokio::pin!(read);
         tokio::select! {
@@ -149,7 +164,7 @@ pub async fn serve<C: Connection>(
                     }
                 }
             }
-            _ = tokio::time::sleep(ctx.pop3.idle_timeout) => {
+            _ = tokio::time::sleep_until(deadline.into()) => {
                 session.timed_out(&mut out);
                 let _ = flush(&conn, &mut out.bytes, GOODBYE_WRITE_LIMIT).await;
                 conn.shutdown();
@@ -164,6 +179,24 @@ pub async fn serve<C: Connection>(
                 return;
             }
         }
+    }
+}
+
+/// When the wait for a command must end (see the module doc); reset when one is taken.
+#[derive(Default)]
+struct Deadlines {
+    idle: Option<Instant>,
+    /// Set once part of a line is buffered.
+    line: Option<Instant>,
+}
+
+impl Deadlines {
+    fn next(&mut self, partial: bool, now: Instant, idle: Duration, line: Duration) -> Instant {
+        let idle = *self.idle.get_or_insert(now + idle);
+        if !partial {
+            return idle;
+        }
+        idle.min(*self.line.get_or_insert(now + line))
     }
 }
 
