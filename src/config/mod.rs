@@ -511,13 +511,9 @@ impl Config {
                 return Err(invalid(key, "must be more than 0".into()));
             }
         }
-        if s.error_delay.0 > std::time::Duration::from_secs(30)
-            || s.error_delay.0 >= s.command_timeout.0
-        {
-            return Err(invalid(
-                "smtp.error_delay",
-                "must be at most 30s and less than smtp.command_timeout".into(),
-            ));
+        // RFC 5321 §4.5.3.2 clients wait minutes for a reply; 30s keeps a tarpitted slot short.
+        if s.error_delay.0 > std::time::Duration::from_secs(30) {
+            return Err(invalid("smtp.error_delay", "must be at most 30s".into()));
         }
         let sp = &self.spool;
         if sp.segment_size.0 < ByteSize::MIB {

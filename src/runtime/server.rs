@@ -58,6 +58,22 @@ pub enum ServerError {
     Admin(#[from] AdminError),
 }
 
+/// Raises the soft `nofile` limit to the hard one: every connection is a descriptor, and
+/// the soft default (often 1024) would refuse clients long before
+/// `server.connections_per_core_max`. The hard limit is the operator's (systemd's
+/// `LimitNOFILE`; `relay tune check` compares it with the config).
+fn raise_nofile() {
+    use rustix::process::{getrlimit, setrlimit, Resource};
+    let mut limit = getrlimit(Resource::Nofile);
+    if limit.current != limit.maximum {
+        limit.current = limit.maximum;
+        if let Err(error) = setrlimit(Resource::Nofile, limit.clone()) {
+            tracing::warn!(%error, "cannot raise the nofile soft limit");
+        }
+    }
+    tracing::debug!(nofile = ?getrlimit(Resource::Nofile).current, "descriptor limit");
+}
+
 /// The spool settings as the spool module takes them.
 pub fn spool_config(config: &Config) -> SpoolConfig {
     SpoolConfig {
@@ -148,6 +164,8 @@ pub fn run(config: Config) -> Result<(), ServerError> {
         choose_engine(config.server.io, probe::probe).map_err(ServerError::UringRequired)?;
     let shards = config.cores();
     let hostname = config.hostname();
+
+    raise_nofile();
 
     // Signals are routed to us before anything starts, so an early SIGTERM is not lost.
     let mut signals = Signals::new([SIGTERM, SIGINT]).map_err(ServerError::Signals)?;

@@ -145,6 +145,8 @@ pub struct Settings {
     pub extra_toml: String,
     /// TOML lines inside the `[smtp]` section (e.g. `allow_plaintext_auth = true`).
     pub smtp_toml: String,
+    /// TOML lines inside the `[pop3]` section (e.g. `command_timeout = "1s"`).
+    pub pop3_toml: String,
 }
 
 /// Local mailboxes every test relay has, all with the password [`TEST_PASSWORD`].
@@ -188,6 +190,7 @@ impl Settings {
             routes: vec![("*".into(), "127.0.0.1:1".into())],
             extra_toml: String::new(),
             smtp_toml: String::new(),
+            pop3_toml: String::new(),
         }
     }
 
@@ -271,6 +274,7 @@ impl Settings {
         if let Some(proxy) = self.pop3_proxy_protocol {
             text.push_str(&format!("proxy_protocol = {proxy}\n"));
         }
+        text.push_str(&self.pop3_toml);
         if !self.blocked_extensions.is_empty() {
             text.push_str(&format!(
                 "[policy]\nblocked_extensions = [{}]\n",
