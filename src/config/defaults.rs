@@ -27,6 +27,23 @@ pub const COMMAND_TIMEOUT: Interval = Interval::secs(300);
 /// RFC 5321 §4.5.3.2: the client's data block timeout is 3 minutes; waiting 5 (Postfix's
 /// `smtpd_timeout`) tolerates slow links without holding dead connections for long.
 pub const DATA_TIMEOUT: Interval = Interval::secs(300);
+/// Postfix 3.7's `smtpd_min_data_rate` (bytes per second): the data must arrive at least
+/// this fast on top of `data_timeout`, so a client trickling its body is cut in about
+/// `data_timeout` while a 25 MiB message on a slow link (far above 500 B/s) is not.
+pub const DATA_RATE_MIN: ByteSize = ByteSize(500);
+/// Postfix's `smtpd_soft_error_limit`: a confused client makes a few errors; past ten,
+/// each further error reply waits `ERROR_DELAY`.
+pub const ERROR_DELAY_AFTER: u32 = 10;
+/// Postfix's `smtpd_error_sleep_time`: a second per error costs a scanner its speed and a
+/// real client nothing (it stopped erring long before).
+pub const ERROR_DELAY: Interval = Interval::secs(1);
+/// 0: off, as Postfix's `smtpd_client_message_rate_limit`. An edge relay takes mail from big
+/// providers whose few outbound addresses legitimately send thousands of messages a minute;
+/// no fixed number fits them and a botnet host alike, so the operator picks one for the
+/// listener's audience (a submission listener: e.g. 100 per minute).
+pub const MESSAGES_PER_IP_MAX: u32 = 0;
+/// Postfix's `anvil_rate_time_unit`.
+pub const MESSAGE_RATE_WINDOW: Interval = Interval::secs(60);
 
 /// Long enough for a 25 MiB message on a slow link to finish after SIGTERM, short enough for
 /// systemd's default 90 s stop timeout.
@@ -82,6 +99,10 @@ pub fn pop3_listen() -> Vec<SocketAddr> {
 }
 /// RFC 1939 §3: "the autologout timer MUST be of at least 10 minutes' duration".
 pub const POP3_IDLE_TIMEOUT: Interval = Interval::secs(600);
+/// A command line that has begun must be complete within this (255 octets at most, RFC 2449
+/// §4): RFC 1939's 10-minute autologout is for idle clients, and a client trickling a line a
+/// byte at a time is not idle. A minute is ages for one line on any real link.
+pub const POP3_COMMAND_TIMEOUT: Interval = Interval::secs(60);
 /// Dovecot's `auth_failure_delay`: long enough to slow guessing, short for a typo.
 pub const AUTH_FAILURE_DELAY: Interval = Interval::secs(2);
 /// Failed logins per client address per window: a person mistypes a few times, a

@@ -215,8 +215,20 @@ pub struct SmtpConfig {
     pub recipients_max: usize,
     pub message_size_max: ByteSize,
     pub errors_max: u32,
+    /// Tarpitting: past this many errors, each further error reply waits `error_delay`.
+    pub error_delay_after: u32,
+    pub error_delay: Interval,
+    /// The deadline for a whole command line, from when the relay starts waiting for it
+    /// (bytes trickling in do not extend it).
     pub command_timeout: Interval,
+    /// The longest wait for the next read in DATA/BDAT.
     pub data_timeout: Interval,
+    /// Bytes per second the data must keep up on top of `data_timeout`; 0: no rate check.
+    pub data_rate_min: ByteSize,
+    /// Messages (MAIL commands) per client address per `message_rate_window`, across all
+    /// cores; 0: unlimited. Clients in `relay.allowed_networks` are exempt.
+    pub messages_per_ip_max: u32,
+    pub message_rate_window: Interval,
     /// VRFY confirms local mailboxes (address disclosure: off by default, RFC 5321 §3.5.3).
     pub vrfy: bool,
     /// EXPN lists the members of local lists (off by default: spammers harvest them).
@@ -247,8 +259,13 @@ impl Default for SmtpConfig {
             recipients_max: defaults::RECIPIENTS_MAX,
             message_size_max: defaults::MESSAGE_SIZE_MAX,
             errors_max: defaults::ERRORS_MAX,
+            error_delay_after: defaults::ERROR_DELAY_AFTER,
+            error_delay: defaults::ERROR_DELAY,
             command_timeout: defaults::COMMAND_TIMEOUT,
             data_timeout: defaults::DATA_TIMEOUT,
+            data_rate_min: defaults::DATA_RATE_MIN,
+            messages_per_ip_max: defaults::MESSAGES_PER_IP_MAX,
+            message_rate_window: defaults::MESSAGE_RATE_WINDOW,
             vrfy: false,
             expn: false,
             proxy_protocol: defaults::PROXY_PROTOCOL,
@@ -357,6 +374,9 @@ pub struct Pop3Config {
     pub tls_listen: Vec<SocketAddr>,
     /// RFC 1939 §3: the autologout timer must be at least 10 minutes.
     pub idle_timeout: Interval,
+    /// A command line must be complete this long after its first byte arrived (trickled
+    /// bytes do not extend it); at most `idle_timeout`.
+    pub command_timeout: Interval,
     /// Wait before answering a failed login (slows guessing; Dovecot waits 2s).
     pub auth_failure_delay: Interval,
     /// Failed logins per client address within `auth_failure_window` before further
@@ -373,6 +393,7 @@ impl Default for Pop3Config {
             listen: defaults::pop3_listen(),
             tls_listen: Vec::new(),
             idle_timeout: defaults::POP3_IDLE_TIMEOUT,
+            command_timeout: defaults::POP3_COMMAND_TIMEOUT,
             auth_failure_delay: defaults::AUTH_FAILURE_DELAY,
             auth_failures_per_ip_max: defaults::AUTH_FAILURES_PER_IP_MAX,
             auth_failure_window: defaults::AUTH_FAILURE_WINDOW,
@@ -510,6 +531,22 @@ impl Config {
         if s.errors_max == 0 {
             return Err(invalid("smtp.errors_max", "must be at least 1".into()));
         }
+        if s.error_delay_after >= s.errors_max && !s.error_delay.0.is_zero() {
+            return Err(invalid(
+                "smtp.error_delay_after",
+                format!(
+                    "must be less than smtp.errors_max ({}), or tarpitting never starts                      (set smtp.error_delay = \"0s\" to turn it off)",
+                    s.errors_max
+                ),
+            ));
+        }
+        if s.messages_per_ip_max > 0 && s.message_rate_window.0 < std::time::Duration::from_secs(1)
+        {
+            return Err(invalid(
+                "smtp.message_rate_window",
+                "must be at least 1s when smtp.messages_per_ip_max is set".into(),
+            ));
+        }
         if s.auth_failure_delay.0 > std::time::Duration::from_secs(30) {
             return Err(invalid(
                 "smtp.auth_failure_delay",
@@ -535,6 +572,10 @@ impl Config {
             if value.0.is_zero() {
                 return Err(invalid(key, "must be more than 0".into()));
             }
+        }
+        // RFC 5321 §4.5.3.2 clients wait minutes for a reply; 30s keeps a tarpitted slot short.
+        if s.error_delay.0 > std::time::Duration::from_secs(30) {
+            return Err(invalid("smtp.error_delay", "must be at most 30s".into()));
         }
         let sp = &self.spool;
         if sp.segment_size.0 < ByteSize::MIB {
@@ -632,6 +673,12 @@ impl Config {
             return Err(invalid(
                 "pop3.idle_timeout",
                 "must be at least 10m (RFC 1939 §3 autologout timer)".into(),
+            ));
+        }
+        if p.command_timeout.0.is_zero() || p.command_timeout.0 > p.idle_timeout.0 {
+            return Err(invalid(
+                "pop3.command_timeout",
+                "must be more than 0 and at most pop3.idle_timeout".into(),
             ));
         }
         if p.auth_failure_delay.0 > std::time::Duration::from_secs(30) {
@@ -895,6 +942,16 @@ mod tests {
             ("[server]\nhostname = \"bad host\"\n", "server.hostname"),
             ("[local]\ndomains = [\"ex ample.test\"]\n", "local.domains"),
             ("[smtp]\ncommand_timeout = \"0s\"\n", "smtp.command_timeout"),
+            ("[smtp]\nerror_delay_after = 20\n", "smtp.error_delay_after"),
+            ("[smtp]\nerror_delay = \"1m\"\n", "smtp.error_delay"),
+            (
+                "[smtp]\nmessages_per_ip_max = 5\nmessage_rate_window = \"0s\"\n",
+                "smtp.message_rate_window",
+            ),
+            (
+                "[pop3]\ncommand_timeout = \"11m\"\n",
+                "pop3.command_timeout",
+            ),
             ("[admin]\nlisten = \"0.0.0.0:9025\"\n", "admin.listen"),
         ];
         for (text, key) in cases {

@@ -2,13 +2,16 @@
 //! cores (SO_REUSEPORT spreads one client's connections over every core, so a per-core count
 //! would let it take `cores ×` the limit).
 //!
-//! The shared table is touched only at connect and disconnect, never per command or per
-//! message; dashmap's sharded locks keep cores from contending on one mutex.
+//! The connection table is touched only at connect and disconnect, never per command; the
+//! message-rate table once per MAIL. dashmap's sharded locks keep cores from contending on
+//! one mutex.
 
 use std::cell::Cell;
 use std::net::IpAddr;
 use std::rc::Rc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use dashmap::DashMap;
 
@@ -261,6 +264,82 @@ impl AuthFailures {
     }
 }
 
+/// Messages per client address in a fixed window across all shards (Postfix anvil's
+/// `smtpd_client_message_rate_limit`; SO_REUSEPORT spreads one client over every core, so a
+/// per-core count would allow `cores ×` the rate). Touched once per MAIL, not per command.
+///
+/// Memory: an entry per address seen in the last window. The table is swept of expired
+/// windows whenever it has doubled since the last sweep (at least [`RATE_ENTRIES_SWEEP`]), so
+/// it holds at most about twice the addresses active in one window, at an amortised O(1) cost
+/// per message.
+#[derive(Debug)]
+pub struct MessageRate {
+    max: u32,
+    window: Duration,
+    counts: DashMap<IpAddr, (u32, Instant)>,
+    /// The table size at which the next sweep runs.
+    sweep_at: AtomicUsize,
+}
+
+/// The smallest table size that triggers a sweep.
+pub const RATE_ENTRIES_SWEEP: usize = 4096;
+
+impl MessageRate {
+    /// `max` messages per `window`; `max == 0` admits everything.
+    pub fn new(max: u32, window: Duration) -> Arc<Self> {
+        Arc::new(MessageRate {
+            max,
+            window,
+            counts: DashMap::new(),
+            sweep_at: AtomicUsize::new(RATE_ENTRIES_SWEEP),
+        })
+    }
+
+    /// Counts one message from `ip` at `now`; false when it is over the rate (not counted).
+    pub fn admit_at(&self, ip: IpAddr, now: Instant) -> bool {
+        if self.max == 0 {
+            return true;
+        }
+        // Before taking an entry: a sweep while holding one would deadlock its shard.
+        if self.counts.len() >= self.sweep_at.load(Ordering::Relaxed) {
+            self.sweep(now);
+        }
+        let mut entry = self.counts.entry(ip).or_insert((0, now));
+        if now.saturating_duration_since(entry.1) >= self.window {
+            *entry = (0, now);
+        }
+        if entry.0 >= self.max {
+            return false;
+        }
+        entry.0 += 1;
+        true
+    }
+
+    /// Drops the addresses whose window has ended.
+    pub fn sweep(&self, now: Instant) {
+        let window = self.window;
+        self.counts
+            .retain(|_, (_, since)| now.saturating_duration_since(*since) < window);
+        let next = (self.counts.len() * 2).max(RATE_ENTRIES_SWEEP);
+        self.sweep_at.store(next, Ordering::Relaxed);
+    }
+
+    /// Addresses in the table now.
+    pub fn len(&self) -> usize {
+        self.counts.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.counts.is_empty()
+    }
+}
+
+impl crate::smtp::MessageRateGate for MessageRate {
+    fn admit(&self, client: IpAddr) -> bool {
+        self.admit_at(client, Instant::now())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -381,5 +460,71 @@ mod tests {
             pop3.record_user_failure("alice", t0);
         }
         assert!(!pop3.user_blocked("alice", t0));
+    }
+
+    const SECOND: Duration = Duration::from_secs(1);
+
+    #[test]
+    fn message_rate_counts_per_address_across_shards() {
+        let rate = MessageRate::new(3, Duration::from_secs(60));
+        let t0 = Instant::now();
+        let core0 = Arc::clone(&rate);
+        let core1 = Arc::clone(&rate);
+        assert!(core0.admit_at(A, t0));
+        assert!(core1.admit_at(A, t0));
+        assert!(core0.admit_at(A, t0 + SECOND));
+        // The fourth in the window, whichever core asks.
+        assert!(!core1.admit_at(A, t0 + SECOND));
+        assert!(!core0.admit_at(A, t0 + 59 * SECOND));
+        // Another address has its own budget.
+        assert!(core1.admit_at(B, t0 + SECOND));
+    }
+
+    #[test]
+    fn message_rate_window_ends_and_refusals_are_not_counted() {
+        let rate = MessageRate::new(1, Duration::from_secs(10));
+        let t0 = Instant::now();
+        assert!(rate.admit_at(A, t0));
+        for s in 1..10 {
+            assert!(!rate.admit_at(A, t0 + s * SECOND), "second {s}");
+        }
+        // A new window: the refusals above did not push it further out.
+        assert!(rate.admit_at(A, t0 + 10 * SECOND));
+        assert!(!rate.admit_at(A, t0 + 11 * SECOND));
+    }
+
+    #[test]
+    fn message_rate_zero_is_unlimited_and_keeps_nothing() {
+        let rate = MessageRate::new(0, Duration::from_secs(10));
+        let t0 = Instant::now();
+        for _ in 0..1000 {
+            assert!(rate.admit_at(A, t0));
+        }
+        assert!(rate.is_empty());
+    }
+
+    #[test]
+    fn message_rate_table_is_swept_of_old_addresses() {
+        let rate = MessageRate::new(5, Duration::from_secs(10));
+        let t0 = Instant::now();
+        let many = RATE_ENTRIES_SWEEP * 3;
+        let ip = |i: usize| IpAddr::V6(std::net::Ipv6Addr::from(i as u128 + 1));
+        for i in 0..many {
+            assert!(rate.admit_at(ip(i), t0));
+        }
+        // All are live in their window: the table holds them (sweeps found nothing to drop).
+        assert_eq!(rate.len(), many);
+        // A window later, new addresses arrive; the old ones go at the next sweep.
+        let later = t0 + 11 * SECOND;
+        for i in many..many + 2 * many {
+            assert!(rate.admit_at(ip(i), later));
+        }
+        assert!(
+            rate.len() <= 2 * many + 1,
+            "expired addresses stayed: {} entries",
+            rate.len()
+        );
+        rate.sweep(later + 11 * SECOND);
+        assert!(rate.is_empty());
     }
 }

@@ -6,12 +6,16 @@
 //! segment (one pread, no record decoding); QUIT's deletions are appended to the spool log
 //! and fsynced before the `+OK`, then applied to the maildrop index.
 //!
-//! Timeouts follow RFC 1939 §3: an idle session is closed without a response and without
-//! entering UPDATE, so nothing is deleted.
+//! Timeouts follow RFC 1939 §3: an idle session is closed without entering UPDATE, so
+//! nothing is deleted. `pop3.idle_timeout` (the RFC's autologout timer, at least 10 minutes)
+//! runs from when the relay starts waiting for a command; bytes arriving do not restart it,
+//! only a complete command does. Once part of a line has arrived, the rest must follow within
+//! `pop3.command_timeout`: a client trickling a line a byte at a time is not idle, and
+//! holding a slot for ten minutes per 255-octet line is what a slow-client attack wants.
 
 use std::net::SocketAddr;
 use std::rc::Rc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use super::conn::{compact, flush, stop_requested, within, GOODBYE_WRITE_LIMIT, READ_CHUNK};
 use super::io::Connection;
@@ -52,6 +56,7 @@ pub async fn serve<C: Connection>(
         maildrop: None,
         input: Vec::new(),
         consumed: 0,
+        deadlines: Deadlines::default(),
     };
     if implicit_tls {
         if let Some(tls) = link.handshake(conn, input).await {
@@ -89,6 +94,7 @@ struct Link {
     maildrop: Option<MaildropLock>,
     input: Vec<u8>,
     consumed: usize,
+    deadlines: Deadlines,
 }
 
 impl Link {
@@ -132,6 +138,7 @@ impl Link {
             maildrop,
             input,
             consumed,
+            deadlines,
         } = self;
         let ctx: &ShardContext = ctx;
         let peer = *peer;
@@ -141,6 +148,9 @@ impl Link {
                 let n = session.handle_input(&input[*consumed..], out);
                 *consumed += n;
                 progressed = n > 0;
+                if progressed {
+                    *deadlines = Deadlines::default();
+                }
             }
             let events = std::mem::take(&mut out.events);
             for event in events {
@@ -240,7 +250,14 @@ impl Link {
                 conn.shutdown();
                 return Ending::Closed;
             }
+            let partial = *consumed < input.len();
             compact(input, consumed);
+            let deadline = deadlines.next(
+                partial,
+                Instant::now(),
+                ctx.pop3.idle_timeout,
+                ctx.pop3.command_timeout,
+            );
             let read = conn.read_into(std::mem::take(input));
             tokio::pin!(read);
             tokio::select! {
@@ -258,7 +275,7 @@ impl Link {
                         }
                     }
                 }
-                _ = tokio::time::sleep(ctx.pop3.idle_timeout) => {
+                _ = tokio::time::sleep_until(deadline.into()) => {
                     session.timed_out(out);
                     let _ = flush(conn, &mut out.bytes, GOODBYE_WRITE_LIMIT).await;
                     conn.shutdown();
@@ -274,6 +291,24 @@ impl Link {
                 }
             }
         }
+    }
+}
+
+/// When the wait for a command must end (see the module doc); reset when one is taken.
+#[derive(Default)]
+struct Deadlines {
+    idle: Option<Instant>,
+    /// Set once part of a line is buffered.
+    line: Option<Instant>,
+}
+
+impl Deadlines {
+    fn next(&mut self, partial: bool, now: Instant, idle: Duration, line: Duration) -> Instant {
+        let idle = *self.idle.get_or_insert(now + idle);
+        if !partial {
+            return idle;
+        }
+        idle.min(*self.line.get_or_insert(now + line))
     }
 }
 

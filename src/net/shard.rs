@@ -31,6 +31,8 @@ pub struct ShardContext {
     pub session_config: Arc<SessionConfig>,
     pub command_timeout: Duration,
     pub data_timeout: Duration,
+    /// `smtp.data_rate_min` in bytes per second; 0: no rate check.
+    pub data_rate_min: u64,
     /// Connections on SMTP (POP3) listeners start with a PROXY protocol header.
     pub smtp_proxy_protocol: bool,
     pub pop3_proxy_protocol: bool,
@@ -70,6 +72,8 @@ pub struct Pop3Context {
     pub config: Arc<crate::pop3::Pop3Config>,
     pub directory: Arc<Directory>,
     pub idle_timeout: Duration,
+    /// How long a begun command line may take to complete (`pop3.command_timeout`).
+    pub command_timeout: Duration,
     pub auth_failure_delay: Duration,
     pub auth_failures: Arc<AuthFailures>,
 }

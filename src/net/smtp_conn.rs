@@ -8,11 +8,24 @@
 //!
 //! Timeouts never drop an in-flight tokio-uring operation (DESIGN.md §1a): the connection
 //! is shut down first, which completes the pending operation, and only then is it released.
+//!
+//! Slow clients (Postfix 3.7's `smtpd_per_request_deadline` and `smtpd_min_data_rate`,
+//! which this follows): `smtp.command_timeout` is a deadline for a whole command line,
+//! counted from when the relay starts waiting for it; bytes trickling in do not extend it,
+//! so a client sending a byte a second is cut at the deadline like a silent one (421 4.4.2).
+//! In DATA/BDAT each read may wait `smtp.data_timeout`, and the body as a whole must arrive
+//! within `data_timeout + received / smtp.data_rate_min` of its start: a body is allowed
+//! time in proportion to its size, so a large message on a slow link passes while a body
+//! trickled to hold the connection is cut at about `data_timeout`.
+//!
+//! Tarpitting: when the session asks for a delay ([`Outbox::delay`], past
+//! `smtp.error_delay_after` errors), the replies wait that long before they are written; a
+//! shutdown cuts the wait short.
 
 use std::future::Future;
 use std::net::SocketAddr;
 use std::rc::Rc;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use super::conn::{compact, flush, stop_requested, within, GOODBYE_WRITE_LIMIT, READ_CHUNK};
 use super::dnsbl;
@@ -54,6 +67,7 @@ pub async fn serve<C: Connection>(
         session,
         input: Vec::new(),
         consumed: 0,
+        deadlines: Deadlines::default(),
     };
     tracing::debug!(client = %peer, shard = link.ctx.shard, implicit_tls, "connected");
     let dnsbl = &link.ctx.dnsbl;
@@ -105,6 +119,7 @@ struct Link {
     session: Session,
     input: Vec<u8>,
     consumed: usize,
+    deadlines: Deadlines,
 }
 
 impl Link {
@@ -153,6 +168,7 @@ impl Link {
             session,
             input,
             consumed,
+            deadlines,
         } = self;
         let ctx: &ShardContext = ctx;
         let peer = *peer;
@@ -168,6 +184,10 @@ impl Link {
                 let n = session.handle_input(&input[*consumed..], SystemTime::now(), out);
                 *consumed += n;
                 progressed = n > 0;
+                if progressed {
+                    // A command line was taken: the wait for the next one starts afresh.
+                    deadlines.command = None;
+                }
             }
 
             // 2. Perform its events in order.
@@ -237,6 +257,7 @@ impl Link {
                         );
                     }
                     Event::Close(reason) => {
+                        tarpit(out, phase, session.in_transaction()).await;
                         ctx.metrics.smtp.bytes_sent.inc_by(out.bytes.len() as u64);
                         let _ = flush(conn, &mut out.bytes, GOODBYE_WRITE_LIMIT).await;
                         let _ = within(conn, GOODBYE_WRITE_LIMIT, conn.finish()).await;
@@ -258,12 +279,14 @@ impl Link {
             } else {
                 ctx.command_timeout
             };
+            tarpit(out, phase, session.in_transaction()).await;
             ctx.metrics.smtp.bytes_sent.inc_by(out.bytes.len() as u64);
             if flush(conn, &mut out.bytes, limit).await.is_err() {
                 conn.shutdown();
                 return Ending::Closed;
             }
             compact(input, consumed);
+            let deadline = deadlines.next(session.receiving_data(), Instant::now(), ctx);
             let read = conn.read_into(std::mem::take(input));
             tokio::pin!(read);
             let in_transaction = session.in_transaction();
@@ -274,6 +297,9 @@ impl Link {
                     match result {
                         Ok(n) if n > 0 => {
                             ctx.metrics.smtp.bytes_received.inc_by(n as u64);
+                            if let Some((_, received)) = &mut deadlines.data {
+                                *received += n as u64;
+                            }
                         }
                         Ok(_) => {
                             ended(conn, session, peer, "client closed the connection");
@@ -285,7 +311,7 @@ impl Link {
                         }
                     }
                 }
-                _ = tokio::time::sleep(limit) => {
+                _ = tokio::time::sleep_until(deadline.into()) => {
                     session.timed_out(out);
                     goodbye(conn, out, read).await;
                     ended(conn, session, peer, "timeout");
@@ -299,6 +325,49 @@ impl Link {
                 }
             }
         }
+    }
+}
+
+/// When the wait for input must end (see the module doc).
+#[derive(Default)]
+struct Deadlines {
+    /// The deadline of the command line being waited for; cleared when the session takes it.
+    command: Option<Instant>,
+    /// When the data started arriving and how many octets have come since.
+    data: Option<(Instant, u64)>,
+}
+
+impl Deadlines {
+    fn next(&mut self, receiving_data: bool, now: Instant, ctx: &ShardContext) -> Instant {
+        if !receiving_data {
+            self.data = None;
+            return *self.command.get_or_insert(now + ctx.command_timeout);
+        }
+        self.command = None;
+        let (since, received) = *self.data.get_or_insert((now, 0));
+        let per_read = now + ctx.data_timeout;
+        if ctx.data_rate_min == 0 {
+            return per_read;
+        }
+        let earned = Duration::from_secs_f64(received as f64 / ctx.data_rate_min as f64);
+        per_read.min(since + ctx.data_timeout + earned)
+    }
+}
+
+/// Waits out the tarpit delay the session asked for, unless the server is stopping.
+async fn tarpit(
+    out: &mut Outbox,
+    phase: &mut tokio::sync::watch::Receiver<crate::runtime::Phase>,
+    in_transaction: bool,
+) {
+    let delay = std::mem::take(&mut out.delay);
+    if delay.is_zero() {
+        return;
+    }
+    tokio::select! {
+        biased;
+        _ = stop_requested(phase, in_transaction) => {}
+        _ = tokio::time::sleep(delay) => {}
     }
 }
 

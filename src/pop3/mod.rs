@@ -33,6 +33,7 @@
 #![forbid(unsafe_code)]
 
 pub mod command;
+pub mod fuzz;
 pub mod reply;
 pub mod sasl;
 pub mod session;

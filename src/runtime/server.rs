@@ -63,6 +63,22 @@ pub enum ServerError {
     OutboundTls(crate::tls::TlsError),
 }
 
+/// Raises the soft `nofile` limit to the hard one: every connection is a descriptor, and
+/// the soft default (often 1024) would refuse clients long before
+/// `server.connections_per_core_max`. The hard limit is the operator's (systemd's
+/// `LimitNOFILE`; `relay tune check` compares it with the config).
+fn raise_nofile() {
+    use rustix::process::{getrlimit, setrlimit, Resource};
+    let mut limit = getrlimit(Resource::Nofile);
+    if limit.current != limit.maximum {
+        limit.current = limit.maximum;
+        if let Err(error) = setrlimit(Resource::Nofile, limit) {
+            tracing::warn!(%error, "cannot raise the nofile soft limit");
+        }
+    }
+    tracing::debug!(nofile = ?getrlimit(Resource::Nofile).current, "descriptor limit");
+}
+
 /// The spool settings as the spool module takes them.
 pub fn spool_config(config: &Config) -> SpoolConfig {
     SpoolConfig {
@@ -88,6 +104,8 @@ pub fn session_config(
         recipients_max: config.smtp.recipients_max,
         message_size_max: config.smtp.message_size_max.0,
         errors_max: config.smtp.errors_max,
+        error_delay_after: config.smtp.error_delay_after,
+        error_delay: config.smtp.error_delay.0,
         local_domains: config.local.domains.clone(),
         relay_networks: config.relay.allowed_networks.clone(),
         mailboxes,
@@ -95,6 +113,13 @@ pub fn session_config(
         expn: config.smtp.expn,
         policy: config.policy.to_policy(),
         ingest: None,
+        // One table for every shard: a fresh one per call (the server calls this once).
+        message_rate: (config.smtp.messages_per_ip_max > 0).then(|| {
+            crate::smtp::RateGate(crate::net::limits::MessageRate::new(
+                config.smtp.messages_per_ip_max,
+                config.smtp.message_rate_window.0,
+            ))
+        }),
         allow_plaintext_auth: config.smtp.allow_plaintext_auth,
         starttls: config.tls.server_enabled(),
     }
@@ -150,6 +175,8 @@ pub fn run(config: Config) -> Result<(), ServerError> {
         choose_engine(config.server.io, probe::probe).map_err(ServerError::UringRequired)?;
     let shards = config.cores();
     let hostname = config.hostname();
+
+    raise_nofile();
 
     // Signals are routed to us before anything starts, so an early SIGTERM is not lost.
     let mut signals = Signals::new([SIGTERM, SIGINT, SIGHUP]).map_err(ServerError::Signals)?;
@@ -290,6 +317,7 @@ pub fn run(config: Config) -> Result<(), ServerError> {
             config: Arc::clone(&pop3_config),
             directory: Arc::clone(&directory),
             idle_timeout: config.pop3.idle_timeout.0,
+            command_timeout: config.pop3.command_timeout.0,
             auth_failure_delay: config.pop3.auth_failure_delay.0,
             auth_failures: Arc::clone(&auth_failures),
         };
@@ -302,6 +330,7 @@ pub fn run(config: Config) -> Result<(), ServerError> {
         let core_max = config.server.connections_per_core_max;
         let command_timeout = config.smtp.command_timeout.0;
         let data_timeout = config.smtp.data_timeout.0;
+        let data_rate_min = config.smtp.data_rate_min.0;
         let smtp_proxy_protocol = config.smtp.proxy_protocol;
         let pop3_proxy_protocol = config.pop3.proxy_protocol;
         let delivery = Arc::clone(&delivery);
@@ -325,6 +354,7 @@ pub fn run(config: Config) -> Result<(), ServerError> {
                 session_config: session,
                 command_timeout,
                 data_timeout,
+                data_rate_min,
                 smtp_proxy_protocol,
                 pop3_proxy_protocol,
                 spool: handle,

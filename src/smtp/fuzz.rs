@@ -17,7 +17,11 @@ pub fn session(data: &[u8]) {
     let Some((&split, input)) = data.split_first() else {
         return;
     };
-    let config = Arc::new(SessionConfig::default());
+    // STARTTLS offered on odd splits, so both the 502 and the switch are reached.
+    let config = Arc::new(SessionConfig {
+        starttls: split & 1 == 1,
+        ..SessionConfig::default()
+    });
     let now = UNIX_EPOCH + Duration::from_secs(1_700_000_000);
     let peer: SocketAddr = SocketAddr::from(([192, 0, 2, 1], 40000));
     let mut out = Outbox::default();
@@ -36,6 +40,14 @@ pub fn session(data: &[u8]) {
             pending.drain(..n);
             let mut answered = false;
             for event in std::mem::take(&mut out.events) {
+                if let Event::StartTls = event {
+                    assert!(session.awaiting_tls());
+                    assert_eq!(session.handle_input(&pending, now, &mut out), 0);
+                    // As the driver: plaintext pipelined after STARTTLS is dropped.
+                    pending.clear();
+                    session.tls_established("TLSv1.3 with cipher FUZZ".into());
+                    answered = true;
+                }
                 if let Event::Submit(_) = event {
                     submitted += 1;
                     let result = if submitted.is_multiple_of(5) {
@@ -58,7 +70,7 @@ pub fn session(data: &[u8]) {
             }
         }
         // What stays unconsumed is part of one incomplete command line, within its limit.
-        if !session.receiving_data() && !session.awaiting_submission() {
+        if !session.receiving_data() && !session.awaiting_submission() && !session.awaiting_tls() {
             assert!(
                 !pending.contains(&b'\n'),
                 "a complete line was left unconsumed"

@@ -44,7 +44,9 @@ pub use address::{AddressError, ForwardPath, Mailbox, ReversePath};
 pub use command::{encode, parse, Command, CommandSpec, MailKind, ParseError, Verb, COMMANDS};
 pub use data::{BodyError, BodyLimits, BodyReceiver};
 pub use params::{ParamError, RcptParams};
-pub use recipients::{Gate, IngestGate, LocalRecipients, Lookup, Mailboxes};
+pub use recipients::{
+    Gate, IngestGate, LocalRecipients, Lookup, Mailboxes, MessageRateGate, RateGate,
+};
 pub use reply::{EnhancedStatus, Extension, Reply, ReplyCode};
 pub use session::{
     AuthFailure, CloseReason, Credentials, Event, Outbox, Password, Session, SessionConfig,

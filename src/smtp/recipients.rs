@@ -74,3 +74,30 @@ impl PartialEq for Gate {
 }
 
 impl Eq for Gate {}
+
+/// The session's question about the client's message rate: "may this address start another
+/// message now?" (Postfix anvil's `smtpd_client_message_rate_limit`). The real answer is a
+/// table shared by every core (`net::limits::MessageRate`), since SO_REUSEPORT spreads one
+/// client over all of them; `false` makes MAIL answer 450 4.7.1. Asking counts the attempt,
+/// so the session asks once per MAIL that passed every other check.
+pub trait MessageRateGate: Send + Sync {
+    fn admit(&self, client: std::net::IpAddr) -> bool;
+}
+
+/// Shared handle to the rate seam, comparable by identity so `SessionConfig` stays `Eq`.
+#[derive(Clone)]
+pub struct RateGate(pub Arc<dyn MessageRateGate>);
+
+impl fmt::Debug for RateGate {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("RateGate(..)")
+    }
+}
+
+impl PartialEq for RateGate {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+impl Eq for RateGate {}

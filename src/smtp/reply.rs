@@ -29,6 +29,7 @@ impl ReplyCode {
     pub const AUTH_CONTINUE: Self = Self(334);
     pub const START_MAIL_INPUT: Self = Self(354);
     pub const SERVICE_NOT_AVAILABLE: Self = Self(421);
+    pub const MAILBOX_BUSY: Self = Self(450);
     pub const INSUFFICIENT_STORAGE: Self = Self(452);
     pub const AUTH_TEMPORARY_FAILURE: Self = Self(454);
     pub const MAILBOX_UNAVAILABLE: Self = Self(550);
@@ -172,6 +173,8 @@ const S_4_5_0: EnhancedStatus = EnhancedStatus::known(4, 5, 0);
 const S_4_5_3: EnhancedStatus = EnhancedStatus::known(4, 5, 3);
 /// 4.7.0 Other or undefined security status (too many errors: we stop talking to the peer).
 const S_4_7_0: EnhancedStatus = EnhancedStatus::known(4, 7, 0);
+/// 4.7.1 Delivery not authorized (here: this client is over its message rate; try later).
+const S_4_7_1: EnhancedStatus = EnhancedStatus::known(4, 7, 1);
 /// 5.1.3 Bad destination mailbox address syntax.
 const S_5_1_1: EnhancedStatus = EnhancedStatus::known(5, 1, 1);
 const S_5_1_3: EnhancedStatus = EnhancedStatus::known(5, 1, 3);
@@ -522,6 +525,17 @@ impl Reply {
     }
 
     /// The spool could not take the message (backpressure or storage error): try later.
+    /// 450 at MAIL when this client address started `smtp.messages_per_ip_max` messages
+    /// within `smtp.message_rate_window` (Postfix's `smtpd_client_message_rate_limit`, whose
+    /// reply this follows): temporary, so a legitimate sender retries later.
+    pub fn message_rate_exceeded() -> Self {
+        Self::fixed(
+            ReplyCode::MAILBOX_BUSY,
+            S_4_7_1,
+            "Error: too much mail from your address, try again later",
+        )
+    }
+
     pub fn insufficient_storage() -> Self {
         Self::fixed(
             ReplyCode::INSUFFICIENT_STORAGE,
@@ -1614,7 +1628,7 @@ mod tests {
         for status in [
             S_2_0_0, S_2_1_0, S_2_1_5, S_2_5_2, S_4_2_2, S_4_3_1, S_4_3_2, S_4_4_2, S_4_5_3,
             S_4_7_0, S_5_1_1, S_5_1_3, S_5_1_7, S_5_3_4, S_5_5_1, S_5_5_2, S_5_5_4, S_5_6_0,
-            S_5_6_7, S_5_7_1, S_4_3_0, S_4_5_0, S_5_6_3,
+            S_5_6_7, S_5_7_1, S_4_3_0, S_4_5_0, S_5_6_3, S_4_7_1,
         ] {
             assert_eq!(
                 EnhancedStatus::new(status.class(), status.subject(), status.detail()),
@@ -1639,6 +1653,7 @@ mod tests {
             Reply::shutting_down("h"),
             Reply::too_many_recipients(),
             Reply::insufficient_storage(),
+            Reply::message_rate_exceeded(),
             Reply::unknown_command(),
             Reply::line_too_long(),
             Reply::bare_lf_in_command(),

@@ -24,6 +24,19 @@
 //! HELP, HELO, EHLO) past [`JUNK_COMMANDS_MAX`] count as errors too (Postfix
 //! `smtpd_junk_command_limit`), so no peer can keep a session busy without sending mail.
 //!
+//! Tarpitting (Postfix `smtpd_soft_error_limit` / `smtpd_error_sleep_time`): once the count
+//! passes `error_delay_after`, every further counted error asks the driver to wait
+//! `error_delay` before writing its reply, through [`Outbox::delay`] (the session itself
+//! never sleeps). Delays of one call add up, so pipelining bad commands buys no speed. A
+//! scanner then costs its own time, not ours; the hard limit still ends it.
+//!
+//! Message rate: MAIL asks [`SessionConfig::message_rate`] (a table shared by all cores)
+//! after every other check passed, and answers 450 4.7.1 when the client address is over
+//! its rate. Clients in `relay_networks` are exempt (Postfix's default
+//! `smtpd_client_event_limit_exceptions = $mynetworks`: the operator's own hosts);
+//! authenticated sessions are not (as in Postfix): a stolen password is the common way spam
+//! leaves a submission service, and the per-IP rate is the brake on it.
+//!
 //! Output size: replies are appended to `Outbox::bytes` for all input consumed in one call.
 //! The largest reply per input octet is EHLO's (about 20×), and junk and error limits end a
 //! session that keeps asking, so a call's output stays within a small multiple of its input.
@@ -31,7 +44,7 @@
 use std::mem;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use memchr::memchr;
 
@@ -80,6 +93,10 @@ pub struct SessionConfig {
     pub recipients_max: usize,
     pub message_size_max: u64,
     pub errors_max: u32,
+    /// Errors after which each further error reply is delayed by `error_delay`
+    /// (tarpitting; see the module doc). At or above `errors_max` it never applies.
+    pub error_delay_after: u32,
+    pub error_delay: Duration,
     /// Domains we accept mail for from anyone; compared case-insensitively.
     pub local_domains: Vec<String>,
     /// Clients allowed to relay to any domain.
@@ -95,6 +112,8 @@ pub struct SessionConfig {
     pub policy: crate::mime::Policy,
     /// The outbound queue's backpressure; `None`: always accepting.
     pub ingest: Option<super::recipients::Gate>,
+    /// The per-client-address message rate; `None`: unlimited.
+    pub message_rate: Option<super::recipients::RateGate>,
     /// Offer AUTH on connections without TLS (`smtp.allow_plaintext_auth`): for loopback
     /// testing only, since the password then crosses the network in clear (RFC 8314).
     pub allow_plaintext_auth: bool,
@@ -113,6 +132,9 @@ impl Default for SessionConfig {
             message_size_max: 25 * 1024 * 1024,
             // Postfix smtpd_hard_error_limit.
             errors_max: 20,
+            // Postfix smtpd_soft_error_limit and smtpd_error_sleep_time.
+            error_delay_after: 10,
+            error_delay: Duration::from_secs(1),
             local_domains: vec![String::from("localhost")],
             relay_networks: vec![
                 ipnet::IpNet::V4(ipnet::Ipv4Net::new_assert(
@@ -129,6 +151,7 @@ impl Default for SessionConfig {
             expn: false,
             policy: crate::mime::Policy::default(),
             ingest: None,
+            message_rate: None,
             allow_plaintext_auth: false,
             starttls: false,
         }
@@ -189,12 +212,15 @@ impl SessionConfig {
 pub struct Outbox {
     pub bytes: Vec<u8>,
     pub events: Vec<Event>,
+    /// Tarpitting: how long the driver waits before writing `bytes` (then resets it).
+    pub delay: Duration,
 }
 
 impl Outbox {
     pub fn clear(&mut self) {
         self.bytes.clear();
         self.events.clear();
+        self.delay = Duration::ZERO;
     }
 }
 
@@ -979,6 +1005,15 @@ impl Session {
         {
             // The outbound queue is over its limits: before the data, not after it.
             Some(Reply::insufficient_storage())
+        } else if !self.relay_client
+            && self
+                .config
+                .message_rate
+                .as_ref()
+                .is_some_and(|gate| !gate.0.admit(self.peer.ip().to_canonical()))
+        {
+            // Last, so that a MAIL refused for another reason does not use up the rate.
+            Some(Reply::message_rate_exceeded())
         } else {
             None
         };
@@ -1344,6 +1379,9 @@ impl Session {
 
     fn count_error(&mut self, out: &mut Outbox) {
         self.errors = self.errors.saturating_add(1);
+        if self.errors > self.config.error_delay_after {
+            out.delay = out.delay.saturating_add(self.config.error_delay);
+        }
         if self.errors >= self.config.errors_max.max(1) {
             let reply = Reply::too_many_errors(&self.config.hostname);
             self.close(reply, CloseReason::TooManyErrors, out);
@@ -1761,6 +1799,122 @@ mod tests {
         out.clear();
         session.handle_input(b"MAIL FROM:<a@b>\r\n", now(), &mut out);
         assert_eq!(out.bytes, b"250 2.1.0 Ok\r\n");
+    }
+
+    #[test]
+    fn error_delay_is_requested_exactly_past_the_soft_limit() {
+        let config = SessionConfig {
+            errors_max: 5,
+            error_delay_after: 2,
+            error_delay: Duration::from_millis(300),
+            ..config()
+        };
+        let mut out = Outbox::default();
+        let mut session = Session::new(Arc::new(config), OUTSIDE.parse().unwrap(), now(), &mut out);
+        out.clear();
+        // Successes never ask for a delay, nor do errors up to the soft limit.
+        for (line, delayed) in [
+            ("EHLO c", false),
+            ("BOGUS 1", false),
+            ("NOOP", false),
+            ("BOGUS 2", false),
+            ("NOOP", false),
+            ("BOGUS 3", true),
+            ("NOOP", false),
+            ("BOGUS 4", true),
+        ] {
+            let input = format!("{line}\r\n");
+            assert_eq!(
+                session.handle_input(input.as_bytes(), now(), &mut out),
+                input.len()
+            );
+            let expect = if delayed {
+                Duration::from_millis(300)
+            } else {
+                Duration::ZERO
+            };
+            assert_eq!(out.delay, expect, "{line}");
+            out.clear();
+        }
+        // The error at the hard limit is delayed too; nothing after the close is read.
+        session.handle_input(b"BOGUS 5\r\nBOGUS 6\r\n", now(), &mut out);
+        assert_eq!(out.delay, Duration::from_millis(300));
+        assert_eq!(out.events, [Event::Close(CloseReason::TooManyErrors)]);
+    }
+
+    #[test]
+    fn pipelined_errors_add_up_and_a_delivery_resets_the_count() {
+        let config = SessionConfig {
+            error_delay_after: 1,
+            error_delay: Duration::from_secs(1),
+            ..config()
+        };
+        let mut out = Outbox::default();
+        let mut session = Session::new(Arc::new(config), OUTSIDE.parse().unwrap(), now(), &mut out);
+        out.clear();
+        session.handle_input(b"EHLO c\r\nX\r\nX\r\nX\r\n", now(), &mut out);
+        assert_eq!(out.delay, Duration::from_secs(2));
+        out.clear();
+        session.handle_input(
+            b"MAIL FROM:<a@b>\r\nRCPT TO:<x@localhost>\r\nDATA\r\nhi\r\n.\r\n",
+            now(),
+            &mut out,
+        );
+        assert!(session.awaiting_submission());
+        session.submitted(Ok(QueueId(1)), now(), &mut out);
+        out.clear();
+        // Accepted mail forgives: the next error is within the soft limit again.
+        session.handle_input(b"X\r\n", now(), &mut out);
+        assert_eq!(out.delay, Duration::ZERO);
+    }
+
+    #[test]
+    fn message_rate_answers_450_at_mail_except_for_relay_clients() {
+        use std::sync::atomic::{AtomicU32, Ordering};
+        /// Admits `0` more messages, then refuses; counts the questions.
+        struct Budget(AtomicU32, AtomicU32);
+        impl crate::smtp::MessageRateGate for Budget {
+            fn admit(&self, _client: std::net::IpAddr) -> bool {
+                self.1.fetch_add(1, Ordering::Relaxed);
+                self.0
+                    .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
+                    .is_ok()
+            }
+        }
+        let budget = Arc::new(Budget(AtomicU32::new(1), AtomicU32::new(0)));
+        let config = SessionConfig {
+            message_rate: Some(crate::smtp::RateGate(budget.clone())),
+            ..config()
+        };
+        let mut out = Outbox::default();
+        let mut session = Session::new(
+            Arc::new(config.clone()),
+            OUTSIDE.parse().unwrap(),
+            now(),
+            &mut out,
+        );
+        session.handle_input(b"EHLO c\r\n", now(), &mut out);
+        out.clear();
+        // A MAIL refused for its own reasons does not ask (nor use up the budget).
+        session.handle_input(b"MAIL FROM:<a@b> SIZE=999999999999\r\n", now(), &mut out);
+        assert_eq!(budget.1.load(Ordering::Relaxed), 0);
+        out.clear();
+        session.handle_input(b"MAIL FROM:<a@b>\r\nRSET\r\n", now(), &mut out);
+        assert_eq!(out.bytes, b"250 2.1.0 Ok\r\n250 2.0.0 Ok\r\n");
+        out.clear();
+        session.handle_input(b"MAIL FROM:<a@b>\r\n", now(), &mut out);
+        assert_eq!(
+            out.bytes,
+            b"450 4.7.1 Error: too much mail from your address, try again later\r\n"
+        );
+        assert!(!session.in_transaction());
+        assert_eq!(budget.1.load(Ordering::Relaxed), 2);
+        // The operator's own networks are exempt: the gate is not even asked.
+        let mut out = Outbox::default();
+        let mut inside = Session::new(Arc::new(config), INSIDE.parse().unwrap(), now(), &mut out);
+        inside.handle_input(b"EHLO c\r\nMAIL FROM:<a@b>\r\n", now(), &mut out);
+        assert!(inside.in_transaction());
+        assert_eq!(budget.1.load(Ordering::Relaxed), 2);
     }
 
     #[test]
