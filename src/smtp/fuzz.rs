@@ -10,7 +10,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
 
-use super::session::{Event, Outbox, Session, SessionConfig, SubmitError};
+use super::session::{AuthFailure, Event, Outbox, Session, SessionConfig, SubmitError};
 use crate::envelope::QueueId;
 
 pub fn session(data: &[u8]) {
@@ -48,6 +48,16 @@ pub fn session(data: &[u8]) {
                     session.tls_established("TLSv1.3 with cipher FUZZ".into());
                     answered = true;
                 }
+                if let Event::Authenticate(credentials) = &event {
+                    // Offered once TLS is up: alternate success and each failure.
+                    let result = match credentials.user.len() % 3 {
+                        0 => Ok(credentials.user.clone()),
+                        1 => Err(AuthFailure::Invalid),
+                        _ => Err(AuthFailure::Locked),
+                    };
+                    session.authenticated(result, &mut out);
+                    answered = true;
+                }
                 if let Event::Submit(_) = event {
                     submitted += 1;
                     let result = if submitted.is_multiple_of(5) {
@@ -70,7 +80,11 @@ pub fn session(data: &[u8]) {
             }
         }
         // What stays unconsumed is part of one incomplete command line, within its limit.
-        if !session.receiving_data() && !session.awaiting_submission() && !session.awaiting_tls() {
+        if !session.receiving_data()
+            && !session.awaiting_submission()
+            && !session.awaiting_authentication()
+            && !session.awaiting_tls()
+        {
             assert!(
                 !pending.contains(&b'\n'),
                 "a complete line was left unconsumed"

@@ -135,7 +135,13 @@ impl Sink {
         loop {
             let got = self.messages();
             if got.len() >= n {
-                return got;
+                // smtp-sink writes a dump while the transaction runs: a file is whole once
+                // it stops changing (no event marks the end, so this polls, bounded).
+                std::thread::sleep(Duration::from_millis(100));
+                if self.messages() == got {
+                    return got;
+                }
+                continue;
             }
             if Instant::now() > deadline {
                 panic!(
