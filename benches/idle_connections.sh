@@ -5,7 +5,8 @@
 # per connection from /proc/PID/status (VmRSS before and after).
 # The client and the relay each need N descriptors plus headroom: the hard nofile limit must
 # allow it (the script raises the soft one; the relay raises its own at start).
-# Usage: benches/idle_connections.sh [N] [io]   (default 10000 uring; io: uring or epoll)
+# Usage: benches/idle_connections.sh [N] [io] [tls]   (default 10000 uring; io: uring or epoll;
+#        tls: each connection idles inside a STARTTLS session)
 set -euo pipefail
 n="${1:-10000}"
 io="${2:-uring}"
@@ -17,4 +18,4 @@ if [ "$hard" != unlimited ] && [ "$hard" -lt $((n + 512)) ]; then
 fi
 ulimit -Sn "$hard"
 cargo build --release --manifest-path "$root/Cargo.toml" --bin relay >&2
-exec python3 "$root/benches/idle_connections.py" "$n" "$io"
+exec python3 "$root/benches/idle_connections.py" "$n" "$io" "${3:-}"
