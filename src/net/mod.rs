@@ -17,4 +17,5 @@ pub mod pop3_conn;
 pub mod proxy;
 pub mod shard;
 pub mod smtp_conn;
+pub mod starttls;
 pub mod tls;

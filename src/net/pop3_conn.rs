@@ -20,8 +20,10 @@ use std::time::{Duration, Instant};
 use super::conn::{compact, flush, stop_requested, within, GOODBYE_WRITE_LIMIT, READ_CHUNK};
 use super::io::Connection;
 use super::limits::Permit;
+use super::shard::Protocol;
 use super::shard::ShardContext;
-use super::tls::{self, TlsConnection};
+use super::starttls::{self, Ending, Upgradable};
+use super::tls::TlsSummary;
 use crate::envelope::QueueId;
 use crate::mailbox::MaildropLock;
 use crate::pop3::{Credentials, Event, LockResult, MaildropEntry, Outbox, Session};
@@ -58,29 +60,7 @@ pub async fn serve<C: Connection>(
         consumed: 0,
         deadlines: Deadlines::default(),
     };
-    if implicit_tls {
-        if let Some(tls) = link.handshake(conn, input).await {
-            // STLS is refused on a TLS session, so this drive is the whole session.
-            let _ = link.drive(&tls).await;
-        }
-        return;
-    }
-    link.input = input;
-    link.input
-        .reserve(READ_CHUNK.saturating_sub(link.input.len()));
-    if link.drive(&conn).await == Ending::StartTls {
-        if let Some(tls) = link.handshake(conn, Vec::new()).await {
-            let _ = link.drive(&tls).await;
-        }
-    }
-}
-
-/// Why a drive ended.
-#[derive(Debug, PartialEq, Eq)]
-enum Ending {
-    Closed,
-    /// STLS was answered +OK and the pipelined input discarded: hand the socket to TLS.
-    StartTls,
+    starttls::serve(&mut link, conn, input, implicit_tls).await;
 }
 
 /// One connection's protocol state, kept across the switch to TLS.
@@ -97,34 +77,29 @@ struct Link {
     deadlines: Deadlines,
 }
 
-impl Link {
-    /// The server side of the TLS handshake (after STLS, or at connect on POP3S where
-    /// `early` holds bytes already read). `None`: failed or timed out, logged, socket shut.
-    async fn handshake<C: Connection>(
-        &mut self,
-        conn: C,
-        early: Vec<u8>,
-    ) -> Option<TlsConnection<C>> {
-        let ctx = &self.ctx;
-        let Some(server_tls) = ctx.server_tls.as_ref() else {
-            conn.shutdown();
-            return None;
-        };
-        match tls::accept(conn, server_tls.config(), &early, ctx.tls_handshake_timeout).await {
-            Ok((tls, summary)) => {
-                ctx.metrics.pop3.tls_handshakes.inc();
-                tracing::debug!(client = %self.peer, version = %summary.version, cipher = %summary.cipher, "TLS established");
-                self.session.tls_established();
-                self.input = Vec::with_capacity(READ_CHUNK);
-                self.consumed = 0;
-                Some(tls)
-            }
-            Err(failure) => {
-                ctx.metrics.pop3.tls_failures.inc();
-                tracing::info!(target: "relay::pop3", client = %self.peer.ip(), %failure, "no TLS session");
-                None
-            }
-        }
+impl Upgradable for Link {
+    fn protocol(&self) -> Protocol {
+        Protocol::Pop3
+    }
+
+    fn ctx(&self) -> &ShardContext {
+        &self.ctx
+    }
+
+    fn peer(&self) -> SocketAddr {
+        self.peer
+    }
+
+    fn set_input(&mut self, input: Vec<u8>) {
+        self.input = input;
+        self.input
+            .reserve(READ_CHUNK.saturating_sub(self.input.len()));
+        self.consumed = 0;
+    }
+
+    fn secured(&mut self, _summary: &TlsSummary) {
+        self.session.tls_established();
+        self.set_input(Vec::new());
     }
 
     /// Drives the session over `conn` until it closes or switches to TLS.
@@ -220,22 +195,19 @@ impl Link {
                     }
                     Event::StartTls => {
                         ctx.metrics.pop3.bytes_sent.inc_by(out.bytes.len() as u64);
-                        if flush(conn, &mut out.bytes, ctx.pop3.idle_timeout)
-                            .await
-                            .is_err()
-                        {
-                            conn.shutdown();
-                            return Ending::Closed;
-                        }
-                        // Plaintext pipelined after STLS must not become commands of the TLS
-                        // session (the STARTTLS injection class, CVE-2011-0411).
-                        let discarded = input.len() - *consumed;
-                        if discarded > 0 {
-                            tracing::info!(target: "relay::pop3", client = %peer.ip(), octets = discarded, "discarded input pipelined after STLS");
-                        }
-                        input.clear();
-                        *consumed = 0;
-                        return Ending::StartTls;
+                        // As after SMTP's STARTTLS: nothing pipelined behind STLS may
+                        // reach TLS.
+                        let limit = ctx.pop3.idle_timeout;
+                        return starttls::hand_over(
+                            conn,
+                            &mut out.bytes,
+                            limit,
+                            input,
+                            consumed,
+                            peer,
+                            "STLS",
+                        )
+                        .await;
                     }
                 }
             }

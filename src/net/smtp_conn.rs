@@ -31,8 +31,10 @@ use super::conn::{compact, flush, stop_requested, within, GOODBYE_WRITE_LIMIT, R
 use super::dnsbl;
 use super::io::Connection;
 use super::limits::Permit;
+use super::shard::Protocol;
 use super::shard::ShardContext;
-use super::tls::{self, TlsConnection};
+use super::starttls::{self, Ending, Upgradable};
+use super::tls::TlsSummary;
 use crate::envelope::QueueId;
 use crate::queue::resolve::SystemResolver;
 use crate::smtp::{AuthFailure, Credentials, Event, Outbox, Session, Submission, SubmitError};
@@ -83,31 +85,7 @@ pub async fn serve<C: Connection>(
             link.session.client_listed(zone);
         }
     }
-    if implicit_tls {
-        let Some(tls) = link.handshake(conn, input).await else {
-            return;
-        };
-        // STARTTLS is refused on a TLS session, so this drive is the whole session.
-        let _ = link.drive(&tls).await;
-        return;
-    }
-    link.input = input;
-    link.input
-        .reserve(READ_CHUNK.saturating_sub(link.input.len()));
-    if link.drive(&conn).await == Ending::StartTls {
-        if let Some(tls) = link.handshake(conn, Vec::new()).await {
-            let _ = link.drive(&tls).await;
-        }
-    }
-}
-
-/// Why a drive ended.
-#[derive(Debug, PartialEq, Eq)]
-enum Ending {
-    /// The connection is closed.
-    Closed,
-    /// STARTTLS was answered 220 and the pipelined input discarded: hand the socket to TLS.
-    StartTls,
+    starttls::serve(&mut link, conn, input, implicit_tls).await;
 }
 
 /// One connection's protocol state, kept across the switch to TLS.
@@ -122,40 +100,32 @@ struct Link {
     deadlines: Deadlines,
 }
 
-impl Link {
-    /// Runs the server side of the TLS handshake on `conn` (after STARTTLS's 220, or at
-    /// connect on an implicit-TLS listener, where `early` holds bytes already read).
-    /// `None`: it failed or timed out, the socket is shut and the failure logged.
-    async fn handshake<C: Connection>(
-        &mut self,
-        conn: C,
-        early: Vec<u8>,
-    ) -> Option<TlsConnection<C>> {
-        let ctx = &self.ctx;
-        let Some(server_tls) = ctx.server_tls.as_ref() else {
-            // The session offers STARTTLS only with a certificate; a listener is implicit-TLS
-            // only with one (config validation).
-            conn.shutdown();
-            return None;
-        };
-        match tls::accept(conn, server_tls.config(), &early, ctx.tls_handshake_timeout).await {
-            Ok((tls, summary)) => {
-                ctx.metrics.smtp.tls_handshakes.inc();
-                tracing::debug!(client = %self.peer, version = %summary.version, cipher = %summary.cipher, "TLS established");
-                self.session.tls_established(format!(
-                    "{} with cipher {}",
-                    summary.version, summary.cipher
-                ));
-                self.input = Vec::with_capacity(READ_CHUNK);
-                self.consumed = 0;
-                Some(tls)
-            }
-            Err(failure) => {
-                ctx.metrics.smtp.tls_failures.inc();
-                tracing::info!(target: "relay::smtp", client = %self.peer.ip(), %failure, "no TLS session");
-                None
-            }
-        }
+impl Upgradable for Link {
+    fn protocol(&self) -> Protocol {
+        Protocol::Smtp
+    }
+
+    fn ctx(&self) -> &ShardContext {
+        &self.ctx
+    }
+
+    fn peer(&self) -> SocketAddr {
+        self.peer
+    }
+
+    fn set_input(&mut self, input: Vec<u8>) {
+        self.input = input;
+        self.input
+            .reserve(READ_CHUNK.saturating_sub(self.input.len()));
+        self.consumed = 0;
+    }
+
+    fn secured(&mut self, summary: &TlsSummary) {
+        self.session.tls_established(format!(
+            "{} with cipher {}",
+            summary.version, summary.cipher
+        ));
+        self.set_input(Vec::new());
     }
 
     /// Drives the session over `conn` until it closes or switches to TLS.
@@ -226,22 +196,18 @@ impl Link {
                     }
                     Event::StartTls => {
                         ctx.metrics.smtp.bytes_sent.inc_by(out.bytes.len() as u64);
-                        if flush(conn, &mut out.bytes, ctx.command_timeout)
-                            .await
-                            .is_err()
-                        {
-                            conn.shutdown();
-                            return Ending::Closed;
-                        }
-                        // RFC 3207 §5 (CVE-2011-0411): plaintext pipelined after STARTTLS
-                        // would otherwise be taken as commands of the TLS session.
-                        let discarded = input.len() - *consumed;
-                        if discarded > 0 {
-                            tracing::info!(target: "relay::smtp", client = %peer.ip(), octets = discarded, "discarded input pipelined after STARTTLS");
-                        }
-                        input.clear();
-                        *consumed = 0;
-                        return Ending::StartTls;
+                        // RFC 3207 §5: nothing pipelined behind STARTTLS may reach TLS.
+                        let limit = ctx.command_timeout;
+                        return starttls::hand_over(
+                            conn,
+                            &mut out.bytes,
+                            limit,
+                            input,
+                            consumed,
+                            peer,
+                            "STARTTLS",
+                        )
+                        .await;
                     }
                     Event::Rejected(summary) => {
                         ctx.metrics.transaction(summary.reply.code().get());

@@ -1,0 +1,121 @@
+//! The switch to TLS that the SMTP and POP3 drivers share: STARTTLS (RFC 3207) and STLS
+//! (RFC 2595) mid-connection, and implicit TLS from the first byte (RFC 8314).
+//!
+//! A driver keeps its protocol state in one value implementing [`Upgradable`] and runs it
+//! with [`serve`]: one drive over the plain socket; when the session has answered
+//! STARTTLS/STLS the drive returns [`Ending::StartTls`] after [`hand_over`] has written that
+//! answer and dropped every byte pipelined behind the command (the CVE-2011-0411 class of
+//! command injection); the server handshake runs; the same state drives on over the
+//! [`TlsConnection`]. The session itself decides when TLS may start and forgets what RFC
+//! 3207 §4.2 says to forget ([`Upgradable::secured`]).
+
+use std::net::SocketAddr;
+
+use super::conn::flush;
+use super::io::Connection;
+use super::shard::{Protocol, ShardContext};
+use super::tls::{self, TlsConnection, TlsSummary};
+
+/// Why one drive of a connection ended.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Ending {
+    /// The connection is closed.
+    Closed,
+    /// The session accepted STARTTLS/STLS and [`hand_over`] ran: the handshake is next.
+    StartTls,
+}
+
+/// A protocol driver's state that can carry on over TLS.
+#[allow(async_fn_in_trait)] // single-threaded shards: no `Send` bound is wanted
+pub trait Upgradable {
+    fn protocol(&self) -> Protocol;
+    fn ctx(&self) -> &ShardContext;
+    fn peer(&self) -> SocketAddr;
+    /// Takes the client's first bytes (what followed a PROXY header) as buffered input.
+    fn set_input(&mut self, input: Vec<u8>);
+    /// Runs the session over `conn` until it closes or hands over to TLS.
+    async fn drive<C: Connection>(&mut self, conn: &C) -> Ending;
+    /// TLS is up: tell the session, start with an empty input buffer.
+    fn secured(&mut self, summary: &TlsSummary);
+}
+
+/// Serves a connection to its end: in plaintext until STARTTLS/STLS, then over TLS; or over
+/// TLS from the start on an implicit-TLS listener (`input` is then the start of the
+/// client's handshake).
+pub async fn serve<L: Upgradable, C: Connection>(
+    link: &mut L,
+    conn: C,
+    input: Vec<u8>,
+    implicit_tls: bool,
+) {
+    if implicit_tls {
+        if let Some(tls) = secure(link, conn, &input).await {
+            // STARTTLS/STLS are refused on a TLS session: this drive is the whole session.
+            let _ = link.drive(&tls).await;
+        }
+        return;
+    }
+    link.set_input(input);
+    if link.drive(&conn).await == Ending::StartTls {
+        if let Some(tls) = secure(link, conn, &[]).await {
+            let _ = link.drive(&tls).await;
+        }
+    }
+}
+
+/// The server handshake, bounded by `tls.handshake_timeout`. `None`: it failed or timed out
+/// (logged and counted; the socket is shut).
+async fn secure<L: Upgradable, C: Connection>(
+    link: &mut L,
+    conn: C,
+    early: &[u8],
+) -> Option<TlsConnection<C>> {
+    let ctx = link.ctx();
+    let metrics = match link.protocol() {
+        Protocol::Smtp => &ctx.metrics.smtp,
+        Protocol::Pop3 => &ctx.metrics.pop3,
+    };
+    let Some(server_tls) = ctx.server_tls.as_ref() else {
+        // Sessions offer STARTTLS/STLS only with a certificate, and config validation
+        // refuses an implicit-TLS listener without one.
+        conn.shutdown();
+        return None;
+    };
+    match tls::accept(conn, server_tls.config(), early, ctx.tls_handshake_timeout).await {
+        Ok((tls, summary)) => {
+            metrics.tls_handshakes.inc();
+            tracing::debug!(client = %link.peer(), protocol = ?link.protocol(), version = %summary.version, cipher = %summary.cipher, "TLS established");
+            link.secured(&summary);
+            Some(tls)
+        }
+        Err(failure) => {
+            metrics.tls_failures.inc();
+            tracing::info!(client = %link.peer().ip(), protocol = ?link.protocol(), %failure, "no TLS session");
+            None
+        }
+    }
+}
+
+/// After the session answered STARTTLS/STLS: writes that answer (within `limit`) and drops
+/// what the client pipelined behind the command. `command` names it in the log.
+pub async fn hand_over<C: Connection>(
+    conn: &C,
+    answer: &mut Vec<u8>,
+    limit: std::time::Duration,
+    input: &mut Vec<u8>,
+    consumed: &mut usize,
+    peer: SocketAddr,
+    command: &'static str,
+) -> Ending {
+    if flush(conn, answer, limit).await.is_err() {
+        conn.shutdown();
+        return Ending::Closed;
+    }
+    let discarded = input.len() - *consumed;
+    if discarded > 0 {
+        tracing::info!(client = %peer.ip(), octets = discarded, "discarded input pipelined after {command}");
+    }
+    input.clear();
+    *consumed = 0;
+    Ending::StartTls
+}
