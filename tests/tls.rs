@@ -439,3 +439,48 @@ fn tls_misconfiguration_is_a_clear_start_up_error() {
     let text = failure.lines.join("\n");
     assert!(text.contains("missing.pem"), "{text}");
 }
+
+/// POP3 from beyond loopback (named by a PROXY header): USER/PASS in clear are refused with
+/// `[AUTH]` until STLS, then accepted (Dovecot's `disable_plaintext_auth`).
+#[test]
+fn pop3_passwords_wait_for_tls_beyond_loopback() {
+    let dir = tempfile::tempdir().expect("cert dir");
+    let cert = TestCert::generate(dir.path(), "relay");
+    let mut settings = Settings::new(Engine::Uring);
+    settings.extra_toml = cert.toml();
+    settings.pop3_proxy_protocol = Some(true);
+    let relay = Relay::start(settings);
+
+    let mut socket = std::net::TcpStream::connect(relay.pop3_addr).expect("connect");
+    socket
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .expect("timeout");
+    send(&mut socket, "PROXY TCP4 192.0.2.7 127.0.0.1 5555 110\r\n");
+    assert!(read_reply(&mut socket).starts_with("+OK"));
+    send(&mut socket, "CAPA\r\n");
+    let mut capa = String::new();
+    while !capa.ends_with("\r\n.\r\n") {
+        capa.push_str(&read_reply(&mut socket));
+    }
+    assert!(capa.contains("\r\nSTLS\r\n"), "{capa}");
+    assert!(!capa.contains("\r\nUSER\r\n"), "{capa}");
+    send(&mut socket, "USER one\r\n");
+    assert_eq!(
+        read_reply(&mut socket),
+        "-ERR [AUTH] Plaintext authentication disallowed on non-secure (SSL/TLS) connections\r\n"
+    );
+    send(&mut socket, "STLS\r\n");
+    assert_eq!(read_reply(&mut socket), "+OK Begin TLS negotiation\r\n");
+    let (mut tls, _) = client_handshake(socket, cert.client_config()).expect("handshake");
+    send(&mut tls, "USER one\r\n");
+    assert!(read_reply(&mut tls).starts_with("+OK"));
+    send(&mut tls, &format!("PASS {TEST_PASSWORD}\r\n"));
+    assert!(read_reply(&mut tls).starts_with("+OK maildrop"));
+    send(&mut tls, "QUIT\r\n");
+    assert!(read_reply(&mut tls).starts_with("+OK"));
+    relay.wait_log(
+        &["login", "client=192.0.2.7", "user=one"],
+        Duration::from_secs(20),
+    );
+    relay.stop();
+}

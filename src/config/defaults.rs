@@ -113,9 +113,9 @@ pub const AUTH_FAILURE_WINDOW: Interval = Interval::secs(600);
 /// too, so a lockout never tells whether a user exists. Bounds a guesser that spreads over
 /// many addresses; the price is that a guesser can lock a user out for one window.
 pub const AUTH_FAILURES_PER_USER_MAX: u32 = 10;
-/// RFC 4954 §4 and RFC 8314: credentials must not cross the network in clear, so AUTH is
-/// offered only on TLS connections. `true` is for loopback testing (TLS does not exist yet:
-/// with the default, AUTH is never offered and answers 538 5.7.11).
+/// RFC 4954 §4 and RFC 8314: credentials must not cross the network in clear, so SMTP AUTH
+/// is offered only on TLS connections (`true` is for loopback testing), and POP3 takes
+/// passwords before STLS only from loopback (as Dovecot's `disable_plaintext_auth`).
 pub const ALLOW_PLAINTEXT_AUTH: bool = false;
 
 /// The admin endpoint (metrics, `relay stat`, queue control) has no authentication: loopback

@@ -385,6 +385,9 @@ pub struct Pop3Config {
     pub auth_failure_window: Interval,
     /// As `smtp.proxy_protocol`, for the POP3 listeners.
     pub proxy_protocol: bool,
+    /// Accept USER/PASS and AUTH PLAIN from clients outside loopback before TLS (passwords
+    /// in clear). Off: such clients must STLS first, or use POP3S or APOP.
+    pub allow_plaintext_auth: bool,
 }
 
 impl Default for Pop3Config {
@@ -398,6 +401,7 @@ impl Default for Pop3Config {
             auth_failures_per_ip_max: defaults::AUTH_FAILURES_PER_IP_MAX,
             auth_failure_window: defaults::AUTH_FAILURE_WINDOW,
             proxy_protocol: defaults::PROXY_PROTOCOL,
+            allow_plaintext_auth: defaults::ALLOW_PLAINTEXT_AUTH,
         }
     }
 }

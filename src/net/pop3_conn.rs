@@ -48,7 +48,12 @@ pub async fn serve<C: Connection>(
         rand_core::RngCore::next_u64(&mut rand_core::OsRng)
     );
     // The greeting waits in `out` until the first flush (after the handshake on TLS).
-    let session = Session::new(ctx.pop3.config.clone(), &nonce, &mut out);
+    let mut session = Session::new(ctx.pop3.config.clone(), &nonce, &mut out);
+    // Loopback is trusted with passwords in clear (Dovecot's rule too); everyone else must
+    // STLS first unless the operator allows it.
+    if !ctx.pop3.allow_plaintext_auth && !peer.ip().to_canonical().is_loopback() {
+        session.refuse_plaintext_auth();
+    }
     let mut link = Link {
         phase: ctx.phase.clone(),
         ctx,

@@ -76,6 +76,8 @@ pub struct Pop3Context {
     pub command_timeout: Duration,
     pub auth_failure_delay: Duration,
     pub auth_failures: Arc<AuthFailures>,
+    /// `pop3.allow_plaintext_auth`: passwords before TLS from beyond loopback.
+    pub allow_plaintext_auth: bool,
 }
 
 /// What SMTP AUTH needs: the POP3 users' directory and its own failure limits.

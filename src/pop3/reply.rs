@@ -331,6 +331,15 @@ impl Reply {
         Self::err("unsupported SASL mechanism; use PLAIN")
     }
 
+    /// USER/PASS or AUTH PLAIN on a connection without TLS where passwords may not cross
+    /// in clear (Dovecot's wording and `[AUTH]` code for `disable_plaintext_auth`).
+    pub fn plaintext_auth_disallowed() -> Self {
+        Self::err_code(
+            ResponseCode::Auth,
+            "Plaintext authentication disallowed on non-secure (SSL/TLS) connections",
+        )
+    }
+
     /// USER/PASS is switched off by configuration (RFC 2449 §6.2: USER is not advertised).
     pub fn user_disabled() -> Self {
         Self::err("USER/PASS not available; use AUTH PLAIN")

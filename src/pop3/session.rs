@@ -318,6 +318,9 @@ pub struct Session {
     draining: bool,
     /// The connection is protected by TLS (after STLS, or on an implicit-TLS listener).
     tls: bool,
+    /// Passwords may cross this connection in clear (USER/PASS, AUTH PLAIN) before TLS; the
+    /// driver turns it off with [`Session::refuse_plaintext_auth`].
+    plaintext_auth: bool,
     state: State,
 }
 
@@ -351,6 +354,7 @@ impl Session {
             authorization_commands: 0,
             draining: false,
             tls: false,
+            plaintext_auth: true,
             state: State::Authorization { user: None },
         }
     }
@@ -477,6 +481,18 @@ impl Session {
         self.tls
     }
 
+    /// Until TLS is up, USER/PASS and AUTH PLAIN answer `-ERR [AUTH]` and CAPA does not
+    /// offer them (RFC 2595 §4 leaves the policy to the server; this is Dovecot's
+    /// `disable_plaintext_auth`). APOP sends no password and stays available.
+    pub fn refuse_plaintext_auth(&mut self) {
+        self.plaintext_auth = false;
+    }
+
+    /// USER/PASS and AUTH PLAIN are usable now.
+    fn plaintext_usable(&self) -> bool {
+        self.tls || self.plaintext_auth
+    }
+
     /// RFC 1939 §3 autologout: the peer was idle too long. Closes without UPDATE: marked
     /// deletions are dropped. Also valid while an event is out; its answer is then ignored.
     pub fn timed_out(&mut self, out: &mut Outbox) {
@@ -524,17 +540,22 @@ impl Session {
     }
 
     /// The CAPA list (RFC 2449 §5). The same in both states: USER and SASL describe the
-    /// server, and clients cache the AUTHORIZATION list.
+    /// server, and clients cache the AUTHORIZATION list. USER and SASL PLAIN appear only
+    /// where a password may be sent (see [`Session::refuse_plaintext_auth`]); after STLS the
+    /// client asks again (RFC 2595 §4).
     pub fn capabilities(&self) -> Vec<Capability> {
         let mut capabilities = vec![Capability::Top, Capability::Uidl];
         if self.config.stls && !self.tls {
             capabilities.push(Capability::Stls);
         }
-        if self.config.user_command {
+        let plaintext = self.plaintext_usable();
+        if self.config.user_command && plaintext {
             capabilities.push(Capability::User);
         }
+        if plaintext {
+            capabilities.push(Capability::Sasl(SASL_MECHANISMS));
+        }
         capabilities.extend([
-            Capability::Sasl(SASL_MECHANISMS),
             Capability::RespCodes,
             Capability::Pipelining,
             Capability::AuthRespCode,
@@ -660,12 +681,18 @@ impl Session {
                 if !self.config.user_command {
                     return self.reject(Reply::user_disabled(), out);
                 }
+                if !self.plaintext_usable() {
+                    return self.reject(Reply::plaintext_auth_disallowed(), out);
+                }
                 self.state = State::Authorization { user: Some(name) };
                 Reply::send_pass().encode(&mut out.bytes);
             }
             Command::Pass { password } => {
                 if !self.config.user_command {
                     return self.reject(Reply::user_disabled(), out);
+                }
+                if !self.plaintext_usable() {
+                    return self.reject(Reply::plaintext_auth_disallowed(), out);
                 }
                 let Some(user) = pending else {
                     return self.reject(Reply::pass_needs_user(), out);
@@ -697,6 +724,11 @@ impl Session {
                 initial_response,
             } => match mechanism {
                 None => Reply::mechanisms(SASL_MECHANISMS).encode(&mut out.bytes),
+                Some(mechanism)
+                    if mechanism.eq_ignore_ascii_case("PLAIN") && !self.plaintext_usable() =>
+                {
+                    self.reject(Reply::plaintext_auth_disallowed(), out)
+                }
                 Some(mechanism) if mechanism.eq_ignore_ascii_case("PLAIN") => {
                     match initial_response {
                         Some(response) => self.sasl_response(response.as_bytes(), out),
@@ -1099,6 +1131,62 @@ mod tests {
         );
         assert!(after.last().unwrap().starts_with("+OK"), "{after:?}");
         assert!(driver.session.user().is_some());
+    }
+
+    #[test]
+    fn passwords_in_clear_wait_for_stls_when_refused() {
+        let tls = Pop3Config {
+            stls: true,
+            apop: true,
+            ..config()
+        };
+        let mut driver = Driver::new(&tls);
+        driver.session.refuse_plaintext_auth();
+        driver.feed(b"CAPA\r\nUSER alice\r\nPASS secret\r\nAUTH PLAIN AGFsaWNlAHNlY3JldA==\r\n");
+        let lines = driver.lines();
+        let capa_end = lines.iter().position(|l| l == ".").unwrap();
+        let capa = &lines[..capa_end];
+        assert!(!capa.contains(&"USER".to_string()), "{capa:?}");
+        assert!(!capa.iter().any(|l| l.starts_with("SASL")), "{capa:?}");
+        assert!(capa.contains(&"STLS".to_string()), "{capa:?}");
+        let refusal =
+            "-ERR [AUTH] Plaintext authentication disallowed on non-secure (SSL/TLS) connections";
+        assert_eq!(lines[capa_end + 1..], [refusal, refusal, refusal]);
+        assert!(!driver
+            .events
+            .iter()
+            .any(|e| matches!(e, Event::Authenticate(_))));
+
+        // After STLS the same commands log in, and CAPA offers them again.
+        driver.feed(b"STLS\r\n");
+        driver.feed(b"CAPA\r\nUSER alice\r\nPASS secret\r\n");
+        let lines = driver.lines();
+        let after = &lines[lines
+            .iter()
+            .position(|l| l == "+OK Begin TLS negotiation")
+            .unwrap()..];
+        assert!(after.contains(&"USER".to_string()), "{after:?}");
+        assert!(after.contains(&"SASL PLAIN".to_string()), "{after:?}");
+        assert!(
+            after.last().unwrap().starts_with("+OK maildrop"),
+            "{after:?}"
+        );
+    }
+
+    #[test]
+    fn apop_needs_no_tls() {
+        let config = Pop3Config {
+            apop: true,
+            ..config()
+        };
+        let mut driver = Driver::new(&config);
+        driver.session.refuse_plaintext_auth();
+        driver.feed(b"APOP alice 0123456789abcdef0123456789abcdef\r\n");
+        assert!(
+            driver.lines().last().unwrap().starts_with("+OK maildrop"),
+            "{:?}",
+            driver.lines()
+        );
     }
 
     #[test]

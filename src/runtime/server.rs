@@ -232,6 +232,16 @@ pub fn run(config: Config) -> Result<(), ServerError> {
         }
     }
 
+    let pop3_remote = config
+        .pop3
+        .listen
+        .iter()
+        .any(|addr| !addr.ip().is_loopback());
+    if pop3_remote && server_tls.is_none() && !config.pop3.allow_plaintext_auth {
+        tracing::warn!(
+            "POP3 listens beyond loopback without a TLS certificate: clients there can log in only with APOP (set [tls] cert/key, or pop3.allow_plaintext_auth = true)"
+        );
+    }
     let pop3_config = Arc::new(crate::pop3::Pop3Config {
         hostname: hostname.clone(),
         apop: directory.apop_available(),
@@ -320,6 +330,7 @@ pub fn run(config: Config) -> Result<(), ServerError> {
             command_timeout: config.pop3.command_timeout.0,
             auth_failure_delay: config.pop3.auth_failure_delay.0,
             auth_failures: Arc::clone(&auth_failures),
+            allow_plaintext_auth: config.pop3.allow_plaintext_auth,
         };
         let smtp_auth = SmtpAuthContext {
             directory: Arc::clone(&directory),
