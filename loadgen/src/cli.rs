@@ -86,6 +86,11 @@ pub struct SmtpArgs {
     /// Pipeline MAIL/RCPT/DATA (RFC 2920) when the server offers PIPELINING.
     #[arg(long)]
     pub pipelining: bool,
+    /// STARTTLS after EHLO, then EHLO again and send over TLS (RFC 3207). Any certificate is
+    /// accepted (a load tool measures, it does not authenticate); a server that does not
+    /// offer STARTTLS fails the session.
+    #[arg(long)]
+    pub starttls: bool,
     /// Send messages with BDAT (RFC 3030 CHUNKING) when the server offers it.
     #[arg(long)]
     pub bdat: bool,

@@ -57,6 +57,11 @@ struct Plan {
     quit: Vec<u8>,
     control: Arc<Control>,
     live: Arc<Live>,
+    /// `--starttls`: the client TLS configuration and the name sent as SNI.
+    starttls: Option<(
+        Arc<rustls::ClientConfig>,
+        rustls::pki_types::ServerName<'static>,
+    )>,
 }
 
 impl Plan {
@@ -99,6 +104,8 @@ pub struct SmtpStats {
     rcpts_accepted: u64,
     rcpts_rejected: u64,
     sessions: u64,
+    /// Sessions that went on over TLS (`--starttls`).
+    tls_sessions: u64,
     replies: CodeCounts,
     errors: ErrorCounts,
     first_error: Option<String>,
@@ -125,6 +132,7 @@ impl SmtpStats {
         self.rcpts_accepted += o.rcpts_accepted;
         self.rcpts_rejected += o.rcpts_rejected;
         self.sessions += o.sessions;
+        self.tls_sessions += o.tls_sessions;
         self.replies.add(&o.replies);
         self.errors.add(&o.errors);
         if self.first_error.is_none() {
@@ -143,6 +151,7 @@ struct Capabilities {
     pipelining: bool,
     chunking: bool,
     size: bool,
+    starttls: bool,
 }
 
 /// How a transaction ended (an `Err` is a broken connection instead).
@@ -220,6 +229,18 @@ pub fn run(args: SmtpArgs) -> Result<ExitCode, String> {
         quit: line(Command::Quit),
         control: Arc::clone(&control),
         live: Arc::clone(&live),
+        starttls: if args.starttls {
+            // The relay's own opportunistic client configuration: any certificate, the
+            // handshake signatures still checked.
+            let tls = relay::tls::client::ClientTls::load(None)
+                .map_err(|e| format!("--starttls: {e}"))?;
+            let host = args.target.rsplit_once(':').map_or("localhost", |(h, _)| h);
+            let name = relay::tls::client::server_name(host)
+                .unwrap_or_else(|| rustls::pki_types::ServerName::from(addr.ip()));
+            Some((tls.opportunistic(), name))
+        } else {
+            None
+        },
     });
     let threads = args.common.threads(args.connections);
     let connections = args.connections;
@@ -278,6 +299,7 @@ async fn connection(plan: Arc<Plan>, stats: Rc<RefCell<SmtpStats>>, id: usize, t
         bdat: Vec::with_capacity(256),
     };
     let mut connect_failures = 0u32;
+    let mut start_failures = 0u32;
     // A message claimed but not sent because the session could not start.
     let mut pending: Option<(u64, Option<Instant>)> = None;
     'session: loop {
@@ -302,15 +324,28 @@ async fn connection(plan: Arc<Plan>, stats: Rc<RefCell<SmtpStats>>, id: usize, t
             }
         };
         connect_failures = 0;
-        let caps = match start_session(&mut conn, &plan, &stats, started).await {
-            Ok(caps) => caps,
+        let started_session = async {
+            let caps = start_session(&mut conn, &plan, &stats, started).await?;
+            match &plan.starttls {
+                None => Ok((conn, caps)),
+                Some((config, name)) => starttls(conn, caps, config, name, &plan, &stats).await,
+            }
+        };
+        let (mut conn, caps) = match started_session.await {
+            Ok(session) => {
+                start_failures = 0;
+                session
+            }
             Err(error) => {
                 plan.live.error();
                 stats.borrow_mut().error(&error);
-                if plan.control.stopped() {
+                // A server that refuses every session (or lacks STARTTLS) ends this
+                // connection's loop instead of spinning until the time limit.
+                start_failures += 1;
+                if start_failures >= CONNECT_FAILURES_MAX || plan.control.stopped() {
                     break;
                 }
-                tokio::time::sleep(Duration::from_millis(50)).await;
+                tokio::time::sleep(Duration::from_millis(50 << start_failures)).await;
                 continue;
             }
         };
@@ -400,6 +435,41 @@ async fn start_session(
     if greeting.class() != 2 {
         return Err(WireError::Refused(greeting.get()));
     }
+    ehlo(conn, plan, stats).await
+}
+
+/// STARTTLS on a started session, the handshake, and EHLO again over TLS (RFC 3207 §4.2:
+/// the capabilities from before are void).
+async fn starttls(
+    mut conn: Conn,
+    caps: Capabilities,
+    config: &Arc<rustls::ClientConfig>,
+    name: &rustls::pki_types::ServerName<'static>,
+    plan: &Plan,
+    stats: &RefCell<SmtpStats>,
+) -> Result<(Conn, Capabilities), WireError> {
+    if !caps.starttls {
+        return Err(WireError::Protocol(
+            "the server does not offer STARTTLS".into(),
+        ));
+    }
+    conn.write_all(b"STARTTLS\r\n").await?;
+    let code = reply(&mut conn, stats).await?;
+    if code != ReplyCode::SERVICE_READY {
+        return Err(WireError::Refused(code.get()));
+    }
+    let mut conn = conn.into_tls(Arc::clone(config), name.clone()).await?;
+    let caps = ehlo(&mut conn, plan, stats).await?;
+    stats.borrow_mut().tls_sessions += 1;
+    Ok((conn, caps))
+}
+
+/// EHLO (HELO if EHLO is refused); the capabilities it names.
+async fn ehlo(
+    conn: &mut Conn,
+    plan: &Plan,
+    stats: &RefCell<SmtpStats>,
+) -> Result<Capabilities, WireError> {
     conn.write_all(&plan.ehlo).await?;
     let mut caps = Capabilities::default();
     let code = read_reply(conn, |line| {
@@ -410,6 +480,8 @@ async fn start_session(
             caps.chunking = true;
         } else if keyword.eq_ignore_ascii_case(b"SIZE") {
             caps.size = true;
+        } else if keyword.eq_ignore_ascii_case(b"STARTTLS") {
+            caps.starttls = true;
         }
     })
     .await?;
@@ -701,6 +773,8 @@ pub struct SmtpReport {
     pub msgs_per_s: f64,
     pub mb_per_s: f64,
     pub sessions: u64,
+    /// Sessions that went on over TLS (`--starttls`).
+    pub tls_sessions: u64,
     pub replies: BTreeMap<String, u64>,
     pub connection_errors: ErrorReport,
     pub first_error: Option<String>,
@@ -776,6 +850,7 @@ impl SmtpReport {
             msgs_per_s: per_second(s.accepted, elapsed),
             mb_per_s: per_second(s.bytes, elapsed) / 1e6,
             sessions: s.sessions,
+            tls_sessions: s.tls_sessions,
             replies: s.replies.to_map(),
             connection_errors: ErrorReport {
                 counts: s.errors,
@@ -831,8 +906,8 @@ impl SmtpReport {
             self.recipients.accepted, self.recipients.rejected
         );
         out += &format!(
-            "  rate       {:.1} msgs/s  {:.2} MB/s  ({} bytes, {} sessions)\n",
-            self.msgs_per_s, self.mb_per_s, self.bytes, self.sessions
+            "  rate       {:.1} msgs/s  {:.2} MB/s  ({} bytes, {} sessions, {} over TLS)\n",
+            self.msgs_per_s, self.mb_per_s, self.bytes, self.sessions, self.tls_sessions
         );
         let replies: Vec<String> = self
             .replies

@@ -8,8 +8,12 @@ use std::io::{self, IoSlice};
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
 use memchr::memmem;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 
 /// The longest protocol line accepted (SMTP replies are ≤ 512 octets, POP3 ≤ 512; bodies
@@ -82,8 +86,72 @@ impl ErrorCounts {
     }
 }
 
+/// The socket, in clear or inside TLS (after STARTTLS).
+enum Stream {
+    Plain(TcpStream),
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+}
+
+impl AsyncRead for Stream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Stream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            Stream::Plain(s) => s.is_write_vectored(),
+            Stream::Tls(s) => s.is_write_vectored(),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_flush(cx),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
+}
+
 pub struct Conn {
-    stream: TcpStream,
+    stream: Stream,
     buf: Vec<u8>,
     start: usize,
     end: usize,
@@ -104,7 +172,7 @@ impl Conn {
         // Latency matters more than packet count for a load tool (and for the sink's replies).
         let _ = stream.set_nodelay(true);
         Conn {
-            stream,
+            stream: Stream::Plain(stream),
             buf: vec![0; BUFFER],
             start: 0,
             end: 0,
@@ -263,6 +331,35 @@ impl Conn {
             Ok(Err(e)) => Err(WireError::Io(e)),
             Err(_) => Err(WireError::Timeout),
         }
+    }
+
+    /// Runs a TLS client handshake on this connection (after the server's 220 to
+    /// STARTTLS); bytes the server sent before it are a protocol error (RFC 3207 §4.2).
+    pub async fn into_tls(
+        self,
+        config: Arc<rustls::ClientConfig>,
+        name: rustls::pki_types::ServerName<'static>,
+    ) -> Result<Conn, WireError> {
+        if !self.buffered().is_empty() {
+            return Err(WireError::Protocol(
+                "the server sent data before the TLS handshake".into(),
+            ));
+        }
+        let Stream::Plain(tcp) = self.stream else {
+            return Err(WireError::Protocol("TLS is already active".into()));
+        };
+        let connector = tokio_rustls::TlsConnector::from(config);
+        let tls = match tokio::time::timeout(self.timeout, connector.connect(name, tcp)).await {
+            Ok(Ok(tls)) => tls,
+            Ok(Err(e)) => return Err(WireError::Io(e)),
+            Err(_) => return Err(WireError::Timeout),
+        };
+        Ok(Conn {
+            stream: Stream::Tls(Box::new(tls)),
+            start: 0,
+            end: 0,
+            ..self
+        })
     }
 
     pub async fn shutdown(&mut self) {

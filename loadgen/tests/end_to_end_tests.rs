@@ -558,3 +558,76 @@ fn loadgen_against_the_relay_counts_what_it_stored_and_pop3_drains_it() {
     let (status, _) = server.finish();
     assert!(status.success(), "relay exit {status}");
 }
+
+/// `--starttls`: every session goes on over TLS against a relay with a certificate (made
+/// here with rcgen), and a server without STARTTLS fails the sessions instead of sending in
+/// clear.
+#[test]
+fn starttls_sessions_run_over_tls() {
+    let relay = relay_bin();
+    let dir = tempfile::tempdir().unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["relay.test".to_string()])
+        .unwrap()
+        .self_signed(&key)
+        .unwrap();
+    std::fs::write(dir.path().join("cert.pem"), cert.pem()).unwrap();
+    std::fs::write(dir.path().join("key.pem"), key.serialize_pem()).unwrap();
+    let start = |tls: bool, name: &str| {
+        let spool = dir.path().join(format!("spool-{name}"));
+        let config = dir.path().join(format!("{name}.toml"));
+        let mut text = format!(
+            "[server]\ncores = 2\nhostname = \"relay.test\"\n\
+             [smtp]\nlisten = [\"127.0.0.1:0\"]\n[pop3]\nlisten = []\n\
+             [spool]\ndir = {:?}\n[admin]\nenabled = false\n\
+             [local]\ndomains = [\"localhost\", \"example.test\"]\n\
+             [[local.users]]\nname = \"user0\"\npassword = {PASSWORD_HASH:?}\n",
+            spool.to_str().unwrap()
+        );
+        if tls {
+            text += "[tls]\ncert = \"cert.pem\"\nkey = \"key.pem\"\n";
+        }
+        std::fs::write(&config, text).unwrap();
+        let mut server = Spawned::start(&relay, &["serve", "--config", config.to_str().unwrap()]);
+        let smtp = addr_in(&server.wait_line("protocol=\"smtp\""));
+        server.wait_line("relay ready");
+        (server, smtp)
+    };
+    let args = |smtp: &str| {
+        vec![
+            "smtp".to_string(),
+            "--target".into(),
+            smtp.to_string(),
+            "--messages".into(),
+            "100".into(),
+            "--connections".into(),
+            "4".into(),
+            "--to-domain".into(),
+            "example.test".into(),
+            "--users".into(),
+            "1".into(),
+            "--pipelining".into(),
+            "--starttls".into(),
+        ]
+    };
+
+    let (server, smtp) = start(true, "tls");
+    let args_tls = args(&smtp);
+    let report = loadgen_json(&args_tls.iter().map(String::as_str).collect::<Vec<_>>());
+    assert_eq!(u(&report, "/messages/accepted"), 100, "{report}");
+    let sessions = u(&report, "/sessions");
+    assert!(sessions >= 4, "{report}");
+    assert_eq!(u(&report, "/tls_sessions"), sessions, "{report}");
+    drop(server);
+
+    let (server, smtp) = start(false, "plain");
+    let args_plain = args(&smtp);
+    let args_plain: Vec<&str> = args_plain.iter().map(String::as_str).collect();
+    let (status, stdout, _) = loadgen(&args_plain);
+    assert!(
+        !status.success(),
+        "no session can start without STARTTLS: {stdout}"
+    );
+    assert!(stdout.contains("does not offer STARTTLS"), "{stdout}");
+    drop(server);
+}
