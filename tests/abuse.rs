@@ -189,6 +189,11 @@ fn trickled_data_is_cut_below_the_minimum_rate(engine: Engine) {
         cut >= Duration::from_millis(900) && cut < Duration::from_secs(4),
         "cut after {cut:?}; 1 s plus 2 ms per byte received"
     );
+    // The transaction cut short has its log line (one line per transaction).
+    relay.wait_log(
+        &["transaction abandoned", "result=\"timeout\""],
+        Duration::from_secs(10),
+    );
     relay.stop();
 }
 

@@ -268,11 +268,11 @@ impl Upgradable for Link {
                             }
                         }
                         Ok(_) => {
-                            ended(conn, session, peer, "client closed the connection");
+                            ended(conn, in_transaction, peer, "client closed the connection");
                             return Ending::Closed;
                         }
                         Err(_) => {
-                            ended(conn, session, peer, "read error");
+                            ended(conn, in_transaction, peer, "read error");
                             return Ending::Closed;
                         }
                     }
@@ -280,13 +280,13 @@ impl Upgradable for Link {
                 _ = tokio::time::sleep_until(deadline.into()) => {
                     session.timed_out(out);
                     goodbye(conn, out, read).await;
-                    ended(conn, session, peer, "timeout");
+                    ended(conn, in_transaction, peer, "timeout");
                     return Ending::Closed;
                 }
                 _ = stop_requested(phase, in_transaction) => {
                     session.shutting_down(out);
                     goodbye(conn, out, read).await;
-                    ended(conn, session, peer, "server shutting down");
+                    ended(conn, in_transaction, peer, "server shutting down");
                     return Ending::Closed;
                 }
             }
@@ -337,9 +337,11 @@ async fn tarpit(
     }
 }
 
-/// Closes the socket; a transaction cut short gets its log line.
-fn ended<C: Connection>(conn: &C, session: &Session, peer: SocketAddr, why: &'static str) {
-    if session.in_transaction() {
+/// Closes the socket; a transaction cut short gets its log line. `in_transaction` is taken
+/// before the read: a timeout or a shutdown has closed the session by the time this runs,
+/// and a closed session is in no transaction.
+fn ended<C: Connection>(conn: &C, in_transaction: bool, peer: SocketAddr, why: &'static str) {
+    if in_transaction {
         tracing::info!(
             target: "relay::transaction",
             client = %peer.ip(),
