@@ -484,3 +484,48 @@ fn pop3_passwords_wait_for_tls_beyond_loopback() {
     );
     relay.stop();
 }
+
+/// Bulk data both ways through TLS: a 3 MiB message in over STARTTLS (the ciphertext read
+/// grows past one record), out again over STLS (RETR writes more than rustls buffers at
+/// once), byte for byte.
+fn large_message_through_tls(engine: Engine) {
+    let (relay, cert, _dir) = start(engine);
+    const SCRIPT: &str = r#"
+import hashlib, poplib, smtplib, ssl, sys
+smtp_port, pop_port, cafile, password = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4]
+context = ssl.create_default_context(cafile=cafile)
+lines = ["line %07d %s" % (i, "x" * 60) for i in range(3 * 1024 * 1024 // 73)]
+body = "Subject: big\r\n\r\n" + "\r\n".join(lines) + "\r\n"
+s = smtplib.SMTP("127.0.0.1", smtp_port, timeout=60)
+s.starttls(context=context)
+s.sendmail("x@remote.test", ["bob@example.test"], body)
+s.quit()
+p = poplib.POP3("127.0.0.1", pop_port, timeout=60)
+p.stls(context=context)
+p.user("bob")
+p.pass_(password)
+got = p.retr(1)[1]
+p.quit()
+text = b"\r\n".join(got).decode()
+at = text.index("Subject: big")
+sent = body.rstrip("\r\n")
+print(len(sent), hashlib.sha256(sent.encode()).hexdigest() == hashlib.sha256(text[at:].encode()).hexdigest())
+"#;
+    let out = python(
+        SCRIPT,
+        &[
+            relay.addr.port().to_string(),
+            relay.pop3_addr.port().to_string(),
+            cert.cert_path.display().to_string(),
+            TEST_PASSWORD.to_string(),
+        ],
+    );
+    let (size, same) = out.split_once(' ').expect("two fields");
+    assert!(size.parse::<usize>().expect("size") > 3_000_000, "{out}");
+    assert_eq!(same, "True", "the message came back changed: {out}");
+    relay.stop();
+}
+
+engine_tests! {
+    large_message_through_tls: large_message_through_tls_uring, large_message_through_tls_epoll;
+}
