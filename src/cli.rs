@@ -201,6 +201,12 @@ fn serve(path: Option<&Path>) -> Result<()> {
 fn check(path: Option<&Path>) -> Result<()> {
     let config = load(path)?;
     let origin = path.map_or("embedded default".to_string(), |p| p.display().to_string());
+    // The files the config names must load as `serve` would load them: a key that does not
+    // match its certificate is found here, not at the next restart.
+    if let (Some(cert), Some(key)) = (&config.tls.cert, &config.tls.key) {
+        relay::tls::ServerTls::load(cert, key).context("tls.cert / tls.key")?;
+    }
+    relay::tls::client::ClientTls::load(config.tls.ca_file.as_deref()).context("tls.ca_file")?;
     let mut out = std::io::stdout().lock();
     writeln!(out, "# {origin}: valid; effective configuration:")?;
     write!(out, "{}", config.to_toml())?;

@@ -529,3 +529,36 @@ print(len(sent), hashlib.sha256(sent.encode()).hexdigest() == hashlib.sha256(tex
 engine_tests! {
     large_message_through_tls: large_message_through_tls_uring, large_message_through_tls_epoll;
 }
+
+/// `relay check` loads the certificate and key as `serve` would: a key that does not match
+/// its certificate is an error naming both files, a good pair passes.
+#[test]
+fn relay_check_loads_the_certificate() {
+    let dir = tempfile::tempdir().expect("dir");
+    let good = TestCert::generate(dir.path(), "good");
+    let other = TestCert::generate(dir.path(), "other");
+    let config = dir.path().join("relay.toml");
+    let check = |toml: String| {
+        std::fs::write(&config, toml).expect("write config");
+        let mut command = Command::new(common::relay_bin());
+        command.arg("check").arg("--config").arg(&config);
+        run_with_timeout(&mut command, COMMAND_TIMEOUT)
+    };
+    let ok = check(good.toml());
+    assert!(ok.status.success(), "{}", describe(&ok));
+    let mismatched = format!(
+        "[tls]\ncert = {:?}\nkey = {:?}\n",
+        good.cert_path.display().to_string(),
+        other.key_path.display().to_string()
+    );
+    let bad = check(mismatched);
+    assert!(
+        !bad.status.success(),
+        "a mismatched key must fail the check"
+    );
+    let said = String::from_utf8_lossy(&bad.stderr);
+    assert!(
+        said.contains("good.pem") && said.contains("other.key"),
+        "{said}"
+    );
+}
