@@ -562,3 +562,44 @@ fn relay_check_loads_the_certificate() {
         "{said}"
     );
 }
+
+/// Implicit TLS behind a PROXY-protocol balancer: the header and the ClientHello arrive in
+/// one segment; the bytes after the header are the start of the handshake, not lost.
+#[test]
+fn implicit_tls_after_a_proxy_header_in_the_same_segment() {
+    use std::io::Write;
+    let dir = tempfile::tempdir().expect("cert dir");
+    let cert = TestCert::generate(dir.path(), "relay");
+    let mut settings = Settings::new(Engine::Uring);
+    settings.extra_toml = cert.toml();
+    settings.proxy_protocol = Some(true);
+    settings.smtp_toml = "tls_listen = [\"127.0.0.1:0\"]\n".into();
+    // The connection's debug line names the client the header gave.
+    settings.log_level = "debug";
+    let relay = Relay::start(settings);
+    let smtps = relay.listening("smtps").expect("smtps listener");
+
+    let name = rustls::pki_types::ServerName::try_from(common::tls::TLS_NAME).expect("name");
+    let mut client = rustls::ClientConnection::new(cert.client_config(), name).expect("client");
+    let mut first = b"PROXY TCP4 192.0.2.44 127.0.0.1 4444 465\r\n".to_vec();
+    client.write_tls(&mut first).expect("client hello");
+    let mut socket = std::net::TcpStream::connect(smtps).expect("connect");
+    socket
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .expect("timeout");
+    socket.write_all(&first).expect("send header and hello");
+    let mut tls = rustls::StreamOwned::new(client, socket);
+    let greeting = read_reply(&mut tls);
+    assert!(greeting.starts_with("220 relay.test"), "{greeting}");
+    send(&mut tls, "EHLO c.test\r\n");
+    let ehlo = read_reply(&mut tls);
+    assert!(ehlo.contains("250-AUTH PLAIN LOGIN"), "{ehlo}");
+    assert!(!ehlo.contains("STARTTLS"), "{ehlo}");
+    send(&mut tls, "QUIT\r\n");
+    assert!(read_reply(&mut tls).starts_with("221 "));
+    relay.wait_log(
+        &["connected", "client=192.0.2.44", "implicit_tls=true"],
+        Duration::from_secs(20),
+    );
+    relay.stop();
+}
