@@ -7,9 +7,11 @@
 //! sits in a `RefCell` that is never borrowed across an await, so a read pending in the
 //! kernel and a write (the driver's goodbye) can overlap as they do on a plain socket.
 //!
-//! Records rustls queues on its own (a TLS 1.3 KeyUpdate answer, an alert) go out with the
-//! next write, or from the read path when no write is in flight: two writes of ciphertext
-//! must never interleave on the socket.
+//! Records rustls queues on its own (a TLS 1.3 KeyUpdate answer, an alert) go out from the
+//! read path; writers take turns (`writing`), so two writes of ciphertext never interleave
+//! on the socket. A read that decrypts to more than rustls's plaintext buffer holds keeps
+//! the rest of its ciphertext and feeds it once the driver has taken the plaintext; bytes
+//! after the peer's close_notify are dropped.
 
 use std::cell::{Cell, RefCell};
 use std::io::{self, BufRead, Write};
@@ -76,11 +78,17 @@ pub async fn accept<C: Connection>(
 pub struct TlsConnection<C> {
     inner: C,
     state: RefCell<rustls::Connection>,
-    /// Ciphertext read from the socket and not yet given to rustls (reused between reads).
+    /// Ciphertext read from the socket (reused between reads); `incoming[fed..]` is not yet
+    /// given to rustls (its plaintext buffer was full) and is fed before the socket is read
+    /// again.
     incoming: RefCell<Vec<u8>>,
+    fed: Cell<usize>,
     /// Ciphertext for the socket (reused between writes).
     outgoing: RefCell<Vec<u8>>,
+    /// A write of ciphertext is in flight; the other writer waits for `written`, so records
+    /// never interleave on the socket.
     writing: Cell<bool>,
+    written: tokio::sync::Notify,
     /// The size of the next ciphertext read (between the two bounds above).
     chunk: Cell<usize>,
 }
@@ -111,8 +119,10 @@ impl<C: Connection> TlsConnection<C> {
             inner,
             state: RefCell::new(tls),
             incoming: RefCell::new(Vec::new()),
+            fed: Cell::new(0),
             outgoing: RefCell::new(Vec::new()),
             writing: Cell::new(false),
+            written: tokio::sync::Notify::new(),
             chunk: Cell::new(CIPHERTEXT_MIN),
         }
     }
@@ -123,6 +133,10 @@ impl<C: Connection> TlsConnection<C> {
             self.send_pending().await?;
             if !self.state.borrow().is_handshaking() {
                 break;
+            }
+            if self.unfed() {
+                self.feed()?;
+                continue;
             }
             if self.receive().await? == 0 {
                 return Err(io::Error::new(
@@ -154,35 +168,33 @@ impl<C: Connection> TlsConnection<C> {
 
     /// Reads ciphertext from the socket into rustls and processes it. Returns the count read
     /// (0: the peer closed). On a TLS error the alert rustls queued is sent before returning.
+    /// Only called when everything read before has been fed.
     async fn receive(&self) -> io::Result<usize> {
         let mut raw = std::mem::take(&mut *self.incoming.borrow_mut());
         let want = self.chunk.get();
-        if raw.capacity() > 2 * want {
-            // Back from bulk data to commands: give the large buffer back.
+        if raw.capacity() > want + want / 2 {
+            // Back from bulk data to commands: an idle read holds only the small buffer.
             raw = Vec::new();
         }
         raw.clear();
+        self.fed.set(0);
         raw.reserve_exact(want);
         let (result, raw) = self.inner.read_into(raw).await;
-        let n = match result {
-            Ok(n) => {
-                let next = if n >= want {
-                    (want * 2).min(CIPHERTEXT_MAX)
-                } else if n < want / 4 {
-                    (want / 2).max(CIPHERTEXT_MIN)
-                } else {
-                    want
-                };
-                self.chunk.set(next);
-                n
-            }
-            Err(e) => {
-                *self.incoming.borrow_mut() = raw;
-                return Err(e);
-            }
-        };
-        let outcome = self.absorb(&raw[..n]);
         *self.incoming.borrow_mut() = raw;
+        let n = result?;
+        let next = if n >= want {
+            (want * 2).min(CIPHERTEXT_MAX)
+        } else if n < want / 4 {
+            (want / 2).max(CIPHERTEXT_MIN)
+        } else {
+            want
+        };
+        self.chunk.set(next);
+        let outcome = if n == 0 {
+            self.absorb_eof()
+        } else {
+            self.feed()
+        };
         if let Err(error) = outcome {
             // Best effort: tell the peer why (the alert); the connection ends either way.
             let _ = self.send_pending().await;
@@ -197,49 +209,89 @@ impl<C: Connection> TlsConnection<C> {
         if bytes.is_empty() {
             return Ok(());
         }
-        self.absorb(bytes)
+        {
+            let mut incoming = self.incoming.borrow_mut();
+            incoming.clear();
+            incoming.extend_from_slice(bytes);
+        }
+        self.fed.set(0);
+        self.feed()
     }
 
-    /// Gives `bytes` (all of it, or the peer's EOF when empty) to rustls.
-    fn absorb(&self, mut bytes: &[u8]) -> io::Result<()> {
+    /// The peer closed the socket: rustls records it, so the reader tells a close without
+    /// close_notify (a truncation) from an orderly one.
+    fn absorb_eof(&self) -> io::Result<()> {
         let mut state = self.state.borrow_mut();
-        if bytes.is_empty() {
-            // Records the EOF, so the reader reports a close without close_notify.
-            state.read_tls(&mut bytes)?;
-            state.process_new_packets().map_err(tls_error)?;
-            return Ok(());
-        }
-        while !bytes.is_empty() {
-            match state.read_tls(&mut bytes) {
-                Ok(_) => {}
-                Err(e) if e.kind() == io::ErrorKind::Other => {
-                    // rustls's plaintext buffer is full: the driver has not read it yet. A
-                    // peer that floods beyond it is past any line or body limit: end it.
-                    return Err(io::Error::new(
-                        io::ErrorKind::InvalidData,
-                        "TLS peer sent more than the plaintext buffer holds",
-                    ));
-                }
-                Err(e) => return Err(e),
-            }
-            state.process_new_packets().map_err(tls_error)?;
-        }
+        state.read_tls(&mut &[][..])?;
+        state.process_new_packets().map_err(tls_error)?;
         Ok(())
     }
 
-    /// Writes every TLS record rustls has queued.
+    /// Gives rustls what it will take of `incoming[fed..]`. Stops early, keeping the rest,
+    /// when its plaintext buffer is full (records smaller than the read can decrypt to more
+    /// than it holds; the rest is fed once the driver has taken the plaintext). After the
+    /// peer's close_notify nothing more is read (RFC 8446 §6.1): the rest is dropped.
+    fn feed(&self) -> io::Result<()> {
+        let incoming = self.incoming.borrow();
+        let mut state = self.state.borrow_mut();
+        let mut fed = self.fed.get();
+        while fed < incoming.len() {
+            match state.read_tls(&mut &incoming[fed..]) {
+                Ok(0) => {
+                    fed = incoming.len();
+                    break;
+                }
+                Ok(n) => fed += n,
+                Err(e) if e.kind() == io::ErrorKind::Other => break,
+                Err(e) => {
+                    self.fed.set(fed);
+                    return Err(e);
+                }
+            }
+            if let Err(error) = state.process_new_packets() {
+                self.fed.set(fed);
+                return Err(tls_error(error));
+            }
+        }
+        self.fed.set(fed);
+        Ok(())
+    }
+
+    /// Ciphertext read and not yet fed is waiting.
+    fn unfed(&self) -> bool {
+        self.fed.get() < self.incoming.borrow().len()
+    }
+
+    /// Writes every TLS record rustls has queued, one writer at a time.
     async fn send_pending(&self) -> io::Result<()> {
+        while self.writing.get() {
+            // Registered before yielding: on this single-threaded shard nothing can
+            // notify between the check and the await.
+            self.written.notified().await;
+        }
+        let mut result = Ok(());
+        self.writing.set(true);
         while self.state.borrow().wants_write() {
             let mut out = std::mem::take(&mut *self.outgoing.borrow_mut());
             out.clear();
-            self.state.borrow_mut().write_tls(&mut out)?;
-            self.writing.set(true);
-            let (result, out) = self.inner.write_all(out).await;
-            self.writing.set(false);
+            if let Err(e) = self.state.borrow_mut().write_tls(&mut out) {
+                result = Err(e);
+                break;
+            }
+            let (written, mut out) = self.inner.write_all(out).await;
+            if out.capacity() > 2 * CIPHERTEXT_MAX {
+                // After a large RETR: do not keep its buffer on an idle connection.
+                out = Vec::new();
+            }
             *self.outgoing.borrow_mut() = out;
-            result?;
+            if let Err(e) = written {
+                result = Err(e);
+                break;
+            }
         }
-        Ok(())
+        self.writing.set(false);
+        self.written.notify_waiters();
+        result
     }
 
     /// Queues a close_notify alert and sends it: the orderly end of a TLS session, so the
@@ -285,14 +337,22 @@ impl<C: Connection> Connection for TlsConnection<C> {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                 Err(e) => return (Err(e), buf),
             }
-            if !self.writing.get() {
+            if self.unfed() {
+                // What the last read brought and rustls had no room for.
+                if let Err(e) = self.feed() {
+                    let _ = self.send_pending().await;
+                    return (Err(e), buf);
+                }
+                continue;
+            }
+            // Records rustls queued on its own (a KeyUpdate answer) go out before waiting.
+            if self.state.borrow().wants_write() {
                 if let Err(e) = self.send_pending().await {
                     return (Err(e), buf);
                 }
             }
-            match self.receive().await {
-                Ok(_) => {}
-                Err(e) => return (Err(e), buf),
+            if let Err(e) = self.receive().await {
+                return (Err(e), buf);
             }
         }
     }
@@ -425,6 +485,143 @@ mod tests {
             let addr = std.local_addr().unwrap();
             echo_over_tls(EpollListener::from_std(std).unwrap(), addr, EpollConnector).await;
         });
+    }
+
+    /// A blocking rustls client on its own thread: handshakes, then writes `records` (each
+    /// its own TLS record) in one write, and waits for the server to close.
+    fn raw_client(
+        addr: std::net::SocketAddr,
+        config: Arc<rustls::ClientConfig>,
+        records: Vec<Vec<u8>>,
+    ) -> std::thread::JoinHandle<()> {
+        std::thread::spawn(move || {
+            use std::io::Read;
+            let mut socket = std::net::TcpStream::connect(addr).unwrap();
+            let name = ServerName::try_from("relay.test").unwrap();
+            let mut conn = rustls::ClientConnection::new(config, name).unwrap();
+            while conn.is_handshaking() {
+                conn.complete_io(&mut socket).unwrap();
+            }
+            let mut wire = Vec::new();
+            for record in &records {
+                conn.writer().write_all(record).unwrap();
+                while conn.wants_write() {
+                    conn.write_tls(&mut wire).unwrap();
+                }
+            }
+            std::io::Write::write_all(&mut socket, &wire).unwrap();
+            // Until the server closes.
+            let mut rest = Vec::new();
+            let _ = socket.read_to_end(&mut rest);
+        })
+    }
+
+    /// Runs `serve` on an io_uring shard thread; its result, or None if it did not finish
+    /// in time (a hang or a spin fails the test instead of stalling it).
+    fn on_a_shard<T: Send + 'static>(
+        serve: impl FnOnce(UringListener) -> std::pin::Pin<Box<dyn std::future::Future<Output = T>>>
+            + Send
+            + 'static,
+    ) -> (std::net::SocketAddr, std::sync::mpsc::Receiver<T>) {
+        let std = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = std.local_addr().unwrap();
+        let (done, result) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let runtime = tokio_uring::Runtime::new(&tokio_uring::builder()).unwrap();
+            let out = runtime.block_on(serve(UringListener::from_std(std)));
+            let _ = done.send(out);
+        });
+        (addr, result)
+    }
+
+    /// Sends `total` bytes as records of `size` in one burst; what the server read.
+    fn burst_of_records(size: usize, total: usize) -> Result<bool, String> {
+        let (server_config, client_config, _dir) = pair();
+        let records: Vec<Vec<u8>> = (0..total / size)
+            .map(|i| vec![b'a' + (i % 26) as u8; size])
+            .collect();
+        let expected: Vec<u8> = records.concat();
+        let want = expected.len();
+        let (addr, result) = on_a_shard(move |listener| {
+            Box::pin(async move {
+                let (conn, _) = listener.accept().await.unwrap();
+                let tls = TlsConnection::server(conn, server_config).unwrap();
+                tls.handshake().await.unwrap();
+                let mut got = Vec::new();
+                while got.len() < want {
+                    let (read, buf) = tls.read_into(Vec::with_capacity(16 * 1024)).await;
+                    match read {
+                        Ok(0) => break,
+                        Ok(_) => got.extend_from_slice(&buf),
+                        Err(e) => return Err(e.to_string()),
+                    }
+                }
+                tls.shutdown();
+                Ok(got)
+            })
+        });
+        let client = raw_client(addr, client_config, records);
+        let got = result
+            .recv_timeout(Duration::from_secs(20))
+            .expect("server finished");
+        client.join().unwrap();
+        got.map(|g| g == expected)
+    }
+
+    #[test]
+    fn small_records_past_the_plaintext_buffer_are_all_delivered() {
+        // Records smaller than a read (what many stacks send) in one burst: one read can
+        // decrypt to more than rustls's 16 KiB plaintext buffer; the rest must wait, not
+        // fail the connection.
+        for size in [1200, 1500, 3000, 5000, 7000] {
+            assert_eq!(
+                burst_of_records(size, 400_000),
+                Ok(true),
+                "records of {size}"
+            );
+        }
+    }
+
+    #[test]
+    fn bytes_after_close_notify_are_dropped_without_spinning() {
+        // close_notify and 64 KiB after it in one chunk of ciphertext: rustls takes nothing
+        // after the alert, so feeding must stop there instead of retrying forever (which
+        // would hold the whole shard).
+        let (server_config, client_config, _dir) = pair();
+        let (wire_tx, wire_rx) = std::sync::mpsc::channel::<Vec<u8>>();
+        let (addr, result) = on_a_shard(move |listener| {
+            Box::pin(async move {
+                let (conn, _) = listener.accept().await.unwrap();
+                let tls = TlsConnection::server(conn, server_config).unwrap();
+                tls.handshake().await.unwrap();
+                let wire = wire_rx.recv().unwrap();
+                let fed = tls.absorb_early(&wire).map_err(|e| e.to_string());
+                let (read, _) = tls.read_into(Vec::with_capacity(1024)).await;
+                tls.shutdown();
+                (fed, read.map_err(|e| e.to_string()))
+            })
+        });
+        let client = std::thread::spawn(move || {
+            use std::io::Read;
+            let mut socket = std::net::TcpStream::connect(addr).unwrap();
+            let name = ServerName::try_from("relay.test").unwrap();
+            let mut conn = rustls::ClientConnection::new(client_config, name).unwrap();
+            while conn.is_handshaking() {
+                conn.complete_io(&mut socket).unwrap();
+            }
+            let mut wire = Vec::new();
+            conn.send_close_notify();
+            conn.write_tls(&mut wire).unwrap();
+            wire.extend(std::iter::repeat_n(0x17, 64 * 1024));
+            wire_tx.send(wire).unwrap();
+            let mut rest = Vec::new();
+            let _ = socket.read_to_end(&mut rest);
+        });
+        let got = result
+            .recv_timeout(Duration::from_secs(20))
+            .expect("the server must not spin after close_notify");
+        assert_eq!(got, (Ok(()), Ok(0)), "an orderly close, the rest dropped");
+        client.join().unwrap();
     }
 
     #[test]
