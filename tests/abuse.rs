@@ -23,6 +23,7 @@ engine_tests! {
     trickled_command_is_cut_at_the_deadline: trickled_command_is_cut_at_the_deadline_uring, trickled_command_is_cut_at_the_deadline_epoll;
     trickled_data_is_cut_below_the_minimum_rate: trickled_data_is_cut_below_the_minimum_rate_uring, trickled_data_is_cut_below_the_minimum_rate_epoll;
     trickled_pop3_command_is_cut_at_the_deadline: trickled_pop3_command_is_cut_at_the_deadline_uring, trickled_pop3_command_is_cut_at_the_deadline_epoll;
+    pipelined_retr_does_not_pile_up_answers: pipelined_retr_does_not_pile_up_answers_uring, pipelined_retr_does_not_pile_up_answers_epoll;
 }
 
 const DELAY: Duration = Duration::from_millis(300);
@@ -215,5 +216,69 @@ fn trickled_pop3_command_is_cut_at_the_deadline(engine: Engine) {
         cut >= Duration::from_millis(900) && cut < Duration::from_secs(4),
         "cut after {cut:?}; the line must be complete 1 s after its first byte"
     );
+    relay.stop();
+}
+
+/// The relay's resident memory (VmRSS, KiB).
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
+        .expect("VmRSS")
+}
+
+/// One read of 300 pipelined `RETR 1` for a 1 MiB message (300 MiB of answers): the relay
+/// writes as it goes instead of holding every answer, so its memory stays flat while the
+/// client reads them all.
+fn pipelined_retr_does_not_pile_up_answers(engine: Engine) {
+    let relay = Relay::start(Settings::new(engine));
+    let line = "x".repeat(998);
+    let body: String = (0..1024).map(|_| format!("{line}\r\n")).collect();
+    let message = format!("Subject: big\r\n\r\n{body}");
+    let mut client = relay.client();
+    client.ehlo();
+    let reply = client
+        .transaction("a@example.test", &["one@example.test"], message.as_bytes())
+        .expect("send");
+    assert_eq!(reply.code, 250, "{reply}");
+    client.quit();
+
+    let mut pop = common::pop3::Pop3::login_retrying(
+        relay.pop3_addr,
+        "one",
+        common::TEST_PASSWORD,
+        Duration::from_secs(20),
+    );
+    let before = rss_kib(relay.pid());
+    const COUNT: usize = 300;
+    pop.send("RETR 1\r\n".repeat(COUNT).as_bytes())
+        .expect("send");
+    let mut stream = pop.stream().try_clone().expect("clone");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .expect("timeout");
+    let expected_min = COUNT * message.len();
+    let mut total = 0usize;
+    let mut peak = before;
+    let mut buf = vec![0u8; 1 << 20];
+    let mut tail = Vec::new();
+    while total < expected_min || !tail.ends_with(b"\r\n.\r\n") {
+        let n = stream.read(&mut buf).expect("read answers");
+        assert!(n > 0, "closed after {total} bytes");
+        total += n;
+        tail = buf[n.saturating_sub(5)..n].to_vec();
+        peak = peak.max(rss_kib(relay.pid()));
+        if total > expected_min + COUNT * 64 * 1024 {
+            break;
+        }
+    }
+    let growth_mib = peak.saturating_sub(before) / 1024;
+    assert!(
+        growth_mib < 64,
+        "the relay grew by {growth_mib} MiB while answering {COUNT} pipelined RETRs"
+    );
+    pop.send(b"QUIT\r\n").expect("quit");
     relay.stop();
 }

@@ -216,7 +216,10 @@ impl Upgradable for Link {
                     }
                 }
             }
-            if progressed && (*consumed < input.len() || !out.events.is_empty()) {
+            if progressed
+                && out.bytes.len() < OUTPUT_HIGH_WATER
+                && (*consumed < input.len() || !out.events.is_empty())
+            {
                 continue;
             }
             ctx.metrics.pop3.bytes_sent.inc_by(out.bytes.len() as u64);
@@ -226,6 +229,11 @@ impl Upgradable for Link {
             {
                 conn.shutdown();
                 return Ending::Closed;
+            }
+            if progressed && *consumed < input.len() {
+                // Written because the answers reached the high-water mark: the commands
+                // still buffered go on without waiting for more input.
+                continue;
             }
             let partial = *consumed < input.len();
             compact(input, consumed);
@@ -270,6 +278,11 @@ impl Upgradable for Link {
         }
     }
 }
+
+/// Answers buffered before they are written, although pipelined commands remain: each RETR
+/// appends a whole message, so a pipelined run of them (one read of `RETR 1` × 2,000) would
+/// otherwise hold that many copies in memory.
+const OUTPUT_HIGH_WATER: usize = 256 * 1024;
 
 /// When the wait for a command must end (see the module doc); reset when one is taken.
 #[derive(Default)]
