@@ -3,10 +3,12 @@
 //! The query for client 192.0.2.99 in zone `bl.example` is `99.2.0.192.bl.example` (§2.1);
 //! an IPv6 client is queried by its 32 nibbles, least significant first (§2.4). Listed
 //! means an A record in 127.0.0.0/8 (§2.3: 127.0.0.2 is the usual code); NXDOMAIN means not
-//! listed. Answers in 127.255.255.0/24 are not listings but the list refusing the query
-//! (Spamhaus's codes for "public resolver" or "over quota"): logged, not acted on. A lookup
+//! listed. Not listings: 127.0.0.1, which §5 forbids as a code (a list answering it is
+//! broken or wildcarded), and 127.255.255.0/24, the list refusing the query (Spamhaus's
+//! codes for "public resolver" or "over quota"); both are logged, not acted on. A lookup
 //! that fails or is slower than `smtp.dnsbl_timeout` lets the client in: a broken DNS must
-//! not stop mail, and the other checks still apply.
+//! not stop mail, and the other checks still apply. The zones are asked at once, each within
+//! the timeout, so one slow list does not hide the others.
 //!
 //! What happens to a listed client is the SMTP session's decision
 //! ([`crate::smtp::Session::client_listed`]).
@@ -63,16 +65,20 @@ pub fn verdict(answer: AddrAnswer) -> Verdict {
                     IpAddr::V6(_) => None,
                 })
                 .collect();
-            if let Some(code) = codes
-                .iter()
-                .find(|c| c.octets()[0] == 127 && c.octets()[1..3] != [255, 255])
-            {
+            let listing = |c: &&Ipv4Addr| {
+                c.octets()[0] == 127 && c.octets()[1..3] != [255, 255] && **c != Ipv4Addr::LOCALHOST
+            };
+            if let Some(code) = codes.iter().find(listing) {
                 return Verdict::Listed(*code);
             }
             match codes.first() {
                 Some(code) if code.octets()[..3] == [127, 255, 255] => {
                     Verdict::Unknown(format!("the list refused the query (code {code})"))
                 }
+                Some(code) if *code == Ipv4Addr::LOCALHOST => Verdict::Unknown(
+                    "answer 127.0.0.1 is not a list code (RFC 5782 §5): a broken or wildcarded zone"
+                        .to_string(),
+                ),
                 Some(code) => Verdict::Unknown(format!("answer {code} is not a list code")),
                 None => Verdict::NotListed,
             }
@@ -82,34 +88,35 @@ pub fn verdict(answer: AddrAnswer) -> Verdict {
     }
 }
 
-/// The first of `zones` that lists `ip`, with its code. Zones are asked in order, all
-/// within `limit` together; undecidable answers are logged and skipped.
+/// The first of `zones` (in their configured order) that lists `ip`, with its code. All
+/// zones are asked at once, each within `limit`; undecidable answers are logged and skipped.
 pub async fn check<R: Resolver>(
     resolver: &R,
     ip: IpAddr,
     zones: &[String],
     limit: Duration,
 ) -> Option<(String, Ipv4Addr)> {
-    let lookups = async {
-        for zone in zones {
-            let name = query_name(ip, zone);
-            match verdict(resolver.ipv4(&name).await) {
-                Verdict::Listed(code) => return Some((zone.clone(), code)),
-                Verdict::NotListed => {}
-                Verdict::Unknown(why) => {
-                    tracing::warn!(target: "relay::smtp", client = %ip, zone = %zone, reason = %why, "block list lookup gave no answer; not treated as listed");
-                }
+    let lookups = zones.iter().map(|zone| async move {
+        let name = query_name(ip, zone);
+        match tokio::time::timeout(limit, resolver.ipv4(&name)).await {
+            Ok(answer) => verdict(answer),
+            Err(_) => Verdict::Unknown(format!("no answer within {limit:?}")),
+        }
+    });
+    let verdicts = futures_util::future::join_all(lookups).await;
+    let mut found = None;
+    for (zone, verdict) in zones.iter().zip(verdicts) {
+        match verdict {
+            Verdict::Listed(code) => {
+                found = found.or(Some((zone.clone(), code)));
+            }
+            Verdict::NotListed => {}
+            Verdict::Unknown(why) => {
+                tracing::warn!(target: "relay::smtp", client = %ip, zone = %zone, reason = %why, "block list lookup gave no answer; not treated as listed");
             }
         }
-        None
-    };
-    match tokio::time::timeout(limit, lookups).await {
-        Ok(found) => found,
-        Err(_) => {
-            tracing::warn!(target: "relay::smtp", client = %ip, timeout = ?limit, "block list lookups timed out; not treated as listed");
-            None
-        }
     }
+    found
 }
 
 #[cfg(test)]
@@ -156,6 +163,10 @@ mod tests {
             verdict(addrs(&["192.0.2.1"])),
             Verdict::Unknown(_)
         ));
+        assert!(matches!(
+            verdict(addrs(&["127.0.0.1"])),
+            Verdict::Unknown(_)
+        ));
         assert_eq!(verdict(AddrAnswer::NxDomain), Verdict::NotListed);
         assert_eq!(verdict(AddrAnswer::NoRecords), Verdict::NotListed);
         assert!(matches!(
@@ -190,12 +201,14 @@ mod tests {
             found,
             Some(("second.test".to_string(), Ipv4Addr::new(127, 0, 0, 4)))
         );
+        // Every zone is asked (at once); the first listing one in config order wins.
         assert_eq!(
             resolver.queries(),
             [
                 "A4 2.0.0.127.broken.test",
                 "A4 2.0.0.127.clean.test",
-                "A4 2.0.0.127.second.test"
+                "A4 2.0.0.127.second.test",
+                "A4 2.0.0.127.never.test"
             ]
         );
     }
