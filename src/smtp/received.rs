@@ -44,12 +44,12 @@ pub fn received_header(
         // Postfix's comment: `(using TLSv1.3 with cipher …)`; the text is ours (the driver's
         // protocol and cipher names), still bounded and sanitised.
         header.push_str("\r\n\t(using ");
-        header.push_str(&sanitize_comment(tls));
+        header.push_str(&sanitize_comment(tls, true));
         header.push(')');
     }
     if let Some(user) = authenticated {
         header.push_str("\r\n\t(Authenticated sender: ");
-        header.push_str(&sanitize_user(user));
+        header.push_str(&sanitize_comment(user, false));
         header.push(')');
     }
     header.push_str("\r\n\tby ");
@@ -100,26 +100,15 @@ fn sanitize(text: &str, max: usize) -> String {
         .collect()
 }
 
-/// A user name inside a comment: printable ASCII without parentheses or backslash (which
-/// would end or escape the comment, RFC 5322 §3.2.2), at most 255 characters.
-fn sanitize_user(user: &str) -> String {
-    user.chars()
-        .take(HELO_MAX)
-        .map(|c| match c {
-            '(' | ')' | '\\' => '?',
-            c if c.is_ascii_graphic() => c,
-            _ => '?',
-        })
-        .collect()
-}
-
-/// A comment's text: printable ASCII and spaces, no parentheses or backslash.
-fn sanitize_comment(text: &str) -> String {
+/// Text inside a comment: printable ASCII (and spaces where `spaces`) without parentheses
+/// or backslash, which would end or escape the comment (RFC 5322 §3.2.2), at most 255
+/// characters. A user name keeps no spaces; the TLS description does.
+fn sanitize_comment(text: &str, spaces: bool) -> String {
     text.chars()
         .take(HELO_MAX)
         .map(|c| match c {
             '(' | ')' | '\\' => '?',
-            ' ' => ' ',
+            ' ' if spaces => ' ',
             c if c.is_ascii_graphic() => c,
             _ => '?',
         })
