@@ -62,9 +62,46 @@ pub struct Dnsbl {
     pub zones: Vec<String>,
     pub timeout: Duration,
     pub dns_servers: Vec<SocketAddr>,
-    /// Built on first use, on the core's runtime (hickory spawns its tasks there); `None`
-    /// inside when it cannot be built (then every lookup is a temporary failure).
-    pub resolver: std::cell::OnceCell<Option<crate::queue::resolve::SystemResolver>>,
+    /// Built on first use, on the core's runtime (hickory spawns its tasks there).
+    pub resolver: std::cell::OnceCell<crate::queue::resolve::SystemResolver>,
+    /// After a failed build: not before this instant again.
+    pub retry_at: std::cell::Cell<Option<std::time::Instant>>,
+}
+
+/// How long a core waits before building its block-list resolver again after a failure
+/// (an unreadable `/etc/resolv.conf` at start is usually fixed by the operator soon).
+const RESOLVER_RETRY: Duration = Duration::from_secs(60);
+
+impl Dnsbl {
+    pub fn new(zones: Vec<String>, timeout: Duration, dns_servers: Vec<SocketAddr>) -> Dnsbl {
+        Dnsbl {
+            zones,
+            timeout,
+            dns_servers,
+            resolver: std::cell::OnceCell::new(),
+            retry_at: std::cell::Cell::new(None),
+        }
+    }
+
+    /// The resolver, built now if needed; `None` while it cannot be built (clients are then
+    /// let in unchecked: the lists fail open), retried every [`RESOLVER_RETRY`].
+    pub fn resolver(&self) -> Option<&crate::queue::resolve::SystemResolver> {
+        if let Some(resolver) = self.resolver.get() {
+            return Some(resolver);
+        }
+        let now = std::time::Instant::now();
+        if self.retry_at.get().is_some_and(|at| now < at) {
+            return None;
+        }
+        match crate::queue::resolve::SystemResolver::new(&self.dns_servers) {
+            Ok(resolver) => Some(self.resolver.get_or_init(|| resolver)),
+            Err(error) => {
+                tracing::warn!(%error, retry = ?RESOLVER_RETRY, "no DNS resolver for block lists; clients are not checked until it can be built");
+                self.retry_at.set(Some(now + RESOLVER_RETRY));
+                None
+            }
+        }
+    }
 }
 
 /// What POP3 connections need besides the common parts.

@@ -36,7 +36,6 @@ use super::shard::ShardContext;
 use super::starttls::{self, Ending, Upgradable};
 use super::tls::TlsSummary;
 use crate::envelope::QueueId;
-use crate::queue::resolve::SystemResolver;
 use crate::smtp::{AuthFailure, Credentials, Event, Outbox, Session, Submission, SubmitError};
 use crate::spool::{NewMessage, SpoolError};
 
@@ -73,12 +72,10 @@ pub async fn serve<C: Connection>(
     };
     tracing::debug!(client = %peer, shard = link.ctx.shard, implicit_tls, "connected");
     let dnsbl = &link.ctx.dnsbl;
-    if !dnsbl.zones.is_empty() && !link.session.is_relay_client() {
-        let resolver = dnsbl.resolver.get_or_init(|| {
-            SystemResolver::new(&dnsbl.dns_servers)
-                .map_err(|error| tracing::warn!(%error, "no DNS resolver for block lists"))
-                .ok()
-        });
+    let resolver = (!dnsbl.zones.is_empty() && !link.session.is_relay_client())
+        .then(|| dnsbl.resolver())
+        .flatten();
+    if let Some(resolver) = resolver {
         let ip = peer.ip().to_canonical();
         if let Some((zone, code)) = dnsbl::check(resolver, ip, &dnsbl.zones, dnsbl.timeout).await {
             tracing::info!(target: "relay::smtp", client = %ip, zone = %zone, code = %code, "client on a block list");

@@ -347,12 +347,11 @@ pub fn run(config: Config) -> Result<(), ServerError> {
         let delivery = Arc::clone(&delivery);
         let server_tls = server_tls.clone();
         let tls_handshake_timeout = config.tls.handshake_timeout.0;
-        let dnsbl = crate::net::shard::Dnsbl {
-            zones: config.smtp.dnsbl_zones.clone(),
-            timeout: config.smtp.dnsbl_timeout.0,
-            dns_servers: config.server.dns_servers.clone(),
-            resolver: std::cell::OnceCell::new(),
-        };
+        let dnsbl = crate::net::shard::Dnsbl::new(
+            config.smtp.dnsbl_zones.clone(),
+            config.smtp.dnsbl_timeout.0,
+            config.server.dns_servers.clone(),
+        );
         let seed = ShardSeed {
             index,
             core: (!cores.is_empty()).then(|| cores[index % cores.len()]),
