@@ -17,12 +17,12 @@ use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use super::conn::{compact, flush, stop_requested, within, GOODBYE_WRITE_LIMIT, READ_CHUNK};
+use super::conn::{compact, flush, stop_requested, within, GOODBYE_WRITE_LIMIT};
 use super::io::Connection;
 use super::limits::Permit;
 use super::shard::Protocol;
 use super::shard::ShardContext;
-use super::starttls::{self, Ending, Upgradable};
+use super::starttls::{self, Ending, Upgradable, Wire};
 use super::tls::TlsSummary;
 use crate::envelope::QueueId;
 use crate::mailbox::MaildropLock;
@@ -56,13 +56,10 @@ pub async fn serve<C: Connection>(
     }
     let mut link = Link {
         phase: ctx.phase.clone(),
-        ctx,
-        peer,
+        wire: Wire::new(ctx, peer),
         out,
         session,
         maildrop: None,
-        input: Vec::new(),
-        consumed: 0,
         deadlines: Deadlines::default(),
     };
     starttls::serve(&mut link, conn, input, implicit_tls).await;
@@ -70,54 +67,40 @@ pub async fn serve<C: Connection>(
 
 /// One connection's protocol state, kept across the switch to TLS.
 struct Link {
-    ctx: Rc<ShardContext>,
-    peer: SocketAddr,
+    wire: Wire,
     phase: tokio::sync::watch::Receiver<crate::runtime::Phase>,
     out: Outbox,
     session: Session,
     /// Held for the whole TRANSACTION state; dropping it (however the session ends) unlocks.
     maildrop: Option<MaildropLock>,
-    input: Vec<u8>,
-    consumed: usize,
     deadlines: Deadlines,
 }
 
 impl Upgradable for Link {
-    fn protocol(&self) -> Protocol {
-        Protocol::Pop3
-    }
+    const PROTOCOL: Protocol = Protocol::Pop3;
 
-    fn ctx(&self) -> &ShardContext {
-        &self.ctx
-    }
-
-    fn peer(&self) -> SocketAddr {
-        self.peer
-    }
-
-    fn set_input(&mut self, input: Vec<u8>) {
-        self.input = input;
-        self.input
-            .reserve(READ_CHUNK.saturating_sub(self.input.len()));
-        self.consumed = 0;
+    fn wire(&mut self) -> &mut Wire {
+        &mut self.wire
     }
 
     fn secured(&mut self, _summary: &TlsSummary) {
         self.session.tls_established();
-        self.set_input(Vec::new());
     }
 
     /// Drives the session over `conn` until it closes or switches to TLS.
     async fn drive<C: Connection>(&mut self, conn: &C) -> Ending {
         let Link {
-            ctx,
-            peer,
+            wire:
+                Wire {
+                    ctx,
+                    peer,
+                    input,
+                    consumed,
+                },
             phase,
             out,
             session,
             maildrop,
-            input,
-            consumed,
             deadlines,
         } = self;
         let ctx: &ShardContext = ctx;

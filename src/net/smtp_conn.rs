@@ -27,13 +27,13 @@ use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use super::conn::{compact, flush, stop_requested, within, GOODBYE_WRITE_LIMIT, READ_CHUNK};
+use super::conn::{compact, flush, stop_requested, within, GOODBYE_WRITE_LIMIT};
 use super::dnsbl;
 use super::io::Connection;
 use super::limits::Permit;
 use super::shard::Protocol;
 use super::shard::ShardContext;
-use super::starttls::{self, Ending, Upgradable};
+use super::starttls::{self, Ending, Upgradable, Wire};
 use super::tls::TlsSummary;
 use crate::envelope::QueueId;
 use crate::smtp::{AuthFailure, Credentials, Event, Outbox, Session, Submission, SubmitError};
@@ -62,16 +62,13 @@ pub async fn serve<C: Connection>(
     );
     let mut link = Link {
         phase: ctx.phase.clone(),
-        ctx,
-        peer,
+        wire: Wire::new(ctx, peer),
         out,
         session,
-        input: Vec::new(),
-        consumed: 0,
         deadlines: Deadlines::default(),
     };
-    tracing::debug!(client = %peer, shard = link.ctx.shard, implicit_tls, "connected");
-    let dnsbl = &link.ctx.dnsbl;
+    tracing::debug!(client = %peer, shard = link.wire.ctx.shard, implicit_tls, "connected");
+    let dnsbl = &link.wire.ctx.dnsbl;
     let resolver = (!dnsbl.zones.is_empty() && !link.session.is_relay_client())
         .then(|| dnsbl.resolver())
         .flatten();
@@ -87,34 +84,18 @@ pub async fn serve<C: Connection>(
 
 /// One connection's protocol state, kept across the switch to TLS.
 struct Link {
-    ctx: Rc<ShardContext>,
-    peer: SocketAddr,
+    wire: Wire,
     phase: tokio::sync::watch::Receiver<crate::runtime::Phase>,
     out: Outbox,
     session: Session,
-    input: Vec<u8>,
-    consumed: usize,
     deadlines: Deadlines,
 }
 
 impl Upgradable for Link {
-    fn protocol(&self) -> Protocol {
-        Protocol::Smtp
-    }
+    const PROTOCOL: Protocol = Protocol::Smtp;
 
-    fn ctx(&self) -> &ShardContext {
-        &self.ctx
-    }
-
-    fn peer(&self) -> SocketAddr {
-        self.peer
-    }
-
-    fn set_input(&mut self, input: Vec<u8>) {
-        self.input = input;
-        self.input
-            .reserve(READ_CHUNK.saturating_sub(self.input.len()));
-        self.consumed = 0;
+    fn wire(&mut self) -> &mut Wire {
+        &mut self.wire
     }
 
     fn secured(&mut self, summary: &TlsSummary) {
@@ -122,19 +103,21 @@ impl Upgradable for Link {
             "{} with cipher {}",
             summary.version, summary.cipher
         ));
-        self.set_input(Vec::new());
     }
 
     /// Drives the session over `conn` until it closes or switches to TLS.
     async fn drive<C: Connection>(&mut self, conn: &C) -> Ending {
         let Link {
-            ctx,
-            peer,
+            wire:
+                Wire {
+                    ctx,
+                    peer,
+                    input,
+                    consumed,
+                },
             phase,
             out,
             session,
-            input,
-            consumed,
             deadlines,
         } = self;
         let ctx: &ShardContext = ctx;

@@ -10,8 +10,9 @@
 //! 3207 §4.2 says to forget ([`Upgradable::secured`]).
 
 use std::net::SocketAddr;
+use std::rc::Rc;
 
-use super::conn::flush;
+use super::conn::{flush, READ_CHUNK};
 use super::io::Connection;
 use super::shard::{Protocol, ShardContext};
 use super::tls::{self, TlsConnection, TlsSummary};
@@ -25,17 +26,42 @@ pub enum Ending {
     StartTls,
 }
 
+/// What every driver's state holds besides its session: whose connection it is, and the
+/// bytes read from it that the session has not taken yet (`input[consumed..]`).
+pub struct Wire {
+    pub ctx: Rc<ShardContext>,
+    pub peer: SocketAddr,
+    pub input: Vec<u8>,
+    pub consumed: usize,
+}
+
+impl Wire {
+    pub fn new(ctx: Rc<ShardContext>, peer: SocketAddr) -> Wire {
+        Wire {
+            ctx,
+            peer,
+            input: Vec::new(),
+            consumed: 0,
+        }
+    }
+
+    /// Starts over with `input` as the buffered bytes, with room for one more read.
+    pub fn set_input(&mut self, input: Vec<u8>) {
+        self.input = input;
+        self.input
+            .reserve(READ_CHUNK.saturating_sub(self.input.len()));
+        self.consumed = 0;
+    }
+}
+
 /// A protocol driver's state that can carry on over TLS.
 #[allow(async_fn_in_trait)] // single-threaded shards: no `Send` bound is wanted
 pub trait Upgradable {
-    fn protocol(&self) -> Protocol;
-    fn ctx(&self) -> &ShardContext;
-    fn peer(&self) -> SocketAddr;
-    /// Takes the client's first bytes (what followed a PROXY header) as buffered input.
-    fn set_input(&mut self, input: Vec<u8>);
+    const PROTOCOL: Protocol;
+    fn wire(&mut self) -> &mut Wire;
     /// Runs the session over `conn` until it closes or hands over to TLS.
     async fn drive<C: Connection>(&mut self, conn: &C) -> Ending;
-    /// TLS is up: tell the session, start with an empty input buffer.
+    /// TLS is up: tell the session (the input buffer is emptied by the caller).
     fn secured(&mut self, summary: &TlsSummary);
 }
 
@@ -52,7 +78,7 @@ pub async fn serve<L: Upgradable, C: Connection>(
         Box::pin(over_tls(link, conn, input)).await;
         return;
     }
-    link.set_input(input);
+    link.wire().set_input(input);
     if link.drive(&conn).await == Ending::StartTls {
         Box::pin(over_tls(link, conn, Vec::new())).await;
     }
@@ -75,8 +101,10 @@ async fn secure<L: Upgradable, C: Connection>(
     conn: C,
     early: &[u8],
 ) -> Option<TlsConnection<C>> {
-    let ctx = link.ctx();
-    let metrics = match link.protocol() {
+    let wire = link.wire();
+    let (ctx, peer) = (Rc::clone(&wire.ctx), wire.peer);
+    let protocol = L::PROTOCOL;
+    let metrics = match protocol {
         Protocol::Smtp => &ctx.metrics.smtp,
         Protocol::Pop3 => &ctx.metrics.pop3,
     };
@@ -89,13 +117,14 @@ async fn secure<L: Upgradable, C: Connection>(
     match tls::accept(conn, server_tls.config(), early, ctx.tls_handshake_timeout).await {
         Ok((tls, summary)) => {
             metrics.tls_handshakes.inc();
-            tracing::debug!(client = %link.peer(), protocol = ?link.protocol(), version = %summary.version, cipher = %summary.cipher, "TLS established");
+            tracing::debug!(client = %peer, ?protocol, version = %summary.version, cipher = %summary.cipher, "TLS established");
             link.secured(&summary);
+            link.wire().set_input(Vec::new());
             Some(tls)
         }
         Err(failure) => {
             metrics.tls_failures.inc();
-            tracing::info!(client = %link.peer().ip(), protocol = ?link.protocol(), %failure, "no TLS session");
+            tracing::info!(client = %peer.ip(), ?protocol, %failure, "no TLS session");
             None
         }
     }
