@@ -41,9 +41,9 @@ use memchr::memchr;
 
 use super::command::{self, Command};
 use super::reply::{Capability, Reply};
-use super::sasl::{self, SaslError};
 use super::stuff;
-use crate::smtp::line::{self, Frame};
+use crate::proto::line::{self, Frame};
+use crate::proto::sasl::{self, SaslError};
 
 /// RFC 2449 §4: a command line is at most 255 octets, CRLF included.
 pub const COMMAND_LINE_MAX: usize = 255;

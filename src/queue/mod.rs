@@ -39,7 +39,6 @@
 pub mod destinations;
 pub mod dsn;
 pub mod outcome;
-pub mod resolve;
 pub mod routes;
 pub mod schedule;
 pub mod settings;
@@ -49,10 +48,9 @@ pub use destinations::{
     DestinationLimits, Dispatch, Entry, RateLimiter, RcptSet,
 };
 pub use dsn::{build_dsn, notify_decision, Action, Decision, DsnInput, DsnPolicy, Suppressed};
-pub use resolve::{plan_hops, HopPlan, Resolution, Resolver, ScriptedResolver};
 pub use routes::{NextHop, Route, RouteConfig, Routes, RoutesConfig, TlsMode};
 pub use schedule::{delay_notice_due, later_of, next_attempt, NextAttempt, RetrySchedule};
-pub use settings::{DeliveryConfig, SettingsError};
+pub use settings::{DeliveryConfig, ResolveLimits, SettingsError};
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 

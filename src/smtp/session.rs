@@ -51,13 +51,13 @@ use memchr::memchr;
 use super::address::{ForwardPath, ReversePath};
 use super::command::{self, Command};
 use super::data::{BodyLimits, BodyReceiver};
-use super::line::{self, Ending, Frame};
 use super::params::RcptParams;
 use super::received;
 use super::recipients::{Lookup, Mailboxes};
 use super::reply::{Extension, Reply};
 use crate::envelope::{BodyType, Envelope, MailParams, Origin, QueueId, Recipient};
-use crate::pop3::sasl;
+use crate::proto::line::{self, Ending, Frame};
+use crate::proto::sasl;
 
 /// RFC 5321 §4.5.3.1.4: a server must accept command lines of 512 octets (CRLF included).
 pub const COMMAND_LINE_MIN: usize = 512;

@@ -17,15 +17,15 @@ use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use super::conn::{compact, flush, stop_requested, within, GOODBYE_WRITE_LIMIT};
-use super::io::Connection;
-use super::limits::Permit;
+use super::admission::Permit;
 use super::shard::Protocol;
 use super::shard::ShardContext;
 use super::starttls::{self, Ending, Upgradable, Wire};
-use super::tls::TlsSummary;
 use crate::envelope::QueueId;
 use crate::mailbox::MaildropLock;
+use crate::net::conn::{compact, flush, stop_requested, within, GOODBYE_WRITE_LIMIT};
+use crate::net::io::Connection;
+use crate::net::tls::TlsSummary;
 use crate::pop3::{Credentials, Event, LockResult, MaildropEntry, Outbox, Session};
 
 /// Serves one accepted POP3 connection until it ends. `_permit` holds the admission slots;

@@ -27,15 +27,15 @@ use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use super::conn::{compact, flush, stop_requested, within, GOODBYE_WRITE_LIMIT};
+use super::admission::Permit;
 use super::dnsbl;
-use super::io::Connection;
-use super::limits::Permit;
 use super::shard::Protocol;
 use super::shard::ShardContext;
 use super::starttls::{self, Ending, Upgradable, Wire};
-use super::tls::TlsSummary;
 use crate::envelope::QueueId;
+use crate::net::conn::{compact, flush, stop_requested, within, GOODBYE_WRITE_LIMIT};
+use crate::net::io::Connection;
+use crate::net::tls::TlsSummary;
 use crate::smtp::{AuthFailure, Credentials, Event, Outbox, Session, Submission, SubmitError};
 use crate::spool::{NewMessage, SpoolError};
 
@@ -448,7 +448,7 @@ async fn store(
                     ctx.mail_store.deliver(mailbox, entry);
                 }
                 if !queued_remote.is_empty() {
-                    crate::net::delivery::enqueue_new(
+                    crate::delivery::enqueue_new(
                         &ctx.delivery,
                         ctx.shard,
                         id,

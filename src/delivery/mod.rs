@@ -38,6 +38,7 @@
 pub mod control;
 pub mod mesh;
 mod notices;
+pub mod resolve;
 mod worker;
 
 use std::cell::{Cell, RefCell};
@@ -49,11 +50,12 @@ use tokio::sync::{watch, Notify};
 
 pub use mesh::{Control, FlushFilter, Job, Mesh, QueueGauge, Queued};
 
-use super::io::Connector;
 use crate::envelope::QueueId;
 use crate::mailbox::MailStore;
+use crate::net::dns::SystemResolver;
+use crate::net::io::Connector;
 use crate::queue::outcome::{self, Settlement};
-use crate::queue::resolve::{ResolveLimits, SystemResolver};
+use crate::queue::ResolveLimits;
 use crate::queue::{
     owner, CoreQueue, DestId, DestinationKey, DestinationLimits, Dispatch, DsnPolicy, Entry,
     RcptSet, RetrySchedule, Routes,
@@ -85,7 +87,7 @@ pub struct DeliveryShared {
     pub client: Arc<ClientConfig>,
     pub connect_timeout: Duration,
     /// The rustls configurations for STARTTLS (`tls::client`).
-    pub client_tls: crate::tls::ClientTls,
+    pub client_tls: crate::net::tls::ClientTls,
     /// `tls.handshake_timeout`: bounds each outbound TLS handshake.
     pub tls_handshake_timeout: Duration,
     /// `delivery.tls_failure_hold`: how long a destination whose opportunistic handshake

@@ -12,10 +12,10 @@
 use std::net::SocketAddr;
 use std::rc::Rc;
 
-use super::conn::{flush, READ_CHUNK};
-use super::io::Connection;
 use super::shard::{Protocol, ShardContext};
-use super::tls::{self, TlsConnection, TlsSummary};
+use crate::net::conn::{flush, READ_CHUNK};
+use crate::net::io::Connection;
+use crate::net::tls::{self, TlsConnection, TlsSummary};
 
 /// Why one drive of a connection ended.
 #[derive(Debug, PartialEq, Eq)]

@@ -26,12 +26,12 @@ use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 
+use super::resolve::{self, Resolution, Target};
 use super::Core;
 use crate::net::conn::{compact, stop_requested, within};
 use crate::net::io::{Connection, Connector};
 use crate::net::tls::{TlsConnection, TlsSummary};
 use crate::queue::outcome::{self, recipient_of, Attempted};
-use crate::queue::resolve::{self, Resolution, Target};
 use crate::queue::{DestId, DestinationKey, Entry, TlsMode};
 use crate::smtp::client::{
     Client, ClientEvent, ConnectionOutcome, Diagnostic, Next, Outgoing, Output, RecipientResult,
@@ -301,7 +301,7 @@ async fn handshake<C: Connector + 'static, K: Connection>(
     config: Arc<rustls::ClientConfig>,
     host: &str,
 ) -> Handshake<K> {
-    let Some(name) = crate::tls::client::server_name(host) else {
+    let Some(name) = crate::net::tls::client::server_name(host) else {
         conn.shutdown();
         return Handshake::Failed(format!("{host:?} is not a name TLS can check"));
     };
@@ -363,31 +363,6 @@ async fn resolve<C: Connector + 'static>(core: &Core<C>, key: &DestinationKey) -
         &shared.resolve_limits,
     )
     .await
-}
-
-/// Without a system resolver (it could not be built) every lookup is a temporary failure:
-/// MX mail defers, and static routes with an address still work.
-impl resolve::Resolver for Option<resolve::SystemResolver> {
-    async fn mx(&self, domain: &str) -> resolve::MxAnswer {
-        match self {
-            Some(resolver) => resolver.mx(domain).await,
-            None => resolve::MxAnswer::TempFail("no DNS resolver available".into()),
-        }
-    }
-
-    async fn addresses(&self, host: &str) -> resolve::AddrAnswer {
-        match self {
-            Some(resolver) => resolver.addresses(host).await,
-            None => resolve::AddrAnswer::TempFail("no DNS resolver available".into()),
-        }
-    }
-
-    async fn ipv4(&self, name: &str) -> resolve::AddrAnswer {
-        match self {
-            Some(resolver) => resolver.ipv4(name).await,
-            None => resolve::AddrAnswer::TempFail("no DNS resolver available".into()),
-        }
-    }
 }
 
 fn key_seed(key: &DestinationKey) -> u64 {
