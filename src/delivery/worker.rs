@@ -32,7 +32,7 @@ use crate::net::conn::{compact, stop_requested, within};
 use crate::net::io::{Connection, Connector};
 use crate::net::tls::{TlsConnection, TlsSummary};
 use crate::queue::outcome::{self, recipient_of, Attempted};
-use crate::queue::{DestId, DestinationKey, Entry, TlsMode};
+use crate::queue::{DestId, DestinationKey, QueueEntry, TlsMode};
 use crate::smtp::client::{
     Client, ClientEvent, ConnectionOutcome, Diagnostic, Next, Outgoing, Output, RecipientResult,
     Stage, StartTlsPolicy,
@@ -55,7 +55,7 @@ pub async fn run<C: Connector + 'static>(core: Rc<Core<C>>, dest: DestId) {
     core.kick.notify_one();
 }
 
-async fn deliver<C: Connector + 'static>(core: &Rc<Core<C>>, dest: DestId, first: Entry) {
+async fn deliver<C: Connector + 'static>(core: &Rc<Core<C>>, dest: DestId, first: QueueEntry) {
     let Some(key) = core.destination_key(dest) else {
         core.finish(dest);
         return;
@@ -152,7 +152,7 @@ struct Conversation {
     input: Vec<u8>,
     consumed: usize,
     /// The entry taken before connecting, until the client is first ready for it.
-    pending_first: Option<Entry>,
+    pending_first: Option<QueueEntry>,
     current: Option<InFlight>,
     /// `host[address]`, for the log and notices.
     hop: String,
@@ -165,7 +165,7 @@ impl Conversation {
         core: &Core<C>,
         starttls: StartTlsPolicy,
         hop: String,
-        first: Option<Entry>,
+        first: Option<QueueEntry>,
     ) -> Conversation {
         Conversation {
             client: Client::with_starttls(Arc::clone(&core.shared.client), starttls),
@@ -208,7 +208,7 @@ async fn session<C: Connector + 'static>(
     key: &DestinationKey,
     conn: C::Conn,
     target: &Target,
-    first: Entry,
+    first: QueueEntry,
 ) {
     let mode = tls_mode(core, key);
     let starttls = match mode {
@@ -377,7 +377,7 @@ fn key_seed(key: &DestinationKey) -> u64 {
 async fn fail_destination<C: Connector + 'static>(
     core: &Rc<Core<C>>,
     dest: DestId,
-    first: Entry,
+    first: QueueEntry,
     result: RecipientResult,
     hop: Option<&str>,
     tls: Option<&str>,
@@ -410,14 +410,14 @@ async fn fail_destination<C: Connector + 'static>(
 }
 
 /// The message is no longer in the spool: nothing to deliver.
-fn gone<C: Connector + 'static>(core: &Core<C>, entry: &Entry) {
+fn gone<C: Connector + 'static>(core: &Core<C>, entry: &QueueEntry) {
     tracing::info!(queue_id = %entry.id, "queued message no longer in the spool; dropped from the queue");
     core.shared.mesh.gauge.release(0);
 }
 
 /// An entry whose message could not be read: back in the deferred index for the first
 /// retry interval, without a record (nothing was attempted).
-fn retry_later<C: Connector + 'static>(core: &Core<C>, mut entry: Entry) {
+fn retry_later<C: Connector + 'static>(core: &Core<C>, mut entry: QueueEntry) {
     entry.due_ms =
         crate::queue::to_millis(SystemTime::now() + core.shared.schedule.interval(1, entry.seed()));
     let key = core.destination_key(entry.dest);
@@ -426,7 +426,7 @@ fn retry_later<C: Connector + 'static>(core: &Core<C>, mut entry: Entry) {
 
 async fn settle<C: Connector + 'static>(
     core: &Rc<Core<C>>,
-    entry: &Entry,
+    entry: &QueueEntry,
     message: &StoredMessage,
     results: &[RecipientResult],
     hop_dsn: bool,
@@ -450,7 +450,7 @@ async fn settle<C: Connector + 'static>(
 
 /// The message for the next hop: the stored bytes (our Received header first) and the
 /// entry's recipients with their DSN parameters.
-fn outgoing(entry: &Entry, message: &StoredMessage, body: Bytes) -> Outgoing {
+fn outgoing(entry: &QueueEntry, message: &StoredMessage, body: Bytes) -> Outgoing {
     let meta = &message.meta;
     let recipients = entry
         .recipients
@@ -475,7 +475,7 @@ fn outgoing(entry: &Entry, message: &StoredMessage, body: Bytes) -> Outgoing {
 /// A message handed to the client. Its body lives in `body`, shared with the client (no
 /// copy per delivery); `message.body` is empty until the results need it back.
 struct InFlight {
-    entry: Entry,
+    entry: QueueEntry,
     message: StoredMessage,
     body: Bytes,
 }
@@ -484,7 +484,7 @@ impl InFlight {
     /// The stored message whole again, for the results and notices. The client has dropped
     /// its share by the time its transaction is done, so this takes the buffer back without
     /// copying it.
-    fn into_message(self) -> (Entry, StoredMessage) {
+    fn into_message(self) -> (QueueEntry, StoredMessage) {
         let InFlight {
             entry,
             mut message,

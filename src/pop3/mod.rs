@@ -39,8 +39,9 @@ pub mod session;
 pub mod stuff;
 
 pub use command::{encode, parse, Command, ParseError, Verb, VERBS};
-pub use reply::{Capability, MultiLine, Reply, ResponseCode, Status};
+pub use reply::{Capability, MultiLine, Response, ResponseCode, Status};
 pub use session::{
-    CloseReason, Credentials, Event, LockResult, MaildropEntry, Outbox, Pop3Config, Session,
+    CloseReason, Credentials, Event, LockResult, MaildropEntry, NotStored, Outbox, Session,
+    SessionConfig, Unavailable,
 };
 pub use stuff::{retr_size, stuff, top};

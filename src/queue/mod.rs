@@ -45,7 +45,7 @@ pub mod settings;
 
 pub use destinations::{
     owner, Backpressure, BackpressureLimits, CoreQueue, DestId, Destination, DestinationKey,
-    DestinationLimits, Dispatch, Entry, RateLimiter, RcptSet,
+    DestinationLimits, Dispatch, QueueEntry, RateLimiter, RcptSet,
 };
 pub use dsn::{build_dsn, notify_decision, Action, Decision, DsnInput, DsnPolicy, Suppressed};
 pub use routes::{NextHop, Route, RouteConfig, Routes, RoutesConfig, TlsMode};

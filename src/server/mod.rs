@@ -250,7 +250,7 @@ pub fn run(config: Config) -> Result<(), ServerError> {
             "POP3 listens beyond loopback without a TLS certificate: clients there can log in only with APOP (set [tls] cert/key, or pop3.allow_plaintext_auth = true)"
         );
     }
-    let pop3_config = Arc::new(crate::pop3::Pop3Config {
+    let pop3_config = Arc::new(crate::pop3::SessionConfig {
         hostname: hostname.clone(),
         apop: directory.apop_available(),
         user_command: true,
@@ -282,7 +282,7 @@ pub fn run(config: Config) -> Result<(), ServerError> {
         for mailbox in &message.mailboxes {
             mail_store.deliver(
                 mailbox,
-                crate::mailbox::Entry {
+                crate::mailbox::MaildropItem {
                     id: message.id,
                     size: message.body_len,
                 },

@@ -67,7 +67,7 @@ pub struct ShardContext {
 
 /// What POP3 connections need besides the common parts.
 pub struct Pop3Context {
-    pub config: Arc<crate::pop3::Pop3Config>,
+    pub config: Arc<crate::pop3::SessionConfig>,
     pub directory: Arc<Directory>,
     pub idle_timeout: Duration,
     /// How long a begun command line may take to complete (`pop3.command_timeout`).
@@ -241,7 +241,7 @@ async fn turn_away<C: Connection>(
         }
         Protocol::Pop3 => {
             ctx.metrics.pop3.refused.inc();
-            crate::pop3::Reply::too_many_connections().encode(&mut reply)
+            crate::pop3::Response::too_many_connections().encode(&mut reply)
         }
     }
     smtp::refuse(conn, reply).await;
