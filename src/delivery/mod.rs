@@ -751,7 +751,7 @@ pub async fn run<C: Connector + 'static>(core: Rc<Core<C>>, startup: Vec<Job>) {
             core.publish(SystemTime::now());
             published_at = Some(std::time::Instant::now());
         }
-        inbox.drain_jobs(|job| core.accept(job));
+        inbox.drain(|job| core.accept(job));
         while let Some(command) = inbox.next_control() {
             core.control(command);
         }
