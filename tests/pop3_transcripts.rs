@@ -1,4 +1,4 @@
-//! Transcript tests for the POP3 server session (DESIGN.md §3.11).
+//! Transcript tests for the POP3 server session (docs/ARCHITECTURE.md §11).
 //!
 //! Each `tests/pop3_transcripts/*.txt` holds a conversation with a scripted driver that
 //! answers the session's events from a fake maildrop:

@@ -1,4 +1,4 @@
-//! Transcript tests for the SMTP server session (DESIGN.md §3.11).
+//! Transcript tests for the SMTP server session (docs/ARCHITECTURE.md §11).
 //!
 //! Each `tests/transcripts/*.txt` holds a conversation:
 //!

@@ -37,7 +37,7 @@ pub enum ConfigError {
     },
 }
 
-/// Which kernel interface moves the bytes (DESIGN.md §1a).
+/// Which kernel interface moves the bytes (docs/ARCHITECTURE.md §7).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum IoEngine {

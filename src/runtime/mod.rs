@@ -3,7 +3,7 @@
 //!
 //! Role: one thread per core, each pinned and running its own single-threaded runtime:
 //! tokio-uring (io_uring) or, as the fallback, tokio current-thread (epoll). Nothing is
-//! shared between shards on the hot path except bounded queues (DESIGN.md §1).
+//! shared between shards on the hot path except bounded queues (docs/ARCHITECTURE.md §3).
 //!
 //! Exposure: none to the network directly; reads /proc for the io_uring probe.
 

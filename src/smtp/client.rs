@@ -1,5 +1,5 @@
 //! The outbound SMTP client: a sans-IO state machine that delivers messages to one next hop
-//! over one connection (DESIGN.md §3.1–3.2), the mirror of [`super::session`].
+//! over one connection (docs/ARCHITECTURE.md §10), the mirror of [`super::session`].
 //!
 //! **Role.** Turn "deliver this message to these recipients" into SMTP commands, and the next
 //! hop's replies into one result per recipient: delivered, deferred (try again later) or
@@ -557,7 +557,7 @@ impl Delivery {
     }
 }
 
-/// Connection states (DESIGN.md §3.2).
+/// Connection states: each variant carries only what exists in it.
 #[derive(Debug)]
 enum State {
     /// Connected; the 220 is awaited.

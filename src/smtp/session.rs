@@ -11,7 +11,7 @@
 //! and including the terminator is consumed; in a BDAT chunk, up to the chunk's end.
 //! Consumption stops right after a `Submit` (until [`Session::submitted`]) or a `Close`.
 //!
-//! States (DESIGN.md §3.2): each variant carries only what exists in it. A transaction
+//! States: each variant carries only what exists in it. A transaction
 //! exists only from MAIL to its end; a body receiver only while data arrives; `Closed` is
 //! terminal.
 //!
