@@ -302,7 +302,7 @@ impl Driver<'_> {
     }
 }
 
-/// Drives a session the way net/ does; returns (output, rendered events).
+/// Drives a session the way `server::pop3` does; returns (output, rendered events).
 fn drive(transcript: &Transcript, reads: &[&[u8]]) -> (Vec<u8>, Vec<String>) {
     let mut out = Outbox::default();
     let mut session = Session::new(

@@ -38,6 +38,8 @@
 //! [`encoded_word`] (RFC 2047 and charsets), [`boundary`] (the multipart splitter),
 //! [`tree`] (the parser and the part tree), [`base64`], [`qp`], [`downgrade`], [`policy`],
 //! [`fuzz`] (the fuzz targets as plain functions, also run by unit tests).
+//!
+//! [`downgrade`]: mod@downgrade
 #![forbid(unsafe_code)]
 
 pub mod base64;

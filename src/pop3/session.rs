@@ -1,6 +1,6 @@
 //! The POP3 server session: a sans-IO state machine from peer bytes to responses and events.
 //!
-//! The connection driver (net/) owns the socket, the read buffer, the clock and the maildrop.
+//! The driver (`server::pop3`) owns the socket, the read buffer, the clock and the maildrop.
 //! It calls [`Session::handle_input`] with the buffered bytes, writes `Outbox::bytes` in one
 //! write, then performs `Outbox::events`; the events that need an answer are answered by
 //! calling the matching method ([`Session::authenticated`], [`Session::locked`],

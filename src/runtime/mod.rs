@@ -1,5 +1,5 @@
-//! The runtime layer: pinned per-core shards, the io_uring probe and the engine choice,
-//! and the server's life from start to drained shutdown.
+//! The runtime layer: pinned per-core shards that run the future the server gives them, the
+//! io_uring probe, the engine choice and [`Phase`], the server's life as the shards see it.
 //!
 //! Role: one thread per core, each pinned and running its own single-threaded runtime:
 //! tokio-uring (io_uring) or, as the fallback, tokio current-thread (epoll). Nothing is

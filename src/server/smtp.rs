@@ -1,4 +1,4 @@
-//! One SMTP connection: moves bytes between the socket and the sans-IO [`smtp::Session`],
+//! One SMTP connection: moves bytes between the socket and the sans-IO [`crate::smtp::Session`],
 //! stores submitted messages in the shard's spool, and enforces timeouts and shutdown.
 //!
 //! Flow: feed buffered input to the session; perform its events in order (a `Submit` waits

@@ -1,6 +1,6 @@
 //! The SMTP server session: a sans-IO state machine from peer bytes to replies and events.
 //!
-//! The connection driver (net/) owns the socket and the read buffer. It calls
+//! The connection driver (`server::smtp`) owns the socket and the read buffer. It calls
 //! [`Session::handle_input`] with the buffered bytes, writes `Outbox::bytes` in one write,
 //! then performs `Outbox::events` (store a message, log a rejection, close). The session
 //! never reads a clock: `now` comes in as an argument.
@@ -1460,7 +1460,7 @@ mod tests {
         }
     }
 
-    /// A connection driver as net/ will be: it keeps unconsumed bytes, re-presents them with
+    /// A connection driver as `server::smtp` is: it keeps unconsumed bytes, re-presents them with
     /// the next read, answers Submit events and stops at Close.
     struct Driver {
         session: Session,
