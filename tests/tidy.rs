@@ -1,4 +1,4 @@
-//! Mechanical style rules (DESIGN.md §3, model-codebases §9.15). Each failure says what to
+//! Mechanical style rules (docs/ARCHITECTURE.md §10–11). Each failure says what to
 //! use instead.
 //!
 //! - no `unwrap()`/`expect()` in library code outside tests: input a peer, a file or a config
@@ -8,7 +8,7 @@
 //!   without io_uring;
 //! - `anyhow` only in the binary's CLI;
 //! - no `todo!`/`unimplemented!`;
-//! - protocol replies are written only by their `reply.rs` (DESIGN.md §3.4): an SMTP reply
+//! - replies are written only by their `reply.rs` (docs/ARCHITECTURE.md §10): an SMTP reply
 //!   literal (`"250 `, `"554-`) anywhere else in `src/smtp`, or a POP3 one (`"+OK`,
 //!   `"-ERR`) anywhere else in `src/pop3`, is refused;
 //! - `unsafe` is forbidden crate-wide (`#![forbid(unsafe_code)]` in `src/lib.rs`).

@@ -1,6 +1,6 @@
 //! The cross-core hand-off: "recipients R of message M are yours" as a small message on a
-//! bounded lock-free queue, one queue per (from core, to core) pair (DESIGN.md §1), plus a
-//! wake-up per core and an unbounded side channel for the operator's rare commands.
+//! bounded lock-free queue, one queue per (from core, to core) pair (docs/ARCHITECTURE.md §3),
+//! plus a wake-up per core and an unbounded side channel for the operator's rare commands.
 //!
 //! Why one queue per pair: each `ArrayQueue` then has a single producer thread, so producers
 //! never contend with each other, and a core that floods one destination cannot starve the

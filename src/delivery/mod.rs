@@ -1,6 +1,6 @@
-//! Outbound delivery on each core: the seed document's "MTA client" that works the spool's
-//! queue (issue 4). The decisions live in [`crate::queue`] (schedule, routes, resolution,
-//! outcomes, notices) and [`crate::smtp::client`] (the protocol); this module owns the time,
+//! Outbound delivery on each core: the relay's MTA client, which works the spool's queue.
+//! The decisions live in [`crate::queue`] (schedule, routes, outcomes, notices), [`resolve`]
+//! (MX planning) and [`crate::smtp::client`] (the protocol); this module owns the time,
 //! the sockets and the order of durable effects.
 //!
 //! **Shape.** Every remote recipient belongs to a *destination* (its route's next hop, or its

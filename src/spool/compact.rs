@@ -1,4 +1,4 @@
-//! Compaction: reclaim the space of garbage messages (issue 3 §3) by rewriting sealed segments
+//! Compaction: reclaim the space of garbage messages by rewriting sealed segments
 //! whose live bytes fell below a threshold, without blocking ingest or POP3, such that a crash
 //! at any point loses nothing and duplicates nothing visible.
 //!

@@ -12,8 +12,8 @@
 //! ```
 //! All integers are little-endian. Every frame starts at a 16-aligned file offset, and segments
 //! are read into 16-aligned buffers, so the rkyv payload is 16-aligned in memory as rkyv 0.8
-//! requires (storage-measurements.md §3, pitfall 2). `meta_len` is the exact payload length
-//! because rkyv finds its root at the END of the slice (pitfall 3).
+//! requires (docs/ARCHITECTURE.md §5). `meta_len` is the exact payload length
+//! because rkyv finds its root at the END of the slice.
 //!
 //! - `data_crc` = crc32c(meta ‖ body) (the padding is not covered: it carries nothing).
 //! - `header_crc` = crc32c over the first 28 header bytes, seeded with the segment's random
@@ -28,10 +28,9 @@
 //!   (kind, version) pair stops (Fatal) instead of skipping: an older binary must not silently
 //!   drop records a newer one wrote — they may be deletions.
 //!
-//! Compared with the first sketch (DESIGN.md §2) the frame header is unchanged in size and
-//! order, but its checksum is salted per segment and every segment starts with a preamble that
-//! carries the salt and names its shard and number (a file copied into the wrong directory is
-//! refused instead of mis-indexed). The message meta also records `received_len`, where the
+//! The frame header's checksum is salted per segment, and every segment starts with a preamble
+//! that carries the salt and names its shard and number (a file copied into the wrong directory
+//! is refused instead of mis-indexed). The message meta also records `received_len`, where the
 //! Received header ends inside the stored body.
 //!
 //! The body is raw bytes after the meta, not inside rkyv: it is never copied by serialisation,

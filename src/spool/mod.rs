@@ -57,14 +57,14 @@
 //! protocol and each crash case are in [`compact`]. [`compact_offline`] is
 //! `relay spool compact --dir D`.
 //!
-//! Durability contract (DESIGN.md §2): a [`ShardHandle::append_message`] reply is `Ok` only
-//! after the record's bytes are covered by a successful `fdatasync`, so "250 after DATA ⇔ on
+//! Durability contract (docs/ARCHITECTURE.md §4): a [`ShardHandle::append_message`] reply is `Ok`
+//! only after the record's bytes are covered by a successful `fdatasync`, so "250 after DATA ⇔ on
 //! stable storage". One writer thread per shard (`spool-wNN`) takes everything queued since
 //! its last sync (up to `commit_records_max`, optionally waiting `commit_window` for more),
 //! writes it with one vectored write straight from the sessions' buffers and syncs once.
 //!
 //! Why a plain writer thread and not io_uring file ops on the core: measured on the target VM
-//! (research/storage-measurements.md §3), io_uring (linked write→fsync, drained batches) and
+//! (docs/ARCHITECTURE.md §5), io_uring (linked write→fsync, drained batches) and
 //! O_DIRECT were never faster than buffered `pwrite` + `fdatasync`, and batching is what
 //! matters (64–256 records per sync reach the device ceiling). A synchronous thread keeps a
 //! 0.3–30 ms fdatasync from stalling the core's event loop, and works identically under the
@@ -191,7 +191,7 @@ pub struct SpoolConfig {
     /// two syncs) is rare, small enough to read one at a time at recovery.
     pub segment_size: u64,
     /// Bounded queue per shard. Default 4096 (≥ 1024: small crossbeam capacities measured 3–5×
-    /// slower, storage-measurements.md §5), about 40 MB of 10 KB messages.
+    /// slower, docs/ARCHITECTURE.md §3), about 40 MB of 10 KB messages.
     pub appends_pending_max: usize,
     /// Records per group commit. Default 256: measured at the device ceiling (26–31k rec/s) with
     /// p99 commit latency still ≤ 30 ms; 256 × 4 iovecs = IOV_MAX, one writev.
