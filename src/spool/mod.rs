@@ -4,7 +4,7 @@
 //! Every accepted message is written here once, as a versioned rkyv record followed by its raw
 //! body, in segment files per shard: `dir/shard-NNN/NNNNNNNNNNNNNNNNNNNN.seg`. Everything that
 //! later happens to a message is a small record of another [`RecordKind`] appended to the same
-//! log. Record kinds today (layouts in [`frame`]):
+//! log. Record kinds today (frame layout in [`frame`], payload layouts in `record`):
 //! - `Message` (1): meta + stored body. Local delivery is in the meta (`mailboxes`), so it is
 //!   durable with the message in the same frame; `remote` lists what is still to relay.
 //! - `MailboxDeletion` (2): `{ mailbox, ids }`, a POP3 session's DELEs at QUIT, appended with
@@ -141,6 +141,7 @@ pub mod frame;
 mod index;
 pub mod inspect;
 pub mod io;
+mod record;
 pub mod recovery;
 pub mod sim;
 mod writer;
@@ -395,7 +396,8 @@ impl ShardHandle {
                     received_len: msg.received_header.len() as u64,
                     mailboxes: msg.mailboxes,
                     remote: msg.remote,
-                },
+                }
+                .into(),
                 received: msg.received_header,
                 body: msg.body,
             }),
