@@ -216,7 +216,7 @@ impl ShardWriter {
             };
             match encoded {
                 Ok(f) => {
-                    self.next_seq += 1;
+                    self.next_seq = self.next_seq.saturating_add(1);
                     frames.push((i, f));
                 }
                 Err(e) => results[i] = Some(Err(e)),
