@@ -32,6 +32,7 @@ pub mod address;
 pub mod client;
 pub mod command;
 pub mod data;
+#[cfg(any(test, feature = "fuzzing"))]
 pub mod fuzz;
 pub mod line;
 pub mod params;

@@ -122,7 +122,7 @@
 //! Unit tests sit in each file; `tests.rs` runs the spool on real files in tempdirs and through
 //! the IO seam with injected errors (deletions, replay, reads racing compaction, leftovers of an
 //! interrupted compaction, delivery results and markers through recovery and compaction);
-//! `sim_tests.rs` is the seeded simulation on [`sim::SimDisk`] (appends, deletions, delivery
+//! `sim_tests.rs` is the seeded simulation on `sim::SimDisk` (appends, deletions, delivery
 //! results and DSN markers, compactions; crash points anywhere, also inside a compaction; torn
 //! and lost unsynced writes and directory operations; write/sync/create errors; bit flips)
 //! whose checker asserts acknowledged ⊆ recovered ⊆ accepted (minus garbage) with intact bodies
@@ -131,18 +131,23 @@
 //! pending recipients of the index (and their latest Deferred); a
 //! second simulation replays every crash point of one compaction. Failures print `SEED=…` for
 //! replay. The real [`FsIo`] is proven by kill -9 tests: `tests/spool_compaction.rs` kills a
-//! compaction process at many moments.
+//! compaction process at many moments. `tests/spool_golden.rs` pins the disk format with
+//! segment files of format 1. `fuzz` feeds arbitrary segment files to the recovery scanner.
+//! `sim` and `fuzz` are compiled only for tests and with the features `sim` and `fuzzing`.
 
 #![forbid(unsafe_code)]
 
 pub mod compact;
 mod error;
 pub mod frame;
+#[cfg(any(test, feature = "fuzzing"))]
+pub mod fuzz;
 mod index;
 pub mod inspect;
 pub mod io;
 mod record;
 pub mod recovery;
+#[cfg(any(test, feature = "sim"))]
 pub mod sim;
 mod writer;
 
