@@ -46,6 +46,7 @@ pub mod base64;
 pub mod boundary;
 pub mod downgrade;
 pub mod encoded_word;
+#[cfg(any(test, feature = "fuzzing"))]
 pub mod fuzz;
 pub mod header;
 pub mod policy;

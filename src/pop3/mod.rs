@@ -34,6 +34,7 @@
 #![forbid(unsafe_code)]
 
 pub mod command;
+#[cfg(any(test, feature = "fuzzing"))]
 pub mod fuzz;
 pub mod reply;
 pub mod session;

@@ -33,6 +33,7 @@ pub mod address;
 pub mod client;
 pub mod command;
 pub mod data;
+#[cfg(any(test, feature = "fuzzing"))]
 pub mod fuzz;
 pub mod params;
 pub mod received;

@@ -813,7 +813,8 @@ mod tests {
                 received_len: 0,
                 mailboxes: vec![mailbox.into()],
                 remote: Vec::new(),
-            },
+            }
+            .into(),
             received: Vec::new(),
             // One message per 1 KiB segment.
             body: vec![b'x'; 600],

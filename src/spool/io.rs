@@ -1,6 +1,7 @@
 //! The segment IO seam: everything the spool does to files goes through [`SegmentIo`] and
 //! [`SegmentFile`], so the same writer and recovery code runs on real files ([`FsIo`]) and on
-//! the simulated disk ([`super::sim::SimDisk`]) that loses or tears unsynced writes.
+//! the simulated disk (`sim::SimDisk`, in tests and with feature `sim`) that loses or tears
+//! unsynced writes.
 //!
 //! [`FsIo`] is plain std: buffered positioned writes plus `fdatasync` (measured:
 //! neither io_uring nor O_DIRECT was faster, docs/ARCHITECTURE.md §5). A vectored write at

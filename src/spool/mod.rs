@@ -4,7 +4,7 @@
 //! Every accepted message is written here once, as a versioned rkyv record followed by its raw
 //! body, in segment files per shard: `dir/shard-NNN/NNNNNNNNNNNNNNNNNNNN.seg`. Everything that
 //! later happens to a message is a small record of another [`RecordKind`] appended to the same
-//! log. Record kinds today (layouts in [`frame`]):
+//! log. Record kinds today (frame layout in [`frame`], payload layouts in `record`):
 //! - `Message` (1): meta + stored body. Local delivery is in the meta (`mailboxes`), so it is
 //!   durable with the message in the same frame; `remote` lists what is still to relay.
 //! - `MailboxDeletion` (2): `{ mailbox, ids }`, a POP3 session's DELEs at QUIT, appended with
@@ -122,7 +122,7 @@
 //! Unit tests sit in each file; `tests.rs` runs the spool on real files in tempdirs and through
 //! the IO seam with injected errors (deletions, replay, reads racing compaction, leftovers of an
 //! interrupted compaction, delivery results and markers through recovery and compaction);
-//! `sim_tests.rs` is the seeded simulation on [`sim::SimDisk`] (appends, deletions, delivery
+//! `sim_tests.rs` is the seeded simulation on `sim::SimDisk` (appends, deletions, delivery
 //! results and DSN markers, compactions; crash points anywhere, also inside a compaction; torn
 //! and lost unsynced writes and directory operations; write/sync/create errors; bit flips)
 //! whose checker asserts acknowledged ⊆ recovered ⊆ accepted (minus garbage) with intact bodies
@@ -131,17 +131,23 @@
 //! pending recipients of the index (and their latest Deferred); a
 //! second simulation replays every crash point of one compaction. Failures print `SEED=…` for
 //! replay. The real [`FsIo`] is proven by kill -9 tests: `tests/spool_compaction.rs` kills a
-//! compaction process at many moments.
+//! compaction process at many moments. `tests/spool_golden.rs` pins the disk format with
+//! segment files of format 1. `fuzz` feeds arbitrary segment files to the recovery scanner.
+//! `sim` and `fuzz` are compiled only for tests and with the features `sim` and `fuzzing`.
 
 #![forbid(unsafe_code)]
 
 pub mod compact;
 mod error;
 pub mod frame;
+#[cfg(any(test, feature = "fuzzing"))]
+pub mod fuzz;
 mod index;
 pub mod inspect;
 pub mod io;
+mod record;
 pub mod recovery;
+#[cfg(any(test, feature = "sim"))]
 pub mod sim;
 mod writer;
 
@@ -395,7 +401,8 @@ impl ShardHandle {
                     received_len: msg.received_header.len() as u64,
                     mailboxes: msg.mailboxes,
                     remote: msg.remote,
-                },
+                }
+                .into(),
                 received: msg.received_header,
                 body: msg.body,
             }),
