@@ -90,7 +90,9 @@ use super::reply::{Reply, ReplyCode, ReplyLimits, ReplyParser};
 use crate::envelope::{BodyType, MailParams, Recipient};
 use crate::mime;
 
+#[cfg(any(test, feature = "fuzzing"))]
 mod harness;
+#[cfg(any(test, feature = "fuzzing"))]
 pub use harness::fuzz;
 
 /// Octets of a next hop's reply text kept in a result (for the log and the DSN). A hop can
