@@ -35,9 +35,8 @@ use crate::runtime::{choose_engine, probe, Engine, Phase, UringUnavailable};
 use crate::server::admission::AuthFailures;
 use crate::server::admission::{Admission, ClientTable};
 use crate::server::shard::{Pop3Context, Protocol, ShardContext, SmtpAuthContext};
-use crate::smtp::client::ClientConfig;
 use crate::smtp::{Gate, Mailboxes, SessionConfig};
-use crate::spool::{Spool, SpoolConfig, SpoolError};
+use crate::spool::{Spool, SpoolError};
 use shard::ShardSeed;
 
 /// Why the server could not start or stop cleanly; each is one clear line for the operator.
@@ -87,49 +86,18 @@ fn raise_nofile() {
     tracing::debug!(nofile = ?getrlimit(Resource::Nofile).current, "descriptor limit");
 }
 
-/// The spool settings as the spool module takes them.
-pub fn spool_config(config: &Config) -> SpoolConfig {
-    SpoolConfig {
-        dir: config.spool.dir.clone(),
-        fsync: config.spool.fsync,
-        commit_window: config.spool.commit_window.0,
-        segment_size: config.spool.segment_size.0,
-        appends_pending_max: config.spool.appends_pending_max,
-        commit_records_max: config.spool.commit_records_max,
-    }
-}
-
-/// The SMTP session settings as the protocol core takes them.
+/// The SMTP session settings (`Config::session_config`) with the per-address message rate:
+/// one table for every shard, so a fresh one per call (the server calls this once).
 pub fn session_config(
     config: &Config,
     hostname: &str,
     mailboxes: Option<crate::smtp::Mailboxes>,
 ) -> SessionConfig {
     SessionConfig {
-        hostname: hostname.to_string(),
-        command_line_max: config.smtp.command_line_max,
-        text_line_max: config.smtp.text_line_max,
-        recipients_max: config.smtp.recipients_max,
-        message_size_max: config.smtp.message_size_max.0,
-        errors_max: config.smtp.errors_max,
-        error_delay_after: config.smtp.error_delay_after,
-        error_delay: config.smtp.error_delay.0,
-        local_domains: config.local.domains.clone(),
-        relay_networks: config.relay.allowed_networks.clone(),
-        mailboxes,
-        vrfy: config.smtp.vrfy,
-        expn: config.smtp.expn,
-        policy: config.policy.to_policy(),
-        ingest: None,
-        // One table for every shard: a fresh one per call (the server calls this once).
-        message_rate: (config.smtp.messages_per_ip_max > 0).then(|| {
-            crate::smtp::RateGate(crate::server::admission::MessageRate::new(
-                config.smtp.messages_per_ip_max,
-                config.smtp.message_rate_window.0,
-            ))
+        message_rate: config.smtp.message_rate().map(|(max, window)| {
+            crate::smtp::RateGate(crate::server::admission::MessageRate::new(max, window))
         }),
-        allow_plaintext_auth: config.smtp.allow_plaintext_auth,
-        starttls: config.tls.server_enabled(),
+        ..config.session_config(hostname, mailboxes)
     }
 }
 
@@ -146,11 +114,6 @@ pub fn delivery_shared(
         .routes
         .compile()
         .map_err(|e| ServerError::Routes(e.to_string()))?;
-    let client = ClientConfig {
-        helo_name: d.helo_name.clone().unwrap_or_else(|| hostname.to_string()),
-        max_recipients_per_transaction: d.recipients_per_transaction_max,
-        ..ClientConfig::default()
-    };
     Ok(DeliveryShared {
         mesh: Mesh::new(
             shards,
@@ -163,7 +126,7 @@ pub fn delivery_shared(
         resolve_limits: d.resolve_limits(),
         destination_limits: d.destination_limits(),
         destinations_max: d.destinations_max,
-        client: Arc::new(client),
+        client: Arc::new(d.client_config(hostname)),
         connect_timeout: d.connect_timeout.0,
         client_tls: crate::net::tls::ClientTls::load(config.tls.ca_file.as_deref())
             .map_err(ServerError::OutboundTls)?,
@@ -191,7 +154,7 @@ pub fn run(config: Config) -> Result<(), ServerError> {
 
     let directory = crate::mailbox::load_directory(&config)?;
     let mail_store = MailStore::new();
-    let (spool, report) = Spool::open(spool_config(&config), shards)?;
+    let (spool, report) = Spool::open(config.spool.spool_config(), shards)?;
     tracing::info!("spool {}: {report}", config.spool.dir.display());
     let spool = Arc::new(spool);
     let metrics = Arc::new(Metrics::new(shards, Some(&spool)));
@@ -250,12 +213,11 @@ pub fn run(config: Config) -> Result<(), ServerError> {
             "POP3 listens beyond loopback without a TLS certificate: clients there can log in only with APOP (set [tls] cert/key, or pop3.allow_plaintext_auth = true)"
         );
     }
-    let pop3_config = Arc::new(crate::pop3::SessionConfig {
-        hostname: hostname.clone(),
-        apop: directory.apop_available(),
-        user_command: true,
-        stls: server_tls.is_some(),
-    });
+    let pop3_config = Arc::new(config.pop3.session_config(
+        &hostname,
+        directory.apop_available(),
+        server_tls.is_some(),
+    ));
     let auth_failures = AuthFailures::new(
         config.pop3.auth_failures_per_ip_max,
         config.pop3.auth_failure_window.0,
