@@ -32,6 +32,7 @@
 //! ```
 //!
 //! **Exposure.** The operator's file; never network input.
+
 use serde::{Deserialize, Serialize};
 
 use super::{invalid, valid_domain, ByteSize, Interval, SectionError};
