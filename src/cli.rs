@@ -416,10 +416,8 @@ fn queue(
     }
     // The server is not running: read the spool directly (this takes the spool's lock, so a
     // server starting meanwhile waits for nothing and refuses with one line).
-    let (spool, _) =
-        relay::spool::Spool::open(relay::server::spool_config(&config), config.cores()).context(
-            "the relay's admin endpoint does not answer, and the spool cannot be opened",
-        )?;
+    let (spool, _) = relay::spool::Spool::open(config.spool.spool_config(), config.cores())
+        .context("the relay's admin endpoint does not answer, and the spool cannot be opened")?;
     let replay = spool.replay()?;
     let now = std::time::SystemTime::now();
     let text = match command {

@@ -201,7 +201,7 @@ fn forbidden_imports() -> Vec<(&'static str, Vec<&'static str>)> {
             "runtime",
             vec![
                 "net", "server", "delivery", "queue", "spool", "mailbox", "smtp", "pop3", "mime",
-                "proto", "envelope", "admin", "metrics", "tune", "cli",
+                "proto", "envelope", "config", "admin", "metrics", "tune", "cli",
             ],
         ),
         // Byte movement only.
@@ -230,8 +230,8 @@ fn forbidden_imports() -> Vec<(&'static str, Vec<&'static str>)> {
         (
             "queue",
             vec![
-                "runtime", "net", "server", "delivery", "mailbox", "admin", "metrics", "tune",
-                "cli",
+                "runtime", "net", "server", "delivery", "mailbox", "config", "admin", "metrics",
+                "tune", "cli",
             ],
         ),
         (

@@ -844,5 +844,27 @@ impl Backpressure {
     }
 }
 
+// ---------------------------------------------------------------------------------------
+// Resolution
+
+/// Bounds on one resolution: MX hosts looked up (default 10) and addresses returned (default
+/// 5, Postfix's `smtp_mx_address_limit`), so a domain with 500 MX records costs 10 lookups.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ResolveLimits {
+    /// MX hosts whose addresses are looked up (the best ones after sorting).
+    pub hosts_max: usize,
+    /// Addresses in the answer: connection attempts for one delivery.
+    pub addresses_max: usize,
+}
+
+impl Default for ResolveLimits {
+    fn default() -> Self {
+        ResolveLimits {
+            hosts_max: 10,
+            addresses_max: 5,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests;

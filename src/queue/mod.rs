@@ -17,8 +17,6 @@
 //!   one.
 //! - [`destinations`]: destination keys, the owning core, per-destination limits, the ready
 //!   queues and the deferred index, and the ingest backpressure counters.
-//! - [`settings`]: the `[delivery]` section ([`DeliveryConfig`]); the routes' section type
-//!   ([`RoutesConfig`]) lives in [`routes`].
 //!
 //! **Exposure.** Recipient domains, MX answers and remote replies come from the network
 //! (senders, DNS, next hops); every function treats them as untrusted text: bounded, never
@@ -30,8 +28,8 @@
 //! RFC 3461 (DSN parameters), RFC 3464 (delivery-status format), RFC 6522 (multipart/report),
 //! RFC 3834 (Auto-Submitted), RFC 5322 (the generated message).
 //!
-//! **Limits.** Each submodule lists its own; the configurable ones are in [`DeliveryConfig`]
-//! with their defaults and reasons.
+//! **Limits.** Each submodule lists its own; the configurable ones are set by the
+//! `[delivery]` section (`config::delivery`), where each default keeps its reason.
 #![forbid(unsafe_code)]
 
 pub mod destinations;
@@ -39,16 +37,14 @@ pub mod dsn;
 pub mod outcome;
 pub mod routes;
 pub mod schedule;
-pub mod settings;
 
 pub use destinations::{
     owner, Backpressure, BackpressureLimits, CoreQueue, DestId, Destination, DestinationKey,
-    DestinationLimits, Dispatch, QueueEntry, RateLimiter, RcptSet,
+    DestinationLimits, Dispatch, QueueEntry, RateLimiter, RcptSet, ResolveLimits,
 };
 pub use dsn::{build_dsn, notify_decision, Action, Decision, DsnInput, DsnPolicy, Suppressed};
-pub use routes::{NextHop, Route, RouteConfig, Routes, RoutesConfig, TlsMode};
+pub use routes::{NextHop, Route, RouteError, RouteSpec, Routes, TlsMode};
 pub use schedule::{delay_notice_due, later_of, next_attempt, NextAttempt, RetrySchedule};
-pub use settings::{DeliveryConfig, ResolveLimits, SettingsError};
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 

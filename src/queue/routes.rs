@@ -5,27 +5,8 @@
 //! static next hop (a smarthost; its addresses are looked up, never its MX) or `mx` (RFC 5321
 //! §5.1 via DNS, see `resolve`). A domain no entry matches goes by `mx`.
 //!
-//! **Config** (the lead embeds [`RoutesConfig`] as `routes` in `[relay]`):
-//!
-//! ```toml
-//! [[relay.routes]]
-//! domain = "example.com"            # exactly this domain
-//! to = "mx"                         # look up its MX records (the default for unmatched domains)
-//!
-//! [[relay.routes]]
-//! domain = "*.corp.example"         # any subdomain of corp.example, not corp.example itself
-//! to = "[2001:db8::25]:2525"        # IPv6 literal in brackets, then the port
-//! tls = "required"
-//!
-//! [[relay.routes]]
-//! domain = "corp.example"
-//! to = "192.0.2.25"                 # port 25 when omitted
-//!
-//! [[relay.routes]]
-//! domain = "*"                      # everything else: a smarthost
-//! to = "smarthost.example.net:587"
-//! tls = "opportunistic"             # the default; or "required", "off"
-//! ```
+//! **Config.** The entries come from `[[relay.routes]]` (`config::routes`, where the TOML is
+//! shown) as [`RouteSpec`]s.
 //!
 //! **Precedence: most specific wins, not file order.** An exact domain beats any `*.suffix`,
 //! a longer suffix beats a shorter one, and `*` is the last resort; two entries with the same
@@ -86,22 +67,15 @@ pub enum TlsMode {
     Off,
 }
 
-/// One `[[relay.routes]]` entry as written.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RouteConfig {
+/// One route entry as the operator wrote it: the pattern, the next hop and the TLS mode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RouteSpec<'a> {
     /// `example.com`, `*.example.com` or `*`.
-    pub domain: String,
+    pub domain: &'a str,
     /// `mx`, or `host`, `host:port`, `192.0.2.1:25`, `[2001:db8::1]:25`.
-    pub to: String,
-    #[serde(default)]
+    pub to: &'a str,
     pub tls: TlsMode,
 }
-
-/// The `[[relay.routes]]` array (`routes` in `[relay]`), in file order; see the module doc.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
-#[serde(transparent)]
-pub struct RoutesConfig(pub Vec<RouteConfig>);
 
 /// A host to connect to: an address, or a name whose A/AAAA records are looked up.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -216,30 +190,23 @@ pub struct Routes {
     patterns: Vec<Pattern>,
 }
 
-impl RoutesConfig {
-    /// Compiles and checks every entry; the first bad one is the error.
-    pub fn compile(&self) -> Result<Routes, RouteError> {
-        Routes::compile(&self.0)
-    }
-}
-
 impl Routes {
-    pub fn compile(entries: &[RouteConfig]) -> Result<Routes, RouteError> {
+    /// Compiles and checks every entry; the first bad one is the error.
+    pub fn compile(entries: &[RouteSpec<'_>]) -> Result<Routes, RouteError> {
         if entries.len() > ROUTES_MAX {
             return Err(RouteError::TooMany);
         }
         let mut routes = Routes::default();
         let mut seen: HashMap<String, usize> = HashMap::new();
         for (index, entry) in entries.iter().enumerate() {
-            let pattern =
-                parse_pattern(&entry.domain).map_err(|reason| RouteError::BadPattern {
-                    index,
-                    pattern: entry.domain.clone(),
-                    reason,
-                })?;
-            let hop = parse_next_hop(&entry.to).map_err(|reason| RouteError::BadNextHop {
+            let pattern = parse_pattern(entry.domain).map_err(|reason| RouteError::BadPattern {
                 index,
-                to: entry.to.clone(),
+                pattern: entry.domain.to_string(),
+                reason,
+            })?;
+            let hop = parse_next_hop(entry.to).map_err(|reason| RouteError::BadNextHop {
+                index,
+                to: entry.to.to_string(),
                 reason,
             })?;
             let canonical = pattern.to_string();
@@ -247,7 +214,7 @@ impl Routes {
                 return Err(RouteError::Duplicate {
                     index,
                     first,
-                    pattern: entry.domain.clone(),
+                    pattern: entry.domain.to_string(),
                 });
             }
             seen.insert(canonical, index);
@@ -410,10 +377,10 @@ mod tests {
     use super::*;
     use std::net::Ipv4Addr;
 
-    fn entry(domain: &str, to: &str) -> RouteConfig {
-        RouteConfig {
-            domain: domain.into(),
-            to: to.into(),
+    fn entry<'a>(domain: &'a str, to: &'a str) -> RouteSpec<'a> {
+        RouteSpec {
+            domain,
+            to,
             tls: TlsMode::default(),
         }
     }
@@ -562,79 +529,9 @@ mod tests {
 
     #[test]
     fn too_many_routes() {
-        let entries: Vec<RouteConfig> = (0..=ROUTES_MAX)
-            .map(|i| entry(&format!("d{i}.test"), "mx"))
-            .collect();
+        let domains: Vec<String> = (0..=ROUTES_MAX).map(|i| format!("d{i}.test")).collect();
+        let entries: Vec<RouteSpec> = domains.iter().map(|d| entry(d, "mx")).collect();
         assert_eq!(Routes::compile(&entries).unwrap_err(), RouteError::TooMany);
-    }
-
-    #[derive(Deserialize, Serialize, Debug, PartialEq)]
-    #[serde(deny_unknown_fields)]
-    struct Relay {
-        #[serde(default)]
-        routes: RoutesConfig,
-    }
-
-    #[derive(Deserialize, Serialize, Debug, PartialEq)]
-    struct File {
-        relay: Relay,
-    }
-
-    /// The TOML of the module doc, as the lead will embed it (`routes` in `[relay]`).
-    const DOC_TOML: &str = r#"
-[[relay.routes]]
-domain = "example.com"
-to = "mx"
-
-[[relay.routes]]
-domain = "*.corp.example"
-to = "[2001:db8::25]:2525"
-tls = "required"
-
-[[relay.routes]]
-domain = "corp.example"
-to = "192.0.2.25"
-
-[[relay.routes]]
-domain = "*"
-to = "smarthost.example.net:587"
-tls = "opportunistic"
-"#;
-
-    #[test]
-    fn the_documented_toml_parses_and_routes() {
-        let file: File = toml::from_str(DOC_TOML).unwrap();
-        assert_eq!(file.relay.routes.0.len(), 4);
-        assert_eq!(file.relay.routes.0[1].tls, TlsMode::Required);
-        assert_eq!(file.relay.routes.0[0].tls, TlsMode::Opportunistic);
-        let routes = file.relay.routes.compile().unwrap();
-        assert_eq!(routes.route("example.com").hop, NextHop::Mx);
-        let r = routes.route("mail.corp.example");
-        assert_eq!(r.tls, TlsMode::Required);
-        assert_eq!(r.hop, hop(Host::Ip("2001:db8::25".parse().unwrap()), 2525));
-        assert_eq!(
-            routes.route("corp.example").hop,
-            hop(Host::Ip("192.0.2.25".parse().unwrap()), 25)
-        );
-        assert_eq!(
-            routes.route("gmail.com").hop,
-            hop(name("smarthost.example.net"), 587)
-        );
-        // Round trip through serialization.
-        let text = toml::to_string(&file).unwrap();
-        assert_eq!(toml::from_str::<File>(&text).unwrap(), file);
-    }
-
-    #[test]
-    fn unknown_keys_and_tls_values_are_errors() {
-        let bad_key = "[[relay.routes]]\ndomain = \"a.test\"\nto = \"mx\"\nport = 25\n";
-        let err = toml::from_str::<File>(bad_key).unwrap_err().to_string();
-        assert!(err.contains("port"), "{err}");
-        let bad_tls = "[[relay.routes]]\ndomain = \"a.test\"\nto = \"mx\"\ntls = \"maybe\"\n";
-        let err = toml::from_str::<File>(bad_tls).unwrap_err().to_string();
-        assert!(err.contains("maybe"), "{err}");
-        let empty: File = toml::from_str("[relay]\n").unwrap();
-        assert!(empty.relay.routes.0.is_empty());
     }
 
     #[test]

@@ -11,8 +11,20 @@ pub mod mesh;
 pub mod probe;
 pub mod shard;
 
-use crate::config::IoEngine;
 pub use probe::UringUnavailable;
+
+/// Which kernel interface moves the bytes (`server.io`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum IoEngine {
+    /// io_uring when the probe succeeds, else epoll with one warning naming the cause.
+    #[default]
+    Auto,
+    /// io_uring or refuse to start.
+    Uring,
+    /// Force the epoll fallback (tokio current-thread runtimes).
+    Epoll,
+}
 
 /// Where a shard is in the server's life. Sent from the main thread to every shard.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -26,7 +26,7 @@ use tokio::sync::watch;
 use crate::admin::{Admin, AdminError};
 use crate::config::Config;
 use crate::delivery::{jobs_from_live, DeliveryShared, Mesh, QueueGauge};
-use crate::mailbox::{LocalDelivery, MailStore};
+use crate::mailbox::{Directory, LocalDelivery, MailStore};
 use crate::metrics::Metrics;
 use crate::net::listener::{bind_shared, BindError};
 use crate::net::tls::ServerTls;
@@ -35,9 +35,8 @@ use crate::runtime::{choose_engine, probe, Engine, Phase, UringUnavailable};
 use crate::server::admission::AuthFailures;
 use crate::server::admission::{Admission, ClientTable};
 use crate::server::shard::{Pop3Context, Protocol, ShardContext, SmtpAuthContext};
-use crate::smtp::client::ClientConfig;
 use crate::smtp::{Gate, Mailboxes, SessionConfig};
-use crate::spool::{Spool, SpoolConfig, SpoolError};
+use crate::spool::{Spool, SpoolError};
 use shard::ShardSeed;
 
 /// Why the server could not start or stop cleanly; each is one clear line for the operator.
@@ -87,49 +86,18 @@ fn raise_nofile() {
     tracing::debug!(nofile = ?getrlimit(Resource::Nofile).current, "descriptor limit");
 }
 
-/// The spool settings as the spool module takes them.
-pub fn spool_config(config: &Config) -> SpoolConfig {
-    SpoolConfig {
-        dir: config.spool.dir.clone(),
-        fsync: config.spool.fsync,
-        commit_window: config.spool.commit_window.0,
-        segment_size: config.spool.segment_size.0,
-        appends_pending_max: config.spool.appends_pending_max,
-        commit_records_max: config.spool.commit_records_max,
-    }
-}
-
-/// The SMTP session settings as the protocol core takes them.
+/// The SMTP session settings (`Config::session_config`) with the per-address message rate:
+/// one table for every shard, so a fresh one per call (the server calls this once).
 pub fn session_config(
     config: &Config,
     hostname: &str,
     mailboxes: Option<crate::smtp::Mailboxes>,
 ) -> SessionConfig {
     SessionConfig {
-        hostname: hostname.to_string(),
-        command_line_max: config.smtp.command_line_max,
-        text_line_max: config.smtp.text_line_max,
-        recipients_max: config.smtp.recipients_max,
-        message_size_max: config.smtp.message_size_max.0,
-        errors_max: config.smtp.errors_max,
-        error_delay_after: config.smtp.error_delay_after,
-        error_delay: config.smtp.error_delay.0,
-        local_domains: config.local.domains.clone(),
-        relay_networks: config.relay.allowed_networks.clone(),
-        mailboxes,
-        vrfy: config.smtp.vrfy,
-        expn: config.smtp.expn,
-        policy: config.policy.to_policy(),
-        ingest: None,
-        // One table for every shard: a fresh one per call (the server calls this once).
-        message_rate: (config.smtp.messages_per_ip_max > 0).then(|| {
-            crate::smtp::RateGate(crate::server::admission::MessageRate::new(
-                config.smtp.messages_per_ip_max,
-                config.smtp.message_rate_window.0,
-            ))
+        message_rate: config.smtp.message_rate().map(|(max, window)| {
+            crate::smtp::RateGate(crate::server::admission::MessageRate::new(max, window))
         }),
-        allow_plaintext_auth: config.smtp.allow_plaintext_auth,
-        starttls: config.tls.server_enabled(),
+        ..config.session_config(hostname, mailboxes)
     }
 }
 
@@ -146,11 +114,6 @@ pub fn delivery_shared(
         .routes
         .compile()
         .map_err(|e| ServerError::Routes(e.to_string()))?;
-    let client = ClientConfig {
-        helo_name: d.helo_name.clone().unwrap_or_else(|| hostname.to_string()),
-        max_recipients_per_transaction: d.recipients_per_transaction_max,
-        ..ClientConfig::default()
-    };
     Ok(DeliveryShared {
         mesh: Mesh::new(
             shards,
@@ -163,7 +126,7 @@ pub fn delivery_shared(
         resolve_limits: d.resolve_limits(),
         destination_limits: d.destination_limits(),
         destinations_max: d.destinations_max,
-        client: Arc::new(client),
+        client: Arc::new(d.client_config(hostname)),
         connect_timeout: d.connect_timeout.0,
         client_tls: crate::net::tls::ClientTls::load(config.tls.ca_file.as_deref())
             .map_err(ServerError::OutboundTls)?,
@@ -177,21 +140,74 @@ pub fn delivery_shared(
     })
 }
 
-/// Runs the relay until a signal stops it.
+/// Runs the relay until a signal stops it: open, bind, start, serve, drain, close.
 pub fn run(config: Config) -> Result<(), ServerError> {
+    let config = Arc::new(config);
     let engine =
         choose_engine(config.server.io, probe::probe).map_err(ServerError::UringRequired)?;
     let shards = config.cores();
     let hostname = config.hostname();
-
     raise_nofile();
-
     // Signals are routed to us before anything starts, so an early SIGTERM is not lost.
-    let mut signals = Signals::new([SIGTERM, SIGINT, SIGHUP]).map_err(ServerError::Signals)?;
+    let signals = Signals::new([SIGTERM, SIGINT, SIGHUP]).map_err(ServerError::Signals)?;
 
-    let directory = crate::mailbox::load_directory(&config)?;
+    let stores = open_stores(&config, shards)?;
+    let server_tls = load_certificate(&config)?;
+    let sockets = bind_listeners(&config, shards)?;
+    let delivery = build_delivery(&config, &hostname, shards, &stores)?;
+    let startup = rebuild_from_spool(&stores, &delivery, shards);
+    let admin = start_admin(&config, &stores, &delivery)?;
+    let (phase_tx, phase_rx) = watch::channel(Phase::Running);
+    let contexts = build_contexts(&config, hostname, &stores, delivery, server_tls, phase_rx)?;
+
+    let (events_tx, events_rx) = channel::unbounded();
+    let threads = start_shards(engine, sockets, startup, &contexts, &events_tx)?;
+    drop(events_tx);
+    if let Err(error) = wait_ready(&events_rx, shards) {
+        let _ = phase_tx.send(Phase::Stopping);
+        let _ = close(threads, contexts, admin, None, stores);
+        return Err(error);
+    }
+    let compactor = Compactor::start(Arc::clone(&stores.spool), config.spool.compact_interval.0);
+    tracing::info!(engine = %engine, shards, hostname = %contexts.hostname, "relay ready");
+    if engine == Engine::Epoll {
+        tracing::info!("running on the epoll fallback");
+    }
+
+    let signal_rx = forward_signals(signals)?;
+    let died = serve_until_signal(&signal_rx, &events_rx, contexts.server_tls.as_ref());
+    let _ = phase_tx.send(Phase::Draining);
+    drain(
+        &events_rx,
+        &signal_rx,
+        &phase_tx,
+        shards - usize::from(died.is_some()),
+        config.server.drain_timeout.0,
+    );
+    close(threads, contexts, admin, Some(compactor), stores)?;
+    match died {
+        Some(shard) => Err(ServerError::ShardDied(shard)),
+        None => {
+            tracing::info!("stopped: spool is durable");
+            Ok(())
+        }
+    }
+}
+
+/// What the relay keeps its state in: the users, the maildrops, the spool and the metrics
+/// that observe its commits.
+struct Stores {
+    directory: Arc<Directory>,
+    mail_store: Arc<MailStore>,
+    spool: Arc<Spool>,
+    metrics: Arc<Metrics>,
+}
+
+/// Loads the users and recovers the spool (each shard's log is read and checked).
+fn open_stores(config: &Config, shards: usize) -> Result<Stores, ServerError> {
+    let directory = crate::mailbox::load_directory(config)?;
     let mail_store = MailStore::new();
-    let (spool, report) = Spool::open(spool_config(&config), shards)?;
+    let (spool, report) = Spool::open(config.spool.spool_config(), shards)?;
     tracing::info!("spool {}: {report}", config.spool.dir.display());
     let spool = Arc::new(spool);
     let metrics = Arc::new(Metrics::new(shards, Some(&spool)));
@@ -200,87 +216,87 @@ pub fn run(config: Config) -> Result<(), ServerError> {
             .shard(shard)
             .observe_commits(metrics.core(shard).commit_observer());
     }
-
     if !config.spool.fsync {
         tracing::warn!(
             "spool.fsync = false: a 250 no longer means the message is on disk (benchmarks only)"
         );
     }
+    Ok(Stores {
+        directory,
+        mail_store,
+        spool,
+        metrics,
+    })
+}
 
-    let server_tls = match (&config.tls.cert, &config.tls.key) {
+/// The server certificate of `[tls]`, if one is named.
+fn load_certificate(config: &Config) -> Result<Option<ServerTls>, ServerError> {
+    match (&config.tls.cert, &config.tls.key) {
         (Some(cert), Some(key)) => {
             let tls = ServerTls::load(cert, key)?;
             tracing::info!(cert = %cert.display(), "TLS certificate loaded");
-            Some(tls)
+            Ok(Some(tls))
         }
-        _ => None,
-    };
+        _ => Ok(None),
+    }
+}
 
-    let mut per_shard_sockets: Vec<Vec<(std::net::TcpListener, Protocol, bool)>> =
-        (0..shards).map(|_| Vec::new()).collect();
+/// One shard's listening sockets: the socket, its protocol, and whether it is implicit-TLS.
+type ShardSockets = Vec<(std::net::TcpListener, Protocol, bool)>;
+
+/// Binds every configured address once per shard (`SO_REUSEPORT`), so each shard accepts on
+/// its own socket.
+fn bind_listeners(config: &Config, shards: usize) -> Result<Vec<ShardSockets>, ServerError> {
+    let mut per_shard: Vec<ShardSockets> = (0..shards).map(|_| Vec::new()).collect();
     let listen = [
-        (&config.smtp.listen, Protocol::Smtp, false),
-        (&config.smtp.tls_listen, Protocol::Smtp, true),
-        (&config.pop3.listen, Protocol::Pop3, false),
-        (&config.pop3.tls_listen, Protocol::Pop3, true),
+        (&config.smtp.listen, Protocol::Smtp, false, "smtp"),
+        (&config.smtp.tls_listen, Protocol::Smtp, true, "smtps"),
+        (&config.pop3.listen, Protocol::Pop3, false, "pop3"),
+        (&config.pop3.tls_listen, Protocol::Pop3, true, "pop3s"),
     ];
-    for (addrs, protocol, implicit_tls) in listen {
+    for (addrs, protocol, implicit_tls, name) in listen {
         for addr in addrs {
             let set = bind_shared(*addr, shards)?;
-            let name = match (protocol, implicit_tls) {
-                (Protocol::Smtp, false) => "smtp",
-                (Protocol::Smtp, true) => "smtps",
-                (Protocol::Pop3, false) => "pop3",
-                (Protocol::Pop3, true) => "pop3s",
-            };
             tracing::info!(protocol = name, addr = %set.addr, "listening");
             for (i, socket) in set.sockets.into_iter().enumerate() {
-                per_shard_sockets[i].push((socket, protocol, implicit_tls));
+                per_shard[i].push((socket, protocol, implicit_tls));
             }
         }
     }
+    Ok(per_shard)
+}
 
-    let pop3_remote = config
-        .pop3
-        .listen
-        .iter()
-        .any(|addr| !addr.ip().is_loopback());
-    if pop3_remote && server_tls.is_none() && !config.pop3.allow_plaintext_auth {
-        tracing::warn!(
-            "POP3 listens beyond loopback without a TLS certificate: clients there can log in only with APOP (set [tls] cert/key, or pop3.allow_plaintext_auth = true)"
-        );
-    }
-    let pop3_config = Arc::new(crate::pop3::SessionConfig {
-        hostname: hostname.clone(),
-        apop: directory.apop_available(),
-        user_command: true,
-        stls: server_tls.is_some(),
-    });
-    let auth_failures = AuthFailures::new(
-        config.pop3.auth_failures_per_ip_max,
-        config.pop3.auth_failure_window.0,
-    );
-    let smtp_auth_failures = AuthFailures::with_users(
-        config.smtp.auth_failures_per_ip_max,
-        config.smtp.auth_failures_per_user_max,
-        config.smtp.auth_failure_window.0,
-    );
-    let (phase_tx, phase_rx) = watch::channel(Phase::Running);
-    let (events_tx, events_rx) = channel::unbounded();
-    let clients = ClientTable::new(config.server.connections_per_ip_max);
-    let local = Mailboxes(Arc::new(LocalDelivery::new(
-        Arc::clone(&directory),
-        Arc::clone(&mail_store),
-    )));
-    let mut delivery = delivery_shared(&config, &hostname, shards, Some(local.clone()))?;
-    delivery.metrics = Some(Arc::clone(&metrics));
-    let delivery = Arc::new(delivery);
-    // Both start-up views in one pass over the index (no log is read again).
+/// The delivery side's shared state, with local delivery and the metrics wired in.
+fn build_delivery(
+    config: &Config,
+    hostname: &str,
+    shards: usize,
+    stores: &Stores,
+) -> Result<Arc<DeliveryShared>, ServerError> {
+    let mut delivery = delivery_shared(config, hostname, shards, Some(local_mailboxes(stores)))?;
+    delivery.metrics = Some(Arc::clone(&stores.metrics));
+    Ok(Arc::new(delivery))
+}
+
+fn local_mailboxes(stores: &Stores) -> Mailboxes {
+    Mailboxes(Arc::new(LocalDelivery::new(
+        Arc::clone(&stores.directory),
+        Arc::clone(&stores.mail_store),
+    )))
+}
+
+/// Refills the maildrops and each core's delivery queue from the spool, in one pass over
+/// its index (no log is read again).
+fn rebuild_from_spool(
+    stores: &Stores,
+    delivery: &DeliveryShared,
+    shards: usize,
+) -> Vec<Vec<crate::delivery::Job>> {
     let mut per_core: Vec<Vec<crate::delivery::Job>> = (0..shards).map(|_| Vec::new()).collect();
     let (mut delivered, mut deleted) = (0usize, 0usize);
-    spool.startup_view(|message| {
+    stores.spool.startup_view(|message| {
         for mailbox in &message.mailboxes {
-            mail_store.deliver(
+            stores.mail_store.deliver(
                 mailbox,
                 crate::mailbox::MaildropItem {
                     id: message.id,
@@ -290,75 +306,197 @@ pub fn run(config: Config) -> Result<(), ServerError> {
         }
         delivered += message.mailboxes.len() + message.deleted;
         deleted += message.deleted;
-        jobs_from_live(&delivery, message, &mut per_core);
+        jobs_from_live(delivery, message, &mut per_core);
     });
     tracing::info!(
         deliveries = delivered,
         deletions = deleted,
         "maildrops rebuilt from the spool"
     );
-    let mut startup = per_core.into_iter();
-    // Routes: the metrics' own; the queue control adds its `/queue/...` ones here.
-    let mut admin_routes = crate::admin::metrics_routes(&metrics);
-    admin_routes.extend(crate::admin::queue::queue_routes(Arc::new(
+    per_core
+}
+
+/// The admin listener (`[admin]`): the metrics' routes and the queue control's.
+fn start_admin(
+    config: &Config,
+    stores: &Stores,
+    delivery: &DeliveryShared,
+) -> Result<Option<Admin>, ServerError> {
+    if !config.admin.enabled {
+        return Ok(None);
+    }
+    let mut routes = crate::admin::metrics_routes(&stores.metrics);
+    routes.extend(crate::admin::queue::queue_routes(Arc::new(
         crate::delivery::control::QueueService {
             mesh: Arc::clone(&delivery.mesh),
-            spool: Arc::clone(&spool),
+            spool: Arc::clone(&stores.spool),
         },
     )));
-    let admin = match config.admin.enabled {
-        true => {
-            let admin = Admin::start(config.admin.listen, admin_routes)?;
-            tracing::info!(protocol = "admin", addr = %admin.local_addr(), "listening");
-            Some(admin)
-        }
-        false => None,
-    };
-    let mut session = session_config(&config, &hostname, Some(local));
+    let admin = Admin::start(config.admin.listen, routes)?;
+    tracing::info!(protocol = "admin", addr = %admin.local_addr(), "listening");
+    Ok(Some(admin))
+}
+
+/// What every shard's context is made from: built once, shared (`Arc`) by the shards.
+struct Contexts {
+    config: Arc<Config>,
+    hostname: String,
+    session: Arc<SessionConfig>,
+    auth: AuthContexts,
+    clients: Arc<ClientTable>,
+    delivery: Arc<DeliveryShared>,
+    server_tls: Option<ServerTls>,
+    phase: watch::Receiver<Phase>,
+    spool: Arc<Spool>,
+    mail_store: Arc<MailStore>,
+    metrics: Arc<Metrics>,
+}
+
+/// The SMTP session settings (with the ingest gate), the login contexts and the connection
+/// table every shard shares.
+fn build_contexts(
+    config: &Arc<Config>,
+    hostname: String,
+    stores: &Stores,
+    delivery: Arc<DeliveryShared>,
+    server_tls: Option<ServerTls>,
+    phase: watch::Receiver<Phase>,
+) -> Result<Arc<Contexts>, ServerError> {
+    let mut session = session_config(config, &hostname, Some(local_mailboxes(stores)));
     session.ingest = Some(Gate(delivery.mesh.clone()));
     session
         .check()
         .map_err(|e| ServerError::Session(e.to_string()))?;
-    let session = Arc::new(session);
-    let cores = core_affinity::get_core_ids().unwrap_or_default();
-    let mut threads = Vec::new();
-    for (index, sockets) in per_shard_sockets.into_iter().enumerate() {
-        let handle = spool.shard(index);
-        let clients = Arc::clone(&clients);
-        let session = Arc::clone(&session);
-        let phase = phase_rx.clone();
-        let hostname = hostname.clone();
-        let mail_store = Arc::clone(&mail_store);
-        let store = Arc::clone(&spool);
+    let auth = AuthContexts::new(config, &hostname, &stores.directory, server_tls.is_some());
+    Ok(Arc::new(Contexts {
+        config: Arc::clone(config),
+        session: Arc::new(session),
+        auth,
+        clients: ClientTable::new(config.server.connections_per_ip_max),
+        delivery,
+        server_tls,
+        phase,
+        spool: Arc::clone(&stores.spool),
+        mail_store: Arc::clone(&stores.mail_store),
+        metrics: Arc::clone(&stores.metrics),
+        hostname,
+    }))
+}
+
+/// What POP3 logins and SMTP AUTH share across shards: the POP3 session settings, the
+/// users, and the failure tables of each.
+struct AuthContexts {
+    pop3_config: Arc<crate::pop3::SessionConfig>,
+    directory: Arc<Directory>,
+    pop3_failures: Arc<AuthFailures>,
+    smtp_failures: Arc<AuthFailures>,
+}
+
+impl AuthContexts {
+    fn new(config: &Config, hostname: &str, directory: &Arc<Directory>, tls: bool) -> Self {
+        if config.pop3.listens_remotely() && !tls && !config.pop3.allow_plaintext_auth {
+            tracing::warn!(
+                "POP3 listens beyond loopback without a TLS certificate: clients there can log in only with APOP (set [tls] cert/key, or pop3.allow_plaintext_auth = true)"
+            );
+        }
+        AuthContexts {
+            pop3_config: Arc::new(config.pop3.session_config(
+                hostname,
+                directory.apop_available(),
+                tls,
+            )),
+            directory: Arc::clone(directory),
+            pop3_failures: AuthFailures::new(
+                config.pop3.auth_failures_per_ip_max,
+                config.pop3.auth_failure_window.0,
+            ),
+            smtp_failures: AuthFailures::with_users(
+                config.smtp.auth_failures_per_ip_max,
+                config.smtp.auth_failures_per_user_max,
+                config.smtp.auth_failure_window.0,
+            ),
+        }
+    }
+
+    /// One shard's POP3 and SMTP AUTH contexts.
+    fn shard(&self, config: &Config) -> (Pop3Context, SmtpAuthContext) {
         let pop3 = Pop3Context {
-            config: Arc::clone(&pop3_config),
-            directory: Arc::clone(&directory),
+            config: Arc::clone(&self.pop3_config),
+            directory: Arc::clone(&self.directory),
             idle_timeout: config.pop3.idle_timeout.0,
             command_timeout: config.pop3.command_timeout.0,
             auth_failure_delay: config.pop3.auth_failure_delay.0,
-            auth_failures: Arc::clone(&auth_failures),
+            auth_failures: Arc::clone(&self.pop3_failures),
             allow_plaintext_auth: config.pop3.allow_plaintext_auth,
         };
         let smtp_auth = SmtpAuthContext {
-            directory: Arc::clone(&directory),
+            directory: Arc::clone(&self.directory),
             failure_delay: config.smtp.auth_failure_delay.0,
-            failures: Arc::clone(&smtp_auth_failures),
+            failures: Arc::clone(&self.smtp_failures),
         };
-        let core_metrics = metrics.core(index);
-        let core_max = config.server.connections_per_core_max;
-        let command_timeout = config.smtp.command_timeout.0;
-        let data_timeout = config.smtp.data_timeout.0;
-        let data_rate_min = config.smtp.data_rate_min.0;
-        let smtp_proxy_protocol = config.smtp.proxy_protocol;
-        let pop3_proxy_protocol = config.pop3.proxy_protocol;
-        let delivery = Arc::clone(&delivery);
-        let server_tls = server_tls.clone();
-        let tls_handshake_timeout = config.tls.handshake_timeout.0;
-        let dnsbl = dnsbl::Dnsbl::new(
-            config.smtp.dnsbl_zones.clone(),
-            config.smtp.dnsbl_timeout.0,
-            config.server.dns_servers.clone(),
-        );
+        (pop3, smtp_auth)
+    }
+}
+
+impl Contexts {
+    /// How shard `index` makes its context on its own thread (its admission and block-list
+    /// state are thread-local).
+    fn maker(self: &Arc<Self>, index: usize) -> Box<dyn FnOnce() -> ShardContext + Send> {
+        let contexts = Arc::clone(self);
+        Box::new(move || contexts.shard(index))
+    }
+
+    fn shard(&self, index: usize) -> ShardContext {
+        let Config {
+            server,
+            smtp,
+            pop3,
+            tls,
+            ..
+        } = &*self.config;
+        let (pop3_context, smtp_auth) = self.auth.shard(&self.config);
+        ShardContext {
+            shard: index,
+            hostname: self.hostname.clone(),
+            session_config: Arc::clone(&self.session),
+            command_timeout: smtp.command_timeout.0,
+            data_timeout: smtp.data_timeout.0,
+            data_rate_min: smtp.data_rate_min.0,
+            smtp_proxy_protocol: smtp.proxy_protocol,
+            pop3_proxy_protocol: pop3.proxy_protocol,
+            spool: self.spool.shard(index),
+            store: Arc::clone(&self.spool),
+            mail_store: Arc::clone(&self.mail_store),
+            pop3: pop3_context,
+            smtp_auth,
+            admission: Admission::new(server.connections_per_core_max, Arc::clone(&self.clients)),
+            phase: self.phase.clone(),
+            delivery: Arc::clone(&self.delivery),
+            metrics: self.metrics.core(index),
+            server_tls: self.server_tls.clone(),
+            tls_handshake_timeout: tls.handshake_timeout.0,
+            dnsbl: dnsbl::Dnsbl::new(
+                smtp.dnsbl_zones.clone(),
+                smtp.dnsbl_timeout.0,
+                server.dns_servers.clone(),
+            ),
+        }
+    }
+}
+
+/// Starts one pinned thread per shard with its sockets, its share of the rebuilt queue
+/// and its context.
+fn start_shards(
+    engine: Engine,
+    sockets: Vec<ShardSockets>,
+    startup: Vec<Vec<crate::delivery::Job>>,
+    contexts: &Arc<Contexts>,
+    events: &channel::Sender<ShardEvent>,
+) -> Result<Vec<std::thread::JoinHandle<()>>, ServerError> {
+    let cores = core_affinity::get_core_ids().unwrap_or_default();
+    let mut startup = startup.into_iter();
+    let mut threads = Vec::new();
+    for (index, sockets) in sockets.into_iter().enumerate() {
         let seed = ShardSeed {
             placement: Placement {
                 index,
@@ -367,48 +505,15 @@ pub fn run(config: Config) -> Result<(), ServerError> {
             },
             sockets,
             startup: startup.next().unwrap_or_default(),
-            make_context: Box::new(move || ShardContext {
-                shard: index,
-                hostname,
-                session_config: session,
-                command_timeout,
-                data_timeout,
-                data_rate_min,
-                smtp_proxy_protocol,
-                pop3_proxy_protocol,
-                spool: handle,
-                store,
-                mail_store,
-                pop3,
-                smtp_auth,
-                admission: Admission::new(core_max, clients),
-                phase,
-                delivery,
-                metrics: core_metrics,
-                server_tls,
-                tls_handshake_timeout,
-                dnsbl,
-            }),
+            make_context: contexts.maker(index),
         };
-        threads.push(shard::spawn(seed, events_tx.clone()).map_err(ServerError::Thread)?);
+        threads.push(shard::spawn(seed, events.clone()).map_err(ServerError::Thread)?);
     }
-    drop(events_tx);
+    Ok(threads)
+}
 
-    if let Err(error) = wait_ready(&events_rx, shards) {
-        let _ = phase_tx.send(Phase::Stopping);
-        join(threads);
-        if let Some(admin) = admin {
-            admin.stop();
-        }
-        let _ = close_spool(spool);
-        return Err(error);
-    }
-    let compactor = Compactor::start(Arc::clone(&spool), config.spool.compact_interval.0);
-    tracing::info!(engine = %engine, shards, hostname = %hostname, "relay ready");
-    if engine == Engine::Epoll {
-        tracing::info!("running on the epoll fallback");
-    }
-
+/// Hands the process's signals to a channel the serving loop can select on.
+fn forward_signals(mut signals: Signals) -> Result<channel::Receiver<i32>, ServerError> {
     let (signal_tx, signal_rx) = channel::unbounded();
     std::thread::Builder::new()
         .name("signals".into())
@@ -420,44 +525,29 @@ pub fn run(config: Config) -> Result<(), ServerError> {
             }
         })
         .map_err(ServerError::Thread)?;
+    Ok(signal_rx)
+}
 
-    // Serve until a stop signal, or until a shard dies (a bug: stop everything cleanly).
-    // SIGHUP reloads the certificate and goes on serving.
-    let died = loop {
+/// Serves until a stop signal (`None`), or until a shard dies (a bug: `Some(shard)`, and
+/// everything stops cleanly). SIGHUP reloads the certificate and goes on serving.
+fn serve_until_signal(
+    signals: &channel::Receiver<i32>,
+    events: &channel::Receiver<ShardEvent>,
+    server_tls: Option<&ServerTls>,
+) -> Option<usize> {
+    loop {
         channel::select! {
-            recv(signal_rx) -> signal => match signal {
-                Ok(SIGHUP) => reload_certificate(server_tls.as_ref()),
+            recv(signals) -> signal => match signal {
+                Ok(SIGHUP) => reload_certificate(server_tls),
                 signal => {
                     tracing::info!(signal = signal.unwrap_or(0), "shutting down: draining connections");
-                    break None;
+                    return None;
                 }
             },
-            recv(events_rx) -> event => match event {
-                Ok(ShardEvent::Exited(i)) | Ok(ShardEvent::Failed(i, _)) => break Some(i),
-                _ => break None,
+            recv(events) -> event => match event {
+                Ok(ShardEvent::Exited(i)) | Ok(ShardEvent::Failed(i, _)) => return Some(i),
+                _ => return None,
             },
-        }
-    };
-
-    let _ = phase_tx.send(Phase::Draining);
-    drain(
-        &events_rx,
-        &signal_rx,
-        &phase_tx,
-        shards - usize::from(died.is_some()),
-        config.server.drain_timeout.0,
-    );
-    join(threads);
-    if let Some(admin) = admin {
-        admin.stop();
-    }
-    compactor.stop();
-    close_spool(spool)?;
-    match died {
-        Some(shard) => Err(ServerError::ShardDied(shard)),
-        None => {
-            tracing::info!("stopped: spool is durable");
-            Ok(())
         }
     }
 }
@@ -476,6 +566,26 @@ fn reload_certificate(server_tls: Option<&ServerTls>) {
             }
         },
     }
+}
+
+/// Joins the shards, stops the admin listener and the compactor, then makes the spool
+/// durable: by then nothing else holds it.
+fn close(
+    threads: Vec<std::thread::JoinHandle<()>>,
+    contexts: Arc<Contexts>,
+    admin: Option<Admin>,
+    compactor: Option<Compactor>,
+    stores: Stores,
+) -> Result<(), SpoolError> {
+    join(threads);
+    drop(contexts);
+    if let Some(admin) = admin {
+        admin.stop();
+    }
+    if let Some(compactor) = compactor {
+        compactor.stop();
+    }
+    close_spool(stores.spool)
 }
 
 /// Shards are joined by now, so this is the last holder of the spool (the compactor

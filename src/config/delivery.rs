@@ -1,10 +1,10 @@
-//! The `[delivery]` config section: retry schedule, lifetime, notices, per-destination limits,
-//! backpressure and DNS bounds.
+//! `[delivery]`: retry schedule, lifetime, notices, per-destination limits, backpressure and
+//! DNS bounds.
 //!
-//! **Role.** A typed, strict (`deny_unknown_fields`) section, `config::Config::delivery`;
-//! [`DeliveryConfig::check`] checks each value and the
-//! relations between them once at load and names the key at fault, and the `*()` accessors
-//! hand each part of the relay its checked piece.
+//! **Role.** [`DeliverySection::check`] checks each value and the relations between them once
+//! at load and names the key at fault; the conversions hand the queue and the delivery
+//! runtime their checked pieces ([`RetrySchedule`], [`DsnPolicy`], [`DestinationLimits`],
+//! [`ResolveLimits`], the SMTP client's [`ClientConfig`]).
 //!
 //! **Config** (every key optional; these are the defaults):
 //!
@@ -32,28 +32,28 @@
 //! ```
 //!
 //! **Exposure.** The operator's file; never network input.
-#![forbid(unsafe_code)]
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::{ByteSize, Interval};
-
-use super::destinations::{BackpressureLimits, DestinationLimits};
-use super::dsn::DsnPolicy;
-use super::schedule::{RetrySchedule, ScheduleError};
+use super::{invalid, valid_domain, ByteSize, Interval, SectionError};
+use crate::queue::schedule::{ScheduleError, INTERVALS_MAX, INTERVAL_MIN};
+use crate::queue::{
+    BackpressureLimits, DestinationLimits, DsnPolicy, ResolveLimits, RetrySchedule,
+};
+use crate::smtp::client::ClientConfig;
 
 /// The defaults, each with its reason.
 mod defaults {
     use crate::config::{ByteSize, Interval};
 
-    /// Issue 4 §1: 1m, 5m, 10m, 30m, 1h (early retries clear greylisting, typically 1–5 min).
+    /// 1m, 5m, 10m, 30m, 1h: early retries clear greylisting (typically 1–5 min).
     pub fn retry_intervals() -> Vec<Interval> {
         [60, 300, 600, 1800, 3600]
             .into_iter()
             .map(Interval::secs)
             .collect()
     }
-    /// Issue 4 §1: then every 2h (Postfix's maximal_backoff_time is 4000s; 2h halves the
+    /// Then every 2h (Postfix's maximal_backoff_time is 4000s; 2h halves the
     /// attempts on long outages).
     pub const RETRY_EVERY: Interval = Interval::secs(2 * 3600);
     /// ±10%: enough to spread the mail of one outage, small enough to keep the schedule.
@@ -63,7 +63,7 @@ mod defaults {
     pub const MAX_AGE: Interval = Interval::secs(5 * 24 * 3600);
     /// sendmail's Timeout.queuewarn (4h): senders learn of a delay the same working day.
     pub const DELAY_WARNING: Interval = Interval::secs(4 * 3600);
-    /// The target: a million queued messages must be affordable (≤ 1 GiB RSS).
+    /// The design target: a million queued messages must be affordable.
     pub const QUEUED_MESSAGES_MAX: u64 = 1_000_000;
     /// Bytes queued in the spool; raise it with the spool's disk.
     pub const QUEUED_BYTES_MAX: ByteSize = ByteSize(8 * ByteSize::GIB);
@@ -91,7 +91,7 @@ mod defaults {
 /// The `[delivery]` section (see the module doc for the TOML).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-pub struct DeliveryConfig {
+pub struct DeliverySection {
     pub retry_intervals: Vec<Interval>,
     pub retry_every: Interval,
     pub retry_jitter_percent: u8,
@@ -118,9 +118,9 @@ pub struct DeliveryConfig {
     pub tls_failure_hold: Interval,
 }
 
-impl Default for DeliveryConfig {
+impl Default for DeliverySection {
     fn default() -> Self {
-        DeliveryConfig {
+        DeliverySection {
             retry_intervals: defaults::retry_intervals(),
             retry_every: defaults::RETRY_EVERY,
             retry_jitter_percent: defaults::RETRY_JITTER_PERCENT,
@@ -144,57 +144,40 @@ impl Default for DeliveryConfig {
     }
 }
 
-/// A `[delivery]` value out of range; `key` is the key under `[delivery]`, for the lead's
-/// `ConfigError::Invalid` (`delivery.<key>`).
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("`delivery.{key}`: {message}")]
-pub struct SettingsError {
-    pub key: &'static str,
-    pub message: String,
-}
-
-fn invalid(key: &'static str, message: impl Into<String>) -> SettingsError {
-    SettingsError {
-        key,
-        message: message.into(),
-    }
-}
-
 /// A returned original larger than this would make notices as big as the mail itself.
 const DSN_ORIGINAL_CEILING: u64 = 64 * ByteSize::MIB;
 
-impl DeliveryConfig {
+impl DeliverySection {
     /// Checks every value and the relations between them.
-    pub fn check(&self) -> Result<(), SettingsError> {
-        use super::schedule::{INTERVALS_MAX, INTERVAL_MIN};
+    pub fn check(&self) -> Result<(), SectionError> {
         if self.retry_intervals.len() > INTERVALS_MAX
             || self.retry_intervals.iter().any(|i| i.0 < INTERVAL_MIN)
         {
             return Err(invalid(
-                "retry_intervals",
+                "delivery.retry_intervals",
                 format!("at most {INTERVALS_MAX} intervals, each at least {INTERVAL_MIN:?}"),
             ));
         }
         if self.retry_every.0 < INTERVAL_MIN {
             return Err(invalid(
-                "retry_every",
+                "delivery.retry_every",
                 format!("must be at least {INTERVAL_MIN:?}"),
             ));
         }
         match self.schedule().check() {
             Ok(()) => {}
             Err(e @ ScheduleError::JitterTooLarge(_)) => {
-                return Err(invalid("retry_jitter_percent", e.to_string()))
+                return Err(invalid("delivery.retry_jitter_percent", e.to_string()))
             }
             Err(e @ ScheduleError::MaxAgeTooShort) => {
-                return Err(invalid("max_age", e.to_string()))
+                return Err(invalid("delivery.max_age", e.to_string()))
             }
             // Ruled out above; reported against the list if the rules ever diverge.
-            Err(e) => return Err(invalid("retry_intervals", e.to_string())),
+            Err(e) => return Err(invalid("delivery.retry_intervals", e.to_string())),
         }
         if !self.delay_warning.0.is_zero() && self.delay_warning.0 >= self.max_age.0 {
             return Err(invalid(
-                "delay_warning",
+                "delivery.delay_warning",
                 format!(
                     "{} is not shorter than max_age ({}): no notice could be sent; use \"0\" to turn notices off",
                     self.delay_warning, self.max_age
@@ -202,23 +185,32 @@ impl DeliveryConfig {
             ));
         }
         if self.queued_messages_max == 0 {
-            return Err(invalid("queued_messages_max", "must be at least 1"));
+            return Err(invalid(
+                "delivery.queued_messages_max",
+                "must be at least 1",
+            ));
         }
         if self.queued_bytes_max.0 == 0 {
-            return Err(invalid("queued_bytes_max", "must be at least 1 octet"));
+            return Err(invalid(
+                "delivery.queued_bytes_max",
+                "must be at least 1 octet",
+            ));
         }
         if self.destination_connections_max == 0 {
-            return Err(invalid("destination_connections_max", "must be at least 1"));
+            return Err(invalid(
+                "delivery.destination_connections_max",
+                "must be at least 1",
+            ));
         }
         if self.destination_transactions_max == 0 {
             return Err(invalid(
-                "destination_transactions_max",
+                "delivery.destination_transactions_max",
                 "must be at least 1",
             ));
         }
         if self.destination_transactions_max > self.destination_connections_max {
             return Err(invalid(
-                "destination_transactions_max",
+                "delivery.destination_transactions_max",
                 format!(
                     "{} is more than destination_connections_max ({}): each transaction needs its own connection",
                     self.destination_transactions_max, self.destination_connections_max
@@ -226,31 +218,42 @@ impl DeliveryConfig {
             ));
         }
         if self.destinations_max == 0 {
-            return Err(invalid("destinations_max", "must be at least 1"));
+            return Err(invalid("delivery.destinations_max", "must be at least 1"));
         }
         if self.dsn_original_max.0 > DSN_ORIGINAL_CEILING {
             return Err(invalid(
-                "dsn_original_max",
+                "delivery.dsn_original_max",
                 format!("at most {}", ByteSize(DSN_ORIGINAL_CEILING)),
             ));
         }
         if self.mx_hosts_max == 0 || self.mx_hosts_max > 100 {
-            return Err(invalid("mx_hosts_max", "must be 1–100"));
+            return Err(invalid("delivery.mx_hosts_max", "must be 1–100"));
         }
         if self.mx_addresses_max == 0 || self.mx_addresses_max > 100 {
-            return Err(invalid("mx_addresses_max", "must be 1–100"));
+            return Err(invalid("delivery.mx_addresses_max", "must be 1–100"));
         }
         if self.connect_timeout.0.is_zero()
             || self.connect_timeout.0 > std::time::Duration::from_secs(600)
         {
             return Err(invalid(
-                "connect_timeout",
+                "delivery.connect_timeout",
                 "must be more than 0 and at most 10m",
             ));
         }
         if self.recipients_per_transaction_max == 0 || self.recipients_per_transaction_max > 10_000
         {
-            return Err(invalid("recipients_per_transaction_max", "must be 1–10000"));
+            return Err(invalid(
+                "delivery.recipients_per_transaction_max",
+                "must be 1–10000",
+            ));
+        }
+        if let Some(name) = &self.helo_name {
+            if !valid_domain(name) {
+                return Err(invalid(
+                    "delivery.helo_name",
+                    format!("`{name}` is not a valid host name (letters, digits, '-' and '.')"),
+                ));
+            }
         }
         Ok(())
     }
@@ -298,23 +301,17 @@ impl DeliveryConfig {
             addresses_max: self.mx_addresses_max,
         }
     }
-}
 
-/// Bounds on one resolution: MX hosts looked up (default 10) and addresses returned (default
-/// 5, Postfix's `smtp_mx_address_limit`), so a domain with 500 MX records costs 10 lookups.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct ResolveLimits {
-    /// MX hosts whose addresses are looked up (the best ones after sorting).
-    pub hosts_max: usize,
-    /// Addresses in the answer: connection attempts for one delivery.
-    pub addresses_max: usize,
-}
-
-impl Default for ResolveLimits {
-    fn default() -> Self {
-        ResolveLimits {
-            hosts_max: 10,
-            addresses_max: 5,
+    /// The SMTP client's settings: our EHLO name (`helo_name`, else `hostname`) and the
+    /// recipients per transaction; the rest are the client's own defaults.
+    pub fn client_config(&self, hostname: &str) -> ClientConfig {
+        ClientConfig {
+            helo_name: self
+                .helo_name
+                .clone()
+                .unwrap_or_else(|| hostname.to_string()),
+            max_recipients_per_transaction: self.recipients_per_transaction_max,
+            ..ClientConfig::default()
         }
     }
 }
@@ -327,7 +324,7 @@ mod tests {
     #[derive(Deserialize, Serialize, Debug, PartialEq)]
     struct File {
         #[serde(default)]
-        delivery: DeliveryConfig,
+        delivery: DeliverySection,
     }
 
     /// The module doc's TOML, verbatim.
@@ -356,11 +353,11 @@ tls_failure_hold = "1h"           # plaintext to a destination whose opportunist
     #[test]
     fn the_documented_toml_is_the_default() {
         let file: File = toml::from_str(DOC_TOML).unwrap();
-        assert_eq!(file.delivery, DeliveryConfig::default());
+        assert_eq!(file.delivery, DeliverySection::default());
         assert_eq!(file.delivery.check(), Ok(()));
         assert_eq!(file.delivery.schedule(), RetrySchedule::default());
         let empty: File = toml::from_str("").unwrap();
-        assert_eq!(empty.delivery, DeliveryConfig::default());
+        assert_eq!(empty.delivery, DeliverySection::default());
         let text = toml::to_string(&file).unwrap();
         assert_eq!(toml::from_str::<File>(&text).unwrap(), file);
     }
@@ -390,73 +387,73 @@ tls_failure_hold = "1h"           # plaintext to a destination whose opportunist
 
     #[test]
     fn bad_values_name_their_key() {
-        let cases: Vec<(&str, DeliveryConfig)> = vec![
+        let cases: Vec<(&str, DeliverySection)> = vec![
             (
                 "retry_intervals",
-                DeliveryConfig {
+                DeliverySection {
                     retry_intervals: vec![Interval(Duration::from_millis(1))],
                     ..Default::default()
                 },
             ),
             (
                 "retry_intervals",
-                DeliveryConfig {
+                DeliverySection {
                     retry_intervals: vec![Interval::secs(60); 33],
                     ..Default::default()
                 },
             ),
             (
                 "retry_every",
-                DeliveryConfig {
+                DeliverySection {
                     retry_every: Interval(Duration::ZERO),
                     ..Default::default()
                 },
             ),
             (
                 "retry_jitter_percent",
-                DeliveryConfig {
+                DeliverySection {
                     retry_jitter_percent: 60,
                     ..Default::default()
                 },
             ),
             (
                 "max_age",
-                DeliveryConfig {
+                DeliverySection {
                     max_age: Interval::secs(30),
                     ..Default::default()
                 },
             ),
             (
                 "delay_warning",
-                DeliveryConfig {
+                DeliverySection {
                     delay_warning: Interval::secs(6 * 24 * 3600),
                     ..Default::default()
                 },
             ),
             (
                 "queued_messages_max",
-                DeliveryConfig {
+                DeliverySection {
                     queued_messages_max: 0,
                     ..Default::default()
                 },
             ),
             (
                 "destination_transactions_max",
-                DeliveryConfig {
+                DeliverySection {
                     destination_transactions_max: 21,
                     ..Default::default()
                 },
             ),
             (
                 "dsn_original_max",
-                DeliveryConfig {
+                DeliverySection {
                     dsn_original_max: ByteSize(ByteSize::GIB),
                     ..Default::default()
                 },
             ),
             (
                 "mx_addresses_max",
-                DeliveryConfig {
+                DeliverySection {
                     mx_addresses_max: 0,
                     ..Default::default()
                 },
@@ -464,18 +461,18 @@ tls_failure_hold = "1h"           # plaintext to a destination whose opportunist
         ];
         for (key, config) in cases {
             let err = config.check().unwrap_err();
-            assert_eq!(err.key, key, "{err}");
+            assert_eq!(err.key, format!("delivery.{key}"), "{err}");
             assert!(err.to_string().starts_with(&format!("`delivery.{key}`")));
         }
     }
 
     #[test]
     fn backpressure_is_split_over_cores() {
-        let c = DeliveryConfig::default();
+        let c = DeliverySection::default();
         assert_eq!(c.backpressure_limits(4).messages_max, 250_000);
         assert_eq!(c.backpressure_limits(0).messages_max, 1_000_000);
         assert_eq!(c.backpressure_limits(4).bytes_max, 2 * ByteSize::GIB);
-        let tiny = DeliveryConfig {
+        let tiny = DeliverySection {
             queued_messages_max: 1,
             ..Default::default()
         };

@@ -1,0 +1,97 @@
+//! `[server]`: our name, the shards, the I/O engine, connection limits, the drain deadline
+//! and the name servers.
+
+use std::net::SocketAddr;
+
+use serde::{Deserialize, Serialize};
+
+use super::{defaults, invalid, valid_domain, Interval, IoEngine, SectionError};
+
+/// The queue id keeps 8 bits for the shard.
+pub const MAX_SHARDS: usize = 256;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerSection {
+    /// Our name in greetings and Received headers; the system hostname when absent.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hostname: Option<String>,
+    /// Shards (pinned threads); every available core when absent.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cores: Option<usize>,
+    pub io: IoEngine,
+    pub drain_timeout: Interval,
+    pub connections_per_core_max: usize,
+    pub connections_per_ip_max: usize,
+    /// Name servers for MX and block-list lookups instead of `/etc/resolv.conf`'s (e.g. a
+    /// local caching resolver: public resolvers are refused by most block lists).
+    pub dns_servers: Vec<SocketAddr>,
+}
+
+impl Default for ServerSection {
+    fn default() -> Self {
+        ServerSection {
+            hostname: None,
+            cores: None,
+            io: IoEngine::Auto,
+            drain_timeout: defaults::DRAIN_TIMEOUT,
+            connections_per_core_max: defaults::CONNECTIONS_PER_CORE_MAX,
+            connections_per_ip_max: defaults::CONNECTIONS_PER_IP_MAX,
+            dns_servers: Vec::new(),
+        }
+    }
+}
+
+impl ServerSection {
+    /// Checks each value and the relations between them.
+    pub fn check(&self) -> Result<(), SectionError> {
+        if let Some(cores) = self.cores {
+            if !(1..=MAX_SHARDS).contains(&cores) {
+                return Err(invalid(
+                    "server.cores",
+                    format!("must be between 1 and {MAX_SHARDS} (queue ids carry an 8-bit shard)"),
+                ));
+            }
+        }
+        if let Some(name) = &self.hostname {
+            if !valid_domain(name) {
+                return Err(invalid(
+                    "server.hostname",
+                    format!("`{name}` is not a valid host name (letters, digits, '-' and '.')"),
+                ));
+            }
+        }
+        if self.connections_per_core_max == 0 || self.connections_per_ip_max == 0 {
+            return Err(invalid(
+                "server.connections_per_core_max",
+                "connections_per_core_max and connections_per_ip_max must be at least 1",
+            ));
+        }
+        if self.drain_timeout.0 > std::time::Duration::from_secs(3600) {
+            return Err(invalid("server.drain_timeout", "must be at most 1h"));
+        }
+        Ok(())
+    }
+
+    /// Our name: the configured one, else the system's.
+    pub fn hostname(&self) -> String {
+        match &self.hostname {
+            Some(name) => name.clone(),
+            None => gethostname::gethostname()
+                .into_string()
+                .ok()
+                .filter(|name| valid_domain(name))
+                .unwrap_or_else(|| "localhost".to_string()),
+        }
+    }
+
+    /// Shards to run: the configured count, else one per available core.
+    pub fn cores(&self) -> usize {
+        self.cores.unwrap_or_else(|| {
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1)
+                .min(MAX_SHARDS)
+        })
+    }
+}
