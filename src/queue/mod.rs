@@ -42,6 +42,7 @@ pub mod outcome;
 pub mod resolve;
 pub mod routes;
 pub mod schedule;
+pub mod scheduler;
 pub mod settings;
 
 pub use destinations::{
