@@ -15,7 +15,7 @@ use std::sync::Arc;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use relay::pop3::{
-    retr_size, stuff, Event, LockResult, MaildropEntry, Outbox, Pop3Config, Session,
+    retr_size, stuff, Event, LockResult, MaildropEntry, Outbox, Session, SessionConfig,
 };
 
 const MESSAGES: usize = 100;
@@ -35,15 +35,20 @@ fn message() -> Vec<u8> {
     message
 }
 
-fn config() -> Arc<Pop3Config> {
-    Arc::new(Pop3Config {
+fn config() -> Arc<SessionConfig> {
+    Arc::new(SessionConfig {
         hostname: "pop.bench".into(),
-        ..Pop3Config::default()
+        ..SessionConfig::default()
     })
 }
 
 /// A session in TRANSACTION over `count` copies of `message`.
-fn logged_in(config: &Arc<Pop3Config>, message: &[u8], count: usize, out: &mut Outbox) -> Session {
+fn logged_in(
+    config: &Arc<SessionConfig>,
+    message: &[u8],
+    count: usize,
+    out: &mut Outbox,
+) -> Session {
     let mut session = Session::new(Arc::clone(config), "1.1", out);
     let login = b"USER bench\r\nPASS bench\r\n";
     assert_eq!(session.handle_input(login, out), login.len());

@@ -194,7 +194,7 @@ fn load(path: Option<&Path>) -> Result<Config> {
 fn serve(path: Option<&Path>) -> Result<()> {
     init_logging();
     let config = load(path)?;
-    relay::runtime::server::run(config)?;
+    relay::server::run(config)?;
     Ok(())
 }
 
@@ -204,9 +204,10 @@ fn check(path: Option<&Path>) -> Result<()> {
     // The files the config names must load as `serve` would load them: a key that does not
     // match its certificate is found here, not at the next restart.
     if let (Some(cert), Some(key)) = (&config.tls.cert, &config.tls.key) {
-        relay::tls::ServerTls::load(cert, key).context("tls.cert / tls.key")?;
+        relay::net::tls::ServerTls::load(cert, key).context("tls.cert / tls.key")?;
     }
-    relay::tls::client::ClientTls::load(config.tls.ca_file.as_deref()).context("tls.ca_file")?;
+    relay::net::tls::client::ClientTls::load(config.tls.ca_file.as_deref())
+        .context("tls.ca_file")?;
     let mut out = std::io::stdout().lock();
     writeln!(out, "# {origin}: valid; effective configuration:")?;
     write!(out, "{}", config.to_toml())?;
@@ -415,30 +416,29 @@ fn queue(
     }
     // The server is not running: read the spool directly (this takes the spool's lock, so a
     // server starting meanwhile waits for nothing and refuses with one line).
-    let (spool, _) = relay::spool::Spool::open(
-        relay::runtime::server::spool_config(&config),
-        config.cores(),
-    )
-    .context("the relay's admin endpoint does not answer, and the spool cannot be opened")?;
+    let (spool, _) =
+        relay::spool::Spool::open(relay::server::spool_config(&config), config.cores()).context(
+            "the relay's admin endpoint does not answer, and the spool cannot be opened",
+        )?;
     let replay = spool.replay()?;
     let now = std::time::SystemTime::now();
     let text = match command {
         QueueCommand::List { limit, json } => {
-            let list = relay::net::delivery::control::listing(&replay, None, limit);
+            let list = relay::delivery::control::listing(&replay, None, limit);
             if json {
                 format!("{}\n", serde_json::to_string_pretty(&list)?)
             } else {
-                relay::net::delivery::control::render(&list, now)
+                relay::delivery::control::render(&list, now)
             }
         }
         QueueCommand::Show { id } => {
             let id = parse_id(&id)?;
-            let shown = relay::net::delivery::control::show(&replay, None, id, |id| {
+            let shown = relay::delivery::control::show(&replay, None, id, |id| {
                 let location = spool.locate(id)?;
                 spool.read_message(&location).ok().map(|m| m.body)
             })
             .ok_or_else(|| anyhow::anyhow!("{id}: no such message in the spool"))?;
-            relay::net::delivery::control::render_shown(&shown, now)
+            relay::delivery::control::render_shown(&shown, now)
         }
         QueueCommand::Flush { .. } | QueueCommand::Delete { .. } | QueueCommand::Bounce { .. } => {
             spool.close()?;
@@ -459,7 +459,7 @@ fn queue_online(
     command: &QueueCommand,
     admin: Option<std::net::SocketAddr>,
 ) -> Result<Option<String>> {
-    use relay::net::delivery::control::{render, render_shown, ListedMessage, ShownMessage};
+    use relay::delivery::control::{render, render_shown, ListedMessage, ShownMessage};
     let addr = match admin {
         Some(addr) => addr,
         None if config.admin.enabled && config.admin.listen.port() != 0 => config.admin.listen,

@@ -19,15 +19,17 @@
 
 pub mod admin;
 pub mod config;
+pub mod delivery;
 pub mod envelope;
 pub mod mailbox;
 pub mod metrics;
 pub mod mime;
 pub mod net;
 pub mod pop3;
+pub mod proto;
 pub mod queue;
 pub mod runtime;
+pub mod server;
 pub mod smtp;
 pub mod spool;
-pub mod tls;
 pub mod tune;

@@ -33,8 +33,8 @@ use std::path::Path;
 use std::sync::Arc;
 
 use relay::pop3::{
-    retr_size, CloseReason, Credentials, Event, LockResult, MaildropEntry, Outbox, Pop3Config,
-    Session,
+    retr_size, CloseReason, Credentials, Event, LockResult, MaildropEntry, Outbox, Session,
+    SessionConfig,
 };
 
 #[derive(Default)]
@@ -60,7 +60,7 @@ enum LockOutcome {
 }
 
 struct Transcript {
-    config: Pop3Config,
+    config: SessionConfig,
     nonce: String,
     users: BTreeMap<String, User>,
     outcomes: Vec<Outcome>,
@@ -97,7 +97,7 @@ fn unescape(text: &str) -> Vec<u8> {
 fn parse(path: &Path) -> Transcript {
     let text = fs::read_to_string(path).unwrap();
     let mut transcript = Transcript {
-        config: Pop3Config {
+        config: SessionConfig {
             hostname: "pop.test".into(),
             apop: false,
             user_command: true,
@@ -274,14 +274,28 @@ impl Driver<'_> {
                 );
                 let user = self.user.as_ref().expect("retrieve without lock");
                 let message = &users[user].messages[*index].1;
-                session.retrieved(if fail { Err(()) } else { Ok(message) }, out);
+                session.retrieved(
+                    if fail {
+                        Err(relay::pop3::Unavailable)
+                    } else {
+                        Ok(message)
+                    },
+                    out,
+                );
             }
             Event::Update { .. } => {
                 let fail = matches!(
                     self.next_outcome(|o| matches!(o, Outcome::Update(_))),
                     Some(Outcome::Update(false))
                 );
-                session.updated(if fail { Err(()) } else { Ok(()) }, out);
+                session.updated(
+                    if fail {
+                        Err(relay::pop3::NotStored)
+                    } else {
+                        Ok(())
+                    },
+                    out,
+                );
             }
             Event::Close(_) => {}
         }

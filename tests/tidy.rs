@@ -174,3 +174,233 @@ fn unsafe_is_forbidden_crate_wide() {
         .expect("src/lib.rs");
     assert!(lib.contains("#![forbid(unsafe_code)]"));
 }
+
+/// What no protocol core may import.
+const HIGHER_THAN_CORES: &[&str] = &[
+    "runtime", "net", "server", "spool", "delivery", "queue", "mailbox", "config", "admin",
+    "metrics", "tune", "cli",
+];
+
+/// The layers, as the modules below `src/` (`src/<module>/…` or `src/<module>.rs`), each with
+/// the modules it must never import, test code included: a test that needs a higher layer
+/// belongs in that layer or under `tests/`. Imports point down: server → delivery →
+/// queue/spool/mailbox/protocol cores → runtime/net (docs/ARCHITECTURE.md).
+fn forbidden_imports() -> Vec<(&'static str, Vec<&'static str>)> {
+    let cores = |also: &[&'static str]| [HIGHER_THAN_CORES, also].concat();
+    vec![
+        // The bottom: pinned shards, the engine, Phase. Knows no protocol, no delivery.
+        (
+            "runtime",
+            vec![
+                "net", "server", "delivery", "queue", "spool", "mailbox", "smtp", "pop3", "mime",
+                "proto", "envelope", "admin", "metrics", "tune", "cli",
+            ],
+        ),
+        // Byte movement only.
+        (
+            "net",
+            vec![
+                "server", "delivery", "queue", "spool", "mailbox", "smtp", "pop3", "mime", "proto",
+                "envelope", "config", "admin", "metrics", "tune", "cli",
+            ],
+        ),
+        // Protocol cores: sans-IO, and neither protocol imports the other.
+        ("proto", cores(&["smtp", "pop3", "mime", "envelope"])),
+        ("envelope", cores(&["smtp", "pop3", "proto"])),
+        ("mime", cores(&["smtp", "pop3", "proto"])),
+        ("smtp", cores(&["pop3"])),
+        ("pop3", cores(&["smtp"])),
+        // The log: no sockets, no runtime, no delivery decisions.
+        (
+            "spool",
+            vec![
+                "runtime", "net", "server", "delivery", "queue", "mailbox", "config", "admin",
+                "tune", "cli",
+            ],
+        ),
+        // Delivery decisions: pure, no I/O.
+        (
+            "queue",
+            vec![
+                "runtime", "net", "server", "delivery", "mailbox", "admin", "metrics", "tune",
+                "cli",
+            ],
+        ),
+        (
+            "mailbox",
+            vec![
+                "runtime", "net", "server", "delivery", "admin", "tune", "cli",
+            ],
+        ),
+        ("delivery", vec!["server", "admin", "tune", "cli"]),
+        (
+            "metrics",
+            vec!["server", "delivery", "admin", "tune", "cli"],
+        ),
+        ("admin", vec!["server", "tune", "cli"]),
+        ("config", vec!["server", "delivery", "net", "admin", "cli"]),
+        ("tune", vec!["server", "delivery", "cli"]),
+        ("server", vec!["cli"]),
+    ]
+}
+
+/// The top-level module a source path belongs to (`src/net/tls/mod.rs` → `net`).
+fn module_of(path: &Path) -> Option<String> {
+    let mut parts = path.strip_prefix("src").ok()?.components();
+    let first = parts.next()?.as_os_str().to_str()?;
+    Some(first.strip_suffix(".rs").unwrap_or(first).to_string())
+}
+
+/// Every top-level module a file names through `crate::` (paths and `use crate::{a, b}`).
+fn crate_imports(text: &str) -> Vec<(usize, String)> {
+    let mut found = Vec::new();
+    for (n, line) in text.lines().enumerate() {
+        let code = line.split("//").next().unwrap_or("");
+        let mut rest = code;
+        while let Some(at) = rest.find("crate::") {
+            rest = &rest[at + "crate::".len()..];
+            if let Some(group) = rest.strip_prefix('{') {
+                // `crate::{a::b, c}`: only this line's part of the group is seen; rustfmt puts
+                // long groups one item per line, each then read as a continuation below.
+                for item in group.split([',', '}']) {
+                    let name: String = item
+                        .trim()
+                        .chars()
+                        .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                        .collect();
+                    if !name.is_empty() {
+                        found.push((n + 1, name));
+                    }
+                }
+            } else {
+                let name: String = rest
+                    .chars()
+                    .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                    .collect();
+                if !name.is_empty() {
+                    found.push((n + 1, name));
+                }
+            }
+        }
+    }
+    // Multi-line `use crate::{` groups: every line up to the closing brace names a module.
+    let mut inside = false;
+    for (n, line) in text.lines().enumerate() {
+        let trimmed = line.trim();
+        if trimmed.starts_with("use crate::{") && !trimmed.contains('}') {
+            inside = true;
+            continue;
+        }
+        if inside {
+            if trimmed.starts_with('}') {
+                inside = false;
+                continue;
+            }
+            let name: String = trimmed
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .collect();
+            if !name.is_empty() {
+                found.push((n + 1, name));
+            }
+        }
+    }
+    found
+}
+
+/// The imports that break [`forbidden_imports`], as `path:line: module imports other`.
+fn layering_violations(files: &[(PathBuf, String)]) -> Vec<String> {
+    let rules = forbidden_imports();
+    let mut found = Vec::new();
+    for (path, text) in files {
+        let Some(module) = module_of(path) else {
+            continue;
+        };
+        let Some((_, forbidden)) = rules.iter().find(|(m, _)| *m == module) else {
+            continue;
+        };
+        for (n, imported) in crate_imports(text) {
+            if forbidden.contains(&imported.as_str()) {
+                found.push(format!(
+                    "{}:{n}: {module} imports {imported}",
+                    path.display()
+                ));
+            }
+        }
+    }
+    found
+}
+
+/// Every `.rs` file under `src/`, tests included (`sources()` leaves test files out).
+fn all_library_sources() -> Vec<(PathBuf, String)> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut files = Vec::new();
+    rust_files(&root.join("src"), &mut files);
+    files.sort();
+    files
+        .into_iter()
+        .filter_map(|path| {
+            let text = fs::read_to_string(&path).ok()?;
+            let rel = path.strip_prefix(root).ok()?.to_path_buf();
+            Some((rel, text))
+        })
+        .collect()
+}
+
+#[test]
+fn layers_import_only_downwards() {
+    let found = layering_violations(&all_library_sources());
+    assert!(
+        found.is_empty(),
+        "a lower layer imports a higher one (see forbidden_imports in tests/tidy.rs and \
+         docs/ARCHITECTURE.md); move the code up, or pass what it needs down:\n{}",
+        found.join("\n")
+    );
+}
+
+#[test]
+fn the_layering_check_catches_wrong_imports() {
+    let file = |path: &str, text: &str| (PathBuf::from(path), text.to_string());
+    let wrong = [
+        file("src/net/io.rs", "use crate::server::shard::ShardContext;\n"),
+        file("src/runtime/mod.rs", "    let x = crate::delivery::run;\n"),
+        file(
+            "src/smtp/session.rs",
+            "use crate::{envelope::Envelope, pop3::Response};\n",
+        ),
+        file(
+            "src/queue/mod.rs",
+            "use crate::{\n    envelope::QueueId,\n    net::dns,\n};\n",
+        ),
+        file(
+            "src/proto/sasl.rs",
+            "fn f() { crate::spool::Spool::open(); }\n",
+        ),
+    ];
+    let found = layering_violations(&wrong);
+    assert_eq!(
+        found,
+        [
+            "src/net/io.rs:1: net imports server",
+            "src/runtime/mod.rs:1: runtime imports delivery",
+            "src/smtp/session.rs:1: smtp imports pop3",
+            "src/queue/mod.rs:3: queue imports net",
+            "src/proto/sasl.rs:1: proto imports spool",
+        ]
+    );
+    let fine = [
+        file(
+            "src/server/mod.rs",
+            "use crate::delivery::Core;\nuse crate::net::io;\n",
+        ),
+        file(
+            "src/smtp/session.rs",
+            "use crate::proto::line; // crate::pop3 in a comment\n",
+        ),
+        file(
+            "src/delivery/mod.rs",
+            "use crate::{net::io::Connector, queue::QueueEntry};\n",
+        ),
+    ];
+    assert_eq!(layering_violations(&fine), Vec::<String>::new());
+}

@@ -232,10 +232,10 @@ pub fn run(args: SmtpArgs) -> Result<ExitCode, String> {
         starttls: if args.starttls {
             // The relay's own opportunistic client configuration: any certificate, the
             // handshake signatures still checked.
-            let tls = relay::tls::client::ClientTls::load(None)
+            let tls = relay::net::tls::client::ClientTls::load(None)
                 .map_err(|e| format!("--starttls: {e}"))?;
             let host = args.target.rsplit_once(':').map_or("localhost", |(h, _)| h);
-            let name = relay::tls::client::server_name(host)
+            let name = relay::net::tls::client::server_name(host)
                 .unwrap_or_else(|| rustls::pki_types::ServerName::from(addr.ip()));
             Some((tls.opportunistic(), name))
         } else {

@@ -14,12 +14,12 @@
 use std::sync::Arc;
 
 use super::{AdminRequest, AdminResponse, Handler};
+use crate::delivery::control::{QueueService, ShownMessage};
+use crate::delivery::FlushFilter;
 use crate::envelope::QueueId;
-use crate::net::delivery::control::{QueueService, ShownMessage};
-use crate::net::delivery::FlushFilter;
 
 #[allow(unused_imports)] // named in the module doc
-use crate::net::delivery::control::ListedMessage;
+use crate::delivery::control::ListedMessage;
 
 fn json(value: &impl serde::Serialize) -> AdminResponse {
     match serde_json::to_vec(value) {

@@ -65,7 +65,7 @@ impl LocalRecipients for LocalDelivery {
 mod tests {
     use super::*;
     use crate::envelope::QueueId;
-    use crate::mailbox::store::Entry;
+    use crate::mailbox::store::MaildropItem;
     use crate::mailbox::{password, User};
     use std::collections::BTreeMap;
 
@@ -104,7 +104,7 @@ mod tests {
         ));
         store.deliver(
             "alice",
-            Entry {
+            MaildropItem {
                 id: QueueId(1),
                 size: 600,
             },

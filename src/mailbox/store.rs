@@ -18,7 +18,7 @@ use crate::envelope::QueueId;
 
 /// One message in a maildrop.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Entry {
+pub struct MaildropItem {
     pub id: QueueId,
     /// Octets of the stored message (Received header ‖ content), what RETR sends unstuffed.
     pub size: u64,
@@ -27,7 +27,7 @@ pub struct Entry {
 #[derive(Debug, Default)]
 struct Maildrop {
     /// In delivery order (POP3 numbers them in this order).
-    entries: Vec<Entry>,
+    entries: Vec<MaildropItem>,
     /// The ids in `entries`: a replayed delivery is recognised without scanning the
     /// maildrop (a linear scan made ingest into one large mailbox quadratic: 23% of the
     /// relay's CPU at 130k messages in one mailbox, `perf` during `benches/tls_ingest.sh`).
@@ -52,7 +52,7 @@ pub struct MaildropLock {
     store: Arc<MailStore>,
     mailbox: String,
     /// The maildrop as it was when locked, in delivery order (RFC 1939 numbers 1..n).
-    pub entries: Vec<Entry>,
+    pub entries: Vec<MaildropItem>,
 }
 
 impl MaildropLock {
@@ -75,7 +75,7 @@ impl MailStore {
     }
 
     /// Records a durable delivery (after the spool's commit, or while replaying it).
-    pub fn deliver(&self, mailbox: &str, entry: Entry) {
+    pub fn deliver(&self, mailbox: &str, entry: MaildropItem) {
         let mut drop = self.boxes.entry(mailbox.to_string()).or_default();
         if drop.ids.insert(entry.id) {
             drop.usage += entry.size;
@@ -142,8 +142,8 @@ impl MailStore {
 mod tests {
     use super::*;
 
-    fn entry(n: u64, size: u64) -> Entry {
-        Entry {
+    fn entry(n: u64, size: u64) -> MaildropItem {
+        MaildropItem {
             id: QueueId::new(1_000 + n, 0),
             size,
         }

@@ -19,7 +19,7 @@ use std::fmt;
 
 use memchr::memchr;
 
-use super::reply::Reply;
+use super::reply::Response;
 
 /// The command keywords, alphabetical.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -167,10 +167,10 @@ pub enum ParseError {
 }
 
 impl ParseError {
-    pub fn reply(&self) -> Reply {
+    pub fn reply(&self) -> Response {
         match self {
-            ParseError::Syntax(verb) => Reply::syntax(verb.usage()),
-            ParseError::Unknown => Reply::unknown_command(),
+            ParseError::Syntax(verb) => Response::syntax(verb.usage()),
+            ParseError::Unknown => Response::unknown_command(),
         }
     }
 }
@@ -542,7 +542,7 @@ mod tests {
             let shown = String::from_utf8_lossy(line);
             assert_eq!(parse(line), Err(*expected), "{shown:?}");
         }
-        assert_eq!(Unknown.reply(), Reply::unknown_command());
+        assert_eq!(Unknown.reply(), Response::unknown_command());
         assert_eq!(
             Syntax(Verb::Top).reply().to_string(),
             "-ERR syntax: TOP msg n"

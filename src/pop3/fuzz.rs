@@ -11,7 +11,7 @@
 
 use std::sync::Arc;
 
-use super::session::{Event, LockResult, MaildropEntry, Outbox, Pop3Config, Session};
+use super::session::{Event, LockResult, MaildropEntry, Outbox, Session, SessionConfig};
 use super::stuff;
 
 /// The maildrop every login gets: an empty message, dot-stuffing, bare line ends, no final
@@ -33,12 +33,12 @@ fn drive(data: &[u8]) -> u32 {
     let [split, flags, input @ ..] = data else {
         return 0;
     };
-    let config = Arc::new(Pop3Config {
+    let config = Arc::new(SessionConfig {
         apop: flags & 0x80 != 0,
         user_command: flags & 0x40 == 0,
         // STLS offered on odd splits, so both paths are reached.
         stls: split & 1 == 1,
-        ..Pop3Config::default()
+        ..SessionConfig::default()
     });
     let mut out = Outbox::default();
     let mut session = Session::new(config, "4242.fuzz", &mut out);
@@ -90,7 +90,7 @@ fn drive(data: &[u8]) -> u32 {
                             message.is_some(),
                             "RETR of entry {index}: not in the maildrop"
                         );
-                        let message = message.filter(|_| !fail).ok_or(());
+                        let message = message.filter(|_| !fail).ok_or(super::session::Unavailable);
                         // RETR's output: at most the message stuffed, and its status lines.
                         budget += 2 * message.map_or(0, <[u8]>::len) + 256;
                         session.retrieved(message, &mut out);
@@ -101,7 +101,14 @@ fn drive(data: &[u8]) -> u32 {
                             "deletions not ascending: {deleted:?}"
                         );
                         assert!(deleted.iter().all(|&i| i < MESSAGES.len()));
-                        session.updated(if fail { Err(()) } else { Ok(()) }, &mut out);
+                        session.updated(
+                            if fail {
+                                Err(super::session::NotStored)
+                            } else {
+                                Ok(())
+                            },
+                            &mut out,
+                        );
                     }
                     Event::StartTls => {
                         // As the driver: plaintext pipelined after STLS is dropped.

@@ -29,19 +29,19 @@
 //! Modules: [`reply`] (every response: status, response code, text), [`command`] (the
 //! `Command` type shared with the load generator), [`sasl`] (base64 and PLAIN), [`stuff`](mod@stuff)
 //! (byte-stuffing, TOP, the octet count RETR sends), [`session`] (the state machine). The line
-//! framer is SMTP's ([`crate::smtp::line::frame`]); POP3 also accepts a bare LF as a line end.
+//! framer is SMTP's ([`crate::proto::line::frame`]); POP3 also accepts a bare LF as a line end.
 #![forbid(unsafe_code)]
 
 pub mod command;
 pub mod fuzz;
 pub mod reply;
-pub mod sasl;
 pub mod session;
 pub mod stuff;
 
 pub use command::{encode, parse, Command, ParseError, Verb, VERBS};
-pub use reply::{Capability, MultiLine, Reply, ResponseCode, Status};
+pub use reply::{Capability, MultiLine, Response, ResponseCode, Status};
 pub use session::{
-    CloseReason, Credentials, Event, LockResult, MaildropEntry, Outbox, Pop3Config, Session,
+    CloseReason, Credentials, Event, LockResult, MaildropEntry, NotStored, Outbox, Session,
+    SessionConfig, Unavailable,
 };
 pub use stuff::{retr_size, stuff, top};

@@ -16,7 +16,7 @@
 //! `[SYS/PERM]`, `[AUTH]`), RFC 5034 §4 (the `+ ` continuation of AUTH).
 //!
 //! Exposure: a few constructors embed text from the configuration or the maildrop (hostname,
-//! unique ids). [`Reply::encode`] replaces control characters so that no such text can end a
+//! unique ids). [`Response::encode`] replaces control characters so that no such text can end a
 //! response line early or inject one of its own.
 
 use std::borrow::Cow;
@@ -113,7 +113,7 @@ impl Capability {
 
 /// One status line: `+OK text`, `-ERR [CODE] text`.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Reply {
+pub struct Response {
     status: Status,
     code: Option<ResponseCode>,
     text: Cow<'static, str>,
@@ -122,13 +122,13 @@ pub struct Reply {
 /// A multi-line response: a positive status line, data lines, then `.` (RFC 1939 §3).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct MultiLine {
-    head: Reply,
+    head: Response,
     /// The data lines, each ending in `\n` (encoded as CRLF).
     lines: String,
 }
 
 impl MultiLine {
-    pub fn head(&self) -> &Reply {
+    pub fn head(&self) -> &Response {
         &self.head
     }
 
@@ -157,7 +157,7 @@ impl MultiLine {
     }
 }
 
-impl Reply {
+impl Response {
     /// A response with any status, code and text; prefer the named constructors below.
     pub fn new(
         status: Status,
@@ -525,7 +525,7 @@ impl Reply {
     }
 }
 
-impl fmt::Display for Reply {
+impl fmt::Display for Response {
     /// The status line without CRLF, for logs and test messages.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.status.as_str())?;
@@ -584,7 +584,7 @@ fn printable(text: &str) -> Cow<'_, str> {
 mod tests {
     use super::*;
 
-    fn wire(reply: &Reply) -> String {
+    fn wire(reply: &Response) -> String {
         let mut out = Vec::new();
         reply.encode(&mut out);
         String::from_utf8(out).unwrap()
@@ -599,45 +599,45 @@ mod tests {
     #[test]
     fn status_lines() {
         let table = [
-            (Reply::noop(), "+OK\r\n"),
-            (Reply::stat(2, 320), "+OK 2 320\r\n"),
-            (Reply::scan_listing(1, 120), "+OK 1 120\r\n"),
+            (Response::noop(), "+OK\r\n"),
+            (Response::stat(2, 320), "+OK 2 320\r\n"),
+            (Response::scan_listing(1, 120), "+OK 1 120\r\n"),
             (
-                Reply::unique_id_listing(2, "QhdPYR:00WBw1Ph7x7"),
+                Response::unique_id_listing(2, "QhdPYR:00WBw1Ph7x7"),
                 "+OK 2 QhdPYR:00WBw1Ph7x7\r\n",
             ),
-            (Reply::retr(10), "+OK 10 octets\r\n"),
-            (Reply::no_such_message(), "-ERR no such message\r\n"),
+            (Response::retr(10), "+OK 10 octets\r\n"),
+            (Response::no_such_message(), "-ERR no such message\r\n"),
             (
-                Reply::auth_failed(),
+                Response::auth_failed(),
                 "-ERR [AUTH] authentication failed\r\n",
             ),
             (
-                Reply::in_use(),
+                Response::in_use(),
                 "-ERR [IN-USE] maildrop is locked by another session\r\n",
             ),
             (
-                Reply::maildrop_unavailable(),
+                Response::maildrop_unavailable(),
                 "-ERR [SYS/TEMP] maildrop unavailable, try again later\r\n",
             ),
             (
-                Reply::greeting("pop.test", Some("<1.2@pop.test>")),
+                Response::greeting("pop.test", Some("<1.2@pop.test>")),
                 "+OK pop.test POP3 ready <1.2@pop.test>\r\n",
             ),
             (
-                Reply::greeting("pop.test", None),
+                Response::greeting("pop.test", None),
                 "+OK pop.test POP3 ready\r\n",
             ),
             (
-                Reply::signing_off_deleted("pop.test", 2),
+                Response::signing_off_deleted("pop.test", 2),
                 "+OK pop.test POP3 server signing off (2 messages deleted)\r\n",
             ),
             (
-                Reply::new(Status::Err, Some(ResponseCode::LoginDelay), "wait"),
+                Response::new(Status::Err, Some(ResponseCode::LoginDelay), "wait"),
                 "-ERR [LOGIN-DELAY] wait\r\n",
             ),
             (
-                Reply::new(Status::Err, Some(ResponseCode::SysPerm), ""),
+                Response::new(Status::Err, Some(ResponseCode::SysPerm), ""),
                 "-ERR [SYS/PERM]\r\n",
             ),
         ];
@@ -649,7 +649,7 @@ mod tests {
 
     #[test]
     fn multi_line_responses_are_stuffed_and_terminated() {
-        let capa = Reply::capabilities(&[
+        let capa = Response::capabilities(&[
             Capability::Top,
             Capability::Sasl(&["PLAIN", "X"]),
             Capability::Implementation,
@@ -658,17 +658,17 @@ mod tests {
             wire_multi(&capa),
             "+OK capability list follows\r\nTOP\r\nSASL PLAIN X\r\nIMPLEMENTATION relay\r\n.\r\n"
         );
-        let uidl = Reply::unique_id_listings([(1, ".dot"), (3, "a\r\nb"), (4, "")]);
+        let uidl = Response::unique_id_listings([(1, ".dot"), (3, "a\r\nb"), (4, "")]);
         assert_eq!(
             wire_multi(&uidl),
             "+OK unique-id listing follows\r\n1 .dot\r\n3 a??b\r\n4 ?\r\n.\r\n"
         );
         assert_eq!(
-            wire_multi(&Reply::mechanisms(&["PLAIN", ".X"])),
+            wire_multi(&Response::mechanisms(&["PLAIN", ".X"])),
             "+OK SASL mechanisms follow\r\nPLAIN\r\n..X\r\n.\r\n"
         );
         assert_eq!(uidl.lines().count(), 3);
-        let list = Reply::scan_listings(0, 0, []);
+        let list = Response::scan_listings(0, 0, []);
         assert_eq!(
             wire_multi(&list),
             "+OK maildrop has 0 messages (0 octets)\r\n.\r\n"
@@ -678,7 +678,7 @@ mod tests {
     #[test]
     fn config_text_cannot_inject_lines() {
         assert_eq!(
-            wire(&Reply::greeting("a\r\n+OK b", None)),
+            wire(&Response::greeting("a\r\n+OK b", None)),
             "+OK a??+OK b POP3 ready\r\n"
         );
     }
@@ -686,7 +686,7 @@ mod tests {
     #[test]
     fn continuation() {
         let mut out = Vec::new();
-        Reply::sasl_continue(&mut out);
+        Response::sasl_continue(&mut out);
         assert_eq!(out, b"+ \r\n");
     }
 }

@@ -40,10 +40,10 @@ use std::sync::Arc;
 use memchr::memchr;
 
 use super::command::{self, Command};
-use super::reply::{Capability, Reply};
-use super::sasl::{self, SaslError};
+use super::reply::{Capability, Response};
 use super::stuff;
-use crate::smtp::line::{self, Frame};
+use crate::proto::line::{self, Frame};
+use crate::proto::sasl::{self, SaslError};
 
 /// RFC 2449 §4: a command line is at most 255 octets, CRLF included.
 pub const COMMAND_LINE_MAX: usize = 255;
@@ -63,9 +63,19 @@ pub const AUTHORIZATION_COMMANDS_MAX: u32 = 50;
 /// The SASL mechanisms offered (RFC 5034). STLS and the TLS-only rule come with TLS.
 pub const SASL_MECHANISMS: &[&str] = &["PLAIN"];
 
+/// The driver could not read a message it was asked for (answered `-ERR [SYS/TEMP]`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("message unavailable")]
+pub struct Unavailable;
+
+/// The driver could not make the session's deletions durable (nothing was deleted).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("deletions not stored")]
+pub struct NotStored;
+
 /// What one session needs to know; shared by all sessions of a listener.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Pop3Config {
+pub struct SessionConfig {
     /// Our name in the greeting, the APOP timestamp and the sign-off.
     pub hostname: String,
     /// Offer APOP (RFC 1939 §7): the greeting carries a timestamp and APOP is accepted.
@@ -76,7 +86,7 @@ pub struct Pop3Config {
     pub stls: bool,
 }
 
-impl Default for Pop3Config {
+impl Default for SessionConfig {
     fn default() -> Self {
         Self {
             hostname: String::from("localhost"),
@@ -307,7 +317,7 @@ enum State {
 /// One POP3 server session.
 #[derive(Debug)]
 pub struct Session {
-    config: Arc<Pop3Config>,
+    config: Arc<SessionConfig>,
     /// The APOP timestamp of the greeting, angle brackets included, when APOP is offered.
     timestamp: Option<String>,
     errors: u32,
@@ -331,7 +341,7 @@ impl Session {
     /// §7 suggests `process-id.clock`); the driver passes e.g. `"4242.1f3a9c0e"`. Characters
     /// other than ASCII letters, digits, `.`, `-` and `_` are replaced by `_`. Unused without
     /// APOP.
-    pub fn new(config: Arc<Pop3Config>, greeting_nonce: &str, out: &mut Outbox) -> Session {
+    pub fn new(config: Arc<SessionConfig>, greeting_nonce: &str, out: &mut Outbox) -> Session {
         let timestamp = config.apop.then(|| {
             let nonce: String = greeting_nonce
                 .chars()
@@ -345,7 +355,7 @@ impl Session {
                 .collect();
             format!("<{nonce}@{}>", config.hostname)
         });
-        Reply::greeting(&config.hostname, timestamp.as_deref()).encode(&mut out.bytes);
+        Response::greeting(&config.hostname, timestamp.as_deref()).encode(&mut out.bytes);
         Session {
             config,
             timestamp,
@@ -385,10 +395,10 @@ impl Session {
                 self.state = State::Authorization { user: None };
                 self.auth_failures = self.auth_failures.saturating_add(1);
                 if self.auth_failures >= AUTH_FAILURES_MAX {
-                    let reply = Reply::auth_failures_exceeded();
+                    let reply = Response::auth_failures_exceeded();
                     self.close(reply, CloseReason::AuthFailuresExceeded, out);
                 } else {
-                    Reply::auth_failed().encode(&mut out.bytes);
+                    Response::auth_failed().encode(&mut out.bytes);
                 }
             }
         }
@@ -404,23 +414,23 @@ impl Session {
         match result {
             LockResult::Locked(entries) => {
                 let maildrop = Maildrop::new(user, entries);
-                Reply::maildrop_ready(maildrop.count, maildrop.size).encode(&mut out.bytes);
+                Response::maildrop_ready(maildrop.count, maildrop.size).encode(&mut out.bytes);
                 self.state = State::Transaction(maildrop);
             }
             LockResult::InUse => {
                 self.state = State::Authorization { user: None };
-                Reply::in_use().encode(&mut out.bytes);
+                Response::in_use().encode(&mut out.bytes);
             }
             LockResult::Unavailable => {
                 self.state = State::Authorization { user: None };
-                Reply::maildrop_unavailable().encode(&mut out.bytes);
+                Response::maildrop_unavailable().encode(&mut out.bytes);
             }
         }
     }
 
     /// The driver's answer to `Event::Retrieve`: `+OK`, the stuffed message (or its TOP part)
     /// and `.`; `Err` answers `-ERR [SYS/TEMP]` and the session goes on.
-    pub fn retrieved(&mut self, message: Result<&[u8], ()>, out: &mut Outbox) {
+    pub fn retrieved(&mut self, message: Result<&[u8], Unavailable>, out: &mut Outbox) {
         let State::Retrieving {
             maildrop,
             index,
@@ -438,27 +448,27 @@ impl Session {
                     Some(size),
                     "the maildrop's size must be what RETR sends"
                 );
-                Reply::retr(size).encode(&mut out.bytes);
+                Response::retr(size).encode(&mut out.bytes);
                 stuff::stuff(message, &mut out.bytes);
             }
             (Ok(message), Some(lines)) => {
-                Reply::top().encode(&mut out.bytes);
+                Response::top().encode(&mut out.bytes);
                 stuff::stuff(stuff::top(message, lines), &mut out.bytes);
             }
-            (Err(()), _) => Reply::message_unavailable().encode(&mut out.bytes),
+            (Err(Unavailable), _) => Response::message_unavailable().encode(&mut out.bytes),
         }
         self.state = State::Transaction(maildrop);
     }
 
     /// The driver's answer to `Event::Update`: `Ok` once the deletions are durable.
-    pub fn updated(&mut self, result: Result<(), ()>, out: &mut Outbox) {
+    pub fn updated(&mut self, result: Result<(), NotStored>, out: &mut Outbox) {
         let State::Updating { deleted, .. } = self.state else {
             debug_assert!(self.is_closed(), "updated without Update");
             return;
         };
         let reply = match result {
-            Ok(()) => Reply::signing_off_deleted(&self.config.hostname, deleted),
-            Err(()) => Reply::update_failed(),
+            Ok(()) => Response::signing_off_deleted(&self.config.hostname, deleted),
+            Err(NotStored) => Response::update_failed(),
         };
         self.close(reply, CloseReason::Quit, out);
     }
@@ -497,14 +507,14 @@ impl Session {
     /// deletions are dropped. Also valid while an event is out; its answer is then ignored.
     pub fn timed_out(&mut self, out: &mut Outbox) {
         if !self.is_closed() {
-            self.close(Reply::autologout(), CloseReason::TimedOut, out);
+            self.close(Response::autologout(), CloseReason::TimedOut, out);
         }
     }
 
     /// The server is stopping: closes without UPDATE.
     pub fn shutting_down(&mut self, out: &mut Outbox) {
         if !self.is_closed() {
-            self.close(Reply::shutting_down(), CloseReason::ShuttingDown, out);
+            self.close(Response::shutting_down(), CloseReason::ShuttingDown, out);
         }
     }
 
@@ -605,7 +615,7 @@ impl Session {
         if matches!(self.state, State::SaslResponse) {
             self.state = State::Authorization { user: None };
         }
-        self.reject(Reply::line_too_long(), out);
+        self.reject(Response::line_too_long(), out);
     }
 
     fn line(&mut self, line: &[u8], out: &mut Outbox) {
@@ -615,7 +625,11 @@ impl Session {
         if matches!(self.state, State::Authorization { .. }) {
             self.authorization_commands = self.authorization_commands.saturating_add(1);
             if self.authorization_commands > AUTHORIZATION_COMMANDS_MAX {
-                return self.close(Reply::too_many_commands(), CloseReason::TooManyErrors, out);
+                return self.close(
+                    Response::too_many_commands(),
+                    CloseReason::TooManyErrors,
+                    out,
+                );
             }
         }
         match command::parse(line) {
@@ -639,7 +653,7 @@ impl Session {
         match command {
             Command::Capa => {
                 self.forget_user();
-                return Reply::capabilities(&self.capabilities()).encode(&mut out.bytes);
+                return Response::capabilities(&self.capabilities()).encode(&mut out.bytes);
             }
             Command::Quit => return self.quit(out),
             _ => {}
@@ -667,7 +681,7 @@ impl Session {
             }
             // RFC 1939 §4: QUIT in AUTHORIZATION ends the session without UPDATE.
             _ => self.close(
-                Reply::signing_off(&self.config.hostname),
+                Response::signing_off(&self.config.hostname),
                 CloseReason::Quit,
                 out,
             ),
@@ -679,23 +693,23 @@ impl Session {
         match command {
             Command::User { name } => {
                 if !self.config.user_command {
-                    return self.reject(Reply::user_disabled(), out);
+                    return self.reject(Response::user_disabled(), out);
                 }
                 if !self.plaintext_usable() {
-                    return self.reject(Reply::plaintext_auth_disallowed(), out);
+                    return self.reject(Response::plaintext_auth_disallowed(), out);
                 }
                 self.state = State::Authorization { user: Some(name) };
-                Reply::send_pass().encode(&mut out.bytes);
+                Response::send_pass().encode(&mut out.bytes);
             }
             Command::Pass { password } => {
                 if !self.config.user_command {
-                    return self.reject(Reply::user_disabled(), out);
+                    return self.reject(Response::user_disabled(), out);
                 }
                 if !self.plaintext_usable() {
-                    return self.reject(Reply::plaintext_auth_disallowed(), out);
+                    return self.reject(Response::plaintext_auth_disallowed(), out);
                 }
                 let Some(user) = pending else {
-                    return self.reject(Reply::pass_needs_user(), out);
+                    return self.reject(Response::pass_needs_user(), out);
                 };
                 self.authenticate(
                     Credentials::Plain {
@@ -708,7 +722,7 @@ impl Session {
             }
             Command::Apop { name, digest } => {
                 let Some(timestamp) = self.timestamp.clone() else {
-                    return self.reject(Reply::apop_disabled(), out);
+                    return self.reject(Response::apop_disabled(), out);
                 };
                 self.authenticate(
                     Credentials::Apop {
@@ -723,22 +737,22 @@ impl Session {
                 mechanism,
                 initial_response,
             } => match mechanism {
-                None => Reply::mechanisms(SASL_MECHANISMS).encode(&mut out.bytes),
+                None => Response::mechanisms(SASL_MECHANISMS).encode(&mut out.bytes),
                 Some(mechanism)
                     if mechanism.eq_ignore_ascii_case("PLAIN") && !self.plaintext_usable() =>
                 {
-                    self.reject(Reply::plaintext_auth_disallowed(), out)
+                    self.reject(Response::plaintext_auth_disallowed(), out)
                 }
                 Some(mechanism) if mechanism.eq_ignore_ascii_case("PLAIN") => {
                     match initial_response {
                         Some(response) => self.sasl_response(response.as_bytes(), out),
                         None => {
                             self.state = State::SaslResponse;
-                            Reply::sasl_continue(&mut out.bytes);
+                            Response::sasl_continue(&mut out.bytes);
                         }
                     }
                 }
-                Some(_) => self.reject(Reply::unsupported_mechanism(), out),
+                Some(_) => self.reject(Response::unsupported_mechanism(), out),
             },
             Command::Stat
             | Command::List { .. }
@@ -747,16 +761,16 @@ impl Session {
             | Command::Noop
             | Command::Rset
             | Command::Top { .. }
-            | Command::Uidl { .. } => self.reject(Reply::wrong_state(), out),
+            | Command::Uidl { .. } => self.reject(Response::wrong_state(), out),
             Command::Stls => {
                 if self.tls {
-                    return self.reject(Reply::tls_already_active(), out);
+                    return self.reject(Response::tls_already_active(), out);
                 }
                 if !self.config.stls {
-                    return self.reject(Reply::stls_unavailable(), out);
+                    return self.reject(Response::stls_unavailable(), out);
                 }
                 self.state = State::StartingTls;
-                Reply::begin_tls().encode(&mut out.bytes);
+                Response::begin_tls().encode(&mut out.bytes);
                 out.events.push(Event::StartTls);
             }
             Command::Capa | Command::Quit => {}
@@ -767,7 +781,7 @@ impl Session {
     fn sasl_response(&mut self, response: &[u8], out: &mut Outbox) {
         self.state = State::Authorization { user: None };
         if response == b"*" {
-            return self.reject(Reply::auth_cancelled(), out);
+            return self.reject(Response::auth_cancelled(), out);
         }
         match sasl::decode_plain(response) {
             Ok(plain) => self.authenticate(
@@ -778,8 +792,8 @@ impl Session {
                 },
                 out,
             ),
-            Err(SaslError::Base64) => self.reject(Reply::bad_base64(), out),
-            Err(SaslError::Plain) => self.reject(Reply::bad_plain_message(), out),
+            Err(SaslError::Base64) => self.reject(Response::bad_base64(), out),
+            Err(SaslError::Plain) => self.reject(Response::bad_plain_message(), out),
         }
     }
 
@@ -790,9 +804,9 @@ impl Session {
 
     fn transaction(&mut self, mut maildrop: Maildrop, command: Command, out: &mut Outbox) {
         let reply = match command {
-            Command::Stat => Reply::stat(maildrop.count, maildrop.size),
+            Command::Stat => Response::stat(maildrop.count, maildrop.size),
             Command::List { msg: None } => {
-                let listing = Reply::scan_listings(
+                let listing = Response::scan_listings(
                     maildrop.count,
                     maildrop.size,
                     maildrop.live().map(|(msg, entry)| (msg, entry.size)),
@@ -802,11 +816,11 @@ impl Session {
                 return;
             }
             Command::List { msg: Some(msg) } => match maildrop.index(msg) {
-                Some(index) => Reply::scan_listing(index + 1, maildrop.entries[index].size),
-                None => Reply::no_such_message(),
+                Some(index) => Response::scan_listing(index + 1, maildrop.entries[index].size),
+                None => Response::no_such_message(),
             },
             Command::Uidl { msg: None } => {
-                let listing = Reply::unique_id_listings(
+                let listing = Response::unique_id_listings(
                     maildrop
                         .live()
                         .map(|(msg, entry)| (msg, entry.uid.as_str())),
@@ -816,8 +830,8 @@ impl Session {
                 return;
             }
             Command::Uidl { msg: Some(msg) } => match maildrop.index(msg) {
-                Some(index) => Reply::unique_id_listing(index + 1, &maildrop.entries[index].uid),
-                None => Reply::no_such_message(),
+                Some(index) => Response::unique_id_listing(index + 1, &maildrop.entries[index].uid),
+                None => Response::no_such_message(),
             },
             Command::Retr { msg } | Command::Top { msg, .. } => {
                 let top_lines = match command {
@@ -834,26 +848,26 @@ impl Session {
                         };
                         return;
                     }
-                    None => Reply::no_such_message(),
+                    None => Response::no_such_message(),
                 }
             }
             Command::Dele { msg } => match maildrop.index(msg) {
                 Some(index) => {
                     maildrop.delete(index);
-                    Reply::deleted(index + 1)
+                    Response::deleted(index + 1)
                 }
-                None => Reply::no_such_message(),
+                None => Response::no_such_message(),
             },
-            Command::Noop => Reply::noop(),
+            Command::Noop => Response::noop(),
             Command::Rset => {
                 maildrop.reset();
-                Reply::maildrop_ready(maildrop.count, maildrop.size)
+                Response::maildrop_ready(maildrop.count, maildrop.size)
             }
             Command::User { .. }
             | Command::Pass { .. }
             | Command::Apop { .. }
             | Command::Auth { .. }
-            | Command::Stls => Reply::wrong_state(),
+            | Command::Stls => Response::wrong_state(),
             Command::Capa | Command::Quit => return,
         };
         self.state = State::Transaction(maildrop);
@@ -861,17 +875,17 @@ impl Session {
     }
 
     /// Sends a response the client caused and counts it if negative; closes at the limit.
-    fn reject(&mut self, reply: Reply, out: &mut Outbox) {
+    fn reject(&mut self, reply: Response, out: &mut Outbox) {
         reply.encode(&mut out.bytes);
         if !reply.is_ok() {
             self.errors = self.errors.saturating_add(1);
             if self.errors >= ERRORS_MAX {
-                self.close(Reply::too_many_errors(), CloseReason::TooManyErrors, out);
+                self.close(Response::too_many_errors(), CloseReason::TooManyErrors, out);
             }
         }
     }
 
-    fn close(&mut self, reply: Reply, reason: CloseReason, out: &mut Outbox) {
+    fn close(&mut self, reply: Response, reason: CloseReason, out: &mut Outbox) {
         reply.encode(&mut out.bytes);
         out.events.push(Event::Close(reason));
         self.state = State::Closed;
@@ -890,8 +904,8 @@ mod tests {
         b"Subject: three\r\n\r\n",
     ];
 
-    fn config() -> Pop3Config {
-        Pop3Config {
+    fn config() -> SessionConfig {
+        SessionConfig {
             hostname: "pop.test".into(),
             apop: false,
             user_command: true,
@@ -907,12 +921,12 @@ mod tests {
         events: Vec<Event>,
         lock: VecDeque<LockResult>,
         retrieve_fails: bool,
-        update: VecDeque<Result<(), ()>>,
+        update: VecDeque<Result<(), NotStored>>,
         deleted: Vec<usize>,
     }
 
     impl Driver {
-        fn new(config: &Pop3Config) -> Self {
+        fn new(config: &SessionConfig) -> Self {
             let mut out = Outbox::default();
             let session = Session::new(Arc::new(config.clone()), "42.7", &mut out);
             assert!(out.events.is_empty());
@@ -969,7 +983,7 @@ mod tests {
                 }
                 Event::Retrieve { index, .. } => {
                     let message = if self.retrieve_fails {
-                        Err(())
+                        Err(Unavailable)
                     } else {
                         Ok(MESSAGES[*index])
                     };
@@ -1034,7 +1048,7 @@ mod tests {
     }
 
     /// Runs `input` whole, split at every offset and byte by byte; all must agree.
-    fn run_with(config: &Pop3Config, input: &[u8], setup: impl Fn(&mut Driver)) -> Run {
+    fn run_with(config: &SessionConfig, input: &[u8], setup: impl Fn(&mut Driver)) -> Run {
         let drive = |pieces: &[&[u8]]| {
             let mut driver = Driver::new(config);
             setup(&mut driver);
@@ -1087,7 +1101,7 @@ mod tests {
 
     /// STLS (RFC 2595 §4), fed whole: the driver drops what was pipelined after it, so a
     /// split changes what is dropped.
-    fn stls_lines(config: &Pop3Config, input: &str) -> (Vec<String>, Driver) {
+    fn stls_lines(config: &SessionConfig, input: &str) -> (Vec<String>, Driver) {
         let mut driver = Driver::new(config);
         driver.feed(input.as_bytes());
         (driver.lines(), driver)
@@ -1095,7 +1109,7 @@ mod tests {
 
     #[test]
     fn stls_is_offered_with_a_certificate_and_only_before_tls() {
-        let tls = Pop3Config {
+        let tls = SessionConfig {
             stls: true,
             ..config()
         };
@@ -1135,7 +1149,7 @@ mod tests {
 
     #[test]
     fn passwords_in_clear_wait_for_stls_when_refused() {
-        let tls = Pop3Config {
+        let tls = SessionConfig {
             stls: true,
             apop: true,
             ..config()
@@ -1175,7 +1189,7 @@ mod tests {
 
     #[test]
     fn apop_needs_no_tls() {
-        let config = Pop3Config {
+        let config = SessionConfig {
             apop: true,
             ..config()
         };
@@ -1196,7 +1210,7 @@ mod tests {
         assert_eq!(lines.last().unwrap(), "-ERR STLS not available");
         assert!(!driver.session.is_tls());
 
-        let tls = Pop3Config {
+        let tls = SessionConfig {
             stls: true,
             ..config()
         };
@@ -1213,7 +1227,7 @@ mod tests {
         let mut out = Outbox::default();
         Session::new(Arc::new(config()), "1.2", &mut out);
         assert_eq!(out.bytes, b"+OK pop.test POP3 ready\r\n");
-        let apop = Pop3Config {
+        let apop = SessionConfig {
             apop: true,
             ..config()
         };
@@ -1434,7 +1448,7 @@ mod tests {
         let failed = run_with(
             &config(),
             format!("{LOGIN}DELE 2\r\nQUIT\r\nNOOP\r\n").as_bytes(),
-            |d| d.update.push_back(Err(())),
+            |d| d.update.push_back(Err(NotStored)),
         );
         assert_eq!(
             failed.lines[4..],

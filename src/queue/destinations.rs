@@ -6,7 +6,7 @@
 //! - the destinations it owns, each with its limits (open connections, parallel
 //!   transactions, a messages-per-minute [`RateLimiter`]) and a FIFO *ready* queue of
 //!   entries whose time has come;
-//! - one *deferred* index for all of them: a binary heap of compact [`Entry`]s ordered by
+//! - one *deferred* index for all of them: a binary heap of compact [`QueueEntry`]s ordered by
 //!   next attempt; [`CoreQueue::pop_due`] / [`CoreQueue::promote_due`] move what is due to
 //!   the ready queues, [`CoreQueue::next_due`] tells the runtime when to wake up;
 //! - the ingest [`Backpressure`] counters: queued messages and bytes against their limits,
@@ -23,7 +23,7 @@
 //! hashing onto the core count: stable across runs, builds and Rust versions (unlike
 //! `DefaultHasher`), and when the core count changes only `1/n` of the destinations move.
 //!
-//! **Memory.** An [`Entry`] is 40 octets: queue id (8), next attempt in ms since the epoch
+//! **Memory.** An [`QueueEntry`] is 40 octets: queue id (8), next attempt in ms since the epoch
 //! (8), recipient set (16: a bitmap of recipient indices 0–63, or a pointer to a boxed list
 //! for messages with higher indices), attempt count (2), destination slot (4), padding.
 //! Everything else about a deferred message (sender, body, replies) stays in the spool. One
@@ -31,7 +31,7 @@
 //! heap's vector doubled (the `a_million_deferred_entries` test measures it).
 //!
 //! **max_age.** Entries carry no arrival time: the queue id's timestamp is the arrival
-//! ([`Entry::first_seen`]). [`Destination::next`] expires the front of a ready queue whatever
+//! ([`QueueEntry::first_seen`]). [`Destination::next`] expires the front of a ready queue whatever
 //! the limits say, and [`CoreQueue::take_expired`] sweeps every ready queue, so a recipient
 //! waiting behind a connection limit or a throttle still bounces at its deadline.
 //!
@@ -180,7 +180,7 @@ pub struct DestId(pub u32);
 /// One message's recipients for one destination, waiting. Ordered by (next attempt, queue
 /// id, destination), so the heap pops the earliest, ties in arrival order.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Entry {
+pub struct QueueEntry {
     pub id: QueueId,
     /// Next attempt, ms since the Unix epoch.
     pub due_ms: u64,
@@ -193,9 +193,9 @@ pub struct Entry {
     pub delay_noticed: bool,
 }
 
-impl Entry {
-    pub fn new(id: QueueId, dest: DestId, recipients: RcptSet, due: SystemTime) -> Entry {
-        Entry {
+impl QueueEntry {
+    pub fn new(id: QueueId, dest: DestId, recipients: RcptSet, due: SystemTime) -> QueueEntry {
+        QueueEntry {
             id,
             due_ms: to_millis(due),
             recipients,
@@ -225,7 +225,7 @@ impl Entry {
     }
 }
 
-impl Ord for Entry {
+impl Ord for QueueEntry {
     fn cmp(&self, other: &Self) -> std::cmp::Ordering {
         self.order_key()
             .cmp(&other.order_key())
@@ -234,7 +234,7 @@ impl Ord for Entry {
     }
 }
 
-impl PartialOrd for Entry {
+impl PartialOrd for QueueEntry {
     fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
         Some(self.cmp(other))
     }
@@ -327,9 +327,9 @@ impl RateLimiter {
 pub enum Dispatch {
     /// Start a transaction for this entry (the transaction counter is taken; call
     /// [`Destination::finish`] when it ends).
-    Send(Entry),
+    Send(QueueEntry),
     /// This entry reached its deadline while waiting: bounce it.
-    Expired(Entry),
+    Expired(QueueEntry),
     /// The rate limit or a remote's "try later" holds the destination until then.
     Throttled { until: SystemTime },
     /// All transaction slots are busy: wait for one to finish.
@@ -343,7 +343,7 @@ pub enum Dispatch {
 pub struct Destination {
     pub key: DestinationKey,
     pub limits: DestinationLimits,
-    ready: VecDeque<Entry>,
+    ready: VecDeque<QueueEntry>,
     connections: u32,
     transactions: u32,
     rate: RateLimiter,
@@ -476,7 +476,7 @@ pub struct CoreQueue {
     slots: Vec<Option<Destination>>,
     free: Vec<u32>,
     index: HashMap<DestinationKey, DestId>,
-    deferred: BinaryHeap<Reverse<Entry>>,
+    deferred: BinaryHeap<Reverse<QueueEntry>>,
     limits: DestinationLimits,
     destinations_max: usize,
 }
@@ -534,7 +534,7 @@ impl CoreQueue {
 
     /// Queue an entry for its next attempt (`entry.due_ms`): into the deferred index.
     /// An entry for an unknown destination is returned.
-    pub fn defer(&mut self, entry: Entry) -> Result<(), Entry> {
+    pub fn defer(&mut self, entry: QueueEntry) -> Result<(), QueueEntry> {
         match self.get_mut(entry.dest) {
             Some(dest) => {
                 dest.deferred += 1;
@@ -546,7 +546,7 @@ impl CoreQueue {
     }
 
     /// Queue an entry to go as soon as its destination allows (new mail, a flush).
-    pub fn push_ready(&mut self, entry: Entry) -> Result<(), Entry> {
+    pub fn push_ready(&mut self, entry: QueueEntry) -> Result<(), QueueEntry> {
         match self.get_mut(entry.dest) {
             Some(dest) => {
                 dest.ready.push_back(entry);
@@ -557,7 +557,7 @@ impl CoreQueue {
     }
 
     /// The earliest deferred entry if it is due at `now`, taken out of the index.
-    pub fn pop_due(&mut self, now: SystemTime) -> Option<Entry> {
+    pub fn pop_due(&mut self, now: SystemTime) -> Option<QueueEntry> {
         let now_ms = to_millis(now);
         if self.deferred.peek()?.0.due_ms > now_ms {
             return None;
@@ -591,7 +591,7 @@ impl CoreQueue {
     }
 
     /// Entries in ready queues that reached their deadline at `now`, removed.
-    pub fn take_expired(&mut self, now: SystemTime, schedule: &RetrySchedule) -> Vec<Entry> {
+    pub fn take_expired(&mut self, now: SystemTime, schedule: &RetrySchedule) -> Vec<QueueEntry> {
         let mut out = Vec::new();
         for dest in self.slots.iter_mut().flatten() {
             if dest
@@ -599,7 +599,7 @@ impl CoreQueue {
                 .iter()
                 .any(|e| schedule::expired(e.first_seen(), now, schedule))
             {
-                let (gone, keep): (VecDeque<Entry>, VecDeque<Entry>) = dest
+                let (gone, keep): (VecDeque<QueueEntry>, VecDeque<QueueEntry>) = dest
                     .ready
                     .drain(..)
                     .partition(|e| schedule::expired(e.first_seen(), now, schedule));
@@ -620,12 +620,12 @@ impl CoreQueue {
         until: SystemTime,
         now: SystemTime,
         schedule: &RetrySchedule,
-    ) -> Vec<Entry> {
+    ) -> Vec<QueueEntry> {
         let Some(dest) = self.get_mut(id) else {
             return Vec::new();
         };
         dest.hold_until(until);
-        let ready: Vec<Entry> = dest.ready.drain(..).collect();
+        let ready: Vec<QueueEntry> = dest.ready.drain(..).collect();
         let mut expired = Vec::new();
         for mut entry in ready {
             match schedule::throttled(
@@ -649,7 +649,7 @@ impl CoreQueue {
 
     /// Takes every ready entry of destination `id` (the destination failed as a whole: no
     /// address answered, the greeting refused service, DNS said no).
-    pub fn take_ready(&mut self, id: DestId) -> Vec<Entry> {
+    pub fn take_ready(&mut self, id: DestId) -> Vec<QueueEntry> {
         match self.get_mut(id) {
             Some(dest) => dest.ready.drain(..).collect(),
             None => Vec::new(),
@@ -658,7 +658,7 @@ impl CoreQueue {
 
     /// Visits every queued entry (ready ones first, then the deferred index in no order) with
     /// its destination's key: for `relay queue list` and the metrics.
-    pub fn for_each_entry(&self, mut f: impl FnMut(&Entry, &DestinationKey, bool)) {
+    pub fn for_each_entry(&self, mut f: impl FnMut(&QueueEntry, &DestinationKey, bool)) {
         for dest in self.slots.iter().flatten() {
             for entry in &dest.ready {
                 f(entry, &dest.key, true);
@@ -682,11 +682,11 @@ impl CoreQueue {
     }
 
     /// Removes every entry of message `id` (queue delete, queue bounce); returns them.
-    pub fn remove_message(&mut self, id: QueueId) -> Vec<Entry> {
+    pub fn remove_message(&mut self, id: QueueId) -> Vec<QueueEntry> {
         let mut out = Vec::new();
         for dest in self.slots.iter_mut().flatten() {
             if dest.ready.iter().any(|e| e.id == id) {
-                let (gone, keep): (VecDeque<Entry>, VecDeque<Entry>) =
+                let (gone, keep): (VecDeque<QueueEntry>, VecDeque<QueueEntry>) =
                     dest.ready.drain(..).partition(|e| e.id == id);
                 dest.ready = keep;
                 out.extend(gone);
@@ -698,7 +698,7 @@ impl CoreQueue {
 
     /// `relay queue flush`: deferred entries matching `which` become ready now. Returns how
     /// many moved.
-    pub fn flush(&mut self, which: impl Fn(&Entry) -> bool) -> usize {
+    pub fn flush(&mut self, which: impl Fn(&QueueEntry) -> bool) -> usize {
         let moved = self.drain_deferred(which);
         let n = moved.len();
         for entry in moved {
@@ -709,12 +709,12 @@ impl CoreQueue {
         n
     }
 
-    fn drain_deferred(&mut self, which: impl Fn(&Entry) -> bool) -> Vec<Entry> {
+    fn drain_deferred(&mut self, which: impl Fn(&QueueEntry) -> bool) -> Vec<QueueEntry> {
         let all = std::mem::take(&mut self.deferred).into_vec();
-        let (gone, keep): (Vec<Reverse<Entry>>, Vec<Reverse<Entry>>) =
+        let (gone, keep): (Vec<Reverse<QueueEntry>>, Vec<Reverse<QueueEntry>>) =
             all.into_iter().partition(|Reverse(e)| which(e));
         self.deferred = BinaryHeap::from(keep);
-        let gone: Vec<Entry> = gone.into_iter().map(|Reverse(e)| e).collect();
+        let gone: Vec<QueueEntry> = gone.into_iter().map(|Reverse(e)| e).collect();
         for e in &gone {
             if let Some(dest) = self.get_mut(e.dest) {
                 dest.deferred = dest.deferred.saturating_sub(1);
@@ -757,11 +757,11 @@ impl CoreQueue {
     /// lists, the destination table), from `size_of` and capacities.
     pub fn memory_estimate(&self) -> usize {
         use std::mem::size_of;
-        let boxed = |e: &Entry| match &e.recipients {
+        let boxed = |e: &QueueEntry| match &e.recipients {
             RcptSet::Small(_) => 0,
             RcptSet::Large(list) => size_of::<Vec<u16>>() + list.capacity() * 2,
         };
-        let deferred = self.deferred.capacity() * size_of::<Reverse<Entry>>()
+        let deferred = self.deferred.capacity() * size_of::<Reverse<QueueEntry>>()
             + self
                 .deferred
                 .iter()
@@ -772,7 +772,8 @@ impl CoreQueue {
             .iter()
             .flatten()
             .map(|d| {
-                d.ready.capacity() * size_of::<Entry>() + d.ready.iter().map(boxed).sum::<usize>()
+                d.ready.capacity() * size_of::<QueueEntry>()
+                    + d.ready.iter().map(boxed).sum::<usize>()
             })
             .sum();
         let table = self.slots.capacity() * size_of::<Option<Destination>>()

@@ -39,7 +39,6 @@
 pub mod destinations;
 pub mod dsn;
 pub mod outcome;
-pub mod resolve;
 pub mod routes;
 pub mod schedule;
 pub mod scheduler;
@@ -47,13 +46,12 @@ pub mod settings;
 
 pub use destinations::{
     owner, Backpressure, BackpressureLimits, CoreQueue, DestId, Destination, DestinationKey,
-    DestinationLimits, Dispatch, Entry, RateLimiter, RcptSet,
+    DestinationLimits, Dispatch, QueueEntry, RateLimiter, RcptSet,
 };
 pub use dsn::{build_dsn, notify_decision, Action, Decision, DsnInput, DsnPolicy, Suppressed};
-pub use resolve::{plan_hops, HopPlan, Resolution, Resolver, ScriptedResolver};
 pub use routes::{NextHop, Route, RouteConfig, Routes, RoutesConfig, TlsMode};
 pub use schedule::{delay_notice_due, later_of, next_attempt, NextAttempt, RetrySchedule};
-pub use settings::{DeliveryConfig, SettingsError};
+pub use settings::{DeliveryConfig, ResolveLimits, SettingsError};
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 

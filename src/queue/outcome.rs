@@ -26,7 +26,7 @@ use crate::smtp::client::RecipientResult;
 use crate::smtp::reply::Reply;
 use crate::spool::{DeliveryResult, Outcome};
 
-use super::destinations::{Entry, RcptSet};
+use super::destinations::{QueueEntry, RcptSet};
 use super::dsn::{
     notify_decision, success_action, Action, Decision, Delivered, DsnPolicy, Suppressed,
 };
@@ -35,7 +35,7 @@ use super::to_millis;
 
 /// What one attempt on one entry produced, with what [`settle`] needs around it.
 pub struct Attempted<'a> {
-    pub entry: &'a Entry,
+    pub entry: &'a QueueEntry,
     /// The message's remote addresses (`MessageMeta::remote`): the entry's indices point here.
     pub remote: &'a [String],
     /// The stored envelope (sender, NOTIFY per recipient).
@@ -67,7 +67,7 @@ pub struct Settlement {
     pub results: Vec<DeliveryResult>,
     /// The recipients still to deliver, with their next attempt; `None` when every
     /// recipient of the entry is final.
-    pub requeue: Option<Entry>,
+    pub requeue: Option<QueueEntry>,
     pub notices: Vec<Notice>,
     /// Recipients whose failure cannot be reported (null sender): logged, dropped.
     pub double_bounces: Vec<usize>,
@@ -205,7 +205,7 @@ pub fn settle(attempt: &Attempted<'_>, schedule: &RetrySchedule, policy: &DsnPol
             let indices: Vec<usize> = deferred.iter().map(|(i, _, _)| *i).collect();
             let recipients =
                 RcptSet::from_indices(&indices).unwrap_or_else(|_| entry.recipients.clone());
-            out.requeue = Some(Entry {
+            out.requeue = Some(QueueEntry {
                 id: entry.id,
                 due_ms: to_millis(at),
                 recipients,
@@ -220,7 +220,7 @@ pub fn settle(attempt: &Attempted<'_>, schedule: &RetrySchedule, policy: &DsnPol
 
 /// How [`finalize_all`] ends every recipient.
 #[derive(Clone, Copy, Debug)]
-pub struct Ending<'a> {
+pub struct Finalization<'a> {
     pub outcome: Outcome,
     pub reply: &'a Reply,
     /// No failure notice (an operator's delete).
@@ -230,14 +230,14 @@ pub struct Ending<'a> {
 /// Every recipient of `entry` ends with `outcome` (an operator's delete or bounce, an expiry
 /// found while waiting): the results, and the failure notices unless `silent`.
 pub fn finalize_all(
-    entry: &Entry,
+    entry: &QueueEntry,
     remote: &[String],
     envelope: &Envelope,
-    ending: Ending<'_>,
+    ending: Finalization<'_>,
     now: SystemTime,
     policy: &DsnPolicy,
 ) -> Settlement {
-    let Ending {
+    let Finalization {
         outcome,
         reply,
         silent,
@@ -302,10 +302,10 @@ mod tests {
         }
     }
 
-    fn entry(indices: &[usize]) -> Entry {
+    fn entry(indices: &[usize]) -> QueueEntry {
         let id = QueueId::new(ARRIVAL, 0);
         let first = UNIX_EPOCH + Duration::from_micros(ARRIVAL);
-        Entry::new(
+        QueueEntry::new(
             id,
             DestId(0),
             RcptSet::from_indices(indices).unwrap(),
@@ -350,7 +350,7 @@ mod tests {
 
     /// `settle` over the three addresses of [`addrs`] with the test schedule.
     fn run(
-        e: &Entry,
+        e: &QueueEntry,
         env: &Envelope,
         results: &[RecipientResult],
         hop_dsn: bool,
@@ -446,7 +446,7 @@ mod tests {
         let mut e = entry(&[0]);
         let env = envelope("s@y.test", &[("a@x.test", None)]);
         let results = [RecipientResult::Deferred(remote(451))];
-        let run = |e: &Entry, now| run(e, &env, &results, false, now);
+        let run = |e: &QueueEntry, now| run(e, &env, &results, false, now);
         let early = run(&e, at(3600));
         assert!(early.notices.is_empty());
         assert!(!early.requeue.as_ref().unwrap().delay_noticed);
@@ -501,7 +501,7 @@ mod tests {
             &e,
             &remote_addrs,
             &env,
-            Ending {
+            Finalization {
                 outcome: Outcome::Bounced,
                 reply: &r,
                 silent: false,
@@ -516,7 +516,7 @@ mod tests {
             &e,
             &remote_addrs,
             &env,
-            Ending {
+            Finalization {
                 outcome: Outcome::Bounced,
                 reply: &r,
                 silent: true,

@@ -40,7 +40,6 @@ use crate::config::{ByteSize, Interval};
 
 use super::destinations::{BackpressureLimits, DestinationLimits};
 use super::dsn::DsnPolicy;
-use super::resolve::ResolveLimits;
 use super::schedule::{RetrySchedule, ScheduleError};
 
 /// The defaults, each with its reason.
@@ -297,6 +296,25 @@ impl DeliveryConfig {
         ResolveLimits {
             hosts_max: self.mx_hosts_max,
             addresses_max: self.mx_addresses_max,
+        }
+    }
+}
+
+/// Bounds on one resolution: MX hosts looked up (default 10) and addresses returned (default
+/// 5, Postfix's `smtp_mx_address_limit`), so a domain with 500 MX records costs 10 lookups.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ResolveLimits {
+    /// MX hosts whose addresses are looked up (the best ones after sorting).
+    pub hosts_max: usize,
+    /// Addresses in the answer: connection attempts for one delivery.
+    pub addresses_max: usize,
+}
+
+impl Default for ResolveLimits {
+    fn default() -> Self {
+        ResolveLimits {
+            hosts_max: 10,
+            addresses_max: 5,
         }
     }
 }

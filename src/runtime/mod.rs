@@ -8,8 +8,7 @@
 //! Exposure: none to the network directly; reads /proc for the io_uring probe.
 
 pub mod probe;
-pub mod server;
-mod shard;
+pub mod shard;
 
 use crate::config::IoEngine;
 pub use probe::UringUnavailable;

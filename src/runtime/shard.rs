@@ -1,23 +1,20 @@
-//! Starting one shard: a thread pinned to its core, running the chosen engine's runtime.
+//! Starting one shard: a thread pinned to its core, running the chosen engine's
+//! single-threaded runtime, and on it the future the caller builds there. The runtime knows
+//! nothing of protocols or delivery: the server gives it the future.
 
-use std::rc::Rc;
+use std::future::Future;
+use std::pin::Pin;
 use std::thread::JoinHandle;
 
 use crossbeam::channel::Sender;
 
 use super::Engine;
-use crate::net::delivery::{self, Core};
-use crate::net::io::{
-    epoll::EpollConnector, epoll::EpollListener, uring::UringConnector, uring::UringListener,
-    Connector,
-};
-use crate::net::shard::{self as net_shard, Bound, Protocol, ShardContext};
 
 /// What a shard thread reports to the main thread.
 #[derive(Debug)]
 pub enum ShardEvent {
     Ready(usize),
-    /// The runtime could not be built; the message says why.
+    /// The runtime or the shard's own set-up failed; the message says why.
     Failed(usize, String),
     /// The shard's thread ended (sent on every exit path, panics included).
     Exited(usize),
@@ -35,75 +32,70 @@ impl Drop for ExitNotice {
     }
 }
 
-/// The parts of a shard built on the main thread (everything `Send`); the `Rc` context is
-/// assembled on the shard's own thread.
-pub struct ShardSeed {
+/// Where a shard runs.
+#[derive(Debug, Clone, Copy)]
+pub struct Placement {
     pub index: usize,
     pub core: Option<core_affinity::CoreId>,
     pub engine: Engine,
-    /// Listening sockets, their protocol and whether they are implicit-TLS.
-    pub sockets: Vec<(std::net::TcpListener, Protocol, bool)>,
-    /// The delivery queue this core owns, rebuilt from the spool.
-    pub startup: Vec<crate::net::delivery::Job>,
-    pub make_context: Box<dyn FnOnce() -> ShardContext + Send>,
 }
 
-pub fn spawn(seed: ShardSeed, events: Sender<ShardEvent>) -> std::io::Result<JoinHandle<()>> {
+/// The shard's half of the start-up handshake: the body says when it serves.
+pub struct Ready {
+    index: usize,
+    events: Sender<ShardEvent>,
+}
+
+impl Ready {
+    pub fn send(self) {
+        let _ = self.events.send(ShardEvent::Ready(self.index));
+    }
+}
+
+/// The shard's work: a future that is built on the shard's own thread (it may hold `Rc`s and
+/// engine-bound sockets) and runs until the shard is done. An `Err` is reported as `Failed`.
+pub type Body =
+    Box<dyn FnOnce(Engine, Ready) -> Pin<Box<dyn Future<Output = Result<(), String>>>> + Send>;
+
+/// Starts the shard's thread: pins it, builds the engine's runtime, runs `body` on it.
+pub fn spawn(
+    placement: Placement,
+    events: Sender<ShardEvent>,
+    body: Body,
+) -> std::io::Result<JoinHandle<()>> {
+    let Placement {
+        index,
+        core,
+        engine,
+    } = placement;
     std::thread::Builder::new()
-        .name(format!("shard-{}", seed.index))
+        .name(format!("shard-{index}"))
         .spawn(move || {
             let _notice = ExitNotice {
-                shard: seed.index,
+                shard: index,
                 events: events.clone(),
             };
-            if let Some(core) = seed.core {
+            if let Some(core) = core {
                 if !core_affinity::set_for_current(core) {
-                    tracing::warn!(shard = seed.index, "could not pin to core {}", core.id);
+                    tracing::warn!(shard = index, "could not pin to core {}", core.id);
                 }
             }
-            let index = seed.index;
-            if let Err(message) = run(seed, &events) {
+            let ready = Ready {
+                index,
+                events: events.clone(),
+            };
+            if let Err(message) = run(engine, ready, body) {
                 let _ = events.send(ShardEvent::Failed(index, message));
             }
         })
 }
 
-fn run(seed: ShardSeed, events: &Sender<ShardEvent>) -> Result<(), String> {
-    let ShardSeed {
-        index,
-        engine,
-        sockets,
-        make_context,
-        startup,
-        ..
-    } = seed;
-    let duplicates = sockets
-        .iter()
-        .map(|(s, _, _)| s.try_clone())
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| format!("cannot duplicate listening socket: {e}"))?;
-    let ctx = Rc::new(make_context());
+fn run(engine: Engine, ready: Ready, body: Body) -> Result<(), String> {
     match engine {
         Engine::Uring => {
             let runtime = tokio_uring::Runtime::new(&tokio_uring::builder())
                 .map_err(|e| format!("cannot start io_uring runtime: {e}"))?;
-            runtime.block_on(async move {
-                let listeners = sockets
-                    .into_iter()
-                    .zip(duplicates)
-                    .map(|((socket, protocol, implicit_tls), dup)| Bound {
-                        listener: UringListener::from_std(socket),
-                        socket: dup,
-                        protocol,
-                        implicit_tls,
-                    })
-                    .collect();
-                let core = delivery_core(&ctx, UringConnector);
-                let delivery = tokio::task::spawn_local(delivery::run(core, startup));
-                let _ = events.send(ShardEvent::Ready(index));
-                net_shard::run(ctx, listeners).await;
-                let _ = delivery.await;
-            });
+            runtime.block_on(body(engine, ready))
         }
         Engine::Epoll => {
             let runtime = tokio::runtime::Builder::new_current_thread()
@@ -111,39 +103,7 @@ fn run(seed: ShardSeed, events: &Sender<ShardEvent>) -> Result<(), String> {
                 .build()
                 .map_err(|e| format!("cannot start epoll runtime: {e}"))?;
             let local = tokio::task::LocalSet::new();
-            local.block_on(&runtime, async move {
-                let mut listeners = Vec::new();
-                for ((socket, protocol, implicit_tls), dup) in sockets.into_iter().zip(duplicates) {
-                    let listener = EpollListener::from_std(socket)
-                        .map_err(|e| format!("cannot register listener with epoll: {e}"))?;
-                    listeners.push(Bound {
-                        listener,
-                        socket: dup,
-                        protocol,
-                        implicit_tls,
-                    });
-                }
-                let core = delivery_core(&ctx, EpollConnector);
-                let delivery = tokio::task::spawn_local(delivery::run(core, startup));
-                let _ = events.send(ShardEvent::Ready(index));
-                net_shard::run(ctx, listeners).await;
-                let _ = delivery.await;
-                Ok::<(), String>(())
-            })?;
+            local.block_on(&runtime, body(engine, ready))
         }
     }
-    Ok(())
-}
-
-fn delivery_core<C: Connector + 'static>(ctx: &ShardContext, connector: C) -> Rc<Core<C>> {
-    Core::new(
-        ctx.shard,
-        std::sync::Arc::clone(&ctx.delivery),
-        connector,
-        ctx.spool.clone(),
-        std::sync::Arc::clone(&ctx.store),
-        std::sync::Arc::clone(&ctx.mail_store),
-        ctx.phase.clone(),
-        Some(ctx.metrics.clone()),
-    )
 }

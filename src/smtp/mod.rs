@@ -33,7 +33,6 @@ pub mod client;
 pub mod command;
 pub mod data;
 pub mod fuzz;
-pub mod line;
 pub mod params;
 pub mod received;
 pub mod recipients;

@@ -51,13 +51,13 @@ use memchr::memchr;
 use super::address::{ForwardPath, ReversePath};
 use super::command::{self, Command};
 use super::data::{BodyLimits, BodyReceiver};
-use super::line::{self, Ending, Frame};
 use super::params::RcptParams;
 use super::received;
 use super::recipients::{Lookup, Mailboxes};
 use super::reply::{Extension, Reply};
 use crate::envelope::{BodyType, Envelope, MailParams, Origin, QueueId, Recipient};
-use crate::pop3::sasl;
+use crate::proto::line::{self, Frame, LineEnd};
+use crate::proto::sasl;
 
 /// RFC 5321 §4.5.3.1.4: a server must accept command lines of 512 octets (CRLF included).
 pub const COMMAND_LINE_MIN: usize = 512;
@@ -769,8 +769,8 @@ impl Session {
                 match ending {
                     // RFC 5321 §2.3.8: a bare LF does not end a command line; it is refused
                     // rather than guessed at, as it is in message data.
-                    Ending::BareLf => self.reject(Reply::bare_lf_in_command(), out),
-                    Ending::CrLf => match command::parse(line) {
+                    LineEnd::BareLf => self.reject(Reply::bare_lf_in_command(), out),
+                    LineEnd::CrLf => match command::parse(line) {
                         Ok(command) => self.command(command, now, out),
                         Err(error) => self.reject(error.reply(), out),
                     },
@@ -932,10 +932,10 @@ impl Session {
                 consumed,
             } => {
                 match ending {
-                    Ending::BareLf => {
+                    LineEnd::BareLf => {
                         self.refuse(Phase::Ready(helo), Reply::bare_lf_in_command(), out)
                     }
-                    Ending::CrLf => self.sasl_response(helo, step, line, out),
+                    LineEnd::CrLf => self.sasl_response(helo, step, line, out),
                 }
                 Some(consumed)
             }

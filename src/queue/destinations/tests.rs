@@ -108,8 +108,8 @@ fn growing_the_core_count_moves_few_destinations() {
 #[test]
 fn entries_are_compact() {
     assert_eq!(std::mem::size_of::<RcptSet>(), 16);
-    assert_eq!(std::mem::size_of::<Entry>(), 40);
-    assert_eq!(std::mem::size_of::<Reverse<Entry>>(), 40);
+    assert_eq!(std::mem::size_of::<QueueEntry>(), 40);
+    assert_eq!(std::mem::size_of::<Reverse<QueueEntry>>(), 40);
 }
 
 #[test]
@@ -127,7 +127,7 @@ fn recipient_sets() {
 
 #[test]
 fn entries_know_their_arrival() {
-    let e = Entry::new(qid(120, 1), DestId(0), one(0), at(500));
+    let e = QueueEntry::new(qid(120, 1), DestId(0), one(0), at(500));
     assert_eq!(e.first_seen(), at(120));
     assert_eq!(e.due(), at(500));
     assert_eq!(e.seed(), qid(120, 1).0);
@@ -192,7 +192,7 @@ fn transactions_are_limited_and_freed() {
     let mut q = CoreQueue::new(limits(2, 0), 10);
     let d = q.destination_id(mx("dest.example")).unwrap();
     for i in 0..3 {
-        q.push_ready(Entry::new(qid(0, 0), d, one(i), at(0)))
+        q.push_ready(QueueEntry::new(qid(0, 0), d, one(i), at(0)))
             .unwrap();
     }
     let dest = q.get_mut(d).unwrap();
@@ -226,7 +226,7 @@ fn rate_limit_throttles_the_destination() {
     let mut q = CoreQueue::new(limits(10, 6), 10);
     let d = q.destination_id(mx("dest.example")).unwrap();
     for i in 0..3 {
-        q.push_ready(Entry::new(qid(0, 0), d, one(i), at(0)))
+        q.push_ready(QueueEntry::new(qid(0, 0), d, one(i), at(0)))
             .unwrap();
     }
     let dest = q.get_mut(d).unwrap();
@@ -243,7 +243,7 @@ fn a_held_destination_waits_and_holds_only_extend() {
     let schedule = RetrySchedule::default();
     let mut q = CoreQueue::new(limits(10, 0), 10);
     let d = q.destination_id(mx("dest.example")).unwrap();
-    q.push_ready(Entry::new(qid(0, 0), d, one(0), at(0)))
+    q.push_ready(QueueEntry::new(qid(0, 0), d, one(0), at(0)))
         .unwrap();
     let dest = q.get_mut(d).unwrap();
     dest.hold_until(at(600));
@@ -261,11 +261,11 @@ fn max_age_beats_every_limit_in_the_ready_queue() {
     let deadline = schedule.max_age.as_secs();
     let mut q = CoreQueue::new(limits(1, 1), 10);
     let d = q.destination_id(mx("dest.example")).unwrap();
-    q.push_ready(Entry::new(qid(0, 0), d, one(0), at(0)))
+    q.push_ready(QueueEntry::new(qid(0, 0), d, one(0), at(0)))
         .unwrap();
-    q.push_ready(Entry::new(qid(0, 0), d, one(1), at(0)))
+    q.push_ready(QueueEntry::new(qid(0, 0), d, one(1), at(0)))
         .unwrap();
-    q.push_ready(Entry::new(qid(100, 0), d, one(0), at(100)))
+    q.push_ready(QueueEntry::new(qid(100, 0), d, one(0), at(100)))
         .unwrap();
     let dest = q.get_mut(d).unwrap();
     // Busy, throttled and held at once.
@@ -287,9 +287,9 @@ fn max_age_beats_every_limit_in_the_ready_queue() {
     // The sweep finds entries behind the front too.
     let mut q = CoreQueue::new(limits(1, 0), 10);
     let d = q.destination_id(mx("dest.example")).unwrap();
-    q.push_ready(Entry::new(qid(1000, 0), d, one(0), at(1000)))
+    q.push_ready(QueueEntry::new(qid(1000, 0), d, one(0), at(1000)))
         .unwrap();
-    q.push_ready(Entry::new(qid(0, 0), d, one(0), at(0)))
+    q.push_ready(QueueEntry::new(qid(0, 0), d, one(0), at(0)))
         .unwrap();
     let gone = q.take_expired(at(deadline + 1), &schedule);
     assert_eq!(gone.len(), 1);
@@ -304,10 +304,14 @@ fn deferred_entries_come_out_in_time_order() {
     let mut q = CoreQueue::new(DestinationLimits::default(), 10);
     let a = q.destination_id(mx("a.example")).unwrap();
     let b = q.destination_id(mx("b.example")).unwrap();
-    q.defer(Entry::new(qid(0, 0), a, one(0), at(300))).unwrap();
-    q.defer(Entry::new(qid(1, 0), b, one(0), at(60))).unwrap();
-    q.defer(Entry::new(qid(2, 0), a, one(1), at(60))).unwrap();
-    q.defer(Entry::new(qid(3, 0), b, one(0), at(900))).unwrap();
+    q.defer(QueueEntry::new(qid(0, 0), a, one(0), at(300)))
+        .unwrap();
+    q.defer(QueueEntry::new(qid(1, 0), b, one(0), at(60)))
+        .unwrap();
+    q.defer(QueueEntry::new(qid(2, 0), a, one(1), at(60)))
+        .unwrap();
+    q.defer(QueueEntry::new(qid(3, 0), b, one(0), at(900)))
+        .unwrap();
     assert_eq!(q.next_due(), Some(at(60)));
     assert_eq!(q.pop_due(at(59)), None);
     // Equal times: arrival (queue id) order.
@@ -332,12 +336,17 @@ fn a_throttle_never_shortens_a_back_off() {
     let old = schedule.max_age.as_secs() - 60;
     let now = at(old);
     // Two recent messages: one due a minute ago, one whose back-off ends after the throttle.
-    q.push_ready(Entry::new(qid(old - 100, 0), d, one(0), at(old - 60)))
+    q.push_ready(QueueEntry::new(qid(old - 100, 0), d, one(0), at(old - 60)))
         .unwrap();
-    q.push_ready(Entry::new(qid(old - 100, 1), d, one(0), at(old + 7200)))
-        .unwrap();
+    q.push_ready(QueueEntry::new(
+        qid(old - 100, 1),
+        d,
+        one(0),
+        at(old + 7200),
+    ))
+    .unwrap();
     // One that arrived almost 5 days ago: the throttle would take it past its deadline.
-    q.push_ready(Entry::new(qid(0, 9), d, one(0), at(old - 30)))
+    q.push_ready(QueueEntry::new(qid(0, 9), d, one(0), at(old - 30)))
         .unwrap();
     let until = now + Duration::from_secs(10 * MIN);
     let expired = q.throttle(d, until, now, &schedule);
@@ -350,7 +359,8 @@ fn a_throttle_never_shortens_a_back_off() {
     dues.sort();
     assert_eq!(dues, [until, at(old + 7200)]);
     // And the destination holds the rest until then.
-    q.push_ready(Entry::new(qid(5, 0), d, one(0), now)).unwrap();
+    q.push_ready(QueueEntry::new(qid(5, 0), d, one(0), now))
+        .unwrap();
     assert_eq!(
         q.get_mut(d).unwrap().next(now, &schedule),
         Dispatch::Throttled { until }
@@ -358,7 +368,7 @@ fn a_throttle_never_shortens_a_back_off() {
     // A back-off later than the throttle is kept as it was.
     let mut q = CoreQueue::new(DestinationLimits::default(), 10);
     let d = q.destination_id(mx("dest.example")).unwrap();
-    q.push_ready(Entry::new(qid(0, 0), d, one(0), at(7200)))
+    q.push_ready(QueueEntry::new(qid(0, 0), d, one(0), at(7200)))
         .unwrap();
     assert!(q.throttle(d, at(600), at(100), &schedule).is_empty());
     assert_eq!(q.pop_due(at(7200)).unwrap().due(), at(7200));
@@ -371,17 +381,17 @@ fn remove_and_flush() {
     let b = q.destination_id(mx("b.example")).unwrap();
     let m1 = qid(0, 0);
     let m2 = qid(1, 0);
-    q.defer(Entry::new(m1, a, one(0), at(600))).unwrap();
-    q.defer(Entry::new(m1, b, one(1), at(600))).unwrap();
-    q.push_ready(Entry::new(m1, a, one(2), at(0))).unwrap();
-    q.defer(Entry::new(m2, a, one(0), at(900))).unwrap();
+    q.defer(QueueEntry::new(m1, a, one(0), at(600))).unwrap();
+    q.defer(QueueEntry::new(m1, b, one(1), at(600))).unwrap();
+    q.push_ready(QueueEntry::new(m1, a, one(2), at(0))).unwrap();
+    q.defer(QueueEntry::new(m2, a, one(0), at(900))).unwrap();
     let gone = q.remove_message(m1);
     assert_eq!(gone.len(), 3);
     assert_eq!(q.deferred_len(), 1);
     assert_eq!(q.ready_len(), 0);
     assert_eq!(q.get(b).unwrap().deferred_len(), 0);
     // Flush by destination.
-    q.defer(Entry::new(m1, b, one(0), at(600))).unwrap();
+    q.defer(QueueEntry::new(m1, b, one(0), at(600))).unwrap();
     assert_eq!(q.flush(|e| e.dest == a), 1);
     assert_eq!(q.get(a).unwrap().ready_len(), 1);
     assert_eq!(q.get(a).unwrap().deferred_len(), 0);
@@ -402,7 +412,7 @@ fn unknown_destinations_are_refused_and_the_table_is_bounded() {
         q.destination_id(mx("c.example")),
         Err(TooManyDestinations(2))
     );
-    let stray = Entry::new(qid(0, 0), DestId(77), one(0), at(0));
+    let stray = QueueEntry::new(qid(0, 0), DestId(77), one(0), at(0));
     assert_eq!(q.defer(stray.clone()), Err(stray.clone()));
     assert_eq!(q.push_ready(stray.clone()), Err(stray));
 }
@@ -413,7 +423,8 @@ fn unused_destinations_are_collected_and_their_slots_reused() {
     let mut q = CoreQueue::new(limits(5, 0), 2);
     let a = q.destination_id(mx("a.example")).unwrap();
     let b = q.destination_id(mx("b.example")).unwrap();
-    q.defer(Entry::new(qid(0, 0), b, one(0), at(60))).unwrap();
+    q.defer(QueueEntry::new(qid(0, 0), b, one(0), at(60)))
+        .unwrap();
     assert_eq!(q.collect_unused(), 1, "a is idle, b has a deferred entry");
     assert_eq!(q.lookup(&mx("a.example")), None);
     let c = q.destination_id(mx("c.example")).unwrap();
@@ -488,7 +499,7 @@ fn a_million_deferred_entries() {
             one(i % 64)
         };
         let due = at(60 + (i as u64 * 7919) % (5 * 24 * 3600));
-        q.defer(Entry::new(
+        q.defer(QueueEntry::new(
             qid(i as u64 / 1000, 0),
             dests[i % dests.len()],
             recipients,
@@ -501,9 +512,9 @@ fn a_million_deferred_entries() {
     let per_entry = estimate as f64 / N as f64;
     eprintln!(
         "1M deferred entries: size_of-based estimate {:.1} MiB ({per_entry:.1} octets/entry; \
-         Entry is {} octets), RSS growth {} MiB",
+         QueueEntry is {} octets), RSS growth {} MiB",
         estimate as f64 / (1024.0 * 1024.0),
-        std::mem::size_of::<Entry>(),
+        std::mem::size_of::<QueueEntry>(),
         match (rss_before, rss_after) {
             (Some(b), Some(a)) => format!("{:.1}", a.saturating_sub(b) as f64 / (1024.0 * 1024.0)),
             _ => "n/a".into(),

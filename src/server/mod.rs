@@ -8,6 +8,13 @@
 //! lost by that, because a 250 was only ever sent after its fdatasync, and recovery truncates
 //! whatever partial frame the exit left.
 
+pub mod admission;
+pub mod dnsbl;
+pub mod pop3;
+pub mod shard;
+pub mod smtp;
+pub mod starttls;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -16,21 +23,22 @@ use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 use tokio::sync::watch;
 
-use super::shard::{self, ShardEvent, ShardSeed};
-use super::{choose_engine, probe, Engine, Phase, UringUnavailable};
 use crate::admin::{Admin, AdminError};
 use crate::config::Config;
+use crate::delivery::{jobs_from_live, DeliveryShared, Mesh, QueueGauge};
 use crate::mailbox::{LocalDelivery, MailStore};
 use crate::metrics::Metrics;
-use crate::net::delivery::{jobs_from_live, DeliveryShared, Mesh, QueueGauge};
-use crate::net::limits::AuthFailures;
-use crate::net::limits::{Admission, ClientTable};
 use crate::net::listener::{bind_shared, BindError};
-use crate::net::shard::{Pop3Context, Protocol, ShardContext, SmtpAuthContext};
+use crate::net::tls::ServerTls;
+use crate::runtime::shard::{Placement, ShardEvent};
+use crate::runtime::{choose_engine, probe, Engine, Phase, UringUnavailable};
+use crate::server::admission::AuthFailures;
+use crate::server::admission::{Admission, ClientTable};
+use crate::server::shard::{Pop3Context, Protocol, ShardContext, SmtpAuthContext};
 use crate::smtp::client::ClientConfig;
 use crate::smtp::{Gate, Mailboxes, SessionConfig};
 use crate::spool::{Spool, SpoolConfig, SpoolError};
-use crate::tls::ServerTls;
+use shard::ShardSeed;
 
 /// Why the server could not start or stop cleanly; each is one clear line for the operator.
 #[derive(Debug, thiserror::Error)]
@@ -58,9 +66,9 @@ pub enum ServerError {
     #[error(transparent)]
     Admin(#[from] AdminError),
     #[error("tls: {0}")]
-    Tls(#[from] crate::tls::TlsError),
+    Tls(#[from] crate::net::tls::TlsError),
     #[error("outbound TLS: {0}")]
-    OutboundTls(crate::tls::TlsError),
+    OutboundTls(crate::net::tls::TlsError),
 }
 
 /// Raises the soft `nofile` limit to the hard one: every connection is a descriptor, and
@@ -115,7 +123,7 @@ pub fn session_config(
         ingest: None,
         // One table for every shard: a fresh one per call (the server calls this once).
         message_rate: (config.smtp.messages_per_ip_max > 0).then(|| {
-            crate::smtp::RateGate(crate::net::limits::MessageRate::new(
+            crate::smtp::RateGate(crate::server::admission::MessageRate::new(
                 config.smtp.messages_per_ip_max,
                 config.smtp.message_rate_window.0,
             ))
@@ -157,7 +165,7 @@ pub fn delivery_shared(
         destinations_max: d.destinations_max,
         client: Arc::new(client),
         connect_timeout: d.connect_timeout.0,
-        client_tls: crate::tls::ClientTls::load(config.tls.ca_file.as_deref())
+        client_tls: crate::net::tls::ClientTls::load(config.tls.ca_file.as_deref())
             .map_err(ServerError::OutboundTls)?,
         tls_handshake_timeout: config.tls.handshake_timeout.0,
         tls_failure_hold: d.tls_failure_hold.0,
@@ -242,7 +250,7 @@ pub fn run(config: Config) -> Result<(), ServerError> {
             "POP3 listens beyond loopback without a TLS certificate: clients there can log in only with APOP (set [tls] cert/key, or pop3.allow_plaintext_auth = true)"
         );
     }
-    let pop3_config = Arc::new(crate::pop3::Pop3Config {
+    let pop3_config = Arc::new(crate::pop3::SessionConfig {
         hostname: hostname.clone(),
         apop: directory.apop_available(),
         user_command: true,
@@ -268,14 +276,13 @@ pub fn run(config: Config) -> Result<(), ServerError> {
     delivery.metrics = Some(Arc::clone(&metrics));
     let delivery = Arc::new(delivery);
     // Both start-up views in one pass over the index (no log is read again).
-    let mut per_core: Vec<Vec<crate::net::delivery::Job>> =
-        (0..shards).map(|_| Vec::new()).collect();
+    let mut per_core: Vec<Vec<crate::delivery::Job>> = (0..shards).map(|_| Vec::new()).collect();
     let (mut delivered, mut deleted) = (0usize, 0usize);
     spool.startup_view(|message| {
         for mailbox in &message.mailboxes {
             mail_store.deliver(
                 mailbox,
-                crate::mailbox::Entry {
+                crate::mailbox::MaildropItem {
                     id: message.id,
                     size: message.body_len,
                 },
@@ -294,7 +301,7 @@ pub fn run(config: Config) -> Result<(), ServerError> {
     // Routes: the metrics' own; the queue control adds its `/queue/...` ones here.
     let mut admin_routes = crate::admin::metrics_routes(&metrics);
     admin_routes.extend(crate::admin::queue::queue_routes(Arc::new(
-        crate::net::delivery::control::QueueService {
+        crate::delivery::control::QueueService {
             mesh: Arc::clone(&delivery.mesh),
             spool: Arc::clone(&spool),
         },
@@ -347,15 +354,17 @@ pub fn run(config: Config) -> Result<(), ServerError> {
         let delivery = Arc::clone(&delivery);
         let server_tls = server_tls.clone();
         let tls_handshake_timeout = config.tls.handshake_timeout.0;
-        let dnsbl = crate::net::shard::Dnsbl::new(
+        let dnsbl = dnsbl::Dnsbl::new(
             config.smtp.dnsbl_zones.clone(),
             config.smtp.dnsbl_timeout.0,
             config.server.dns_servers.clone(),
         );
         let seed = ShardSeed {
-            index,
-            core: (!cores.is_empty()).then(|| cores[index % cores.len()]),
-            engine,
+            placement: Placement {
+                index,
+                core: (!cores.is_empty()).then(|| cores[index % cores.len()]),
+                engine,
+            },
             sockets,
             startup: startup.next().unwrap_or_default(),
             make_context: Box::new(move || ShardContext {

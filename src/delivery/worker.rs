@@ -26,13 +26,13 @@ use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 
+use super::resolve::{self, Resolution, Target};
 use super::Core;
 use crate::net::conn::{compact, stop_requested, within};
 use crate::net::io::{Connection, Connector};
 use crate::net::tls::{TlsConnection, TlsSummary};
 use crate::queue::outcome::{self, recipient_of, Attempted};
-use crate::queue::resolve::{self, Resolution, Target};
-use crate::queue::{DestId, DestinationKey, Entry, TlsMode};
+use crate::queue::{DestId, DestinationKey, QueueEntry, TlsMode};
 use crate::smtp::client::{
     Client, ClientEvent, ConnectionOutcome, Diagnostic, Next, Outgoing, Output, RecipientResult,
     Stage, StartTlsPolicy,
@@ -55,7 +55,7 @@ pub async fn run<C: Connector + 'static>(core: Rc<Core<C>>, dest: DestId) {
     core.kick.notify_one();
 }
 
-async fn deliver<C: Connector + 'static>(core: &Rc<Core<C>>, dest: DestId, first: Entry) {
+async fn deliver<C: Connector + 'static>(core: &Rc<Core<C>>, dest: DestId, first: QueueEntry) {
     let Some(key) = core.destination_key(dest) else {
         core.finish(dest);
         return;
@@ -152,7 +152,7 @@ struct Conversation {
     input: Vec<u8>,
     consumed: usize,
     /// The entry taken before connecting, until the client is first ready for it.
-    pending_first: Option<Entry>,
+    pending_first: Option<QueueEntry>,
     current: Option<InFlight>,
     /// `host[address]`, for the log and notices.
     hop: String,
@@ -165,7 +165,7 @@ impl Conversation {
         core: &Core<C>,
         starttls: StartTlsPolicy,
         hop: String,
-        first: Option<Entry>,
+        first: Option<QueueEntry>,
     ) -> Conversation {
         Conversation {
             client: Client::with_starttls(Arc::clone(&core.shared.client), starttls),
@@ -208,7 +208,7 @@ async fn session<C: Connector + 'static>(
     key: &DestinationKey,
     conn: C::Conn,
     target: &Target,
-    first: Entry,
+    first: QueueEntry,
 ) {
     let mode = tls_mode(core, key);
     let starttls = match mode {
@@ -301,7 +301,7 @@ async fn handshake<C: Connector + 'static, K: Connection>(
     config: Arc<rustls::ClientConfig>,
     host: &str,
 ) -> Handshake<K> {
-    let Some(name) = crate::tls::client::server_name(host) else {
+    let Some(name) = crate::net::tls::client::server_name(host) else {
         conn.shutdown();
         return Handshake::Failed(format!("{host:?} is not a name TLS can check"));
     };
@@ -365,31 +365,6 @@ async fn resolve<C: Connector + 'static>(core: &Core<C>, key: &DestinationKey) -
     .await
 }
 
-/// Without a system resolver (it could not be built) every lookup is a temporary failure:
-/// MX mail defers, and static routes with an address still work.
-impl resolve::Resolver for Option<resolve::SystemResolver> {
-    async fn mx(&self, domain: &str) -> resolve::MxAnswer {
-        match self {
-            Some(resolver) => resolver.mx(domain).await,
-            None => resolve::MxAnswer::TempFail("no DNS resolver available".into()),
-        }
-    }
-
-    async fn addresses(&self, host: &str) -> resolve::AddrAnswer {
-        match self {
-            Some(resolver) => resolver.addresses(host).await,
-            None => resolve::AddrAnswer::TempFail("no DNS resolver available".into()),
-        }
-    }
-
-    async fn ipv4(&self, name: &str) -> resolve::AddrAnswer {
-        match self {
-            Some(resolver) => resolver.ipv4(name).await,
-            None => resolve::AddrAnswer::TempFail("no DNS resolver available".into()),
-        }
-    }
-}
-
 fn key_seed(key: &DestinationKey) -> u64 {
     key.to_string().bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
         (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
@@ -402,7 +377,7 @@ fn key_seed(key: &DestinationKey) -> u64 {
 async fn fail_destination<C: Connector + 'static>(
     core: &Rc<Core<C>>,
     dest: DestId,
-    first: Entry,
+    first: QueueEntry,
     result: RecipientResult,
     hop: Option<&str>,
     tls: Option<&str>,
@@ -435,14 +410,14 @@ async fn fail_destination<C: Connector + 'static>(
 }
 
 /// The message is no longer in the spool: nothing to deliver.
-fn gone<C: Connector + 'static>(core: &Core<C>, entry: &Entry) {
+fn gone<C: Connector + 'static>(core: &Core<C>, entry: &QueueEntry) {
     tracing::info!(queue_id = %entry.id, "queued message no longer in the spool; dropped from the queue");
     core.shared.mesh.gauge.release(0);
 }
 
 /// An entry whose message could not be read: back in the deferred index for the first
 /// retry interval, without a record (nothing was attempted).
-fn retry_later<C: Connector + 'static>(core: &Core<C>, mut entry: Entry) {
+fn retry_later<C: Connector + 'static>(core: &Core<C>, mut entry: QueueEntry) {
     entry.due_ms =
         crate::queue::to_millis(SystemTime::now() + core.shared.schedule.interval(1, entry.seed()));
     let key = core.destination_key(entry.dest);
@@ -451,7 +426,7 @@ fn retry_later<C: Connector + 'static>(core: &Core<C>, mut entry: Entry) {
 
 async fn settle<C: Connector + 'static>(
     core: &Rc<Core<C>>,
-    entry: &Entry,
+    entry: &QueueEntry,
     message: &StoredMessage,
     results: &[RecipientResult],
     hop_dsn: bool,
@@ -475,7 +450,7 @@ async fn settle<C: Connector + 'static>(
 
 /// The message for the next hop: the stored bytes (our Received header first) and the
 /// entry's recipients with their DSN parameters.
-fn outgoing(entry: &Entry, message: &StoredMessage, body: Bytes) -> Outgoing {
+fn outgoing(entry: &QueueEntry, message: &StoredMessage, body: Bytes) -> Outgoing {
     let meta = &message.meta;
     let recipients = entry
         .recipients
@@ -500,7 +475,7 @@ fn outgoing(entry: &Entry, message: &StoredMessage, body: Bytes) -> Outgoing {
 /// A message handed to the client. Its body lives in `body`, shared with the client (no
 /// copy per delivery); `message.body` is empty until the results need it back.
 struct InFlight {
-    entry: Entry,
+    entry: QueueEntry,
     message: StoredMessage,
     body: Bytes,
 }
@@ -509,7 +484,7 @@ impl InFlight {
     /// The stored message whole again, for the results and notices. The client has dropped
     /// its share by the time its transaction is done, so this takes the buffer back without
     /// copying it.
-    fn into_message(self) -> (Entry, StoredMessage) {
+    fn into_message(self) -> (QueueEntry, StoredMessage) {
         let InFlight {
             entry,
             mut message,

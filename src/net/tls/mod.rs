@@ -6,12 +6,14 @@
 //! path, and a bad file at reload keeps the certificate already in use.
 
 pub mod client;
+pub mod connection;
 pub mod server;
 
 use std::path::PathBuf;
 use std::sync::Arc;
 
 pub use client::ClientTls;
+pub use connection::{accept, HandshakeFailure, TlsConnection, TlsSummary};
 pub use server::ServerTls;
 
 /// Why a certificate or key could not be used.

@@ -17,16 +17,18 @@ use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use super::conn::{compact, flush, stop_requested, within, GOODBYE_WRITE_LIMIT};
-use super::io::Connection;
-use super::limits::Permit;
+use super::admission::Permit;
 use super::shard::Protocol;
 use super::shard::ShardContext;
-use super::starttls::{self, Ending, Upgradable, Wire};
-use super::tls::TlsSummary;
+use super::starttls::{self, DriveEnd, Upgradable, Wire};
 use crate::envelope::QueueId;
 use crate::mailbox::MaildropLock;
-use crate::pop3::{Credentials, Event, LockResult, MaildropEntry, Outbox, Session};
+use crate::net::conn::{compact, flush, stop_requested, within, GOODBYE_WRITE_LIMIT};
+use crate::net::io::Connection;
+use crate::net::tls::TlsSummary;
+use crate::pop3::{
+    Credentials, Event, LockResult, MaildropEntry, NotStored, Outbox, Session, Unavailable,
+};
 
 /// Serves one accepted POP3 connection until it ends. `_permit` holds the admission slots;
 /// `input` is what the client sent before the session started (bytes that followed a PROXY
@@ -88,7 +90,7 @@ impl Upgradable for Link {
     }
 
     /// Drives the session over `conn` until it closes or switches to TLS.
-    async fn drive<C: Connection>(&mut self, conn: &C) -> Ending {
+    async fn drive<C: Connection>(&mut self, conn: &C) -> DriveEnd {
         let Link {
             wire:
                 Wire {
@@ -158,15 +160,15 @@ impl Upgradable for Link {
                             }
                             Some(Err(error)) => {
                                 tracing::warn!(target: "relay::pop3", %error, "cannot read a message");
-                                session.retrieved(Err(()), out);
+                                session.retrieved(Err(Unavailable), out);
                             }
-                            None => session.retrieved(Err(()), out),
+                            None => session.retrieved(Err(Unavailable), out),
                         }
                     }
                     Event::Update { deleted } => {
                         let result = match &maildrop {
                             Some(lock) => delete(ctx, lock, &deleted).await,
-                            None => Err(()),
+                            None => Err(NotStored),
                         };
                         session.updated(result, out);
                     }
@@ -179,7 +181,7 @@ impl Upgradable for Link {
                         let _ = within(conn, GOODBYE_WRITE_LIMIT, conn.finish()).await;
                         conn.shutdown();
                         tracing::debug!(client = %peer, ?reason, "pop3 closed");
-                        return Ending::Closed;
+                        return DriveEnd::Closed;
                     }
                     Event::StartTls => {
                         ctx.metrics.pop3.bytes_sent.inc_by(out.bytes.len() as u64);
@@ -211,7 +213,7 @@ impl Upgradable for Link {
                 .is_err()
             {
                 conn.shutdown();
-                return Ending::Closed;
+                return DriveEnd::Closed;
             }
             if progressed && *consumed < input.len() {
                 // Written because the answers reached the high-water mark: the commands
@@ -239,7 +241,7 @@ impl Upgradable for Link {
                         // A dropped connection never enters UPDATE: nothing is deleted.
                         _ => {
                             conn.shutdown();
-                            return Ending::Closed;
+                            return DriveEnd::Closed;
                         }
                     }
                 }
@@ -248,14 +250,14 @@ impl Upgradable for Link {
                     let _ = flush(conn, &mut out.bytes, GOODBYE_WRITE_LIMIT).await;
                     conn.shutdown();
                     let _ = read.await;
-                    return Ending::Closed;
+                    return DriveEnd::Closed;
                 }
                 _ = stop_requested(phase, false) => {
                     session.shutting_down(out);
                     let _ = flush(conn, &mut out.bytes, GOODBYE_WRITE_LIMIT).await;
                     conn.shutdown();
                     let _ = read.await;
-                    return Ending::Closed;
+                    return DriveEnd::Closed;
                 }
             }
         }
@@ -330,7 +332,11 @@ async fn authenticate(
 
 /// Makes the session's deletions durable (appended to the spool log and fsynced), then
 /// applies them to the maildrop index. Only then may the session answer +OK.
-async fn delete(ctx: &ShardContext, lock: &MaildropLock, deleted: &[usize]) -> Result<(), ()> {
+async fn delete(
+    ctx: &ShardContext,
+    lock: &MaildropLock,
+    deleted: &[usize],
+) -> Result<(), NotStored> {
     let ids: Vec<QueueId> = deleted
         .iter()
         .filter_map(|&i| lock.entries.get(i).map(|e| e.id))
@@ -338,7 +344,10 @@ async fn delete(ctx: &ShardContext, lock: &MaildropLock, deleted: &[usize]) -> R
     let pending = ctx
         .spool
         .append_deletion(lock.mailbox().to_string(), ids.clone())
-        .map_err(|error| tracing::warn!(target: "relay::pop3", %error, "deletions not stored"))?;
+        .map_err(|error| {
+            tracing::warn!(target: "relay::pop3", %error, "deletions not stored");
+            NotStored
+        })?;
     match pending.await {
         Ok(Ok(_)) => {
             ctx.mail_store.remove(lock.mailbox(), &ids);
@@ -347,8 +356,8 @@ async fn delete(ctx: &ShardContext, lock: &MaildropLock, deleted: &[usize]) -> R
         }
         Ok(Err(error)) => {
             tracing::warn!(target: "relay::pop3", %error, "deletions not stored");
-            Err(())
+            Err(NotStored)
         }
-        Err(_) => Err(()),
+        Err(_) => Err(NotStored),
     }
 }

@@ -9,18 +9,26 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
 
+use std::thread::JoinHandle;
+
+use crossbeam::channel::Sender;
 use tokio::sync::watch;
 
-use super::conn::{stop_requested, READ_CHUNK};
-use super::io::{Connection, Listener};
-use super::limits::AuthFailures;
-use super::limits::{Admission, Permit, Refusal, Unidentified};
-use super::listener::stop_accepting;
-use super::pop3_conn;
-use super::proxy::{self, Parsed, ProxyError};
-use super::smtp_conn;
+use super::admission::AuthFailures;
+use super::admission::{Admission, Permit, Refusal, Unidentified};
+use super::pop3;
+use super::smtp;
+use crate::delivery::Core;
 use crate::mailbox::{Directory, MailStore};
-use crate::runtime::Phase;
+use crate::net::conn::{stop_requested, READ_CHUNK};
+use crate::net::io::epoll::{EpollConnector, EpollListener};
+use crate::net::io::uring::{UringConnector, UringListener};
+use crate::net::io::Connector;
+use crate::net::io::{Connection, Listener};
+use crate::net::listener::stop_accepting;
+use crate::net::proxy::{self, Parsed, ProxyError};
+use crate::runtime::shard::{Placement, Ready, ShardEvent};
+use crate::runtime::{self, Engine, Phase};
 use crate::smtp::{Reply, SessionConfig};
 use crate::spool::{ShardHandle, Spool};
 
@@ -47,66 +55,19 @@ pub struct ShardContext {
     pub admission: Admission,
     pub phase: watch::Receiver<Phase>,
     /// Outbound delivery: the mesh to hand recipients to their owner core, and settings.
-    pub delivery: Arc<crate::net::delivery::DeliveryShared>,
+    pub delivery: Arc<crate::delivery::DeliveryShared>,
     /// This core's metric handles (atomics; no lock per event).
     pub metrics: crate::metrics::CoreMetrics,
     /// The certificate for STARTTLS, STLS and implicit TLS; `None`: no TLS offered.
-    pub server_tls: Option<crate::tls::ServerTls>,
+    pub server_tls: Option<crate::net::tls::ServerTls>,
     pub tls_handshake_timeout: Duration,
     /// `smtp.dnsbl_zones` (empty: no lookups) and what the lookups need.
-    pub dnsbl: Dnsbl,
-}
-
-/// Block-list settings and this core's resolver for them.
-pub struct Dnsbl {
-    pub zones: Vec<String>,
-    pub timeout: Duration,
-    pub dns_servers: Vec<SocketAddr>,
-    /// Built on first use, on the core's runtime (hickory spawns its tasks there).
-    pub resolver: std::cell::OnceCell<crate::queue::resolve::SystemResolver>,
-    /// After a failed build: not before this instant again.
-    pub retry_at: std::cell::Cell<Option<std::time::Instant>>,
-}
-
-/// How long a core waits before building its block-list resolver again after a failure
-/// (an unreadable `/etc/resolv.conf` at start is usually fixed by the operator soon).
-const RESOLVER_RETRY: Duration = Duration::from_secs(60);
-
-impl Dnsbl {
-    pub fn new(zones: Vec<String>, timeout: Duration, dns_servers: Vec<SocketAddr>) -> Dnsbl {
-        Dnsbl {
-            zones,
-            timeout,
-            dns_servers,
-            resolver: std::cell::OnceCell::new(),
-            retry_at: std::cell::Cell::new(None),
-        }
-    }
-
-    /// The resolver, built now if needed; `None` while it cannot be built (clients are then
-    /// let in unchecked: the lists fail open), retried every [`RESOLVER_RETRY`].
-    pub fn resolver(&self) -> Option<&crate::queue::resolve::SystemResolver> {
-        if let Some(resolver) = self.resolver.get() {
-            return Some(resolver);
-        }
-        let now = std::time::Instant::now();
-        if self.retry_at.get().is_some_and(|at| now < at) {
-            return None;
-        }
-        match crate::queue::resolve::SystemResolver::new(&self.dns_servers) {
-            Ok(resolver) => Some(self.resolver.get_or_init(|| resolver)),
-            Err(error) => {
-                tracing::warn!(%error, retry = ?RESOLVER_RETRY, "no DNS resolver for block lists; clients are not checked until it can be built");
-                self.retry_at.set(Some(now + RESOLVER_RETRY));
-                None
-            }
-        }
-    }
+    pub dnsbl: super::dnsbl::Dnsbl,
 }
 
 /// What POP3 connections need besides the common parts.
 pub struct Pop3Context {
-    pub config: Arc<crate::pop3::Pop3Config>,
+    pub config: Arc<crate::pop3::SessionConfig>,
     pub directory: Arc<Directory>,
     pub idle_timeout: Duration,
     /// How long a begun command line may take to complete (`pop3.command_timeout`).
@@ -258,8 +219,8 @@ async fn serve<C: Connection>(
     input: Vec<u8>,
 ) {
     match protocol {
-        Protocol::Smtp => smtp_conn::serve(conn, peer, ctx, permit, input, implicit_tls).await,
-        Protocol::Pop3 => pop3_conn::serve(conn, peer, ctx, permit, input, implicit_tls).await,
+        Protocol::Smtp => smtp::serve(conn, peer, ctx, permit, input, implicit_tls).await,
+        Protocol::Pop3 => pop3::serve(conn, peer, ctx, permit, input, implicit_tls).await,
     }
 }
 
@@ -280,10 +241,10 @@ async fn turn_away<C: Connection>(
         }
         Protocol::Pop3 => {
             ctx.metrics.pop3.refused.inc();
-            crate::pop3::Reply::too_many_connections().encode(&mut reply)
+            crate::pop3::Response::too_many_connections().encode(&mut reply)
         }
     }
-    smtp_conn::refuse(conn, reply).await;
+    smtp::refuse(conn, reply).await;
 }
 
 /// How long a proxied connection may take to send its PROXY header: 10 s, or the protocol's
@@ -398,4 +359,94 @@ fn refusal_reply(hostname: &str, refusal: Refusal) -> Reply {
         Refusal::CoreFull => Reply::too_many_connections(hostname),
         Refusal::ClientFull => Reply::too_many_connections_from_client(hostname),
     }
+}
+
+/// The parts of a shard built on the main thread (everything `Send`); the `Rc` context is
+/// assembled on the shard's own thread.
+pub struct ShardSeed {
+    pub placement: Placement,
+    /// Listening sockets, their protocol and whether they are implicit-TLS.
+    pub sockets: Vec<(std::net::TcpListener, Protocol, bool)>,
+    /// The delivery queue this core owns, rebuilt from the spool.
+    pub startup: Vec<crate::delivery::Job>,
+    pub make_context: Box<dyn FnOnce() -> ShardContext + Send>,
+}
+
+/// Starts the shard's thread: its listeners and its delivery core on the chosen engine.
+pub fn spawn(seed: ShardSeed, events: Sender<ShardEvent>) -> io::Result<JoinHandle<()>> {
+    let ShardSeed {
+        placement,
+        sockets,
+        startup,
+        make_context,
+    } = seed;
+    let index = placement.index;
+    runtime::shard::spawn(
+        placement,
+        events,
+        Box::new(move |engine, ready| {
+            Box::pin(async move {
+                let ctx = Rc::new(make_context());
+                match engine {
+                    Engine::Uring => {
+                        let listeners = bind(sockets, |s| Ok(UringListener::from_std(s)))?;
+                        serve_shard(ctx, listeners, UringConnector, startup, ready).await;
+                    }
+                    Engine::Epoll => {
+                        let listeners = bind(sockets, |s| {
+                            EpollListener::from_std(s)
+                                .map_err(|e| format!("cannot register listener with epoll: {e}"))
+                        })?;
+                        serve_shard(ctx, listeners, EpollConnector, startup, ready).await;
+                    }
+                }
+                tracing::debug!(shard = index, "shard finished");
+                Ok(())
+            })
+        }),
+    )
+}
+
+/// The engine's listeners, each with a duplicate of its socket (to stop a pending accept).
+fn bind<L>(
+    sockets: Vec<(std::net::TcpListener, Protocol, bool)>,
+    listener: impl Fn(std::net::TcpListener) -> Result<L, String>,
+) -> Result<Vec<Bound<L>>, String> {
+    let mut bound = Vec::with_capacity(sockets.len());
+    for (socket, protocol, implicit_tls) in sockets {
+        let dup = socket
+            .try_clone()
+            .map_err(|e| format!("cannot duplicate listening socket: {e}"))?;
+        bound.push(Bound {
+            listener: listener(socket)?,
+            socket: dup,
+            protocol,
+            implicit_tls,
+        });
+    }
+    Ok(bound)
+}
+
+/// Runs the delivery core and the accept loops until both have finished.
+async fn serve_shard<L: Listener + 'static, C: Connector + 'static>(
+    ctx: Rc<ShardContext>,
+    listeners: Vec<Bound<L>>,
+    connector: C,
+    startup: Vec<crate::delivery::Job>,
+    ready: Ready,
+) {
+    let core = Core::new(
+        ctx.shard,
+        Arc::clone(&ctx.delivery),
+        connector,
+        ctx.spool.clone(),
+        Arc::clone(&ctx.store),
+        Arc::clone(&ctx.mail_store),
+        ctx.phase.clone(),
+        Some(ctx.metrics.clone()),
+    );
+    let delivery = tokio::task::spawn_local(crate::delivery::run(core, startup));
+    ready.send();
+    run(ctx, listeners).await;
+    let _ = delivery.await;
 }

@@ -38,6 +38,7 @@
 pub mod control;
 pub mod mesh;
 mod notices;
+pub mod resolve;
 mod worker;
 
 use std::cell::{Cell, RefCell};
@@ -49,13 +50,14 @@ use tokio::sync::{watch, Notify};
 
 pub use mesh::{Control, FlushFilter, Job, Mesh, QueueGauge, Queued};
 
-use super::io::Connector;
 use crate::envelope::QueueId;
 use crate::mailbox::MailStore;
+use crate::net::dns::SystemResolver;
+use crate::net::io::Connector;
 use crate::queue::outcome::{self, Settlement};
-use crate::queue::resolve::{ResolveLimits, SystemResolver};
+use crate::queue::ResolveLimits;
 use crate::queue::{
-    owner, CoreQueue, DestId, DestinationKey, DestinationLimits, Dispatch, DsnPolicy, Entry,
+    owner, CoreQueue, DestId, DestinationKey, DestinationLimits, Dispatch, DsnPolicy, QueueEntry,
     RcptSet, RetrySchedule, Routes,
 };
 use crate::runtime::Phase;
@@ -85,7 +87,7 @@ pub struct DeliveryShared {
     pub client: Arc<ClientConfig>,
     pub connect_timeout: Duration,
     /// The rustls configurations for STARTTLS (`tls::client`).
-    pub client_tls: crate::tls::ClientTls,
+    pub client_tls: crate::net::tls::ClientTls,
     /// `tls.handshake_timeout`: bounds each outbound TLS handshake.
     pub tls_handshake_timeout: Duration,
     /// `delivery.tls_failure_hold`: how long a destination whose opportunistic handshake
@@ -334,7 +336,7 @@ impl<C: Connector + 'static> Core<C> {
                 return;
             }
         };
-        let mut entry = Entry::new(job.id, dest, job.recipients, job.due);
+        let mut entry = QueueEntry::new(job.id, dest, job.recipients, job.due);
         entry.attempts = job.attempts;
         entry.delay_noticed = job.delay_noticed;
         let now = SystemTime::now();
@@ -390,7 +392,7 @@ impl<C: Connector + 'static> Core<C> {
     }
 
     /// The next entry a worker of `dest` may send now, expiring what waited too long.
-    fn take_next(self: &Rc<Self>, dest: DestId) -> Option<Entry> {
+    fn take_next(self: &Rc<Self>, dest: DestId) -> Option<QueueEntry> {
         if !self.running() {
             return None;
         }
@@ -435,7 +437,7 @@ impl<C: Connector + 'static> Core<C> {
     }
 
     /// An entry found past its deadline while it waited.
-    async fn expire(self: Rc<Self>, entry: Entry) {
+    async fn expire(self: Rc<Self>, entry: QueueEntry) {
         let Ok(Some(message)) = self.load(entry.id) else {
             return;
         };
@@ -444,7 +446,7 @@ impl<C: Connector + 'static> Core<C> {
             &entry,
             &message.meta.remote,
             &message.meta.envelope,
-            outcome::Ending {
+            outcome::Finalization {
                 outcome: Outcome::Expired,
                 reply: &reply,
                 silent: false,
@@ -460,7 +462,7 @@ impl<C: Connector + 'static> Core<C> {
     /// connection, `None` in plaintext (for the log).
     async fn apply(
         &self,
-        entry: &Entry,
+        entry: &QueueEntry,
         message: &StoredMessage,
         settlement: Settlement,
         hop: Option<&str>,
@@ -539,7 +541,7 @@ impl<C: Connector + 'static> Core<C> {
     /// Puts an entry back in the deferred index under its destination, making the
     /// destination anew if it was collected meanwhile. Only a full destination table loses it
     /// from memory (it stays pending in the spool for the next start; logged).
-    fn requeue(&self, mut entry: Entry, key: Option<&DestinationKey>, size: u64) {
+    fn requeue(&self, mut entry: QueueEntry, key: Option<&DestinationKey>, size: u64) {
         let mut queue = self.queue.borrow_mut();
         if queue.get(entry.dest).map(|d| &d.key) != key {
             let Some(key) = key else {
@@ -622,7 +624,7 @@ impl<C: Connector + 'static> Core<C> {
         n
     }
 
-    async fn remove(self: Rc<Self>, entries: Vec<Entry>, bounce: bool) {
+    async fn remove(self: Rc<Self>, entries: Vec<QueueEntry>, bounce: bool) {
         for entry in entries {
             let message = match self.load(entry.id) {
                 Ok(Some(m)) => m,
@@ -637,7 +639,7 @@ impl<C: Connector + 'static> Core<C> {
                 &entry,
                 &message.meta.remote,
                 &message.meta.envelope,
-                outcome::Ending {
+                outcome::Finalization {
                     outcome: Outcome::Bounced,
                     reply: &reply,
                     silent: !bounce,

@@ -13,7 +13,7 @@ use crate::envelope::{Origin, QueueId};
 use crate::net::io::Connector;
 use crate::queue::dsn::{build_dsn, Diagnostic, Dsn, DsnInput, RecipientReport};
 use crate::queue::outcome::{recipient_of, Notice};
-use crate::queue::{Action, Entry};
+use crate::queue::{Action, QueueEntry};
 use crate::smtp::reply::EnhancedStatus;
 use crate::smtp::Lookup;
 use crate::spool::{DsnKind, DsnSent, NewMessage, StoredMessage};
@@ -37,7 +37,7 @@ fn micros(t: SystemTime) -> u64 {
 /// results it reports are final either way).
 pub async fn send<C: Connector + 'static>(
     core: &Core<C>,
-    entry: &Entry,
+    entry: &QueueEntry,
     message: &StoredMessage,
     notices: &[Notice],
     hop: Option<&str>,
@@ -88,7 +88,7 @@ pub async fn send<C: Connector + 'static>(
 
 fn build<C: Connector + 'static>(
     core: &Core<C>,
-    entry: &Entry,
+    entry: &QueueEntry,
     message: &StoredMessage,
     group: &[&Notice],
     hop: Option<&str>,
@@ -187,7 +187,7 @@ async fn store<C: Connector + 'static>(core: &Core<C>, dsn: Dsn) -> Result<Queue
         },
         Err(error) => return Err(error.to_string()),
     };
-    let entry = crate::mailbox::Entry {
+    let entry = crate::mailbox::MaildropItem {
         id,
         size: committed.location.body_len,
     };

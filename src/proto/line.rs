@@ -13,7 +13,7 @@ use memchr::memchr;
 
 /// How a line ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Ending {
+pub enum LineEnd {
     /// CR LF, the only line end RFC 5321 §2.3.8 allows.
     CrLf,
     /// LF without CR before it.
@@ -26,7 +26,7 @@ pub enum Frame<'a> {
     /// A whole line: `line` excludes the line end, `consumed` includes it.
     Line {
         line: &'a [u8],
-        ending: Ending,
+        ending: LineEnd,
         consumed: usize,
     },
     /// No line end yet and fewer than `max` bytes: wait for more.
@@ -41,8 +41,8 @@ pub fn frame(buf: &[u8], max: usize) -> Frame<'_> {
     let window = &buf[..buf.len().min(max)];
     if let Some(lf) = memchr(b'\n', window) {
         let (line, ending) = match lf.checked_sub(1) {
-            Some(cr) if buf[cr] == b'\r' => (&buf[..cr], Ending::CrLf),
-            _ => (&buf[..lf], Ending::BareLf),
+            Some(cr) if buf[cr] == b'\r' => (&buf[..cr], LineEnd::CrLf),
+            _ => (&buf[..lf], LineEnd::BareLf),
         };
         return Frame::Line {
             line,
@@ -77,7 +77,7 @@ mod tests {
                 512,
                 Frame::Line {
                     line: b"NOOP",
-                    ending: Ending::CrLf,
+                    ending: LineEnd::CrLf,
                     consumed: 6,
                 },
             ),
@@ -86,7 +86,7 @@ mod tests {
                 512,
                 Frame::Line {
                     line: b"NOOP",
-                    ending: Ending::BareLf,
+                    ending: LineEnd::BareLf,
                     consumed: 5,
                 },
             ),
@@ -95,7 +95,7 @@ mod tests {
                 512,
                 Frame::Line {
                     line: b"",
-                    ending: Ending::BareLf,
+                    ending: LineEnd::BareLf,
                     consumed: 1,
                 },
             ),
@@ -104,7 +104,7 @@ mod tests {
                 512,
                 Frame::Line {
                     line: b"",
-                    ending: Ending::CrLf,
+                    ending: LineEnd::CrLf,
                     consumed: 2,
                 },
             ),
@@ -116,7 +116,7 @@ mod tests {
                 6,
                 Frame::Line {
                     line: b"abcd",
-                    ending: Ending::CrLf,
+                    ending: LineEnd::CrLf,
                     consumed: 6,
                 },
             ),

@@ -19,7 +19,7 @@ use std::sync::Arc;
 
 use rustls::pki_types::ServerName;
 
-use super::io::Connection;
+use crate::net::io::Connection;
 
 /// Ciphertext read per call: small while the peer sends commands (an idle connection's
 /// pending read holds this buffer: 51 KiB per idle TLS connection with 16 KiB here, 35 KiB
@@ -61,7 +61,7 @@ pub async fn accept<C: Connection>(
         Err(error) => return Err(HandshakeFailure::Failed(error)),
     };
     let done = match tls.absorb_early(early) {
-        Ok(()) => super::conn::within(&tls, limit, tls.handshake()).await,
+        Ok(()) => crate::net::conn::within(&tls, limit, tls.handshake()).await,
         Err(error) => Ok(Err(error)),
     };
     match done {
@@ -405,10 +405,10 @@ mod tests {
         let key_path = dir.path().join("key.pem");
         std::fs::write(&cert_path, cert.pem()).unwrap();
         std::fs::write(&key_path, key.serialize_pem()).unwrap();
-        let server = crate::tls::ServerTls::load(&cert_path, &key_path).unwrap();
+        let server = crate::net::tls::ServerTls::load(&cert_path, &key_path).unwrap();
         let mut roots = rustls::RootCertStore::empty();
         roots.add(cert.der().clone()).unwrap();
-        let client = rustls::ClientConfig::builder_with_provider(crate::tls::provider())
+        let client = rustls::ClientConfig::builder_with_provider(crate::net::tls::provider())
             .with_safe_default_protocol_versions()
             .unwrap()
             .with_root_certificates(roots)

@@ -27,15 +27,15 @@ use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use super::conn::{compact, flush, stop_requested, within, GOODBYE_WRITE_LIMIT};
+use super::admission::Permit;
 use super::dnsbl;
-use super::io::Connection;
-use super::limits::Permit;
 use super::shard::Protocol;
 use super::shard::ShardContext;
-use super::starttls::{self, Ending, Upgradable, Wire};
-use super::tls::TlsSummary;
+use super::starttls::{self, DriveEnd, Upgradable, Wire};
 use crate::envelope::QueueId;
+use crate::net::conn::{compact, flush, stop_requested, within, GOODBYE_WRITE_LIMIT};
+use crate::net::io::Connection;
+use crate::net::tls::TlsSummary;
 use crate::smtp::{AuthFailure, Credentials, Event, Outbox, Session, Submission, SubmitError};
 use crate::spool::{NewMessage, SpoolError};
 
@@ -106,7 +106,7 @@ impl Upgradable for Link {
     }
 
     /// Drives the session over `conn` until it closes or switches to TLS.
-    async fn drive<C: Connection>(&mut self, conn: &C) -> Ending {
+    async fn drive<C: Connection>(&mut self, conn: &C) -> DriveEnd {
         let Link {
             wire:
                 Wire {
@@ -154,7 +154,7 @@ impl Upgradable for Link {
                             // Forced stop while the disk was busy: no reply is honest here;
                             // the client retries (a duplicate is possible, a loss is not).
                             conn.shutdown();
-                            return Ending::Closed;
+                            return DriveEnd::Closed;
                         };
                         session.submitted(result, SystemTime::now(), out);
                         progressed = true;
@@ -169,7 +169,7 @@ impl Upgradable for Link {
                             session.shutting_down(out);
                             let _ = flush(conn, &mut out.bytes, GOODBYE_WRITE_LIMIT).await;
                             conn.shutdown();
-                            return Ending::Closed;
+                            return DriveEnd::Closed;
                         };
                         session.authenticated(result, out);
                         progressed = true;
@@ -209,7 +209,7 @@ impl Upgradable for Link {
                         let _ = within(conn, GOODBYE_WRITE_LIMIT, conn.finish()).await;
                         conn.shutdown();
                         tracing::debug!(client = %peer, ?reason, "closed");
-                        return Ending::Closed;
+                        return DriveEnd::Closed;
                     }
                 }
             }
@@ -229,7 +229,7 @@ impl Upgradable for Link {
             ctx.metrics.smtp.bytes_sent.inc_by(out.bytes.len() as u64);
             if flush(conn, &mut out.bytes, limit).await.is_err() {
                 conn.shutdown();
-                return Ending::Closed;
+                return DriveEnd::Closed;
             }
             compact(input, consumed);
             let deadline = deadlines.next(session.receiving_data(), Instant::now(), ctx);
@@ -249,11 +249,11 @@ impl Upgradable for Link {
                         }
                         Ok(_) => {
                             ended(conn, in_transaction, peer, "client closed the connection");
-                            return Ending::Closed;
+                            return DriveEnd::Closed;
                         }
                         Err(_) => {
                             ended(conn, in_transaction, peer, "read error");
-                            return Ending::Closed;
+                            return DriveEnd::Closed;
                         }
                     }
                 }
@@ -261,13 +261,13 @@ impl Upgradable for Link {
                     session.timed_out(out);
                     goodbye(conn, out, read).await;
                     ended(conn, in_transaction, peer, "timeout");
-                    return Ending::Closed;
+                    return DriveEnd::Closed;
                 }
                 _ = stop_requested(phase, in_transaction) => {
                     session.shutting_down(out);
                     goodbye(conn, out, read).await;
                     ended(conn, in_transaction, peer, "server shutting down");
-                    return Ending::Closed;
+                    return DriveEnd::Closed;
                 }
             }
         }
@@ -440,7 +440,7 @@ async fn store(
     let result = match ctx.spool.append_message(message) {
         Ok(pending) => match pending.await {
             Ok(Ok(committed)) => {
-                let entry = crate::mailbox::Entry {
+                let entry = crate::mailbox::MaildropItem {
                     id,
                     size: committed.location.body_len,
                 };
@@ -448,7 +448,7 @@ async fn store(
                     ctx.mail_store.deliver(mailbox, entry);
                 }
                 if !queued_remote.is_empty() {
-                    crate::net::delivery::enqueue_new(
+                    crate::delivery::enqueue_new(
                         &ctx.delivery,
                         ctx.shard,
                         id,

@@ -13,10 +13,10 @@
 //! What happens to a listed client is the SMTP session's decision
 //! ([`crate::smtp::Session::client_listed`]).
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
-use crate::queue::resolve::{AddrAnswer, Resolver};
+use crate::net::dns::{AddrAnswer, Resolver};
 
 /// The name to query for `ip` in `zone`.
 pub fn query_name(ip: IpAddr, zone: &str) -> String {
@@ -119,10 +119,57 @@ pub async fn check<R: Resolver>(
     found
 }
 
+/// Block-list settings and this core's resolver for them.
+pub struct Dnsbl {
+    pub zones: Vec<String>,
+    pub timeout: Duration,
+    pub dns_servers: Vec<SocketAddr>,
+    /// Built on first use, on the core's runtime (hickory spawns its tasks there).
+    pub resolver: std::cell::OnceCell<crate::net::dns::SystemResolver>,
+    /// After a failed build: not before this instant again.
+    pub retry_at: std::cell::Cell<Option<std::time::Instant>>,
+}
+
+/// How long a core waits before building its block-list resolver again after a failure
+/// (an unreadable `/etc/resolv.conf` at start is usually fixed by the operator soon).
+const RESOLVER_RETRY: Duration = Duration::from_secs(60);
+
+impl Dnsbl {
+    pub fn new(zones: Vec<String>, timeout: Duration, dns_servers: Vec<SocketAddr>) -> Dnsbl {
+        Dnsbl {
+            zones,
+            timeout,
+            dns_servers,
+            resolver: std::cell::OnceCell::new(),
+            retry_at: std::cell::Cell::new(None),
+        }
+    }
+
+    /// The resolver, built now if needed; `None` while it cannot be built (clients are then
+    /// let in unchecked: the lists fail open), retried every [`RESOLVER_RETRY`].
+    pub fn resolver(&self) -> Option<&crate::net::dns::SystemResolver> {
+        if let Some(resolver) = self.resolver.get() {
+            return Some(resolver);
+        }
+        let now = std::time::Instant::now();
+        if self.retry_at.get().is_some_and(|at| now < at) {
+            return None;
+        }
+        match crate::net::dns::SystemResolver::new(&self.dns_servers) {
+            Ok(resolver) => Some(self.resolver.get_or_init(|| resolver)),
+            Err(error) => {
+                tracing::warn!(%error, retry = ?RESOLVER_RETRY, "no DNS resolver for block lists; clients are not checked until it can be built");
+                self.retry_at.set(Some(now + RESOLVER_RETRY));
+                None
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::queue::resolve::ScriptedResolver;
+    use crate::net::dns::ScriptedResolver;
 
     #[test]
     fn query_names_follow_rfc_5782() {

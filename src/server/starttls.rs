@@ -3,7 +3,7 @@
 //!
 //! A driver keeps its protocol state in one value implementing [`Upgradable`] and runs it
 //! with [`serve`]: one drive over the plain socket; when the session has answered
-//! STARTTLS/STLS the drive returns [`Ending::StartTls`] after [`hand_over`] has written that
+//! STARTTLS/STLS the drive returns [`DriveEnd::StartTls`] after [`hand_over`] has written that
 //! answer and dropped every byte pipelined behind the command (the CVE-2011-0411 class of
 //! command injection); the server handshake runs; the same state drives on over the
 //! [`TlsConnection`]. The session itself decides when TLS may start and forgets what RFC
@@ -12,14 +12,14 @@
 use std::net::SocketAddr;
 use std::rc::Rc;
 
-use super::conn::{flush, READ_CHUNK};
-use super::io::Connection;
 use super::shard::{Protocol, ShardContext};
-use super::tls::{self, TlsConnection, TlsSummary};
+use crate::net::conn::{flush, READ_CHUNK};
+use crate::net::io::Connection;
+use crate::net::tls::{self, TlsConnection, TlsSummary};
 
 /// Why one drive of a connection ended.
 #[derive(Debug, PartialEq, Eq)]
-pub enum Ending {
+pub enum DriveEnd {
     /// The connection is closed.
     Closed,
     /// The session accepted STARTTLS/STLS and [`hand_over`] ran: the handshake is next.
@@ -60,7 +60,7 @@ pub trait Upgradable {
     const PROTOCOL: Protocol;
     fn wire(&mut self) -> &mut Wire;
     /// Runs the session over `conn` until it closes or hands over to TLS.
-    async fn drive<C: Connection>(&mut self, conn: &C) -> Ending;
+    async fn drive<C: Connection>(&mut self, conn: &C) -> DriveEnd;
     /// TLS is up: tell the session (the input buffer is emptied by the caller).
     fn secured(&mut self, summary: &TlsSummary);
 }
@@ -79,7 +79,7 @@ pub async fn serve<L: Upgradable, C: Connection>(
         return;
     }
     link.wire().set_input(input);
-    if link.drive(&conn).await == Ending::StartTls {
+    if link.drive(&conn).await == DriveEnd::StartTls {
         Box::pin(over_tls(link, conn, Vec::new())).await;
     }
 }
@@ -140,10 +140,10 @@ pub async fn hand_over<C: Connection>(
     consumed: &mut usize,
     peer: SocketAddr,
     command: &'static str,
-) -> Ending {
+) -> DriveEnd {
     if flush(conn, answer, limit).await.is_err() {
         conn.shutdown();
-        return Ending::Closed;
+        return DriveEnd::Closed;
     }
     let discarded = input.len() - *consumed;
     if discarded > 0 {
@@ -151,5 +151,5 @@ pub async fn hand_over<C: Connection>(
     }
     input.clear();
     *consumed = 0;
-    Ending::StartTls
+    DriveEnd::StartTls
 }
