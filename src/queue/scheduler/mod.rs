@@ -32,7 +32,7 @@ use std::time::{Duration, Instant, SystemTime};
 use crate::envelope::QueueId;
 
 use super::destinations::{
-    CoreQueue, DestId, DestinationKey, DestinationLimits, Dispatch, Entry, RcptSet,
+    CoreQueue, DestId, DestinationKey, DestinationLimits, Dispatch, QueueEntry, RcptSet,
     TooManyDestinations,
 };
 use super::schedule::{self, RetrySchedule};
@@ -124,12 +124,12 @@ pub enum Action {
     StartWorker(DestId),
     /// The entry reached `max_age` while waiting: end its recipients as expired and settle
     /// the ticket.
-    Expire { ticket: Ticket, entry: Entry },
+    Expire { ticket: Ticket, entry: QueueEntry },
     /// An operator removed the entry: end its recipients (with a failure notice if
     /// `bounce`) and settle the ticket.
     End {
         ticket: Ticket,
-        entry: Entry,
+        entry: QueueEntry,
         bounce: bool,
     },
     /// Store the settlement's notices (first durable effect), then call
@@ -188,9 +188,9 @@ enum Stage {
     /// Taken; no settlement yet.
     Taken,
     /// Settled; its notices are being stored.
-    Notices { requeue: Option<Entry> },
+    Notices { requeue: Option<QueueEntry> },
     /// Notices stored; the record is being stored.
-    Record { requeue: Option<Entry> },
+    Record { requeue: Option<QueueEntry> },
 }
 
 impl Stage {
@@ -205,7 +205,7 @@ impl Stage {
 
 #[derive(Clone, Debug)]
 struct Out {
-    entry: Entry,
+    entry: QueueEntry,
     /// The destination's key when the entry was taken: it may be collected meanwhile.
     /// (`None` cannot happen: a destination with entries is never collected.)
     key: Option<DestinationKey>,
@@ -319,12 +319,12 @@ impl Scheduler {
     }
 
     /// Visits every queued entry (not those out) with its destination's key.
-    pub fn for_each_entry(&self, f: impl FnMut(&Entry, &DestinationKey, bool)) {
+    pub fn for_each_entry(&self, f: impl FnMut(&QueueEntry, &DestinationKey, bool)) {
         self.queue.for_each_entry(f);
     }
 
     /// The entries out, with their purpose (for tests and the drain log).
-    pub fn for_each_out(&self, mut f: impl FnMut(Ticket, &Entry, Purpose)) {
+    pub fn for_each_out(&self, mut f: impl FnMut(Ticket, &QueueEntry, Purpose)) {
         for (ticket, out) in &self.out {
             f(*ticket, &out.entry, out.purpose);
         }
@@ -357,7 +357,7 @@ impl Scheduler {
                 return actions;
             }
         };
-        let mut entry = Entry::new(job.id, dest, job.recipients, job.due);
+        let mut entry = QueueEntry::new(job.id, dest, job.recipients, job.due);
         entry.attempts = job.attempts;
         entry.delay_noticed = job.delay_noticed;
         if self.is_expired(&entry, now) {
@@ -388,7 +388,7 @@ impl Scheduler {
         Ok(id)
     }
 
-    fn is_expired(&self, entry: &Entry, now: Now) -> bool {
+    fn is_expired(&self, entry: &QueueEntry, now: Now) -> bool {
         schedule::expired(entry.first_seen(), now.wall, &self.config.schedule)
     }
 
@@ -429,12 +429,12 @@ impl Scheduler {
 
     /// Into the deferred index, never later than the entry's deadline: waiting past it would
     /// expire the entry late.
-    fn defer(&mut self, entry: Entry) -> Result<(), Entry> {
+    fn defer(&mut self, entry: QueueEntry) -> Result<(), QueueEntry> {
         let entry = self.capped(entry);
         self.queue.defer(entry)
     }
 
-    fn capped(&self, mut entry: Entry) -> Entry {
+    fn capped(&self, mut entry: QueueEntry) -> QueueEntry {
         let deadline = self.config.schedule.deadline(entry.first_seen());
         entry.due_ms = entry.due_ms.min(to_millis(deadline));
         entry
@@ -478,7 +478,7 @@ impl Scheduler {
         }
     }
 
-    fn take(&mut self, entry: Entry, purpose: Purpose, transaction: bool) -> Ticket {
+    fn take(&mut self, entry: QueueEntry, purpose: Purpose, transaction: bool) -> Ticket {
         let ticket = Ticket(self.next_ticket);
         self.next_ticket += 1;
         let key = self.queue.get(entry.dest).map(|d| d.key.clone());
@@ -495,7 +495,7 @@ impl Scheduler {
         ticket
     }
 
-    fn expire(&mut self, entry: Entry, actions: &mut Vec<Action>) {
+    fn expire(&mut self, entry: QueueEntry, actions: &mut Vec<Action>) {
         let ticket = self.take(entry.clone(), Purpose::Expire, false);
         actions.push(Action::Expire { ticket, entry });
     }
@@ -533,7 +533,11 @@ impl Scheduler {
 
     /// The next entry a worker of `dest` may send now (its transaction counted), expiring
     /// what waited too long at the front; `None` when the worker should quit.
-    pub fn take_next(&mut self, dest: DestId, now: Now) -> (Option<(Ticket, Entry)>, Vec<Action>) {
+    pub fn take_next(
+        &mut self,
+        dest: DestId,
+        now: Now,
+    ) -> (Option<(Ticket, QueueEntry)>, Vec<Action>) {
         let mut actions = Vec::new();
         if !self.running {
             return (None, actions);
@@ -584,7 +588,7 @@ impl Scheduler {
         ticket: Ticket,
         temporary: bool,
         now: Now,
-    ) -> Result<Vec<(Ticket, Entry)>, SchedulerError> {
+    ) -> Result<Vec<(Ticket, QueueEntry)>, SchedulerError> {
         let dest = self.stage_of(ticket, "destination failed")?.entry.dest;
         self.transaction_over(ticket);
         let mut taken = Vec::new();
@@ -646,7 +650,7 @@ impl Scheduler {
     pub fn settle(
         &mut self,
         ticket: Ticket,
-        requeue: Option<Entry>,
+        requeue: Option<QueueEntry>,
     ) -> Result<Action, SchedulerError> {
         self.stage_of(ticket, "settle")?;
         self.transaction_over(ticket);
@@ -760,7 +764,7 @@ impl Scheduler {
     fn requeue(
         &mut self,
         ticket: Ticket,
-        mut entry: Entry,
+        mut entry: QueueEntry,
         key: &Option<DestinationKey>,
         now: Now,
         actions: &mut Vec<Action>,

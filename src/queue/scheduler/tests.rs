@@ -4,7 +4,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use super::*;
 use crate::envelope::{Envelope, QueueId, Recipient};
 use crate::queue::destinations::DestinationLimits;
-use crate::queue::outcome::{self, Attempted, Ending, Settlement};
+use crate::queue::outcome::{self, Attempted, Finalization, Settlement};
 use crate::queue::{DsnPolicy, SplitMix64};
 use crate::smtp::client::{Diagnostic, RecipientResult, Stage as ClientStage};
 use crate::smtp::reply::Reply;
@@ -101,7 +101,7 @@ fn workers_started(actions: &[Action]) -> Vec<DestId> {
         .collect()
 }
 
-fn expired_of(actions: &[Action]) -> Vec<(Ticket, Entry)> {
+fn expired_of(actions: &[Action]) -> Vec<(Ticket, QueueEntry)> {
     actions
         .iter()
         .filter_map(|a| match a {
@@ -122,7 +122,7 @@ fn released(actions: &[Action]) -> Vec<(QueueId, u64)> {
 }
 
 /// Settles a ticket through the whole durable order with `requeue`, the record stored.
-fn settle_all(s: &mut Scheduler, t: Ticket, requeue: Option<Entry>, now: Now) -> Vec<Action> {
+fn settle_all(s: &mut Scheduler, t: Ticket, requeue: Option<QueueEntry>, now: Now) -> Vec<Action> {
     assert_eq!(s.settle(t, requeue).unwrap(), Action::StoreNotices(t));
     assert_eq!(s.notices_stored(t).unwrap(), Action::StoreRecord(t));
     s.record_stored(t, true, now).unwrap()
@@ -410,7 +410,7 @@ fn unused_destinations_are_forgotten_every_publish_period() {
     assert!(s.poll(clock.now()).actions.contains(&Action::Publish));
     assert_eq!(s.queue().destinations(), 0, "idle destination collected");
     // The deferred result comes back after the collection: the destination is made anew.
-    let mut again = Entry::new(id, dest, RcptSet::from_indices(&[0]).unwrap(), clock.wall);
+    let mut again = QueueEntry::new(id, dest, RcptSet::from_indices(&[0]).unwrap(), clock.wall);
     again.due_ms = crate::queue::to_millis(clock.wall + MINUTE);
     let actions = settle_all(&mut s, t, Some(again), clock.now());
     assert!(matches!(actions[..], [Action::Requeued { .. }]));
@@ -569,7 +569,7 @@ fn a_snapshot_lists_ready_and_deferred_entries() {
 // ---------------------------------------------------------------------------------------
 // The durable order and the gauge
 
-fn one_out(s: &mut Scheduler, clock: &Clock, size: u64) -> (Ticket, Entry) {
+fn one_out(s: &mut Scheduler, clock: &Clock, size: u64) -> (Ticket, QueueEntry) {
     let id = id_at(clock, Duration::ZERO, 0);
     s.accept(job(id, "a.test", &[0, 1], clock.wall, size), clock.now());
     let (Some(out), _) = s.take_next(dest_of(s, "a.test"), clock.now()) else {
@@ -897,7 +897,7 @@ enum Phase {
 
 struct Pending {
     ticket: Ticket,
-    entry: Entry,
+    entry: QueueEntry,
     /// The settlement once computed.
     settlement: Option<Settlement>,
     kind: Kind,
@@ -917,7 +917,7 @@ enum Kind {
 struct Worker {
     dest: DestId,
     key: DestinationKey,
-    current: Option<(Ticket, Entry)>,
+    current: Option<(Ticket, QueueEntry)>,
 }
 
 struct Model {
@@ -997,7 +997,7 @@ impl Model {
         self.rng.below(100) < percent
     }
 
-    fn deadline(&self, e: &Entry) -> SystemTime {
+    fn deadline(&self, e: &QueueEntry) -> SystemTime {
         self.s.schedule().deadline(e.first_seen())
     }
 
@@ -1287,7 +1287,7 @@ impl Model {
                             &entry,
                             &message.remote,
                             &message.envelope,
-                            Ending {
+                            Finalization {
                                 outcome,
                                 reply: &reply,
                                 silent,
