@@ -215,6 +215,15 @@ struct Out {
     stage: Stage,
 }
 
+/// How an entry goes back in the deferred index.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Requeue {
+    /// After a recorded attempt: at its next attempt, never past its deadline.
+    Next,
+    /// Nothing durable happened (a read or the record failed): after the first interval.
+    Retry,
+}
+
 /// What this core owes the ingest gauge.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Held {
@@ -714,7 +723,7 @@ impl Scheduler {
         }
         self.end_transaction(&out);
         match requeue {
-            Some(next) => self.requeue(ticket, next, &out.key, now, &mut actions),
+            Some(next) => self.requeue(ticket, next, &out.key, Requeue::Next, now, &mut actions),
             None => self.release(out.entry.id, &mut actions),
         }
         Ok(actions)
@@ -748,7 +757,7 @@ impl Scheduler {
         let mut again = out.entry;
         let wait = self.config.schedule.interval(1, again.seed());
         again.due_ms = to_millis(add_saturating(now.wall, wait));
-        self.requeue(ticket, again, &out.key, now, actions);
+        self.requeue(ticket, again, &out.key, Requeue::Retry, now, actions);
     }
 
     fn end_transaction(&mut self, out: &Out) {
@@ -766,6 +775,7 @@ impl Scheduler {
         ticket: Ticket,
         mut entry: QueueEntry,
         key: &Option<DestinationKey>,
+        how: Requeue,
         now: Now,
         actions: &mut Vec<Action>,
     ) {
@@ -792,12 +802,17 @@ impl Scheduler {
                 }
             }
         }
-        if self.is_expired(&entry, now) {
-            // Its deadline passed while it was out: it expires now, not at the next sweep.
-            self.expire(entry, actions);
-            return;
-        }
-        let entry = self.capped(entry);
+        let entry = match how {
+            Requeue::Next if self.is_expired(&entry, now) => {
+                // Its deadline passed while it was out: it expires now, not at the next sweep.
+                self.expire(entry, actions);
+                return;
+            }
+            Requeue::Next => self.capped(entry),
+            // After a failed read or write the entry waits the whole first interval, expiry
+            // included: ending it needs the spool that just failed.
+            Requeue::Retry => entry,
+        };
         let (id, due) = (entry.id, entry.due());
         match self.queue.defer(entry) {
             Ok(()) => actions.push(Action::Requeued { ticket, id, due }),
