@@ -1,3 +1,4 @@
+use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -128,5 +129,86 @@ fn expired_and_gone_entries_release_their_gauge_share() {
         gauge,
         (0, 0),
         "gauge (entries, bytes) after the queue drained"
+    );
+}
+
+/// A clock moved by hand.
+struct ManualClock {
+    mono: std::cell::Cell<std::time::Instant>,
+    wall: std::cell::Cell<SystemTime>,
+}
+
+impl crate::runtime::clock::Clock for ManualClock {
+    fn now(&self) -> std::time::Instant {
+        self.mono.get()
+    }
+
+    fn wall(&self) -> SystemTime {
+        self.wall.get()
+    }
+}
+
+/// The core decides by its clock alone: with the clock set past `max_age`, a message that
+/// arrived just now is expired instead of sent (no connection is made to its next hop, a
+/// real listener that would take it), without waiting for a deadline.
+#[test]
+fn expiry_follows_the_cores_clock() {
+    let rig = rig();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let routes = RoutesConfig(vec![RouteConfig {
+        domain: "*".into(),
+        to: listener.local_addr().unwrap().to_string(),
+        tls: TlsMode::Off,
+    }])
+    .compile()
+    .unwrap();
+    let mut shared = Arc::try_unwrap(rig.shared).ok().unwrap();
+    shared.routes = routes;
+    let shared = Arc::new(shared);
+    let now = SystemTime::now();
+    let id = QueueId::new(micros(now), 0);
+    let startup = vec![job(&shared, id, 500)];
+    let clock = Rc::new(ManualClock {
+        mono: std::cell::Cell::new(std::time::Instant::now()),
+        wall: std::cell::Cell::new(now + shared.schedule.max_age + Duration::from_secs(1)),
+    });
+
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let local = tokio::task::LocalSet::new();
+    let (phase, phase_rx) = watch::channel(Phase::Running);
+    let gauge = local.block_on(&runtime, async {
+        let core = Core::with_clock(
+            0,
+            Arc::clone(&shared),
+            EpollConnector,
+            rig.spool.shard(0),
+            Arc::clone(&rig.spool),
+            crate::mailbox::MailStore::new(),
+            phase_rx,
+            None,
+            clock,
+        );
+        let task = tokio::task::spawn_local(run(core, startup));
+        let gauge = &shared.mesh.gauge;
+        let _ = tokio::time::timeout(Duration::from_secs(10), async {
+            while gauge.entries() > 0 || gauge.bytes() > 0 {
+                tokio::task::yield_now().await;
+            }
+        })
+        .await;
+        let seen = (gauge.entries(), gauge.bytes());
+        let _ = phase.send(Phase::Stopping);
+        let _ = task.await;
+        seen
+    });
+    assert_eq!(gauge, (0, 0), "the expired entry left the queue");
+    assert_eq!(
+        listener.accept().map(|_| ()).map_err(|e| e.kind()),
+        Err(std::io::ErrorKind::WouldBlock),
+        "no connection to the next hop"
     );
 }
