@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Memory per idle SMTP connection (TARGETS.md: <= 32 KiB).
+"""Memory per idle SMTP connection (target: <= 32 KiB, docs/ARCHITECTURE.md §12).
 
 Starts the release relay on a temporary spool, opens N connections that read the greeting
 and then stay silent, and reports the relay's RSS growth per connection (from

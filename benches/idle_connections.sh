@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Memory per idle SMTP connection (TARGETS.md: <= 32 KiB): builds the release relay, then
+# Memory per idle SMTP connection (target: <= 32 KiB): builds the release relay, then
 # runs benches/idle_connections.py, which starts it on a temporary spool, opens N idle
 # connections (each reads the greeting, then stays silent) and reports the relay's RSS growth
 # per connection from /proc/PID/status (VmRSS before and after).

@@ -1,7 +1,7 @@
 //! MIME engine throughput, each beside the same work done by crates no one here wrote and
 //! beside a plain memcpy of the same bytes (the ceiling: every copy costs that much).
 //!
-//! Targets (shared/TARGETS.md): boundary scan ≥ 15 GB/s; MIME-wrapped Base64 decode ≥ 3 GB/s
+//! Targets (docs/ARCHITECTURE.md §12): boundary scan ≥ 15 GB/s; MIME-wrapped Base64 decode ≥ 3 GB/s
 //! and encode ≥ 6 GB/s (GB/s of raw, decoded bytes); full structure parse of a 10 MB
 //! multipart ≥ 5× mail-parser. Ratios within one run are the headline; the machine is shared.
 //! Run briefly: `cargo bench --bench mime -- --warm-up-time 1 --measurement-time 3`.
@@ -27,7 +27,7 @@ use relay::mime::{self, base64 as mb64, boundary, Limits, PartKind};
 
 const BOUNDARY: &str = "----=_Part_1234_5678.1700000000000";
 
-/// The research's test message (storage-measurements §2): 10 MB multipart/mixed, 20 parts,
+/// The test message the MIME ceilings were first measured with: 10 MB multipart/mixed, 20 parts,
 /// half 7bit text with some lines starting with "." or "-- ", half base64 attachments.
 fn ten_mb_message() -> Vec<u8> {
     let mut m = format!(

@@ -1,4 +1,4 @@
-//! POP3 RETR path: session + byte-stuffing of a 10 KB message (issue 3 §5: msgs/s and MB/s,
+//! POP3 RETR path: session + byte-stuffing of a 10 KB message (msgs/s and MB/s,
 //! before the load generator's POP3 mode exists).
 //!
 //! - `pop3_retr/retr_10k`: one `RETR 1` through `handle_input`, the `Retrieve` event answered

@@ -1,6 +1,6 @@
 //! SMTP session throughput: pipelined commands through parse + session, and DATA receive.
 //!
-//! Targets (DESIGN.md, issue): at least 1M commands/s per core for a pipelined workload;
+//! Targets (docs/ARCHITECTURE.md §12): at least 1M commands/s per core for a pipelined workload;
 //! DATA receive in MB/s for a 10 KB body. Run briefly on shared machines:
 //! `cargo bench --bench smtp_session -- --warm-up-time 1 --measurement-time 3`.
 

@@ -9,7 +9,7 @@
 //!
 //! Run briefly: `cargo bench --bench spool_append -- --warm-up-time 1 --measurement-time 3`
 //! (`-- read_body` for the read group only).
-//! Target (storage-measurements.md §7): ≥ 15k records/s at 64 writers on the 2-vCPU VM.
+//! Target (docs/ARCHITECTURE.md §12): ≥ 15k records/s at 64 writers on the 2-vCPU VM.
 
 use std::time::{Duration, Instant, SystemTime};
 
@@ -115,7 +115,7 @@ fn spool_append(c: &mut Criterion) {
 
 /// The ceiling the spool is measured against, in the same run: 64 records' worth of bytes
 /// appended with one write and one fdatasync, no framing, no serialisation, no threads
-/// (TARGETS.md: the spool should reach ≥ 60% of this at 64 writers).
+/// (target: the spool should reach ≥ 60% of this at 64 writers).
 fn raw_group_commit_ceiling(c: &mut Criterion) {
     use std::io::Write;
     const BATCH: usize = 64;

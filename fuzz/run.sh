@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs each fuzz target (MIME parser and decoders, the SMTP server session and client, the
-# POP3 server session) for SECONDS (default 30) on its seed corpus in fuzz/corpus/<name>.
+# POP3 server session, the spool's segment decoder) for SECONDS (default 30) on its seed
+# corpus in fuzz/corpus/<name>.
 # cargo-fuzz needs nightly features; on a stable toolchain RUSTC_BOOTSTRAP=1 unlocks them.
 # New inputs that libFuzzer finds go to a scratch corpus (not the repo's seeds); a crash
 # leaves its input in fuzz/artifacts/<target>/ and makes this script fail.
@@ -24,7 +25,7 @@ fi
 export CARGO_TARGET_DIR="${FUZZ_TARGET_DIR:-$here/target}"
 scratch="$(mktemp -d)"
 trap 'rm -rf "$scratch"' EXIT
-for pair in mime_parse:parse mime_base64:base64 mime_qp:qp smtp_session:smtp smtp_client:smtp_client pop3_session:pop3; do
+for pair in mime_parse:parse mime_base64:base64 mime_qp:qp smtp_session:smtp smtp_client:smtp_client pop3_session:pop3 spool_frame:spool_frame; do
     target="${pair%%:*}"
     seeds="${pair##*:}"
     mkdir -p "$scratch/$target"

@@ -428,7 +428,7 @@ fn queue(
             if json {
                 format!("{}\n", serde_json::to_string_pretty(&list)?)
             } else {
-                relay::delivery::control::render(&list, now)
+                relay::admin::queue_text::render(&list, now)
             }
         }
         QueueCommand::Show { id } => {
@@ -438,7 +438,7 @@ fn queue(
                 spool.read_message(&location).ok().map(|m| m.body)
             })
             .ok_or_else(|| anyhow::anyhow!("{id}: no such message in the spool"))?;
-            relay::delivery::control::render_shown(&shown, now)
+            relay::admin::queue_text::render_shown(&shown, now)
         }
         QueueCommand::Flush { .. } | QueueCommand::Delete { .. } | QueueCommand::Bounce { .. } => {
             spool.close()?;
@@ -459,7 +459,8 @@ fn queue_online(
     command: &QueueCommand,
     admin: Option<std::net::SocketAddr>,
 ) -> Result<Option<String>> {
-    use relay::delivery::control::{render, render_shown, ListedMessage, ShownMessage};
+    use relay::admin::queue_text::{render, render_shown};
+    use relay::delivery::control::{ListedMessage, ShownMessage};
     let addr = match admin {
         Some(addr) => addr,
         None if config.admin.enabled && config.admin.listen.port() != 0 => config.admin.listen,

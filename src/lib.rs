@@ -1,17 +1,31 @@
-//! `relay`: a high-throughput SMTP edge relay, thread-per-core on io_uring, with a durable
-//! append-only spool. See README.md for the architecture and DESIGN notes.
+//! `relay`: a high-throughput SMTP edge relay and POP3 server, thread-per-core on io_uring,
+//! with a durable append-only spool. The layers, the import rule and the design notes are in
+//! docs/ARCHITECTURE.md; imports point down this list (server → delivery → queue, spool,
+//! mailbox, protocol cores → runtime, net).
 //!
 //! Module map:
+//! - [`server`]: the assembly (start, serve, drain), per-shard accept loops, admission, DNSBL,
+//!   the SMTP and POP3 connection drivers and STARTTLS.
+//! - [`delivery`]: the per-core outbound runtime: scheduler, workers, notices, the cross-core
+//!   mesh, queue control, MX planning.
+//! - [`queue`]: the pure delivery decisions: retry schedule, routes, outcomes, DSNs, the
+//!   per-destination queues.
+//! - [`spool`]: the append-only, checksummed, group-committed message log.
+//! - [`mailbox`]: users, aliases and passwords; maildrops as views over the spool.
+//! - [`smtp`]: the sans-IO SMTP protocol core: server session and outbound client.
+//! - [`pop3`]: the sans-IO POP3 server session.
+//! - [`mime`]: the zero-copy MIME parser, Base64 and quoted-printable, 8BITMIME downgrade,
+//!   the content policy.
+//! - [`proto`]: what the line protocols share: the command-line framer and SASL PLAIN.
+//! - [`envelope`]: the envelope types shared by the SMTP session and the spool.
+//! - [`runtime`]: pinned per-core shards, the io_uring probe, the engine choice, `Phase`.
+//! - [`net`]: the only code that moves bytes: connections on both engines, bounded waits,
+//!   listeners, PROXY protocol, DNS, TLS.
 //! - [`config`]: the typed TOML configuration, its defaults (each with its reason) and the
 //!   checks that relate limits to each other.
-//! - [`envelope`]: the envelope types shared by the SMTP session and the spool.
-//! - [`smtp`]: the sans-IO SMTP server (and later client) protocol core.
-//! - [`spool`]: the append-only, checksummed, group-committed message log.
-//! - [`runtime`]: pinned per-core threads, the io_uring probe and the engine choice.
-//! - [`net`]: listeners and connection tasks: the only code that moves bytes.
-//! - [`tune`]: `relay tune`: the embedded kernel profiles compared with this machine.
 //! - [`metrics`]: the Prometheus registry (per-core handles) and the `relay stat` summary.
 //! - [`admin`]: the loopback HTTP listener (`/metrics`, `/stat`, queue control) and its client.
+//! - [`tune`]: `relay tune`: the embedded kernel profiles compared with this machine.
 
 // No module needs unsafe code: io_uring comes through tokio-uring, SIMD through memchr and
 // base64-simd, syscalls through std, socket2, core_affinity and rustix.

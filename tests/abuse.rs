@@ -1,4 +1,4 @@
-//! Abuse resistance over real sockets (issue 7 §3): tarpitting past the soft error limit,
+//! Abuse resistance over real sockets: tarpitting past the soft error limit,
 //! the per-address message rate, and slow clients cut at their deadline (SMTP commands,
 //! SMTP data, POP3 commands). Each body runs on both I/O engines.
 //!

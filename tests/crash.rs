@@ -1,4 +1,4 @@
-//! Crash tests: the durability contract (DESIGN.md §2) proven on the real binary.
+//! Crash tests: the durability contract (docs/ARCHITECTURE.md §4) proven on the real binary.
 //!
 //! 250 after DATA means the message is on stable storage, so after `kill -9` at any moment:
 //! acknowledged ⊆ recovered ⊆ sent, with no duplicates, every recovered message byte-exact,

@@ -1,4 +1,4 @@
-//! Outbound delivery end to end (issue 4 §6): the relay takes mail over SMTP, stores it, and
+//! Outbound delivery end to end: the relay takes mail over SMTP, stores it, and
 //! delivers it to a next hop on loopback, with retries, bounces, notices and crash recovery.
 //! Next hops: Postfix's `smtp-sink` (not written here) and a scripted Python sink for faults.
 

@@ -1,4 +1,4 @@
-//! Outbound TLS end to end (issue 7 §1): the relay delivers to a scripted next hop on
+//! Outbound TLS end to end: the relay delivers to a scripted next hop on
 //! loopback that offers STARTTLS (`tests/py/scripted_sink.py`, Python's `ssl`), with a
 //! self-signed certificate made here by `rcgen` (no private key is committed). The sink
 //! records per message whether the session was encrypted and how many STARTTLS commands it

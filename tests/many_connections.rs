@@ -1,4 +1,4 @@
-//! Thousands of idle and slow connections (issue 7 §3): while they are held open, a normal
+//! Thousands of idle and slow connections: while they are held open, a normal
 //! client still gets a whole transaction through within its timeouts; then every one of them
 //! is cut at the command deadline (421 4.4.2, the slow ones too: trickled bytes do not extend
 //! it) and the relay's socket count returns to its baseline.

@@ -1,4 +1,4 @@
-//! Integration tests of the metrics endpoint and `relay stat` (issue 8 §3–4): the real
+//! Integration tests of the metrics endpoint and `relay stat`: the real
 //! `relay serve` on port 0, its admin listener found from its `listening protocol="admin"` line,
 //! `/metrics` parsed by a Prometheus text parser no one here wrote (`prometheus-parse`), mail
 //! sent by an independent client (lettre) and the raw test clients, and every counter checked

@@ -1,4 +1,4 @@
-//! Crash tests of local mailboxes (issue 3): POP3 deletions and spool compaction under
+//! Crash tests of local mailboxes: POP3 deletions and spool compaction under
 //! `kill -9`.
 //!
 //! The contract: DELE takes effect only at QUIT, and the `+OK` to QUIT comes after the

@@ -1,4 +1,4 @@
-//! Integration tests of local mailboxes and the POP3 server (issue 3): the real `relay serve`
+//! Integration tests of local mailboxes and the POP3 server: the real `relay serve`
 //! on port 0, mail delivered over SMTP (raw client, lettre), read back with independent POP3
 //! clients (Python's poplib, curl) and a raw byte-exact socket, and compared with what
 //! `relay spool cat` says is stored.

@@ -1,4 +1,4 @@
-//! Transcript tests for the POP3 server session (DESIGN.md §3.11).
+//! Transcript tests for the POP3 server session (docs/ARCHITECTURE.md §11).
 //!
 //! Each `tests/pop3_transcripts/*.txt` holds a conversation with a scripted driver that
 //! answers the session's events from a fake maildrop:
@@ -302,7 +302,7 @@ impl Driver<'_> {
     }
 }
 
-/// Drives a session the way net/ does; returns (output, rendered events).
+/// Drives a session the way `server::pop3` does; returns (output, rendered events).
 fn drive(transcript: &Transcript, reads: &[&[u8]]) -> (Vec<u8>, Vec<String>) {
     let mut out = Outbox::default();
     let mut session = Session::new(

@@ -1,4 +1,4 @@
-//! Transcript tests for the SMTP server session (DESIGN.md §3.11).
+//! Transcript tests for the SMTP server session (docs/ARCHITECTURE.md §11).
 //!
 //! Each `tests/transcripts/*.txt` holds a conversation:
 //!
@@ -210,7 +210,7 @@ fn verify(credentials: &Credentials) -> Result<String, AuthFailure> {
     }
 }
 
-/// Drives a session the way net/ does; returns (output, rendered events).
+/// Drives a session the way `server::smtp` does; returns (output, rendered events).
 fn drive(transcript: &Transcript, reads: &[&[u8]]) -> (String, Vec<String>) {
     let mut out = Outbox::default();
     let config = Arc::new(transcript.config.clone());

@@ -1,4 +1,4 @@
-//! Kill -9 during compaction (issue 3 §3 and §4): a spool with a few hundred 10–50 KB messages,
+//! Kill -9 during compaction: a spool with a few hundred 10–50 KB messages,
 //! delivered to local mailboxes and partly deleted, is compacted in a child process (this test
 //! binary re-executed in "child mode", which calls `relay::spool::compact_offline` — what
 //! `relay spool compact --dir D` runs), killed with SIGKILL at many moments: spread over the

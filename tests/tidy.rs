@@ -1,4 +1,4 @@
-//! Mechanical style rules (DESIGN.md §3, model-codebases §9.15). Each failure says what to
+//! Mechanical style rules (docs/ARCHITECTURE.md §10–11). Each failure says what to
 //! use instead.
 //!
 //! - no `unwrap()`/`expect()` in library code outside tests: input a peer, a file or a config
@@ -8,7 +8,7 @@
 //!   without io_uring;
 //! - `anyhow` only in the binary's CLI;
 //! - no `todo!`/`unimplemented!`;
-//! - protocol replies are written only by their `reply.rs` (DESIGN.md §3.4): an SMTP reply
+//! - replies are written only by their `reply.rs` (docs/ARCHITECTURE.md §10): an SMTP reply
 //!   literal (`"250 `, `"554-`) anywhere else in `src/smtp`, or a POP3 one (`"+OK`,
 //!   `"-ERR`) anywhere else in `src/pop3`, is refused;
 //! - `unsafe` is forbidden crate-wide (`#![forbid(unsafe_code)]` in `src/lib.rs`).
@@ -39,23 +39,31 @@ fn production_lines(text: &str) -> impl Iterator<Item = (usize, &str)> {
         .filter(|(_, line)| !line.trim_start().starts_with("//"))
 }
 
-fn sources() -> Vec<(PathBuf, String)> {
+/// The `.rs` files under `dirs` (relative to the crate root), with their text.
+fn read_tree(dirs: &[&str]) -> Vec<(PathBuf, String)> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let mut files = Vec::new();
-    rust_files(&root.join("src"), &mut files);
-    rust_files(&root.join("loadgen"), &mut files);
+    for dir in dirs {
+        rust_files(&root.join(dir), &mut files);
+    }
     files.sort();
     files
         .into_iter()
-        // Test-only modules (`#[cfg(test)] mod tests;` files) may unwrap.
-        .filter(|path| {
-            let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
-            name != "tests.rs" && !name.ends_with("_tests.rs")
-        })
         .filter_map(|path| {
             let text = fs::read_to_string(&path).ok()?;
             let rel = path.strip_prefix(root).ok()?.to_path_buf();
             Some((rel, text))
+        })
+        .collect()
+}
+
+/// Production sources: test-only modules (`#[cfg(test)] mod tests;` files) may unwrap.
+fn sources() -> Vec<(PathBuf, String)> {
+    read_tree(&["src", "loadgen"])
+        .into_iter()
+        .filter(|(path, _)| {
+            let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+            name != "tests.rs" && !name.ends_with("_tests.rs")
         })
         .collect()
 }
@@ -331,25 +339,9 @@ fn layering_violations(files: &[(PathBuf, String)]) -> Vec<String> {
     found
 }
 
-/// Every `.rs` file under `src/`, tests included (`sources()` leaves test files out).
-fn all_library_sources() -> Vec<(PathBuf, String)> {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let mut files = Vec::new();
-    rust_files(&root.join("src"), &mut files);
-    files.sort();
-    files
-        .into_iter()
-        .filter_map(|path| {
-            let text = fs::read_to_string(&path).ok()?;
-            let rel = path.strip_prefix(root).ok()?.to_path_buf();
-            Some((rel, text))
-        })
-        .collect()
-}
-
 #[test]
 fn layers_import_only_downwards() {
-    let found = layering_violations(&all_library_sources());
+    let found = layering_violations(&read_tree(&["src"]));
     assert!(
         found.is_empty(),
         "a lower layer imports a higher one (see forbidden_imports in tests/tidy.rs and \

@@ -1,4 +1,4 @@
-//! TLS on the relay's listeners (issue 7 §1): SMTP STARTTLS (RFC 3207), POP3 STLS (RFC 2595),
+//! TLS on the relay's listeners: SMTP STARTTLS (RFC 3207), POP3 STLS (RFC 2595),
 //! implicit TLS on the submissions and POP3S listeners (RFC 8314), AUTH offered only on TLS,
 //! the pipelining-injection defence (CVE-2011-0411), certificate reload on SIGHUP, and
 //! handshake failures. Driven by clients no one here wrote: Python's smtplib and poplib,

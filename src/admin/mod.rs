@@ -15,6 +15,7 @@
 
 pub mod client;
 pub mod queue;
+pub mod queue_text;
 
 use std::io::Read;
 use std::net::{SocketAddr, TcpListener};

@@ -1,4 +1,4 @@
-//! `/queue/...`: the queue control behind `relay queue` (issue 4 §5), on the admin listener.
+//! `/queue/...`: the queue control behind `relay queue`, on the admin listener.
 //!
 //! | method, path | query | answer |
 //! |---|---|---|

@@ -48,7 +48,7 @@ pub const MESSAGE_RATE_WINDOW: Interval = Interval::secs(60);
 /// Long enough for a 25 MiB message on a slow link to finish after SIGTERM, short enough for
 /// systemd's default 90 s stop timeout.
 pub const DRAIN_TIMEOUT: Interval = Interval::secs(30);
-/// Each idle SMTP connection costs ≤ 32 KiB (TARGETS.md); 10,000 per core is ≈ 320 MiB at
+/// Each idle SMTP connection costs ≤ 32 KiB (the target); 10,000 per core is ≈ 320 MiB at
 /// the worst, and within a default `nofile` hard limit of 524,288 on current systemd.
 pub const CONNECTIONS_PER_CORE_MAX: usize = 10_000;
 /// Postfix's `smtpd_client_connection_count_limit`: one client cannot take every slot.
@@ -71,7 +71,7 @@ pub const SEGMENT_SIZE: ByteSize = ByteSize::mib(64);
 /// A bounded hand-off queue per shard: when the disk falls behind, sessions get 452 4.3.1
 /// instead of the relay buffering without bound.
 pub const APPENDS_PENDING_MAX: usize = 4096;
-/// storage-measurements.md §3: 64–256 records per fdatasync reach the device's sequential
+/// Measured (docs/ARCHITECTURE.md §4): 64–256 records per fdatasync reach the device's sequential
 /// write speed; more only adds latency.
 pub const COMMIT_RECORDS_MAX: usize = 256;
 

@@ -1,5 +1,5 @@
 //! The typed configuration: one TOML file, grouped by owner (`[server] [smtp] [spool]
-//! [relay] [local] [pop3] [policy] [admin]`; later `[delivery] [tls]` with their features).
+//! [relay] [local] [pop3] [policy] [delivery] [admin] [tls]`).
 //!
 //! Role: turn operator text into values the rest of the relay can trust. Every key has a
 //! default (see `defaults.rs`, where each cites its RFC or reason); unknown keys and bad
@@ -37,7 +37,7 @@ pub enum ConfigError {
     },
 }
 
-/// Which kernel interface moves the bytes (DESIGN.md §1a).
+/// Which kernel interface moves the bytes (docs/ARCHITECTURE.md §7).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum IoEngine {
@@ -69,7 +69,7 @@ pub struct Config {
 /// `[tls]`: the server certificate for STARTTLS/STLS and the implicit-TLS listeners
 /// (`smtp.tls_listen`, `pop3.tls_listen`), and what outbound delivery trusts. Without `cert`
 /// and `key` the relay offers no TLS (STARTTLS is not advertised). Paths relative to the
-/// config file are resolved next to it. SIGHUP reads the files again (see `runtime::server`).
+/// config file are resolved next to it. SIGHUP reads the files again (see `crate::server`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TlsSection {

@@ -1,6 +1,6 @@
 //! The cross-core hand-off: "recipients R of message M are yours" as a small message on a
-//! bounded lock-free queue, one queue per (from core, to core) pair (DESIGN.md §1), plus a
-//! wake-up per core and an unbounded side channel for the operator's rare commands.
+//! bounded lock-free queue, one queue per (from core, to core) pair (docs/ARCHITECTURE.md §3),
+//! plus a wake-up per core and an unbounded side channel for the operator's rare commands.
 //!
 //! Why one queue per pair: each `ArrayQueue` then has a single producer thread, so producers
 //! never contend with each other, and a core that floods one destination cannot starve the
@@ -10,11 +10,9 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use crossbeam::queue::{ArrayQueue, SegQueue};
-use tokio::sync::Notify;
-
 use crate::envelope::QueueId;
 pub use crate::queue::scheduler::{FlushFilter, Job, Queued};
+use crate::runtime;
 
 /// Hand-offs in flight per (from, to) pair before the sender waits.
 pub const PAIR_CAPACITY: usize = 4096;
@@ -40,76 +38,39 @@ pub enum Control {
 }
 
 /// One core's receiving side.
-pub struct Inbox {
-    /// Indexed by sending core.
-    from: Vec<ArrayQueue<Job>>,
-    control: SegQueue<Control>,
-    pub wake: Notify,
-}
+pub type Inbox = runtime::mesh::Inbox<Job, Control>;
 
 /// Every core's inbox, plus the ingest gauge; shared by all shards.
 pub struct Mesh {
-    inboxes: Vec<Inbox>,
+    pairs: runtime::mesh::Mesh<Job, Control>,
     pub gauge: QueueGauge,
 }
 
 impl Mesh {
     pub fn new(cores: usize, gauge: QueueGauge) -> Arc<Mesh> {
         Arc::new(Mesh {
-            inboxes: (0..cores)
-                .map(|_| Inbox {
-                    from: (0..cores).map(|_| ArrayQueue::new(PAIR_CAPACITY)).collect(),
-                    control: SegQueue::new(),
-                    wake: Notify::new(),
-                })
-                .collect(),
+            pairs: runtime::mesh::Mesh::new(cores, PAIR_CAPACITY),
             gauge,
         })
     }
 
     pub fn cores(&self) -> usize {
-        self.inboxes.len()
+        self.pairs.cores()
     }
 
     /// Hands `job` from core `from` to core `to`; gives it back when that queue is full.
     pub fn send(&self, from: usize, to: usize, job: Job) -> Result<(), Job> {
-        let Some(inbox) = self.inboxes.get(to) else {
-            return Err(job);
-        };
-        let Some(queue) = inbox.from.get(from) else {
-            return Err(job);
-        };
-        queue.push(job)?;
-        inbox.wake.notify_one();
-        Ok(())
+        self.pairs.send(from, to, job)
     }
 
     /// Sends an operator's command to core `to` (dropped if there is no such core: its reply
     /// channel then reports a disconnect).
     pub fn control(&self, to: usize, command: Control) {
-        if let Some(inbox) = self.inboxes.get(to) {
-            inbox.control.push(command);
-            inbox.wake.notify_one();
-        }
+        self.pairs.control(to, command)
     }
 
     pub fn inbox(&self, core: usize) -> Option<&Inbox> {
-        self.inboxes.get(core)
-    }
-}
-
-impl Inbox {
-    /// Takes every waiting job, from every sender.
-    pub fn drain_jobs(&self, mut f: impl FnMut(Job)) {
-        for queue in &self.from {
-            while let Some(job) = queue.pop() {
-                f(job);
-            }
-        }
-    }
-
-    pub fn next_control(&self) -> Option<Control> {
-        self.control.pop()
+        self.pairs.inbox(core)
     }
 }
 
@@ -203,7 +164,7 @@ mod tests {
             "core 1's own queue is separate"
         );
         let mut seen = 0;
-        mesh.inbox(1).unwrap().drain_jobs(|_| seen += 1);
+        mesh.inbox(1).unwrap().drain(|_| seen += 1);
         assert_eq!(seen, PAIR_CAPACITY + 1);
         assert!(mesh.send(0, 7, job(1)).is_err(), "no such core");
     }

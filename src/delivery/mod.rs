@@ -1,9 +1,9 @@
-//! Outbound delivery on each core: the seed document's "MTA client" that works the spool's
-//! queue. The decisions live in [`crate::queue`] (the per-core policy in
-//! [`crate::queue::scheduler`], and schedule, routes, outcomes, notices) and
-//! [`crate::smtp::client`] (the protocol); this module carries them out: it reads the time
-//! (through a [`Clock`]), owns the sockets, the spool writes and the timers, and does what
-//! the scheduler's actions say.
+//! Outbound delivery on each core: the relay's MTA client, which works the spool's queue.
+//! The decisions live in [`crate::queue`] (the per-core policy in
+//! [`crate::queue::scheduler`], and schedule, routes, outcomes, notices), [`resolve`] (MX
+//! planning) and [`crate::smtp::client`] (the protocol); this module carries them out: it
+//! reads the time (through a [`Clock`]), owns the sockets, the spool writes and the timers,
+//! and does what the scheduler's actions say.
 //!
 //! **Shape.** Every remote recipient belongs to a *destination* (its route's next hop, or its
 //! domain for MX routes), and every destination to one core ([`crate::queue::owner`]). Ingest
@@ -761,7 +761,7 @@ pub async fn run<C: Connector + 'static>(core: Rc<Core<C>>, startup: Vec<Job>) {
         if *phase.borrow_and_update() != Phase::Running {
             break;
         }
-        inbox.drain_jobs(|job| core.accept(job));
+        inbox.drain(|job| core.accept(job));
         while let Some(command) = inbox.next_control() {
             core.control(command);
         }

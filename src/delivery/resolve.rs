@@ -38,7 +38,7 @@
 //! (`/etc/resolv.conf`). The real one needs no test network of its own: everything it
 //! decides is in [`plan_hops`]/[`plan_targets`], tested here with scripted answers, and what
 //! it adds is only the mapping of hickory's errors to [`MxAnswer`]/[`AddrAnswer`] (NXDOMAIN,
-//! NOERROR without records, anything else temporary) in [`classify`].
+//! NOERROR without records, anything else temporary) in [`classify`] (all three in `net::dns`).
 //!
 //! **Exposure.** DNS answers are remote data: exchange names are only compared and passed on
 //! as host names to look up; their count is bounded ([`ResolveLimits`]); nothing is parsed
@@ -47,6 +47,10 @@
 //! **Limits.** [`ResolveLimits`]: MX hosts looked up (default 10) and addresses returned
 //! (default 5, Postfix's `smtp_mx_address_limit`), so a domain with 500 MX records costs 10
 //! lookups, not 500.
+//!
+//! [`ScriptedResolver`]: crate::net::dns::ScriptedResolver
+//! [`SystemResolver`]: crate::net::dns::SystemResolver
+//! [`classify`]: crate::net::dns::classify
 #![forbid(unsafe_code)]
 
 use std::net::{IpAddr, SocketAddr};

@@ -4,7 +4,7 @@
 //! The client contract (`smtp::client` module doc) is followed to the letter: after each call
 //! its bytes are written completely (each write bounded by the data-block timeout), then its
 //! events are acted on; reads are bounded by the timeout it names. A timeout or a stop shuts
-//! the socket and then awaits the pending operation (DESIGN.md §1a), never drops it.
+//! the socket and then awaits the pending operation (docs/ARCHITECTURE.md §7), never drops it.
 //!
 //! **TLS.** The conversation loop ([`converse`]) is generic over the connection: when the
 //! client asks for STARTTLS it returns, the plaintext connection is wrapped in

@@ -1,7 +1,7 @@
 //! Local mailboxes: who they are (users, aliases, lists), how their owners log in, and the
 //! per-mailbox views over the spool that POP3 serves.
 //!
-//! Role: the seed document's receiving side. A mailbox is not a separate store: it is an
+//! Role: the relay's receiving side. A mailbox is not a separate store: it is an
 //! index over message records in the spool; only its owner can open it.
 //!
 //! Exposure: addresses and credentials from network peers; users and aliases from the

@@ -3,9 +3,9 @@
 //! Role: encode with MIME line wrapping (76 characters then CRLF) and decode text that is
 //! wrapped, whitespace-padded or slightly off, at SIMD speed. `base64-simd` dispatches to
 //! AVX2/SSE at run time (its default `detect` feature), so no `target-cpu=native` is needed
-//! (research/storage-measurements.md §1).
+//! (docs/ARCHITECTURE.md §12).
 //!
-//! Why the shapes below (all measured in that research):
+//! Why the shapes below (all measured on the development VM):
 //! - Neither SIMD crate accepts line breaks. Decoding first strips the CRLFs at the fixed
 //!   stride of the first line (a constant-size copy per line, 12–20 GB/s) and then decodes in
 //!   place; memchr-driven compaction is 4× slower on 78-byte lines, and the crate's own

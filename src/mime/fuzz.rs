@@ -2,7 +2,7 @@
 //!
 //! Role: `fuzz/fuzz_targets/*.rs` call these, and the unit tests below run them over the
 //! seed corpus in `fuzz/corpus/`, so a regression on a seed shows in `cargo test` even where
-//! cargo-fuzz is not installed. Each function panics (an assertion: a bug, DESIGN.md §3.5)
+//! cargo-fuzz is not installed. Each function panics (an assertion: a bug)
 //! only when an invariant breaks; malformed input itself must never panic.
 
 use super::tree::{parse, PartKind};

@@ -7,7 +7,7 @@
 //! text (RFC 2047/2231 decoding) and decoded bodies allocate, and only when asked for. The
 //! relay uses it twice: [`policy::Policy::check`] at end of DATA, and
 //! [`downgrade::downgrade`] when a next hop lacks 8BITMIME. Like `smtp`, it is sans-IO and
-//! synchronous (DESIGN.md §3.1).
+//! synchronous (docs/ARCHITECTURE.md §10).
 //!
 //! **Exposure.** Every byte here comes from unauthenticated peers (the message body and
 //! headers a client sent). Nothing may panic, loop or allocate without bound on any input:
@@ -38,12 +38,15 @@
 //! [`encoded_word`] (RFC 2047 and charsets), [`boundary`] (the multipart splitter),
 //! [`tree`] (the parser and the part tree), [`base64`], [`qp`], [`downgrade`], [`policy`],
 //! [`fuzz`] (the fuzz targets as plain functions, also run by unit tests).
+//!
+//! [`downgrade`]: mod@downgrade
 #![forbid(unsafe_code)]
 
 pub mod base64;
 pub mod boundary;
 pub mod downgrade;
 pub mod encoded_word;
+#[cfg(any(test, feature = "fuzzing"))]
 pub mod fuzz;
 pub mod header;
 pub mod policy;
@@ -56,7 +59,7 @@ pub use policy::{MessageStats, Policy, PolicyViolation};
 pub use tree::{parse, DecodeError, Defect, Message, Part, PartKind};
 
 /// The bounds of one parse. Every one of them is a defence against a message built to make
-/// the parser work or allocate too much (DESIGN.md §3.7).
+/// the parser work or allocate too much.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Limits {
     /// Nesting levels below the top-level message (each multipart or message/rfc822 adds
@@ -77,7 +80,7 @@ impl Default for Limits {
             // parts); 32 is generous and keeps the worst case at 32 scans of the message.
             max_depth: 32,
             // Mailing-list digests reach a few hundred parts; beyond 10,000 a message is a
-            // parser attack (the 100k-part case).
+            // parser attack (100,000 tiny parts fit in a few megabytes).
             max_parts: 10_000,
             // Postfix's header_size_limit (102400): a header larger than this is a bomb.
             max_header_bytes: 100 * 1024,

@@ -10,8 +10,8 @@ use super::io::Connection;
 use crate::runtime::Phase;
 
 /// Bytes read per call. Command lines are at most `smtp.command_line_max`, so a partial line
-/// plus one chunk always fits; an idle connection holds one such buffer (TARGETS.md: ≤ 32 KiB
-/// per idle connection).
+/// plus one chunk always fits; an idle connection holds one such buffer (target: ≤ 32 KiB
+/// per idle connection, docs/ARCHITECTURE.md §12).
 pub const READ_CHUNK: usize = 16 * 1024;
 /// How long a goodbye (421) may take to write before the socket is simply shut.
 pub const GOODBYE_WRITE_LIMIT: Duration = Duration::from_secs(2);

@@ -5,7 +5,7 @@
 //! Buffers are owned and passed in and out (completion-based I/O needs the kernel to own the
 //! buffer while an operation is in flight); epoll gets the same shape for free.
 //!
-//! The rule from DESIGN.md §1a lives here: a tokio-uring operation is never cancelled by
+//! The rule of docs/ARCHITECTURE.md §7 lives here: a tokio-uring operation is never cancelled by
 //! dropping its future (it would swallow the peer's next bytes and keep the fd open). Callers
 //! end a connection with [`Connection::shutdown`] and then let the pending operation finish.
 #![allow(async_fn_in_trait)] // single-threaded shards: no `Send` bound is wanted on these futures
@@ -31,7 +31,7 @@ pub trait Connection {
 ///
 /// Connecting is done through tokio's readiness-based `TcpStream::connect` on both engines:
 /// its future can be dropped on a timeout without leaving anything armed (a tokio-uring
-/// connect operation could not be cancelled that way, DESIGN.md §1a). The connected socket
+/// connect operation would stay armed after its future is dropped). The connected socket
 /// then moves to the engine's stream for the data phase.
 pub trait Connector {
     type Conn: Connection + 'static;

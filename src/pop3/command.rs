@@ -1,6 +1,6 @@
 //! POP3 commands: one type for the server (which parses) and the load generator or a test
 //! client (which encode), with `parse(encode(c)) == c` checked by a property test
-//! (DESIGN.md §3.9).
+//! (docs/ARCHITECTURE.md §10).
 //!
 //! Exposure: `parse` reads raw peer lines (without their line end, at most 255 octets, from
 //! unauthenticated peers). It allocates only for the owned parts of the result. `Debug` and

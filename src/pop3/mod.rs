@@ -2,8 +2,8 @@
 //!
 //! **Role.** Turn the bytes a POP3 client sends into responses and typed events (verify these
 //! credentials, lock this maildrop, fetch this message, make these deletions durable, close),
-//! and nothing else. It is sans-IO and synchronous (DESIGN.md §3.1): no sockets, no async, no
-//! clock, no files, no password hashing. The connection driver in `net/` moves the bytes,
+//! and nothing else. It is sans-IO and synchronous (docs/ARCHITECTURE.md §10): no sockets, no
+//! async, no clock, no files, no password hashing. The driver (`server::pop3`) moves the bytes,
 //! answers the events from `mailbox/` and the spool, and applies the idle timeout and the
 //! authentication failure delay. Tests therefore drive it with byte slices split at every
 //! possible offset, against a fake maildrop.
@@ -27,12 +27,14 @@
 //! session, 50 commands before authentication; PLAIN fields 255 octets each (RFC 4616).
 //!
 //! Modules: [`reply`] (every response: status, response code, text), [`command`] (the
-//! `Command` type shared with the load generator), [`sasl`] (base64 and PLAIN), [`stuff`](mod@stuff)
-//! (byte-stuffing, TOP, the octet count RETR sends), [`session`] (the state machine). The line
-//! framer is SMTP's ([`crate::proto::line::frame`]); POP3 also accepts a bare LF as a line end.
+//! `Command` type shared with the load generator), [`stuff`](mod@stuff) (byte-stuffing, TOP,
+//! the octet count RETR sends), [`session`] (the state machine). The line framer and SASL
+//! PLAIN are shared with SMTP: [`crate::proto::line::frame`] (POP3 also accepts a bare LF as a
+//! line end) and [`crate::proto::sasl`].
 #![forbid(unsafe_code)]
 
 pub mod command;
+#[cfg(any(test, feature = "fuzzing"))]
 pub mod fuzz;
 pub mod reply;
 pub mod session;

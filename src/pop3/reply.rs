@@ -1,5 +1,5 @@
 //! Typed POP3 responses: the one place where status indicators, response codes and response
-//! text live (DESIGN.md §3.4).
+//! text live (docs/ARCHITECTURE.md §10).
 //!
 //! A response is `+OK` or `-ERR`, optionally an RFC 2449 §8 response code in brackets, and
 //! text. Multi-line responses (CAPA, LIST, UIDL, the AUTH mechanism list) are a status line,

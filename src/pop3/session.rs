@@ -1,6 +1,6 @@
 //! The POP3 server session: a sans-IO state machine from peer bytes to responses and events.
 //!
-//! The connection driver (net/) owns the socket, the read buffer, the clock and the maildrop.
+//! The driver (`server::pop3`) owns the socket, the read buffer, the clock and the maildrop.
 //! It calls [`Session::handle_input`] with the buffered bytes, writes `Outbox::bytes` in one
 //! write, then performs `Outbox::events`; the events that need an answer are answered by
 //! calling the matching method ([`Session::authenticated`], [`Session::locked`],
@@ -13,7 +13,7 @@
 //! Consumption stops right after an event that needs an answer, until it is answered
 //! ([`Session::awaiting`]), and for good after `Close`.
 //!
-//! States (DESIGN.md §3.2), RFC 1939 §3:
+//! States (RFC 1939 §3):
 //! - AUTHORIZATION: `Authorization` (a USER name may be pending for PASS), `SaslResponse`
 //!   (after `+ `, the AUTH PLAIN response line is next), `Authenticating` (an `Authenticate`
 //!   event is out), `Locking` (credentials accepted, a `Lock` event is out);
@@ -22,7 +22,7 @@
 //! - `Closed`, terminal.
 //!
 //! Deletions live only in the session's `Maildrop` until QUIT: a timeout, a shutdown, a
-//! dropped connection or a failed update deletes nothing (RFC 1939 §6; DESIGN.md §2: `+OK`
+//! dropped connection or a failed update deletes nothing (RFC 1939 §6; `+OK`
 //! to QUIT only after the deletions are durable).
 //!
 //! The driver releases the maildrop lock on every `Close` and when the connection drops.

@@ -1,4 +1,4 @@
-//! The incremental, bounded command-line framer (DESIGN.md §3.3).
+//! The incremental, bounded command-line framer (docs/ARCHITECTURE.md §10).
 //!
 //! It looks at the bytes the driver has buffered and says whether they start with a whole
 //! line, need more bytes, or already hold more than a command line may have. It never

@@ -1,5 +1,6 @@
-//! What the line protocols share: the bounded command-line framer ([`line`]) and SASL PLAIN
-//! with its strict base64 ([`sasl`]). SMTP, POP3 (and IMAP) import these; none imports another.
+//! What the line protocols share: the bounded command-line framer ([`line`](mod@line)) and
+//! SASL PLAIN with its strict base64 ([`sasl`]). SMTP and POP3 import these; neither imports
+//! the other.
 #![forbid(unsafe_code)]
 
 pub mod line;

@@ -189,7 +189,7 @@ pub struct QueueEntry {
     pub attempts: u16,
     pub dest: DestId,
     /// The delay notice for these recipients is settled (sent or not wanted): it goes at most
-    /// once (issue 4 §4). Restored at start from the spool's DSN markers.
+    /// once, not at every retry. Restored at start from the spool's DSN markers.
     pub delay_noticed: bool,
 }
 

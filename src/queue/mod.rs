@@ -4,16 +4,14 @@
 //!
 //! **Role.** Everything here decides; nothing here acts. There is no socket, no clock read, no
 //! file and no thread: time comes in as a `SystemTime` argument, randomness as a `seed`, DNS
-//! through the [`resolve::Resolver`] seam. The per-core delivery runtime
-//! (`net::delivery`, which owns a [`destinations::CoreQueue`] and drives the SMTP client)
-//! and the queue control are built on top of this and call these functions with what they
-//! observed.
+//! answers as data. The per-core delivery runtime ([`crate::delivery`], which owns a
+//! [`destinations::CoreQueue`], plans next hops in [`crate::delivery::resolve`] over the
+//! [`crate::net::dns::Resolver`] seam and drives the SMTP client) and the queue control are
+//! built on top of this and call these functions with what they observed.
 //!
 //! - [`schedule`]: the retry schedule (1m, 5m, 10m, 30m, 1h, then every 2h, ±10% jitter, up
 //!   to `max_age`), the throttle rule ([`schedule::later_of`]) and the delay-notice rule.
 //! - [`routes`]: `[[relay.routes]]`: domain pattern → static next hop or `mx`.
-//! - [`resolve`]: RFC 5321 §5.1 next-hop planning from MX/A/AAAA answers, null MX, the
-//!   resolver trait with a scripted and a real (`hickory-resolver`) implementation.
 //! - [`outcome`]: what one attempt means: per-recipient records, the requeue, the notices.
 //! - [`dsn`]: RFC 3464 delivery status notifications and the RFC 3461 rules for when to send
 //!   one.

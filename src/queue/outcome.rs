@@ -1,7 +1,7 @@
 //! What one delivery attempt means for the queue: the decision table from the next hop's
 //! per-recipient answers to spool records, the entry's next wait and the notices due.
 //!
-//! **Role.** Pure: the per-core delivery runtime (`net::delivery`) calls [`settle`] with what
+//! **Role.** Pure: the per-core delivery runtime (`crate::delivery`) calls [`settle`] with what
 //! the SMTP client reported and the clock it read, then carries out the [`Settlement`]
 //! (notices first, then the record, then the requeue: see that module for why in that order).
 //!

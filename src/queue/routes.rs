@@ -42,7 +42,7 @@
 //! recipient domain (SMTPUTF8) matches only `*`, since IDNA conversion is not done here.
 //! An address-literal domain (`[192.0.2.1]`) matches only `*`.
 //!
-//! **TLS.** `tls` is acted on by delivery (`net::delivery::worker`, `smtp::client`):
+//! **TLS.** `tls` is acted on by delivery (`delivery::worker`, `smtp::client`):
 //! `opportunistic` sends STARTTLS when the next hop offers it, accepts any certificate
 //! (RFC 7435), and after a failed handshake delivers in plaintext (and skips STARTTLS to
 //! that destination for `delivery.tls_failure_hold`); `required` verifies the certificate

@@ -7,7 +7,7 @@
 //! **The rules.**
 //! - After attempt *n* fails (n = 1 for the first try), the next one is `intervals[n-1]`
 //!   later, or `repeat` once the list is used up. Default: 1m, 5m, 10m, 30m, 1h, then every
-//!   2h (issue 4 §1; the curve of Postfix's back-off, with earlier first retries, because
+//!   2h (the curve of Postfix's back-off, with earlier first retries, because
 //!   greylisting answers typically clear after 1–5 minutes).
 //! - Each wait is jittered by up to ±`jitter_percent` (default 10%), deterministically from
 //!   the seed (the queue id is a good seed) and the attempt number, so a burst of mail
@@ -20,7 +20,7 @@
 //!   at the latest at the deadline and, with the default schedule, at most one 2h interval
 //!   (+10%) before it: the sender learns the outcome as soon as no attempt can follow, and no
 //!   kind of waiting (deferred, ready behind a limit, throttled) can outlive the lifetime, an
-//!   outage other MTAs have had (issue 4 §1).
+//!   outage other MTAs have had.
 //! - **A throttle never shortens a back-off.** When a destination's rate limit or a remote's
 //!   "try later" combines with a recipient's own computed next attempt, the later of the two
 //!   wins ([`later_of`]); [`throttled`] is the one place that combines them.

@@ -63,7 +63,7 @@ mod defaults {
     pub const MAX_AGE: Interval = Interval::secs(5 * 24 * 3600);
     /// sendmail's Timeout.queuewarn (4h): senders learn of a delay the same working day.
     pub const DELAY_WARNING: Interval = Interval::secs(4 * 3600);
-    /// The target: a million queued messages must be affordable.
+    /// The target: a million queued messages must be affordable (≤ 1 GiB RSS).
     pub const QUEUED_MESSAGES_MAX: u64 = 1_000_000;
     /// Bytes queued in the spool; raise it with the spool's disk.
     pub const QUEUED_BYTES_MAX: ByteSize = ByteSize(8 * ByteSize::GIB);

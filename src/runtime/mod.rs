@@ -1,13 +1,14 @@
-//! The runtime layer: pinned per-core shards, the io_uring probe and the engine choice,
-//! and the server's life from start to drained shutdown.
+//! The runtime layer: pinned per-core shards that run the future the server gives them, the
+//! io_uring probe, the engine choice and [`Phase`], the server's life as the shards see it.
 //!
 //! Role: one thread per core, each pinned and running its own single-threaded runtime:
 //! tokio-uring (io_uring) or, as the fallback, tokio current-thread (epoll). Nothing is
-//! shared between shards on the hot path except bounded queues (DESIGN.md §1).
+//! shared between shards on the hot path except bounded queues (docs/ARCHITECTURE.md §3).
 //!
 //! Exposure: none to the network directly; reads /proc for the io_uring probe.
 
 pub mod clock;
+pub mod mesh;
 pub mod probe;
 pub mod shard;
 

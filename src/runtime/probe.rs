@@ -125,7 +125,7 @@ mod tests {
         }
     }
 
-    /// The development and CI machines run Linux 6.18 with io_uring enabled (DESIGN.md §1a);
+    /// The development and CI machines run Linux 6.18 with io_uring enabled;
     /// if this fails there, the integration tests' "uring" runs would silently be epoll.
     #[test]
     fn io_uring_works_on_this_machine() {

@@ -1,4 +1,4 @@
-//! One POP3 connection: moves bytes between the socket and the sans-IO [`pop3::Session`],
+//! One POP3 connection: moves bytes between the socket and the sans-IO [`crate::pop3::Session`],
 //! and answers its events: credentials (argon2 off the core, a delay on failure, a per-IP
 //! failure limit), the maildrop lock, message bytes from the spool, durable deletions.
 //!

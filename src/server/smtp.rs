@@ -1,4 +1,4 @@
-//! One SMTP connection: moves bytes between the socket and the sans-IO [`smtp::Session`],
+//! One SMTP connection: moves bytes between the socket and the sans-IO [`crate::smtp::Session`],
 //! stores submitted messages in the shard's spool, and enforces timeouts and shutdown.
 //!
 //! Flow: feed buffered input to the session; perform its events in order (a `Submit` waits
@@ -6,7 +6,7 @@
 //! data wait too, as RFC 2920 ordering requires); when the session needs more bytes, write
 //! every reply it produced in one write, then read.
 //!
-//! Timeouts never drop an in-flight tokio-uring operation (DESIGN.md §1a): the connection
+//! Timeouts never drop an in-flight tokio-uring operation (docs/ARCHITECTURE.md §7): the connection
 //! is shut down first, which completes the pending operation, and only then is it released.
 //!
 //! Slow clients (Postfix 3.7's `smtpd_per_request_deadline` and `smtpd_min_data_rate`,

@@ -1,5 +1,5 @@
 //! The outbound SMTP client: a sans-IO state machine that delivers messages to one next hop
-//! over one connection (DESIGN.md §3.1–3.2), the mirror of [`super::session`].
+//! over one connection (docs/ARCHITECTURE.md §10), the mirror of [`super::session`].
 //!
 //! **Role.** Turn "deliver this message to these recipients" into SMTP commands, and the next
 //! hop's replies into one result per recipient: delivered, deferred (try again later) or
@@ -52,7 +52,7 @@
 //!
 //! **Per transaction** (RFC 5321 §3.3, §4.1.1; RFC 2920; RFC 1870; RFC 6152; RFC 6531;
 //! RFC 3461): checks before sending (SMTPUTF8 for non-ASCII addresses → 553 5.6.7; 8-bit data
-//! for a hop without 8BITMIME → converted with [`crate::mime::downgrade`], or 554 5.6.3 if
+//! for a hop without 8BITMIME → converted with [`crate::mime::downgrade()`], or 554 5.6.3 if
 //! that fails; a message above the hop's SIZE → 552 5.3.4, all without sending), then MAIL,
 //! RCPT…, DATA — in one write with PIPELINING, else one command per reply. MAIL parameters
 //! only as the hop announced them (SIZE, BODY=8BITMIME, SMTPUTF8, and the DSN parameters
@@ -90,7 +90,9 @@ use super::reply::{Reply, ReplyCode, ReplyLimits, ReplyParser};
 use crate::envelope::{BodyType, MailParams, Recipient};
 use crate::mime;
 
+#[cfg(any(test, feature = "fuzzing"))]
 mod harness;
+#[cfg(any(test, feature = "fuzzing"))]
 pub use harness::fuzz;
 
 /// Octets of a next hop's reply text kept in a result (for the log and the DSN). A hop can
@@ -557,7 +559,7 @@ impl Delivery {
     }
 }
 
-/// Connection states (DESIGN.md §3.2).
+/// Connection states: each variant carries only what exists in it.
 #[derive(Debug)]
 enum State {
     /// Connected; the 220 is awaited.

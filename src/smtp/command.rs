@@ -1,6 +1,6 @@
 //! SMTP commands: one type for the server (which parses), the outbound client and the load
 //! generator (which encode), with `parse(encode(c)) == c` checked by a property test
-//! (DESIGN.md §3.9).
+//! (docs/ARCHITECTURE.md §10).
 //!
 //! Exposure: `parse` reads raw peer lines (without their CRLF, at most the command-line
 //! limit). It allocates only for the owned parts of the result.

@@ -1,10 +1,10 @@
-//! The SMTP protocol core: server session now, outbound client later.
+//! The SMTP protocol core: the server session and the outbound client.
 //!
 //! **Role.** Turn the bytes a network peer sends into replies and typed events (store this
 //! message, log this rejection, close), and nothing else. It is sans-IO and synchronous
-//! (DESIGN.md §3.1): no sockets, no async, no clock reads; the connection driver in `net/`
-//! moves the bytes and passes `now` in. Tests therefore drive it with byte slices split at
-//! every possible offset.
+//! (docs/ARCHITECTURE.md §10): no sockets, no async, no clock reads; the connection drivers
+//! (`server::smtp`, the delivery workers) move the bytes and pass `now` in. Tests therefore
+//! drive it with byte slices split at every possible offset.
 //!
 //! **Exposure.** Everything here parses untrusted bytes from unauthenticated network peers,
 //! at the relay's privilege. Nothing may panic on any input, and nothing grows without a
@@ -23,15 +23,17 @@
 //! 256 octets, local parts 64, domains 255; ENVID 100, ORCPT 500.
 //!
 //! Modules: [`reply`] (every reply code and text), [`command`] (the `Command` type shared with
-//! the client and loadgen), [`address`] and [`params`] (MAIL/RCPT arguments), [`line`] (the
-//! command-line framer), [`data`] (the DATA/BDAT receiver), [`received`] (the trace header),
-//! [`session`] (the state machine).
+//! the client and loadgen), [`address`] and [`params`] (MAIL/RCPT arguments), [`data`] (the
+//! DATA/BDAT receiver), [`received`] (the trace header), [`recipients`] (what RCPT asks the
+//! relay), [`session`] (the server state machine), [`client`] (the outbound client). The
+//! command-line framer is shared with POP3: [`crate::proto::line`](mod@crate::proto::line).
 #![forbid(unsafe_code)]
 
 pub mod address;
 pub mod client;
 pub mod command;
 pub mod data;
+#[cfg(any(test, feature = "fuzzing"))]
 pub mod fuzz;
 pub mod params;
 pub mod received;

@@ -50,7 +50,7 @@ impl PartialEq for Mailboxes {
 impl Eq for Mailboxes {}
 
 /// The session's question about the outbound queue: "may another message come in?". The
-/// real answer is the delivery runtime's queue gauge (`net::delivery::QueueGauge`); `false`
+/// real answer is the delivery runtime's queue gauge (`delivery::QueueGauge`); `false`
 /// makes MAIL answer 452 4.3.1 (RFC 5321 §4.5.3.1.10 style backpressure: the client retries
 /// later) instead of the queue growing without bound.
 pub trait IngestGate: Send + Sync {
@@ -77,7 +77,7 @@ impl Eq for Gate {}
 
 /// The session's question about the client's message rate: "may this address start another
 /// message now?" (Postfix anvil's `smtpd_client_message_rate_limit`). The real answer is a
-/// table shared by every core (`net::limits::MessageRate`), since SO_REUSEPORT spreads one
+/// table shared by every core (`server::admission::MessageRate`), since SO_REUSEPORT spreads one
 /// client over all of them; `false` makes MAIL answer 450 4.7.1. Asking counts the attempt,
 /// so the session asks once per MAIL that passed every other check.
 pub trait MessageRateGate: Send + Sync {

@@ -1,5 +1,5 @@
 //! Typed SMTP replies: the one place where reply codes, enhanced status codes and reply text
-//! live (DESIGN.md §3.4).
+//! live (docs/ARCHITECTURE.md §10).
 //!
 //! Every reply the server sends is built by a named constructor below, so a reply's wording is
 //! decided once and a test can compare against the same constructor. Encoding appends to a
@@ -396,7 +396,7 @@ impl Reply {
         )
     }
 
-    /// The message is on stable storage (DESIGN.md §2).
+    /// The message is on stable storage (docs/ARCHITECTURE.md §4).
     pub fn queued(id: impl fmt::Display) -> Self {
         Self::new(ReplyCode::OK, Some(S_2_0_0), format!("Ok: queued as {id}"))
     }
@@ -612,7 +612,7 @@ impl Reply {
     }
 
     /// RFC 5321 §4.1.1.11 and §4.2.3: an unrecognized or unimplemented MAIL/RCPT parameter is
-    /// 555. (The issue text asked for 504; the RFC reserves 504 for other commands.)
+    /// 555, not 504: the RFC reserves 504 for other commands.
     pub fn parameter_not_recognized(keyword: &str) -> Self {
         Self::new(
             ReplyCode::PARAMETERS_NOT_RECOGNIZED,

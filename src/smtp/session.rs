@@ -1,6 +1,6 @@
 //! The SMTP server session: a sans-IO state machine from peer bytes to replies and events.
 //!
-//! The connection driver (net/) owns the socket and the read buffer. It calls
+//! The connection driver (`server::smtp`) owns the socket and the read buffer. It calls
 //! [`Session::handle_input`] with the buffered bytes, writes `Outbox::bytes` in one write,
 //! then performs `Outbox::events` (store a message, log a rejection, close). The session
 //! never reads a clock: `now` comes in as an argument.
@@ -11,7 +11,7 @@
 //! and including the terminator is consumed; in a BDAT chunk, up to the chunk's end.
 //! Consumption stops right after a `Submit` (until [`Session::submitted`]) or a `Close`.
 //!
-//! States (DESIGN.md §3.2): each variant carries only what exists in it. A transaction
+//! States: each variant carries only what exists in it. A transaction
 //! exists only from MAIL to its end; a body receiver only while data arrives; `Closed` is
 //! terminal.
 //!
@@ -1460,7 +1460,7 @@ mod tests {
         }
     }
 
-    /// A connection driver as net/ will be: it keeps unconsumed bytes, re-presents them with
+    /// A connection driver as `server::smtp` is: it keeps unconsumed bytes, re-presents them with
     /// the next read, answers Submit events and stops at Close.
     struct Driver {
         session: Session,

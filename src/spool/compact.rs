@@ -1,4 +1,4 @@
-//! Compaction: reclaim the space of garbage messages (issue 3 §3) by rewriting sealed segments
+//! Compaction: reclaim the space of garbage messages by rewriting sealed segments
 //! whose live bytes fell below a threshold, without blocking ingest or POP3, such that a crash
 //! at any point loses nothing and duplicates nothing visible.
 //!
@@ -813,7 +813,8 @@ mod tests {
                 received_len: 0,
                 mailboxes: vec![mailbox.into()],
                 remote: Vec::new(),
-            },
+            }
+            .into(),
             received: Vec::new(),
             // One message per 1 KiB segment.
             body: vec![b'x'; 600],

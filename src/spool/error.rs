@@ -1,6 +1,6 @@
 //! The spool's one error type.
 //!
-//! Every variant is an operating error in the sense of DESIGN.md §3.5: the connection driver maps
+//! Every variant is an operating error (docs/ARCHITECTURE.md §10): the connection driver maps
 //! `Backpressure`, `Io`, `Closed` and `TooLarge` to `452 4.3.1` (or `552` for `TooLarge`), and
 //! `Recovery` / `Config` to one clear startup line. The error is `Clone` because one failed
 //! group commit answers every waiter of its batch with the same error (hence `Arc<io::Error>`).

@@ -12,8 +12,8 @@
 //! ```
 //! All integers are little-endian. Every frame starts at a 16-aligned file offset, and segments
 //! are read into 16-aligned buffers, so the rkyv payload is 16-aligned in memory as rkyv 0.8
-//! requires (storage-measurements.md §3, pitfall 2). `meta_len` is the exact payload length
-//! because rkyv finds its root at the END of the slice (pitfall 3).
+//! requires (docs/ARCHITECTURE.md §5). `meta_len` is the exact payload length
+//! because rkyv finds its root at the END of the slice.
 //!
 //! - `data_crc` = crc32c(meta ‖ body) (the padding is not covered: it carries nothing).
 //! - `header_crc` = crc32c over the first 28 header bytes, seeded with the segment's random
@@ -28,17 +28,18 @@
 //!   (kind, version) pair stops (Fatal) instead of skipping: an older binary must not silently
 //!   drop records a newer one wrote — they may be deletions.
 //!
-//! Compared with the first sketch (DESIGN.md §2) the frame header is unchanged in size and
-//! order, but its checksum is salted per segment and every segment starts with a preamble that
-//! carries the salt and names its shard and number (a file copied into the wrong directory is
-//! refused instead of mis-indexed). The message meta also records `received_len`, where the
+//! The frame header's checksum is salted per segment, and every segment starts with a preamble
+//! that carries the salt and names its shard and number (a file copied into the wrong directory
+//! is refused instead of mis-indexed). The message meta also records `received_len`, where the
 //! Received header ends inside the stored body.
 //!
 //! The body is raw bytes after the meta, not inside rkyv: it is never copied by serialisation,
 //! it is written with writev straight from the session's buffers, and POP3 can later serve it
 //! straight from the segment ([`Location::body_offset`](super::Location)).
 //!
-//! Record kinds (each with its own layout version):
+//! Record kinds (each with its own layout version). The meta of each is an rkyv archive of the
+//! spool's own disk types in `record` (`MessageV1`, `DeletionV1`, `DeliveryV1`), converted
+//! from and to the API types named here at encode and decode:
 //! - 1 `Message` v1: [`MessageMeta`] (envelope, origin, local `mailboxes`, `remote` routes) +
 //!   the stored body. Local delivery is part of this frame, so it can never be torn from it.
 //! - 2 `MailboxDeletion` v1: [`MailboxDeletion`] `{ mailbox, ids }`, no body: one POP3
@@ -56,10 +57,12 @@
 
 use rkyv::rancor::BoxedError;
 use rkyv::util::AlignedVec;
-use rkyv::{Archive, Deserialize, Serialize};
 
 use crate::envelope::{Envelope, Origin, QueueId};
 
+use super::record::{
+    ArchivedDeletionV1, ArchivedDeliveryV1, ArchivedMessageV1, DeletionV1, DeliveryV1, MessageV1,
+};
 use super::SpoolError;
 
 pub const SEGMENT_MAGIC: [u8; 8] = *b"RLYSPOOL";
@@ -126,9 +129,8 @@ impl RecordKind {
     }
 }
 
-/// The rkyv payload of a [`RecordKind::Message`] frame.
-#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
-#[rkyv(derive(Debug))]
+/// What a [`RecordKind::Message`] frame holds besides the body (on disk as `record::MessageV1`).
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MessageMeta {
     pub id: QueueId,
     pub arrival_unix_micros: u64,
@@ -146,22 +148,18 @@ pub struct MessageMeta {
     pub remote: Vec<String>,
 }
 
-/// The rkyv payload of a [`RecordKind::MailboxDeletion`] frame: the messages a POP3 session
+/// What a [`RecordKind::MailboxDeletion`] frame holds (on disk as `record::DeletionV1`): the messages a POP3 session
 /// marked deleted in `mailbox`, made durable before its `+OK` to QUIT. Only that mailbox's copy
 /// is deleted; the message itself becomes garbage when the liveness rule says so
 /// (`spool::index`).
-#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
-#[rkyv(derive(Debug))]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MailboxDeletion {
     pub mailbox: String,
     pub ids: Vec<QueueId>,
 }
 
 /// What one outbound delivery attempt did for one remote recipient.
-#[derive(
-    Archive, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord,
-)]
-#[rkyv(derive(Debug))]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 #[repr(u8)]
 pub enum Outcome {
     /// The next hop accepted it (2xx): final.
@@ -191,8 +189,7 @@ pub const REPLY_MAX_LEN: usize = 1024;
 /// of one recipient are ordered by `(attempt, at_unix_micros)` (then by the whole value, so
 /// log order never matters): the latest Deferred says when to retry; any final outcome ends
 /// the recipient whatever comes before or after it.
-#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-#[rkyv(derive(Debug))]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct DeliveryResult {
     pub id: QueueId,
     /// One of the message's [`MessageMeta::remote`] addresses (a result naming another
@@ -217,10 +214,7 @@ impl DeliveryResult {
 }
 
 /// Which delivery status notification (RFC 3464) a [`DsnSent`] marker records.
-#[derive(
-    Archive, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord,
-)]
-#[rkyv(derive(Debug))]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 #[repr(u8)]
 pub enum DsnKind {
     /// `Action: failed` (bounce).
@@ -234,8 +228,7 @@ pub enum DsnKind {
 /// Marker: the notice of `kind` about `recipient` of message `id` has been sent (queued as
 /// message `notice_id`, when the queue allocated it first). The queue checks markers before
 /// sending a notice, so each is sent at most once across restarts.
-#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-#[rkyv(derive(Debug))]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct DsnSent {
     pub id: QueueId,
     /// The recipient the notice reports on (remote or local address).
@@ -246,10 +239,9 @@ pub struct DsnSent {
     pub notice_id: Option<QueueId>,
 }
 
-/// The rkyv payload of a [`RecordKind::DeliveryResult`] frame: results and markers appended
+/// What a [`RecordKind::DeliveryResult`] frame holds (on disk as `record::DeliveryV1`): results and markers appended
 /// together are durable together (one frame, one checksum).
-#[derive(Archive, Serialize, Deserialize, Debug, Clone, Default, PartialEq, Eq)]
-#[rkyv(derive(Debug))]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct DeliveryRecord {
     pub results: Vec<DeliveryResult>,
     pub dsn_sent: Vec<DsnSent>,
@@ -288,29 +280,30 @@ pub enum Record {
     Delivery(DeliveryRecord),
 }
 
-/// Validates (bytecheck) and deserializes a payload of a known kind.
+/// Validates (bytecheck) and deserializes a payload of a known kind (its current version:
+/// `version_known` admits no other yet).
 pub fn decode_payload(kind: RecordKind, meta: &[u8]) -> Result<Record, String> {
     match kind {
         RecordKind::Message => {
             let archived =
-                rkyv::access::<ArchivedMessageMeta, BoxedError>(meta).map_err(|e| e.to_string())?;
-            let meta = rkyv::deserialize::<MessageMeta, BoxedError>(archived)
-                .map_err(|e| e.to_string())?;
-            Ok(Record::Message(meta))
+                rkyv::access::<ArchivedMessageV1, BoxedError>(meta).map_err(|e| e.to_string())?;
+            let meta =
+                rkyv::deserialize::<MessageV1, BoxedError>(archived).map_err(|e| e.to_string())?;
+            Ok(Record::Message(meta.into()))
         }
         RecordKind::MailboxDeletion => {
-            let archived = rkyv::access::<ArchivedMailboxDeletion, BoxedError>(meta)
-                .map_err(|e| e.to_string())?;
-            let deletion = rkyv::deserialize::<MailboxDeletion, BoxedError>(archived)
-                .map_err(|e| e.to_string())?;
-            Ok(Record::Deletion(deletion))
+            let archived =
+                rkyv::access::<ArchivedDeletionV1, BoxedError>(meta).map_err(|e| e.to_string())?;
+            let deletion =
+                rkyv::deserialize::<DeletionV1, BoxedError>(archived).map_err(|e| e.to_string())?;
+            Ok(Record::Deletion(deletion.into()))
         }
         RecordKind::DeliveryResult => {
-            let archived = rkyv::access::<ArchivedDeliveryRecord, BoxedError>(meta)
-                .map_err(|e| e.to_string())?;
-            let record = rkyv::deserialize::<DeliveryRecord, BoxedError>(archived)
-                .map_err(|e| e.to_string())?;
-            Ok(Record::Delivery(record))
+            let archived =
+                rkyv::access::<ArchivedDeliveryV1, BoxedError>(meta).map_err(|e| e.to_string())?;
+            let record =
+                rkyv::deserialize::<DeliveryV1, BoxedError>(archived).map_err(|e| e.to_string())?;
+            Ok(Record::Delivery(record.into()))
         }
     }
 }
@@ -480,7 +473,7 @@ pub(crate) struct EncodedFrame {
 /// byte-identical to a standalone `to_bytes` (the start is 16-aligned) without a copy.
 pub(crate) fn encode_message(
     buf: &mut AlignedVec<16>,
-    meta: &MessageMeta,
+    meta: &MessageV1,
     body_parts: [&[u8]; 2],
     seq: u64,
 ) -> Result<EncodedFrame, SpoolError> {
@@ -496,7 +489,7 @@ pub(crate) fn encode_deletion(
     seq: u64,
 ) -> Result<EncodedFrame, SpoolError> {
     encode_with(buf, RecordKind::MailboxDeletion, [&[], &[]], seq, |v| {
-        rkyv::api::high::to_bytes_in::<_, BoxedError>(deletion, v)
+        rkyv::api::high::to_bytes_in::<_, BoxedError>(&DeletionV1::from(deletion), v)
     })
 }
 
@@ -507,7 +500,7 @@ pub(crate) fn encode_delivery(
     seq: u64,
 ) -> Result<EncodedFrame, SpoolError> {
     encode_with(buf, RecordKind::DeliveryResult, [&[], &[]], seq, |v| {
-        rkyv::api::high::to_bytes_in::<_, BoxedError>(record, v)
+        rkyv::api::high::to_bytes_in::<_, BoxedError>(&DeliveryV1::from(record), v)
     })
 }
 
@@ -648,7 +641,8 @@ mod tests {
         let mut buf = AlignedVec::<16>::new();
         buf.extend_from_slice(&[0u8; 64]);
         let meta = sample_meta(1);
-        let f = encode_message(&mut buf, &meta, [b"Recv:", b"hello"], 77).unwrap();
+        let record = MessageV1::from(meta.clone());
+        let f = encode_message(&mut buf, &record, [b"Recv:", b"hello"], 77).unwrap();
         assert_eq!(f.head.start, 64);
         assert_eq!(buf.len() % 16, 0);
         assert_eq!(f.head.end, buf.len());
@@ -659,7 +653,7 @@ mod tests {
             Ok(Record::Message(meta.clone()))
         );
         // Byte-identical to a standalone serialisation.
-        let alone = rkyv::to_bytes::<BoxedError>(&meta).unwrap();
+        let alone = rkyv::to_bytes::<BoxedError>(&record).unwrap();
         assert_eq!(&alone[..], m);
         assert_eq!(f.header.body_len, 10);
         assert_eq!(f.header.seq, 77);
@@ -791,7 +785,7 @@ mod tests {
     #[test]
     fn payload_validation_reports_real_messages() {
         let meta = sample_meta(2);
-        let bytes = rkyv::to_bytes::<BoxedError>(&meta).unwrap();
+        let bytes = rkyv::to_bytes::<BoxedError>(&MessageV1::from(meta)).unwrap();
         // Trailing padding moves the root: validation must fail, with a message.
         let mut padded = AlignedVec::<16>::new();
         padded.extend_from_slice(&bytes);

@@ -1,9 +1,10 @@
 //! The segment IO seam: everything the spool does to files goes through [`SegmentIo`] and
 //! [`SegmentFile`], so the same writer and recovery code runs on real files ([`FsIo`]) and on
-//! the simulated disk ([`super::sim::SimDisk`]) that loses or tears unsynced writes.
+//! the simulated disk (`sim::SimDisk`, in tests and with feature `sim`) that loses or tears
+//! unsynced writes.
 //!
-//! [`FsIo`] is plain std: buffered positioned writes plus `fdatasync` (storage-measurements.md
-//! §3: neither io_uring nor O_DIRECT was faster than this on the target VM). A vectored write at
+//! [`FsIo`] is plain std: buffered positioned writes plus `fdatasync` (measured:
+//! neither io_uring nor O_DIRECT was faster, docs/ARCHITECTURE.md §5). A vectored write at
 //! an offset is `lseek` + `writev` on the writer's own file handle (std has no stable `pwritev`;
 //! `rustix::io::pwritev` would save the lseek, not worth a dependency: one extra syscall per
 //! group commit of up to hundreds of records).

@@ -4,7 +4,7 @@
 //! Every accepted message is written here once, as a versioned rkyv record followed by its raw
 //! body, in segment files per shard: `dir/shard-NNN/NNNNNNNNNNNNNNNNNNNN.seg`. Everything that
 //! later happens to a message is a small record of another [`RecordKind`] appended to the same
-//! log. Record kinds today (layouts in [`frame`]):
+//! log. Record kinds today (frame layout in [`frame`], payload layouts in `record`):
 //! - `Message` (1): meta + stored body. Local delivery is in the meta (`mailboxes`), so it is
 //!   durable with the message in the same frame; `remote` lists what is still to relay.
 //! - `MailboxDeletion` (2): `{ mailbox, ids }`, a POP3 session's DELEs at QUIT, appended with
@@ -57,14 +57,14 @@
 //! protocol and each crash case are in [`compact`]. [`compact_offline`] is
 //! `relay spool compact --dir D`.
 //!
-//! Durability contract (DESIGN.md §2): a [`ShardHandle::append_message`] reply is `Ok` only
-//! after the record's bytes are covered by a successful `fdatasync`, so "250 after DATA ⇔ on
+//! Durability contract (docs/ARCHITECTURE.md §4): a [`ShardHandle::append_message`] reply is `Ok`
+//! only after the record's bytes are covered by a successful `fdatasync`, so "250 after DATA ⇔ on
 //! stable storage". One writer thread per shard (`spool-wNN`) takes everything queued since
 //! its last sync (up to `commit_records_max`, optionally waiting `commit_window` for more),
 //! writes it with one vectored write straight from the sessions' buffers and syncs once.
 //!
 //! Why a plain writer thread and not io_uring file ops on the core: measured on the target VM
-//! (research/storage-measurements.md §3), io_uring (linked write→fsync, drained batches) and
+//! (docs/ARCHITECTURE.md §5), io_uring (linked write→fsync, drained batches) and
 //! O_DIRECT were never faster than buffered `pwrite` + `fdatasync`, and batching is what
 //! matters (64–256 records per sync reach the device ceiling). A synchronous thread keeps a
 //! 0.3–30 ms fdatasync from stalling the core's event loop, and works identically under the
@@ -122,7 +122,7 @@
 //! Unit tests sit in each file; `tests.rs` runs the spool on real files in tempdirs and through
 //! the IO seam with injected errors (deletions, replay, reads racing compaction, leftovers of an
 //! interrupted compaction, delivery results and markers through recovery and compaction);
-//! `sim_tests.rs` is the seeded simulation on [`sim::SimDisk`] (appends, deletions, delivery
+//! `sim_tests.rs` is the seeded simulation on `sim::SimDisk` (appends, deletions, delivery
 //! results and DSN markers, compactions; crash points anywhere, also inside a compaction; torn
 //! and lost unsynced writes and directory operations; write/sync/create errors; bit flips)
 //! whose checker asserts acknowledged ⊆ recovered ⊆ accepted (minus garbage) with intact bodies
@@ -131,17 +131,23 @@
 //! pending recipients of the index (and their latest Deferred); a
 //! second simulation replays every crash point of one compaction. Failures print `SEED=…` for
 //! replay. The real [`FsIo`] is proven by kill -9 tests: `tests/spool_compaction.rs` kills a
-//! compaction process at many moments.
+//! compaction process at many moments. `tests/spool_golden.rs` pins the disk format with
+//! segment files of format 1. `fuzz` feeds arbitrary segment files to the recovery scanner.
+//! `sim` and `fuzz` are compiled only for tests and with the features `sim` and `fuzzing`.
 
 #![forbid(unsafe_code)]
 
 pub mod compact;
 mod error;
 pub mod frame;
+#[cfg(any(test, feature = "fuzzing"))]
+pub mod fuzz;
 mod index;
 pub mod inspect;
 pub mod io;
+mod record;
 pub mod recovery;
+#[cfg(any(test, feature = "sim"))]
 pub mod sim;
 mod writer;
 
@@ -191,7 +197,7 @@ pub struct SpoolConfig {
     /// two syncs) is rare, small enough to read one at a time at recovery.
     pub segment_size: u64,
     /// Bounded queue per shard. Default 4096 (≥ 1024: small crossbeam capacities measured 3–5×
-    /// slower, storage-measurements.md §5), about 40 MB of 10 KB messages.
+    /// slower, docs/ARCHITECTURE.md §3), about 40 MB of 10 KB messages.
     pub appends_pending_max: usize,
     /// Records per group commit. Default 256: measured at the device ceiling (26–31k rec/s) with
     /// p99 commit latency still ≤ 30 ms; 256 × 4 iovecs = IOV_MAX, one writev.
@@ -395,7 +401,8 @@ impl ShardHandle {
                     received_len: msg.received_header.len() as u64,
                     mailboxes: msg.mailboxes,
                     remote: msg.remote,
-                },
+                }
+                .into(),
                 received: msg.received_header,
                 body: msg.body,
             }),

@@ -488,7 +488,7 @@ pub(crate) fn scan_shard(
         .map_err(|e| SpoolError::io("list segments", io.shard_path(shard), e))?;
     for &segment in &temps {
         // Its number was handed out: never reuse it.
-        resume.next_segment = resume.next_segment.max(segment + 1);
+        resume.next_segment = resume.next_segment.max(segment.saturating_add(1));
         report.temp_segments.push(segment);
         if writable {
             tracing::warn!(
@@ -519,7 +519,8 @@ pub(crate) fn scan_shard(
         .list_segments(shard)
         .map_err(|e| SpoolError::io("list segments", io.shard_path(shard), e))?;
     for &segment in &segments {
-        resume.next_segment = resume.next_segment.max(segment + 1);
+        // Saturating: file names and headers are read from disk and may say u64::MAX.
+        resume.next_segment = resume.next_segment.max(segment.saturating_add(1));
         let flow = scan_segment(io, shard, segment, mode, &mut report, &mut resume, visit)?;
         if flow.is_break() {
             break;
@@ -624,7 +625,7 @@ pub(crate) fn scan_segment(
                 };
                 report.records_kept += 1;
                 report.bytes_kept += frame_len;
-                resume.next_seq = resume.next_seq.max(header.seq + 1);
+                resume.next_seq = resume.next_seq.max(header.seq.saturating_add(1));
                 match &record {
                     Record::Message(meta) => {
                         if meta.id.shard() == shard {

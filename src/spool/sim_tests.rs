@@ -223,7 +223,8 @@ fn pending(rng: &mut SimRng, id: QueueId, segment_size: u64) -> PendingMessage {
             received_len: received.len() as u64,
             mailboxes,
             remote,
-        },
+        }
+        .into(),
         received,
         body: (0..body_len).map(|i| fill.wrapping_add(i as u8)).collect(),
     }
@@ -351,7 +352,7 @@ fn delivery(rng: &mut SimRng, model: &mut Model) -> DeliveryRecord {
 
 fn check_record(disk: &SimDisk, loc: &Location, p: &PendingMessage) -> Result<(), String> {
     let back = inspect::read_at(disk, loc).map_err(|e| e.to_string())?;
-    if back.meta != p.meta {
+    if back.meta != MessageMeta::from(p.meta.clone()) {
         return Err("meta differs".into());
     }
     let mut body = p.received.clone();
@@ -775,7 +776,7 @@ fn run_scenario(seed: u64, cov: &mut Coverage) -> Result<(), String> {
             for p in &batch {
                 match p {
                     Pending::Message(m) => {
-                        model.accepted.insert(m.meta.id, m.clone());
+                        model.accepted.insert(m.meta.id.into(), m.clone());
                     }
                     Pending::Deletion(d) => {
                         for id in &d.ids {
@@ -799,15 +800,17 @@ fn run_scenario(seed: u64, cov: &mut Coverage) -> Result<(), String> {
                         if disk.is_alive() {
                             check_record(&disk, &loc, m)
                                 .map_err(|e| format!("just committed: {e}"))?;
-                            if core.locate(m.meta.id) != Some(loc) {
+                            if core.locate(m.meta.id.into()) != Some(loc) {
                                 return Err("just committed, not located".into());
                             }
-                            let body = core.read_body(m.meta.id).map_err(|e| e.to_string())?;
+                            let body = core
+                                .read_body(m.meta.id.into())
+                                .map_err(|e| e.to_string())?;
                             if body.len() != m.received.len() + m.body.len() {
                                 return Err("just committed, body differs".into());
                             }
                         }
-                        model.acked.insert(m.meta.id);
+                        model.acked.insert(m.meta.id.into());
                         cov.acked += 1;
                     }
                     (Pending::Deletion(d), Ok(_)) => {
@@ -992,8 +995,8 @@ fn run_every_crash_point(seed: u64, cov: &mut Coverage) -> Result<u64, String> {
                 r.map_err(|e| format!("clean commit failed: {e}"))?;
                 match p {
                     Pending::Message(m) => {
-                        model.accepted.insert(m.meta.id, m.clone());
-                        model.acked.insert(m.meta.id);
+                        model.accepted.insert(m.meta.id.into(), m.clone());
+                        model.acked.insert(m.meta.id.into());
                     }
                     Pending::Deletion(d) => {
                         for id in &d.ids {
@@ -1180,9 +1183,9 @@ fn run_bitflip(seed: u64) -> Result<(), String> {
         let records: Vec<Pending> = batch.iter().cloned().map(Pending::Message).collect();
         for (p, r) in batch.iter().zip(w.commit(&records)) {
             let loc = r.map_err(|e| format!("clean commit failed: {e}"))?;
-            model.accepted.insert(p.meta.id, p.clone());
-            model.acked.insert(p.meta.id);
-            locations.push((p.meta.id, loc));
+            model.accepted.insert(p.meta.id.into(), p.clone());
+            model.acked.insert(p.meta.id.into());
+            locations.push((p.meta.id.into(), loc));
         }
     }
     drop(w);

@@ -31,10 +31,11 @@ use tokio::sync::oneshot;
 
 use super::frame::{
     encode_deletion, encode_delivery, encode_message, pad16, DeliveryRecord, EncodedFrame,
-    MailboxDeletion, MessageMeta, SegmentHeader, FRAME_HEADER_LEN, SEGMENT_PREAMBLE_LEN, ZERO_PAD,
+    MailboxDeletion, SegmentHeader, FRAME_HEADER_LEN, SEGMENT_PREAMBLE_LEN, ZERO_PAD,
 };
 use super::index::{Entry, Ref};
 use super::io::SegmentFile;
+use super::record::MessageV1;
 use super::{Committed, Core, Location, ShardShared, SpoolError};
 
 /// Watches the writer's group commits (the metrics module's fsync latency and batch size
@@ -47,11 +48,12 @@ pub trait CommitObserver: Send + Sync {
     fn committed(&self, records: usize);
 }
 
-/// A message as the writer needs it: the meta to serialise and the two body parts, written
+/// A message as the writer needs it: the meta to serialise, already in its disk form (moved
+/// there by the caller, so the writer thread copies nothing), and the two body parts, written
 /// straight from these buffers.
 #[derive(Debug, Clone)]
 pub(crate) struct PendingMessage {
-    pub meta: MessageMeta,
+    pub meta: MessageV1,
     pub received: Vec<u8>,
     pub body: Vec<u8>,
 }
@@ -214,7 +216,7 @@ impl ShardWriter {
             };
             match encoded {
                 Ok(f) => {
-                    self.next_seq += 1;
+                    self.next_seq = self.next_seq.saturating_add(1);
                     frames.push((i, f));
                 }
                 Err(e) => results[i] = Some(Err(e)),
@@ -278,7 +280,7 @@ impl ShardWriter {
                         match &batch[*i] {
                             Pending::Message(m) => {
                                 self.core.index.insert(
-                                    m.meta.id,
+                                    m.meta.id.into(),
                                     Entry::new(
                                         location,
                                         f.header.data_crc,
@@ -461,7 +463,7 @@ fn commit_and_reply(writer: &mut ShardWriter, batch: &mut Vec<Request>, shared: 
         match (p, reply) {
             (Pending::Message(m), Reply::Message(reply)) => {
                 let _ = reply.send(result.map(|location| Committed {
-                    id: m.meta.id,
+                    id: m.meta.id.into(),
                     location,
                 }));
             }

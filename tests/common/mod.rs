@@ -3,7 +3,7 @@
 //! a client sees (its log on stderr, SMTP replies, POP3 responses, `relay spool ls|cat`, exit
 //! status, /proc).
 //!
-//! Rule (DESIGN.md §3.11): nothing here sleeps to wait for an event. Waits are on the event
+//! Rule (docs/ARCHITECTURE.md §11): nothing sleeps to wait for an event. Waits are on the event
 //! itself (a log line, a reply, EOF, a child's exit), each with a deadline, so a broken relay
 //! fails a test instead of hanging it. The only polling is where the kernel gives no event to
 //! wait on, always bounded: /proc (fd counts), admission retries, POP3 logins retried while a

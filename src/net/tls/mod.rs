@@ -1,6 +1,6 @@
 //! TLS configuration: the server's certificate (loaded from PEM, swapped on SIGHUP) and the
 //! client configurations of outbound delivery. rustls with the `ring` provider does the
-//! cryptography; `net::tls` drives it over the engine's connections.
+//! cryptography; [`connection`] drives it over the engine's connections.
 //!
 //! Exposure: the PEM files are the operator's; a bad file is a start-up error naming the
 //! path, and a bad file at reload keeps the certificate already in use.

@@ -479,7 +479,7 @@ fn rss() -> Option<usize> {
     Some(pages * 4096)
 }
 
-/// The target: a million deferred entries must not need gigabytes. Builds them over
+/// The target: a million deferred entries must not need gigabytes. Builds them over
 /// 10,000 destinations (the usual one recipient each, every 100th with recipients above 63),
 /// and reports the `size_of`-based estimate (and the RSS growth, which other tests running
 /// in parallel make only indicative).
