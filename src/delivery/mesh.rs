@@ -9,30 +9,13 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::SystemTime;
 
 use crate::envelope::QueueId;
-use crate::queue::{DestinationKey, RcptSet};
+pub use crate::queue::scheduler::{FlushFilter, Job, Queued};
 use crate::runtime;
 
 /// Hand-offs in flight per (from, to) pair before the sender waits.
 pub const PAIR_CAPACITY: usize = 4096;
-
-/// Recipients of one message for one destination, handed to the destination's owner.
-#[derive(Debug, Clone)]
-pub struct Job {
-    pub id: QueueId,
-    pub key: DestinationKey,
-    /// Indices into the message's remote addresses.
-    pub recipients: RcptSet,
-    /// When to try; at once for new mail.
-    pub due: SystemTime,
-    /// Attempts already made (from the spool's records at start).
-    pub attempts: u16,
-    pub delay_noticed: bool,
-    /// Stored size, for the backpressure gauge.
-    pub size: u64,
-}
 
 /// An operator's command for one core (from the admin thread).
 pub enum Control {
@@ -52,28 +35,6 @@ pub enum Control {
     Snapshot {
         reply: crossbeam::channel::Sender<Vec<Queued>>,
     },
-}
-
-/// Which deferred entries a flush moves.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum FlushFilter {
-    All,
-    Message(QueueId),
-    /// A destination, as printed (`example.com`, `[host:25]`).
-    Destination(String),
-}
-
-/// One queued entry as a core reports it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Queued {
-    pub id: QueueId,
-    pub destination: String,
-    pub recipients: Vec<usize>,
-    pub due_unix_ms: u64,
-    pub attempts: u16,
-    /// Waiting for a connection slot now, rather than for its retry time.
-    pub ready: bool,
-    pub core: usize,
 }
 
 /// One core's receiving side.
@@ -175,7 +136,8 @@ impl crate::smtp::IngestGate for Mesh {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::queue::DestinationKey;
+    use crate::queue::{DestinationKey, RcptSet};
+    use std::time::SystemTime;
 
     fn job(n: u64) -> Job {
         Job {

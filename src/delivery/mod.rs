@@ -1,12 +1,14 @@
 //! Outbound delivery on each core: the relay's MTA client, which works the spool's queue.
-//! The decisions live in [`crate::queue`] (schedule, routes, outcomes, notices), [`resolve`]
-//! (MX planning) and [`crate::smtp::client`] (the protocol); this module owns the time,
-//! the sockets and the order of durable effects.
+//! The decisions live in [`crate::queue`] (the per-core policy in
+//! [`crate::queue::scheduler`], and schedule, routes, outcomes, notices), [`resolve`] (MX
+//! planning) and [`crate::smtp::client`] (the protocol); this module carries them out: it
+//! reads the time (through a [`Clock`]), owns the sockets, the spool writes and the timers,
+//! and does what the scheduler's actions say.
 //!
 //! **Shape.** Every remote recipient belongs to a *destination* (its route's next hop, or its
 //! domain for MX routes), and every destination to one core ([`crate::queue::owner`]). Ingest
 //! on any core hands "recipients R of message M" to the owner through the [`mesh`]; the owner
-//! keeps them in its [`CoreQueue`] (a compact entry each, nothing else in memory) and runs:
+//! keeps them in its [`Scheduler`] (a compact entry each, nothing else in memory) and runs:
 //! - one scheduler task ([`run`]): takes hand-offs and operator commands, promotes what is
 //!   due, expires what waited past `max_age`, and starts connection workers;
 //! - worker tasks ([`worker`]), at most `destination_connections_max` per destination: each
@@ -14,7 +16,8 @@
 //!   nothing), resolves, connects, then sends entry after entry over the same connection
 //!   (RSET between, by the client) until the destination has nothing ready, and QUITs.
 //!
-//! **Durability order** for each attempt ([`Core::apply`]): (1) each notice (DSN) is stored
+//! **Durability order** for each attempt (`Core::apply`, in the order the scheduler's
+//! settlement steps allow): (1) each notice (DSN) is stored
 //! as a new message and committed; (2) one record with every recipient's result and the
 //! notices' markers is committed; (3) only then is the entry requeued or released. A crash
 //! before (2) leaves the recipients pending: they are tried again after the restart (a
@@ -41,7 +44,7 @@ mod notices;
 pub mod resolve;
 mod worker;
 
-use std::cell::{Cell, RefCell};
+use std::cell::RefCell;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -55,11 +58,13 @@ use crate::mailbox::MailStore;
 use crate::net::dns::SystemResolver;
 use crate::net::io::Connector;
 use crate::queue::outcome::{self, Settlement};
+use crate::queue::scheduler::{Action, Now, Scheduler, SchedulerConfig, Ticket};
 use crate::queue::ResolveLimits;
 use crate::queue::{
-    owner, CoreQueue, DestId, DestinationKey, DestinationLimits, Dispatch, DsnPolicy, QueueEntry,
-    RcptSet, RetrySchedule, Routes,
+    owner, DestId, DestinationKey, DestinationLimits, DsnPolicy, QueueEntry, RcptSet,
+    RetrySchedule, Routes,
 };
+use crate::runtime::clock::{Clock, SystemClock};
 use crate::runtime::Phase;
 use crate::smtp::client::ClientConfig;
 use crate::smtp::reply::Reply;
@@ -69,8 +74,6 @@ use crate::spool::{DeliveryRecord, Outcome, ShardHandle, Spool, StoredMessage};
 /// How long a hand-off may wait for room in a full mesh queue before it gives up: the
 /// message stays pending in the spool and is queued at the next start (logged loudly).
 const HANDOFF_PATIENCE: Duration = Duration::from_secs(30);
-/// The scheduler looks at held and rate-limited destinations at least this often.
-const TICK: Duration = Duration::from_secs(1);
 /// Results in one spool record at most (a dead destination with a long queue).
 const RESULTS_PER_RECORD: usize = 1000;
 
@@ -154,7 +157,7 @@ pub async fn enqueue_new(
     remote: &[String],
     size: u64,
 ) {
-    let now = SystemTime::now();
+    let now = SystemClock.wall();
     for (key, indices) in shared.group(remote, 0..remote.len()) {
         let Ok(recipients) = RcptSet::from_indices(&indices) else {
             tracing::error!(queue_id = %id, "recipient index out of range; left in the spool");
@@ -184,12 +187,12 @@ pub async fn enqueue_new(
 }
 
 async fn handoff(shared: &DeliveryShared, from: usize, to: usize, mut job: Job) -> Result<(), Job> {
-    let started = std::time::Instant::now();
+    let started = SystemClock.now();
     let mut pause = Duration::from_micros(200);
     loop {
         match shared.mesh.send(from, to, job) {
             Ok(()) => return Ok(()),
-            Err(back) if started.elapsed() < HANDOFF_PATIENCE => {
+            Err(back) if SystemClock.now().duration_since(started) < HANDOFF_PATIENCE => {
                 job = back;
                 tokio::time::sleep(pause).await;
                 pause = (pause * 2).min(Duration::from_millis(50));
@@ -232,7 +235,7 @@ pub fn jobs_from_live(
             let delay_noticed = group
                 .iter()
                 .any(|&i| message.remote.get(i).is_some_and(|r| r.delay_noticed));
-            let due = next.map_or(SystemTime::now(), |us| {
+            let due = next.map_or(SystemClock.wall(), |us| {
                 UNIX_EPOCH + Duration::from_micros(us)
             });
             let core = owner(&key, shared.cores());
@@ -255,11 +258,13 @@ pub fn jobs_from_live(
 /// Pending recipients of one message that share (attempts, next attempt).
 type RetryBatch = ((u32, Option<u64>), Vec<usize>);
 
-/// One core's delivery side (single-threaded: `Rc`, `RefCell`).
+/// One core's delivery side (single-threaded: `Rc`, `RefCell`). The policy is the
+/// [`Scheduler`]'s; this carries out its actions.
 pub struct Core<C: Connector> {
     pub index: usize,
     pub shared: Arc<DeliveryShared>,
-    queue: RefCell<CoreQueue>,
+    scheduler: RefCell<Scheduler>,
+    clock: Rc<dyn Clock>,
     connector: C,
     /// `None` when the system resolver could not be set up: MX destinations defer.
     resolver: Option<SystemResolver>,
@@ -268,16 +273,11 @@ pub struct Core<C: Connector> {
     store: Arc<Spool>,
     mail_store: Arc<MailStore>,
     phase: watch::Receiver<Phase>,
-    workers: Cell<usize>,
-    /// Wakes the scheduler: a worker ended, a transaction finished.
+    /// Wakes the loop: a worker ended, a transaction finished, an entry settled.
     kick: Notify,
     metrics: Option<crate::metrics::CoreMetrics>,
     /// Destinations published to the per-destination gauges last time (to clear the gone).
     published: RefCell<Vec<String>>,
-    /// Destinations whose opportunistic TLS handshake failed, and until when their
-    /// connections skip STARTTLS (see `worker`). Expired marks are swept at each new mark,
-    /// so it holds at most the destinations that failed within one hold.
-    tls_failed: RefCell<std::collections::HashMap<DestinationKey, std::time::Instant>>,
 }
 
 impl<C: Connector + 'static> Core<C> {
@@ -292,6 +292,32 @@ impl<C: Connector + 'static> Core<C> {
         phase: watch::Receiver<Phase>,
         metrics: Option<crate::metrics::CoreMetrics>,
     ) -> Rc<Self> {
+        Self::with_clock(
+            index,
+            shared,
+            connector,
+            spool,
+            store,
+            mail_store,
+            phase,
+            metrics,
+            Rc::new(SystemClock),
+        )
+    }
+
+    /// [`Core::new`] reading the time from `clock`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn with_clock(
+        index: usize,
+        shared: Arc<DeliveryShared>,
+        connector: C,
+        spool: ShardHandle,
+        store: Arc<Spool>,
+        mail_store: Arc<MailStore>,
+        phase: watch::Receiver<Phase>,
+        metrics: Option<crate::metrics::CoreMetrics>,
+        clock: Rc<dyn Clock>,
+    ) -> Rc<Self> {
         // Built on the core's own runtime: hickory spawns its tasks there.
         let resolver = match SystemResolver::new(&shared.dns_servers) {
             Ok(r) => Some(r),
@@ -300,128 +326,164 @@ impl<C: Connector + 'static> Core<C> {
                 None
             }
         };
-        let queue = CoreQueue::new(shared.destination_limits, shared.destinations_max);
+        let scheduler = Scheduler::new(SchedulerConfig {
+            core: index,
+            schedule: shared.schedule.clone(),
+            limits: shared.destination_limits,
+            destinations_max: shared.destinations_max,
+            tls_failure_hold: shared.tls_failure_hold,
+        });
         Rc::new(Core {
             index,
             shared,
-            queue: RefCell::new(queue),
+            scheduler: RefCell::new(scheduler),
+            clock,
             connector,
             resolver,
             spool,
             store,
             mail_store,
             phase,
-            workers: Cell::new(0),
             kick: Notify::new(),
             metrics,
             published: RefCell::new(Vec::new()),
-            tls_failed: RefCell::new(std::collections::HashMap::new()),
         })
     }
 
-    fn running(&self) -> bool {
-        *self.phase.borrow() == Phase::Running
+    fn now(&self) -> Now {
+        Now {
+            mono: self.clock.now(),
+            wall: self.clock.wall(),
+        }
+    }
+
+    fn wall(&self) -> SystemTime {
+        self.clock.wall()
+    }
+
+    /// Carries out the scheduler's actions. Never called with the scheduler borrowed.
+    fn execute(self: &Rc<Self>, actions: Vec<Action>) {
+        for action in actions {
+            match action {
+                Action::StartWorker(dest) => {
+                    tokio::task::spawn_local(worker::run(Rc::clone(self), dest));
+                }
+                Action::Expire { ticket, entry } => {
+                    tokio::task::spawn_local(Rc::clone(self).expire(ticket, entry));
+                }
+                Action::End {
+                    ticket,
+                    entry,
+                    bounce,
+                } => {
+                    tokio::task::spawn_local(Rc::clone(self).end(ticket, entry, bounce));
+                }
+                Action::Release { bytes, .. } => self.shared.mesh.gauge.release(bytes),
+                Action::Spilled {
+                    id,
+                    destination,
+                    why,
+                } => {
+                    // Rare by construction (destinations_max per core), and loud.
+                    let destination = destination.map(|d| d.to_string()).unwrap_or_default();
+                    tracing::error!(queue_id = %id, %destination, "{why}: recipients stay in the spool until the next start");
+                }
+                Action::Publish => self.publish(self.wall()),
+                Action::Requeued { .. } => {}
+                Action::StoreNotices(ticket) | Action::StoreRecord(ticket) => {
+                    // Only answers to the settlement calls, which `apply` acts on itself.
+                    tracing::error!(?ticket, "settlement step outside a settlement");
+                }
+            }
+        }
     }
 
     /// Takes a hand-off into the queue.
-    fn accept(&self, job: Job) {
-        let mut queue = self.queue.borrow_mut();
-        let dest = match queue.destination_id(job.key.clone()) {
-            Ok(dest) => dest,
-            Err(full) => {
-                // Kept in the spool; it returns at the next start. Rare by construction
-                // (destinations_max per core), and loud.
-                tracing::error!(queue_id = %job.id, destination = %job.key, "{full}: recipients stay in the spool until the next start");
-                self.shared.mesh.gauge.release(job.size);
-                return;
-            }
-        };
-        let mut entry = QueueEntry::new(job.id, dest, job.recipients, job.due);
-        entry.attempts = job.attempts;
-        entry.delay_noticed = job.delay_noticed;
-        let now = SystemTime::now();
-        let result = if job.due <= now {
-            queue.push_ready(entry)
-        } else {
-            queue.defer(entry)
-        };
-        if result.is_err() {
-            self.shared.mesh.gauge.release(job.size);
-        }
+    fn accept(self: &Rc<Self>, job: Job) {
+        let now = self.now();
+        let actions = self.scheduler.borrow_mut().accept(job, now);
+        self.execute(actions);
     }
 
-    /// Starts workers where ready entries wait and limits allow.
-    fn dispatch(self: &Rc<Self>) {
-        if !self.running() {
-            return;
+    /// The next entry a worker of `dest` may send now (the scheduler expires what waited
+    /// too long on the way).
+    fn take_next(self: &Rc<Self>, dest: DestId) -> Option<(Ticket, QueueEntry)> {
+        if *self.phase.borrow() != Phase::Running {
+            self.scheduler.borrow_mut().stop();
         }
-        let ids = self.queue.borrow().with_ready();
-        let now = SystemTime::now();
-        for id in ids {
-            loop {
-                let spawn = {
-                    let mut queue = self.queue.borrow_mut();
-                    let Some(dest) = queue.get_mut(id) else {
-                        break;
-                    };
-                    // Held (a dead next hop) or rate-limited: a worker would find nothing to
-                    // send; the scheduler looks again at its next tick.
-                    if dest.blocked_until(now).is_some() {
-                        break;
-                    }
-                    let limit = dest
-                        .limits
-                        .connections_max
-                        .min(dest.limits.transactions_max);
-                    let wanted = (dest.ready_len() as u64 + u64::from(dest.transactions()))
-                        .min(u64::from(limit));
-                    if u64::from(dest.connections()) < wanted {
-                        dest.connection_opened();
-                        true
-                    } else {
-                        false
-                    }
-                };
-                if !spawn {
-                    break;
-                }
-                self.workers.set(self.workers.get() + 1);
-                tokio::task::spawn_local(worker::run(Rc::clone(self), id));
+        let now = self.now();
+        let (taken, actions) = self.scheduler.borrow_mut().take_next(dest, now);
+        self.execute(actions);
+        taken
+    }
+
+    /// The transaction of `ticket` is over; its settlement may still run.
+    fn transaction_over(&self, ticket: Ticket) {
+        self.scheduler.borrow_mut().transaction_over(ticket);
+        self.kick.notify_one();
+    }
+
+    /// A worker of `dest` ended.
+    fn worker_done(&self, dest: DestId) {
+        self.scheduler.borrow_mut().worker_done(dest);
+        self.kick.notify_one();
+    }
+
+    /// The destination of `ticket` failed as a whole: the entries to end the same way
+    /// (`ticket`'s own first).
+    fn fail_destination(&self, ticket: Ticket, temporary: bool) -> Vec<(Ticket, QueueEntry)> {
+        let now = self.now();
+        match self
+            .scheduler
+            .borrow_mut()
+            .fail_destination(ticket, temporary, now)
+        {
+            Ok(others) => others,
+            Err(error) => {
+                tracing::error!(%error, "destination failure not applied");
+                Vec::new()
             }
         }
     }
 
-    /// The next entry a worker of `dest` may send now, expiring what waited too long.
-    fn take_next(self: &Rc<Self>, dest: DestId) -> Option<QueueEntry> {
-        if !self.running() {
-            return None;
-        }
-        loop {
-            let now = SystemTime::now();
-            let dispatch = match self.queue.borrow_mut().get_mut(dest) {
-                Some(d) => d.next(now, &self.shared.schedule),
-                None => return None,
-            };
-            match dispatch {
-                Dispatch::Send(entry) => return Some(entry),
-                Dispatch::Expired(entry) => {
-                    tokio::task::spawn_local(Rc::clone(self).expire(entry));
-                }
-                Dispatch::Throttled { .. } | Dispatch::AtLimit | Dispatch::Idle => return None,
-            }
-        }
+    fn tls_held(&self, key: &DestinationKey) -> bool {
+        self.scheduler.borrow().tls_held(key, self.clock.now())
     }
 
-    /// A transaction started by `take_next` is over.
-    fn finish(&self, dest: DestId) {
-        if let Some(d) = self.queue.borrow_mut().get_mut(dest) {
-            d.finish();
+    fn tls_failed(&self, key: &DestinationKey) {
+        let now = self.clock.now();
+        self.scheduler.borrow_mut().tls_failed(key, now);
+    }
+
+    /// The message of `ticket` is no longer in the spool: nothing to deliver.
+    fn gone(self: &Rc<Self>, ticket: Ticket, id: QueueId) {
+        tracing::info!(queue_id = %id, "queued message no longer in the spool; dropped from the queue");
+        let result = self.scheduler.borrow_mut().gone(ticket);
+        self.settled(result);
+    }
+
+    /// Nothing was attempted for `ticket` (its message could not be read, or the client
+    /// would not take it): back after the first retry interval, without a record.
+    fn retry(self: &Rc<Self>, ticket: Ticket) {
+        let now = self.now();
+        let result = self.scheduler.borrow_mut().retry(ticket, now);
+        self.settled(result);
+    }
+
+    fn settled(
+        self: &Rc<Self>,
+        result: Result<Vec<Action>, crate::queue::scheduler::SchedulerError>,
+    ) {
+        match result {
+            Ok(actions) => self.execute(actions),
+            Err(error) => tracing::error!(%error, "settlement step refused"),
         }
+        // An entry back in the queue, or one fewer out: the loop (or the drain) looks again.
         self.kick.notify_one();
     }
 
     fn destination_key(&self, dest: DestId) -> Option<DestinationKey> {
-        self.queue.borrow().get(dest).map(|d| d.key.clone())
+        self.scheduler.borrow().destination_key(dest)
     }
 
     /// Reads the message an entry names. `Ok(None)`: it is no longer in the spool (an
@@ -436,9 +498,29 @@ impl<C: Connector + 'static> Core<C> {
             .map_err(|e| Reply::spool_unreadable(&e.to_string()))
     }
 
+    /// Loads the message of an entry that is to be ended without an attempt; `None` when it
+    /// cannot be: the entry then leaves the queue (an unreadable one stays pending in the
+    /// spool for the next start, and is not retried here: its deadline has passed or an
+    /// operator asked to end it).
+    fn load_to_end(self: &Rc<Self>, ticket: Ticket, entry: &QueueEntry) -> Option<StoredMessage> {
+        match self.load(entry.id) {
+            Ok(Some(message)) => Some(message),
+            Ok(None) => {
+                self.gone(ticket, entry.id);
+                None
+            }
+            Err(reply) => {
+                tracing::warn!(queue_id = %entry.id, %reply, "cannot read a queued message to end it; it stays in the spool until the next start");
+                let result = self.scheduler.borrow_mut().gone(ticket);
+                self.settled(result);
+                None
+            }
+        }
+    }
+
     /// An entry found past its deadline while it waited.
-    async fn expire(self: Rc<Self>, entry: QueueEntry) {
-        let Ok(Some(message)) = self.load(entry.id) else {
+    async fn expire(self: Rc<Self>, ticket: Ticket, entry: QueueEntry) {
+        let Some(message) = self.load_to_end(ticket, &entry) else {
             return;
         };
         let reply = Reply::delivery_expired("no successful attempt before delivery.max_age");
@@ -451,17 +533,46 @@ impl<C: Connector + 'static> Core<C> {
                 reply: &reply,
                 silent: false,
             },
-            SystemTime::now(),
+            self.wall(),
             &self.shared.dsn_policy,
         );
-        self.apply(&entry, &message, settlement, None, None).await;
+        self.apply(ticket, &entry, &message, settlement, None, None)
+            .await;
     }
 
-    /// Carries out a settlement in the durable order of the module doc. `hop`: the host that
-    /// answered (for notices and the log); `tls`: the TLS version and cipher of that
-    /// connection, `None` in plaintext (for the log).
+    /// An entry an operator removed (`bounce`: with a failure notice).
+    async fn end(self: Rc<Self>, ticket: Ticket, entry: QueueEntry, bounce: bool) {
+        let Some(message) = self.load_to_end(ticket, &entry) else {
+            return;
+        };
+        let reply = if bounce {
+            Reply::bounced_by_operator()
+        } else {
+            Reply::deleted_by_operator()
+        };
+        let settlement = outcome::finalize_all(
+            &entry,
+            &message.meta.remote,
+            &message.meta.envelope,
+            outcome::Finalization {
+                outcome: Outcome::Bounced,
+                reply: &reply,
+                silent: !bounce,
+            },
+            self.wall(),
+            &self.shared.dsn_policy,
+        );
+        self.apply(ticket, &entry, &message, settlement, None, None)
+            .await;
+    }
+
+    /// Carries out a settlement in the durable order of the module doc, step by step as
+    /// the scheduler allows. `hop`: the host that answered (for notices and the log);
+    /// `tls`: the TLS version and cipher of that connection, `None` in plaintext (for the
+    /// log).
     async fn apply(
-        &self,
+        self: &Rc<Self>,
+        ticket: Ticket,
         entry: &QueueEntry,
         message: &StoredMessage,
         settlement: Settlement,
@@ -474,9 +585,6 @@ impl<C: Connector + 'static> Core<C> {
             notices,
             double_bounces,
         } = settlement;
-        // Taken now: the destination may be collected while the record syncs (its workers
-        // gone), and the requeue then makes it anew under its key.
-        let key = self.destination_key(entry.dest);
         for index in double_bounces {
             tracing::info!(
                 target: "relay::delivery",
@@ -485,7 +593,17 @@ impl<C: Connector + 'static> Core<C> {
                 "failure of a message from the null sender: no notice (double bounce), dropped"
             );
         }
+        let step = self.scheduler.borrow_mut().settle(ticket, requeue);
+        if !matches!(step, Ok(Action::StoreNotices(_))) {
+            tracing::error!(queue_id = %entry.id, ?step, "settlement refused; the recipients stay pending in the spool");
+            return;
+        }
         let markers = notices::send(self, entry, message, &notices, hop).await;
+        let step = self.scheduler.borrow_mut().notices_stored(ticket);
+        if !matches!(step, Ok(Action::StoreRecord(_))) {
+            tracing::error!(queue_id = %entry.id, ?step, "settlement refused; the recipients stay pending in the spool");
+            return;
+        }
         for r in &results {
             if let Some(m) = &self.metrics {
                 m.delivery(metric_name(r.outcome));
@@ -519,135 +637,36 @@ impl<C: Connector + 'static> Core<C> {
             };
             recorded &= stored;
         }
-        let size = message.location.body_len;
         if !recorded {
-            // The results are not durable: the spool still says "pending", so the memory
-            // must too. Try the whole entry again after the first interval.
+            // The spool still says "pending": the scheduler keeps the whole entry and tries
+            // it again after the first interval.
             tracing::error!(queue_id = %entry.id, "delivery results could not be recorded; retrying the recipients");
-            let mut again = entry.clone();
-            again.due_ms = crate::queue::to_millis(
-                SystemTime::now() + self.shared.schedule.interval(1, entry.seed()),
-            );
-            self.requeue(again, key.as_ref(), size);
-            return;
         }
-        match requeue {
-            Some(next) => self.requeue(next, key.as_ref(), size),
-            None => self.shared.mesh.gauge.release(size),
-        }
-        self.kick.notify_one();
-    }
-
-    /// Puts an entry back in the deferred index under its destination, making the
-    /// destination anew if it was collected meanwhile. Only a full destination table loses it
-    /// from memory (it stays pending in the spool for the next start; logged).
-    fn requeue(&self, mut entry: QueueEntry, key: Option<&DestinationKey>, size: u64) {
-        let mut queue = self.queue.borrow_mut();
-        if queue.get(entry.dest).map(|d| &d.key) != key {
-            let Some(key) = key else {
-                tracing::error!(queue_id = %entry.id, "requeue without a destination; recipients stay in the spool until the next start");
-                self.shared.mesh.gauge.release(size);
-                return;
-            };
-            match queue.destination_id(key.clone()) {
-                Ok(dest) => entry.dest = dest,
-                Err(full) => {
-                    tracing::error!(queue_id = %entry.id, destination = %key, "{full}: recipients stay in the spool until the next start");
-                    self.shared.mesh.gauge.release(size);
-                    return;
-                }
-            }
-        }
-        if queue.defer(entry).is_err() {
-            self.shared.mesh.gauge.release(size);
-        }
+        let now = self.now();
+        let result = self
+            .scheduler
+            .borrow_mut()
+            .record_stored(ticket, recorded, now);
+        self.settled(result);
     }
 
     /// Handles an operator's command.
     fn control(self: &Rc<Self>, command: Control) {
         match command {
             Control::Flush { which, reply } => {
-                let n = self.flush(&which);
+                let now = self.now();
+                let (n, actions) = self.scheduler.borrow_mut().flush(&which, now);
                 let _ = reply.send(n);
+                self.execute(actions);
             }
             Control::Remove { id, bounce, reply } => {
-                let entries = self.queue.borrow_mut().remove_message(id);
-                let _ = reply.send(entries.len());
-                if !entries.is_empty() {
-                    tokio::task::spawn_local(Rc::clone(self).remove(entries, bounce));
-                }
+                let actions = self.scheduler.borrow_mut().remove(id, bounce);
+                let _ = reply.send(actions.len());
+                self.execute(actions);
             }
             Control::Snapshot { reply } => {
-                let mut list = Vec::new();
-                self.queue.borrow().for_each_entry(|e, key, ready| {
-                    list.push(Queued {
-                        id: e.id,
-                        destination: key.to_string(),
-                        recipients: e.recipients.indices(),
-                        due_unix_ms: e.due_ms,
-                        attempts: e.attempts,
-                        ready,
-                        core: self.index,
-                    });
-                });
-                let _ = reply.send(list);
+                let _ = reply.send(self.scheduler.borrow().snapshot());
             }
-        }
-    }
-
-    fn flush(&self, which: &FlushFilter) -> usize {
-        let mut queue = self.queue.borrow_mut();
-        let mut dests: Vec<DestId> = Vec::new();
-        queue.for_each_entry(|e, key, _| {
-            let hit = match which {
-                FlushFilter::All => true,
-                FlushFilter::Message(id) => e.id == *id,
-                FlushFilter::Destination(d) => key.to_string().eq_ignore_ascii_case(d),
-            };
-            if hit && !dests.contains(&e.dest) {
-                dests.push(e.dest);
-            }
-        });
-        // A flush also lifts a dead-destination hold: the operator says "try now".
-        for dest in &dests {
-            if let Some(d) = queue.get_mut(*dest) {
-                d.release_hold();
-            }
-        }
-        let n = queue.flush(|e| match which {
-            FlushFilter::All => true,
-            FlushFilter::Message(id) => e.id == *id,
-            FlushFilter::Destination(_) => dests.contains(&e.dest),
-        });
-        drop(queue);
-        self.kick.notify_one();
-        n
-    }
-
-    async fn remove(self: Rc<Self>, entries: Vec<QueueEntry>, bounce: bool) {
-        for entry in entries {
-            let message = match self.load(entry.id) {
-                Ok(Some(m)) => m,
-                _ => continue,
-            };
-            let reply = if bounce {
-                Reply::bounced_by_operator()
-            } else {
-                Reply::deleted_by_operator()
-            };
-            let settlement = outcome::finalize_all(
-                &entry,
-                &message.meta.remote,
-                &message.meta.envelope,
-                outcome::Finalization {
-                    outcome: Outcome::Bounced,
-                    reply: &reply,
-                    silent: !bounce,
-                },
-                SystemTime::now(),
-                &self.shared.dsn_policy,
-            );
-            self.apply(&entry, &message, settlement, None, None).await;
         }
     }
 }
@@ -664,8 +683,6 @@ fn metric_name(outcome: Outcome) -> &'static str {
 /// Destinations per core published as labelled gauges: the largest ones (a label per
 /// destination would let a spammer's random domains blow up the scrape).
 const PUBLISHED_DESTINATIONS_MAX: usize = 100;
-/// How often the per-destination gauges are refreshed.
-const PUBLISH_EVERY: Duration = Duration::from_secs(5);
 
 impl<C: Connector + 'static> Core<C> {
     /// Refreshes the queue gauges: entries on this core, and depth and oldest age of its
@@ -674,7 +691,7 @@ impl<C: Connector + 'static> Core<C> {
         let mut per_dest: std::collections::HashMap<String, (i64, SystemTime)> =
             std::collections::HashMap::new();
         let mut entries = 0i64;
-        self.queue.borrow().for_each_entry(|e, key, _| {
+        self.scheduler.borrow().for_each_entry(|e, key, _| {
             entries += 1;
             let slot = per_dest
                 .entry(key.to_string())
@@ -720,7 +737,9 @@ fn outcome_name(outcome: Outcome) -> &'static str {
     }
 }
 
-/// The core's scheduler: runs until the server drains, then waits for its workers.
+/// The core's loop: feeds the scheduler hand-offs, commands and the time, carries out what
+/// it says, and sleeps until the next event or the time it names. Runs until the server
+/// drains, then waits for the workers and the settlements in flight.
 pub async fn run<C: Connector + 'static>(core: Rc<Core<C>>, startup: Vec<Job>) {
     let queued = startup.len();
     for job in startup {
@@ -738,49 +757,21 @@ pub async fn run<C: Connector + 'static>(core: Rc<Core<C>>, startup: Vec<Job>) {
         return;
     };
     let mut phase = core.phase.clone();
-    let mut published_at: Option<std::time::Instant> = None;
-    let mut swept_at: Option<std::time::Instant> = None;
     loop {
         if *phase.borrow_and_update() != Phase::Running {
             break;
-        }
-        if published_at.is_none_or(|at| at.elapsed() >= PUBLISH_EVERY) {
-            // Destinations with nothing queued, no connection and no transaction are
-            // forgotten (their slot reused): with MX routing every recipient domain is one.
-            core.queue.borrow_mut().collect_unused();
-            core.publish(SystemTime::now());
-            published_at = Some(std::time::Instant::now());
         }
         inbox.drain(|job| core.accept(job));
         while let Some(command) = inbox.next_control() {
             core.control(command);
         }
-        let now = SystemTime::now();
-        // The expiry sweep walks every ready entry: once a tick, not on every wake-up (a
-        // wake-up per finished transaction made it quadratic in a long ready queue). Workers
-        // still expire what they meet at the front (`Destination::next`).
-        let sweep = swept_at.is_none_or(|at| at.elapsed() >= TICK);
-        let expired = {
-            let mut queue = core.queue.borrow_mut();
-            queue.promote_due(now);
-            if sweep {
-                swept_at = Some(std::time::Instant::now());
-                queue.take_expired(now, &shared.schedule)
-            } else {
-                Vec::new()
-            }
-        };
-        for entry in expired {
-            tokio::task::spawn_local(Rc::clone(&core).expire(entry));
-        }
-        core.dispatch();
-        let wait = core.queue.borrow().next_due().map_or(TICK, |due| {
-            due.duration_since(now).unwrap_or_default().min(TICK)
-        });
+        let now = core.now();
+        let poll = core.scheduler.borrow_mut().poll(now);
+        core.execute(poll.actions);
         tokio::select! {
             _ = inbox.wake.notified() => {}
             _ = core.kick.notified() => {}
-            _ = tokio::time::sleep(wait) => {}
+            _ = tokio::time::sleep(poll.wake) => {}
             changed = phase.changed() => {
                 if changed.is_err() {
                     break;
@@ -788,8 +779,12 @@ pub async fn run<C: Connector + 'static>(core: Rc<Core<C>>, startup: Vec<Job>) {
             }
         }
     }
-    // Draining: workers finish their transaction and quit; wait for them.
-    while core.workers.get() > 0 {
+    // Draining: workers finish their transaction and quit, settlements finish; wait.
+    core.scheduler.borrow_mut().stop();
+    while core.scheduler.borrow().busy() {
         core.kick.notified().await;
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -43,7 +43,7 @@ pub async fn send<C: Connector + 'static>(
     hop: Option<&str>,
 ) -> Vec<DsnSent> {
     let mut markers = Vec::new();
-    let now = SystemTime::now();
+    let now = core.wall();
     for kind in [DsnKind::Failure, DsnKind::Delay, DsnKind::Success] {
         let group: Vec<&Notice> = notices
             .iter()
@@ -162,7 +162,7 @@ async fn store<C: Connector + 'static>(core: &Core<C>, dsn: Dsn) -> Result<Queue
     } else {
         (Vec::new(), vec![to])
     };
-    let now = SystemTime::now();
+    let now = core.wall();
     let id = core.spool.next_id(now);
     let new = NewMessage {
         id,

@@ -22,7 +22,7 @@
 
 use std::rc::Rc;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::Duration;
 
 use bytes::Bytes;
 
@@ -32,6 +32,7 @@ use crate::net::conn::{compact, stop_requested, within};
 use crate::net::io::{Connection, Connector};
 use crate::net::tls::{TlsConnection, TlsSummary};
 use crate::queue::outcome::{self, recipient_of, Attempted};
+use crate::queue::scheduler::Ticket;
 use crate::queue::{DestId, DestinationKey, QueueEntry, TlsMode};
 use crate::smtp::client::{
     Client, ClientEvent, ConnectionOutcome, Diagnostic, Next, Outgoing, Output, RecipientResult,
@@ -43,21 +44,21 @@ use crate::spool::StoredMessage;
 /// Bytes read per call from a next hop: replies are small.
 const READ_CHUNK: usize = 4096;
 
-/// A worker's life; the scheduler counted it in `workers` and `connection_opened`.
+/// An entry taken for an attempt, under the scheduler's ticket.
+type Taken = (Ticket, QueueEntry);
+
+/// A worker's life; the scheduler counted it as a connection of `dest` when it asked for it.
 pub async fn run<C: Connector + 'static>(core: Rc<Core<C>>, dest: DestId) {
     if let Some(first) = core.take_next(dest) {
         deliver(&core, dest, first).await;
     }
-    if let Some(d) = core.queue.borrow_mut().get_mut(dest) {
-        d.connection_closed();
-    }
-    core.workers.set(core.workers.get().saturating_sub(1));
-    core.kick.notify_one();
+    core.worker_done(dest);
 }
 
-async fn deliver<C: Connector + 'static>(core: &Rc<Core<C>>, dest: DestId, first: QueueEntry) {
+async fn deliver<C: Connector + 'static>(core: &Rc<Core<C>>, dest: DestId, first: Taken) {
     let Some(key) = core.destination_key(dest) else {
-        core.finish(dest);
+        // Cannot happen (the worker's connection keeps the destination); never lose it.
+        core.retry(first.0);
         return;
     };
     let targets = match resolve(core, &key).await {
@@ -73,7 +74,7 @@ async fn deliver<C: Connector + 'static>(core: &Rc<Core<C>>, dest: DestId, first
             } else {
                 RecipientResult::Deferred(diagnostic)
             };
-            return fail_destination(core, dest, first, result, None, None).await;
+            return fail_destination(core, first, result, None, None).await;
         }
     };
     let mut last_error = String::from("no address to try");
@@ -110,7 +111,7 @@ async fn deliver<C: Connector + 'static>(core: &Rc<Core<C>>, dest: DestId, first
             stage: Stage::Greeting,
             reply: Reply::next_hop_unreachable(&last_error),
         });
-        return fail_destination(core, dest, first, result, None, None).await;
+        return fail_destination(core, first, result, None, None).await;
     };
     session(core, dest, &key, conn, target, first).await;
 }
@@ -124,26 +125,6 @@ fn tls_mode<C: Connector + 'static>(core: &Core<C>, key: &DestinationKey) -> Tls
     }
 }
 
-/// The destination's opportunistic TLS failed within the hold: skip STARTTLS.
-fn tls_held<C: Connector + 'static>(core: &Core<C>, key: &DestinationKey) -> bool {
-    core.tls_failed
-        .borrow()
-        .get(key)
-        .is_some_and(|until| Instant::now() < *until)
-}
-
-/// Marks the destination "TLS failed" for `tls_failure_hold`; sweeps expired marks.
-fn hold_tls<C: Connector + 'static>(core: &Core<C>, key: &DestinationKey) {
-    let hold = core.shared.tls_failure_hold;
-    if hold.is_zero() {
-        return;
-    }
-    let now = Instant::now();
-    let mut marks = core.tls_failed.borrow_mut();
-    marks.retain(|_, until| *until > now);
-    marks.insert(key.clone(), now + hold);
-}
-
 /// One connection's conversation: the client and what the driver holds for it. It outlives
 /// a change of connection type (plaintext to TLS after STARTTLS).
 struct Conversation {
@@ -152,7 +133,7 @@ struct Conversation {
     input: Vec<u8>,
     consumed: usize,
     /// The entry taken before connecting, until the client is first ready for it.
-    pending_first: Option<QueueEntry>,
+    pending_first: Option<Taken>,
     current: Option<InFlight>,
     /// `host[address]`, for the log and notices.
     hop: String,
@@ -165,7 +146,7 @@ impl Conversation {
         core: &Core<C>,
         starttls: StartTlsPolicy,
         hop: String,
-        first: Option<QueueEntry>,
+        first: Option<Taken>,
     ) -> Conversation {
         Conversation {
             client: Client::with_starttls(Arc::clone(&core.shared.client), starttls),
@@ -208,20 +189,20 @@ async fn session<C: Connector + 'static>(
     key: &DestinationKey,
     conn: C::Conn,
     target: &Target,
-    first: QueueEntry,
+    first: Taken,
 ) {
     let mode = tls_mode(core, key);
     let starttls = match mode {
         TlsMode::Off => StartTlsPolicy::Never,
         TlsMode::Required => StartTlsPolicy::Required,
-        TlsMode::Opportunistic if tls_held(core, key) => StartTlsPolicy::Never,
+        TlsMode::Opportunistic if core.tls_held(key) => StartTlsPolicy::Never,
         TlsMode::Opportunistic => StartTlsPolicy::IfOffered,
     };
     let hop = format!("{}[{}]", target.host, target.addr.ip());
     let mut conv = Conversation::new(core, starttls, hop, Some(first));
     if let Pause::Done = converse(core, dest, &conn, &mut conv).await {
         conn.shutdown();
-        return finish(core, dest, conv);
+        return finish(core, conv);
     }
     // RFC 3207 §6: what the hop sent after its 220 came before TLS; none of it is read.
     conv.input.clear();
@@ -239,10 +220,10 @@ async fn session<C: Connector + 'static>(
             let _ = converse(core, dest, tls, &mut conv).await;
             let _ = within(tls, CLOSE_NOTIFY_LIMIT, tls.finish()).await;
             tls.shutdown();
-            finish(core, dest, conv);
+            finish(core, conv);
         }
         Handshake::Failed(why) if mode == TlsMode::Opportunistic => {
-            hold_tls(core, key);
+            core.tls_failed(key);
             tracing::warn!(
                 target: "relay::delivery",
                 destination = %key,
@@ -255,7 +236,7 @@ async fn session<C: Connector + 'static>(
             // dropping it loses nothing; the entry goes to the plaintext connection.
             let first = conv.pending_first.take();
             let hop = conv.hop.clone();
-            finish(core, dest, conv);
+            finish(core, conv);
             let Some(first) = first else {
                 return;
             };
@@ -272,23 +253,23 @@ async fn session<C: Connector + 'static>(
                         stage: Stage::Greeting,
                         reply: Reply::next_hop_unreachable(&format!("{hop}: {error}")),
                     });
-                    return fail_destination(core, dest, first, result, Some(&hop), None).await;
+                    return fail_destination(core, first, result, Some(&hop), None).await;
                 }
             };
             let mut conv = Conversation::new(core, StartTlsPolicy::Never, hop, Some(first));
             let _ = converse(core, dest, &plain, &mut conv).await;
             plain.shutdown();
-            finish(core, dest, conv);
+            finish(core, conv);
         }
         Handshake::Failed(why) => {
             conv.client.tls_failed(&why, &mut conv.out);
-            act(core, dest, &mut conv).await;
-            finish(core, dest, conv);
+            act(core, &mut conv).await;
+            finish(core, conv);
         }
         Handshake::Stopped => {
             conv.client.connection_lost(&mut conv.out);
-            act(core, dest, &mut conv).await;
-            finish(core, dest, conv);
+            act(core, &mut conv).await;
+            finish(core, conv);
         }
     }
 }
@@ -372,60 +353,38 @@ fn key_seed(key: &DestinationKey) -> u64 {
 }
 
 /// The destination failed as a whole (see the module doc of `delivery`): `first` and every
-/// ready entry get `result`; a temporary failure holds the destination for the first retry
-/// interval.
+/// ready entry get `result`; the scheduler holds the destination after a temporary failure.
 async fn fail_destination<C: Connector + 'static>(
     core: &Rc<Core<C>>,
-    dest: DestId,
-    first: QueueEntry,
+    first: Taken,
     result: RecipientResult,
     hop: Option<&str>,
     tls: Option<&str>,
 ) {
-    core.finish(dest);
-    let mut entries = vec![first];
-    entries.extend(core.queue.borrow_mut().take_ready(dest));
-    if matches!(result, RecipientResult::Deferred(_)) {
-        let hold = SystemTime::now() + core.shared.schedule.base_interval(1);
-        if let Some(d) = core.queue.borrow_mut().get_mut(dest) {
-            d.hold_until(hold);
-        }
-    }
-    for entry in entries {
+    let temporary = matches!(result, RecipientResult::Deferred(_));
+    let others = core.fail_destination(first.0, temporary);
+    for (ticket, entry) in std::iter::once(first).chain(others) {
         let message = match core.load(entry.id) {
             Ok(Some(m)) => m,
             Ok(None) => {
-                gone(core, &entry);
+                core.gone(ticket, entry.id);
                 continue;
             }
             Err(reply) => {
                 tracing::warn!(queue_id = %entry.id, %reply, "cannot read a queued message");
-                retry_later(core, entry);
+                core.retry(ticket);
                 continue;
             }
         };
         let results = vec![result.clone(); entry.recipients.len()];
-        settle(core, &entry, &message, &results, false, hop, tls).await;
+        settle(core, ticket, &entry, &message, &results, false, hop, tls).await;
     }
 }
 
-/// The message is no longer in the spool: nothing to deliver.
-fn gone<C: Connector + 'static>(core: &Core<C>, entry: &QueueEntry) {
-    tracing::info!(queue_id = %entry.id, "queued message no longer in the spool; dropped from the queue");
-    core.shared.mesh.gauge.release(0);
-}
-
-/// An entry whose message could not be read: back in the deferred index for the first
-/// retry interval, without a record (nothing was attempted).
-fn retry_later<C: Connector + 'static>(core: &Core<C>, mut entry: QueueEntry) {
-    entry.due_ms =
-        crate::queue::to_millis(SystemTime::now() + core.shared.schedule.interval(1, entry.seed()));
-    let key = core.destination_key(entry.dest);
-    core.requeue(entry, key.as_ref(), 0);
-}
-
+#[allow(clippy::too_many_arguments)]
 async fn settle<C: Connector + 'static>(
     core: &Rc<Core<C>>,
+    ticket: Ticket,
     entry: &QueueEntry,
     message: &StoredMessage,
     results: &[RecipientResult],
@@ -440,12 +399,13 @@ async fn settle<C: Connector + 'static>(
             envelope: &message.meta.envelope,
             results,
             hop_dsn,
-            now: SystemTime::now(),
+            now: core.wall(),
         },
         &core.shared.schedule,
         &core.shared.dsn_policy,
     );
-    core.apply(entry, message, settlement, hop, tls).await;
+    core.apply(ticket, entry, message, settlement, hop, tls)
+        .await;
 }
 
 /// The message for the next hop: the stored bytes (our Received header first) and the
@@ -475,6 +435,7 @@ fn outgoing(entry: &QueueEntry, message: &StoredMessage, body: Bytes) -> Outgoin
 /// A message handed to the client. Its body lives in `body`, shared with the client (no
 /// copy per delivery); `message.body` is empty until the results need it back.
 struct InFlight {
+    ticket: Ticket,
     entry: QueueEntry,
     message: StoredMessage,
     body: Bytes,
@@ -484,14 +445,15 @@ impl InFlight {
     /// The stored message whole again, for the results and notices. The client has dropped
     /// its share by the time its transaction is done, so this takes the buffer back without
     /// copying it.
-    fn into_message(self) -> (QueueEntry, StoredMessage) {
+    fn into_message(self) -> (Ticket, QueueEntry, StoredMessage) {
         let InFlight {
+            ticket,
             entry,
             mut message,
             body,
         } = self;
         message.body = Vec::from(body);
-        (entry, message)
+        (ticket, entry, message)
     }
 }
 
@@ -508,7 +470,7 @@ async fn converse<C: Connector + 'static, K: Connection>(
     loop {
         // Write what the last call produced, then act on its events.
         write_out(conn, &mut conv.client, &mut conv.out, write_limit).await;
-        act(core, dest, conv).await;
+        act(core, conv).await;
         match conv.client.next() {
             Next::Done => return Pause::Done,
             Next::StartTls => return Pause::StartTls,
@@ -517,7 +479,7 @@ async fn converse<C: Connector + 'static, K: Connection>(
                     Some(first) => Some(first),
                     None => core.take_next(dest),
                 };
-                let Some(entry) = next else {
+                let Some((ticket, entry)) = next else {
                     conv.client.quit(&mut conv.out);
                     continue;
                 };
@@ -528,26 +490,20 @@ async fn converse<C: Connector + 'static, K: Connection>(
                         match conv.client.send(message_out, &mut conv.out) {
                             Ok(()) => {
                                 conv.current = Some(InFlight {
+                                    ticket,
                                     entry,
                                     message,
                                     body,
                                 })
                             }
-                            Err(_) => {
-                                // Not idle after all (cannot happen after Next::Send).
-                                retry_later(core, entry);
-                                core.finish(dest);
-                            }
+                            // Not idle after all (cannot happen after Next::Send).
+                            Err(_) => core.retry(ticket),
                         }
                     }
-                    Ok(None) => {
-                        gone(core, &entry);
-                        core.finish(dest);
-                    }
+                    Ok(None) => core.gone(ticket, entry.id),
                     Err(reply) => {
                         tracing::warn!(queue_id = %entry.id, %reply, "cannot read a queued message");
-                        retry_later(core, entry);
-                        core.finish(dest);
+                        core.retry(ticket);
                     }
                 }
             }
@@ -604,7 +560,7 @@ async fn converse<C: Connector + 'static, K: Connection>(
 }
 
 /// Acts on the client's events (after its bytes were written).
-async fn act<C: Connector + 'static>(core: &Rc<Core<C>>, dest: DestId, conv: &mut Conversation) {
+async fn act<C: Connector + 'static>(core: &Rc<Core<C>>, conv: &mut Conversation) {
     let events = std::mem::take(&mut conv.out.events);
     for event in events {
         match event {
@@ -615,16 +571,18 @@ async fn act<C: Connector + 'static>(core: &Rc<Core<C>>, dest: DestId, conv: &mu
                     // with the next message while the group commit syncs them (waiting
                     // here put one fdatasync per message on every connection's path).
                     // The entry stays out of the queue until its record is durable.
+                    // The ticket stays out until the record is stored, so a drain waits for
+                    // the record too.
                     let dsn = conv.client.capabilities().dsn;
-                    // Counted with the workers, so a drain waits for the record too.
                     let owner = Rc::clone(core);
                     let hop = conv.hop.clone();
                     let tls = conv.tls.clone();
-                    owner.workers.set(owner.workers.get() + 1);
-                    let (entry, message) = flight.into_message();
+                    let (ticket, entry, message) = flight.into_message();
+                    core.transaction_over(ticket);
                     tokio::task::spawn_local(async move {
                         settle(
                             &owner,
+                            ticket,
                             &entry,
                             &message,
                             &done.results,
@@ -633,10 +591,7 @@ async fn act<C: Connector + 'static>(core: &Rc<Core<C>>, dest: DestId, conv: &mu
                             tls.as_deref(),
                         )
                         .await;
-                        owner.workers.set(owner.workers.get().saturating_sub(1));
-                        owner.kick.notify_one();
                     });
-                    core.finish(dest);
                 }
             }
             ClientEvent::Closed(ConnectionOutcome::Failed(diagnostic)) => {
@@ -654,7 +609,7 @@ async fn act<C: Connector + 'static>(core: &Rc<Core<C>>, dest: DestId, conv: &mu
                             })
                         };
                     let tls = conv.tls.as_deref();
-                    fail_destination(core, dest, first, result, Some(&conv.hop), tls).await;
+                    fail_destination(core, first, result, Some(&conv.hop), tls).await;
                 }
             }
             ClientEvent::Closed(ConnectionOutcome::Quit) => {}
@@ -663,16 +618,14 @@ async fn act<C: Connector + 'static>(core: &Rc<Core<C>>, dest: DestId, conv: &mu
 }
 
 /// The connection is over: entries the client still holds are never lost.
-fn finish<C: Connector + 'static>(core: &Rc<Core<C>>, dest: DestId, mut conv: Conversation) {
+fn finish<C: Connector + 'static>(core: &Rc<Core<C>>, mut conv: Conversation) {
     // The client ended with a message still held (cannot happen: Closed comes last, after
     // its TransactionDone); never lose it.
     if let Some(flight) = conv.current.take() {
-        retry_later(core, flight.entry);
-        core.finish(dest);
+        core.retry(flight.ticket);
     }
-    if let Some(first) = conv.pending_first.take() {
-        retry_later(core, first);
-        core.finish(dest);
+    if let Some((ticket, _)) = conv.pending_first.take() {
+        core.retry(ticket);
     }
 }
 

@@ -37,6 +37,7 @@ pub mod dsn;
 pub mod outcome;
 pub mod routes;
 pub mod schedule;
+pub mod scheduler;
 
 pub use destinations::{
     owner, Backpressure, BackpressureLimits, CoreQueue, DestId, Destination, DestinationKey,

@@ -7,6 +7,7 @@
 //!
 //! Exposure: none to the network directly; reads /proc for the io_uring probe.
 
+pub mod clock;
 pub mod mesh;
 pub mod probe;
 pub mod shard;

@@ -1,0 +1,896 @@
+//! One core's delivery policy as a state machine: what to start, what to send next, what has
+//! expired, which destinations are held, and in which order an attempt's results become
+//! durable. The async runtime feeds it events with the time it read and carries out the
+//! [`Action`]s it returns; nothing here waits, reads a clock or touches a file.
+//!
+//! **Entries out of the queue.** An entry leaves the queue for an attempt, an expiry, an
+//! operator's removal or a destination-wide failure under a [`Ticket`]. The ticket is
+//! settled in one order only: [`Scheduler::settle`] (→ [`Action::StoreNotices`]),
+//! [`Scheduler::notices_stored`] (→ [`Action::StoreRecord`]), [`Scheduler::record_stored`]
+//! (→ requeue or [`Action::Release`]). A recipient therefore leaves memory only after its
+//! result is on disk; a crash before that repeats the attempt (at least once, never lost).
+//! A ticket may instead end as [`Scheduler::gone`] (the message left the spool) or
+//! [`Scheduler::retry`] (nothing was attempted: back after the first interval).
+//!
+//! **Ingest gauge.** Every accepted [`Job`] carries its share of the ingest gauge; the
+//! scheduler keeps the shares of what it holds ([`Scheduler::held`]) and hands each back
+//! exactly once, as [`Action::Release`], whichever way the entry ends.
+//!
+//! **Rules.** Dispatch: a destination gets a worker per ready entry or running transaction,
+//! up to the smaller of its connection and transaction limits, unless held or rate-limited.
+//! A destination that failed as a whole takes its ready entries down with the first and, on
+//! a temporary failure, is held for the first retry interval; a flush lifts the hold. A
+//! destination whose opportunistic TLS failed is reached in plaintext for
+//! `tls_failure_hold`. Ready entries are swept for `max_age` once per [`TICK`], and a
+//! worker expires what it meets at the front; no entry waits in the deferred index past its
+//! deadline.
+#![forbid(unsafe_code)]
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant, SystemTime};
+
+use crate::envelope::QueueId;
+
+use super::destinations::{
+    CoreQueue, DestId, DestinationKey, DestinationLimits, Dispatch, QueueEntry, RcptSet,
+    TooManyDestinations,
+};
+use super::schedule::{self, RetrySchedule};
+use super::{add_saturating, to_millis};
+
+/// The scheduler looks at held and rate-limited destinations at least this often, and
+/// sweeps the ready queues for expired entries at most this often.
+pub const TICK: Duration = Duration::from_secs(1);
+/// How often unused destinations are forgotten and the queue gauges refreshed.
+pub const PUBLISH_EVERY: Duration = Duration::from_secs(5);
+
+/// The time of an event, read once by the caller: monotonic for holds and timers, wall
+/// clock for the queue's due times and deadlines.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Now {
+    pub mono: Instant,
+    pub wall: SystemTime,
+}
+
+/// Recipients of one message for one destination, handed to the destination's owner.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Job {
+    pub id: QueueId,
+    pub key: DestinationKey,
+    /// Indices into the message's remote addresses.
+    pub recipients: RcptSet,
+    /// When to try; at once for new mail.
+    pub due: SystemTime,
+    /// Attempts already made (from the spool's records at start).
+    pub attempts: u16,
+    pub delay_noticed: bool,
+    /// Stored size: the job's share of the ingest gauge's bytes.
+    pub size: u64,
+}
+
+/// Which entries a flush moves.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FlushFilter {
+    All,
+    Message(QueueId),
+    /// A destination, as printed (`example.com`, `[host:25]`).
+    Destination(String),
+}
+
+/// One queued entry as a core reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Queued {
+    pub id: QueueId,
+    pub destination: String,
+    pub recipients: Vec<usize>,
+    pub due_unix_ms: u64,
+    pub attempts: u16,
+    /// Waiting for a connection slot now, rather than for its retry time.
+    pub ready: bool,
+    pub core: usize,
+}
+
+/// What the scheduler is built with.
+#[derive(Clone, Debug)]
+pub struct SchedulerConfig {
+    /// This core's index (for snapshots).
+    pub core: usize,
+    pub schedule: RetrySchedule,
+    pub limits: DestinationLimits,
+    pub destinations_max: usize,
+    /// How long a destination whose opportunistic TLS failed is reached in plaintext.
+    pub tls_failure_hold: Duration,
+}
+
+/// An entry out of the queue, until it is settled.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Ticket(u64);
+
+/// Why an entry left memory without a result: it stays pending in the spool and is queued
+/// again at the next start.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Spill {
+    #[error(transparent)]
+    TooManyDestinations(#[from] TooManyDestinations),
+    #[error("requeue without a destination")]
+    NoDestination,
+}
+
+/// What the runtime must do.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Action {
+    /// Start a connection worker for the destination (already counted as a connection; end
+    /// it with [`Scheduler::worker_done`]).
+    StartWorker(DestId),
+    /// The entry reached `max_age` while waiting: end its recipients as expired and settle
+    /// the ticket.
+    Expire { ticket: Ticket, entry: QueueEntry },
+    /// An operator removed the entry: end its recipients (with a failure notice if
+    /// `bounce`) and settle the ticket.
+    End {
+        ticket: Ticket,
+        entry: QueueEntry,
+        bounce: bool,
+    },
+    /// Store the settlement's notices (first durable effect), then call
+    /// [`Scheduler::notices_stored`].
+    StoreNotices(Ticket),
+    /// Store the results record (second), then call [`Scheduler::record_stored`].
+    StoreRecord(Ticket),
+    /// The entry's remaining recipients wait in the deferred index until `due`.
+    Requeued {
+        ticket: Ticket,
+        id: QueueId,
+        due: SystemTime,
+    },
+    /// An entry left the queue for good: hand its share back to the ingest gauge.
+    Release { id: QueueId, bytes: u64 },
+    /// An entry could not be kept in memory (logged loudly by the runtime); a
+    /// [`Action::Release`] for it follows.
+    Spilled {
+        id: QueueId,
+        destination: Option<DestinationKey>,
+        why: Spill,
+    },
+    /// Forget nothing more; refresh the queue gauges from [`Scheduler::for_each_entry`].
+    Publish,
+}
+
+/// A call that does not fit the ticket's state (a runtime bug; the entry stays pending in
+/// the spool, so nothing is lost).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum SchedulerError {
+    #[error("no entry out under ticket {0:?}")]
+    UnknownTicket(Ticket),
+    #[error("ticket {ticket:?}: {event} while {stage}")]
+    OutOfOrder {
+        ticket: Ticket,
+        event: &'static str,
+        stage: &'static str,
+    },
+}
+
+/// Why an entry is out of the queue.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Purpose {
+    /// Taken by a worker to send.
+    Attempt,
+    /// Taken with a destination that failed as a whole.
+    DestinationFailed,
+    /// Found past its deadline.
+    Expire,
+    /// Removed by an operator.
+    Remove,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Stage {
+    /// Taken; no settlement yet.
+    Taken,
+    /// Settled; its notices are being stored.
+    Notices { requeue: Option<QueueEntry> },
+    /// Notices stored; the record is being stored.
+    Record { requeue: Option<QueueEntry> },
+}
+
+impl Stage {
+    fn name(&self) -> &'static str {
+        match self {
+            Stage::Taken => "taken",
+            Stage::Notices { .. } => "storing notices",
+            Stage::Record { .. } => "storing the record",
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+struct Out {
+    entry: QueueEntry,
+    /// The destination's key when the entry was taken: it may be collected meanwhile.
+    /// (`None` cannot happen: a destination with entries is never collected.)
+    key: Option<DestinationKey>,
+    purpose: Purpose,
+    /// Counted in its destination's transactions until [`Scheduler::transaction_over`].
+    transaction: bool,
+    stage: Stage,
+}
+
+/// How an entry goes back in the deferred index.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Requeue {
+    /// After a recorded attempt: at its next attempt, never past its deadline.
+    Next,
+    /// Nothing durable happened (a read or the record failed): after the first interval.
+    Retry,
+}
+
+/// What this core owes the ingest gauge.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Held {
+    pub entries: u64,
+    pub bytes: u64,
+}
+
+/// One message's shares: its entries on this core and their bytes in total.
+#[derive(Clone, Copy, Debug)]
+struct Share {
+    entries: u64,
+    bytes: u64,
+}
+
+/// The result of [`Scheduler::poll`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Poll {
+    pub actions: Vec<Action>,
+    /// Poll again after this long at the latest (or at the next event).
+    pub wake: Duration,
+}
+
+/// One core's delivery scheduler (see the module doc).
+#[derive(Debug)]
+pub struct Scheduler {
+    config: SchedulerConfig,
+    queue: CoreQueue,
+    running: bool,
+    workers: usize,
+    out: HashMap<Ticket, Out>,
+    next_ticket: u64,
+    shares: HashMap<QueueId, Share>,
+    held: Held,
+    /// Destinations whose opportunistic TLS failed, until when. Expired marks are swept at
+    /// each new mark, so this holds at most the destinations that failed within one hold.
+    tls_failed: HashMap<DestinationKey, Instant>,
+    /// Dead-destination holds by key, so a hold outlives the collection of its idle
+    /// destination (mail arriving meanwhile must still wait). Swept at each new hold.
+    holds: HashMap<DestinationKey, SystemTime>,
+    swept_at: Option<Instant>,
+    published_at: Option<Instant>,
+}
+
+impl Scheduler {
+    pub fn new(config: SchedulerConfig) -> Scheduler {
+        let queue = CoreQueue::new(config.limits, config.destinations_max);
+        Scheduler {
+            config,
+            queue,
+            running: true,
+            workers: 0,
+            out: HashMap::new(),
+            next_ticket: 0,
+            shares: HashMap::new(),
+            held: Held::default(),
+            tls_failed: HashMap::new(),
+            holds: HashMap::new(),
+            swept_at: None,
+            published_at: None,
+        }
+    }
+
+    pub fn schedule(&self) -> &RetrySchedule {
+        &self.config.schedule
+    }
+
+    /// What this core holds of the ingest gauge: zero when nothing is queued or out.
+    pub fn held(&self) -> Held {
+        self.held
+    }
+
+    /// Stops new workers and new transactions (a drain); settlements go on.
+    pub fn stop(&mut self) {
+        self.running = false;
+    }
+
+    pub fn running(&self) -> bool {
+        self.running
+    }
+
+    /// Workers running or entries out: a drain waits for both.
+    pub fn busy(&self) -> bool {
+        self.workers > 0 || !self.out.is_empty()
+    }
+
+    pub fn workers(&self) -> usize {
+        self.workers
+    }
+
+    /// Entries out of the queue under a ticket.
+    pub fn out_len(&self) -> usize {
+        self.out.len()
+    }
+
+    /// The queue (read-only), for gauges and tests.
+    pub fn queue(&self) -> &CoreQueue {
+        &self.queue
+    }
+
+    pub fn destination_key(&self, dest: DestId) -> Option<DestinationKey> {
+        self.queue.get(dest).map(|d| d.key.clone())
+    }
+
+    /// Visits every queued entry (not those out) with its destination's key.
+    pub fn for_each_entry(&self, f: impl FnMut(&QueueEntry, &DestinationKey, bool)) {
+        self.queue.for_each_entry(f);
+    }
+
+    /// The entries out, with their purpose (for tests and the drain log).
+    pub fn for_each_out(&self, mut f: impl FnMut(Ticket, &QueueEntry, Purpose)) {
+        for (ticket, out) in &self.out {
+            f(*ticket, &out.entry, out.purpose);
+        }
+    }
+
+    // -----------------------------------------------------------------------------------
+    // Hand-offs and the gauge
+
+    /// Takes a hand-off into the queue: ready if due, else deferred (never past its
+    /// deadline). Its gauge share is held from now on.
+    pub fn accept(&mut self, job: Job, now: Now) -> Vec<Action> {
+        let share = self.shares.entry(job.id).or_insert(Share {
+            entries: 0,
+            bytes: 0,
+        });
+        share.entries += 1;
+        share.bytes = share.bytes.saturating_add(job.size);
+        self.held.entries += 1;
+        self.held.bytes = self.held.bytes.saturating_add(job.size);
+        let mut actions = Vec::new();
+        let dest = match self.destination(&job.key) {
+            Ok(dest) => dest,
+            Err(full) => {
+                actions.push(Action::Spilled {
+                    id: job.id,
+                    destination: Some(job.key),
+                    why: full.into(),
+                });
+                self.release(job.id, &mut actions);
+                return actions;
+            }
+        };
+        let mut entry = QueueEntry::new(job.id, dest, job.recipients, job.due);
+        entry.attempts = job.attempts;
+        entry.delay_noticed = job.delay_noticed;
+        if self.is_expired(&entry, now) {
+            self.expire(entry, &mut actions);
+            return actions;
+        }
+        let pushed = if job.due <= now.wall {
+            self.queue.push_ready(entry)
+        } else {
+            self.defer(entry)
+        };
+        if let Err(entry) = pushed {
+            self.release(entry.id, &mut actions);
+        }
+        actions
+    }
+
+    /// The destination for `key`, made anew (with its hold, if one is still on) when it was
+    /// collected.
+    fn destination(&mut self, key: &DestinationKey) -> Result<DestId, TooManyDestinations> {
+        if let Some(id) = self.queue.lookup(key) {
+            return Ok(id);
+        }
+        let id = self.queue.destination_id(key.clone())?;
+        if let (Some(until), Some(d)) = (self.holds.get(key), self.queue.get_mut(id)) {
+            d.hold_until(*until);
+        }
+        Ok(id)
+    }
+
+    fn is_expired(&self, entry: &QueueEntry, now: Now) -> bool {
+        schedule::expired(entry.first_seen(), now.wall, &self.config.schedule)
+    }
+
+    /// Moves what is due to the ready queues; what is due past its deadline expires at once
+    /// instead of waiting for the next sweep.
+    fn promote(&mut self, now: Now, actions: &mut Vec<Action>) {
+        while let Some(entry) = self.queue.pop_due(now.wall) {
+            if self.is_expired(&entry, now) {
+                self.expire(entry, actions);
+            } else if let Err(entry) = self.queue.push_ready(entry) {
+                // A destination with deferred entries is never collected.
+                self.release(entry.id, actions);
+            }
+        }
+    }
+
+    /// Hands back one entry's share of message `id`.
+    fn release(&mut self, id: QueueId, actions: &mut Vec<Action>) {
+        let Some(share) = self.shares.get_mut(&id) else {
+            debug_assert!(false, "release without a share");
+            return;
+        };
+        // The last entry takes the remainder, so the bytes return to exactly zero.
+        let bytes = if share.entries <= 1 {
+            share.bytes
+        } else {
+            share.bytes / share.entries
+        };
+        share.entries = share.entries.saturating_sub(1);
+        share.bytes -= bytes;
+        if share.entries == 0 {
+            self.shares.remove(&id);
+        }
+        self.held.entries = self.held.entries.saturating_sub(1);
+        self.held.bytes = self.held.bytes.saturating_sub(bytes);
+        actions.push(Action::Release { id, bytes });
+    }
+
+    /// Into the deferred index, never later than the entry's deadline: waiting past it would
+    /// expire the entry late.
+    fn defer(&mut self, entry: QueueEntry) -> Result<(), QueueEntry> {
+        let entry = self.capped(entry);
+        self.queue.defer(entry)
+    }
+
+    fn capped(&self, mut entry: QueueEntry) -> QueueEntry {
+        let deadline = self.config.schedule.deadline(entry.first_seen());
+        entry.due_ms = entry.due_ms.min(to_millis(deadline));
+        entry
+    }
+
+    // -----------------------------------------------------------------------------------
+    // The loop
+
+    /// One pass of the core's loop: forget unused destinations (every [`PUBLISH_EVERY`]),
+    /// promote what is due, sweep expired ready entries (every [`TICK`]), start workers.
+    pub fn poll(&mut self, now: Now) -> Poll {
+        let mut actions = Vec::new();
+        if self
+            .published_at
+            .is_none_or(|at| now.mono.saturating_duration_since(at) >= PUBLISH_EVERY)
+        {
+            // With MX routing every recipient domain is a destination: forget the idle ones.
+            self.queue.collect_unused();
+            self.published_at = Some(now.mono);
+            actions.push(Action::Publish);
+        }
+        self.promote(now, &mut actions);
+        // The sweep walks every ready entry: once a tick, not on every wake-up (a wake-up
+        // per finished transaction would make it quadratic in a long ready queue).
+        if self
+            .swept_at
+            .is_none_or(|at| now.mono.saturating_duration_since(at) >= TICK)
+        {
+            self.swept_at = Some(now.mono);
+            for entry in self.queue.take_expired(now.wall, &self.config.schedule) {
+                self.expire(entry, &mut actions);
+            }
+        }
+        self.dispatch(now, &mut actions);
+        let wait = self.queue.next_due().map_or(TICK, |due| {
+            due.duration_since(now.wall).unwrap_or_default().min(TICK)
+        });
+        Poll {
+            actions,
+            wake: wait,
+        }
+    }
+
+    fn take(&mut self, entry: QueueEntry, purpose: Purpose, transaction: bool) -> Ticket {
+        let ticket = Ticket(self.next_ticket);
+        self.next_ticket += 1;
+        let key = self.queue.get(entry.dest).map(|d| d.key.clone());
+        self.out.insert(
+            ticket,
+            Out {
+                entry,
+                key,
+                purpose,
+                transaction,
+                stage: Stage::Taken,
+            },
+        );
+        ticket
+    }
+
+    fn expire(&mut self, entry: QueueEntry, actions: &mut Vec<Action>) {
+        let ticket = self.take(entry.clone(), Purpose::Expire, false);
+        actions.push(Action::Expire { ticket, entry });
+    }
+
+    /// Starts workers where ready entries wait and limits allow.
+    fn dispatch(&mut self, now: Now, actions: &mut Vec<Action>) {
+        if !self.running {
+            return;
+        }
+        for id in self.queue.with_ready() {
+            let Some(dest) = self.queue.get_mut(id) else {
+                continue;
+            };
+            // Held or rate-limited: a worker would find nothing to send; the next tick
+            // looks again.
+            if dest.blocked_until(now.wall).is_some() {
+                continue;
+            }
+            let limit = dest
+                .limits
+                .connections_max
+                .min(dest.limits.transactions_max);
+            let wanted =
+                (dest.ready_len() as u64 + u64::from(dest.transactions())).min(u64::from(limit));
+            while u64::from(dest.connections()) < wanted {
+                dest.connection_opened();
+                self.workers += 1;
+                actions.push(Action::StartWorker(id));
+            }
+        }
+    }
+
+    // -----------------------------------------------------------------------------------
+    // Workers
+
+    /// The next entry a worker of `dest` may send now (its transaction counted), expiring
+    /// what waited too long at the front; `None` when the worker should quit.
+    pub fn take_next(
+        &mut self,
+        dest: DestId,
+        now: Now,
+    ) -> (Option<(Ticket, QueueEntry)>, Vec<Action>) {
+        let mut actions = Vec::new();
+        if !self.running {
+            return (None, actions);
+        }
+        loop {
+            let Some(d) = self.queue.get_mut(dest) else {
+                return (None, actions);
+            };
+            match d.next(now.wall, &self.config.schedule) {
+                Dispatch::Send(entry) => {
+                    let ticket = self.take(entry.clone(), Purpose::Attempt, true);
+                    return (Some((ticket, entry)), actions);
+                }
+                Dispatch::Expired(entry) => self.expire(entry, &mut actions),
+                Dispatch::Throttled { .. } | Dispatch::AtLimit | Dispatch::Idle => {
+                    return (None, actions)
+                }
+            }
+        }
+    }
+
+    /// The transaction of an attempt is over (its settlement may still run).
+    pub fn transaction_over(&mut self, ticket: Ticket) {
+        let Some(out) = self.out.get_mut(&ticket) else {
+            return;
+        };
+        if std::mem::take(&mut out.transaction) {
+            if let Some(d) = self.queue.get_mut(out.entry.dest) {
+                d.finish();
+            }
+        }
+    }
+
+    /// A worker of `dest` ended.
+    pub fn worker_done(&mut self, dest: DestId) {
+        if let Some(d) = self.queue.get_mut(dest) {
+            d.connection_closed();
+        }
+        self.workers = self.workers.saturating_sub(1);
+    }
+
+    /// The destination of `ticket` failed as a whole (DNS said no, no address answered, the
+    /// greeting refused service): its ready entries are taken too, to end the same way, and
+    /// a `temporary` failure holds the destination for the first retry interval, so a dead
+    /// host costs one connection attempt, not one per message.
+    pub fn fail_destination(
+        &mut self,
+        ticket: Ticket,
+        temporary: bool,
+        now: Now,
+    ) -> Result<Vec<(Ticket, QueueEntry)>, SchedulerError> {
+        let dest = self.stage_of(ticket, "destination failed")?.entry.dest;
+        self.transaction_over(ticket);
+        let mut taken = Vec::new();
+        for entry in self.queue.take_ready(dest) {
+            let t = self.take(entry.clone(), Purpose::DestinationFailed, false);
+            taken.push((t, entry));
+        }
+        if temporary {
+            let until = add_saturating(now.wall, self.config.schedule.base_interval(1));
+            if let Some(d) = self.queue.get_mut(dest) {
+                d.hold_until(until);
+                self.holds.retain(|_, u| *u > now.wall);
+                let held = self.holds.entry(d.key.clone()).or_insert(until);
+                *held = schedule::later_of(*held, until);
+            }
+        }
+        Ok(taken)
+    }
+
+    fn stage_of(&self, ticket: Ticket, event: &'static str) -> Result<&Out, SchedulerError> {
+        let out = self
+            .out
+            .get(&ticket)
+            .ok_or(SchedulerError::UnknownTicket(ticket))?;
+        match out.stage {
+            Stage::Taken => Ok(out),
+            ref stage => Err(SchedulerError::OutOfOrder {
+                ticket,
+                event,
+                stage: stage.name(),
+            }),
+        }
+    }
+
+    // -----------------------------------------------------------------------------------
+    // TLS
+
+    /// Should connections to `key` skip STARTTLS (its opportunistic TLS failed lately)?
+    pub fn tls_held(&self, key: &DestinationKey, now: Instant) -> bool {
+        self.tls_failed.get(key).is_some_and(|until| now < *until)
+    }
+
+    /// The opportunistic TLS handshake with `key` failed: plaintext for the hold.
+    pub fn tls_failed(&mut self, key: &DestinationKey, now: Instant) {
+        let hold = self.config.tls_failure_hold;
+        if hold.is_zero() {
+            return;
+        }
+        self.tls_failed.retain(|_, until| *until > now);
+        let until = now.checked_add(hold).unwrap_or(now);
+        self.tls_failed.insert(key.clone(), until);
+    }
+
+    // -----------------------------------------------------------------------------------
+    // Settling a ticket, in the durable order
+
+    /// The attempt's outcome is known: `requeue` holds the recipients still to deliver (with
+    /// their next attempt), `None` when every recipient is final. Its notices come first.
+    pub fn settle(
+        &mut self,
+        ticket: Ticket,
+        requeue: Option<QueueEntry>,
+    ) -> Result<Action, SchedulerError> {
+        self.stage_of(ticket, "settle")?;
+        self.transaction_over(ticket);
+        if let Some(out) = self.out.get_mut(&ticket) {
+            out.stage = Stage::Notices { requeue };
+        }
+        Ok(Action::StoreNotices(ticket))
+    }
+
+    /// The notices are stored (or given up on, each logged): the record comes next.
+    pub fn notices_stored(&mut self, ticket: Ticket) -> Result<Action, SchedulerError> {
+        let out = self
+            .out
+            .get_mut(&ticket)
+            .ok_or(SchedulerError::UnknownTicket(ticket))?;
+        match std::mem::replace(&mut out.stage, Stage::Taken) {
+            Stage::Notices { requeue } => {
+                out.stage = Stage::Record { requeue };
+                Ok(Action::StoreRecord(ticket))
+            }
+            stage => {
+                let name = stage.name();
+                out.stage = stage;
+                Err(SchedulerError::OutOfOrder {
+                    ticket,
+                    event: "notices stored",
+                    stage: name,
+                })
+            }
+        }
+    }
+
+    /// The record was written (`stored`) or not. Only a stored record lets the entry go or
+    /// move on; without it the spool still says "pending", so the whole entry is tried again
+    /// after the first interval.
+    pub fn record_stored(
+        &mut self,
+        ticket: Ticket,
+        stored: bool,
+        now: Now,
+    ) -> Result<Vec<Action>, SchedulerError> {
+        let out = self
+            .out
+            .get(&ticket)
+            .ok_or(SchedulerError::UnknownTicket(ticket))?;
+        let Stage::Record { requeue } = &out.stage else {
+            return Err(SchedulerError::OutOfOrder {
+                ticket,
+                event: "record stored",
+                stage: out.stage.name(),
+            });
+        };
+        let requeue = requeue.clone();
+        let Some(out) = self.out.remove(&ticket) else {
+            return Err(SchedulerError::UnknownTicket(ticket));
+        };
+        let mut actions = Vec::new();
+        if !stored {
+            self.retry_entry(ticket, out, now, &mut actions);
+            return Ok(actions);
+        }
+        self.end_transaction(&out);
+        match requeue {
+            Some(next) => self.requeue(ticket, next, &out.key, Requeue::Next, now, &mut actions),
+            None => self.release(out.entry.id, &mut actions),
+        }
+        Ok(actions)
+    }
+
+    /// The message is no longer in the spool (deleted, or every recipient final): the entry
+    /// is dropped and its share released.
+    pub fn gone(&mut self, ticket: Ticket) -> Result<Vec<Action>, SchedulerError> {
+        self.stage_of(ticket, "gone")?;
+        let mut actions = Vec::new();
+        if let Some(out) = self.out.remove(&ticket) {
+            self.end_transaction(&out);
+            self.release(out.entry.id, &mut actions);
+        }
+        Ok(actions)
+    }
+
+    /// Nothing was attempted (the message could not be read): back in the deferred index
+    /// after the first interval, without a record.
+    pub fn retry(&mut self, ticket: Ticket, now: Now) -> Result<Vec<Action>, SchedulerError> {
+        self.stage_of(ticket, "retry")?;
+        let mut actions = Vec::new();
+        if let Some(out) = self.out.remove(&ticket) {
+            self.retry_entry(ticket, out, now, &mut actions);
+        }
+        Ok(actions)
+    }
+
+    fn retry_entry(&mut self, ticket: Ticket, out: Out, now: Now, actions: &mut Vec<Action>) {
+        self.end_transaction(&out);
+        let mut again = out.entry;
+        let wait = self.config.schedule.interval(1, again.seed());
+        again.due_ms = to_millis(add_saturating(now.wall, wait));
+        self.requeue(ticket, again, &out.key, Requeue::Retry, now, actions);
+    }
+
+    fn end_transaction(&mut self, out: &Out) {
+        if out.transaction {
+            if let Some(d) = self.queue.get_mut(out.entry.dest) {
+                d.finish();
+            }
+        }
+    }
+
+    /// Puts an entry back under its destination, making the destination anew if it was
+    /// collected meanwhile. Only a full destination table loses it from memory.
+    fn requeue(
+        &mut self,
+        ticket: Ticket,
+        mut entry: QueueEntry,
+        key: &Option<DestinationKey>,
+        how: Requeue,
+        now: Now,
+        actions: &mut Vec<Action>,
+    ) {
+        if self.queue.get(entry.dest).map(|d| &d.key) != key.as_ref() {
+            let Some(key) = key else {
+                actions.push(Action::Spilled {
+                    id: entry.id,
+                    destination: None,
+                    why: Spill::NoDestination,
+                });
+                self.release(entry.id, actions);
+                return;
+            };
+            match self.destination(key) {
+                Ok(dest) => entry.dest = dest,
+                Err(full) => {
+                    actions.push(Action::Spilled {
+                        id: entry.id,
+                        destination: Some(key.clone()),
+                        why: full.into(),
+                    });
+                    self.release(entry.id, actions);
+                    return;
+                }
+            }
+        }
+        let entry = match how {
+            Requeue::Next if self.is_expired(&entry, now) => {
+                // Its deadline passed while it was out: it expires now, not at the next sweep.
+                self.expire(entry, actions);
+                return;
+            }
+            Requeue::Next => self.capped(entry),
+            // After a failed read or write the entry waits the whole first interval, expiry
+            // included: ending it needs the spool that just failed.
+            Requeue::Retry => entry,
+        };
+        let (id, due) = (entry.id, entry.due());
+        match self.queue.defer(entry) {
+            Ok(()) => actions.push(Action::Requeued { ticket, id, due }),
+            Err(entry) => self.release(entry.id, actions),
+        }
+    }
+
+    // -----------------------------------------------------------------------------------
+    // Operator commands
+
+    /// `relay queue flush`: matching deferred entries become ready now, and the matching
+    /// destinations' holds are lifted (the operator says "try now"). Returns how many moved.
+    pub fn flush(&mut self, which: &FlushFilter, now: Now) -> (usize, Vec<Action>) {
+        let mut dests: Vec<DestId> = Vec::new();
+        self.queue.for_each_entry(|e, key, _| {
+            let hit = match which {
+                FlushFilter::All => true,
+                FlushFilter::Message(id) => e.id == *id,
+                FlushFilter::Destination(d) => key.to_string().eq_ignore_ascii_case(d),
+            };
+            if hit && !dests.contains(&e.dest) {
+                dests.push(e.dest);
+            }
+        });
+        for dest in &dests {
+            if let Some(d) = self.queue.get_mut(*dest) {
+                d.release_hold();
+                self.holds.remove(&d.key);
+            }
+        }
+        let moved = self.queue.flush(|e| match which {
+            FlushFilter::All => true,
+            FlushFilter::Message(id) => e.id == *id,
+            FlushFilter::Destination(_) => dests.contains(&e.dest),
+        });
+        // An entry due past its deadline but not promoted yet expires now rather than wait
+        // in a ready queue for the next sweep (a flush is rare: the walk is cheap enough).
+        let mut actions = Vec::new();
+        for entry in self.queue.take_expired(now.wall, &self.config.schedule) {
+            self.expire(entry, &mut actions);
+        }
+        (moved, actions)
+    }
+
+    /// `relay queue delete|bounce`: every queued entry of message `id` leaves the queue to
+    /// be ended ([`Action::End`]); entries out for an attempt are not touched.
+    pub fn remove(&mut self, id: QueueId, bounce: bool) -> Vec<Action> {
+        let entries = self.queue.remove_message(id);
+        let mut actions = Vec::new();
+        for entry in entries {
+            // Taken out of the queue, its destination is still in the table.
+            let ticket = self.take(entry.clone(), Purpose::Remove, false);
+            actions.push(Action::End {
+                ticket,
+                entry,
+                bounce,
+            });
+        }
+        actions
+    }
+
+    /// What this core has queued (not what is out for an attempt).
+    pub fn snapshot(&self) -> Vec<Queued> {
+        let mut list = Vec::new();
+        self.queue.for_each_entry(|e, key, ready| {
+            list.push(Queued {
+                id: e.id,
+                destination: key.to_string(),
+                recipients: e.recipients.indices(),
+                due_unix_ms: e.due_ms,
+                attempts: e.attempts,
+                ready,
+                core: self.config.core,
+            });
+        });
+        list
+    }
+}
+
+#[cfg(test)]
+mod tests;
