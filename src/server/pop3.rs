@@ -23,7 +23,9 @@ use super::shard::ShardContext;
 use super::starttls::{self, DriveEnd, Upgradable, Wire};
 use crate::envelope::QueueId;
 use crate::mailbox::MaildropLock;
-use crate::net::conn::{compact, flush, stop_requested, within, GOODBYE_WRITE_LIMIT};
+use crate::net::conn::{
+    compact, flush, read_more, stop_requested, within, Expiry, Read, GOODBYE_WRITE_LIMIT,
+};
 use crate::net::io::Connection;
 use crate::net::tls::TlsSummary;
 use crate::pop3::{
@@ -228,37 +230,27 @@ impl Upgradable for Link {
                 ctx.pop3.idle_timeout,
                 ctx.pop3.command_timeout,
             );
-            let read = conn.read_into(std::mem::take(input));
-            tokio::pin!(read);
-            tokio::select! {
-                biased;
-                (result, buffer) = &mut read => {
-                    *input = buffer;
-                    match result {
-                        Ok(n) if n > 0 => {
-                            ctx.metrics.pop3.bytes_received.inc_by(n as u64);
-                        }
-                        // A dropped connection never enters UPDATE: nothing is deleted.
-                        _ => {
-                            conn.shutdown();
-                            return DriveEnd::Closed;
-                        }
+            let (read, buffer) = read_more(
+                conn,
+                std::mem::take(input),
+                deadline.into(),
+                stop_requested(phase, false),
+                |expiry| {
+                    match expiry {
+                        Expiry::Deadline => session.timed_out(out),
+                        Expiry::Stop => session.shutting_down(out),
                     }
+                    std::mem::take(&mut out.bytes)
+                },
+            )
+            .await;
+            *input = buffer;
+            match read {
+                Read::Data(n) => {
+                    ctx.metrics.pop3.bytes_received.inc_by(n as u64);
                 }
-                _ = tokio::time::sleep_until(deadline.into()) => {
-                    session.timed_out(out);
-                    let _ = flush(conn, &mut out.bytes, GOODBYE_WRITE_LIMIT).await;
-                    conn.shutdown();
-                    let _ = read.await;
-                    return DriveEnd::Closed;
-                }
-                _ = stop_requested(phase, false) => {
-                    session.shutting_down(out);
-                    let _ = flush(conn, &mut out.bytes, GOODBYE_WRITE_LIMIT).await;
-                    conn.shutdown();
-                    let _ = read.await;
-                    return DriveEnd::Closed;
-                }
+                // A dropped connection never enters UPDATE: nothing is deleted.
+                _ => return DriveEnd::Closed,
             }
         }
     }

@@ -20,7 +20,7 @@ use super::pop3;
 use super::smtp;
 use crate::delivery::Core;
 use crate::mailbox::{Directory, MailStore};
-use crate::net::conn::{stop_requested, READ_CHUNK};
+use crate::net::conn::{read_more, stop_requested, Expiry, Read, READ_CHUNK};
 use crate::net::io::epoll::{EpollConnector, EpollListener};
 use crate::net::io::uring::{UringConnector, UringListener};
 use crate::net::io::Connector;
@@ -304,8 +304,7 @@ enum HeaderFailure {
 }
 
 /// Reads until the PROXY header is complete: its source address (None: keep the socket's)
-/// and the bytes read after it. Never reads past `proxy::MAX_HEADER` without deciding;
-/// the deadline and shutdown shut the socket down, then let the pending read complete.
+/// and the bytes read after it. Never reads past `proxy::MAX_HEADER` without deciding.
 async fn read_proxy_header<C: Connection>(
     conn: &C,
     limit: Duration,
@@ -321,28 +320,17 @@ async fn read_proxy_header<C: Connection>(
             input.drain(..consumed);
             return Ok((source, input));
         }
-        let read = conn.read_into(input);
-        tokio::pin!(read);
-        tokio::select! {
-            biased;
-            (result, buffer) = &mut read => {
-                input = buffer;
-                match result {
-                    Ok(0) => return Err(HeaderFailure::Closed),
-                    Ok(_) => {}
-                    Err(error) => return Err(HeaderFailure::Read(error)),
-                }
-            }
-            _ = tokio::time::sleep_until(deadline) => {
-                conn.shutdown();
-                let _ = read.await;
-                return Err(HeaderFailure::Timeout(limit));
-            }
-            _ = stop_requested(phase, false) => {
-                conn.shutdown();
-                let _ = read.await;
-                return Err(HeaderFailure::Stopping);
-            }
+        let (read, buffer) = read_more(conn, input, deadline, stop_requested(phase, false), |_| {
+            Vec::new()
+        })
+        .await;
+        input = buffer;
+        match read {
+            Read::Data(_) => {}
+            Read::Closed => return Err(HeaderFailure::Closed),
+            Read::Error(error) => return Err(HeaderFailure::Read(error)),
+            Read::Expired(Expiry::Deadline) => return Err(HeaderFailure::Timeout(limit)),
+            Read::Expired(Expiry::Stop) => return Err(HeaderFailure::Stopping),
         }
     }
 }

@@ -6,8 +6,9 @@
 //! data wait too, as RFC 2920 ordering requires); when the session needs more bytes, write
 //! every reply it produced in one write, then read.
 //!
-//! Timeouts never drop an in-flight tokio-uring operation (DESIGN.md §1a): the connection
-//! is shut down first, which completes the pending operation, and only then is it released.
+//! Reads wait through [`read_more`], which never drops an in-flight tokio-uring operation
+//! (DESIGN.md §1a): a timeout or shutdown writes the 421, shuts the connection down and
+//! lets the pending read complete.
 //!
 //! Slow clients (Postfix 3.7's `smtpd_per_request_deadline` and `smtpd_min_data_rate`,
 //! which this follows): `smtp.command_timeout` is a deadline for a whole command line,
@@ -22,7 +23,6 @@
 //! `smtp.error_delay_after` errors), the replies wait that long before they are written; a
 //! shutdown cuts the wait short.
 
-use std::future::Future;
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -33,7 +33,9 @@ use super::shard::Protocol;
 use super::shard::ShardContext;
 use super::starttls::{self, DriveEnd, Upgradable, Wire};
 use crate::envelope::QueueId;
-use crate::net::conn::{compact, flush, stop_requested, within, GOODBYE_WRITE_LIMIT};
+use crate::net::conn::{
+    compact, flush, read_more, stop_requested, within, Expiry, Read, GOODBYE_WRITE_LIMIT,
+};
 use crate::net::io::Connection;
 use crate::net::tls::TlsSummary;
 use crate::smtp::{AuthFailure, Credentials, Event, Outbox, Session, Submission, SubmitError};
@@ -233,43 +235,37 @@ impl Upgradable for Link {
             }
             compact(input, consumed);
             let deadline = deadlines.next(session.receiving_data(), Instant::now(), ctx);
-            let read = conn.read_into(std::mem::take(input));
-            tokio::pin!(read);
             let in_transaction = session.in_transaction();
-            tokio::select! {
-                biased;
-                (result, buffer) = &mut read => {
-                    *input = buffer;
-                    match result {
-                        Ok(n) if n > 0 => {
-                            ctx.metrics.smtp.bytes_received.inc_by(n as u64);
-                            if let Some((_, received)) = &mut deadlines.data {
-                                *received += n as u64;
-                            }
-                        }
-                        Ok(_) => {
-                            ended(conn, in_transaction, peer, "client closed the connection");
-                            return DriveEnd::Closed;
-                        }
-                        Err(_) => {
-                            ended(conn, in_transaction, peer, "read error");
-                            return DriveEnd::Closed;
-                        }
+            let (read, buffer) = read_more(
+                conn,
+                std::mem::take(input),
+                deadline.into(),
+                stop_requested(phase, in_transaction),
+                |expiry| {
+                    match expiry {
+                        Expiry::Deadline => session.timed_out(out),
+                        Expiry::Stop => session.shutting_down(out),
                     }
+                    std::mem::take(&mut out.bytes)
+                },
+            )
+            .await;
+            *input = buffer;
+            let why = match read {
+                Read::Data(n) => {
+                    ctx.metrics.smtp.bytes_received.inc_by(n as u64);
+                    if let Some((_, received)) = &mut deadlines.data {
+                        *received += n as u64;
+                    }
+                    continue;
                 }
-                _ = tokio::time::sleep_until(deadline.into()) => {
-                    session.timed_out(out);
-                    goodbye(conn, out, read).await;
-                    ended(conn, in_transaction, peer, "timeout");
-                    return DriveEnd::Closed;
-                }
-                _ = stop_requested(phase, in_transaction) => {
-                    session.shutting_down(out);
-                    goodbye(conn, out, read).await;
-                    ended(conn, in_transaction, peer, "server shutting down");
-                    return DriveEnd::Closed;
-                }
-            }
+                Read::Closed => "client closed the connection",
+                Read::Error(_) => "read error",
+                Read::Expired(Expiry::Deadline) => "timeout",
+                Read::Expired(Expiry::Stop) => "server shutting down",
+            };
+            ended(in_transaction, peer, why);
+            return DriveEnd::Closed;
         }
     }
 }
@@ -317,10 +313,10 @@ async fn tarpit(
     }
 }
 
-/// Closes the socket; a transaction cut short gets its log line. `in_transaction` is taken
-/// before the read: a timeout or a shutdown has closed the session by the time this runs,
-/// and a closed session is in no transaction.
-fn ended<C: Connection>(conn: &C, in_transaction: bool, peer: SocketAddr, why: &'static str) {
+/// A transaction cut short gets its log line. `in_transaction` is taken before the read: a
+/// timeout or a shutdown has closed the session by the time this runs, and a closed session
+/// is in no transaction.
+fn ended(in_transaction: bool, peer: SocketAddr, why: &'static str) {
     if in_transaction {
         tracing::info!(
             target: "relay::transaction",
@@ -329,19 +325,6 @@ fn ended<C: Connection>(conn: &C, in_transaction: bool, peer: SocketAddr, why: &
             "transaction abandoned"
         );
     }
-    conn.shutdown();
-}
-
-/// Sends the session's last reply (a 421), shuts the socket down and lets the pending read
-/// complete, so nothing is left armed.
-async fn goodbye<C: Connection, F: Future>(
-    conn: &C,
-    out: &mut Outbox,
-    pending_read: std::pin::Pin<&mut F>,
-) {
-    let _ = flush(conn, &mut out.bytes, GOODBYE_WRITE_LIMIT).await;
-    conn.shutdown();
-    let _ = pending_read.await;
 }
 
 /// Checks AUTH credentials against the directory on the blocking pool (argon2 must not
