@@ -111,7 +111,7 @@ impl Upgradable for Link {
         let peer = *peer;
         loop {
             let mut progressed = false;
-            if *consumed < input.len() && !session.awaiting() && !session.is_closed() {
+            if *consumed < input.len() && session.wants_input() {
                 let n = session.handle_input(&input[*consumed..], out);
                 *consumed += n;
                 progressed = n > 0;

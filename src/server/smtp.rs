@@ -127,12 +127,7 @@ impl Upgradable for Link {
         loop {
             // 1. Let the session take what it can from the buffered input.
             let mut progressed = false;
-            if *consumed < input.len()
-                && !session.awaiting_submission()
-                && !session.awaiting_authentication()
-                && !session.awaiting_tls()
-                && !session.is_closed()
-            {
+            if *consumed < input.len() && session.wants_input() {
                 let n = session.handle_input(&input[*consumed..], SystemTime::now(), out);
                 *consumed += n;
                 progressed = n > 0;
