@@ -9,7 +9,9 @@
 //! whatever partial frame the exit left.
 
 pub mod admission;
+pub mod auth;
 pub mod dnsbl;
+pub mod ingest;
 pub mod pop3;
 pub mod shard;
 pub mod smtp;
@@ -34,7 +36,8 @@ use crate::runtime::shard::{Placement, ShardEvent};
 use crate::runtime::{choose_engine, probe, Engine, Phase, UringUnavailable};
 use crate::server::admission::AuthFailures;
 use crate::server::admission::{Admission, ClientTable};
-use crate::server::shard::{Pop3Context, Protocol, ShardContext, SmtpAuthContext};
+use crate::server::auth::{Auth, Policy};
+use crate::server::shard::{Pop3Context, Protocol, ShardContext};
 use crate::smtp::client::ClientConfig;
 use crate::smtp::{Gate, Mailboxes, SessionConfig};
 use crate::spool::{Spool, SpoolConfig, SpoolError};
@@ -332,17 +335,22 @@ pub fn run(config: Config) -> Result<(), ServerError> {
         let store = Arc::clone(&spool);
         let pop3 = Pop3Context {
             config: Arc::clone(&pop3_config),
-            directory: Arc::clone(&directory),
             idle_timeout: config.pop3.idle_timeout.0,
             command_timeout: config.pop3.command_timeout.0,
-            auth_failure_delay: config.pop3.auth_failure_delay.0,
-            auth_failures: Arc::clone(&auth_failures),
             allow_plaintext_auth: config.pop3.allow_plaintext_auth,
         };
-        let smtp_auth = SmtpAuthContext {
+        let auth = Auth {
             directory: Arc::clone(&directory),
-            failure_delay: config.smtp.auth_failure_delay.0,
-            failures: Arc::clone(&smtp_auth_failures),
+            smtp: Policy {
+                failures: Arc::clone(&smtp_auth_failures),
+                per_user: true,
+                failure_delay: config.smtp.auth_failure_delay.0,
+            },
+            pop3: Policy {
+                failures: Arc::clone(&auth_failures),
+                per_user: false,
+                failure_delay: config.pop3.auth_failure_delay.0,
+            },
         };
         let core_metrics = metrics.core(index);
         let core_max = config.server.connections_per_core_max;
@@ -380,7 +388,7 @@ pub fn run(config: Config) -> Result<(), ServerError> {
                 store,
                 mail_store,
                 pop3,
-                smtp_auth,
+                auth,
                 admission: Admission::new(core_max, clients),
                 phase,
                 delivery,

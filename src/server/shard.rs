@@ -14,12 +14,12 @@ use std::thread::JoinHandle;
 use crossbeam::channel::Sender;
 use tokio::sync::watch;
 
-use super::admission::AuthFailures;
 use super::admission::{Admission, Permit, Refusal, Unidentified};
+use super::auth::Auth;
 use super::pop3;
 use super::smtp;
 use crate::delivery::Core;
-use crate::mailbox::{Directory, MailStore};
+use crate::mailbox::MailStore;
 use crate::net::conn::{read_more, stop_requested, Expiry, Read, READ_CHUNK};
 use crate::net::io::epoll::{EpollConnector, EpollListener};
 use crate::net::io::uring::{UringConnector, UringListener};
@@ -51,7 +51,8 @@ pub struct ShardContext {
     /// Maildrops, updated once a local delivery or a deletion is durable.
     pub mail_store: Arc<MailStore>,
     pub pop3: Pop3Context,
-    pub smtp_auth: SmtpAuthContext,
+    /// SMTP AUTH and POP3 logins.
+    pub auth: Auth,
     pub admission: Admission,
     pub phase: watch::Receiver<Phase>,
     /// Outbound delivery: the mesh to hand recipients to their owner core, and settings.
@@ -68,21 +69,11 @@ pub struct ShardContext {
 /// What POP3 connections need besides the common parts.
 pub struct Pop3Context {
     pub config: Arc<crate::pop3::SessionConfig>,
-    pub directory: Arc<Directory>,
     pub idle_timeout: Duration,
     /// How long a begun command line may take to complete (`pop3.command_timeout`).
     pub command_timeout: Duration,
-    pub auth_failure_delay: Duration,
-    pub auth_failures: Arc<AuthFailures>,
     /// `pop3.allow_plaintext_auth`: passwords before TLS from beyond loopback.
     pub allow_plaintext_auth: bool,
-}
-
-/// What SMTP AUTH needs: the POP3 users' directory and its own failure limits.
-pub struct SmtpAuthContext {
-    pub directory: Arc<Directory>,
-    pub failure_delay: Duration,
-    pub failures: Arc<AuthFailures>,
 }
 
 /// Which protocol a listener speaks.
