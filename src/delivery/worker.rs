@@ -28,7 +28,7 @@ use bytes::Bytes;
 
 use super::resolve::{self, Resolution, Target};
 use super::Core;
-use crate::net::conn::{compact, stop_requested, within};
+use crate::net::conn::{compact, read_more, stop_requested, within, Expiry, Read};
 use crate::net::io::{Connection, Connector};
 use crate::net::tls::{TlsConnection, TlsSummary};
 use crate::queue::outcome::{self, recipient_of, Attempted};
@@ -513,46 +513,25 @@ async fn converse<C: Connector + 'static, K: Connection>(
                 if input.capacity() - input.len() < READ_CHUNK / 4 {
                     input.reserve(READ_CHUNK);
                 }
-                let read = conn.read_into(std::mem::take(input));
-                tokio::pin!(read);
-                enum Woke {
-                    Read(std::io::Result<usize>, Vec<u8>),
-                    TimedOut,
-                    Stop,
-                }
-                let woke = tokio::select! {
-                    biased;
-                    (result, buffer) = &mut read => Woke::Read(result, buffer),
-                    _ = tokio::time::sleep(limit) => Woke::TimedOut,
-                    _ = stop_requested(&mut phase, true) => Woke::Stop,
-                };
-                match woke {
-                    Woke::Read(result, buffer) => {
-                        conv.input = buffer;
-                        match result {
-                            Ok(n) if n > 0 => {
-                                let used = conv
-                                    .client
-                                    .handle_input(&conv.input[conv.consumed..], &mut conv.out);
-                                conv.consumed += used;
-                            }
-                            _ => {
-                                conn.shutdown();
-                                conv.client.connection_lost(&mut conv.out);
-                            }
-                        }
+                let (read, buffer) = read_more(
+                    conn,
+                    std::mem::take(input),
+                    tokio::time::Instant::now() + limit,
+                    stop_requested(&mut phase, true),
+                    |_| Vec::new(),
+                )
+                .await;
+                conv.input = buffer;
+                match read {
+                    Read::Data(_) => {
+                        let used = conv
+                            .client
+                            .handle_input(&conv.input[conv.consumed..], &mut conv.out);
+                        conv.consumed += used;
                     }
-                    woke => {
-                        // Shut first, then let the read complete: nothing stays armed.
-                        conn.shutdown();
-                        let (_, buffer) = read.await;
-                        conv.input = buffer;
-                        if matches!(woke, Woke::TimedOut) {
-                            conv.client.timed_out(&mut conv.out);
-                        } else {
-                            conv.client.connection_lost(&mut conv.out);
-                        }
-                    }
+                    Read::Expired(Expiry::Deadline) => conv.client.timed_out(&mut conv.out),
+                    // read_more has shut the socket.
+                    _ => conv.client.connection_lost(&mut conv.out),
                 }
             }
         }

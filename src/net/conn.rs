@@ -2,6 +2,7 @@
 //! operation armed, the shutdown signal, reply flushing and read-buffer management.
 
 use std::future::Future;
+use std::io;
 use std::time::Duration;
 
 use tokio::sync::watch;
@@ -37,6 +38,62 @@ pub async fn within<C: Connection, F: Future>(
             Err(Expired)
         }
     }
+}
+
+/// How a [`read_more`] ended.
+#[derive(Debug)]
+pub enum Read {
+    /// This many bytes were appended to the buffer.
+    Data(usize),
+    /// The peer closed its side.
+    Closed,
+    Error(io::Error),
+    /// The deadline passed or the stop signal came first.
+    Expired(Expiry),
+}
+
+/// Which wait ended a read before any bytes came.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Expiry {
+    Deadline,
+    Stop,
+}
+
+/// Reads once into the spare capacity of `buf`, until `deadline` or until `stop` resolves,
+/// whichever comes first (a read that completes wins a tie). The one place that keeps the
+/// io_uring rule of DESIGN.md §1a for reads: when the wait ends first, `goodbye` is asked
+/// for the last bytes to send (an empty vector: none), they are written while the read is
+/// still armed (within [`GOODBYE_WRITE_LIMIT`]), then the connection is shut down and the
+/// pending read is awaited to completion. Whatever ends it but [`Read::Data`], the
+/// connection is shut down on return and no operation is left armed; the buffer comes back
+/// in every case.
+pub async fn read_more<C: Connection>(
+    conn: &C,
+    buf: Vec<u8>,
+    deadline: tokio::time::Instant,
+    stop: impl Future,
+    goodbye: impl FnOnce(Expiry) -> Vec<u8>,
+) -> (Read, Vec<u8>) {
+    let read = conn.read_into(buf);
+    tokio::pin!(read);
+    let expiry = tokio::select! {
+        biased;
+        (result, buf) = &mut read => {
+            let read = match result {
+                Ok(0) => Read::Closed,
+                Ok(n) => return (Read::Data(n), buf),
+                Err(error) => Read::Error(error),
+            };
+            conn.shutdown();
+            return (read, buf);
+        }
+        _ = tokio::time::sleep_until(deadline) => Expiry::Deadline,
+        _ = stop => Expiry::Stop,
+    };
+    let _ = flush(conn, &mut goodbye(expiry), GOODBYE_WRITE_LIMIT).await;
+    conn.shutdown();
+    let (_, buf) = read.await;
+    (Read::Expired(expiry), buf)
 }
 
 /// Resolves when this connection must end because of shutdown: at once when stopping, and
@@ -83,4 +140,194 @@ pub fn compact(input: &mut Vec<u8>, consumed: &mut usize) {
     if input.capacity() - input.len() < READ_CHUNK / 4 {
         input.reserve(READ_CHUNK);
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::net::io::epoll::EpollConnector;
+    use crate::net::io::uring::UringConnector;
+    use crate::net::io::Connector;
+    use std::cell::Cell;
+    use std::io::{Read as _, Write as _};
+    use std::net::TcpStream;
+
+    const LONG: Duration = Duration::from_secs(30);
+    /// Bounds every blocking wait of the peer, so a broken primitive fails instead of hanging.
+    const PEER_WAIT: Duration = Duration::from_secs(5);
+
+    /// Our side (through the engine) and the peer's (a blocking std socket) of one loopback
+    /// connection.
+    async fn pair<K: Connector>(connector: K) -> (K::Conn, TcpStream) {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let conn = connector.connect(addr, PEER_WAIT).await.unwrap();
+        let (peer, _) = listener.accept().unwrap();
+        peer.set_read_timeout(Some(PEER_WAIT)).unwrap();
+        (conn, peer)
+    }
+
+    fn far() -> tokio::time::Instant {
+        tokio::time::Instant::now() + LONG
+    }
+
+    /// Fails the test instead of hanging when a read that should end does not.
+    async fn bounded<F: Future>(io: F) -> F::Output {
+        tokio::time::timeout(PEER_WAIT, io)
+            .await
+            .expect("the read ended")
+    }
+
+    fn no_goodbye(_: Expiry) -> Vec<u8> {
+        Vec::new()
+    }
+
+    /// Everything the peer receives until our side's end of stream.
+    fn received(peer: &mut TcpStream) -> Vec<u8> {
+        let mut got = Vec::new();
+        peer.read_to_end(&mut got).unwrap();
+        got
+    }
+
+    async fn data<K: Connector>(connector: K) {
+        let (conn, mut peer) = pair(connector).await;
+        peer.write_all(b"EHLO x\r\n").unwrap();
+        let mut buf = Vec::with_capacity(64);
+        buf.extend_from_slice(b"kept");
+        let (read, buf) = bounded(read_more(
+            &conn,
+            buf,
+            far(),
+            std::future::pending::<()>(),
+            no_goodbye,
+        ))
+        .await;
+        assert!(matches!(read, Read::Data(8)), "{read:?}");
+        assert_eq!(buf, b"keptEHLO x\r\n");
+        // Data leaves the connection open: the next read gets the next bytes.
+        peer.write_all(b"QUIT\r\n").unwrap();
+        let (read, buf) = bounded(read_more(
+            &conn,
+            buf,
+            far(),
+            std::future::pending::<()>(),
+            no_goodbye,
+        ))
+        .await;
+        assert!(matches!(read, Read::Data(6)), "{read:?}");
+        assert_eq!(buf, b"keptEHLO x\r\nQUIT\r\n");
+    }
+
+    async fn peer_close<K: Connector>(connector: K) {
+        let (conn, peer) = pair(connector).await;
+        drop(peer);
+        let asked = Cell::new(false);
+        let goodbye = |_| {
+            asked.set(true);
+            b"421 bye\r\n".to_vec()
+        };
+        let (read, buf) = bounded(read_more(
+            &conn,
+            Vec::with_capacity(64),
+            far(),
+            std::future::pending::<()>(),
+            goodbye,
+        ))
+        .await;
+        assert!(matches!(read, Read::Closed), "{read:?}");
+        assert!(buf.is_empty());
+        assert!(!asked.get(), "no goodbye to a peer that left");
+    }
+
+    async fn deadline<K: Connector>(connector: K) {
+        let (conn, mut peer) = pair(connector).await;
+        let started = tokio::time::Instant::now();
+        let limit = Duration::from_millis(100);
+        let asked = Cell::new(None);
+        let goodbye = |expiry| {
+            asked.set(Some(expiry));
+            b"421 4.4.2 timeout\r\n".to_vec()
+        };
+        let (read, _) = bounded(read_more(
+            &conn,
+            Vec::with_capacity(64),
+            started + limit,
+            std::future::pending::<()>(),
+            goodbye,
+        ))
+        .await;
+        assert!(matches!(read, Read::Expired(Expiry::Deadline)), "{read:?}");
+        assert!(started.elapsed() >= limit);
+        assert_eq!(asked.get(), Some(Expiry::Deadline));
+        // `conn` is still open here: the end of stream comes from the shutdown, after the
+        // goodbye.
+        assert_eq!(received(&mut peer), b"421 4.4.2 timeout\r\n");
+        // Bytes sent now are not taken by a read left armed: our side's next read sees
+        // the shut socket at once.
+        let _ = peer.write_all(b"late\r\n");
+        let next = tokio::time::timeout(PEER_WAIT, conn.read_into(Vec::with_capacity(64))).await;
+        let (result, buf) = next.expect("a read on the shut socket completes");
+        // End of stream or a reset (the kernel answers data for a shut socket with RST);
+        // never the late bytes, and never a wait.
+        assert!(!matches!(result, Ok(n) if n > 0), "{result:?}");
+        assert!(buf.is_empty());
+    }
+
+    async fn stop<K: Connector>(connector: K) {
+        let (conn, mut peer) = pair(connector).await;
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let asked = Cell::new(None);
+        let goodbye = |expiry| {
+            asked.set(Some(expiry));
+            b"421 4.3.2 shutting down\r\n".to_vec()
+        };
+        // The signal comes while the read is armed (read_more is polled first).
+        let ((read, _), _) = tokio::join!(
+            bounded(read_more(&conn, Vec::with_capacity(64), far(), rx, goodbye)),
+            async move { tx.send(()) }
+        );
+        assert!(matches!(read, Read::Expired(Expiry::Stop)), "{read:?}");
+        assert_eq!(asked.get(), Some(Expiry::Stop));
+        assert_eq!(received(&mut peer), b"421 4.3.2 shutting down\r\n");
+    }
+
+    async fn silent_expiry<K: Connector>(connector: K) {
+        let (conn, mut peer) = pair(connector).await;
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(20);
+        let (read, _) = bounded(read_more(
+            &conn,
+            Vec::with_capacity(64),
+            deadline,
+            std::future::pending::<()>(),
+            no_goodbye,
+        ))
+        .await;
+        assert!(matches!(read, Read::Expired(Expiry::Deadline)), "{read:?}");
+        assert_eq!(received(&mut peer), b"");
+    }
+
+    /// One test per case and engine: `uring::data`, `epoll::data`, ...
+    macro_rules! on_both_engines {
+        ($($case:ident),*) => {
+            mod uring {
+                $(#[test]
+                fn $case() {
+                    let runtime = tokio_uring::Runtime::new(&tokio_uring::builder()).unwrap();
+                    runtime.block_on(super::$case(super::UringConnector));
+                })*
+            }
+            mod epoll {
+                $(#[test]
+                fn $case() {
+                    let runtime = tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                        .unwrap();
+                    runtime.block_on(super::$case(super::EpollConnector));
+                })*
+            }
+        };
+    }
+
+    on_both_engines!(data, peer_close, deadline, stop, silent_expiry);
 }

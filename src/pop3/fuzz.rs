@@ -139,7 +139,7 @@ fn drive(data: &[u8]) -> u32 {
         }
         // What stays unconsumed is part of one incomplete command line (POP3 also ends a
         // line at a bare LF).
-        if !session.awaiting() && !session.is_closed() {
+        if session.wants_input() {
             assert!(
                 !pending.contains(&b'\n'),
                 "a complete line was left unconsumed"

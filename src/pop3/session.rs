@@ -534,6 +534,12 @@ impl Session {
         matches!(self.state, State::Closed)
     }
 
+    /// Whether input may be fed now: no event is out waiting for the driver's answer and
+    /// the session is not closed.
+    pub fn wants_input(&self) -> bool {
+        !self.awaiting() && !self.is_closed()
+    }
+
     /// The authenticated user, from a successful `authenticated` on.
     pub fn user(&self) -> Option<&str> {
         match &self.state {
@@ -577,7 +583,7 @@ impl Session {
     /// One unit of progress; `None` when nothing more can happen without more input or an
     /// answer. Never `Some(0)`.
     fn step(&mut self, input: &[u8], out: &mut Outbox) -> Option<usize> {
-        if self.awaiting() || self.is_closed() || input.is_empty() {
+        if !self.wants_input() || input.is_empty() {
             return None;
         }
         if self.draining {
@@ -1296,6 +1302,21 @@ mod tests {
                 },
             ]
         );
+    }
+
+    #[test]
+    fn wants_input_unless_an_event_is_out_or_closed() {
+        let mut out = Outbox::default();
+        let mut session = Session::new(Arc::new(config()), "n", &mut out);
+        assert!(session.wants_input());
+        session.handle_input(b"USER alice\r\nPASS secret\r\n", &mut out);
+        assert!(session.awaiting() && !session.wants_input());
+        session.authenticated(Some("alice".into()), &mut out);
+        assert!(session.awaiting() && !session.wants_input());
+        session.locked(LockResult::Locked(Driver::entries()), &mut out);
+        assert!(session.wants_input());
+        session.timed_out(&mut out);
+        assert!(session.is_closed() && !session.wants_input());
     }
 
     #[test]

@@ -9,7 +9,9 @@
 //! whatever partial frame the exit left.
 
 pub mod admission;
+pub mod auth;
 pub mod dnsbl;
+pub mod ingest;
 pub mod pop3;
 pub mod shard;
 pub mod smtp;
@@ -34,7 +36,8 @@ use crate::runtime::shard::{Placement, ShardEvent};
 use crate::runtime::{choose_engine, probe, Engine, Phase, UringUnavailable};
 use crate::server::admission::AuthFailures;
 use crate::server::admission::{Admission, ClientTable};
-use crate::server::shard::{Pop3Context, Protocol, ShardContext, SmtpAuthContext};
+use crate::server::auth::{Auth, Policy};
+use crate::server::shard::{Pop3Context, Protocol, ShardContext};
 use crate::smtp::{Gate, Mailboxes, SessionConfig};
 use crate::spool::{Spool, SpoolError};
 use shard::ShardSeed;
@@ -419,22 +422,27 @@ impl AuthContexts {
     }
 
     /// One shard's POP3 and SMTP AUTH contexts.
-    fn shard(&self, config: &Config) -> (Pop3Context, SmtpAuthContext) {
+    fn shard(&self, config: &Config) -> (Pop3Context, Auth) {
         let pop3 = Pop3Context {
             config: Arc::clone(&self.pop3_config),
-            directory: Arc::clone(&self.directory),
             idle_timeout: config.pop3.idle_timeout.0,
             command_timeout: config.pop3.command_timeout.0,
-            auth_failure_delay: config.pop3.auth_failure_delay.0,
-            auth_failures: Arc::clone(&self.pop3_failures),
             allow_plaintext_auth: config.pop3.allow_plaintext_auth,
         };
-        let smtp_auth = SmtpAuthContext {
+        let auth = Auth {
             directory: Arc::clone(&self.directory),
-            failure_delay: config.smtp.auth_failure_delay.0,
-            failures: Arc::clone(&self.smtp_failures),
+            smtp: Policy {
+                failures: Arc::clone(&self.smtp_failures),
+                per_user: true,
+                failure_delay: config.smtp.auth_failure_delay.0,
+            },
+            pop3: Policy {
+                failures: Arc::clone(&self.pop3_failures),
+                per_user: false,
+                failure_delay: config.pop3.auth_failure_delay.0,
+            },
         };
-        (pop3, smtp_auth)
+        (pop3, auth)
     }
 }
 
@@ -454,7 +462,7 @@ impl Contexts {
             tls,
             ..
         } = &*self.config;
-        let (pop3_context, smtp_auth) = self.auth.shard(&self.config);
+        let (pop3_context, auth) = self.auth.shard(&self.config);
         ShardContext {
             shard: index,
             hostname: self.hostname.clone(),
@@ -468,7 +476,7 @@ impl Contexts {
             store: Arc::clone(&self.spool),
             mail_store: Arc::clone(&self.mail_store),
             pop3: pop3_context,
-            smtp_auth,
+            auth,
             admission: Admission::new(server.connections_per_core_max, Arc::clone(&self.clients)),
             phase: self.phase.clone(),
             delivery: Arc::clone(&self.delivery),

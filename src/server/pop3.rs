@@ -1,6 +1,6 @@
 //! One POP3 connection: moves bytes between the socket and the sans-IO [`crate::pop3::Session`],
-//! and answers its events: credentials (argon2 off the core, a delay on failure, a per-IP
-//! failure limit), the maildrop lock, message bytes from the spool, durable deletions.
+//! and answers its events: credentials (checked by [`super::auth`]), the maildrop lock,
+//! message bytes from the spool, durable deletions.
 //!
 //! A mailbox is an index over the spool: RETR reads the stored body bytes straight from the
 //! segment (one pread, no record decoding); QUIT's deletions are appended to the spool log
@@ -23,12 +23,12 @@ use super::shard::ShardContext;
 use super::starttls::{self, DriveEnd, Upgradable, Wire};
 use crate::envelope::QueueId;
 use crate::mailbox::MaildropLock;
-use crate::net::conn::{compact, flush, stop_requested, within, GOODBYE_WRITE_LIMIT};
+use crate::net::conn::{
+    compact, flush, read_more, stop_requested, within, Expiry, Read, GOODBYE_WRITE_LIMIT,
+};
 use crate::net::io::Connection;
 use crate::net::tls::TlsSummary;
-use crate::pop3::{
-    Credentials, Event, LockResult, MaildropEntry, NotStored, Outbox, Session, Unavailable,
-};
+use crate::pop3::{Event, LockResult, MaildropEntry, NotStored, Outbox, Session, Unavailable};
 
 /// Serves one accepted POP3 connection until it ends. `_permit` holds the admission slots;
 /// `input` is what the client sent before the session started (bytes that followed a PROXY
@@ -109,7 +109,7 @@ impl Upgradable for Link {
         let peer = *peer;
         loop {
             let mut progressed = false;
-            if *consumed < input.len() && !session.awaiting() && !session.is_closed() {
+            if *consumed < input.len() && session.wants_input() {
                 let n = session.handle_input(&input[*consumed..], out);
                 *consumed += n;
                 progressed = n > 0;
@@ -122,12 +122,10 @@ impl Upgradable for Link {
                 progressed = true;
                 match event {
                     Event::Authenticate(credentials) => {
-                        let user = authenticate(ctx, peer, credentials).await;
-                        if user.is_none() {
-                            // Slow down guessing before the -ERR goes out.
-                            tokio::time::sleep(ctx.pop3.auth_failure_delay).await;
-                        }
-                        session.authenticated(user, out);
+                        // A failure is answered after `pop3.auth_failure_delay`.
+                        let proof = credentials.into();
+                        let user = ctx.auth.check(Protocol::Pop3, peer.ip(), proof).await;
+                        session.authenticated(user.ok(), out);
                     }
                     Event::Lock { user } => match ctx.mail_store.lock(&user) {
                         Ok(lock) => {
@@ -228,37 +226,27 @@ impl Upgradable for Link {
                 ctx.pop3.idle_timeout,
                 ctx.pop3.command_timeout,
             );
-            let read = conn.read_into(std::mem::take(input));
-            tokio::pin!(read);
-            tokio::select! {
-                biased;
-                (result, buffer) = &mut read => {
-                    *input = buffer;
-                    match result {
-                        Ok(n) if n > 0 => {
-                            ctx.metrics.pop3.bytes_received.inc_by(n as u64);
-                        }
-                        // A dropped connection never enters UPDATE: nothing is deleted.
-                        _ => {
-                            conn.shutdown();
-                            return DriveEnd::Closed;
-                        }
+            let (read, buffer) = read_more(
+                conn,
+                std::mem::take(input),
+                deadline.into(),
+                stop_requested(phase, false),
+                |expiry| {
+                    match expiry {
+                        Expiry::Deadline => session.timed_out(out),
+                        Expiry::Stop => session.shutting_down(out),
                     }
+                    std::mem::take(&mut out.bytes)
+                },
+            )
+            .await;
+            *input = buffer;
+            match read {
+                Read::Data(n) => {
+                    ctx.metrics.pop3.bytes_received.inc_by(n as u64);
                 }
-                _ = tokio::time::sleep_until(deadline.into()) => {
-                    session.timed_out(out);
-                    let _ = flush(conn, &mut out.bytes, GOODBYE_WRITE_LIMIT).await;
-                    conn.shutdown();
-                    let _ = read.await;
-                    return DriveEnd::Closed;
-                }
-                _ = stop_requested(phase, false) => {
-                    session.shutting_down(out);
-                    let _ = flush(conn, &mut out.bytes, GOODBYE_WRITE_LIMIT).await;
-                    conn.shutdown();
-                    let _ = read.await;
-                    return DriveEnd::Closed;
-                }
+                // A dropped connection never enters UPDATE: nothing is deleted.
+                _ => return DriveEnd::Closed,
             }
         }
     }
@@ -285,49 +273,6 @@ impl Deadlines {
         }
         idle.min(*self.line.get_or_insert(now + line))
     }
-}
-
-/// Checks credentials on the blocking pool (argon2 takes tens of milliseconds by design and
-/// must not stall the other connections of this core). Addresses over their failure limit
-/// are refused without any hashing.
-async fn authenticate(
-    ctx: &ShardContext,
-    peer: SocketAddr,
-    credentials: Credentials,
-) -> Option<String> {
-    let ip = peer.ip();
-    if ctx.pop3.auth_failures.blocked(ip, Instant::now()) {
-        tracing::info!(target: "relay::pop3", client = %ip, "login refused: too many failures");
-        return None;
-    }
-    let directory = std::sync::Arc::clone(&ctx.pop3.directory);
-    let attempted = credentials.user().to_string();
-    let verified = tokio::task::spawn_blocking(move || match credentials {
-        // RFC 4616 §2: an authorization identity other than the login's own is not offered.
-        Credentials::Plain {
-            authzid: Some(authzid),
-            user,
-            ..
-        } if !authzid.is_empty() && !authzid.eq_ignore_ascii_case(&user) => None,
-        Credentials::Plain { user, password, .. } => directory.verify(&user, &password),
-        Credentials::Apop {
-            user,
-            timestamp,
-            digest,
-        } => directory.verify_apop(&user, &timestamp, &digest),
-    })
-    .await
-    .ok()
-    .flatten();
-    match &verified {
-        Some(_) => ctx.pop3.auth_failures.record_success(ip),
-        None => {
-            ctx.pop3.auth_failures.record_failure(ip, Instant::now());
-            // The attempted name is logged, never the password.
-            tracing::info!(target: "relay::pop3", client = %ip, user = %attempted, "login failed");
-        }
-    }
-    verified
 }
 
 /// Makes the session's deletions durable (appended to the spool log and fsynced), then

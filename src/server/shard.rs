@@ -14,13 +14,13 @@ use std::thread::JoinHandle;
 use crossbeam::channel::Sender;
 use tokio::sync::watch;
 
-use super::admission::AuthFailures;
 use super::admission::{Admission, Permit, Refusal, Unidentified};
+use super::auth::Auth;
 use super::pop3;
 use super::smtp;
 use crate::delivery::Core;
-use crate::mailbox::{Directory, MailStore};
-use crate::net::conn::{stop_requested, READ_CHUNK};
+use crate::mailbox::MailStore;
+use crate::net::conn::{read_more, stop_requested, Expiry, Read, READ_CHUNK};
 use crate::net::io::epoll::{EpollConnector, EpollListener};
 use crate::net::io::uring::{UringConnector, UringListener};
 use crate::net::io::Connector;
@@ -51,7 +51,8 @@ pub struct ShardContext {
     /// Maildrops, updated once a local delivery or a deletion is durable.
     pub mail_store: Arc<MailStore>,
     pub pop3: Pop3Context,
-    pub smtp_auth: SmtpAuthContext,
+    /// SMTP AUTH and POP3 logins.
+    pub auth: Auth,
     pub admission: Admission,
     pub phase: watch::Receiver<Phase>,
     /// Outbound delivery: the mesh to hand recipients to their owner core, and settings.
@@ -68,21 +69,11 @@ pub struct ShardContext {
 /// What POP3 connections need besides the common parts.
 pub struct Pop3Context {
     pub config: Arc<crate::pop3::SessionConfig>,
-    pub directory: Arc<Directory>,
     pub idle_timeout: Duration,
     /// How long a begun command line may take to complete (`pop3.command_timeout`).
     pub command_timeout: Duration,
-    pub auth_failure_delay: Duration,
-    pub auth_failures: Arc<AuthFailures>,
     /// `pop3.allow_plaintext_auth`: passwords before TLS from beyond loopback.
     pub allow_plaintext_auth: bool,
-}
-
-/// What SMTP AUTH needs: the POP3 users' directory and its own failure limits.
-pub struct SmtpAuthContext {
-    pub directory: Arc<Directory>,
-    pub failure_delay: Duration,
-    pub failures: Arc<AuthFailures>,
 }
 
 /// Which protocol a listener speaks.
@@ -304,8 +295,7 @@ enum HeaderFailure {
 }
 
 /// Reads until the PROXY header is complete: its source address (None: keep the socket's)
-/// and the bytes read after it. Never reads past `proxy::MAX_HEADER` without deciding;
-/// the deadline and shutdown shut the socket down, then let the pending read complete.
+/// and the bytes read after it. Never reads past `proxy::MAX_HEADER` without deciding.
 async fn read_proxy_header<C: Connection>(
     conn: &C,
     limit: Duration,
@@ -321,28 +311,17 @@ async fn read_proxy_header<C: Connection>(
             input.drain(..consumed);
             return Ok((source, input));
         }
-        let read = conn.read_into(input);
-        tokio::pin!(read);
-        tokio::select! {
-            biased;
-            (result, buffer) = &mut read => {
-                input = buffer;
-                match result {
-                    Ok(0) => return Err(HeaderFailure::Closed),
-                    Ok(_) => {}
-                    Err(error) => return Err(HeaderFailure::Read(error)),
-                }
-            }
-            _ = tokio::time::sleep_until(deadline) => {
-                conn.shutdown();
-                let _ = read.await;
-                return Err(HeaderFailure::Timeout(limit));
-            }
-            _ = stop_requested(phase, false) => {
-                conn.shutdown();
-                let _ = read.await;
-                return Err(HeaderFailure::Stopping);
-            }
+        let (read, buffer) = read_more(conn, input, deadline, stop_requested(phase, false), |_| {
+            Vec::new()
+        })
+        .await;
+        input = buffer;
+        match read {
+            Read::Data(_) => {}
+            Read::Closed => return Err(HeaderFailure::Closed),
+            Read::Error(error) => return Err(HeaderFailure::Read(error)),
+            Read::Expired(Expiry::Deadline) => return Err(HeaderFailure::Timeout(limit)),
+            Read::Expired(Expiry::Stop) => return Err(HeaderFailure::Stopping),
         }
     }
 }

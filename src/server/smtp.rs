@@ -6,8 +6,9 @@
 //! data wait too, as RFC 2920 ordering requires); when the session needs more bytes, write
 //! every reply it produced in one write, then read.
 //!
-//! Timeouts never drop an in-flight tokio-uring operation (docs/ARCHITECTURE.md §7): the connection
-//! is shut down first, which completes the pending operation, and only then is it released.
+//! Reads wait through [`read_more`], which never drops an in-flight tokio-uring operation
+//! (docs/ARCHITECTURE.md §7): a timeout or shutdown writes the 421, shuts the connection down and
+//! lets the pending read complete.
 //!
 //! Slow clients (Postfix 3.7's `smtpd_per_request_deadline` and `smtpd_min_data_rate`,
 //! which this follows): `smtp.command_timeout` is a deadline for a whole command line,
@@ -22,22 +23,22 @@
 //! `smtp.error_delay_after` errors), the replies wait that long before they are written; a
 //! shutdown cuts the wait short.
 
-use std::future::Future;
 use std::net::SocketAddr;
 use std::rc::Rc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime};
 
 use super::admission::Permit;
 use super::dnsbl;
+use super::ingest;
 use super::shard::Protocol;
 use super::shard::ShardContext;
 use super::starttls::{self, DriveEnd, Upgradable, Wire};
-use crate::envelope::QueueId;
-use crate::net::conn::{compact, flush, stop_requested, within, GOODBYE_WRITE_LIMIT};
+use crate::net::conn::{
+    compact, flush, read_more, stop_requested, within, Expiry, Read, GOODBYE_WRITE_LIMIT,
+};
 use crate::net::io::Connection;
 use crate::net::tls::TlsSummary;
-use crate::smtp::{AuthFailure, Credentials, Event, Outbox, Session, Submission, SubmitError};
-use crate::spool::{NewMessage, SpoolError};
+use crate::smtp::{AuthFailure, Event, Outbox, Session};
 
 /// Serves one accepted SMTP connection until it ends. `_permit` holds the admission slots;
 /// `input` is what the client sent before the session started (bytes that followed a PROXY
@@ -125,12 +126,7 @@ impl Upgradable for Link {
         loop {
             // 1. Let the session take what it can from the buffered input.
             let mut progressed = false;
-            if *consumed < input.len()
-                && !session.awaiting_submission()
-                && !session.awaiting_authentication()
-                && !session.awaiting_tls()
-                && !session.is_closed()
-            {
+            if *consumed < input.len() && session.wants_input() {
                 let n = session.handle_input(&input[*consumed..], SystemTime::now(), out);
                 *consumed += n;
                 progressed = n > 0;
@@ -147,7 +143,7 @@ impl Upgradable for Link {
                     Event::Submit(submission) => {
                         let stored = tokio::select! {
                             biased;
-                            stored = store(ctx, *submission, peer) => Some(stored),
+                            stored = ingest::store(ctx, *submission, peer) => Some(stored),
                             _ = stop_requested(phase, true) => None,
                         };
                         let Some(result) = stored else {
@@ -160,9 +156,11 @@ impl Upgradable for Link {
                         progressed = true;
                     }
                     Event::Authenticate(credentials) => {
+                        let client = peer.ip().to_canonical();
+                        let check = ctx.auth.check(Protocol::Smtp, client, credentials.into());
                         let result = tokio::select! {
                             biased;
-                            result = authenticate(ctx, peer, credentials) => Some(result),
+                            result = check => Some(result),
                             _ = stop_requested(phase, false) => None,
                         };
                         let Some(result) = result else {
@@ -171,7 +169,7 @@ impl Upgradable for Link {
                             conn.shutdown();
                             return DriveEnd::Closed;
                         };
-                        session.authenticated(result, out);
+                        session.authenticated(result.map_err(AuthFailure::from), out);
                         progressed = true;
                     }
                     Event::StartTls => {
@@ -233,43 +231,37 @@ impl Upgradable for Link {
             }
             compact(input, consumed);
             let deadline = deadlines.next(session.receiving_data(), Instant::now(), ctx);
-            let read = conn.read_into(std::mem::take(input));
-            tokio::pin!(read);
             let in_transaction = session.in_transaction();
-            tokio::select! {
-                biased;
-                (result, buffer) = &mut read => {
-                    *input = buffer;
-                    match result {
-                        Ok(n) if n > 0 => {
-                            ctx.metrics.smtp.bytes_received.inc_by(n as u64);
-                            if let Some((_, received)) = &mut deadlines.data {
-                                *received += n as u64;
-                            }
-                        }
-                        Ok(_) => {
-                            ended(conn, in_transaction, peer, "client closed the connection");
-                            return DriveEnd::Closed;
-                        }
-                        Err(_) => {
-                            ended(conn, in_transaction, peer, "read error");
-                            return DriveEnd::Closed;
-                        }
+            let (read, buffer) = read_more(
+                conn,
+                std::mem::take(input),
+                deadline.into(),
+                stop_requested(phase, in_transaction),
+                |expiry| {
+                    match expiry {
+                        Expiry::Deadline => session.timed_out(out),
+                        Expiry::Stop => session.shutting_down(out),
                     }
+                    std::mem::take(&mut out.bytes)
+                },
+            )
+            .await;
+            *input = buffer;
+            let why = match read {
+                Read::Data(n) => {
+                    ctx.metrics.smtp.bytes_received.inc_by(n as u64);
+                    if let Some((_, received)) = &mut deadlines.data {
+                        *received += n as u64;
+                    }
+                    continue;
                 }
-                _ = tokio::time::sleep_until(deadline.into()) => {
-                    session.timed_out(out);
-                    goodbye(conn, out, read).await;
-                    ended(conn, in_transaction, peer, "timeout");
-                    return DriveEnd::Closed;
-                }
-                _ = stop_requested(phase, in_transaction) => {
-                    session.shutting_down(out);
-                    goodbye(conn, out, read).await;
-                    ended(conn, in_transaction, peer, "server shutting down");
-                    return DriveEnd::Closed;
-                }
-            }
+                Read::Closed => "client closed the connection",
+                Read::Error(_) => "read error",
+                Read::Expired(Expiry::Deadline) => "timeout",
+                Read::Expired(Expiry::Stop) => "server shutting down",
+            };
+            ended(in_transaction, peer, why);
+            return DriveEnd::Closed;
         }
     }
 }
@@ -317,10 +309,10 @@ async fn tarpit(
     }
 }
 
-/// Closes the socket; a transaction cut short gets its log line. `in_transaction` is taken
-/// before the read: a timeout or a shutdown has closed the session by the time this runs,
-/// and a closed session is in no transaction.
-fn ended<C: Connection>(conn: &C, in_transaction: bool, peer: SocketAddr, why: &'static str) {
+/// A transaction cut short gets its log line. `in_transaction` is taken before the read: a
+/// timeout or a shutdown has closed the session by the time this runs, and a closed session
+/// is in no transaction.
+fn ended(in_transaction: bool, peer: SocketAddr, why: &'static str) {
     if in_transaction {
         tracing::info!(
             target: "relay::transaction",
@@ -329,188 +321,6 @@ fn ended<C: Connection>(conn: &C, in_transaction: bool, peer: SocketAddr, why: &
             "transaction abandoned"
         );
     }
-    conn.shutdown();
-}
-
-/// Sends the session's last reply (a 421), shuts the socket down and lets the pending read
-/// complete, so nothing is left armed.
-async fn goodbye<C: Connection, F: Future>(
-    conn: &C,
-    out: &mut Outbox,
-    pending_read: std::pin::Pin<&mut F>,
-) {
-    let _ = flush(conn, &mut out.bytes, GOODBYE_WRITE_LIMIT).await;
-    conn.shutdown();
-    let _ = pending_read.await;
-}
-
-/// Checks AUTH credentials against the directory on the blocking pool (argon2 must not
-/// stall this core), after the per-address and per-user failure limits: over either, the
-/// answer is 454 without any hashing. A failure waits `failure_delay` before it is answered.
-/// Unknown users and wrong passwords take the same path (the directory hashes a dummy for
-/// unknown names) and get the same 535.
-async fn authenticate(
-    ctx: &ShardContext,
-    peer: SocketAddr,
-    credentials: Credentials,
-) -> Result<String, AuthFailure> {
-    let auth = &ctx.smtp_auth;
-    let ip = peer.ip().to_canonical();
-    let attempted = credentials.user.clone();
-    if auth.failures.blocked(ip, Instant::now())
-        || auth.failures.user_blocked(&attempted, Instant::now())
-    {
-        tracing::info!(target: "relay::smtp", client = %ip, user = %attempted, "auth refused: too many failures");
-        tokio::time::sleep(auth.failure_delay).await;
-        return Err(AuthFailure::Locked);
-    }
-    let directory = std::sync::Arc::clone(&auth.directory);
-    let verified = tokio::task::spawn_blocking(move || {
-        let Credentials {
-            authzid,
-            user,
-            password,
-        } = credentials;
-        match authzid {
-            // RFC 4616 §2: acting as another identity is not offered.
-            Some(authzid) if !authzid.eq_ignore_ascii_case(&user) => None,
-            _ => directory.verify(&user, password.expose()),
-        }
-    })
-    .await
-    .ok()
-    .flatten();
-    match verified {
-        Some(user) => {
-            auth.failures.record_success(ip);
-            auth.failures.record_user_success(&attempted);
-            tracing::info!(target: "relay::smtp", client = %ip, user = %user, "authenticated");
-            Ok(user)
-        }
-        None => {
-            auth.failures.record_failure(ip, Instant::now());
-            auth.failures
-                .record_user_failure(&attempted, Instant::now());
-            // The attempted name is logged, never the password.
-            tracing::info!(target: "relay::smtp", client = %ip, user = %attempted, "auth failed");
-            tokio::time::sleep(auth.failure_delay).await;
-            Err(AuthFailure::Invalid)
-        }
-    }
-}
-
-/// Stores one message durably; Ok only once the group commit covering it has synced.
-async fn store(
-    ctx: &ShardContext,
-    submission: Submission,
-    peer: SocketAddr,
-) -> Result<QueueId, SubmitError> {
-    let now = SystemTime::now();
-    let id = ctx.spool.next_id(now);
-    let received = submission
-        .received_header(id, &ctx.hostname, now)
-        .into_bytes();
-    let Submission {
-        envelope,
-        mailboxes,
-        remote,
-        mime,
-        origin,
-        body,
-        mail_at,
-        authenticated,
-        tls,
-    } = submission;
-
-    let sender = envelope.reverse_path.clone();
-    let rcpts = envelope.recipients.len();
-    let delivered_to = mailboxes.clone();
-    let queued_remote = remote.clone();
-    let size = (received.len() + body.len()) as u64;
-    let message = NewMessage {
-        id,
-        arrival_unix_micros: unix_micros(now),
-        origin,
-        envelope,
-        received_header: received,
-        body,
-        mailboxes,
-        remote,
-    };
-    let result = match ctx.spool.append_message(message) {
-        Ok(pending) => match pending.await {
-            Ok(Ok(committed)) => {
-                let entry = crate::mailbox::MaildropItem {
-                    id,
-                    size: committed.location.body_len,
-                };
-                for mailbox in &delivered_to {
-                    ctx.mail_store.deliver(mailbox, entry);
-                }
-                if !queued_remote.is_empty() {
-                    crate::delivery::enqueue_new(
-                        &ctx.delivery,
-                        ctx.shard,
-                        id,
-                        &queued_remote,
-                        committed.location.body_len,
-                    )
-                    .await;
-                }
-                Ok(id)
-            }
-            Ok(Err(error)) => Err(error),
-            Err(_) => Err(SpoolError::Closed),
-        },
-        Err(error) => Err(error),
-    };
-    let took = mail_at.elapsed().unwrap_or_default().as_secs_f64() * 1000.0;
-    match result {
-        Ok(id) => {
-            ctx.metrics.transaction(crate::smtp::ReplyCode::OK.get());
-            ctx.metrics.message_bytes.inc_by(size);
-            tracing::info!(
-                target: "relay::transaction",
-                queue_id = %id,
-                client = %peer.ip(),
-                sender = %sender,
-                auth = authenticated.as_deref().map(tracing::field::display),
-                tls = tls.as_deref().map(tracing::field::display),
-                rcpts,
-                size,
-                parts = mime.parts,
-                attachments = mime.attachments,
-                result = "queued",
-                duration_ms = format_args!("{took:.1}"),
-                "accepted"
-            );
-            Ok(id)
-        }
-        Err(error) => {
-            let reply = match error {
-                SpoolError::Backpressure => SubmitError::Backpressure,
-                _ => SubmitError::Storage,
-            };
-            tracing::warn!(
-                target: "relay::transaction",
-                client = %peer.ip(),
-                sender = %sender,
-                rcpts,
-                size,
-                result = "deferred",
-                error = %error,
-                duration_ms = format_args!("{took:.1}"),
-                "not stored"
-            );
-            Err(reply)
-        }
-    }
-}
-
-fn unix_micros(time: SystemTime) -> u64 {
-    time.duration_since(UNIX_EPOCH)
-        .map(|d| d.as_micros() as u64)
-        .unwrap_or(0)
 }
 
 /// Turns a refused connection away with one line and closes it.

@@ -636,6 +636,15 @@ impl Session {
         matches!(self.state, State::Data(..) | State::Chunk(..))
     }
 
+    /// Whether input may be fed now: no event is out waiting for the driver's answer and
+    /// the session is not closed.
+    pub fn wants_input(&self) -> bool {
+        !matches!(
+            self.state,
+            State::Submitting(..) | State::Authenticating(..) | State::StartingTls | State::Closed
+        )
+    }
+
     pub fn awaiting_submission(&self) -> bool {
         matches!(self.state, State::Submitting(..))
     }
@@ -2673,6 +2682,41 @@ mod tests {
             ..SessionConfig::default()
         };
         assert_eq!(short.check(), Err(SessionConfigError::CommandLineTooShort));
+    }
+
+    #[test]
+    fn wants_input_unless_an_event_is_out_or_closed() {
+        let config = SessionConfig {
+            allow_plaintext_auth: true,
+            starttls: true,
+            ..config()
+        };
+        let mut out = Outbox::default();
+        let peer = OUTSIDE.parse().unwrap();
+        let mut session = Session::new(Arc::new(config), peer, now(), &mut out);
+        assert!(session.wants_input());
+        // Inside DATA input is still wanted; once the body is complete, not until stored.
+        session.handle_input(
+            b"EHLO c\r\nMAIL FROM:<a@b>\r\nRCPT TO:<x@localhost>\r\nDATA\r\nhi\r\n",
+            now(),
+            &mut out,
+        );
+        assert!(session.receiving_data() && session.wants_input());
+        session.handle_input(b".\r\n", now(), &mut out);
+        assert!(session.awaiting_submission() && !session.wants_input());
+        session.submitted(Ok(QueueId(1)), now(), &mut out);
+        assert!(session.wants_input());
+        // base64 of "\0alice\0secret".
+        session.handle_input(b"AUTH PLAIN AGFsaWNlAHNlY3JldA==\r\n", now(), &mut out);
+        assert!(session.awaiting_authentication() && !session.wants_input());
+        session.authenticated(Err(AuthFailure::Invalid), &mut out);
+        assert!(session.wants_input());
+        session.handle_input(b"STARTTLS\r\n", now(), &mut out);
+        assert!(session.awaiting_tls() && !session.wants_input());
+        session.tls_established("TLSv1.3".into());
+        assert!(session.wants_input());
+        session.timed_out(&mut out);
+        assert!(session.is_closed() && !session.wants_input());
     }
 
     mod auth {

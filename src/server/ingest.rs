@@ -1,0 +1,128 @@
+//! A submitted message from the spool's append to its hand-offs: once the group commit
+//! covering it has synced, local recipients see it in their maildrops and remote ones go to
+//! the delivery core that owns them; then the transaction is logged and counted.
+
+use std::net::SocketAddr;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use super::shard::ShardContext;
+use crate::envelope::QueueId;
+use crate::smtp::{Submission, SubmitError};
+use crate::spool::{NewMessage, SpoolError};
+
+/// Stores one message durably and hands it on; Ok only once the group commit covering it
+/// has synced.
+pub async fn store(
+    ctx: &ShardContext,
+    submission: Submission,
+    peer: SocketAddr,
+) -> Result<QueueId, SubmitError> {
+    let now = SystemTime::now();
+    let id = ctx.spool.next_id(now);
+    let received = submission
+        .received_header(id, &ctx.hostname, now)
+        .into_bytes();
+    let Submission {
+        envelope,
+        mailboxes,
+        remote,
+        mime,
+        origin,
+        body,
+        mail_at,
+        authenticated,
+        tls,
+    } = submission;
+
+    let sender = envelope.reverse_path.clone();
+    let rcpts = envelope.recipients.len();
+    let delivered_to = mailboxes.clone();
+    let queued_remote = remote.clone();
+    let size = (received.len() + body.len()) as u64;
+    let message = NewMessage {
+        id,
+        arrival_unix_micros: unix_micros(now),
+        origin,
+        envelope,
+        received_header: received,
+        body,
+        mailboxes,
+        remote,
+    };
+    let result = match ctx.spool.append_message(message) {
+        Ok(pending) => match pending.await {
+            Ok(Ok(committed)) => {
+                let body_len = committed.location.body_len;
+                hand_on(ctx, id, body_len, &delivered_to, &queued_remote).await;
+                Ok(id)
+            }
+            Ok(Err(error)) => Err(error),
+            Err(_) => Err(SpoolError::Closed),
+        },
+        Err(error) => Err(error),
+    };
+    let took = mail_at.elapsed().unwrap_or_default().as_secs_f64() * 1000.0;
+    match result {
+        Ok(id) => {
+            ctx.metrics.transaction(crate::smtp::ReplyCode::OK.get());
+            ctx.metrics.message_bytes.inc_by(size);
+            tracing::info!(
+                target: "relay::transaction",
+                queue_id = %id,
+                client = %peer.ip(),
+                sender = %sender,
+                auth = authenticated.as_deref().map(tracing::field::display),
+                tls = tls.as_deref().map(tracing::field::display),
+                rcpts,
+                size,
+                parts = mime.parts,
+                attachments = mime.attachments,
+                result = "queued",
+                duration_ms = format_args!("{took:.1}"),
+                "accepted"
+            );
+            Ok(id)
+        }
+        Err(error) => {
+            let reply = match error {
+                SpoolError::Backpressure => SubmitError::Backpressure,
+                _ => SubmitError::Storage,
+            };
+            tracing::warn!(
+                target: "relay::transaction",
+                client = %peer.ip(),
+                sender = %sender,
+                rcpts,
+                size,
+                result = "deferred",
+                error = %error,
+                duration_ms = format_args!("{took:.1}"),
+                "not stored"
+            );
+            Err(reply)
+        }
+    }
+}
+
+/// After the commit: the local mailboxes' maildrops, then the remote recipients' owner cores.
+async fn hand_on(
+    ctx: &ShardContext,
+    id: QueueId,
+    body_len: u64,
+    mailboxes: &[String],
+    remote: &[String],
+) {
+    let entry = crate::mailbox::MaildropItem { id, size: body_len };
+    for mailbox in mailboxes {
+        ctx.mail_store.deliver(mailbox, entry);
+    }
+    if !remote.is_empty() {
+        crate::delivery::enqueue_new(&ctx.delivery, ctx.shard, id, remote, body_len).await;
+    }
+}
+
+fn unix_micros(time: SystemTime) -> u64 {
+    time.duration_since(UNIX_EPOCH)
+        .map(|d| d.as_micros() as u64)
+        .unwrap_or(0)
+}
