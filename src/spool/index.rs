@@ -14,7 +14,7 @@
 //! message with neither mailboxes nor remote routes is NOT garbage: its recipients are
 //! unaccounted for (a relay-only configuration, or a record written before routes were
 //! recorded). Deferred results and DSN markers never make a message garbage. To change the
-//! rule change [`is_garbage`] and [`Entry`], nothing else.
+//! rule change [`is_garbage`] and [`IndexEntry`], nothing else.
 //!
 //! # Remote recipients
 //! Per remote recipient the entry keeps only whether it is final and the order key
@@ -25,7 +25,7 @@
 //! # Copies
 //! After a compaction interrupted between publishing its new segment and unlinking the old
 //! ones, a frame exists twice on disk (identical meta and body bytes). The index keeps the
-//! first one found as the message's location and remembers the others in [`Entry::copies`]:
+//! first one found as the message's location and remembers the others in [`IndexEntry::copies`]:
 //! they are dead bytes for compaction, but they still exist, so the message's deletion and
 //! result records must be kept as long as any copy does (otherwise a restart would find the
 //! copy without them and resurrect it in a mailbox, or deliver it again).
@@ -60,7 +60,7 @@ pub(crate) struct RemoteState {
 
 /// What the spool knows about one message while it runs.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Entry {
+pub(crate) struct IndexEntry {
     pub location: Location,
     /// The frame's data checksum and the checksum of its meta alone: a body-only read is
     /// verified as `crc32c_append(meta_crc, body) == data_crc`.
@@ -80,14 +80,14 @@ pub(crate) fn is_garbage(remote: &[RemoteState], mailboxes: &[MailboxCopy]) -> b
         && mailboxes.iter().all(|m| m.deleted)
 }
 
-impl Entry {
+impl IndexEntry {
     pub fn new(
         location: Location,
         data_crc: u32,
         meta_crc: u32,
         mailboxes: &[String],
         remote: &[String],
-    ) -> Entry {
+    ) -> IndexEntry {
         let mut copies: Vec<MailboxCopy> = Vec::with_capacity(mailboxes.len());
         for m in mailboxes {
             // A list naming a mailbox twice still delivers one copy.
@@ -109,7 +109,7 @@ impl Entry {
                 });
             }
         }
-        Entry {
+        IndexEntry {
             location,
             data_crc,
             meta_crc,
@@ -171,7 +171,7 @@ pub(crate) struct Found {
 
 #[derive(Debug, Default)]
 pub(crate) struct LiveIndex {
-    map: DashMap<QueueId, Entry>,
+    map: DashMap<QueueId, IndexEntry>,
 }
 
 impl LiveIndex {
@@ -189,7 +189,7 @@ impl LiveIndex {
 
     /// Adds a committed or recovered frame. A second frame of the same id becomes a copy of the
     /// first (compaction leftovers; ids are otherwise unique): returns false then.
-    pub fn insert(&self, id: QueueId, entry: Entry) -> bool {
+    pub fn insert(&self, id: QueueId, entry: IndexEntry) -> bool {
         match self.map.entry(id) {
             dashmap::Entry::Occupied(mut e) => {
                 e.get_mut().copies.push(entry.location);
@@ -216,7 +216,7 @@ impl LiveIndex {
             .count()
     }
 
-    /// Whether compaction must keep result `r` (see [`Entry::needs_result`]). Only results of
+    /// Whether compaction must keep result `r` (see [`IndexEntry::needs_result`]). Only results of
     /// messages with a frame still on disk are kept.
     pub fn needs_result(&self, r: &DeliveryResult) -> bool {
         self.map.get(&r.id).is_some_and(|e| e.needs_result(r))
@@ -259,12 +259,12 @@ impl LiveIndex {
         self.map.get(&id).map(|e| (e.location, e.is_garbage()))
     }
 
-    pub fn get(&self, id: QueueId) -> Option<Entry> {
+    pub fn get(&self, id: QueueId) -> Option<IndexEntry> {
         self.map.get(&id).map(|e| e.clone())
     }
 
     /// Calls `f` for every entry, holding one map shard's read lock at a time.
-    pub fn for_each(&self, mut f: impl FnMut(QueueId, &Entry)) {
+    pub fn for_each(&self, mut f: impl FnMut(QueueId, &IndexEntry)) {
         for e in self.map.iter() {
             f(*e.key(), e.value());
         }
@@ -371,7 +371,7 @@ impl Ref {
             }))
     }
 
-    /// Whether the record part this ref stands for is still needed (see [`Entry::needs_result`]).
+    /// Whether the record part this ref stands for is still needed (see [`IndexEntry::needs_result`]).
     fn needed(&self, index: &LiveIndex) -> bool {
         let Some(e) = index.map.get(&self.id) else {
             return false;
@@ -695,7 +695,7 @@ pub struct Replay {
 
 /// What the delivery records of the log say, folded per message as they are read (the latest
 /// Deferred and the earliest final result per recipient, the markers), to fill the replay.
-/// Its fold agrees with the index's ([`Entry`]): a recipient is final here iff it is there.
+/// Its fold agrees with the index's ([`IndexEntry`]): a recipient is final here iff it is there.
 #[derive(Debug, Default)]
 pub(crate) struct DeliveryHistory {
     by_id: HashMap<QueueId, MessageHistory>,
@@ -928,7 +928,7 @@ mod tests {
         let index = LiveIndex::default();
         let id = QueueId::new(10, 0);
         let remote = ["a@far".to_string(), "b@far".into(), "a@far".into()];
-        index.insert(id, Entry::new(loc(1, 64), 1, 2, &[], &remote));
+        index.insert(id, IndexEntry::new(loc(1, 64), 1, 2, &[], &remote));
         assert_eq!(
             index.get(id).unwrap().remote.len(),
             2,
@@ -1057,7 +1057,7 @@ mod tests {
         let index = LiveIndex::default();
         let id = QueueId::new(10, 0);
         let mailboxes = ["alice".to_string(), "bob".into(), "alice".into()];
-        assert!(index.insert(id, Entry::new(loc(1, 64), 1, 2, &mailboxes, &[])));
+        assert!(index.insert(id, IndexEntry::new(loc(1, 64), 1, 2, &mailboxes, &[])));
         let e = index.get(id).unwrap();
         assert_eq!(e.mailboxes.len(), 2, "a mailbox named twice holds one copy");
         assert_eq!(index.apply_deletion("alice", &[id, QueueId::new(99, 0)]), 1);
@@ -1066,7 +1066,7 @@ mod tests {
         index.apply_deletion("bob", &[id]);
         assert!(index.get(id).unwrap().is_garbage());
         // A second frame of the id (compaction leftover) is a copy; the first stays.
-        assert!(!index.insert(id, Entry::new(loc(7, 64), 1, 2, &mailboxes, &[])));
+        assert!(!index.insert(id, IndexEntry::new(loc(7, 64), 1, 2, &mailboxes, &[])));
         let e = index.get(id).unwrap();
         assert_eq!(
             (e.location, e.copies.clone()),
@@ -1079,7 +1079,7 @@ mod tests {
     fn moves_and_removals_track_every_copy() {
         let index = LiveIndex::default();
         let id = QueueId::new(10, 0);
-        index.insert(id, Entry::new(loc(1, 64), 1, 2, &["a".into()], &[]));
+        index.insert(id, IndexEntry::new(loc(1, 64), 1, 2, &["a".into()], &[]));
         index.moved(id, &loc(1, 64), loc(5, 64));
         let e = index.get(id).unwrap();
         assert_eq!(
@@ -1093,7 +1093,7 @@ mod tests {
         let e = index.get(id).unwrap();
         assert_eq!((e.location, e.copies.len()), (loc(5, 64), 0));
         // The location's segment goes but a copy remains: the copy becomes the location.
-        index.insert(id, Entry::new(loc(6, 64), 1, 2, &[], &[]));
+        index.insert(id, IndexEntry::new(loc(6, 64), 1, 2, &[], &[]));
         index.segment_removed(id, 0, 5);
         assert_eq!(index.location(id), Some(loc(6, 64)));
         index.segment_removed(id, 0, 6);
@@ -1178,11 +1178,11 @@ mod startup_history_tests {
         };
         index.insert(
             QueueId::new(1, 0),
-            Entry::new(loc, 0, 0, &[], &["a@x".into(), "b@x".into()]),
+            IndexEntry::new(loc, 0, 0, &[], &["a@x".into(), "b@x".into()]),
         );
         index.insert(
             QueueId::new(2, 0),
-            Entry::new(loc, 0, 0, &[], &["c@y".into()]),
+            IndexEntry::new(loc, 0, 0, &[], &["c@y".into()]),
         );
         left.apply_to(&index);
         let e1 = index.get(QueueId::new(1, 0)).unwrap();

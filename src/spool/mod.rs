@@ -176,12 +176,12 @@ pub use recovery::{CorruptFrame, RecoveryReport, ShardRecovery, TornTail};
 use compact::CompactionState;
 use frame::{Record, MAX_PART_LEN};
 use index::{
-    DeliveryHistory, Entry, FileCache, Found, LiveIndex, RecordRefs, Ref, StartupHistory,
+    DeliveryHistory, FileCache, Found, IndexEntry, LiveIndex, RecordRefs, Ref, StartupHistory,
     FILE_CACHE_CAPACITY,
 };
 use recovery::{scan_shard, Mode, ShardResume};
 pub use writer::CommitObserver;
-use writer::{LoopConfig, Msg, Pending, PendingMessage, Reply, Request, ShardWriter};
+use writer::{LoopConfig, Msg, Pending, PendingMessage, Request, ShardWriter, Waiter};
 
 /// `[spool]` settings the spool itself uses. Defaults carry their reason.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -406,7 +406,7 @@ impl ShardHandle {
                 received: msg.received_header,
                 body: msg.body,
             }),
-            reply: Reply::Message(reply),
+            reply: Waiter::Message(reply),
         };
         self.send(request).map(|()| rx)
     }
@@ -428,7 +428,7 @@ impl ShardHandle {
         }
         self.send(Request {
             pending: Pending::Deletion(MailboxDeletion { mailbox, ids }),
-            reply: Reply::Deletion(reply),
+            reply: Waiter::Deletion(reply),
         })
         .map(|()| rx)
     }
@@ -479,7 +479,7 @@ impl ShardHandle {
         }
         self.send(Request {
             pending: Pending::Delivery(record),
-            reply: Reply::Delivery(reply),
+            reply: Waiter::Delivery(reply),
         })
         .map(|()| rx)
     }
@@ -714,7 +714,7 @@ fn replay_message(meta: MessageMeta, location: Location) -> ReplayMessage {
 
 fn push_replay(
     replay: &mut Replay,
-    entry: &Entry,
+    entry: &IndexEntry,
     history: &DeliveryHistory,
     mut message: ReplayMessage,
 ) {
@@ -831,7 +831,7 @@ pub(crate) struct Recovered {
 /// folded by the worker as it reads them: see [`recover`]).
 enum Scanned {
     /// The message's index entry, made by the worker (the rest of its meta is not kept).
-    Message { id: QueueId, entry: Entry },
+    Message { id: QueueId, entry: IndexEntry },
     Deletion {
         location: Location,
         deletion: MailboxDeletion,
@@ -875,7 +875,7 @@ pub(crate) fn recover(io: &dyn SegmentIo, shards: usize) -> Result<Recovered, Sp
             match v.record {
                 Record::Message(meta) => found.push(Scanned::Message {
                     id: meta.id,
-                    entry: Entry::new(
+                    entry: IndexEntry::new(
                         v.location,
                         v.header.data_crc,
                         crc32c::crc32c(v.meta),

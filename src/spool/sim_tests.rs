@@ -34,7 +34,7 @@ use super::frame::{
     DeliveryRecord, DeliveryResult, DsnKind, DsnSent, MailboxDeletion, MessageMeta, Outcome,
     Record, SEGMENT_PREAMBLE_LEN,
 };
-use super::index::Entry;
+use super::index::IndexEntry;
 use super::inspect;
 use super::sim::{SimDisk, SimFaults, SimRng};
 use super::writer::{Pending, PendingMessage, ShardWriter};
@@ -363,7 +363,7 @@ fn check_record(disk: &SimDisk, loc: &Location, p: &PendingMessage) -> Result<()
     Ok(())
 }
 
-fn entries(core_index: &super::index::LiveIndex) -> Vec<(QueueId, Entry)> {
+fn entries(core_index: &super::index::LiveIndex) -> Vec<(QueueId, IndexEntry)> {
     let mut all = Vec::new();
     core_index.for_each(|id, e| all.push((id, e.clone())));
     all.sort_by_key(|(id, _)| *id);
@@ -512,7 +512,7 @@ fn check_state(
 /// exactly the others, with accepted finals; markers accepted, none acknowledged missing.
 fn check_replayed_delivery(
     m: &super::ReplayMessage,
-    all: &[(QueueId, Entry)],
+    all: &[(QueueId, IndexEntry)],
     model: &Model,
 ) -> Result<(), String> {
     let id = m.id;
@@ -612,7 +612,7 @@ fn check_replayed_delivery(
     Ok(())
 }
 
-fn deleted_pairs(all: &[(QueueId, Entry)]) -> HashSet<(String, QueueId)> {
+fn deleted_pairs(all: &[(QueueId, IndexEntry)]) -> HashSet<(String, QueueId)> {
     all.iter()
         .flat_map(|(id, e)| {
             e.mailboxes
@@ -623,7 +623,7 @@ fn deleted_pairs(all: &[(QueueId, Entry)]) -> HashSet<(String, QueueId)> {
         .collect()
 }
 
-fn done_pairs(all: &[(QueueId, Entry)]) -> HashSet<Pair> {
+fn done_pairs(all: &[(QueueId, IndexEntry)]) -> HashSet<Pair> {
     all.iter()
         .flat_map(|(id, e)| {
             e.remote

@@ -33,7 +33,7 @@ use super::frame::{
     encode_deletion, encode_delivery, encode_message, pad16, DeliveryRecord, EncodedFrame,
     MailboxDeletion, SegmentHeader, FRAME_HEADER_LEN, SEGMENT_PREAMBLE_LEN, ZERO_PAD,
 };
-use super::index::{Entry, Ref};
+use super::index::{IndexEntry, Ref};
 use super::io::SegmentFile;
 use super::record::MessageV1;
 use super::{Committed, Core, Location, ShardShared, SpoolError};
@@ -77,7 +77,8 @@ impl Pending {
     }
 }
 
-pub(crate) enum Reply {
+/// Who waits for a request's commit, and for which answer.
+pub(crate) enum Waiter {
     Message(oneshot::Sender<Result<Committed, SpoolError>>),
     Deletion(oneshot::Sender<Result<(), SpoolError>>),
     Delivery(oneshot::Sender<Result<(), SpoolError>>),
@@ -85,7 +86,7 @@ pub(crate) enum Reply {
 
 pub(crate) struct Request {
     pub pending: Pending,
-    pub reply: Reply,
+    pub reply: Waiter,
 }
 
 // Requests move by value through the preallocated array channel (≈ 1 MB per shard at 4096);
@@ -281,7 +282,7 @@ impl ShardWriter {
                             Pending::Message(m) => {
                                 self.core.index.insert(
                                     m.meta.id.into(),
-                                    Entry::new(
+                                    IndexEntry::new(
                                         location,
                                         f.header.data_crc,
                                         f.meta_crc,
@@ -461,16 +462,16 @@ fn commit_and_reply(writer: &mut ShardWriter, batch: &mut Vec<Request>, shared: 
     for ((p, reply), result) in pendings.iter().zip(replies).zip(results) {
         // The session may have gone away; its record is stored all the same.
         match (p, reply) {
-            (Pending::Message(m), Reply::Message(reply)) => {
+            (Pending::Message(m), Waiter::Message(reply)) => {
                 let _ = reply.send(result.map(|location| Committed {
                     id: m.meta.id.into(),
                     location,
                 }));
             }
-            (_, Reply::Deletion(reply)) | (_, Reply::Delivery(reply)) => {
+            (_, Waiter::Deletion(reply)) | (_, Waiter::Delivery(reply)) => {
                 let _ = reply.send(result.map(|_| ()));
             }
-            (Pending::Deletion(_) | Pending::Delivery(_), Reply::Message(reply)) => {
+            (Pending::Deletion(_) | Pending::Delivery(_), Waiter::Message(reply)) => {
                 // Not built by `ShardHandle`; answer rather than leave the waiter hanging.
                 let _ = reply.send(Err(SpoolError::Closed));
             }
