@@ -1,9 +1,10 @@
 //! The envelope: what SMTP says about a message besides its content.
 //!
-//! Role: the owned, archivable types shared by the SMTP session (which builds them from
-//! peer commands), the spool (which stores them in message records) and later the outbound
-//! client (which replays them to a next hop). They are plain data: parsing and validation
-//! live in `smtp::`, durability in `spool::`.
+//! Role: the owned types shared by the SMTP session (which builds them from peer commands),
+//! the spool (which converts them into its own record types, `spool::record`, to store
+//! them) and the outbound client (which replays them to a next hop). They are plain data:
+//! parsing and validation live in `smtp::`, durability in `spool::`. Nothing here defines
+//! bytes on disk: a field may be added without touching the spool's format.
 //!
 //! Exposure: every string here came from a network peer. They were syntax-checked by the
 //! session (RFC 5321 paths, RFC 3461 parameters) before they got here, but they are still
@@ -16,18 +17,13 @@
 use std::fmt;
 use std::str::FromStr;
 
-use rkyv::{Archive, Deserialize, Serialize};
-
 /// A message's identity, unique across shards and restarts.
 ///
 /// Layout: the high 56 bits are microseconds since the Unix epoch at allocation, made strictly
 /// increasing per shard; the low 8 bits are the shard that stored it. So ids sort by arrival,
 /// carry their shard (no lookup needed to find the segment directory) and need no
 /// coordination between cores. 2^56 µs is ≈ 2,283 years; 256 shards covers the 64-core goal.
-#[derive(
-    Archive, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord,
-)]
-#[rkyv(derive(Debug, PartialEq, Eq, Hash))]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct QueueId(pub u64);
 
 impl QueueId {
@@ -70,8 +66,7 @@ impl FromStr for QueueId {
 }
 
 /// BODY= of MAIL FROM (RFC 6152 8BITMIME, RFC 3030 BINARYMIME). Absent means 7BIT.
-#[derive(Archive, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Default)]
-#[rkyv(derive(Debug, PartialEq, Eq))]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum BodyType {
     #[default]
     SevenBit,
@@ -80,16 +75,14 @@ pub enum BodyType {
 }
 
 /// RET= of MAIL FROM (RFC 3461 §4.3): how much of the message a failure DSN returns.
-#[derive(Archive, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
-#[rkyv(derive(Debug, PartialEq, Eq))]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DsnRet {
     Full,
     Headers,
 }
 
 /// NOTIFY= of RCPT TO (RFC 3461 §4.1) as a bit set. `NEVER` excludes the other three.
-#[derive(Archive, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Default)]
-#[rkyv(derive(Debug, PartialEq, Eq))]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Notify(pub u8);
 
 impl Notify {
@@ -108,8 +101,7 @@ impl Notify {
 }
 
 /// MAIL FROM parameters the relay keeps (RFC 5321 §4.1.2 Mail-parameters).
-#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq, Default)]
-#[rkyv(derive(Debug))]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct MailParams {
     /// SIZE= as declared by the client (RFC 1870); the stored body length is authoritative.
     pub size: Option<u64>,
@@ -122,8 +114,7 @@ pub struct MailParams {
 }
 
 /// One accepted RCPT TO.
-#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
-#[rkyv(derive(Debug))]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Recipient {
     /// The forward-path mailbox without angle brackets or source route: `local@domain`,
     /// or `postmaster` (RFC 5321 §4.5.1 requires accepting it without a domain).
@@ -135,8 +126,7 @@ pub struct Recipient {
 }
 
 /// Sender, parameters and recipients of one transaction.
-#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq, Default)]
-#[rkyv(derive(Debug))]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Envelope {
     /// The reverse-path mailbox without angle brackets; empty for the null sender `<>`.
     pub reverse_path: String,
@@ -145,8 +135,7 @@ pub struct Envelope {
 }
 
 /// How the message reached us, for the Received header, the log and later policy.
-#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq, Default)]
-#[rkyv(derive(Debug))]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Origin {
     /// The client's IP address as text (`192.0.2.1`, `2001:db8::1`).
     pub client_ip: String,
