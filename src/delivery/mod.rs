@@ -147,6 +147,27 @@ impl DeliveryShared {
     }
 }
 
+/// A message just committed on core `from`: its local copies join their maildrops, its
+/// remote recipients go to their destinations' owner cores. Both ingest and the notices
+/// this core generates take this path.
+pub async fn hand_on(
+    mail_store: &MailStore,
+    shared: &DeliveryShared,
+    from: usize,
+    id: QueueId,
+    body_len: u64,
+    mailboxes: &[String],
+    remote: &[String],
+) {
+    let item = crate::mailbox::MaildropItem { id, size: body_len };
+    for mailbox in mailboxes {
+        mail_store.deliver(mailbox, item);
+    }
+    if !remote.is_empty() {
+        enqueue_new(shared, from, id, remote, body_len).await;
+    }
+}
+
 /// Queues a newly stored message's remote recipients with their owners. Waits while an
 /// owner's queue is full (the client's 250 waits with it); after [`HANDOFF_PATIENCE`] the
 /// recipients stay in the spool for the next start and the error is logged.

@@ -187,22 +187,15 @@ async fn store<C: Connector + 'static>(core: &Core<C>, dsn: Dsn) -> Result<Queue
         },
         Err(error) => return Err(error.to_string()),
     };
-    let entry = crate::mailbox::MaildropItem {
+    super::hand_on(
+        &core.mail_store,
+        &core.shared,
+        core.index,
         id,
-        size: committed.location.body_len,
-    };
-    for mailbox in &mailboxes {
-        core.mail_store.deliver(mailbox, entry);
-    }
-    if !remote.is_empty() {
-        super::enqueue_new(
-            &core.shared,
-            core.index,
-            id,
-            &remote,
-            committed.location.body_len,
-        )
-        .await;
-    }
+        committed.location.body_len,
+        &mailboxes,
+        &remote,
+    )
+    .await;
     Ok(id)
 }

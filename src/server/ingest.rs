@@ -53,7 +53,16 @@ pub async fn store(
         Ok(pending) => match pending.await {
             Ok(Ok(committed)) => {
                 let body_len = committed.location.body_len;
-                hand_on(ctx, id, body_len, &delivered_to, &queued_remote).await;
+                crate::delivery::hand_on(
+                    &ctx.mail_store,
+                    &ctx.delivery,
+                    ctx.shard,
+                    id,
+                    body_len,
+                    &delivered_to,
+                    &queued_remote,
+                )
+                .await;
                 Ok(id)
             }
             Ok(Err(error)) => Err(error),
@@ -101,23 +110,6 @@ pub async fn store(
             );
             Err(reply)
         }
-    }
-}
-
-/// After the commit: the local mailboxes' maildrops, then the remote recipients' owner cores.
-async fn hand_on(
-    ctx: &ShardContext,
-    id: QueueId,
-    body_len: u64,
-    mailboxes: &[String],
-    remote: &[String],
-) {
-    let entry = crate::mailbox::MaildropItem { id, size: body_len };
-    for mailbox in mailboxes {
-        ctx.mail_store.deliver(mailbox, entry);
-    }
-    if !remote.is_empty() {
-        crate::delivery::enqueue_new(&ctx.delivery, ctx.shard, id, remote, body_len).await;
     }
 }
 
