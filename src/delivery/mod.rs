@@ -11,7 +11,7 @@
 //! keeps them in its [`Scheduler`] (a compact entry each, nothing else in memory) and runs:
 //! - one scheduler task ([`run`]): takes hand-offs and operator commands, promotes what is
 //!   due, expires what waited past `max_age`, and starts connection workers;
-//! - worker tasks ([`worker`]), at most `destination_connections_max` per destination: each
+//! - worker tasks (`worker.rs`), at most `destination_connections_max` per destination: each
 //!   takes its first entry *before* connecting (so a throttled or idle destination opens
 //!   nothing), resolves, connects, then sends entry after entry over the same connection
 //!   (RSET between, by the client) until the destination has nothing ready, and QUITs.
@@ -29,7 +29,7 @@
 //! dead host costs one connection attempt, not one per message (Postfix's dead-destination
 //! rule).
 //!
-//! **TLS.** Each connection asks for STARTTLS as its route's `tls` says (see [`worker`]);
+//! **TLS.** Each connection asks for STARTTLS as its route's `tls` says (see `worker.rs`);
 //! the rustls configurations are built once ([`DeliveryShared::client_tls`]). A destination
 //! whose opportunistic handshake failed is remembered by its owning core for
 //! `delivery.tls_failure_hold`, and reached in plaintext meanwhile.
@@ -169,7 +169,7 @@ pub async fn hand_on(
 }
 
 /// Queues a newly stored message's remote recipients with their owners. Waits while an
-/// owner's queue is full (the client's 250 waits with it); after [`HANDOFF_PATIENCE`] the
+/// owner's queue is full (the client's 250 waits with it); after `HANDOFF_PATIENCE` (30 s) the
 /// recipients stay in the spool for the next start and the error is logged.
 pub async fn enqueue_new(
     shared: &DeliveryShared,

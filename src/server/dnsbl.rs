@@ -146,7 +146,7 @@ impl Dnsbl {
     }
 
     /// The resolver, built now if needed; `None` while it cannot be built (clients are then
-    /// let in unchecked: the lists fail open), retried every [`RESOLVER_RETRY`].
+    /// let in unchecked: the lists fail open), retried every `RESOLVER_RETRY` (a minute).
     pub fn resolver(&self) -> Option<&crate::net::dns::SystemResolver> {
         if let Some(resolver) = self.resolver.get() {
             return Some(resolver);

@@ -7,7 +7,7 @@
 //! of the data so that the session can answer at the right place and go on.
 //!
 //! Exposure: raw peer bytes in arbitrary chunk splits; all state that spans a split lives in
-//! [`Scan`]. Memory: the body never grows past `size_max`; once a flaw is found the body is
+//! `Scan`. Memory: the body never grows past `size_max`; once a flaw is found the body is
 //! dropped and further bytes are only counted.
 //!
 //! Standards: RFC 5321 §4.1.1.4 (DATA ends with CRLF "." CRLF), §4.5.2 (transparency: a
