@@ -37,7 +37,8 @@
 //! Modules: [`header`] (fields, Content-Type and its parameters, CTE, disposition),
 //! [`encoded_word`] (RFC 2047 and charsets), [`boundary`] (the multipart splitter),
 //! [`tree`] (the parser and the part tree), [`base64`], [`qp`], [`downgrade`], [`policy`],
-//! `fuzz` (with the `fuzzing` feature: the fuzz targets as plain functions, also run by unit tests).
+//! `fuzz` (with the `fuzzing` feature: the fuzz targets as plain functions, also run by
+//! unit tests).
 //!
 //! [`downgrade`]: mod@downgrade
 #![forbid(unsafe_code)]
