@@ -63,9 +63,8 @@ pub enum Expiry {
 /// whichever comes first (a read that completes wins a tie). The one place that keeps the
 /// io_uring rule for reads (never drop an armed operation; docs/ARCHITECTURE.md §7): when
 /// the wait ends first, `goodbye` is asked for the last bytes to send (an empty vector:
-/// none), they are written while the read is
-/// still armed (within [`GOODBYE_WRITE_LIMIT`]), then the connection is shut down and the
-/// pending read is awaited to completion. Whatever ends it but [`Read::Data`], the
+/// none), they are written while the read is still armed (within [`GOODBYE_WRITE_LIMIT`]),
+/// then the connection is shut down and the pending read is awaited to completion. Whatever ends it but [`Read::Data`], the
 /// connection is shut down on return and no operation is left armed; the buffer comes back
 /// in every case.
 pub async fn read_more<C: Connection>(
