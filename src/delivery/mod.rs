@@ -301,19 +301,25 @@ pub struct Core<C: Connector> {
     published: RefCell<Vec<String>>,
 }
 
+/// What one core's delivery side is built from.
+pub struct CoreParts<C> {
+    pub index: usize,
+    pub shared: Arc<DeliveryShared>,
+    pub connector: C,
+    /// This core's spool writer (results and notices are appended here).
+    pub spool: ShardHandle,
+    /// The whole spool, to read messages stored by any core.
+    pub store: Arc<Spool>,
+    pub mail_store: Arc<MailStore>,
+    pub phase: watch::Receiver<Phase>,
+    pub metrics: Option<crate::metrics::CoreMetrics>,
+    /// Where the core reads the time (the system clock outside tests).
+    pub clock: Rc<dyn Clock>,
+}
+
 impl<C: Connector + 'static> Core<C> {
-    #[allow(clippy::too_many_arguments)]
-    pub fn new(
-        index: usize,
-        shared: Arc<DeliveryShared>,
-        connector: C,
-        spool: ShardHandle,
-        store: Arc<Spool>,
-        mail_store: Arc<MailStore>,
-        phase: watch::Receiver<Phase>,
-        metrics: Option<crate::metrics::CoreMetrics>,
-    ) -> Rc<Self> {
-        Self::with_clock(
+    pub fn new(parts: CoreParts<C>) -> Rc<Self> {
+        let CoreParts {
             index,
             shared,
             connector,
@@ -322,23 +328,8 @@ impl<C: Connector + 'static> Core<C> {
             mail_store,
             phase,
             metrics,
-            Rc::new(SystemClock),
-        )
-    }
-
-    /// [`Core::new`] reading the time from `clock`.
-    #[allow(clippy::too_many_arguments)]
-    pub fn with_clock(
-        index: usize,
-        shared: Arc<DeliveryShared>,
-        connector: C,
-        spool: ShardHandle,
-        store: Arc<Spool>,
-        mail_store: Arc<MailStore>,
-        phase: watch::Receiver<Phase>,
-        metrics: Option<crate::metrics::CoreMetrics>,
-        clock: Rc<dyn Clock>,
-    ) -> Rc<Self> {
+            clock,
+        } = parts;
         // Built on the core's own runtime: hickory spawns its tasks there.
         let resolver = match SystemResolver::new(&shared.dns_servers) {
             Ok(r) => Some(r),

@@ -101,16 +101,17 @@ fn expired_and_gone_entries_release_their_gauge_share() {
     let local = tokio::task::LocalSet::new();
     let (phase, phase_rx) = watch::channel(Phase::Running);
     let gauge = local.block_on(&runtime, async {
-        let core = Core::new(
-            0,
-            Arc::clone(&shared),
-            EpollConnector,
-            rig.spool.shard(0),
-            Arc::clone(&rig.spool),
-            crate::mailbox::MailStore::new(),
-            phase_rx,
-            None,
-        );
+        let core = Core::new(CoreParts {
+            index: 0,
+            shared: Arc::clone(&shared),
+            connector: EpollConnector,
+            spool: rig.spool.shard(0),
+            store: Arc::clone(&rig.spool),
+            mail_store: crate::mailbox::MailStore::new(),
+            phase: phase_rx,
+            metrics: None,
+            clock: Rc::new(SystemClock),
+        });
         let task = tokio::task::spawn_local(run(core, startup));
         let gauge = &shared.mesh.gauge;
         // Both entries end within moments (no attempt waits on a timer): wait for the
@@ -182,17 +183,17 @@ fn expiry_follows_the_cores_clock() {
     let local = tokio::task::LocalSet::new();
     let (phase, phase_rx) = watch::channel(Phase::Running);
     let gauge = local.block_on(&runtime, async {
-        let core = Core::with_clock(
-            0,
-            Arc::clone(&shared),
-            EpollConnector,
-            rig.spool.shard(0),
-            Arc::clone(&rig.spool),
-            crate::mailbox::MailStore::new(),
-            phase_rx,
-            None,
+        let core = Core::new(CoreParts {
+            index: 0,
+            shared: Arc::clone(&shared),
+            connector: EpollConnector,
+            spool: rig.spool.shard(0),
+            store: Arc::clone(&rig.spool),
+            mail_store: crate::mailbox::MailStore::new(),
+            phase: phase_rx,
+            metrics: None,
             clock,
-        );
+        });
         let task = tokio::task::spawn_local(run(core, startup));
         let gauge = &shared.mesh.gauge;
         let _ = tokio::time::timeout(Duration::from_secs(10), async {

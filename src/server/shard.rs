@@ -18,7 +18,7 @@ use super::admission::{Admission, Permit, Refusal, Unidentified};
 use super::auth::Auth;
 use super::pop3;
 use super::smtp;
-use crate::delivery::Core;
+use crate::delivery::{Core, CoreParts};
 use crate::mailbox::MailStore;
 use crate::net::conn::{read_more, stop_requested, Expiry, Read, READ_CHUNK};
 use crate::net::io::epoll::{EpollConnector, EpollListener};
@@ -27,6 +27,7 @@ use crate::net::io::Connector;
 use crate::net::io::{Connection, Listener};
 use crate::net::listener::stop_accepting;
 use crate::net::proxy::{self, Parsed, ProxyError};
+use crate::runtime::clock::SystemClock;
 use crate::runtime::shard::{Placement, Ready, ShardEvent};
 use crate::runtime::{self, Engine, Phase};
 use crate::smtp::{Reply, SessionConfig};
@@ -414,16 +415,17 @@ async fn serve_shard<L: Listener + 'static, C: Connector + 'static>(
     startup: Vec<crate::delivery::Job>,
     ready: Ready,
 ) {
-    let core = Core::new(
-        ctx.shard,
-        Arc::clone(&ctx.delivery),
+    let core = Core::new(CoreParts {
+        index: ctx.shard,
+        shared: Arc::clone(&ctx.delivery),
         connector,
-        ctx.spool.clone(),
-        Arc::clone(&ctx.store),
-        Arc::clone(&ctx.mail_store),
-        ctx.phase.clone(),
-        Some(ctx.metrics.clone()),
-    );
+        spool: ctx.spool.clone(),
+        store: Arc::clone(&ctx.store),
+        mail_store: Arc::clone(&ctx.mail_store),
+        phase: ctx.phase.clone(),
+        metrics: Some(ctx.metrics.clone()),
+        clock: Rc::new(SystemClock),
+    });
     let delivery = tokio::task::spawn_local(crate::delivery::run(core, startup));
     ready.send();
     run(ctx, listeners).await;
