@@ -94,39 +94,7 @@ fn expired_and_gone_entries_release_their_gauge_share() {
         (2, 3000)
     );
 
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let local = tokio::task::LocalSet::new();
-    let (phase, phase_rx) = watch::channel(Phase::Running);
-    let gauge = local.block_on(&runtime, async {
-        let core = Core::new(CoreParts {
-            index: 0,
-            shared: Arc::clone(&shared),
-            connector: EpollConnector,
-            spool: rig.spool.shard(0),
-            store: Arc::clone(&rig.spool),
-            mail_store: crate::mailbox::MailStore::new(),
-            phase: phase_rx,
-            metrics: None,
-            clock: Rc::new(SystemClock),
-        });
-        let task = tokio::task::spawn_local(run(core, startup));
-        let gauge = &shared.mesh.gauge;
-        // Both entries end within moments (no attempt waits on a timer): wait for the
-        // gauge to settle, bounded.
-        let _ = tokio::time::timeout(Duration::from_secs(10), async {
-            while gauge.entries() > 0 || gauge.bytes() > 0 {
-                tokio::task::yield_now().await;
-            }
-        })
-        .await;
-        let seen = (gauge.entries(), gauge.bytes());
-        let _ = phase.send(Phase::Stopping);
-        let _ = task.await;
-        seen
-    });
+    let gauge = run_until_drained(&shared, &rig.spool, startup, Rc::new(SystemClock));
     assert_eq!(
         gauge,
         (0, 0),
@@ -176,19 +144,36 @@ fn expiry_follows_the_cores_clock() {
         wall: std::cell::Cell::new(now + shared.schedule.max_age + Duration::from_secs(1)),
     });
 
+    let gauge = run_until_drained(&shared, &rig.spool, startup, clock);
+    assert_eq!(gauge, (0, 0), "the expired entry left the queue");
+    assert_eq!(
+        listener.accept().map(|_| ()).map_err(|e| e.kind()),
+        Err(std::io::ErrorKind::WouldBlock),
+        "no connection to the next hop"
+    );
+}
+
+/// Runs a real core (epoll, no metrics) over `startup` until the ingest gauge settles at zero
+/// (bounded: 10 s), stops it, and returns the gauge as it was then: (entries, bytes).
+fn run_until_drained(
+    shared: &Arc<DeliveryShared>,
+    spool: &Arc<Spool>,
+    startup: Vec<Job>,
+    clock: Rc<dyn Clock>,
+) -> (u64, u64) {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap();
     let local = tokio::task::LocalSet::new();
     let (phase, phase_rx) = watch::channel(Phase::Running);
-    let gauge = local.block_on(&runtime, async {
+    local.block_on(&runtime, async {
         let core = Core::new(CoreParts {
             index: 0,
-            shared: Arc::clone(&shared),
+            shared: Arc::clone(shared),
             connector: EpollConnector,
-            spool: rig.spool.shard(0),
-            store: Arc::clone(&rig.spool),
+            spool: spool.shard(0),
+            store: Arc::clone(spool),
             mail_store: crate::mailbox::MailStore::new(),
             phase: phase_rx,
             metrics: None,
@@ -196,6 +181,8 @@ fn expiry_follows_the_cores_clock() {
         });
         let task = tokio::task::spawn_local(run(core, startup));
         let gauge = &shared.mesh.gauge;
+        // Entries end within moments (no attempt waits on a timer): wait for the gauge to
+        // settle, bounded.
         let _ = tokio::time::timeout(Duration::from_secs(10), async {
             while gauge.entries() > 0 || gauge.bytes() > 0 {
                 tokio::task::yield_now().await;
@@ -206,11 +193,5 @@ fn expiry_follows_the_cores_clock() {
         let _ = phase.send(Phase::Stopping);
         let _ = task.await;
         seen
-    });
-    assert_eq!(gauge, (0, 0), "the expired entry left the queue");
-    assert_eq!(
-        listener.accept().map(|_| ()).map_err(|e| e.kind()),
-        Err(std::io::ErrorKind::WouldBlock),
-        "no connection to the next hop"
-    );
+    })
 }
