@@ -39,6 +39,7 @@
 //! deferred, and their records are written before the spool closes.
 
 pub mod control;
+pub mod loops;
 pub mod mesh;
 mod notices;
 pub mod resolve;
@@ -100,6 +101,8 @@ pub struct DeliveryShared {
     pub dns_servers: Vec<std::net::SocketAddr>,
     /// Our host name: DSN Reporting-MTA, and the MX loop check.
     pub hostname: String,
+    /// Our listeners' and interfaces' addresses: a next hop among them is a loop.
+    pub own_addresses: loops::OwnAddresses,
     pub local_domains: Vec<String>,
     /// Local mailboxes, for notices to a local sender.
     pub mailboxes: Option<Mailboxes>,

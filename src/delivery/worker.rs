@@ -26,6 +26,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
+use super::loops;
 use super::resolve::{self, Resolution, Target};
 use super::Core;
 use crate::net::conn::{compact, read_more, stop_requested, within, Expiry, Read};
@@ -335,7 +336,7 @@ async fn resolve<C: Connector + 'static>(core: &Core<C>, key: &DestinationKey) -
     };
     let names = [shared.hostname.clone()];
     let seed = key_seed(key);
-    resolve::resolve(
+    let resolution = resolve::resolve(
         &core.resolver,
         &route,
         &domain,
@@ -343,7 +344,13 @@ async fn resolve<C: Connector + 'static>(core: &Core<C>, key: &DestinationKey) -
         &names,
         &shared.resolve_limits,
     )
-    .await
+    .await;
+    // A next hop that is this relay would take the mail back in a loop.
+    let (what, kind) = match key {
+        DestinationKey::Mx(domain) => (domain.to_string(), loops::Route::Mx),
+        DestinationKey::Static { hop, .. } => (hop.to_string(), loops::Route::Static),
+    };
+    loops::without_myself(resolution, &what, kind, &shared.own_addresses)
 }
 
 fn key_seed(key: &DestinationKey) -> u64 {

@@ -254,7 +254,13 @@ mod tests {
         let message = "Received: from a\r\n\tby b\r\nreceived: x\r\nRECEIVED:y\r\nX-Received: no\r\n\
             Content-Type: multipart/mixed; boundary=b\r\n\r\n--b\r\nReceived: inner\r\n\r\nx\r\n--b--\r\n";
         assert_eq!(policy().check(message.as_bytes()).unwrap().received, 3);
-        assert_eq!(policy().check(b"Subject: x\r\n\r\nReceived: body\r\n").unwrap().received, 0);
+        assert_eq!(
+            policy()
+                .check(b"Subject: x\r\n\r\nReceived: body\r\n")
+                .unwrap()
+                .received,
+            0
+        );
     }
 
     #[test]

@@ -2365,12 +2365,23 @@ mod tests {
     fn more_received_fields_than_the_hop_limit_are_a_loop() {
         let mut cfg = config();
         cfg.hopcount_limit = 3;
-        let body = |hops: usize| format!("{}Subject: x\r\n\r\nhi\r\n.\r\n", "Received: x\r\n".repeat(hops));
+        let body = |hops: usize| {
+            format!(
+                "{}Subject: x\r\n\r\nhi\r\n.\r\n",
+                "Received: x\r\n".repeat(hops)
+            )
+        };
         let (replies, run) = data_replies(&cfg, body(3).as_bytes());
-        assert!(replies[0].starts_with("250 2.0.0 Ok: queued"), "{replies:?}");
+        assert!(
+            replies[0].starts_with("250 2.0.0 Ok: queued"),
+            "{replies:?}"
+        );
         assert_eq!(submissions(&run)[0].mime.received, 3);
         let (replies, run) = data_replies(&cfg, body(4).as_bytes());
-        assert!(replies[0].starts_with("554 5.4.6 Too many hops: 4 "), "{replies:?}");
+        assert!(
+            replies[0].starts_with("554 5.4.6 Too many hops: 4 "),
+            "{replies:?}"
+        );
         assert!(submissions(&run).is_empty());
         assert_eq!(rejections(&run).len(), 1);
     }
