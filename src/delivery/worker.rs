@@ -150,7 +150,7 @@ impl Conversation {
         first: Option<Taken>,
     ) -> Conversation {
         Conversation {
-            client: Client::with_starttls(Arc::clone(&core.shared.client), starttls),
+            client: Client::with_starttls(Arc::clone(&core.shared.client), starttls).for_peer(&hop),
             out: Output::default(),
             input: Vec::with_capacity(READ_CHUNK),
             consumed: 0,
@@ -583,17 +583,21 @@ async fn act<C: Connector + 'static>(core: &Rc<Core<C>>, conv: &mut Conversation
             ClientEvent::Closed(ConnectionOutcome::Failed(diagnostic)) => {
                 tracing::info!(target: "relay::delivery", relay = conv.hop, reason = %diagnostic, "connection to next hop failed");
                 if let Some(first) = conv.pending_first.take() {
-                    // Refused before any transaction: the destination as a whole.
+                    // Refused before any transaction: the destination as a whole. A 5xx
+                    // greeting defers (it says nothing about the recipients), unless it is
+                    // our own decision: a next hop that greets with our name is a loop.
                     let reply = diagnostic.reply().clone();
-                    let result =
-                        if reply.code().class() == 5 && diagnostic.stage() != Stage::Greeting {
-                            RecipientResult::Bounced(diagnostic)
-                        } else {
-                            RecipientResult::Deferred(Diagnostic::Local {
-                                stage: diagnostic.stage(),
-                                reply,
-                            })
-                        };
+                    let ours = !diagnostic.is_remote();
+                    let result = if reply.code().class() == 5
+                        && (diagnostic.stage() != Stage::Greeting || ours)
+                    {
+                        RecipientResult::Bounced(diagnostic)
+                    } else {
+                        RecipientResult::Deferred(Diagnostic::Local {
+                            stage: diagnostic.stage(),
+                            reply,
+                        })
+                    };
                     let tls = conv.tls.as_deref();
                     fail_destination(core, first, result, Some(&conv.hop), tls).await;
                 }
