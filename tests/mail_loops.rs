@@ -16,7 +16,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use common::sinks::{free_port, Sink};
-use common::{repo_path, Relay, Settings};
+use common::{repo_path, Engine, Relay, Settings};
 
 const PATIENCE: Duration = Duration::from_secs(15);
 const SENDER: &str = "alice@example.test";
@@ -25,7 +25,14 @@ const SENDER: &str = "alice@example.test";
 const FAST_RETRY: &str = "[delivery]\nretry_intervals = [\"300ms\"]\nretry_every = \"500ms\"\nretry_jitter_percent = 0\n";
 
 fn settings(routes: &[(&str, &str)]) -> Settings {
-    let mut settings = Settings::auto();
+    on(Settings::auto(), routes)
+}
+
+fn settings_on(engine: Engine, routes: &[(&str, &str)]) -> Settings {
+    on(Settings::new(engine), routes)
+}
+
+fn on(mut settings: Settings, routes: &[(&str, &str)]) -> Settings {
     settings.routes = routes
         .iter()
         .map(|(d, to)| (d.to_string(), to.to_string()))
@@ -95,11 +102,15 @@ fn assert_bounced_as_loop(relay: &Relay, id: &str, rcpt: &str, diagnostic: &str)
     pop.ok("QUIT");
 }
 
-#[test]
-fn a_route_to_the_relay_itself_bounces() {
+engine_tests! {
+    a_route_to_the_relay_itself_bounces: route_to_itself_uring, route_to_itself_epoll;
+    more_received_fields_than_the_hop_limit_are_refused: hop_limit_uring, hop_limit_epoll;
+}
+
+fn a_route_to_the_relay_itself_bounces(engine: Engine) {
     let port = free_port();
     let own = format!("127.0.0.1:{port}");
-    let mut settings = settings(&[("loop.test", &own), ("*", "127.0.0.1:1")]);
+    let mut settings = settings_on(engine, &[("loop.test", &own), ("*", "127.0.0.1:1")]);
     settings.smtp_listen = own.clone();
     let relay = Relay::start(settings);
     let id = send(&relay, "x@loop.test", "route");
@@ -246,16 +257,15 @@ s.quit()
     (code.parse().expect("code"), text.to_string())
 }
 
-#[test]
-fn more_received_fields_than_the_hop_limit_are_refused() {
-    let relay = Relay::start(settings(&[]));
+fn more_received_fields_than_the_hop_limit_are_refused(engine: Engine) {
+    let relay = Relay::start(settings_on(engine, &[]));
     let (code, text) = send_with_hops(&relay, 51);
     assert_eq!(code, 554, "{text}");
     assert!(text.starts_with("5.4.6 Too many hops"), "{text}");
     let (code, text) = send_with_hops(&relay, 50);
     assert_eq!(code, 250, "the default limit is 50: {text}");
     // The limit is a key.
-    let mut settings = settings(&[]);
+    let mut settings = settings_on(engine, &[]);
     settings.smtp_toml = "hopcount_limit = 3\n".into();
     let relay = Relay::start(settings);
     assert_eq!(send_with_hops(&relay, 4).0, 554);

@@ -29,6 +29,9 @@
 //! dead host costs one connection attempt, not one per message (Postfix's dead-destination
 //! rule).
 //!
+//! **Mail loops** (`loops.rs`): a next hop that resolves to this relay, or greets with its
+//! name, bounces `5.4.6` instead of taking the mail round.
+//!
 //! **TLS.** Each connection asks for STARTTLS as its route's `tls` says (see `worker.rs`);
 //! the rustls configurations are built once ([`DeliveryShared::client_tls`]). A destination
 //! whose opportunistic handshake failed is remembered by its owning core for
