@@ -20,6 +20,9 @@ pub const RECIPIENTS_MAX: usize = 100;
 /// What the large mailbox providers accept; Postfix defaults to 10 MB, which is too small
 /// for today's attachments once Base64 adds its third.
 pub const MESSAGE_SIZE_MAX: ByteSize = ByteSize::mib(25);
+/// Postfix's `hopcount_limit`: real mail crosses a handful of hops; fifty `Received:` fields
+/// is a loop (each lap adds one), stopped long before the header size limit would.
+pub const HOPCOUNT_LIMIT: usize = 50;
 /// Postfix's `smtpd_hard_error_limit`: enough for a confused client, too few for a scanner.
 pub const ERRORS_MAX: u32 = 20;
 /// RFC 5321 §4.5.3.2.7: a server should wait at least 5 minutes for the next command.

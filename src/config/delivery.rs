@@ -311,6 +311,7 @@ impl DeliverySection {
                 .clone()
                 .unwrap_or_else(|| hostname.to_string()),
             max_recipients_per_transaction: self.recipients_per_transaction_max,
+            own_hostname: Some(hostname.to_string()),
             ..ClientConfig::default()
         }
     }

@@ -354,6 +354,7 @@ mod tests {
             ("[smtp]\ncommand_line_max = 100\n", "smtp.command_line_max"),
             ("[smtp]\ntext_line_max = 80\n", "smtp.text_line_max"),
             ("[smtp]\nrecipients_max = 0\n", "smtp.recipients_max"),
+            ("[smtp]\nhopcount_limit = 0\n", "smtp.hopcount_limit"),
             (
                 "[smtp]\nmessage_size_max = \"8GiB\"\n",
                 "smtp.message_size_max",

@@ -31,6 +31,9 @@ pub struct SmtpSection {
     pub text_line_max: usize,
     pub recipients_max: usize,
     pub message_size_max: ByteSize,
+    /// `Received:` fields a message may carry (Postfix's `hopcount_limit`); a message
+    /// with more is in a mail loop and gets `554 5.4.6`.
+    pub hopcount_limit: usize,
     pub errors_max: u32,
     /// Tarpitting: past this many errors, each further error reply waits `error_delay`.
     pub error_delay_after: u32,
@@ -75,6 +78,7 @@ impl Default for SmtpSection {
             text_line_max: defaults::TEXT_LINE_MAX,
             recipients_max: defaults::RECIPIENTS_MAX,
             message_size_max: defaults::MESSAGE_SIZE_MAX,
+            hopcount_limit: defaults::HOPCOUNT_LIMIT,
             errors_max: defaults::ERRORS_MAX,
             error_delay_after: defaults::ERROR_DELAY_AFTER,
             error_delay: defaults::ERROR_DELAY,
@@ -131,6 +135,9 @@ impl SmtpSection {
                     ByteSize(MESSAGE_SIZE_CEILING)
                 ),
             ));
+        }
+        if self.hopcount_limit == 0 {
+            return Err(invalid("smtp.hopcount_limit", "must be at least 1"));
         }
         if self.errors_max == 0 {
             return Err(invalid("smtp.errors_max", "must be at least 1"));
@@ -205,6 +212,7 @@ impl SmtpSection {
             text_line_max: self.text_line_max,
             recipients_max: self.recipients_max,
             message_size_max: self.message_size_max.0,
+            hopcount_limit: self.hopcount_limit,
             errors_max: self.errors_max,
             error_delay_after: self.error_delay_after,
             error_delay: self.error_delay.0,

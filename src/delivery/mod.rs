@@ -29,6 +29,9 @@
 //! dead host costs one connection attempt, not one per message (Postfix's dead-destination
 //! rule).
 //!
+//! **Mail loops** (`loops.rs`): a next hop that resolves to this relay, or greets with its
+//! name, bounces `5.4.6` instead of taking the mail round.
+//!
 //! **TLS.** Each connection asks for STARTTLS as its route's `tls` says (see `worker.rs`);
 //! the rustls configurations are built once ([`DeliveryShared::client_tls`]). A destination
 //! whose opportunistic handshake failed is remembered by its owning core for
@@ -39,6 +42,7 @@
 //! deferred, and their records are written before the spool closes.
 
 pub mod control;
+pub mod loops;
 pub mod mesh;
 mod notices;
 pub mod resolve;
@@ -100,6 +104,8 @@ pub struct DeliveryShared {
     pub dns_servers: Vec<std::net::SocketAddr>,
     /// Our host name: DSN Reporting-MTA, and the MX loop check.
     pub hostname: String,
+    /// Our listeners' and interfaces' addresses: a next hop among them is a loop.
+    pub own_addresses: loops::OwnAddresses,
     pub local_domains: Vec<String>,
     /// Local mailboxes, for notices to a local sender.
     pub mailboxes: Option<Mailboxes>,

@@ -24,7 +24,9 @@
 //!   `451 4.4.3` (X.4.3 "Directory server failure"); the retry schedule takes over.
 //! - If our own name is among the MX hosts, records of its preference and worse are dropped;
 //!   if none remain, bounce `554 5.4.6` ("Routing loop detected"), as Postfix does ("mail
-//!   for … loops back to myself").
+//!   for … loops back to myself"). The same rule over the resolved *addresses* (an MX that
+//!   is one of our addresses under another name, an address literal of ours, a static
+//!   route to our own listener) is applied to the [`Resolution`] by `delivery::loops`.
 //! - Address step: each host's A/AAAA addresses, in host order. No address for any host:
 //!   defer 4.4.3 if any lookup failed temporarily, else bounce `550 5.4.4` ("Unable to
 //!   route"); NXDOMAIN for the implicit-MX domain is `550 5.1.2` as above.

@@ -53,6 +53,7 @@ fn rig() -> Rig {
         tls_failure_hold: Duration::from_secs(60),
         dns_servers: Vec::new(),
         hostname: "relay.test".into(),
+        own_addresses: Default::default(),
         local_domains: Vec::new(),
         mailboxes: None,
         metrics: None,

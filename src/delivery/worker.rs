@@ -26,6 +26,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
+use super::loops;
 use super::resolve::{self, Resolution, Target};
 use super::Core;
 use crate::net::conn::{compact, read_more, stop_requested, within, Expiry, Read};
@@ -149,7 +150,7 @@ impl Conversation {
         first: Option<Taken>,
     ) -> Conversation {
         Conversation {
-            client: Client::with_starttls(Arc::clone(&core.shared.client), starttls),
+            client: Client::with_starttls(Arc::clone(&core.shared.client), starttls).for_peer(&hop),
             out: Output::default(),
             input: Vec::with_capacity(READ_CHUNK),
             consumed: 0,
@@ -335,7 +336,7 @@ async fn resolve<C: Connector + 'static>(core: &Core<C>, key: &DestinationKey) -
     };
     let names = [shared.hostname.clone()];
     let seed = key_seed(key);
-    resolve::resolve(
+    let resolution = resolve::resolve(
         &core.resolver,
         &route,
         &domain,
@@ -343,7 +344,13 @@ async fn resolve<C: Connector + 'static>(core: &Core<C>, key: &DestinationKey) -
         &names,
         &shared.resolve_limits,
     )
-    .await
+    .await;
+    // A next hop that is this relay would take the mail back in a loop.
+    let (what, kind) = match key {
+        DestinationKey::Mx(domain) => (domain.to_string(), loops::Route::Mx),
+        DestinationKey::Static { hop, .. } => (hop.to_string(), loops::Route::Static),
+    };
+    loops::without_myself(resolution, &what, kind, &shared.own_addresses)
 }
 
 fn key_seed(key: &DestinationKey) -> u64 {
@@ -576,17 +583,21 @@ async fn act<C: Connector + 'static>(core: &Rc<Core<C>>, conv: &mut Conversation
             ClientEvent::Closed(ConnectionOutcome::Failed(diagnostic)) => {
                 tracing::info!(target: "relay::delivery", relay = conv.hop, reason = %diagnostic, "connection to next hop failed");
                 if let Some(first) = conv.pending_first.take() {
-                    // Refused before any transaction: the destination as a whole.
+                    // Refused before any transaction: the destination as a whole. A 5xx
+                    // greeting defers (it says nothing about the recipients), unless it is
+                    // our own decision: a next hop that greets with our name is a loop.
                     let reply = diagnostic.reply().clone();
-                    let result =
-                        if reply.code().class() == 5 && diagnostic.stage() != Stage::Greeting {
-                            RecipientResult::Bounced(diagnostic)
-                        } else {
-                            RecipientResult::Deferred(Diagnostic::Local {
-                                stage: diagnostic.stage(),
-                                reply,
-                            })
-                        };
+                    let ours = !diagnostic.is_remote();
+                    let result = if reply.code().class() == 5
+                        && (diagnostic.stage() != Stage::Greeting || ours)
+                    {
+                        RecipientResult::Bounced(diagnostic)
+                    } else {
+                        RecipientResult::Deferred(Diagnostic::Local {
+                            stage: diagnostic.stage(),
+                            reply,
+                        })
+                    };
                     let tls = conv.tls.as_deref();
                     fail_destination(core, first, result, Some(&conv.hop), tls).await;
                 }

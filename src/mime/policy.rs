@@ -61,6 +61,9 @@ pub struct MessageStats {
     pub attachments: usize,
     /// The deepest nesting level seen (0 for a single-part message).
     pub depth: usize,
+    /// `Received:` fields in the top-level header: the hops the message has made, counted
+    /// during this parse so the session's hop limit (mail loops) costs no second scan.
+    pub received: usize,
 }
 
 /// Why a message is refused. [`PolicyViolation::reason`] is the text of the `554 5.7.1`.
@@ -161,6 +164,10 @@ impl Policy {
         let msg = parse(message, &self.limits())?;
         let mut stats = MessageStats {
             parts: msg.parts.len(),
+            received: msg
+                .headers(0)
+                .filter(|(name, _)| name.eq_ignore_ascii_case(b"received"))
+                .count(),
             ..MessageStats::default()
         };
         for part in &msg.parts {
@@ -235,10 +242,25 @@ mod tests {
                 parts: 3,
                 leaves: 2,
                 attachments: 1,
-                depth: 1
+                depth: 1,
+                received: 0
             }
         );
         assert_eq!(policy().check(b"Subject: x\r\n\r\nhi").unwrap().parts, 1);
+    }
+
+    #[test]
+    fn counts_the_received_fields_of_the_top_level_header_only() {
+        let message = "Received: from a\r\n\tby b\r\nreceived: x\r\nRECEIVED:y\r\nX-Received: no\r\n\
+            Content-Type: multipart/mixed; boundary=b\r\n\r\n--b\r\nReceived: inner\r\n\r\nx\r\n--b--\r\n";
+        assert_eq!(policy().check(message.as_bytes()).unwrap().received, 3);
+        assert_eq!(
+            policy()
+                .check(b"Subject: x\r\n\r\nReceived: body\r\n")
+                .unwrap()
+                .received,
+            0
+        );
     }
 
     #[test]

@@ -27,6 +27,7 @@ use tokio::sync::watch;
 
 use crate::admin::{Admin, AdminError};
 use crate::config::Config;
+use crate::delivery::loops::OwnAddresses;
 use crate::delivery::{jobs_from_live, DeliveryShared, Mesh, QueueGauge};
 use crate::mailbox::{Directory, LocalDelivery, MailStore};
 use crate::metrics::Metrics;
@@ -137,6 +138,7 @@ pub fn delivery_shared(
         tls_failure_hold: d.tls_failure_hold.0,
         dns_servers: config.server.dns_servers.clone(),
         hostname: hostname.to_string(),
+        own_addresses: Default::default(),
         local_domains: config.local.domains.clone(),
         mailboxes,
         metrics: None,
@@ -157,7 +159,7 @@ pub fn run(config: Config) -> Result<(), ServerError> {
     let stores = open_stores(&config, shards)?;
     let server_tls = load_certificate(&config)?;
     let sockets = bind_listeners(&config, shards)?;
-    let delivery = build_delivery(&config, &hostname, shards, &stores)?;
+    let delivery = build_delivery(&config, &hostname, shards, &stores, own_addresses(&sockets))?;
     let startup = rebuild_from_spool(&stores, &delivery, shards);
     let admin = start_admin(&config, &stores, &delivery)?;
     let (phase_tx, phase_rx) = watch::channel(Phase::Running);
@@ -269,15 +271,33 @@ fn bind_listeners(config: &Config, shards: usize) -> Result<Vec<ShardSockets>, S
     Ok(per_shard)
 }
 
+/// Who "myself" is for delivery's loop check: the SMTP listeners as bound (port 0
+/// resolved) and the machine's interface addresses (without them only the listeners and
+/// loopback count, with a warning).
+fn own_addresses(sockets: &[ShardSockets]) -> OwnAddresses {
+    let listeners = sockets.first().into_iter().flatten();
+    let listeners = listeners
+        .filter(|(_, protocol, _)| *protocol == Protocol::Smtp)
+        .filter_map(|(socket, _, _)| socket.local_addr().ok())
+        .collect();
+    let interfaces = crate::net::interfaces::addresses().unwrap_or_else(|error| {
+        tracing::warn!(%error, "cannot list the interface addresses; the mail-loop check knows only the listeners");
+        Vec::new()
+    });
+    OwnAddresses::new(listeners, interfaces)
+}
+
 /// The delivery side's shared state, with local delivery and the metrics wired in.
 fn build_delivery(
     config: &Config,
     hostname: &str,
     shards: usize,
     stores: &Stores,
+    own_addresses: OwnAddresses,
 ) -> Result<Arc<DeliveryShared>, ServerError> {
     let mut delivery = delivery_shared(config, hostname, shards, Some(local_mailboxes(stores)))?;
     delivery.metrics = Some(Arc::clone(&stores.metrics));
+    delivery.own_addresses = own_addresses;
     Ok(Arc::new(delivery))
 }
 

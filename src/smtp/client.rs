@@ -38,6 +38,12 @@
 //! handshake is retried in plaintext is the driver's decision (a new connection with a
 //! new client).
 //!
+//! **Mail loops.** With [`ClientConfig::own_hostname`] set, a greeting or an EHLO/HELO reply
+//! whose first word is our own host name means the next hop is this relay reached another
+//! way (NAT, a port forward, a second address): the client sends QUIT and fails the
+//! connection with a local `554 5.4.6` ("host X greeted me with my own hostname Y", as
+//! Postfix says), which the driver bounces rather than retrying a loop.
+//!
 //! **Consumption.** Only whole reply lines are consumed; a partial line stays with the driver,
 //! which therefore buffers at most [`ReplyLimits::line_max`] octets before the client either
 //! progresses or fails. While idle ([`Next::Send`]) nothing is consumed: bytes that arrive
@@ -154,6 +160,10 @@ pub struct ClientConfig {
     pub reply_limits: ReplyLimits,
     /// Bounds on the MIME parse of an 8-bit message converted for a 7-bit hop.
     pub mime_limits: mime::Limits,
+    /// Our own host name (`server.hostname`): a next hop whose greeting or EHLO/HELO reply
+    /// names it is this relay reached another way, a mail loop (Postfix's check). `None`:
+    /// no check.
+    pub own_hostname: Option<String>,
 }
 
 impl Default for ClientConfig {
@@ -164,6 +174,7 @@ impl Default for ClientConfig {
             max_recipients_per_transaction: 100,
             reply_limits: ReplyLimits::default(),
             mime_limits: mime::Limits::default(),
+            own_hostname: None,
         }
     }
 }
@@ -592,6 +603,8 @@ pub struct Client {
     starttls: StartTlsPolicy,
     /// The TLS handshake succeeded on this connection.
     encrypted: bool,
+    /// The next hop as the driver names it, for the loop diagnostic.
+    peer: String,
 }
 
 impl Client {
@@ -611,7 +624,34 @@ impl Client {
             state: State::Greeting,
             starttls,
             encrypted: false,
+            peer: String::from("the next hop"),
         }
+    }
+
+    /// Names the next hop (`host[address]`) in a loop diagnostic.
+    pub fn for_peer(mut self, peer: &str) -> Client {
+        self.peer = peer.to_string();
+        self
+    }
+
+    /// A mail loop: the first word of `reply` (the host name a greeting or an EHLO/HELO
+    /// reply starts with, RFC 5321 §4.2) is our own host name. The connection is refused
+    /// with a local `554 5.4.6`, which the driver bounces.
+    fn names_myself(&self, reply: &Reply, stage: Stage) -> Option<Diagnostic> {
+        let own = self.config.own_hostname.as_deref()?;
+        let first = reply.text().split([' ', '\n']).next().unwrap_or("");
+        let first = first.strip_suffix('.').unwrap_or(first);
+        let own = own.strip_suffix('.').unwrap_or(own);
+        if own.is_empty() || !first.eq_ignore_ascii_case(own) {
+            return None;
+        }
+        let when = match stage {
+            Stage::Greeting => "greeted me",
+            Stage::Helo => "replied to HELO",
+            _ => "replied to EHLO",
+        };
+        let reply = Reply::greeted_with_own_name(&self.peer, when, own);
+        Some(Diagnostic::Local { stage, reply })
     }
 
     /// The conversation runs over TLS ([`Client::tls_established`] was called).
@@ -813,6 +853,9 @@ impl Client {
         match mem::replace(&mut self.state, State::Closed) {
             State::Greeting => match reply.code().class() {
                 2 if reply.code() == ReplyCode::SERVICE_READY => {
+                    if let Some(diagnostic) = self.names_myself(&reply, stage) {
+                        return self.refused(diagnostic, out);
+                    }
                     self.ehlo(out);
                 }
                 // RFC 5321 §3.1: a 554 (or any refusal) greeting means no service here; the
@@ -823,6 +866,9 @@ impl Client {
             },
             State::Ehlo => match reply.code().class() {
                 2 => {
+                    if let Some(diagnostic) = self.names_myself(&reply, stage) {
+                        return self.refused(diagnostic, out);
+                    }
                     self.caps = Capabilities::from_ehlo(&reply);
                     if self.starttls != StartTlsPolicy::Never && !self.encrypted {
                         if self.caps.starttls {
@@ -850,6 +896,9 @@ impl Client {
             },
             State::Helo => match reply.code().class() {
                 2 => {
+                    if let Some(diagnostic) = self.names_myself(&reply, stage) {
+                        return self.refused(diagnostic, out);
+                    }
                     self.caps = Capabilities::default();
                     if self.starttls == StartTlsPolicy::Required && !self.encrypted {
                         let reply = Reply::next_hop_lacks_starttls();
@@ -1359,5 +1408,85 @@ mod tests {
             ..ClientConfig::default()
         };
         assert_eq!(none.check(), Err(ClientConfigError::NoRecipients));
+    }
+
+    /// Runs a client that knows itself as `relay.test` through `replies` (one at a time);
+    /// returns what it wrote and its last event.
+    fn run_against(replies: &[&str], own: Option<&str>) -> (String, Option<ClientEvent>) {
+        let config = Arc::new(ClientConfig {
+            own_hostname: own.map(String::from),
+            ..ClientConfig::default()
+        });
+        let mut client = Client::new(config).for_peer("mx.test[192.0.2.1]");
+        let mut out = Output::default();
+        let mut written = Vec::new();
+        for reply in replies {
+            client.handle_input(reply.as_bytes(), &mut out);
+            written.append(&mut out.bytes);
+        }
+        (String::from_utf8(written).unwrap(), out.events.pop())
+    }
+
+    fn loop_reply(event: Option<ClientEvent>) -> String {
+        match event {
+            Some(ClientEvent::Closed(ConnectionOutcome::Failed(d))) => {
+                assert!(!d.is_remote(), "our own decision");
+                d.reply().to_string()
+            }
+            other => panic!("expected a failed connection, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_greeting_with_our_own_name_is_a_loop() {
+        let me = Some("relay.test");
+        let (written, event) = run_against(&["220 Relay.Test. ESMTP ready\r\n"], me);
+        assert_eq!(written, "QUIT\r\n");
+        assert_eq!(event, None, "the outcome comes with the reply to QUIT");
+        let (_, event) = run_against(&["220 relay.test ESMTP\r\n", "221 bye\r\n"], me);
+        assert_eq!(
+            loop_reply(event),
+            "554 5.4.6 mail loops: host mx.test[192.0.2.1] greeted me with my own hostname relay.test"
+        );
+    }
+
+    #[test]
+    fn an_ehlo_or_helo_reply_with_our_own_name_is_a_loop() {
+        let me = Some("relay.test");
+        let ehlo = [
+            "220 other.test ESMTP\r\n",
+            "250-relay.test hello\r\n250 PIPELINING\r\n",
+            "221 bye\r\n",
+        ];
+        let (written, event) = run_against(&ehlo, me);
+        assert_eq!(written, "EHLO localhost\r\nQUIT\r\n");
+        assert!(loop_reply(event).contains("replied to EHLO with my own hostname relay.test"));
+        let helo = [
+            "220 other.test\r\n",
+            "502 no EHLO\r\n",
+            "250 RELAY.TEST\r\n",
+            "221 bye\r\n",
+        ];
+        let (_, event) = run_against(&helo, me);
+        assert!(loop_reply(event).starts_with("554 5.4.6 "));
+    }
+
+    #[test]
+    fn other_names_and_no_own_name_are_no_loop() {
+        for (replies, own) in [
+            (
+                ["220 other.test relay.test\r\n", "250 other.test\r\n"],
+                Some("relay.test"),
+            ),
+            (
+                ["220 relay.tester\r\n", "250 relay.test.example\r\n"],
+                Some("relay.test"),
+            ),
+            (["220 relay.test\r\n", "250 relay.test\r\n"], None),
+        ] {
+            let (written, event) = run_against(&replies, own);
+            assert_eq!(written, "EHLO localhost\r\n", "{replies:?}");
+            assert_eq!(event, Some(ClientEvent::Ready), "{replies:?}");
+        }
     }
 }

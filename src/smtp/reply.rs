@@ -204,6 +204,8 @@ const S_4_7_4: EnhancedStatus = EnhancedStatus::known(4, 7, 4);
 const S_4_7_5: EnhancedStatus = EnhancedStatus::known(4, 7, 5);
 /// 4.4.5 System congestion (this relay's own delivery tables are full).
 const S_4_4_5: EnhancedStatus = EnhancedStatus::known(4, 4, 5);
+/// 5.4.6 Routing loop detected.
+const S_5_4_6: EnhancedStatus = EnhancedStatus::known(5, 4, 6);
 /// 5.4.7 Delivery time expired.
 const S_5_4_7: EnhancedStatus = EnhancedStatus::known(5, 4, 7);
 /// 5.0.0 Other undefined status (an operator's decision).
@@ -1142,6 +1144,41 @@ impl Reply {
             format!(
                 "delivery time expired (delivery.max_age); last error: {}",
                 printable(last)
+            ),
+        )
+    }
+
+    /// More `Received:` fields than `smtp.hopcount_limit` (Postfix's `hopcount_limit`):
+    /// the message is going round in a loop.
+    pub fn too_many_hops(count: usize, limit: usize) -> Self {
+        Self::new(
+            ReplyCode::TRANSACTION_FAILED,
+            Some(S_5_4_6),
+            format!("Too many hops: {count} Received headers, at most {limit} (mail loop?)"),
+        )
+    }
+
+    /// The next hop for `what` (a domain, or a route's next hop) is this relay itself
+    /// (Postfix's wording).
+    pub fn loops_back_to_myself(what: &str) -> Self {
+        Self::new(
+            ReplyCode::TRANSACTION_FAILED,
+            Some(S_5_4_6),
+            format!("mail for {} loops back to myself", printable(what)),
+        )
+    }
+
+    /// The next hop `host` greeted us (`when`: "greeted me", "replied to EHLO") with our
+    /// own host name `name`: it is this relay, reached another way (Postfix's wording).
+    pub fn greeted_with_own_name(host: &str, when: &str, name: &str) -> Self {
+        Self::new(
+            ReplyCode::TRANSACTION_FAILED,
+            Some(S_5_4_6),
+            format!(
+                "mail loops: host {} {} with my own hostname {}",
+                printable(host),
+                when,
+                printable(name)
             ),
         )
     }

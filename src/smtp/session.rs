@@ -110,6 +110,9 @@ pub struct SessionConfig {
     pub expn: bool,
     /// Content policy checked at the end of the data (MIME structure, attachments).
     pub policy: crate::mime::Policy,
+    /// `Received:` fields a message may carry (Postfix's `hopcount_limit`); more are a
+    /// mail loop and get `554 5.4.6`.
+    pub hopcount_limit: usize,
     /// The outbound queue's backpressure; `None`: always accepting.
     pub ingest: Option<super::recipients::Gate>,
     /// The per-client-address message rate; `None`: unlimited.
@@ -150,6 +153,7 @@ impl Default for SessionConfig {
             vrfy: false,
             expn: false,
             policy: crate::mime::Policy::default(),
+            hopcount_limit: 50,
             ingest: None,
             message_rate: None,
             allow_plaintext_auth: false,
@@ -1306,6 +1310,10 @@ impl Session {
                 return self.refuse_message(helo, transaction, size, reply, out);
             }
         };
+        if mime.received > self.config.hopcount_limit {
+            let reply = Reply::too_many_hops(mime.received, self.config.hopcount_limit);
+            return self.refuse_message(helo, transaction, size, reply, out);
+        }
         let origin = self.origin(&helo, &transaction.envelope.params);
         let pending = Pending {
             reverse_path: transaction.envelope.reverse_path.clone(),
@@ -2349,6 +2357,31 @@ mod tests {
             "{replies:?}"
         );
         assert_eq!(replies[1], "250 2.0.0 Ok");
+        assert!(submissions(&run).is_empty());
+        assert_eq!(rejections(&run).len(), 1);
+    }
+
+    #[test]
+    fn more_received_fields_than_the_hop_limit_are_a_loop() {
+        let mut cfg = config();
+        cfg.hopcount_limit = 3;
+        let body = |hops: usize| {
+            format!(
+                "{}Subject: x\r\n\r\nhi\r\n.\r\n",
+                "Received: x\r\n".repeat(hops)
+            )
+        };
+        let (replies, run) = data_replies(&cfg, body(3).as_bytes());
+        assert!(
+            replies[0].starts_with("250 2.0.0 Ok: queued"),
+            "{replies:?}"
+        );
+        assert_eq!(submissions(&run)[0].mime.received, 3);
+        let (replies, run) = data_replies(&cfg, body(4).as_bytes());
+        assert!(
+            replies[0].starts_with("554 5.4.6 Too many hops: 4 "),
+            "{replies:?}"
+        );
         assert!(submissions(&run).is_empty());
         assert_eq!(rejections(&run).len(), 1);
     }

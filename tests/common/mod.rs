@@ -150,6 +150,8 @@ pub struct Settings {
     pub pop3_toml: String,
     /// TOML lines inside the `[server]` section (e.g. `dns_servers = [...]`).
     pub server_toml: String,
+    /// `smtp.listen`: one address (port 0 picks a free port).
+    pub smtp_listen: String,
 }
 
 /// Local mailboxes every test relay has, all with the password [`TEST_PASSWORD`].
@@ -195,6 +197,7 @@ impl Settings {
             smtp_toml: String::new(),
             pop3_toml: String::new(),
             server_toml: String::new(),
+            smtp_listen: "127.0.0.1:0".into(),
         }
     }
 
@@ -223,7 +226,7 @@ impl Settings {
              drain_timeout = {drain:?}\n\
              connections_per_ip_max = {per_ip}\n\
              [smtp]\n\
-             listen = [\"127.0.0.1:0\"]\n\
+             listen = [{listen:?}]\n\
              command_timeout = {cmd:?}\n\
              data_timeout = {data:?}\n\
              message_size_max = {size:?}\n\
@@ -235,6 +238,7 @@ impl Settings {
             cores = self.cores,
             drain = self.drain_timeout,
             per_ip = self.connections_per_ip_max,
+            listen = self.smtp_listen,
             cmd = self.command_timeout,
             data = self.data_timeout,
             size = self.message_size_max,

@@ -1,7 +1,8 @@
 """A tiny authoritative DNS server on loopback UDP for tests (stdlib only).
 
 Usage: dns_server.py NAME=ANSWER ...
-  ANSWER is an IPv4 address (an A record), "servfail", or "silent" (no reply at all).
+  ANSWER is an IPv4 address (an A record), "mx:PREF:EXCHANGE" (one MX record), "servfail",
+  or "silent" (no reply at all).
   Any other name is NXDOMAIN; AAAA and other types for a known name get NOERROR, no data.
 Prints "PORT <n>" once listening, then "Q <name> <type>" for every query (flushed), so a
 test can wait for the port and assert on the queries asked.
@@ -33,6 +34,13 @@ def parse_question(packet):
     return ".".join(labels).lower(), qtype, packet[12:at + 4]
 
 
+def encode_name(name):
+    out = b""
+    for label in name.rstrip(".").split("."):
+        out += bytes([len(label)]) + label.encode("ascii")
+    return out + b"\x00"
+
+
 while True:
     packet, peer = sock.recvfrom(4096)
     if len(packet) < 17:
@@ -49,6 +57,13 @@ while True:
         rcode, count = 3, 0
     elif answer == "servfail":
         rcode, count = 2, 0
+    elif answer.startswith("mx:"):
+        rcode, count = 0, 0
+        if qtype == 15:
+            _, pref, exchange = answer.split(":", 2)
+            rdata = struct.pack("!H", int(pref)) + encode_name(exchange)
+            rcode, count = 0, 1
+            answers = b"\xc0\x0c" + struct.pack("!HHIH", 15, 1, 60, len(rdata)) + rdata
     elif qtype == 1:
         rcode, count = 0, 1
         answers = b"\xc0\x0c" + struct.pack("!HHIH", 1, 1, 60, 4) + socket.inet_aton(answer)

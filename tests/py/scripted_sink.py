@@ -11,6 +11,8 @@ Script options:
   --rcpt CODE=ADDRESS      RCPT TO:<ADDRESS> always gets CODE (repeatable)
   --eom-delay SECONDS      wait this long before answering the end of data
   --port P                 listen on P (default: any free port)
+  --greeting-name NAME     the host name in the 220 greeting (default scripted.sink)
+  --ehlo-name NAME         the host name in the EHLO/HELO reply (default scripted.sink)
   --starttls CERT:KEY      offer STARTTLS with this PEM certificate and key
   --starttls-garbage       offer STARTTLS, answer 220, then send junk instead of a handshake
                            and close (a hop whose TLS is broken)
@@ -39,6 +41,8 @@ def main():
     ap.add_argument("--rcpt", action="append", default=[])
     ap.add_argument("--eom-delay", type=float, default=0.0)
     ap.add_argument("--port", type=int, default=0)
+    ap.add_argument("--greeting-name", default="scripted.sink")
+    ap.add_argument("--ehlo-name", default="scripted.sink")
     ap.add_argument("--starttls", default=None)
     ap.add_argument("--starttls-garbage", action="store_true")
     args = ap.parse_args()
@@ -62,7 +66,7 @@ def main():
 
         def handle(self):
             global mail_count, seq, starttls_seen
-            self.reply("220 scripted.sink ESMTP")
+            self.reply("220 " + args.greeting_name + " ESMTP")
             sender = None
             rcpts = []
             tls_version = None
@@ -74,7 +78,7 @@ def main():
                 verb = cmd[:4].upper()
                 if verb in ("EHLO", "HELO"):
                     starttls = "250-STARTTLS\r\n" if offer_tls and tls_version is None else ""
-                    self.reply("250-scripted.sink\r\n" + starttls + "250-PIPELINING\r\n250-8BITMIME\r\n250 SIZE 100000000")
+                    self.reply("250-" + args.ehlo_name + "\r\n" + starttls + "250-PIPELINING\r\n250-8BITMIME\r\n250 SIZE 100000000")
                 elif cmd.upper() == "STARTTLS" and offer_tls and tls_version is None:
                     with state_lock:
                         starttls_seen += 1

@@ -126,6 +126,8 @@ pub fn fuzz(data: &[u8]) {
     };
     let config = Arc::new(ClientConfig {
         max_recipients_per_transaction: 2,
+        // Reachable by a greeting or EHLO that names it: the loop check is fuzzed too.
+        own_hostname: Some("own.fuzz".into()),
         ..ClientConfig::default()
     });
     let line_max = config.reply_limits.line_max;
