@@ -378,6 +378,28 @@ impl Session {
         consumed
     }
 
+    /// The driver's answer to `Event::Authenticate` when the credentials could not be
+    /// checked now (the server's password checks are saturated): `-ERR [SYS/TEMP]` (RFC 3206
+    /// §4), back to AUTHORIZATION. Counted with the failures, so a session cannot retry
+    /// without end.
+    pub fn authentication_unavailable(&mut self, out: &mut Outbox) {
+        if !matches!(self.state, State::Authenticating) {
+            debug_assert!(
+                self.is_closed(),
+                "authentication_unavailable without Authenticate"
+            );
+            return;
+        }
+        self.state = State::Authorization { user: None };
+        self.auth_failures = self.auth_failures.saturating_add(1);
+        if self.auth_failures >= AUTH_FAILURES_MAX {
+            let reply = Response::auth_failures_exceeded();
+            self.close(reply, CloseReason::AuthFailuresExceeded, out);
+        } else {
+            Response::auth_unavailable().encode(&mut out.bytes);
+        }
+    }
+
     /// The driver's answer to `Event::Authenticate`: the canonical user name, or `None` for
     /// wrong credentials (answered `-ERR [AUTH]`; the driver applies the failure delay before
     /// writing it).

@@ -18,6 +18,7 @@ use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use super::admission::Permit;
+use super::auth::Denied;
 use super::shard::Protocol;
 use super::shard::ShardContext;
 use super::starttls::{self, DriveEnd, Upgradable, Wire};
@@ -125,7 +126,10 @@ impl Upgradable for Link {
                         // A failure is answered after `pop3.auth_failure_delay`.
                         let proof = credentials.into();
                         let user = ctx.auth.check(Protocol::Pop3, peer.ip(), proof).await;
-                        session.authenticated(user.ok(), out);
+                        match user {
+                            Err(Denied::Busy) => session.authentication_unavailable(out),
+                            user => session.authenticated(user.ok(), out),
+                        }
                     }
                     Event::Lock { user } => match ctx.mail_store.lock(&user) {
                         Ok(lock) => {
