@@ -162,6 +162,12 @@ impl Upgradable for Link {
                             biased;
                             result = check => Some(result),
                             _ = stop_requested(phase, false) => None,
+                            // A client gone while its check is queued: the check is
+                            // dropped with it (the pool skips it).
+                            _ = conn.peer_closed() => {
+                                conn.shutdown();
+                                return DriveEnd::Closed;
+                            }
                         };
                         let Some(result) = result else {
                             session.shutting_down(out);
