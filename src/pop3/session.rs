@@ -1459,6 +1459,37 @@ mod tests {
     }
 
     #[test]
+    fn busy_password_checks_answer_sys_temp_and_count_toward_the_close() {
+        let mut out = Outbox::default();
+        let mut session = Session::new(Arc::new(config()), "n", &mut out);
+        for attempt in 1..=AUTH_FAILURES_MAX {
+            out.clear();
+            session.handle_input(b"USER alice\r\nPASS secret\r\n", &mut out);
+            assert!(session.awaiting(), "attempt {attempt}");
+            out.clear();
+            session.authentication_unavailable(&mut out);
+            let reply = String::from_utf8_lossy(&out.bytes).into_owned();
+            if attempt < AUTH_FAILURES_MAX {
+                assert_eq!(
+                    reply,
+                    "-ERR [SYS/TEMP] authentication temporarily unavailable, try again later\r\n"
+                );
+                assert!(out.events.is_empty());
+            } else {
+                assert!(reply.starts_with("-ERR [AUTH]"), "{reply}");
+                assert_eq!(
+                    out.events,
+                    [Event::Close(CloseReason::AuthFailuresExceeded)]
+                );
+            }
+        }
+        // After the close an answer is ignored.
+        out.clear();
+        session.authentication_unavailable(&mut out);
+        assert!(out.bytes.is_empty() && out.events.is_empty());
+    }
+
+    #[test]
     fn quit_updates_only_with_deletions() {
         let run1 = run(&format!("{LOGIN}DELE 3\r\nDELE 1\r\nQUIT\r\n"));
         assert_eq!(

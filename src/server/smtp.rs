@@ -33,6 +33,7 @@ use super::ingest;
 use super::shard::Protocol;
 use super::shard::ShardContext;
 use super::starttls::{self, DriveEnd, Upgradable, Wire};
+use crate::logsafe::Safe;
 use crate::net::conn::{
     compact, flush, read_more, stop_requested, within, Expiry, Read, GOODBYE_WRITE_LIMIT,
 };
@@ -198,11 +199,11 @@ impl Upgradable for Link {
                         tracing::info!(
                             target: "relay::transaction",
                             client = %peer.ip(),
-                            sender = %summary.reverse_path,
-                            auth = session.authenticated_user().map(tracing::field::display),
+                            sender = %Safe(&summary.reverse_path),
+                            auth = session.authenticated_user().map(Safe).map(tracing::field::display),
                             rcpts = summary.recipients,
                             size = summary.size,
-                            result = %summary.reply,
+                            result = %Safe(&summary.reply),
                             "rejected"
                         );
                     }
