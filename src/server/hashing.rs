@@ -47,7 +47,6 @@ impl HashPool {
             .map(|index| {
                 let queue = queue.clone();
                 let metrics = metrics.clone();
-                let cpus = cpus.clone();
                 std::thread::Builder::new()
                     .name(format!("{THREAD_NAME}-{index}"))
                     .spawn(move || work(&queue, &metrics, cpus.as_ref()))
