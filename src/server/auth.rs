@@ -191,8 +191,11 @@ impl Auth {
             log_busy(protocol, client, &attempted);
             return Err(Denied::Busy);
         };
-        // `None` from the channel: the pool is gone (shutting down); a failure to the client.
-        match hashed.await.ok().flatten() {
+        let Ok(verified) = hashed.await else {
+            // The pool dropped the check unrun (it is shutting down): nothing was decided.
+            return Err(Denied::Busy);
+        };
+        match verified {
             Some(user) => {
                 attempt.succeeded(Instant::now());
                 log_success(protocol, client, &user);

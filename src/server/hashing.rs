@@ -96,7 +96,11 @@ fn work(queue: &Receiver<Job>, metrics: &HashPoolMetrics, cpus: Option<&rustix::
     }
     while let Ok(job) = queue.recv() {
         metrics.queued.dec();
-        job();
+        // A panicking check must not take the thread with it (the pool would shrink to
+        // nothing); its login sees the dropped result as a temporary failure.
+        if std::panic::catch_unwind(std::panic::AssertUnwindSafe(job)).is_err() {
+            tracing::error!("a password check panicked");
+        }
     }
 }
 
