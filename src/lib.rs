@@ -18,6 +18,7 @@
 //!   the content policy.
 //! - [`proto`]: what the line protocols share: the command-line framer and SASL PLAIN.
 //! - [`envelope`]: the envelope types shared by the SMTP session and the spool.
+//! - [`logsafe`]: peer text escaped and bounded for log lines.
 //! - [`runtime`]: pinned per-core shards, the io_uring probe, the engine choice, `Phase`.
 //! - [`net`]: the only code that moves bytes: connections on both engines, bounded waits,
 //!   listeners, PROXY protocol, DNS, TLS.
@@ -35,6 +36,7 @@ pub mod admin;
 pub mod config;
 pub mod delivery;
 pub mod envelope;
+pub mod logsafe;
 pub mod mailbox;
 pub mod metrics;
 pub mod mime;

@@ -22,6 +22,7 @@ use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
+use crate::logsafe::Safe;
 use crate::metrics::Metrics;
 
 /// Largest request body read; a larger one is refused with 413 without reading it.
@@ -190,7 +191,7 @@ impl Router {
         match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| handler(request))) {
             Ok(response) => response,
             Err(_) => {
-                tracing::error!(path = %request.path, "admin handler panicked");
+                tracing::error!(path = %Safe(&request.path), "admin handler panicked");
                 AdminResponse::text(500, "internal error\n")
             }
         }
@@ -211,7 +212,7 @@ fn serve(router: &Router, mut request: tiny_http::Request) {
         Ok(admin_request) => router.route(&admin_request),
         Err(response) => response,
     };
-    tracing::debug!(method = %request.method(), url = %request.url(), status = response.status, "admin request");
+    tracing::debug!(method = %Safe(request.method()), url = %Safe(request.url()), status = response.status, "admin request");
     let header =
         tiny_http::Header::from_bytes(&b"Content-Type"[..], response.content_type.as_bytes());
     let mut reply = tiny_http::Response::from_data(response.body)

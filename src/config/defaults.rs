@@ -56,6 +56,17 @@ pub const DRAIN_TIMEOUT: Interval = Interval::secs(30);
 pub const CONNECTIONS_PER_CORE_MAX: usize = 10_000;
 /// Postfix's `smtpd_client_connection_count_limit`: one client cannot take every slot.
 pub const CONNECTIONS_PER_IP_MAX: usize = 50;
+/// An IPv6 client is its /64 in every per-client limit (connections, message rate, logins):
+/// one subscriber or host gets a /64 and may rotate through all of it (RFC 6177 §2).
+pub const CLIENT_IPV6_PREFIX: u8 = 64;
+/// Password-hash threads when `server.auth_hash_threads` is absent: at most two, so argon2
+/// (19 MiB and tens of milliseconds per check) never takes more than two cores' worth of time
+/// or more than about 40 MiB, however many logins arrive at once.
+pub const AUTH_HASH_THREADS_MAX: usize = 2;
+/// Password checks waiting for a hash thread before logins get a temporary failure: about a
+/// second of work for two threads. A queued check costs a few bytes; only running ones cost
+/// the hash's memory.
+pub const AUTH_HASH_QUEUE_MAX: usize = 64;
 /// Off: a PROXY header from a client that is not a trusted proxy would let it claim any
 /// address, and with it relay rights (`relay.allowed_networks`) and others' per-IP limits.
 /// Turn it on only for listeners that nothing but the load balancer can reach.
@@ -112,9 +123,11 @@ pub const AUTH_FAILURE_DELAY: Interval = Interval::secs(2);
 /// guesser hundreds.
 pub const AUTH_FAILURES_PER_IP_MAX: u32 = 10;
 pub const AUTH_FAILURE_WINDOW: Interval = Interval::secs(600);
-/// Failed logins per user name per window (SMTP AUTH): counted for names that do not exist
-/// too, so a lockout never tells whether a user exists. Bounds a guesser that spreads over
-/// many addresses; the price is that a guesser can lock a user out for one window.
+/// Failed logins per user name per window (SMTP AUTH and POP3) before each further attempt
+/// for the name waits a delay that doubles per failure (1 s to 60 s): counted for names that
+/// do not exist too, so the delay never tells whether a user exists. Bounds a guesser that
+/// spreads over many addresses to about one try a minute; a client that logged in as the user
+/// before is not delayed, so the guesser cannot lock the owner out.
 pub const AUTH_FAILURES_PER_USER_MAX: u32 = 10;
 /// RFC 4954 §4 and RFC 8314: credentials must not cross the network in clear, so SMTP AUTH
 /// is offered only on TLS connections (`true` is for loopback testing), and POP3 takes

@@ -23,6 +23,10 @@ pub struct Pop3Section {
     /// Failed logins per client address within `auth_failure_window` before further
     /// attempts from it are refused outright.
     pub auth_failures_per_ip_max: u32,
+    /// Failed logins per user name within `auth_failure_window` after which each further
+    /// attempt for that name waits a delay that doubles with each failure (1 s up to 60 s),
+    /// except from a client that logged in as that user before.
+    pub auth_failures_per_user_max: u32,
     pub auth_failure_window: Interval,
     /// As `smtp.proxy_protocol`, for the POP3 listeners.
     pub proxy_protocol: bool,
@@ -40,6 +44,7 @@ impl Default for Pop3Section {
             command_timeout: defaults::POP3_COMMAND_TIMEOUT,
             auth_failure_delay: defaults::AUTH_FAILURE_DELAY,
             auth_failures_per_ip_max: defaults::AUTH_FAILURES_PER_IP_MAX,
+            auth_failures_per_user_max: defaults::AUTH_FAILURES_PER_USER_MAX,
             auth_failure_window: defaults::AUTH_FAILURE_WINDOW,
             proxy_protocol: defaults::PROXY_PROTOCOL,
             allow_plaintext_auth: defaults::ALLOW_PLAINTEXT_AUTH,
@@ -68,6 +73,12 @@ impl Pop3Section {
         if self.auth_failures_per_ip_max == 0 {
             return Err(invalid(
                 "pop3.auth_failures_per_ip_max",
+                "must be at least 1",
+            ));
+        }
+        if self.auth_failures_per_user_max == 0 {
+            return Err(invalid(
+                "pop3.auth_failures_per_user_max",
                 "must be at least 1",
             ));
         }

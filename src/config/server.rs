@@ -1,5 +1,5 @@
-//! `[server]`: our name, the shards, the I/O engine, connection limits, the drain deadline
-//! and the name servers.
+//! `[server]`: our name, the shards, the I/O engine, connection limits, how IPv6 clients are
+//! grouped, the password-hash pool, the drain deadline and the name servers.
 
 use std::net::SocketAddr;
 
@@ -23,6 +23,16 @@ pub struct ServerSection {
     pub drain_timeout: Interval,
     pub connections_per_core_max: usize,
     pub connections_per_ip_max: usize,
+    /// IPv6 clients are counted per prefix of this length in every per-client limit
+    /// (connections, message rate, login failures); IPv4 clients per address.
+    pub client_ipv6_prefix: u8,
+    /// Threads checking password hashes for SMTP AUTH and POP3, shared by all shards and not
+    /// pinned to their cores; `min(2, cores)` when absent.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub auth_hash_threads: Option<usize>,
+    /// Password checks waiting for a hash thread; past this, logins get a temporary failure
+    /// (`454 4.7.0`, `-ERR [SYS/TEMP]`) without being checked.
+    pub auth_hash_queue_max: usize,
     /// Name servers for MX and block-list lookups instead of `/etc/resolv.conf`'s (e.g. a
     /// local caching resolver: public resolvers are refused by most block lists).
     pub dns_servers: Vec<SocketAddr>,
@@ -37,6 +47,9 @@ impl Default for ServerSection {
             drain_timeout: defaults::DRAIN_TIMEOUT,
             connections_per_core_max: defaults::CONNECTIONS_PER_CORE_MAX,
             connections_per_ip_max: defaults::CONNECTIONS_PER_IP_MAX,
+            client_ipv6_prefix: defaults::CLIENT_IPV6_PREFIX,
+            auth_hash_threads: None,
+            auth_hash_queue_max: defaults::AUTH_HASH_QUEUE_MAX,
             dns_servers: Vec::new(),
         }
     }
@@ -67,6 +80,26 @@ impl ServerSection {
                 "connections_per_core_max and connections_per_ip_max must be at least 1",
             ));
         }
+        if !(16..=128).contains(&self.client_ipv6_prefix) {
+            return Err(invalid(
+                "server.client_ipv6_prefix",
+                "must be between 16 and 128 (64 groups one subscriber's /64)",
+            ));
+        }
+        if let Some(threads) = self.auth_hash_threads {
+            if !(1..=64).contains(&threads) {
+                return Err(invalid(
+                    "server.auth_hash_threads",
+                    "must be between 1 and 64 (each running check takes 19 MiB)",
+                ));
+            }
+        }
+        if !(1..=65_536).contains(&self.auth_hash_queue_max) {
+            return Err(invalid(
+                "server.auth_hash_queue_max",
+                "must be between 1 and 65536",
+            ));
+        }
         if self.drain_timeout.0 > std::time::Duration::from_secs(3600) {
             return Err(invalid("server.drain_timeout", "must be at most 1h"));
         }
@@ -83,6 +116,12 @@ impl ServerSection {
                 .filter(|name| valid_domain(name))
                 .unwrap_or_else(|| "localhost".to_string()),
         }
+    }
+
+    /// Password-hash threads: the configured count, else `min(2, cores)`.
+    pub fn auth_hash_threads(&self) -> usize {
+        self.auth_hash_threads
+            .unwrap_or_else(|| self.cores().min(defaults::AUTH_HASH_THREADS_MAX))
     }
 
     /// Shards to run: the configured count, else one per available core.

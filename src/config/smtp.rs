@@ -60,8 +60,9 @@ pub struct SmtpSection {
     pub allow_plaintext_auth: bool,
     /// Wait before answering a failed AUTH (slows guessing).
     pub auth_failure_delay: Interval,
-    /// Failed AUTHs per client address, and per user name, within `auth_failure_window`
-    /// before further attempts are answered 454 4.7.0 without checking the password.
+    /// Failed AUTHs per client within `auth_failure_window` before further attempts are
+    /// answered 454 4.7.0 without checking the password; per user name, before each further
+    /// attempt for it waits a growing delay (not from a client that logged in as it before).
     pub auth_failures_per_ip_max: u32,
     pub auth_failures_per_user_max: u32,
     pub auth_failure_window: Interval,

@@ -58,6 +58,7 @@ use tokio::sync::{watch, Notify};
 pub use mesh::{Control, FlushFilter, Job, Mesh, QueueGauge, Queued};
 
 use crate::envelope::QueueId;
+use crate::logsafe::Safe;
 use crate::mailbox::MailStore;
 use crate::net::dns::SystemResolver;
 use crate::net::io::Connector;
@@ -205,7 +206,7 @@ pub async fn enqueue_new(
             shared.mesh.gauge.release(size);
             tracing::error!(
                 queue_id = %job.id,
-                destination = %job.key,
+                destination = %Safe(&job.key),
                 core = to,
                 "delivery queue full for {HANDOFF_PATIENCE:?}; recipients stay in the spool and are queued at the next start"
             );
@@ -404,7 +405,7 @@ impl<C: Connector + 'static> Core<C> {
                 } => {
                     // Rare by construction (destinations_max per core), and loud.
                     let destination = destination.map(|d| d.to_string()).unwrap_or_default();
-                    tracing::error!(queue_id = %id, %destination, "{why}: recipients stay in the spool until the next start");
+                    tracing::error!(queue_id = %id, destination = %Safe(&destination), "{why}: recipients stay in the spool until the next start");
                 }
                 Action::Publish => self.publish(self.wall()),
                 Action::Requeued { .. } => {}
@@ -607,7 +608,7 @@ impl<C: Connector + 'static> Core<C> {
             tracing::info!(
                 target: "relay::delivery",
                 queue_id = %entry.id,
-                to = %message.meta.remote.get(index).map(String::as_str).unwrap_or(""),
+                to = %Safe(message.meta.remote.get(index).map(String::as_str).unwrap_or("")),
                 "failure of a message from the null sender: no notice (double bounce), dropped"
             );
         }
@@ -629,12 +630,12 @@ impl<C: Connector + 'static> Core<C> {
             tracing::info!(
                 target: "relay::delivery",
                 queue_id = %r.id,
-                to = %r.recipient,
-                relay = hop.unwrap_or("none"),
+                to = %Safe(&r.recipient),
+                relay = %Safe(hop.unwrap_or("none")),
                 tls = tls.unwrap_or("none"),
                 attempt = r.attempt,
                 status = outcome_name(r.outcome),
-                reply = %r.reply,
+                reply = %Safe(&r.reply),
                 "delivery"
             );
         }

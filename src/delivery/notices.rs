@@ -10,6 +10,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use super::Core;
 use crate::envelope::{Origin, QueueId};
+use crate::logsafe::Safe;
 use crate::net::io::Connector;
 use crate::queue::dsn::{build_dsn, Diagnostic, Dsn, DsnInput, RecipientReport};
 use crate::queue::outcome::{recipient_of, Notice};
@@ -66,7 +67,7 @@ pub async fn send<C: Connector + 'static>(
             }
         };
         if let Some(id) = notice_id {
-            tracing::info!(target: "relay::delivery", queue_id = %entry.id, notice_id = %id, ?kind, to = %message.meta.envelope.reverse_path, "delivery status notification queued");
+            tracing::info!(target: "relay::delivery", queue_id = %entry.id, notice_id = %id, ?kind, to = %Safe(&message.meta.envelope.reverse_path), "delivery status notification queued");
         }
         for n in group {
             markers.push(DsnSent {

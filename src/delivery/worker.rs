@@ -29,6 +29,7 @@ use bytes::Bytes;
 use super::loops;
 use super::resolve::{self, Resolution, Target};
 use super::Core;
+use crate::logsafe::Safe;
 use crate::net::conn::{compact, read_more, stop_requested, within, Expiry, Read};
 use crate::net::io::{Connection, Connector};
 use crate::net::tls::{TlsConnection, TlsSummary};
@@ -97,7 +98,7 @@ async fn deliver<C: Connector + 'static>(core: &Rc<Core<C>>, dest: DestId, first
                 break;
             }
             Err(error) => {
-                tracing::debug!(destination = %key, addr = %target.addr, %error, "connect failed");
+                tracing::debug!(destination = %Safe(&key), addr = %target.addr, %error, "connect failed");
                 last_error = format!(
                     "{}[{}]:{}: {error}",
                     target.host,
@@ -227,9 +228,9 @@ async fn session<C: Connector + 'static>(
             core.tls_failed(key);
             tracing::warn!(
                 target: "relay::delivery",
-                destination = %key,
-                relay = %conv.hop,
-                error = %why,
+                destination = %Safe(&key),
+                relay = %Safe(&conv.hop),
+                error = %Safe(&why),
                 hold = ?core.shared.tls_failure_hold,
                 "TLS handshake failed; delivering in plaintext, STARTTLS skipped for this destination during the hold"
             );
@@ -581,7 +582,7 @@ async fn act<C: Connector + 'static>(core: &Rc<Core<C>>, conv: &mut Conversation
                 }
             }
             ClientEvent::Closed(ConnectionOutcome::Failed(diagnostic)) => {
-                tracing::info!(target: "relay::delivery", relay = conv.hop, reason = %diagnostic, "connection to next hop failed");
+                tracing::info!(target: "relay::delivery", relay = %Safe(&conv.hop), reason = %Safe(&diagnostic), "connection to next hop failed");
                 if let Some(first) = conv.pending_first.take() {
                     // Refused before any transaction: the destination as a whole. A 5xx
                     // greeting defers (it says nothing about the recipients), unless it is

@@ -23,7 +23,11 @@
 //!   writer per group commit through [`crate::spool::CommitObserver`];
 //! - outbound delivery (incremented by the delivery code): `deliveries_total{core,result}`
 //!   (`delivered|deferred|bounced|expired`), `queue_entries{core}`,
-//!   `queue_depth{core,destination}`, `queue_oldest_age_seconds{core,destination}`.
+//!   `queue_depth{core,destination}`, `queue_oldest_age_seconds{core,destination}`;
+//! - the password-hash pool shared by all cores ([`HashPoolMetrics`]): `auth_hash_queued`
+//!   (checks waiting for a thread), `auth_hash_refused_total` (logins answered "try again
+//!   later" because the queue was full), `auth_hash_abandoned_total` (queued checks dropped
+//!   unhashed because their client had gone).
 //!
 //! Exposure: none directly; the admin listener serves the encoded text to loopback clients.
 //! Limits: label values come from the relay itself (core numbers, reply codes, destination
@@ -121,6 +125,15 @@ struct Families {
     queue_entries: Family<CoreLabels, Gauge>,
     queue_depth: Family<QueueLabels, Gauge>,
     queue_oldest: Family<QueueLabels, Gauge>,
+    hash_pool: HashPoolMetrics,
+}
+
+/// The password-hash pool's handles (one pool for the process, so no `core` label).
+#[derive(Clone, Debug, Default)]
+pub struct HashPoolMetrics {
+    pub queued: Gauge,
+    pub refused: Counter,
+    pub abandoned: Counter,
 }
 
 /// The relay's metrics registry (see the module doc for what it holds).
@@ -175,6 +188,7 @@ impl Metrics {
             queue_entries: Family::default(),
             queue_depth: Family::default(),
             queue_oldest: Family::default(),
+            hash_pool: HashPoolMetrics::default(),
         };
         let mut registry = Registry::with_prefix("relay");
         let f = &families;
@@ -259,6 +273,21 @@ impl Metrics {
             "Age of the oldest queued recipient per destination",
             f.queue_oldest.clone(),
         );
+        registry.register(
+            "auth_hash_queued",
+            "Password checks waiting for a thread of the hash pool",
+            f.hash_pool.queued.clone(),
+        );
+        registry.register(
+            "auth_hash_refused",
+            "Logins answered with a temporary failure because the hash queue was full",
+            f.hash_pool.refused.clone(),
+        );
+        registry.register(
+            "auth_hash_abandoned",
+            "Queued password checks dropped unhashed because the client had gone",
+            f.hash_pool.abandoned.clone(),
+        );
         if let Some(spool) = spool {
             registry.register_collector(Box::new(SpoolCollector {
                 spool: Arc::downgrade(spool),
@@ -279,6 +308,11 @@ impl Metrics {
             drop(metrics.core(core));
         }
         metrics
+    }
+
+    /// The password-hash pool's handles.
+    pub fn hash_pool(&self) -> HashPoolMetrics {
+        self.families.hash_pool.clone()
     }
 
     /// Shards this registry was made for.

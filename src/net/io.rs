@@ -25,6 +25,22 @@ pub trait Connection {
     /// Ends the session in order before a close (TLS sends close_notify); nothing on a
     /// plain socket.
     async fn finish(&self) {}
+    /// Resolves once the peer has closed or reset the connection while no read is armed
+    /// (e.g. a client gone while its login waits for the hash pool). Reads nothing; stays
+    /// pending once input is waiting (that client is not gone) or when it cannot tell.
+    async fn peer_closed(&self) {
+        std::future::pending::<()>().await
+    }
+}
+
+/// The readiness watch behind [`Connection::peer_closed`]: epoll's RDHUP (FIN) or HUP
+/// (reset), through tokio's reactor, which both engines' runtimes have.
+async fn watch_closed(ready: impl AsyncFnOnce() -> io::Result<tokio::io::Ready>) {
+    match ready().await {
+        Ok(ready) if ready.is_read_closed() || ready.is_error() => {}
+        // Input is waiting (its reader will see the close), or the watch failed.
+        _ => std::future::pending::<()>().await,
+    }
 }
 
 /// Opens outbound connections on the current shard (the delivery side).
@@ -88,6 +104,34 @@ pub mod uring {
         fn shutdown(&self) {
             // ENOTCONN when the peer already went away is fine: the goal is a closed socket.
             let _ = self.0.shutdown(Shutdown::Both);
+        }
+
+        /// io_uring has no readiness to ask, so the socket is registered with the runtime's
+        /// tokio reactor for the wait (its own epoll registration; armed io_uring reads are
+        /// not touched) and deregistered when the wait ends.
+        async fn peer_closed(&self) {
+            let fd = FdNumber(std::os::fd::AsRawFd::as_raw_fd(&self.0));
+            let interest = tokio::io::Interest::READABLE;
+            // Deprecated for I/O safety: the registration must not outlive the descriptor,
+            // or its deregistration could hit a reused number. Here it cannot: `watch` lives
+            // in this future, which borrows the stream that owns the descriptor (tokio-uring's
+            // stream offers no `AsFd`, and the safe-typed `register` is `unsafe`).
+            #[allow(deprecated)]
+            let registered = tokio::io::unix::AsyncFd::with_interest(fd, interest);
+            let Ok(watch) = registered else {
+                return std::future::pending().await;
+            };
+            watch_closed(async || Ok(watch.readable().await?.ready())).await
+        }
+    }
+
+    /// A descriptor number for the reactor; owns nothing (the stream closes the socket, and
+    /// outlives the watch, which borrows it).
+    struct FdNumber(std::os::fd::RawFd);
+
+    impl std::os::fd::AsRawFd for FdNumber {
+        fn as_raw_fd(&self) -> std::os::fd::RawFd {
+            self.0
         }
     }
 
@@ -169,6 +213,10 @@ pub mod epoll {
                 }
             }
             (Ok(()), buf)
+        }
+
+        async fn peer_closed(&self) {
+            watch_closed(async || self.0.ready(tokio::io::Interest::READABLE).await).await
         }
 
         fn shutdown(&self) {

@@ -304,6 +304,15 @@ impl Response {
         Self::err_code(ResponseCode::Auth, "authentication failed")
     }
 
+    /// RFC 3206 §4: the credentials could not be checked now (the server's password checks
+    /// are saturated); nothing was decided about them.
+    pub fn auth_unavailable() -> Self {
+        Self::err_code(
+            ResponseCode::SysTemp,
+            "authentication temporarily unavailable, try again later",
+        )
+    }
+
     /// The last allowed authentication failure of this session; the connection closes.
     pub fn auth_failures_exceeded() -> Self {
         Self::err_code(

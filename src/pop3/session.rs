@@ -378,6 +378,28 @@ impl Session {
         consumed
     }
 
+    /// The driver's answer to `Event::Authenticate` when the credentials could not be
+    /// checked now (the server's password checks are saturated): `-ERR [SYS/TEMP]` (RFC 3206
+    /// §4), back to AUTHORIZATION. Counted with the failures, so a session cannot retry
+    /// without end.
+    pub fn authentication_unavailable(&mut self, out: &mut Outbox) {
+        if !matches!(self.state, State::Authenticating) {
+            debug_assert!(
+                self.is_closed(),
+                "authentication_unavailable without Authenticate"
+            );
+            return;
+        }
+        self.state = State::Authorization { user: None };
+        self.auth_failures = self.auth_failures.saturating_add(1);
+        if self.auth_failures >= AUTH_FAILURES_MAX {
+            let reply = Response::auth_failures_exceeded();
+            self.close(reply, CloseReason::AuthFailuresExceeded, out);
+        } else {
+            Response::auth_unavailable().encode(&mut out.bytes);
+        }
+    }
+
     /// The driver's answer to `Event::Authenticate`: the canonical user name, or `None` for
     /// wrong credentials (answered `-ERR [AUTH]`; the driver applies the failure delay before
     /// writing it).
@@ -1433,6 +1455,37 @@ mod tests {
         assert_eq!(out.events, [Event::Close(CloseReason::TimedOut)]);
         out.clear();
         session.authenticated(Some("alice".into()), &mut out);
+        assert!(out.bytes.is_empty() && out.events.is_empty());
+    }
+
+    #[test]
+    fn busy_password_checks_answer_sys_temp_and_count_toward_the_close() {
+        let mut out = Outbox::default();
+        let mut session = Session::new(Arc::new(config()), "n", &mut out);
+        for attempt in 1..=AUTH_FAILURES_MAX {
+            out.clear();
+            session.handle_input(b"USER alice\r\nPASS secret\r\n", &mut out);
+            assert!(session.awaiting(), "attempt {attempt}");
+            out.clear();
+            session.authentication_unavailable(&mut out);
+            let reply = String::from_utf8_lossy(&out.bytes).into_owned();
+            if attempt < AUTH_FAILURES_MAX {
+                assert_eq!(
+                    reply,
+                    "-ERR [SYS/TEMP] authentication temporarily unavailable, try again later\r\n"
+                );
+                assert!(out.events.is_empty());
+            } else {
+                assert!(reply.starts_with("-ERR [AUTH]"), "{reply}");
+                assert_eq!(
+                    out.events,
+                    [Event::Close(CloseReason::AuthFailuresExceeded)]
+                );
+            }
+        }
+        // After the close an answer is ignored.
+        out.clear();
+        session.authentication_unavailable(&mut out);
         assert!(out.bytes.is_empty() && out.events.is_empty());
     }
 

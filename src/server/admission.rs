@@ -1,10 +1,11 @@
-//! Connection admission: a per-core slot count and a per-client-IP count shared by all
-//! cores (SO_REUSEPORT spreads one client's connections over every core, so a per-core count
-//! would let it take `cores ×` the limit).
+//! Connection admission: a per-core slot count and a per-client count shared by all cores
+//! (SO_REUSEPORT spreads one client's connections over every core, so a per-core count
+//! would let it take `cores ×` the limit); the message rate and the login limits per
+//! client. A client is an IPv4 address or an IPv6 prefix ([`ClientPrefix`]).
 //!
 //! The connection table is touched only at connect and disconnect, never per command; the
-//! message-rate table once per MAIL. dashmap's sharded locks keep cores from contending on
-//! one mutex.
+//! message-rate table once per MAIL; the login tables once per login. dashmap's sharded
+//! locks keep cores from contending on one mutex.
 
 use std::cell::Cell;
 use std::net::IpAddr;
@@ -22,22 +23,25 @@ pub enum Refusal {
     ClientFull,
 }
 
-/// Connections per client address across all shards.
+/// Connections per client across all shards.
 #[derive(Debug)]
 pub struct ClientTable {
     max: usize,
+    prefix: ClientPrefix,
     counts: DashMap<IpAddr, usize>,
 }
 
 impl ClientTable {
-    pub fn new(max: usize) -> Arc<Self> {
+    pub fn new(max: usize, prefix: ClientPrefix) -> Arc<Self> {
         Arc::new(ClientTable {
             max,
+            prefix,
             counts: DashMap::new(),
         })
     }
 
     fn acquire(self: &Arc<Self>, ip: IpAddr) -> Option<ClientSlot> {
+        let ip = self.prefix.key(ip);
         let mut count = self.counts.entry(ip).or_insert(0);
         if *count >= self.max {
             return None;
@@ -58,7 +62,10 @@ impl ClientTable {
     }
 
     pub fn count(&self, ip: IpAddr) -> usize {
-        self.counts.get(&ip).map(|c| *c).unwrap_or(0)
+        self.counts
+            .get(&self.prefix.key(ip))
+            .map(|c| *c)
+            .unwrap_or(0)
     }
 }
 
@@ -163,108 +170,309 @@ impl Admission {
     }
 }
 
-/// Failed logins per client address (and, for SMTP AUTH, per user name) in a fixed window,
-/// across all shards: past a limit, further attempts are refused without checking the
-/// password (no argon2 work for a guesser).
-#[derive(Debug)]
-pub struct AuthFailures {
-    ips: FailureCounts<IpAddr>,
-    /// Keyed by the lower-cased name as attempted, whether or not such a user exists.
-    users: FailureCounts<String>,
+/// How client addresses are grouped in every per-address table: an IPv4 address is one
+/// client; an IPv6 client is its prefix (a /64 is what one subscriber or one host gets, and
+/// it holds 2^64 addresses to rotate through). IPv4-mapped IPv6 addresses count as IPv4.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClientPrefix {
+    v6_len: u8,
+}
+
+impl ClientPrefix {
+    /// IPv6 clients grouped by their first `v6_len` bits (at most 128).
+    pub fn new(v6_len: u8) -> Self {
+        ClientPrefix {
+            v6_len: v6_len.min(128),
+        }
+    }
+
+    /// The table key of `ip`.
+    pub fn key(self, ip: IpAddr) -> IpAddr {
+        match ip.to_canonical() {
+            IpAddr::V4(v4) => IpAddr::V4(v4),
+            IpAddr::V6(v6) => {
+                let mask = u128::MAX
+                    .checked_shl(128 - u32::from(self.v6_len))
+                    .unwrap_or(0);
+                IpAddr::V6(std::net::Ipv6Addr::from(u128::from(v6) & mask))
+            }
+        }
+    }
+}
+
+impl Default for ClientPrefix {
+    fn default() -> Self {
+        ClientPrefix::new(64)
+    }
 }
 
 /// Entries kept in one failure table before expired ones are swept (a guesser trying
 /// random names would otherwise grow the per-user table for a whole window).
 const FAILURE_ENTRIES_SWEEP: usize = 65_536;
 
-#[derive(Debug)]
-struct FailureCounts<K: std::hash::Hash + Eq> {
-    max: u32,
-    window: std::time::Duration,
-    failures: DashMap<K, (u32, std::time::Instant)>,
+/// (user, client) pairs remembered as having logged in: a bound on memory; the oldest goes
+/// when it is reached.
+pub const KNOWN_LOGINS_MAX: usize = 65_536;
+
+/// The first delay of a user name over its failure limit; each further failure doubles it
+/// up to [`USER_DELAY_MAX`].
+pub const USER_DELAY_BASE: Duration = Duration::from_secs(1);
+pub const USER_DELAY_MAX: Duration = Duration::from_secs(60);
+/// Attempts for one name are spaced by its delay; one that would wait longer than this
+/// (many queued before it) is refused instead of holding its connection.
+pub const USER_WAIT_MAX: Duration = Duration::from_secs(120);
+
+/// One client's failed logins in its window, and its checks in flight (counted against the
+/// limit, so concurrent attempts cannot all pass it).
+#[derive(Debug, Clone, Copy)]
+struct ClientFailures {
+    failures: u32,
+    since: Instant,
+    in_flight: u32,
 }
 
-impl<K: std::hash::Hash + Eq + Clone> FailureCounts<K> {
-    fn new(max: u32, window: std::time::Duration) -> Self {
-        FailureCounts {
-            max,
+/// One user name's failures in its window and when its next attempt may start.
+#[derive(Debug, Clone, Copy)]
+struct UserFailures {
+    failures: u32,
+    since: Instant,
+    not_before: Instant,
+}
+
+/// Why [`AuthFailures::begin`] refused an attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthRefusal {
+    /// The client's failures and attempts in flight reached its limit.
+    Client,
+    /// The user name's attempts are spaced out further than [`USER_WAIT_MAX`] ahead.
+    User,
+}
+
+/// Login limits shared by all shards, one table per protocol:
+/// - per client (address, or IPv6 prefix): failures in a fixed window plus the checks in
+///   flight; past the limit, attempts are refused without hashing (no argon2 work for a
+///   guesser) until the window ends or a login from there succeeds;
+/// - per user name (lower-cased, as attempted, existing or not): past its limit each attempt
+///   waits a delay that doubles with each further failure (capped), and attempts are spaced
+///   by it, so a guesser spread over many addresses gets a few tries a minute;
+/// - a client that logged in as that user before is exempt from the user's delay: a guesser
+///   elsewhere cannot lock the owner out.
+#[derive(Debug)]
+pub struct AuthFailures {
+    prefix: ClientPrefix,
+    client_max: u32,
+    user_max: u32,
+    window: Duration,
+    clients: DashMap<IpAddr, ClientFailures>,
+    users: DashMap<String, UserFailures>,
+    known: DashMap<(String, IpAddr), Instant>,
+}
+
+/// A login attempt admitted by [`AuthFailures::begin`]: counted in flight until it is
+/// resolved or dropped (a dropped one, e.g. a client gone before its check, counts as
+/// nothing).
+#[derive(Debug)]
+pub struct Attempt {
+    table: Arc<AuthFailures>,
+    client: IpAddr,
+    user: String,
+    /// How long to wait before checking the password (the user name's delay).
+    pub wait: Duration,
+}
+
+impl AuthFailures {
+    /// `client_max` failures per client and `user_max` per user name (before the delay
+    /// starts) within `window`.
+    pub fn new(
+        client_max: u32,
+        user_max: u32,
+        window: Duration,
+        prefix: ClientPrefix,
+    ) -> Arc<Self> {
+        Arc::new(AuthFailures {
+            prefix,
+            client_max,
+            user_max,
             window,
-            failures: DashMap::new(),
-        }
+            clients: DashMap::new(),
+            users: DashMap::new(),
+            known: DashMap::new(),
+        })
     }
 
-    fn blocked(&self, key: &K, now: std::time::Instant) -> bool {
-        match self.failures.get(key) {
+    /// Admits an attempt by `user` from `ip` at `now`, or refuses it unchecked.
+    pub fn begin(
+        self: &Arc<Self>,
+        ip: IpAddr,
+        user: &str,
+        now: Instant,
+    ) -> Result<Attempt, AuthRefusal> {
+        let client = self.prefix.key(ip);
+        let user = user.to_lowercase();
+        self.sweep(now);
+        {
+            let mut entry = self.clients.entry(client).or_insert(ClientFailures {
+                failures: 0,
+                since: now,
+                in_flight: 0,
+            });
+            if now.saturating_duration_since(entry.since) >= self.window {
+                entry.failures = 0;
+                entry.since = now;
+            }
+            if entry.failures.saturating_add(entry.in_flight) >= self.client_max {
+                return Err(AuthRefusal::Client);
+            }
+            entry.in_flight += 1;
+        }
+        // From here the attempt is counted: dropping it (on refusal too) releases it.
+        let mut attempt = Attempt {
+            table: Arc::clone(self),
+            client,
+            user,
+            wait: Duration::ZERO,
+        };
+        attempt.wait = self.user_wait(&attempt.user, client, now)?;
+        Ok(attempt)
+    }
+
+    /// The wait before `user`'s next attempt from `client` (see the type's doc), which
+    /// also moves the name's next start on.
+    fn user_wait(&self, user: &str, client: IpAddr, now: Instant) -> Result<Duration, AuthRefusal> {
+        if self.known.contains_key(&(user.to_string(), client)) {
+            return Ok(Duration::ZERO);
+        }
+        let Some(mut entry) = self.users.get_mut(user) else {
+            return Ok(Duration::ZERO);
+        };
+        if now.saturating_duration_since(entry.since) >= self.window
+            || entry.failures < self.user_max
+        {
+            return Ok(Duration::ZERO);
+        }
+        let start = entry.not_before.max(now);
+        let wait = start.saturating_duration_since(now);
+        if wait > USER_WAIT_MAX {
+            return Err(AuthRefusal::User);
+        }
+        entry.not_before = start + self.user_delay(entry.failures);
+        Ok(wait)
+    }
+
+    /// The spacing of attempts for a name with `failures` in its window.
+    fn user_delay(&self, failures: u32) -> Duration {
+        let doublings = failures.saturating_sub(self.user_max).min(16);
+        USER_DELAY_BASE
+            .saturating_mul(1 << doublings)
+            .min(USER_DELAY_MAX)
+    }
+
+    /// Whether `ip` used up its failures for the current window (attempts in flight count).
+    pub fn blocked(&self, ip: IpAddr, now: Instant) -> bool {
+        match self.clients.get(&self.prefix.key(ip)) {
             Some(entry) => {
-                let (count, since) = *entry;
-                count >= self.max && now.duration_since(since) < self.window
+                now.saturating_duration_since(entry.since) < self.window
+                    && entry.failures.saturating_add(entry.in_flight) >= self.client_max
             }
             None => false,
         }
     }
 
-    fn record_failure(&self, key: K, now: std::time::Instant) {
-        if self.failures.len() >= FAILURE_ENTRIES_SWEEP {
-            let window = self.window;
-            self.failures
-                .retain(|_, (_, since)| now.duration_since(*since) < window);
+    /// Drops expired entries once a table is large (never entries with checks in flight).
+    fn sweep(&self, now: Instant) {
+        let window = self.window;
+        if self.clients.len() >= FAILURE_ENTRIES_SWEEP {
+            self.clients.retain(|_, entry| {
+                entry.in_flight > 0 || now.saturating_duration_since(entry.since) < window
+            });
         }
-        let mut entry = self.failures.entry(key).or_insert((0, now));
-        if now.duration_since(entry.1) >= self.window {
-            *entry = (0, now);
+        if self.users.len() >= FAILURE_ENTRIES_SWEEP {
+            self.users.retain(|_, entry| {
+                now.saturating_duration_since(entry.since) < window || entry.not_before > now
+            });
         }
-        entry.0 = entry.0.saturating_add(1);
     }
 
-    fn forget(&self, key: &K) {
-        self.failures.remove(key);
+    fn release(&self, client: IpAddr) {
+        self.clients.remove_if_mut(&client, |_, entry| {
+            entry.in_flight = entry.in_flight.saturating_sub(1);
+            entry.in_flight == 0 && entry.failures == 0
+        });
+    }
+
+    fn record_failure(&self, client: IpAddr, user: &str, now: Instant) {
+        if let Some(mut entry) = self.clients.get_mut(&client) {
+            if now.saturating_duration_since(entry.since) >= self.window {
+                entry.failures = 0;
+                entry.since = now;
+            }
+            entry.failures = entry.failures.saturating_add(1);
+        }
+        let mut entry = self.users.entry(user.to_string()).or_insert(UserFailures {
+            failures: 0,
+            since: now,
+            not_before: now,
+        });
+        if now.saturating_duration_since(entry.since) >= self.window {
+            *entry = UserFailures {
+                failures: 0,
+                since: now,
+                not_before: now,
+            };
+        }
+        entry.failures = entry.failures.saturating_add(1);
+        if entry.failures >= self.user_max {
+            let next = now + self.user_delay(entry.failures);
+            entry.not_before = entry.not_before.max(next);
+        }
+    }
+
+    /// A login succeeded: the client's earlier mistakes are forgiven and the pair is
+    /// remembered. The name's failures stay: forgiving them would hand a guesser elsewhere
+    /// a fresh set of undelayed tries each time the owner logs in.
+    fn record_success(&self, client: IpAddr, user: &str, now: Instant) {
+        if let Some(mut entry) = self.clients.get_mut(&client) {
+            entry.failures = 0;
+        }
+        let pair = (user.to_string(), client);
+        if !self.known.contains_key(&pair) && self.known.len() >= KNOWN_LOGINS_MAX {
+            let oldest = self
+                .known
+                .iter()
+                .min_by_key(|entry| *entry.value())
+                .map(|entry| entry.key().clone());
+            if let Some(oldest) = oldest {
+                self.known.remove(&oldest);
+            }
+        }
+        self.known.insert(pair, now);
+    }
+
+    /// Pairs remembered as having logged in.
+    pub fn known_logins(&self) -> usize {
+        self.known.len()
     }
 }
 
-impl AuthFailures {
-    /// Per-address counting only (POP3).
-    pub fn new(max: u32, window: std::time::Duration) -> Arc<Self> {
-        Self::with_users(max, u32::MAX, window)
+impl Attempt {
+    /// The password was right.
+    pub fn succeeded(self, now: Instant) {
+        self.table.record_success(self.client, &self.user, now);
     }
 
-    /// Per-address and per-user-name counting (SMTP AUTH).
-    pub fn with_users(ip_max: u32, user_max: u32, window: std::time::Duration) -> Arc<Self> {
-        Arc::new(AuthFailures {
-            ips: FailureCounts::new(ip_max, window),
-            users: FailureCounts::new(user_max, window),
-        })
-    }
-
-    /// Whether `ip` used up its failures for the current window.
-    pub fn blocked(&self, ip: IpAddr, now: std::time::Instant) -> bool {
-        self.ips.blocked(&ip, now)
-    }
-
-    /// Whether the user name used up its failures for the current window.
-    pub fn user_blocked(&self, user: &str, now: std::time::Instant) -> bool {
-        self.users.blocked(&user.to_lowercase(), now)
-    }
-
-    pub fn record_failure(&self, ip: IpAddr, now: std::time::Instant) {
-        self.ips.record_failure(ip, now);
-    }
-
-    pub fn record_user_failure(&self, user: &str, now: std::time::Instant) {
-        self.users.record_failure(user.to_lowercase(), now);
-    }
-
-    /// A successful login forgives the address's earlier mistakes.
-    pub fn record_success(&self, ip: IpAddr) {
-        self.ips.forget(&ip);
-    }
-
-    /// A successful login forgives the user name's earlier failures too.
-    pub fn record_user_success(&self, user: &str) {
-        self.users.forget(&user.to_lowercase());
+    /// The password (or the name) was wrong.
+    pub fn failed(self, now: Instant) {
+        self.table.record_failure(self.client, &self.user, now);
     }
 }
 
-/// Messages per client address in a fixed window across all shards (Postfix anvil's
+impl Drop for Attempt {
+    fn drop(&mut self) {
+        self.table.release(self.client);
+    }
+}
+
+/// Messages per client in a fixed window across all shards (Postfix anvil's
 /// `smtpd_client_message_rate_limit`; SO_REUSEPORT spreads one client over every core, so a
 /// per-core count would allow `cores ×` the rate). Touched once per MAIL, not per command.
 ///
@@ -276,6 +484,7 @@ impl AuthFailures {
 pub struct MessageRate {
     max: u32,
     window: Duration,
+    prefix: ClientPrefix,
     counts: DashMap<IpAddr, (u32, Instant)>,
     /// The table size at which the next sweep runs.
     sweep_at: AtomicUsize,
@@ -286,10 +495,11 @@ pub const RATE_ENTRIES_SWEEP: usize = 4096;
 
 impl MessageRate {
     /// `max` messages per `window`; `max == 0` admits everything.
-    pub fn new(max: u32, window: Duration) -> Arc<Self> {
+    pub fn new(max: u32, window: Duration, prefix: ClientPrefix) -> Arc<Self> {
         Arc::new(MessageRate {
             max,
             window,
+            prefix,
             counts: DashMap::new(),
             sweep_at: AtomicUsize::new(RATE_ENTRIES_SWEEP),
         })
@@ -304,7 +514,7 @@ impl MessageRate {
         if self.counts.len() >= self.sweep_at.load(Ordering::Relaxed) {
             self.sweep(now);
         }
-        let mut entry = self.counts.entry(ip).or_insert((0, now));
+        let mut entry = self.counts.entry(self.prefix.key(ip)).or_insert((0, now));
         if now.saturating_duration_since(entry.1) >= self.window {
             *entry = (0, now);
         }
@@ -346,10 +556,11 @@ mod tests {
 
     const A: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(192, 0, 2, 1));
     const B: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(192, 0, 2, 2));
+    const C: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(192, 0, 2, 3));
 
     #[test]
     fn per_client_limit_spans_shards() {
-        let clients = ClientTable::new(2);
+        let clients = ClientTable::new(2, ClientPrefix::default());
         let core0 = Admission::new(100, Arc::clone(&clients));
         let core1 = Admission::new(100, Arc::clone(&clients));
         let p1 = core0.admit(A).expect("first");
@@ -363,7 +574,7 @@ mod tests {
 
     #[test]
     fn per_core_limit() {
-        let clients = ClientTable::new(100);
+        let clients = ClientTable::new(100, ClientPrefix::default());
         let core = Admission::new(2, clients);
         let _a = core.admit(A).unwrap();
         let b = core.admit(B).unwrap();
@@ -376,7 +587,7 @@ mod tests {
 
     #[test]
     fn table_forgets_disconnected_clients() {
-        let clients = ClientTable::new(5);
+        let clients = ClientTable::new(5, ClientPrefix::default());
         let core = Admission::new(10, Arc::clone(&clients));
         let permits: Vec<_> = (0..3).map(|_| core.admit(A).unwrap()).collect();
         assert_eq!(clients.count(A), 3);
@@ -386,32 +597,8 @@ mod tests {
     }
 
     #[test]
-    fn auth_failures_block_within_their_window_only() {
-        use std::time::{Duration, Instant};
-        let limiter = AuthFailures::new(3, Duration::from_secs(60));
-        let t0 = Instant::now();
-        for _ in 0..3 {
-            assert!(!limiter.blocked(A, t0));
-            limiter.record_failure(A, t0);
-        }
-        assert!(limiter.blocked(A, t0));
-        assert!(!limiter.blocked(B, t0), "other addresses are not affected");
-        assert!(
-            !limiter.blocked(A, t0 + Duration::from_secs(61)),
-            "the window passes"
-        );
-        limiter.record_failure(A, t0 + Duration::from_secs(61));
-        assert!(
-            !limiter.blocked(A, t0 + Duration::from_secs(61)),
-            "a new window starts"
-        );
-        limiter.record_success(A);
-        assert!(!limiter.blocked(A, t0));
-    }
-
-    #[test]
     fn refused_core_admission_does_not_leak_a_client_slot() {
-        let clients = ClientTable::new(5);
+        let clients = ClientTable::new(5, ClientPrefix::default());
         let core = Admission::new(1, Arc::clone(&clients));
         let _held = core.admit(A).unwrap();
         assert_eq!(core.admit(B).err(), Some(Refusal::CoreFull));
@@ -420,7 +607,7 @@ mod tests {
 
     #[test]
     fn unidentified_holds_a_core_slot_until_named() {
-        let clients = ClientTable::new(1);
+        let clients = ClientTable::new(1, ClientPrefix::default());
         let core = Admission::new(2, Arc::clone(&clients));
         let waiting = core.admit_unidentified().unwrap();
         assert_eq!(core.active(), 1);
@@ -437,36 +624,207 @@ mod tests {
         assert_eq!((core.active(), clients.count(A)), (0, 0));
     }
 
-    #[test]
-    fn user_failures_count_per_name_across_addresses() {
-        use std::time::{Duration, Instant};
-        let limiter = AuthFailures::with_users(100, 2, Duration::from_secs(60));
-        let t0 = Instant::now();
-        limiter.record_user_failure("Alice", t0);
-        assert!(!limiter.user_blocked("alice", t0));
-        limiter.record_user_failure("ALICE", t0);
-        assert!(
-            limiter.user_blocked("alice", t0),
-            "names are case-insensitive"
-        );
-        assert!(!limiter.user_blocked("bob", t0));
-        assert!(!limiter.blocked(A, t0), "the address limit is separate");
-        assert!(!limiter.user_blocked("alice", t0 + Duration::from_secs(61)));
-        limiter.record_user_success("alice");
-        assert!(!limiter.user_blocked("alice", t0));
-        // POP3's limiter has no per-user limit.
-        let pop3 = AuthFailures::new(3, Duration::from_secs(60));
-        for _ in 0..10 {
-            pop3.record_user_failure("alice", t0);
-        }
-        assert!(!pop3.user_blocked("alice", t0));
+    const SECOND: Duration = Duration::from_secs(1);
+    const WINDOW: Duration = Duration::from_secs(600);
+
+    fn v6(text: &str) -> IpAddr {
+        text.parse().unwrap()
     }
 
-    const SECOND: Duration = Duration::from_secs(1);
+    #[test]
+    fn ipv6_clients_are_keyed_by_their_prefix_and_mapped_ipv4_by_its_address() {
+        let p64 = ClientPrefix::default();
+        assert_eq!(
+            p64.key(v6("2001:db8:1:2:aaaa::1")),
+            p64.key(v6("2001:db8:1:2:ffff:1:2:3"))
+        );
+        assert_ne!(
+            p64.key(v6("2001:db8:1:2::1")),
+            p64.key(v6("2001:db8:1:3::1"))
+        );
+        assert_eq!(p64.key(v6("2001:db8:1:2:aaaa::1")), v6("2001:db8:1:2::"));
+        assert_eq!(p64.key(v6("::ffff:192.0.2.1")), A);
+        assert_eq!(p64.key(A), A);
+        assert_ne!(p64.key(A), p64.key(B), "IPv4 stays per address");
+        let p48 = ClientPrefix::new(48);
+        assert_eq!(
+            p48.key(v6("2001:db8:1:2::1")),
+            p48.key(v6("2001:db8:1:3::1"))
+        );
+        assert_eq!(ClientPrefix::new(128).key(v6("::1")), v6("::1"));
+        assert_eq!(ClientPrefix::new(0).key(v6("2001:db8::1")), v6("::"));
+    }
+
+    #[test]
+    fn every_per_address_table_aggregates_an_ipv6_prefix() {
+        let (one, other) = (v6("2001:db8:0:1::1"), v6("2001:db8:0:1::2"));
+        let clients = ClientTable::new(2, ClientPrefix::default());
+        let core = Admission::new(100, Arc::clone(&clients));
+        let _a = core.admit(one).unwrap();
+        let _b = core.admit(other).unwrap();
+        let third = v6("2001:db8:0:1:ffff::3");
+        assert_eq!(core.admit(third).err(), Some(Refusal::ClientFull));
+        assert!(core.admit(v6("2001:db8:0:2::1")).is_ok(), "another /64");
+
+        let rate = MessageRate::new(1, WINDOW, ClientPrefix::default());
+        let t0 = Instant::now();
+        assert!(rate.admit_at(one, t0));
+        assert!(!rate.admit_at(other, t0));
+
+        let logins = AuthFailures::new(2, 100, WINDOW, ClientPrefix::default());
+        for ip in [one, other] {
+            logins.begin(ip, "x", t0).unwrap().failed(t0);
+        }
+        assert_eq!(
+            logins.begin(third, "x", t0).err(),
+            Some(AuthRefusal::Client)
+        );
+    }
+
+    #[test]
+    fn client_failures_block_within_their_window_only() {
+        let limiter = AuthFailures::new(3, 100, WINDOW, ClientPrefix::default());
+        let t0 = Instant::now();
+        for _ in 0..3 {
+            assert!(!limiter.blocked(A, t0));
+            limiter.begin(A, "x", t0).unwrap().failed(t0);
+        }
+        assert!(limiter.blocked(A, t0));
+        assert_eq!(limiter.begin(A, "x", t0).err(), Some(AuthRefusal::Client));
+        assert!(!limiter.blocked(B, t0), "other addresses are not affected");
+        let later = t0 + WINDOW;
+        assert!(!limiter.blocked(A, later), "the window passes");
+        limiter.begin(A, "x", later).unwrap().failed(later);
+        assert!(!limiter.blocked(A, later), "a new window starts");
+        limiter.begin(A, "x", later).unwrap().succeeded(later);
+        limiter.begin(A, "x", later).unwrap().failed(later);
+        limiter.begin(A, "x", later).unwrap().failed(later);
+        assert!(
+            !limiter.blocked(A, later),
+            "a success forgave the earlier failure"
+        );
+    }
+
+    #[test]
+    fn attempts_in_flight_count_against_the_client_limit() {
+        let limiter = AuthFailures::new(10, 100, WINDOW, ClientPrefix::default());
+        let t0 = Instant::now();
+        let in_flight: Vec<_> = (0..50)
+            .filter_map(|_| limiter.begin(A, "x", t0).ok())
+            .collect();
+        assert_eq!(in_flight.len(), 10, "only the limit may be hashing at once");
+        assert!(limiter.blocked(A, t0));
+        // Abandoned attempts (client gone, pool busy) count as nothing once dropped.
+        drop(in_flight);
+        assert!(!limiter.blocked(A, t0));
+        assert!(
+            limiter.clients.is_empty(),
+            "nothing kept for a clean address"
+        );
+    }
+
+    #[test]
+    fn user_failures_slow_the_name_down_instead_of_refusing() {
+        let window = Duration::from_secs(3600);
+        let limiter = AuthFailures::new(1000, 3, window, ClientPrefix::default());
+        let t0 = Instant::now();
+        for _ in 0..2 {
+            let attempt = limiter.begin(A, "Alice", t0).unwrap();
+            assert_eq!(attempt.wait, Duration::ZERO);
+            attempt.failed(t0);
+        }
+        let third = limiter.begin(B, "ALICE", t0).unwrap();
+        assert_eq!(third.wait, Duration::ZERO, "names are case-insensitive");
+        third.failed(t0);
+        // Over the limit: the next attempt waits the base delay, whichever address it is.
+        let waited = limiter.begin(B, "alice", t0).unwrap();
+        assert_eq!(waited.wait, USER_DELAY_BASE);
+        // Concurrent attempts are spaced, not run together.
+        let queued = limiter.begin(A, "alice", t0).unwrap();
+        assert_eq!(queued.wait, 2 * USER_DELAY_BASE);
+        drop(queued);
+        waited.failed(t0 + USER_DELAY_BASE);
+        // Each failure doubles the delay.
+        let later = t0 + 10 * SECOND;
+        let next = limiter.begin(A, "alice", later).unwrap();
+        assert_eq!(next.wait, Duration::ZERO, "the spacing has passed");
+        next.failed(later);
+        assert_eq!(
+            limiter.begin(A, "alice", later).unwrap().wait,
+            4 * USER_DELAY_BASE
+        );
+        assert_eq!(limiter.begin(A, "bob", later).unwrap().wait, Duration::ZERO);
+        // The delay is capped; a queue of waiters too long is refused (a busy name).
+        let mut now = later;
+        for _ in 0..20 {
+            now += USER_DELAY_MAX;
+            limiter.begin(A, "alice", now).unwrap().failed(now);
+        }
+        let capped = limiter.begin(B, "alice", now + 2 * USER_DELAY_MAX).unwrap();
+        assert_eq!(capped.wait, Duration::ZERO);
+        let spaced = limiter.begin(B, "alice", now + 2 * USER_DELAY_MAX).unwrap();
+        assert_eq!(spaced.wait, USER_DELAY_MAX);
+        let refused = (0..3).find_map(|_| {
+            limiter
+                .begin(B, "alice", now + 2 * USER_DELAY_MAX)
+                .map(std::mem::forget)
+                .err()
+        });
+        assert_eq!(refused, Some(AuthRefusal::User));
+        // A window after the first failure the name starts afresh.
+        let fresh = t0 + window * 2;
+        assert_eq!(
+            limiter.begin(C, "alice", fresh).unwrap().wait,
+            Duration::ZERO
+        );
+    }
+
+    #[test]
+    fn a_client_that_logged_in_as_the_user_is_not_slowed_by_others_failures() {
+        let window = Duration::from_secs(3600);
+        let limiter = AuthFailures::new(1000, 3, window, ClientPrefix::default());
+        let t0 = Instant::now();
+        limiter.begin(A, "alice", t0).unwrap().succeeded(t0);
+        // Ten failures from B, a minute apart (each within the name's spacing).
+        for i in 1..=10 {
+            let t = t0 + i * USER_DELAY_MAX;
+            limiter.begin(B, "alice", t).unwrap().failed(t);
+        }
+        let now = t0 + 10 * USER_DELAY_MAX;
+        assert_eq!(limiter.begin(A, "Alice", now).unwrap().wait, Duration::ZERO);
+        assert!(limiter.begin(B, "alice", now).unwrap().wait > Duration::ZERO);
+        // Known as alice only, not as any user.
+        limiter.begin(C, "bob", now).unwrap().succeeded(now);
+        for _ in 0..3 {
+            limiter.begin(B, "bob", now).unwrap().failed(now);
+        }
+        assert!(limiter.begin(A, "bob", now).unwrap().wait > Duration::ZERO);
+        assert_eq!(limiter.begin(C, "bob", now).unwrap().wait, Duration::ZERO);
+        // The owner's IPv6 prefix is known, not only the one address.
+        let owner = v6("2001:db8:5:6::10");
+        limiter.begin(owner, "alice", now).unwrap().succeeded(now);
+        let same = limiter.begin(v6("2001:db8:5:6::99"), "alice", now).unwrap();
+        assert_eq!(same.wait, Duration::ZERO);
+    }
+
+    #[test]
+    fn known_logins_are_bounded() {
+        let limiter = AuthFailures::new(1000, 3, WINDOW, ClientPrefix::new(128));
+        let t0 = Instant::now();
+        for i in 0..KNOWN_LOGINS_MAX + 10 {
+            let ip = IpAddr::V6(std::net::Ipv6Addr::from(i as u128 + 1));
+            let now = t0 + Duration::from_millis(i as u64);
+            limiter.begin(ip, "alice", now).unwrap().succeeded(now);
+        }
+        assert_eq!(limiter.known_logins(), KNOWN_LOGINS_MAX);
+        // The oldest went first.
+        let first = IpAddr::V6(std::net::Ipv6Addr::from(1u128));
+        assert!(!limiter.known.contains_key(&("alice".to_string(), first)));
+    }
 
     #[test]
     fn message_rate_counts_per_address_across_shards() {
-        let rate = MessageRate::new(3, Duration::from_secs(60));
+        let rate = MessageRate::new(3, Duration::from_secs(60), ClientPrefix::default());
         let t0 = Instant::now();
         let core0 = Arc::clone(&rate);
         let core1 = Arc::clone(&rate);
@@ -482,7 +840,7 @@ mod tests {
 
     #[test]
     fn message_rate_window_ends_and_refusals_are_not_counted() {
-        let rate = MessageRate::new(1, Duration::from_secs(10));
+        let rate = MessageRate::new(1, Duration::from_secs(10), ClientPrefix::default());
         let t0 = Instant::now();
         assert!(rate.admit_at(A, t0));
         for s in 1..10 {
@@ -495,7 +853,7 @@ mod tests {
 
     #[test]
     fn message_rate_zero_is_unlimited_and_keeps_nothing() {
-        let rate = MessageRate::new(0, Duration::from_secs(10));
+        let rate = MessageRate::new(0, Duration::from_secs(10), ClientPrefix::default());
         let t0 = Instant::now();
         for _ in 0..1000 {
             assert!(rate.admit_at(A, t0));
@@ -505,7 +863,7 @@ mod tests {
 
     #[test]
     fn message_rate_table_is_swept_of_old_addresses() {
-        let rate = MessageRate::new(5, Duration::from_secs(10));
+        let rate = MessageRate::new(5, Duration::from_secs(10), ClientPrefix::new(128));
         let t0 = Instant::now();
         let many = RATE_ENTRIES_SWEEP * 3;
         let ip = |i: usize| IpAddr::V6(std::net::Ipv6Addr::from(i as u128 + 1));

@@ -1,25 +1,31 @@
-//! Credential checks for SMTP AUTH and POP3 logins, one path for both: failure limits per
-//! client address (and per user name where the protocol's [`Policy`] says so), the password
-//! hash checked on tokio's blocking pool (argon2 takes tens of milliseconds by design and
-//! must not stall the other connections of a core), RFC 4616's authorization-identity rule,
-//! a delay before a failure is answered, and the log lines.
+//! Credential checks for SMTP AUTH and POP3 logins, one path for both (and for IMAP when it
+//! comes): the login limits of [`AuthFailures`] (per client, with attempts in flight
+//! counted; a growing delay per user name), the password hash checked on the process's
+//! bounded [`HashPool`] (argon2 takes tens of milliseconds and 19 MiB by design and must
+//! neither stall a core nor multiply with the attempts), RFC 4616's authorization-identity
+//! rule, a delay before a failure is answered, and the log lines.
 //!
 //! Unknown users and wrong passwords take the same path (the directory hashes a dummy for
 //! unknown names) and get the same answer. Clients over a limit are refused without any
-//! hashing.
+//! hashing; when the pool's queue is full the answer is a temporary failure. A check whose
+//! future is dropped (the connection ended) before a pool thread takes it is not hashed.
 
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::admission::AuthFailures;
+use super::hashing::HashPool;
 use super::shard::Protocol;
+use crate::logsafe::Safe;
 use crate::mailbox::Directory;
 use crate::smtp::Password;
 
-/// What a shard needs to check logins: the users' directory and each protocol's policy.
+/// What a shard needs to check logins: the users' directory, the hash pool and each
+/// protocol's policy.
 pub struct Auth {
     pub directory: Arc<Directory>,
+    pub pool: Arc<HashPool>,
     pub smtp: Policy,
     pub pop3: Policy,
 }
@@ -28,8 +34,6 @@ pub struct Auth {
 pub struct Policy {
     /// Shared by all shards.
     pub failures: Arc<AuthFailures>,
-    /// Failures count per attempted user name too (SMTP AUTH), not only per address (POP3).
-    pub per_user: bool,
     /// How long a failed or refused attempt waits before it is answered.
     pub failure_delay: Duration,
 }
@@ -132,16 +136,21 @@ pub enum Denied {
     /// Wrong password, unknown user, foreign authorization identity or bad APOP digest.
     #[error("invalid credentials")]
     Invalid,
-    /// The client's address (or the user name, where counted) is over its failure limit.
+    /// The client is over its failure limit, or the user name's attempts are spaced out
+    /// too far ahead.
     #[error("too many failures")]
     Locked,
+    /// The hash pool's queue is full: a temporary failure, nothing was checked.
+    #[error("password checks are busy")]
+    Busy,
 }
 
 impl From<Denied> for crate::smtp::AuthFailure {
     fn from(denied: Denied) -> Self {
         match denied {
             Denied::Invalid => crate::smtp::AuthFailure::Invalid,
-            Denied::Locked => crate::smtp::AuthFailure::Locked,
+            // RFC 4954 §6: both are 454 4.7.0, "temporary authentication failure".
+            Denied::Locked | Denied::Busy => crate::smtp::AuthFailure::Locked,
         }
     }
 }
@@ -155,7 +164,8 @@ impl Auth {
     }
 
     /// Checks `proof` from `client` under `protocol`'s policy: the directory's name for the
-    /// user, or why not (answered only after the policy's failure delay).
+    /// user, or why not (a refusal or a failure is answered only after the policy's failure
+    /// delay). Dropping the future before the hash runs abandons it.
     pub async fn check(
         &self,
         protocol: Protocol,
@@ -163,34 +173,36 @@ impl Auth {
         proof: Proof,
     ) -> Result<String, Denied> {
         let policy = self.policy(protocol);
-        let failures = &policy.failures;
         let attempted = proof.user().to_string();
-        if failures.blocked(client, Instant::now())
-            || (policy.per_user && failures.user_blocked(&attempted, Instant::now()))
-        {
-            log_refused(protocol, client, &attempted);
-            tokio::time::sleep(policy.failure_delay).await;
-            return Err(Denied::Locked);
+        // Reserved before hashing: counted in flight against the client's limit.
+        let attempt = match policy.failures.begin(client, &attempted, Instant::now()) {
+            Ok(attempt) => attempt,
+            Err(_) => {
+                log_refused(protocol, client, &attempted);
+                tokio::time::sleep(policy.failure_delay).await;
+                return Err(Denied::Locked);
+            }
+        };
+        if !attempt.wait.is_zero() {
+            tokio::time::sleep(attempt.wait).await;
         }
         let directory = Arc::clone(&self.directory);
-        let verified = tokio::task::spawn_blocking(move || proof.verify(&directory))
-            .await
-            .ok()
-            .flatten();
+        let Ok(hashed) = self.pool.submit(move || proof.verify(&directory)) else {
+            log_busy(protocol, client, &attempted);
+            return Err(Denied::Busy);
+        };
+        let Ok(verified) = hashed.await else {
+            // The pool dropped the check unrun (it is shutting down): nothing was decided.
+            return Err(Denied::Busy);
+        };
         match verified {
             Some(user) => {
-                failures.record_success(client);
-                if policy.per_user {
-                    failures.record_user_success(&attempted);
-                }
+                attempt.succeeded(Instant::now());
                 log_success(protocol, client, &user);
                 Ok(user)
             }
             None => {
-                failures.record_failure(client, Instant::now());
-                if policy.per_user {
-                    failures.record_user_failure(&attempted, Instant::now());
-                }
+                attempt.failed(Instant::now());
                 log_failure(protocol, client, &attempted);
                 tokio::time::sleep(policy.failure_delay).await;
                 Err(Denied::Invalid)
@@ -199,16 +211,16 @@ impl Auth {
     }
 }
 
-// The log lines keep each protocol's own target and wording. The attempted name is logged,
-// never the password.
+// The log lines keep each protocol's own target and wording. The attempted name is logged
+// (escaped: it is the peer's text), never the password.
 
 fn log_refused(protocol: Protocol, client: IpAddr, attempted: &str) {
     match protocol {
         Protocol::Smtp => {
-            tracing::info!(target: "relay::smtp", client = %client, user = %attempted, "auth refused: too many failures")
+            tracing::info!(target: "relay::smtp", client = %client, user = %Safe(attempted), "auth refused: too many failures")
         }
         Protocol::Pop3 => {
-            tracing::info!(target: "relay::pop3", client = %client, "login refused: too many failures")
+            tracing::info!(target: "relay::pop3", client = %client, user = %Safe(attempted), "login refused: too many failures")
         }
     }
 }
@@ -216,18 +228,26 @@ fn log_refused(protocol: Protocol, client: IpAddr, attempted: &str) {
 fn log_failure(protocol: Protocol, client: IpAddr, attempted: &str) {
     match protocol {
         Protocol::Smtp => {
-            tracing::info!(target: "relay::smtp", client = %client, user = %attempted, "auth failed")
+            tracing::info!(target: "relay::smtp", client = %client, user = %Safe(attempted), "auth failed")
         }
         Protocol::Pop3 => {
-            tracing::info!(target: "relay::pop3", client = %client, user = %attempted, "login failed")
+            tracing::info!(target: "relay::pop3", client = %client, user = %Safe(attempted), "login failed")
         }
     }
+}
+
+fn log_busy(protocol: Protocol, client: IpAddr, attempted: &str) {
+    let protocol = match protocol {
+        Protocol::Smtp => "smtp",
+        Protocol::Pop3 => "pop3",
+    };
+    tracing::warn!(target: "relay::auth", protocol, client = %client, user = %Safe(attempted), "login refused: password-hash queue full");
 }
 
 /// POP3 logs its login once the maildrop is locked (with the message count), not here.
 fn log_success(protocol: Protocol, client: IpAddr, user: &str) {
     if protocol == Protocol::Smtp {
-        tracing::info!(target: "relay::smtp", client = %client, user = %user, "authenticated");
+        tracing::info!(target: "relay::smtp", client = %client, user = %Safe(user), "authenticated");
     }
 }
 
@@ -235,6 +255,7 @@ fn log_success(protocol: Protocol, client: IpAddr, user: &str) {
 mod tests {
     use super::*;
     use crate::mailbox::User;
+    use crate::server::admission::{ClientPrefix, USER_DELAY_BASE};
     use std::collections::BTreeMap;
 
     const WINDOW: Duration = Duration::from_secs(60);
@@ -251,19 +272,23 @@ mod tests {
         )
     }
 
-    /// SMTP counts per address (3) and per user (2); POP3 per address (3) only, with a
-    /// table that could count users (1) so that counting them would show.
+    fn pool() -> Arc<HashPool> {
+        let metrics = crate::metrics::Metrics::new(1, None).hash_pool();
+        HashPool::start(2, 16, metrics).unwrap()
+    }
+
+    /// SMTP and POP3 count per address (3) and per user (2), each in its own table.
     fn auth() -> Auth {
+        let prefix = ClientPrefix::default();
         Auth {
             directory: directory(),
+            pool: pool(),
             smtp: Policy {
-                failures: AuthFailures::with_users(3, 2, WINDOW),
-                per_user: true,
+                failures: AuthFailures::new(3, 2, WINDOW, prefix),
                 failure_delay: Duration::ZERO,
             },
             pop3: Policy {
-                failures: AuthFailures::with_users(3, 1, WINDOW),
-                per_user: false,
+                failures: AuthFailures::new(3, 2, WINDOW, prefix),
                 failure_delay: Duration::ZERO,
             },
         }
@@ -369,20 +394,64 @@ mod tests {
     }
 
     #[test]
-    fn user_names_are_counted_only_where_the_policy_says() {
+    fn user_name_failures_delay_others_but_not_the_owners_address() {
         run(async {
             let auth = auth();
-            // SMTP: two failures for alice from one address lock the name for every address.
+            for protocol in [Protocol::Smtp, Protocol::Pop3] {
+                // Alice logged in from A before; B then fails twice as alice.
+                let ok = auth.check(protocol, A, password(None, "alice", "secret"));
+                assert_eq!(ok.await, Ok("alice".into()));
+                for _ in 0..2 {
+                    let failed = auth.check(protocol, B, password(None, "alice", "guess"));
+                    assert_eq!(failed.await, Err(Denied::Invalid));
+                }
+                // From A she is neither refused nor delayed.
+                let started = Instant::now();
+                let ok = auth.check(protocol, A, password(None, "ALICE", "secret"));
+                assert_eq!(ok.await, Ok("alice".into()));
+                assert!(started.elapsed() < USER_DELAY_BASE, "{protocol:?}");
+            }
+        })
+    }
+
+    #[test]
+    fn a_user_over_the_limit_is_delayed_elsewhere_not_refused() {
+        run(async {
+            let auth = auth();
             for _ in 0..2 {
-                let failed = auth.check(Protocol::Smtp, A, password(None, "alice", "guess"));
+                let failed = auth.check(Protocol::Pop3, A, password(None, "alice", "guess"));
                 assert_eq!(failed.await, Err(Denied::Invalid));
             }
-            let locked = auth.check(Protocol::Smtp, B, password(None, "ALICE", "secret"));
-            assert_eq!(locked.await, Err(Denied::Locked));
-            // POP3: its table would lock the name after one failure, but names are not counted.
-            let failed = auth.check(Protocol::Pop3, A, password(None, "alice", "guess"));
-            assert_eq!(failed.await, Err(Denied::Invalid));
+            let started = Instant::now();
             let ok = auth.check(Protocol::Pop3, B, password(None, "alice", "secret"));
+            assert_eq!(ok.await, Ok("alice".into()));
+            assert!(started.elapsed() >= USER_DELAY_BASE);
+        })
+    }
+
+    #[test]
+    fn a_full_hash_queue_is_a_temporary_failure_that_counts_nothing() {
+        run(async {
+            let metrics = crate::metrics::Metrics::new(1, None).hash_pool();
+            let pool = HashPool::start(1, 1, metrics.clone()).unwrap();
+            // Hold the thread, then fill the one queue place.
+            let (release, held) = crossbeam::channel::bounded::<()>(0);
+            let busy = pool.submit(move || held.recv()).unwrap();
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while metrics.queued.get() != 0 && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            let filler = pool.submit(|| ()).unwrap();
+            let auth = Auth { pool, ..auth() };
+            for _ in 0..5 {
+                let refused = auth.check(Protocol::Pop3, A, password(None, "alice", "secret"));
+                assert_eq!(refused.await, Err(Denied::Busy));
+            }
+            assert_eq!(metrics.refused.get(), 5);
+            assert!(!auth.pop3.failures.blocked(A, Instant::now()));
+            release.send(()).unwrap();
+            let _ = (busy.await, filler.await);
+            let ok = auth.check(Protocol::Pop3, A, password(None, "alice", "secret"));
             assert_eq!(ok.await, Ok("alice".into()));
         })
     }
@@ -393,8 +462,7 @@ mod tests {
             let delay = Duration::from_millis(50);
             let auth = Auth {
                 pop3: Policy {
-                    failures: AuthFailures::new(1, WINDOW),
-                    per_user: false,
+                    failures: AuthFailures::new(1, 100, WINDOW, ClientPrefix::default()),
                     failure_delay: delay,
                 },
                 ..auth()

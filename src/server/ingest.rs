@@ -7,6 +7,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use super::shard::ShardContext;
 use crate::envelope::QueueId;
+use crate::logsafe::Safe;
 use crate::smtp::{Submission, SubmitError};
 use crate::spool::{NewMessage, SpoolError};
 
@@ -79,7 +80,7 @@ pub async fn store(
                 target: "relay::transaction",
                 queue_id = %id,
                 client = %peer.ip(),
-                sender = %sender,
+                sender = %Safe(&sender),
                 auth = authenticated.as_deref().map(tracing::field::display),
                 tls = tls.as_deref().map(tracing::field::display),
                 rcpts,
@@ -100,7 +101,7 @@ pub async fn store(
             tracing::warn!(
                 target: "relay::transaction",
                 client = %peer.ip(),
-                sender = %sender,
+                sender = %Safe(&sender),
                 rcpts,
                 size,
                 result = "deferred",

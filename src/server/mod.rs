@@ -11,6 +11,7 @@
 pub mod admission;
 pub mod auth;
 pub mod dnsbl;
+pub mod hashing;
 pub mod ingest;
 pub mod pop3;
 pub mod shard;
@@ -35,9 +36,10 @@ use crate::net::listener::{bind_shared, BindError};
 use crate::net::tls::ServerTls;
 use crate::runtime::shard::{Placement, ShardEvent};
 use crate::runtime::{choose_engine, probe, Engine, Phase, UringUnavailable};
-use crate::server::admission::AuthFailures;
 use crate::server::admission::{Admission, ClientTable};
+use crate::server::admission::{AuthFailures, ClientPrefix};
 use crate::server::auth::{Auth, Policy};
+use crate::server::hashing::HashPool;
 use crate::server::shard::{Pop3Context, Protocol, ShardContext};
 use crate::smtp::{Gate, Mailboxes, SessionConfig};
 use crate::spool::{Spool, SpoolError};
@@ -72,6 +74,8 @@ pub enum ServerError {
     Tls(#[from] crate::net::tls::TlsError),
     #[error("outbound TLS: {0}")]
     OutboundTls(crate::net::tls::TlsError),
+    #[error("cannot start the password-hash threads: {0}")]
+    HashPool(std::io::Error),
 }
 
 /// Raises the soft `nofile` limit to the hard one: every connection is a descriptor, and
@@ -99,7 +103,10 @@ pub fn session_config(
 ) -> SessionConfig {
     SessionConfig {
         message_rate: config.smtp.message_rate().map(|(max, window)| {
-            crate::smtp::RateGate(crate::server::admission::MessageRate::new(max, window))
+            let prefix = ClientPrefix::new(config.server.client_ipv6_prefix);
+            crate::smtp::RateGate(crate::server::admission::MessageRate::new(
+                max, window, prefix,
+            ))
         }),
         ..config.session_config(hostname, mailboxes)
     }
@@ -390,12 +397,15 @@ fn build_contexts(
     session
         .check()
         .map_err(|e| ServerError::Session(e.to_string()))?;
-    let auth = AuthContexts::new(config, &hostname, &stores.directory, server_tls.is_some());
+    let auth = AuthContexts::new(config, &hostname, stores, server_tls.is_some())?;
     Ok(Arc::new(Contexts {
         config: Arc::clone(config),
         session: Arc::new(session),
         auth,
-        clients: ClientTable::new(config.server.connections_per_ip_max),
+        clients: ClientTable::new(
+            config.server.connections_per_ip_max,
+            ClientPrefix::new(config.server.client_ipv6_prefix),
+        ),
         delivery,
         server_tls,
         phase,
@@ -407,38 +417,58 @@ fn build_contexts(
 }
 
 /// What POP3 logins and SMTP AUTH share across shards: the POP3 session settings, the
-/// users, and the failure tables of each.
+/// users, the password-hash pool, and the failure tables of each.
 struct AuthContexts {
     pop3_config: Arc<crate::pop3::SessionConfig>,
     directory: Arc<Directory>,
+    pool: Arc<HashPool>,
     pop3_failures: Arc<AuthFailures>,
     smtp_failures: Arc<AuthFailures>,
 }
 
 impl AuthContexts {
-    fn new(config: &Config, hostname: &str, directory: &Arc<Directory>, tls: bool) -> Self {
+    /// Starts the hash pool: from the main thread, before any shard is pinned (and its
+    /// threads widen their CPU set to the process's anyway).
+    fn new(
+        config: &Config,
+        hostname: &str,
+        stores: &Stores,
+        tls: bool,
+    ) -> Result<Self, ServerError> {
+        let directory = &stores.directory;
         if config.pop3.listens_remotely() && !tls && !config.pop3.allow_plaintext_auth {
             tracing::warn!(
                 "POP3 listens beyond loopback without a TLS certificate: clients there can log in only with APOP (set [tls] cert/key, or pop3.allow_plaintext_auth = true)"
             );
         }
-        AuthContexts {
+        let pool = HashPool::start(
+            config.server.auth_hash_threads(),
+            config.server.auth_hash_queue_max,
+            stores.metrics.hash_pool(),
+        )
+        .map_err(ServerError::HashPool)?;
+        let prefix = ClientPrefix::new(config.server.client_ipv6_prefix);
+        Ok(AuthContexts {
             pop3_config: Arc::new(config.pop3.session_config(
                 hostname,
                 directory.apop_available(),
                 tls,
             )),
             directory: Arc::clone(directory),
+            pool,
             pop3_failures: AuthFailures::new(
                 config.pop3.auth_failures_per_ip_max,
+                config.pop3.auth_failures_per_user_max,
                 config.pop3.auth_failure_window.0,
+                prefix,
             ),
-            smtp_failures: AuthFailures::with_users(
+            smtp_failures: AuthFailures::new(
                 config.smtp.auth_failures_per_ip_max,
                 config.smtp.auth_failures_per_user_max,
                 config.smtp.auth_failure_window.0,
+                prefix,
             ),
-        }
+        })
     }
 
     /// One shard's POP3 and SMTP AUTH contexts.
@@ -451,14 +481,13 @@ impl AuthContexts {
         };
         let auth = Auth {
             directory: Arc::clone(&self.directory),
+            pool: Arc::clone(&self.pool),
             smtp: Policy {
                 failures: Arc::clone(&self.smtp_failures),
-                per_user: true,
                 failure_delay: config.smtp.auth_failure_delay.0,
             },
             pop3: Policy {
                 failures: Arc::clone(&self.pop3_failures),
-                per_user: false,
                 failure_delay: config.pop3.auth_failure_delay.0,
             },
         };

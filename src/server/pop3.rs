@@ -18,6 +18,7 @@ use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use super::admission::Permit;
+use super::auth::Denied;
 use super::shard::Protocol;
 use super::shard::ShardContext;
 use super::starttls::{self, DriveEnd, Upgradable, Wire};
@@ -124,8 +125,21 @@ impl Upgradable for Link {
                     Event::Authenticate(credentials) => {
                         // A failure is answered after `pop3.auth_failure_delay`.
                         let proof = credentials.into();
-                        let user = ctx.auth.check(Protocol::Pop3, peer.ip(), proof).await;
-                        session.authenticated(user.ok(), out);
+                        let check = ctx.auth.check(Protocol::Pop3, peer.ip(), proof);
+                        let user = tokio::select! {
+                            biased;
+                            user = check => user,
+                            // A client gone while its check is queued: the check is
+                            // dropped with it (the pool skips it).
+                            _ = conn.peer_closed() => {
+                                conn.shutdown();
+                                return DriveEnd::Closed;
+                            }
+                        };
+                        match user {
+                            Err(Denied::Busy) => session.authentication_unavailable(out),
+                            user => session.authenticated(user.ok(), out),
+                        }
                     }
                     Event::Lock { user } => match ctx.mail_store.lock(&user) {
                         Ok(lock) => {

@@ -19,6 +19,7 @@ use super::auth::Auth;
 use super::pop3;
 use super::smtp;
 use crate::delivery::{Core, CoreParts};
+use crate::logsafe::Safe;
 use crate::mailbox::MailStore;
 use crate::net::conn::{read_more, stop_requested, Expiry, Read, READ_CHUNK};
 use crate::net::io::epoll::{EpollConnector, EpollListener};
@@ -266,7 +267,7 @@ async fn serve_proxied<C: Connection>(
     let (source, input) = match read_proxy_header(&conn, limit, &mut phase).await {
         Ok(header) => header,
         Err(failure) => {
-            tracing::info!(client = %socket_peer, ?protocol, reason = %failure, "connection closed without a PROXY header");
+            tracing::info!(client = %socket_peer, ?protocol, reason = %Safe(&failure), "connection closed without a PROXY header");
             conn.shutdown();
             return;
         }

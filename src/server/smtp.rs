@@ -33,6 +33,7 @@ use super::ingest;
 use super::shard::Protocol;
 use super::shard::ShardContext;
 use super::starttls::{self, DriveEnd, Upgradable, Wire};
+use crate::logsafe::Safe;
 use crate::net::conn::{
     compact, flush, read_more, stop_requested, within, Expiry, Read, GOODBYE_WRITE_LIMIT,
 };
@@ -162,6 +163,12 @@ impl Upgradable for Link {
                             biased;
                             result = check => Some(result),
                             _ = stop_requested(phase, false) => None,
+                            // A client gone while its check is queued: the check is
+                            // dropped with it (the pool skips it).
+                            _ = conn.peer_closed() => {
+                                conn.shutdown();
+                                return DriveEnd::Closed;
+                            }
                         };
                         let Some(result) = result else {
                             session.shutting_down(out);
@@ -192,11 +199,11 @@ impl Upgradable for Link {
                         tracing::info!(
                             target: "relay::transaction",
                             client = %peer.ip(),
-                            sender = %summary.reverse_path,
-                            auth = session.authenticated_user().map(tracing::field::display),
+                            sender = %Safe(&summary.reverse_path),
+                            auth = session.authenticated_user().map(Safe).map(tracing::field::display),
                             rcpts = summary.recipients,
                             size = summary.size,
-                            result = %summary.reply,
+                            result = %Safe(&summary.reply),
                             "rejected"
                         );
                     }

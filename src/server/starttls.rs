@@ -13,6 +13,7 @@ use std::net::SocketAddr;
 use std::rc::Rc;
 
 use super::shard::{Protocol, ShardContext};
+use crate::logsafe::Safe;
 use crate::net::conn::{flush, READ_CHUNK};
 use crate::net::io::Connection;
 use crate::net::tls::{self, TlsConnection, TlsSummary};
@@ -124,7 +125,7 @@ async fn secure<L: Upgradable, C: Connection>(
         }
         Err(failure) => {
             metrics.tls_failures.inc();
-            tracing::info!(client = %peer.ip(), ?protocol, %failure, "no TLS session");
+            tracing::info!(client = %peer.ip(), ?protocol, failure = %Safe(&failure), "no TLS session");
             None
         }
     }

@@ -379,6 +379,10 @@ impl<C: Connection> Connection for TlsConnection<C> {
     async fn finish(&self) {
         self.close_notify().await;
     }
+
+    async fn peer_closed(&self) {
+        self.inner.peer_closed().await
+    }
 }
 
 #[cfg(test)]
