@@ -786,6 +786,22 @@ impl DeliveryHistory {
         self.add_owned(record.clone());
     }
 
+    /// Keeps the histories of the ids `keep` says yes to (the queue view's pruning).
+    pub fn retain(&mut self, mut keep: impl FnMut(QueueId) -> bool) {
+        self.by_id.retain(|id, _| keep(*id));
+    }
+
+    /// Drops everything recorded about message `id`.
+    pub fn forget(&mut self, id: QueueId) {
+        self.by_id.remove(&id);
+    }
+
+    /// Messages with a history.
+    #[cfg(test)]
+    pub fn len(&self) -> usize {
+        self.by_id.len()
+    }
+
     /// The final outcome recorded for `recipient` of message `id`, if any.
     pub fn final_outcome(&self, id: QueueId, recipient: &str) -> Option<Outcome> {
         self.by_id
