@@ -43,9 +43,14 @@ pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(60);
 /// lock: the server notices the close asynchronously, so a new login retries until then.
 pub const LOCK_RELEASE_TIMEOUT: Duration = Duration::from_secs(20);
 
-/// The path of the binary under test, built by cargo for the integration tests.
+/// The path of the binary under test, built by cargo for the integration tests; or
+/// `RELAY_TEST_BIN` when set (a target directory shared by several worktrees holds whichever
+/// `relay` was linked last, so a run can pin a copy of its own).
 pub fn relay_bin() -> &'static str {
-    env!("CARGO_BIN_EXE_relay")
+    static BIN: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    BIN.get_or_init(|| {
+        std::env::var("RELAY_TEST_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_relay").into())
+    })
 }
 
 /// Path of a file in the repository (tests/py/…).
