@@ -328,6 +328,7 @@ fn queue_requests_do_not_reread_the_spool() {
         assert_eq!(status, 200);
     }
     let read = read_bytes(relay.pid()) - before;
+    eprintln!("20 admin requests read {read} bytes; the spool holds {spool} bytes");
     // Ten `show`s read their own message (about 2 MB together); ten listings nothing.
     assert!(
         read < spool,

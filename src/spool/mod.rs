@@ -695,7 +695,7 @@ impl Core {
                 ControlFlow::Continue(())
             })?;
             self.segments_scanned
-                .fetch_add(report.segments_scanned as u64, Ordering::Relaxed);
+                .fetch_add(report.segments_scanned, Ordering::Relaxed);
         }
         let mut replay = Replay::default();
         for (e, message) in live {
@@ -757,7 +757,7 @@ impl Core {
                 ControlFlow::Continue(())
             })?;
             self.segments_scanned
-                .fetch_add(report.segments_scanned as u64, Ordering::Relaxed);
+                .fetch_add(report.segments_scanned, Ordering::Relaxed);
         }
         Ok(())
     }
