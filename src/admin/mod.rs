@@ -1,7 +1,7 @@
 //! The admin endpoint: a small HTTP server for operators and their tools, on threads of its
 //! own (never on a shard). It listens on a Unix socket (mode 0600, `<spool.dir>/admin.sock`
 //! by default: `relay stat`, `relay queue`) and, when `admin.listen` is set, on a loopback TCP
-//! address (for Prometheus). Both serve the same routes through one [`Router`];
+//! address (for Prometheus). Both serve the same routes through one router;
 //! [`access`] decides per transport who may use which route before a handler runs.
 //!
 //! Routes are `(path prefix, handler)` pairs; the longest matching prefix wins, anything else

@@ -23,9 +23,10 @@
 //! After a restart [`Spool::startup_view`] rebuilds the queue: per live message, each remote
 //! recipient with whether it is final, its attempt count and next attempt (from the latest
 //! Deferred by `(attempt, at)`) and whether its delay notice was recorded. [`Spool::replay`]
-//! gives the same per message with the last replies and final results (read from the log:
-//! `relay queue list`). Every recipient is delivered at least once: a result is acknowledged
-//! only once durable, so only the transaction in flight at a crash can be repeated.
+//! gives the same per message with the last replies and final results (read from the log;
+//! `relay queue` uses the in-memory queue view instead: [`Spool::queued`]). Every recipient
+//! is delivered at least once: a result is acknowledged only once durable, so only the
+//! transaction in flight at a crash can be repeated.
 //! The delivery runtime stores a notice as a new message first and then appends the final
 //! result together with the notice's marker in ONE record ([`ShardHandle::append_delivery`]):
 //! a crash between the two repeats the attempt and may send that notice twice, never loses
@@ -109,7 +110,9 @@
 //!   Recovery keeps, besides the index, a compact fold of the delivery records (per
 //!   recipient: final?, the latest Deferred's attempt and times; the delay markers) until
 //!   [`Spool::startup_view`] takes it: a spool of a million deferred messages recovers in
-//!   under 1 GiB (BENCHMARKS.md). [`Spool::replay`] reads the log each call. Compaction's
+//!   under 1 GiB (BENCHMARKS.md). [`Spool::replay`] reads the log each call;
+//!   [`Spool::queued`] (`relay queue`) reads it once, then keeps the queued messages' replay
+//!   in memory (`queue_view`: about the replay's size, only once asked for). Compaction's
 //!   reference list holds 24 B per id named by a deletion or delivery record on disk.
 //! - A stored reply is at most [`REPLY_MAX_LEN`] bytes (longer ones are cut).
 //! - At most 128 segment handles are cached for reads (one fd each).
