@@ -459,7 +459,7 @@ fn queue(command: QueueCommand, path: Option<&Path>, socket: Option<PathBuf>) ->
     Ok(())
 }
 
-/// How long `relay queue` waits for the server (a listing reads the spool's log).
+/// How long `relay queue` waits for the server (its first listing reads the spool's log once).
 const QUEUE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// Asks the running server over its admin socket; `None` when nothing answers there.
