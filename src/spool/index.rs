@@ -259,6 +259,14 @@ impl LiveIndex {
         self.map.get(&id).map(|e| (e.location, e.is_garbage()))
     }
 
+    /// Live, with a remote recipient still without a final result (queued for delivery);
+    /// without cloning the entry.
+    pub fn has_pending_remote(&self, id: QueueId) -> bool {
+        self.map
+            .get(&id)
+            .is_some_and(|e| !e.is_garbage() && e.remote.iter().any(|r| !r.done))
+    }
+
     pub fn get(&self, id: QueueId) -> Option<IndexEntry> {
         self.map.get(&id).map(|e| e.clone())
     }

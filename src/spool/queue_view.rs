@@ -14,8 +14,9 @@
 //!
 //! Memory: about what a replay of the queued messages holds (≈ 200 B per message plus its
 //! addresses and one reply per recipient), for as long as the spool is open, and only once
-//! the operator has asked for the queue. The writers pay one uncontended lock per record
-//! once it exists.
+//! the operator has asked for the queue. The writers take one lock per message with remote
+//! recipients and per delivery record; a listing holds it while it walks the view in id
+//! order (one index lookup per message it passes, a copy of at most `limit` of them).
 
 use std::collections::BTreeMap;
 use std::sync::{Mutex, MutexGuard};
@@ -165,10 +166,7 @@ impl QueueView {
             if out.len() >= limit {
                 break;
             }
-            let pending = index
-                .get(*id)
-                .is_some_and(|e| !e.is_garbage() && e.remote.iter().any(|r| !r.done));
-            if pending {
+            if index.has_pending_remote(*id) {
                 let mut message = message.clone();
                 s.history.fill(&mut message);
                 out.push(message);
