@@ -266,6 +266,22 @@ fn two_instances_with_the_default_admin_config_start_side_by_side() {
         ]);
         assert!(output.status.success(), "{}", describe(&output));
     }
+    // Pointed at a live relay's socket, a third one refuses to start rather than steal it.
+    settings.admin_toml = format!("[admin]\nsocket = {:?}\n", first.admin_socket);
+    let Err(failure) = Relay::try_start_in(common::new_workdir(), settings.clone()) else {
+        panic!("the relay took over a live relay's admin socket");
+    };
+    let text = failure.lines.join("\n");
+    assert!(
+        text.contains("admin.socket") && text.contains("another relay answers"),
+        "{text}"
+    );
+    let output = relay_cmd([
+        "stat",
+        "--config",
+        first.config_path.to_str().expect("utf-8"),
+    ]);
+    assert!(output.status.success(), "{}", describe(&output));
     let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     let port = taken.local_addr().expect("addr");
     settings.admin_toml = format!("[admin]\nlisten = \"{port}\"\n");
