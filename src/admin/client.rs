@@ -142,12 +142,12 @@ pub fn call(endpoint: &Endpoint, call: &Call<'_>) -> Result<(u16, Vec<u8>), Admi
     let result = match endpoint {
         Endpoint::Socket(path) => {
             let stream = std::os::unix::net::UnixStream::connect(path)
-                .map_err(|e| connect_error(endpoint, e))?;
+                .map_err(|e| connect_error(endpoint, call.timeout, e))?;
             exchange(Stream::Unix(stream), &head, call.json, deadline)
         }
         Endpoint::Tcp(addr) => {
             let stream = std::net::TcpStream::connect_timeout(addr, call.timeout)
-                .map_err(|e| connect_error(endpoint, e))?;
+                .map_err(|e| connect_error(endpoint, call.timeout, e))?;
             exchange(Stream::Tcp(stream), &head, call.json, deadline)
         }
     };
@@ -162,14 +162,14 @@ pub fn call(endpoint: &Endpoint, call: &Call<'_>) -> Result<(u16, Vec<u8>), Admi
     })
 }
 
-fn connect_error(endpoint: &Endpoint, e: std::io::Error) -> AdminClientError {
+fn connect_error(endpoint: &Endpoint, timeout: Duration, e: std::io::Error) -> AdminClientError {
     use std::io::ErrorKind::*;
     match e.kind() {
         ConnectionRefused | NotFound => AdminClientError::NotRunning(endpoint.clone()),
         PermissionDenied => AdminClientError::Denied(endpoint.clone()),
         TimedOut | WouldBlock => AdminClientError::Timeout {
             endpoint: endpoint.clone(),
-            timeout: Duration::ZERO,
+            timeout,
         },
         _ => AdminClientError::Failed {
             endpoint: endpoint.clone(),
