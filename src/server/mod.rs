@@ -333,6 +333,10 @@ fn start_admin(
     }
     let token = match (&config.admin.listen, &config.admin.token_file) {
         (Some(_), Some(path)) => Some(AdminToken::load(path).map_err(AdminError::from)?),
+        (None, Some(_)) => {
+            tracing::warn!("admin.token_file is set but admin.listen is not: the token is unused (the socket needs none)");
+            None
+        }
         _ => None,
     };
     let settings = AdminSettings {
