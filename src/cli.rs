@@ -39,15 +39,16 @@ enum Command {
         command: SpoolCommand,
     },
     /// The outbound queue: list, show, flush, delete, bounce. Talks to the running server's
-    /// admin endpoint; with the server stopped, `list` and `show` read the spool directly.
+    /// admin socket; with the server stopped, `list` and `show` read the spool directly.
     Queue {
         #[command(subcommand)]
         command: QueueCommand,
         #[arg(long, short, global = true)]
         config: Option<PathBuf>,
-        /// The running server's admin address, when not the config's `admin.listen`.
+        /// The running server's admin socket, when not the config's (`admin.socket`, default
+        /// `<spool.dir>/admin.sock`).
         #[arg(long, global = true)]
-        admin: Option<std::net::SocketAddr>,
+        socket: Option<PathBuf>,
     },
     /// Manage mailbox users (passwords are read from stdin, stored as argon2id hashes).
     User {
@@ -60,10 +61,14 @@ enum Command {
         command: TuneCommand,
     },
     /// Print a summary of the running server's metrics (per core: connections, transactions,
-    /// deliveries; spool; queue), read from its admin listener (`[admin] listen`).
+    /// deliveries; spool; queue), read from its admin socket (`admin.socket`, default
+    /// `<spool.dir>/admin.sock`).
     Stat {
         #[arg(long, short)]
         config: Option<PathBuf>,
+        /// The running server's admin socket, when not the config's.
+        #[arg(long)]
+        socket: Option<PathBuf>,
         /// Print the JSON the server sent instead of the summary.
         #[arg(long)]
         json: bool,
@@ -169,11 +174,15 @@ pub fn main() -> ExitCode {
         Command::Queue {
             command,
             config,
-            admin,
-        } => queue(command, config.as_deref(), admin),
+            socket,
+        } => queue(command, config.as_deref(), socket),
         Command::User { command } => user(command),
         Command::Tune { command } => tune(command),
-        Command::Stat { config, json } => stat(config.as_deref(), json),
+        Command::Stat {
+            config,
+            json,
+            socket,
+        } => stat(config.as_deref(), json, socket),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -360,21 +369,27 @@ fn tune(command: TuneCommand) -> Result<()> {
 /// How long `relay stat` waits for the server's answer.
 const STAT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
-fn stat(path: Option<&Path>, json: bool) -> Result<()> {
+/// The admin socket to ask: `--socket`, else the config's (`None` when the config turns the
+/// admin endpoint off).
+fn admin_socket(config: &Config, socket: Option<PathBuf>) -> Option<PathBuf> {
+    match socket {
+        Some(path) => Some(path),
+        None if config.admin.enabled => Some(config.admin.socket_path(&config.spool.dir)),
+        None => None,
+    }
+}
+
+fn stat(path: Option<&Path>, json: bool, socket: Option<PathBuf>) -> Result<()> {
     let config = load(path)?;
-    anyhow::ensure!(
-        config.admin.enabled,
-        "the admin listener is disabled in this config (admin.enabled = false)"
-    );
-    let addr = config.admin.listen;
-    anyhow::ensure!(
-        addr.port() != 0,
-        "admin.listen {addr} has port 0: the running server picked a free port; name it in the config"
-    );
-    let (status, body) = relay::admin::client::request(addr, "GET", "/stat", STAT_TIMEOUT)?;
+    let socket = admin_socket(&config, socket).ok_or_else(|| {
+        anyhow::anyhow!("the admin endpoint is disabled in this config (admin.enabled = false)")
+    })?;
+    let endpoint = relay::admin::client::Endpoint::Socket(socket);
+    let (status, body) =
+        relay::admin::client::request(endpoint.clone(), "GET", "/stat", STAT_TIMEOUT)?;
     anyhow::ensure!(
         status == 200,
-        "{addr} answered /stat with HTTP {status}: {}",
+        "{endpoint} answered /stat with HTTP {status}: {}",
         String::from_utf8_lossy(&body).trim()
     );
     if json {
@@ -382,7 +397,7 @@ fn stat(path: Option<&Path>, json: bool) -> Result<()> {
         return Ok(());
     }
     let stat = relay::metrics::Stat::from_json(&body)
-        .with_context(|| format!("{addr} answered /stat with something other than its JSON"))?;
+        .with_context(|| format!("{endpoint} answered /stat with something other than its JSON"))?;
     print!("{stat}");
     Ok(())
 }
@@ -404,13 +419,9 @@ fn parse_id(id: &str) -> Result<relay::envelope::QueueId> {
     })
 }
 
-fn queue(
-    command: QueueCommand,
-    path: Option<&Path>,
-    admin: Option<std::net::SocketAddr>,
-) -> Result<()> {
+fn queue(command: QueueCommand, path: Option<&Path>, socket: Option<PathBuf>) -> Result<()> {
     let config = load(path)?;
-    if let Some(answer) = queue_online(&config, &command, admin)? {
+    if let Some(answer) = queue_online(&config, &command, socket)? {
         print!("{answer}");
         return Ok(());
     }
@@ -448,23 +459,23 @@ fn queue(
     Ok(())
 }
 
-/// How long `relay queue` waits for the server (a listing reads the spool's log).
+/// How long `relay queue` waits for the server (its first listing reads the spool's log once).
 const QUEUE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
 
-/// Asks the running server; `None` when nothing answers at the admin address.
+/// Asks the running server over its admin socket; `None` when nothing answers there.
 fn queue_online(
     config: &Config,
     command: &QueueCommand,
-    admin: Option<std::net::SocketAddr>,
+    socket: Option<PathBuf>,
 ) -> Result<Option<String>> {
+    use relay::admin::client::{call, AdminClientError, Call, Endpoint};
     use relay::admin::queue_text::{render, render_shown};
     use relay::delivery::control::{ListedMessage, ShownMessage};
-    let addr = match admin {
-        Some(addr) => addr,
-        None if config.admin.enabled && config.admin.listen.port() != 0 => config.admin.listen,
-        // No address to ask: the spool's lock tells whether a server runs.
-        None => return Ok(None),
+    let Some(socket) = admin_socket(config, socket) else {
+        // No endpoint to ask: the spool's lock tells whether a server runs.
+        return Ok(None);
     };
+    let endpoint = Endpoint::Socket(socket);
     let query = |pairs: &[(&str, &str)]| {
         let mut q = form_urlencoded::Serializer::new(String::new());
         for (k, v) in pairs {
@@ -472,12 +483,20 @@ fn queue_online(
         }
         q.finish()
     };
-    let (method, target) = match command {
+    let object = |pairs: &[(&str, &str)]| {
+        let map: serde_json::Map<String, serde_json::Value> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), serde_json::Value::from(*v)))
+            .collect();
+        serde_json::Value::Object(map).to_string()
+    };
+    // Reads are GETs with a query; changes are POSTs with a JSON object.
+    let (target, json) = match command {
         QueueCommand::List { limit, .. } => (
-            "GET",
             format!("/queue?{}", query(&[("limit", &limit.to_string())])),
+            None,
         ),
-        QueueCommand::Show { id } => ("GET", format!("/queue/show?{}", query(&[("id", id)]))),
+        QueueCommand::Show { id } => (format!("/queue/show?{}", query(&[("id", id)])), None),
         QueueCommand::Flush { id, domain } => {
             let mut pairs = Vec::new();
             if let Some(id) = id {
@@ -486,19 +505,23 @@ fn queue_online(
             if let Some(domain) = domain {
                 pairs.push(("domain", domain.as_str()));
             }
-            ("POST", format!("/queue/flush?{}", query(&pairs)))
+            ("/queue/flush".to_string(), Some(object(&pairs)))
         }
-        QueueCommand::Delete { id } => ("POST", format!("/queue/delete?{}", query(&[("id", id)]))),
-        QueueCommand::Bounce { id } => ("POST", format!("/queue/bounce?{}", query(&[("id", id)]))),
+        QueueCommand::Delete { id } => ("/queue/delete".to_string(), Some(object(&[("id", id)]))),
+        QueueCommand::Bounce { id } => ("/queue/bounce".to_string(), Some(object(&[("id", id)]))),
     };
-    let (status, body) = match relay::admin::client::request(addr, method, &target, QUEUE_TIMEOUT) {
+    let request = match &json {
+        Some(body) => Call::post(&target, body.as_bytes(), QUEUE_TIMEOUT),
+        None => Call::get(&target, QUEUE_TIMEOUT),
+    };
+    let (status, body) = match call(&endpoint, &request) {
         Ok(answer) => answer,
-        Err(relay::admin::client::AdminClientError::NotRunning(_)) => return Ok(None),
+        Err(AdminClientError::NotRunning(_)) => return Ok(None),
         Err(error) => return Err(error.into()),
     };
     anyhow::ensure!(
         status == 200,
-        "{addr}: {}",
+        "{endpoint}: {}",
         String::from_utf8_lossy(&body).trim()
     );
     let now = std::time::SystemTime::now();

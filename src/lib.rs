@@ -25,7 +25,8 @@
 //! - [`config`]: the typed TOML configuration, its defaults (each with its reason) and the
 //!   checks that relate limits to each other.
 //! - [`metrics`]: the Prometheus registry (per-core handles) and the `relay stat` summary.
-//! - [`admin`]: the loopback HTTP listener (`/metrics`, `/stat`, queue control) and its client.
+//! - [`admin`]: the admin endpoint (`/metrics`, `/stat`, queue control) on a 0600 Unix socket
+//!   and an opt-in loopback TCP listener, and its client.
 //! - [`tune`]: `relay tune`: the embedded kernel profiles compared with this machine.
 
 // No module needs unsafe code: io_uring comes through tokio-uring, SIMD through memchr and

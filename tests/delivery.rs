@@ -478,12 +478,12 @@ fn postfix_as_the_next_hop_accepts_and_relays_on() {
     );
 }
 
+/// `relay queue ARGS --config CONFIG`: it finds the server's admin socket in the spool.
 fn queue_cmd(relay: &Relay, args: &[&str]) -> std::process::Output {
-    let admin = relay.admin_addr.to_string();
     let config = relay.config_path.to_str().expect("utf-8 path").to_string();
     let mut all: Vec<&str> = vec!["queue"];
     all.extend_from_slice(args);
-    all.extend_from_slice(&["--config", &config, "--admin", &admin]);
+    all.extend_from_slice(&["--config", &config]);
     common::relay_cmd(all)
 }
 

@@ -347,25 +347,13 @@ fn pop3_session_moves_the_pop3_counters(engine: Engine) {
     relay.stop();
 }
 
-/// The running relay's config, with the admin port it really bound (the harness renders 0).
-fn config_with_admin_port(relay: &Relay) -> std::path::PathBuf {
-    let text = std::fs::read_to_string(&relay.config_path).expect("read config");
-    let pinned = text.replace(
-        "[admin]\nlisten = \"127.0.0.1:0\"\n",
-        &format!("[admin]\nlisten = \"{}\"\n", relay.admin_addr),
-    );
-    assert_ne!(pinned, text, "the harness config has an [admin] section");
-    let path = relay.workdir().path().join("stat.toml");
-    std::fs::write(&path, pinned).expect("write config");
-    path
-}
-
 #[test]
 fn relay_stat_summarises_the_running_server() {
     let relay = Relay::start(Settings::new(Engine::Epoll));
     relay.deliver(&["one@example.test"], &message("stat-1", &[]));
     relay.deliver(&["two@example.test"], &message("stat-2", &[]));
-    let config = config_with_admin_port(&relay);
+    // The config names the spool; the server's admin socket is in it.
+    let config = relay.config_path.clone();
 
     let output = relay_cmd([
         std::ffi::OsStr::new("stat"),
@@ -414,12 +402,9 @@ fn relay_stat_summarises_the_running_server() {
 #[test]
 fn relay_stat_without_a_running_server_says_so_in_one_line() {
     let dir = common::new_workdir();
-    // A port nothing listens on: bound, then released.
-    let free = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port");
+    let spool = dir.path().join("spool");
     let config = dir.path().join("relay.toml");
-    std::fs::write(&config, format!("[admin]\nlisten = \"{free}\"\n")).expect("write");
+    std::fs::write(&config, format!("[spool]\ndir = {:?}\n", spool)).expect("write");
     let output = relay_cmd([
         std::ffi::OsStr::new("stat"),
         std::ffi::OsStr::new("--config"),
@@ -428,17 +413,22 @@ fn relay_stat_without_a_running_server_says_so_in_one_line() {
     assert!(!output.status.success(), "{}", describe(&output));
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(stderr.lines().count(), 1, "{}", describe(&output));
+    let socket = spool.join("admin.sock");
     assert!(
         stderr.starts_with("relay: ")
             && stderr.contains("no relay is running")
-            && stderr.contains(&free.to_string()),
+            && stderr.contains(&socket.display().to_string()),
         "{}",
         describe(&output)
     );
     assert!(output.stdout.is_empty());
 
-    // A config whose admin port is 0 cannot name the server's port.
-    std::fs::write(&config, "[admin]\nlisten = \"127.0.0.1:0\"\n").expect("write");
+    // With the admin endpoint off there is nothing to ask.
+    std::fs::write(
+        &config,
+        format!("[spool]\ndir = {:?}\n[admin]\nenabled = false\n", spool),
+    )
+    .expect("write");
     let output = relay_cmd([
         std::ffi::OsStr::new("stat"),
         std::ffi::OsStr::new("--config"),
@@ -446,7 +436,7 @@ fn relay_stat_without_a_running_server_says_so_in_one_line() {
     ]);
     assert!(!output.status.success(), "{}", describe(&output));
     assert!(
-        String::from_utf8_lossy(&output.stderr).contains("port 0"),
+        String::from_utf8_lossy(&output.stderr).contains("admin.enabled = false"),
         "{}",
         describe(&output)
     );

@@ -1,34 +1,45 @@
-//! The admin listener: a small HTTP server for operators and their tools, on its own thread
-//! (never on a shard), loopback only (`[admin] listen`, checked at config load).
+//! The admin endpoint: a small HTTP server for operators and their tools, on threads of its
+//! own (never on a shard). It listens on a Unix socket (mode 0600, `<spool.dir>/admin.sock`
+//! by default: `relay stat`, `relay queue`) and, when `admin.listen` is set, on a loopback TCP
+//! address (for Prometheus). Both serve the same routes through one router;
+//! [`access`] decides per transport who may use which route before a handler runs.
 //!
 //! Routes are `(path prefix, handler)` pairs; the longest matching prefix wins, anything else
 //! is 404. The server registers `/metrics` (Prometheus text) and `/stat` (the JSON summary
-//! `relay stat` prints), see [`metrics_routes`]; the queue control adds `/queue/...`.
+//! `relay stat` prints), see [`metrics_routes`]; the queue control adds `/queue/...`. A POST's
+//! JSON object body (string or number values) is merged into the query parameters.
 //!
-//! Exposure: whoever can connect to the loopback address (local users and processes); no
-//! authentication, so nothing here may reveal message content or change state without a
-//! route that means to. Limits: request bodies up to [`BODY_MAX`] (larger get 413 unread);
-//! requests are served one at a time by the admin thread (tiny_http reads headers on its
+//! Exposure: the socket is the relay user's (file mode, in the 0700 spool directory); the TCP
+//! listener can be reached by every local process and, through DNS rebinding or cross-site
+//! requests, by web pages, so it checks `Host`, a bearer token (all but `/metrics`) and the
+//! POST content type ([`access`]). Limits: request bodies up to [`BODY_MAX`] (larger get 413
+//! unread); requests are served one at a time per transport (tiny_http reads headers on its
 //! own small pool). A handler's panic is caught and answered 500; the listener goes on.
 //!
 //! [`client`] is the matching client, used by `relay stat` and `relay queue`.
 
+pub mod access;
 pub mod client;
 pub mod queue;
 pub mod queue_text;
+pub mod socket;
 
 use std::io::Read;
 use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use crate::logsafe::Safe;
 use crate::metrics::Metrics;
+use access::{AdminToken, Transport};
+use socket::{BoundSocket, SocketError};
 
 /// Largest request body read; a larger one is refused with 413 without reading it.
 pub const BODY_MAX: usize = 64 * 1024;
 
-/// One request as a handler sees it: the path without the query, the query decoded.
+/// One request as a handler sees it: the path without the query, the query decoded (and a
+/// POST's JSON object fields after it).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AdminRequest {
     pub method: String,
@@ -52,6 +63,8 @@ pub struct AdminResponse {
     pub status: u16,
     pub content_type: &'static str,
     pub body: Vec<u8>,
+    /// Adds `WWW-Authenticate: Bearer` (a 401 must say which scheme it wants).
+    pub www_authenticate: bool,
 }
 
 impl AdminResponse {
@@ -60,6 +73,7 @@ impl AdminResponse {
             status,
             content_type: "text/plain; charset=utf-8",
             body: body.into().into_bytes(),
+            www_authenticate: false,
         }
     }
 
@@ -68,6 +82,7 @@ impl AdminResponse {
             status,
             content_type: "application/json",
             body,
+            www_authenticate: false,
         }
     }
 
@@ -84,88 +99,183 @@ pub type Handler = Arc<dyn Fn(&AdminRequest) -> AdminResponse + Send + Sync>;
 
 #[derive(Debug, thiserror::Error)]
 pub enum AdminError {
-    #[error("admin.listen {addr}: cannot bind: {source}")]
+    #[error(
+        "admin.listen {addr}: cannot bind: {source} (another relay on this host? set \
+         admin.listen to a free port, or remove it: the admin socket needs no port)"
+    )]
     Bind {
         addr: SocketAddr,
         source: std::io::Error,
     },
     #[error("admin.listen {addr}: {message}")]
     Server { addr: SocketAddr, message: String },
+    #[error(transparent)]
+    Socket(#[from] SocketError),
+    #[error(transparent)]
+    Token(#[from] access::TokenError),
     #[error("cannot start the admin thread: {0}")]
     Thread(std::io::Error),
 }
 
-/// The running admin listener; [`Admin::stop`] ends it.
-pub struct Admin {
+/// Where the admin endpoint listens (from `[admin]`).
+#[derive(Debug, Clone, Default)]
+pub struct AdminSettings {
+    /// The Unix socket (every route).
+    pub socket: Option<PathBuf>,
+    /// The loopback TCP listener (`/metrics`; the rest with `token`).
+    pub listen: Option<SocketAddr>,
+    pub token: Option<AdminToken>,
+}
+
+/// One transport being served: its tiny_http server and the thread that answers.
+struct Endpoint {
     server: Arc<tiny_http::Server>,
-    addr: SocketAddr,
     thread: Option<JoinHandle<()>>,
+    socket: Option<BoundSocket>,
+}
+
+/// The running admin endpoint; [`Admin::stop`] ends it.
+pub struct Admin {
+    endpoints: Vec<Endpoint>,
+    addr: Option<SocketAddr>,
+    socket_path: Option<PathBuf>,
 }
 
 impl std::fmt::Debug for Admin {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Admin").field("addr", &self.addr).finish()
+        f.debug_struct("Admin")
+            .field("addr", &self.addr)
+            .field("socket", &self.socket_path)
+            .finish()
     }
 }
 
 impl Admin {
-    /// Binds `listen` and serves `routes` on a thread of its own. Routes are `(path prefix,
-    /// handler)`; the longest matching prefix wins; 404 otherwise.
+    /// Binds the socket and the TCP listener `settings` name and serves `routes` on a thread
+    /// each. Routes are `(path prefix, handler)`; the longest matching prefix wins; 404
+    /// otherwise.
     pub fn start(
-        listen: SocketAddr,
+        settings: AdminSettings,
         routes: Vec<(&'static str, Handler)>,
     ) -> Result<Admin, AdminError> {
-        let listener = TcpListener::bind(listen).map_err(|source| AdminError::Bind {
-            addr: listen,
-            source,
-        })?;
-        let addr = listener.local_addr().map_err(|source| AdminError::Bind {
-            addr: listen,
-            source,
-        })?;
-        let server =
-            tiny_http::Server::from_listener(listener, None).map_err(|e| AdminError::Server {
-                addr,
-                message: e.to_string(),
+        let router = Arc::new(Router::new(routes));
+        let mut admin = Admin {
+            endpoints: Vec::new(),
+            addr: None,
+            socket_path: None,
+        };
+        if let Some(path) = &settings.socket {
+            let bound = socket::bind(path)?;
+            let listener = bound.listener.try_clone().map_err(|source| {
+                AdminError::Socket(SocketError::Io {
+                    path: path.clone(),
+                    what: "cannot use the bound socket",
+                    source,
+                })
             })?;
-        let server = Arc::new(server);
-        let router = Router::new(routes);
-        let serving = Arc::clone(&server);
-        let thread = std::thread::Builder::new()
-            .name("admin".into())
-            .spawn(move || {
-                // `recv` fails only once `unblock` was called (stop) or the server is gone.
-                while let Ok(request) = serving.recv() {
-                    serve(&router, request);
+            let server = tiny_http::Server::from_listener(listener, None)
+                .map_err(|e| AdminError::Socket(SocketError::Path(path.clone(), e.to_string())))?;
+            admin.socket_path = Some(path.clone());
+            let endpoint = Endpoint::spawn(server, Arc::clone(&router), Transport::Socket)?;
+            admin.endpoints.push(Endpoint {
+                socket: Some(bound),
+                ..endpoint
+            });
+        }
+        if let Some(listen) = settings.listen {
+            let listener = TcpListener::bind(listen).map_err(|source| AdminError::Bind {
+                addr: listen,
+                source,
+            })?;
+            let addr = listener.local_addr().map_err(|source| AdminError::Bind {
+                addr: listen,
+                source,
+            })?;
+            let server = tiny_http::Server::from_listener(listener, None).map_err(|e| {
+                AdminError::Server {
+                    addr,
+                    message: e.to_string(),
                 }
-            })
-            .map_err(AdminError::Thread)?;
-        Ok(Admin {
-            server,
-            addr,
-            thread: Some(thread),
-        })
+            })?;
+            admin.addr = Some(addr);
+            let transport = Transport::Tcp {
+                token: settings.token.clone(),
+            };
+            admin
+                .endpoints
+                .push(Endpoint::spawn(server, Arc::clone(&router), transport)?);
+        }
+        Ok(admin)
     }
 
-    /// The bound address (the real port when `listen` had port 0).
-    pub fn local_addr(&self) -> SocketAddr {
+    /// The bound TCP address (the real port when `listen` had port 0), if any.
+    pub fn local_addr(&self) -> Option<SocketAddr> {
         self.addr
     }
 
-    /// Stops serving and joins the admin thread (a request being served finishes first).
+    /// The admin socket's path, if any.
+    pub fn socket_path(&self) -> Option<&Path> {
+        self.socket_path.as_deref()
+    }
+
+    /// Stops serving and joins the admin threads (a request being served finishes first);
+    /// removes the socket file.
     pub fn stop(mut self) {
-        self.server.unblock();
-        if let Some(thread) = self.thread.take() {
-            if thread.join().is_err() {
-                tracing::error!("the admin thread panicked");
-            }
+        for endpoint in self.endpoints.drain(..) {
+            endpoint.stop();
         }
     }
 }
 
 impl Drop for Admin {
     fn drop(&mut self) {
+        for endpoint in self.endpoints.drain(..) {
+            endpoint.stop();
+        }
+    }
+}
+
+impl Endpoint {
+    fn spawn(
+        server: tiny_http::Server,
+        router: Arc<Router>,
+        transport: Transport,
+    ) -> Result<Endpoint, AdminError> {
+        let server = Arc::new(server);
+        let serving = Arc::clone(&server);
+        let thread = std::thread::Builder::new()
+            .name("admin".into())
+            .spawn(move || {
+                // `recv` fails only once `unblock` was called (stop) or the server is gone.
+                while let Ok(request) = serving.recv() {
+                    serve(&router, &transport, request);
+                }
+            })
+            .map_err(AdminError::Thread)?;
+        Ok(Endpoint {
+            server,
+            thread: Some(thread),
+            socket: None,
+        })
+    }
+
+    fn stop(mut self) {
         self.server.unblock();
+        if let Some(thread) = self.thread.take() {
+            if thread.join().is_err() {
+                tracing::error!("the admin thread panicked");
+            }
+        }
+        // Dropping the server stops its accept thread by connecting to the address it was
+        // bound to; the socket was bound under a staging name and moved, so knock on the
+        // real path as well, then remove the file.
+        drop(self.server);
+        if let Some(socket) = self.socket.take() {
+            if let Ok(knock) = std::os::unix::net::UnixStream::connect(&socket.path) {
+                let _ = knock.shutdown(std::net::Shutdown::Both);
+            }
+            socket.remove();
+        }
     }
 }
 
@@ -207,25 +317,62 @@ fn split_url(url: &str) -> (String, Vec<(String, String)>) {
     (path.to_string(), query)
 }
 
-fn serve(router: &Router, mut request: tiny_http::Request) {
-    let response = match read_request(&mut request) {
+/// The value of header `name` (the first one), if it is valid text.
+fn header<'a>(request: &'a tiny_http::Request, name: &'static str) -> Option<&'a str> {
+    request
+        .headers()
+        .iter()
+        .find(|h| h.field.equiv(name))
+        .map(|h| h.value.as_str())
+}
+
+fn serve(router: &Router, transport: &Transport, mut request: tiny_http::Request) {
+    let response = match read_request(&mut request, transport) {
         Ok(admin_request) => router.route(&admin_request),
         Err(response) => response,
     };
-    tracing::debug!(method = %Safe(request.method()), url = %Safe(request.url()), status = response.status, "admin request");
-    let header =
-        tiny_http::Header::from_bytes(&b"Content-Type"[..], response.content_type.as_bytes());
+    tracing::debug!(
+        method = %Safe(request.method()),
+        url = %Safe(request.url()),
+        status = response.status,
+        "admin request"
+    );
     let mut reply = tiny_http::Response::from_data(response.body)
         .with_status_code(tiny_http::StatusCode(response.status));
-    if let Ok(header) = header {
+    if let Ok(header) =
+        tiny_http::Header::from_bytes(&b"Content-Type"[..], response.content_type.as_bytes())
+    {
         reply.add_header(header);
+    }
+    if response.www_authenticate {
+        if let Ok(header) = tiny_http::Header::from_bytes(&b"WWW-Authenticate"[..], &b"Bearer"[..])
+        {
+            reply.add_header(header);
+        }
     }
     // The client may have gone; nothing to do about it.
     let _ = request.respond(reply);
 }
 
-/// The request with its body, or the error response (413 for a body over [`BODY_MAX`]).
-fn read_request(request: &mut tiny_http::Request) -> Result<AdminRequest, AdminResponse> {
+/// The request with its body, or the response to send instead: refused by [`access::check`]
+/// (before the body is read), 413 for a body over [`BODY_MAX`], 400 for a POST body that is
+/// not a JSON object.
+fn read_request(
+    request: &mut tiny_http::Request,
+    transport: &Transport,
+) -> Result<AdminRequest, AdminResponse> {
+    let method = request.method().as_str().to_ascii_uppercase();
+    let (path, mut query) = split_url(request.url());
+    access::check(
+        transport,
+        &access::Facts {
+            method: &method,
+            path: &path,
+            host: header(request, "Host"),
+            authorization: header(request, "Authorization"),
+            content_type: header(request, "Content-Type"),
+        },
+    )?;
     if request.body_length().is_some_and(|n| n > BODY_MAX) {
         return Err(AdminResponse::text(413, "request body too large\n"));
     }
@@ -238,13 +385,36 @@ fn read_request(request: &mut tiny_http::Request) -> Result<AdminRequest, AdminR
     if body.len() > BODY_MAX {
         return Err(AdminResponse::text(413, "request body too large\n"));
     }
-    let (path, query) = split_url(request.url());
+    if method == "POST" {
+        query.extend(json_params(&body)?);
+    }
     Ok(AdminRequest {
-        method: request.method().as_str().to_ascii_uppercase(),
+        method,
         path,
         query,
         body,
     })
+}
+
+/// A POST body's parameters: empty, or a JSON object of strings and numbers.
+fn json_params(body: &[u8]) -> Result<Vec<(String, String)>, AdminResponse> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(Vec::new());
+    }
+    let bad = || AdminResponse::text(400, "the body must be a JSON object of strings\n");
+    let serde_json::Value::Object(fields) =
+        serde_json::from_slice::<serde_json::Value>(body).map_err(|_| bad())?
+    else {
+        return Err(bad());
+    };
+    fields
+        .into_iter()
+        .map(|(k, v)| match v {
+            serde_json::Value::String(s) => Ok((k, s)),
+            serde_json::Value::Number(n) => Ok((k, n.to_string())),
+            _ => Err(bad()),
+        })
+        .collect()
 }
 
 /// `/metrics` (Prometheus text) and `/stat` (JSON summary), both GET only.
@@ -263,6 +433,7 @@ pub fn metrics_routes(metrics: &Arc<Metrics>) -> Vec<(&'static str, Handler)> {
                         status: 200,
                         content_type: crate::metrics::CONTENT_TYPE,
                         body: text.into_bytes(),
+                        www_authenticate: false,
                     },
                     Err(_) => AdminResponse::text(500, "cannot encode the metrics\n"),
                 }
@@ -285,6 +456,8 @@ mod tests {
     use super::*;
     use std::time::Duration;
 
+    const TOKEN: &str = "test-token-0123456789";
+
     fn handler(tag: &'static str) -> Handler {
         Arc::new(move |request: &AdminRequest| {
             let query: Vec<String> = request
@@ -305,13 +478,36 @@ mod tests {
         })
     }
 
-    fn start(routes: Vec<(&'static str, Handler)>) -> Admin {
-        Admin::start("127.0.0.1:0".parse().expect("addr"), routes).expect("admin starts")
+    /// An admin endpoint on a socket in a fresh directory and on a TCP port with a token.
+    struct Running {
+        admin: Admin,
+        _dir: tempfile::TempDir,
     }
 
-    fn get(admin: &Admin, path: &str) -> (u16, String) {
+    impl Running {
+        fn socket(&self) -> client::Endpoint {
+            client::Endpoint::Socket(self.admin.socket_path().expect("socket").to_path_buf())
+        }
+
+        fn tcp(&self) -> client::Endpoint {
+            client::Endpoint::Tcp(self.admin.local_addr().expect("tcp"))
+        }
+    }
+
+    fn start(routes: Vec<(&'static str, Handler)>) -> Running {
+        let dir = tempfile::tempdir().expect("dir");
+        let settings = AdminSettings {
+            socket: Some(dir.path().join("admin.sock")),
+            listen: Some("127.0.0.1:0".parse().expect("addr")),
+            token: access::AdminToken::from_bytes(TOKEN.as_bytes()),
+        };
+        let admin = Admin::start(settings, routes).expect("admin starts");
+        Running { admin, _dir: dir }
+    }
+
+    fn get(running: &Running, path: &str) -> (u16, String) {
         let (status, body) =
-            client::request(admin.local_addr(), "GET", path, Duration::from_secs(10))
+            client::request(running.socket(), "GET", path, Duration::from_secs(10))
                 .expect("request");
         (status, String::from_utf8_lossy(&body).into_owned())
     }
@@ -329,11 +525,11 @@ mod tests {
         );
         assert_eq!(get(&admin, "/queue/list").1, "queue GET /queue/list [] 0");
         assert_eq!(get(&admin, "/other").1, "root GET /other [] 0");
-        admin.stop();
+        admin.admin.stop();
 
         let admin = start(vec![("/metrics", handler("m"))]);
         assert_eq!(get(&admin, "/nothing").0, 404);
-        admin.stop();
+        admin.admin.stop();
     }
 
     #[test]
@@ -341,27 +537,34 @@ mod tests {
         let admin = start(vec![("/q", handler("q"))]);
         let (_, body) = get(&admin, "/q?dest=a%40b.test&x=1+2&empty=&dest=second");
         assert_eq!(body, "q GET /q [dest=a@b.test&x=1 2&empty=&dest=second] 0");
-        admin.stop();
+        admin.admin.stop();
     }
 
     #[test]
-    fn bodies_are_bounded_and_posts_reach_the_handler() {
+    fn bodies_are_bounded_and_json_posts_reach_the_handler_with_their_fields() {
         let admin = start(vec![("/b", handler("b"))]);
-        let addr = admin.local_addr();
-        let small = vec![b'x'; 1000];
-        let (status, body) =
-            client::request_with_body(addr, "POST", "/b", &small, Duration::from_secs(10))
+        let ten = Duration::from_secs(10);
+        let body = format!("{{\"id\": \"{}\", \"n\": 3}}", "x".repeat(20));
+        let (status, answer) =
+            client::request_with_body(admin.socket(), "POST", "/b?q=1", body.as_bytes(), ten)
                 .expect("post");
         assert_eq!(
-            (status, String::from_utf8_lossy(&body).as_ref()),
-            (200, "b POST /b [] 1000")
+            (status, String::from_utf8_lossy(&answer).into_owned()),
+            (
+                200,
+                format!("b POST /b [q=1&id={}&n=3] {}", "x".repeat(20), body.len())
+            )
         );
-        let large = vec![b'x'; BODY_MAX + 1];
+        for bad in [&b"[1]"[..], b"{\"id\": [1]}", b"id=1"] {
+            let (status, _) =
+                client::request_with_body(admin.socket(), "POST", "/b", bad, ten).expect("post");
+            assert_eq!(status, 400, "{}", String::from_utf8_lossy(bad));
+        }
+        let large = vec![b' '; BODY_MAX + 1];
         let (status, _) =
-            client::request_with_body(addr, "POST", "/b", &large, Duration::from_secs(10))
-                .expect("post");
+            client::request_with_body(admin.socket(), "POST", "/b", &large, ten).expect("post");
         assert_eq!(status, 413);
-        admin.stop();
+        admin.admin.stop();
     }
 
     #[test]
@@ -374,7 +577,8 @@ mod tests {
             ),
             ("/ok", handler("ok")),
         ]);
-        let mut stream = std::net::TcpStream::connect(admin.local_addr()).expect("connect");
+        let mut stream =
+            std::net::TcpStream::connect(admin.admin.local_addr().expect("tcp")).expect("connect");
         stream
             .set_read_timeout(Some(Duration::from_secs(10)))
             .expect("timeout");
@@ -385,15 +589,73 @@ mod tests {
         let _ = stream.read_to_end(&mut sink);
         assert_eq!(get(&admin, "/panic").0, 500);
         assert_eq!(get(&admin, "/ok").0, 200);
-        admin.stop();
+        admin.admin.stop();
     }
 
     #[test]
-    fn binding_a_taken_port_is_a_clear_error() {
-        let admin = start(vec![]);
-        let err = Admin::start(admin.local_addr(), vec![]).expect_err("port taken");
+    fn binding_a_taken_port_is_a_clear_error_naming_the_key() {
+        let running = start(vec![]);
+        let settings = AdminSettings {
+            listen: running.admin.local_addr(),
+            ..AdminSettings::default()
+        };
+        let err = Admin::start(settings, vec![]).expect_err("port taken");
         assert!(err.to_string().contains("cannot bind"), "{err}");
-        admin.stop();
+        assert!(err.to_string().contains("admin.listen"), "{err}");
+        // A second endpoint on the same socket path is refused while the first lives.
+        let settings = AdminSettings {
+            socket: running.admin.socket_path().map(Path::to_path_buf),
+            ..AdminSettings::default()
+        };
+        let err = Admin::start(settings, vec![]).expect_err("socket taken");
+        assert!(err.to_string().contains("admin.socket"), "{err}");
+        let path = running.admin.socket_path().expect("path").to_path_buf();
+        running.admin.stop();
+        assert!(!path.exists(), "the socket file is removed at stop");
+    }
+
+    #[test]
+    fn tcp_checks_host_token_and_content_type_the_socket_only_content_type() {
+        let admin = start(vec![
+            ("/queue", handler("queue")),
+            ("/metrics", handler("m")),
+        ]);
+        let ten = Duration::from_secs(10);
+        let tcp = admin.tcp();
+        let send = |endpoint: &client::Endpoint, call: client::Call<'_>| {
+            client::call(endpoint, &call).expect("request").0
+        };
+        assert_eq!(send(&tcp, client::Call::get("/metrics", ten)), 200);
+        assert_eq!(send(&tcp, client::Call::get("/queue/show?id=1", ten)), 401);
+        let with_token = client::Call {
+            token: Some(TOKEN),
+            ..client::Call::post("/queue/delete", b"{}", ten)
+        };
+        assert_eq!(send(&tcp, with_token), 200);
+        let wrong = client::Call {
+            token: Some("test-token-0123456780"),
+            ..with_token
+        };
+        assert_eq!(send(&tcp, wrong), 401);
+        let no_json = client::Call {
+            json: None,
+            ..with_token
+        };
+        assert_eq!(send(&tcp, no_json), 415);
+        assert_eq!(send(&admin.socket(), client::Call::get("/queue", ten)), 200);
+        assert_eq!(
+            send(
+                &admin.socket(),
+                client::Call::post("/queue/flush", b"{}", ten)
+            ),
+            200
+        );
+        let bare_post = client::Call {
+            json: None,
+            ..client::Call::post("/queue/flush", b"", ten)
+        };
+        assert_eq!(send(&admin.socket(), bare_post), 415);
+        admin.admin.stop();
     }
 
     #[test]
@@ -401,7 +663,9 @@ mod tests {
         let metrics = Arc::new(Metrics::new(1, None));
         metrics.core(0).transaction(250);
         let admin = start(metrics_routes(&metrics));
-        let (status, text) = get(&admin, "/metrics");
+        let ten = Duration::from_secs(10);
+        let (status, text) = client::request(admin.tcp(), "GET", "/metrics", ten).expect("get");
+        let text = String::from_utf8_lossy(&text);
         assert_eq!(status, 200);
         assert!(
             text.contains(
@@ -413,15 +677,9 @@ mod tests {
         assert_eq!(status, 200);
         let stat = crate::metrics::Stat::from_json(json.as_bytes()).expect("json");
         assert_eq!(stat.cores[0].transactions.get("queued"), Some(&1));
-        let (status, _) = client::request_with_body(
-            admin.local_addr(),
-            "POST",
-            "/metrics",
-            b"",
-            Duration::from_secs(10),
-        )
-        .expect("post");
+        let (status, _) =
+            client::request_with_body(admin.socket(), "POST", "/metrics", b"", ten).expect("post");
         assert_eq!(status, 405);
-        admin.stop();
+        admin.admin.stop();
     }
 }

@@ -8,18 +8,63 @@
 //! | POST `/queue/delete` | `id` | `{"removed": n}` (no notice) |
 //! | POST `/queue/bounce` | `id` | `{"removed": n}` (failure notice to the sender) |
 //!
-//! Mutations are POST only, so a stray GET (a browser, a crawler on a misrouted proxy) never
-//! changes the queue.
+//! Mutations are POST only, with `Content-Type: application/json` (checked for every route
+//! by [`super::access`]); their parameters may come in the query or as a JSON object body.
+//! A stray GET (a browser, a crawler on a misrouted proxy) never changes the queue.
+//!
+//! The listing and `show` come from the spool's in-memory queue view ([`Spool::queued`]),
+//! merged with the running cores' snapshot: a request reads no segment (the first builds the
+//! view with one pass over the log); `show` reads the one message's frame for its header.
 
 use std::sync::Arc;
 
 use super::{AdminRequest, AdminResponse, Handler};
-use crate::delivery::control::{QueueService, ShownMessage};
-use crate::delivery::FlushFilter;
+use crate::delivery::control::{self, ListedMessage, ShownMessage, CONTROL_TIMEOUT};
+use crate::delivery::{FlushFilter, Mesh};
 use crate::envelope::QueueId;
+use crate::spool::{Replay, Spool};
 
-#[allow(unused_imports)] // named in the module doc
-use crate::delivery::control::ListedMessage;
+/// The queue as the admin endpoint serves it: the mesh for live commands and the cores'
+/// state, the spool's queue view for the durable state.
+pub struct QueueService {
+    pub mesh: Arc<Mesh>,
+    pub spool: Arc<Spool>,
+}
+
+impl QueueService {
+    pub fn list(&self, limit: usize) -> Result<Vec<ListedMessage>, String> {
+        let messages = self.spool.queued(limit).map_err(|e| e.to_string())?;
+        let snap = control::snapshot(&self.mesh, CONTROL_TIMEOUT).map_err(|e| e.to_string())?;
+        let replay = Replay {
+            messages,
+            deletions: Vec::new(),
+        };
+        Ok(control::listing(&replay, Some(&snap), limit))
+    }
+
+    pub fn show(&self, id: QueueId) -> Result<Option<ShownMessage>, String> {
+        let Some(message) = self.spool.queued_message(id).map_err(|e| e.to_string())? else {
+            return Ok(None);
+        };
+        let snap = control::snapshot(&self.mesh, CONTROL_TIMEOUT).map_err(|e| e.to_string())?;
+        let replay = Replay {
+            messages: vec![message],
+            deletions: Vec::new(),
+        };
+        Ok(control::show(&replay, Some(&snap), id, |id| {
+            let location = self.spool.locate(id)?;
+            self.spool.read_message(&location).ok().map(|m| m.body)
+        }))
+    }
+
+    pub fn flush(&self, which: FlushFilter) -> Result<usize, String> {
+        control::flush(&self.mesh, which, CONTROL_TIMEOUT).map_err(|e| e.to_string())
+    }
+
+    pub fn remove(&self, id: QueueId, bounce: bool) -> Result<usize, String> {
+        control::remove(&self.mesh, id, bounce, CONTROL_TIMEOUT).map_err(|e| e.to_string())
+    }
+}
 
 fn json(value: &impl serde::Serialize) -> AdminResponse {
     match serde_json::to_vec(value) {

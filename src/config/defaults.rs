@@ -134,12 +134,6 @@ pub const AUTH_FAILURES_PER_USER_MAX: u32 = 10;
 /// passwords before STLS only from loopback (as Dovecot's `disable_plaintext_auth`).
 pub const ALLOW_PLAINTEXT_AUTH: bool = false;
 
-/// The admin endpoint (metrics, `relay stat`, queue control) has no authentication: loopback
-/// only, on an unprivileged port next to the SMTP one (2525) that no common service uses.
-pub fn admin_listen() -> SocketAddr {
-    SocketAddr::from(([127, 0, 0, 1], 9025))
-}
-
 /// A handshake is a few round trips; a minute covers a slow link, as Postfix's
 /// `smtpd_starttls_timeout` is bounded by its command timeout, without letting a silent
 /// peer hold a slot for the whole command timeout.

@@ -108,6 +108,7 @@ impl Config {
                 &mut config.tls.cert,
                 &mut config.tls.key,
                 &mut config.tls.ca_file,
+                &mut config.admin.token_file,
             ] {
                 if let Some(relative) = file.as_ref().filter(|f| f.is_relative()) {
                     *file = Some(dir.join(relative));

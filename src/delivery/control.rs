@@ -155,38 +155,6 @@ pub struct ShownMessage {
 /// How long the operator's commands wait for every core.
 pub const CONTROL_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// The queue as the admin endpoint serves it: the mesh for live commands, the spool for the
-/// durable view.
-pub struct QueueService {
-    pub mesh: std::sync::Arc<Mesh>,
-    pub spool: std::sync::Arc<crate::spool::Spool>,
-}
-
-impl QueueService {
-    pub fn list(&self, limit: usize) -> Result<Vec<ListedMessage>, String> {
-        let replay = self.spool.replay().map_err(|e| e.to_string())?;
-        let snap = snapshot(&self.mesh, CONTROL_TIMEOUT).map_err(|e| e.to_string())?;
-        Ok(listing(&replay, Some(&snap), limit))
-    }
-
-    pub fn show(&self, id: QueueId) -> Result<Option<ShownMessage>, String> {
-        let replay = self.spool.replay().map_err(|e| e.to_string())?;
-        let snap = snapshot(&self.mesh, CONTROL_TIMEOUT).map_err(|e| e.to_string())?;
-        Ok(show(&replay, Some(&snap), id, |id| {
-            let location = self.spool.locate(id)?;
-            self.spool.read_message(&location).ok().map(|m| m.body)
-        }))
-    }
-
-    pub fn flush(&self, which: FlushFilter) -> Result<usize, String> {
-        flush(&self.mesh, which, CONTROL_TIMEOUT).map_err(|e| e.to_string())
-    }
-
-    pub fn remove(&self, id: QueueId, bounce: bool) -> Result<usize, String> {
-        remove(&self.mesh, id, bounce, CONTROL_TIMEOUT).map_err(|e| e.to_string())
-    }
-}
-
 /// One message in detail, from the replay (and the live snapshot when the server runs);
 /// `body` reads the stored bytes for the header block.
 pub fn show(

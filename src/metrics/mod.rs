@@ -1,6 +1,6 @@
 //! The relay's metrics: one [`Metrics`] registry (the `prometheus-client` crate), created once
 //! by the server and shared as `Arc<Metrics>`, exposed as Prometheus text on the admin
-//! listener's `/metrics` and summarised by `/stat` and `relay stat` ([`stat`]).
+//! endpoint's `/metrics` and summarised by `/stat` and `relay stat` ([`stat`]).
 //!
 //! Hot paths never take a lock: each shard holds a [`CoreMetrics`], handles created once
 //! (prometheus-client's `Counter`/`Gauge` are `Arc`'d atomics, its `Family` a map behind a
@@ -29,7 +29,8 @@
 //!   later" because the queue was full), `auth_hash_abandoned_total` (queued checks dropped
 //!   unhashed because their client had gone).
 //!
-//! Exposure: none directly; the admin listener serves the encoded text to loopback clients.
+//! Exposure: none directly; the admin endpoint serves the encoded text (over TCP to any
+//! loopback client: `/metrics` is its one route without a token).
 //! Limits: label values come from the relay itself (core numbers, reply codes, destination
 //! names the queue owns), never from a peer's free text.
 

@@ -26,7 +26,8 @@ use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 use tokio::sync::watch;
 
-use crate::admin::{Admin, AdminError};
+use crate::admin::access::AdminToken;
+use crate::admin::{Admin, AdminError, AdminSettings};
 use crate::config::Config;
 use crate::delivery::loops::OwnAddresses;
 use crate::delivery::{jobs_from_live, DeliveryShared, Mesh, QueueGauge};
@@ -346,7 +347,9 @@ fn rebuild_from_spool(
     per_core
 }
 
-/// The admin listener (`[admin]`): the metrics' routes and the queue control's.
+/// The admin endpoint (`[admin]`): the socket (default `<spool.dir>/admin.sock`) and, when
+/// configured, the loopback TCP listener with its token; the metrics' routes and the queue
+/// control's on both.
 fn start_admin(
     config: &Config,
     stores: &Stores,
@@ -355,15 +358,38 @@ fn start_admin(
     if !config.admin.enabled {
         return Ok(None);
     }
+    let token = match (&config.admin.listen, &config.admin.token_file) {
+        (Some(_), Some(path)) => Some(AdminToken::load(path).map_err(AdminError::from)?),
+        (None, Some(_)) => {
+            tracing::warn!("admin.token_file is set but admin.listen is not: the token is unused (the socket needs none)");
+            None
+        }
+        _ => None,
+    };
+    let settings = AdminSettings {
+        socket: Some(config.admin.socket_path(&config.spool.dir)),
+        listen: config.admin.listen,
+        token,
+    };
     let mut routes = crate::admin::metrics_routes(&stores.metrics);
     routes.extend(crate::admin::queue::queue_routes(Arc::new(
-        crate::delivery::control::QueueService {
+        crate::admin::queue::QueueService {
             mesh: Arc::clone(&delivery.mesh),
             spool: Arc::clone(&stores.spool),
         },
     )));
-    let admin = Admin::start(config.admin.listen, routes)?;
-    tracing::info!(protocol = "admin", addr = %admin.local_addr(), "listening");
+    let admin = Admin::start(settings, routes)?;
+    if let Some(path) = admin.socket_path() {
+        tracing::info!(protocol = "admin", socket = %path.display(), "listening");
+    }
+    if let Some(addr) = admin.local_addr() {
+        if config.admin.token_file.is_none() {
+            tracing::info!(
+                "admin.listen serves /metrics only: set admin.token_file for the other routes over TCP"
+            );
+        }
+        tracing::info!(protocol = "admin", addr = %addr, "listening");
+    }
     Ok(Some(admin))
 }
 

@@ -259,6 +259,14 @@ impl LiveIndex {
         self.map.get(&id).map(|e| (e.location, e.is_garbage()))
     }
 
+    /// Live, with a remote recipient still without a final result (queued for delivery);
+    /// without cloning the entry.
+    pub fn has_pending_remote(&self, id: QueueId) -> bool {
+        self.map
+            .get(&id)
+            .is_some_and(|e| !e.is_garbage() && e.remote.iter().any(|r| !r.done))
+    }
+
     pub fn get(&self, id: QueueId) -> Option<IndexEntry> {
         self.map.get(&id).map(|e| e.clone())
     }
@@ -784,6 +792,22 @@ impl DeliveryHistory {
     /// order: compaction reorders), and every DSN marker once.
     pub fn add(&mut self, record: &DeliveryRecord) {
         self.add_owned(record.clone());
+    }
+
+    /// Keeps the histories of the ids `keep` says yes to (the queue view's pruning).
+    pub fn retain(&mut self, mut keep: impl FnMut(QueueId) -> bool) {
+        self.by_id.retain(|id, _| keep(*id));
+    }
+
+    /// Drops everything recorded about message `id`.
+    pub fn forget(&mut self, id: QueueId) {
+        self.by_id.remove(&id);
+    }
+
+    /// Messages with a history.
+    #[cfg(test)]
+    pub fn len(&self) -> usize {
+        self.by_id.len()
     }
 
     /// The final outcome recorded for `recipient` of message `id`, if any.

@@ -23,9 +23,10 @@
 //! After a restart [`Spool::startup_view`] rebuilds the queue: per live message, each remote
 //! recipient with whether it is final, its attempt count and next attempt (from the latest
 //! Deferred by `(attempt, at)`) and whether its delay notice was recorded. [`Spool::replay`]
-//! gives the same per message with the last replies and final results (read from the log:
-//! `relay queue list`). Every recipient is delivered at least once: a result is acknowledged
-//! only once durable, so only the transaction in flight at a crash can be repeated.
+//! gives the same per message with the last replies and final results (read from the log;
+//! `relay queue` uses the in-memory queue view instead: [`Spool::queued`]). Every recipient
+//! is delivered at least once: a result is acknowledged only once durable, so only the
+//! transaction in flight at a crash can be repeated.
 //! The delivery runtime stores a notice as a new message first and then appends the final
 //! result together with the notice's marker in ONE record ([`ShardHandle::append_delivery`]):
 //! a crash between the two repeats the attempt and may send that notice twice, never loses
@@ -109,7 +110,9 @@
 //!   Recovery keeps, besides the index, a compact fold of the delivery records (per
 //!   recipient: final?, the latest Deferred's attempt and times; the delay markers) until
 //!   [`Spool::startup_view`] takes it: a spool of a million deferred messages recovers in
-//!   under 1 GiB (BENCHMARKS.md). [`Spool::replay`] reads the log each call. Compaction's
+//!   under 1 GiB (BENCHMARKS.md). [`Spool::replay`] reads the log each call;
+//!   [`Spool::queued`] (`relay queue`) reads it once, then keeps the queued messages' replay
+//!   in memory (`queue_view`: about the replay's size, only once asked for). Compaction's
 //!   reference list holds 24 B per id named by a deletion or delivery record on disk.
 //! - A stored reply is at most [`REPLY_MAX_LEN`] bytes (longer ones are cut).
 //! - At most 128 segment handles are cached for reads (one fd each).
@@ -145,6 +148,7 @@ pub mod fuzz;
 mod index;
 pub mod inspect;
 pub mod io;
+mod queue_view;
 mod record;
 pub mod recovery;
 #[cfg(any(test, feature = "sim"))]
@@ -179,6 +183,7 @@ use index::{
     DeliveryHistory, FileCache, Found, IndexEntry, LiveIndex, RecordRefs, Ref, StartupHistory,
     FILE_CACHE_CAPACITY,
 };
+use queue_view::{NewEntry, QueueView};
 use recovery::{scan_shard, Mode, ShardResume};
 pub use writer::CommitObserver;
 use writer::{LoopConfig, Msg, Pending, PendingMessage, Request, ShardWriter, Waiter};
@@ -524,6 +529,10 @@ pub(crate) struct Core {
     pub segment_size: u64,
     /// Recovery's fold of the delivery records, until [`Spool::startup_view`] takes it.
     startup: Mutex<Option<StartupHistory>>,
+    /// The queued messages for `relay queue`, once asked for (fed by the writers).
+    pub view: QueueView,
+    /// Segment files read whole after open (replays and the queue view's build).
+    segments_scanned: AtomicU64,
 }
 
 impl Core {
@@ -561,6 +570,8 @@ impl Core {
             fsync,
             segment_size,
             startup: Mutex::new(Some(history)),
+            view: QueueView::default(),
+            segments_scanned: AtomicU64::new(0),
         };
         (Arc::new(core), report, resume)
     }
@@ -672,7 +683,7 @@ impl Core {
         let mut live = Vec::new();
         let mut history = DeliveryHistory::default();
         for shard in shards {
-            scan_shard(io, shard, Mode::ReadOnly, &mut |v| {
+            let (report, _) = scan_shard(io, shard, Mode::ReadOnly, &mut |v| {
                 match v.record {
                     Record::Message(meta) => {
                         if let Some(e) = self.index.get(meta.id) {
@@ -686,6 +697,8 @@ impl Core {
                 }
                 ControlFlow::Continue(())
             })?;
+            self.segments_scanned
+                .fetch_add(report.segments_scanned, Ordering::Relaxed);
         }
         let mut replay = Replay::default();
         for (e, message) in live {
@@ -694,6 +707,82 @@ impl Core {
         replay.messages.sort_by_key(|m| m.id);
         replay.deletions.sort();
         Ok(replay)
+    }
+
+    /// Builds the queue view if it is not ready: one read-only pass over every shard's log
+    /// with compaction held off (no frame moves under the scan); the writers feed it from
+    /// the moment the build begins.
+    fn ready_view(&self) -> Result<(), SpoolError> {
+        if self.view.is_ready() {
+            return Ok(());
+        }
+        let _no_compaction = self.compaction.lock().unwrap_or_else(|p| p.into_inner());
+        if self.view.is_ready() {
+            return Ok(());
+        }
+        self.view.begin();
+        match self.scan_into_view() {
+            Ok(()) => {
+                self.view.finish(&self.index);
+                Ok(())
+            }
+            Err(e) => {
+                self.view.abandon();
+                Err(e)
+            }
+        }
+    }
+
+    fn scan_into_view(&self) -> Result<(), SpoolError> {
+        let io = self.io.as_ref();
+        let shards = io
+            .list_shards()
+            .map_err(|e| SpoolError::io("list shards", io.root(), e))?;
+        for shard in shards {
+            let (report, _) = scan_shard(io, shard, Mode::ReadOnly, &mut |v| {
+                match v.record {
+                    Record::Message(meta) => {
+                        if self.index.status(meta.id) == Some((v.location, false)) {
+                            self.view.message(NewEntry {
+                                id: meta.id,
+                                arrival_unix_micros: meta.arrival_unix_micros,
+                                sender: &meta.envelope.reverse_path,
+                                recipients: meta.envelope.recipients.len(),
+                                mailboxes: &meta.mailboxes,
+                                remote: &meta.remote,
+                                location: v.location,
+                            });
+                        }
+                    }
+                    Record::Delivery(record) => self.view.delivery(&record, &self.index),
+                    Record::Deletion(_) => {}
+                }
+                ControlFlow::Continue(())
+            })?;
+            self.segments_scanned
+                .fetch_add(report.segments_scanned, Ordering::Relaxed);
+        }
+        Ok(())
+    }
+
+    fn queued(&self, limit: usize) -> Result<Vec<ReplayMessage>, SpoolError> {
+        self.ready_view()?;
+        Ok(self.view.queued(&self.index, limit))
+    }
+
+    fn queued_message(&self, id: QueueId) -> Result<Option<ReplayMessage>, SpoolError> {
+        self.ready_view()?;
+        if let Some(message) = self.view.get(id, &self.index) {
+            return Ok(Some(message));
+        }
+        // Not queued (no remote recipients): its meta from its frame, one read.
+        match self.index.status(id) {
+            Some((location, false)) => {
+                let stored = inspect::read_at(self.io.as_ref(), &location)?;
+                Ok(Some(replay_message(stored.meta, location)))
+            }
+            _ => Ok(None),
+        }
     }
 }
 
@@ -1136,6 +1225,26 @@ impl Spool {
     /// for `relay queue` and tests; the start-up views use [`Spool::startup_view`]).
     pub fn replay(&self) -> Result<Replay, SpoolError> {
         self.core.replay()
+    }
+
+    /// Messages with remote recipients still to deliver, oldest first, at most `limit`,
+    /// each as [`Spool::replay`] lists it, from the in-memory queue view: the first call
+    /// reads the log once to build it, later calls read no segment (`relay queue list`).
+    pub fn queued(&self, limit: usize) -> Result<Vec<ReplayMessage>, SpoolError> {
+        self.core.queued(limit)
+    }
+
+    /// One live message as [`Spool::replay`] lists it: from the queue view, or for a
+    /// message without remote recipients from its own frame (one read). `None` if it is
+    /// not in the spool (`relay queue show`).
+    pub fn queued_message(&self, id: QueueId) -> Result<Option<ReplayMessage>, SpoolError> {
+        self.core.queued_message(id)
+    }
+
+    /// Segment files read whole since open by [`Spool::replay`] and the queue view's build
+    /// (recovery not counted): what `relay queue` costs in reads.
+    pub fn segments_scanned(&self) -> u64 {
+        self.core.segments_scanned.load(Ordering::Relaxed)
     }
 
     /// Every live message as the start-up views need it (maildrops, the delivery queue), from

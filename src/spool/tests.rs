@@ -1356,3 +1356,152 @@ fn one_process_at_a_time_holds_a_spool() {
     let (again, _) = Spool::open(config(tmp.path()), 1).expect("the lock is released on close");
     again.close().unwrap();
 }
+
+/// The queue view (`relay queue list|show`) agrees with the replay, and after the first call
+/// (which reads the log once) no call reads a segment, whatever is committed meanwhile.
+#[test]
+fn the_queue_view_agrees_with_the_replay_and_reads_no_segment_per_call() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut cfg = config(tmp.path());
+    cfg.segment_size = 16 << 10;
+    let (spool, _) = Spool::open(cfg.clone(), 2).unwrap();
+    let mut all = Vec::new();
+    for n in 0..40 {
+        let h = spool.shard(n % 2);
+        let mailboxes: &[&str] = if n % 5 == 0 { &["alice"] } else { &[] };
+        let mut m = local_message(&h, n, mailboxes, false);
+        if n % 4 != 3 {
+            m.remote = vec![format!("a{n}@far.example"), format!("b{n}@far.example")];
+        }
+        append_wait(&h, m.clone()).unwrap();
+        all.push(m);
+    }
+    // Some were tried before the restart.
+    for m in all.iter().filter(|m| !m.remote.is_empty()).step_by(3) {
+        let record = DeliveryRecord {
+            results: vec![outcome(m, &m.remote[0], Outcome::Deferred, 1, 100)],
+            dsn_sent: Vec::new(),
+        };
+        deliver_wait(&spool.shard(1), record).unwrap();
+    }
+    spool.close().unwrap();
+
+    let (spool, _) = Spool::open(cfg, 2).unwrap();
+    let queued_in_replay = |spool: &Spool| -> Vec<ReplayMessage> {
+        let replay = spool.replay().unwrap();
+        replay
+            .messages
+            .into_iter()
+            .filter(|m| !m.pending.is_empty())
+            .collect()
+    };
+    assert_eq!(spool.segments_scanned(), 0);
+    let first = spool.queued(usize::MAX).unwrap();
+    let built = spool.segments_scanned();
+    assert!(built >= 2, "the first call reads the log: {built}");
+    assert_eq!(first, queued_in_replay(&spool));
+    assert_eq!(first.len(), 30);
+
+    // Traffic after the build: new messages, results, a final result, a deletion.
+    let h = spool.shard(0);
+    let mut fresh = local_message(&h, 100, &[], false);
+    fresh.remote = vec!["new@far.example".into()];
+    append_wait(&h, fresh.clone()).unwrap();
+    let tried = &all[1];
+    let done = &all[2];
+    deliver_wait(
+        &spool.shard(1),
+        DeliveryRecord {
+            results: vec![
+                outcome(tried, &tried.remote[1], Outcome::Deferred, 3, 900),
+                outcome(done, &done.remote[0], Outcome::Delivered, 1, 950),
+                outcome(done, &done.remote[1], Outcome::Bounced, 1, 960),
+                outcome(&fresh, &fresh.remote[0], Outcome::Deferred, 1, 990),
+            ],
+            dsn_sent: Vec::new(),
+        },
+    )
+    .unwrap();
+    let before = spool.segments_scanned();
+    for _ in 0..20 {
+        spool.queued(10).unwrap();
+    }
+    let now = spool.queued(usize::MAX).unwrap();
+    for m in all.iter().filter(|m| m.id != done.id) {
+        spool.queued_message(m.id).unwrap().unwrap();
+    }
+    assert_eq!(spool.queued_message(done.id).unwrap(), None, "garbage");
+    assert_eq!(
+        spool.segments_scanned(),
+        before,
+        "no call after the build reads a segment"
+    );
+    assert_eq!(now, queued_in_replay(&spool));
+    assert_eq!(now.len(), 30, "one new, one finished");
+    assert!(now.iter().any(|m| m.id == fresh.id));
+    assert!(now.iter().all(|m| m.id != done.id));
+    assert_eq!(
+        spool.core.view.len().0,
+        30,
+        "a finished message leaves the view"
+    );
+    // A message without remote recipients is shown from its own frame.
+    let local = all.iter().find(|m| m.remote.is_empty()).unwrap();
+    let shown = spool.queued_message(local.id).unwrap().unwrap();
+    assert_eq!((shown.id, shown.remote.len()), (local.id, 0));
+    assert_eq!(spool.queued_message(QueueId::new(7, 0)).unwrap(), None);
+    // Compaction moves frames; the view does not care.
+    spool.compact().unwrap();
+    assert_eq!(spool.queued(usize::MAX).unwrap(), queued_in_replay(&spool));
+    assert_eq!(spool.queued(3).unwrap().len(), 3);
+    spool.close().unwrap();
+}
+
+/// Messages and results committed while the view is being built are neither lost nor
+/// counted twice.
+#[test]
+fn the_queue_view_built_under_traffic_misses_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut cfg = config(tmp.path());
+    cfg.segment_size = 16 << 10;
+    let (spool, _) = Spool::open(cfg, 2).unwrap();
+    let spool = Arc::new(spool);
+    let write = |spool: &Spool, from: usize, to: usize| {
+        for n in from..to {
+            let h = spool.shard(n % 2);
+            let mut m = local_message(&h, n, &[], false);
+            m.remote = vec![format!("r{n}@far.example")];
+            append_wait(&h, m.clone()).unwrap();
+            if n % 3 == 0 {
+                let outcome_of = if n % 2 == 0 {
+                    Outcome::Deferred
+                } else {
+                    Outcome::Delivered
+                };
+                let record = DeliveryRecord {
+                    results: vec![outcome(&m, &m.remote[0], outcome_of, 1, n as u64)],
+                    dsn_sent: Vec::new(),
+                };
+                deliver_wait(&spool.shard((n + 1) % 2), record).unwrap();
+            }
+        }
+    };
+    write(&spool, 0, 100);
+    let writer = {
+        let spool = Arc::clone(&spool);
+        std::thread::spawn(move || write(&spool, 100, 400))
+    };
+    for _ in 0..5 {
+        spool.queued(usize::MAX).unwrap();
+    }
+    writer.join().unwrap();
+    let replay: Vec<ReplayMessage> = spool
+        .replay()
+        .unwrap()
+        .messages
+        .into_iter()
+        .filter(|m| !m.pending.is_empty())
+        .collect();
+    assert_eq!(spool.queued(usize::MAX).unwrap(), replay);
+    assert_eq!(replay.len(), 400 - 400 / 6 - 1);
+}

@@ -35,6 +35,7 @@ use super::frame::{
 };
 use super::index::{IndexEntry, Ref};
 use super::io::SegmentFile;
+use super::queue_view::NewEntry;
 use super::record::MessageV1;
 use super::{Committed, Core, Location, ShardShared, SpoolError};
 
@@ -290,9 +291,19 @@ impl ShardWriter {
                                         &m.meta.remote,
                                     ),
                                 );
+                                self.core.view.message(NewEntry {
+                                    id: m.meta.id.into(),
+                                    arrival_unix_micros: m.meta.arrival_unix_micros,
+                                    sender: &m.meta.envelope.reverse_path,
+                                    recipients: m.meta.envelope.recipients.len(),
+                                    mailboxes: &m.meta.mailboxes,
+                                    remote: &m.meta.remote,
+                                    location,
+                                });
                             }
                             Pending::Deletion(d) => {
                                 self.core.index.apply_deletion(&d.mailbox, &d.ids);
+                                self.core.view.deletion(&d.ids, &self.core.index);
                                 self.core.record_refs.add(
                                     self.shard,
                                     seg.number,
@@ -302,6 +313,7 @@ impl ShardWriter {
                             }
                             Pending::Delivery(d) => {
                                 self.core.index.apply_delivery(d);
+                                self.core.view.delivery(d, &self.core.index);
                                 self.core.record_refs.add(
                                     self.shard,
                                     seg.number,

@@ -43,9 +43,14 @@ pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(60);
 /// lock: the server notices the close asynchronously, so a new login retries until then.
 pub const LOCK_RELEASE_TIMEOUT: Duration = Duration::from_secs(20);
 
-/// The path of the binary under test, built by cargo for the integration tests.
+/// The path of the binary under test, built by cargo for the integration tests; or
+/// `RELAY_TEST_BIN` when set (a target directory shared by several worktrees holds whichever
+/// `relay` was linked last, so a run can pin a copy of its own).
 pub fn relay_bin() -> &'static str {
-    env!("CARGO_BIN_EXE_relay")
+    static BIN: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    BIN.get_or_init(|| {
+        std::env::var("RELAY_TEST_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_relay").into())
+    })
 }
 
 /// Path of a file in the repository (tests/py/…).
@@ -152,6 +157,10 @@ pub struct Settings {
     pub server_toml: String,
     /// `smtp.listen`: one address (port 0 picks a free port).
     pub smtp_listen: String,
+    /// The `[admin]` section: by default the TCP listener on port 0 (for `/metrics`; found
+    /// from its `listening` line) besides the socket in the spool; empty for the default
+    /// config (socket only).
+    pub admin_toml: String,
 }
 
 /// Local mailboxes every test relay has, all with the password [`TEST_PASSWORD`].
@@ -198,6 +207,7 @@ impl Settings {
             pop3_toml: String::new(),
             server_toml: String::new(),
             smtp_listen: "127.0.0.1:0".into(),
+            admin_toml: "[admin]\nlisten = \"127.0.0.1:0\"\n".into(),
         }
     }
 
@@ -293,8 +303,7 @@ impl Settings {
                 list(&self.blocked_extensions)
             ));
         }
-        // The admin listener (metrics, stat) on port 0 too, found from its `listening` line.
-        text.push_str("[admin]\nlisten = \"127.0.0.1:0\"\n");
+        text.push_str(&self.admin_toml);
         text.push_str(&format!(
             "[relay]\nallowed_networks = [{}]\n[local]\ndomains = [{}]\n",
             list(&self.allowed_networks),
@@ -571,9 +580,11 @@ pub struct Relay {
     pub addr: SocketAddr,
     /// The POP3 listener, as the relay reported it (`listening protocol="pop3"`).
     pub pop3_addr: SocketAddr,
-    /// The admin listener (`/metrics`, `/stat`), as the relay reported it
-    /// (`listening protocol="admin"`).
-    pub admin_addr: SocketAddr,
+    /// The admin TCP listener (`/metrics`), as the relay reported it (`listening
+    /// protocol="admin" addr=`); `None` when the config has none.
+    pub admin_addr: Option<SocketAddr>,
+    /// The admin socket (`relay stat`, `relay queue`): `admin.sock` in the spool directory.
+    pub admin_socket: PathBuf,
     /// The `relay ready` line.
     pub ready_line: String,
     pub spool_dir: PathBuf,
@@ -666,7 +677,12 @@ impl Relay {
         };
         let addr = find("smtp");
         let pop3_addr = find("pop3");
-        let admin_addr = find("admin");
+        let admin_addr = log
+            .lines()
+            .iter()
+            .filter(|l| field_value(l, "protocol").as_deref() == Some("admin"))
+            .find_map(|l| listen_addr(l));
+        let admin_socket = spool_dir.join("admin.sock");
         let relay = Relay {
             process,
             log,
@@ -674,6 +690,7 @@ impl Relay {
             addr,
             pop3_addr,
             admin_addr,
+            admin_socket,
             ready_line,
             spool_dir,
             config_path,
@@ -836,11 +853,22 @@ impl Relay {
         id
     }
 
-    /// `GET path` on the admin listener: (status, body). Panics when the request fails.
+    /// `GET path` on the admin TCP listener (`/metrics`): (status, body). Panics when the
+    /// request fails or the config has no listener.
     pub fn admin_get(&self, path: &str) -> (u16, String) {
+        let addr = self
+            .admin_addr
+            .expect("the relay has an admin TCP listener");
+        let (status, body) = relay::admin::client::request(addr, "GET", path, COMMAND_TIMEOUT)
+            .unwrap_or_else(|e| panic!("GET {path} from {addr}: {e}"));
+        (status, String::from_utf8_lossy(&body).into_owned())
+    }
+
+    /// `GET path` on the admin socket (every route): (status, body).
+    pub fn admin_socket_get(&self, path: &str) -> (u16, String) {
         let (status, body) =
-            relay::admin::client::request(self.admin_addr, "GET", path, COMMAND_TIMEOUT)
-                .unwrap_or_else(|e| panic!("GET {path} from {}: {e}", self.admin_addr));
+            relay::admin::client::request(self.admin_socket.clone(), "GET", path, COMMAND_TIMEOUT)
+                .unwrap_or_else(|e| panic!("GET {path} from {}: {e}", self.admin_socket.display()));
         (status, String::from_utf8_lossy(&body).into_owned())
     }
 
