@@ -56,6 +56,13 @@ fn rig() -> Rig {
         local_domains: Vec::new(),
         mailboxes: None,
         metrics: None,
+        // Short waits, so the retries and the reconciliation show within a test.
+        upkeep: Upkeep {
+            handoff_patience: Duration::from_millis(50),
+            notice_retry: Duration::from_millis(20),
+            notice_attempts_max: 50,
+            reconcile_every: Duration::from_millis(100),
+        },
     };
     Rig {
         _dir: dir,
@@ -194,4 +201,196 @@ fn run_until_drained(
         let _ = task.await;
         seen
     })
+}
+
+/// A clock that runs like the system's, with the wall clock set ahead by a fixed offset
+/// (monotonic time keeps flowing, so the core's timers work).
+struct AheadClock(Duration);
+
+impl crate::runtime::clock::Clock for AheadClock {
+    fn now(&self) -> std::time::Instant {
+        std::time::Instant::now()
+    }
+
+    fn wall(&self) -> SystemTime {
+        SystemTime::now() + self.0
+    }
+}
+
+/// A spool on the simulated disk (write errors and crashes on demand).
+fn sim_spool(disk: &crate::spool::sim::SimDisk) -> Arc<Spool> {
+    let (spool, _) =
+        Spool::open_with_io(SpoolConfig::new("/unused"), 1, Arc::new(disk.clone())).unwrap();
+    Arc::new(spool)
+}
+
+/// Stores a message from a remote sender to one remote recipient; returns its id.
+fn store_remote(spool: &Spool) -> QueueId {
+    use crate::envelope::{Envelope, Origin, Recipient};
+    let handle = spool.shard(0);
+    let id = handle.next_id(SystemTime::now());
+    let new = crate::spool::NewMessage {
+        id,
+        arrival_unix_micros: micros(SystemTime::now()),
+        origin: Origin::default(),
+        envelope: Envelope {
+            reverse_path: "sender@origin.test".into(),
+            params: Default::default(),
+            recipients: vec![Recipient {
+                address: "someone@far.test".into(),
+                notify: None,
+                orcpt: None,
+            }],
+        },
+        received_header: b"Received: test\r\n".to_vec(),
+        body: b"Subject: hi\r\n\r\nhello\r\n".to_vec(),
+        mailboxes: Vec::new(),
+        remote: vec!["someone@far.test".into()],
+    };
+    let rx = handle.append_message(new).unwrap();
+    futures_block(rx).unwrap().unwrap();
+    id
+}
+
+/// Waits for a oneshot outside any runtime.
+fn futures_block<T>(
+    rx: tokio::sync::oneshot::Receiver<T>,
+) -> Result<T, tokio::sync::oneshot::error::RecvError> {
+    tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap()
+        .block_on(rx)
+}
+
+/// What the spool says now: (is the message's recipient still pending, the notices from
+/// `<>` stored for `sender`).
+fn spool_state(spool: &Spool, id: QueueId) -> (bool, usize) {
+    let replay = spool.replay().unwrap();
+    let pending = replay
+        .messages
+        .iter()
+        .any(|m| m.id == id && !m.pending.is_empty());
+    let notices = replay
+        .messages
+        .iter()
+        .filter(|m| m.sender.is_empty() && m.remote == ["sender@origin.test"])
+        .count();
+    (pending, notices)
+}
+
+/// Runs a real core (epoll, no metrics) over `startup` until `done` says so (bounded: 10 s),
+/// then stops it. Returns whether `done` was reached.
+fn run_core_until(
+    shared: &Arc<DeliveryShared>,
+    spool: &Arc<Spool>,
+    startup: Vec<Job>,
+    clock: Rc<dyn Clock>,
+    mut done: impl FnMut() -> bool,
+) -> bool {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let local = tokio::task::LocalSet::new();
+    let (phase, phase_rx) = watch::channel(Phase::Running);
+    local.block_on(&runtime, async {
+        let core = Core::new(CoreParts {
+            index: 0,
+            shared: Arc::clone(shared),
+            connector: EpollConnector,
+            spool: spool.shard(0),
+            store: Arc::clone(spool),
+            mail_store: crate::mailbox::MailStore::new(),
+            phase: phase_rx,
+            metrics: None,
+            clock,
+        });
+        let task = tokio::task::spawn_local(run(core, startup));
+        let reached = tokio::time::timeout(Duration::from_secs(10), async {
+            while !done() {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await
+        .is_ok();
+        let _ = phase.send(Phase::Stopping);
+        let _ = task.await;
+        reached
+    })
+}
+
+/// The failure notice of an expired recipient cannot be stored the first time (a write
+/// error on the spool): the recipient's final result is recorded only once the notice is
+/// stored, after a retry, so the sender is told.
+#[test]
+fn a_notice_that_fails_once_is_stored_before_the_final_result() {
+    let rig = rig();
+    let disk = crate::spool::sim::SimDisk::new(1, Default::default());
+    let spool = sim_spool(&disk);
+    let id = store_remote(&spool);
+    let shared = Arc::clone(&rig.shared);
+    let startup = vec![job(&shared, id, 100)];
+    // Past max_age: the entry expires at once, with a failure notice to the sender.
+    let clock = Rc::new(AheadClock(
+        shared.schedule.max_age + Duration::from_secs(60),
+    ));
+    disk.fail_next_writes(1);
+    let finished = run_core_until(&shared, &spool, startup, clock, || {
+        !spool_state(&spool, id).0
+    });
+    assert!(finished, "the recipient got a final result");
+    assert_eq!(
+        spool_state(&spool, id),
+        (false, 1),
+        "(recipient pending, notices stored) once the result is final"
+    );
+}
+
+/// Fills core 0's own mesh queue with hand-offs of a message that is not in the spool, due
+/// in a year (they sit deferred once taken in).
+fn fill_mesh(shared: &DeliveryShared) {
+    let later = SystemTime::now() + Duration::from_secs(365 * 24 * 3600);
+    let mut n = 0u64;
+    loop {
+        let mut filler = job(shared, QueueId::new(1 + n, 0), 1);
+        filler.due = later;
+        if shared.mesh.send(0, 0, filler).is_err() {
+            shared.mesh.gauge.release(1);
+            break;
+        }
+        n += 1;
+    }
+}
+
+/// With the mesh queue full, handing on a durable message returns at once (its 250 is not
+/// held back): the hand-off is left to a retry or the reconciliation.
+#[test]
+fn a_full_mesh_does_not_hold_back_the_hand_on() {
+    let rig = rig();
+    let shared = Arc::clone(&rig.shared);
+    fill_mesh(&shared);
+    let id = store_remote(&rig.spool);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let local = tokio::task::LocalSet::new();
+    let mail_store = crate::mailbox::MailStore::new();
+    let took = local.block_on(&runtime, async {
+        let started = std::time::Instant::now();
+        let handed = tokio::time::timeout(Duration::from_secs(1), async {
+            hand_on(
+                &mail_store,
+                &shared,
+                0,
+                id,
+                100,
+                &[],
+                &["someone@far.test".into()],
+            )
+        })
+        .await;
+        (handed.is_ok(), started.elapsed())
+    });
+    assert!(took.0, "hand_on returned within 1 s (took {:?})", took.1);
 }

@@ -23,7 +23,10 @@
 //!   writer per group commit through [`crate::spool::CommitObserver`];
 //! - outbound delivery (incremented by the delivery code): `deliveries_total{core,result}`
 //!   (`delivered|deferred|bounced|expired`), `queue_entries{core}`,
-//!   `queue_depth{core,destination}`, `queue_oldest_age_seconds{core,destination}`.
+//!   `queue_depth{core,destination}`, `queue_oldest_age_seconds{core,destination}`,
+//!   `queue_reconciled_total{core}` (pending recipients queued again by the reconciliation),
+//!   `notices_pending{core}` (settlements waiting to store a notice again),
+//!   `notice_retries_total{core}`.
 //!
 //! Exposure: none directly; the admin listener serves the encoded text to loopback clients.
 //! Limits: label values come from the relay itself (core numbers, reply codes, destination
@@ -119,6 +122,9 @@ struct Families {
     commit_records: Family<CoreLabels, Histogram, fn() -> Histogram>,
     deliveries: Family<DeliveryLabels, Counter>,
     queue_entries: Family<CoreLabels, Gauge>,
+    reconciled: Family<CoreLabels, Counter>,
+    notices_pending: Family<CoreLabels, Gauge>,
+    notice_retries: Family<CoreLabels, Counter>,
     queue_depth: Family<QueueLabels, Gauge>,
     queue_oldest: Family<QueueLabels, Gauge>,
 }
@@ -173,6 +179,9 @@ impl Metrics {
             commit_records: Family::new_with_constructor(|| Histogram::new(batch_buckets())),
             deliveries: Family::default(),
             queue_entries: Family::default(),
+            reconciled: Family::default(),
+            notices_pending: Family::default(),
+            notice_retries: Family::default(),
             queue_depth: Family::default(),
             queue_oldest: Family::default(),
         };
@@ -248,6 +257,21 @@ impl Metrics {
             "queue_entries",
             "Recipients queued for outbound delivery on this core",
             f.queue_entries.clone(),
+        );
+        registry.register(
+            "queue_reconciled",
+            "Pending recipients found in the spool without a queue entry and queued again",
+            f.reconciled.clone(),
+        );
+        registry.register(
+            "notices_pending",
+            "Delivery results waiting for a notice the spool refused to be stored again",
+            f.notices_pending.clone(),
+        );
+        registry.register(
+            "notice_retries",
+            "Tries to store a notice again after the spool refused it",
+            f.notice_retries.clone(),
         );
         registry.register(
             "queue_depth",
@@ -330,6 +354,9 @@ impl Metrics {
             pop3_sessions: f.pop3_sessions.get_or_create_owned(&labels),
             pop3_retrievals: f.pop3_retrievals.get_or_create_owned(&labels),
             queue_entries: f.queue_entries.get_or_create_owned(&labels),
+            reconciled: f.reconciled.get_or_create_owned(&labels),
+            notices_pending: f.notices_pending.get_or_create_owned(&labels),
+            notice_retries: f.notice_retries.get_or_create_owned(&labels),
             fsync_seconds: f.fsync_seconds.get_or_create_owned(&labels),
             commit_records: f.commit_records.get_or_create_owned(&labels),
             deliveries,
@@ -503,6 +530,11 @@ pub struct CoreMetrics {
     pub pop3_sessions: Counter,
     pub pop3_retrievals: Counter,
     pub queue_entries: Gauge,
+    /// Recipients the reconciliation queued again.
+    pub reconciled: Counter,
+    /// Settlements waiting to store a notice again.
+    pub notices_pending: Gauge,
+    pub notice_retries: Counter,
     pub fsync_seconds: Histogram,
     pub commit_records: Histogram,
     deliveries: [Counter; 4],

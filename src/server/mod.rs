@@ -140,6 +140,7 @@ pub fn delivery_shared(
         local_domains: config.local.domains.clone(),
         mailboxes,
         metrics: None,
+        upkeep: d.upkeep(),
     })
 }
 

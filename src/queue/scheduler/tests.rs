@@ -35,6 +35,7 @@ fn config(connections_max: u32, transactions_max: u32, per_minute: u32) -> Sched
         },
         destinations_max: 4,
         tls_failure_hold: 10 * MINUTE,
+        upkeep: Upkeep::default(),
     }
 }
 
@@ -1062,6 +1063,7 @@ impl Model {
                     *left -= bytes;
                 }
                 Action::Spilled { .. } => panic!("the table never fills in these runs"),
+                Action::Unused { .. } => panic!("no reconciliation in these runs"),
                 Action::StoreNotices(_) | Action::StoreRecord(_) => {
                     panic!("returned by the settle calls, not by events")
                 }
