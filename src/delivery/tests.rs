@@ -394,3 +394,189 @@ fn a_full_mesh_does_not_hold_back_the_hand_on() {
     });
     assert!(took.0, "hand_on returned within 1 s (took {:?})", took.1);
 }
+
+/// A next hop that accepts every message (one connection at a time) and counts them.
+fn smtp_sink() -> (std::net::SocketAddr, Arc<std::sync::atomic::AtomicUsize>) {
+    use std::io::{BufRead, BufReader, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let count = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let seen = Arc::clone(&count);
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut out) = stream else { return };
+            let mut lines = BufReader::new(out.try_clone().unwrap());
+            let _ = out.write_all(b"220 sink\r\n");
+            let mut line = String::new();
+            let mut in_data = false;
+            while lines.read_line(&mut line).unwrap_or(0) > 0 {
+                let upper = line.to_ascii_uppercase();
+                let reply: &[u8] = if in_data {
+                    if line == ".\r\n" {
+                        in_data = false;
+                        seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                        b"250 queued\r\n"
+                    } else {
+                        b""
+                    }
+                } else if upper.starts_with("DATA") {
+                    in_data = true;
+                    b"354 go on\r\n"
+                } else if upper.starts_with("QUIT") {
+                    let _ = out.write_all(b"221 bye\r\n");
+                    break;
+                } else {
+                    b"250 ok\r\n"
+                };
+                let _ = out.write_all(reply);
+                line.clear();
+            }
+        }
+    });
+    (addr, count)
+}
+
+/// The rig's settings, routed to `to`.
+fn routed_to(rig: Rig, to: std::net::SocketAddr) -> (Rig, Arc<DeliveryShared>) {
+    let routes = RoutesSection(vec![RouteEntry {
+        domain: "*".into(),
+        to: to.to_string(),
+        tls: TlsMode::Off,
+    }])
+    .compile()
+    .unwrap();
+    let Rig {
+        _dir,
+        spool,
+        shared,
+    } = rig;
+    let mut shared = Arc::try_unwrap(shared).ok().unwrap();
+    shared.routes = routes;
+    let shared = Arc::new(shared);
+    (
+        Rig {
+            _dir,
+            spool,
+            shared: Arc::clone(&shared),
+        },
+        shared,
+    )
+}
+
+/// A hand-off that gives up on a full mesh leaves its recipient pending in the spool with no
+/// core holding it; the owner's reconciliation finds it and it is delivered.
+#[test]
+fn a_hand_off_given_up_is_delivered_by_the_reconciliation() {
+    let (sink, delivered) = smtp_sink();
+    let (rig, shared) = routed_to(rig(), sink);
+    fill_mesh(&shared);
+    let id = store_remote(&rig.spool);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let local = tokio::task::LocalSet::new();
+    let mail_store = crate::mailbox::MailStore::new();
+    let gave_up = local.block_on(&runtime, async {
+        hand_on(
+            &mail_store,
+            &shared,
+            0,
+            id,
+            100,
+            &[],
+            &["someone@far.test".into()],
+        );
+        tokio::time::timeout(Duration::from_secs(5), async {
+            while shared.mesh.dropped() == 0 {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+        .await
+        .is_ok()
+    });
+    assert!(gave_up, "the hand-off gave up and counted a drop");
+    // A second on: the message is past the reconciliation's grace.
+    let clock = Rc::new(AheadClock(Duration::from_secs(1)));
+    let spool = Arc::clone(&rig.spool);
+    let done = run_core_until(&shared, &rig.spool, Vec::new(), clock, || {
+        delivered.load(std::sync::atomic::Ordering::SeqCst) == 1 && !spool_state(&spool, id).0
+    });
+    assert!(done, "the reconciled recipient was delivered and recorded");
+}
+
+/// Expiry meets a read error (a damaged body): the entry leaves memory while its recipient
+/// stays pending. Once the spool reads again, the reconciliation queues it and it expires
+/// with its failure notice.
+#[test]
+fn an_expiry_read_error_is_taken_up_by_the_reconciliation() {
+    let rig = rig();
+    let disk = crate::spool::sim::SimDisk::new(2, Default::default());
+    let spool = sim_spool(&disk);
+    let id = store_remote(&spool);
+    let at = spool.locate(id).unwrap();
+    let original = disk.contents(0, at.segment).unwrap()
+        [at.body_offset as usize..at.body_offset as usize + 4]
+        .to_vec();
+    disk.corrupt(0, at.segment, at.body_offset, b"XXXX");
+    let shared = Arc::clone(&rig.shared);
+    let startup = vec![job(&shared, id, 100)];
+    let clock = Rc::new(AheadClock(
+        shared.schedule.max_age + Duration::from_secs(60),
+    ));
+    let mut repaired = false;
+    let done = run_core_until(&shared, &spool, startup, clock, || {
+        if !repaired && shared.mesh.dropped() > 0 {
+            disk.corrupt(0, at.segment, at.body_offset, &original);
+            repaired = true;
+        }
+        repaired && spool_state(&spool, id) == (false, 1)
+    });
+    assert!(repaired, "the read error dropped the entry");
+    assert!(
+        done,
+        "the recipient expired with its notice after the reconciliation"
+    );
+}
+
+/// The notice keeps failing; the relay stops (power loss) while it waits to try again. After
+/// the restart the recipient is still pending, and its notice is sent then.
+#[test]
+fn a_notice_pending_at_a_crash_is_sent_after_the_restart() {
+    let rig = rig();
+    let disk = crate::spool::sim::SimDisk::new(3, Default::default());
+    let spool = sim_spool(&disk);
+    let id = store_remote(&spool);
+    let shared = Arc::clone(&rig.shared);
+    let clock = Rc::new(AheadClock(
+        shared.schedule.max_age + Duration::from_secs(60),
+    ));
+    disk.fail_next_writes(1000);
+    let retried = run_core_until(
+        &shared,
+        &spool,
+        vec![job(&shared, id, 100)],
+        clock.clone(),
+        || disk.stats().write_errors >= 2,
+    );
+    assert!(retried, "the notice was tried again");
+    let after = disk.crash();
+    drop(spool);
+    let spool = sim_spool(&after);
+    assert_eq!(
+        spool_state(&spool, id),
+        (true, 0),
+        "(recipient pending, notices) after the crash"
+    );
+    let mut startup = vec![Vec::new()];
+    spool.startup_view(|m| jobs_from_live(&shared, m, &mut startup));
+    let startup = startup.pop().unwrap();
+    assert_eq!(startup.len(), 1, "the recipient is queued again at start");
+    let done = run_core_until(&shared, &spool, startup, clock, || {
+        spool_state(&spool, id) == (false, 1)
+    });
+    assert!(
+        done,
+        "the notice was stored and the recipient expired after the restart"
+    );
+}
