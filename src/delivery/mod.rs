@@ -644,7 +644,13 @@ impl<C: Connector + 'static> Core<C> {
                                 }
                             }
                             retried = true;
-                            tokio::time::sleep(wait).await;
+                            // A drain need not wait for the retry: one more try, then the
+                            // scheduler gives up (nothing recorded; repeated after the start).
+                            let mut phase = self.phase.clone();
+                            tokio::select! {
+                                _ = tokio::time::sleep(wait) => {}
+                                _ = phase.wait_for(|p| *p != Phase::Running) => {}
+                            }
                         }
                         Ok(NoticeRetry::GaveUp(actions)) => {
                             tracing::error!(target: "relay::delivery", queue_id = %entry.id, "notice not stored ({why}); nothing recorded, the recipients are tried again later");
