@@ -551,7 +551,9 @@ fn a_notice_pending_at_a_crash_is_sent_after_the_restart() {
     let mut shared = Arc::try_unwrap(rig.shared).ok().unwrap();
     shared.upkeep.notice_retry = Duration::from_secs(3600);
     let shared = Arc::new(shared);
-    let clock = Rc::new(AheadClock(shared.schedule.max_age + Duration::from_secs(60)));
+    let clock = Rc::new(AheadClock(
+        shared.schedule.max_age + Duration::from_secs(60),
+    ));
     disk.fail_next_writes(1);
     let mut after = None;
     let failed = run_core_until(
@@ -581,5 +583,8 @@ fn a_notice_pending_at_a_crash_is_sent_after_the_restart() {
     let done = run_core_until(&shared, &spool, startup, clock, || {
         spool_state(&spool, id) == (false, 1)
     });
-    assert!(done, "the notice was stored and the recipient expired after the restart");
+    assert!(
+        done,
+        "the notice was stored and the recipient expired after the restart"
+    );
 }
