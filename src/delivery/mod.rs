@@ -23,6 +23,14 @@
 //! before (2) leaves the recipients pending: they are tried again after the restart (a
 //! duplicate delivery or notice is possible for that one attempt, a loss is not).
 //!
+//! **Nothing acknowledged waits for a restart.** A hand-off never holds back a 250: a full
+//! mesh queue is retried in the background ([`enqueue_new`]). A notice the spool refuses is
+//! retried before the results are recorded (`Core::apply`). Every entry dropped from memory
+//! with its recipients still pending (hand-off given up, destination table full, a failed
+//! requeue, an unreadable message at expiry, a refused settlement step) is counted in the
+//! mesh's dropped counter, and each core's reconciliation (`Core::reconcile`, decided by
+//! the scheduler) queues the spool's pending recipients it does not hold.
+//!
 //! **A destination that fails as a whole** (DNS says no, no address accepts a connection, the
 //! greeting refuses service) takes all its ready entries down with the first: each gets its
 //! own result and retry time, and the destination is held for the first retry interval, so a
