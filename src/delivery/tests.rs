@@ -588,3 +588,46 @@ fn a_notice_pending_at_a_crash_is_sent_after_the_restart() {
         "the notice was stored and the recipient expired after the restart"
     );
 }
+
+/// A core whose destination table is full spills a new entry (its recipient stays pending in
+/// the spool); once the table has room again, the reconciliation queues it and it is
+/// delivered.
+#[test]
+fn an_entry_spilled_by_a_full_destination_table_is_delivered_later() {
+    let (sink, delivered) = smtp_sink();
+    let closed = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap()
+    };
+    let rig = rig();
+    let mut shared = Arc::try_unwrap(rig.shared).ok().unwrap();
+    shared.routes = RoutesSection(vec![
+        RouteEntry {
+            domain: "other.test".into(),
+            to: closed.to_string(),
+            tls: TlsMode::Off,
+        },
+        RouteEntry {
+            domain: "*".into(),
+            to: sink.to_string(),
+            tls: TlsMode::Off,
+        },
+    ])
+    .compile()
+    .unwrap();
+    shared.destinations_max = 1;
+    let shared = Arc::new(shared);
+    let id = store_remote(&rig.spool);
+    // The one slot is taken by a message no longer in the spool: it leaves the queue at its
+    // first attempt, and its destination is forgotten at the next collection.
+    let mut filler = job(&shared, QueueId::new(1, 0), 10);
+    filler.key = shared.destination("x@other.test");
+    let real = job(&shared, id, 100);
+    let clock = Rc::new(AheadClock(Duration::from_secs(1)));
+    let spool = Arc::clone(&rig.spool);
+    let done = run_core_until(&shared, &rig.spool, vec![filler, real], clock, || {
+        delivered.load(std::sync::atomic::Ordering::SeqCst) == 1 && !spool_state(&spool, id).0
+    });
+    assert!(shared.mesh.dropped() > 0, "the entry was spilled");
+    assert!(done, "the spilled recipient was delivered after the reconciliation");
+}
