@@ -629,5 +629,8 @@ fn an_entry_spilled_by_a_full_destination_table_is_delivered_later() {
         delivered.load(std::sync::atomic::Ordering::SeqCst) == 1 && !spool_state(&spool, id).0
     });
     assert!(shared.mesh.dropped() > 0, "the entry was spilled");
-    assert!(done, "the spilled recipient was delivered after the reconciliation");
+    assert!(
+        done,
+        "the spilled recipient was delivered after the reconciliation"
+    );
 }
