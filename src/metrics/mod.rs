@@ -679,6 +679,24 @@ mod tests {
     }
 
     #[test]
+    fn reconciliation_and_notice_retries_are_counted_per_core() {
+        let metrics = Metrics::new(2, None);
+        let core = metrics.core(1);
+        core.reconciled.inc_by(3);
+        core.notice_retries.inc();
+        core.notices_pending.inc();
+        let text = metrics.encode().expect("encodes");
+        for (line, value) in [
+            ("relay_queue_reconciled_total{core=\"1\"} ", 3.0),
+            ("relay_queue_reconciled_total{core=\"0\"} ", 0.0),
+            ("relay_notice_retries_total{core=\"1\"} ", 1.0),
+            ("relay_notices_pending{core=\"1\"} ", 1.0),
+        ] {
+            assert_eq!(sample(&text, line), Some(value), "{line}\n{text}");
+        }
+    }
+
+    #[test]
     fn every_core_has_its_series_from_the_start() {
         let metrics = Metrics::new(2, None);
         let text = metrics.encode().expect("encodes");
