@@ -29,6 +29,10 @@
 //! recipients_per_transaction_max = 100  # RCPTs in one outbound transaction
 //! tls_failure_hold = "1h"           # plaintext to a destination whose opportunistic TLS failed; "0" = never hold
 //! helo_name = "relay.example.com"   # our EHLO name; default: server.hostname
+//! handoff_patience = "30s"          # a hand-off waits this long for room in a full mesh queue
+//! notice_retry_interval = "5s"      # a notice the spool refused is stored again after this …
+//! notice_attempts_max = 12          # … this many times, then the attempt is repeated later
+//! reconcile_interval = "1m"         # after a drop, pending mail no core holds is queued again
 //! ```
 //!
 //! **Exposure.** The operator's file; never network input.
@@ -37,6 +41,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{invalid, valid_domain, ByteSize, Interval, SectionError};
 use crate::queue::schedule::{ScheduleError, INTERVALS_MAX, INTERVAL_MIN};
+use crate::queue::scheduler::Upkeep;
 use crate::queue::{
     BackpressureLimits, DestinationLimits, DsnPolicy, ResolveLimits, RetrySchedule,
 };
@@ -86,6 +91,17 @@ mod defaults {
     /// An hour: long enough that a hop with broken TLS costs one failed handshake per hour,
     /// not one per connection; short enough that a fixed hop is encrypted again the same day.
     pub const TLS_FAILURE_HOLD: Interval = Interval::secs(3600);
+    /// Long enough to ride out a burst at the owner core; the message is already durable and
+    /// acknowledged, so a longer wait only delays its delivery.
+    pub const HANDOFF_PATIENCE: Interval = Interval::secs(30);
+    /// A refused append (backpressure) usually clears within a group commit or two; 5s keeps
+    /// a struggling spool from being hammered.
+    pub const NOTICE_RETRY_INTERVAL: Interval = Interval::secs(5);
+    /// With 5s between them, a minute of tries before the attempt is repeated at its first
+    /// retry interval instead.
+    pub const NOTICE_ATTEMPTS_MAX: u32 = 12;
+    /// A dropped entry waits at most about this long; the comparison only runs after a drop.
+    pub const RECONCILE_INTERVAL: Interval = Interval::secs(60);
 }
 
 /// The `[delivery]` section (see the module doc for the TOML).
@@ -116,6 +132,19 @@ pub struct DeliverySection {
     /// After an opportunistic TLS handshake to a destination fails, its connections skip
     /// STARTTLS this long (`0`: only the connection that failed goes on in plaintext).
     pub tls_failure_hold: Interval,
+    /// How long a hand-off to another core waits for room in a full mesh queue (in the
+    /// background: the 250 does not wait); then the reconciliation queues the recipients.
+    pub handoff_patience: Interval,
+    /// The wait before a notice (DSN) the spool refused is stored again; the results it
+    /// reports are recorded only after it.
+    pub notice_retry_interval: Interval,
+    /// Tries to store one attempt's notices; then nothing is recorded and the attempt is
+    /// repeated at its first retry interval.
+    pub notice_attempts_max: u32,
+    /// After an entry was dropped from memory (hand-off given up, destination table full, an
+    /// unreadable message at expiry), pending recipients no core holds are queued again, at
+    /// most this often.
+    pub reconcile_interval: Interval,
 }
 
 impl Default for DeliverySection {
@@ -140,6 +169,10 @@ impl Default for DeliverySection {
             recipients_per_transaction_max: defaults::RECIPIENTS_PER_TRANSACTION_MAX,
             helo_name: None,
             tls_failure_hold: defaults::TLS_FAILURE_HOLD,
+            handoff_patience: defaults::HANDOFF_PATIENCE,
+            notice_retry_interval: defaults::NOTICE_RETRY_INTERVAL,
+            notice_attempts_max: defaults::NOTICE_ATTEMPTS_MAX,
+            reconcile_interval: defaults::RECONCILE_INTERVAL,
         }
     }
 }
@@ -247,6 +280,29 @@ impl DeliverySection {
                 "must be 1–10000",
             ));
         }
+        let ten_minutes = std::time::Duration::from_secs(600);
+        for (key, value) in [
+            ("delivery.handoff_patience", self.handoff_patience.0),
+            (
+                "delivery.notice_retry_interval",
+                self.notice_retry_interval.0,
+            ),
+        ] {
+            if value.is_zero() || value > ten_minutes {
+                return Err(invalid(key, "must be more than 0 and at most 10m"));
+            }
+        }
+        if self.notice_attempts_max == 0 || self.notice_attempts_max > 1000 {
+            return Err(invalid("delivery.notice_attempts_max", "must be 1–1000"));
+        }
+        if self.reconcile_interval.0 < std::time::Duration::from_secs(1)
+            || self.reconcile_interval.0 > std::time::Duration::from_secs(3600)
+        {
+            return Err(invalid(
+                "delivery.reconcile_interval",
+                "must be at least 1s and at most 1h",
+            ));
+        }
         if let Some(name) = &self.helo_name {
             if !valid_domain(name) {
                 return Err(invalid(
@@ -265,6 +321,16 @@ impl DeliverySection {
             jitter_percent: self.retry_jitter_percent,
             max_age: self.max_age.0,
             delay_warning: (!self.delay_warning.0.is_zero()).then_some(self.delay_warning.0),
+        }
+    }
+
+    /// Hand-off patience, notice retries and the reconciliation, for the delivery runtime.
+    pub fn upkeep(&self) -> Upkeep {
+        Upkeep {
+            handoff_patience: self.handoff_patience.0,
+            notice_retry: self.notice_retry_interval.0,
+            notice_attempts_max: self.notice_attempts_max,
+            reconcile_every: self.reconcile_interval.0,
         }
     }
 
@@ -349,6 +415,10 @@ mx_addresses_max = 5              # addresses tried per delivery attempt
 connect_timeout = "30s"           # per address tried
 recipients_per_transaction_max = 100  # RCPTs in one outbound transaction
 tls_failure_hold = "1h"           # plaintext to a destination whose opportunistic TLS failed; "0" = never hold
+handoff_patience = "30s"          # a hand-off waits this long for room in a full mesh queue
+notice_retry_interval = "5s"      # a notice the spool refused is stored again after this …
+notice_attempts_max = 12          # … this many times, then the attempt is repeated later
+reconcile_interval = "1m"         # after a drop, pending mail no core holds is queued again
 "#;
 
     #[test]
@@ -456,6 +526,34 @@ tls_failure_hold = "1h"           # plaintext to a destination whose opportunist
                 "mx_addresses_max",
                 DeliverySection {
                     mx_addresses_max: 0,
+                    ..Default::default()
+                },
+            ),
+            (
+                "handoff_patience",
+                DeliverySection {
+                    handoff_patience: Interval(Duration::ZERO),
+                    ..Default::default()
+                },
+            ),
+            (
+                "notice_retry_interval",
+                DeliverySection {
+                    notice_retry_interval: Interval::secs(3600),
+                    ..Default::default()
+                },
+            ),
+            (
+                "notice_attempts_max",
+                DeliverySection {
+                    notice_attempts_max: 0,
+                    ..Default::default()
+                },
+            ),
+            (
+                "reconcile_interval",
+                DeliverySection {
+                    reconcile_interval: Interval(Duration::from_millis(10)),
                     ..Default::default()
                 },
             ),

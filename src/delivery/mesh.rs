@@ -4,8 +4,9 @@
 //!
 //! Why one queue per pair: each `ArrayQueue` then has a single producer thread, so producers
 //! never contend with each other, and a core that floods one destination cannot starve the
-//! hand-offs of the others. A full queue is backpressure: the SMTP connection that stored the
-//! message waits (its 250 with it) until the owner has drained some.
+//! hand-offs of the others. A full queue does not hold back the 250 of a durable message: the
+//! hand-off is retried in the background for `delivery.handoff_patience`, then left to the
+//! reconciliation (the mesh's dropped counter tells every core to look).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -44,6 +45,9 @@ pub type Inbox = runtime::mesh::Inbox<Job, Control>;
 pub struct Mesh {
     pairs: runtime::mesh::Mesh<Job, Control>,
     pub gauge: QueueGauge,
+    /// Entries that left memory (or never reached it) while their recipients stay pending in
+    /// the spool; every core reconciles when it moved.
+    dropped: AtomicU64,
 }
 
 impl Mesh {
@@ -51,7 +55,18 @@ impl Mesh {
         Arc::new(Mesh {
             pairs: runtime::mesh::Mesh::new(cores, PAIR_CAPACITY),
             gauge,
+            dropped: AtomicU64::new(0),
         })
+    }
+
+    /// Counts an entry dropped from memory with its recipients still pending in the spool.
+    pub fn note_dropped(&self) {
+        self.dropped.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// Entries dropped so far (see [`Mesh::note_dropped`]).
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::SeqCst)
     }
 
     pub fn cores(&self) -> usize {

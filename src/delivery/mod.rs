@@ -23,6 +23,14 @@
 //! before (2) leaves the recipients pending: they are tried again after the restart (a
 //! duplicate delivery or notice is possible for that one attempt, a loss is not).
 //!
+//! **Nothing acknowledged waits for a restart.** A hand-off never holds back a 250: a full
+//! mesh queue is retried in the background ([`enqueue_new`]). A notice the spool refuses is
+//! retried before the results are recorded (`Core::apply`). Every entry dropped from memory
+//! with its recipients still pending (hand-off given up, destination table full, a failed
+//! requeue, an unreadable message at expiry, a refused settlement step) is counted in the
+//! mesh's dropped counter, and each core's reconciliation (`Core::reconcile`, decided by
+//! the scheduler) queues the spool's pending recipients it does not hold.
+//!
 //! **A destination that fails as a whole** (DNS says no, no address accepts a connection, the
 //! greeting refuses service) takes all its ready entries down with the first: each gets its
 //! own result and retry time, and the destination is held for the first retry interval, so a
@@ -63,7 +71,9 @@ use crate::mailbox::MailStore;
 use crate::net::dns::SystemResolver;
 use crate::net::io::Connector;
 use crate::queue::outcome::{self, Settlement};
-use crate::queue::scheduler::{Action, Now, Scheduler, SchedulerConfig, Ticket};
+use crate::queue::scheduler::{
+    Action, NoticeRetry, Now, Scheduler, SchedulerConfig, Ticket, Upkeep,
+};
 use crate::queue::ResolveLimits;
 use crate::queue::{
     owner, DestId, DestinationKey, DestinationLimits, DsnPolicy, QueueEntry, RcptSet,
@@ -76,9 +86,6 @@ use crate::smtp::reply::Reply;
 use crate::smtp::Mailboxes;
 use crate::spool::{DeliveryRecord, Outcome, ShardHandle, Spool, StoredMessage};
 
-/// How long a hand-off may wait for room in a full mesh queue before it gives up: the
-/// message stays pending in the spool and is queued at the next start (logged loudly).
-const HANDOFF_PATIENCE: Duration = Duration::from_secs(30);
 /// Results in one spool record at most (a dead destination with a long queue).
 const RESULTS_PER_RECORD: usize = 1000;
 
@@ -112,6 +119,8 @@ pub struct DeliveryShared {
     pub mailboxes: Option<Mailboxes>,
     /// Per-destination queue gauges (`None` in tests without metrics).
     pub metrics: Option<Arc<crate::metrics::Metrics>>,
+    /// Hand-off patience, notice retries, reconciliation.
+    pub upkeep: Upkeep,
 }
 
 impl DeliveryShared {
@@ -156,10 +165,11 @@ impl DeliveryShared {
 
 /// A message just committed on core `from`: its local copies join their maildrops, its
 /// remote recipients go to their destinations' owner cores. Both ingest and the notices
-/// this core generates take this path.
-pub async fn hand_on(
+/// this core generates take this path. Never waits: a hand-off that finds its mesh queue full
+/// goes on in the background (the message is durable; its 250 need not wait).
+pub fn hand_on(
     mail_store: &MailStore,
-    shared: &DeliveryShared,
+    shared: &Arc<DeliveryShared>,
     from: usize,
     id: QueueId,
     body_len: u64,
@@ -171,15 +181,16 @@ pub async fn hand_on(
         mail_store.deliver(mailbox, item);
     }
     if !remote.is_empty() {
-        enqueue_new(shared, from, id, remote, body_len).await;
+        enqueue_new(shared, from, id, remote, body_len);
     }
 }
 
-/// Queues a newly stored message's remote recipients with their owners. Waits while an
-/// owner's queue is full (the client's 250 waits with it); after `HANDOFF_PATIENCE` (30 s) the
-/// recipients stay in the spool for the next start and the error is logged.
-pub async fn enqueue_new(
-    shared: &DeliveryShared,
+/// Queues a newly stored message's remote recipients with their owners. A group whose
+/// owner's queue is full is retried by a background task on this core for
+/// `delivery.handoff_patience`; after that its recipients stay pending in the spool, the
+/// mesh counts them as dropped and the owner's reconciliation takes them in.
+pub fn enqueue_new(
+    shared: &Arc<DeliveryShared>,
     from: usize,
     id: QueueId,
     remote: &[String],
@@ -189,6 +200,7 @@ pub async fn enqueue_new(
     for (key, indices) in shared.group(remote, 0..remote.len()) {
         let Ok(recipients) = RcptSet::from_indices(&indices) else {
             tracing::error!(queue_id = %id, "recipient index out of range; left in the spool");
+            shared.mesh.note_dropped();
             continue;
         };
         let to = owner(&key, shared.cores());
@@ -202,32 +214,37 @@ pub async fn enqueue_new(
             size,
         };
         shared.mesh.gauge.admit(size);
-        if let Err(job) = handoff(shared, from, to, job).await {
-            shared.mesh.gauge.release(size);
-            tracing::error!(
-                queue_id = %job.id,
-                destination = %Safe(&job.key),
-                core = to,
-                "delivery queue full for {HANDOFF_PATIENCE:?}; recipients stay in the spool and are queued at the next start"
-            );
+        if let Err(job) = shared.mesh.send(from, to, job) {
+            tokio::task::spawn_local(handoff(Arc::clone(shared), from, to, job));
         }
     }
 }
 
-async fn handoff(shared: &DeliveryShared, from: usize, to: usize, mut job: Job) -> Result<(), Job> {
+/// Retries one hand-off whose mesh queue was full, for `delivery.handoff_patience`.
+async fn handoff(shared: Arc<DeliveryShared>, from: usize, to: usize, mut job: Job) {
+    let patience = shared.upkeep.handoff_patience;
     let started = SystemClock.now();
     let mut pause = Duration::from_micros(200);
     loop {
+        let waited = SystemClock.now().duration_since(started);
+        if waited >= patience {
+            break;
+        }
+        tokio::time::sleep(pause.min(patience - waited)).await;
+        pause = (pause * 2).min(Duration::from_millis(50));
         match shared.mesh.send(from, to, job) {
-            Ok(()) => return Ok(()),
-            Err(back) if SystemClock.now().duration_since(started) < HANDOFF_PATIENCE => {
-                job = back;
-                tokio::time::sleep(pause).await;
-                pause = (pause * 2).min(Duration::from_millis(50));
-            }
-            Err(back) => return Err(back),
+            Ok(()) => return,
+            Err(back) => job = back,
         }
     }
+    shared.mesh.gauge.release(job.size);
+    shared.mesh.note_dropped();
+    tracing::error!(
+        queue_id = %job.id,
+        destination = %Safe(&job.key),
+        core = to,
+        "delivery queue full for {patience:?}; recipients stay in the spool until the reconciliation queues them"
+    );
 }
 
 /// The queue to rebuild at start: one live message's pending remote recipients, grouped by
@@ -351,6 +368,7 @@ impl<C: Connector + 'static> Core<C> {
             limits: shared.destination_limits,
             destinations_max: shared.destinations_max,
             tls_failure_hold: shared.tls_failure_hold,
+            upkeep: shared.upkeep,
         });
         Rc::new(Core {
             index,
@@ -397,15 +415,18 @@ impl<C: Connector + 'static> Core<C> {
                 } => {
                     tokio::task::spawn_local(Rc::clone(self).end(ticket, entry, bounce));
                 }
-                Action::Release { bytes, .. } => self.shared.mesh.gauge.release(bytes),
+                Action::Release { bytes, .. } | Action::Unused { bytes } => {
+                    self.shared.mesh.gauge.release(bytes)
+                }
                 Action::Spilled {
                     id,
                     destination,
                     why,
                 } => {
                     // Rare by construction (destinations_max per core), and loud.
+                    self.shared.mesh.note_dropped();
                     let destination = destination.map(|d| d.to_string()).unwrap_or_default();
-                    tracing::error!(queue_id = %id, destination = %Safe(&destination), "{why}: recipients stay in the spool until the next start");
+                    tracing::error!(queue_id = %id, destination = %Safe(&destination), "{why}: recipients stay in the spool until the reconciliation queues them");
                 }
                 Action::Publish => self.publish(self.wall()),
                 Action::Requeued { .. } => {}
@@ -495,7 +516,10 @@ impl<C: Connector + 'static> Core<C> {
     ) {
         match result {
             Ok(actions) => self.execute(actions),
-            Err(error) => tracing::error!(%error, "settlement step refused"),
+            Err(error) => {
+                self.shared.mesh.note_dropped();
+                tracing::error!(%error, "settlement step refused");
+            }
         }
         // An entry back in the queue, or one fewer out: the loop (or the drain) looks again.
         self.kick.notify_one();
@@ -519,8 +543,7 @@ impl<C: Connector + 'static> Core<C> {
 
     /// Loads the message of an entry that is to be ended without an attempt; `None` when it
     /// cannot be: the entry then leaves the queue (an unreadable one stays pending in the
-    /// spool for the next start, and is not retried here: its deadline has passed or an
-    /// operator asked to end it).
+    /// spool and counts as dropped: the reconciliation takes it in again).
     fn load_to_end(self: &Rc<Self>, ticket: Ticket, entry: &QueueEntry) -> Option<StoredMessage> {
         match self.load(entry.id) {
             Ok(Some(message)) => Some(message),
@@ -529,7 +552,8 @@ impl<C: Connector + 'static> Core<C> {
                 None
             }
             Err(reply) => {
-                tracing::warn!(queue_id = %entry.id, %reply, "cannot read a queued message to end it; it stays in the spool until the next start");
+                tracing::warn!(queue_id = %entry.id, %reply, "cannot read a queued message to end it; it stays in the spool until the reconciliation queues it");
+                self.shared.mesh.note_dropped();
                 let result = self.scheduler.borrow_mut().gone(ticket);
                 self.settled(result);
                 None
@@ -614,12 +638,54 @@ impl<C: Connector + 'static> Core<C> {
         }
         let step = self.scheduler.borrow_mut().settle(ticket, requeue);
         if !matches!(step, Ok(Action::StoreNotices(_))) {
+            self.shared.mesh.note_dropped();
             tracing::error!(queue_id = %entry.id, ?step, "settlement refused; the recipients stay pending in the spool");
             return;
         }
-        let markers = notices::send(self, entry, message, &notices, hop).await;
+        let mut retried = false;
+        let markers = loop {
+            match notices::send(self, entry, message, &notices, hop).await {
+                Ok(markers) => break markers,
+                Err(why) => {
+                    let now = self.now();
+                    let decided = self.scheduler.borrow_mut().notices_failed(ticket, now);
+                    match decided {
+                        Ok(NoticeRetry::After(wait)) => {
+                            tracing::warn!(target: "relay::delivery", queue_id = %entry.id, "notice not stored ({why}); trying again in {wait:?}, the results wait for it");
+                            if let Some(m) = &self.metrics {
+                                m.notice_retries.inc();
+                                if !retried {
+                                    m.notices_pending.inc();
+                                }
+                            }
+                            retried = true;
+                            // A drain need not wait for the retry: one more try, then the
+                            // scheduler gives up (nothing recorded; repeated after the start).
+                            let mut phase = self.phase.clone();
+                            tokio::select! {
+                                _ = tokio::time::sleep(wait) => {}
+                                _ = phase.wait_for(|p| *p != Phase::Running) => {}
+                            }
+                        }
+                        Ok(NoticeRetry::GaveUp(actions)) => {
+                            tracing::error!(target: "relay::delivery", queue_id = %entry.id, "notice not stored ({why}); nothing recorded, the recipients are tried again later");
+                            self.notice_wait_over(retried);
+                            self.settled(Ok(actions));
+                            return;
+                        }
+                        Err(error) => {
+                            self.notice_wait_over(retried);
+                            self.settled(Err(error));
+                            return;
+                        }
+                    }
+                }
+            }
+        };
+        self.notice_wait_over(retried);
         let step = self.scheduler.borrow_mut().notices_stored(ticket);
         if !matches!(step, Ok(Action::StoreRecord(_))) {
+            self.shared.mesh.note_dropped();
             tracing::error!(queue_id = %entry.id, ?step, "settlement refused; the recipients stay pending in the spool");
             return;
         }
@@ -667,6 +733,47 @@ impl<C: Connector + 'static> Core<C> {
             .borrow_mut()
             .record_stored(ticket, recorded, now);
         self.settled(result);
+    }
+
+    /// A settlement that waited for a notice retry is past that wait.
+    fn notice_wait_over(&self, waited: bool) {
+        if let (true, Some(m)) = (waited, &self.metrics) {
+            m.notices_pending.dec();
+        }
+    }
+
+    /// One reconciliation round, when the scheduler asks for one: the spool's pending
+    /// recipients of this core's destinations, as jobs, compared with what the scheduler holds.
+    fn reconcile(self: &Rc<Self>) {
+        let dropped = self.shared.mesh.dropped();
+        let now = self.now();
+        if !self.scheduler.borrow().reconcile_due(dropped, now) {
+            return;
+        }
+        let mut per_core: Vec<Vec<Job>> = vec![Vec::new(); self.shared.cores()];
+        self.store
+            .live_view(|message| jobs_from_live(&self.shared, message, &mut per_core));
+        // Jobs of other cores' destinations: only their gauge shares were taken.
+        for (core, jobs) in per_core.iter().enumerate() {
+            if core != self.index {
+                for job in jobs {
+                    self.shared.mesh.gauge.release(job.size);
+                }
+            }
+        }
+        let mine = per_core.into_iter().nth(self.index).unwrap_or_default();
+        let (taken, actions) = self.scheduler.borrow_mut().reconcile(dropped, mine, now);
+        if taken > 0 {
+            tracing::warn!(
+                core = self.index,
+                recipients = taken,
+                "pending recipients found in the spool without a queue entry; queued again"
+            );
+            if let Some(m) = &self.metrics {
+                m.reconciled.inc_by(taken as u64);
+            }
+        }
+        self.execute(actions);
     }
 
     /// Handles an operator's command.
@@ -784,6 +891,7 @@ pub async fn run<C: Connector + 'static>(core: Rc<Core<C>>, startup: Vec<Job>) {
         while let Some(command) = inbox.next_control() {
             core.control(command);
         }
+        core.reconcile();
         let now = core.now();
         let poll = core.scheduler.borrow_mut().poll(now);
         core.execute(poll.actions);

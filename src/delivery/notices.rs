@@ -4,7 +4,10 @@
 //!
 //! One notice per kind (failure, delay, success) per attempt, listing every recipient of that
 //! kind. Each notice is committed before the markers that say it was sent (see the durable
-//! order in the parent module).
+//! order in the parent module). A notice the spool could not take (backpressure, a write
+//! error, closing) fails the whole step: the caller retries it before any result is recorded,
+//! so the sender is never left without the notice. A notice that can never be stored (no
+//! such local sender, built wrong) is logged and recorded without a notice id.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -17,7 +20,7 @@ use crate::queue::outcome::{recipient_of, Notice};
 use crate::queue::{Action, QueueEntry};
 use crate::smtp::reply::EnhancedStatus;
 use crate::smtp::Lookup;
-use crate::spool::{DsnKind, DsnSent, NewMessage, StoredMessage};
+use crate::spool::{DsnKind, DsnSent, NewMessage, SpoolError, StoredMessage};
 
 fn kind_of(action: Action) -> DsnKind {
     match action {
@@ -33,16 +36,25 @@ fn micros(t: SystemTime) -> u64 {
         .unwrap_or(0)
 }
 
-/// Sends the notices; returns the markers to record with the results. A notice that could
-/// not be stored is logged and gets a marker without a notice id (it is not retried: the
-/// results it reports are final either way).
+/// Why a notice was not stored.
+enum NotStored {
+    /// The spool did not take it now (backpressure, a write error, closing): try again.
+    Transient(String),
+    /// It never will be (no such local sender, a full mailbox): record the results without.
+    Permanent(String),
+}
+
+/// Sends the notices; returns the markers to record with the results, or why the spool did
+/// not take one (a notice stored before it may be sent again when the step is repeated:
+/// at least once). A notice that can never be stored is logged and gets a marker without a
+/// notice id.
 pub async fn send<C: Connector + 'static>(
     core: &Core<C>,
     entry: &QueueEntry,
     message: &StoredMessage,
     notices: &[Notice],
     hop: Option<&str>,
-) -> Vec<DsnSent> {
+) -> Result<Vec<DsnSent>, String> {
     let mut markers = Vec::new();
     let now = core.wall();
     for kind in [DsnKind::Failure, DsnKind::Delay, DsnKind::Success] {
@@ -56,7 +68,8 @@ pub async fn send<C: Connector + 'static>(
         let notice_id = match build(core, entry, message, &group, hop, now) {
             Ok(dsn) => match store(core, dsn).await {
                 Ok(id) => Some(id),
-                Err(why) => {
+                Err(NotStored::Transient(why)) => return Err(why),
+                Err(NotStored::Permanent(why)) => {
                     tracing::warn!(target: "relay::delivery", queue_id = %entry.id, ?kind, "notice not sent: {why}");
                     None
                 }
@@ -84,7 +97,7 @@ pub async fn send<C: Connector + 'static>(
             });
         }
     }
-    markers
+    Ok(markers)
 }
 
 fn build<C: Connector + 'static>(
@@ -146,17 +159,25 @@ fn build<C: Connector + 'static>(
 }
 
 /// Stores a notice as a new message and routes it; returns its queue id once durable.
-async fn store<C: Connector + 'static>(core: &Core<C>, dsn: Dsn) -> Result<QueueId, String> {
+async fn store<C: Connector + 'static>(core: &Core<C>, dsn: Dsn) -> Result<QueueId, NotStored> {
     let Dsn { message, envelope } = dsn;
     let Some(to) = envelope.recipients.first().map(|r| r.address.clone()) else {
-        return Err("notice without a recipient".into());
+        return Err(NotStored::Permanent("notice without a recipient".into()));
     };
     let (mailboxes, remote) = if core.shared.is_local_domain(&to) {
         match &core.shared.mailboxes {
             Some(directory) => match directory.0.lookup(&to, message.len() as u64) {
                 Lookup::Deliver { mailboxes, forward } => (mailboxes, forward),
-                Lookup::Unknown => return Err(format!("the sender <{to}> is not a local user")),
-                Lookup::OverQuota => return Err(format!("the sender's mailbox <{to}> is full")),
+                Lookup::Unknown => {
+                    return Err(NotStored::Permanent(format!(
+                        "the sender <{to}> is not a local user"
+                    )))
+                }
+                Lookup::OverQuota => {
+                    return Err(NotStored::Permanent(format!(
+                        "the sender's mailbox <{to}> is full"
+                    )))
+                }
             },
             None => (Vec::new(), Vec::new()),
         }
@@ -180,13 +201,17 @@ async fn store<C: Connector + 'static>(core: &Core<C>, dsn: Dsn) -> Result<Queue
         mailboxes: mailboxes.clone(),
         remote: remote.clone(),
     };
+    let not_stored = |error: SpoolError| match error {
+        SpoolError::TooLarge { .. } => NotStored::Permanent(error.to_string()),
+        _ => NotStored::Transient(error.to_string()),
+    };
     let committed = match core.spool.append_message(new) {
         Ok(rx) => match rx.await {
             Ok(Ok(committed)) => committed,
-            Ok(Err(error)) => return Err(error.to_string()),
-            Err(_) => return Err("the spool closed".into()),
+            Ok(Err(error)) => return Err(not_stored(error)),
+            Err(_) => return Err(not_stored(SpoolError::Closed)),
         },
-        Err(error) => return Err(error.to_string()),
+        Err(error) => return Err(not_stored(error)),
     };
     super::hand_on(
         &core.mail_store,
@@ -196,7 +221,6 @@ async fn store<C: Connector + 'static>(core: &Core<C>, dsn: Dsn) -> Result<Queue
         committed.location.body_len,
         &mailboxes,
         &remote,
-    )
-    .await;
+    );
     Ok(id)
 }

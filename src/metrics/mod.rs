@@ -23,7 +23,10 @@
 //!   writer per group commit through [`crate::spool::CommitObserver`];
 //! - outbound delivery (incremented by the delivery code): `deliveries_total{core,result}`
 //!   (`delivered|deferred|bounced|expired`), `queue_entries{core}`,
-//!   `queue_depth{core,destination}`, `queue_oldest_age_seconds{core,destination}`;
+//!   `queue_depth{core,destination}`, `queue_oldest_age_seconds{core,destination}`,
+//!   `queue_reconciled_total{core}` (pending recipients queued again by the reconciliation),
+//!   `notices_pending{core}` (settlements waiting to store a notice again),
+//!   `notice_retries_total{core}`;
 //! - the password-hash pool shared by all cores ([`HashPoolMetrics`]): `auth_hash_queued`
 //!   (checks waiting for a thread), `auth_hash_refused_total` (logins answered "try again
 //!   later" because the queue was full), `auth_hash_abandoned_total` (queued checks dropped
@@ -124,6 +127,9 @@ struct Families {
     commit_records: Family<CoreLabels, Histogram, fn() -> Histogram>,
     deliveries: Family<DeliveryLabels, Counter>,
     queue_entries: Family<CoreLabels, Gauge>,
+    reconciled: Family<CoreLabels, Counter>,
+    notices_pending: Family<CoreLabels, Gauge>,
+    notice_retries: Family<CoreLabels, Counter>,
     queue_depth: Family<QueueLabels, Gauge>,
     queue_oldest: Family<QueueLabels, Gauge>,
     hash_pool: HashPoolMetrics,
@@ -187,6 +193,9 @@ impl Metrics {
             commit_records: Family::new_with_constructor(|| Histogram::new(batch_buckets())),
             deliveries: Family::default(),
             queue_entries: Family::default(),
+            reconciled: Family::default(),
+            notices_pending: Family::default(),
+            notice_retries: Family::default(),
             queue_depth: Family::default(),
             queue_oldest: Family::default(),
             hash_pool: HashPoolMetrics::default(),
@@ -263,6 +272,21 @@ impl Metrics {
             "queue_entries",
             "Recipients queued for outbound delivery on this core",
             f.queue_entries.clone(),
+        );
+        registry.register(
+            "queue_reconciled",
+            "Pending recipients found in the spool without a queue entry and queued again",
+            f.reconciled.clone(),
+        );
+        registry.register(
+            "notices_pending",
+            "Delivery results waiting for a notice the spool refused to be stored again",
+            f.notices_pending.clone(),
+        );
+        registry.register(
+            "notice_retries",
+            "Tries to store a notice again after the spool refused it",
+            f.notice_retries.clone(),
         );
         registry.register(
             "queue_depth",
@@ -365,6 +389,9 @@ impl Metrics {
             pop3_sessions: f.pop3_sessions.get_or_create_owned(&labels),
             pop3_retrievals: f.pop3_retrievals.get_or_create_owned(&labels),
             queue_entries: f.queue_entries.get_or_create_owned(&labels),
+            reconciled: f.reconciled.get_or_create_owned(&labels),
+            notices_pending: f.notices_pending.get_or_create_owned(&labels),
+            notice_retries: f.notice_retries.get_or_create_owned(&labels),
             fsync_seconds: f.fsync_seconds.get_or_create_owned(&labels),
             commit_records: f.commit_records.get_or_create_owned(&labels),
             deliveries,
@@ -538,6 +565,11 @@ pub struct CoreMetrics {
     pub pop3_sessions: Counter,
     pub pop3_retrievals: Counter,
     pub queue_entries: Gauge,
+    /// Recipients the reconciliation queued again.
+    pub reconciled: Counter,
+    /// Settlements waiting to store a notice again.
+    pub notices_pending: Gauge,
+    pub notice_retries: Counter,
     pub fsync_seconds: Histogram,
     pub commit_records: Histogram,
     deliveries: [Counter; 4],
@@ -679,6 +711,24 @@ mod tests {
             .find(|l| l.starts_with(line_start))
             .and_then(|l| l.rsplit(' ').next())
             .and_then(|v| v.parse().ok())
+    }
+
+    #[test]
+    fn reconciliation_and_notice_retries_are_counted_per_core() {
+        let metrics = Metrics::new(2, None);
+        let core = metrics.core(1);
+        core.reconciled.inc_by(3);
+        core.notice_retries.inc();
+        core.notices_pending.inc();
+        let text = metrics.encode().expect("encodes");
+        for (line, value) in [
+            ("relay_queue_reconciled_total{core=\"1\"} ", 3.0),
+            ("relay_queue_reconciled_total{core=\"0\"} ", 0.0),
+            ("relay_notice_retries_total{core=\"1\"} ", 1.0),
+            ("relay_notices_pending{core=\"1\"} ", 1.0),
+        ] {
+            assert_eq!(sample(&text, line), Some(value), "{line}\n{text}");
+        }
     }
 
     #[test]

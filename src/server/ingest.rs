@@ -1,6 +1,7 @@
 //! A submitted message from the spool's append to its hand-offs: once the group commit
 //! covering it has synced, local recipients see it in their maildrops and remote ones go to
-//! the delivery core that owns them; then the transaction is logged and counted.
+//! the delivery core that owns them (never waiting for room in the mesh: the message is
+//! durable, so its 250 goes out at once); then the transaction is logged and counted.
 
 use std::net::SocketAddr;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -12,7 +13,7 @@ use crate::smtp::{Submission, SubmitError};
 use crate::spool::{NewMessage, SpoolError};
 
 /// Stores one message durably and hands it on; Ok only once the group commit covering it
-/// has synced.
+/// has synced, and no later (a full hand-off queue is retried in the background).
 pub async fn store(
     ctx: &ShardContext,
     submission: Submission,
@@ -62,8 +63,7 @@ pub async fn store(
                     body_len,
                     &delivered_to,
                     &queued_remote,
-                )
-                .await;
+                );
                 Ok(id)
             }
             Ok(Err(error)) => Err(error),

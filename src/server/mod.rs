@@ -150,6 +150,7 @@ pub fn delivery_shared(
         local_domains: config.local.domains.clone(),
         mailboxes,
         metrics: None,
+        upkeep: d.upkeep(),
     })
 }
 

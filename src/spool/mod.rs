@@ -633,13 +633,18 @@ impl Core {
     }
 
     /// See [`Spool::startup_view`].
-    fn startup_view(&self, mut visit: impl FnMut(&LiveMessage<'_>)) {
+    fn startup_view(&self, visit: impl FnMut(&LiveMessage<'_>)) {
         let history = self
             .startup
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .take()
             .unwrap_or_default();
+        self.view(&history, visit);
+    }
+
+    /// Every live message from the index, with the delivery state `history` adds.
+    fn view(&self, history: &StartupHistory, mut visit: impl FnMut(&LiveMessage<'_>)) {
         self.index.for_each(|id, e| {
             if e.is_garbage() {
                 return;
@@ -1252,6 +1257,14 @@ impl Spool {
     /// message text is held. Call once, at start; a later call sees no delivery history.
     pub fn startup_view(&self, visit: impl FnMut(&LiveMessage<'_>)) {
         self.core.startup_view(visit)
+    }
+
+    /// The live messages as the index knows them now, like [`Spool::startup_view`] but
+    /// without the start-up delivery history (attempts 0, next attempt at once): for the
+    /// delivery reconciliation, which takes in recipients that are pending with no core
+    /// holding them. Walks the whole index: call it rarely.
+    pub fn live_view(&self, visit: impl FnMut(&LiveMessage<'_>)) {
+        self.core.view(&StartupHistory::default(), visit);
     }
 
     /// Compacts sealed segments whose live bytes are below 50% (see [`compact`]) on the

@@ -1277,6 +1277,33 @@ fn delivery_results_are_durable_replayed_and_compacted() {
         views.iter().any(|v| v.2.iter().any(|p| p.3)),
         "the delay marker shows"
     );
+    // The live view (the delivery reconciliation's) lists the same pending recipients at any
+    // time, without the start-up history: never tried as far as it knows, due at once.
+    let mut live = Vec::new();
+    spool.live_view(|m| {
+        let pending: Vec<(String, u32, Option<u64>)> = m
+            .remote
+            .iter()
+            .filter(|r| !r.done)
+            .map(|r| {
+                (
+                    r.address.to_string(),
+                    r.attempts,
+                    r.next_attempt_unix_micros,
+                )
+            })
+            .collect();
+        live.push((m.id, m.body_len, pending));
+    });
+    live.sort_by_key(|v| v.0);
+    let expected_live: Vec<_> = views
+        .iter()
+        .map(|(id, len, pending)| {
+            let pending = pending.iter().map(|p| (p.0.clone(), 0, None)).collect();
+            (*id, *len, pending)
+        })
+        .collect();
+    assert_eq!(live, expected_live);
     let listed = inspect::list(&cfg.dir).unwrap();
     let counts: Vec<(usize, usize, usize)> = listed
         .iter()

@@ -24,10 +24,25 @@
 //! `tls_failure_hold`. Ready entries are swept for `max_age` once per [`TICK`], and a
 //! worker expires what it meets at the front; no entry waits in the deferred index past its
 //! deadline.
+//!
+//! **Notices that cannot be stored yet.** A notice store that fails for a reason that may pass
+//! (spool backpressure, a write error) keeps the ticket in its notice step:
+//! [`Scheduler::notices_failed`] says when to try again, and after
+//! [`Upkeep::notice_attempts_max`] the entry goes back to the queue with nothing recorded
+//! (the spool still says "pending", so the attempt and its notice are repeated, also after a
+//! restart). The final result is never recorded before its notice.
+//!
+//! **Reconciliation.** Every way an entry can leave memory without a durable result (a
+//! spill, a hand-off given up, an unreadable message at expiry) is counted by the runtime in
+//! one shared *dropped* counter. When it moved, [`Scheduler::reconcile_due`] asks for the
+//! spool's pending recipients of this core's destinations at most every
+//! [`Upkeep::reconcile_every`], and [`Scheduler::reconcile`] takes in those it does not hold.
+//! Messages younger than the hand-off patience may still be on their way through the mesh:
+//! they are left for the next round.
 #![forbid(unsafe_code)]
 
 use std::collections::HashMap;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::envelope::QueueId;
 
@@ -100,6 +115,53 @@ pub struct SchedulerConfig {
     pub destinations_max: usize,
     /// How long a destination whose opportunistic TLS failed is reached in plaintext.
     pub tls_failure_hold: Duration,
+    pub upkeep: Upkeep,
+}
+
+/// The bounds of what keeps acknowledged mail from getting stuck: hand-off patience, notice
+/// retries and the reconciliation (`delivery.handoff_patience`, `notice_retry_interval`,
+/// `notice_attempts_max`, `reconcile_interval`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Upkeep {
+    /// How long a hand-off waits for room in a full mesh queue before it leaves the
+    /// recipients to the reconciliation.
+    pub handoff_patience: Duration,
+    /// The wait before storing a settlement's notices again after a failure that may pass.
+    pub notice_retry: Duration,
+    /// Tries to store one settlement's notices before its entry goes back to the queue.
+    pub notice_attempts_max: u32,
+    /// At most this often, and only after something was dropped, the spool's pending
+    /// recipients are compared with what the core holds.
+    pub reconcile_every: Duration,
+}
+
+impl Default for Upkeep {
+    fn default() -> Self {
+        Upkeep {
+            handoff_patience: Duration::from_secs(30),
+            notice_retry: Duration::from_secs(5),
+            notice_attempts_max: 12,
+            reconcile_every: Duration::from_secs(60),
+        }
+    }
+}
+
+impl Upkeep {
+    /// A message younger than this may still be on its way to its owner (a hand-off waiting
+    /// for room in the mesh): the reconciliation leaves it for a later round.
+    pub fn reconcile_grace(&self) -> Duration {
+        self.handoff_patience.saturating_add(self.reconcile_every)
+    }
+}
+
+/// What [`Scheduler::notices_failed`] decides.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum NoticeRetry {
+    /// Store the notices again after this wait, then call [`Scheduler::notices_stored`] (or
+    /// this again).
+    After(Duration),
+    /// Given up for now: the entry is back in the queue (or spilled) without a record.
+    GaveUp(Vec<Action>),
 }
 
 /// An entry out of the queue, until it is settled.
@@ -145,6 +207,8 @@ pub enum Action {
     },
     /// An entry left the queue for good: hand its share back to the ingest gauge.
     Release { id: QueueId, bytes: u64 },
+    /// A reconciliation job not taken in: hand back the share it was admitted with.
+    Unused { bytes: u64 },
     /// An entry could not be kept in memory (logged loudly by the runtime); a
     /// [`Action::Release`] for it follows.
     Spilled {
@@ -187,8 +251,11 @@ pub enum Purpose {
 enum Stage {
     /// Taken; no settlement yet.
     Taken,
-    /// Settled; its notices are being stored.
-    Notices { requeue: Option<QueueEntry> },
+    /// Settled; its notices are being stored (`failures`: tries that failed so far).
+    Notices {
+        requeue: Option<QueueEntry>,
+        failures: u32,
+    },
     /// Notices stored; the record is being stored.
     Record { requeue: Option<QueueEntry> },
 }
@@ -265,6 +332,11 @@ pub struct Scheduler {
     holds: HashMap<DestinationKey, SystemTime>,
     swept_at: Option<Instant>,
     published_at: Option<Instant>,
+    /// The shared dropped counter as of the last reconciliation.
+    reconciled_drops: u64,
+    /// The last reconciliation left young messages for later.
+    reconcile_again: bool,
+    reconciled_at: Option<Instant>,
 }
 
 impl Scheduler {
@@ -283,6 +355,9 @@ impl Scheduler {
             holds: HashMap::new(),
             swept_at: None,
             published_at: None,
+            reconciled_drops: 0,
+            reconcile_again: false,
+            reconciled_at: None,
         }
     }
 
@@ -357,12 +432,7 @@ impl Scheduler {
         let dest = match self.destination(&job.key) {
             Ok(dest) => dest,
             Err(full) => {
-                actions.push(Action::Spilled {
-                    id: job.id,
-                    destination: Some(job.key),
-                    why: full.into(),
-                });
-                self.release(job.id, &mut actions);
+                self.spill(job.id, Some(job.key), full.into(), &mut actions);
                 return actions;
             }
         };
@@ -379,9 +449,26 @@ impl Scheduler {
             self.defer(entry)
         };
         if let Err(entry) = pushed {
-            self.release(entry.id, &mut actions);
+            self.spill(entry.id, Some(job.key), Spill::NoDestination, &mut actions);
         }
         actions
+    }
+
+    /// An entry leaves memory without a durable result: the runtime counts it as dropped
+    /// (the reconciliation finds it again in the spool) and its share goes back.
+    fn spill(
+        &mut self,
+        id: QueueId,
+        destination: Option<DestinationKey>,
+        why: Spill,
+        actions: &mut Vec<Action>,
+    ) {
+        actions.push(Action::Spilled {
+            id,
+            destination,
+            why,
+        });
+        self.release(id, actions);
     }
 
     /// The destination for `key`, made anew (with its hold, if one is still on) when it was
@@ -409,7 +496,7 @@ impl Scheduler {
                 self.expire(entry, actions);
             } else if let Err(entry) = self.queue.push_ready(entry) {
                 // A destination with deferred entries is never collected.
-                self.release(entry.id, actions);
+                self.spill(entry.id, None, Spill::NoDestination, actions);
             }
         }
     }
@@ -664,9 +751,53 @@ impl Scheduler {
         self.stage_of(ticket, "settle")?;
         self.transaction_over(ticket);
         if let Some(out) = self.out.get_mut(&ticket) {
-            out.stage = Stage::Notices { requeue };
+            out.stage = Stage::Notices {
+                requeue,
+                failures: 0,
+            };
         }
         Ok(Action::StoreNotices(ticket))
+    }
+
+    /// Storing the notices failed for a reason that may pass: try again after
+    /// [`Upkeep::notice_retry`], up to [`Upkeep::notice_attempts_max`] tries; then (or when
+    /// draining) the entry goes back to the queue after the first interval without a record,
+    /// so the attempt and its notices are repeated rather than the result recorded alone.
+    pub fn notices_failed(
+        &mut self,
+        ticket: Ticket,
+        now: Now,
+    ) -> Result<NoticeRetry, SchedulerError> {
+        let upkeep = self.config.upkeep;
+        let running = self.running;
+        let out = self
+            .out
+            .get_mut(&ticket)
+            .ok_or(SchedulerError::UnknownTicket(ticket))?;
+        let Stage::Notices { failures, .. } = &mut out.stage else {
+            return Err(SchedulerError::OutOfOrder {
+                ticket,
+                event: "notices failed",
+                stage: out.stage.name(),
+            });
+        };
+        *failures = failures.saturating_add(1);
+        if running && *failures < upkeep.notice_attempts_max {
+            return Ok(NoticeRetry::After(upkeep.notice_retry));
+        }
+        let mut actions = Vec::new();
+        if let Some(out) = self.out.remove(&ticket) {
+            self.retry_entry(ticket, out, now, &mut actions);
+        }
+        Ok(NoticeRetry::GaveUp(actions))
+    }
+
+    /// Settlements whose notices failed at least once and are waiting to be tried again.
+    pub fn notices_waiting(&self) -> usize {
+        self.out
+            .values()
+            .filter(|o| matches!(o.stage, Stage::Notices { failures, .. } if failures > 0))
+            .count()
     }
 
     /// The notices are stored (or given up on, each logged): the record comes next.
@@ -676,7 +807,7 @@ impl Scheduler {
             .get_mut(&ticket)
             .ok_or(SchedulerError::UnknownTicket(ticket))?;
         match std::mem::replace(&mut out.stage, Stage::Taken) {
-            Stage::Notices { requeue } => {
+            Stage::Notices { requeue, .. } => {
                 out.stage = Stage::Record { requeue };
                 Ok(Action::StoreRecord(ticket))
             }
@@ -781,23 +912,13 @@ impl Scheduler {
     ) {
         if self.queue.get(entry.dest).map(|d| &d.key) != key.as_ref() {
             let Some(key) = key else {
-                actions.push(Action::Spilled {
-                    id: entry.id,
-                    destination: None,
-                    why: Spill::NoDestination,
-                });
-                self.release(entry.id, actions);
+                self.spill(entry.id, None, Spill::NoDestination, actions);
                 return;
             };
             match self.destination(key) {
                 Ok(dest) => entry.dest = dest,
                 Err(full) => {
-                    actions.push(Action::Spilled {
-                        id: entry.id,
-                        destination: Some(key.clone()),
-                        why: full.into(),
-                    });
-                    self.release(entry.id, actions);
+                    self.spill(entry.id, Some(key.clone()), full.into(), actions);
                     return;
                 }
             }
@@ -816,8 +937,82 @@ impl Scheduler {
         let (id, due) = (entry.id, entry.due());
         match self.queue.defer(entry) {
             Ok(()) => actions.push(Action::Requeued { ticket, id, due }),
-            Err(entry) => self.release(entry.id, actions),
+            Err(entry) => self.spill(entry.id, key.clone(), Spill::NoDestination, actions),
         }
+    }
+
+    // -----------------------------------------------------------------------------------
+    // Reconciliation
+
+    /// Should the runtime read the spool's pending recipients now? Only when the shared
+    /// dropped counter moved since the last round (or that round left young messages), and
+    /// at most every [`Upkeep::reconcile_every`]: with nothing dropped this costs a compare.
+    pub fn reconcile_due(&self, dropped: u64, now: Now) -> bool {
+        self.running
+            && (dropped != self.reconciled_drops || self.reconcile_again)
+            && self.reconciled_at.is_none_or(|at| {
+                now.mono.saturating_duration_since(at) >= self.config.upkeep.reconcile_every
+            })
+    }
+
+    /// One reconciliation round. `durable`: the spool's pending recipients of this core's
+    /// destinations, one job per message and destination, read after `dropped` was. What
+    /// this core holds (queued or out) is left out; the rest is taken in as new hand-offs
+    /// (each job carries its share of the ingest gauge, handed back here when not taken).
+    /// Messages younger than [`Upkeep::reconcile_grace`] may still be on their way: left for
+    /// the next round. Returns the recipients taken in and the actions.
+    pub fn reconcile(&mut self, dropped: u64, durable: Vec<Job>, now: Now) -> (usize, Vec<Action>) {
+        self.reconciled_drops = dropped;
+        self.reconciled_at = Some(now.mono);
+        self.reconcile_again = false;
+        let mut held: HashMap<(QueueId, DestinationKey), Vec<usize>> = HashMap::new();
+        self.queue.for_each_entry(|e, key, _| {
+            held.entry((e.id, key.clone()))
+                .or_default()
+                .extend(e.recipients.indices());
+        });
+        for out in self.out.values() {
+            if let Some(key) = &out.key {
+                held.entry((out.entry.id, key.clone()))
+                    .or_default()
+                    .extend(out.entry.recipients.indices());
+            }
+        }
+        let grace = self.config.upkeep.reconcile_grace();
+        let mut taken = 0;
+        let mut actions = Vec::new();
+        let mut unused: Vec<u64> = Vec::new();
+        for mut job in durable {
+            let known = held.get(&(job.id, job.key.clone()));
+            let missing: Vec<usize> = job
+                .recipients
+                .indices()
+                .into_iter()
+                .filter(|i| known.is_none_or(|k| !k.contains(i)))
+                .collect();
+            let arrived = UNIX_EPOCH + Duration::from_micros(job.id.micros());
+            let young = now
+                .wall
+                .duration_since(arrived)
+                .map_or(true, |age| age < grace);
+            if missing.is_empty() || young {
+                self.reconcile_again |= !missing.is_empty();
+                unused.push(job.size);
+                continue;
+            }
+            let Ok(recipients) = RcptSet::from_indices(&missing) else {
+                unused.push(job.size);
+                continue;
+            };
+            taken += recipients.len();
+            job.recipients = recipients;
+            actions.extend(self.accept(job, now));
+        }
+        // Not taken: their gauge shares go straight back.
+        for bytes in unused {
+            actions.push(Action::Unused { bytes });
+        }
+        (taken, actions)
     }
 
     // -----------------------------------------------------------------------------------

@@ -35,6 +35,7 @@ fn config(connections_max: u32, transactions_max: u32, per_minute: u32) -> Sched
         },
         destinations_max: 4,
         tls_failure_hold: 10 * MINUTE,
+        upkeep: Upkeep::default(),
     }
 }
 
@@ -822,6 +823,226 @@ fn a_requeue_into_a_full_table_spills_and_releases() {
     assert_eq!(released(&actions), vec![(entry.id, 9)]);
 }
 
+/// Upkeep for these tests: 3 notice tries 10 s apart; reconciliation every minute.
+fn upkeep() -> Upkeep {
+    Upkeep {
+        handoff_patience: 30 * Duration::from_secs(1),
+        notice_retry: Duration::from_secs(10),
+        notice_attempts_max: 3,
+        reconcile_every: MINUTE,
+    }
+}
+
+fn with_upkeep(mut c: SchedulerConfig) -> SchedulerConfig {
+    c.upkeep = upkeep();
+    c
+}
+
+#[test]
+fn failed_notices_are_retried_then_the_entry_goes_back_without_a_record() {
+    let clock = Clock::new();
+    let mut s = Scheduler::new(with_upkeep(config(1, 1, 0)));
+    let (t, entry) = one_out(&mut s, &clock, 9);
+    assert_eq!(s.settle(t, None).unwrap(), Action::StoreNotices(t));
+    for _ in 0..2 {
+        assert_eq!(
+            s.notices_failed(t, clock.now()).unwrap(),
+            NoticeRetry::After(Duration::from_secs(10)),
+            "the notices are tried again; no record yet"
+        );
+        assert_eq!(s.notices_waiting(), 1);
+    }
+    // The third failure: the entry is back after the first interval, nothing released.
+    let NoticeRetry::GaveUp(actions) = s.notices_failed(t, clock.now()).unwrap() else {
+        panic!("gives up after notice_attempts_max tries");
+    };
+    assert!(
+        matches!(&actions[..], [Action::Requeued { id, due, .. }] if *id == entry.id && *due == clock.wall + MINUTE),
+        "{actions:?}"
+    );
+    assert_eq!((s.out_len(), s.notices_waiting()), (0, 0));
+    assert!(
+        s.record_stored(t, true, clock.now()).is_err(),
+        "no record after giving up"
+    );
+}
+
+#[test]
+fn a_notice_retry_then_success_goes_on_to_the_record() {
+    let clock = Clock::new();
+    let mut s = Scheduler::new(with_upkeep(config(1, 1, 0)));
+    let (t, entry) = one_out(&mut s, &clock, 9);
+    s.settle(t, None).unwrap();
+    assert!(matches!(
+        s.notices_failed(t, clock.now()),
+        Ok(NoticeRetry::After(_))
+    ));
+    assert_eq!(s.notices_stored(t).unwrap(), Action::StoreRecord(t));
+    assert_eq!(s.notices_waiting(), 0);
+    let actions = s.record_stored(t, true, clock.now()).unwrap();
+    assert_eq!(released(&actions), vec![(entry.id, 9)]);
+}
+
+#[test]
+fn a_draining_scheduler_gives_up_a_failed_notice_at_once() {
+    let clock = Clock::new();
+    let mut s = Scheduler::new(with_upkeep(config(1, 1, 0)));
+    let (t, _) = one_out(&mut s, &clock, 9);
+    s.settle(t, None).unwrap();
+    s.stop();
+    assert!(matches!(
+        s.notices_failed(t, clock.now()),
+        Ok(NoticeRetry::GaveUp(_))
+    ));
+    assert!(!s.busy());
+}
+
+/// `durable` as the runtime would read it from the spool: message `id`, recipients `rcpts`.
+fn durable(id: QueueId, dest: &str, rcpts: &[usize], clock: &Clock) -> Job {
+    job(id, dest, rcpts, clock.wall, 5)
+}
+
+#[test]
+fn reconciliation_runs_only_after_a_drop_and_at_most_once_an_interval() {
+    let mut clock = Clock::new();
+    let mut s = Scheduler::new(with_upkeep(config(1, 1, 0)));
+    assert!(
+        !s.reconcile_due(0, clock.now()),
+        "nothing dropped: nothing to compare"
+    );
+    assert!(s.reconcile_due(1, clock.now()));
+    let (taken, _) = s.reconcile(1, Vec::new(), clock.now());
+    assert_eq!(taken, 0);
+    assert!(!s.reconcile_due(1, clock.now()), "seen");
+    assert!(
+        !s.reconcile_due(2, clock.now()),
+        "another drop waits for the interval"
+    );
+    clock.advance(MINUTE);
+    assert!(s.reconcile_due(2, clock.now()));
+}
+
+#[test]
+fn reconciliation_takes_in_only_what_no_entry_holds_and_leaves_young_mail() {
+    let mut clock = Clock::new();
+    let mut s = Scheduler::new(with_upkeep(config(1, 1, 0)));
+    let grace = upkeep().reconcile_grace();
+    let held = id_at(&clock, HOUR / 2, 1);
+    let dropped = id_at(&clock, HOUR / 2, 2);
+    let young = id_at(&clock, grace / 2, 3);
+    s.accept(
+        job(held, "a.test", &[0], clock.wall + MINUTE, 5),
+        clock.now(),
+    );
+    let (t, _) = {
+        // One recipient of `held` is out for an attempt.
+        s.accept(job(held, "b.test", &[1], clock.wall, 5), clock.now());
+        let (Some(out), _) = s.take_next(dest_of(&s, "b.test"), clock.now()) else {
+            panic!("an entry to send");
+        };
+        out
+    };
+    let spool = vec![
+        durable(held, "a.test", &[0, 2], &clock),
+        durable(held, "b.test", &[1], &clock),
+        durable(dropped, "a.test", &[0], &clock),
+        durable(young, "a.test", &[0], &clock),
+    ];
+    let (taken, actions) = s.reconcile(1, spool, clock.now());
+    assert_eq!(taken, 2, "recipient 2 of `held` and `dropped`: {actions:?}");
+    let unused = actions
+        .iter()
+        .filter(|a| matches!(a, Action::Unused { bytes: 5 }))
+        .count();
+    assert_eq!(
+        unused, 2,
+        "the job held out and the young one hand their shares back"
+    );
+    let mut queued: Vec<(QueueId, Vec<usize>)> = Vec::new();
+    s.for_each_entry(|e, _, _| queued.push((e.id, e.recipients.indices())));
+    queued.sort();
+    assert_eq!(
+        queued,
+        vec![(held, vec![0]), (held, vec![2]), (dropped, vec![0])],
+        "nothing held twice"
+    );
+    // The young message is looked at again next round, without another drop.
+    clock.advance(MINUTE);
+    assert!(s.reconcile_due(1, clock.now()));
+    let (taken, _) = s.reconcile(1, vec![durable(young, "a.test", &[0], &clock)], clock.now());
+    assert_eq!(taken, 1);
+    let _ = t;
+}
+
+#[test]
+fn a_job_spilled_by_a_full_table_is_taken_in_again_once_there_is_room() {
+    let mut clock = Clock::new();
+    let mut s = Scheduler::new(with_upkeep(config(1, 1, 0)));
+    for (n, d) in ["a", "b", "c", "d"].iter().enumerate() {
+        let id = id_at(&clock, Duration::ZERO, n as u8);
+        s.accept(job(id, d, &[0], clock.wall + MINUTE, 5), clock.now());
+    }
+    let spilled = id_at(&clock, Duration::ZERO, 9);
+    let actions = s.accept(job(spilled, "e", &[0], clock.wall, 7), clock.now());
+    assert!(matches!(&actions[0], Action::Spilled { .. }));
+    // The table is still full at the first round (past the grace): spilled again.
+    clock.advance(2 * MINUTE);
+    let (_, actions) = s.reconcile(1, vec![durable(spilled, "e", &[0], &clock)], clock.now());
+    assert!(actions.iter().any(|a| matches!(a, Action::Spilled { .. })));
+    // Room again (one destination removed): the next round keeps it.
+    let a = id_at(&Clock::new(), Duration::ZERO, 0);
+    for action in s.remove(a, false) {
+        if let Action::End { ticket, .. } = action {
+            s.gone(ticket).unwrap();
+        }
+    }
+    clock.advance(PUBLISH_EVERY);
+    s.poll(clock.now());
+    clock.advance(MINUTE);
+    assert!(s.reconcile_due(2, clock.now()));
+    let (taken, actions) = s.reconcile(2, vec![durable(spilled, "e", &[0], &clock)], clock.now());
+    assert_eq!(taken, 1, "{actions:?}");
+    assert!(!actions.iter().any(|a| matches!(a, Action::Spilled { .. })));
+    assert!(s.queue().lookup(&key("e")).is_some());
+}
+
+#[test]
+fn a_requeue_that_spilled_is_taken_in_again_by_the_reconciliation() {
+    let mut clock = Clock::new();
+    let mut s = Scheduler::new(with_upkeep(config(1, 1, 0)));
+    let (t, entry) = one_out(&mut s, &clock, 9);
+    s.transaction_over(t);
+    clock.advance(PUBLISH_EVERY);
+    s.poll(clock.now());
+    for (n, d) in ["w", "x", "y", "z"].iter().enumerate() {
+        let id = id_at(&clock, Duration::ZERO, n as u8 + 1);
+        s.accept(job(id, d, &[0], clock.wall + MINUTE, 1), clock.now());
+    }
+    let mut rest = entry.clone();
+    rest.due_ms = crate::queue::to_millis(clock.wall + MINUTE);
+    let actions = settle_all(&mut s, t, Some(rest), clock.now());
+    assert!(
+        matches!(&actions[0], Action::Spilled { .. }),
+        "the requeue failed"
+    );
+    // Room again: "w" is deleted by an operator and collected.
+    let w = id_at(&clock, Duration::ZERO, 1);
+    for action in s.remove(w, false) {
+        if let Action::End { ticket, .. } = action {
+            s.gone(ticket).unwrap();
+        }
+    }
+    clock.advance(PUBLISH_EVERY);
+    s.poll(clock.now());
+    clock.advance(2 * MINUTE);
+    let (taken, _) = s.reconcile(
+        1,
+        vec![durable(entry.id, "a.test", &[0, 1], &clock)],
+        clock.now(),
+    );
+    assert_eq!(taken, 2, "both recipients are queued again");
+}
+
 #[test]
 fn a_drain_waits_for_workers_and_entries_out() {
     let clock = Clock::new();
@@ -1062,6 +1283,7 @@ impl Model {
                     *left -= bytes;
                 }
                 Action::Spilled { .. } => panic!("the table never fills in these runs"),
+                Action::Unused { .. } => panic!("no reconciliation in these runs"),
                 Action::StoreNotices(_) | Action::StoreRecord(_) => {
                     panic!("returned by the settle calls, not by events")
                 }
