@@ -171,7 +171,10 @@ fn bodies_in_flight_stay_within_the_budget(engine: Engine) {
                 b"Subject: small\r\n\r\nfits\r\n",
             )
             .expect("next transaction");
-        assert_eq!(reply.code, 250, "the next message on the connection: {reply}");
+        assert_eq!(
+            reply.code, 250,
+            "the next message on the connection: {reply}"
+        );
         client.quit();
     }
     let fit = (BUDGET / PARTIAL) as usize;
@@ -186,17 +189,29 @@ fn bodies_in_flight_stay_within_the_budget(engine: Engine) {
     let reply = client
         .transaction("after@example.test", &["one@example.test"], &partial)
         .expect("after");
-    assert_eq!(reply.code, 250, "a large message once the budget is free: {reply}");
+    assert_eq!(
+        reply.code, 250,
+        "a large message once the budget is free: {reply}"
+    );
     client.quit();
     assert_eq!(
         metric(&relay, "relay_smtp_body_bytes_in_flight", &[]),
         0.0,
         "every reservation is returned"
     );
-    assert!(metric(&relay, "relay_smtp_body_memory_refusals_total", &[("stage", "mail")]) >= 1.0);
     assert!(
-        metric(&relay, "relay_smtp_body_memory_refusals_total", &[("stage", "data")])
-            >= deferred as f64
+        metric(
+            &relay,
+            "relay_smtp_body_memory_refusals_total",
+            &[("stage", "mail")]
+        ) >= 1.0
+    );
+    assert!(
+        metric(
+            &relay,
+            "relay_smtp_body_memory_refusals_total",
+            &[("stage", "data")]
+        ) >= deferred as f64
     );
     relay.stop();
 }
