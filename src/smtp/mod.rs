@@ -9,7 +9,7 @@
 //! **Exposure.** Everything here parses untrusted bytes from unauthenticated network peers,
 //! at the relay's privilege. Nothing may panic on any input, and nothing grows without a
 //! bound: command lines stop at `command_line_max`, bodies at `message_size_max` (the rest is
-//! counted and discarded), recipients at `recipients_max`, errors at `errors_max`. Peer text
+//! counted and discarded) and all bodies together at the budget of [`body_memory`], recipients at `recipients_max`, errors at `errors_max`. Peer text
 //! that reaches a reply or a header is sanitised where it is written (`reply`, `received`).
 //!
 //! **Standards.** RFC 5321 (SMTP), RFC 3463 and RFC 2034 (enhanced status codes), RFC 2920
