@@ -34,6 +34,13 @@ pub const DATA_TIMEOUT: Interval = Interval::secs(300);
 /// this fast on top of `data_timeout`, so a client trickling its body is cut in about
 /// `data_timeout` while a 25 MiB message on a slow link (far above 500 B/s) is not.
 pub const DATA_RATE_MIN: ByteSize = ByteSize(500);
+/// Bodies held in memory by all SMTP sessions together until the spool has them: room for
+/// 20 messages of the largest default size, or tens of thousands of typical ones (10–100
+/// KiB), at once; far above what the disk can take per second anyway (BENCHMARKS.md: the
+/// 50-connection ingest keeps under 1 MiB in flight). A fixed value rather than a share of
+/// the host's memory, so that `relay check` shows the same number on every host and a
+/// config means the same thing everywhere; a small host lowers it (tuning/profiles/small-vps).
+pub const BODY_MEMORY_MAX: ByteSize = ByteSize::mib(512);
 /// Postfix's `smtpd_soft_error_limit`: a confused client makes a few errors; past ten,
 /// each further error reply waits `ERROR_DELAY`.
 pub const ERROR_DELAY_AFTER: u32 = 10;

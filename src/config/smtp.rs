@@ -34,6 +34,10 @@ pub struct SmtpSection {
     /// `Received:` fields a message may carry (Postfix's `hopcount_limit`); a message
     /// with more is in a mail loop and gets `554 5.4.6`.
     pub hopcount_limit: usize,
+    /// Bytes of message bodies all sessions together may hold in memory until the spool has
+    /// them; past it MAIL and the end of data answer 452 4.3.1. At least twice
+    /// `message_size_max`, so one message of the largest size never shuts out the rest.
+    pub body_memory_max: ByteSize,
     pub errors_max: u32,
     /// Tarpitting: past this many errors, each further error reply waits `error_delay`.
     pub error_delay_after: u32,
@@ -80,6 +84,7 @@ impl Default for SmtpSection {
             recipients_max: defaults::RECIPIENTS_MAX,
             message_size_max: defaults::MESSAGE_SIZE_MAX,
             hopcount_limit: defaults::HOPCOUNT_LIMIT,
+            body_memory_max: defaults::BODY_MEMORY_MAX,
             errors_max: defaults::ERRORS_MAX,
             error_delay_after: defaults::ERROR_DELAY_AFTER,
             error_delay: defaults::ERROR_DELAY,
@@ -139,6 +144,15 @@ impl SmtpSection {
         }
         if self.hopcount_limit == 0 {
             return Err(invalid("smtp.hopcount_limit", "must be at least 1"));
+        }
+        if self.body_memory_max.0 < self.message_size_max.0.saturating_mul(2) {
+            return Err(invalid(
+                "smtp.body_memory_max",
+                format!(
+                    "must be at least twice smtp.message_size_max ({}), or one message of the largest size shuts out every other",
+                    self.message_size_max
+                ),
+            ));
         }
         if self.errors_max == 0 {
             return Err(invalid("smtp.errors_max", "must be at least 1"));
@@ -228,5 +242,28 @@ impl SmtpSection {
     pub fn message_rate(&self) -> Option<(u32, Duration)> {
         (self.messages_per_ip_max > 0)
             .then_some((self.messages_per_ip_max, self.message_rate_window.0))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_body_budget_holds_two_messages_of_the_largest_size() {
+        let section = |budget: u64, size: u64| SmtpSection {
+            body_memory_max: ByteSize::mib(budget),
+            message_size_max: ByteSize::mib(size),
+            ..SmtpSection::default()
+        };
+        assert_eq!(SmtpSection::default().check().map_err(|e| e.key), Ok(()));
+        assert_eq!(section(50, 25).check().map_err(|e| e.key), Ok(()));
+        let error = section(49, 25).check().expect_err("too small");
+        assert_eq!(error.key, "smtp.body_memory_max");
+        assert!(
+            error.message.contains("smtp.message_size_max (25MiB)"),
+            "{}",
+            error.message
+        );
     }
 }

@@ -15,6 +15,11 @@
 //! - `tls_handshakes_total{core,protocol}`, `tls_handshake_failures_total` (client side);
 //! - `smtp_transactions_total{core,result,code}`: result `queued` (2xx), `deferred` (4xx),
 //!   `rejected` (5xx); `smtp_message_bytes_total{core}`: bytes of messages stored;
+//! - the body budget, one for the process (no `core` label): `smtp_body_bytes_in_flight`
+//!   (bytes of message bodies reserved now), `smtp_body_memory_max_bytes`
+//!   (`smtp.body_memory_max`), `smtp_body_memory_refusals_total{stage}` (`mail`: MAIL
+//!   answered 452 4.3.1; `data`: a body refused at its end), all moved by
+//!   `server::body_budget`;
 //! - `pop3_sessions_total{core}` (logins that opened a maildrop), `pop3_retrievals_total`
 //!   (RETR answered with the message);
 //! - `spool_records_total{core}`, `spool_bytes_total`, `spool_commits_total`,
@@ -81,6 +86,11 @@ pub struct TransactionLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, PartialOrd, Ord, EncodeLabelSet)]
+pub struct StageLabels {
+    pub stage: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, PartialOrd, Ord, EncodeLabelSet)]
 pub struct DeliveryLabels {
     pub core: usize,
     pub result: String,
@@ -132,6 +142,9 @@ struct Families {
     notice_retries: Family<CoreLabels, Counter>,
     queue_depth: Family<QueueLabels, Gauge>,
     queue_oldest: Family<QueueLabels, Gauge>,
+    body_in_flight: Gauge,
+    body_memory_max: Gauge,
+    body_refusals: Family<StageLabels, Counter>,
     hash_pool: HashPoolMetrics,
 }
 
@@ -199,6 +212,9 @@ impl Metrics {
             queue_depth: Family::default(),
             queue_oldest: Family::default(),
             hash_pool: HashPoolMetrics::default(),
+            body_in_flight: Gauge::default(),
+            body_memory_max: Gauge::default(),
+            body_refusals: Family::default(),
         };
         let mut registry = Registry::with_prefix("relay");
         let f = &families;
@@ -313,6 +329,24 @@ impl Metrics {
             "Queued password checks dropped unhashed because the client had gone",
             f.hash_pool.abandoned.clone(),
         );
+        registry.register(
+            "smtp_body_bytes_in_flight",
+            "Bytes of SMTP message bodies held in memory now (reserved from smtp.body_memory_max)",
+            f.body_in_flight.clone(),
+        );
+        registry.register(
+            "smtp_body_memory_max_bytes",
+            "The budget for SMTP message bodies in memory (smtp.body_memory_max)",
+            f.body_memory_max.clone(),
+        );
+        registry.register(
+            "smtp_body_memory_refusals",
+            "Transactions answered 452 4.3.1 for want of body memory, at MAIL or at the end of data",
+            f.body_refusals.clone(),
+        );
+        for stage in BODY_REFUSAL_STAGES {
+            drop(f.body_refusals.get_or_create(&StageLabels { stage }));
+        }
         if let Some(spool) = spool {
             registry.register_collector(Box::new(SpoolCollector {
                 spool: Arc::downgrade(spool),
@@ -404,6 +438,20 @@ impl Metrics {
         // The common case exists from the start, so `rate()` sees the first message.
         drop(core_metrics.transaction_counter(250));
         core_metrics
+    }
+
+    /// The body budget's handles (one set for the process: the budget is shared by every
+    /// core).
+    pub fn body_memory(&self) -> BodyMemoryMetrics {
+        let f = &self.families;
+        let [mail, data] = BODY_REFUSAL_STAGES
+            .map(|stage| f.body_refusals.get_or_create_owned(&StageLabels { stage }));
+        BodyMemoryMetrics {
+            in_flight: f.body_in_flight.clone(),
+            max: f.body_memory_max.clone(),
+            refused_mail: mail,
+            refused_data: data,
+        }
     }
 
     /// Sets the queue of `destination` on `core`: recipients queued and the age of the
@@ -518,6 +566,19 @@ impl Metrics {
             queues,
         }
     }
+}
+
+/// The `stage` labels of `smtp_body_memory_refusals_total`.
+const BODY_REFUSAL_STAGES: [&str; 2] = ["mail", "data"];
+
+/// The body budget's handles. `in_flight`'s atomic is the budget's own counter, so the
+/// gauge costs nothing on top of the reservation.
+#[derive(Clone, Debug)]
+pub struct BodyMemoryMetrics {
+    pub in_flight: Gauge,
+    pub max: Gauge,
+    pub refused_mail: Counter,
+    pub refused_data: Counter,
 }
 
 /// One protocol's connection handles on one core.
@@ -868,6 +929,43 @@ mod tests {
             Some(3.0),
             "{text}"
         );
+    }
+
+    #[test]
+    fn body_memory_series_exist_from_the_start_and_share_one_set() {
+        let metrics = Metrics::new(2, None);
+        let text = metrics.encode().expect("encodes");
+        for line in [
+            "relay_smtp_body_bytes_in_flight ",
+            "relay_smtp_body_memory_max_bytes ",
+            "relay_smtp_body_memory_refusals_total{stage=\"mail\"} ",
+            "relay_smtp_body_memory_refusals_total{stage=\"data\"} ",
+        ] {
+            assert_eq!(sample(&text, line), Some(0.0), "{line}\n{text}");
+        }
+        let a = metrics.body_memory();
+        let b = metrics.body_memory();
+        a.in_flight.inc_by(100);
+        b.in_flight.inc_by(20);
+        a.max.set(1000);
+        a.refused_data.inc();
+        b.refused_mail.inc();
+        b.refused_mail.inc();
+        let text = metrics.encode().expect("encodes");
+        for (line, want) in [
+            ("relay_smtp_body_bytes_in_flight ", 120.0),
+            ("relay_smtp_body_memory_max_bytes ", 1000.0),
+            (
+                "relay_smtp_body_memory_refusals_total{stage=\"mail\"} ",
+                2.0,
+            ),
+            (
+                "relay_smtp_body_memory_refusals_total{stage=\"data\"} ",
+                1.0,
+            ),
+        ] {
+            assert_eq!(sample(&text, line), Some(want), "{line}\n{text}");
+        }
     }
 
     #[test]

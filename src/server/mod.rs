@@ -10,6 +10,7 @@
 
 pub mod admission;
 pub mod auth;
+pub mod body_budget;
 pub mod dnsbl;
 pub mod hashing;
 pub mod ingest;
@@ -421,6 +422,9 @@ fn build_contexts(
 ) -> Result<Arc<Contexts>, ServerError> {
     let mut session = session_config(config, &hostname, Some(local_mailboxes(stores)));
     session.ingest = Some(Gate(delivery.mesh.clone()));
+    session.body_memory = Some(crate::smtp::MemoryGate(Arc::new(
+        body_budget::BodyBudget::new(config.smtp.body_memory_max.0, stores.metrics.body_memory()),
+    )));
     session
         .check()
         .map_err(|e| ServerError::Session(e.to_string()))?;

@@ -7,8 +7,12 @@
 //! of the data so that the session can answer at the right place and go on.
 //!
 //! Exposure: raw peer bytes in arbitrary chunk splits; all state that spans a split lives in
-//! `Scan`. Memory: the body never grows past `size_max`; once a flaw is found the body is
-//! dropped and further bytes are only counted.
+//! `Scan`. Memory: the body never grows past `size_max`, and every byte of its buffer is
+//! first reserved from the process's body budget ([`super::body_memory`]); the buffer grows
+//! by half at a time, so reserving costs one atomic operation per growth, not per chunk. A
+//! body the budget cannot cover is refused at its end (452 4.3.1) like any other flaw: once
+//! a flaw is found the body is dropped, its reservation given back, and further bytes are
+//! only counted.
 //!
 //! Standards: RFC 5321 §4.1.1.4 (DATA ends with CRLF "." CRLF), §4.5.2 (transparency: a
 //! leading dot is removed), §2.3.8 (only CRLF ends a line; bare CR or LF is how "SMTP
@@ -17,6 +21,7 @@
 
 use memchr::memchr2;
 
+use super::body_memory::{MemoryGate, Refusal, Reservation};
 use super::reply::Reply;
 
 /// The body limits of one transaction.
@@ -39,6 +44,9 @@ pub enum BodyError {
     LineTooLong { max: usize },
     #[error("message larger than {max} octets")]
     TooLarge { max: u64 },
+    /// The body budget could not cover the body: not the peer's flaw, a try-later.
+    #[error("no memory left for message data in flight")]
+    NoMemory,
 }
 
 impl BodyError {
@@ -47,16 +55,20 @@ impl BodyError {
             BodyError::BareCr | BodyError::BareLf => Reply::bare_line_end_in_data(),
             BodyError::LineTooLong { max } => Reply::text_line_too_long(*max),
             BodyError::TooLarge { .. } => Reply::message_too_large(),
+            BodyError::NoMemory => Reply::body_memory_exhausted(),
         }
     }
 
     /// When several flaws occur, the reply names the most important: a smuggling attempt
     /// first (it is the security problem), then size (the client can do nothing else about it).
+    /// Lack of memory comes last: it is temporary, and a client told to try again later
+    /// should not learn only then that the message can never be taken.
     fn rank(self) -> u8 {
         match self {
             BodyError::BareCr | BodyError::BareLf => 3,
             BodyError::TooLarge { .. } => 2,
             BodyError::LineTooLong { .. } => 1,
+            BodyError::NoMemory => 0,
         }
     }
 }
@@ -96,6 +108,8 @@ pub struct BodyReceiver {
     line_len: usize,
     limits: BodyLimits,
     error: Option<BodyError>,
+    /// What `body`'s buffer holds of the body budget: always its whole capacity.
+    reservation: Reservation,
 }
 
 impl std::fmt::Debug for BodyReceiver {
@@ -108,42 +122,63 @@ impl std::fmt::Debug for BodyReceiver {
             .field("size", &self.size)
             .field("line_len", &self.line_len)
             .field("error", &self.error)
+            .field("reservation", &self.reservation)
             .finish()
     }
 }
 
 /// The first allocation for a body: the declared SIZE if smaller, so a peer cannot make us
 /// reserve `size_max` per connection by declaring it.
-const INITIAL_CAPACITY_MAX: usize = 64 * 1024;
+pub const INITIAL_CAPACITY_MAX: usize = 64 * 1024;
+/// Room kept behind the data for the CRLF the session adds to a BDAT body without one, so
+/// that adding it never grows the buffer past its reservation.
+const FINAL_CRLF: usize = 2;
+/// The smallest buffer a body grows to (a short message in one or two steps).
+const GROWTH_MIN: usize = 4 * 1024;
 
 impl BodyReceiver {
-    /// A receiver for DATA.
-    pub fn dot(limits: BodyLimits, size_hint: Option<u64>) -> Self {
-        Self::new(Framing::Dot, limits, size_hint)
+    /// A receiver for DATA whose buffer is reserved from `memory` (`None`: no budget).
+    pub fn dot(limits: BodyLimits, size_hint: Option<u64>, memory: Option<MemoryGate>) -> Self {
+        Self::new(Framing::Dot, limits, size_hint, memory)
     }
 
     /// A receiver for BDAT chunks. `text` is false for BODY=BINARYMIME, whose content is
     /// opaque octets. For every other body the same checks as for DATA apply, so that any
     /// stored non-binary message can later be relayed over DATA to a next hop without
     /// CHUNKING and still be safe (no bare CR/LF to smuggle with, no over-long lines).
-    pub fn chunks(limits: BodyLimits, text: bool, size_hint: Option<u64>) -> Self {
-        Self::new(Framing::Chunks { text }, limits, size_hint)
+    pub fn chunks(
+        limits: BodyLimits,
+        text: bool,
+        size_hint: Option<u64>,
+        memory: Option<MemoryGate>,
+    ) -> Self {
+        Self::new(Framing::Chunks { text }, limits, size_hint, memory)
     }
 
-    fn new(framing: Framing, limits: BodyLimits, size_hint: Option<u64>) -> Self {
-        let capacity = size_hint
-            .unwrap_or(0)
-            .min(limits.size_max)
-            .min(INITIAL_CAPACITY_MAX as u64) as usize;
-        Self {
+    fn new(
+        framing: Framing,
+        limits: BodyLimits,
+        size_hint: Option<u64>,
+        memory: Option<MemoryGate>,
+    ) -> Self {
+        let mut receiver = Self {
             framing,
             scan: Scan::LineStart,
-            body: Vec::with_capacity(capacity),
+            body: Vec::new(),
             size: 0,
             line_len: 0,
             limits,
             error: None,
+            reservation: Reservation::new(memory),
+        };
+        let hint = size_hint
+            .unwrap_or(0)
+            .min(limits.size_max)
+            .min(INITIAL_CAPACITY_MAX as u64) as usize;
+        if hint > 0 {
+            receiver.grow_to(hint + FINAL_CRLF);
         }
+        receiver
     }
 
     /// Unstuffed octets received so far (also counts octets discarded after a flaw).
@@ -169,15 +204,16 @@ impl BodyReceiver {
         }
     }
 
-    /// Ends the body: the stored octets, or the most important flaw.
-    pub fn finish(mut self) -> Result<Vec<u8>, BodyError> {
+    /// Ends the body: the stored octets with the reservation that covers them (hold it until
+    /// they are stored; its capacity leaves room for a final CRLF), or the most important flaw.
+    pub fn finish(mut self) -> Result<(Vec<u8>, Reservation), BodyError> {
         if self.scan == Scan::Cr {
             // The last chunk ended in a CR that no LF followed.
             self.flag(BodyError::BareCr);
         }
         match self.error {
             Some(error) => Err(error),
-            None => Ok(self.body),
+            None => Ok((self.body, self.reservation)),
         }
     }
 
@@ -269,22 +305,66 @@ impl BodyReceiver {
         self.scan = Scan::LineStart;
     }
 
-    /// Appends to the body unless it is already refused or would grow past the limit.
+    /// Appends to the body unless it is already refused, would grow past the limit, or
+    /// cannot be covered by the budget. Size is checked even after another flaw, so that a
+    /// message refused for want of memory is refused for its size instead when it is too
+    /// large anyway.
     fn push(&mut self, octets: &[u8]) {
         self.size = self.size.saturating_add(octets.len() as u64);
+        if self.size > self.limits.size_max {
+            if self.error
+                != Some(BodyError::TooLarge {
+                    max: self.limits.size_max,
+                })
+            {
+                self.flag(BodyError::TooLarge {
+                    max: self.limits.size_max,
+                });
+            }
+            return;
+        }
         if self.error.is_some() {
             return;
         }
-        if self.size > self.limits.size_max {
-            self.flag(BodyError::TooLarge {
-                max: self.limits.size_max,
-            });
+        let needed = self.body.len() + octets.len() + FINAL_CRLF;
+        if needed > self.body.capacity() && !self.grow_to(needed) {
             return;
         }
         self.body.extend_from_slice(octets);
     }
 
-    /// Records a flaw (keeping the most important) and drops the body: it will not be stored.
+    /// Grows the buffer to hold at least `needed` octets, reserving the new capacity first:
+    /// by half (amortised copying, at most a third of the buffer unused), or by an eighth
+    /// when the budget is nearly spent. Never by just what one line needs: near the end of
+    /// the budget that would copy the whole buffer once per line. False when neither can be
+    /// reserved: the body is then refused.
+    fn grow_to(&mut self, needed: usize) -> bool {
+        let capacity = self.body.capacity();
+        let ceiling = usize::try_from(self.limits.size_max)
+            .unwrap_or(usize::MAX)
+            .saturating_add(FINAL_CRLF);
+        let by = |part: usize| {
+            capacity
+                .saturating_add((capacity / part).max(GROWTH_MIN))
+                .min(ceiling)
+                .max(needed)
+        };
+        let (generous, modest) = (by(2), by(8));
+        let target = if self.reservation.cover(generous as u64) {
+            generous
+        } else if modest < generous && self.reservation.cover(modest as u64) {
+            modest
+        } else {
+            self.reservation.refused(Refusal::Data);
+            self.flag(BodyError::NoMemory);
+            return false;
+        };
+        self.body.reserve_exact(target - self.body.len());
+        true
+    }
+
+    /// Records a flaw (keeping the most important) and drops the body: it will not be stored,
+    /// so its memory goes back to the budget.
     fn flag(&mut self, error: BodyError) {
         if self
             .error
@@ -293,6 +373,7 @@ impl BodyReceiver {
             self.error = Some(error);
         }
         self.body = Vec::new();
+        self.reservation.release();
     }
 }
 
@@ -308,14 +389,14 @@ mod tests {
     /// Feeds `input` to a DATA receiver in pieces of `piece` octets (the caller re-presents
     /// nothing: the receiver always consumes what it does not stop at).
     fn receive_dot(input: &[u8], piece: usize) -> (Result<Vec<u8>, BodyError>, usize) {
-        let mut receiver = BodyReceiver::dot(LIMITS, None);
+        let mut receiver = BodyReceiver::dot(LIMITS, None, None);
         let mut offset = 0;
         while offset < input.len() {
             let end = (offset + piece).min(input.len());
             let (consumed, done) = receiver.receive(&input[offset..end]);
             offset += consumed;
             if done {
-                return (receiver.finish(), offset);
+                return (receiver.finish().map(|(body, _)| body), offset);
             }
             assert_eq!(
                 offset, end,
@@ -448,12 +529,16 @@ mod tests {
             (&[&[b'x'; 19]], Err(BodyError::LineTooLong { max: 20 })),
         ];
         for (chunks, expected) in table {
-            let mut receiver = BodyReceiver::chunks(LIMITS, true, None);
+            let mut receiver = BodyReceiver::chunks(LIMITS, true, None, None);
             for chunk in *chunks {
                 assert_eq!(receiver.receive(chunk), (chunk.len(), false));
             }
             assert_eq!(
-                receiver.finish().as_deref().map_err(|e| *e),
+                receiver
+                    .finish()
+                    .map(|(body, _)| body)
+                    .as_deref()
+                    .map_err(|e| *e),
                 *expected,
                 "{chunks:?}"
             );
@@ -462,16 +547,155 @@ mod tests {
 
     #[test]
     fn binary_chunks_are_opaque_but_bounded() {
-        let mut receiver = BodyReceiver::chunks(LIMITS, false, Some(10));
+        let mut receiver = BodyReceiver::chunks(LIMITS, false, Some(10), None);
         receiver.receive(b"\r\x00\n.\n");
         receiver.receive(&[b'b'; 100]);
         assert_eq!(receiver.size(), 105);
         let mut expected = b"\r\x00\n.\n".to_vec();
         expected.extend_from_slice(&[b'b'; 100]);
-        assert_eq!(receiver.finish(), Ok(expected));
-        let mut receiver = BodyReceiver::chunks(LIMITS, false, None);
+        assert_eq!(receiver.finish().map(|(body, _)| body), Ok(expected));
+        let mut receiver = BodyReceiver::chunks(LIMITS, false, None, None);
         receiver.receive(&[0; 1001]);
         assert_eq!(receiver.error(), Some(BodyError::TooLarge { max: 1000 }));
         assert_eq!(receiver.body.capacity(), 0, "a refused body is dropped");
+    }
+
+    mod budget {
+        use super::*;
+        use crate::smtp::body_memory::tests::Counted;
+        use std::sync::atomic::Ordering;
+
+        const LINE: &[u8] =
+            b"0123456789012345678901234567890123456789012345678901234567890123456789abcd\r\n";
+        const BIG: BodyLimits = BodyLimits {
+            size_max: 1 << 20,
+            line_max: 1000,
+        };
+
+        /// `lines` lines of 76 octets and the terminator, fed in pieces of `piece`.
+        fn feed(receiver: &mut BodyReceiver, lines: usize, piece: usize) -> (usize, bool) {
+            let mut input = LINE.repeat(lines);
+            input.extend_from_slice(b".\r\n");
+            let mut consumed = 0;
+            for chunk in input.chunks(piece) {
+                let (n, done) = receiver.receive(chunk);
+                consumed += n;
+                // The reservation covers the buffer at every step.
+                assert!(receiver.reservation.bytes() >= receiver.body.capacity() as u64);
+                if done {
+                    return (consumed, true);
+                }
+            }
+            (consumed, false)
+        }
+
+        #[test]
+        fn a_body_within_the_budget_holds_its_capacity_until_stored() {
+            let (budget, gate) = Counted::gate(64 * 1024);
+            let mut receiver = BodyReceiver::dot(BIG, None, Some(gate));
+            assert_eq!(budget.in_flight(), 0, "nothing reserved before the data");
+            let (consumed, done) = feed(&mut receiver, 300, 1000);
+            assert!(done);
+            assert_eq!(consumed, 300 * LINE.len() + 3);
+            assert_eq!(budget.in_flight(), receiver.body.capacity() as u64);
+            let (body, reservation) = receiver.finish().expect("stored");
+            assert_eq!(body.len(), 300 * LINE.len());
+            assert!(body.capacity() >= body.len() + FINAL_CRLF);
+            assert_eq!(reservation.bytes(), body.capacity() as u64);
+            assert_eq!(budget.in_flight(), reservation.bytes());
+            drop(reservation);
+            assert_eq!(budget.in_flight(), 0);
+            assert_eq!(budget.refused_data.load(Ordering::SeqCst), 0);
+        }
+
+        #[test]
+        fn a_declared_size_is_reserved_at_once_and_exactly() {
+            let (budget, gate) = Counted::gate(128 * 1024);
+            let size = 100 * LINE.len();
+            let mut receiver = BodyReceiver::dot(BIG, Some(size as u64), Some(gate.clone()));
+            assert_eq!(budget.in_flight(), (size + FINAL_CRLF) as u64);
+            feed(&mut receiver, 100, 7);
+            assert_eq!(budget.in_flight(), (size + FINAL_CRLF) as u64, "no growth");
+            drop(receiver);
+            assert_eq!(
+                budget.in_flight(),
+                0,
+                "a receiver dropped (RSET, a closed connection) gives back"
+            );
+            // A declared size is reserved only up to the first buffer's limit.
+            let receiver = BodyReceiver::dot(BIG, Some(1 << 20), Some(gate));
+            assert_eq!(
+                budget.in_flight(),
+                (INITIAL_CAPACITY_MAX + FINAL_CRLF) as u64
+            );
+            drop(receiver);
+        }
+
+        #[test]
+        fn a_body_past_the_budget_is_dropped_scanned_to_its_end_and_refused() {
+            for piece in [1, 76, 4096, 100_000] {
+                let (budget, gate) = Counted::gate(16 * 1024);
+                let mut receiver = BodyReceiver::dot(BIG, None, Some(gate));
+                let (consumed, done) = feed(&mut receiver, 1000, piece);
+                assert!(done, "the terminator is still found (pieces of {piece})");
+                assert_eq!(consumed, 1000 * LINE.len() + 3);
+                assert_eq!(receiver.size(), (1000 * LINE.len()) as u64, "still counted");
+                assert_eq!(receiver.error(), Some(BodyError::NoMemory));
+                assert_eq!(receiver.body.capacity(), 0, "the body is dropped");
+                assert_eq!(budget.in_flight(), 0, "and its reservation given back");
+                assert_eq!(budget.refused_data.load(Ordering::SeqCst), 1);
+                assert_eq!(receiver.finish().err(), Some(BodyError::NoMemory));
+                assert_eq!(BodyError::NoMemory.reply(), Reply::body_memory_exhausted());
+            }
+        }
+
+        #[test]
+        fn a_declared_size_the_budget_cannot_cover_refuses_the_body_from_the_start() {
+            let (budget, gate) = Counted::gate(1024);
+            let mut receiver = BodyReceiver::chunks(BIG, true, Some(10_000), Some(gate));
+            assert_eq!(receiver.error(), Some(BodyError::NoMemory));
+            receiver.receive(LINE);
+            assert_eq!(receiver.finish().err(), Some(BodyError::NoMemory));
+            assert_eq!(budget.in_flight(), 0);
+        }
+
+        #[test]
+        fn near_the_end_of_the_budget_the_buffer_grows_by_an_eighth() {
+            // By half: 4,096 → 8,192 → 12,288 → 18,432 → 27,648 → 41,472; then 62,208 does
+            // not fit in 48 KiB, but 41,472 + 5,184 does, and holds 600 lines of 76.
+            let (budget, gate) = Counted::gate(48 * 1024);
+            let mut receiver = BodyReceiver::dot(BIG, None, Some(gate));
+            let (_, done) = feed(&mut receiver, 600, 4096);
+            assert!(done);
+            assert_eq!(receiver.error(), None);
+            assert_eq!(budget.in_flight(), 46_656);
+        }
+
+        #[test]
+        fn permanent_flaws_outrank_the_lack_of_memory() {
+            let limits = BodyLimits {
+                size_max: 8 * 1024,
+                line_max: 1000,
+            };
+            let (_, gate) = Counted::gate(2 * 1024);
+            let mut receiver = BodyReceiver::dot(limits, None, Some(gate.clone()));
+            feed(&mut receiver, 200, 512);
+            assert_eq!(
+                receiver.finish().err(),
+                Some(BodyError::TooLarge { max: 8 * 1024 })
+            );
+            let mut receiver = BodyReceiver::dot(limits, None, Some(gate));
+            receiver.receive(&LINE.repeat(60));
+            receiver.receive(b"bare\nLF\r\n.\r\n");
+            assert_eq!(receiver.finish().err(), Some(BodyError::BareLf));
+        }
+
+        #[test]
+        fn without_a_budget_the_receiver_still_keeps_room_for_the_final_crlf() {
+            let mut receiver = BodyReceiver::chunks(LIMITS, true, None, None);
+            receiver.receive(b"no final crlf");
+            let (body, _) = receiver.finish().expect("stored");
+            assert!(body.capacity() >= body.len() + FINAL_CRLF);
+        }
     }
 }

@@ -9,7 +9,7 @@
 //! **Exposure.** Everything here parses untrusted bytes from unauthenticated network peers,
 //! at the relay's privilege. Nothing may panic on any input, and nothing grows without a
 //! bound: command lines stop at `command_line_max`, bodies at `message_size_max` (the rest is
-//! counted and discarded), recipients at `recipients_max`, errors at `errors_max`. Peer text
+//! counted and discarded) and all bodies together at the budget of [`body_memory`], recipients at `recipients_max`, errors at `errors_max`. Peer text
 //! that reaches a reply or a header is sanitised where it is written (`reply`, `received`).
 //!
 //! **Standards.** RFC 5321 (SMTP), RFC 3463 and RFC 2034 (enhanced status codes), RFC 2920
@@ -24,12 +24,13 @@
 //!
 //! Modules: [`reply`] (every reply code and text), [`command`] (the `Command` type shared with
 //! the client and loadgen), [`address`] and [`params`] (MAIL/RCPT arguments), [`data`] (the
-//! DATA/BDAT receiver), [`received`] (the trace header), [`recipients`] (what RCPT asks the
-//! relay), [`session`] (the server state machine), [`client`] (the outbound client). The
+//! DATA/BDAT receiver), [`body_memory`] (the budget a body's buffer is reserved from),
+//! [`received`] (the trace header), [`recipients`] (what RCPT asks the relay), [`session`] (the server state machine), [`client`] (the outbound client). The
 //! command-line framer is shared with POP3: [`crate::proto::line`](mod@crate::proto::line).
 #![forbid(unsafe_code)]
 
 pub mod address;
+pub mod body_memory;
 pub mod client;
 pub mod command;
 pub mod data;
@@ -42,6 +43,7 @@ pub mod reply;
 pub mod session;
 
 pub use address::{AddressError, ForwardPath, Mailbox, ReversePath};
+pub use body_memory::{BodyMemory, MemoryGate, Refusal, Reservation};
 pub use command::{encode, parse, Command, CommandSpec, MailKind, ParseError, Verb, COMMANDS};
 pub use data::{BodyError, BodyLimits, BodyReceiver};
 pub use params::{ParamError, RcptParams};

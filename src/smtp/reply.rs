@@ -546,6 +546,17 @@ impl Reply {
         )
     }
 
+    /// The relay's budget for message bodies in memory (`smtp.body_memory_max`) cannot take
+    /// this message now: at MAIL (the declared SIZE or a first buffer does not fit) or at the
+    /// end of data (the body outgrew what was left). RFC 3463 4.3.1 "mail system full".
+    pub fn body_memory_exhausted() -> Self {
+        Self::fixed(
+            ReplyCode::INSUFFICIENT_STORAGE,
+            S_4_3_1,
+            "Error: insufficient system storage for message data, try again later",
+        )
+    }
+
     // ---- Permanent negative replies: syntax ----
 
     pub fn unknown_command() -> Self {
@@ -1690,6 +1701,7 @@ mod tests {
             Reply::shutting_down("h"),
             Reply::too_many_recipients(),
             Reply::insufficient_storage(),
+            Reply::body_memory_exhausted(),
             Reply::message_rate_exceeded(),
             Reply::unknown_command(),
             Reply::line_too_long(),

@@ -37,6 +37,13 @@
 //! authenticated sessions are not (as in Postfix): a stolen password is the common way spam
 //! leaves a submission service, and the per-IP rate is the brake on it.
 //!
+//! Body memory: every body's buffer is reserved from [`SessionConfig::body_memory`], a byte
+//! budget shared by all sessions, as it grows; the reservation is held until the driver has
+//! answered the submission (the spool has the bytes) and given back when the body is
+//! refused or dropped. MAIL answers 452 4.3.1 when the budget cannot cover the declared SIZE
+//! (or, without one, a first buffer); a body that outgrows the budget is discarded as it
+//! arrives and answered 452 4.3.1 at its end, and the session goes on.
+//!
 //! Output size: replies are appended to `Outbox::bytes` for all input consumed in one call.
 //! The largest reply per input octet is EHLO's (about 20×), and junk and error limits end a
 //! session that keeps asking, so a call's output stays within a small multiple of its input.
@@ -49,8 +56,9 @@ use std::time::{Duration, SystemTime};
 use memchr::memchr;
 
 use super::address::{ForwardPath, ReversePath};
+use super::body_memory::Reservation;
 use super::command::{self, Command};
-use super::data::{BodyLimits, BodyReceiver};
+use super::data::{BodyLimits, BodyReceiver, INITIAL_CAPACITY_MAX};
 use super::params::RcptParams;
 use super::received;
 use super::recipients::{Lookup, Mailboxes};
@@ -117,6 +125,8 @@ pub struct SessionConfig {
     pub ingest: Option<super::recipients::Gate>,
     /// The per-client-address message rate; `None`: unlimited.
     pub message_rate: Option<super::recipients::RateGate>,
+    /// The byte budget for message bodies in memory, shared by every session; `None`: none.
+    pub body_memory: Option<super::body_memory::MemoryGate>,
     /// Offer AUTH on connections without TLS (`smtp.allow_plaintext_auth`): for loopback
     /// testing only, since the password then crosses the network in clear (RFC 8314).
     pub allow_plaintext_auth: bool,
@@ -156,6 +166,7 @@ impl Default for SessionConfig {
             hopcount_limit: 50,
             ingest: None,
             message_rate: None,
+            body_memory: None,
             allow_plaintext_auth: false,
             starttls: false,
         }
@@ -445,12 +456,15 @@ enum ChunkSink {
     },
 }
 
-/// What the summary of a submitted transaction needs if storing it fails.
+/// What the summary of a submitted transaction needs if storing it fails, and the body's
+/// memory reservation: held until the driver answers, since the spool holds the body until
+/// then.
 #[derive(Debug)]
 struct Pending {
     reverse_path: String,
     recipients: usize,
     size: u64,
+    reservation: Reservation,
 }
 
 /// One SMTP server session.
@@ -527,9 +541,12 @@ impl Session {
             debug_assert!(self.is_closed(), "submitted without Submit");
             return;
         }
-        let State::Submitting(helo, pending) = mem::replace(&mut self.state, State::Closed) else {
+        let State::Submitting(helo, mut pending) = mem::replace(&mut self.state, State::Closed)
+        else {
             return;
         };
+        // Stored or failed, the spool is done with the body: its memory goes back.
+        pending.reservation.release();
         self.state = State::Command(Phase::Ready(helo));
         match result {
             Ok(id) => {
@@ -1018,6 +1035,8 @@ impl Session {
         {
             // The outbound queue is over its limits: before the data, not after it.
             Some(Reply::insufficient_storage())
+        } else if !self.body_memory_admits(params.size) {
+            Some(Reply::body_memory_exhausted())
         } else if !self.relay_client
             && self
                 .config
@@ -1109,6 +1128,21 @@ impl Session {
         });
         self.state = State::Command(Phase::Mail(helo, transaction));
         self.reply(&Reply::recipient_ok(), out);
+    }
+
+    /// MAIL's question to the body budget: is there room for the declared size, or without
+    /// one for the first buffer a body takes? Only asked, not reserved: a client that
+    /// declares a size and then idles holds nothing (the body reserves as it arrives).
+    fn body_memory_admits(&self, declared: Option<u64>) -> bool {
+        let Some(gate) = &self.config.body_memory else {
+            return true;
+        };
+        let first_buffer = (INITIAL_CAPACITY_MAX as u64).min(self.config.message_size_max);
+        let fits = gate.0.available() >= declared.unwrap_or(0).max(first_buffer);
+        if !fits {
+            gate.0.refused(super::body_memory::Refusal::Mail);
+        }
+        fits
     }
 
     /// Resolves a local recipient through the mailbox seam; `None` for remote addresses
@@ -1218,7 +1252,11 @@ impl Session {
             let phase = Phase::Mail(helo, transaction);
             return self.refuse(phase, Reply::binarymime_needs_bdat(), out);
         }
-        let body = BodyReceiver::dot(self.config.body_limits(), transaction.envelope.params.size);
+        let body = BodyReceiver::dot(
+            self.config.body_limits(),
+            transaction.envelope.params.size,
+            self.config.body_memory.clone(),
+        );
         self.state = State::Data(helo, transaction, body);
         self.reply(&Reply::start_mail_input(), out);
     }
@@ -1230,7 +1268,9 @@ impl Session {
             Phase::Mail(helo, transaction) if !transaction.envelope.recipients.is_empty() => {
                 let params = &transaction.envelope.params;
                 let text = params.body != BodyType::BinaryMime;
-                let body = BodyReceiver::chunks(self.config.body_limits(), text, params.size);
+                let memory = self.config.body_memory.clone();
+                let body =
+                    BodyReceiver::chunks(self.config.body_limits(), text, params.size, memory);
                 ChunkSink::Accept(helo, transaction, body)
             }
             Phase::Chunked(helo, transaction, body) => ChunkSink::Accept(helo, transaction, body),
@@ -1291,8 +1331,8 @@ impl Session {
         out: &mut Outbox,
     ) {
         let size = body.size();
-        let mut body = match body.finish() {
-            Ok(body) => body,
+        let (mut body, reservation) = match body.finish() {
+            Ok(stored) => stored,
             Err(error) => return self.refuse_message(helo, transaction, size, error.reply(), out),
         };
         // DATA content always ends in CRLF; BDAT content may not (RFC 3030 leaves it to the
@@ -1319,6 +1359,7 @@ impl Session {
             reverse_path: transaction.envelope.reverse_path.clone(),
             recipients: transaction.envelope.recipients.len(),
             size,
+            reservation,
         };
         out.events.push(Event::Submit(Box::new(Submission {
             envelope: transaction.envelope,
@@ -1816,6 +1857,227 @@ mod tests {
         out.clear();
         session.handle_input(b"MAIL FROM:<a@b>\r\n", now(), &mut out);
         assert_eq!(out.bytes, b"250 2.1.0 Ok\r\n");
+    }
+
+    /// The body budget (`SessionConfig::body_memory`): 452 4.3.1 at MAIL and at the end of
+    /// data, reservations given back at every way a body ends.
+    mod body_memory {
+        use super::*;
+        use crate::smtp::body_memory::tests::Counted;
+        use crate::smtp::BodyMemory;
+        use std::sync::atomic::Ordering;
+
+        const KIB: u64 = 1024;
+        const EXHAUSTED: &str =
+            "452 4.3.1 Error: insufficient system storage for message data, try again later";
+
+        fn budgeted(max: u64) -> (Arc<Counted>, SessionConfig) {
+            let (budget, gate) = Counted::gate(max);
+            let config = SessionConfig {
+                body_memory: Some(gate),
+                ..config()
+            };
+            (budget, config)
+        }
+
+        /// `octets` of body in 64-octet lines.
+        fn body(octets: usize) -> String {
+            let line = format!("{}\r\n", "b".repeat(62));
+            line.repeat(octets / line.len())
+        }
+
+        #[test]
+        fn mail_refuses_a_declared_size_or_a_first_buffer_the_budget_cannot_cover() {
+            let (budget, config) = budgeted(100 * KIB);
+            let mut driver = Driver::new(&config, OUTSIDE);
+            driver.feed(b"EHLO c\r\n");
+            driver.output.clear();
+            driver.feed(b"MAIL FROM:<a@b> SIZE=200000\r\n");
+            driver.feed(b"MAIL FROM:<a@b> SIZE=100000\r\nRSET\r\n");
+            driver.feed(b"MAIL FROM:<a@b>\r\nRSET\r\n");
+            // Another session's body takes 40 KiB: a first buffer (64 KiB) no longer fits.
+            assert!(budget.take(40 * KIB));
+            driver.feed(b"MAIL FROM:<a@b>\r\nMAIL FROM:<a@b> SIZE=1000\r\n");
+            assert_eq!(
+                driver.lines(),
+                [
+                    EXHAUSTED,
+                    "250 2.1.0 Ok",
+                    "250 2.0.0 Ok",
+                    "250 2.1.0 Ok",
+                    "250 2.0.0 Ok",
+                    EXHAUSTED,
+                    EXHAUSTED,
+                ]
+            );
+            assert_eq!(budget.refused_mail.load(Ordering::SeqCst), 3);
+            assert_eq!(
+                budget.in_flight(),
+                40 * KIB,
+                "MAIL asks, it does not reserve"
+            );
+            budget.give_back(40 * KIB);
+            driver.output.clear();
+            driver.feed(b"MAIL FROM:<a@b>\r\n");
+            assert_eq!(driver.lines(), ["250 2.1.0 Ok"], "open again once it frees");
+        }
+
+        #[test]
+        fn data_past_the_budget_is_refused_at_its_end_and_the_session_goes_on() {
+            // MAIL passes (a first buffer of 64 KiB fits); the body outgrows the budget.
+            let (budget, config) = budgeted(80 * KIB);
+            let mut driver = Driver::new(&config, OUTSIDE);
+            driver.feed(b"EHLO c\r\n");
+            driver.output.clear();
+            let big = body(120 * KIB as usize);
+            let input = format!(
+                "MAIL FROM:<a@b>\r\nRCPT TO:<x@localhost>\r\nDATA\r\n{big}.\r\n\
+                 MAIL FROM:<a@b>\r\nRCPT TO:<x@localhost>\r\nDATA\r\nsmall\r\n.\r\n"
+            );
+            // In reads of 4 KiB, as from a socket.
+            for piece in input.as_bytes().chunks(4096) {
+                driver.feed(piece);
+            }
+            assert_eq!(
+                driver.lines(),
+                [
+                    "250 2.1.0 Ok",
+                    "250 2.1.5 Ok",
+                    "354 End data with <CR><LF>.<CR><LF>",
+                    EXHAUSTED,
+                    "250 2.1.0 Ok",
+                    "250 2.1.5 Ok",
+                    "354 End data with <CR><LF>.<CR><LF>",
+                    "250 2.0.0 Ok: queued as 0000000000000001",
+                ]
+            );
+            let rejected: Vec<_> = driver
+                .events
+                .iter()
+                .filter_map(|e| match e {
+                    Event::Rejected(summary) => Some(summary),
+                    _ => None,
+                })
+                .collect();
+            assert_eq!(rejected.len(), 1);
+            assert_eq!(
+                rejected[0].size,
+                big.len() as u64,
+                "counted though discarded"
+            );
+            assert_eq!(rejected[0].reply, Reply::body_memory_exhausted());
+            assert_eq!(budget.refused_data.load(Ordering::SeqCst), 1);
+            assert_eq!(budget.in_flight(), 0, "every reservation given back");
+
+            // A body refused while another session holds part of the budget is accepted
+            // once that part is given back.
+            let (budget, config) = budgeted(200 * KIB);
+            assert!(budget.take(100 * KIB));
+            let mut driver = Driver::new(&config, OUTSIDE);
+            let mail =
+                format!("EHLO c\r\nMAIL FROM:<a@b>\r\nRCPT TO:<x@localhost>\r\nDATA\r\n{big}.\r\n");
+            driver.feed(mail.as_bytes());
+            assert_eq!(driver.lines().last().map(String::as_str), Some(EXHAUSTED));
+            budget.give_back(100 * KIB);
+            driver.output.clear();
+            driver.feed(
+                mail.as_bytes()
+                    .strip_prefix(b"EHLO c\r\n")
+                    .unwrap_or_default(),
+            );
+            assert_eq!(
+                driver.lines().last().map(String::as_str),
+                Some("250 2.0.0 Ok: queued as 0000000000000001")
+            );
+            assert_eq!(budget.in_flight(), 0);
+        }
+
+        #[test]
+        fn bdat_past_the_budget_is_refused_at_the_end_of_its_chunk() {
+            let (budget, config) = budgeted(80 * KIB);
+            let mut driver = Driver::new(&config, OUTSIDE);
+            let big = body(100 * KIB as usize);
+            let input = format!(
+                "EHLO c\r\nMAIL FROM:<a@b>\r\nRCPT TO:<x@localhost>\r\nBDAT 10\r\n0123456789\
+                 BDAT {} LAST\r\n{big}RSET\r\n\
+                 MAIL FROM:<a@b>\r\nRCPT TO:<x@localhost>\r\nBDAT 7 LAST\r\nsmall\r\n",
+                big.len()
+            );
+            driver.feed(input.as_bytes());
+            assert_eq!(
+                driver.lines()[11..],
+                [
+                    "250 2.1.0 Ok",
+                    "250 2.1.5 Ok",
+                    "250 2.0.0 Ok: 10 octets received",
+                    EXHAUSTED,
+                    "250 2.0.0 Ok",
+                    "250 2.1.0 Ok",
+                    "250 2.1.5 Ok",
+                    "250 2.0.0 Ok: queued as 0000000000000001",
+                ]
+            );
+            assert_eq!(budget.in_flight(), 0);
+        }
+
+        #[test]
+        fn a_reservation_lasts_until_the_submission_is_answered_or_the_body_dropped() {
+            let (budget, config) = budgeted(64 * KIB);
+            let config = Arc::new(config);
+            let mut out = Outbox::default();
+            let mut session = Session::new(
+                Arc::clone(&config),
+                OUTSIDE.parse().unwrap(),
+                now(),
+                &mut out,
+            );
+            let input =
+                b"EHLO c\r\nMAIL FROM:<a@b>\r\nRCPT TO:<x@localhost>\r\nDATA\r\nhi\r\n.\r\n";
+            session.handle_input(input, now(), &mut out);
+            assert!(session.awaiting_submission());
+            let held = budget.in_flight();
+            assert!(
+                held >= 4,
+                "the stored body is still reserved while the spool has it"
+            );
+            session.submitted(Ok(QueueId(1)), now(), &mut out);
+            assert_eq!(budget.in_flight(), 0, "given back once stored");
+
+            // In the middle of DATA, then the connection drops.
+            session.handle_input(
+                b"MAIL FROM:<a@b>\r\nRCPT TO:<x@localhost>\r\nDATA\r\nsome text\r\n",
+                now(),
+                &mut out,
+            );
+            assert!(session.receiving_data());
+            assert!(budget.in_flight() > 0);
+            drop(session);
+            assert_eq!(budget.in_flight(), 0, "given back when the connection ends");
+
+            // Between BDAT chunks, then RSET; and a timeout.
+            let mut session = Session::new(
+                Arc::clone(&config),
+                OUTSIDE.parse().unwrap(),
+                now(),
+                &mut out,
+            );
+            session.handle_input(
+                b"EHLO c\r\nMAIL FROM:<a@b>\r\nRCPT TO:<x@localhost>\r\nBDAT 4\r\nabcd",
+                now(),
+                &mut out,
+            );
+            assert!(budget.in_flight() > 0);
+            session.handle_input(b"RSET\r\n", now(), &mut out);
+            assert_eq!(budget.in_flight(), 0, "given back at RSET");
+            session.handle_input(
+                b"MAIL FROM:<a@b>\r\nRCPT TO:<x@localhost>\r\nDATA\r\nx\r\n",
+                now(),
+                &mut out,
+            );
+            assert!(budget.in_flight() > 0);
+            session.timed_out(&mut out);
+            assert_eq!(budget.in_flight(), 0, "given back at a timeout");
+        }
     }
 
     #[test]
