@@ -116,7 +116,12 @@ fn utf8_text() -> impl Strategy<Value = String> {
         proptest::collection::vec(token, 0..48).prop_map(|parts| parts.concat()),
         // The address literals of issue 14 and their relatives: a character of any width
         // at every offset of the literal.
-        ("(MAIL FROM:|RCPT TO:|VRFY )?", "[a-z]{0,3}", ".{0,8}", ".{0,4}")
+        (
+            "(MAIL FROM:|RCPT TO:|VRFY )?",
+            "[a-z]{0,3}",
+            ".{0,8}",
+            ".{0,4}"
+        )
             .prop_map(|(verb, local, a, b)| format!("{verb}<{local}@[{a}{b}]>\r\n")),
         ("[a-zA-Z0-9]{0,6}", ".{0,3}", ".{0,6}")
             .prop_map(|(a, b, c)| format!("MAIL FROM:<x@[{a}{b}:{c}]> SIZE=1\r\n")),
@@ -128,8 +133,11 @@ fn utf8_text() -> impl Strategy<Value = String> {
 fn bytes() -> impl Strategy<Value = Vec<u8>> {
     prop_oneof![
         proptest::collection::vec(any::<u8>(), 0..400),
-        (utf8_text(), proptest::collection::vec((any::<usize>(), any::<u8>()), 0..4)).prop_map(
-            |(text, flips)| {
+        (
+            utf8_text(),
+            proptest::collection::vec((any::<usize>(), any::<u8>()), 0..4)
+        )
+            .prop_map(|(text, flips)| {
                 let mut bytes = text.into_bytes();
                 for (at, byte) in flips {
                     if !bytes.is_empty() {
@@ -138,8 +146,7 @@ fn bytes() -> impl Strategy<Value = Vec<u8>> {
                     }
                 }
                 bytes
-            }
-        ),
+            }),
         utf8_text().prop_map(String::into_bytes),
     ]
 }
@@ -165,8 +172,14 @@ fn smtp_bytes(bytes: &[u8]) {
     let mut out = Vec::new();
     smtp::client::dot_stuff(bytes, &mut out);
     for limits in [
-        smtp::BodyLimits { size_max: 64, line_max: 16 },
-        smtp::BodyLimits { size_max: 1 << 20, line_max: 1000 },
+        smtp::BodyLimits {
+            size_max: 64,
+            line_max: 16,
+        },
+        smtp::BodyLimits {
+            size_max: 1 << 20,
+            line_max: 1000,
+        },
     ] {
         let mut dot = smtp::BodyReceiver::dot(limits, None);
         let (n, _) = dot.receive(bytes);

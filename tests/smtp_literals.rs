@@ -5,7 +5,6 @@
 #[macro_use]
 mod common;
 
-
 use common::{Engine, Relay, Settings};
 
 engine_tests! {

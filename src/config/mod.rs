@@ -67,13 +67,53 @@ pub enum ConfigError {
 #[error("`{key}`: {message}")]
 pub struct SectionError {
     pub key: &'static str,
+    /// The other key of a relation between two keys (`key` must be below `related`, …). When
+    /// the file sets only `related`, the error is reported against it and its line: the
+    /// operator never wrote `key`, whose default broke the relation.
+    pub related: Option<&'static str>,
     pub message: String,
 }
 
 fn invalid(key: &'static str, message: impl Into<String>) -> SectionError {
     SectionError {
         key,
+        related: None,
         message: message.into(),
+    }
+}
+
+/// A relation between `key` and `related` broken; `message` names both.
+fn relation(key: &'static str, related: &'static str, message: impl Into<String>) -> SectionError {
+    SectionError {
+        key,
+        related: Some(related),
+        message: message.into(),
+    }
+}
+
+impl SectionError {
+    /// The loader's error: `text` (the file) gives the line of the key that was written.
+    fn at(self, origin: &str, text: Option<&str>) -> ConfigError {
+        let SectionError {
+            key,
+            related,
+            message,
+        } = self;
+        let written = |key: &str| text.and_then(|text| locate_key(text, key));
+        let (key, line) = match (written(key), related) {
+            (Some(line), _) => (key, Some(line)),
+            (None, Some(related)) => match written(related) {
+                Some(line) => (related, Some(line)),
+                None => (key, None),
+            },
+            (None, None) => (key, None),
+        };
+        ConfigError::Invalid {
+            origin: origin.to_string(),
+            key,
+            line,
+            message,
+        }
     }
 }
 
@@ -124,20 +164,9 @@ impl Config {
             message: e.to_string().trim_end().to_string(),
         })?;
         config.normalize();
-        config.validate(origin).map_err(|error| match error {
-            ConfigError::Invalid {
-                origin,
-                key,
-                message,
-                ..
-            } => ConfigError::Invalid {
-                origin,
-                key,
-                line: locate_key(text, key),
-                message,
-            },
-            other => other,
-        })?;
+        config
+            .check()
+            .map_err(|error| error.at(origin, Some(text)))?;
         Ok(config)
     }
 
@@ -180,12 +209,7 @@ impl Config {
 
     /// Checks each section, then the relations between sections.
     pub fn validate(&self, origin: &str) -> Result<(), ConfigError> {
-        self.check().map_err(|error| ConfigError::Invalid {
-            origin: origin.to_string(),
-            key: error.key,
-            line: None,
-            message: error.message,
-        })
+        self.check().map_err(|error| error.at(origin, None))
     }
 
     fn check(&self) -> Result<(), SectionError> {
@@ -399,6 +423,65 @@ mod tests {
             other => panic!("{other:?}"),
         }
         assert!(err.to_string().contains("line 6"), "{err}");
+    }
+
+    #[test]
+    fn relation_errors_name_both_keys_and_the_line_written() {
+        // Only errors_max is in the file: the error points at it, not at the default of
+        // error_delay_after the operator never wrote.
+        let err = parse("[server]\ncores = 1\n[smtp]\nerrors_max = 5\n").expect_err("invalid");
+        match &err {
+            ConfigError::Invalid { key, line, .. } => {
+                assert_eq!((*key, *line), ("smtp.errors_max", Some(4)), "{err}");
+            }
+            other => panic!("{other:?}"),
+        }
+        let text = err.to_string();
+        assert!(
+            text.contains("smtp.error_delay_after") && text.contains("smtp.errors_max"),
+            "{text}"
+        );
+        assert!(text.contains("line 4"), "{text}");
+        assert!(!text.contains("  "), "a run of spaces: {text:?}");
+        // Both written: the first key of the relation, on its own line.
+        let err = parse("[smtp]\nerror_delay_after = 30\nerrors_max = 30\n").expect_err("invalid");
+        assert!(
+            matches!(
+                err,
+                ConfigError::Invalid {
+                    key: "smtp.error_delay_after",
+                    line: Some(2),
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        // The same for the relations between delivery limits.
+        let err = parse("[delivery]\nmax_age = \"3h\"\n").expect_err("invalid");
+        let text = err.to_string();
+        assert!(
+            matches!(
+                err,
+                ConfigError::Invalid {
+                    key: "delivery.max_age",
+                    line: Some(2),
+                    ..
+                }
+            ) && text.contains("delivery.delay_warning"),
+            "{text}"
+        );
+        let err = parse("[delivery]\ndestination_connections_max = 1\n").expect_err("invalid");
+        assert!(
+            matches!(
+                err,
+                ConfigError::Invalid {
+                    key: "delivery.destination_connections_max",
+                    line: Some(2),
+                    ..
+                }
+            ),
+            "{err}"
+        );
     }
 
     #[test]

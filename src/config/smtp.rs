@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::{defaults, invalid, valid_domain, ByteSize, Interval, SectionError};
+use super::{defaults, invalid, relation, valid_domain, ByteSize, Interval, SectionError};
 use crate::smtp::SessionConfig;
 
 /// The connection's read buffer must hold a whole command line.
@@ -136,20 +136,23 @@ impl SmtpSection {
             return Err(invalid("smtp.errors_max", "must be at least 1"));
         }
         if self.error_delay_after >= self.errors_max && !self.error_delay.0.is_zero() {
-            return Err(invalid(
+            return Err(relation(
                 "smtp.error_delay_after",
+                "smtp.errors_max",
                 format!(
-                    "must be less than smtp.errors_max ({}), or tarpitting never starts                      (set smtp.error_delay = \"0s\" to turn it off)",
-                    self.errors_max
+                    "smtp.error_delay_after ({}) must be less than smtp.errors_max ({}), or \
+                     tarpitting never starts (smtp.error_delay = \"0s\" turns it off)",
+                    self.error_delay_after, self.errors_max
                 ),
             ));
         }
         if self.messages_per_ip_max > 0
             && self.message_rate_window.0 < std::time::Duration::from_secs(1)
         {
-            return Err(invalid(
+            return Err(relation(
                 "smtp.message_rate_window",
-                "must be at least 1s when smtp.messages_per_ip_max is set",
+                "smtp.messages_per_ip_max",
+                "smtp.message_rate_window must be at least 1s when smtp.messages_per_ip_max is set",
             ));
         }
         if self.auth_failure_delay.0 > std::time::Duration::from_secs(30) {

@@ -372,7 +372,9 @@ pub fn is_address_literal(text: &str) -> bool {
     if let Some(tag) = inner.as_bytes().get(..5) {
         if tag.eq_ignore_ascii_case(b"IPv6:") {
             // The tag is ASCII, so byte 5 is a character boundary.
-            return inner.get(5..).is_some_and(|v6| v6.parse::<Ipv6Addr>().is_ok());
+            return inner
+                .get(5..)
+                .is_some_and(|v6| v6.parse::<Ipv6Addr>().is_ok());
         }
     }
     if inner.bytes().all(|b| b.is_ascii_digit() || b == b'.') {
