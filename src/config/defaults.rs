@@ -37,6 +37,9 @@ pub const ERROR_DELAY_AFTER: u32 = 10;
 /// Postfix's `smtpd_error_sleep_time`: a second per error costs a scanner its speed and a
 /// real client nothing (it stopped erring long before).
 pub const ERROR_DELAY: Interval = Interval::secs(1);
+/// Postfix's `smtpd_junk_command_limit`: a real client sends a handful of NOOP/RSET/EHLO per
+/// message; a hundred without delivering anything is a session kept open for nothing.
+pub const JUNK_COMMANDS_MAX: u32 = 100;
 /// 0: off, as Postfix's `smtpd_client_message_rate_limit`. An edge relay takes mail from big
 /// providers whose few outbound addresses legitimately send thousands of messages a minute;
 /// no fixed number fits them and a botnet host alike, so the operator picks one for the

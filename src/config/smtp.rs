@@ -35,6 +35,10 @@ pub struct SmtpSection {
     /// Tarpitting: past this many errors, each further error reply waits `error_delay`.
     pub error_delay_after: u32,
     pub error_delay: Interval,
+    /// Junk commands (NOOP, RSET, VRFY, HELP, HELO, EHLO) a session may send without a
+    /// delivered message before each further one counts as an error (Postfix
+    /// `smtpd_junk_command_limit`). Under it, junk is never an error and never tarpitted.
+    pub junk_commands_max: u32,
     /// The deadline for a whole command line, from when the relay starts waiting for it
     /// (bytes trickling in do not extend it).
     pub command_timeout: Interval,
@@ -78,6 +82,7 @@ impl Default for SmtpSection {
             errors_max: defaults::ERRORS_MAX,
             error_delay_after: defaults::ERROR_DELAY_AFTER,
             error_delay: defaults::ERROR_DELAY,
+            junk_commands_max: defaults::JUNK_COMMANDS_MAX,
             command_timeout: defaults::COMMAND_TIMEOUT,
             data_timeout: defaults::DATA_TIMEOUT,
             data_rate_min: defaults::DATA_RATE_MIN,
@@ -146,6 +151,12 @@ impl SmtpSection {
                 ),
             ));
         }
+        if self.junk_commands_max == 0 {
+            return Err(invalid(
+                "smtp.junk_commands_max",
+                "must be at least 1 (EHLO itself counts)",
+            ));
+        }
         if self.messages_per_ip_max > 0
             && self.message_rate_window.0 < std::time::Duration::from_secs(1)
         {
@@ -211,6 +222,7 @@ impl SmtpSection {
             errors_max: self.errors_max,
             error_delay_after: self.error_delay_after,
             error_delay: self.error_delay.0,
+            junk_commands_max: self.junk_commands_max,
             vrfy: self.vrfy,
             expn: self.expn,
             allow_plaintext_auth: self.allow_plaintext_auth,
