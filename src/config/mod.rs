@@ -485,6 +485,29 @@ mod tests {
     }
 
     #[test]
+    fn an_alias_without_targets_is_refused() {
+        let err = parse(
+            "[local.aliases]\n\"team@localhost\" = [\"postmaster\"]\n\"void@localhost\" = []\n",
+        )
+        .expect_err("an alias with no targets");
+        let text = err.to_string();
+        assert!(
+            matches!(
+                err,
+                ConfigError::Invalid {
+                    key: "local.aliases",
+                    ..
+                }
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("void@localhost") && text.contains("no targets"),
+            "{text}"
+        );
+    }
+
+    #[test]
     fn domains_are_normalized() {
         let config = parse("[local]\ndomains = [\"Example.TEST.\"]\n").expect("valid");
         assert_eq!(config.local.domains, vec!["example.test".to_string()]);
