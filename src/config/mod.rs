@@ -61,6 +61,9 @@ pub enum ConfigError {
     },
 }
 
+/// What `relay check` shows instead of a secret.
+pub const REDACTED: &str = "<redacted>";
+
 /// A section's value out of range: the key at fault (`section.key`) and why. The loader
 /// turns it into [`ConfigError::Invalid`], adding the file and the line.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -170,9 +173,46 @@ impl Config {
         Ok(config)
     }
 
-    /// The effective config as TOML, every key shown (for `relay check`).
+    /// The effective config as TOML, every key shown (for `relay check`), secrets redacted:
+    /// password hashes (an offline guessing target) and APOP secrets (plaintext-equivalent)
+    /// are replaced by [`REDACTED`].
     pub fn to_toml(&self) -> String {
-        toml::to_string(self).unwrap_or_else(|e| format!("# cannot render config: {e}\n"))
+        let mut shown = self.clone();
+        for user in &mut shown.local.users {
+            user.password = REDACTED.to_string();
+            if let Some(secret) = &mut user.apop_secret {
+                *secret = REDACTED.to_string();
+            }
+        }
+        toml::to_string(&shown).unwrap_or_else(|e| format!("# cannot render config: {e}\n"))
+    }
+
+    /// Files holding secrets that group or others may read: the users file (password
+    /// hashes, APOP secrets) and the TLS private key. One line per file, for the operator
+    /// (`relay serve` logs them, `relay check` prints them); the relay still starts.
+    pub fn permission_warnings(&self) -> Vec<String> {
+        use std::os::unix::fs::PermissionsExt;
+        let mut warnings = Vec::new();
+        for (key, path) in [
+            ("local.users_file", &self.local.users_file),
+            ("tls.key", &self.tls.key),
+        ] {
+            let Some(path) = path else { continue };
+            // A file that cannot be read is reported where it is loaded.
+            let Ok(metadata) = std::fs::metadata(path) else {
+                continue;
+            };
+            let mode = metadata.permissions().mode();
+            if mode & 0o044 != 0 {
+                warnings.push(format!(
+                    "{key} {} is readable by group or others (mode {:o}): it holds secrets; \
+                     chmod 600 it",
+                    path.display(),
+                    mode & 0o777
+                ));
+            }
+        }
+        warnings
     }
 
     fn normalize(&mut self) {
