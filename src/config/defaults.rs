@@ -60,6 +60,11 @@ pub const CONNECTIONS_PER_IP_MAX: usize = 50;
 /// address, and with it relay rights (`relay.allowed_networks`) and others' per-IP limits.
 /// Turn it on only for listeners that nothing but the load balancer can reach.
 pub const PROXY_PROTOCOL: bool = false;
+/// Off: a PROXY v1 `UNKNOWN` or v2 `LOCAL` header names no client, and the socket's address
+/// is the balancer's, which on the same host is 127.0.0.1 (relay rights, plaintext login).
+/// Such connections are the unspecified address instead (0.0.0.0 or ::): no relay rights,
+/// not loopback.
+pub const ALLOW_PROXY_LOCAL_TRUST: bool = false;
 
 /// Relative to the working directory, so a first `relay serve` needs no setup.
 pub fn spool_dir() -> PathBuf {

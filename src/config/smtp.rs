@@ -57,6 +57,10 @@ pub struct SmtpSection {
     /// Every connection must start with a PROXY protocol header (v1 or v2) naming the
     /// client; only for listeners behind a trusted load balancer (see `defaults.rs`).
     pub proxy_protocol: bool,
+    /// A PROXY v1 `UNKNOWN` / v2 `LOCAL` connection (the balancer's own, naming no client)
+    /// keeps the socket's address, with its relay rights; off: it is the unspecified
+    /// address (see `defaults.rs`).
+    pub allow_proxy_local_trust: bool,
     /// Offer AUTH without TLS (passwords in clear: loopback testing only; see `defaults.rs`).
     pub allow_plaintext_auth: bool,
     /// Wait before answering a failed AUTH (slows guessing).
@@ -91,6 +95,7 @@ impl Default for SmtpSection {
             vrfy: false,
             expn: false,
             proxy_protocol: defaults::PROXY_PROTOCOL,
+            allow_proxy_local_trust: defaults::ALLOW_PROXY_LOCAL_TRUST,
             allow_plaintext_auth: defaults::ALLOW_PLAINTEXT_AUTH,
             auth_failure_delay: defaults::AUTH_FAILURE_DELAY,
             auth_failures_per_ip_max: defaults::AUTH_FAILURES_PER_IP_MAX,
