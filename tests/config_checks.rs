@@ -1,6 +1,8 @@
 //! Issue 14 (low), what `relay check` and the loader say about a config: secrets are redacted
 //! from the effective configuration, a users file or TLS key readable by group or others is
-//! warned about, and an alias without targets is refused. Runs the real binary.
+//! warned about, and an alias without targets is refused; and what the spool's docs promise:
+//! an offline compaction next to a running server is refused by the spool's lock. Runs the
+//! real binary.
 
 #[allow(unused_macros)] // the engine_tests! macro is for the server tests
 mod common;
@@ -8,7 +10,7 @@ mod common;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
-use common::{describe, relay_cmd, TEST_PASSWORD_HASH};
+use common::{describe, relay_cmd, Relay, Settings, TEST_PASSWORD_HASH};
 
 const APOP_SECRET: &str = "apop-secret-never-shown";
 
@@ -107,4 +109,29 @@ fn an_alias_without_targets_stops_the_load() {
         stderr.contains("void@localhost") && stderr.contains("no targets"),
         "{stderr}"
     );
+}
+
+/// `spool/mod.rs` and the README said nothing locks the spool directory; the lock exists.
+/// This pins the behaviour the corrected text describes.
+#[test]
+fn spool_compact_is_refused_while_a_server_holds_the_spool() {
+    let relay = Relay::start(Settings::auto());
+    let compact = || {
+        relay_cmd([
+            "spool".as_ref(),
+            "compact".as_ref(),
+            "--config".as_ref(),
+            relay.config_path.as_os_str(),
+        ])
+    };
+    let output = compact();
+    assert!(!output.status.success(), "{}", describe(&output));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("lock") && stderr.contains("another process"),
+        "{stderr}"
+    );
+    relay.stop();
+    let output = compact();
+    assert!(output.status.success(), "{}", describe(&output));
 }

@@ -548,6 +548,60 @@ mod tests {
     }
 
     #[test]
+    fn secrets_readable_by_others_are_warned_about() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let users = dir.path().join("users");
+        let key = dir.path().join("key.pem");
+        for path in [&users, &key] {
+            std::fs::write(path, "x").expect("write");
+        }
+        let mut config = Config::default();
+        config.local.users_file = Some(users.clone());
+        config.tls.key = Some(key.clone());
+        for (users_mode, key_mode, warned) in [
+            (0o600, 0o600, 0),
+            (0o400, 0o640, 1),
+            (0o604, 0o600, 1),
+            (0o644, 0o644, 2),
+        ] {
+            let chmod = |path: &Path, mode| {
+                std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+                    .expect("chmod")
+            };
+            chmod(&users, users_mode);
+            chmod(&key, key_mode);
+            let warnings = config.permission_warnings();
+            assert_eq!(
+                warnings.len(),
+                warned,
+                "{users_mode:o} {key_mode:o}: {warnings:?}"
+            );
+        }
+        assert!(config.permission_warnings()[0].contains("local.users_file"));
+    }
+
+    #[test]
+    fn check_output_redacts_secrets() {
+        let mut config = Config::default();
+        config.local.users.push(UserEntry {
+            name: "alice".into(),
+            password: "$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHQ$ZGlnZXN0ZGlnZXN0".into(),
+            quota: None,
+            apop_secret: Some("tanstaaf".into()),
+        });
+        let shown = config.to_toml();
+        assert!(
+            !shown.contains("argon2id") && !shown.contains("tanstaaf"),
+            "{shown}"
+        );
+        assert!(
+            shown.contains("alice") && shown.contains(REDACTED),
+            "{shown}"
+        );
+    }
+
+    #[test]
     fn domains_are_normalized() {
         let config = parse("[local]\ndomains = [\"Example.TEST.\"]\n").expect("valid");
         assert_eq!(config.local.domains, vec!["example.test".to_string()]);
