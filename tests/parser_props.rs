@@ -227,7 +227,7 @@ fn smtp_session(input: &[u8], split: usize, tls: bool) {
                         session.tls_established("TLSv1.3 with cipher PROPTEST".into());
                     }
                     smtp::Event::Authenticate(credentials) => {
-                        let result = if answers % 2 == 0 {
+                        let result = if answers.is_multiple_of(2) {
                             Ok(credentials.user.clone())
                         } else {
                             Err(smtp::AuthFailure::Invalid)
@@ -235,7 +235,7 @@ fn smtp_session(input: &[u8], split: usize, tls: bool) {
                         session.authenticated(result, &mut out);
                     }
                     smtp::Event::Submit(_) => {
-                        let result = if answers % 3 == 0 {
+                        let result = if answers.is_multiple_of(3) {
                             Err(smtp::SubmitError::Storage)
                         } else {
                             Ok(QueueId(answers))

@@ -14,7 +14,10 @@ engine_tests! {
 /// Enough messages that a hash order equals arrival order by chance with odds of 1 in 20!.
 const MESSAGES: usize = 20;
 
-fn listing(relay: &Relay) -> (Vec<(usize, u64)>, Vec<(usize, String)>) {
+/// LIST's (number, size) and UIDL's (number, uid) of one mailbox.
+type Listing = (Vec<(usize, u64)>, Vec<(usize, String)>);
+
+fn listing(relay: &Relay) -> Listing {
     let mut pop = relay.pop3_login("alice");
     let list = pop.list();
     let uidl = pop.uidl();
