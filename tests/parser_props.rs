@@ -167,7 +167,13 @@ fn smtp_paths(text: &str) {
 fn smtp_bytes(bytes: &[u8]) {
     let _ = smtp::parse(bytes);
     let _ = smtp::Reply::parse_line(bytes);
-    let _ = smtp::Reply::parse(bytes);
+    if let Ok(Some((reply, _))) = smtp::Reply::parse(bytes) {
+        // A next hop's reply is kept cut to a size: at a character boundary.
+        for max in [0, 1, 2, 3, 4, 5, 6, 7, 16] {
+            let mut cut = reply.clone();
+            cut.truncate_text(max);
+        }
+    }
     let _ = smtp::reply::parse_reply(bytes, &smtp::reply::ReplyLimits::default());
     let mut out = Vec::new();
     smtp::client::dot_stuff(bytes, &mut out);
