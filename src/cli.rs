@@ -203,6 +203,9 @@ fn load(path: Option<&Path>) -> Result<Config> {
 fn serve(path: Option<&Path>) -> Result<()> {
     init_logging();
     let config = load(path)?;
+    for warning in config.permission_warnings() {
+        tracing::warn!("{warning}");
+    }
     relay::server::run(config)?;
     Ok(())
 }
@@ -217,8 +220,14 @@ fn check(path: Option<&Path>) -> Result<()> {
     }
     relay::net::tls::client::ClientTls::load(config.tls.ca_file.as_deref())
         .context("tls.ca_file")?;
+    for warning in config.permission_warnings() {
+        eprintln!("relay: warning: {warning}");
+    }
     let mut out = std::io::stdout().lock();
-    writeln!(out, "# {origin}: valid; effective configuration:")?;
+    writeln!(
+        out,
+        "# {origin}: valid; effective configuration (secrets redacted):"
+    )?;
     write!(out, "{}", config.to_toml())?;
     Ok(())
 }

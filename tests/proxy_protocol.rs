@@ -24,7 +24,9 @@ engine_tests! {
     command_pipelined_behind_the_header_is_answered: command_pipelined_behind_the_header_is_answered_uring, command_pipelined_behind_the_header_is_answered_epoll;
     missing_header_closes_without_greeting: missing_header_closes_without_greeting_uring, missing_header_closes_without_greeting_epoll;
     garbage_header_closes_without_greeting: garbage_header_closes_without_greeting_uring, garbage_header_closes_without_greeting_epoll;
-    local_and_unknown_keep_the_socket_address: local_and_unknown_keep_the_socket_address_uring, local_and_unknown_keep_the_socket_address_epoll;
+    local_and_unknown_have_no_relay_rights: local_and_unknown_have_no_relay_rights_uring, local_and_unknown_have_no_relay_rights_epoll;
+    local_and_unknown_keep_the_socket_address_when_allowed: local_and_unknown_keep_the_socket_address_when_allowed_uring, local_and_unknown_keep_the_socket_address_when_allowed_epoll;
+    pop3_local_and_unknown_are_not_loopback: pop3_local_and_unknown_are_not_loopback_uring, pop3_local_and_unknown_are_not_loopback_epoll;
     pop3_header_names_the_client: pop3_header_names_the_client_uring, pop3_header_names_the_client_epoll;
     header_refused_where_not_enabled: header_refused_where_not_enabled_uring, header_refused_where_not_enabled_epoll;
 }
@@ -202,12 +204,80 @@ fn garbage_header_closes_without_greeting(engine: Engine) {
     relay.wait_log(&["longer than 107 bytes"], Duration::from_secs(10));
 }
 
-fn local_and_unknown_keep_the_socket_address(engine: Engine) {
-    let relay = proxied_relay(engine);
+/// v1 `UNKNOWN` and v2 `LOCAL` (the balancer's own health checks): no client is named.
+fn anonymous_headers() -> [Vec<u8>; 2] {
     let mut local = v2_header("192.0.2.7:5555");
-    local[12] = 0x20; // LOCAL: the balancer's own health check
-    for header in [b"PROXY UNKNOWN\r\n".to_vec(), local] {
+    local[12] = 0x20; // LOCAL
+    [b"PROXY UNKNOWN\r\n".to_vec(), local]
+}
+
+/// Issue 14: behind a balancer on the same host the socket's address is 127.0.0.1, which may
+/// relay; a connection whose header names no client must not inherit that. It is the
+/// unspecified address: no relay rights, not loopback, one admission bucket for all of them.
+fn local_and_unknown_have_no_relay_rights(engine: Engine) {
+    let relay = proxied_relay(engine);
+    for header in anonymous_headers() {
+        let mut client = via_proxy(&relay, &header);
+        client.ehlo();
+        client.expect("MAIL FROM:<sender@example.test>", 250);
+        let reply = client.cmd(REMOTE_RCPT).expect("rcpt");
+        assert!(
+            reply.is(554, "5.7.1"),
+            "a connection that names no client relayed: {reply}"
+        );
+        client.quit();
+        assert_client(&relay, &header, "0.0.0.0");
+    }
+}
+
+/// `smtp.allow_proxy_local_trust = true`: the old behaviour, the socket's address.
+fn local_and_unknown_keep_the_socket_address_when_allowed(engine: Engine) {
+    let relay = Relay::start(Settings {
+        proxy_protocol: Some(true),
+        smtp_toml: "allow_proxy_local_trust = true\n".into(),
+        ..Settings::new(engine)
+    });
+    for header in anonymous_headers() {
         assert_client(&relay, &header, "127.0.0.1");
+        let mut client = via_proxy(&relay, &header);
+        client.ehlo();
+        client.expect("MAIL FROM:<sender@example.test>", 250);
+        client.expect(REMOTE_RCPT, 250);
+        client.expect("RSET", 250);
+        client.quit();
+    }
+}
+
+/// POP3 takes passwords in clear only from loopback: a proxied connection that names no
+/// client is not loopback unless `pop3.allow_proxy_local_trust` says so.
+fn pop3_local_and_unknown_are_not_loopback(engine: Engine) {
+    for (trust, expect) in [(false, "-ERR"), (true, "+OK")] {
+        let relay = Relay::start(Settings {
+            pop3_proxy_protocol: Some(true),
+            pop3_toml: format!("allow_proxy_local_trust = {trust}\n"),
+            ..Settings::new(engine)
+        });
+        for header in anonymous_headers() {
+            let mut stream = TcpStream::connect(relay.pop3_addr).expect("connect");
+            stream
+                .set_read_timeout(Some(Duration::from_secs(20)))
+                .expect("timeout");
+            let mut write = header.clone();
+            write.extend_from_slice(b"USER one\r\n");
+            stream.write_all(&write).expect("send");
+            let mut reader = BufReader::new(stream.try_clone().expect("clone"));
+            let mut line = String::new();
+            reader.read_line(&mut line).expect("greeting");
+            assert!(line.starts_with("+OK"), "{line:?}");
+            line.clear();
+            reader.read_line(&mut line).expect("USER reply");
+            assert!(
+                line.starts_with(expect),
+                "trust {trust}: USER in clear answered {line:?}"
+            );
+            stream.write_all(b"QUIT\r\n").expect("send");
+        }
+        relay.stop();
     }
 }
 

@@ -47,6 +47,9 @@ pub const ERROR_DELAY_AFTER: u32 = 10;
 /// Postfix's `smtpd_error_sleep_time`: a second per error costs a scanner its speed and a
 /// real client nothing (it stopped erring long before).
 pub const ERROR_DELAY: Interval = Interval::secs(1);
+/// Postfix's `smtpd_junk_command_limit`: a real client sends a handful of NOOP/RSET/EHLO per
+/// message; a hundred without delivering anything is a session kept open for nothing.
+pub const JUNK_COMMANDS_MAX: u32 = 100;
 /// 0: off, as Postfix's `smtpd_client_message_rate_limit`. An edge relay takes mail from big
 /// providers whose few outbound addresses legitimately send thousands of messages a minute;
 /// no fixed number fits them and a botnet host alike, so the operator picks one for the
@@ -78,6 +81,11 @@ pub const AUTH_HASH_QUEUE_MAX: usize = 64;
 /// address, and with it relay rights (`relay.allowed_networks`) and others' per-IP limits.
 /// Turn it on only for listeners that nothing but the load balancer can reach.
 pub const PROXY_PROTOCOL: bool = false;
+/// Off: a PROXY v1 `UNKNOWN` or v2 `LOCAL` header names no client, and the socket's address
+/// is the balancer's, which on the same host is 127.0.0.1 (relay rights, plaintext login).
+/// Such connections are the unspecified address instead (0.0.0.0 or ::): no relay rights,
+/// not loopback.
+pub const ALLOW_PROXY_LOCAL_TRUST: bool = false;
 
 /// Relative to the working directory, so a first `relay serve` needs no setup.
 pub fn spool_dir() -> PathBuf {

@@ -39,7 +39,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{invalid, valid_domain, ByteSize, Interval, SectionError};
+use super::{invalid, relation, valid_domain, ByteSize, Interval, SectionError};
 use crate::queue::schedule::{ScheduleError, INTERVALS_MAX, INTERVAL_MIN};
 use crate::queue::scheduler::Upkeep;
 use crate::queue::{
@@ -209,10 +209,11 @@ impl DeliverySection {
             Err(e) => return Err(invalid("delivery.retry_intervals", e.to_string())),
         }
         if !self.delay_warning.0.is_zero() && self.delay_warning.0 >= self.max_age.0 {
-            return Err(invalid(
+            return Err(relation(
                 "delivery.delay_warning",
+                "delivery.max_age",
                 format!(
-                    "{} is not shorter than max_age ({}): no notice could be sent; use \"0\" to turn notices off",
+                    "delivery.delay_warning ({}) is not shorter than delivery.max_age ({}): no notice could be sent; use \"0\" to turn notices off",
                     self.delay_warning, self.max_age
                 ),
             ));
@@ -242,10 +243,11 @@ impl DeliverySection {
             ));
         }
         if self.destination_transactions_max > self.destination_connections_max {
-            return Err(invalid(
+            return Err(relation(
                 "delivery.destination_transactions_max",
+                "delivery.destination_connections_max",
                 format!(
-                    "{} is more than destination_connections_max ({}): each transaction needs its own connection",
+                    "delivery.destination_transactions_max ({}) is more than delivery.destination_connections_max ({}): each transaction needs its own connection",
                     self.destination_transactions_max, self.destination_connections_max
                 ),
             ));

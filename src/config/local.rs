@@ -46,7 +46,7 @@ pub struct UserEntry {
 }
 
 impl LocalSection {
-    /// Checks every domain.
+    /// Checks every domain, and that every alias has a target.
     pub fn check(&self) -> Result<(), SectionError> {
         for domain in &self.domains {
             if !valid_domain(domain) {
@@ -55,6 +55,17 @@ impl LocalSection {
                     format!("`{domain}` is not a valid domain"),
                 ));
             }
+        }
+        // An alias that expands to nothing would accept mail (250) that no mailbox holds and
+        // no delivery ends: it would stay in the spool forever.
+        if let Some((alias, _)) = self.aliases.iter().find(|(_, targets)| targets.is_empty()) {
+            return Err(invalid(
+                "local.aliases",
+                format!(
+                    "alias `{alias}` has no targets: its mail would be accepted and kept forever; \
+                     give it at least one target or remove it"
+                ),
+            ));
         }
         Ok(())
     }

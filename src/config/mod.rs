@@ -61,19 +61,62 @@ pub enum ConfigError {
     },
 }
 
+/// What `relay check` shows instead of a secret.
+pub const REDACTED: &str = "<redacted>";
+
 /// A section's value out of range: the key at fault (`section.key`) and why. The loader
 /// turns it into [`ConfigError::Invalid`], adding the file and the line.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("`{key}`: {message}")]
 pub struct SectionError {
     pub key: &'static str,
+    /// The other key of a relation between two keys (`key` must be below `related`, …). When
+    /// the file sets only `related`, the error is reported against it and its line: the
+    /// operator never wrote `key`, whose default broke the relation.
+    pub related: Option<&'static str>,
     pub message: String,
 }
 
 fn invalid(key: &'static str, message: impl Into<String>) -> SectionError {
     SectionError {
         key,
+        related: None,
         message: message.into(),
+    }
+}
+
+/// A relation between `key` and `related` broken; `message` names both.
+fn relation(key: &'static str, related: &'static str, message: impl Into<String>) -> SectionError {
+    SectionError {
+        key,
+        related: Some(related),
+        message: message.into(),
+    }
+}
+
+impl SectionError {
+    /// The loader's error: `text` (the file) gives the line of the key that was written.
+    fn at(self, origin: &str, text: Option<&str>) -> ConfigError {
+        let SectionError {
+            key,
+            related,
+            message,
+        } = self;
+        let written = |key: &str| text.and_then(|text| locate_key(text, key));
+        let (key, line) = match (written(key), related) {
+            (Some(line), _) => (key, Some(line)),
+            (None, Some(related)) => match written(related) {
+                Some(line) => (related, Some(line)),
+                None => (key, None),
+            },
+            (None, None) => (key, None),
+        };
+        ConfigError::Invalid {
+            origin: origin.to_string(),
+            key,
+            line,
+            message,
+        }
     }
 }
 
@@ -125,26 +168,52 @@ impl Config {
             message: e.to_string().trim_end().to_string(),
         })?;
         config.normalize();
-        config.validate(origin).map_err(|error| match error {
-            ConfigError::Invalid {
-                origin,
-                key,
-                message,
-                ..
-            } => ConfigError::Invalid {
-                origin,
-                key,
-                line: locate_key(text, key),
-                message,
-            },
-            other => other,
-        })?;
+        config
+            .check()
+            .map_err(|error| error.at(origin, Some(text)))?;
         Ok(config)
     }
 
-    /// The effective config as TOML, every key shown (for `relay check`).
+    /// The effective config as TOML, every key shown (for `relay check`), secrets redacted:
+    /// password hashes (an offline guessing target) and APOP secrets (plaintext-equivalent)
+    /// are replaced by [`REDACTED`].
     pub fn to_toml(&self) -> String {
-        toml::to_string(self).unwrap_or_else(|e| format!("# cannot render config: {e}\n"))
+        let mut shown = self.clone();
+        for user in &mut shown.local.users {
+            user.password = REDACTED.to_string();
+            if let Some(secret) = &mut user.apop_secret {
+                *secret = REDACTED.to_string();
+            }
+        }
+        toml::to_string(&shown).unwrap_or_else(|e| format!("# cannot render config: {e}\n"))
+    }
+
+    /// Files holding secrets that group or others may read: the users file (password
+    /// hashes, APOP secrets) and the TLS private key. One line per file, for the operator
+    /// (`relay serve` logs them, `relay check` prints them); the relay still starts.
+    pub fn permission_warnings(&self) -> Vec<String> {
+        use std::os::unix::fs::PermissionsExt;
+        let mut warnings = Vec::new();
+        for (key, path) in [
+            ("local.users_file", &self.local.users_file),
+            ("tls.key", &self.tls.key),
+        ] {
+            let Some(path) = path else { continue };
+            // A file that cannot be read is reported where it is loaded.
+            let Ok(metadata) = std::fs::metadata(path) else {
+                continue;
+            };
+            let mode = metadata.permissions().mode();
+            if mode & 0o044 != 0 {
+                warnings.push(format!(
+                    "{key} {} is readable by group or others (mode {:o}): it holds secrets; \
+                     chmod 600 it",
+                    path.display(),
+                    mode & 0o777
+                ));
+            }
+        }
+        warnings
     }
 
     fn normalize(&mut self) {
@@ -181,12 +250,7 @@ impl Config {
 
     /// Checks each section, then the relations between sections.
     pub fn validate(&self, origin: &str) -> Result<(), ConfigError> {
-        self.check().map_err(|error| ConfigError::Invalid {
-            origin: origin.to_string(),
-            key: error.key,
-            line: None,
-            message: error.message,
-        })
+        self.check().map_err(|error| error.at(origin, None))
     }
 
     fn check(&self) -> Result<(), SectionError> {
@@ -401,6 +465,142 @@ mod tests {
             other => panic!("{other:?}"),
         }
         assert!(err.to_string().contains("line 6"), "{err}");
+    }
+
+    #[test]
+    fn relation_errors_name_both_keys_and_the_line_written() {
+        // Only errors_max is in the file: the error points at it, not at the default of
+        // error_delay_after the operator never wrote.
+        let err = parse("[server]\ncores = 1\n[smtp]\nerrors_max = 5\n").expect_err("invalid");
+        match &err {
+            ConfigError::Invalid { key, line, .. } => {
+                assert_eq!((*key, *line), ("smtp.errors_max", Some(4)), "{err}");
+            }
+            other => panic!("{other:?}"),
+        }
+        let text = err.to_string();
+        assert!(
+            text.contains("smtp.error_delay_after") && text.contains("smtp.errors_max"),
+            "{text}"
+        );
+        assert!(text.contains("line 4"), "{text}");
+        assert!(!text.contains("  "), "a run of spaces: {text:?}");
+        // Both written: the first key of the relation, on its own line.
+        let err = parse("[smtp]\nerror_delay_after = 30\nerrors_max = 30\n").expect_err("invalid");
+        assert!(
+            matches!(
+                err,
+                ConfigError::Invalid {
+                    key: "smtp.error_delay_after",
+                    line: Some(2),
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        // The same for the relations between delivery limits.
+        let err = parse("[delivery]\nmax_age = \"3h\"\n").expect_err("invalid");
+        let text = err.to_string();
+        assert!(
+            matches!(
+                err,
+                ConfigError::Invalid {
+                    key: "delivery.max_age",
+                    line: Some(2),
+                    ..
+                }
+            ) && text.contains("delivery.delay_warning"),
+            "{text}"
+        );
+        let err = parse("[delivery]\ndestination_connections_max = 1\n").expect_err("invalid");
+        assert!(
+            matches!(
+                err,
+                ConfigError::Invalid {
+                    key: "delivery.destination_connections_max",
+                    line: Some(2),
+                    ..
+                }
+            ),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn an_alias_without_targets_is_refused() {
+        let err = parse(
+            "[local.aliases]\n\"team@localhost\" = [\"postmaster\"]\n\"void@localhost\" = []\n",
+        )
+        .expect_err("an alias with no targets");
+        let text = err.to_string();
+        assert!(
+            matches!(
+                err,
+                ConfigError::Invalid {
+                    key: "local.aliases",
+                    ..
+                }
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("void@localhost") && text.contains("no targets"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn secrets_readable_by_others_are_warned_about() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let users = dir.path().join("users");
+        let key = dir.path().join("key.pem");
+        for path in [&users, &key] {
+            std::fs::write(path, "x").expect("write");
+        }
+        let mut config = Config::default();
+        config.local.users_file = Some(users.clone());
+        config.tls.key = Some(key.clone());
+        for (users_mode, key_mode, warned) in [
+            (0o600, 0o600, 0),
+            (0o400, 0o640, 1),
+            (0o604, 0o600, 1),
+            (0o644, 0o644, 2),
+        ] {
+            let chmod = |path: &Path, mode| {
+                std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+                    .expect("chmod")
+            };
+            chmod(&users, users_mode);
+            chmod(&key, key_mode);
+            let warnings = config.permission_warnings();
+            assert_eq!(
+                warnings.len(),
+                warned,
+                "{users_mode:o} {key_mode:o}: {warnings:?}"
+            );
+        }
+        assert!(config.permission_warnings()[0].contains("local.users_file"));
+    }
+
+    #[test]
+    fn check_output_redacts_secrets() {
+        let mut config = Config::default();
+        config.local.users.push(UserEntry {
+            name: "alice".into(),
+            password: "$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHQ$ZGlnZXN0ZGlnZXN0".into(),
+            quota: None,
+            apop_secret: Some("tanstaaf".into()),
+        });
+        let shown = config.to_toml();
+        assert!(
+            !shown.contains("argon2id") && !shown.contains("tanstaaf"),
+            "{shown}"
+        );
+        assert!(
+            shown.contains("alice") && shown.contains(REDACTED),
+            "{shown}"
+        );
     }
 
     #[test]

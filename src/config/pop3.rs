@@ -30,6 +30,9 @@ pub struct Pop3Section {
     pub auth_failure_window: Interval,
     /// As `smtp.proxy_protocol`, for the POP3 listeners.
     pub proxy_protocol: bool,
+    /// As `smtp.allow_proxy_local_trust`: off, a PROXY `UNKNOWN` / `LOCAL` connection is not
+    /// loopback for plaintext logins.
+    pub allow_proxy_local_trust: bool,
     /// Accept USER/PASS and AUTH PLAIN from clients outside loopback before TLS (passwords
     /// in clear). Off: such clients must STLS first, or use POP3S or APOP.
     pub allow_plaintext_auth: bool,
@@ -47,6 +50,7 @@ impl Default for Pop3Section {
             auth_failures_per_user_max: defaults::AUTH_FAILURES_PER_USER_MAX,
             auth_failure_window: defaults::AUTH_FAILURE_WINDOW,
             proxy_protocol: defaults::PROXY_PROTOCOL,
+            allow_proxy_local_trust: defaults::ALLOW_PROXY_LOCAL_TRUST,
             allow_plaintext_auth: defaults::ALLOW_PLAINTEXT_AUTH,
         }
     }

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::{defaults, invalid, valid_domain, ByteSize, Interval, SectionError};
+use super::{defaults, invalid, relation, valid_domain, ByteSize, Interval, SectionError};
 use crate::smtp::SessionConfig;
 
 /// The connection's read buffer must hold a whole command line.
@@ -42,6 +42,10 @@ pub struct SmtpSection {
     /// Tarpitting: past this many errors, each further error reply waits `error_delay`.
     pub error_delay_after: u32,
     pub error_delay: Interval,
+    /// Junk commands (NOOP, RSET, VRFY, HELP, HELO, EHLO) a session may send without a
+    /// delivered message before each further one counts as an error (Postfix
+    /// `smtpd_junk_command_limit`). Under it, junk is never an error and never tarpitted.
+    pub junk_commands_max: u32,
     /// The deadline for a whole command line, from when the relay starts waiting for it
     /// (bytes trickling in do not extend it).
     pub command_timeout: Interval,
@@ -60,6 +64,10 @@ pub struct SmtpSection {
     /// Every connection must start with a PROXY protocol header (v1 or v2) naming the
     /// client; only for listeners behind a trusted load balancer (see `defaults.rs`).
     pub proxy_protocol: bool,
+    /// A PROXY v1 `UNKNOWN` / v2 `LOCAL` connection (the balancer's own, naming no client)
+    /// keeps the socket's address, with its relay rights; off: it is the unspecified
+    /// address (see `defaults.rs`).
+    pub allow_proxy_local_trust: bool,
     /// Offer AUTH without TLS (passwords in clear: loopback testing only; see `defaults.rs`).
     pub allow_plaintext_auth: bool,
     /// Wait before answering a failed AUTH (slows guessing).
@@ -88,6 +96,7 @@ impl Default for SmtpSection {
             errors_max: defaults::ERRORS_MAX,
             error_delay_after: defaults::ERROR_DELAY_AFTER,
             error_delay: defaults::ERROR_DELAY,
+            junk_commands_max: defaults::JUNK_COMMANDS_MAX,
             command_timeout: defaults::COMMAND_TIMEOUT,
             data_timeout: defaults::DATA_TIMEOUT,
             data_rate_min: defaults::DATA_RATE_MIN,
@@ -96,6 +105,7 @@ impl Default for SmtpSection {
             vrfy: false,
             expn: false,
             proxy_protocol: defaults::PROXY_PROTOCOL,
+            allow_proxy_local_trust: defaults::ALLOW_PROXY_LOCAL_TRUST,
             allow_plaintext_auth: defaults::ALLOW_PLAINTEXT_AUTH,
             auth_failure_delay: defaults::AUTH_FAILURE_DELAY,
             auth_failures_per_ip_max: defaults::AUTH_FAILURES_PER_IP_MAX,
@@ -158,20 +168,29 @@ impl SmtpSection {
             return Err(invalid("smtp.errors_max", "must be at least 1"));
         }
         if self.error_delay_after >= self.errors_max && !self.error_delay.0.is_zero() {
-            return Err(invalid(
+            return Err(relation(
                 "smtp.error_delay_after",
+                "smtp.errors_max",
                 format!(
-                    "must be less than smtp.errors_max ({}), or tarpitting never starts                      (set smtp.error_delay = \"0s\" to turn it off)",
-                    self.errors_max
+                    "smtp.error_delay_after ({}) must be less than smtp.errors_max ({}), or \
+                     tarpitting never starts (smtp.error_delay = \"0s\" turns it off)",
+                    self.error_delay_after, self.errors_max
                 ),
+            ));
+        }
+        if self.junk_commands_max == 0 {
+            return Err(invalid(
+                "smtp.junk_commands_max",
+                "must be at least 1 (EHLO itself counts)",
             ));
         }
         if self.messages_per_ip_max > 0
             && self.message_rate_window.0 < std::time::Duration::from_secs(1)
         {
-            return Err(invalid(
+            return Err(relation(
                 "smtp.message_rate_window",
-                "must be at least 1s when smtp.messages_per_ip_max is set",
+                "smtp.messages_per_ip_max",
+                "smtp.message_rate_window must be at least 1s when smtp.messages_per_ip_max is set",
             ));
         }
         if self.auth_failure_delay.0 > std::time::Duration::from_secs(30) {
@@ -231,6 +250,7 @@ impl SmtpSection {
             errors_max: self.errors_max,
             error_delay_after: self.error_delay_after,
             error_delay: self.error_delay.0,
+            junk_commands_max: self.junk_commands_max,
             vrfy: self.vrfy,
             expn: self.expn,
             allow_plaintext_auth: self.allow_plaintext_auth,

@@ -38,7 +38,9 @@ pub enum Parsed {
     Incomplete,
     /// The header takes the first `consumed` bytes. `source` is the client the proxy connected
     /// for, `destination` the address it connected to; `None` for a v1 `UNKNOWN`, a v2
-    /// `LOCAL` (the proxy's own health check) and v2 `UNSPEC`: keep the socket's addresses.
+    /// `LOCAL` (the proxy's own health check) and v2 `UNSPEC`: no client is named, and the
+    /// server decides what stands for it (`server::shard`: the unspecified address, unless
+    /// `allow_proxy_local_trust` keeps the socket's).
     Complete {
         consumed: usize,
         source: Option<SocketAddr>,

@@ -552,6 +552,8 @@ impl Contexts {
             data_rate_min: smtp.data_rate_min.0,
             smtp_proxy_protocol: smtp.proxy_protocol,
             pop3_proxy_protocol: pop3.proxy_protocol,
+            smtp_proxy_local_trust: smtp.allow_proxy_local_trust,
+            pop3_proxy_local_trust: pop3.allow_proxy_local_trust,
             spool: self.spool.shard(index),
             store: Arc::clone(&self.spool),
             mail_store: Arc::clone(&self.mail_store),

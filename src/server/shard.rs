@@ -46,6 +46,10 @@ pub struct ShardContext {
     /// Connections on SMTP (POP3) listeners start with a PROXY protocol header.
     pub smtp_proxy_protocol: bool,
     pub pop3_proxy_protocol: bool,
+    /// A PROXY header that names no client keeps the socket's address (else the
+    /// unspecified address: see [`anonymous_peer`]).
+    pub smtp_proxy_local_trust: bool,
+    pub pop3_proxy_local_trust: bool,
     /// This shard's spool writer (appends from this core go to its own shard).
     pub spool: ShardHandle,
     /// The whole spool, for reading stored messages from any shard.
@@ -273,12 +277,33 @@ async fn serve_proxied<C: Connection>(
         }
     };
     // v1 UNKNOWN, v2 LOCAL or UNSPEC: the proxy speaks for itself.
-    let peer = source.unwrap_or(socket_peer);
+    let trusted = match protocol {
+        Protocol::Smtp => ctx.smtp_proxy_local_trust,
+        Protocol::Pop3 => ctx.pop3_proxy_local_trust,
+    };
+    let peer = match source {
+        Some(source) => source,
+        None if trusted => socket_peer,
+        None => anonymous_peer(socket_peer),
+    };
     tracing::debug!(client = %peer, proxy = %socket_peer, ?protocol, "PROXY header read");
     match pending.identify(peer.ip()) {
         Ok(permit) => serve(conn, peer, ctx, permit, protocol, implicit_tls, input).await,
         Err(refusal) => turn_away(conn, peer, ctx, protocol, refusal).await,
     }
+}
+
+/// The client of a proxied connection whose header names none (v1 `UNKNOWN`, v2 `LOCAL` or
+/// `UNSPEC`): the unspecified address of the socket's family. The socket's own address is
+/// the balancer's, 127.0.0.1 when it runs on this host, and would carry loopback's relay
+/// rights and plaintext logins; the unspecified address is in no relay network an operator
+/// would write, is not loopback, and puts all such connections in one admission bucket.
+fn anonymous_peer(socket_peer: SocketAddr) -> SocketAddr {
+    let ip = match socket_peer {
+        SocketAddr::V4(_) => std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED),
+        SocketAddr::V6(_) => std::net::IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED),
+    };
+    SocketAddr::new(ip, socket_peer.port())
 }
 
 /// Why a proxied connection ended before its header was complete.

@@ -367,8 +367,15 @@ pub fn is_address_literal(text: &str) -> bool {
     let Some(inner) = text.strip_prefix('[').and_then(|t| t.strip_suffix(']')) else {
         return false;
     };
-    if inner.len() >= 5 && inner[..5].eq_ignore_ascii_case("IPv6:") {
-        return inner[5..].parse::<Ipv6Addr>().is_ok();
+    // Compared as bytes: the literal may hold UTF-8, and a str slice at a fixed offset would
+    // cut a character (a panic any client could trigger before logging in).
+    if let Some(tag) = inner.as_bytes().get(..5) {
+        if tag.eq_ignore_ascii_case(b"IPv6:") {
+            // The tag is ASCII, so byte 5 is a character boundary.
+            return inner
+                .get(5..)
+                .is_some_and(|v6| v6.parse::<Ipv6Addr>().is_ok());
+        }
     }
     if inner.bytes().all(|b| b.is_ascii_digit() || b == b'.') {
         return inner.parse::<Ipv4Addr>().is_ok();
@@ -478,9 +485,35 @@ mod tests {
             ("<@b:>", AddressError::LocalPart),
             ("", AddressError::Brackets),
             ("<", AddressError::LocalPart),
+            // Multi-byte characters where the `IPv6:` tag would end (issue 14: these panicked
+            // by slicing inside a character).
+            ("<a@[abcd\u{20ac}]>", AddressError::Domain),
+            ("<x@[IPv6\u{20ac}:1]>", AddressError::Domain),
+            ("<x@[IPv\u{e9}:1]>", AddressError::Domain),
+            ("<x@[\u{20ac}\u{20ac}]>", AddressError::Domain),
+            ("<x@[IPv6:\u{20ac}]>", AddressError::Domain),
+            ("<x@[t\u{e9}g:1]>", AddressError::Domain),
         ];
         for (input, error) in table {
             assert_eq!(forward(input).map(|_| ()), Err(*error), "{input:?}");
+            if *error != AddressError::NullRecipient {
+                assert!(reverse(input).is_err(), "{input:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn address_literals_with_multibyte_characters_are_refused() {
+        for literal in [
+            "[abcd\u{20ac}]",
+            "[IPv6\u{20ac}:1]",
+            "[IPv\u{e9}:1]",
+            "[\u{20ac}]",
+            "[\u{20ac}\u{20ac}\u{20ac}]",
+            "[1234\u{e9}]",
+            "[IPv6:\u{20ac}]",
+        ] {
+            assert!(!is_address_literal(literal), "{literal:?}");
         }
     }
 

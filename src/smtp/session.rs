@@ -21,8 +21,9 @@
 //! surplus recipients as the limit again (RFC 5321 §4.5.3.1.10 tells clients to send the rest
 //! in a later transaction, so the overshoot is normal), and a message accepted for delivery
 //! resets the count ("errors ... without delivering mail"). Junk commands (NOOP, RSET, VRFY,
-//! HELP, HELO, EHLO) past [`JUNK_COMMANDS_MAX`] count as errors too (Postfix
-//! `smtpd_junk_command_limit`), so no peer can keep a session busy without sending mail.
+//! HELP, HELO, EHLO) past [`SessionConfig::junk_commands_max`] count as errors too (Postfix
+//! `smtpd_junk_command_limit`), so no peer can keep a session busy without sending mail;
+//! under the limit they are not errors, so a pipelined batch of them is never tarpitted.
 //!
 //! Tarpitting (Postfix `smtpd_soft_error_limit` / `smtpd_error_sleep_time`): once the count
 //! passes `error_delay_after`, every further counted error asks the driver to wait
@@ -72,9 +73,7 @@ pub const COMMAND_LINE_MIN: usize = 512;
 /// RFC 5321 §4.5.3.1.6: a server must accept text lines of 1000 octets (CRLF included).
 pub const TEXT_LINE_MIN: usize = 1000;
 
-/// Junk commands (see `CommandSpec::counts_as_junk`) allowed before each further one counts
-/// as an error: Postfix's `smtpd_junk_command_limit` default. A constant rather than a config
-/// field so that `SessionConfig` keeps the shape the driver and config modules agreed on.
+/// The default of [`SessionConfig::junk_commands_max`]: Postfix's `smtpd_junk_command_limit`.
 pub const JUNK_COMMANDS_MAX: u32 = 100;
 
 /// The SASL mechanisms AUTH offers (RFC 4954): PLAIN (RFC 4616) and LOGIN
@@ -105,6 +104,9 @@ pub struct SessionConfig {
     /// (tarpitting; see the module doc). At or above `errors_max` it never applies.
     pub error_delay_after: u32,
     pub error_delay: Duration,
+    /// Junk commands (see `CommandSpec::counts_as_junk`) allowed without a delivered message
+    /// before each further one counts as an error (`smtp.junk_commands_max`).
+    pub junk_commands_max: u32,
     /// Domains we accept mail for from anyone; compared case-insensitively.
     pub local_domains: Vec<String>,
     /// Clients allowed to relay to any domain.
@@ -148,6 +150,7 @@ impl Default for SessionConfig {
             // Postfix smtpd_soft_error_limit and smtpd_error_sleep_time.
             error_delay_after: 10,
             error_delay: Duration::from_secs(1),
+            junk_commands_max: JUNK_COMMANDS_MAX,
             local_domains: vec![String::from("localhost")],
             relay_networks: vec![
                 ipnet::IpNet::V4(ipnet::Ipv4Net::new_assert(
@@ -831,7 +834,7 @@ impl Session {
         self.dispatch(command, now, out);
         // Past the junk limit a junk command counts as an error after its (positive) reply,
         // as in Postfix.
-        if junk && self.junk > JUNK_COMMANDS_MAX && !self.is_closed() {
+        if junk && self.junk > self.config.junk_commands_max && !self.is_closed() {
             self.count_error(out);
         }
     }

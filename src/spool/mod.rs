@@ -119,7 +119,11 @@
 //! - Compaction holds one source segment and its kept frames in memory at a time (≤ 2 ×
 //!   `segment_size`); one compaction runs at a time. Shards of an earlier run with more cores
 //!   (read-only at open) are not compacted.
-//! - Nothing locks the directory: run `relay spool compact` only while the server is stopped.
+//! - One process writes a spool at a time: [`Spool::open`] takes an exclusive `flock` on
+//!   `<dir>/lock` before recovery touches anything (released by the kernel when the process
+//!   dies, so a crash leaves no stale lock), so a second server or a `relay spool compact`
+//!   next to a running server fails at once with [`SpoolError::Locked`]. `relay spool ls` and
+//!   `cat` only read and take no lock.
 //!
 //! # Tests
 //! Unit tests sit in each file; `tests.rs` runs the spool on real files in tempdirs and through
