@@ -1,4 +1,4 @@
-//! Mail loops (issue 14, High 2), against the real relay on loopback: a next hop that is the
+//! Mail loops, against the real relay on loopback: a next hop that is the
 //! relay itself — a static route to its own listener, an address literal of its own address,
 //! an MX that resolves to 127.0.0.1 (through the test DNS server), a next hop that greets
 //! with our host name — bounces with `5.4.6` to the sender, and the message is taken in once

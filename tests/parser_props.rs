@@ -1,6 +1,6 @@
 //! Every parser entry point of the protocol cores (`smtp`, `pop3`, `mime`, `proto`) walked
 //! with random UTF-8, random bytes and random mixes of protocol tokens and multi-byte
-//! characters: none may panic (issue 14: `MAIL FROM:<a@[abcd€]>` panicked by slicing a
+//! characters: none may panic (`MAIL FROM:<a@[abcd€]>` once panicked by slicing a
 //! `str` inside a character, before login).
 //!
 //! The inputs are biased towards syntax (verbs, brackets, `@`, `IPv6:` tags, `=?`, `--`)
@@ -114,7 +114,7 @@ fn utf8_text() -> impl Strategy<Value = String> {
     prop_oneof![
         any::<String>(),
         proptest::collection::vec(token, 0..48).prop_map(|parts| parts.concat()),
-        // The address literals of issue 14 and their relatives: a character of any width
+        // The address literals that once panicked and their relatives: a character of any width
         // at every offset of the literal.
         (
             "(MAIL FROM:|RCPT TO:|VRFY )?",
@@ -449,7 +449,7 @@ proptest! {
     }
 }
 
-/// The two commands of issue 14 and their neighbours, every split, every entry point.
+/// The two commands that once panicked and their neighbours, every split, every entry point.
 #[test]
 fn non_ascii_address_literals_never_panic() {
     for line in [

@@ -485,8 +485,8 @@ mod tests {
             ("<@b:>", AddressError::LocalPart),
             ("", AddressError::Brackets),
             ("<", AddressError::LocalPart),
-            // Multi-byte characters where the `IPv6:` tag would end (issue 14: these panicked
-            // by slicing inside a character).
+            // Multi-byte characters where the `IPv6:` tag would end (these once panicked by
+            // slicing inside a character).
             ("<a@[abcd\u{20ac}]>", AddressError::Domain),
             ("<x@[IPv6\u{20ac}:1]>", AddressError::Domain),
             ("<x@[IPv\u{e9}:1]>", AddressError::Domain),
