@@ -1,4 +1,4 @@
-//! The admin endpoint against the real relay
+//! The admin endpoint against the real relay:
 //! the 0600 socket the CLI uses by default, the opt-in TCP listener that answers only to a
 //! loopback `Host`, wants a bearer token for everything but `/metrics` and a JSON content
 //! type for changes, two instances side by side, and a queue listing that does not re-read

@@ -187,11 +187,11 @@ fn smtp_bytes(bytes: &[u8]) {
             line_max: 1000,
         },
     ] {
-        let mut dot = smtp::BodyReceiver::dot(limits, None);
+        let mut dot = smtp::BodyReceiver::dot(limits, None, None);
         let (n, _) = dot.receive(bytes);
         assert!(n <= bytes.len());
         let _ = dot.finish();
-        let mut chunks = smtp::BodyReceiver::chunks(limits, true, Some(bytes.len() as u64));
+        let mut chunks = smtp::BodyReceiver::chunks(limits, true, Some(bytes.len() as u64), None);
         let (n, _) = chunks.receive(bytes);
         assert!(n <= bytes.len());
         let _ = chunks.finish();
