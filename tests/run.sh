@@ -15,6 +15,9 @@ command -v curl >/dev/null 2>&1 || missing+=(curl ca-certificates)
 [ -x /usr/sbin/smtp-sink ] || command -v smtp-sink >/dev/null 2>&1 || missing+=(postfix)
 # swaks drives STARTTLS and AUTH (tests/tls.rs); it needs Net::SSLeay for TLS.
 command -v swaks >/dev/null 2>&1 || missing+=(swaks libnet-ssleay-perl)
+# libseccomp's Python bindings (for /usr/bin/python3): tests/seccomp_fallback.rs denies io_uring
+# as Docker's default seccomp profile does.
+/usr/bin/python3 -c 'import seccomp' >/dev/null 2>&1 || missing+=(python3-seccomp)
 if ((${#missing[@]} > 0)); then
     if [ "$(id -u)" -ne 0 ]; then
         echo "tests/run.sh: missing ${missing[*]}; install them (apt-get needs root)" >&2
@@ -40,3 +43,6 @@ if ! command -v cargo-fuzz >/dev/null 2>&1; then
     cargo install cargo-fuzz --locked
 fi
 bash fuzz/run.sh "${RELAY_FUZZ_SECONDS:-10}"
+
+# The container image: built and run only where a container engine answers.
+bash tests/container.sh

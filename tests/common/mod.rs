@@ -144,6 +144,13 @@ pub struct Settings {
     pub log_level: &'static str,
     /// Run in the child between fork and exec (rlimits, seccomp). Must be async-signal-safe.
     pub pre_exec: Option<fn() -> std::io::Result<()>>,
+    /// A command the relay is started through (it must exec its last arguments, the relay's
+    /// command line), e.g. `tests/py/seccomp_exec.py --`; empty: the relay itself.
+    pub wrapper: Vec<String>,
+    /// The whole config file instead of the rendered template (e.g. a shipped config with
+    /// its addresses and `spool.dir` (`<workdir>/spool`) substituted); the knobs above then
+    /// do nothing.
+    pub raw_config: Option<String>,
     /// `[[relay.routes]]` as `(domain, to)`. The default sends every remote domain to a
     /// closed loopback port: tests never make DNS queries or leave the machine.
     pub routes: Vec<(String, String)>,
@@ -201,6 +208,8 @@ impl Settings {
             apop_secrets: Vec::new(),
             log_level: "info",
             pre_exec: None,
+            wrapper: Vec::new(),
+            raw_config: None,
             routes: vec![("*".into(), "127.0.0.1:1".into())],
             extra_toml: String::new(),
             smtp_toml: String::new(),
@@ -622,9 +631,20 @@ impl Relay {
     ) -> Result<Relay, StartFailure> {
         let spool_dir = dir.path().join("spool");
         let config_path = dir.path().join("relay.toml");
-        std::fs::write(&config_path, settings.render(&spool_dir)).expect("write config");
+        let config = match &settings.raw_config {
+            Some(text) => text.clone(),
+            None => settings.render(&spool_dir),
+        };
+        std::fs::write(&config_path, config).expect("write config");
 
-        let mut command = Command::new(relay_bin());
+        let mut command = match settings.wrapper.split_first() {
+            Some((program, args)) => {
+                let mut command = Command::new(program);
+                command.args(args).arg(relay_bin());
+                command
+            }
+            None => Command::new(relay_bin()),
+        };
         command
             .arg("serve")
             .arg("--config")
