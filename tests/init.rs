@@ -123,9 +123,11 @@ fn command_part(line: &str) -> &str {
     line.split_once(" #").map_or(line, |(c, _)| c).trim()
 }
 
-/// `PATH` with the relay under test first, as `cargo install` would put it.
-fn path_with_relay() -> String {
-    let bin = Path::new(relay_bin()).parent().expect("binary directory");
+/// `PATH` with the relay under test first as `relay` (as `cargo install` would put it), through
+/// a link in `bin` (`RELAY_TEST_BIN` may name a copy with another name).
+fn path_with_relay(bin: &Path) -> String {
+    std::fs::create_dir_all(bin).expect("bin dir");
+    std::os::unix::fs::symlink(relay_bin(), bin.join("relay")).expect("link relay");
     format!(
         "{}:{}",
         bin.display(),
@@ -165,13 +167,14 @@ fn readme_first_run_sends_over_smtp_and_fetches_over_pop3() {
         commands[1].starts_with("relay serve ") && commands[1].ends_with('&'),
         "{commands:?}"
     );
+    let path = path_with_relay(&tmp.path().join("bin"));
     let shell = |command: &str| {
         let mut shell = Command::new("bash");
         shell
             .arg("-c")
             .arg(command)
             .current_dir(repo_path(""))
-            .env("PATH", path_with_relay());
+            .env("PATH", &path);
         shell
     };
 
