@@ -1,4 +1,4 @@
-//! Command line: `serve`, `check`, `spool ls`, `spool cat`, `user`, `tune check|apply`, `stat`.
+//! Command line: `serve`, `check`, `init`, `spool ls`, `spool cat`, `user`, `tune check|apply`, `stat`.
 //!
 //! `anyhow` lives here only: library modules return typed errors, and this is the one
 //! place they become a line on stderr and an exit status.
@@ -32,6 +32,23 @@ enum Command {
     Check {
         #[arg(long, short)]
         config: Option<PathBuf>,
+    },
+    /// Write a starter installation into a directory: a commented config, a first user with a
+    /// generated password (printed once; only its argon2id hash is stored), postmaster and
+    /// abuse aliases to that user, a self-signed certificate and the spool. Overwrites nothing.
+    Init {
+        /// Where to write `relay.toml`, `users`, `tls/` and `spool/` (created if missing).
+        #[arg(long, default_value = ".")]
+        dir: PathBuf,
+        /// The mail domain (`localhost` is always local too).
+        #[arg(long)]
+        domain: Option<String>,
+        /// `server.hostname`, the name in the greeting (default: the system's, at run time).
+        #[arg(long)]
+        hostname: Option<String>,
+        /// The first user's name.
+        #[arg(long, default_value = relay::init::DEFAULT_USER)]
+        user: String,
     },
     /// Inspect the spool (works while the server runs: it only reads).
     Spool {
@@ -170,6 +187,17 @@ pub fn main() -> ExitCode {
     let result = match cli.command {
         Command::Serve { config } => serve(config.as_deref()),
         Command::Check { config } => check(config.as_deref()),
+        Command::Init {
+            dir,
+            domain,
+            hostname,
+            user,
+        } => init(relay::init::Options {
+            dir,
+            domain,
+            hostname,
+            user,
+        }),
         Command::Spool { command } => spool(command),
         Command::Queue {
             command,
@@ -206,6 +234,13 @@ fn serve(path: Option<&Path>) -> Result<()> {
     for warning in config.permission_warnings() {
         tracing::warn!("{warning}");
     }
+    // The server loads the users again itself; a file it cannot load fails there.
+    if let Some(warning) = relay::mailbox::load_directory(&config)
+        .ok()
+        .and_then(|d| d.postmaster_warning())
+    {
+        tracing::warn!("{warning}");
+    }
     relay::server::run(config)?;
     Ok(())
 }
@@ -220,7 +255,14 @@ fn check(path: Option<&Path>) -> Result<()> {
     }
     relay::net::tls::client::ClientTls::load(config.tls.ca_file.as_deref())
         .context("tls.ca_file")?;
-    for warning in config.permission_warnings() {
+    // The users and aliases must load as `serve` loads them; nobody receiving postmaster's
+    // mail (RFC 5321 §4.5.1) is worth a warning, not a refusal.
+    let directory = relay::mailbox::load_directory(&config)?;
+    for warning in config
+        .permission_warnings()
+        .into_iter()
+        .chain(directory.postmaster_warning())
+    {
         eprintln!("relay: warning: {warning}");
     }
     let mut out = std::io::stdout().lock();
@@ -229,6 +271,52 @@ fn check(path: Option<&Path>) -> Result<()> {
         "# {origin}: valid; effective configuration (secrets redacted):"
     )?;
     write!(out, "{}", config.to_toml())?;
+    Ok(())
+}
+
+fn init(options: relay::init::Options) -> Result<()> {
+    let done = relay::init::init(&options)?;
+    let mut out = std::io::stdout().lock();
+    let row = |path: &Path, what: &str| format!("  {:<28} {what}", path.display().to_string());
+    writeln!(
+        out,
+        "wrote a starter installation into {}:",
+        done.dir.display()
+    )?;
+    for line in [
+        row(&done.config, "the config; every choice in it is explained"),
+        row(
+            &done.users,
+            &format!(
+                "user `{}`: only its password's argon2id hash (0600)",
+                done.user
+            ),
+        ),
+        row(
+            &done.cert,
+            &format!(
+                "self-signed certificate for {}, 127.0.0.1, ::1",
+                done.cert_names.join(", ")
+            ),
+        ),
+        row(&done.key, "its private key (0600)"),
+        row(&done.spool, "the message store (0700)"),
+    ] {
+        writeln!(out, "{line}")?;
+    }
+    writeln!(
+        out,
+        "local domains: {}; postmaster@ and abuse@ go to `{}`.",
+        done.domains.join(", "),
+        done.user
+    )?;
+    writeln!(
+        out,
+        "The password of `{}`, shown only now (`relay user add` makes a new one):",
+        done.user
+    )?;
+    writeln!(out, "password: {}", done.password.expose())?;
+    writeln!(out, "Next: relay serve --config {}", done.config.display())?;
     Ok(())
 }
 

@@ -28,6 +28,7 @@
 //! - [`admin`]: the admin endpoint (`/metrics`, `/stat`, queue control) on a 0600 Unix socket
 //!   and an opt-in loopback TCP listener, and its client.
 //! - [`tune`]: `relay tune`: the embedded kernel profiles compared with this machine.
+//! - [`init`]: `relay init`: a starter config, first user, certificate and spool.
 
 // No module needs unsafe code: io_uring comes through tokio-uring, SIMD through memchr and
 // base64-simd, syscalls through std, socket2, core_affinity and rustix.
@@ -37,6 +38,7 @@ pub mod admin;
 pub mod config;
 pub mod delivery;
 pub mod envelope;
+pub mod init;
 pub mod logsafe;
 pub mod mailbox;
 pub mod metrics;

@@ -4,6 +4,10 @@
 //! and `alice@localhost` are the same mailbox when both domains are local. Local parts are
 //! compared case-insensitively, as every deployed MTA does for mailbox names.
 //!
+//! `postmaster` (any case, RFC 5321 §4.5.1) is never unknown: without a user or alias of that
+//! name its mail goes to the built-in maildrop [`POSTMASTER`], which a user named `postmaster`
+//! reads once one is defined (and `relay check` warns until someone receives it).
+//!
 //! Exposure: addresses come from network peers (already syntax-checked by the SMTP session);
 //! users and aliases from the operator's config.
 
@@ -43,6 +47,16 @@ pub enum DirectoryError {
     #[error("alias `{0}` expands into itself or nests deeper than {ALIAS_DEPTH_MAX} levels")]
     AliasLoop(String),
 }
+
+/// The local part every mail domain must accept (RFC 5321 §4.5.1), and the name of the
+/// maildrop that keeps its mail while no user or alias of that name exists.
+pub const POSTMASTER: &str = "postmaster";
+
+/// The quota of the built-in postmaster maildrop while no user owns it: nobody reads it yet,
+/// and anyone may send to postmaster, so it must not be able to fill the disk. Months of
+/// bounce and abuse reports fit; past it RCPT gets `452 4.2.2` (a temporary failure: the
+/// sender retries, and once a `postmaster` user exists, that user's own quota applies).
+pub const POSTMASTER_UNOWNED_QUOTA: u64 = 100 << 20;
 
 /// How deep aliases may nest (Postfix stops at 1000; lists of lists need only a few).
 pub const ALIAS_DEPTH_MAX: usize = 8;
@@ -160,10 +174,13 @@ impl Directory {
         if self.users.contains_key(local) {
             return Ok((vec![local.to_string()], Vec::new()));
         }
-        let targets = self
-            .aliases
-            .get(local)
-            .ok_or_else(|| Expand::Unknown(local.to_string()))?;
+        let Some(targets) = self.aliases.get(local) else {
+            // RFC 5321 §4.5.1: postmaster is never refused for lack of a user.
+            if local == POSTMASTER {
+                return Ok((vec![POSTMASTER.to_string()], Vec::new()));
+            }
+            return Err(Expand::Unknown(local.to_string()));
+        };
         let (mut mailboxes, mut forward) = (Vec::new(), Vec::new());
         for target in targets {
             match self.local_part_of(target) {
@@ -188,6 +205,41 @@ impl Directory {
 
     pub fn user(&self, name: &str) -> Option<&User> {
         self.users.get(&name.to_ascii_lowercase())
+    }
+
+    /// Bytes `mailbox` may hold: its user's quota, or the built-in postmaster maildrop's
+    /// while no user owns it; `None` is unlimited.
+    pub fn quota(&self, mailbox: &str) -> Option<u64> {
+        match self.user(mailbox) {
+            Some(user) => user.quota,
+            None if mailbox.eq_ignore_ascii_case(POSTMASTER) => Some(POSTMASTER_UNOWNED_QUOTA),
+            None => None,
+        }
+    }
+
+    /// The warning `relay check` prints (and `relay serve` logs) when nobody receives
+    /// postmaster's mail; `None` when someone does.
+    pub fn postmaster_warning(&self) -> Option<String> {
+        (!self.postmaster_received()).then(|| {
+            "no user receives mail for postmaster (RFC 5321 §4.5.1): it is accepted and kept in \
+             the built-in `postmaster` mailbox, which only a user named `postmaster` can read \
+             (POP3); add that user (`relay user add postmaster --file USERS_FILE`), or alias \
+             postmaster to a user (`[local.aliases]` `postmaster = [\"alice\"]`; mail kept \
+             before stays for a `postmaster` user)"
+                .to_string()
+        })
+    }
+
+    /// Whether some user (or a remote address) receives mail for postmaster. `false` when
+    /// it is kept in the built-in maildrop that no user reads yet, which `relay check` and
+    /// `relay serve` warn about.
+    pub fn postmaster_received(&self) -> bool {
+        match self.expand(POSTMASTER, 0) {
+            Ok((mailboxes, forward)) => {
+                !forward.is_empty() || mailboxes.iter().any(|m| self.users.contains_key(m))
+            }
+            Err(_) => false,
+        }
     }
 
     /// Checks a login. Takes as long for an unknown user as for a wrong password.
@@ -293,6 +345,59 @@ mod tests {
         assert_eq!(d.resolve("postmaster"), local(&["postmaster"], &[]));
         assert_eq!(d.resolve("carol@example.test"), Resolution::Unknown);
         assert_eq!(d.resolve("alice@elsewhere.test"), Resolution::Remote);
+    }
+
+    #[test]
+    fn postmaster_is_never_unknown() {
+        // No user or alias named postmaster: the built-in maildrop takes its mail, whatever
+        // the case of the local part and in every local domain.
+        let d = Directory::new(
+            vec!["example.test".into(), "localhost".into()],
+            vec![user("alice")],
+            &BTreeMap::new(),
+        )
+        .unwrap();
+        for address in [
+            "postmaster@example.test",
+            "PostMaster@LOCALHOST",
+            "POSTMASTER",
+            "postmaster",
+        ] {
+            assert_eq!(d.resolve(address), local(&["postmaster"], &[]), "{address}");
+        }
+        assert_eq!(d.resolve("postmistress@example.test"), Resolution::Unknown);
+        assert_eq!(d.resolve("postmaster@remote.test"), Resolution::Remote);
+        assert!(!d.postmaster_received());
+        assert!(d.postmaster_warning().is_some());
+        assert_eq!(d.quota("postmaster"), Some(POSTMASTER_UNOWNED_QUOTA));
+        assert_eq!(d.quota("alice"), None);
+        // An alias may name it (abuse reports to the same place).
+        let mut aliases = BTreeMap::new();
+        aliases.insert("abuse".to_string(), vec!["Postmaster".to_string()]);
+        let d = Directory::new(vec!["localhost".into()], vec![], &aliases).unwrap();
+        assert_eq!(d.resolve("abuse@localhost"), local(&["postmaster"], &[]));
+    }
+
+    #[test]
+    fn postmaster_received_by_a_user_an_alias_or_a_forward() {
+        // A user of that name owns the built-in maildrop (and its quota is the user's).
+        let d = directory(&[]).unwrap();
+        assert!(d.postmaster_received() && d.postmaster_warning().is_none());
+        assert_eq!(d.quota("postmaster"), None);
+        let alias = |targets: &[&str]| {
+            let mut aliases = BTreeMap::new();
+            aliases.insert(
+                "postmaster@localhost".to_string(),
+                targets.iter().map(|t| t.to_string()).collect(),
+            );
+            Directory::new(vec!["localhost".into()], vec![user("alice")], &aliases).unwrap()
+        };
+        let d = alias(&["alice"]);
+        assert_eq!(d.resolve("POSTMASTER@localhost"), local(&["alice"], &[]));
+        assert!(d.postmaster_received());
+        let d = alias(&["ops@remote.test"]);
+        assert_eq!(d.resolve("postmaster"), local(&[], &["ops@remote.test"]));
+        assert!(d.postmaster_received());
     }
 
     #[test]

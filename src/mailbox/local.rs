@@ -18,7 +18,7 @@ impl LocalDelivery {
     }
 
     fn over_quota(&self, mailbox: &str, size: u64) -> bool {
-        let quota = self.directory.user(mailbox).and_then(|u| u.quota);
+        let quota = self.directory.quota(mailbox);
         // Checked at RCPT with the declared SIZE: a message may overshoot by its own size,
         // which is how every MTA with RCPT-time quotas behaves.
         quota.is_some_and(|q| self.store.usage(mailbox).saturating_add(size) > q)
@@ -115,6 +115,26 @@ mod tests {
             local.lookup("bob@example.test", 1 << 30),
             Lookup::Deliver { .. }
         ));
+    }
+
+    #[test]
+    fn postmaster_without_a_user_is_accepted_within_its_quota() {
+        let (local, store) = setup();
+        assert_eq!(
+            local.lookup("Postmaster@example.test", 1000),
+            Lookup::Deliver {
+                mailboxes: vec!["postmaster".into()],
+                forward: vec![]
+            }
+        );
+        store.deliver(
+            "postmaster",
+            MaildropItem {
+                id: QueueId(1),
+                size: crate::mailbox::directory::POSTMASTER_UNOWNED_QUOTA,
+            },
+        );
+        assert_eq!(local.lookup("postmaster", 1), Lookup::OverQuota);
     }
 
     #[test]
