@@ -186,7 +186,7 @@ fn unsafe_is_forbidden_crate_wide() {
 /// What no protocol core may import.
 const HIGHER_THAN_CORES: &[&str] = &[
     "runtime", "net", "server", "spool", "delivery", "queue", "mailbox", "config", "admin",
-    "metrics", "tune", "cli",
+    "metrics", "tune", "init", "cli",
 ];
 
 /// The layers, as the modules below `src/` (`src/<module>/…` or `src/<module>.rs`), each with
@@ -201,7 +201,7 @@ fn forbidden_imports() -> Vec<(&'static str, Vec<&'static str>)> {
             "runtime",
             vec![
                 "net", "server", "delivery", "queue", "spool", "mailbox", "smtp", "pop3", "mime",
-                "proto", "envelope", "config", "admin", "metrics", "tune", "cli",
+                "proto", "envelope", "config", "admin", "metrics", "tune", "init", "cli",
             ],
         ),
         // Byte movement only.
@@ -209,7 +209,7 @@ fn forbidden_imports() -> Vec<(&'static str, Vec<&'static str>)> {
             "net",
             vec![
                 "server", "delivery", "queue", "spool", "mailbox", "smtp", "pop3", "mime", "proto",
-                "envelope", "config", "admin", "metrics", "tune", "cli",
+                "envelope", "config", "admin", "metrics", "tune", "init", "cli",
             ],
         ),
         // Protocol cores: sans-IO, and neither protocol imports the other.
@@ -223,7 +223,7 @@ fn forbidden_imports() -> Vec<(&'static str, Vec<&'static str>)> {
             "spool",
             vec![
                 "runtime", "net", "server", "delivery", "queue", "mailbox", "config", "admin",
-                "tune", "cli",
+                "tune", "init", "cli",
             ],
         ),
         // Delivery decisions: pure, no I/O.
@@ -231,24 +231,26 @@ fn forbidden_imports() -> Vec<(&'static str, Vec<&'static str>)> {
             "queue",
             vec![
                 "runtime", "net", "server", "delivery", "mailbox", "config", "admin", "metrics",
-                "tune", "cli",
+                "tune", "init", "cli",
             ],
         ),
         (
             "mailbox",
             vec![
-                "runtime", "net", "server", "delivery", "admin", "tune", "cli",
+                "runtime", "net", "server", "delivery", "admin", "tune", "init", "cli",
             ],
         ),
-        ("delivery", vec!["server", "admin", "tune", "cli"]),
+        ("delivery", vec!["server", "admin", "tune", "init", "cli"]),
         (
             "metrics",
-            vec!["server", "delivery", "admin", "tune", "cli"],
+            vec!["server", "delivery", "admin", "tune", "init", "cli"],
         ),
-        ("admin", vec!["server", "tune", "cli"]),
+        ("admin", vec!["server", "tune", "init", "cli"]),
         ("config", vec!["server", "delivery", "net", "admin", "cli"]),
         ("tune", vec!["server", "delivery", "cli"]),
-        ("server", vec!["cli"]),
+        ("server", vec!["init", "cli"]),
+        // The first-run writer: config, users and certificate; nothing that serves.
+        ("init", vec!["server", "delivery", "admin", "tune", "cli"]),
     ]
 }
 
