@@ -215,8 +215,18 @@ pub mod epoll {
             (Ok(()), buf)
         }
 
+        /// A one-byte `MSG_PEEK`: tokio's cached readiness can still say "readable" from
+        /// the read that took the last command (it is cleared only by a `WouldBlock`), so
+        /// asking readiness alone would miss a FIN that arrives later. The peek waits
+        /// properly and tells end of stream (0) from waiting input.
         async fn peer_closed(&self) {
-            watch_closed(async || self.0.ready(tokio::io::Interest::READABLE).await).await
+            let mut probe = [0u8; 1];
+            match self.0.peek(&mut probe).await {
+                // Input is waiting: its reader will see whatever follows.
+                Ok(n) if n > 0 => std::future::pending::<()>().await,
+                // End of stream, or the connection was reset.
+                Ok(_) | Err(_) => {}
+            }
         }
 
         fn shutdown(&self) {
