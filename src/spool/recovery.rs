@@ -469,20 +469,18 @@ fn unknown_format_reason(found: u16) -> String {
 /// Why a record of an unknown kind or layout version stops recovery (instead of being skipped
 /// as damage: it may be a deletion, and skipping it would bring deleted mail back).
 fn unknown_record_reason(kind: u16, version: u16) -> String {
-    match RecordKind::from_u16(kind) {
+    let read = match RecordKind::from_u16(kind) {
         Some(k) => format!(
-            "record kind {kind} ({k:?}) version {version} is unknown to this build, which reads \
-             version {} of that kind{}; refusing to skip it (it may be a deletion): nothing was \
-             changed",
+            "version {} of kind {kind} ({k:?}){}",
             list(k.versions_read()),
-            newer_hint(version, k.versions_read()),
+            newer_hint(version, k.versions_read())
         ),
-        None => format!(
-            "record kind {kind} (version {version}) is unknown to this build \
-             (written by a newer relay?); refusing to skip it (it may be a deletion): nothing \
-             was changed"
-        ),
-    }
+        None => "kinds 1, 2 and 3 (written by a newer relay?)".to_string(),
+    };
+    format!(
+        "record kind {kind} version {version} is unknown to this build, which reads {read}; \
+         refusing to skip it (it may be a deletion): nothing was changed"
+    )
 }
 
 fn list(versions: &[u16]) -> String {
