@@ -200,8 +200,11 @@ pub fn main() -> ExitCode {
             socket,
         } => stat(config.as_deref(), json, socket),
         Command::Generate { command } => match command {
-            GenerateCommand::Man { dir } => generate::man::<Cli>(&dir),
-            GenerateCommand::Completions { shell } => generate::completions::<Cli>(shell),
+            GenerateCommand::Man { dir } => generate::man::<Cli>(&dir)
+                .with_context(|| format!("cannot write man pages to {}", dir.display())),
+            GenerateCommand::Completions { shell } => {
+                generate::completions::<Cli>(shell).context("cannot write completions")
+            }
         },
     };
     match result {

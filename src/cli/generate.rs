@@ -7,21 +7,18 @@
 //! hashed OUT_DIR the packaging script would have to hunt for; the built binary already has
 //! the definitions and writes where it is told.
 
-use std::io::Write;
+use std::io::{self, Write};
 use std::path::Path;
 
-use anyhow::{Context, Result};
 use clap::CommandFactory;
 use clap_complete::Shell;
 
 /// Writes `relay.1` and `relay-<sub>[-<sub>].1` for every visible subcommand into `dir`
 /// (created if missing) and prints each file's name.
-pub fn man<C: CommandFactory>(dir: &Path) -> Result<()> {
-    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    clap_mangen::generate_to(C::command(), dir)
-        .with_context(|| format!("cannot write man pages to {}", dir.display()))?;
-    let mut names: Vec<String> = std::fs::read_dir(dir)
-        .with_context(|| format!("cannot read {}", dir.display()))?
+pub fn man<C: CommandFactory>(dir: &Path) -> io::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    clap_mangen::generate_to(C::command(), dir)?;
+    let mut names: Vec<String> = std::fs::read_dir(dir)?
         .filter_map(|e| e.ok())
         .map(|e| e.file_name().to_string_lossy().into_owned())
         .filter(|n| n.ends_with(".1"))
@@ -35,13 +32,9 @@ pub fn man<C: CommandFactory>(dir: &Path) -> Result<()> {
 }
 
 /// Prints the completion script for `shell` on stdout.
-pub fn completions<C: CommandFactory>(shell: Shell) -> Result<()> {
+pub fn completions<C: CommandFactory>(shell: Shell) -> io::Result<()> {
     let mut cmd = C::command();
     let mut out = Vec::new();
     clap_complete::generate(shell, &mut cmd, "relay", &mut out);
-    std::io::stdout()
-        .lock()
-        .write_all(&out)
-        .context("cannot write completions")?;
-    Ok(())
+    io::stdout().lock().write_all(&out)
 }
