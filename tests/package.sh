@@ -83,7 +83,7 @@ relay check --config /etc/relay/relay.toml >/dev/null || fail "relay check rejec
 
 # Serve the packaged config as the unit does: user relay with only CAP_NET_BIND_SERVICE
 # (ambient, as AmbientCapabilities= grants it) for ports 25 and 110. systemd is not needed.
-if ss -Hltn 'sport = :25' | grep -q .; then
+if python3 -c 'import socket; socket.create_connection(("127.0.0.1", 25), timeout=1)' 2>/dev/null; then
     fail "port 25 is in use on this machine; the packaged config listens there"
 fi
 log=$(mktemp)
@@ -114,6 +114,8 @@ wait "$server" || status=$?
 server=
 [ "$status" -eq 0 ] || { cat "$log" >&2; fail "relay exited $status on SIGTERM"; }
 [ -z "$(find /var/spool/relay -maxdepth 0 ! -user relay)" ] || fail "spool changed owner"
+echo "tests/package.sh: the installed relay served the packaged config; its log began:"
+sed -n 1,5p "$log"
 rm -f "$log"
 
 # Upgrades keep the config (a conffile the operator edited) and the spool.
