@@ -132,3 +132,55 @@ fn newer_record_version_is_refused_not_skipped() {
         );
     }
 }
+
+/// `relay serve` on such a spool exits at start with one line naming both versions (once: the
+/// CLI prints the error chain, and the spool error must not appear twice in it).
+#[test]
+fn serve_refuses_a_newer_spool_at_start() {
+    let (tmp, root) = copy_fixture();
+    let path = segment(&root, 1);
+    let mut seg = std::fs::read(&path).expect("read segment");
+    let first = frame_offsets(&seg)[0];
+    bump_frame(&mut seg, first, 7);
+    std::fs::write(&path, &seg).expect("write segment");
+    let config = tmp.path().join("relay.toml");
+    // Port 0: the spool is opened before anything listens, and nothing may be bound anyway.
+    std::fs::write(
+        &config,
+        format!(
+            "[smtp]\nlisten = [\"127.0.0.1:0\"]\n[pop3]\nlisten = [\"127.0.0.1:0\"]\n\
+             [admin]\nenabled = false\n[spool]\ndir = {:?}\n",
+            root.display().to_string()
+        ),
+    )
+    .expect("write config");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_relay"))
+        .args(["serve", "--config"])
+        .arg(&config)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start relay");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("relay serve started on a spool of record version 7");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().expect("stderr"), &mut stderr)
+        .expect("read stderr");
+    assert!(!status.success(), "exit status {status}: {stderr}");
+    let reason = "version 7 is unknown to this build, which reads version 1";
+    assert_eq!(stderr.matches(reason).count(), 1, "{stderr}");
+    assert_eq!(
+        std::fs::read(&path).expect("reread"),
+        seg,
+        "the segment was modified"
+    );
+}
