@@ -14,6 +14,8 @@ use relay::config::Config;
 use relay::envelope::QueueId;
 use relay::spool::inspect;
 
+mod generate;
+
 #[derive(Parser)]
 #[command(name = "relay", version, about = "High-throughput SMTP edge relay")]
 struct Cli {
@@ -90,6 +92,20 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Man pages and shell completions from these definitions (for packaging).
+    #[command(hide = true)]
+    Generate {
+        #[command(subcommand)]
+        command: GenerateCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum GenerateCommand {
+    /// Write relay.1 and one page per subcommand into DIR.
+    Man { dir: PathBuf },
+    /// Print the completion script for SHELL on stdout.
+    Completions { shell: clap_complete::Shell },
 }
 
 #[derive(Subcommand)]
@@ -211,6 +227,13 @@ pub fn main() -> ExitCode {
             json,
             socket,
         } => stat(config.as_deref(), json, socket),
+        Command::Generate { command } => match command {
+            GenerateCommand::Man { dir } => generate::man::<Cli>(&dir)
+                .with_context(|| format!("cannot write man pages to {}", dir.display())),
+            GenerateCommand::Completions { shell } => {
+                generate::completions::<Cli>(shell).context("cannot write completions")
+            }
+        },
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

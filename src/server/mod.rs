@@ -52,8 +52,10 @@ use shard::ShardSeed;
 pub enum ServerError {
     #[error("server.io = \"uring\" but {0}")]
     UringRequired(UringUnavailable),
+    // Not `#[from]`: that would also make the spool error the `source`, and the CLI's `{:#}`
+    // would print its message twice.
     #[error("spool: {0}")]
-    Spool(#[from] SpoolError),
+    Spool(SpoolError),
     #[error(transparent)]
     Bind(#[from] BindError),
     #[error("cannot install signal handlers: {0}")]
@@ -78,6 +80,12 @@ pub enum ServerError {
     OutboundTls(crate::net::tls::TlsError),
     #[error("cannot start the password-hash threads: {0}")]
     HashPool(std::io::Error),
+}
+
+impl From<SpoolError> for ServerError {
+    fn from(e: SpoolError) -> Self {
+        ServerError::Spool(e)
+    }
 }
 
 /// Raises the soft `nofile` limit to the hard one: every connection is a descriptor, and

@@ -66,7 +66,10 @@ use super::record::{
 use super::SpoolError;
 
 pub const SEGMENT_MAGIC: [u8; 8] = *b"RLYSPOOL";
+/// The segment format this build writes.
 pub const SEGMENT_FORMAT: u16 = 1;
+/// The segment formats this build reads (named in the refusal of any other).
+pub const SEGMENT_FORMATS_READ: &[u16] = &[SEGMENT_FORMAT];
 pub const SEGMENT_HEADER_LEN: usize = 32;
 /// Two copies of the segment header; the first frame starts here.
 pub const SEGMENT_PREAMBLE_LEN: u64 = 2 * SEGMENT_HEADER_LEN as u64;
@@ -119,13 +122,18 @@ impl RecordKind {
         }
     }
 
-    /// Whether this build can read `version` of the kind. Keep old versions readable forever.
-    pub fn version_known(self, version: u16) -> bool {
+    /// The layout versions of the kind this build reads. Keep old versions readable forever.
+    pub const fn versions_read(self) -> &'static [u16] {
         match self {
-            RecordKind::Message => version == 1,
-            RecordKind::MailboxDeletion => version == 1,
-            RecordKind::DeliveryResult => version == 1,
+            RecordKind::Message => &[1],
+            RecordKind::MailboxDeletion => &[1],
+            RecordKind::DeliveryResult => &[1],
         }
+    }
+
+    /// Whether this build can read `version` of the kind.
+    pub fn version_known(self, version: u16) -> bool {
+        self.versions_read().contains(&version)
     }
 }
 
@@ -369,7 +377,7 @@ impl SegmentHeader {
             return Err(SegmentHeaderError::BadChecksum);
         }
         let format = u16_at(b, 8);
-        if format != SEGMENT_FORMAT {
+        if !SEGMENT_FORMATS_READ.contains(&format) {
             return Err(SegmentHeaderError::UnknownFormat(format));
         }
         Ok(SegmentHeader {

@@ -36,7 +36,7 @@ use rkyv::util::AlignedVec;
 
 use super::frame::{
     decode_payload, pad16, FrameHeader, Record, RecordKind, SegmentHeader, SegmentHeaderError,
-    FRAME_HEADER_LEN, FRAME_MAGIC, SEGMENT_HEADER_LEN, SEGMENT_PREAMBLE_LEN,
+    FRAME_HEADER_LEN, FRAME_MAGIC, SEGMENT_FORMATS_READ, SEGMENT_HEADER_LEN, SEGMENT_PREAMBLE_LEN,
 };
 use super::io::SegmentIo;
 use super::{Location, SpoolError};
@@ -374,11 +374,7 @@ fn examine(buf: &[u8], off: usize, salt: u32) -> Step {
             frame_len = h.frame_len();
             facts.length_within_segment = off as u64 + frame_len <= len as u64;
             if !facts.kind_known || !facts.version_known {
-                reason = format!(
-                    "record kind {} version {} is unknown to this build (written by a newer relay?); \
-                     refusing to skip it: it may be a deletion",
-                    h.kind, h.version
-                );
+                reason = unknown_record_reason(h.kind, h.version);
             } else if !facts.length_within_segment {
                 reason = format!(
                     "frame of {frame_len} bytes extends past the end of the segment ({} bytes left)",
@@ -457,6 +453,47 @@ pub(crate) fn read_segment(
         .map_err(|e| SpoolError::io("read segment", &path, e))?;
     buf.resize(n, 0);
     Ok((file, buf))
+}
+
+/// Why a segment of another format stops recovery: the version found and the ones this build
+/// reads, so an operator knows which relay wrote the spool and which one can open it.
+fn unknown_format_reason(found: u16) -> String {
+    format!(
+        "segment format {found} is unknown to this build, which reads format {}{}; \
+         nothing was changed: start a relay that reads format {found}",
+        list(SEGMENT_FORMATS_READ),
+        newer_hint(found, SEGMENT_FORMATS_READ),
+    )
+}
+
+/// Why a record of an unknown kind or layout version stops recovery (instead of being skipped
+/// as damage: it may be a deletion, and skipping it would bring deleted mail back).
+fn unknown_record_reason(kind: u16, version: u16) -> String {
+    let read = match RecordKind::from_u16(kind) {
+        Some(k) => format!(
+            "version {} of kind {kind} ({k:?}){}",
+            list(k.versions_read()),
+            newer_hint(version, k.versions_read())
+        ),
+        None => "kinds 1, 2 and 3 (written by a newer relay?)".to_string(),
+    };
+    format!(
+        "record kind {kind} version {version} is unknown to this build, which reads {read}; \
+         refusing to skip it (it may be a deletion): nothing was changed"
+    )
+}
+
+fn list(versions: &[u16]) -> String {
+    let names: Vec<String> = versions.iter().map(u16::to_string).collect();
+    names.join(", ")
+}
+
+fn newer_hint(found: u16, read: &[u16]) -> &'static str {
+    if read.iter().all(|&v| found > v) {
+        " (written by a newer relay?)"
+    } else {
+        ""
+    }
 }
 
 fn fatal(path: PathBuf, offset: u64, reason: impl Into<String>) -> SpoolError {
@@ -586,9 +623,7 @@ pub(crate) fn scan_segment(
                     _ => None,
                 });
                 let reason = match newer {
-                    Some(v) => format!(
-                        "segment format {v} is unknown to this build (written by a newer relay?)"
-                    ),
+                    Some(v) => unknown_format_reason(v),
                     None => format!(
                         "both segment header copies are unreadable ({e1:?}, {e2:?}); \
                          move the file aside to start without its records"
