@@ -14,6 +14,19 @@ use relay::config::Config;
 use relay::envelope::QueueId;
 use relay::spool::inspect;
 
+/// `print!`/`println!` that return an error instead of panicking when stdout is gone
+/// (`relay stat | head -1`); [`main`] ends quietly on a broken pipe.
+macro_rules! out {
+    ($($arg:tt)*) => {
+        write!(std::io::stdout().lock(), $($arg)*)?
+    };
+}
+macro_rules! outln {
+    ($($arg:tt)*) => {
+        writeln!(std::io::stdout().lock(), $($arg)*)?
+    };
+}
+
 mod generate;
 
 #[derive(Parser)]
@@ -237,11 +250,22 @@ pub fn main() -> ExitCode {
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
+        // The reader went away (`relay stat | head -1`): end quietly with the status a
+        // process killed by SIGPIPE has, as other command-line tools do.
+        Err(error) if broken_pipe(&error) => ExitCode::from(141),
         Err(error) => {
             eprintln!("relay: {error:#}");
             ExitCode::FAILURE
         }
     }
+}
+
+fn broken_pipe(error: &anyhow::Error) -> bool {
+    error.chain().any(|cause| {
+        cause
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe)
+    })
 }
 
 fn load(path: Option<&Path>) -> Result<Config> {
@@ -380,7 +404,7 @@ fn spool(command: SpoolCommand) -> Result<()> {
             let dir = spool_dir(dir, config.as_deref())?;
             let report = relay::spool::compact_offline(&dir)
                 .with_context(|| format!("cannot compact spool {}", dir.display()))?;
-            println!("{report}");
+            outln!("{report}");
         }
         SpoolCommand::Cat { id, dir, config } => {
             let dir = spool_dir(dir, config.as_deref())?;
@@ -405,7 +429,7 @@ fn user(command: UserCommand) -> Result<()> {
             let phc = relay::mailbox::password::hash(&password)?;
             let line = relay::mailbox::users_file::line(&name, &phc);
             match file {
-                None => println!("{line}"),
+                None => outln!("{line}"),
                 Some(path) => {
                     use std::os::unix::fs::OpenOptionsExt;
                     let mut f = std::fs::OpenOptions::new()
@@ -424,7 +448,7 @@ fn user(command: UserCommand) -> Result<()> {
             let directory = relay::mailbox::load_directory(&config)?;
             let password = read_password()?;
             match directory.verify(&name, &password) {
-                Some(user) => println!("{user}: password matches"),
+                Some(user) => outln!("{user}: password matches"),
                 None => anyhow::bail!("{name}: unknown user or wrong password"),
             }
         }
@@ -440,7 +464,7 @@ fn tune(command: TuneCommand) -> Result<()> {
             let config = load(config.as_deref())?;
             let host = tune::HostFacts::gather();
             let report = tune::evaluate(&profile, &settings, tune::read_current, &host, &config);
-            print!("{report}");
+            out!("{report}");
             let reasons = report.unsafe_reasons();
             anyhow::ensure!(
                 reasons.is_empty(),
@@ -452,31 +476,31 @@ fn tune(command: TuneCommand) -> Result<()> {
             let settings = tune::profile(&profile)?;
             let changes = tune::plan(&settings, tune::read_current);
             if changes.is_empty() {
-                println!("# nothing to change: this machine already meets profile {profile}");
+                outln!("# nothing to change: this machine already meets profile {profile}");
                 return Ok(());
             }
             if !yes {
-                println!(
+                outln!(
                     "# {} setting(s) fall short of profile {profile}; run these as root \
                      (or `relay tune apply --profile {profile} --yes`), nothing was changed:",
                     changes.len()
                 );
                 for change in &changes {
-                    println!("{}  # now {}", change.command(), change.from);
+                    outln!("{}  # now {}", change.command(), change.from);
                 }
                 return Ok(());
             }
             let mut failed = 0;
             for change in &changes {
                 match tune::write_sysctl(change) {
-                    Ok(()) => println!("changed {}: {} -> {}", change.key, change.from, change.to),
+                    Ok(()) => outln!("changed {}: {} -> {}", change.key, change.from, change.to),
                     Err(error) => {
                         failed += 1;
                         eprintln!("relay: {error}");
                     }
                 }
             }
-            println!(
+            outln!(
                 "# these last until reboot; install tuning/kernel/{profile}.conf in /etc/sysctl.d \
                  to keep them"
             );
@@ -518,7 +542,7 @@ fn stat(path: Option<&Path>, json: bool, socket: Option<PathBuf>) -> Result<()> 
     }
     let stat = relay::metrics::Stat::from_json(&body)
         .with_context(|| format!("{endpoint} answered /stat with something other than its JSON"))?;
-    print!("{stat}");
+    out!("{stat}");
     Ok(())
 }
 
@@ -542,7 +566,7 @@ fn parse_id(id: &str) -> Result<relay::envelope::QueueId> {
 fn queue(command: QueueCommand, path: Option<&Path>, socket: Option<PathBuf>) -> Result<()> {
     let config = load(path)?;
     if let Some(answer) = queue_online(&config, &command, socket)? {
-        print!("{answer}");
+        out!("{answer}");
         return Ok(());
     }
     // The server is not running: read the spool directly (this takes the spool's lock, so a
@@ -575,7 +599,7 @@ fn queue(command: QueueCommand, path: Option<&Path>, socket: Option<PathBuf>) ->
         }
     };
     spool.close()?;
-    print!("{text}");
+    out!("{text}");
     Ok(())
 }
 

@@ -135,3 +135,24 @@ fn spool_compact_is_refused_while_a_server_holds_the_spool() {
     let output = compact();
     assert!(output.status.success(), "{}", describe(&output));
 }
+
+/// A reader that has gone (`relay tune check | head -1`) ends the command quietly: before,
+/// the `print!` behind the report panicked ("failed printing to stdout: Broken pipe", 101).
+#[test]
+fn a_closed_stdout_is_not_a_panic() {
+    use std::process::{Command, Stdio};
+    for args in [&["tune", "check"][..], &["check"][..], &["--help"][..]] {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_relay"))
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        // Close the read end before the relay writes anything.
+        drop(child.stdout.take());
+        let output = child.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!stderr.contains("panicked"), "relay {args:?}: {stderr}");
+        assert_ne!(output.status.code(), Some(101), "relay {args:?}: {stderr}");
+    }
+}
