@@ -6,65 +6,10 @@
 #[macro_use]
 mod common;
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{repo_path, Client, Engine, Relay, Settings, TEST_PASSWORD};
-
-/// The scripted DNS server, and the queries it has seen.
-struct DnsServer {
-    child: Child,
-    port: u16,
-    queries: Arc<Mutex<Vec<String>>>,
-}
-
-impl DnsServer {
-    fn start(records: &[&str]) -> DnsServer {
-        let mut child = Command::new("python3")
-            .arg(repo_path("tests/py/dns_server.py"))
-            .args(records)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("start dns_server.py");
-        let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
-        let first = lines
-            .next()
-            .expect("dns server said nothing")
-            .expect("read");
-        let port = first
-            .strip_prefix("PORT ")
-            .and_then(|p| p.parse().ok())
-            .unwrap_or_else(|| panic!("unexpected first line {first:?}"));
-        let queries = Arc::new(Mutex::new(Vec::new()));
-        let seen = Arc::clone(&queries);
-        std::thread::spawn(move || {
-            for line in lines.map_while(Result::ok) {
-                if let Some(query) = line.strip_prefix("Q ") {
-                    seen.lock().unwrap().push(query.to_string());
-                }
-            }
-        });
-        DnsServer {
-            child,
-            port,
-            queries,
-        }
-    }
-
-    fn queries(&self) -> Vec<String> {
-        self.queries.lock().unwrap().clone()
-    }
-}
-
-impl Drop for DnsServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+use common::dns::DnsServer;
+use common::{Client, Engine, Relay, Settings, TEST_PASSWORD};
 
 /// Loopback is not a relay network here, so the block lists apply to the test client.
 fn settings(engine: Engine, dns_port: u16, zones: &[&str], timeout: &str) -> Settings {

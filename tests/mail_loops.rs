@@ -11,12 +11,12 @@
 #[macro_use]
 mod common;
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
+use common::dns::DnsServer;
 use common::sinks::{free_port, Sink};
-use common::{repo_path, Engine, Relay, Settings};
+use common::{Engine, Relay, Settings};
 
 const PATIENCE: Duration = Duration::from_secs(15);
 const SENDER: &str = "alice@example.test";
@@ -142,43 +142,6 @@ fn an_address_literal_of_the_relay_bounces() {
         "x@[127.0.0.1]",
         "mail for [127.0.0.1] loops back to myself",
     );
-}
-
-/// The scripted DNS server of tests/py/dns_server.py, killed when dropped.
-struct DnsServer {
-    child: Child,
-    port: u16,
-}
-
-impl DnsServer {
-    fn start(records: &[&str]) -> DnsServer {
-        let mut child = Command::new("python3")
-            .arg(repo_path("tests/py/dns_server.py"))
-            .args(records)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("start dns_server.py");
-        let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
-        let first = lines
-            .next()
-            .expect("dns server said nothing")
-            .expect("read");
-        let port = first
-            .strip_prefix("PORT ")
-            .and_then(|p| p.parse().ok())
-            .unwrap_or_else(|| panic!("unexpected first line {first:?}"));
-        // Keep reading its query lines so it never blocks on a full pipe.
-        std::thread::spawn(move || for _ in lines.map_while(Result::ok) {});
-        DnsServer { child, port }
-    }
-}
-
-impl Drop for DnsServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 #[test]
