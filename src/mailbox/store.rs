@@ -195,30 +195,20 @@ mod tests {
     #[test]
     fn snapshots_are_in_arrival_order_whatever_the_delivery_order() {
         let store = MailStore::new();
+        let order = |store: &Arc<MailStore>| -> Vec<u64> {
+            let maildrop = store.lock("alice").unwrap();
+            maildrop.entries.iter().map(|e| e.size).collect()
+        };
         // The replay's hash order, then a live delivery.
         for n in [5, 1, 4, 2, 3] {
             store.deliver("alice", entry(n, n));
         }
         store.deliver("alice", entry(6, 6));
-        let ids: Vec<_> = store
-            .lock("alice")
-            .unwrap()
-            .entries
-            .iter()
-            .map(|e| e.size)
-            .collect();
-        assert_eq!(ids, [1, 2, 3, 4, 5, 6]);
+        assert_eq!(order(&store), [1, 2, 3, 4, 5, 6]);
         // Removal keeps the order; a late out-of-order delivery is sorted in.
         store.remove("alice", &[entry(2, 0).id]);
         store.deliver("alice", entry(0, 0));
-        let ids: Vec<_> = store
-            .lock("alice")
-            .unwrap()
-            .entries
-            .iter()
-            .map(|e| e.size)
-            .collect();
-        assert_eq!(ids, [0, 1, 3, 4, 5, 6]);
+        assert_eq!(order(&store), [0, 1, 3, 4, 5, 6]);
     }
 
     #[test]
