@@ -14,6 +14,8 @@
 //! - [`mailbox`]: users, aliases and passwords; maildrops as views over the spool.
 //! - [`smtp`]: the sans-IO SMTP protocol core: server session and outbound client.
 //! - [`pop3`]: the sans-IO POP3 server session.
+//! - [`sender_auth`]: DKIM signing; SPF, DKIM, DMARC and ARC checks of arriving mail;
+//!   `Authentication-Results`; DMARC aggregate reports.
 //! - [`mime`]: the zero-copy MIME parser, Base64 and quoted-printable, 8BITMIME downgrade,
 //!   the content policy.
 //! - [`proto`]: what the line protocols share: the command-line framer and SASL PLAIN.
@@ -48,6 +50,7 @@ pub mod pop3;
 pub mod proto;
 pub mod queue;
 pub mod runtime;
+pub mod sender_auth;
 pub mod server;
 pub mod smtp;
 pub mod spool;

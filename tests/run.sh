@@ -18,6 +18,13 @@ command -v swaks >/dev/null 2>&1 || missing+=(swaks libnet-ssleay-perl)
 # libseccomp's Python bindings (for /usr/bin/python3): tests/seccomp_fallback.rs denies io_uring
 # as Docker's default seccomp profile does.
 /usr/bin/python3 -c 'import seccomp' >/dev/null 2>&1 || missing+=(python3-seccomp)
+# Sender authentication: dkimpy's dkimsign/dkimverify, authheaders (parses our
+# Authentication-Results), xmllint (DMARC report schema), PyYAML (the SPF test suite), npm.
+command -v dkimverify >/dev/null 2>&1 || missing+=(python3-dkim)
+/usr/bin/python3 -c 'import authheaders' >/dev/null 2>&1 || missing+=(python3-authheaders)
+command -v xmllint >/dev/null 2>&1 || missing+=(libxml2-utils)
+/usr/bin/python3 -c 'import yaml' >/dev/null 2>&1 || missing+=(python3-yaml)
+command -v npm >/dev/null 2>&1 || missing+=(npm)
 if ((${#missing[@]} > 0)); then
     if [ "$(id -u)" -ne 0 ]; then
         echo "tests/run.sh: missing ${missing[*]}; install them (apt-get needs root)" >&2
@@ -31,6 +38,9 @@ if ((${#missing[@]} > 0)); then
     apt-get update
     apt-get install -y --no-install-recommends "${missing[@]}"
 fi
+
+# npm mailauth and the RFC 7208 test suite (pinned; outside the repository).
+bash tests/tools.sh
 
 cargo build --all-targets
 cargo test --all-targets --no-fail-fast "$@"

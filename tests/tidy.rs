@@ -185,8 +185,20 @@ fn unsafe_is_forbidden_crate_wide() {
 
 /// What no protocol core may import.
 const HIGHER_THAN_CORES: &[&str] = &[
-    "runtime", "net", "server", "spool", "delivery", "queue", "mailbox", "config", "admin",
-    "metrics", "tune", "init", "cli",
+    "runtime",
+    "net",
+    "server",
+    "spool",
+    "delivery",
+    "queue",
+    "mailbox",
+    "config",
+    "admin",
+    "metrics",
+    "tune",
+    "init",
+    "cli",
+    "sender_auth",
 ];
 
 /// The layers, as the modules below `src/` (`src/<module>/…` or `src/<module>.rs`), each with
@@ -200,16 +212,47 @@ fn forbidden_imports() -> Vec<(&'static str, Vec<&'static str>)> {
         (
             "runtime",
             vec![
-                "net", "server", "delivery", "queue", "spool", "mailbox", "smtp", "pop3", "mime",
-                "proto", "envelope", "config", "admin", "metrics", "tune", "init", "cli",
+                "net",
+                "server",
+                "delivery",
+                "queue",
+                "spool",
+                "mailbox",
+                "smtp",
+                "pop3",
+                "mime",
+                "proto",
+                "envelope",
+                "config",
+                "admin",
+                "metrics",
+                "tune",
+                "init",
+                "cli",
+                "sender_auth",
             ],
         ),
         // Byte movement only.
         (
             "net",
             vec![
-                "server", "delivery", "queue", "spool", "mailbox", "smtp", "pop3", "mime", "proto",
-                "envelope", "config", "admin", "metrics", "tune", "init", "cli",
+                "server",
+                "delivery",
+                "queue",
+                "spool",
+                "mailbox",
+                "smtp",
+                "pop3",
+                "mime",
+                "proto",
+                "envelope",
+                "config",
+                "admin",
+                "metrics",
+                "tune",
+                "init",
+                "cli",
+                "sender_auth",
             ],
         ),
         // Protocol cores: sans-IO, and neither protocol imports the other.
@@ -222,22 +265,50 @@ fn forbidden_imports() -> Vec<(&'static str, Vec<&'static str>)> {
         (
             "spool",
             vec![
-                "runtime", "net", "server", "delivery", "queue", "mailbox", "config", "admin",
-                "tune", "init", "cli",
+                "runtime",
+                "net",
+                "server",
+                "delivery",
+                "queue",
+                "mailbox",
+                "config",
+                "admin",
+                "tune",
+                "init",
+                "cli",
+                "sender_auth",
             ],
         ),
         // Delivery decisions: pure, no I/O.
         (
             "queue",
             vec![
-                "runtime", "net", "server", "delivery", "mailbox", "config", "admin", "metrics",
-                "tune", "init", "cli",
+                "runtime",
+                "net",
+                "server",
+                "delivery",
+                "mailbox",
+                "config",
+                "admin",
+                "metrics",
+                "tune",
+                "init",
+                "cli",
+                "sender_auth",
             ],
         ),
         (
             "mailbox",
             vec![
-                "runtime", "net", "server", "delivery", "admin", "tune", "init", "cli",
+                "runtime",
+                "net",
+                "server",
+                "delivery",
+                "admin",
+                "tune",
+                "init",
+                "cli",
+                "sender_auth",
             ],
         ),
         ("delivery", vec!["server", "admin", "tune", "init", "cli"]),
@@ -249,6 +320,15 @@ fn forbidden_imports() -> Vec<(&'static str, Vec<&'static str>)> {
         ("config", vec!["server", "delivery", "net", "admin", "cli"]),
         ("tune", vec!["server", "delivery", "cli"]),
         ("server", vec!["init", "cli"]),
+        // Sender authentication: keys, checks and reports over mail-auth and the resolver;
+        // it is handed messages and answers, and knows nothing of shards, spool or queue.
+        (
+            "sender_auth",
+            vec![
+                "runtime", "server", "delivery", "queue", "spool", "mailbox", "config", "admin",
+                "metrics", "tune", "init", "cli", "pop3",
+            ],
+        ),
         // The first-run writer: config, users and certificate; nothing that serves.
         ("init", vec!["server", "delivery", "admin", "tune", "cli"]),
     ]

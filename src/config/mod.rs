@@ -1,5 +1,5 @@
 //! The typed configuration: one TOML file, one section per owner (`[server] [smtp] [spool]
-//! [relay] [local] [pop3] [policy] [delivery] [admin] [tls]`), each in its own file here.
+//! [relay] [local] [pop3] [policy] [delivery] [admin] [tls] [dkim] [verify] [dmarc]`), each in its own file here.
 //!
 //! Role: turn operator text into values the rest of the relay can trust. Every key has a
 //! default (see `defaults.rs` and each section, where each keeps its RFC or reason); unknown
@@ -13,6 +13,8 @@
 pub mod admin;
 mod defaults;
 pub mod delivery;
+pub mod dkim;
+pub mod dmarc;
 pub mod local;
 pub mod policy;
 pub mod pop3;
@@ -23,6 +25,7 @@ pub mod smtp;
 pub mod spool;
 pub mod tls;
 pub mod units;
+pub mod verify;
 
 use std::path::{Path, PathBuf};
 
@@ -31,6 +34,8 @@ use serde::{Deserialize, Serialize};
 pub use crate::runtime::IoEngine;
 pub use admin::{admin_listen_allowed, AdminSection};
 pub use delivery::DeliverySection;
+pub use dkim::DkimSection;
+pub use dmarc::DmarcSection;
 pub use local::{LocalSection, UserEntry};
 pub use policy::PolicySection;
 pub use pop3::Pop3Section;
@@ -41,6 +46,7 @@ pub use smtp::{SmtpSection, COMMAND_LINE_CEILING, MESSAGE_SIZE_CEILING};
 pub use spool::SpoolSection;
 pub use tls::TlsSection;
 pub use units::{ByteSize, Interval};
+pub use verify::VerifySection;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -134,6 +140,12 @@ pub struct Config {
     pub delivery: DeliverySection,
     pub admin: AdminSection,
     pub tls: TlsSection,
+    /// DKIM signing keys for our own domains.
+    pub dkim: DkimSection,
+    /// SPF, DKIM, DMARC and ARC checks of arriving mail.
+    pub verify: VerifySection,
+    /// DMARC aggregate reports.
+    pub dmarc: DmarcSection,
 }
 
 impl Config {
@@ -258,6 +270,9 @@ impl Config {
         self.spool.check()?;
         self.server.check()?;
         self.delivery.check()?;
+        self.dkim.check()?;
+        self.verify.check()?;
+        self.dmarc.check()?;
         self.relay.check()?;
         self.policy.check()?;
         self.pop3.check()?;

@@ -12,6 +12,8 @@
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 
+use hickory_resolver::proto::rr::RData;
+
 /// One MX record as received.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct MxRecord {
@@ -130,16 +132,14 @@ pub enum LookupFailure {
 /// Maps a hickory error: NXDOMAIN → does not exist; NOERROR with no records → no records;
 /// everything else (SERVFAIL, REFUSED, timeouts, no connections, I/O) → temporary. Note
 /// that hickory reports SERVFAIL as `NoRecordsFound` too, so the response code decides.
-pub fn classify(err: &hickory_resolver::ResolveError) -> LookupFailure {
+pub fn classify(err: &hickory_resolver::net::NetError) -> LookupFailure {
+    use hickory_resolver::net::{DnsError, NetError};
     use hickory_resolver::proto::op::ResponseCode;
-    use hickory_resolver::proto::ProtoErrorKind;
-    if let Some(proto) = err.proto() {
-        if let ProtoErrorKind::NoRecordsFound { response_code, .. } = proto.kind() {
-            match *response_code {
-                ResponseCode::NXDomain => return LookupFailure::NxDomain,
-                ResponseCode::NoError => return LookupFailure::NoRecords,
-                _ => {}
-            }
+    if let NetError::Dns(DnsError::NoRecordsFound(no_records)) = err {
+        match no_records.response_code {
+            ResponseCode::NXDomain => return LookupFailure::NxDomain,
+            ResponseCode::NoError => return LookupFailure::NoRecords,
+            _ => {}
         }
     }
     LookupFailure::Temporary(err.to_string())
@@ -148,7 +148,7 @@ pub fn classify(err: &hickory_resolver::ResolveError) -> LookupFailure {
 /// The resolver could not be set up (unreadable `/etc/resolv.conf`).
 #[derive(Debug, thiserror::Error)]
 #[error("cannot set up the DNS resolver from the system configuration: {0}")]
-pub struct ResolverInitError(#[source] hickory_resolver::ResolveError);
+pub struct ResolverInitError(#[source] hickory_resolver::net::NetError);
 
 /// The real resolver: `hickory-resolver` on tokio, configured from `/etc/resolv.conf`
 /// (name servers, timeouts, attempts) and `/etc/hosts`. Queries are made for the absolute
@@ -168,28 +168,39 @@ impl SystemResolver {
     /// of those in `/etc/resolv.conf`; the system's when empty.
     pub fn new(servers: &[SocketAddr]) -> Result<Self, ResolverInitError> {
         use hickory_resolver::config::{
-            LookupIpStrategy, NameServerConfig, NameServerConfigGroup, ResolverConfig,
+            ConnectionConfig, LookupIpStrategy, NameServerConfig, ResolverConfig,
         };
-        use hickory_resolver::proto::xfer::Protocol;
+        use hickory_resolver::net::runtime::TokioRuntimeProvider;
         let mut builder = if servers.is_empty() {
             hickory_resolver::TokioResolver::builder_tokio().map_err(ResolverInitError)?
         } else {
-            let mut group = NameServerConfigGroup::new();
-            for addr in servers {
-                // UDP first, TCP for truncated answers (RFC 7766).
-                group.push(NameServerConfig::new(*addr, Protocol::Udp));
-                group.push(NameServerConfig::new(*addr, Protocol::Tcp));
-            }
+            let name_servers = servers
+                .iter()
+                .map(|addr| {
+                    // UDP first, TCP for truncated answers (RFC 7766), both on the given port.
+                    let mut udp = ConnectionConfig::udp();
+                    udp.port = addr.port();
+                    let mut tcp = ConnectionConfig::tcp();
+                    tcp.port = addr.port();
+                    NameServerConfig::new(addr.ip(), true, vec![udp, tcp])
+                })
+                .collect();
             hickory_resolver::TokioResolver::builder_with_config(
-                ResolverConfig::from_parts(None, Vec::new(), group),
-                hickory_resolver::name_server::TokioConnectionProvider::default(),
+                ResolverConfig::from_name_servers(name_servers),
+                TokioRuntimeProvider::default(),
             )
         };
         // Both families, so IPv6-only and IPv4-only MX hosts both work.
         builder.options_mut().ip_strategy = LookupIpStrategy::Ipv4AndIpv6;
         Ok(SystemResolver {
-            inner: builder.build(),
+            inner: builder.build().map_err(ResolverInitError)?,
         })
+    }
+
+    /// The hickory resolver itself, for lookups this seam does not cover (the TXT, PTR and
+    /// address queries of sender authentication share its cache and timeouts).
+    pub fn hickory(&self) -> &hickory_resolver::TokioResolver {
+        &self.inner
     }
 }
 
@@ -201,7 +212,7 @@ fn absolute(name: &str) -> String {
     }
 }
 
-fn exchange_text(name: &hickory_resolver::Name) -> String {
+fn exchange_text(name: &hickory_resolver::proto::rr::Name) -> String {
     if name.is_root() {
         ".".to_string()
     } else {
@@ -215,10 +226,14 @@ impl Resolver for SystemResolver {
         match self.inner.mx_lookup(absolute(domain)).await {
             Ok(lookup) => MxAnswer::Records(
                 lookup
+                    .answers()
                     .iter()
-                    .map(|mx| MxRecord {
-                        preference: mx.preference(),
-                        exchange: exchange_text(mx.exchange()),
+                    .filter_map(|record| match &record.data {
+                        RData::MX(mx) => Some(MxRecord {
+                            preference: mx.preference,
+                            exchange: exchange_text(&mx.exchange),
+                        }),
+                        _ => None,
                     })
                     .collect(),
             ),
@@ -232,7 +247,16 @@ impl Resolver for SystemResolver {
 
     async fn ipv4(&self, name: &str) -> AddrAnswer {
         match self.inner.ipv4_lookup(absolute(name)).await {
-            Ok(lookup) => AddrAnswer::Addresses(lookup.iter().map(|a| IpAddr::V4(a.0)).collect()),
+            Ok(lookup) => AddrAnswer::Addresses(
+                lookup
+                    .answers()
+                    .iter()
+                    .filter_map(|record| match &record.data {
+                        RData::A(a) => Some(IpAddr::V4(a.0)),
+                        _ => None,
+                    })
+                    .collect(),
+            ),
             Err(err) => match classify(&err) {
                 LookupFailure::NxDomain => AddrAnswer::NxDomain,
                 LookupFailure::NoRecords => AddrAnswer::NoRecords,

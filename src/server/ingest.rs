@@ -12,18 +12,36 @@ use crate::logsafe::Safe;
 use crate::smtp::{Submission, SubmitError};
 use crate::spool::{NewMessage, SpoolError};
 
+/// Accepts one submitted message: the sender checks of arriving mail (which may refuse it or
+/// add their `Authentication-Results`), our DKIM signature on our own mail, then
+/// [`store`].
+pub async fn accept(
+    ctx: &ShardContext,
+    mut submission: Submission,
+    peer: SocketAddr,
+) -> Result<QueueId, SubmitError> {
+    let mut headers = super::verifying::check(ctx, &mut submission, peer).await?;
+    headers.extend(super::signing::sign(ctx, &submission));
+    store(ctx, submission, peer, headers).await
+}
+
 /// Stores one message durably and hands it on; Ok only once the group commit covering it
 /// has synced, and no later (a full hand-off queue is retried in the background).
+/// `headers` (complete fields, CRLF-terminated) go above our Received field.
 pub async fn store(
     ctx: &ShardContext,
     submission: Submission,
     peer: SocketAddr,
+    headers: Vec<u8>,
 ) -> Result<QueueId, SubmitError> {
     let now = SystemTime::now();
     let id = ctx.spool.next_id(now);
-    let received = submission
-        .received_header(id, &ctx.hostname, now)
-        .into_bytes();
+    let mut received = headers;
+    received.extend_from_slice(
+        submission
+            .received_header(id, &ctx.hostname, now)
+            .as_bytes(),
+    );
     let Submission {
         envelope,
         mailboxes,
@@ -33,6 +51,7 @@ pub async fn store(
         body,
         mail_at,
         authenticated,
+        relay_client: _,
         tls,
     } = submission;
 

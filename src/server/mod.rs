@@ -11,13 +11,16 @@
 pub mod admission;
 pub mod auth;
 pub mod body_budget;
+pub mod dmarc_reports;
 pub mod dnsbl;
 pub mod hashing;
 pub mod ingest;
 pub mod pop3;
 pub mod shard;
+pub mod signing;
 pub mod smtp;
 pub mod starttls;
+pub mod verifying;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -416,6 +419,8 @@ struct Contexts {
     spool: Arc<Spool>,
     mail_store: Arc<MailStore>,
     metrics: Arc<Metrics>,
+    signing: Arc<signing::SigningShared>,
+    verifying: Arc<verifying::VerifyingShared>,
 }
 
 /// The SMTP session settings (with the ingest gate), the login contexts and the connection
@@ -437,7 +442,12 @@ fn build_contexts(
         .check()
         .map_err(|e| ServerError::Session(e.to_string()))?;
     let auth = AuthContexts::new(config, &hostname, stores, server_tls.is_some())?;
+    let signing = signing::SigningShared::new(config)?;
+    let dmarc_reports = dmarc_reports::recorder(config)?;
+    let verifying = verifying::VerifyingShared::new(config, dmarc_reports);
     Ok(Arc::new(Contexts {
+        signing,
+        verifying,
         config: Arc::clone(config),
         session: Arc::new(session),
         auth,
@@ -578,6 +588,8 @@ impl Contexts {
                 smtp.dnsbl_timeout.0,
                 server.dns_servers.clone(),
             ),
+            signing: signing::Signing::for_shard(&self.signing),
+            verifying: verifying::Verifying::for_shard(&self.verifying),
         }
     }
 }

@@ -70,6 +70,10 @@ pub struct ShardContext {
     pub tls_handshake_timeout: Duration,
     /// `smtp.dnsbl_zones` (empty: no lookups) and what the lookups need.
     pub dnsbl: super::dnsbl::Dnsbl,
+    /// DKIM keys for our own outbound mail.
+    pub signing: super::signing::Signing,
+    /// SPF, DKIM, DMARC and ARC checks of arriving mail.
+    pub verifying: super::verifying::Verifying,
 }
 
 /// What POP3 connections need besides the common parts.

@@ -144,7 +144,7 @@ impl Upgradable for Link {
                     Event::Submit(submission) => {
                         let stored = tokio::select! {
                             biased;
-                            stored = ingest::store(ctx, *submission, peer) => Some(stored),
+                            stored = ingest::accept(ctx, *submission, peer) => Some(stored),
                             _ = stop_requested(phase, true) => None,
                         };
                         let Some(result) = stored else {

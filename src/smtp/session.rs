@@ -337,6 +337,9 @@ pub struct Submission {
     pub mail_at: SystemTime,
     /// The AUTH identity of the session, if it authenticated.
     pub authenticated: Option<String>,
+    /// The client is in the relay networks (`relay.allowed_networks`): ours, like an
+    /// authenticated one (its mail is signed, not checked).
+    pub relay_client: bool,
     /// The TLS protocol and cipher of the session ("TLSv1.3 with cipher …"), if any.
     pub tls: Option<String>,
 }
@@ -1373,6 +1376,7 @@ impl Session {
             body,
             mail_at: transaction.mail_at,
             authenticated: self.authenticated.clone(),
+            relay_client: self.relay_client,
             tls: self.tls.clone(),
         })));
         self.state = State::Submitting(helo, pending);

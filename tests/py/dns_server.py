@@ -1,24 +1,47 @@
-"""A tiny authoritative DNS server on loopback UDP for tests (stdlib only).
+"""A tiny authoritative DNS server on loopback (UDP and TCP, same port) for tests (stdlib only).
 
-Usage: dns_server.py NAME=ANSWER ...
-  ANSWER is an IPv4 address (an A record), "mx:PREF:EXCHANGE" (one MX record), "servfail",
-  or "silent" (no reply at all).
-  Any other name is NXDOMAIN; AAAA and other types for a known name get NOERROR, no data.
+Usage: dns_server.py [--zone FILE] NAME=ANSWER ...
+  ANSWER is one record or a condition of the name:
+    an IPv4 address or "a:ADDR"   an A record
+    "aaaa:ADDR"                  an AAAA record
+    "mx:PREF:EXCHANGE"           an MX record
+    "txt:TEXT"                   a TXT record (split into 255-octet strings)
+    "ptr:NAME"                   a PTR record
+    "cname:NAME"                 a CNAME record (answered for every type)
+    "servfail"                   SERVFAIL for every type
+    "silent"                     no reply at all
+  A name may be given several times: each record is kept and answered for its own type.
+  --zone FILE reads more NAME=ANSWER lines from FILE (blank lines and "#" comments skipped).
+  Any other name is NXDOMAIN; other types for a known name get NOERROR, no data.
 Prints "PORT <n>" once listening, then "Q <name> <type>" for every query (flushed), so a
 test can wait for the port and assert on the queries asked.
 """
 import socket
 import struct
 import sys
+import threading
+
+TYPES = {"a": 1, "ns": 2, "cname": 5, "ptr": 12, "mx": 15, "txt": 16, "aaaa": 28}
 
 table = {}
-for arg in sys.argv[1:]:
-    name, answer = arg.split("=", 1)
-    table[name.lower().rstrip(".")] = answer
 
-sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-sock.bind(("127.0.0.1", 0))
-print("PORT", sock.getsockname()[1], flush=True)
+
+def add(line):
+    name, answer = line.split("=", 1)
+    table.setdefault(name.lower().rstrip("."), []).append(answer)
+
+
+args = sys.argv[1:]
+while args:
+    arg = args.pop(0)
+    if arg == "--zone":
+        with open(args.pop(0), encoding="utf-8") as zone:
+            for line in zone:
+                line = line.rstrip("\r\n")
+                if line.strip() and not line.lstrip().startswith("#"):
+                    add(line)
+    else:
+        add(arg)
 
 
 def parse_question(packet):
@@ -37,37 +60,96 @@ def parse_question(packet):
 def encode_name(name):
     out = b""
     for label in name.rstrip(".").split("."):
-        out += bytes([len(label)]) + label.encode("ascii")
+        if label:
+            out += bytes([len(label)]) + label.encode("ascii")
     return out + b"\x00"
 
 
-while True:
-    packet, peer = sock.recvfrom(4096)
+def record(answer):
+    """(type, rdata) of one configured record."""
+    kind, _, value = answer.partition(":")
+    kind = kind.lower()
+    if kind == "mx":
+        pref, exchange = value.split(":", 1)
+        return 15, struct.pack("!H", int(pref)) + encode_name(exchange)
+    if kind == "txt":
+        data = value.encode("utf-8")
+        chunks = [data[i:i + 255] for i in range(0, len(data), 255)] or [b""]
+        return 16, b"".join(bytes([len(c)]) + c for c in chunks)
+    if kind == "ptr":
+        return 12, encode_name(value)
+    if kind == "cname":
+        return 5, encode_name(value)
+    if kind == "aaaa":
+        return 28, socket.inet_pton(socket.AF_INET6, value)
+    if kind == "a":
+        return 1, socket.inet_aton(value)
+    return 1, socket.inet_aton(answer)
+
+
+def respond(packet):
+    """The reply to one query, or None for no reply."""
     if len(packet) < 17:
-        continue
+        return None
     query_id, flags = struct.unpack("!HH", packet[:4])
     name, qtype, question = parse_question(packet)
     print("Q", name, qtype, flush=True)
-    answer = table.get(name)
-    if answer == "silent":
-        continue
+    answers = table.get(name)
+    if answers is not None and "silent" in answers:
+        return None
     rd = flags & 0x0100
-    answers = b""
-    if answer is None:
-        rcode, count = 3, 0
-    elif answer == "servfail":
-        rcode, count = 2, 0
-    elif answer.startswith("mx:"):
-        rcode, count = 0, 0
-        if qtype == 15:
-            _, pref, exchange = answer.split(":", 2)
-            rdata = struct.pack("!H", int(pref)) + encode_name(exchange)
-            rcode, count = 0, 1
-            answers = b"\xc0\x0c" + struct.pack("!HHIH", 15, 1, 60, len(rdata)) + rdata
-    elif qtype == 1:
-        rcode, count = 0, 1
-        answers = b"\xc0\x0c" + struct.pack("!HHIH", 1, 1, 60, 4) + socket.inet_aton(answer)
+    body, count, rcode = b"", 0, 0
+    if answers is None:
+        rcode = 3
+    elif "servfail" in answers:
+        rcode = 2
     else:
-        rcode, count = 0, 0
+        for answer in answers:
+            rtype, rdata = record(answer)
+            if rtype == qtype or (rtype == 5 and qtype != 5):
+                body += b"\xc0\x0c" + struct.pack("!HHIH", rtype, 1, 60, len(rdata)) + rdata
+                count += 1
     header = struct.pack("!HHHHHH", query_id, 0x8400 | 0x0080 | rd | rcode, 1, count, 0, 0)
-    sock.sendto(header + question + answers, peer)
+    reply = header + question + body
+    return reply
+
+
+def serve_tcp(listener):
+    while True:
+        conn, _ = listener.accept()
+        with conn:
+            try:
+                while True:
+                    head = conn.recv(2, socket.MSG_WAITALL)
+                    if len(head) < 2:
+                        break
+                    (length,) = struct.unpack("!H", head)
+                    reply = respond(conn.recv(length, socket.MSG_WAITALL))
+                    if reply is None:
+                        break
+                    conn.sendall(struct.pack("!H", len(reply)) + reply)
+            except OSError:
+                pass
+
+
+sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+sock.bind(("127.0.0.1", 0))
+port = sock.getsockname()[1]
+tcp = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+tcp.bind(("127.0.0.1", port))
+tcp.listen(16)
+threading.Thread(target=serve_tcp, args=(tcp,), daemon=True).start()
+print("PORT", port, flush=True)
+
+while True:
+    packet, peer = sock.recvfrom(4096)
+    reply = respond(packet)
+    if reply is None:
+        continue
+    if len(reply) > 512:
+        # Truncated (TC): the client asks again over TCP (RFC 7766).
+        query_id, flags = struct.unpack("!HH", reply[:4])
+        _, _, question = parse_question(packet)
+        reply = struct.pack("!HHHHHH", query_id, flags | 0x0200, 1, 0, 0, 0) + question
+    sock.sendto(reply, peer)

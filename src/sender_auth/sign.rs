@@ -1,0 +1,1 @@
+//! DKIM signing of outbound mail for our own domains.

@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Test tools that come from the npm registry and PyPI rather than Debian, pinned, installed
+# under $RELAY_TEST_TOOLS (default /var/tmp/relay-test-tools; never inside the repository):
+#   node_modules/.bin/mailauth   npm `mailauth` (DKIM sign/verify, another implementation)
+#   rfc7208-tests.yml            the SPF council's RFC 7208 test suite, from pyspf's sdist
+# Idempotent: what is already there is kept. tests/run.sh calls it; so can a developer.
+set -euo pipefail
+dir="${RELAY_TEST_TOOLS:-/var/tmp/relay-test-tools}"
+mkdir -p "$dir"
+
+# 4.13.3: the newest mailauth that runs on Node.js 20 (5.x needs Node.js 22).
+if [ ! -x "$dir/node_modules/.bin/mailauth" ]; then
+    npm install --prefix "$dir" --no-audit --no-fund --silent mailauth@4.13.3
+fi
+
+if [ ! -f "$dir/rfc7208-tests.yml" ]; then
+    tmp="$(mktemp -d)"
+    python3 -m pip download --quiet --no-deps --no-binary :all: -d "$tmp" pyspf==2.0.14
+    tar -xzf "$tmp/pyspf-2.0.14.tar.gz" -C "$tmp" pyspf-2.0.14/test/rfc7208-tests.yml
+    mv "$tmp/pyspf-2.0.14/test/rfc7208-tests.yml" "$dir/rfc7208-tests.yml"
+    rm -rf "$tmp"
+fi
