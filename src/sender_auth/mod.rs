@@ -13,4 +13,5 @@
 
 pub mod report;
 pub mod sign;
+pub mod spf;
 pub mod verify;
