@@ -80,6 +80,12 @@ pub struct SmtpArgs {
     /// Size distribution SIZE:WEIGHT,…, e.g. 1KiB:60,10KiB:30,1MiB:10.
     #[arg(long, value_parser = size_dist)]
     pub size_dist: Option<SizeDist>,
+    /// Send this message file (headers and body, e.g. one signed by dkimsign) as it is,
+    /// instead of generated messages: no per-message headers are added, so a signature over
+    /// it stays valid. LF line ends become CRLF. The envelope sender is the address of its
+    /// From field unless --from is given.
+    #[arg(long, conflicts_with_all = ["size", "size_dist", "mime"])]
+    pub message_file: Option<PathBuf>,
     /// Recipients per message.
     #[arg(long, default_value_t = 1)]
     pub rcpts: usize,
@@ -106,9 +112,10 @@ pub struct SmtpArgs {
     /// Multipart messages with a text part, an HTML part and a base64 attachment.
     #[arg(long)]
     pub mime: bool,
-    /// Envelope sender.
-    #[arg(long, default_value = "loadgen@loadgen.test")]
-    pub from: String,
+    /// Envelope sender [default: loadgen@loadgen.test, or with --message-file the address
+    /// in the file's From field].
+    #[arg(long)]
+    pub from: Option<String>,
     /// Recipient domain.
     #[arg(long, default_value = "example.test")]
     pub to_domain: String,

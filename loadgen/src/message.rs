@@ -17,6 +17,8 @@ use relay::envelope::MailParams;
 use relay::smtp::command::{encode, Command, MailKind};
 use relay::smtp::{ForwardPath, Mailbox, RcptParams, ReversePath};
 
+/// The envelope sender and From address of generated messages.
+pub const DEFAULT_FROM: &str = "loadgen@loadgen.test";
 /// Variants generated per size class.
 pub const VARIANTS: usize = 4;
 /// Room left for the per-message headers when sizing a body.
@@ -87,6 +89,9 @@ impl Weighted {
 #[derive(Debug)]
 pub struct Variant {
     pub content: Arc<[u8]>,
+    /// The content dot-stuffed for DATA (RFC 5321 §4.5.2), when that differs from it:
+    /// generated content never has a line starting with `.`, a message file may.
+    pub data_content: Option<Arc<[u8]>>,
     /// `MAIL FROM:<…> SIZE=n` (used when the server offers SIZE) and without SIZE.
     pub mail_with_size: Vec<u8>,
     pub mail_plain: Vec<u8>,
@@ -99,6 +104,9 @@ pub struct Corpus {
     weights: Weighted,
     from: String,
     date: String,
+    /// Date, From, To and Message-ID written per message; off for a message file, which
+    /// has its own (and whose signature would break under a second From).
+    per_message_headers: bool,
 }
 
 impl Corpus {
@@ -133,6 +141,7 @@ impl Corpus {
                     line
                 };
                 variants.push(Variant {
+                    data_content: None,
                     mail_with_size: mail(Some(content.len() as u64 + PER_MESSAGE_HEADERS)),
                     mail_plain: mail(None),
                     content: content.into(),
@@ -145,6 +154,50 @@ impl Corpus {
             weights: Weighted::new(sizes.iter().map(|&(_, w)| w)),
             from: sender.as_str().to_string(),
             date,
+            per_message_headers: true,
+        })
+    }
+
+    /// A corpus of one fixed message (`--message-file`): sent byte for byte but for line
+    /// ends (LF becomes CRLF, a missing final line end is added) and dot-stuffing for DATA
+    /// (BDAT sends it unstuffed: the relay stores the same bytes either way). The envelope
+    /// sender is `from`, else the address in the message's From field.
+    pub fn from_message(message: &[u8], from: Option<&str>) -> Result<Corpus, String> {
+        let content = crlf_lines(message);
+        let from = match from {
+            Some(from) => from.to_string(),
+            None => from_field_address(&content)
+                .ok_or("no From field with an address in it (give --from)".to_string())?,
+        };
+        let sender = Mailbox::parse(&from).map_err(|e| format!("sender `{from}`: {e}"))?;
+        let mail = |size: Option<u64>| {
+            let mut line = Vec::new();
+            encode(
+                &Command::Mail {
+                    kind: MailKind::Mail,
+                    from: ReversePath::Mailbox(sender.clone()),
+                    params: MailParams {
+                        size,
+                        ..MailParams::default()
+                    },
+                },
+                &mut line,
+            );
+            line
+        };
+        let stuffed = dot_stuffed(&content);
+        let variant = Variant {
+            data_content: (stuffed != content).then(|| stuffed.into()),
+            mail_with_size: mail(Some(content.len() as u64)),
+            mail_plain: mail(None),
+            content: content.into(),
+        };
+        Ok(Corpus {
+            classes: vec![vec![variant]],
+            weights: Weighted::new([1]),
+            from: sender.as_str().to_string(),
+            date: rfc5322_date(SystemTime::now()),
+            per_message_headers: false,
         })
     }
 
@@ -157,6 +210,9 @@ impl Corpus {
     /// recipient), Message-ID (unique per message).
     pub fn write_headers(&self, out: &mut Vec<u8>, to: &[u8], id: u64, thread: usize) {
         out.clear();
+        if !self.per_message_headers {
+            return;
+        }
         out.extend_from_slice(b"Date: ");
         out.extend_from_slice(self.date.as_bytes());
         out.extend_from_slice(b"\r\nFrom: Load Generator <");
@@ -169,6 +225,53 @@ impl Corpus {
         push_hex(out, thread as u64);
         out.extend_from_slice(b"@loadgen.test>\r\n");
     }
+}
+
+/// The message with CRLF line ends throughout, ending in CRLF.
+fn crlf_lines(message: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(message.len() + message.len() / 40 + 2);
+    let mut previous = 0u8;
+    for &b in message {
+        if b == b'\n' && previous != b'\r' {
+            out.push(b'\r');
+        }
+        out.push(b);
+        previous = b;
+    }
+    if !out.ends_with(b"\r\n") {
+        out.extend_from_slice(b"\r\n");
+    }
+    out
+}
+
+/// `message` (CRLF lines) with a `.` added before every line that starts with one.
+fn dot_stuffed(message: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(message.len() + 16);
+    let mut line_start = true;
+    for &b in message {
+        if line_start && b == b'.' {
+            out.push(b'.');
+        }
+        out.push(b);
+        line_start = b == b'\n';
+    }
+    out
+}
+
+/// The address in the first From field of `message`: inside `<…>`, or the whole unfolded
+/// value when it has no angle brackets.
+fn from_field_address(message: &[u8]) -> Option<String> {
+    let mut fields = Vec::new();
+    relay::mime::header::parse_block(message, 0..message.len(), 1 << 20, 10_000, &mut fields)
+        .ok()?;
+    let field = fields.iter().find(|f| f.is(message, "From"))?;
+    let value = String::from_utf8_lossy(&message[field.value.clone()]).replace(['\r', '\n'], "");
+    let address = match (value.rfind('<'), value.rfind('>')) {
+        (Some(open), Some(close)) if open < close => &value[open + 1..close],
+        _ => value.as_str(),
+    };
+    let address = address.trim();
+    (!address.is_empty()).then(|| address.to_string())
 }
 
 fn push_hex(out: &mut Vec<u8>, n: u64) {
@@ -526,6 +629,37 @@ mod tests {
         let mut rng = Rng::new(5);
         let ones = (0..40_000).filter(|_| weighted.pick(&mut rng) == 1).count();
         assert!((29_000..31_000).contains(&ones), "{ones}");
+    }
+
+    #[test]
+    fn a_message_file_is_sent_as_it_is() {
+        let file = b"DKIM-Signature: v=1; a=ed25519-sha256; d=example.org;\n\tb=abc\nFrom: \"A, B\" <a.b@Example.org>\nTo: x@y.test\n\n.line\nend";
+        let corpus = Corpus::from_message(file, None).unwrap();
+        let variant = corpus.pick(&mut Rng::new(1));
+        let content: &[u8] = &variant.content;
+        assert_eq!(
+            content,
+            &b"DKIM-Signature: v=1; a=ed25519-sha256; d=example.org;\r\n\tb=abc\r\nFrom: \"A, B\" <a.b@Example.org>\r\nTo: x@y.test\r\n\r\n.line\r\nend\r\n"[..]
+        );
+        assert_eq!(
+            variant.data_content.as_deref().unwrap(),
+            &b"DKIM-Signature: v=1; a=ed25519-sha256; d=example.org;\r\n\tb=abc\r\nFrom: \"A, B\" <a.b@Example.org>\r\nTo: x@y.test\r\n\r\n..line\r\nend\r\n"[..]
+        );
+        assert_eq!(variant.mail_plain, b"MAIL FROM:<a.b@Example.org>\r\n");
+        let mut headers = b"stale".to_vec();
+        corpus.write_headers(&mut headers, b"u@example.test", 1, 0);
+        assert!(headers.is_empty(), "no header is added to a message file");
+
+        let given = Corpus::from_message(file, Some("bounce@example.org")).unwrap();
+        assert_eq!(
+            given.pick(&mut Rng::new(1)).mail_plain,
+            b"MAIL FROM:<bounce@example.org>\r\n"
+        );
+        assert!(Corpus::from_message(b"Subject: no sender\r\n\r\nbody\r\n", None).is_err());
+        assert_eq!(
+            from_field_address(b"From: plain@example.org\r\n\r\n").as_deref(),
+            Some("plain@example.org")
+        );
     }
 
     #[test]

@@ -25,7 +25,7 @@ use relay::smtp::reply::{Reply, ReplyCode, ReplyLine};
 use serde::Serialize;
 
 use crate::cli::SmtpArgs;
-use crate::message::{Corpus, Recipients, Rng};
+use crate::message::{Corpus, Recipients, Rng, DEFAULT_FROM};
 use crate::runner::{self, Control};
 use crate::stats::{per_second, CodeCounts, Latency, LatencySummary, Live};
 use crate::target;
@@ -192,7 +192,19 @@ pub fn run(args: SmtpArgs) -> Result<ExitCode, String> {
         Some(dist) => dist.0.clone(),
         None => vec![(args.size, 1)],
     };
-    let corpus = Corpus::build(&sizes, args.mime, &args.from)?;
+    let corpus = match &args.message_file {
+        Some(path) => {
+            let message = std::fs::read(path)
+                .map_err(|e| format!("--message-file {}: {e}", path.display()))?;
+            Corpus::from_message(&message, args.from.as_deref())
+                .map_err(|e| format!("--message-file {}: {e}", path.display()))?
+        }
+        None => Corpus::build(
+            &sizes,
+            args.mime,
+            args.from.as_deref().unwrap_or(DEFAULT_FROM),
+        )?,
+    };
     let domains = match &args.domain_weights {
         Some(weights) => weights.0.clone(),
         None => vec![(args.to_domain.clone(), 1)],
@@ -556,6 +568,8 @@ async fn transaction(
     plan.corpus.write_headers(headers, &cmd[to], seq, thread);
     let (cmd, headers): (&[u8], &[u8]) = (cmd, headers);
     let content: &[u8] = &variant.content;
+    // DATA sends the dot-stuffed form where it differs (a message file); BDAT the content.
+    let data_content: &[u8] = variant.data_content.as_deref().unwrap_or(content);
     let size = headers.len() + content.len();
     let pipelining = plan.pipelining && caps.pipelining;
     let use_bdat = plan.bdat && caps.chunking;
@@ -647,7 +661,7 @@ async fn transaction(
             note(code);
             if code == ReplyCode::START_MAIL_INPUT {
                 if mail_ok && accepted_rcpts > 0 {
-                    conn.write_all_vectored(&[headers, content, b".\r\n"])
+                    conn.write_all_vectored(&[headers, data_content, b".\r\n"])
                         .await?;
                 } else {
                     // RFC 2920 §3.1: nothing to send, but the 354 must be ended.
@@ -706,7 +720,7 @@ async fn transaction(
             let code = read_reply(conn, |_| {}).await?;
             note(code);
             if code == ReplyCode::START_MAIL_INPUT {
-                conn.write_all_vectored(&[headers, content, b".\r\n"])
+                conn.write_all_vectored(&[headers, data_content, b".\r\n"])
                     .await?;
                 t_eod = Instant::now();
                 let code = read_reply(conn, |_| {}).await?;

@@ -6,10 +6,15 @@ Usage: dns_server.py [--zone FILE] NAME=ANSWER ...
     "aaaa:ADDR"                  an AAAA record
     "mx:PREF:EXCHANGE"           an MX record
     "txt:TEXT"                   a TXT record (split into 255-octet strings)
+    "txts:JSON"                  a TXT record of exactly these character-strings, a JSON
+                                 list; each character U+0000..U+00FF is one octet
+    "spf:TEXT", "spfs:JSON"      the same as type SPF (99, RFC 4408)
     "ptr:NAME"                   a PTR record
     "cname:NAME"                 a CNAME record (answered for every type)
     "servfail"                   SERVFAIL for every type
     "silent"                     no reply at all
+    "timeout"                    no reply for a type this name has no record of (the others
+                                 are answered)
   A name may be given several times: each record is kept and answered for its own type.
   --zone FILE reads more NAME=ANSWER lines from FILE (blank lines and "#" comments skipped).
   Any other name is NXDOMAIN; other types for a known name get NOERROR, no data.
@@ -21,7 +26,9 @@ import struct
 import sys
 import threading
 
-TYPES = {"a": 1, "ns": 2, "cname": 5, "ptr": 12, "mx": 15, "txt": 16, "aaaa": 28}
+import json
+
+TYPES = {"a": 1, "ns": 2, "cname": 5, "ptr": 12, "mx": 15, "txt": 16, "aaaa": 28, "spf": 99}
 
 table = {}
 
@@ -72,10 +79,13 @@ def record(answer):
     if kind == "mx":
         pref, exchange = value.split(":", 1)
         return 15, struct.pack("!H", int(pref)) + encode_name(exchange)
-    if kind == "txt":
+    if kind in ("txt", "spf"):
         data = value.encode("utf-8")
         chunks = [data[i:i + 255] for i in range(0, len(data), 255)] or [b""]
-        return 16, b"".join(bytes([len(c)]) + c for c in chunks)
+        return TYPES[kind], b"".join(bytes([len(c)]) + c for c in chunks)
+    if kind in ("txts", "spfs"):
+        chunks = [c.encode("latin-1") for c in json.loads(value)]
+        return TYPES[kind[:-1]], b"".join(bytes([len(c)]) + c for c in chunks)
     if kind == "ptr":
         return 12, encode_name(value)
     if kind == "cname":
@@ -104,8 +114,10 @@ def respond(packet):
     elif "servfail" in answers:
         rcode = 2
     else:
-        for answer in answers:
-            rtype, rdata = record(answer)
+        records = [record(answer) for answer in answers if answer != "timeout"]
+        if "timeout" in answers and not any(t == qtype or t == 5 for t, _ in records):
+            return None
+        for rtype, rdata in records:
             if rtype == qtype or (rtype == 5 and qtype != 5):
                 body += b"\xc0\x0c" + struct.pack("!HHIH", rtype, 1, 60, len(rdata)) + rdata
                 count += 1
