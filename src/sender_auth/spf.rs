@@ -106,7 +106,7 @@ mod tests {
             assert!(checkable(good), "{good}");
         }
         let long_label = format!("{}.example.com", "a".repeat(64));
-        let long_name = format!("{}com", "abcdefghi.".repeat(25));
+        let long_name = format!("{}com", "abcdefghi.".repeat(26));
         for bad in [
             "",
             "localhost",
