@@ -433,8 +433,16 @@ fn relay_bin() -> PathBuf {
         .current_dir(workspace)
         .args(["build", "--quiet", "-p", "relay", "--bin", "relay"])
         .env("CARGO_TARGET_DIR", target_dir);
-    if profile_dir.file_name().is_some_and(|n| n == "release") {
-        build.arg("--release");
+    // The profile this test was built with (a custom one, e.g. from
+    // CARGO_PROFILE_<NAME>_INHERITS, is in the environment the inner cargo inherits).
+    match profile_dir.file_name().and_then(|n| n.to_str()) {
+        Some("release") => {
+            build.arg("--release");
+        }
+        Some("debug") | None => {}
+        Some(profile) => {
+            build.args(["--profile", profile]);
+        }
     }
     let status = build.status().expect("run cargo build -p relay");
     assert!(status.success(), "cargo build -p relay failed");
@@ -630,4 +638,94 @@ fn starttls_sessions_run_over_tls() {
     );
     assert!(stdout.contains("does not offer STARTTLS"), "{stdout}");
     drop(server);
+}
+
+/// `--message-file`: the file's bytes reach the relay's store unchanged but for CRLF line
+/// ends, over DATA (dot-stuffed on the wire) and over BDAT (sent as is), with the envelope
+/// sender taken from its From field.
+#[test]
+fn a_message_file_is_stored_as_it_is() {
+    let relay = relay_bin();
+    let dir = tempfile::tempdir().unwrap();
+    let spool = dir.path().join("spool");
+    let config = dir.path().join("relay.toml");
+    let text = format!(
+        "[server]\ncores = 1\nhostname = \"relay.test\"\n\
+         [smtp]\nlisten = [\"127.0.0.1:0\"]\n\
+         [pop3]\nlisten = []\n\
+         [spool]\ndir = {:?}\n\
+         [local]\ndomains = [\"example.test\"]\n\
+         [[local.users]]\nname = \"user0\"\npassword = {PASSWORD_HASH:?}\n",
+        spool.to_str().unwrap()
+    );
+    std::fs::write(&config, text).unwrap();
+    // LF line ends (as dkimsign writes them), a folded header and a line starting with a dot.
+    let message = "DKIM-Signature: v=1; a=rsa-sha256; d=sender.test; s=sel;\n\tbh=x; b=y\n\
+                   From: \"Sender, The\" <who@Sender.test>\nTo: user0@example.test\n\
+                   Subject: file\n\n.a line that starts with a dot\nlast line\n";
+    let file = dir.path().join("message.eml");
+    std::fs::write(&file, message).unwrap();
+    let want = message.replace('\n', "\r\n");
+
+    let mut server = Spawned::start(&relay, &["serve", "--config", config.to_str().unwrap()]);
+    let smtp = addr_in(&server.wait_line("protocol=\"smtp\""));
+    server.wait_line("relay ready");
+    for extra in [&[][..], &["--pipelining", "--bdat"][..]] {
+        let mut args = vec![
+            "smtp",
+            "--target",
+            &smtp,
+            "--messages",
+            "2",
+            "--connections",
+            "1",
+            "--to-domain",
+            "example.test",
+            "--users",
+            "1",
+            "--message-file",
+            file.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        let report = loadgen_json(&args);
+        assert_eq!(u(&report, "/messages/accepted"), 2, "{extra:?}: {report}");
+    }
+
+    let spool_arg = spool.to_str().unwrap();
+    let ls = Command::new(&relay)
+        .args(["spool", "ls", "--dir", spool_arg])
+        .output()
+        .unwrap();
+    let listing = String::from_utf8_lossy(&ls.stdout).into_owned();
+    let ids: Vec<&str> = listing
+        .lines()
+        .skip(1)
+        .filter(|l| !l.starts_with("--"))
+        .filter_map(|l| l.split_whitespace().next())
+        .collect();
+    assert_eq!(ids.len(), 4, "{listing}");
+    assert!(
+        listing.contains("who@Sender.test"),
+        "sender from the From field: {listing}"
+    );
+    for id in ids {
+        let cat = Command::new(&relay)
+            .args(["spool", "cat", "--dir", spool_arg, id])
+            .output()
+            .unwrap();
+        let stored = String::from_utf8_lossy(&cat.stdout);
+        assert!(
+            stored.ends_with(&want),
+            "message {id} is not the file:\n{stored}"
+        );
+        assert_eq!(
+            stored.matches("From:").count(),
+            1,
+            "no header added: {stored}"
+        );
+    }
+
+    server.signal(libc::SIGTERM);
+    let (status, _) = server.finish();
+    assert!(status.success(), "relay exit {status}");
 }
