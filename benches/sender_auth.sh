@@ -6,7 +6,7 @@
 #
 # What it does:
 #   1. Builds relay and loadgen in release mode (unless RELAY_BIN and LOADGEN_BIN are given).
-#   2. Makes an RSA-2048 DKIM key (dknewkey) and a 10 KiB message From bench@sender.test,
+#   2. Makes an RSA DKIM key (dknewkey: 2048 bits) and a 10 KiB message From bench@sender.test,
 #      signed by dkimsign (dkimpy: relaxed/relaxed, rsa-sha256), and serves on loopback
 #      (tests/py/dns_server.py) its key, an SPF record (`ip4:127.0.0.1 -all`, for MAIL FROM
 #      and the HELO name) and a DMARC record (`p=reject`, no rua: reports are not measured).
@@ -76,7 +76,7 @@ trap cleanup EXIT
 # ---------------------------------------------------------------------------------------------
 # 1. The key, the signed message, the DNS
 
-dknewkey --ktype rsa --keysize 2048 "$WORK/$SELECTOR" >/dev/null
+dknewkey --ktype rsa "$WORK/$SELECTOR" >/dev/null
 "$PY" - "$WORK/message.eml" "$SIZE_KIB" "$DOMAIN" <<'EOF'
 import email.utils, sys
 path, kib, domain = sys.argv[1], int(sys.argv[2]), sys.argv[3]
@@ -101,7 +101,8 @@ log "signed message: $(wc -c <"$WORK/signed.eml") bytes"
 {
     # dknewkey's .dns file holds the TXT text (one line; dns_server.py splits it into strings).
     printf '%s._domainkey.%s=txt:%s\n' "$SELECTOR" "$DOMAIN" "$(tr -d '\n"' <"$WORK/$SELECTOR.dns")"
-    printf '%s=txt:v=spf1 ip4:127.0.0.1 -all\n' "$DOMAIN" "$HELO"
+    printf '%s=txt:v=spf1 ip4:127.0.0.1 -all\n' "$DOMAIN"
+    printf '%s=txt:v=spf1 ip4:127.0.0.1 -all\n' "$HELO"
     printf '%s=127.0.0.1\n' "$HELO"
     printf '_dmarc.%s=txt:v=DMARC1; p=reject; adkim=r; aspf=r\n' "$DOMAIN"
 } >"$WORK/zone.txt"
