@@ -140,7 +140,9 @@ fn mailauth_sign(world: &World, message: &[u8]) -> Vec<u8> {
     );
     // mailauth may write LF line ends; SMTP needs CRLF.
     let text = String::from_utf8(signed).expect("utf-8");
-    text.replace("\r\n", "\n").replace('\n', "\r\n").into_bytes()
+    text.replace("\r\n", "\n")
+        .replace('\n', "\r\n")
+        .into_bytes()
 }
 
 /// smtplib's final reply to one transaction: (code, text).
@@ -177,7 +179,10 @@ fn fetch(relay: &Relay, marker: &str) -> Vec<u8> {
             }
         }
         let _ = pop.quit();
-        assert!(Instant::now() < deadline, "no message with {marker:?} for bob");
+        assert!(
+            Instant::now() < deadline,
+            "no message with {marker:?} for bob"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
 }
@@ -245,7 +250,13 @@ fn has(results: &[String], wanted: &str) {
 }
 
 /// Sends and expects 250; our parsed results of the stored message.
-fn accepted(relay: &Relay, helo: &str, mail_from: &str, marker: &str, message: &[u8]) -> Vec<String> {
+fn accepted(
+    relay: &Relay,
+    helo: &str,
+    mail_from: &str,
+    marker: &str,
+    message: &[u8],
+) -> Vec<String> {
     let (code, text) = send(relay, helo, mail_from, message);
     assert_eq!(code, 250, "{marker}: {text}");
     ours(&fetch(relay, marker))
@@ -283,7 +294,12 @@ fn dmarc_and_dkim(engine: Engine) {
     for (marker, signed) in [
         (
             "dkimpy-rsa",
-            dkimsign(&world, "rsa", "rsa-sha256", &message("dkimpy-rsa", "x@signed.test", "rsa")),
+            dkimsign(
+                &world,
+                "rsa",
+                "rsa-sha256",
+                &message("dkimpy-rsa", "x@signed.test", "rsa"),
+            ),
         ),
         (
             "dkimpy-ed",
@@ -299,7 +315,13 @@ fn dmarc_and_dkim(engine: Engine) {
             mailauth_sign(&world, &message("mailauth-rsa", "x@signed.test", "node")),
         ),
     ] {
-        let results = accepted(&relay, "client.nowhere.test", "b@nospf.test", marker, &signed);
+        let results = accepted(
+            &relay,
+            "client.nowhere.test",
+            "b@nospf.test",
+            marker,
+            &signed,
+        );
         let selector = if marker.ends_with("ed") { "ed" } else { "rsa" };
         has(
             &results,
@@ -320,7 +342,13 @@ fn dmarc_and_dkim(engine: Engine) {
         .expect("utf-8")
         .replace("original", "changed!")
         .into_bytes();
-    let results = accepted(&relay, "client.nowhere.test", "b@nospf.test", "tampered-body", &tampered);
+    let results = accepted(
+        &relay,
+        "client.nowhere.test",
+        "b@nospf.test",
+        "tampered-body",
+        &tampered,
+    );
     has(&results, "dkim=fail header.d=signed.test header.s=rsa");
     has(&results, "dmarc=fail header.from=signed.test");
 
@@ -343,7 +371,12 @@ fn dmarc_and_dkim(engine: Engine) {
     );
     has(&results, "dkim=fail header.d=signed.test header.s=rsa");
 
-    let sha1 = dkimsign(&world, "rsa", "rsa-sha1", &message("sha1", "x@signed.test", "old"));
+    let sha1 = dkimsign(
+        &world,
+        "rsa",
+        "rsa-sha1",
+        &message("sha1", "x@signed.test", "old"),
+    );
     let results = accepted(&relay, "client.nowhere.test", "b@nospf.test", "sha1", &sha1);
     has(&results, "dkim=fail header.d=signed.test header.s=rsa");
     has(&results, "dmarc=fail header.from=signed.test");
@@ -355,32 +388,66 @@ fn spf_identities(engine: Engine) {
     let relay = Relay::start(settings(engine, world.dns.port, ""));
     let from = "x@elsewhere.test";
 
-    let results = accepted(&relay, "helo.pass.test", "a@pass.test", "spf-pass", &message("spf-pass", from, "p"));
+    let results = accepted(
+        &relay,
+        "helo.pass.test",
+        "a@pass.test",
+        "spf-pass",
+        &message("spf-pass", from, "p"),
+    );
     has(&results, "spf=pass smtp.mailfrom=a@pass.test");
     has(&results, "spf=pass smtp.helo=helo.pass.test");
     has(&results, "dmarc=none header.from=elsewhere.test");
 
-    let results = accepted(&relay, "helo.pass.test", "a@soft.test", "spf-soft", &message("spf-soft", from, "s"));
+    let results = accepted(
+        &relay,
+        "helo.pass.test",
+        "a@soft.test",
+        "spf-soft",
+        &message("spf-soft", from, "s"),
+    );
     has(&results, "spf=softfail smtp.mailfrom=a@soft.test");
 
     // -all for MAIL FROM without a DMARC record: refused (spf_fail = "reject").
-    let (code, text) = send(&relay, "helo.pass.test", "a@fail.test", &message("spf-fail", from, "f"));
+    let (code, text) = send(
+        &relay,
+        "helo.pass.test",
+        "a@fail.test",
+        &message("spf-fail", from, "f"),
+    );
     assert_eq!(code, 550, "{text}");
     assert!(text.starts_with("5.7.23 "), "{text}");
 
     // HELO fails, MAIL FROM passes: the MAIL FROM result decides; both are reported.
-    let results = accepted(&relay, "helo.fail.test", "a@pass.test", "helo-fail", &message("helo-fail", from, "h"));
+    let results = accepted(
+        &relay,
+        "helo.fail.test",
+        "a@pass.test",
+        "helo-fail",
+        &message("helo-fail", from, "h"),
+    );
     has(&results, "spf=fail smtp.helo=helo.fail.test");
     has(&results, "spf=pass smtp.mailfrom=a@pass.test");
 
     // The null sender is checked by its HELO name (RFC 7208 §2.4).
-    let results = accepted(&relay, "helo.pass.test", "", "null-pass", &message("null-pass", from, "n"));
+    let results = accepted(
+        &relay,
+        "helo.pass.test",
+        "",
+        "null-pass",
+        &message("null-pass", from, "n"),
+    );
     has(&results, "spf=pass smtp.helo=helo.pass.test");
     assert!(
         !results.iter().any(|r| r.contains("smtp.mailfrom")),
         "{results:?}"
     );
-    let (code, text) = send(&relay, "helo.fail.test", "", &message("null-fail", from, "n"));
+    let (code, text) = send(
+        &relay,
+        "helo.fail.test",
+        "",
+        &message("null-fail", from, "n"),
+    );
     assert_eq!(code, 550, "{text}");
     relay.stop();
 }
@@ -390,20 +457,46 @@ fn dns_failures(engine: Engine) {
     let from = "x@elsewhere.test";
     // dns_failure = "tempfail" (the default): SERVFAIL and a silent server give 451 4.7.x.
     let relay = Relay::start(settings(engine, world.dns.port, ""));
-    let (code, text) = send(&relay, "helo.pass.test", "a@broken.test", &message("servfail", from, "s"));
+    let (code, text) = send(
+        &relay,
+        "helo.pass.test",
+        "a@broken.test",
+        &message("servfail", from, "s"),
+    );
     assert_eq!(code, 451, "{text}");
     assert!(text.starts_with("4.7."), "{text}");
     let started = Instant::now();
-    let (code, text) = send(&relay, "helo.pass.test", "a@silent.test", &message("silent", from, "s"));
+    let (code, text) = send(
+        &relay,
+        "helo.pass.test",
+        "a@silent.test",
+        &message("silent", from, "s"),
+    );
     assert_eq!(code, 451, "{text}");
-    assert!(started.elapsed() < Duration::from_secs(20), "{:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "{:?}",
+        started.elapsed()
+    );
     relay.stop();
 
     // dns_failure = "mark": delivered, marked temperror.
     let relay = Relay::start(settings(engine, world.dns.port, "dns_failure = \"mark\"\n"));
-    let results = accepted(&relay, "helo.pass.test", "a@broken.test", "servfail-mark", &message("servfail-mark", from, "s"));
+    let results = accepted(
+        &relay,
+        "helo.pass.test",
+        "a@broken.test",
+        "servfail-mark",
+        &message("servfail-mark", from, "s"),
+    );
     has(&results, "spf=temperror smtp.mailfrom=a@broken.test");
-    let results = accepted(&relay, "helo.pass.test", "a@silent.test", "silent-mark", &message("silent-mark", from, "s"));
+    let results = accepted(
+        &relay,
+        "helo.pass.test",
+        "a@silent.test",
+        "silent-mark",
+        &message("silent-mark", from, "s"),
+    );
     has(&results, "spf=temperror smtp.mailfrom=a@silent.test");
     relay.stop();
 }
@@ -429,7 +522,10 @@ fn forged_results_and_own_clients(engine: Engine) {
     // a sender whose SPF says -all.
     let mut client = Client::greeted(relay.addr);
     client.ehlo();
-    client.expect(&format!("AUTH PLAIN {}", base64_plain("alice", TEST_PASSWORD)), 235);
+    client.expect(
+        &format!("AUTH PLAIN {}", base64_plain("alice", TEST_PASSWORD)),
+        235,
+    );
     let mut forged = b"Authentication-Results: relay.test; dkim=pass\r\n".to_vec();
     forged.extend(message("authenticated", "alice@fail.test", "mine"));
     let reply = client
@@ -445,13 +541,25 @@ fn forged_results_and_own_clients(engine: Engine) {
     let mut own = settings(engine, world.dns.port, "");
     own.allowed_networks = vec!["127.0.0.0/8".into()];
     let relay = Relay::start(own);
-    let (code, text) = send(&relay, "helo.relaynet.test", "a@relaynet.test", &message("relaynet", "x@relaynet.test", "r"));
+    let (code, text) = send(
+        &relay,
+        "helo.relaynet.test",
+        "a@relaynet.test",
+        &message("relaynet", "x@relaynet.test", "r"),
+    );
     assert_eq!(code, 250, "{text}");
     let stored = fetch(&relay, "relaynet");
-    assert!(parsed(&stored).is_empty(), "{}", String::from_utf8_lossy(&stored));
+    assert!(
+        parsed(&stored).is_empty(),
+        "{}",
+        String::from_utf8_lossy(&stored)
+    );
     relay.stop();
     let queries = world.dns.queries();
-    assert!(!queries.iter().any(|q| q.contains("relaynet")), "{queries:?}");
+    assert!(
+        !queries.iter().any(|q| q.contains("relaynet")),
+        "{queries:?}"
+    );
 }
 
 fn base64_plain(user: &str, password: &str) -> String {

@@ -124,8 +124,7 @@ fn authserv_id(value: &[u8]) -> &[u8] {
     }
     let start = i.min(value.len());
     let mut end = start;
-    while end < value.len() && !matches!(value[end], b';' | b'(' | b' ' | b'\t' | b'\r' | b'\n')
-    {
+    while end < value.len() && !matches!(value[end], b';' | b'(' | b' ' | b'\t' | b'\r' | b'\n') {
         end += 1;
     }
     let id = &value[start..end];
@@ -248,14 +247,24 @@ mod tests {
         );
         assert_eq!(remove_ours(&kept, "mx.example.org"), None);
         assert_eq!(remove_ours(b"", "mx"), None);
-        assert_eq!(remove_ours(b"\r\nAuthentication-Results: mx; x\r\n", "mx"), None);
+        assert_eq!(
+            remove_ours(b"\r\nAuthentication-Results: mx; x\r\n", "mx"),
+            None
+        );
         // A prefix of our id is someone else's.
         assert_eq!(
-            remove_ours(b"Authentication-Results: mx.example.org.evil; x\r\n\r\n", "mx.example.org"),
+            remove_ours(
+                b"Authentication-Results: mx.example.org.evil; x\r\n\r\n",
+                "mx.example.org"
+            ),
             None
         );
         assert_eq!(
-            remove_ours(b"Authentication-Results: \"mx\"; x\r\nA: b\r\n\r\nbody", "mx").as_deref(),
+            remove_ours(
+                b"Authentication-Results: \"mx\"; x\r\nA: b\r\n\r\nbody",
+                "mx"
+            )
+            .as_deref(),
             Some(&b"A: b\r\n\r\nbody"[..])
         );
     }

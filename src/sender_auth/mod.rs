@@ -15,4 +15,5 @@ pub mod authres;
 pub mod policy;
 pub mod report;
 pub mod sign;
+pub mod spf;
 pub mod verify;

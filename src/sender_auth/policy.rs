@@ -293,36 +293,57 @@ mod tests {
         let p = defaults();
         // A forged From for a p=reject domain.
         assert_eq!(
-            decide(&p, &verdicts(DmarcStatus::Fail, Requested::Reject, AuthResult::Pass)),
+            decide(
+                &p,
+                &verdicts(DmarcStatus::Fail, Requested::Reject, AuthResult::Pass)
+            ),
             Action::Refuse(Refusal::Dmarc)
         );
         // p=none: delivered.
         assert_eq!(
-            decide(&p, &verdicts(DmarcStatus::Fail, Requested::None, AuthResult::None)),
+            decide(
+                &p,
+                &verdicts(DmarcStatus::Fail, Requested::None, AuthResult::None)
+            ),
             Action::Accept
         );
         // A forwarder breaks SPF, the aligned DKIM signature still passes DMARC.
         assert_eq!(
-            decide(&p, &verdicts(DmarcStatus::Pass, Requested::Reject, AuthResult::Fail)),
+            decide(
+                &p,
+                &verdicts(DmarcStatus::Pass, Requested::Reject, AuthResult::Fail)
+            ),
             Action::Accept
         );
         // -all without DMARC.
         assert_eq!(
-            decide(&p, &verdicts(DmarcStatus::None, Requested::None, AuthResult::Fail)),
+            decide(
+                &p,
+                &verdicts(DmarcStatus::None, Requested::None, AuthResult::Fail)
+            ),
             Action::Refuse(Refusal::Spf)
         );
         assert_eq!(
-            decide(&p, &verdicts(DmarcStatus::None, Requested::None, AuthResult::SoftFail)),
+            decide(
+                &p,
+                &verdicts(DmarcStatus::None, Requested::None, AuthResult::SoftFail)
+            ),
             Action::Accept
         );
         // A DNS failure is never a silent pass.
         assert_eq!(
-            decide(&p, &verdicts(DmarcStatus::None, Requested::None, AuthResult::TempError)),
+            decide(
+                &p,
+                &verdicts(DmarcStatus::None, Requested::None, AuthResult::TempError)
+            ),
             Action::Defer
         );
         // Quarantine is marked by default (no Junk folder to put it in).
         assert_eq!(
-            decide(&p, &verdicts(DmarcStatus::Fail, Requested::Quarantine, AuthResult::Fail)),
+            decide(
+                &p,
+                &verdicts(DmarcStatus::Fail, Requested::Quarantine, AuthResult::Fail)
+            ),
             Action::Accept
         );
         // pct: outside the sample, reject is only quarantine.

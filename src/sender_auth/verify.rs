@@ -23,7 +23,6 @@ use mail_auth::dkim::DkimError;
 use mail_auth::dmarc::{Alignment, Policy as DmarcPolicy};
 use mail_auth::hickory_resolver::proto::op::ResponseCode;
 use mail_auth::hickory_resolver::proto::rr::RData;
-use mail_auth::spf::verify::SpfParameters;
 use mail_auth::{
     AuthenticatedMessage, DkimOutput, DkimResult, DmarcResult, Error, MessageAuthenticator,
     SpfOutput, SpfResult,
@@ -132,13 +131,12 @@ impl Results {
     /// The `Authentication-Results` field (CRLF-terminated).
     pub fn header(&self, authserv_id: &str) -> String {
         let mut clauses = Vec::new();
-        match &self.spf_mail_from {
-            Some((result, sender)) => clauses.push(Clause {
+        if let Some((result, sender)) = &self.spf_mail_from {
+            clauses.push(Clause {
                 method: "spf",
                 result: authres::keyword(*result),
                 properties: vec![("smtp.mailfrom", sender.clone())],
-            }),
-            None => {}
+            });
         }
         clauses.push(Clause {
             method: "spf",
@@ -288,39 +286,23 @@ pub async fn check(
     }
 }
 
-async fn run(
-    auth: &MessageAuthenticator,
-    arc: bool,
-    peer: &Peer<'_>,
-    message: &[u8],
-) -> Results {
+async fn run(auth: &MessageAuthenticator, arc: bool, peer: &Peer<'_>, message: &[u8]) -> Results {
     let helo_checked = checkable_helo(peer.helo);
-    let helo = async {
-        if helo_checked {
-            let output = auth
-                .verify_spf(SpfParameters::verify_ehlo(peer.ip, peer.helo, peer.host))
-                .await;
-            let result = confirm_spf(auth, &output, peer.helo).await;
-            (Some(output), result)
+    // One SPF evaluation path for ingest and the RFC 7208 suite (`sender_auth::spf`).
+    let spf = async {
+        let verdict =
+            super::spf::evaluate(auth, peer.ip, peer.helo, peer.host, peer.mail_from).await;
+        let helo = if helo_checked {
+            confirm_spf(auth, &verdict.helo, peer.helo).await
         } else {
-            (None, AuthResult::None)
-        }
-    };
-    let mail_from = async {
-        if peer.mail_from.is_empty() {
+            AuthResult::None
+        };
+        let mail_from = if peer.mail_from.is_empty() {
             None
         } else {
-            let output = auth
-                .verify_spf(SpfParameters::verify_mail_from(
-                    peer.ip,
-                    peer.helo,
-                    peer.host,
-                    peer.mail_from,
-                ))
-                .await;
-            let result = confirm_spf(auth, &output, domain_of(peer.mail_from)).await;
-            Some((output, result))
-        }
+            Some(confirm_spf(auth, &verdict.mail_from, domain_of(peer.mail_from)).await)
+        };
+        (verdict, helo, mail_from)
     };
     let parsed = AuthenticatedMessage::parse(message);
     let dkim = async {
@@ -337,9 +319,7 @@ async fn run(
                     DkimResult::Pass => AuthResult::Pass,
                     DkimResult::None => AuthResult::None,
                     DkimResult::TempError(_) => AuthResult::TempError,
-                    DkimResult::PermError(error) if server_failure(error) => {
-                        AuthResult::TempError
-                    }
+                    DkimResult::PermError(error) if server_failure(error) => AuthResult::TempError,
                     DkimResult::Neutral(_) | DkimResult::Fail(_) | DkimResult::PermError(_) => {
                         AuthResult::Fail
                     }
@@ -349,8 +329,8 @@ async fn run(
             (_, false) => None,
         }
     };
-    let ((helo_output, helo_result), mail_from, dkim_outputs, arc_result) =
-        futures_util::join!(helo, mail_from, dkim, arc_check);
+    let ((spf_verdict, helo_result, mail_from_result), dkim_outputs, arc_result) =
+        futures_util::join!(spf, dkim, arc_check);
 
     let dkim: Vec<DkimVerdict> = dkim_outputs
         .iter()
@@ -360,18 +340,13 @@ async fn run(
                 .signature()
                 .map(|s| s.d.to_ascii_lowercase())
                 .unwrap_or_default(),
-            selector: output
-                .signature()
-                .map(|s| s.s.clone())
-                .unwrap_or_default(),
+            selector: output.signature().map(|s| s.s.clone()).unwrap_or_default(),
         })
         .collect();
 
     let mut results = Results {
         timed_out: false,
-        spf_mail_from: mail_from
-            .as_ref()
-            .map(|(_, result)| (*result, peer.mail_from.to_string())),
+        spf_mail_from: mail_from_result.map(|result| (result, peer.mail_from.to_string())),
         spf_helo: (helo_result, peer.helo.to_string()),
         dkim,
         dmarc: DmarcStatus::None,
@@ -388,13 +363,15 @@ async fn run(
     };
     // DMARC reads the SPF identity it aligns (MAIL FROM, or HELO for the null sender) and
     // only the signatures that verified by our rules: an RSA-SHA1 "pass" is not one.
-    let (spf_output, spf_domain) = match (&mail_from, &helo_output) {
-        (Some((output, _)), _) => (output.clone(), domain_of(peer.mail_from)),
-        (None, Some(output)) => (output.clone(), peer.helo),
-        (None, None) => (
+    let (spf_output, spf_domain) = if !peer.mail_from.is_empty() {
+        (spf_verdict.mail_from, domain_of(peer.mail_from))
+    } else if helo_checked {
+        (spf_verdict.helo, peer.helo)
+    } else {
+        (
             SpfOutput::new(peer.helo.to_string()).with_result(SpfResult::None),
             peer.helo,
-        ),
+        )
     };
     let spf_output = match results.spf() {
         AuthResult::TempError if spf_output.result() != SpfResult::TempError => {
@@ -527,9 +504,8 @@ async fn txt(auth: &MessageAuthenticator, name: &str) -> Lookup {
                 .collect(),
         ),
         Err(error) => match crate::net::dns::classify(&error) {
-            crate::net::dns::LookupFailure::NxDomain | crate::net::dns::LookupFailure::NoRecords => {
-                Lookup::NotFound
-            }
+            crate::net::dns::LookupFailure::NxDomain
+            | crate::net::dns::LookupFailure::NoRecords => Lookup::NotFound,
             crate::net::dns::LookupFailure::Temporary(_) => Lookup::ServerFailure,
         },
     }
@@ -647,7 +623,10 @@ mod tests {
         assert_eq!(results.spf(), AuthResult::Fail);
         let header = results.header("mx");
         assert!(!header.contains("smtp.mailfrom"), "{header}");
-        assert!(header.contains("spf=fail smtp.helo=mail.example.com"), "{header}");
+        assert!(
+            header.contains("spf=fail smtp.helo=mail.example.com"),
+            "{header}"
+        );
     }
 
     #[test]
@@ -685,7 +664,11 @@ mod tests {
         );
         assert_eq!(
             observation.dkim,
-            vec![("example.com".to_string(), "s1".to_string(), AuthResult::Pass)]
+            vec![(
+                "example.com".to_string(),
+                "s1".to_string(),
+                AuthResult::Pass
+            )]
         );
         assert!(observation.unix_time > 1_700_000_000);
     }

@@ -65,9 +65,10 @@ impl Verifying {
             return None;
         }
         match crate::net::dns::SystemResolver::new(&self.shared.dns_servers) {
-            Ok(resolver) => Some(self.authenticator.get_or_init(|| {
-                mail_auth::MessageAuthenticator(resolver.hickory().clone())
-            })),
+            Ok(resolver) => Some(
+                self.authenticator
+                    .get_or_init(|| mail_auth::MessageAuthenticator(resolver.hickory().clone())),
+            ),
             Err(error) => {
                 tracing::warn!(%error, retry = ?RESOLVER_RETRY, "no DNS resolver for the sender checks; they fail temporarily until it can be built");
                 self.retry_at.set(Some(now + RESOLVER_RETRY));
