@@ -276,13 +276,20 @@ fn dmarc_and_dkim(engine: Engine) {
     assert_eq!(code, 550, "{text}");
     assert!(text.starts_with("5.7.1 "), "{text}");
 
-    // p=none: delivered, marked.
+    // p=none: delivered, marked; one field, above our Received field.
     let results = accepted(
         &relay,
         "helo.pass.test",
         "a@pass.test",
         "pnone",
         &message("pnone", "x@none.test", "hello"),
+    );
+    let stored = fetch(&relay, "pnone");
+    let expected = "Authentication-Results: relay.test;\r\n\tspf=pass smtp.mailfrom=a@pass.test;\r\n\tspf=pass smtp.helo=helo.pass.test;\r\n\tdkim=none;\r\n\tdmarc=fail header.from=none.test;\r\n\tarc=none\r\nReceived: from ";
+    assert!(
+        stored.starts_with(expected.as_bytes()),
+        "{}",
+        String::from_utf8_lossy(&stored)
     );
     has(&results, "dmarc=fail header.from=none.test");
     has(&results, "spf=pass smtp.mailfrom=a@pass.test");

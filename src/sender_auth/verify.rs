@@ -4,11 +4,12 @@
 //! they add up to: the `Authentication-Results` field ([`super::authres`]), the action
 //! ([`super::policy`]) and the report observation ([`super::report::Observation`]).
 //!
-//! DNS failures: hickory reports a SERVFAIL as "no records" with the response code, and
-//! mail-auth reads that as "no record" (SPF `none`, no DMARC record, DKIM `permerror`). That
-//! would turn a broken DNS into a silent pass, so the code is read back here: a DKIM key
-//! lookup that SERVFAILed is `temperror`, and an SPF `none` or a DMARC walk is confirmed by a
-//! lookup of our own (hickory's cache answers the repeat).
+//! DNS failures: hickory can report a SERVFAIL as "no records" with the response code
+//! (`net::dns::classify` reads the code for that reason), and mail-auth reads that as "no
+//! record" (SPF `none`, no DMARC record, DKIM `permerror`): a broken DNS would become a
+//! silent pass. So the code is read back here: a DKIM key lookup that SERVFAILed is
+//! `temperror`, and an SPF `none` or a DMARC walk is confirmed by a lookup of our own
+//! (hickory's cache answers the repeat).
 //!
 //! DMARC's organisational domain: mail-auth 0.13.3 finds it by the DNS tree walk of
 //! DMARCbis (the `_dmarc` records up the name, `psd=` tags) instead of the public suffix
@@ -272,6 +273,9 @@ fn dkim_result(output: &DkimOutput<'_>) -> AuthResult {
     }
 }
 
+/// The DKIM signatures verified per message, in header order; later ones are ignored.
+pub const MAX_SIGNATURES: usize = 10;
+
 /// Runs every check on `message` (header section and body as received), within
 /// `settings.timeout`.
 pub async fn check(
@@ -304,7 +308,12 @@ async fn run(auth: &MessageAuthenticator, arc: bool, peer: &Peer<'_>, message: &
         };
         (verdict, helo, mail_from)
     };
-    let parsed = AuthenticatedMessage::parse(message);
+    let mut parsed = AuthenticatedMessage::parse(message);
+    if let Some(parsed) = parsed.as_mut() {
+        // Each signature costs a key lookup and a verification: a peer must not be able
+        // to make one message cost hundreds (RFC 6376 §6.1 lets verifiers limit them).
+        parsed.dkim_headers.truncate(MAX_SIGNATURES);
+    }
     let dkim = async {
         match &parsed {
             Some(parsed) => auth.verify_dkim(parsed).await,
