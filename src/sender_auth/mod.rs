@@ -11,6 +11,8 @@
 //! files, never logged).
 #![forbid(unsafe_code)]
 
+pub mod authres;
+pub mod policy;
 pub mod report;
 pub mod sign;
 pub mod spf;

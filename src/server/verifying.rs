@@ -1,43 +1,135 @@
-//! The sender checks of arriving mail at the end of DATA.
+//! The sender checks of arriving mail at the end of DATA: who is checked, on which
+//! resolver, and what the result does to the transaction (see `sender_auth::verify` for
+//! the checks and `sender_auth::policy` for the decision).
 
+use std::cell::{Cell, OnceCell};
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rand_core::RngCore;
 
 use super::shard::ShardContext;
 use crate::config::Config;
+use crate::logsafe::Safe;
+use crate::sender_auth::authres;
+use crate::sender_auth::policy::{self, Action, Refusal};
 use crate::sender_auth::report::Recorder;
+use crate::sender_auth::verify::{self, Peer, Results, VerifySettings};
 use crate::smtp::{Submission, SubmitError};
 
 /// What every shard's checks share: the settings and the DMARC report recorder.
 pub struct VerifyingShared {
     pub reports: Arc<Recorder>,
+    pub settings: VerifySettings,
+    dns_servers: Vec<SocketAddr>,
 }
 
 impl VerifyingShared {
-    pub fn new(_config: &Config, reports: Arc<Recorder>) -> Arc<VerifyingShared> {
-        Arc::new(VerifyingShared { reports })
+    pub fn new(config: &Config, reports: Arc<Recorder>) -> Arc<VerifyingShared> {
+        Arc::new(VerifyingShared {
+            reports,
+            settings: config.verify.settings(),
+            dns_servers: config.server.dns_servers.clone(),
+        })
     }
 }
+
+/// How long a core waits before building its resolver again after a failure.
+const RESOLVER_RETRY: Duration = Duration::from_secs(60);
 
 /// A shard's checks (its resolver is built on the shard's runtime).
 pub struct Verifying {
     pub shared: Arc<VerifyingShared>,
+    /// Built on first use, on the core's runtime (hickory spawns its tasks there); one
+    /// hickory cache for every check of this core.
+    authenticator: OnceCell<mail_auth::MessageAuthenticator>,
+    retry_at: Cell<Option<Instant>>,
 }
 
 impl Verifying {
     pub fn for_shard(shared: &Arc<VerifyingShared>) -> Verifying {
         Verifying {
             shared: Arc::clone(shared),
+            authenticator: OnceCell::new(),
+            retry_at: Cell::new(None),
+        }
+    }
+
+    fn authenticator(&self) -> Option<&mail_auth::MessageAuthenticator> {
+        if let Some(auth) = self.authenticator.get() {
+            return Some(auth);
+        }
+        let now = Instant::now();
+        if self.retry_at.get().is_some_and(|at| now < at) {
+            return None;
+        }
+        match crate::net::dns::SystemResolver::new(&self.shared.dns_servers) {
+            Ok(resolver) => Some(
+                self.authenticator
+                    .get_or_init(|| mail_auth::MessageAuthenticator(resolver.hickory().clone())),
+            ),
+            Err(error) => {
+                tracing::warn!(%error, retry = ?RESOLVER_RETRY, "no DNS resolver for the sender checks; they fail temporarily until it can be built");
+                self.retry_at.set(Some(now + RESOLVER_RETRY));
+                None
+            }
         }
     }
 }
 
 /// Checks `submission`; the header fields to add above our Received field, or the reply
-/// that refuses it. May remove forged `Authentication-Results` fields from its body.
+/// that refuses it. Removes forged `Authentication-Results` fields from its body.
 pub async fn check(
-    _ctx: &ShardContext,
-    _submission: &mut Submission,
-    _peer: SocketAddr,
+    ctx: &ShardContext,
+    submission: &mut Submission,
+    peer: SocketAddr,
 ) -> Result<Vec<u8>, SubmitError> {
-    Ok(Vec::new())
+    let verifying = &ctx.verifying;
+    let settings = &verifying.shared.settings;
+    // Our own clients' mail is signed, not checked.
+    if !settings.enabled || submission.authenticated.is_some() || submission.relay_client {
+        return Ok(Vec::new());
+    }
+    let authserv_id = settings.authserv_id.as_deref().unwrap_or(&ctx.hostname);
+    let who = Peer {
+        ip: peer.ip().to_canonical(),
+        helo: &submission.origin.helo,
+        mail_from: &submission.envelope.reverse_path,
+        host: &ctx.hostname,
+    };
+    let results = match verifying.authenticator() {
+        Some(auth) => verify::check(auth, settings, &who, &submission.body).await,
+        None => Results::unavailable(&who, settings.arc, false),
+    };
+    let roll = (rand_core::OsRng.next_u32() % 100) as u8;
+    let action = policy::decide(&settings.policy, &results.verdicts(roll));
+    let header = results.header(authserv_id);
+    if let Some(observation) = results.observation(&who, action) {
+        // A deferred message comes back and is counted then.
+        if action != Action::Defer {
+            verifying.shared.reports.record(observation);
+        }
+    }
+    tracing::info!(
+        target: "relay::verify",
+        client = %who.ip,
+        sender = %Safe(who.mail_from),
+        helo = %Safe(who.helo),
+        spf = authres::keyword(results.spf()),
+        dmarc = ?results.dmarc,
+        header_from = %Safe(&results.header_from),
+        action = ?action,
+        "sender checked"
+    );
+    match action {
+        Action::Accept => {}
+        Action::Defer => return Err(SubmitError::SenderCheckUnavailable),
+        Action::Refuse(Refusal::Dmarc) => return Err(SubmitError::DmarcRejected),
+        Action::Refuse(Refusal::Spf) => return Err(SubmitError::SpfRejected),
+    }
+    if let Some(kept) = authres::remove_ours(&submission.body, authserv_id) {
+        submission.body = kept;
+    }
+    Ok(header.into_bytes())
 }

@@ -30,6 +30,7 @@ impl ReplyCode {
     pub const START_MAIL_INPUT: Self = Self(354);
     pub const SERVICE_NOT_AVAILABLE: Self = Self(421);
     pub const MAILBOX_BUSY: Self = Self(450);
+    pub const LOCAL_ERROR: Self = Self(451);
     pub const INSUFFICIENT_STORAGE: Self = Self(452);
     pub const AUTH_TEMPORARY_FAILURE: Self = Self(454);
     pub const MAILBOX_UNAVAILABLE: Self = Self(550);
@@ -196,6 +197,8 @@ const S_5_6_3: EnhancedStatus = EnhancedStatus::known(5, 6, 3);
 const S_5_6_7: EnhancedStatus = EnhancedStatus::known(5, 6, 7);
 /// 5.7.1 Delivery not authorized, message refused.
 const S_5_7_1: EnhancedStatus = EnhancedStatus::known(5, 7, 1);
+/// RFC 7372 §3.3: SPF validation failed.
+const S_5_7_23: EnhancedStatus = EnhancedStatus::known(5, 7, 23);
 /// 4.4.1 No answer from host (no connection to any address of the next hop).
 const S_4_4_1: EnhancedStatus = EnhancedStatus::known(4, 4, 1);
 /// 4.7.4 Security features not supported (RFC 3463): TLS required, the next hop has none.
@@ -554,6 +557,34 @@ impl Reply {
             ReplyCode::INSUFFICIENT_STORAGE,
             S_4_3_1,
             "Error: insufficient system storage for message data, try again later",
+        )
+    }
+
+    /// The sender checks could not finish: a DNS failure or timeout (RFC 7208 §2.6.6,
+    /// RFC 7489 §6.6.3); the client retries later.
+    pub fn sender_check_unavailable() -> Self {
+        Self::fixed(
+            ReplyCode::LOCAL_ERROR,
+            S_4_7_0,
+            "Temporary DNS failure while checking the sender, try again later",
+        )
+    }
+
+    /// The From domain's DMARC policy asks for rejection (RFC 7489 §6.6.1).
+    pub fn dmarc_rejected() -> Self {
+        Self::fixed(
+            ReplyCode::MAILBOX_UNAVAILABLE,
+            S_5_7_1,
+            "Rejected by the DMARC policy of the From domain",
+        )
+    }
+
+    /// The sender's domain does not allow this host to send for it (SPF `fail`).
+    pub fn spf_rejected() -> Self {
+        Self::fixed(
+            ReplyCode::MAILBOX_UNAVAILABLE,
+            S_5_7_23,
+            "Rejected: SPF says this host may not send for the sender's domain",
         )
     }
 

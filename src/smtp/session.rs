@@ -377,6 +377,15 @@ pub enum SubmitError {
     Backpressure,
     #[error("the spool could not store the message")]
     Storage,
+    /// The sender checks could not finish (DNS failure, timeout): 451 4.7.0.
+    #[error("the sender checks could not finish")]
+    SenderCheckUnavailable,
+    /// The From domain's DMARC policy refuses the message: 550 5.7.1.
+    #[error("refused by the DMARC policy of the From domain")]
+    DmarcRejected,
+    /// SPF `fail` for the sender: 550 5.7.23.
+    #[error("refused by SPF")]
+    SpfRejected,
 }
 
 /// After HELO or EHLO.
@@ -560,9 +569,17 @@ impl Session {
                 self.junk = 0;
                 Reply::queued(id).encode(&mut out.bytes);
             }
-            Err(_) => {
-                // Not the client's fault: not counted as an error.
-                let reply = Reply::insufficient_storage();
+            Err(error) => {
+                // Not counted as the client's error: storage is ours, and a refused
+                // message may be a forgery the client relays in good faith.
+                let reply = match error {
+                    SubmitError::Backpressure | SubmitError::Storage => {
+                        Reply::insufficient_storage()
+                    }
+                    SubmitError::SenderCheckUnavailable => Reply::sender_check_unavailable(),
+                    SubmitError::DmarcRejected => Reply::dmarc_rejected(),
+                    SubmitError::SpfRejected => Reply::spf_rejected(),
+                };
                 reply.encode(&mut out.bytes);
                 out.events.push(Event::Rejected(TransactionSummary {
                     reverse_path: pending.reverse_path,

@@ -1,0 +1,582 @@
+//! The sender checks at ingest (`[verify] enabled = true`), end to end: the relay binary,
+//! hickory asking tests/py/dns_server.py on loopback for SPF, DKIM key and DMARC records,
+//! messages sent by Python's smtplib (tests/py/authres_send.py), signed by dkimpy's
+//! `dkimsign` and npm `mailauth sign`, read back over POP3, and our
+//! `Authentication-Results` field parsed by python3-authres, the RFC 8601 parser of
+//! python3-authheaders (tests/py/authres_parse.py).
+//!
+//! The client is 127.0.0.1, outside `relay.allowed_networks` (192.0.2.0/24), so its mail
+//! is checked; the SPF records name 127.0.0.1 where they should pass.
+
+#[macro_use]
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::dns::DnsServer;
+use common::{Client, Engine, Relay, Settings, TEST_PASSWORD};
+
+const MAILAUTH: &str = "node_modules/.bin/mailauth";
+
+fn tools_dir() -> PathBuf {
+    PathBuf::from(
+        std::env::var("RELAY_TEST_TOOLS").unwrap_or_else(|_| "/var/tmp/relay-test-tools".into()),
+    )
+}
+
+/// DKIM keys made by dkimpy's `dknewkey`, and the DNS records of the test domains.
+struct World {
+    dir: tempfile::TempDir,
+    dns: DnsServer,
+}
+
+impl World {
+    fn key(&self, name: &str) -> PathBuf {
+        self.dir.path().join(format!("{name}.key"))
+    }
+}
+
+/// `dknewkey` writes NAME.key and NAME.dns (the TXT record text).
+fn new_key(dir: &Path, name: &str, ktype: &str) -> String {
+    let output = Command::new("/usr/bin/dknewkey")
+        .arg("--ktype")
+        .arg(ktype)
+        .arg(name)
+        .current_dir(dir)
+        .output()
+        .expect("run dknewkey (Debian python3-dkim)");
+    assert!(output.status.success(), "dknewkey: {output:?}");
+    let record = std::fs::read_to_string(dir.join(format!("{name}.dns"))).expect("NAME.dns");
+    // The h=sha256 restriction would make any RSA-SHA1 signature fail at the key already;
+    // leave it out so the RFC 8301 rule is what refuses SHA-1.
+    record.trim().replace(" h=sha256;", "")
+}
+
+fn world() -> World {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let rsa = new_key(dir.path(), "rsa", "rsa");
+    let ed = new_key(dir.path(), "ed", "ed25519");
+    let records = [
+        // SPF: MAIL FROM and HELO identities.
+        "pass.test=txt:v=spf1 ip4:127.0.0.1 -all".to_string(),
+        "soft.test=txt:v=spf1 ~all".to_string(),
+        "fail.test=txt:v=spf1 -all".to_string(),
+        "helo.pass.test=txt:v=spf1 ip4:127.0.0.1 -all".to_string(),
+        "helo.fail.test=txt:v=spf1 -all".to_string(),
+        "broken.test=servfail".to_string(),
+        "silent.test=silent".to_string(),
+        // DMARC.
+        "_dmarc.reject.test=txt:v=DMARC1; p=reject; rua=mailto:dmarc@reject.test".to_string(),
+        "reject.test=txt:v=spf1 -all".to_string(),
+        "_dmarc.none.test=txt:v=DMARC1; p=none".to_string(),
+        "_dmarc.signed.test=txt:v=DMARC1; p=none; adkim=s".to_string(),
+        // DKIM keys of signed.test.
+        format!("rsa._domainkey.signed.test=txt:{rsa}"),
+        format!("ed._domainkey.signed.test=txt:{ed}"),
+    ];
+    let records: Vec<&str> = records.iter().map(String::as_str).collect();
+    let dns = DnsServer::start(&records);
+    World { dir, dns }
+}
+
+fn settings(engine: Engine, dns_port: u16, verify: &str) -> Settings {
+    let mut settings = Settings::new(engine);
+    settings.allowed_networks = vec!["192.0.2.0/24".into()];
+    settings.server_toml = format!("dns_servers = [\"127.0.0.1:{dns_port}\"]\n");
+    settings.smtp_toml = "allow_plaintext_auth = true\n".into();
+    settings.extra_toml = format!("[verify]\nenabled = true\ntimeout = \"3s\"\n{verify}");
+    settings
+}
+
+fn message(marker: &str, from: &str, body: &str) -> Vec<u8> {
+    format!(
+        "From: Sender <{from}>\r\nTo: Bob <bob@example.test>\r\nSubject: check {marker}\r\nDate: Fri, 04 Dec 2026 12:00:00 +0000\r\nMessage-ID: <{marker}@client.test>\r\nMIME-Version: 1.0\r\nContent-Type: text/plain; charset=us-ascii\r\n\r\n{body}\r\nmarker {marker}\r\n"
+    )
+    .into_bytes()
+}
+
+/// Runs `program` with `input` on stdin; its stdout.
+fn pipe(program: &mut Command, input: &[u8]) -> Vec<u8> {
+    use std::io::Write;
+    let mut child = program
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawn {program:?}: {e}"));
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(input)
+        .expect("write stdin");
+    let output = child.wait_with_output().expect("wait");
+    assert!(output.status.success(), "{program:?}: {output:?}");
+    output.stdout
+}
+
+/// Signed by dkimpy: `dkimsign selector domain key` (relaxed/simple by default).
+fn dkimsign(world: &World, selector: &str, alg: &str, message: &[u8]) -> Vec<u8> {
+    pipe(
+        Command::new("/usr/bin/dkimsign")
+            .args(["--signalg", alg, selector, "signed.test"])
+            .arg(world.key(selector)),
+        message,
+    )
+}
+
+/// Signed by npm mailauth (relaxed/relaxed).
+fn mailauth_sign(world: &World, message: &[u8]) -> Vec<u8> {
+    let path = world.dir.path().join("to-sign.eml");
+    std::fs::write(&path, message).expect("write");
+    let signed = pipe(
+        Command::new(tools_dir().join(MAILAUTH))
+            .args(["sign", "-d", "signed.test", "-s", "rsa", "-k"])
+            .arg(world.key("rsa"))
+            .arg(&path),
+        b"",
+    );
+    // mailauth may write LF line ends; SMTP needs CRLF.
+    let text = String::from_utf8(signed).expect("utf-8");
+    text.replace("\r\n", "\n")
+        .replace('\n', "\r\n")
+        .into_bytes()
+}
+
+/// smtplib's final reply to one transaction: (code, text).
+fn send(relay: &Relay, helo: &str, mail_from: &str, message: &[u8]) -> (u16, String) {
+    let path = tempfile::NamedTempFile::new().expect("temp");
+    std::fs::write(path.path(), message).expect("write");
+    let output = Command::new("/usr/bin/python3")
+        .arg(common::repo_path("tests/py/authres_send.py"))
+        .arg(relay.addr.port().to_string())
+        .args([helo, mail_from, "bob@example.test"])
+        .arg(path.path())
+        .output()
+        .expect("run authres_send.py");
+    assert!(output.status.success(), "authres_send.py: {output:?}");
+    let reply: serde_json::Value = serde_json::from_slice(&output.stdout).expect("json");
+    (
+        reply["code"].as_u64().expect("code") as u16,
+        reply["text"].as_str().expect("text").to_string(),
+    )
+}
+
+/// The message with `marker` in bob's maildrop, over POP3 (left there).
+fn fetch(relay: &Relay, marker: &str) -> Vec<u8> {
+    let needle = format!("marker {marker}\r\n");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let mut pop = relay.pop3_login("bob");
+        let list = pop.list();
+        for (n, _) in list.iter().rev() {
+            let message = pop.retr(*n);
+            if common::find(&message, needle.as_bytes()).is_some() {
+                let _ = pop.quit();
+                return message;
+            }
+        }
+        let _ = pop.quit();
+        assert!(
+            Instant::now() < deadline,
+            "no message with {marker:?} for bob"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Every `Authentication-Results` field of `message`, as python3-authres parses them.
+fn parsed(message: &[u8]) -> Vec<serde_json::Value> {
+    let out = pipe(
+        Command::new("/usr/bin/python3").arg(common::repo_path("tests/py/authres_parse.py")),
+        message,
+    );
+    let value: serde_json::Value = serde_json::from_slice(&out).expect("json");
+    value.as_array().expect("array").clone()
+}
+
+/// Our field's results as `method=result prop=value …` strings (properties sorted), after
+/// checking there is exactly one field with our authserv-id and that it is the first field.
+fn ours(message: &[u8]) -> Vec<String> {
+    let fields = parsed(message);
+    let mine: Vec<&serde_json::Value> = fields
+        .iter()
+        .filter(|f| f["authserv_id"] == "relay.test")
+        .collect();
+    assert_eq!(
+        mine.len(),
+        1,
+        "one A-R of ours in {}",
+        String::from_utf8_lossy(message)
+    );
+    assert!(
+        message.starts_with(b"Authentication-Results: relay.test;"),
+        "our field comes first: {}",
+        String::from_utf8_lossy(message)
+    );
+    mine[0]["results"]
+        .as_array()
+        .expect("results")
+        .iter()
+        .map(|r| {
+            let mut props: Vec<String> = r["properties"]
+                .as_object()
+                .expect("properties")
+                .iter()
+                .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default()))
+                .collect();
+            props.sort();
+            let mut line = format!(
+                "{}={}",
+                r["method"].as_str().unwrap_or_default(),
+                r["result"].as_str().unwrap_or_default()
+            );
+            for p in props {
+                line.push(' ');
+                line.push_str(&p);
+            }
+            line
+        })
+        .collect()
+}
+
+fn has(results: &[String], wanted: &str) {
+    assert!(
+        results.iter().any(|r| r == wanted),
+        "{wanted:?} not in {results:#?}"
+    );
+}
+
+/// Sends and expects 250; our parsed results of the stored message.
+fn accepted(
+    relay: &Relay,
+    helo: &str,
+    mail_from: &str,
+    marker: &str,
+    message: &[u8],
+) -> Vec<String> {
+    let (code, text) = send(relay, helo, mail_from, message);
+    assert_eq!(code, 250, "{marker}: {text}");
+    ours(&fetch(relay, marker))
+}
+
+fn dmarc_and_dkim(engine: Engine) {
+    let world = world();
+    let relay = Relay::start(settings(engine, world.dns.port, ""));
+
+    // A forged From of a p=reject domain: SPF passes for the envelope, nothing aligns.
+    let (code, text) = send(
+        &relay,
+        "helo.pass.test",
+        "a@pass.test",
+        &message("forged", "ceo@reject.test", "pay this invoice"),
+    );
+    assert_eq!(code, 550, "{text}");
+    assert!(text.starts_with("5.7.1 "), "{text}");
+
+    // p=none: delivered, marked; one field, above our Received field.
+    let results = accepted(
+        &relay,
+        "helo.pass.test",
+        "a@pass.test",
+        "pnone",
+        &message("pnone", "x@none.test", "hello"),
+    );
+    let stored = fetch(&relay, "pnone");
+    let expected = "Authentication-Results: relay.test;\r\n\tspf=pass smtp.mailfrom=a@pass.test;\r\n\tspf=pass smtp.helo=helo.pass.test;\r\n\tdkim=none;\r\n\tdmarc=fail header.from=none.test;\r\n\tarc=none\r\nReceived: from ";
+    assert!(
+        stored.starts_with(expected.as_bytes()),
+        "{}",
+        String::from_utf8_lossy(&stored)
+    );
+    has(&results, "dmarc=fail header.from=none.test");
+    has(&results, "spf=pass smtp.mailfrom=a@pass.test");
+    has(&results, "spf=pass smtp.helo=helo.pass.test");
+    has(&results, "dkim=none");
+
+    // Aligned and signed by dkimpy (RSA and Ed25519) and by mailauth (RSA); the envelope
+    // domain has no SPF, so DKIM alone carries DMARC (adkim=s: d= is the From domain).
+    for (marker, signed) in [
+        (
+            "dkimpy-rsa",
+            dkimsign(
+                &world,
+                "rsa",
+                "rsa-sha256",
+                &message("dkimpy-rsa", "x@signed.test", "rsa"),
+            ),
+        ),
+        (
+            "dkimpy-ed",
+            dkimsign(
+                &world,
+                "ed",
+                "ed25519-sha256",
+                &message("dkimpy-ed", "x@signed.test", "ed"),
+            ),
+        ),
+        (
+            "mailauth-rsa",
+            mailauth_sign(&world, &message("mailauth-rsa", "x@signed.test", "node")),
+        ),
+    ] {
+        let results = accepted(
+            &relay,
+            "client.nowhere.test",
+            "b@nospf.test",
+            marker,
+            &signed,
+        );
+        let selector = if marker.ends_with("ed") { "ed" } else { "rsa" };
+        has(
+            &results,
+            &format!("dkim=pass header.d=signed.test header.s={selector}"),
+        );
+        has(&results, "dmarc=pass header.from=signed.test");
+        has(&results, "spf=none smtp.mailfrom=b@nospf.test");
+    }
+
+    // A tampered body, a tampered header, and RSA-SHA1 (RFC 8301) all fail.
+    let signed = dkimsign(
+        &world,
+        "rsa",
+        "rsa-sha256",
+        &message("tampered-body", "x@signed.test", "original"),
+    );
+    let tampered = String::from_utf8(signed)
+        .expect("utf-8")
+        .replace("original", "changed!")
+        .into_bytes();
+    let results = accepted(
+        &relay,
+        "client.nowhere.test",
+        "b@nospf.test",
+        "tampered-body",
+        &tampered,
+    );
+    has(&results, "dkim=fail header.d=signed.test header.s=rsa");
+    has(&results, "dmarc=fail header.from=signed.test");
+
+    let signed = dkimsign(
+        &world,
+        "rsa",
+        "rsa-sha256",
+        &message("tampered-header", "x@signed.test", "body"),
+    );
+    let tampered = String::from_utf8(signed)
+        .expect("utf-8")
+        .replace("Subject: check", "Subject: CHECK now")
+        .into_bytes();
+    let results = accepted(
+        &relay,
+        "client.nowhere.test",
+        "b@nospf.test",
+        "tampered-header",
+        &tampered,
+    );
+    has(&results, "dkim=fail header.d=signed.test header.s=rsa");
+
+    let sha1 = dkimsign(
+        &world,
+        "rsa",
+        "rsa-sha1",
+        &message("sha1", "x@signed.test", "old"),
+    );
+    let results = accepted(&relay, "client.nowhere.test", "b@nospf.test", "sha1", &sha1);
+    has(&results, "dkim=fail header.d=signed.test header.s=rsa");
+    has(&results, "dmarc=fail header.from=signed.test");
+    relay.stop();
+}
+
+fn spf_identities(engine: Engine) {
+    let world = world();
+    let relay = Relay::start(settings(engine, world.dns.port, ""));
+    let from = "x@elsewhere.test";
+
+    let results = accepted(
+        &relay,
+        "helo.pass.test",
+        "a@pass.test",
+        "spf-pass",
+        &message("spf-pass", from, "p"),
+    );
+    has(&results, "spf=pass smtp.mailfrom=a@pass.test");
+    has(&results, "spf=pass smtp.helo=helo.pass.test");
+    has(&results, "dmarc=none header.from=elsewhere.test");
+
+    let results = accepted(
+        &relay,
+        "helo.pass.test",
+        "a@soft.test",
+        "spf-soft",
+        &message("spf-soft", from, "s"),
+    );
+    has(&results, "spf=softfail smtp.mailfrom=a@soft.test");
+
+    // -all for MAIL FROM without a DMARC record: refused (spf_fail = "reject").
+    let (code, text) = send(
+        &relay,
+        "helo.pass.test",
+        "a@fail.test",
+        &message("spf-fail", from, "f"),
+    );
+    assert_eq!(code, 550, "{text}");
+    assert!(text.starts_with("5.7.23 "), "{text}");
+
+    // HELO fails, MAIL FROM passes: the MAIL FROM result decides; both are reported.
+    let results = accepted(
+        &relay,
+        "helo.fail.test",
+        "a@pass.test",
+        "helo-fail",
+        &message("helo-fail", from, "h"),
+    );
+    has(&results, "spf=fail smtp.helo=helo.fail.test");
+    has(&results, "spf=pass smtp.mailfrom=a@pass.test");
+
+    // The null sender is checked by its HELO name (RFC 7208 §2.4).
+    let results = accepted(
+        &relay,
+        "helo.pass.test",
+        "",
+        "null-pass",
+        &message("null-pass", from, "n"),
+    );
+    has(&results, "spf=pass smtp.helo=helo.pass.test");
+    assert!(
+        !results.iter().any(|r| r.contains("smtp.mailfrom")),
+        "{results:?}"
+    );
+    let (code, text) = send(
+        &relay,
+        "helo.fail.test",
+        "",
+        &message("null-fail", from, "n"),
+    );
+    assert_eq!(code, 550, "{text}");
+    relay.stop();
+}
+
+fn dns_failures(engine: Engine) {
+    let world = world();
+    let from = "x@elsewhere.test";
+    // dns_failure = "tempfail" (the default): SERVFAIL and a silent server give 451 4.7.x.
+    let relay = Relay::start(settings(engine, world.dns.port, ""));
+    let (code, text) = send(
+        &relay,
+        "helo.pass.test",
+        "a@broken.test",
+        &message("servfail", from, "s"),
+    );
+    assert_eq!(code, 451, "{text}");
+    assert!(text.starts_with("4.7."), "{text}");
+    let started = Instant::now();
+    let (code, text) = send(
+        &relay,
+        "helo.pass.test",
+        "a@silent.test",
+        &message("silent", from, "s"),
+    );
+    assert_eq!(code, 451, "{text}");
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "{:?}",
+        started.elapsed()
+    );
+    relay.stop();
+
+    // dns_failure = "mark": delivered, marked temperror.
+    let relay = Relay::start(settings(engine, world.dns.port, "dns_failure = \"mark\"\n"));
+    let results = accepted(
+        &relay,
+        "helo.pass.test",
+        "a@broken.test",
+        "servfail-mark",
+        &message("servfail-mark", from, "s"),
+    );
+    has(&results, "spf=temperror smtp.mailfrom=a@broken.test");
+    let results = accepted(
+        &relay,
+        "helo.pass.test",
+        "a@silent.test",
+        "silent-mark",
+        &message("silent-mark", from, "s"),
+    );
+    has(&results, "spf=temperror smtp.mailfrom=a@silent.test");
+    relay.stop();
+}
+
+fn forged_results_and_own_clients(engine: Engine) {
+    let world = world();
+    let relay = Relay::start(settings(engine, world.dns.port, ""));
+
+    // A field claiming our authserv-id is removed; another server's is kept.
+    let mut forged = b"Authentication-Results: relay.test; dkim=pass header.d=signed.test; dmarc=pass header.from=signed.test\r\nAuthentication-Results: (upstream) other.example; spf=pass smtp.mailfrom=a@pass.test\r\n".to_vec();
+    forged.extend(message("forged-ar", "x@signed.test", "trust me"));
+    let (code, text) = send(&relay, "helo.pass.test", "a@pass.test", &forged);
+    assert_eq!(code, 250, "{text}");
+    let stored = fetch(&relay, "forged-ar");
+    let results = ours(&stored);
+    has(&results, "dkim=none");
+    has(&results, "dmarc=fail header.from=signed.test");
+    let fields = parsed(&stored);
+    assert_eq!(fields.len(), 2, "{fields:?}");
+    assert_eq!(fields[1]["authserv_id"], "other.example");
+
+    // An authenticated client is not checked: no field of ours, nothing refused, even for
+    // a sender whose SPF says -all.
+    let mut client = Client::greeted(relay.addr);
+    client.ehlo();
+    client.expect(
+        &format!("AUTH PLAIN {}", base64_plain("alice", TEST_PASSWORD)),
+        235,
+    );
+    let mut forged = b"Authentication-Results: relay.test; dkim=pass\r\n".to_vec();
+    forged.extend(message("authenticated", "alice@fail.test", "mine"));
+    let reply = client
+        .transaction("alice@fail.test", &["bob@example.test"], &forged)
+        .expect("transaction");
+    assert_eq!(reply.code, 250, "{reply:?}");
+    client.quit();
+    let stored = fetch(&relay, "authenticated");
+    assert!(!stored.starts_with(b"Authentication-Results: relay.test;\r\n"));
+    relay.stop();
+
+    // A relay-network client is not checked either, and causes no lookups.
+    let mut own = settings(engine, world.dns.port, "");
+    own.allowed_networks = vec!["127.0.0.0/8".into()];
+    let relay = Relay::start(own);
+    let (code, text) = send(
+        &relay,
+        "helo.relaynet.test",
+        "a@relaynet.test",
+        &message("relaynet", "x@relaynet.test", "r"),
+    );
+    assert_eq!(code, 250, "{text}");
+    let stored = fetch(&relay, "relaynet");
+    assert!(
+        parsed(&stored).is_empty(),
+        "{}",
+        String::from_utf8_lossy(&stored)
+    );
+    relay.stop();
+    let queries = world.dns.queries();
+    assert!(
+        !queries.iter().any(|q| q.contains("relaynet")),
+        "{queries:?}"
+    );
+}
+
+fn base64_plain(user: &str, password: &str) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(format!("\0{user}\0{password}"))
+}
+
+engine_tests! {
+    dmarc_and_dkim: dmarc_and_dkim_uring, dmarc_and_dkim_epoll;
+    spf_identities: spf_identities_uring, spf_identities_epoll;
+    dns_failures: dns_failures_uring, dns_failures_epoll;
+    forged_results_and_own_clients: forged_results_uring, forged_results_epoll;
+}
