@@ -169,6 +169,11 @@ impl Config {
                     *file = Some(dir.join(relative));
                 }
             }
+            for entry in &mut config.dkim.sign {
+                if entry.key_file.is_relative() {
+                    entry.key_file = dir.join(&entry.key_file);
+                }
+            }
         }
         Ok(config)
     }
