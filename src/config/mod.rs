@@ -146,6 +146,9 @@ pub struct Config {
     pub verify: VerifySection,
     /// DMARC aggregate reports.
     pub dmarc: DmarcSection,
+    /// The file this was loaded from (`Config::load`), read again on SIGHUP for `[dkim]`.
+    #[serde(skip)]
+    pub source: Option<PathBuf>,
 }
 
 impl Config {
@@ -156,6 +159,7 @@ impl Config {
             source,
         })?;
         let mut config = Config::parse(&text, &path.display().to_string())?;
+        config.source = Some(path.to_path_buf());
         // Files named relative to the config live next to it.
         if let Some(dir) = path.parent() {
             for file in [

@@ -11,6 +11,7 @@
 //! files, never logged).
 #![forbid(unsafe_code)]
 
+pub mod keys;
 pub mod report;
 pub mod sign;
 pub mod verify;

@@ -156,8 +156,8 @@ impl KeySet {
             }
             let oversigned = OVERSIGNED
                 .iter()
-                .map(|name| name.to_ascii_lowercase())
-                .filter(|name| headers.contains(name))
+                .filter(|name| headers.contains(&name.to_ascii_lowercase()))
+                .map(|name| name.to_string())
                 .collect();
             keys.push(Key {
                 domain: entry.domain.to_ascii_lowercase(),
@@ -278,49 +278,61 @@ impl KeySet {
 /// whole by [`Signer::reload`].
 #[derive(Debug)]
 pub struct Signer {
+    current: RwLock<Loaded>,
+}
+
+#[derive(Debug)]
+struct Loaded {
     settings: Vec<KeySettings>,
-    current: RwLock<Arc<KeySet>>,
+    keys: Arc<KeySet>,
 }
 
 impl Signer {
     /// Loads every key: an error names the file (a bad key must stop the start).
     pub fn load(settings: Vec<KeySettings>) -> Result<Signer, KeyError> {
-        let keys = KeySet::load(&settings)?;
+        let keys = Arc::new(KeySet::load(&settings)?);
         Ok(Signer {
-            settings,
-            current: RwLock::new(Arc::new(keys)),
+            current: RwLock::new(Loaded { settings, keys }),
         })
     }
 
     /// A signer with no keys: signs nothing.
     pub fn none() -> Signer {
         Signer {
-            settings: Vec::new(),
-            current: RwLock::new(Arc::new(KeySet::default())),
+            current: RwLock::new(Loaded {
+                settings: Vec::new(),
+                keys: Arc::new(KeySet::default()),
+            }),
         }
     }
 
-    /// Reads the key files again; on any error the current keys stay in use.
-    pub fn reload(&self) -> Result<(), KeyError> {
-        let keys = Arc::new(KeySet::load(&self.settings)?);
+    /// Reads the key files again: those of `settings` when given (a re-read config), else
+    /// the current ones. On any error the current keys stay in use.
+    pub fn reload(&self, settings: Option<Vec<KeySettings>>) -> Result<(), KeyError> {
+        let settings = settings.unwrap_or_else(|| self.settings());
+        let keys = Arc::new(KeySet::load(&settings)?);
         let mut current = match self.current.write() {
             Ok(guard) => guard,
             Err(poisoned) => poisoned.into_inner(),
         };
-        *current = keys;
+        *current = Loaded { settings, keys };
         Ok(())
     }
 
     /// The keys in use now.
     pub fn keys(&self) -> Arc<KeySet> {
         match self.current.read() {
-            Ok(guard) => Arc::clone(&guard),
-            Err(poisoned) => Arc::clone(&poisoned.into_inner()),
+            Ok(guard) => Arc::clone(&guard.keys),
+            Err(poisoned) => Arc::clone(&poisoned.into_inner().keys),
         }
     }
 
-    pub fn settings(&self) -> &[KeySettings] {
-        &self.settings
+    /// The settings the keys in use were loaded from.
+    pub fn settings(&self) -> Vec<KeySettings> {
+        match self.current.read() {
+            Ok(guard) => guard.settings.clone(),
+            Err(poisoned) => poisoned.into_inner().settings.clone(),
+        }
     }
 
     /// [`KeySet::sign`] with the keys in use now: the `DKIM-Signature` fields to prepend to
@@ -625,7 +637,7 @@ pub fn parse_key(bytes: &[u8], algorithm: Algorithm) -> Result<DkimKey, String> 
 }
 
 /// The PKCS#8 v1 wrapping of a raw Ed25519 seed (RFC 8410 §7).
-fn ed25519_pkcs8_v1(seed: &[u8]) -> Vec<u8> {
+pub(crate) fn ed25519_pkcs8_v1(seed: &[u8]) -> Vec<u8> {
     let mut der = vec![
         0x30, 0x2e, 0x02, 0x01, 0x00, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22, 0x04,
         0x20,
@@ -719,4 +731,195 @@ fn rsa_modulus_bits(pkcs1: &[u8]) -> usize {
         return 0;
     }
     (significant - 1) * 8 + (8 - top.leading_zeros() as usize)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+    use std::time::Duration;
+
+    const MESSAGE: &[u8] = b"From: Alice <alice@example.test>\r\nTo: bob@remote.test\r\nSubject: hi\r\nX-Other: not signed\r\nDate: Fri, 4 Dec 2026 10:00:00 +0000\r\n\r\nbody\r\n";
+
+    fn key_file(dir: &Path, name: &str, algorithm: Algorithm) -> PathBuf {
+        let key = crate::sender_auth::keys::generate(algorithm).expect("keygen");
+        let path = dir.join(name);
+        std::fs::write(&path, key.pem).expect("write key");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+        path
+    }
+
+    fn settings(dir: &Path, domain: &str, selector: &str) -> KeySettings {
+        KeySettings {
+            domain: domain.into(),
+            selector: selector.into(),
+            key_file: key_file(dir, selector, Algorithm::Ed25519Sha256),
+            algorithm: Algorithm::Ed25519Sha256,
+            headers: None,
+        }
+    }
+
+    fn at(secs: u64) -> SystemTime {
+        UNIX_EPOCH + Duration::from_secs(secs)
+    }
+
+    fn tag<'a>(field: &'a str, name: &str) -> Option<&'a str> {
+        let unfolded = field.split_once(':')?.1;
+        unfolded.split(';').find_map(|t| {
+            let (n, v) = t.split_once('=')?;
+            (n.trim() == name).then_some(v.trim())
+        })
+    }
+
+    fn unfold(bytes: &[u8]) -> String {
+        String::from_utf8_lossy(bytes)
+            .replace("\r\n\t", " ")
+            .replace("\r\n ", " ")
+    }
+
+    #[test]
+    fn signature_has_our_tags_and_oversigns() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let keys = KeySet::load(&[settings(dir.path(), "example.test", "ed")]).expect("load");
+        let field = keys.sign(MESSAGE, at(1_800_000_000));
+        let text = unfold(&field);
+        assert!(
+            text.starts_with("DKIM-Signature: v=1; a=ed25519-sha256;"),
+            "{text}"
+        );
+        assert!(text.ends_with("\r\n"), "{text}");
+        assert_eq!(tag(&text, "d"), Some("example.test"));
+        assert_eq!(tag(&text, "s"), Some("ed"));
+        assert_eq!(tag(&text, "c"), Some("relaxed/relaxed"));
+        assert_eq!(tag(&text, "t"), Some("1800000000"));
+        assert_eq!(tag(&text, "l"), None, "never l=");
+        let h: Vec<String> = tag(&text, "h")
+            .expect("h=")
+            .split(':')
+            .map(|n| n.trim().to_ascii_lowercase())
+            .collect();
+        let count = |name: &str| h.iter().filter(|n| *n == name).count();
+        // Present once, listed twice; absent and over-signed: once; absent others: never.
+        for name in ["from", "to", "subject", "date"] {
+            assert_eq!(count(name), 2, "{name} in {h:?}");
+        }
+        assert_eq!(count("x-other"), 0);
+        assert_eq!(count("cc"), 0, "absent, not over-signed: not listed");
+        // Deterministic: the same input and time give the same field.
+        assert_eq!(keys.sign(MESSAGE, at(1_800_000_000)), field);
+    }
+
+    #[test]
+    fn only_our_domains_and_their_subdomains_are_signed() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let keys = KeySet::load(&[
+            settings(dir.path(), "example.test", "a"),
+            settings(dir.path(), "news.example.test", "b"),
+        ])
+        .expect("load");
+        let with_from = |from: &str| {
+            let m = format!("From: {from}\r\nSubject: s\r\n\r\nbody\r\n");
+            unfold(&keys.sign(m.as_bytes(), at(1)))
+        };
+        assert_eq!(tag(&with_from("x@example.test"), "s"), Some("a"));
+        let deep = with_from("x@deep.news.example.test");
+        assert_eq!(
+            tag(&deep, "d"),
+            Some("news.example.test"),
+            "most specific domain"
+        );
+        assert_eq!(deep.matches("DKIM-Signature").count(), 1);
+        assert_eq!(tag(&with_from("x@EXAMPLE.TEST"), "s"), Some("a"));
+        assert!(with_from("x@badexample.test").is_empty());
+        assert!(with_from("x@other.test").is_empty());
+        assert!(with_from("x@example.test, y@other.test").is_empty());
+        let two = b"From: a@example.test\r\nFrom: b@example.test\r\n\r\nx\r\n";
+        assert!(keys.sign(two, at(1)).is_empty(), "two From fields");
+        assert!(keys.sign(b"Subject: s\r\n\r\nx\r\n", at(1)).is_empty());
+    }
+
+    #[test]
+    fn dual_signing_gives_one_field_per_key() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut rsa = settings(dir.path(), "example.test", "r");
+        rsa.algorithm = Algorithm::RsaSha256;
+        rsa.key_file = key_file(dir.path(), "rsa", Algorithm::RsaSha256);
+        let keys = KeySet::load(&[settings(dir.path(), "example.test", "e"), rsa]).expect("load");
+        let text = unfold(&keys.sign(MESSAGE, at(5)));
+        assert_eq!(text.matches("DKIM-Signature:").count(), 2, "{text}");
+        assert!(text.contains("a=ed25519-sha256") && text.contains("a=rsa-sha256"));
+    }
+
+    #[test]
+    fn resign_replaces_ours_and_keeps_others() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ours = KeySet::load(&[settings(dir.path(), "example.test", "ed")]).expect("load");
+        // Someone else's key under our d= and s=: a forgery we must not take for ours.
+        let other = KeySet::load(&[settings(dir.path(), "example.test", "ed")]).expect("load");
+        let mut original = ours.sign(MESSAGE, at(100));
+        let forged = other.sign(MESSAGE, at(100));
+        original.extend_from_slice(&forged);
+        original.extend_from_slice(MESSAGE);
+        let converted = [&original[..], b"converted\r\n"].concat();
+        let resigned = ours
+            .resign(&original, &converted, at(200))
+            .expect("ours found");
+        let fresh = ours.sign(&[&forged[..], MESSAGE, b"converted\r\n"].concat(), at(200));
+        assert_eq!(
+            resigned,
+            [&fresh[..], &forged[..], MESSAGE, b"converted\r\n"].concat()
+        );
+        // Only someone else's signature: nothing to do.
+        let foreign = [&forged[..], MESSAGE].concat();
+        assert_eq!(ours.resign(&foreign, &foreign, at(200)), None);
+    }
+
+    #[test]
+    fn key_files_are_checked() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut entry = settings(dir.path(), "example.test", "ed");
+        std::fs::set_permissions(&entry.key_file, std::fs::Permissions::from_mode(0o644))
+            .expect("chmod");
+        let err = KeySet::load(&[entry.clone()]).expect_err("0644");
+        assert!(matches!(err, KeyError::Mode { mode: 0o644, .. }), "{err}");
+        assert!(err
+            .to_string()
+            .contains(&entry.key_file.display().to_string()));
+        std::fs::set_permissions(&entry.key_file, std::fs::Permissions::from_mode(0o400))
+            .expect("chmod");
+        KeySet::load(&[entry.clone()]).expect("0400 is fine");
+        entry.algorithm = Algorithm::RsaSha256;
+        let err = KeySet::load(&[entry.clone()]).expect_err("ed25519 key as rsa");
+        assert!(matches!(err, KeyError::Invalid { .. }), "{err}");
+        entry.key_file = dir.path().join("missing");
+        assert!(matches!(
+            KeySet::load(&[entry]).expect_err("missing"),
+            KeyError::Read { .. }
+        ));
+    }
+
+    #[test]
+    fn dkimpy_seed_files_load() {
+        let seed = [7u8; 32];
+        let text = base64_simd::STANDARD.encode_to_string(seed);
+        let key = parse_key(text.as_bytes(), Algorithm::Ed25519Sha256).expect("seed");
+        assert!(dns_record_text(&key).starts_with("v=DKIM1; k=ed25519; p="));
+        assert!(parse_key(b"AAAA", Algorithm::Ed25519Sha256).is_err());
+    }
+
+    #[test]
+    fn rsa_record_is_a_subject_public_key_info() {
+        let der = [0x30, 0x03, 0x02, 0x01, 0x05];
+        let spki = rsa_spki(&der);
+        assert_eq!(spki[0], 0x30);
+        assert!(spki.ends_with(&[0x03, 0x06, 0x00, 0x30, 0x03, 0x02, 0x01, 0x05]));
+        let mut modulus = vec![0x00, 0x80];
+        modulus.extend(std::iter::repeat_n(0u8, 255));
+        let mut seq = vec![0x02, 0x82, 0x01, 0x01];
+        seq.extend(&modulus);
+        seq.extend([0x02, 0x01, 0x03]);
+        let mut pkcs1 = vec![0x30, 0x82, 0x01, 0x08];
+        pkcs1.extend(&seq);
+        assert_eq!(rsa_modulus_bits(&pkcs1), 2048);
+    }
 }

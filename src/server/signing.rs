@@ -4,6 +4,7 @@
 //! has a key (`sender_auth::sign`). Never mail from outside: an alias that forwards a
 //! stranger's message must not lend it our signature.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::SystemTime;
 
@@ -17,12 +18,15 @@ use crate::smtp::Submission;
 #[derive(Debug)]
 pub struct SigningShared {
     signer: Arc<Signer>,
+    /// Where `[dkim]` is read again on SIGHUP (`None`: the embedded default config).
+    config_file: Option<PathBuf>,
 }
 
 impl Default for SigningShared {
     fn default() -> Self {
         SigningShared {
             signer: Arc::new(Signer::none()),
+            config_file: None,
         }
     }
 }
@@ -37,6 +41,7 @@ impl SigningShared {
         }
         Ok(Arc::new(SigningShared {
             signer: Arc::new(signer),
+            config_file: config.source.clone(),
         }))
     }
 
@@ -46,26 +51,39 @@ impl SigningShared {
     }
 
     /// The delivery side's hook that re-signs a message it down-converted (8BITMIME), with
-    /// the keys in use at the time; none when no key is configured.
+    /// the keys in use at the time (set even without keys: a SIGHUP may add some).
     pub fn resign(&self) -> Resign {
-        if self.signer.settings().is_empty() {
-            return Resign(None);
-        }
         let signer = Arc::clone(&self.signer);
         Resign(Some(Arc::new(move |original: &[u8], converted: &[u8]| {
             signer.resign(original, converted, SystemTime::now())
         })))
     }
 
-    /// SIGHUP: the key files again; one that fails to load keeps the current set.
+    /// SIGHUP: the `[dkim]` section of the config file (when the relay was started from
+    /// one) and the key files again. A config that no longer loads, or a key that fails,
+    /// keeps the current keys. Nothing else of the file is applied.
     pub fn reload(&self) {
-        if self.signer.settings().is_empty() {
+        let settings = match &self.config_file {
+            None => None,
+            Some(path) => match Config::load(path) {
+                Ok(config) => Some(config.dkim.key_settings()),
+                Err(error) => {
+                    tracing::error!(%error, "SIGHUP: config not readable; DKIM keys kept as they were");
+                    return;
+                }
+            },
+        };
+        if settings.as_ref().is_some_and(Vec::is_empty) && self.signer.settings().is_empty() {
             return;
         }
-        match self.signer.reload() {
+        match self.signer.reload(settings) {
             Ok(()) => {
-                for (domain, selector) in self.signer.keys().selectors() {
-                    tracing::info!(domain, selector, "SIGHUP: DKIM signing key reloaded");
+                let keys = self.signer.keys();
+                if keys.is_empty() {
+                    tracing::info!("SIGHUP: no DKIM keys configured; signing stopped");
+                }
+                for (domain, selector) in keys.selectors() {
+                    tracing::info!(domain, selector, "SIGHUP: DKIM signing key loaded");
                 }
             }
             Err(error) => {
