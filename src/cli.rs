@@ -325,6 +325,8 @@ fn check(path: Option<&Path>) -> Result<()> {
     }
     relay::net::tls::client::ClientTls::load(config.tls.ca_file.as_deref())
         .context("tls.ca_file")?;
+    // DKIM keys: readable by their owner only and valid for their algorithm.
+    relay::sender_auth::sign::KeySet::load(&config.dkim.key_settings()).context("dkim.sign")?;
     // The users and aliases must load as `serve` loads them; nobody receiving postmaster's
     // mail (RFC 5321 §4.5.1) is worth a warning, not a refusal.
     let directory = relay::mailbox::load_directory(&config)?;
