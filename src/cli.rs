@@ -1,4 +1,5 @@
-//! Command line: `serve`, `check`, `init`, `spool ls`, `spool cat`, `user`, `tune check|apply`, `stat`.
+//! Command line: `serve`, `check`, `init`, `spool ls`, `spool cat`, `user`, `tune check|apply`, `stat`,
+//! `dkim keygen`.
 //!
 //! `anyhow` lives here only: library modules return typed errors, and this is the one
 //! place they become a line on stderr and an exit status.
@@ -105,11 +106,32 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// DKIM signing keys.
+    Dkim {
+        #[command(subcommand)]
+        command: DkimCommand,
+    },
     /// Man pages and shell completions from these definitions (for packaging).
     #[command(hide = true)]
     Generate {
         #[command(subcommand)]
         command: GenerateCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum DkimCommand {
+    /// Make a signing key: write the private key (0600; never over an existing file) and
+    /// print the DNS TXT record to publish at SELECTOR._domainkey.DOMAIN.
+    Keygen {
+        domain: String,
+        selector: String,
+        /// An Ed25519 key (RFC 8463) instead of RSA-2048.
+        #[arg(long)]
+        ed25519: bool,
+        /// Where to write the private key (default: DOMAIN.SELECTOR.key here).
+        #[arg(long)]
+        out: Option<PathBuf>,
     },
 }
 
@@ -240,6 +262,7 @@ pub fn main() -> ExitCode {
             json,
             socket,
         } => stat(config.as_deref(), json, socket),
+        Command::Dkim { command } => dkim(command),
         Command::Generate { command } => match command {
             GenerateCommand::Man { dir } => generate::man::<Cli>(&dir)
                 .with_context(|| format!("cannot write man pages to {}", dir.display())),
@@ -302,6 +325,8 @@ fn check(path: Option<&Path>) -> Result<()> {
     }
     relay::net::tls::client::ClientTls::load(config.tls.ca_file.as_deref())
         .context("tls.ca_file")?;
+    // DKIM keys: readable by their owner only and valid for their algorithm.
+    relay::sender_auth::sign::KeySet::load(&config.dkim.key_settings()).context("dkim.sign")?;
     // The users and aliases must load as `serve` loads them; nobody receiving postmaster's
     // mail (RFC 5321 §4.5.1) is worth a warning, not a refusal.
     let directory = relay::mailbox::load_directory(&config)?;
@@ -453,6 +478,60 @@ fn user(command: UserCommand) -> Result<()> {
             }
         }
     }
+    Ok(())
+}
+
+fn dkim(command: DkimCommand) -> Result<()> {
+    use relay::sender_auth::{keys, sign::Algorithm};
+    let DkimCommand::Keygen {
+        domain,
+        selector,
+        ed25519,
+        out,
+    } = command;
+    let domain = domain.trim_end_matches('.').to_ascii_lowercase();
+    anyhow::ensure!(
+        relay::config::valid_domain(&domain),
+        "`{domain}` is not a domain name"
+    );
+    anyhow::ensure!(
+        relay::config::valid_domain(&selector),
+        "`{selector}` is not a selector (dot-separated labels)"
+    );
+    let algorithm = if ed25519 {
+        Algorithm::Ed25519Sha256
+    } else {
+        Algorithm::RsaSha256
+    };
+    let path = out.unwrap_or_else(|| PathBuf::from(format!("{domain}.{selector}.key")));
+    // Checked before the (slow, for RSA) generation; `create_new` below is the real guard.
+    anyhow::ensure!(
+        !path.exists(),
+        "{} exists: not overwriting a key (choose another --out)",
+        path.display()
+    );
+    let key = keys::generate(algorithm)?;
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&path)
+            .with_context(|| format!("cannot create {}", path.display()))?;
+        file.write_all(key.pem.as_bytes())
+            .and_then(|()| file.sync_all())
+            .with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    outln!("{}", keys::zone_line(&domain, &selector, &key.record));
+    eprintln!(
+        "wrote the private key to {} (0600). Publish the record above, then add:\n\
+         [[dkim.sign]]\ndomain = \"{domain}\"\nselector = \"{selector}\"\n\
+         key_file = \"{}\"\nalgorithm = \"{}\"",
+        path.display(),
+        path.display(),
+        algorithm.name()
+    );
     Ok(())
 }
 

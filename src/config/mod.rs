@@ -146,6 +146,9 @@ pub struct Config {
     pub verify: VerifySection,
     /// DMARC aggregate reports.
     pub dmarc: DmarcSection,
+    /// The file this was loaded from (`Config::load`), read again on SIGHUP for `[dkim]`.
+    #[serde(skip)]
+    pub source: Option<PathBuf>,
 }
 
 impl Config {
@@ -156,6 +159,7 @@ impl Config {
             source,
         })?;
         let mut config = Config::parse(&text, &path.display().to_string())?;
+        config.source = Some(path.to_path_buf());
         // Files named relative to the config live next to it.
         if let Some(dir) = path.parent() {
             for file in [
@@ -167,6 +171,11 @@ impl Config {
             ] {
                 if let Some(relative) = file.as_ref().filter(|f| f.is_relative()) {
                     *file = Some(dir.join(relative));
+                }
+            }
+            for entry in &mut config.dkim.sign {
+                if entry.key_file.is_relative() {
+                    entry.key_file = dir.join(&entry.key_file);
                 }
             }
         }

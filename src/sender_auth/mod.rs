@@ -12,6 +12,7 @@
 #![forbid(unsafe_code)]
 
 pub mod authres;
+pub mod keys;
 pub mod policy;
 pub mod report;
 pub mod sign;

@@ -83,6 +83,8 @@ pub enum ServerError {
     OutboundTls(crate::net::tls::TlsError),
     #[error("cannot start the password-hash threads: {0}")]
     HashPool(std::io::Error),
+    #[error(transparent)]
+    Dkim(#[from] crate::sender_auth::sign::KeyError),
 }
 
 impl From<SpoolError> for ServerError {
@@ -179,12 +181,16 @@ pub fn run(config: Config) -> Result<(), ServerError> {
 
     let stores = open_stores(&config, shards)?;
     let server_tls = load_certificate(&config)?;
+    let signing = signing::SigningShared::new(&config)?;
     let sockets = bind_listeners(&config, shards)?;
-    let delivery = build_delivery(&config, &hostname, shards, &stores, own_addresses(&sockets))?;
+    let own = own_addresses(&sockets);
+    let delivery = build_delivery(&config, &hostname, shards, &stores, own, signing.resign())?;
     let startup = rebuild_from_spool(&stores, &delivery, shards);
     let admin = start_admin(&config, &stores, &delivery)?;
     let (phase_tx, phase_rx) = watch::channel(Phase::Running);
-    let contexts = build_contexts(&config, hostname, &stores, delivery, server_tls, phase_rx)?;
+    let contexts = build_contexts(
+        &config, hostname, &stores, delivery, server_tls, signing, phase_rx,
+    )?;
 
     let (events_tx, events_rx) = channel::unbounded();
     let threads = start_shards(engine, sockets, startup, &contexts, &events_tx)?;
@@ -201,7 +207,12 @@ pub fn run(config: Config) -> Result<(), ServerError> {
     }
 
     let signal_rx = forward_signals(signals)?;
-    let died = serve_until_signal(&signal_rx, &events_rx, contexts.server_tls.as_ref());
+    let died = serve_until_signal(
+        &signal_rx,
+        &events_rx,
+        contexts.server_tls.as_ref(),
+        &contexts.signing,
+    );
     let _ = phase_tx.send(Phase::Draining);
     drain(
         &events_rx,
@@ -315,10 +326,15 @@ fn build_delivery(
     shards: usize,
     stores: &Stores,
     own_addresses: OwnAddresses,
+    resign: crate::smtp::client::Resign,
 ) -> Result<Arc<DeliveryShared>, ServerError> {
     let mut delivery = delivery_shared(config, hostname, shards, Some(local_mailboxes(stores)))?;
     delivery.metrics = Some(Arc::clone(&stores.metrics));
     delivery.own_addresses = own_addresses;
+    delivery.client = Arc::new(crate::smtp::client::ClientConfig {
+        resign,
+        ..(*delivery.client).clone()
+    });
     Ok(Arc::new(delivery))
 }
 
@@ -431,6 +447,7 @@ fn build_contexts(
     stores: &Stores,
     delivery: Arc<DeliveryShared>,
     server_tls: Option<ServerTls>,
+    signing: Arc<signing::SigningShared>,
     phase: watch::Receiver<Phase>,
 ) -> Result<Arc<Contexts>, ServerError> {
     let mut session = session_config(config, &hostname, Some(local_mailboxes(stores)));
@@ -442,7 +459,6 @@ fn build_contexts(
         .check()
         .map_err(|e| ServerError::Session(e.to_string()))?;
     let auth = AuthContexts::new(config, &hostname, stores, server_tls.is_some())?;
-    let signing = signing::SigningShared::new(config)?;
     let dmarc_reports = dmarc_reports::recorder(config)?;
     let verifying = verifying::VerifyingShared::new(config, dmarc_reports);
     Ok(Arc::new(Contexts {
@@ -639,16 +655,21 @@ fn forward_signals(mut signals: Signals) -> Result<channel::Receiver<i32>, Serve
 }
 
 /// Serves until a stop signal (`None`), or until a shard dies (a bug: `Some(shard)`, and
-/// everything stops cleanly). SIGHUP reloads the certificate and goes on serving.
+/// everything stops cleanly). SIGHUP reloads the certificate and the DKIM keys and goes on
+/// serving.
 fn serve_until_signal(
     signals: &channel::Receiver<i32>,
     events: &channel::Receiver<ShardEvent>,
     server_tls: Option<&ServerTls>,
+    signing: &signing::SigningShared,
 ) -> Option<usize> {
     loop {
         channel::select! {
             recv(signals) -> signal => match signal {
-                Ok(SIGHUP) => reload_certificate(server_tls),
+                Ok(SIGHUP) => {
+                    reload_certificate(server_tls);
+                    signing.reload();
+                }
                 signal => {
                     tracing::info!(signal = signal.unwrap_or(0), "shutting down: draining connections");
                     return None;

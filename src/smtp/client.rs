@@ -164,7 +164,39 @@ pub struct ClientConfig {
     /// names it is this relay reached another way, a mail loop (Postfix's check). `None`:
     /// no check.
     pub own_hostname: Option<String>,
+    /// Puts our DKIM signatures back on a message this client down-converted (8BITMIME):
+    /// the conversion changed what they signed. Filled by the delivery side.
+    pub resign: Resign,
 }
+
+/// `fn(original, converted) -> Some(converted message, re-signed)`, or `None` when the
+/// original carried no signature of ours. A seam: the client knows nothing of keys.
+#[derive(Clone, Default)]
+pub struct Resign(pub Option<Arc<ResignFn>>);
+
+pub type ResignFn = dyn Fn(&[u8], &[u8]) -> Option<Vec<u8>> + Send + Sync;
+
+impl std::fmt::Debug for Resign {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_some() {
+            "Resign(set)"
+        } else {
+            "Resign(none)"
+        })
+    }
+}
+
+impl PartialEq for Resign {
+    fn eq(&self, other: &Self) -> bool {
+        match (&self.0, &other.0) {
+            (None, None) => true,
+            (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+            _ => false,
+        }
+    }
+}
+
+impl Eq for Resign {}
 
 impl Default for ClientConfig {
     fn default() -> Self {
@@ -175,6 +207,7 @@ impl Default for ClientConfig {
             reply_limits: ReplyLimits::default(),
             mime_limits: mime::Limits::default(),
             own_hostname: None,
+            resign: Resign::default(),
         }
     }
 }
@@ -1023,7 +1056,13 @@ impl Client {
                 match mime::downgrade(&body, &self.config.mime_limits) {
                     Ok(Cow::Borrowed(_)) => {}
                     Ok(Cow::Owned(converted)) => {
-                        body = Bytes::from(converted);
+                        let resigned = self
+                            .config
+                            .resign
+                            .0
+                            .as_ref()
+                            .and_then(|resign| resign(&body, &converted));
+                        body = Bytes::from(resigned.unwrap_or(converted));
                         downgraded = true;
                     }
                     Err(error) => {
