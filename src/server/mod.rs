@@ -83,6 +83,8 @@ pub enum ServerError {
     OutboundTls(crate::net::tls::TlsError),
     #[error("cannot start the password-hash threads: {0}")]
     HashPool(std::io::Error),
+    #[error("dmarc reports: {0}")]
+    DmarcReports(String),
 }
 
 impl From<SpoolError> for ServerError {
@@ -195,6 +197,7 @@ pub fn run(config: Config) -> Result<(), ServerError> {
         return Err(error);
     }
     let compactor = Compactor::start(Arc::clone(&stores.spool), config.spool.compact_interval.0);
+    let reporter = start_reporter(&config, &contexts)?;
     tracing::info!(engine = %engine, shards, hostname = %contexts.hostname, "relay ready");
     if engine == Engine::Epoll {
         tracing::info!("running on the epoll fallback");
@@ -210,6 +213,10 @@ pub fn run(config: Config) -> Result<(), ServerError> {
         shards - usize::from(died.is_some()),
         config.server.drain_timeout.0,
     );
+    // The shards have exited: no more observations; the reporter writes its counts last.
+    if let Some(reporter) = reporter {
+        reporter.stop();
+    }
     close(threads, contexts, admin, Some(compactor), stores)?;
     match died {
         Some(shard) => Err(ServerError::ShardDied(shard)),
@@ -421,6 +428,7 @@ struct Contexts {
     metrics: Arc<Metrics>,
     signing: Arc<signing::SigningShared>,
     verifying: Arc<verifying::VerifyingShared>,
+    dmarc_reports: Arc<crate::sender_auth::report::Recorder>,
 }
 
 /// The SMTP session settings (with the ingest gate), the login contexts and the connection
@@ -444,8 +452,9 @@ fn build_contexts(
     let auth = AuthContexts::new(config, &hostname, stores, server_tls.is_some())?;
     let signing = signing::SigningShared::new(config)?;
     let dmarc_reports = dmarc_reports::recorder(config)?;
-    let verifying = verifying::VerifyingShared::new(config, dmarc_reports);
+    let verifying = verifying::VerifyingShared::new(config, Arc::clone(&dmarc_reports));
     Ok(Arc::new(Contexts {
+        dmarc_reports,
         signing,
         verifying,
         config: Arc::clone(config),
@@ -463,6 +472,26 @@ fn build_contexts(
         metrics: Arc::clone(&stores.metrics),
         hostname,
     }))
+}
+
+/// The DMARC reporter (`[dmarc] reports`), sending through the spool and delivery. Reports
+/// go out unsigned until a DKIM signer is passed here.
+fn start_reporter(
+    config: &Config,
+    contexts: &Contexts,
+) -> Result<Option<dmarc_reports::Reporter>, ServerError> {
+    let outbound = dmarc_reports::Outbound {
+        spool: Arc::clone(&contexts.spool),
+        delivery: Arc::clone(&contexts.delivery),
+        mail_store: Arc::clone(&contexts.mail_store),
+    };
+    let signer: Option<crate::sender_auth::report::ReportSigner> = None;
+    dmarc_reports::Reporter::start(
+        config,
+        Arc::clone(&contexts.dmarc_reports),
+        outbound,
+        signer,
+    )
 }
 
 /// What POP3 logins and SMTP AUTH share across shards: the POP3 session settings, the
