@@ -74,7 +74,11 @@ fn observation(policy: &PublishedPolicy, ip: IpAddr, t: u64) -> Observation {
         dkim_aligned: AuthResult::Pass,
         spf_aligned: AuthResult::Fail,
         dkim: vec![(policy.domain.clone(), "s1".into(), AuthResult::Pass)],
-        spf: (format!("bounce.{}", policy.domain), false, AuthResult::SoftFail),
+        spf: (
+            format!("bounce.{}", policy.domain),
+            false,
+            AuthResult::SoftFail,
+        ),
     }
 }
 
@@ -90,7 +94,8 @@ fn xmllint(xml: &str) -> (i32, String) {
         .arg(&file)
         .output()
         .expect("xmllint (Debian libxml2-utils)");
-    let said = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    let said =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
     (out.status.code().unwrap_or(-1), said)
 }
 
@@ -113,7 +118,11 @@ fn report_xml_validates_against_the_rfc_7489_schema() {
         AuthResult::PermError,
         AuthResult::Policy,
     ];
-    let dispositions = [Disposition::None, Disposition::Quarantine, Disposition::Reject];
+    let dispositions = [
+        Disposition::None,
+        Disposition::Quarantine,
+        Disposition::Reject,
+    ];
     let t = unix_now() - 2 * 86_400;
     for (i, result) in results.iter().enumerate() {
         let ip = if i % 2 == 0 {
@@ -148,15 +157,23 @@ fn report_xml_validates_against_the_rfc_7489_schema() {
     assert_eq!(due[0].rows.len(), results.len() + 1);
     let (rc, said) = xmllint(&xml);
     assert_eq!(rc, 0, "xmllint: {said}\n{xml}");
-    assert!(xml.contains("<source_ip>2001:db8:0:0:0:0:0:1</source_ip>"), "{xml}");
+    assert!(
+        xml.contains("<source_ip>2001:db8:0:0:0:0:0:1</source_ip>"),
+        "{xml}"
+    );
     assert!(xml.contains("<source_ip>192.0.2.7</source_ip>"), "{xml}");
 
-    let broken = xml.replacen("<count>", "<cnt>", 1).replacen("</count>", "</cnt>", 1);
+    let broken = xml
+        .replacen("<count>", "<cnt>", 1)
+        .replacen("</count>", "</cnt>", 1);
     let (rc, said) = xmllint(&broken);
     assert_ne!(rc, 0, "the schema accepted a broken report: {said}");
     let compressed = xml.replace("2001:db8:0:0:0:0:0:1", "2001:db8::1");
     let (rc, _) = xmllint(&compressed);
-    assert_ne!(rc, 0, "the schema's IPAddress pattern takes only full IPv6 addresses");
+    assert_ne!(
+        rc, 0,
+        "the schema's IPAddress pattern takes only full IPv6 addresses"
+    );
 }
 
 /// The relay's config for reports sent to the sink through a static route.
@@ -184,7 +201,11 @@ fn check_message(file: &[u8]) -> Json {
         .arg(schema())
         .output()
         .expect("python3");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     Json::parse(&String::from_utf8_lossy(&out.stdout)).unwrap()
 }
 
@@ -216,12 +237,23 @@ fn due_report_is_delivered_to_the_authorised_rua(engine: Engine) {
         &["rua destination not authorised", "other.example"],
         Duration::from_secs(20),
     );
-    relay.wait_log(&["DMARC aggregate report queued", "sender.example"], Duration::from_secs(5));
+    relay.wait_log(
+        &["DMARC aggregate report queued", "sender.example"],
+        Duration::from_secs(5),
+    );
     let report = check_message(&messages[0]);
-    let envelope: Vec<&str> = report.get("envelope").array().iter().map(Json::str).collect();
+    let envelope: Vec<&str> = report
+        .get("envelope")
+        .array()
+        .iter()
+        .map(Json::str)
+        .collect();
     assert_eq!(
         envelope,
-        ["MAIL:dmarc-reports@relay.test", "RCPT:dmarc@reports.example"],
+        [
+            "MAIL:dmarc-reports@relay.test",
+            "RCPT:dmarc@reports.example"
+        ],
         "{report:?}"
     );
     assert_eq!(report.get("from").str(), "dmarc-reports@relay.test");
@@ -234,7 +266,12 @@ fn due_report_is_delivered_to_the_authorised_rua(engine: Engine) {
     );
     let begin = ended - ended % 10;
     let name = format!("relay.test!sender.example!{begin}!{}.xml.gz", begin + 9);
-    let attachments: Vec<&str> = report.get("attachments").array().iter().map(Json::str).collect();
+    let attachments: Vec<&str> = report
+        .get("attachments")
+        .array()
+        .iter()
+        .map(Json::str)
+        .collect();
     assert_eq!(attachments, [name.as_str()]);
     assert_eq!(
         report.get("xmllint_rc").int(),
@@ -272,7 +309,8 @@ fn due_report_is_delivered_to_the_authorised_rua(engine: Engine) {
 }
 
 /// Counts of an interval still running survive a relay's stop and start: the relay loads
-/// them, keeps them while it runs and writes them back at shutdown, unchanged.
+/// them, keeps them in memory while it runs (the file removed under it) and writes them at
+/// shutdown, unchanged; the next start loads them again.
 fn counts_survive_a_restart(engine: Engine) {
     let dns = DnsServer::start(&[]);
     let sink = Sink::scripted(0, &[]);
@@ -284,16 +322,29 @@ fn counts_survive_a_restart(engine: Engine) {
     let p = policy("sender.example", "mailto:dmarc@sender.example");
     for last in 1..=5u8 {
         // Tomorrow's interval: nothing falls due while the test runs, even across midnight.
-        recorder.record(observation(&p, IpAddr::V4(Ipv4Addr::new(192, 0, 2, last)), unix_now() + 86_400));
+        recorder.record(observation(
+            &p,
+            IpAddr::V4(Ipv4Addr::new(192, 0, 2, last)),
+            unix_now() + 86_400,
+        ));
     }
     assert!(recorder.flush(&counts).unwrap());
     let before = recorder.due(u64::MAX);
 
     let relay = Relay::start_in(workdir, settings(engine, dns.port, &sink, "1d"));
-    relay.wait_log(&["DMARC report counts loaded", "rows=5"], Duration::from_secs(10));
+    relay.wait_log(
+        &["DMARC report counts loaded", "rows=5"],
+        Duration::from_secs(10),
+    );
+    // The relay holds the counts in memory and writes them at shutdown.
+    std::fs::remove_file(counts.state_file()).unwrap();
     relay.stop();
+    assert_eq!(Recorder::load(&counts).unwrap().due(u64::MAX), before);
     let relay = relay.restart(settings(engine, dns.port, &sink, "1d"));
-    relay.wait_log(&["DMARC report counts loaded", "rows=5"], Duration::from_secs(10));
+    relay.wait_log(
+        &["DMARC report counts loaded", "rows=5"],
+        Duration::from_secs(10),
+    );
     relay.stop();
     assert_eq!(Recorder::load(&counts).unwrap().due(u64::MAX), before);
     assert!(sink.messages().is_empty(), "nothing was due");

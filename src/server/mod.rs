@@ -452,6 +452,7 @@ fn build_contexts(
     let auth = AuthContexts::new(config, &hostname, stores, server_tls.is_some())?;
     let signing = signing::SigningShared::new(config)?;
     let dmarc_reports = dmarc_reports::recorder(config)?;
+    dmarc_reports.count_drops_in(stores.metrics.dmarc_report_dropped());
     let verifying = verifying::VerifyingShared::new(config, Arc::clone(&dmarc_reports));
     Ok(Arc::new(Contexts {
         dmarc_reports,

@@ -23,7 +23,7 @@ pub mod feedback;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -152,6 +152,8 @@ pub struct Recorder {
     dirty: AtomicBool,
     /// A drop was logged since the last flush (one warning per flush period, not per message).
     warned: AtomicBool,
+    /// The metric that counts drops too (set once by the server).
+    drop_counter: OnceLock<prometheus_client::metrics::counter::Counter>,
 }
 
 impl Recorder {
@@ -185,6 +187,9 @@ impl Recorder {
                     message,
                 })?;
         recorder.dropped.store(dropped, Ordering::Relaxed);
+        // Written back at the next flush: the file then holds what the bounds kept, and a
+        // file removed while the relay runs is restored.
+        recorder.dirty.store(recorder.rows() > 0, Ordering::Relaxed);
         Ok(recorder)
     }
 
@@ -204,6 +209,9 @@ impl Recorder {
             return;
         }
         self.dropped.fetch_add(1, Ordering::Relaxed);
+        if let Some(counter) = self.drop_counter.get() {
+            counter.inc();
+        }
         if !self.warned.swap(true, Ordering::Relaxed) {
             tracing::warn!(
                 target: "relay::dmarc",
@@ -214,6 +222,11 @@ impl Recorder {
                 "DMARC report storage full: observation not counted"
             );
         }
+    }
+
+    /// Counts later drops in `counter` as well (the first call only has an effect).
+    pub fn count_drops_in(&self, counter: prometheus_client::metrics::counter::Counter) {
+        let _ = self.drop_counter.set(counter);
     }
 
     /// Observations not counted because the storage was full, since the start.

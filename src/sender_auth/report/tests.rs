@@ -109,11 +109,14 @@ fn storage_refuses_rows_beyond_max_records_and_counts_them() {
         ..settings(dir.path())
     };
     let recorder = Recorder::new(&s);
+    let metric = prometheus_client::metrics::counter::Counter::<u64>::default();
+    recorder.count_drops_in(metric.clone());
     for last in 1..=5 {
         recorder.record(observation("a.example", v4(last), NOON_ISH));
     }
     assert_eq!(recorder.rows(), 3);
     assert_eq!(recorder.dropped(), 2);
+    assert_eq!(metric.get(), 2);
     // A known row still counts when full.
     recorder.record(observation("a.example", v4(1), NOON_ISH));
     assert_eq!(recorder.dropped(), 2);
