@@ -431,6 +431,8 @@ impl Job {
             },
             Err(error) => return Err(later(error)),
         };
+        // Handed on as from core 0: this thread then shares core 0's mesh queues, which are
+        // multi-producer (`ArrayQueue`); a few reports a day cost its producer nothing.
         crate::delivery::hand_on(
             &self.outbound.mail_store,
             delivery,
