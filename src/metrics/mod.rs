@@ -146,6 +146,7 @@ struct Families {
     body_memory_max: Gauge,
     body_refusals: Family<StageLabels, Counter>,
     hash_pool: HashPoolMetrics,
+    dmarc_dropped: Counter,
 }
 
 /// The password-hash pool's handles (one pool for the process, so no `core` label).
@@ -215,6 +216,7 @@ impl Metrics {
             body_in_flight: Gauge::default(),
             body_memory_max: Gauge::default(),
             body_refusals: Family::default(),
+            dmarc_dropped: Counter::default(),
         };
         let mut registry = Registry::with_prefix("relay");
         let f = &families;
@@ -330,6 +332,11 @@ impl Metrics {
             f.hash_pool.abandoned.clone(),
         );
         registry.register(
+            "dmarc_report_observations_dropped",
+            "DMARC results not counted for aggregate reports: dmarc.max_records or max_domains reached",
+            f.dmarc_dropped.clone(),
+        );
+        registry.register(
             "smtp_body_bytes_in_flight",
             "Bytes of SMTP message bodies held in memory now (reserved from smtp.body_memory_max)",
             f.body_in_flight.clone(),
@@ -438,6 +445,11 @@ impl Metrics {
         // The common case exists from the start, so `rate()` sees the first message.
         drop(core_metrics.transaction_counter(250));
         core_metrics
+    }
+
+    /// The DMARC report recorder's count of observations it had no room for.
+    pub fn dmarc_report_dropped(&self) -> Counter {
+        self.families.dmarc_dropped.clone()
     }
 
     /// The body budget's handles (one set for the process: the budget is shared by every

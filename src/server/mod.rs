@@ -85,6 +85,8 @@ pub enum ServerError {
     HashPool(std::io::Error),
     #[error(transparent)]
     Dkim(#[from] crate::sender_auth::sign::KeyError),
+    #[error("dmarc reports: {0}")]
+    DmarcReports(String),
 }
 
 impl From<SpoolError> for ServerError {
@@ -201,6 +203,7 @@ pub fn run(config: Config) -> Result<(), ServerError> {
         return Err(error);
     }
     let compactor = Compactor::start(Arc::clone(&stores.spool), config.spool.compact_interval.0);
+    let reporter = start_reporter(&config, &contexts)?;
     tracing::info!(engine = %engine, shards, hostname = %contexts.hostname, "relay ready");
     if engine == Engine::Epoll {
         tracing::info!("running on the epoll fallback");
@@ -221,6 +224,10 @@ pub fn run(config: Config) -> Result<(), ServerError> {
         shards - usize::from(died.is_some()),
         config.server.drain_timeout.0,
     );
+    // The shards have exited: no more observations; the reporter writes its counts last.
+    if let Some(reporter) = reporter {
+        reporter.stop();
+    }
     close(threads, contexts, admin, Some(compactor), stores)?;
     match died {
         Some(shard) => Err(ServerError::ShardDied(shard)),
@@ -437,6 +444,7 @@ struct Contexts {
     metrics: Arc<Metrics>,
     signing: Arc<signing::SigningShared>,
     verifying: Arc<verifying::VerifyingShared>,
+    dmarc_reports: Arc<crate::sender_auth::report::Recorder>,
 }
 
 /// The SMTP session settings (with the ingest gate), the login contexts and the connection
@@ -460,8 +468,10 @@ fn build_contexts(
         .map_err(|e| ServerError::Session(e.to_string()))?;
     let auth = AuthContexts::new(config, &hostname, stores, server_tls.is_some())?;
     let dmarc_reports = dmarc_reports::recorder(config)?;
-    let verifying = verifying::VerifyingShared::new(config, dmarc_reports);
+    dmarc_reports.count_drops_in(stores.metrics.dmarc_report_dropped());
+    let verifying = verifying::VerifyingShared::new(config, Arc::clone(&dmarc_reports));
     Ok(Arc::new(Contexts {
+        dmarc_reports,
         signing,
         verifying,
         config: Arc::clone(config),
@@ -479,6 +489,35 @@ fn build_contexts(
         metrics: Arc::clone(&stores.metrics),
         hostname,
     }))
+}
+
+/// The DMARC reporter (`[dmarc] reports`), sending through the spool and delivery, each
+/// report signed with the `[[dkim.sign]]` key of its From domain (the keys in use when it is
+/// sent, so a SIGHUP rotation applies to reports too).
+fn start_reporter(
+    config: &Config,
+    contexts: &Contexts,
+) -> Result<Option<dmarc_reports::Reporter>, ServerError> {
+    let outbound = dmarc_reports::Outbound {
+        spool: Arc::clone(&contexts.spool),
+        delivery: Arc::clone(&contexts.delivery),
+        mail_store: Arc::clone(&contexts.mail_store),
+    };
+    let signer: Option<crate::sender_auth::report::ReportSigner> = (!config.dkim.sign.is_empty())
+        .then(|| {
+            let signing = Arc::clone(&contexts.signing);
+            let sign: crate::sender_auth::report::ReportSigner =
+                Arc::new(move |message: &[u8]| {
+                    signing.signer().sign(message, std::time::SystemTime::now())
+                });
+            sign
+        });
+    dmarc_reports::Reporter::start(
+        config,
+        Arc::clone(&contexts.dmarc_reports),
+        outbound,
+        signer,
+    )
 }
 
 /// What POP3 logins and SMTP AUTH share across shards: the POP3 session settings, the
