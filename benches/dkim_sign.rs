@@ -41,8 +41,7 @@ fn signer(dir: &std::path::Path, algorithms: &[Algorithm]) -> Signer {
             let key = keys::generate(algorithm).expect("keygen");
             let path = dir.join(format!("k{i}"));
             std::fs::write(&path, key.pem).expect("write key");
-            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
-                .expect("chmod");
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).expect("chmod");
             KeySettings {
                 domain: "example.test".into(),
                 selector: format!("s{i}"),
@@ -63,7 +62,10 @@ fn sign(c: &mut Criterion) {
     for (name, algorithms) in [
         ("ed25519", &[Algorithm::Ed25519Sha256][..]),
         ("rsa2048", &[Algorithm::RsaSha256][..]),
-        ("dual", &[Algorithm::Ed25519Sha256, Algorithm::RsaSha256][..]),
+        (
+            "dual",
+            &[Algorithm::Ed25519Sha256, Algorithm::RsaSha256][..],
+        ),
     ] {
         let signer = signer(dir.path(), algorithms);
         assert!(!signer.sign(&message, SystemTime::now()).is_empty());
