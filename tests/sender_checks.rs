@@ -75,6 +75,8 @@ fn world() -> World {
         // DKIM keys of signed.test.
         format!("rsa._domainkey.signed.test=txt:{rsa}"),
         format!("ed._domainkey.signed.test=txt:{ed}"),
+        // The ARC sealing key of the forwarder fwd.test.
+        format!("rsa._domainkey.fwd.test=txt:{rsa}"),
     ];
     let records: Vec<&str> = records.iter().map(String::as_str).collect();
     let dns = DnsServer::start(&records);
@@ -569,6 +571,90 @@ fn forged_results_and_own_clients(engine: Engine) {
     );
 }
 
+/// npm mailauth as a forwarder (fwd.test) that checked the message and sealed it (ARC,
+/// RFC 8617), its DNS answers from a `--dns-cache` file (no network).
+fn arc_seal(world: &World, message: &[u8]) -> Vec<u8> {
+    let rsa = std::fs::read_to_string(world.dir.path().join("rsa.dns")).expect("rsa.dns");
+    let rsa = rsa.trim().replace(" h=sha256;", "");
+    let cache = serde_json::json!({
+        "rsa._domainkey.signed.test": { "TXT": [[rsa]] },
+        "rsa._domainkey.fwd.test": { "TXT": [[rsa]] },
+        "_dmarc.signed.test": { "TXT": [["v=DMARC1; p=none; adkim=s"]] },
+    });
+    let cache_path = world.dir.path().join("dns-cache.json");
+    std::fs::write(&cache_path, cache.to_string()).expect("write cache");
+    let path = world.dir.path().join("to-seal.eml");
+    std::fs::write(&path, message).expect("write");
+    let sealed = pipe(
+        Command::new(tools_dir().join(MAILAUTH))
+            .args(["seal", "-d", "fwd.test", "-s", "rsa", "-m", "fwd.test"])
+            .args([
+                "-i",
+                "192.0.2.9",
+                "-e",
+                "origin.signed.test",
+                "-f",
+                "a@signed.test",
+            ])
+            .arg("-k")
+            .arg(world.key("rsa"))
+            .arg("--dns-cache")
+            .arg(&cache_path)
+            .arg(&path),
+        b"",
+    );
+    let text = String::from_utf8(sealed).expect("utf-8");
+    text.replace("\r\n", "\n")
+        .replace('\n', "\r\n")
+        .into_bytes()
+}
+
+/// ARC verification only: a chain sealed by mailauth passes; a seal broken afterwards
+/// fails.
+fn arc_sets(engine: Engine) {
+    let world = world();
+    let relay = Relay::start(settings(engine, world.dns.port, ""));
+    let signed = dkimsign(
+        &world,
+        "rsa",
+        "rsa-sha256",
+        &message("arc-pass", "x@signed.test", "forwarded"),
+    );
+    let sealed = arc_seal(&world, &signed);
+    assert!(
+        common::find(&sealed, b"ARC-Seal:").is_some(),
+        "{}",
+        String::from_utf8_lossy(&sealed)
+    );
+    let results = accepted(&relay, "fwd.test", "a@fwd.test", "arc-pass", &sealed);
+    has(&results, "arc=pass");
+    has(&results, "dkim=pass header.d=signed.test header.s=rsa");
+
+    let signed = dkimsign(
+        &world,
+        "rsa",
+        "rsa-sha256",
+        &message("arc-broken", "x@signed.test", "forwarded"),
+    );
+    let sealed = String::from_utf8(arc_seal(&world, &signed)).expect("utf-8");
+    // The forwarder's own results, as it sealed them, changed afterwards.
+    let broken = sealed.replacen(
+        "ARC-Authentication-Results: i=1; fwd.test;",
+        "ARC-Authentication-Results: i=1; fwd.test; x=y;",
+        1,
+    );
+    assert_ne!(broken, sealed, "{sealed}");
+    let results = accepted(
+        &relay,
+        "fwd.test",
+        "a@fwd.test",
+        "arc-broken",
+        broken.as_bytes(),
+    );
+    has(&results, "arc=fail");
+    relay.stop();
+}
+
 fn base64_plain(user: &str, password: &str) -> String {
     use base64::Engine as _;
     base64::engine::general_purpose::STANDARD.encode(format!("\0{user}\0{password}"))
@@ -579,4 +665,5 @@ engine_tests! {
     spf_identities: spf_identities_uring, spf_identities_epoll;
     dns_failures: dns_failures_uring, dns_failures_epoll;
     forged_results_and_own_clients: forged_results_uring, forged_results_epoll;
+    arc_sets: arc_sets_uring, arc_sets_epoll;
 }
