@@ -206,7 +206,9 @@ impl Job {
                 _ = tokio::time::sleep_until(wake.into()) => {}
             }
         }
-        self.flush();
+        if let Err(error) = self.recorder.flush_all(&self.settings) {
+            tracing::error!(target: "relay::dmarc", %error, "DMARC report counts not written at shutdown");
+        }
     }
 
     fn retry_pause(&self) -> Duration {

@@ -259,6 +259,13 @@ impl Recorder {
         result.map(|()| true)
     }
 
+    /// Writes the counts whether or not they changed since the last write: at shutdown, so
+    /// the file on disk is what this run held even if it was removed or replaced meanwhile.
+    pub fn flush_all(&self, settings: &ReportSettings) -> Result<bool, ReportError> {
+        self.dirty.store(true, Ordering::Release);
+        self.flush(settings)
+    }
+
     /// The reports of every interval that ended at or before `now` (seconds since the epoch),
     /// oldest first. They stay held until [`Recorder::settle`].
     pub fn due(&self, now: u64) -> Vec<DueReport> {
