@@ -6,12 +6,16 @@
 //! tests/py/dns_server.py), and keeps counts across a restart.
 //!
 //! The counts are written with the library's own `Recorder` (what the checks at ingest feed),
-//! so these tests do not depend on the verification code.
+//! so those tests do not depend on the verification code. One test runs the whole path end
+//! to end instead: real messages over smtplib, checked at ingest (`[verify]`), counted,
+//! reported at the end of a short interval, DKIM-signed with a `relay dkim keygen` Ed25519
+//! key and verified by dkimpy (tests/py/dkim_verify.py).
 
 #[macro_use]
 mod common;
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -19,7 +23,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use common::dns::DnsServer;
 use common::json::Json;
 use common::sinks::Sink;
-use common::{new_workdir, repo_path, Engine, Relay, Settings};
+use common::{
+    describe, new_workdir, relay_cmd, repo_path, run_with_timeout, Engine, Relay, Settings,
+    COMMAND_TIMEOUT,
+};
 use relay::sender_auth::report::feedback::{self, Submitter};
 use relay::sender_auth::report::{
     AuthResult, Disposition, Observation, PublishedPolicy, Recorder, ReportSettings,
@@ -350,7 +357,246 @@ fn counts_survive_a_restart(engine: Engine) {
     assert!(sink.messages().is_empty(), "nothing was due");
 }
 
+/// `relay dkim keygen DOMAIN SELECTOR --ed25519 --out DIR/SELECTOR.key`: the key file (0600)
+/// and the TXT record text it printed (its character-strings joined).
+fn keygen_ed25519(dir: &Path, domain: &str, selector: &str) -> (PathBuf, String) {
+    let file = dir.join(format!("{selector}.key"));
+    let output = relay_cmd([
+        "dkim",
+        "keygen",
+        domain,
+        selector,
+        "--ed25519",
+        "--out",
+        file.to_str().expect("utf-8"),
+    ]);
+    assert!(output.status.success(), "keygen: {}", describe(&output));
+    let mode = std::fs::metadata(&file).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "{}", file.display());
+    let line = String::from_utf8(output.stdout).expect("utf-8");
+    let record: String = line
+        .split('"')
+        .enumerate()
+        .filter(|(i, _)| i % 2 == 1)
+        .map(|(_, s)| s)
+        .collect();
+    assert!(record.starts_with("v=DKIM1; k=ed25519; p="), "{line}");
+    (file, record)
+}
+
+/// smtplib (tests/py/authres_send.py) sends one message from 127.0.0.1; its final reply.
+fn smtplib_send(relay: &Relay, helo: &str, mail_from: &str, message: &[u8]) -> (u16, String) {
+    let file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(file.path(), message).unwrap();
+    let output = run_with_timeout(
+        Command::new("/usr/bin/python3")
+            .arg(repo_path("tests/py/authres_send.py"))
+            .arg(relay.addr.port().to_string())
+            .args([helo, mail_from, "bob@example.test"])
+            .arg(file.path()),
+        COMMAND_TIMEOUT,
+    );
+    assert!(
+        output.status.success(),
+        "authres_send.py: {}",
+        describe(&output)
+    );
+    let reply = Json::parse(&String::from_utf8_lossy(&output.stdout)).unwrap();
+    (
+        reply.get("code").int() as u16,
+        reply.get("text").str().to_string(),
+    )
+}
+
+/// dkimpy's verdict on each DKIM-Signature of `message` (keys from the test DNS server):
+/// lines "pass d=D s=S" / "fail d=D s=S", and whether every one passed (none: false).
+fn dkimpy(dns: &DnsServer, message: &[u8]) -> (Vec<String>, bool) {
+    let file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(file.path(), message).unwrap();
+    let output = run_with_timeout(
+        Command::new("/usr/bin/python3")
+            .arg(repo_path("tests/py/dkim_verify.py"))
+            .arg(dns.port.to_string())
+            .arg(file.path()),
+        COMMAND_TIMEOUT,
+    );
+    let lines = String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .map(str::to_string)
+        .collect();
+    (lines, output.status.success())
+}
+
+/// End to end: 127.0.0.1 (outside `relay.allowed_networks`, so checked) sends bob five
+/// messages From sender.test (`p=none`, `rua=` at reports.test, which authorised it): three
+/// whose MAIL FROM domain passes SPF and aligns (DMARC pass), two from other.test, which
+/// passes SPF but does not align (DMARC fail, delivered under p=none). Within a bounded time
+/// the report(s) of the short interval reach the rua sink through a static route; each
+/// validates against RFC 7489's schema, carries the Ed25519 signature of report_from's
+/// domain that dkimpy verifies, and together their rows count exactly the five messages,
+/// from 127.0.0.1, with the right dispositions and results. Nothing else is sent, and the
+/// counts are settled.
+fn checked_mail_is_reported_signed(engine: Engine) {
+    let workdir = new_workdir();
+    let (key_file, key_record) = keygen_ed25519(workdir.path(), "relay.test", "rep");
+    let dns = DnsServer::start(&[
+        "sender.test=txt:v=spf1 ip4:127.0.0.1 -all",
+        "other.test=txt:v=spf1 ip4:127.0.0.1 -all",
+        "_dmarc.sender.test=txt:v=DMARC1; p=none; rua=mailto:dmarc@reports.test",
+        "sender.test._report._dmarc.reports.test=txt:v=DMARC1",
+        &format!("rep._domainkey.relay.test=txt:{key_record}"),
+    ]);
+    let sink = Sink::scripted(0, &[]);
+    let mut settings = Settings::new(engine);
+    settings.allowed_networks = vec!["192.0.2.0/24".into()];
+    settings.server_toml = format!("dns_servers = [\"127.0.0.1:{}\"]\n", dns.port);
+    settings.routes = vec![
+        ("reports.test".into(), sink.addr.to_string()),
+        ("*".into(), "127.0.0.1:1".into()),
+    ];
+    settings.extra_toml = format!(
+        "[verify]\nenabled = true\ntimeout = \"3s\"\n\
+         [dmarc]\nreports = true\nreport_interval = \"3s\"\nflush_interval = \"1s\"\n\
+         report_from = \"dmarc-reports@relay.test\"\norg_name = \"Relay Test\"\n\
+         [[dkim.sign]]\ndomain = \"relay.test\"\nselector = \"rep\"\nkey_file = {:?}\n\
+         algorithm = \"ed25519-sha256\"\n",
+        key_file.file_name().and_then(|n| n.to_str()).expect("name"),
+    );
+    let dmarc_dir = workdir.path().join("spool").join("dmarc");
+    let relay = Relay::start_in(workdir, settings);
+
+    let started = std::time::Instant::now();
+    let sent = [
+        ("pass-1", "a@sender.test"),
+        ("fail-1", "b@other.test"),
+        ("pass-2", "a@sender.test"),
+        ("pass-3", "c@sender.test"),
+        ("fail-2", "d@other.test"),
+    ];
+    for (marker, mail_from) in sent {
+        let message = format!(
+            "From: X <x@sender.test>\r\nTo: Bob <bob@example.test>\r\nSubject: {marker}\r\n\
+             Date: Fri, 04 Dec 2026 12:00:00 +0000\r\nMessage-ID: <{marker}@client.test>\r\n\r\n\
+             marker {marker}\r\n"
+        );
+        let (code, text) =
+            smtplib_send(&relay, "client.nowhere.test", mail_from, message.as_bytes());
+        assert_eq!(code, 250, "{marker}: {text}");
+    }
+
+    // A boundary of the 3s interval may fall between the messages: then there are two
+    // reports. Wait (bounded) until the reports' rows count every message. (The reporter
+    // idle with no counts sleeps until its next flush, so flush_interval = 1s keeps the
+    // report prompt.)
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let (files, reports, rows) = loop {
+        let files = sink.messages();
+        let reports: Vec<Json> = files.iter().map(|m| check_message(m)).collect();
+        let rows: Vec<Json> = reports
+            .iter()
+            .flat_map(|r| r.get("records").array().to_vec())
+            .collect();
+        let counted: i64 = rows.iter().map(|r| r.get("count").int()).sum();
+        if counted >= sent.len() as i64 {
+            break (files, reports, rows);
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "reports counting {counted} of {} messages within 60s: {reports:?}\n{}",
+            sent.len(),
+            relay.log().render()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    eprintln!(
+        "{} report(s) at the sink {:?} after the first message",
+        reports.len(),
+        started.elapsed()
+    );
+    assert!((1..=2).contains(&reports.len()), "{reports:?}");
+
+    for (report, file) in reports.iter().zip(&files) {
+        let envelope: Vec<&str> = report
+            .get("envelope")
+            .array()
+            .iter()
+            .map(Json::str)
+            .collect();
+        assert_eq!(
+            envelope,
+            ["MAIL:dmarc-reports@relay.test", "RCPT:dmarc@reports.test"],
+            "{report:?}"
+        );
+        assert_eq!(
+            report.get("xmllint_rc").int(),
+            0,
+            "{}\n{}",
+            report.get("xmllint").str(),
+            report.get("xml").str()
+        );
+        let xml = report.get("xml").str();
+        for needle in [
+            "<domain>sender.test</domain>",
+            "<p>none</p>",
+            "<email>dmarc-reports@relay.test</email>",
+        ] {
+            assert!(xml.contains(needle), "{needle:?} not in\n{xml}");
+        }
+        // The report's own signature: d= report_from's domain, Ed25519, verified by dkimpy
+        // with the key the test DNS server publishes.
+        let (_, data) = common::sinks::split_scripted(file);
+        let (verdicts, ok) = dkimpy(&dns, &data);
+        assert_eq!(
+            verdicts,
+            ["pass d=relay.test s=rep"],
+            "dkimpy on the report:\n{}",
+            String::from_utf8_lossy(&data)
+        );
+        assert!(ok);
+        let head = String::from_utf8_lossy(&data);
+        assert!(head.contains("a=ed25519-sha256"), "{head}");
+    }
+
+    // Every message once, by row: 127.0.0.1, delivered (disposition none under p=none),
+    // no DKIM signature, SPF pass for the envelope domain, aligned only for sender.test.
+    let mut counts: std::collections::BTreeMap<String, i64> = Default::default();
+    for row in &rows {
+        assert_eq!(row.get("source_ip").str(), "127.0.0.1", "{row:?}");
+        assert_eq!(row.get("disposition").str(), "none", "{row:?}");
+        assert_eq!(row.get("header_from").str(), "sender.test", "{row:?}");
+        assert_eq!(row.get("dkim").str(), "fail", "{row:?}");
+        assert!(row.get("auth_dkim").array().is_empty(), "{row:?}");
+        let envelope_from = row.get("envelope_from").str();
+        let aligned = if envelope_from == "sender.test" {
+            "pass"
+        } else {
+            "fail"
+        };
+        assert_eq!(row.get("spf").str(), aligned, "{row:?}");
+        assert_eq!(
+            row.get("auth_spf").str(),
+            format!("{envelope_from} mfrom pass"),
+            "{row:?}"
+        );
+        *counts.entry(envelope_from.to_string()).or_default() += row.get("count").int();
+    }
+    let expected: std::collections::BTreeMap<String, i64> = [
+        ("other.test".to_string(), 2),
+        ("sender.test".to_string(), 3),
+    ]
+    .into();
+    assert_eq!(counts, expected, "{rows:?}");
+
+    // Nothing more is sent, and the counts are settled.
+    std::thread::sleep(Duration::from_secs(4));
+    relay.stop();
+    assert_eq!(sink.messages().len(), reports.len(), "no further report");
+    let left = Recorder::load(&report_settings(&dmarc_dir, Duration::from_secs(3))).unwrap();
+    assert_eq!(left.rows(), 0);
+}
+
 engine_tests! {
+    checked_mail_is_reported_signed: checked_mail_is_reported_signed_uring, checked_mail_is_reported_signed_epoll;
     due_report_is_delivered_to_the_authorised_rua: due_report_is_delivered_uring, due_report_is_delivered_epoll;
     counts_survive_a_restart: counts_survive_a_restart_uring, counts_survive_a_restart_epoll;
 }

@@ -215,6 +215,18 @@ impl Results {
     }
 }
 
+/// One `rua=` entry in the published form the reporter reads (`feedback::parse_rua`).
+/// Fix: mail-auth keeps only `mailto:` URIs and hands back the bare address, `!size` parsed
+/// into bytes (0: none); passed on as it was, every report of checked mail was dropped as
+/// having "no usable rua= destination". Found by the end-to-end test in
+/// tests/dmarc_reports.rs.
+fn rua_uri(uri: &mail_auth::dmarc::URI) -> String {
+    match uri.max_size() {
+        0 => format!("mailto:{}", uri.uri()),
+        size => format!("mailto:{}!{size}", uri.uri()),
+    }
+}
+
 fn domain_of(address: &str) -> &str {
     address.rsplit_once('@').map_or(address, |(_, d)| d)
 }
@@ -447,7 +459,7 @@ async fn run(auth: &MessageAuthenticator, arc: bool, peer: &Peer<'_>, message: &
                     .and_then(|v| v.parse::<u8>().ok())
                     .map_or(100, |v| v.min(100)),
                 rua: record
-                    .map(|r| r.rua.iter().map(|u| u.uri().to_string()).collect())
+                    .map(|r| r.rua.iter().map(rua_uri).collect())
                     .unwrap_or_default(),
             });
             if record.is_none() && results.dmarc == DmarcStatus::None {

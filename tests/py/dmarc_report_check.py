@@ -3,7 +3,9 @@
 line, the data; or the bare message with --bare) with Python's own email parser, takes its
 application/gzip attachment, decompresses it, validates the XML with `xmllint --schema`
 against the given XSD and prints one JSON object: the envelope, the header fields, the
-attachment's file name, xmllint's exit status and message, and the XML itself.
+attachment's file name, xmllint's exit status and message, the XML itself, and its
+records as ElementTree reads them ("records": source_ip, count, disposition, the evaluated
+dkim/spf, envelope_from, header_from, and the auth_results' dkim list and spf).
 
 usage: dmarc_report_check.py MESSAGE_FILE SCHEMA [--bare]
 """
@@ -15,6 +17,32 @@ import os
 import subprocess
 import sys
 import tempfile
+import xml.etree.ElementTree as ElementTree
+
+
+def records(xml):
+    """Each <record> of the report as a flat dict of texts."""
+    root = ElementTree.fromstring(xml)
+    text = lambda node, path: (node.findtext(path) or "").strip()
+    out = []
+    for record in root.findall("record"):
+        spf = record.find("auth_results/spf")
+        out.append({
+            "source_ip": text(record, "row/source_ip"),
+            "count": int(text(record, "row/count") or -1),
+            "disposition": text(record, "row/policy_evaluated/disposition"),
+            "dkim": text(record, "row/policy_evaluated/dkim"),
+            "spf": text(record, "row/policy_evaluated/spf"),
+            "envelope_from": text(record, "identifiers/envelope_from"),
+            "header_from": text(record, "identifiers/header_from"),
+            "auth_dkim": [
+                "%s %s %s" % (text(d, "domain"), text(d, "selector"), text(d, "result"))
+                for d in record.findall("auth_results/dkim")
+            ],
+            "auth_spf": "%s %s %s" % (text(spf, "domain"), text(spf, "scope"), text(spf, "result"))
+            if spf is not None else "",
+        })
+    return out
 
 
 def main():
@@ -41,6 +69,7 @@ def main():
             xml = gzip.decompress(part.get_payload(decode=True))
     if xml is None:
         out["xmllint_rc"] = -1
+        out["records"] = []
         print(json.dumps(out))
         return
     with tempfile.NamedTemporaryFile(suffix=".xml", delete=False) as f:
@@ -57,6 +86,7 @@ def main():
     out["xmllint_rc"] = run.returncode
     out["xmllint"] = (run.stdout + run.stderr).strip()
     out["xml"] = xml.decode()
+    out["records"] = records(xml)
     print(json.dumps(out))
 
 
