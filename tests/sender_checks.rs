@@ -72,6 +72,14 @@ fn world() -> World {
         "reject.test=txt:v=spf1 -all".to_string(),
         "_dmarc.none.test=txt:v=DMARC1; p=none".to_string(),
         "_dmarc.signed.test=txt:v=DMARC1; p=none; adkim=s".to_string(),
+        // RFC 7489 vs the DMARCbis tree walk: a subdomain with its own record, signed by
+        // its parent (relaxed alignment through the public suffix list).
+        "_dmarc.news.signed.test=txt:v=DMARC1; p=reject".to_string(),
+        // A record at a public suffix (co.uk) that the tree walk would take as the
+        // organisational domain's; RFC 7489 uses shop.co.uk's and its sp=.
+        "_dmarc.co.uk=txt:v=DMARC1; p=none".to_string(),
+        "_dmarc.shop.co.uk=txt:v=DMARC1; p=none; sp=reject; rua=mailto:d@shop.co.uk!10m"
+            .to_string(),
         // DKIM keys of signed.test.
         format!("rsa._domainkey.signed.test=txt:{rsa}"),
         format!("ed._domainkey.signed.test=txt:{ed}"),
@@ -392,6 +400,54 @@ fn dmarc_and_dkim(engine: Engine) {
     relay.stop();
 }
 
+/// Where RFC 7489 (organisational domain from the public suffix list, §3.2; record at the
+/// From domain else at the organisational domain, §6.6.3) and the DMARCbis tree walk
+/// mail-auth implements disagree.
+fn rfc7489_organisational_domain(engine: Engine) {
+    let world = world();
+    let relay = Relay::start(settings(engine, world.dns.port, ""));
+
+    // news.signed.test publishes p=reject; the message is signed by d=signed.test, its
+    // organisational domain: aligned (relaxed), so DMARC passes. The tree walk takes
+    // news.signed.test as the organisational domain (it has the record) and rejects.
+    let signed = dkimsign(
+        &world,
+        "rsa",
+        "rsa-sha256",
+        &message("parent-d", "x@news.signed.test", "from the parent"),
+    );
+    let results = accepted(
+        &relay,
+        "client.nowhere.test",
+        "b@nospf.test",
+        "parent-d",
+        &signed,
+    );
+    has(&results, "dkim=pass header.d=signed.test header.s=rsa");
+    has(&results, "dmarc=pass header.from=news.signed.test");
+
+    // news.shop.co.uk has no record; its organisational domain shop.co.uk says sp=reject,
+    // which applies to it. The tree walk goes on to co.uk's p=none and delivers.
+    let (code, text) = send(
+        &relay,
+        "helo.pass.test",
+        "a@pass.test",
+        &message("psl-sp", "ceo@news.shop.co.uk", "pay this invoice"),
+    );
+    assert_eq!(code, 550, "{text}");
+    assert!(text.starts_with("5.7.1 "), "{text}");
+    // shop.co.uk itself: p=none, delivered and marked.
+    let results = accepted(
+        &relay,
+        "helo.pass.test",
+        "a@pass.test",
+        "psl-p",
+        &message("psl-p", "ceo@shop.co.uk", "hello"),
+    );
+    has(&results, "dmarc=fail header.from=shop.co.uk");
+    relay.stop();
+}
+
 fn spf_identities(engine: Engine) {
     let world = world();
     let relay = Relay::start(settings(engine, world.dns.port, ""));
@@ -662,6 +718,7 @@ fn base64_plain(user: &str, password: &str) -> String {
 
 engine_tests! {
     dmarc_and_dkim: dmarc_and_dkim_uring, dmarc_and_dkim_epoll;
+    rfc7489_organisational_domain: rfc7489_uring, rfc7489_epoll;
     spf_identities: spf_identities_uring, spf_identities_epoll;
     dns_failures: dns_failures_uring, dns_failures_epoll;
     forged_results_and_own_clients: forged_results_uring, forged_results_epoll;

@@ -3,8 +3,9 @@
 //! verification) summarised in one `Authentication-Results` header (RFC 8601), with DMARC
 //! aggregate reports (RFC 7489 §7).
 //!
-//! Role: the cryptography, record parsing and evaluation are `mail-auth`'s; this module
-//! holds what is ours: which keys sign what, the policy that turns results into a reply,
+//! Role: the cryptography, record parsing and evaluation are `mail-auth`'s, except DMARC's
+//! discovery, alignment and policy ([`dmarc`], RFC 7489 rather than mail-auth's DMARCbis);
+//! this module holds what is ours: which keys sign what, the policy that turns results into a reply,
 //! the header we write and the ones we remove, and the bounded report store.
 //!
 //! Exposure: message headers and DNS answers are remote data; keys are local secrets (0600
@@ -12,6 +13,7 @@
 #![forbid(unsafe_code)]
 
 pub mod authres;
+pub mod dmarc;
 pub mod keys;
 pub mod policy;
 pub mod report;

@@ -11,27 +11,26 @@
 //! `temperror`, and an SPF `none` or a DMARC walk is confirmed by a lookup of our own
 //! (hickory's cache answers the repeat).
 //!
-//! DMARC's organisational domain: mail-auth 0.13.3 finds it by the DNS tree walk of
-//! DMARCbis (the `_dmarc` records up the name, `psd=` tags) instead of the public suffix
-//! list of RFC 7489 §3.2; for a registered domain publishing its own record both agree.
-//! mail-auth also no longer reads `pct=` (removed by DMARCbis); it is read here from the
-//! record text and applied by the policy.
+//! DMARC is RFC 7489's, evaluated here ([`super::dmarc`]) rather than by mail-auth 0.13.3,
+//! which implements DMARCbis (organisational domain by a `_dmarc` tree walk and `psd=`
+//! tags, no `pct=`): the organisational domain comes from the Public Suffix List (§3.2),
+//! the record from `_dmarc.<From domain>` else `_dmarc.<organisational domain>` (§6.6.3),
+//! and `sp=` applies to a subdomain covered by its organisational domain's record (§6.3).
 
 use std::net::IpAddr;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use mail_auth::dkim::DkimError;
-use mail_auth::dmarc::{Alignment, Policy as DmarcPolicy};
 use mail_auth::hickory_resolver::proto::op::ResponseCode;
 use mail_auth::hickory_resolver::proto::rr::RData;
 use mail_auth::{
-    AuthenticatedMessage, DkimOutput, DkimResult, DmarcResult, Error, MessageAuthenticator,
-    SpfOutput, SpfResult,
+    AuthenticatedMessage, DkimOutput, DkimResult, Error, MessageAuthenticator, SpfOutput, SpfResult,
 };
 
 use super::authres::{self, Clause};
+use super::dmarc;
 use super::policy::{self, Action, DmarcStatus, Requested, Verdicts};
-use super::report::{AuthResult, Disposition, Observation, PublishedPolicy};
+use super::report::{AuthResult, Observation, PublishedPolicy};
 
 /// The settings of the checks (`[verify]`).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -215,18 +214,6 @@ impl Results {
     }
 }
 
-/// One `rua=` entry in the published form the reporter reads (`feedback::parse_rua`).
-/// Fix: mail-auth keeps only `mailto:` URIs and hands back the bare address, `!size` parsed
-/// into bytes (0: none); passed on as it was, every report of checked mail was dropped as
-/// having "no usable rua= destination". Found by the end-to-end test in
-/// tests/dmarc_reports.rs.
-fn rua_uri(uri: &mail_auth::dmarc::URI) -> String {
-    match uri.max_size() {
-        0 => format!("mailto:{}", uri.uri()),
-        size => format!("mailto:{}!{size}", uri.uri()),
-    }
-}
-
 fn domain_of(address: &str) -> &str {
     address.rsplit_once('@').map_or(address, |(_, d)| d)
 }
@@ -245,16 +232,6 @@ fn spf_result(result: SpfResult) -> AuthResult {
         SpfResult::TempError => AuthResult::TempError,
         SpfResult::PermError => AuthResult::PermError,
         SpfResult::None => AuthResult::None,
-    }
-}
-
-fn dmarc_result(result: &DmarcResult) -> AuthResult {
-    match result {
-        DmarcResult::Pass => AuthResult::Pass,
-        DmarcResult::Fail(_) => AuthResult::Fail,
-        DmarcResult::TempError(_) => AuthResult::TempError,
-        DmarcResult::PermError(_) => AuthResult::PermError,
-        DmarcResult::None => AuthResult::None,
     }
 }
 
@@ -318,7 +295,7 @@ async fn run(auth: &MessageAuthenticator, arc: bool, peer: &Peer<'_>, message: &
         } else {
             Some(confirm_spf(auth, &verdict.mail_from, domain_of(peer.mail_from)).await)
         };
-        (verdict, helo, mail_from)
+        (helo, mail_from)
     };
     let mut parsed = AuthenticatedMessage::parse(message);
     if let Some(parsed) = parsed.as_mut() {
@@ -350,7 +327,7 @@ async fn run(auth: &MessageAuthenticator, arc: bool, peer: &Peer<'_>, message: &
             (_, false) => None,
         }
     };
-    let ((spf_verdict, helo_result, mail_from_result), dkim_outputs, arc_result) =
+    let ((helo_result, mail_from_result), dkim_outputs, arc_result) =
         futures_util::join!(spf, dkim, arc_check);
 
     let dkim: Vec<DkimVerdict> = dkim_outputs
@@ -382,107 +359,67 @@ async fn run(auth: &MessageAuthenticator, arc: bool, peer: &Peer<'_>, message: &
     let Some(parsed) = &parsed else {
         return results;
     };
+    let Some(from_domain) = author_domain(&parsed.from) else {
+        return results;
+    };
+    results.header_from = from_domain;
     // DMARC reads the SPF identity it aligns (MAIL FROM, or HELO for the null sender) and
     // only the signatures that verified by our rules: an RSA-SHA1 "pass" is not one.
-    let (spf_output, spf_domain) = if !peer.mail_from.is_empty() {
-        (spf_verdict.mail_from, domain_of(peer.mail_from))
-    } else if helo_checked {
-        (spf_verdict.helo, peer.helo)
+    let spf_domain = if !peer.mail_from.is_empty() {
+        domain_of(peer.mail_from)
     } else {
-        (
-            SpfOutput::new(peer.helo.to_string()).with_result(SpfResult::None),
-            peer.helo,
-        )
+        peer.helo
     };
-    let spf_output = match results.spf() {
-        AuthResult::TempError if spf_output.result() != SpfResult::TempError => {
-            spf_output.with_result(SpfResult::TempError)
-        }
-        _ => spf_output,
-    };
-    let dkim_for_dmarc: Vec<DkimOutput<'_>> = dkim_outputs
+    let spf = results.spf();
+    let dkim: Vec<(AuthResult, &str)> = results
+        .dkim
         .iter()
-        .zip(results.dkim.iter())
-        .filter_map(|(output, verdict)| match verdict.result {
-            AuthResult::Pass => Some(output.clone()),
-            AuthResult::TempError => output.signature().map(|signature| {
-                DkimOutput::temp_err(Error::Dns(mail_auth::DnsError::Resolver(
-                    "key lookup failed".to_string(),
-                )))
-                .with_signature(signature)
-            }),
-            _ => None,
-        })
+        .map(|d| (d.result, d.domain.as_str()))
         .collect();
-    let dmarc = auth
-        .verify_dmarc(mail_auth::dmarc::verify::DmarcParameters::new(
-            parsed,
-            &dkim_for_dmarc,
-            spf_domain,
-            &spf_output,
-        ))
-        .await;
-    results.header_from = dmarc.domain().to_ascii_lowercase();
-    results.dkim_aligned = dmarc_result(dmarc.dkim_result());
-    results.spf_aligned = dmarc_result(dmarc.spf_result());
-    results.dmarc = match dmarc.result() {
-        DmarcResult::Pass => DmarcStatus::Pass,
-        DmarcResult::Fail(_) => DmarcStatus::Fail,
-        DmarcResult::TempError(_) => DmarcStatus::TempError,
-        DmarcResult::PermError(_) => DmarcStatus::PermError,
-        DmarcResult::None => DmarcStatus::None,
-    };
-    results.requested = match dmarc.policy() {
-        DmarcPolicy::Reject => Requested::Reject,
-        DmarcPolicy::Quarantine => Requested::Quarantine,
-        DmarcPolicy::None | DmarcPolicy::Unspecified => Requested::None,
-    };
-    if results.header_from.is_empty() {
-        return results;
-    }
-    match published(auth, &results.header_from).await {
-        Walk::Found(domain, text) => {
-            let record = dmarc.dmarc_record();
-            results.published = Some(PublishedPolicy {
-                domain,
-                adkim_strict: record.is_some_and(|r| r.adkim == Alignment::Strict),
-                aspf_strict: record.is_some_and(|r| r.aspf == Alignment::Strict),
-                p: disposition(record.map(|r| r.p)),
-                sp: disposition(record.map(|r| {
-                    if r.sp == DmarcPolicy::Unspecified {
-                        r.p
-                    } else {
-                        r.sp
-                    }
-                })),
-                pct: tag(&text, "pct")
-                    .and_then(|v| v.parse::<u8>().ok())
-                    .map_or(100, |v| v.min(100)),
-                rua: record
-                    .map(|r| r.rua.iter().map(rua_uri).collect())
-                    .unwrap_or_default(),
-            });
-            if record.is_none() && results.dmarc == DmarcStatus::None {
-                // mail-auth did not accept the record (no p= and no rua=): not DMARC.
-                results.published = None;
-            }
-        }
-        Walk::NotFound => {}
-        Walk::ServerFailure if results.dmarc != DmarcStatus::Pass => {
-            // A `_dmarc` lookup failed: the record mail-auth did not see may exist.
+    let (record_domain, text) = match discover(auth, &results.header_from).await {
+        Discovery::Found(domain, text) => (domain, text),
+        Discovery::NoPolicy => return results,
+        Discovery::ServerFailure => {
+            // A `_dmarc` lookup failed: the record we did not see may exist.
             results.dmarc = DmarcStatus::TempError;
+            results.dkim_aligned = AuthResult::TempError;
+            results.spf_aligned = AuthResult::TempError;
+            return results;
         }
-        Walk::ServerFailure => {}
-    }
+    };
+    let record = match dmarc::parse(&text) {
+        Ok(Some(record)) => record,
+        Ok(None) => return results,
+        Err(dmarc::RecordError::Malformed) => {
+            results.dmarc = DmarcStatus::PermError;
+            return results;
+        }
+    };
+    let evaluation = dmarc::evaluate(&record, &results.header_from, (spf, spf_domain), &dkim);
+    results.dmarc = evaluation.status;
+    results.dkim_aligned = evaluation.dkim_aligned;
+    results.spf_aligned = evaluation.spf_aligned;
+    results.requested = dmarc::applicable(&record, &results.header_from, &record_domain);
+    results.published = Some(dmarc::published(&record, &record_domain));
     results
 }
 
-fn disposition(policy: Option<DmarcPolicy>) -> Disposition {
-    match policy {
-        Some(DmarcPolicy::Reject) => Disposition::Reject,
-        Some(DmarcPolicy::Quarantine) => Disposition::Quarantine,
-        _ => Disposition::None,
+/// The RFC 5322.From domain DMARC checks: `None` without one, or when the field names
+/// several domains (RFC 7489 §6.6.1: such messages are exempt, as mail-auth had them).
+fn author_domain(from: &[String]) -> Option<String> {
+    let mut found: Option<String> = None;
+    for address in from {
+        let Some((_, domain)) = address.rsplit_once('@') else {
+            continue;
+        };
+        let domain = dmarc::normalise(domain);
+        match &found {
+            None => found = Some(domain),
+            Some(first) if *first == domain => {}
+            Some(_) => return None,
+        }
     }
+    found.filter(|d| !d.is_empty())
 }
 
 /// An SPF `none` may be a SERVFAIL mail-auth read as "no record": ask again ourselves.
@@ -532,79 +469,41 @@ async fn txt(auth: &MessageAuthenticator, name: &str) -> Lookup {
     }
 }
 
-enum Walk {
+enum Discovery {
     /// (the domain whose `_dmarc` record applies, its text)
     Found(String, String),
-    NotFound,
+    /// No record, or several (RFC 7489 §6.6.3 step 3: no DMARC processing).
+    NoPolicy,
     ServerFailure,
 }
 
-/// The value of `name=` in a tag list (`v=DMARC1; p=reject; pct=50`).
-fn tag<'a>(record: &'a str, name: &str) -> Option<&'a str> {
-    record.split(';').find_map(|part| {
-        let (key, value) = part.split_once('=')?;
-        key.trim().eq_ignore_ascii_case(name).then(|| value.trim())
-    })
-}
-
-fn is_dmarc(text: &str) -> bool {
-    tag(text, "v").is_some_and(|v| v == "DMARC1")
-}
-
-/// The DMARC record that applies to `from_domain`, found the way mail-auth finds it (the
-/// DMARCbis tree walk: the author's own record, else the organisational domain's by `psd=`
-/// tags, else the shortest name with one), with its text for `pct=`.
-async fn published(auth: &MessageAuthenticator, from_domain: &str) -> Walk {
-    let labels: Vec<&str> = from_domain.split('.').filter(|l| !l.is_empty()).collect();
-    let total = labels.len();
-    if total < 2 {
-        return Walk::NotFound;
+/// RFC 7489 §6.6.3 policy discovery: `_dmarc.<From domain>`, and only when that holds no
+/// DMARC record at all, `_dmarc.<organisational domain>`.
+async fn discover(auth: &MessageAuthenticator, from_domain: &str) -> Discovery {
+    let org = dmarc::organisational_domain(from_domain);
+    let mut names = vec![from_domain.to_string()];
+    if org != from_domain {
+        names.push(org);
     }
-    let mut found: Vec<(String, String, Option<bool>)> = Vec::new();
-    let mut count = total;
-    loop {
-        let name = labels[total - count..].join(".");
-        match txt(auth, &format!("_dmarc.{name}")).await {
-            Lookup::Records(records) => {
-                if let Some(text) = records.into_iter().find(|t| is_dmarc(t)) {
-                    let psd = match tag(&text, "psd") {
-                        Some("y") => Some(true),
-                        Some("n") => Some(false),
-                        _ => None,
-                    };
-                    found.push((name, text, psd));
-                    if psd.is_some() {
-                        break;
-                    }
-                }
-            }
-            Lookup::NotFound => {}
-            Lookup::ServerFailure => return Walk::ServerFailure,
+    for name in names {
+        let records = match txt(auth, &format!("_dmarc.{name}")).await {
+            Lookup::Records(records) => records,
+            Lookup::NotFound => Vec::new(),
+            Lookup::ServerFailure => return Discovery::ServerFailure,
+        };
+        match dmarc::pick(&records) {
+            dmarc::Answer::One(text) => return Discovery::Found(name, text),
+            dmarc::Answer::Several => return Discovery::NoPolicy,
+            dmarc::Answer::None => {}
         }
-        if count == 1 {
-            break;
-        }
-        count = if count >= 8 { 7 } else { count - 1 };
     }
-    let author = found.iter().position(|(name, _, _)| name == from_domain);
-    let org = found.iter().position(|(_, _, psd)| psd.is_some());
-    let chosen = author.or(org).or(found.len().checked_sub(1));
-    match chosen.and_then(|i| found.get(i)) {
-        Some((name, text, Some(true))) if name != from_domain => {
-            // A public suffix domain's record: the organisational domain is one label
-            // below it, on the way to the author's domain.
-            let depth = name.split('.').count() + 1;
-            let org = labels[total.saturating_sub(depth)..].join(".");
-            Walk::Found(org, text.clone())
-        }
-        Some((name, text, _)) => Walk::Found(name.clone(), text.clone()),
-        None => Walk::NotFound,
-    }
+    Discovery::NoPolicy
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::sender_auth::report::Disposition;
 
     fn peer<'a>(mail_from: &'a str) -> Peer<'a> {
         Peer {
@@ -618,10 +517,25 @@ mod tests {
     #[test]
     fn tags_are_read_case_insensitively() {
         let record = "v=DMARC1; p=reject; PCT = 50 ;rua=mailto:a@b";
-        assert!(is_dmarc(record));
-        assert_eq!(tag(record, "pct"), Some("50"));
-        assert_eq!(tag(record, "sp"), None);
-        assert!(!is_dmarc("v=spf1 -all"));
+        assert!(dmarc::is_dmarc(record));
+        assert_eq!(dmarc::tag(record, "pct"), Some("50"));
+        assert_eq!(dmarc::tag(record, "sp"), None);
+        assert!(!dmarc::is_dmarc("v=spf1 -all"));
+    }
+
+    #[test]
+    fn one_from_domain_or_none() {
+        let from = |a: &[&str]| author_domain(&a.iter().map(|s| s.to_string()).collect::<Vec<_>>());
+        assert_eq!(
+            from(&["a@Sub.Example.CO.UK"]),
+            Some("sub.example.co.uk".into())
+        );
+        assert_eq!(
+            from(&["a@x.example", "b@X.example"]),
+            Some("x.example".into())
+        );
+        assert_eq!(from(&["a@x.example", "b@y.example"]), None);
+        assert_eq!(from(&[]), None);
     }
 
     #[test]
