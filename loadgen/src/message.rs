@@ -125,21 +125,7 @@ impl Corpus {
                 } else {
                     text_content(target, k, &mut rng)
                 };
-                let mail = |size: Option<u64>| {
-                    let mut line = Vec::new();
-                    encode(
-                        &Command::Mail {
-                            kind: MailKind::Mail,
-                            from: ReversePath::Mailbox(sender.clone()),
-                            params: MailParams {
-                                size,
-                                ..MailParams::default()
-                            },
-                        },
-                        &mut line,
-                    );
-                    line
-                };
+                let mail = |size: Option<u64>| mail_line(&sender, size);
                 variants.push(Variant {
                     data_content: None,
                     mail_with_size: mail(Some(content.len() as u64 + PER_MESSAGE_HEADERS)),
@@ -170,21 +156,7 @@ impl Corpus {
                 .ok_or("no From field with an address in it (give --from)".to_string())?,
         };
         let sender = Mailbox::parse(&from).map_err(|e| format!("sender `{from}`: {e}"))?;
-        let mail = |size: Option<u64>| {
-            let mut line = Vec::new();
-            encode(
-                &Command::Mail {
-                    kind: MailKind::Mail,
-                    from: ReversePath::Mailbox(sender.clone()),
-                    params: MailParams {
-                        size,
-                        ..MailParams::default()
-                    },
-                },
-                &mut line,
-            );
-            line
-        };
+        let mail = |size: Option<u64>| mail_line(&sender, size);
         let stuffed = dot_stuffed(&content);
         let variant = Variant {
             data_content: (stuffed != content).then(|| stuffed.into()),
@@ -532,6 +504,23 @@ pub fn rfc5322_date(now: SystemTime) -> String {
         rem % 3600 / 60,
         rem % 60
     )
+}
+
+/// The encoded `MAIL FROM:<sender>` line, with `SIZE=` when given.
+fn mail_line(sender: &Mailbox, size: Option<u64>) -> Vec<u8> {
+    let mut line = Vec::new();
+    encode(
+        &Command::Mail {
+            kind: MailKind::Mail,
+            from: ReversePath::Mailbox(sender.clone()),
+            params: MailParams {
+                size,
+                ..MailParams::default()
+            },
+        },
+        &mut line,
+    );
+    line
 }
 
 #[cfg(test)]
