@@ -12,8 +12,10 @@
 //!   per-destination queues.
 //! - [`spool`]: the append-only, checksummed, group-committed message log.
 //! - [`mailbox`]: users, aliases and passwords; maildrops as views over the spool.
+//! - [`mailstore`]: every user's folders, UIDs, flags and modseqs over the spool (sans-IO).
 //! - [`smtp`]: the sans-IO SMTP protocol core: server session and outbound client.
 //! - [`pop3`]: the sans-IO POP3 server session.
+//! - [`imap`]: the sans-IO IMAP4rev2/IMAP4rev1 server session.
 //! - [`sender_auth`]: DKIM signing; SPF, DKIM, DMARC and ARC checks of arriving mail;
 //!   `Authentication-Results`; DMARC aggregate reports.
 //! - [`mime`]: the zero-copy MIME parser, Base64 and quoted-printable, 8BITMIME downgrade,
@@ -40,9 +42,11 @@ pub mod admin;
 pub mod config;
 pub mod delivery;
 pub mod envelope;
+pub mod imap;
 pub mod init;
 pub mod logsafe;
 pub mod mailbox;
+pub mod mailstore;
 pub mod metrics;
 pub mod mime;
 pub mod net;

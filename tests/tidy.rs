@@ -199,6 +199,8 @@ const HIGHER_THAN_CORES: &[&str] = &[
     "init",
     "cli",
     "sender_auth",
+    "mailstore",
+    "imap",
 ];
 
 /// The layers, as the modules below `src/` (`src/<module>/…` or `src/<module>.rs`), each with
@@ -230,6 +232,8 @@ fn forbidden_imports() -> Vec<(&'static str, Vec<&'static str>)> {
                 "init",
                 "cli",
                 "sender_auth",
+                "mailstore",
+                "imap",
             ],
         ),
         // Byte movement only.
@@ -253,14 +257,46 @@ fn forbidden_imports() -> Vec<(&'static str, Vec<&'static str>)> {
                 "init",
                 "cli",
                 "sender_auth",
+                "mailstore",
+                "imap",
             ],
         ),
-        // Protocol cores: sans-IO, and neither protocol imports the other.
+        // Protocol cores: sans-IO, and no protocol imports another.
         ("proto", cores(&["smtp", "pop3", "mime", "envelope"])),
         ("envelope", cores(&["smtp", "pop3", "proto"])),
         ("mime", cores(&["smtp", "pop3", "proto"])),
         ("smtp", cores(&["pop3"])),
         ("pop3", cores(&["smtp"])),
+        // The IMAP session: sans-IO; it speaks to the store through its own trait.
+        (
+            "imap",
+            cores(&["smtp", "pop3"])
+                .into_iter()
+                .filter(|m| *m != "imap")
+                .collect(),
+        ),
+        // The folder model: sans-IO over the spool's record types; no protocol, no sockets.
+        (
+            "mailstore",
+            vec![
+                "runtime",
+                "net",
+                "server",
+                "delivery",
+                "queue",
+                "mailbox",
+                "config",
+                "admin",
+                "metrics",
+                "tune",
+                "init",
+                "cli",
+                "sender_auth",
+                "smtp",
+                "pop3",
+                "imap",
+            ],
+        ),
         // The log: no sockets, no runtime, no delivery decisions.
         (
             "spool",
@@ -277,6 +313,8 @@ fn forbidden_imports() -> Vec<(&'static str, Vec<&'static str>)> {
                 "init",
                 "cli",
                 "sender_auth",
+                "mailstore",
+                "imap",
             ],
         ),
         // Delivery decisions: pure, no I/O.
@@ -325,8 +363,21 @@ fn forbidden_imports() -> Vec<(&'static str, Vec<&'static str>)> {
         (
             "sender_auth",
             vec![
-                "runtime", "server", "delivery", "queue", "spool", "mailbox", "config", "admin",
-                "metrics", "tune", "init", "cli", "pop3",
+                "runtime",
+                "server",
+                "delivery",
+                "queue",
+                "spool",
+                "mailbox",
+                "config",
+                "admin",
+                "metrics",
+                "tune",
+                "init",
+                "cli",
+                "pop3",
+                "mailstore",
+                "imap",
             ],
         ),
         // The first-run writer: config, users and certificate; nothing that serves.

@@ -157,6 +157,7 @@ mod record;
 pub mod recovery;
 #[cfg(any(test, feature = "sim"))]
 pub mod sim;
+pub mod state;
 mod writer;
 
 use std::ops::ControlFlow;
@@ -180,6 +181,7 @@ pub use frame::{
 pub use index::{PendingRecipient, Replay, ReplayMessage};
 pub use io::{FsIo, SegmentFile, SegmentIo, MAX_SHARDS};
 pub use recovery::{CorruptFrame, RecoveryReport, ShardRecovery, TornTail};
+pub use state::{Flags, FolderId, MailboxState, Placement, SpecialUse, StateOp, INBOX};
 
 use compact::CompactionState;
 use frame::{Record, MAX_PART_LEN};
