@@ -517,7 +517,7 @@ async fn converse<C: Connector + 'static, K: Connection>(
             }
             Next::Read(limit) => {
                 let input = &mut conv.input;
-                compact(input, &mut conv.consumed);
+                compact(input, &mut conv.consumed, false);
                 if input.capacity() - input.len() < READ_CHUNK / 4 {
                     input.reserve(READ_CHUNK);
                 }

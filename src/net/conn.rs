@@ -10,10 +10,15 @@ use tokio::sync::watch;
 use super::io::Connection;
 use crate::runtime::Phase;
 
-/// Bytes read per call. Command lines are at most `smtp.command_line_max`, so a partial line
-/// plus one chunk always fits; an idle connection holds one such buffer (target: ≤ 32 KiB
-/// per idle connection, docs/ARCHITECTURE.md §12).
+/// Bytes read per call while data flows. Command lines are at most `smtp.command_line_max`,
+/// so a partial line plus one chunk always fits.
 pub const READ_CHUNK: usize = 16 * 1024;
+/// The buffer a connection waits for its next command with. A waiting read owns its buffer
+/// (io_uring holds it until the read completes), so this, not [`READ_CHUNK`], is what every
+/// idle connection costs: a command line or a pipelined group fits, and a read that fills it
+/// grows the buffer to a chunk for the next one (target: ≤ 8 KiB per idle connection,
+/// docs/ARCHITECTURE.md §12).
+pub const IDLE_READ: usize = 1024;
 /// How long a goodbye (421) may take to write before the socket is simply shut.
 pub const GOODBYE_WRITE_LIMIT: Duration = Duration::from_secs(2);
 
@@ -111,7 +116,7 @@ pub async fn stop_requested(phase: &mut watch::Receiver<Phase>, in_transaction: 
     }
 }
 
-/// Writes the encoded replies, if any, in one write; keeps the allocation for the next ones.
+/// Writes the encoded replies, if any, in one write; keeps a small allocation for the next ones.
 pub async fn flush<C: Connection>(
     conn: &C,
     bytes: &mut Vec<u8>,
@@ -124,18 +129,31 @@ pub async fn flush<C: Connection>(
     match within(conn, limit, conn.write_all(pending)).await {
         Ok((Ok(()), mut buffer)) => {
             buffer.clear();
-            *bytes = buffer;
+            // Keep a reply-sized allocation, not the one a large answer (a RETR) grew.
+            if buffer.capacity() <= READ_CHUNK {
+                *bytes = buffer;
+            }
             Ok(())
         }
         _ => Err(Expired),
     }
 }
 
-/// Moves the unconsumed tail to the front and makes room for one more read.
-pub fn compact(input: &mut Vec<u8>, consumed: &mut usize) {
+/// Moves the unconsumed tail to the front and makes room for one more read. `waiting`: the
+/// session waits for a new command (not inside a message or a line), so an emptied buffer
+/// shrinks to [`IDLE_READ`] for the wait; otherwise the read gets a whole [`READ_CHUNK`].
+pub fn compact(input: &mut Vec<u8>, consumed: &mut usize, waiting: bool) {
     if *consumed > 0 {
         input.drain(..*consumed);
         *consumed = 0;
+    }
+    if waiting && input.is_empty() {
+        if input.capacity() > IDLE_READ {
+            *input = Vec::with_capacity(IDLE_READ);
+        } else if input.capacity() < IDLE_READ {
+            input.reserve_exact(IDLE_READ);
+        }
+        return;
     }
     if input.capacity() - input.len() < READ_CHUNK / 4 {
         input.reserve(READ_CHUNK);
@@ -330,4 +348,29 @@ mod tests {
     }
 
     on_both_engines!(data, peer_close, deadline, stop, silent_expiry);
+
+    #[test]
+    fn a_waiting_connection_holds_a_small_buffer_and_data_gets_a_chunk() {
+        // After a 10 KiB message the session waits for its next command.
+        let mut input = Vec::with_capacity(READ_CHUNK);
+        input.extend_from_slice(&[b'x'; 10 * 1024]);
+        let mut consumed = input.len();
+        compact(&mut input, &mut consumed, true);
+        assert_eq!((input.len(), input.capacity()), (0, IDLE_READ));
+        // The small read filled up with half a command line: the next read gets a chunk.
+        input.extend_from_slice(&[b'a'; IDLE_READ]);
+        let mut consumed = 0;
+        compact(&mut input, &mut consumed, true);
+        assert_eq!(input.len(), IDLE_READ, "the partial line is kept");
+        assert!(input.capacity() - input.len() >= READ_CHUNK / 4);
+        // Inside a message the emptied buffer is not shrunk.
+        let mut consumed = input.len();
+        let before = input.capacity();
+        compact(&mut input, &mut consumed, false);
+        assert_eq!((input.len(), input.capacity()), (0, before));
+        // A fresh connection's empty buffer gets the small one too.
+        let mut input = Vec::new();
+        compact(&mut input, &mut 0, true);
+        assert_eq!(input.capacity(), IDLE_READ);
+    }
 }

@@ -233,7 +233,7 @@ impl Upgradable for Link {
                 continue;
             }
             let partial = *consumed < input.len();
-            compact(input, consumed);
+            compact(input, consumed, true);
             let deadline = deadlines.next(
                 partial,
                 Instant::now(),

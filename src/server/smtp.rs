@@ -236,7 +236,7 @@ impl Upgradable for Link {
                 conn.shutdown();
                 return DriveEnd::Closed;
             }
-            compact(input, consumed);
+            compact(input, consumed, !session.receiving_data());
             let deadline = deadlines.next(session.receiving_data(), Instant::now(), ctx);
             let in_transaction = session.in_transaction();
             let (read, buffer) = read_more(
