@@ -144,7 +144,9 @@ impl Upgradable for Link {
                     Event::Submit(submission) => {
                         let stored = tokio::select! {
                             biased;
-                            stored = ingest::accept(ctx, *submission, peer) => Some(stored),
+                            // Boxed: the checks and the store are most of this future's size, and
+                            // only a transaction needs them, not every idle connection.
+                            stored = Box::pin(ingest::accept(ctx, *submission, peer)) => Some(stored),
                             _ = stop_requested(phase, true) => None,
                         };
                         let Some(result) = stored else {
