@@ -56,10 +56,7 @@ pub enum Step {
     /// A command was skipped. A rejected synchronising literal is answered at once (the
     /// client sends its data only after a continuation request, so nothing remains to skip);
     /// other rejections are reported once the whole command has gone by.
-    Rejected {
-        tag: Option<String>,
-        why: Rejection,
-    },
+    Rejected { tag: Option<String>, why: Rejection },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -143,7 +140,9 @@ impl Framer {
             let rest = &input[used..];
             match self.state {
                 State::Literal { remaining } => {
-                    let take = rest.len().min(usize::try_from(remaining).unwrap_or(usize::MAX));
+                    let take = rest
+                        .len()
+                        .min(usize::try_from(remaining).unwrap_or(usize::MAX));
                     if self.skipping.is_none() {
                         self.buf.extend_from_slice(&rest[..take]);
                     }
@@ -331,7 +330,10 @@ mod tests {
     fn announcements() {
         assert_eq!(literal_announcement(b"a LOGIN {5}\r\n"), Some((5, false)));
         assert_eq!(literal_announcement(b"a LOGIN {5+}\r\n"), Some((5, true)));
-        assert_eq!(literal_announcement(b"a APPEND x ~{7}\r\n"), Some((7, false)));
+        assert_eq!(
+            literal_announcement(b"a APPEND x ~{7}\r\n"),
+            Some((7, false))
+        );
         assert_eq!(literal_announcement(b"a LOGIN {}\r\n"), None);
         assert_eq!(literal_announcement(b"a LOGIN {5x}\r\n"), None);
         assert_eq!(literal_announcement(b"a LOGIN {99999999999}\r\n"), None);

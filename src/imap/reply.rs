@@ -26,7 +26,13 @@ impl Status {
 }
 
 /// `tag STATUS [code] text` (`tag` None: untagged).
-pub fn status(out: &mut Vec<u8>, tag: Option<&str>, status: Status, code: Option<&str>, text: &str) {
+pub fn status(
+    out: &mut Vec<u8>,
+    tag: Option<&str>,
+    status: Status,
+    code: Option<&str>,
+    text: &str,
+) {
     out.extend_from_slice(tag.unwrap_or("*").as_bytes());
     out.push(b' ');
     out.extend_from_slice(status.word().as_bytes());
@@ -99,9 +105,9 @@ pub fn nstring(out: &mut Vec<u8>, bytes: Option<&[u8]>) {
 pub fn astring(out: &mut Vec<u8>, bytes: &[u8]) {
     let atom = !bytes.is_empty()
         && !bytes.eq_ignore_ascii_case(b"NIL")
-        && bytes.iter().all(|&b| {
-            b.is_ascii_graphic() && !b"(){%*\"\\".contains(&b)
-        });
+        && bytes
+            .iter()
+            .all(|&b| b.is_ascii_graphic() && !b"(){%*\"\\".contains(&b));
     if atom {
         out.extend_from_slice(bytes);
     } else {

@@ -17,8 +17,8 @@ use std::sync::Arc;
 
 use imap_codec::decode::Decoder;
 use imap_codec::imap_types::auth::AuthMechanism;
-use imap_codec::imap_types::command::{Command, CommandBody, SelectParameter, StoreModifier};
 use imap_codec::imap_types::command::FetchModifier;
+use imap_codec::imap_types::command::{Command, CommandBody, SelectParameter, StoreModifier};
 use imap_codec::imap_types::core::AString;
 use imap_codec::imap_types::extensions::enable::CapabilityEnable;
 use imap_codec::imap_types::fetch::{MacroOrMessageDataItemNames, MessageDataItemName, Section};
@@ -32,8 +32,8 @@ use imap_codec::CommandCodec;
 use super::frame::{self, Framer, Limits, Rejection, Step};
 use super::reply::{self, Status};
 use super::store::{
-    system_flag, Answer, Body, Changes, FlagOp, Flags, FolderId, FolderInfo, MessageMeta,
-    Request, SpecialUse, StoreError,
+    system_flag, Answer, Body, Changes, FlagOp, Flags, FolderId, FolderInfo, MessageMeta, Request,
+    SpecialUse, StoreError,
 };
 use crate::proto::sasl;
 
@@ -119,9 +119,7 @@ pub struct Unexpected;
 
 struct Selected {
     folder: FolderId,
-    name: String,
     read_only: bool,
-    uidvalidity: u32,
     uidnext: u32,
     highest_modseq: u64,
     messages: Vec<MessageMeta>,
@@ -144,13 +142,24 @@ enum State {
 enum Wait {
     None,
     /// The client's next line is a SASL response.
-    SaslPlain { tag: String },
-    SaslLoginUser { tag: String },
-    SaslLoginPassword { tag: String, user: String },
+    SaslPlain {
+        tag: String,
+    },
+    SaslLoginUser {
+        tag: String,
+    },
+    SaslLoginPassword {
+        tag: String,
+        user: String,
+    },
     /// `DONE` ends IDLE.
-    Idle { tag: String },
+    Idle {
+        tag: String,
+    },
     /// The driver's answers.
-    Auth { tag: String },
+    Auth {
+        tag: String,
+    },
     StartTls,
     Store(Job),
 }
@@ -177,7 +186,6 @@ enum Job {
     Select {
         tag: String,
         read_only: bool,
-        name: String,
     },
     Done {
         tag: String,
@@ -294,13 +302,22 @@ impl Session {
             auth_failures: 0,
         };
         let caps = format!("CAPABILITY {}", session.capabilities());
-        reply::status(&mut out.bytes, None, Status::Ok, Some(&caps), "relay IMAP ready");
+        reply::status(
+            &mut out.bytes,
+            None,
+            Status::Ok,
+            Some(&caps),
+            "relay IMAP ready",
+        );
         session
     }
 
     /// Whether an event is waiting for the driver's answer (nothing is consumed until then).
     pub fn awaiting(&self) -> bool {
-        matches!(self.wait, Wait::Auth { .. } | Wait::StartTls | Wait::Store(_))
+        matches!(
+            self.wait,
+            Wait::Auth { .. } | Wait::StartTls | Wait::Store(_)
+        )
     }
 
     pub fn is_closed(&self) -> bool {
@@ -374,12 +391,16 @@ impl Session {
         };
         let (status, code) = match why {
             Rejection::AppendTooLarge => (Status::No, Some("TOOBIG")),
-            Rejection::LiteralTooLarge | Rejection::CommandTooLong => {
-                (Status::Bad, Some("TOOBIG"))
-            }
+            Rejection::LiteralTooLarge | Rejection::CommandTooLong => (Status::Bad, Some("TOOBIG")),
             Rejection::LineTooLong => (Status::Bad, None),
         };
-        reply::status(&mut out.bytes, tag.as_deref(), status, code, &why.to_string());
+        reply::status(
+            &mut out.bytes,
+            tag.as_deref(),
+            status,
+            code,
+            &why.to_string(),
+        );
         self.error(out);
     }
 
@@ -580,7 +601,9 @@ impl Session {
                     _ => self.no(&tag, None, "Unsupported mechanism", out),
                 }
             }
-            CommandBody::StartTLS | CommandBody::Login { .. } | CommandBody::Authenticate { .. } => {
+            CommandBody::StartTLS
+            | CommandBody::Login { .. }
+            | CommandBody::Authenticate { .. } => {
                 self.bad(Some(&tag), "Already authenticated", out);
             }
             _ if !authenticated => self.bad(Some(&tag), "Log in first", out),
@@ -722,11 +745,7 @@ impl Session {
                 }
                 self.request(
                     Request::Select(folder.clone()),
-                    Job::Select {
-                        tag,
-                        read_only,
-                        name: folder,
-                    },
+                    Job::Select { tag, read_only },
                     out,
                 );
             }
@@ -796,7 +815,14 @@ impl Session {
                 macro_or_item_names,
                 uid,
                 modifiers,
-            } => self.fetch(tag, &sequence_set, macro_or_item_names, uid, &modifiers, out),
+            } => self.fetch(
+                tag,
+                &sequence_set,
+                macro_or_item_names,
+                uid,
+                &modifiers,
+                out,
+            ),
             CommandBody::Store {
                 sequence_set,
                 kind,
@@ -867,7 +893,11 @@ impl Session {
                     return;
                 };
                 if uids.is_empty() {
-                    let what = if remove { "MOVE completed" } else { "COPY completed" };
+                    let what = if remove {
+                        "MOVE completed"
+                    } else {
+                        "COPY completed"
+                    };
                     return self.ok(&tag, None, what, out);
                 }
                 let request = Request::Copy {
@@ -890,7 +920,12 @@ impl Session {
                     };
                     if !name.eq_ignore_ascii_case("UTF-8") && !name.eq_ignore_ascii_case("US-ASCII")
                     {
-                        return self.no(&tag, Some("BADCHARSET (UTF-8)"), "Unsupported charset", out);
+                        return self.no(
+                            &tag,
+                            Some("BADCHARSET (UTF-8)"),
+                            "Unsupported charset",
+                            out,
+                        );
                     }
                 }
                 self.search(&tag, criteria.as_ref(), uid, out);
@@ -972,7 +1007,12 @@ impl Session {
             self.ok(&tag, Some(&caps), "Logged in", out);
         } else {
             self.auth_failures += 1;
-            self.no(&tag, Some("AUTHENTICATIONFAILED"), "Authentication failed", out);
+            self.no(
+                &tag,
+                Some("AUTHENTICATIONFAILED"),
+                "Authentication failed",
+                out,
+            );
             if self.auth_failures >= AUTH_FAILURES_MAX {
                 reply::status(&mut out.bytes, None, Status::Bye, None, "Too many failures");
                 self.close(CloseReason::AuthFailuresExceeded, out);
@@ -1021,18 +1061,39 @@ impl Session {
             return Err(Unexpected);
         };
         match (job, answer) {
-            (Job::List { tag, lsub, pattern, ret }, Answer::List(r)) => match r {
+            (
+                Job::List {
+                    tag,
+                    lsub,
+                    pattern,
+                    ret,
+                },
+                Answer::List(r),
+            ) => match r {
                 Ok(folders) => self.list_answer(tag, lsub, &pattern, ret, &folders, out),
                 Err(e) => self.store_error(&tag, e, out),
             },
-            (Job::ListStatus { tag, mut lines, mut names, items }, Answer::Status(r)) => {
+            (
+                Job::ListStatus {
+                    tag,
+                    mut lines,
+                    mut names,
+                    items,
+                },
+                Answer::Status(r),
+            ) => {
                 if let (Ok(status), Some(name)) = (r, names.pop()) {
                     status_line(&mut lines, &name, &items, &status, self.rev2);
                 }
                 if let Some(name) = names.last().cloned() {
                     self.request(
                         Request::Status(name),
-                        Job::ListStatus { tag, lines, names, items },
+                        Job::ListStatus {
+                            tag,
+                            lines,
+                            names,
+                            items,
+                        },
                         out,
                     );
                 } else {
@@ -1047,7 +1108,7 @@ impl Session {
                 }
                 Err(e) => self.store_error(&tag, e, out),
             },
-            (Job::Select { tag, read_only, name }, Answer::Select(r)) => match r {
+            (Job::Select { tag, read_only }, Answer::Select(r)) => match r {
                 Ok(snapshot) => {
                     let b = &mut out.bytes;
                     reply::untagged(b, &format!("{} EXISTS", snapshot.messages.len()));
@@ -1082,9 +1143,7 @@ impl Session {
                     reply::status(b, None, Status::Ok, Some(&code), "Highest");
                     self.state = State::Selected(Box::new(Selected {
                         folder: snapshot.folder,
-                        name,
                         read_only,
-                        uidvalidity: snapshot.uidvalidity,
                         uidnext: snapshot.uidnext,
                         highest_modseq: snapshot.highest_modseq,
                         messages: snapshot.messages,
@@ -1117,7 +1176,15 @@ impl Session {
                 }
             }
             (Job::Fetch(job), Answer::Body(r)) => self.fetch_body(job, r, out),
-            (Job::Store { tag, uid, silent, what }, Answer::StoreFlags(r)) => match r {
+            (
+                Job::Store {
+                    tag,
+                    uid,
+                    silent,
+                    what,
+                },
+                Answer::StoreFlags(r),
+            ) => match r {
                 Ok(stored) => self.store_answer(&tag, uid, silent, what, stored, out),
                 Err(e) => self.store_error(&tag, e, out),
             },
@@ -1227,7 +1294,11 @@ impl Session {
             let children = folders.iter().any(|c| c.name.starts_with(&prefix));
             let mut attrs: Vec<&str> = Vec::new();
             if !lsub {
-                attrs.push(if children { "\\HasChildren" } else { "\\HasNoChildren" });
+                attrs.push(if children {
+                    "\\HasChildren"
+                } else {
+                    "\\HasNoChildren"
+                });
                 if ret.subscribed && f.subscribed {
                     attrs.push("\\Subscribed");
                 }
@@ -1248,7 +1319,11 @@ impl Session {
             reply::end(&mut lines);
             status_names.push(f.name.clone());
         }
-        let what = if lsub { "LSUB completed" } else { "LIST completed" };
+        let what = if lsub {
+            "LSUB completed"
+        } else {
+            "LIST completed"
+        };
         match list_status_items(&ret) {
             Some(items) if !status_names.is_empty() => {
                 status_names.reverse();
@@ -1509,7 +1584,11 @@ impl Session {
             return self.bad(Some(&tag), "Invalid sequence set", out);
         };
         let names = match names {
-            MacroOrMessageDataItemNames::Macro(m) => m.expand().into_iter().map(|n| n.into_static_name()).collect(),
+            MacroOrMessageDataItemNames::Macro(m) => m
+                .expand()
+                .into_iter()
+                .map(|n| n.into_static_name())
+                .collect(),
             MacroOrMessageDataItemNames::MessageDataItemNames(n) => n,
         };
         let mut items = Vec::new();
@@ -1531,7 +1610,10 @@ impl Session {
         if changed_since.is_some() || items.iter().any(|i| matches!(i, Item::ModSeq)) {
             self.condstore = true;
         }
-        if self.condstore && changed_since.is_some() && !items.iter().any(|i| matches!(i, Item::ModSeq)) {
+        if self.condstore
+            && changed_since.is_some()
+            && !items.iter().any(|i| matches!(i, Item::ModSeq))
+        {
             items.push(Item::ModSeq);
         }
         if uid && !items.iter().any(|i| matches!(i, Item::Uid)) {
@@ -1551,7 +1633,10 @@ impl Session {
         });
         let sets_seen = !s.read_only
             && items.iter().any(|i| {
-                matches!(i, Item::Rfc822 | Item::Rfc822Text | Item::Body { peek: false, .. })
+                matches!(
+                    i,
+                    Item::Rfc822 | Item::Rfc822Text | Item::Body { peek: false, .. }
+                )
             });
         let mark_seen = if sets_seen {
             uids.iter()
@@ -1593,7 +1678,12 @@ impl Session {
         self.fetch_done(job, out);
     }
 
-    fn fetch_body(&mut self, mut job: Box<FetchJob>, body: Result<Body, StoreError>, out: &mut Outbox) {
+    fn fetch_body(
+        &mut self,
+        mut job: Box<FetchJob>,
+        body: Result<Body, StoreError>,
+        out: &mut Outbox,
+    ) {
         let uid = job.uids.get(job.next).copied().unwrap_or(0);
         match body {
             Ok(body) => self.fetch_line(&job, uid, Some(&body), out),
@@ -1614,7 +1704,11 @@ impl Session {
     }
 
     fn fetch_done(&mut self, job: Box<FetchJob>, out: &mut Outbox) {
-        let what = if job.uid { "UID FETCH completed" } else { "FETCH completed" };
+        let what = if job.uid {
+            "UID FETCH completed"
+        } else {
+            "FETCH completed"
+        };
         if job.mark_seen.is_empty() {
             return self.ok(&job.tag, None, what, out);
         }
@@ -1767,7 +1861,11 @@ impl Session {
             }
         }
         reply::end(b);
-        let what = if uid { "UID SEARCH completed" } else { "SEARCH completed" };
+        let what = if uid {
+            "UID SEARCH completed"
+        } else {
+            "SEARCH completed"
+        };
         self.ok(tag, None, what, out);
     }
 }
@@ -1810,7 +1908,9 @@ fn matches_key(
     let day = |d: &imap_codec::imap_types::datetime::NaiveDate| {
         let date = d.as_ref();
         let when = chrono::DateTime::from_timestamp(m.internal_date, 0)?
-            .with_timezone(&chrono::FixedOffset::east_opt(i32::from(m.zone_minutes) * 60)?)
+            .with_timezone(&chrono::FixedOffset::east_opt(
+                i32::from(m.zone_minutes) * 60,
+            )?)
             .date_naive();
         Some(when.cmp(date))
     };
@@ -2076,9 +2176,7 @@ fn list_match(pattern: &str, name: &str) -> bool {
                     k += 1;
                 }
                 return match star {
-                    Some((sp, sn)) if sn < n.len() => {
-                        go(&p[sp..], &n[sn + 1..])
-                    }
+                    Some((sp, sn)) if sn < n.len() => go(&p[sp..], &n[sn + 1..]),
                     _ => false,
                 };
             } else if pi < p.len() && p[pi] == n[ni] {

@@ -30,7 +30,9 @@ pub struct Flags {
 
 impl Flags {
     pub fn has_keyword(&self, keyword: &str) -> bool {
-        self.keywords.iter().any(|k| k.eq_ignore_ascii_case(keyword))
+        self.keywords
+            .iter()
+            .any(|k| k.eq_ignore_ascii_case(keyword))
     }
 
     /// Applies a STORE: `+FLAGS`, `-FLAGS` or `FLAGS`.
@@ -308,9 +310,7 @@ pub fn serve<M: Mailboxes + ?Sized>(store: &mut M, request: &Request) -> Answer 
         Request::Create(name) => Answer::Done(store.create(name)),
         Request::Delete(name) => Answer::Done(store.delete(name)),
         Request::Rename { from, to } => Answer::Done(store.rename(from, to)),
-        Request::Subscribe { name, subscribed } => {
-            Answer::Done(store.subscribe(name, *subscribed))
-        }
+        Request::Subscribe { name, subscribed } => Answer::Done(store.subscribe(name, *subscribed)),
     }
 }
 
@@ -628,7 +628,12 @@ pub mod memory {
             self.check()?;
             let now = self.now;
             let dest = self.folder_mut(to).ok_or(StoreError::NonExistent)?;
-            let uid = put(dest, message.into(), flags.clone(), date.unwrap_or((now, 0)));
+            let uid = put(
+                dest,
+                message.into(),
+                flags.clone(),
+                date.unwrap_or((now, 0)),
+            );
             Ok(Copied {
                 uidvalidity: dest.uidvalidity,
                 source: Vec::new(),
