@@ -217,11 +217,12 @@ enum Job {
     },
 }
 
-#[derive(Default, Clone, Copy)]
+/// RETURN options of LIST (RFC 5258, RFC 5819). CHILDREN and SPECIAL-USE attributes are
+/// always sent, so only these two change the answer.
+#[derive(Default, Clone)]
 struct ListReturn {
     subscribed: bool,
-    children: bool,
-    special_use: bool,
+    status: Option<Vec<StatusItem>>,
 }
 
 #[derive(Clone, Copy)]
@@ -611,11 +612,9 @@ impl Session {
                 let mut enabled = String::from("ENABLED");
                 for cap in capabilities.as_ref() {
                     match cap {
-                        CapabilityEnable::CondStore => {
-                            if !self.condstore {
-                                self.condstore = true;
-                                enabled.push_str(" CONDSTORE");
-                            }
+                        CapabilityEnable::CondStore if !self.condstore => {
+                            self.condstore = true;
+                            enabled.push_str(" CONDSTORE");
                         }
                         CapabilityEnable::Other(_) => {
                             let name = cap.to_string();
@@ -840,9 +839,12 @@ impl Session {
                 let Some(flags) = flags_of(&flags) else {
                     return self.bad(Some(&tag), "Invalid flag", out);
                 };
-                let unchanged_since = modifiers.iter().find_map(|m| match m {
-                    StoreModifier::UnchangedSince(n) => Some(*n),
-                });
+                let unchanged_since = modifiers
+                    .iter()
+                    .map(|m| match m {
+                        StoreModifier::UnchangedSince(n) => *n,
+                    })
+                    .next();
                 if unchanged_since.is_some() {
                     self.condstore = true;
                 }
@@ -1312,7 +1314,6 @@ impl Session {
                     });
                 }
             }
-            let _ = (ret.children, ret.special_use);
             let kind = if lsub { "LSUB" } else { "LIST" };
             reply::untagged(&mut lines, &format!("{kind} ({}) \"/\" ", attrs.join(" ")));
             reply::astring(&mut lines, f.name.as_bytes());
@@ -1324,7 +1325,7 @@ impl Session {
         } else {
             "LIST completed"
         };
-        match list_status_items(&ret) {
+        match ret.status {
             Some(items) if !status_names.is_empty() => {
                 status_names.reverse();
                 if let Some(name) = status_names.last().cloned() {
@@ -1675,7 +1676,7 @@ impl Session {
             self.fetch_line(&job, uid, None, out);
             job.next += 1;
         }
-        self.fetch_done(job, out);
+        self.fetch_done(*job, out);
     }
 
     fn fetch_body(
@@ -1699,11 +1700,11 @@ impl Session {
             let uid = job.uids[job.next];
             self.request(Request::Body { folder, uid }, Job::Fetch(job), out);
         } else {
-            self.fetch_done(job, out);
+            self.fetch_done(*job, out);
         }
     }
 
-    fn fetch_done(&mut self, job: Box<FetchJob>, out: &mut Outbox) {
+    fn fetch_done(&mut self, job: FetchJob, out: &mut Outbox) {
         let what = if job.uid {
             "UID FETCH completed"
         } else {
@@ -1715,8 +1716,10 @@ impl Session {
         let Some(folder) = self.selected().map(|s| s.folder) else {
             return;
         };
-        let mut flags = Flags::default();
-        flags.system = system_flag::SEEN;
+        let flags = Flags {
+            system: system_flag::SEEN,
+            keywords: Vec::new(),
+        };
         let request = Request::StoreFlags {
             folder,
             uids: job.mark_seen,
@@ -1822,7 +1825,7 @@ impl Session {
         for (i, m) in s.messages.iter().enumerate() {
             let mut all = true;
             for key in criteria {
-                match matches_key(self, s, i, m, key) {
+                match matches_key(self, i, m, key) {
                     Some(true) => {}
                     Some(false) => {
                         all = false;
@@ -1892,13 +1895,7 @@ fn has_modseq(key: &SearchKey<'_>) -> bool {
 }
 
 /// `None`: a key this session cannot evaluate.
-fn matches_key(
-    session: &Session,
-    s: &Selected,
-    i: usize,
-    m: &MessageMeta,
-    key: &SearchKey<'_>,
-) -> Option<bool> {
+fn matches_key(session: &Session, i: usize, m: &MessageMeta, key: &SearchKey<'_>) -> Option<bool> {
     let sys = |bit: u8| m.flags.system & bit != 0;
     let in_set = |set: &SequenceSet, uid: bool| {
         session
@@ -1939,13 +1936,11 @@ fn matches_key(
         SearchKey::On(d) => day(d)? == Ordering::Equal,
         SearchKey::Since(d) => day(d)? != Ordering::Less,
         SearchKey::ModSequence { modseq, .. } => m.modseq >= *modseq,
-        SearchKey::Not(k) => !matches_key(session, s, i, m, k)?,
-        SearchKey::Or(a, b) => {
-            matches_key(session, s, i, m, a)? || matches_key(session, s, i, m, b)?
-        }
+        SearchKey::Not(k) => !matches_key(session, i, m, k)?,
+        SearchKey::Or(a, b) => matches_key(session, i, m, a)? || matches_key(session, i, m, b)?,
         SearchKey::And(keys) => {
             for k in keys.as_ref() {
-                if !matches_key(session, s, i, m, k)? {
+                if !matches_key(session, i, m, k)? {
                     return Some(false);
                 }
             }
@@ -2132,11 +2127,6 @@ fn status_line(
     reply::end(out);
 }
 
-fn list_status_items(ret: &ListReturn) -> Option<Vec<StatusItem>> {
-    let _ = ret;
-    None
-}
-
 /// A mailbox name as the store spells it (`INBOX` case-folded), UTF-8 only.
 fn mailbox_name(mailbox: &Mailbox<'_>) -> Option<String> {
     match mailbox {
@@ -2245,11 +2235,37 @@ fn split_list_return(line: &[u8]) -> (std::borrow::Cow<'_, [u8]>, Option<Option<
     let options = &upper[at + 9..];
     let mut ret = ListReturn::default();
     let mut ok = true;
-    for word in options.split(|&b| b == b' ').filter(|w| !w.is_empty()) {
-        match word {
-            b"SUBSCRIBED" => ret.subscribed = true,
-            b"CHILDREN" => ret.children = true,
-            b"SPECIAL-USE" => ret.special_use = true,
+    let mut in_status = false;
+    let words = options
+        .split(|&b| b == b' ' || b == b'(' || b == b')')
+        .filter(|w| !w.is_empty());
+    for word in words {
+        let item = match word {
+            b"SUBSCRIBED" => {
+                ret.subscribed = true;
+                continue;
+            }
+            b"CHILDREN" | b"SPECIAL-USE" => continue,
+            b"STATUS" => {
+                in_status = true;
+                ret.status.get_or_insert_with(Vec::new);
+                continue;
+            }
+            b"MESSAGES" => StatusItem::Messages,
+            b"RECENT" => StatusItem::Recent,
+            b"UIDNEXT" => StatusItem::UidNext,
+            b"UIDVALIDITY" => StatusItem::UidValidity,
+            b"UNSEEN" => StatusItem::Unseen,
+            b"DELETED" => StatusItem::Deleted,
+            b"SIZE" => StatusItem::Size,
+            b"HIGHESTMODSEQ" => StatusItem::HighestModSeq,
+            _ => {
+                ok = false;
+                continue;
+            }
+        };
+        match (&mut ret.status, in_status) {
+            (Some(items), true) => items.push(item),
             _ => ok = false,
         }
     }

@@ -283,6 +283,34 @@ fn list_and_lsub() {
 }
 
 #[test]
+fn list_return_status() {
+    transcript(
+        &format!(
+            "{LOGIN}b LIST \"\" \"*\" RETURN (STATUS (MESSAGES UNSEEN))\r\n\
+             c LIST \"\" Work* RETURN (SUBSCRIBED STATUS (SIZE))\r\nd LIST \"\" * RETURN (FOO)\r\n"
+        ),
+        &format!(
+            "{}* LIST (\\HasNoChildren) \"/\" INBOX\r\n\
+             * LIST (\\HasNoChildren \\Sent) \"/\" Sent\r\n\
+             * LIST (\\HasChildren) \"/\" Work\r\n\
+             * LIST (\\HasNoChildren) \"/\" Work/Plans\r\n\
+             * STATUS INBOX (MESSAGES 2 UNSEEN 1)\r\n\
+             * STATUS Sent (MESSAGES 0 UNSEEN 0)\r\n\
+             * STATUS Work (MESSAGES 0 UNSEEN 0)\r\n\
+             * STATUS Work/Plans (MESSAGES 0 UNSEEN 0)\r\n\
+             b OK LIST completed\r\n\
+             * LIST (\\HasChildren) \"/\" Work\r\n\
+             * LIST (\\HasNoChildren) \"/\" Work/Plans\r\n\
+             * STATUS Work (SIZE 0)\r\n\
+             * STATUS Work/Plans (SIZE 0)\r\n\
+             c OK LIST completed\r\n\
+             d BAD Invalid RETURN options\r\n",
+            login_ok()
+        ),
+    );
+}
+
+#[test]
 fn status_create_rename_delete() {
     transcript(
         &format!(
