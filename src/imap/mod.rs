@@ -27,6 +27,7 @@ pub mod fuzz;
 pub mod reply;
 pub mod session;
 pub mod store;
+pub mod structure;
 #[cfg(test)]
 mod tests;
 

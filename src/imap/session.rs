@@ -35,6 +35,7 @@ use super::store::{
     system_flag, Answer, Body, Changes, FlagOp, Flags, FolderId, FolderInfo, MessageMeta, Request,
     SpecialUse, StoreError,
 };
+use super::structure::{self, PartPiece};
 use crate::proto::sasl;
 
 /// Client errors (BAD/NO it caused) before the session closes.
@@ -258,6 +259,9 @@ enum Item {
     Rfc822,
     Rfc822Header,
     Rfc822Text,
+    Envelope,
+    /// BODY (false) or BODYSTRUCTURE (true).
+    Structure(bool),
     Body {
         section: BodySection,
         partial: Option<(u32, u32)>,
@@ -272,6 +276,7 @@ enum BodySection {
     Header,
     Text,
     Fields { names: Vec<String>, not: bool },
+    Part { path: Vec<u32>, piece: PartPiece },
 }
 
 /// The IMAP session of one connection.
@@ -1629,7 +1634,12 @@ impl Session {
         let needs_body = items.iter().any(|i| {
             matches!(
                 i,
-                Item::Rfc822 | Item::Rfc822Header | Item::Rfc822Text | Item::Body { .. }
+                Item::Rfc822
+                    | Item::Rfc822Header
+                    | Item::Rfc822Text
+                    | Item::Body { .. }
+                    | Item::Envelope
+                    | Item::Structure(_)
             )
         });
         let sets_seen = !s.read_only
@@ -1744,6 +1754,23 @@ impl Session {
             return;
         };
         let m = &s.messages[i];
+        let whole = body.unwrap_or_default();
+        let needs_tree = job.items.iter().any(|i| {
+            matches!(
+                i,
+                Item::Envelope
+                    | Item::Structure(_)
+                    | Item::Body {
+                        section: BodySection::Part { .. },
+                        ..
+                    }
+            )
+        });
+        let tree = if needs_tree {
+            structure::parse(whole)
+        } else {
+            None
+        };
         let b = &mut out.bytes;
         reply::untagged(b, &format!("{} FETCH (", i + 1));
         for (n, item) in job.items.iter().enumerate() {
@@ -1774,13 +1801,53 @@ impl Session {
                     reply::raw(b, "RFC822.TEXT ");
                     reply::literal(b, split_header(body.unwrap_or_default()).1);
                 }
+                Item::Envelope => {
+                    reply::raw(b, "ENVELOPE ");
+                    structure::envelope(b, tree.as_ref(), 0);
+                }
+                Item::Structure(extended) => {
+                    reply::raw(b, if *extended { "BODYSTRUCTURE " } else { "BODY " });
+                    structure::body_structure(b, tree.as_ref(), whole, *extended);
+                }
+                Item::Body {
+                    section: BodySection::Part { path, piece },
+                    partial,
+                    ..
+                } => {
+                    let mut spec: Vec<String> = path.iter().map(u32::to_string).collect();
+                    match piece {
+                        PartPiece::Body => {}
+                        PartPiece::Mime => spec.push("MIME".into()),
+                        PartPiece::Header => spec.push("HEADER".into()),
+                        PartPiece::Text => spec.push("TEXT".into()),
+                    }
+                    reply::raw(b, &format!("BODY[{}]", spec.join(".")));
+                    let data = tree
+                        .as_ref()
+                        .and_then(|t| structure::section(t, path, *piece));
+                    match data {
+                        Some(data) => {
+                            let data = match partial {
+                                Some((start, len)) => {
+                                    reply::raw(b, &format!("<{start}>"));
+                                    let start = (*start as usize).min(data.len());
+                                    let end = start.saturating_add(*len as usize).min(data.len());
+                                    &data[start..end]
+                                }
+                                None => data,
+                            };
+                            reply::raw(b, " ");
+                            reply::literal(b, data);
+                        }
+                        None => reply::raw(b, " NIL"),
+                    }
+                }
                 Item::Body {
                     section,
                     partial,
                     binary,
                     ..
                 } => {
-                    let whole = body.unwrap_or_default();
                     let (header, text) = split_header(whole);
                     let (spec, data): (String, std::borrow::Cow<'_, [u8]>) = match section {
                         BodySection::Full => (String::new(), whole.into()),
@@ -1794,6 +1861,7 @@ impl Session {
                             );
                             (spec, header_fields(header, names, *not).into())
                         }
+                        BodySection::Part { .. } => (String::new(), whole.into()),
                     };
                     let prefix = if *binary { "BINARY" } else { "BODY" };
                     reply::raw(b, &format!("{prefix}[{spec}]"));
@@ -1994,6 +2062,9 @@ fn fetch_item(name: &MessageDataItemName<'_>) -> Option<Item> {
         MessageDataItemName::Rfc822 => Item::Rfc822,
         MessageDataItemName::Rfc822Header => Item::Rfc822Header,
         MessageDataItemName::Rfc822Text => Item::Rfc822Text,
+        MessageDataItemName::Envelope => Item::Envelope,
+        MessageDataItemName::Body => Item::Structure(false),
+        MessageDataItemName::BodyStructure => Item::Structure(true),
         MessageDataItemName::BodyExt {
             section,
             partial,
@@ -2036,7 +2107,23 @@ fn body_section(section: Option<&Section<'_>>) -> Option<BodySection> {
             names: names(list.as_ref()),
             not: true,
         },
-        // Sections of MIME parts need the part tree (not yet served).
+        Some(Section::Part(part)) => BodySection::Part {
+            path: part.0.as_ref().iter().map(|n| n.get()).collect(),
+            piece: PartPiece::Body,
+        },
+        Some(Section::Mime(part)) => BodySection::Part {
+            path: part.0.as_ref().iter().map(|n| n.get()).collect(),
+            piece: PartPiece::Mime,
+        },
+        Some(Section::Header(Some(part))) => BodySection::Part {
+            path: part.0.as_ref().iter().map(|n| n.get()).collect(),
+            piece: PartPiece::Header,
+        },
+        Some(Section::Text(Some(part))) => BodySection::Part {
+            path: part.0.as_ref().iter().map(|n| n.get()).collect(),
+            piece: PartPiece::Text,
+        },
+        // HEADER.FIELDS of an enclosed message.
         Some(_) => return None,
     })
 }

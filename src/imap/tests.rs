@@ -675,3 +675,37 @@ fn read_only_refuses_changes() {
         ),
     );
 }
+
+const MIXED: &[u8] = b"From: Ann <ann@example.org>\r\nSubject: parts\r\nContent-Type: multipart/mixed; boundary=b\r\n\r\n--b\r\nContent-Type: text/plain\r\n\r\nhello\r\n--b\r\nContent-Type: message/rfc822\r\n\r\nSubject: inner\r\n\r\nin\r\n--b--\r\n";
+
+fn mixed_store() -> Memory {
+    let mut m = Memory::default();
+    m.deliver("INBOX", MIXED, Flags::default());
+    m
+}
+
+#[test]
+fn fetch_structure_and_parts() {
+    transcript_with(
+        &config(),
+        mixed_store,
+        &format!(
+            "{LOGIN}s EXAMINE INBOX\r\nb FETCH 1 (ENVELOPE BODY)\r\nc FETCH 1 BODYSTRUCTURE\r\n\
+             d FETCH 1 (BODY.PEEK[1] BODY.PEEK[1.MIME] BODY.PEEK[2.HEADER] BODY.PEEK[2.TEXT] BODY.PEEK[3])\r\n"
+        ),
+        &format!(
+            "{}* 1 EXISTS\r\n* 0 RECENT\r\n* FLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft)\r\n\
+             * OK [PERMANENTFLAGS ()] Limited\r\n* OK [UNSEEN 1] First unseen\r\n\
+             * OK [UIDVALIDITY 1000] UIDs valid\r\n* OK [UIDNEXT 2] Predicted next UID\r\n\
+             * OK [HIGHESTMODSEQ 2] Highest\r\ns OK [READ-ONLY] EXAMINE completed\r\n\
+             * 1 FETCH (ENVELOPE (NIL \"parts\" ((\"Ann\" NIL \"ann\" \"example.org\")) ((\"Ann\" NIL \"ann\" \"example.org\")) ((\"Ann\" NIL \"ann\" \"example.org\")) NIL NIL NIL NIL NIL) \
+             BODY ((\"TEXT\" \"PLAIN\" (\"CHARSET\" \"US-ASCII\") NIL NIL \"7BIT\" 5 0)(\"MESSAGE\" \"RFC822\" NIL NIL NIL \"7BIT\" 20 (NIL \"inner\" NIL NIL NIL NIL NIL NIL NIL NIL) (\"TEXT\" \"PLAIN\" (\"CHARSET\" \"US-ASCII\") NIL NIL \"7BIT\" 2 0) 2) \"MIXED\"))\r\n\
+             b OK FETCH completed\r\n\
+             * 1 FETCH (BODYSTRUCTURE ((\"TEXT\" \"PLAIN\" (\"CHARSET\" \"US-ASCII\") NIL NIL \"7BIT\" 5 0 NIL NIL NIL NIL)(\"MESSAGE\" \"RFC822\" NIL NIL NIL \"7BIT\" 20 (NIL \"inner\" NIL NIL NIL NIL NIL NIL NIL NIL) (\"TEXT\" \"PLAIN\" (\"CHARSET\" \"US-ASCII\") NIL NIL \"7BIT\" 2 0 NIL NIL NIL NIL) 2 NIL NIL NIL NIL) \"MIXED\" (\"BOUNDARY\" \"b\") NIL NIL NIL))\r\n\
+             c OK FETCH completed\r\n\
+             * 1 FETCH (BODY[1] {{5}}\r\nhello BODY[1.MIME] {{28}}\r\nContent-Type: text/plain\r\n\r\n BODY[2.HEADER] {{18}}\r\nSubject: inner\r\n\r\n BODY[2.TEXT] {{2}}\r\nin BODY[3] NIL)\r\n\
+             d OK FETCH completed\r\n",
+            login_ok()
+        ),
+    );
+}
