@@ -112,6 +112,13 @@ impl Framer {
         &self.buf
     }
 
+    /// Hands out the finished command and starts the next.
+    pub fn take_command(&mut self) -> Vec<u8> {
+        let command = std::mem::take(&mut self.buf);
+        self.clear();
+        command
+    }
+
     /// Forgets the finished command and gives back its buffer's memory if it was large.
     pub fn clear(&mut self) {
         self.buf.clear();

@@ -192,10 +192,7 @@ enum Job {
         tag: String,
         what: &'static str,
     },
-    Poll {
-        tag: Option<String>,
-        what: &'static str,
-    },
+    Poll(AfterPoll),
     Fetch(Box<FetchJob>),
     Store {
         tag: String,
@@ -220,6 +217,14 @@ enum Job {
 
 /// RETURN options of LIST (RFC 5258, RFC 5819). CHILDREN and SPECIAL-USE attributes are
 /// always sent, so only these two change the answer.
+/// What follows the untagged updates of a poll.
+enum AfterPoll {
+    /// NOOP, CHECK: the tagged OK.
+    Complete { tag: String, what: &'static str },
+    /// IDLE (at its start, or woken by the driver): wait for DONE.
+    Idle { tag: String },
+}
+
 #[derive(Default, Clone)]
 struct ListReturn {
     subscribed: bool,
@@ -372,17 +377,12 @@ impl Session {
                     self.rejected(tag, why, out);
                 }
                 Step::Command => {
-                    let command = std::mem::take(&mut self.framer_buf());
-                    self.framer.clear();
+                    let command = self.framer.take_command();
                     self.line(&command, out);
                 }
             }
         }
         used
-    }
-
-    fn framer_buf(&self) -> Vec<u8> {
-        self.framer.command().to_vec()
     }
 
     fn rejected(&mut self, tag: Option<String>, why: Rejection, out: &mut Outbox) {
@@ -532,7 +532,7 @@ impl Session {
                     "CHECK completed"
                 };
                 if selected {
-                    self.poll_for(Some(tag), what, out);
+                    self.poll_for(AfterPoll::Complete { tag, what }, out);
                 } else {
                     self.ok(&tag, None, what, out);
                 }
@@ -788,10 +788,7 @@ impl Session {
             }
             CommandBody::Idle => {
                 reply::continuation(&mut out.bytes, "idling");
-                if selected {
-                    self.poll_for(None, "", out);
-                }
-                self.wait_idle(tag);
+                self.poll_for(AfterPoll::Idle { tag }, out);
             }
             _ if !selected => self.bad(Some(&tag), "No mailbox selected", out),
             CommandBody::Close => {
@@ -952,14 +949,6 @@ impl Session {
         }
     }
 
-    fn wait_idle(&mut self, tag: String) {
-        match &mut self.wait {
-            // A poll is out: IDLE begins when it is answered.
-            Wait::Store(Job::Poll { tag: t, .. }) => *t = Some(format!("\0idle:{tag}")),
-            _ => self.wait = Wait::Idle { tag },
-        }
-    }
-
     fn name_or_no(&mut self, tag: &str, mailbox: &Mailbox<'_>, out: &mut Outbox) -> Option<String> {
         match mailbox_name(mailbox) {
             Some(name) => Some(name),
@@ -1043,23 +1032,27 @@ impl Session {
     /// During IDLE: the selected folder may have changed; asks the store what changed.
     pub fn poll(&mut self, out: &mut Outbox) {
         if let Wait::Idle { tag } = std::mem::replace(&mut self.wait, Wait::None) {
-            self.poll_for(Some(format!("\0idle:{tag}")), "", out);
+            self.poll_for(AfterPoll::Idle { tag }, out);
         }
     }
 
-    fn poll_for(&mut self, tag: Option<String>, what: &'static str, out: &mut Outbox) {
+    fn poll_for(&mut self, after: AfterPoll, out: &mut Outbox) {
         let Some(s) = self.selected() else {
-            if let Some(tag) = tag {
-                self.ok(&tag, None, what, out);
-            }
-            return;
+            return self.after_poll(after, out);
         };
         let request = Request::Changes {
             folder: s.folder,
             modseq: s.highest_modseq,
             uidnext: s.uidnext,
         };
-        self.request(request, Job::Poll { tag, what }, out);
+        self.request(request, Job::Poll(after), out);
+    }
+
+    fn after_poll(&mut self, after: AfterPoll, out: &mut Outbox) {
+        match after {
+            AfterPoll::Complete { tag, what } => self.ok(&tag, None, what, out),
+            AfterPoll::Idle { tag } => self.wait = Wait::Idle { tag },
+        }
     }
 
     /// The store's answer to the last [`Event::Store`].
@@ -1168,19 +1161,12 @@ impl Session {
                 Ok(()) => self.ok(&tag, None, what, out),
                 Err(e) => self.store_error(&tag, e, out),
             },
-            (Job::Poll { tag, what }, Answer::Changes(r)) => {
+            (Job::Poll(after), Answer::Changes(r)) => {
+                // A failed poll only delays the updates to the next one.
                 if let Ok(changes) = &r {
                     self.apply_changes(changes, out);
                 }
-                match tag {
-                    Some(t) if t.starts_with("\0idle:") => {
-                        self.wait = Wait::Idle {
-                            tag: t.trim_start_matches("\0idle:").to_string(),
-                        };
-                    }
-                    Some(t) => self.ok(&t, None, what, out),
-                    None => {}
-                }
+                self.after_poll(after, out);
             }
             (Job::Fetch(job), Answer::Body(r)) => self.fetch_body(job, r, out),
             (
