@@ -32,4 +32,6 @@ pub mod structure;
 mod tests;
 
 pub use frame::Limits;
-pub use session::{CloseReason, Credentials, Event, Outbox, Session, SessionConfig, Unexpected};
+pub use session::{
+    CloseReason, Credentials, Event, Greeting, Outbox, Session, SessionConfig, Unexpected,
+};

@@ -93,6 +93,20 @@ pub enum CloseReason {
     Logout,
     TooManyErrors,
     AuthFailuresExceeded,
+    /// The greeting was BYE, or the server is stopping.
+    Refused,
+}
+
+/// How a connection is greeted (RFC 9051 §7.1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Greeting {
+    /// `* OK`: log in first.
+    Ok,
+    /// `* PREAUTH`: the driver has authenticated the connection already (e.g. by a client
+    /// certificate or a local socket).
+    PreAuth,
+    /// `* BYE`: the server will not serve this connection (overload, blocked address).
+    Bye,
 }
 
 /// Credentials from LOGIN or AUTHENTICATE PLAIN/LOGIN; `Debug` redacts the password.
@@ -301,7 +315,17 @@ impl Session {
     /// A session on a new connection; writes the greeting. `tls`: the connection is already
     /// TLS (port 993).
     pub fn new(config: Arc<SessionConfig>, tls: bool, out: &mut Outbox) -> Self {
-        let session = Session {
+        Self::with_greeting(config, tls, Greeting::Ok, out)
+    }
+
+    /// A session greeted as `greeting` says; BYE comes with [`Event::Close`].
+    pub fn with_greeting(
+        config: Arc<SessionConfig>,
+        tls: bool,
+        greeting: Greeting,
+        out: &mut Outbox,
+    ) -> Self {
+        let mut session = Session {
             framer: Framer::new(config.limits),
             config,
             state: State::NotAuthenticated,
@@ -312,15 +336,45 @@ impl Session {
             errors: 0,
             auth_failures: 0,
         };
-        let caps = format!("CAPABILITY {}", session.capabilities());
-        reply::status(
-            &mut out.bytes,
-            None,
-            Status::Ok,
-            Some(&caps),
-            "relay IMAP ready",
-        );
+        match greeting {
+            Greeting::Bye => {
+                reply::status(
+                    &mut out.bytes,
+                    None,
+                    Status::Bye,
+                    None,
+                    "Service unavailable",
+                );
+                session.close(CloseReason::Refused, out);
+            }
+            Greeting::PreAuth => {
+                session.state = State::Authenticated;
+                let caps = format!("CAPABILITY {}", session.capabilities());
+                let b = &mut out.bytes;
+                reply::status(b, None, Status::PreAuth, Some(&caps), "Logged in");
+            }
+            Greeting::Ok => {
+                let caps = format!("CAPABILITY {}", session.capabilities());
+                let b = &mut out.bytes;
+                reply::status(b, None, Status::Ok, Some(&caps), "relay IMAP ready");
+            }
+        }
         session
+    }
+
+    /// The server is stopping: `* BYE` and [`Event::Close`] (the driver calls this between
+    /// commands, or gives up waiting on a store answer first).
+    pub fn shut_down(&mut self, out: &mut Outbox) {
+        if !self.is_closed() {
+            reply::status(
+                &mut out.bytes,
+                None,
+                Status::Bye,
+                None,
+                "Server shutting down",
+            );
+            self.close(CloseReason::Refused, out);
+        }
     }
 
     /// Whether an event is waiting for the driver's answer (nothing is consumed until then).

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use super::frame::Limits;
-use super::session::{Event, Outbox, Session, SessionConfig};
+use super::session::{CloseReason, Event, Greeting, Outbox, Session, SessionConfig};
 use super::store::memory::Memory;
 use super::store::{serve, system_flag, Flags, SpecialUse};
 
@@ -708,4 +708,36 @@ fn fetch_structure_and_parts() {
             login_ok()
         ),
     );
+}
+
+#[test]
+fn preauth_and_bye_greetings_and_shutdown() {
+    let config = Arc::new(config());
+    let mut out = Outbox::default();
+    let mut session = Session::with_greeting(config.clone(), true, Greeting::PreAuth, &mut out);
+    assert_eq!(
+        String::from_utf8_lossy(&out.bytes),
+        format!("* PREAUTH [CAPABILITY {CAPS_AUTH}] Logged in\r\n")
+    );
+    out.bytes.clear();
+    assert_eq!(
+        session.feed(b"a LOGIN u p\r\nb NAMESPACE\r\n", &mut out),
+        26
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.bytes),
+        "a BAD Already authenticated\r\n* NAMESPACE ((\"\" \"/\")) NIL NIL\r\nb OK NAMESPACE completed\r\n"
+    );
+    out.bytes.clear();
+    session.shut_down(&mut out);
+    assert_eq!(out.bytes, b"* BYE Server shutting down\r\n");
+    assert_eq!(out.events, vec![Event::Close(CloseReason::Refused)]);
+    assert!(session.is_closed());
+    assert_eq!(session.feed(b"c NOOP\r\n", &mut out), 0);
+
+    let mut out = Outbox::default();
+    let session = Session::with_greeting(config, false, Greeting::Bye, &mut out);
+    assert_eq!(out.bytes, b"* BYE Service unavailable\r\n");
+    assert_eq!(out.events, vec![Event::Close(CloseReason::Refused)]);
+    assert!(session.is_closed());
 }
