@@ -11,6 +11,13 @@
 //!
 //! States (RFC 9051 §3): not authenticated, authenticated, selected, logout; besides, a
 //! session may be waiting for a SASL response line, for `DONE` (IDLE), or for the driver.
+//!
+//! The selected folder is a snapshot (UIDs, flags, modseqs) that changes only at command
+//! boundaries: by the session's own STORE/EXPUNGE/MOVE answers, and by a `Changes` poll on
+//! NOOP, CHECK, at the start of IDLE and when the driver calls [`Session::poll`] during IDLE
+//! (untagged EXPUNGE, FETCH FLAGS, EXISTS). FETCH, STORE and SEARCH never announce expunges
+//! (RFC 9051 §7.4.1). Message bodies are asked for one at a time, so a FETCH holds at most
+//! one body. `\Recent` is not kept (rev1 clients see `0 RECENT`).
 
 use std::fmt;
 use std::sync::Arc;
