@@ -25,7 +25,7 @@ fi
 export CARGO_TARGET_DIR="${FUZZ_TARGET_DIR:-$here/target}"
 scratch="$(mktemp -d)"
 trap 'rm -rf "$scratch"' EXIT
-for pair in mime_parse:parse mime_base64:base64 mime_qp:qp smtp_session:smtp smtp_client:smtp_client pop3_session:pop3 spool_frame:spool_frame; do
+for pair in mime_parse:parse mime_base64:base64 mime_qp:qp smtp_session:smtp smtp_client:smtp_client pop3_session:pop3 imap_session:imap spool_frame:spool_frame; do
     target="${pair%%:*}"
     seeds="${pair##*:}"
     mkdir -p "$scratch/$target"

@@ -1,0 +1,743 @@
+//! Transcript tests: client bytes in, exact server bytes out, each run whole, split at every
+//! byte boundary, and one byte at a time.
+
+use std::sync::Arc;
+
+use super::frame::Limits;
+use super::session::{CloseReason, Event, Greeting, Outbox, Session, SessionConfig};
+use super::store::memory::Memory;
+use super::store::{serve, system_flag, Flags, SpecialUse};
+
+const GREETING: &str = "* OK [CAPABILITY IMAP4rev2 IMAP4rev1 STARTTLS AUTH=PLAIN AUTH=LOGIN SASL-IR LITERAL+ ENABLE IDLE NAMESPACE ID UIDPLUS MOVE UNSELECT SPECIAL-USE CONDSTORE STATUS=SIZE APPENDLIMIT=1000] relay IMAP ready\r\n";
+const CAPS_AUTH: &str = "IMAP4rev2 IMAP4rev1 LITERAL+ ENABLE IDLE NAMESPACE ID UIDPLUS MOVE UNSELECT SPECIAL-USE CONDSTORE STATUS=SIZE APPENDLIMIT=1000";
+
+fn config() -> SessionConfig {
+    SessionConfig {
+        hostname: "mx.example".into(),
+        limits: Limits {
+            line_max: 200,
+            literal_max: 100,
+            command_max: 400,
+            append_max: 1000,
+        },
+        plaintext_auth: true,
+        starttls: true,
+    }
+}
+
+const MSG1: &[u8] =
+    b"From: Ann <ann@example.org>\r\nSubject: hello\r\nTo: bob@example.net\r\n\r\nHi Bob.\r\n";
+const MSG2: &[u8] = b"Subject: two\r\n\r\nsecond\r\n";
+
+/// INBOX with two messages (the second \Seen), Sent (special use), and "Work/Plans".
+fn store() -> Memory {
+    let mut m = Memory::default();
+    m.deliver("INBOX", MSG1, Flags::default());
+    m.deliver(
+        "INBOX",
+        MSG2,
+        Flags {
+            system: system_flag::SEEN,
+            keywords: vec!["$Label1".into()],
+        },
+    );
+    m.add_folder("Sent", Some(SpecialUse::Sent));
+    m.add_folder("Work", None);
+    m.add_folder("Work/Plans", None);
+    m
+}
+
+/// Runs a session as the driver would: feeds the input in the given pieces, answers every
+/// event (password "secret" is right; STARTTLS succeeds), and returns all output.
+fn run_pieces(config: &SessionConfig, store: &mut Memory, pieces: &[&[u8]]) -> Vec<u8> {
+    let mut out = Outbox::default();
+    let mut session = Session::new(Arc::new(config.clone()), false, &mut out);
+    let mut bytes = std::mem::take(&mut out.bytes);
+    let mut pending: Vec<u8> = Vec::new();
+    for piece in pieces {
+        pending.extend_from_slice(piece);
+        loop {
+            let n = session.feed(&pending, &mut out);
+            assert!(n <= pending.len());
+            pending.drain(..n);
+            bytes.append(&mut out.bytes);
+            if out.events.is_empty() {
+                break;
+            }
+            // An answer may raise the next event (FETCH asks for one body at a time).
+            while !out.events.is_empty() {
+                for event in std::mem::take(&mut out.events) {
+                    match event {
+                        Event::Authenticate(c) => {
+                            session
+                                .authenticated(c.password == "secret", &mut out)
+                                .unwrap();
+                        }
+                        Event::StartTls => session.tls_established().unwrap(),
+                        Event::Store(request) => {
+                            let answer = serve(store, &request);
+                            session.answer(answer, &mut out).unwrap();
+                        }
+                        Event::Close(_) => {}
+                    }
+                    bytes.append(&mut out.bytes);
+                }
+            }
+            assert!(!session.awaiting());
+        }
+    }
+    bytes
+}
+
+/// Checks one transcript whole, split at every boundary, and byte by byte.
+fn transcript_with(config: &SessionConfig, make: fn() -> Memory, client: &str, server: &str) {
+    let input = client.as_bytes();
+    let expect =
+        format!("{GREETING}{server}").replace("APPENDLIMIT=1000] relay", "APPENDLIMIT=1000] relay");
+    let whole = run_pieces(config, &mut make(), &[input]);
+    assert_eq!(
+        String::from_utf8_lossy(&whole),
+        expect,
+        "\n--- whole input; client:\n{client}"
+    );
+    for cut in 1..input.len() {
+        let split = run_pieces(config, &mut make(), &[&input[..cut], &input[cut..]]);
+        assert_eq!(
+            String::from_utf8_lossy(&split),
+            expect,
+            "\n--- split at {cut}"
+        );
+    }
+    let bytes: Vec<&[u8]> = input.chunks(1).collect();
+    let single = run_pieces(config, &mut make(), &bytes);
+    assert_eq!(
+        String::from_utf8_lossy(&single),
+        expect,
+        "\n--- byte by byte"
+    );
+}
+
+fn transcript(client: &str, server: &str) {
+    transcript_with(&config(), store, client, server);
+}
+
+const LOGIN: &str = "a LOGIN alice secret\r\n";
+
+fn login_ok() -> String {
+    format!("a OK [CAPABILITY {CAPS_AUTH}] Logged in\r\n")
+}
+
+#[test]
+fn capability_noop_logout() {
+    transcript(
+        "c1 CAPABILITY\r\nc2 NOOP\r\nc3 LOGOUT\r\nc4 NOOP\r\n",
+        "* CAPABILITY IMAP4rev2 IMAP4rev1 STARTTLS AUTH=PLAIN AUTH=LOGIN SASL-IR LITERAL+ ENABLE IDLE NAMESPACE ID UIDPLUS MOVE UNSELECT SPECIAL-USE CONDSTORE STATUS=SIZE APPENDLIMIT=1000\r\n\
+         c1 OK CAPABILITY completed\r\n\
+         c2 OK NOOP completed\r\n\
+         * BYE Logging out\r\n\
+         c3 OK LOGOUT completed\r\n",
+    );
+}
+
+#[test]
+fn login_disabled_without_tls_until_starttls() {
+    let mut config = config();
+    config.plaintext_auth = false;
+    let client = "a LOGIN alice secret\r\nb STARTTLS\r\nc CAPABILITY\r\nd LOGIN alice secret\r\n";
+    let input = client.as_bytes();
+    let out = run_pieces(&config, &mut store(), &[input]);
+    let text = String::from_utf8_lossy(&out);
+    assert!(
+        text.starts_with("* OK [CAPABILITY IMAP4rev2 IMAP4rev1 STARTTLS LOGINDISABLED LITERAL+")
+    );
+    let rest = &text[text.find("\r\n").unwrap() + 2..];
+    assert_eq!(
+        rest,
+        "a NO [PRIVACYREQUIRED] LOGIN needs TLS\r\n\
+         b OK Begin TLS negotiation now\r\n\
+         * CAPABILITY IMAP4rev2 IMAP4rev1 AUTH=PLAIN AUTH=LOGIN SASL-IR LITERAL+ ENABLE IDLE NAMESPACE ID UIDPLUS MOVE UNSELECT SPECIAL-USE CONDSTORE STATUS=SIZE APPENDLIMIT=1000\r\n\
+         c OK CAPABILITY completed\r\n\
+         d OK [CAPABILITY IMAP4rev2 IMAP4rev1 LITERAL+ ENABLE IDLE NAMESPACE ID UIDPLUS MOVE UNSELECT SPECIAL-USE CONDSTORE STATUS=SIZE APPENDLIMIT=1000] Logged in\r\n"
+    );
+}
+
+#[test]
+fn starttls_stops_consuming_until_the_handshake() {
+    let mut out = Outbox::default();
+    let mut session = Session::new(Arc::new(config()), false, &mut out);
+    out.bytes.clear();
+    let input = b"a STARTTLS\r\nb NOOP\r\n";
+    let n = session.feed(input, &mut out);
+    assert_eq!(n, 12, "plaintext after STARTTLS must stay unread");
+    assert_eq!(out.events, vec![Event::StartTls]);
+    assert!(session.awaiting());
+    assert_eq!(session.feed(&input[n..], &mut out), 0);
+    session.tls_established().unwrap();
+    let caps = session.capabilities();
+    assert!(!caps.contains("STARTTLS"), "{caps}");
+}
+
+#[test]
+fn login_with_literals_and_failures() {
+    transcript(
+        "a LOGIN {5}\r\nalice {6+}\r\nsecret\r\n",
+        &format!("+ Ready for literal data\r\n{}", login_ok()),
+    );
+    transcript(
+        "a LOGIN alice wrong\r\nb LOGIN alice wrong\r\nc LOGIN alice wrong\r\nd NOOP\r\n",
+        "a NO [AUTHENTICATIONFAILED] Authentication failed\r\n\
+         b NO [AUTHENTICATIONFAILED] Authentication failed\r\n\
+         c NO [AUTHENTICATIONFAILED] Authentication failed\r\n\
+         * BYE Too many failures\r\n",
+    );
+}
+
+#[test]
+fn authenticate_plain_with_and_without_initial_response() {
+    // "\0alice\0secret"
+    transcript("a AUTHENTICATE PLAIN AGFsaWNlAHNlY3JldA==\r\n", &login_ok());
+    transcript(
+        "a AUTHENTICATE PLAIN\r\nAGFsaWNlAHNlY3JldA==\r\n",
+        &format!("+ \r\n{}", login_ok()),
+    );
+    transcript(
+        "a AUTHENTICATE PLAIN\r\n*\r\nb NOOP\r\n",
+        "+ \r\na NO Authentication cancelled\r\nb OK NOOP completed\r\n",
+    );
+}
+
+#[test]
+fn authenticate_login() {
+    // "alice", "secret"
+    transcript(
+        "a AUTHENTICATE LOGIN\r\nYWxpY2U=\r\nc2VjcmV0\r\n",
+        &format!("+ VXNlcm5hbWU6\r\n+ UGFzc3dvcmQ6\r\n{}", login_ok()),
+    );
+}
+
+#[test]
+fn commands_need_authentication() {
+    transcript(
+        "a SELECT INBOX\r\nb FETCH 1 FLAGS\r\n",
+        "a BAD Log in first\r\nb BAD Log in first\r\n",
+    );
+}
+
+#[test]
+fn syntax_errors() {
+    transcript(
+        "a FOO\r\n\r\n(bad NOOP\r\nb NOOP\r\n",
+        "a BAD Syntax error or unknown command\r\n\
+         * BAD Missing or invalid tag\r\n\
+         * BAD Missing or invalid tag\r\n\
+         b OK NOOP completed\r\n",
+    );
+}
+
+#[test]
+fn enable_id_namespace() {
+    transcript(
+        &format!("{LOGIN}b ENABLE IMAP4rev2 CONDSTORE\r\nc ENABLE IMAP4rev2\r\nd ID NIL\r\ne NAMESPACE\r\n"),
+        &format!(
+            "{}* ENABLED IMAP4rev2 CONDSTORE\r\nb OK ENABLE completed\r\n\
+             * ENABLED\r\nc OK ENABLE completed\r\n\
+             * ID (\"name\" \"relay\")\r\nd OK ID completed\r\n\
+             * NAMESPACE ((\"\" \"/\")) NIL NIL\r\ne OK NAMESPACE completed\r\n",
+            login_ok()
+        ),
+    );
+}
+
+#[test]
+fn list_and_lsub() {
+    transcript(
+        &format!(
+            "{LOGIN}b LIST \"\" \"*\"\r\nc LIST \"\" %\r\nd LIST \"\" \"\"\r\ne SUBSCRIBE Work\r\n\
+             f LSUB \"\" *\r\ng LIST \"\" \"*\" RETURN (SUBSCRIBED)\r\nh LIST Work/ %\r\n"
+        ),
+        &format!(
+            "{}* LIST (\\HasNoChildren) \"/\" INBOX\r\n\
+             * LIST (\\HasNoChildren \\Sent) \"/\" Sent\r\n\
+             * LIST (\\HasChildren) \"/\" Work\r\n\
+             * LIST (\\HasNoChildren) \"/\" Work/Plans\r\n\
+             b OK LIST completed\r\n\
+             * LIST (\\HasNoChildren) \"/\" INBOX\r\n\
+             * LIST (\\HasNoChildren \\Sent) \"/\" Sent\r\n\
+             * LIST (\\HasChildren) \"/\" Work\r\n\
+             c OK LIST completed\r\n\
+             * LIST (\\Noselect) \"/\" \"\"\r\n\
+             d OK LIST completed\r\n\
+             e OK SUBSCRIBE completed\r\n\
+             * LSUB () \"/\" Work\r\n\
+             f OK LSUB completed\r\n\
+             * LIST (\\HasNoChildren) \"/\" INBOX\r\n\
+             * LIST (\\HasNoChildren \\Sent) \"/\" Sent\r\n\
+             * LIST (\\HasChildren \\Subscribed) \"/\" Work\r\n\
+             * LIST (\\HasNoChildren) \"/\" Work/Plans\r\n\
+             g OK LIST completed\r\n\
+             * LIST (\\HasNoChildren) \"/\" Work/Plans\r\n\
+             h OK LIST completed\r\n",
+            login_ok()
+        ),
+    );
+}
+
+#[test]
+fn list_return_status() {
+    transcript(
+        &format!(
+            "{LOGIN}b LIST \"\" \"*\" RETURN (STATUS (MESSAGES UNSEEN))\r\n\
+             c LIST \"\" Work* RETURN (SUBSCRIBED STATUS (SIZE))\r\nd LIST \"\" * RETURN (FOO)\r\n"
+        ),
+        &format!(
+            "{}* LIST (\\HasNoChildren) \"/\" INBOX\r\n\
+             * LIST (\\HasNoChildren \\Sent) \"/\" Sent\r\n\
+             * LIST (\\HasChildren) \"/\" Work\r\n\
+             * LIST (\\HasNoChildren) \"/\" Work/Plans\r\n\
+             * STATUS INBOX (MESSAGES 2 UNSEEN 1)\r\n\
+             * STATUS Sent (MESSAGES 0 UNSEEN 0)\r\n\
+             * STATUS Work (MESSAGES 0 UNSEEN 0)\r\n\
+             * STATUS Work/Plans (MESSAGES 0 UNSEEN 0)\r\n\
+             b OK LIST completed\r\n\
+             * LIST (\\HasChildren) \"/\" Work\r\n\
+             * LIST (\\HasNoChildren) \"/\" Work/Plans\r\n\
+             * STATUS Work (SIZE 0)\r\n\
+             * STATUS Work/Plans (SIZE 0)\r\n\
+             c OK LIST completed\r\n\
+             d BAD Invalid RETURN options\r\n",
+            login_ok()
+        ),
+    );
+}
+
+#[test]
+fn status_create_rename_delete() {
+    transcript(
+        &format!(
+            "{LOGIN}b STATUS INBOX (MESSAGES UNSEEN UIDNEXT UIDVALIDITY SIZE HIGHESTMODSEQ DELETED)\r\n\
+             c CREATE Lists/\r\nd CREATE Lists\r\ne RENAME Lists Old\r\nf DELETE Old\r\n\
+             g DELETE Old\r\nh STATUS Nope (MESSAGES)\r\ni CREATE INBOX\r\n"
+        ),
+        &format!(
+            "{}* STATUS INBOX (MESSAGES 2 UNSEEN 1 UIDNEXT 3 UIDVALIDITY 1000 SIZE {} HIGHESTMODSEQ 3 DELETED 0)\r\n\
+             b OK STATUS completed\r\n\
+             c OK CREATE completed\r\n\
+             d NO [ALREADYEXISTS] folder exists\r\n\
+             e OK RENAME completed\r\n\
+             f OK DELETE completed\r\n\
+             g NO [NONEXISTENT] no such folder\r\n\
+             h NO [NONEXISTENT] no such folder\r\n\
+             i NO [ALREADYEXISTS] INBOX exists\r\n",
+            login_ok(),
+            MSG1.len() + MSG2.len()
+        ),
+    );
+}
+
+fn select_inbox_rev1() -> String {
+    "* 2 EXISTS\r\n* 0 RECENT\r\n* FLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft)\r\n\
+     * OK [PERMANENTFLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft \\*)] Limited\r\n\
+     * OK [UNSEEN 1] First unseen\r\n* OK [UIDVALIDITY 1000] UIDs valid\r\n\
+     * OK [UIDNEXT 3] Predicted next UID\r\n* OK [HIGHESTMODSEQ 3] Highest\r\n"
+        .to_string()
+}
+
+#[test]
+fn select_examine_close_unselect() {
+    transcript(
+        &format!(
+            "{LOGIN}b SELECT INBOX\r\nc EXAMINE Sent\r\nd CLOSE\r\ne FETCH 1 FLAGS\r\n\
+             f ENABLE IMAP4rev2\r\ng SELECT inbox\r\nh UNSELECT\r\ni SELECT Nope\r\n"
+        ),
+        &format!(
+            "{}{}b OK [READ-WRITE] SELECT completed\r\n\
+             * OK [CLOSED] Previous mailbox closed\r\n\
+             * 0 EXISTS\r\n* 0 RECENT\r\n* FLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft)\r\n\
+             * OK [PERMANENTFLAGS ()] Limited\r\n* OK [UIDVALIDITY 1001] UIDs valid\r\n\
+             * OK [UIDNEXT 1] Predicted next UID\r\n* OK [HIGHESTMODSEQ 1] Highest\r\n\
+             c OK [READ-ONLY] EXAMINE completed\r\n\
+             d OK CLOSE completed\r\n\
+             e BAD No mailbox selected\r\n\
+             * ENABLED IMAP4rev2\r\nf OK ENABLE completed\r\n\
+             * 2 EXISTS\r\n* FLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft)\r\n\
+             * OK [PERMANENTFLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft \\*)] Limited\r\n\
+             * OK [UIDVALIDITY 1000] UIDs valid\r\n\
+             * OK [UIDNEXT 3] Predicted next UID\r\n* OK [HIGHESTMODSEQ 3] Highest\r\n\
+             g OK [READ-WRITE] SELECT completed\r\n\
+             h OK UNSELECT completed\r\n\
+             i NO [NONEXISTENT] no such folder\r\n",
+            login_ok(),
+            select_inbox_rev1()
+        ),
+    );
+}
+
+fn selected(commands: &str) -> String {
+    format!("{LOGIN}s SELECT INBOX\r\n{commands}")
+}
+
+fn selected_reply(replies: &str) -> String {
+    format!(
+        "{}{}s OK [READ-WRITE] SELECT completed\r\n{replies}",
+        login_ok(),
+        select_inbox_rev1()
+    )
+}
+
+#[test]
+fn fetch_attributes() {
+    transcript(
+        &selected("b FETCH 1:* (FLAGS UID RFC822.SIZE INTERNALDATE)\r\nc UID FETCH 2 (FLAGS MODSEQ)\r\nd FETCH 3 FLAGS\r\n"),
+        &selected_reply(&format!(
+            "* 1 FETCH (FLAGS () UID 1 RFC822.SIZE {} INTERNALDATE \"14-Nov-2023 22:13:20 +0000\")\r\n\
+             * 2 FETCH (FLAGS (\\Seen $Label1) UID 2 RFC822.SIZE {} INTERNALDATE \"14-Nov-2023 22:13:20 +0000\")\r\n\
+             b OK FETCH completed\r\n\
+             * 2 FETCH (UID 2 FLAGS (\\Seen $Label1) MODSEQ (3))\r\n\
+             c OK UID FETCH completed\r\n\
+             d BAD Invalid sequence set\r\n",
+            MSG1.len(),
+            MSG2.len()
+        )),
+    );
+}
+
+#[test]
+fn fetch_body_sections_and_implicit_seen() {
+    transcript(
+        &selected(
+            "b FETCH 2 (BODY.PEEK[HEADER] BODY.PEEK[TEXT] BODY.PEEK[]<0.7>)\r\n\
+             c FETCH 1 BODY.PEEK[HEADER.FIELDS (subject from)]\r\n\
+             d FETCH 1 BODY[TEXT]\r\ne FETCH 1 RFC822.SIZE\r\nf FETCH 1 FLAGS\r\n",
+        ),
+        &selected_reply(
+            "* 2 FETCH (BODY[HEADER] {16}\r\nSubject: two\r\n\r\n BODY[TEXT] {8}\r\nsecond\r\n BODY[]<0> {7}\r\nSubject)\r\n\
+             b OK FETCH completed\r\n\
+             * 1 FETCH (BODY[HEADER.FIELDS (SUBJECT FROM)] {47}\r\nFrom: Ann <ann@example.org>\r\nSubject: hello\r\n\r\n)\r\n\
+             c OK FETCH completed\r\n\
+             * 1 FETCH (BODY[TEXT] {9}\r\nHi Bob.\r\n)\r\n\
+             * 1 FETCH (FLAGS (\\Seen))\r\n\
+             d OK FETCH completed\r\n\
+             * 1 FETCH (RFC822.SIZE 77)\r\n\
+             e OK FETCH completed\r\n\
+             * 1 FETCH (FLAGS (\\Seen))\r\n\
+             f OK FETCH completed\r\n",
+        ),
+    );
+}
+
+#[test]
+fn store_and_expunge() {
+    transcript(
+        &selected(
+            "b STORE 1 +FLAGS (\\Deleted)\r\nc UID STORE 2 -FLAGS.SILENT (\\Seen)\r\n\
+             d STORE 1:2 FLAGS (\\Flagged)\r\ne STORE 2 +FLAGS (\\Deleted)\r\nf EXPUNGE\r\n\
+             g FETCH 1:* UID\r\n",
+        ),
+        &selected_reply(
+            "* 1 FETCH (FLAGS (\\Deleted))\r\n\
+             b OK STORE completed\r\n\
+             c OK STORE completed\r\n\
+             * 1 FETCH (FLAGS (\\Flagged))\r\n\
+             * 2 FETCH (FLAGS (\\Flagged))\r\n\
+             d OK STORE completed\r\n\
+             * 2 FETCH (FLAGS (\\Flagged \\Deleted))\r\n\
+             e OK STORE completed\r\n\
+             * 2 EXPUNGE\r\n\
+             f OK EXPUNGE completed\r\n\
+             * 1 FETCH (UID 1)\r\n\
+             g OK FETCH completed\r\n",
+        ),
+    );
+}
+
+#[test]
+fn conditional_store() {
+    transcript(
+        &selected(
+            "b STORE 1:2 (UNCHANGEDSINCE 2) +FLAGS (\\Answered)\r\n\
+             c UID EXPUNGE 1\r\n",
+        ),
+        &selected_reply(
+            "* 1 FETCH (FLAGS (\\Answered) MODSEQ (4))\r\n\
+             b OK [MODIFIED 2] Conditional STORE failed\r\n\
+             c OK UID EXPUNGE completed\r\n",
+        ),
+    );
+}
+
+#[test]
+fn copy_and_move() {
+    transcript(
+        &selected(
+            "b COPY 1:2 Work\r\nc UID MOVE 1 Sent\r\nd COPY 1 Nope\r\ne FETCH 1:* UID\r\nf STATUS Work (MESSAGES UIDNEXT)\r\n",
+        ),
+        &selected_reply(
+            "b OK [COPYUID 1002 1:2 1:2] COPY completed\r\n\
+             * OK [COPYUID 1001 1 1] Moved\r\n\
+             * 1 EXPUNGE\r\n\
+             c OK MOVE completed\r\n\
+             d NO [TRYCREATE] No such mailbox\r\n\
+             * 1 FETCH (UID 2)\r\n\
+             e OK FETCH completed\r\n\
+             * STATUS Work (MESSAGES 2 UIDNEXT 3)\r\n\
+             f OK STATUS completed\r\n",
+        ),
+    );
+}
+
+#[test]
+fn append_with_literal_plus_and_sync() {
+    transcript(
+        &format!(
+            "{LOGIN}b APPEND Work (\\Seen) \"05-Dec-2026 10:00:00 +0100\" {{12+}}\r\nSubject: x\r\n\r\n\
+             c APPEND Work {{3}}\r\nabc\r\nd APPEND Nope {{1+}}\r\nx\r\n\
+             e SELECT Work\r\nf FETCH 1:* (FLAGS INTERNALDATE BODY.PEEK[])\r\n"
+        ),
+        &format!(
+            "{}b OK [APPENDUID 1002 1] APPEND completed\r\n\
+             + Ready for literal data\r\n\
+             c OK [APPENDUID 1002 2] APPEND completed\r\n\
+             d NO [TRYCREATE] No such mailbox\r\n\
+             * 2 EXISTS\r\n* 0 RECENT\r\n* FLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft)\r\n\
+             * OK [PERMANENTFLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft \\*)] Limited\r\n\
+             * OK [UNSEEN 2] First unseen\r\n* OK [UIDVALIDITY 1002] UIDs valid\r\n\
+             * OK [UIDNEXT 3] Predicted next UID\r\n* OK [HIGHESTMODSEQ 3] Highest\r\n\
+             e OK [READ-WRITE] SELECT completed\r\n\
+             * 1 FETCH (FLAGS (\\Seen) INTERNALDATE \"05-Dec-2026 10:00:00 +0100\" BODY[] {{12}}\r\nSubject: x\r\n)\r\n\
+             * 2 FETCH (FLAGS () INTERNALDATE \"14-Nov-2023 22:13:20 +0000\" BODY[] {{3}}\r\nabc)\r\n\
+             f OK FETCH completed\r\n",
+            login_ok()
+        ),
+    );
+}
+
+#[test]
+fn search_rev1_and_esearch_rev2() {
+    transcript(
+        &selected(
+            "b SEARCH UNSEEN\r\nc UID SEARCH SEEN KEYWORD $Label1\r\nd SEARCH OR SEEN NOT SEEN LARGER 30\r\n\
+             e ENABLE IMAP4rev2\r\nf SEARCH ALL\r\ng UID SEARCH DELETED\r\nh SEARCH BODY x\r\n",
+        ),
+        &selected_reply(
+            "* SEARCH 1\r\nb OK SEARCH completed\r\n\
+             * SEARCH 2\r\nc OK UID SEARCH completed\r\n\
+             * SEARCH 1\r\nd OK SEARCH completed\r\n\
+             * ENABLED IMAP4rev2\r\ne OK ENABLE completed\r\n\
+             * ESEARCH (TAG \"f\") ALL 1:2\r\nf OK SEARCH completed\r\n\
+             * ESEARCH (TAG \"g\") UID\r\ng OK UID SEARCH completed\r\n\
+             h NO [CANNOT] Search key not supported\r\n",
+        ),
+    );
+}
+
+#[test]
+fn noop_reports_changes_made_elsewhere() {
+    fn changed() -> Memory {
+        let mut m = store();
+        m.expunge_now("INBOX", 1);
+        m.set_flags(
+            "INBOX",
+            2,
+            Flags {
+                system: system_flag::FLAGGED,
+                keywords: vec![],
+            },
+        );
+        m.deliver("INBOX", b"x", Flags::default());
+        m
+    }
+    // The store changes after SELECT: model that by selecting from a store that has the
+    // changes applied only afterwards, through a session on the original state.
+    let config = Arc::new(config());
+    let mut out = Outbox::default();
+    let mut session = Session::new(config, false, &mut out);
+    let mut st = store();
+    let mut bytes = Vec::new();
+    let step = |session: &mut Session, st: &mut Memory, input: &[u8], bytes: &mut Vec<u8>| {
+        let mut out = Outbox::default();
+        let n = session.feed(input, &mut out);
+        assert_eq!(n, input.len());
+        bytes.append(&mut out.bytes);
+        while let Some(event) = out.events.pop() {
+            match event {
+                Event::Authenticate(_) => session.authenticated(true, &mut out).unwrap(),
+                Event::Store(r) => session.answer(serve(st, &r), &mut out).unwrap(),
+                _ => {}
+            }
+            bytes.append(&mut out.bytes);
+        }
+        assert!(!session.awaiting());
+    };
+    step(&mut session, &mut st, b"a LOGIN u p\r\n", &mut bytes);
+    step(&mut session, &mut st, b"b SELECT INBOX\r\n", &mut bytes);
+    bytes.clear();
+    let mut st = changed();
+    let _ = &mut st;
+    step(&mut session, &mut st, b"c NOOP\r\n", &mut bytes);
+    assert_eq!(
+        String::from_utf8_lossy(&bytes),
+        "* 1 EXPUNGE\r\n* 1 FETCH (FLAGS (\\Flagged) UID 2)\r\n* 2 EXISTS\r\nc OK NOOP completed\r\n"
+    );
+    bytes.clear();
+    step(&mut session, &mut st, b"d IDLE\r\n", &mut bytes);
+    assert!(session.idling());
+    st.deliver("INBOX", b"y", Flags::default());
+    let mut out = Outbox::default();
+    session.poll(&mut out);
+    for event in std::mem::take(&mut out.events) {
+        if let Event::Store(r) = event {
+            session.answer(serve(&mut st, &r), &mut out).unwrap();
+        }
+    }
+    bytes.append(&mut out.bytes);
+    step(&mut session, &mut st, b"DONE\r\n", &mut bytes);
+    assert_eq!(
+        String::from_utf8_lossy(&bytes),
+        "+ idling\r\n* 3 EXISTS\r\nd OK IDLE terminated\r\n"
+    );
+}
+
+#[test]
+fn idle_done() {
+    transcript(
+        &selected("b IDLE\r\ndone\r\nc IDLE\r\nxyz\r\nd NOOP\r\n"),
+        &selected_reply(
+            "+ idling\r\nb OK IDLE terminated\r\n+ idling\r\nc BAD Expected DONE\r\nd OK NOOP completed\r\n",
+        ),
+    );
+}
+
+#[test]
+fn limits_line_literal_append() {
+    let long = "x".repeat(300);
+    transcript(
+        &format!(
+            "a NOOP {long}\r\nb LOGIN {{101}}\r\nc LOGIN {{101+}}\r\n{}\r\nd NOOP\r\n",
+            "y".repeat(101)
+        ),
+        "a BAD line too long\r\n\
+         b BAD [TOOBIG] literal too large\r\n\
+         c BAD [TOOBIG] literal too large\r\n\
+         d OK NOOP completed\r\n",
+    );
+    transcript(
+        &format!(
+            "{LOGIN}b APPEND INBOX {{1001}}\r\nc APPEND INBOX {{1001+}}\r\n{}\r\nd NOOP\r\n",
+            "z".repeat(1001)
+        ),
+        &format!(
+            "{}b NO [TOOBIG] APPEND message larger than APPENDLIMIT\r\n\
+             c NO [TOOBIG] APPEND message larger than APPENDLIMIT\r\n\
+             d OK NOOP completed\r\n",
+            login_ok()
+        ),
+    );
+}
+
+#[test]
+fn too_many_errors_closes() {
+    let input = "x FOO\r\n".repeat(60);
+    let out = run_pieces(&config(), &mut store(), &[input.as_bytes()]);
+    let text = String::from_utf8_lossy(&out);
+    assert_eq!(text.matches("x BAD").count(), 50);
+    assert!(text.ends_with("* BYE Too many errors\r\n"));
+}
+
+#[test]
+fn store_unavailable_is_no() {
+    fn broken() -> Memory {
+        let mut m = store();
+        m.broken = true;
+        m
+    }
+    transcript_with(
+        &config(),
+        broken,
+        &format!("{LOGIN}b SELECT INBOX\r\n"),
+        &format!("{}b NO [UNAVAILABLE] store unavailable\r\n", login_ok()),
+    );
+}
+
+#[test]
+fn read_only_refuses_changes() {
+    transcript(
+        &format!("{LOGIN}b EXAMINE INBOX\r\nc STORE 1 +FLAGS (\\Seen)\r\nd EXPUNGE\r\ne FETCH 1 BODY[TEXT]\r\n"),
+        &format!(
+            "{}* 2 EXISTS\r\n* 0 RECENT\r\n* FLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft)\r\n\
+             * OK [PERMANENTFLAGS ()] Limited\r\n* OK [UNSEEN 1] First unseen\r\n\
+             * OK [UIDVALIDITY 1000] UIDs valid\r\n* OK [UIDNEXT 3] Predicted next UID\r\n\
+             * OK [HIGHESTMODSEQ 3] Highest\r\nb OK [READ-ONLY] EXAMINE completed\r\n\
+             c NO [READ-ONLY] Mailbox is read-only\r\n\
+             d NO [READ-ONLY] Mailbox is read-only\r\n\
+             * 1 FETCH (BODY[TEXT] {{9}}\r\nHi Bob.\r\n)\r\n\
+             e OK FETCH completed\r\n",
+            login_ok()
+        ),
+    );
+}
+
+const MIXED: &[u8] = b"From: Ann <ann@example.org>\r\nSubject: parts\r\nContent-Type: multipart/mixed; boundary=b\r\n\r\n--b\r\nContent-Type: text/plain\r\n\r\nhello\r\n--b\r\nContent-Type: message/rfc822\r\n\r\nSubject: inner\r\n\r\nin\r\n--b--\r\n";
+
+fn mixed_store() -> Memory {
+    let mut m = Memory::default();
+    m.deliver("INBOX", MIXED, Flags::default());
+    m
+}
+
+#[test]
+fn fetch_structure_and_parts() {
+    transcript_with(
+        &config(),
+        mixed_store,
+        &format!(
+            "{LOGIN}s EXAMINE INBOX\r\nb FETCH 1 (ENVELOPE BODY)\r\nc FETCH 1 BODYSTRUCTURE\r\n\
+             d FETCH 1 (BODY.PEEK[1] BODY.PEEK[1.MIME] BODY.PEEK[2.HEADER] BODY.PEEK[2.TEXT] BODY.PEEK[3])\r\n"
+        ),
+        &format!(
+            "{}* 1 EXISTS\r\n* 0 RECENT\r\n* FLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft)\r\n\
+             * OK [PERMANENTFLAGS ()] Limited\r\n* OK [UNSEEN 1] First unseen\r\n\
+             * OK [UIDVALIDITY 1000] UIDs valid\r\n* OK [UIDNEXT 2] Predicted next UID\r\n\
+             * OK [HIGHESTMODSEQ 2] Highest\r\ns OK [READ-ONLY] EXAMINE completed\r\n\
+             * 1 FETCH (ENVELOPE (NIL \"parts\" ((\"Ann\" NIL \"ann\" \"example.org\")) ((\"Ann\" NIL \"ann\" \"example.org\")) ((\"Ann\" NIL \"ann\" \"example.org\")) NIL NIL NIL NIL NIL) \
+             BODY ((\"TEXT\" \"PLAIN\" (\"CHARSET\" \"US-ASCII\") NIL NIL \"7BIT\" 5 0)(\"MESSAGE\" \"RFC822\" NIL NIL NIL \"7BIT\" 20 (NIL \"inner\" NIL NIL NIL NIL NIL NIL NIL NIL) (\"TEXT\" \"PLAIN\" (\"CHARSET\" \"US-ASCII\") NIL NIL \"7BIT\" 2 0) 2) \"MIXED\"))\r\n\
+             b OK FETCH completed\r\n\
+             * 1 FETCH (BODYSTRUCTURE ((\"TEXT\" \"PLAIN\" (\"CHARSET\" \"US-ASCII\") NIL NIL \"7BIT\" 5 0 NIL NIL NIL NIL)(\"MESSAGE\" \"RFC822\" NIL NIL NIL \"7BIT\" 20 (NIL \"inner\" NIL NIL NIL NIL NIL NIL NIL NIL) (\"TEXT\" \"PLAIN\" (\"CHARSET\" \"US-ASCII\") NIL NIL \"7BIT\" 2 0 NIL NIL NIL NIL) 2 NIL NIL NIL NIL) \"MIXED\" (\"BOUNDARY\" \"b\") NIL NIL NIL))\r\n\
+             c OK FETCH completed\r\n\
+             * 1 FETCH (BODY[1] {{5}}\r\nhello BODY[1.MIME] {{28}}\r\nContent-Type: text/plain\r\n\r\n BODY[2.HEADER] {{18}}\r\nSubject: inner\r\n\r\n BODY[2.TEXT] {{2}}\r\nin BODY[3] NIL)\r\n\
+             d OK FETCH completed\r\n",
+            login_ok()
+        ),
+    );
+}
+
+#[test]
+fn preauth_and_bye_greetings_and_shutdown() {
+    let config = Arc::new(config());
+    let mut out = Outbox::default();
+    let mut session = Session::with_greeting(config.clone(), true, Greeting::PreAuth, &mut out);
+    assert_eq!(
+        String::from_utf8_lossy(&out.bytes),
+        format!("* PREAUTH [CAPABILITY {CAPS_AUTH}] Logged in\r\n")
+    );
+    out.bytes.clear();
+    assert_eq!(
+        session.feed(b"a LOGIN u p\r\nb NAMESPACE\r\n", &mut out),
+        26
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.bytes),
+        "a BAD Already authenticated\r\n* NAMESPACE ((\"\" \"/\")) NIL NIL\r\nb OK NAMESPACE completed\r\n"
+    );
+    out.bytes.clear();
+    session.shut_down(&mut out);
+    assert_eq!(out.bytes, b"* BYE Server shutting down\r\n");
+    assert_eq!(out.events, vec![Event::Close(CloseReason::Refused)]);
+    assert!(session.is_closed());
+    assert_eq!(session.feed(b"c NOOP\r\n", &mut out), 0);
+
+    let mut out = Outbox::default();
+    let session = Session::with_greeting(config, false, Greeting::Bye, &mut out);
+    assert_eq!(out.bytes, b"* BYE Service unavailable\r\n");
+    assert_eq!(out.events, vec![Event::Close(CloseReason::Refused)]);
+    assert!(session.is_closed());
+}
