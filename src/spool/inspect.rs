@@ -100,6 +100,11 @@ pub(crate) fn list_with_io(io: &dyn SegmentIo) -> Result<Vec<MessageSummary>, Sp
                     });
                 }
                 Record::Deletion(d) => deletions.push(d),
+                // A release is the user's deletion of the message, for this listing too.
+                Record::State(s) => deletions.push(MailboxDeletion {
+                    mailbox: s.user,
+                    ids: s.released,
+                }),
                 Record::Delivery(d) => history.add(&d),
             }
             ControlFlow::Continue(())
@@ -214,7 +219,7 @@ pub(crate) fn read_at(
             ))
         })?;
     let meta_bytes = &frame[FRAME_HEADER_LEN..][..h.meta_len as usize];
-    let Record::Message(meta) = decode_payload(kind, meta_bytes).map_err(bad)? else {
+    let Record::Message(meta) = decode_payload(kind, h.version, meta_bytes).map_err(bad)? else {
         return Err(bad("not a message record".into()));
     };
     let body_at = h.body_offset() as usize;

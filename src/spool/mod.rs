@@ -187,7 +187,7 @@ use compact::CompactionState;
 use frame::{Record, MAX_PART_LEN};
 use index::{
     DeliveryHistory, FileCache, Found, IndexEntry, LiveIndex, RecordRefs, Ref, StartupHistory,
-    FILE_CACHE_CAPACITY,
+    StateRef, FILE_CACHE_CAPACITY,
 };
 use queue_view::{NewEntry, QueueView};
 use recovery::{scan_shard, Mode, ShardResume};
@@ -269,6 +269,8 @@ pub struct NewMessage {
     pub mailboxes: Vec<String>,
     /// Remote RCPTs and alias forwards (see [`MessageMeta::remote`]).
     pub remote: Vec<String>,
+    /// Parallel to `mailboxes`, or empty (see [`MessageMeta::placements`]).
+    pub placements: Vec<Option<Placement>>,
 }
 
 /// Where a record lives. `body_offset..body_offset + body_len` of the segment file is the
@@ -412,6 +414,7 @@ impl ShardHandle {
                     received_len: msg.received_header.len() as u64,
                     mailboxes: msg.mailboxes,
                     remote: msg.remote,
+                    placements: msg.placements,
                 }
                 .into(),
                 received: msg.received_header,
@@ -440,6 +443,30 @@ impl ShardHandle {
         self.send(Request {
             pending: Pending::Deletion(MailboxDeletion { mailbox, ids }),
             reply: Waiter::Deletion(reply),
+        })
+        .map(|()| rx)
+    }
+
+    /// Queues one user's mail-store record ([`MailboxState`], docs/MAILSTORE.md) for the next
+    /// group commit: same bounded queue, same batches as messages. The receiver yields `Ok(())`
+    /// only once the record is on stable storage and the live index applied it: each id in
+    /// `released` marks `user`'s copy of that message deleted, as
+    /// [`ShardHandle::append_deletion`] does (a message with no copy left and no pending
+    /// remote recipient is garbage from then on), and a checkpoint voids the user's earlier
+    /// records. `RecvError` means the spool stopped first: nothing was recorded. A record
+    /// without ops and without released ids changes nothing and is answered at once.
+    pub fn append_state(
+        &self,
+        state: MailboxState,
+    ) -> Result<oneshot::Receiver<Result<(), SpoolError>>, SpoolError> {
+        let (reply, rx) = oneshot::channel();
+        if state.ops.is_empty() && state.released.is_empty() {
+            let _ = reply.send(Ok(()));
+            return Ok(rx);
+        }
+        self.send(Request {
+            pending: Pending::State(state),
+            reply: Waiter::State(reply),
         })
         .map(|()| rx)
     }
@@ -692,6 +719,7 @@ impl Core {
             .list_shards()
             .map_err(|e| SpoolError::io("list shards", io.root(), e))?;
         let mut live = Vec::new();
+        let mut states = Vec::new();
         let mut history = DeliveryHistory::default();
         for shard in shards {
             let (report, _) = scan_shard(io, shard, Mode::ReadOnly, &mut |v| {
@@ -704,6 +732,11 @@ impl Core {
                         }
                     }
                     Record::Delivery(record) => history.add(&record),
+                    Record::State(state) => {
+                        if self.index.state_replayed(&state.user, state.seq) {
+                            states.push(state);
+                        }
+                    }
                     Record::Deletion(_) => {}
                 }
                 ControlFlow::Continue(())
@@ -711,7 +744,15 @@ impl Core {
             self.segments_scanned
                 .fetch_add(report.segments_scanned, Ordering::Relaxed);
         }
-        let mut replay = Replay::default();
+        // A checkpoint committed during the scan may void records listed before it.
+        states.retain(|s| self.index.state_replayed(&s.user, s.seq));
+        states.sort_by(|a, b| (&a.user, a.seq).cmp(&(&b.user, b.seq)));
+        // A copy left by an interrupted compaction is the same record.
+        states.dedup();
+        let mut replay = Replay {
+            states,
+            ..Replay::default()
+        };
         for (e, message) in live {
             push_replay(&mut replay, &e, &history, message);
         }
@@ -761,12 +802,13 @@ impl Core {
                                 recipients: meta.envelope.recipients.len(),
                                 mailboxes: &meta.mailboxes,
                                 remote: &meta.remote,
+                                placements: &meta.placements,
                                 location: v.location,
                             });
                         }
                     }
                     Record::Delivery(record) => self.view.delivery(&record, &self.index),
-                    Record::Deletion(_) => {}
+                    Record::Deletion(_) | Record::State(_) => {}
                 }
                 ControlFlow::Continue(())
             })?;
@@ -803,6 +845,7 @@ fn replay_message(meta: MessageMeta, location: Location) -> ReplayMessage {
         arrival_unix_micros: meta.arrival_unix_micros,
         mailboxes: meta.mailboxes,
         remote: meta.remote,
+        placements: meta.placements,
         body_len: location.body_len,
         sender: meta.envelope.reverse_path,
         recipients: meta.envelope.recipients.len(),
@@ -936,6 +979,12 @@ enum Scanned {
         location: Location,
         deletion: MailboxDeletion,
     },
+    /// A mailbox-state record, without its ops (replay reads them back from the log).
+    State {
+        location: Location,
+        checkpoint: bool,
+        state: StateRef,
+    },
 }
 
 /// Recovers every shard directory under the root (repairing `0..shards`, reading the others),
@@ -986,6 +1035,11 @@ pub(crate) fn recover(io: &dyn SegmentIo, shards: usize) -> Result<Recovered, Sp
                 Record::Deletion(deletion) => found.push(Scanned::Deletion {
                     location: v.location,
                     deletion,
+                }),
+                Record::State(state) => found.push(Scanned::State {
+                    location: v.location,
+                    checkpoint: state.is_checkpoint(),
+                    state: StateRef::new(&state, v.location.frame_len),
                 }),
                 Record::Delivery(record) => {
                     record_refs.add(
@@ -1052,6 +1106,7 @@ pub(crate) fn recover(io: &dyn SegmentIo, shards: usize) -> Result<Recovered, Sp
     let mut report = RecoveryReport::default();
     let index = LiveIndex::with_capacity(scanned_messages);
     let mut deletions = Vec::new();
+    let mut states: Vec<StateRef> = Vec::new();
     let mut history = StartupHistory::default();
     let mut resume = vec![ShardResume::default(); shards];
     for (&shard, outcome) in present.iter().zip(outcomes) {
@@ -1080,6 +1135,17 @@ pub(crate) fn recover(io: &dyn SegmentIo, shards: usize) -> Result<Recovered, Sp
                     );
                     deletions.push(deletion);
                 }
+                Scanned::State {
+                    location,
+                    checkpoint,
+                    state,
+                } => {
+                    if checkpoint {
+                        index.note_checkpoint(&state.user, state.seq);
+                    }
+                    states.push(state.clone());
+                    record_refs.add_state(shard, location.segment, state);
+                }
             }
         }
         if usize::from(shard) < shards {
@@ -1099,6 +1165,13 @@ pub(crate) fn recover(io: &dyn SegmentIo, shards: usize) -> Result<Recovered, Sp
         d.ids.iter().copied().for_each(&mut named);
     }
     drop(deletions);
+    // Released ids apply whether or not the record is void: a void record is kept on disk
+    // exactly while its release still matters (index::state_is_live).
+    for s in &states {
+        index.apply_deletion(&s.user, &s.released);
+        s.released.iter().copied().for_each(&mut named);
+    }
+    drop(states);
     history.apply_to(&index);
     // A marker's notice id too: the queue may look the notice up by it.
     history.named_ids().for_each(&mut named);

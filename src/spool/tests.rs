@@ -40,6 +40,7 @@ pub(crate) fn message(id: QueueId, n: usize, body_len: usize) -> NewMessage {
         body: (0..body_len).map(|i| (i * 31 + n) as u8).collect(),
         mailboxes: (0..n % 2).map(|u| format!("user{u}")).collect(),
         remote: Vec::new(),
+        placements: Vec::new(),
     }
 }
 
