@@ -80,7 +80,7 @@ use super::frame::{
     encode_deletion, encode_delivery, pad16, DeliveryRecord, DeliveryResult, DsnSent, FrameHeader,
     MailboxDeletion, Record, SegmentHeader, SEGMENT_PREAMBLE_LEN, ZERO_PAD,
 };
-use super::index::{Ref, StateRef};
+use super::index::{Ref, StateKey, StateRef};
 use super::io::{FsIo, SegmentFile, SegmentIo};
 use super::recovery::{scan_segment, Mode, ShardRecovery, ShardResume};
 use super::{Core, Location, Spool, SpoolConfig, SpoolError};
@@ -374,6 +374,9 @@ struct SourceScan {
     markers_dropped: u64,
     /// Kept state records (copied into `chunk`), for the output's references.
     states: Vec<StateRef>,
+    /// Every state frame of the source: its identity, location, and offset in `chunk` if
+    /// kept (its location moves there).
+    state_frames: Vec<(StateKey, Location, Option<u64>)>,
     states_dropped: u64,
     messages_dropped: u64,
     copies_dropped: u64,
@@ -424,14 +427,23 @@ fn scan_source(
                     }
                 }
                 Record::State(s) => {
+                    let key: StateKey = (s.user.as_str().into(), s.seq, v.header.data_crc);
+                    // Only the record's location is copied: another copy (a leftover of an
+                    // interrupted compaction) is dead bytes, like a message's.
                     let first = states_seen.insert((s.user.clone(), s.seq, v.header.data_crc));
-                    if first && core.index.state_live(&s.user, s.seq, &s.released) {
+                    let keep = first
+                        && core.index.is_state_location(&key, &v.location)
+                        && core.index.state_live(&s.user, s.seq, &s.released);
+                    if keep {
+                        let at = scan.chunk.len() as u64;
                         scan.chunk.extend_from_slice(&v.header.encode(salt));
                         push_padded(&mut scan.chunk, v.meta);
                         push_padded(&mut scan.chunk, v.body);
                         scan.states.push(StateRef::new(s, v.header.frame_len()));
+                        scan.state_frames.push((key, v.location, Some(at)));
                     } else {
                         scan.states_dropped += 1;
+                        scan.state_frames.push((key, v.location, None));
                     }
                 }
                 Record::Deletion(d) => {
@@ -643,6 +655,19 @@ fn compact_batch(
             for s in &scan.states {
                 core.record_refs.add_state(shard, number, s.clone());
             }
+            for (key, from, kept) in &scan.state_frames {
+                if let Some(offset) = kept {
+                    let to = Location {
+                        shard,
+                        segment: number,
+                        offset: *offset,
+                        frame_len: from.frame_len,
+                        body_offset: offset + (from.body_offset - from.offset),
+                        body_len: from.body_len,
+                    };
+                    core.index.state_moved(key, from, to);
+                }
+            }
         }
         // Sources are unlinked only once the new name is durable. If this fails, both stay
         // (both known to the index) and the next compaction tries again.
@@ -685,6 +710,9 @@ fn compact_batch(
         state.outputs.remove(&(shard, segment));
         for id in &scan.seen {
             core.index.segment_removed(*id, shard, segment);
+        }
+        for (key, from, _) in &scan.state_frames {
+            core.index.state_removed(key, from);
         }
         report.messages_dropped += scan.messages_dropped;
         report.copies_dropped += scan.copies_dropped;
@@ -742,6 +770,11 @@ fn write_output(
             let at = o.append(core, shard, &scan.chunk, cfg.sync_every)?;
             for c in &mut scan.copied {
                 c.at += at;
+            }
+            for (_, _, kept) in &mut scan.state_frames {
+                if let Some(offset) = kept {
+                    *offset += at;
+                }
             }
             scan.chunk = Vec::new();
         }

@@ -194,7 +194,13 @@ pub(crate) struct LiveIndex {
     map: DashMap<QueueId, IndexEntry>,
     /// Per user, the highest seq of a durable checkpoint (see the module doc).
     checkpoints: DashMap<Box<str>, u64>,
+    /// The one location of each mailbox-state record compaction keeps: the first found, then
+    /// wherever compaction moved it; other copies are dead bytes (see "Copies").
+    state_copies: DashMap<StateKey, Location>,
 }
+
+/// A mailbox-state record's identity on disk: `(user, seq, data checksum)`.
+pub(crate) type StateKey = (Box<str>, u64, u32);
 
 impl LiveIndex {
     /// An index sized for `n` messages up front: recovery knows the count, and growing a
@@ -203,7 +209,33 @@ impl LiveIndex {
         LiveIndex {
             map: DashMap::with_capacity(n),
             checkpoints: DashMap::new(),
+            state_copies: DashMap::new(),
         }
+    }
+
+    /// A state record's frame is at `at` (committed or recovered): it becomes the record's
+    /// location unless it already has one (then `at` is a dead copy).
+    pub fn state_found(&self, key: StateKey, at: Location) {
+        self.state_copies.entry(key).or_insert(at);
+    }
+
+    /// Whether `at` is the location of the state record (one without any is, too).
+    pub fn is_state_location(&self, key: &StateKey, at: &Location) -> bool {
+        self.state_copies.get(key).is_none_or(|l| *l == *at)
+    }
+
+    /// Compaction copied the record's location `from` to `to`.
+    pub fn state_moved(&self, key: &StateKey, from: &Location, to: Location) {
+        if let Some(mut l) = self.state_copies.get_mut(key) {
+            if *l == *from {
+                *l = to;
+            }
+        }
+    }
+
+    /// The segment holding `at` is gone: forget it if it was the record's location.
+    pub fn state_removed(&self, key: &StateKey, at: &Location) {
+        self.state_copies.remove_if(key, |_, l| *l == *at);
     }
 
     /// `user`'s latest durable checkpoint seq, if any.

@@ -982,6 +982,7 @@ enum Scanned {
     /// A mailbox-state record, without its ops (replay reads them back from the log).
     State {
         location: Location,
+        data_crc: u32,
         checkpoint: bool,
         state: StateRef,
     },
@@ -1038,6 +1039,7 @@ pub(crate) fn recover(io: &dyn SegmentIo, shards: usize) -> Result<Recovered, Sp
                 }),
                 Record::State(state) => found.push(Scanned::State {
                     location: v.location,
+                    data_crc: v.header.data_crc,
                     checkpoint: state.is_checkpoint(),
                     state: StateRef::new(&state, v.location.frame_len),
                 }),
@@ -1137,12 +1139,14 @@ pub(crate) fn recover(io: &dyn SegmentIo, shards: usize) -> Result<Recovered, Sp
                 }
                 Scanned::State {
                     location,
+                    data_crc,
                     checkpoint,
                     state,
                 } => {
                     if checkpoint {
                         index.note_checkpoint(&state.user, state.seq);
                     }
+                    index.state_found((state.user.clone(), state.seq, data_crc), location);
                     states.push(state.clone());
                     record_refs.add_state(shard, location.segment, state);
                 }
@@ -1436,6 +1440,8 @@ impl Drop for Spool {
 }
 
 // Test modules last: tests/tidy.rs checks everything above the first `#[cfg(test)]`.
+#[cfg(test)]
+mod sim_state_tests;
 #[cfg(test)]
 mod sim_tests;
 #[cfg(test)]

@@ -348,6 +348,10 @@ impl ShardWriter {
                                     seg.number,
                                     StateRef::new(s, frame_len),
                                 );
+                                self.core.index.state_found(
+                                    (s.user.as_str().into(), s.seq, f.header.data_crc),
+                                    location,
+                                );
                             }
                         }
                         results[*i] = Some(Ok(location));
