@@ -80,7 +80,7 @@ use super::frame::{
     encode_deletion, encode_delivery, pad16, DeliveryRecord, DeliveryResult, DsnSent, FrameHeader,
     MailboxDeletion, Record, SegmentHeader, SEGMENT_PREAMBLE_LEN, ZERO_PAD,
 };
-use super::index::{Ref, StateKey, StateRef};
+use super::index::{Ref, StateRef};
 use super::io::{FsIo, SegmentFile, SegmentIo};
 use super::recovery::{scan_segment, Mode, ShardRecovery, ShardResume};
 use super::{Core, Location, Spool, SpoolConfig, SpoolError};
@@ -372,11 +372,9 @@ struct SourceScan {
     delivery_seq: u64,
     results_dropped: u64,
     markers_dropped: u64,
-    /// Kept state records (copied into `chunk`), for the output's references.
-    states: Vec<StateRef>,
-    /// Every state frame of the source: its identity, location, and offset in `chunk` if
-    /// kept (its location moves there).
-    state_frames: Vec<(StateKey, Location, Option<u64>)>,
+    /// Every state frame of the source, with its offset in `chunk` if kept (its location
+    /// moves there).
+    state_frames: Vec<(StateRef, Option<u64>)>,
     states_dropped: u64,
     messages_dropped: u64,
     copies_dropped: u64,
@@ -427,23 +425,22 @@ fn scan_source(
                     }
                 }
                 Record::State(s) => {
-                    let key: StateKey = (s.user.as_str().into(), s.seq, v.header.data_crc);
+                    let frame = StateRef::new(s, v.header.data_crc, v.location);
                     // Only the record's location is copied: another copy (a leftover of an
                     // interrupted compaction) is dead bytes, like a message's.
-                    let first = states_seen.insert((s.user.clone(), s.seq, v.header.data_crc));
-                    let keep = first
-                        && core.index.is_state_location(&key, &v.location)
-                        && core.index.state_live(&s.user, s.seq, &s.released);
+                    // (Seen-set last: a dead copy met first must not hide the location.)
+                    let keep = core.index.is_state_location(&frame.key(), &v.location)
+                        && core.index.state_live(&s.user, s.seq, &s.released)
+                        && states_seen.insert((s.user.clone(), s.seq, v.header.data_crc));
                     if keep {
                         let at = scan.chunk.len() as u64;
                         scan.chunk.extend_from_slice(&v.header.encode(salt));
                         push_padded(&mut scan.chunk, v.meta);
                         push_padded(&mut scan.chunk, v.body);
-                        scan.states.push(StateRef::new(s, v.header.frame_len()));
-                        scan.state_frames.push((key, v.location, Some(at)));
+                        scan.state_frames.push((frame, Some(at)));
                     } else {
                         scan.states_dropped += 1;
-                        scan.state_frames.push((key, v.location, None));
+                        scan.state_frames.push((frame, None));
                     }
                 }
                 Record::Deletion(d) => {
@@ -612,7 +609,7 @@ fn compact_batch(
     };
     for (_, scan) in &scans.sources {
         report.messages_copied += scan.copied.len() as u64;
-        report.states_kept += scan.states.len() as u64;
+        report.states_kept += scan.state_frames.iter().filter(|f| f.1.is_some()).count() as u64;
     }
     // Publish: synced, renamed; from the rename on, the file is visible and registered.
     if let Some(mut o) = out {
@@ -652,11 +649,9 @@ fn compact_batch(
                 .add(shard, number, *frame_len, refs.iter().copied());
         }
         for (_, scan) in &scans.sources {
-            for s in &scan.states {
-                core.record_refs.add_state(shard, number, s.clone());
-            }
-            for (key, from, kept) in &scan.state_frames {
+            for (frame, kept) in &scan.state_frames {
                 if let Some(offset) = kept {
+                    let from = frame.location;
                     let to = Location {
                         shard,
                         segment: number,
@@ -665,7 +660,15 @@ fn compact_batch(
                         body_offset: offset + (from.body_offset - from.offset),
                         body_len: from.body_len,
                     };
-                    core.index.state_moved(key, from, to);
+                    core.index.state_moved(&frame.key(), &from, to);
+                    core.record_refs.add_state(
+                        shard,
+                        number,
+                        StateRef {
+                            location: to,
+                            ..frame.clone()
+                        },
+                    );
                 }
             }
         }
@@ -711,8 +714,8 @@ fn compact_batch(
         for id in &scan.seen {
             core.index.segment_removed(*id, shard, segment);
         }
-        for (key, from, _) in &scan.state_frames {
-            core.index.state_removed(key, from);
+        for (frame, _) in &scan.state_frames {
+            core.index.state_removed(&frame.key(), &frame.location);
         }
         report.messages_dropped += scan.messages_dropped;
         report.copies_dropped += scan.copies_dropped;
@@ -771,7 +774,7 @@ fn write_output(
             for c in &mut scan.copied {
                 c.at += at;
             }
-            for (_, _, kept) in &mut scan.state_frames {
+            for (_, kept) in &mut scan.state_frames {
                 if let Some(offset) = kept {
                     *offset += at;
                 }

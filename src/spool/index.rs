@@ -489,17 +489,24 @@ pub(crate) struct StateRef {
     pub user: Box<str>,
     pub seq: u64,
     pub released: Box<[QueueId]>,
-    pub frame_len: u64,
+    pub data_crc: u32,
+    /// This frame (the record's location, or a dead copy of it).
+    pub location: Location,
 }
 
 impl StateRef {
-    pub fn new(state: &super::MailboxState, frame_len: u64) -> StateRef {
+    pub fn new(state: &super::MailboxState, data_crc: u32, location: Location) -> StateRef {
         StateRef {
             user: state.user.as_str().into(),
             seq: state.seq,
             released: state.released.as_slice().into(),
-            frame_len,
+            data_crc,
+            location,
         }
+    }
+
+    pub fn key(&self) -> StateKey {
+        (self.user.clone(), self.seq, self.data_crc)
     }
 }
 
@@ -536,8 +543,12 @@ impl RecordRefs {
         let states: u64 = d
             .states
             .iter()
-            .filter(|s| index.state_live(&s.user, s.seq, &s.released))
-            .map(|s| s.frame_len)
+            .filter(|s| {
+                // A dead copy is dead bytes, as a message's is.
+                index.is_state_location(&s.key(), &s.location)
+                    && index.state_live(&s.user, s.seq, &s.released)
+            })
+            .map(|s| s.location.frame_len)
             .sum();
         if d.refs.is_empty() {
             return states;

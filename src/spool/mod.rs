@@ -980,12 +980,7 @@ enum Scanned {
         deletion: MailboxDeletion,
     },
     /// A mailbox-state record, without its ops (replay reads them back from the log).
-    State {
-        location: Location,
-        data_crc: u32,
-        checkpoint: bool,
-        state: StateRef,
-    },
+    State { checkpoint: bool, state: StateRef },
 }
 
 /// Recovers every shard directory under the root (repairing `0..shards`, reading the others),
@@ -1038,10 +1033,8 @@ pub(crate) fn recover(io: &dyn SegmentIo, shards: usize) -> Result<Recovered, Sp
                     deletion,
                 }),
                 Record::State(state) => found.push(Scanned::State {
-                    location: v.location,
-                    data_crc: v.header.data_crc,
                     checkpoint: state.is_checkpoint(),
-                    state: StateRef::new(&state, v.location.frame_len),
+                    state: StateRef::new(&state, v.header.data_crc, v.location),
                 }),
                 Record::Delivery(record) => {
                     record_refs.add(
@@ -1137,18 +1130,13 @@ pub(crate) fn recover(io: &dyn SegmentIo, shards: usize) -> Result<Recovered, Sp
                     );
                     deletions.push(deletion);
                 }
-                Scanned::State {
-                    location,
-                    data_crc,
-                    checkpoint,
-                    state,
-                } => {
+                Scanned::State { checkpoint, state } => {
                     if checkpoint {
                         index.note_checkpoint(&state.user, state.seq);
                     }
-                    index.state_found((state.user.clone(), state.seq, data_crc), location);
+                    index.state_found(state.key(), state.location);
                     states.push(state.clone());
-                    record_refs.add_state(shard, location.segment, state);
+                    record_refs.add_state(shard, state.location.segment, state);
                 }
             }
         }

@@ -343,15 +343,11 @@ impl ShardWriter {
                                 }
                                 self.core.index.apply_deletion(&s.user, &s.released);
                                 self.core.view.deletion(&s.released, &self.core.index);
-                                self.core.record_refs.add_state(
-                                    self.shard,
-                                    seg.number,
-                                    StateRef::new(s, frame_len),
-                                );
-                                self.core.index.state_found(
-                                    (s.user.as_str().into(), s.seq, f.header.data_crc),
-                                    location,
-                                );
+                                let state = StateRef::new(s, f.header.data_crc, location);
+                                self.core.index.state_found(state.key(), location);
+                                self.core
+                                    .record_refs
+                                    .add_state(self.shard, seg.number, state);
                             }
                         }
                         results[*i] = Some(Ok(location));
