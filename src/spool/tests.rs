@@ -329,7 +329,7 @@ fn append_raw_frame(path: &std::path::Path, kind: u16, version: u16) {
 
 #[test]
 fn unknown_kind_or_version_is_fatal_and_changes_nothing() {
-    for (kind, version) in [(99u16, 1u16), (1, 2), (2, 2), (3, 2), (4, 1)] {
+    for (kind, version) in [(99u16, 1u16), (1, 3), (2, 2), (3, 2), (4, 2), (5, 1)] {
         let tmp = tempfile::tempdir().unwrap();
         let (spool, _) = Spool::open(config(tmp.path()), 1).unwrap();
         write_some(&spool, 0, 2, 100);
