@@ -872,3 +872,29 @@ fn format_v2_fixture_reads_back_exactly() {
     let l6 = list.iter().find(|m| m.id == m6()).expect("m6 listed");
     assert_eq!(l6.deleted, vec!["alice".to_string()]);
 }
+
+#[test]
+fn format_v2_fixture_lists_state_records() {
+    let states = inspect::list_states(&fixture_v2_dir()).expect("list states");
+    let lines: Vec<String> = states
+        .iter()
+        .map(|s| {
+            format!(
+                "{} {} {} {} {:?}",
+                s.user, s.seq, s.checkpoint, s.ops, s.released
+            )
+        })
+        .collect();
+    assert_eq!(
+        lines,
+        vec![
+            "alice 1 false 2 []".to_string(),
+            format!("alice 2 false 2 [{:?}]", m6()),
+            "alice 3 true 7 []".to_string(),
+            "bob 1 false 1 []".to_string(),
+        ]
+    );
+    assert!(states[2]
+        .to_string()
+        .starts_with("alice seq 3 (checkpoint): 7 op(s), 0 released"));
+}

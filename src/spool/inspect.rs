@@ -132,6 +132,66 @@ pub(crate) fn list_with_io(io: &dyn SegmentIo) -> Result<Vec<MessageSummary>, Sp
     Ok(out.into_values().collect())
 }
 
+/// One mailbox-state record as `relay spool` lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StateSummary {
+    pub user: String,
+    pub seq: u64,
+    pub checkpoint: bool,
+    pub ops: usize,
+    pub released: Vec<QueueId>,
+    pub location: Location,
+}
+
+impl std::fmt::Display for StateSummary {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} seq {}{}: {} op(s), {} released; shard {} segment {} offset {}",
+            self.user,
+            self.seq,
+            if self.checkpoint { " (checkpoint)" } else { "" },
+            self.ops,
+            self.released.len(),
+            self.location.shard,
+            self.location.segment,
+            self.location.offset
+        )
+    }
+}
+
+/// Every mailbox-state record in the spool at `dir` (void ones and copies left by an
+/// interrupted compaction included), ordered by `(user, seq)`.
+pub fn list_states(dir: &Path) -> Result<Vec<StateSummary>, SpoolError> {
+    list_states_with_io(&open_root(dir)?)
+}
+
+pub(crate) fn list_states_with_io(io: &dyn SegmentIo) -> Result<Vec<StateSummary>, SpoolError> {
+    let shards = io
+        .list_shards()
+        .map_err(|e| SpoolError::io("list shards", io.root(), e))?;
+    let mut out = Vec::new();
+    for shard in shards {
+        scan_shard(io, shard, Mode::ReadOnly, &mut |v| {
+            if let Record::State(s) = v.record {
+                out.push(StateSummary {
+                    checkpoint: s.is_checkpoint(),
+                    ops: s.ops.len(),
+                    user: s.user,
+                    seq: s.seq,
+                    released: s.released,
+                    location: v.location,
+                });
+            }
+            ControlFlow::Continue(())
+        })?;
+    }
+    out.sort_by(|a, b| {
+        (&a.user, a.seq, a.location.segment).cmp(&(&b.user, b.seq, b.location.segment))
+    });
+    Ok(out)
+}
+
 /// The stored body of message `id`: its Received header followed by the message.
 pub fn cat(dir: &Path, id: QueueId) -> Result<Vec<u8>, SpoolError> {
     Ok(find_with_io(&open_root(dir)?, id)?.body)

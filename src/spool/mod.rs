@@ -5,8 +5,9 @@
 //! body, in segment files per shard: `dir/shard-NNN/NNNNNNNNNNNNNNNNNNNN.seg`. Everything that
 //! later happens to a message is a small record of another [`RecordKind`] appended to the same
 //! log. Record kinds today (frame layout in [`frame`], payload layouts in `record`):
-//! - `Message` (1): meta + stored body. Local delivery is in the meta (`mailboxes`), so it is
-//!   durable with the message in the same frame; `remote` lists what is still to relay.
+//! - `Message` (1): meta + stored body. Local delivery is in the meta (`mailboxes`, and since
+//!   layout v2 each copy's [`Placement`] in its user's store), so it is durable with the
+//!   message in the same frame; `remote` lists what is still to relay.
 //! - `MailboxDeletion` (2): `{ mailbox, ids }`, a POP3 session's DELEs at QUIT, appended with
 //!   [`ShardHandle::append_deletion`] through the same queue and group commit as messages and
 //!   answered only after fdatasync (`+OK` to QUIT then).
@@ -18,6 +19,12 @@
 //!   frame, [`ShardHandle::append_delivery`]; same queue, group commit and fdatasync, answered
 //!   after the live index applied them. A result may go to any shard (the core that owns the
 //!   destination), not only its message's.
+//! - `MailboxState` (4): a [`MailboxState`] `{ user, seq, ops, released }` of the mail store
+//!   (docs/MAILSTORE.md), appended with [`ShardHandle::append_state`]; same queue, group
+//!   commit and fdatasync, answered after the index applied its `released` ids (as deletions
+//!   of the user's copies) and, for a checkpoint, voided the user's earlier records.
+//!   [`Spool::replay`] lists every state record not void, by `(user, seq)`; compaction keeps
+//!   a void one only while a message it releases is on disk (`index`'s module doc).
 //!
 //! # Outbound delivery state
 //! After a restart [`Spool::startup_view`] rebuilds the queue: per live message, each remote
