@@ -155,6 +155,7 @@ fn message(h: &ShardHandle, rng: &mut Rng, n: usize) -> NewMessage {
         } else {
             Vec::new()
         },
+        placements: Vec::new(),
     }
 }
 

@@ -5,14 +5,18 @@
 //! byte fails here instead of making recovery skip old records as corrupt.
 //!
 //! `write_fixtures` (ignored) regenerates the fixture. It must not be re-run after a format
-//! change: the committed files are the evidence of what version 1 looks like.
+//! change: the committed files are the evidence of what version 1 looks like (today's code
+//! writes message frames as v2). `tests/fixtures/spool-v2/` (`write_fixtures_v2`, same rule)
+//! pins message frames with placements and mailbox-state records, checkpoint included.
 
 use std::path::{Path, PathBuf};
 
 use relay::envelope::{BodyType, DsnRet, Envelope, MailParams, Notify, Origin, QueueId, Recipient};
+use relay::spool::state::system_flag;
 use relay::spool::{
-    inspect, DeliveryRecord, DeliveryResult, DsnKind, DsnSent, NewMessage, Outcome,
-    PendingRecipient, ShardHandle, Spool, SpoolConfig,
+    inspect, DeliveryRecord, DeliveryResult, DsnKind, DsnSent, Flags, MailboxState, NewMessage,
+    Outcome, PendingRecipient, Placement, ShardHandle, SpecialUse, Spool, SpoolConfig, StateOp,
+    INBOX,
 };
 
 const SHARDS: usize = 2;
@@ -90,6 +94,7 @@ fn messages() -> Vec<NewMessage> {
             body: b"From: alice@example.org\r\nSubject: one\r\n\r\nHello, four of you.\r\n".to_vec(),
             mailboxes: vec!["bob".into(), "carol".into()],
             remote: vec!["far@remote.example".into(), "near@remote.example".into()],
+            placements: Vec::new(),
         },
         NewMessage {
             id: m2(),
@@ -119,6 +124,7 @@ fn messages() -> Vec<NewMessage> {
             body: [b"RLYF".as_slice(), &[0, 1, 2, 0xff, 0xfe, b'\r', b'\n'], b"end\r\n"].concat(),
             mailboxes: Vec::new(),
             remote: vec!["x@remote.example".into(), "y@remote.example".into()],
+            placements: Vec::new(),
         },
         NewMessage {
             id: m3(),
@@ -138,6 +144,7 @@ fn messages() -> Vec<NewMessage> {
             body: b"Subject: to be deleted\r\n\r\nbye\r\n".to_vec(),
             mailboxes: vec!["dave".into()],
             remote: Vec::new(),
+            placements: Vec::new(),
         },
         NewMessage {
             id: m4(),
@@ -168,6 +175,7 @@ fn messages() -> Vec<NewMessage> {
                 .to_vec(),
             mailboxes: vec!["erin".into()],
             remote: vec!["z@remote.example".into()],
+            placements: Vec::new(),
         },
         NewMessage {
             id: m5(),
@@ -187,6 +195,7 @@ fn messages() -> Vec<NewMessage> {
             body: b"Subject: Undelivered Mail\r\n\r\nx@remote.example: 550\r\n".to_vec(),
             mailboxes: Vec::new(),
             remote: vec!["alice@example.org".into()],
+            placements: Vec::new(),
         },
     ]
 }
@@ -607,4 +616,285 @@ fn format_v1_fixture_reads_back_exactly() {
         inspect::cat(&root, m2()).expect("cat"),
         stored_body(&all[1])
     );
+}
+
+// ---- Format 2: message frames with placements (Message v2) and mailbox-state records
+// (MailboxState v1), in `tests/fixtures/spool-v2/`. Same rule: written once, never again.
+
+fn fixture_v2_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/spool-v2")
+}
+
+/// 2025-11-25T16:00:00Z.
+const T1: u64 = T0 + 24 * 60 * MINUTE;
+
+/// Delivered to alice only, then expunged and released by her: garbage, still on disk.
+fn m6() -> QueueId {
+    QueueId::new(T1 + 6, 0)
+}
+/// Delivered to alice (placed by the delivery) and bob (unplaced), and still live.
+fn m7() -> QueueId {
+    QueueId::new(T1 + 7, 1)
+}
+
+fn placement(folder: u32, uid: u32, system: u8, keywords: &[&str], modseq: u64) -> Placement {
+    Placement {
+        folder,
+        uidvalidity: 1_764_086_400,
+        uid,
+        flags: Flags {
+            system,
+            keywords: keywords.iter().map(|k| k.to_string()).collect(),
+        },
+        internal_date: (T1 / 1_000_000) as i64,
+        zone_minutes: 60,
+        modseq,
+    }
+}
+
+fn v2_messages() -> Vec<NewMessage> {
+    let base = |id: QueueId, mailboxes: &[&str], placements: Vec<Option<Placement>>| NewMessage {
+        id,
+        arrival_unix_micros: id.micros(),
+        origin: Origin {
+            client_ip: "192.0.2.77".into(),
+            client_port: 465,
+            helo: "imap.example.org".into(),
+            protocol: "ESMTPSA".into(),
+        },
+        envelope: Envelope {
+            reverse_path: "writer@example.org".into(),
+            params: MailParams::default(),
+            recipients: mailboxes
+                .iter()
+                .map(|m| rcpt(&format!("{m}@local.test"), None, None))
+                .collect(),
+        },
+        received_header: format!("Received: by mx.local.test; id {id}\r\n").into_bytes(),
+        body: format!("Subject: {id}\r\n\r\nbody of {id}\r\n").into_bytes(),
+        mailboxes: mailboxes.iter().map(|m| m.to_string()).collect(),
+        remote: Vec::new(),
+        placements,
+    };
+    vec![
+        base(m6(), &["alice"], vec![Some(placement(INBOX, 1, 0, &[], 2))]),
+        base(
+            m7(),
+            &["alice", "bob"],
+            vec![
+                Some(placement(
+                    4,
+                    9,
+                    system_flag::SEEN | system_flag::DRAFT,
+                    &["$Junk"],
+                    3,
+                )),
+                None,
+            ],
+        ),
+    ]
+}
+
+/// The mailbox-state records of the fixture, in the order they are written.
+fn v2_states() -> Vec<MailboxState> {
+    vec![
+        MailboxState {
+            user: "alice".into(),
+            seq: 1,
+            ops: vec![
+                StateOp::CreateFolder {
+                    folder: 4,
+                    name: "Junk".into(),
+                    uidvalidity: 1_764_086_400,
+                    special_use: Some(SpecialUse::Junk),
+                },
+                StateOp::Subscribe {
+                    name: "Junk".into(),
+                    subscribed: true,
+                },
+            ],
+            released: Vec::new(),
+        },
+        MailboxState {
+            user: "bob".into(),
+            seq: 1,
+            ops: vec![StateOp::Place {
+                id: m7(),
+                placement: placement(INBOX, 1, 0, &[], 1),
+            }],
+            released: Vec::new(),
+        },
+        MailboxState {
+            user: "alice".into(),
+            seq: 2,
+            ops: vec![
+                StateOp::SetFlags {
+                    folder: INBOX,
+                    uid: 1,
+                    flags: Flags {
+                        system: system_flag::DELETED,
+                        keywords: Vec::new(),
+                    },
+                    modseq: 4,
+                },
+                StateOp::Expunge {
+                    folder: INBOX,
+                    uids: vec![1],
+                    modseq: 5,
+                },
+            ],
+            released: vec![m6()],
+        },
+        // Alice's checkpoint: her records before it are void (seq 2 stays on disk while
+        // m6 does: it releases m6).
+        MailboxState {
+            user: "alice".into(),
+            seq: 3,
+            ops: vec![
+                StateOp::Reset,
+                StateOp::CreateFolder {
+                    folder: INBOX,
+                    name: "INBOX".into(),
+                    uidvalidity: 1_764_086_400,
+                    special_use: None,
+                },
+                StateOp::CreateFolder {
+                    folder: 4,
+                    name: "Junk".into(),
+                    uidvalidity: 1_764_086_400,
+                    special_use: Some(SpecialUse::Junk),
+                },
+                StateOp::Subscribe {
+                    name: "Junk".into(),
+                    subscribed: true,
+                },
+                StateOp::FolderCounters {
+                    folder: INBOX,
+                    uidnext: 2,
+                    highest_modseq: 5,
+                },
+                StateOp::FolderCounters {
+                    folder: 4,
+                    uidnext: 10,
+                    highest_modseq: 3,
+                },
+                StateOp::Place {
+                    id: m7(),
+                    placement: placement(
+                        4,
+                        9,
+                        system_flag::SEEN | system_flag::DRAFT,
+                        &["$Junk"],
+                        3,
+                    ),
+                },
+            ],
+            released: Vec::new(),
+        },
+    ]
+}
+
+/// Writes the format-2 fixture. Run only once: `cargo test --test spool_golden -- --ignored
+/// write_fixtures_v2`.
+#[test]
+#[ignore = "writes tests/fixtures/spool-v2; run once per format version"]
+fn write_fixtures_v2() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let root = tmp.path().join("spool");
+    let (spool, _) = Spool::open(SpoolConfig::new(&root), SHARDS).expect("open");
+    let (s0, s1) = (spool.shard(0), spool.shard(1));
+    for m in v2_messages() {
+        let h = if m.id.shard() == 0 { &s0 } else { &s1 };
+        append(h, m);
+    }
+    // A user's records land in whichever shard its core owns: spread them.
+    for (i, s) in v2_states().into_iter().enumerate() {
+        let h = if i % 2 == 0 { &s0 } else { &s1 };
+        wait(h.append_state(s).expect("queued"));
+    }
+    spool.close().expect("close");
+    let out = fixture_v2_dir();
+    let _ = std::fs::remove_dir_all(&out);
+    for shard in 0..SHARDS {
+        let name = format!("shard-{shard:03}");
+        std::fs::create_dir_all(out.join(&name)).expect("mkdir");
+        for e in std::fs::read_dir(root.join(&name)).expect("shard dir") {
+            let path = e.expect("entry").path();
+            if path.extension().is_some_and(|x| x == "seg") {
+                std::fs::copy(&path, out.join(&name).join(path.file_name().expect("name")))
+                    .expect("copy");
+            }
+        }
+    }
+}
+
+#[test]
+fn format_v2_fixture_reads_back_exactly() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let root = tmp.path().join("spool");
+    for shard in std::fs::read_dir(fixture_v2_dir()).expect("fixture dir") {
+        let shard = shard.expect("entry").path();
+        let to = root.join(shard.file_name().expect("name"));
+        std::fs::create_dir_all(&to).expect("mkdir");
+        for seg in std::fs::read_dir(&shard).expect("shard dir") {
+            let seg = seg.expect("entry").path();
+            std::fs::copy(&seg, to.join(seg.file_name().expect("name"))).expect("copy");
+        }
+    }
+    let (spool, report) = Spool::open(SpoolConfig::new(&root), SHARDS).expect("open");
+    assert!(report.is_clean(), "{report:?}");
+    let counts: Vec<_> = report
+        .shards
+        .iter()
+        .map(|s| (s.shard, s.records_kept, s.state_records, s.checkpoints))
+        .collect();
+    assert_eq!(counts, vec![(0, 3, 2, 0), (1, 3, 2, 1)]);
+    let all = v2_messages();
+    for m in &all {
+        let at = spool.locate(m.id).expect("located");
+        let stored = spool.read_message(&at).expect("read");
+        assert_eq!(stored.meta.mailboxes, m.mailboxes);
+        assert_eq!(stored.meta.placements, m.placements, "{}", m.id);
+        assert_eq!(stored.meta.envelope, m.envelope);
+        assert_eq!(stored.body, stored_body(m));
+    }
+    let replay = spool.replay().expect("replay");
+    // m6 was released by its only user: garbage, not replayed.
+    let ids: Vec<QueueId> = replay.messages.iter().map(|m| m.id).collect();
+    assert_eq!(ids, vec![m7()]);
+    assert_eq!(replay.messages[0].placements, all[1].placements);
+    assert!(replay.deletions.is_empty());
+    // Alice's records below her checkpoint are void; bob's stands.
+    let states = v2_states();
+    assert_eq!(replay.states, vec![states[3].clone(), states[1].clone()]);
+    spool.close().expect("close");
+    let list = inspect::list(&root).expect("list");
+    let l6 = list.iter().find(|m| m.id == m6()).expect("m6 listed");
+    assert_eq!(l6.deleted, vec!["alice".to_string()]);
+}
+
+#[test]
+fn format_v2_fixture_lists_state_records() {
+    let states = inspect::list_states(&fixture_v2_dir()).expect("list states");
+    let lines: Vec<String> = states
+        .iter()
+        .map(|s| {
+            format!(
+                "{} {} {} {} {:?}",
+                s.user, s.seq, s.checkpoint, s.ops, s.released
+            )
+        })
+        .collect();
+    assert_eq!(
+        lines,
+        vec![
+            "alice 1 false 2 []".to_string(),
+            format!("alice 2 false 2 [{:?}]", m6()),
+            "alice 3 true 7 []".to_string(),
+            "bob 1 false 1 []".to_string(),
+        ]
+    );
+    assert!(states[2]
+        .to_string()
+        .starts_with("alice seq 3 (checkpoint): 7 op(s), 0 released"));
 }

@@ -38,6 +38,7 @@ impl QueueService {
         let replay = Replay {
             messages,
             deletions: Vec::new(),
+            states: Vec::new(),
         };
         Ok(control::listing(&replay, Some(&snap), limit))
     }
@@ -50,6 +51,7 @@ impl QueueService {
         let replay = Replay {
             messages: vec![message],
             deletions: Vec::new(),
+            states: Vec::new(),
         };
         Ok(control::show(&replay, Some(&snap), id, |id| {
             let location = self.spool.locate(id)?;

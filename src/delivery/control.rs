@@ -167,6 +167,7 @@ pub fn show(
     let single = Replay {
         messages: vec![m.clone()],
         deletions: Vec::new(),
+        states: Vec::new(),
     };
     let message = listing(&single, snapshot, 1)
         .pop()
@@ -215,6 +216,7 @@ mod tests {
                     arrival_unix_micros: 1_764_000_000_000_000,
                     mailboxes: vec![],
                     remote: vec!["a@x.test".into(), "b@y.test".into()],
+                    placements: vec![],
                     body_len: 1234,
                     sender: "s@here.test".into(),
                     recipients: 2,
@@ -233,6 +235,7 @@ mod tests {
                     arrival_unix_micros: 1_764_000_000_000_001,
                     mailboxes: vec!["one".into()],
                     remote: vec![],
+                    placements: vec![],
                     body_len: 10,
                     sender: String::new(),
                     recipients: 1,
@@ -242,6 +245,7 @@ mod tests {
                 },
             ],
             deletions: vec![],
+            states: vec![],
         }
     }
 

@@ -200,6 +200,7 @@ async fn store<C: Connector + 'static>(core: &Core<C>, dsn: Dsn) -> Result<Queue
         body: message,
         mailboxes: mailboxes.clone(),
         remote: remote.clone(),
+        placements: Vec::new(),
     };
     let not_stored = |error: SpoolError| match error {
         SpoolError::TooLarge { .. } => NotStored::Permanent(error.to_string()),

@@ -247,6 +247,7 @@ fn store_remote(spool: &Spool) -> QueueId {
         body: b"Subject: hi\r\n\r\nhello\r\n".to_vec(),
         mailboxes: Vec::new(),
         remote: vec!["someone@far.test".into()],
+        placements: Vec::new(),
     };
     let rx = handle.append_message(new).unwrap();
     futures_block(rx).unwrap().unwrap();

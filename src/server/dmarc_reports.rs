@@ -420,6 +420,7 @@ impl Job {
             body: message,
             mailboxes: mailboxes.clone(),
             remote: remote.clone(),
+            placements: Vec::new(),
         };
         let later = |error: SpoolError| match error {
             SpoolError::TooLarge { .. } => Outcome::Dropped(error.to_string()),

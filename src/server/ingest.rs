@@ -69,6 +69,7 @@ pub async fn store(
         body,
         mailboxes,
         remote,
+        placements: Vec::new(),
     };
     let result = match ctx.spool.append_message(message) {
         Ok(pending) => match pending.await {

@@ -27,6 +27,12 @@
 //!   [`DELIVERY_ENTRIES_PER_RECORD`] entries (`seq` = the highest of the records they came
 //!   from). Results and markers of a dropped message go once its last frame is unlinked
 //!   (later in the same pass, or the next one).
+//! - A mailbox-state record is copied as it is (like a message frame: same bytes, `seq`
+//!   and checksum) iff `index::state_is_live` says so: its seq is at or above its user's
+//!   latest durable checkpoint, or an id it releases is still indexed (some frame of the
+//!   message exists, so dropping the release would resurrect it for the user at a restart).
+//!   As with deletions, a release whose message is dropped in the same round is kept one more
+//!   round. The same record found twice in one batch (a compaction leftover) is copied once.
 //!
 //! # Which segments
 //! Only sealed ones: below the shard writer's floor (the segment it appends to, published
@@ -74,7 +80,7 @@ use super::frame::{
     encode_deletion, encode_delivery, pad16, DeliveryRecord, DeliveryResult, DsnSent, FrameHeader,
     MailboxDeletion, Record, SegmentHeader, SEGMENT_PREAMBLE_LEN, ZERO_PAD,
 };
-use super::index::Ref;
+use super::index::{Ref, StateRef};
 use super::io::{FsIo, SegmentFile, SegmentIo};
 use super::recovery::{scan_segment, Mode, ShardRecovery, ShardResume};
 use super::{Core, Location, Spool, SpoolConfig, SpoolError};
@@ -143,6 +149,10 @@ pub struct CompactionReport {
     /// DSN markers rewritten, and dropped (message gone).
     pub markers_kept: u64,
     pub markers_dropped: u64,
+    /// Mailbox-state records copied, and dropped (void and releasing nothing on disk, or a
+    /// second copy of one record).
+    pub states_kept: u64,
+    pub states_dropped: u64,
     /// File bytes of the removed segments, and of the segments written.
     pub bytes_removed: u64,
     pub bytes_written: u64,
@@ -165,6 +175,7 @@ impl fmt::Display for CompactionReport {
             "spool compaction: {} segment(s) examined, {} removed, {} written; {} message(s) copied, \
              {} garbage dropped, {} dead copies dropped; {} deletion(s) kept, {} dropped; \
              {} delivery result(s) kept, {} dropped; {} DSN marker(s) kept, {} dropped; \
+             {} mailbox-state record(s) kept, {} dropped; \
              {} damaged region(s) dropped; {} byte(s) reclaimed in {:.1} ms",
             self.segments_examined,
             self.segments_removed.len(),
@@ -178,6 +189,8 @@ impl fmt::Display for CompactionReport {
             self.results_dropped,
             self.markers_kept,
             self.markers_dropped,
+            self.states_kept,
+            self.states_dropped,
             self.damaged_regions_dropped,
             self.bytes_reclaimed(),
             self.duration.as_secs_f64() * 1000.0
@@ -359,6 +372,10 @@ struct SourceScan {
     delivery_seq: u64,
     results_dropped: u64,
     markers_dropped: u64,
+    /// Every state frame of the source, with its offset in `chunk` if kept (its location
+    /// moves there).
+    state_frames: Vec<(StateRef, Option<u64>)>,
+    states_dropped: u64,
     messages_dropped: u64,
     copies_dropped: u64,
     deletions_dropped: u64,
@@ -370,6 +387,7 @@ fn scan_source(
     shard: u8,
     segment: u64,
     salt: u32,
+    states_seen: &mut HashSet<(String, u64, u32)>,
 ) -> Result<Result<SourceScan, String>, SpoolError> {
     let mut scan = SourceScan::default();
     let mut rep = ShardRecovery::default();
@@ -404,6 +422,25 @@ fn scan_source(
                         }
                         Some((true, true)) => scan.messages_dropped += 1,
                         Some((false, _)) | None => scan.copies_dropped += 1,
+                    }
+                }
+                Record::State(s) => {
+                    let frame = StateRef::new(s, v.header.data_crc, v.location);
+                    // Only the record's location is copied: another copy (a leftover of an
+                    // interrupted compaction) is dead bytes, like a message's.
+                    // (Seen-set last: a dead copy met first must not hide the location.)
+                    let keep = core.index.is_state_location(&frame.key(), &v.location)
+                        && core.index.state_live(&s.user, s.seq, &s.released)
+                        && states_seen.insert((s.user.clone(), s.seq, v.header.data_crc));
+                    if keep {
+                        let at = scan.chunk.len() as u64;
+                        scan.chunk.extend_from_slice(&v.header.encode(salt));
+                        push_padded(&mut scan.chunk, v.meta);
+                        push_padded(&mut scan.chunk, v.body);
+                        scan.state_frames.push((frame, Some(at)));
+                    } else {
+                        scan.states_dropped += 1;
+                        scan.state_frames.push((frame, None));
                     }
                 }
                 Record::Deletion(d) => {
@@ -572,6 +609,7 @@ fn compact_batch(
     };
     for (_, scan) in &scans.sources {
         report.messages_copied += scan.copied.len() as u64;
+        report.states_kept += scan.state_frames.iter().filter(|f| f.1.is_some()).count() as u64;
     }
     // Publish: synced, renamed; from the rename on, the file is visible and registered.
     if let Some(mut o) = out {
@@ -609,6 +647,30 @@ fn compact_batch(
         for (frame_len, refs) in &scans.record_frames {
             core.record_refs
                 .add(shard, number, *frame_len, refs.iter().copied());
+        }
+        for (_, scan) in &scans.sources {
+            for (frame, kept) in &scan.state_frames {
+                if let Some(offset) = kept {
+                    let from = frame.location;
+                    let to = Location {
+                        shard,
+                        segment: number,
+                        offset: *offset,
+                        frame_len: from.frame_len,
+                        body_offset: offset + (from.body_offset - from.offset),
+                        body_len: from.body_len,
+                    };
+                    core.index.state_moved(&frame.key(), &from, to);
+                    core.record_refs.add_state(
+                        shard,
+                        number,
+                        StateRef {
+                            location: to,
+                            ..frame.clone()
+                        },
+                    );
+                }
+            }
         }
         // Sources are unlinked only once the new name is durable. If this fails, both stay
         // (both known to the index) and the next compaction tries again.
@@ -652,11 +714,15 @@ fn compact_batch(
         for id in &scan.seen {
             core.index.segment_removed(*id, shard, segment);
         }
+        for (frame, _) in &scan.state_frames {
+            core.index.state_removed(&frame.key(), &frame.location);
+        }
         report.messages_dropped += scan.messages_dropped;
         report.copies_dropped += scan.copies_dropped;
         report.deletions_dropped += scan.deletions_dropped;
         report.results_dropped += scan.results_dropped;
         report.markers_dropped += scan.markers_dropped;
+        report.states_dropped += scan.states_dropped;
         report.damaged_regions_dropped += scan.damaged_regions;
         report.bytes_removed += size;
         report.segments_removed.push((shard, segment));
@@ -689,8 +755,9 @@ fn write_output(
     let mut results: BTreeSet<DeliveryResult> = BTreeSet::new();
     let mut markers: BTreeSet<DsnSent> = BTreeSet::new();
     let mut delivery_seq = 0;
+    let mut states_seen = HashSet::new();
     for &segment in sources {
-        let mut scan = match scan_source(core, shard, segment, salt)? {
+        let mut scan = match scan_source(core, shard, segment, salt, &mut states_seen)? {
             Ok(scan) => scan,
             Err(reason) => {
                 tracing::warn!(shard, segment, %reason, "spool: compaction leaves a damaged segment alone");
@@ -706,6 +773,11 @@ fn write_output(
             let at = o.append(core, shard, &scan.chunk, cfg.sync_every)?;
             for c in &mut scan.copied {
                 c.at += at;
+            }
+            for (_, kept) in &mut scan.state_frames {
+                if let Some(offset) = kept {
+                    *offset += at;
+                }
             }
             scan.chunk = Vec::new();
         }
@@ -813,6 +885,7 @@ mod tests {
                 received_len: 0,
                 mailboxes: vec![mailbox.into()],
                 remote: Vec::new(),
+                placements: Vec::new(),
             }
             .into(),
             received: Vec::new(),

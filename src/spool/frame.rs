@@ -40,8 +40,9 @@
 //! Record kinds (each with its own layout version). The meta of each is an rkyv archive of the
 //! spool's own disk types in `record` (`MessageV1`, `DeletionV1`, `DeliveryV1`), converted
 //! from and to the API types named here at encode and decode:
-//! - 1 `Message` v1: [`MessageMeta`] (envelope, origin, local `mailboxes`, `remote` routes) +
-//!   the stored body. Local delivery is part of this frame, so it can never be torn from it.
+//! - 1 `Message` v2 (v1 still read): [`MessageMeta`] (envelope, origin, local `mailboxes`,
+//!   `remote` routes; v2 adds `placements`, parallel to `mailboxes`) + the stored body. Local
+//!   delivery is part of this frame, so it can never be torn from it.
 //! - 2 `MailboxDeletion` v1: [`MailboxDeletion`] `{ mailbox, ids }`, no body: one POP3
 //!   session's DELEs, written at QUIT.
 //! - 3 `DeliveryResult` v1: [`DeliveryRecord`] `{ results, dsn_sent }`, no body: outcomes of
@@ -49,6 +50,8 @@
 //!   remote recipient, with the reply) and "notice sent" markers ([`DsnSent`]), appended by the
 //!   queue. Markers share the kind (not a kind of their own) so that a final result and the
 //!   marker of its bounce can be made durable atomically, in one frame.
+//! - 4 `MailboxState` v1: [`MailboxState`] `{ user, seq, ops, released }`, no body: one
+//!   user's mail-store changes (docs/MAILSTORE.md), durable together or not at all.
 //!
 //! Compaction copies frames into another segment with meta and body bytes unchanged: only the
 //! header is re-encoded (its checksum is salted per segment); `seq` and `data_crc` stay. The
@@ -61,8 +64,10 @@ use rkyv::util::AlignedVec;
 use crate::envelope::{Envelope, Origin, QueueId};
 
 use super::record::{
-    ArchivedDeletionV1, ArchivedDeliveryV1, ArchivedMessageV1, DeletionV1, DeliveryV1, MessageV1,
+    ArchivedDeletionV1, ArchivedDeliveryV1, ArchivedMailboxStateV1, ArchivedMessageV1,
+    ArchivedMessageV2, DeletionV1, DeliveryV1, MailboxStateV1, MessageV1, MessageV2,
 };
+use super::state::{MailboxState, Placement};
 use super::SpoolError;
 
 pub const SEGMENT_MAGIC: [u8; 8] = *b"RLYSPOOL";
@@ -99,6 +104,8 @@ pub enum RecordKind {
     MailboxDeletion = 2,
     /// Outbound delivery results and DSN markers: [`DeliveryRecord`], no body.
     DeliveryResult = 3,
+    /// One user's mail-store changes: [`MailboxState`], no body.
+    MailboxState = 4,
     // Local delivery needs no record of its own: it is `MessageMeta::mailboxes`, in the
     // message's frame.
 }
@@ -109,6 +116,7 @@ impl RecordKind {
             1 => Some(RecordKind::Message),
             2 => Some(RecordKind::MailboxDeletion),
             3 => Some(RecordKind::DeliveryResult),
+            4 => Some(RecordKind::MailboxState),
             _ => None,
         }
     }
@@ -116,18 +124,20 @@ impl RecordKind {
     /// The layout version this build writes for the kind.
     pub const fn current_version(self) -> u16 {
         match self {
-            RecordKind::Message => 1,
+            RecordKind::Message => 2,
             RecordKind::MailboxDeletion => 1,
             RecordKind::DeliveryResult => 1,
+            RecordKind::MailboxState => 1,
         }
     }
 
     /// The layout versions of the kind this build reads. Keep old versions readable forever.
     pub const fn versions_read(self) -> &'static [u16] {
         match self {
-            RecordKind::Message => &[1],
+            RecordKind::Message => &[1, 2],
             RecordKind::MailboxDeletion => &[1],
             RecordKind::DeliveryResult => &[1],
+            RecordKind::MailboxState => &[1],
         }
     }
 
@@ -137,7 +147,8 @@ impl RecordKind {
     }
 }
 
-/// What a [`RecordKind::Message`] frame holds besides the body (on disk as `record::MessageV1`).
+/// What a [`RecordKind::Message`] frame holds besides the body (on disk as `record::MessageV2`,
+/// or `MessageV1` for frames written before placements).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MessageMeta {
     pub id: QueueId,
@@ -154,6 +165,10 @@ pub struct MessageMeta {
     /// Addresses to be delivered to other hosts: remote RCPTs and alias forwards. Each one
     /// stays pending until a [`DeliveryResult`] with a final [`Outcome`] names it.
     pub remote: Vec<String>,
+    /// Parallel to `mailboxes`: where each local copy lands in its user's store
+    /// (docs/MAILSTORE.md); `None` for a copy the store places itself. Empty: no placements
+    /// at all (every v1 frame).
+    pub placements: Vec<Option<Placement>>,
 }
 
 /// What a [`RecordKind::MailboxDeletion`] frame holds (on disk as `record::DeletionV1`): the messages a POP3 session
@@ -286,12 +301,25 @@ pub enum Record {
     Message(MessageMeta),
     Deletion(MailboxDeletion),
     Delivery(DeliveryRecord),
+    State(MailboxState),
 }
 
-/// Validates (bytecheck) and deserializes a payload of a known kind (its current version:
-/// `version_known` admits no other yet).
-pub fn decode_payload(kind: RecordKind, meta: &[u8]) -> Result<Record, String> {
+/// Validates (bytecheck) and deserializes a payload of a known kind and layout `version`
+/// (one of `kind.versions_read()`; any other is an error).
+pub fn decode_payload(kind: RecordKind, version: u16, meta: &[u8]) -> Result<Record, String> {
+    if !kind.version_known(version) {
+        return Err(format!(
+            "{kind:?} version {version} is unknown to this build"
+        ));
+    }
     match kind {
+        RecordKind::Message if version == 2 => {
+            let archived =
+                rkyv::access::<ArchivedMessageV2, BoxedError>(meta).map_err(|e| e.to_string())?;
+            let meta =
+                rkyv::deserialize::<MessageV2, BoxedError>(archived).map_err(|e| e.to_string())?;
+            Ok(Record::Message(meta.into()))
+        }
         RecordKind::Message => {
             let archived =
                 rkyv::access::<ArchivedMessageV1, BoxedError>(meta).map_err(|e| e.to_string())?;
@@ -312,6 +340,13 @@ pub fn decode_payload(kind: RecordKind, meta: &[u8]) -> Result<Record, String> {
             let record =
                 rkyv::deserialize::<DeliveryV1, BoxedError>(archived).map_err(|e| e.to_string())?;
             Ok(Record::Delivery(record.into()))
+        }
+        RecordKind::MailboxState => {
+            let archived = rkyv::access::<ArchivedMailboxStateV1, BoxedError>(meta)
+                .map_err(|e| e.to_string())?;
+            let state = rkyv::deserialize::<MailboxStateV1, BoxedError>(archived)
+                .map_err(|e| e.to_string())?;
+            Ok(Record::State(state.into()))
         }
     }
 }
@@ -481,7 +516,7 @@ pub(crate) struct EncodedFrame {
 /// byte-identical to a standalone `to_bytes` (the start is 16-aligned) without a copy.
 pub(crate) fn encode_message(
     buf: &mut AlignedVec<16>,
-    meta: &MessageV1,
+    meta: &MessageV2,
     body_parts: [&[u8]; 2],
     seq: u64,
 ) -> Result<EncodedFrame, SpoolError> {
@@ -498,6 +533,17 @@ pub(crate) fn encode_deletion(
 ) -> Result<EncodedFrame, SpoolError> {
     encode_with(buf, RecordKind::MailboxDeletion, [&[], &[]], seq, |v| {
         rkyv::api::high::to_bytes_in::<_, BoxedError>(&DeletionV1::from(deletion), v)
+    })
+}
+
+/// Like [`encode_message`] for a mailbox-state record (no body).
+pub(crate) fn encode_state(
+    buf: &mut AlignedVec<16>,
+    state: &MailboxState,
+    seq: u64,
+) -> Result<EncodedFrame, SpoolError> {
+    encode_with(buf, RecordKind::MailboxState, [&[], &[]], seq, |v| {
+        rkyv::api::high::to_bytes_in::<_, BoxedError>(&MailboxStateV1::from(state), v)
     })
 }
 
@@ -569,7 +615,7 @@ fn encode_with(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::envelope::{MailParams, Recipient};
 
@@ -595,6 +641,7 @@ mod tests {
             received_len: 5,
             mailboxes: vec!["bob".into()],
             remote: Vec::new(),
+            placements: Vec::new(),
         }
     }
 
@@ -649,7 +696,7 @@ mod tests {
         let mut buf = AlignedVec::<16>::new();
         buf.extend_from_slice(&[0u8; 64]);
         let meta = sample_meta(1);
-        let record = MessageV1::from(meta.clone());
+        let record = MessageV2::from(meta.clone());
         let f = encode_message(&mut buf, &record, [b"Recv:", b"hello"], 77).unwrap();
         assert_eq!(f.head.start, 64);
         assert_eq!(buf.len() % 16, 0);
@@ -657,7 +704,11 @@ mod tests {
         let m = &buf[64 + 32..64 + 32 + f.header.meta_len as usize];
         assert_eq!(m.as_ptr() as usize % 16, 0);
         assert_eq!(
-            decode_payload(RecordKind::Message, m),
+            decode_payload(
+                RecordKind::Message,
+                RecordKind::Message.current_version(),
+                m
+            ),
             Ok(Record::Message(meta.clone()))
         );
         // Byte-identical to a standalone serialisation.
@@ -685,12 +736,21 @@ mod tests {
         assert_eq!(buf.len() % 16, 0);
         let m = &buf[32..32 + f.header.meta_len as usize];
         assert_eq!(
-            decode_payload(RecordKind::MailboxDeletion, m),
+            decode_payload(
+                RecordKind::MailboxDeletion,
+                RecordKind::MailboxDeletion.current_version(),
+                m
+            ),
             Ok(Record::Deletion(d))
         );
         assert_eq!(f.header.data_crc, crc32c::crc32c(m));
         // A message payload is not a deletion and vice versa.
-        assert!(decode_payload(RecordKind::Message, m).is_err());
+        assert!(decode_payload(
+            RecordKind::Message,
+            RecordKind::Message.current_version(),
+            m
+        )
+        .is_err());
     }
 
     pub(crate) fn sample_delivery() -> DeliveryRecord {
@@ -737,20 +797,65 @@ mod tests {
         );
         let m = &buf[32..32 + f.header.meta_len as usize];
         assert_eq!(
-            decode_payload(RecordKind::DeliveryResult, m),
+            decode_payload(
+                RecordKind::DeliveryResult,
+                RecordKind::DeliveryResult.current_version(),
+                m
+            ),
             Ok(Record::Delivery(d.clone()))
         );
         // (The kind comes from the checksummed header; a payload may happen to validate as
         // another kind's layout, so nothing relies on it failing.)
-        assert!(decode_payload(RecordKind::Message, m).is_err());
+        assert!(decode_payload(
+            RecordKind::Message,
+            RecordKind::Message.current_version(),
+            m
+        )
+        .is_err());
         assert_eq!(d.ids().count(), 3);
         // An empty record is a valid record too.
         let mut buf = AlignedVec::<16>::new();
         let f = encode_delivery(&mut buf, &DeliveryRecord::default(), 5).unwrap();
         let m = &buf[32..32 + f.header.meta_len as usize];
         assert_eq!(
-            decode_payload(RecordKind::DeliveryResult, m),
+            decode_payload(
+                RecordKind::DeliveryResult,
+                RecordKind::DeliveryResult.current_version(),
+                m
+            ),
             Ok(Record::Delivery(DeliveryRecord::default()))
+        );
+    }
+
+    #[test]
+    fn encoded_state_round_trips_and_versions_are_checked() {
+        let mut buf = AlignedVec::<16>::new();
+        let s = crate::spool::record::tests::sample_state(9);
+        let f = encode_state(&mut buf, &s, 6).unwrap();
+        assert_eq!(f.header.kind, RecordKind::MailboxState as u16);
+        assert_eq!(
+            (f.header.version, f.header.body_len, f.header.seq),
+            (1, 0, 6)
+        );
+        assert_eq!(buf.len() % 16, 0);
+        let m = &buf[32..32 + f.header.meta_len as usize];
+        assert_eq!(
+            decode_payload(RecordKind::MailboxState, 1, m),
+            Ok(Record::State(s))
+        );
+        assert!(decode_payload(RecordKind::MailboxState, 2, m).is_err());
+        // A v2 message payload read as v1 does not pass for a v1 message with placements
+        // lost: the layouts differ, and the version comes from the checksummed header.
+        let mut meta = sample_meta(3);
+        meta.placements = vec![Some(crate::spool::record::tests::sample_placement(5))];
+        let v2 = rkyv::to_bytes::<BoxedError>(&MessageV2::from(meta.clone())).unwrap();
+        assert_eq!(
+            decode_payload(RecordKind::Message, 2, &v2),
+            Ok(Record::Message(meta.clone()))
+        );
+        assert_ne!(
+            decode_payload(RecordKind::Message, 1, &v2),
+            Ok(Record::Message(meta))
         );
     }
 
@@ -777,28 +882,39 @@ mod tests {
         assert_eq!(RecordKind::from_u16(1), Some(RecordKind::Message));
         assert_eq!(RecordKind::from_u16(2), Some(RecordKind::MailboxDeletion));
         assert_eq!(RecordKind::from_u16(3), Some(RecordKind::DeliveryResult));
-        for unknown in [0u16, 4, 99, u16::MAX] {
+        assert_eq!(RecordKind::from_u16(4), Some(RecordKind::MailboxState));
+        for unknown in [0u16, 5, 99, u16::MAX] {
             assert_eq!(RecordKind::from_u16(unknown), None);
         }
         for k in [
             RecordKind::Message,
             RecordKind::MailboxDeletion,
             RecordKind::DeliveryResult,
+            RecordKind::MailboxState,
         ] {
             assert!(k.version_known(k.current_version()));
             assert!(!k.version_known(k.current_version() + 1));
+            assert!(!k.version_known(0));
         }
+        // Messages are written as v2; v1 frames (written before placements) stay readable.
+        assert_eq!(RecordKind::Message.current_version(), 2);
+        assert!(RecordKind::Message.version_known(1));
     }
 
     #[test]
     fn payload_validation_reports_real_messages() {
         let meta = sample_meta(2);
-        let bytes = rkyv::to_bytes::<BoxedError>(&MessageV1::from(meta)).unwrap();
+        let bytes = rkyv::to_bytes::<BoxedError>(&MessageV2::from(meta)).unwrap();
         // Trailing padding moves the root: validation must fail, with a message.
         let mut padded = AlignedVec::<16>::new();
         padded.extend_from_slice(&bytes);
         padded.extend_from_slice(&[0xff; 16]);
-        let err = decode_payload(RecordKind::Message, &padded).unwrap_err();
+        let err = decode_payload(
+            RecordKind::Message,
+            RecordKind::Message.current_version(),
+            &padded,
+        )
+        .unwrap_err();
         assert!(
             !err.is_empty() && !err.contains("without error information"),
             "{err}"

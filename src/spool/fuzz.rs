@@ -130,6 +130,32 @@ fn held_bytes(record: &Record) -> usize {
                     .sum::<usize>()
                 + strings(&m.mailboxes)
                 + strings(&m.remote)
+                + size_of_val(m.placements.as_slice())
+                + m.placements
+                    .iter()
+                    .flatten()
+                    .map(|p| strings(&p.flags.keywords))
+                    .sum::<usize>()
+        }
+        Record::State(s) => {
+            use crate::spool::state::StateOp;
+            s.user.len()
+                + size_of_val(s.released.as_slice())
+                + size_of_val(s.ops.as_slice())
+                + s.ops
+                    .iter()
+                    .map(|op| match op {
+                        StateOp::CreateFolder { name, .. }
+                        | StateOp::RenameFolder { name, .. }
+                        | StateOp::Subscribe { name, .. } => name.len(),
+                        StateOp::Place { placement, .. } => strings(&placement.flags.keywords),
+                        StateOp::SetFlags { flags, .. } => strings(&flags.keywords),
+                        StateOp::Expunge { uids, .. } => size_of_val(uids.as_slice()),
+                        StateOp::DeleteFolder { .. }
+                        | StateOp::FolderCounters { .. }
+                        | StateOp::Reset => 0,
+                    })
+                    .sum::<usize>()
         }
         Record::Deletion(d) => d.mailbox.len() + size_of_val(d.ids.as_slice()),
         Record::Delivery(d) => {

@@ -16,6 +16,19 @@
 //! recorded). Deferred results and DSN markers never make a message garbage. To change the
 //! rule change [`is_garbage`] and [`IndexEntry`], nothing else.
 //!
+//! # Mailbox-state records
+//! A [`MailboxState`](super::MailboxState)'s `released` ids are applied exactly as a
+//! deletion of `user`'s copy (so the message above may become garbage). The index also keeps,
+//! per user, the highest `seq` of a durable checkpoint (a record whose ops start with
+//! `Reset`): the user's records below it are void, and replay omits them. The retention rule
+//! for compaction is [`state_is_live`]: a state record is kept iff its seq is at or above its
+//! user's latest checkpoint, OR some id in its `released` list still has a message frame on
+//! disk (any copy, see "Copies": dropping it would let a restart find the frame without the
+//! release and resurrect the message in the user's store). A checkpoint is never dropped while
+//! it is its user's latest, so voiding needs no other record to survive. A state record found
+//! twice (a compaction leftover) is one record: replay and compaction deduplicate it by
+//! `(user, seq, data checksum)`.
+//!
 //! # Remote recipients
 //! Per remote recipient the entry keeps only whether it is final and the order key
 //! `(attempt, at)` of its latest Deferred result: enough for the rule and for compaction to
@@ -71,6 +84,13 @@ pub(crate) struct IndexEntry {
     pub mailboxes: Vec<MailboxCopy>,
     /// `MessageMeta::remote`, each address once, with its delivery state.
     pub remote: Vec<RemoteState>,
+}
+
+/// The retention rule of a mailbox-state record (see the module doc): `checkpoint` is its
+/// user's latest durable checkpoint seq, `released_on_disk` whether any id in its `released`
+/// list still has a message frame on disk. Keep it the only place that decides.
+pub(crate) fn state_is_live(seq: u64, checkpoint: Option<u64>, released_on_disk: bool) -> bool {
+    checkpoint.is_none_or(|c| seq >= c) || released_on_disk
 }
 
 /// The liveness rule (see the module doc). Keep it the only place that decides.
@@ -172,7 +192,15 @@ pub(crate) struct Found {
 #[derive(Debug, Default)]
 pub(crate) struct LiveIndex {
     map: DashMap<QueueId, IndexEntry>,
+    /// Per user, the highest seq of a durable checkpoint (see the module doc).
+    checkpoints: DashMap<Box<str>, u64>,
+    /// The one location of each mailbox-state record compaction keeps: the first found, then
+    /// wherever compaction moved it; other copies are dead bytes (see "Copies").
+    state_copies: DashMap<StateKey, Location>,
 }
+
+/// A mailbox-state record's identity on disk: `(user, seq, data checksum)`.
+pub(crate) type StateKey = (Box<str>, u64, u32);
 
 impl LiveIndex {
     /// An index sized for `n` messages up front: recovery knows the count, and growing a
@@ -180,7 +208,59 @@ impl LiveIndex {
     pub fn with_capacity(n: usize) -> LiveIndex {
         LiveIndex {
             map: DashMap::with_capacity(n),
+            checkpoints: DashMap::new(),
+            state_copies: DashMap::new(),
         }
+    }
+
+    /// A state record's frame is at `at` (committed or recovered): it becomes the record's
+    /// location unless it already has one (then `at` is a dead copy).
+    pub fn state_found(&self, key: StateKey, at: Location) {
+        self.state_copies.entry(key).or_insert(at);
+    }
+
+    /// Whether `at` is the location of the state record (one without any is, too).
+    pub fn is_state_location(&self, key: &StateKey, at: &Location) -> bool {
+        self.state_copies.get(key).is_none_or(|l| *l == *at)
+    }
+
+    /// Compaction copied the record's location `from` to `to`.
+    pub fn state_moved(&self, key: &StateKey, from: &Location, to: Location) {
+        if let Some(mut l) = self.state_copies.get_mut(key) {
+            if *l == *from {
+                *l = to;
+            }
+        }
+    }
+
+    /// The segment holding `at` is gone: forget it if it was the record's location.
+    pub fn state_removed(&self, key: &StateKey, at: &Location) {
+        self.state_copies.remove_if(key, |_, l| *l == *at);
+    }
+
+    /// `user`'s latest durable checkpoint seq, if any.
+    pub fn checkpoint(&self, user: &str) -> Option<u64> {
+        self.checkpoints.get(user).map(|c| *c)
+    }
+
+    /// A checkpoint of `user` at `seq` is durable (only ever raises the user's mark).
+    pub fn note_checkpoint(&self, user: &str, seq: u64) {
+        let mut c = self.checkpoints.entry(user.into()).or_insert(seq);
+        *c = (*c).max(seq);
+    }
+
+    /// Whether compaction must keep a state record (see [`state_is_live`]).
+    pub fn state_live(&self, user: &str, seq: u64, released: &[QueueId]) -> bool {
+        state_is_live(
+            seq,
+            self.checkpoint(user),
+            released.iter().any(|id| self.map.contains_key(id)),
+        )
+    }
+
+    /// Whether a (non-void) state record of `user` at `seq` belongs in a replay.
+    pub fn state_replayed(&self, user: &str, seq: u64) -> bool {
+        state_is_live(seq, self.checkpoint(user), false)
     }
 
     pub fn len(&self) -> usize {
@@ -399,6 +479,35 @@ impl Ref {
 pub(crate) struct SegmentRefs {
     pub bytes: u64,
     pub refs: Vec<Ref>,
+    /// The mailbox-state records of the segment, each with its own frame length.
+    pub states: Vec<StateRef>,
+}
+
+/// What compaction's accounting needs of one mailbox-state frame.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct StateRef {
+    pub user: Box<str>,
+    pub seq: u64,
+    pub released: Box<[QueueId]>,
+    pub data_crc: u32,
+    /// This frame (the record's location, or a dead copy of it).
+    pub location: Location,
+}
+
+impl StateRef {
+    pub fn new(state: &super::MailboxState, data_crc: u32, location: Location) -> StateRef {
+        StateRef {
+            user: state.user.as_str().into(),
+            seq: state.seq,
+            released: state.released.as_slice().into(),
+            data_crc,
+            location,
+        }
+    }
+
+    pub fn key(&self) -> StateKey {
+        (self.user.clone(), self.seq, self.data_crc)
+    }
 }
 
 impl RecordRefs {
@@ -413,6 +522,14 @@ impl RecordRefs {
         e.refs.extend(refs);
     }
 
+    pub fn add_state(&self, shard: u8, segment: u64, state: StateRef) {
+        self.lock()
+            .entry((shard, segment))
+            .or_default()
+            .states
+            .push(state);
+    }
+
     pub fn remove(&self, shard: u8, segment: u64) {
         self.lock().remove(&(shard, segment));
     }
@@ -423,11 +540,21 @@ impl RecordRefs {
         let Some(d) = self.lock().get(&(shard, segment)).cloned() else {
             return 0;
         };
+        let states: u64 = d
+            .states
+            .iter()
+            .filter(|s| {
+                // A dead copy is dead bytes, as a message's is.
+                index.is_state_location(&s.key(), &s.location)
+                    && index.state_live(&s.user, s.seq, &s.released)
+            })
+            .map(|s| s.location.frame_len)
+            .sum();
         if d.refs.is_empty() {
-            return 0;
+            return states;
         }
         let needed = d.refs.iter().filter(|r| r.needed(index)).count() as u64;
-        d.bytes * needed / d.refs.len() as u64
+        states + d.bytes * needed / d.refs.len() as u64
     }
 }
 
@@ -664,6 +791,9 @@ pub struct ReplayMessage {
     pub mailboxes: Vec<String>,
     /// Every remote address of the message, as stored (`pending` and `finished` split them).
     pub remote: Vec<String>,
+    /// Parallel to `mailboxes` (see [`MessageMeta::placements`](super::MessageMeta)); empty
+    /// for a frame without placements.
+    pub placements: Vec<Option<super::Placement>>,
     /// Stored body size (Received header ‖ message): what RETR sends before dot-stuffing.
     pub body_len: u64,
     /// Reverse-path; empty for the null sender.
@@ -699,6 +829,10 @@ pub struct Replay {
     pub messages: Vec<ReplayMessage>,
     /// `(mailbox, id)`: that mailbox's copy of the message is deleted.
     pub deletions: Vec<(String, QueueId)>,
+    /// Every mailbox-state record still in the log that is not void (at or above its user's
+    /// latest checkpoint), sorted by `(user, seq)`, each once: apply a user's in this order
+    /// after the messages (docs/MAILSTORE.md).
+    pub states: Vec<super::MailboxState>,
 }
 
 /// What the delivery records of the log say, folded per message as they are read (the latest
@@ -1031,6 +1165,7 @@ mod tests {
                 "c@far".into(),
                 "d@far".into(),
             ],
+            placements: Vec::new(),
             body_len: 0,
             sender: String::new(),
             recipients: 4,

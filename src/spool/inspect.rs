@@ -100,6 +100,11 @@ pub(crate) fn list_with_io(io: &dyn SegmentIo) -> Result<Vec<MessageSummary>, Sp
                     });
                 }
                 Record::Deletion(d) => deletions.push(d),
+                // A release is the user's deletion of the message, for this listing too.
+                Record::State(s) => deletions.push(MailboxDeletion {
+                    mailbox: s.user,
+                    ids: s.released,
+                }),
                 Record::Delivery(d) => history.add(&d),
             }
             ControlFlow::Continue(())
@@ -125,6 +130,66 @@ pub(crate) fn list_with_io(io: &dyn SegmentIo) -> Result<Vec<MessageSummary>, Sp
         m.remote_pending = m.remote.len() - m.remote_delivered - m.remote_bounced;
     }
     Ok(out.into_values().collect())
+}
+
+/// One mailbox-state record as `relay spool` lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StateSummary {
+    pub user: String,
+    pub seq: u64,
+    pub checkpoint: bool,
+    pub ops: usize,
+    pub released: Vec<QueueId>,
+    pub location: Location,
+}
+
+impl std::fmt::Display for StateSummary {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} seq {}{}: {} op(s), {} released; shard {} segment {} offset {}",
+            self.user,
+            self.seq,
+            if self.checkpoint { " (checkpoint)" } else { "" },
+            self.ops,
+            self.released.len(),
+            self.location.shard,
+            self.location.segment,
+            self.location.offset
+        )
+    }
+}
+
+/// Every mailbox-state record in the spool at `dir` (void ones and copies left by an
+/// interrupted compaction included), ordered by `(user, seq)`.
+pub fn list_states(dir: &Path) -> Result<Vec<StateSummary>, SpoolError> {
+    list_states_with_io(&open_root(dir)?)
+}
+
+pub(crate) fn list_states_with_io(io: &dyn SegmentIo) -> Result<Vec<StateSummary>, SpoolError> {
+    let shards = io
+        .list_shards()
+        .map_err(|e| SpoolError::io("list shards", io.root(), e))?;
+    let mut out = Vec::new();
+    for shard in shards {
+        scan_shard(io, shard, Mode::ReadOnly, &mut |v| {
+            if let Record::State(s) = v.record {
+                out.push(StateSummary {
+                    checkpoint: s.is_checkpoint(),
+                    ops: s.ops.len(),
+                    user: s.user,
+                    seq: s.seq,
+                    released: s.released,
+                    location: v.location,
+                });
+            }
+            ControlFlow::Continue(())
+        })?;
+    }
+    out.sort_by(|a, b| {
+        (&a.user, a.seq, a.location.segment).cmp(&(&b.user, b.seq, b.location.segment))
+    });
+    Ok(out)
 }
 
 /// The stored body of message `id`: its Received header followed by the message.
@@ -214,7 +279,7 @@ pub(crate) fn read_at(
             ))
         })?;
     let meta_bytes = &frame[FRAME_HEADER_LEN..][..h.meta_len as usize];
-    let Record::Message(meta) = decode_payload(kind, meta_bytes).map_err(bad)? else {
+    let Record::Message(meta) = decode_payload(kind, h.version, meta_bytes).map_err(bad)? else {
         return Err(bad("not a message record".into()));
     };
     let body_at = h.body_offset() as usize;

@@ -5,8 +5,9 @@
 //! body, in segment files per shard: `dir/shard-NNN/NNNNNNNNNNNNNNNNNNNN.seg`. Everything that
 //! later happens to a message is a small record of another [`RecordKind`] appended to the same
 //! log. Record kinds today (frame layout in [`frame`], payload layouts in `record`):
-//! - `Message` (1): meta + stored body. Local delivery is in the meta (`mailboxes`), so it is
-//!   durable with the message in the same frame; `remote` lists what is still to relay.
+//! - `Message` (1): meta + stored body. Local delivery is in the meta (`mailboxes`, and since
+//!   layout v2 each copy's [`Placement`] in its user's store), so it is durable with the
+//!   message in the same frame; `remote` lists what is still to relay.
 //! - `MailboxDeletion` (2): `{ mailbox, ids }`, a POP3 session's DELEs at QUIT, appended with
 //!   [`ShardHandle::append_deletion`] through the same queue and group commit as messages and
 //!   answered only after fdatasync (`+OK` to QUIT then).
@@ -18,6 +19,12 @@
 //!   frame, [`ShardHandle::append_delivery`]; same queue, group commit and fdatasync, answered
 //!   after the live index applied them. A result may go to any shard (the core that owns the
 //!   destination), not only its message's.
+//! - `MailboxState` (4): a [`MailboxState`] `{ user, seq, ops, released }` of the mail store
+//!   (docs/MAILSTORE.md), appended with [`ShardHandle::append_state`]; same queue, group
+//!   commit and fdatasync, answered after the index applied its `released` ids (as deletions
+//!   of the user's copies) and, for a checkpoint, voided the user's earlier records.
+//!   [`Spool::replay`] lists every state record not void, by `(user, seq)`; compaction keeps
+//!   a void one only while a message it releases is on disk (`index`'s module doc).
 //!
 //! # Outbound delivery state
 //! After a restart [`Spool::startup_view`] rebuilds the queue: per live message, each remote
@@ -187,7 +194,7 @@ use compact::CompactionState;
 use frame::{Record, MAX_PART_LEN};
 use index::{
     DeliveryHistory, FileCache, Found, IndexEntry, LiveIndex, RecordRefs, Ref, StartupHistory,
-    FILE_CACHE_CAPACITY,
+    StateRef, FILE_CACHE_CAPACITY,
 };
 use queue_view::{NewEntry, QueueView};
 use recovery::{scan_shard, Mode, ShardResume};
@@ -269,6 +276,8 @@ pub struct NewMessage {
     pub mailboxes: Vec<String>,
     /// Remote RCPTs and alias forwards (see [`MessageMeta::remote`]).
     pub remote: Vec<String>,
+    /// Parallel to `mailboxes`, or empty (see [`MessageMeta::placements`]).
+    pub placements: Vec<Option<Placement>>,
 }
 
 /// Where a record lives. `body_offset..body_offset + body_len` of the segment file is the
@@ -412,6 +421,7 @@ impl ShardHandle {
                     received_len: msg.received_header.len() as u64,
                     mailboxes: msg.mailboxes,
                     remote: msg.remote,
+                    placements: msg.placements,
                 }
                 .into(),
                 received: msg.received_header,
@@ -440,6 +450,30 @@ impl ShardHandle {
         self.send(Request {
             pending: Pending::Deletion(MailboxDeletion { mailbox, ids }),
             reply: Waiter::Deletion(reply),
+        })
+        .map(|()| rx)
+    }
+
+    /// Queues one user's mail-store record ([`MailboxState`], docs/MAILSTORE.md) for the next
+    /// group commit: same bounded queue, same batches as messages. The receiver yields `Ok(())`
+    /// only once the record is on stable storage and the live index applied it: each id in
+    /// `released` marks `user`'s copy of that message deleted, as
+    /// [`ShardHandle::append_deletion`] does (a message with no copy left and no pending
+    /// remote recipient is garbage from then on), and a checkpoint voids the user's earlier
+    /// records. `RecvError` means the spool stopped first: nothing was recorded. A record
+    /// without ops and without released ids changes nothing and is answered at once.
+    pub fn append_state(
+        &self,
+        state: MailboxState,
+    ) -> Result<oneshot::Receiver<Result<(), SpoolError>>, SpoolError> {
+        let (reply, rx) = oneshot::channel();
+        if state.ops.is_empty() && state.released.is_empty() {
+            let _ = reply.send(Ok(()));
+            return Ok(rx);
+        }
+        self.send(Request {
+            pending: Pending::State(state),
+            reply: Waiter::State(reply),
         })
         .map(|()| rx)
     }
@@ -692,6 +726,7 @@ impl Core {
             .list_shards()
             .map_err(|e| SpoolError::io("list shards", io.root(), e))?;
         let mut live = Vec::new();
+        let mut states = Vec::new();
         let mut history = DeliveryHistory::default();
         for shard in shards {
             let (report, _) = scan_shard(io, shard, Mode::ReadOnly, &mut |v| {
@@ -704,6 +739,11 @@ impl Core {
                         }
                     }
                     Record::Delivery(record) => history.add(&record),
+                    Record::State(state) => {
+                        if self.index.state_replayed(&state.user, state.seq) {
+                            states.push(state);
+                        }
+                    }
                     Record::Deletion(_) => {}
                 }
                 ControlFlow::Continue(())
@@ -711,7 +751,15 @@ impl Core {
             self.segments_scanned
                 .fetch_add(report.segments_scanned, Ordering::Relaxed);
         }
-        let mut replay = Replay::default();
+        // A checkpoint committed during the scan may void records listed before it.
+        states.retain(|s| self.index.state_replayed(&s.user, s.seq));
+        states.sort_by(|a, b| (&a.user, a.seq).cmp(&(&b.user, b.seq)));
+        // A copy left by an interrupted compaction is the same record.
+        states.dedup();
+        let mut replay = Replay {
+            states,
+            ..Replay::default()
+        };
         for (e, message) in live {
             push_replay(&mut replay, &e, &history, message);
         }
@@ -761,12 +809,13 @@ impl Core {
                                 recipients: meta.envelope.recipients.len(),
                                 mailboxes: &meta.mailboxes,
                                 remote: &meta.remote,
+                                placements: &meta.placements,
                                 location: v.location,
                             });
                         }
                     }
                     Record::Delivery(record) => self.view.delivery(&record, &self.index),
-                    Record::Deletion(_) => {}
+                    Record::Deletion(_) | Record::State(_) => {}
                 }
                 ControlFlow::Continue(())
             })?;
@@ -803,6 +852,7 @@ fn replay_message(meta: MessageMeta, location: Location) -> ReplayMessage {
         arrival_unix_micros: meta.arrival_unix_micros,
         mailboxes: meta.mailboxes,
         remote: meta.remote,
+        placements: meta.placements,
         body_len: location.body_len,
         sender: meta.envelope.reverse_path,
         recipients: meta.envelope.recipients.len(),
@@ -936,6 +986,8 @@ enum Scanned {
         location: Location,
         deletion: MailboxDeletion,
     },
+    /// A mailbox-state record, without its ops (replay reads them back from the log).
+    State { checkpoint: bool, state: StateRef },
 }
 
 /// Recovers every shard directory under the root (repairing `0..shards`, reading the others),
@@ -986,6 +1038,10 @@ pub(crate) fn recover(io: &dyn SegmentIo, shards: usize) -> Result<Recovered, Sp
                 Record::Deletion(deletion) => found.push(Scanned::Deletion {
                     location: v.location,
                     deletion,
+                }),
+                Record::State(state) => found.push(Scanned::State {
+                    checkpoint: state.is_checkpoint(),
+                    state: StateRef::new(&state, v.header.data_crc, v.location),
                 }),
                 Record::Delivery(record) => {
                     record_refs.add(
@@ -1052,6 +1108,7 @@ pub(crate) fn recover(io: &dyn SegmentIo, shards: usize) -> Result<Recovered, Sp
     let mut report = RecoveryReport::default();
     let index = LiveIndex::with_capacity(scanned_messages);
     let mut deletions = Vec::new();
+    let mut states: Vec<StateRef> = Vec::new();
     let mut history = StartupHistory::default();
     let mut resume = vec![ShardResume::default(); shards];
     for (&shard, outcome) in present.iter().zip(outcomes) {
@@ -1080,6 +1137,14 @@ pub(crate) fn recover(io: &dyn SegmentIo, shards: usize) -> Result<Recovered, Sp
                     );
                     deletions.push(deletion);
                 }
+                Scanned::State { checkpoint, state } => {
+                    if checkpoint {
+                        index.note_checkpoint(&state.user, state.seq);
+                    }
+                    index.state_found(state.key(), state.location);
+                    states.push(state.clone());
+                    record_refs.add_state(shard, state.location.segment, state);
+                }
             }
         }
         if usize::from(shard) < shards {
@@ -1099,6 +1164,13 @@ pub(crate) fn recover(io: &dyn SegmentIo, shards: usize) -> Result<Recovered, Sp
         d.ids.iter().copied().for_each(&mut named);
     }
     drop(deletions);
+    // Released ids apply whether or not the record is void: a void record is kept on disk
+    // exactly while its release still matters (index::state_is_live).
+    for s in &states {
+        index.apply_deletion(&s.user, &s.released);
+        s.released.iter().copied().for_each(&mut named);
+    }
+    drop(states);
     history.apply_to(&index);
     // A marker's notice id too: the queue may look the notice up by it.
     history.named_ids().for_each(&mut named);
@@ -1363,6 +1435,8 @@ impl Drop for Spool {
 }
 
 // Test modules last: tests/tidy.rs checks everything above the first `#[cfg(test)]`.
+#[cfg(test)]
+mod sim_state_tests;
 #[cfg(test)]
 mod sim_tests;
 #[cfg(test)]

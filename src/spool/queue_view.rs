@@ -23,7 +23,7 @@ use std::sync::{Mutex, MutexGuard};
 
 use super::frame::DeliveryRecord;
 use super::index::{DeliveryHistory, LiveIndex};
-use super::{Location, ReplayMessage};
+use super::{Location, Placement, ReplayMessage};
 use crate::envelope::QueueId;
 
 /// A committed message as the view takes it (borrowed from the writer's record or the scan).
@@ -34,6 +34,7 @@ pub(crate) struct NewEntry<'a> {
     pub recipients: usize,
     pub mailboxes: &'a [String],
     pub remote: &'a [String],
+    pub placements: &'a [Option<Placement>],
     pub location: Location,
 }
 
@@ -109,6 +110,7 @@ impl QueueView {
             arrival_unix_micros: entry.arrival_unix_micros,
             mailboxes: entry.mailboxes.to_vec(),
             remote: entry.remote.to_vec(),
+            placements: entry.placements.to_vec(),
             body_len: entry.location.body_len,
             sender: entry.sender.to_string(),
             recipients: entry.recipients,

@@ -158,6 +158,9 @@ pub struct ShardRecovery {
     pub delivery_records: u64,
     pub delivery_results: u64,
     pub dsn_markers: u64,
+    /// Mailbox-state records kept, and how many of them are checkpoints.
+    pub state_records: u64,
+    pub checkpoints: u64,
     /// Repairs (truncate, remove) that failed. Not fatal: old segments are never appended
     /// to, so the next start meets the same tail and decides the same way.
     pub repair_errors: Vec<String>,
@@ -386,7 +389,7 @@ fn examine(buf: &[u8], off: usize, salt: u32) -> Step {
                     reason = "data checksum mismatch".into();
                 } else if let Some(kind) = kind {
                     let meta = &rest[FRAME_HEADER_LEN..FRAME_HEADER_LEN + h.meta_len as usize];
-                    match decode_payload(kind, meta) {
+                    match decode_payload(kind, h.version, meta) {
                         Ok(r) => {
                             facts.payload_validates = true;
                             record = Some(r);
@@ -475,7 +478,7 @@ fn unknown_record_reason(kind: u16, version: u16) -> String {
             list(k.versions_read()),
             newer_hint(version, k.versions_read())
         ),
-        None => "kinds 1, 2 and 3 (written by a newer relay?)".to_string(),
+        None => "kinds 1, 2, 3 and 4 (written by a newer relay?)".to_string(),
     };
     format!(
         "record kind {kind} version {version} is unknown to this build, which reads {read}; \
@@ -675,6 +678,10 @@ pub(crate) fn scan_segment(
                         report.delivery_records += 1;
                         report.delivery_results += d.results.len() as u64;
                         report.dsn_markers += d.dsn_sent.len() as u64;
+                    }
+                    Record::State(s) => {
+                        report.state_records += 1;
+                        report.checkpoints += u64::from(s.is_checkpoint());
                     }
                 }
                 let meta_at = off + FRAME_HEADER_LEN;

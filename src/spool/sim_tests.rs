@@ -223,6 +223,7 @@ fn pending(rng: &mut SimRng, id: QueueId, segment_size: u64) -> PendingMessage {
             received_len: received.len() as u64,
             mailboxes,
             remote,
+            placements: Vec::new(),
         }
         .into(),
         received,
@@ -784,6 +785,7 @@ fn run_scenario(seed: u64, cov: &mut Coverage) -> Result<(), String> {
                         }
                     }
                     Pending::Delivery(d) => model.accept_delivery(d),
+                    Pending::State(_) => return Err("no state records here".into()),
                 }
             }
             let results = writers[shard].commit(&batch);
@@ -832,6 +834,7 @@ fn run_scenario(seed: u64, cov: &mut Coverage) -> Result<(), String> {
                     (Pending::Message(_), Err(_)) => cov.failed += 1,
                     (Pending::Deletion(_), Err(_)) => cov.deletions_failed += 1,
                     (Pending::Delivery(_), Err(_)) => cov.results_failed += 1,
+                    (Pending::State(_), _) => return Err("no state records here".into()),
                 }
             }
         }
@@ -1008,6 +1011,7 @@ fn run_every_crash_point(seed: u64, cov: &mut Coverage) -> Result<u64, String> {
                         model.accept_delivery(d);
                         model.ack_delivery(d);
                     }
+                    Pending::State(_) => return Err("no state records here".into()),
                 }
             }
         }
@@ -1089,7 +1093,7 @@ fn disk_side_records(disk: &SimDisk) -> Result<SideRecords, String> {
                     side.results.extend(d.results);
                     side.markers.extend(d.dsn_sent);
                 }
-                Record::Message(_) => {}
+                Record::Message(_) | Record::State(_) => {}
             }
             std::ops::ControlFlow::Continue(())
         })

@@ -30,13 +30,14 @@ use rkyv::util::AlignedVec;
 use tokio::sync::oneshot;
 
 use super::frame::{
-    encode_deletion, encode_delivery, encode_message, pad16, DeliveryRecord, EncodedFrame,
-    MailboxDeletion, SegmentHeader, FRAME_HEADER_LEN, SEGMENT_PREAMBLE_LEN, ZERO_PAD,
+    encode_deletion, encode_delivery, encode_message, encode_state, pad16, DeliveryRecord,
+    EncodedFrame, MailboxDeletion, SegmentHeader, FRAME_HEADER_LEN, SEGMENT_PREAMBLE_LEN, ZERO_PAD,
 };
-use super::index::{IndexEntry, Ref};
+use super::index::{IndexEntry, Ref, StateRef};
 use super::io::SegmentFile;
 use super::queue_view::NewEntry;
-use super::record::MessageV1;
+use super::record::MessageV2;
+use super::state::MailboxState;
 use super::{Committed, Core, Location, ShardShared, SpoolError};
 
 /// Watches the writer's group commits (the metrics module's fsync latency and batch size
@@ -54,7 +55,7 @@ pub trait CommitObserver: Send + Sync {
 /// straight from these buffers.
 #[derive(Debug, Clone)]
 pub(crate) struct PendingMessage {
-    pub meta: MessageV1,
+    pub meta: MessageV2,
     pub received: Vec<u8>,
     pub body: Vec<u8>,
 }
@@ -67,13 +68,14 @@ pub(crate) enum Pending {
     Message(PendingMessage),
     Deletion(MailboxDeletion),
     Delivery(DeliveryRecord),
+    State(MailboxState),
 }
 
 impl Pending {
     fn body_parts(&self) -> [&[u8]; 2] {
         match self {
             Pending::Message(m) => [&m.received, &m.body],
-            Pending::Deletion(_) | Pending::Delivery(_) => [&[], &[]],
+            Pending::Deletion(_) | Pending::Delivery(_) | Pending::State(_) => [&[], &[]],
         }
     }
 }
@@ -83,6 +85,7 @@ pub(crate) enum Waiter {
     Message(oneshot::Sender<Result<Committed, SpoolError>>),
     Deletion(oneshot::Sender<Result<(), SpoolError>>),
     Delivery(oneshot::Sender<Result<(), SpoolError>>),
+    State(oneshot::Sender<Result<(), SpoolError>>),
 }
 
 pub(crate) struct Request {
@@ -215,6 +218,7 @@ impl ShardWriter {
                 ),
                 Pending::Deletion(d) => encode_deletion(&mut self.heads, d, self.next_seq),
                 Pending::Delivery(d) => encode_delivery(&mut self.heads, d, self.next_seq),
+                Pending::State(s) => encode_state(&mut self.heads, s, self.next_seq),
             };
             match encoded {
                 Ok(f) => {
@@ -281,6 +285,17 @@ impl ShardWriter {
                         // Durable: index it before anyone is told.
                         match &batch[*i] {
                             Pending::Message(m) => {
+                                // Only for a queue view being built or ready (rare): the
+                                // placements in API form.
+                                let placements: Vec<_> = if m.meta.remote.is_empty() {
+                                    Vec::new()
+                                } else {
+                                    m.meta
+                                        .placements
+                                        .iter()
+                                        .map(|p| p.clone().map(Into::into))
+                                        .collect()
+                                };
                                 self.core.index.insert(
                                     m.meta.id.into(),
                                     IndexEntry::new(
@@ -298,6 +313,7 @@ impl ShardWriter {
                                     recipients: m.meta.envelope.recipients.len(),
                                     mailboxes: &m.meta.mailboxes,
                                     remote: &m.meta.remote,
+                                    placements: &placements,
                                     location,
                                 });
                             }
@@ -320,6 +336,18 @@ impl ShardWriter {
                                     frame_len,
                                     Ref::delivery(d),
                                 );
+                            }
+                            Pending::State(s) => {
+                                if s.is_checkpoint() {
+                                    self.core.index.note_checkpoint(&s.user, s.seq);
+                                }
+                                self.core.index.apply_deletion(&s.user, &s.released);
+                                self.core.view.deletion(&s.released, &self.core.index);
+                                let state = StateRef::new(s, f.header.data_crc, location);
+                                self.core.index.state_found(state.key(), location);
+                                self.core
+                                    .record_refs
+                                    .add_state(self.shard, seg.number, state);
                             }
                         }
                         results[*i] = Some(Ok(location));
@@ -480,10 +508,15 @@ fn commit_and_reply(writer: &mut ShardWriter, batch: &mut Vec<Request>, shared: 
                     location,
                 }));
             }
-            (_, Waiter::Deletion(reply)) | (_, Waiter::Delivery(reply)) => {
+            (_, Waiter::Deletion(reply))
+            | (_, Waiter::Delivery(reply))
+            | (_, Waiter::State(reply)) => {
                 let _ = reply.send(result.map(|_| ()));
             }
-            (Pending::Deletion(_) | Pending::Delivery(_), Waiter::Message(reply)) => {
+            (
+                Pending::Deletion(_) | Pending::Delivery(_) | Pending::State(_),
+                Waiter::Message(reply),
+            ) => {
                 // Not built by `ShardHandle`; answer rather than leave the waiter hanging.
                 let _ = reply.send(Err(SpoolError::Closed));
             }
