@@ -9,7 +9,7 @@ use super::model::{Entry, UserStore};
 use super::names::{self, FlagMode};
 use crate::envelope::QueueId;
 use crate::spool::state::{
-    system_flag, FolderId, Flags, MailboxState, Placement, SpecialUse, StateOp, INBOX,
+    system_flag, Flags, FolderId, MailboxState, Placement, SpecialUse, StateOp, INBOX,
 };
 
 /// The folders [`UserStore::ensure_defaults`] creates, with their roles (RFC 6154).
@@ -557,7 +557,11 @@ impl UserStore {
         if let Some(f) = self.folders.get_mut(&placement.folder) {
             f.highest_modseq = highest_before;
         }
-        self.reveal(placement.folder, before, Some((placement.uid, highest_before)))
+        self.reveal(
+            placement.folder,
+            before,
+            Some((placement.uid, highest_before)),
+        )
     }
 
     /// The message frame for `placement` did not commit: its UID becomes a hole.
@@ -620,8 +624,7 @@ impl UserStore {
 
     /// A checkpoint: Reset, then the whole durable store restated (docs/MAILSTORE.md). UIDNEXT
     /// is restated as clients see it (below any pending UID), so a delivery committing after
-    /// the checkpoint is not taken for one expunged before it; messages hidden behind a pending
-    /// UID are left to their frames' placements, like that delivery. The counters of deleted folders
+    /// the checkpoint is not taken for one expunged before it. The counters of deleted folders
     /// (the highest folder id and UIDVALIDITY ever used) survive as a folder created and
     /// deleted in the same record.
     pub fn checkpoint(&mut self) -> MailboxState {
@@ -669,7 +672,7 @@ impl UserStore {
             });
         }
         for (id, f) in &self.folders {
-            for (uid, e) in f.visible() {
+            for (uid, e) in &f.messages {
                 ops.push(StateOp::Place {
                     id: e.id,
                     placement: e.placement(*id, f.uidvalidity, *uid),

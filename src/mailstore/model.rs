@@ -6,7 +6,7 @@ use super::error::StoreError;
 use super::names::{self, INBOX_NAME};
 use crate::envelope::QueueId;
 use crate::spool::state::{
-    system_flag, FolderId, Flags, MailboxState, Placement, SpecialUse, StateOp, INBOX,
+    system_flag, Flags, FolderId, MailboxState, Placement, SpecialUse, StateOp, INBOX,
 };
 
 /// INBOX exists for every user from the start and can never be deleted, so it needs no record
@@ -124,6 +124,22 @@ pub struct UserStore {
     pub(super) recovery: Option<Box<super::recovery::Recovery>>,
 }
 
+/// The HIGHESTMODSEQ a record's `FolderCounters` restates for a folder.
+fn restated_highest(record: &MailboxState, folder: FolderId) -> u64 {
+    record
+        .ops
+        .iter()
+        .find_map(|op| match op {
+            StateOp::FolderCounters {
+                folder: f,
+                highest_modseq,
+                ..
+            } if *f == folder => Some(*highest_modseq),
+            _ => None,
+        })
+        .unwrap_or(0)
+}
+
 /// What a record's apply may need besides the store: sizes of bodies it does not hold (from
 /// the replayed deliveries, or from before a Reset), and during recovery the placements not
 /// yet applied, by folder and UID.
@@ -204,6 +220,7 @@ impl UserStore {
         self.names.clear();
         self.subscribed.clear();
         self.ensure_inbox();
+        let live = ctx.index.is_none();
         let mut sizes: HashMap<QueueId, u64> = ctx.sizes.clone();
         sizes.extend(old_bodies.iter().map(|(id, b)| (*id, b.size)));
         let mut inner = ApplyCtx {
@@ -227,22 +244,11 @@ impl UserStore {
             f.reserved_modseq = f.reserved_modseq.max(old.reserved_modseq);
             f.expunge_modseq = f.expunge_modseq.max(old.expunge_modseq);
             f.changes = old.changes + 1;
-            // Messages hidden behind a pending UID are not restated (their frames are), and
-            // stay hidden.
-            let hidden: Vec<(u32, Entry)> = match old.pending.first() {
-                Some(p) => old.messages.range(p..).map(|(u, e)| (*u, e.clone())).collect(),
-                None => Vec::new(),
-            };
             f.pending = old.pending;
-            let mut added = Vec::new();
-            for (uid, e) in hidden {
-                if let std::collections::btree_map::Entry::Vacant(v) = f.messages.entry(uid) {
-                    added.push((e.id, e.size));
-                    v.insert(e);
-                }
-            }
-            for (id, size) in added {
-                self.bodies.entry(id).or_insert(Body { size, copies: 0 }).copies += 1;
+            // Live, messages hidden behind a pending UID are restated with the modseq they
+            // will show with: HIGHESTMODSEQ reports them only once they show (`reveal`).
+            if live {
+                f.highest_modseq = old.highest_modseq.max(restated_highest(record, id));
             }
         }
         self.records_since_checkpoint = 0;

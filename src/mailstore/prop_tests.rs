@@ -93,7 +93,11 @@ impl Run {
     }
 
     fn uids(&self, folder: u32, mask: u8) -> Vec<u32> {
-        let snap = self.s.snapshot(folder).map(|s| s.messages).unwrap_or_default();
+        let snap = self
+            .s
+            .snapshot(folder)
+            .map(|s| s.messages)
+            .unwrap_or_default();
         snap.iter()
             .enumerate()
             .filter(|(i, _)| mask & (1 << (i % 8)) != 0)
@@ -180,9 +184,9 @@ impl Run {
                 let folder = self.folder(*f);
                 let uids = self.uids(folder, *mask);
                 let mode = [FlagMode::Add, FlagMode::Remove, FlagMode::Replace][*mode as usize];
-                let out = self
-                    .s
-                    .store_flags(folder, &uids, mode, &flags_of(*bits), since.map(u64::from));
+                let out =
+                    self.s
+                        .store_flags(folder, &uids, mode, &flags_of(*bits), since.map(u64::from));
                 prop_assert!(out.is_ok());
                 if let Ok(out) = out {
                     for uid in &out.failed {
@@ -230,7 +234,10 @@ impl Run {
     fn check_invariants(&mut self) -> Result<(), TestCaseError> {
         for entry in self.s.list() {
             let Some(folder) = entry.folder else { continue };
-            let snap = self.s.snapshot(folder).map_err(|e| TestCaseError::fail(e.to_string()))?;
+            let snap = self
+                .s
+                .snapshot(folder)
+                .map_err(|e| TestCaseError::fail(e.to_string()))?;
             let key = folder;
             let (shown, max) = self.shown.entry(key).or_default();
             for (uid, e) in &snap.messages {
@@ -247,7 +254,11 @@ impl Run {
                 prop_assert!(snap.uidnext <= p.uid);
             }
             let h = self.highest.entry(folder).or_default();
-            prop_assert!(snap.highest_modseq >= *h, "HIGHESTMODSEQ fell in {}", folder);
+            prop_assert!(
+                snap.highest_modseq >= *h,
+                "HIGHESTMODSEQ fell in {}",
+                folder
+            );
             *h = snap.highest_modseq;
         }
         Ok(())
@@ -256,7 +267,15 @@ impl Run {
 
 /// What must survive a restart: everything but counters that may only grow.
 type View = (
-    BTreeMap<u32, (String, u32, Option<SpecialUse>, Vec<(u32, QueueId, u64, Flags, i64, i16)>)>,
+    BTreeMap<
+        u32,
+        (
+            String,
+            u32,
+            Option<SpecialUse>,
+            Vec<(u32, QueueId, u64, Flags, i64, i16)>,
+        ),
+    >,
     Vec<String>,
     u64,
 );
@@ -277,19 +296,39 @@ fn view(s: &UserStore) -> View {
             (*id, (f.name.clone(), f.uidvalidity, f.special_use, msgs))
         })
         .collect();
-    (folders, s.subscriptions().map(str::to_string).collect(), s.usage())
+    (
+        folders,
+        s.subscriptions().map(str::to_string).collect(),
+        s.usage(),
+    )
 }
 
-fn rebuilt_agrees(live: &UserStore, rebuilt: &mut UserStore) -> Result<(), TestCaseError> {
+fn rebuilt_agrees(
+    live: &UserStore,
+    rebuilt: &mut UserStore,
+    frames: &[(QueueId, u64, Placement)],
+    records: &[MailboxState],
+) -> Result<(), TestCaseError> {
     let cp = rebuilt.finish_recovery();
     if let Some(cp) = &cp {
-        prop_assert!(cp.released.is_empty(), "nothing should be left to release: {:?}", cp);
+        prop_assert!(
+            cp.released.is_empty(),
+            "nothing should be left to release: {:?}",
+            cp
+        );
     }
     prop_assert_eq!(view(rebuilt), view(live));
     for (id, f) in &live.folders {
         let r = &rebuilt.folders[id];
         prop_assert!(r.highest_modseq >= f.highest_modseq);
         prop_assert!(r.uidnext <= f.uidnext);
+        for (_, _, p) in frames.iter().filter(|(_, _, p)| p.folder == *id) {
+            prop_assert!(
+                p.uid < r.uidnext,
+                "UID {} of a frame could be given again",
+                p.uid
+            );
+        }
         prop_assert!(r.messages.keys().next_back().is_none_or(|u| *u < r.uidnext));
         for (uid, e) in &f.messages {
             prop_assert!(r.messages[uid].modseq >= e.modseq);
@@ -299,6 +338,12 @@ fn rebuilt_agrees(live: &UserStore, rebuilt: &mut UserStore) -> Result<(), TestC
     if let Some(cp) = cp {
         let mut again = UserStore::new("u");
         again.replay_state(&cp);
+        for r in records.iter().filter(|r| !r.released.is_empty()) {
+            again.replay_state(r);
+        }
+        for (id, size, p) in frames {
+            again.replay_delivery(*id, *size, NOW, Some(p));
+        }
         prop_assert_eq!(again.finish_recovery(), None);
         prop_assert_eq!(view(&again), view(rebuilt));
     }
@@ -327,7 +372,7 @@ proptest! {
         for (id, size, p) in &run.frames {
             all.replay_delivery(*id, *size, NOW, Some(p));
         }
-        rebuilt_agrees(&run.s, &mut all)?;
+        rebuilt_agrees(&run.s, &mut all, &run.frames, &run.records)?;
 
         // As compaction leaves it: the last checkpoint, what follows, and earlier records
         // only where they release something; every frame still on disk.
@@ -342,7 +387,7 @@ proptest! {
                     compacted.replay_state(r);
                 }
             }
-            rebuilt_agrees(&run.s, &mut compacted)?;
+            rebuilt_agrees(&run.s, &mut compacted, &run.frames, &run.records)?;
         }
     }
 

@@ -81,8 +81,7 @@ impl UserStore {
             .iter()
             .flat_map(|rec| rec.released.iter().copied())
             .collect();
-        let pop3_deleted: BTreeSet<QueueId> =
-            r.pop3_deletions.iter().flatten().copied().collect();
+        let pop3_deleted: BTreeSet<QueueId> = r.pop3_deletions.iter().flatten().copied().collect();
         let start = records
             .iter()
             .rposition(MailboxState::is_checkpoint)
@@ -118,6 +117,19 @@ impl UserStore {
                 let size = r.sizes.get(&id).copied().unwrap_or(0);
                 if self.place(id, size, &p) {
                     placed_only.push((folder, uid));
+                }
+            }
+        }
+
+        // A UID a frame carries is never given again, even if its message is gone (expunged,
+        // moved) and no record restates the counter past it.
+        for (id, p) in &r.placements {
+            if r.unplaced.contains(id) {
+                continue;
+            }
+            if let Some(f) = self.folders.get_mut(&p.folder) {
+                if f.uidvalidity == p.uidvalidity {
+                    f.uidnext = f.uidnext.max(p.uid.saturating_add(1));
                 }
             }
         }

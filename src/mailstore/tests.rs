@@ -91,9 +91,16 @@ fn flags_normalise_and_combine() {
     let f = names::normalize(&flags(0xff, &["$Junk", "foo", "FOO", ""])).unwrap();
     assert_eq!(f, flags(system_flag::ALL, &["$Junk", "foo"]));
     let cur = flags(system_flag::SEEN, &["a"]);
-    let add = names::combine(&cur, FlagMode::Add, &flags(system_flag::FLAGGED, &["B", "A"]))
-        .unwrap();
-    assert_eq!(add, flags(system_flag::SEEN | system_flag::FLAGGED, &["a", "B"]));
+    let add = names::combine(
+        &cur,
+        FlagMode::Add,
+        &flags(system_flag::FLAGGED, &["B", "A"]),
+    )
+    .unwrap();
+    assert_eq!(
+        add,
+        flags(system_flag::SEEN | system_flag::FLAGGED, &["a", "B"])
+    );
     let rem = names::combine(&add, FlagMode::Remove, &flags(system_flag::SEEN, &["b"])).unwrap();
     assert_eq!(rem, flags(system_flag::FLAGGED, &["a"]));
     let rep = names::combine(&add, FlagMode::Replace, &flags(0, &[])).unwrap();
@@ -121,13 +128,18 @@ fn inbox_always_exists_with_uidvalidity_one() {
     let s = UserStore::new("u");
     assert_eq!(s.folder_id("inbox"), Some(INBOX));
     let st = s.status(INBOX).unwrap();
-    assert_eq!((st.uidvalidity, st.uidnext, st.messages), (INBOX_UIDVALIDITY, 1, 0));
+    assert_eq!(
+        (st.uidvalidity, st.uidnext, st.messages),
+        (INBOX_UIDVALIDITY, 1, 0)
+    );
 }
 
 #[test]
 fn create_makes_missing_superiors_and_refuses_existing() {
     let mut s = UserStore::new("u");
-    let r = s.create_folder("a/b/c", Some(SpecialUse::Archive), NOW).unwrap();
+    let r = s
+        .create_folder("a/b/c", Some(SpecialUse::Archive), NOW)
+        .unwrap();
     assert_eq!(r.ops.len(), 3);
     assert_eq!(r.seq, 1);
     assert!(r.released.is_empty());
@@ -135,13 +147,26 @@ fn create_makes_missing_superiors_and_refuses_existing() {
     assert!(s.folder_id("a").is_some() && s.folder_id("a/b").is_some());
     let c = s.folder_id("a/b/c").unwrap();
     assert_eq!(
-        s.list().iter().find(|e| e.name == "a/b/c").unwrap().special_use,
+        s.list()
+            .iter()
+            .find(|e| e.name == "a/b/c")
+            .unwrap()
+            .special_use,
         Some(SpecialUse::Archive)
     );
     assert_eq!(s.status(c).unwrap().uidvalidity, NOW as u32 + 2);
-    assert_eq!(s.create_folder("a/b", None, NOW), Err(StoreError::AlreadyExists));
-    assert_eq!(s.create_folder("INBOX", None, NOW), Err(StoreError::AlreadyExists));
-    assert_eq!(s.create_folder("iNbOx", None, NOW), Err(StoreError::AlreadyExists));
+    assert_eq!(
+        s.create_folder("a/b", None, NOW),
+        Err(StoreError::AlreadyExists)
+    );
+    assert_eq!(
+        s.create_folder("INBOX", None, NOW),
+        Err(StoreError::AlreadyExists)
+    );
+    assert_eq!(
+        s.create_folder("iNbOx", None, NOW),
+        Err(StoreError::AlreadyExists)
+    );
     // INBOX as a parent is INBOX in any case.
     commit!(s, s.create_folder("inbox/x", None, NOW).unwrap());
     assert!(s.folder_id("INBOX/x").is_some());
@@ -213,7 +238,11 @@ fn rename_moves_inferiors_and_creates_superiors() {
     assert!(s.folder_id("x").is_some());
     assert_eq!(s.folder_id("a"), None);
     assert_eq!(s.folder_id("a/b"), None);
-    assert_eq!(s.status(a).unwrap(), before, "renaming keeps UIDVALIDITY and messages");
+    assert_eq!(
+        s.status(a).unwrap(),
+        before,
+        "renaming keeps UIDVALIDITY and messages"
+    );
 }
 
 #[test]
@@ -222,13 +251,28 @@ fn rename_errors() {
     create(&mut s, "a/c");
     create(&mut s, "b");
     create(&mut s, "z/c");
-    assert_eq!(s.rename_folder("nope", "q", NOW), Err(StoreError::NoSuchFolder));
-    assert_eq!(s.rename_folder("a", "b", NOW), Err(StoreError::AlreadyExists));
-    assert_eq!(s.rename_folder("a", "a/q", NOW), Err(StoreError::RenameIntoItself));
+    assert_eq!(
+        s.rename_folder("nope", "q", NOW),
+        Err(StoreError::NoSuchFolder)
+    );
+    assert_eq!(
+        s.rename_folder("a", "b", NOW),
+        Err(StoreError::AlreadyExists)
+    );
+    assert_eq!(
+        s.rename_folder("a", "a/q", NOW),
+        Err(StoreError::RenameIntoItself)
+    );
     // z is a folder; its inferior z/c would collide with a/c renamed.
     commit!(s, s.delete_folder("z").unwrap());
-    assert_eq!(s.rename_folder("a", "z", NOW), Err(StoreError::AlreadyExists));
-    assert_eq!(s.rename_folder("a", "inbox", NOW), Err(StoreError::AlreadyExists));
+    assert_eq!(
+        s.rename_folder("a", "z", NOW),
+        Err(StoreError::AlreadyExists)
+    );
+    assert_eq!(
+        s.rename_folder("a", "inbox", NOW),
+        Err(StoreError::AlreadyExists)
+    );
 }
 
 #[test]
@@ -243,7 +287,11 @@ fn renaming_inbox_moves_its_messages_and_leaves_it_empty() {
     assert_eq!(uids(&s, old), vec![1, 2]);
     assert_eq!(uids(&s, INBOX), Vec::<u32>::new());
     assert_eq!(s.folder_id("INBOX/keep"), Some(child));
-    assert_eq!(s.status(INBOX).unwrap().uidnext, 3, "UIDNEXT does not go back");
+    assert_eq!(
+        s.status(INBOX).unwrap().uidnext,
+        3,
+        "UIDNEXT does not go back"
+    );
     assert_eq!(s.usage(), 30);
     assert_eq!(deliver(&mut s, INBOX, 3, 1).uid, 3);
 }
@@ -252,7 +300,10 @@ fn renaming_inbox_moves_its_messages_and_leaves_it_empty() {
 fn delete_refuses_inbox_and_names_that_are_not_folders() {
     let mut s = UserStore::new("u");
     create(&mut s, "p/c");
-    assert_eq!(s.delete_folder("inbox"), Err(StoreError::InboxCannotBeDeleted));
+    assert_eq!(
+        s.delete_folder("inbox"),
+        Err(StoreError::InboxCannotBeDeleted)
+    );
     assert_eq!(s.delete_folder("nope"), Err(StoreError::NoSuchFolder));
     commit!(s, s.delete_folder("p").unwrap());
     // p now only has an inferior: listed, not selectable, and not deletable (\Noselect).
@@ -307,7 +358,13 @@ fn list_marks_children_subscriptions_and_roles() {
     let list = s.list();
     let work = list.iter().find(|e| e.name == "Work").unwrap();
     assert!(work.has_children && work.selectable() && !work.subscribed);
-    assert!(!list.iter().find(|e| e.name == "Work 2").unwrap().has_children);
+    assert!(
+        !list
+            .iter()
+            .find(|e| e.name == "Work 2")
+            .unwrap()
+            .has_children
+    );
     let sent = list.iter().find(|e| e.name == "Sent").unwrap();
     assert_eq!(sent.special_use, Some(SpecialUse::Sent));
     assert!(sent.subscribed);
@@ -333,7 +390,10 @@ fn ensure_defaults_creates_missing_roles_once() {
     t.set_max_folders(3);
     let r = t.ensure_defaults(NOW).unwrap();
     assert_eq!(
-        r.ops.iter().filter(|op| matches!(op, StateOp::CreateFolder { .. })).count(),
+        r.ops
+            .iter()
+            .filter(|op| matches!(op, StateOp::CreateFolder { .. }))
+            .count(),
         2
     );
 }
@@ -348,7 +408,13 @@ fn store_flags_modes_modseq_and_unchanged_since() {
     }
     let base = s.status(INBOX).unwrap().highest_modseq;
     let out = s
-        .store_flags(INBOX, &[1, 2, 9], FlagMode::Add, &flags(system_flag::SEEN, &["Work"]), None)
+        .store_flags(
+            INBOX,
+            &[1, 2, 9],
+            FlagMode::Add,
+            &flags(system_flag::SEEN, &["Work"]),
+            None,
+        )
         .unwrap();
     assert!(out.failed.is_empty());
     let r = commit!(s, out.record.unwrap());
@@ -356,7 +422,10 @@ fn store_flags_modes_modseq_and_unchanged_since() {
     let snap = s.snapshot(INBOX).unwrap();
     assert_eq!(snap.highest_modseq, base + 1);
     assert_eq!(snap.messages[0].1.modseq, base + 1);
-    assert_eq!(snap.messages[1].1.flags, flags(system_flag::SEEN, &["Work"]));
+    assert_eq!(
+        snap.messages[1].1.flags,
+        flags(system_flag::SEEN, &["Work"])
+    );
     assert_eq!(s.status(INBOX).unwrap().unseen, 1);
     // Nothing changes: no record.
     let again = s
@@ -365,18 +434,36 @@ fn store_flags_modes_modseq_and_unchanged_since() {
     assert_eq!(again.record, None);
     // UNCHANGEDSINCE below message 1's modseq fails it; 3 is older and changes.
     let cond = s
-        .store_flags(INBOX, &[1, 3], FlagMode::Replace, &flags(system_flag::DELETED, &[]), Some(base))
+        .store_flags(
+            INBOX,
+            &[1, 3],
+            FlagMode::Replace,
+            &flags(system_flag::DELETED, &[]),
+            Some(base),
+        )
         .unwrap();
     assert_eq!(cond.failed, vec![1]);
     commit!(s, cond.record.unwrap());
     assert_eq!(s.status(INBOX).unwrap().deleted, 1);
     let removed = s
-        .store_flags(INBOX, &[2], FlagMode::Remove, &flags(system_flag::SEEN, &["WORK"]), None)
+        .store_flags(
+            INBOX,
+            &[2],
+            FlagMode::Remove,
+            &flags(system_flag::SEEN, &["WORK"]),
+            None,
+        )
         .unwrap();
     commit!(s, removed.record.unwrap());
-    assert_eq!(s.snapshot(INBOX).unwrap().messages[1].1.flags, Flags::default());
+    assert_eq!(
+        s.snapshot(INBOX).unwrap().messages[1].1.flags,
+        Flags::default()
+    );
     let changed = s.changes_since(INBOX, base + 1).unwrap();
-    assert_eq!(changed.changed.iter().map(|(u, _)| *u).collect::<Vec<_>>(), vec![2, 3]);
+    assert_eq!(
+        changed.changed.iter().map(|(u, _)| *u).collect::<Vec<_>>(),
+        vec![2, 3]
+    );
     assert!(!changed.expunged);
     assert_eq!(
         s.store_flags(77, &[1], FlagMode::Add, &Flags::default(), None),
@@ -432,7 +519,13 @@ fn expunge_takes_only_deleted_messages() {
     }
     commit!(s, s.copy(INBOX, &[2], a).unwrap().record.unwrap());
     let del = s
-        .store_flags(INBOX, &[1, 2, 3], FlagMode::Add, &flags(system_flag::DELETED, &[]), None)
+        .store_flags(
+            INBOX,
+            &[1, 2, 3],
+            FlagMode::Add,
+            &flags(system_flag::DELETED, &[]),
+            None,
+        )
         .unwrap();
     commit!(s, del.record.unwrap());
     let sub = s.expunge(INBOX, Some(&[1, 4])).unwrap();
@@ -452,25 +545,42 @@ fn highestmodseq_and_uidnext_survive_an_emptied_folder_and_a_checkpoint() {
     let mut s = UserStore::new("u");
     deliver(&mut s, INBOX, 1, 1);
     let del = s
-        .store_flags(INBOX, &[1], FlagMode::Add, &flags(system_flag::DELETED, &[]), None)
+        .store_flags(
+            INBOX,
+            &[1],
+            FlagMode::Add,
+            &flags(system_flag::DELETED, &[]),
+            None,
+        )
         .unwrap();
     commit!(s, del.record.unwrap());
-    commit!(s, s.expunge(INBOX, None).unwrap().record.unwrap());
+    let expunged = commit!(s, s.expunge(INBOX, None).unwrap().record.unwrap());
     let before = s.status(INBOX).unwrap();
     let cp = commit!(s, s.checkpoint());
     assert_eq!(s.status(INBOX).unwrap(), before);
     let mut r = UserStore::new("u");
-    r.replay_delivery(id(1), 1, NOW, Some(&Placement {
-        folder: INBOX,
-        uidvalidity: 1,
-        uid: 1,
-        flags: Flags::default(),
-        internal_date: NOW,
-        zone_minutes: 0,
-        modseq: 1,
-    }));
+    r.replay_delivery(
+        id(1),
+        1,
+        NOW,
+        Some(&Placement {
+            folder: INBOX,
+            uidvalidity: 1,
+            uid: 1,
+            flags: Flags::default(),
+            internal_date: NOW,
+            zone_minutes: 0,
+            modseq: 1,
+        }),
+    );
     r.replay_state(&cp);
-    assert_eq!(r.finish_recovery(), None, "the expunged delivery is not resurrected");
+    // Kept by compaction: it releases a message whose frame is still on disk.
+    r.replay_state(&expunged);
+    assert_eq!(
+        r.finish_recovery(),
+        None,
+        "the expunged delivery is not resurrected"
+    );
     assert_eq!(r.status(INBOX).unwrap(), before);
 }
 
@@ -536,7 +646,10 @@ fn a_delivery_to_a_deleted_folder_is_released() {
     assert!(r.ops.is_empty());
     assert_eq!(r.released, vec![id(1)]);
     assert!(!s.holds(id(1)));
-    assert_eq!(s.allocate(a, &Flags::default(), NOW, 0), Err(StoreError::NoSuchFolderId(a)));
+    assert_eq!(
+        s.allocate(a, &Flags::default(), NOW, 0),
+        Err(StoreError::NoSuchFolderId(a))
+    );
 }
 
 #[test]
@@ -549,7 +662,10 @@ fn uids_run_out_at_the_top() {
         }
     }
     s.apply(&cp);
-    assert_eq!(s.allocate(INBOX, &Flags::default(), NOW, 0).unwrap().uid, u32::MAX - 1);
+    assert_eq!(
+        s.allocate(INBOX, &Flags::default(), NOW, 0).unwrap().uid,
+        u32::MAX - 1
+    );
     assert_eq!(
         s.allocate(INBOX, &Flags::default(), NOW, 0),
         Err(StoreError::UidsExhausted)
@@ -587,14 +703,23 @@ fn a_checkpoint_applied_live_keeps_pending_uids_and_counters() {
     let p = s.allocate(INBOX, &Flags::default(), NOW, 0).unwrap();
     let cp = s.checkpoint();
     let restated = cp.ops.iter().find_map(|op| match op {
-        StateOp::FolderCounters { folder: 0, uidnext, .. } => Some(*uidnext),
+        StateOp::FolderCounters {
+            folder: 0, uidnext, ..
+        } => Some(*uidnext),
         _ => None,
     });
-    assert_eq!(restated, Some(p.uid), "UIDNEXT restated below the pending UID");
+    assert_eq!(
+        restated,
+        Some(p.uid),
+        "UIDNEXT restated below the pending UID"
+    );
     s.apply(&cp);
-    assert_eq!(s.allocate(INBOX, &Flags::default(), NOW, 0).unwrap().uid, p.uid + 1);
+    assert_eq!(
+        s.allocate(INBOX, &Flags::default(), NOW, 0).unwrap().uid,
+        p.uid + 1
+    );
     assert_eq!(s.delivered(id(2), 1, &p), None);
-    assert_eq!(uids(&s, INBOX), vec![1]);
+    assert_eq!(uids(&s, INBOX), vec![1, 2]);
 }
 
 #[test]
@@ -602,7 +727,11 @@ fn needs_checkpoint_after_many_records() {
     let mut s = UserStore::new("u");
     deliver(&mut s, INBOX, 1, 1);
     for i in 0..=1000u32 {
-        let mode = if i % 2 == 0 { FlagMode::Add } else { FlagMode::Remove };
+        let mode = if i % 2 == 0 {
+            FlagMode::Add
+        } else {
+            FlagMode::Remove
+        };
         let out = s
             .store_flags(INBOX, &[1], mode, &flags(system_flag::SEEN, &[]), None)
             .unwrap();
@@ -644,7 +773,10 @@ fn v1_deliveries_get_inbox_uids_in_queue_id_order_and_keep_them() {
         .iter()
         .map(|(u, e)| (*u, e.id, e.internal_date))
         .collect();
-    assert_eq!(got, vec![(1, id(1), NOW), (2, id(5), NOW + 5), (3, id(9), NOW + 9)]);
+    assert_eq!(
+        got,
+        vec![(1, id(1), NOW), (2, id(5), NOW + 5), (3, id(9), NOW + 9)]
+    );
     // The next recovery reads the checkpoint: same UIDs, nothing to write.
     let mut again = UserStore::new("u");
     again.replay_delivery(id(9), 30, NOW + 9, None);
@@ -684,7 +816,10 @@ fn recovery_sorts_records_by_seq_and_starts_at_the_last_checkpoint() {
     }
     assert_eq!(r.finish_recovery(), None);
     for f in [INBOX, a] {
-        assert_eq!(r.snapshot(f).unwrap().messages, s.snapshot(f).unwrap().messages);
+        assert_eq!(
+            r.snapshot(f).unwrap().messages,
+            s.snapshot(f).unwrap().messages
+        );
         assert_eq!(r.status(f).unwrap(), s.status(f).unwrap());
     }
 }
@@ -723,7 +858,11 @@ fn recovery_drops_places_whose_body_is_gone() {
     let fixed = r.finish_recovery().unwrap();
     assert_eq!(uids(&r, INBOX), vec![2]);
     assert_eq!(
-        fixed.ops.iter().filter(|op| matches!(op, StateOp::Place { .. })).count(),
+        fixed
+            .ops
+            .iter()
+            .filter(|op| matches!(op, StateOp::Place { .. }))
+            .count(),
         1
     );
 }
@@ -735,7 +874,13 @@ fn a_placement_older_than_a_later_change_gets_a_fresh_modseq_at_recovery() {
     let p2 = s.allocate(INBOX, &Flags::default(), NOW, 0).unwrap();
     s.delivered(id(2), 1, &p2);
     let st = s
-        .store_flags(INBOX, &[2], FlagMode::Add, &flags(system_flag::SEEN, &[]), None)
+        .store_flags(
+            INBOX,
+            &[2],
+            FlagMode::Add,
+            &flags(system_flag::SEEN, &[]),
+            None,
+        )
         .unwrap();
     assert_eq!(st.record, None, "2 is hidden");
     // Crash before 1's delivered(): its frame and 2's are on disk.
@@ -769,9 +914,14 @@ fn stores_hold_one_store_per_user() {
     let stores = Stores::new();
     stores.set_max_folders(2);
     assert_eq!(stores.with_existing("a", |_| ()), None);
-    let rec = stores.with("a", |s| s.create_folder("x", None, NOW)).unwrap();
+    let rec = stores
+        .with("a", |s| s.create_folder("x", None, NOW))
+        .unwrap();
     stores.with("a", |s| s.apply(&rec));
-    assert_eq!(stores.with_existing("a", |s| s.folder_id("x")), Some(Some(1)));
+    assert_eq!(
+        stores.with_existing("a", |s| s.folder_id("x")),
+        Some(Some(1))
+    );
     assert_eq!(
         stores.with("a", |s| s.create_folder("y", None, NOW)),
         Err(StoreError::TooManyFolders { max: 2 })
