@@ -43,6 +43,9 @@ pub struct ExpungeOutcome {
     pub uids: Vec<u32>,
 }
 
+/// A copy's Place ops and its (source, destination) UID pairs.
+type CopyOps = (Vec<StateOp>, Vec<(u32, u32)>);
+
 impl UserStore {
     fn next_seq(&mut self) -> u64 {
         self.seq += 1;
@@ -122,10 +125,9 @@ impl UserStore {
         name: &str,
         special_use: Option<SpecialUse>,
         now: i64,
-        also_taken: &BTreeSet<String>,
     ) -> Result<Vec<StateOp>, StoreError> {
         let mut missing: Vec<&str> = names::superiors(name)
-            .filter(|n| !self.names.contains_key(*n) && !also_taken.contains(*n))
+            .filter(|n| !self.names.contains_key(*n))
             .collect();
         missing.push(name);
         if self.folders.len() + missing.len() > self.max_folders {
@@ -156,7 +158,7 @@ impl UserStore {
         if self.names.contains_key(&name) {
             return Err(StoreError::AlreadyExists);
         }
-        let ops = self.create_ops(&name, special_use, now, &BTreeSet::new())?;
+        let ops = self.create_ops(&name, special_use, now)?;
         Ok(self.record(ops))
     }
 
@@ -198,16 +200,12 @@ impl UserStore {
                 moves.push((*id, renamed));
             }
         }
-        let taken: BTreeSet<String> = moves.iter().map(|(_, n)| n.clone()).collect();
-        // The moved folders no longer hold their old names, so a superior of the new name
-        // that is one of them still needs creating.
+        // (No superior of the new name is among the moved folders: that would be a rename
+        // into itself.)
         let mut ops = {
             let mut superiors: Vec<StateOp> = Vec::new();
             let missing: Vec<String> = names::superiors(&to)
-                .filter(|n| {
-                    let moved_away = *n == from || names::is_inferior(n, &from);
-                    (moved_away || !self.names.contains_key(*n)) && !taken.contains(*n)
-                })
+                .filter(|n| !self.names.contains_key(*n))
                 .map(str::to_string)
                 .collect();
             if self.folders.len() + missing.len() > self.max_folders {
@@ -234,7 +232,7 @@ impl UserStore {
     }
 
     fn rename_inbox(&mut self, to: &str, now: i64) -> Result<MailboxState, StoreError> {
-        let mut ops = self.create_ops(to, None, now, &BTreeSet::new())?;
+        let mut ops = self.create_ops(to, None, now)?;
         let (new_folder, uidvalidity) = match ops.last() {
             Some(StateOp::CreateFolder {
                 folder,
@@ -355,7 +353,7 @@ impl UserStore {
         from: FolderId,
         uids: &[u32],
         to: FolderId,
-    ) -> Result<(Vec<StateOp>, Vec<(u32, u32)>), StoreError> {
+    ) -> Result<CopyOps, StoreError> {
         let wanted: BTreeSet<u32> = uids.iter().copied().collect();
         let source: Vec<(u32, Entry)> = self
             .folder(from)?
@@ -467,14 +465,16 @@ impl UserStore {
     /// (or no room for it: the defaults are a convenience).
     pub fn ensure_defaults(&mut self, now: i64) -> Option<MailboxState> {
         let mut ops = Vec::new();
+        let mut created = 0;
         for (name, role) in DEFAULT_FOLDERS {
             let has_role = self.folders.values().any(|f| f.special_use == Some(role));
             if has_role || self.names.contains_key(name) {
                 continue;
             }
-            if self.folders.len() + ops.len() / 2 >= self.max_folders {
+            if self.folders.len() + created >= self.max_folders {
                 break;
             }
+            created += 1;
             let (Ok(folder), Ok(uidvalidity)) = (self.new_folder_id(), self.new_uidvalidity(now))
             else {
                 break;
@@ -493,6 +493,30 @@ impl UserStore {
             }
         }
         (!ops.is_empty()).then(|| self.record(ops))
+    }
+
+    /// A POP3 session's DELEs as a state record: the INBOX copies of `ids` expunged, and
+    /// `released` only the messages no other folder holds. For a user with folders this is
+    /// what must be written instead of a `MailboxDeletion`, which the spool takes as the end
+    /// of the user's every reference. None when INBOX holds none of them.
+    pub fn pop3_delete(&mut self, ids: &[QueueId]) -> Result<Option<MailboxState>, StoreError> {
+        let ids: BTreeSet<QueueId> = ids.iter().copied().collect();
+        let uids: Vec<u32> = self
+            .folder(INBOX)?
+            .messages
+            .iter()
+            .filter(|(_, e)| ids.contains(&e.id))
+            .map(|(u, _)| *u)
+            .collect();
+        if uids.is_empty() {
+            return Ok(None);
+        }
+        let modseq = self.folder_mut(INBOX)?.next_modseq();
+        Ok(Some(self.record(vec![StateOp::Expunge {
+            folder: INBOX,
+            uids,
+            modseq,
+        }])))
     }
 
     // ---- deliveries ----

@@ -124,6 +124,9 @@ pub struct UserStore {
     pub(super) recovery: Option<Box<super::recovery::Recovery>>,
 }
 
+/// Placements from message frames not yet applied, by folder and UID (recovery only).
+pub(super) type PlacementIndex = BTreeMap<(FolderId, u32), (QueueId, Placement)>;
+
 /// The HIGHESTMODSEQ a record's `FolderCounters` restates for a folder.
 fn restated_highest(record: &MailboxState, folder: FolderId) -> u64 {
     record
@@ -145,7 +148,7 @@ fn restated_highest(record: &MailboxState, folder: FolderId) -> u64 {
 /// yet applied, by folder and UID.
 pub(super) struct ApplyCtx<'a> {
     pub(super) sizes: &'a HashMap<QueueId, u64>,
-    pub(super) index: Option<&'a mut BTreeMap<(FolderId, u32), (QueueId, Placement)>>,
+    pub(super) index: Option<&'a mut PlacementIndex>,
     /// Place ops whose body is unknown (no delivery replayed): dropped.
     pub(super) dangling: usize,
 }
@@ -179,11 +182,8 @@ impl UserStore {
     }
 
     fn ensure_inbox(&mut self) {
-        if !self.folders.contains_key(&INBOX) {
-            self.folders.insert(
-                INBOX,
-                Folder::new(INBOX_NAME.to_string(), INBOX_UIDVALIDITY, None),
-            );
+        if let std::collections::btree_map::Entry::Vacant(v) = self.folders.entry(INBOX) {
+            v.insert(Folder::new(INBOX_NAME.to_string(), INBOX_UIDVALIDITY, None));
             self.names.insert(INBOX_NAME.to_string(), INBOX);
         }
     }

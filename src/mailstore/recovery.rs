@@ -6,7 +6,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
-use super::model::{ApplyCtx, UserStore};
+use super::model::{ApplyCtx, PlacementIndex, UserStore};
 use crate::envelope::QueueId;
 use crate::spool::state::{FolderId, MailboxState, Placement, StateOp, INBOX};
 
@@ -90,7 +90,7 @@ impl UserStore {
         if let Some(last) = records.last() {
             self.seq = self.seq.max(last.seq);
         }
-        let mut index: BTreeMap<(FolderId, u32), (QueueId, Placement)> = BTreeMap::new();
+        let mut index: PlacementIndex = BTreeMap::new();
         for (id, p) in &r.placements {
             if !r.unplaced.contains(id) && !released.contains(id) {
                 index.insert((p.folder, p.uid), (*id, p.clone()));

@@ -907,6 +907,20 @@ fn pop3_deletions_expunge_from_inbox_and_raise_highestmodseq() {
     assert!(!s.holds(id(1)));
 }
 
+#[test]
+fn pop3_delete_releases_only_what_no_folder_still_holds() {
+    let mut s = UserStore::new("u");
+    let a = create(&mut s, "a");
+    deliver(&mut s, INBOX, 1, 1);
+    deliver(&mut s, INBOX, 2, 1);
+    commit!(s, s.copy(INBOX, &[2], a).unwrap().record.unwrap());
+    let r = commit!(s, s.pop3_delete(&[id(1), id(2), id(9)]).unwrap().unwrap());
+    assert_eq!(r.released, vec![id(1)]);
+    assert_eq!(uids(&s, INBOX), Vec::<u32>::new());
+    assert!(s.holds(id(2)));
+    assert_eq!(s.pop3_delete(&[id(1)]), Ok(None));
+}
+
 // ---- Stores ----
 
 #[test]
