@@ -46,6 +46,10 @@ pub(super) struct Folder {
     pub(super) uidvalidity: u32,
     /// Above every UID handed out (allocated, copied or placed), committed or not.
     pub(super) uidnext: u32,
+    /// Above every UID the log holds (placed, or restated by a checkpoint): what recovery
+    /// gets back, so UIDNEXT as reported never passes it (an abandoned UID at the top is not
+    /// durable, and UIDNEXT must not go back after a restart).
+    pub(super) durable_uidnext: u32,
     /// The highest modseq of an applied change.
     pub(super) highest_modseq: u64,
     /// The highest modseq handed to a change not yet applied (or whose commit failed).
@@ -67,6 +71,7 @@ impl Folder {
             name,
             uidvalidity,
             uidnext: 1,
+            durable_uidnext: 1,
             highest_modseq: 0,
             reserved_modseq: 0,
             special_use,
@@ -83,11 +88,12 @@ impl Folder {
         self.messages.range(..limit)
     }
 
-    /// UIDNEXT as clients see it: no message will appear below it.
+    /// UIDNEXT as clients see it: no message will appear below it, and it never goes back,
+    /// restarts included.
     pub(super) fn visible_uidnext(&self) -> u32 {
         self.pending
             .first()
-            .map_or(self.uidnext, |p| (*p).min(self.uidnext))
+            .map_or(self.durable_uidnext, |p| (*p).min(self.durable_uidnext))
     }
 
     pub(super) fn next_modseq(&mut self) -> u64 {
@@ -240,6 +246,7 @@ impl UserStore {
                 continue;
             }
             f.uidnext = f.uidnext.max(old.uidnext);
+            f.durable_uidnext = f.durable_uidnext.max(old.durable_uidnext);
             f.highest_modseq = f.highest_modseq.max(old.highest_modseq);
             f.reserved_modseq = f.reserved_modseq.max(old.reserved_modseq);
             f.expunge_modseq = f.expunge_modseq.max(old.expunge_modseq);
@@ -395,6 +402,7 @@ impl UserStore {
                     return;
                 };
                 f.uidnext = f.uidnext.max(*uidnext);
+                f.durable_uidnext = f.durable_uidnext.max(*uidnext);
                 f.highest_modseq = f.highest_modseq.max(*highest_modseq);
                 f.expunge_modseq = f.expunge_modseq.max(*highest_modseq);
                 // A delivery below the restated UIDNEXT that the checkpoint does not place
@@ -446,6 +454,7 @@ impl UserStore {
         };
         let replaced = f.messages.insert(p.uid, entry).map(|e| e.id);
         f.uidnext = f.uidnext.max(p.uid.saturating_add(1));
+        f.durable_uidnext = f.durable_uidnext.max(p.uid.saturating_add(1));
         f.highest_modseq = f.highest_modseq.max(p.modseq);
         f.changes += 1;
         if replaced != Some(id) {

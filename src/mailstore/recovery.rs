@@ -96,6 +96,25 @@ impl UserStore {
                 index.insert((p.folder, p.uid), (*id, p.clone()));
             }
         }
+        // What the last checkpoint restated as UIDNEXT, and the UIDs expunged after it: every
+        // other UID between the two was committed and is held, or never committed.
+        let mut cp_uidnext: HashMap<FolderId, u32> = HashMap::new();
+        let mut expunged: BTreeSet<(FolderId, u32)> = BTreeSet::new();
+        for (i, record) in records.iter().enumerate().skip(start) {
+            for op in &record.ops {
+                match op {
+                    StateOp::FolderCounters {
+                        folder, uidnext, ..
+                    } if i == start => {
+                        cp_uidnext.insert(*folder, *uidnext);
+                    }
+                    StateOp::Expunge { folder, uids, .. } => {
+                        expunged.extend(uids.iter().map(|u| (*folder, *u)));
+                    }
+                    _ => {}
+                }
+            }
+        }
         let mut ctx = ApplyCtx {
             sizes: &r.sizes,
             index: Some(&mut index),
@@ -130,6 +149,7 @@ impl UserStore {
             if let Some(f) = self.folders.get_mut(&p.folder) {
                 if f.uidvalidity == p.uidvalidity {
                     f.uidnext = f.uidnext.max(p.uid.saturating_add(1));
+                    f.durable_uidnext = f.durable_uidnext.max(f.uidnext);
                 }
             }
         }
@@ -171,28 +191,38 @@ impl UserStore {
             dirty = true;
         }
 
-        // A placement whose modseq is below a later change in its folder may have been
-        // hidden behind a pending UID while a client learnt a higher HIGHESTMODSEQ; the
-        // record giving it a fresh modseq may be what the crash lost. Over-reporting is
-        // harmless (RFC 7162), missing it is not.
-        let mut by_folder: BTreeMap<FolderId, Vec<u32>> = BTreeMap::new();
-        for (folder, uid) in placed_only {
-            by_folder.entry(folder).or_default().push(uid);
-        }
-        for (folder, uids) in by_folder {
-            let Some(f) = self.folders.get_mut(&folder) else {
+        // A message hidden behind a pending UID at the crash may carry a modseq a client
+        // has passed (HIGHESTMODSEQ moved on while it was hidden), and the record giving it a
+        // fresh one, written when it shows, is lost. It can only sit above the lowest UID
+        // since the last checkpoint that is a hole (never committed) or a delivery no record
+        // touched (its `delivered` may not have run): everything above that gets a fresh
+        // modseq. Over-reporting is harmless (RFC 7162), missing a change is not.
+        let placed_only: BTreeSet<(FolderId, u32)> = placed_only.into_iter().collect();
+        for (id, f) in self.folders.iter_mut() {
+            let floor = cp_uidnext.get(id).copied().unwrap_or(1);
+            let unsure = (floor..f.uidnext).find(|uid| {
+                if f.messages.contains_key(uid) {
+                    placed_only.contains(&(*id, *uid))
+                } else {
+                    !expunged.contains(&(*id, *uid))
+                }
+            });
+            let Some(unsure) = unsure else {
                 continue;
             };
+            // That delivery itself may have been pending at the crash while a later change
+            // moved HIGHESTMODSEQ past it.
             let highest = f.highest_modseq;
-            let stale: Vec<u32> = uids
-                .into_iter()
-                .filter(|u| f.messages.get(u).is_some_and(|e| e.modseq < highest))
-                .collect();
-            if stale.is_empty() {
+            let first = match f.messages.get(&unsure) {
+                Some(e) if e.modseq < highest => unsure,
+                _ => unsure.saturating_add(1),
+            };
+            let above: Vec<u32> = f.messages.range(first..).map(|(u, _)| *u).collect();
+            if above.is_empty() {
                 continue;
             }
             let modseq = f.next_modseq();
-            for uid in stale {
+            for uid in above {
                 if let Some(e) = f.messages.get_mut(&uid) {
                     e.modseq = modseq;
                 }
