@@ -13,11 +13,16 @@
 //! - Deliveries never wait for the user's turn: [`UserStore::allocate`] takes a UID and holds
 //!   it pending, the UID rides in the message frame, and the folder shows nothing from its
 //!   lowest pending UID up, so clients never see UID 12 before UID 11. A message that appears
-//!   after a later change may carry a modseq a client already passed: it gets a fresh one.
+//!   after a later change may carry a modseq a client already passed: it gets a fresh one
+//!   (a record from `delivered`/`abandoned`, or, after a crash, from recovery's checkpoint).
+//!   UIDNEXT as reported never passes what the log holds, so it never goes back on restart.
+//!   Neither `allocate` nor `finish_recovery` needs a clock.
 //! - Modseqs are per folder; INBOX always exists with UIDVALIDITY 1 (it cannot be deleted,
 //!   so it never needs another); other folders get `max(now, every earlier value + 1)`.
 //! - Quota usage counts each body once, however many folders hold a copy: COPY stores no bytes.
-//! - Names are UTF-8 with `/` as delimiter; modified UTF-7 is the protocol's concern.
+//! - Names are UTF-8 with `/` as delimiter; modified UTF-7 is the protocol's concern. RENAME
+//!   leaves subscriptions alone (RFC 9051 never removes one unasked); DELETE of a folder with
+//!   inferiors leaves its name listed as not selectable while they exist.
 //! - A checkpoint restates the store; the highest folder id and UIDVALIDITY of deleted folders
 //!   survive it as a folder created and deleted in the same record (no op states them).
 
