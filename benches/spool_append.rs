@@ -45,6 +45,7 @@ fn message(h: &ShardHandle, body: &[u8], received: &[u8]) -> NewMessage {
         body: body.to_vec(),
         mailboxes: Vec::new(),
         remote: Vec::new(),
+        placements: Vec::new(),
     }
 }
 
