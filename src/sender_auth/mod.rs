@@ -13,6 +13,7 @@
 #![forbid(unsafe_code)]
 
 pub mod authres;
+pub mod cache;
 pub mod dmarc;
 pub mod keys;
 pub mod policy;

@@ -9,6 +9,8 @@ use std::net::IpAddr;
 use mail_auth::spf::verify::SpfParameters;
 use mail_auth::{MessageAuthenticator, SpfOutput, SpfResult};
 
+use super::cache::{self, Caches};
+
 /// The SPF results for one transaction.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SpfVerdict {
@@ -43,11 +45,26 @@ pub async fn evaluate(
     host: &str,
     mail_from: &str,
 ) -> SpfVerdict {
+    // A fresh cache answers nothing twice across calls; within one it is what hickory's
+    // cache would have answered.
+    let caches = Caches::system(cache::DEFAULT_CAPACITY);
+    evaluate_cached(auth, &caches, ip, helo, host, mail_from).await
+}
+
+/// [`evaluate`] with records parsed earlier on this core answered from `caches`.
+pub async fn evaluate_cached(
+    auth: &MessageAuthenticator,
+    caches: &Caches,
+    ip: IpAddr,
+    helo: &str,
+    host: &str,
+    mail_from: &str,
+) -> SpfVerdict {
     // A client on a dual-stack listener shows as ::ffff:a.b.c.d; RFC 7208 §5 (and §5.6's
     // "ip6 never matches an IPv4 client") evaluates it as the IPv4 address it is.
     let ip = ip.to_canonical();
     let helo_output = if checkable(helo) {
-        auth.verify_spf(SpfParameters::verify_ehlo(ip, helo, host))
+        auth.verify_spf(caches.parameters(SpfParameters::verify_ehlo(ip, helo, host)))
             .await
     } else {
         SpfOutput::new(helo.to_string())
@@ -62,8 +79,10 @@ pub async fn evaluate(
         };
         let domain = sender.rsplit_once('@').map_or("", |(_, domain)| domain);
         if checkable(domain) {
-            auth.verify_spf(SpfParameters::verify_mail_from(ip, helo, host, &sender))
-                .await
+            auth.verify_spf(
+                caches.parameters(SpfParameters::verify_mail_from(ip, helo, host, &sender)),
+            )
+            .await
         } else {
             SpfOutput::new(domain.to_string())
         }

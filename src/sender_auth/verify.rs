@@ -18,6 +18,7 @@
 //! and `sp=` applies to a subdomain covered by its organisational domain's record (§6.3).
 
 use std::net::IpAddr;
+use std::rc::Rc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use mail_auth::dkim::DkimError;
@@ -28,6 +29,7 @@ use mail_auth::{
 };
 
 use super::authres::{self, Clause};
+use super::cache::Caches;
 use super::dmarc;
 use super::policy::{self, Action, DmarcStatus, Requested, Verdicts};
 use super::report::{AuthResult, Observation, PublishedPolicy};
@@ -269,31 +271,46 @@ pub const MAX_SIGNATURES: usize = 10;
 /// `settings.timeout`.
 pub async fn check(
     auth: &MessageAuthenticator,
+    caches: &Caches,
     settings: &VerifySettings,
     peer: &Peer<'_>,
     message: &[u8],
 ) -> Results {
-    match tokio::time::timeout(settings.timeout, run(auth, settings.arc, peer, message)).await {
+    let checks = run(auth, caches, settings.arc, peer, message);
+    match tokio::time::timeout(settings.timeout, checks).await {
         Ok(results) => results,
         Err(_) => Results::unavailable(peer, settings.arc, true),
     }
 }
 
-async fn run(auth: &MessageAuthenticator, arc: bool, peer: &Peer<'_>, message: &[u8]) -> Results {
+async fn run(
+    auth: &MessageAuthenticator,
+    caches: &Caches,
+    arc: bool,
+    peer: &Peer<'_>,
+    message: &[u8],
+) -> Results {
     let helo_checked = checkable_helo(peer.helo);
     // One SPF evaluation path for ingest and the RFC 7208 suite (`sender_auth::spf`).
     let spf = async {
-        let verdict =
-            super::spf::evaluate(auth, peer.ip, peer.helo, peer.host, peer.mail_from).await;
+        let verdict = super::spf::evaluate_cached(
+            auth,
+            caches,
+            peer.ip,
+            peer.helo,
+            peer.host,
+            peer.mail_from,
+        )
+        .await;
         let helo = if helo_checked {
-            confirm_spf(auth, &verdict.helo, peer.helo).await
+            confirm_spf(auth, caches, &verdict.helo, peer.helo).await
         } else {
             AuthResult::None
         };
         let mail_from = if peer.mail_from.is_empty() {
             None
         } else {
-            Some(confirm_spf(auth, &verdict.mail_from, domain_of(peer.mail_from)).await)
+            Some(confirm_spf(auth, caches, &verdict.mail_from, domain_of(peer.mail_from)).await)
         };
         (helo, mail_from)
     };
@@ -305,14 +322,14 @@ async fn run(auth: &MessageAuthenticator, arc: bool, peer: &Peer<'_>, message: &
     }
     let dkim = async {
         match &parsed {
-            Some(parsed) => auth.verify_dkim(parsed).await,
+            Some(parsed) => auth.verify_dkim(caches.parameters(parsed)).await,
             None => Vec::new(),
         }
     };
     let arc_check = async {
         match (&parsed, arc) {
             (Some(parsed), true) => {
-                let output = auth.verify_arc(parsed).await;
+                let output = auth.verify_arc(caches.parameters(parsed)).await;
                 Some(match output.result() {
                     DkimResult::Pass => AuthResult::Pass,
                     DkimResult::None => AuthResult::None,
@@ -376,7 +393,7 @@ async fn run(auth: &MessageAuthenticator, arc: bool, peer: &Peer<'_>, message: &
         .iter()
         .map(|d| (d.result, d.domain.as_str()))
         .collect();
-    let (record_domain, text) = match discover(auth, &results.header_from).await {
+    let (record_domain, text) = match discover(auth, caches, &results.header_from).await {
         Discovery::Found(domain, text) => (domain, text),
         Discovery::NoPolicy => return results,
         Discovery::ServerFailure => {
@@ -423,31 +440,41 @@ fn author_domain(from: &[String]) -> Option<String> {
 }
 
 /// An SPF `none` may be a SERVFAIL mail-auth read as "no record": ask again ourselves.
-async fn confirm_spf(auth: &MessageAuthenticator, output: &SpfOutput, domain: &str) -> AuthResult {
+async fn confirm_spf(
+    auth: &MessageAuthenticator,
+    caches: &Caches,
+    output: &SpfOutput,
+    domain: &str,
+) -> AuthResult {
     let result = spf_result(output.result());
     if result != AuthResult::None || domain.is_empty() {
         return result;
     }
-    match txt(auth, domain).await {
+    match txt(auth, caches, domain).await {
         Lookup::ServerFailure => AuthResult::TempError,
         Lookup::Records(_) | Lookup::NotFound => result,
     }
 }
 
 enum Lookup {
-    Records(Vec<String>),
+    Records(Rc<[String]>),
     NotFound,
     ServerFailure,
 }
 
-async fn txt(auth: &MessageAuthenticator, name: &str) -> Lookup {
+/// The TXT strings of `name`: from this core's cache while the TTL lasts, else hickory's.
+/// Only answers are cached; a failure is asked again next time.
+async fn txt(auth: &MessageAuthenticator, caches: &Caches, name: &str) -> Lookup {
     let mut fqdn = name.to_ascii_lowercase();
     if !fqdn.ends_with('.') {
         fqdn.push('.');
     }
+    if let Some(records) = caches.raw_txt.get_at(fqdn.as_str(), caches.now()) {
+        return Lookup::Records(records);
+    }
     match auth.resolver().txt_lookup(fqdn.as_str()).await {
-        Ok(lookup) => Lookup::Records(
-            lookup
+        Ok(lookup) => {
+            let records: Rc<[String]> = lookup
                 .answers()
                 .iter()
                 .filter_map(|record| match &record.data {
@@ -459,8 +486,15 @@ async fn txt(auth: &MessageAuthenticator, name: &str) -> Lookup {
                     ),
                     _ => None,
                 })
-                .collect(),
-        ),
+                .collect();
+            caches.raw_txt.insert_at(
+                fqdn.into_boxed_str(),
+                Rc::clone(&records),
+                lookup.valid_until(),
+                caches.now(),
+            );
+            Lookup::Records(records)
+        }
         Err(error) => match crate::net::dns::classify(&error) {
             crate::net::dns::LookupFailure::NxDomain
             | crate::net::dns::LookupFailure::NoRecords => Lookup::NotFound,
@@ -479,16 +513,16 @@ enum Discovery {
 
 /// RFC 7489 §6.6.3 policy discovery: `_dmarc.<From domain>`, and only when that holds no
 /// DMARC record at all, `_dmarc.<organisational domain>`.
-async fn discover(auth: &MessageAuthenticator, from_domain: &str) -> Discovery {
+async fn discover(auth: &MessageAuthenticator, caches: &Caches, from_domain: &str) -> Discovery {
     let org = dmarc::organisational_domain(from_domain);
     let mut names = vec![from_domain.to_string()];
     if org != from_domain {
         names.push(org);
     }
     for name in names {
-        let records = match txt(auth, &format!("_dmarc.{name}")).await {
+        let records = match txt(auth, caches, &format!("_dmarc.{name}")).await {
             Lookup::Records(records) => records,
-            Lookup::NotFound => Vec::new(),
+            Lookup::NotFound => Rc::from(Vec::new()),
             Lookup::ServerFailure => return Discovery::ServerFailure,
         };
         match dmarc::pick(&records) {
