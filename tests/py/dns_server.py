@@ -144,12 +144,26 @@ def serve_tcp(listener):
                 pass
 
 
-sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-sock.bind(("127.0.0.1", 0))
-port = sock.getsockname()[1]
-tcp = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-tcp.bind(("127.0.0.1", port))
+def bind_pair():
+    """A UDP and a TCP socket on one free port. The UDP port is free for TCP only by chance
+    (other tests' connections take ephemeral TCP ports), so a taken one is retried."""
+    for _ in range(100):
+        udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        udp.bind(("127.0.0.1", 0))
+        port = udp.getsockname()[1]
+        tcp = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            tcp.bind(("127.0.0.1", port))
+        except OSError:
+            tcp.close()
+            udp.close()
+            continue
+        return udp, tcp, port
+    raise SystemExit("no port free for both UDP and TCP after 100 tries")
+
+
+sock, tcp, port = bind_pair()
 tcp.listen(16)
 threading.Thread(target=serve_tcp, args=(tcp,), daemon=True).start()
 print("PORT", port, flush=True)
