@@ -48,7 +48,23 @@ impl DnsServer {
         }
     }
 
+    /// The queries seen so far. The server prints each query before it answers, but the
+    /// thread reading those lines can lag the relay's use of the answer under load, so this
+    /// waits until the list has stopped growing for half a second (at most 5 s).
     pub fn queries(&self) -> Vec<String> {
+        let start = std::time::Instant::now();
+        let mut seen = self.queries.lock().unwrap().len();
+        let mut stable_since = start;
+        while stable_since.elapsed() < std::time::Duration::from_millis(500)
+            && start.elapsed() < std::time::Duration::from_secs(5)
+        {
+            std::thread::sleep(std::time::Duration::from_millis(50));
+            let now = self.queries.lock().unwrap().len();
+            if now != seen {
+                seen = now;
+                stable_since = std::time::Instant::now();
+            }
+        }
         self.queries.lock().unwrap().clone()
     }
 }
