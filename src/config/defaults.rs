@@ -126,6 +126,22 @@ pub fn local_domains() -> Vec<String> {
 pub fn pop3_listen() -> Vec<SocketAddr> {
     vec![SocketAddr::from(([127, 0, 0, 1], 1110))]
 }
+/// The conventional unprivileged IMAP port on loopback (993/143 need root; 993 needs TLS).
+pub fn imap_listen() -> Vec<SocketAddr> {
+    vec![SocketAddr::from(([127, 0, 0, 1], 1143))]
+}
+/// RFC 9051 §5.4: "an inactivity autologout timer MUST be of at least 30 minutes' duration".
+pub const IMAP_IDLE_TIMEOUT: Interval = Interval::secs(30 * 60);
+/// A begun command (literals included) must be complete within this: long enough for an
+/// APPEND of `imap.append_max` over a slow link, far below the autologout timer.
+pub const IMAP_COMMAND_TIMEOUT: Interval = Interval::secs(5 * 60);
+/// RFC 9051 §4 asks servers to take lines of at least 8,000 octets; 64 KiB leaves room for
+/// long UID sets that sync clients send.
+pub const IMAP_LINE_MAX: u64 = 64 * 1024;
+/// A literal outside APPEND (a LOGIN password, a SEARCH string).
+pub const IMAP_LITERAL_MAX: u64 = 64 * 1024;
+/// One APPEND: what SMTP accepts by default (`smtp.message_size_max`).
+pub const IMAP_APPEND_MAX: u64 = 25 * 1024 * 1024;
 /// RFC 1939 §3: "the autologout timer MUST be of at least 10 minutes' duration".
 pub const POP3_IDLE_TIMEOUT: Interval = Interval::secs(600);
 /// A command line that has begun must be complete within this (255 octets at most, RFC 2449

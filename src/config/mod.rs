@@ -1,5 +1,5 @@
 //! The typed configuration: one TOML file, one section per owner (`[server] [smtp] [spool]
-//! [relay] [local] [pop3] [policy] [delivery] [admin] [tls] [dkim] [verify] [dmarc]`), each in its own file here.
+//! [relay] [local] [pop3] [imap] [policy] [delivery] [admin] [tls] [dkim] [verify] [dmarc]`), each in its own file here.
 //!
 //! Role: turn operator text into values the rest of the relay can trust. Every key has a
 //! default (see `defaults.rs` and each section, where each keeps its RFC or reason); unknown
@@ -15,6 +15,7 @@ mod defaults;
 pub mod delivery;
 pub mod dkim;
 pub mod dmarc;
+pub mod imap;
 pub mod local;
 pub mod policy;
 pub mod pop3;
@@ -36,6 +37,7 @@ pub use admin::{admin_listen_allowed, AdminSection};
 pub use delivery::DeliverySection;
 pub use dkim::DkimSection;
 pub use dmarc::DmarcSection;
+pub use imap::ImapSection;
 pub use local::{LocalSection, UserEntry};
 pub use policy::PolicySection;
 pub use pop3::Pop3Section;
@@ -135,6 +137,7 @@ pub struct Config {
     pub relay: RelaySection,
     pub local: LocalSection,
     pub pop3: Pop3Section,
+    pub imap: ImapSection,
     pub policy: PolicySection,
     /// Outbound delivery: retries, lifetime, notices, per-destination limits.
     pub delivery: DeliverySection,
@@ -285,12 +288,14 @@ impl Config {
         self.relay.check()?;
         self.policy.check()?;
         self.pop3.check()?;
+        self.imap.check()?;
         self.tls.check()?;
         // Implicit TLS needs the certificate of `[tls]`.
         if !self.tls.server_enabled() {
             for (key, listen) in [
                 ("smtp.tls_listen", &self.smtp.tls_listen),
                 ("pop3.tls_listen", &self.pop3.tls_listen),
+                ("imap.tls_listen", &self.imap.tls_listen),
             ] {
                 if !listen.is_empty() {
                     return Err(invalid(

@@ -163,23 +163,17 @@ impl DeliveryShared {
     }
 }
 
-/// A message just committed on core `from`: its local copies join their maildrops, its
-/// remote recipients go to their destinations' owner cores. Both ingest and the notices
-/// this core generates take this path. Never waits: a hand-off that finds its mesh queue full
+/// A message just committed on core `from` (its local copies are placed by
+/// [`crate::mailbox::MailStore::delivered`]): its remote recipients go to their destinations'
+/// owner cores. Both ingest and the notices this core generates take this path. Never waits: a hand-off that finds its mesh queue full
 /// goes on in the background (the message is durable; its 250 need not wait).
 pub fn hand_on(
-    mail_store: &MailStore,
     shared: &Arc<DeliveryShared>,
     from: usize,
     id: QueueId,
     body_len: u64,
-    mailboxes: &[String],
     remote: &[String],
 ) {
-    let item = crate::mailbox::MaildropItem { id, size: body_len };
-    for mailbox in mailboxes {
-        mail_store.deliver(mailbox, item);
-    }
     if !remote.is_empty() {
         enqueue_new(shared, from, id, remote, body_len);
     }

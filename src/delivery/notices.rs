@@ -186,6 +186,10 @@ async fn store<C: Connector + 'static>(core: &Core<C>, dsn: Dsn) -> Result<Queue
     };
     let now = core.wall();
     let id = core.spool.next_id(now);
+    let placements = core.mail_store.place(
+        &mailboxes,
+        i64::try_from(micros(now) / 1_000_000).unwrap_or(0),
+    );
     let new = NewMessage {
         id,
         arrival_unix_micros: micros(now),
@@ -200,7 +204,7 @@ async fn store<C: Connector + 'static>(core: &Core<C>, dsn: Dsn) -> Result<Queue
         body: message,
         mailboxes: mailboxes.clone(),
         remote: remote.clone(),
-        placements: Vec::new(),
+        placements: placements.clone(),
     };
     let not_stored = |error: SpoolError| match error {
         SpoolError::TooLarge { .. } => NotStored::Permanent(error.to_string()),
@@ -208,20 +212,25 @@ async fn store<C: Connector + 'static>(core: &Core<C>, dsn: Dsn) -> Result<Queue
     };
     let committed = match core.spool.append_message(new) {
         Ok(rx) => match rx.await {
-            Ok(Ok(committed)) => committed,
-            Ok(Err(error)) => return Err(not_stored(error)),
-            Err(_) => return Err(not_stored(SpoolError::Closed)),
+            Ok(Ok(committed)) => Ok(committed),
+            Ok(Err(error)) => Err(error),
+            Err(_) => Err(SpoolError::Closed),
         },
-        Err(error) => return Err(not_stored(error)),
+        Err(error) => Err(error),
     };
-    super::hand_on(
-        &core.mail_store,
-        &core.shared,
-        core.index,
-        id,
-        committed.location.body_len,
-        &mailboxes,
-        &remote,
-    );
+    let committed = match committed {
+        Ok(committed) => committed,
+        Err(error) => {
+            core.mail_store
+                .abandoned(&core.spool, &mailboxes, &placements)
+                .await;
+            return Err(not_stored(error));
+        }
+    };
+    let size = committed.location.body_len;
+    core.mail_store
+        .delivered(&core.spool, id, size, &mailboxes, &placements)
+        .await;
+    super::hand_on(&core.shared, core.index, id, size, &remote);
     Ok(id)
 }

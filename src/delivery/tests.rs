@@ -377,19 +377,10 @@ fn a_full_mesh_does_not_hold_back_the_hand_on() {
         .build()
         .unwrap();
     let local = tokio::task::LocalSet::new();
-    let mail_store = crate::mailbox::MailStore::new();
     let took = local.block_on(&runtime, async {
         let started = std::time::Instant::now();
         let handed = tokio::time::timeout(Duration::from_secs(1), async {
-            hand_on(
-                &mail_store,
-                &shared,
-                0,
-                id,
-                100,
-                &[],
-                &["someone@far.test".into()],
-            )
+            hand_on(&shared, 0, id, 100, &["someone@far.test".into()])
         })
         .await;
         (handed.is_ok(), started.elapsed())
@@ -478,17 +469,8 @@ fn a_hand_off_given_up_is_delivered_by_the_reconciliation() {
         .build()
         .unwrap();
     let local = tokio::task::LocalSet::new();
-    let mail_store = crate::mailbox::MailStore::new();
     let gave_up = local.block_on(&runtime, async {
-        hand_on(
-            &mail_store,
-            &shared,
-            0,
-            id,
-            100,
-            &[],
-            &["someone@far.test".into()],
-        );
+        hand_on(&shared, 0, id, 100, &["someone@far.test".into()]);
         tokio::time::timeout(Duration::from_secs(5), async {
             while shared.mesh.dropped() == 0 {
                 tokio::time::sleep(Duration::from_millis(5)).await;

@@ -65,7 +65,6 @@ impl LocalRecipients for LocalDelivery {
 mod tests {
     use super::*;
     use crate::envelope::QueueId;
-    use crate::mailbox::store::MaildropItem;
     use crate::mailbox::{password, User};
     use std::collections::BTreeMap;
 
@@ -102,13 +101,7 @@ mod tests {
             local.lookup("alice@example.test", 900),
             Lookup::Deliver { .. }
         ));
-        store.deliver(
-            "alice",
-            MaildropItem {
-                id: QueueId(1),
-                size: 600,
-            },
-        );
+        store.deliver_now("alice", QueueId(1), 600);
         assert_eq!(local.lookup("alice@example.test", 500), Lookup::OverQuota);
         assert_eq!(local.lookup("team@example.test", 500), Lookup::OverQuota);
         assert!(matches!(
@@ -127,12 +120,10 @@ mod tests {
                 forward: vec![]
             }
         );
-        store.deliver(
+        store.deliver_now(
             "postmaster",
-            MaildropItem {
-                id: QueueId(1),
-                size: crate::mailbox::directory::POSTMASTER_UNOWNED_QUOTA,
-            },
+            QueueId(1),
+            crate::mailbox::directory::POSTMASTER_UNOWNED_QUOTA,
         );
         assert_eq!(local.lookup("postmaster", 1), Lookup::OverQuota);
     }

@@ -18,7 +18,7 @@ pub mod users_file;
 
 pub use directory::{Directory, DirectoryError, Resolution, User};
 pub use local::LocalDelivery;
-pub use store::{InUse, MailStore, MaildropItem, MaildropLock};
+pub use store::{ChangeError, InUse, MailStore, MaildropItem, MaildropLock};
 
 use std::sync::Arc;
 

@@ -587,6 +587,13 @@ impl UserStore {
         })
     }
 
+    /// One visible message of a folder.
+    pub fn entry(&self, folder: FolderId, uid: u32) -> Option<&Entry> {
+        let f = self.folders.get(&folder)?;
+        let hidden = f.pending.first().is_some_and(|p| uid >= *p);
+        f.messages.get(&uid).filter(|_| !hidden)
+    }
+
     /// Grows whenever anything in the folder may have changed: a session compares it to
     /// know, cheaply, whether to look.
     pub fn change_counter(&self, folder: FolderId) -> Result<u64, StoreError> {

@@ -426,6 +426,7 @@ impl Metrics {
             core,
             smtp: protocol("smtp"),
             pop3: protocol("pop3"),
+            imap: protocol("imap"),
             message_bytes: f.message_bytes.get_or_create_owned(&labels),
             pop3_sessions: f.pop3_sessions.get_or_create_owned(&labels),
             pop3_retrievals: f.pop3_retrievals.get_or_create_owned(&labels),
@@ -552,6 +553,7 @@ impl Metrics {
                     core,
                     smtp: protocol("smtp"),
                     pop3: protocol("pop3"),
+                    imap: protocol("imap"),
                     transactions: by_result,
                     transaction_codes: by_code,
                     message_bytes: f.message_bytes.get_or_create(&labels).get(),
@@ -634,6 +636,7 @@ pub struct CoreMetrics {
     core: usize,
     pub smtp: ProtocolMetrics,
     pub pop3: ProtocolMetrics,
+    pub imap: ProtocolMetrics,
     pub message_bytes: Counter,
     pub pop3_sessions: Counter,
     pub pop3_retrievals: Counter,
@@ -809,7 +812,7 @@ mod tests {
         let metrics = Metrics::new(2, None);
         let text = metrics.encode().expect("encodes");
         for core in 0..2 {
-            for protocol in ["smtp", "pop3"] {
+            for protocol in ["smtp", "pop3", "imap"] {
                 let line =
                     format!("relay_connections_total{{core=\"{core}\",protocol=\"{protocol}\"}} ");
                 assert_eq!(sample(&text, &line), Some(0.0), "{line}\n{text}");

@@ -23,6 +23,7 @@ pub struct CoreStat {
     pub core: usize,
     pub smtp: ProtocolStat,
     pub pop3: ProtocolStat,
+    pub imap: ProtocolStat,
     /// SMTP transactions by result: `queued`, `deferred`, `rejected`.
     pub transactions: BTreeMap<String, u64>,
     /// SMTP transactions by reply code.

@@ -28,6 +28,7 @@ pub struct Auth {
     pub pool: Arc<HashPool>,
     pub smtp: Policy,
     pub pop3: Policy,
+    pub imap: Policy,
 }
 
 /// How one protocol's logins are limited.
@@ -99,6 +100,21 @@ impl From<crate::smtp::Credentials> for Proof {
     }
 }
 
+impl From<crate::imap::Credentials> for Proof {
+    fn from(credentials: crate::imap::Credentials) -> Proof {
+        let crate::imap::Credentials {
+            authzid,
+            user,
+            password,
+        } = credentials;
+        Proof::Password {
+            authzid,
+            user,
+            password: Password::new(password),
+        }
+    }
+}
+
 impl From<crate::pop3::Credentials> for Proof {
     fn from(credentials: crate::pop3::Credentials) -> Proof {
         match credentials {
@@ -160,6 +176,7 @@ impl Auth {
         match protocol {
             Protocol::Smtp => &self.smtp,
             Protocol::Pop3 => &self.pop3,
+            Protocol::Imap => &self.imap,
         }
     }
 
@@ -222,6 +239,9 @@ fn log_refused(protocol: Protocol, client: IpAddr, attempted: &str) {
         Protocol::Pop3 => {
             tracing::info!(target: "relay::pop3", client = %client, user = %Safe(attempted), "login refused: too many failures")
         }
+        Protocol::Imap => {
+            tracing::info!(target: "relay::imap", client = %client, user = %Safe(attempted), "login refused: too many failures")
+        }
     }
 }
 
@@ -233,6 +253,9 @@ fn log_failure(protocol: Protocol, client: IpAddr, attempted: &str) {
         Protocol::Pop3 => {
             tracing::info!(target: "relay::pop3", client = %client, user = %Safe(attempted), "login failed")
         }
+        Protocol::Imap => {
+            tracing::info!(target: "relay::imap", client = %client, user = %Safe(attempted), "login failed")
+        }
     }
 }
 
@@ -240,11 +263,13 @@ fn log_busy(protocol: Protocol, client: IpAddr, attempted: &str) {
     let protocol = match protocol {
         Protocol::Smtp => "smtp",
         Protocol::Pop3 => "pop3",
+        Protocol::Imap => "imap",
     };
     tracing::warn!(target: "relay::auth", protocol, client = %client, user = %Safe(attempted), "login refused: password-hash queue full");
 }
 
-/// POP3 logs its login once the maildrop is locked (with the message count), not here.
+/// POP3 and IMAP log their logins themselves (POP3 once the maildrop is locked, with the
+/// message count), not here.
 fn log_success(protocol: Protocol, client: IpAddr, user: &str) {
     if protocol == Protocol::Smtp {
         tracing::info!(target: "relay::smtp", client = %client, user = %Safe(user), "authenticated");
@@ -288,6 +313,10 @@ mod tests {
                 failure_delay: Duration::ZERO,
             },
             pop3: Policy {
+                failures: AuthFailures::new(3, 2, WINDOW, prefix),
+                failure_delay: Duration::ZERO,
+            },
+            imap: Policy {
                 failures: AuthFailures::new(3, 2, WINDOW, prefix),
                 failure_delay: Duration::ZERO,
             },

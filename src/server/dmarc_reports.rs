@@ -393,6 +393,10 @@ impl Job {
         let shard = self.outbound.spool.shard(0);
         let now = SystemTime::now();
         let id = shard.next_id(now);
+        let arrival = now
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(0));
+        let placements = self.outbound.mail_store.place(&mailboxes, arrival);
         let new = NewMessage {
             id,
             arrival_unix_micros: now
@@ -420,7 +424,7 @@ impl Job {
             body: message,
             mailboxes: mailboxes.clone(),
             remote: remote.clone(),
-            placements: Vec::new(),
+            placements: placements.clone(),
         };
         let later = |error: SpoolError| match error {
             SpoolError::TooLarge { .. } => Outcome::Dropped(error.to_string()),
@@ -428,23 +432,27 @@ impl Job {
         };
         let committed = match shard.append_message(new) {
             Ok(pending) => match pending.await {
-                Ok(Ok(committed)) => committed,
-                Ok(Err(error)) => return Err(later(error)),
-                Err(_) => return Err(later(SpoolError::Closed)),
+                Ok(Ok(committed)) => Ok(committed),
+                Ok(Err(error)) => Err(error),
+                Err(_) => Err(SpoolError::Closed),
             },
-            Err(error) => return Err(later(error)),
+            Err(error) => Err(error),
         };
+        let mail_store = &self.outbound.mail_store;
+        let committed = match committed {
+            Ok(committed) => committed,
+            Err(error) => {
+                mail_store.abandoned(&shard, &mailboxes, &placements).await;
+                return Err(later(error));
+            }
+        };
+        let size = committed.location.body_len;
+        mail_store
+            .delivered(&shard, id, size, &mailboxes, &placements)
+            .await;
         // Handed on as from core 0: this thread then shares core 0's mesh queues, which are
         // multi-producer (`ArrayQueue`); a few reports a day cost its producer nothing.
-        crate::delivery::hand_on(
-            &self.outbound.mail_store,
-            delivery,
-            0,
-            id,
-            committed.location.body_len,
-            &mailboxes,
-            &remote,
-        );
+        crate::delivery::hand_on(delivery, 0, id, size, &remote);
         Ok(id)
     }
 }

@@ -1,5 +1,6 @@
 //! A submitted message from the spool's append to its hand-offs: once the group commit
-//! covering it has synced, local recipients see it in their maildrops and remote ones go to
+//! covering it has synced, local recipients see it in their INBOX (its UIDs were taken
+//! before the append and ride in its frame) and remote ones go to
 //! the delivery core that owns them (never waiting for room in the mesh: the message is
 //! durable, so its 250 goes out at once); then the transaction is logged and counted.
 
@@ -60,6 +61,8 @@ pub async fn store(
     let delivered_to = mailboxes.clone();
     let queued_remote = remote.clone();
     let size = (received.len() + body.len()) as u64;
+    let arrival = i64::try_from(unix_micros(now) / 1_000_000).unwrap_or(0);
+    let placements = ctx.mail_store.place(&mailboxes, arrival);
     let message = NewMessage {
         id,
         arrival_unix_micros: unix_micros(now),
@@ -69,21 +72,16 @@ pub async fn store(
         body,
         mailboxes,
         remote,
-        placements: Vec::new(),
+        placements: placements.clone(),
     };
     let result = match ctx.spool.append_message(message) {
         Ok(pending) => match pending.await {
             Ok(Ok(committed)) => {
                 let body_len = committed.location.body_len;
-                crate::delivery::hand_on(
-                    &ctx.mail_store,
-                    &ctx.delivery,
-                    ctx.shard,
-                    id,
-                    body_len,
-                    &delivered_to,
-                    &queued_remote,
-                );
+                ctx.mail_store
+                    .delivered(&ctx.spool, id, body_len, &delivered_to, &placements)
+                    .await;
+                crate::delivery::hand_on(&ctx.delivery, ctx.shard, id, body_len, &queued_remote);
                 Ok(id)
             }
             Ok(Err(error)) => Err(error),
@@ -91,6 +89,11 @@ pub async fn store(
         },
         Err(error) => Err(error),
     };
+    if result.is_err() {
+        ctx.mail_store
+            .abandoned(&ctx.spool, &delivered_to, &placements)
+            .await;
+    }
     let took = mail_at.elapsed().unwrap_or_default().as_secs_f64() * 1000.0;
     match result {
         Ok(id) => {

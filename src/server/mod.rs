@@ -14,6 +14,8 @@ pub mod body_budget;
 pub mod dmarc_reports;
 pub mod dnsbl;
 pub mod hashing;
+pub mod imap;
+pub mod imap_store;
 pub mod ingest;
 pub mod pop3;
 pub mod shard;
@@ -45,7 +47,7 @@ use crate::server::admission::{Admission, ClientTable};
 use crate::server::admission::{AuthFailures, ClientPrefix};
 use crate::server::auth::{Auth, Policy};
 use crate::server::hashing::HashPool;
-use crate::server::shard::{Pop3Context, Protocol, ShardContext};
+use crate::server::shard::{ImapContext, Pop3Context, Protocol, ShardContext};
 use crate::smtp::{Gate, Mailboxes, SessionConfig};
 use crate::spool::{Spool, SpoolError};
 use shard::ShardSeed;
@@ -187,6 +189,7 @@ pub fn run(config: Config) -> Result<(), ServerError> {
     let sockets = bind_listeners(&config, shards)?;
     let own = own_addresses(&sockets);
     let delivery = build_delivery(&config, &hostname, shards, &stores, own, signing.resign())?;
+    rebuild_mail_store(&stores)?;
     let startup = rebuild_from_spool(&stores, &delivery, shards);
     let admin = start_admin(&config, &stores, &delivery)?;
     let (phase_tx, phase_rx) = watch::channel(Phase::Running);
@@ -251,6 +254,9 @@ struct Stores {
 fn open_stores(config: &Config, shards: usize) -> Result<Stores, ServerError> {
     let directory = crate::mailbox::load_directory(config)?;
     let mail_store = MailStore::new();
+    mail_store
+        .folders()
+        .set_max_folders(config.imap.folders_max);
     let (spool, report) = Spool::open(config.spool.spool_config(), shards)?;
     tracing::info!("spool {}: {report}", config.spool.dir.display());
     let spool = Arc::new(spool);
@@ -297,6 +303,8 @@ fn bind_listeners(config: &Config, shards: usize) -> Result<Vec<ShardSockets>, S
         (&config.smtp.tls_listen, Protocol::Smtp, true, "smtps"),
         (&config.pop3.listen, Protocol::Pop3, false, "pop3"),
         (&config.pop3.tls_listen, Protocol::Pop3, true, "pop3s"),
+        (&config.imap.listen, Protocol::Imap, false, "imap"),
+        (&config.imap.tls_listen, Protocol::Imap, true, "imaps"),
     ];
     for (addrs, protocol, implicit_tls, name) in listen {
         for addr in addrs {
@@ -352,35 +360,48 @@ fn local_mailboxes(stores: &Stores) -> Mailboxes {
     )))
 }
 
-/// Refills the maildrops and each core's delivery queue from the spool, in one pass over
-/// its index (no log is read again).
+/// Refills each core's delivery queue from the spool, in one pass over its index (no log is
+/// read again).
 fn rebuild_from_spool(
     stores: &Stores,
     delivery: &DeliveryShared,
     shards: usize,
 ) -> Vec<Vec<crate::delivery::Job>> {
     let mut per_core: Vec<Vec<crate::delivery::Job>> = (0..shards).map(|_| Vec::new()).collect();
-    let (mut delivered, mut deleted) = (0usize, 0usize);
     stores.spool.startup_view(|message| {
-        for mailbox in &message.mailboxes {
-            stores.mail_store.deliver(
-                mailbox,
-                crate::mailbox::MaildropItem {
-                    id: message.id,
-                    size: message.body_len,
-                },
-            );
-        }
-        delivered += message.mailboxes.len() + message.deleted;
-        deleted += message.deleted;
         jobs_from_live(delivery, message, &mut per_core);
     });
-    tracing::info!(
-        deliveries = delivered,
-        deletions = deleted,
-        "maildrops rebuilt from the spool"
-    );
     per_core
+}
+
+/// Rebuilds every user's folders from the log, and writes the checkpoints recovery decided
+/// (UIDs for deliveries stored before folders existed, fresh modseqs) before anyone is
+/// served, so what clients see first is what a later restart shows.
+fn rebuild_mail_store(stores: &Stores) -> Result<(), ServerError> {
+    let replay = stores.spool.replay()?;
+    let checkpoints = stores.mail_store.recover(&replay);
+    let users = stores.mail_store.folders().users().len();
+    let written = checkpoints.len();
+    let shard = stores.spool.shard(0);
+    for checkpoint in checkpoints {
+        let user = checkpoint.user.clone();
+        let durable = shard
+            .append_state(checkpoint.clone())?
+            .blocking_recv()
+            .map_err(|_| ServerError::Spool(SpoolError::Closed))?;
+        durable?;
+        stores
+            .mail_store
+            .folders()
+            .with(&user, |s| s.apply(&checkpoint));
+    }
+    tracing::info!(
+        users,
+        messages = replay.messages.len(),
+        checkpoints = written,
+        "mail store rebuilt from the spool"
+    );
+    Ok(())
 }
 
 /// The admin endpoint (`[admin]`): the socket (default `<spool.dir>/admin.sock`) and, when
@@ -528,6 +549,10 @@ struct AuthContexts {
     pool: Arc<HashPool>,
     pop3_failures: Arc<AuthFailures>,
     smtp_failures: Arc<AuthFailures>,
+    imap_failures: Arc<AuthFailures>,
+    /// The IMAP session settings: LOGINDISABLED until TLS, and with passwords in clear.
+    imap_config: Arc<crate::imap::SessionConfig>,
+    imap_plaintext: Arc<crate::imap::SessionConfig>,
 }
 
 impl AuthContexts {
@@ -572,11 +597,22 @@ impl AuthContexts {
                 config.smtp.auth_failure_window.0,
                 prefix,
             ),
+            imap_failures: AuthFailures::new(
+                config.imap.auth_failures_per_ip_max,
+                config.imap.auth_failures_per_user_max,
+                config.imap.auth_failure_window.0,
+                prefix,
+            ),
+            imap_config: Arc::new(config.imap.session_config(hostname, tls)),
+            imap_plaintext: Arc::new(crate::imap::SessionConfig {
+                plaintext_auth: true,
+                ..config.imap.session_config(hostname, tls)
+            }),
         })
     }
 
-    /// One shard's POP3 and SMTP AUTH contexts.
-    fn shard(&self, config: &Config) -> (Pop3Context, Auth) {
+    /// One shard's POP3, IMAP and SMTP AUTH contexts.
+    fn shard(&self, config: &Config) -> (Pop3Context, ImapContext, Auth) {
         let pop3 = Pop3Context {
             config: Arc::clone(&self.pop3_config),
             idle_timeout: config.pop3.idle_timeout.0,
@@ -594,8 +630,19 @@ impl AuthContexts {
                 failures: Arc::clone(&self.pop3_failures),
                 failure_delay: config.pop3.auth_failure_delay.0,
             },
+            imap: Policy {
+                failures: Arc::clone(&self.imap_failures),
+                failure_delay: config.imap.auth_failure_delay.0,
+            },
         };
-        (pop3, auth)
+        let imap = ImapContext {
+            config: Arc::clone(&self.imap_config),
+            plaintext: Arc::clone(&self.imap_plaintext),
+            idle_timeout: config.imap.idle_timeout.0,
+            command_timeout: config.imap.command_timeout.0,
+            allow_plaintext_auth: config.imap.allow_plaintext_auth,
+        };
+        (pop3, imap, auth)
     }
 }
 
@@ -612,10 +659,11 @@ impl Contexts {
             server,
             smtp,
             pop3,
+            imap,
             tls,
             ..
         } = &*self.config;
-        let (pop3_context, auth) = self.auth.shard(&self.config);
+        let (pop3_context, imap_context, auth) = self.auth.shard(&self.config);
         ShardContext {
             shard: index,
             hostname: self.hostname.clone(),
@@ -625,12 +673,15 @@ impl Contexts {
             data_rate_min: smtp.data_rate_min.0,
             smtp_proxy_protocol: smtp.proxy_protocol,
             pop3_proxy_protocol: pop3.proxy_protocol,
+            imap_proxy_protocol: imap.proxy_protocol,
             smtp_proxy_local_trust: smtp.allow_proxy_local_trust,
             pop3_proxy_local_trust: pop3.allow_proxy_local_trust,
+            imap_proxy_local_trust: imap.allow_proxy_local_trust,
             spool: self.spool.shard(index),
             store: Arc::clone(&self.spool),
             mail_store: Arc::clone(&self.mail_store),
             pop3: pop3_context,
+            imap: imap_context,
             auth,
             admission: Admission::new(server.connections_per_core_max, Arc::clone(&self.clients)),
             phase: self.phase.clone(),

@@ -2,9 +2,9 @@
 //! and answers its events: credentials (checked by [`super::auth`]), the maildrop lock,
 //! message bytes from the spool, durable deletions.
 //!
-//! A mailbox is an index over the spool: RETR reads the stored body bytes straight from the
-//! segment (one pread, no record decoding); QUIT's deletions are appended to the spool log
-//! and fsynced before the `+OK`, then applied to the maildrop index.
+//! A maildrop is the user's INBOX in the mail store: RETR reads the stored body bytes
+//! straight from the segment (one pread, no record decoding); QUIT's deletions are an INBOX
+//! expunge, appended to the spool log and fsynced before the `+OK`.
 //!
 //! Timeouts follow RFC 1939 §3: an idle session is closed without entering UPDATE, so
 //! nothing is deleted. `pop3.idle_timeout` (the RFC's autologout timer, at least 10 minutes)
@@ -272,15 +272,22 @@ impl Upgradable for Link {
 const OUTPUT_HIGH_WATER: usize = 256 * 1024;
 
 /// When the wait for a command must end (see the module doc); reset when one is taken.
+/// IMAP's driver keeps the same two timers.
 #[derive(Default)]
-struct Deadlines {
+pub(super) struct Deadlines {
     idle: Option<Instant>,
     /// Set once part of a line is buffered.
     line: Option<Instant>,
 }
 
 impl Deadlines {
-    fn next(&mut self, partial: bool, now: Instant, idle: Duration, line: Duration) -> Instant {
+    pub(super) fn next(
+        &mut self,
+        partial: bool,
+        now: Instant,
+        idle: Duration,
+        line: Duration,
+    ) -> Instant {
         let idle = *self.idle.get_or_insert(now + idle);
         if !partial {
             return idle;
@@ -289,8 +296,9 @@ impl Deadlines {
     }
 }
 
-/// Makes the session's deletions durable (appended to the spool log and fsynced), then
-/// applies them to the maildrop index. Only then may the session answer +OK.
+/// Makes the session's deletions durable: an INBOX expunge in the mail store (the bodies
+/// no other folder holds are released), fsynced before the session may answer +OK. IMAP
+/// sessions with INBOX selected hear of it through the store's change signal.
 async fn delete(
     ctx: &ShardContext,
     lock: &MaildropLock,
@@ -300,23 +308,20 @@ async fn delete(
         .iter()
         .filter_map(|&i| lock.entries.get(i).map(|e| e.id))
         .collect();
-    let pending = ctx
-        .spool
-        .append_deletion(lock.mailbox().to_string(), ids.clone())
-        .map_err(|error| {
-            tracing::warn!(target: "relay::pop3", %error, "deletions not stored");
-            NotStored
-        })?;
-    match pending.await {
-        Ok(Ok(_)) => {
-            ctx.mail_store.remove(lock.mailbox(), &ids);
+    let made = ctx
+        .mail_store
+        .change(&ctx.spool, lock.mailbox(), |s| {
+            Ok((s.pop3_delete(&ids)?, ()))
+        })
+        .await;
+    match made {
+        Ok(()) => {
             tracing::info!(target: "relay::pop3", user = %lock.mailbox(), deleted = ids.len(), "update");
             Ok(())
         }
-        Ok(Err(error)) => {
+        Err(error) => {
             tracing::warn!(target: "relay::pop3", %error, "deletions not stored");
             Err(NotStored)
         }
-        Err(_) => Err(NotStored),
     }
 }

@@ -46,10 +46,12 @@ pub struct ShardContext {
     /// Connections on SMTP (POP3) listeners start with a PROXY protocol header.
     pub smtp_proxy_protocol: bool,
     pub pop3_proxy_protocol: bool,
+    pub imap_proxy_protocol: bool,
     /// A PROXY header that names no client keeps the socket's address (else the
     /// unspecified address: see [`anonymous_peer`]).
     pub smtp_proxy_local_trust: bool,
     pub pop3_proxy_local_trust: bool,
+    pub imap_proxy_local_trust: bool,
     /// This shard's spool writer (appends from this core go to its own shard).
     pub spool: ShardHandle,
     /// The whole spool, for reading stored messages from any shard.
@@ -57,7 +59,8 @@ pub struct ShardContext {
     /// Maildrops, updated once a local delivery or a deletion is durable.
     pub mail_store: Arc<MailStore>,
     pub pop3: Pop3Context,
-    /// SMTP AUTH and POP3 logins.
+    pub imap: ImapContext,
+    /// SMTP AUTH, POP3 and IMAP logins.
     pub auth: Auth,
     pub admission: Admission,
     pub phase: watch::Receiver<Phase>,
@@ -86,11 +89,23 @@ pub struct Pop3Context {
     pub allow_plaintext_auth: bool,
 }
 
+/// What IMAP connections need besides the common parts.
+pub struct ImapContext {
+    /// For clients that must use TLS before a password (LOGINDISABLED until then).
+    pub config: Arc<crate::imap::SessionConfig>,
+    /// For loopback clients, and every client with `imap.allow_plaintext_auth`.
+    pub plaintext: Arc<crate::imap::SessionConfig>,
+    pub idle_timeout: Duration,
+    pub command_timeout: Duration,
+    pub allow_plaintext_auth: bool,
+}
+
 /// Which protocol a listener speaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Protocol {
     Smtp,
     Pop3,
+    Imap,
 }
 
 /// A listener plus a duplicate of its socket, used to stop a pending accept at shutdown.
@@ -142,6 +157,7 @@ async fn accept_loop<L: Listener>(
     let proxied = match protocol {
         Protocol::Smtp => ctx.smtp_proxy_protocol,
         Protocol::Pop3 => ctx.pop3_proxy_protocol,
+        Protocol::Imap => ctx.imap_proxy_protocol,
     };
     loop {
         let accepted = listener.accept().await;
@@ -222,6 +238,7 @@ async fn serve<C: Connection>(
     match protocol {
         Protocol::Smtp => smtp::serve(conn, peer, ctx, permit, input, implicit_tls).await,
         Protocol::Pop3 => pop3::serve(conn, peer, ctx, permit, input, implicit_tls).await,
+        Protocol::Imap => super::imap::serve(conn, peer, ctx, permit, input, implicit_tls).await,
     }
 }
 
@@ -243,6 +260,16 @@ async fn turn_away<C: Connection>(
         Protocol::Pop3 => {
             ctx.metrics.pop3.refused.inc();
             crate::pop3::Response::too_many_connections().encode(&mut reply)
+        }
+        Protocol::Imap => {
+            ctx.metrics.imap.refused.inc();
+            crate::imap::reply::status(
+                &mut reply,
+                None,
+                crate::imap::reply::Status::Bye,
+                Some("UNAVAILABLE"),
+                "Too many connections",
+            );
         }
     }
     smtp::refuse(conn, reply).await;
@@ -269,6 +296,7 @@ async fn serve_proxied<C: Connection>(
     let idle = match protocol {
         Protocol::Smtp => ctx.command_timeout,
         Protocol::Pop3 => ctx.pop3.idle_timeout,
+        Protocol::Imap => ctx.imap.idle_timeout,
     };
     let limit = PROXY_HEADER_TIMEOUT.min(idle);
     let mut phase = ctx.phase.clone();
@@ -284,6 +312,7 @@ async fn serve_proxied<C: Connection>(
     let trusted = match protocol {
         Protocol::Smtp => ctx.smtp_proxy_local_trust,
         Protocol::Pop3 => ctx.pop3_proxy_local_trust,
+        Protocol::Imap => ctx.imap_proxy_local_trust,
     };
     let peer = match source {
         Some(source) => source,

@@ -108,6 +108,7 @@ async fn secure<L: Upgradable, C: Connection>(
     let metrics = match protocol {
         Protocol::Smtp => &ctx.metrics.smtp,
         Protocol::Pop3 => &ctx.metrics.pop3,
+        Protocol::Imap => &ctx.metrics.imap,
     };
     let Some(server_tls) = ctx.server_tls.as_ref() else {
         // Sessions offer STARTTLS/STLS only with a certificate, and config validation

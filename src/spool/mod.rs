@@ -191,7 +191,8 @@ pub use recovery::{CorruptFrame, RecoveryReport, ShardRecovery, TornTail};
 pub use state::{Flags, FolderId, MailboxState, Placement, SpecialUse, StateOp, INBOX};
 
 use compact::CompactionState;
-use frame::{Record, MAX_PART_LEN};
+use frame::Record;
+pub use frame::MAX_PART_LEN;
 use index::{
     DeliveryHistory, FileCache, Found, IndexEntry, LiveIndex, RecordRefs, Ref, StartupHistory,
     StateRef, FILE_CACHE_CAPACITY,

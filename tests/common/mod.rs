@@ -161,6 +161,8 @@ pub struct Settings {
     pub smtp_toml: String,
     /// TOML lines inside the `[pop3]` section (e.g. `tls_listen = [...]`).
     pub pop3_toml: String,
+    /// TOML lines inside the `[imap]` section (e.g. `tls_listen = [...]`).
+    pub imap_toml: String,
     /// TOML lines inside the `[server]` section (e.g. `dns_servers = [...]`).
     pub server_toml: String,
     /// `smtp.listen`: one address (port 0 picks a free port).
@@ -215,6 +217,7 @@ impl Settings {
             extra_toml: String::new(),
             smtp_toml: String::new(),
             pop3_toml: String::new(),
+            imap_toml: String::new(),
             server_toml: String::new(),
             smtp_listen: "127.0.0.1:0".into(),
             admin_toml: "[admin]\nlisten = \"127.0.0.1:0\"\n".into(),
@@ -307,6 +310,12 @@ impl Settings {
             text.push_str(&format!("proxy_protocol = {proxy}\n"));
         }
         text.push_str(&self.pop3_toml);
+        // IMAP on port 0 too, for the same reason.
+        text.push_str(&format!(
+            "[imap]\nlisten = [\"127.0.0.1:0\"]\nauth_failure_delay = {:?}\n",
+            self.pop3_auth_failure_delay
+        ));
+        text.push_str(&self.imap_toml);
         if !self.blocked_extensions.is_empty() {
             text.push_str(&format!(
                 "[policy]\nblocked_extensions = [{}]\n",

@@ -1,0 +1,476 @@
+//! The IMAP session's store requests answered from the mail store (`crate::mailbox::MailStore`
+//! over `crate::mailstore`): reads from the user's model, writes as records in the user's
+//! turn, durable before the answer, bodies read from the spool.
+//!
+//! The model knows whether something was expunged after a modseq, not which UIDs; the
+//! session needs the UIDs it holds that are gone, so this side keeps the UIDs the session
+//! knows of its selected folder (4 bytes a message) and compares.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use super::shard::ShardContext;
+use crate::envelope::{Envelope, Origin};
+use crate::imap::store::{
+    Answer, Changes, Copied, FlagOp, Flags, FolderInfo, FolderStatus, MessageMeta, Request,
+    Snapshot, SpecialUse, StoreError, Stored,
+};
+use crate::mailbox::ChangeError;
+use crate::mailstore::{self, Entry, FlagMode, UserStore};
+use crate::spool::state::{self as st, FolderId};
+use crate::spool::NewMessage;
+
+/// One logged-in user's side of the store.
+pub struct UserStoreLink {
+    user: String,
+    peer: std::net::SocketAddr,
+    /// The selected folder, the UIDs the session knows in it, and the folder's change
+    /// counter when the session last looked.
+    selected: Option<(FolderId, BTreeSet<u32>, u64)>,
+}
+
+impl UserStoreLink {
+    pub fn new(user: String, peer: std::net::SocketAddr) -> Self {
+        UserStoreLink {
+            user,
+            peer,
+            selected: None,
+        }
+    }
+
+    pub fn user(&self) -> &str {
+        &self.user
+    }
+
+    /// Answers one request; writes are durable before this returns.
+    pub async fn serve(&mut self, ctx: &ShardContext, request: Request) -> Answer {
+        let store = &ctx.mail_store;
+        let user = self.user.clone();
+        let read = |f: &mut dyn FnMut(&mut UserStore)| store.folders().with(&user, |s| f(s));
+        match request {
+            Request::List => {
+                let mut out = Vec::new();
+                read(&mut |s| {
+                    out = s
+                        .list()
+                        .into_iter()
+                        .filter(|e| e.selectable())
+                        .map(|e| FolderInfo {
+                            name: e.name,
+                            special_use: e.special_use.map(special_use),
+                            subscribed: e.subscribed,
+                        })
+                        .collect();
+                });
+                Answer::List(Ok(out))
+            }
+            Request::Status(name) => {
+                let mut out = Err(StoreError::NonExistent);
+                read(&mut |s| {
+                    out = folder(s, &name)
+                        .and_then(|f| s.status(f).map_err(refused))
+                        .map(|st| FolderStatus {
+                            messages: st.messages,
+                            unseen: st.unseen,
+                            deleted: st.deleted,
+                            uidnext: st.uidnext,
+                            uidvalidity: st.uidvalidity,
+                            highest_modseq: st.highest_modseq,
+                            size: st.size,
+                        });
+                });
+                Answer::Status(out)
+            }
+            Request::Select(name) => {
+                let mut out = Err(StoreError::NonExistent);
+                let mut selected = None;
+                read(&mut |s| {
+                    out = folder(s, &name).and_then(|f| {
+                        let snap = s.snapshot(f).map_err(refused)?;
+                        let known = snap.messages.iter().map(|(u, _)| *u).collect();
+                        selected = Some((f, known, snap.changes));
+                        Ok(Snapshot {
+                            folder: f,
+                            uidvalidity: snap.uidvalidity,
+                            uidnext: snap.uidnext,
+                            highest_modseq: snap.highest_modseq,
+                            messages: snap.messages.iter().map(|(u, e)| meta(*u, e)).collect(),
+                        })
+                    });
+                });
+                self.selected = selected;
+                Answer::Select(out)
+            }
+            Request::Changes {
+                folder,
+                modseq,
+                uidnext,
+            } => Answer::Changes(self.changes(ctx, folder, modseq, uidnext)),
+            Request::Body { folder, uid } => {
+                let mut id = None;
+                read(&mut |s| id = s.entry(folder, uid).map(|e| e.id));
+                let Some(id) = id else {
+                    return Answer::Body(Err(StoreError::NonExistent));
+                };
+                match ctx.store.read_body(id) {
+                    Ok(bytes) => Answer::Body(Ok(Arc::from(bytes))),
+                    Err(error) => {
+                        tracing::warn!(target: "relay::imap", %error, "cannot read a message");
+                        Answer::Body(Err(StoreError::Unavailable))
+                    }
+                }
+            }
+            Request::StoreFlags {
+                folder,
+                uids,
+                op,
+                flags,
+                unchanged_since,
+            } => {
+                let mode = match op {
+                    FlagOp::Replace => FlagMode::Replace,
+                    FlagOp::Add => FlagMode::Add,
+                    FlagOp::Remove => FlagMode::Remove,
+                };
+                let flags = to_store_flags(&flags);
+                let made = store
+                    .change(&ctx.spool, &user, |s| {
+                        let out = s.store_flags(folder, &uids, mode, &flags, unchanged_since)?;
+                        Ok((out.record, out.failed))
+                    })
+                    .await;
+                Answer::StoreFlags(made.map_err(|e| self.failed(e)).map(|modified| {
+                    let skip: BTreeSet<u32> = modified.iter().copied().collect();
+                    let mut updated = Vec::new();
+                    store.folders().with(&user, |s| {
+                        for uid in uids.iter().filter(|u| !skip.contains(u)) {
+                            if let Some(e) = s.entry(folder, *uid) {
+                                updated.push((*uid, from_store_flags(&e.flags), e.modseq));
+                            }
+                        }
+                    });
+                    Stored { updated, modified }
+                }))
+            }
+            Request::Copy {
+                folder,
+                uids,
+                to,
+                remove,
+            } => {
+                let made = store
+                    .change(&ctx.spool, &user, |s| {
+                        let to = folder_of(s, &to)?;
+                        let uidvalidity = s.status(to)?.uidvalidity;
+                        let out = if remove {
+                            s.move_(folder, &uids, to)?
+                        } else {
+                            s.copy(folder, &uids, to)?
+                        };
+                        Ok((out.record, (uidvalidity, out.pairs)))
+                    })
+                    .await;
+                let answer = made.map_err(|e| self.failed(e));
+                if let (Ok((_, pairs)), true, Some((f, known, _))) =
+                    (&answer, remove, self.selected.as_mut())
+                {
+                    if *f == folder {
+                        for (source, _) in pairs {
+                            known.remove(source);
+                        }
+                    }
+                }
+                Answer::Copy(answer.map(|(uidvalidity, pairs)| Copied {
+                    uidvalidity,
+                    source: pairs.iter().map(|p| p.0).collect(),
+                    destination: pairs.iter().map(|p| p.1).collect(),
+                }))
+            }
+            Request::Expunge { folder, uids } => {
+                let made = store
+                    .change(&ctx.spool, &user, |s| {
+                        let out = s.expunge(folder, Some(&uids))?;
+                        Ok((out.record, out.uids))
+                    })
+                    .await;
+                let answer = made.map_err(|e| self.failed(e));
+                if let (Ok(gone), Some((f, known, _))) = (&answer, self.selected.as_mut()) {
+                    if *f == folder {
+                        for uid in gone {
+                            known.remove(uid);
+                        }
+                    }
+                }
+                Answer::Expunge(answer)
+            }
+            Request::Append {
+                to,
+                flags,
+                date,
+                message,
+            } => Answer::Append(self.append(ctx, &to, &flags, date, message).await),
+            Request::Create(name) => {
+                let now = unix_now();
+                self.done(ctx, |s| Ok((Some(s.create_folder(&name, None, now)?), ())))
+                    .await
+            }
+            Request::Delete(name) => {
+                self.done(ctx, |s| Ok((Some(s.delete_folder(&name)?), ())))
+                    .await
+            }
+            Request::Rename { from, to } => {
+                let now = unix_now();
+                self.done(ctx, |s| Ok((Some(s.rename_folder(&from, &to, now)?), ())))
+                    .await
+            }
+            Request::Subscribe { name, subscribed } => {
+                self.done(ctx, |s| Ok((s.subscribe(&name, subscribed)?, ())))
+                    .await
+            }
+        }
+    }
+
+    async fn done(
+        &mut self,
+        ctx: &ShardContext,
+        make: impl FnOnce(
+            &mut UserStore,
+        ) -> Result<(Option<st::MailboxState>, ()), mailstore::StoreError>,
+    ) -> Answer {
+        let made = ctx.mail_store.change(&ctx.spool, &self.user, make).await;
+        Answer::Done(made.map_err(|e| self.failed(e)))
+    }
+
+    /// What changed in the selected folder since the session's snapshot: cheap when the
+    /// folder's change counter has not moved.
+    fn changes(
+        &mut self,
+        ctx: &ShardContext,
+        folder: FolderId,
+        modseq: u64,
+        uidnext: u32,
+    ) -> Result<Changes, StoreError> {
+        let unchanged = Changes {
+            expunged: Vec::new(),
+            changed: Vec::new(),
+            uidnext,
+            highest_modseq: modseq,
+        };
+        let Some((selected, known, counter)) = self.selected.as_mut() else {
+            return Ok(unchanged);
+        };
+        if *selected != folder {
+            return Ok(unchanged);
+        }
+        ctx.mail_store.folders().with(&self.user, |s| {
+            let now = s.change_counter(folder).map_err(refused)?;
+            if now == *counter {
+                return Ok(unchanged);
+            }
+            *counter = now;
+            let snap = s.snapshot(folder).map_err(refused)?;
+            let current: BTreeSet<u32> = snap.messages.iter().map(|(u, _)| *u).collect();
+            let expunged: Vec<u32> = known.difference(&current).copied().collect();
+            let changed: Vec<MessageMeta> = snap
+                .messages
+                .iter()
+                .filter(|(u, e)| e.modseq > modseq || *u >= uidnext || !known.contains(u))
+                .map(|(u, e)| meta(*u, e))
+                .collect();
+            *known = current;
+            Ok(Changes {
+                expunged,
+                changed,
+                uidnext: snap.uidnext,
+                highest_modseq: snap.highest_modseq,
+            })
+        })
+    }
+
+    /// APPEND: a message frame with its placement (the UID rides in it, as for SMTP
+    /// deliveries), durable before the answer.
+    async fn append(
+        &mut self,
+        ctx: &ShardContext,
+        to: &str,
+        flags: &Flags,
+        date: Option<(i64, i16)>,
+        message: Vec<u8>,
+    ) -> Result<Copied, StoreError> {
+        let store = &ctx.mail_store;
+        let user = self.user.clone();
+        let size = message.len() as u64;
+        if let Some(quota) = ctx.auth.directory.quota(&user) {
+            if store.usage(&user).saturating_add(size) > quota {
+                return Err(StoreError::OverQuota);
+            }
+        }
+        let now = SystemTime::now();
+        let (internal_date, zone) = date.unwrap_or((unix_now(), 0));
+        let flags = to_store_flags(flags);
+        let placement = store
+            .folders()
+            .with(&user, |s| {
+                let folder = folder_of(s, to)?;
+                s.allocate(folder, &flags, internal_date, zone)
+            })
+            .map_err(refused)?;
+        let uidvalidity = placement.uidvalidity;
+        let uid = placement.uid;
+        let id = ctx.spool.next_id(now);
+        let mailboxes = vec![user.clone()];
+        let placements = vec![Some(placement)];
+        let new = NewMessage {
+            id,
+            arrival_unix_micros: now
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX)),
+            origin: Origin {
+                client_ip: self.peer.ip().to_string(),
+                client_port: self.peer.port(),
+                helo: String::new(),
+                protocol: "IMAP".into(),
+            },
+            envelope: Envelope::default(),
+            received_header: Vec::new(),
+            body: message,
+            mailboxes: mailboxes.clone(),
+            remote: Vec::new(),
+            placements: placements.clone(),
+        };
+        let committed = match ctx.spool.append_message(new) {
+            Ok(pending) => match pending.await {
+                Ok(Ok(committed)) => Ok(committed),
+                Ok(Err(error)) => Err(error),
+                Err(_) => Err(crate::spool::SpoolError::Closed),
+            },
+            Err(error) => Err(error),
+        };
+        match committed {
+            Ok(committed) => {
+                store
+                    .delivered(
+                        &ctx.spool,
+                        id,
+                        committed.location.body_len,
+                        &mailboxes,
+                        &placements,
+                    )
+                    .await;
+                Ok(Copied {
+                    uidvalidity,
+                    source: Vec::new(),
+                    destination: vec![uid],
+                })
+            }
+            Err(error) => {
+                tracing::warn!(target: "relay::imap", %error, "APPEND not stored");
+                store.abandoned(&ctx.spool, &mailboxes, &placements).await;
+                Err(StoreError::Unavailable)
+            }
+        }
+    }
+
+    fn failed(&self, error: ChangeError) -> StoreError {
+        match error {
+            ChangeError::Refused(e) => refused(e),
+            error => {
+                tracing::warn!(target: "relay::imap", user = %crate::logsafe::Safe(&self.user), %error, "change not stored");
+                StoreError::Unavailable
+            }
+        }
+    }
+}
+
+fn folder(s: &UserStore, name: &str) -> Result<FolderId, StoreError> {
+    s.folder_id(name).ok_or(StoreError::NonExistent)
+}
+
+fn folder_of(s: &UserStore, name: &str) -> Result<FolderId, mailstore::StoreError> {
+    s.folder_id(name).ok_or(mailstore::StoreError::NoSuchFolder)
+}
+
+fn refused(error: mailstore::StoreError) -> StoreError {
+    use mailstore::StoreError as E;
+    match error {
+        E::NoSuchFolder | E::NoSuchFolderId(_) => StoreError::NonExistent,
+        E::AlreadyExists => StoreError::AlreadyExists,
+        E::TooManyFolders { .. } | E::TooManyKeywords { .. } => StoreError::OverQuota,
+        E::InboxCannotBeDeleted
+        | E::NameTooLong { .. }
+        | E::InvalidName(_)
+        | E::RenameIntoItself
+        | E::KeywordTooLong { .. }
+        | E::UidsExhausted
+        | E::UidValidityExhausted => StoreError::Cannot,
+    }
+}
+
+fn special_use(role: st::SpecialUse) -> SpecialUse {
+    match role {
+        st::SpecialUse::Sent => SpecialUse::Sent,
+        st::SpecialUse::Drafts => SpecialUse::Drafts,
+        st::SpecialUse::Trash => SpecialUse::Trash,
+        st::SpecialUse::Junk => SpecialUse::Junk,
+        st::SpecialUse::Archive => SpecialUse::Archive,
+    }
+}
+
+// The session's flag bits and the store's are the same assignment (both follow RFC 9051's
+// list order); the conversion keeps the two layers apart.
+fn to_store_flags(flags: &Flags) -> st::Flags {
+    st::Flags {
+        system: flags.system,
+        keywords: flags.keywords.clone(),
+    }
+}
+
+fn from_store_flags(flags: &st::Flags) -> Flags {
+    Flags {
+        system: flags.system,
+        keywords: flags.keywords.clone(),
+    }
+}
+
+fn meta(uid: u32, e: &Entry) -> MessageMeta {
+    MessageMeta {
+        uid,
+        flags: from_store_flags(&e.flags),
+        size: u32::try_from(e.size).unwrap_or(u32::MAX),
+        internal_date: e.internal_date,
+        zone_minutes: e.zone_minutes,
+        modseq: e.modseq,
+    }
+}
+
+fn unix_now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(0))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn flag_bits_agree_between_the_session_and_the_store() {
+        use crate::imap::store::system_flag as imap;
+        use crate::spool::state::system_flag as store;
+        assert_eq!(
+            [
+                imap::SEEN,
+                imap::ANSWERED,
+                imap::FLAGGED,
+                imap::DELETED,
+                imap::DRAFT
+            ],
+            [
+                store::SEEN,
+                store::ANSWERED,
+                store::FLAGGED,
+                store::DELETED,
+                store::DRAFT
+            ]
+        );
+    }
+}
