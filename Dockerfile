@@ -36,7 +36,7 @@ USER relay:relay
 WORKDIR /var/spool/relay
 ENV RELAY_LOG=info
 # SMTP, POP3 (unprivileged ports; publish them as 25 and 110).
-EXPOSE 2525/tcp 1110/tcp
+EXPOSE 2525/tcp 1110/tcp 1143/tcp
 # `relay stat` asks the running server over its admin socket (0600, this user's) and exits
 # non-zero with one line when no server answers; it waits at most 10 s.
 HEALTHCHECK --interval=30s --timeout=15s --start-period=30s --retries=3 \

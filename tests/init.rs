@@ -186,10 +186,12 @@ fn readme_first_run_sends_over_smtp_and_fetches_over_pop3() {
     // 2. serve, in the background (the test keeps the process to stop it).
     assert_port_free(2525);
     assert_port_free(1110);
+    assert_port_free(1143);
     let background = commands[1].trim_end_matches('&').trim();
     let relay = Served::start(shell(&format!("exec {background}")));
     assert_eq!(relay.listening("smtp").port(), 2525);
     assert_eq!(relay.listening("pop3").port(), 1110);
+    assert_eq!(relay.listening("imap").port(), 1143);
 
     // 3. send and fetch, the password typed on stdin.
     let mut client = shell(&commands[2]);

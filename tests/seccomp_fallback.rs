@@ -204,6 +204,7 @@ fn the_container_config_serves_on_epoll_under_the_seccomp_filter() {
     for (from, to) in [
         ("\"0.0.0.0:2525\"", "\"127.0.0.1:0\""),
         ("\"0.0.0.0:1110\"", "\"127.0.0.1:0\""),
+        ("\"0.0.0.0:1143\"", "\"127.0.0.1:0\""),
         ("dir = \"/var/spool/relay\"", spool.as_str()),
     ] {
         assert_eq!(
@@ -224,6 +225,11 @@ fn the_container_config_serves_on_epoll_under_the_seccomp_filter() {
     assert!(greeting.starts_with("220 "), "SMTP greeting: {greeting:?}");
     let greeting = first_line(relay.pop3_addr);
     assert!(greeting.starts_with("+OK "), "POP3 greeting: {greeting:?}");
+    let imap = relay
+        .listening("imap")
+        .expect("the container config serves IMAP");
+    let greeting = first_line(imap);
+    assert!(greeting.starts_with("* OK "), "IMAP greeting: {greeting:?}");
 
     assert_healthy(&relay);
     stop_and_check_unhealthy(&relay);

@@ -304,9 +304,6 @@ impl Link {
         tokio::pin!(read);
         let mut stop = std::pin::pin!(stop_requested(&mut self.phase, false));
         let expiry = loop {
-            let Some(changes) = self.changes.as_mut() else {
-                break Expiry::Stop;
-            };
             tokio::select! {
                 biased;
                 (result, buf) = &mut read => {
@@ -318,15 +315,14 @@ impl Link {
                     conn.shutdown();
                     return (read, buf);
                 }
-                changed = changes.changed() => {
-                    if changed.is_err() {
-                        continue;
-                    }
+                () = next_change(&mut self.changes) => {
                     self.session.poll(&mut self.out);
                     while !self.out.events.is_empty() {
                         for event in std::mem::take(&mut self.out.events) {
                             if let (Event::Store(request), Some(store)) = (event, self.store.as_mut()) {
-                                changes.borrow_and_update();
+                                if let Some(changes) = self.changes.as_mut() {
+                                    changes.borrow_and_update();
+                                }
                                 let answer = store.serve(ctx, request).await;
                                 let _ = self.session.answer(answer, &mut self.out);
                             }
@@ -347,6 +343,18 @@ impl Link {
         let (_, buf) = read.await;
         (Read::Expired(expiry), buf)
     }
+}
+
+/// Resolves at the user's next change; never, without a signal (its sender lives as long as
+/// the store, so that is only at exit).
+async fn next_change(changes: &mut Option<watch::Receiver<u64>>) {
+    if let Some(receiver) = changes.as_mut() {
+        if receiver.changed().await.is_ok() {
+            return;
+        }
+    }
+    *changes = None;
+    std::future::pending::<()>().await;
 }
 
 /// The last words when the wait ends without input: BYE (RFC 9051 §7.1.5).

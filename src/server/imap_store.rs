@@ -25,9 +25,9 @@ use crate::spool::NewMessage;
 pub struct UserStoreLink {
     user: String,
     peer: std::net::SocketAddr,
-    /// The selected folder, the UIDs the session knows in it, and the folder's change
-    /// counter when the session last looked.
-    selected: Option<(FolderId, BTreeSet<u32>, u64)>,
+    /// The selected folder, the UIDs the session knows in it (ascending), and the folder's
+    /// change counter when the session last looked.
+    selected: Option<(FolderId, Vec<u32>, u64)>,
 }
 
 impl UserStoreLink {
@@ -176,9 +176,8 @@ impl UserStoreLink {
                     (&answer, remove, self.selected.as_mut())
                 {
                     if *f == folder {
-                        for (source, _) in pairs {
-                            known.remove(source);
-                        }
+                        let moved: BTreeSet<u32> = pairs.iter().map(|p| p.0).collect();
+                        known.retain(|u| !moved.contains(u));
                     }
                 }
                 Answer::Copy(answer.map(|(uidvalidity, pairs)| Copied {
@@ -197,9 +196,8 @@ impl UserStoreLink {
                 let answer = made.map_err(|e| self.failed(e));
                 if let (Ok(gone), Some((f, known, _))) = (&answer, self.selected.as_mut()) {
                     if *f == folder {
-                        for uid in gone {
-                            known.remove(uid);
-                        }
+                        let gone: BTreeSet<u32> = gone.iter().copied().collect();
+                        known.retain(|u| !gone.contains(u));
                     }
                 }
                 Answer::Expunge(answer)
@@ -270,12 +268,18 @@ impl UserStoreLink {
             }
             *counter = now;
             let snap = s.snapshot(folder).map_err(refused)?;
-            let current: BTreeSet<u32> = snap.messages.iter().map(|(u, _)| *u).collect();
-            let expunged: Vec<u32> = known.difference(&current).copied().collect();
+            let current: Vec<u32> = snap.messages.iter().map(|(u, _)| *u).collect();
+            let expunged: Vec<u32> = known
+                .iter()
+                .filter(|u| current.binary_search(u).is_err())
+                .copied()
+                .collect();
             let changed: Vec<MessageMeta> = snap
                 .messages
                 .iter()
-                .filter(|(u, e)| e.modseq > modseq || *u >= uidnext || !known.contains(u))
+                .filter(|(u, e)| {
+                    e.modseq > modseq || *u >= uidnext || known.binary_search(u).is_err()
+                })
                 .map(|(u, e)| meta(*u, e))
                 .collect();
             *known = current;
