@@ -15,6 +15,8 @@ hostname = "relay.bench.test"
 listen = ["127.0.0.1:25300"]
 [pop3]
 listen = []
+[imap]
+listen = []
 [spool]
 dir = "$W/spool"
 [admin]

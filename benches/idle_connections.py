@@ -31,7 +31,7 @@ with tempfile.TemporaryDirectory() as tmp:
     with open(cfg, "w") as f:
         f.write(f'[server]\nio = "{IO}"\ncores = 2\nhostname = "bench.test"\n'
                 f'connections_per_core_max = {N}\nconnections_per_ip_max = {N}\n'
-                f'[smtp]\nlisten = ["127.0.0.1:0"]\n[pop3]\nlisten = []\n'
+                f'[smtp]\nlisten = ["127.0.0.1:0"]\n[pop3]\nlisten = []\n[imap]\nlisten = []\n'
                 f'[spool]\ndir = "{tmp}/spool"\n[admin]\nlisten = "127.0.0.1:0"\n')
         if TLS:
             subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",

@@ -134,7 +134,7 @@ write_config() { # $1: verify section text
     rm -rf "$WORK/spool"
     {
         printf '[server]\nhostname = "relay.bench.test"\ndns_servers = ["127.0.0.1:%s"]\n' "$DNS_PORT"
-        printf '[smtp]\nlisten = ["127.0.0.1:0"]\n[pop3]\nlisten = []\n'
+        printf '[smtp]\nlisten = ["127.0.0.1:0"]\n[pop3]\nlisten = []\n[imap]\nlisten = []\n'
         printf '[spool]\ndir = "%s"\nfsync = true\n' "$WORK/spool"
         # Loopback is no relay network here: the client is checked, and mails local users.
         printf '[relay]\nallowed_networks = []\n'

@@ -22,6 +22,8 @@ connections_per_ip_max = 1000
 listen = ["127.0.0.1:0"]
 [pop3]
 listen = []
+[imap]
+listen = []
 [spool]
 dir = "$W/spool"
 [admin]

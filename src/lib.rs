@@ -1,17 +1,18 @@
-//! `relay`: a high-throughput SMTP edge relay and POP3 server, thread-per-core on io_uring,
+//! `relay`: a high-throughput SMTP edge relay with POP3 and IMAP, thread-per-core on io_uring,
 //! with a durable append-only spool. The layers, the import rule and the design notes are in
 //! docs/ARCHITECTURE.md; imports point down this list (server → delivery → queue, spool,
 //! mailbox, protocol cores → runtime, net).
 //!
 //! Module map:
 //! - [`server`]: the assembly (start, serve, drain), per-shard accept loops, admission, DNSBL,
-//!   the SMTP and POP3 connection drivers and STARTTLS.
+//!   the SMTP, POP3 and IMAP connection drivers and STARTTLS.
 //! - [`delivery`]: the per-core outbound runtime: scheduler, workers, notices, the cross-core
 //!   mesh, queue control, MX planning.
 //! - [`queue`]: the pure delivery decisions: retry schedule, routes, outcomes, DSNs, the
 //!   per-destination queues.
 //! - [`spool`]: the append-only, checksummed, group-committed message log.
-//! - [`mailbox`]: users, aliases and passwords; maildrops as views over the spool.
+//! - [`mailbox`]: users, aliases and passwords; every user's mail over the spool, with the
+//!   per-user write turn and change signal.
 //! - [`mailstore`]: every user's folders, UIDs, flags and modseqs over the spool (sans-IO).
 //! - [`smtp`]: the sans-IO SMTP protocol core: server session and outbound client.
 //! - [`pop3`]: the sans-IO POP3 server session.

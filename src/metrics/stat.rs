@@ -141,8 +141,12 @@ impl fmt::Display for Stat {
             total.smtp.bytes_sent += c.smtp.bytes_sent;
             total.pop3.bytes_received += c.pop3.bytes_received;
             total.pop3.bytes_sent += c.pop3.bytes_sent;
+            total.imap.bytes_received += c.imap.bytes_received;
+            total.imap.bytes_sent += c.imap.bytes_sent;
+            total.imap.open += c.imap.open;
+            total.imap.total += c.imap.total;
             total.message_bytes += c.message_bytes;
-            total.smtp.refused += c.smtp.refused + c.pop3.refused;
+            total.smtp.refused += c.smtp.refused + c.pop3.refused + c.imap.refused;
             for (code, n) in &c.transaction_codes {
                 *total.transaction_codes.entry(code.clone()).or_insert(0) += n;
             }
@@ -161,6 +165,11 @@ impl fmt::Display for Stat {
             total.pop3.bytes_received,
             total.pop3.bytes_sent,
             total.message_bytes
+        )?;
+        writeln!(
+            f,
+            "imap: {} open, {} in all; bytes in {} out {}",
+            total.imap.open, total.imap.total, total.imap.bytes_received, total.imap.bytes_sent
         )?;
         for c in &self.cores {
             if let Some(s) = &c.spool {
