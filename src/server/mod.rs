@@ -395,11 +395,14 @@ fn rebuild_mail_store(stores: &Stores) -> Result<(), ServerError> {
             .folders()
             .with(&user, |s| s.apply(&checkpoint));
     }
+    // Mailbox copies delivered, and those deleted since (POP3 deletions, released bodies).
+    let deliveries: usize = replay.messages.iter().map(|m| m.mailboxes.len()).sum();
     tracing::info!(
+        deliveries,
+        deletions = replay.deletions.len(),
         users,
-        messages = replay.messages.len(),
         checkpoints = written,
-        "mail store rebuilt from the spool"
+        "maildrops rebuilt from the spool"
     );
     Ok(())
 }
