@@ -184,11 +184,13 @@ pub enum Workload {
     Select,
     /// `FETCH 1:* (FLAGS ENVELOPE)`.
     FetchFlags,
-    /// `UID FETCH uid BODY.PEEK[]`, one message per operation, going round the mailbox.
+    /// `UID FETCH uid BODY.PEEK[]`, one message per operation, going round the mailbox
+    /// (the user's sessions share the round: --count = mailbox size fetches each once).
     FetchBodies,
     /// `STORE n +FLAGS (\Flagged)`, going round the mailbox.
     Store,
-    /// Mark the first message \Deleted and EXPUNGE it, until the mailbox is empty.
+    /// Mark the first message \Deleted and EXPUNGE it, until the mailbox is empty (the
+    /// count is of EXPUNGE responses seen, other sessions' included).
     Expunge,
     /// `SEARCH TEXT word` (--search).
     SearchText,

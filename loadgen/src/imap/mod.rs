@@ -53,6 +53,9 @@ struct UserSlot {
     left: AtomicU64,
     /// Messages appended for this user (numbers the marked ones).
     appended: AtomicU64,
+    /// The next message body fetches and STOREs take: shared by the user's sessions, so
+    /// that `--count` equal to the mailbox's size visits every message once.
+    cursor: AtomicUsize,
 }
 
 impl UserSlot {
@@ -296,6 +299,7 @@ pub fn run(args: ImapArgs) -> Result<ExitCode, String> {
                 args.count.unwrap_or(u64::MAX)
             }),
             appended: AtomicU64::new(0),
+            cursor: AtomicUsize::new(0),
         });
     }
     let user_count = users.len();
@@ -420,7 +424,6 @@ struct Client {
     exists: u32,
     literal_plus: Option<bool>,
     uids: Vec<u32>,
-    cursor: usize,
 }
 
 /// What the untagged responses to one command said.
@@ -450,7 +453,6 @@ impl Client {
             exists: 0,
             literal_plus: None,
             uids: Vec::new(),
-            cursor: 0,
         };
         client.response.read(&mut client.conn).await?;
         let greeting = client.response.untagged().unwrap_or_default();
@@ -722,7 +724,6 @@ async fn connection(
                 continue;
             }
         };
-        client.cursor = id;
         loop {
             let Ok(due) = plan.due() else {
                 client.logout().await;
@@ -816,8 +817,7 @@ async fn operation(
             if client.uids.is_empty() {
                 return Ok(Outcome::Nothing);
             }
-            let uid = client.uids[client.cursor % client.uids.len()];
-            client.cursor = client.cursor.wrapping_add(1);
+            let uid = client.uids[user.cursor.fetch_add(1, Ordering::Relaxed) % client.uids.len()];
             client.begin();
             client.cmd.extend_from_slice(b"UID FETCH ");
             client.cmd.extend_from_slice(uid.to_string().as_bytes());
@@ -837,8 +837,7 @@ async fn operation(
             if client.exists == 0 {
                 return Ok(Outcome::Nothing);
             }
-            let seq = client.cursor % client.exists as usize + 1;
-            client.cursor = client.cursor.wrapping_add(1);
+            let seq = user.cursor.fetch_add(1, Ordering::Relaxed) % client.exists as usize + 1;
             client.begin();
             client.cmd.extend_from_slice(b"STORE ");
             client.cmd.extend_from_slice(seq.to_string().as_bytes());
@@ -1408,6 +1407,7 @@ mod tests {
             to: Vec::new(),
             left: AtomicU64::new(2),
             appended: AtomicU64::new(0),
+            cursor: AtomicUsize::new(0),
         };
         assert!(slot.claim());
         assert!(slot.claim());
