@@ -119,9 +119,10 @@ RESULTS=$WORK/results.jsonl
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
 SINK_PID="" RELAY_PID="" PF_DIR=$WORK/postfix DV_CONF=$WORK/dovecot/dovecot.conf
-DVI_CONF=$WORK/dovecot-imap/dovecot.conf IDLE_PID=""
+DVI_CONF=$WORK/dovecot-imap/dovecot.conf IDLE_PID="" INOTIFY_WAS=""
 cleanup() {
     set +e
+    if [ -n "$INOTIFY_WAS" ]; then echo "$INOTIFY_WAS" >/proc/sys/fs/inotify/max_user_instances; fi
     [ -n "$IDLE_PID" ] && kill "$IDLE_PID" 2>/dev/null && wait "$IDLE_PID" 2>/dev/null
     [ -n "$RELAY_PID" ] && kill "$RELAY_PID" 2>/dev/null && wait "$RELAY_PID" 2>/dev/null
     [ -f "$PF_DIR/main.cf" ] && postfix -c "$PF_DIR" stop >/dev/null 2>&1
@@ -507,6 +508,19 @@ imap_idle_limit() {
         IMAP_IDLE=$procs
     fi
     ((IMAP_IDLE >= 1)) || die "imap: no room for sessions in IDLE"
+    # Each of Dovecot's imap processes in IDLE watches its Maildir with an inotify instance,
+    # all as user nobody; past the limit it falls back to polling and logs a warning. The
+    # limit is raised for the run and restored on exit.
+    local inotify=/proc/sys/fs/inotify/max_user_instances want=$((IMAP_IDLE + 256))
+    if [ -r "$inotify" ] && (($(cat "$inotify") < want)); then
+        INOTIFY_WAS=$(cat "$inotify")
+        if echo "$want" >"$inotify" 2>/dev/null; then
+            log "imap: fs.inotify.max_user_instances $INOTIFY_WAS → $want for the run"
+        else
+            log "imap: cannot raise fs.inotify.max_user_instances ($INOTIFY_WAS): Dovecot's IDLE sessions past it poll instead"
+            INOTIFY_WAS=""
+        fi
+    fi
     log "imap: $IMAP_IDLE sessions in IDLE (ulimit -n $soft)"
 }
 

@@ -451,5 +451,33 @@ mod tests {
         ])
         .is_err());
         assert!(Cli::try_parse_from(["loadgen", "pop3", "--target", "x:1"]).is_err());
+        let imap = [
+            "loadgen",
+            "imap",
+            "--target",
+            "x:1",
+            "--user-pattern",
+            "u{n}:p",
+        ];
+        let cli = Cli::try_parse_from(imap.iter().chain(&[
+            "--user-count",
+            "2",
+            "--workload",
+            "fetch-bodies",
+            "--count",
+            "5",
+        ]))
+        .unwrap();
+        assert!(matches!(cli.command, Mode::Imap(a)
+            if a.workload == Workload::FetchBodies && a.count == Some(5) && a.users.user_count == Some(2)));
+        // A workload is required, and only the known ones.
+        assert!(Cli::try_parse_from(imap.iter().chain(&["--user-count", "2"])).is_err());
+        assert!(Cli::try_parse_from(imap.iter().chain(&[
+            "--user-count",
+            "2",
+            "--workload",
+            "list"
+        ]))
+        .is_err());
     }
 }

@@ -725,14 +725,15 @@ async fn connection(
             }
         };
         loop {
-            let Ok(due) = plan.due() else {
-                client.logout().await;
-                break 'session;
-            };
             if !user.claim() {
                 client.logout().await;
                 continue 'session;
             }
+            let Ok(due) = plan.due() else {
+                user.unclaim();
+                client.logout().await;
+                break 'session;
+            };
             if let Some(due) = due {
                 tokio::time::sleep_until(due.into()).await;
             }
