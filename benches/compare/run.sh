@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Side-by-side benchmark: relay against Postfix (SMTP edge relay) and Dovecot (POP3), all
-# driven by the same load client (loadgen) on this machine, in alternating runs.
+# Side-by-side benchmark: relay against Postfix (SMTP edge relay) and Dovecot (POP3, IMAP),
+# all driven by the same load client (loadgen) on this machine, in alternating runs.
 #
 #   bash benches/compare/run.sh            # as root on Debian/Ubuntu; installs what is missing
 #
@@ -21,12 +21,25 @@
 #        - POP3: $USERS mailboxes × $PER_USER messages of $SIZE, drained by
 #          loadgen pop3 --connections $POP3_CONNECTIONS (login, STAT, RETR + DELE all, QUIT);
 #      plus loadgen → loadgen sink with the same SMTP workload (the client's own ceiling).
+#   3b. IMAP (IMAP=1), relay against a second Dovecot (own config, Maildirs, same argon2id
+#      hash) on loopback ports: $IMAP_USERS mailboxes filled with $IMAP_MESSAGES messages of
+#      $IMAP_SIZE each by `loadgen imap --workload append` (the APPEND rate), then per round:
+#      SELECT of the full mailbox, `FETCH 1:* (FLAGS ENVELOPE)`, body FETCH of every message
+#      (`UID FETCH n BODY.PEEK[]`, msgs/s and MiB/s), `SEARCH TEXT needle`, and memory per
+#      session with $IMAP_IDLE sessions held in IDLE (RSS and PSS of the server's processes
+#      before and while holding, divided by the sessions; Dovecot forks one imap process per
+#      session, so its figure is the sum over its process tree). $IMAP_IDLE is lowered to
+#      what the open-file limit allows (said on stderr). Relay's side is skipped, with a
+#      message, when relay does not greet on its IMAP port (a relay without an IMAP server).
 #   4. Prints one table (medians over the rounds; every run's figures are in $WORK/results.jsonl)
 #      and stops Postfix, Dovecot, relay and the sink. Nothing listens beyond 127.0.0.1.
 #
 # Knobs (environment): ROUNDS=2 DURATION=10s CONNECTIONS=50 SIZE=10KiB USERS=20 PER_USER=50
 # POP3_CONNECTIONS=4 WORK=/var/lib/relay-compare KEEP=0 (keep $WORK) RELAY_BIN LOADGEN_BIN
-# (skip the build) CARGO_TARGET_DIR.
+# (skip the build) CARGO_TARGET_DIR; IMAP=1 (0 skips the IMAP section) IMAP_ONLY=0 (1: only
+# the IMAP section, no Postfix, sink or POP3; RELAY_BIN=none then runs Dovecot's side alone)
+# IMAP_USERS=4 IMAP_MESSAGES=10000 (per mailbox) IMAP_SIZE=$SIZE IMAP_CONNECTIONS=4
+# IMAP_IDLE=10000 (sessions held in IDLE).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 REPO=$PWD
@@ -40,6 +53,18 @@ PER_USER=${PER_USER:-50}
 POP3_CONNECTIONS=${POP3_CONNECTIONS:-4}
 WORK=${WORK:-/var/lib/relay-compare}
 KEEP=${KEEP:-0}
+IMAP=${IMAP:-1}
+IMAP_ONLY=${IMAP_ONLY:-0}
+IMAP_USERS=${IMAP_USERS:-4}
+IMAP_MESSAGES=${IMAP_MESSAGES:-10000}
+IMAP_SIZE=${IMAP_SIZE:-$SIZE}
+IMAP_CONNECTIONS=${IMAP_CONNECTIONS:-4}
+IMAP_IDLE=${IMAP_IDLE:-10000}
+[ "$IMAP_ONLY" = 1 ] && IMAP=1
+[ "${RELAY_BIN:-}" != none ] || [ "$IMAP_ONLY" = 1 ] || {
+    echo "compare: RELAY_BIN=none only goes with IMAP_ONLY=1" >&2
+    exit 1
+}
 # The argon2id hash of "password" that relay's tests use (m=19456 KiB, t=2, p=1).
 HASH='$argon2id$v=19$m=19456,t=2,p=1$ZooLWEChpY79Z6TwJvyWWQ$/qbC5yKMqMV95V9N9XJPga/chMKFOMNMHdI7/CftPiw'
 
@@ -53,8 +78,8 @@ command -v python3 >/dev/null || die "python3 is needed for the JSON and the tab
 # 1. Install and build
 
 if ! command -v postfix >/dev/null || ! command -v dovecot >/dev/null ||
-    [ ! -e /usr/lib/dovecot/pop3 ]; then
-    log "installing postfix and dovecot-pop3d"
+    [ ! -e /usr/lib/dovecot/pop3 ] || { [ "$IMAP" = 1 ] && [ ! -e /usr/lib/dovecot/imap ]; }; then
+    log "installing postfix, dovecot-pop3d and dovecot-imapd"
     export DEBIAN_FRONTEND=noninteractive
     echo "postfix postfix/main_mailer_type select No configuration" | debconf-set-selections
     # Keep the packages' own services from starting (they would listen on all interfaces).
@@ -65,18 +90,23 @@ if ! command -v postfix >/dev/null || ! command -v dovecot >/dev/null ||
         created_policy=1
     fi
     apt-get update -qq
-    apt-get install -y -qq --no-install-recommends postfix dovecot-core dovecot-pop3d >/dev/null
+    apt-get install -y -qq --no-install-recommends postfix dovecot-core dovecot-pop3d \
+        dovecot-imapd >/dev/null
     if [ "$created_policy" -eq 1 ]; then rm -f /usr/sbin/policy-rc.d; fi
 fi
 
-if [ -z "${RELAY_BIN:-}" ] || [ -z "${LOADGEN_BIN:-}" ]; then
-    log "building relay and loadgen (release)"
-    cargo build --release --quiet -p relay -p loadgen
+build=()
+[ -n "${RELAY_BIN:-}" ] || build+=(-p relay)
+[ -n "${LOADGEN_BIN:-}" ] || build+=(-p loadgen)
+if [ ${#build[@]} -gt 0 ]; then
+    log "building ${build[*]} (release)"
+    cargo build --release --quiet "${build[@]}"
     TARGET=${CARGO_TARGET_DIR:-$REPO/target}
     RELAY_BIN=${RELAY_BIN:-$TARGET/release/relay}
     LOADGEN_BIN=${LOADGEN_BIN:-$TARGET/release/loadgen}
 fi
-[ -x "$RELAY_BIN" ] && [ -x "$LOADGEN_BIN" ] || die "no relay/loadgen binaries"
+{ [ "$RELAY_BIN" = none ] || [ -x "$RELAY_BIN" ]; } && [ -x "$LOADGEN_BIN" ] ||
+    die "no relay/loadgen binaries"
 
 # ---------------------------------------------------------------------------------------------
 # 2. Work directory, ports, cleanup
@@ -89,11 +119,15 @@ RESULTS=$WORK/results.jsonl
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
 SINK_PID="" RELAY_PID="" PF_DIR=$WORK/postfix DV_CONF=$WORK/dovecot/dovecot.conf
+DVI_CONF=$WORK/dovecot-imap/dovecot.conf IDLE_PID="" INOTIFY_WAS=""
 cleanup() {
     set +e
+    if [ -n "$INOTIFY_WAS" ]; then echo "$INOTIFY_WAS" >/proc/sys/fs/inotify/max_user_instances; fi
+    [ -n "$IDLE_PID" ] && kill "$IDLE_PID" 2>/dev/null && wait "$IDLE_PID" 2>/dev/null
     [ -n "$RELAY_PID" ] && kill "$RELAY_PID" 2>/dev/null && wait "$RELAY_PID" 2>/dev/null
     [ -f "$PF_DIR/main.cf" ] && postfix -c "$PF_DIR" stop >/dev/null 2>&1
     [ -f "$DV_CONF" ] && dovecot -c "$DV_CONF" stop >/dev/null 2>&1
+    [ -f "$DVI_CONF" ] && dovecot -c "$DVI_CONF" stop >/dev/null 2>&1
     [ -n "$SINK_PID" ] && kill -INT "$SINK_PID" 2>/dev/null && wait "$SINK_PID" 2>/dev/null
     if [ "$KEEP" != 1 ]; then rm -rf "$WORK"; else log "kept $WORK"; fi
 }
@@ -131,6 +165,41 @@ print(f"{total/1024:.1f} {len(seen)}")
 EOF
 }
 
+# Memory of a process tree: "PSS_KIB RSS_KIB PROCESSES" (RSS counts shared pages once per
+# process, PSS shares them out: Dovecot's one-process-per-session shows the difference).
+mem_tree() {
+    python3 - "$@" <<'EOF'
+import os, sys
+roots = {int(p) for p in sys.argv[1:] if p}
+children = {}
+for pid in os.listdir("/proc"):
+    if pid.isdigit():
+        try:
+            stat = open(f"/proc/{pid}/stat").read()
+            ppid = int(stat.rsplit(")", 1)[1].split()[1])
+            children.setdefault(ppid, []).append(int(pid))
+        except OSError:
+            pass
+todo, seen = list(roots), set()
+while todo:
+    p = todo.pop()
+    if p not in seen:
+        seen.add(p)
+        todo.extend(children.get(p, []))
+pss = rss = 0
+for p in seen:
+    try:
+        for line in open(f"/proc/{p}/smaps_rollup"):
+            if line.startswith("Pss:"):
+                pss += int(line.split()[1])
+            elif line.startswith("Rss:"):
+                rss += int(line.split()[1])
+    except OSError:
+        pass
+print(pss, rss, len(seen))
+EOF
+}
+
 # Appends one result line: {"run": NAME, "round": R, ...loadgen JSON..., extra fields}.
 record() {
     local name=$1 round=$2 json=$3
@@ -156,6 +225,7 @@ SINK_PORT=$(free_port)
 SINK_PID=$!
 sink_total() { grep -o 'total [0-9]*' "$WORK/sink.log" | tail -1 | cut -d' ' -f2; }
 
+if [ "$IMAP_ONLY" != 1 ]; then
 PF_PORT=$(free_port)
 mkdir -p -m 755 "$PF_DIR"
 master_src=/usr/share/postfix/master.cf.dist
@@ -231,29 +301,38 @@ protocol pop3 {
 EOF
 dovecot -c "$DV_CONF" || die "dovecot did not start (see $WORK/dovecot/dovecot.log)"
 DV_MASTER_PID() { cat "$WORK/dovecot/run/master.pid" 2>/dev/null; }
+fi
 
 # ---------------------------------------------------------------------------------------------
 # 4. The runs
 
-start_relay() { # $1: local domain for mailboxes
+relay_config() { # $1: local domain, $2: users, $3: IMAP port (none when empty)
+    printf '[server]\nhostname = "relay.bench.test"\n'
+    printf '[smtp]\nlisten = ["127.0.0.1:0"]\n[pop3]\nlisten = ["127.0.0.1:0"]\n'
+    if [ -n "${3:-}" ]; then printf '[imap]\nlisten = ["127.0.0.1:%s"]\n' "$3"; fi
+    printf '[spool]\ndir = "%s"\nfsync = true\n' "$WORK/relay-spool"
+    printf '[local]\ndomains = ["%s"]\n' "$1"
+    printf '[[relay.routes]]\ndomain = "*"\nto = "127.0.0.1:%s"\n' "$SINK_PORT"
+    for ((i = 0; i < $2; i++)); do
+        printf '[[local.users]]\nname = "user%d"\npassword = "%s"\n' "$i" "$HASH"
+    done
+}
+
+launch_relay() { # as relay_config; false when relay did not come up
     rm -rf "$WORK/relay-spool"
-    {
-        printf '[server]\nhostname = "relay.bench.test"\n'
-        printf '[smtp]\nlisten = ["127.0.0.1:0"]\n[pop3]\nlisten = ["127.0.0.1:0"]\n'
-        printf '[spool]\ndir = "%s"\nfsync = true\n' "$WORK/relay-spool"
-        printf '[local]\ndomains = ["%s"]\n' "$1"
-        printf '[[relay.routes]]\ndomain = "*"\nto = "127.0.0.1:%s"\n' "$SINK_PORT"
-        for ((i = 0; i < USERS; i++)); do
-            printf '[[local.users]]\nname = "user%d"\npassword = "%s"\n' "$i" "$HASH"
-        done
-    } >"$WORK/relay.toml"
+    relay_config "$@" >"$WORK/relay.toml"
     "$RELAY_BIN" serve --config "$WORK/relay.toml" 2>"$WORK/relay.log" &
     RELAY_PID=$!
     for _ in $(seq 200); do
         grep -q 'relay ready' "$WORK/relay.log" && break
+        kill -0 "$RELAY_PID" 2>/dev/null || break
         sleep 0.05
     done
-    grep -q 'relay ready' "$WORK/relay.log" || die "relay did not start: $(tail -5 "$WORK/relay.log")"
+    grep -q 'relay ready' "$WORK/relay.log"
+}
+
+start_relay() { # $1: local domain for mailboxes
+    launch_relay "$1" "$USERS" || die "relay did not start: $(tail -5 "$WORK/relay.log")"
     RELAY_SMTP=$(grep -o 'protocol="smtp" addr=[0-9.:]*' "$WORK/relay.log" | sed 's/.*addr=//')
     RELAY_POP3=$(grep -o 'protocol="pop3" addr=[0-9.:]*' "$WORK/relay.log" | sed 's/.*addr=//')
 }
@@ -382,7 +461,207 @@ run_dovecot_pop3() {
     log "round $1 dovecot pop3: $(echo "$json" | python3 -c 'import json,sys; print(round(json.load(sys.stdin)["msgs_per_s"]), "msgs/s")')"
 }
 
+# ---------------------------------------------------------------------------------------------
+# 4b. IMAP: relay and a second Dovecot, filled and loaded by loadgen imap
+
+jget() { # $1: JSON text, $2: a/b/c; prints the value
+    python3 - "$1" "$2" <<'EOF'
+import json, sys
+v = json.loads(sys.argv[1])
+for k in sys.argv[2].split("/"):
+    v = v[k]
+print(v)
+EOF
+}
+
+imap_greets() { # $1: port; true when an IMAP server greets there within 5 s
+    python3 - "$1" <<'EOF'
+import socket, sys
+try:
+    s = socket.create_connection(("127.0.0.1", int(sys.argv[1])), timeout=5)
+    ok = s.recv(4) == b"* OK"
+    s.sendall(b"x LOGOUT\r\n")
+except OSError:
+    ok = False
+sys.exit(0 if ok else 1)
+EOF
+}
+
+# Lowers IMAP_IDLE to what this machine allows: loadgen (and relay) hold a descriptor per
+# session, Dovecot a process per session. Raises the soft open-file limit to the hard one
+# first (the servers started after this inherit it).
+imap_idle_limit() {
+    local hard soft room procs
+    hard=$(ulimit -Hn)
+    if [ "$hard" != unlimited ]; then ulimit -n "$hard" 2>/dev/null || true; fi
+    soft=$(ulimit -n)
+    if [ "$soft" != unlimited ]; then
+        room=$((soft - 256))
+        if ((IMAP_IDLE > room)); then
+            log "imap: IMAP_IDLE=$IMAP_IDLE does not fit the open-file limit (ulimit -n $soft, hard $hard): holding $room sessions"
+            IMAP_IDLE=$room
+        fi
+    fi
+    procs=$(($(cat /proc/sys/kernel/pid_max) - $(find /proc -maxdepth 1 -name '[0-9]*' | wc -l) - 1000))
+    if ((IMAP_IDLE > procs)); then
+        log "imap: IMAP_IDLE=$IMAP_IDLE leaves too few process ids for Dovecot's process per session (kernel.pid_max): holding $procs sessions"
+        IMAP_IDLE=$procs
+    fi
+    ((IMAP_IDLE >= 1)) || die "imap: no room for sessions in IDLE"
+    # Each of Dovecot's imap processes in IDLE watches its Maildir with an inotify instance,
+    # all as user nobody; past the limit it falls back to polling and logs a warning. The
+    # limit is raised for the run and restored on exit.
+    local inotify=/proc/sys/fs/inotify/max_user_instances want=$((IMAP_IDLE + 256))
+    if [ -r "$inotify" ] && (($(cat "$inotify") < want)); then
+        INOTIFY_WAS=$(cat "$inotify")
+        if echo "$want" >"$inotify" 2>/dev/null; then
+            log "imap: fs.inotify.max_user_instances $INOTIFY_WAS → $want for the run"
+        else
+            log "imap: cannot raise fs.inotify.max_user_instances ($INOTIFY_WAS): Dovecot's IDLE sessions past it poll instead"
+            INOTIFY_WAS=""
+        fi
+    fi
+    log "imap: $IMAP_IDLE sessions in IDLE (ulimit -n $soft)"
+}
+
+DVI_PORT=""
+start_dovecot_imap() {
+    local d=$WORK/dovecot-imap limit=$((IMAP_IDLE + 100))
+    DVI_PORT=$(free_port)
+    mkdir -p -m 755 "$d" "$d/run" "$d/state" "$WORK/imap-maildirs"
+    chown nobody:nogroup "$WORK/imap-maildirs"
+    : >"$d/users"
+    for ((i = 0; i < IMAP_USERS; i++)); do echo "user$i:{ARGON2ID}$HASH" >>"$d/users"; done
+    cat >"$DVI_CONF" <<EOF
+# relay's comparison: IMAP on loopback over Maildirs, with room for $IMAP_IDLE sessions.
+protocols = imap
+listen = 127.0.0.1
+instance_name = relay-compare-imap
+base_dir = $d/run
+state_dir = $d/state
+log_path = $d/dovecot.log
+ssl = no
+disable_plaintext_auth = no
+auth_mechanisms = plain login
+mail_location = maildir:$WORK/imap-maildirs/%u
+first_valid_uid = 1
+default_client_limit = $((2 * limit))
+passdb {
+  driver = passwd-file
+  args = scheme=ARGON2ID $d/users
+}
+userdb {
+  driver = static
+  args = uid=nobody gid=nogroup home=$WORK/imap-maildirs/%u
+}
+service imap-login {
+  inet_listener imap {
+    address = 127.0.0.1
+    port = $DVI_PORT
+  }
+  inet_listener imaps {
+    port = 0
+  }
+}
+service imap {
+  process_limit = $limit
+}
+protocol imap {
+  mail_max_userip_connections = $limit
+}
+EOF
+    dovecot -c "$DVI_CONF" || die "dovecot (IMAP) did not start (see $d/dovecot.log)"
+    for _ in $(seq 100); do
+        imap_greets "$DVI_PORT" && return 0
+        sleep 0.1
+    done
+    die "dovecot (IMAP) does not greet on 127.0.0.1:$DVI_PORT (see $d/dovecot.log)"
+}
+DVI_MASTER_PID() { cat "$WORK/dovecot-imap/run/master.pid" 2>/dev/null; }
+
+RELAY_IMAP=""
+start_relay_imap() { # false (after saying why) when relay has no IMAP server to measure
+    if [ "$RELAY_BIN" = none ]; then
+        log "imap: RELAY_BIN=none: relay's IMAP side skipped"
+        return 1
+    fi
+    local port
+    port=$(free_port)
+    if ! launch_relay bench.test "$IMAP_USERS" "$port"; then
+        log "imap: relay did not start with [imap] listen = [\"127.0.0.1:$port\"]; relay's IMAP side skipped: $(tail -3 "$WORK/relay.log")"
+        stop_relay
+        return 1
+    fi
+    if ! imap_greets "$port"; then
+        log "imap: relay does not answer IMAP on 127.0.0.1:$port; relay's IMAP side skipped"
+        stop_relay
+        return 1
+    fi
+    RELAY_IMAP=127.0.0.1:$port
+}
+
+imap_load() { # $1: HOST:PORT, then loadgen imap options; prints the JSON summary
+    local target=$1
+    shift
+    "$LOADGEN_BIN" imap --target "$target" --user-pattern 'user{n}:password' \
+        --user-count "$IMAP_USERS" --json --max-time 1h "$@" 2>>"$WORK/imap-loadgen.log"
+}
+
+imap_prefill() { # $1: relay|dovecot, $2: HOST:PORT
+    local json want=$((IMAP_USERS * IMAP_MESSAGES))
+    json=$(imap_load "$2" --workload append --count "$IMAP_MESSAGES" --size "$IMAP_SIZE" \
+        --connections "$IMAP_CONNECTIONS")
+    record "$1-imap-append" 1 "$json"
+    [ "$(jget "$json" appended/messages)" -eq "$want" ] ||
+        die "imap: $1 took $(jget "$json" appended/messages) of $want APPENDs (see $WORK/imap-loadgen.log)"
+    log "$1 imap: appended $want messages at $(printf %.0f "$(jget "$json" msgs_per_s)") msgs/s"
+}
+
+imap_idle() { # $1: relay|dovecot, $2: HOST:PORT, $3: round, $4…: the server's root pids
+    local name=$1 target=$2 round=$3 before after idling json
+    shift 3
+    before=$(mem_tree "$@")
+    "$LOADGEN_BIN" imap --target "$target" --user-pattern 'user{n}:password' \
+        --user-count "$IMAP_USERS" --workload idle --connections "$IMAP_IDLE" --duration 10s \
+        --json --max-time 1h >"$WORK/idle.json" 2>"$WORK/idle.log" &
+    IDLE_PID=$!
+    while kill -0 "$IDLE_PID" 2>/dev/null && ! grep -q 'sessions idling' "$WORK/idle.log"; do
+        sleep 0.2
+    done
+    after=$(mem_tree "$@")
+    wait "$IDLE_PID" || true
+    IDLE_PID=""
+    json=$(cat "$WORK/idle.json")
+    idling=$(grep -o '[0-9]* sessions idling' "$WORK/idle.log" | cut -d' ' -f1)
+    idling=${idling:-0}
+    ((idling > 0)) || die "imap: no session of $name entered IDLE: $(tail -3 "$WORK/idle.log")"
+    set -- $before $after
+    record "$name-imap-idle" "$round" "$json" "idle_sessions=$idling" \
+        "pss_kib_per_session=$((($4 - $1) / idling))" "rss_kib_per_session=$((($5 - $2) / idling))" \
+        "processes_before=$3" "processes_holding=$6"
+    log "round $round $name imap idle: $idling sessions, PSS +$((($4 - $1) / idling)) KiB and RSS +$((($5 - $2) / idling)) KiB per session ($3 → $6 processes)"
+}
+
+imap_round() { # $1: relay|dovecot, $2: HOST:PORT, $3: round, $4…: the server's root pids
+    local name=$1 target=$2 round=$3 json
+    shift 3
+    json=$(imap_load "$target" --workload select --count 3 --connections "$IMAP_CONNECTIONS")
+    record "$name-imap-select" "$round" "$json"
+    json=$(imap_load "$target" --workload fetch-flags --count 1 --connections "$IMAP_CONNECTIONS")
+    record "$name-imap-fetch-flags" "$round" "$json"
+    json=$(imap_load "$target" --workload fetch-bodies --count "$IMAP_MESSAGES" \
+        --connections "$IMAP_CONNECTIONS")
+    record "$name-imap-fetch-bodies" "$round" "$json"
+    [ "$(jget "$json" fetched/bodies)" -eq $((IMAP_USERS * IMAP_MESSAGES)) ] ||
+        log "imap: $name returned $(jget "$json" fetched/bodies) bodies of $((IMAP_USERS * IMAP_MESSAGES))"
+    log "round $round $name imap: body FETCH $(printf %.0f "$(jget "$json" msgs_per_s)") msgs/s"
+    json=$(imap_load "$target" --workload search-text --count 3 --connections "$IMAP_CONNECTIONS")
+    record "$name-imap-search" "$round" "$json"
+    imap_idle "$name" "$target" "$round" "$@"
+}
+
 log "load average before: $(cut -d' ' -f1-3 /proc/loadavg)"
+if [ "$IMAP_ONLY" != 1 ]; then
 for ((round = 1; round <= ROUNDS; round++)); do
     if ((round % 2 == 1)); then
         run_relay_ingest "$round"
@@ -397,6 +676,26 @@ for ((round = 1; round <= ROUNDS; round++)); do
     fi
 done
 run_sink_ingest 1
+fi
+
+if [ "$IMAP" = 1 ]; then
+    imap_idle_limit
+    start_dovecot_imap
+    relay_imap=0
+    start_relay_imap && relay_imap=1
+    if [ "$relay_imap" = 1 ]; then imap_prefill relay "$RELAY_IMAP"; fi
+    imap_prefill dovecot "127.0.0.1:$DVI_PORT"
+    for ((round = 1; round <= ROUNDS; round++)); do
+        if ((round % 2 == 1)) && [ "$relay_imap" = 1 ]; then
+            imap_round relay "$RELAY_IMAP" "$round" "$RELAY_PID"
+        fi
+        imap_round dovecot "127.0.0.1:$DVI_PORT" "$round" "$(DVI_MASTER_PID)"
+        if ((round % 2 == 0)) && [ "$relay_imap" = 1 ]; then
+            imap_round relay "$RELAY_IMAP" "$round" "$RELAY_PID"
+        fi
+    done
+    if [ "$relay_imap" = 1 ]; then stop_relay; fi
+fi
 LOAD_AFTER=$(cut -d' ' -f1-3 /proc/loadavg)
 
 # ---------------------------------------------------------------------------------------------
@@ -404,9 +703,11 @@ LOAD_AFTER=$(cut -d' ' -f1-3 /proc/loadavg)
 
 python3 - "$RESULTS" "$ROUNDS" "$DURATION" "$CONNECTIONS" "$SIZE" "$USERS" "$PER_USER" \
     "$POP3_CONNECTIONS" "$LOAD_AFTER" "$(postconf -d -h mail_version 2>/dev/null || echo '?')" \
-    "$(dovecot --version 2>/dev/null | cut -d' ' -f1)" <<'EOF'
+    "$(dovecot --version 2>/dev/null | cut -d' ' -f1)" "$IMAP_USERS" "$IMAP_MESSAGES" \
+    "$IMAP_SIZE" "$IMAP_CONNECTIONS" <<'EOF'
 import json, statistics, sys
-path, rounds, duration, conns, size, users, per_user, pconns, load, pf_ver, dv_ver = sys.argv[1:]
+(path, rounds, duration, conns, size, users, per_user, pconns, load, pf_ver, dv_ver,
+ iusers, imsgs, isize, iconns) = sys.argv[1:]
 runs = [json.loads(l) for l in open(path)]
 def med(name, key):
     vals = []
@@ -440,6 +741,27 @@ for q in ("p50_ms", "p99_ms"):
     rows.append((f"POP3 RETR {q[:3]} (ms)", f(a, 2), f(b, 2), ratio(b, a) + " lower" if a and b else "–"))
 a, b = med("relay-pop3", "latency_ms/login/p50_ms"), med("dovecot-pop3", "latency_ms/login/p50_ms")
 rows.append(("POP3 connect→logged in p50 (ms, argon2id m=19 MiB t=2)", f(a, 1), f(b, 1), "–"))
+def lower(a, b):
+    return ratio(b, a) + " lower" if a and b else "–"
+a, b = med("relay-imap-append", "msgs_per_s"), med("dovecot-imap-append", "msgs_per_s")
+rows.append((f"IMAP APPEND (prefill), {iusers}×{imsgs} × {isize}, {iconns} conns (msgs/s)", f(a), f(b), ratio(a, b)))
+for run, key, label in [
+    ("select", "latency_ms/select/p50_ms", f"IMAP SELECT of a {imsgs}-message mailbox, p50 (ms)"),
+    ("fetch-flags", "latency_ms/fetch_flags/p50_ms", "IMAP FETCH 1:* (FLAGS ENVELOPE), whole mailbox, p50 (ms)"),
+    ("search", "latency_ms/search/p50_ms", "IMAP SEARCH TEXT, whole mailbox, p50 (ms)"),
+]:
+    a, b = med(f"relay-imap-{run}", key), med(f"dovecot-imap-{run}", key)
+    rows.append((label, f(a, 1), f(b, 1), lower(a, b)))
+a, b = med("relay-imap-fetch-bodies", "msgs_per_s"), med("dovecot-imap-fetch-bodies", "msgs_per_s")
+rows.append((f"IMAP UID FETCH BODY.PEEK[], every message, {iconns} conns (msgs/s)", f(a), f(b), ratio(a, b)))
+a, b = med("relay-imap-fetch-bodies", "mib_per_s"), med("dovecot-imap-fetch-bodies", "mib_per_s")
+rows.append(("IMAP body FETCH (MiB/s)", f(a, 1), f(b, 1), ratio(a, b)))
+a, b = med("relay-imap-fetch-bodies", "latency_ms/fetch_body/p50_ms"), med("dovecot-imap-fetch-bodies", "latency_ms/fetch_body/p50_ms")
+rows.append(("IMAP body FETCH p50 (ms)", f(a, 2), f(b, 2), lower(a, b)))
+sessions = med("dovecot-imap-idle", "idle_sessions") or med("relay-imap-idle", "idle_sessions")
+for key, what in (("pss_kib_per_session", "PSS"), ("rss_kib_per_session", "RSS")):
+    a, b = med("relay-imap-idle", key), med("dovecot-imap-idle", key)
+    rows.append((f"IMAP memory per session in IDLE, {f(sessions)} sessions, {what} (KiB)", f(a), f(b), lower(a, b)))
 si = med("sink-ingest", "msgs_per_s")
 rows.append(("reference: loadgen → loadgen sink, same SMTP load (msgs/s)", f(si), "", ""))
 print(f"\nrelay vs Postfix {pf_ver} / Dovecot {dv_ver}; medians of {rounds} alternating rounds; load average after: {load}\n")
@@ -451,5 +773,7 @@ print()
 print("per run:")
 for r in runs:
     extra = f" e2e {r['e2e_msgs_per_s']:.0f}" if "e2e_msgs_per_s" in r else ""
-    print(f"  round {r['round']} {r['run']:<15} {r['msgs_per_s']:>9.1f} msgs/s{extra}")
+    if "rss_kib_per_session" in r:
+        extra = f" {r['idle_sessions']:.0f} sessions in IDLE: PSS {r['pss_kib_per_session']:.0f} KiB, RSS {r['rss_kib_per_session']:.0f} KiB per session"
+    print(f"  round {r['round']} {r['run']:<26} {r['msgs_per_s']:>9.1f} msgs/s{extra}")
 EOF

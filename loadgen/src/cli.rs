@@ -11,8 +11,8 @@ use relay::config::{ByteSize, Interval};
 #[command(
     name = "loadgen",
     version,
-    about = "Load generator for SMTP and POP3 servers, and a fast SMTP sink",
-    long_about = "Load generator for SMTP and POP3 servers, and a fast SMTP sink.\n\n\
+    about = "Load generator for SMTP, POP3 and IMAP servers, and a fast SMTP sink",
+    long_about = "Load generator for SMTP, POP3 and IMAP servers, and a fast SMTP sink.\n\n\
         Every run is bounded (--messages, --duration, the user list; always --max-time) and \
         targets only loopback addresses unless --allow-remote is given. Ctrl-C stops a run \
         and prints the partial summary; a second Ctrl-C exits at once."
@@ -30,6 +30,9 @@ pub enum Mode {
     Pop3(Pop3Args),
     /// Accept SMTP mail as fast as possible and count it (optionally failing on a script).
     Sink(SinkArgs),
+    /// Log in to IMAP mailboxes and run one workload (APPEND, SELECT, FETCH, STORE,
+    /// EXPUNGE, SEARCH, a mix, or sessions held in IDLE).
+    Imap(ImapArgs),
 }
 
 /// Options every mode has.
@@ -133,11 +136,9 @@ pub struct SmtpArgs {
     pub common: Common,
 }
 
-#[derive(Debug, Args)]
-pub struct Pop3Args {
-    /// The server, HOST:PORT.
-    #[arg(long)]
-    pub target: String,
+/// The mailbox users of the POP3 and IMAP modes.
+#[derive(Debug, Args, Clone)]
+pub struct UserArgs {
     /// A file of `user:password` lines (`#` starts a comment).
     #[arg(
         long,
@@ -151,6 +152,15 @@ pub struct Pop3Args {
     /// How many users the pattern makes.
     #[arg(long)]
     pub user_count: Option<u64>,
+}
+
+#[derive(Debug, Args)]
+pub struct Pop3Args {
+    /// The server, HOST:PORT.
+    #[arg(long)]
+    pub target: String,
+    #[command(flatten)]
+    pub users: UserArgs,
     /// Parallel sessions; each takes the next mailbox until all are drained.
     #[arg(long, default_value_t = 4)]
     pub connections: usize,
@@ -160,6 +170,70 @@ pub struct Pop3Args {
     /// Stop after this long even if mailboxes are left.
     #[arg(long, value_parser = duration)]
     pub duration: Option<Duration>,
+    #[command(flatten)]
+    pub common: Common,
+}
+
+/// What `loadgen imap` does in each session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Workload {
+    /// APPEND generated messages of --size (LITERAL+ when offered); fills mailboxes.
+    Append,
+    /// SELECT the mailbox again and again.
+    Select,
+    /// `FETCH 1:* (FLAGS ENVELOPE)`.
+    FetchFlags,
+    /// `UID FETCH uid BODY.PEEK[]`, one message per operation, going round the mailbox
+    /// (the user's sessions share the round: --count = mailbox size fetches each once).
+    FetchBodies,
+    /// `STORE n +FLAGS (\Flagged)`, going round the mailbox.
+    Store,
+    /// Mark the first message \Deleted and EXPUNGE it, until the mailbox is empty (the
+    /// count is of EXPUNGE responses seen, other sessions' included).
+    Expunge,
+    /// `SEARCH TEXT word` (--search).
+    SearchText,
+    /// Body fetches 50%, STORE 20%, APPEND 15%, SEARCH 10%, SELECT 5%.
+    Mixed,
+    /// Hold --connections sessions in IDLE for --duration once all have entered it.
+    Idle,
+}
+
+#[derive(Debug, Args)]
+pub struct ImapArgs {
+    /// The server, HOST:PORT.
+    #[arg(long)]
+    pub target: String,
+    #[command(flatten)]
+    pub users: UserArgs,
+    /// What each operation is.
+    #[arg(long, value_enum)]
+    pub workload: Workload,
+    /// Parallel sessions (with --workload idle: the sessions to hold). Users are shared
+    /// out round robin.
+    #[arg(long, default_value_t = 4)]
+    pub connections: usize,
+    /// Operations per user (with --workload append: messages appended to each mailbox).
+    #[arg(long)]
+    pub count: Option<u64>,
+    /// Stop after this long (with --workload idle: how long to hold once every session is
+    /// in IDLE).
+    #[arg(long, value_parser = duration)]
+    pub duration: Option<Duration>,
+    /// Open loop: start operations at this fixed rate (operations/s over all connections);
+    /// latency is measured from each operation's scheduled time.
+    #[arg(long)]
+    pub rate: Option<f64>,
+    /// Size of appended messages (whole message, headers included).
+    #[arg(long, value_parser = size, default_value = "10KiB")]
+    pub size: u64,
+    /// The word SEARCH TEXT looks for; appended messages carry `needle` in every tenth.
+    #[arg(long, default_value = "needle")]
+    pub search: String,
+    /// The mailbox to work on.
+    #[arg(long, default_value = "INBOX")]
+    pub mailbox: String,
     #[command(flatten)]
     pub common: Common,
 }
@@ -377,5 +451,33 @@ mod tests {
         ])
         .is_err());
         assert!(Cli::try_parse_from(["loadgen", "pop3", "--target", "x:1"]).is_err());
+        let imap = [
+            "loadgen",
+            "imap",
+            "--target",
+            "x:1",
+            "--user-pattern",
+            "u{n}:p",
+        ];
+        let cli = Cli::try_parse_from(imap.iter().chain(&[
+            "--user-count",
+            "2",
+            "--workload",
+            "fetch-bodies",
+            "--count",
+            "5",
+        ]))
+        .unwrap();
+        assert!(matches!(cli.command, Mode::Imap(a)
+            if a.workload == Workload::FetchBodies && a.count == Some(5) && a.users.user_count == Some(2)));
+        // A workload is required, and only the known ones.
+        assert!(Cli::try_parse_from(imap.iter().chain(&["--user-count", "2"])).is_err());
+        assert!(Cli::try_parse_from(imap.iter().chain(&[
+            "--user-count",
+            "2",
+            "--workload",
+            "list"
+        ]))
+        .is_err());
     }
 }

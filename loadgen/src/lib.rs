@@ -1,27 +1,30 @@
 //! The relay's load generator: an SMTP client that sends messages as fast as a server takes
 //! them (closed loop) or on a fixed schedule (open loop), a POP3 client that drains
+//! mailboxes, an IMAP client that runs one workload (APPEND, FETCH, SEARCH, IDLE…) over
 //! mailboxes, and an SMTP sink that accepts everything.
 //!
 //! **Role.** Produce load and measure it, and not be the bottleneck: `--threads` threads,
 //! each a tokio current_thread runtime (epoll) owning its own connections; message bodies are
 //! generated once at start and shared; per-message work is writing a few reused buffers.
 //!
-//! **Exposure.** It talks to servers (smtp, pop3) and to clients (sink) that may be anything,
-//! so every reply and command is parsed with the relay's own bounded parsers
-//! (`relay::smtp::reply::Reply::parse_line`, `relay::smtp::command::parse`) and no peer byte
-//! can panic it. It is a load tool: targets and listen addresses must be on loopback unless
+//! **Exposure.** It talks to servers (smtp, pop3, imap) and to clients (sink) that may be
+//! anything, so every reply and command is parsed with the relay's own bounded parsers
+//! (`relay::smtp::reply::Reply::parse_line`, `relay::smtp::command::parse`) or, for IMAP
+//! responses, the bounded scanner [`imap::response`], and no peer byte can panic it. It is a load tool: targets and listen addresses must be on loopback unless
 //! `--allow-remote` is given (checked before any packet is sent; host names other than
 //! `localhost` are not even resolved without it), and every run is bounded by `--messages`,
 //! `--duration` or the user list, and always by `--max-time`.
 //!
 //! **Standards.** RFC 5321 (SMTP), RFC 2920 (PIPELINING), RFC 3030 (CHUNKING), RFC 1870
-//! (SIZE), RFC 2045–2046 (the `--mime` messages), RFC 1939 (POP3).
+//! (SIZE), RFC 2045–2046 (the `--mime` messages), RFC 1939 (POP3), RFC 3501 (IMAP4rev1),
+//! RFC 7888 (LITERAL+), RFC 2177 (IDLE).
 //!
 //! Modules: [`cli`] (arguments), [`target`] (address checks), [`message`] (the pre-generated
 //! corpus), [`wire`] (buffered connection with timeouts), [`stats`] (histograms and reports),
-//! [`runner`] (threads, signals, progress), [`smtp`], [`pop3`], [`sink`].
+//! [`runner`] (threads, signals, progress), [`smtp`], [`pop3`], [`imap`], [`sink`].
 
 pub mod cli;
+pub mod imap;
 pub mod message;
 pub mod pop3;
 pub mod runner;
@@ -39,5 +42,6 @@ pub fn run(cli: cli::Cli) -> Result<ExitCode, String> {
         cli::Mode::Smtp(args) => smtp::run(args),
         cli::Mode::Pop3(args) => pop3::run(args),
         cli::Mode::Sink(args) => sink::run(args),
+        cli::Mode::Imap(args) => imap::run(args),
     }
 }

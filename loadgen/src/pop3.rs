@@ -18,7 +18,7 @@ use relay::pop3::command::{encode, Command};
 use relay::pop3::reply::Status;
 use serde::Serialize;
 
-use crate::cli::Pop3Args;
+use crate::cli::{Pop3Args, UserArgs};
 use crate::runner::{self, Control};
 use crate::smtp::{error_line, ErrorReport};
 use crate::stats::{per_second, Latency, LatencySummary, Live};
@@ -101,7 +101,7 @@ fn parse_user(line: &str) -> Result<(String, String), String> {
 }
 
 /// The users from `--users FILE` or `--user-pattern P --user-count N`.
-pub fn users(args: &Pop3Args) -> Result<Vec<(String, String)>, String> {
+pub fn users(args: &UserArgs) -> Result<Vec<(String, String)>, String> {
     let mut users = Vec::new();
     if let Some(path) = &args.users {
         let text = std::fs::read_to_string(path)
@@ -122,9 +122,7 @@ pub fn users(args: &Pop3Args) -> Result<Vec<(String, String)>, String> {
         }
     }
     if users.is_empty() {
-        return Err(
-            "pop3: no users (give --users FILE or --user-pattern with --user-count)".into(),
-        );
+        return Err("no users (give --users FILE or --user-pattern with --user-count)".into());
     }
     Ok(users)
 }
@@ -135,7 +133,7 @@ pub fn run(args: Pop3Args) -> Result<ExitCode, String> {
     }
     let addr = target::resolve(&args.target, "target", args.common.allow_remote)?;
     runner::check_bounds(args.duration, args.common.max_time)?;
-    let users = users(&args)?;
+    let users = users(&args.users)?;
     let user_count = users.len();
     let connections = args.connections.min(user_count);
     let control = Control::new(args.duration, args.common.max_time);

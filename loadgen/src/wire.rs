@@ -160,20 +160,34 @@ pub struct Conn {
 
 impl Conn {
     pub async fn connect(addr: SocketAddr, timeout: Duration) -> Result<Conn, WireError> {
+        Conn::connect_with_buffer(addr, timeout, BUFFER).await
+    }
+
+    /// As [`Conn::connect`] with a read buffer of `buffer` bytes (at least 1 KiB): sessions
+    /// held by the thousand (IMAP IDLE) need little.
+    pub async fn connect_with_buffer(
+        addr: SocketAddr,
+        timeout: Duration,
+        buffer: usize,
+    ) -> Result<Conn, WireError> {
         let stream = match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
             Ok(Ok(stream)) => stream,
             Ok(Err(e)) => return Err(WireError::Connect(e)),
             Err(_) => return Err(WireError::Connect(io::ErrorKind::TimedOut.into())),
         };
-        Ok(Conn::new(stream, timeout))
+        Ok(Conn::with_buffer(stream, timeout, buffer.max(1024)))
     }
 
     pub fn new(stream: TcpStream, timeout: Duration) -> Conn {
+        Conn::with_buffer(stream, timeout, BUFFER)
+    }
+
+    fn with_buffer(stream: TcpStream, timeout: Duration, buffer: usize) -> Conn {
         // Latency matters more than packet count for a load tool (and for the sink's replies).
         let _ = stream.set_nodelay(true);
         Conn {
             stream: Stream::Plain(stream),
-            buf: vec![0; BUFFER],
+            buf: vec![0; buffer],
             start: 0,
             end: 0,
             timeout,

@@ -401,6 +401,19 @@ fn non_loopback_targets_are_refused_before_connecting() {
             "1",
         ],
         vec!["sink", "--listen", "0.0.0.0:0", "--duration", "1s"],
+        vec![
+            "imap",
+            "--target",
+            "192.0.2.1:143",
+            "--user-pattern",
+            "u{n}:p",
+            "--user-count",
+            "1",
+            "--workload",
+            "select",
+            "--count",
+            "1",
+        ],
     ] {
         let started = Instant::now();
         let (status, stdout, stderr) = loadgen(&args);
@@ -415,6 +428,21 @@ fn non_loopback_targets_are_refused_before_connecting() {
     let (status, _, stderr) = loadgen(&["smtp", "--target", "127.0.0.1:1"]);
     assert_eq!(status.code(), Some(2));
     assert!(stderr.contains("--messages"), "{stderr}");
+    let imap = [
+        "imap",
+        "--target",
+        "127.0.0.1:1",
+        "--user-pattern",
+        "u{n}:p",
+    ];
+    let (status, _, stderr) =
+        loadgen(&[&imap[..], &["--user-count", "1", "--workload", "select"]].concat());
+    assert_eq!(status.code(), Some(2));
+    assert!(stderr.contains("--count"), "{stderr}");
+    let (status, _, stderr) =
+        loadgen(&[&imap[..], &["--user-count", "1", "--workload", "idle"]].concat());
+    assert_eq!(status.code(), Some(2));
+    assert!(stderr.contains("--duration"), "{stderr}");
 }
 
 // ---------------------------------------------------------------------------------------------
