@@ -614,7 +614,7 @@ fn starttls_sessions_run_over_tls() {
         let config = dir.path().join(format!("{name}.toml"));
         let mut text = format!(
             "[server]\ncores = 2\nhostname = \"relay.test\"\n\
-             [smtp]\nlisten = [\"127.0.0.1:0\"]\n[pop3]\nlisten = []\n\
+             [smtp]\nlisten = [\"127.0.0.1:0\"]\n[pop3]\nlisten = []\n[imap]\nlisten = []\n\
              [spool]\ndir = {:?}\n[admin]\nenabled = false\n\
              [local]\ndomains = [\"localhost\", \"example.test\"]\n\
              [[local.users]]\nname = \"user0\"\npassword = {PASSWORD_HASH:?}\n",
@@ -680,7 +680,7 @@ fn a_message_file_is_stored_as_it_is() {
     let text = format!(
         "[server]\ncores = 1\nhostname = \"relay.test\"\n\
          [smtp]\nlisten = [\"127.0.0.1:0\"]\n\
-         [pop3]\nlisten = []\n\
+         [pop3]\nlisten = []\n[imap]\nlisten = []\n\
          [spool]\ndir = {:?}\n\
          [local]\ndomains = [\"example.test\"]\n\
          [[local.users]]\nname = \"user0\"\npassword = {PASSWORD_HASH:?}\n",
