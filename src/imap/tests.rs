@@ -1040,3 +1040,28 @@ fn binary_sections_decode_parts() {
         ),
     );
 }
+
+#[test]
+fn list_return_options_with_utf7_names() {
+    fn utf7_store() -> Memory {
+        let mut m = store();
+        m.add_folder("Entw\u{fc}rfe", Some(SpecialUse::Drafts));
+        m
+    }
+    transcript_with(
+        &config(),
+        utf7_store,
+        &format!(
+            "{LOGIN}b SUBSCRIBE Entw&APw-rfe\r\n\
+             c LIST \"\" Entw% RETURN (CHILDREN SPECIAL-USE SUBSCRIBED STATUS (DELETED-STORAGE UIDNEXT))\r\n\
+             d LIST \"\" Entw% RETURN (STATUS (MESSAGES) FOO)\r\n"
+        ),
+        &format!(
+            "{}b OK SUBSCRIBE completed\r\n\
+             * LIST (\\HasNoChildren \\Subscribed \\Drafts) \"/\" Entw&APw-rfe\r\n\
+             * STATUS Entw&APw-rfe (DELETED-STORAGE 0 UIDNEXT 1)\r\nc OK LIST completed\r\n\
+             d BAD Invalid RETURN options\r\n",
+            login_ok()
+        ),
+    );
+}
