@@ -236,6 +236,11 @@ enum Job {
     },
     /// UID FETCH (CHANGEDSINCE m VANISHED): was anything expunged since m?
     FetchVanished(Box<FetchJob>, Vec<(u32, u32)>),
+    /// GETQUOTAROOT: does the mailbox exist?
+    QuotaRootOf {
+        tag: String,
+        mailbox: String,
+    },
     Quota {
         tag: String,
         /// GETQUOTAROOT's mailbox, as the client wrote it; `None` for GETQUOTA.
@@ -961,14 +966,16 @@ impl Session {
                 self.request(request, Job::Append { tag }, out);
             }
             CommandBody::GetQuotaRoot { mailbox } => {
-                if self.name_or_no(&tag, &mailbox, out).is_none() {
+                let Some(name) = self.name_or_no(&tag, &mailbox, out) else {
                     return;
-                }
-                let root_of = Some(match &mailbox {
+                };
+                let mailbox = match &mailbox {
                     Mailbox::Inbox => "INBOX".to_string(),
                     Mailbox::Other(o) => String::from_utf8_lossy(o.inner().as_ref()).into_owned(),
-                });
-                self.request(Request::Quota, Job::Quota { tag, root_of }, out);
+                };
+                // RFC 9208 §4.3: only for a mailbox that exists.
+                let job = Job::QuotaRootOf { tag, mailbox };
+                self.request(Request::Status(name), job, out);
             }
             CommandBody::GetQuota { root } => {
                 if !root.as_ref().is_empty() {
@@ -1416,6 +1423,13 @@ impl Session {
                 }
                 self.fetch_step(job, out);
             }
+            (Job::QuotaRootOf { tag, mailbox }, Answer::Status(r)) => match r {
+                Ok(_) => {
+                    let root_of = Some(mailbox);
+                    self.request(Request::Quota, Job::Quota { tag, root_of }, out);
+                }
+                Err(e) => self.store_error(&tag, e, out),
+            },
             (Job::Quota { tag, root_of }, Answer::Quota(r)) => match r {
                 Ok(quota) => self.quota_answer(&tag, root_of, quota, out),
                 Err(e) => self.store_error(&tag, e, out),

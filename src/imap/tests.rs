@@ -971,10 +971,11 @@ fn quota_commands_and_overquota() {
     );
     // Without a limit there is no quota root.
     transcript(
-        &format!("{LOGIN}b GETQUOTAROOT INBOX\r\nc GETQUOTA \"\"\r\n"),
+        &format!("{LOGIN}b GETQUOTAROOT INBOX\r\nc GETQUOTA \"\"\r\nd GETQUOTAROOT Nope\r\n"),
         &format!(
             "{}* QUOTAROOT INBOX\r\nb OK GETQUOTAROOT completed\r\n\
-             c NO [NONEXISTENT] No such quota root\r\n",
+             c NO [NONEXISTENT] No such quota root\r\n\
+             d NO [NONEXISTENT] no such folder\r\n",
             login_ok()
         ),
     );
