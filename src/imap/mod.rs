@@ -16,20 +16,24 @@
 //! and skips a refused command exactly, literal data included.
 //!
 //! **Standards.** RFC 9051 and RFC 3501 (IMAP4rev2/rev1, per session with ENABLE), RFC 7888
-//! (LITERAL+), RFC 4315 (UIDPLUS), RFC 6851 (MOVE), RFC 7162 (CONDSTORE), RFC 2177 (IDLE),
+//! (LITERAL+), RFC 4315 (UIDPLUS), RFC 6851 (MOVE), RFC 7162 (CONDSTORE, QRESYNC), RFC 2177 (IDLE),
 //! RFC 5161 (ENABLE), RFC 2971 (ID), RFC 2342 (NAMESPACE), RFC 6154 (SPECIAL-USE), RFC 8438
-//! (STATUS=SIZE), RFC 7889 (APPENDLIMIT), RFC 4959 (SASL-IR), RFC 4616 (PLAIN).
+//! (STATUS=SIZE), RFC 7889 (APPENDLIMIT), RFC 4959 (SASL-IR), RFC 4616 (PLAIN), RFC 4731
+//! (ESEARCH), RFC 9208 (QUOTA, one root `""` over all folders), RFC 6855 (UTF8=ACCEPT;
+//! before it, mailbox names are modified UTF-7, [`utf7`]), RFC 3516 (BINARY).
 #![forbid(unsafe_code)]
 
 pub mod frame;
 #[cfg(any(test, feature = "fuzzing"))]
 pub mod fuzz;
 pub mod reply;
+mod search;
 pub mod session;
 pub mod store;
 pub mod structure;
 #[cfg(test)]
 mod tests;
+pub mod utf7;
 
 pub use frame::Limits;
 pub use session::{

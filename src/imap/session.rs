@@ -16,8 +16,15 @@
 //! boundaries: by the session's own STORE/EXPUNGE/MOVE answers, and by a `Changes` poll on
 //! NOOP, CHECK, at the start of IDLE and when the driver calls [`Session::poll`] during IDLE
 //! (untagged EXPUNGE, FETCH FLAGS, EXISTS). FETCH, STORE and SEARCH never announce expunges
-//! (RFC 9051 §7.4.1). Message bodies are asked for one at a time, so a FETCH holds at most
-//! one body. `\Recent` is not kept (rev1 clients see `0 RECENT`).
+//! (RFC 9051 §7.4.1). Message bodies are asked for one at a time, so a FETCH or a SEARCH on
+//! text holds at most one body. Once QRESYNC is enabled, expunges are `VANISHED` UIDs.
+//!
+//! `\Recent` (IMAP4rev1 only; RFC 9051 removed it and the store does not keep it): a message
+//! is `\Recent` to a rev1 session when it appeared in the folder while the session had it
+//! selected, i.e. its UID is at or above the UIDNEXT of the SELECT. So SELECT always says
+//! `0 RECENT`, a later `n EXISTS` is followed by `n RECENT`, and FETCH FLAGS and the
+//! RECENT/NEW/OLD search keys follow that. STATUS RECENT is always 0 (no session owns
+//! another folder's new messages).
 
 use std::fmt;
 use std::sync::Arc;
@@ -28,22 +35,26 @@ use imap_codec::imap_types::command::FetchModifier;
 use imap_codec::imap_types::command::{Command, CommandBody, SelectParameter, StoreModifier};
 use imap_codec::imap_types::core::AString;
 use imap_codec::imap_types::extensions::enable::CapabilityEnable;
+use imap_codec::imap_types::extensions::utf8::Utf8Kind;
 use imap_codec::imap_types::fetch::{MacroOrMessageDataItemNames, MessageDataItemName, Section};
 use imap_codec::imap_types::flag::{Flag, StoreResponse, StoreType};
 use imap_codec::imap_types::mailbox::{ListMailbox, Mailbox};
 use imap_codec::imap_types::search::SearchKey;
-use imap_codec::imap_types::sequence::{SeqOrUid, Sequence, SequenceSet};
+use imap_codec::imap_types::sequence::SequenceSet;
 use imap_codec::imap_types::status::StatusDataItemName;
 use imap_codec::CommandCodec;
 
 use super::frame::{self, Framer, Limits, Rejection, Step};
 use super::reply::{self, Status};
+use super::search;
 use super::store::{
     system_flag, Answer, Body, Changes, FlagOp, Flags, FolderId, FolderInfo, MessageMeta, Request,
     SpecialUse, StoreError,
 };
 use super::structure::{self, PartPiece};
+use super::utf7;
 use crate::proto::sasl;
+use imap_codec::imap_types::IntoStatic;
 
 /// Client errors (BAD/NO it caused) before the session closes.
 pub const ERRORS_MAX: u32 = 50;
@@ -142,6 +153,8 @@ pub struct Unexpected;
 struct Selected {
     folder: FolderId,
     read_only: bool,
+    /// UIDNEXT at SELECT: messages from here on appeared while selected (`\Recent`).
+    first_new_uid: u32,
     uidnext: u32,
     highest_modseq: u64,
     messages: Vec<MessageMeta>,
@@ -208,6 +221,30 @@ enum Job {
     Select {
         tag: String,
         read_only: bool,
+        resync: Option<Box<Resync>>,
+    },
+    /// SELECT (QRESYNC ...): was anything expunged since the client's modseq?
+    ResyncVanished {
+        tag: String,
+        read_only: bool,
+        resync: Box<Resync>,
+    },
+    /// SELECT (QRESYNC ...): flag changes since the client's modseq.
+    ResyncChanges {
+        tag: String,
+        read_only: bool,
+    },
+    /// UID FETCH (CHANGEDSINCE m VANISHED): was anything expunged since m?
+    FetchVanished(Box<FetchJob>, Vec<(u32, u32)>),
+    /// GETQUOTAROOT: does the mailbox exist?
+    QuotaRootOf {
+        tag: String,
+        mailbox: String,
+    },
+    Quota {
+        tag: String,
+        /// GETQUOTAROOT's mailbox, as the client wrote it; `None` for GETQUOTA.
+        root_of: Option<String>,
     },
     Done {
         tag: String,
@@ -215,6 +252,7 @@ enum Job {
     },
     Poll(AfterPoll),
     Fetch(Box<FetchJob>),
+    Search(Box<SearchJob>),
     Store {
         tag: String,
         uid: bool,
@@ -238,6 +276,13 @@ enum Job {
 
 /// RETURN options of LIST (RFC 5258, RFC 5819). CHILDREN and SPECIAL-USE attributes are
 /// always sent, so only these two change the answer.
+/// The client's view of the folder from SELECT (QRESYNC ...) (RFC 7162 §3.2.5).
+struct Resync {
+    uidvalidity: u32,
+    modseq: u64,
+    known: Option<SequenceSet>,
+}
+
 /// What follows the untagged updates of a poll.
 enum AfterPoll {
     /// NOOP, CHECK: the tagged OK.
@@ -260,8 +305,20 @@ enum StatusItem {
     UidValidity,
     Unseen,
     Deleted,
+    DeletedStorage,
     Size,
     HighestModSeq,
+}
+
+struct SearchJob {
+    tag: String,
+    uid: bool,
+    ret: Option<search::Return>,
+    keys: Vec<SearchKey<'static>>,
+    /// UIDs ascending with their verdict (`None`: needs the body); `next` is the one
+    /// waiting for its body.
+    candidates: Vec<(u32, Option<bool>)>,
+    next: usize,
 }
 
 struct FetchJob {
@@ -273,6 +330,8 @@ struct FetchJob {
     next: usize,
     needs_body: bool,
     mark_seen: Vec<u32>,
+    /// A BINARY part had a transfer encoding we cannot undo: the FETCH ends `NO [UNKNOWN-CTE]`.
+    unknown_cte: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -294,6 +353,13 @@ enum Item {
         peek: bool,
         binary: bool,
     },
+    /// BINARY[path] of a part: its body with the transfer encoding undone (RFC 9051 §6.4.5).
+    Binary {
+        path: Vec<u32>,
+        partial: Option<(u32, u32)>,
+        peek: bool,
+    },
+    BinarySize(Vec<u32>),
 }
 
 #[derive(Debug, Clone)]
@@ -314,6 +380,10 @@ pub struct Session {
     tls: bool,
     rev2: bool,
     condstore: bool,
+    /// ENABLE QRESYNC (RFC 7162 §3.2.3); implies `condstore`.
+    qresync: bool,
+    /// ENABLE UTF8=ACCEPT (RFC 6855) or IMAP4rev2: mailbox names are UTF-8, not mUTF-7.
+    utf8: bool,
     errors: u32,
     auth_failures: u32,
 }
@@ -340,6 +410,8 @@ impl Session {
             tls,
             rev2: false,
             condstore: false,
+            qresync: false,
+            utf8: false,
             errors: 0,
             auth_failures: 0,
         };
@@ -418,7 +490,7 @@ impl Session {
         }
         caps.push_str(
             " LITERAL+ ENABLE IDLE NAMESPACE ID UIDPLUS MOVE UNSELECT SPECIAL-USE CONDSTORE \
-             STATUS=SIZE",
+             QRESYNC ESEARCH BINARY STATUS=SIZE QUOTA QUOTA=RES-STORAGE UTF8=ACCEPT",
         );
         caps.push_str(&format!(" APPENDLIMIT={}", self.config.limits.append_max));
         caps
@@ -552,6 +624,14 @@ impl Session {
 
     fn command(&mut self, line: &[u8], out: &mut Outbox) {
         let (line, list_return) = split_list_return(line);
+        let (line, search_return) = match search::split_return(&line) {
+            (std::borrow::Cow::Owned(stripped), ret) => (std::borrow::Cow::Owned(stripped), ret),
+            (std::borrow::Cow::Borrowed(_), ret) => (line, ret),
+        };
+        let line = match split_append_utf8(&line) {
+            Some(rewritten) => std::borrow::Cow::Owned(rewritten),
+            None => line,
+        };
         let command = match CommandCodec::default().decode(&line) {
             Ok((_, command)) => command,
             Err(_) => {
@@ -572,10 +652,21 @@ impl Session {
                 None => return self.bad(Some(&tag), "Invalid RETURN options", out),
             }
         }
-        self.dispatch(tag, command, out);
+        let search_return = match search_return {
+            Some(Some(ret)) => Some(ret),
+            Some(None) => return self.bad(Some(&tag), "Invalid RETURN options", out),
+            None => None,
+        };
+        self.dispatch(tag, command, search_return, out);
     }
 
-    fn dispatch(&mut self, tag: String, command: Command<'_>, out: &mut Outbox) {
+    fn dispatch(
+        &mut self,
+        tag: String,
+        command: Command<'_>,
+        search_return: Option<search::Return>,
+        out: &mut Outbox,
+    ) {
         let authenticated = !matches!(self.state, State::NotAuthenticated);
         let selected = matches!(self.state, State::Selected(_));
         let name = command.body.name();
@@ -682,11 +773,21 @@ impl Session {
                             self.condstore = true;
                             enabled.push_str(" CONDSTORE");
                         }
+                        CapabilityEnable::Utf8(Utf8Kind::Accept) if !self.utf8 => {
+                            self.utf8 = true;
+                            enabled.push_str(" UTF8=ACCEPT");
+                        }
                         CapabilityEnable::Other(_) => {
                             let name = cap.to_string();
                             if name.eq_ignore_ascii_case("IMAP4rev2") && !self.rev2 {
                                 self.rev2 = true;
+                                // RFC 9051 §6.3.1: IMAP4rev2 names are UTF-8.
+                                self.utf8 = true;
                                 enabled.push_str(" IMAP4rev2");
+                            } else if name.eq_ignore_ascii_case("QRESYNC") && !self.qresync {
+                                self.qresync = true;
+                                self.condstore = true;
+                                enabled.push_str(" QRESYNC");
                             }
                         }
                         _ => {}
@@ -786,11 +887,24 @@ impl Session {
                 let Some(folder) = self.name_or_no(&tag, &mailbox, out) else {
                     return;
                 };
-                if parameters
-                    .iter()
-                    .any(|p| matches!(p, SelectParameter::QResync { .. }))
-                {
-                    return self.bad(Some(&tag), "QRESYNC is not enabled", out);
+                let mut resync = None;
+                for p in &parameters {
+                    if let SelectParameter::QResync {
+                        uid_validity,
+                        mod_sequence_value,
+                        known_uids,
+                        ..
+                    } = p
+                    {
+                        if !self.qresync {
+                            return self.bad(Some(&tag), "QRESYNC is not enabled", out);
+                        }
+                        resync = Some(Box::new(Resync {
+                            uidvalidity: uid_validity.get(),
+                            modseq: mod_sequence_value.get(),
+                            known: known_uids.clone(),
+                        }));
+                    }
                 }
                 if parameters
                     .iter()
@@ -810,7 +924,11 @@ impl Session {
                 }
                 self.request(
                     Request::Select(folder.clone()),
-                    Job::Select { tag, read_only },
+                    Job::Select {
+                        tag,
+                        read_only,
+                        resync,
+                    },
                     out,
                 );
             }
@@ -846,6 +964,32 @@ impl Session {
                     message,
                 };
                 self.request(request, Job::Append { tag }, out);
+            }
+            CommandBody::GetQuotaRoot { mailbox } => {
+                let Some(name) = self.name_or_no(&tag, &mailbox, out) else {
+                    return;
+                };
+                let mailbox = match &mailbox {
+                    Mailbox::Inbox => "INBOX".to_string(),
+                    Mailbox::Other(o) => String::from_utf8_lossy(o.inner().as_ref()).into_owned(),
+                };
+                // RFC 9208 §4.3: only for a mailbox that exists.
+                let job = Job::QuotaRootOf { tag, mailbox };
+                self.request(Request::Status(name), job, out);
+            }
+            CommandBody::GetQuota { root } => {
+                if !root.as_ref().is_empty() {
+                    return self.no(&tag, Some("NONEXISTENT"), "No such quota root", out);
+                }
+                self.request(Request::Quota, Job::Quota { tag, root_of: None }, out);
+            }
+            CommandBody::SetQuota { .. } => {
+                self.no(
+                    &tag,
+                    Some("NOPERM"),
+                    "Quotas are set by the administrator",
+                    out,
+                );
             }
             CommandBody::Idle => {
                 reply::continuation(&mut out.bytes, "idling");
@@ -987,13 +1131,18 @@ impl Session {
                     {
                         return self.no(
                             &tag,
-                            Some("BADCHARSET (UTF-8)"),
+                            Some("BADCHARSET (UTF-8 US-ASCII)"),
                             "Unsupported charset",
                             out,
                         );
                     }
                 }
-                self.search(&tag, criteria.as_ref(), uid, out);
+                let keys = criteria
+                    .into_inner()
+                    .into_iter()
+                    .map(IntoStatic::into_static)
+                    .collect();
+                self.search(tag, keys, uid, search_return, out);
             }
             _ => self.bad(Some(&tag), "Command not supported", out),
         }
@@ -1011,7 +1160,7 @@ impl Session {
     }
 
     fn name_or_no(&mut self, tag: &str, mailbox: &Mailbox<'_>, out: &mut Outbox) -> Option<String> {
-        match mailbox_name(mailbox) {
+        match mailbox_name(mailbox, self.utf8) {
             Some(name) => Some(name),
             None => {
                 self.no(tag, Some("CANNOT"), "Invalid mailbox name", out);
@@ -1144,7 +1293,7 @@ impl Session {
                 Answer::Status(r),
             ) => {
                 if let (Ok(status), Some(name)) = (r, names.pop()) {
-                    status_line(&mut lines, &name, &items, &status, self.rev2);
+                    status_line(&mut lines, &name, &items, &status, self.utf8);
                 }
                 if let Some(name) = names.last().cloned() {
                     self.request(
@@ -1164,12 +1313,19 @@ impl Session {
             }
             (Job::Status { tag, name, items }, Answer::Status(r)) => match r {
                 Ok(status) => {
-                    status_line(&mut out.bytes, &name, &items, &status, self.rev2);
+                    status_line(&mut out.bytes, &name, &items, &status, self.utf8);
                     self.ok(&tag, None, "STATUS completed", out);
                 }
                 Err(e) => self.store_error(&tag, e, out),
             },
-            (Job::Select { tag, read_only }, Answer::Select(r)) => match r {
+            (
+                Job::Select {
+                    tag,
+                    read_only,
+                    resync,
+                },
+                Answer::Select(r),
+            ) => match r {
                 Ok(snapshot) => {
                     let b = &mut out.bytes;
                     reply::untagged(b, &format!("{} EXISTS", snapshot.messages.len()));
@@ -1202,20 +1358,80 @@ impl Session {
                     reply::status(b, None, Status::Ok, Some(&code), "Predicted next UID");
                     let code = format!("HIGHESTMODSEQ {}", snapshot.highest_modseq);
                     reply::status(b, None, Status::Ok, Some(&code), "Highest");
+                    let folder = snapshot.folder;
+                    let uidvalidity = snapshot.uidvalidity;
                     self.state = State::Selected(Box::new(Selected {
                         folder: snapshot.folder,
                         read_only,
+                        first_new_uid: snapshot.uidnext,
                         uidnext: snapshot.uidnext,
                         highest_modseq: snapshot.highest_modseq,
                         messages: snapshot.messages,
                     }));
-                    let (code, what) = if read_only {
-                        ("READ-ONLY", "EXAMINE completed")
-                    } else {
-                        ("READ-WRITE", "SELECT completed")
-                    };
-                    self.ok(&tag, Some(code), what, out);
+                    match resync {
+                        // RFC 7162 §3.2.5: a stale UIDVALIDITY makes it a plain SELECT.
+                        Some(resync) if resync.uidvalidity == uidvalidity => {
+                            let request = Request::ExpungedSince {
+                                folder,
+                                modseq: resync.modseq,
+                            };
+                            let job = Job::ResyncVanished {
+                                tag,
+                                read_only,
+                                resync,
+                            };
+                            self.request(request, job, out);
+                        }
+                        _ => self.select_done(&tag, read_only, out),
+                    }
                 }
+                Err(e) => self.store_error(&tag, e, out),
+            },
+            (
+                Job::ResyncVanished {
+                    tag,
+                    read_only,
+                    resync,
+                },
+                Answer::ExpungedSince(r),
+            ) => {
+                // Not knowing is answered as "maybe": over-reporting is allowed.
+                if r.unwrap_or(true) {
+                    let ranges = self.known_ranges(resync.known.as_ref());
+                    self.vanished_earlier(&ranges, out);
+                }
+                let Some(folder) = self.selected().map(|s| s.folder) else {
+                    return Ok(());
+                };
+                let uidnext = self.selected().map_or(0, |s| s.uidnext);
+                let request = Request::Changes {
+                    folder,
+                    modseq: resync.modseq,
+                    uidnext,
+                };
+                self.request(request, Job::ResyncChanges { tag, read_only }, out);
+            }
+            (Job::ResyncChanges { tag, read_only }, Answer::Changes(r)) => {
+                if let Ok(changes) = &r {
+                    self.apply_changes(changes, out);
+                }
+                self.select_done(&tag, read_only, out);
+            }
+            (Job::FetchVanished(job, ranges), Answer::ExpungedSince(r)) => {
+                if r.unwrap_or(true) {
+                    self.vanished_earlier(&ranges, out);
+                }
+                self.fetch_step(job, out);
+            }
+            (Job::QuotaRootOf { tag, mailbox }, Answer::Status(r)) => match r {
+                Ok(_) => {
+                    let root_of = Some(mailbox);
+                    self.request(Request::Quota, Job::Quota { tag, root_of }, out);
+                }
+                Err(e) => self.store_error(&tag, e, out),
+            },
+            (Job::Quota { tag, root_of }, Answer::Quota(r)) => match r {
+                Ok(quota) => self.quota_answer(&tag, root_of, quota, out),
                 Err(e) => self.store_error(&tag, e, out),
             },
             (Job::Done { tag, what }, Answer::Done(r)) => match r {
@@ -1230,6 +1446,7 @@ impl Session {
                 self.after_poll(after, out);
             }
             (Job::Fetch(job), Answer::Body(r)) => self.fetch_body(job, r, out),
+            (Job::Search(job), Answer::Body(r)) => self.search_body(job, r, out),
             (
                 Job::Store {
                     tag,
@@ -1306,12 +1523,18 @@ impl Session {
             } => (reference, mailbox_wildcard, true),
             _ => return self.bad(Some(tag), "RETURN only with LIST", out),
         };
-        let Some(reference) = mailbox_name(&reference) else {
+        let Some(reference) = mailbox_name(&reference, self.utf8) else {
             return self.no(tag, Some("CANNOT"), "Invalid reference", out);
         };
-        let pattern = match &wildcard {
-            ListMailbox::Token(t) => String::from_utf8_lossy(t.as_ref()).into_owned(),
-            ListMailbox::String(s) => String::from_utf8_lossy(s.as_ref()).into_owned(),
+        let pattern: &[u8] = match &wildcard {
+            ListMailbox::Token(t) => t.as_ref(),
+            ListMailbox::String(s) => s.as_ref(),
+        };
+        let pattern = match std::str::from_utf8(pattern) {
+            Ok(p) if !self.utf8 && p.is_ascii() => {
+                utf7::decode(p.as_bytes()).unwrap_or_else(|| p.to_string())
+            }
+            _ => String::from_utf8_lossy(pattern).into_owned(),
         };
         if pattern.is_empty() && !lsub {
             let b = &mut out.bytes;
@@ -1368,7 +1591,7 @@ impl Session {
             }
             let kind = if lsub { "LSUB" } else { "LIST" };
             reply::untagged(&mut lines, &format!("{kind} ({}) \"/\" ", attrs.join(" ")));
-            reply::astring(&mut lines, f.name.as_bytes());
+            reply::astring(&mut lines, wire_name(&f.name, self.utf8).as_bytes());
             reply::end(&mut lines);
             status_names.push(f.name.clone());
         }
@@ -1404,6 +1627,7 @@ impl Session {
     fn apply_changes(&mut self, changes: &Changes, out: &mut Outbox) {
         self.expunged(&changes.expunged, out);
         let condstore = self.condstore;
+        let rev2 = self.rev2;
         let State::Selected(s) = &mut self.state else {
             return;
         };
@@ -1421,7 +1645,7 @@ impl Session {
             if s.messages[i].flags != m.flags || condstore {
                 let b = &mut out.bytes;
                 reply::untagged(b, &format!("{} FETCH (FLAGS ", i + 1));
-                reply::flags(b, &m.flags, false);
+                reply::flags(b, &m.flags, !rev2 && m.uid >= s.first_new_uid);
                 reply::raw(b, &format!(" UID {}", m.uid));
                 if condstore {
                     reply::raw(b, &format!(" MODSEQ ({})", m.modseq));
@@ -1435,24 +1659,44 @@ impl Session {
         if s.messages.len() != before {
             reply::untagged(&mut out.bytes, &format!("{} EXISTS", s.messages.len()));
             reply::end(&mut out.bytes);
+            if !rev2 {
+                let old = s.messages.partition_point(|m| m.uid < s.first_new_uid);
+                let recent = s.messages.len() - old;
+                reply::untagged(&mut out.bytes, &format!("{recent} RECENT"));
+                reply::end(&mut out.bytes);
+            }
         }
         s.uidnext = s.uidnext.max(changes.uidnext);
         s.highest_modseq = s.highest_modseq.max(changes.highest_modseq);
     }
 
     fn expunged(&mut self, uids: &[u32], out: &mut Outbox) {
+        let qresync = self.qresync;
         let State::Selected(s) = &mut self.state else {
             return;
         };
         let mut uids = uids.to_vec();
         uids.sort_unstable();
+        uids.dedup();
+        let mut gone = Vec::new();
         // Highest first keeps every announced number valid without shifting the rest.
         for uid in uids.iter().rev() {
             if let Some(i) = s.seq_of(*uid) {
                 s.messages.remove(i);
-                reply::untagged(&mut out.bytes, &format!("{} EXPUNGE", i + 1));
-                reply::end(&mut out.bytes);
+                if qresync {
+                    gone.push(*uid);
+                } else {
+                    reply::untagged(&mut out.bytes, &format!("{} EXPUNGE", i + 1));
+                    reply::end(&mut out.bytes);
+                }
             }
+        }
+        // RFC 7162 §3.2.10: with QRESYNC, expunges are VANISHED UIDs.
+        if !gone.is_empty() {
+            gone.reverse();
+            reply::untagged(&mut out.bytes, "VANISHED ");
+            reply::sequence_set(&mut out.bytes, &gone);
+            reply::end(&mut out.bytes);
         }
     }
 
@@ -1498,32 +1742,21 @@ impl Session {
         let mut picked = vec![false; s.messages.len()];
         let last_uid = s.messages.last().map_or(0, |m| m.uid);
         for seq in set.0.as_ref() {
-            let value = |v: &SeqOrUid| match v {
-                SeqOrUid::Value(v) => v.get(),
-                SeqOrUid::Asterisk => {
-                    if uid {
-                        last_uid
-                    } else {
-                        n
-                    }
-                }
-            };
-            let (a, b) = match seq {
-                Sequence::Single(v) => (value(v), value(v)),
-                Sequence::Range(a, b) => (value(a), value(b)),
-            };
-            let (lo, hi) = (a.min(b), a.max(b));
-            if uid {
-                for (i, m) in s.messages.iter().enumerate() {
-                    if (lo..=hi).contains(&m.uid) {
-                        picked[i] = true;
-                    }
-                }
+            let (lo, hi) = if uid {
+                let (lo, hi) = search::bounds(seq, last_uid);
+                // UIDs ascend: the messages in [lo, hi] are one run.
+                let from = s.messages.partition_point(|m| m.uid < lo);
+                let to = s.messages.partition_point(|m| m.uid <= hi);
+                (from + 1, to)
             } else {
+                let (lo, hi) = search::bounds(seq, n);
                 if hi > n || lo == 0 {
                     return None;
                 }
-                for p in &mut picked[(lo - 1) as usize..hi as usize] {
+                (lo as usize, hi as usize)
+            };
+            if lo <= hi {
+                for p in &mut picked[lo - 1..hi] {
                     *p = true;
                 }
             }
@@ -1548,6 +1781,7 @@ impl Session {
         out: &mut Outbox,
     ) {
         let condstore = self.condstore;
+        let rev2 = self.rev2;
         let State::Selected(s) = &mut self.state else {
             return;
         };
@@ -1566,7 +1800,7 @@ impl Session {
             let mut sep = "";
             if !silent {
                 reply::raw(b, "FLAGS ");
-                reply::flags(b, flags, false);
+                reply::flags(b, flags, !rev2 && *u >= s.first_new_uid);
                 sep = " ";
             }
             if uid {
@@ -1652,13 +1886,20 @@ impl Session {
             }
         }
         let mut changed_since = None;
+        let mut vanished = false;
         for m in modifiers {
             match m {
                 FetchModifier::ChangedSince(n) => changed_since = Some(n.get()),
-                FetchModifier::Vanished => {
-                    return self.bad(Some(&tag), "VANISHED needs QRESYNC", out)
-                }
+                FetchModifier::Vanished => vanished = true,
             }
+        }
+        // RFC 7162 §3.2.6: VANISHED only with UID FETCH, CHANGEDSINCE and QRESYNC enabled.
+        if vanished && !(uid && self.qresync && changed_since.is_some()) {
+            return self.bad(
+                Some(&tag),
+                "VANISHED needs QRESYNC, UID and CHANGEDSINCE",
+                out,
+            );
         }
         if changed_since.is_some() || items.iter().any(|i| matches!(i, Item::ModSeq)) {
             self.condstore = true;
@@ -1687,13 +1928,18 @@ impl Session {
                     | Item::Body { .. }
                     | Item::Envelope
                     | Item::Structure(_)
+                    | Item::Binary { .. }
+                    | Item::BinarySize(_)
             )
         });
         let sets_seen = !s.read_only
             && items.iter().any(|i| {
                 matches!(
                     i,
-                    Item::Rfc822 | Item::Rfc822Text | Item::Body { peek: false, .. }
+                    Item::Rfc822
+                        | Item::Rfc822Text
+                        | Item::Body { peek: false, .. }
+                        | Item::Binary { peek: false, .. }
                 )
             });
         let mark_seen = if sets_seen {
@@ -1707,7 +1953,7 @@ impl Session {
         } else {
             Vec::new()
         };
-        let job = FetchJob {
+        let job = Box::new(FetchJob {
             tag,
             uid,
             items,
@@ -1715,8 +1961,17 @@ impl Session {
             next: 0,
             needs_body,
             mark_seen,
-        };
-        self.fetch_step(Box::new(job), out);
+            unknown_cte: false,
+        });
+        match changed_since {
+            Some(modseq) if vanished => {
+                let ranges = self.set_ranges(set);
+                let folder = s.folder;
+                let request = Request::ExpungedSince { folder, modseq };
+                self.request(request, Job::FetchVanished(job, ranges), out);
+            }
+            _ => self.fetch_step(job, out),
+        }
     }
 
     /// Answers as many messages as possible; asks for the next body when one is needed.
@@ -1730,7 +1985,9 @@ impl Session {
                 self.request(Request::Body { folder, uid }, Job::Fetch(job), out);
                 return;
             }
-            self.fetch_line(&job, uid, None, out);
+            if !self.fetch_line(&job, uid, None, out) {
+                job.unknown_cte = true;
+            }
             job.next += 1;
         }
         self.fetch_done(*job, out);
@@ -1744,7 +2001,11 @@ impl Session {
     ) {
         let uid = job.uids.get(job.next).copied().unwrap_or(0);
         match body {
-            Ok(body) => self.fetch_line(&job, uid, Some(&body), out),
+            Ok(body) => {
+                if !self.fetch_line(&job, uid, Some(&body), out) {
+                    job.unknown_cte = true;
+                }
+            }
             // Expunged by another session meanwhile: nothing to say about it (RFC 9051 §7.4.1).
             Err(StoreError::NonExistent) => {}
             Err(e) => return self.store_error(&job.tag, e, out),
@@ -1767,6 +2028,10 @@ impl Session {
         } else {
             "FETCH completed"
         };
+        if job.unknown_cte {
+            let text = "Cannot decode a part's transfer encoding";
+            return self.no(&job.tag, Some("UNKNOWN-CTE"), text, out);
+        }
         if job.mark_seen.is_empty() {
             return self.ok(&job.tag, None, what, out);
         }
@@ -1793,12 +2058,19 @@ impl Session {
         self.request(request, job, out);
     }
 
-    fn fetch_line(&mut self, job: &FetchJob, uid: u32, body: Option<&[u8]>, out: &mut Outbox) {
+    /// `false`: a BINARY part could not be decoded; nothing was written.
+    fn fetch_line(
+        &mut self,
+        job: &FetchJob,
+        uid: u32,
+        body: Option<&[u8]>,
+        out: &mut Outbox,
+    ) -> bool {
         let Some(s) = self.selected() else {
-            return;
+            return true;
         };
         let Some(i) = s.seq_of(uid) else {
-            return;
+            return true;
         };
         let m = &s.messages[i];
         let whole = body.unwrap_or_default();
@@ -1807,6 +2079,8 @@ impl Session {
                 i,
                 Item::Envelope
                     | Item::Structure(_)
+                    | Item::Binary { .. }
+                    | Item::BinarySize(_)
                     | Item::Body {
                         section: BodySection::Part { .. },
                         ..
@@ -1818,6 +2092,18 @@ impl Session {
         } else {
             None
         };
+        // Decoded parts first: one that cannot be decoded fails the FETCH before any output.
+        let mut decoded = Vec::new();
+        for item in &job.items {
+            if let Item::Binary { path, .. } | Item::BinarySize(path) = item {
+                match tree.as_ref().map(|t| binary_part(t, path)) {
+                    Some(Ok(data)) => decoded.push(data),
+                    Some(Err(BinaryError::UnknownCte)) => return false,
+                    Some(Err(BinaryError::NoPart)) | None => decoded.push(None),
+                }
+            }
+        }
+        let mut decoded = decoded.into_iter();
         let b = &mut out.bytes;
         reply::untagged(b, &format!("{} FETCH (", i + 1));
         for (n, item) in job.items.iter().enumerate() {
@@ -1828,7 +2114,7 @@ impl Session {
                 Item::Uid => reply::raw(b, &format!("UID {}", m.uid)),
                 Item::Flags => {
                     reply::raw(b, "FLAGS ");
-                    reply::flags(b, &m.flags, false);
+                    reply::flags(b, &m.flags, self.is_recent(s, m.uid));
                 }
                 Item::InternalDate => {
                     reply::raw(b, "INTERNALDATE ");
@@ -1924,66 +2210,320 @@ impl Session {
                     reply::raw(b, " ");
                     reply::literal(b, data);
                 }
+                Item::Binary { path, partial, .. } => {
+                    let spec: Vec<String> = path.iter().map(u32::to_string).collect();
+                    reply::raw(b, &format!("BINARY[{}]", spec.join(".")));
+                    match decoded.next().flatten() {
+                        Some(data) => {
+                            let data: &[u8] = match partial {
+                                Some((start, len)) => {
+                                    reply::raw(b, &format!("<{start}>"));
+                                    let start = (*start as usize).min(data.len());
+                                    let end = start.saturating_add(*len as usize).min(data.len());
+                                    &data[start..end]
+                                }
+                                None => &data,
+                            };
+                            reply::raw(b, " ");
+                            // RFC 3516 §4.2: NUL octets need literal8.
+                            if data.contains(&0) {
+                                reply::raw(b, "~");
+                            }
+                            reply::literal(b, data);
+                        }
+                        None => reply::raw(b, " NIL"),
+                    }
+                }
+                Item::BinarySize(path) => {
+                    let spec: Vec<String> = path.iter().map(u32::to_string).collect();
+                    let size = decoded.next().flatten().map_or(0, |d| d.len());
+                    reply::raw(b, &format!("BINARY.SIZE[{}] {size}", spec.join(".")));
+                }
             }
         }
         reply::raw(b, ")");
         reply::end(b);
+        true
     }
 
-    fn search(&mut self, tag: &str, criteria: &[SearchKey<'_>], uid: bool, out: &mut Outbox) {
+    fn search(
+        &mut self,
+        tag: String,
+        keys: Vec<SearchKey<'static>>,
+        uid: bool,
+        ret: Option<search::Return>,
+        out: &mut Outbox,
+    ) {
+        if !keys.iter().all(search::supported) {
+            return self.no(&tag, Some("CANNOT"), "Search key not supported", out);
+        }
         let Some(s) = self.selected() else {
             return;
         };
-        let mut hits = Vec::new();
-        let mut max_modseq = 0;
-        let uses_modseq = criteria.iter().any(has_modseq);
+        let mut candidates = Vec::new();
         for (i, m) in s.messages.iter().enumerate() {
-            let mut all = true;
-            for key in criteria {
-                match matches_key(self, i, m, key) {
-                    Some(true) => {}
-                    Some(false) => {
-                        all = false;
-                        break;
-                    }
-                    None => return self.no(tag, Some("CANNOT"), "Search key not supported", out),
-                }
-            }
-            if all {
-                hits.push(if uid { m.uid } else { i as u32 + 1 });
-                max_modseq = max_modseq.max(m.modseq);
+            let ctx = self.search_ctx(s, i);
+            match search::all(&keys, &ctx, None) {
+                Some(false) => {}
+                verdict => candidates.push((m.uid, verdict)),
             }
         }
-        let b = &mut out.bytes;
-        if self.rev2 {
-            reply::untagged(b, "ESEARCH (TAG ");
-            reply::string(b, tag.as_bytes());
-            reply::raw(b, ")");
-            if uid {
-                reply::raw(b, " UID");
+        let job = SearchJob {
+            tag,
+            uid,
+            ret,
+            keys,
+            candidates,
+            next: 0,
+        };
+        self.search_step(Box::new(job), out);
+    }
+
+    fn search_ctx<'s>(&self, s: &'s Selected, i: usize) -> search::Ctx<'s> {
+        let m = &s.messages[i];
+        search::Ctx {
+            seq: i as u32 + 1,
+            meta: m,
+            recent: self.is_recent(s, m.uid),
+            last_seq: s.messages.len() as u32,
+            last_uid: s.messages.last().map_or(0, |m| m.uid),
+        }
+    }
+
+    /// Asks for the body of the next undecided message, or answers.
+    fn search_step(&mut self, mut job: Box<SearchJob>, out: &mut Outbox) {
+        while let Some(&(uid, verdict)) = job.candidates.get(job.next) {
+            if verdict.is_none() {
+                let Some(folder) = self.selected().map(|s| s.folder) else {
+                    return;
+                };
+                self.request(Request::Body { folder, uid }, Job::Search(job), out);
+                return;
             }
-            if !hits.is_empty() {
-                reply::raw(b, " ALL ");
-                reply::sequence_set(b, &hits);
-                if uses_modseq {
+            job.next += 1;
+        }
+        self.search_done(*job, out);
+    }
+
+    fn search_body(
+        &mut self,
+        mut job: Box<SearchJob>,
+        body: Result<Body, StoreError>,
+        out: &mut Outbox,
+    ) {
+        let Some(&(uid, _)) = job.candidates.get(job.next) else {
+            return self.search_done(*job, out);
+        };
+        let verdict = match body {
+            Ok(body) => self.selected().and_then(|s| {
+                let i = s.seq_of(uid)?;
+                let content = search::Content::new(&body);
+                search::all(&job.keys, &self.search_ctx(s, i), Some(&content))
+            }),
+            // Expunged by another session meanwhile: it matches nothing.
+            Err(StoreError::NonExistent) => Some(false),
+            Err(e) => return self.store_error(&job.tag, e, out),
+        };
+        job.candidates[job.next].1 = Some(verdict == Some(true));
+        job.next += 1;
+        self.search_step(job, out);
+    }
+
+    fn search_done(&mut self, job: SearchJob, out: &mut Outbox) {
+        let Some(s) = self.selected() else {
+            return;
+        };
+        let mut hits = Vec::with_capacity(job.candidates.len());
+        let mut max_modseq = 0;
+        for (u, _) in job.candidates.iter().filter(|(_, v)| *v == Some(true)) {
+            if let Some(i) = s.seq_of(*u) {
+                hits.push(if job.uid { *u } else { i as u32 + 1 });
+                max_modseq = max_modseq.max(s.messages[i].modseq);
+            }
+        }
+        let uses_modseq = job.keys.iter().any(search::has_modseq);
+        let b = &mut out.bytes;
+        // A rev2 session always gets ESEARCH; a rev1 one only when it asked with RETURN.
+        let ret = match (job.ret, self.rev2) {
+            (Some(ret), _) => Some(ret),
+            (None, true) => Some(search::Return {
+                all: true,
+                ..Default::default()
+            }),
+            (None, false) => None,
+        };
+        match ret {
+            Some(ret) => {
+                reply::untagged(b, "ESEARCH (TAG ");
+                reply::string(b, job.tag.as_bytes());
+                reply::raw(b, ")");
+                if job.uid {
+                    reply::raw(b, " UID");
+                }
+                if let (Some(first), Some(last)) = (hits.first(), hits.last()) {
+                    if ret.min {
+                        reply::raw(b, &format!(" MIN {first}"));
+                    }
+                    if ret.max {
+                        reply::raw(b, &format!(" MAX {last}"));
+                    }
+                    if ret.all {
+                        reply::raw(b, " ALL ");
+                        reply::sequence_set(b, &hits);
+                    }
+                }
+                if ret.count {
+                    reply::raw(b, &format!(" COUNT {}", hits.len()));
+                }
+                if uses_modseq && !hits.is_empty() {
                     reply::raw(b, &format!(" MODSEQ {max_modseq}"));
                 }
             }
-        } else {
-            reply::untagged(b, "SEARCH");
-            for h in &hits {
-                reply::raw(b, &format!(" {h}"));
-            }
-            if uses_modseq && !hits.is_empty() {
-                reply::raw(b, &format!(" (MODSEQ {max_modseq})"));
+            None => {
+                reply::untagged(b, "SEARCH");
+                for h in &hits {
+                    reply::raw(b, &format!(" {h}"));
+                }
+                if uses_modseq && !hits.is_empty() {
+                    reply::raw(b, &format!(" (MODSEQ {max_modseq})"));
+                }
             }
         }
         reply::end(b);
-        let what = if uid {
+        let what = if job.uid {
             "UID SEARCH completed"
         } else {
             "SEARCH completed"
         };
+        self.ok(&job.tag, None, what, out);
+    }
+
+    /// `\Recent` to this rev1 session: the message appeared while the folder was selected.
+    fn is_recent(&self, s: &Selected, uid: u32) -> bool {
+        !self.rev2 && uid >= s.first_new_uid
+    }
+
+    fn select_done(&mut self, tag: &str, read_only: bool, out: &mut Outbox) {
+        let (code, what) = if read_only {
+            ("READ-ONLY", "EXAMINE completed")
+        } else {
+            ("READ-WRITE", "SELECT completed")
+        };
+        self.ok(tag, Some(code), what, out);
+    }
+
+    /// A UID set as sorted, merged ranges below the folder's UIDNEXT (`*` is the last UID
+    /// there can be).
+    fn set_ranges(&self, set: &SequenceSet) -> Vec<(u32, u32)> {
+        let last = self.selected().map_or(0, |s| s.uidnext.saturating_sub(1));
+        let mut ranges: Vec<(u32, u32)> = set
+            .0
+            .as_ref()
+            .iter()
+            .map(|seq| search::bounds(seq, last))
+            .filter(|&(lo, _)| lo <= last)
+            .map(|(lo, hi)| (lo, hi.min(last)))
+            .collect();
+        ranges.sort_unstable();
+        let mut merged: Vec<(u32, u32)> = Vec::with_capacity(ranges.len());
+        for (lo, hi) in ranges {
+            match merged.last_mut() {
+                Some(prev) if lo <= prev.1.saturating_add(1) => prev.1 = prev.1.max(hi),
+                _ => merged.push((lo, hi)),
+            }
+        }
+        merged
+    }
+
+    /// The client's known UIDs of SELECT (QRESYNC ...), by default every UID below UIDNEXT.
+    fn known_ranges(&self, known: Option<&SequenceSet>) -> Vec<(u32, u32)> {
+        match known {
+            Some(set) => self.set_ranges(set),
+            None => {
+                let last = self.selected().map_or(0, |s| s.uidnext.saturating_sub(1));
+                if last == 0 {
+                    Vec::new()
+                } else {
+                    vec![(1, last)]
+                }
+            }
+        }
+    }
+
+    /// `* VANISHED (EARLIER)` for the UIDs in `ranges` that this session does not see: the
+    /// store may only know that something was expunged, not what, so this can name UIDs
+    /// that never existed, which RFC 7162 §3.2.5.1 allows within the client's set.
+    fn vanished_earlier(&self, ranges: &[(u32, u32)], out: &mut Outbox) {
+        let Some(s) = self.selected() else {
+            return;
+        };
+        let mut gaps: Vec<(u32, u32)> = Vec::new();
+        for &(lo, hi) in ranges {
+            let mut next = lo;
+            let from = s.messages.partition_point(|m| m.uid < lo);
+            for m in s.messages[from..].iter().take_while(|m| m.uid <= hi) {
+                if m.uid > next {
+                    gaps.push((next, m.uid - 1));
+                }
+                next = m.uid.saturating_add(1);
+            }
+            if next <= hi && next != 0 {
+                gaps.push((next, hi));
+            }
+        }
+        if gaps.is_empty() {
+            return;
+        }
+        let b = &mut out.bytes;
+        reply::untagged(b, "VANISHED (EARLIER) ");
+        let text: Vec<String> = gaps
+            .iter()
+            .map(|&(lo, hi)| {
+                if lo == hi {
+                    lo.to_string()
+                } else {
+                    format!("{lo}:{hi}")
+                }
+            })
+            .collect();
+        reply::raw(b, &text.join(","));
+        reply::end(b);
+    }
+
+    fn quota_answer(
+        &mut self,
+        tag: &str,
+        root_of: Option<String>,
+        quota: super::store::Quota,
+        out: &mut Outbox,
+    ) {
+        let b = &mut out.bytes;
+        let what = match &root_of {
+            Some(mailbox) => {
+                reply::untagged(b, "QUOTAROOT ");
+                reply::astring(b, mailbox.as_bytes());
+                // One root, "", for all of the user's folders; none without a limit.
+                if quota.storage_limit_bytes.is_some() {
+                    reply::raw(b, " \"\"");
+                }
+                reply::end(b);
+                "GETQUOTAROOT completed"
+            }
+            None => "GETQUOTA completed",
+        };
+        match quota.storage_limit_bytes {
+            Some(limit) => {
+                // RFC 9208 §5.1: STORAGE counts units of 1024 octets.
+                let used = quota.storage_used_bytes.div_ceil(1024);
+                let limit = limit / 1024;
+                reply::untagged(b, &format!("QUOTA \"\" (STORAGE {used} {limit})"));
+                reply::end(b);
+            }
+            None if root_of.is_none() => {
+                return self.no(tag, Some("NONEXISTENT"), "No such quota root", out);
+            }
+            None => {}
+        }
         self.ok(tag, None, what, out);
     }
 }
@@ -1996,106 +2536,6 @@ impl IntoStaticName for MessageDataItemName<'_> {
     fn into_static_name(self) -> MessageDataItemName<'static> {
         use imap_codec::imap_types::IntoStatic;
         self.into_static()
-    }
-}
-
-fn has_modseq(key: &SearchKey<'_>) -> bool {
-    match key {
-        SearchKey::ModSequence { .. } => true,
-        SearchKey::Not(k) => has_modseq(k),
-        SearchKey::Or(a, b) => has_modseq(a) || has_modseq(b),
-        SearchKey::And(keys) => keys.as_ref().iter().any(has_modseq),
-        _ => false,
-    }
-}
-
-/// `None`: a key this session cannot evaluate.
-fn matches_key(session: &Session, i: usize, m: &MessageMeta, key: &SearchKey<'_>) -> Option<bool> {
-    let sys = |bit: u8| m.flags.system & bit != 0;
-    let in_set = |set: &SequenceSet, uid: bool| {
-        session
-            .resolve_lenient(set, uid)
-            .is_some_and(|v| v.contains(&if uid { m.uid } else { i as u32 + 1 }))
-    };
-    let day = |d: &imap_codec::imap_types::datetime::NaiveDate| {
-        let date = d.as_ref();
-        let when = chrono::DateTime::from_timestamp(m.internal_date, 0)?
-            .with_timezone(&chrono::FixedOffset::east_opt(
-                i32::from(m.zone_minutes) * 60,
-            )?)
-            .date_naive();
-        Some(when.cmp(date))
-    };
-    use std::cmp::Ordering;
-    Some(match key {
-        SearchKey::All => true,
-        SearchKey::Answered => sys(system_flag::ANSWERED),
-        SearchKey::Deleted => sys(system_flag::DELETED),
-        SearchKey::Draft => sys(system_flag::DRAFT),
-        SearchKey::Flagged => sys(system_flag::FLAGGED),
-        SearchKey::Seen => sys(system_flag::SEEN),
-        SearchKey::Unanswered => !sys(system_flag::ANSWERED),
-        SearchKey::Undeleted => !sys(system_flag::DELETED),
-        SearchKey::Undraft => !sys(system_flag::DRAFT),
-        SearchKey::Unflagged => !sys(system_flag::FLAGGED),
-        SearchKey::Unseen | SearchKey::New => !sys(system_flag::SEEN),
-        SearchKey::Old => true,
-        SearchKey::Recent => false,
-        SearchKey::Keyword(k) => m.flags.has_keyword(k.inner()),
-        SearchKey::Unkeyword(k) => !m.flags.has_keyword(k.inner()),
-        SearchKey::Larger(n) => m.size > *n,
-        SearchKey::Smaller(n) => m.size < *n,
-        SearchKey::SequenceSet(set) => in_set(set, false),
-        SearchKey::Uid(set) => in_set(set, true),
-        SearchKey::Before(d) => day(d)? == Ordering::Less,
-        SearchKey::On(d) => day(d)? == Ordering::Equal,
-        SearchKey::Since(d) => day(d)? != Ordering::Less,
-        SearchKey::ModSequence { modseq, .. } => m.modseq >= *modseq,
-        SearchKey::Not(k) => !matches_key(session, i, m, k)?,
-        SearchKey::Or(a, b) => matches_key(session, i, m, a)? || matches_key(session, i, m, b)?,
-        SearchKey::And(keys) => {
-            for k in keys.as_ref() {
-                if !matches_key(session, i, m, k)? {
-                    return Some(false);
-                }
-            }
-            true
-        }
-        _ => return None,
-    })
-}
-
-impl Session {
-    /// As [`Session::resolve`], but numbers beyond the mailbox match nothing (SEARCH).
-    fn resolve_lenient(&self, set: &SequenceSet, uid: bool) -> Option<Vec<u32>> {
-        let s = self.selected()?;
-        let n = s.messages.len() as u32;
-        let last_uid = s.messages.last().map_or(0, |m| m.uid);
-        let mut hits = Vec::new();
-        for seq in set.0.as_ref() {
-            let value = |v: &SeqOrUid| match v {
-                SeqOrUid::Value(v) => v.get(),
-                SeqOrUid::Asterisk => {
-                    if uid {
-                        last_uid
-                    } else {
-                        n
-                    }
-                }
-            };
-            let (a, b) = match seq {
-                Sequence::Single(v) => (value(v), value(v)),
-                Sequence::Range(a, b) => (value(a), value(b)),
-            };
-            let (lo, hi) = (a.min(b), a.max(b));
-            for (i, m) in s.messages.iter().enumerate() {
-                let key = if uid { m.uid } else { i as u32 + 1 };
-                if (lo..=hi).contains(&key) {
-                    hits.push(key);
-                }
-            }
-        }
-        Some(hits)
     }
 }
 
@@ -2132,7 +2572,18 @@ fn fetch_item(name: &MessageDataItemName<'_>) -> Option<Item> {
             peek: *peek,
             binary: true,
         },
-        _ => return None,
+        MessageDataItemName::Binary {
+            section,
+            partial,
+            peek,
+        } => Item::Binary {
+            path: section.iter().map(|n| n.get()).collect(),
+            partial: partial.map(|(a, b)| (a, b.get())),
+            peek: *peek,
+        },
+        MessageDataItemName::BinarySize { section } => {
+            Item::BinarySize(section.iter().map(|n| n.get()).collect())
+        }
     })
 }
 
@@ -2176,7 +2627,7 @@ fn body_section(section: Option<&Section<'_>>) -> Option<BodySection> {
 }
 
 /// The header (through its blank line) and the text of a message.
-fn split_header(message: &[u8]) -> (&[u8], &[u8]) {
+pub(super) fn split_header(message: &[u8]) -> (&[u8], &[u8]) {
     let mut at = 0;
     while at < message.len() {
         let end = memchr::memchr(b'\n', &message[at..]).map_or(message.len(), |i| at + i + 1);
@@ -2190,7 +2641,7 @@ fn split_header(message: &[u8]) -> (&[u8], &[u8]) {
 }
 
 /// The header fields named (or not named) in `names`, with the closing blank line.
-fn header_fields(header: &[u8], names: &[String], not: bool) -> Vec<u8> {
+pub(super) fn header_fields(header: &[u8], names: &[String], not: bool) -> Vec<u8> {
     let mut out = Vec::new();
     let mut keep = false;
     let mut at = 0;
@@ -2219,18 +2670,16 @@ fn header_fields(header: &[u8], names: &[String], not: bool) -> Vec<u8> {
 fn status_items(names: &[StatusDataItemName]) -> Vec<StatusItem> {
     names
         .iter()
-        .filter_map(|n| {
-            Some(match n {
-                StatusDataItemName::Messages => StatusItem::Messages,
-                StatusDataItemName::Recent => StatusItem::Recent,
-                StatusDataItemName::UidNext => StatusItem::UidNext,
-                StatusDataItemName::UidValidity => StatusItem::UidValidity,
-                StatusDataItemName::Unseen => StatusItem::Unseen,
-                StatusDataItemName::Deleted => StatusItem::Deleted,
-                StatusDataItemName::Size => StatusItem::Size,
-                StatusDataItemName::HighestModSeq => StatusItem::HighestModSeq,
-                _ => return None,
-            })
+        .map(|n| match n {
+            StatusDataItemName::Messages => StatusItem::Messages,
+            StatusDataItemName::Recent => StatusItem::Recent,
+            StatusDataItemName::UidNext => StatusItem::UidNext,
+            StatusDataItemName::UidValidity => StatusItem::UidValidity,
+            StatusDataItemName::Unseen => StatusItem::Unseen,
+            StatusDataItemName::Deleted => StatusItem::Deleted,
+            StatusDataItemName::DeletedStorage => StatusItem::DeletedStorage,
+            StatusDataItemName::Size => StatusItem::Size,
+            StatusDataItemName::HighestModSeq => StatusItem::HighestModSeq,
         })
         .collect()
 }
@@ -2240,10 +2689,10 @@ fn status_line(
     name: &str,
     items: &[StatusItem],
     st: &super::store::FolderStatus,
-    _rev2: bool,
+    utf8: bool,
 ) {
     reply::untagged(out, "STATUS ");
-    reply::astring(out, name.as_bytes());
+    reply::astring(out, wire_name(name, utf8).as_bytes());
     let parts: Vec<String> = items
         .iter()
         .map(|i| match i {
@@ -2253,6 +2702,9 @@ fn status_line(
             StatusItem::UidValidity => format!("UIDVALIDITY {}", st.uidvalidity),
             StatusItem::Unseen => format!("UNSEEN {}", st.unseen),
             StatusItem::Deleted => format!("DELETED {}", st.deleted),
+            StatusItem::DeletedStorage => {
+                format!("DELETED-STORAGE {}", st.deleted_size.div_ceil(1024))
+            }
             StatusItem::Size => format!("SIZE {}", st.size),
             StatusItem::HighestModSeq => format!("HIGHESTMODSEQ {}", st.highest_modseq),
         })
@@ -2262,16 +2714,31 @@ fn status_line(
 }
 
 /// A mailbox name as the store spells it (`INBOX` case-folded), UTF-8 only.
-fn mailbox_name(mailbox: &Mailbox<'_>) -> Option<String> {
+/// `utf8`: the session enabled UTF8=ACCEPT or IMAP4rev2; otherwise names are modified
+/// UTF-7, though 8-bit UTF-8 is accepted from clients that send it anyway.
+fn mailbox_name(mailbox: &Mailbox<'_>, utf8: bool) -> Option<String> {
     match mailbox {
         Mailbox::Inbox => Some("INBOX".to_string()),
         Mailbox::Other(other) => {
-            let name = std::str::from_utf8(other.inner().as_ref()).ok()?;
+            let raw = other.inner().as_ref();
+            let name = match std::str::from_utf8(raw).ok()? {
+                name if utf8 || !name.is_ascii() => name.to_string(),
+                name => utf7::decode(name.as_bytes())?,
+            };
             if name.chars().any(|c| c.is_control()) {
                 return None;
             }
-            Some(name.to_string())
+            Some(name)
         }
+    }
+}
+
+/// A store name as this session writes it: modified UTF-7 unless UTF-8 is enabled.
+fn wire_name(name: &str, utf8: bool) -> std::borrow::Cow<'_, str> {
+    if utf8 || name.is_ascii() && !name.contains('&') {
+        name.into()
+    } else {
+        utf7::encode(name).into()
     }
 }
 
@@ -2391,6 +2858,7 @@ fn split_list_return(line: &[u8]) -> (std::borrow::Cow<'_, [u8]>, Option<Option<
             b"UIDVALIDITY" => StatusItem::UidValidity,
             b"UNSEEN" => StatusItem::Unseen,
             b"DELETED" => StatusItem::Deleted,
+            b"DELETED-STORAGE" => StatusItem::DeletedStorage,
             b"SIZE" => StatusItem::Size,
             b"HIGHESTMODSEQ" => StatusItem::HighestModSeq,
             _ => {
@@ -2406,4 +2874,68 @@ fn split_list_return(line: &[u8]) -> (std::borrow::Cow<'_, [u8]>, Option<Option<
     let mut stripped = line[..at].to_vec();
     stripped.extend_from_slice(b"\r\n");
     (stripped.into(), Some(ok.then_some(ret)))
+}
+
+/// Rewrites RFC 6855 `APPEND ... UTF8 (~{n}\r\n<message>)` as the plain literal8 APPEND
+/// imap-codec parses (it has no grammar for the UTF8 data item); `None`: not such a line.
+fn split_append_utf8(line: &[u8]) -> Option<Vec<u8>> {
+    let mut words = line.splitn(3, |&b| b == b' ');
+    let (_, name) = (words.next(), words.next()?);
+    if !name.eq_ignore_ascii_case(b"APPEND") {
+        return None;
+    }
+    let upper_at = |i: usize, w: &[u8]| {
+        line.get(i..i + w.len())
+            .is_some_and(|s| s.eq_ignore_ascii_case(w))
+    };
+    let at = (0..line.len()).find(|&i| upper_at(i, b" UTF8 (~{"))?;
+    let digits_at = at + b" UTF8 (~{".len();
+    let digits = line[digits_at..]
+        .iter()
+        .take_while(|b| b.is_ascii_digit())
+        .count();
+    let n: usize = std::str::from_utf8(&line[digits_at..digits_at + digits])
+        .ok()?
+        .parse()
+        .ok()?;
+    let mut i = digits_at + digits;
+    if line.get(i) == Some(&b'+') {
+        i += 1;
+    }
+    if !upper_at(i, b"}\r\n") {
+        return None;
+    }
+    let data = line.get(i + 3..(i + 3).checked_add(n)?)?;
+    if line.get(i + 3 + n..)? != b")\r\n" {
+        return None;
+    }
+    let mut out = line[..at].to_vec();
+    out.extend_from_slice(format!(" ~{{{n}}}\r\n").as_bytes());
+    out.extend_from_slice(data);
+    out.extend_from_slice(b"\r\n");
+    Some(out)
+}
+
+enum BinaryError {
+    NoPart,
+    UnknownCte,
+}
+
+/// A part's body with its transfer encoding undone, for BINARY (`Ok(None)`: no such part).
+fn binary_part(
+    msg: &crate::mime::Message<'_>,
+    path: &[u32],
+) -> Result<Option<Vec<u8>>, BinaryError> {
+    let Some(index) = structure::part_index(msg, path) else {
+        return Err(BinaryError::NoPart);
+    };
+    let part = &msg.parts[index];
+    if part.encoding == crate::mime::TransferEncoding::Other {
+        return Err(BinaryError::UnknownCte);
+    }
+    match msg.decoded_lenient(index) {
+        Ok(data) => Ok(Some(data.into_owned())),
+        // A container: its octets as they are (they carry no transfer encoding of their own).
+        Err(_) => Ok(Some(msg.body(index).to_vec())),
+    }
 }

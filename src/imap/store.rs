@@ -92,6 +92,20 @@ pub struct FolderStatus {
     pub highest_modseq: u64,
     /// Sum of the messages' sizes (RFC 8438 STATUS=SIZE).
     pub size: u64,
+    /// Sum of the sizes of the messages with `\Deleted` (RFC 9208 DELETED-STORAGE), octets.
+    pub deleted_size: u64,
+}
+
+/// The user's storage quota (RFC 9208). Sizes are in octets here; the session reports
+/// them in the protocol's units of 1024 octets (used rounded up, the limit down).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Quota {
+    /// Octets the user's messages take, in all folders.
+    pub storage_used_bytes: u64,
+    /// `None`: no storage limit (then the user has no quota root).
+    pub storage_limit_bytes: Option<u64>,
+    /// Messages in all folders.
+    pub messages: u64,
 }
 
 /// What the session keeps of one message of the selected folder.
@@ -207,6 +221,12 @@ pub trait Mailboxes {
     fn delete(&mut self, name: &str) -> Result<(), StoreError>;
     fn rename(&mut self, from: &str, to: &str) -> Result<(), StoreError>;
     fn subscribe(&mut self, name: &str, subscribed: bool) -> Result<(), StoreError>;
+    /// Whether any message of the folder was expunged after `modseq` (QRESYNC, RFC 7162).
+    /// `true` is always a correct answer: the session then reports as vanished every UID
+    /// the client asked about that does not exist (RFC 7162 §3.2.5.1 allows that).
+    fn expunged_since(&mut self, folder: FolderId, modseq: u64) -> Result<bool, StoreError>;
+    /// The user's quota and usage (RFC 9208).
+    fn quota(&mut self) -> Result<Quota, StoreError>;
 }
 
 /// One store call the session waits for.
@@ -257,6 +277,13 @@ pub enum Request {
         name: String,
         subscribed: bool,
     },
+    /// See [`Mailboxes::expunged_since`].
+    ExpungedSince {
+        folder: FolderId,
+        modseq: u64,
+    },
+    /// See [`Mailboxes::quota`].
+    Quota,
 }
 
 /// The answer to a [`Request`], of the matching variant.
@@ -273,6 +300,8 @@ pub enum Answer {
     Append(Result<Copied, StoreError>),
     /// CREATE, DELETE, RENAME, (UN)SUBSCRIBE.
     Done(Result<(), StoreError>),
+    ExpungedSince(Result<bool, StoreError>),
+    Quota(Result<Quota, StoreError>),
 }
 
 /// Answers `request` from a synchronous store.
@@ -311,6 +340,10 @@ pub fn serve<M: Mailboxes + ?Sized>(store: &mut M, request: &Request) -> Answer 
         Request::Delete(name) => Answer::Done(store.delete(name)),
         Request::Rename { from, to } => Answer::Done(store.rename(from, to)),
         Request::Subscribe { name, subscribed } => Answer::Done(store.subscribe(name, *subscribed)),
+        Request::ExpungedSince { folder, modseq } => {
+            Answer::ExpungedSince(store.expunged_since(*folder, *modseq))
+        }
+        Request::Quota => Answer::Quota(store.quota()),
     }
 }
 
@@ -348,6 +381,8 @@ pub mod memory {
         pub now: i64,
         /// Refuse every call with `Unavailable`.
         pub broken: bool,
+        /// The storage limit in octets; APPEND and COPY beyond it fail with `OverQuota`.
+        pub quota_limit: Option<u64>,
     }
 
     impl Default for Memory {
@@ -358,6 +393,7 @@ pub mod memory {
                 next_id: 0,
                 now: 1_700_000_000,
                 broken: false,
+                quota_limit: None,
             };
             m.add_folder("INBOX", None);
             m
@@ -417,6 +453,21 @@ pub mod memory {
                 .iter_mut()
                 .find(|f| f.id == id)
                 .ok_or(StoreError::NonExistent)
+        }
+
+        fn used(&self) -> u64 {
+            let sizes = self.folders.iter().flat_map(|f| &f.messages);
+            sizes.map(|m| u64::from(m.meta.size)).sum()
+        }
+
+        /// Refuses `more` octets beyond the quota.
+        fn room(&self, more: u64) -> Result<(), StoreError> {
+            match self.quota_limit {
+                Some(limit) if self.used().saturating_add(more) > limit => {
+                    Err(StoreError::OverQuota)
+                }
+                _ => Ok(()),
+            }
         }
 
         fn check(&self) -> Result<(), StoreError> {
@@ -498,6 +549,12 @@ pub mod memory {
                 uidvalidity: f.uidvalidity,
                 highest_modseq: f.highest_modseq,
                 size: f.messages.iter().map(|m| u64::from(m.meta.size)).sum(),
+                deleted_size: f
+                    .messages
+                    .iter()
+                    .filter(|m| m.meta.flags.system & system_flag::DELETED != 0)
+                    .map(|m| u64::from(m.meta.size))
+                    .sum(),
             })
         }
 
@@ -593,6 +650,9 @@ pub mod memory {
                 .filter(|m| uids.contains(&m.meta.uid))
                 .cloned()
                 .collect();
+            if !remove_source {
+                self.room(picked.iter().map(|m| m.body.len() as u64).sum())?;
+            }
             let now = self.now;
             let dest = self.folder_mut(to).ok_or(StoreError::NonExistent)?;
             let mut out = Copied {
@@ -626,6 +686,7 @@ pub mod memory {
             message: &[u8],
         ) -> Result<Copied, StoreError> {
             self.check()?;
+            self.room(message.len() as u64)?;
             let now = self.now;
             let dest = self.folder_mut(to).ok_or(StoreError::NonExistent)?;
             let uid = put(
@@ -674,6 +735,24 @@ pub mod memory {
             let f = self.folder_mut(from).ok_or(StoreError::NonExistent)?;
             f.name = to.to_string();
             Ok(())
+        }
+
+        fn expunged_since(&mut self, folder: FolderId, modseq: u64) -> Result<bool, StoreError> {
+            self.check()?;
+            Ok(self
+                .by_id(folder)?
+                .expunged
+                .iter()
+                .any(|(_, m)| *m > modseq))
+        }
+
+        fn quota(&mut self) -> Result<Quota, StoreError> {
+            self.check()?;
+            Ok(Quota {
+                storage_used_bytes: self.used(),
+                storage_limit_bytes: self.quota_limit,
+                messages: self.folders.iter().map(|f| f.messages.len() as u64).sum(),
+            })
         }
 
         fn subscribe(&mut self, name: &str, subscribed: bool) -> Result<(), StoreError> {

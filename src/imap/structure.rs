@@ -248,13 +248,11 @@ pub enum PartPiece {
     Text,
 }
 
-/// The bytes of a numbered part (RFC 9051 §6.4.5), or `None` when there is no such part.
-pub fn section<'a>(msg: &Message<'a>, path: &[u32], piece: PartPiece) -> Option<&'a [u8]> {
-    let buf = msg.buf();
+/// The index in `msg.parts` of a numbered part (RFC 9051 §6.4.5).
+pub fn part_index(msg: &Message<'_>, path: &[u32]) -> Option<usize> {
     let mut index = 0usize;
     for &n in path {
         let p = msg.parts.get(index)?;
-        // Inside an enclosed message, numbers apply to its body's structure.
         let p = match p.kind {
             PartKind::Message => {
                 index = p.children.start;
@@ -267,11 +265,17 @@ pub fn section<'a>(msg: &Message<'a>, path: &[u32], piece: PartPiece) -> Option<
                 let child = p.children.start + usize::try_from(n).ok()?.checked_sub(1)?;
                 (child < p.children.end).then_some(child)?
             }
-            // A non-multipart has one part, itself.
             _ if n == 1 => index,
             _ => return None,
         };
     }
+    Some(index)
+}
+
+/// The bytes of a numbered part (RFC 9051 §6.4.5), or `None` when there is no such part.
+pub fn section<'a>(msg: &Message<'a>, path: &[u32], piece: PartPiece) -> Option<&'a [u8]> {
+    let buf = msg.buf();
+    let index = part_index(msg, path)?;
     let p = msg.parts.get(index)?;
     match piece {
         PartPiece::Body => buf.get(p.body.clone()),

@@ -8,8 +8,8 @@ use super::session::{CloseReason, Event, Greeting, Outbox, Session, SessionConfi
 use super::store::memory::Memory;
 use super::store::{serve, system_flag, Flags, SpecialUse};
 
-const GREETING: &str = "* OK [CAPABILITY IMAP4rev2 IMAP4rev1 STARTTLS AUTH=PLAIN AUTH=LOGIN SASL-IR LITERAL+ ENABLE IDLE NAMESPACE ID UIDPLUS MOVE UNSELECT SPECIAL-USE CONDSTORE STATUS=SIZE APPENDLIMIT=1000] relay IMAP ready\r\n";
-const CAPS_AUTH: &str = "IMAP4rev2 IMAP4rev1 LITERAL+ ENABLE IDLE NAMESPACE ID UIDPLUS MOVE UNSELECT SPECIAL-USE CONDSTORE STATUS=SIZE APPENDLIMIT=1000";
+const GREETING: &str = "* OK [CAPABILITY IMAP4rev2 IMAP4rev1 STARTTLS AUTH=PLAIN AUTH=LOGIN SASL-IR LITERAL+ ENABLE IDLE NAMESPACE ID UIDPLUS MOVE UNSELECT SPECIAL-USE CONDSTORE QRESYNC ESEARCH BINARY STATUS=SIZE QUOTA QUOTA=RES-STORAGE UTF8=ACCEPT APPENDLIMIT=1000] relay IMAP ready\r\n";
+const CAPS_AUTH: &str = "IMAP4rev2 IMAP4rev1 LITERAL+ ENABLE IDLE NAMESPACE ID UIDPLUS MOVE UNSELECT SPECIAL-USE CONDSTORE QRESYNC ESEARCH BINARY STATUS=SIZE QUOTA QUOTA=RES-STORAGE UTF8=ACCEPT APPENDLIMIT=1000";
 
 fn config() -> SessionConfig {
     SessionConfig {
@@ -131,7 +131,7 @@ fn login_ok() -> String {
 fn capability_noop_logout() {
     transcript(
         "c1 CAPABILITY\r\nc2 NOOP\r\nc3 LOGOUT\r\nc4 NOOP\r\n",
-        "* CAPABILITY IMAP4rev2 IMAP4rev1 STARTTLS AUTH=PLAIN AUTH=LOGIN SASL-IR LITERAL+ ENABLE IDLE NAMESPACE ID UIDPLUS MOVE UNSELECT SPECIAL-USE CONDSTORE STATUS=SIZE APPENDLIMIT=1000\r\n\
+        "* CAPABILITY IMAP4rev2 IMAP4rev1 STARTTLS AUTH=PLAIN AUTH=LOGIN SASL-IR LITERAL+ ENABLE IDLE NAMESPACE ID UIDPLUS MOVE UNSELECT SPECIAL-USE CONDSTORE QRESYNC ESEARCH BINARY STATUS=SIZE QUOTA QUOTA=RES-STORAGE UTF8=ACCEPT APPENDLIMIT=1000\r\n\
          c1 OK CAPABILITY completed\r\n\
          c2 OK NOOP completed\r\n\
          * BYE Logging out\r\n\
@@ -155,9 +155,9 @@ fn login_disabled_without_tls_until_starttls() {
         rest,
         "a NO [PRIVACYREQUIRED] LOGIN needs TLS\r\n\
          b OK Begin TLS negotiation now\r\n\
-         * CAPABILITY IMAP4rev2 IMAP4rev1 AUTH=PLAIN AUTH=LOGIN SASL-IR LITERAL+ ENABLE IDLE NAMESPACE ID UIDPLUS MOVE UNSELECT SPECIAL-USE CONDSTORE STATUS=SIZE APPENDLIMIT=1000\r\n\
+         * CAPABILITY IMAP4rev2 IMAP4rev1 AUTH=PLAIN AUTH=LOGIN SASL-IR LITERAL+ ENABLE IDLE NAMESPACE ID UIDPLUS MOVE UNSELECT SPECIAL-USE CONDSTORE QRESYNC ESEARCH BINARY STATUS=SIZE QUOTA QUOTA=RES-STORAGE UTF8=ACCEPT APPENDLIMIT=1000\r\n\
          c OK CAPABILITY completed\r\n\
-         d OK [CAPABILITY IMAP4rev2 IMAP4rev1 LITERAL+ ENABLE IDLE NAMESPACE ID UIDPLUS MOVE UNSELECT SPECIAL-USE CONDSTORE STATUS=SIZE APPENDLIMIT=1000] Logged in\r\n"
+         d OK [CAPABILITY IMAP4rev2 IMAP4rev1 LITERAL+ ENABLE IDLE NAMESPACE ID UIDPLUS MOVE UNSELECT SPECIAL-USE CONDSTORE QRESYNC ESEARCH BINARY STATUS=SIZE QUOTA QUOTA=RES-STORAGE UTF8=ACCEPT APPENDLIMIT=1000] Logged in\r\n"
     );
 }
 
@@ -525,7 +525,7 @@ fn search_rev1_and_esearch_rev2() {
              * ENABLED IMAP4rev2\r\ne OK ENABLE completed\r\n\
              * ESEARCH (TAG \"f\") ALL 1:2\r\nf OK SEARCH completed\r\n\
              * ESEARCH (TAG \"g\") UID\r\ng OK UID SEARCH completed\r\n\
-             h NO [CANNOT] Search key not supported\r\n",
+             * ESEARCH (TAG \"h\")\r\nh OK SEARCH completed\r\n",
         ),
     );
 }
@@ -576,7 +576,7 @@ fn noop_reports_changes_made_elsewhere() {
     step(&mut session, &mut st, b"c NOOP\r\n", &mut bytes);
     assert_eq!(
         String::from_utf8_lossy(&bytes),
-        "* 1 EXPUNGE\r\n* 1 FETCH (FLAGS (\\Flagged) UID 2)\r\n* 2 EXISTS\r\nc OK NOOP completed\r\n"
+        "* 1 EXPUNGE\r\n* 1 FETCH (FLAGS (\\Flagged) UID 2)\r\n* 2 EXISTS\r\n* 1 RECENT\r\nc OK NOOP completed\r\n"
     );
     bytes.clear();
     step(&mut session, &mut st, b"d IDLE\r\n", &mut bytes);
@@ -593,7 +593,7 @@ fn noop_reports_changes_made_elsewhere() {
     step(&mut session, &mut st, b"DONE\r\n", &mut bytes);
     assert_eq!(
         String::from_utf8_lossy(&bytes),
-        "+ idling\r\n* 3 EXISTS\r\nd OK IDLE terminated\r\n"
+        "+ idling\r\n* 3 EXISTS\r\n* 2 RECENT\r\nd OK IDLE terminated\r\n"
     );
 }
 
@@ -740,4 +740,329 @@ fn preauth_and_bye_greetings_and_shutdown() {
     assert_eq!(out.bytes, b"* BYE Service unavailable\r\n");
     assert_eq!(out.events, vec![Event::Close(CloseReason::Refused)]);
     assert!(session.is_closed());
+}
+
+/// A MIME message: encoded-word Subject and From, a quoted-printable Latin-1 part and a
+/// base64 HTML part.
+const MIME: &[u8] = b"From: =?utf-8?q?J=C3=BCrgen?= <j@example.org>\r\nTo: ann@example.org\r\nSubject: =?iso-8859-1?q?Gr=FC=DFe?=\r\nDate: Mon, 3 Mar 2025 23:30:00 -0500 (EST)\r\nContent-Type: multipart/alternative; boundary=b\r\n\r\n--b\r\nContent-Type: text/plain; charset=iso-8859-1\r\nContent-Transfer-Encoding: quoted-printable\r\n\r\nSch=F6ne Gr=FC=DFe aus K=F6ln\r\n--b\r\nContent-Type: text/html\r\nContent-Transfer-Encoding: base64\r\n\r\nPGI+Ym9sZDwvYj4=\r\n--b--\r\n";
+
+fn mime_store() -> Memory {
+    let mut m = store();
+    m.deliver("INBOX", MIME, Flags::default());
+    m
+}
+
+fn select_mime_rev1() -> String {
+    format!(
+        "{}* 3 EXISTS\r\n* 0 RECENT\r\n* FLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft)\r\n\
+         * OK [PERMANENTFLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft \\*)] Limited\r\n\
+         * OK [UNSEEN 1] First unseen\r\n* OK [UIDVALIDITY 1000] UIDs valid\r\n\
+         * OK [UIDNEXT 4] Predicted next UID\r\n* OK [HIGHESTMODSEQ 4] Highest\r\n\
+         s OK [READ-WRITE] SELECT completed\r\n",
+        login_ok()
+    )
+}
+
+/// A LITERAL+ literal (atoms and quoted strings are 7-bit in IMAP4rev1).
+fn lit(text: &str) -> String {
+    format!("{{{}+}}\r\n{text}", text.len())
+}
+
+#[test]
+fn search_text_keys_over_decoded_mime() {
+    transcript_with(
+        &config(),
+        mime_store,
+        &selected(&format!(
+            "b SEARCH SUBJECT {}\r\nc SEARCH FROM {} TO ANN\r\n\
+             d UID SEARCH BODY {}\r\ne SEARCH BODY <b>BOLD\r\n\
+             f SEARCH TEXT hi\r\ng SEARCH HEADER TO \"\"\r\nh SEARCH NOT BODY second\r\n\
+             i SEARCH HEADER Content-Type alternative\r\nj SEARCH OR SEEN SUBJECT hello\r\n\
+             k SEARCH SENTON 3-Mar-2025\r\nl SEARCH SENTSINCE 4-Mar-2025\r\n\
+             m SEARCH SENTBEFORE 4-Mar-2025 SINCE 1-Jan-2020\r\n\
+             n SEARCH CHARSET ISO-8859-1 ALL\r\no SEARCH CHARSET UTF-8 TEXT {}\r\n\
+             p SEARCH CHARSET US-ASCII SUBJECT two\r\nq SEARCH BODY Subject\r\n",
+            lit("gr\u{fc}\u{df}e"),
+            lit("j\u{fc}rgen"),
+            lit("sch\u{f6}ne gr\u{fc}\u{df}e"),
+            lit("K\u{d6}LN"),
+        )),
+        &format!(
+            "{}* SEARCH 3\r\nb OK SEARCH completed\r\n\
+             * SEARCH 3\r\nc OK SEARCH completed\r\n\
+             * SEARCH 3\r\nd OK UID SEARCH completed\r\n\
+             * SEARCH 3\r\ne OK SEARCH completed\r\n\
+             * SEARCH 1\r\nf OK SEARCH completed\r\n\
+             * SEARCH 1 3\r\ng OK SEARCH completed\r\n\
+             * SEARCH 1 3\r\nh OK SEARCH completed\r\n\
+             * SEARCH 3\r\ni OK SEARCH completed\r\n\
+             * SEARCH 1 2\r\nj OK SEARCH completed\r\n\
+             * SEARCH 3\r\nk OK SEARCH completed\r\n\
+             * SEARCH\r\nl OK SEARCH completed\r\n\
+             * SEARCH 3\r\nm OK SEARCH completed\r\n\
+             n NO [BADCHARSET (UTF-8 US-ASCII)] Unsupported charset\r\n\
+             * SEARCH 3\r\no OK SEARCH completed\r\n\
+             * SEARCH 2\r\np OK SEARCH completed\r\n\
+             * SEARCH\r\nq OK SEARCH completed\r\n",
+            select_mime_rev1()
+        ),
+    );
+}
+
+#[test]
+fn esearch_return_options() {
+    transcript(
+        &selected(
+            "b SEARCH RETURN (MIN MAX COUNT) ALL\r\nc UID SEARCH RETURN () UNSEEN\r\n\
+             d SEARCH RETURN (COUNT) DELETED\r\ne SEARCH RETURN (SAVE) ALL\r\n\
+             f UID SEARCH RETURN (ALL MAX) MODSEQ 3\r\ng SEARCH UID 2:* SMALLER 1000 1:2\r\n\
+             h SEARCH RETURN (MIN) BODY bob\r\n",
+        ),
+        &selected_reply(
+            "* ESEARCH (TAG \"b\") MIN 1 MAX 2 COUNT 2\r\nb OK SEARCH completed\r\n\
+             * ESEARCH (TAG \"c\") UID ALL 1\r\nc OK UID SEARCH completed\r\n\
+             * ESEARCH (TAG \"d\") COUNT 0\r\nd OK SEARCH completed\r\n\
+             e BAD Invalid RETURN options\r\n\
+             * ESEARCH (TAG \"f\") UID MAX 2 ALL 2 MODSEQ 3\r\nf OK UID SEARCH completed\r\n\
+             * SEARCH 2\r\ng OK SEARCH completed\r\n\
+             * ESEARCH (TAG \"h\") MIN 1\r\nh OK SEARCH completed\r\n",
+        ),
+    );
+}
+
+#[test]
+fn recent_for_rev1_only() {
+    // APPEND to the selected folder: the next NOOP shows it as new and \Recent.
+    transcript(
+        &selected(
+            "b APPEND INBOX {1+}\r\nx\r\nc NOOP\r\nd FETCH 2:3 FLAGS\r\ne SEARCH RECENT\r\n\
+             f SEARCH NEW\r\ng SEARCH OLD\r\nh STATUS INBOX (RECENT MESSAGES)\r\n\
+             i STORE 3 +FLAGS (\\Seen)\r\nj SEARCH NEW\r\n",
+        ),
+        &selected_reply(
+            "b OK [APPENDUID 1000 3] APPEND completed\r\n\
+             * 3 EXISTS\r\n* 1 RECENT\r\nc OK NOOP completed\r\n\
+             * 2 FETCH (FLAGS (\\Seen $Label1))\r\n* 3 FETCH (FLAGS (\\Recent))\r\nd OK FETCH completed\r\n\
+             * SEARCH 3\r\ne OK SEARCH completed\r\n\
+             * SEARCH 3\r\nf OK SEARCH completed\r\n\
+             * SEARCH 1 2\r\ng OK SEARCH completed\r\n\
+             * STATUS INBOX (RECENT 0 MESSAGES 3)\r\nh OK STATUS completed\r\n\
+             * 3 FETCH (FLAGS (\\Seen \\Recent))\r\ni OK STORE completed\r\n\
+             * SEARCH\r\nj OK SEARCH completed\r\n",
+        ),
+    );
+    transcript(
+        &format!(
+            "{LOGIN}e ENABLE IMAP4rev2\r\ns SELECT INBOX\r\nb APPEND INBOX {{1+}}\r\nx\r\nc NOOP\r\n\
+             d FETCH 3 FLAGS\r\nf SEARCH RECENT\r\n"
+        ),
+        &format!(
+            "{}* ENABLED IMAP4rev2\r\ne OK ENABLE completed\r\n\
+             * 2 EXISTS\r\n* FLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft)\r\n\
+             * OK [PERMANENTFLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft \\*)] Limited\r\n\
+             * OK [UIDVALIDITY 1000] UIDs valid\r\n\
+             * OK [UIDNEXT 3] Predicted next UID\r\n* OK [HIGHESTMODSEQ 3] Highest\r\n\
+             s OK [READ-WRITE] SELECT completed\r\n\
+             b OK [APPENDUID 1000 3] APPEND completed\r\n\
+             * 3 EXISTS\r\nc OK NOOP completed\r\n\
+             * 3 FETCH (FLAGS ())\r\nd OK FETCH completed\r\n\
+             * ESEARCH (TAG \"f\")\r\nf OK SEARCH completed\r\n",
+            login_ok()
+        ),
+    );
+}
+
+fn select_qresync(tag: &str) -> String {
+    format!(
+        "* 2 EXISTS\r\n* 0 RECENT\r\n* FLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft)\r\n\
+         * OK [PERMANENTFLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft \\*)] Limited\r\n\
+         * OK [UNSEEN 1] First unseen\r\n* OK [UIDVALIDITY 1000] UIDs valid\r\n\
+         * OK [UIDNEXT 3] Predicted next UID\r\n* OK [HIGHESTMODSEQ 3] Highest\r\n\
+         {tag}"
+    )
+}
+
+#[test]
+fn qresync_select_vanished_and_fetch() {
+    transcript(
+        &format!(
+            "{LOGIN}b SELECT INBOX (QRESYNC (1000 1))\r\nc ENABLE QRESYNC\r\n\
+             d SELECT INBOX (QRESYNC (1000 2 1:9))\r\n\
+             e STORE 1 +FLAGS.SILENT (\\Deleted)\r\nf EXPUNGE\r\ng UNSELECT\r\n\
+             h SELECT INBOX (QRESYNC (1000 3 1:2))\r\n\
+             i UID FETCH 1:* FLAGS (CHANGEDSINCE 3 VANISHED)\r\n\
+             j FETCH 1 FLAGS (CHANGEDSINCE 1 VANISHED)\r\nk UNSELECT\r\n\
+             l SELECT INBOX (QRESYNC (999 1))\r\nm UNSELECT\r\n\
+             n EXAMINE INBOX (QRESYNC (1000 1))\r\n"
+        ),
+        &format!(
+            "{}b BAD QRESYNC is not enabled\r\n\
+             * ENABLED QRESYNC\r\nc OK ENABLE completed\r\n\
+             {}\
+             * 2 FETCH (FLAGS (\\Seen $Label1) UID 2 MODSEQ (3))\r\n\
+             d OK [READ-WRITE] SELECT completed\r\n\
+             * 1 FETCH (MODSEQ (4))\r\ne OK STORE completed\r\n\
+             * VANISHED 1\r\nf OK EXPUNGE completed\r\n\
+             g OK UNSELECT completed\r\n\
+             * 1 EXISTS\r\n* 0 RECENT\r\n* FLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft)\r\n\
+             * OK [PERMANENTFLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft \\*)] Limited\r\n\
+             * OK [UIDVALIDITY 1000] UIDs valid\r\n\
+             * OK [UIDNEXT 3] Predicted next UID\r\n* OK [HIGHESTMODSEQ 5] Highest\r\n\
+             * VANISHED (EARLIER) 1\r\n\
+             h OK [READ-WRITE] SELECT completed\r\n\
+             * VANISHED (EARLIER) 1\r\ni OK UID FETCH completed\r\n\
+             j BAD VANISHED needs QRESYNC, UID and CHANGEDSINCE\r\n\
+             k OK UNSELECT completed\r\n\
+             * 1 EXISTS\r\n* 0 RECENT\r\n* FLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft)\r\n\
+             * OK [PERMANENTFLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft \\*)] Limited\r\n\
+             * OK [UIDVALIDITY 1000] UIDs valid\r\n\
+             * OK [UIDNEXT 3] Predicted next UID\r\n* OK [HIGHESTMODSEQ 5] Highest\r\n\
+             l OK [READ-WRITE] SELECT completed\r\n\
+             m OK UNSELECT completed\r\n\
+             * 1 EXISTS\r\n* 0 RECENT\r\n* FLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft)\r\n\
+             * OK [PERMANENTFLAGS ()] Limited\r\n\
+             * OK [UIDVALIDITY 1000] UIDs valid\r\n\
+             * OK [UIDNEXT 3] Predicted next UID\r\n* OK [HIGHESTMODSEQ 5] Highest\r\n\
+             * VANISHED (EARLIER) 1\r\n\
+             * 1 FETCH (FLAGS (\\Seen $Label1) UID 2 MODSEQ (3))\r\n\
+             n OK [READ-ONLY] EXAMINE completed\r\n",
+            login_ok(),
+            select_qresync("")
+        ),
+    );
+}
+
+fn quota_store() -> Memory {
+    let mut m = store();
+    m.quota_limit = Some(150);
+    m.set_flags(
+        "INBOX",
+        2,
+        Flags {
+            system: system_flag::DELETED,
+            keywords: vec![],
+        },
+    );
+    m
+}
+
+#[test]
+fn quota_commands_and_overquota() {
+    let big = "x".repeat(60);
+    transcript_with(
+        &config(),
+        quota_store,
+        &format!(
+            "{LOGIN}b GETQUOTAROOT INBOX\r\nc GETQUOTA \"\"\r\nd GETQUOTA other\r\n\
+             e SETQUOTA \"\" (STORAGE 10)\r\nf STATUS INBOX (DELETED DELETED-STORAGE)\r\n\
+             g APPEND Work {{60+}}\r\n{big}\r\nh APPEND Work {{40+}}\r\n{}\r\n",
+            &big[..40]
+        ),
+        &format!(
+            "{}* QUOTAROOT INBOX \"\"\r\n* QUOTA \"\" (STORAGE 1 0)\r\nb OK GETQUOTAROOT completed\r\n\
+             * QUOTA \"\" (STORAGE 1 0)\r\nc OK GETQUOTA completed\r\n\
+             d NO [NONEXISTENT] No such quota root\r\n\
+             e NO [NOPERM] Quotas are set by the administrator\r\n\
+             * STATUS INBOX (DELETED 1 DELETED-STORAGE 1)\r\nf OK STATUS completed\r\n\
+             g NO [OVERQUOTA] over quota\r\n\
+             h OK [APPENDUID 1002 1] APPEND completed\r\n",
+            login_ok()
+        ),
+    );
+    // Without a limit there is no quota root.
+    transcript(
+        &format!("{LOGIN}b GETQUOTAROOT INBOX\r\nc GETQUOTA \"\"\r\nd GETQUOTAROOT Nope\r\n"),
+        &format!(
+            "{}* QUOTAROOT INBOX\r\nb OK GETQUOTAROOT completed\r\n\
+             c NO [NONEXISTENT] No such quota root\r\n\
+             d NO [NONEXISTENT] no such folder\r\n",
+            login_ok()
+        ),
+    );
+}
+
+#[test]
+fn modified_utf7_names_until_utf8_accept() {
+    transcript(
+        &format!(
+            "{LOGIN}b CREATE Entw&APw-rfe\r\nc LIST \"\" Entw*\r\nd STATUS Entw&APw-rfe (MESSAGES)\r\n\
+             e CREATE &AGE-\r\nf ENABLE UTF8=ACCEPT\r\ng LIST \"\" Entw*\r\nh STATUS {} (MESSAGES)\r\n\
+             i RENAME {} A&B\r\nj LIST \"\" A*\r\nk APPEND INBOX UTF8 (~{{3+}}\r\nabc)\r\n",
+            lit("Entw\u{fc}rfe"),
+            lit("Entw\u{fc}rfe"),
+        ),
+        &format!(
+            "{}b OK CREATE completed\r\n\
+             * LIST (\\HasNoChildren) \"/\" Entw&APw-rfe\r\nc OK LIST completed\r\n\
+             * STATUS Entw&APw-rfe (MESSAGES 0)\r\nd OK STATUS completed\r\n\
+             e NO [CANNOT] Invalid mailbox name\r\n\
+             * ENABLED UTF8=ACCEPT\r\nf OK ENABLE completed\r\n\
+             * LIST (\\HasNoChildren) \"/\" {{9}}\r\nEntw\u{fc}rfe\r\ng OK LIST completed\r\n\
+             * STATUS {{9}}\r\nEntw\u{fc}rfe (MESSAGES 0)\r\nh OK STATUS completed\r\n\
+             i OK RENAME completed\r\n\
+             * LIST (\\HasNoChildren) \"/\" A&B\r\nj OK LIST completed\r\n\
+             k OK [APPENDUID 1000 3] APPEND completed\r\n",
+            login_ok()
+        ),
+    );
+}
+
+fn binary_store() -> Memory {
+    let mut m = Memory::default();
+    m.deliver("INBOX", MIME, Flags::default());
+    m.deliver(
+        "INBOX",
+        b"Subject: uu\r\nContent-Transfer-Encoding: x-uuencode\r\n\r\nbegin 644 a\r\n",
+        Flags::default(),
+    );
+    m
+}
+
+#[test]
+fn binary_sections_decode_parts() {
+    transcript_with(
+        &config(),
+        binary_store,
+        &format!(
+            "{LOGIN}s EXAMINE INBOX\r\n\
+             b FETCH 1 (BINARY.SIZE[1] BINARY.PEEK[2] BINARY.PEEK[2]<0.3>)\r\n\
+             c FETCH 2 BINARY.PEEK[1]\r\nd FETCH 1 BINARY[3]\r\n"
+        ),
+        &format!(
+            "{}* 2 EXISTS\r\n* 0 RECENT\r\n* FLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft)\r\n\
+             * OK [PERMANENTFLAGS ()] Limited\r\n* OK [UNSEEN 1] First unseen\r\n\
+             * OK [UIDVALIDITY 1000] UIDs valid\r\n* OK [UIDNEXT 3] Predicted next UID\r\n\
+             * OK [HIGHESTMODSEQ 3] Highest\r\ns OK [READ-ONLY] EXAMINE completed\r\n\
+             * 1 FETCH (BINARY.SIZE[1] 21 BINARY[2] {{11}}\r\n<b>bold</b> BINARY[2]<0> {{3}}\r\n<b>)\r\n\
+             b OK FETCH completed\r\n\
+             c NO [UNKNOWN-CTE] Cannot decode a part's transfer encoding\r\n\
+             * 1 FETCH (BINARY[3] NIL)\r\nd OK FETCH completed\r\n",
+            login_ok()
+        ),
+    );
+}
+
+#[test]
+fn list_return_options_with_utf7_names() {
+    fn utf7_store() -> Memory {
+        let mut m = store();
+        m.add_folder("Entw\u{fc}rfe", Some(SpecialUse::Drafts));
+        m
+    }
+    transcript_with(
+        &config(),
+        utf7_store,
+        &format!(
+            "{LOGIN}b SUBSCRIBE Entw&APw-rfe\r\n\
+             c LIST \"\" Entw% RETURN (CHILDREN SPECIAL-USE SUBSCRIBED STATUS (DELETED-STORAGE UIDNEXT))\r\n\
+             d LIST \"\" Entw% RETURN (STATUS (MESSAGES) FOO)\r\n"
+        ),
+        &format!(
+            "{}b OK SUBSCRIBE completed\r\n\
+             * LIST (\\HasNoChildren \\Subscribed \\Drafts) \"/\" Entw&APw-rfe\r\n\
+             * STATUS Entw&APw-rfe (DELETED-STORAGE 0 UIDNEXT 1)\r\nc OK LIST completed\r\n\
+             d BAD Invalid RETURN options\r\n",
+            login_ok()
+        ),
+    );
 }
