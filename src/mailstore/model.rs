@@ -543,6 +543,7 @@ impl UserStore {
             unseen: 0,
             deleted: 0,
             size: 0,
+            deleted_size: 0,
             uidnext: f.visible_uidnext(),
             uidvalidity: f.uidvalidity,
             highest_modseq: f.highest_modseq,
@@ -555,6 +556,7 @@ impl UserStore {
             }
             if e.flags.system & system_flag::DELETED != 0 {
                 s.deleted += 1;
+                s.deleted_size += e.size;
             }
         }
         Ok(s)
@@ -643,6 +645,8 @@ pub struct Status {
     pub unseen: u32,
     pub deleted: u32,
     pub size: u64,
+    /// Octets of the `\Deleted` messages (RFC 9208 DELETED-STORAGE).
+    pub deleted_size: u64,
     pub uidnext: u32,
     pub uidvalidity: u32,
     pub highest_modseq: u64,

@@ -384,6 +384,8 @@ fn unavailable(request: &Request) -> Answer {
         Request::Copy { .. } => Answer::Copy(Err(no)),
         Request::Expunge { .. } => Answer::Expunge(Err(no)),
         Request::Append { .. } => Answer::Append(Err(no)),
+        Request::ExpungedSince { .. } => Answer::ExpungedSince(Err(no)),
+        Request::Quota => Answer::Quota(Err(no)),
         Request::Create(_)
         | Request::Delete(_)
         | Request::Rename { .. }

@@ -13,7 +13,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use super::shard::ShardContext;
 use crate::envelope::{Envelope, Origin};
 use crate::imap::store::{
-    Answer, Changes, Copied, FlagOp, Flags, FolderInfo, FolderStatus, MessageMeta, Request,
+    Answer, Changes, Copied, FlagOp, Flags, FolderInfo, FolderStatus, MessageMeta, Quota, Request,
     Snapshot, SpecialUse, StoreError, Stored,
 };
 use crate::mailbox::ChangeError;
@@ -78,6 +78,7 @@ impl UserStoreLink {
                             uidvalidity: st.uidvalidity,
                             highest_modseq: st.highest_modseq,
                             size: st.size,
+                            deleted_size: st.deleted_size,
                         });
                 });
                 Answer::Status(out)
@@ -221,6 +222,25 @@ impl UserStoreLink {
                 let now = unix_now();
                 self.done(ctx, |s| Ok((Some(s.rename_folder(&from, &to, now)?), ())))
                     .await
+            }
+            Request::ExpungedSince { folder, modseq } => {
+                let mut out = Ok(true);
+                read(&mut |s| {
+                    out = s
+                        .changes_since(folder, modseq)
+                        .map(|c| c.expunged)
+                        .map_err(refused);
+                });
+                Answer::ExpungedSince(out)
+            }
+            Request::Quota => {
+                let mut used = (0, 0);
+                read(&mut |s| used = (s.usage(), s.message_count() as u64));
+                Answer::Quota(Ok(Quota {
+                    storage_used_bytes: used.0,
+                    storage_limit_bytes: ctx.auth.directory.quota(&user),
+                    messages: used.1,
+                }))
             }
             Request::Subscribe { name, subscribed } => {
                 self.done(ctx, |s| Ok((s.subscribe(&name, subscribed)?, ())))
