@@ -21,6 +21,23 @@ engine_tests! {
     starttls_and_imaps: starttls_and_imaps_uring, starttls_and_imaps_epoll;
 }
 
+// RFC 9051 §6.3.12 (RFC 3501 §6.3.11): APPEND to the selected mailbox SHOULD announce the new
+// message with an untagged EXISTS at once. The relay does not; a client's UID STORE/MOVE of
+// the APPENDUID before its next NOOP then answers OK and changes nothing.
+#[test]
+#[ignore = "relay bug: APPEND to the selected mailbox sends no EXISTS; UID MOVE of the new UID is a silent no-op"]
+fn append_to_selected_mailbox_announces_exists() {
+    let relay = Relay::start(Settings::new(Engine::Epoll));
+    let mut py = Py::spawn();
+    py.login("a", imap_port(&relay), "one");
+    py.ok("a", "select", &[A::S("INBOX")]);
+    let append = py.ok("a", "append", &[A::S("INBOX"), A::Null, A::Null, A::B(b"Subject: x\r\n\r\nx\r\n")]);
+    assert_eq!(append.untagged("EXISTS"), vec!["1".to_string()], "APPEND response: {append:?}");
+    let (_, _, uid) = append.uid_code("APPENDUID").expect("APPENDUID");
+    let moved = py.ok("a", "uid", &[A::S("MOVE"), A::S(&uid[0].to_string()), A::S("Archive")]);
+    assert!(moved.uid_code("COPYUID").is_some(), "UID MOVE of the appended UID: {moved:?}");
+}
+
 fn imap_port(relay: &Relay) -> u16 {
     relay.listening("imap").expect("imap listener").port()
 }

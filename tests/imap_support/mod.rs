@@ -24,6 +24,7 @@ pub enum A<'a> {
     B(&'a [u8]),
     I(i64),
     F(f64),
+    T(bool),
     Null,
 }
 
@@ -59,6 +60,7 @@ impl A<'_> {
             A::B(b) => format!("{{\"b\": {}}}", quote(&latin1(b))),
             A::I(i) => i.to_string(),
             A::F(f) => f.to_string(),
+            A::T(b) => b.to_string(),
             A::Null => "null".into(),
         }
     }
