@@ -49,7 +49,11 @@ fn sorted_flags(flags: &str) -> String {
     f.join(" ")
 }
 
-fn snapshot(py: &mut Py, s: &str, port: u16) -> (BTreeMap<String, Folder>, Vec<String>, Vec<String>) {
+fn snapshot(
+    py: &mut Py,
+    s: &str,
+    port: u16,
+) -> (BTreeMap<String, Folder>, Vec<String>, Vec<String>) {
     py.login(s, port, USER);
     let mut lines = |method: &str| -> Vec<String> {
         let reply = py.ok(s, method, &[A::S("\"\""), A::S("*")]);
@@ -61,9 +65,16 @@ fn snapshot(py: &mut Py, s: &str, port: u16) -> (BTreeMap<String, Folder>, Vec<S
     let lsub = lines("lsub");
     let mut folders = BTreeMap::new();
     for line in &list {
-        let name = line.rsplit(' ').next().expect("name").trim_matches('"').to_string();
+        let name = line
+            .rsplit(' ')
+            .next()
+            .expect("name")
+            .trim_matches('"')
+            .to_string();
         let select = py.ok(s, "select", &[A::S(&name), A::T(true)]);
-        let validity: u64 = select.untagged("UIDVALIDITY")[0].parse().expect("UIDVALIDITY");
+        let validity: u64 = select.untagged("UIDVALIDITY")[0]
+            .parse()
+            .expect("UIDVALIDITY");
         let mut messages = fetch_all(py, s);
         for value in messages.values_mut() {
             value.0 = sorted_flags(&value.0);
@@ -77,7 +88,10 @@ fn snapshot(py: &mut Py, s: &str, port: u16) -> (BTreeMap<String, Folder>, Vec<S
 fn restart_and_kill9_keep_state(engine: Engine) {
     let relay = Relay::start(Settings::new(engine));
     for i in 0..4 {
-        relay.deliver(&[&format!("{USER}@example.test")], &message(&format!("keep-{i}"), &[]));
+        relay.deliver(
+            &[&format!("{USER}@example.test")],
+            &message(&format!("keep-{i}"), &[]),
+        );
     }
     let port = imap_port(&relay);
     let mut py = Py::spawn();
@@ -85,14 +99,31 @@ fn restart_and_kill9_keep_state(engine: Engine) {
     py.ok("a", "create", &[A::S("Lists/rust")]);
     py.ok("a", "subscribe", &[A::S("Lists/rust")]);
     py.ok("a", "select", &[A::S("INBOX")]);
-    py.ok("a", "store", &[A::S("1"), A::S("+FLAGS.SILENT"), A::S("(\\Seen $A)")]);
-    py.ok("a", "store", &[A::S("2"), A::S("+FLAGS.SILENT"), A::S("(\\Flagged)")]);
+    py.ok(
+        "a",
+        "store",
+        &[A::S("1"), A::S("+FLAGS.SILENT"), A::S("(\\Seen $A)")],
+    );
+    py.ok(
+        "a",
+        "store",
+        &[A::S("2"), A::S("+FLAGS.SILENT"), A::S("(\\Flagged)")],
+    );
     py.ok("a", "copy", &[A::S("1:2"), A::S("Lists/rust")]);
-    py.ok("a", "_simple_command", &[A::S("MOVE"), A::S("3"), A::S("Archive")]);
+    py.ok(
+        "a",
+        "_simple_command",
+        &[A::S("MOVE"), A::S("3"), A::S("Archive")],
+    );
     py.ok(
         "a",
         "append",
-        &[A::S("Drafts"), A::S("(\\Draft)"), A::S("\"01-Dec-2026 08:00:00 +0000\""), A::B(b"Subject: draft\r\n\r\nx\r\n")],
+        &[
+            A::S("Drafts"),
+            A::S("(\\Draft)"),
+            A::S("\"01-Dec-2026 08:00:00 +0000\""),
+            A::B(b"Subject: draft\r\n\r\nx\r\n"),
+        ],
     );
     py.call("a", "logout", &[]);
     let before = snapshot(&mut py, "s0", port);
@@ -142,7 +173,9 @@ fn kill9_under_load_keeps_answered_changes(engine: Engine) {
     let archive = py.ok("a", "status", &[A::S("Archive"), A::S("(UIDVALIDITY)")]);
     let archive_validity = num_after(&archive.text(), "UIDVALIDITY").expect("validity");
     let select = py.ok("a", "select", &[A::S("INBOX")]);
-    let inbox_validity: u64 = select.untagged("UIDVALIDITY")[0].parse().expect("UIDVALIDITY");
+    let inbox_validity: u64 = select.untagged("UIDVALIDITY")[0]
+        .parse()
+        .expect("UIDVALIDITY");
 
     // The killer: a seeded moment within the run of ~200 operations.
     let pid = relay.pid() as libc::pid_t;
@@ -161,8 +194,16 @@ fn kill9_under_load_keeps_answered_changes(engine: Engine) {
         if start.elapsed() > Duration::from_secs(20) {
             break;
         }
-        let choice = if model.inbox.len() < 3 { 0 } else { rng.below(4) };
-        let target = model.inbox.keys().nth(rng.below(model.inbox.len().max(1) as u64) as usize).copied();
+        let choice = if model.inbox.len() < 3 {
+            0
+        } else {
+            rng.below(4)
+        };
+        let target = model
+            .inbox
+            .keys()
+            .nth(rng.below(model.inbox.len().max(1) as u64) as usize)
+            .copied();
         let (result, kind) = match (choice, target) {
             (0, _) | (_, None) => {
                 let body = format!("Subject: load {op}\r\n\r\n{}\r\n", rng.hex()).into_bytes();
@@ -170,7 +211,12 @@ fn kill9_under_load_keeps_answered_changes(engine: Engine) {
                 let json = py.raw(
                     "a",
                     "append",
-                    &[A::S("INBOX"), A::S(&format!("({keyword})")), A::Null, A::B(&body)],
+                    &[
+                        A::S("INBOX"),
+                        A::S(&format!("({keyword})")),
+                        A::Null,
+                        A::B(&body),
+                    ],
                 );
                 // The relay does not announce its own APPEND to the selected mailbox (see
                 // imap_server::append_to_selected_mailbox_announces_exists): a NOOP makes the
@@ -181,8 +227,12 @@ fn kill9_under_load_keeps_answered_changes(engine: Engine) {
                         model.uncertain = None;
                         killed_during = Some((op, 4));
                         // The APPEND itself was answered: keep it.
-                        if let Some((_, _, uids)) = imap_support::Reply::from(&json).uid_code("APPENDUID") {
-                            model.inbox.insert(uids[0], (body, BTreeSet::from([keyword])));
+                        if let Some((_, _, uids)) =
+                            imap_support::Reply::from(&json).uid_code("APPENDUID")
+                        {
+                            model
+                                .inbox
+                                .insert(uids[0], (body, BTreeSet::from([keyword])));
                             model.answered += 1;
                         }
                         break;
@@ -195,19 +245,33 @@ fn kill9_under_load_keeps_answered_changes(engine: Engine) {
                 let json = py.raw(
                     "a",
                     "uid",
-                    &[A::S("STORE"), A::S(&uid.to_string()), A::S("FLAGS.SILENT"), A::S(&format!("(\\Seen {keyword})"))],
+                    &[
+                        A::S("STORE"),
+                        A::S(&uid.to_string()),
+                        A::S("FLAGS.SILENT"),
+                        A::S(&format!("(\\Seen {keyword})")),
+                    ],
                 );
                 (json, (1, Some(uid), Some((Vec::new(), keyword))))
             }
             (2, Some(uid)) => {
-                let json = py.raw("a", "uid", &[A::S("MOVE"), A::S(&uid.to_string()), A::S("Archive")]);
+                let json = py.raw(
+                    "a",
+                    "uid",
+                    &[A::S("MOVE"), A::S(&uid.to_string()), A::S("Archive")],
+                );
                 (json, (2, Some(uid), None))
             }
             (_, Some(uid)) => {
                 let json = py.raw(
                     "a",
                     "uid",
-                    &[A::S("STORE"), A::S(&uid.to_string()), A::S("+FLAGS.SILENT"), A::S("(\\Deleted)")],
+                    &[
+                        A::S("STORE"),
+                        A::S(&uid.to_string()),
+                        A::S("+FLAGS.SILENT"),
+                        A::S("(\\Deleted)"),
+                    ],
                 );
                 let json = match json.get_opt_error() {
                     true => json,
@@ -232,7 +296,9 @@ fn kill9_under_load_keeps_answered_changes(engine: Engine) {
                     .uid_code("APPENDUID")
                     .unwrap_or_else(|| panic!("{result:?}"));
                 assert_eq!(validity, inbox_validity);
-                model.inbox.insert(uids[0], (body, BTreeSet::from([keyword])));
+                model
+                    .inbox
+                    .insert(uids[0], (body, BTreeSet::from([keyword])));
             }
             1 => {
                 let (_, keyword) = extra.expect("keyword");
@@ -272,10 +338,16 @@ fn kill9_under_load_keeps_answered_changes(engine: Engine) {
     let mut check = Py::spawn();
     check.login("c", port, USER);
     let select = check.ok("c", "select", &[A::S("INBOX")]);
-    assert_eq!(select.untagged("UIDVALIDITY"), vec![inbox_validity.to_string()]);
+    assert_eq!(
+        select.untagged("UIDVALIDITY"),
+        vec![inbox_validity.to_string()]
+    );
     let inbox = fetch_all(&mut check, "c");
     let archive = check.ok("c", "select", &[A::S("Archive")]);
-    assert_eq!(archive.untagged("UIDVALIDITY"), vec![archive_validity.to_string()]);
+    assert_eq!(
+        archive.untagged("UIDVALIDITY"),
+        vec![archive_validity.to_string()]
+    );
     let archived = fetch_all(&mut check, "c");
 
     for (uid, (body, flags)) in &model.inbox {
@@ -290,10 +362,14 @@ fn kill9_under_load_keeps_answered_changes(engine: Engine) {
         assert_eq!(&got_flags, flags, "INBOX UID {uid} flags");
     }
     for uid in &model.gone {
-        assert!(!inbox.contains_key(uid), "INBOX UID {uid} expunged/moved but back");
+        assert!(
+            !inbox.contains_key(uid),
+            "INBOX UID {uid} expunged/moved but back"
+        );
     }
     // Nothing the client was not told of, but for the one unanswered APPEND or MOVE.
-    let extra = |have: &BTreeMap<u64, (String, u64, Vec<u8>)>, known: &BTreeMap<u64, (Vec<u8>, BTreeSet<String>)>| {
+    let extra = |have: &BTreeMap<u64, (String, u64, Vec<u8>)>,
+                 known: &BTreeMap<u64, (Vec<u8>, BTreeSet<String>)>| {
         have.keys()
             .filter(|uid| !known.contains_key(uid) && model.uncertain != Some(**uid))
             .copied()
@@ -311,7 +387,9 @@ fn kill9_under_load_keeps_answered_changes(engine: Engine) {
         "Archive has UIDs {archive_extra:?} no answered operation made (killed during {killed_during:?})"
     );
     for (uid, (body, flags)) in &model.archive {
-        let (got_flags, _, got_body) = archived.get(uid).unwrap_or_else(|| panic!("Archive UID {uid} lost"));
+        let (got_flags, _, got_body) = archived
+            .get(uid)
+            .unwrap_or_else(|| panic!("Archive UID {uid} lost"));
         assert_eq!(got_body, body, "Archive UID {uid} bytes");
         assert_eq!(&flag_set(got_flags), flags, "Archive UID {uid} flags");
     }

@@ -70,14 +70,22 @@ fn idle_sees_smtp_store_expunge_and_pop3(engine: Engine) {
         py.login(s, port, "one");
         py.ok(s, "select", &[A::S("INBOX")]);
         let keyword = format!("$Mark{n}");
-        py.ok(s, "store", &[A::S("2"), A::S("+FLAGS"), A::S(&format!("({keyword})"))]);
+        py.ok(
+            s,
+            "store",
+            &[A::S("2"), A::S("+FLAGS"), A::S(&format!("({keyword})"))],
+        );
         wait_idle(&mut py, &format!("FETCH of 2 with {keyword}"), |r| {
             r.starts_with("2 FETCH") && r.contains(&keyword)
         });
     }
 
     // 3. An EXPUNGE from another session: EXPUNGE 3.
-    py.ok("b", "store", &[A::S("3"), A::S("+FLAGS.SILENT"), A::S("(\\Deleted)")]);
+    py.ok(
+        "b",
+        "store",
+        &[A::S("3"), A::S("+FLAGS.SILENT"), A::S("(\\Deleted)")],
+    );
     py.ok("b", "expunge", &[]);
     wait_idle(&mut py, "EXPUNGE 3", |r| r == "3 EXPUNGE");
     for s in ["b", "c", "d"] {
@@ -97,11 +105,18 @@ fn idle_sees_smtp_store_expunge_and_pop3(engine: Engine) {
     assert!(flat(&exists).contains("EXISTS 2"), "{exists:?}");
     py.login("e", port, "one");
     py.ok("e", "select", &[A::S("INBOX")]);
-    let subjects = py.ok("e", "fetch", &[A::S("1:*"), A::S("(BODY.PEEK[HEADER.FIELDS (SUBJECT)])")]);
+    let subjects = py.ok(
+        "e",
+        "fetch",
+        &[A::S("1:*"), A::S("(BODY.PEEK[HEADER.FIELDS (SUBJECT)])")],
+    );
     let bodies: Vec<Vec<u8>> = subjects.literals().into_iter().map(|(_, b)| b).collect();
     assert_eq!(
         bodies,
-        vec![b"Subject: idle-1\r\n\r\n".to_vec(), b"Subject: idle-new\r\n\r\n".to_vec()]
+        vec![
+            b"Subject: idle-1\r\n\r\n".to_vec(),
+            b"Subject: idle-new\r\n\r\n".to_vec()
+        ]
     );
 }
 
@@ -129,17 +144,33 @@ fn noop_reports_changes(engine: Engine) {
     relay.deliver(&["two@example.test"], &message("noop-1", &[]));
     until(&mut py, "EXISTS 2", &|r| r.untagged("EXISTS") == ["2"]);
     // b learns of message 2 first: a sequence number it was not told of is BAD.
-    let unknown = py.raw("b", "store", &[A::S("2"), A::S("+FLAGS.SILENT"), A::S("(\\Flagged)")]);
+    let unknown = py.raw(
+        "b",
+        "store",
+        &[A::S("2"), A::S("+FLAGS.SILENT"), A::S("(\\Flagged)")],
+    );
     assert!(imap_support::flat(&unknown).contains("BAD"), "{unknown:?}");
     py.ok("b", "noop", &[]);
-    py.ok("b", "store", &[A::S("2"), A::S("+FLAGS.SILENT"), A::S("(\\Flagged)")]);
+    py.ok(
+        "b",
+        "store",
+        &[A::S("2"), A::S("+FLAGS.SILENT"), A::S("(\\Flagged)")],
+    );
     until(&mut py, "FETCH 2 \\Flagged", &|r| {
-        r.untagged("FETCH").iter().any(|f| f.starts_with("2 (") && f.contains("\\Flagged"))
+        r.untagged("FETCH")
+            .iter()
+            .any(|f| f.starts_with("2 (") && f.contains("\\Flagged"))
     });
-    py.ok("b", "store", &[A::S("1"), A::S("+FLAGS.SILENT"), A::S("(\\Deleted)")]);
+    py.ok(
+        "b",
+        "store",
+        &[A::S("1"), A::S("+FLAGS.SILENT"), A::S("(\\Deleted)")],
+    );
     py.ok("b", "expunge", &[]);
     until(&mut py, "EXPUNGE 1", &|r| r.untagged("EXPUNGE") == ["1"]);
     let left = fetch_all(&mut py, "a");
     assert_eq!(left.len(), 1);
-    assert!(left.values().all(|(flags, _, _)| flags.contains("\\Flagged")));
+    assert!(left
+        .values()
+        .all(|(flags, _, _)| flags.contains("\\Flagged")));
 }

@@ -50,12 +50,18 @@ fn pop3_dele_expunges_for_imap(engine: Engine) {
         if !e.is_empty() {
             break e;
         }
-        assert!(start.elapsed().as_secs() < 5, "no EXPUNGE after POP3 DELE+QUIT");
+        assert!(
+            start.elapsed().as_secs() < 5,
+            "no EXPUNGE after POP3 DELE+QUIT"
+        );
         std::thread::sleep(std::time::Duration::from_millis(50));
     };
     assert_eq!(expunged, vec!["2".to_string()]);
     let after = fetch_all(&mut py, "a");
-    assert_eq!(after.keys().copied().collect::<Vec<_>>(), vec![uids[0], uids[2]]);
+    assert_eq!(
+        after.keys().copied().collect::<Vec<_>>(),
+        vec![uids[0], uids[2]]
+    );
     assert_eq!(split_received(&after[&uids[2]].2).1, &sent[2][..]);
 }
 
@@ -71,7 +77,11 @@ fn imap_expunge_hides_from_next_pop3(engine: Engine) {
     let mut py = Py::spawn();
     py.login("a", imap_port(&relay), "two");
     py.ok("a", "select", &[A::S("INBOX")]);
-    py.ok("a", "store", &[A::S("1,3"), A::S("+FLAGS.SILENT"), A::S("(\\Deleted)")]);
+    py.ok(
+        "a",
+        "store",
+        &[A::S("1,3"), A::S("+FLAGS.SILENT"), A::S("(\\Deleted)")],
+    );
     py.ok("a", "expunge", &[]);
 
     let mut pop = relay.pop3_login("two");
@@ -90,8 +100,16 @@ fn uidl_stable_after_flags_and_restart(engine: Engine) {
     let mut py = Py::spawn();
     py.login("a", imap_port(&relay), "alice");
     py.ok("a", "select", &[A::S("INBOX")]);
-    py.ok("a", "store", &[A::S("1:*"), A::S("+FLAGS.SILENT"), A::S("(\\Seen $Tag)")]);
-    py.ok("a", "store", &[A::S("2"), A::S("FLAGS.SILENT"), A::S("(\\Answered)")]);
+    py.ok(
+        "a",
+        "store",
+        &[A::S("1:*"), A::S("+FLAGS.SILENT"), A::S("(\\Seen $Tag)")],
+    );
+    py.ok(
+        "a",
+        "store",
+        &[A::S("2"), A::S("FLAGS.SILENT"), A::S("(\\Answered)")],
+    );
     let imap_before = fetch_all(&mut py, "a");
     py.call("a", "logout", &[]);
     let mut pop = relay.pop3_login("alice");
@@ -105,7 +123,11 @@ fn uidl_stable_after_flags_and_restart(engine: Engine) {
     pop.quit().expect("quit");
     py.login("b", imap_port(&relay), "alice");
     py.ok("b", "select", &[A::S("INBOX")]);
-    assert_eq!(fetch_all(&mut py, "b"), imap_before, "IMAP state changed by a restart");
+    assert_eq!(
+        fetch_all(&mut py, "b"),
+        imap_before,
+        "IMAP state changed by a restart"
+    );
 }
 
 fn copy_survives_pop3_dele(engine: Engine) {
@@ -116,7 +138,9 @@ fn copy_survives_pop3_dele(engine: Engine) {
     py.ok("a", "select", &[A::S("INBOX")]);
     let inbox = fetch_all(&mut py, "a");
     let copy = py.ok("a", "copy", &[A::S("1"), A::S("Archive")]);
-    let (_, _, to) = copy.uid_code("COPYUID").unwrap_or_else(|| panic!("{copy:?}"));
+    let (_, _, to) = copy
+        .uid_code("COPYUID")
+        .unwrap_or_else(|| panic!("{copy:?}"));
     py.call("a", "logout", &[]);
 
     let mut pop = relay.pop3_login("bob");

@@ -233,12 +233,15 @@ impl Py {
     pub fn request(&mut self, line: &str) -> Json {
         writeln!(self.stdin, "{line}").expect("write to the imaplib script");
         self.stdin.flush().expect("flush");
-        let answer = self.lines.recv_timeout(REQUEST_TIMEOUT).unwrap_or_else(|e| {
-            panic!(
-                "no answer from the imaplib script to {line} ({e}); stderr:\n{}",
-                self.stderr.lock().map(|s| s.clone()).unwrap_or_default()
-            )
-        });
+        let answer = self
+            .lines
+            .recv_timeout(REQUEST_TIMEOUT)
+            .unwrap_or_else(|e| {
+                panic!(
+                    "no answer from the imaplib script to {line} ({e}); stderr:\n{}",
+                    self.stderr.lock().map(|s| s.clone()).unwrap_or_default()
+                )
+            });
         Json::parse(&answer).unwrap_or_else(|e| panic!("bad JSON ({e}): {answer}"))
     }
 
