@@ -40,7 +40,16 @@ if ((${#missing[@]} > 0)); then
     # tests only run its smtp-sink and private instances).
     echo "postfix postfix/main_mailer_type select No configuration" | debconf-set-selections
     apt-get update
+    # Packages with daemons (dovecot-core) must not start their system service: the tests
+    # run private instances on loopback ports. policy-rc.d (exit 101) forbids the start.
+    policy_rc=""
+    if [ ! -e /usr/sbin/policy-rc.d ]; then
+        printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d
+        chmod 755 /usr/sbin/policy-rc.d
+        policy_rc=/usr/sbin/policy-rc.d
+    fi
     apt-get install -y --no-install-recommends "${missing[@]}"
+    [ -z "$policy_rc" ] || rm -f "$policy_rc"
 fi
 
 # imapclient (PyPI; no Debian package) for the IMAP IDLE tests, for the python3 on PATH that
