@@ -103,7 +103,7 @@ impl Dovecot {
             );
             std::thread::sleep(std::time::Duration::from_millis(50));
         }
-        return started;
+        started
     }
 }
 

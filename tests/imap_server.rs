@@ -79,7 +79,7 @@ fn list_entries(reply: &imap_support::Reply) -> Vec<(String, String)> {
             let close = line.find(')')?;
             let attrs = line[1..close].to_string();
             // `(attrs) "/" name`: the name is the last word, maybe quoted.
-            let name = line[close + 1..].trim().splitn(2, ' ').nth(1)?.trim();
+            let name = line[close + 1..].trim().split_once(' ')?.1.trim();
             Some((attrs, name.trim_matches('"').to_string()))
         })
         .collect()
