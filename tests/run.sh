@@ -25,6 +25,10 @@ command -v dkimverify >/dev/null 2>&1 || missing+=(python3-dkim)
 command -v xmllint >/dev/null 2>&1 || missing+=(libxml2-utils)
 /usr/bin/python3 -c 'import yaml' >/dev/null 2>&1 || missing+=(python3-yaml)
 command -v npm >/dev/null 2>&1 || missing+=(npm)
+# IMAP interop (tests/imap_*.rs): isync's mbsync, and Dovecot's IMAP server for the
+# differential test (its own config on a loopback port; the system service is never started).
+command -v mbsync >/dev/null 2>&1 || missing+=(isync)
+[ -x /usr/lib/dovecot/imap ] || missing+=(dovecot-core dovecot-imapd)
 if ((${#missing[@]} > 0)); then
     if [ "$(id -u)" -ne 0 ]; then
         echo "tests/run.sh: missing ${missing[*]}; install them (apt-get needs root)" >&2
@@ -36,8 +40,22 @@ if ((${#missing[@]} > 0)); then
     # tests only run its smtp-sink and private instances).
     echo "postfix postfix/main_mailer_type select No configuration" | debconf-set-selections
     apt-get update
+    # Packages with daemons (dovecot-core) must not start their system service: the tests
+    # run private instances on loopback ports. policy-rc.d (exit 101) forbids the start.
+    policy_rc=""
+    if [ ! -e /usr/sbin/policy-rc.d ]; then
+        printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d
+        chmod 755 /usr/sbin/policy-rc.d
+        policy_rc=/usr/sbin/policy-rc.d
+    fi
     apt-get install -y --no-install-recommends "${missing[@]}"
+    [ -z "$policy_rc" ] || rm -f "$policy_rc"
 fi
+
+# imapclient (PyPI; no Debian package) for the IMAP IDLE tests, for the python3 on PATH that
+# the tests run.
+python3 -c 'import imapclient' >/dev/null 2>&1 ||
+    python3 -m pip install --quiet --break-system-packages imapclient==4.1.0
 
 # npm mailauth and the RFC 7208 test suite (pinned; outside the repository).
 bash tests/tools.sh
