@@ -1,5 +1,5 @@
 //! Command line: `serve`, `check`, `init`, `spool ls`, `spool cat`, `user`, `tune check|apply`, `stat`,
-//! `dkim keygen`.
+//! `dkim keygen`, `mailbox ls`.
 //!
 //! `anyhow` lives here only: library modules return typed errors, and this is the one
 //! place they become a line on stderr and an exit status.
@@ -29,6 +29,7 @@ macro_rules! outln {
 }
 
 mod generate;
+mod mailbox;
 
 #[derive(Parser)]
 #[command(name = "relay", version, about = "High-throughput SMTP edge relay")]
@@ -76,6 +77,18 @@ enum Command {
     Queue {
         #[command(subcommand)]
         command: QueueCommand,
+        #[arg(long, short, global = true)]
+        config: Option<PathBuf>,
+        /// The running server's admin socket, when not the config's (`admin.socket`, default
+        /// `<spool.dir>/admin.sock`).
+        #[arg(long, global = true)]
+        socket: Option<PathBuf>,
+    },
+    /// Users' IMAP folders and usage, as the running server holds them (over its admin
+    /// socket).
+    Mailbox {
+        #[command(subcommand)]
+        command: MailboxCommand,
         #[arg(long, short, global = true)]
         config: Option<PathBuf>,
         /// The running server's admin socket, when not the config's (`admin.socket`, default
@@ -189,6 +202,19 @@ enum QueueCommand {
 }
 
 #[derive(Subcommand)]
+enum MailboxCommand {
+    /// Without USER: every user with messages, usage and quota. With USER: the user's usage
+    /// and quota, and per folder its role, subscription, messages, unseen, deleted, size,
+    /// UIDVALIDITY, UIDNEXT and HIGHESTMODSEQ.
+    Ls {
+        user: Option<String>,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
 enum UserCommand {
     /// Hash a password read from stdin and print the users-file line (or append it).
     Add {
@@ -255,6 +281,11 @@ pub fn main() -> ExitCode {
             config,
             socket,
         } => queue(command, config.as_deref(), socket),
+        Command::Mailbox {
+            command,
+            config,
+            socket,
+        } => mailbox::run(command, config.as_deref(), socket),
         Command::User { command } => user(command),
         Command::Tune { command } => tune(command),
         Command::Stat {
