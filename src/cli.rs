@@ -1,5 +1,5 @@
 //! Command line: `serve`, `check`, `init`, `spool ls`, `spool cat`, `user`, `tune check|apply`, `stat`,
-//! `dkim keygen`.
+//! `dkim keygen`, `mailbox ls`.
 //!
 //! `anyhow` lives here only: library modules return typed errors, and this is the one
 //! place they become a line on stderr and an exit status.
@@ -76,6 +76,18 @@ enum Command {
     Queue {
         #[command(subcommand)]
         command: QueueCommand,
+        #[arg(long, short, global = true)]
+        config: Option<PathBuf>,
+        /// The running server's admin socket, when not the config's (`admin.socket`, default
+        /// `<spool.dir>/admin.sock`).
+        #[arg(long, global = true)]
+        socket: Option<PathBuf>,
+    },
+    /// Users' IMAP folders and usage, as the running server holds them (over its admin
+    /// socket).
+    Mailbox {
+        #[command(subcommand)]
+        command: MailboxCommand,
         #[arg(long, short, global = true)]
         config: Option<PathBuf>,
         /// The running server's admin socket, when not the config's (`admin.socket`, default
@@ -189,6 +201,19 @@ enum QueueCommand {
 }
 
 #[derive(Subcommand)]
+enum MailboxCommand {
+    /// Without USER: every user with messages, usage and quota. With USER: the user's usage
+    /// and quota, and per folder its role, subscription, messages, unseen, deleted, size,
+    /// UIDVALIDITY, UIDNEXT and HIGHESTMODSEQ.
+    Ls {
+        user: Option<String>,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
 enum UserCommand {
     /// Hash a password read from stdin and print the users-file line (or append it).
     Add {
@@ -255,6 +280,11 @@ pub fn main() -> ExitCode {
             config,
             socket,
         } => queue(command, config.as_deref(), socket),
+        Command::Mailbox {
+            command,
+            config,
+            socket,
+        } => mailbox(command, config.as_deref(), socket),
         Command::User { command } => user(command),
         Command::Tune { command } => tune(command),
         Command::Stat {
@@ -769,6 +799,55 @@ fn queue_online(
             format!("{id}: {n} queued entries removed\n")
         }
     }))
+}
+
+/// How long `relay mailbox` waits for the server (a read of the in-memory folders).
+const MAILBOX_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// `relay mailbox ls [USER]`: asks the running server (`/mailbox`, `/mailbox/{user}`). No
+/// offline fallback: the folders live in the server's memory, rebuilt from the spool at start.
+fn mailbox(command: MailboxCommand, path: Option<&Path>, socket: Option<PathBuf>) -> Result<()> {
+    use relay::admin::client::{call, AdminClientError, Call, Endpoint};
+    use relay::admin::mailbox::{render_user, render_users, user_path, UserReport, UserRow};
+    let config = load(path)?;
+    let MailboxCommand::Ls { user, json } = command;
+    let socket = admin_socket(&config, socket).ok_or_else(|| {
+        anyhow::anyhow!("the admin endpoint is disabled in this config (admin.enabled = false)")
+    })?;
+    let endpoint = Endpoint::Socket(socket);
+    let target = match &user {
+        Some(name) => user_path(&name.to_ascii_lowercase()),
+        None => "/mailbox".to_string(),
+    };
+    let (status, body) = match call(&endpoint, &Call::get(&target, MAILBOX_TIMEOUT)) {
+        Ok(answer) => answer,
+        Err(error @ AdminClientError::NotRunning(_)) => {
+            return Err(anyhow::Error::new(error)
+                .context("relay mailbox asks the running server (its folders are in memory)"))
+        }
+        Err(error) => return Err(error.into()),
+    };
+    anyhow::ensure!(
+        status == 200,
+        "{endpoint}: {}",
+        String::from_utf8_lossy(&body).trim()
+    );
+    let bad = || format!("{endpoint} answered {target} with something other than its JSON");
+    let text = match (&user, json) {
+        (_, true) => {
+            // Parsed before printing, so a script never reads an error page as data.
+            let value: serde_json::Value = serde_json::from_slice(&body).with_context(bad)?;
+            format!("{}\n", serde_json::to_string_pretty(&value)?)
+        }
+        (Some(_), false) => {
+            render_user(&serde_json::from_slice::<UserReport>(&body).with_context(bad)?)
+        }
+        (None, false) => {
+            render_users(&serde_json::from_slice::<Vec<UserRow>>(&body).with_context(bad)?)
+        }
+    };
+    out!("{text}");
+    Ok(())
 }
 
 fn spool_dir(dir: Option<PathBuf>, config: Option<&Path>) -> Result<PathBuf> {

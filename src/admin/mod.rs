@@ -20,6 +20,7 @@
 
 pub mod access;
 pub mod client;
+pub mod mailbox;
 pub mod queue;
 pub mod queue_text;
 pub mod socket;

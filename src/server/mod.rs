@@ -438,6 +438,10 @@ fn start_admin(
             spool: Arc::clone(&stores.spool),
         },
     )));
+    routes.extend(crate::admin::mailbox::mailbox_routes(
+        Arc::clone(&stores.mail_store),
+        Arc::clone(&stores.directory),
+    ));
     let admin = Admin::start(settings, routes)?;
     if let Some(path) = admin.socket_path() {
         tracing::info!(protocol = "admin", socket = %path.display(), "listening");
