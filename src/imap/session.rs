@@ -285,8 +285,13 @@ struct Resync {
 
 /// What follows the untagged updates of a poll.
 enum AfterPoll {
-    /// NOOP, CHECK: the tagged OK.
-    Complete { tag: String, what: &'static str },
+    /// NOOP, CHECK, and APPEND into the selected folder (which then announces the new
+    /// message before its tagged OK, RFC 9051 §6.3.12): the tagged OK, with its code.
+    Complete {
+        tag: String,
+        code: Option<String>,
+        what: &'static str,
+    },
     /// IDLE (at its start, or woken by the driver): wait for DONE.
     Idle { tag: String },
 }
@@ -684,7 +689,14 @@ impl Session {
                     "CHECK completed"
                 };
                 if selected {
-                    self.poll_for(AfterPoll::Complete { tag, what }, out);
+                    self.poll_for(
+                        AfterPoll::Complete {
+                            tag,
+                            code: None,
+                            what,
+                        },
+                        out,
+                    );
                 } else {
                     self.ok(&tag, None, what, out);
                 }
@@ -1260,7 +1272,7 @@ impl Session {
 
     fn after_poll(&mut self, after: AfterPoll, out: &mut Outbox) {
         match after {
-            AfterPoll::Complete { tag, what } => self.ok(&tag, None, what, out),
+            AfterPoll::Complete { tag, code, what } => self.ok(&tag, code.as_deref(), what, out),
             AfterPoll::Idle { tag } => self.wait = Wait::Idle { tag },
         }
     }
@@ -1481,7 +1493,18 @@ impl Session {
                 Ok(c) => {
                     let uid = c.destination.first().copied().unwrap_or(0);
                     let code = format!("APPENDUID {} {}", c.uidvalidity, uid);
-                    self.ok(&tag, Some(&code), "APPEND completed", out);
+                    // Whatever folder it went to: a poll of an unchanged folder costs one
+                    // lookup, and one the message went into announces it at once.
+                    if self.selected().is_some() {
+                        let after = AfterPoll::Complete {
+                            tag,
+                            code: Some(code),
+                            what: "APPEND completed",
+                        };
+                        self.poll_for(after, out);
+                    } else {
+                        self.ok(&tag, Some(&code), "APPEND completed", out);
+                    }
                 }
                 Err(StoreError::NonExistent) => {
                     self.no(&tag, Some("TRYCREATE"), "No such mailbox", out)
@@ -1563,13 +1586,40 @@ impl Session {
     ) {
         let mut lines = Vec::new();
         let mut status_names = Vec::new();
+        // Levels that are no folder but have folders below them (a parent deleted, or never
+        // created) are listed as not selectable (RFC 3501 §6.3.8, RFC 9051 §6.3.9).
+        let existing: std::collections::BTreeSet<&str> =
+            folders.iter().map(|f| f.name.as_str()).collect();
+        let mut levels: std::collections::BTreeSet<String> = std::collections::BTreeSet::new();
         for f in folders {
+            let mut at = 0;
+            while let Some(i) = f.name[at..].find(DELIMITER) {
+                let level = &f.name[..at + i];
+                if !existing.contains(level) {
+                    levels.insert(level.to_string());
+                }
+                at += i + 1;
+            }
+        }
+        let levels: Vec<FolderInfo> = levels
+            .into_iter()
+            .map(|name| FolderInfo {
+                name,
+                special_use: None,
+                subscribed: false,
+            })
+            .collect();
+        for f in folders.iter().chain(levels.iter()) {
             if !list_match(pattern, &f.name) || (lsub && !f.subscribed) {
                 continue;
             }
+            let noselect = !existing.contains(f.name.as_str());
             let prefix = format!("{}{DELIMITER}", f.name);
             let children = folders.iter().any(|c| c.name.starts_with(&prefix));
             let mut attrs: Vec<&str> = Vec::new();
+            if noselect {
+                attrs.push("\\Noselect");
+            }
             if !lsub {
                 attrs.push(if children {
                     "\\HasChildren"

@@ -20,7 +20,6 @@ use std::time::Instant;
 use tokio::sync::watch;
 
 use super::admission::Permit;
-use super::auth::Denied;
 use super::imap_store::UserStoreLink;
 use super::pop3::Deadlines;
 use super::shard::{Protocol, ShardContext};
@@ -170,10 +169,8 @@ impl Link {
                         return Some(DriveEnd::Closed);
                     }
                 };
-                let user = match user {
-                    Ok(user) => Some(user),
-                    Err(Denied::Busy | Denied::Locked | Denied::Invalid) => None,
-                };
+                // Busy and locked are failures to the client too (the session's NO).
+                let user = user.ok();
                 if let Some(user) = &user {
                     self.logged_in(ctx, user).await;
                 }
