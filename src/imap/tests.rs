@@ -832,7 +832,7 @@ fn esearch_return_options() {
 
 #[test]
 fn recent_for_rev1_only() {
-    // APPEND to the selected folder: the next NOOP shows it as new and \Recent.
+    // APPEND to the selected folder: announced (new, and \Recent) before APPEND's OK.
     transcript(
         &selected(
             "b APPEND INBOX {1+}\r\nx\r\nc NOOP\r\nd FETCH 2:3 FLAGS\r\ne SEARCH RECENT\r\n\
@@ -840,8 +840,8 @@ fn recent_for_rev1_only() {
              i STORE 3 +FLAGS (\\Seen)\r\nj SEARCH NEW\r\n",
         ),
         &selected_reply(
-            "b OK [APPENDUID 1000 3] APPEND completed\r\n\
-             * 3 EXISTS\r\n* 1 RECENT\r\nc OK NOOP completed\r\n\
+            "* 3 EXISTS\r\n* 1 RECENT\r\nb OK [APPENDUID 1000 3] APPEND completed\r\n\
+             c OK NOOP completed\r\n\
              * 2 FETCH (FLAGS (\\Seen $Label1))\r\n* 3 FETCH (FLAGS (\\Recent))\r\nd OK FETCH completed\r\n\
              * SEARCH 3\r\ne OK SEARCH completed\r\n\
              * SEARCH 3\r\nf OK SEARCH completed\r\n\
@@ -863,8 +863,8 @@ fn recent_for_rev1_only() {
              * OK [UIDVALIDITY 1000] UIDs valid\r\n\
              * OK [UIDNEXT 3] Predicted next UID\r\n* OK [HIGHESTMODSEQ 3] Highest\r\n\
              s OK [READ-WRITE] SELECT completed\r\n\
-             b OK [APPENDUID 1000 3] APPEND completed\r\n\
-             * 3 EXISTS\r\nc OK NOOP completed\r\n\
+             * 3 EXISTS\r\nb OK [APPENDUID 1000 3] APPEND completed\r\n\
+             c OK NOOP completed\r\n\
              * 3 FETCH (FLAGS ())\r\nd OK FETCH completed\r\n\
              * ESEARCH (TAG \"f\")\r\nf OK SEARCH completed\r\n",
             login_ok()
