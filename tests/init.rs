@@ -337,6 +337,7 @@ fn init_modes_check_and_a_second_init_refuses_and_changes_nothing() {
 fn embedded_default_with(spool: &Path, extra: &str) -> String {
     format!(
         "[smtp]\nlisten = [\"127.0.0.1:0\"]\n[pop3]\nlisten = [\"127.0.0.1:0\"]\n\
+         [imap]\nlisten = [\"127.0.0.1:0\"]\n\
          [spool]\ndir = {:?}\n{extra}",
         spool.to_str().expect("utf-8 temp path")
     )

@@ -151,8 +151,8 @@ fn message_moves_the_smtp_and_spool_counters(engine: Engine) {
     // Every core has its series from the start (an idle core shows zeros, not a gap).
     assert_eq!(
         before.series("relay_connections_total"),
-        2 * 2,
-        "2 cores × smtp, pop3"
+        2 * 3,
+        "2 cores × smtp, pop3, imap"
     );
     assert_eq!(before.series("relay_spool_records_total"), 2);
     assert_eq!(before.series("relay_spool_fsync_seconds"), 2);

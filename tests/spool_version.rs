@@ -150,6 +150,7 @@ fn serve_refuses_a_newer_spool_at_start() {
         &config,
         format!(
             "[smtp]\nlisten = [\"127.0.0.1:0\"]\n[pop3]\nlisten = [\"127.0.0.1:0\"]\n\
+             [imap]\nlisten = [\"127.0.0.1:0\"]\n\
              [admin]\nenabled = false\n[spool]\ndir = {:?}\n",
             root.display().to_string()
         ),
