@@ -118,6 +118,8 @@ pub struct UserStore {
     pub(super) names: BTreeMap<String, FolderId>,
     pub(super) subscribed: BTreeSet<String>,
     pub(super) bodies: HashMap<QueueId, Body>,
+    /// The sum of `bodies`' sizes, kept as they change: quotas ask for it per RCPT.
+    pub(super) usage: u64,
     /// Above every folder id ever used: ids are never reused.
     pub(super) next_folder: FolderId,
     /// The highest UIDVALIDITY the user ever had: a new folder gets a greater one.
@@ -167,6 +169,7 @@ impl UserStore {
             names: BTreeMap::new(),
             subscribed: BTreeSet::new(),
             bodies: HashMap::new(),
+            usage: 0,
             next_folder: INBOX + 1,
             uidvalidity_floor: INBOX_UIDVALIDITY,
             seq: 0,
@@ -223,6 +226,7 @@ impl UserStore {
         // counters handed out) survives it, and no counter goes back.
         let old_folders = std::mem::take(&mut self.folders);
         let old_bodies = std::mem::take(&mut self.bodies);
+        self.usage = 0;
         self.names.clear();
         self.subscribed.clear();
         self.ensure_inbox();
@@ -462,6 +466,9 @@ impl UserStore {
                 self.drop_copy(old);
             }
             let body = self.bodies.entry(id).or_insert(Body { size, copies: 0 });
+            if body.copies == 0 {
+                self.usage += body.size;
+            }
             body.copies += 1;
         }
         true
@@ -471,6 +478,7 @@ impl UserStore {
         if let Some(b) = self.bodies.get_mut(&id) {
             b.copies = b.copies.saturating_sub(1);
             if b.copies == 0 {
+                self.usage = self.usage.saturating_sub(b.size);
                 self.bodies.remove(&id);
             }
         }
@@ -605,7 +613,11 @@ impl UserStore {
     /// Bytes stored for the user: each body once, however many folders hold a copy (the
     /// spool stores it once).
     pub fn usage(&self) -> u64 {
-        self.bodies.values().map(|b| b.size).sum()
+        debug_assert_eq!(
+            self.usage,
+            self.bodies.values().map(|b| b.size).sum::<u64>()
+        );
+        self.usage
     }
 
     pub fn message_count(&self) -> usize {
