@@ -33,8 +33,9 @@ const PARTIAL: u64 = 5 * MIB;
 /// What the relay may hold beyond the budget: read buffers, the admin listener's scrapes,
 /// and above all what the allocator keeps of freed buffers (a body grows by copying, and a
 /// refused one is freed; mimalloc reuses and purges that memory lazily). Measured with
-/// this test: 40–42 MiB in all with the budget, 118 MiB without it.
-const SLACK: u64 = 40 * MIB;
+/// this test: 40–45 MiB in all with the budget (the most on a loaded CI machine, where the
+/// allocator purges later), 118 MiB without it.
+const SLACK: u64 = 48 * MIB;
 
 fn settings(engine: Engine) -> Settings {
     let mut settings = Settings::new(engine);
