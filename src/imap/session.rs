@@ -48,8 +48,8 @@ use super::frame::{self, Framer, Limits, Rejection, Step};
 use super::reply::{self, Status};
 use super::search;
 use super::store::{
-    system_flag, Answer, Body, Changes, FlagOp, Flags, FolderId, FolderInfo, MessageMeta, Request,
-    SpecialUse, StoreError,
+    system_flag, Answer, Body, Changes, FlagOp, Flags, FolderId, FolderInfo, Request, SpecialUse,
+    StoreError, View,
 };
 use super::structure::{self, PartPiece};
 use super::utf7;
@@ -157,7 +157,7 @@ struct Selected {
     first_new_uid: u32,
     uidnext: u32,
     highest_modseq: u64,
-    messages: Vec<MessageMeta>,
+    messages: View,
 }
 
 impl Selected {
@@ -228,11 +228,6 @@ enum Job {
         tag: String,
         read_only: bool,
         resync: Box<Resync>,
-    },
-    /// SELECT (QRESYNC ...): flag changes since the client's modseq.
-    ResyncChanges {
-        tag: String,
-        read_only: bool,
     },
     /// UID FETCH (CHANGEDSINCE m VANISHED): was anything expunged since m?
     FetchVanished(Box<FetchJob>, Vec<(u32, u32)>),
@@ -1412,21 +1407,7 @@ impl Session {
                     let ranges = self.known_ranges(resync.known.as_ref());
                     self.vanished_earlier(&ranges, out);
                 }
-                let Some(folder) = self.selected().map(|s| s.folder) else {
-                    return Ok(());
-                };
-                let uidnext = self.selected().map_or(0, |s| s.uidnext);
-                let request = Request::Changes {
-                    folder,
-                    modseq: resync.modseq,
-                    uidnext,
-                };
-                self.request(request, Job::ResyncChanges { tag, read_only }, out);
-            }
-            (Job::ResyncChanges { tag, read_only }, Answer::Changes(r)) => {
-                if let Ok(changes) = &r {
-                    self.apply_changes(changes, out);
-                }
+                self.changed_since(resync.modseq, out);
                 self.select_done(&tag, read_only, out);
             }
             (Job::FetchVanished(job, ranges), Answer::ExpungedSince(r)) => {
@@ -1673,28 +1654,59 @@ impl Session {
         }
     }
 
-    /// Untagged EXPUNGE/EXISTS/FETCH for what changed; updates the session's view.
+    /// Untagged EXPUNGE (or VANISHED), FETCH, EXISTS and RECENT for the difference between
+    /// what the session shows and the folder now; then shows the folder as it is now.
     fn apply_changes(&mut self, changes: &Changes, out: &mut Outbox) {
-        self.expunged(&changes.expunged, out);
-        let condstore = self.condstore;
-        let rev2 = self.rev2;
+        let (condstore, rev2, qresync) = (self.condstore, self.rev2, self.qresync);
         let State::Selected(s) = &mut self.state else {
             return;
         };
-        let before = s.messages.len();
-        for m in &changes.changed {
-            if m.uid >= s.uidnext {
-                if s.seq_of(m.uid).is_none() {
-                    s.messages.push(m.clone());
+        s.uidnext = s.uidnext.max(changes.uidnext);
+        s.highest_modseq = s.highest_modseq.max(changes.highest_modseq);
+        let Some(now) = &changes.view else {
+            return;
+        };
+        let old = &s.messages;
+        // Both lists ascend by UID: one merge finds what went, what changed and what came.
+        let mut gone = Vec::new();
+        let mut kept = Vec::new(); // (number after the expunges, old index, new index)
+        let mut came = 0usize;
+        let (mut i, mut j) = (0, 0);
+        while i < old.len() || j < now.len() {
+            match (old.get(i), now.get(j)) {
+                (Some(a), Some(b)) if a.uid == b.uid => {
+                    kept.push((kept.len() + 1, i, j));
+                    i += 1;
+                    j += 1;
                 }
-                continue;
+                (Some(a), b) if b.is_none_or(|b| a.uid < b.uid) => {
+                    gone.push(i);
+                    i += 1;
+                }
+                _ => {
+                    came += 1;
+                    j += 1;
+                }
             }
-            let Some(i) = s.seq_of(m.uid) else {
-                continue;
-            };
-            if s.messages[i].flags != m.flags || condstore {
-                let b = &mut out.bytes;
-                reply::untagged(b, &format!("{} FETCH (FLAGS ", i + 1));
+        }
+        let b = &mut out.bytes;
+        if qresync && !gone.is_empty() {
+            // RFC 7162 §3.2.10: with QRESYNC, expunges are VANISHED UIDs.
+            let uids: Vec<u32> = gone.iter().map(|&i| old[i].uid).collect();
+            reply::untagged(b, "VANISHED ");
+            reply::sequence_set(b, &uids);
+            reply::end(b);
+        } else {
+            // Highest first keeps every announced number valid without shifting the rest.
+            for &i in gone.iter().rev() {
+                reply::untagged(b, &format!("{} EXPUNGE", i + 1));
+                reply::end(b);
+            }
+        }
+        for &(seq, i, j) in &kept {
+            let (was, m) = (&old[i], &now[j]);
+            if was.flags != m.flags || (condstore && was.modseq != m.modseq) {
+                reply::untagged(b, &format!("{seq} FETCH (FLAGS "));
                 reply::flags(b, &m.flags, !rev2 && m.uid >= s.first_new_uid);
                 reply::raw(b, &format!(" UID {}", m.uid));
                 if condstore {
@@ -1703,21 +1715,36 @@ impl Session {
                 reply::raw(b, ")");
                 reply::end(b);
             }
-            s.messages[i] = m.clone();
         }
-        s.messages.sort_by_key(|m| m.uid);
-        if s.messages.len() != before {
-            reply::untagged(&mut out.bytes, &format!("{} EXISTS", s.messages.len()));
-            reply::end(&mut out.bytes);
+        if came > 0 {
+            reply::untagged(b, &format!("{} EXISTS", now.len()));
+            reply::end(b);
             if !rev2 {
-                let old = s.messages.partition_point(|m| m.uid < s.first_new_uid);
-                let recent = s.messages.len() - old;
-                reply::untagged(&mut out.bytes, &format!("{recent} RECENT"));
-                reply::end(&mut out.bytes);
+                let old = now.partition_point(|m| m.uid < s.first_new_uid);
+                reply::untagged(b, &format!("{} RECENT", now.len() - old));
+                reply::end(b);
             }
         }
-        s.uidnext = s.uidnext.max(changes.uidnext);
-        s.highest_modseq = s.highest_modseq.max(changes.highest_modseq);
+        s.messages = Arc::clone(now);
+    }
+
+    /// FETCH responses for every message changed after `modseq` (QRESYNC's SELECT, RFC
+    /// 7162 §3.2.5), in UID order.
+    fn changed_since(&mut self, modseq: u64, out: &mut Outbox) {
+        let rev2 = self.rev2;
+        let Some(s) = self.selected() else {
+            return;
+        };
+        let b = &mut out.bytes;
+        for (i, m) in s.messages.iter().enumerate() {
+            if m.modseq <= modseq {
+                continue;
+            }
+            reply::untagged(b, &format!("{} FETCH (FLAGS ", i + 1));
+            reply::flags(b, &m.flags, !rev2 && m.uid >= s.first_new_uid);
+            reply::raw(b, &format!(" UID {} MODSEQ ({}))", m.uid, m.modseq));
+            reply::end(b);
+        }
     }
 
     fn expunged(&mut self, uids: &[u32], out: &mut Outbox) {
@@ -1732,7 +1759,7 @@ impl Session {
         // Highest first keeps every announced number valid without shifting the rest.
         for uid in uids.iter().rev() {
             if let Some(i) = s.seq_of(*uid) {
-                s.messages.remove(i);
+                Arc::make_mut(&mut s.messages).remove(i);
                 if qresync {
                     gone.push(*uid);
                 } else {
@@ -1839,8 +1866,9 @@ impl Session {
             let Some(i) = s.seq_of(*u) else {
                 continue;
             };
-            s.messages[i].flags = flags.clone();
-            s.messages[i].modseq = *modseq;
+            let m = &mut Arc::make_mut(&mut s.messages)[i];
+            m.flags = flags.clone();
+            m.modseq = *modseq;
             s.highest_modseq = s.highest_modseq.max(*modseq);
             if silent && !condstore {
                 continue;

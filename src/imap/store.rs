@@ -127,18 +127,21 @@ pub struct Snapshot {
     pub uidvalidity: u32,
     pub uidnext: u32,
     pub highest_modseq: u64,
-    /// In UID order.
-    pub messages: Vec<MessageMeta>,
+    pub messages: View,
 }
 
-/// What changed in a folder since a session's snapshot.
+/// A folder's messages in UID order, as one version of the folder showed them. Shared:
+/// every session with the folder selected at that version holds the same one (so a session
+/// idling in a large folder costs a pointer, not a copy of the folder), and a session
+/// copies it only to apply changes of its own before it next asks the store.
+pub type View = Arc<Vec<MessageMeta>>;
+
+/// The folder as it is now, when it changed since the session last asked.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Changes {
-    /// UIDs expunged by others, ascending.
-    pub expunged: Vec<u32>,
-    /// Messages with a modseq above the snapshot's: flag changes, and (above the
-    /// snapshot's UIDNEXT) new messages; in UID order.
-    pub changed: Vec<MessageMeta>,
+    /// `None`: nothing changed. The session announces the difference between what it
+    /// shows and this (expunges, flag changes, new messages) and then shows this.
+    pub view: Option<View>,
     pub uidnext: u32,
     pub highest_modseq: u64,
 }
@@ -184,7 +187,8 @@ pub trait Mailboxes {
     fn list(&mut self) -> Result<Vec<FolderInfo>, StoreError>;
     fn status(&mut self, name: &str) -> Result<FolderStatus, StoreError>;
     fn select(&mut self, name: &str) -> Result<Snapshot, StoreError>;
-    /// Everything since `modseq` (and new messages at or above `uidnext`).
+    /// The folder now, or `None` when nothing changed since `modseq` (and no message at or
+    /// above `uidnext` appeared).
     fn changes(
         &mut self,
         folder: FolderId,
@@ -566,31 +570,23 @@ pub mod memory {
                 uidvalidity: f.uidvalidity,
                 uidnext: f.uidnext,
                 highest_modseq: f.highest_modseq,
-                messages: f.messages.iter().map(|m| m.meta.clone()).collect(),
+                messages: Arc::new(f.messages.iter().map(|m| m.meta.clone()).collect()),
             })
         }
 
         fn changes(
             &mut self,
             folder: FolderId,
-            modseq: u64,
-            uidnext: u32,
+            _modseq: u64,
+            _uidnext: u32,
         ) -> Result<Changes, StoreError> {
             self.check()?;
             let f = self.by_id(folder)?;
+            // Always the whole folder: the session's difference finds what changed.
             Ok(Changes {
-                expunged: f
-                    .expunged
-                    .iter()
-                    .filter(|(u, m)| *m > modseq && *u < uidnext)
-                    .map(|(u, _)| *u)
-                    .collect(),
-                changed: f
-                    .messages
-                    .iter()
-                    .filter(|m| m.meta.modseq > modseq || m.meta.uid >= uidnext)
-                    .map(|m| m.meta.clone())
-                    .collect(),
+                view: Some(Arc::new(
+                    f.messages.iter().map(|m| m.meta.clone()).collect(),
+                )),
                 uidnext: f.uidnext,
                 highest_modseq: f.highest_modseq,
             })

@@ -597,6 +597,83 @@ fn noop_reports_changes_made_elsewhere() {
     );
 }
 
+/// Drives `session` through `input` against `st`, answering every event; returns the output.
+fn drive(session: &mut Session, st: &mut Memory, input: &[u8]) -> String {
+    let mut out = Outbox::default();
+    let mut bytes = Vec::new();
+    let mut at = 0;
+    while at < input.len() {
+        at += session.feed(&input[at..], &mut out);
+        bytes.append(&mut out.bytes);
+        while let Some(event) = out.events.pop() {
+            match event {
+                Event::Authenticate(_) => session.authenticated(true, &mut out).unwrap(),
+                Event::Store(r) => session.answer(serve(st, &r), &mut out).unwrap(),
+                _ => {}
+            }
+            bytes.append(&mut out.bytes);
+        }
+        assert!(!session.awaiting());
+    }
+    String::from_utf8_lossy(&bytes).into_owned()
+}
+
+#[test]
+fn a_change_made_elsewhere_before_the_sessions_own_store_is_still_announced() {
+    // Another session flags message 1 (modseq n), then this one stores on message 2
+    // (modseq n + 1): the session's highest modseq passes the other change, which must
+    // not hide it.
+    let mut out = Outbox::default();
+    let mut session = Session::new(Arc::new(config()), false, &mut out);
+    let mut st = store();
+    drive(&mut session, &mut st, b"a LOGIN u p\r\nb SELECT INBOX\r\n");
+    let flagged = Flags {
+        system: system_flag::FLAGGED,
+        keywords: vec![],
+    };
+    st.set_flags("INBOX", 1, flagged);
+    let stored = drive(
+        &mut session,
+        &mut st,
+        b"c STORE 2 +FLAGS.SILENT (\\Answered)\r\n",
+    );
+    let noop = drive(&mut session, &mut st, b"d NOOP\r\n");
+    let both = format!("{stored}{noop}");
+    assert!(
+        both.contains("* 1 FETCH (FLAGS (\\Flagged) UID 1)\r\n"),
+        "{both}"
+    );
+    assert_eq!(both.matches("FETCH").count(), 1, "{both}");
+}
+
+#[test]
+fn two_sessions_see_each_others_changes_through_the_store() {
+    let mut out = Outbox::default();
+    let config = Arc::new(config());
+    let mut st = store();
+    let mut a = Session::new(Arc::clone(&config), false, &mut out);
+    let mut b = Session::new(config, false, &mut out);
+    for s in [&mut a, &mut b] {
+        drive(s, &mut st, b"a LOGIN u p\r\nb SELECT INBOX\r\n");
+    }
+    st.deliver("INBOX", b"Subject: new\r\n\r\nx\r\n", Flags::default());
+    for s in [&mut a, &mut b] {
+        let noop = drive(s, &mut st, b"c NOOP\r\n");
+        assert!(noop.starts_with("* 3 EXISTS\r\n"), "{noop}");
+    }
+    // A session's own STORE shows in the other at its next poll.
+    let stored = drive(&mut a, &mut st, b"d STORE 3 +FLAGS (\\Seen)\r\n");
+    assert!(
+        stored.contains("* 3 FETCH (FLAGS (\\Seen \\Recent))"),
+        "{stored}"
+    );
+    let noop = drive(&mut b, &mut st, b"d NOOP\r\n");
+    assert!(
+        noop.contains("* 3 FETCH (FLAGS (\\Seen \\Recent) UID 3)"),
+        "{noop}"
+    );
+}
+
 #[test]
 fn idle_done() {
     transcript(

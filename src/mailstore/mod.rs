@@ -45,7 +45,8 @@ use dashmap::DashMap;
 pub use change::{CopyOutcome, ExpungeOutcome, StoreOutcome, DEFAULT_FOLDERS};
 pub use error::StoreError;
 pub use model::{
-    Changes, Entry, ListEntry, Snapshot, Status, UserStore, DEFAULT_MAX_FOLDERS, INBOX_UIDVALIDITY,
+    Changes, Entry, ListEntry, Snapshot, Status, UserStore, Version, DEFAULT_MAX_FOLDERS,
+    INBOX_UIDVALIDITY,
 };
 pub use names::{FlagMode, DELIMITER, MAX_KEYWORDS, MAX_NAME_BYTES};
 

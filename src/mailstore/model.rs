@@ -582,6 +582,22 @@ impl UserStore {
         })
     }
 
+    /// A folder's version and its visible messages in UID order, borrowed: a
+    /// [`snapshot`](Self::snapshot) without copying the entries.
+    pub fn visible(
+        &self,
+        folder: FolderId,
+    ) -> Result<(Version, impl Iterator<Item = (u32, &Entry)> + '_), StoreError> {
+        let f = self.folder(folder)?;
+        let version = Version {
+            uidvalidity: f.uidvalidity,
+            uidnext: f.visible_uidnext(),
+            highest_modseq: f.highest_modseq,
+            changes: f.changes,
+        };
+        Ok((version, f.visible().map(|(u, e)| (*u, e))))
+    }
+
     /// For CONDSTORE/QRESYNC: visible messages changed after `modseq`, and whether anything
     /// may have been expunged after it (VANISHED may over-report, RFC 7162 §3.2.5.1).
     pub fn changes_since(&self, folder: FolderId, modseq: u64) -> Result<Changes, StoreError> {
@@ -672,6 +688,16 @@ pub struct Snapshot {
     /// The folder's [`UserStore::change_counter`] when taken.
     pub changes: u64,
     pub messages: Vec<(u32, Entry)>,
+}
+
+/// What tells one state of a folder from another, as clients see it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Version {
+    pub uidvalidity: u32,
+    pub uidnext: u32,
+    pub highest_modseq: u64,
+    /// The folder's [`UserStore::change_counter`].
+    pub changes: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

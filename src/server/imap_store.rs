@@ -2,19 +2,20 @@
 //! over `crate::mailstore`): reads from the user's model, writes as records in the user's
 //! turn, durable before the answer, bodies read from the spool.
 //!
-//! The model knows whether something was expunged after a modseq, not which UIDs; the
-//! session needs the UIDs it holds that are gone, so this side keeps the UIDs the session
-//! knows of its selected folder (4 bytes a message) and compares.
+//! A selected folder is answered as a shared [`View`](crate::imap::store::View) of its
+//! current version ([`SharedViews`]); the session finds what changed by comparing the view
+//! it shows with the current one, so this side keeps only the folder's change counter.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use super::imap_views::SharedViews;
 use super::shard::ShardContext;
 use crate::envelope::{Envelope, Origin};
 use crate::imap::store::{
     Answer, Changes, Copied, FlagOp, Flags, FolderInfo, FolderStatus, MessageMeta, Quota, Request,
-    Snapshot, SpecialUse, StoreError, Stored,
+    Snapshot, SpecialUse, StoreError, Stored, View,
 };
 use crate::mailbox::ChangeError;
 use crate::mailstore::{self, Entry, FlagMode, UserStore};
@@ -25,9 +26,8 @@ use crate::spool::NewMessage;
 pub struct UserStoreLink {
     user: String,
     peer: std::net::SocketAddr,
-    /// The selected folder, the UIDs the session knows in it (ascending), and the folder's
-    /// change counter when the session last looked.
-    selected: Option<(FolderId, Vec<u32>, u64)>,
+    /// The selected folder and its change counter when the session last looked.
+    selected: Option<(FolderId, u64)>,
 }
 
 impl UserStoreLink {
@@ -84,19 +84,19 @@ impl UserStoreLink {
                 Answer::Status(out)
             }
             Request::Select(name) => {
+                let views = &ctx.imap.views;
                 let mut out = Err(StoreError::NonExistent);
                 let mut selected = None;
                 read(&mut |s| {
                     out = folder(s, &name).and_then(|f| {
-                        let snap = s.snapshot(f).map_err(refused)?;
-                        let known = snap.messages.iter().map(|(u, _)| *u).collect();
-                        selected = Some((f, known, snap.changes));
+                        let (version, messages) = view(views, &user, s, f)?;
+                        selected = Some((f, version.changes));
                         Ok(Snapshot {
                             folder: f,
-                            uidvalidity: snap.uidvalidity,
-                            uidnext: snap.uidnext,
-                            highest_modseq: snap.highest_modseq,
-                            messages: snap.messages.iter().map(|(u, e)| meta(*u, e)).collect(),
+                            uidvalidity: version.uidvalidity,
+                            uidnext: version.uidnext,
+                            highest_modseq: version.highest_modseq,
+                            messages,
                         })
                     });
                 });
@@ -173,14 +173,6 @@ impl UserStoreLink {
                     })
                     .await;
                 let answer = made.map_err(|e| self.failed(e));
-                if let (Ok((_, pairs)), true, Some((f, known, _))) =
-                    (&answer, remove, self.selected.as_mut())
-                {
-                    if *f == folder {
-                        let moved: BTreeSet<u32> = pairs.iter().map(|p| p.0).collect();
-                        known.retain(|u| !moved.contains(u));
-                    }
-                }
                 Answer::Copy(answer.map(|(uidvalidity, pairs)| Copied {
                     uidvalidity,
                     source: pairs.iter().map(|p| p.0).collect(),
@@ -194,14 +186,7 @@ impl UserStoreLink {
                         Ok((out.record, out.uids))
                     })
                     .await;
-                let answer = made.map_err(|e| self.failed(e));
-                if let (Ok(gone), Some((f, known, _))) = (&answer, self.selected.as_mut()) {
-                    if *f == folder {
-                        let gone: BTreeSet<u32> = gone.iter().copied().collect();
-                        known.retain(|u| !gone.contains(u));
-                    }
-                }
-                Answer::Expunge(answer)
+                Answer::Expunge(made.map_err(|e| self.failed(e)))
             }
             Request::Append {
                 to,
@@ -260,8 +245,8 @@ impl UserStoreLink {
         Answer::Done(made.map_err(|e| self.failed(e)))
     }
 
-    /// What changed in the selected folder since the session's snapshot: cheap when the
-    /// folder's change counter has not moved.
+    /// The selected folder now, when its change counter moved since the session last
+    /// looked (else `None`: nothing to announce).
     fn changes(
         &mut self,
         ctx: &ShardContext,
@@ -270,44 +255,28 @@ impl UserStoreLink {
         uidnext: u32,
     ) -> Result<Changes, StoreError> {
         let unchanged = Changes {
-            expunged: Vec::new(),
-            changed: Vec::new(),
+            view: None,
             uidnext,
             highest_modseq: modseq,
         };
-        let Some((selected, known, counter)) = self.selected.as_mut() else {
+        let Some((selected, counter)) = self.selected.as_mut() else {
             return Ok(unchanged);
         };
         if *selected != folder {
             return Ok(unchanged);
         }
+        let views = &ctx.imap.views;
         ctx.mail_store.folders().with(&self.user, |s| {
             let now = s.change_counter(folder).map_err(refused)?;
             if now == *counter {
                 return Ok(unchanged);
             }
             *counter = now;
-            let snap = s.snapshot(folder).map_err(refused)?;
-            let current: Vec<u32> = snap.messages.iter().map(|(u, _)| *u).collect();
-            let expunged: Vec<u32> = known
-                .iter()
-                .filter(|u| current.binary_search(u).is_err())
-                .copied()
-                .collect();
-            let changed: Vec<MessageMeta> = snap
-                .messages
-                .iter()
-                .filter(|(u, e)| {
-                    e.modseq > modseq || *u >= uidnext || known.binary_search(u).is_err()
-                })
-                .map(|(u, e)| meta(*u, e))
-                .collect();
-            *known = current;
+            let (version, messages) = view(views, &self.user, s, folder)?;
             Ok(Changes {
-                expunged,
-                changed,
-                uidnext: snap.uidnext,
-                highest_modseq: snap.highest_modseq,
+                view: Some(messages),
+                uidnext: version.uidnext,
+                highest_modseq: version.highest_modseq,
             })
         })
     }
@@ -455,6 +424,20 @@ fn from_store_flags(flags: &st::Flags) -> Flags {
         system: flags.system,
         keywords: flags.keywords.clone(),
     }
+}
+
+/// The folder's version and its shared view of that version.
+fn view(
+    views: &SharedViews,
+    user: &str,
+    s: &UserStore,
+    folder: FolderId,
+) -> Result<(mailstore::Version, View), StoreError> {
+    let (version, messages) = s.visible(folder).map_err(refused)?;
+    let view = views.get(user, folder, version.uidvalidity, version.changes, || {
+        messages.map(|(u, e)| meta(u, e)).collect()
+    });
+    Ok((version, view))
 }
 
 fn meta(uid: u32, e: &Entry) -> MessageMeta {

@@ -16,6 +16,7 @@ pub mod dnsbl;
 pub mod hashing;
 pub mod imap;
 pub mod imap_store;
+pub mod imap_views;
 pub mod ingest;
 pub mod pop3;
 pub mod shard;
@@ -560,6 +561,7 @@ struct AuthContexts {
     /// The IMAP session settings: LOGINDISABLED until TLS, and with passwords in clear.
     imap_config: Arc<crate::imap::SessionConfig>,
     imap_plaintext: Arc<crate::imap::SessionConfig>,
+    imap_views: Arc<imap_views::SharedViews>,
 }
 
 impl AuthContexts {
@@ -615,6 +617,7 @@ impl AuthContexts {
                 plaintext_auth: true,
                 ..config.imap.session_config(hostname, tls)
             }),
+            imap_views: Arc::default(),
         })
     }
 
@@ -648,6 +651,7 @@ impl AuthContexts {
             idle_timeout: config.imap.idle_timeout.0,
             command_timeout: config.imap.command_timeout.0,
             allow_plaintext_auth: config.imap.allow_plaintext_auth,
+            views: Arc::clone(&self.imap_views),
         };
         (pop3, imap, auth)
     }

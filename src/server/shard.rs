@@ -98,6 +98,8 @@ pub struct ImapContext {
     pub idle_timeout: Duration,
     pub command_timeout: Duration,
     pub allow_plaintext_auth: bool,
+    /// Folder views shared by the sessions on every core.
+    pub views: Arc<super::imap_views::SharedViews>,
 }
 
 /// Which protocol a listener speaks.
