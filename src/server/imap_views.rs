@@ -107,9 +107,9 @@ mod tests {
         let c = views.get("u", 1, 7, 4, || vec![message(1), message(2)]);
         assert_eq!(c.len(), 2);
         // Another user, another folder or a recreated folder never share.
-        let d = views.get("v", 1, 7, 4, || vec![]);
-        let e = views.get("u", 2, 7, 4, || vec![]);
-        let f = views.get("u", 1, 8, 4, || vec![]);
+        let d = views.get("v", 1, 7, 4, Vec::new);
+        let e = views.get("u", 2, 7, 4, Vec::new);
+        let f = views.get("u", 1, 8, 4, Vec::new);
         assert!(d.is_empty() && e.is_empty() && f.is_empty());
     }
 
