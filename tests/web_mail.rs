@@ -25,6 +25,7 @@ engine_tests! {
     mail_from_smtp_is_listed_and_read_safely: read_uring, read_epoll;
     a_message_sent_from_the_browser_is_delivered_and_kept: send_uring, send_epoll;
     an_idle_session_expires: expire_uring, expire_epoll;
+    flag_and_delete_to_trash: act_uring, act_epoll;
     https_with_the_relays_certificate: https_uring, https_epoll;
 }
 
@@ -335,4 +336,36 @@ fn https_with_the_relays_certificate(engine: Engine) {
         "{session}"
     );
     assert!(session.contains("SameSite=Strict"), "{session}");
+}
+
+fn flag_and_delete_to_trash(engine: Engine) {
+    let relay = Relay::start(web_settings(engine));
+    let keep = b"From: a@remote.test\r\nSubject: keep me\r\n\r\nstays\r\n";
+    let drop = b"From: a@remote.test\r\nSubject: throw me\r\n\r\ngoes\r\n";
+    relay.deliver(&["bob@example.test"], keep);
+    relay.deliver(&["bob@example.test"], drop);
+    let seen = browser(&relay, &["act", "bob", TEST_PASSWORD, "throw me"]);
+    assert_eq!(seen.get("forged").int(), 403);
+    assert_eq!(seen.get("flag").get("status").int(), 303);
+    assert_eq!(seen.get("flagged_marks").int(), 1);
+    assert_eq!(
+        seen.get("trash").get("location").str(),
+        "/mail?folder=INBOX"
+    );
+    let inbox = seen.get("inbox_after").str();
+    assert!(
+        inbox.contains("keep me") && !inbox.contains("throw me"),
+        "{inbox}"
+    );
+    let trash = seen.get("trash_folder").str();
+    assert!(trash.contains("throw me"), "{trash}");
+    // The same store behind POP3: INBOX holds one message now.
+    let mut pop = Pop3::login_retrying(
+        relay.pop3_addr,
+        "bob",
+        TEST_PASSWORD,
+        Duration::from_secs(5),
+    );
+    assert_eq!(pop.stat().0, 1);
+    assert!(String::from_utf8_lossy(&pop.retr(1)).contains("keep me"));
 }

@@ -28,8 +28,8 @@ use crate::smtp::{Lookup, Password, Submission, SubmitError};
 use crate::spool::state::{self as st, system_flag};
 use crate::web::backend::BoxFuture;
 use crate::web::{
-    Backend, BackendError, Client, FolderPage, FolderSummary, ListedMessage, LoginError, Outgoing,
-    WebListener, WebServer, WebSettings,
+    Action, Backend, BackendError, Client, FolderPage, FolderSummary, ListedMessage, LoginError,
+    Outgoing, StoredMessage, WebListener, WebServer, WebSettings,
 };
 
 type Job = Box<dyn FnOnce(Rc<ShardContext>) -> Pin<Box<dyn Future<Output = ()>>> + Send>;
@@ -276,16 +276,18 @@ impl Backend for StoreBackend {
         folder: String,
         uid: u32,
         mark_seen: bool,
-    ) -> BoxFuture<'_, Result<Vec<u8>, BackendError>> {
+    ) -> BoxFuture<'_, Result<StoredMessage, BackendError>> {
         Box::pin(async move {
             self.run(move |ctx| {
                 Box::pin(async move {
                     let found = ctx.mail_store.folders().with(&user, |s| {
                         let id = s.folder_id(&folder)?;
                         let entry = s.entry(id, uid)?;
-                        Some((id, entry.id, entry.flags.system & system_flag::SEEN != 0))
+                        let system = entry.flags.system;
+                        Some((id, entry.id, system))
                     });
-                    let (folder_id, queue_id, seen) = found.ok_or(BackendError::NoSuchMessage)?;
+                    let (folder_id, queue_id, system) = found.ok_or(BackendError::NoSuchMessage)?;
+                    let seen = system & system_flag::SEEN != 0;
                     let body = ctx.store.read_body(queue_id).map_err(|error| {
                         tracing::warn!(target: "relay::web", %error, "cannot read a message");
                         BackendError::Unavailable
@@ -307,8 +309,26 @@ impl Backend for StoreBackend {
                             tracing::warn!(target: "relay::web", %error, "not marked read");
                         }
                     }
-                    Ok(body)
+                    Ok(StoredMessage {
+                        raw: body,
+                        flagged: system & system_flag::FLAGGED != 0,
+                    })
                 })
+            })
+            .await?
+        })
+    }
+
+    fn act(
+        &self,
+        user: String,
+        folder: String,
+        uid: u32,
+        action: Action,
+    ) -> BoxFuture<'_, Result<(), BackendError>> {
+        Box::pin(async move {
+            self.run(move |ctx| {
+                Box::pin(async move { act(&ctx, &user, &folder, uid, action).await })
             })
             .await?
         })
@@ -334,6 +354,73 @@ impl Backend for StoreBackend {
             user.to_string()
         } else {
             format!("{user}@{}", self.domain)
+        }
+    }
+}
+
+/// One reader's change to one message, each step durable in the user's turn.
+async fn act(
+    ctx: &ShardContext,
+    user: &str,
+    folder: &str,
+    uid: u32,
+    action: Action,
+) -> Result<(), BackendError> {
+    let found = ctx.mail_store.folders().with(user, |s| {
+        let id = s.folder_id(folder)?;
+        s.entry(id, uid)?;
+        let trash = s
+            .list()
+            .into_iter()
+            .find(|e| e.special_use == Some(st::SpecialUse::Trash))
+            .and_then(|e| e.folder);
+        Some((id, trash))
+    });
+    let (id, trash) = found.ok_or(BackendError::NoSuchMessage)?;
+    let flag = |bit: u8, mode: FlagMode| {
+        let flags = st::Flags {
+            system: bit,
+            keywords: Vec::new(),
+        };
+        ctx.mail_store.change(&ctx.spool, user, move |s| {
+            let out = s.store_flags(id, &[uid], mode, &flags, None)?;
+            Ok((out.record, ()))
+        })
+    };
+    let mode = |on: bool| if on { FlagMode::Add } else { FlagMode::Remove };
+    let done = match action {
+        Action::Seen(on) => flag(system_flag::SEEN, mode(on)).await,
+        Action::Flagged(on) => flag(system_flag::FLAGGED, mode(on)).await,
+        Action::Trash => match trash {
+            Some(trash) if trash != id => {
+                ctx.mail_store
+                    .change(&ctx.spool, user, |s| {
+                        Ok((s.move_(id, &[uid], trash)?.record, ()))
+                    })
+                    .await
+            }
+            // In Trash (or without one): gone for good, as an IMAP client's delete.
+            _ => {
+                flag(system_flag::DELETED, FlagMode::Add)
+                    .await
+                    .map_err(|e| self_failed(user, e))?;
+                ctx.mail_store
+                    .change(&ctx.spool, user, |s| {
+                        Ok((s.expunge(id, Some(&[uid]))?.record, ()))
+                    })
+                    .await
+            }
+        },
+    };
+    done.map_err(|e| self_failed(user, e))
+}
+
+fn self_failed(user: &str, error: crate::mailbox::ChangeError) -> BackendError {
+    match error {
+        crate::mailbox::ChangeError::Refused(e) => BackendError::Refused(e.to_string()),
+        error => {
+            tracing::warn!(target: "relay::web", user = %crate::logsafe::Safe(user), %error, "change not stored");
+            BackendError::Unavailable
         }
     }
 }

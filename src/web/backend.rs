@@ -60,6 +60,24 @@ pub struct FolderPage {
     pub messages: Vec<ListedMessage>,
 }
 
+/// A change a reader asks for on one message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    /// Set (true) or clear \Seen.
+    Seen(bool),
+    /// Set (true) or clear \Flagged.
+    Flagged(bool),
+    /// Move to the Trash folder; in Trash, delete for good.
+    Trash,
+}
+
+/// A stored message and the flags the reading page offers to change.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredMessage {
+    pub raw: Vec<u8>,
+    pub flagged: bool,
+}
+
 /// A message to submit: complete RFC 5322 bytes (CRLF) and its envelope recipients.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Outgoing {
@@ -103,7 +121,16 @@ pub trait Backend: Send + Sync + 'static {
         folder: String,
         uid: u32,
         mark_seen: bool,
-    ) -> BoxFuture<'_, Result<Vec<u8>, BackendError>>;
+    ) -> BoxFuture<'_, Result<StoredMessage, BackendError>>;
+
+    /// Applies `action` to one message (durable before Ok).
+    fn act(
+        &self,
+        user: String,
+        folder: String,
+        uid: u32,
+        action: Action,
+    ) -> BoxFuture<'_, Result<(), BackendError>>;
 
     /// Submits as the user (the authenticated-submission path: durable in the spool before
     /// Ok), then keeps a copy in the Sent folder.

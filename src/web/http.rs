@@ -15,7 +15,7 @@ use axum::routing::{get, post};
 use axum::{Extension, Form, Router};
 use serde::Deserialize;
 
-use super::backend::{Backend, BackendError, Client, LoginError, Outgoing};
+use super::backend::{Action, Backend, BackendError, Client, LoginError, Outgoing};
 use super::pages::{
     Chrome, ComposePage, FolderLink, ListPage, LoginPage, NoticePage, ReadPage, Row, STYLE_CSS,
 };
@@ -46,6 +46,7 @@ pub fn router(app: Shared, body_max: usize) -> Router {
         .route("/logout", post(logout))
         .route("/mail", get(list))
         .route("/read", get(read))
+        .route("/act", post(act))
         .route("/compose", get(compose))
         .route("/send", post(send))
         .route("/static/style.css", get(style))
@@ -457,12 +458,12 @@ async fn read(
     let Some((_, view)) = session(&app, &headers) else {
         return to_login();
     };
-    let raw = match app
+    let stored = match app
         .backend
         .message(view.user.clone(), query.folder.clone(), query.uid, true)
         .await
     {
-        Ok(raw) => raw,
+        Ok(stored) => stored,
         Err(e) => {
             let chrome = chrome(&app, &view, &query.folder).await.ok();
             return failure(chrome, &e);
@@ -473,6 +474,7 @@ async fn read(
         Ok(c) => c,
         Err(e) => return failure(None, &e),
     };
+    let raw = stored.raw;
     let message = render::view(&raw);
     let reply_to = mail_parser::MessageParser::default()
         .parse_headers(&raw)
@@ -495,10 +497,55 @@ async fn read(
             chrome,
             back: href("/mail", &[("folder", &query.folder)]),
             reply: href("/compose", &[("to", &reply_to), ("subject", &subject)]),
+            uid: query.uid,
+            flagged: stored.flagged,
             folder: query.folder,
             view: message,
         },
     )
+}
+
+#[derive(Deserialize)]
+struct ActForm {
+    #[serde(default)]
+    csrf: String,
+    folder: String,
+    uid: u32,
+    action: String,
+}
+
+/// The reading page's buttons: mark unread, flag, unflag, delete (to Trash).
+async fn act(State(app): State<Shared>, headers: HeaderMap, Form(form): Form<ActForm>) -> Response {
+    let Some((_, view)) = session(&app, &headers) else {
+        return to_login();
+    };
+    if !tokens_match(&form.csrf, &view.csrf) {
+        return forbidden();
+    }
+    let action = match form.action.as_str() {
+        "seen" => Action::Seen(true),
+        "unseen" => Action::Seen(false),
+        "flag" => Action::Flagged(true),
+        "unflag" => Action::Flagged(false),
+        "trash" => Action::Trash,
+        _ => return StatusCode::BAD_REQUEST.into_response(),
+    };
+    let done = app
+        .backend
+        .act(view.user.clone(), form.folder.clone(), form.uid, action)
+        .await;
+    match done {
+        // Back to the list: a message just marked unread or deleted is done with.
+        Ok(()) if matches!(action, Action::Trash | Action::Seen(false)) => {
+            Redirect::to(&href("/mail", &[("folder", &form.folder)])).into_response()
+        }
+        Ok(()) => Redirect::to(&href(
+            "/read",
+            &[("folder", &form.folder), ("uid", &form.uid.to_string())],
+        ))
+        .into_response(),
+        Err(e) => failure(chrome(&app, &view, &form.folder).await.ok(), &e),
+    }
 }
 
 #[derive(Deserialize, Default)]

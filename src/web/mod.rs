@@ -14,6 +14,7 @@ pub mod serve;
 pub mod session;
 
 pub use backend::{
-    Backend, BackendError, Client, FolderPage, FolderSummary, ListedMessage, LoginError, Outgoing,
+    Action, Backend, BackendError, Client, FolderPage, FolderSummary, ListedMessage, LoginError,
+    Outgoing, StoredMessage,
 };
 pub use serve::{WebListener, WebServer, WebSettings};

@@ -59,6 +59,8 @@ pub struct ReadPage {
     pub folder: String,
     pub back: String,
     pub reply: String,
+    pub uid: u32,
+    pub flagged: bool,
     pub view: MessageView,
 }
 

@@ -8,6 +8,7 @@ usage: web_client.py URL SCENARIO ARGS...   (URL: http://127.0.0.1:PORT or https
   throttle USER COUNT           COUNT wrong passwords: the statuses
   read USER PASSWORD SUBJECT    the list, then the message with SUBJECT, then the list again
   send USER PASSWORD TO SUBJECT BODY   compose (mailto-style URL), send
+  act USER PASSWORD SUBJECT     flag the message with SUBJECT, then delete it (to Trash)
   expire USER PASSWORD SECONDS  the inbox right after login and again SECONDS later
   (--cafile PEM: the CA to trust for https)
 """
@@ -140,6 +141,25 @@ def send(b, user, password, to, subject, body):
             "sent_folder": sent_folder["body"]}
 
 
+def act(b, user, password, subject):
+    b.login(user, password)
+    inbox = b.request("GET", "/mail?folder=INBOX")
+    links = re.findall(r'<a href="(/read\?[^"]+)">([^<]*)</a>', inbox["body"])
+    target = html.unescape([h for h, s in links if html.unescape(s) == subject][0])
+    uid = urllib.parse.parse_qs(urllib.parse.urlsplit(target).query)["uid"][0]
+    page = b.request("GET", target)
+    token = csrf(page["body"])
+    out = {"forged": b.request("POST", "/act", {"csrf": "0", "folder": "INBOX", "uid": uid, "action": "flag"})["status"]}
+    flag = b.request("POST", "/act", {"csrf": token, "folder": "INBOX", "uid": uid, "action": "flag"})
+    out["flag"] = {"status": flag["status"], "location": flag["location"]}
+    out["flagged_marks"] = b.request("GET", "/mail?folder=INBOX")["body"].count('title="flagged"')
+    trash = b.request("POST", "/act", {"csrf": token, "folder": "INBOX", "uid": uid, "action": "trash"})
+    out["trash"] = {"status": trash["status"], "location": trash["location"]}
+    out["inbox_after"] = b.request("GET", "/mail?folder=INBOX")["body"]
+    out["trash_folder"] = b.request("GET", "/mail?folder=Trash")["body"]
+    return out
+
+
 def expire(b, user, password, seconds):
     login = b.login(user, password)
     first = b.request("GET", "/mail?folder=INBOX")
@@ -158,7 +178,7 @@ def main():
         cafile = args[i + 1]
         del args[i:i + 2]
     b = Browser(base, cafile)
-    result = {"security": security, "throttle": throttle, "read": read, "send": send, "expire": expire}[scenario](b, *args)
+    result = {"security": security, "throttle": throttle, "read": read, "send": send, "expire": expire, "act": act}[scenario](b, *args)
     print(json.dumps(result))
 
 

@@ -8,12 +8,13 @@ use axum::http::Request as HttpRequest;
 use tower::ServiceExt;
 
 use super::*;
-use crate::web::backend::{BoxFuture, FolderPage, FolderSummary, ListedMessage};
+use crate::web::backend::{BoxFuture, FolderPage, FolderSummary, ListedMessage, StoredMessage};
 
 #[derive(Default)]
 struct Memory {
     sent: StdMutex<Vec<(String, Outgoing)>>,
     seen: StdMutex<Vec<u32>>,
+    acted: StdMutex<Vec<(String, u32, Action)>>,
 }
 
 const TEXT_MESSAGE: &[u8] =
@@ -87,7 +88,7 @@ impl Backend for Memory {
         _folder: String,
         uid: u32,
         mark_seen: bool,
-    ) -> BoxFuture<'_, Result<Vec<u8>, BackendError>> {
+    ) -> BoxFuture<'_, Result<StoredMessage, BackendError>> {
         Box::pin(async move {
             if uid != 7 {
                 return Err(BackendError::NoSuchMessage);
@@ -95,7 +96,23 @@ impl Backend for Memory {
             if mark_seen {
                 self.seen.lock().unwrap().push(uid);
             }
-            Ok(TEXT_MESSAGE.to_vec())
+            Ok(StoredMessage {
+                raw: TEXT_MESSAGE.to_vec(),
+                flagged: false,
+            })
+        })
+    }
+
+    fn act(
+        &self,
+        _user: String,
+        folder: String,
+        uid: u32,
+        action: Action,
+    ) -> BoxFuture<'_, Result<(), BackendError>> {
+        Box::pin(async move {
+            self.acted.lock().unwrap().push((folder, uid, action));
+            Ok(())
         })
     }
 
@@ -568,4 +585,67 @@ fn paging_clamps() {
     assert_eq!(paging(120, 3, 50), (100, 3, 3));
     assert_eq!(paging(120, 9, 50), (100, 3, 3));
     assert_eq!(paging(120, 0, 50), (0, 1, 3));
+}
+
+#[test]
+fn the_reading_page_acts_with_the_token_only() {
+    block_on(async {
+        let h = Harness::new(false);
+        let session = h.login().await;
+        let page = h
+            .call(
+                "GET",
+                "/read?folder=INBOX&uid=7",
+                &[(SESSION_COOKIE, &session)],
+                None,
+            )
+            .await;
+        assert!(page.body.contains("value=\"flag\""), "{}", page.body);
+        assert!(!page.body.contains("value=\"unflag\""));
+        let csrf = page.csrf();
+        let forged = h
+            .call(
+                "POST",
+                "/act",
+                &[(SESSION_COOKIE, &session)],
+                Some("csrf=x&folder=INBOX&uid=7&action=trash"),
+            )
+            .await;
+        assert_eq!(forged.status, StatusCode::FORBIDDEN);
+        assert!(h.backend.acted.lock().unwrap().is_empty());
+        let flag = h
+            .call(
+                "POST",
+                "/act",
+                &[(SESSION_COOKIE, &session)],
+                Some(&format!("csrf={csrf}&folder=INBOX&uid=7&action=flag")),
+            )
+            .await;
+        assert_eq!(flag.location(), Some("/read?folder=INBOX&uid=7"));
+        let trash = h
+            .call(
+                "POST",
+                "/act",
+                &[(SESSION_COOKIE, &session)],
+                Some(&format!("csrf={csrf}&folder=INBOX&uid=7&action=trash")),
+            )
+            .await;
+        assert_eq!(trash.location(), Some("/mail?folder=INBOX"));
+        let odd = h
+            .call(
+                "POST",
+                "/act",
+                &[(SESSION_COOKIE, &session)],
+                Some(&format!("csrf={csrf}&folder=INBOX&uid=7&action=burn")),
+            )
+            .await;
+        assert_eq!(odd.status, StatusCode::BAD_REQUEST);
+        assert_eq!(
+            *h.backend.acted.lock().unwrap(),
+            [
+                ("INBOX".to_string(), 7, Action::Flagged(true)),
+                ("INBOX".to_string(), 7, Action::Trash)
+            ]
+        );
+    });
 }
