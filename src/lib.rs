@@ -60,3 +60,4 @@ pub mod server;
 pub mod smtp;
 pub mod spool;
 pub mod tune;
+pub mod web;

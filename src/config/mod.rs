@@ -1,5 +1,5 @@
 //! The typed configuration: one TOML file, one section per owner (`[server] [smtp] [spool]
-//! [relay] [local] [pop3] [imap] [policy] [delivery] [admin] [tls] [dkim] [verify] [dmarc]`), each in its own file here.
+//! [relay] [local] [pop3] [imap] [policy] [delivery] [admin] [tls] [dkim] [verify] [dmarc] [web]`), each in its own file here.
 //!
 //! Role: turn operator text into values the rest of the relay can trust. Every key has a
 //! default (see `defaults.rs` and each section, where each keeps its RFC or reason); unknown
@@ -27,6 +27,7 @@ pub mod spool;
 pub mod tls;
 pub mod units;
 pub mod verify;
+pub mod web;
 
 use std::path::{Path, PathBuf};
 
@@ -49,6 +50,7 @@ pub use spool::SpoolSection;
 pub use tls::TlsSection;
 pub use units::{ByteSize, Interval};
 pub use verify::VerifySection;
+pub use web::WebSection;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -149,6 +151,8 @@ pub struct Config {
     pub verify: VerifySection,
     /// DMARC aggregate reports.
     pub dmarc: DmarcSection,
+    /// Web mail.
+    pub web: WebSection,
     /// The file this was loaded from (`Config::load`), read again on SIGHUP for `[dkim]`.
     #[serde(skip)]
     pub source: Option<PathBuf>,
@@ -290,12 +294,14 @@ impl Config {
         self.pop3.check()?;
         self.imap.check()?;
         self.tls.check()?;
+        self.web.check()?;
         // Implicit TLS needs the certificate of `[tls]`.
         if !self.tls.server_enabled() {
             for (key, listen) in [
                 ("smtp.tls_listen", &self.smtp.tls_listen),
                 ("pop3.tls_listen", &self.pop3.tls_listen),
                 ("imap.tls_listen", &self.imap.tls_listen),
+                ("web.tls_listen", &self.web.tls_listen),
             ] {
                 if !listen.is_empty() {
                     return Err(invalid(

@@ -24,6 +24,7 @@ pub mod signing;
 pub mod smtp;
 pub mod starttls;
 pub mod verifying;
+pub mod web_store;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -90,6 +91,8 @@ pub enum ServerError {
     Dkim(#[from] crate::sender_auth::sign::KeyError),
     #[error("dmarc reports: {0}")]
     DmarcReports(String),
+    #[error("web: {0}")]
+    Web(String),
 }
 
 impl From<SpoolError> for ServerError {
@@ -198,11 +201,14 @@ pub fn run(config: Config) -> Result<(), ServerError> {
         &config, hostname, &stores, delivery, server_tls, signing, phase_rx,
     )?;
 
+    let web = web_store::Web::start(&config, &contexts)?;
+
     let (events_tx, events_rx) = channel::unbounded();
     let threads = start_shards(engine, sockets, startup, &contexts, &events_tx)?;
     drop(events_tx);
     if let Err(error) = wait_ready(&events_rx, shards) {
         let _ = phase_tx.send(Phase::Stopping);
+        web.into_iter().for_each(web_store::Web::stop);
         let _ = close(threads, contexts, admin, None, stores);
         return Err(error);
     }
@@ -228,6 +234,8 @@ pub fn run(config: Config) -> Result<(), ServerError> {
         shards - usize::from(died.is_some()),
         config.server.drain_timeout.0,
     );
+    // Before the spool closes: the web side's store thread appends to it.
+    web.into_iter().for_each(web_store::Web::stop);
     // The shards have exited: no more observations; the reporter writes its counts last.
     if let Some(reporter) = reporter {
         reporter.stop();

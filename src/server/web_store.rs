@@ -1,0 +1,572 @@
+//! The web pages' [`Backend`] answered by the server: a thread of its own (not a shard)
+//! holds a shard-style context and runs each request there, so logins go through the
+//! shared throttling and hash pool, reads and flag changes through the mail store (writes
+//! durable in the user's turn), and sending through the same ingest as an authenticated
+//! SMTP submission (DKIM-signed, durable in the spool before Ok, handed to delivery).
+//!
+//! Requests cross from the web runtime to this thread over a bounded channel; a full
+//! channel makes the page wait, a stopped thread answers "unavailable".
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use tokio::sync::{mpsc, oneshot};
+
+use super::auth::{Denied, Proof};
+use super::imap_store::UserStoreLink;
+use super::shard::{Protocol, ShardContext};
+use super::{Contexts, ServerError};
+use crate::config::Config;
+use crate::envelope::{Envelope, Origin, Recipient};
+use crate::imap::store as imap_store;
+use crate::mailstore::FlagMode;
+use crate::smtp::{Lookup, Password, Submission, SubmitError};
+use crate::spool::state::{self as st, system_flag};
+use crate::web::backend::BoxFuture;
+use crate::web::{
+    Action, Backend, BackendError, Client, FolderPage, FolderSummary, ListedMessage, LoginError,
+    Outgoing, StoredMessage, WebListener, WebServer, WebSettings,
+};
+
+type Job = Box<dyn FnOnce(Rc<ShardContext>) -> Pin<Box<dyn Future<Output = ()>>> + Send>;
+
+/// Requests waiting for the store thread.
+const QUEUE: usize = 256;
+/// The header section shown in a list is cut here (a list needs From, Subject, Date).
+const LIST_HEADER_MAX: usize = 16 * 1024;
+
+/// The web side when `[web]` listens: its runtime and the store thread behind it.
+pub struct Web {
+    server: WebServer,
+    store: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Web {
+    /// Binds `[web]`'s listeners, starts the store thread (its context made like shard
+    /// 0's, appending to shard 0's spool writer) and the web runtime.
+    pub(super) fn start(
+        config: &Config,
+        contexts: &Arc<Contexts>,
+    ) -> Result<Option<Web>, ServerError> {
+        let web = &config.web;
+        if !web.enabled() {
+            return Ok(None);
+        }
+        let mut listeners = Vec::new();
+        for (addrs, tls, name) in [
+            (&web.listen, false, "http"),
+            (&web.tls_listen, true, "https"),
+        ] {
+            for addr in addrs {
+                let socket = std::net::TcpListener::bind(addr)
+                    .map_err(|e| ServerError::Web(format!("cannot listen on {addr}: {e}")))?;
+                let local = socket.local_addr().unwrap_or(*addr);
+                tracing::info!(protocol = name, addr = %local, "listening");
+                listeners.push(WebListener { socket, tls });
+            }
+        }
+        let tls = contexts.server_tls.as_ref().map(|t| t.config());
+        let (jobs, queue) = mpsc::channel::<Job>(QUEUE);
+        let make = contexts.maker(0);
+        let store = std::thread::Builder::new()
+            .name("web-store".into())
+            .spawn(move || run_store(make, queue))
+            .map_err(ServerError::Thread)?;
+        let domain = config
+            .local
+            .domains
+            .first()
+            .cloned()
+            .unwrap_or_else(|| "localhost".into());
+        let backend = Arc::new(StoreBackend { jobs, domain });
+        let settings = WebSettings {
+            threads: web.threads,
+            sessions_max: web.sessions_max,
+            session_idle: web.session_idle_timeout.0,
+            session_absolute: web.session_absolute_timeout.0,
+            page_size: web.page_size,
+            body_max: usize::try_from(web.request_body_max.0).unwrap_or(usize::MAX),
+        };
+        let server = WebServer::start(listeners, tls, backend, settings)
+            .map_err(|e| ServerError::Web(e.to_string()))?;
+        Ok(Some(Web {
+            server,
+            store: Some(store),
+        }))
+    }
+
+    /// Stops the web runtime (dropping the last request sender), then joins the store
+    /// thread: after this nothing of the web side holds the spool.
+    pub fn stop(mut self) {
+        self.server.stop();
+        if let Some(store) = self.store.take() {
+            let _ = store.join();
+        }
+    }
+}
+
+fn run_store(make: Box<dyn FnOnce() -> ShardContext + Send>, mut queue: mpsc::Receiver<Job>) {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            tracing::error!(target: "relay::web", %error, "cannot start the web store thread");
+            return;
+        }
+    };
+    let local = tokio::task::LocalSet::new();
+    local.block_on(&runtime, async move {
+        let ctx = Rc::new(make());
+        while let Some(job) = queue.recv().await {
+            tokio::task::spawn_local(job(Rc::clone(&ctx)));
+        }
+    });
+}
+
+struct StoreBackend {
+    jobs: mpsc::Sender<Job>,
+    domain: String,
+}
+
+impl StoreBackend {
+    /// Runs `work` on the store thread and waits for its answer.
+    async fn run<T, W>(&self, work: W) -> Result<T, BackendError>
+    where
+        T: Send + 'static,
+        W: FnOnce(Rc<ShardContext>) -> Pin<Box<dyn Future<Output = T>>> + Send + 'static,
+    {
+        let (tx, rx) = oneshot::channel();
+        let job: Job = Box::new(move |ctx| {
+            Box::pin(async move {
+                let _ = tx.send(work(ctx).await);
+            })
+        });
+        self.jobs
+            .send(job)
+            .await
+            .map_err(|_| BackendError::Unavailable)?;
+        rx.await.map_err(|_| BackendError::Unavailable)
+    }
+}
+
+impl Backend for StoreBackend {
+    fn login(
+        &self,
+        client: Client,
+        user: String,
+        password: String,
+    ) -> BoxFuture<'_, Result<String, LoginError>> {
+        Box::pin(async move {
+            let answer = self
+                .run(move |ctx| {
+                    Box::pin(async move {
+                        let proof = Proof::Password {
+                            authzid: None,
+                            user,
+                            password: Password::new(password),
+                        };
+                        // IMAP's policy: one failure count for the two ways into the
+                        // folders, so a guesser gains nothing by switching.
+                        let checked = ctx.auth.check(Protocol::Imap, client.peer.ip(), proof).await;
+                        if let Ok(name) = &checked {
+                            let now = unix_now();
+                            let created = ctx
+                                .mail_store
+                                .change(&ctx.spool, name, |s| Ok((s.ensure_defaults(now), ())))
+                                .await;
+                            if let Err(error) = created {
+                                tracing::warn!(target: "relay::web", %error, "default folders not created");
+                            }
+                        }
+                        checked
+                    })
+                })
+                .await;
+            match answer {
+                Ok(Ok(name)) => Ok(name),
+                Ok(Err(Denied::Invalid)) => Err(LoginError::Invalid),
+                Ok(Err(Denied::Locked)) => Err(LoginError::Locked),
+                Ok(Err(Denied::Busy)) | Err(_) => Err(LoginError::Busy),
+            }
+        })
+    }
+
+    fn folders(&self, user: String) -> BoxFuture<'_, Result<Vec<FolderSummary>, BackendError>> {
+        Box::pin(async move {
+            self.run(move |ctx| {
+                Box::pin(async move {
+                    ctx.mail_store.folders().with(&user, |s| {
+                        s.list()
+                            .into_iter()
+                            .filter_map(|e| {
+                                let status = s.status(e.folder?).ok()?;
+                                Some(FolderSummary {
+                                    name: e.name,
+                                    messages: status.messages,
+                                    unseen: status.unseen,
+                                })
+                            })
+                            .collect()
+                    })
+                })
+            })
+            .await
+        })
+    }
+
+    fn page(
+        &self,
+        user: String,
+        folder: String,
+        skip: usize,
+        count: usize,
+    ) -> BoxFuture<'_, Result<FolderPage, BackendError>> {
+        Box::pin(async move {
+            self.run(move |ctx| {
+                Box::pin(async move {
+                    let picked = ctx.mail_store.folders().with(&user, |s| {
+                        let id = s.folder_id(&folder).ok_or(BackendError::NoSuchFolder)?;
+                        let snap = s.snapshot(id).map_err(|_| BackendError::NoSuchFolder)?;
+                        let total = snap.messages.len();
+                        let page: Vec<_> = snap
+                            .messages
+                            .into_iter()
+                            .rev()
+                            .skip(skip)
+                            .take(count)
+                            .collect();
+                        Ok::<_, BackendError>((total, page))
+                    })?;
+                    let (total, page) = picked;
+                    let mut messages = Vec::with_capacity(page.len());
+                    for (uid, entry) in page {
+                        let mut header = match ctx.store.read_body(entry.id) {
+                            Ok(body) => body,
+                            Err(error) => {
+                                tracing::warn!(target: "relay::web", %error, "cannot read a message");
+                                Vec::new()
+                            }
+                        };
+                        header.truncate(header_end(&header).min(LIST_HEADER_MAX));
+                        messages.push(ListedMessage {
+                            uid,
+                            seen: entry.flags.system & system_flag::SEEN != 0,
+                            flagged: entry.flags.system & system_flag::FLAGGED != 0,
+                            size: u32::try_from(entry.size).unwrap_or(u32::MAX),
+                            internal_date: entry.internal_date,
+                            header,
+                        });
+                    }
+                    Ok(FolderPage { total, messages })
+                })
+            })
+            .await?
+        })
+    }
+
+    fn message(
+        &self,
+        user: String,
+        folder: String,
+        uid: u32,
+        mark_seen: bool,
+    ) -> BoxFuture<'_, Result<StoredMessage, BackendError>> {
+        Box::pin(async move {
+            self.run(move |ctx| {
+                Box::pin(async move {
+                    let found = ctx.mail_store.folders().with(&user, |s| {
+                        let id = s.folder_id(&folder)?;
+                        let entry = s.entry(id, uid)?;
+                        let system = entry.flags.system;
+                        Some((id, entry.id, system))
+                    });
+                    let (folder_id, queue_id, system) = found.ok_or(BackendError::NoSuchMessage)?;
+                    let seen = system & system_flag::SEEN != 0;
+                    let body = ctx.store.read_body(queue_id).map_err(|error| {
+                        tracing::warn!(target: "relay::web", %error, "cannot read a message");
+                        BackendError::Unavailable
+                    })?;
+                    if mark_seen && !seen {
+                        let flags = st::Flags {
+                            system: system_flag::SEEN,
+                            keywords: Vec::new(),
+                        };
+                        let marked = ctx
+                            .mail_store
+                            .change(&ctx.spool, &user, |s| {
+                                let out =
+                                    s.store_flags(folder_id, &[uid], FlagMode::Add, &flags, None)?;
+                                Ok((out.record, ()))
+                            })
+                            .await;
+                        if let Err(error) = marked {
+                            tracing::warn!(target: "relay::web", %error, "not marked read");
+                        }
+                    }
+                    Ok(StoredMessage {
+                        raw: body,
+                        flagged: system & system_flag::FLAGGED != 0,
+                    })
+                })
+            })
+            .await?
+        })
+    }
+
+    fn act(
+        &self,
+        user: String,
+        folder: String,
+        uid: u32,
+        action: Action,
+    ) -> BoxFuture<'_, Result<(), BackendError>> {
+        Box::pin(async move {
+            self.run(move |ctx| {
+                Box::pin(async move { act(&ctx, &user, &folder, uid, action).await })
+            })
+            .await?
+        })
+    }
+
+    fn send(
+        &self,
+        client: Client,
+        user: String,
+        outgoing: Outgoing,
+    ) -> BoxFuture<'_, Result<(), BackendError>> {
+        let from = self.address_of(&user);
+        Box::pin(async move {
+            self.run(move |ctx| {
+                Box::pin(async move { submit(&ctx, client, user, from, outgoing).await })
+            })
+            .await?
+        })
+    }
+
+    fn address_of(&self, user: &str) -> String {
+        if user.contains('@') {
+            user.to_string()
+        } else {
+            format!("{user}@{}", self.domain)
+        }
+    }
+}
+
+/// One reader's change to one message, each step durable in the user's turn.
+async fn act(
+    ctx: &ShardContext,
+    user: &str,
+    folder: &str,
+    uid: u32,
+    action: Action,
+) -> Result<(), BackendError> {
+    let found = ctx.mail_store.folders().with(user, |s| {
+        let id = s.folder_id(folder)?;
+        s.entry(id, uid)?;
+        let trash = s
+            .list()
+            .into_iter()
+            .find(|e| e.special_use == Some(st::SpecialUse::Trash))
+            .and_then(|e| e.folder);
+        Some((id, trash))
+    });
+    let (id, trash) = found.ok_or(BackendError::NoSuchMessage)?;
+    let flag = |bit: u8, mode: FlagMode| {
+        let flags = st::Flags {
+            system: bit,
+            keywords: Vec::new(),
+        };
+        ctx.mail_store.change(&ctx.spool, user, move |s| {
+            let out = s.store_flags(id, &[uid], mode, &flags, None)?;
+            Ok((out.record, ()))
+        })
+    };
+    let mode = |on: bool| if on { FlagMode::Add } else { FlagMode::Remove };
+    let done = match action {
+        Action::Seen(on) => flag(system_flag::SEEN, mode(on)).await,
+        Action::Flagged(on) => flag(system_flag::FLAGGED, mode(on)).await,
+        Action::Trash => match trash {
+            Some(trash) if trash != id => {
+                ctx.mail_store
+                    .change(&ctx.spool, user, |s| {
+                        Ok((s.move_(id, &[uid], trash)?.record, ()))
+                    })
+                    .await
+            }
+            // In Trash (or without one): gone for good, as an IMAP client's delete.
+            _ => {
+                flag(system_flag::DELETED, FlagMode::Add)
+                    .await
+                    .map_err(|e| self_failed(user, e))?;
+                ctx.mail_store
+                    .change(&ctx.spool, user, |s| {
+                        Ok((s.expunge(id, Some(&[uid]))?.record, ()))
+                    })
+                    .await
+            }
+        },
+    };
+    done.map_err(|e| self_failed(user, e))
+}
+
+fn self_failed(user: &str, error: crate::mailbox::ChangeError) -> BackendError {
+    match error {
+        crate::mailbox::ChangeError::Refused(e) => BackendError::Refused(e.to_string()),
+        error => {
+            tracing::warn!(target: "relay::web", user = %crate::logsafe::Safe(user), %error, "change not stored");
+            BackendError::Unavailable
+        }
+    }
+}
+
+/// The authenticated-submission path for a message composed in the browser, then its copy
+/// in Sent.
+async fn submit(
+    ctx: &ShardContext,
+    client: Client,
+    user: String,
+    from: String,
+    outgoing: Outgoing,
+) -> Result<(), BackendError> {
+    let config = &ctx.session_config;
+    let size = outgoing.message.len() as u64;
+    if size > config.message_size_max {
+        return Err(BackendError::Refused(format!(
+            "The message is larger than this server accepts ({} bytes).",
+            config.message_size_max
+        )));
+    }
+    if outgoing.recipients.len() > config.recipients_max {
+        return Err(BackendError::Refused(format!(
+            "At most {} recipients.",
+            config.recipients_max
+        )));
+    }
+    let mime = config
+        .policy
+        .check(&outgoing.message)
+        .map_err(|e| BackendError::Refused(format!("Refused by policy: {e}")))?;
+    let mut mailboxes: Vec<String> = Vec::new();
+    let mut remote: Vec<String> = Vec::new();
+    for address in &outgoing.recipients {
+        let domain = address.rsplit_once('@').map_or("", |(_, d)| d);
+        let local = config
+            .local_domains
+            .iter()
+            .any(|d| d.eq_ignore_ascii_case(domain));
+        match (&config.mailboxes, local) {
+            (Some(known), true) => match known.0.lookup(address, size) {
+                Lookup::Deliver {
+                    mailboxes: to,
+                    forward,
+                } => {
+                    mailboxes.extend(to);
+                    remote.extend(forward);
+                }
+                Lookup::Unknown => {
+                    return Err(BackendError::Refused(format!(
+                        "No such user here: {address}"
+                    )))
+                }
+                Lookup::OverQuota => {
+                    return Err(BackendError::Refused(format!(
+                        "The mailbox of {address} is full."
+                    )))
+                }
+            },
+            (None, true) => {
+                return Err(BackendError::Refused(format!(
+                    "No such user here: {address}"
+                )))
+            }
+            (_, false) => remote.push(address.clone()),
+        }
+    }
+    mailboxes.sort();
+    mailboxes.dedup();
+    remote.sort();
+    remote.dedup();
+    let message = outgoing.message.clone();
+    let submission = Submission {
+        envelope: Envelope {
+            reverse_path: from,
+            params: Default::default(),
+            recipients: outgoing
+                .recipients
+                .iter()
+                .map(|address| Recipient {
+                    address: address.clone(),
+                    notify: None,
+                    orcpt: None,
+                })
+                .collect(),
+        },
+        mailboxes,
+        remote,
+        mime,
+        origin: Origin {
+            client_ip: client.peer.ip().to_string(),
+            client_port: client.peer.port(),
+            helo: "webmail".into(),
+            protocol: if client.tls { "HTTPS" } else { "HTTP" }.into(),
+        },
+        body: outgoing.message,
+        mail_at: SystemTime::now(),
+        authenticated: Some(user.clone()),
+        relay_client: false,
+        tls: None,
+    };
+    super::ingest::accept(ctx, submission, client.peer)
+        .await
+        .map_err(|error| match error {
+            SubmitError::Backpressure | SubmitError::Storage => BackendError::Unavailable,
+            other => BackendError::Refused(other.to_string()),
+        })?;
+    keep_in_sent(ctx, &user, client.peer, message).await;
+    Ok(())
+}
+
+/// The copy in the user's Sent folder (the special-use one), as IMAP APPEND stores it. The
+/// message is on its way already, so a failure here is logged, not shown as "not sent".
+async fn keep_in_sent(ctx: &ShardContext, user: &str, peer: SocketAddr, message: Vec<u8>) {
+    let sent = ctx.mail_store.folders().with(user, |s| {
+        s.list()
+            .into_iter()
+            .find(|e| e.special_use == Some(st::SpecialUse::Sent))
+            .map(|e| e.name)
+    });
+    let Some(sent) = sent else {
+        tracing::warn!(target: "relay::web", user = %crate::logsafe::Safe(user), "no Sent folder; no copy kept");
+        return;
+    };
+    let mut link = UserStoreLink::new(user.to_string(), peer);
+    let request = imap_store::Request::Append {
+        to: sent,
+        flags: imap_store::Flags {
+            system: imap_store::system_flag::SEEN,
+            keywords: Vec::new(),
+        },
+        date: None,
+        message,
+    };
+    if let imap_store::Answer::Append(Err(error)) = link.serve(ctx, request).await {
+        tracing::warn!(target: "relay::web", user = %crate::logsafe::Safe(user), ?error, "copy not kept in Sent");
+    }
+}
+
+/// Where the header section ends (after its blank line), or the whole length.
+fn header_end(message: &[u8]) -> usize {
+    memchr::memmem::find(message, b"\r\n\r\n").map_or(message.len(), |at| at + 4)
+}
+
+fn unix_now() -> i64 {
+    SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(0))
+}

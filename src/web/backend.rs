@@ -1,0 +1,146 @@
+//! The seam between the pages and the mail store: everything a page needs from the relay
+//! (logins, folders, messages, submission) as one object-safe trait. The server answers it
+//! from its store and spool (`server::web_store`); the pages' tests answer it from memory.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// Why a login failed (the page says the same for the first two: no user enumeration).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum LoginError {
+    #[error("invalid credentials")]
+    Invalid,
+    #[error("too many failures")]
+    Locked,
+    #[error("password checks are busy")]
+    Busy,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BackendError {
+    #[error("no such folder")]
+    NoSuchFolder,
+    #[error("no such message")]
+    NoSuchMessage,
+    /// The recipient or the message is refused, with a reason a person can read.
+    #[error("{0}")]
+    Refused(String),
+    /// Storage or the store thread is not available: try again later.
+    #[error("temporarily unavailable")]
+    Unavailable,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FolderSummary {
+    pub name: String,
+    pub messages: u32,
+    pub unseen: u32,
+}
+
+/// One message of a folder's list: its store metadata and the stored bytes of its header
+/// section (the page decodes From, Subject and Date from them).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListedMessage {
+    pub uid: u32,
+    pub seen: bool,
+    pub flagged: bool,
+    pub size: u32,
+    /// Seconds since the epoch (the store's internal date).
+    pub internal_date: i64,
+    pub header: Vec<u8>,
+}
+
+/// One page of a folder, newest first.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FolderPage {
+    pub total: usize,
+    pub messages: Vec<ListedMessage>,
+}
+
+/// A change a reader asks for on one message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    /// Set (true) or clear \Seen.
+    Seen(bool),
+    /// Set (true) or clear \Flagged.
+    Flagged(bool),
+    /// Move to the Trash folder; in Trash, delete for good.
+    Trash,
+}
+
+/// A stored message and the flags the reading page offers to change.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredMessage {
+    pub raw: Vec<u8>,
+    pub flagged: bool,
+}
+
+/// A message to submit: complete RFC 5322 bytes (CRLF) and its envelope recipients.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outgoing {
+    pub recipients: Vec<String>,
+    pub message: Vec<u8>,
+}
+
+/// Where a request came from and over what.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Client {
+    pub peer: SocketAddr,
+    pub tls: bool,
+}
+
+pub trait Backend: Send + Sync + 'static {
+    /// Checks a name and password under the relay's login limits; the directory's name for
+    /// the user on success (the default folders exist from then on).
+    fn login(
+        &self,
+        client: Client,
+        user: String,
+        password: String,
+    ) -> BoxFuture<'_, Result<String, LoginError>>;
+
+    /// The user's folders with their counts, in the store's order.
+    fn folders(&self, user: String) -> BoxFuture<'_, Result<Vec<FolderSummary>, BackendError>>;
+
+    /// `count` messages of `folder` from the `skip`-th newest on.
+    fn page(
+        &self,
+        user: String,
+        folder: String,
+        skip: usize,
+        count: usize,
+    ) -> BoxFuture<'_, Result<FolderPage, BackendError>>;
+
+    /// A whole stored message; `mark_seen` sets \Seen (durable before the answer).
+    fn message(
+        &self,
+        user: String,
+        folder: String,
+        uid: u32,
+        mark_seen: bool,
+    ) -> BoxFuture<'_, Result<StoredMessage, BackendError>>;
+
+    /// Applies `action` to one message (durable before Ok).
+    fn act(
+        &self,
+        user: String,
+        folder: String,
+        uid: u32,
+        action: Action,
+    ) -> BoxFuture<'_, Result<(), BackendError>>;
+
+    /// Submits as the user (the authenticated-submission path: durable in the spool before
+    /// Ok), then keeps a copy in the Sent folder.
+    fn send(
+        &self,
+        client: Client,
+        user: String,
+        outgoing: Outgoing,
+    ) -> BoxFuture<'_, Result<(), BackendError>>;
+
+    /// The address the user sends from (`From:` and the envelope sender).
+    fn address_of(&self, user: &str) -> String;
+}

@@ -1,0 +1,91 @@
+//! The pages, compiled into the binary (askama templates under `src/web/templates`; every
+//! value escaped unless a field is sanitised HTML).
+
+use askama::Template;
+
+use super::render::MessageView;
+
+#[derive(Debug, Clone)]
+pub struct FolderLink {
+    pub name: String,
+    pub href: String,
+    pub unseen: u32,
+    pub current: bool,
+}
+
+/// The header and folder list around every page of a logged-in user.
+#[derive(Debug, Clone)]
+pub struct Chrome {
+    pub user: String,
+    pub csrf: String,
+    pub folders: Vec<FolderLink>,
+}
+
+#[derive(Template)]
+#[template(path = "login.html", config = "src/web/askama.toml")]
+pub struct LoginPage {
+    pub csrf: String,
+    pub user: String,
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Row {
+    pub href: String,
+    pub from: String,
+    pub subject: String,
+    pub date: String,
+    pub seen: bool,
+    pub flagged: bool,
+}
+
+#[derive(Template)]
+#[template(path = "list.html", config = "src/web/askama.toml")]
+pub struct ListPage {
+    pub chrome: Chrome,
+    pub folder: String,
+    pub total: usize,
+    pub rows: Vec<Row>,
+    pub page: usize,
+    pub pages: usize,
+    pub newer: Option<String>,
+    pub older: Option<String>,
+}
+
+#[derive(Template)]
+#[template(path = "read.html", config = "src/web/askama.toml")]
+pub struct ReadPage {
+    pub chrome: Chrome,
+    pub folder: String,
+    pub back: String,
+    pub reply: String,
+    pub uid: u32,
+    pub flagged: bool,
+    pub view: MessageView,
+}
+
+#[derive(Template)]
+#[template(path = "compose.html", config = "src/web/askama.toml")]
+pub struct ComposePage {
+    pub chrome: Chrome,
+    pub from: String,
+    pub to: String,
+    pub cc: String,
+    pub subject: String,
+    pub body: String,
+    pub error: Option<String>,
+}
+
+#[derive(Template)]
+#[template(path = "notice.html", config = "src/web/askama.toml")]
+pub struct NoticePage {
+    pub chrome: Option<Chrome>,
+    pub title: String,
+    pub text: String,
+    pub error: bool,
+    pub link: String,
+    pub link_text: String,
+}
+
+/// The stylesheet, embedded.
+pub const STYLE_CSS: &str = include_str!("static/style.css");

@@ -1,0 +1,180 @@
+//! The web runtime: a small multi-thread tokio runtime on its own thread (never a shard's),
+//! one accept loop per listener, TLS by rustls with the relay's certificate, HTTP/1.1 by
+//! hyper with a header-read timeout and a bound on connections.
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::sync::{oneshot, Semaphore};
+
+use super::backend::{Backend, Client};
+use super::http::{router, App};
+use super::session::SessionTable;
+
+/// Connections served at once, all listeners together.
+const CONNECTIONS_MAX: usize = 1024;
+/// A request head must arrive within this; so must a TLS handshake.
+const HEAD_TIMEOUT: Duration = Duration::from_secs(30);
+
+#[derive(Debug, Clone)]
+pub struct WebSettings {
+    pub threads: usize,
+    pub sessions_max: usize,
+    pub session_idle: Duration,
+    pub session_absolute: Duration,
+    pub page_size: usize,
+    pub body_max: usize,
+}
+
+/// A bound socket and whether it speaks TLS.
+pub struct WebListener {
+    pub socket: std::net::TcpListener,
+    pub tls: bool,
+}
+
+/// The running web side; [`WebServer::stop`] ends it.
+pub struct WebServer {
+    stop: Option<oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl WebServer {
+    /// Starts serving `listeners`; `tls` is needed when one of them is TLS.
+    pub fn start(
+        listeners: Vec<WebListener>,
+        tls: Option<Arc<rustls::ServerConfig>>,
+        backend: Arc<dyn Backend>,
+        settings: WebSettings,
+    ) -> io::Result<WebServer> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(settings.threads.max(1))
+            .thread_name("web")
+            .enable_io()
+            .enable_time()
+            .build()?;
+        let app = Arc::new(App {
+            backend,
+            sessions: Mutex::new(SessionTable::new(
+                settings.sessions_max,
+                settings.session_idle,
+                settings.session_absolute,
+            )),
+            page_size: settings.page_size,
+        });
+        let router = router(app, settings.body_max);
+        let (stop, stopped) = oneshot::channel::<()>();
+        // Registered with the runtime's reactor here, so a bind problem is an error now.
+        let mut bound = Vec::new();
+        {
+            let _entered = runtime.enter();
+            for listener in listeners {
+                listener.socket.set_nonblocking(true)?;
+                bound.push((
+                    tokio::net::TcpListener::from_std(listener.socket)?,
+                    listener.tls,
+                ));
+            }
+        }
+        let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
+        let thread = std::thread::Builder::new()
+            .name("web-main".into())
+            .spawn(move || {
+                runtime.block_on(async move {
+                    let limit = Arc::new(Semaphore::new(CONNECTIONS_MAX));
+                    let mut loops = Vec::new();
+                    for (listener, tls) in bound {
+                        let acceptor = if tls { acceptor.clone() } else { None };
+                        loops.push(tokio::spawn(accept_loop(
+                            listener,
+                            acceptor,
+                            router.clone(),
+                            Arc::clone(&limit),
+                        )));
+                    }
+                    let _ = stopped.await;
+                    for l in loops {
+                        l.abort();
+                    }
+                });
+                runtime.shutdown_timeout(Duration::from_secs(2));
+            })?;
+        Ok(WebServer {
+            stop: Some(stop),
+            thread: Some(thread),
+        })
+    }
+
+    /// Stops accepting, gives requests in flight a moment, and joins the runtime's thread.
+    pub fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+async fn accept_loop(
+    listener: tokio::net::TcpListener,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    router: axum::Router,
+    limit: Arc<Semaphore>,
+) {
+    loop {
+        let Ok(permit) = Arc::clone(&limit).acquire_owned().await else {
+            return;
+        };
+        let (stream, peer) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(error) => {
+                tracing::debug!(target: "relay::web", %error, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let router = router.clone();
+        let tls = tls.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            match tls {
+                None => serve_connection(stream, peer, false, router).await,
+                Some(acceptor) => {
+                    match tokio::time::timeout(HEAD_TIMEOUT, acceptor.accept(stream)).await {
+                        Ok(Ok(stream)) => serve_connection(stream, peer, true, router).await,
+                        Ok(Err(error)) => {
+                            tracing::debug!(target: "relay::web", client = %peer.ip(), %error, "TLS handshake failed")
+                        }
+                        Err(_) => {
+                            tracing::debug!(target: "relay::web", client = %peer.ip(), "TLS handshake timed out")
+                        }
+                    }
+                }
+            }
+        });
+    }
+}
+
+async fn serve_connection<S>(stream: S, peer: SocketAddr, tls: bool, router: axum::Router)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let client = Client { peer, tls };
+    let service = hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
+        request.extensions_mut().insert(client);
+        tower::ServiceExt::oneshot(router.clone(), request)
+    });
+    let served = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEAD_TIMEOUT)
+        .serve_connection(TokioIo::new(stream), service)
+        .await;
+    if let Err(error) = served {
+        tracing::debug!(target: "relay::web", client = %peer.ip(), %error, "connection ended");
+    }
+}

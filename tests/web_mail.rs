@@ -1,0 +1,371 @@
+//! Web mail against the real server: a browser stand-in on Python's http.client
+//! (`tests/py/web_client.py`) logs in through the form and clicks through the pages.
+//! Case I: mail that arrived over SMTP is listed and read (a text `<script>` escaped, an
+//! HTML one stripped); case II: a message sent from the browser reaches a local user (read
+//! back over POP3), a remote next hop (the scripted sink) and the sender's Sent folder.
+//! Also: wrong password, throttling, cookie flags, CSRF refusals, security headers, logout.
+//! The HTTP side does not depend on the I/O engine, but the store and submission paths
+//! behind it run on each engine's spool, so each scenario runs on both.
+
+#[macro_use]
+mod common;
+
+use std::net::SocketAddr;
+use std::process::Command;
+use std::time::Duration;
+
+use common::json::Json;
+use common::pop3::Pop3;
+use common::sinks::Sink;
+use common::{repo_path, Engine, Relay, Settings, TEST_PASSWORD};
+
+engine_tests! {
+    login_cookies_csrf_headers_and_logout: security_uring, security_epoll;
+    repeated_wrong_passwords_are_throttled: throttle_uring, throttle_epoll;
+    mail_from_smtp_is_listed_and_read_safely: read_uring, read_epoll;
+    a_message_sent_from_the_browser_is_delivered_and_kept: send_uring, send_epoll;
+    an_idle_session_expires: expire_uring, expire_epoll;
+    flag_and_delete_to_trash: act_uring, act_epoll;
+    https_with_the_relays_certificate: https_uring, https_epoll;
+}
+
+fn web_settings(engine: Engine) -> Settings {
+    let mut settings = Settings::new(engine);
+    settings
+        .extra_toml
+        .push_str("[web]\nlisten = [\"127.0.0.1:0\"]\n");
+    settings
+}
+
+fn web_addr(relay: &Relay) -> SocketAddr {
+    relay
+        .listening("http")
+        .expect("a `listening protocol=\"http\"` line")
+}
+
+/// Runs one scenario of the browser stand-in; its JSON answer.
+fn browser(relay: &Relay, args: &[&str]) -> Json {
+    browser_at(relay, &format!("http://{}", web_addr(relay)), args)
+}
+
+fn browser_at(relay: &Relay, base: &str, args: &[&str]) -> Json {
+    let output = Command::new("python3")
+        .arg(repo_path("tests/py/web_client.py"))
+        .arg(base)
+        .args(args)
+        .output()
+        .expect("python3 tests/py/web_client.py");
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "web_client {args:?} failed: {}\n{}",
+        String::from_utf8_lossy(&output.stderr),
+        relay.log_lines().join("\n")
+    );
+    Json::parse(text.trim()).unwrap_or_else(|e| panic!("web_client said {text:?}: {e}"))
+}
+
+fn header<'a>(headers: &'a Json, name: &str) -> &'a str {
+    headers
+        .object()
+        .get(name)
+        .map(Json::str)
+        .unwrap_or_else(|| panic!("no {name} header in {headers:?}"))
+}
+
+fn assert_security_headers(headers: &Json) {
+    let csp = header(headers, "content-security-policy");
+    assert!(csp.starts_with("default-src 'none'"), "{csp}");
+    assert!(csp.contains("frame-ancestors 'none'"), "{csp}");
+    assert!(
+        !csp.contains("unsafe-inline") && !csp.contains("script-src"),
+        "{csp}"
+    );
+    assert_eq!(header(headers, "x-content-type-options"), "nosniff");
+    assert_eq!(header(headers, "referrer-policy"), "no-referrer");
+}
+
+fn login_cookies_csrf_headers_and_logout(engine: Engine) {
+    let relay = Relay::start(web_settings(engine));
+    let seen = browser(&relay, &["security", "alice", TEST_PASSWORD]);
+    assert_eq!(seen.get("login_page").get("status").int(), 200);
+    for page in ["login_page", "inbox"] {
+        assert_security_headers(seen.get(page).get("headers"));
+    }
+    assert_security_headers(seen.get("style"));
+    assert_eq!(seen.get("wrong").get("status").int(), 401);
+    assert!(seen
+        .get("wrong")
+        .get("set_cookie")
+        .array()
+        .iter()
+        .all(|c| !c.str().starts_with("relay_session=")));
+    assert_eq!(seen.get("login_without_token").int(), 403);
+    let right = seen.get("right");
+    assert_eq!(right.get("status").int(), 303);
+    assert_eq!(right.get("location").str(), "/mail?folder=INBOX");
+    let session = right
+        .get("set_cookie")
+        .array()
+        .iter()
+        .map(Json::str)
+        .find(|c| c.starts_with("relay_session="))
+        .expect("a session cookie");
+    assert!(session.contains("HttpOnly"), "{session}");
+    assert!(session.contains("SameSite=Strict"), "{session}");
+    assert!(
+        !session.contains("Secure"),
+        "plain HTTP on loopback: {session}"
+    );
+    assert_eq!(seen.get("inbox").get("status").int(), 200);
+    assert_eq!(seen.get("logout_without_token").int(), 403);
+    assert_eq!(seen.get("after_refused_logout").int(), 200);
+    assert_eq!(seen.get("send_without_token").int(), 403);
+    assert_eq!(seen.get("logout").get("status").int(), 303);
+    let replay = seen.get("replayed_cookie");
+    assert_eq!(replay.get("status").int(), 303);
+    assert_eq!(replay.get("location").str(), "/login");
+}
+
+fn repeated_wrong_passwords_are_throttled(engine: Engine) {
+    let mut settings = web_settings(engine);
+    settings.imap_toml = "auth_failures_per_ip_max = 3\n".into();
+    let relay = Relay::start(settings);
+    let seen = browser(&relay, &["throttle", "bob", "5"]);
+    let statuses: Vec<i64> = seen.get("statuses").array().iter().map(Json::int).collect();
+    assert_eq!(&statuses[..3], [401, 401, 401], "{statuses:?}");
+    assert!(statuses[3..].iter().all(|s| *s == 429), "{statuses:?}");
+    // The right password is refused too while the client is locked out.
+    let locked = browser(&relay, &["security", "bob", TEST_PASSWORD]);
+    assert_eq!(locked.get("right").get("status").int(), 429);
+}
+
+fn mail_from_smtp_is_listed_and_read_safely(engine: Engine) {
+    let relay = Relay::start(web_settings(engine));
+    let text = b"From: Mallory <mallory@remote.test>\r\nTo: alice@example.test\r\nSubject: =?UTF-8?B?R3LDvMOfZQ==?= text\r\nDate: Tue, 1 Dec 2026 10:00:00 +0000\r\n\r\nHello <script>alert('text')</script> & bye\r\n";
+    let html = b"From: Mallory <mallory@remote.test>\r\nTo: alice@example.test\r\nSubject: html one\r\nMIME-Version: 1.0\r\nContent-Type: text/html; charset=utf-8\r\n\r\n<p>Dear <b>Alice</b></p><script>alert('html')</script><img src=\"http://remote.test/pixel.gif\" onerror=\"alert(2)\"><a href=\"javascript:alert(3)\">click</a>\r\n";
+    relay.deliver(&["alice@example.test"], text);
+    relay.deliver(&["alice@example.test"], html);
+
+    let seen = browser(
+        &relay,
+        &["read", "alice", TEST_PASSWORD, "Gr\u{fc}\u{df}e text"],
+    );
+    assert_eq!(seen.get("list_status").int(), 200);
+    let subjects: Vec<&str> = seen.get("subjects").array().iter().map(Json::str).collect();
+    assert_eq!(
+        subjects,
+        ["html one", "Gr\u{fc}\u{df}e text"],
+        "newest first"
+    );
+    assert_eq!(seen.get("unread_before").int(), 2);
+    assert_eq!(seen.get("message_status").int(), 200);
+    let page = seen.get("message_body").str();
+    assert!(!page.contains("<script"), "{page}");
+    assert!(
+        page.contains("Hello &#60;script&#62;alert(&#39;text&#39;)&#60;/script&#62; &#38; bye")
+            || page
+                .contains("Hello &lt;script&gt;alert(&#x27;text&#x27;)&lt;/script&gt; &amp; bye")
+            || page.contains("Hello &lt;script&gt;alert(&#39;text&#39;)&lt;/script&gt; &amp; bye"),
+        "the text is shown escaped: {page}"
+    );
+    assert!(
+        page.contains("Mallory &#60;mallory@remote.test&#62;")
+            || page.contains("Mallory &lt;mallory@remote.test&gt;"),
+        "{page}"
+    );
+    assert_security_headers(seen.get("message_headers"));
+    assert_eq!(seen.get("unread_after").int(), 1, "reading marks read");
+
+    let seen = browser(&relay, &["read", "alice", TEST_PASSWORD, "html one"]);
+    let page = seen.get("message_body").str();
+    assert!(page.contains("<b>Alice</b>"), "{page}");
+    assert!(
+        !page.contains("<script") && !page.contains("alert('html')"),
+        "{page}"
+    );
+    assert!(
+        !page.contains("onerror") && !page.contains("remote.test/pixel"),
+        "{page}"
+    );
+    assert!(!page.contains("javascript:"), "{page}");
+    assert!(page.contains("1 remote image(s) blocked"), "{page}");
+    assert_eq!(seen.get("unread_after").int(), 0);
+}
+
+fn a_message_sent_from_the_browser_is_delivered_and_kept(engine: Engine) {
+    let sink = Sink::scripted(0, &[]);
+    let mut settings = web_settings(engine);
+    settings.routes = vec![("*".into(), sink.addr.to_string())];
+    let relay = Relay::start(settings);
+
+    // To a local user: in bob's INBOX, read over POP3.
+    let seen = browser(
+        &relay,
+        &[
+            "send",
+            "alice",
+            TEST_PASSWORD,
+            "bob@example.test",
+            "From the web",
+            "Hello Bob,\nover HTTP.\n",
+        ],
+    );
+    assert_eq!(
+        seen.get("prefilled").str(),
+        "bob@example.test",
+        "mailto-style prefill"
+    );
+    assert_eq!(seen.get("status").int(), 200, "{}", seen.get("body").str());
+    assert!(
+        seen.get("sent_folder").str().contains("From the web"),
+        "a copy in Sent"
+    );
+    let mut pop = Pop3::login_retrying(
+        relay.pop3_addr,
+        "bob",
+        TEST_PASSWORD,
+        Duration::from_secs(5),
+    );
+    let (count, _) = pop.stat();
+    assert_eq!(count, 1);
+    let stored = pop.retr(1);
+    let text = String::from_utf8_lossy(&stored);
+    assert!(text.contains("Subject: From the web"), "{text}");
+    // The user's address is the name at the first local domain (`local.domains`).
+    assert!(text.contains("From: <alice@localhost>"), "{text}");
+    assert!(
+        text.contains("with HTTP"),
+        "the Received field names HTTP: {text}"
+    );
+    assert!(text.contains("Message-ID: <"), "{text}");
+    let parsed = mail_parser::MessageParser::default()
+        .parse(&stored)
+        .expect("parses");
+    assert_eq!(
+        parsed.body_text(0).unwrap().replace("\r\n", "\n"),
+        "Hello Bob,\nover HTTP.\n"
+    );
+
+    // To a remote address: through the outbound queue to the next hop.
+    let seen = browser(
+        &relay,
+        &[
+            "send",
+            "alice",
+            TEST_PASSWORD,
+            "carol@remote.test",
+            "Far away",
+            "Hi Carol",
+        ],
+    );
+    assert_eq!(seen.get("status").int(), 200, "{}", seen.get("body").str());
+    let got = sink.wait_messages(1, Duration::from_secs(15));
+    let text = String::from_utf8_lossy(&got[0]);
+    assert!(
+        text.starts_with("MAIL:alice@localhost\nRCPT:carol@remote.test\n"),
+        "{text}"
+    );
+    assert!(text.contains("Subject: Far away"), "{text}");
+
+    // An unknown local recipient is refused on the page, nothing is stored.
+    let seen = browser(
+        &relay,
+        &[
+            "send",
+            "alice",
+            TEST_PASSWORD,
+            "nobody@example.test",
+            "x",
+            "y",
+        ],
+    );
+    assert_eq!(seen.get("status").int(), 422);
+    assert!(seen.get("body").str().contains("No such user here"));
+}
+
+fn an_idle_session_expires(engine: Engine) {
+    let mut settings = web_settings(engine);
+    settings
+        .extra_toml
+        .push_str("session_idle_timeout = \"2s\"\nsession_absolute_timeout = \"1h\"\n");
+    let relay = Relay::start(settings);
+    let seen = browser(&relay, &["expire", "alice", TEST_PASSWORD, "0.2"]);
+    assert_eq!(seen.get("first").get("status").int(), 200);
+    assert_eq!(
+        seen.get("later").get("status").int(),
+        200,
+        "used within the idle time"
+    );
+    let seen = browser(&relay, &["expire", "alice", TEST_PASSWORD, "3"]);
+    assert_eq!(seen.get("first").get("status").int(), 200);
+    assert_eq!(seen.get("later").get("status").int(), 303, "idle past 2s");
+    assert_eq!(seen.get("later").get("location").str(), "/login");
+}
+
+fn https_with_the_relays_certificate(engine: Engine) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let cert = common::tls::TestCert::generate(dir.path(), "relay");
+    let mut settings = Settings::new(engine);
+    settings.extra_toml = format!("{}[web]\ntls_listen = [\"127.0.0.1:0\"]\n", cert.toml());
+    let relay = Relay::start(settings);
+    let addr = relay
+        .listening("https")
+        .expect("a `listening protocol=\"https\"` line");
+    let cafile = cert.cert_path.to_str().expect("utf-8 path");
+    let base = format!("https://{addr}");
+    let seen = browser_at(
+        &relay,
+        &base,
+        &["expire", "alice", TEST_PASSWORD, "0", "--cafile", cafile],
+    );
+    assert_eq!(seen.get("first").get("status").int(), 200);
+    let headers = seen.get("first").get("headers");
+    assert_security_headers(headers);
+    assert!(header(headers, "strict-transport-security").starts_with("max-age="));
+    let session = seen
+        .get("login")
+        .get("set_cookie")
+        .array()
+        .iter()
+        .map(Json::str)
+        .find(|c| c.starts_with("relay_session="))
+        .expect("a session cookie");
+    assert!(
+        session.contains("Secure") && session.contains("HttpOnly"),
+        "{session}"
+    );
+    assert!(session.contains("SameSite=Strict"), "{session}");
+}
+
+fn flag_and_delete_to_trash(engine: Engine) {
+    let relay = Relay::start(web_settings(engine));
+    let keep = b"From: a@remote.test\r\nSubject: keep me\r\n\r\nstays\r\n";
+    let drop = b"From: a@remote.test\r\nSubject: throw me\r\n\r\ngoes\r\n";
+    relay.deliver(&["bob@example.test"], keep);
+    relay.deliver(&["bob@example.test"], drop);
+    let seen = browser(&relay, &["act", "bob", TEST_PASSWORD, "throw me"]);
+    assert_eq!(seen.get("forged").int(), 403);
+    assert_eq!(seen.get("flag").get("status").int(), 303);
+    assert_eq!(seen.get("flagged_marks").int(), 1);
+    assert_eq!(
+        seen.get("trash").get("location").str(),
+        "/mail?folder=INBOX"
+    );
+    let inbox = seen.get("inbox_after").str();
+    assert!(
+        inbox.contains("keep me") && !inbox.contains("throw me"),
+        "{inbox}"
+    );
+    let trash = seen.get("trash_folder").str();
+    assert!(trash.contains("throw me"), "{trash}");
+    // The same store behind POP3: INBOX holds one message now.
+    let mut pop = Pop3::login_retrying(
+        relay.pop3_addr,
+        "bob",
+        TEST_PASSWORD,
+        Duration::from_secs(5),
+    );
+    assert_eq!(pop.stat().0, 1);
+    assert!(String::from_utf8_lossy(&pop.retr(1)).contains("keep me"));
+}
