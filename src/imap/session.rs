@@ -494,7 +494,7 @@ impl Session {
             }
         }
         caps.push_str(
-            " LITERAL+ ENABLE IDLE NAMESPACE ID UIDPLUS MOVE UNSELECT SPECIAL-USE CONDSTORE \
+            " LITERAL+ ENABLE IDLE NAMESPACE ID UIDPLUS MOVE UNSELECT SPECIAL-USE LIST-EXTENDED LIST-STATUS CONDSTORE \
              QRESYNC ESEARCH BINARY STATUS=SIZE QUOTA QUOTA=RES-STORAGE UTF8=ACCEPT",
         );
         caps.push_str(&format!(" APPENDLIMIT={}", self.config.limits.append_max));
@@ -1368,7 +1368,7 @@ impl Session {
                     reply::status(b, None, Status::Ok, Some(&code), "UIDs valid");
                     let code = format!("UIDNEXT {}", snapshot.uidnext);
                     reply::status(b, None, Status::Ok, Some(&code), "Predicted next UID");
-                    let code = format!("HIGHESTMODSEQ {}", snapshot.highest_modseq);
+                    let code = format!("HIGHESTMODSEQ {}", wire_modseq(snapshot.highest_modseq));
                     reply::status(b, None, Status::Ok, Some(&code), "Highest");
                     let folder = snapshot.folder;
                     let uidvalidity = snapshot.uidvalidity;
@@ -2756,7 +2756,9 @@ fn status_line(
                 format!("DELETED-STORAGE {}", st.deleted_size.div_ceil(1024))
             }
             StatusItem::Size => format!("SIZE {}", st.size),
-            StatusItem::HighestModSeq => format!("HIGHESTMODSEQ {}", st.highest_modseq),
+            StatusItem::HighestModSeq => {
+                format!("HIGHESTMODSEQ {}", wire_modseq(st.highest_modseq))
+            }
         })
         .collect();
     reply::raw(out, &format!(" ({})", parts.join(" ")));
@@ -2864,6 +2866,14 @@ fn flags_of(flags: &[Flag<'_>]) -> Option<Flags> {
         }
     }
     Some(out)
+}
+
+/// A folder's HIGHESTMODSEQ as sent: at least 1. The store counts a folder that never
+/// changed as 0, but the SELECT response code is a mod-sequence-value (RFC 7162 §7: 1 or
+/// more), and clients take 0 for "unknown" (interimap then resyncs the folder forever). STATUS
+/// says the same so that both agree.
+fn wire_modseq(highest: u64) -> u64 {
+    highest.max(1)
 }
 
 /// Takes `RETURN (...)` off a LIST command (imap-codec does not parse RFC 5258 yet).

@@ -26,8 +26,8 @@ pub struct UserStoreLink {
     user: String,
     peer: std::net::SocketAddr,
     /// The selected folder, the UIDs the session knows in it (ascending), and the folder's
-    /// change counter when the session last looked.
-    selected: Option<(FolderId, Vec<u32>, u64)>,
+    /// change counter and HIGHESTMODSEQ when the session last looked.
+    selected: Option<(FolderId, Vec<u32>, u64, u64)>,
 }
 
 impl UserStoreLink {
@@ -90,7 +90,7 @@ impl UserStoreLink {
                     out = folder(s, &name).and_then(|f| {
                         let snap = s.snapshot(f).map_err(refused)?;
                         let known = snap.messages.iter().map(|(u, _)| *u).collect();
-                        selected = Some((f, known, snap.changes));
+                        selected = Some((f, known, snap.changes, snap.highest_modseq));
                         Ok(Snapshot {
                             folder: f,
                             uidvalidity: snap.uidvalidity,
@@ -173,7 +173,7 @@ impl UserStoreLink {
                     })
                     .await;
                 let answer = made.map_err(|e| self.failed(e));
-                if let (Ok((_, pairs)), true, Some((f, known, _))) =
+                if let (Ok((_, pairs)), true, Some((f, known, _, _))) =
                     (&answer, remove, self.selected.as_mut())
                 {
                     if *f == folder {
@@ -195,7 +195,7 @@ impl UserStoreLink {
                     })
                     .await;
                 let answer = made.map_err(|e| self.failed(e));
-                if let (Ok(gone), Some((f, known, _))) = (&answer, self.selected.as_mut()) {
+                if let (Ok(gone), Some((f, known, _, _))) = (&answer, self.selected.as_mut()) {
                     if *f == folder {
                         let gone: BTreeSet<u32> = gone.iter().copied().collect();
                         known.retain(|u| !gone.contains(u));
@@ -275,7 +275,7 @@ impl UserStoreLink {
             uidnext,
             highest_modseq: modseq,
         };
-        let Some((selected, known, counter)) = self.selected.as_mut() else {
+        let Some((selected, known, counter, highest)) = self.selected.as_mut() else {
             return Ok(unchanged);
         };
         if *selected != folder {
@@ -283,7 +283,9 @@ impl UserStoreLink {
         }
         ctx.mail_store.folders().with(&self.user, |s| {
             let now = s.change_counter(folder).map_err(refused)?;
-            if now == *counter {
+            // SELECT (QRESYNC ...) asks from the client's modseq, below the session's view
+            // when it was away: the counter alone cannot tell that nothing changed since then.
+            if now == *counter && modseq >= *highest {
                 return Ok(unchanged);
             }
             *counter = now;
@@ -303,6 +305,7 @@ impl UserStoreLink {
                 .map(|(u, e)| meta(*u, e))
                 .collect();
             *known = current;
+            *highest = snap.highest_modseq;
             Ok(Changes {
                 expunged,
                 changed,
