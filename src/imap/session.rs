@@ -300,6 +300,10 @@ enum AfterPoll {
 struct ListReturn {
     subscribed: bool,
     status: Option<Vec<StatusItem>>,
+    /// Selection option SUBSCRIBED: only subscribed folders.
+    only_subscribed: bool,
+    /// Selection option RECURSIVEMATCH: also parents of a selected folder, with CHILDINFO.
+    recursive: bool,
 }
 
 #[derive(Clone, Copy)]
@@ -1613,8 +1617,18 @@ impl Session {
             if !list_match(pattern, &f.name) || (lsub && !f.subscribed) {
                 continue;
             }
-            let noselect = !existing.contains(f.name.as_str());
             let prefix = format!("{}{DELIMITER}", f.name);
+            let selected = !ret.only_subscribed || f.subscribed;
+            // RECURSIVEMATCH: a parent not selected itself, for its subscribed descendants.
+            let childinfo = ret.recursive
+                && !selected
+                && folders
+                    .iter()
+                    .any(|c| c.subscribed && c.name.starts_with(&prefix));
+            if !selected && !childinfo {
+                continue;
+            }
+            let noselect = !existing.contains(f.name.as_str());
             let children = folders.iter().any(|c| c.name.starts_with(&prefix));
             let mut attrs: Vec<&str> = Vec::new();
             if noselect {
@@ -1642,6 +1656,9 @@ impl Session {
             let kind = if lsub { "LSUB" } else { "LIST" };
             reply::untagged(&mut lines, &format!("{kind} ({}) \"/\" ", attrs.join(" ")));
             reply::astring(&mut lines, wire_name(&f.name, self.utf8).as_bytes());
+            if childinfo {
+                reply::raw(&mut lines, " (\"CHILDINFO\" (\"SUBSCRIBED\"))");
+            }
             reply::end(&mut lines);
             status_names.push(f.name.clone());
         }
@@ -2886,16 +2903,46 @@ fn split_list_return(line: &[u8]) -> (std::borrow::Cow<'_, [u8]>, Option<Option<
     if !name.eq_ignore_ascii_case(b"LIST") {
         return (line.into(), None);
     }
+    let mut ret = ListReturn::default();
+    let mut ok = true;
+    // RFC 5258 selection options right after LIST: `LIST (SUBSCRIBED) "" *`.
+    let head_len = line.len() - words.next().map_or(0, <[u8]>::len);
+    let line: std::borrow::Cow<'_, [u8]> = match line.get(head_len) {
+        Some(b'(') => {
+            let Some(end) = line[head_len..].iter().position(|&b| b == b')') else {
+                return (line.into(), Some(None));
+            };
+            let options = line[head_len + 1..head_len + end].to_ascii_uppercase();
+            for word in options.split(|&b| b == b' ').filter(|w| !w.is_empty()) {
+                match word {
+                    b"SUBSCRIBED" => {
+                        ret.only_subscribed = true;
+                        ret.subscribed = true;
+                    }
+                    // No remote folders here (RFC 2193): nothing to add.
+                    b"REMOTE" => {}
+                    b"RECURSIVEMATCH" => ret.recursive = true,
+                    _ => ok = false,
+                }
+            }
+            // RECURSIVEMATCH alone is an error (RFC 5258 §3).
+            ok &= !ret.recursive || ret.only_subscribed;
+            let mut rest = line[..head_len].to_vec();
+            let after = &line[head_len + end + 1..];
+            rest.extend_from_slice(after.strip_prefix(b" ").unwrap_or(after));
+            rest.into()
+        }
+        _ => line.into(),
+    };
+    let selection = ret.only_subscribed || !ok;
     let Some(body) = line.strip_suffix(b")\r\n") else {
-        return (line.into(), None);
+        return (line, selection.then_some(ok.then_some(ret)));
     };
     let upper = body.to_ascii_uppercase();
     let Some(at) = memchr::memmem::rfind(&upper, b" RETURN (") else {
-        return (line.into(), None);
+        return (line, selection.then_some(ok.then_some(ret)));
     };
     let options = &upper[at + 9..];
-    let mut ret = ListReturn::default();
-    let mut ok = true;
     let mut in_status = false;
     let words = options
         .split(|&b| b == b' ' || b == b'(' || b == b')')

@@ -1097,3 +1097,36 @@ fn highestmodseq_of_an_unchanged_folder_is_one() {
         ),
     );
 }
+
+/// RFC 5258 selection options: SUBSCRIBED lists subscribed folders only (with \\Subscribed),
+/// REMOTE adds nothing here, RECURSIVEMATCH adds unsubscribed parents with CHILDINFO and is an
+/// error alone.
+#[test]
+fn list_selection_options() {
+    transcript(
+        &format!(
+            "{LOGIN}b SUBSCRIBE Work/Plans\r\nc SUBSCRIBE Sent\r\n\
+             d LIST (SUBSCRIBED) \"\" *\r\ne LIST (SUBSCRIBED REMOTE RECURSIVEMATCH) \"\" %\r\n\
+             f LIST (RECURSIVEMATCH) \"\" *\r\ng LIST (REMOTE) \"\" S*\r\n\
+             h LIST (SUBSCRIBED) \"\" * RETURN (STATUS (MESSAGES))\r\ni LIST (BOGUS) \"\" *\r\n"
+        ),
+        &format!(
+            "{}b OK SUBSCRIBE completed\r\nc OK SUBSCRIBE completed\r\n\
+             * LIST (\\HasNoChildren \\Subscribed \\Sent) \"/\" Sent\r\n\
+             * LIST (\\HasNoChildren \\Subscribed) \"/\" Work/Plans\r\n\
+             d OK LIST completed\r\n\
+             * LIST (\\HasNoChildren \\Subscribed \\Sent) \"/\" Sent\r\n\
+             * LIST (\\HasChildren) \"/\" Work (\"CHILDINFO\" (\"SUBSCRIBED\"))\r\n\
+             e OK LIST completed\r\n\
+             f BAD Invalid RETURN options\r\n\
+             * LIST (\\HasNoChildren \\Sent) \"/\" Sent\r\n\
+             g OK LIST completed\r\n\
+             * LIST (\\HasNoChildren \\Subscribed \\Sent) \"/\" Sent\r\n\
+             * LIST (\\HasNoChildren \\Subscribed) \"/\" Work/Plans\r\n\
+             * STATUS Sent (MESSAGES 0)\r\n* STATUS Work/Plans (MESSAGES 0)\r\n\
+             h OK LIST completed\r\n\
+             i BAD Invalid RETURN options\r\n",
+            login_ok()
+        ),
+    );
+}
