@@ -204,7 +204,7 @@ enum Job {
     List {
         tag: String,
         lsub: bool,
-        pattern: String,
+        patterns: Vec<String>,
         ret: ListReturn,
     },
     ListStatus {
@@ -304,6 +304,8 @@ struct ListReturn {
     only_subscribed: bool,
     /// Selection option RECURSIVEMATCH: also parents of a selected folder, with CHILDINFO.
     recursive: bool,
+    /// The patterns after the first of `LIST ref (p1 p2 ...)` (RFC 5258), as sent.
+    more_patterns: Vec<Vec<u8>>,
 }
 
 #[derive(Clone, Copy)]
@@ -1291,12 +1293,12 @@ impl Session {
                 Job::List {
                     tag,
                     lsub,
-                    pattern,
+                    patterns,
                     ret,
                 },
                 Answer::List(r),
             ) => match r {
-                Ok(folders) => self.list_answer(tag, lsub, &pattern, ret, &folders, out),
+                Ok(folders) => self.list_answer(tag, lsub, &patterns, ret, &folders, out),
                 Err(e) => self.store_error(&tag, e, out),
             },
             (
@@ -1553,27 +1555,32 @@ impl Session {
         let Some(reference) = mailbox_name(&reference, self.utf8) else {
             return self.no(tag, Some("CANNOT"), "Invalid reference", out);
         };
-        let pattern: &[u8] = match &wildcard {
+        let first: &[u8] = match &wildcard {
             ListMailbox::Token(t) => t.as_ref(),
             ListMailbox::String(s) => s.as_ref(),
         };
-        let pattern = match std::str::from_utf8(pattern) {
-            Ok(p) if !self.utf8 && p.is_ascii() => {
+        let utf8 = self.utf8;
+        let decode = |pattern: &[u8]| match std::str::from_utf8(pattern) {
+            Ok(p) if !utf8 && p.is_ascii() => {
                 utf7::decode(p.as_bytes()).unwrap_or_else(|| p.to_string())
             }
             _ => String::from_utf8_lossy(pattern).into_owned(),
         };
-        if pattern.is_empty() && !lsub {
+        let pattern = decode(first);
+        if pattern.is_empty() && !lsub && ret.more_patterns.is_empty() {
             let b = &mut out.bytes;
             reply::untagged(b, "LIST (\\Noselect) \"/\" \"\"");
             reply::end(b);
             return self.ok(tag, None, "LIST completed", out);
         }
-        let pattern = format!("{reference}{pattern}");
+        let patterns = std::iter::once(pattern)
+            .chain(ret.more_patterns.iter().map(|p| decode(p)))
+            .map(|p| format!("{reference}{p}"))
+            .collect();
         let job = Job::List {
             tag: tag.to_string(),
             lsub,
-            pattern,
+            patterns,
             ret,
         };
         self.request(Request::List, job, out);
@@ -1583,7 +1590,7 @@ impl Session {
         &mut self,
         tag: String,
         lsub: bool,
-        pattern: &str,
+        patterns: &[String],
         ret: ListReturn,
         folders: &[FolderInfo],
         out: &mut Outbox,
@@ -1614,7 +1621,8 @@ impl Session {
             })
             .collect();
         for f in folders.iter().chain(levels.iter()) {
-            if !list_match(pattern, &f.name) || (lsub && !f.subscribed) {
+            let matches = patterns.iter().any(|p| list_match(p, &f.name));
+            if !matches || (lsub && !f.subscribed) {
                 continue;
             }
             let prefix = format!("{}{DELIMITER}", f.name);
@@ -2896,6 +2904,84 @@ fn wire_modseq(highest: u64) -> u64 {
 /// Takes `RETURN (...)` off a LIST command (imap-codec does not parse RFC 5258 yet).
 /// Returns the line without it, and `Some(options)` if there was one (`Some(None)`: invalid).
 fn split_list_return(line: &[u8]) -> (std::borrow::Cow<'_, [u8]>, Option<Option<ListReturn>>) {
+    let (line, ret) = split_list_options(line);
+    let Some((rewritten, more)) = split_pattern_list(&line) else {
+        return (line, ret);
+    };
+    let ret = match ret {
+        None => Some(ListReturn {
+            more_patterns: more,
+            ..ListReturn::default()
+        }),
+        Some(r) => r.map(|r| ListReturn {
+            more_patterns: more,
+            ..r
+        }),
+    };
+    (rewritten.into(), Some(ret))
+}
+
+/// `tag LIST ref (p1 p2 ...)` (RFC 5258 §3): the line with `p1` alone, and the other patterns
+/// unquoted. `None`: not such a line (a literal reference is left to the parser).
+fn split_pattern_list(line: &[u8]) -> Option<(Vec<u8>, Vec<Vec<u8>>)> {
+    let mut words = line.splitn(3, |&b| b == b' ');
+    let (_, name, rest) = (words.next()?, words.next()?, words.next()?);
+    if !name.eq_ignore_ascii_case(b"LIST") {
+        return None;
+    }
+    let head = &line[..line.len() - rest.len()];
+    // One quoted string or atom from the start of `text`: (its content, its length as sent).
+    let token = |text: &[u8]| -> Option<(Vec<u8>, usize)> {
+        if text.first() == Some(&b'"') {
+            let mut content = Vec::new();
+            let mut i = 1;
+            loop {
+                match *text.get(i)? {
+                    b'\\' => {
+                        content.push(*text.get(i + 1)?);
+                        i += 2;
+                    }
+                    b'"' => return Some((content, i + 1)),
+                    b => {
+                        content.push(b);
+                        i += 1;
+                    }
+                }
+            }
+        }
+        let n = text
+            .iter()
+            .position(|&b| matches!(b, b' ' | b'(' | b')' | b'{' | b'\r' | b'\n'))
+            .unwrap_or(text.len());
+        (n > 0).then(|| (text[..n].to_vec(), n))
+    };
+    let (_, reference_len) = token(rest)?;
+    let list = rest[reference_len..].strip_prefix(b" (")?;
+    let mut at = 0;
+    let mut first = None;
+    let mut more = Vec::new();
+    loop {
+        let (content, n) = token(&list[at..])?;
+        match first {
+            None => first = Some(&list[at..at + n]),
+            Some(_) => more.push(content),
+        }
+        at += n;
+        match list.get(at)? {
+            b' ' => at += 1,
+            b')' if &list[at + 1..] == b"\r\n" => break,
+            _ => return None,
+        }
+    }
+    let mut rewritten = head.to_vec();
+    rewritten.extend_from_slice(&rest[..reference_len + 1]);
+    rewritten.extend_from_slice(first?);
+    rewritten.extend_from_slice(b"\r\n");
+    Some((rewritten, more))
+}
+
+/// Selection options and RETURN options off a LIST line, as [`split_list_return`] answers.
+fn split_list_options(line: &[u8]) -> (std::borrow::Cow<'_, [u8]>, Option<Option<ListReturn>>) {
     let mut words = line.splitn(3, |&b| b == b' ');
     let (_, Some(name)) = (words.next(), words.next()) else {
         return (line.into(), None);

@@ -1130,3 +1130,28 @@ fn list_selection_options() {
         ),
     );
 }
+
+/// RFC 5258 pattern lists: `LIST ref (p1 p2 ...)`, each folder once, with RETURN options.
+#[test]
+fn list_several_patterns() {
+    transcript(
+        &format!(
+            "{LOGIN}b LIST \"\" (INBOX \"Work/*\")\r\n\
+             x SUBSCRIBE Sent\r\nc LIST (SUBSCRIBED) \"\" (\"%\" Sent) RETURN (STATUS (MESSAGES))\r\n\
+             d LIST \"\" (\"W*\" \"Work\")\r\ne LIST \"\" ()\r\n"
+        ),
+        &format!(
+            "{}* LIST (\\HasNoChildren) \"/\" INBOX\r\n\
+             * LIST (\\HasNoChildren) \"/\" Work/Plans\r\n\
+             b OK LIST completed\r\nx OK SUBSCRIBE completed\r\n\
+             * LIST (\\HasNoChildren \\Subscribed \\Sent) \"/\" Sent\r\n\
+             * STATUS Sent (MESSAGES 0)\r\n\
+             c OK LIST completed\r\n\
+             * LIST (\\HasChildren) \"/\" Work\r\n\
+             * LIST (\\HasNoChildren) \"/\" Work/Plans\r\n\
+             d OK LIST completed\r\n\
+             e BAD Syntax error or unknown command\r\n",
+            login_ok()
+        ),
+    );
+}
