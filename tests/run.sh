@@ -28,6 +28,8 @@ command -v npm >/dev/null 2>&1 || missing+=(npm)
 # IMAP interop (tests/imap_*.rs): isync's mbsync, and Dovecot's IMAP server for the
 # differential test (its own config on a loopback port; the system service is never started).
 command -v mbsync >/dev/null 2>&1 || missing+=(isync)
+# interimap: the QRESYNC sync client of tests/imap_sync.rs.
+command -v interimap >/dev/null 2>&1 || missing+=(interimap)
 [ -x /usr/lib/dovecot/imap ] || missing+=(dovecot-core dovecot-imapd)
 if ((${#missing[@]} > 0)); then
     if [ "$(id -u)" -ne 0 ]; then

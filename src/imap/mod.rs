@@ -20,7 +20,8 @@
 //! RFC 5161 (ENABLE), RFC 2971 (ID), RFC 2342 (NAMESPACE), RFC 6154 (SPECIAL-USE), RFC 8438
 //! (STATUS=SIZE), RFC 7889 (APPENDLIMIT), RFC 4959 (SASL-IR), RFC 4616 (PLAIN), RFC 4731
 //! (ESEARCH), RFC 9208 (QUOTA, one root `""` over all folders), RFC 6855 (UTF8=ACCEPT;
-//! before it, mailbox names are modified UTF-7, [`utf7`]), RFC 3516 (BINARY).
+//! before it, mailbox names are modified UTF-7, [`utf7`]), RFC 3516 (BINARY), RFC 5258
+//! (LIST-EXTENDED) and RFC 5819 (LIST-STATUS).
 #![forbid(unsafe_code)]
 
 pub mod frame;

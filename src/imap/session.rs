@@ -204,7 +204,7 @@ enum Job {
     List {
         tag: String,
         lsub: bool,
-        pattern: String,
+        patterns: Vec<String>,
         ret: ListReturn,
     },
     ListStatus {
@@ -295,6 +295,12 @@ enum AfterPoll {
 struct ListReturn {
     subscribed: bool,
     status: Option<Vec<StatusItem>>,
+    /// Selection option SUBSCRIBED: only subscribed folders.
+    only_subscribed: bool,
+    /// Selection option RECURSIVEMATCH: also parents of a selected folder, with CHILDINFO.
+    recursive: bool,
+    /// The patterns after the first of `LIST ref (p1 p2 ...)` (RFC 5258), as sent.
+    more_patterns: Vec<Vec<u8>>,
 }
 
 #[derive(Clone, Copy)]
@@ -489,7 +495,7 @@ impl Session {
             }
         }
         caps.push_str(
-            " LITERAL+ ENABLE IDLE NAMESPACE ID UIDPLUS MOVE UNSELECT SPECIAL-USE CONDSTORE \
+            " LITERAL+ ENABLE IDLE NAMESPACE ID UIDPLUS MOVE UNSELECT SPECIAL-USE LIST-EXTENDED LIST-STATUS CONDSTORE \
              QRESYNC ESEARCH BINARY STATUS=SIZE QUOTA QUOTA=RES-STORAGE UTF8=ACCEPT",
         );
         caps.push_str(&format!(" APPENDLIMIT={}", self.config.limits.append_max));
@@ -1282,12 +1288,12 @@ impl Session {
                 Job::List {
                     tag,
                     lsub,
-                    pattern,
+                    patterns,
                     ret,
                 },
                 Answer::List(r),
             ) => match r {
-                Ok(folders) => self.list_answer(tag, lsub, &pattern, ret, &folders, out),
+                Ok(folders) => self.list_answer(tag, lsub, &patterns, ret, &folders, out),
                 Err(e) => self.store_error(&tag, e, out),
             },
             (
@@ -1363,7 +1369,7 @@ impl Session {
                     reply::status(b, None, Status::Ok, Some(&code), "UIDs valid");
                     let code = format!("UIDNEXT {}", snapshot.uidnext);
                     reply::status(b, None, Status::Ok, Some(&code), "Predicted next UID");
-                    let code = format!("HIGHESTMODSEQ {}", snapshot.highest_modseq);
+                    let code = format!("HIGHESTMODSEQ {}", wire_modseq(snapshot.highest_modseq));
                     reply::status(b, None, Status::Ok, Some(&code), "Highest");
                     let folder = snapshot.folder;
                     let uidvalidity = snapshot.uidvalidity;
@@ -1530,27 +1536,32 @@ impl Session {
         let Some(reference) = mailbox_name(&reference, self.utf8) else {
             return self.no(tag, Some("CANNOT"), "Invalid reference", out);
         };
-        let pattern: &[u8] = match &wildcard {
+        let first: &[u8] = match &wildcard {
             ListMailbox::Token(t) => t.as_ref(),
             ListMailbox::String(s) => s.as_ref(),
         };
-        let pattern = match std::str::from_utf8(pattern) {
-            Ok(p) if !self.utf8 && p.is_ascii() => {
+        let utf8 = self.utf8;
+        let decode = |pattern: &[u8]| match std::str::from_utf8(pattern) {
+            Ok(p) if !utf8 && p.is_ascii() => {
                 utf7::decode(p.as_bytes()).unwrap_or_else(|| p.to_string())
             }
             _ => String::from_utf8_lossy(pattern).into_owned(),
         };
-        if pattern.is_empty() && !lsub {
+        let pattern = decode(first);
+        if pattern.is_empty() && !lsub && ret.more_patterns.is_empty() {
             let b = &mut out.bytes;
             reply::untagged(b, "LIST (\\Noselect) \"/\" \"\"");
             reply::end(b);
             return self.ok(tag, None, "LIST completed", out);
         }
-        let pattern = format!("{reference}{pattern}");
+        let patterns = std::iter::once(pattern)
+            .chain(ret.more_patterns.iter().map(|p| decode(p)))
+            .map(|p| format!("{reference}{p}"))
+            .collect();
         let job = Job::List {
             tag: tag.to_string(),
             lsub,
-            pattern,
+            patterns,
             ret,
         };
         self.request(Request::List, job, out);
@@ -1560,7 +1571,7 @@ impl Session {
         &mut self,
         tag: String,
         lsub: bool,
-        pattern: &str,
+        patterns: &[String],
         ret: ListReturn,
         folders: &[FolderInfo],
         out: &mut Outbox,
@@ -1591,11 +1602,22 @@ impl Session {
             })
             .collect();
         for f in folders.iter().chain(levels.iter()) {
-            if !list_match(pattern, &f.name) || (lsub && !f.subscribed) {
+            let matches = patterns.iter().any(|p| list_match(p, &f.name));
+            if !matches || (lsub && !f.subscribed) {
+                continue;
+            }
+            let prefix = format!("{}{DELIMITER}", f.name);
+            let selected = !ret.only_subscribed || f.subscribed;
+            // RECURSIVEMATCH: a parent not selected itself, for its subscribed descendants.
+            let childinfo = ret.recursive
+                && !selected
+                && folders
+                    .iter()
+                    .any(|c| c.subscribed && c.name.starts_with(&prefix));
+            if !selected && !childinfo {
                 continue;
             }
             let noselect = !existing.contains(f.name.as_str());
-            let prefix = format!("{}{DELIMITER}", f.name);
             let children = folders.iter().any(|c| c.name.starts_with(&prefix));
             let mut attrs: Vec<&str> = Vec::new();
             if noselect {
@@ -1623,6 +1645,9 @@ impl Session {
             let kind = if lsub { "LSUB" } else { "LIST" };
             reply::untagged(&mut lines, &format!("{kind} ({}) \"/\" ", attrs.join(" ")));
             reply::astring(&mut lines, wire_name(&f.name, self.utf8).as_bytes());
+            if childinfo {
+                reply::raw(&mut lines, " (\"CHILDINFO\" (\"SUBSCRIBED\"))");
+            }
             reply::end(&mut lines);
             status_names.push(f.name.clone());
         }
@@ -2784,7 +2809,9 @@ fn status_line(
                 format!("DELETED-STORAGE {}", st.deleted_size.div_ceil(1024))
             }
             StatusItem::Size => format!("SIZE {}", st.size),
-            StatusItem::HighestModSeq => format!("HIGHESTMODSEQ {}", st.highest_modseq),
+            StatusItem::HighestModSeq => {
+                format!("HIGHESTMODSEQ {}", wire_modseq(st.highest_modseq))
+            }
         })
         .collect();
     reply::raw(out, &format!(" ({})", parts.join(" ")));
@@ -2894,9 +2921,95 @@ fn flags_of(flags: &[Flag<'_>]) -> Option<Flags> {
     Some(out)
 }
 
+/// A folder's HIGHESTMODSEQ as sent: at least 1. The store counts a folder that never
+/// changed as 0, but the SELECT response code is a mod-sequence-value (RFC 7162 §7: 1 or
+/// more), and clients take 0 for "unknown" (interimap then resyncs the folder forever). STATUS
+/// says the same so that both agree.
+fn wire_modseq(highest: u64) -> u64 {
+    highest.max(1)
+}
+
 /// Takes `RETURN (...)` off a LIST command (imap-codec does not parse RFC 5258 yet).
 /// Returns the line without it, and `Some(options)` if there was one (`Some(None)`: invalid).
 fn split_list_return(line: &[u8]) -> (std::borrow::Cow<'_, [u8]>, Option<Option<ListReturn>>) {
+    let (line, ret) = split_list_options(line);
+    let Some((rewritten, more)) = split_pattern_list(&line) else {
+        return (line, ret);
+    };
+    let ret = match ret {
+        None => Some(ListReturn {
+            more_patterns: more,
+            ..ListReturn::default()
+        }),
+        Some(r) => r.map(|r| ListReturn {
+            more_patterns: more,
+            ..r
+        }),
+    };
+    (rewritten.into(), Some(ret))
+}
+
+/// `tag LIST ref (p1 p2 ...)` (RFC 5258 §3): the line with `p1` alone, and the other patterns
+/// unquoted. `None`: not such a line (a literal reference is left to the parser).
+fn split_pattern_list(line: &[u8]) -> Option<(Vec<u8>, Vec<Vec<u8>>)> {
+    let mut words = line.splitn(3, |&b| b == b' ');
+    let (_, name, rest) = (words.next()?, words.next()?, words.next()?);
+    if !name.eq_ignore_ascii_case(b"LIST") {
+        return None;
+    }
+    let head = &line[..line.len() - rest.len()];
+    // One quoted string or atom from the start of `text`: (its content, its length as sent).
+    let token = |text: &[u8]| -> Option<(Vec<u8>, usize)> {
+        if text.first() == Some(&b'"') {
+            let mut content = Vec::new();
+            let mut i = 1;
+            loop {
+                match *text.get(i)? {
+                    b'\\' => {
+                        content.push(*text.get(i + 1)?);
+                        i += 2;
+                    }
+                    b'"' => return Some((content, i + 1)),
+                    b => {
+                        content.push(b);
+                        i += 1;
+                    }
+                }
+            }
+        }
+        let n = text
+            .iter()
+            .position(|&b| matches!(b, b' ' | b'(' | b')' | b'{' | b'\r' | b'\n'))
+            .unwrap_or(text.len());
+        (n > 0).then(|| (text[..n].to_vec(), n))
+    };
+    let (_, reference_len) = token(rest)?;
+    let list = rest[reference_len..].strip_prefix(b" (")?;
+    let mut at = 0;
+    let mut first = None;
+    let mut more = Vec::new();
+    loop {
+        let (content, n) = token(&list[at..])?;
+        match first {
+            None => first = Some(&list[at..at + n]),
+            Some(_) => more.push(content),
+        }
+        at += n;
+        match list.get(at)? {
+            b' ' => at += 1,
+            b')' if &list[at + 1..] == b"\r\n" => break,
+            _ => return None,
+        }
+    }
+    let mut rewritten = head.to_vec();
+    rewritten.extend_from_slice(&rest[..reference_len + 1]);
+    rewritten.extend_from_slice(first?);
+    rewritten.extend_from_slice(b"\r\n");
+    Some((rewritten, more))
+}
+
+/// Selection options and RETURN options off a LIST line, as [`split_list_return`] answers.
+fn split_list_options(line: &[u8]) -> (std::borrow::Cow<'_, [u8]>, Option<Option<ListReturn>>) {
     let mut words = line.splitn(3, |&b| b == b' ');
     let (_, Some(name)) = (words.next(), words.next()) else {
         return (line.into(), None);
@@ -2904,16 +3017,46 @@ fn split_list_return(line: &[u8]) -> (std::borrow::Cow<'_, [u8]>, Option<Option<
     if !name.eq_ignore_ascii_case(b"LIST") {
         return (line.into(), None);
     }
+    let mut ret = ListReturn::default();
+    let mut ok = true;
+    // RFC 5258 selection options right after LIST: `LIST (SUBSCRIBED) "" *`.
+    let head_len = line.len() - words.next().map_or(0, <[u8]>::len);
+    let line: std::borrow::Cow<'_, [u8]> = match line.get(head_len) {
+        Some(b'(') => {
+            let Some(end) = line[head_len..].iter().position(|&b| b == b')') else {
+                return (line.into(), Some(None));
+            };
+            let options = line[head_len + 1..head_len + end].to_ascii_uppercase();
+            for word in options.split(|&b| b == b' ').filter(|w| !w.is_empty()) {
+                match word {
+                    b"SUBSCRIBED" => {
+                        ret.only_subscribed = true;
+                        ret.subscribed = true;
+                    }
+                    // No remote folders here (RFC 2193): nothing to add.
+                    b"REMOTE" => {}
+                    b"RECURSIVEMATCH" => ret.recursive = true,
+                    _ => ok = false,
+                }
+            }
+            // RECURSIVEMATCH alone is an error (RFC 5258 §3).
+            ok &= !ret.recursive || ret.only_subscribed;
+            let mut rest = line[..head_len].to_vec();
+            let after = &line[head_len + end + 1..];
+            rest.extend_from_slice(after.strip_prefix(b" ").unwrap_or(after));
+            rest.into()
+        }
+        _ => line.into(),
+    };
+    let selection = ret.only_subscribed || !ok;
     let Some(body) = line.strip_suffix(b")\r\n") else {
-        return (line.into(), None);
+        return (line, selection.then_some(ok.then_some(ret)));
     };
     let upper = body.to_ascii_uppercase();
     let Some(at) = memchr::memmem::rfind(&upper, b" RETURN (") else {
-        return (line.into(), None);
+        return (line, selection.then_some(ok.then_some(ret)));
     };
     let options = &upper[at + 9..];
-    let mut ret = ListReturn::default();
-    let mut ok = true;
     let mut in_status = false;
     let words = options
         .split(|&b| b == b' ' || b == b'(' || b == b')')

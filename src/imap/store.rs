@@ -441,6 +441,14 @@ pub mod memory {
             }
         }
 
+        /// Sets a folder's HIGHESTMODSEQ to 0, as the mail store counts a folder that never
+        /// changed.
+        pub fn zero_modseq(&mut self, name: &str) {
+            if let Some(folder) = self.folder_mut(name) {
+                folder.highest_modseq = 0;
+            }
+        }
+
         /// Expunges as another session would.
         pub fn expunge_now(&mut self, name: &str, uid: u32) {
             if let Some(folder) = self.folder_mut(name) {

@@ -8,8 +8,8 @@ use super::session::{CloseReason, Event, Greeting, Outbox, Session, SessionConfi
 use super::store::memory::Memory;
 use super::store::{serve, system_flag, Flags, SpecialUse};
 
-const GREETING: &str = "* OK [CAPABILITY IMAP4rev2 IMAP4rev1 STARTTLS AUTH=PLAIN AUTH=LOGIN SASL-IR LITERAL+ ENABLE IDLE NAMESPACE ID UIDPLUS MOVE UNSELECT SPECIAL-USE CONDSTORE QRESYNC ESEARCH BINARY STATUS=SIZE QUOTA QUOTA=RES-STORAGE UTF8=ACCEPT APPENDLIMIT=1000] relay IMAP ready\r\n";
-const CAPS_AUTH: &str = "IMAP4rev2 IMAP4rev1 LITERAL+ ENABLE IDLE NAMESPACE ID UIDPLUS MOVE UNSELECT SPECIAL-USE CONDSTORE QRESYNC ESEARCH BINARY STATUS=SIZE QUOTA QUOTA=RES-STORAGE UTF8=ACCEPT APPENDLIMIT=1000";
+const GREETING: &str = "* OK [CAPABILITY IMAP4rev2 IMAP4rev1 STARTTLS AUTH=PLAIN AUTH=LOGIN SASL-IR LITERAL+ ENABLE IDLE NAMESPACE ID UIDPLUS MOVE UNSELECT SPECIAL-USE LIST-EXTENDED LIST-STATUS CONDSTORE QRESYNC ESEARCH BINARY STATUS=SIZE QUOTA QUOTA=RES-STORAGE UTF8=ACCEPT APPENDLIMIT=1000] relay IMAP ready\r\n";
+const CAPS_AUTH: &str = "IMAP4rev2 IMAP4rev1 LITERAL+ ENABLE IDLE NAMESPACE ID UIDPLUS MOVE UNSELECT SPECIAL-USE LIST-EXTENDED LIST-STATUS CONDSTORE QRESYNC ESEARCH BINARY STATUS=SIZE QUOTA QUOTA=RES-STORAGE UTF8=ACCEPT APPENDLIMIT=1000";
 
 fn config() -> SessionConfig {
     SessionConfig {
@@ -131,7 +131,7 @@ fn login_ok() -> String {
 fn capability_noop_logout() {
     transcript(
         "c1 CAPABILITY\r\nc2 NOOP\r\nc3 LOGOUT\r\nc4 NOOP\r\n",
-        "* CAPABILITY IMAP4rev2 IMAP4rev1 STARTTLS AUTH=PLAIN AUTH=LOGIN SASL-IR LITERAL+ ENABLE IDLE NAMESPACE ID UIDPLUS MOVE UNSELECT SPECIAL-USE CONDSTORE QRESYNC ESEARCH BINARY STATUS=SIZE QUOTA QUOTA=RES-STORAGE UTF8=ACCEPT APPENDLIMIT=1000\r\n\
+        "* CAPABILITY IMAP4rev2 IMAP4rev1 STARTTLS AUTH=PLAIN AUTH=LOGIN SASL-IR LITERAL+ ENABLE IDLE NAMESPACE ID UIDPLUS MOVE UNSELECT SPECIAL-USE LIST-EXTENDED LIST-STATUS CONDSTORE QRESYNC ESEARCH BINARY STATUS=SIZE QUOTA QUOTA=RES-STORAGE UTF8=ACCEPT APPENDLIMIT=1000\r\n\
          c1 OK CAPABILITY completed\r\n\
          c2 OK NOOP completed\r\n\
          * BYE Logging out\r\n\
@@ -155,9 +155,9 @@ fn login_disabled_without_tls_until_starttls() {
         rest,
         "a NO [PRIVACYREQUIRED] LOGIN needs TLS\r\n\
          b OK Begin TLS negotiation now\r\n\
-         * CAPABILITY IMAP4rev2 IMAP4rev1 AUTH=PLAIN AUTH=LOGIN SASL-IR LITERAL+ ENABLE IDLE NAMESPACE ID UIDPLUS MOVE UNSELECT SPECIAL-USE CONDSTORE QRESYNC ESEARCH BINARY STATUS=SIZE QUOTA QUOTA=RES-STORAGE UTF8=ACCEPT APPENDLIMIT=1000\r\n\
+         * CAPABILITY IMAP4rev2 IMAP4rev1 AUTH=PLAIN AUTH=LOGIN SASL-IR LITERAL+ ENABLE IDLE NAMESPACE ID UIDPLUS MOVE UNSELECT SPECIAL-USE LIST-EXTENDED LIST-STATUS CONDSTORE QRESYNC ESEARCH BINARY STATUS=SIZE QUOTA QUOTA=RES-STORAGE UTF8=ACCEPT APPENDLIMIT=1000\r\n\
          c OK CAPABILITY completed\r\n\
-         d OK [CAPABILITY IMAP4rev2 IMAP4rev1 LITERAL+ ENABLE IDLE NAMESPACE ID UIDPLUS MOVE UNSELECT SPECIAL-USE CONDSTORE QRESYNC ESEARCH BINARY STATUS=SIZE QUOTA QUOTA=RES-STORAGE UTF8=ACCEPT APPENDLIMIT=1000] Logged in\r\n"
+         d OK [CAPABILITY IMAP4rev2 IMAP4rev1 LITERAL+ ENABLE IDLE NAMESPACE ID UIDPLUS MOVE UNSELECT SPECIAL-USE LIST-EXTENDED LIST-STATUS CONDSTORE QRESYNC ESEARCH BINARY STATUS=SIZE QUOTA QUOTA=RES-STORAGE UTF8=ACCEPT APPENDLIMIT=1000] Logged in\r\n"
     );
 }
 
@@ -1139,6 +1139,95 @@ fn list_return_options_with_utf7_names() {
              * LIST (\\HasNoChildren \\Subscribed \\Drafts) \"/\" Entw&APw-rfe\r\n\
              * STATUS Entw&APw-rfe (DELETED-STORAGE 0 UIDNEXT 1)\r\nc OK LIST completed\r\n\
              d BAD Invalid RETURN options\r\n",
+            login_ok()
+        ),
+    );
+}
+
+/// Work as the mail store has it before its first change: HIGHESTMODSEQ 0.
+fn store_unchanged_folder() -> Memory {
+    let mut m = store();
+    m.zero_modseq("Work");
+    m
+}
+
+/// The SELECT response code is a mod-sequence-value, 1 or more (RFC 7162 §7); STATUS says the
+/// same. interimap takes 0 for "unknown" and resynced such a folder forever.
+#[test]
+fn highestmodseq_of_an_unchanged_folder_is_one() {
+    transcript_with(
+        &config(),
+        store_unchanged_folder,
+        &format!(
+            "{LOGIN}b STATUS Work (UIDNEXT HIGHESTMODSEQ)\r\n\
+             c LIST \"\" Work RETURN (STATUS (HIGHESTMODSEQ))\r\nd EXAMINE Work\r\n"
+        ),
+        &format!(
+            "{}* STATUS Work (UIDNEXT 1 HIGHESTMODSEQ 1)\r\nb OK STATUS completed\r\n\
+             * LIST (\\HasChildren) \"/\" Work\r\n* STATUS Work (HIGHESTMODSEQ 1)\r\n\
+             c OK LIST completed\r\n\
+             * 0 EXISTS\r\n* 0 RECENT\r\n* FLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft)\r\n\
+             * OK [PERMANENTFLAGS ()] Limited\r\n* OK [UIDVALIDITY 1002] UIDs valid\r\n\
+             * OK [UIDNEXT 1] Predicted next UID\r\n* OK [HIGHESTMODSEQ 1] Highest\r\n\
+             d OK [READ-ONLY] EXAMINE completed\r\n",
+            login_ok()
+        ),
+    );
+}
+
+/// RFC 5258 selection options: SUBSCRIBED lists subscribed folders only (with \\Subscribed),
+/// REMOTE adds nothing here, RECURSIVEMATCH adds unsubscribed parents with CHILDINFO and is an
+/// error alone.
+#[test]
+fn list_selection_options() {
+    transcript(
+        &format!(
+            "{LOGIN}b SUBSCRIBE Work/Plans\r\nc SUBSCRIBE Sent\r\n\
+             d LIST (SUBSCRIBED) \"\" *\r\ne LIST (SUBSCRIBED REMOTE RECURSIVEMATCH) \"\" %\r\n\
+             f LIST (RECURSIVEMATCH) \"\" *\r\ng LIST (REMOTE) \"\" S*\r\n\
+             h LIST (SUBSCRIBED) \"\" * RETURN (STATUS (MESSAGES))\r\ni LIST (BOGUS) \"\" *\r\n"
+        ),
+        &format!(
+            "{}b OK SUBSCRIBE completed\r\nc OK SUBSCRIBE completed\r\n\
+             * LIST (\\HasNoChildren \\Subscribed \\Sent) \"/\" Sent\r\n\
+             * LIST (\\HasNoChildren \\Subscribed) \"/\" Work/Plans\r\n\
+             d OK LIST completed\r\n\
+             * LIST (\\HasNoChildren \\Subscribed \\Sent) \"/\" Sent\r\n\
+             * LIST (\\HasChildren) \"/\" Work (\"CHILDINFO\" (\"SUBSCRIBED\"))\r\n\
+             e OK LIST completed\r\n\
+             f BAD Invalid RETURN options\r\n\
+             * LIST (\\HasNoChildren \\Sent) \"/\" Sent\r\n\
+             g OK LIST completed\r\n\
+             * LIST (\\HasNoChildren \\Subscribed \\Sent) \"/\" Sent\r\n\
+             * LIST (\\HasNoChildren \\Subscribed) \"/\" Work/Plans\r\n\
+             * STATUS Sent (MESSAGES 0)\r\n* STATUS Work/Plans (MESSAGES 0)\r\n\
+             h OK LIST completed\r\n\
+             i BAD Invalid RETURN options\r\n",
+            login_ok()
+        ),
+    );
+}
+
+/// RFC 5258 pattern lists: `LIST ref (p1 p2 ...)`, each folder once, with RETURN options.
+#[test]
+fn list_several_patterns() {
+    transcript(
+        &format!(
+            "{LOGIN}b LIST \"\" (INBOX \"Work/*\")\r\n\
+             x SUBSCRIBE Sent\r\nc LIST (SUBSCRIBED) \"\" (\"%\" Sent) RETURN (STATUS (MESSAGES))\r\n\
+             d LIST \"\" (\"W*\" \"Work\")\r\ne LIST \"\" ()\r\n"
+        ),
+        &format!(
+            "{}* LIST (\\HasNoChildren) \"/\" INBOX\r\n\
+             * LIST (\\HasNoChildren) \"/\" Work/Plans\r\n\
+             b OK LIST completed\r\nx OK SUBSCRIBE completed\r\n\
+             * LIST (\\HasNoChildren \\Subscribed \\Sent) \"/\" Sent\r\n\
+             * STATUS Sent (MESSAGES 0)\r\n\
+             c OK LIST completed\r\n\
+             * LIST (\\HasChildren) \"/\" Work\r\n\
+             * LIST (\\HasNoChildren) \"/\" Work/Plans\r\n\
+             d OK LIST completed\r\n\
+             e BAD Syntax error or unknown command\r\n",
             login_ok()
         ),
     );

@@ -368,3 +368,22 @@ pub fn fetch_all(py: &mut Py, s: &str) -> std::collections::BTreeMap<u64, (Strin
     }
     out
 }
+
+impl Py {
+    /// Connects `s` (imaplib IMAP4_stream) to the IMAP server a shell command runs on its
+    /// stdin and stdout, such as a preauthenticated `doveadm exec imap`.
+    pub fn connect_command(&mut self, s: &str, command: &str) -> Json {
+        let answer = self.request(&format!(
+            "{{\"op\": \"connect\", \"s\": {}, \"command\": {}}}",
+            quote(s),
+            quote(command)
+        ));
+        if let Json::Obj(map) = &answer {
+            assert!(
+                !map.contains_key("error"),
+                "connect {s} to {command}: {answer:?}"
+            );
+        }
+        answer
+    }
+}

@@ -9,6 +9,8 @@ imapclient (PyPI).
 Requests:
   {"op": "connect", "s": NAME, "port": P, "tls": "none"|"ssl"|"starttls",
    "cafile": PATH, "lib": "imaplib"|"imapclient"}
+  {"op": "connect", "s": NAME, "command": CMD}   imaplib over a command's stdin/stdout
+      (IMAP4_stream: a preauthenticated server such as `doveadm exec imap`)
   {"op": "call", "s": NAME, "method": M, "args": [...]}   M is a method of the client object
       (imaplib: login, select, uid, store, copy, append, ...); an argument {"b": S} is the
       bytes of S (each char one byte, latin-1), every other argument is passed as is.
@@ -53,6 +55,9 @@ def arg(v):
 
 
 def connect(req):
+    if "command" in req:
+        c = imaplib.IMAP4_stream(req["command"])
+        return c, {"welcome": norm(c.welcome), "capabilities": list(c.capabilities)}
     port = req["port"]
     tls = req.get("tls", "none")
     context = None
