@@ -83,7 +83,7 @@ impl Folder {
     }
 
     /// The messages clients may see: those below the lowest pending UID.
-    pub(super) fn visible(&self) -> impl DoubleEndedIterator<Item = (&u32, &Entry)> {
+    pub(super) fn visible(&self) -> impl DoubleEndedIterator<Item = (&u32, &Entry)> + Clone {
         let limit = self.pending.first().copied().unwrap_or(u32::MAX);
         self.messages.range(..limit)
     }
@@ -587,7 +587,13 @@ impl UserStore {
     pub fn visible(
         &self,
         folder: FolderId,
-    ) -> Result<(Version, impl Iterator<Item = (u32, &Entry)> + '_), StoreError> {
+    ) -> Result<
+        (
+            Version,
+            impl DoubleEndedIterator<Item = (u32, &Entry)> + Clone + '_,
+        ),
+        StoreError,
+    > {
         let f = self.folder(folder)?;
         let version = Version {
             uidvalidity: f.uidvalidity,

@@ -232,14 +232,15 @@ impl Backend for StoreBackend {
                 Box::pin(async move {
                     let picked = ctx.mail_store.folders().with(&user, |s| {
                         let id = s.folder_id(&folder).ok_or(BackendError::NoSuchFolder)?;
-                        let snap = s.snapshot(id).map_err(|_| BackendError::NoSuchFolder)?;
-                        let total = snap.messages.len();
-                        let page: Vec<_> = snap
-                            .messages
-                            .into_iter()
+                        let (_, messages) =
+                            s.visible(id).map_err(|_| BackendError::NoSuchFolder)?;
+                        // Only the page's entries are copied, not the folder's.
+                        let total = messages.clone().count();
+                        let page: Vec<_> = messages
                             .rev()
                             .skip(skip)
                             .take(count)
+                            .map(|(uid, entry)| (uid, entry.clone()))
                             .collect();
                         Ok::<_, BackendError>((total, page))
                     })?;
