@@ -122,12 +122,24 @@ impl Imap {
         self.stream
             .write_all(format!("{tag} {command}\r\n").as_bytes())
             .expect("write");
-        // The tagged reply starts a line; no message here has a line starting with the tag.
-        let reply = self.read_until(format!("\r\n{tag} ").as_bytes());
-        let mut reply = reply;
-        reply.extend(self.read_until(b"\r\n"));
+        self.tagged(tag, command)
+    }
+
+    /// Reads up to the end of the line that starts with `tag ` (no message here has a line
+    /// starting with a tag), and checks that it is an OK.
+    fn tagged(&mut self, tag: &str, what: &str) -> Vec<u8> {
+        let mut reply = Vec::new();
+        loop {
+            let line = self.read_until(b"\r\n");
+            let done = line.starts_with(format!("{tag} ").as_bytes());
+            reply.extend(line);
+            if done {
+                break;
+            }
+        }
         let text = String::from_utf8_lossy(&reply);
-        assert!(text.contains(&format!("\r\n{tag} OK")), "{command}: {text}");
+        let last = text.trim_end().rsplit("\r\n").next().unwrap_or_default();
+        assert!(last.starts_with(&format!("{tag} OK")), "{what}: {text}");
         reply
     }
 
@@ -135,14 +147,7 @@ impl Imap {
         self.stream
             .write_all(format!("p APPEND INBOX {{{}+}}\r\n{message}\r\n", message.len()).as_bytes())
             .expect("write");
-        let reply = self.read_until(b"\r\np ");
-        let mut reply = reply;
-        reply.extend(self.read_until(b"\r\n"));
-        assert!(
-            String::from_utf8_lossy(&reply).contains("\r\np OK"),
-            "{}",
-            String::from_utf8_lossy(&reply)
-        );
+        self.tagged("p", "APPEND");
     }
 }
 
@@ -171,8 +176,8 @@ fn summaries_match_the_parse_across_restart_and_compaction(engine: Engine) {
     // Filler for another user, deleted below: garbage, so compaction rewrites the segment
     // and moves the frames of one's messages.
     for n in 0..12 {
-        let filler = format!("Subject: filler {n}\r\n\r\n{}", "x".repeat(78) + "\r\n").repeat(1)
-            + &format!("{}\r\n", "y".repeat(78)).repeat(50);
+        let filler =
+            format!("Subject: filler {n}\r\n\r\n") + &format!("{}\r\n", "y".repeat(78)).repeat(50);
         relay.deliver(&["two@example.test"], filler.as_bytes());
     }
     let mut imap = Imap::connect(&relay);
