@@ -320,6 +320,9 @@ fn full_parse(c: &mut Criterion) {
 /// (`imap::structure::Summary::encoded`: join Received ‖ message, parse, render ENVELOPE,
 /// BODYSTRUCTURE and BODY) for a 10 KiB message (a text part, an HTML part, a small base64
 /// attachment), beside the policy check SMTP already runs on the same body.
+///
+/// One run (2 vCPU, load ≈ 9 from other builds; profile release without LTO, 16 codegen
+/// units): summary 31.5 µs (310 MiB/s), policy check 5.8 µs.
 fn imap_summary(c: &mut Criterion) {
     let mut msg = format!(
         "From: \"Ann Example\" <ann@example.org>\r\nTo: bob@example.net, Carl <c@x.org>\r\n\
