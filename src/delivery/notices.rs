@@ -190,6 +190,11 @@ async fn store<C: Connector + 'static>(core: &Core<C>, dsn: Dsn) -> Result<Queue
         &mailboxes,
         i64::try_from(micros(now) / 1_000_000).unwrap_or(0),
     );
+    let summary = if mailboxes.is_empty() {
+        None
+    } else {
+        crate::imap::structure::Summary::encoded(&[], &message)
+    };
     let new = NewMessage {
         id,
         arrival_unix_micros: micros(now),
@@ -210,7 +215,7 @@ async fn store<C: Connector + 'static>(core: &Core<C>, dsn: Dsn) -> Result<Queue
         SpoolError::TooLarge { .. } => NotStored::Permanent(error.to_string()),
         _ => NotStored::Transient(error.to_string()),
     };
-    let committed = match core.spool.append_message(new) {
+    let committed = match core.spool.append_message_with_summary(new, summary) {
         Ok(rx) => match rx.await {
             Ok(Ok(committed)) => Ok(committed),
             Ok(Err(error)) => Err(error),

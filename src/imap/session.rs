@@ -335,6 +335,9 @@ struct FetchJob {
     uids: Vec<u32>,
     next: usize,
     needs_body: bool,
+    /// Every item that needs the message is ENVELOPE, BODY or BODYSTRUCTURE: ask for the
+    /// stored summary first, for the body only when there is none.
+    summary_first: bool,
     mark_seen: Vec<u32>,
     /// A BINARY part had a transfer encoding we cannot undo: the FETCH ends `NO [UNKNOWN-CTE]`.
     unknown_cte: bool,
@@ -1445,6 +1448,7 @@ impl Session {
                 self.after_poll(after, out);
             }
             (Job::Fetch(job), Answer::Body(r)) => self.fetch_body(job, r, out),
+            (Job::Fetch(job), Answer::Summary(r)) => self.fetch_summary(job, r, out),
             (Job::Search(job), Answer::Body(r)) => self.search_body(job, r, out),
             (
                 Job::Store {
@@ -2035,6 +2039,19 @@ impl Session {
                     | Item::BinarySize(_)
             )
         });
+        let summary_first = needs_body
+            && items.iter().all(|i| {
+                matches!(
+                    i,
+                    Item::Uid
+                        | Item::Flags
+                        | Item::InternalDate
+                        | Item::Size
+                        | Item::ModSeq
+                        | Item::Envelope
+                        | Item::Structure(_)
+                )
+            });
         let sets_seen = !s.read_only
             && items.iter().any(|i| {
                 matches!(
@@ -2063,6 +2080,7 @@ impl Session {
             uids,
             next: 0,
             needs_body,
+            summary_first,
             mark_seen,
             unknown_cte: false,
         });
@@ -2082,13 +2100,10 @@ impl Session {
         while job.next < job.uids.len() {
             let uid = job.uids[job.next];
             if job.needs_body {
-                let Some(folder) = self.selected().map(|s| s.folder) else {
-                    return;
-                };
-                self.request(Request::Body { folder, uid }, Job::Fetch(job), out);
-                return;
+                let summary = job.summary_first;
+                return self.fetch_request(job, summary, out);
             }
-            if !self.fetch_line(&job, uid, None, out) {
+            if !self.fetch_line(&job, uid, None, None, out) {
                 job.unknown_cte = true;
             }
             job.next += 1;
@@ -2105,7 +2120,7 @@ impl Session {
         let uid = job.uids.get(job.next).copied().unwrap_or(0);
         match body {
             Ok(body) => {
-                if !self.fetch_line(&job, uid, Some(&body), out) {
+                if !self.fetch_line(&job, uid, Some(&body), None, out) {
                     job.unknown_cte = true;
                 }
             }
@@ -2113,16 +2128,54 @@ impl Session {
             Err(StoreError::NonExistent) => {}
             Err(e) => return self.store_error(&job.tag, e, out),
         }
+        self.fetch_next(job, out);
+    }
+
+    fn fetch_summary(
+        &mut self,
+        job: Box<FetchJob>,
+        summary: Result<Option<Vec<u8>>, StoreError>,
+        out: &mut Outbox,
+    ) {
+        let uid = job.uids.get(job.next).copied().unwrap_or(0);
+        match summary {
+            Ok(stored) => match stored.as_deref().and_then(structure::Summary::decode) {
+                Some(summary) => {
+                    // Only ENVELOPE / BODY / BODYSTRUCTURE: nothing that can fail.
+                    self.fetch_line(&job, uid, None, Some(&summary), out);
+                }
+                // None kept, or of another rendering version: parse the body as ever.
+                None => return self.fetch_request(job, false, out),
+            },
+            Err(StoreError::NonExistent) => {}
+            Err(e) => return self.store_error(&job.tag, e, out),
+        }
+        self.fetch_next(job, out);
+    }
+
+    /// After one message: on to the next, or done.
+    fn fetch_next(&mut self, mut job: Box<FetchJob>, out: &mut Outbox) {
         job.next += 1;
         if job.next < job.uids.len() {
-            let Some(folder) = self.selected().map(|s| s.folder) else {
-                return;
-            };
-            let uid = job.uids[job.next];
-            self.request(Request::Body { folder, uid }, Job::Fetch(job), out);
+            let summary = job.summary_first;
+            self.fetch_request(job, summary, out);
         } else {
             self.fetch_done(*job, out);
         }
+    }
+
+    /// Asks for the summary (`summary`) or the body of the message `job` is at.
+    fn fetch_request(&mut self, job: Box<FetchJob>, summary: bool, out: &mut Outbox) {
+        let Some(folder) = self.selected().map(|s| s.folder) else {
+            return;
+        };
+        let uid = job.uids[job.next];
+        let request = if summary {
+            Request::Summary { folder, uid }
+        } else {
+            Request::Body { folder, uid }
+        };
+        self.request(request, Job::Fetch(job), out);
     }
 
     fn fetch_done(&mut self, job: FetchJob, out: &mut Outbox) {
@@ -2167,6 +2220,7 @@ impl Session {
         job: &FetchJob,
         uid: u32,
         body: Option<&[u8]>,
+        summary: Option<&structure::Summary>,
         out: &mut Outbox,
     ) -> bool {
         let Some(s) = self.selected() else {
@@ -2190,7 +2244,7 @@ impl Session {
                     }
             )
         });
-        let tree = if needs_tree {
+        let tree = if needs_tree && summary.is_none() {
             structure::parse(whole)
         } else {
             None
@@ -2239,11 +2293,18 @@ impl Session {
                 }
                 Item::Envelope => {
                     reply::raw(b, "ENVELOPE ");
-                    structure::envelope(b, tree.as_ref(), 0);
+                    match summary {
+                        Some(summary) => b.extend_from_slice(&summary.envelope),
+                        None => structure::envelope(b, tree.as_ref(), 0),
+                    }
                 }
                 Item::Structure(extended) => {
                     reply::raw(b, if *extended { "BODYSTRUCTURE " } else { "BODY " });
-                    structure::body_structure(b, tree.as_ref(), whole, *extended);
+                    match (summary, extended) {
+                        (Some(summary), true) => b.extend_from_slice(&summary.body_structure),
+                        (Some(summary), false) => b.extend_from_slice(&summary.body),
+                        (None, _) => structure::body_structure(b, tree.as_ref(), whole, *extended),
+                    }
                 }
                 Item::Body {
                     section: BodySection::Part { path, piece },

@@ -181,6 +181,9 @@ pub enum StoreError {
 /// A message's stored bytes.
 pub type Body = Arc<[u8]>;
 
+/// An encoded [`structure::Summary`](super::structure::Summary), as the store keeps it.
+pub type Summary = Vec<u8>;
+
 /// What the session needs from one user's store. Names are full folder names (`INBOX` in
 /// that spelling); UIDs are those of the snapshot's UIDVALIDITY.
 pub trait Mailboxes {
@@ -196,6 +199,9 @@ pub trait Mailboxes {
         uidnext: u32,
     ) -> Result<Changes, StoreError>;
     fn body(&mut self, folder: FolderId, uid: u32) -> Result<Body, StoreError>;
+    /// The message's stored summary ([`structure::Summary`](super::structure::Summary),
+    /// encoded), when the store keeps one: `Ok(None)` sends the session to [`Mailboxes::body`].
+    fn summary(&mut self, folder: FolderId, uid: u32) -> Result<Option<Summary>, StoreError>;
     /// Durable before it returns.
     fn store_flags(
         &mut self,
@@ -245,6 +251,11 @@ pub enum Request {
         uidnext: u32,
     },
     Body {
+        folder: FolderId,
+        uid: u32,
+    },
+    /// See [`Mailboxes::summary`].
+    Summary {
         folder: FolderId,
         uid: u32,
     },
@@ -298,6 +309,7 @@ pub enum Answer {
     Select(Result<Snapshot, StoreError>),
     Changes(Result<Changes, StoreError>),
     Body(Result<Body, StoreError>),
+    Summary(Result<Option<Summary>, StoreError>),
     StoreFlags(Result<Stored, StoreError>),
     Copy(Result<Copied, StoreError>),
     Expunge(Result<Vec<u32>, StoreError>),
@@ -320,6 +332,7 @@ pub fn serve<M: Mailboxes + ?Sized>(store: &mut M, request: &Request) -> Answer 
             uidnext,
         } => Answer::Changes(store.changes(*folder, *modseq, *uidnext)),
         Request::Body { folder, uid } => Answer::Body(store.body(*folder, *uid)),
+        Request::Summary { folder, uid } => Answer::Summary(store.summary(*folder, *uid)),
         Request::StoreFlags {
             folder,
             uids,
@@ -360,6 +373,7 @@ pub mod memory {
     struct Message {
         meta: MessageMeta,
         body: Body,
+        summary: Option<Summary>,
     }
 
     #[derive(Debug, Clone)]
@@ -387,6 +401,10 @@ pub mod memory {
         pub broken: bool,
         /// The storage limit in octets; APPEND and COPY beyond it fail with `OverQuota`.
         pub quota_limit: Option<u64>,
+        /// Keep a summary of each message stored from now on, as the real store does.
+        pub summaries: bool,
+        /// Every call answered, in order (what the session asked for).
+        pub calls: Vec<&'static str>,
     }
 
     impl Default for Memory {
@@ -398,6 +416,8 @@ pub mod memory {
                 now: 1_700_000_000,
                 broken: false,
                 quota_limit: None,
+                summaries: false,
+                calls: Vec::new(),
             };
             m.add_folder("INBOX", None);
             m
@@ -425,8 +445,9 @@ pub mod memory {
         /// Delivers a message into a folder (as SMTP would); returns its UID.
         pub fn deliver(&mut self, name: &str, body: &[u8], flags: Flags) -> Option<u32> {
             let now = self.now;
+            let summary = self.summary_of(body);
             let folder = self.folder_mut(name)?;
-            Some(put(folder, body.into(), flags, (now, 0)))
+            Some(put(folder, body.into(), summary, flags, (now, 0)))
         }
 
         /// Sets flags as another session would.
@@ -454,6 +475,21 @@ pub mod memory {
             if let Some(folder) = self.folder_mut(name) {
                 remove(folder, &[uid]);
             }
+        }
+
+        /// Replaces a message's stored summary (`None`: as if stored before summaries).
+        pub fn set_summary(&mut self, name: &str, uid: u32, summary: Option<Summary>) {
+            if let Some(folder) = self.folder_mut(name) {
+                if let Some(m) = folder.messages.iter_mut().find(|m| m.meta.uid == uid) {
+                    m.summary = summary;
+                }
+            }
+        }
+
+        fn summary_of(&self, body: &[u8]) -> Option<Summary> {
+            self.summaries
+                .then(|| crate::imap::structure::Summary::of(body).encode())
+                .flatten()
         }
 
         fn folder_mut(&mut self, name: &str) -> Option<&mut Folder> {
@@ -495,7 +531,13 @@ pub mod memory {
         a == b || (a.eq_ignore_ascii_case("INBOX") && b.eq_ignore_ascii_case("INBOX"))
     }
 
-    fn put(folder: &mut Folder, body: Body, flags: Flags, date: (i64, i16)) -> u32 {
+    fn put(
+        folder: &mut Folder,
+        body: Body,
+        summary: Option<Summary>,
+        flags: Flags,
+        date: (i64, i16),
+    ) -> u32 {
         folder.highest_modseq += 1;
         let uid = folder.uidnext;
         folder.uidnext += 1;
@@ -509,6 +551,7 @@ pub mod memory {
                 modseq: folder.highest_modseq,
             },
             body,
+            summary,
         });
         uid
     }
@@ -602,11 +645,23 @@ pub mod memory {
 
         fn body(&mut self, folder: FolderId, uid: u32) -> Result<Body, StoreError> {
             self.check()?;
+            self.calls.push("body");
             let f = self.by_id(folder)?;
             f.messages
                 .iter()
                 .find(|m| m.meta.uid == uid)
                 .map(|m| m.body.clone())
+                .ok_or(StoreError::NonExistent)
+        }
+
+        fn summary(&mut self, folder: FolderId, uid: u32) -> Result<Option<Summary>, StoreError> {
+            self.check()?;
+            self.calls.push("summary");
+            let f = self.by_id(folder)?;
+            f.messages
+                .iter()
+                .find(|m| m.meta.uid == uid)
+                .map(|m| m.summary.clone())
                 .ok_or(StoreError::NonExistent)
         }
 
@@ -666,7 +721,13 @@ pub mod memory {
             for m in &picked {
                 let date = (m.meta.internal_date, m.meta.zone_minutes);
                 let _ = now;
-                let uid = put(dest, m.body.clone(), m.meta.flags.clone(), date);
+                let uid = put(
+                    dest,
+                    m.body.clone(),
+                    m.summary.clone(),
+                    m.meta.flags.clone(),
+                    date,
+                );
                 out.source.push(m.meta.uid);
                 out.destination.push(uid);
             }
@@ -692,10 +753,12 @@ pub mod memory {
             self.check()?;
             self.room(message.len() as u64)?;
             let now = self.now;
+            let summary = self.summary_of(message);
             let dest = self.folder_mut(to).ok_or(StoreError::NonExistent)?;
             let uid = put(
                 dest,
                 message.into(),
+                summary,
                 flags.clone(),
                 date.unwrap_or((now, 0)),
             );

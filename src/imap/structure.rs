@@ -1,6 +1,10 @@
 //! ENVELOPE, BODYSTRUCTURE and body part sections (RFC 9051 §7.5.2, §6.4.5), computed from
 //! the raw message with the MIME engine ([`crate::mime`]) and mail-parser's address parser.
 //! A message the MIME engine refuses (a limit) is described as one text/plain part.
+//!
+//! [`Summary`] is the same rendering done once, when the message is stored, and kept beside it
+//! (in its spool frame), so that FETCH ENVELOPE / BODY / BODYSTRUCTURE need neither the body
+//! nor a parse.
 
 use crate::mime::{self, Message, PartKind};
 
@@ -236,6 +240,97 @@ fn disposition(out: &mut Vec<u8>, p: &mime::Part<'_>) {
     out.push(b')');
 }
 
+/// ENVELOPE, BODYSTRUCTURE and BODY of a whole message, rendered as FETCH sends them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Summary {
+    pub envelope: Vec<u8>,
+    /// Extended (BODYSTRUCTURE).
+    pub body_structure: Vec<u8>,
+    /// Non-extended (BODY).
+    pub body: Vec<u8>,
+}
+
+impl Summary {
+    /// The rendering this build produces. Raise it with any change to what [`envelope`] or
+    /// [`body_structure`] write (the test `summary_version_pins_the_rendering` fails until
+    /// then): a stored summary of another version is not used, the body is parsed instead.
+    pub const VERSION: u8 = 1;
+
+    /// Larger summaries are not kept (a message of thousands of parts): such a message is
+    /// parsed at each FETCH, as every message was before summaries.
+    pub const MAX_ENCODED: usize = 64 * 1024;
+
+    /// The summary of a stored message (`whole`: exactly the bytes FETCH serves).
+    pub fn of(whole: &[u8]) -> Summary {
+        Summary::of_parsed(parse(whole).as_ref(), whole)
+    }
+
+    /// The encoded summary of a message stored as `received ‖ body` (the spool's two parts,
+    /// joined for the parse: FETCH parses exactly those bytes), or `None` if too large.
+    pub fn encoded(received: &[u8], body: &[u8]) -> Option<Vec<u8>> {
+        if received.is_empty() {
+            return Summary::of(body).encode();
+        }
+        let mut whole = Vec::with_capacity(received.len() + body.len());
+        whole.extend_from_slice(received);
+        whole.extend_from_slice(body);
+        Summary::of(&whole).encode()
+    }
+
+    /// The summary from a parse of `whole` already made.
+    pub fn of_parsed(msg: Option<&Message<'_>>, whole: &[u8]) -> Summary {
+        let mut envelope_out = Vec::new();
+        envelope(&mut envelope_out, msg, 0);
+        let mut extended = Vec::new();
+        body_structure(&mut extended, msg, whole, true);
+        let mut plain = Vec::new();
+        body_structure(&mut plain, msg, whole, false);
+        Summary {
+            envelope: envelope_out,
+            body_structure: extended,
+            body: plain,
+        }
+    }
+
+    /// `version u8 | (len u32 LE | bytes) × 3` (envelope, BODYSTRUCTURE, BODY); `None` when
+    /// larger than [`Summary::MAX_ENCODED`].
+    pub fn encode(&self) -> Option<Vec<u8>> {
+        let parts = [&self.envelope, &self.body_structure, &self.body];
+        let len = 1 + parts.iter().map(|p| 4 + p.len()).sum::<usize>();
+        if len > Summary::MAX_ENCODED {
+            return None;
+        }
+        let mut out = Vec::with_capacity(len);
+        out.push(Summary::VERSION);
+        for p in parts {
+            out.extend_from_slice(&u32::try_from(p.len()).ok()?.to_le_bytes());
+            out.extend_from_slice(p);
+        }
+        Some(out)
+    }
+
+    /// `None` for another version or bytes that are not exactly one encoded summary.
+    pub fn decode(bytes: &[u8]) -> Option<Summary> {
+        let (&version, mut rest) = bytes.split_first()?;
+        if version != Summary::VERSION {
+            return None;
+        }
+        let mut next = || -> Option<Vec<u8>> {
+            let (len, tail) = rest.split_at_checked(4)?;
+            let len = usize::try_from(u32::from_le_bytes(len.try_into().ok()?)).ok()?;
+            let (part, tail) = tail.split_at_checked(len)?;
+            rest = tail;
+            Some(part.to_vec())
+        };
+        let summary = Summary {
+            envelope: next()?,
+            body_structure: next()?,
+            body: next()?,
+        };
+        rest.is_empty().then_some(summary)
+    }
+}
+
 /// What a part section names.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PartPiece {
@@ -324,6 +419,48 @@ mod tests {
             String::from_utf8_lossy(&out),
             "((\"TEXT\" \"PLAIN\" (\"CHARSET\" \"utf-8\") NIL NIL \"7BIT\" 5 0 NIL NIL NIL NIL)(\"APPLICATION\" \"PDF\" NIL NIL NIL \"BASE64\" 4 NIL (\"attachment\" (\"FILENAME\" \"a.pdf\")) NIL NIL) \"MIXED\" (\"BOUNDARY\" \"b\") NIL NIL NIL)"
         );
+    }
+
+    #[test]
+    fn summary_encodes_and_decodes_exactly() {
+        let s = Summary::of(MIXED);
+        let mut envelope_out = Vec::new();
+        envelope(&mut envelope_out, parse(MIXED).as_ref(), 0);
+        assert_eq!(s.envelope, envelope_out);
+        assert!(s.body_structure.starts_with(b"((\"TEXT\" \"PLAIN\""));
+        assert!(s.body.len() < s.body_structure.len());
+        let bytes = s.encode().unwrap();
+        assert_eq!(bytes[0], Summary::VERSION);
+        assert_eq!(
+            bytes.len(),
+            1 + 12 + s.envelope.len() + s.body_structure.len() + s.body.len()
+        );
+        assert_eq!(Summary::decode(&bytes), Some(s.clone()));
+        // Anything but exactly one summary of this version is refused.
+        for bad in [
+            &bytes[..bytes.len() - 1],
+            &bytes[..1],
+            &[][..],
+            &[bytes.as_slice(), b"x"].concat()[..],
+        ] {
+            assert_eq!(Summary::decode(bad), None, "{bad:?}");
+        }
+        let mut other = bytes.clone();
+        other[0] = Summary::VERSION.wrapping_add(1);
+        assert_eq!(Summary::decode(&other), None);
+        let mut long = bytes.clone();
+        long[1..5].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert_eq!(Summary::decode(&long), None);
+        // The stored body is Received ‖ message: joined, it renders as the whole.
+        let (received, message) = MIXED.split_at(30);
+        assert_eq!(Summary::encoded(received, message), Some(bytes));
+        // Too large to keep: none.
+        let huge = Summary {
+            envelope: vec![b'x'; Summary::MAX_ENCODED],
+            body_structure: Vec::new(),
+            body: Vec::new(),
+        };
+        assert_eq!(huge.encode(), None);
     }
 
     #[test]

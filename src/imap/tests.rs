@@ -1232,3 +1232,157 @@ fn list_several_patterns() {
         ),
     );
 }
+
+use super::structure::Summary;
+
+// ---- Stored summaries (ENVELOPE / BODY / BODYSTRUCTURE without the body)
+
+/// Messages of every shape the summary renders: multipart, message/rfc822 (nested twice),
+/// encoded words, groups, folded and 8-bit fields (literals), every extension field, a message
+/// without a header, an empty one, and one the MIME engine refuses (too deep).
+fn summary_corpus() -> Vec<Vec<u8>> {
+    let nested = b"From: =?utf-8?b?w4VzYQ==?= <asa@example.se>\r\nTo: \"Team\": a@x.org, \"B, Q\" <b@y.org>;, c@z.org\r\nCc: undisclosed-recipients:;\r\nSubject: =?utf-8?q?n=C3=A4stad?= and\r\n folded\r\nDate: Tue, 4 Mar 2025 10:00:00 +0100\r\nMessage-ID: <n@example.se>\r\nIn-Reply-To: <p@example.se>\r\nReply-To: r@example.se\r\nSender: s@example.se\r\nBcc: hidden@example.se\r\nMIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=\"outer b\"\r\n\r\npreamble\r\n--outer b\r\nContent-Type: text/plain; charset=utf-8; format=flowed\r\nContent-ID: <c1@example.se>\r\nContent-Description: the text\r\nContent-MD5: Q2hlY2sgSW50ZWdyaXR5IQ==\r\nContent-Transfer-Encoding: 8bit\r\n\r\nH\xc3\xa4lsningar\r\n--outer b\r\nContent-Type: message/rfc822\r\nContent-Disposition: inline\r\n\r\nFrom: Inner <i@example.org>\r\nSubject: inner\r\nContent-Type: multipart/alternative; boundary=alt\r\n\r\n--alt\r\nContent-Type: text/plain\r\n\r\nplain\r\n--alt\r\nContent-Type: message/rfc822\r\n\r\nSubject: innermost\r\n\r\ndeep\r\n--alt--\r\n--outer b\r\nContent-Type: application/octet-stream; name=\"a b.bin\"\r\nContent-Transfer-Encoding: base64\r\nContent-Disposition: attachment; filename=\"a b.bin\"; size=3\r\n\r\nAAEC\r\n--outer b--\r\nepilogue\r\n".to_vec();
+    let eight_bit =
+        "From: Jörg <jörg@exämple.org>\r\nSubject: Grüße\r\nTo: a@b.c\r\n\r\nbody\r\n".into();
+    let mut deep = Vec::new();
+    for i in 0..120 {
+        deep.extend_from_slice(
+            format!("Content-Type: multipart/mixed; boundary=b{i}\r\n\r\n--b{i}\r\n").as_bytes(),
+        );
+    }
+    deep.extend_from_slice(b"\r\nleaf\r\n");
+    vec![
+        MSG1.to_vec(),
+        MSG2.to_vec(),
+        MIXED.to_vec(),
+        MIME.to_vec(),
+        nested,
+        eight_bit,
+        b"\r\nno header at all\r\n".to_vec(),
+        Vec::new(),
+        deep,
+    ]
+}
+
+fn corpus_store(summaries: bool) -> Memory {
+    let mut m = Memory::default();
+    m.summaries = summaries;
+    for body in summary_corpus() {
+        m.deliver("INBOX", &body, Flags::default());
+    }
+    m
+}
+
+const SUMMARY_FETCHES: &str = "a LOGIN alice secret\r\ns EXAMINE INBOX\r\n\
+    b FETCH 1:* (UID ENVELOPE BODY BODYSTRUCTURE)\r\nc FETCH 1:* ENVELOPE\r\n\
+    d UID FETCH 1:* (FLAGS BODY INTERNALDATE RFC822.SIZE)\r\ne FETCH 2,4 BODYSTRUCTURE\r\n";
+
+/// The rendering from stored summaries is byte for byte the parse's, and asks for no body.
+#[test]
+fn fetch_from_summaries_renders_what_the_parse_renders_without_a_body() {
+    let mut parsed = corpus_store(false);
+    let mut summarised = corpus_store(true);
+    let from_parse = run_pieces(&config(), &mut parsed, &[SUMMARY_FETCHES.as_bytes()]);
+    let from_summary = run_pieces(&config(), &mut summarised, &[SUMMARY_FETCHES.as_bytes()]);
+    assert_eq!(
+        String::from_utf8_lossy(&from_summary),
+        String::from_utf8_lossy(&from_parse)
+    );
+    let n = summary_corpus().len();
+    // 4 FETCHes: every message 3 times, and 2 more.
+    let asked = 3 * n + 2;
+    assert_eq!(summarised.calls, vec!["summary"; asked]);
+    // Without summaries each is asked for, then its body.
+    assert_eq!(parsed.calls, ["summary", "body"].repeat(asked));
+    // The replies carry what was asked: all 9 messages, literals for the 8-bit fields.
+    let text = String::from_utf8_lossy(&from_summary);
+    assert_eq!(text.matches("BODYSTRUCTURE (").count(), n + 2, "{text}");
+    assert!(text.contains("\"innermost\""), "{text}");
+    assert!(text.contains("(NIL NIL \"Team\" NIL)"), "{text}");
+    assert!(text.contains("{5}\r\nJ\u{f6}rg"), "{text}");
+    assert!(text.contains("e OK FETCH completed"), "{text}");
+}
+
+/// Same transcript, whole and split anywhere, from summaries (the expected bytes are those
+/// of the parse path, pinned in `fetch_structure_and_parts`).
+#[test]
+fn fetch_structure_transcript_from_summaries() {
+    fn mixed_summarised() -> Memory {
+        let mut m = Memory::default();
+        m.summaries = true;
+        m.deliver("INBOX", MIXED, Flags::default());
+        m
+    }
+    transcript_with(
+        &config(),
+        mixed_summarised,
+        &format!("{LOGIN}s EXAMINE INBOX\r\nb FETCH 1 (ENVELOPE BODY)\r\nc FETCH 1 BODYSTRUCTURE\r\n"),
+        &format!(
+            "{}* 1 EXISTS\r\n* 0 RECENT\r\n* FLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft)\r\n\
+             * OK [PERMANENTFLAGS ()] Limited\r\n* OK [UNSEEN 1] First unseen\r\n\
+             * OK [UIDVALIDITY 1000] UIDs valid\r\n* OK [UIDNEXT 2] Predicted next UID\r\n\
+             * OK [HIGHESTMODSEQ 2] Highest\r\ns OK [READ-ONLY] EXAMINE completed\r\n\
+             * 1 FETCH (ENVELOPE (NIL \"parts\" ((\"Ann\" NIL \"ann\" \"example.org\")) ((\"Ann\" NIL \"ann\" \"example.org\")) ((\"Ann\" NIL \"ann\" \"example.org\")) NIL NIL NIL NIL NIL) \
+             BODY ((\"TEXT\" \"PLAIN\" (\"CHARSET\" \"US-ASCII\") NIL NIL \"7BIT\" 5 0)(\"MESSAGE\" \"RFC822\" NIL NIL NIL \"7BIT\" 20 (NIL \"inner\" NIL NIL NIL NIL NIL NIL NIL NIL) (\"TEXT\" \"PLAIN\" (\"CHARSET\" \"US-ASCII\") NIL NIL \"7BIT\" 2 0) 2) \"MIXED\"))\r\n\
+             b OK FETCH completed\r\n\
+             * 1 FETCH (BODYSTRUCTURE ((\"TEXT\" \"PLAIN\" (\"CHARSET\" \"US-ASCII\") NIL NIL \"7BIT\" 5 0 NIL NIL NIL NIL)(\"MESSAGE\" \"RFC822\" NIL NIL NIL \"7BIT\" 20 (NIL \"inner\" NIL NIL NIL NIL NIL NIL NIL NIL) (\"TEXT\" \"PLAIN\" (\"CHARSET\" \"US-ASCII\") NIL NIL \"7BIT\" 2 0 NIL NIL NIL NIL) 2 NIL NIL NIL NIL) \"MIXED\" (\"BOUNDARY\" \"b\") NIL NIL NIL))\r\n\
+             c OK FETCH completed\r\n",
+            login_ok()
+        ),
+    );
+}
+
+/// Items that need the body fetch it (never a summary); an unusable summary (none, another
+/// rendering version, damaged) falls back to the body with the same reply.
+#[test]
+fn body_items_and_unusable_summaries_read_the_body() {
+    let commands =
+        "a LOGIN alice secret\r\ns EXAMINE INBOX\r\nb FETCH 3 (ENVELOPE BODY.PEEK[1])\r\n\
+        c FETCH 3 (BODYSTRUCTURE RFC822.HEADER)\r\nd FETCH 3 (BODY BINARY.SIZE[1])\r\n";
+    let mut store = corpus_store(true);
+    run_pieces(&config(), &mut store, &[commands.as_bytes()]);
+    assert_eq!(store.calls, vec!["body"; 3]);
+
+    let fetch = "a LOGIN alice secret\r\ns EXAMINE INBOX\r\nb FETCH 3 (ENVELOPE BODYSTRUCTURE)\r\n";
+    let want = run_pieces(&config(), &mut corpus_store(false), &[fetch.as_bytes()]);
+    let good = Summary::of(MIXED).encode().unwrap();
+    let mut other_version = good.clone();
+    other_version[0] = Summary::VERSION + 1;
+    let cut = good[..good.len() - 1].to_vec();
+    for (what, stored) in [
+        ("none", None),
+        ("other version", Some(other_version)),
+        ("cut short", Some(cut)),
+    ] {
+        let mut store = corpus_store(true);
+        store.set_summary("INBOX", 3, stored);
+        let got = run_pieces(&config(), &mut store, &[fetch.as_bytes()]);
+        assert_eq!(
+            String::from_utf8_lossy(&got),
+            String::from_utf8_lossy(&want),
+            "{what}"
+        );
+        assert_eq!(store.calls, vec!["summary", "body"], "{what}");
+    }
+    // A summary that is not the message's is served as stored: the reply comes from it.
+    let mut store = corpus_store(true);
+    store.set_summary("INBOX", 3, Summary::of(MSG2).encode());
+    let got = run_pieces(&config(), &mut store, &[fetch.as_bytes()]);
+    assert!(String::from_utf8_lossy(&got).contains("(NIL \"two\" NIL"));
+}
+
+/// The summaries of the corpus, pinned. A change to the ENVELOPE or BODYSTRUCTURE rendering
+/// changes this checksum: then raise `Summary::VERSION` (stored summaries of the old rendering
+/// are then parsed again instead of served) and update the pin with it.
+#[test]
+fn summary_version_pins_the_rendering() {
+    let mut all = Vec::new();
+    for body in summary_corpus() {
+        all.extend(Summary::of(&body).encode().unwrap());
+    }
+    assert_eq!(
+        (Summary::VERSION, all.len(), crc32c::crc32c(&all)),
+        (1, 4295, 2_165_305_664),
+        "the rendering changed: raise Summary::VERSION and update this pin"
+    );
+}

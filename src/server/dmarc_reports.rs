@@ -397,6 +397,11 @@ impl Job {
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(0));
         let placements = self.outbound.mail_store.place(&mailboxes, arrival);
+        let summary = if mailboxes.is_empty() {
+            None
+        } else {
+            crate::imap::structure::Summary::encoded(&signature, &message)
+        };
         let new = NewMessage {
             id,
             arrival_unix_micros: now
@@ -430,7 +435,7 @@ impl Job {
             SpoolError::TooLarge { .. } => Outcome::Dropped(error.to_string()),
             _ => Outcome::Later(format!("spool: {error}")),
         };
-        let committed = match shard.append_message(new) {
+        let committed = match shard.append_message_with_summary(new, summary) {
             Ok(pending) => match pending.await {
                 Ok(Ok(committed)) => Ok(committed),
                 Ok(Err(error)) => Err(error),

@@ -377,6 +377,7 @@ fn unavailable(request: &Request) -> Answer {
         Request::Select(_) => Answer::Select(Err(no)),
         Request::Changes { .. } => Answer::Changes(Err(no)),
         Request::Body { .. } => Answer::Body(Err(no)),
+        Request::Summary { .. } => Answer::Summary(Err(no)),
         Request::StoreFlags { .. } => Answer::StoreFlags(Err(no)),
         Request::Copy { .. } => Answer::Copy(Err(no)),
         Request::Expunge { .. } => Answer::Expunge(Err(no)),

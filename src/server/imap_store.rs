@@ -122,6 +122,21 @@ impl UserStoreLink {
                     }
                 }
             }
+            Request::Summary { folder, uid } => {
+                let mut id = None;
+                read(&mut |s| id = s.entry(folder, uid).map(|e| e.id));
+                let Some(id) = id else {
+                    return Answer::Summary(Err(StoreError::NonExistent));
+                };
+                match ctx.store.read_summary(id) {
+                    Ok(summary) => Answer::Summary(Ok(summary)),
+                    // The body is read without the meta: it may still serve.
+                    Err(error) => {
+                        tracing::warn!(target: "relay::imap", %error, "cannot read a summary");
+                        Answer::Summary(Ok(None))
+                    }
+                }
+            }
             Request::StoreFlags {
                 folder,
                 uids,
@@ -332,7 +347,8 @@ impl UserStoreLink {
             remote: Vec::new(),
             placements: placements.clone(),
         };
-        let committed = match ctx.spool.append_message(new) {
+        let summary = crate::imap::structure::Summary::encoded(&[], &new.body);
+        let committed = match ctx.spool.append_message_with_summary(new, summary) {
             Ok(pending) => match pending.await {
                 Ok(Ok(committed)) => Ok(committed),
                 Ok(Err(error)) => Err(error),

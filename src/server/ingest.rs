@@ -63,6 +63,12 @@ pub async fn store(
     let size = (received.len() + body.len()) as u64;
     let arrival = i64::try_from(unix_micros(now) / 1_000_000).unwrap_or(0);
     let placements = ctx.mail_store.place(&mailboxes, arrival);
+    // Only IMAP reads it: a message relayed only pays nothing.
+    let summary = if mailboxes.is_empty() {
+        None
+    } else {
+        crate::imap::structure::Summary::encoded(&received, &body)
+    };
     let message = NewMessage {
         id,
         arrival_unix_micros: unix_micros(now),
@@ -74,7 +80,7 @@ pub async fn store(
         remote,
         placements: placements.clone(),
     };
-    let result = match ctx.spool.append_message(message) {
+    let result = match ctx.spool.append_message_with_summary(message, summary) {
         Ok(pending) => match pending.await {
             Ok(Ok(committed)) => {
                 let body_len = committed.location.body_len;

@@ -40,9 +40,12 @@
 //! Record kinds (each with its own layout version). The meta of each is an rkyv archive of the
 //! spool's own disk types in `record` (`MessageV1`, `DeletionV1`, `DeliveryV1`), converted
 //! from and to the API types named here at encode and decode:
-//! - 1 `Message` v2 (v1 still read): [`MessageMeta`] (envelope, origin, local `mailboxes`,
+//! - 1 `Message` v3 (v1, v2 still read): [`MessageMeta`] (envelope, origin, local `mailboxes`,
 //!   `remote` routes; v2 adds `placements`, parallel to `mailboxes`) + the stored body. Local
-//!   delivery is part of this frame, so it can never be torn from it.
+//!   delivery is part of this frame, so it can never be torn from it. v3 adds, after the v2
+//!   fields, `summary: Option<bytes>`: the IMAP summary of the body (opaque here,
+//!   `imap::structure::Summary`), written for messages with local mailboxes and read alone by
+//!   [`Spool::read_summary`](super::Spool::read_summary).
 //! - 2 `MailboxDeletion` v1: [`MailboxDeletion`] `{ mailbox, ids }`, no body: one POP3
 //!   session's DELEs, written at QUIT.
 //! - 3 `DeliveryResult` v1: [`DeliveryRecord`] `{ results, dsn_sent }`, no body: outcomes of
@@ -65,7 +68,8 @@ use crate::envelope::{Envelope, Origin, QueueId};
 
 use super::record::{
     ArchivedDeletionV1, ArchivedDeliveryV1, ArchivedMailboxStateV1, ArchivedMessageV1,
-    ArchivedMessageV2, DeletionV1, DeliveryV1, MailboxStateV1, MessageV1, MessageV2,
+    ArchivedMessageV2, ArchivedMessageV3, DeletionV1, DeliveryV1, MailboxStateV1, MessageV1,
+    MessageV2, MessageV3,
 };
 use super::state::{MailboxState, Placement};
 use super::SpoolError;
@@ -124,7 +128,7 @@ impl RecordKind {
     /// The layout version this build writes for the kind.
     pub const fn current_version(self) -> u16 {
         match self {
-            RecordKind::Message => 2,
+            RecordKind::Message => 3,
             RecordKind::MailboxDeletion => 1,
             RecordKind::DeliveryResult => 1,
             RecordKind::MailboxState => 1,
@@ -134,7 +138,7 @@ impl RecordKind {
     /// The layout versions of the kind this build reads. Keep old versions readable forever.
     pub const fn versions_read(self) -> &'static [u16] {
         match self {
-            RecordKind::Message => &[1, 2],
+            RecordKind::Message => &[1, 2, 3],
             RecordKind::MailboxDeletion => &[1],
             RecordKind::DeliveryResult => &[1],
             RecordKind::MailboxState => &[1],
@@ -147,8 +151,9 @@ impl RecordKind {
     }
 }
 
-/// What a [`RecordKind::Message`] frame holds besides the body (on disk as `record::MessageV2`,
-/// or `MessageV1` for frames written before placements).
+/// What a [`RecordKind::Message`] frame holds besides the body (on disk inside
+/// `record::MessageV3`, with the IMAP summary beside it; `MessageV2` for frames written before
+/// summaries, `MessageV1` for frames written before placements).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MessageMeta {
     pub id: QueueId,
@@ -313,6 +318,12 @@ pub fn decode_payload(kind: RecordKind, version: u16, meta: &[u8]) -> Result<Rec
         ));
     }
     match kind {
+        RecordKind::Message if version == 3 => {
+            let archived =
+                rkyv::access::<ArchivedMessageV3, BoxedError>(meta).map_err(|e| e.to_string())?;
+            let meta = MessageMeta::try_from(archived).map_err(|e| e.to_string())?;
+            Ok(Record::Message(meta))
+        }
         RecordKind::Message if version == 2 => {
             let archived =
                 rkyv::access::<ArchivedMessageV2, BoxedError>(meta).map_err(|e| e.to_string())?;
@@ -516,7 +527,7 @@ pub(crate) struct EncodedFrame {
 /// byte-identical to a standalone `to_bytes` (the start is 16-aligned) without a copy.
 pub(crate) fn encode_message(
     buf: &mut AlignedVec<16>,
-    meta: &MessageV2,
+    meta: &MessageV3,
     body_parts: [&[u8]; 2],
     seq: u64,
 ) -> Result<EncodedFrame, SpoolError> {
@@ -696,7 +707,7 @@ pub(crate) mod tests {
         let mut buf = AlignedVec::<16>::new();
         buf.extend_from_slice(&[0u8; 64]);
         let meta = sample_meta(1);
-        let record = MessageV2::from(meta.clone());
+        let record = MessageV3::new(meta.clone(), Some(b"summary".to_vec()));
         let f = encode_message(&mut buf, &record, [b"Recv:", b"hello"], 77).unwrap();
         assert_eq!(f.head.start, 64);
         assert_eq!(buf.len() % 16, 0);
@@ -855,6 +866,21 @@ pub(crate) mod tests {
         );
         assert_ne!(
             decode_payload(RecordKind::Message, 1, &v2),
+            Ok(Record::Message(meta.clone()))
+        );
+        // Likewise v3 and v2: a summary moves the root, and each layout reads only its own.
+        let v3 = MessageV3::new(meta.clone(), Some(vec![7; 40]));
+        let v3 = rkyv::to_bytes::<BoxedError>(&v3).unwrap();
+        assert_eq!(
+            decode_payload(RecordKind::Message, 3, &v3),
+            Ok(Record::Message(meta.clone()))
+        );
+        assert_ne!(
+            decode_payload(RecordKind::Message, 2, &v3),
+            Ok(Record::Message(meta.clone()))
+        );
+        assert_ne!(
+            decode_payload(RecordKind::Message, 3, &v2),
             Ok(Record::Message(meta))
         );
     }
@@ -896,9 +922,11 @@ pub(crate) mod tests {
             assert!(!k.version_known(k.current_version() + 1));
             assert!(!k.version_known(0));
         }
-        // Messages are written as v2; v1 frames (written before placements) stay readable.
-        assert_eq!(RecordKind::Message.current_version(), 2);
+        // Messages are written as v3; v1 (before placements) and v2 (before summaries) frames
+        // stay readable.
+        assert_eq!(RecordKind::Message.current_version(), 3);
         assert!(RecordKind::Message.version_known(1));
+        assert!(RecordKind::Message.version_known(2));
     }
 
     #[test]

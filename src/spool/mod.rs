@@ -7,7 +7,10 @@
 //! log. Record kinds today (frame layout in [`frame`], payload layouts in `record`):
 //! - `Message` (1): meta + stored body. Local delivery is in the meta (`mailboxes`, and since
 //!   layout v2 each copy's [`Placement`] in its user's store), so it is durable with the
-//!   message in the same frame; `remote` lists what is still to relay.
+//!   message in the same frame; `remote` lists what is still to relay. Since layout v3 the
+//!   meta may end with the message's IMAP summary (opaque bytes, given to
+//!   [`ShardHandle::append_message_with_summary`]), read alone by [`Spool::read_summary`]
+//!   and never held in the index.
 //! - `MailboxDeletion` (2): `{ mailbox, ids }`, a POP3 session's DELEs at QUIT, appended with
 //!   [`ShardHandle::append_deletion`] through the same queue and group commit as messages and
 //!   answered only after fdatasync (`+OK` to QUIT then).
@@ -191,14 +194,15 @@ pub use recovery::{CorruptFrame, RecoveryReport, ShardRecovery, TornTail};
 pub use state::{Flags, FolderId, MailboxState, Placement, SpecialUse, StateOp, INBOX};
 
 use compact::CompactionState;
-use frame::Record;
 pub use frame::MAX_PART_LEN;
+use frame::{FrameHeader, Record, FRAME_HEADER_LEN};
 use index::{
     DeliveryHistory, FileCache, Found, IndexEntry, LiveIndex, RecordRefs, Ref, StartupHistory,
     StateRef, FILE_CACHE_CAPACITY,
 };
 use queue_view::{NewEntry, QueueView};
 use recovery::{scan_shard, Mode, ShardResume};
+use rkyv::util::AlignedVec;
 pub use writer::CommitObserver;
 use writer::{LoopConfig, Msg, Pending, PendingMessage, Request, ShardWriter, Waiter};
 
@@ -404,6 +408,17 @@ impl ShardHandle {
         &self,
         msg: NewMessage,
     ) -> Result<oneshot::Receiver<Result<Committed, SpoolError>>, SpoolError> {
+        self.append_message_with_summary(msg, None)
+    }
+
+    /// [`ShardHandle::append_message`] with the message's IMAP summary in its frame
+    /// (`summary`: opaque bytes, returned by [`Spool::read_summary`]). Give one only for a
+    /// message with local mailboxes: nothing else reads it.
+    pub fn append_message_with_summary(
+        &self,
+        msg: NewMessage,
+        summary: Option<Vec<u8>>,
+    ) -> Result<oneshot::Receiver<Result<Committed, SpoolError>>, SpoolError> {
         let len = msg.received_header.len() as u64 + msg.body.len() as u64;
         if len > MAX_PART_LEN {
             return Err(SpoolError::TooLarge {
@@ -414,17 +429,19 @@ impl ShardHandle {
         let (reply, rx) = oneshot::channel();
         let request = Request {
             pending: Pending::Message(PendingMessage {
-                meta: MessageMeta {
-                    id: msg.id,
-                    arrival_unix_micros: msg.arrival_unix_micros,
-                    origin: msg.origin,
-                    envelope: msg.envelope,
-                    received_len: msg.received_header.len() as u64,
-                    mailboxes: msg.mailboxes,
-                    remote: msg.remote,
-                    placements: msg.placements,
-                }
-                .into(),
+                meta: record::MessageV3::new(
+                    MessageMeta {
+                        id: msg.id,
+                        arrival_unix_micros: msg.arrival_unix_micros,
+                        origin: msg.origin,
+                        envelope: msg.envelope,
+                        received_len: msg.received_header.len() as u64,
+                        mailboxes: msg.mailboxes,
+                        remote: msg.remote,
+                        placements: msg.placements,
+                    },
+                    summary,
+                ),
                 received: msg.received_header,
                 body: msg.body,
             }),
@@ -622,11 +639,24 @@ impl Core {
     }
 
     fn read_body(&self, id: QueueId) -> Result<Vec<u8>, SpoolError> {
+        self.read_retried(id, |found| self.read_located(found))
+    }
+
+    fn read_summary(&self, id: QueueId) -> Result<Option<Vec<u8>>, SpoolError> {
+        self.read_retried(id, |found| self.read_summary_located(found))
+    }
+
+    /// `read` at the message's location, once more at its new one if compaction moved it.
+    fn read_retried<T>(
+        &self,
+        id: QueueId,
+        read: impl Fn(&Found) -> Result<T, SpoolError>,
+    ) -> Result<T, SpoolError> {
         let mut found = self.index.find(id).ok_or(SpoolError::NotFound(id))?;
         let mut retried = false;
         loop {
-            match self.read_located(&found) {
-                Ok(body) => return Ok(body),
+            match read(&found) {
+                Ok(value) => return Ok(value),
                 Err(e) if retried => return Err(e),
                 Err(e) => {
                     // Compaction may have moved it (and unlinked the old segment) meanwhile.
@@ -667,6 +697,65 @@ impl Core {
             return Err(corrupt("data checksum mismatch".into()));
         }
         Ok(body)
+    }
+
+    /// One pread of the frame header and meta; the meta is verified against the index's
+    /// meta checksum (the header's own checksum needs the segment's salt, which a read of one
+    /// frame does not have: its fields are checked against the index instead).
+    fn read_summary_located(&self, found: &Found) -> Result<Option<Vec<u8>>, SpoolError> {
+        let l = &found.location;
+        let path = || self.io.segment_path(l.shard, l.segment);
+        let corrupt = |reason: String| SpoolError::Corrupt {
+            path: path(),
+            offset: l.offset,
+            reason,
+        };
+        let head = l
+            .body_offset
+            .checked_sub(l.offset)
+            .and_then(|n| usize::try_from(n).ok())
+            .filter(|&n| n >= FRAME_HEADER_LEN)
+            .ok_or_else(|| corrupt("not a frame location".into()))?;
+        let file = self
+            .files
+            .get(self.io.as_ref(), l.shard, l.segment)
+            .map_err(|e| SpoolError::io("open segment", path(), e))?;
+        // 16-aligned, so the meta after the 32-byte header is aligned as rkyv requires.
+        let mut buf = AlignedVec::<16>::new();
+        buf.resize(head, 0);
+        let n = file
+            .read_at(l.offset, &mut buf)
+            .map_err(|e| SpoolError::io("read meta", path(), e))?;
+        if n < head {
+            return Err(corrupt(format!("meta cut short: {n} of {head} bytes")));
+        }
+        let check = FrameHeader::check(&buf, 0);
+        let h = check.header;
+        let meta_len = h.meta_len as usize;
+        if !check.magic_ok
+            || h.kind != RecordKind::Message as u16
+            || h.data_crc != found.data_crc
+            || h.body_offset() != head as u64
+        {
+            return Err(corrupt("frame header differs from the index".into()));
+        }
+        let meta = &buf[FRAME_HEADER_LEN..FRAME_HEADER_LEN + meta_len];
+        if crc32c::crc32c(meta) != found.meta_crc {
+            return Err(corrupt("meta checksum mismatch".into()));
+        }
+        match h.version {
+            3 => {
+                let archived =
+                    rkyv::access::<record::ArchivedMessageV3, rkyv::rancor::BoxedError>(meta)
+                        .map_err(|e| corrupt(e.to_string()))?;
+                Ok(archived.summary.as_ref().map(|s| s.as_slice().to_vec()))
+            }
+            // Written before summaries.
+            1 | 2 => Ok(None),
+            v => Err(corrupt(format!(
+                "message version {v} is unknown to this build"
+            ))),
+        }
     }
 
     pub(crate) fn replay(&self) -> Result<Replay, SpoolError> {
@@ -931,6 +1020,11 @@ impl SpoolReader {
     /// See [`Spool::read_body`].
     pub fn read_body(&self, id: QueueId) -> Result<Vec<u8>, SpoolError> {
         self.core.read_body(id)
+    }
+
+    /// See [`Spool::read_summary`].
+    pub fn read_summary(&self, id: QueueId) -> Result<Option<Vec<u8>>, SpoolError> {
+        self.core.read_summary(id)
     }
 
     /// See [`Spool::compact`].
@@ -1301,6 +1395,16 @@ impl Spool {
     /// `Err(NotFound)` for an unknown id, `Err(Corrupt)` if the bytes on disk are damaged.
     pub fn read_body(&self, id: QueueId) -> Result<Vec<u8>, SpoolError> {
         self.core.read_body(id)
+    }
+
+    /// The IMAP summary stored in message `id`'s frame ([`ShardHandle::append_message_with_summary`]):
+    /// one positioned read of the frame's header and meta (not the body), the meta verified
+    /// against its checksum in the index, then the summary's bytes out of the archive (nothing
+    /// else deserialised). The index keeps no summary in memory. `Ok(None)` for a frame
+    /// written without one (before layout v3, or a message with no local mailbox). Retried
+    /// once after a compaction moved the message, like [`Spool::read_body`].
+    pub fn read_summary(&self, id: QueueId) -> Result<Option<Vec<u8>>, SpoolError> {
+        self.core.read_summary(id)
     }
 
     /// Every live message and every deletion `(mailbox, id)` of a live message, with each

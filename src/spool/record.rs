@@ -1,5 +1,5 @@
 //! The spool's disk format: the rkyv payloads of the record kinds, every layout version still
-//! read (`Message` v1 and v2, `MailboxDeletion` v1, `DeliveryResult` v1, `MailboxState` v1).
+//! read (`Message` v1, v2 and v3, `MailboxDeletion` v1, `DeliveryResult` v1, `MailboxState` v1).
 //!
 //! These types, and nothing else, define the bytes of a frame's meta. The protocol's types
 //! (`crate::envelope`) and the spool's API types ([`MessageMeta`], [`MailboxDeletion`],
@@ -46,6 +46,24 @@ pub(crate) struct MessageV2 {
     pub mailboxes: Vec<String>,
     pub remote: Vec<String>,
     pub placements: Vec<Option<PlacementV1>>,
+}
+
+/// The payload of a `Message` frame, version 3: version 2 and the IMAP summary of the stored
+/// body (`None` for a message without local mailboxes). The summary's bytes are opaque here:
+/// `imap::structure::Summary` defines and versions them; the spool only keeps and returns
+/// them ([`super::Spool::read_summary`] reads them without deserialising the rest, and the
+/// other readers deserialise everything but them).
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub(crate) struct MessageV3 {
+    pub id: QueueIdV1,
+    pub arrival_unix_micros: u64,
+    pub origin: OriginV1,
+    pub envelope: EnvelopeV1,
+    pub received_len: u64,
+    pub mailboxes: Vec<String>,
+    pub remote: Vec<String>,
+    pub placements: Vec<Option<PlacementV1>>,
+    pub summary: Option<Vec<u8>>,
 }
 
 /// A queue id: the bits of [`QueueId`].
@@ -352,6 +370,100 @@ impl From<MessageV2> for MessageMeta {
             remote,
             placements: placements.into_iter().map(|p| p.map(Into::into)).collect(),
         }
+    }
+}
+
+impl MessageV3 {
+    pub(crate) fn new(meta: MessageMeta, summary: Option<Vec<u8>>) -> Self {
+        let MessageMeta {
+            id,
+            arrival_unix_micros,
+            origin,
+            envelope,
+            received_len,
+            mailboxes,
+            remote,
+            placements,
+        } = meta;
+        MessageV3 {
+            id: id.into(),
+            arrival_unix_micros,
+            origin: origin.into(),
+            envelope: envelope.into(),
+            received_len,
+            mailboxes,
+            remote,
+            placements: placements.into_iter().map(|p| p.map(Into::into)).collect(),
+            summary,
+        }
+    }
+}
+
+/// A frame without a summary (tests and tools that store messages no IMAP reader reads).
+impl From<MessageMeta> for MessageV3 {
+    fn from(m: MessageMeta) -> Self {
+        MessageV3::new(m, None)
+    }
+}
+
+/// The meta without the summary.
+impl From<MessageV3> for MessageMeta {
+    fn from(m: MessageV3) -> Self {
+        let MessageV3 {
+            id,
+            arrival_unix_micros,
+            origin,
+            envelope,
+            received_len,
+            mailboxes,
+            remote,
+            placements,
+            summary: _,
+        } = m;
+        MessageMeta {
+            id: id.into(),
+            arrival_unix_micros,
+            origin: origin.into(),
+            envelope: envelope.into(),
+            received_len,
+            mailboxes,
+            remote,
+            placements: placements.into_iter().map(|p| p.map(Into::into)).collect(),
+        }
+    }
+}
+
+/// The meta without the summary, deserialised field by field from the archive so that
+/// recovery, replay and `relay spool` never copy a summary they do not need.
+impl TryFrom<&ArchivedMessageV3> for MessageMeta {
+    type Error = rkyv::rancor::BoxedError;
+
+    fn try_from(m: &ArchivedMessageV3) -> Result<Self, Self::Error> {
+        use rkyv::rancor::BoxedError;
+        let ArchivedMessageV3 {
+            id,
+            arrival_unix_micros,
+            origin,
+            envelope,
+            received_len,
+            mailboxes,
+            remote,
+            placements,
+            summary: _,
+        } = m;
+        Ok(MessageMeta {
+            id: rkyv::deserialize::<QueueIdV1, BoxedError>(id)?.into(),
+            arrival_unix_micros: arrival_unix_micros.to_native(),
+            origin: rkyv::deserialize::<OriginV1, BoxedError>(origin)?.into(),
+            envelope: rkyv::deserialize::<EnvelopeV1, BoxedError>(envelope)?.into(),
+            received_len: received_len.to_native(),
+            mailboxes: rkyv::deserialize::<Vec<String>, BoxedError>(mailboxes)?,
+            remote: rkyv::deserialize::<Vec<String>, BoxedError>(remote)?,
+            placements: rkyv::deserialize::<Vec<Option<PlacementV1>>, BoxedError>(placements)?
+                .into_iter()
+                .map(|p| p.map(Into::into))
+                .collect(),
+        })
     }
 }
 
@@ -1122,6 +1234,31 @@ pub(crate) mod tests {
                 keywords: vec!["k".into()],
             }
         );
+    }
+
+    #[test]
+    fn message_v3_round_trips_the_meta_and_the_summary() {
+        let mut meta = crate::spool::frame::tests::sample_meta(5);
+        meta.mailboxes = vec!["bob".into(), "carol".into()];
+        meta.placements = vec![Some(sample_placement(2)), None];
+        for summary in [None, Some(Vec::new()), Some(b"(NIL \"x\")\0\xff".to_vec())] {
+            let v3 = MessageV3::new(meta.clone(), summary.clone());
+            let bytes = rkyv::to_bytes::<BoxedError>(&v3).unwrap();
+            let archived = rkyv::access::<ArchivedMessageV3, BoxedError>(&bytes).unwrap();
+            assert_eq!(
+                archived.summary.as_ref().map(|s| s.as_slice()),
+                summary.as_deref()
+            );
+            // Field by field (the readers' path) and whole agree.
+            assert_eq!(MessageMeta::try_from(archived).unwrap(), meta);
+            let whole = rkyv::deserialize::<MessageV3, BoxedError>(archived).unwrap();
+            assert_eq!(whole, v3);
+            assert_eq!(MessageMeta::from(whole), meta);
+        }
+        // v3 without a summary is v2 followed by an archived `None`: not the v2 bytes.
+        let v2 = rkyv::to_bytes::<BoxedError>(&MessageV2::from(meta.clone())).unwrap();
+        let v3 = rkyv::to_bytes::<BoxedError>(&MessageV3::from(meta)).unwrap();
+        assert_ne!(&v2[..], &v3[..]);
     }
 
     #[test]

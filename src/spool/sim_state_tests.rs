@@ -22,7 +22,7 @@ use std::sync::Arc;
 
 use super::compact::{self, CompactionConfig};
 use super::frame::{MailboxDeletion, MessageMeta, Record};
-use super::record::MessageV2;
+use super::record::MessageV3;
 use super::sim::{SimDisk, SimFaults, SimRng};
 use super::state::{Flags, MailboxState, Placement, StateOp, INBOX};
 use super::writer::{Pending, PendingMessage, ShardWriter};
@@ -112,7 +112,7 @@ fn message(rng: &mut SimRng, id: QueueId) -> PendingMessage {
     };
     let body_len = rng.below(700) as usize;
     PendingMessage {
-        meta: MessageV2::from(MessageMeta {
+        meta: MessageV3::from(MessageMeta {
             id,
             arrival_unix_micros: id.micros(),
             origin: Origin::default(),

@@ -36,7 +36,7 @@ use super::frame::{
 use super::index::{IndexEntry, Ref, StateRef};
 use super::io::SegmentFile;
 use super::queue_view::NewEntry;
-use super::record::MessageV2;
+use super::record::MessageV3;
 use super::state::MailboxState;
 use super::{Committed, Core, Location, ShardShared, SpoolError};
 
@@ -55,7 +55,7 @@ pub trait CommitObserver: Send + Sync {
 /// straight from these buffers.
 #[derive(Debug, Clone)]
 pub(crate) struct PendingMessage {
-    pub meta: MessageV2,
+    pub meta: MessageV3,
     pub received: Vec<u8>,
     pub body: Vec<u8>,
 }
