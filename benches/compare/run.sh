@@ -26,9 +26,9 @@
 #      $IMAP_SIZE each by `loadgen imap --workload append` (the APPEND rate), then per round:
 #      SELECT of the full mailbox, `FETCH 1:* (FLAGS ENVELOPE)`, body FETCH of every message
 #      (`UID FETCH n BODY.PEEK[]`, msgs/s and MiB/s), `SEARCH TEXT needle`, and memory per
-#      session with $IMAP_IDLE sessions held in IDLE (RSS and PSS of the server's processes
-#      before and while holding, divided by the sessions; Dovecot forks one imap process per
-#      session, so its figure is the sum over its process tree). $IMAP_IDLE is lowered to
+#      session in IDLE (RSS and PSS of the server's processes while a quarter of $IMAP_IDLE
+#      sessions and while all $IMAP_IDLE hold IDLE: the slope between the two; Dovecot forks
+#      one imap process per session, so its figure is the sum over its process tree). $IMAP_IDLE is lowered to
 #      what the open-file limit allows (said on stderr). Relay's side is skipped, with a
 #      message, when relay does not greet on its IMAP port (a relay without an IMAP server).
 #   4. Prints one table (medians over the rounds; every run's figures are in $WORK/results.jsonl)
@@ -624,29 +624,44 @@ imap_prefill() { # $1: relay|dovecot, $2: HOST:PORT
     log "$1 imap: appended $want messages at $(printf %.0f "$(jget "$json" msgs_per_s)") msgs/s"
 }
 
-imap_idle() { # $1: relay|dovecot, $2: HOST:PORT, $3: round, $4…: the server's root pids
-    local name=$1 target=$2 round=$3 before after idling json
+# Holds $2 sessions of loadgen's idle workload against $1 and prints the server's memory
+# ("PSS_KIB RSS_KIB PROCESSES" of the trees $4…) and the sessions idling once all are in IDLE.
+# $3 names the run's files.
+idle_hold() {
+    local target=$1 sessions=$2 tag=$3 mem idling
     shift 3
-    before=$(mem_tree "$@")
     "$LOADGEN_BIN" imap --target "$target" --user-pattern 'user{n}:password' \
-        --user-count "$IMAP_USERS" --workload idle --connections "$IMAP_IDLE" --duration 10s \
-        --json --max-time 1h >"$WORK/idle.json" 2>"$WORK/idle.log" &
+        --user-count "$IMAP_USERS" --workload idle --connections "$sessions" --duration 5s \
+        --json --max-time 1h >"$WORK/idle-$tag.json" 2>"$WORK/idle-$tag.log" &
     IDLE_PID=$!
-    while kill -0 "$IDLE_PID" 2>/dev/null && ! grep -q 'sessions idling' "$WORK/idle.log"; do
+    while kill -0 "$IDLE_PID" 2>/dev/null && ! grep -q 'sessions idling' "$WORK/idle-$tag.log"; do
         sleep 0.2
     done
-    after=$(mem_tree "$@")
+    sleep 1
+    mem=$(mem_tree "$@")
     wait "$IDLE_PID" || true
     IDLE_PID=""
-    json=$(cat "$WORK/idle.json")
-    idling=$(grep -o '[0-9]* sessions idling' "$WORK/idle.log" | cut -d' ' -f1)
-    idling=${idling:-0}
-    ((idling > 0)) || die "imap: no session of $name entered IDLE: $(tail -3 "$WORK/idle.log")"
-    set -- $before $after
-    record "$name-imap-idle" "$round" "$json" "idle_sessions=$idling" \
-        "pss_kib_per_session=$((($4 - $1) / idling))" "rss_kib_per_session=$((($5 - $2) / idling))" \
-        "processes_before=$3" "processes_holding=$6"
-    log "round $round $name imap idle: $idling sessions, PSS +$((($4 - $1) / idling)) KiB and RSS +$((($5 - $2) / idling)) KiB per session ($3 → $6 processes)"
+    idling=$(grep -o '[0-9]* sessions idling' "$WORK/idle-$tag.log" | cut -d' ' -f1)
+    echo "$mem ${idling:-0}"
+}
+
+# Memory per session in IDLE as a slope: the server's memory while a quarter of
+# $IMAP_IDLE sessions idle and while all of them do, the difference divided by the
+# difference in sessions. A plain before/after difference is dominated by what the
+# allocator gives back of earlier work meanwhile (it purges lazily: the relay's figure came
+# out negative), and that cancels out of the slope.
+imap_idle() { # $1: relay|dovecot, $2: HOST:PORT, $3: round, $4…: the server's root pids
+    local name=$1 target=$2 round=$3 few many sessions
+    shift 3
+    few=$(idle_hold "$target" $(((IMAP_IDLE + 3) / 4)) few "$@")
+    many=$(idle_hold "$target" "$IMAP_IDLE" many "$@")
+    set -- $few $many
+    sessions=$(($8 - $4))
+    ((sessions > 0)) || die "imap: the $name IDLE runs held $4 and $8 sessions: $(tail -3 "$WORK/idle-many.log")"
+    record "$name-imap-idle" "$round" "$(cat "$WORK/idle-many.json")" "idle_sessions=$8" \
+        "pss_kib_per_session=$((($5 - $1) / sessions))" "rss_kib_per_session=$((($6 - $2) / sessions))" \
+        "processes_few=$3" "processes_many=$7"
+    log "round $round $name imap idle: $4 → $8 sessions, PSS +$((($5 - $1) / sessions)) KiB and RSS +$((($6 - $2) / sessions)) KiB per session ($3 → $7 processes)"
 }
 
 imap_round() { # $1: relay|dovecot, $2: HOST:PORT, $3: round, $4…: the server's root pids
