@@ -352,3 +352,45 @@ fn queue_requests_do_not_reread_the_spool() {
     );
     relay.stop();
 }
+
+/// A removal is answered once it is written: a listing read right after the answer never
+/// shows a message the operator was told is gone (and a crash after the answer cannot bring
+/// it back). Each round queues a message, deletes it over the socket and lists at once.
+#[test]
+fn a_deleted_message_is_gone_from_the_listing_when_the_delete_is_answered() {
+    let mut settings = Settings::new(Engine::Uring);
+    settings.admin_toml = String::new();
+    let relay = Relay::start(settings);
+    let timeout = std::time::Duration::from_secs(30);
+    for round in 0..10 {
+        let id = queue_one(&relay, &format!("round {round}"));
+        // A message out for an attempt is not removed ("removed": 0): ask again.
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            let (status, body) = relay::admin::client::request_with_body(
+                relay.admin_socket.clone(),
+                "POST",
+                &format!("/queue/delete?id={id}"),
+                b"{}",
+                timeout,
+            )
+            .expect("POST /queue/delete");
+            let body = String::from_utf8_lossy(&body);
+            assert_eq!(status, 200, "{body}");
+            if body.contains("\"removed\":1") {
+                break;
+            }
+            assert!(
+                body.contains("\"removed\":0") && std::time::Instant::now() < deadline,
+                "round {round}: {body}"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        let (status, list) = relay.admin_socket_get("/queue");
+        assert_eq!(status, 200, "{list}");
+        assert!(
+            !list.contains(&id),
+            "round {round}: {id} is listed after its removal was answered: {list}"
+        );
+    }
+}

@@ -781,8 +781,23 @@ impl<C: Connector + 'static> Core<C> {
             }
             Control::Remove { id, bounce, reply } => {
                 let actions = self.scheduler.borrow_mut().remove(id, bounce);
-                let _ = reply.send(actions.len());
-                self.execute(actions);
+                let removed = actions.len();
+                // Answered once the removal records are written: "removed" is then durable,
+                // and a listing read after the answer no longer shows the message.
+                let core = Rc::clone(self);
+                tokio::task::spawn_local(async move {
+                    for action in actions {
+                        match action {
+                            Action::End {
+                                ticket,
+                                entry,
+                                bounce,
+                            } => Rc::clone(&core).end(ticket, entry, bounce).await,
+                            other => core.execute(vec![other]),
+                        }
+                    }
+                    let _ = reply.send(removed);
+                });
             }
             Control::Snapshot { reply } => {
                 let _ = reply.send(self.scheduler.borrow().snapshot());
