@@ -8,7 +8,9 @@ use axum::http::Request as HttpRequest;
 use tower::ServiceExt;
 
 use super::*;
-use crate::web::backend::{BoxFuture, FolderPage, FolderSummary, ListedMessage, StoredMessage};
+use crate::web::backend::{
+    BoxFuture, FolderPage, FolderSummary, ListedMessage, Outgoing, StoredMessage,
+};
 
 #[derive(Default)]
 struct Memory {
