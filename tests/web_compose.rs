@@ -25,6 +25,7 @@ engine_tests! {
     reply_reply_all_and_forward_fill_quote_and_thread: answer_uring, answer_epoll;
     a_draft_is_saved_reopened_and_removed_when_sent: draft_uring, draft_epoll;
     a_mailto_url_fills_the_form: mailto_uring, mailto_epoll;
+    sent_over_https_the_received_field_says_https: https_uring, https_epoll;
 }
 
 fn web_settings(engine: Engine) -> Settings {
@@ -39,9 +40,13 @@ fn client(relay: Option<&Relay>, args: &[&str]) -> Json {
     let base = relay.map_or("-".to_string(), |r| {
         format!("http://{}", r.listening("http").expect("an http listener"))
     });
+    client_at(relay, &base, args)
+}
+
+fn client_at(relay: Option<&Relay>, base: &str, args: &[&str]) -> Json {
     let output = Command::new("python3")
         .arg(repo_path("tests/py/web_compose_client.py"))
-        .arg(&base)
+        .arg(base)
         .args(args)
         .output()
         .expect("python3 tests/py/web_compose_client.py");
@@ -288,6 +293,29 @@ fn an_upload_past_the_message_size_limit_gets_a_clear_page(engine: Engine) {
     assert!(seen.get("sent").array().is_empty(), "nothing in Sent");
     std::thread::sleep(Duration::from_millis(500));
     assert!(sink.messages().is_empty(), "nothing sent");
+
+    // A request limit below the message limit: its own clear page.
+    let mut settings = web_settings(engine);
+    settings
+        .extra_toml
+        .push_str("request_body_max = \"32KiB\"\n");
+    let relay = Relay::start(settings);
+    let seen = client(
+        Some(&relay),
+        &[
+            "send",
+            "alice",
+            TEST_PASSWORD,
+            &imap_port(&relay),
+            &spec_edge,
+        ],
+    );
+    assert_eq!(seen.get("status").int(), 413);
+    let body = seen.get("body").str();
+    assert!(
+        body.contains("larger than this server accepts in one request"),
+        "{body}"
+    );
 }
 
 const ORIGINAL: &[u8] = b"From: Bob <bob@example.test>\r\nTo: alice@example.test, one@example.test\r\nCc: two@example.test\r\nSubject: Lunch plans\r\nDate: Tue, 1 Dec 2026 10:00:00 +0000\r\nMessage-ID: <lunch-2@example.test>\r\nReferences: <lunch-1@example.test>\r\nIn-Reply-To: <lunch-1@example.test>\r\n\r\nNoon at the usual place?\r\n> earlier words\r\n";
@@ -497,4 +525,53 @@ fn a_mailto_url_fills_the_form(engine: Engine) {
     assert_eq!(fields.get("cc").str(), "one@example.test");
     assert_eq!(fields.get("subject").str(), "Caf\u{e9} at 1+1");
     assert_eq!(fields.get("body").str().replace("\r\n", "\n"), "Hi\nthere");
+}
+
+fn sent_over_https_the_received_field_says_https(engine: Engine) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let cert = common::tls::TestCert::generate(dir.path(), "relay");
+    let mut settings = Settings::new(engine);
+    settings.extra_toml = format!("{}[web]\ntls_listen = [\"127.0.0.1:0\"]\n", cert.toml());
+    let relay = Relay::start(settings);
+    let base = format!(
+        "https://{}",
+        relay.listening("https").expect("an https listener")
+    );
+    let spec = spec(
+        dir.path(),
+        "\"to\": \"bob@example.test\", \"subject\": \"Over TLS\", \"body\": \"hi\"",
+        &[("a.bin", "application/octet-stream", &binary(1000, 3))],
+    );
+    let cafile = cert.cert_path.to_str().expect("utf-8 path");
+    let seen = client_at(
+        Some(&relay),
+        &base,
+        &[
+            "send",
+            "alice",
+            TEST_PASSWORD,
+            "-",
+            &spec,
+            "--cafile",
+            cafile,
+        ],
+    );
+    assert_eq!(seen.get("status").int(), 200, "{}", seen.get("body").str());
+    let mut pop = Pop3::login_retrying(
+        relay.pop3_addr,
+        "bob",
+        TEST_PASSWORD,
+        Duration::from_secs(5),
+    );
+    assert_eq!(pop.stat().0, 1);
+    let got = decode(dir.path(), &pop.retr(1));
+    let received = header_values(&got, "Received");
+    assert!(
+        received.iter().any(|r| r.contains("with HTTPS")),
+        "{received:?}"
+    );
+    assert_eq!(
+        bytes(got.get("attachments").at(0).get("data")),
+        binary(1000, 3)
+    );
 }

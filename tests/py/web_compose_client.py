@@ -12,6 +12,7 @@ usage: web_compose_client.py URL SCENARIO ARGS...
   draft USER PASSWORD IMAP_PORT SPEC.json  save SPEC as a draft, reopen it, send it
   mailto USER PASSWORD URI                 the compose form for /compose?uri=URI
   decode - FILE                            the message in FILE, parsed
+  (--cafile PEM: the CA to trust for https; IMAP_PORT "-": no IMAP look)
 Bytes (bodies, attachments) are given as latin-1 strings, one char per byte.
 """
 
@@ -22,18 +23,24 @@ import http.client
 import imaplib
 import json
 import re
+import ssl
 import sys
 import urllib.parse
 import uuid
 
 
 class Browser:
-    def __init__(self, base):
+    def __init__(self, base, cafile=None):
         self.url = urllib.parse.urlsplit(base)
         self.cookies = {}
+        self.cafile = cafile
 
     def request(self, method, path, body=None, content_type=None):
-        conn = http.client.HTTPConnection(self.url.hostname, self.url.port, timeout=60)
+        if self.url.scheme == "https":
+            context = ssl.create_default_context(cafile=self.cafile)
+            conn = http.client.HTTPSConnection(self.url.hostname, self.url.port, timeout=60, context=context)
+        else:
+            conn = http.client.HTTPConnection(self.url.hostname, self.url.port, timeout=60)
         headers = {}
         if self.cookies:
             headers["Cookie"] = "; ".join(f"{k}={v}" for k, v in self.cookies.items())
@@ -117,6 +124,8 @@ def load_spec(path):
 
 def imap_folder(port, user, password, folder):
     """Every message of FOLDER: its flags and bytes."""
+    if port == "-":
+        return []
     m = imaplib.IMAP4("127.0.0.1", int(port))
     m.login(user, password)
     typ, _ = m.select(folder, readonly=True)
@@ -223,7 +232,12 @@ def decode(_b, path):
 
 def main():
     base, scenario, *args = sys.argv[1:]
-    b = Browser(base) if base != "-" else None
+    cafile = None
+    if "--cafile" in args:
+        i = args.index("--cafile")
+        cafile = args[i + 1]
+        del args[i:i + 2]
+    b = Browser(base, cafile) if base != "-" else None
     result = {"send": send, "answer": answer, "draft": draft, "mailto": mailto, "decode": decode}[scenario](b, *args)
     print(json.dumps(result))
 

@@ -40,6 +40,9 @@ pub enum FormError {
         "The message with its attachments is larger than this server accepts (at most {0} bytes)."
     )]
     TooLarge(u64),
+    /// Past `web.request_body_max` (the web side's own limit, when it is the lower one).
+    #[error("The form with its attachments is larger than this server accepts in one request.")]
+    RequestTooLarge,
     #[error("The form could not be read: {0}")]
     Malformed(String),
 }
@@ -47,7 +50,7 @@ pub enum FormError {
 impl FormError {
     pub fn status(&self) -> StatusCode {
         match self {
-            FormError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            FormError::TooLarge(_) | FormError::RequestTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             FormError::Malformed(_) => StatusCode::BAD_REQUEST,
         }
     }
@@ -69,7 +72,7 @@ pub async fn read(request: Request, limit: u64) -> Result<ComposeForm, FormError
         let Form(form) = Form::<ComposeForm>::from_request(request, &())
             .await
             .map_err(|e| match e.status() {
-                StatusCode::PAYLOAD_TOO_LARGE => FormError::TooLarge(limit),
+                StatusCode::PAYLOAD_TOO_LARGE => FormError::RequestTooLarge,
                 _ => FormError::Malformed(e.body_text()),
             })?;
         let size = [&form.to, &form.cc, &form.bcc, &form.subject, &form.body]
@@ -85,7 +88,7 @@ pub async fn read(request: Request, limit: u64) -> Result<ComposeForm, FormError
         .await
         .map_err(|e| FormError::Malformed(e.body_text()))?;
     let failed = |e: axum::extract::multipart::MultipartError| match e.status() {
-        StatusCode::PAYLOAD_TOO_LARGE => FormError::TooLarge(limit),
+        StatusCode::PAYLOAD_TOO_LARGE => FormError::RequestTooLarge,
         _ => FormError::Malformed(e.body_text()),
     };
     let mut form = ComposeForm::default();
