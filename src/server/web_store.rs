@@ -82,7 +82,12 @@ impl Web {
             .first()
             .cloned()
             .unwrap_or_else(|| "localhost".into());
-        let backend = Arc::new(StoreBackend { jobs, domain });
+        let backend = Arc::new(StoreBackend {
+            jobs,
+            domain,
+            message_size_max: config.smtp.message_size_max.0,
+            local_domains: config.local.domains.clone(),
+        });
         let settings = WebSettings {
             threads: web.threads,
             sessions_max: web.sessions_max,
@@ -132,6 +137,8 @@ fn run_store(make: Box<dyn FnOnce() -> ShardContext + Send>, mut queue: mpsc::Re
 struct StoreBackend {
     jobs: mpsc::Sender<Job>,
     domain: String,
+    message_size_max: u64,
+    local_domains: Vec<String>,
 }
 
 impl StoreBackend {
@@ -350,6 +357,76 @@ impl Backend for StoreBackend {
         })
     }
 
+    fn message_size_max(&self) -> u64 {
+        self.message_size_max
+    }
+
+    fn save_draft(
+        &self,
+        user: String,
+        message: Vec<u8>,
+        replaces: Option<u32>,
+    ) -> BoxFuture<'_, Result<u32, BackendError>> {
+        Box::pin(async move {
+            self.run(move |ctx| {
+                Box::pin(async move { save_draft(&ctx, &user, message, replaces).await })
+            })
+            .await?
+        })
+    }
+
+    fn open_draft(&self, user: String, uid: u32) -> BoxFuture<'_, Result<Vec<u8>, BackendError>> {
+        Box::pin(async move {
+            self.run(move |ctx| {
+                Box::pin(async move {
+                    let found = ctx.mail_store.folders().with(&user, |s| {
+                        let id = special(s, st::SpecialUse::Drafts)?.1;
+                        Some(s.entry(id, uid)?.id)
+                    });
+                    let queue_id = found.ok_or(BackendError::NoSuchMessage)?;
+                    ctx.store.read_body(queue_id).map_err(|error| {
+                        tracing::warn!(target: "relay::web", %error, "cannot read a draft");
+                        BackendError::Unavailable
+                    })
+                })
+            })
+            .await?
+        })
+    }
+
+    fn discard_draft(&self, user: String, uid: u32) -> BoxFuture<'_, Result<(), BackendError>> {
+        Box::pin(async move {
+            self.run(move |ctx| {
+                Box::pin(async move {
+                    let drafts = ctx.mail_store.folders().with(&user, |s| {
+                        let id = special(s, st::SpecialUse::Drafts)?.1;
+                        s.entry(id, uid)?;
+                        Some(id)
+                    });
+                    let drafts = drafts.ok_or(BackendError::NoSuchMessage)?;
+                    remove_for_good(&ctx, &user, drafts, uid).await
+                })
+            })
+            .await?
+        })
+    }
+
+    fn is_own_address(&self, user: &str, address: &str) -> bool {
+        if address.eq_ignore_ascii_case(&self.address_of(user)) {
+            return true;
+        }
+        // The user's name at any local domain (the directory's mailbox for it).
+        let Some((local, domain)) = address.rsplit_once('@') else {
+            return false;
+        };
+        !user.contains('@')
+            && local.eq_ignore_ascii_case(user)
+            && self
+                .local_domains
+                .iter()
+                .any(|d| d.eq_ignore_ascii_case(domain))
+    }
+
     fn address_of(&self, user: &str) -> String {
         if user.contains('@') {
             user.to_string()
@@ -529,8 +606,104 @@ async fn submit(
             SubmitError::Backpressure | SubmitError::Storage => BackendError::Unavailable,
             other => BackendError::Refused(other.to_string()),
         })?;
-    keep_in_sent(ctx, &user, client.peer, message).await;
+    let mut copy = outgoing.sent_header;
+    copy.extend_from_slice(&message);
+    keep_in_sent(ctx, &user, client.peer, copy).await;
     Ok(())
+}
+
+/// The name and id of the user's folder with special use `role`.
+fn special(
+    s: &crate::mailstore::UserStore,
+    role: st::SpecialUse,
+) -> Option<(String, st::FolderId)> {
+    s.list()
+        .into_iter()
+        .find(|e| e.special_use == Some(role))
+        .and_then(|e| Some((e.name, e.folder?)))
+}
+
+/// A draft kept: appended to Drafts flagged \Draft and \Seen as IMAP APPEND stores it
+/// (durable in the user's turn), then the draft it replaces removed.
+async fn save_draft(
+    ctx: &ShardContext,
+    user: &str,
+    message: Vec<u8>,
+    replaces: Option<u32>,
+) -> Result<u32, BackendError> {
+    if message.len() as u64 > ctx.session_config.message_size_max {
+        return Err(BackendError::Refused(format!(
+            "The draft is larger than this server accepts ({} bytes).",
+            ctx.session_config.message_size_max
+        )));
+    }
+    let drafts = ctx
+        .mail_store
+        .folders()
+        .with(user, |s| special(s, st::SpecialUse::Drafts));
+    let Some((name, folder)) = drafts else {
+        return Err(BackendError::Refused("There is no Drafts folder.".into()));
+    };
+    let mut link = UserStoreLink::new(user.to_string(), ([127, 0, 0, 1], 0).into());
+    let request = imap_store::Request::Append {
+        to: name,
+        flags: imap_store::Flags {
+            system: imap_store::system_flag::SEEN | imap_store::system_flag::DRAFT,
+            keywords: Vec::new(),
+        },
+        date: None,
+        message,
+    };
+    let uid = match link.serve(ctx, request).await {
+        imap_store::Answer::Append(Ok(copied)) => copied
+            .destination
+            .first()
+            .copied()
+            .ok_or(BackendError::Unavailable)?,
+        imap_store::Answer::Append(Err(error)) => {
+            tracing::warn!(target: "relay::web", user = %crate::logsafe::Safe(user), ?error, "draft not kept");
+            return Err(BackendError::Refused(format!(
+                "The draft was not kept: {error}"
+            )));
+        }
+        _ => return Err(BackendError::Unavailable),
+    };
+    if let Some(old) = replaces.filter(|old| *old != uid) {
+        let exists = ctx
+            .mail_store
+            .folders()
+            .with(user, |s| s.entry(folder, old).is_some());
+        if exists {
+            remove_for_good(ctx, user, folder, old).await?;
+        }
+    }
+    Ok(uid)
+}
+
+/// Deletes one message for good (\Deleted, then expunged: each step durable).
+async fn remove_for_good(
+    ctx: &ShardContext,
+    user: &str,
+    folder: st::FolderId,
+    uid: u32,
+) -> Result<(), BackendError> {
+    let flags = st::Flags {
+        system: system_flag::DELETED,
+        keywords: Vec::new(),
+    };
+    ctx.mail_store
+        .change(&ctx.spool, user, |s| {
+            let out = s.store_flags(folder, &[uid], FlagMode::Add, &flags, None)?;
+            Ok((out.record, ()))
+        })
+        .await
+        .map_err(|e| self_failed(user, e))?;
+    ctx.mail_store
+        .change(&ctx.spool, user, |s| {
+            Ok((s.expunge(folder, Some(&[uid]))?.record, ()))
+        })
+        .await
+        .map_err(|e| self_failed(user, e))
 }
 
 /// The copy in the user's Sent folder (the special-use one), as IMAP APPEND stores it. The

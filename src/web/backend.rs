@@ -83,6 +83,9 @@ pub struct StoredMessage {
 pub struct Outgoing {
     pub recipients: Vec<String>,
     pub message: Vec<u8>,
+    /// Header fields (CRLF-terminated) put above the Sent folder's copy only: its Bcc,
+    /// which the sender keeps and the recipients never see.
+    pub sent_header: Vec<u8>,
 }
 
 /// Where a request came from and over what.
@@ -140,6 +143,28 @@ pub trait Backend: Send + Sync + 'static {
         user: String,
         outgoing: Outgoing,
     ) -> BoxFuture<'_, Result<(), BackendError>>;
+
+    /// The largest message the user may send (`smtp.message_size_max`): compose stops
+    /// reading an upload past it.
+    fn message_size_max(&self) -> u64;
+
+    /// Stores `message` in the user's Drafts folder flagged \Draft (durable before Ok),
+    /// then removes the draft it `replaces`; the new draft's UID.
+    fn save_draft(
+        &self,
+        user: String,
+        message: Vec<u8>,
+        replaces: Option<u32>,
+    ) -> BoxFuture<'_, Result<u32, BackendError>>;
+
+    /// A draft's stored bytes.
+    fn open_draft(&self, user: String, uid: u32) -> BoxFuture<'_, Result<Vec<u8>, BackendError>>;
+
+    /// Removes a draft for good (it was sent; durable before Ok).
+    fn discard_draft(&self, user: String, uid: u32) -> BoxFuture<'_, Result<(), BackendError>>;
+
+    /// Whether `address` reaches this user (a reply to all leaves it out).
+    fn is_own_address(&self, user: &str, address: &str) -> bool;
 
     /// The address the user sends from (`From:` and the envelope sender).
     fn address_of(&self, user: &str) -> String;

@@ -15,10 +15,9 @@ use axum::routing::{get, post};
 use axum::{Extension, Form, Router};
 use serde::Deserialize;
 
-use super::backend::{Action, Backend, BackendError, Client, LoginError, Outgoing};
-use super::pages::{
-    Chrome, ComposePage, FolderLink, ListPage, LoginPage, NoticePage, ReadPage, Row, STYLE_CSS,
-};
+use super::backend::{Action, Backend, BackendError, Client, LoginError};
+use super::compose;
+use super::pages::{Chrome, FolderLink, ListPage, LoginPage, NoticePage, ReadPage, Row, STYLE_CSS};
 use super::render;
 use super::session::{random_token, tokens_match, SessionTable, SessionView};
 
@@ -36,7 +35,7 @@ pub struct App {
     pub page_size: usize,
 }
 
-type Shared = Arc<App>;
+pub(super) type Shared = Arc<App>;
 
 /// The router; each connection adds its [`Client`] as a request extension.
 pub fn router(app: Shared, body_max: usize) -> Router {
@@ -47,8 +46,8 @@ pub fn router(app: Shared, body_max: usize) -> Router {
         .route("/mail", get(list))
         .route("/read", get(read))
         .route("/act", post(act))
-        .route("/compose", get(compose))
-        .route("/send", post(send))
+        .route("/compose", get(compose::compose))
+        .route("/send", post(compose::send))
         .route("/static/style.css", get(style))
         .fallback(not_found)
         .layer(axum::middleware::from_fn(security_headers))
@@ -108,7 +107,7 @@ fn with_cookie(mut response: Response, cookie: String) -> Response {
     response
 }
 
-fn html(status: StatusCode, page: impl Template) -> Response {
+pub(super) fn html(status: StatusCode, page: impl Template) -> Response {
     match page.render() {
         Ok(body) => (
             status,
@@ -123,23 +122,23 @@ fn html(status: StatusCode, page: impl Template) -> Response {
     }
 }
 
-fn client_of(client: Option<Extension<Client>>) -> Option<Client> {
+pub(super) fn client_of(client: Option<Extension<Client>>) -> Option<Client> {
     client.map(|Extension(c)| c)
 }
 
 /// The session the request's cookie names, if live.
-fn session(app: &App, headers: &HeaderMap) -> Option<(String, SessionView)> {
+pub(super) fn session(app: &App, headers: &HeaderMap) -> Option<(String, SessionView)> {
     let id = cookie(headers, SESSION_COOKIE)?;
     let mut sessions = app.sessions.lock().ok()?;
     let view = sessions.get(id, Instant::now())?;
     Some((id.to_string(), view))
 }
 
-fn to_login() -> Response {
+pub(super) fn to_login() -> Response {
     Redirect::to("/login").into_response()
 }
 
-fn href(path: &str, pairs: &[(&str, &str)]) -> String {
+pub(super) fn href(path: &str, pairs: &[(&str, &str)]) -> String {
     let query = form_urlencoded::Serializer::new(String::new())
         .extend_pairs(pairs)
         .finish();
@@ -213,7 +212,7 @@ struct LoginForm {
     password: String,
 }
 
-fn forbidden() -> Response {
+pub(super) fn forbidden() -> Response {
     html(
         StatusCode::FORBIDDEN,
         NoticePage {
@@ -306,7 +305,11 @@ async fn logout(
 }
 
 /// The header and folder list, with `current` marked.
-async fn chrome(app: &App, view: &SessionView, current: &str) -> Result<Chrome, BackendError> {
+pub(super) async fn chrome(
+    app: &App,
+    view: &SessionView,
+    current: &str,
+) -> Result<Chrome, BackendError> {
     let folders = app.backend.folders(view.user.clone()).await?;
     Ok(Chrome {
         user: view.user.clone(),
@@ -323,7 +326,7 @@ async fn chrome(app: &App, view: &SessionView, current: &str) -> Result<Chrome, 
     })
 }
 
-fn failure(chrome: Option<Chrome>, error: &BackendError) -> Response {
+pub(super) fn failure(chrome: Option<Chrome>, error: &BackendError) -> Response {
     let status = match error {
         BackendError::NoSuchFolder | BackendError::NoSuchMessage => StatusCode::NOT_FOUND,
         BackendError::Refused(_) => StatusCode::UNPROCESSABLE_ENTITY,
@@ -545,173 +548,6 @@ async fn act(State(app): State<Shared>, headers: HeaderMap, Form(form): Form<Act
         ))
         .into_response(),
         Err(e) => failure(chrome(&app, &view, &form.folder).await.ok(), &e),
-    }
-}
-
-#[derive(Deserialize, Default)]
-struct ComposeQuery {
-    #[serde(default)]
-    to: String,
-    #[serde(default)]
-    cc: String,
-    #[serde(default)]
-    subject: String,
-    #[serde(default)]
-    body: String,
-}
-
-/// `to` as a `mailto:` URL or an address (RFC 6068: a browser's mailto handler passes the
-/// whole URL; its query may carry cc, subject and body).
-fn mailto(query: ComposeQuery) -> ComposeQuery {
-    let Some(rest) = query.to.strip_prefix("mailto:") else {
-        return query;
-    };
-    let (to, params) = rest.split_once('?').unwrap_or((rest, ""));
-    let mut out = ComposeQuery {
-        to: percent_decode(to),
-        ..query
-    };
-    for (k, v) in form_urlencoded::parse(params.as_bytes()) {
-        match k.to_ascii_lowercase().as_str() {
-            "cc" => out.cc = v.into_owned(),
-            "subject" => out.subject = v.into_owned(),
-            "body" => out.body = v.into_owned(),
-            _ => {}
-        }
-    }
-    out
-}
-
-fn percent_decode(text: &str) -> String {
-    form_urlencoded::parse(format!("x={}", text.replace('+', "%2B")).as_bytes())
-        .next()
-        .map(|(_, v)| v.into_owned())
-        .unwrap_or_default()
-}
-
-async fn compose(
-    State(app): State<Shared>,
-    headers: HeaderMap,
-    Query(query): Query<ComposeQuery>,
-) -> Response {
-    let Some((_, view)) = session(&app, &headers) else {
-        return to_login();
-    };
-    let chrome = match chrome(&app, &view, "").await {
-        Ok(c) => c,
-        Err(e) => return failure(None, &e),
-    };
-    let query = mailto(query);
-    html(
-        StatusCode::OK,
-        ComposePage {
-            from: app.backend.address_of(&view.user),
-            chrome,
-            to: query.to,
-            cc: query.cc,
-            subject: query.subject,
-            body: query.body,
-            error: None,
-        },
-    )
-}
-
-#[derive(Deserialize)]
-struct SendForm {
-    #[serde(default)]
-    csrf: String,
-    #[serde(default)]
-    to: String,
-    #[serde(default)]
-    cc: String,
-    #[serde(default)]
-    subject: String,
-    #[serde(default)]
-    body: String,
-}
-
-async fn send(
-    State(app): State<Shared>,
-    client: Option<Extension<Client>>,
-    headers: HeaderMap,
-    Form(form): Form<SendForm>,
-) -> Response {
-    let Some(client) = client_of(client) else {
-        return StatusCode::INTERNAL_SERVER_ERROR.into_response();
-    };
-    let Some((_, view)) = session(&app, &headers) else {
-        return to_login();
-    };
-    if !tokens_match(&form.csrf, &view.csrf) {
-        return forbidden();
-    }
-    let chrome = match chrome(&app, &view, "").await {
-        Ok(c) => c,
-        Err(e) => return failure(None, &e),
-    };
-    let from = app.backend.address_of(&view.user);
-    let again = |chrome: Chrome, status: StatusCode, error: String| {
-        html(
-            status,
-            ComposePage {
-                chrome,
-                from: from.clone(),
-                to: form.to.clone(),
-                cc: form.cc.clone(),
-                subject: form.subject.clone(),
-                body: form.body.clone(),
-                error: Some(error),
-            },
-        )
-    };
-    let (to, cc) = match (
-        render::parse_addresses(&form.to),
-        render::parse_addresses(&form.cc),
-    ) {
-        (Ok(to), Ok(cc)) => (to, cc),
-        (Err(e), _) | (_, Err(e)) => return again(chrome, StatusCode::UNPROCESSABLE_ENTITY, e),
-    };
-    if to.is_empty() && cc.is_empty() {
-        return again(
-            chrome,
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "Name at least one recipient.".into(),
-        );
-    }
-    let draft = render::Draft {
-        from: from.clone(),
-        to,
-        cc,
-        subject: form.subject.clone(),
-        body: form.body.clone(),
-    };
-    let domain = from.rsplit_once('@').map_or("localhost", |(_, d)| d);
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(0));
-    let id_left = format!("{}.{}", now, &random_token()[..24]);
-    let message = render::build_message(&draft, now, &id_left, domain);
-    let recipients = draft.to.iter().chain(&draft.cc).cloned().collect();
-    let outgoing = Outgoing {
-        recipients,
-        message,
-    };
-    match app.backend.send(client, view.user.clone(), outgoing).await {
-        Ok(()) => html(
-            StatusCode::OK,
-            NoticePage {
-                chrome: Some(chrome),
-                title: "Sent".into(),
-                text: "Your message is stored and on its way; a copy is in Sent.".into(),
-                error: false,
-                link: "/mail?folder=INBOX".into(),
-                link_text: "Inbox".into(),
-            },
-        ),
-        Err(BackendError::Refused(reason)) => {
-            again(chrome, StatusCode::UNPROCESSABLE_ENTITY, reason)
-        }
-        Err(e) => again(chrome, StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
     }
 }
 

@@ -7,6 +7,7 @@
 //! (`session`): the cookie is a random id, nothing else.
 
 pub mod backend;
+pub mod compose;
 pub mod http;
 pub mod pages;
 pub mod render;

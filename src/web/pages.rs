@@ -71,8 +71,19 @@ pub struct ComposePage {
     pub from: String,
     pub to: String,
     pub cc: String,
+    pub bcc: String,
     pub subject: String,
     pub body: String,
+    /// Threading of an answer (hidden fields; ids without brackets, space-separated).
+    pub in_reply_to: String,
+    pub references: String,
+    /// The draft being edited.
+    pub draft: Option<u32>,
+    /// The message being forwarded.
+    pub forward_folder: String,
+    pub forward_uid: Option<u32>,
+    /// Files that come along without an upload (a draft's, a forwarded message).
+    pub kept: Vec<String>,
     pub error: Option<String>,
 }
 

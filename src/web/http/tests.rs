@@ -8,7 +8,9 @@ use axum::http::Request as HttpRequest;
 use tower::ServiceExt;
 
 use super::*;
-use crate::web::backend::{BoxFuture, FolderPage, FolderSummary, ListedMessage, StoredMessage};
+use crate::web::backend::{
+    BoxFuture, FolderPage, FolderSummary, ListedMessage, Outgoing, StoredMessage,
+};
 
 #[derive(Default)]
 struct Memory {
@@ -126,6 +128,31 @@ impl Backend for Memory {
             self.sent.lock().unwrap().push((user, outgoing));
             Ok(())
         })
+    }
+
+    fn message_size_max(&self) -> u64 {
+        64 * 1024
+    }
+
+    fn save_draft(
+        &self,
+        _user: String,
+        _message: Vec<u8>,
+        _replaces: Option<u32>,
+    ) -> BoxFuture<'_, Result<u32, BackendError>> {
+        Box::pin(async { Err(BackendError::Unavailable) })
+    }
+
+    fn open_draft(&self, _user: String, _uid: u32) -> BoxFuture<'_, Result<Vec<u8>, BackendError>> {
+        Box::pin(async { Err(BackendError::NoSuchMessage) })
+    }
+
+    fn discard_draft(&self, _user: String, _uid: u32) -> BoxFuture<'_, Result<(), BackendError>> {
+        Box::pin(async { Err(BackendError::NoSuchMessage) })
+    }
+
+    fn is_own_address(&self, user: &str, address: &str) -> bool {
+        address == self.address_of(user)
     }
 
     fn address_of(&self, user: &str) -> String {
