@@ -15,6 +15,26 @@ struct Memory {
     sent: StdMutex<Vec<(String, Outgoing)>>,
     seen: StdMutex<Vec<u32>>,
     acted: StdMutex<Vec<(String, u32, Action)>>,
+    moved: StdMutex<Vec<(String, u32, String)>>,
+    emptied: StdMutex<usize>,
+}
+
+/// The INBOX of the memory backend, newest first: uid 3, 2, 1.
+fn inbox_messages() -> Vec<ListedMessage> {
+    (1..=3u32)
+        .rev()
+        .map(|uid| ListedMessage {
+            uid,
+            seen: uid == 1,
+            flagged: uid == 2,
+            size: 10,
+            internal_date: 0,
+            header: format!(
+                "From: Sender {uid} <s{uid}@example.test>\r\nSubject: number {uid} & <i>x</i>\r\n\r\n"
+            )
+            .into_bytes(),
+        })
+        .collect()
 }
 
 const TEXT_MESSAGE: &[u8] =
@@ -64,17 +84,7 @@ impl Backend for Memory {
             if folder != "INBOX" {
                 return Err(BackendError::NoSuchFolder);
             }
-            let all: Vec<ListedMessage> = (1..=3u32)
-                .rev()
-                .map(|uid| ListedMessage {
-                    uid,
-                    seen: uid == 1,
-                    flagged: uid == 2,
-                    size: 10,
-                    internal_date: 0,
-                    header: format!("From: Sender {uid} <s{uid}@example.test>\r\nSubject: number {uid} & <i>x</i>\r\n\r\n").into_bytes(),
-                })
-                .collect();
+            let all = inbox_messages();
             Ok(FolderPage {
                 total: all.len(),
                 messages: all.into_iter().skip(skip).take(count).collect(),
@@ -130,6 +140,57 @@ impl Backend for Memory {
 
     fn address_of(&self, user: &str) -> String {
         format!("{user}@example.test")
+    }
+
+    fn search(
+        &self,
+        _user: String,
+        folder: String,
+        text: String,
+        skip: usize,
+        count: usize,
+    ) -> BoxFuture<'_, Result<FolderPage, BackendError>> {
+        Box::pin(async move {
+            if folder != "INBOX" {
+                return Err(BackendError::NoSuchFolder);
+            }
+            // A stand-in for the store's matching: the header's bytes.
+            let found: Vec<ListedMessage> = inbox_messages()
+                .into_iter()
+                .filter(|m| String::from_utf8_lossy(&m.header).contains(&text))
+                .collect();
+            Ok(FolderPage {
+                total: found.len(),
+                messages: found.into_iter().skip(skip).take(count).collect(),
+            })
+        })
+    }
+
+    fn move_to(
+        &self,
+        _user: String,
+        folder: String,
+        uid: u32,
+        to: String,
+    ) -> BoxFuture<'_, Result<(), BackendError>> {
+        Box::pin(async move {
+            if to != "Sent" && to != "INBOX" && to != "Trash" {
+                return Err(BackendError::NoSuchFolder);
+            }
+            self.moved.lock().unwrap().push((folder, uid, to));
+            Ok(())
+        })
+    }
+
+    fn trash_folder(&self, _user: String) -> BoxFuture<'_, Result<Option<String>, BackendError>> {
+        Box::pin(async { Ok(Some("Trash".to_string())) })
+    }
+
+    fn empty_trash(&self, _user: String) -> BoxFuture<'_, Result<usize, BackendError>> {
+        Box::pin(async move {
+            *self.emptied.lock().unwrap() += 1;
+            Ok(0)
+        })
     }
 }
 
@@ -647,5 +708,146 @@ fn the_reading_page_acts_with_the_token_only() {
                 ("INBOX".to_string(), 7, Action::Trash)
             ]
         );
+    });
+}
+
+#[test]
+fn search_text_is_trimmed_bounded_and_without_controls() {
+    assert_eq!(search_text("  zebra \r\n"), "zebra");
+    assert_eq!(search_text("a\u{0}b"), "ab");
+    assert_eq!(search_text(&"x".repeat(500)).len(), 200);
+}
+
+#[test]
+fn the_search_box_searches_the_folder_and_pages_keep_the_search() {
+    block_on(async {
+        let h = Harness::new(false);
+        let session = h.login().await;
+        let page = h
+            .call(
+                "GET",
+                "/mail?folder=INBOX",
+                &[(SESSION_COOKIE, &session)],
+                None,
+            )
+            .await;
+        assert!(page.body.contains("name=\"q\""), "{}", page.body);
+        // "Sender" is in all three: two pages of two, the links keep the search.
+        let found = h
+            .call(
+                "GET",
+                "/mail?folder=INBOX&q=Sender",
+                &[(SESSION_COOKIE, &session)],
+                None,
+            )
+            .await;
+        assert!(found.body.contains("3 found"), "{}", found.body);
+        assert!(found.body.contains("Page 1 of 2"));
+        assert!(
+            found
+                .body
+                .contains("/mail?folder=INBOX&amp;page=2&amp;q=Sender")
+                || found
+                    .body
+                    .contains("/mail?folder=INBOX&#38;page=2&#38;q=Sender"),
+            "{}",
+            found.body
+        );
+        assert!(found.body.contains("value=\"Sender\""));
+        let one = h
+            .call(
+                "GET",
+                "/mail?folder=INBOX&q=s2%40example",
+                &[(SESSION_COOKIE, &session)],
+                None,
+            )
+            .await;
+        assert!(one.body.contains("1 found") && one.body.contains("number 2"));
+        assert!(!one.body.contains("number 3") && !one.body.contains("number 1"));
+        let none = h
+            .call(
+                "GET",
+                "/mail?folder=INBOX&q=nothing-like-it",
+                &[(SESSION_COOKIE, &session)],
+                None,
+            )
+            .await;
+        assert!(none.body.contains("No messages match"), "{}", none.body);
+        // Not the Trash: no Empty Trash button.
+        assert!(!page.body.contains("/empty-trash"));
+    });
+}
+
+#[test]
+fn move_and_empty_trash_need_the_token() {
+    block_on(async {
+        let h = Harness::new(false);
+        let session = h.login().await;
+        let page = h
+            .call(
+                "GET",
+                "/read?folder=INBOX&uid=7",
+                &[(SESSION_COOKIE, &session)],
+                None,
+            )
+            .await;
+        assert!(
+            page.body.contains("<option value=\"Sent\">Sent</option>"),
+            "{}",
+            page.body
+        );
+        assert!(!page.body.contains("<option value=\"INBOX\">"));
+        let csrf = page.csrf();
+        let forged = h
+            .call(
+                "POST",
+                "/move",
+                &[(SESSION_COOKIE, &session)],
+                Some("csrf=x&folder=INBOX&uid=7&to=Sent"),
+            )
+            .await;
+        assert_eq!(forged.status, StatusCode::FORBIDDEN);
+        let moved = h
+            .call(
+                "POST",
+                "/move",
+                &[(SESSION_COOKIE, &session)],
+                Some(&format!("csrf={csrf}&folder=INBOX&uid=7&to=Sent")),
+            )
+            .await;
+        assert_eq!(moved.location(), Some("/mail?folder=INBOX"));
+        let nowhere = h
+            .call(
+                "POST",
+                "/move",
+                &[(SESSION_COOKIE, &session)],
+                Some(&format!("csrf={csrf}&folder=INBOX&uid=7&to=Nope")),
+            )
+            .await;
+        assert_eq!(nowhere.status, StatusCode::NOT_FOUND);
+        assert_eq!(
+            *h.backend.moved.lock().unwrap(),
+            [("INBOX".to_string(), 7, "Sent".to_string())]
+        );
+        let forged = h
+            .call(
+                "POST",
+                "/empty-trash",
+                &[(SESSION_COOKIE, &session)],
+                Some("csrf=x"),
+            )
+            .await;
+        assert_eq!(forged.status, StatusCode::FORBIDDEN);
+        assert_eq!(*h.backend.emptied.lock().unwrap(), 0);
+        let emptied = h
+            .call(
+                "POST",
+                "/empty-trash",
+                &[(SESSION_COOKIE, &session)],
+                Some(&format!("csrf={csrf}")),
+            )
+            .await;
+        assert_eq!(emptied.location(), Some("/mail?folder=Trash"));
+        assert_eq!(*h.backend.emptied.lock().unwrap(), 1);
     });
 }
