@@ -30,14 +30,14 @@ pub const LOGIN_COOKIE: &str = "relay_login";
 /// anywhere.
 pub const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; style-src 'self'; img-src 'self'; frame-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'";
 
-/// The message frame (`/body`): a peer's sanitised HTML with nothing to load but its own
-/// `cid:` parts from us (and remote `https:` images when asked for), no styles (ammonia
-/// strips them), no script, no forms, framed only by our own pages, and sandboxed even if
-/// opened on its own.
-pub const BODY_POLICY: &str = "default-src 'none'; img-src 'self'; form-action 'none'; frame-ancestors 'self'; base-uri 'none'; sandbox allow-popups allow-popups-to-escape-sandbox";
+/// The message frame (`/body`): a peer's sanitised HTML with no image but its own `cid:`
+/// images, inlined as `data:` (and remote `https:` images when asked for), no styles
+/// (ammonia strips them), no script, no forms, framed only by our own pages, and
+/// sandboxed even if opened on its own.
+pub const BODY_POLICY: &str = "default-src 'none'; img-src data:; form-action 'none'; frame-ancestors 'self'; base-uri 'none'; sandbox allow-popups allow-popups-to-escape-sandbox";
 
 /// [`BODY_POLICY`] with remote images allowed (over HTTPS).
-pub const BODY_POLICY_REMOTE: &str = "default-src 'none'; img-src 'self' https:; form-action 'none'; frame-ancestors 'self'; base-uri 'none'; sandbox allow-popups allow-popups-to-escape-sandbox";
+pub const BODY_POLICY_REMOTE: &str = "default-src 'none'; img-src data: https:; form-action 'none'; frame-ancestors 'self'; base-uri 'none'; sandbox allow-popups allow-popups-to-escape-sandbox";
 
 /// A downloaded part: nothing in it may load or run anything, even if a browser shows it.
 pub const PART_POLICY: &str = "default-src 'none'; frame-ancestors 'self'; sandbox";
@@ -532,12 +532,8 @@ async fn body(
         Ok(stored) => stored,
         Err(e) => return failure(None, &e),
     };
-    let part_base = href(
-        "/part",
-        &[("folder", &query.folder), ("uid", &query.uid.to_string())],
-    );
     let remote = query.remote.is_some();
-    let Some((clean, _)) = render::frame_html(&stored.raw, &query.part, &part_base, remote) else {
+    let Some((clean, _)) = render::frame_html(&stored.raw, &query.part, remote) else {
         return failure(None, &BackendError::NoSuchMessage);
     };
     let policy = if remote {

@@ -370,35 +370,31 @@ pub fn content_disposition(name: &str) -> String {
     format!("attachment; filename=\"{fallback}\"; filename*=UTF-8''{encoded}")
 }
 
-/// The sanitised HTML body of the message at `path` for its frame: `cid:` images pointing
-/// at `part_base` + `&part=N`, remote images kept only when `remote`. `None` without an
-/// HTML body. Also the number of images blocked.
-pub fn frame_html(
-    raw: &[u8],
-    path: &str,
-    part_base: &str,
-    remote: bool,
-) -> Option<(String, usize)> {
+/// The sanitised HTML body of the message at `path` for its frame: the raster images its
+/// `cid:` URLs name inlined as `data:` URLs, remote images kept only when `remote`. `None`
+/// without an HTML body. Also the number of images blocked.
+///
+/// Inlined, not linked to `/part`: the frame is sandboxed without `allow-same-origin`, so
+/// its requests are cross-site and a browser sends them without the `SameSite=Strict`
+/// session cookie (Chromium does exactly that); a `data:` image needs no request.
+pub fn frame_html(raw: &[u8], path: &str, remote: bool) -> Option<(String, usize)> {
     let top = MessageParser::default().parse(raw)?;
     let message = nested(&top, path)?;
     let html = html_of(message)?;
+    let wanted = cid_references(html);
     let mut cids = HashMap::new();
-    for (index, part) in message.parts.iter().enumerate() {
-        if let Some(cid) = part.content_id() {
-            let link = format!("{part_base}&part={}", child_path(path, index));
-            cids.entry(normalize_cid(cid)).or_insert(link);
+    for part in &message.parts {
+        let Some(cid) = part.content_id().map(normalize_cid) else {
+            continue;
+        };
+        let image = served_type(&content_type_of(part));
+        if !wanted.contains(&cid) || cids.contains_key(&cid) || !image.starts_with("image/") {
+            continue;
         }
+        let data = base64_simd::STANDARD.encode_to_string(part.contents());
+        cids.insert(cid, format!("data:{image};base64,{data}"));
     }
     Some(sanitize_html_with(html, Some(FrameImages { cids, remote })))
-}
-
-/// The relative URLs the sanitiser itself wrote (the `cid:` part routes).
-struct OurLinks(HashSet<String>);
-
-impl<'a> ammonia::UrlRelativeEvaluate<'a> for OurLinks {
-    fn evaluate<'url>(&self, url: &'url str) -> Option<Cow<'url, str>> {
-        self.0.contains(url).then_some(Cow::Borrowed(url))
-    }
 }
 
 /// A Content-ID as `cid:` URLs name it: without angle brackets, lower case.
@@ -472,7 +468,7 @@ pub fn sanitize_html(html: &str) -> (String, usize) {
     sanitize_html_with(html, None)
 }
 
-/// How the message frame shows images: `cid:` sources become the part routes in `cids`
+/// How the message frame shows images: `cid:` sources become the `data:` URLs in `cids`
 /// (keyed by [`normalize_cid`]; unknown ones are removed), remote (`https:`) sources stay
 /// only with `remote` (the reader asked, for this message).
 #[derive(Debug, Clone, Default)]
@@ -489,18 +485,12 @@ pub fn sanitize_html_with(html: &str, frame: Option<FrameImages>) -> (String, us
     let counted = Arc::clone(&blocked);
     let in_frame = frame.is_some();
     let images = frame.unwrap_or_default();
-    // The part routes are relative URLs; ammonia judges relative URLs after the filter
-    // has rewritten them, so exactly those (and no other relative URL) pass.
-    let relative = match in_frame {
-        true => ammonia::UrlRelative::Custom(Box::new(OurLinks(
-            images.cids.values().cloned().collect(),
-        ))),
-        false => ammonia::UrlRelative::Deny,
-    };
     let mut b = ammonia::Builder::default();
+    // `data:` is not among the schemes: only the filter below writes such a URL (after
+    // ammonia's scheme check), for an image of the message itself.
     b.url_schemes(HashSet::from(["http", "https", "mailto", "cid"]))
         .link_rel(Some("noopener noreferrer"))
-        .url_relative(relative)
+        .url_relative(ammonia::UrlRelative::Deny)
         .attribute_filter(move |element, attribute, value| {
             if element != "img" || !matches!(attribute, "src" | "srcset") {
                 return Some(Cow::Borrowed(value));
@@ -824,29 +814,22 @@ From: Bob <bob@example.test>\r\nTo: a@example.test\r\nSubject: inner one\r\nMIME
     }
 
     #[test]
-    fn the_frame_rewrites_cid_images_and_blocks_remote_ones_unless_asked() {
-        let base = "/part?folder=INBOX&uid=7";
-        let (html, blocked) = frame_html(RICH, "", base, false).unwrap();
+    fn the_frame_inlines_cid_images_and_blocks_remote_ones_unless_asked() {
+        let (html, blocked) = frame_html(RICH, "", false).unwrap();
         assert_eq!(blocked, 1);
         assert!(!html.contains("remote.test"), "{html}");
-        let cid = html.split("<img src=\"").nth(1).unwrap();
-        let cid = &cid[..cid.find('"').unwrap()];
         assert!(
-            cid.starts_with("/part?folder=INBOX&amp;uid=7&amp;part="),
+            html.contains("<img src=\"data:image/png;base64,iVBORw0KGgo=\">"),
             "{html}"
         );
-        let path = cid.rsplit('=').next().unwrap();
-        let image = download(RICH, path).unwrap();
-        assert_eq!(image.content_type, "image/png");
-        assert!(image.bytes.starts_with(b"\x89PNG"));
         assert!(html.contains("target=\"_blank\""), "{html}");
         assert!(html.contains("noopener"), "{html}");
-        let (html, blocked) = frame_html(RICH, "", base, true).unwrap();
+        let (html, blocked) = frame_html(RICH, "", true).unwrap();
         assert_eq!(blocked, 0);
         assert!(html.contains("src=\"https://remote.test/p.gif\""), "{html}");
-        // Unknown cids and plain-http images go either way.
+        // Unknown cids, plain-http images and a peer's own data: images go either way.
         let (html, _) = sanitize_html_with(
-            "<img src=\"cid:nope\"><img src=\"http://remote.test/x\"><img srcset=\"https://r.test/a 1x\">",
+            "<img src=\"cid:nope\"><img src=\"http://remote.test/x\"><img srcset=\"https://r.test/a 1x\"><img src=\"data:image/svg+xml,x\">",
             Some(FrameImages {
                 cids: HashMap::new(),
                 remote: true,
