@@ -40,6 +40,13 @@ fn inbox_messages() -> Vec<ListedMessage> {
 const TEXT_MESSAGE: &[u8] =
     b"From: Mallory <m@example.test>\r\nSubject: <b>hi</b>\r\n\r\n<script>alert(1)</script>\r\n";
 
+/// HTML with a remote image, a PDF attachment and a forwarded HTML message.
+const HTML_MESSAGE: &[u8] = b"From: a@example.test\r\nSubject: html\r\nMIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=b\r\n\r\n\
+--b\r\nContent-Type: text/html\r\n\r\n<p>outer <img src=\"https://remote.test/x.gif\"></p>\r\n\
+--b\r\nContent-Type: application/pdf; name=\"a b.pdf\"\r\nContent-Disposition: attachment\r\n\r\n%PDF\r\n\
+--b\r\nContent-Type: message/rfc822\r\n\r\nFrom: c@example.test\r\nSubject: inner\r\nContent-Type: text/html\r\n\r\n<i>inner html</i>\r\n\
+--b--\r\n";
+
 impl Backend for Memory {
     fn login(
         &self,
@@ -100,14 +107,16 @@ impl Backend for Memory {
         mark_seen: bool,
     ) -> BoxFuture<'_, Result<StoredMessage, BackendError>> {
         Box::pin(async move {
-            if uid != 7 {
-                return Err(BackendError::NoSuchMessage);
-            }
+            let raw = match uid {
+                7 => TEXT_MESSAGE,
+                9 => HTML_MESSAGE,
+                _ => return Err(BackendError::NoSuchMessage),
+            };
             if mark_seen {
                 self.seen.lock().unwrap().push(uid);
             }
             Ok(StoredMessage {
-                raw: TEXT_MESSAGE.to_vec(),
+                raw: raw.to_vec(),
                 flagged: false,
             })
         })
@@ -849,5 +858,116 @@ fn move_and_empty_trash_need_the_token() {
             .await;
         assert_eq!(emptied.location(), Some("/mail?folder=Trash"));
         assert_eq!(*h.backend.emptied.lock().unwrap(), 1);
+    });
+}
+
+fn header_of<'a>(reply: &'a Reply, name: &str) -> &'a str {
+    reply
+        .headers
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+}
+
+#[test]
+fn the_html_body_is_framed_under_its_own_policy() {
+    block_on(async {
+        let h = Harness::new(false);
+        let session = h.login().await;
+        let cookie = [(SESSION_COOKIE, session.as_str())];
+        let page = h
+            .call("GET", "/read?folder=INBOX&uid=9", &cookie, None)
+            .await;
+        assert_eq!(page.status, StatusCode::OK);
+        assert!(CONTENT_SECURITY_POLICY.contains("frame-src 'self'"));
+        assert_eq!(
+            header_of(&page, "content-security-policy"),
+            CONTENT_SECURITY_POLICY
+        );
+        assert!(page.body.contains(
+            "<iframe class=\"body html\" sandbox=\"allow-popups allow-popups-to-escape-sandbox\" src=\"/body?folder=INBOX&#38;uid=9\""
+        ) || page.body.contains(
+            "<iframe class=\"body html\" sandbox=\"allow-popups allow-popups-to-escape-sandbox\" src=\"/body?folder=INBOX&amp;uid=9\""
+        ), "{}", page.body);
+        assert!(page.body.contains("Show remote images"), "{}", page.body);
+        assert!(
+            page.body.contains("Forwarded message: inner"),
+            "{}",
+            page.body
+        );
+        assert!(
+            page.body.contains("part=3"),
+            "the forwarded HTML's frame: {}",
+            page.body
+        );
+
+        let frame = h
+            .call("GET", "/body?folder=INBOX&uid=9", &cookie, None)
+            .await;
+        assert_eq!(frame.status, StatusCode::OK);
+        assert_eq!(header_of(&frame, "content-security-policy"), BODY_POLICY);
+        assert_eq!(header_of(&frame, "x-frame-options"), "SAMEORIGIN");
+        assert_eq!(header_of(&frame, "x-content-type-options"), "nosniff");
+        assert!(frame.body.contains("outer") && !frame.body.contains("remote.test"));
+        let remote = h
+            .call("GET", "/body?folder=INBOX&uid=9&remote=1", &cookie, None)
+            .await;
+        assert_eq!(
+            header_of(&remote, "content-security-policy"),
+            BODY_POLICY_REMOTE
+        );
+        assert!(remote.body.contains("https://remote.test/x.gif"));
+        let inner = h
+            .call("GET", "/body?folder=INBOX&uid=9&part=3", &cookie, None)
+            .await;
+        assert!(inner.body.contains("<i>inner html</i>"), "{}", inner.body);
+        assert!(!inner.body.contains("outer"));
+        // A text message has no frame; no session, no frame.
+        let none = h
+            .call("GET", "/body?folder=INBOX&uid=7", &cookie, None)
+            .await;
+        assert_eq!(none.status, StatusCode::NOT_FOUND);
+        let anonymous = h.call("GET", "/body?folder=INBOX&uid=9", &[], None).await;
+        assert_eq!(anonymous.status, StatusCode::FORBIDDEN);
+    });
+}
+
+#[test]
+fn a_part_downloads_as_an_attachment() {
+    block_on(async {
+        let h = Harness::new(false);
+        let session = h.login().await;
+        let cookie = [(SESSION_COOKIE, session.as_str())];
+        let page = h
+            .call("GET", "/read?folder=INBOX&uid=9", &cookie, None)
+            .await;
+        assert!(page.body.contains(">a b.pdf</a>"), "{}", page.body);
+        let part = h
+            .call("GET", "/part?folder=INBOX&uid=9&part=2", &cookie, None)
+            .await;
+        assert_eq!(part.status, StatusCode::OK);
+        assert_eq!(part.body, "%PDF");
+        assert_eq!(header_of(&part, "content-type"), "application/octet-stream");
+        assert_eq!(
+            header_of(&part, "content-disposition"),
+            "attachment; filename=\"a b.pdf\"; filename*=UTF-8''a%20b.pdf"
+        );
+        assert_eq!(header_of(&part, "content-security-policy"), PART_POLICY);
+        assert_eq!(header_of(&part, "x-content-type-options"), "nosniff");
+        for bad in ["0", "99", "2.1", "x", ""] {
+            let reply = h
+                .call(
+                    "GET",
+                    &format!("/part?folder=INBOX&uid=9&part={bad}"),
+                    &cookie,
+                    None,
+                )
+                .await;
+            assert_eq!(reply.status, StatusCode::NOT_FOUND, "part {bad:?}");
+        }
+        let anonymous = h
+            .call("GET", "/part?folder=INBOX&uid=9&part=2", &[], None)
+            .await;
+        assert_eq!(anonymous.status, StatusCode::FORBIDDEN);
     });
 }
