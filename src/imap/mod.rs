@@ -28,7 +28,7 @@ pub mod frame;
 #[cfg(any(test, feature = "fuzzing"))]
 pub mod fuzz;
 pub mod reply;
-mod search;
+pub(crate) mod search;
 pub mod session;
 pub mod store;
 pub mod structure;

@@ -14,6 +14,8 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::SystemTime;
 
+use imap_codec::imap_types::core::AString;
+use imap_codec::imap_types::search::SearchKey;
 use tokio::sync::{mpsc, oneshot};
 
 use super::auth::{Denied, Proof};
@@ -22,7 +24,9 @@ use super::shard::{Protocol, ShardContext};
 use super::{Contexts, ServerError};
 use crate::config::Config;
 use crate::envelope::{Envelope, Origin, Recipient};
+use crate::imap::search as imap_search;
 use crate::imap::store as imap_store;
+use crate::mailstore::Entry;
 use crate::mailstore::FlagMode;
 use crate::smtp::{Lookup, Password, Submission, SubmitError};
 use crate::spool::state::{self as st, system_flag};
@@ -242,9 +246,10 @@ impl Backend for StoreBackend {
                         let (_, messages) =
                             s.visible(id).map_err(|_| BackendError::NoSuchFolder)?;
                         // Only the page's entries are copied, not the folder's.
-                        let total = messages.clone().count();
-                        let page: Vec<_> = messages
-                            .rev()
+                        let sorted = newest_first(messages);
+                        let total = sorted.len();
+                        let page: Vec<_> = sorted
+                            .into_iter()
                             .skip(skip)
                             .take(count)
                             .map(|(uid, entry)| (uid, entry.clone()))
@@ -252,26 +257,10 @@ impl Backend for StoreBackend {
                         Ok::<_, BackendError>((total, page))
                     })?;
                     let (total, page) = picked;
-                    let mut messages = Vec::with_capacity(page.len());
-                    for (uid, entry) in page {
-                        let mut header = match ctx.store.read_body(entry.id) {
-                            Ok(body) => body,
-                            Err(error) => {
-                                tracing::warn!(target: "relay::web", %error, "cannot read a message");
-                                Vec::new()
-                            }
-                        };
-                        header.truncate(header_end(&header).min(LIST_HEADER_MAX));
-                        messages.push(ListedMessage {
-                            uid,
-                            seen: entry.flags.system & system_flag::SEEN != 0,
-                            flagged: entry.flags.system & system_flag::FLAGGED != 0,
-                            size: u32::try_from(entry.size).unwrap_or(u32::MAX),
-                            internal_date: entry.internal_date,
-                            header,
-                        });
-                    }
-                    Ok(FolderPage { total, messages })
+                    Ok(FolderPage {
+                        total,
+                        messages: listed(&ctx, page),
+                    })
                 })
             })
             .await?
@@ -434,6 +423,245 @@ impl Backend for StoreBackend {
             format!("{user}@{}", self.domain)
         }
     }
+
+    fn search(
+        &self,
+        user: String,
+        folder: String,
+        text: String,
+        skip: usize,
+        count: usize,
+    ) -> BoxFuture<'_, Result<FolderPage, BackendError>> {
+        Box::pin(async move {
+            self.run(move |ctx| {
+                Box::pin(async move { search(&ctx, &user, &folder, &text, skip, count).await })
+            })
+            .await?
+        })
+    }
+
+    fn move_to(
+        &self,
+        user: String,
+        folder: String,
+        uid: u32,
+        to: String,
+    ) -> BoxFuture<'_, Result<(), BackendError>> {
+        Box::pin(async move {
+            self.run(move |ctx| {
+                Box::pin(async move {
+                    let found = ctx.mail_store.folders().with(&user, |s| {
+                        let from = s.folder_id(&folder).ok_or(BackendError::NoSuchFolder)?;
+                        s.entry(from, uid).ok_or(BackendError::NoSuchMessage)?;
+                        let to = s.folder_id(&to).ok_or(BackendError::NoSuchFolder)?;
+                        Ok::<_, BackendError>((from, to))
+                    });
+                    let (from, to) = found?;
+                    if from == to {
+                        return Ok(());
+                    }
+                    ctx.mail_store
+                        .change(&ctx.spool, &user, |s| {
+                            Ok((s.move_(from, &[uid], to)?.record, ()))
+                        })
+                        .await
+                        .map_err(|e| self_failed(&user, e))
+                })
+            })
+            .await?
+        })
+    }
+
+    fn trash_folder(&self, user: String) -> BoxFuture<'_, Result<Option<String>, BackendError>> {
+        Box::pin(async move {
+            self.run(move |ctx| {
+                Box::pin(async move {
+                    ctx.mail_store
+                        .folders()
+                        .with(&user, |s| trash_of(s).map(|(name, _)| name))
+                })
+            })
+            .await
+        })
+    }
+
+    fn empty_trash(&self, user: String) -> BoxFuture<'_, Result<usize, BackendError>> {
+        Box::pin(async move {
+            self.run(move |ctx| Box::pin(async move { empty_trash(&ctx, &user).await }))
+                .await?
+        })
+    }
+}
+
+/// A folder's visible messages newest first: by internal date (the order a reader expects
+/// even where APPEND gave older dates to newer UIDs), then by UID. Borrowed, not copied.
+fn newest_first<'a>(
+    messages: impl DoubleEndedIterator<Item = (u32, &'a Entry)>,
+) -> Vec<(u32, &'a Entry)> {
+    let mut sorted: Vec<_> = messages.rev().collect();
+    // Delivery order is date order almost always: then the folder is sorted already.
+    let ordered = sorted
+        .windows(2)
+        .all(|w| w[0].1.internal_date >= w[1].1.internal_date);
+    if !ordered {
+        sorted.sort_by(|a, b| {
+            b.1.internal_date
+                .cmp(&a.1.internal_date)
+                .then(b.0.cmp(&a.0))
+        });
+    }
+    sorted
+}
+
+/// The list rows of `page`: its entries and each one's header section.
+fn listed(ctx: &ShardContext, page: Vec<(u32, Entry)>) -> Vec<ListedMessage> {
+    let mut messages = Vec::with_capacity(page.len());
+    for (uid, entry) in page {
+        let mut header = match ctx.store.read_body(entry.id) {
+            Ok(body) => body,
+            Err(error) => {
+                tracing::warn!(target: "relay::web", %error, "cannot read a message");
+                Vec::new()
+            }
+        };
+        header.truncate(header_end(&header).min(LIST_HEADER_MAX));
+        messages.push(ListedMessage {
+            uid,
+            seen: entry.flags.system & system_flag::SEEN != 0,
+            flagged: entry.flags.system & system_flag::FLAGGED != 0,
+            size: u32::try_from(entry.size).unwrap_or(u32::MAX),
+            internal_date: entry.internal_date,
+            header,
+        });
+    }
+    messages
+}
+
+/// The web's search box as an IMAP search: `OR FROM t OR TO t OR SUBJECT t BODY t`, judged
+/// by the IMAP server's own evaluator (`imap::search`), one stored body at a time.
+async fn search(
+    ctx: &ShardContext,
+    user: &str,
+    folder: &str,
+    text: &str,
+    skip: usize,
+    count: usize,
+) -> Result<FolderPage, BackendError> {
+    let needle = AString::try_from(text.to_string())
+        .map_err(|_| BackendError::Refused("This search text cannot be used.".into()))?;
+    let key = |make: fn(AString<'static>) -> SearchKey<'static>| make(needle.clone());
+    let key = SearchKey::Or(
+        Box::new(key(SearchKey::From)),
+        Box::new(SearchKey::Or(
+            Box::new(key(SearchKey::To)),
+            Box::new(SearchKey::Or(
+                Box::new(key(SearchKey::Subject)),
+                Box::new(key(SearchKey::Body)),
+            )),
+        )),
+    );
+    // The candidates, newest first (a copy of their metadata: the bodies are read with
+    // the user's folders unlocked).
+    let candidates = ctx.mail_store.folders().with(user, |s| {
+        let id = s.folder_id(folder).ok_or(BackendError::NoSuchFolder)?;
+        let (_, messages) = s.visible(id).map_err(|_| BackendError::NoSuchFolder)?;
+        Ok::<_, BackendError>(
+            newest_first(messages)
+                .into_iter()
+                .map(|(uid, entry)| (uid, entry.clone()))
+                .collect::<Vec<_>>(),
+        )
+    })?;
+    let last_uid = candidates.iter().map(|(uid, _)| *uid).max().unwrap_or(0);
+    let mut total = 0;
+    let mut page = Vec::new();
+    for (n, (uid, entry)) in candidates.into_iter().enumerate() {
+        if n % 64 == 63 {
+            // Other pages' requests share this thread.
+            tokio::task::yield_now().await;
+        }
+        let raw = match ctx.store.read_body(entry.id) {
+            Ok(raw) => raw,
+            Err(error) => {
+                tracing::warn!(target: "relay::web", %error, "cannot read a message");
+                continue;
+            }
+        };
+        let meta = imap_store::MessageMeta {
+            uid,
+            flags: imap_store::Flags {
+                system: entry.flags.system,
+                keywords: entry.flags.keywords.clone(),
+            },
+            size: u32::try_from(entry.size).unwrap_or(u32::MAX),
+            internal_date: entry.internal_date,
+            zone_minutes: entry.zone_minutes,
+            modseq: entry.modseq,
+        };
+        let judged = imap_search::Ctx {
+            seq: 0,
+            meta: &meta,
+            recent: false,
+            last_seq: 0,
+            last_uid,
+        };
+        let content = imap_search::Content::new(&raw);
+        if imap_search::eval(&key, &judged, Some(&content)) == Some(true) {
+            if total >= skip && page.len() < count {
+                page.push((uid, entry));
+            }
+            total += 1;
+        }
+    }
+    Ok(FolderPage {
+        total,
+        messages: listed(ctx, page),
+    })
+}
+
+/// The Trash folder (special use) of a user's store: its name and id.
+fn trash_of(s: &crate::mailstore::UserStore) -> Option<(String, st::FolderId)> {
+    s.list()
+        .into_iter()
+        .find(|e| e.special_use == Some(st::SpecialUse::Trash))
+        .and_then(|e| Some((e.name, e.folder?)))
+}
+
+/// Every message in Trash marked \Deleted and expunged, as an IMAP client empties it; each
+/// step durable in the user's turn. Only the messages there when it starts go.
+async fn empty_trash(ctx: &ShardContext, user: &str) -> Result<usize, BackendError> {
+    let trash = ctx.mail_store.folders().with(user, |s| trash_of(s));
+    let Some((_, id)) = trash else {
+        return Err(BackendError::NoSuchFolder);
+    };
+    let flags = st::Flags {
+        system: system_flag::DELETED,
+        keywords: Vec::new(),
+    };
+    let uids = ctx
+        .mail_store
+        .change(&ctx.spool, user, |s| {
+            let (_, messages) = s.visible(id)?;
+            let uids: Vec<u32> = messages.map(|(uid, _)| uid).collect();
+            if uids.is_empty() {
+                return Ok((None, uids));
+            }
+            let out = s.store_flags(id, &uids, FlagMode::Add, &flags, None)?;
+            Ok((out.record, uids))
+        })
+        .await
+        .map_err(|e| self_failed(user, e))?;
+    if uids.is_empty() {
+        return Ok(0);
+    }
+    ctx.mail_store
+        .change(&ctx.spool, user, |s| {
+            let out = s.expunge(id, Some(&uids))?;
+            let gone = out.uids.len();
+            Ok((out.record, gone))
+        })
+        .await
+        .map_err(|e| self_failed(user, e))
 }
 
 /// One reader's change to one message, each step durable in the user's turn.
@@ -743,4 +971,39 @@ fn unix_now() -> i64 {
     SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::envelope::QueueId;
+
+    fn entry(date: i64) -> Entry {
+        Entry {
+            id: QueueId(1),
+            size: 1,
+            flags: st::Flags::default(),
+            internal_date: date,
+            zone_minutes: 0,
+            modseq: 1,
+        }
+    }
+
+    #[test]
+    fn newest_first_is_by_internal_date_then_uid() {
+        let entries = [
+            (1, entry(200)),
+            (2, entry(100)),
+            (3, entry(300)),
+            (4, entry(200)),
+        ];
+        let sorted = newest_first(entries.iter().map(|(uid, e)| (*uid, e)));
+        let uids: Vec<u32> = sorted.iter().map(|(uid, _)| *uid).collect();
+        assert_eq!(uids, [3, 4, 1, 2]);
+        // Already in date order: UIDs descending.
+        let entries = [(1, entry(100)), (2, entry(100)), (3, entry(300))];
+        let sorted = newest_first(entries.iter().map(|(uid, e)| (*uid, e)));
+        let uids: Vec<u32> = sorted.iter().map(|(uid, _)| *uid).collect();
+        assert_eq!(uids, [3, 2, 1]);
+    }
 }

@@ -53,7 +53,7 @@ pub struct ListedMessage {
     pub header: Vec<u8>,
 }
 
-/// One page of a folder, newest first.
+/// One page of a folder (or of a search in it), newest first by internal date.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FolderPage {
     pub total: usize,
@@ -168,4 +168,32 @@ pub trait Backend: Send + Sync + 'static {
 
     /// The address the user sends from (`From:` and the envelope sender).
     fn address_of(&self, user: &str) -> String;
+
+    /// The messages of `folder` whose From, To, Subject or text contains `text` (matched as
+    /// IMAP SEARCH matches: decoded, case-insensitive), newest first: `count` of them from
+    /// the `skip`-th on, and how many match.
+    fn search(
+        &self,
+        user: String,
+        folder: String,
+        text: String,
+        skip: usize,
+        count: usize,
+    ) -> BoxFuture<'_, Result<FolderPage, BackendError>>;
+
+    /// Moves one message from `folder` to `to` (durable before Ok).
+    fn move_to(
+        &self,
+        user: String,
+        folder: String,
+        uid: u32,
+        to: String,
+    ) -> BoxFuture<'_, Result<(), BackendError>>;
+
+    /// The name of the user's Trash folder (by its special use), if there is one.
+    fn trash_folder(&self, user: String) -> BoxFuture<'_, Result<Option<String>, BackendError>>;
+
+    /// Deletes every message in the user's Trash folder for good (durable before Ok); how
+    /// many went.
+    fn empty_trash(&self, user: String) -> BoxFuture<'_, Result<usize, BackendError>>;
 }

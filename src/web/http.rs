@@ -25,8 +25,25 @@ pub const SESSION_COOKIE: &str = "relay_session";
 pub const LOGIN_COOKIE: &str = "relay_login";
 
 /// `default-src 'none'` and only our own stylesheet and images; forms post only to us; no
-/// framing. No script anywhere.
-pub const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'";
+/// framing of our pages, frames only of our own message bodies (`/body`). No script
+/// anywhere.
+pub const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; style-src 'self'; img-src 'self'; frame-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'";
+
+/// The message frame (`/body`): a peer's sanitised HTML with no image but its own `cid:`
+/// images, inlined as `data:` (and remote `https:` images when asked for), no styles
+/// (ammonia strips them), no script, no forms, framed only by our own pages, and
+/// sandboxed even if opened on its own.
+pub const BODY_POLICY: &str = "default-src 'none'; img-src data:; form-action 'none'; frame-ancestors 'self'; base-uri 'none'; sandbox allow-popups allow-popups-to-escape-sandbox";
+
+/// [`BODY_POLICY`] with remote images allowed (over HTTPS).
+pub const BODY_POLICY_REMOTE: &str = "default-src 'none'; img-src data: https:; form-action 'none'; frame-ancestors 'self'; base-uri 'none'; sandbox allow-popups allow-popups-to-escape-sandbox";
+
+/// A downloaded part: nothing in it may load or run anything, even if a browser shows it.
+pub const PART_POLICY: &str = "default-src 'none'; frame-ancestors 'self'; sandbox";
+
+/// The name the store gives the special-use Drafts folder at first login (the draft routes
+/// find it by its role; a page names folders by name).
+const DRAFTS: &str = "Drafts";
 
 /// What the routes share.
 pub struct App {
@@ -46,6 +63,10 @@ pub fn router(app: Shared, body_max: usize) -> Router {
         .route("/mail", get(list))
         .route("/read", get(read))
         .route("/act", post(act))
+        .route("/move", post(move_to))
+        .route("/body", get(body))
+        .route("/part", get(part))
+        .route("/empty-trash", post(empty_trash))
         .route("/compose", get(compose::compose))
         .route("/send", post(compose::send))
         .route("/static/style.css", get(style))
@@ -62,10 +83,15 @@ async fn security_headers(request: Request, next: Next) -> Response {
     let set = |headers: &mut HeaderMap, name: &'static str, value: &'static str| {
         headers.insert(name, HeaderValue::from_static(value));
     };
-    set(headers, "content-security-policy", CONTENT_SECURITY_POLICY);
+    // A route with a policy of its own (the message frame, a part) keeps it.
+    if !headers.contains_key("content-security-policy") {
+        set(headers, "content-security-policy", CONTENT_SECURITY_POLICY);
+    }
+    if !headers.contains_key("x-frame-options") {
+        set(headers, "x-frame-options", "DENY");
+    }
     set(headers, "x-content-type-options", "nosniff");
     set(headers, "referrer-policy", "no-referrer");
-    set(headers, "x-frame-options", "DENY");
     set(headers, "cross-origin-opener-policy", "same-origin");
     if !headers.contains_key(header::CACHE_CONTROL) {
         set(headers, "cache-control", "no-store");
@@ -351,6 +377,21 @@ struct ListQuery {
     folder: String,
     #[serde(default)]
     page: Option<usize>,
+    /// Search text: only messages whose From, To, Subject or text contains it.
+    #[serde(default)]
+    q: String,
+}
+
+/// Search text longer than this is cut (a person types a few words).
+const SEARCH_MAX_CHARS: usize = 200;
+
+/// The search box's text as searched: trimmed, without control characters, bounded.
+pub fn search_text(q: &str) -> String {
+    q.trim()
+        .chars()
+        .filter(|c| !c.is_control())
+        .take(SEARCH_MAX_CHARS)
+        .collect()
 }
 
 fn inbox() -> String {
@@ -377,13 +418,19 @@ async fn list(
         Ok(c) => c,
         Err(e) => return failure(None, &e),
     };
+    let search = search_text(&query.q);
+    let fetch = |skip: usize| {
+        let (user, folder) = (view.user.clone(), query.folder.clone());
+        if search.is_empty() {
+            app.backend.page(user, folder, skip, app.page_size)
+        } else {
+            app.backend
+                .search(user, folder, search.clone(), skip, app.page_size)
+        }
+    };
     let wanted = query.page.unwrap_or(1).max(1);
     let skip = (wanted - 1).saturating_mul(app.page_size);
-    let mut page = match app
-        .backend
-        .page(view.user.clone(), query.folder.clone(), skip, app.page_size)
-        .await
-    {
+    let mut page = match fetch(skip).await {
         Ok(p) => p,
         Err(e) => return failure(Some(chrome), &e),
     };
@@ -391,15 +438,15 @@ async fn list(
     if number != wanted {
         // Past the end (the folder shrank): the last page.
         let (skip, ..) = paging(page.total, number, app.page_size);
-        page = match app
-            .backend
-            .page(view.user.clone(), query.folder.clone(), skip, app.page_size)
-            .await
-        {
+        page = match fetch(skip).await {
             Ok(p) => p,
             Err(e) => return failure(Some(chrome), &e),
         };
     }
+    let trash = match app.backend.trash_folder(view.user.clone()).await {
+        Ok(trash) => trash,
+        Err(e) => return failure(Some(chrome), &e),
+    };
     let rows = page
         .messages
         .iter()
@@ -426,15 +473,18 @@ async fn list(
         })
         .collect();
     let page_link = |n: usize| {
-        href(
-            "/mail",
-            &[("folder", &query.folder), ("page", &n.to_string())],
-        )
+        let n = n.to_string();
+        let mut pairs = vec![("folder", query.folder.as_str()), ("page", n.as_str())];
+        if !search.is_empty() {
+            pairs.push(("q", search.as_str()));
+        }
+        href("/mail", &pairs)
     };
     html(
         StatusCode::OK,
         ListPage {
             chrome,
+            is_trash: trash.as_deref() == Some(query.folder.as_str()),
             folder: query.folder.clone(),
             total: page.total,
             rows,
@@ -442,6 +492,8 @@ async fn list(
             pages,
             newer: (number > 1).then(|| page_link(number - 1)),
             older: (number < pages).then(|| page_link(number + 1)),
+            search,
+            all: href("/mail", &[("folder", &query.folder)]),
         },
     )
 }
@@ -451,6 +503,102 @@ struct ReadQuery {
     #[serde(default = "inbox")]
     folder: String,
     uid: u32,
+    /// Show this message's remote images (the reader asked, for this message only).
+    #[serde(default)]
+    remote: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct PartQuery {
+    #[serde(default = "inbox")]
+    folder: String,
+    uid: u32,
+    /// A part path (`render::locate`); for `/body`, the forwarded message whose HTML to
+    /// show ("" for the message itself).
+    #[serde(default)]
+    part: String,
+    #[serde(default)]
+    remote: Option<String>,
+}
+
+/// The message frame: the HTML body of a message (or of a message forwarded in it),
+/// sanitised, as a document of its own under [`BODY_POLICY`].
+async fn body(
+    State(app): State<Shared>,
+    headers: HeaderMap,
+    Query(query): Query<PartQuery>,
+) -> Response {
+    let Some((_, view)) = session(&app, &headers) else {
+        return StatusCode::FORBIDDEN.into_response();
+    };
+    let stored = match app
+        .backend
+        .message(view.user.clone(), query.folder.clone(), query.uid, false)
+        .await
+    {
+        Ok(stored) => stored,
+        Err(e) => return failure(None, &e),
+    };
+    let remote = query.remote.is_some();
+    let Some((clean, _)) = render::frame_html(&stored.raw, &query.part, remote) else {
+        return failure(None, &BackendError::NoSuchMessage);
+    };
+    let policy = if remote {
+        BODY_POLICY_REMOTE
+    } else {
+        BODY_POLICY
+    };
+    let document = format!(
+        "<!doctype html>\n<html><head><meta charset=\"utf-8\"><title>Message</title></head><body>\n{clean}\n</body></html>\n"
+    );
+    (
+        [
+            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            (header::CONTENT_SECURITY_POLICY, policy),
+            (header::X_FRAME_OPTIONS, "SAMEORIGIN"),
+        ],
+        document,
+    )
+        .into_response()
+}
+
+/// One part of a message, decoded, always as a download (`Content-Disposition:
+/// attachment`), typed only if it is a raster image (`render::served_type`).
+async fn part(
+    State(app): State<Shared>,
+    headers: HeaderMap,
+    Query(query): Query<PartQuery>,
+) -> Response {
+    let Some((_, view)) = session(&app, &headers) else {
+        return StatusCode::FORBIDDEN.into_response();
+    };
+    let stored = match app
+        .backend
+        .message(view.user.clone(), query.folder.clone(), query.uid, false)
+        .await
+    {
+        Ok(stored) => stored,
+        Err(e) => return failure(None, &e),
+    };
+    let Some(download) = render::download(&stored.raw, &query.part) else {
+        return failure(None, &BackendError::NoSuchMessage);
+    };
+    let Ok(disposition) = HeaderValue::from_str(&download.disposition) else {
+        return StatusCode::INTERNAL_SERVER_ERROR.into_response();
+    };
+    let mut response = (
+        [
+            (header::CONTENT_TYPE, download.content_type),
+            (header::CONTENT_SECURITY_POLICY, PART_POLICY),
+            (header::X_FRAME_OPTIONS, "SAMEORIGIN"),
+        ],
+        download.bytes,
+    )
+        .into_response();
+    response
+        .headers_mut()
+        .insert(header::CONTENT_DISPOSITION, disposition);
+    response
 }
 
 async fn read(
@@ -479,29 +627,41 @@ async fn read(
     };
     let raw = stored.raw;
     let message = render::view(&raw);
-    let reply_to = mail_parser::MessageParser::default()
-        .parse_headers(&raw)
-        .and_then(|m| {
-            m.reply_to()
-                .or(m.from())
-                .and_then(|a| a.first())
-                .and_then(|a| a.address())
-                .map(str::to_string)
-        })
-        .unwrap_or_default();
-    let subject = if message.subject.to_ascii_lowercase().starts_with("re:") {
-        message.subject.clone()
-    } else {
-        format!("Re: {}", message.subject)
+    let uid = query.uid.to_string();
+    let remote = query.remote.is_some();
+    let frame = |path: &str| {
+        let mut pairs = vec![("folder", query.folder.as_str()), ("uid", uid.as_str())];
+        if !path.is_empty() {
+            pairs.push(("part", path));
+        }
+        if remote {
+            pairs.push(("remote", "1"));
+        }
+        href("/body", &pairs)
     };
     html(
         StatusCode::OK,
         ReadPage {
             chrome,
             back: href("/mail", &[("folder", &query.folder)]),
-            reply: href("/compose", &[("to", &reply_to), ("subject", &subject)]),
+            reply: href("/compose", &[("reply", &uid), ("folder", &query.folder)]),
+            reply_all: href(
+                "/compose",
+                &[("reply_all", &uid), ("folder", &query.folder)],
+            ),
+            forward: href("/compose", &[("forward", &uid), ("folder", &query.folder)]),
+            edit_draft: (query.folder == DRAFTS).then(|| href("/compose", &[("draft", &uid)])),
             uid: query.uid,
             flagged: stored.flagged,
+            frame: message.html.is_some().then(|| frame("")),
+            forwarded_frames: message.forwarded.iter().map(|f| frame(&f.path)).collect(),
+            show_remote: (!remote && message.blocked_images > 0).then(|| {
+                href(
+                    "/read",
+                    &[("folder", &query.folder), ("uid", &uid), ("remote", "1")],
+                )
+            }),
+            part_base: href("/part", &[("folder", &query.folder), ("uid", &uid)]),
             folder: query.folder,
             view: message,
         },
@@ -548,6 +708,67 @@ async fn act(State(app): State<Shared>, headers: HeaderMap, Form(form): Form<Act
         ))
         .into_response(),
         Err(e) => failure(chrome(&app, &view, &form.folder).await.ok(), &e),
+    }
+}
+
+#[derive(Deserialize)]
+struct MoveForm {
+    #[serde(default)]
+    csrf: String,
+    folder: String,
+    uid: u32,
+    to: String,
+}
+
+/// The reading page's "Move to": the message leaves for `to`, durable before the
+/// redirect to the folder it left.
+async fn move_to(
+    State(app): State<Shared>,
+    headers: HeaderMap,
+    Form(form): Form<MoveForm>,
+) -> Response {
+    let Some((_, view)) = session(&app, &headers) else {
+        return to_login();
+    };
+    if !tokens_match(&form.csrf, &view.csrf) {
+        return forbidden();
+    }
+    let done = app
+        .backend
+        .move_to(
+            view.user.clone(),
+            form.folder.clone(),
+            form.uid,
+            form.to.clone(),
+        )
+        .await;
+    match done {
+        Ok(()) => Redirect::to(&href("/mail", &[("folder", &form.folder)])).into_response(),
+        Err(e) => failure(chrome(&app, &view, &form.folder).await.ok(), &e),
+    }
+}
+
+/// The Trash page's "Empty Trash": everything there deleted for good, durable before the
+/// redirect back to the (empty) Trash.
+async fn empty_trash(
+    State(app): State<Shared>,
+    headers: HeaderMap,
+    Form(form): Form<CsrfForm>,
+) -> Response {
+    let Some((_, view)) = session(&app, &headers) else {
+        return to_login();
+    };
+    if !tokens_match(&form.csrf, &view.csrf) {
+        return forbidden();
+    }
+    let trash = match app.backend.trash_folder(view.user.clone()).await {
+        Ok(Some(trash)) => trash,
+        Ok(None) => return failure(None, &BackendError::NoSuchFolder),
+        Err(e) => return failure(None, &e),
+    };
+    match app.backend.empty_trash(view.user.clone()).await {
+        Ok(_) => Redirect::to(&href("/mail", &[("folder", &trash)])).into_response(),
+        Err(e) => failure(chrome(&app, &view, &trash).await.ok(), &e),
     }
 }
 

@@ -50,6 +50,12 @@ pub struct ListPage {
     pub pages: usize,
     pub newer: Option<String>,
     pub older: Option<String>,
+    /// The search shown (empty: the whole folder).
+    pub search: String,
+    /// The whole folder, first page (to leave a search).
+    pub all: String,
+    /// The folder is the Trash: offer to empty it.
+    pub is_trash: bool,
 }
 
 #[derive(Template)]
@@ -58,10 +64,23 @@ pub struct ReadPage {
     pub chrome: Chrome,
     pub folder: String,
     pub back: String,
+    /// `/compose?reply=…` (and reply-all, forward): the compose page quotes and threads.
     pub reply: String,
+    pub reply_all: String,
+    pub forward: String,
+    /// In the Drafts folder: `/compose?draft=UID`.
+    pub edit_draft: Option<String>,
     pub uid: u32,
     pub flagged: bool,
     pub view: MessageView,
+    /// The message frame's URL (`/body?…`) when it has an HTML body.
+    pub frame: Option<String>,
+    /// The frame URL of each forwarded message, in `view.forwarded`'s order.
+    pub forwarded_frames: Vec<String>,
+    /// This page again with remote images allowed, when some were blocked.
+    pub show_remote: Option<String>,
+    /// `/part?folder=…&uid=…`; a link adds `&part=PATH`.
+    pub part_base: String,
 }
 
 #[derive(Template)]

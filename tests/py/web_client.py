@@ -10,6 +10,12 @@ usage: web_client.py URL SCENARIO ARGS...   (URL: http://127.0.0.1:PORT or https
   send USER PASSWORD TO SUBJECT BODY   compose (mailto-style URL), send
   act USER PASSWORD SUBJECT     flag the message with SUBJECT, then delete it (to Trash)
   expire USER PASSWORD SECONDS  the inbox right after login and again SECONDS later
+  browse USER PASSWORD IMAPPORT QUERY   APPEND an old-dated message over IMAP, then every
+                                page of INBOX and every page of a search for QUERY
+  manage USER PASSWORD          move "to archive" to Archive, delete "to trash", empty Trash
+  imap USER PASSWORD IMAPPORT FOLDER...  the subjects in each folder, over IMAP (imaplib)
+  parts USER PASSWORD SUBJECT   the message with SUBJECT: its frame (and with remote images),
+                                the frame's images, every attachment link downloaded
   (--cafile PEM: the CA to trust for https)
 """
 
@@ -44,7 +50,8 @@ class Browser:
             headers["Content-Type"] = "application/x-www-form-urlencoded"
         conn.request(method, path, body=body, headers=headers)
         resp = conn.getresponse()
-        text = resp.read().decode("utf-8", "replace")
+        data = resp.read()
+        text = data.decode("utf-8", "replace")
         set_cookies = resp.headers.get_all("Set-Cookie") or []
         for line in set_cookies:
             name, _, rest = line.partition("=")
@@ -60,6 +67,7 @@ class Browser:
             "set_cookie": set_cookies,
             "location": resp.headers.get("Location"),
             "body": text,
+            "bytes": data,
         }
 
     def login(self, user, password):
@@ -119,6 +127,11 @@ def read(b, user, password, subject):
         out["message_status"] = page["status"]
         out["message_body"] = page["body"]
         out["message_headers"] = page["headers"]
+        frame = re.search(r'<iframe [^>]*src="([^"]+)"', page["body"])
+        if frame:
+            got = b.request("GET", html.unescape(frame.group(1)))
+            out["frame_body"] = got["body"]
+            out["frame_headers"] = got["headers"]
         after = b.request("GET", "/mail?folder=INBOX")
         out["unread_after"] = unread(after["body"])
     return out
@@ -170,6 +183,138 @@ def expire(b, user, password, seconds):
             "later": {"status": later["status"], "location": later["location"]}}
 
 
+def subjects_of(page):
+    links = re.findall(r'<a href="(/read\?[^"]+)">([^<]*)</a>', page)
+    return [html.unescape(s) for _, s in links]
+
+
+def next_link(page):
+    m = re.search(r'<a href="([^"]+)" rel="next">', page)
+    return html.unescape(m.group(1)) if m else None
+
+
+def all_pages(b, path):
+    """Follows the "Older" links from PATH: the subjects of each page, the first page."""
+    pages, first = [], None
+    while path and len(pages) < 50:
+        page = b.request("GET", path)
+        first = first or page
+        pages.append(subjects_of(page["body"]))
+        path = next_link(page["body"])
+    return pages, first
+
+
+def browse(b, user, password, imap_port, query):
+    import imaplib
+    imap = imaplib.IMAP4("127.0.0.1", int(imap_port))
+    imap.login(user, password)
+    old = b"From: Old <old@remote.test>\r\nSubject: appended old\r\nDate: Wed, 1 Jan 2020 10:00:00 +0000\r\n\r\nnothing to see\r\n"
+    typ, _ = imap.append("INBOX", None, imaplib.Time2Internaldate(1577872800), old)
+    imap.logout()
+    b.login(user, password)
+    pages, _ = all_pages(b, "/mail?folder=INBOX")
+    search = "/mail?" + urllib.parse.urlencode({"folder": "INBOX", "q": query})
+    found, first = all_pages(b, search)
+    total = re.search(r'<small>(\d+) found</small>', first["body"])
+    return {"append": typ, "pages": pages, "search_pages": found,
+            "search_total": int(total.group(1)) if total else None,
+            "search_status": first["status"]}
+
+
+def uid_of(b, folder, subject):
+    page = b.request("GET", "/mail?" + urllib.parse.urlencode({"folder": folder}))
+    links = re.findall(r'<a href="(/read\?[^"]+)">([^<]*)</a>', page["body"])
+    target = html.unescape([h for h, s in links if html.unescape(s) == subject][0])
+    return target, urllib.parse.parse_qs(urllib.parse.urlsplit(target).query)["uid"][0]
+
+
+def manage(b, user, password):
+    b.login(user, password)
+    out = {}
+    target, uid = uid_of(b, "INBOX", "to archive")
+    page = b.request("GET", target)
+    token = csrf(page["body"])
+    out["move_options"] = [html.unescape(o) for o in re.findall(r'<option value="([^"]*)">', page["body"])]
+    out["move_forged"] = b.request("POST", "/move", {"csrf": "0", "folder": "INBOX", "uid": uid, "to": "Archive"})["status"]
+    moved = b.request("POST", "/move", {"csrf": token, "folder": "INBOX", "uid": uid, "to": "Archive"})
+    out["move"] = {"status": moved["status"], "location": moved["location"]}
+    out["move_nowhere"] = b.request("POST", "/move", {"csrf": token, "folder": "INBOX", "uid": uid, "to": "No such"})["status"]
+    out["inbox"] = subjects_of(b.request("GET", "/mail?folder=INBOX")["body"])
+    out["archive"] = subjects_of(b.request("GET", "/mail?folder=Archive")["body"])
+    _, uid = uid_of(b, "INBOX", "to trash")
+    trash = b.request("POST", "/act", {"csrf": token, "folder": "INBOX", "uid": uid, "action": "trash"})
+    out["trash"] = trash["status"]
+    trash_page = b.request("GET", "/mail?folder=Trash")["body"]
+    out["trash_before"] = subjects_of(trash_page)
+    out["empty_button"] = 'action="/empty-trash"' in trash_page
+    out["empty_button_in_inbox"] = 'action="/empty-trash"' in b.request("GET", "/mail?folder=INBOX")["body"]
+    out["empty_forged"] = b.request("POST", "/empty-trash", {"csrf": "0"})["status"]
+    out["trash_after_forged"] = subjects_of(b.request("GET", "/mail?folder=Trash")["body"])
+    emptied = b.request("POST", "/empty-trash", {"csrf": token})
+    out["empty"] = {"status": emptied["status"], "location": emptied["location"]}
+    out["trash_after"] = subjects_of(b.request("GET", "/mail?folder=Trash")["body"])
+    return out
+
+
+def imap_folders(b, user, password, imap_port, *folders):
+    import imaplib
+    imap = imaplib.IMAP4("127.0.0.1", int(imap_port))
+    imap.login(user, password)
+    out = {}
+    for folder in folders:
+        typ, data = imap.select(folder, readonly=True)
+        subjects = []
+        count = int(data[0]) if typ == "OK" else 0
+        typ, data = imap.fetch("1:*", "(BODY.PEEK[HEADER.FIELDS (SUBJECT)])") if count else ("OK", [])
+        for item in data or []:
+            if isinstance(item, tuple):
+                line = item[1].decode("utf-8", "replace").strip()
+                subjects.append(line.partition(":")[2].strip())
+        out[folder] = subjects
+    imap.logout()
+    return out
+
+
+def fetched(page):
+    """A response as the scenario reports it: status, headers, body (base64 for bytes)."""
+    import base64
+    return {"status": page["status"], "headers": page["headers"],
+            "body": page["body"], "base64": base64.b64encode(page["bytes"]).decode()}
+
+
+def parts(b, user, password, subject):
+    b.login(user, password)
+    target, _ = uid_of(b, "INBOX", subject)
+    page = b.request("GET", target)
+    out = {"page": {"status": page["status"], "headers": page["headers"], "body": page["body"]}}
+    frames = [html.unescape(m) for m in re.findall(r'<iframe ([^>]*)>', page["body"])]
+    out["iframes"] = frames
+    out["frames"] = []
+    for attrs in frames:
+        src = re.search(r'src="([^"]+)"', attrs).group(1)
+        frame = b.request("GET", src)
+        images = [html.unescape(s) for s in re.findall(r'<img src="([^"]+)"', frame["body"])]
+        out["frames"].append({"src": src, "frame": fetched(frame),
+                              "images": [fetched(b.request("GET", i)) for i in images if i.startswith("/")]})
+    show = re.search(r'<a href="([^"]+)" class="show-remote">', page["body"])
+    if show:
+        again = b.request("GET", html.unescape(show.group(1)))
+        src = html.unescape(re.search(r'<iframe [^>]*src="([^"]+)"', again["body"]).group(1))
+        out["remote_frame"] = fetched(b.request("GET", src))
+        out["remote_src"] = src
+    out["attachments"] = []
+    for href, name in re.findall(r'<li><a href="(/part\?[^"]+)" download>([^<]*)</a>', page["body"]):
+        got = b.request("GET", html.unescape(href))
+        out["attachments"].append({"name": html.unescape(name), "href": html.unescape(href), "got": fetched(got)})
+    # Without the session cookie nothing of the message comes back.
+    if out["attachments"]:
+        saved = dict(b.cookies)
+        b.cookies = {}
+        out["part_without_session"] = b.request("GET", out["attachments"][0]["href"])["status"]
+        b.cookies = saved
+    return out
+
+
 def main():
     base, scenario, *args = sys.argv[1:]
     cafile = None
@@ -178,7 +323,9 @@ def main():
         cafile = args[i + 1]
         del args[i:i + 2]
     b = Browser(base, cafile)
-    result = {"security": security, "throttle": throttle, "read": read, "send": send, "expire": expire, "act": act}[scenario](b, *args)
+    result = {"security": security, "throttle": throttle, "read": read, "send": send, "expire": expire, "act": act,
+                "browse": browse, "manage": manage, "imap": imap_folders,
+                "parts": parts}[scenario](b, *args)
     print(json.dumps(result))
 
 

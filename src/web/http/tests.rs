@@ -17,10 +17,37 @@ struct Memory {
     sent: StdMutex<Vec<(String, Outgoing)>>,
     seen: StdMutex<Vec<u32>>,
     acted: StdMutex<Vec<(String, u32, Action)>>,
+    moved: StdMutex<Vec<(String, u32, String)>>,
+    emptied: StdMutex<usize>,
+}
+
+/// The INBOX of the memory backend, newest first: uid 3, 2, 1.
+fn inbox_messages() -> Vec<ListedMessage> {
+    (1..=3u32)
+        .rev()
+        .map(|uid| ListedMessage {
+            uid,
+            seen: uid == 1,
+            flagged: uid == 2,
+            size: 10,
+            internal_date: 0,
+            header: format!(
+                "From: Sender {uid} <s{uid}@example.test>\r\nSubject: number {uid} & <i>x</i>\r\n\r\n"
+            )
+            .into_bytes(),
+        })
+        .collect()
 }
 
 const TEXT_MESSAGE: &[u8] =
     b"From: Mallory <m@example.test>\r\nSubject: <b>hi</b>\r\n\r\n<script>alert(1)</script>\r\n";
+
+/// HTML with a remote image, a PDF attachment and a forwarded HTML message.
+const HTML_MESSAGE: &[u8] = b"From: a@example.test\r\nSubject: html\r\nMIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=b\r\n\r\n\
+--b\r\nContent-Type: text/html\r\n\r\n<p>outer <img src=\"https://remote.test/x.gif\"></p>\r\n\
+--b\r\nContent-Type: application/pdf; name=\"a b.pdf\"\r\nContent-Disposition: attachment\r\n\r\n%PDF\r\n\
+--b\r\nContent-Type: message/rfc822\r\n\r\nFrom: c@example.test\r\nSubject: inner\r\nContent-Type: text/html\r\n\r\n<i>inner html</i>\r\n\
+--b--\r\n";
 
 impl Backend for Memory {
     fn login(
@@ -66,17 +93,7 @@ impl Backend for Memory {
             if folder != "INBOX" {
                 return Err(BackendError::NoSuchFolder);
             }
-            let all: Vec<ListedMessage> = (1..=3u32)
-                .rev()
-                .map(|uid| ListedMessage {
-                    uid,
-                    seen: uid == 1,
-                    flagged: uid == 2,
-                    size: 10,
-                    internal_date: 0,
-                    header: format!("From: Sender {uid} <s{uid}@example.test>\r\nSubject: number {uid} & <i>x</i>\r\n\r\n").into_bytes(),
-                })
-                .collect();
+            let all = inbox_messages();
             Ok(FolderPage {
                 total: all.len(),
                 messages: all.into_iter().skip(skip).take(count).collect(),
@@ -92,14 +109,16 @@ impl Backend for Memory {
         mark_seen: bool,
     ) -> BoxFuture<'_, Result<StoredMessage, BackendError>> {
         Box::pin(async move {
-            if uid != 7 {
-                return Err(BackendError::NoSuchMessage);
-            }
+            let raw = match uid {
+                7 => TEXT_MESSAGE,
+                9 => HTML_MESSAGE,
+                _ => return Err(BackendError::NoSuchMessage),
+            };
             if mark_seen {
                 self.seen.lock().unwrap().push(uid);
             }
             Ok(StoredMessage {
-                raw: TEXT_MESSAGE.to_vec(),
+                raw: raw.to_vec(),
                 flagged: false,
             })
         })
@@ -157,6 +176,57 @@ impl Backend for Memory {
 
     fn address_of(&self, user: &str) -> String {
         format!("{user}@example.test")
+    }
+
+    fn search(
+        &self,
+        _user: String,
+        folder: String,
+        text: String,
+        skip: usize,
+        count: usize,
+    ) -> BoxFuture<'_, Result<FolderPage, BackendError>> {
+        Box::pin(async move {
+            if folder != "INBOX" {
+                return Err(BackendError::NoSuchFolder);
+            }
+            // A stand-in for the store's matching: the header's bytes.
+            let found: Vec<ListedMessage> = inbox_messages()
+                .into_iter()
+                .filter(|m| String::from_utf8_lossy(&m.header).contains(&text))
+                .collect();
+            Ok(FolderPage {
+                total: found.len(),
+                messages: found.into_iter().skip(skip).take(count).collect(),
+            })
+        })
+    }
+
+    fn move_to(
+        &self,
+        _user: String,
+        folder: String,
+        uid: u32,
+        to: String,
+    ) -> BoxFuture<'_, Result<(), BackendError>> {
+        Box::pin(async move {
+            if to != "Sent" && to != "INBOX" && to != "Trash" {
+                return Err(BackendError::NoSuchFolder);
+            }
+            self.moved.lock().unwrap().push((folder, uid, to));
+            Ok(())
+        })
+    }
+
+    fn trash_folder(&self, _user: String) -> BoxFuture<'_, Result<Option<String>, BackendError>> {
+        Box::pin(async { Ok(Some("Trash".to_string())) })
+    }
+
+    fn empty_trash(&self, _user: String) -> BoxFuture<'_, Result<usize, BackendError>> {
+        Box::pin(async move {
+            *self.emptied.lock().unwrap() += 1;
+            Ok(0)
+        })
     }
 }
 
@@ -519,6 +589,14 @@ fn reading_escapes_the_text_and_marks_it_read() {
             "the text is shown, escaped"
         );
         assert_eq!(*h.backend.seen.lock().unwrap(), [7]);
+        for link in [
+            "/compose?reply=7&#38;folder=INBOX",
+            "/compose?reply_all=7&#38;folder=INBOX",
+            "/compose?forward=7&#38;folder=INBOX",
+        ] {
+            assert!(reply.body.contains(link), "{link} in {}", reply.body);
+        }
+        assert!(!reply.body.contains("Edit draft"), "only in Drafts");
         let missing = h
             .call(
                 "GET",
@@ -674,5 +752,257 @@ fn the_reading_page_acts_with_the_token_only() {
                 ("INBOX".to_string(), 7, Action::Trash)
             ]
         );
+    });
+}
+
+#[test]
+fn search_text_is_trimmed_bounded_and_without_controls() {
+    assert_eq!(search_text("  zebra \r\n"), "zebra");
+    assert_eq!(search_text("a\u{0}b"), "ab");
+    assert_eq!(search_text(&"x".repeat(500)).len(), 200);
+}
+
+#[test]
+fn the_search_box_searches_the_folder_and_pages_keep_the_search() {
+    block_on(async {
+        let h = Harness::new(false);
+        let session = h.login().await;
+        let page = h
+            .call(
+                "GET",
+                "/mail?folder=INBOX",
+                &[(SESSION_COOKIE, &session)],
+                None,
+            )
+            .await;
+        assert!(page.body.contains("name=\"q\""), "{}", page.body);
+        // "Sender" is in all three: two pages of two, the links keep the search.
+        let found = h
+            .call(
+                "GET",
+                "/mail?folder=INBOX&q=Sender",
+                &[(SESSION_COOKIE, &session)],
+                None,
+            )
+            .await;
+        assert!(found.body.contains("3 found"), "{}", found.body);
+        assert!(found.body.contains("Page 1 of 2"));
+        assert!(
+            found
+                .body
+                .contains("/mail?folder=INBOX&amp;page=2&amp;q=Sender")
+                || found
+                    .body
+                    .contains("/mail?folder=INBOX&#38;page=2&#38;q=Sender"),
+            "{}",
+            found.body
+        );
+        assert!(found.body.contains("value=\"Sender\""));
+        let one = h
+            .call(
+                "GET",
+                "/mail?folder=INBOX&q=s2%40example",
+                &[(SESSION_COOKIE, &session)],
+                None,
+            )
+            .await;
+        assert!(one.body.contains("1 found") && one.body.contains("number 2"));
+        assert!(!one.body.contains("number 3") && !one.body.contains("number 1"));
+        let none = h
+            .call(
+                "GET",
+                "/mail?folder=INBOX&q=nothing-like-it",
+                &[(SESSION_COOKIE, &session)],
+                None,
+            )
+            .await;
+        assert!(none.body.contains("No messages match"), "{}", none.body);
+        // Not the Trash: no Empty Trash button.
+        assert!(!page.body.contains("/empty-trash"));
+    });
+}
+
+#[test]
+fn move_and_empty_trash_need_the_token() {
+    block_on(async {
+        let h = Harness::new(false);
+        let session = h.login().await;
+        let page = h
+            .call(
+                "GET",
+                "/read?folder=INBOX&uid=7",
+                &[(SESSION_COOKIE, &session)],
+                None,
+            )
+            .await;
+        assert!(
+            page.body.contains("<option value=\"Sent\">Sent</option>"),
+            "{}",
+            page.body
+        );
+        assert!(!page.body.contains("<option value=\"INBOX\">"));
+        let csrf = page.csrf();
+        let forged = h
+            .call(
+                "POST",
+                "/move",
+                &[(SESSION_COOKIE, &session)],
+                Some("csrf=x&folder=INBOX&uid=7&to=Sent"),
+            )
+            .await;
+        assert_eq!(forged.status, StatusCode::FORBIDDEN);
+        let moved = h
+            .call(
+                "POST",
+                "/move",
+                &[(SESSION_COOKIE, &session)],
+                Some(&format!("csrf={csrf}&folder=INBOX&uid=7&to=Sent")),
+            )
+            .await;
+        assert_eq!(moved.location(), Some("/mail?folder=INBOX"));
+        let nowhere = h
+            .call(
+                "POST",
+                "/move",
+                &[(SESSION_COOKIE, &session)],
+                Some(&format!("csrf={csrf}&folder=INBOX&uid=7&to=Nope")),
+            )
+            .await;
+        assert_eq!(nowhere.status, StatusCode::NOT_FOUND);
+        assert_eq!(
+            *h.backend.moved.lock().unwrap(),
+            [("INBOX".to_string(), 7, "Sent".to_string())]
+        );
+        let forged = h
+            .call(
+                "POST",
+                "/empty-trash",
+                &[(SESSION_COOKIE, &session)],
+                Some("csrf=x"),
+            )
+            .await;
+        assert_eq!(forged.status, StatusCode::FORBIDDEN);
+        assert_eq!(*h.backend.emptied.lock().unwrap(), 0);
+        let emptied = h
+            .call(
+                "POST",
+                "/empty-trash",
+                &[(SESSION_COOKIE, &session)],
+                Some(&format!("csrf={csrf}")),
+            )
+            .await;
+        assert_eq!(emptied.location(), Some("/mail?folder=Trash"));
+        assert_eq!(*h.backend.emptied.lock().unwrap(), 1);
+    });
+}
+
+fn header_of<'a>(reply: &'a Reply, name: &str) -> &'a str {
+    reply
+        .headers
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+}
+
+#[test]
+fn the_html_body_is_framed_under_its_own_policy() {
+    block_on(async {
+        let h = Harness::new(false);
+        let session = h.login().await;
+        let cookie = [(SESSION_COOKIE, session.as_str())];
+        let page = h
+            .call("GET", "/read?folder=INBOX&uid=9", &cookie, None)
+            .await;
+        assert_eq!(page.status, StatusCode::OK);
+        assert!(CONTENT_SECURITY_POLICY.contains("frame-src 'self'"));
+        assert_eq!(
+            header_of(&page, "content-security-policy"),
+            CONTENT_SECURITY_POLICY
+        );
+        assert!(page.body.contains(
+            "<iframe class=\"body html\" sandbox=\"allow-popups allow-popups-to-escape-sandbox\" src=\"/body?folder=INBOX&#38;uid=9\""
+        ) || page.body.contains(
+            "<iframe class=\"body html\" sandbox=\"allow-popups allow-popups-to-escape-sandbox\" src=\"/body?folder=INBOX&amp;uid=9\""
+        ), "{}", page.body);
+        assert!(page.body.contains("Show remote images"), "{}", page.body);
+        assert!(
+            page.body.contains("Forwarded message: inner"),
+            "{}",
+            page.body
+        );
+        assert!(
+            page.body.contains("part=3"),
+            "the forwarded HTML's frame: {}",
+            page.body
+        );
+
+        let frame = h
+            .call("GET", "/body?folder=INBOX&uid=9", &cookie, None)
+            .await;
+        assert_eq!(frame.status, StatusCode::OK);
+        assert_eq!(header_of(&frame, "content-security-policy"), BODY_POLICY);
+        assert_eq!(header_of(&frame, "x-frame-options"), "SAMEORIGIN");
+        assert_eq!(header_of(&frame, "x-content-type-options"), "nosniff");
+        assert!(frame.body.contains("outer") && !frame.body.contains("remote.test"));
+        let remote = h
+            .call("GET", "/body?folder=INBOX&uid=9&remote=1", &cookie, None)
+            .await;
+        assert_eq!(
+            header_of(&remote, "content-security-policy"),
+            BODY_POLICY_REMOTE
+        );
+        assert!(remote.body.contains("https://remote.test/x.gif"));
+        let inner = h
+            .call("GET", "/body?folder=INBOX&uid=9&part=3", &cookie, None)
+            .await;
+        assert!(inner.body.contains("<i>inner html</i>"), "{}", inner.body);
+        assert!(!inner.body.contains("outer"));
+        // A text message has no frame; no session, no frame.
+        let none = h
+            .call("GET", "/body?folder=INBOX&uid=7", &cookie, None)
+            .await;
+        assert_eq!(none.status, StatusCode::NOT_FOUND);
+        let anonymous = h.call("GET", "/body?folder=INBOX&uid=9", &[], None).await;
+        assert_eq!(anonymous.status, StatusCode::FORBIDDEN);
+    });
+}
+
+#[test]
+fn a_part_downloads_as_an_attachment() {
+    block_on(async {
+        let h = Harness::new(false);
+        let session = h.login().await;
+        let cookie = [(SESSION_COOKIE, session.as_str())];
+        let page = h
+            .call("GET", "/read?folder=INBOX&uid=9", &cookie, None)
+            .await;
+        assert!(page.body.contains(">a b.pdf</a>"), "{}", page.body);
+        let part = h
+            .call("GET", "/part?folder=INBOX&uid=9&part=2", &cookie, None)
+            .await;
+        assert_eq!(part.status, StatusCode::OK);
+        assert_eq!(part.body, "%PDF");
+        assert_eq!(header_of(&part, "content-type"), "application/octet-stream");
+        assert_eq!(
+            header_of(&part, "content-disposition"),
+            "attachment; filename=\"a b.pdf\"; filename*=UTF-8''a%20b.pdf"
+        );
+        assert_eq!(header_of(&part, "content-security-policy"), PART_POLICY);
+        assert_eq!(header_of(&part, "x-content-type-options"), "nosniff");
+        for bad in ["0", "99", "2.1", "x", ""] {
+            let reply = h
+                .call(
+                    "GET",
+                    &format!("/part?folder=INBOX&uid=9&part={bad}"),
+                    &cookie,
+                    None,
+                )
+                .await;
+            assert_eq!(reply.status, StatusCode::NOT_FOUND, "part {bad:?}");
+        }
+        let anonymous = h
+            .call("GET", "/part?folder=INBOX&uid=9&part=2", &[], None)
+            .await;
+        assert_eq!(anonymous.status, StatusCode::FORBIDDEN);
     });
 }
