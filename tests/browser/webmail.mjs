@@ -12,7 +12,7 @@ import { axe, log, login, options, withBrowser } from './lib.mjs';
 const DESKTOP = { width: 1280, height: 800 };
 const PHONE = { width: 390, height: 844 };
 
-const scenarios = { read, hostile, security, compose, attachments, bulk, looks };
+const scenarios = { read, hostile, security, expire, compose, attachments, bulk, looks };
 
 /// The text of the page's main content and of every frame in it (a sanitised HTML body may
 /// be shown in a frame).
@@ -165,6 +165,21 @@ async function security(s, opts) {
   await s.shot(page, 'throttled');
   await s.settle();
   return { checked_responses: s.checked };
+}
+
+/// A session left idle past `web.session_idle_timeout` is over: the next page is the login
+/// form. opts: idle_ms (longer than the timeout).
+async function expire(s, opts) {
+  const context = await s.context();
+  const page = await context.newPage();
+  assert.equal(await login(page, opts), 303);
+  assert.equal((await page.reload()).status(), 200, 'used at once, the session lives');
+  await page.waitForTimeout(opts.idle_ms);
+  await page.reload();
+  assert.equal(new URL(page.url()).pathname, '/login', 'after the idle time, the login form');
+  await s.shot(page, 'expired');
+  await s.settle();
+  return {};
 }
 
 /// Case II: written in the browser to a local user, sent, in Sent. opts: to, subject, body.
