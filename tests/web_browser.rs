@@ -418,12 +418,12 @@ fn a_ten_thousand_message_folder_pages_quickly(engine: Engine) {
 fn looks(engine: Engine) {
     let relay = Relay::start(web_settings(engine));
     let messages: [(&str, &str, &str); 6] = [
-        ("Dana Whitfield <dana@remote.test>", "Minutes of Tuesday's meeting", "Hi all,\r\n\r\nthe minutes are below. Next meeting: Tuesday 10:00.\r\n\r\n1. Budget: approved.\r\n2. Office move: March.\r\n\r\nDana\r\n"),
+        ("Marta Ruiz <marta@remote.test>", "Lunch on Thursday?", "The new place around the corner? 12:30?\r\n"),
         ("GitLab <noreply@remote.test>", "Pipeline passed for main", "Pipeline #4821 passed in 6 minutes.\r\n"),
         ("Jonas Berg <jonas@remote.test>", "Re: Holiday photos", "They came out great, thanks for sharing!\r\n"),
         ("Priya Nair <priya@remote.test>", "Draft of the Q4 report", "Here is the draft. Comments welcome by Friday.\r\n"),
         ("Bank Notifications <notify@remote.test>", "Your statement is ready", "Your monthly statement is ready to view.\r\n"),
-        ("Marta Ruiz <marta@remote.test>", "Lunch on Thursday?", "The new place around the corner? 12:30?\r\n"),
+        ("Dana Whitfield <dana@remote.test>", "Minutes of Tuesday's meeting", "Hi all,\r\n\r\nthe minutes of Tuesday's meeting are below. Next meeting: Tuesday 10:00, room 4.\r\n\r\n1. Budget: approved as proposed.\r\n2. Office move: March; boxes arrive the week before.\r\n3. Holidays: send your dates to Priya by Friday.\r\n\r\nThanks,\r\nDana\r\n"),
     ];
     for (i, (from, subject, body)) in messages.iter().enumerate() {
         let message = format!(

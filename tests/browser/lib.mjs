@@ -138,6 +138,15 @@ export class Session {
     await page.screenshot({ path: file, fullPage: true });
     log(`screenshot ${file}`);
   }
+
+  /// The top `height` pixels of the window as docs-NAME.png: the README's pictures
+  /// (docs/screenshots/ holds copies), without the empty page below the content.
+  async docShot(page, name, height) {
+    const file = path.join(this.opts.artefacts, `docs-${name}.png`);
+    const { width } = page.viewportSize();
+    await page.screenshot({ path: file, clip: { x: 0, y: 0, width, height } });
+    log(`screenshot ${file}`);
+  }
 }
 
 /// Logs in through the form with the keyboard's submit (Enter); the response's status.

@@ -302,9 +302,11 @@ async function looks(s, opts) {
     await page.setViewportSize(DESKTOP);
     found[name] = await axe(page);
     await s.shot(page, `${name}-desktop`);
+    if (name === 'list' || name === 'read') await s.docShot(page, name, 480);
     await page.setViewportSize(PHONE);
     assert.ok(await fits(page), `${name} fits a phone's width`);
     await s.shot(page, `${name}-phone`);
+    if (name === 'list') await s.docShot(page, `${name}-phone`, 560);
     await page.setViewportSize(DESKTOP);
   };
 
