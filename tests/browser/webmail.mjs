@@ -189,12 +189,12 @@ async function compose(s, opts) {
   assert.equal(await login(page, opts), 303);
   await Promise.all([page.waitForNavigation(), page.getByRole('link', { name: 'Write' }).click()]);
   await page.getByLabel('To', { exact: true }).fill(opts.to);
-  await page.getByLabel('Subject').fill(opts.subject);
-  await page.getByLabel('Message').fill(opts.body);
+  await page.getByLabel('Subject', { exact: true }).fill(opts.subject);
+  await page.getByLabel('Message', { exact: true }).fill(opts.body);
   await s.shot(page, 'compose');
   const [sent] = await Promise.all([
     page.waitForResponse((r) => r.url().endsWith('/send')),
-    page.getByRole('button', { name: 'Send' }).click(),
+    page.getByRole('button', { name: 'Send', exact: true }).click(),
   ]);
   await page.waitForLoadState('load');
   assert.equal(sent.status(), 200, await page.locator('main').innerText());
@@ -218,13 +218,13 @@ async function attachments(s, opts) {
   assert.equal(await login(page, opts), 303);
   await page.goto(`${opts.base}/compose`);
   await page.getByLabel('To', { exact: true }).fill(opts.to);
-  await page.getByLabel('Subject').fill(opts.subject);
-  await page.getByLabel('Message').fill(opts.body);
+  await page.getByLabel('Subject', { exact: true }).fill(opts.subject);
+  await page.getByLabel('Message', { exact: true }).fill(opts.body);
   await page.locator('input[type="file"][name="attachment"]').setInputFiles(opts.files);
   await s.shot(page, 'compose-attachments');
   const [sent] = await Promise.all([
     page.waitForResponse((r) => r.url().endsWith('/send')),
-    page.getByRole('button', { name: 'Send' }).click(),
+    page.getByRole('button', { name: 'Send', exact: true }).click(),
   ]);
   await page.waitForLoadState('load');
   assert.equal(sent.status(), 200, await page.locator('main').innerText());
