@@ -351,7 +351,11 @@ fn attachments(engine: Engine) {
         }),
     );
     let got = sink.wait_messages(1, Duration::from_secs(15));
-    let (_, raw) = common::sinks::split_scripted(&got[0]);
+    let (envelope, raw) = common::sinks::split_scripted(&got[0]);
+    assert!(
+        envelope.iter().any(|l| l == "RCPT:carol@remote.test"),
+        "{envelope:?}"
+    );
     let parsed = mail_parser::MessageParser::default()
         .parse(&raw)
         .expect("parses");
