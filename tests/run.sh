@@ -31,6 +31,9 @@ command -v mbsync >/dev/null 2>&1 || missing+=(isync)
 # interimap: the QRESYNC sync client of tests/imap_sync.rs.
 command -v interimap >/dev/null 2>&1 || missing+=(interimap)
 [ -x /usr/lib/dovecot/imap ] || missing+=(dovecot-core dovecot-imapd)
+# Web mail in a real browser (tests/web_browser.rs): Debian's Chromium, driven by npm
+# playwright-core (tests/tools.sh) with executablePath /usr/bin/chromium.
+command -v chromium >/dev/null 2>&1 || missing+=(chromium)
 if ((${#missing[@]} > 0)); then
     if [ "$(id -u)" -ne 0 ]; then
         echo "tests/run.sh: missing ${missing[*]}; install them (apt-get needs root)" >&2
@@ -59,7 +62,8 @@ fi
 python3 -c 'import imapclient' >/dev/null 2>&1 ||
     python3 -m pip install --quiet --break-system-packages imapclient==4.1.0
 
-# npm mailauth and the RFC 7208 test suite (pinned; outside the repository).
+# npm mailauth, playwright-core and axe-core, and the RFC 7208 test suite (pinned; outside
+# the repository).
 bash tests/tools.sh
 
 cargo build --all-targets
