@@ -59,10 +59,8 @@ fn pages_pass_axe_and_work_by_keyboard_at_desktop_and_phone_width() {
     looks(Engine::Epoll);
 }
 
-/// The two-attachment case II. Not run yet: the compose form's `attachment` input is being
-/// added on another branch; remove the `#[ignore]` once it is merged.
+/// Case II with two attachments: both reach the sink byte-exact.
 #[test]
-#[ignore = "needs the compose form's attachment upload (another branch); enable after merging it"]
 fn two_attachments_reach_the_sink_byte_exact() {
     attachments(Engine::Uring);
 }

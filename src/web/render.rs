@@ -491,6 +491,8 @@ pub fn sanitize_html_with(html: &str, frame: Option<FrameImages>) -> (String, us
     b.url_schemes(HashSet::from(["http", "https", "mailto", "cid"]))
         .link_rel(Some("noopener noreferrer"))
         .url_relative(ammonia::UrlRelative::Deny)
+        // A document's <title> is not body text: without this its words showed in the frame.
+        .add_clean_content_tags(["title"])
         .attribute_filter(move |element, attribute, value| {
             if element != "img" || !matches!(attribute, "src" | "srcset") {
                 return Some(Cow::Borrowed(value));
@@ -537,6 +539,14 @@ mod tests {
         assert_eq!(v.to, "a@example.test, B <b@example.test>");
         assert_eq!(v.text.as_deref().map(str::trim), Some("hello"));
         assert!(v.html.is_none());
+    }
+
+    #[test]
+    fn a_document_title_is_not_shown_as_text() {
+        let (clean, _) =
+            sanitize_html("<html><head><title>PWNED</title></head><body><p>kept</p></body></html>");
+        assert!(!clean.contains("PWNED"), "{clean}");
+        assert!(clean.contains("kept"), "{clean}");
     }
 
     #[test]
