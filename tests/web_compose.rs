@@ -26,6 +26,7 @@ engine_tests! {
     a_draft_is_saved_reopened_and_removed_when_sent: draft_uring, draft_epoll;
     a_mailto_url_fills_the_form: mailto_uring, mailto_epoll;
     sent_over_https_the_received_field_says_https: https_uring, https_epoll;
+    a_refused_recipient_comes_back_as_a_notice_in_the_inbox: notice_uring, notice_epoll;
 }
 
 fn web_settings(engine: Engine) -> Settings {
@@ -574,4 +575,54 @@ fn sent_over_https_the_received_field_says_https(engine: Engine) {
         bytes(got.get("attachments").at(0).get("data")),
         binary(1000, 3)
     );
+}
+
+/// A message sent from the browser whose remote recipient is refused (550 at the next hop)
+/// comes back as a delivery status notification in the sender's INBOX, as for an SMTP
+/// submission.
+fn a_refused_recipient_comes_back_as_a_notice_in_the_inbox(engine: Engine) {
+    let sink = Sink::scripted(0, &["--rcpt", "550=nobody@remote.test"]);
+    let mut settings = web_settings(engine);
+    settings.routes = vec![("*".into(), sink.addr.to_string())];
+    let relay = Relay::start(settings);
+    let dir = tempfile::tempdir().expect("temp dir");
+    let spec = spec(
+        dir.path(),
+        "\"to\": \"nobody@remote.test\", \"subject\": \"web bounce\", \"body\": \"hello\\n\"",
+        &[],
+    );
+    let seen = client(
+        Some(&relay),
+        &["send", "alice", TEST_PASSWORD, &imap_port(&relay), &spec],
+    );
+    assert_eq!(seen.get("status").int(), 200, "{}", seen.get("body").str());
+    relay.wait_log(
+        &["delivery status notification queued"],
+        Duration::from_secs(15),
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    let notice = loop {
+        let mut pop: Pop3 = relay.pop3_login("alice");
+        let (count, _) = pop.stat();
+        if count >= 1 {
+            break String::from_utf8_lossy(&pop.retr(1)).into_owned();
+        }
+        let _ = pop.quit();
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no notice in alice's INBOX"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(
+        notice.contains("multipart/report; report-type=delivery-status"),
+        "{notice}"
+    );
+    assert!(
+        notice.contains("Final-Recipient: rfc822; nobody@remote.test"),
+        "{notice}"
+    );
+    assert!(notice.contains("Action: failed"), "{notice}");
+    assert!(notice.contains("Subject: web bounce"), "{notice}");
+    assert!(sink.messages().is_empty(), "nothing accepted at the hop");
 }
