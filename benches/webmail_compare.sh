@@ -89,7 +89,7 @@ command -v python3 >/dev/null || die "python3 is needed"
 
 PHP_FPM=$(command -v php-fpm8.2 || ls /usr/sbin/php-fpm* 2>/dev/null | head -1 || true)
 if [ ! -e /usr/share/roundcube/index.php ] || [ ! -e /usr/share/roundcube/SQL/sqlite.initial.sql ] ||
-    [ -z "$PHP_FPM" ] || ! php -m 2>/dev/null | grep -qx pdo_sqlite || ! command -v nginx >/dev/null ||
+    [ -z "$PHP_FPM" ] || ! command -v php >/dev/null || ! php -r 'exit(extension_loaded("pdo_sqlite") ? 0 : 1);' 2>/dev/null || ! command -v nginx >/dev/null ||
     [ ! -x /usr/lib/dovecot/imap ] || ! command -v wrk >/dev/null || ! command -v sqlite3 >/dev/null; then
     log "installing roundcube-core roundcube-sqlite3 php-fpm php-sqlite3 nginx-light dovecot-imapd sqlite3 wrk"
     export DEBIAN_FRONTEND=noninteractive
@@ -535,7 +535,7 @@ if any(failed):
     rows.append(("  sends that failed (all runs)", str(failed[0]), str(failed[1]), "", ""))
 for key, label in (("pss_per_session_kib", "PSS"), ("rss_per_session_kib", "RSS")):
     a, b = med("relay-sessions", key), med("roundcube-sessions", key)
-    rows.append((f"memory per logged-in session, {sessions} sessions, {label} (KiB)", f(a, 1), f(b, 1), "–",
+    rows.append((f"memory per logged-in session, {sessions} sessions (slope over the last 3/4), {label} (KiB)", f(a, 1), f(b, 1), "–",
                  f"{loads('relay-sessions')} / {loads('roundcube-sessions')}" if label == "PSS" else ""))
 a, b = med("relay-sessions", "files_per_session_kib"), med("roundcube-sessions", "files_per_session_kib")
 rows.append(("  + session storage on disk (KiB; Roundcube: SQLite)", f(a, 1), f(b, 1), "–", ""))
