@@ -517,7 +517,8 @@ fn newest_first<'a>(
 fn listed(ctx: &ShardContext, page: Vec<(u32, Entry)>) -> Vec<ListedMessage> {
     let mut messages = Vec::with_capacity(page.len());
     for (uid, entry) in page {
-        let mut header = match ctx.store.read_body(entry.id) {
+        // The header section only: a list of large messages must not read their bodies.
+        let mut header = match ctx.store.read_body_prefix(entry.id, LIST_HEADER_MAX) {
             Ok(body) => body,
             Err(error) => {
                 tracing::warn!(target: "relay::web", %error, "cannot read a message");

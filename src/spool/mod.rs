@@ -646,6 +646,10 @@ impl Core {
         self.read_retried(id, |found| self.read_summary_located(found))
     }
 
+    fn read_body_prefix(&self, id: QueueId, max: usize) -> Result<Vec<u8>, SpoolError> {
+        self.read_retried(id, |found| self.read_prefix_located(found, max))
+    }
+
     /// `read` at the message's location, once more at its new one if compaction moved it.
     fn read_retried<T>(
         &self,
@@ -697,6 +701,30 @@ impl Core {
             return Err(corrupt("data checksum mismatch".into()));
         }
         Ok(body)
+    }
+
+    /// The first `max` bytes of the body, one pread, unverified: the data checksum covers the
+    /// whole body, so only a whole read can check it.
+    fn read_prefix_located(&self, found: &Found, max: usize) -> Result<Vec<u8>, SpoolError> {
+        let l = &found.location;
+        let path = || self.io.segment_path(l.shard, l.segment);
+        let file = self
+            .files
+            .get(self.io.as_ref(), l.shard, l.segment)
+            .map_err(|e| SpoolError::io("open segment", path(), e))?;
+        let len = usize::try_from(l.body_len).unwrap_or(usize::MAX).min(max);
+        let mut prefix = vec![0u8; len];
+        let n = file
+            .read_at(l.body_offset, &mut prefix)
+            .map_err(|e| SpoolError::io("read body", path(), e))?;
+        if n < len {
+            return Err(SpoolError::Corrupt {
+                path: path(),
+                offset: l.offset,
+                reason: format!("body cut short: {n} of {len} bytes"),
+            });
+        }
+        Ok(prefix)
     }
 
     /// One pread of the frame header and meta; the meta is verified against the index's
@@ -1025,6 +1053,11 @@ impl SpoolReader {
     /// See [`Spool::read_summary`].
     pub fn read_summary(&self, id: QueueId) -> Result<Option<Vec<u8>>, SpoolError> {
         self.core.read_summary(id)
+    }
+
+    /// See [`Spool::read_body_prefix`].
+    pub fn read_body_prefix(&self, id: QueueId, max: usize) -> Result<Vec<u8>, SpoolError> {
+        self.core.read_body_prefix(id, max)
     }
 
     /// See [`Spool::compact`].
@@ -1395,6 +1428,14 @@ impl Spool {
     /// `Err(NotFound)` for an unknown id, `Err(Corrupt)` if the bytes on disk are damaged.
     pub fn read_body(&self, id: QueueId) -> Result<Vec<u8>, SpoolError> {
         self.core.read_body(id)
+    }
+
+    /// At most the first `max` bytes of the stored body of message `id`, for a list that
+    /// shows a header section: one positioned read of that many bytes, however large the
+    /// message. Not verified against the data checksum (that needs the whole body; a reader
+    /// of the whole message uses [`Spool::read_body`]). Errors as `read_body`.
+    pub fn read_body_prefix(&self, id: QueueId, max: usize) -> Result<Vec<u8>, SpoolError> {
+        self.core.read_body_prefix(id, max)
     }
 
     /// The IMAP summary stored in message `id`'s frame ([`ShardHandle::append_message_with_summary`]):

@@ -810,6 +810,31 @@ fn deletions_are_durable_and_replayed() {
 }
 
 #[test]
+fn a_body_prefix_is_at_most_what_was_asked_for() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (spool, _) = Spool::open(config(tmp.path()), 1).unwrap();
+    let h = spool.shard(0);
+    let m = local_message(&h, 1, &["alice"], false);
+    append_wait(&h, m.clone()).unwrap();
+    let body = stored_body(&m);
+    assert!(body.len() > 10);
+    assert_eq!(spool.read_body_prefix(m.id, 10).unwrap(), body[..10]);
+    assert_eq!(spool.read_body_prefix(m.id, 0).unwrap(), b"");
+    assert_eq!(spool.read_body_prefix(m.id, usize::MAX).unwrap(), body);
+    let reader = spool.reader();
+    assert_eq!(
+        reader.read_body_prefix(m.id, body.len() - 1).unwrap(),
+        body[..body.len() - 1]
+    );
+    let missing = QueueId::new(1, 0);
+    assert!(matches!(
+        spool.read_body_prefix(missing, 10),
+        Err(SpoolError::NotFound(id)) if id == missing
+    ));
+    spool.close().unwrap();
+}
+
+#[test]
 fn read_body_locates_at_once_and_verifies() {
     let tmp = tempfile::tempdir().unwrap();
     let (spool, _) = Spool::open(config(tmp.path()), 1).unwrap();
