@@ -15,7 +15,7 @@ use axum::routing::{get, post};
 use axum::{Extension, Form, Router};
 use serde::Deserialize;
 
-use super::backend::{Action, Backend, BackendError, Client, LoginError};
+use super::backend::{Action, Backend, BackendError, Client, LoginError, StoredMessage};
 use super::compose;
 use super::pages::{Chrome, FolderLink, ListPage, LoginPage, NoticePage, ReadPage, Row, STYLE_CSS};
 use super::render;
@@ -521,6 +521,22 @@ struct PartQuery {
     remote: Option<String>,
 }
 
+/// The message a frame or a download comes from, left unread: 403 without a session (a
+/// frame or a link has no login page to go to).
+async fn framed_message(
+    app: &App,
+    headers: &HeaderMap,
+    query: &PartQuery,
+) -> Result<StoredMessage, Response> {
+    let Some((_, view)) = session(app, headers) else {
+        return Err(StatusCode::FORBIDDEN.into_response());
+    };
+    app.backend
+        .message(view.user.clone(), query.folder.clone(), query.uid, false)
+        .await
+        .map_err(|e| failure(None, &e))
+}
+
 /// The message frame: the HTML body of a message (or of a message forwarded in it),
 /// sanitised, as a document of its own under [`BODY_POLICY`].
 async fn body(
@@ -528,16 +544,9 @@ async fn body(
     headers: HeaderMap,
     Query(query): Query<PartQuery>,
 ) -> Response {
-    let Some((_, view)) = session(&app, &headers) else {
-        return StatusCode::FORBIDDEN.into_response();
-    };
-    let stored = match app
-        .backend
-        .message(view.user.clone(), query.folder.clone(), query.uid, false)
-        .await
-    {
+    let stored = match framed_message(&app, &headers, &query).await {
         Ok(stored) => stored,
-        Err(e) => return failure(None, &e),
+        Err(refused) => return refused,
     };
     let remote = query.remote.is_some();
     let Some((clean, _)) = render::frame_html(&stored.raw, &query.part, remote) else {
@@ -569,16 +578,9 @@ async fn part(
     headers: HeaderMap,
     Query(query): Query<PartQuery>,
 ) -> Response {
-    let Some((_, view)) = session(&app, &headers) else {
-        return StatusCode::FORBIDDEN.into_response();
-    };
-    let stored = match app
-        .backend
-        .message(view.user.clone(), query.folder.clone(), query.uid, false)
-        .await
-    {
+    let stored = match framed_message(&app, &headers, &query).await {
         Ok(stored) => stored,
-        Err(e) => return failure(None, &e),
+        Err(refused) => return refused,
     };
     let Some(download) = render::download(&stored.raw, &query.part) else {
         return failure(None, &BackendError::NoSuchMessage);
