@@ -13,6 +13,8 @@
 //! - [`spool`]: the append-only, checksummed, group-committed message log.
 //! - [`mailbox`]: users, aliases and passwords; every user's mail over the spool, with the
 //!   per-user write turn and change signal.
+//! - [`mailcrypt`]: OpenPGP and S/MIME for stored mail: users' public keys, sealing to them,
+//!   signature checks of arriving mail, Web Key Directory names (sans-IO).
 //! - [`mailstore`]: every user's folders, UIDs, flags and modseqs over the spool (sans-IO).
 //! - [`smtp`]: the sans-IO SMTP protocol core: server session and outbound client.
 //! - [`pop3`]: the sans-IO POP3 server session.
@@ -47,6 +49,7 @@ pub mod imap;
 pub mod init;
 pub mod logsafe;
 pub mod mailbox;
+pub mod mailcrypt;
 pub mod mailstore;
 pub mod metrics;
 pub mod mime;

@@ -34,6 +34,14 @@ command -v interimap >/dev/null 2>&1 || missing+=(interimap)
 # Web mail in a real browser (tests/web_browser.rs): Debian's Chromium, driven by npm
 # playwright-core (tests/tools.sh) with executablePath /usr/bin/chromium.
 command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+# OpenPGP and S/MIME interop (tests/mailcrypt_*.rs): GnuPG's gpg, gpgsm and gpg-wks-client,
+# Sequoia's sq and sqop (v6 keys, which Debian 12's gpg lacks), and openssl's cms tool.
+command -v gpg >/dev/null 2>&1 || missing+=(gnupg)
+command -v gpgsm >/dev/null 2>&1 || missing+=(gpgsm)
+[ -x /usr/lib/gnupg/gpg-wks-client ] || command -v gpg-wks-client >/dev/null 2>&1 || missing+=(gpg-wks-client)
+command -v sq >/dev/null 2>&1 || missing+=(sq)
+command -v sqop >/dev/null 2>&1 || missing+=(sqop)
+command -v openssl >/dev/null 2>&1 || missing+=(openssl)
 if ((${#missing[@]} > 0)); then
     if [ "$(id -u)" -ne 0 ]; then
         echo "tests/run.sh: missing ${missing[*]}; install them (apt-get needs root)" >&2

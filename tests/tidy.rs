@@ -380,6 +380,32 @@ fn forbidden_imports() -> Vec<(&'static str, Vec<&'static str>)> {
                 "imap",
             ],
         ),
+        // OpenPGP and S/MIME for stored mail: keys, sealing and signature checks, sans-IO
+        // over the MIME parser; handed bytes and keys, it knows no store and no socket.
+        (
+            "mailcrypt",
+            vec![
+                "runtime",
+                "net",
+                "server",
+                "delivery",
+                "queue",
+                "spool",
+                "mailbox",
+                "mailstore",
+                "config",
+                "admin",
+                "metrics",
+                "tune",
+                "init",
+                "cli",
+                "sender_auth",
+                "smtp",
+                "pop3",
+                "imap",
+                "web",
+            ],
+        ),
         // The first-run writer: config, users and certificate; nothing that serves.
         ("init", vec!["server", "delivery", "admin", "tune", "cli"]),
         // Web mail: pages and HTTP only; the store, the spool and submission are reached
