@@ -7,6 +7,7 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
@@ -228,6 +229,67 @@ enum UserCommand {
         #[arg(long, short)]
         config: Option<PathBuf>,
     },
+    /// Every user: quota, registered keys and whether their stored mail is encrypted.
+    Ls {
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// A user's OpenPGP key or S/MIME certificate, and the encryption of their stored mail.
+    Key {
+        #[command(subcommand)]
+        command: KeyCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum KeyCommand {
+    /// Register a public key (checked: usable for encryption, not expired, naming one of the
+    /// user's addresses). A running relay uses it after SIGHUP (`systemctl reload relay`).
+    Set {
+        name: String,
+        /// An OpenPGP public key (armoured or binary), v4 or v6.
+        #[arg(long, conflicts_with = "smime", required_unless_present = "smime")]
+        openpgp: Option<PathBuf>,
+        /// An S/MIME certificate (PEM or DER) with the e-mail protection usage.
+        #[arg(long)]
+        smime: Option<PathBuf>,
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+    /// What a user registered, and whether their mail is encrypted.
+    Show {
+        name: String,
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+    /// Remove a user's OpenPGP key or S/MIME certificate.
+    Remove {
+        name: String,
+        #[arg(long, conflicts_with = "smime", required_unless_present = "smime")]
+        openpgp: bool,
+        #[arg(long)]
+        smime: bool,
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+    /// Turn the encryption of a user's stored mail on or off, or back to the server default.
+    Encrypt {
+        name: String,
+        #[arg(value_enum)]
+        choice: EncryptChoice,
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum EncryptChoice {
+    On,
+    Off,
+    Default,
 }
 
 #[derive(Subcommand)]
@@ -498,6 +560,8 @@ fn user(command: UserCommand) -> Result<()> {
                 }
             }
         }
+        UserCommand::Ls { config, json } => user_ls(config, json)?,
+        UserCommand::Key { command } => user_key(command)?,
         UserCommand::Check { name, config } => {
             let config = load(config.as_deref())?;
             let directory = relay::mailbox::load_directory(&config)?;
@@ -506,6 +570,156 @@ fn user(command: UserCommand) -> Result<()> {
                 Some(user) => outln!("{user}: password matches"),
                 None => anyhow::bail!("{name}: unknown user or wrong password"),
             }
+        }
+    }
+    Ok(())
+}
+
+/// The directory and the key store of `config`.
+fn key_store(
+    config: Option<&Path>,
+) -> Result<(Arc<relay::mailbox::Directory>, relay::mailbox::KeyStore)> {
+    let config = load(config)?;
+    let directory = relay::mailbox::load_directory(&config)?;
+    let keys = relay::mailbox::keys::open(
+        &config,
+        Arc::clone(&directory),
+        std::time::SystemTime::now(),
+    )?;
+    Ok((directory, keys))
+}
+
+/// One user's keys and encryption state, for `user ls` and `user key show`.
+fn key_summary(keys: &relay::mailbox::KeyStore, name: &str) -> serde_json::Value {
+    let registered = keys.get(name);
+    serde_json::json!({
+        "openpgp": registered.openpgp.as_ref().map(|k| serde_json::json!({
+            "fingerprint": k.fingerprint,
+            "addresses": k.addresses,
+        })),
+        "smime": registered.smime.as_ref().map(|c| serde_json::json!({
+            "fingerprint": c.fingerprint,
+            "addresses": c.addresses,
+            "not_after": c.not_after,
+        })),
+        "choice": match registered.encrypt {
+            None => "default",
+            Some(true) => "on",
+            Some(false) => "off",
+        },
+        "encrypted": keys.seal_key(name).map(|k| k.kind().name()),
+    })
+}
+
+fn user_ls(config: Option<PathBuf>, json: bool) -> Result<()> {
+    let (directory, keys) = key_store(config.as_deref())?;
+    let mut users: Vec<&relay::mailbox::User> = directory.users().collect();
+    users.sort_by(|a, b| a.name.cmp(&b.name));
+    if json {
+        let list: Vec<serde_json::Value> = users
+            .iter()
+            .map(|u| {
+                let mut entry = key_summary(&keys, &u.name);
+                entry["name"] = u.name.clone().into();
+                entry["quota"] = u.quota.into();
+                entry["addresses"] = directory.addresses_of(&u.name).into();
+                entry
+            })
+            .collect();
+        outln!("{}", serde_json::Value::Array(list));
+        return Ok(());
+    }
+    outln!(
+        "{:<24} {:>10}  {:<8} {:<6} {:<10}",
+        "USER",
+        "QUOTA",
+        "OPENPGP",
+        "SMIME",
+        "ENCRYPTED"
+    );
+    for user in users {
+        let registered = keys.get(&user.name);
+        let quota = user
+            .quota
+            .map(|q| relay::config::ByteSize(q).to_string())
+            .unwrap_or_else(|| "-".into());
+        let yes = |b: bool| if b { "yes" } else { "-" };
+        let encrypted = match keys.seal_key(&user.name) {
+            Some(key) => key.kind().name(),
+            None => "no",
+        };
+        outln!(
+            "{:<24} {:>10}  {:<8} {:<6} {:<10}",
+            user.name,
+            quota,
+            yes(registered.openpgp.is_some()),
+            yes(registered.smime.is_some()),
+            encrypted
+        );
+    }
+    Ok(())
+}
+
+fn user_key(command: KeyCommand) -> Result<()> {
+    use relay::mailcrypt::KeyKind;
+    const RELOAD: &str = "a running relay uses it after SIGHUP (systemctl reload relay)";
+    match command {
+        KeyCommand::Set {
+            name,
+            openpgp,
+            smime,
+            config,
+        } => {
+            let (kind, path) = match (openpgp, smime) {
+                (Some(path), None) => (KeyKind::OpenPgp, path),
+                (None, Some(path)) => (KeyKind::Smime, path),
+                _ => anyhow::bail!("give one of --openpgp FILE or --smime FILE"),
+            };
+            let (_, keys) = key_store(config.as_deref())?;
+            let bytes =
+                std::fs::read(&path).with_context(|| format!("cannot read {}", path.display()))?;
+            keys.set(&name, &bytes, Some(kind), std::time::SystemTime::now())
+                .with_context(|| format!("{} not registered for {name}", path.display()))?;
+            outln!("{}", key_summary(&keys, &name));
+            eprintln!("registered the {} key of {name}; {RELOAD}", kind.name());
+        }
+        KeyCommand::Show { name, config } => {
+            let (directory, keys) = key_store(config.as_deref())?;
+            anyhow::ensure!(directory.user(&name).is_some(), "no user `{name}`");
+            outln!("{}", key_summary(&keys, &name));
+        }
+        KeyCommand::Remove {
+            name,
+            openpgp,
+            smime,
+            config,
+        } => {
+            let kind = match (openpgp, smime) {
+                (true, false) => KeyKind::OpenPgp,
+                (false, true) => KeyKind::Smime,
+                _ => anyhow::bail!("give one of --openpgp or --smime"),
+            };
+            let (_, keys) = key_store(config.as_deref())?;
+            if keys.remove(&name, kind)? {
+                eprintln!("removed the {} key of {name}; {RELOAD}", kind.name());
+            } else {
+                anyhow::bail!("{name} has no {} key", kind.name());
+            }
+        }
+        KeyCommand::Encrypt {
+            name,
+            choice,
+            config,
+        } => {
+            let (_, keys) = key_store(config.as_deref())?;
+            let choice = match choice {
+                EncryptChoice::On => Some(true),
+                EncryptChoice::Off => Some(false),
+                EncryptChoice::Default => None,
+            };
+            keys.set_encrypt(&name, choice)?;
+            outln!("{}", key_summary(&keys, &name));
+            eprintln!("{RELOAD}");
         }
     }
     Ok(())

@@ -1,5 +1,5 @@
 //! The typed configuration: one TOML file, one section per owner (`[server] [smtp] [spool]
-//! [relay] [local] [pop3] [imap] [policy] [delivery] [admin] [tls] [dkim] [verify] [dmarc] [web]`), each in its own file here.
+//! [relay] [local] [pop3] [imap] [policy] [delivery] [admin] [tls] [dkim] [verify] [dmarc] [web] [encryption]`), each in its own file here.
 //!
 //! Role: turn operator text into values the rest of the relay can trust. Every key has a
 //! default (see `defaults.rs` and each section, where each keeps its RFC or reason); unknown
@@ -15,6 +15,7 @@ mod defaults;
 pub mod delivery;
 pub mod dkim;
 pub mod dmarc;
+pub mod encryption;
 pub mod imap;
 pub mod local;
 pub mod policy;
@@ -38,6 +39,7 @@ pub use admin::{admin_listen_allowed, AdminSection};
 pub use delivery::DeliverySection;
 pub use dkim::DkimSection;
 pub use dmarc::DmarcSection;
+pub use encryption::EncryptionSection;
 pub use imap::ImapSection;
 pub use local::{LocalSection, UserEntry};
 pub use policy::PolicySection;
@@ -153,6 +155,8 @@ pub struct Config {
     pub dmarc: DmarcSection,
     /// Web mail.
     pub web: WebSection,
+    /// Users' public keys and the encryption of their stored mail.
+    pub encryption: EncryptionSection,
     /// The file this was loaded from (`Config::load`), read again on SIGHUP for `[dkim]`.
     #[serde(skip)]
     pub source: Option<PathBuf>,
@@ -175,6 +179,7 @@ impl Config {
                 &mut config.tls.key,
                 &mut config.tls.ca_file,
                 &mut config.admin.token_file,
+                &mut config.encryption.keys_dir,
             ] {
                 if let Some(relative) = file.as_ref().filter(|f| f.is_relative()) {
                     *file = Some(dir.join(relative));
@@ -295,6 +300,7 @@ impl Config {
         self.imap.check()?;
         self.tls.check()?;
         self.web.check()?;
+        self.encryption.check()?;
         // Implicit TLS needs the certificate of `[tls]`.
         if !self.tls.server_enabled() {
             for (key, listen) in [

@@ -272,6 +272,31 @@ impl Directory {
         self.users.values().any(|u| u.apop_secret.is_some())
     }
 
+    /// The addresses whose mail reaches user `name` alone: the name at every local domain,
+    /// and every alias that expands to that user only. A key registered for the user must
+    /// name one of them.
+    pub fn addresses_of(&self, name: &str) -> Vec<String> {
+        let name = name.to_ascii_lowercase();
+        if !self.users.contains_key(&name) {
+            return Vec::new();
+        }
+        let mut locals = vec![name.clone()];
+        let mut aliases: Vec<&String> = self.aliases.keys().collect();
+        aliases.sort();
+        for alias in aliases {
+            if matches!(self.expand(alias, 0), Ok((m, f)) if f.is_empty() && m == [name.as_str()]) {
+                locals.push(alias.clone());
+            }
+        }
+        let mut addresses = Vec::new();
+        for local in &locals {
+            for domain in &self.domains {
+                addresses.push(format!("{local}@{domain}"));
+            }
+        }
+        addresses
+    }
+
     pub fn users(&self) -> impl Iterator<Item = &User> {
         self.users.values()
     }

@@ -11,12 +11,14 @@
 #![forbid(unsafe_code)]
 
 pub mod directory;
+pub mod keys;
 pub mod local;
 pub mod password;
 pub mod store;
 pub mod users_file;
 
 pub use directory::{Directory, DirectoryError, Resolution, User};
+pub use keys::{KeyStore, KeyStoreError, UserKeys};
 pub use local::LocalDelivery;
 pub use store::{ChangeError, InUse, MailStore, MaildropItem, MaildropLock};
 

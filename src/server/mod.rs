@@ -27,7 +27,7 @@ pub mod verifying;
 pub mod web_store;
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use crossbeam::channel;
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
@@ -39,7 +39,7 @@ use crate::admin::{Admin, AdminError, AdminSettings};
 use crate::config::Config;
 use crate::delivery::loops::OwnAddresses;
 use crate::delivery::{jobs_from_live, DeliveryShared, Mesh, QueueGauge};
-use crate::mailbox::{Directory, LocalDelivery, MailStore};
+use crate::mailbox::{Directory, KeyStore, LocalDelivery, MailStore};
 use crate::metrics::Metrics;
 use crate::net::listener::{bind_shared, BindError};
 use crate::net::tls::ServerTls;
@@ -93,6 +93,8 @@ pub enum ServerError {
     DmarcReports(String),
     #[error("web: {0}")]
     Web(String),
+    #[error("encryption keys: {0}")]
+    Keys(String),
 }
 
 impl From<SpoolError> for ServerError {
@@ -225,6 +227,7 @@ pub fn run(config: Config) -> Result<(), ServerError> {
         &events_rx,
         contexts.server_tls.as_ref(),
         &contexts.signing,
+        &contexts.keys,
     );
     let _ = phase_tx.send(Phase::Draining);
     drain(
@@ -254,6 +257,8 @@ pub fn run(config: Config) -> Result<(), ServerError> {
 /// that observe its commits.
 struct Stores {
     directory: Arc<Directory>,
+    /// Users' public keys and encryption choices (`[encryption]`).
+    keys: Arc<KeyStore>,
     mail_store: Arc<MailStore>,
     spool: Arc<Spool>,
     metrics: Arc<Metrics>,
@@ -262,6 +267,13 @@ struct Stores {
 /// Loads the users and recovers the spool (each shard's log is read and checked).
 fn open_stores(config: &Config, shards: usize) -> Result<Stores, ServerError> {
     let directory = crate::mailbox::load_directory(config)?;
+    let keys = crate::mailbox::keys::open(config, Arc::clone(&directory), SystemTime::now())
+        .map_err(|e| ServerError::Keys(e.to_string()))?;
+    let encrypting = keys.all().len();
+    if encrypting > 0 {
+        tracing::info!(users = encrypting, dir = %keys.dir().display(), "users' keys loaded");
+    }
+    let keys = Arc::new(keys);
     let mail_store = MailStore::new();
     mail_store
         .folders()
@@ -282,6 +294,7 @@ fn open_stores(config: &Config, shards: usize) -> Result<Stores, ServerError> {
     }
     Ok(Stores {
         directory,
+        keys,
         mail_store,
         spool,
         metrics,
@@ -478,6 +491,7 @@ struct Contexts {
     phase: watch::Receiver<Phase>,
     spool: Arc<Spool>,
     mail_store: Arc<MailStore>,
+    keys: Arc<KeyStore>,
     metrics: Arc<Metrics>,
     signing: Arc<signing::SigningShared>,
     verifying: Arc<verifying::VerifyingShared>,
@@ -523,6 +537,7 @@ fn build_contexts(
         phase,
         spool: Arc::clone(&stores.spool),
         mail_store: Arc::clone(&stores.mail_store),
+        keys: Arc::clone(&stores.keys),
         metrics: Arc::clone(&stores.metrics),
         hostname,
     }))
@@ -699,6 +714,7 @@ impl Contexts {
             spool: self.spool.shard(index),
             store: Arc::clone(&self.spool),
             mail_store: Arc::clone(&self.mail_store),
+            keys: Arc::clone(&self.keys),
             pop3: pop3_context,
             imap: imap_context,
             auth,
@@ -764,13 +780,14 @@ fn forward_signals(mut signals: Signals) -> Result<channel::Receiver<i32>, Serve
 }
 
 /// Serves until a stop signal (`None`), or until a shard dies (a bug: `Some(shard)`, and
-/// everything stops cleanly). SIGHUP reloads the certificate and the DKIM keys and goes on
-/// serving.
+/// everything stops cleanly). SIGHUP reloads the certificate, the DKIM keys and the users'
+/// public keys and goes on serving.
 fn serve_until_signal(
     signals: &channel::Receiver<i32>,
     events: &channel::Receiver<ShardEvent>,
     server_tls: Option<&ServerTls>,
     signing: &signing::SigningShared,
+    keys: &KeyStore,
 ) -> Option<usize> {
     loop {
         channel::select! {
@@ -778,6 +795,8 @@ fn serve_until_signal(
                 Ok(SIGHUP) => {
                     reload_certificate(server_tls);
                     signing.reload();
+                    let users = keys.reload(SystemTime::now());
+                    tracing::info!(users, "SIGHUP: users' keys reloaded");
                 }
                 signal => {
                     tracing::info!(signal = signal.unwrap_or(0), "shutting down: draining connections");

@@ -58,6 +58,8 @@ pub struct ShardContext {
     pub store: Arc<Spool>,
     /// Maildrops, updated once a local delivery or a deletion is durable.
     pub mail_store: Arc<MailStore>,
+    /// Users' public keys: whose mail is sealed, and with which key.
+    pub keys: Arc<crate::mailbox::KeyStore>,
     pub pop3: Pop3Context,
     pub imap: ImapContext,
     /// SMTP AUTH, POP3 and IMAP logins.

@@ -1,0 +1,544 @@
+//! Users' public keys (OpenPGP and S/MIME) and their encryption choice, one small file each
+//! in the keys directory:
+//!
+//! ```text
+//! keys/alice.openpgp.asc   the OpenPGP key, ASCII-armoured
+//! keys/alice.smime.pem     the S/MIME certificate, PEM
+//! keys/alice.encrypt       `on` or `off`: the user's own choice (absent: the server default)
+//! ```
+//!
+//! Every key is checked on entry (`mailcrypt`), written durably (temporary file, fsync,
+//! rename, fsync of the directory) and held in memory as parsed keys, so delivery asks for
+//! a user's sealing key without touching the disk. The files are read at start and on
+//! SIGHUP; `relay user key` writes them, and the web mail's settings page writes them
+//! through the running relay's store.
+//!
+//! Exposure: key files come from users (checked: size, syntax, usage, validity, address);
+//! a file that no longer passes the checks at load (expired since) is logged and not used.
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+use std::time::SystemTime;
+
+use crate::mailcrypt::{openpgp, smime, KeyError, KeyKind, PublicKey};
+
+use super::{Directory, Resolution};
+
+/// Largest key file read (an OpenPGP key with many signatures stays far below).
+pub const KEY_FILE_MAX: u64 = 1 << 20;
+
+/// What one user registered.
+#[derive(Clone, Debug, Default)]
+pub struct UserKeys {
+    pub openpgp: Option<openpgp::Key>,
+    pub smime: Option<smime::Cert>,
+    /// The user's own choice; `None`: the server default.
+    pub encrypt: Option<bool>,
+}
+
+impl UserKeys {
+    pub fn is_empty(&self) -> bool {
+        self.openpgp.is_none() && self.smime.is_none() && self.encrypt.is_none()
+    }
+}
+
+/// The server's rule (`[encryption]`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct EncryptionPolicy {
+    /// Encrypt for a user with a key who has not chosen.
+    pub default: bool,
+    /// Encrypt for every user with a key, whatever they chose.
+    pub required: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum KeyStoreError {
+    #[error("no user `{0}`")]
+    UnknownUser(String),
+    #[error(transparent)]
+    Key(#[from] KeyError),
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("encryption is required on this server; it cannot be turned off")]
+    Required,
+}
+
+/// Users' keys: the files and their parsed form.
+pub struct KeyStore {
+    dir: PathBuf,
+    policy: EncryptionPolicy,
+    directory: Arc<Directory>,
+    table: RwLock<Arc<HashMap<String, Arc<UserKeys>>>>,
+}
+
+impl KeyStore {
+    /// Opens (creating, 0700) the keys directory and reads every user's files.
+    pub fn open(
+        dir: &Path,
+        directory: Arc<Directory>,
+        policy: EncryptionPolicy,
+        now: SystemTime,
+    ) -> Result<KeyStore, KeyStoreError> {
+        create_dir(dir)?;
+        let store = KeyStore {
+            dir: dir.to_path_buf(),
+            policy,
+            directory,
+            table: RwLock::new(Arc::new(HashMap::new())),
+        };
+        store.reload(now);
+        Ok(store)
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn policy(&self) -> EncryptionPolicy {
+        self.policy
+    }
+
+    /// Reads every user's files again (SIGHUP); returns how many users have keys. A file
+    /// that is unreadable or fails the checks is logged and left out.
+    pub fn reload(&self, now: SystemTime) -> usize {
+        let mut table = HashMap::new();
+        let mut names: Vec<&str> = self.directory.users().map(|u| u.name.as_str()).collect();
+        names.sort_unstable();
+        for name in names {
+            let keys = self.read_user(name, now);
+            if !keys.is_empty() {
+                table.insert(name.to_string(), Arc::new(keys));
+            }
+        }
+        let count = table.len();
+        *self.table.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(table);
+        count
+    }
+
+    fn read_user(&self, name: &str, now: SystemTime) -> UserKeys {
+        let addresses = self.directory.addresses_of(name);
+        let mut keys = UserKeys::default();
+        if let Some(bytes) = self.read_file(&self.path(name, "openpgp.asc")) {
+            match openpgp::parse_key(&bytes, &addresses, now) {
+                Ok(key) => keys.openpgp = Some(key),
+                Err(error) => tracing::warn!(user = name, %error, "OpenPGP key not used"),
+            }
+        }
+        if let Some(bytes) = self.read_file(&self.path(name, "smime.pem")) {
+            match smime::parse_cert(&bytes, &addresses, now) {
+                Ok(cert) => keys.smime = Some(cert),
+                Err(error) => tracing::warn!(user = name, %error, "S/MIME certificate not used"),
+            }
+        }
+        if let Some(bytes) = self.read_file(&self.path(name, "encrypt")) {
+            match bytes.trim_ascii() {
+                b"on" => keys.encrypt = Some(true),
+                b"off" => keys.encrypt = Some(false),
+                _ => tracing::warn!(
+                    user = name,
+                    "encryption choice file is neither `on` nor `off`"
+                ),
+            }
+        }
+        keys
+    }
+
+    fn read_file(&self, path: &Path) -> Option<Vec<u8>> {
+        use std::io::Read;
+        let file = match std::fs::File::open(path) {
+            Ok(file) => file,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
+            Err(error) => {
+                tracing::warn!(path = %path.display(), %error, "cannot read key file");
+                return None;
+            }
+        };
+        let mut bytes = Vec::new();
+        match file.take(KEY_FILE_MAX + 1).read_to_end(&mut bytes) {
+            Ok(_) if bytes.len() as u64 <= KEY_FILE_MAX => Some(bytes),
+            Ok(_) => {
+                tracing::warn!(path = %path.display(), "key file too large; not used");
+                None
+            }
+            Err(error) => {
+                tracing::warn!(path = %path.display(), %error, "cannot read key file");
+                None
+            }
+        }
+    }
+
+    fn path(&self, name: &str, suffix: &str) -> PathBuf {
+        self.dir.join(format!("{name}.{suffix}"))
+    }
+
+    fn user_name(&self, name: &str) -> Result<String, KeyStoreError> {
+        self.directory
+            .user(name)
+            .map(|u| u.name.clone())
+            .ok_or_else(|| KeyStoreError::UnknownUser(name.to_string()))
+    }
+
+    /// What `name` registered (empty when nothing).
+    pub fn get(&self, name: &str) -> Arc<UserKeys> {
+        let table = Arc::clone(&self.table.read().unwrap_or_else(|e| e.into_inner()));
+        table
+            .get(&name.to_ascii_lowercase())
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// Every user with something registered, by name.
+    pub fn all(&self) -> Arc<HashMap<String, Arc<UserKeys>>> {
+        Arc::clone(&self.table.read().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// Checks `bytes` as a key of `kind` (or whichever it is, with `None`) for user `name`,
+    /// stores it durably and uses it from now on. Returns its kind.
+    pub fn set(
+        &self,
+        name: &str,
+        bytes: &[u8],
+        kind: Option<KeyKind>,
+        now: SystemTime,
+    ) -> Result<KeyKind, KeyStoreError> {
+        let name = self.user_name(name)?;
+        if bytes.len() as u64 > KEY_FILE_MAX {
+            return Err(KeyError::TooLarge(bytes.len(), KEY_FILE_MAX as usize).into());
+        }
+        let addresses = self.directory.addresses_of(&name);
+        let key = match kind {
+            None => parse_either(bytes, &addresses, now)?,
+            Some(KeyKind::OpenPgp) => {
+                PublicKey::OpenPgp(openpgp::parse_key(bytes, &addresses, now)?)
+            }
+            Some(KeyKind::Smime) => PublicKey::Smime(smime::parse_cert(bytes, &addresses, now)?),
+        };
+        let kind = key.kind();
+        match &key {
+            PublicKey::OpenPgp(key) => write_durably(
+                &self.dir,
+                &self.path(&name, "openpgp.asc"),
+                key.armored.as_bytes(),
+            )?,
+            PublicKey::Smime(cert) => write_durably(
+                &self.dir,
+                &self.path(&name, "smime.pem"),
+                cert.pem.as_bytes(),
+            )?,
+        }
+        self.update(&name, |keys| match key {
+            PublicKey::OpenPgp(key) => keys.openpgp = Some(key),
+            PublicKey::Smime(cert) => keys.smime = Some(cert),
+        });
+        Ok(kind)
+    }
+
+    /// Removes user `name`'s key of `kind`; false when there was none.
+    pub fn remove(&self, name: &str, kind: KeyKind) -> Result<bool, KeyStoreError> {
+        let name = self.user_name(name)?;
+        let suffix = match kind {
+            KeyKind::OpenPgp => "openpgp.asc",
+            KeyKind::Smime => "smime.pem",
+        };
+        let removed = remove_durably(&self.dir, &self.path(&name, suffix))?;
+        self.update(&name, |keys| match kind {
+            KeyKind::OpenPgp => keys.openpgp = None,
+            KeyKind::Smime => keys.smime = None,
+        });
+        Ok(removed)
+    }
+
+    /// Records user `name`'s choice (`None`: follow the server default).
+    pub fn set_encrypt(&self, name: &str, choice: Option<bool>) -> Result<(), KeyStoreError> {
+        let name = self.user_name(name)?;
+        if self.policy.required && choice == Some(false) {
+            return Err(KeyStoreError::Required);
+        }
+        let path = self.path(&name, "encrypt");
+        match choice {
+            Some(on) => write_durably(&self.dir, &path, if on { b"on\n" } else { b"off\n" })?,
+            None => {
+                remove_durably(&self.dir, &path)?;
+            }
+        }
+        self.update(&name, |keys| keys.encrypt = choice);
+        Ok(())
+    }
+
+    /// Whether mail for `name` is encrypted now (it has a key and the rule says so).
+    pub fn encrypts(&self, name: &str) -> bool {
+        self.seal_key(name).is_some()
+    }
+
+    /// The key mail for `name` is sealed with, when it is: OpenPGP when the user has both
+    /// (it protects more of the message's structure and every client here reads it).
+    pub fn seal_key(&self, name: &str) -> Option<PublicKey> {
+        let keys = self.get(name);
+        let on = self.policy.required || keys.encrypt.unwrap_or(self.policy.default);
+        if !on {
+            return None;
+        }
+        if let Some(key) = &keys.openpgp {
+            return Some(PublicKey::OpenPgp(key.clone()));
+        }
+        keys.smime
+            .as_ref()
+            .map(|cert| PublicKey::Smime(cert.clone()))
+    }
+
+    /// The OpenPGP key registered for `address` (a user's address at a local domain).
+    pub fn openpgp_for_address(&self, address: &str) -> Option<openpgp::Key> {
+        let (_, domain) = address.rsplit_once('@')?;
+        if !self.directory.is_local_domain(domain) {
+            return None;
+        }
+        let Resolution::Local { mailboxes, forward } = self.directory.resolve(address) else {
+            return None;
+        };
+        if mailboxes.len() != 1 || !forward.is_empty() {
+            return None;
+        }
+        let key = self.get(&mailboxes[0]).openpgp.clone()?;
+        key.addresses
+            .iter()
+            .any(|a| a.eq_ignore_ascii_case(address))
+            .then_some(key)
+    }
+
+    /// Publishes a change to one user's entry (copy on write of the table).
+    fn update(&self, name: &str, change: impl FnOnce(&mut UserKeys)) {
+        let mut guard = self.table.write().unwrap_or_else(|e| e.into_inner());
+        let mut table = HashMap::clone(&guard);
+        let mut keys = table
+            .get(name)
+            .map(|k| UserKeys::clone(k))
+            .unwrap_or_default();
+        change(&mut keys);
+        if keys.is_empty() {
+            table.remove(name);
+        } else {
+            table.insert(name.to_string(), Arc::new(keys));
+        }
+        *guard = Arc::new(table);
+    }
+}
+
+/// Parses `bytes` as whichever it is: an S/MIME certificate (PEM `CERTIFICATE` or DER
+/// starting with a SEQUENCE that is not an OpenPGP packet), else an OpenPGP key.
+pub fn parse_either(
+    bytes: &[u8],
+    addresses: &[String],
+    now: SystemTime,
+) -> Result<PublicKey, KeyError> {
+    if looks_like_certificate(bytes) {
+        smime::parse_cert(bytes, addresses, now).map(PublicKey::Smime)
+    } else {
+        openpgp::parse_key(bytes, addresses, now).map(PublicKey::OpenPgp)
+    }
+}
+
+fn looks_like_certificate(bytes: &[u8]) -> bool {
+    let text = String::from_utf8_lossy(&bytes[..bytes.len().min(4096)]);
+    text.contains("-----BEGIN CERTIFICATE-----")
+        || text.contains("-----BEGIN X509 CERTIFICATE-----")
+        // DER: SEQUENCE with a long-form length (an OpenPGP packet tag has bit 7 set, 0x30 not).
+        || (bytes.len() > 4 && bytes[0] == 0x30 && matches!(bytes[1], 0x81..=0x84))
+}
+
+fn create_dir(dir: &Path) -> Result<(), KeyStoreError> {
+    use std::os::unix::fs::DirBuilderExt;
+    let io = |source| KeyStoreError::Io {
+        path: dir.to_path_buf(),
+        source,
+    };
+    if dir.is_dir() {
+        return Ok(());
+    }
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(io)?;
+    // Made by root for a relay that runs as its own user (`relay user key` under sudo): the
+    // directory belongs to whoever owns the spool directory above it.
+    if let Some(parent) = dir.parent() {
+        same_owner(parent, dir).map_err(io)?;
+    }
+    Ok(())
+}
+
+/// Gives `path` the owner of `like` when they differ (only root can; others already match).
+fn same_owner(like: &Path, path: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let want = std::fs::metadata(like)?;
+    let have = std::fs::metadata(path)?;
+    if (want.uid(), want.gid()) != (have.uid(), have.gid()) {
+        std::os::unix::fs::chown(path, Some(want.uid()), Some(want.gid()))?;
+    }
+    Ok(())
+}
+
+/// Writes `bytes` to `path` so that a crash leaves the old file or the new one, whole.
+fn write_durably(dir: &Path, path: &Path, bytes: &[u8]) -> Result<(), KeyStoreError> {
+    let io = |source| KeyStoreError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let tmp = path.with_extension("tmp");
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)
+        .map_err(io)?;
+    file.write_all(bytes).map_err(io)?;
+    same_owner(dir, &tmp).map_err(io)?;
+    file.sync_all().map_err(io)?;
+    std::fs::rename(&tmp, path).map_err(io)?;
+    sync_dir(dir)
+}
+
+/// Removes `path` durably; false when it did not exist.
+fn remove_durably(dir: &Path, path: &Path) -> Result<bool, KeyStoreError> {
+    match std::fs::remove_file(path) {
+        Ok(()) => {
+            sync_dir(dir)?;
+            Ok(true)
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+        Err(source) => Err(KeyStoreError::Io {
+            path: path.to_path_buf(),
+            source,
+        }),
+    }
+}
+
+fn sync_dir(dir: &Path) -> Result<(), KeyStoreError> {
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|source| KeyStoreError::Io {
+            path: dir.to_path_buf(),
+            source,
+        })
+}
+
+/// The server's rule from `[encryption]`.
+pub fn policy(config: &crate::config::Config) -> EncryptionPolicy {
+    EncryptionPolicy {
+        default: config.encryption.default,
+        required: config.encryption.required,
+    }
+}
+
+/// Opens the keys directory `config` names.
+pub fn open(
+    config: &crate::config::Config,
+    directory: Arc<Directory>,
+    now: SystemTime,
+) -> Result<KeyStore, KeyStoreError> {
+    let dir = config.encryption.keys_dir(&config.spool.dir);
+    KeyStore::open(&dir, directory, policy(config), now)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+
+    fn directory() -> Arc<Directory> {
+        let hash = crate::mailbox::password::hash("pw").unwrap();
+        let users = ["alice", "bob"]
+            .iter()
+            .map(|name| crate::mailbox::User {
+                name: name.to_string(),
+                password: hash.clone(),
+                quota: None,
+                apop_secret: None,
+            })
+            .collect();
+        let mut aliases = BTreeMap::new();
+        aliases.insert("al".to_string(), vec!["alice".to_string()]);
+        aliases.insert(
+            "both".to_string(),
+            vec!["alice".to_string(), "bob".to_string()],
+        );
+        Arc::new(
+            Directory::new(
+                vec!["example.test".into(), "localhost".into()],
+                users,
+                &aliases,
+            )
+            .unwrap(),
+        )
+    }
+
+    fn policy(default: bool, required: bool) -> EncryptionPolicy {
+        EncryptionPolicy { default, required }
+    }
+
+    #[test]
+    fn a_users_addresses_are_every_domain_and_single_target_aliases() {
+        let addresses = directory().addresses_of("Alice");
+        assert_eq!(
+            addresses,
+            [
+                "alice@example.test",
+                "alice@localhost",
+                "al@example.test",
+                "al@localhost"
+            ]
+        );
+        assert!(directory().addresses_of("nobody").is_empty());
+    }
+
+    #[test]
+    fn the_encryption_choice_is_durable_and_follows_the_rule() {
+        let dir = tempfile::tempdir().unwrap();
+        let keys_dir = dir.path().join("keys");
+        let now = SystemTime::now();
+        let store = KeyStore::open(&keys_dir, directory(), policy(true, false), now).unwrap();
+        store.set_encrypt("alice", Some(false)).unwrap();
+        assert_eq!(store.get("alice").encrypt, Some(false));
+        let again = KeyStore::open(&keys_dir, directory(), policy(true, false), now).unwrap();
+        assert_eq!(again.get("alice").encrypt, Some(false));
+        again.set_encrypt("alice", None).unwrap();
+        assert!(again.get("alice").is_empty());
+        assert!(matches!(
+            again.set_encrypt("carol", Some(true)),
+            Err(KeyStoreError::UnknownUser(_))
+        ));
+        let required = KeyStore::open(&keys_dir, directory(), policy(true, true), now).unwrap();
+        assert!(matches!(
+            required.set_encrypt("alice", Some(false)),
+            Err(KeyStoreError::Required)
+        ));
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&keys_dir).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o700);
+    }
+
+    #[test]
+    fn garbage_is_refused_and_nothing_is_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = KeyStore::open(
+            dir.path(),
+            directory(),
+            policy(true, false),
+            SystemTime::now(),
+        )
+        .unwrap();
+        assert!(matches!(
+            store.set("alice", b"not a key", None, SystemTime::now()),
+            Err(KeyStoreError::Key(_))
+        ));
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+        assert!(store.seal_key("alice").is_none());
+    }
+}
