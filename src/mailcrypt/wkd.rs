@@ -69,7 +69,10 @@ mod tests {
     #[test]
     fn the_drafts_example_hash() {
         // draft-koch-openpgp-webkey-service §3.1: "Joe.Doe@Example.ORG".
-        assert_eq!(hashed_local_part("Joe.Doe"), "iy9q119eutrkn8s1mk4r39qejnbu3n5q");
+        assert_eq!(
+            hashed_local_part("Joe.Doe"),
+            "iy9q119eutrkn8s1mk4r39qejnbu3n5q"
+        );
     }
 
     #[test]
