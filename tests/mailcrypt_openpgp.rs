@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, SystemTime};
 
+use mail_parser::MimeHeaders;
 use relay::mailcrypt::{entity, openpgp, KeyError, Verdict};
 
 const YEAR: Duration = Duration::from_secs(365 * 24 * 3600);
@@ -73,7 +74,10 @@ impl Gpg {
 
     /// A cv25519 key (ed25519 primary, cv25519 subkey) for `uid`, valid a year.
     fn cv25519(&self, uid: &str) {
-        self.run(&["--quick-gen-key", uid, "future-default", "default", "1y"], b"");
+        self.run(
+            &["--quick-gen-key", uid, "future-default", "default", "1y"],
+            b"",
+        );
     }
 
     /// An RSA-2048 primary with an RSA-2048 encryption subkey, valid a year.
@@ -116,7 +120,10 @@ fn message(to: &str, body: &str) -> Vec<u8> {
 /// Checks the PGP/MIME structure of `sealed` (with mail-parser, not our code) and returns
 /// the armoured OpenPGP message of its second part.
 fn encrypted_part(sealed: &[u8]) -> Vec<u8> {
-    assert!(!sealed.windows(2).any(|w| w[1] == b'\n' && w[0] != b'\r'), "bare LF");
+    assert!(
+        !sealed.windows(2).any(|w| w[1] == b'\n' && w[0] != b'\r'),
+        "bare LF"
+    );
     let text = String::from_utf8(sealed.to_vec()).unwrap();
     for kept in [
         "Received: from mx.example.net by relay.example.org; Sat, 5 Dec 2026 10:00:00 +0000\r\n",
@@ -125,9 +132,15 @@ fn encrypted_part(sealed: &[u8]) -> Vec<u8> {
         "Date: Sat, 5 Dec 2026 10:00:00 +0000\r\n",
         "Message-ID: <plans@example.net>\r\n",
     ] {
-        assert!(text.starts_with(kept) || text.contains(&format!("\r\n{kept}")), "{kept}");
+        assert!(
+            text.starts_with(kept) || text.contains(&format!("\r\n{kept}")),
+            "{kept}"
+        );
     }
-    assert!(!text.contains("Content-Transfer-Encoding: 8bit"), "the inner fields leaked");
+    assert!(
+        !text.contains("Content-Transfer-Encoding: 8bit"),
+        "the inner fields leaked"
+    );
     let parsed = mail_parser::MessageParser::default().parse(sealed).unwrap();
     assert!(parsed.to().is_some());
     let ct = parsed.content_type().unwrap();
@@ -137,11 +150,17 @@ fn encrypted_part(sealed: &[u8]) -> Vec<u8> {
     assert_eq!(parsed.parts.len(), 3, "root and two parts");
     let version = &parsed.parts[1];
     let vct = version.content_type().unwrap();
-    assert_eq!((vct.ctype(), vct.subtype()), ("application", Some("pgp-encrypted")));
+    assert_eq!(
+        (vct.ctype(), vct.subtype()),
+        ("application", Some("pgp-encrypted"))
+    );
     assert!(String::from_utf8_lossy(version.contents()).contains("Version: 1"));
     let data = &parsed.parts[2];
     let dct = data.content_type().unwrap();
-    assert_eq!((dct.ctype(), dct.subtype()), ("application", Some("octet-stream")));
+    assert_eq!(
+        (dct.ctype(), dct.subtype()),
+        ("application", Some("octet-stream"))
+    );
     let armour = data.contents().to_vec();
     assert!(armour.starts_with(b"-----BEGIN PGP MESSAGE-----\r\n"));
     armour
@@ -170,15 +189,19 @@ fn gpg_cv25519_key_round_trips() {
     let gpg = Gpg::new();
     gpg.cv25519("Alice <Alice@Example.org>");
     let armored = gpg.export("alice@example.org");
-    let key = openpgp::parse_key(&armored, &addrs(&["alice@example.org"]), SystemTime::now())
-        .unwrap();
+    let key =
+        openpgp::parse_key(&armored, &addrs(&["alice@example.org"]), SystemTime::now()).unwrap();
     assert_eq!(key.fingerprint, gpg.fingerprint("alice@example.org"));
     assert_eq!(key.addresses, vec!["alice@example.org".to_string()]);
     // The binary form is what gpg itself exports, and it parses again.
     let binary = gpg.run(&["--export", "alice@example.org"], b"");
     assert_eq!(key.binary(), binary);
-    let again = openpgp::parse_key(&key.binary(), &addrs(&["ALICE@example.org"]), SystemTime::now())
-        .unwrap();
+    let again = openpgp::parse_key(
+        &key.binary(),
+        &addrs(&["ALICE@example.org"]),
+        SystemTime::now(),
+    )
+    .unwrap();
     assert_eq!(again.fingerprint, key.fingerprint);
     let (inner, armour) = seal_to(&key, "alice@example.org");
     assert_eq!(gpg.run(&["--decrypt"], &armour), inner);
@@ -202,7 +225,13 @@ fn gpg_rsa2048_key_round_trips() {
 fn gpg_signing_only_key_is_refused() {
     let gpg = Gpg::new();
     gpg.run(
-        &["--quick-gen-key", "<sig@example.org>", "ed25519", "sign,cert", "1y"],
+        &[
+            "--quick-gen-key",
+            "<sig@example.org>",
+            "ed25519",
+            "sign,cert",
+            "1y",
+        ],
         b"",
     );
     let err = openpgp::parse_key(
@@ -222,10 +251,19 @@ fn gpg_refusals() {
     let mine = addrs(&["carol@example.org"]);
     let now = SystemTime::now();
 
-    let secret = gpg.run(&["--armor", "--export-secret-keys", "carol@example.org"], b"");
-    assert_eq!(openpgp::parse_key(&secret, &mine, now).unwrap_err(), KeyError::SecretKey);
+    let secret = gpg.run(
+        &["--armor", "--export-secret-keys", "carol@example.org"],
+        b"",
+    );
+    assert_eq!(
+        openpgp::parse_key(&secret, &mine, now).unwrap_err(),
+        KeyError::SecretKey
+    );
     let secret_bin = gpg.run(&["--export-secret-keys", "carol@example.org"], b"");
-    assert_eq!(openpgp::parse_key(&secret_bin, &mine, now).unwrap_err(), KeyError::SecretKey);
+    assert_eq!(
+        openpgp::parse_key(&secret_bin, &mine, now).unwrap_err(),
+        KeyError::SecretKey
+    );
 
     let err = openpgp::parse_key(&public, &mine, now + 2 * YEAR).unwrap_err();
     assert!(matches!(err, KeyError::Expired(_)), "{err:?}");
@@ -258,17 +296,33 @@ fn gpg_refusals() {
     let rev = rev.replace(":-----BEGIN", "-----BEGIN");
     gpg.run(&["--import"], rev.as_bytes());
     let revoked = gpg.export("carol@example.org");
-    assert_eq!(openpgp::parse_key(&revoked, &mine, now).unwrap_err(), KeyError::Revoked);
+    assert_eq!(
+        openpgp::parse_key(&revoked, &mine, now).unwrap_err(),
+        KeyError::Revoked
+    );
 }
 
 /// A Sequoia key and certificate in `dir`.
 fn sq_key(dir: &Path, uid: &str) -> (PathBuf, Vec<u8>) {
     let key = dir.join("key.pgp");
     run(
-        Command::new("sq").args(["key", "generate", "--userid", uid, "--expires-in", "1y", "--export"]).arg(&key),
+        Command::new("sq")
+            .args([
+                "key",
+                "generate",
+                "--userid",
+                uid,
+                "--expires-in",
+                "1y",
+                "--export",
+            ])
+            .arg(&key),
         b"",
     );
-    let cert = run(Command::new("sq").args(["key", "extract-cert"]).arg(&key), b"");
+    let cert = run(
+        Command::new("sq").args(["key", "extract-cert"]).arg(&key),
+        b"",
+    );
     (key, cert)
 }
 
@@ -278,7 +332,10 @@ fn sequoia_key_round_trips() {
     let (secret, cert) = sq_key(dir.path(), "Dave <dave@example.org>");
     let key = openpgp::parse_key(&cert, &addrs(&["dave@example.org"]), SystemTime::now()).unwrap();
     let (inner, armour) = seal_to(&key, "dave@example.org");
-    assert_eq!(run(Command::new("sqop").arg("decrypt").arg(&secret), &armour), inner);
+    assert_eq!(
+        run(Command::new("sqop").arg("decrypt").arg(&secret), &armour),
+        inner
+    );
     // The secret key itself is refused.
     let err = openpgp::parse_key(
         &std::fs::read(&secret).unwrap(),
@@ -308,14 +365,21 @@ fn node(script: &str, args: &[&str], stdin: &[u8]) -> Vec<u8> {
         "const openpgp = require({:?});\n(async () => {{\n{script}\n}})().catch(e => {{ console.error(e); process.exit(1); }});",
         lib.to_str().unwrap()
     );
-    run(Command::new("node").arg("-e").arg(program).arg("--").args(args), stdin)
+    run(
+        Command::new("node")
+            .arg("-e")
+            .arg(program)
+            .arg("--")
+            .args(args),
+        stdin,
+    )
 }
 
 /// An OpenPGP.js v6 key for `email`: (armoured secret key, armoured public key).
 fn v6_key(email: &str) -> (String, String) {
     let out = node(
         "const { privateKey, publicKey } = await openpgp.generateKey({
-            type: 'curve25519', userIDs: [{ name: 'Six', email: process.argv[2] }],
+            type: 'curve25519', userIDs: [{ name: 'Six', email: process.argv[1] }],
             format: 'armored', keyExpirationTime: 365 * 86400, config: { v6Keys: true } });
         process.stdout.write(JSON.stringify([privateKey, publicKey]));",
         &[email],
@@ -326,7 +390,7 @@ fn v6_key(email: &str) -> (String, String) {
 }
 
 const V6_DECRYPT: &str = "const fs = require('fs');
-    const armoredKey = fs.readFileSync(process.argv[2], 'utf8');
+    const armoredKey = fs.readFileSync(process.argv[1], 'utf8');
     const decryptionKeys = await openpgp.readPrivateKey({ armoredKey });
     const armoredMessage = fs.readFileSync(0, 'utf8');
     const message = await openpgp.readMessage({ armoredMessage });
@@ -340,8 +404,12 @@ fn openpgp_js_v6_key_round_trips() {
     let dir = tempfile::tempdir().unwrap();
     let (secret, public) = v6_key("six@example.org");
     assert!(public.contains("BEGIN PGP PUBLIC KEY BLOCK"));
-    let key = openpgp::parse_key(public.as_bytes(), &addrs(&["six@example.org"]), SystemTime::now())
-        .unwrap();
+    let key = openpgp::parse_key(
+        public.as_bytes(),
+        &addrs(&["six@example.org"]),
+        SystemTime::now(),
+    )
+    .unwrap();
     // v6 fingerprints are 32 octets.
     assert_eq!(key.fingerprint.len(), 64);
     let (inner, armour) = seal_to(&key, "six@example.org");
@@ -363,8 +431,12 @@ fn openpgp_js_v6_key_round_trips() {
     assert_eq!(String::from_utf8(packets).unwrap(), "1:6,18:2");
     // The secret key is refused; the key is refused after it expires.
     assert_eq!(
-        openpgp::parse_key(secret.as_bytes(), &addrs(&["six@example.org"]), SystemTime::now())
-            .unwrap_err(),
+        openpgp::parse_key(
+            secret.as_bytes(),
+            &addrs(&["six@example.org"]),
+            SystemTime::now()
+        )
+        .unwrap_err(),
         KeyError::SecretKey
     );
     let err = openpgp::parse_key(
@@ -389,9 +461,20 @@ fn signed_message(part: &[u8], signature: &[u8], from: &str) -> Vec<u8> {
     m.extend_from_slice(
         b"\r\n--sig-b\r\nContent-Type: application/pgp-signature; name=\"signature.asc\"\r\n\r\n",
     );
-    m.extend_from_slice(&signature.iter().flat_map(|&b| {
-        if b == b'\n' { vec![b'\r', b'\n'] } else if b == b'\r' { vec![] } else { vec![b] }
-    }).collect::<Vec<u8>>());
+    m.extend_from_slice(
+        &signature
+            .iter()
+            .flat_map(|&b| {
+                if b == b'\n' {
+                    vec![b'\r', b'\n']
+                } else if b == b'\r' {
+                    vec![]
+                } else {
+                    vec![b]
+                }
+            })
+            .collect::<Vec<u8>>(),
+    );
     m.extend_from_slice(b"\r\n--sig-b--\r\n");
     m
 }
@@ -410,21 +493,27 @@ fn gpg_signature_verifies_and_tampering_fails() {
     let gpg = Gpg::new();
     gpg.cv25519("Eve <eve@example.org>");
     let now = SystemTime::now();
-    let key = openpgp::parse_key(&gpg.export("eve@example.org"), &addrs(&["eve@example.org"]), now)
-        .unwrap();
+    let key = openpgp::parse_key(
+        &gpg.export("eve@example.org"),
+        &addrs(&["eve@example.org"]),
+        now,
+    )
+    .unwrap();
     let sig = gpg.run(&["--detach-sign", "--armor", "-u", "eve@example.org"], PART);
     let signed = signed_message(PART, &sig, "eve@example.org");
     assert_eq!(
         relay::mailcrypt::signature_kind(&signed),
         Some(relay::mailcrypt::SignatureKind::OpenPgp)
     );
-    // The issuer is the signing subkey's fingerprint, which is not the primary's.
+    // GnuPG signs with the ed25519 primary and names its fingerprint.
     let issuers = openpgp::signers(&signed);
     assert!(!issuers.is_empty());
-    assert!(!issuers.contains(&key.fingerprint));
+    assert!(issuers.contains(&key.fingerprint));
     assert_eq!(
         openpgp::verify(&signed, std::slice::from_ref(&key), now),
-        Verdict::Pass { signer: "eve@example.org".into() }
+        Verdict::Pass {
+            signer: "eve@example.org".into()
+        }
     );
     let verdict = openpgp::verify(&tampered(&signed), std::slice::from_ref(&key), now);
     assert!(matches!(verdict, Verdict::Fail { .. }), "{verdict:?}");
@@ -444,7 +533,10 @@ fn gpg_signature_verifies_and_tampering_fails() {
         "{verdict:?}"
     );
     // Malformed: no signature part.
-    let broken = String::from_utf8(signed.clone()).unwrap().replace("--sig-b\r\nContent-Type: application/pgp-signature", "--x\r\nContent-Type: application/pgp-signature");
+    let broken = String::from_utf8(signed.clone()).unwrap().replace(
+        "--sig-b\r\nContent-Type: application/pgp-signature",
+        "--x\r\nContent-Type: application/pgp-signature",
+    );
     let verdict = openpgp::verify(broken.as_bytes(), std::slice::from_ref(&key), now);
     assert!(matches!(verdict, Verdict::PermError { .. }), "{verdict:?}");
 }
@@ -454,14 +546,23 @@ fn gpg_rsa_signature_by_primary_verifies() {
     let gpg = Gpg::new();
     gpg.rsa2048("Rita <rita@example.org>");
     let now = SystemTime::now();
-    let key = openpgp::parse_key(&gpg.export("rita@example.org"), &addrs(&["rita@example.org"]), now)
-        .unwrap();
-    let sig = gpg.run(&["--detach-sign", "--armor", "-u", "rita@example.org"], PART);
+    let key = openpgp::parse_key(
+        &gpg.export("rita@example.org"),
+        &addrs(&["rita@example.org"]),
+        now,
+    )
+    .unwrap();
+    let sig = gpg.run(
+        &["--detach-sign", "--armor", "-u", "rita@example.org"],
+        PART,
+    );
     // Signed by the primary key; the From is not one of the key's addresses.
     let signed = signed_message(PART, &sig, "someone@example.net");
     assert_eq!(
         openpgp::verify(&signed, std::slice::from_ref(&key), now),
-        Verdict::Pass { signer: key.fingerprint.clone() }
+        Verdict::Pass {
+            signer: key.fingerprint.clone()
+        }
     );
     let verdict = openpgp::verify(&tampered(&signed), std::slice::from_ref(&key), now);
     assert!(matches!(verdict, Verdict::Fail { .. }), "{verdict:?}");
@@ -475,9 +576,17 @@ fn sqop_signature_verifies_and_tampering_fails() {
     let key = openpgp::parse_key(&cert, &addrs(&["grace@example.org"]), now).unwrap();
     let sig = run(Command::new("sqop").arg("sign").arg(&secret), PART);
     let signed = signed_message(PART, &sig, "grace@example.org");
+    // Sequoia signs with a signing subkey: its issuer is not the primary.
+    let issuers = openpgp::signers(&signed);
+    assert!(
+        !issuers.is_empty() && !issuers.contains(&key.fingerprint),
+        "{issuers:?}"
+    );
     assert_eq!(
         openpgp::verify(&signed, std::slice::from_ref(&key), now),
-        Verdict::Pass { signer: "grace@example.org".into() }
+        Verdict::Pass {
+            signer: "grace@example.org".into()
+        }
     );
     let verdict = openpgp::verify(&tampered(&signed), std::slice::from_ref(&key), now);
     assert!(matches!(verdict, Verdict::Fail { .. }), "{verdict:?}");
@@ -497,7 +606,7 @@ fn openpgp_js_v6_signature_verifies() {
     std::fs::write(&path, &secret).unwrap();
     let sig = node(
         "const fs = require('fs');
-        const signingKeys = await openpgp.readPrivateKey({ armoredKey: fs.readFileSync(process.argv[2], 'utf8') });
+        const signingKeys = await openpgp.readPrivateKey({ armoredKey: fs.readFileSync(process.argv[1], 'utf8') });
         const message = await openpgp.createMessage({ binary: fs.readFileSync(0) });
         process.stdout.write(await openpgp.sign({ message, signingKeys, detached: true }));",
         &[path.to_str().unwrap()],
@@ -506,7 +615,9 @@ fn openpgp_js_v6_signature_verifies() {
     let signed = signed_message(PART, &sig, "sig6@example.org");
     assert_eq!(
         openpgp::verify(&signed, std::slice::from_ref(&key), now),
-        Verdict::Pass { signer: "sig6@example.org".into() }
+        Verdict::Pass {
+            signer: "sig6@example.org".into()
+        }
     );
     let verdict = openpgp::verify(&tampered(&signed), std::slice::from_ref(&key), now);
     assert!(matches!(verdict, Verdict::Fail { .. }), "{verdict:?}");
