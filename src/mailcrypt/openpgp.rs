@@ -1,12 +1,12 @@
 //! OpenPGP (RFC 9580, v4 and v6 keys) over rPGP: a user's public key, PGP/MIME sealing
 //! (RFC 3156 §4) and PGP/MIME signature checks (RFC 3156 §5).
 //!
-//! The `Authentication-Results` method name ([`METHOD`]): RFC 8601 §2.7 lets a result
-//! use only methods in the IANA "Email Authentication Methods" registry, which has
-//! `smime` (RFC 7281) but no OpenPGP method; new entries need a published specification
-//! (RFC 8601 §6.2, Specification Required). Until one exists the method is an
-//! experimental `x-` name, which §2.7.6/§6 reserve for exactly this use and which
-//! readers must ignore if they do not know it; so it is `x-openpgp`.
+//! The `Authentication-Results` method name ([`METHOD`]): RFC 8601 §2.7.6 has extension
+//! methods registered in IANA's "Email Authentication Methods" registry, whose rule is
+//! Specification Required. That registry lists `smime` (RFC 7281) but no OpenPGP method,
+//! and there is no specification to register one with; taking an unregistered plain name
+//! such as `pgp` would squat on a future registration with possibly other semantics. So
+//! the name is visibly private: `x-openpgp`. Consumers ignore methods they do not know.
 
 mod cert;
 mod seal;
