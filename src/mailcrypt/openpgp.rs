@@ -41,7 +41,8 @@ pub struct Key {
     pub addresses: Vec<String>,
     /// The key, ASCII-armoured, as served over WKD in binary by [`Key::binary`].
     pub armored: String,
-    cert: SignedPublicKey,
+    /// Shared: a key is cloned into every delivery that seals to it.
+    cert: std::sync::Arc<SignedPublicKey>,
     /// The components that encrypt (checked at [`parse_key`]'s `now`).
     encrypt: Vec<cert::Usable>,
     /// The components that sign.
@@ -141,7 +142,7 @@ pub fn parse_key(bytes: &[u8], addresses: &[String], now: SystemTime) -> Result<
         fingerprint: hex_upper(cert.fingerprint().as_bytes()),
         addresses: checked.addresses,
         armored,
-        cert,
+        cert: std::sync::Arc::new(cert),
         encrypt: checked.encrypt,
         sign: checked.sign,
     })

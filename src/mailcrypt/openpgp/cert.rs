@@ -203,7 +203,7 @@ pub(crate) fn check(
             part: Part::Subkey(index),
             expires,
         };
-        let alive = !expires.is_some_and(|e| e <= now);
+        let alive = expires.is_none_or(|e| e > now);
         if may_encrypt(&flags, sub.key.algorithm().can_encrypt()) {
             if alive {
                 encrypt.push(usable);

@@ -71,7 +71,7 @@ fn encrypt(key: &Key, plain: Vec<u8>) -> Result<String, SealError> {
             headers: None,
             include_checksum: false,
         };
-        b.to_armored_string(&mut rng, opts).map_err(crypto)
+        b.to_armored_string(rng, opts).map_err(crypto)
     } else {
         let mut b = builder.seipd_v1(&mut rng, SymmetricKeyAlgorithm::AES256);
         for usable in &key.encrypt {
@@ -81,7 +81,7 @@ fn encrypt(key: &Key, plain: Vec<u8>) -> Result<String, SealError> {
             }
             .map_err(crypto)?;
         }
-        b.to_armored_string(&mut rng, ArmorOptions::default())
+        b.to_armored_string(rng, ArmorOptions::default())
             .map_err(crypto)
     }
 }
