@@ -527,6 +527,8 @@ fn gpg_signature_verifies_and_tampering_fails() {
         now,
     )
     .unwrap();
+    assert!(!issuers.iter().any(|i| frank.matches_issuer(i)));
+    assert!(issuers.iter().all(|i| key.matches_issuer(i)));
     let verdict = openpgp::verify(&signed, std::slice::from_ref(&frank), now);
     assert!(
         matches!(&verdict, Verdict::UnknownSigner { signer } if issuers.contains(signer)),
@@ -582,6 +584,8 @@ fn sqop_signature_verifies_and_tampering_fails() {
         !issuers.is_empty() && !issuers.contains(&key.fingerprint),
         "{issuers:?}"
     );
+    assert!(issuers.iter().all(|i| key.matches_issuer(i)), "{issuers:?}");
+    assert!(key.matches_issuer(&key.fingerprint.to_lowercase()));
     assert_eq!(
         openpgp::verify(&signed, std::slice::from_ref(&key), now),
         Verdict::Pass {

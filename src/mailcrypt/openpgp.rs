@@ -55,6 +55,24 @@ impl Key {
         // Serializing a key that was parsed cannot fail short of allocation.
         self.cert.to_bytes().unwrap_or_default()
     }
+
+    /// Does `issuer` (upper- or lower-case hex, as [`signers`] gives it) name this key's
+    /// primary or one of its subkeys, by fingerprint or key id? Signatures made by a
+    /// signing subkey name the subkey, not [`Key::fingerprint`].
+    pub fn matches_issuer(&self, issuer: &str) -> bool {
+        let is = |fp: &[u8], id: &[u8]| {
+            issuer.eq_ignore_ascii_case(&hex_upper(fp))
+                || issuer.eq_ignore_ascii_case(&hex_upper(id))
+        };
+        let p = &self.cert.primary_key;
+        is(p.fingerprint().as_bytes(), p.legacy_key_id().as_ref())
+            || self.cert.public_subkeys.iter().any(|s| {
+                is(
+                    s.key.fingerprint().as_bytes(),
+                    s.key.legacy_key_id().as_ref(),
+                )
+            })
+    }
 }
 
 /// Upper-case hex of `bytes`.

@@ -23,13 +23,12 @@ const SIGNATURES_MAX: usize = 16;
 const SKEW: u64 = 15 * 60;
 
 /// A signed message taken apart.
-struct Signed<'a> {
+struct Signed {
     /// The first part in canonical form.
     content: Vec<u8>,
     signatures: Vec<Signature>,
     /// The From address (lower case), if one parses.
     from: Option<String>,
-    _message: &'a [u8],
 }
 
 fn perm(reason: &str) -> Verdict {
@@ -39,7 +38,7 @@ fn perm(reason: &str) -> Verdict {
 }
 
 /// Splits a PGP/MIME signed message, or says why it is malformed.
-fn take_apart(message: &[u8]) -> Result<Signed<'_>, Verdict> {
+fn take_apart(message: &[u8]) -> Result<Signed, Verdict> {
     let mut fields: Vec<Field> = Vec::new();
     let block = parse_block(message, 0..message.len(), 1 << 20, 10_000, &mut fields)
         .map_err(|_| perm("unreadable header"))?;
@@ -101,7 +100,6 @@ fn take_apart(message: &[u8]) -> Result<Signed<'_>, Verdict> {
         content,
         signatures,
         from,
-        _message: message,
     })
 }
 
@@ -126,7 +124,9 @@ fn issuers(sig: &Signature) -> Vec<String> {
     out
 }
 
-/// See [`super::signers`].
+/// The issuer fingerprints or key ids a PGP/MIME signed message names (upper-case hex), so
+/// the caller can find keys before [`verify`]. A signing subkey's signature names the
+/// subkey: match with [`Key::matches_issuer`], not [`Key::fingerprint`].
 pub fn signers(message: &[u8]) -> Vec<String> {
     let Ok(signed) = take_apart(message) else {
         return Vec::new();
@@ -182,7 +182,9 @@ fn check_with(sig: &Signature, content: &[u8], key: &Key, now: u64) -> Option<Re
     None
 }
 
-/// See [`super::verify`].
+/// Checks a PGP/MIME signed message against `keys` (those of the relay's own directory and
+/// of the sender domain's WKD the caller found). `Pass` names the From address when it is
+/// one of the signing key's addresses, else the key's fingerprint.
 pub fn verify(message: &[u8], keys: &[Key], now: SystemTime) -> Verdict {
     let signed = match take_apart(message) {
         Ok(s) => s,
@@ -223,5 +225,85 @@ pub fn verify(message: &[u8], keys: &[Key], now: SystemTime) -> Verdict {
                 .next()
                 .unwrap_or_default(),
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn signed(ct: &str, second_type: &str, signature: &str) -> Vec<u8> {
+        format!(
+            "From: A <a@example.org>\nContent-Type: {ct}\n\npreamble\n--b\n\
+             Content-Type: text/plain\n\nsigned text\n\n--b\n\
+             Content-Type: {second_type}\n\n{signature}\n--b--\n"
+        )
+        .into_bytes()
+    }
+
+    const PGP: &str = "multipart/signed; protocol=\"application/pgp-signature\"; boundary=b";
+
+    fn reason(message: &[u8]) -> String {
+        match verify(message, &[], SystemTime::now()) {
+            Verdict::PermError { reason } => reason,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn malformed_structures_are_perm_errors() {
+        let sig = "-----BEGIN PGP SIGNATURE-----\n\nAAAA\n-----END PGP SIGNATURE-----";
+        assert!(reason(&signed(
+            "multipart/mixed; boundary=b",
+            "application/pgp-signature",
+            sig
+        ))
+        .contains("not multipart/signed"));
+        assert!(reason(&signed(
+            "multipart/signed; protocol=\"application/pkcs7-signature\"; boundary=b",
+            "application/pgp-signature",
+            sig
+        ))
+        .contains("not multipart/signed"));
+        assert!(reason(&signed(PGP, "text/plain", sig)).contains("not application/pgp-signature"));
+        assert_eq!(
+            reason(&signed(PGP, "application/pgp-signature", sig)),
+            "unreadable signature"
+        );
+        assert_eq!(
+            reason(&signed(
+                PGP,
+                "application/pgp-signature",
+                "not armour at all"
+            )),
+            "unreadable signature"
+        );
+        assert_eq!(
+            reason(b"Content-Type: multipart/signed; protocol=\"application/pgp-signature\"; boundary=b\r\n\r\n--b\r\nx\r\n--b--\r\n"),
+            "not exactly two parts"
+        );
+        assert_eq!(
+            reason(
+                b"Content-Type: multipart/signed; protocol=\"application/pgp-signature\"\r\n\r\n"
+            ),
+            "no boundary"
+        );
+        assert!(signers(&signed(PGP, "application/pgp-signature", sig)).is_empty());
+    }
+
+    #[test]
+    fn the_first_part_is_taken_exactly_and_made_crlf() {
+        let message = signed(PGP, "application/pgp-signature", "x");
+        let (fields, start) = {
+            let mut f = Vec::new();
+            let b = parse_block(&message, 0..message.len(), 1 << 20, 100, &mut f).unwrap();
+            (f, b.body_start)
+        };
+        assert_eq!(fields.len(), 2);
+        let split = boundary::split(&message, start..message.len(), b"b", 3).unwrap();
+        assert_eq!(
+            crlf(&message[split.parts[0].clone()]),
+            b"Content-Type: text/plain\r\n\r\nsigned text\r\n".to_vec()
+        );
     }
 }
