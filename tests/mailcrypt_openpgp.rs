@@ -99,6 +99,18 @@ impl Gpg {
     }
 }
 
+impl Drop for Gpg {
+    /// Stops this home's gpg-agent rather than leaving it to notice its socket is gone.
+    fn drop(&mut self) {
+        let _ = Command::new("gpgconf")
+            .env("GNUPGHOME", self.home.path())
+            .args(["--kill", "gpg-agent"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
 /// A message with the fields that must stay in clear.
 fn message(to: &str, body: &str) -> Vec<u8> {
     format!(
@@ -241,6 +253,20 @@ fn gpg_signing_only_key_is_refused() {
     )
     .unwrap_err();
     assert!(matches!(err, KeyError::NoEncryptionKey(_)), "{err:?}");
+
+    // An encryption subkey valid for a day: usable now, expired the day after tomorrow,
+    // while the primary key is still valid.
+    let fpr = gpg.fingerprint("sig@example.org");
+    gpg.run(&["--quick-add-key", &fpr, "cv25519", "encr", "1d"], b"");
+    let exported = gpg.export("sig@example.org");
+    let mine = addrs(&["sig@example.org"]);
+    assert!(openpgp::parse_key(&exported, &mine, SystemTime::now()).is_ok());
+    let later = SystemTime::now() + Duration::from_secs(2 * 86400);
+    let err = openpgp::parse_key(&exported, &mine, later).unwrap_err();
+    assert_eq!(
+        err,
+        KeyError::Expired("every encryption subkey expired".into())
+    );
 }
 
 #[test]
@@ -289,13 +315,28 @@ fn gpg_refusals() {
     binary[last] ^= 0x55;
     assert!(openpgp::parse_key(&binary, &mine, now).is_err());
 
-    // GnuPG made a revocation certificate with the key; import it.
+    // A revoked user id no longer names its address.
     let fpr = gpg.fingerprint("carol@example.org");
+    gpg.run(
+        &["--quick-add-uid", &fpr, "Carol New <carol.new@example.org>"],
+        b"",
+    );
+    gpg.run(&["--quick-revuid", &fpr, "Carol <carol@example.org>"], b"");
+    let err = openpgp::parse_key(&gpg.export(&fpr), &mine, now).unwrap_err();
+    assert_eq!(
+        err,
+        KeyError::NoMatchingAddress("carol.new@example.org".into())
+    );
+    let key =
+        openpgp::parse_key(&gpg.export(&fpr), &addrs(&["Carol.New@example.org"]), now).unwrap();
+    assert_eq!(key.addresses, vec!["carol.new@example.org".to_string()]);
+
+    // GnuPG made a revocation certificate with the key; import it.
     let rev = std::fs::read_to_string(gpg.home.path().join(format!("openpgp-revocs.d/{fpr}.rev")))
         .unwrap();
     let rev = rev.replace(":-----BEGIN", "-----BEGIN");
     gpg.run(&["--import"], rev.as_bytes());
-    let revoked = gpg.export("carol@example.org");
+    let revoked = gpg.export(&fpr);
     assert_eq!(
         openpgp::parse_key(&revoked, &mine, now).unwrap_err(),
         KeyError::Revoked

@@ -39,7 +39,11 @@ fn secs_of(sig: &Signature) -> Option<u64> {
     sig.created().map(|t| u64::from(t.as_secs()))
 }
 
-/// Made no later than `now` and not expired at `now`.
+/// Clock skew tolerated on creation times, seconds: a key made on a machine whose clock is
+/// a little ahead and registered at once must not look as if it were made in the future.
+pub(crate) const SKEW: u64 = 15 * 60;
+
+/// Made no later than `now` (give or take [`SKEW`]) and not expired at `now`.
 fn live(sig: &Signature, now: u64) -> bool {
     let Some(created) = secs_of(sig) else {
         return false;
@@ -48,7 +52,7 @@ fn live(sig: &Signature, now: u64) -> bool {
         .signature_expiration_time()
         .map(|d| u64::from(d.as_secs()))
         .is_some_and(|d| d > 0 && created + d <= now);
-    created <= now && !expired
+    created <= now + SKEW && !expired
 }
 
 /// The newest of `sigs` of the wanted types that is live and for which `valid` holds.
@@ -123,7 +127,7 @@ pub(crate) fn check(
     {
         return Err(KeyError::Revoked);
     }
-    if created > now {
+    if created > now + SKEW {
         return Err(KeyError::Expired("the key is created in the future".into()));
     }
     let direct = newest(
@@ -257,14 +261,14 @@ fn subkey_binding<'a>(
     let primary = &key.primary_key;
     let revoked = sub.signatures.iter().any(|s| {
         s.typ() == Some(SignatureType::SubkeyRevocation)
-            && secs_of(s).is_some_and(|c| c <= now)
+            && secs_of(s).is_some_and(|c| c <= now + SKEW)
             && s.verify_subkey_binding(primary, &sub.key).is_ok()
     });
     if revoked {
         return None;
     }
     let created = u64::from(sub.key.created_at().as_secs());
-    if created > now {
+    if created > now + SKEW {
         return None;
     }
     let binding = newest(&sub.signatures, &[SignatureType::SubkeyBinding], now, |s| {

@@ -10,7 +10,12 @@ use pgp::{
     types::KeyDetails,
 };
 
-use super::{cert::Part, hex_upper, seal::crlf, unix, Key};
+use super::{
+    cert::{Part, SKEW},
+    hex_upper,
+    seal::crlf,
+    unix, Key,
+};
 use crate::mailcrypt::Verdict;
 use crate::mime::{
     boundary,
@@ -19,8 +24,6 @@ use crate::mime::{
 
 /// Signatures looked at in one part, at most.
 const SIGNATURES_MAX: usize = 16;
-/// Clock skew tolerated on a signature's creation time, seconds.
-const SKEW: u64 = 15 * 60;
 
 /// A signed message taken apart.
 struct Signed {
