@@ -7,7 +7,7 @@
 
 use pgp::{
     composed::{SignedPublicKey, SignedPublicSubKey},
-    packet::{KeyFlags, Signature, SignatureType},
+    packet::{KeyFlags, Signature, SignatureType, SubpacketData},
     types::{KeyDetails, KeyVersion, Tag},
 };
 
@@ -105,6 +105,21 @@ fn may_encrypt(flags: &KeyFlags, algorithm_can: bool) -> bool {
     algorithm_can && (flags.encrypt_comms() || flags.encrypt_storage())
 }
 
+/// What a component may do by its binding: its key flags, or, for an old key whose binding
+/// carries none, what its algorithm can (RFC 9580 §5.2.3.29 leaves that to the reader).
+/// Returns (encrypt, sign).
+fn usage(binding: &Signature, can_encrypt: bool, can_sign: bool) -> (bool, bool) {
+    let has_flags = binding.config().is_some_and(|c| {
+        c.hashed_subpackets()
+            .any(|p| matches!(p.data, SubpacketData::KeyFlags(_)))
+    });
+    if !has_flags {
+        return (can_encrypt, can_sign);
+    }
+    let flags = binding.key_flags();
+    (may_encrypt(&flags, can_encrypt), flags.sign() && can_sign)
+}
+
 /// Checks `key` at `now` (Unix seconds) for a user with `wanted` addresses.
 pub(crate) fn check(
     key: &SignedPublicKey,
@@ -184,15 +199,16 @@ pub(crate) fn check(
     let mut encrypt = Vec::new();
     let mut sign = Vec::new();
     if let Some(sig) = primary_sig {
-        let flags = sig.key_flags();
         let usable = Usable {
             part: Part::Primary,
             expires: primary_expires,
         };
-        if may_encrypt(&flags, primary.algorithm().can_encrypt()) {
+        let algorithm = primary.algorithm();
+        let (encrypts, signs) = usage(sig, algorithm.can_encrypt(), algorithm.can_sign());
+        if encrypts {
             encrypt.push(usable);
         }
-        if flags.sign() && primary.algorithm().can_sign() {
+        if signs {
             sign.push(usable);
         }
     }
@@ -201,21 +217,22 @@ pub(crate) fn check(
         let Some((binding, sub_expires)) = subkey_binding(key, sub, now) else {
             continue;
         };
-        let flags = binding.key_flags();
+        let algorithm = sub.key.algorithm();
+        let (encrypts, signs) = usage(binding, algorithm.can_encrypt(), algorithm.can_sign());
         let expires = [sub_expires, primary_expires].into_iter().flatten().min();
         let usable = Usable {
             part: Part::Subkey(index),
             expires,
         };
         let alive = expires.is_none_or(|e| e > now);
-        if may_encrypt(&flags, sub.key.algorithm().can_encrypt()) {
+        if encrypts {
             if alive {
                 encrypt.push(usable);
             } else {
                 expired_encryption = true;
             }
         }
-        if alive && flags.sign() && sub.key.algorithm().can_sign() {
+        if alive && signs {
             // A signing subkey must sign the primary back (RFC 9580 §5.2.1, 0x19).
             let back = binding
                 .embedded_signature()
