@@ -208,6 +208,13 @@ fn gpg_cv25519_key_round_trips() {
     // The binary form is what gpg itself exports, and it parses again.
     let binary = gpg.run(&["--export", "alice@example.org"], b"");
     assert_eq!(key.binary(), binary);
+    // Pasted with text around it.
+    let mut pasted = b"Here is my key:\n\n".to_vec();
+    pasted.extend_from_slice(&armored);
+    pasted.extend_from_slice(b"\nThanks.\n");
+    let from_paste =
+        openpgp::parse_key(&pasted, &addrs(&["alice@example.org"]), SystemTime::now()).unwrap();
+    assert_eq!(from_paste.fingerprint, key.fingerprint);
     let again = openpgp::parse_key(
         &key.binary(),
         &addrs(&["ALICE@example.org"]),

@@ -89,13 +89,11 @@ fn unix(now: SystemTime) -> u64 {
     now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
-/// Does `bytes` (after leading whitespace) start an ASCII armour?
+/// Is `bytes` an ASCII armour, possibly after some text (a pasted mail or web page)?
+/// Binary packets start with an octet whose high bit is set, text never does.
 fn is_armored(bytes: &[u8]) -> bool {
-    let start = bytes
-        .iter()
-        .position(|b| !b.is_ascii_whitespace())
-        .unwrap_or(bytes.len());
-    bytes[start..].starts_with(b"-----BEGIN PGP ")
+    bytes.first().is_some_and(|b| b & 0x80 == 0)
+        && memchr::memmem::find(bytes, b"-----BEGIN PGP ").is_some()
 }
 
 /// The packet tag of a binary packet header's first octet (RFC 9580 §4.2).
@@ -207,6 +205,17 @@ mod tests {
             parse_key(b"-----BEGIN PGP PUBLIC KEY BLOCK-----\n\nAAAA\n-----END PGP PUBLIC KEY BLOCK-----\n", &[], now),
             Err(KeyError::Unreadable(_))
         ));
+    }
+
+    #[test]
+    fn armour_is_found_after_text_and_binary_is_not_taken_for_it() {
+        assert!(is_armored(b"-----BEGIN PGP PUBLIC KEY BLOCK-----\n"));
+        assert!(is_armored(
+            b"my key:\r\n\r\n-----BEGIN PGP PUBLIC KEY BLOCK-----\n"
+        ));
+        assert!(!is_armored(b"\x99\x00-----BEGIN PGP PUBLIC KEY BLOCK-----"));
+        assert!(!is_armored(b"no armour here"));
+        assert!(!is_armored(b""));
     }
 
     #[test]
