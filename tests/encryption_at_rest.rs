@@ -229,10 +229,12 @@ fn unique(label: &str) -> String {
     format!("{label}-{}{}", rng.hex(), rng.hex())
 }
 
-/// A plain message with `marker` in its body only.
+/// A plain message with `marker` in its body only (its Message-ID, which stays in clear,
+/// is made from the marker without holding it).
 fn message(to: &str, subject: &str, marker: &str) -> Vec<u8> {
+    let id = marker.replace('-', ".");
     format!(
-        "From: Sender <sender@example.test>\r\nTo: {to}\r\nSubject: {subject}\r\nDate: Sat, 05 Dec 2026 12:00:00 +0000\r\nMessage-ID: <{marker}@example.test>\r\nMIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: 8bit\r\n\r\nHello Alice,\r\n\r\nthe secret is {marker}.\r\n.a line that starts with a dot\r\n"
+        "From: Sender <sender@example.test>\r\nTo: {to}\r\nSubject: {subject}\r\nDate: Sat, 05 Dec 2026 12:00:00 +0000\r\nMessage-ID: <{id}@example.test>\r\nMIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: 8bit\r\n\r\nHello Alice,\r\n\r\nthe secret is {marker}.\r\n.a line that starts with a dot\r\n"
     )
     .into_bytes()
 }

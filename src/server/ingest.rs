@@ -6,7 +6,7 @@
 //! durable, so its 250 goes out at once); then the transaction is logged and counted.
 
 use std::net::SocketAddr;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::SystemTime;
 
 use super::shard::ShardContext;
 use crate::envelope::QueueId;
@@ -133,10 +133,4 @@ pub async fn store(
             Err(reply)
         }
     }
-}
-
-fn unix_micros(time: SystemTime) -> u64 {
-    time.duration_since(UNIX_EPOCH)
-        .map(|d| d.as_micros() as u64)
-        .unwrap_or(0)
 }
