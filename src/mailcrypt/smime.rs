@@ -1,9 +1,14 @@
 //! S/MIME 4.0 (RFC 8551) over RustCrypto's `cms` and `x509-cert`: a user's certificate,
 //! enveloped-data sealing, and signed-data checks against a trust store.
 
+mod cert;
+mod seal;
+
 use std::time::SystemTime;
 
 use super::{KeyError, SealError, Verdict};
+
+pub use cert::CERT_BYTES_MAX;
 
 /// A checked recipient certificate.
 #[derive(Clone, Debug)]
@@ -16,18 +21,18 @@ pub struct Cert {
     pub not_after: u64,
     /// The certificate, PEM.
     pub pem: String,
+    /// The parsed certificate sealing encrypts to.
+    certificate: x509_cert::Certificate,
 }
 
 /// Parses and checks a certificate (PEM or DER) for a user with `addresses`.
 pub fn parse_cert(bytes: &[u8], addresses: &[String], now: SystemTime) -> Result<Cert, KeyError> {
-    let _ = (bytes, addresses, now);
-    Err(KeyError::Unsupported("S/MIME is not built yet".into()))
+    cert::parse_cert(bytes, addresses, now)
 }
 
 /// `message` sealed to `cert` as `application/pkcs7-mime; smime-type=enveloped-data`.
 pub fn seal(cert: &Cert, message: &[u8]) -> Result<Vec<u8>, SealError> {
-    let _ = (cert, message);
-    Err(SealError::Crypto("S/MIME is not built yet".into()))
+    seal::seal(cert, message)
 }
 
 /// The roots signatures are checked against: the web PKI roots plus an operator's CA file.
