@@ -65,8 +65,10 @@ pub fn parse_cert(bytes: &[u8], addresses: &[String], now: SystemTime) -> Result
         )));
     }
 
-    check_usage(&certificate)?;
+    // The key type first: an EC certificate's usage is keyAgreement, and what is missing
+    // for it is support, not the right usage.
     check_key(&certificate)?;
+    check_usage(&certificate)?;
 
     let names = email_addresses(&certificate)?;
     let matches = names
