@@ -15,8 +15,8 @@ use std::sync::OnceLock;
 use std::time::{Duration, SystemTime};
 
 use base64::Engine as _;
-use relay::mailcrypt::smime::{self, Cert};
-use relay::mailcrypt::{entity, KeyError};
+use relay::mailcrypt::smime::{self, Cert, TrustStore};
+use relay::mailcrypt::{entity, KeyError, Verdict};
 
 /// The certificates and keys of one test run, made once: openssl key generation is the slow
 /// part, and nothing here changes them.
@@ -131,6 +131,19 @@ keyUsage=critical,digitalSignature,keyEncipherment\nbasicConstraints=CA:FALSE\n"
         "rsa",
         "ca",
         "subjectAltName=email:alice@example.org\nkeyUsage=critical,digitalSignature\n",
+    );
+    // An intermediate CA under `ca`, and a user under it.
+    user(
+        "mid",
+        "rsa",
+        "ca",
+        "basicConstraints=critical,CA:TRUE\nkeyUsage=critical,keyCertSign,cRLSign\n",
+    );
+    user(
+        "carol",
+        "rsa",
+        "mid",
+        &mail.replace("Alice@Example.org", "carol@example.org"),
     );
     // No SAN: the address is only in the subject's emailAddress.
     std::fs::write(dir.join("legacy.ext"), "extendedKeyUsage=emailProtection\n").expect("ext");
@@ -527,4 +540,234 @@ impl Drop for Gpgsm {
             .env("GNUPGHOME", &self.home)
             .status();
     }
+}
+
+/// The message signed by `openssl cms -sign` as `signer` (`NAME.pem`, `NAME.key`).
+fn sign(signer: &str, extra: &[&str]) -> Vec<u8> {
+    let pki = pki();
+    let work = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("temp");
+    std::fs::write(work.path().join("in.eml"), SIGNED_CONTENT).expect("write");
+    let cert = pki.path(&format!("{signer}.pem"));
+    let key = pki.path(&format!("{signer}.key"));
+    let mut args = vec![
+        "cms",
+        "-sign",
+        "-in",
+        "in.eml",
+        "-signer",
+        cert.to_str().expect("utf-8"),
+        "-inkey",
+        key.to_str().expect("utf-8"),
+    ];
+    args.extend_from_slice(extra);
+    openssl(work.path(), &args)
+}
+
+const SIGNED_CONTENT: &[u8] =
+    b"Content-Type: text/plain; charset=us-ascii\r\n\r\nhello, signed world\r\n";
+
+/// Every line end CRLF, as the message is stored after SMTP (openssl writes LF headers).
+fn crlf(message: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(message.len() + message.len() / 32);
+    for (i, &b) in message.iter().enumerate() {
+        if b == b'\n' && (i == 0 || message[i - 1] != b'\r') {
+            out.push(b'\r');
+        }
+        out.push(b);
+    }
+    out
+}
+
+fn store() -> TrustStore {
+    TrustStore::with_pem(&pki().read("ca.pem")).expect("trust store")
+}
+
+fn pass(signer: &str) -> Verdict {
+    Verdict::Pass {
+        signer: signer.to_string(),
+    }
+}
+
+/// `message` with its first `from` replaced by `to`.
+fn replace(message: &[u8], from: &[u8], to: &[u8]) -> Vec<u8> {
+    let at = message
+        .windows(from.len())
+        .position(|w| w == from)
+        .expect("text to replace");
+    let mut out = message.to_vec();
+    out[at..at + from.len()].copy_from_slice(to);
+    out
+}
+
+/// The opaque message with `from` replaced by `to` inside its (base64) signed data.
+fn tamper_opaque(message: &[u8], from: &[u8], to: &[u8]) -> Vec<u8> {
+    let (header, der) = split_body(message);
+    let der = replace(&der, from, to);
+    let mut out = header;
+    let b64 = base64::engine::general_purpose::STANDARD.encode(der);
+    for line in b64.as_bytes().chunks(64) {
+        out.extend_from_slice(line);
+        out.extend_from_slice(b"\r\n");
+    }
+    out
+}
+
+fn split_body(message: &[u8]) -> (Vec<u8>, Vec<u8>) {
+    let message = crlf(message);
+    let end = message
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("header end")
+        + 4;
+    let b64: Vec<u8> = message[end..]
+        .iter()
+        .copied()
+        .filter(|b| !b.is_ascii_whitespace())
+        .collect();
+    let der = base64::engine::general_purpose::STANDARD
+        .decode(b64)
+        .expect("base64");
+    (message[..end].to_vec(), der)
+}
+
+#[test]
+fn detached_and_opaque_signatures_pass() {
+    // After the certificates are made: they are valid from the second they were issued.
+    let trust = store();
+    let now = SystemTime::now();
+    let detached = sign("alice", &["-md", "sha256"]);
+    assert_eq!(
+        relay::mailcrypt::signature_kind(&detached),
+        Some(relay::mailcrypt::SignatureKind::Smime)
+    );
+    // As openssl wrote it (LF headers, CRLF content) and as stored (CRLF throughout).
+    assert_eq!(smime::verify(&detached, &trust, now), pass(ALICE));
+    let verdict = smime::verify(&crlf(&detached), &trust, now);
+    assert_eq!(verdict, pass(ALICE));
+    assert_eq!(smime::verdict_result(&verdict), "pass");
+
+    let opaque = sign("alice", &["-md", "sha256", "-nodetach"]);
+    assert_eq!(smime::verify(&crlf(&opaque), &trust, now), pass(ALICE));
+    let sha384 = sign("alice", &["-md", "sha384", "-nodetach"]);
+    assert_eq!(smime::verify(&sha384, &trust, now), pass(ALICE));
+    let sha512 = sign("alice", &["-md", "sha512"]);
+    assert_eq!(smime::verify(&sha512, &trust, now), pass(ALICE));
+    // ECDSA P-256.
+    let ec = sign("ec", &["-md", "sha256"]);
+    assert_eq!(smime::verify(&crlf(&ec), &trust, now), pass(ALICE));
+    // Through an intermediate CA the message carries.
+    let mid = pki().path("mid.pem");
+    let carol = sign("carol", &["-certfile", mid.to_str().expect("utf-8")]);
+    assert_eq!(
+        smime::verify(&carol, &trust, now),
+        pass("carol@example.org")
+    );
+}
+
+#[test]
+fn one_changed_byte_fails() {
+    // After the certificates are made: they are valid from the second they were issued.
+    let trust = store();
+    let now = SystemTime::now();
+    let detached = crlf(&sign("alice", &["-md", "sha256"]));
+    let changed = replace(&detached, b"hello, signed", b"jello, signed");
+    let verdict = smime::verify(&changed, &trust, now);
+    assert!(matches!(verdict, Verdict::Fail { .. }), "{verdict:?}");
+    assert_eq!(smime::verdict_result(&verdict), "fail");
+    // An added line in the signed part.
+    let added = replace(&detached, b"\r\n\r\nhello", b"\r\n\r\nHello");
+    assert!(matches!(
+        smime::verify(&added, &trust, now),
+        Verdict::Fail { .. }
+    ));
+
+    let opaque = sign("alice", &["-md", "sha256", "-nodetach"]);
+    assert_eq!(
+        smime::verify(&tamper_opaque(&opaque, b"world", b"world"), &trust, now),
+        pass(ALICE)
+    );
+    let changed = tamper_opaque(&opaque, b"hello, signed", b"hellO, signed");
+    assert!(matches!(
+        smime::verify(&changed, &trust, now),
+        Verdict::Fail { .. }
+    ));
+
+    // RFC 8551 §2.1: SHA-1 is refused even when it verifies.
+    let sha1 = sign("alice", &["-md", "sha1"]);
+    assert!(matches!(
+        smime::verify(&sha1, &trust, now),
+        Verdict::Fail { .. }
+    ));
+}
+
+#[test]
+fn untrusted_signers_are_policy_results() {
+    // After the certificates are made: they are valid from the second they were issued.
+    let trust = store();
+    let now = SystemTime::now();
+    let untrusted =
+        |message: &[u8], trust: &TrustStore, now: SystemTime, why: &str| match smime::verify(
+            message, trust, now,
+        ) {
+            Verdict::Untrusted { signer, reason } => {
+                assert_eq!(signer, ALICE);
+                assert!(reason.contains(why), "{reason}");
+            }
+            other => panic!("{why}: {other:?}"),
+        };
+    // A CA outside the store.
+    let stranger = sign("stranger", &["-md", "sha256"]);
+    untrusted(&stranger, &trust, now, "trust anchor");
+    assert_eq!(
+        smime::verdict_result(&smime::verify(&stranger, &trust, now)),
+        "policy"
+    );
+    // The web roots alone do not know the test CA.
+    let alice = sign("alice", &["-md", "sha256"]);
+    untrusted(
+        &alice,
+        &TrustStore::with_pem(&pki().read("otherca.pem")).expect("store"),
+        now,
+        "trust anchor",
+    );
+    // Expired, and checked at a time after the certificate's end.
+    untrusted(&sign("expired", &["-md", "sha256"]), &trust, now, "expired");
+    untrusted(
+        &alice,
+        &trust,
+        now + Duration::from_secs(400 * 86_400),
+        "expired",
+    );
+    // Only for TLS servers.
+    untrusted(
+        &sign("server", &["-md", "sha256"]),
+        &trust,
+        now,
+        "e-mail protection",
+    );
+    // The intermediate left out of the message.
+    let carol = sign("carol", &["-md", "sha256"]);
+    assert!(matches!(
+        smime::verify(&carol, &trust, now),
+        Verdict::Untrusted { .. }
+    ));
+}
+
+#[test]
+fn malformed_signatures_are_permerrors() {
+    // After the certificates are made: they are valid from the second they were issued.
+    let trust = store();
+    let now = SystemTime::now();
+    let detached = crlf(&sign("alice", &["-md", "sha256"]));
+    let at = detached
+        .windows(b"filename=\"smime.p7s\"\r\n\r\n".len())
+        .position(|w| w == b"filename=\"smime.p7s\"\r\n\r\n")
+        .expect("signature part")
+        + b"filename=\"smime.p7s\"\r\n\r\n".len();
+    let mut broken = detached.clone();
+    broken[at..at + 8].copy_from_slice(b"AAAAAAAA");
+    let verdict = smime::verify(&broken, &trust, now);
+    assert!(matches!(verdict, Verdict::PermError { .. }), "{verdict:?}");
+    assert_eq!(smime::verdict_result(&verdict), "permerror");
+    assert!(TrustStore::with_pem(&pki().read("alice.key")).is_err());
 }

@@ -3,6 +3,7 @@
 
 mod cert;
 mod seal;
+mod verify;
 
 use std::time::SystemTime;
 
@@ -45,15 +46,33 @@ pub struct TrustStore {
 impl TrustStore {
     /// The web PKI roots plus the certificates of a PEM file's contents.
     pub fn with_pem(pem: &[u8]) -> Result<TrustStore, KeyError> {
-        let _ = pem;
-        Ok(TrustStore::default())
+        TrustStore::from_pem(pem)
     }
 }
 
 /// Checks an S/MIME signed message: signature, then chain to `trust`, at `now`.
 pub fn verify(message: &[u8], trust: &TrustStore, now: SystemTime) -> Verdict {
-    let _ = (message, trust, now);
-    Verdict::PermError {
-        reason: "S/MIME is not built yet".into(),
+    verify::verify(message, trust, now)
+}
+
+/// The RFC 7281 `smime` result for `Authentication-Results` (RFC 8601 §2.7):
+/// - `pass`: the signature verifies and the chain reaches a trust anchor for e-mail
+///   protection;
+/// - `fail`: the signature or the content's digest does not match (the message changed, or
+///   a signature algorithm that must not be accepted, SHA-1);
+/// - `policy`: the signature verifies but local policy rejects the signer — no chain to an
+///   anchor, an expired certificate, one not for e-mail protection (RFC 7281 §3.2);
+/// - `neutral`: no key to judge with (an unknown signer; S/MIME carries its certificate, so
+///   only OpenPGP verdicts come here);
+/// - `permerror`: the signature structure is malformed and will stay so;
+/// - `temperror`: a lookup failed for now and may succeed later.
+pub fn verdict_result(verdict: &Verdict) -> &'static str {
+    match verdict {
+        Verdict::Pass { .. } => "pass",
+        Verdict::Fail { .. } => "fail",
+        Verdict::Untrusted { .. } => "policy",
+        Verdict::UnknownSigner { .. } => "neutral",
+        Verdict::PermError { .. } => "permerror",
+        Verdict::TempError { .. } => "temperror",
     }
 }

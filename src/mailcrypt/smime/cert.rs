@@ -163,6 +163,22 @@ fn check_usage(certificate: &Certificate) -> Result<(), KeyError> {
     Ok(())
 }
 
+/// Does the certificate carry extended key usage with emailProtection or
+/// anyExtendedKeyUsage? A signer's certificate must (RFC 8550 §4.4 allows its absence;
+/// requiring it keeps TLS and code-signing certificates from counting as mail signers).
+pub(super) fn has_email_protection(certificate: &Certificate) -> bool {
+    extensions(certificate)
+        .filter(|ext| ext.extn_id == EXT_KEY_USAGE)
+        .any(|ext| {
+            ExtendedKeyUsage::from_der(ext.extn_value.as_bytes()).is_ok_and(|usage| {
+                usage
+                    .0
+                    .iter()
+                    .any(|oid| *oid == EMAIL_PROTECTION || *oid == ANY_EXTENDED_KEY_USAGE)
+            })
+        })
+}
+
 /// Only RSA key transport (RFC 8551 §2.3) is built; ECDH key agreement is not.
 fn check_key(certificate: &Certificate) -> Result<(), KeyError> {
     let spki = &certificate.tbs_certificate.subject_public_key_info;
