@@ -76,3 +76,30 @@ pub fn verdict_result(verdict: &Verdict) -> &'static str {
         Verdict::TempError { .. } => "temperror",
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_verdict_has_its_rfc_7281_result() {
+        let s = String::new;
+        let cases = [
+            (Verdict::Pass { signer: s() }, "pass"),
+            (Verdict::Fail { reason: s() }, "fail"),
+            (
+                Verdict::Untrusted {
+                    signer: s(),
+                    reason: s(),
+                },
+                "policy",
+            ),
+            (Verdict::UnknownSigner { signer: s() }, "neutral"),
+            (Verdict::PermError { reason: s() }, "permerror"),
+            (Verdict::TempError { reason: s() }, "temperror"),
+        ];
+        for (verdict, result) in cases {
+            assert_eq!(verdict_result(&verdict), result);
+        }
+    }
+}

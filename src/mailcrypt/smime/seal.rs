@@ -75,3 +75,58 @@ pub(super) fn envelope(cert: &Cert, content: &[u8]) -> Result<Vec<u8>, SealError
     };
     info.to_der().map_err(|e| crypto("DER", &e))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cms::enveloped_data::{EnvelopedData, RecipientInfo};
+    use x509_cert::der::Decode;
+
+    /// A public RSA-2048 certificate for bench@example.test (its key was discarded).
+    const CERT: &[u8] = include_bytes!("../../../benches/data/smime_rsa2048.pem");
+
+    #[test]
+    fn the_envelope_names_the_recipient_and_aes_256_cbc() {
+        let cert = super::super::parse_cert(
+            CERT,
+            &["Bench@Example.test".into()],
+            std::time::SystemTime::now(),
+        )
+        .expect("fixture");
+        let message = b"From: a@example.org\r\nContent-Type: text/plain\r\n\r\nhi\r\n";
+        let stored = seal(&cert, message).expect("seal");
+        let (header, body) = stored.split_at(
+            stored
+                .windows(4)
+                .position(|w| w == b"\r\n\r\n")
+                .expect("header")
+                + 4,
+        );
+        assert!(header.starts_with(b"From: a@example.org\r\nMIME-Version: 1.0\r\n"));
+        assert!(body.split(|&b| b == b'\n').all(|l| l.len() <= 77));
+        let der = crate::mime::base64::decode(body).expect("base64");
+        let info = ContentInfo::from_der(&der).expect("ContentInfo");
+        assert_eq!(info.content_type, ID_ENVELOPED_DATA);
+        let env: EnvelopedData = info.content.decode_as().expect("EnvelopedData");
+        assert_eq!(
+            env.encrypted_content.content_enc_alg.oid,
+            ObjectIdentifier::new_unwrap("2.16.840.1.101.3.4.1.42")
+        );
+        // The entity is "Content-Type: text/plain\r\n\r\nhi\r\n" (32 octets): three blocks
+        // after PKCS #7 padding.
+        let encrypted = env.encrypted_content.encrypted_content.expect("content");
+        assert_eq!(encrypted.as_bytes().len(), 48);
+        assert_eq!(env.recip_infos.0.len(), 1);
+        let Some(RecipientInfo::Ktri(ktri)) = env.recip_infos.0.get(0) else {
+            panic!("key transport recipient");
+        };
+        let RecipientIdentifier::IssuerAndSerialNumber(id) = &ktri.rid else {
+            panic!("issuer and serial number");
+        };
+        let tbs = &cert.certificate.tbs_certificate;
+        assert_eq!(id.serial_number, tbs.serial_number);
+        assert_eq!(id.issuer, tbs.issuer);
+        assert_eq!(ktri.key_enc_alg.oid, cert::RSA_ENCRYPTION);
+        assert_eq!(ktri.enc_key.as_bytes().len(), 256);
+    }
+}
