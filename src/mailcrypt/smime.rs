@@ -22,8 +22,9 @@ pub struct Cert {
     pub not_after: u64,
     /// The certificate, PEM.
     pub pem: String,
-    /// The parsed certificate sealing encrypts to.
-    certificate: x509_cert::Certificate,
+    /// The parsed certificate sealing encrypts to (boxed: it is large next to the OpenPGP
+    /// key in `PublicKey`).
+    certificate: Box<x509_cert::Certificate>,
 }
 
 /// Parses and checks a certificate (PEM or DER) for a user with `addresses`.

@@ -91,7 +91,7 @@ pub fn parse_cert(bytes: &[u8], addresses: &[String], now: SystemTime) -> Result
         fingerprint: upper_hex(&sha256(&der)),
         not_after,
         pem,
-        certificate,
+        certificate: Box::new(certificate),
     })
 }
 

@@ -153,7 +153,7 @@ fn signed_parts(message: &[u8]) -> Result<(Vec<u8>, Option<Vec<u8>>), String> {
             return Err("not signed data".into());
         }
         let cte = field("Content-Transfer-Encoding")
-            .map_or(TransferEncoding::SevenBit, |v| TransferEncoding::parse(v));
+            .map_or(TransferEncoding::SevenBit, TransferEncoding::parse);
         Ok((decode(&message[body], cte)?, None))
     } else {
         Err("not an S/MIME signed message".into())
