@@ -145,6 +145,15 @@ keyUsage=critical,digitalSignature,keyEncipherment\nbasicConstraints=CA:FALSE\n"
         "mid",
         &mail.replace("Alice@Example.org", "carol@example.org"),
     );
+    // An intermediate restricted to TLS servers, and a mail user under it.
+    user(
+        "tlsmid",
+        "rsa",
+        "ca",
+        "basicConstraints=critical,CA:TRUE\nkeyUsage=critical,keyCertSign,cRLSign\n\
+extendedKeyUsage=serverAuth\n",
+    );
+    user("dave", "rsa", "tlsmid", mail);
     // No SAN: the address is only in the subject's emailAddress.
     std::fs::write(dir.join("legacy.ext"), "extendedKeyUsage=emailProtection\n").expect("ext");
     openssl(
@@ -745,12 +754,30 @@ fn untrusted_signers_are_policy_results() {
         now,
         "e-mail protection",
     );
+    // Without extended key usage at all.
+    untrusted(
+        &sign("signonly", &["-md", "sha256"]),
+        &trust,
+        now,
+        "e-mail protection",
+    );
+    // Under an intermediate CA restricted to TLS servers.
+    let tlsmid = pki().path("tlsmid.pem");
+    untrusted(
+        &sign("dave", &["-certfile", tlsmid.to_str().expect("utf-8")]),
+        &trust,
+        now,
+        "CA certificate is not for e-mail protection",
+    );
     // The intermediate left out of the message.
     let carol = sign("carol", &["-md", "sha256"]);
-    assert!(matches!(
-        smime::verify(&carol, &trust, now),
-        Verdict::Untrusted { .. }
-    ));
+    match smime::verify(&carol, &trust, now) {
+        Verdict::Untrusted { signer, reason } => {
+            assert_eq!(signer, "carol@example.org");
+            assert!(reason.contains("trust anchor"), "{reason}");
+        }
+        other => panic!("no intermediate: {other:?}"),
+    }
 }
 
 #[test]
