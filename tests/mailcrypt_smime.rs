@@ -701,6 +701,31 @@ fn one_changed_byte_fails() {
         Verdict::Fail { .. }
     ));
 
+    // The content intact but a signed attribute changed (one digit of signingTime): the
+    // digest still matches, the signature over the attributes does not.
+    let (header, mut der) = split_body(&opaque);
+    let signing_time = [
+        0x06, 0x09, 0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x09, 0x05,
+    ];
+    let at = der
+        .windows(signing_time.len())
+        .position(|w| w == signing_time)
+        .expect("signingTime attribute");
+    // OID, SET header, UTCTime header, then YYMMDDHHMMSS: the last second digit.
+    let digit = at + signing_time.len() + 2 + 2 + 11;
+    assert_eq!(der[digit + 1], b'Z');
+    der[digit] = if der[digit] == b'0' { b'1' } else { b'0' };
+    let mut changed = header;
+    let b64 = base64::engine::general_purpose::STANDARD.encode(der);
+    for line in b64.as_bytes().chunks(64) {
+        changed.extend_from_slice(line);
+        changed.extend_from_slice(b"\r\n");
+    }
+    match smime::verify(&changed, &trust, now) {
+        Verdict::Fail { reason } => assert!(reason.contains("signature"), "{reason}"),
+        other => panic!("changed attribute: {other:?}"),
+    }
+
     // RFC 8551 §2.1: SHA-1 is refused even when it verifies.
     let sha1 = sign("alice", &["-md", "sha1"]);
     assert!(matches!(
