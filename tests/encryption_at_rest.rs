@@ -318,7 +318,7 @@ fn header(message: &[u8]) -> String {
 
 /// `stored` is PGP/MIME whose clear header keeps the routing fields and whose encrypted
 /// part is exactly the original's MIME entity.
-fn assert_sealed(gpg: &Gpg, stored: &[u8], original: &[u8], marker: &str) {
+fn assert_sealed(gpg: &Gpg, stored: &[u8], original: &[u8], marker: &str, trace: bool) {
     let head = header(stored);
     assert!(
         head.contains("Content-Type: multipart/encrypted; protocol=\"application/pgp-encrypted\""),
@@ -329,8 +329,15 @@ fn assert_sealed(gpg: &Gpg, stored: &[u8], original: &[u8], marker: &str) {
         find(stored, marker.as_bytes()).is_none(),
         "the marker is readable in the stored copy"
     );
-    for field in ["Received: ", "Subject: ", "From: ", "Message-ID: "] {
+    for field in ["Subject: ", "From: ", "To: ", "Date: ", "Message-ID: "] {
         assert!(head.contains(field), "no {field} in clear:\n{head}");
+    }
+    // Our trace field, where the path adds one (SMTP; an APPEND has none).
+    if trace {
+        assert!(
+            head.contains("Received: from "),
+            "no Received in clear:\n{head}"
+        );
     }
     let inner = gpg.decrypt(stored);
     assert_eq!(
@@ -357,12 +364,12 @@ fn mail_to_a_sealing_user_is_stored_sealed_and_decrypts_to_the_original(engine: 
 
     let popped = pop3_all(&relay, "alice");
     assert_eq!(popped.len(), 1);
-    assert_sealed(&gpg, &popped[0], &original, &marker);
+    assert_sealed(&gpg, &popped[0], &original, &marker, true);
     assert!(header(&popped[0]).contains("Subject: Quarterly numbers"));
     let fetched = imap_fetch(&relay, "alice", "INBOX");
     assert_eq!(fetched.len(), 1);
     assert_eq!(fetched[0], popped[0], "IMAP and POP3 serve the same bytes");
-    assert_sealed(&gpg, &fetched[0], &original, &marker);
+    assert_sealed(&gpg, &fetched[0], &original, &marker, true);
 
     assert!(relay.log_contains("sealed copy stored"));
     let (_, metrics) = relay.admin_get("/metrics");
@@ -394,7 +401,7 @@ fn only_the_sealing_users_copy_is_sealed(engine: Engine) {
     );
     let alice = pop3_all(&relay, "alice");
     assert_eq!(alice.len(), 1);
-    assert_sealed(&gpg, &alice[0], &original, &marker);
+    assert_sealed(&gpg, &alice[0], &original, &marker, true);
     let bob = pop3_all(&relay, "bob");
     assert_eq!(bob.len(), 1);
     assert!(
@@ -447,7 +454,7 @@ fn imap_append_is_sealed_and_drafts_stay_in_clear(engine: Engine) {
     );
     let sent = imap_fetch(&relay, "alice", "Sent");
     assert_eq!(sent.len(), 1);
-    assert_sealed(&gpg, &sent[0], &original, &marker);
+    assert_sealed(&gpg, &sent[0], &original, &marker, false);
 
     // A draft is kept as written: the web mail reopens it, and it is no delivery.
     let draft = message("bob@example.test", "Half written", "draft-in-clear");
@@ -500,6 +507,19 @@ fn mail_that_came_encrypted_is_stored_as_it_came(engine: Engine) {
         "not sealed again"
     );
     assert!(!relay.log_contains("sealed copy stored"));
+
+    // Sealing is on for alice: her next plain message is sealed, the one above was not.
+    let marker = unique("plain-after");
+    let plain = message("alice@example.test", "In clear as sent", &marker);
+    assert_eq!(smtplib_send(&relay, &["alice@example.test"], &plain), "250");
+    let popped = pop3_all(&relay, "alice");
+    assert_eq!(popped.len(), 2);
+    assert_sealed(&gpg, &popped[1], &plain, &marker, true);
+    let (_, metrics) = relay.admin_get("/metrics");
+    assert!(
+        metrics.contains("relay_messages_sealed_total 1"),
+        "{metrics}"
+    );
 }
 
 fn sighup_applies_a_new_key_and_a_choice_to_stop(engine: Engine) {
@@ -544,7 +564,7 @@ fn sighup_applies_a_new_key_and_a_choice_to_stop(engine: Engine) {
     let popped = pop3_all(&relay, "alice");
     assert_eq!(popped.len(), 3);
     assert!(popped[0].ends_with(&plain), "before the key: in clear");
-    assert_sealed(&gpg, &popped[1], &sealed, &second);
+    assert_sealed(&gpg, &popped[1], &sealed, &second, true);
     assert!(popped[2].ends_with(&after), "after `encrypt off`: in clear");
 }
 
