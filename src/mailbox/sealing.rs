@@ -334,3 +334,86 @@ fn micros(time: SystemTime) -> u64 {
         .map(|d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
         .unwrap_or(0)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mailbox::keys::EncryptionPolicy;
+    use crate::mailbox::{Directory, User};
+    use std::sync::Arc;
+
+    /// Alice's public key (GnuPG 2.2, ed25519 with a cv25519 encryption subkey, made with
+    /// `--faked-system-time 20200101T000000`, never expires).
+    const ALICE: &str = "-----BEGIN PGP PUBLIC KEY BLOCK-----\n\nmDMEXgvhABYJKwYBBAHaRw8BAQdAgrYJkk5UScQXkmWlTL71+spVGTgB5kx8UM/O\ne8rlYPe0GkFsaWNlIDxhbGljZUBleGFtcGxlLnRlc3Q+iJAEExYIADgWIQQzBlNZ\nNMQWhhWtkuOGNujQQtaQuQUCXgvhAAIbAwULCQgHAgYVCgkICwIEFgIDAQIeAQIX\ngAAKCRCGNujQQtaQuTdBAQDQcEqkPQcLe8wtVfVEXXsWxiyGMIoD4hmg/XRQdB3J\niQD/ct80SLhrWF21mIjbowTFx2vtoHVhZeN4LNePkVsMgQa4OAReC+EAEgorBgEE\nAZdVAQUBAQdAQUtnBT20wKy27GjgT1LDdUVaDDNkJZLwWpt5Zpi96AUDAQgHiHgE\nGBYIACAWIQQzBlNZNMQWhhWtkuOGNujQQtaQuQUCXgvhAAIbDAAKCRCGNujQQtaQ\nuXlzAP9GfJyMDpg21zWg2Vg/bKI7y2xLtSuW2eTgFEez1Wn3nQEA8cuuM2M6BlgU\njeR/roiz5AK7e881u6xQql5Q51XOCAE=\n=P6Aj\n-----END PGP PUBLIC KEY BLOCK-----\n";
+
+    fn store(dir: &std::path::Path) -> KeyStore {
+        let hash = crate::mailbox::password::hash("pw").unwrap();
+        let users = ["alice", "bob"]
+            .iter()
+            .map(|name| User {
+                name: name.to_string(),
+                password: hash.clone(),
+                quota: None,
+                apop_secret: None,
+            })
+            .collect();
+        let directory = Arc::new(
+            Directory::new(vec!["example.test".into()], users, &Default::default()).unwrap(),
+        );
+        let policy = EncryptionPolicy {
+            default: true,
+            required: false,
+        };
+        let keys = KeyStore::open(dir, directory, policy, SystemTime::now()).unwrap();
+        keys.set("alice", ALICE.as_bytes(), None, SystemTime::now())
+            .unwrap();
+        keys
+    }
+
+    const RECEIVED: &[u8] = b"Received: from client.test by relay.test with ESMTP id X;\r\n\tSat, 5 Dec 2026 12:00:00 +0000\r\n";
+    const MESSAGE: &[u8] =
+        b"From: b@example.test\r\nSubject: hi\r\nContent-Type: text/plain\r\n\r\nthe secret\r\n";
+
+    fn both() -> Vec<String> {
+        vec!["alice".to_string(), "bob".to_string()]
+    }
+
+    #[test]
+    fn the_sealing_users_copy_is_sealed_with_our_fields_in_clear_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let keys = store(dir.path());
+        let out = partition(Some(&keys), both(), RECEIVED, MESSAGE).unwrap();
+        assert_eq!(out.plain, ["bob"]);
+        assert_eq!(out.sealed.len(), 1);
+        let copy = &out.sealed[0];
+        assert_eq!(copy.mailbox, "alice");
+        assert_eq!(copy.kind, KeyKind::OpenPgp);
+        assert_eq!(copy.received_header, RECEIVED, "our fields lead, in clear");
+        let body = String::from_utf8_lossy(&copy.body);
+        assert!(
+            body.starts_with("From: b@example.test\r\nSubject: hi\r\n"),
+            "{body}"
+        );
+        assert!(body.contains("multipart/encrypted"));
+        assert!(!body.contains("the secret"));
+    }
+
+    #[test]
+    fn nothing_is_sealed_without_keys_by_choice_or_when_it_came_encrypted() {
+        let dir = tempfile::tempdir().unwrap();
+        let keys = store(dir.path());
+        let out = partition(None, both(), RECEIVED, MESSAGE).unwrap();
+        assert_eq!((out.plain, out.sealed.len()), (both(), 0));
+
+        let sealed = partition(Some(&keys), both(), RECEIVED, MESSAGE).unwrap();
+        let came_sealed = &sealed.sealed[0].body;
+        let out = partition(Some(&keys), both(), b"", came_sealed).unwrap();
+        assert_eq!((out.plain, out.sealed.len()), (both(), 0));
+        assert!(key_for(Some(&keys), "alice", came_sealed).is_none());
+
+        keys.set_encrypt("alice", Some(false)).unwrap();
+        let out = partition(Some(&keys), both(), RECEIVED, MESSAGE).unwrap();
+        assert_eq!((out.plain, out.sealed.len()), (both(), 0));
+        assert!(key_for(Some(&keys), "alice", MESSAGE).is_none());
+    }
+}
