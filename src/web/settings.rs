@@ -430,10 +430,13 @@ mod tests {
         page.error = Some("<script>x</script>".into());
         let text = page.render().unwrap();
         assert!(
-            text.contains("&lt;b&gt;alice&lt;/b&gt;@example.test"),
+            text.contains("&#60;b&#62;alice&#60;/b&#62;@example.test"),
             "{text}"
         );
-        assert!(text.contains("&lt;script&gt;x&lt;/script&gt;"), "{text}");
+        assert!(
+            text.contains("&#60;script&#62;x&#60;/script&#62;"),
+            "{text}"
+        );
         assert!(!text.contains("<script>"), "{text}");
         assert!(text.contains("you turned it off"), "{text}");
         assert!(text.contains(r#"value="off" checked"#), "{text}");

@@ -1,6 +1,7 @@
 //! GnuPG in a throw-away home: generate a v4 key with an encryption subkey, export it,
 //! import keys. For the tests that register users' keys (`tests/wkd.rs`,
-//! `tests/web_settings.rs`).
+//! `tests/web_settings.rs`; each uses part of it).
+#![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -22,10 +23,6 @@ impl Gpg {
         std::fs::set_permissions(home.path(), std::fs::Permissions::from_mode(0o700))
             .expect("chmod 700 GNUPGHOME");
         Gpg { home }
-    }
-
-    pub fn home(&self) -> &Path {
-        self.home.path()
     }
 
     /// Runs gpg in this home; panics (with its stderr) when it fails.
