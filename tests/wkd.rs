@@ -174,7 +174,7 @@ fn wkd_serves_registered_keys_to_gnupg(engine: Engine) {
         reader.import(&got.body);
         assert_eq!(
             reader.fingerprints("alice@example.test"),
-            [fingerprint.clone()]
+            [fingerprint.as_str()]
         );
     }
     // Without `l=` (it is informational) and with the host's case changed.
