@@ -2,7 +2,8 @@
 //! in through the form, upload alice's gpg-made key (then the key file is on disk, `relay
 //! user key show` lists it, and the running relay serves it over WKD at once), upload
 //! garbage (the refusal is shown, nothing stored), turn encryption off and back to the
-//! default (the choice file follows), remove the key; every form without its CSRF token
+//! default (the choice file follows), remove the key; the same for an openssl-made S/MIME
+//! certificate; every form without its CSRF token
 //! is refused and changes nothing; with `[encryption] required` "off" is refused.
 
 #[macro_use]
@@ -281,7 +282,54 @@ fn keys_and_the_encryption_choice_from_the_settings_page(engine: Engine) {
     assert!(!stored.exists());
     assert!(!key_show(&relay, "alice").contains(&fingerprint));
     assert_eq!(wkd_status(&relay), 404);
+
+    // An S/MIME certificate (openssl-made, for alice's address): shown with its expiry,
+    // stored, listed, removed.
+    let cert = smime_cert(&relay.workdir().path().join("smime"));
+    let done = browser.upload(Some(&token), &cert);
+    assert_eq!(done.status, 200, "{}", done.body);
+    assert!(
+        done.body.contains("Your S/MIME certificate is registered."),
+        "{}",
+        done.body
+    );
+    assert!(done.body.contains("Valid until"), "{}", done.body);
+    assert!(
+        done.body.contains("encrypted to your S/MIME certificate"),
+        "{}",
+        done.body
+    );
+    let stored = keys_dir(&relay).join("alice.smime.pem");
+    assert!(stored.exists());
+    assert!(key_show(&relay, "alice").contains("\"not_after\""));
+    let removed = browser.post("/settings/remove", &[("csrf", &token), ("kind", "smime")]);
+    assert_eq!(removed.status, 200, "{}", removed.body);
+    assert!(removed.body.contains("Your S/MIME certificate is removed."));
+    assert!(!stored.exists());
     relay.stop();
+}
+
+/// A self-signed e-mail protection certificate for alice@example.test (RSA: sealing does
+/// RSA key transport), PEM; its path.
+fn smime_cert(dir: &Path) -> PathBuf {
+    std::fs::create_dir_all(dir).unwrap();
+    let output = run_with_timeout(
+        Command::new("openssl")
+            .current_dir(dir)
+            .args(["req", "-x509", "-nodes", "-newkey", "rsa:2048"])
+            .args(["-keyout", "alice.key", "-out", "alice.pem", "-days", "365"])
+            .args(["-subj", "/CN=Alice"])
+            .args(["-addext", "subjectAltName=email:alice@example.test"])
+            .args(["-addext", "extendedKeyUsage=emailProtection"])
+            .args([
+                "-addext",
+                "keyUsage=critical,digitalSignature,keyEncipherment",
+            ])
+            .args(["-addext", "basicConstraints=CA:FALSE"]),
+        COMMAND_TIMEOUT,
+    );
+    assert!(output.status.success(), "openssl: {}", describe(&output));
+    dir.join("alice.pem")
 }
 
 fn off_is_refused_where_encryption_is_required(engine: Engine) {
