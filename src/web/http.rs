@@ -1,6 +1,7 @@
 //! The routes: login and logout, the folder list, a folder's messages, a message, compose
-//! and send. Every response carries the security headers; every POST is checked against
-//! the session's CSRF token (the login form against a pre-login cookie token).
+//! and send, the settings page (`settings`) and the public Web Key Directory (`wkd`). Every
+//! response carries the security headers; every POST is checked against the session's
+//! CSRF token (the login form against a pre-login cookie token).
 
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
