@@ -13,6 +13,8 @@ pub mod pages;
 pub mod render;
 pub mod serve;
 pub mod session;
+pub mod settings;
+pub mod wkd;
 
 pub use backend::{
     Action, Backend, BackendError, Client, FolderPage, FolderSummary, ListedMessage, LoginError,
