@@ -29,6 +29,7 @@ engine_tests! {
     a_notice_to_a_sealing_sender_is_sealed: notice_uring, notice_epoll;
     every_acknowledged_message_survives_kill_9_sealed: crash_uring, crash_epoll;
     the_web_mails_sent_copy_is_sealed_and_its_draft_reopens: web_uring, web_epoll;
+    mail_to_a_user_with_a_certificate_is_stored_as_smime_enveloped_data: smime_uring, smime_epoll;
 }
 
 /// smtplib and imaplib, one operation per run.
@@ -769,5 +770,145 @@ fn the_web_mails_sent_copy_is_sealed_and_its_draft_reopens(engine: Engine) {
             .trim_end(),
         format!("typed in a browser: {marker}"),
         "the draft reopened in the editor with its text"
+    );
+}
+
+/// `openssl` in `dir`; its stdout.
+fn openssl(dir: &Path, args: &[&str]) -> Vec<u8> {
+    let output = Command::new("openssl")
+        .current_dir(dir)
+        .args(args)
+        .output()
+        .expect("openssl (tests/run.sh installs it)");
+    assert!(
+        output.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    output.stdout
+}
+
+/// A CA and Alice's RSA certificate for e-mail protection, made by openssl in `dir`.
+fn alice_certificate(dir: &Path) {
+    openssl(
+        dir,
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+            "-days",
+            "30",
+            "-subj",
+            "/CN=Test CA",
+            "-addext",
+            "basicConstraints=critical,CA:TRUE",
+            "-addext",
+            "keyUsage=critical,keyCertSign",
+        ],
+    );
+    openssl(
+        dir,
+        &[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "alice.key",
+            "-out",
+            "alice.csr",
+            "-subj",
+            "/CN=Alice",
+        ],
+    );
+    std::fs::write(
+        dir.join("alice.ext"),
+        "subjectAltName=email:alice@example.test\nkeyUsage=critical,digitalSignature,keyEncipherment\nextendedKeyUsage=emailProtection\n",
+    )
+    .expect("write ext");
+    openssl(
+        dir,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            "alice.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-days",
+            "30",
+            "-extfile",
+            "alice.ext",
+            "-out",
+            "alice.pem",
+        ],
+    );
+}
+
+fn mail_to_a_user_with_a_certificate_is_stored_as_smime_enveloped_data(engine: Engine) {
+    let pki = tempfile::tempdir().expect("temp dir");
+    alice_certificate(pki.path());
+    let settings = Settings::new(engine);
+    let dir = new_workdir();
+    let config = dir.path().join("relay.toml");
+    std::fs::write(&config, settings.render(&dir.path().join("spool"))).expect("config");
+    let cert = pki.path().join("alice.pem");
+    user_key(
+        &config,
+        &["set", "alice", "--smime", cert.to_str().expect("utf-8")],
+    );
+    let relay = Relay::start_in(dir, settings);
+
+    let marker = unique("smime-marker");
+    let original = message("alice@example.test", "Board minutes", &marker);
+    assert_eq!(
+        smtplib_send(&relay, &["alice@example.test"], &original),
+        "250"
+    );
+    assert_eq!(
+        spool_files_holding(&relay, &marker),
+        Vec::<PathBuf>::new(),
+        "plaintext under the spool directory"
+    );
+    let popped = pop3_all(&relay, "alice");
+    assert_eq!(popped.len(), 1);
+    let stored = &popped[0];
+    let head = header(stored);
+    assert!(
+        head.contains("Content-Type: application/pkcs7-mime; smime-type=enveloped-data"),
+        "not S/MIME enveloped data:\n{head}"
+    );
+    for field in ["Subject: Board minutes", "From: ", "Received: from "] {
+        assert!(head.contains(field), "no {field} in clear:\n{head}");
+    }
+    assert!(find(stored, marker.as_bytes()).is_none());
+    std::fs::write(pki.path().join("stored.eml"), stored).expect("write");
+    let opened = openssl(
+        pki.path(),
+        &[
+            "cms",
+            "-decrypt",
+            "-in",
+            "stored.eml",
+            "-recip",
+            "alice.pem",
+            "-inkey",
+            "alice.key",
+            "-binary",
+        ],
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&opened),
+        String::from_utf8_lossy(&entity::split(&original).inner),
+        "openssl opens the stored copy to the original's MIME entity"
     );
 }
