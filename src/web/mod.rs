@@ -13,6 +13,7 @@ pub mod pages;
 pub mod render;
 pub mod serve;
 pub mod session;
+pub mod verdict;
 
 pub use backend::{
     Action, Backend, BackendError, Client, FolderPage, FolderSummary, ListedMessage, LoginError,
