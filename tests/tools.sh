@@ -4,6 +4,7 @@
 #   node_modules/.bin/mailauth   npm `mailauth` (DKIM sign/verify, another implementation)
 #   node_modules/playwright-core npm `playwright-core` (drives Debian's chromium; tests/web_browser.rs)
 #   node_modules/axe-core        npm `axe-core` (accessibility checks in that browser)
+#   node_modules/openpgp         npm `openpgp` (OpenPGP.js: v6 keys; tests/mailcrypt_openpgp.rs)
 #   rfc7208-tests.yml            the SPF council's RFC 7208 test suite, from pyspf's sdist
 # Idempotent: what is already there is kept. tests/run.sh calls it; so can a developer.
 set -euo pipefail
@@ -28,6 +29,9 @@ npm_pinned() {
 }
 npm_pinned playwright-core 1.65.2
 npm_pinned axe-core 4.14.1
+# OpenPGP.js 6.3.2, the newest 6.x (Node.js >= 18, no dependencies): the only installed
+# implementation that makes and reads RFC 9580 v6 keys (sequoia 1.12 and GnuPG 2.2 do not).
+npm_pinned openpgp 6.3.2
 
 if [ ! -f "$dir/rfc7208-tests.yml" ]; then
     tmp="$(mktemp -d)"
