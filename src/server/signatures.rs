@@ -201,19 +201,17 @@ fn clause(
     verdict: &Verdict,
     properties: impl FnOnce(Option<&str>) -> Vec<(&'static str, String)>,
 ) -> Clause {
-    let (result, reason, signer) = match verdict {
-        Verdict::Pass { signer } => ("pass", None, Some(signer.as_str())),
-        Verdict::Fail { reason } => ("fail", Some(reason.clone()), None),
-        Verdict::Untrusted { signer, reason } => {
-            ("policy", Some(reason.clone()), Some(signer.as_str()))
+    // One mapping for both methods (RFC 7281 §3.2 for `smime`, the same words for OpenPGP).
+    let result = smime::verdict_result(verdict);
+    let (reason, signer) = match verdict {
+        Verdict::Pass { signer } => (None, Some(signer.as_str())),
+        Verdict::Untrusted { signer, reason } => (Some(reason.clone()), Some(signer.as_str())),
+        Verdict::UnknownSigner { signer } => {
+            (Some(format!("no key for the signer {signer}")), None)
         }
-        Verdict::UnknownSigner { signer } => (
-            "neutral",
-            Some(format!("no key for the signer {signer}")),
-            None,
-        ),
-        Verdict::PermError { reason } => ("permerror", Some(reason.clone()), None),
-        Verdict::TempError { reason } => ("temperror", Some(reason.clone()), None),
+        Verdict::Fail { reason }
+        | Verdict::PermError { reason }
+        | Verdict::TempError { reason } => (Some(reason.clone()), None),
     };
     let mut all = Vec::new();
     if let Some(reason) = reason {
