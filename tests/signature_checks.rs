@@ -116,7 +116,7 @@ fn make_user_cert(dir: &Path, ca: &str, user: &str, address: &str) {
 fn smime_message(dir: &Path, user: &str, from: &str, subject: &str, text: &str) -> Vec<u8> {
     let content = dir.join(format!("{user}-content.txt"));
     std::fs::write(&content, text).expect("write content");
-    run(Command::new("openssl").current_dir(dir).args([
+    let made = run(Command::new("openssl").current_dir(dir).args([
         "cms",
         "-sign",
         "-text",
@@ -133,7 +133,13 @@ fn smime_message(dir: &Path, user: &str, from: &str, subject: &str, text: &str) 
         "alice@example.test",
         "-subject",
         subject,
-    ]))
+    ]));
+    // Mail is CRLF (openssl writes some lines with LF alone).
+    String::from_utf8(made)
+        .expect("ASCII")
+        .replace("\r\n", "\n")
+        .replace('\n', "\r\n")
+        .into_bytes()
 }
 
 /// Sends `message` to alice by smtplib (AUTH PLAIN as `login` when given); returns the
