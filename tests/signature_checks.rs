@@ -526,7 +526,8 @@ fn openpgp_keys_come_from_the_senders_wkd(engine: Engine) {
     let extra = format!(
         "[openpgp]\nwkd_timeout = \"2s\"\nwkd_ca_file = {:?}\n[openpgp.wkd_resolve]\n\
          \"openpgpkey.wkd.test\" = \"127.0.0.1:{port}\"\n\"direct.test\" = \"127.0.0.1:{port}\"\n\
-         \"openpgpkey.slow.test\" = \"{silent_addr}\"\n",
+         \"openpgpkey.slow.test\" = \"{silent_addr}\"\n\
+         \"openpgpkey.example.test\" = \"{silent_addr}\"\n",
         dir.join("web-ca.pem").to_str().expect("utf-8"),
         port = server.port,
     );
@@ -567,6 +568,21 @@ fn openpgp_keys_come_from_the_senders_wkd(engine: Engine) {
         "{results}"
     );
     assert!(read_page(&relay, "pgp via slow wkd").contains("not checked"));
+
+    // Our own domain's keys are those registered here: no WKD lookup (which would hang).
+    let one = Gpg::new("one@example.test", "One");
+    let message = one.signed("one@example.test", "pgp from a local user", "Hello");
+    let started = Instant::now();
+    let id = send(&relay, None, "one@example.test", &message);
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "no lookup was waited for"
+    );
+    let results = our_results(&relay, &id);
+    assert!(
+        results.contains(&format!("{method}=neutral reason=")),
+        "{results}"
+    );
     assert!(read_page(&relay, "pgp via wkd").contains("Signed by erin@wkd.test — verified"));
     drop(silent);
 }

@@ -181,7 +181,14 @@ async fn openpgp_verdict(
         return openpgp::verify(message, &[key], now);
     }
     let signatures = &ctx.signatures;
-    let Some(wkd) = &signatures.shared.wkd else {
+    // Our own domains' keys are the ones registered here: no directory to ask.
+    let local = from.rsplit_once('@').is_some_and(|(_, domain)| {
+        ctx.session_config
+            .local_domains
+            .iter()
+            .any(|d| d.eq_ignore_ascii_case(domain))
+    });
+    let Some(wkd) = signatures.shared.wkd.as_ref().filter(|_| !local) else {
         return openpgp::verify(message, &[], now);
     };
     match wkd.lookup(signatures.resolver(), from, now).await {

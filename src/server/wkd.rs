@@ -185,3 +185,80 @@ fn answer(
         status => Err(Miss::NotFound(format!("{host} answered {status}"))),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn client(ttl: Duration, max: usize) -> WkdClient {
+        let tls = crate::net::tls::ClientTls::load(None).unwrap().verified();
+        WkdClient::new(tls, Duration::from_secs(1), ttl, max, BTreeMap::new())
+    }
+
+    fn none(why: &str) -> Lookup {
+        Lookup::NotFound(why.into())
+    }
+
+    #[test]
+    fn the_cache_is_bounded_and_expires() {
+        let wkd = client(Duration::from_secs(60), 2);
+        wkd.remember("a@x".into(), none("a"));
+        std::thread::sleep(Duration::from_millis(2));
+        wkd.remember("b@x".into(), none("b"));
+        std::thread::sleep(Duration::from_millis(2));
+        wkd.remember("c@x".into(), none("c"));
+        assert!(wkd.cached("a@x").is_none(), "the oldest went first");
+        assert!(matches!(wkd.cached("b@x"), Some(Lookup::NotFound(w)) if w == "b"));
+        assert!(wkd.cached("c@x").is_some());
+        let wkd = client(Duration::ZERO, 2);
+        wkd.remember("a@x".into(), none("a"));
+        assert!(wkd.cached("a@x").is_none(), "expired at once");
+    }
+
+    #[test]
+    fn answers_are_read_by_status() {
+        let now = SystemTime::now();
+        let response = |status, body: &[u8]| https_get::Response {
+            status,
+            body: body.to_vec(),
+        };
+        assert!(matches!(
+            answer(response(404, b""), "h", "a@x", now),
+            Err(Miss::NotFound(_))
+        ));
+        assert!(matches!(
+            answer(response(503, b""), "h", "a@x", now),
+            Err(Miss::Failed(_))
+        ));
+        assert!(matches!(
+            answer(response(200, b"not a key"), "h", "a@x", now),
+            Err(Miss::NotFound(_))
+        ));
+    }
+
+    #[test]
+    fn unmapped_hosts_do_not_resolve_when_a_table_is_set() {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let tls = crate::net::tls::ClientTls::load(None).unwrap().verified();
+        let mut table = BTreeMap::new();
+        table.insert("elsewhere.test".to_string(), "127.0.0.1:1".parse().unwrap());
+        let wkd = WkdClient::new(
+            tls,
+            Duration::from_secs(5),
+            Duration::from_secs(60),
+            10,
+            table,
+        );
+        let resolver = crate::net::dns::ScriptedResolver::new();
+        let found = runtime.block_on(wkd.lookup(&resolver, "a@example.test", SystemTime::now()));
+        assert!(matches!(found, Lookup::NotFound(_)), "{found:?}");
+        // Kept as a negative answer.
+        assert!(matches!(
+            wkd.cached("a@example.test"),
+            Some(Lookup::NotFound(_))
+        ));
+    }
+}
