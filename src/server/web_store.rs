@@ -493,6 +493,141 @@ impl Backend for StoreBackend {
                 .await?
         })
     }
+
+    // Users' keys: the store's key table is shared (`Arc<KeyStore>`), so the store thread
+    // only hands it over; lookups run here and the durable writes (fsync) on the web
+    // runtime's blocking pool, never holding up the store thread.
+
+    fn is_local_domain(&self, domain: &str) -> bool {
+        self.local_domains
+            .iter()
+            .any(|d| d.eq_ignore_ascii_case(domain))
+    }
+
+    fn wkd_key(
+        &self,
+        domain: String,
+        hash: String,
+    ) -> BoxFuture<'_, Result<Option<Vec<u8>>, BackendError>> {
+        Box::pin(async move {
+            if !self.is_local_domain(&domain) {
+                return Ok(None);
+            }
+            let keys = self.key_store().await?;
+            // Every address at `domain` some registered key carries whose local part hashes
+            // to `hash`; the key served is the one of the user the address reaches (a key
+            // naming someone else's address is not served for it).
+            let all = keys.all();
+            let mut wanted: Vec<&str> = all
+                .values()
+                .filter_map(|k| k.openpgp.as_ref())
+                .flat_map(|k| k.addresses.iter())
+                .filter(|a| {
+                    a.rsplit_once('@').is_some_and(|(local, d)| {
+                        d.eq_ignore_ascii_case(&domain)
+                            && crate::mailcrypt::wkd::hashed_local_part(local) == hash
+                    })
+                })
+                .map(String::as_str)
+                .collect();
+            wanted.sort_unstable();
+            wanted.dedup();
+            Ok(wanted
+                .into_iter()
+                .find_map(|address| keys.openpgp_for_address(address))
+                .map(|key| key.binary()))
+        })
+    }
+
+    fn key_settings(
+        &self,
+        user: String,
+    ) -> BoxFuture<'_, Result<crate::web::backend::KeySettings, BackendError>> {
+        Box::pin(async move {
+            let keys = self.key_store().await?;
+            let registered = keys.get(&user);
+            let policy = keys.policy();
+            Ok(crate::web::backend::KeySettings {
+                openpgp: registered
+                    .openpgp
+                    .as_ref()
+                    .map(|k| crate::web::backend::OpenPgpSummary {
+                        fingerprint: k.fingerprint.clone(),
+                        addresses: k.addresses.clone(),
+                    }),
+                smime: registered
+                    .smime
+                    .as_ref()
+                    .map(|c| crate::web::backend::SmimeSummary {
+                        fingerprint: c.fingerprint.clone(),
+                        addresses: c.addresses.clone(),
+                        not_after: c.not_after,
+                    }),
+                choice: registered.encrypt,
+                sealed_with: keys.seal_key(&user).map(|k| k.kind()),
+                server_default: policy.default,
+                server_required: policy.required,
+            })
+        })
+    }
+
+    fn set_key(
+        &self,
+        user: String,
+        key: Vec<u8>,
+    ) -> BoxFuture<'_, Result<crate::mailcrypt::KeyKind, BackendError>> {
+        Box::pin(async move {
+            let keys = self.key_store().await?;
+            key_write(move || keys.set(&user, &key, None, SystemTime::now())).await
+        })
+    }
+
+    fn remove_key(
+        &self,
+        user: String,
+        kind: crate::mailcrypt::KeyKind,
+    ) -> BoxFuture<'_, Result<bool, BackendError>> {
+        Box::pin(async move {
+            let keys = self.key_store().await?;
+            key_write(move || keys.remove(&user, kind)).await
+        })
+    }
+
+    fn set_encrypt(
+        &self,
+        user: String,
+        choice: Option<bool>,
+    ) -> BoxFuture<'_, Result<(), BackendError>> {
+        Box::pin(async move {
+            let keys = self.key_store().await?;
+            key_write(move || keys.set_encrypt(&user, choice)).await
+        })
+    }
+}
+
+impl StoreBackend {
+    /// The users' key store the server shares (handed over by the store thread).
+    async fn key_store(&self) -> Result<Arc<crate::mailbox::KeyStore>, BackendError> {
+        self.run(|ctx| Box::pin(async move { Arc::clone(&ctx.keys) }))
+            .await
+    }
+}
+
+/// Runs a key store write (files written and synced) on the blocking pool; a refused key
+/// or choice becomes the page's reason, a storage failure "unavailable".
+async fn key_write<T: Send + 'static>(
+    write: impl FnOnce() -> Result<T, crate::mailbox::KeyStoreError> + Send + 'static,
+) -> Result<T, BackendError> {
+    use crate::mailbox::KeyStoreError;
+    match tokio::task::spawn_blocking(write).await {
+        Ok(Ok(done)) => Ok(done),
+        Ok(Err(KeyStoreError::Io { path, source })) => {
+            tracing::warn!(target: "relay::web", path = %path.display(), error = %source, "key store not written");
+            Err(BackendError::Unavailable)
+        }
+        Ok(Err(refused)) => Err(BackendError::Refused(refused.to_string())),
+        Err(_) => Err(BackendError::Unavailable),
+    }
 }
 
 /// A folder's visible messages newest first: by internal date (the order a reader expects

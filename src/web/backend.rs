@@ -6,6 +6,8 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 
+use crate::mailcrypt::KeyKind;
+
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 /// Why a login failed (the page says the same for the first two: no user enumeration).
@@ -86,6 +88,37 @@ pub struct Outgoing {
     /// Header fields (CRLF-terminated) put above the Sent folder's copy only: its Bcc,
     /// which the sender keeps and the recipients never see.
     pub sent_header: Vec<u8>,
+}
+
+/// A user's registered OpenPGP key, as the settings page shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OpenPgpSummary {
+    pub fingerprint: String,
+    pub addresses: Vec<String>,
+}
+
+/// A user's registered S/MIME certificate, as the settings page shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SmimeSummary {
+    pub fingerprint: String,
+    pub addresses: Vec<String>,
+    /// Not after, Unix seconds.
+    pub not_after: u64,
+}
+
+/// What a user registered and how their stored mail is kept.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct KeySettings {
+    pub openpgp: Option<OpenPgpSummary>,
+    pub smime: Option<SmimeSummary>,
+    /// The user's own choice; `None`: the server default.
+    pub choice: Option<bool>,
+    /// The kind of key mail stored for the user is sealed with now (`None`: not encrypted).
+    pub sealed_with: Option<KeyKind>,
+    /// `[encryption] default`: encrypt for a user with a key who has not chosen.
+    pub server_default: bool,
+    /// `[encryption] required`: encrypt for every user with a key, whatever they chose.
+    pub server_required: bool,
 }
 
 /// Where a request came from and over what.
@@ -196,4 +229,53 @@ pub trait Backend: Send + Sync + 'static {
     /// Deletes every message in the user's Trash folder for good (durable before Ok); how
     /// many went.
     fn empty_trash(&self, user: String) -> BoxFuture<'_, Result<usize, BackendError>>;
+
+    /// Whether `domain` is one of the relay's local domains (case-insensitive).
+    fn is_local_domain(&self, domain: &str) -> bool {
+        let _ = domain;
+        false
+    }
+
+    /// The Web Key Directory answer for `hash` (the z-base-32 hashed local part) at local
+    /// `domain`: the binary OpenPGP key of the user the address reaches, when their key
+    /// carries that address; `None` for anything else.
+    fn wkd_key(
+        &self,
+        domain: String,
+        hash: String,
+    ) -> BoxFuture<'_, Result<Option<Vec<u8>>, BackendError>> {
+        let _ = (domain, hash);
+        Box::pin(async { Ok(None) })
+    }
+
+    /// What the user registered and whether their stored mail is encrypted.
+    fn key_settings(&self, user: String) -> BoxFuture<'_, Result<KeySettings, BackendError>> {
+        let _ = user;
+        Box::pin(async { Err(BackendError::Unavailable) })
+    }
+
+    /// Checks `key` (an OpenPGP public key or an S/MIME certificate, whichever it is) as
+    /// `relay user key set` does and registers it for the user (durable before Ok); its
+    /// kind. A refused key is [`BackendError::Refused`] with the reason.
+    fn set_key(&self, user: String, key: Vec<u8>) -> BoxFuture<'_, Result<KeyKind, BackendError>> {
+        let _ = (user, key);
+        Box::pin(async { Err(BackendError::Unavailable) })
+    }
+
+    /// Removes the user's key of `kind` (durable before Ok); false when there was none.
+    fn remove_key(&self, user: String, kind: KeyKind) -> BoxFuture<'_, Result<bool, BackendError>> {
+        let _ = (user, kind);
+        Box::pin(async { Err(BackendError::Unavailable) })
+    }
+
+    /// Records the user's encryption choice (`None`: the server default; durable before
+    /// Ok). Turning it off where the server requires it is [`BackendError::Refused`].
+    fn set_encrypt(
+        &self,
+        user: String,
+        choice: Option<bool>,
+    ) -> BoxFuture<'_, Result<(), BackendError>> {
+        let _ = (user, choice);
+        Box::pin(async { Err(BackendError::Unavailable) })
+    }
 }

@@ -1,6 +1,7 @@
 //! The routes: login and logout, the folder list, a folder's messages, a message, compose
-//! and send. Every response carries the security headers; every POST is checked against
-//! the session's CSRF token (the login form against a pre-login cookie token).
+//! and send, the settings page (`settings`) and the public Web Key Directory (`wkd`). Every
+//! response carries the security headers; every POST is checked against the session's
+//! CSRF token (the login form against a pre-login cookie token).
 
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -20,6 +21,7 @@ use super::compose;
 use super::pages::{Chrome, FolderLink, ListPage, LoginPage, NoticePage, ReadPage, Row, STYLE_CSS};
 use super::render;
 use super::session::{random_token, tokens_match, SessionTable, SessionView};
+use super::{settings, wkd};
 
 pub const SESSION_COOKIE: &str = "relay_session";
 pub const LOGIN_COOKIE: &str = "relay_login";
@@ -71,6 +73,14 @@ pub fn router(app: Shared, body_max: usize) -> Router {
         .route("/empty-trash", post(empty_trash))
         .route("/compose", get(compose::compose))
         .route("/send", post(compose::send))
+        .route("/settings", get(settings::page))
+        .route("/settings/key", post(settings::upload))
+        .route("/settings/remove", post(settings::remove))
+        .route("/settings/encrypt", post(settings::encrypt))
+        .route(wkd::DIRECT_KEY, get(wkd::direct_key))
+        .route(wkd::ADVANCED_KEY, get(wkd::advanced_key))
+        .route(wkd::DIRECT_POLICY, get(wkd::direct_policy))
+        .route(wkd::ADVANCED_POLICY, get(wkd::advanced_policy))
         .route("/static/style.css", get(style))
         .fallback(not_found)
         .layer(axum::middleware::from_fn(security_headers))

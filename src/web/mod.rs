@@ -13,7 +13,9 @@ pub mod pages;
 pub mod render;
 pub mod serve;
 pub mod session;
+pub mod settings;
 pub mod verdict;
+pub mod wkd;
 
 pub use backend::{
     Action, Backend, BackendError, Client, FolderPage, FolderSummary, ListedMessage, LoginError,
