@@ -20,6 +20,7 @@ engine_tests! {
     smime_signatures_are_checked_against_the_trust_store: smime_uring, smime_epoll;
     openpgp_signatures_from_local_and_unknown_signers: openpgp_uring, openpgp_epoll;
     openpgp_keys_come_from_the_senders_wkd: wkd_uring, wkd_epoll;
+    another_relays_wkd_serves_its_users_keys: relay_wkd_uring, relay_wkd_epoll;
 }
 
 fn run(command: &mut Command) -> Vec<u8> {
@@ -585,4 +586,110 @@ fn openpgp_keys_come_from_the_senders_wkd(engine: Engine) {
     );
     assert!(read_page(&relay, "pgp via wkd").contains("Signed by erin@wkd.test — verified"));
     drop(silent);
+}
+
+/// A server certificate for `names` issued by CA `ca`: `FILE.pem`, `FILE.key`.
+fn server_cert(dir: &Path, ca: &str, file: &str, names: &[&str]) {
+    openssl(
+        dir,
+        &[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            &format!("{file}.key"),
+            "-out",
+            &format!("{file}.csr"),
+            "-subj",
+            &format!("/CN={}", names[0]),
+        ],
+    );
+    let sans: Vec<String> = names.iter().map(|n| format!("DNS:{n}")).collect();
+    std::fs::write(
+        dir.join(format!("{file}.ext")),
+        format!(
+            "basicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\nsubjectAltName={}\n",
+            sans.join(",")
+        ),
+    )
+    .expect("ext");
+    openssl(
+        dir,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            &format!("{file}.csr"),
+            "-CA",
+            &format!("{ca}-ca.pem"),
+            "-CAkey",
+            &format!("{ca}-ca.key"),
+            "-CAcreateserial",
+            "-days",
+            "30",
+            "-out",
+            &format!("{file}.pem"),
+            "-extfile",
+            &format!("{file}.ext"),
+        ],
+    );
+}
+
+/// Relay B serves its users' keys by WKD on its web listener (HTTPS); relay A, checking
+/// mail from B's user, fetches the key from there.
+fn another_relays_wkd_serves_its_users_keys(engine: Engine) {
+    let work = tempfile::tempdir().expect("tempdir");
+    let dir = work.path();
+    make_ca(dir, "web");
+    server_cert(dir, "web", "b", &["openpgpkey.b.test", "b.test"]);
+    let mut b_settings = Settings::new(engine);
+    b_settings.local_domains = vec!["localhost".into(), "b.test".into()];
+    b_settings.extra_toml = format!(
+        "[tls]\ncert = {:?}\nkey = {:?}\n[web]\ntls_listen = [\"127.0.0.1:0\"]\n",
+        dir.join("b.pem").to_str().expect("utf-8"),
+        dir.join("b.key").to_str().expect("utf-8"),
+    );
+    let b = Relay::start(b_settings);
+    let bob = Gpg::new("bob@b.test", "Bob");
+    let key = b.workdir().path().join("bob.asc");
+    std::fs::write(&key, bob.export("bob@b.test", true)).expect("write key");
+    let config = b.workdir().path().join("relay.toml");
+    let output = relay_cmd([
+        "user",
+        "key",
+        "set",
+        "bob",
+        "--openpgp",
+        key.to_str().expect("utf-8"),
+        "--config",
+        config.to_str().expect("utf-8"),
+    ]);
+    assert!(output.status.success(), "{}", common::describe(&output));
+    b.sighup();
+    b.wait_log(&["users' keys reloaded"], Duration::from_secs(20));
+    let https = b.listening("https").expect("B's https listener");
+
+    let extra = format!(
+        "[openpgp]\nwkd_ca_file = {:?}\n[openpgp.wkd_resolve]\n\"openpgpkey.b.test\" = \"{https}\"\n",
+        dir.join("web-ca.pem").to_str().expect("utf-8"),
+    );
+    let a = Relay::start(settings_with(engine, &extra));
+    let method = relay::mailcrypt::openpgp::METHOD;
+    let message = bob.signed("bob@b.test", "pgp via relay wkd", "Hello from B");
+    let id = send(&a, None, "bob@b.test", &message);
+    let results = our_results(&a, &id);
+    assert!(
+        results.contains(&format!("{method}=pass header.from=bob@b.test")),
+        "{results}"
+    );
+    // Someone B has no key for: B's directory answers 404, so the signer is unknown.
+    let carl = Gpg::new("carl@b.test", "Carl");
+    let message = carl.signed("carl@b.test", "pgp from carl", "Hi");
+    let id = send(&a, None, "carl@b.test", &message);
+    let results = our_results(&a, &id);
+    assert!(
+        results.contains(&format!("{method}=neutral reason=")),
+        "{results}"
+    );
 }
