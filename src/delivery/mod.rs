@@ -117,6 +117,9 @@ pub struct DeliveryShared {
     pub local_domains: Vec<String>,
     /// Local mailboxes, for notices to a local sender.
     pub mailboxes: Option<Mailboxes>,
+    /// Users' keys: a notice to a local sender whose mail is sealed is sealed too (`None`
+    /// in tests without a key store: nothing is sealed).
+    pub keys: Option<Arc<crate::mailbox::KeyStore>>,
     /// Per-destination queue gauges (`None` in tests without metrics).
     pub metrics: Option<Arc<crate::metrics::Metrics>>,
     /// Hand-off patience, notice retries, reconciliation.

@@ -8,19 +8,24 @@
 //! error, closing) fails the whole step: the caller retries it before any result is recorded,
 //! so the sender is never left without the notice. A notice that can never be stored (no
 //! such local sender, built wrong) is logged and recorded without a notice id.
+//!
+//! A notice to a local sender whose mail is sealed is sealed like any delivery
+//! (`mailbox::sealing`); a notice that cannot be sealed now is retried like one the spool
+//! refused.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use super::Core;
 use crate::envelope::{Origin, QueueId};
 use crate::logsafe::Safe;
+use crate::mailbox::sealing::{self, Failed, Message, StoreError, Target};
 use crate::net::io::Connector;
 use crate::queue::dsn::{build_dsn, Diagnostic, Dsn, DsnInput, RecipientReport};
 use crate::queue::outcome::{recipient_of, Notice};
 use crate::queue::{Action, QueueEntry};
 use crate::smtp::reply::EnhancedStatus;
 use crate::smtp::Lookup;
-use crate::spool::{DsnKind, DsnSent, NewMessage, SpoolError, StoredMessage};
+use crate::spool::{DsnKind, DsnSent, SpoolError, StoredMessage};
 
 fn kind_of(action: Action) -> DsnKind {
     match action {
@@ -186,18 +191,17 @@ async fn store<C: Connector + 'static>(core: &Core<C>, dsn: Dsn) -> Result<Queue
     };
     let now = core.wall();
     let id = core.spool.next_id(now);
-    let placements = core.mail_store.place(
-        &mailboxes,
-        i64::try_from(micros(now) / 1_000_000).unwrap_or(0),
-    );
-    let summary = if mailboxes.is_empty() {
-        None
-    } else {
-        crate::imap::structure::Summary::encoded(&[], &message)
+    let counter = core.metrics.as_ref().map(|m| m.messages_sealed.clone());
+    let target = Target {
+        spool: &core.spool,
+        mail_store: &core.mail_store,
+        keys: core.shared.keys.as_deref(),
+        sealed: counter.as_ref(),
     };
-    let new = NewMessage {
+    let queued_remote = remote.clone();
+    let notice = Message {
         id,
-        arrival_unix_micros: micros(now),
+        arrival: now,
         origin: Origin {
             client_ip: "127.0.0.1".into(),
             client_port: 0,
@@ -207,35 +211,28 @@ async fn store<C: Connector + 'static>(core: &Core<C>, dsn: Dsn) -> Result<Queue
         envelope,
         received_header: Vec::new(),
         body: message,
-        mailboxes: mailboxes.clone(),
-        remote: remote.clone(),
-        placements: placements.clone(),
+        mailboxes,
+        remote,
     };
-    let not_stored = |error: SpoolError| match error {
-        SpoolError::TooLarge { .. } => NotStored::Permanent(error.to_string()),
-        _ => NotStored::Transient(error.to_string()),
-    };
-    let committed = match core.spool.append_message_with_summary(new, summary) {
-        Ok(rx) => match rx.await {
-            Ok(Ok(committed)) => Ok(committed),
-            Ok(Err(error)) => Err(error),
-            Err(_) => Err(SpoolError::Closed),
-        },
-        Err(error) => Err(error),
-    };
-    let committed = match committed {
-        Ok(committed) => committed,
-        Err(error) => {
-            core.mail_store
-                .abandoned(&core.spool, &mailboxes, &placements)
-                .await;
-            return Err(not_stored(error));
+    match sealing::store(&target, notice).await {
+        Ok(stored) => {
+            if let Some(len) = stored.plain_len {
+                super::hand_on(&core.shared, core.index, id, len, &queued_remote);
+            }
+            Ok(stored.id)
         }
-    };
-    let size = committed.location.body_len;
-    core.mail_store
-        .delivered(&core.spool, id, size, &mailboxes, &placements)
-        .await;
-    super::hand_on(&core.shared, core.index, id, size, &remote);
-    Ok(id)
+        Err(Failed { error, plain_len }) => {
+            if let Some(len) = plain_len {
+                super::hand_on(&core.shared, core.index, id, len, &queued_remote);
+            }
+            Err(match error {
+                StoreError::Spool(error @ SpoolError::TooLarge { .. }) => {
+                    NotStored::Permanent(error.to_string())
+                }
+                // Sealing fails for now (the plaintext is never stored instead) or the
+                // spool did not take it: tried again with the step.
+                error => NotStored::Transient(error.to_string()),
+            })
+        }
+    }
 }

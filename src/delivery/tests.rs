@@ -56,6 +56,7 @@ fn rig() -> Rig {
         own_addresses: Default::default(),
         local_domains: Vec::new(),
         mailboxes: None,
+        keys: None,
         metrics: None,
         // Short waits, so the retries and the reconciliation show within a test.
         upkeep: Upkeep {

@@ -14,6 +14,7 @@ pub mod directory;
 pub mod keys;
 pub mod local;
 pub mod password;
+pub mod sealing;
 pub mod store;
 pub mod users_file;
 

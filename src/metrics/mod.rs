@@ -35,7 +35,9 @@
 //! - the password-hash pool shared by all cores ([`HashPoolMetrics`]): `auth_hash_queued`
 //!   (checks waiting for a thread), `auth_hash_refused_total` (logins answered "try again
 //!   later" because the queue was full), `auth_hash_abandoned_total` (queued checks dropped
-//!   unhashed because their client had gone).
+//!   unhashed because their client had gone);
+//! - `messages_sealed_total`: copies encrypted to their user's key before they were stored
+//!   (`mailbox::sealing`), one for the process.
 //!
 //! Exposure: none directly; the admin endpoint serves the encoded text (over TCP to any
 //! loopback client: `/metrics` is its one route without a token).
@@ -147,6 +149,7 @@ struct Families {
     body_refusals: Family<StageLabels, Counter>,
     hash_pool: HashPoolMetrics,
     dmarc_dropped: Counter,
+    messages_sealed: Counter,
 }
 
 /// The password-hash pool's handles (one pool for the process, so no `core` label).
@@ -217,6 +220,7 @@ impl Metrics {
             body_memory_max: Gauge::default(),
             body_refusals: Family::default(),
             dmarc_dropped: Counter::default(),
+            messages_sealed: Counter::default(),
         };
         let mut registry = Registry::with_prefix("relay");
         let f = &families;
@@ -337,6 +341,11 @@ impl Metrics {
             f.dmarc_dropped.clone(),
         );
         registry.register(
+            "messages_sealed",
+            "Copies of messages encrypted to their user's key before they were stored",
+            f.messages_sealed.clone(),
+        );
+        registry.register(
             "smtp_body_bytes_in_flight",
             "Bytes of SMTP message bodies held in memory now (reserved from smtp.body_memory_max)",
             f.body_in_flight.clone(),
@@ -442,6 +451,7 @@ impl Metrics {
             transactions: f.transactions.clone(),
             transaction_labels: Arc::clone(&self.transaction_labels),
             transaction_cache: Arc::default(),
+            messages_sealed: f.messages_sealed.clone(),
         };
         // The common case exists from the start, so `rate()` sees the first message.
         drop(core_metrics.transaction_counter(250));
@@ -451,6 +461,11 @@ impl Metrics {
     /// The DMARC report recorder's count of observations it had no room for.
     pub fn dmarc_report_dropped(&self) -> Counter {
         self.families.dmarc_dropped.clone()
+    }
+
+    /// Copies sealed to their user's key before they were stored (`mailbox::sealing`).
+    pub fn messages_sealed(&self) -> Counter {
+        self.families.messages_sealed.clone()
     }
 
     /// The body budget's handles (one set for the process: the budget is shared by every
@@ -655,6 +670,8 @@ pub struct CoreMetrics {
     transaction_labels: Arc<Mutex<BTreeSet<TransactionLabels>>>,
     /// This core's transaction handles by reply code (its own lock: never contended).
     transaction_cache: Arc<Mutex<HashMap<u16, Counter>>>,
+    /// `messages_sealed`, one for the process (no `core` label).
+    pub messages_sealed: Counter,
 }
 
 impl CoreMetrics {

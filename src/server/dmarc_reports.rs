@@ -21,12 +21,13 @@ use crate::config::Config;
 use crate::delivery::DeliveryShared;
 use crate::envelope::{Envelope, Origin, Recipient};
 use crate::logsafe::Safe;
+use crate::mailbox::sealing::{self, Message, StoreError, Target};
 use crate::mailbox::MailStore;
 use crate::net::dns::{classify, LookupFailure, SystemResolver};
 use crate::sender_auth::report::feedback::{self, RuaTarget, Submitter};
 use crate::sender_auth::report::{DueReport, Recorder, ReportSettings, ReportSigner};
 use crate::smtp::Lookup;
-use crate::spool::{NewMessage, Spool, SpoolError};
+use crate::spool::{Spool, SpoolError};
 
 /// How long a report that failed for a passing reason is tried again after its interval.
 const RETRY_FOR: Duration = Duration::from_secs(86_400);
@@ -393,20 +394,17 @@ impl Job {
         let shard = self.outbound.spool.shard(0);
         let now = SystemTime::now();
         let id = shard.next_id(now);
-        let arrival = now
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(0));
-        let placements = self.outbound.mail_store.place(&mailboxes, arrival);
-        let summary = if mailboxes.is_empty() {
-            None
-        } else {
-            crate::imap::structure::Summary::encoded(&signature, &message)
+        let counter = delivery.metrics.as_ref().map(|m| m.messages_sealed());
+        let target = Target {
+            spool: &shard,
+            mail_store: &self.outbound.mail_store,
+            keys: delivery.keys.as_deref(),
+            sealed: counter.as_ref(),
         };
-        let new = NewMessage {
+        let queued_remote = remote.clone();
+        let report = Message {
             id,
-            arrival_unix_micros: now
-                .duration_since(UNIX_EPOCH)
-                .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX)),
+            arrival: now,
             origin: Origin {
                 client_ip: "127.0.0.1".into(),
                 client_port: 0,
@@ -427,37 +425,30 @@ impl Job {
             },
             received_header: signature,
             body: message,
-            mailboxes: mailboxes.clone(),
-            remote: remote.clone(),
-            placements: placements.clone(),
+            mailboxes,
+            remote,
         };
-        let later = |error: SpoolError| match error {
-            SpoolError::TooLarge { .. } => Outcome::Dropped(error.to_string()),
-            _ => Outcome::Later(format!("spool: {error}")),
+        let stored = sealing::store(&target, report).await;
+        let plain_len = match &stored {
+            Ok(stored) => stored.plain_len,
+            Err(failed) => failed.plain_len,
         };
-        let committed = match shard.append_message_with_summary(new, summary) {
-            Ok(pending) => match pending.await {
-                Ok(Ok(committed)) => Ok(committed),
-                Ok(Err(error)) => Err(error),
-                Err(_) => Err(SpoolError::Closed),
-            },
-            Err(error) => Err(error),
-        };
-        let mail_store = &self.outbound.mail_store;
-        let committed = match committed {
-            Ok(committed) => committed,
-            Err(error) => {
-                mail_store.abandoned(&shard, &mailboxes, &placements).await;
-                return Err(later(error));
-            }
-        };
-        let size = committed.location.body_len;
-        mail_store
-            .delivered(&shard, id, size, &mailboxes, &placements)
-            .await;
         // Handed on as from core 0: this thread then shares core 0's mesh queues, which are
         // multi-producer (`ArrayQueue`); a few reports a day cost its producer nothing.
-        crate::delivery::hand_on(delivery, 0, id, size, &remote);
+        if let Some(len) = plain_len {
+            crate::delivery::hand_on(delivery, 0, id, len, &queued_remote);
+        }
+        match stored {
+            Ok(_) => {}
+            Err(failed) => {
+                return Err(match failed.error {
+                    StoreError::Spool(error @ SpoolError::TooLarge { .. }) => {
+                        Outcome::Dropped(error.to_string())
+                    }
+                    error => Outcome::Later(error.to_string()),
+                })
+            }
+        }
         Ok(id)
     }
 }

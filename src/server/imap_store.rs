@@ -17,7 +17,7 @@ use crate::imap::store::{
     Answer, Changes, Copied, FlagOp, Flags, FolderInfo, FolderStatus, MessageMeta, Quota, Request,
     Snapshot, SpecialUse, StoreError, Stored, View,
 };
-use crate::mailbox::ChangeError;
+use crate::mailbox::{sealing, ChangeError};
 use crate::mailstore::{self, Entry, FlagMode, UserStore};
 use crate::spool::state::{self as st, FolderId};
 use crate::spool::NewMessage;
@@ -297,7 +297,10 @@ impl UserStoreLink {
     }
 
     /// APPEND: a message frame with its placement (the UID rides in it, as for SMTP
-    /// deliveries), durable before the answer.
+    /// deliveries), durable before the answer. For a user whose mail is sealed the message
+    /// is sealed first (`mailbox::sealing`), except into the Drafts folder: a draft is not
+    /// a delivery but text its author is still editing, and the web mail, which reopens it
+    /// in its editor, holds no private key. A message that cannot be sealed is not stored.
     async fn append(
         &mut self,
         ctx: &ShardContext,
@@ -308,6 +311,26 @@ impl UserStoreLink {
     ) -> Result<Copied, StoreError> {
         let store = &ctx.mail_store;
         let user = self.user.clone();
+        let drafts = store.folders().with(&user, |s| {
+            let folder = s.folder_id(to);
+            folder.is_some()
+                && s.list()
+                    .into_iter()
+                    .any(|e| e.folder == folder && e.special_use == Some(st::SpecialUse::Drafts))
+        });
+        let key = (!drafts)
+            .then(|| sealing::key_for(Some(ctx.keys.as_ref()), &user, &message))
+            .flatten();
+        let (message, sealed) = match key {
+            Some(key) => match sealing::seal_copy(&key, &user, &[], &message) {
+                Ok(copy) => (copy.body, Some(copy.kind)),
+                Err(error) => {
+                    tracing::warn!(target: "relay::imap", %error, "APPEND not stored");
+                    return Err(StoreError::Unavailable);
+                }
+            },
+            None => (message, None),
+        };
         let size = message.len() as u64;
         if let Some(quota) = ctx.auth.directory.quota(&user) {
             if store.usage(&user).saturating_add(size) > quota {
@@ -358,6 +381,17 @@ impl UserStoreLink {
         };
         match committed {
             Ok(committed) => {
+                if let Some(kind) = sealed {
+                    ctx.metrics.messages_sealed.inc();
+                    tracing::info!(
+                        target: "relay::sealing",
+                        queue_id = %id,
+                        user = %crate::logsafe::Safe(&user),
+                        key = kind.name(),
+                        size = committed.location.body_len,
+                        "sealed copy stored"
+                    );
+                }
                 store
                     .delivered(
                         &ctx.spool,

@@ -1,17 +1,19 @@
 //! A submitted message from the spool's append to its hand-offs: once the group commit
 //! covering it has synced, local recipients see it in their INBOX (its UIDs were taken
-//! before the append and ride in its frame) and remote ones go to
+//! before the append and ride in its frame; a user whose mail is sealed gets a frame of
+//! their own, encrypted, see `mailbox::sealing`) and remote ones go to
 //! the delivery core that owns them (never waiting for room in the mesh: the message is
 //! durable, so its 250 goes out at once); then the transaction is logged and counted.
 
 use std::net::SocketAddr;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::SystemTime;
 
 use super::shard::ShardContext;
 use crate::envelope::QueueId;
 use crate::logsafe::Safe;
+use crate::mailbox::sealing::{self, Message, StoreError, Target};
 use crate::smtp::{Submission, SubmitError};
-use crate::spool::{NewMessage, SpoolError};
+use crate::spool::SpoolError;
 
 /// Accepts one submitted message: the sender checks of arriving mail (which may refuse it or
 /// add their `Authentication-Results`), our DKIM signature on our own mail, then
@@ -59,53 +61,41 @@ pub async fn store(
 
     let sender = envelope.reverse_path.clone();
     let rcpts = envelope.recipients.len();
-    let delivered_to = mailboxes.clone();
     let queued_remote = remote.clone();
     let size = (received.len() + body.len()) as u64;
-    let arrival = i64::try_from(unix_micros(now) / 1_000_000).unwrap_or(0);
-    let placements = ctx.mail_store.place(&mailboxes, arrival);
-    // Only IMAP reads it: a message relayed only pays nothing.
-    let summary = if mailboxes.is_empty() {
-        None
-    } else {
-        crate::imap::structure::Summary::encoded(&received, &body)
+    let target = Target {
+        spool: &ctx.spool,
+        mail_store: &ctx.mail_store,
+        keys: Some(ctx.keys.as_ref()),
+        sealed: Some(&ctx.metrics.messages_sealed),
     };
-    let message = NewMessage {
+    let message = Message {
         id,
-        arrival_unix_micros: unix_micros(now),
+        arrival: now,
         origin,
         envelope,
         received_header: received,
         body,
         mailboxes,
         remote,
-        placements: placements.clone(),
     };
-    let result = match ctx.spool.append_message_with_summary(message, summary) {
-        Ok(pending) => match pending.await {
-            Ok(Ok(committed)) => {
-                let body_len = committed.location.body_len;
-                ctx.mail_store
-                    .delivered(&ctx.spool, id, body_len, &delivered_to, &placements)
-                    .await;
-                crate::delivery::hand_on(&ctx.delivery, ctx.shard, id, body_len, &queued_remote);
-                Ok(id)
-            }
-            Ok(Err(error)) => Err(error),
-            Err(_) => Err(SpoolError::Closed),
-        },
-        Err(error) => Err(error),
+    let stored = sealing::store(&target, message).await;
+    // The plain frame holds the remote recipients: once it committed they are pending in the
+    // spool and go to their owners, even when another frame failed (the client's retry then
+    // duplicates them; nothing is lost).
+    let plain_len = match &stored {
+        Ok(stored) => stored.plain_len,
+        Err(failed) => failed.plain_len,
     };
-    if result.is_err() {
-        ctx.mail_store
-            .abandoned(&ctx.spool, &delivered_to, &placements)
-            .await;
+    if let Some(len) = plain_len {
+        crate::delivery::hand_on(&ctx.delivery, ctx.shard, id, len, &queued_remote);
     }
+    let result = stored.map_err(|failed| failed.error);
     let took = mail_at.elapsed().unwrap_or_default().as_secs_f64() * 1000.0;
     match result {
-        Ok(id) => {
+        Ok(stored) => {
             ctx.metrics.transaction(crate::smtp::ReplyCode::OK.get());
-            ctx.metrics.message_bytes.inc_by(size);
+            ctx.metrics.message_bytes.inc_by(stored.bytes);
             tracing::info!(
                 target: "relay::transaction",
                 queue_id = %id,
@@ -115,18 +105,20 @@ pub async fn store(
                 tls = tls.as_deref().map(tracing::field::display),
                 rcpts,
                 size,
+                sealed = stored.sealed,
                 parts = mime.parts,
                 attachments = mime.attachments,
                 result = "queued",
                 duration_ms = format_args!("{took:.1}"),
                 "accepted"
             );
-            Ok(id)
+            Ok(stored.id)
         }
         Err(error) => {
             let reply = match error {
-                SpoolError::Backpressure => SubmitError::Backpressure,
-                _ => SubmitError::Storage,
+                StoreError::Seal(_) => SubmitError::Sealing,
+                StoreError::Spool(SpoolError::Backpressure) => SubmitError::Backpressure,
+                StoreError::Spool(_) => SubmitError::Storage,
             };
             tracing::warn!(
                 target: "relay::transaction",
@@ -142,10 +134,4 @@ pub async fn store(
             Err(reply)
         }
     }
-}
-
-fn unix_micros(time: SystemTime) -> u64 {
-    time.duration_since(UNIX_EPOCH)
-        .map(|d| d.as_micros() as u64)
-        .unwrap_or(0)
 }

@@ -177,6 +177,7 @@ pub fn delivery_shared(
         own_addresses: Default::default(),
         local_domains: config.local.domains.clone(),
         mailboxes,
+        keys: None,
         metrics: None,
         upkeep: d.upkeep(),
     })
@@ -371,6 +372,7 @@ fn build_delivery(
 ) -> Result<Arc<DeliveryShared>, ServerError> {
     let mut delivery = delivery_shared(config, hostname, shards, Some(local_mailboxes(stores)))?;
     delivery.metrics = Some(Arc::clone(&stores.metrics));
+    delivery.keys = Some(Arc::clone(&stores.keys));
     delivery.own_addresses = own_addresses;
     delivery.client = Arc::new(crate::smtp::client::ClientConfig {
         resign,

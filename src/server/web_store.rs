@@ -375,10 +375,21 @@ impl Backend for StoreBackend {
                         Some(s.entry(id, uid)?.id)
                     });
                     let queue_id = found.ok_or(BackendError::NoSuchMessage)?;
-                    ctx.store.read_body(queue_id).map_err(|error| {
+                    let draft = ctx.store.read_body(queue_id).map_err(|error| {
                         tracing::warn!(target: "relay::web", %error, "cannot read a draft");
                         BackendError::Unavailable
-                    })
+                    })?;
+                    // The web mail keeps its own drafts in clear (`imap_store::append`), but
+                    // a mail client may have put an encrypted one there: the server holds
+                    // no private key, and its armour must not open as text to edit.
+                    if crate::mailcrypt::is_encrypted(&draft) {
+                        return Err(BackendError::Refused(
+                            "This draft is encrypted; the web mail cannot decrypt it. \
+                             Open it in a mail program that has your private key."
+                                .into(),
+                        ));
+                    }
+                    Ok(draft)
                 })
             })
             .await?

@@ -549,6 +549,16 @@ impl Reply {
         )
     }
 
+    /// A local recipient's copy could not be encrypted to their key (encryption at rest):
+    /// nothing was stored in clear; the client tries again later.
+    pub fn cannot_seal() -> Self {
+        Self::fixed(
+            ReplyCode::LOCAL_ERROR,
+            S_4_3_0,
+            "Error: the message cannot be encrypted for a recipient now, try again later",
+        )
+    }
+
     /// The relay's budget for message bodies in memory (`smtp.body_memory_max`) cannot take
     /// this message now: at MAIL (the declared SIZE or a first buffer does not fit) or at the
     /// end of data (the body outgrew what was left). RFC 3463 4.3.1 "mail system full".

@@ -377,6 +377,9 @@ pub enum SubmitError {
     Backpressure,
     #[error("the spool could not store the message")]
     Storage,
+    /// A local recipient's copy could not be encrypted to their key: 451 4.3.0.
+    #[error("a copy could not be encrypted")]
+    Sealing,
     /// The sender checks could not finish (DNS failure, timeout): 451 4.7.0.
     #[error("the sender checks could not finish")]
     SenderCheckUnavailable,
@@ -577,6 +580,7 @@ impl Session {
                         Reply::insufficient_storage()
                     }
                     SubmitError::SenderCheckUnavailable => Reply::sender_check_unavailable(),
+                    SubmitError::Sealing => Reply::cannot_seal(),
                     SubmitError::DmarcRejected => Reply::dmarc_rejected(),
                     SubmitError::SpfRejected => Reply::spf_rejected(),
                 };
