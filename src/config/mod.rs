@@ -1,5 +1,5 @@
 //! The typed configuration: one TOML file, one section per owner (`[server] [smtp] [spool]
-//! [relay] [local] [pop3] [imap] [policy] [delivery] [admin] [tls] [dkim] [verify] [dmarc] [web] [encryption]`), each in its own file here.
+//! [relay] [local] [pop3] [imap] [policy] [delivery] [admin] [tls] [dkim] [verify] [dmarc] [web] [encryption] [smime] [openpgp]`), each in its own file here.
 //!
 //! Role: turn operator text into values the rest of the relay can trust. Every key has a
 //! default (see `defaults.rs` and each section, where each keeps its RFC or reason); unknown
@@ -18,11 +18,13 @@ pub mod dmarc;
 pub mod encryption;
 pub mod imap;
 pub mod local;
+pub mod openpgp;
 pub mod policy;
 pub mod pop3;
 pub mod relay;
 pub mod routes;
 pub mod server;
+pub mod smime;
 pub mod smtp;
 pub mod spool;
 pub mod tls;
@@ -157,6 +159,10 @@ pub struct Config {
     pub web: WebSection,
     /// Users' public keys and the encryption of their stored mail.
     pub encryption: EncryptionSection,
+    /// S/MIME signature checks of arriving mail.
+    pub smime: smime::SmimeSection,
+    /// OpenPGP signature checks of arriving mail, and WKD lookups.
+    pub openpgp: openpgp::OpenpgpSection,
     /// The file this was loaded from (`Config::load`), read again on SIGHUP for `[dkim]`.
     #[serde(skip)]
     pub source: Option<PathBuf>,
@@ -180,6 +186,8 @@ impl Config {
                 &mut config.tls.ca_file,
                 &mut config.admin.token_file,
                 &mut config.encryption.keys_dir,
+                &mut config.smime.ca_file,
+                &mut config.openpgp.wkd_ca_file,
             ] {
                 if let Some(relative) = file.as_ref().filter(|f| f.is_relative()) {
                     *file = Some(dir.join(relative));
@@ -301,6 +309,8 @@ impl Config {
         self.tls.check()?;
         self.web.check()?;
         self.encryption.check()?;
+        self.smime.check()?;
+        self.openpgp.check()?;
         // Implicit TLS needs the certificate of `[tls]`.
         if !self.tls.server_enabled() {
             for (key, listen) in [

@@ -7,6 +7,7 @@
 
 pub mod conn;
 pub mod dns;
+pub mod https_get;
 pub mod interfaces;
 pub mod io;
 pub mod listener;

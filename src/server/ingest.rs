@@ -24,6 +24,7 @@ pub async fn accept(
     peer: SocketAddr,
 ) -> Result<QueueId, SubmitError> {
     let mut headers = super::verifying::check(ctx, &mut submission, peer).await?;
+    super::signatures::check(ctx, &mut submission, &mut headers).await;
     headers.extend(super::signing::sign(ctx, &submission));
     store(ctx, submission, peer, headers).await
 }

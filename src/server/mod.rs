@@ -20,11 +20,13 @@ pub mod imap_views;
 pub mod ingest;
 pub mod pop3;
 pub mod shard;
+pub mod signatures;
 pub mod signing;
 pub mod smtp;
 pub mod starttls;
 pub mod verifying;
 pub mod web_store;
+pub mod wkd;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -95,6 +97,8 @@ pub enum ServerError {
     Web(String),
     #[error("encryption keys: {0}")]
     Keys(String),
+    #[error("signature checks: {0}")]
+    Signatures(String),
 }
 
 impl From<SpoolError> for ServerError {
@@ -497,6 +501,7 @@ struct Contexts {
     metrics: Arc<Metrics>,
     signing: Arc<signing::SigningShared>,
     verifying: Arc<verifying::VerifyingShared>,
+    signatures: Arc<signatures::SignaturesShared>,
     dmarc_reports: Arc<crate::sender_auth::report::Recorder>,
 }
 
@@ -523,7 +528,10 @@ fn build_contexts(
     let dmarc_reports = dmarc_reports::recorder(config)?;
     dmarc_reports.count_drops_in(stores.metrics.dmarc_report_dropped());
     let verifying = verifying::VerifyingShared::new(config, Arc::clone(&dmarc_reports));
+    let signatures = signatures::SignaturesShared::new(config, &hostname)
+        .map_err(|e| ServerError::Signatures(e.to_string()))?;
     Ok(Arc::new(Contexts {
+        signatures,
         dmarc_reports,
         signing,
         verifying,
@@ -733,6 +741,7 @@ impl Contexts {
             ),
             signing: signing::Signing::for_shard(&self.signing),
             verifying: verifying::Verifying::for_shard(&self.verifying),
+            signatures: signatures::Signatures::for_shard(&self.signatures),
         }
     }
 }

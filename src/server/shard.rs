@@ -79,6 +79,8 @@ pub struct ShardContext {
     pub signing: super::signing::Signing,
     /// SPF, DKIM, DMARC and ARC checks of arriving mail.
     pub verifying: super::verifying::Verifying,
+    /// S/MIME and OpenPGP signature checks of mail for local users.
+    pub signatures: super::signatures::Signatures,
 }
 
 /// What POP3 connections need besides the common parts.

@@ -99,6 +99,8 @@ impl Web {
             session_absolute: web.session_absolute_timeout.0,
             page_size: web.page_size,
             body_max: usize::try_from(web.request_body_max.0).unwrap_or(usize::MAX),
+            authserv_id: (config.verify.authserv_id.clone())
+                .unwrap_or_else(|| contexts.hostname.clone()),
         };
         let server = WebServer::start(listeners, tls, backend, settings)
             .map_err(|e| ServerError::Web(e.to_string()))?;

@@ -52,6 +52,8 @@ pub struct App {
     pub backend: Arc<dyn Backend>,
     pub sessions: Mutex<SessionTable>,
     pub page_size: usize,
+    /// Our `Authentication-Results` authserv-id: the only such field the pages trust.
+    pub authserv_id: String,
 }
 
 pub(super) type Shared = Arc<App>;
@@ -639,6 +641,7 @@ async fn read(
     };
     let raw = stored.raw;
     let message = render::view(&raw);
+    let signature = super::verdict::of(&raw, &app.authserv_id);
     let uid = query.uid.to_string();
     let remote = query.remote.is_some();
     let frame = |path: &str| {
@@ -676,6 +679,7 @@ async fn read(
             part_base: href("/part", &[("folder", &query.folder), ("uid", &uid)]),
             folder: query.folder,
             view: message,
+            signature,
         },
     )
 }

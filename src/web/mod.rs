@@ -14,6 +14,7 @@ pub mod render;
 pub mod serve;
 pub mod session;
 pub mod settings;
+pub mod verdict;
 pub mod wkd;
 
 pub use backend::{

@@ -73,6 +73,8 @@ pub struct ReadPage {
     pub uid: u32,
     pub flagged: bool,
     pub view: MessageView,
+    /// The signature verdict shown next to the sender.
+    pub signature: Option<super::verdict::Signature>,
     /// The message frame's URL (`/body?…`) when it has an HTML body.
     pub frame: Option<String>,
     /// The frame URL of each forwarded message, in `view.forwarded`'s order.

@@ -28,6 +28,8 @@ pub struct WebSettings {
     pub session_absolute: Duration,
     pub page_size: usize,
     pub body_max: usize,
+    /// Our `Authentication-Results` authserv-id (`verify.authserv_id` or the host name).
+    pub authserv_id: String,
 }
 
 /// A bound socket and whether it speaks TLS.
@@ -64,6 +66,7 @@ impl WebServer {
                 settings.session_absolute,
             )),
             page_size: settings.page_size,
+            authserv_id: settings.authserv_id.clone(),
         });
         let router = router(app, settings.body_max);
         let (stop, stopped) = oneshot::channel::<()>();

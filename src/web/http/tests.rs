@@ -284,6 +284,7 @@ impl Harness {
                 Duration::from_secs(3600),
             )),
             page_size: 2,
+            authserv_id: "mx.test".into(),
         });
         Harness {
             backend,
