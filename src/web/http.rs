@@ -172,6 +172,36 @@ pub(super) fn session(app: &App, headers: &HeaderMap) -> Option<(String, Session
     Some((id.to_string(), view))
 }
 
+/// Why a form's POST is not carried out.
+pub(super) enum Refused {
+    /// No live session: to the login page.
+    NoSession,
+    /// The CSRF token does not match the session's: 403.
+    BadToken,
+}
+
+impl IntoResponse for Refused {
+    fn into_response(self) -> Response {
+        match self {
+            Refused::NoSession => to_login(),
+            Refused::BadToken => forbidden(),
+        }
+    }
+}
+
+/// The session of a form's POST whose CSRF token matches it.
+pub(super) fn authorised(
+    app: &App,
+    headers: &HeaderMap,
+    csrf: &str,
+) -> Result<(String, SessionView), Refused> {
+    let (id, view) = session(app, headers).ok_or(Refused::NoSession)?;
+    if !tokens_match(csrf, &view.csrf) {
+        return Err(Refused::BadToken);
+    }
+    Ok((id, view))
+}
+
 pub(super) fn to_login() -> Response {
     Redirect::to("/login").into_response()
 }
@@ -327,12 +357,10 @@ async fn logout(
     Form(form): Form<CsrfForm>,
 ) -> Response {
     let tls = client_of(client).is_some_and(|c| c.tls);
-    let Some((id, view)) = session(&app, &headers) else {
-        return to_login();
+    let (id, _) = match authorised(&app, &headers, &form.csrf) {
+        Ok(found) => found,
+        Err(refused) => return refused.into_response(),
     };
-    if !tokens_match(&form.csrf, &view.csrf) {
-        return forbidden();
-    }
     if let Ok(mut sessions) = app.sessions.lock() {
         sessions.end(&id);
     }
@@ -695,12 +723,10 @@ struct ActForm {
 
 /// The reading page's buttons: mark unread, flag, unflag, delete (to Trash).
 async fn act(State(app): State<Shared>, headers: HeaderMap, Form(form): Form<ActForm>) -> Response {
-    let Some((_, view)) = session(&app, &headers) else {
-        return to_login();
+    let (_, view) = match authorised(&app, &headers, &form.csrf) {
+        Ok(found) => found,
+        Err(refused) => return refused.into_response(),
     };
-    if !tokens_match(&form.csrf, &view.csrf) {
-        return forbidden();
-    }
     let action = match form.action.as_str() {
         "seen" => Action::Seen(true),
         "unseen" => Action::Seen(false),
@@ -743,12 +769,10 @@ async fn move_to(
     headers: HeaderMap,
     Form(form): Form<MoveForm>,
 ) -> Response {
-    let Some((_, view)) = session(&app, &headers) else {
-        return to_login();
+    let (_, view) = match authorised(&app, &headers, &form.csrf) {
+        Ok(found) => found,
+        Err(refused) => return refused.into_response(),
     };
-    if !tokens_match(&form.csrf, &view.csrf) {
-        return forbidden();
-    }
     let done = app
         .backend
         .move_to(
@@ -771,12 +795,10 @@ async fn empty_trash(
     headers: HeaderMap,
     Form(form): Form<CsrfForm>,
 ) -> Response {
-    let Some((_, view)) = session(&app, &headers) else {
-        return to_login();
+    let (_, view) = match authorised(&app, &headers, &form.csrf) {
+        Ok(found) => found,
+        Err(refused) => return refused.into_response(),
     };
-    if !tokens_match(&form.csrf, &view.csrf) {
-        return forbidden();
-    }
     let trash = match app.backend.trash_folder(view.user.clone()).await {
         Ok(Some(trash)) => trash,
         Ok(None) => return failure(None, &BackendError::NoSuchFolder),

@@ -8,12 +8,12 @@ use askama::Template;
 use axum::extract::{FromRequest, Multipart, Request, State};
 use axum::http::header::HeaderMap;
 use axum::http::StatusCode;
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use axum::Form;
 use serde::Deserialize;
 
 use super::backend::{BackendError, KeySettings, OpenPgpSummary, SmimeSummary};
-use super::http::{chrome, failure, forbidden, html, session, to_login, Shared};
+use super::http::{authorised, chrome, failure, forbidden, html, session, to_login, Shared};
 use super::pages::Chrome;
 use super::session::{tokens_match, SessionView};
 use crate::mailcrypt::KeyKind;
@@ -171,12 +171,10 @@ pub async fn encrypt(
     headers: HeaderMap,
     Form(form): Form<EncryptForm>,
 ) -> Response {
-    let Some((_, view)) = session(&app, &headers) else {
-        return to_login();
+    let (_, view) = match authorised(&app, &headers, &form.csrf) {
+        Ok(found) => found,
+        Err(refused) => return refused.into_response(),
     };
-    if !tokens_match(&form.csrf, &view.csrf) {
-        return forbidden();
-    }
     let choice = match form.choice.as_str() {
         "on" => Some(true),
         "off" => Some(false),
@@ -225,12 +223,10 @@ pub async fn remove(
     headers: HeaderMap,
     Form(form): Form<RemoveForm>,
 ) -> Response {
-    let Some((_, view)) = session(&app, &headers) else {
-        return to_login();
+    let (_, view) = match authorised(&app, &headers, &form.csrf) {
+        Ok(found) => found,
+        Err(refused) => return refused.into_response(),
     };
-    if !tokens_match(&form.csrf, &view.csrf) {
-        return forbidden();
-    }
     let kind = match form.kind.as_str() {
         "openpgp" => KeyKind::OpenPgp,
         "smime" => KeyKind::Smime,
