@@ -27,20 +27,7 @@ pub(crate) fn boundary() -> String {
 /// `bytes` with every line end CRLF.
 pub(crate) fn crlf(bytes: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(bytes.len() + bytes.len() / 32);
-    let mut prev = 0u8;
-    for &b in bytes {
-        if b == b'\n' && prev != b'\r' {
-            out.push(b'\r');
-        }
-        if prev == b'\r' && b != b'\n' {
-            out.push(b'\n');
-        }
-        out.push(b);
-        prev = b;
-    }
-    if prev == b'\r' {
-        out.push(b'\n');
-    }
+    entity::extend_crlf(&mut out, bytes);
     out
 }
 
@@ -114,7 +101,7 @@ pub(crate) fn assemble(outer: &[u8], armour: &[u8], boundary: &str) -> Vec<u8> {
         )
         .as_bytes(),
     );
-    out.extend_from_slice(&crlf(armour));
+    entity::extend_crlf(&mut out, armour);
     if !out.ends_with(b"\r\n") {
         out.extend_from_slice(b"\r\n");
     }
