@@ -122,13 +122,14 @@ pub fn partition(
 ) -> Result<Partition, SealFailed> {
     let mut plain = Vec::with_capacity(mailboxes.len());
     let mut sealed = Vec::new();
-    // Already encrypted: stored as it came for everyone (asked once, not per user).
-    let encrypted = keys.is_some() && mailcrypt::is_encrypted(message);
+    // Already encrypted: stored as it came for everyone. Asked once, and only when some
+    // recipient seals: mail for users without keys pays no header parse here.
+    let mut encrypted = None;
     for mailbox in mailboxes {
-        match keys
-            .filter(|_| !encrypted)
+        let key = keys
             .and_then(|k| k.seal_key(&mailbox))
-        {
+            .filter(|_| !*encrypted.get_or_insert_with(|| mailcrypt::is_encrypted(message)));
+        match key {
             Some(key) => sealed.push(seal_copy(&key, &mailbox, received, message)?),
             None => plain.push(mailbox),
         }
