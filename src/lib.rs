@@ -42,6 +42,7 @@
 #![forbid(unsafe_code)]
 
 pub mod admin;
+pub mod cluster;
 pub mod config;
 pub mod delivery;
 pub mod envelope;

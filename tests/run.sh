@@ -28,6 +28,11 @@ command -v npm >/dev/null 2>&1 || missing+=(npm)
 # IMAP interop (tests/imap_*.rs): isync's mbsync, and Dovecot's IMAP server for the
 # differential test (its own config on a loopback port; the system service is never started).
 command -v mbsync >/dev/null 2>&1 || missing+=(isync)
+# The cluster tests (tests/cluster_*.rs) start their own Redis and PostgreSQL on loopback
+# ports with data in temporary directories (tests/common/services.rs); the system services
+# are never started.
+command -v redis-server >/dev/null 2>&1 || missing+=(redis-server redis-tools)
+ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || missing+=(postgresql postgresql-client)
 # interimap: the QRESYNC sync client of tests/imap_sync.rs.
 command -v interimap >/dev/null 2>&1 || missing+=(interimap)
 [ -x /usr/lib/dovecot/imap ] || missing+=(dovecot-core dovecot-imapd)

@@ -201,6 +201,7 @@ const HIGHER_THAN_CORES: &[&str] = &[
     "sender_auth",
     "mailstore",
     "imap",
+    "cluster",
 ];
 
 /// The layers, as the modules below `src/` (`src/<module>/…` or `src/<module>.rs`), each with
@@ -209,7 +210,7 @@ const HIGHER_THAN_CORES: &[&str] = &[
 /// queue/spool/mailbox/protocol cores → runtime/net (docs/ARCHITECTURE.md).
 fn forbidden_imports() -> Vec<(&'static str, Vec<&'static str>)> {
     let cores = |also: &[&'static str]| [HIGHER_THAN_CORES, also].concat();
-    vec![
+    let mut layers = vec![
         // The bottom: pinned shards, the engine, Phase. Knows no protocol, no delivery.
         (
             "runtime",
@@ -433,7 +434,48 @@ fn forbidden_imports() -> Vec<(&'static str, Vec<&'static str>)> {
                 "imap",
             ],
         ),
-    ]
+        // The cluster's shared state: Redis (limits, leases), PostgreSQL (the directory), the
+        // node table. Clients of those services only: no protocol, no shard, no delivery.
+        (
+            "cluster",
+            vec![
+                "server",
+                "delivery",
+                "admin",
+                "web",
+                "tune",
+                "init",
+                "cli",
+                "smtp",
+                "pop3",
+                "imap",
+                "mime",
+                "sender_auth",
+                "mailcrypt",
+            ],
+        ),
+    ];
+    // Nothing below the assembly reaches the cluster's services (the delivery runtime may:
+    // destination limits are shared).
+    for (layer, forbidden) in &mut layers {
+        if [
+            "runtime",
+            "net",
+            "spool",
+            "queue",
+            "mailbox",
+            "mailstore",
+            "sender_auth",
+            "mailcrypt",
+            "web",
+            "config",
+        ]
+        .contains(layer)
+        {
+            forbidden.push("cluster");
+        }
+    }
+    layers
 }
 
 /// The top-level module a source path belongs to (`src/net/tls/mod.rs` → `net`).

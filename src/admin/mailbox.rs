@@ -376,6 +376,7 @@ mod tests {
             password: phc.clone(),
             quota,
             apop_secret: None,
+            home: None,
         };
         Directory::new(
             vec!["example.test".into()],

@@ -43,6 +43,9 @@ pub struct UserEntry {
     /// Shared secret for APOP (RFC 1939 §7); APOP is offered only when a user has one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub apop_secret: Option<String>,
+    /// The `[cluster]` node that holds this user's mailboxes (absent: this node).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub home: Option<String>,
 }
 
 impl LocalSection {

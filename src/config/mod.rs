@@ -1,5 +1,5 @@
 //! The typed configuration: one TOML file, one section per owner (`[server] [smtp] [spool]
-//! [relay] [local] [pop3] [imap] [policy] [delivery] [admin] [tls] [dkim] [verify] [dmarc] [web] [encryption] [smime] [openpgp]`), each in its own file here.
+//! [relay] [local] [pop3] [imap] [policy] [delivery] [admin] [tls] [dkim] [verify] [dmarc] [web] [encryption] [smime] [openpgp] [cluster]`), each in its own file here.
 //!
 //! Role: turn operator text into values the rest of the relay can trust. Every key has a
 //! default (see `defaults.rs` and each section, where each keeps its RFC or reason); unknown
@@ -11,6 +11,9 @@
 //! Exposure: a local file written by the operator; never network input.
 
 pub mod admin;
+pub mod cluster;
+mod cluster_postgres;
+mod cluster_redis;
 mod defaults;
 pub mod delivery;
 pub mod dkim;
@@ -163,6 +166,8 @@ pub struct Config {
     pub smime: smime::SmimeSection,
     /// OpenPGP signature checks of arriving mail, and WKD lookups.
     pub openpgp: openpgp::OpenpgpSection,
+    /// Several relays as one service: shared limits, directory, home nodes (off by default).
+    pub cluster: cluster::ClusterSection,
     /// The file this was loaded from (`Config::load`), read again on SIGHUP for `[dkim]`.
     #[serde(skip)]
     pub source: Option<PathBuf>,
@@ -188,6 +193,11 @@ impl Config {
                 &mut config.encryption.keys_dir,
                 &mut config.smime.ca_file,
                 &mut config.openpgp.wkd_ca_file,
+                &mut config.cluster.cert,
+                &mut config.cluster.key,
+                &mut config.cluster.ca,
+                &mut config.cluster.redis.password_file,
+                &mut config.cluster.postgres.password_file,
             ] {
                 if let Some(relative) = file.as_ref().filter(|f| f.is_relative()) {
                     *file = Some(dir.join(relative));
@@ -238,6 +248,15 @@ impl Config {
         for (key, path) in [
             ("local.users_file", &self.local.users_file),
             ("tls.key", &self.tls.key),
+            ("cluster.key", &self.cluster.key),
+            (
+                "cluster.redis.password_file",
+                &self.cluster.redis.password_file,
+            ),
+            (
+                "cluster.postgres.password_file",
+                &self.cluster.postgres.password_file,
+            ),
         ] {
             let Some(path) = path else { continue };
             // A file that cannot be read is reported where it is loaded.
@@ -311,6 +330,7 @@ impl Config {
         self.encryption.check()?;
         self.smime.check()?;
         self.openpgp.check()?;
+        self.cluster.check()?;
         // Implicit TLS needs the certificate of `[tls]`.
         if !self.tls.server_enabled() {
             for (key, listen) in [
@@ -642,6 +662,7 @@ mod tests {
             password: "$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHQ$ZGlnZXN0ZGlnZXN0".into(),
             quota: None,
             apop_secret: Some("tanstaaf".into()),
+            home: None,
         });
         let shown = config.to_toml();
         assert!(

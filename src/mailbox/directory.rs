@@ -27,6 +27,9 @@ pub struct User {
     /// Shared secret for APOP (RFC 1939 §7). APOP needs the secret in clear on the server,
     /// which is why it is opt-in per user.
     pub apop_secret: Option<String>,
+    /// The cluster node whose spool holds this user's mailboxes (`[cluster]`); `None` is
+    /// this node, and always so without a cluster.
+    pub home: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -340,6 +343,7 @@ mod tests {
             password: phc().into(),
             quota: None,
             apop_secret: None,
+            home: None,
         }
     }
 

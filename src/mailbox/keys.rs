@@ -461,6 +461,7 @@ mod tests {
                 password: hash.clone(),
                 quota: None,
                 apop_secret: None,
+                home: None,
             })
             .collect();
         let mut aliases = BTreeMap::new();

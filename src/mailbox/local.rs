@@ -75,6 +75,7 @@ mod tests {
             password: hash.clone(),
             quota,
             apop_secret: None,
+            home: None,
         };
         let mut aliases = BTreeMap::new();
         aliases.insert(

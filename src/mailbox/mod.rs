@@ -54,6 +54,7 @@ pub fn load_directory(config: &Config) -> Result<Arc<Directory>, LoadError> {
             password: u.password.clone(),
             quota: u.quota.map(|q| q.0),
             apop_secret: u.apop_secret.clone(),
+            home: u.home.clone(),
         })
         .collect();
     if let Some(path) = &config.local.users_file {

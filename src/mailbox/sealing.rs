@@ -356,6 +356,7 @@ mod tests {
                 password: hash.clone(),
                 quota: None,
                 apop_secret: None,
+                home: None,
             })
             .collect();
         let directory = Arc::new(

@@ -3,6 +3,7 @@
 //! ```text
 //! # comment
 //! alice $argon2id$v=19$m=19456,t=2,p=1$…$… quota=1GiB
+//! carol $argon2id$v=19$m=19456,t=2,p=1$…$… home=node-b
 //! bob   $argon2id$v=19$m=19456,t=2,p=1$…$… apop=shared-secret
 //! ```
 //!
@@ -40,6 +41,7 @@ pub fn parse(text: &str) -> Result<Vec<User>, UsersFileError> {
             password: password.to_string(),
             quota: None,
             apop_secret: None,
+            home: None,
         };
         for option in fields {
             match option.split_once('=') {
@@ -49,7 +51,14 @@ pub fn parse(text: &str) -> Result<Vec<User>, UsersFileError> {
                 Some(("apop", secret)) if !secret.is_empty() => {
                     user.apop_secret = Some(secret.to_string());
                 }
-                _ => return Err(error(format!("unknown option `{option}` (quota=, apop=)"))),
+                Some(("home", node)) if crate::config::cluster::valid_node_name(node) => {
+                    user.home = Some(node.to_string());
+                }
+                _ => {
+                    return Err(error(format!(
+                        "unknown option `{option}` (quota=, apop=, home=NODE)"
+                    )))
+                }
             }
         }
         users.push(user);

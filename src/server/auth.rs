@@ -291,6 +291,7 @@ mod tests {
             password: crate::mailbox::password::hash("secret").unwrap(),
             quota: None,
             apop_secret: Some("apop-secret".into()),
+            home: None,
         };
         Arc::new(
             Directory::new(vec!["example.test".into()], vec![alice], &BTreeMap::new()).unwrap(),

@@ -18,6 +18,7 @@
 pub mod dns;
 pub mod json;
 pub mod pop3;
+pub mod services;
 pub mod sinks;
 pub mod smtp;
 pub mod tls;

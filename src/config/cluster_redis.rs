@@ -1,0 +1,65 @@
+//! `[cluster.redis]`: the Redis server holding the limits shared by the nodes and their
+//! membership leases.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use super::{invalid, Interval, SectionError};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RedisSection {
+    /// `redis://host:port/db`, without a password (that goes in `password_file`). Absent:
+    /// limits stay per node and there is no membership.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    /// A 0600 file holding the password (`AUTH`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub password_file: Option<PathBuf>,
+    /// How long one decision may wait for Redis before the failure policy applies.
+    pub timeout: Interval,
+    /// What a limit decides while Redis does not answer: `open` (admit, the node's own
+    /// tables still apply) or `closed` (refuse with a temporary error).
+    pub failure: FailurePolicy,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum FailurePolicy {
+    #[default]
+    Open,
+    Closed,
+}
+
+impl Default for RedisSection {
+    fn default() -> Self {
+        RedisSection {
+            url: None,
+            password_file: None,
+            timeout: Interval(Duration::from_millis(200)),
+            failure: FailurePolicy::Open,
+        }
+    }
+}
+
+impl RedisSection {
+    pub fn check(&self) -> Result<(), SectionError> {
+        if let Some(url) = &self.url {
+            let Some(rest) = url.strip_prefix("redis://") else {
+                return Err(invalid("cluster.redis.url", "must start with redis://"));
+            };
+            if rest.contains('@') {
+                return Err(invalid(
+                    "cluster.redis.url",
+                    "must not carry credentials: put the password in cluster.redis.password_file",
+                ));
+            }
+        }
+        if self.timeout.0.is_zero() {
+            return Err(invalid("cluster.redis.timeout", "must be above zero"));
+        }
+        Ok(())
+    }
+}
