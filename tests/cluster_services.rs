@@ -1,6 +1,7 @@
 //! The cluster tests' own harness works: Redis and PostgreSQL start on loopback, answer,
 //! and come back after an outage.
 
+#[macro_use]
 mod common;
 
 use common::services::{Postgres, Redis};
