@@ -1,7 +1,7 @@
 //! The cluster tests' own harness works: Redis and PostgreSQL start on loopback, answer,
 //! and come back after an outage.
 
-#[macro_use]
+#[allow(unused_macros)] // the engine_tests! macro is for the server tests
 mod common;
 
 use common::services::{Postgres, Redis};
