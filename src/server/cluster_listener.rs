@@ -174,6 +174,7 @@ pub async fn accept(
         .collect();
     let id = super::ingest::store_as_sent(ctx, submission, peer).await?;
     cluster.seen.record(&keys, id);
+    tracing::info!(target: "relay::cluster", queue_id = %id, client = %peer.ip(), peer_queue = %Safe(&tag), rcpts = keys.len(), "stored for a peer");
     Ok(id)
 }
 
