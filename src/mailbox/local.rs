@@ -199,6 +199,89 @@ mod tests {
     }
 
     #[test]
+    fn users_homed_elsewhere_are_forwarded_or_refused() {
+        let hash = password::hash("pw").unwrap();
+        let user = |name: &str, home: Option<&str>| User {
+            name: name.into(),
+            password: hash.clone(),
+            quota: Some(10),
+            apop_secret: None,
+            home: home.map(str::to_string),
+        };
+        let mut aliases = BTreeMap::new();
+        aliases.insert(
+            "crew".to_string(),
+            vec![
+                "ada".to_string(),
+                "bea".to_string(),
+                "x@remote.test".to_string(),
+            ],
+        );
+        let directory = Arc::new(
+            Directory::new(
+                vec!["example.test".into()],
+                vec![
+                    user("ada", Some("a")),
+                    user("bea", Some("b")),
+                    user("one", None),
+                ],
+                &aliases,
+            )
+            .unwrap(),
+        );
+        let store = MailStore::new();
+        let node = |peer| Homes::Node {
+            node: "a".into(),
+            peer,
+        };
+        let public =
+            LocalDelivery::with_homes(Arc::clone(&directory), Arc::clone(&store), node(false));
+        // bea's quota is her home node's to check: a size over it is still forwarded.
+        assert_eq!(
+            public.lookup("Bea@Example.Test", 1000),
+            Lookup::Deliver {
+                mailboxes: vec![],
+                forward: vec!["bea@example.test".into()]
+            }
+        );
+        assert_eq!(
+            public.lookup("crew@example.test", 0),
+            Lookup::Deliver {
+                mailboxes: vec!["ada".into()],
+                forward: vec!["x@remote.test".into(), "bea@example.test".into()]
+            }
+        );
+        assert_eq!(public.lookup("ada@example.test", 1000), Lookup::OverQuota);
+        assert!(matches!(
+            public.lookup("one@example.test", 0),
+            Lookup::Deliver { .. }
+        ));
+        // The cluster listener: only users homed here.
+        let peer =
+            LocalDelivery::with_homes(Arc::clone(&directory), Arc::clone(&store), node(true));
+        assert_eq!(peer.lookup("bea@example.test", 0), Lookup::Unknown);
+        assert_eq!(
+            peer.lookup("ada@example.test", 0),
+            Lookup::Deliver {
+                mailboxes: vec!["ada".into()],
+                forward: vec![]
+            }
+        );
+        // Without a cluster every user is here, whatever their `home`.
+        let single = LocalDelivery::new(Arc::clone(&directory), store);
+        assert!(matches!(
+            single.lookup("bea@example.test", 0),
+            Lookup::Deliver { mailboxes, .. } if mailboxes == vec!["bea".to_string()]
+        ));
+        assert_eq!(
+            home_elsewhere(&directory, "a", "bea@example.test"),
+            Some("b")
+        );
+        assert_eq!(home_elsewhere(&directory, "b", "bea@example.test"), None);
+        assert_eq!(home_elsewhere(&directory, "a", "crew@example.test"), None);
+    }
+
+    #[test]
     fn vrfy_and_expn_answers() {
         let (local, _) = setup();
         assert_eq!(
