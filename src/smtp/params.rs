@@ -16,6 +16,9 @@ use crate::envelope::{BodyType, DsnRet, MailParams, Notify};
 pub const ENVID_MAX: usize = 100;
 /// RFC 3461 §4.2.
 pub const ORCPT_MAX: usize = 500;
+/// Cluster-private MAIL parameters per command, and the length of one value.
+pub const CLUSTER_PARAMS_MAX: usize = 8;
+pub const CLUSTER_VALUE_MAX: usize = 200;
 /// RFC 1870 §4: `size-value ::= 1*20DIGIT`.
 const SIZE_DIGITS_MAX: usize = 20;
 
@@ -88,6 +91,25 @@ pub fn parse_mail(text: &str) -> Result<MailParams, ParamError> {
                 .filter(|v| !v.is_empty() && v.len() <= AUTH_MAX)
                 .ok_or(ParamError::BadValue("AUTH"))?;
             AUTH
+        } else if keyword.len() > 1
+            && keyword.as_bytes()[0].eq_ignore_ascii_case(&b'X')
+            && value.is_some()
+        {
+            // A cluster-private parameter: parsed here, allowed only by the cluster listener's
+            // session (which answers 555 for it elsewhere, as for any unknown keyword).
+            let value = value
+                .and_then(xtext_decode)
+                .filter(|v| !v.is_empty() && v.len() <= CLUSTER_VALUE_MAX)
+                .ok_or(ParamError::BadValue("X-"))?;
+            let keyword = keyword.to_ascii_uppercase();
+            if params.cluster.iter().any(|(k, _)| *k == keyword) {
+                return Err(ParamError::Duplicate("X-"));
+            }
+            if params.cluster.len() >= CLUSTER_PARAMS_MAX {
+                return Err(ParamError::Syntax);
+            }
+            params.cluster.push((keyword, value));
+            continue;
         } else {
             return Err(unknown(keyword));
         };
@@ -137,6 +159,12 @@ pub fn encode_mail(params: &MailParams, out: &mut Vec<u8>) {
     if let Some(envid) = &params.envid {
         out.extend_from_slice(b" ENVID=");
         xtext_encode(envid, out);
+    }
+    for (keyword, value) in &params.cluster {
+        out.push(b' ');
+        out.extend_from_slice(keyword.as_bytes());
+        out.push(b'=');
+        xtext_encode(value, out);
     }
 }
 
@@ -370,6 +398,7 @@ mod tests {
                 smtputf8: true,
                 ret: Some(DsnRet::Headers),
                 envid: Some("QQ+314".into()),
+                cluster: Vec::new(),
             }
         );
         assert_eq!(parse_mail("").unwrap(), MailParams::default());
@@ -414,6 +443,24 @@ mod tests {
         for (input, error) in table {
             assert_eq!(parse_mail(input).as_ref(), Err(error), "{input:?}");
         }
+        // Cluster parameters: `X…=xtext`, upper-cased, each once, a bounded number.
+        let cluster = parse_mail(" SIZE=5 xqueue=a.0000000000000001 XNEXT=b+2Bc").unwrap();
+        assert_eq!(
+            cluster.cluster,
+            vec![
+                ("XQUEUE".to_string(), "a.0000000000000001".to_string()),
+                ("XNEXT".to_string(), "b+c".to_string())
+            ]
+        );
+        let mut encoded = Vec::new();
+        encode_mail(&cluster, &mut encoded);
+        assert_eq!(encoded, b" SIZE=5 XQUEUE=a.0000000000000001 XNEXT=b+2Bc");
+        assert_eq!(parse_mail(" XA=1 Xa=2"), Err(ParamError::Duplicate("X-")));
+        assert_eq!(parse_mail(" XA=a+0D"), Err(ParamError::BadValue("X-")));
+        let many: String = (0..=CLUSTER_PARAMS_MAX)
+            .map(|i| format!(" X{i}=v"))
+            .collect();
+        assert_eq!(parse_mail(&many), Err(ParamError::Syntax));
         let envid_max = format!(" ENVID={}", "e".repeat(ENVID_MAX));
         assert!(parse_mail(&envid_max).is_ok());
         let envid_long = format!(" ENVID={}", "e".repeat(ENVID_MAX + 1));

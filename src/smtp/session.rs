@@ -134,6 +134,9 @@ pub struct SessionConfig {
     pub allow_plaintext_auth: bool,
     /// Offer STARTTLS (RFC 3207) on connections without TLS: the relay has a certificate.
     pub starttls: bool,
+    /// Take cluster-private MAIL parameters (`MailParams::cluster`): the cluster listener
+    /// only, whose peers are authenticated nodes; elsewhere they are 555.
+    pub cluster_params: bool,
 }
 
 impl Default for SessionConfig {
@@ -172,6 +175,7 @@ impl Default for SessionConfig {
             body_memory: None,
             allow_plaintext_auth: false,
             starttls: false,
+            cluster_params: false,
         }
     }
 }
@@ -1046,6 +1050,12 @@ impl Session {
         let refusal = if !helo.extended && params != MailParams::default() {
             // Known gap: an explicit BODY=7BIT after HELO equals the default and passes.
             Some(Reply::parameters_need_ehlo())
+        } else if let Some((keyword, _)) = params
+            .cluster
+            .first()
+            .filter(|_| !self.config.cluster_params)
+        {
+            Some(Reply::parameter_not_recognized(keyword))
         } else if !params.smtputf8 && !from.is_ascii() {
             Some(Reply::utf8_needs_smtputf8())
         } else if params
@@ -2173,6 +2183,26 @@ mod tests {
         // Accepted mail forgives: the next error is within the soft limit again.
         session.handle_input(b"X\r\n", now(), &mut out);
         assert_eq!(out.delay, Duration::ZERO);
+    }
+
+    #[test]
+    fn cluster_parameters_only_where_configured() {
+        let mut out = Outbox::default();
+        let peer: SocketAddr = "192.0.2.1:1000".parse().unwrap();
+        let now = SystemTime::UNIX_EPOCH;
+        for (cluster_params, expected) in [(false, "555 "), (true, "250 ")] {
+            let config = Arc::new(SessionConfig {
+                cluster_params,
+                ..config()
+            });
+            let mut session = Session::new(config, peer, now, &mut out);
+            session.handle_input(b"EHLO c\r\n", now, &mut out);
+            out.bytes.clear();
+            session.handle_input(b"MAIL FROM:<> XQUEUE=a.0000000000000001\r\n", now, &mut out);
+            let reply = String::from_utf8_lossy(&out.bytes).into_owned();
+            assert!(reply.starts_with(expected), "{cluster_params}: {reply}");
+            out.bytes.clear();
+        }
     }
 
     #[test]
