@@ -97,6 +97,8 @@ pub enum ServerError {
     Web(String),
     #[error("encryption keys: {0}")]
     Keys(String),
+    #[error("cluster directory: {0}")]
+    ClusterDirectory(String),
     #[error("signature checks: {0}")]
     Signatures(String),
 }
@@ -267,16 +269,34 @@ struct Stores {
     mail_store: Arc<MailStore>,
     spool: Arc<Spool>,
     metrics: Arc<Metrics>,
+    /// The thread following the cluster's PostgreSQL directory (`[cluster.postgres]`).
+    _directory_follower: Option<crate::cluster::directory::Refresher>,
 }
 
 /// Loads the users and recovers the spool (each shard's log is read and checked).
 fn open_stores(config: &Config, shards: usize) -> Result<Stores, ServerError> {
-    let directory = SharedDirectory::new(crate::mailbox::load_directory(config)?);
-    let keys = crate::mailbox::keys::open(config, directory.clone(), SystemTime::now())
-        .map_err(|e| ServerError::Keys(e.to_string()))?;
+    let cluster = crate::cluster::directory::ClusterDirectory::open(config)
+        .map_err(|e| ServerError::ClusterDirectory(e.to_string()))?;
+    let (directory, keys) = match &cluster {
+        Some(cluster) => {
+            let keys = KeyStore::with_backend(
+                cluster.key_backend(),
+                cluster.directory(),
+                crate::mailbox::keys::policy(config),
+                SystemTime::now(),
+            );
+            (cluster.directory(), keys)
+        }
+        None => {
+            let directory = SharedDirectory::new(crate::mailbox::load_directory(config)?);
+            let keys = crate::mailbox::keys::open(config, directory.clone(), SystemTime::now())
+                .map_err(|e| ServerError::Keys(e.to_string()))?;
+            (directory, keys)
+        }
+    };
     let encrypting = keys.all().len();
     if encrypting > 0 {
-        tracing::info!(users = encrypting, dir = %keys.dir().display(), "users' keys loaded");
+        tracing::info!(users = encrypting, dir = %keys.location(), "users' keys loaded");
     }
     let keys = Arc::new(keys);
     let mail_store = MailStore::new();
@@ -285,6 +305,15 @@ fn open_stores(config: &Config, shards: usize) -> Result<Stores, ServerError> {
         .set_max_folders(config.imap.folders_max);
     let (spool, report) = Spool::open(config.spool.spool_config(), shards)?;
     tracing::info!("spool {}: {report}", config.spool.dir.display());
+    // After the spool directory exists: the follower writes its cache there.
+    let directory_follower = match cluster {
+        Some(cluster) => Some(
+            cluster
+                .start(Arc::clone(&keys))
+                .map_err(ServerError::Thread)?,
+        ),
+        None => None,
+    };
     let spool = Arc::new(spool);
     let metrics = Arc::new(Metrics::new(shards, Some(&spool)));
     for shard in 0..shards {
@@ -303,6 +332,7 @@ fn open_stores(config: &Config, shards: usize) -> Result<Stores, ServerError> {
         mail_store,
         spool,
         metrics,
+        _directory_follower: directory_follower,
     })
 }
 
