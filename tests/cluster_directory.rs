@@ -155,6 +155,43 @@ fn mail_and_login(relay: &Relay, user: &str, password: &str, marker: &str) {
     let _ = pop.quit();
 }
 
+/// An OpenPGP public key for dave@example.test, made by GnuPG, armoured in a file.
+fn dave_key(dir: &Path) -> std::path::PathBuf {
+    let home = dir.join("gnupg");
+    std::fs::create_dir_all(&home).expect("gnupg home");
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&home, std::fs::Permissions::from_mode(0o700)).expect("chmod");
+    let gpg = |args: &[&str]| {
+        let mut command = Command::new("gpg");
+        command
+            .env("GNUPGHOME", &home)
+            .args(["--batch", "--pinentry-mode", "loopback", "--passphrase", ""])
+            .args(args);
+        let output = common::run_with_timeout(&mut command, COMMAND_TIMEOUT);
+        assert!(
+            output.status.success(),
+            "gpg {args:?}: {}",
+            describe(&output)
+        );
+        output.stdout
+    };
+    gpg(&[
+        "--quick-gen-key",
+        "Dave <dave@example.test>",
+        "future-default",
+        "default",
+        "never",
+    ]);
+    let key = gpg(&["--armor", "--export", "dave@example.test"]);
+    let _ = Command::new("gpgconf")
+        .env("GNUPGHOME", &home)
+        .args(["--kill", "all"])
+        .status();
+    let path = dir.join("dave.asc");
+    std::fs::write(&path, key).expect("key file");
+    path
+}
+
 #[test]
 fn the_postgres_directory_is_followed_live_and_cached_through_an_outage() {
     let mut pg = Postgres::start();
@@ -224,6 +261,35 @@ fn the_postgres_directory_is_followed_live_and_cached_through_an_outage() {
         .expect("keys reloaded");
     let shown = relay_ok(&["user", "key", "show", "dave"], &config, "");
     assert!(shown.contains("\"choice\":\"on\""), "{shown}");
+    // An OpenPGP key registered in PostgreSQL seals dave's next mail on the running relay.
+    let key = dave_key(dir.path());
+    let trips = round_trips(&relay);
+    relay_ok(
+        &[
+            "user",
+            "key",
+            "set",
+            "dave",
+            "--openpgp",
+            key.to_str().expect("utf-8"),
+        ],
+        &config,
+        "",
+    );
+    wait_reload(&relay, trips, 1);
+    let body = b"From: s@remote.test\r\nSubject: sealed\r\n\r\nthe-sealed-secret\r\n";
+    relay.deliver(&["dave@example.test"], body);
+    let mut pop = common::pop3::Pop3::login_retrying(
+        relay.pop3_addr,
+        "dave",
+        "new-pw",
+        common::LOCK_RELEASE_TIMEOUT,
+    );
+    let (count, _) = pop.stat();
+    let last = pop.retr(count);
+    let _ = pop.quit();
+    assert!(common::find(&last, b"-----BEGIN PGP MESSAGE-----").is_some());
+    assert!(common::find(&last, b"the-sealed-secret").is_none());
 
     // Home node: set through the library function the user move uses, seen by `user ls`.
     relay_ok(&["user", "home", "dave", "a"], &config, "");

@@ -378,8 +378,11 @@ pub fn build_tolerant(mut entries: DirectoryEntries) -> Directory {
 /// `user_keys` table (the write's own NOTIFY then reloads every node).
 pub struct PgKeys {
     settings: PgSettings,
-    table: RwLock<Arc<HashMap<(String, Slot), Vec<u8>>>>,
+    table: RwLock<Arc<RawKeys>>,
 }
+
+/// Each user's stored entries, as the last snapshot (or this node's own write) has them.
+type RawKeys = HashMap<(String, Slot), Vec<u8>>;
 
 impl PgKeys {
     pub fn new(settings: PgSettings, snapshot: &Snapshot) -> PgKeys {
@@ -441,11 +444,7 @@ impl KeyBackend for PgKeys {
     fn write(&self, user: &str, slot: Slot, bytes: Option<&[u8]>) -> Result<bool, KeyStoreError> {
         // Keys are armoured or PEM text, the choice `on`/`off`.
         let text = match bytes {
-            Some(bytes) => Some(std::str::from_utf8(bytes).map_err(|_| {
-                KeyStoreError::Key(crate::mailcrypt::KeyError::Unreadable(
-                    "a stored key is text (armoured or PEM)".into(),
-                ))
-            })?),
+            Some(bytes) => Some(std::str::from_utf8(bytes).map_err(|_| KeyStoreError::NotText)?),
             None => None,
         };
         let existed = self
@@ -626,7 +625,7 @@ impl Follower {
                     }
                 }
                 Err(error) => {
-                    tracing::warn!(%error, retry_in = ?backoff, "cluster directory: PostgreSQL unreachable; serving the cached directory");
+                    tracing::warn!(%error, retry_in = ?backoff, "cluster directory: cannot load from PostgreSQL; serving the cached directory");
                     self.sleep(backoff);
                     backoff = (backoff * 2).min(BACKOFF_MAX);
                 }

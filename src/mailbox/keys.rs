@@ -117,6 +117,9 @@ pub enum KeyStoreError {
     },
     #[error("encryption is required on this server; it cannot be turned off")]
     Required,
+    /// A backend that keeps keys as text (PostgreSQL) was given binary.
+    #[error("a stored key is text (ASCII-armoured or PEM)")]
+    NotText,
 }
 
 /// Users' keys: where they are kept and their parsed form.
