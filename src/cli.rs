@@ -751,6 +751,7 @@ fn user_ls(config: Option<PathBuf>, json: bool) -> Result<()> {
                 let mut entry = key_summary(&keys, &u.name);
                 entry["name"] = u.name.clone().into();
                 entry["quota"] = u.quota.into();
+                entry["home"] = u.home.clone().into();
                 entry["addresses"] = directory.addresses_of(&u.name).into();
                 entry
             })

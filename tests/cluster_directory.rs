@@ -211,6 +211,13 @@ fn the_postgres_directory_is_followed_live_and_cached_through_an_outage() {
     );
 
     let relay = Relay::start_in(Arc::clone(&dir), settings.clone());
+    // At start: LISTEN with the schema check, then the snapshot: two round trips.
+    let loaded = relay
+        .log_lines()
+        .into_iter()
+        .find(|l| l.contains("cluster directory loaded from PostgreSQL"))
+        .expect("loaded line");
+    assert_eq!(field_value(&loaded, "round_trips").as_deref(), Some("2"));
     assert_eq!(rcpt_code(&relay, "dave@example.test"), 550);
 
     // Added while the relay runs: mail accepted and a POP3 login, no restart.
@@ -291,13 +298,15 @@ fn the_postgres_directory_is_followed_live_and_cached_through_an_outage() {
     assert!(common::find(&last, b"-----BEGIN PGP MESSAGE-----").is_some());
     assert!(common::find(&last, b"the-sealed-secret").is_none());
 
-    // Home node: set through the library function the user move uses, seen by `user ls`.
+    // Home node: set through `set_home` (what the user move calls), seen by `user ls`.
     relay_ok(&["user", "home", "dave", "a"], &config, "");
     assert_eq!(
         pg.psql("relay", "SELECT home FROM users WHERE name = 'dave'")
             .trim(),
         "a"
     );
+    let listed = relay_ok(&["user", "ls", "--json"], &config, "");
+    assert!(listed.contains("\"home\":\"a\""), "{listed}");
 
     // Deleted: 550 at RCPT.
     relay_ok(&["user", "add", "erin"], &config, "erin-pw\n");

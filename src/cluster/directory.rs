@@ -506,7 +506,16 @@ impl ClusterDirectory {
             Ok::<_, ClusterDirectoryError>((client, snapshot))
         });
         let (client, snapshot) = match connected {
-            Ok((client, snapshot)) => (Some(client), snapshot),
+            Ok((client, snapshot)) => {
+                tracing::info!(
+                    users = snapshot.users.len(),
+                    aliases = snapshot.aliases.len(),
+                    schema = snapshot.schema,
+                    round_trips = round_trips.load(Ordering::Relaxed),
+                    "cluster directory loaded from PostgreSQL"
+                );
+                (Some(client), snapshot)
+            }
             Err(ClusterDirectoryError::Postgres(error)) if error.code().is_none() => {
                 // Not an answer but no answer: the cache, if a previous run left one.
                 let snapshot = read_cache(&cache).map_err(|e| match e {
