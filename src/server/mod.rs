@@ -18,6 +18,7 @@ pub mod imap;
 pub mod imap_store;
 pub mod imap_views;
 pub mod ingest;
+pub mod login_proxy;
 pub mod pop3;
 pub mod shard;
 pub mod signatures;
@@ -742,6 +743,9 @@ impl Contexts {
             signing: signing::Signing::for_shard(&self.signing),
             verifying: verifying::Verifying::for_shard(&self.verifying),
             signatures: signatures::Signatures::for_shard(&self.signatures),
+            // The shard's own engine replaces this in shard::spawn.
+            engine: Engine::Epoll,
+            login_proxy: login_proxy::LoginProxy::new(&self.config.cluster).map(Arc::new),
         }
     }
 }
