@@ -134,6 +134,8 @@ fn logins_on_any_node_reach_the_home_node(engine: Engine) {
         ),
     )
     .unwrap();
+    // It holds password hashes and an APOP secret: the relay wants it private.
+    std::fs::set_permissions(&users, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
     let users = users.to_str().unwrap();
     let node_b = start(engine, &b, &[&b, &c], users);
     let node_c = start(engine, &c, &[&b, &c], users);
@@ -193,13 +195,14 @@ fn logins_on_any_node_reach_the_home_node(engine: Engine) {
     let left = messages(&client("imap", b_imap, "carol", TEST_PASSWORD, &[]));
     assert_eq!(left, vec![bodies[1].clone()]);
 
-    // Every proxied login took two round trips to B (connect + greeting, the login).
+    // Every proxied login (POP3 carol, POP3 erin, IMAP carol) took two round trips to B:
+    // the connection with its greeting, and the login.
     let proxied = node_c
         .log_lines()
         .into_iter()
         .filter(|l| l.contains("login proxied"))
         .collect::<Vec<_>>();
-    assert_eq!(proxied.len(), 4, "{proxied:?}");
+    assert_eq!(proxied.len(), 3, "{proxied:?}");
     assert!(
         proxied.iter().all(|l| l.contains("round_trips=2")),
         "{proxied:?}"
@@ -213,7 +216,7 @@ fn logins_on_any_node_reach_the_home_node(engine: Engine) {
     assert!(error(&wrong).contains("AUTHENTICATIONFAILED"), "{wrong:?}");
     assert_eq!(count(&node_c, "login failed"), 2);
     assert_eq!(count(&node_b, "login failed"), b_failures);
-    assert_eq!(count(&node_c, "login proxied"), 4);
+    assert_eq!(count(&node_c, "login proxied"), 3);
     assert_eq!(count(&node_c, "proxied login failed"), 0);
 
     // A home node missing from the node table: a temporary failure, not a local login.
