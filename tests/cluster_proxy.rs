@@ -25,6 +25,7 @@ struct NodeAddrs {
     cluster: SocketAddr,
     pop3: SocketAddr,
     imap: SocketAddr,
+    web: SocketAddr,
 }
 
 /// A port free on `ip` right now (each node has a loopback address of its own, so another
@@ -42,6 +43,7 @@ fn node(name: &'static str, ip: &'static str) -> NodeAddrs {
         cluster: free_port(ip),
         pop3: free_port(ip),
         imap: free_port(ip),
+        web: free_port(ip),
     }
 }
 
@@ -55,11 +57,11 @@ fn start(engine: Engine, this: &NodeAddrs, nodes: &[&NodeAddrs], users: &str) ->
     let mut cluster = format!("[cluster]\nnode = {:?}\n", this.name);
     for n in nodes {
         cluster.push_str(&format!(
-            "[[cluster.nodes]]\nname = {:?}\ncluster = \"{}\"\npop3 = \"{}\"\nimap = \"{}\"\n",
-            n.name, n.cluster, n.pop3, n.imap
+            "[[cluster.nodes]]\nname = {:?}\ncluster = \"{}\"\npop3 = \"{}\"\nimap = \"{}\"\nweb = \"{}\"\n",
+            n.name, n.cluster, n.pop3, n.imap, n.web
         ));
     }
-    settings.extra_toml = cluster;
+    settings.extra_toml = format!("[web]\nlisten = [\"{}\"]\n{cluster}", this.web);
     let dir = new_workdir();
     let mut text = settings.render(&dir.path().join("spool"));
     let pop3 = format!("[pop3]\nlisten = [\"{}\"]\n", this.pop3);
@@ -200,7 +202,7 @@ fn logins_on_any_node_reach_the_home_node(engine: Engine) {
     let proxied = node_c
         .log_lines()
         .into_iter()
-        .filter(|l| l.contains("login proxied"))
+        .filter(|l| l.contains("relay::cluster: login proxied"))
         .collect::<Vec<_>>();
     assert_eq!(proxied.len(), 3, "{proxied:?}");
     assert!(
@@ -208,34 +210,70 @@ fn logins_on_any_node_reach_the_home_node(engine: Engine) {
         "{proxied:?}"
     );
 
+    // Web mail through C: a browser logs in on C and sees B's INBOX (C's own mailbox for
+    // carol is empty); its logout ends the session on B and both cookies.
+    let web = client("web", c.web, "carol", TEST_PASSWORD, &[]);
+    assert_eq!(web.get("login_status").int(), 200, "{web:?}");
+    assert!(
+        web.get("url").str().ends_with("/mail?folder=INBOX"),
+        "{web:?}"
+    );
+    let page = web.get("page").str();
+    assert!(
+        page.contains("proxied-2") && !page.contains("proxied-0"),
+        "{page}"
+    );
+    let cookies: Vec<&str> = web.get("cookies").array().iter().map(Json::str).collect();
+    assert_eq!(cookies, vec!["relay_home=b", "relay_session=*"], "{web:?}");
+    assert_eq!(web.get("logout_status").int(), 200, "{web:?}");
+    // Only the login page's own token is left (the logout redirected there).
+    let left: Vec<&str> = web
+        .get("cookies_after_logout")
+        .array()
+        .iter()
+        .map(Json::str)
+        .collect();
+    assert_eq!(left, vec!["relay_login"], "{web:?}");
+    assert!(
+        web.get("after_logout_url").str().ends_with("/login"),
+        "{web:?}"
+    );
+    assert_eq!(count(&node_c, "relay::web: login proxied"), 1);
+    assert_eq!(count(&node_b, "relay::web: login client"), 1);
+
     // A wrong password is refused by C without contacting B.
     let b_failures = count(&node_b, "login failed");
     let wrong = client("pop3", c.pop3, "carol", "wrong", &[]);
     assert!(error(&wrong).contains("-ERR [AUTH]"), "{wrong:?}");
     let wrong = client("imap", c.imap, "carol", "wrong", &[]);
     assert!(error(&wrong).contains("AUTHENTICATIONFAILED"), "{wrong:?}");
-    assert_eq!(count(&node_c, "login failed"), 2);
+    let wrong = client("web", c.web, "carol", "wrong", &[]);
+    assert_eq!(wrong.get("login_status").int(), 401, "{wrong:?}");
+    assert_eq!(count(&node_c, "login failed"), 3);
     assert_eq!(count(&node_b, "login failed"), b_failures);
-    assert_eq!(count(&node_c, "login proxied"), 3);
+    assert_eq!(count(&node_c, "relay::cluster: login proxied"), 3);
     assert_eq!(count(&node_c, "proxied login failed"), 0);
 
     // A home node missing from the node table: a temporary failure, not a local login.
     let nowhere = client("pop3", c.pop3, "frank", TEST_PASSWORD, &[]);
     assert!(error(&nowhere).contains("[SYS/TEMP]"), "{nowhere:?}");
 
-    // B killed: C answers with a temporary failure at once, for both protocols.
+    // B killed: C answers with a temporary failure at once, for all three.
     node_b.kill9();
     let started = Instant::now();
     let down = client("pop3", c.pop3, "carol", TEST_PASSWORD, &[]);
     assert!(error(&down).contains("-ERR [SYS/TEMP]"), "{down:?}");
     let down = client("imap", c.imap, "carol", TEST_PASSWORD, &[]);
     assert!(error(&down).contains("[UNAVAILABLE]"), "{down:?}");
+    let down = client("web", c.web, "carol", TEST_PASSWORD, &[]);
+    assert_eq!(down.get("login_status").int(), 503, "{down:?}");
     assert!(
         started.elapsed() < Duration::from_secs(8),
         "{:?}",
         started.elapsed()
     );
-    assert_eq!(count(&node_c, "proxied login failed"), 3);
+    // frank, then POP3, IMAP and web with B down.
+    assert_eq!(count(&node_c, "proxied login failed"), 4);
 }
 
 engine_tests! {

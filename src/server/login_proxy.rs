@@ -75,6 +75,20 @@ impl LoginProxy {
         })
     }
 
+    /// Another node of the table by name (`None`: this node or no such node).
+    pub fn node(&self, name: &str) -> Option<Home> {
+        if name == self.node {
+            return None;
+        }
+        let entry = self.nodes.iter().find(|n| n.name == name)?;
+        Some(Home {
+            node: entry.name.clone(),
+            pop3: entry.pop3,
+            imap: entry.imap,
+            web: entry.web,
+        })
+    }
+
     /// Where `user` lives when it is another node (an unknown node name yields a `Home`
     /// with no addresses: the login is then a temporary failure, not a local login into an
     /// empty mailbox).

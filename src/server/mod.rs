@@ -26,6 +26,7 @@ pub mod signing;
 pub mod smtp;
 pub mod starttls;
 pub mod verifying;
+pub mod web_proxy;
 pub mod web_store;
 pub mod wkd;
 

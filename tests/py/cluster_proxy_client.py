@@ -9,6 +9,11 @@ imaplib (clients no one here wrote).
       LOGIN, SELECT INBOX, FETCH n BODY[] of every message, STORE \\Deleted + EXPUNGE of
       the listed ones, LOGOUT
 
+  cluster_proxy_client.py web HOST PORT USER PASSWORD
+      urllib with a cookie jar, as a browser: GET /login, POST the form (following the
+      redirect to the INBOX list), then POST /logout with the page's CSRF token and GET
+      /mail again
+
 Prints one JSON document: {"ok": true, "login": reply, "messages": [base64...],
 "capability": post-login CAPABILITY code (IMAP)} or {"ok": false, "error": text}.
 """
@@ -76,10 +81,49 @@ def imap(host, port, user, password, expunge):
         return {"ok": False, "error": str(error)}
 
 
+def web(host, port, user, password):
+    import http.cookiejar
+    import re
+    import urllib.error
+    import urllib.parse
+    import urllib.request
+
+    base = "http://%s:%d" % (host, port)
+    jar = http.cookiejar.CookieJar()
+    opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(jar))
+
+    def call(path, form=None):
+        data = urllib.parse.urlencode(form).encode() if form is not None else None
+        try:
+            with opener.open(base + path, data=data, timeout=TIMEOUT) as response:
+                return response.status, response.geturl(), response.read().decode("utf-8", "replace")
+        except urllib.error.HTTPError as error:
+            return error.code, error.geturl(), error.read().decode("utf-8", "replace")
+
+    def csrf(page):
+        found = re.search(r'name="csrf" value="([^"]*)"', page)
+        return found.group(1) if found else ""
+
+    _, _, page = call("/login")
+    status, url, page = call("/login", {"csrf": csrf(page), "user": user, "password": password})
+    cookies = sorted(c.name + "=" + (c.value if c.name == "relay_home" else "*") for c in jar)
+    result = {"ok": True, "login_status": status, "url": url, "page": page, "cookies": cookies}
+    if status != 200 or "/mail" not in url:
+        return result
+    status, url, after = call("/logout", {"csrf": csrf(page)})
+    result["logout_status"] = status
+    result["cookies_after_logout"] = sorted(c.name for c in jar)
+    status, url, _ = call("/mail?folder=INBOX")
+    result["after_logout_url"] = url
+    return result
+
+
 def main():
     protocol, host, port, user, password = sys.argv[1:6]
     rest = sys.argv[6:]
-    if protocol == "pop3":
+    if protocol == "web":
+        result = web(host, int(port), user, password)
+    elif protocol == "pop3":
         dele = numbers(rest[rest.index("--dele") + 1]) if "--dele" in rest else []
         result = pop3(host, int(port), user, password, "--apop" in rest, dele)
     else:
