@@ -177,7 +177,7 @@ impl Link {
                 };
                 let home = match (&user, &ctx.login_proxy) {
                     (Ok(user), Some(proxy)) => proxy
-                        .home_elsewhere(&ctx.auth.directory, user)
+                        .home_elsewhere(&ctx.auth.directory.current(), user)
                         .map(|home| (user.clone(), home)),
                     _ => None,
                 };
@@ -252,7 +252,8 @@ impl Link {
         offered: login_proxy::Offered,
     ) -> Option<DriveEnd> {
         let tag = self.session.login_tag().map(str::to_owned);
-        if let (Some(login), Some(tag)) = (offered.login(&ctx.auth.directory, user), tag) {
+        if let (Some(login), Some(tag)) = (offered.login(&ctx.auth.directory.current(), user), tag)
+        {
             let proxied = login_proxy::Session {
                 ctx,
                 peer,

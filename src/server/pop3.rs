@@ -144,12 +144,12 @@ impl Upgradable for Link {
                         };
                         let home = match (&user, &ctx.login_proxy) {
                             (Ok(user), Some(proxy)) => proxy
-                                .home_elsewhere(&ctx.auth.directory, user)
+                                .home_elsewhere(&ctx.auth.directory.current(), user)
                                 .map(|home| (user.clone(), home)),
                             _ => None,
                         };
                         if let (Some((user, home)), Some(offered)) = (home, offered) {
-                            let login = offered.login(&ctx.auth.directory, &user);
+                            let login = offered.login(&ctx.auth.directory.current(), &user);
                             let proxied = match login {
                                 Some(login) => {
                                     let proxied = login_proxy::Session {

@@ -179,7 +179,7 @@ impl Backend for StoreBackend {
                 Box::pin(async move {
                     let proxy = ctx.login_proxy.as_ref()?;
                     proxy
-                        .home_elsewhere(&ctx.auth.directory, &user)
+                        .home_elsewhere(&ctx.auth.directory.current(), &user)
                         .map(|home| home.node)
                 })
             })
