@@ -19,6 +19,7 @@ pub mod imap;
 pub mod imap_store;
 pub mod imap_views;
 pub mod ingest;
+pub mod login_proxy;
 pub mod pop3;
 pub mod shard;
 pub mod signatures;
@@ -26,6 +27,7 @@ pub mod signing;
 pub mod smtp;
 pub mod starttls;
 pub mod verifying;
+pub mod web_proxy;
 pub mod web_store;
 pub mod wkd;
 
@@ -864,6 +866,9 @@ impl Contexts {
             verifying: verifying::Verifying::for_shard(&self.verifying),
             signatures: signatures::Signatures::for_shard(&self.signatures),
             cluster: self.cluster.clone(),
+            // The shard's own engine replaces this in shard::spawn.
+            engine: Engine::Epoll,
+            login_proxy: login_proxy::LoginProxy::new(&self.config.cluster).map(Arc::new),
         }
     }
 }
