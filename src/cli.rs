@@ -118,6 +118,15 @@ enum Command {
         /// Print the JSON the server sent instead of the summary.
         #[arg(long)]
         json: bool,
+        /// The cluster's figures instead: every node's, as published in its lease in Redis,
+        /// and their sum.
+        #[arg(long)]
+        cluster: bool,
+    },
+    /// The cluster (`[cluster]`): nodes and their leases.
+    Cluster {
+        #[command(subcommand)]
+        command: ClusterCommand,
     },
     /// DKIM signing keys.
     Dkim {
@@ -129,6 +138,18 @@ enum Command {
     Generate {
         #[command(subcommand)]
         command: GenerateCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum ClusterCommand {
+    /// Every node of the config's node table: up (a live lease in Redis) or down, when its
+    /// lease was renewed, its queue and connections.
+    Status {
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -352,8 +373,18 @@ pub fn main() -> ExitCode {
         Command::Stat {
             config,
             json,
+            cluster: true,
+            ..
+        } => cluster_stat(config.as_deref(), json),
+        Command::Stat {
+            config,
+            json,
             socket,
+            cluster: false,
         } => stat(config.as_deref(), json, socket),
+        Command::Cluster {
+            command: ClusterCommand::Status { config, json },
+        } => cluster_status(config.as_deref(), json),
         Command::Dkim { command } => dkim(command),
         Command::Generate { command } => match command {
             GenerateCommand::Man { dir } => generate::man::<Cli>(&dir)
@@ -866,6 +897,34 @@ fn stat(path: Option<&Path>, json: bool, socket: Option<PathBuf>) -> Result<()> 
     let stat = relay::metrics::Stat::from_json(&body)
         .with_context(|| format!("{endpoint} answered /stat with something other than its JSON"))?;
     out!("{stat}");
+    Ok(())
+}
+
+/// `relay cluster status`.
+fn cluster_status(path: Option<&Path>, json: bool) -> Result<()> {
+    let config = load(path)?;
+    let nodes = relay::cluster::status::read(&config.cluster)?;
+    if json {
+        outln!("{}", serde_json::to_string_pretty(&nodes)?);
+    } else {
+        out!("{}", relay::cluster::status::render_status(&nodes)?);
+    }
+    Ok(())
+}
+
+/// `relay stat --cluster`.
+fn cluster_stat(path: Option<&Path>, json: bool) -> Result<()> {
+    let config = load(path)?;
+    let nodes = relay::cluster::status::read(&config.cluster)?;
+    if json {
+        let stat = relay::cluster::status::ClusterStat {
+            total: relay::cluster::status::total(&nodes),
+            nodes: &nodes,
+        };
+        outln!("{}", serde_json::to_string_pretty(&stat)?);
+    } else {
+        out!("{}", relay::cluster::status::render_stat(&nodes)?);
+    }
     Ok(())
 }
 

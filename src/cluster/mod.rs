@@ -5,3 +5,9 @@
 //! config. This layer holds the clients of those services; the server wires them in.
 //!
 //! Design notes: docs/ARCHITECTURE.md §17.
+
+pub mod limits;
+pub mod membership;
+pub mod node;
+pub mod redis;
+pub mod status;

@@ -250,6 +250,9 @@ pub enum Event {
     /// AUTH credentials to verify (with the failure limits and delay), then call
     /// [`Session::authenticated`].
     Authenticate(Credentials),
+    /// MAIL passed every check of this node and the message rate is also counted across
+    /// the cluster: ask it for this client, then call [`Session::rate_checked`].
+    CheckRate(std::net::IpAddr),
     /// A transaction ended without a queue id: its data was refused, or storing it failed.
     /// One per such transaction, for the one-log-line-per-transaction rule.
     Rejected(TransactionSummary),
@@ -444,6 +447,8 @@ enum State {
     Sasl(Helo, SaslStep),
     /// An Authenticate event is out; waiting for [`Session::authenticated`].
     Authenticating(Helo),
+    /// A CheckRate event is out; waiting for [`Session::rate_checked`].
+    CheckingRate(Helo, Transaction),
     /// After 354: message data until CRLF.CRLF.
     Data(Helo, Transaction, BodyReceiver),
     /// Inside the octets of one BDAT chunk.
@@ -617,6 +622,20 @@ impl Session {
         }
     }
 
+    /// The driver's answer to `Event::CheckRate`: whether the cluster admits the message.
+    pub fn rate_checked(&mut self, admitted: bool, out: &mut Outbox) {
+        let State::CheckingRate(helo, transaction) = mem::replace(&mut self.state, State::Closed)
+        else {
+            debug_assert!(self.is_closed(), "rate_checked without CheckRate");
+            return;
+        };
+        if !admitted {
+            return self.refuse(Phase::Ready(helo), Reply::message_rate_exceeded(), out);
+        }
+        self.state = State::Command(Phase::Mail(helo, transaction));
+        self.reply(&Reply::sender_ok(), out);
+    }
+
     /// The driver's answer to `Event::StartTls` once the handshake is done, and the way an
     /// implicit-TLS listener marks its sessions before any input. After STARTTLS the session
     /// starts over as if just greeted (RFC 3207 §4.2: the client's EHLO and any AUTH are
@@ -673,9 +692,11 @@ impl Session {
             }
             State::Data(..) | State::Submitting(..) => true,
             State::Chunk(chunk) => matches!(chunk.sink, ChunkSink::Accept(..)),
-            State::Sasl(..) | State::Authenticating(..) | State::StartingTls | State::Closed => {
-                false
-            }
+            State::Sasl(..)
+            | State::Authenticating(..)
+            | State::CheckingRate(..)
+            | State::StartingTls
+            | State::Closed => false,
         }
     }
 
@@ -689,7 +710,11 @@ impl Session {
     pub fn wants_input(&self) -> bool {
         !matches!(
             self.state,
-            State::Submitting(..) | State::Authenticating(..) | State::StartingTls | State::Closed
+            State::Submitting(..)
+                | State::Authenticating(..)
+                | State::CheckingRate(..)
+                | State::StartingTls
+                | State::Closed
         )
     }
 
@@ -759,6 +784,7 @@ impl Session {
             State::Closed
             | State::Submitting(..)
             | State::Authenticating(..)
+            | State::CheckingRate(..)
             | State::StartingTls => None,
             State::Command(_) => self.command_line(input, now, out),
             State::Sasl(..) => self.sasl_line(input, out),
@@ -1090,6 +1116,18 @@ impl Session {
             mail_at: now,
             overshoot: 0,
         };
+        if !self.relay_client
+            && self
+                .config
+                .message_rate
+                .as_ref()
+                .is_some_and(|gate| gate.0.shared())
+        {
+            out.events
+                .push(Event::CheckRate(self.peer.ip().to_canonical()));
+            self.state = State::CheckingRate(helo, transaction);
+            return;
+        }
         self.state = State::Command(Phase::Mail(helo, transaction));
         self.reply(&Reply::sender_ok(), out);
     }
