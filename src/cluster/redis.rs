@@ -46,7 +46,7 @@ pub enum RedisError {
     Busy,
     #[error("the Redis thread has stopped")]
     Stopped,
-    #[error("redis: {0}")]
+    #[error("Redis: {0}")]
     Server(String),
     #[error("unexpected answer from Redis: {0}")]
     Answer(String),
