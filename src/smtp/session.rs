@@ -2263,6 +2263,62 @@ mod tests {
     }
 
     #[test]
+    fn a_shared_rate_asks_the_driver_after_the_nodes_own_gate() {
+        /// Admits everything here; the cluster decides (`shared`).
+        struct Shared;
+        impl crate::smtp::MessageRateGate for Shared {
+            fn admit(&self, _client: std::net::IpAddr) -> bool {
+                true
+            }
+            fn shared(&self) -> bool {
+                true
+            }
+        }
+        let config = SessionConfig {
+            message_rate: Some(crate::smtp::RateGate(Arc::new(Shared))),
+            ..config()
+        };
+        let mut out = Outbox::default();
+        let mut session = Session::new(
+            Arc::new(config.clone()),
+            OUTSIDE.parse().unwrap(),
+            now(),
+            &mut out,
+        );
+        session.handle_input(b"EHLO c\r\n", now(), &mut out);
+        out.clear();
+        // Pipelined RCPT waits behind the question: no reply until the driver answers.
+        let input = b"MAIL FROM:<a@b>\r\nRCPT TO:<x@localhost>\r\n";
+        let taken = session.handle_input(input, now(), &mut out);
+        assert_eq!(taken, "MAIL FROM:<a@b>\r\n".len());
+        assert!(out.bytes.is_empty());
+        let client: std::net::IpAddr = OUTSIDE.parse::<SocketAddr>().unwrap().ip();
+        assert_eq!(out.events, [Event::CheckRate(client)]);
+        assert!(!session.wants_input());
+        out.clear();
+        session.rate_checked(true, &mut out);
+        assert_eq!(out.bytes, b"250 2.1.0 Ok\r\n");
+        assert!(session.in_transaction());
+        session.handle_input(&input[taken..], now(), &mut out);
+        out.clear();
+        session.handle_input(b"RSET\r\nMAIL FROM:<a@b>\r\n", now(), &mut out);
+        out.clear();
+        session.rate_checked(false, &mut out);
+        assert_eq!(
+            out.bytes,
+            b"450 4.7.1 Error: too much mail from your address, try again later\r\n"
+        );
+        assert!(!session.in_transaction());
+        assert!(session.wants_input());
+        // The operator's own networks are not asked about.
+        let mut out = Outbox::default();
+        let mut inside = Session::new(Arc::new(config), INSIDE.parse().unwrap(), now(), &mut out);
+        inside.handle_input(b"EHLO c\r\nMAIL FROM:<a@b>\r\n", now(), &mut out);
+        assert!(inside.in_transaction());
+        assert!(out.events.is_empty());
+    }
+
+    #[test]
     fn storage_failure_answers_452_and_the_session_goes_on() {
         let input = concat!(
             "EHLO c\r\nMAIL FROM:<a@b>\r\nRCPT TO:<x@localhost>\r\nDATA\r\nhi\r\n.\r\n",
