@@ -272,3 +272,87 @@ fn redis_down_with_failure_closed_refuses_temporarily() {
     nodes[1].wait_log(&["Redis answers again"], WAIT);
     assert_eq!(send(&nodes[1]), 250);
 }
+
+/// `cmdstat_NAME:calls=N` from `INFO commandstats` (0 when absent).
+fn calls(redis: &Redis, command: &str) -> u64 {
+    let info = redis.cli(&["INFO", "commandstats"]);
+    info.lines()
+        .find_map(|line| {
+            let rest = line.strip_prefix(&format!("cmdstat_{command}:calls="))?;
+            rest.split(',').next()?.parse().ok()
+        })
+        .unwrap_or(0)
+}
+
+/// The Redis cost of the hot paths, measured: per connection with one message, and per
+/// login. Lease renewals (`SET` in a pipeline every `lease / 3`) are not in these counts.
+#[test]
+fn redis_operations_per_message_and_per_login() {
+    let redis = Redis::start();
+    let smtp =
+        "messages_per_ip_max = 1000\nmessage_rate_window = \"1h\"\nallow_plaintext_auth = true\n";
+    let relay = Relay::start(node_settings("a", &redis, smtp, ""));
+    relay.wait_log(&["Redis connected"], WAIT);
+    // Scripts loaded once; not part of the steady state.
+    assert_eq!(send(&relay), 250);
+    assert_eq!(auth(&relay, "one", "wrong"), 535);
+    assert_eq!(auth(&relay, "one", common::TEST_PASSWORD), 235);
+    redis.cli(&["CONFIG", "RESETSTAT"]);
+    let messages = 10;
+    let mut client = Client::greeted(relay.addr);
+    client.ehlo();
+    for i in 0..messages {
+        let reply = client
+            .transaction(
+                "sender@example.org",
+                &["one@example.test"],
+                &common::smtp::message(&format!("m{i}"), &["x"]),
+            )
+            .expect("transaction");
+        assert_eq!(reply.code, 250);
+    }
+    client.quit();
+    // The release at disconnect is sent without waiting: poll for it, bounded.
+    let deadline = Instant::now() + WAIT;
+    while calls(&redis, "evalsha") < messages + 2 {
+        assert!(
+            Instant::now() < deadline,
+            "evalsha: {}",
+            calls(&redis, "evalsha")
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // One GCRA per message, plus acquire and release for the connection.
+    assert_eq!(calls(&redis, "evalsha"), messages + 2);
+    assert_eq!(calls(&redis, "eval") + calls(&redis, "script|load"), 0);
+
+    redis.cli(&["CONFIG", "RESETSTAT"]);
+    let logins = 4;
+    for _ in 0..logins {
+        let mut client = Client::greeted(relay.addr);
+        client.ehlo();
+        let token = {
+            use base64::Engine as _;
+            base64::engine::general_purpose::STANDARD
+                .encode(format!("\0one\0{}", common::TEST_PASSWORD))
+        };
+        assert_eq!(
+            client.cmd(&format!("AUTH PLAIN {token}")).unwrap().code,
+            235
+        );
+        client.quit();
+    }
+    let deadline = Instant::now() + WAIT;
+    // Per login: the check (GET) and the success (a script clearing the count); plus the
+    // connection's acquire and release.
+    while calls(&redis, "evalsha") < 3 * logins {
+        assert!(
+            Instant::now() < deadline,
+            "evalsha: {}",
+            calls(&redis, "evalsha")
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(calls(&redis, "get"), logins);
+    assert_eq!(calls(&redis, "evalsha"), 3 * logins);
+}

@@ -660,8 +660,9 @@ impl Shared {
         };
         let client = client_name(self.prefix.key(ip));
         let verdict = self.limits.message(&client, max, window).await;
-        if verdict != Verdict::Admit {
-            tracing::info!(target: "relay::smtp", client = %ip, ?verdict, "message refused by the cluster's rate");
+        // Refusals for want of Redis are not logged here: the outage is, once.
+        if verdict == Verdict::Refuse {
+            tracing::info!(target: "relay::smtp", client = %ip, "message refused by the cluster's rate");
         }
         verdict.admits()
     }
