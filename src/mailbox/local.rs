@@ -3,22 +3,24 @@
 
 use std::sync::Arc;
 
-use super::directory::{Directory, Resolution};
+use super::directory::{Resolution, SharedDirectory};
 use super::store::MailStore;
 use crate::smtp::{LocalRecipients, Lookup};
 
 pub struct LocalDelivery {
-    directory: Arc<Directory>,
+    directory: SharedDirectory,
     store: Arc<MailStore>,
 }
 
 impl LocalDelivery {
-    pub fn new(directory: Arc<Directory>, store: Arc<MailStore>) -> Self {
-        LocalDelivery { directory, store }
+    pub fn new(directory: impl Into<SharedDirectory>, store: Arc<MailStore>) -> Self {
+        LocalDelivery {
+            directory: directory.into(),
+            store,
+        }
     }
 
-    fn over_quota(&self, mailbox: &str, size: u64) -> bool {
-        let quota = self.directory.quota(mailbox);
+    fn over_quota(&self, quota: Option<u64>, mailbox: &str, size: u64) -> bool {
         // Checked at RCPT with the declared SIZE: a message may overshoot by its own size,
         // which is how every MTA with RCPT-time quotas behaves.
         quota.is_some_and(|q| self.store.usage(mailbox).saturating_add(size) > q)
@@ -27,9 +29,13 @@ impl LocalDelivery {
 
 impl LocalRecipients for LocalDelivery {
     fn lookup(&self, address: &str, size: u64) -> Lookup {
-        match self.directory.resolve(address) {
+        let directory = self.directory.current();
+        match directory.resolve(address) {
             Resolution::Local { mailboxes, forward } => {
-                if mailboxes.iter().any(|m| self.over_quota(m, size)) {
+                if mailboxes
+                    .iter()
+                    .any(|m| self.over_quota(directory.quota(m), m, size))
+                {
                     Lookup::OverQuota
                 } else {
                     Lookup::Deliver { mailboxes, forward }
@@ -45,11 +51,12 @@ impl LocalRecipients for LocalDelivery {
     }
 
     fn verify(&self, address: &str) -> Option<String> {
-        match self.directory.resolve(address) {
+        let directory = self.directory.current();
+        match directory.resolve(address) {
             Resolution::Local { mailboxes, forward }
                 if mailboxes.len() == 1 && forward.is_empty() =>
             {
-                self.directory.user(&mailboxes[0])?;
+                directory.user(&mailboxes[0])?;
                 Some(address.to_ascii_lowercase())
             }
             _ => None,
@@ -57,7 +64,10 @@ impl LocalRecipients for LocalDelivery {
     }
 
     fn expand(&self, address: &str) -> Option<Vec<String>> {
-        self.directory.list_members(address).map(<[String]>::to_vec)
+        self.directory
+            .current()
+            .list_members(address)
+            .map(<[String]>::to_vec)
     }
 }
 
@@ -65,7 +75,7 @@ impl LocalRecipients for LocalDelivery {
 mod tests {
     use super::*;
     use crate::envelope::QueueId;
-    use crate::mailbox::{password, User};
+    use crate::mailbox::{password, Directory, User};
     use std::collections::BTreeMap;
 
     fn setup() -> (LocalDelivery, Arc<MailStore>) {
@@ -89,10 +99,7 @@ mod tests {
         )
         .unwrap();
         let store = MailStore::new();
-        (
-            LocalDelivery::new(Arc::new(directory), Arc::clone(&store)),
-            store,
-        )
+        (LocalDelivery::new(directory, Arc::clone(&store)), store)
     }
 
     #[test]
