@@ -313,16 +313,7 @@ impl AuthFailures {
         window: Duration,
         prefix: ClientPrefix,
     ) -> Arc<Self> {
-        Arc::new(AuthFailures {
-            prefix,
-            client_max,
-            user_max,
-            window,
-            clients: DashMap::new(),
-            users: DashMap::new(),
-            known: DashMap::new(),
-            shared: None,
-        })
+        Self::new_shared(client_max, user_max, window, prefix, &Limits::Local, "")
     }
 
     /// As [`AuthFailures::new`], with the client failures also counted in `limits` (for
@@ -335,10 +326,16 @@ impl AuthFailures {
         limits: &Limits,
         protocol: &'static str,
     ) -> Arc<Self> {
-        let mut table = Arc::into_inner(Self::new(client_max, user_max, window, prefix))
-            .unwrap_or_else(|| unreachable!("a fresh Arc has one owner"));
-        table.shared = limits.is_shared().then(|| (limits.clone(), protocol));
-        Arc::new(table)
+        Arc::new(AuthFailures {
+            prefix,
+            client_max,
+            user_max,
+            window,
+            clients: DashMap::new(),
+            users: DashMap::new(),
+            known: DashMap::new(),
+            shared: limits.is_shared().then(|| (limits.clone(), protocol)),
+        })
     }
 
     /// [`AuthFailures::begin`], after asking the cluster whether the client used up its
