@@ -92,3 +92,29 @@ impl RedisSection {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_kind_falls_back_to_the_general_policy() {
+        let section: RedisSection = toml::from_str(
+            "url = \"redis://127.0.0.1:6379/0\"\nfailure = \"closed\"\nfailure_connections = \"open\"\n",
+        )
+        .unwrap();
+        assert_eq!(
+            section.failure_of(LimitKind::Connections),
+            FailurePolicy::Open
+        );
+        assert_eq!(
+            section.failure_of(LimitKind::Messages),
+            FailurePolicy::Closed
+        );
+        assert_eq!(section.failure_of(LimitKind::Logins), FailurePolicy::Closed);
+        assert!(section.check().is_ok());
+        let default = RedisSection::default();
+        assert_eq!(default.failure_of(LimitKind::Logins), FailurePolicy::Open);
+        assert!(toml::from_str::<RedisSection>("failure_messages = \"maybe\"").is_err());
+    }
+}
