@@ -101,8 +101,8 @@ enum Command {
         #[command(subcommand)]
         command: UserCommand,
     },
-    /// The cluster (`[cluster]`): `migrate` applies the PostgreSQL directory's pending
-    /// schema migrations.
+    /// The cluster (`[cluster]`): nodes and their leases; the PostgreSQL directory's schema
+    /// migrations.
     Cluster {
         #[command(subcommand)]
         command: ClusterCommand,
@@ -124,6 +124,10 @@ enum Command {
         /// Print the JSON the server sent instead of the summary.
         #[arg(long)]
         json: bool,
+        /// The cluster's figures instead: every node's, as published in its lease in Redis,
+        /// and their sum.
+        #[arg(long)]
+        cluster: bool,
     },
     /// DKIM signing keys.
     Dkim {
@@ -135,6 +139,24 @@ enum Command {
     Generate {
         #[command(subcommand)]
         command: GenerateCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum ClusterCommand {
+    /// Every node of the config's node table: up (a live lease in Redis) or down, when its
+    /// lease was renewed, its queue and connections.
+    Status {
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Apply the pending schema migrations of the `[cluster.postgres]` directory, in order,
+    /// each in a transaction (idempotent: nothing to do prints so).
+    Migrate {
+        #[arg(long, short)]
+        config: Option<PathBuf>,
     },
 }
 
@@ -160,16 +182,6 @@ enum GenerateCommand {
     Man { dir: PathBuf },
     /// Print the completion script for SHELL on stdout.
     Completions { shell: clap_complete::Shell },
-}
-
-#[derive(Subcommand)]
-enum ClusterCommand {
-    /// Apply the pending schema migrations of the `[cluster.postgres]` directory, in order,
-    /// each in a transaction (idempotent: nothing to do prints so).
-    Migrate {
-        #[arg(long, short)]
-        config: Option<PathBuf>,
-    },
 }
 
 #[derive(Subcommand)]
@@ -392,7 +404,14 @@ pub fn main() -> ExitCode {
         Command::Stat {
             config,
             json,
+            cluster: true,
+            ..
+        } => cluster_stat(config.as_deref(), json),
+        Command::Stat {
+            config,
+            json,
             socket,
+            cluster: false,
         } => stat(config.as_deref(), json, socket),
         Command::Dkim { command } => dkim(command),
         Command::Generate { command } => match command {
@@ -576,6 +595,7 @@ fn spool(command: SpoolCommand) -> Result<()> {
 
 fn cluster(command: ClusterCommand) -> Result<()> {
     match command {
+        ClusterCommand::Status { config, json } => cluster_status(config.as_deref(), json)?,
         ClusterCommand::Migrate { config } => {
             let config = load(config.as_deref())?;
             anyhow::ensure!(
@@ -996,6 +1016,34 @@ fn stat(path: Option<&Path>, json: bool, socket: Option<PathBuf>) -> Result<()> 
     let stat = relay::metrics::Stat::from_json(&body)
         .with_context(|| format!("{endpoint} answered /stat with something other than its JSON"))?;
     out!("{stat}");
+    Ok(())
+}
+
+/// `relay cluster status`.
+fn cluster_status(path: Option<&Path>, json: bool) -> Result<()> {
+    let config = load(path)?;
+    let nodes = relay::cluster::status::read(&config.cluster)?;
+    if json {
+        outln!("{}", serde_json::to_string_pretty(&nodes)?);
+    } else {
+        out!("{}", relay::cluster::status::render_status(&nodes)?);
+    }
+    Ok(())
+}
+
+/// `relay stat --cluster`.
+fn cluster_stat(path: Option<&Path>, json: bool) -> Result<()> {
+    let config = load(path)?;
+    let nodes = relay::cluster::status::read(&config.cluster)?;
+    if json {
+        let stat = relay::cluster::status::ClusterStat {
+            total: relay::cluster::status::total(&nodes),
+            nodes: &nodes,
+        };
+        outln!("{}", serde_json::to_string_pretty(&stat)?);
+    } else {
+        out!("{}", relay::cluster::status::render_stat(&nodes)?);
+    }
     Ok(())
 }
 

@@ -187,6 +187,7 @@ fn render(event: &Event) -> String {
             credentials.user,
             credentials.authzid.as_deref().unwrap_or("-")
         ),
+        Event::CheckRate(client) => format!("check-rate client={client}"),
         Event::Close(reason) => format!(
             "close {}",
             match reason {

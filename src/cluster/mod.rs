@@ -7,3 +7,8 @@
 //! Design notes: docs/ARCHITECTURE.md §17.
 
 pub mod directory;
+pub mod limits;
+pub mod membership;
+pub mod node;
+pub mod redis;
+pub mod status;

@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use super::{invalid, Interval, SectionError};
 
 pub use super::cluster_postgres::PostgresSection;
-pub use super::cluster_redis::RedisSection;
+pub use super::cluster_redis::{FailurePolicy, LimitKind, RedisSection};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]

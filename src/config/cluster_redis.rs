@@ -23,6 +23,22 @@ pub struct RedisSection {
     /// What a limit decides while Redis does not answer: `open` (admit, the node's own
     /// tables still apply) or `closed` (refuse with a temporary error).
     pub failure: FailurePolicy,
+    /// `failure` for one kind of limit only (unset: `failure`): connections per client,
+    /// messages per client, login failures per client.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub failure_connections: Option<FailurePolicy>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub failure_messages: Option<FailurePolicy>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub failure_logins: Option<FailurePolicy>,
+}
+
+/// The kinds of shared limit, each with its own failure policy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LimitKind {
+    Connections,
+    Messages,
+    Logins,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -40,11 +56,24 @@ impl Default for RedisSection {
             password_file: None,
             timeout: Interval(Duration::from_millis(200)),
             failure: FailurePolicy::Open,
+            failure_connections: None,
+            failure_messages: None,
+            failure_logins: None,
         }
     }
 }
 
 impl RedisSection {
+    /// The failure policy of `kind`.
+    pub fn failure_of(&self, kind: LimitKind) -> FailurePolicy {
+        let specific = match kind {
+            LimitKind::Connections => self.failure_connections,
+            LimitKind::Messages => self.failure_messages,
+            LimitKind::Logins => self.failure_logins,
+        };
+        specific.unwrap_or(self.failure)
+    }
+
     pub fn check(&self) -> Result<(), SectionError> {
         if let Some(url) = &self.url {
             let Some(rest) = url.strip_prefix("redis://") else {
@@ -61,5 +90,31 @@ impl RedisSection {
             return Err(invalid("cluster.redis.timeout", "must be above zero"));
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_kind_falls_back_to_the_general_policy() {
+        let section: RedisSection = toml::from_str(
+            "url = \"redis://127.0.0.1:6379/0\"\nfailure = \"closed\"\nfailure_connections = \"open\"\n",
+        )
+        .unwrap();
+        assert_eq!(
+            section.failure_of(LimitKind::Connections),
+            FailurePolicy::Open
+        );
+        assert_eq!(
+            section.failure_of(LimitKind::Messages),
+            FailurePolicy::Closed
+        );
+        assert_eq!(section.failure_of(LimitKind::Logins), FailurePolicy::Closed);
+        assert!(section.check().is_ok());
+        let default = RedisSection::default();
+        assert_eq!(default.failure_of(LimitKind::Logins), FailurePolicy::Open);
+        assert!(toml::from_str::<RedisSection>("failure_messages = \"maybe\"").is_err());
     }
 }

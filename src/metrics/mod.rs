@@ -150,6 +150,8 @@ struct Families {
     hash_pool: HashPoolMetrics,
     dmarc_dropped: Counter,
     messages_sealed: Counter,
+    cluster_redis_failures: Counter,
+    cluster_redis_up: Gauge,
 }
 
 /// The password-hash pool's handles (one pool for the process, so no `core` label).
@@ -221,6 +223,8 @@ impl Metrics {
             body_refusals: Family::default(),
             dmarc_dropped: Counter::default(),
             messages_sealed: Counter::default(),
+            cluster_redis_failures: Counter::default(),
+            cluster_redis_up: Gauge::default(),
         };
         let mut registry = Registry::with_prefix("relay");
         let f = &families;
@@ -346,6 +350,16 @@ impl Metrics {
             f.messages_sealed.clone(),
         );
         registry.register(
+            "cluster_redis_failures",
+            "Calls to the cluster's Redis that failed or timed out (limits then follow cluster.redis.failure)",
+            f.cluster_redis_failures.clone(),
+        );
+        registry.register(
+            "cluster_redis_up",
+            "1 while the cluster's Redis answers, 0 during an outage or before it first answered",
+            f.cluster_redis_up.clone(),
+        );
+        registry.register(
             "smtp_body_bytes_in_flight",
             "Bytes of SMTP message bodies held in memory now (reserved from smtp.body_memory_max)",
             f.body_in_flight.clone(),
@@ -383,6 +397,14 @@ impl Metrics {
             drop(metrics.core(core));
         }
         metrics
+    }
+
+    /// The cluster Redis client's failure counter and up gauge.
+    pub fn cluster_redis(&self) -> (Counter, Gauge) {
+        (
+            self.families.cluster_redis_failures.clone(),
+            self.families.cluster_redis_up.clone(),
+        )
     }
 
     /// The password-hash pool's handles.

@@ -6,6 +6,11 @@
 //! The connection table is touched only at connect and disconnect, never per command; the
 //! message-rate table once per MAIL; the login tables once per login. dashmap's sharded
 //! locks keep cores from contending on one mutex.
+//!
+//! In a cluster with Redis ([`crate::cluster::limits`]) every table here still applies on
+//! its node, and [`Shared`] adds the count shared by the nodes on top: per client
+//! connections (at connect, [`Shared::connection`]), messages (after this node's MAIL
+//! checks, through `Event::CheckRate`) and login failures ([`AuthFailures::begin_shared`]).
 
 use std::cell::Cell;
 use std::net::IpAddr;
@@ -16,11 +21,17 @@ use std::time::{Duration, Instant};
 
 use dashmap::DashMap;
 
+use crate::cluster::limits::{ConnectionLease, Limits, Verdict};
+
 /// Why a connection was turned away (answered 421 4.7.0 by the caller).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Refusal {
     CoreFull,
     ClientFull,
+    /// The client's connections across the cluster's nodes are at the limit.
+    ClusterFull,
+    /// The shared count did not answer and `cluster.redis.failure = "closed"`.
+    ClusterUnavailable,
 }
 
 /// Connections per client across all shards.
@@ -94,6 +105,16 @@ pub struct Permit {
     idle: Rc<tokio::sync::Notify>,
     /// `None` only inside an [`Unidentified`], before the client's address is known.
     _client: Option<ClientSlot>,
+    /// The client's slot across the cluster (Redis), when limits are shared.
+    _cluster: Option<ConnectionLease>,
+}
+
+impl Permit {
+    /// Holds `lease` (the cluster's slot) for the life of the connection too.
+    pub fn with_lease(mut self, lease: Option<ConnectionLease>) -> Permit {
+        self._cluster = lease;
+        self
+    }
 }
 
 /// A core slot held while a connection's client is not known yet (a PROXY protocol header
@@ -147,6 +168,7 @@ impl Admission {
                 active: Rc::clone(&self.active),
                 idle: Rc::clone(&self.idle),
                 _client: None,
+                _cluster: None,
             },
             clients: Arc::clone(&self.clients),
         })
@@ -266,6 +288,8 @@ pub struct AuthFailures {
     clients: DashMap<IpAddr, ClientFailures>,
     users: DashMap<String, UserFailures>,
     known: DashMap<(String, IpAddr), Instant>,
+    /// The client failure count shared by the cluster's nodes, and this table's protocol.
+    shared: Option<(Limits, &'static str)>,
 }
 
 /// A login attempt admitted by [`AuthFailures::begin`]: counted in flight until it is
@@ -289,6 +313,19 @@ impl AuthFailures {
         window: Duration,
         prefix: ClientPrefix,
     ) -> Arc<Self> {
+        Self::new_shared(client_max, user_max, window, prefix, &Limits::Local, "")
+    }
+
+    /// As [`AuthFailures::new`], with the client failures also counted in `limits` (for
+    /// `protocol`'s logins) when they are shared.
+    pub fn new_shared(
+        client_max: u32,
+        user_max: u32,
+        window: Duration,
+        prefix: ClientPrefix,
+        limits: &Limits,
+        protocol: &'static str,
+    ) -> Arc<Self> {
         Arc::new(AuthFailures {
             prefix,
             client_max,
@@ -297,7 +334,29 @@ impl AuthFailures {
             clients: DashMap::new(),
             users: DashMap::new(),
             known: DashMap::new(),
+            shared: limits.is_shared().then(|| (limits.clone(), protocol)),
         })
+    }
+
+    /// [`AuthFailures::begin`], after asking the cluster whether the client used up its
+    /// failures on any node (one Redis round trip; nothing without shared limits).
+    pub async fn begin_shared(
+        self: &Arc<Self>,
+        ip: IpAddr,
+        user: &str,
+        now: Instant,
+    ) -> Result<Attempt, AuthRefusal> {
+        if let Some((limits, protocol)) = &self.shared {
+            let client = client_name(self.prefix.key(ip));
+            if !limits
+                .login(protocol, &client, self.client_max)
+                .await
+                .admits()
+            {
+                return Err(AuthRefusal::Client);
+            }
+        }
+        self.begin(ip, user, now)
     }
 
     /// Admits an attempt by `user` from `ip` at `now`, or refuses it unchecked.
@@ -401,6 +460,9 @@ impl AuthFailures {
     }
 
     fn record_failure(&self, client: IpAddr, user: &str, now: Instant) {
+        if let Some((limits, protocol)) = &self.shared {
+            limits.login_failed_detached(protocol, &client_name(client), self.window);
+        }
         if let Some(mut entry) = self.clients.get_mut(&client) {
             if now.saturating_duration_since(entry.since) >= self.window {
                 entry.failures = 0;
@@ -431,6 +493,9 @@ impl AuthFailures {
     /// remembered. The name's failures stay: forgiving them would hand a guesser elsewhere
     /// a fresh set of undelayed tries each time the owner logs in.
     fn record_success(&self, client: IpAddr, user: &str, now: Instant) {
+        if let Some((limits, protocol)) = &self.shared {
+            limits.login_succeeded(protocol, &client_name(client));
+        }
         if let Some(mut entry) = self.clients.get_mut(&client) {
             entry.failures = 0;
         }
@@ -547,6 +612,85 @@ impl MessageRate {
 impl crate::smtp::MessageRateGate for MessageRate {
     fn admit(&self, client: IpAddr) -> bool {
         self.admit_at(client, Instant::now())
+    }
+}
+
+/// A client's name in the shared tables: its table key ([`ClientPrefix::key`]) as text.
+pub fn client_name(key: IpAddr) -> String {
+    key.to_string()
+}
+
+/// The cluster side of admission: the shared counts on top of the node's tables.
+#[derive(Debug, Default)]
+pub struct Shared {
+    limits: Limits,
+    prefix: ClientPrefix,
+    /// `smtp.messages_per_ip_max` per `message_rate_window` (None: no rate).
+    message_rate: Option<(u32, Duration)>,
+    connections_max: usize,
+}
+
+impl Shared {
+    pub fn new(
+        limits: Limits,
+        prefix: ClientPrefix,
+        message_rate: Option<(u32, Duration)>,
+        connections_max: usize,
+    ) -> Arc<Self> {
+        Arc::new(Shared {
+            limits,
+            prefix,
+            message_rate,
+            connections_max,
+        })
+    }
+
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    /// One message from `ip` counted across the cluster (after the node's own table
+    /// admitted it).
+    pub async fn message(&self, ip: IpAddr) -> bool {
+        let Some((max, window)) = self.message_rate else {
+            return true;
+        };
+        let client = client_name(self.prefix.key(ip));
+        let verdict = self.limits.message(&client, max, window).await;
+        // Refusals for want of Redis are not logged here: the outage is, once.
+        if verdict == Verdict::Refuse {
+            tracing::info!(target: "relay::smtp", client = %ip, "message refused by the cluster's rate");
+        }
+        verdict.admits()
+    }
+
+    /// `ip`'s connection slot across the cluster (after the node's own tables admitted it).
+    pub async fn connection(&self, ip: IpAddr) -> Result<Option<ConnectionLease>, Refusal> {
+        if !self.limits.is_shared() {
+            return Ok(None);
+        }
+        let client = client_name(self.prefix.key(ip));
+        self.limits
+            .connection(&client, self.connections_max)
+            .await
+            .map_err(|verdict| match verdict {
+                Verdict::Unavailable => Refusal::ClusterUnavailable,
+                _ => Refusal::ClusterFull,
+            })
+    }
+}
+
+/// The node's message-rate gate when the rate is also shared: the session asks the
+/// cluster (`Event::CheckRate`) once this node's table admitted the message.
+pub struct SharedRate(pub Arc<dyn crate::smtp::MessageRateGate>);
+
+impl crate::smtp::MessageRateGate for SharedRate {
+    fn admit(&self, client: IpAddr) -> bool {
+        self.0.admit(client)
+    }
+
+    fn shared(&self) -> bool {
+        true
     }
 }
 

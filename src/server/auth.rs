@@ -194,7 +194,11 @@ impl Auth {
         let policy = self.policy(protocol);
         let attempted = proof.user().to_string();
         // Reserved before hashing: counted in flight against the client's limit.
-        let attempt = match policy.failures.begin(client, &attempted, Instant::now()) {
+        let attempt = match policy
+            .failures
+            .begin_shared(client, &attempted, Instant::now())
+            .await
+        {
             Ok(attempt) => attempt,
             Err(_) => {
                 log_refused(protocol, client, &attempted);

@@ -250,6 +250,8 @@ pub fn run(config: Config) -> Result<(), ServerError> {
         shards - usize::from(died.is_some()),
         config.server.drain_timeout.0,
     );
+    // Peers see this node down at once, not after its lease.
+    stores.node.stop();
     // Before the spool closes: the web side's store thread appends to it.
     web.into_iter().for_each(web_store::Web::stop);
     // The shards have exited: no more observations; the reporter writes its counts last.
@@ -279,6 +281,8 @@ struct Stores {
     cluster: Option<(String, crate::net::tls::ClusterTls)>,
     /// The thread following the cluster's PostgreSQL directory (`[cluster.postgres]`).
     _directory_follower: Option<crate::cluster::directory::Refresher>,
+    /// The cluster's shared limits and this node's lease (local limits without a cluster).
+    node: crate::cluster::node::Node,
 }
 
 /// A cluster node's name and mutual TLS (`[cluster]` with `cert`, `key` and `ca`); `None`
@@ -298,6 +302,32 @@ fn load_cluster(
     let tls = crate::net::tls::ClusterTls::load(cert, key, ca)
         .map_err(|e| ServerError::Cluster(e.to_string()))?;
     Ok(Some((node, tls)))
+}
+
+/// This node's cluster services (`[cluster]` with `[cluster.redis]`): the Redis client,
+/// the shared limits and the membership lease publishing the node's figures.
+fn start_cluster(
+    config: &Config,
+    metrics: &Arc<Metrics>,
+) -> Result<crate::cluster::node::Node, ServerError> {
+    let (failures, up) = metrics.cluster_redis();
+    let source = Arc::clone(metrics);
+    let figures: crate::cluster::membership::Figures = Arc::new(move || {
+        let stat = source.stat();
+        let mut figures = crate::cluster::membership::NodeFigures::default();
+        for core in &stat.cores {
+            figures.queue += core.queue_entries;
+            figures.smtp_open += core.smtp.open;
+            figures.pop3_open += core.pop3.open;
+            figures.imap_open += core.imap.open;
+            figures.messages += core.transactions.get("queued").copied().unwrap_or(0);
+            figures.deliveries += core.deliveries.values().sum::<u64>();
+        }
+        figures
+    });
+    let metrics = crate::cluster::redis::RedisMetrics { failures, up };
+    crate::cluster::node::Node::start(&config.cluster, metrics, figures)
+        .map_err(|e| ServerError::Cluster(e.to_string()))
 }
 
 /// Loads the users and recovers the spool (each shard's log is read and checked).
@@ -353,6 +383,7 @@ fn open_stores(config: &Config, shards: usize) -> Result<Stores, ServerError> {
             "spool.fsync = false: a 250 no longer means the message is on disk (benchmarks only)"
         );
     }
+    let cluster = start_cluster(config, &metrics)?;
     Ok(Stores {
         directory,
         keys,
@@ -361,6 +392,7 @@ fn open_stores(config: &Config, shards: usize) -> Result<Stores, ServerError> {
         metrics,
         cluster: load_cluster(config)?,
         _directory_follower: directory_follower,
+        node: cluster,
     })
 }
 
@@ -600,6 +632,7 @@ struct Contexts {
     session: Arc<SessionConfig>,
     auth: AuthContexts,
     clients: Arc<ClientTable>,
+    shared: Arc<admission::Shared>,
     delivery: Arc<DeliveryShared>,
     server_tls: Option<ServerTls>,
     phase: watch::Receiver<Phase>,
@@ -633,6 +666,18 @@ fn build_contexts(
     session
         .check()
         .map_err(|e| ServerError::Session(e.to_string()))?;
+    let prefix = ClientPrefix::new(config.server.client_ipv6_prefix);
+    let shared = admission::Shared::new(
+        stores.node.limits.clone(),
+        prefix,
+        config.smtp.message_rate(),
+        config.server.connections_per_ip_max,
+    );
+    if shared.limits().is_shared() {
+        session.message_rate = session
+            .message_rate
+            .map(|gate| crate::smtp::RateGate(Arc::new(admission::SharedRate(gate.0))));
+    }
     let auth = AuthContexts::new(config, &hostname, stores, server_tls.is_some())?;
     let dmarc_reports = dmarc_reports::recorder(config)?;
     dmarc_reports.count_drops_in(stores.metrics.dmarc_report_dropped());
@@ -660,6 +705,7 @@ fn build_contexts(
         verifying,
         config: Arc::clone(config),
         session: Arc::new(session),
+        shared,
         auth,
         clients: ClientTable::new(
             config.server.connections_per_ip_max,
@@ -750,23 +796,29 @@ impl AuthContexts {
             )),
             directory: directory.clone(),
             pool,
-            pop3_failures: AuthFailures::new(
+            pop3_failures: AuthFailures::new_shared(
                 config.pop3.auth_failures_per_ip_max,
                 config.pop3.auth_failures_per_user_max,
                 config.pop3.auth_failure_window.0,
                 prefix,
+                &stores.node.limits,
+                "pop3",
             ),
-            smtp_failures: AuthFailures::new(
+            smtp_failures: AuthFailures::new_shared(
                 config.smtp.auth_failures_per_ip_max,
                 config.smtp.auth_failures_per_user_max,
                 config.smtp.auth_failure_window.0,
                 prefix,
+                &stores.node.limits,
+                "smtp",
             ),
-            imap_failures: AuthFailures::new(
+            imap_failures: AuthFailures::new_shared(
                 config.imap.auth_failures_per_ip_max,
                 config.imap.auth_failures_per_user_max,
                 config.imap.auth_failure_window.0,
                 prefix,
+                &stores.node.limits,
+                "imap",
             ),
             imap_config: Arc::new(config.imap.session_config(hostname, tls)),
             imap_plaintext: Arc::new(crate::imap::SessionConfig {
@@ -852,6 +904,7 @@ impl Contexts {
             imap: imap_context,
             auth,
             admission: Admission::new(server.connections_per_core_max, Arc::clone(&self.clients)),
+            shared: Arc::clone(&self.shared),
             phase: self.phase.clone(),
             delivery: Arc::clone(&self.delivery),
             metrics: self.metrics.core(index),

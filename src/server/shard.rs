@@ -65,6 +65,8 @@ pub struct ShardContext {
     /// SMTP AUTH, POP3 and IMAP logins.
     pub auth: Auth,
     pub admission: Admission,
+    /// The limits shared by the cluster's nodes (nothing to ask without `[cluster.redis]`).
+    pub shared: Arc<super::admission::Shared>,
     pub phase: watch::Receiver<Phase>,
     /// Outbound delivery: the mesh to hand recipients to their owner core, and settings.
     pub delivery: Arc<crate::delivery::DeliveryShared>,
@@ -251,6 +253,14 @@ async fn serve<C: Connection>(
     implicit_tls: bool,
     input: Vec<u8>,
 ) {
+    // The cluster's count of this client's connections, after the node's own tables.
+    let permit = match ctx.shared.connection(peer.ip()).await {
+        Ok(lease) => permit.with_lease(lease),
+        Err(refusal) => {
+            drop(permit);
+            return turn_away(conn, peer, ctx, protocol, refusal).await;
+        }
+    };
     match protocol {
         Protocol::Smtp => smtp::serve(conn, peer, ctx, permit, input, implicit_tls).await,
         Protocol::Pop3 => pop3::serve(conn, peer, ctx, permit, input, implicit_tls).await,
@@ -419,7 +429,9 @@ fn out_of_resources(error: &io::Error) -> bool {
 fn refusal_reply(hostname: &str, refusal: Refusal) -> Reply {
     match refusal {
         Refusal::CoreFull => Reply::too_many_connections(hostname),
-        Refusal::ClientFull => Reply::too_many_connections_from_client(hostname),
+        Refusal::ClientFull | Refusal::ClusterFull | Refusal::ClusterUnavailable => {
+            Reply::too_many_connections_from_client(hostname)
+        }
     }
 }
 

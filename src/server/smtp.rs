@@ -223,6 +223,12 @@ impl Upgradable for Link {
                         session.authenticated(result.map_err(AuthFailure::from), out);
                         progressed = true;
                     }
+                    Event::CheckRate(client) => {
+                        // Bounded by cluster.redis.timeout, then the failure policy decides.
+                        let admitted = ctx.shared.message(client).await;
+                        session.rate_checked(admitted, out);
+                        progressed = true;
+                    }
                     Event::StartTls => {
                         ctx.metrics.smtp.bytes_sent.inc_by(out.bytes.len() as u64);
                         // RFC 3207 §5: nothing pipelined behind STARTTLS may reach TLS.

@@ -82,6 +82,11 @@ impl Eq for Gate {}
 /// so the session asks once per MAIL that passed every other check.
 pub trait MessageRateGate: Send + Sync {
     fn admit(&self, client: std::net::IpAddr) -> bool;
+
+    /// Whether a count shared by the cluster's nodes follows this node's (`Event::CheckRate`).
+    fn shared(&self) -> bool {
+        false
+    }
 }
 
 /// Shared handle to the rate seam, comparable by identity so `SessionConfig` stays `Eq`.

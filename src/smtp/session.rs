@@ -254,6 +254,9 @@ pub enum Event {
     /// AUTH credentials to verify (with the failure limits and delay), then call
     /// [`Session::authenticated`].
     Authenticate(Credentials),
+    /// MAIL passed every check of this node and the message rate is also counted across
+    /// the cluster: ask it for this client, then call [`Session::rate_checked`].
+    CheckRate(std::net::IpAddr),
     /// A transaction ended without a queue id: its data was refused, or storing it failed.
     /// One per such transaction, for the one-log-line-per-transaction rule.
     Rejected(TransactionSummary),
@@ -448,6 +451,8 @@ enum State {
     Sasl(Helo, SaslStep),
     /// An Authenticate event is out; waiting for [`Session::authenticated`].
     Authenticating(Helo),
+    /// A CheckRate event is out; waiting for [`Session::rate_checked`].
+    CheckingRate(Helo, Transaction),
     /// After 354: message data until CRLF.CRLF.
     Data(Helo, Transaction, BodyReceiver),
     /// Inside the octets of one BDAT chunk.
@@ -621,6 +626,20 @@ impl Session {
         }
     }
 
+    /// The driver's answer to `Event::CheckRate`: whether the cluster admits the message.
+    pub fn rate_checked(&mut self, admitted: bool, out: &mut Outbox) {
+        let State::CheckingRate(helo, transaction) = mem::replace(&mut self.state, State::Closed)
+        else {
+            debug_assert!(self.is_closed(), "rate_checked without CheckRate");
+            return;
+        };
+        if !admitted {
+            return self.refuse(Phase::Ready(helo), Reply::message_rate_exceeded(), out);
+        }
+        self.state = State::Command(Phase::Mail(helo, transaction));
+        self.reply(&Reply::sender_ok(), out);
+    }
+
     /// The driver's answer to `Event::StartTls` once the handshake is done, and the way an
     /// implicit-TLS listener marks its sessions before any input. After STARTTLS the session
     /// starts over as if just greeted (RFC 3207 §4.2: the client's EHLO and any AUTH are
@@ -677,9 +696,11 @@ impl Session {
             }
             State::Data(..) | State::Submitting(..) => true,
             State::Chunk(chunk) => matches!(chunk.sink, ChunkSink::Accept(..)),
-            State::Sasl(..) | State::Authenticating(..) | State::StartingTls | State::Closed => {
-                false
-            }
+            State::Sasl(..)
+            | State::Authenticating(..)
+            | State::CheckingRate(..)
+            | State::StartingTls
+            | State::Closed => false,
         }
     }
 
@@ -693,7 +714,11 @@ impl Session {
     pub fn wants_input(&self) -> bool {
         !matches!(
             self.state,
-            State::Submitting(..) | State::Authenticating(..) | State::StartingTls | State::Closed
+            State::Submitting(..)
+                | State::Authenticating(..)
+                | State::CheckingRate(..)
+                | State::StartingTls
+                | State::Closed
         )
     }
 
@@ -763,6 +788,7 @@ impl Session {
             State::Closed
             | State::Submitting(..)
             | State::Authenticating(..)
+            | State::CheckingRate(..)
             | State::StartingTls => None,
             State::Command(_) => self.command_line(input, now, out),
             State::Sasl(..) => self.sasl_line(input, out),
@@ -1100,6 +1126,18 @@ impl Session {
             mail_at: now,
             overshoot: 0,
         };
+        if !self.relay_client
+            && self
+                .config
+                .message_rate
+                .as_ref()
+                .is_some_and(|gate| gate.0.shared())
+        {
+            out.events
+                .push(Event::CheckRate(self.peer.ip().to_canonical()));
+            self.state = State::CheckingRate(helo, transaction);
+            return;
+        }
         self.state = State::Command(Phase::Mail(helo, transaction));
         self.reply(&Reply::sender_ok(), out);
     }
@@ -2252,6 +2290,62 @@ mod tests {
         inside.handle_input(b"EHLO c\r\nMAIL FROM:<a@b>\r\n", now(), &mut out);
         assert!(inside.in_transaction());
         assert_eq!(budget.1.load(Ordering::Relaxed), 2);
+    }
+
+    #[test]
+    fn a_shared_rate_asks_the_driver_after_the_nodes_own_gate() {
+        /// Admits everything here; the cluster decides (`shared`).
+        struct Shared;
+        impl crate::smtp::MessageRateGate for Shared {
+            fn admit(&self, _client: std::net::IpAddr) -> bool {
+                true
+            }
+            fn shared(&self) -> bool {
+                true
+            }
+        }
+        let config = SessionConfig {
+            message_rate: Some(crate::smtp::RateGate(Arc::new(Shared))),
+            ..config()
+        };
+        let mut out = Outbox::default();
+        let mut session = Session::new(
+            Arc::new(config.clone()),
+            OUTSIDE.parse().unwrap(),
+            now(),
+            &mut out,
+        );
+        session.handle_input(b"EHLO c\r\n", now(), &mut out);
+        out.clear();
+        // Pipelined RCPT waits behind the question: no reply until the driver answers.
+        let input = b"MAIL FROM:<a@b>\r\nRCPT TO:<x@localhost>\r\n";
+        let taken = session.handle_input(input, now(), &mut out);
+        assert_eq!(taken, "MAIL FROM:<a@b>\r\n".len());
+        assert!(out.bytes.is_empty());
+        let client: std::net::IpAddr = OUTSIDE.parse::<SocketAddr>().unwrap().ip();
+        assert_eq!(out.events, [Event::CheckRate(client)]);
+        assert!(!session.wants_input());
+        out.clear();
+        session.rate_checked(true, &mut out);
+        assert_eq!(out.bytes, b"250 2.1.0 Ok\r\n");
+        assert!(session.in_transaction());
+        session.handle_input(&input[taken..], now(), &mut out);
+        out.clear();
+        session.handle_input(b"RSET\r\nMAIL FROM:<a@b>\r\n", now(), &mut out);
+        out.clear();
+        session.rate_checked(false, &mut out);
+        assert_eq!(
+            out.bytes,
+            b"450 4.7.1 Error: too much mail from your address, try again later\r\n"
+        );
+        assert!(!session.in_transaction());
+        assert!(session.wants_input());
+        // The operator's own networks are not asked about.
+        let mut out = Outbox::default();
+        let mut inside = Session::new(Arc::new(config), INSIDE.parse().unwrap(), now(), &mut out);
+        inside.handle_input(b"EHLO c\r\nMAIL FROM:<a@b>\r\n", now(), &mut out);
+        assert!(inside.in_transaction());
+        assert!(out.events.is_empty());
     }
 
     #[test]
