@@ -21,8 +21,13 @@
 //!   password check and raised after a failure; a success clears it. Attempts in flight
 //!   and the per-user delays stay per node.
 //!
-//! Not shared yet: the destination throttles (`delivery.destination_messages_per_minute`,
-//! `destination_connections_max`) stay per node, in the queue's sans-IO scheduler.
+//! - **destination throttles** (`delivery.destination_messages_per_minute`,
+//!   `destination_connections_max`): the same GCRA per destination (`relay:dest:rate:<key>`,
+//!   with the node table's burst: a tenth of the rate, at least one), asked by the delivery
+//!   worker before each message, and the same leased semaphore per destination
+//!   (`relay:dest:conn:<key>`), held by a worker while its connection is open. A refusal
+//!   puts the entry back without an attempt (`queue::scheduler::Scheduler::throttled`). The
+//!   node's own per-destination limits in the queue's scheduler still apply.
 //!
 //! Redis slow or down: each decision waits at most `cluster.redis.timeout`, then follows
 //! `cluster.redis.failure` (`open`: admit, the node's own tables still apply; `closed`:
@@ -106,7 +111,78 @@ impl Limits {
         let Limits::Redis(limits) = self else {
             return Ok(None);
         };
-        let key = format!("relay:conn:{client}");
+        limits
+            .acquire(format!("relay:conn:{client}"), max, LimitKind::Connections)
+            .await
+    }
+
+    /// One message to `destination` (its queue key) under `per_minute`, in bursts of at
+    /// most `burst`, across the nodes. `Err(wait)`: not now, ask again after `wait` (over the
+    /// limit, or Redis down with `failure_destinations` closed: [`UNAVAILABLE_WAIT`]).
+    pub async fn destination_message(
+        &self,
+        destination: &str,
+        per_minute: u32,
+        burst: u32,
+    ) -> Result<(), Duration> {
+        let Limits::Redis(limits) = self else {
+            return Ok(());
+        };
+        if per_minute == 0 {
+            return Ok(());
+        }
+        let (interval, tolerance) = destination_gcra_parameters(per_minute, burst);
+        let key = format!("relay:dest:rate:{destination}");
+        match limits.gcra(key, interval, tolerance).await {
+            Ok(None) => Ok(()),
+            Ok(Some(wait)) => Err(wait),
+            Err(_) => match limits.failure_verdict(LimitKind::Destinations) {
+                Verdict::Admit => Ok(()),
+                _ => Err(UNAVAILABLE_WAIT),
+            },
+        }
+    }
+
+    /// A connection slot to `destination` under `max` across the nodes, held until the
+    /// lease is dropped (the connection closed). As [`Limits::connection`].
+    pub async fn destination_connection(
+        &self,
+        destination: &str,
+        max: usize,
+    ) -> Result<Option<ConnectionLease>, Verdict> {
+        let Limits::Redis(limits) = self else {
+            return Ok(None);
+        };
+        limits
+            .acquire(
+                format!("relay:dest:conn:{destination}"),
+                max,
+                LimitKind::Destinations,
+            )
+            .await
+    }
+}
+
+/// How long an entry waits when a destination decision could not be made (Redis down,
+/// `failure_destinations = "closed"`).
+pub const UNAVAILABLE_WAIT: Duration = Duration::from_secs(5);
+
+/// GCRA's emission interval and tolerance (ms) for `per_minute` messages in bursts of at
+/// most `burst` (the node table's `queue::destinations::RateLimiter` has the same shape).
+pub fn destination_gcra_parameters(per_minute: u32, burst: u32) -> (f64, f64) {
+    let interval = 60_000.0 / f64::from(per_minute.max(1));
+    (interval, interval * f64::from(burst.max(1) - 1))
+}
+
+impl RedisLimits {
+    /// The leased semaphore's acquire on `key` (see [`Limits::connection`]).
+    async fn acquire(
+        self: &Arc<Self>,
+        key: String,
+        max: usize,
+        kind: LimitKind,
+    ) -> Result<Option<ConnectionLease>, Verdict> {
+        let limits = self;
         let answer = limits
             .redis
             .script(
@@ -127,12 +203,15 @@ impl Limits {
                 key,
             })),
             Ok(_) => Err(Verdict::Refuse),
-            Err(_) => match limits.failure_verdict(LimitKind::Connections) {
+            Err(_) => match limits.failure_verdict(kind) {
                 Verdict::Admit => Ok(None),
                 other => Err(other),
             },
         }
     }
+}
+
+impl Limits {
 
     /// Whether `client` may try a `protocol` login (its failures below `max`).
     pub async fn login(&self, protocol: &str, client: &str, max: u32) -> Verdict {
@@ -316,6 +395,20 @@ impl RedisLimits {
             return Verdict::Admit;
         }
         let (interval, tolerance) = gcra_parameters(max, window);
+        match self.gcra(key, interval, tolerance).await {
+            Ok(None) => Verdict::Admit,
+            Ok(Some(_)) => Verdict::Refuse,
+            Err(_) => self.failure_verdict(kind),
+        }
+    }
+
+    /// One GCRA decision on `key`: `Ok(None)` admitted, `Ok(Some(wait))` refused until then.
+    async fn gcra(
+        &self,
+        key: String,
+        interval: f64,
+        tolerance: f64,
+    ) -> Result<Option<Duration>, RedisError> {
         let answer = self
             .redis
             .script(
@@ -324,12 +417,8 @@ impl RedisLimits {
                 vec![format!("{interval:.3}"), format!("{tolerance:.3}")],
             )
             .await
-            .and_then(|v| ints(&v));
-        match answer.as_deref() {
-            Ok([1, ..]) => Verdict::Admit,
-            Ok(_) => Verdict::Refuse,
-            Err(_) => self.failure_verdict(kind),
-        }
+            .and_then(|v| ints(&v))?;
+        Ok(gcra_answer(&answer))
     }
 }
 
@@ -349,6 +438,16 @@ pub fn gcra(tat: f64, now: f64, interval: f64, tolerance: f64) -> Result<f64, f6
         return Err((tat - tolerance - now).ceil());
     }
     Ok(tat + interval)
+}
+
+/// The GCRA script's answer: `None` admitted, `Some(wait)` refused (at least 1 ms, so a
+/// refusal never means "now").
+fn gcra_answer(answer: &[i64]) -> Option<Duration> {
+    match answer {
+        [1, ..] => None,
+        [_, wait, ..] => Some(Duration::from_millis(u64::try_from(*wait).unwrap_or(0).max(1))),
+        _ => Some(Duration::from_millis(1)),
+    }
 }
 
 #[cfg(test)]
@@ -422,5 +521,26 @@ mod tests {
         let tat = 1_764_950_000_123.5_f64;
         let written = format!("{tat:.3}");
         assert_eq!(written.parse::<f64>().unwrap(), tat);
+    }
+
+    #[test]
+    fn destination_parameters_match_the_node_table() {
+        // 12 a minute in bursts of 1: one every 5 s, nothing banked.
+        assert_eq!(destination_gcra_parameters(12, 1), (5_000.0, 0.0));
+        // 100 a minute in bursts of 10 (the node table's tenth).
+        assert_eq!(destination_gcra_parameters(100, 10), (600.0, 5_400.0));
+        let (interval, tolerance) = destination_gcra_parameters(12, 1);
+        let t = 1_764_950_000_000.0;
+        let tat = gcra(0.0, t, interval, tolerance).unwrap();
+        assert_eq!(gcra(tat, t + 1.0, interval, tolerance), Err(4_999.0));
+    }
+
+    #[test]
+    fn a_refusal_names_a_wait_of_at_least_a_millisecond() {
+        assert_eq!(gcra_answer(&[1, 0]), None);
+        assert_eq!(gcra_answer(&[0, 4_999]), Some(Duration::from_millis(4_999)));
+        assert_eq!(gcra_answer(&[0, 0]), Some(Duration::from_millis(1)));
+        assert_eq!(gcra_answer(&[0, -3]), Some(Duration::from_millis(1)));
+        assert_eq!(gcra_answer(&[]), Some(Duration::from_millis(1)));
     }
 }

@@ -24,13 +24,16 @@ pub struct RedisSection {
     /// tables still apply) or `closed` (refuse with a temporary error).
     pub failure: FailurePolicy,
     /// `failure` for one kind of limit only (unset: `failure`): connections per client,
-    /// messages per client, login failures per client.
+    /// messages per client, login failures per client, destination throttles (messages per
+    /// minute and connections per destination).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub failure_connections: Option<FailurePolicy>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub failure_messages: Option<FailurePolicy>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub failure_logins: Option<FailurePolicy>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub failure_destinations: Option<FailurePolicy>,
 }
 
 /// The kinds of shared limit, each with its own failure policy.
@@ -39,6 +42,8 @@ pub enum LimitKind {
     Connections,
     Messages,
     Logins,
+    /// `delivery.destination_messages_per_minute` and `destination_connections_max`.
+    Destinations,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -59,6 +64,7 @@ impl Default for RedisSection {
             failure_connections: None,
             failure_messages: None,
             failure_logins: None,
+            failure_destinations: None,
         }
     }
 }
@@ -70,6 +76,7 @@ impl RedisSection {
             LimitKind::Connections => self.failure_connections,
             LimitKind::Messages => self.failure_messages,
             LimitKind::Logins => self.failure_logins,
+            LimitKind::Destinations => self.failure_destinations,
         };
         specific.unwrap_or(self.failure)
     }
@@ -112,9 +119,19 @@ mod tests {
             FailurePolicy::Closed
         );
         assert_eq!(section.failure_of(LimitKind::Logins), FailurePolicy::Closed);
+        assert_eq!(
+            section.failure_of(LimitKind::Destinations),
+            FailurePolicy::Closed
+        );
         assert!(section.check().is_ok());
         let default = RedisSection::default();
         assert_eq!(default.failure_of(LimitKind::Logins), FailurePolicy::Open);
         assert!(toml::from_str::<RedisSection>("failure_messages = \"maybe\"").is_err());
+        let closed: RedisSection = toml::from_str("failure_destinations = \"closed\"").unwrap();
+        assert_eq!(
+            closed.failure_of(LimitKind::Destinations),
+            FailurePolicy::Closed
+        );
+        assert_eq!(closed.failure_of(LimitKind::Messages), FailurePolicy::Open);
     }
 }

@@ -883,6 +883,37 @@ impl Scheduler {
         Ok(actions)
     }
 
+    /// A limit outside this core refused the attempt of `ticket` before anything was sent
+    /// (the cluster's shared destination throttles): the entry goes back to the deferred
+    /// index due `wait` from now, its attempts unchanged. `hold`: the limit is the
+    /// destination's as a whole (its message rate), so it is held until then too and its
+    /// workers stop taking; otherwise (a connection slot) only when this worker was the
+    /// destination's last connection here, so open connections keep sending.
+    pub fn throttled(
+        &mut self,
+        ticket: Ticket,
+        wait: Duration,
+        hold: bool,
+        now: Now,
+    ) -> Result<Vec<Action>, SchedulerError> {
+        self.stage_of(ticket, "throttled")?;
+        let mut actions = Vec::new();
+        let Some(out) = self.out.remove(&ticket) else {
+            return Err(SchedulerError::UnknownTicket(ticket));
+        };
+        self.end_transaction(&out);
+        let until = add_saturating(now.wall, wait);
+        if let Some(d) = self.queue.get_mut(out.entry.dest) {
+            if hold || d.connections() <= 1 {
+                d.hold_until(until);
+            }
+        }
+        let mut again = out.entry;
+        again.due_ms = to_millis(schedule::later_of(again.due(), until));
+        self.requeue(ticket, again, &out.key, Requeue::Retry, now, &mut actions);
+        Ok(actions)
+    }
+
     fn retry_entry(&mut self, ticket: Ticket, out: Out, now: Now, actions: &mut Vec<Action>) {
         self.end_transaction(&out);
         let mut again = out.entry;

@@ -343,6 +343,81 @@ fn the_rate_limit_holds_back_workers_and_sends() {
     );
 }
 
+#[test]
+fn a_shared_rate_refusal_defers_without_an_attempt_and_holds_the_destination() {
+    let mut clock = Clock::new();
+    let mut s = Scheduler::new(config(5, 5, 0));
+    for n in 0..2 {
+        let id = id_at(&clock, Duration::ZERO, n);
+        s.accept(job(id, "a.test", &[0], clock.wall, 1), clock.now());
+    }
+    let dest = dest_of(&s, "a.test");
+    assert_eq!(workers_started(&s.poll(clock.now()).actions).len(), 2);
+    let (taken, _) = s.take_next(dest, clock.now());
+    let (ticket, entry) = taken.unwrap();
+    let wait = Duration::from_secs(5);
+    let actions = s.throttled(ticket, wait, true, clock.now()).unwrap();
+    let due = clock.wall + wait;
+    assert_eq!(
+        actions,
+        vec![Action::Requeued {
+            ticket,
+            id: entry.id,
+            due
+        }]
+    );
+    assert_eq!(s.out_len(), 0);
+    let d = s.queue().get(dest).unwrap();
+    assert_eq!(d.transactions(), 0, "the transaction is given back");
+    assert_eq!(d.blocked_until(clock.wall), Some(due), "held");
+    assert!(
+        s.take_next(dest, clock.now()).0.is_none(),
+        "the other ready entry waits too"
+    );
+    assert!(s.throttled(ticket, wait, true, clock.now()).is_err(), "once");
+    let mut seen = Vec::new();
+    s.for_each_entry(|e, _, _| seen.push((e.id, e.attempts)));
+    assert!(seen.contains(&(entry.id, 0)), "no attempt counted: {seen:?}");
+    clock.advance(wait);
+    s.poll(clock.now());
+    let (a, _) = s.take_next(dest, clock.now());
+    let (b, _) = s.take_next(dest, clock.now());
+    let mut ids = vec![a.unwrap().1.id, b.unwrap().1.id];
+    ids.sort();
+    assert!(ids.contains(&entry.id), "back after the wait");
+}
+
+#[test]
+fn a_refused_connection_slot_holds_only_without_another_connection() {
+    let clock = Clock::new();
+    let mut s = Scheduler::new(config(5, 5, 0));
+    for n in 0..3 {
+        let id = id_at(&clock, Duration::ZERO, n);
+        s.accept(job(id, "a.test", &[0], clock.wall, 1), clock.now());
+    }
+    let dest = dest_of(&s, "a.test");
+    assert_eq!(workers_started(&s.poll(clock.now()).actions).len(), 3);
+    let (first, _) = s.take_next(dest, clock.now());
+    let wait = Duration::from_secs(1);
+    s.throttled(first.unwrap().0, wait, false, clock.now())
+        .unwrap();
+    s.worker_done(dest);
+    assert_eq!(
+        s.queue().get(dest).unwrap().blocked_until(clock.wall),
+        None,
+        "two connections still open: they keep sending"
+    );
+    let (second, _) = s.take_next(dest, clock.now());
+    s.worker_done(dest);
+    s.throttled(second.unwrap().0, wait, false, clock.now())
+        .unwrap();
+    assert_eq!(
+        s.queue().get(dest).unwrap().blocked_until(clock.wall),
+        Some(clock.wall + wait),
+        "the last connection: the destination waits"
+    );
+}
+
 // ---------------------------------------------------------------------------------------
 // Expiry and wake-ups
 
