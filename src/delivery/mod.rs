@@ -127,6 +127,8 @@ pub struct DeliveryShared {
     pub upkeep: Upkeep,
     /// Routes to cluster nodes for users homed elsewhere (`None`: no cluster).
     pub cluster: Option<cluster::ClusterRoutes>,
+    /// The cluster's shared destination throttles (`Local`: only the scheduler's own).
+    pub limits: crate::cluster::limits::Limits,
 }
 
 impl DeliveryShared {
@@ -511,6 +513,17 @@ impl<C: Connector + 'static> Core<C> {
     fn retry(self: &Rc<Self>, ticket: Ticket) {
         let now = self.now();
         let result = self.scheduler.borrow_mut().retry(ticket, now);
+        self.settled(result);
+    }
+
+    /// A shared destination throttle refused `ticket` before anything was sent: back in
+    /// `wait`, no attempt counted (`hold`: see [`Scheduler::throttled`]).
+    fn throttled(self: &Rc<Self>, ticket: Ticket, wait: Duration, hold: bool) {
+        let now = self.now();
+        let result = self
+            .scheduler
+            .borrow_mut()
+            .throttled(ticket, wait, hold, now);
         self.settled(result);
     }
 

@@ -60,6 +60,7 @@ fn rig() -> Rig {
         metrics: None,
         // Short waits, so the retries and the reconciliation show within a test.
         cluster: None,
+        limits: Default::default(),
         upkeep: Upkeep {
             handoff_patience: Duration::from_millis(50),
             notice_retry: Duration::from_millis(20),

@@ -29,6 +29,7 @@ use bytes::Bytes;
 use super::loops;
 use super::resolve::{self, Resolution, Target};
 use super::Core;
+use crate::cluster::limits::{ConnectionLease, Verdict, UNAVAILABLE_WAIT};
 use crate::logsafe::Safe;
 use crate::net::conn::{compact, read_more, stop_requested, within, Expiry, Read};
 use crate::net::io::{Connection, Connector};
@@ -61,6 +62,15 @@ async fn deliver<C: Connector + 'static>(core: &Rc<Core<C>>, dest: DestId, first
     let Some(key) = core.destination_key(dest) else {
         // Cannot happen (the worker's connection keeps the destination); never lose it.
         core.retry(first.0);
+        return;
+    };
+    // The cluster's shared throttles (`cluster.redis`), after the node's own: a connection
+    // slot for as long as this worker lives, then the first message's turn.
+    let _slot = match shared_connection(core, &key).await {
+        Ok(slot) => slot,
+        Err(wait) => return core.throttled(first.0, wait, false),
+    };
+    let Some(first) = shared_rate(core, &key, first).await else {
         return;
     };
     let targets = match resolve(core, &key).await {
@@ -116,6 +126,71 @@ async fn deliver<C: Connector + 'static>(core: &Rc<Core<C>>, dest: DestId, first
         return fail_destination(core, first, result, None, None).await;
     };
     session(core, dest, &key, conn, target, first).await;
+}
+
+/// How long an entry waits when the cluster has no connection slot for its destination:
+/// slots come back when another node's connection closes, which nothing announces.
+const CONNECTION_SLOT_WAIT: Duration = Duration::from_secs(1);
+
+/// A connection slot to `key` across the cluster (`Ok(None)`: no cluster limit, or Redis
+/// down with the policy open). `Err(wait)`: no slot, the worker does not connect.
+async fn shared_connection<C: Connector + 'static>(
+    core: &Core<C>,
+    key: &DestinationKey,
+) -> Result<Option<ConnectionLease>, Duration> {
+    let limits = &core.shared.limits;
+    if !limits.is_shared() {
+        return Ok(None);
+    }
+    let max = core.shared.destination_limits.connections_max as usize;
+    match limits.destination_connection(&key.to_string(), max).await {
+        Ok(slot) => Ok(slot),
+        Err(Verdict::Unavailable) => Err(UNAVAILABLE_WAIT),
+        Err(_) => Err(CONNECTION_SLOT_WAIT),
+    }
+}
+
+/// `taken` if the cluster's shared message rate to `key` lets it go now; otherwise it is
+/// put back (no attempt counted) and the destination held until the rate has room.
+async fn shared_rate<C: Connector + 'static>(
+    core: &Rc<Core<C>>,
+    key: &DestinationKey,
+    taken: Taken,
+) -> Option<Taken> {
+    let limits = &core.shared.limits;
+    let per_minute = core.shared.destination_limits.messages_per_minute;
+    if per_minute == 0 || !limits.is_shared() {
+        return Some(taken);
+    }
+    let burst = destination_burst(per_minute);
+    match limits
+        .destination_message(&key.to_string(), per_minute, burst)
+        .await
+    {
+        Ok(()) => Some(taken),
+        Err(wait) => {
+            tracing::debug!(destination = %Safe(key), queue_id = %taken.1.id, ?wait, "shared destination rate: deferred");
+            core.throttled(taken.0, wait, true);
+            None
+        }
+    }
+}
+
+/// The next entry for a worker of `dest` on an open connection, under the shared rate.
+async fn take_shared<C: Connector + 'static>(core: &Rc<Core<C>>, dest: DestId) -> Option<Taken> {
+    let taken = core.take_next(dest)?;
+    if !core.shared.limits.is_shared() || core.shared.destination_limits.messages_per_minute == 0 {
+        return Some(taken);
+    }
+    let Some(key) = core.destination_key(dest) else {
+        return Some(taken);
+    };
+    shared_rate(core, &key, taken).await
+}
+
+/// The node table's burst for `per_minute` (`queue::destinations`): a tenth, at least one.
+fn destination_burst(per_minute: u32) -> u32 {
+    (per_minute / 10).max(1)
 }
 
 /// The TLS mode of the destination's route (MX destinations are keyed by domain alone, so
@@ -558,7 +633,7 @@ async fn converse<C: Connector + 'static, K: Connection>(
             Next::Send => {
                 let next = match conv.pending_first.take() {
                     Some(first) => Some(first),
-                    None => core.take_next(dest),
+                    None => take_shared(core, dest).await,
                 };
                 let Some((ticket, entry)) = next else {
                     conv.client.quit(&mut conv.out);

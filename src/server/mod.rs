@@ -188,6 +188,7 @@ pub fn delivery_shared(
         metrics: None,
         upkeep: d.upkeep(),
         cluster: None,
+        limits: Default::default(),
     })
 }
 
@@ -473,6 +474,7 @@ fn build_delivery(
     let mut delivery = delivery_shared(config, hostname, shards, Some(local_mailboxes(stores)))?;
     delivery.metrics = Some(Arc::clone(&stores.metrics));
     delivery.keys = Some(Arc::clone(&stores.keys));
+    delivery.limits = stores.node.limits.clone();
     delivery.own_addresses = own_addresses;
     delivery.cluster =
         stores
