@@ -212,7 +212,6 @@ impl RedisLimits {
 }
 
 impl Limits {
-
     /// Whether `client` may try a `protocol` login (its failures below `max`).
     pub async fn login(&self, protocol: &str, client: &str, max: u32) -> Verdict {
         let Limits::Redis(limits) = self else {
@@ -445,7 +444,9 @@ pub fn gcra(tat: f64, now: f64, interval: f64, tolerance: f64) -> Result<f64, f6
 fn gcra_answer(answer: &[i64]) -> Option<Duration> {
     match answer {
         [1, ..] => None,
-        [_, wait, ..] => Some(Duration::from_millis(u64::try_from(*wait).unwrap_or(0).max(1))),
+        [_, wait, ..] => Some(Duration::from_millis(
+            u64::try_from(*wait).unwrap_or(0).max(1),
+        )),
         _ => Some(Duration::from_millis(1)),
     }
 }

@@ -374,10 +374,16 @@ fn a_shared_rate_refusal_defers_without_an_attempt_and_holds_the_destination() {
         s.take_next(dest, clock.now()).0.is_none(),
         "the other ready entry waits too"
     );
-    assert!(s.throttled(ticket, wait, true, clock.now()).is_err(), "once");
+    assert!(
+        s.throttled(ticket, wait, true, clock.now()).is_err(),
+        "once"
+    );
     let mut seen = Vec::new();
     s.for_each_entry(|e, _, _| seen.push((e.id, e.attempts)));
-    assert!(seen.contains(&(entry.id, 0)), "no attempt counted: {seen:?}");
+    assert!(
+        seen.contains(&(entry.id, 0)),
+        "no attempt counted: {seen:?}"
+    );
     clock.advance(wait);
     s.poll(clock.now());
     let (a, _) = s.take_next(dest, clock.now());

@@ -1,0 +1,172 @@
+//! Destination throttles shared by two relay nodes through one real redis-server: both
+//! relay to one scripted sink, and `delivery.destination_messages_per_minute` and
+//! `destination_connections_max` hold for the two together (each node alone would allow
+//! twice as much), nothing lost. Arrival times are the sink's file times (written at the end
+//! of each DATA).
+
+#[allow(unused_macros)] // the engine_tests! macro is for the server tests
+mod common;
+
+use std::net::SocketAddr;
+use std::time::{Duration, SystemTime};
+
+use common::services::Redis;
+use common::sinks::Sink;
+use common::{Relay, Settings};
+
+const NODES: [&str; 2] = ["a", "b"];
+const WAIT: Duration = Duration::from_secs(20);
+
+/// Node `node` of two sharing `redis`, relaying everything to `sink`.
+fn node(node: &str, redis: &Redis, sink: SocketAddr, delivery: &str) -> Relay {
+    let mut toml = format!("[delivery]\n{delivery}\n[cluster]\nnode = {node:?}\nlease = \"3s\"\n");
+    for (i, name) in NODES.iter().enumerate() {
+        toml.push_str(&format!(
+            "[[cluster.nodes]]\nname = {name:?}\ncluster = \"127.0.0.1:{}\"\n",
+            40_100 + i
+        ));
+    }
+    toml.push_str(&format!(
+        "[cluster.redis]\nurl = {:?}\ntimeout = \"300ms\"\n",
+        redis.url()
+    ));
+    let mut settings = Settings::auto();
+    settings.routes = vec![("*".into(), sink.to_string())];
+    settings.extra_toml = toml;
+    let relay = Relay::start(settings);
+    relay.wait_log(&["Redis connected"], WAIT);
+    relay
+}
+
+fn send(relay: &Relay, subject: &str) {
+    let mut client = relay.client();
+    client.ehlo();
+    let content = format!(
+        "From: alice@example.test\r\nTo: bob@remote.test\r\nSubject: {subject}\r\nMessage-ID: <{subject}@example.test>\r\n\r\nhello\r\n"
+    );
+    let reply = client
+        .transaction(
+            "alice@example.test",
+            &["bob@remote.test"],
+            content.as_bytes(),
+        )
+        .expect("transaction");
+    assert_eq!(reply.code, 250, "{reply}");
+    client.quit();
+}
+
+/// The sink's message files' times, sorted, once `n` arrived (bounded wait).
+fn arrivals(sink: &Sink, n: usize, timeout: Duration) -> Vec<SystemTime> {
+    let got = sink.wait_messages(n, timeout);
+    assert_eq!(got.len(), n, "no more than sent");
+    let mut times: Vec<SystemTime> = std::fs::read_dir(&sink.dir)
+        .expect("sink dir")
+        .filter_map(|e| e.ok())
+        .filter(|e| e.path().extension().is_none())
+        .map(|e| e.metadata().expect("metadata").modified().expect("mtime"))
+        .collect();
+    times.sort();
+    times
+}
+
+fn since(first: SystemTime, t: SystemTime) -> Duration {
+    t.duration_since(first).unwrap_or_default()
+}
+
+fn metric(relay: &Relay, name: &str) -> f64 {
+    let (status, body) = relay.admin_get("/metrics");
+    assert_eq!(status, 200);
+    body.lines()
+        .find_map(|line| {
+            line.strip_prefix(name)?
+                .strip_prefix(' ')?
+                .trim()
+                .parse()
+                .ok()
+        })
+        .unwrap_or_else(|| panic!("no {name} in /metrics:\n{body}"))
+}
+
+#[test]
+fn messages_per_minute_is_one_budget_for_both_nodes() {
+    let redis = Redis::start();
+    let sink = Sink::scripted(0, &[]);
+    // 12 a minute in bursts of one: one message every 5 s for the cluster. Each node's own
+    // table alone would send 3 + 3 within the first 10 s.
+    let delivery = "destination_messages_per_minute = 12";
+    let nodes: Vec<Relay> = NODES
+        .iter()
+        .map(|n| node(n, &redis, sink.addr, delivery))
+        .collect();
+    for i in 0..3 {
+        for (n, relay) in nodes.iter().enumerate() {
+            send(relay, &format!("rate-{n}-{i}"));
+        }
+    }
+    let times = arrivals(&sink, 6, Duration::from_secs(50));
+    let first = times[0];
+    // At most one per 5 s across the nodes (Redis's clock decides; delivery adds a little).
+    for (i, t) in times.iter().enumerate() {
+        let at = since(first, *t);
+        let earliest =
+            Duration::from_secs(5 * i as u64).saturating_sub(Duration::from_millis(1500));
+        assert!(at >= earliest, "message {i} after {at:?}: {times:?}");
+    }
+    let in_window = times
+        .iter()
+        .filter(|t| since(first, **t) < Duration::from_secs(12))
+        .count();
+    assert!(in_window <= 3, "{in_window} within 12 s: {times:?}");
+    // The refusals were deferrals, not failures: nothing bounced or waits.
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(sink.messages().len(), 6, "none twice");
+    for relay in &nodes {
+        assert!(!relay.log_contains("bounce"));
+        assert_eq!(metric(relay, "relay_cluster_redis_failures_total"), 0.0);
+    }
+    let keys = redis.cli(&["KEYS", "relay:dest:rate:*"]);
+    assert!(keys.contains("relay:dest:rate:"), "{keys}");
+}
+
+#[test]
+fn connections_per_destination_span_the_nodes() {
+    let redis = Redis::start();
+    // Each message takes 1.5 s at the end of data: with one connection across the cluster
+    // they arrive one after another; per node, two would arrive together.
+    let sink = Sink::scripted(0, &["--eom-delay", "1.5"]);
+    let delivery = "destination_connections_max = 1\ndestination_transactions_max = 1";
+    let nodes: Vec<Relay> = NODES
+        .iter()
+        .map(|n| node(n, &redis, sink.addr, delivery))
+        .collect();
+    for i in 0..2 {
+        for (n, relay) in nodes.iter().enumerate() {
+            send(relay, &format!("conn-{n}-{i}"));
+        }
+    }
+    let times = arrivals(&sink, 4, Duration::from_secs(40));
+    for pair in times.windows(2) {
+        let gap = since(pair[0], pair[1]);
+        assert!(
+            gap >= Duration::from_millis(1200),
+            "two connections at once: {times:?}"
+        );
+    }
+    // Every slot was given back (the release is sent without waiting: bounded poll).
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let held = redis.cli(&["KEYS", "relay:dest:conn:*"]);
+        let all_zero = held.lines().filter(|l| !l.trim().is_empty()).all(|key| {
+            let fields = redis.cli(&["HGETALL", key.trim()]);
+            fields.trim().is_empty()
+        });
+        if all_zero {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "slots still held: {held}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
