@@ -388,8 +388,7 @@ fn a_shared_rate_refusal_defers_without_an_attempt_and_holds_the_destination() {
     s.poll(clock.now());
     let (a, _) = s.take_next(dest, clock.now());
     let (b, _) = s.take_next(dest, clock.now());
-    let mut ids = vec![a.unwrap().1.id, b.unwrap().1.id];
-    ids.sort();
+    let ids = [a.unwrap().1.id, b.unwrap().1.id];
     assert!(ids.contains(&entry.id), "back after the wait");
 }
 
