@@ -19,6 +19,17 @@ const WAIT: Duration = Duration::from_secs(20);
 
 /// Node `node` of two sharing `redis`, relaying everything to `sink`.
 fn node(node: &str, redis: &Redis, sink: SocketAddr, delivery: &str) -> Relay {
+    node_with(node, redis, sink, delivery, "")
+}
+
+/// [`node`] with `redis_extra` in `[cluster.redis]`.
+fn node_with(
+    node: &str,
+    redis: &Redis,
+    sink: SocketAddr,
+    delivery: &str,
+    redis_extra: &str,
+) -> Relay {
     let mut toml = format!("[delivery]\n{delivery}\n[cluster]\nnode = {node:?}\nlease = \"3s\"\n");
     for (i, name) in NODES.iter().enumerate() {
         toml.push_str(&format!(
@@ -27,7 +38,7 @@ fn node(node: &str, redis: &Redis, sink: SocketAddr, delivery: &str) -> Relay {
         ));
     }
     toml.push_str(&format!(
-        "[cluster.redis]\nurl = {:?}\ntimeout = \"300ms\"\n",
+        "[cluster.redis]\nurl = {:?}\ntimeout = \"300ms\"\n{redis_extra}\n",
         redis.url()
     ));
     let mut settings = Settings::auto();
@@ -169,4 +180,36 @@ fn connections_per_destination_span_the_nodes() {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+#[test]
+fn redis_down_follows_failure_destinations_and_counts_the_failures() {
+    let mut redis = Redis::start();
+    let open_sink = Sink::scripted(0, &[]);
+    let closed_sink = Sink::scripted(0, &[]);
+    let delivery = "destination_messages_per_minute = 600";
+    let open = node_with("a", &redis, open_sink.addr, delivery, "");
+    let closed = node_with(
+        "b",
+        &redis,
+        closed_sink.addr,
+        delivery,
+        "failure_destinations = \"closed\"",
+    );
+    redis.stop();
+    send(&open, "down-open");
+    send(&closed, "down-closed");
+    // Open (the default): delivered on the node's own limits. Closed for destinations only:
+    // node b still takes mail (its SMTP limits stay open) but does not send it.
+    open_sink.wait_messages(1, WAIT);
+    assert!(metric(&open, "relay_cluster_redis_failures_total") >= 1.0);
+    // Closed: the entry waits (no event marks "not sent": give it a few decisions' time).
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(closed_sink.messages().is_empty(), "sent with Redis down");
+    assert!(metric(&closed, "relay_cluster_redis_failures_total") >= 1.0);
+    assert!(!closed.log_contains("bounce"));
+    // Redis back: it goes (within a few 5 s waits and a reconnect).
+    redis.resume();
+    closed_sink.wait_messages(1, Duration::from_secs(30));
+    assert_eq!(open_sink.messages().len(), 1);
 }
