@@ -213,3 +213,45 @@ fn redis_down_follows_failure_destinations_and_counts_the_failures() {
     closed_sink.wait_messages(1, Duration::from_secs(30));
     assert_eq!(open_sink.messages().len(), 1);
 }
+
+#[test]
+fn a_killed_nodes_destination_slot_comes_back_after_its_lease() {
+    let redis = Redis::start();
+    // The first message hangs at the end of data long enough to kill its node meanwhile.
+    let sink = Sink::scripted(0, &["--eom-delay", "8"]);
+    let delivery = "destination_connections_max = 1\ndestination_transactions_max = 1";
+    let a = node("a", &redis, sink.addr, delivery);
+    let b = node("b", &redis, sink.addr, delivery);
+    send(&a, "held-by-a");
+    // a holds the cluster's one slot once its connection is up (bounded poll on Redis).
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let keys = redis.cli(&["KEYS", "relay:dest:conn:*"]);
+        if let Some(key) = keys.lines().map(str::trim).find(|k| !k.is_empty()) {
+            if !redis.cli(&["HGETALL", key]).trim().is_empty() {
+                break;
+            }
+        }
+        assert!(std::time::Instant::now() < deadline, "a never took a slot");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    send(&b, "waits-for-the-slot");
+    a.kill9();
+    let killed = std::time::Instant::now();
+    // a's lease is 3 s: b's message goes once it expires, long before the slot's day. (a's
+    // own message may reach the sink too: its data was complete when it was killed.)
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !sink
+        .messages()
+        .iter()
+        .any(|m| String::from_utf8_lossy(m).contains("waits-for-the-slot"))
+    {
+        assert!(std::time::Instant::now() < deadline, "b never got the slot");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(
+        killed.elapsed() < Duration::from_secs(20),
+        "after {:?}",
+        killed.elapsed()
+    );
+}
