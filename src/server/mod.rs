@@ -13,6 +13,7 @@ pub mod auth;
 pub mod body_budget;
 pub mod dmarc_reports;
 pub mod dnsbl;
+pub mod drain;
 pub mod hashing;
 pub mod imap;
 pub mod imap_store;
@@ -27,6 +28,7 @@ pub mod starttls;
 pub mod verifying;
 pub mod web_store;
 pub mod wkd;
+pub mod xfer_in;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -466,6 +468,15 @@ fn start_admin(
             spool: Arc::clone(&stores.spool),
         },
     )));
+    if let Some(drain) = drain::Drain::new(
+        config,
+        Arc::clone(&delivery.mesh),
+        Arc::clone(&stores.spool),
+    ) {
+        routes.extend(crate::admin::node::node_routes(Arc::new(
+            drain::DrainControl(drain),
+        )));
+    }
     routes.extend(crate::admin::mailbox::mailbox_routes(
         Arc::clone(&stores.mail_store),
         Arc::clone(&stores.directory),

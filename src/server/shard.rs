@@ -173,6 +173,13 @@ async fn accept_loop<L: Listener>(
             }
             return;
         }
+        if super::drain::refusing() {
+            // `relay node drain`: the balancer sends clients to the other nodes.
+            if let Ok((conn, _)) = accepted {
+                conn.shutdown();
+            }
+            continue;
+        }
         match accepted {
             Ok((conn, peer)) => {
                 let refused = if proxied {
