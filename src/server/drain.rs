@@ -453,12 +453,14 @@ pub fn client_tls(cert: &Path, key: &Path, ca: &Path) -> Result<Arc<rustls::Clie
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| format!("{}: {e}", cert.display()))?;
     let key = PrivateKeyDer::from_pem_file(key).map_err(|e| format!("{}: {e}", key.display()))?;
-    let config = rustls::ClientConfig::builder_with_provider(crate::net::tls::provider())
+    let mut config = rustls::ClientConfig::builder_with_provider(crate::net::tls::provider())
         .with_safe_default_protocol_versions()
         .map_err(|e| e.to_string())?
         .with_root_certificates(roots)
         .with_client_auth_cert(chain, key)
         .map_err(|e| e.to_string())?;
+    // The cluster listener hands a connection that asks for this to the transfer session.
+    config.alpn_protocols = vec![super::xfer_session::ALPN.to_vec()];
     Ok(Arc::new(config))
 }
 

@@ -29,6 +29,7 @@ pub mod verifying;
 pub mod web_store;
 pub mod wkd;
 pub mod xfer_in;
+pub mod xfer_session;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
