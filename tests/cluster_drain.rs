@@ -1,0 +1,220 @@
+//! `relay node drain`: a node hands its outbound queue to a peer over the cluster listener
+//! (mutual TLS), each message with its schedule, while the next hop is down; the peer then
+//! delivers each message exactly once. Real `relay serve` processes on 127.0.0.2 and
+//! 127.0.0.3, the scripted sink (tests/py/scripted_sink.py) as the next hop, started only
+//! once the queue has moved.
+
+mod common;
+
+use std::collections::HashMap;
+use std::io::Read;
+use std::time::{Duration, Instant};
+
+use common::cluster::Cluster;
+use common::sinks::{free_port, Sink};
+use common::{Engine, Relay};
+
+/// Long retry intervals: nothing is retried by itself during a test; a flush on the node
+/// that holds the queue sends it.
+const SLOW_RETRY: &str =
+    "[delivery]\nretry_intervals = [\"1h\"]\nretry_every = \"2h\"\nretry_jitter_percent = 0\n";
+
+fn settings(cluster: &Cluster, name: &str, sink_port: u16) -> common::Settings {
+    let mut s = cluster.settings(name, Engine::Uring, SLOW_RETRY);
+    s.routes = vec![("*".into(), format!("127.0.0.1:{sink_port}"))];
+    s
+}
+
+fn relay_args(relay: &Relay, args: &[&str]) -> std::process::Output {
+    let config = relay.config_path.to_str().expect("utf-8 path").to_string();
+    let mut all: Vec<&str> = args.to_vec();
+    all.extend_from_slice(&["--config", &config]);
+    common::relay_cmd(all)
+}
+
+fn ok_stdout(out: &std::process::Output) -> String {
+    assert!(out.status.success(), "{}", common::describe(out));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// `relay queue list --json`: recipient address → (arrival, sender, attempts, next, reply).
+type Listed = HashMap<String, (u64, String, u64, Option<u64>, Option<String>)>;
+
+fn queue(relay: &Relay) -> Listed {
+    let text = ok_stdout(&relay_args(relay, &["queue", "list", "--json"]));
+    let list: serde_json::Value = serde_json::from_str(&text).expect("queue list JSON");
+    let mut out = HashMap::new();
+    for m in list.as_array().expect("a list") {
+        for r in m["recipients"].as_array().expect("recipients") {
+            let address = r["address"].as_str().expect("address").to_string();
+            let twice = out.insert(
+                address.clone(),
+                (
+                    m["arrival_unix_micros"].as_u64().expect("arrival"),
+                    m["sender"].as_str().expect("sender").to_string(),
+                    r["attempts"].as_u64().expect("attempts"),
+                    r["next_attempt_unix_micros"].as_u64(),
+                    r["last_reply"].as_str().map(str::to_string),
+                ),
+            );
+            assert!(twice.is_none(), "{address} queued twice: {text}");
+        }
+    }
+    out
+}
+
+/// Waits (bounded polling: no event marks "the queue emptied") until `relay`'s queue is
+/// empty.
+fn wait_queue_empty(relay: &Relay, timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let q = queue(relay);
+        if q.is_empty() {
+            return;
+        }
+        assert!(Instant::now() < deadline, "queue not empty: {q:?}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn body(tag: &str) -> Vec<u8> {
+    format!("From: sender@example.test\r\nSubject: {tag}\r\n\r\nbody of {tag}\r\n").into_bytes()
+}
+
+/// Sends `n` messages to `a`, one remote recipient each, and waits for each first attempt
+/// to be deferred (the next hop is down).
+fn queue_up(a: &Relay, n: usize, prefix: &str) -> Vec<String> {
+    let mut tags = Vec::new();
+    for i in 0..n {
+        let tag = format!("{prefix}-{i}");
+        let rcpt = format!("{tag}@remote.test");
+        let id = a.deliver(&[rcpt.as_str()], &body(&tag));
+        a.wait_log(
+            &["relay::delivery", &id, "status=\"deferred\""],
+            Duration::from_secs(20),
+        );
+        tags.push(tag);
+    }
+    tags
+}
+
+/// Each tag's message arrived at the sink exactly once, and nothing else did.
+fn assert_each_once(sink: &Sink, tags: &[String]) {
+    let got = sink.messages();
+    let mut counts: HashMap<String, usize> = HashMap::new();
+    for m in &got {
+        let text = String::from_utf8_lossy(m);
+        let subject = text
+            .lines()
+            .find_map(|l| l.strip_prefix("Subject: "))
+            .unwrap_or("?")
+            .trim()
+            .to_string();
+        *counts.entry(subject).or_default() += 1;
+    }
+    for tag in tags {
+        assert_eq!(counts.get(tag), Some(&1), "{tag} at the sink: {counts:?}");
+    }
+    assert_eq!(got.len(), tags.len(), "{counts:?}");
+}
+
+#[test]
+fn drain_moves_the_queue_with_its_schedule_and_the_peer_delivers_once() {
+    let cluster = Cluster::new(&["a", "b"], "");
+    let port = free_port();
+    let a = cluster.start("a", settings(&cluster, "a", port));
+    let b = cluster.start("b", settings(&cluster, "b", port));
+    let tags = queue_up(&a, 5, "drain");
+    let before = queue(&a);
+    assert_eq!(before.len(), 5, "{before:?}");
+    for (_, _, attempts, next, _) in before.values() {
+        assert_eq!(*attempts, 1);
+        assert!(next.is_some());
+    }
+
+    let out = ok_stdout(&relay_args(&a, &["node", "drain"]));
+    assert!(out.contains("drained: the queue is empty"), "{out}");
+    assert!(out.contains("5 transferred"), "{out}");
+
+    // A's queue is empty; B holds every message with A's schedule, not "now".
+    assert!(queue(&a).is_empty());
+    let after = queue(&b);
+    assert_eq!(after.len(), 5, "{after:?}");
+    for (rcpt, was) in &before {
+        let now = after
+            .get(rcpt)
+            .unwrap_or_else(|| panic!("{rcpt} not on b: {after:?}"));
+        assert_eq!(now, was, "{rcpt}: arrival, sender, attempts, next attempt, last reply");
+    }
+
+    // The drained node takes no new client connection (closed before any greeting).
+    let mut conn = std::net::TcpStream::connect(a.addr).expect("connect to a");
+    conn.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    let mut buf = [0u8; 64];
+    assert_eq!(conn.read(&mut buf).unwrap_or(0), 0, "a greeted a client while draining");
+
+    // The next hop comes up; B sends each message once, A nothing.
+    let sink = Sink::scripted(port, &[]);
+    ok_stdout(&relay_args(&b, &["queue", "flush"]));
+    sink.wait_messages(5, Duration::from_secs(30));
+    wait_queue_empty(&b, Duration::from_secs(30));
+    assert_each_once(&sink, &tags);
+    assert!(
+        !a.log_contains("status=\"sent\""),
+        "the drained node delivered something itself"
+    );
+
+    // Resume: A takes client connections again.
+    let out = ok_stdout(&relay_args(&a, &["node", "resume"]));
+    assert!(out.contains("resumed"), "{out}");
+    let mut client = a.client();
+    client.quit();
+}
+
+#[test]
+fn a_drainer_killed_mid_transfer_and_drained_again_loses_nothing_and_sends_nothing_twice() {
+    let cluster = Cluster::new(&["a", "b"], "");
+    let port = free_port();
+    let a = cluster.start("a", settings(&cluster, "a", port));
+    let b = cluster.start("b", settings(&cluster, "b", port));
+    let tags = queue_up(&a, 30, "kill");
+
+    // The drain runs in the background; A dies once B stored a few transfers.
+    let config = a.config_path.to_str().expect("utf-8 path").to_string();
+    let mut drain = std::process::Command::new(common::relay_bin())
+        .args(["node", "drain", "--config", &config])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("relay node drain");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let stored = b
+            .log_lines()
+            .iter()
+            .filter(|l| l.contains("transfer stored with its schedule"))
+            .count();
+        if stored >= 5 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "b stored {stored} transfers");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    a.kill9();
+    let _ = drain.wait();
+
+    // Restarted, A still holds what it had not handed over; a second drain finishes.
+    let a = a.restart(settings(&cluster, "a", port));
+    let out = ok_stdout(&relay_args(&a, &["node", "drain"]));
+    assert!(out.contains("drained: the queue is empty"), "{out}");
+    assert!(queue(&a).is_empty());
+    let on_b = queue(&b);
+    assert_eq!(on_b.len(), 30, "every recipient once on b: {on_b:?}");
+
+    let sink = Sink::scripted(port, &[]);
+    ok_stdout(&relay_args(&b, &["queue", "flush"]));
+    sink.wait_messages(30, Duration::from_secs(60));
+    wait_queue_empty(&b, Duration::from_secs(30));
+    assert_each_once(&sink, &tags);
+}
