@@ -111,6 +111,11 @@ pub struct MailParams {
     pub ret: Option<DsnRet>,
     /// ENVID= as xtext-decoded text (RFC 3461 §4.4).
     pub envid: Option<String>,
+    /// Cluster-private parameters (`X…=value`, keyword upper-cased, value xtext-decoded):
+    /// what one node tells another about a message it hands over (its queue id for the
+    /// receiver's duplicate check, a transferred queue's schedule). Only the cluster listener
+    /// takes them (the session answers 555 elsewhere); never stored in the spool.
+    pub cluster: Vec<(String, String)>,
 }
 
 /// One accepted RCPT TO.

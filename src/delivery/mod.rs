@@ -49,6 +49,7 @@
 //! finish. Stopping shuts every connection at once: the client reports the recipients
 //! deferred, and their records are written before the spool closes.
 
+pub mod cluster;
 pub mod control;
 pub mod loops;
 pub mod mesh;
@@ -124,6 +125,8 @@ pub struct DeliveryShared {
     pub metrics: Option<Arc<crate::metrics::Metrics>>,
     /// Hand-off patience, notice retries, reconciliation.
     pub upkeep: Upkeep,
+    /// Routes to cluster nodes for users homed elsewhere (`None`: no cluster).
+    pub cluster: Option<cluster::ClusterRoutes>,
 }
 
 impl DeliveryShared {
@@ -131,9 +134,13 @@ impl DeliveryShared {
         self.mesh.cores()
     }
 
-    /// The destination of one remote address.
+    /// The destination of one remote address: a local user homed on another node goes to
+    /// that node (`cluster.rs`), anything else by its domain's route.
     pub fn destination(&self, address: &str) -> DestinationKey {
         let domain = address.rsplit_once('@').map_or("", |(_, d)| d);
+        if let Some(route) = self.cluster.as_ref().and_then(|c| c.route(address)) {
+            return DestinationKey::new(&route, domain);
+        }
         DestinationKey::new(&self.routes.route(domain), domain)
     }
 

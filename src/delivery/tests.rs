@@ -59,6 +59,7 @@ fn rig() -> Rig {
         keys: None,
         metrics: None,
         // Short waits, so the retries and the reconciliation show within a test.
+        cluster: None,
         upkeep: Upkeep {
             handoff_patience: Duration::from_millis(50),
             notice_retry: Duration::from_millis(20),

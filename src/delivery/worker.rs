@@ -141,6 +141,8 @@ struct Conversation {
     hop: String,
     /// `version/cipher` once TLS is up, for the delivery log.
     tls: Option<String>,
+    /// To a cluster peer: MAIL carries our node and queue id (`cluster.rs`).
+    to_peer: bool,
 }
 
 impl Conversation {
@@ -159,6 +161,7 @@ impl Conversation {
             current: None,
             hop,
             tls: None,
+            to_peer: false,
         }
     }
 }
@@ -194,8 +197,11 @@ async fn session<C: Connector + 'static>(
     first: Taken,
 ) {
     let mode = tls_mode(core, key);
+    if mode == TlsMode::Cluster {
+        return peer_session(core, dest, conn, target, first).await;
+    }
     let starttls = match mode {
-        TlsMode::Off => StartTlsPolicy::Never,
+        TlsMode::Cluster | TlsMode::Off => StartTlsPolicy::Never,
         TlsMode::Required => StartTlsPolicy::Required,
         TlsMode::Opportunistic if core.tls_held(key) => StartTlsPolicy::Never,
         TlsMode::Opportunistic => StartTlsPolicy::IfOffered,
@@ -211,7 +217,9 @@ async fn session<C: Connector + 'static>(
     conv.consumed = 0;
     let config = match mode {
         TlsMode::Required => core.shared.client_tls.verified(),
-        TlsMode::Opportunistic | TlsMode::Off => core.shared.client_tls.opportunistic(),
+        TlsMode::Opportunistic | TlsMode::Off | TlsMode::Cluster => {
+            core.shared.client_tls.opportunistic()
+        }
     };
     match handshake(core, conn, config, &target.host).await {
         Handshake::Up(tls, summary) => {
@@ -272,6 +280,60 @@ async fn session<C: Connector + 'static>(
             conv.client.connection_lost(&mut conv.out);
             act(core, &mut conv).await;
             finish(core, conv);
+        }
+    }
+}
+
+/// One connection to a cluster peer's listener: mutual TLS from the first byte (our node
+/// certificate; theirs must chain to the cluster CA and name the address we dialled), then
+/// SMTP without STARTTLS. A failed handshake defers the destination like a refused
+/// connection: the mail waits in our queue and is retried on the usual schedule.
+async fn peer_session<C: Connector + 'static>(
+    core: &Rc<Core<C>>,
+    dest: DestId,
+    conn: C::Conn,
+    target: &Target,
+    first: Taken,
+) {
+    let hop = format!("{}[{}]", target.host, target.addr.ip());
+    let Some(cluster) = core.shared.cluster.as_ref() else {
+        // A node route exists only with a cluster; never lose the entry.
+        conn.shutdown();
+        core.retry(first.0);
+        return;
+    };
+    match handshake(core, conn, cluster.tls.client(), &target.host).await {
+        Handshake::Up(tls, summary) => {
+            let mut conv = Conversation::new(core, StartTlsPolicy::Never, hop, Some(first));
+            // Nodes may share a public host name: a peer greeting with ours is no loop.
+            let config = crate::smtp::client::ClientConfig {
+                own_hostname: None,
+                ..(*core.shared.client).clone()
+            };
+            conv.client =
+                Client::with_starttls(Arc::new(config), StartTlsPolicy::Never).for_peer(&conv.hop);
+            conv.tls = Some(format!("{}/{}", summary.version, summary.cipher));
+            conv.to_peer = true;
+            let tls = &*tls;
+            let _ = converse(core, dest, tls, &mut conv).await;
+            let _ = within(tls, CLOSE_NOTIFY_LIMIT, tls.finish()).await;
+            tls.shutdown();
+            finish(core, conv);
+        }
+        Handshake::Failed(why) => {
+            tracing::warn!(target: "relay::delivery", relay = %Safe(&hop), error = %Safe(&why), "cluster TLS handshake failed");
+            let result = RecipientResult::Deferred(Diagnostic::Local {
+                stage: Stage::Greeting,
+                reply: Reply::next_hop_unreachable(&format!("{hop}: cluster TLS: {why}")),
+            });
+            fail_destination(core, first, result, Some(&hop), None).await;
+        }
+        Handshake::Stopped => {
+            let result = RecipientResult::Deferred(Diagnostic::Local {
+                stage: Stage::Greeting,
+                reply: Reply::next_hop_unreachable(&format!("{hop}: the relay is stopping")),
+            });
+            fail_destination(core, first, result, Some(&hop), None).await;
         }
     }
 }
@@ -346,6 +408,17 @@ async fn resolve<C: Connector + 'static>(core: &Core<C>, key: &DestinationKey) -
         &shared.resolve_limits,
     )
     .await;
+    // A cluster node is reached by address; its listener refuses users not homed there, so
+    // a node route cannot loop (and the nodes may share an interface, as in tests).
+    if matches!(
+        key,
+        DestinationKey::Static {
+            tls: TlsMode::Cluster,
+            ..
+        }
+    ) {
+        return resolution;
+    }
     // A next hop that is this relay would take the mail back in a loop.
     let (what, kind) = match key {
         DestinationKey::Mx(domain) => (domain.to_string(), loops::Route::Mx),
@@ -494,7 +567,11 @@ async fn converse<C: Connector + 'static, K: Connection>(
                 match core.load(entry.id) {
                     Ok(Some(mut message)) => {
                         let body = Bytes::from(std::mem::take(&mut message.body));
-                        let message_out = outgoing(&entry, &message, body.clone());
+                        let mut message_out = outgoing(&entry, &message, body.clone());
+                        if let Some(cluster) = core.shared.cluster.as_ref().filter(|_| conv.to_peer)
+                        {
+                            message_out.params.cluster = cluster.mail_params(entry.id);
+                        }
                         match conv.client.send(message_out, &mut conv.out) {
                             Ok(()) => {
                                 conv.current = Some(InFlight {

@@ -206,6 +206,11 @@ impl Directory {
         self.aliases.get(&local).map(Vec::as_slice)
     }
 
+    /// The local domains, lower case, in config order.
+    pub fn domains(&self) -> &[String] {
+        &self.domains
+    }
+
     pub fn user(&self, name: &str) -> Option<&User> {
         self.users.get(&name.to_ascii_lowercase())
     }

@@ -1,5 +1,11 @@
 //! The real answer to the SMTP session's local-recipient question: the directory says who
 //! the address is, the store says whether its mailbox has room.
+//!
+//! In a cluster ([`Homes`]) a user homed on another node is not a mailbox here: on the
+//! public listeners their address becomes a forward (`user@domain`, which delivery routes
+//! to the home node, see [`home_elsewhere`]); on the cluster listener, where peers send only
+//! mail for users they believe are homed here, it is unknown (5xx), so a message never
+//! circles between nodes that disagree.
 
 use std::sync::Arc;
 
@@ -10,11 +16,54 @@ use crate::smtp::{LocalRecipients, Lookup};
 pub struct LocalDelivery {
     directory: Arc<Directory>,
     store: Arc<MailStore>,
+    homes: Homes,
+}
+
+/// Which users' mailboxes are here.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Homes {
+    /// No cluster: every user's.
+    All,
+    /// A cluster node: users homed on `node` (or with no home); others are forwarded to
+    /// their home node (`peer: false`) or refused (`peer: true`, the cluster listener).
+    Node { node: String, peer: bool },
+}
+
+/// The node other than `node` where the one user `address` names is homed: a forward that
+/// delivery routes to that node's cluster listener. `None` for anything else (remote
+/// addresses, lists, users homed on `node`).
+pub fn home_elsewhere<'a>(directory: &'a Directory, node: &str, address: &str) -> Option<&'a str> {
+    match directory.resolve(address) {
+        Resolution::Local { mailboxes, forward } if mailboxes.len() == 1 && forward.is_empty() => {
+            let home = directory.user(&mailboxes[0])?.home.as_deref()?;
+            (home != node).then_some(home)
+        }
+        _ => None,
+    }
 }
 
 impl LocalDelivery {
     pub fn new(directory: Arc<Directory>, store: Arc<MailStore>) -> Self {
-        LocalDelivery { directory, store }
+        LocalDelivery::with_homes(directory, store, Homes::All)
+    }
+
+    pub fn with_homes(directory: Arc<Directory>, store: Arc<MailStore>, homes: Homes) -> Self {
+        LocalDelivery {
+            directory,
+            store,
+            homes,
+        }
+    }
+
+    /// Whether `mailbox` lives on another node (never without a cluster).
+    fn elsewhere(&self, mailbox: &str) -> bool {
+        let Homes::Node { node, .. } = &self.homes else {
+            return false;
+        };
+        self.directory
+            .user(mailbox)
+            .and_then(|u| u.home.as_deref())
+            .is_some_and(|home| home != node)
     }
 
     fn over_quota(&self, mailbox: &str, size: u64) -> bool {
@@ -28,7 +77,27 @@ impl LocalDelivery {
 impl LocalRecipients for LocalDelivery {
     fn lookup(&self, address: &str, size: u64) -> Lookup {
         match self.directory.resolve(address) {
-            Resolution::Local { mailboxes, forward } => {
+            Resolution::Local {
+                mut mailboxes,
+                mut forward,
+            } => {
+                if mailboxes.iter().any(|m| self.elsewhere(m)) {
+                    if matches!(self.homes, Homes::Node { peer: true, .. }) {
+                        return Lookup::Unknown;
+                    }
+                    // The address's own domain is local (the session asks only about local
+                    // addresses); a bare `postmaster` takes the first local domain.
+                    let domain = address
+                        .rsplit_once('@')
+                        .map(|(_, d)| d.to_ascii_lowercase())
+                        .or_else(|| self.directory.domains().first().cloned())
+                        .unwrap_or_default();
+                    let (away, here): (Vec<String>, Vec<String>) =
+                        mailboxes.into_iter().partition(|m| self.elsewhere(m));
+                    forward.extend(away.into_iter().map(|m| format!("{m}@{domain}")));
+                    mailboxes = here;
+                }
+                // Quotas of users homed elsewhere are their home node's to check.
                 if mailboxes.iter().any(|m| self.over_quota(m, size)) {
                     Lookup::OverQuota
                 } else {

@@ -20,7 +20,7 @@ pub mod users_file;
 
 pub use directory::{Directory, DirectoryError, Resolution, User};
 pub use keys::{KeyStore, KeyStoreError, UserKeys};
-pub use local::LocalDelivery;
+pub use local::{home_elsewhere, Homes, LocalDelivery};
 pub use store::{ChangeError, InUse, MailStore, MaildropItem, MaildropLock};
 
 use std::sync::Arc;

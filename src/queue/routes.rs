@@ -31,6 +31,11 @@
 //! an IP literal, and defers (4.7.4/4.7.5) when STARTTLS is missing, refused or fails;
 //! `off` never sends STARTTLS. For an `mx` route the MX host name is checked.
 //!
+//! **Cluster nodes.** [`Route::node`] is the next hop for a local user homed on another
+//! node: that node's cluster listener, `tls` = [`TlsMode::Cluster`] (mutual TLS, never
+//! configurable in `[[relay.routes]]`). Its destination is keyed like any static hop, so
+//! retries, throttles and DSNs are the relay's usual ones.
+//!
 //! **Exposure.** Patterns and hops are the operator's; the domain looked up comes from a
 //! peer's RCPT TO (already syntax-checked by the session) and is only compared, never parsed
 //! into anything else.
@@ -65,6 +70,11 @@ pub enum TlsMode {
     Required,
     /// Never STARTTLS (a next hop with broken TLS).
     Off,
+    /// A cluster peer's listener: TLS from the first byte with this node's certificate,
+    /// the peer's checked against the cluster CA alone. Set only by [`Route::node`], never
+    /// written in a config.
+    #[serde(skip)]
+    Cluster,
 }
 
 /// One route entry as the operator wrote it: the pattern, the next hop and the TLS mode.
@@ -134,6 +144,20 @@ impl Route {
         tls: TlsMode::Opportunistic,
         rule: None,
     };
+
+    /// Next hop = a cluster node: its cluster listener's address (from the node table), over
+    /// mutual TLS. Used for local users homed on another node (the directory's `home`), so
+    /// it is decided per recipient, not by the domain table.
+    pub fn node(cluster: std::net::SocketAddr) -> Route {
+        Route {
+            hop: NextHop::Static(Arc::new(HopAddr {
+                host: Host::Ip(cluster.ip()),
+                port: cluster.port(),
+            })),
+            tls: TlsMode::Cluster,
+            rule: None,
+        }
+    }
 }
 
 /// A domain pattern, compiled.
@@ -391,6 +415,25 @@ mod tests {
 
     fn name(n: &str) -> Host {
         Host::Name(n.into())
+    }
+
+    #[test]
+    fn a_node_route_is_its_cluster_address_over_cluster_tls() {
+        let route = Route::node("127.0.0.3:2526".parse().unwrap());
+        assert_eq!(
+            route.hop,
+            hop(Host::Ip(Ipv4Addr::new(127, 0, 0, 3).into()), 2526)
+        );
+        assert_eq!(route.tls, TlsMode::Cluster);
+        assert_eq!(route.rule, None);
+        // An operator cannot write it: the cluster's TLS belongs to node routes alone.
+        #[derive(Deserialize)]
+        struct Entry {
+            #[allow(dead_code)]
+            tls: TlsMode,
+        }
+        assert!(toml::from_str::<Entry>("tls = \"cluster\"").is_err());
+        assert!(toml::from_str::<Entry>("tls = \"required\"").is_ok());
     }
 
     #[test]

@@ -174,7 +174,8 @@ impl From<Denied> for crate::smtp::AuthFailure {
 impl Auth {
     fn policy(&self, protocol: Protocol) -> &Policy {
         match protocol {
-            Protocol::Smtp => &self.smtp,
+            // The cluster listener has no AUTH; its peers are authenticated by certificate.
+            Protocol::Smtp | Protocol::Cluster => &self.smtp,
             Protocol::Pop3 => &self.pop3,
             Protocol::Imap => &self.imap,
         }
@@ -233,7 +234,7 @@ impl Auth {
 
 fn log_refused(protocol: Protocol, client: IpAddr, attempted: &str) {
     match protocol {
-        Protocol::Smtp => {
+        Protocol::Smtp | Protocol::Cluster => {
             tracing::info!(target: "relay::smtp", client = %client, user = %Safe(attempted), "auth refused: too many failures")
         }
         Protocol::Pop3 => {
@@ -247,7 +248,7 @@ fn log_refused(protocol: Protocol, client: IpAddr, attempted: &str) {
 
 fn log_failure(protocol: Protocol, client: IpAddr, attempted: &str) {
     match protocol {
-        Protocol::Smtp => {
+        Protocol::Smtp | Protocol::Cluster => {
             tracing::info!(target: "relay::smtp", client = %client, user = %Safe(attempted), "auth failed")
         }
         Protocol::Pop3 => {
@@ -261,7 +262,7 @@ fn log_failure(protocol: Protocol, client: IpAddr, attempted: &str) {
 
 fn log_busy(protocol: Protocol, client: IpAddr, attempted: &str) {
     let protocol = match protocol {
-        Protocol::Smtp => "smtp",
+        Protocol::Smtp | Protocol::Cluster => "smtp",
         Protocol::Pop3 => "pop3",
         Protocol::Imap => "imap",
     };

@@ -38,14 +38,36 @@ pub async fn store(
     peer: SocketAddr,
     headers: Vec<u8>,
 ) -> Result<QueueId, SubmitError> {
+    store_traced(ctx, submission, peer, headers, true).await
+}
+
+/// [`store`] for a cluster peer's message: the bytes as the peer sent them, without a
+/// Received field of ours (the first node's trace is the message's; `cluster_listener`).
+pub async fn store_as_sent(
+    ctx: &ShardContext,
+    submission: Submission,
+    peer: SocketAddr,
+) -> Result<QueueId, SubmitError> {
+    store_traced(ctx, submission, peer, Vec::new(), false).await
+}
+
+async fn store_traced(
+    ctx: &ShardContext,
+    submission: Submission,
+    peer: SocketAddr,
+    headers: Vec<u8>,
+    trace: bool,
+) -> Result<QueueId, SubmitError> {
     let now = SystemTime::now();
     let id = ctx.spool.next_id(now);
     let mut received = headers;
-    received.extend_from_slice(
-        submission
-            .received_header(id, &ctx.hostname, now)
-            .as_bytes(),
-    );
+    if trace {
+        received.extend_from_slice(
+            submission
+                .received_header(id, &ctx.hostname, now)
+                .as_bytes(),
+        );
+    }
     let Submission {
         envelope,
         mailboxes,
@@ -105,6 +127,7 @@ pub async fn store(
                 tls = tls.as_deref().map(tracing::field::display),
                 rcpts,
                 size,
+                cluster = !trace,
                 sealed = stored.sealed,
                 parts = mime.parts,
                 attachments = mime.attachments,

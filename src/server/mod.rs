@@ -11,6 +11,7 @@
 pub mod admission;
 pub mod auth;
 pub mod body_budget;
+pub mod cluster_listener;
 pub mod dmarc_reports;
 pub mod dnsbl;
 pub mod drain;
@@ -102,6 +103,8 @@ pub enum ServerError {
     Keys(String),
     #[error("signature checks: {0}")]
     Signatures(String),
+    #[error("cluster: {0}")]
+    Cluster(String),
 }
 
 impl From<SpoolError> for ServerError {
@@ -183,6 +186,7 @@ pub fn delivery_shared(
         keys: None,
         metrics: None,
         upkeep: d.upkeep(),
+        cluster: None,
     })
 }
 
@@ -270,6 +274,27 @@ struct Stores {
     mail_store: Arc<MailStore>,
     spool: Arc<Spool>,
     metrics: Arc<Metrics>,
+    /// This node's name and its mutual-TLS files, when it is a cluster node with them.
+    cluster: Option<(String, crate::net::tls::ClusterTls)>,
+}
+
+/// A cluster node's name and mutual TLS (`[cluster]` with `cert`, `key` and `ca`); `None`
+/// without a cluster. A node without the TLS files cannot reach its peers: its users are
+/// all treated as homed here (warned).
+fn load_cluster(
+    config: &Config,
+) -> Result<Option<(String, crate::net::tls::ClusterTls)>, ServerError> {
+    let cluster = &config.cluster;
+    let Some(node) = cluster.node.clone() else {
+        return Ok(None);
+    };
+    let (Some(cert), Some(key), Some(ca)) = (&cluster.cert, &cluster.key, &cluster.ca) else {
+        tracing::warn!(node = %node, "cluster.cert, cluster.key and cluster.ca are not all set: mail for users homed on other nodes cannot be relayed there, and is kept here");
+        return Ok(None);
+    };
+    let tls = crate::net::tls::ClusterTls::load(cert, key, ca)
+        .map_err(|e| ServerError::Cluster(e.to_string()))?;
+    Ok(Some((node, tls)))
 }
 
 /// Loads the users and recovers the spool (each shard's log is read and checked).
@@ -306,6 +331,7 @@ fn open_stores(config: &Config, shards: usize) -> Result<Stores, ServerError> {
         mail_store,
         spool,
         metrics,
+        cluster: load_cluster(config)?,
     })
 }
 
@@ -336,6 +362,16 @@ fn bind_listeners(config: &Config, shards: usize) -> Result<Vec<ShardSockets>, S
         (&config.imap.listen, Protocol::Imap, false, "imap"),
         (&config.imap.tls_listen, Protocol::Imap, true, "imaps"),
     ];
+    // The cluster listener, only on a node that can speak its mutual TLS.
+    let cluster: Vec<std::net::SocketAddr> = config
+        .cluster
+        .listen
+        .filter(|_| config.cluster.enabled())
+        .into_iter()
+        .collect();
+    let listen = listen
+        .into_iter()
+        .chain([(&cluster, Protocol::Cluster, false, "cluster")]);
     for (addrs, protocol, implicit_tls, name) in listen {
         for addr in addrs {
             let set = bind_shared(*addr, shards)?;
@@ -377,6 +413,32 @@ fn build_delivery(
     delivery.metrics = Some(Arc::clone(&stores.metrics));
     delivery.keys = Some(Arc::clone(&stores.keys));
     delivery.own_addresses = own_addresses;
+    delivery.cluster =
+        stores
+            .cluster
+            .as_ref()
+            .map(|(node, tls)| crate::delivery::cluster::ClusterRoutes {
+                node: node.clone(),
+                nodes: config
+                    .cluster
+                    .nodes
+                    .iter()
+                    .map(|n| (n.name.clone(), n.cluster))
+                    .collect(),
+                directory: Arc::clone(&stores.directory),
+                tls: tls.clone(),
+            });
+    if let Some(routes) = &delivery.cluster {
+        for user in stores.directory.users() {
+            if let Some(home) = user
+                .home
+                .as_deref()
+                .filter(|h| !routes.nodes.contains_key(*h))
+            {
+                tracing::warn!(user = %user.name, home = %crate::logsafe::Safe(home), "the user's home node is not in cluster.nodes: their mail waits in the queue");
+            }
+        }
+    }
     delivery.client = Arc::new(crate::smtp::client::ClientConfig {
         resign,
         ..(*delivery.client).clone()
@@ -385,9 +447,23 @@ fn build_delivery(
 }
 
 fn local_mailboxes(stores: &Stores) -> Mailboxes {
-    Mailboxes(Arc::new(LocalDelivery::new(
+    homed_mailboxes(stores, false)
+}
+
+/// Local recipients as this node sees them: in a cluster, users homed elsewhere are
+/// forwarded there (`peer: false`) or, on the cluster listener, refused (`peer: true`).
+fn homed_mailboxes(stores: &Stores, peer: bool) -> Mailboxes {
+    let homes = match &stores.cluster {
+        Some((node, _)) => crate::mailbox::Homes::Node {
+            node: node.clone(),
+            peer,
+        },
+        None => crate::mailbox::Homes::All,
+    };
+    Mailboxes(Arc::new(LocalDelivery::with_homes(
         Arc::clone(&stores.directory),
         Arc::clone(&stores.mail_store),
+        homes,
     )))
 }
 
@@ -515,6 +591,7 @@ struct Contexts {
     verifying: Arc<verifying::VerifyingShared>,
     signatures: Arc<signatures::SignaturesShared>,
     dmarc_reports: Arc<crate::sender_auth::report::Recorder>,
+    cluster: Option<Arc<cluster_listener::ClusterListener>>,
 }
 
 /// The SMTP session settings (with the ingest gate), the login contexts and the connection
@@ -542,7 +619,21 @@ fn build_contexts(
     let verifying = verifying::VerifyingShared::new(config, Arc::clone(&dmarc_reports));
     let signatures = signatures::SignaturesShared::new(config, &hostname)
         .map_err(|e| ServerError::Signatures(e.to_string()))?;
+    let cluster = match (&stores.cluster, config.cluster.listen) {
+        (Some((node, tls)), Some(_)) => Some(Arc::new(cluster_listener::ClusterListener {
+            node: node.clone(),
+            tls: tls.clone(),
+            session: Arc::new(cluster_listener::session_config(
+                &session,
+                homed_mailboxes(stores, true),
+            )),
+            seen: cluster_listener::Seen::open(&config.spool.dir)
+                .map_err(|e| ServerError::Cluster(e.to_string()))?,
+        })),
+        _ => None,
+    };
     Ok(Arc::new(Contexts {
+        cluster,
         signatures,
         dmarc_reports,
         signing,
@@ -754,6 +845,7 @@ impl Contexts {
             signing: signing::Signing::for_shard(&self.signing),
             verifying: verifying::Verifying::for_shard(&self.verifying),
             signatures: signatures::Signatures::for_shard(&self.signatures),
+            cluster: self.cluster.clone(),
         }
     }
 }

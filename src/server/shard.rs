@@ -81,6 +81,8 @@ pub struct ShardContext {
     pub verifying: super::verifying::Verifying,
     /// S/MIME and OpenPGP signature checks of mail for local users.
     pub signatures: super::signatures::Signatures,
+    /// The cluster listener's TLS, session and duplicate record (`None`: no cluster).
+    pub cluster: Option<Arc<super::cluster_listener::ClusterListener>>,
 }
 
 /// What POP3 connections need besides the common parts.
@@ -112,6 +114,8 @@ pub enum Protocol {
     Smtp,
     Pop3,
     Imap,
+    /// The cluster listener: SMTP between nodes over mutual TLS (`cluster_listener`).
+    Cluster,
 }
 
 /// A listener plus a duplicate of its socket, used to stop a pending accept at shutdown.
@@ -164,6 +168,8 @@ async fn accept_loop<L: Listener>(
         Protocol::Smtp => ctx.smtp_proxy_protocol,
         Protocol::Pop3 => ctx.pop3_proxy_protocol,
         Protocol::Imap => ctx.imap_proxy_protocol,
+        // Peers connect directly: their certificate names them, not a balancer.
+        Protocol::Cluster => false,
     };
     loop {
         let accepted = listener.accept().await;
@@ -252,6 +258,7 @@ async fn serve<C: Connection>(
         Protocol::Smtp => smtp::serve(conn, peer, ctx, permit, input, implicit_tls).await,
         Protocol::Pop3 => pop3::serve(conn, peer, ctx, permit, input, implicit_tls).await,
         Protocol::Imap => super::imap::serve(conn, peer, ctx, permit, input, implicit_tls).await,
+        Protocol::Cluster => super::cluster_listener::serve(conn, peer, ctx, permit).await,
     }
 }
 
@@ -266,6 +273,12 @@ async fn turn_away<C: Connection>(
     tracing::info!(client = %peer, ?refusal, ?protocol, "connection refused");
     let mut reply = Vec::new();
     match protocol {
+        // A peer is turned away before its TLS handshake: it retries later.
+        Protocol::Cluster => {
+            ctx.metrics.smtp.refused.inc();
+            conn.shutdown();
+            return;
+        }
         Protocol::Smtp => {
             ctx.metrics.smtp.refused.inc();
             refusal_reply(&ctx.hostname, refusal).encode(&mut reply)
@@ -307,7 +320,7 @@ async fn serve_proxied<C: Connection>(
     implicit_tls: bool,
 ) {
     let idle = match protocol {
-        Protocol::Smtp => ctx.command_timeout,
+        Protocol::Smtp | Protocol::Cluster => ctx.command_timeout,
         Protocol::Pop3 => ctx.pop3.idle_timeout,
         Protocol::Imap => ctx.imap.idle_timeout,
     };
@@ -323,7 +336,7 @@ async fn serve_proxied<C: Connection>(
     };
     // v1 UNKNOWN, v2 LOCAL or UNSPEC: the proxy speaks for itself.
     let trusted = match protocol {
-        Protocol::Smtp => ctx.smtp_proxy_local_trust,
+        Protocol::Smtp | Protocol::Cluster => ctx.smtp_proxy_local_trust,
         Protocol::Pop3 => ctx.pop3_proxy_local_trust,
         Protocol::Imap => ctx.imap_proxy_local_trust,
     };

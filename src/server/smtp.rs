@@ -25,6 +25,7 @@
 
 use std::net::SocketAddr;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use super::admission::Permit;
@@ -68,6 +69,7 @@ pub async fn serve<C: Connection>(
         out,
         session,
         deadlines: Deadlines::default(),
+        ingress: Ingress::Public,
     };
     tracing::debug!(client = %peer, shard = link.wire.ctx.shard, implicit_tls, "connected");
     let dnsbl = &link.wire.ctx.dnsbl;
@@ -84,6 +86,44 @@ pub async fn serve<C: Connection>(
     starttls::serve(&mut link, conn, input, implicit_tls).await;
 }
 
+/// Serves one connection of the cluster listener whose mutual-TLS handshake has passed
+/// (`cluster_listener`): the same driver, with the cluster session settings, and each
+/// message stored by `cluster_listener::accept`.
+pub async fn serve_peer<C: Connection>(
+    tls: C,
+    summary: TlsSummary,
+    peer: SocketAddr,
+    ctx: Rc<ShardContext>,
+    _permit: Permit,
+) {
+    let Some(config) = ctx.cluster.as_ref().map(|c| Arc::clone(&c.session)) else {
+        tls.shutdown();
+        return;
+    };
+    let _open = ctx.metrics.smtp.opened();
+    let mut out = Outbox::default();
+    let session = Session::new(config, peer, SystemTime::now(), &mut out);
+    let mut link = Link {
+        phase: ctx.phase.clone(),
+        wire: Wire::new(ctx, peer),
+        out,
+        session,
+        deadlines: Deadlines::default(),
+        ingress: Ingress::Peer,
+    };
+    link.secured(&summary);
+    let _ = link.drive(&tls).await;
+}
+
+/// Which listener a connection came in on: where its messages are stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ingress {
+    /// SMTP and submission: sender checks, signing, our Received field (`ingest`).
+    Public,
+    /// The cluster listener: as the peer sent it (`cluster_listener`).
+    Peer,
+}
+
 /// One connection's protocol state, kept across the switch to TLS.
 struct Link {
     wire: Wire,
@@ -91,6 +131,7 @@ struct Link {
     out: Outbox,
     session: Session,
     deadlines: Deadlines,
+    ingress: Ingress,
 }
 
 impl Upgradable for Link {
@@ -121,6 +162,7 @@ impl Upgradable for Link {
             out,
             session,
             deadlines,
+            ingress,
         } = self;
         let ctx: &ShardContext = ctx;
         let peer = *peer;
@@ -146,7 +188,7 @@ impl Upgradable for Link {
                             biased;
                             // Boxed: the checks and the store are most of this future's size, and
                             // only a transaction needs them, not every idle connection.
-                            stored = Box::pin(ingest::accept(ctx, *submission, peer)) => Some(stored),
+                            stored = Box::pin(store(*ingress, ctx, *submission, peer)) => Some(stored),
                             _ = stop_requested(phase, true) => None,
                         };
                         let Some(result) = stored else {
@@ -272,6 +314,19 @@ impl Upgradable for Link {
             ended(in_transaction, peer, why);
             return DriveEnd::Closed;
         }
+    }
+}
+
+/// Stores a submitted message by the rules of the listener it came in on.
+async fn store(
+    ingress: Ingress,
+    ctx: &ShardContext,
+    submission: crate::smtp::Submission,
+    peer: SocketAddr,
+) -> Result<crate::envelope::QueueId, crate::smtp::SubmitError> {
+    match ingress {
+        Ingress::Public => ingest::accept(ctx, submission, peer).await,
+        Ingress::Peer => super::cluster_listener::accept(ctx, submission, peer).await,
     }
 }
 

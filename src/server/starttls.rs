@@ -106,7 +106,7 @@ async fn secure<L: Upgradable, C: Connection>(
     let (ctx, peer) = (Rc::clone(&wire.ctx), wire.peer);
     let protocol = L::PROTOCOL;
     let metrics = match protocol {
-        Protocol::Smtp => &ctx.metrics.smtp,
+        Protocol::Smtp | Protocol::Cluster => &ctx.metrics.smtp,
         Protocol::Pop3 => &ctx.metrics.pop3,
         Protocol::Imap => &ctx.metrics.imap,
     };

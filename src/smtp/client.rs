@@ -1104,6 +1104,8 @@ impl Client {
                 smtputf8: (message.params.smtputf8 || utf8_addresses) && caps.smtputf8,
                 ret: message.params.ret.filter(|_| caps.dsn),
                 envid: message.params.envid.filter(|_| caps.dsn),
+                // Set only for a cluster peer, whose listener takes them.
+                cluster: message.params.cluster,
             }
         } else {
             MailParams::default()

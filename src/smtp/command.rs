@@ -574,6 +574,7 @@ mod tests {
                         smtputf8: false,
                         ret: Some(DsnRet::Full),
                         envid: Some("x".into()),
+                        cluster: Vec::new(),
                     },
                 },
             ),
@@ -889,6 +890,7 @@ mod tests {
                 smtputf8,
                 ret,
                 envid,
+                cluster: Vec::new(),
             })
     }
 

@@ -16,6 +16,9 @@ use crate::envelope::{BodyType, DsnRet, MailParams, Notify};
 pub const ENVID_MAX: usize = 100;
 /// RFC 3461 §4.2.
 pub const ORCPT_MAX: usize = 500;
+/// Cluster-private MAIL parameters per command, and the length of one value.
+pub const CLUSTER_PARAMS_MAX: usize = 8;
+pub const CLUSTER_VALUE_MAX: usize = 200;
 /// RFC 1870 §4: `size-value ::= 1*20DIGIT`.
 const SIZE_DIGITS_MAX: usize = 20;
 
@@ -88,6 +91,22 @@ pub fn parse_mail(text: &str) -> Result<MailParams, ParamError> {
                 .filter(|v| !v.is_empty() && v.len() <= AUTH_MAX)
                 .ok_or(ParamError::BadValue("AUTH"))?;
             AUTH
+        } else if keyword.len() > 1 && keyword.as_bytes()[0].eq_ignore_ascii_case(&b'X') {
+            // A cluster-private parameter: parsed here, allowed only by the cluster listener's
+            // session (which answers 555 for it elsewhere).
+            let value = value
+                .and_then(xtext_decode)
+                .filter(|v| !v.is_empty() && v.len() <= CLUSTER_VALUE_MAX)
+                .ok_or(ParamError::BadValue("X-"))?;
+            let keyword = keyword.to_ascii_uppercase();
+            if params.cluster.iter().any(|(k, _)| *k == keyword) {
+                return Err(ParamError::Duplicate("X-"));
+            }
+            if params.cluster.len() >= CLUSTER_PARAMS_MAX {
+                return Err(ParamError::Syntax);
+            }
+            params.cluster.push((keyword, value));
+            continue;
         } else {
             return Err(unknown(keyword));
         };
@@ -137,6 +156,12 @@ pub fn encode_mail(params: &MailParams, out: &mut Vec<u8>) {
     if let Some(envid) = &params.envid {
         out.extend_from_slice(b" ENVID=");
         xtext_encode(envid, out);
+    }
+    for (keyword, value) in &params.cluster {
+        out.push(b' ');
+        out.extend_from_slice(keyword.as_bytes());
+        out.push(b'=');
+        xtext_encode(value, out);
     }
 }
 
@@ -370,6 +395,7 @@ mod tests {
                 smtputf8: true,
                 ret: Some(DsnRet::Headers),
                 envid: Some("QQ+314".into()),
+                cluster: Vec::new(),
             }
         );
         assert_eq!(parse_mail("").unwrap(), MailParams::default());

@@ -134,6 +134,9 @@ pub struct SessionConfig {
     pub allow_plaintext_auth: bool,
     /// Offer STARTTLS (RFC 3207) on connections without TLS: the relay has a certificate.
     pub starttls: bool,
+    /// Take cluster-private MAIL parameters (`MailParams::cluster`): the cluster listener
+    /// only, whose peers are authenticated nodes; elsewhere they are 555.
+    pub cluster_params: bool,
 }
 
 impl Default for SessionConfig {
@@ -172,6 +175,7 @@ impl Default for SessionConfig {
             body_memory: None,
             allow_plaintext_auth: false,
             starttls: false,
+            cluster_params: false,
         }
     }
 }
@@ -1046,6 +1050,12 @@ impl Session {
         let refusal = if !helo.extended && params != MailParams::default() {
             // Known gap: an explicit BODY=7BIT after HELO equals the default and passes.
             Some(Reply::parameters_need_ehlo())
+        } else if let Some((keyword, _)) = params
+            .cluster
+            .first()
+            .filter(|_| !self.config.cluster_params)
+        {
+            Some(Reply::parameter_not_recognized(keyword))
         } else if !params.smtputf8 && !from.is_ascii() {
             Some(Reply::utf8_needs_smtputf8())
         } else if params

@@ -539,6 +539,7 @@ impl From<MailParams> for MailParamsV1 {
             smtputf8,
             ret,
             envid,
+            cluster: _,
         } = p;
         MailParamsV1 {
             size,
@@ -565,6 +566,7 @@ impl From<MailParamsV1> for MailParams {
             smtputf8,
             ret: ret.map(Into::into),
             envid,
+            cluster: Vec::new(),
         }
     }
 }

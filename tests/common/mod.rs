@@ -15,6 +15,7 @@
 
 #![allow(dead_code)]
 
+pub mod cluster;
 pub mod dns;
 pub mod json;
 pub mod pop3;

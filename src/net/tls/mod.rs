@@ -6,6 +6,7 @@
 //! path, and a bad file at reload keeps the certificate already in use.
 
 pub mod client;
+pub mod cluster;
 pub mod connection;
 pub mod server;
 
@@ -13,6 +14,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 pub use client::ClientTls;
+pub use cluster::ClusterTls;
 pub use connection::{accept, HandshakeFailure, TlsConnection, TlsSummary};
 pub use server::ServerTls;
 

@@ -1,0 +1,401 @@
+//! The cluster listener (`cluster.listen`): SMTP between nodes over mutual TLS.
+//!
+//! **Who may connect.** TLS from the first byte with [`crate::net::tls::ClusterTls`]'s server
+//! side: the client must present a certificate that chains to `cluster.ca`, or the
+//! handshake fails and the connection closes before any SMTP (logged, counted as an SMTP TLS
+//! failure). A peer that passed is an authenticated node and is trusted like a relay network
+//! client: it may relay (a draining peer hands over mail for anywhere), no message rate,
+//! no block lists.
+//!
+//! **What it takes.** The SMTP driver (`server::smtp`) and session are the public
+//! listener's, with the session configured by [`session_config`]: no STARTTLS and no AUTH
+//! (TLS is already up), cluster MAIL parameters allowed, and local recipients resolved with
+//! `Homes::Node { peer: true }`: a user homed here gets the mail; a user homed on another
+//! node is `550 5.1.1` (permanent, so two nodes that disagree cannot pass a message back and
+//! forth; the sender's queue bounces it to the sender).
+//!
+//! **How it stores.** [`accept`] replaces `ingest::accept`: no sender checks (the first
+//! node ran SPF/DKIM/DMARC and removed forged `Authentication-Results` carrying our
+//! authserv-id, which the nodes share), no DKIM signing and no Received field: the bytes
+//! the peer sends are stored as they are, so a message for a user homed here is stored
+//! exactly as the first node would have stored it (sealed for users whose mail is
+//! encrypted, as on every path).
+//!
+//! **Hooks for the peers (MAIL parameters).** `XQUEUE=<node>.<queue id>` names the sender's
+//! queue entry: the duplicate check below. Other `X…` parameters are parsed by the session
+//! (`MailParams::cluster`) and reach [`accept`], where a queue transfer (node drain) reads
+//! its own (schedule, attempts); parameters this node does not know are ignored.
+//!
+//! **Duplicates.** The sender records "delivered" only after our 250; if it dies in
+//! between it sends again. [`Seen`] remembers `(XQUEUE, recipient)` for the last
+//! [`SEEN_MAX`] recipients, in memory and in an append-only file in the spool directory
+//! (`cluster-seen`), written after the spool commit and before the 250: a resent recipient
+//! is answered 250 with its first queue id and not stored again. The file is written, not
+//! fsynced: it survives a crash of this process (kill -9), not a power loss; and a crash of
+//! this node between its spool commit and that write (no 250 was sent) lets the resend
+//! through. Those are the two duplicate windows left.
+
+use std::collections::{HashMap, VecDeque};
+use std::fs::{File, OpenOptions};
+use std::io::{BufRead, BufReader, Write};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+use std::sync::{Arc, Mutex};
+
+use super::admission::Permit;
+use super::shard::ShardContext;
+use crate::envelope::QueueId;
+use crate::logsafe::Safe;
+use crate::net::io::Connection;
+use crate::net::tls::ClusterTls;
+use crate::smtp::{Lookup, Mailboxes, SessionConfig, Submission, SubmitError};
+
+/// Recipients remembered for the duplicate check: many hours of a node's cross-node mail;
+/// a resend comes within the sender's retry schedule (minutes).
+pub const SEEN_MAX: usize = 100_000;
+
+/// The duplicate record's file in the spool directory.
+pub const SEEN_FILE: &str = "cluster-seen";
+
+/// What every shard's cluster listener shares.
+pub struct ClusterListener {
+    pub node: String,
+    pub tls: ClusterTls,
+    pub session: Arc<SessionConfig>,
+    pub seen: Seen,
+}
+
+/// The cluster listener's session settings, from the public ones: peers are relay clients
+/// (authenticated by their certificate), STARTTLS and AUTH are off (TLS is up before the
+/// greeting), cluster MAIL parameters are on, and `mailboxes` answers for users homed here
+/// only.
+pub fn session_config(public: &SessionConfig, mailboxes: Mailboxes) -> SessionConfig {
+    SessionConfig {
+        relay_networks: vec![
+            ipnet::IpNet::V4(ipnet::Ipv4Net::new_assert(
+                std::net::Ipv4Addr::UNSPECIFIED,
+                0,
+            )),
+            ipnet::IpNet::V6(ipnet::Ipv6Net::new_assert(
+                std::net::Ipv6Addr::UNSPECIFIED,
+                0,
+            )),
+        ],
+        mailboxes: Some(mailboxes),
+        starttls: false,
+        allow_plaintext_auth: false,
+        cluster_params: true,
+        message_rate: None,
+        ..public.clone()
+    }
+}
+
+/// Serves one connection on the cluster listener: the mutual-TLS handshake, then the SMTP
+/// driver over it.
+pub async fn serve<C: Connection>(
+    conn: C,
+    peer: SocketAddr,
+    ctx: Rc<ShardContext>,
+    permit: Permit,
+) {
+    let Some(cluster) = ctx.cluster.as_ref() else {
+        conn.shutdown();
+        return;
+    };
+    let config = cluster.tls.server();
+    match crate::net::tls::accept(conn, config, &[], ctx.tls_handshake_timeout).await {
+        Ok((tls, summary)) => {
+            ctx.metrics.smtp.tls_handshakes.inc();
+            tracing::debug!(client = %peer, version = %summary.version, "cluster peer authenticated");
+            super::smtp::serve_peer(tls, summary, peer, ctx, permit).await;
+        }
+        Err(failure) => {
+            ctx.metrics.smtp.tls_failures.inc();
+            tracing::info!(target: "relay::cluster", client = %peer.ip(), failure = %Safe(&failure), "cluster peer refused at the TLS handshake");
+        }
+    }
+}
+
+/// The queue tag of `XQUEUE=`: `node.QUEUEID` (a node name and 16 hex digits), or `None`.
+fn queue_tag(params: &[(String, String)]) -> Option<&str> {
+    let (_, value) = params
+        .iter()
+        .find(|(k, _)| k == crate::delivery::cluster::XQUEUE)?;
+    let (node, id) = value.split_once('.')?;
+    (crate::config::cluster::valid_node_name(node) && id.parse::<QueueId>().is_ok())
+        .then_some(value.as_str())
+}
+
+/// Stores one message from a peer (see the module doc): the duplicate check, then the
+/// spool as sent.
+pub async fn accept(
+    ctx: &ShardContext,
+    mut submission: Submission,
+    peer: SocketAddr,
+) -> Result<QueueId, SubmitError> {
+    let Some(cluster) = ctx.cluster.as_ref() else {
+        return Err(SubmitError::Storage);
+    };
+    let params = std::mem::take(&mut submission.envelope.params.cluster);
+    let tag = queue_tag(&params).map(str::to_string);
+    let Some(tag) = tag else {
+        return super::ingest::store_as_sent(ctx, submission, peer).await;
+    };
+    let key = |address: &str| format!("{tag}\t{}", address.to_ascii_lowercase());
+    let recipients = &submission.envelope.recipients;
+    let before: Vec<Option<QueueId>> = recipients
+        .iter()
+        .map(|r| cluster.seen.get(&key(&r.address)))
+        .collect();
+    if let Some(Some(first)) = before
+        .first()
+        .filter(|_| before.iter().all(Option::is_some))
+    {
+        tracing::info!(
+            target: "relay::transaction",
+            client = %peer.ip(),
+            peer_queue = %Safe(&tag),
+            queue_id = %first,
+            rcpts = recipients.len(),
+            result = "duplicate",
+            "already stored; not stored again"
+        );
+        return Ok(*first);
+    }
+    if before.iter().any(Option::is_some) {
+        narrow(&cluster.session, &mut submission, &before);
+    }
+    let keys: Vec<String> = submission
+        .envelope
+        .recipients
+        .iter()
+        .map(|r| key(&r.address))
+        .collect();
+    let id = super::ingest::store_as_sent(ctx, submission, peer).await?;
+    cluster.seen.record(&keys, id);
+    tracing::info!(target: "relay::cluster", queue_id = %id, client = %peer.ip(), peer_queue = %Safe(&tag), rcpts = keys.len(), "stored for a peer");
+    Ok(id)
+}
+
+/// Keeps only the recipients not stored before, and resolves them again (mailboxes and
+/// remote addresses as the session would have).
+fn narrow(session: &SessionConfig, submission: &mut Submission, before: &[Option<QueueId>]) {
+    let recipients = std::mem::take(&mut submission.envelope.recipients);
+    submission.envelope.recipients = recipients
+        .into_iter()
+        .zip(before)
+        .filter(|(_, seen)| seen.is_none())
+        .map(|(r, _)| r)
+        .collect();
+    let (mut mailboxes, mut remote) = (Vec::new(), Vec::new());
+    for r in &submission.envelope.recipients {
+        let local = match r.address.rsplit_once('@') {
+            None => true,
+            Some((_, domain)) => session
+                .local_domains
+                .iter()
+                .any(|d| d.eq_ignore_ascii_case(domain)),
+        };
+        let lookup = session
+            .mailboxes
+            .as_ref()
+            .filter(|_| local)
+            .map(|m| m.0.lookup(&r.address, 0));
+        match lookup {
+            Some(Lookup::Deliver {
+                mailboxes: m,
+                forward,
+            }) => {
+                push_unique(&mut mailboxes, m);
+                push_unique(&mut remote, forward);
+            }
+            // Accepted at RCPT a moment ago; a directory change since is the next try's.
+            Some(Lookup::Unknown | Lookup::OverQuota) => {}
+            None => push_unique(&mut remote, vec![r.address.clone()]),
+        }
+    }
+    submission.mailboxes = mailboxes;
+    submission.remote = remote;
+}
+
+fn push_unique(list: &mut Vec<String>, items: Vec<String>) {
+    for item in items {
+        if !list.contains(&item) {
+            list.push(item);
+        }
+    }
+}
+
+/// The duplicate record: `(XQUEUE, recipient)` → the queue id it was stored under, for the
+/// last [`SEEN_MAX`] recipients (module doc). One lock for every shard: taken for a lookup
+/// per recipient and one append per message from a peer.
+pub struct Seen {
+    inner: Mutex<SeenInner>,
+}
+
+struct SeenInner {
+    map: HashMap<String, QueueId>,
+    order: VecDeque<String>,
+    path: PathBuf,
+    file: Option<File>,
+    /// Lines in the file: past twice the limit it is rewritten with the current ones.
+    lines: usize,
+}
+
+/// Why the duplicate record could not be opened.
+#[derive(Debug, thiserror::Error)]
+#[error("{path}: {source}")]
+pub struct SeenError {
+    path: PathBuf,
+    source: std::io::Error,
+}
+
+impl Seen {
+    /// Reads `dir/cluster-seen` (absent: empty), keeps its last [`SEEN_MAX`] entries and
+    /// rewrites it with them.
+    pub fn open(dir: &Path) -> Result<Seen, SeenError> {
+        let path = dir.join(SEEN_FILE);
+        let failed = |source| SeenError {
+            path: path.clone(),
+            source,
+        };
+        let mut inner = SeenInner {
+            map: HashMap::new(),
+            order: VecDeque::new(),
+            path: path.clone(),
+            file: None,
+            lines: 0,
+        };
+        match File::open(&path) {
+            Ok(file) => {
+                for line in BufReader::new(file).lines() {
+                    // A torn last line (a crash mid-write) is skipped.
+                    let Ok(line) = line else { break };
+                    if let Some((key, id)) = line.rsplit_once('\t') {
+                        if let Ok(id) = id.parse::<QueueId>() {
+                            inner.insert(key.to_string(), id);
+                        }
+                    }
+                }
+            }
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+            Err(error) => return Err(failed(error)),
+        }
+        inner.rewrite().map_err(failed)?;
+        Ok(Seen {
+            inner: Mutex::new(inner),
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, SeenInner> {
+        // A panic mid-update leaves a usable map (at worst one entry short).
+        self.inner
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    pub fn get(&self, key: &str) -> Option<QueueId> {
+        self.lock().map.get(key).copied()
+    }
+
+    /// Remembers `keys` as stored under `id`; a write error is logged (the cost is a
+    /// possible duplicate, never a loss).
+    pub fn record(&self, keys: &[String], id: QueueId) {
+        let mut inner = self.lock();
+        let mut text = String::new();
+        for key in keys {
+            inner.insert(key.clone(), id);
+            text.push_str(&format!("{key}\t{id}\n"));
+        }
+        inner.lines += keys.len();
+        let written = match inner.file.as_mut() {
+            Some(file) => file.write_all(text.as_bytes()),
+            None => Err(std::io::Error::other("not open")),
+        };
+        if let Err(error) = written {
+            tracing::warn!(target: "relay::cluster", %error, "cannot write the cluster duplicate record; a resend may be stored twice");
+        }
+        if inner.lines > 2 * SEEN_MAX {
+            if let Err(error) = inner.rewrite() {
+                tracing::warn!(target: "relay::cluster", %error, "cannot rewrite the cluster duplicate record");
+            }
+        }
+    }
+}
+
+impl SeenInner {
+    fn insert(&mut self, key: String, id: QueueId) {
+        if self.map.insert(key.clone(), id).is_none() {
+            self.order.push_back(key);
+        }
+        while self.order.len() > SEEN_MAX {
+            if let Some(old) = self.order.pop_front() {
+                self.map.remove(&old);
+            }
+        }
+    }
+
+    /// Writes the current entries to a new file and renames it over the old one.
+    fn rewrite(&mut self) -> std::io::Result<()> {
+        let tmp = self.path.with_extension("new");
+        let mut out = std::io::BufWriter::new(File::create(&tmp)?);
+        for key in &self.order {
+            if let Some(id) = self.map.get(key) {
+                writeln!(out, "{key}\t{id}")?;
+            }
+        }
+        out.into_inner().map_err(|e| e.into_error())?.sync_data()?;
+        std::fs::rename(&tmp, &self.path)?;
+        self.file = Some(OpenOptions::new().append(true).open(&self.path)?);
+        self.lines = self.order.len();
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_queue_tag_is_a_node_and_a_queue_id() {
+        let tag = |v: &str| vec![("XQUEUE".to_string(), v.to_string())];
+        assert_eq!(
+            queue_tag(&tag("a.00000000000000FF")),
+            Some("a.00000000000000FF")
+        );
+        assert_eq!(queue_tag(&tag("A.00000000000000FF")), None);
+        assert_eq!(queue_tag(&tag("a.xyz")), None);
+        assert_eq!(queue_tag(&tag("a b.00000000000000FF")), None);
+        assert_eq!(
+            queue_tag(&[("XOTHER".to_string(), "a.00000000000000FF".to_string())]),
+            None
+        );
+    }
+
+    #[test]
+    fn seen_survives_a_reopen_and_stays_bounded() {
+        let dir = tempfile::tempdir().unwrap();
+        let seen = Seen::open(dir.path()).unwrap();
+        assert_eq!(seen.get("a.1\tx@y"), None);
+        seen.record(&["a.1\tx@y".into(), "a.1\tz@y".into()], QueueId(7));
+        assert_eq!(seen.get("a.1\tz@y"), Some(QueueId(7)));
+        drop(seen);
+        // A torn line at the end (a crash mid-write) is skipped.
+        let mut file = OpenOptions::new()
+            .append(true)
+            .open(dir.path().join(SEEN_FILE))
+            .unwrap();
+        file.write_all(b"a.2\tq@y\t00").unwrap();
+        let seen = Seen::open(dir.path()).unwrap();
+        assert_eq!(seen.get("a.1\tx@y"), Some(QueueId(7)));
+        assert_eq!(seen.get("a.2\tq@y"), None);
+        let mut inner = seen.lock();
+        for i in 0..SEEN_MAX + 5 {
+            inner.insert(format!("k{i}"), QueueId(1));
+        }
+        assert_eq!(inner.map.len(), SEEN_MAX);
+        assert!(!inner.map.contains_key("a.1\tx@y"));
+        assert!(inner.map.contains_key(&format!("k{}", SEEN_MAX + 4)));
+    }
+}
