@@ -144,7 +144,10 @@ fn drain_moves_the_queue_with_its_schedule_and_the_peer_delivers_once() {
         let now = after
             .get(rcpt)
             .unwrap_or_else(|| panic!("{rcpt} not on b: {after:?}"));
-        assert_eq!(now, was, "{rcpt}: arrival, sender, attempts, next attempt, last reply");
+        assert_eq!(
+            now, was,
+            "{rcpt}: arrival, sender, attempts, next attempt, last reply"
+        );
     }
 
     // The drained node takes no new client connection (closed before any greeting).
@@ -152,7 +155,11 @@ fn drain_moves_the_queue_with_its_schedule_and_the_peer_delivers_once() {
     conn.set_read_timeout(Some(Duration::from_secs(10)))
         .expect("timeout");
     let mut buf = [0u8; 64];
-    assert_eq!(conn.read(&mut buf).unwrap_or(0), 0, "a greeted a client while draining");
+    assert_eq!(
+        conn.read(&mut buf).unwrap_or(0),
+        0,
+        "a greeted a client while draining"
+    );
 
     // The next hop comes up; B sends each message once, A nothing.
     let sink = Sink::scripted(port, &[]);

@@ -629,6 +629,10 @@ fn build_contexts(
             )),
             seen: cluster_listener::Seen::open(&config.spool.dir)
                 .map_err(|e| ServerError::Cluster(e.to_string()))?,
+            xfer: Arc::new(
+                xfer_in::XferLog::open(&config.spool.dir, Some(&stores.spool))
+                    .map_err(|e| ServerError::Cluster(e.to_string()))?,
+            ),
         })),
         _ => None,
     };

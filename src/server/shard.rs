@@ -179,7 +179,7 @@ async fn accept_loop<L: Listener>(
             }
             return;
         }
-        if super::drain::refusing() {
+        if protocol != Protocol::Cluster && super::drain::refusing() {
             // `relay node drain`: the balancer sends clients to the other nodes.
             if let Ok((conn, _)) = accepted {
                 conn.shutdown();

@@ -11,20 +11,16 @@
 //! over a connection. Limits: command lines [`LINE_MAX`] octets (XSCHED carries a reply
 //! hex-encoded), [`RCPTS_MAX`] recipients, the body `smtp.message_size_max`.
 
-use std::sync::Arc;
-
-use crate::delivery::DeliveryShared;
+use super::shard::ShardContext;
+use super::xfer_in::{self, Imported, XferLog};
 use crate::envelope::MailParams;
 use crate::logsafe::Safe;
 use crate::net::io::Connection;
 use crate::queue::xfer::{self, Transfer, TransferRecipient, XQueue, XSched};
 use crate::smtp::data::{BodyLimits, BodyReceiver};
-use crate::spool::ShardHandle;
-
-use super::xfer_in::{self, Imported, XferLog};
 
 /// The ALPN protocol name a drainer asks for.
-pub const ALPN: &[u8] = b"relay-xfer";
+pub const ALPN: &[u8] = crate::net::tls::XFER_ALPN;
 /// Longest command line (an XSCHED with a 1 KiB reply, hex, in xtext).
 pub const LINE_MAX: usize = 8192;
 /// Recipients per transferred message.
@@ -173,18 +169,15 @@ fn path_and_params<'a>(line: &'a str, prefix: &str) -> Result<(&'a str, &'a str)
     Ok((path, params))
 }
 
-/// What [`serve`] stores with.
-pub struct XferContext {
-    pub hostname: String,
-    pub shard: ShardHandle,
-    pub core: usize,
-    pub log: Arc<XferLog>,
-    pub delivery: Arc<DeliveryShared>,
-    pub size_max: u64,
-}
-
 /// Serves one transfer connection (after its TLS handshake) until QUIT, EOF or an error.
-pub async fn serve<C: Connection>(conn: &C, ctx: &XferContext, peer: &str) {
+pub async fn serve<C: Connection>(
+    conn: &C,
+    ctx: &ShardContext,
+    log: &XferLog,
+    peer: std::net::SocketAddr,
+) {
+    let peer = peer.to_string();
+    let size_max = ctx.session_config.message_size_max;
     let mut session = XferSession::new();
     let mut buf: Vec<u8> = Vec::with_capacity(16 * 1024);
     if !send(conn, format!("220 {} relay transfer channel", ctx.hostname)).await {
@@ -215,7 +208,7 @@ pub async fn serve<C: Connection>(conn: &C, ctx: &XferContext, peer: &str) {
                     return;
                 }
                 let limits = BodyLimits {
-                    size_max: ctx.size_max,
+                    size_max,
                     line_max: 1000,
                 };
                 let mut body = BodyReceiver::dot(limits, None, None);
@@ -247,10 +240,10 @@ pub async fn serve<C: Connection>(conn: &C, ctx: &XferContext, peer: &str) {
                     Err(e) => format!("{}", e.reply()),
                     Ok((bytes, _reservation)) => {
                         match xfer_in::import(
-                            &ctx.shard,
-                            &ctx.log,
+                            &ctx.spool,
+                            log,
                             &ctx.delivery,
-                            ctx.core,
+                            ctx.shard,
                             &transfer,
                             bytes,
                         )
@@ -259,7 +252,7 @@ pub async fn serve<C: Connection>(conn: &C, ctx: &XferContext, peer: &str) {
                             Ok(Imported::Stored(id)) => format!("250 2.0.0 {id} queued"),
                             Ok(Imported::Duplicate) => "250 2.0.0 already queued here".into(),
                             Err(e) => {
-                                tracing::error!(peer = %Safe(peer), key = %transfer.key(), "transfer not stored: {e}");
+                                tracing::error!(peer = %Safe(&peer), key = %transfer.key(), "transfer not stored: {e}");
                                 "451 4.3.0 not stored, try again".into()
                             }
                         }
