@@ -129,6 +129,7 @@ pub fn enqueue_transferred(
             if let Err(job) = shared.mesh.send(from, to, job) {
                 shared.mesh.gauge.release(job.size);
                 shared.mesh.note_dropped();
+                tracing::warn!(queue_id = %id, core = to, "delivery queue full: a transferred message waits in the spool for the reconciliation");
             }
         }
     }
