@@ -4,6 +4,7 @@
 //! 127.0.0.3, the scripted sink (tests/py/scripted_sink.py) as the next hop, started only
 //! once the queue has moved.
 
+#[allow(unused_macros)] // the engine_tests! macro is for the server tests
 mod common;
 
 use std::collections::HashMap;
@@ -213,7 +214,7 @@ fn drain_moves_the_queue_with_its_schedule_and_the_peer_delivers_once() {
     // Resume: A takes client connections again.
     let out = ok_stdout(&relay_args(&a, &["node", "resume"]));
     assert!(out.contains("resumed"), "{out}");
-    let mut client = a.client();
+    let client = a.client();
     client.quit();
 }
 

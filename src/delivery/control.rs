@@ -98,7 +98,9 @@ pub fn enqueue_transferred(
     transfer: &crate::queue::xfer::Transfer,
 ) {
     let remote = transfer.remote();
-    let mut batches: Vec<((u32, Option<u64>, bool), Vec<usize>)> = Vec::new();
+    // (attempts, next attempt, delay noticed) → recipient indices.
+    type Batch = ((u32, Option<u64>, bool), Vec<usize>);
+    let mut batches: Vec<Batch> = Vec::new();
     for (index, r) in transfer.recipients.iter().enumerate() {
         let s = &r.sched;
         let key = (s.attempts, s.next_attempt_unix_micros, s.delay_noticed);

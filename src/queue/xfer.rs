@@ -286,7 +286,7 @@ fn number(param: &'static str, v: &str) -> Result<u64, XferError> {
 
 fn unhex(v: &str) -> Result<String, XferError> {
     let b = v.as_bytes();
-    if b.len() % 2 != 0 || b.len() > REPLY_MAX_LEN * 2 {
+    if !b.len().is_multiple_of(2) || b.len() > REPLY_MAX_LEN * 2 {
         return Err(XferError::Bad(XSCHED, "bad reply"));
     }
     let bytes: Option<Vec<u8>> = b
@@ -338,7 +338,11 @@ pub fn export(input: ExportInput<'_>) -> Transfer {
             arrival_unix_micros: input.arrival_unix_micros,
         },
         reverse_path: input.envelope.reverse_path.clone(),
-        params: input.envelope.params.clone(),
+        // Another hop's cluster parameters are not ours to pass on (XQUEUE is added anew).
+        params: MailParams {
+            cluster: Vec::new(),
+            ..input.envelope.params.clone()
+        },
         recipients,
     }
 }
@@ -396,6 +400,7 @@ mod tests {
                 smtputf8: false,
                 ret: Some(DsnRet::Headers),
                 envid: Some("env+id=1".into()),
+                cluster: Vec::new(),
             },
             recipients: vec![
                 Recipient {

@@ -491,7 +491,7 @@ impl PeerConn {
         let mut c = PeerConn {
             reader: BufReader::new(rustls::StreamOwned::new(conn, tcp)),
         };
-        c.expect(220)?;
+        c.read_reply(220)?;
         c.command(&format!("EHLO {node}"), 250)?;
         Ok(c)
     }
@@ -512,7 +512,7 @@ impl PeerConn {
         let w = self.reader.get_mut();
         w.write_all(&out).map_err(|e| e.to_string())?;
         w.flush().map_err(|e| e.to_string())?;
-        self.expect(250)
+        self.read_reply(250)
     }
 
     fn quit(&mut self) {
@@ -525,12 +525,12 @@ impl PeerConn {
             .and_then(|()| w.write_all(b"\r\n"))
             .and_then(|()| w.flush())
             .map_err(|e| e.to_string())?;
-        self.expect(want)
+        self.read_reply(want)
             .map_err(|e| format!("{}: {e}", line.split(' ').next().unwrap_or("")))
     }
 
     /// Reads one (multi-line) reply; `Err` unless its code is `want`.
-    fn expect(&mut self, want: u16) -> Result<String, String> {
+    fn read_reply(&mut self, want: u16) -> Result<String, String> {
         let mut text = String::new();
         for _ in 0..REPLY_LINES_MAX {
             let mut line = Vec::new();

@@ -127,7 +127,10 @@ fn parse_mail(line: &str) -> Result<Transfer, String> {
     let (rest, xq) = xfer::take_param(rest, xfer::XQUEUE);
     let xq = xq.ok_or("XQUEUE is required on the transfer channel")?;
     let origin = XQueue::decode(xq).map_err(|e| e.to_string())?;
-    let params: MailParams = crate::smtp::params::parse_mail(&rest).map_err(|e| e.to_string())?;
+    let mut params: MailParams =
+        crate::smtp::params::parse_mail(&rest).map_err(|e| e.to_string())?;
+    // Other cluster parameters mean nothing on the transfer channel.
+    params.cluster.clear();
     Ok(Transfer {
         origin,
         reverse_path: path.to_string(),
