@@ -91,9 +91,12 @@ pub fn parse_mail(text: &str) -> Result<MailParams, ParamError> {
                 .filter(|v| !v.is_empty() && v.len() <= AUTH_MAX)
                 .ok_or(ParamError::BadValue("AUTH"))?;
             AUTH
-        } else if keyword.len() > 1 && keyword.as_bytes()[0].eq_ignore_ascii_case(&b'X') {
+        } else if keyword.len() > 1
+            && keyword.as_bytes()[0].eq_ignore_ascii_case(&b'X')
+            && value.is_some()
+        {
             // A cluster-private parameter: parsed here, allowed only by the cluster listener's
-            // session (which answers 555 for it elsewhere).
+            // session (which answers 555 for it elsewhere, as for any unknown keyword).
             let value = value
                 .and_then(xtext_decode)
                 .filter(|v| !v.is_empty() && v.len() <= CLUSTER_VALUE_MAX)
@@ -440,6 +443,24 @@ mod tests {
         for (input, error) in table {
             assert_eq!(parse_mail(input).as_ref(), Err(error), "{input:?}");
         }
+        // Cluster parameters: `X…=xtext`, upper-cased, each once, a bounded number.
+        let cluster = parse_mail(" SIZE=5 xqueue=a.0000000000000001 XNEXT=b+2Bc").unwrap();
+        assert_eq!(
+            cluster.cluster,
+            vec![
+                ("XQUEUE".to_string(), "a.0000000000000001".to_string()),
+                ("XNEXT".to_string(), "b+c".to_string())
+            ]
+        );
+        let mut encoded = Vec::new();
+        encode_mail(&cluster, &mut encoded);
+        assert_eq!(encoded, b" SIZE=5 XQUEUE=a.0000000000000001 XNEXT=b+2Bc");
+        assert_eq!(parse_mail(" XA=1 Xa=2"), Err(ParamError::Duplicate("X-")));
+        assert_eq!(parse_mail(" XA=a+0D"), Err(ParamError::BadValue("X-")));
+        let many: String = (0..=CLUSTER_PARAMS_MAX)
+            .map(|i| format!(" X{i}=v"))
+            .collect();
+        assert_eq!(parse_mail(&many), Err(ParamError::Syntax));
         let envid_max = format!(" ENVID={}", "e".repeat(ENVID_MAX));
         assert!(parse_mail(&envid_max).is_ok());
         let envid_long = format!(" ENVID={}", "e".repeat(ENVID_MAX + 1));

@@ -2186,6 +2186,26 @@ mod tests {
     }
 
     #[test]
+    fn cluster_parameters_only_where_configured() {
+        let mut out = Outbox::default();
+        let peer: SocketAddr = "192.0.2.1:1000".parse().unwrap();
+        let now = SystemTime::UNIX_EPOCH;
+        for (cluster_params, expected) in [(false, "555 "), (true, "250 ")] {
+            let config = Arc::new(SessionConfig {
+                cluster_params,
+                ..config()
+            });
+            let mut session = Session::new(config, peer, now, &mut out);
+            session.handle_input(b"EHLO c\r\n", now, &mut out);
+            out.bytes.clear();
+            session.handle_input(b"MAIL FROM:<> XQUEUE=a.0000000000000001\r\n", now, &mut out);
+            let reply = String::from_utf8_lossy(&out.bytes).into_owned();
+            assert!(reply.starts_with(expected), "{cluster_params}: {reply}");
+            out.bytes.clear();
+        }
+    }
+
+    #[test]
     fn message_rate_answers_450_at_mail_except_for_relay_clients() {
         use std::sync::atomic::{AtomicU32, Ordering};
         /// Admits `0` more messages, then refuses; counts the questions.
