@@ -277,3 +277,147 @@ fn a_drainer_killed_mid_transfer_and_drained_again_loses_nothing_and_sends_nothi
     wait_queue_empty(&b, Duration::from_secs(30));
     assert_each_once(&sink, &tags);
 }
+
+/// One transfer conversation as a draining node holds it: mutual TLS with ALPN `relay-xfer`
+/// to a peer's cluster listener, presenting node `from`'s certificate.
+fn xfer_conn(
+    cluster: &Cluster,
+    from: &str,
+    to: &str,
+) -> rustls::StreamOwned<rustls::ClientConnection, std::net::TcpStream> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+    let cert = &cluster.node(from).cert;
+    let mut roots = rustls::RootCertStore::empty();
+    for der in CertificateDer::pem_file_iter(&cluster.ca.cert_path)
+        .expect("CA")
+        .flatten()
+    {
+        roots.add(der).expect("CA cert");
+    }
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&cert.cert_path)
+        .expect("cert")
+        .flatten()
+        .collect();
+    let key = PrivateKeyDer::from_pem_file(&cert.key_path).expect("key");
+    let mut config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("versions")
+    .with_root_certificates(roots)
+    .with_client_auth_cert(chain, key)
+    .expect("client cert");
+    config.alpn_protocols = vec![b"relay-xfer".to_vec()];
+    let addr = cluster.node(to).cluster;
+    let conn = rustls::ClientConnection::new(
+        std::sync::Arc::new(config),
+        ServerName::IpAddress(addr.ip().into()),
+    )
+    .expect("client");
+    let tcp = std::net::TcpStream::connect(addr).expect("connect");
+    tcp.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    rustls::StreamOwned::new(conn, tcp)
+}
+
+/// Sends `lines` (CRLF added) and returns each reply's first line.
+fn converse(
+    stream: &mut rustls::StreamOwned<rustls::ClientConnection, std::net::TcpStream>,
+    lines: &[String],
+) -> Vec<String> {
+    use std::io::{BufRead, Write};
+    let mut replies = Vec::new();
+    let mut reader = std::io::BufReader::new(stream);
+    let mut read_reply = |reader: &mut std::io::BufReader<_>| loop {
+        let mut line = String::new();
+        let n = std::io::BufRead::read_line(reader, &mut line).expect("reply");
+        assert!(n > 0, "connection closed");
+        if line.as_bytes().get(3) != Some(&b'-') {
+            return line.trim_end().to_string();
+        }
+    };
+    replies.push(read_reply(&mut reader));
+    for l in lines {
+        let w = reader.get_mut();
+        w.write_all(l.as_bytes()).expect("write");
+        if !l.ends_with("\r\n") {
+            w.write_all(b"\r\n").expect("write");
+        }
+        w.flush().expect("flush");
+        replies.push(read_reply(&mut reader));
+    }
+    let _ = reader.fill_buf();
+    replies
+}
+
+/// A transfer sent twice (the drainer died between the peer's 250 and its own record) is
+/// stored once, also when the peer was killed (-9) in between; it keeps its schedule.
+#[test]
+fn a_transfer_sent_twice_is_stored_once() {
+    use relay::envelope::{Envelope, QueueId};
+    use relay::queue::xfer::{commands, export, ExportInput, XSched};
+    let cluster = Cluster::new(&["a", "b"], "");
+    let port = free_port();
+    let b = cluster.start("b", settings(&cluster, "b", port));
+    // An hour from now (the peer caps a next attempt at its own delivery.max_age).
+    let next = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_micros() as u64
+        + 3_600_000_000;
+    let envelope = Envelope {
+        reverse_path: "sender@example.test".into(),
+        ..Envelope::default()
+    };
+    let transfer = export(ExportInput {
+        node: "a",
+        id: QueueId::new(1_796_000_000_000_000, 1),
+        arrival_unix_micros: 1_796_000_000_000_000,
+        envelope: &envelope,
+        pending: vec![(
+            "twice@remote.test".into(),
+            XSched {
+                attempts: 3,
+                next_attempt_unix_micros: Some(next),
+                last_attempt_unix_micros: Some(1_796_000_100_000_000),
+                last_reply: Some("451 4.7.1 later".into()),
+                delay_noticed: false,
+            },
+        )],
+    });
+    let (mail, rcpts) = commands(&transfer);
+    let mut lines = vec!["EHLO a".to_string(), mail];
+    lines.extend(rcpts);
+    lines.push("DATA".into());
+    lines.push("Subject: twice\r\n\r\nonce only\r\n.".into());
+    lines.push("QUIT".into());
+    let send = || {
+        let mut stream = xfer_conn(&cluster, "a", "b");
+        converse(&mut stream, &lines)
+    };
+    let first = send();
+    assert!(first[5].starts_with("250 "), "{first:?}");
+    let again = send();
+    assert!(again[5].starts_with("250 "), "{again:?}");
+    assert!(again[5].contains("already"), "{again:?}");
+    b.kill9();
+    let b = b.restart(settings(&cluster, "b", port));
+    let after_crash = send();
+    assert!(after_crash[5].contains("already"), "{after_crash:?}");
+    let q = queue(&b);
+    assert_eq!(q.len(), 1, "{q:?}");
+    let (arrival, sender, attempts, next_listed, reply) = &q["twice@remote.test"];
+    assert_eq!(*arrival, 1_796_000_000_000_000);
+    assert_eq!(sender, "sender@example.test");
+    assert_eq!(*attempts, 3);
+    assert_eq!(next_listed.map(|n| n / 1000), Some(next / 1000));
+    assert_eq!(reply.as_deref(), Some("451 4.7.1 later"));
+    // Without XQUEUE the transfer channel refuses the transaction.
+    let mut stream = xfer_conn(&cluster, "a", "b");
+    let r = converse(
+        &mut stream,
+        &["EHLO a".into(), "MAIL FROM:<x@example.test>".into()],
+    );
+    assert!(r[2].starts_with("501"), "{r:?}");
+}
