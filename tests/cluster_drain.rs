@@ -329,7 +329,7 @@ fn converse(
     use std::io::{BufRead, Write};
     let mut replies = Vec::new();
     let mut reader = std::io::BufReader::new(stream);
-    let mut read_reply = |reader: &mut std::io::BufReader<_>| loop {
+    let read_reply = |reader: &mut std::io::BufReader<_>| loop {
         let mut line = String::new();
         let n = std::io::BufRead::read_line(reader, &mut line).expect("reply");
         assert!(n > 0, "connection closed");
