@@ -64,6 +64,8 @@ pub struct ClusterListener {
     pub tls: ClusterTls,
     pub session: Arc<SessionConfig>,
     pub seen: Seen,
+    /// Queue transfers stored here (`relay node drain` on a peer): the duplicate record.
+    pub xfer: Arc<super::xfer_in::XferLog>,
 }
 
 /// The cluster listener's session settings, from the public ones: peers are relay clients
@@ -107,6 +109,12 @@ pub async fn serve<C: Connection>(
     match crate::net::tls::accept(conn, config, &[], ctx.tls_handshake_timeout).await {
         Ok((tls, summary)) => {
             ctx.metrics.smtp.tls_handshakes.inc();
+            if tls.alpn_protocol().as_deref() == Some(crate::net::tls::XFER_ALPN) {
+                // A draining peer hands over its queue (`relay node drain`).
+                super::xfer_session::serve(&tls, &ctx, &cluster.xfer, peer).await;
+                drop(permit);
+                return;
+            }
             tracing::debug!(client = %peer, version = %summary.version, "cluster peer authenticated");
             super::smtp::serve_peer(tls, summary, peer, ctx, permit).await;
         }
