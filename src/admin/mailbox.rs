@@ -22,7 +22,7 @@ use serde::{Deserialize, Serialize};
 use super::{AdminRequest, AdminResponse, Handler};
 use crate::logsafe::Safe;
 use crate::mailbox::directory::valid_name;
-use crate::mailbox::{Directory, MailStore};
+use crate::mailbox::{Directory, MailStore, SharedDirectory};
 use crate::mailstore::{Stores, UserStore};
 use crate::spool::state::SpecialUse;
 
@@ -68,7 +68,7 @@ pub struct UserReport {
 /// The `/mailbox` routes' data: the folders and the directory the server runs with.
 pub struct MailboxService {
     pub store: Arc<MailStore>,
-    pub directory: Arc<Directory>,
+    pub directory: SharedDirectory,
 }
 
 fn special_use_name(role: SpecialUse) -> &'static str {
@@ -199,7 +199,7 @@ fn handle(service: &MailboxService, request: &AdminRequest) -> AdminResponse {
         return AdminResponse::method_not_allowed();
     }
     let Some(segment) = rest else {
-        return json(&users(stores, &service.directory));
+        return json(&users(stores, &service.directory.current()));
     };
     let Some(name) = decode_segment(segment).map(|n| n.to_ascii_lowercase()) else {
         return AdminResponse::text(400, "the user name is not valid percent-encoded UTF-8\n");
@@ -213,7 +213,7 @@ fn handle(service: &MailboxService, request: &AdminRequest) -> AdminResponse {
             ),
         );
     }
-    match user(stores, &service.directory, &name) {
+    match user(stores, &service.directory.current(), &name) {
         Some(report) => json(&report),
         None => AdminResponse::text(
             404,
@@ -225,7 +225,7 @@ fn handle(service: &MailboxService, request: &AdminRequest) -> AdminResponse {
 /// The `/mailbox` routes for [`super::Admin::start`].
 pub fn mailbox_routes(
     store: Arc<MailStore>,
-    directory: Arc<Directory>,
+    directory: SharedDirectory,
 ) -> Vec<(&'static str, Handler)> {
     let service = MailboxService { store, directory };
     vec![(
@@ -527,7 +527,7 @@ mod tests {
             .with("alice", |s| deliver(s, INBOX, 1, 10, 0));
         let service = MailboxService {
             store,
-            directory: Arc::new(directory()),
+            directory: directory().into(),
         };
         let get = |path: &str| {
             let response = handle(

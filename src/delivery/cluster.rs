@@ -13,9 +13,8 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::Arc;
 
-use crate::mailbox::{home_elsewhere, Directory};
+use crate::mailbox::{home_elsewhere, SharedDirectory};
 use crate::net::tls::ClusterTls;
 use crate::queue::Route;
 
@@ -28,14 +27,16 @@ pub struct ClusterRoutes {
     pub node: String,
     /// Every node's cluster listener.
     pub nodes: HashMap<String, SocketAddr>,
-    pub directory: Arc<Directory>,
+    /// The directory in force (a user moved meanwhile follows their new home).
+    pub directory: SharedDirectory,
     pub tls: ClusterTls,
 }
 
 impl ClusterRoutes {
     /// The route of `address` when it is a local user homed on another node.
     pub fn route(&self, address: &str) -> Option<Route> {
-        let home = home_elsewhere(&self.directory, &self.node, address)?;
+        let directory = self.directory.current();
+        let home = home_elsewhere(&directory, &self.node, address)?;
         // A node missing from the table gets an address nothing listens on: the attempts
         // defer (and bounce at max_age) rather than the mail looping through MX.
         let addr = self
@@ -55,7 +56,7 @@ impl ClusterRoutes {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::mailbox::{password, User};
+    use crate::mailbox::{password, Directory, User};
     use crate::queue::TlsMode;
     use std::collections::BTreeMap;
 
@@ -87,7 +88,7 @@ mod tests {
                 ("a".to_string(), "127.0.0.2:2526".parse().unwrap()),
                 ("b".to_string(), b),
             ]),
-            directory: Arc::new(directory),
+            directory: SharedDirectory::from(directory),
             tls: test_tls(),
         };
         assert_eq!(routes.route("bob@example.test"), Some(Route::node(b)));

@@ -12,6 +12,7 @@
 //! users and aliases from the operator's config.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, RwLock};
 
 use super::password;
 
@@ -310,6 +311,55 @@ impl Directory {
     }
 }
 
+/// The directory the running relay answers from, replaceable while it runs: the cluster's
+/// PostgreSQL directory publishes a new snapshot on every change, and the next RCPT or login
+/// sees it. Readers take the snapshot of the moment ([`SharedDirectory::current`]: a read
+/// lock held for one `Arc` clone) and keep it for the whole of one decision, so a change
+/// never shows half-applied. Clones share the same slot.
+#[derive(Clone)]
+pub struct SharedDirectory {
+    slot: Arc<RwLock<Arc<Directory>>>,
+}
+
+impl SharedDirectory {
+    pub fn new(directory: Arc<Directory>) -> SharedDirectory {
+        SharedDirectory {
+            slot: Arc::new(RwLock::new(directory)),
+        }
+    }
+
+    /// The snapshot in force now.
+    pub fn current(&self) -> Arc<Directory> {
+        // A writer that panicked left a whole snapshot in the slot (the swap is one store).
+        Arc::clone(&self.slot.read().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// Puts `directory` in force for every later [`SharedDirectory::current`].
+    pub fn replace(&self, directory: impl Into<Arc<Directory>>) {
+        *self.slot.write().unwrap_or_else(|e| e.into_inner()) = directory.into();
+    }
+}
+
+impl From<Arc<Directory>> for SharedDirectory {
+    fn from(directory: Arc<Directory>) -> SharedDirectory {
+        SharedDirectory::new(directory)
+    }
+}
+
+impl From<Directory> for SharedDirectory {
+    fn from(directory: Directory) -> SharedDirectory {
+        SharedDirectory::new(Arc::new(directory))
+    }
+}
+
+impl std::fmt::Debug for SharedDirectory {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SharedDirectory")
+            .field("users", &self.current().users.len())
+            .finish()
+    }
+}
+
 enum Expand {
     Loop,
     Unknown(String),
@@ -485,6 +535,31 @@ mod tests {
             Directory::new(vec![], vec![user("x"), user("X")], &aliases),
             Err(DirectoryError::DuplicateUser(_))
         ));
+    }
+
+    #[test]
+    fn a_replaced_directory_applies_to_the_next_reader_only() {
+        let shared = SharedDirectory::from(directory(&[]).unwrap());
+        let before = shared.current();
+        let clone = shared.clone();
+        clone.replace(
+            Directory::new(
+                vec!["example.test".into()],
+                vec![user("carol")],
+                &BTreeMap::new(),
+            )
+            .unwrap(),
+        );
+        // A decision in flight keeps its snapshot; the next one sees the new directory.
+        assert_eq!(before.resolve("alice@example.test"), local(&["alice"], &[]));
+        assert_eq!(
+            shared.current().resolve("alice@example.test"),
+            Resolution::Unknown
+        );
+        assert_eq!(
+            shared.current().resolve("carol@example.test"),
+            local(&["carol"], &[])
+        );
     }
 
     #[test]

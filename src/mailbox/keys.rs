@@ -25,7 +25,7 @@ use std::time::SystemTime;
 
 use crate::mailcrypt::{openpgp, smime, KeyError, KeyKind, PublicKey};
 
-use super::{Directory, Resolution};
+use super::{Resolution, SharedDirectory};
 
 /// Largest key file read (an OpenPGP key with many signatures stays far below).
 pub const KEY_FILE_MAX: u64 = 1 << 20;
@@ -73,7 +73,7 @@ pub enum KeyStoreError {
 pub struct KeyStore {
     dir: PathBuf,
     policy: EncryptionPolicy,
-    directory: Arc<Directory>,
+    directory: SharedDirectory,
     table: RwLock<Arc<HashMap<String, Arc<UserKeys>>>>,
 }
 
@@ -81,7 +81,7 @@ impl KeyStore {
     /// Opens (creating, 0700) the keys directory and reads every user's files.
     pub fn open(
         dir: &Path,
-        directory: Arc<Directory>,
+        directory: impl Into<SharedDirectory>,
         policy: EncryptionPolicy,
         now: SystemTime,
     ) -> Result<KeyStore, KeyStoreError> {
@@ -89,7 +89,7 @@ impl KeyStore {
         let store = KeyStore {
             dir: dir.to_path_buf(),
             policy,
-            directory,
+            directory: directory.into(),
             table: RwLock::new(Arc::new(HashMap::new())),
         };
         store.reload(now);
@@ -108,7 +108,8 @@ impl KeyStore {
     /// that is unreadable or fails the checks is logged and left out.
     pub fn reload(&self, now: SystemTime) -> usize {
         let mut table = HashMap::new();
-        let mut names: Vec<&str> = self.directory.users().map(|u| u.name.as_str()).collect();
+        let directory = self.directory.current();
+        let mut names: Vec<&str> = directory.users().map(|u| u.name.as_str()).collect();
         names.sort_unstable();
         for name in names {
             let keys = self.read_user(name, now);
@@ -122,7 +123,7 @@ impl KeyStore {
     }
 
     fn read_user(&self, name: &str, now: SystemTime) -> UserKeys {
-        let addresses = self.directory.addresses_of(name);
+        let addresses = self.directory.current().addresses_of(name);
         let mut keys = UserKeys::default();
         if let Some(bytes) = self.read_file(&self.path(name, "openpgp.asc")) {
             match openpgp::parse_key(&bytes, &addresses, now) {
@@ -179,6 +180,7 @@ impl KeyStore {
 
     fn user_name(&self, name: &str) -> Result<String, KeyStoreError> {
         self.directory
+            .current()
             .user(name)
             .map(|u| u.name.clone())
             .ok_or_else(|| KeyStoreError::UnknownUser(name.to_string()))
@@ -211,7 +213,7 @@ impl KeyStore {
         if bytes.len() as u64 > KEY_FILE_MAX {
             return Err(KeyError::TooLarge(bytes.len(), KEY_FILE_MAX as usize).into());
         }
-        let addresses = self.directory.addresses_of(&name);
+        let addresses = self.directory.current().addresses_of(&name);
         let key = match kind {
             None => parse_either(bytes, &addresses, now)?,
             Some(KeyKind::OpenPgp) => {
@@ -295,10 +297,11 @@ impl KeyStore {
     /// The OpenPGP key registered for `address` (a user's address at a local domain).
     pub fn openpgp_for_address(&self, address: &str) -> Option<openpgp::Key> {
         let (_, domain) = address.rsplit_once('@')?;
-        if !self.directory.is_local_domain(domain) {
+        let directory = self.directory.current();
+        if !directory.is_local_domain(domain) {
             return None;
         }
-        let Resolution::Local { mailboxes, forward } = self.directory.resolve(address) else {
+        let Resolution::Local { mailboxes, forward } = directory.resolve(address) else {
             return None;
         };
         if mailboxes.len() != 1 || !forward.is_empty() {
@@ -440,7 +443,7 @@ pub fn policy(config: &crate::config::Config) -> EncryptionPolicy {
 /// Opens the keys directory `config` names.
 pub fn open(
     config: &crate::config::Config,
-    directory: Arc<Directory>,
+    directory: impl Into<SharedDirectory>,
     now: SystemTime,
 ) -> Result<KeyStore, KeyStoreError> {
     let dir = config.encryption.keys_dir(&config.spool.dir);
@@ -450,6 +453,7 @@ pub fn open(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::mailbox::Directory;
     use std::collections::BTreeMap;
 
     fn directory() -> Arc<Directory> {

@@ -9,12 +9,12 @@
 
 use std::sync::Arc;
 
-use super::directory::{Directory, Resolution};
+use super::directory::{Directory, Resolution, SharedDirectory};
 use super::store::MailStore;
 use crate::smtp::{LocalRecipients, Lookup};
 
 pub struct LocalDelivery {
-    directory: Arc<Directory>,
+    directory: SharedDirectory,
     store: Arc<MailStore>,
     homes: Homes,
 }
@@ -43,31 +43,34 @@ pub fn home_elsewhere<'a>(directory: &'a Directory, node: &str, address: &str) -
 }
 
 impl LocalDelivery {
-    pub fn new(directory: Arc<Directory>, store: Arc<MailStore>) -> Self {
+    pub fn new(directory: impl Into<SharedDirectory>, store: Arc<MailStore>) -> Self {
         LocalDelivery::with_homes(directory, store, Homes::All)
     }
 
-    pub fn with_homes(directory: Arc<Directory>, store: Arc<MailStore>, homes: Homes) -> Self {
+    pub fn with_homes(
+        directory: impl Into<SharedDirectory>,
+        store: Arc<MailStore>,
+        homes: Homes,
+    ) -> Self {
         LocalDelivery {
-            directory,
+            directory: directory.into(),
             store,
             homes,
         }
     }
 
     /// Whether `mailbox` lives on another node (never without a cluster).
-    fn elsewhere(&self, mailbox: &str) -> bool {
+    fn elsewhere(&self, directory: &Directory, mailbox: &str) -> bool {
         let Homes::Node { node, .. } = &self.homes else {
             return false;
         };
-        self.directory
+        directory
             .user(mailbox)
             .and_then(|u| u.home.as_deref())
             .is_some_and(|home| home != node)
     }
 
-    fn over_quota(&self, mailbox: &str, size: u64) -> bool {
-        let quota = self.directory.quota(mailbox);
+    fn over_quota(&self, quota: Option<u64>, mailbox: &str, size: u64) -> bool {
         // Checked at RCPT with the declared SIZE: a message may overshoot by its own size,
         // which is how every MTA with RCPT-time quotas behaves.
         quota.is_some_and(|q| self.store.usage(mailbox).saturating_add(size) > q)
@@ -76,12 +79,13 @@ impl LocalDelivery {
 
 impl LocalRecipients for LocalDelivery {
     fn lookup(&self, address: &str, size: u64) -> Lookup {
-        match self.directory.resolve(address) {
+        let directory = self.directory.current();
+        match directory.resolve(address) {
             Resolution::Local {
                 mut mailboxes,
                 mut forward,
             } => {
-                if mailboxes.iter().any(|m| self.elsewhere(m)) {
+                if mailboxes.iter().any(|m| self.elsewhere(&directory, m)) {
                     if matches!(self.homes, Homes::Node { peer: true, .. }) {
                         return Lookup::Unknown;
                     }
@@ -90,15 +94,19 @@ impl LocalRecipients for LocalDelivery {
                     let domain = address
                         .rsplit_once('@')
                         .map(|(_, d)| d.to_ascii_lowercase())
-                        .or_else(|| self.directory.domains().first().cloned())
+                        .or_else(|| directory.domains().first().cloned())
                         .unwrap_or_default();
-                    let (away, here): (Vec<String>, Vec<String>) =
-                        mailboxes.into_iter().partition(|m| self.elsewhere(m));
+                    let (away, here): (Vec<String>, Vec<String>) = mailboxes
+                        .into_iter()
+                        .partition(|m| self.elsewhere(&directory, m));
                     forward.extend(away.into_iter().map(|m| format!("{m}@{domain}")));
                     mailboxes = here;
                 }
                 // Quotas of users homed elsewhere are their home node's to check.
-                if mailboxes.iter().any(|m| self.over_quota(m, size)) {
+                if mailboxes
+                    .iter()
+                    .any(|m| self.over_quota(directory.quota(m), m, size))
+                {
                     Lookup::OverQuota
                 } else {
                     Lookup::Deliver { mailboxes, forward }
@@ -114,11 +122,12 @@ impl LocalRecipients for LocalDelivery {
     }
 
     fn verify(&self, address: &str) -> Option<String> {
-        match self.directory.resolve(address) {
+        let directory = self.directory.current();
+        match directory.resolve(address) {
             Resolution::Local { mailboxes, forward }
                 if mailboxes.len() == 1 && forward.is_empty() =>
             {
-                self.directory.user(&mailboxes[0])?;
+                directory.user(&mailboxes[0])?;
                 Some(address.to_ascii_lowercase())
             }
             _ => None,
@@ -126,7 +135,10 @@ impl LocalRecipients for LocalDelivery {
     }
 
     fn expand(&self, address: &str) -> Option<Vec<String>> {
-        self.directory.list_members(address).map(<[String]>::to_vec)
+        self.directory
+            .current()
+            .list_members(address)
+            .map(<[String]>::to_vec)
     }
 }
 
@@ -158,10 +170,7 @@ mod tests {
         )
         .unwrap();
         let store = MailStore::new();
-        (
-            LocalDelivery::new(Arc::new(directory), Arc::clone(&store)),
-            store,
-        )
+        (LocalDelivery::new(directory, Arc::clone(&store)), store)
     }
 
     #[test]

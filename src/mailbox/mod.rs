@@ -18,7 +18,7 @@ pub mod sealing;
 pub mod store;
 pub mod users_file;
 
-pub use directory::{Directory, DirectoryError, Resolution, User};
+pub use directory::{Directory, DirectoryError, Resolution, SharedDirectory, User};
 pub use keys::{KeyStore, KeyStoreError, UserKeys};
 pub use local::{home_elsewhere, Homes, LocalDelivery};
 pub use store::{ChangeError, InUse, MailStore, MaildropItem, MaildropLock};

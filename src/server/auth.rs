@@ -18,13 +18,14 @@ use super::admission::AuthFailures;
 use super::hashing::HashPool;
 use super::shard::Protocol;
 use crate::logsafe::Safe;
-use crate::mailbox::Directory;
+use crate::mailbox::{Directory, SharedDirectory};
 use crate::smtp::Password;
 
 /// What a shard needs to check logins: the users' directory, the hash pool and each
 /// protocol's policy.
 pub struct Auth {
-    pub directory: Arc<Directory>,
+    /// Read once per check: a directory replaced meanwhile applies to the next login.
+    pub directory: SharedDirectory,
     pub pool: Arc<HashPool>,
     pub smtp: Policy,
     pub pop3: Policy,
@@ -204,7 +205,7 @@ impl Auth {
         if !attempt.wait.is_zero() {
             tokio::time::sleep(attempt.wait).await;
         }
-        let directory = Arc::clone(&self.directory);
+        let directory = self.directory.current();
         let Ok(hashed) = self.pool.submit(move || proof.verify(&directory)) else {
             log_busy(protocol, client, &attempted);
             return Err(Denied::Busy);
@@ -308,7 +309,7 @@ mod tests {
     fn auth() -> Auth {
         let prefix = ClientPrefix::default();
         Auth {
-            directory: directory(),
+            directory: directory().into(),
             pool: pool(),
             smtp: Policy {
                 failures: AuthFailures::new(3, 2, WINDOW, prefix),

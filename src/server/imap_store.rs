@@ -238,7 +238,7 @@ impl UserStoreLink {
                 read(&mut |s| used = (s.usage(), s.message_count() as u64));
                 Answer::Quota(Ok(Quota {
                     storage_used_bytes: used.0,
-                    storage_limit_bytes: ctx.auth.directory.quota(&user),
+                    storage_limit_bytes: ctx.auth.directory.current().quota(&user),
                     messages: used.1,
                 }))
             }
@@ -332,7 +332,7 @@ impl UserStoreLink {
             None => (message, None),
         };
         let size = message.len() as u64;
-        if let Some(quota) = ctx.auth.directory.quota(&user) {
+        if let Some(quota) = ctx.auth.directory.current().quota(&user) {
             if store.usage(&user).saturating_add(size) > quota {
                 return Err(StoreError::OverQuota);
             }

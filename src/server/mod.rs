@@ -42,7 +42,7 @@ use crate::admin::{Admin, AdminError, AdminSettings};
 use crate::config::Config;
 use crate::delivery::loops::OwnAddresses;
 use crate::delivery::{jobs_from_live, DeliveryShared, Mesh, QueueGauge};
-use crate::mailbox::{Directory, KeyStore, LocalDelivery, MailStore};
+use crate::mailbox::{KeyStore, LocalDelivery, MailStore, SharedDirectory};
 use crate::metrics::Metrics;
 use crate::net::listener::{bind_shared, BindError};
 use crate::net::tls::ServerTls;
@@ -265,7 +265,7 @@ pub fn run(config: Config) -> Result<(), ServerError> {
 /// What the relay keeps its state in: the users, the maildrops, the spool and the metrics
 /// that observe its commits.
 struct Stores {
-    directory: Arc<Directory>,
+    directory: SharedDirectory,
     /// Users' public keys and encryption choices (`[encryption]`).
     keys: Arc<KeyStore>,
     mail_store: Arc<MailStore>,
@@ -296,8 +296,8 @@ fn load_cluster(
 
 /// Loads the users and recovers the spool (each shard's log is read and checked).
 fn open_stores(config: &Config, shards: usize) -> Result<Stores, ServerError> {
-    let directory = crate::mailbox::load_directory(config)?;
-    let keys = crate::mailbox::keys::open(config, Arc::clone(&directory), SystemTime::now())
+    let directory = SharedDirectory::new(crate::mailbox::load_directory(config)?);
+    let keys = crate::mailbox::keys::open(config, directory.clone(), SystemTime::now())
         .map_err(|e| ServerError::Keys(e.to_string()))?;
     let encrypting = keys.all().len();
     if encrypting > 0 {
@@ -422,11 +422,11 @@ fn build_delivery(
                     .iter()
                     .map(|n| (n.name.clone(), n.cluster))
                     .collect(),
-                directory: Arc::clone(&stores.directory),
+                directory: stores.directory.clone(),
                 tls: tls.clone(),
             });
     if let Some(routes) = &delivery.cluster {
-        for user in stores.directory.users() {
+        for user in stores.directory.current().users() {
             if let Some(home) = user
                 .home
                 .as_deref()
@@ -458,7 +458,7 @@ fn homed_mailboxes(stores: &Stores, peer: bool) -> Mailboxes {
         None => crate::mailbox::Homes::All,
     };
     Mailboxes(Arc::new(LocalDelivery::with_homes(
-        Arc::clone(&stores.directory),
+        stores.directory.clone(),
         Arc::clone(&stores.mail_store),
         homes,
     )))
@@ -544,7 +544,7 @@ fn start_admin(
     )));
     routes.extend(crate::admin::mailbox::mailbox_routes(
         Arc::clone(&stores.mail_store),
-        Arc::clone(&stores.directory),
+        stores.directory.clone(),
     ));
     let admin = Admin::start(settings, routes)?;
     if let Some(path) = admin.socket_path() {
@@ -677,7 +677,7 @@ fn start_reporter(
 /// users, the password-hash pool, and the failure tables of each.
 struct AuthContexts {
     pop3_config: Arc<crate::pop3::SessionConfig>,
-    directory: Arc<Directory>,
+    directory: SharedDirectory,
     pool: Arc<HashPool>,
     pop3_failures: Arc<AuthFailures>,
     smtp_failures: Arc<AuthFailures>,
@@ -713,10 +713,10 @@ impl AuthContexts {
         Ok(AuthContexts {
             pop3_config: Arc::new(config.pop3.session_config(
                 hostname,
-                directory.apop_available(),
+                directory.current().apop_available(),
                 tls,
             )),
-            directory: Arc::clone(directory),
+            directory: directory.clone(),
             pool,
             pop3_failures: AuthFailures::new(
                 config.pop3.auth_failures_per_ip_max,
@@ -754,7 +754,7 @@ impl AuthContexts {
             allow_plaintext_auth: config.pop3.allow_plaintext_auth,
         };
         let auth = Auth {
-            directory: Arc::clone(&self.directory),
+            directory: self.directory.clone(),
             pool: Arc::clone(&self.pool),
             smtp: Policy {
                 failures: Arc::clone(&self.smtp_failures),

@@ -1,0 +1,173 @@
+#!/usr/bin/env bash
+# Cluster scaling: two relay nodes with one core each against one node with one core, the
+# same load client (loadgen) offering each node the same load, the limits shared through one
+# Redis server (so every message takes a shared rate decision), in alternating rounds.
+#
+#   bash benches/compare/cluster.sh       # as root on Debian; installs redis-server if missing
+#
+# Each node: `server.cores = 1`, pinned with taskset to its own CPU (node a: CPU 0, node b:
+# CPU 1; the relay pins its shard to the CPUs it is allowed), fsync on, everything relayed to
+# one `loadgen sink`; `[cluster]` with `[cluster.redis]`, and `smtp.messages_per_ip_max` high
+# enough never to refuse (the decision is still made in Redis for every message). Per round:
+#   one:  node a alone, `loadgen smtp --connections $CONNECTIONS --pipelining` for $DURATION;
+#   two:  nodes a and b, one such loadgen against each at the same time; the sum.
+# Prints msgs/s for both, the ratio, and Redis commands per accepted message (from Redis's
+# INFO commandstats around each run). Medians over the rounds; raw figures in
+# $WORK/results.jsonl. Nothing listens beyond 127.0.0.0/8.
+#
+# Knobs: ROUNDS=2 DURATION=10s CONNECTIONS=50 SIZE=10KiB WORK=/var/lib/relay-compare-cluster
+# KEEP=0 RELAY_BIN LOADGEN_BIN (skip the build) CARGO_TARGET_DIR.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+
+ROUNDS=${ROUNDS:-2}
+DURATION=${DURATION:-10s}
+CONNECTIONS=${CONNECTIONS:-50}
+SIZE=${SIZE:-10KiB}
+WORK=${WORK:-/var/lib/relay-compare-cluster}
+KEEP=${KEEP:-0}
+
+log() { echo "cluster-bench: $*" >&2; }
+die() { log "$*"; exit 1; }
+
+command -v redis-server >/dev/null 2>&1 ||
+    DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends redis-server redis-tools >/dev/null
+if [ -z "${RELAY_BIN:-}" ] || [ -z "${LOADGEN_BIN:-}" ]; then
+    log "building relay and loadgen (release)"
+    cargo build --release --quiet -p relay -p loadgen
+    TARGET=${CARGO_TARGET_DIR:-$PWD/target}
+    RELAY_BIN=${RELAY_BIN:-$TARGET/release/relay}
+    LOADGEN_BIN=${LOADGEN_BIN:-$TARGET/release/loadgen}
+fi
+[ -x "$RELAY_BIN" ] && [ -x "$LOADGEN_BIN" ] || die "no relay/loadgen binaries"
+
+rm -rf "$WORK"
+mkdir -p "$WORK"
+RESULTS=$WORK/results.jsonl
+: >"$RESULTS"
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+REDIS_PORT=$(free_port) SINK_PORT=$(free_port)
+REDIS_PID="" SINK_PID="" NODE_PIDS=()
+cleanup() {
+    set +e
+    for pid in "${NODE_PIDS[@]}"; do kill "$pid" 2>/dev/null && wait "$pid" 2>/dev/null; done
+    [ -n "$SINK_PID" ] && kill -INT "$SINK_PID" 2>/dev/null && wait "$SINK_PID" 2>/dev/null
+    [ -n "$REDIS_PID" ] && kill "$REDIS_PID" 2>/dev/null && wait "$REDIS_PID" 2>/dev/null
+    if [ "$KEEP" != 1 ]; then rm -rf "$WORK"; else log "kept $WORK"; fi
+}
+trap cleanup EXIT
+
+redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save "" --appendonly no \
+    --dir "$WORK" >"$WORK/redis.log" 2>&1 &
+REDIS_PID=$!
+"$LOADGEN_BIN" sink --listen "127.0.0.1:$SINK_PORT" --duration 3h --max-time 3h \
+    >"$WORK/sink.out" 2>"$WORK/sink.log" &
+SINK_PID=$!
+for _ in $(seq 100); do redis-cli -p "$REDIS_PORT" ping >/dev/null 2>&1 && break; sleep 0.1; done
+redis_calls() { # total commands Redis has executed
+    redis-cli -p "$REDIS_PORT" info commandstats |
+        awk -F'[:=,]' '/^cmdstat_/ { n += $3 } END { print n + 0 }'
+}
+
+node_config() { # $1: name, $2: address
+    cat <<TOML
+[server]
+hostname = "$1.bench.test"
+cores = 1
+[smtp]
+listen = ["$2:2525"]
+messages_per_ip_max = 100000000
+[pop3]
+listen = []
+[imap]
+listen = []
+[spool]
+dir = "$WORK/spool-$1"
+fsync = true
+[local]
+domains = ["bench.test"]
+[[relay.routes]]
+domain = "*"
+to = "127.0.0.1:$SINK_PORT"
+[cluster]
+node = "$1"
+[[cluster.nodes]]
+name = "a"
+cluster = "127.0.0.2:2626"
+[[cluster.nodes]]
+name = "b"
+cluster = "127.0.0.3:2626"
+[cluster.redis]
+url = "redis://127.0.0.1:$REDIS_PORT/0"
+TOML
+}
+
+start_node() { # $1: name, $2: address, $3: cpu
+    rm -rf "$WORK/spool-$1"
+    node_config "$1" "$2" >"$WORK/$1.toml"
+    taskset -c "$3" "$RELAY_BIN" serve --config "$WORK/$1.toml" 2>"$WORK/$1.log" &
+    NODE_PIDS+=($!)
+    for _ in $(seq 200); do
+        grep -q 'relay ready' "$WORK/$1.log" && return 0
+        kill -0 "${NODE_PIDS[-1]}" 2>/dev/null || break
+        sleep 0.05
+    done
+    die "node $1 did not start: $(tail -5 "$WORK/$1.log")"
+}
+stop_nodes() {
+    for pid in "${NODE_PIDS[@]}"; do kill "$pid" 2>/dev/null && wait "$pid" 2>/dev/null || true; done
+    NODE_PIDS=()
+}
+load() { # $1: HOST:PORT; the loadgen JSON summary
+    "$LOADGEN_BIN" smtp --target "$1" --connections "$CONNECTIONS" --size "$SIZE" \
+        --duration "$DURATION" --pipelining --json 2>/dev/null
+}
+rate() { python3 -c 'import json,sys; d=json.load(sys.stdin); print(d["msgs_per_s"], d["messages"]["accepted"])'; }
+
+run_one() {
+    start_node a 127.0.0.2 0
+    local before after out
+    before=$(redis_calls)
+    out=$(load 127.0.0.2:2525 | rate)
+    after=$(redis_calls)
+    stop_nodes
+    echo "{\"run\":\"one\",\"round\":$1,\"msgs_per_s\":${out% *},\"accepted\":${out#* },\"redis_calls\":$((after - before))}" >>"$RESULTS"
+    log "round $1 one node: ${out% *} msgs/s"
+}
+run_two() {
+    start_node a 127.0.0.2 0
+    start_node b 127.0.0.3 1
+    local before after
+    before=$(redis_calls)
+    load 127.0.0.2:2525 | rate >"$WORK/a.rate" &
+    local pa=$!
+    load 127.0.0.3:2525 | rate >"$WORK/b.rate" &
+    local pb=$!
+    wait "$pa" "$pb"
+    after=$(redis_calls)
+    stop_nodes
+    read -r ra na <"$WORK/a.rate"
+    read -r rb nb <"$WORK/b.rate"
+    echo "{\"run\":\"two\",\"round\":$1,\"msgs_per_s\":$(python3 -c "print($ra + $rb)"),\"a\":$ra,\"b\":$rb,\"accepted\":$((na + nb)),\"redis_calls\":$((after - before))}" >>"$RESULTS"
+    log "round $1 two nodes: a $ra + b $rb msgs/s"
+}
+
+log "load average $(cut -d' ' -f1-3 /proc/loadavg); commit $(git rev-parse --short HEAD 2>/dev/null || echo '?')"
+for ((round = 1; round <= ROUNDS; round++)); do
+    if ((round % 2)); then run_one "$round"; run_two "$round"; else run_two "$round"; run_one "$round"; fi
+done
+
+python3 - "$RESULTS" <<'PY'
+import json, statistics, sys
+runs = [json.loads(l) for l in open(sys.argv[1])]
+def med(name, key):
+    return statistics.median(r[key] for r in runs if r["run"] == name)
+one, two = med("one", "msgs_per_s"), med("two", "msgs_per_s")
+per_msg = lambda name: statistics.median(r["redis_calls"] / max(r["accepted"], 1) for r in runs if r["run"] == name)
+print(f"| setup | msgs/s (median of {len(runs) // 2}) | Redis commands per message |")
+print("|---|---|---|")
+print(f"| one node, one core | {one:,.0f} | {per_msg('one'):.2f} |")
+print(f"| two nodes, one core each | {two:,.0f} | {per_msg('two'):.2f} |")
+print(f"| ratio | {two / one:.2f}x | |")
+PY
