@@ -74,7 +74,7 @@ fn messages() -> Vec<NewMessage> {
                     smtputf8: false,
                     ret: Some(DsnRet::Full),
                     envid: Some("QQ314159".into()),
-                    cluster: Vec::new(),
+                    cluster: Default::default(),
                 },
                 recipients: vec![
                     rcpt(
@@ -114,7 +114,7 @@ fn messages() -> Vec<NewMessage> {
                     smtputf8: true,
                     ret: None,
                     envid: None,
-                    cluster: Vec::new(),
+                    cluster: Default::default(),
                 },
                 recipients: vec![
                     rcpt("x@remote.example", Some(Notify::NEVER), None),
@@ -165,7 +165,7 @@ fn messages() -> Vec<NewMessage> {
                     smtputf8: true,
                     ret: Some(DsnRet::Headers),
                     envid: Some("ÉnvId".into()),
-                    cluster: Vec::new(),
+                    cluster: Default::default(),
                 },
                 recipients: vec![
                     rcpt("erin@local.test", None, None),

@@ -138,7 +138,7 @@ pub async fn accept(
         return Err(SubmitError::Storage);
     };
     let params = std::mem::take(&mut submission.envelope.params.cluster);
-    let tag = queue_tag(&params).map(str::to_string);
+    let tag = queue_tag(params.as_slice()).map(str::to_string);
     let Some(tag) = tag else {
         return super::ingest::store_as_sent(ctx, submission, peer).await;
     };
