@@ -101,6 +101,12 @@ enum Command {
         #[command(subcommand)]
         command: UserCommand,
     },
+    /// The cluster (`[cluster]`): `migrate` applies the PostgreSQL directory's pending
+    /// schema migrations.
+    Cluster {
+        #[command(subcommand)]
+        command: ClusterCommand,
+    },
     /// Compare this machine with a tuning profile (tuning/kernel) and the config.
     Tune {
         #[command(subcommand)]
@@ -154,6 +160,16 @@ enum GenerateCommand {
     Man { dir: PathBuf },
     /// Print the completion script for SHELL on stdout.
     Completions { shell: clap_complete::Shell },
+}
+
+#[derive(Subcommand)]
+enum ClusterCommand {
+    /// Apply the pending schema migrations of the `[cluster.postgres]` directory, in order,
+    /// each in a transaction (idempotent: nothing to do prints so).
+    Migrate {
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -216,12 +232,35 @@ enum MailboxCommand {
 
 #[derive(Subcommand)]
 enum UserCommand {
-    /// Hash a password read from stdin and print the users-file line (or append it).
+    /// Hash a password read from stdin and print the users-file line (or append it); with a
+    /// config that has `[cluster.postgres]`, add the user to the cluster's directory.
     Add {
         name: String,
         /// Append the line to this users file (created 0600) instead of printing it.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "config")]
         file: Option<PathBuf>,
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+    /// Set a user's password (read from stdin) in the cluster's directory.
+    Passwd {
+        name: String,
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+    /// Remove a user (with their keys and the aliases that name them) from the cluster's
+    /// directory.
+    Del {
+        name: String,
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+    /// Set the node whose spool holds a user's mailboxes, in the cluster's directory.
+    Home {
+        name: String,
+        node: String,
+        #[arg(long, short)]
+        config: Option<PathBuf>,
     },
     /// Check a password read from stdin against the configured user (exit 0 if it matches).
     Check {
@@ -348,6 +387,7 @@ pub fn main() -> ExitCode {
             socket,
         } => mailbox(command, config.as_deref(), socket),
         Command::User { command } => user(command),
+        Command::Cluster { command } => cluster(command),
         Command::Tune { command } => tune(command),
         Command::Stat {
             config,
@@ -534,9 +574,63 @@ fn spool(command: SpoolCommand) -> Result<()> {
     Ok(())
 }
 
+fn cluster(command: ClusterCommand) -> Result<()> {
+    match command {
+        ClusterCommand::Migrate { config } => {
+            let config = load(config.as_deref())?;
+            anyhow::ensure!(
+                config.cluster.postgres.conninfo.is_some(),
+                "no [cluster.postgres] conninfo in the config: nothing to migrate"
+            );
+            let applied = relay::cluster::directory::migrate(&config.cluster.postgres)?;
+            if applied.is_empty() {
+                outln!(
+                    "schema is current (version {})",
+                    relay::cluster::directory::schema_version()
+                );
+            }
+            for (version, name) in applied {
+                outln!("applied {version:04} {name}");
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The config of `relay user` commands that write the cluster's directory; an error naming
+/// the users file when it has no `[cluster.postgres]`.
+fn postgres_config(config: Option<&Path>, what: &str) -> Result<Config> {
+    let config = load(config)?;
+    anyhow::ensure!(
+        config.cluster.postgres.conninfo.is_some(),
+        "`relay user {what}` writes the cluster's directory ([cluster.postgres]); without one, edit the users file (`relay user add` prints its lines)"
+    );
+    Ok(config)
+}
+
+/// The directory `relay user` reads: the cluster's (PostgreSQL over `[local]`) when the
+/// config has `[cluster.postgres]`, else the file directory.
+fn directory_of(config: &Config) -> Result<Arc<relay::mailbox::Directory>> {
+    if config.cluster.postgres.conninfo.is_some() {
+        return Ok(relay::cluster::directory::load_once(config)?.0);
+    }
+    Ok(relay::mailbox::load_directory(config)?)
+}
+
 fn user(command: UserCommand) -> Result<()> {
     match command {
-        UserCommand::Add { name, file } => {
+        UserCommand::Add {
+            name,
+            file: None,
+            config: Some(config),
+        } if load(Some(&config))?.cluster.postgres.conninfo.is_some() => {
+            let config = load(Some(&config))?;
+            let password = read_password()?;
+            let phc = relay::mailbox::password::hash(&password)?;
+            relay::cluster::directory::add_user(&config.cluster.postgres, &name, &phc)?;
+            eprintln!("added {name} to the cluster directory");
+        }
+        UserCommand::Add { name, file, .. } => {
             let name = name.to_ascii_lowercase();
             anyhow::ensure!(
                 relay::mailbox::directory::valid_name(&name),
@@ -560,11 +654,36 @@ fn user(command: UserCommand) -> Result<()> {
                 }
             }
         }
+        UserCommand::Passwd { name, config } => {
+            let config = postgres_config(config.as_deref(), "passwd")?;
+            let password = read_password()?;
+            let phc = relay::mailbox::password::hash(&password)?;
+            relay::cluster::directory::set_password(&config.cluster.postgres, &name, &phc)?;
+            eprintln!("password of {name} changed");
+        }
+        UserCommand::Del { name, config } => {
+            let config = postgres_config(config.as_deref(), "del")?;
+            relay::cluster::directory::delete_user(
+                &config.cluster.postgres,
+                &name,
+                &config.local.domains,
+            )?;
+            eprintln!("removed {name} from the cluster directory");
+        }
+        UserCommand::Home { name, node, config } => {
+            let config = postgres_config(config.as_deref(), "home")?;
+            anyhow::ensure!(
+                config.cluster.nodes.is_empty() || config.cluster.node_entry(&node).is_some(),
+                "`{node}` is not one of cluster.nodes"
+            );
+            relay::cluster::directory::set_home(&config.cluster.postgres, &name, Some(&node))?;
+            eprintln!("{name} is homed on {node}");
+        }
         UserCommand::Ls { config, json } => user_ls(config, json)?,
         UserCommand::Key { command } => user_key(command)?,
         UserCommand::Check { name, config } => {
             let config = load(config.as_deref())?;
-            let directory = relay::mailbox::load_directory(&config)?;
+            let directory = directory_of(&config)?;
             let password = read_password()?;
             match directory.verify(&name, &password) {
                 Some(user) => outln!("{user}: password matches"),
@@ -580,6 +699,16 @@ fn key_store(
     config: Option<&Path>,
 ) -> Result<(Arc<relay::mailbox::Directory>, relay::mailbox::KeyStore)> {
     let config = load(config)?;
+    if config.cluster.postgres.conninfo.is_some() {
+        let (directory, backend) = relay::cluster::directory::load_once(&config)?;
+        let keys = relay::mailbox::KeyStore::with_backend(
+            backend,
+            Arc::clone(&directory),
+            relay::mailbox::keys::policy(&config),
+            std::time::SystemTime::now(),
+        );
+        return Ok((directory, keys));
+    }
     let directory = relay::mailbox::load_directory(&config)?;
     let keys = relay::mailbox::keys::open(
         &config,
@@ -622,6 +751,7 @@ fn user_ls(config: Option<PathBuf>, json: bool) -> Result<()> {
                 let mut entry = key_summary(&keys, &u.name);
                 entry["name"] = u.name.clone().into();
                 entry["quota"] = u.quota.into();
+                entry["home"] = u.home.clone().into();
                 entry["addresses"] = directory.addresses_of(&u.name).into();
                 entry
             })

@@ -5,3 +5,5 @@
 //! config. This layer holds the clients of those services; the server wires them in.
 //!
 //! Design notes: docs/ARCHITECTURE.md §17.
+
+pub mod directory;

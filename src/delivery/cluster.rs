@@ -88,7 +88,7 @@ mod tests {
                 ("a".to_string(), "127.0.0.2:2526".parse().unwrap()),
                 ("b".to_string(), b),
             ]),
-            directory: SharedDirectory::from(directory),
+            directory: directory.into(),
             tls: test_tls(),
         };
         assert_eq!(routes.route("bob@example.test"), Some(Route::node(b)));

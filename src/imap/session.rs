@@ -1243,6 +1243,31 @@ impl Session {
         Ok(())
     }
 
+    /// The tag of the login the driver is checking (for a login proxied to the user's home
+    /// node, whose answer the driver writes itself under this tag).
+    pub fn login_tag(&self) -> Option<&str> {
+        match &self.wait {
+            Wait::Auth { tag } => Some(tag),
+            _ => None,
+        }
+    }
+
+    /// The driver's answer to `Event::Authenticate` when the login could not be completed
+    /// now (the user's home node is unreachable): `NO [UNAVAILABLE]` (RFC 5530), still not
+    /// authenticated, not counted as a failure.
+    pub fn authentication_unavailable(&mut self, out: &mut Outbox) -> Result<(), Unexpected> {
+        let Wait::Auth { tag } = std::mem::replace(&mut self.wait, Wait::None) else {
+            return Err(Unexpected);
+        };
+        self.no(
+            &tag,
+            Some("UNAVAILABLE"),
+            "Mailbox temporarily unavailable, try again later",
+            out,
+        );
+        Ok(())
+    }
+
     /// The TLS handshake after [`Event::StartTls`] succeeded.
     pub fn tls_established(&mut self) -> Result<(), Unexpected> {
         if !matches!(self.wait, Wait::StartTls) {

@@ -1,5 +1,6 @@
-//! Users' public keys (OpenPGP and S/MIME) and their encryption choice, one small file each
-//! in the keys directory:
+//! Users' public keys (OpenPGP and S/MIME) and their encryption choice. Where they are
+//! kept is a [`KeyBackend`]: one small file each in the keys directory ([`FileKeys`], the
+//! default):
 //!
 //! ```text
 //! keys/alice.openpgp.asc   the OpenPGP key, ASCII-armoured
@@ -7,11 +8,15 @@
 //! keys/alice.encrypt       `on` or `off`: the user's own choice (absent: the server default)
 //! ```
 //!
-//! Every key is checked on entry (`mailcrypt`), written durably (temporary file, fsync,
-//! rename, fsync of the directory) and held in memory as parsed keys, so delivery asks for
-//! a user's sealing key without touching the disk. The files are read at start and on
-//! SIGHUP; `relay user key` writes them, and the web mail's settings page writes them
-//! through the running relay's store.
+//! or, with `[cluster.postgres]`, the cluster's directory (the same three entries per user,
+//! rows of its `user_keys` table; `cluster::directory`).
+//!
+//! Every key is checked on entry (`mailcrypt`), written durably (files: temporary file,
+//! fsync, rename, fsync of the directory; PostgreSQL: a committed transaction) and held in
+//! memory as parsed keys, so delivery asks for a user's sealing key without touching the
+//! disk or the network. The entries are read at start and on SIGHUP (and, from PostgreSQL,
+//! on every directory change); `relay user key` writes them, and the web mail's settings
+//! page writes them through the running relay's store.
 //!
 //! Exposure: key files come from users (checked: size, syntax, usage, validity, address);
 //! a file that no longer passes the checks at load (expired since) is logged and not used.
@@ -54,6 +59,51 @@ pub struct EncryptionPolicy {
     pub required: bool,
 }
 
+/// One of a user's stored entries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Slot {
+    OpenPgp,
+    Smime,
+    /// The choice: `on` or `off`.
+    Encrypt,
+}
+
+impl Slot {
+    /// The file suffix, and the `kind` of a `user_keys` row.
+    pub fn name(self) -> &'static str {
+        match self {
+            Slot::OpenPgp => "openpgp",
+            Slot::Smime => "smime",
+            Slot::Encrypt => "encrypt",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<Slot> {
+        [Slot::OpenPgp, Slot::Smime, Slot::Encrypt]
+            .into_iter()
+            .find(|s| s.name() == name)
+    }
+
+    fn of(kind: KeyKind) -> Slot {
+        match kind {
+            KeyKind::OpenPgp => Slot::OpenPgp,
+            KeyKind::Smime => Slot::Smime,
+        }
+    }
+}
+
+/// Where users' keys are kept. Reads come at load only (the store keeps parsed keys);
+/// writes are durable when they return.
+pub trait KeyBackend: Send + Sync {
+    /// The stored bytes of `user`'s `slot` (at most [`KEY_FILE_MAX`]); `None` when absent or
+    /// unreadable (logged here).
+    fn read(&self, user: &str, slot: Slot) -> Option<Vec<u8>>;
+    /// Stores `bytes` (`Some`) or removes the entry (`None`); whether there was one before.
+    fn write(&self, user: &str, slot: Slot, bytes: Option<&[u8]>) -> Result<bool, KeyStoreError>;
+    /// Where the keys are, for the log.
+    fn location(&self) -> String;
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum KeyStoreError {
     #[error("no user `{0}`")]
@@ -67,11 +117,14 @@ pub enum KeyStoreError {
     },
     #[error("encryption is required on this server; it cannot be turned off")]
     Required,
+    /// A backend that keeps keys as text (PostgreSQL) was given binary.
+    #[error("a stored key is text (ASCII-armoured or PEM)")]
+    NotText,
 }
 
-/// Users' keys: the files and their parsed form.
+/// Users' keys: where they are kept and their parsed form.
 pub struct KeyStore {
-    dir: PathBuf,
+    backend: Arc<dyn KeyBackend>,
     policy: EncryptionPolicy,
     directory: SharedDirectory,
     table: RwLock<Arc<HashMap<String, Arc<UserKeys>>>>,
@@ -85,27 +138,42 @@ impl KeyStore {
         policy: EncryptionPolicy,
         now: SystemTime,
     ) -> Result<KeyStore, KeyStoreError> {
-        create_dir(dir)?;
+        Ok(KeyStore::with_backend(
+            Arc::new(FileKeys::open(dir)?),
+            directory,
+            policy,
+            now,
+        ))
+    }
+
+    /// A store over `backend`, every user's entries read.
+    pub fn with_backend(
+        backend: Arc<dyn KeyBackend>,
+        directory: impl Into<SharedDirectory>,
+        policy: EncryptionPolicy,
+        now: SystemTime,
+    ) -> KeyStore {
         let store = KeyStore {
-            dir: dir.to_path_buf(),
+            backend,
             policy,
             directory: directory.into(),
             table: RwLock::new(Arc::new(HashMap::new())),
         };
         store.reload(now);
-        Ok(store)
+        store
     }
 
-    pub fn dir(&self) -> &Path {
-        &self.dir
+    /// Where the keys are kept (the keys directory, or PostgreSQL), for the log.
+    pub fn location(&self) -> String {
+        self.backend.location()
     }
 
     pub fn policy(&self) -> EncryptionPolicy {
         self.policy
     }
 
-    /// Reads every user's files again (SIGHUP); returns how many users have keys. A file
-    /// that is unreadable or fails the checks is logged and left out.
+    /// Reads every user's entries again (SIGHUP, a directory change); returns how many users
+    /// have keys. An entry that is unreadable or fails the checks is logged and left out.
     pub fn reload(&self, now: SystemTime) -> usize {
         let mut table = HashMap::new();
         let directory = self.directory.current();
@@ -125,19 +193,19 @@ impl KeyStore {
     fn read_user(&self, name: &str, now: SystemTime) -> UserKeys {
         let addresses = self.directory.current().addresses_of(name);
         let mut keys = UserKeys::default();
-        if let Some(bytes) = self.read_file(&self.path(name, "openpgp.asc")) {
+        if let Some(bytes) = self.backend.read(name, Slot::OpenPgp) {
             match openpgp::parse_key(&bytes, &addresses, now) {
                 Ok(key) => keys.openpgp = Some(key),
                 Err(error) => tracing::warn!(user = name, %error, "OpenPGP key not used"),
             }
         }
-        if let Some(bytes) = self.read_file(&self.path(name, "smime.pem")) {
+        if let Some(bytes) = self.backend.read(name, Slot::Smime) {
             match smime::parse_cert(&bytes, &addresses, now) {
                 Ok(cert) => keys.smime = Some(cert),
                 Err(error) => tracing::warn!(user = name, %error, "S/MIME certificate not used"),
             }
         }
-        if let Some(bytes) = self.read_file(&self.path(name, "encrypt")) {
+        if let Some(bytes) = self.backend.read(name, Slot::Encrypt) {
             match bytes.trim_ascii() {
                 b"on" => keys.encrypt = Some(true),
                 b"off" => keys.encrypt = Some(false),
@@ -148,34 +216,6 @@ impl KeyStore {
             }
         }
         keys
-    }
-
-    fn read_file(&self, path: &Path) -> Option<Vec<u8>> {
-        use std::io::Read;
-        let file = match std::fs::File::open(path) {
-            Ok(file) => file,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
-            Err(error) => {
-                tracing::warn!(path = %path.display(), %error, "cannot read key file");
-                return None;
-            }
-        };
-        let mut bytes = Vec::new();
-        match file.take(KEY_FILE_MAX + 1).read_to_end(&mut bytes) {
-            Ok(_) if bytes.len() as u64 <= KEY_FILE_MAX => Some(bytes),
-            Ok(_) => {
-                tracing::warn!(path = %path.display(), "key file too large; not used");
-                None
-            }
-            Err(error) => {
-                tracing::warn!(path = %path.display(), %error, "cannot read key file");
-                None
-            }
-        }
-    }
-
-    fn path(&self, name: &str, suffix: &str) -> PathBuf {
-        self.dir.join(format!("{name}.{suffix}"))
     }
 
     fn user_name(&self, name: &str) -> Result<String, KeyStoreError> {
@@ -222,18 +262,11 @@ impl KeyStore {
             Some(KeyKind::Smime) => PublicKey::Smime(smime::parse_cert(bytes, &addresses, now)?),
         };
         let kind = key.kind();
-        match &key {
-            PublicKey::OpenPgp(key) => write_durably(
-                &self.dir,
-                &self.path(&name, "openpgp.asc"),
-                key.armored.as_bytes(),
-            )?,
-            PublicKey::Smime(cert) => write_durably(
-                &self.dir,
-                &self.path(&name, "smime.pem"),
-                cert.pem.as_bytes(),
-            )?,
-        }
+        let stored = match &key {
+            PublicKey::OpenPgp(key) => key.armored.as_bytes(),
+            PublicKey::Smime(cert) => cert.pem.as_bytes(),
+        };
+        self.backend.write(&name, Slot::of(kind), Some(stored))?;
         self.update(&name, |keys| match key {
             PublicKey::OpenPgp(key) => keys.openpgp = Some(key),
             PublicKey::Smime(cert) => keys.smime = Some(cert),
@@ -244,11 +277,7 @@ impl KeyStore {
     /// Removes user `name`'s key of `kind`; false when there was none.
     pub fn remove(&self, name: &str, kind: KeyKind) -> Result<bool, KeyStoreError> {
         let name = self.user_name(name)?;
-        let suffix = match kind {
-            KeyKind::OpenPgp => "openpgp.asc",
-            KeyKind::Smime => "smime.pem",
-        };
-        let removed = remove_durably(&self.dir, &self.path(&name, suffix))?;
+        let removed = self.backend.write(&name, Slot::of(kind), None)?;
         self.update(&name, |keys| match kind {
             KeyKind::OpenPgp => keys.openpgp = None,
             KeyKind::Smime => keys.smime = None,
@@ -262,13 +291,8 @@ impl KeyStore {
         if self.policy.required && choice == Some(false) {
             return Err(KeyStoreError::Required);
         }
-        let path = self.path(&name, "encrypt");
-        match choice {
-            Some(on) => write_durably(&self.dir, &path, if on { b"on\n" } else { b"off\n" })?,
-            None => {
-                remove_durably(&self.dir, &path)?;
-            }
-        }
+        let stored: Option<&[u8]> = choice.map(|on| if on { &b"on\n"[..] } else { b"off\n" });
+        self.backend.write(&name, Slot::Encrypt, stored)?;
         self.update(&name, |keys| keys.encrypt = choice);
         Ok(())
     }
@@ -329,6 +353,73 @@ impl KeyStore {
             table.insert(name.to_string(), Arc::new(keys));
         }
         *guard = Arc::new(table);
+    }
+}
+
+/// Keys in files of the keys directory (the default backend).
+pub struct FileKeys {
+    dir: PathBuf,
+}
+
+impl FileKeys {
+    /// Opens the keys directory, creating it (0700) when missing.
+    pub fn open(dir: &Path) -> Result<FileKeys, KeyStoreError> {
+        create_dir(dir)?;
+        Ok(FileKeys {
+            dir: dir.to_path_buf(),
+        })
+    }
+
+    fn path(&self, name: &str, slot: Slot) -> PathBuf {
+        let suffix = match slot {
+            Slot::OpenPgp => "openpgp.asc",
+            Slot::Smime => "smime.pem",
+            Slot::Encrypt => "encrypt",
+        };
+        self.dir.join(format!("{name}.{suffix}"))
+    }
+}
+
+impl KeyBackend for FileKeys {
+    fn read(&self, user: &str, slot: Slot) -> Option<Vec<u8>> {
+        use std::io::Read;
+        let path = self.path(user, slot);
+        let file = match std::fs::File::open(&path) {
+            Ok(file) => file,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
+            Err(error) => {
+                tracing::warn!(path = %path.display(), %error, "cannot read key file");
+                return None;
+            }
+        };
+        let mut bytes = Vec::new();
+        match file.take(KEY_FILE_MAX + 1).read_to_end(&mut bytes) {
+            Ok(_) if bytes.len() as u64 <= KEY_FILE_MAX => Some(bytes),
+            Ok(_) => {
+                tracing::warn!(path = %path.display(), "key file too large; not used");
+                None
+            }
+            Err(error) => {
+                tracing::warn!(path = %path.display(), %error, "cannot read key file");
+                None
+            }
+        }
+    }
+
+    fn write(&self, user: &str, slot: Slot, bytes: Option<&[u8]>) -> Result<bool, KeyStoreError> {
+        let path = self.path(user, slot);
+        match bytes {
+            Some(bytes) => {
+                let existed = path.exists();
+                write_durably(&self.dir, &path, bytes)?;
+                Ok(existed)
+            }
+            None => remove_durably(&self.dir, &path),
+        }
+    }
+
+    fn location(&self) -> String {
+        self.dir.display().to_string()
     }
 }
 

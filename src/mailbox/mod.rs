@@ -19,7 +19,7 @@ pub mod store;
 pub mod users_file;
 
 pub use directory::{Directory, DirectoryError, Resolution, SharedDirectory, User};
-pub use keys::{KeyStore, KeyStoreError, UserKeys};
+pub use keys::{KeyBackend, KeyStore, KeyStoreError, Slot, UserKeys};
 pub use local::{home_elsewhere, Homes, LocalDelivery};
 pub use store::{ChangeError, InUse, MailStore, MaildropItem, MaildropLock};
 
@@ -43,8 +43,23 @@ pub enum LoadError {
     Directory(#[from] DirectoryError),
 }
 
-/// Builds the directory from `[local]`: inline users, the users file, aliases.
-pub fn load_directory(config: &Config) -> Result<Arc<Directory>, LoadError> {
+/// What a directory is built from: the local domains, the users and the aliases (the
+/// file directory's, or those merged with the cluster's PostgreSQL directory).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct DirectoryEntries {
+    pub domains: Vec<String>,
+    pub users: Vec<User>,
+    pub aliases: std::collections::BTreeMap<String, Vec<String>>,
+}
+
+impl DirectoryEntries {
+    pub fn build(&self) -> Result<Directory, DirectoryError> {
+        Directory::new(self.domains.clone(), self.users.clone(), &self.aliases)
+    }
+}
+
+/// The file directory's entries from `[local]`: inline users, the users file, aliases.
+pub fn file_entries(config: &Config) -> Result<DirectoryEntries, LoadError> {
     let mut users: Vec<User> = config
         .local
         .users
@@ -69,6 +84,14 @@ pub fn load_directory(config: &Config) -> Result<Arc<Directory>, LoadError> {
             })?,
         );
     }
-    let directory = Directory::new(config.local.domains.clone(), users, &config.local.aliases)?;
-    Ok(Arc::new(directory))
+    Ok(DirectoryEntries {
+        domains: config.local.domains.clone(),
+        users,
+        aliases: config.local.aliases.clone(),
+    })
+}
+
+/// Builds the file directory from `[local]`: inline users, the users file, aliases.
+pub fn load_directory(config: &Config) -> Result<Arc<Directory>, LoadError> {
+    Ok(Arc::new(file_entries(config)?.build()?))
 }

@@ -21,6 +21,7 @@ use tokio::sync::watch;
 
 use super::admission::Permit;
 use super::imap_store::UserStoreLink;
+use super::login_proxy;
 use super::pop3::Deadlines;
 use super::shard::{Protocol, ShardContext};
 use super::starttls::{self, DriveEnd, Upgradable, Wire};
@@ -159,6 +160,11 @@ impl Link {
     ) -> Option<DriveEnd> {
         match event {
             Event::Authenticate(credentials) => {
+                // Kept for a login at the user's home node (`[cluster]` only).
+                let offered = ctx
+                    .login_proxy
+                    .is_some()
+                    .then(|| login_proxy::Offered::imap(&credentials));
                 let proof = credentials.into();
                 let check = ctx.auth.check(Protocol::Imap, peer.ip(), proof);
                 let user = tokio::select! {
@@ -169,6 +175,15 @@ impl Link {
                         return Some(DriveEnd::Closed);
                     }
                 };
+                let home = match (&user, &ctx.login_proxy) {
+                    (Ok(user), Some(proxy)) => proxy
+                        .home_elsewhere(&ctx.auth.directory.current(), user)
+                        .map(|home| (user.clone(), home)),
+                    _ => None,
+                };
+                if let (Some((user, home)), Some(offered)) = (home, offered) {
+                    return self.proxy(ctx, conn, peer, &user, home, offered).await;
+                }
                 // Busy and locked are failures to the client too (the session's NO).
                 let user = user.ok();
                 if let Some(user) = &user {
@@ -222,6 +237,35 @@ impl Link {
                 return Some(DriveEnd::Closed);
             }
         }
+        None
+    }
+
+    /// A login of a user homed on another node, proxied there; `Some` when the connection
+    /// is over, `None` after a temporary failure (the session goes on).
+    async fn proxy<C: Connection>(
+        &mut self,
+        ctx: &ShardContext,
+        conn: &C,
+        peer: SocketAddr,
+        user: &str,
+        home: login_proxy::Home,
+        offered: login_proxy::Offered,
+    ) -> Option<DriveEnd> {
+        let tag = self.session.login_tag().map(str::to_owned);
+        if let (Some(login), Some(tag)) = (offered.login(&ctx.auth.directory.current(), user), tag)
+        {
+            let proxied = login_proxy::Session {
+                ctx,
+                peer,
+                home,
+                pending: &mut self.out.bytes,
+                input: &self.wire.input[self.wire.consumed..],
+            };
+            if login_proxy::imap(conn, proxied, login, tag).await == login_proxy::Proxied::Done {
+                return Some(DriveEnd::Closed);
+            }
+        }
+        let _ = self.session.authentication_unavailable(&mut self.out);
         None
     }
 

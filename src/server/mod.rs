@@ -19,6 +19,7 @@ pub mod imap;
 pub mod imap_store;
 pub mod imap_views;
 pub mod ingest;
+pub mod login_proxy;
 pub mod pop3;
 pub mod shard;
 pub mod signatures;
@@ -26,6 +27,7 @@ pub mod signing;
 pub mod smtp;
 pub mod starttls;
 pub mod verifying;
+pub mod web_proxy;
 pub mod web_store;
 pub mod wkd;
 
@@ -98,6 +100,8 @@ pub enum ServerError {
     Web(String),
     #[error("encryption keys: {0}")]
     Keys(String),
+    #[error("cluster directory: {0}")]
+    ClusterDirectory(String),
     #[error("signature checks: {0}")]
     Signatures(String),
     #[error("cluster: {0}")]
@@ -273,6 +277,8 @@ struct Stores {
     metrics: Arc<Metrics>,
     /// This node's name and its mutual-TLS files, when it is a cluster node with them.
     cluster: Option<(String, crate::net::tls::ClusterTls)>,
+    /// The thread following the cluster's PostgreSQL directory (`[cluster.postgres]`).
+    _directory_follower: Option<crate::cluster::directory::Refresher>,
 }
 
 /// A cluster node's name and mutual TLS (`[cluster]` with `cert`, `key` and `ca`); `None`
@@ -296,12 +302,28 @@ fn load_cluster(
 
 /// Loads the users and recovers the spool (each shard's log is read and checked).
 fn open_stores(config: &Config, shards: usize) -> Result<Stores, ServerError> {
-    let directory = SharedDirectory::new(crate::mailbox::load_directory(config)?);
-    let keys = crate::mailbox::keys::open(config, directory.clone(), SystemTime::now())
-        .map_err(|e| ServerError::Keys(e.to_string()))?;
+    let cluster = crate::cluster::directory::ClusterDirectory::open(config)
+        .map_err(|e| ServerError::ClusterDirectory(e.to_string()))?;
+    let (directory, keys) = match &cluster {
+        Some(cluster) => {
+            let keys = KeyStore::with_backend(
+                cluster.key_backend(),
+                cluster.directory(),
+                crate::mailbox::keys::policy(config),
+                SystemTime::now(),
+            );
+            (cluster.directory(), keys)
+        }
+        None => {
+            let directory = SharedDirectory::new(crate::mailbox::load_directory(config)?);
+            let keys = crate::mailbox::keys::open(config, directory.clone(), SystemTime::now())
+                .map_err(|e| ServerError::Keys(e.to_string()))?;
+            (directory, keys)
+        }
+    };
     let encrypting = keys.all().len();
     if encrypting > 0 {
-        tracing::info!(users = encrypting, dir = %keys.dir().display(), "users' keys loaded");
+        tracing::info!(users = encrypting, dir = %keys.location(), "users' keys loaded");
     }
     let keys = Arc::new(keys);
     let mail_store = MailStore::new();
@@ -310,6 +332,15 @@ fn open_stores(config: &Config, shards: usize) -> Result<Stores, ServerError> {
         .set_max_folders(config.imap.folders_max);
     let (spool, report) = Spool::open(config.spool.spool_config(), shards)?;
     tracing::info!("spool {}: {report}", config.spool.dir.display());
+    // After the spool directory exists: the follower writes its cache there.
+    let directory_follower = match cluster {
+        Some(cluster) => Some(
+            cluster
+                .start(Arc::clone(&keys))
+                .map_err(ServerError::Thread)?,
+        ),
+        None => None,
+    };
     let spool = Arc::new(spool);
     let metrics = Arc::new(Metrics::new(shards, Some(&spool)));
     for shard in 0..shards {
@@ -329,6 +360,7 @@ fn open_stores(config: &Config, shards: usize) -> Result<Stores, ServerError> {
         spool,
         metrics,
         cluster: load_cluster(config)?,
+        _directory_follower: directory_follower,
     })
 }
 
@@ -834,6 +866,9 @@ impl Contexts {
             verifying: verifying::Verifying::for_shard(&self.verifying),
             signatures: signatures::Signatures::for_shard(&self.signatures),
             cluster: self.cluster.clone(),
+            // The shard's own engine replaces this in shard::spawn.
+            engine: Engine::Epoll,
+            login_proxy: login_proxy::LoginProxy::new(&self.config.cluster).map(Arc::new),
         }
     }
 }

@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 
 use super::admission::Permit;
 use super::auth::Denied;
+use super::login_proxy;
 use super::shard::Protocol;
 use super::shard::ShardContext;
 use super::starttls::{self, DriveEnd, Upgradable, Wire};
@@ -123,6 +124,11 @@ impl Upgradable for Link {
                 progressed = true;
                 match event {
                     Event::Authenticate(credentials) => {
+                        // Kept for a login at the user's home node (`[cluster]` only).
+                        let offered = ctx
+                            .login_proxy
+                            .is_some()
+                            .then(|| login_proxy::Offered::pop3(&credentials));
                         // A failure is answered after `pop3.auth_failure_delay`.
                         let proof = credentials.into();
                         let check = ctx.auth.check(Protocol::Pop3, peer.ip(), proof);
@@ -136,6 +142,35 @@ impl Upgradable for Link {
                                 return DriveEnd::Closed;
                             }
                         };
+                        let home = match (&user, &ctx.login_proxy) {
+                            (Ok(user), Some(proxy)) => proxy
+                                .home_elsewhere(&ctx.auth.directory.current(), user)
+                                .map(|home| (user.clone(), home)),
+                            _ => None,
+                        };
+                        if let (Some((user, home)), Some(offered)) = (home, offered) {
+                            let login = offered.login(&ctx.auth.directory.current(), &user);
+                            let proxied = match login {
+                                Some(login) => {
+                                    let proxied = login_proxy::Session {
+                                        ctx,
+                                        peer,
+                                        home,
+                                        pending: &mut out.bytes,
+                                        input: &input[*consumed..],
+                                    };
+                                    login_proxy::pop3(conn, proxied, login).await
+                                }
+                                None => login_proxy::Proxied::Unavailable,
+                            };
+                            match proxied {
+                                login_proxy::Proxied::Done => return DriveEnd::Closed,
+                                login_proxy::Proxied::Unavailable => {
+                                    session.authentication_unavailable(out);
+                                    continue;
+                                }
+                            }
+                        }
                         match user {
                             Err(Denied::Busy) => session.authentication_unavailable(out),
                             user => session.authenticated(user.ok(), out),

@@ -83,6 +83,10 @@ pub struct ShardContext {
     pub signatures: super::signatures::Signatures,
     /// The cluster listener's TLS, session and duplicate record (`None`: no cluster).
     pub cluster: Option<Arc<super::cluster_listener::ClusterListener>>,
+    /// The shard's I/O engine (set by [`spawn`]): connections this shard opens use it.
+    pub engine: Engine,
+    /// `[cluster]`: logins of users homed on other nodes are proxied there.
+    pub login_proxy: Option<Arc<super::login_proxy::LoginProxy>>,
 }
 
 /// What POP3 connections need besides the common parts.
@@ -444,7 +448,10 @@ pub fn spawn(seed: ShardSeed, events: Sender<ShardEvent>) -> io::Result<JoinHand
         events,
         Box::new(move |engine, ready| {
             Box::pin(async move {
-                let ctx = Rc::new(make_context());
+                let ctx = Rc::new(ShardContext {
+                    engine,
+                    ..make_context()
+                });
                 match engine {
                     Engine::Uring => {
                         let listeners = bind(sockets, |s| Ok(UringListener::from_std(s)))?;

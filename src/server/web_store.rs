@@ -91,6 +91,7 @@ impl Web {
             domain,
             message_size_max: config.smtp.message_size_max.0,
             local_domains: config.local.domains.clone(),
+            homes: super::login_proxy::LoginProxy::new(&config.cluster).map(Arc::new),
         });
         let settings = WebSettings {
             threads: web.threads,
@@ -145,6 +146,8 @@ struct StoreBackend {
     domain: String,
     message_size_max: u64,
     local_domains: Vec<String>,
+    /// `[cluster]`: where the sessions of users homed elsewhere are proxied.
+    homes: Option<Arc<super::login_proxy::LoginProxy>>,
 }
 
 impl StoreBackend {
@@ -169,6 +172,56 @@ impl StoreBackend {
 }
 
 impl Backend for StoreBackend {
+    fn home_of(&self, user: String) -> BoxFuture<'_, Option<String>> {
+        Box::pin(async move {
+            self.homes.as_ref()?;
+            self.run(move |ctx| {
+                Box::pin(async move {
+                    let proxy = ctx.login_proxy.as_ref()?;
+                    proxy
+                        .home_elsewhere(&ctx.auth.directory.current(), &user)
+                        .map(|home| home.node)
+                })
+            })
+            .await
+            .ok()
+            .flatten()
+        })
+    }
+
+    fn home_login(
+        &self,
+        node: String,
+        user: String,
+        password: String,
+    ) -> BoxFuture<'_, Result<String, BackendError>> {
+        Box::pin(async move {
+            let password = Password::new(password);
+            let Some(homes) = &self.homes else {
+                return Err(BackendError::Unavailable);
+            };
+            super::web_proxy::login(homes, &node, &user, password.expose())
+                .await
+                .map_err(|error| {
+                    tracing::debug!(target: "relay::web", %error, "login at the home node");
+                    BackendError::Unavailable
+                })
+        })
+    }
+
+    fn home_forward(
+        &self,
+        node: String,
+        request: axum::extract::Request,
+    ) -> BoxFuture<'_, Result<axum::response::Response, axum::extract::Request>> {
+        Box::pin(async move {
+            match &self.homes {
+                Some(homes) => super::web_proxy::forward(homes, &node, request).await,
+                None => Err(request),
+            }
+        })
+    }
+
     fn login(
         &self,
         client: Client,

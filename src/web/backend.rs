@@ -138,6 +138,34 @@ pub trait Backend: Send + Sync + 'static {
         password: String,
     ) -> BoxFuture<'_, Result<String, LoginError>>;
 
+    /// `[cluster]`: the node holding `user`'s mailboxes when it is another one (that
+    /// user's web session is then proxied there); `None`: here.
+    fn home_of(&self, _user: String) -> BoxFuture<'_, Option<String>> {
+        Box::pin(async { None })
+    }
+
+    /// Logs `user` in at `node`'s web listener with the password the client gave (checked
+    /// here first); the session cookie's value there.
+    fn home_login(
+        &self,
+        _node: String,
+        _user: String,
+        _password: String,
+    ) -> BoxFuture<'_, Result<String, BackendError>> {
+        Box::pin(async { Err(BackendError::Unavailable) })
+    }
+
+    /// Forwards a request of a session held by `node` and answers with its response (a
+    /// 503 page when that node is down); the request back when `node` is not another node
+    /// of the cluster.
+    fn home_forward(
+        &self,
+        _node: String,
+        request: axum::extract::Request,
+    ) -> BoxFuture<'_, Result<axum::response::Response, axum::extract::Request>> {
+        Box::pin(async { Err(request) })
+    }
+
     /// The user's folders with their counts, in the store's order.
     fn folders(&self, user: String) -> BoxFuture<'_, Result<Vec<FolderSummary>, BackendError>>;
 

@@ -25,6 +25,8 @@ use super::{settings, wkd};
 
 pub const SESSION_COOKIE: &str = "relay_session";
 pub const LOGIN_COOKIE: &str = "relay_login";
+/// `[cluster]`: the node a proxied session lives on (its `relay_session` is that node's).
+pub const HOME_COOKIE: &str = "relay_home";
 
 /// `default-src 'none'` and only our own stylesheet and images; forms post only to us; no
 /// framing of our pages, frames only of our own message bodies (`/body`). No script
@@ -83,6 +85,10 @@ pub fn router(app: Shared, body_max: usize) -> Router {
         .route(wkd::ADVANCED_POLICY, get(wkd::advanced_policy))
         .route("/static/style.css", get(style))
         .fallback(not_found)
+        .layer(axum::middleware::from_fn_with_state(
+            Arc::clone(&app),
+            home_proxy,
+        ))
         .layer(axum::middleware::from_fn(security_headers))
         .layer(DefaultBodyLimit::max(body_max))
         .with_state(app)
@@ -112,6 +118,42 @@ async fn security_headers(request: Request, next: Next) -> Response {
         set(headers, "strict-transport-security", "max-age=31536000");
     }
     response
+}
+
+/// `[cluster]`: a session that lives on the user's home node (its browser holds
+/// [`HOME_COOKIE`]) has every request forwarded there, but the login page (logins are
+/// always checked here first), the stylesheet and the key directory. A cookie naming no
+/// other node is dropped and the request served here.
+async fn home_proxy(State(app): State<Shared>, request: Request, next: Next) -> Response {
+    let path = request.uri().path();
+    let here =
+        path == "/login" || path.starts_with("/static/") || path.starts_with("/.well-known/");
+    let node = match cookie(request.headers(), HOME_COOKIE) {
+        Some(node) if !here && !node.is_empty() => node.to_string(),
+        _ => return next.run(request).await,
+    };
+    let tls = request.extensions().get::<Client>().is_some_and(|c| c.tls);
+    match app.backend.home_forward(node, request).await {
+        Ok(response) => {
+            // The home node ended the session (logout): so does the home cookie.
+            let ended = response
+                .headers()
+                .get_all(header::SET_COOKIE)
+                .iter()
+                .any(|v| {
+                    v.as_bytes()
+                        .starts_with(format!("{SESSION_COOKIE}=;").as_bytes())
+                });
+            if ended {
+                return with_cookie(response, set_cookie(HOME_COOKIE, "", tls, true));
+            }
+            response
+        }
+        Err(request) => {
+            let response = next.run(request).await;
+            with_cookie(response, set_cookie(HOME_COOKIE, "", tls, true))
+        }
+    }
 }
 
 /// The value of cookie `name` in the request, if sent.
@@ -310,8 +352,13 @@ async fn login(
         return forbidden();
     }
     let user = form.user.trim().to_string();
+    // Kept for a login at the user's home node (`[cluster]`).
+    let password = form.password.clone();
     match app.backend.login(client, user.clone(), form.password).await {
         Ok(name) => {
+            if let Some(node) = app.backend.home_of(name.clone()).await {
+                return home_login(&app, client, &user, name, node, password).await;
+            }
             let id = random_token();
             let csrf = random_token();
             if let Ok(mut sessions) = app.sessions.lock() {
@@ -321,6 +368,7 @@ async fn login(
             let response = Redirect::to("/mail?folder=INBOX").into_response();
             let response =
                 with_cookie(response, set_cookie(SESSION_COOKIE, &id, client.tls, false));
+            let response = with_cookie(response, set_cookie(HOME_COOKIE, "", client.tls, true));
             with_cookie(response, set_cookie(LOGIN_COOKIE, "", client.tls, true))
         }
         Err(LoginError::Invalid) => login_page(
@@ -341,6 +389,41 @@ async fn login(
             &user,
             Some("The server is busy. Try again in a moment."),
         ),
+    }
+}
+
+/// A checked login of a user homed on another node: logged in there too, the browser gets
+/// that node's session cookie and [`HOME_COOKIE`], so its later requests are forwarded.
+async fn home_login(
+    app: &App,
+    client: Client,
+    user: &str,
+    name: String,
+    node: String,
+    password: String,
+) -> Response {
+    match app
+        .backend
+        .home_login(node.clone(), name.clone(), password)
+        .await
+    {
+        Ok(id) => {
+            tracing::info!(target: "relay::web", client = %client.peer.ip(), user = %crate::logsafe::Safe(&name), home = %crate::logsafe::Safe(&node), "login proxied");
+            let response = Redirect::to("/mail?folder=INBOX").into_response();
+            let response =
+                with_cookie(response, set_cookie(SESSION_COOKIE, &id, client.tls, false));
+            let response = with_cookie(response, set_cookie(HOME_COOKIE, &node, client.tls, false));
+            with_cookie(response, set_cookie(LOGIN_COOKIE, "", client.tls, true))
+        }
+        Err(error) => {
+            tracing::warn!(target: "relay::web", client = %client.peer.ip(), user = %crate::logsafe::Safe(&name), home = %crate::logsafe::Safe(&node), %error, "proxied login failed: home node unavailable");
+            login_page(
+                StatusCode::SERVICE_UNAVAILABLE,
+                client.tls,
+                user,
+                Some("Your mailbox is not reachable right now. Try again in a moment."),
+            )
+        }
     }
 }
 
