@@ -340,7 +340,7 @@ pub fn export(input: ExportInput<'_>) -> Transfer {
         reverse_path: input.envelope.reverse_path.clone(),
         // Another hop's cluster parameters are not ours to pass on (XQUEUE is added anew).
         params: MailParams {
-            cluster: Vec::new(),
+            cluster: Default::default(),
             ..input.envelope.params.clone()
         },
         recipients,
@@ -400,7 +400,7 @@ mod tests {
                 smtputf8: false,
                 ret: Some(DsnRet::Headers),
                 envid: Some("env+id=1".into()),
-                cluster: Vec::new(),
+                cluster: Default::default(),
             },
             recipients: vec![
                 Recipient {
