@@ -96,6 +96,17 @@ enum Command {
         #[arg(long, global = true)]
         socket: Option<PathBuf>,
     },
+    /// This cluster node: `drain` hands its queue to the live peers and refuses new client
+    /// connections until `resume` (or a restart). Talks to the running server's admin socket.
+    Node {
+        #[command(subcommand)]
+        command: NodeCommand,
+        #[arg(long, short, global = true)]
+        config: Option<PathBuf>,
+        /// The running server's admin socket, when not the config's.
+        #[arg(long, global = true)]
+        socket: Option<PathBuf>,
+    },
     /// Manage mailbox users (passwords are read from stdin, stored as argon2id hashes).
     User {
         #[command(subcommand)]
@@ -202,6 +213,20 @@ enum TuneCommand {
         #[arg(long)]
         yes: bool,
     },
+}
+
+#[derive(Subcommand)]
+enum NodeCommand {
+    /// Stop taking client connections and transfer the whole outbound queue to live peers
+    /// (schedules kept); prints progress, ends when the queue is empty or reports what
+    /// remains (exit status 1).
+    Drain {
+        /// How long to wait for the drain to end.
+        #[arg(long, default_value = "600")]
+        timeout_secs: u64,
+    },
+    /// End a drain: take client connections again and queue what the drain left.
+    Resume,
 }
 
 #[derive(Subcommand)]
@@ -398,6 +423,11 @@ pub fn main() -> ExitCode {
             config,
             socket,
         } => mailbox(command, config.as_deref(), socket),
+        Command::Node {
+            command,
+            config,
+            socket,
+        } => node(command, config.as_deref(), socket),
         Command::User { command } => user(command),
         Command::Cluster { command } => cluster(command),
         Command::Tune { command } => tune(command),
@@ -1062,6 +1092,70 @@ fn parse_id(id: &str) -> Result<relay::envelope::QueueId> {
     id.parse().map_err(|_| {
         anyhow::anyhow!("`{id}` is not a queue id (16 hex digits, as `relay queue list` prints)")
     })
+}
+
+/// `relay node drain|resume` over the admin socket.
+fn node(command: NodeCommand, path: Option<&Path>, socket: Option<PathBuf>) -> Result<()> {
+    use relay::admin::client::{call, Call, Endpoint};
+    let config = load(path)?;
+    let socket = admin_socket(&config, socket)
+        .context("the admin endpoint is off (admin.enabled = false): nothing to ask")?;
+    let endpoint = Endpoint::Socket(socket);
+    let ask = |request: Call| -> Result<serde_json::Value> {
+        let (status, body) = call(&endpoint, &request)?;
+        anyhow::ensure!(
+            status == 200,
+            "{endpoint}: {}",
+            String::from_utf8_lossy(&body).trim()
+        );
+        Ok(serde_json::from_slice(&body)?)
+    };
+    let timeout = std::time::Duration::from_secs(30);
+    match command {
+        NodeCommand::Resume => {
+            ask(Call::post("/node/resume", b"{}", timeout))?;
+            outln!("resumed: client connections are taken again");
+            Ok(())
+        }
+        NodeCommand::Drain { timeout_secs } => {
+            ask(Call::post("/node/drain", b"{}", timeout))?;
+            outln!("draining: client connections refused, the queue goes to peers");
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(timeout_secs);
+            let mut last = String::new();
+            loop {
+                let p = ask(Call::get("/node/drain", timeout))?;
+                let line = format!(
+                    "pass {}: {} transferred ({} recipients), {} remaining, {} failed attempts",
+                    p["passes"], p["transferred"], p["recipients"], p["remaining"], p["failed"]
+                );
+                if line != last {
+                    outln!("{line}");
+                    last = line;
+                }
+                if p["running"] == serde_json::Value::Bool(false) {
+                    if let Some(peers) = p["per_peer"].as_array() {
+                        for pair in peers {
+                            outln!("  to {}: {}", pair[0].as_str().unwrap_or("?"), pair[1]);
+                        }
+                    }
+                    let remaining = p["remaining"].as_u64().unwrap_or(0);
+                    if remaining == 0 {
+                        outln!("drained: the queue is empty (the node stays draining until `relay node resume` or a restart)");
+                        return Ok(());
+                    }
+                    anyhow::bail!(
+                        "{remaining} messages remain in the queue (last error: {}); run `relay node drain` again",
+                        p["last_error"].as_str().unwrap_or("none")
+                    );
+                }
+                anyhow::ensure!(
+                    std::time::Instant::now() < deadline,
+                    "the drain is still running after {timeout_secs}s"
+                );
+                std::thread::sleep(std::time::Duration::from_millis(300));
+            }
+        }
+    }
 }
 
 fn queue(command: QueueCommand, path: Option<&Path>, socket: Option<PathBuf>) -> Result<()> {

@@ -115,7 +115,51 @@ pub struct MailParams {
     /// what one node tells another about a message it hands over (its queue id for the
     /// receiver's duplicate check, a transferred queue's schedule). Only the cluster listener
     /// takes them (the session answers 555 elsewhere); never stored in the spool.
-    pub cluster: Vec<(String, String)>,
+    pub cluster: ClusterParams,
+}
+
+/// `MailParams::cluster`: `(KEYWORD, value)` pairs, boxed so that a message's metadata (and
+/// the spool's record enum holding it) does not grow for a field almost always empty.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+// One pointer wide: a `Vec` (or a boxed slice) would tip the spool's `Record` enum over
+// clippy's large-variant threshold; the extra allocation happens only between nodes.
+#[allow(clippy::box_collection)]
+pub struct ClusterParams(Option<Box<Vec<(String, String)>>>);
+
+impl ClusterParams {
+    pub fn iter(&self) -> std::slice::Iter<'_, (String, String)> {
+        self.as_slice().iter()
+    }
+
+    pub fn as_slice(&self) -> &[(String, String)] {
+        self.0.as_deref().map_or(&[], Vec::as_slice)
+    }
+
+    pub fn len(&self) -> usize {
+        self.as_slice().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.as_slice().is_empty()
+    }
+
+    pub fn first(&self) -> Option<&(String, String)> {
+        self.as_slice().first()
+    }
+
+    pub fn push(&mut self, pair: (String, String)) {
+        self.0.get_or_insert_with(Default::default).push(pair);
+    }
+
+    pub fn clear(&mut self) {
+        self.0 = None;
+    }
+}
+
+impl From<Vec<(String, String)>> for ClusterParams {
+    fn from(pairs: Vec<(String, String)>) -> ClusterParams {
+        ClusterParams((!pairs.is_empty()).then(|| Box::new(pairs)))
+    }
 }
 
 /// One accepted RCPT TO.

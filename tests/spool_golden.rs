@@ -74,6 +74,7 @@ fn messages() -> Vec<NewMessage> {
                     smtputf8: false,
                     ret: Some(DsnRet::Full),
                     envid: Some("QQ314159".into()),
+                    cluster: Default::default(),
                 },
                 recipients: vec![
                     rcpt(
@@ -113,6 +114,7 @@ fn messages() -> Vec<NewMessage> {
                     smtputf8: true,
                     ret: None,
                     envid: None,
+                    cluster: Default::default(),
                 },
                 recipients: vec![
                     rcpt("x@remote.example", Some(Notify::NEVER), None),
@@ -163,6 +165,7 @@ fn messages() -> Vec<NewMessage> {
                     smtputf8: true,
                     ret: Some(DsnRet::Headers),
                     envid: Some("ÉnvId".into()),
+                    cluster: Default::default(),
                 },
                 recipients: vec![
                     rcpt("erin@local.test", None, None),

@@ -21,6 +21,7 @@
 pub mod access;
 pub mod client;
 pub mod mailbox;
+pub mod node;
 pub mod queue;
 pub mod queue_text;
 pub mod socket;

@@ -27,6 +27,7 @@ pub struct ClusterRoutes {
     pub node: String,
     /// Every node's cluster listener.
     pub nodes: HashMap<String, SocketAddr>,
+    /// The directory in force (a user moved meanwhile follows their new home).
     pub directory: SharedDirectory,
     pub tls: ClusterTls,
 }

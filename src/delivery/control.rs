@@ -76,6 +76,67 @@ pub fn snapshot(mesh: &Mesh, timeout: Duration) -> Result<Vec<Queued>, NoAnswer>
     Ok(answers.into_iter().flatten().collect())
 }
 
+/// `relay node drain`: takes message `id` out of every core's queue without a record.
+/// Returns (entries taken, whether an entry is out for an attempt now: the caller waits and
+/// asks again, the attempt's record decides what is still pending).
+pub fn withdraw(mesh: &Mesh, id: QueueId, timeout: Duration) -> Result<(usize, bool), NoAnswer> {
+    let answers = ask(mesh, timeout, |reply| Control::Withdraw { id, reply })?;
+    Ok(answers
+        .into_iter()
+        .fold((0, false), |(n, o), (m, p)| (n + m, o || p)))
+}
+
+/// A message a draining peer handed over (`server::xfer_in`), just stored as `id`: its
+/// recipients go to their destinations' cores with the schedule they had on the drainer
+/// (attempts, next attempt, delay notice), grouped like a rebuild at start. A full mesh queue
+/// counts a drop: the owner's reconciliation takes the recipients from the spool.
+pub fn enqueue_transferred(
+    shared: &std::sync::Arc<super::DeliveryShared>,
+    from: usize,
+    id: QueueId,
+    size: u64,
+    transfer: &crate::queue::xfer::Transfer,
+) {
+    let remote = transfer.remote();
+    // (attempts, next attempt, delay noticed) → recipient indices.
+    type Batch = ((u32, Option<u64>, bool), Vec<usize>);
+    let mut batches: Vec<Batch> = Vec::new();
+    for (index, r) in transfer.recipients.iter().enumerate() {
+        let s = &r.sched;
+        let key = (s.attempts, s.next_attempt_unix_micros, s.delay_noticed);
+        match batches.iter_mut().find(|(k, _)| *k == key) {
+            Some((_, list)) => list.push(index),
+            None => batches.push((key, vec![index])),
+        }
+    }
+    let now = std::time::SystemTime::now();
+    for ((attempts, next, delay_noticed), indices) in batches {
+        for (key, group) in shared.group(&remote, indices) {
+            let Ok(recipients) = crate::queue::RcptSet::from_indices(&group) else {
+                shared.mesh.note_dropped();
+                continue;
+            };
+            let due = next.map_or(now, |us| std::time::UNIX_EPOCH + Duration::from_micros(us));
+            let to = crate::queue::owner(&key, shared.cores());
+            let job = super::Job {
+                id,
+                key,
+                recipients,
+                due,
+                attempts: u16::try_from(attempts).unwrap_or(u16::MAX),
+                delay_noticed,
+                size,
+            };
+            shared.mesh.gauge.admit(size);
+            if let Err(job) = shared.mesh.send(from, to, job) {
+                shared.mesh.gauge.release(job.size);
+                shared.mesh.note_dropped();
+                tracing::warn!(queue_id = %id, core = to, "delivery queue full: a transferred message waits in the spool for the reconciliation");
+            }
+        }
+    }
+}
+
 /// One queued message as `relay queue list` shows it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ListedMessage {

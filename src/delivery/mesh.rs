@@ -36,6 +36,12 @@ pub enum Control {
     Snapshot {
         reply: crossbeam::channel::Sender<Vec<Queued>>,
     },
+    /// `relay node drain`: take every queued entry of a message out without a record.
+    /// Answers (entries taken, an entry is out for an attempt now).
+    Withdraw {
+        id: QueueId,
+        reply: crossbeam::channel::Sender<(usize, bool)>,
+    },
 }
 
 /// One core's receiving side.
@@ -48,6 +54,9 @@ pub struct Mesh {
     /// Entries that left memory (or never reached it) while their recipients stay pending in
     /// the spool; every core reconciles when it moved.
     dropped: AtomicU64,
+    /// `relay node drain` is moving the queue to peers: no reconciliation takes withdrawn
+    /// messages back meanwhile.
+    draining: std::sync::atomic::AtomicBool,
 }
 
 impl Mesh {
@@ -56,6 +65,7 @@ impl Mesh {
             pairs: runtime::mesh::Mesh::new(cores, PAIR_CAPACITY),
             gauge,
             dropped: AtomicU64::new(0),
+            draining: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -67,6 +77,20 @@ impl Mesh {
     /// Entries dropped so far (see [`Mesh::note_dropped`]).
     pub fn dropped(&self) -> u64 {
         self.dropped.load(Ordering::SeqCst)
+    }
+
+    /// Whether the node is draining its queue to peers (see `Control::Withdraw`).
+    pub fn draining(&self) -> bool {
+        self.draining.load(Ordering::SeqCst)
+    }
+
+    /// Starts or ends a drain. Ending one counts a drop, so every core's reconciliation
+    /// takes back what the drain withdrew and did not hand over.
+    pub fn set_draining(&self, on: bool) {
+        let was = self.draining.swap(on, Ordering::SeqCst);
+        if was && !on {
+            self.note_dropped();
+        }
     }
 
     pub fn cores(&self) -> usize {

@@ -762,6 +762,10 @@ impl<C: Connector + 'static> Core<C> {
     /// One reconciliation round, when the scheduler asks for one: the spool's pending
     /// recipients of this core's destinations, as jobs, compared with what the scheduler holds.
     fn reconcile(self: &Rc<Self>) {
+        if self.shared.mesh.draining() {
+            // The drain withdrew messages it is handing over; they come back at resume.
+            return;
+        }
         let dropped = self.shared.mesh.dropped();
         let now = self.now();
         if !self.scheduler.borrow().reconcile_due(dropped, now) {
@@ -824,6 +828,11 @@ impl<C: Connector + 'static> Core<C> {
             }
             Control::Snapshot { reply } => {
                 let _ = reply.send(self.scheduler.borrow().snapshot());
+            }
+            Control::Withdraw { id, reply } => {
+                let (taken, out, actions) = self.scheduler.borrow_mut().withdraw(id);
+                self.execute(actions);
+                let _ = reply.send((taken, out));
             }
         }
     }

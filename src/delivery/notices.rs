@@ -183,6 +183,12 @@ async fn store<C: Connector + 'static>(core: &Core<C>, dsn: Dsn) -> Result<Queue
                         "the sender's mailbox <{to}> is full"
                     )))
                 }
+                // Only the cluster listener's lookup answers this.
+                Lookup::Elsewhere => {
+                    return Err(NotStored::Permanent(format!(
+                        "the sender <{to}> is not a local user"
+                    )))
+                }
             },
             None => (Vec::new(), Vec::new()),
         }

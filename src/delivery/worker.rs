@@ -645,7 +645,7 @@ async fn converse<C: Connector + 'static, K: Connection>(
                         let mut message_out = outgoing(&entry, &message, body.clone());
                         if let Some(cluster) = core.shared.cluster.as_ref().filter(|_| conv.to_peer)
                         {
-                            message_out.params.cluster = cluster.mail_params(entry.id);
+                            message_out.params.cluster = cluster.mail_params(entry.id).into();
                         }
                         match conv.client.send(message_out, &mut conv.out) {
                             Ok(()) => {

@@ -4,8 +4,8 @@
 //! In a cluster ([`Homes`]) a user homed on another node is not a mailbox here: on the
 //! public listeners their address becomes a forward (`user@domain`, which delivery routes
 //! to the home node, see [`home_elsewhere`]); on the cluster listener, where peers send only
-//! mail for users they believe are homed here, it is unknown (5xx), so a message never
-//! circles between nodes that disagree.
+//! mail for users they believe are homed here, it is refused for now ([`Lookup::Elsewhere`],
+//! 4xx, nothing stored), so a message never circles between nodes that disagree.
 
 use std::sync::Arc;
 
@@ -87,7 +87,7 @@ impl LocalRecipients for LocalDelivery {
             } => {
                 if mailboxes.iter().any(|m| self.elsewhere(&directory, m)) {
                     if matches!(self.homes, Homes::Node { peer: true, .. }) {
-                        return Lookup::Unknown;
+                        return Lookup::Elsewhere;
                     }
                     // The address's own domain is local (the session asks only about local
                     // addresses); a bare `postmaster` takes the first local domain.
@@ -146,7 +146,7 @@ impl LocalRecipients for LocalDelivery {
 mod tests {
     use super::*;
     use crate::envelope::QueueId;
-    use crate::mailbox::{password, Directory, User};
+    use crate::mailbox::{password, User};
     use std::collections::BTreeMap;
 
     fn setup() -> (LocalDelivery, Arc<MailStore>) {
@@ -268,7 +268,8 @@ mod tests {
         // The cluster listener: only users homed here.
         let peer =
             LocalDelivery::with_homes(Arc::clone(&directory), Arc::clone(&store), node(true));
-        assert_eq!(peer.lookup("bea@example.test", 0), Lookup::Unknown);
+        assert_eq!(peer.lookup("bea@example.test", 0), Lookup::Elsewhere);
+        assert_eq!(peer.lookup("nobody@example.test", 0), Lookup::Unknown);
         assert_eq!(
             peer.lookup("ada@example.test", 0),
             Lookup::Deliver {

@@ -740,7 +740,7 @@ pub fn build_dsn(input: &DsnInput<'_>) -> Result<Dsn, DsnError> {
             smtputf8: utf8,
             ret: None,
             envid: None,
-            cluster: Vec::new(),
+            cluster: Default::default(),
         },
         recipients: vec![Recipient {
             address: sender.clone(),

@@ -38,6 +38,7 @@ pub mod outcome;
 pub mod routes;
 pub mod schedule;
 pub mod scheduler;
+pub mod xfer;
 
 pub use destinations::{
     owner, Backpressure, BackpressureLimits, CoreQueue, DestId, Destination, DestinationKey,

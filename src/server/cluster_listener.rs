@@ -11,8 +11,11 @@
 //! listener's, with the session configured by [`session_config`]: no STARTTLS and no AUTH
 //! (TLS is already up), cluster MAIL parameters allowed, and local recipients resolved with
 //! `Homes::Node { peer: true }`: a user homed here gets the mail; a user homed on another
-//! node is `550 5.1.1` (permanent, so two nodes that disagree cannot pass a message back and
-//! forth; the sender's queue bounces it to the sender).
+//! node is `450 4.2.0` and an unknown address `550 5.1.1`. Neither stores anything, so two
+//! nodes that disagree cannot pass a message back and forth; the temporary answer is the
+//! choice for "the directory is changing" (a user move, a change not yet seen here): the
+//! sender's queue retries until the directories agree (a lasting disagreement is a
+//! misconfiguration, visible as deferrals, bounced at `delivery.max_age`).
 //!
 //! **How it stores.** [`accept`] replaces `ingest::accept`: no sender checks (the first
 //! node ran SPF/DKIM/DMARC and removed forged `Authentication-Results` carrying our
@@ -64,6 +67,8 @@ pub struct ClusterListener {
     pub tls: ClusterTls,
     pub session: Arc<SessionConfig>,
     pub seen: Seen,
+    /// Queue transfers stored here (`relay node drain` on a peer): the duplicate record.
+    pub xfer: Arc<super::xfer_in::XferLog>,
 }
 
 /// The cluster listener's session settings, from the public ones: peers are relay clients
@@ -107,6 +112,12 @@ pub async fn serve<C: Connection>(
     match crate::net::tls::accept(conn, config, &[], ctx.tls_handshake_timeout).await {
         Ok((tls, summary)) => {
             ctx.metrics.smtp.tls_handshakes.inc();
+            if tls.alpn_protocol().as_deref() == Some(crate::net::tls::XFER_ALPN) {
+                // A draining peer hands over its queue (`relay node drain`).
+                super::xfer_session::serve(&tls, &ctx, &cluster.xfer, peer).await;
+                drop(permit);
+                return;
+            }
             tracing::debug!(client = %peer, version = %summary.version, "cluster peer authenticated");
             super::smtp::serve_peer(tls, summary, peer, ctx, permit).await;
         }
@@ -138,7 +149,7 @@ pub async fn accept(
         return Err(SubmitError::Storage);
     };
     let params = std::mem::take(&mut submission.envelope.params.cluster);
-    let tag = queue_tag(&params).map(str::to_string);
+    let tag = queue_tag(params.as_slice()).map(str::to_string);
     let Some(tag) = tag else {
         return super::ingest::store_as_sent(ctx, submission, peer).await;
     };
@@ -211,7 +222,7 @@ fn narrow(session: &SessionConfig, submission: &mut Submission, before: &[Option
                 push_unique(&mut remote, forward);
             }
             // Accepted at RCPT a moment ago; a directory change since is the next try's.
-            Some(Lookup::Unknown | Lookup::OverQuota) => {}
+            Some(Lookup::Unknown | Lookup::OverQuota | Lookup::Elsewhere) => {}
             None => push_unique(&mut remote, vec![r.address.clone()]),
         }
     }

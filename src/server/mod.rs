@@ -14,6 +14,7 @@ pub mod body_budget;
 pub mod cluster_listener;
 pub mod dmarc_reports;
 pub mod dnsbl;
+pub mod drain;
 pub mod hashing;
 pub mod imap;
 pub mod imap_store;
@@ -30,6 +31,8 @@ pub mod verifying;
 pub mod web_proxy;
 pub mod web_store;
 pub mod wkd;
+pub mod xfer_in;
+pub mod xfer_session;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -608,6 +611,15 @@ fn start_admin(
             spool: Arc::clone(&stores.spool),
         },
     )));
+    if let Some(drain) = drain::Drain::new(
+        config,
+        Arc::clone(&delivery.mesh),
+        Arc::clone(&stores.spool),
+    ) {
+        routes.extend(crate::admin::node::node_routes(Arc::new(
+            drain::DrainControl(drain),
+        )));
+    }
     routes.extend(crate::admin::mailbox::mailbox_routes(
         Arc::clone(&stores.mail_store),
         stores.directory.clone(),
@@ -696,6 +708,10 @@ fn build_contexts(
             )),
             seen: cluster_listener::Seen::open(&config.spool.dir)
                 .map_err(|e| ServerError::Cluster(e.to_string()))?,
+            xfer: Arc::new(
+                xfer_in::XferLog::open(&config.spool.dir, Some(&stores.spool))
+                    .map_err(|e| ServerError::Cluster(e.to_string()))?,
+            ),
         })),
         _ => None,
     };

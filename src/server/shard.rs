@@ -185,6 +185,13 @@ async fn accept_loop<L: Listener>(
             }
             return;
         }
+        if protocol != Protocol::Cluster && super::drain::refusing() {
+            // `relay node drain`: the balancer sends clients to the other nodes.
+            if let Ok((conn, _)) = accepted {
+                conn.shutdown();
+            }
+            continue;
+        }
         match accepted {
             Ok((conn, peer)) => {
                 let refused = if proxied {

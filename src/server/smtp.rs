@@ -19,6 +19,10 @@
 //! time in proportion to its size, so a large message on a slow link passes while a body
 //! trickled to hold the connection is cut at about `data_timeout`.
 //!
+//! The cluster listener (`cluster_listener`) runs this same driver through [`serve_peer`]
+//! after its mutual-TLS handshake, with its own session settings; its messages are stored
+//! by `cluster_listener::accept` instead of `ingest::accept`.
+//!
 //! Tarpitting: when the session asks for a delay ([`Outbox::delay`], past
 //! `smtp.error_delay_after` errors), the replies wait that long before they are written; a
 //! shutdown cuts the wait short.

@@ -987,6 +987,12 @@ async fn submit(
                         "The mailbox of {address} is full."
                     )))
                 }
+                // Only the cluster listener's lookup answers this.
+                Lookup::Elsewhere => {
+                    return Err(BackendError::Refused(format!(
+                        "No such user here: {address}"
+                    )))
+                }
             },
             (None, true) => {
                 return Err(BackendError::Refused(format!(

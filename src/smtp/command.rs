@@ -574,7 +574,7 @@ mod tests {
                         smtputf8: false,
                         ret: Some(DsnRet::Full),
                         envid: Some("x".into()),
-                        cluster: Vec::new(),
+                        cluster: Default::default(),
                     },
                 },
             ),
@@ -890,7 +890,7 @@ mod tests {
                 smtputf8,
                 ret,
                 envid,
-                cluster: Vec::new(),
+                cluster: Default::default(),
             })
     }
 

@@ -160,7 +160,7 @@ pub fn encode_mail(params: &MailParams, out: &mut Vec<u8>) {
         out.extend_from_slice(b" ENVID=");
         xtext_encode(envid, out);
     }
-    for (keyword, value) in &params.cluster {
+    for (keyword, value) in params.cluster.iter() {
         out.push(b' ');
         out.extend_from_slice(keyword.as_bytes());
         out.push(b'=');
@@ -398,7 +398,7 @@ mod tests {
                 smtputf8: true,
                 ret: Some(DsnRet::Headers),
                 envid: Some("QQ+314".into()),
-                cluster: Vec::new(),
+                cluster: Default::default(),
             }
         );
         assert_eq!(parse_mail("").unwrap(), MailParams::default());
@@ -446,8 +446,8 @@ mod tests {
         // Cluster parameters: `X…=xtext`, upper-cased, each once, a bounded number.
         let cluster = parse_mail(" SIZE=5 xqueue=a.0000000000000001 XNEXT=b+2Bc").unwrap();
         assert_eq!(
-            cluster.cluster,
-            vec![
+            cluster.cluster.as_slice(),
+            [
                 ("XQUEUE".to_string(), "a.0000000000000001".to_string()),
                 ("XNEXT".to_string(), "b+c".to_string())
             ]

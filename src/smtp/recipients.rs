@@ -18,6 +18,10 @@ pub enum Lookup {
     Unknown,
     /// A mailbox is over its quota: 452 4.2.2 (the client retries later).
     OverQuota,
+    /// A user homed on another cluster node, asked on the cluster listener (a peer thinks
+    /// the user is homed here): 450 4.2.0, nothing stored, so no loop; the directories
+    /// converge (a user move, a change not yet seen here) and the peer retries.
+    Elsewhere,
 }
 
 /// Answers for addresses in the local domains (and the bare `postmaster`).

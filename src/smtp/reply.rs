@@ -159,6 +159,8 @@ const S_2_1_5: EnhancedStatus = EnhancedStatus::known(2, 1, 5);
 /// 2.5.2 with 252: sendmail's long-standing answer to a refused VRFY ("Cannot VRFY user; try
 /// RCPT"); RFC 3463 defines X.5.2 only as a syntax status, so this pairing is convention.
 const S_2_5_2: EnhancedStatus = EnhancedStatus::known(2, 5, 2);
+/// 4.2.0 Other or undefined mailbox status.
+const S_4_2_0: EnhancedStatus = EnhancedStatus::known(4, 2, 0);
 /// 4.3.1 Mail system full.
 const S_4_2_2: EnhancedStatus = EnhancedStatus::known(4, 2, 2);
 const S_4_3_1: EnhancedStatus = EnhancedStatus::known(4, 3, 1);
@@ -516,6 +518,16 @@ impl Reply {
             ReplyCode::INSUFFICIENT_STORAGE,
             Some(S_4_2_2),
             format!("<{}>: Mailbox full", printable(address)),
+        )
+    }
+
+    /// RCPT on the cluster listener for a user homed on another node: try later, once the
+    /// nodes' directories agree (RFC 3463 4.2.0, other mailbox status).
+    pub fn mailbox_elsewhere(address: &str) -> Self {
+        Self::new(
+            ReplyCode::MAILBOX_BUSY,
+            Some(S_4_2_0),
+            format!("<{}>: Mailbox is homed on another node", printable(address)),
         )
     }
 
@@ -1715,9 +1727,9 @@ mod tests {
         assert_eq!(EnhancedStatus::new(3, 0, 0), None);
         assert_eq!(EnhancedStatus::new(5, 1000, 0), None);
         for status in [
-            S_2_0_0, S_2_1_0, S_2_1_5, S_2_5_2, S_4_2_2, S_4_3_1, S_4_3_2, S_4_4_2, S_4_5_3,
-            S_4_7_0, S_5_1_1, S_5_1_3, S_5_1_7, S_5_3_4, S_5_5_1, S_5_5_2, S_5_5_4, S_5_6_0,
-            S_5_6_7, S_5_7_1, S_4_3_0, S_4_5_0, S_5_6_3, S_4_7_1,
+            S_2_0_0, S_2_1_0, S_2_1_5, S_2_5_2, S_4_2_0, S_4_2_2, S_4_3_1, S_4_3_2, S_4_4_2,
+            S_4_5_3, S_4_7_0, S_5_1_1, S_5_1_3, S_5_1_7, S_5_3_4, S_5_5_1, S_5_5_2, S_5_5_4,
+            S_5_6_0, S_5_6_7, S_5_7_1, S_4_3_0, S_4_5_0, S_5_6_3, S_4_7_1,
         ] {
             assert_eq!(
                 EnhancedStatus::new(status.class(), status.subject(), status.detail()),

@@ -1175,6 +1175,11 @@ impl Session {
         } else {
             match self.local_lookup(&to, transaction.envelope.params.size.unwrap_or(0)) {
                 Some(Lookup::Unknown) => Some(Reply::unknown_mailbox(to.as_str())),
+                Some(Lookup::Elsewhere) => {
+                    self.state = State::Command(Phase::Mail(helo, transaction));
+                    // The nodes disagree for now: the peer's queue retries.
+                    return self.reply(&Reply::mailbox_elsewhere(to.as_str()), out);
+                }
                 Some(Lookup::OverQuota) => {
                     self.state = State::Command(Phase::Mail(helo, transaction));
                     // A full mailbox is the recipient's problem, not the client's error.

@@ -566,7 +566,7 @@ impl From<MailParamsV1> for MailParams {
             smtputf8,
             ret: ret.map(Into::into),
             envid,
-            cluster: Vec::new(),
+            cluster: Default::default(),
         }
     }
 }

@@ -17,6 +17,9 @@ use rustls::server::WebPkiClientVerifier;
 
 use super::TlsError;
 
+/// The ALPN protocol of the queue transfer (`relay node drain`) on the cluster listener.
+pub const XFER_ALPN: &[u8] = b"relay-xfer";
+
 /// Both ends of the cluster's mutual TLS, built once and shared by every core.
 #[derive(Debug, Clone)]
 pub struct ClusterTls {
@@ -40,7 +43,7 @@ impl ClusterTls {
             key: key.to_path_buf(),
             source,
         };
-        let server = rustls::ServerConfig::builder_with_provider(Arc::clone(&provider))
+        let mut server = rustls::ServerConfig::builder_with_provider(Arc::clone(&provider))
             .with_safe_default_protocol_versions()?
             .with_client_cert_verifier(verifier)
             .with_single_cert(chain.clone(), private.clone_key())
@@ -50,6 +53,9 @@ impl ClusterTls {
             .with_root_certificates(roots)
             .with_client_auth_cert(chain, private)
             .map_err(unusable)?;
+        // A draining peer asks for the queue-transfer conversation (server::xfer_session);
+        // a client that names no protocol gets the SMTP session as before.
+        server.alpn_protocols = vec![XFER_ALPN.to_vec()];
         Ok(ClusterTls {
             server: Arc::new(server),
             client: Arc::new(client),

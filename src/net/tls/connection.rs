@@ -150,6 +150,11 @@ impl<C: Connection> TlsConnection<C> {
         Ok(self.summary())
     }
 
+    /// The ALPN protocol the handshake agreed on, if any.
+    pub fn alpn_protocol(&self) -> Option<Vec<u8>> {
+        self.state.borrow().alpn_protocol().map(<[u8]>::to_vec)
+    }
+
     pub fn summary(&self) -> TlsSummary {
         let state = self.state.borrow();
         let version = match state.protocol_version() {

@@ -14,7 +14,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 pub use client::ClientTls;
-pub use cluster::ClusterTls;
+pub use cluster::{ClusterTls, XFER_ALPN};
 pub use connection::{accept, HandshakeFailure, TlsConnection, TlsSummary};
 pub use server::ServerTls;
 

@@ -34,7 +34,7 @@ fn envelope(ret: Option<DsnRet>, envid: Option<&str>, recipients: Vec<Recipient>
             smtputf8: false,
             ret,
             envid: envid.map(str::to_string),
-            cluster: Vec::new(),
+            cluster: Default::default(),
         },
         recipients,
     }

@@ -1100,6 +1100,20 @@ impl Scheduler {
         actions
     }
 
+    /// `relay node drain`: every queued entry of message `id` leaves this core's queue
+    /// without a record (the drainer hands the message to a peer and records that itself).
+    /// Returns the entries taken, whether an entry of `id` is out for an attempt now (the
+    /// drainer waits for it), and the gauge releases.
+    pub fn withdraw(&mut self, id: QueueId) -> (usize, bool, Vec<Action>) {
+        let entries = self.queue.remove_message(id);
+        let mut actions = Vec::new();
+        for entry in &entries {
+            self.release(entry.id, &mut actions);
+        }
+        let out = self.out.values().any(|o| o.entry.id == id);
+        (entries.len(), out, actions)
+    }
+
     /// What this core has queued (not what is out for an attempt).
     pub fn snapshot(&self) -> Vec<Queued> {
         let mut list = Vec::new();

@@ -615,6 +615,46 @@ fn remove_takes_ready_and_deferred_entries_but_not_those_out() {
 }
 
 #[test]
+fn withdraw_takes_entries_without_a_record_and_says_when_one_is_out() {
+    let clock = Clock::new();
+    let mut s = Scheduler::new(config(1, 1, 0));
+    let id = id_at(&clock, Duration::ZERO, 0);
+    let other = id_at(&clock, Duration::ZERO, 1);
+    s.accept(job(id, "a.test", &[0], clock.wall, 10), clock.now());
+    s.accept(
+        job(id, "b.test", &[1], clock.wall + MINUTE, 20),
+        clock.now(),
+    );
+    s.accept(
+        job(other, "b.test", &[0], clock.wall + MINUTE, 5),
+        clock.now(),
+    );
+    let (taken, out, actions) = s.withdraw(id);
+    assert_eq!((taken, out), (2, false));
+    // No End, no Expire: only the gauge shares come back, in full.
+    assert_eq!(released(&actions).iter().map(|(_, b)| b).sum::<u64>(), 30);
+    assert!(actions.iter().all(|a| matches!(a, Action::Release { .. })));
+    assert_eq!(s.snapshot().len(), 1, "the other message stays");
+    assert_eq!(
+        s.held(),
+        Held {
+            entries: 1,
+            bytes: 5
+        }
+    );
+    assert_eq!(s.out_len(), 0);
+    // An entry out for an attempt is not taken, and the answer says so.
+    s.accept(job(other, "a.test", &[1], clock.wall, 5), clock.now());
+    let dest = dest_of(&s, "a.test");
+    let (Some(_), _) = s.take_next(dest, clock.now()) else {
+        panic!("an entry to send");
+    };
+    let (taken, out, _) = s.withdraw(other);
+    assert_eq!((taken, out), (1, true));
+    assert!(s.snapshot().is_empty());
+}
+
+#[test]
 fn a_snapshot_lists_ready_and_deferred_entries() {
     let clock = Clock::new();
     let mut s = Scheduler::new(config(1, 1, 0));
