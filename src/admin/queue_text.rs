@@ -76,7 +76,7 @@ pub fn render(messages: &[ListedMessage], now: SystemTime) -> String {
                     .as_deref()
                     .map(|d| format!(" via={d}"))
                     .unwrap_or_default(),
-                if r.in_flight { " (being tried)" } else { "" }
+                if r.in_flight { " (in progress)" } else { "" }
             );
             if let Some(reply) = &r.last_reply {
                 let _ = writeln!(s, "        ({reply})");

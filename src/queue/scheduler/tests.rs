@@ -530,7 +530,10 @@ fn remove_takes_ready_and_deferred_entries_but_not_those_out() {
         })
         .collect();
     assert_eq!(ended, vec![vec![1], vec![2]]);
-    assert!(s.snapshot().is_empty());
+    // Nothing queued: the three entries are out (being sent or ended), and listed so.
+    let snap = s.snapshot();
+    assert_eq!(snap.len(), 3, "{snap:?}");
+    assert!(snap.iter().all(|q| q.in_flight), "{snap:?}");
     assert_eq!(s.out_len(), 3);
 }
 
@@ -571,7 +574,9 @@ fn withdraw_takes_entries_without_a_record_and_says_when_one_is_out() {
     };
     let (taken, out, _) = s.withdraw(other);
     assert_eq!((taken, out), (1, true));
-    assert!(s.snapshot().is_empty());
+    let snap = s.snapshot();
+    assert_eq!(snap.len(), 1, "only the entry out: {snap:?}");
+    assert!(snap[0].in_flight && snap[0].id == other, "{snap:?}");
 }
 
 #[test]
