@@ -68,14 +68,15 @@ pub fn render(messages: &[ListedMessage], now: SystemTime) -> String {
         for r in &m.recipients {
             let _ = writeln!(
                 s,
-                "    {}  attempts={} next={}{}",
+                "    {}  attempts={} next={}{}{}",
                 r.address,
                 r.attempts,
                 when(r.next_attempt_unix_micros, now),
                 r.destination
                     .as_deref()
                     .map(|d| format!(" via={d}"))
-                    .unwrap_or_default()
+                    .unwrap_or_default(),
+                if r.in_flight { " (in progress)" } else { "" }
             );
             if let Some(reply) = &r.last_reply {
                 let _ = writeln!(s, "        ({reply})");
@@ -110,6 +111,7 @@ mod tests {
                 next_attempt_unix_micros: Some(1_764_000_360_000_000),
                 destination: Some("y.test".into()),
                 ready: false,
+                in_flight: false,
             }],
         }
     }

@@ -158,6 +158,9 @@ pub struct ListedRecipient {
     pub destination: Option<String>,
     /// Waiting for a connection slot (rather than for its retry time).
     pub ready: bool,
+    /// Being attempted now (a worker holds it until the attempt ends).
+    #[serde(default)]
+    pub in_flight: bool,
 }
 
 /// Messages with remote recipients still to deliver, oldest first, at most `limit`. With a
@@ -183,11 +186,13 @@ pub fn listing(replay: &Replay, snapshot: Option<&[Queued]>, limit: usize) -> Ve
                     attempts: p.attempts,
                     last_reply: p.last_reply.clone(),
                     next_attempt_unix_micros: match live {
-                        Some(q) => Some(q.due_unix_ms.saturating_mul(1000)),
-                        None => p.next_attempt_unix_micros,
+                        // Out for an attempt, its due time is the one it was taken at.
+                        Some(q) if !q.in_flight => Some(q.due_unix_ms.saturating_mul(1000)),
+                        _ => p.next_attempt_unix_micros,
                     },
                     destination: live.map(|q| q.destination.clone()),
                     ready: live.is_some_and(|q| q.ready),
+                    in_flight: live.is_some_and(|q| q.in_flight),
                 }
             })
             .collect();
@@ -334,6 +339,7 @@ mod tests {
             due_unix_ms: 1_764_000_100_000,
             attempts: 2,
             ready: true,
+            in_flight: false,
             core: 0,
         }];
         let list = listing(&r, Some(&snap), 100);

@@ -162,6 +162,10 @@ def main():
     class Server(socketserver.ThreadingTCPServer):
         allow_reuse_address = True
         daemon_threads = True
+        # The default backlog (5) overflows when a relay opens its 20 connections per
+        # destination at once: a connection the kernel completed on the client side but
+        # never queued here waits for a greeting until the relay's 5-minute timeout.
+        request_queue_size = 128
 
     server = Server(("127.0.0.1", args.port), Handler)
     print(f"listening {server.server_address[1]}", flush=True)

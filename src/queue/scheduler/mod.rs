@@ -102,6 +102,9 @@ pub struct Queued {
     pub attempts: u16,
     /// Waiting for a connection slot now, rather than for its retry time.
     pub ready: bool,
+    /// Out of the queue for an attempt (or its settlement) now: a worker holds it until the
+    /// attempt ends, which a next hop that never answers can make last its timeouts.
+    pub in_flight: bool,
     pub core: usize,
 }
 
@@ -1114,7 +1117,9 @@ impl Scheduler {
         (entries.len(), out, actions)
     }
 
-    /// What this core has queued (not what is out for an attempt).
+    /// What this core holds: its queued entries, then those out for an attempt, an expiry
+    /// or a removal (`in_flight`). Entries out are listed too: left out, a recipient whose
+    /// attempt hangs on a silent next hop looked as if no core held it.
     pub fn snapshot(&self) -> Vec<Queued> {
         let mut list = Vec::new();
         self.queue.for_each_entry(|e, key, ready| {
@@ -1125,9 +1130,25 @@ impl Scheduler {
                 due_unix_ms: e.due_ms,
                 attempts: e.attempts,
                 ready,
+                in_flight: false,
                 core: self.config.core,
             });
         });
+        let mut out: Vec<(&Ticket, &Out)> = self.out.iter().collect();
+        out.sort_by_key(|(t, _)| **t);
+        for (_, o) in out {
+            let Some(key) = &o.key else { continue };
+            list.push(Queued {
+                id: o.entry.id,
+                destination: key.to_string(),
+                recipients: o.entry.recipients.indices(),
+                due_unix_ms: o.entry.due_ms,
+                attempts: o.entry.attempts,
+                ready: false,
+                in_flight: true,
+                core: self.config.core,
+            });
+        }
         list
     }
 }

@@ -610,7 +610,10 @@ fn remove_takes_ready_and_deferred_entries_but_not_those_out() {
         })
         .collect();
     assert_eq!(ended, vec![vec![1], vec![2]]);
-    assert!(s.snapshot().is_empty());
+    // Nothing queued: the three entries are out (being sent or ended), and listed so.
+    let snap = s.snapshot();
+    assert_eq!(snap.len(), 3, "{snap:?}");
+    assert!(snap.iter().all(|q| q.in_flight), "{snap:?}");
     assert_eq!(s.out_len(), 3);
 }
 
@@ -651,7 +654,9 @@ fn withdraw_takes_entries_without_a_record_and_says_when_one_is_out() {
     };
     let (taken, out, _) = s.withdraw(other);
     assert_eq!((taken, out), (1, true));
-    assert!(s.snapshot().is_empty());
+    let snap = s.snapshot();
+    assert_eq!(snap.len(), 1, "only the entry out: {snap:?}");
+    assert!(snap[0].in_flight && snap[0].id == other, "{snap:?}");
 }
 
 #[test]
@@ -672,6 +677,7 @@ fn a_snapshot_lists_ready_and_deferred_entries() {
                 due_unix_ms: crate::queue::to_millis(clock.wall),
                 attempts: 0,
                 ready: true,
+                in_flight: false,
                 core: 3,
             },
             Queued {
@@ -681,10 +687,59 @@ fn a_snapshot_lists_ready_and_deferred_entries() {
                 due_unix_ms: crate::queue::to_millis(clock.wall + MINUTE),
                 attempts: 0,
                 ready: false,
+                in_flight: false,
                 core: 3,
             },
         ]
     );
+}
+
+#[test]
+fn a_snapshot_lists_entries_out_for_an_attempt_with_their_destination() {
+    // An attempt can hang for its timeouts (a next hop that accepted the connection but
+    // never greets): meanwhile the recipient is held by this core and must be listed so.
+    let mut clock = Clock::new();
+    let mut s = Scheduler::new(config(2, 2, 0));
+    let id = id_at(&clock, Duration::ZERO, 0);
+    let other = id_at(&clock, Duration::ZERO, 1);
+    s.accept(job(id, "a.test", &[0], clock.wall, 1), clock.now());
+    s.accept(job(other, "a.test", &[1], clock.wall, 1), clock.now());
+    let dest = dest_of(&s, "a.test");
+    let (taken, _) = s.take_next(dest, clock.now());
+    let (ticket, entry) = taken.expect("an entry to send");
+    assert_eq!(entry.id, id);
+    let (t2, _) = s.take_next(dest, clock.now());
+    let (t2, _) = t2.expect("the second entry");
+    // Both transactions over (settlements still running): the idle destination is
+    // collected, and the entries out are still listed under their key.
+    s.transaction_over(ticket);
+    s.transaction_over(t2);
+    clock.advance(PUBLISH_EVERY);
+    s.poll(clock.now());
+    assert_eq!(
+        s.queue().destinations(),
+        0,
+        "the idle destination is collected"
+    );
+    let snap = s.snapshot();
+    let listed: Vec<(QueueId, &str, bool, bool)> = snap
+        .iter()
+        .map(|q| (q.id, q.destination.as_str(), q.ready, q.in_flight))
+        .collect();
+    assert_eq!(
+        listed,
+        vec![(id, "a.test", false, true), (other, "a.test", false, true)]
+    );
+    // Settled and requeued, it is listed as deferred again, once.
+    let mut again = entry.clone();
+    again.attempts = 1;
+    again.due_ms = crate::queue::to_millis(clock.wall + MINUTE);
+    settle_all(&mut s, ticket, Some(again), clock.now());
+    let snap = s.snapshot();
+    assert_eq!(snap.len(), 2, "{snap:?}");
+    assert!(snap
+        .iter()
+        .any(|q| q.id == id && !q.in_flight && !q.ready && q.attempts == 1));
 }
 
 // ---------------------------------------------------------------------------------------
