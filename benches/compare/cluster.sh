@@ -5,18 +5,22 @@
 #
 #   bash benches/compare/cluster.sh       # as root on Debian; installs redis-server if missing
 #
-# Each node: `server.cores = 1`, pinned with taskset to its own CPU (node a: CPU 0, node b:
-# CPU 1; the relay pins its shard to the CPUs it is allowed), fsync on, everything relayed to
-# one `loadgen sink`; `[cluster]` with `[cluster.redis]`, and `smtp.messages_per_ip_max` high
-# enough never to refuse (the decision is still made in Redis for every message). Per round:
+# The workload is an MX's: mail from a client outside `relay.allowed_networks` for $USERS
+# local mailboxes (clients inside the relay networks are exempt from the per-client rate, so
+# an edge-relay workload would never ask Redis). Each node: `server.cores = 1`, pinned with
+# taskset to its own CPU (node a: CPU 0, node b: CPU 1; the relay pins its shard to the CPUs
+# it is allowed), fsync on, `[cluster]` with `[cluster.redis]`; `smtp.messages_per_ip_max`
+# and `server.connections_per_ip_max` high enough never to refuse (the decisions are still
+# made in Redis: one per message, one per connection). Per round:
 #   one:  node a alone, `loadgen smtp --connections $CONNECTIONS --pipelining` for $DURATION;
 #   two:  nodes a and b, one such loadgen against each at the same time; the sum.
 # Prints msgs/s for both, the ratio, and Redis commands per accepted message (from Redis's
 # INFO commandstats around each run). Medians over the rounds; raw figures in
 # $WORK/results.jsonl. Nothing listens beyond 127.0.0.0/8.
 #
-# Knobs: ROUNDS=2 DURATION=10s CONNECTIONS=50 SIZE=10KiB WORK=/var/lib/relay-compare-cluster
-# KEEP=0 RELAY_BIN LOADGEN_BIN (skip the build) CARGO_TARGET_DIR.
+# Knobs: ROUNDS=2 DURATION=10s CONNECTIONS=50 SIZE=10KiB USERS=20
+# WORK=/var/lib/relay-compare-cluster KEEP=0 RELAY_BIN LOADGEN_BIN (skip the build)
+# CARGO_TARGET_DIR.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
@@ -24,6 +28,7 @@ ROUNDS=${ROUNDS:-2}
 DURATION=${DURATION:-10s}
 CONNECTIONS=${CONNECTIONS:-50}
 SIZE=${SIZE:-10KiB}
+USERS=${USERS:-20}
 WORK=${WORK:-/var/lib/relay-compare-cluster}
 KEEP=${KEEP:-0}
 
@@ -47,12 +52,11 @@ RESULTS=$WORK/results.jsonl
 : >"$RESULTS"
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
-REDIS_PORT=$(free_port) SINK_PORT=$(free_port)
-REDIS_PID="" SINK_PID="" NODE_PIDS=()
+REDIS_PORT=$(free_port)
+REDIS_PID="" NODE_PIDS=()
 cleanup() {
     set +e
     for pid in "${NODE_PIDS[@]}"; do kill "$pid" 2>/dev/null && wait "$pid" 2>/dev/null; done
-    [ -n "$SINK_PID" ] && kill -INT "$SINK_PID" 2>/dev/null && wait "$SINK_PID" 2>/dev/null
     [ -n "$REDIS_PID" ] && kill "$REDIS_PID" 2>/dev/null && wait "$REDIS_PID" 2>/dev/null
     if [ "$KEEP" != 1 ]; then rm -rf "$WORK"; else log "kept $WORK"; fi
 }
@@ -61,13 +65,19 @@ trap cleanup EXIT
 redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save "" --appendonly no \
     --dir "$WORK" >"$WORK/redis.log" 2>&1 &
 REDIS_PID=$!
-"$LOADGEN_BIN" sink --listen "127.0.0.1:$SINK_PORT" --duration 3h --max-time 3h \
-    >"$WORK/sink.out" 2>"$WORK/sink.log" &
-SINK_PID=$!
+# `echo password | relay user add x`: the users' hash (argon2id; nobody logs in here).
+HASH='$argon2id$v=19$m=19456,t=2,p=1$ZooLWEChpY79Z6TwJvyWWQ$/qbC5yKMqMV95V9N9XJPga/chMKFOMNMHdI7/CftPiw'
 for _ in $(seq 100); do redis-cli -p "$REDIS_PORT" ping >/dev/null 2>&1 && break; sleep 0.1; done
-redis_calls() { # total commands Redis has executed
-    redis-cli -p "$REDIS_PORT" info commandstats |
-        awk -F'[:=,]' '/^cmdstat_/ { n += $3 } END { print n + 0 }'
+redis_calls() { # "commands scripts": every command Redis executed (those inside Lua scripts
+    # included), and the script calls (EVALSHA: one round trip each)
+    redis-cli -p "$REDIS_PORT" info commandstats | tr -d '\r' |
+        awk -F'[:=,]' '/^cmdstat_/ { n += $3 } /^cmdstat_evalsha:/ { e += $3 } END { print n + 0, e + 0 }'
+}
+delta() { # $1 $2: "commands scripts" before and after; prints the JSON fields
+    local c0 e0 c1 e1
+    read -r c0 e0 <<<"$1"
+    read -r c1 e1 <<<"$2"
+    echo "\"redis_calls\":$((c1 - c0)),\"redis_scripts\":$((e1 - e0))"
 }
 
 node_config() { # $1: name, $2: address
@@ -75,6 +85,7 @@ node_config() { # $1: name, $2: address
 [server]
 hostname = "$1.bench.test"
 cores = 1
+connections_per_ip_max = 100000
 [smtp]
 listen = ["$2:2525"]
 messages_per_ip_max = 100000000
@@ -85,11 +96,10 @@ listen = []
 [spool]
 dir = "$WORK/spool-$1"
 fsync = true
+[relay]
+allowed_networks = []
 [local]
 domains = ["bench.test"]
-[[relay.routes]]
-domain = "*"
-to = "127.0.0.1:$SINK_PORT"
 [cluster]
 node = "$1"
 [[cluster.nodes]]
@@ -101,6 +111,9 @@ cluster = "127.0.0.3:2626"
 [cluster.redis]
 url = "redis://127.0.0.1:$REDIS_PORT/0"
 TOML
+    for ((i = 0; i < USERS; i++)); do
+        printf '[[local.users]]\nname = "user%d"\npassword = "%s"\n' "$i" "$HASH"
+    done
 }
 
 start_node() { # $1: name, $2: address, $3: cpu
@@ -121,7 +134,8 @@ stop_nodes() {
 }
 load() { # $1: HOST:PORT; the loadgen JSON summary
     "$LOADGEN_BIN" smtp --target "$1" --connections "$CONNECTIONS" --size "$SIZE" \
-        --duration "$DURATION" --pipelining --json 2>/dev/null
+        --duration "$DURATION" --pipelining --to-domain bench.test --users "$USERS" \
+        --json 2>/dev/null
 }
 rate() { python3 -c 'import json,sys; d=json.load(sys.stdin); print(d["msgs_per_s"], d["messages"]["accepted"])'; }
 
@@ -132,7 +146,7 @@ run_one() {
     out=$(load 127.0.0.2:2525 | rate)
     after=$(redis_calls)
     stop_nodes
-    echo "{\"run\":\"one\",\"round\":$1,\"msgs_per_s\":${out% *},\"accepted\":${out#* },\"redis_calls\":$((after - before))}" >>"$RESULTS"
+    echo "{\"run\":\"one\",\"round\":$1,\"msgs_per_s\":${out% *},\"accepted\":${out#* },$(delta "$before" "$after")}" >>"$RESULTS"
     log "round $1 one node: ${out% *} msgs/s"
 }
 run_two() {
@@ -149,7 +163,7 @@ run_two() {
     stop_nodes
     read -r ra na <"$WORK/a.rate"
     read -r rb nb <"$WORK/b.rate"
-    echo "{\"run\":\"two\",\"round\":$1,\"msgs_per_s\":$(python3 -c "print($ra + $rb)"),\"a\":$ra,\"b\":$rb,\"accepted\":$((na + nb)),\"redis_calls\":$((after - before))}" >>"$RESULTS"
+    echo "{\"run\":\"two\",\"round\":$1,\"msgs_per_s\":$(python3 -c "print($ra + $rb)"),\"a\":$ra,\"b\":$rb,\"accepted\":$((na + nb)),$(delta "$before" "$after")}" >>"$RESULTS"
     log "round $1 two nodes: a $ra + b $rb msgs/s"
 }
 
@@ -164,10 +178,11 @@ runs = [json.loads(l) for l in open(sys.argv[1])]
 def med(name, key):
     return statistics.median(r[key] for r in runs if r["run"] == name)
 one, two = med("one", "msgs_per_s"), med("two", "msgs_per_s")
-per_msg = lambda name: statistics.median(r["redis_calls"] / max(r["accepted"], 1) for r in runs if r["run"] == name)
-print(f"| setup | msgs/s (median of {len(runs) // 2}) | Redis commands per message |")
-print("|---|---|---|")
-print(f"| one node, one core | {one:,.0f} | {per_msg('one'):.2f} |")
-print(f"| two nodes, one core each | {two:,.0f} | {per_msg('two'):.2f} |")
-print(f"| ratio | {two / one:.2f}x | |")
+per_msg = lambda name, key: statistics.median(r[key] / max(r["accepted"], 1) for r in runs if r["run"] == name)
+print(f"| setup | msgs/s (median of {len(runs) // 2}) | Redis round trips (script calls) per message | Redis commands per message |")
+print("|---|---|---|---|")
+for name, label in (("one", "one node, one core"), ("two", "two nodes, one core each")):
+    rate = one if name == "one" else two
+    print(f"| {label} | {rate:,.0f} | {per_msg(name, 'redis_scripts'):.2f} | {per_msg(name, 'redis_calls'):.2f} |")
+print(f"| ratio | {two / one:.2f}x | | |")
 PY
