@@ -1,0 +1,175 @@
+//! The cluster as one service, end to end (issue 20's first test): a message for a user homed
+//! on node B, submitted to node A, crosses to B over the mutual-TLS cluster listener, and a
+//! client connecting to node C reads it over POP3 (poplib) and IMAP (imaplib), byte for
+//! byte what B itself serves and ending with exactly what was submitted. Three real
+//! `relay serve` nodes on 127.0.0.2–127.0.0.4 with a test CA (tests/common/cluster.rs).
+
+#[macro_use]
+mod common;
+
+use std::net::SocketAddr;
+use std::process::Command;
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::cluster::{free_port, Cluster};
+use common::json::Json;
+use common::smtp::message;
+use common::{
+    describe, has_all, repo_path, run_with_timeout, Engine, Relay, COMMAND_TIMEOUT, TEST_PASSWORD,
+    TEST_PASSWORD_HASH,
+};
+
+/// How long the hop from A to B may take.
+const HOP_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Each node's client listeners, fixed before any node starts: the node table names them.
+struct Listeners {
+    pop3: SocketAddr,
+    imap: SocketAddr,
+}
+
+/// The node's config: the test template on its own address, its POP3 and IMAP listeners,
+/// the `[cluster]` section with every node's cluster, POP3 and IMAP addresses, and bea homed
+/// on B.
+fn start(engine: Engine, cluster: &Cluster, listeners: &[Listeners], name: &str) -> Relay {
+    let node = cluster.node(name);
+    let mine = &listeners[cluster
+        .nodes
+        .iter()
+        .position(|n| n.name == name)
+        .expect("a node of the cluster")];
+    let mut section = format!(
+        "[cluster]\nnode = {:?}\nlisten = \"{}\"\ncert = {:?}\nkey = {:?}\nca = {:?}\n",
+        node.name,
+        node.cluster,
+        node.cert.cert_path.to_str().expect("utf-8 path"),
+        node.cert.key_path.to_str().expect("utf-8 path"),
+        cluster.ca.cert_path.to_str().expect("utf-8 path"),
+    );
+    for (n, l) in cluster.nodes.iter().zip(listeners) {
+        section.push_str(&format!(
+            "[[cluster.nodes]]\nname = {:?}\ncluster = \"{}\"\npop3 = \"{}\"\nimap = \"{}\"\n",
+            n.name, n.cluster, l.pop3, l.imap
+        ));
+    }
+    let mut settings = common::Settings::new(engine);
+    settings.smtp_listen = format!("{}:0", node.ip);
+    settings.extra_toml = format!(
+        "[delivery]\nretry_intervals = [\"300ms\"]\nretry_every = \"300ms\"\n\
+         retry_jitter_percent = 0\n{section}\
+         [[local.users]]\nname = \"bea\"\npassword = \"{TEST_PASSWORD_HASH}\"\nhome = \"b\"\n"
+    );
+    let mut text = settings.render(&node.dir.path().join("spool"));
+    text = text.replacen(
+        "[pop3]\nlisten = [\"127.0.0.1:0\"]\n",
+        &format!("[pop3]\nlisten = [\"{}\"]\n", mine.pop3),
+        1,
+    );
+    text = text.replacen(
+        "[imap]\nlisten = [\"127.0.0.1:0\"]\n",
+        &format!("[imap]\nlisten = [\"{}\"]\n", mine.imap),
+        1,
+    );
+    settings.raw_config = Some(text);
+    let relay = Relay::start_in(Arc::clone(&node.dir), settings);
+    assert_eq!(relay.listening("pop3"), Some(mine.pop3), "{name}'s POP3");
+    assert_eq!(relay.listening("imap"), Some(mine.imap), "{name}'s IMAP");
+    relay
+}
+
+/// Every message of `user` read with Python's poplib (RETR) or imaplib (FETCH BODY[]).
+fn read(protocol: &str, addr: SocketAddr, user: &str) -> Vec<Vec<u8>> {
+    use base64::Engine as _;
+    let mut command = Command::new("python3");
+    command
+        .arg(repo_path("tests/py/cluster_proxy_client.py"))
+        .arg(protocol)
+        .arg(addr.ip().to_string())
+        .arg(addr.port().to_string())
+        .arg(user)
+        .arg(TEST_PASSWORD);
+    let output = run_with_timeout(&mut command, COMMAND_TIMEOUT);
+    assert!(output.status.success(), "{protocol}: {}", describe(&output));
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let answer = Json::parse(stdout.trim()).unwrap_or_else(|e| panic!("{e}: {stdout}"));
+    assert_eq!(
+        answer.get("ok"),
+        &Json::Bool(true),
+        "{protocol}: {answer:?}"
+    );
+    answer
+        .get("messages")
+        .array()
+        .iter()
+        .map(|m| {
+            base64::engine::general_purpose::STANDARD
+                .decode(m.str())
+                .expect("base64")
+        })
+        .collect()
+}
+
+/// How many messages `user` has on `relay` itself (its admin socket's `/mailbox`): POP3 on a
+/// node where the user is not homed is proxied, so it cannot tell.
+fn stored_here(relay: &Relay, user: &str) -> i64 {
+    let (status, body) = relay.admin_socket_get("/mailbox");
+    assert_eq!(status, 200, "{body}");
+    let rows = Json::parse(&body).expect("JSON");
+    rows.array()
+        .iter()
+        .find(|row| row.get("user").str() == user)
+        .map_or(0, |row| row.get("messages").int())
+}
+
+fn submitted_on_a_read_through_c(engine: Engine) {
+    let cluster = Cluster::new(&["a", "b", "c"], "");
+    let listeners: Vec<Listeners> = cluster
+        .nodes
+        .iter()
+        .map(|n| Listeners {
+            pop3: SocketAddr::new(n.ip, free_port(n.ip)),
+            imap: SocketAddr::new(n.ip, free_port(n.ip)),
+        })
+        .collect();
+    let a = start(engine, &cluster, &listeners, "a");
+    let b = start(engine, &cluster, &listeners, "b");
+    let c = start(engine, &cluster, &listeners, "c");
+
+    let sent = message(
+        "across-the-cluster",
+        &[
+            "submitted to A",
+            "",
+            ".a line starting with a dot",
+            "homed on B",
+        ],
+    );
+    let id = a.deliver(&["bea@example.test"], &sent);
+    b.log()
+        .wait_for(HOP_TIMEOUT, |l| {
+            has_all(l, &["stored for a peer", &format!(".{id}")])
+        })
+        .unwrap_or_else(|| panic!("{id} never reached B:\n{}", b.log().render()));
+
+    let on_b = read("pop3", listeners[1].pop3, "bea");
+    assert_eq!(on_b.len(), 1, "bea's mailbox on B");
+    assert!(
+        on_b[0].ends_with(&sent),
+        "B's copy does not end with the submitted message:\n{}",
+        String::from_utf8_lossy(&on_b[0])
+    );
+    let pop3_via_c = read("pop3", listeners[2].pop3, "bea");
+    let imap_via_c = read("imap", listeners[2].imap, "bea");
+    assert_eq!(pop3_via_c, on_b, "POP3 through C");
+    assert_eq!(imap_via_c, on_b, "IMAP through C");
+    // C proxied both logins to B; A and C store nothing for bea.
+    assert!(c.log_contains("login proxied"), "{}", c.log().render());
+    assert_eq!(stored_here(&b, "bea"), 1);
+    assert_eq!(stored_here(&a, "bea"), 0, "bea's mail stayed on A");
+    assert_eq!(stored_here(&c, "bea"), 0, "bea's mail stored on C");
+}
+
+engine_tests! {
+    submitted_on_a_read_through_c: submitted_on_a_read_through_c_uring, submitted_on_a_read_through_c_epoll;
+}
