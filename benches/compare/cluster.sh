@@ -172,6 +172,9 @@ for ((round = 1; round <= ROUNDS; round++)); do
     if ((round % 2)); then run_one "$round"; run_two "$round"; else run_two "$round"; run_one "$round"; fi
 done
 
+# Redis's own time per script call (its CPU per decision, without the network), for the
+# model of where one Redis saturates.
+log "redis: $(redis-cli -p "$REDIS_PORT" info commandstats | tr -d '\r' | grep '^cmdstat_evalsha:')"
 python3 - "$RESULTS" <<'PY'
 import json, statistics, sys
 runs = [json.loads(l) for l in open(sys.argv[1])]
