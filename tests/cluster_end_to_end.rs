@@ -8,17 +8,13 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::cluster::{free_port, Cluster};
+use common::cluster::{client, free_port, messages, Cluster};
 use common::json::Json;
 use common::smtp::message;
-use common::{
-    describe, has_all, repo_path, run_with_timeout, Engine, Relay, COMMAND_TIMEOUT, TEST_PASSWORD,
-    TEST_PASSWORD_HASH,
-};
+use common::{has_all, Engine, Relay, TEST_PASSWORD, TEST_PASSWORD_HASH};
 
 /// How long the hop from A to B may take.
 const HOP_TIMEOUT: Duration = Duration::from_secs(30);
@@ -80,34 +76,7 @@ fn start(engine: Engine, cluster: &Cluster, listeners: &[Listeners], name: &str)
 
 /// Every message of `user` read with Python's poplib (RETR) or imaplib (FETCH BODY[]).
 fn read(protocol: &str, addr: SocketAddr, user: &str) -> Vec<Vec<u8>> {
-    use base64::Engine as _;
-    let mut command = Command::new("python3");
-    command
-        .arg(repo_path("tests/py/cluster_proxy_client.py"))
-        .arg(protocol)
-        .arg(addr.ip().to_string())
-        .arg(addr.port().to_string())
-        .arg(user)
-        .arg(TEST_PASSWORD);
-    let output = run_with_timeout(&mut command, COMMAND_TIMEOUT);
-    assert!(output.status.success(), "{protocol}: {}", describe(&output));
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let answer = Json::parse(stdout.trim()).unwrap_or_else(|e| panic!("{e}: {stdout}"));
-    assert_eq!(
-        answer.get("ok"),
-        &Json::Bool(true),
-        "{protocol}: {answer:?}"
-    );
-    answer
-        .get("messages")
-        .array()
-        .iter()
-        .map(|m| {
-            base64::engine::general_purpose::STANDARD
-                .decode(m.str())
-                .expect("base64")
-        })
-        .collect()
+    messages(&client(protocol, addr, user, TEST_PASSWORD, &[]))
 }
 
 /// How many messages `user` has on `relay` itself (its admin socket's `/mailbox`): POP3 on a

@@ -8,15 +8,12 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
+use common::cluster::{client, messages};
 use common::json::Json;
 use common::smtp::message;
-use common::{
-    describe, new_workdir, repo_path, run_with_timeout, Engine, Relay, Settings, COMMAND_TIMEOUT,
-    TEST_PASSWORD, TEST_PASSWORD_HASH,
-};
+use common::{new_workdir, Engine, Relay, Settings, TEST_PASSWORD, TEST_PASSWORD_HASH};
 
 /// One node's addresses, fixed before any node starts (the node table names them all).
 struct NodeAddrs {
@@ -75,38 +72,6 @@ fn start(engine: Engine, this: &NodeAddrs, nodes: &[&NodeAddrs], users: &str) ->
     );
     settings.raw_config = Some(text);
     Relay::start_in(dir, settings)
-}
-
-/// Runs tests/py/cluster_proxy_client.py.
-fn client(protocol: &str, addr: SocketAddr, user: &str, password: &str, extra: &[&str]) -> Json {
-    let mut command = Command::new("python3");
-    command
-        .arg(repo_path("tests/py/cluster_proxy_client.py"))
-        .arg(protocol)
-        .arg(addr.ip().to_string())
-        .arg(addr.port().to_string())
-        .arg(user)
-        .arg(password)
-        .args(extra);
-    let output = run_with_timeout(&mut command, COMMAND_TIMEOUT);
-    assert!(output.status.success(), "{protocol}: {}", describe(&output));
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    Json::parse(stdout.trim()).unwrap_or_else(|e| panic!("{e}: {stdout}"))
-}
-
-fn messages(answer: &Json) -> Vec<Vec<u8>> {
-    use base64::Engine as _;
-    assert_eq!(answer.get("ok"), &Json::Bool(true), "{answer:?}");
-    answer
-        .get("messages")
-        .array()
-        .iter()
-        .map(|m| {
-            base64::engine::general_purpose::STANDARD
-                .decode(m.str())
-                .expect("base64")
-        })
-        .collect()
 }
 
 fn error(answer: &Json) -> String {

@@ -12,9 +12,13 @@
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
+use std::process::Command;
 use std::sync::Arc;
 
-use super::{new_workdir, Engine, Relay, Settings};
+use super::json::Json;
+use super::{
+    describe, new_workdir, repo_path, run_with_timeout, Engine, Relay, Settings, COMMAND_TIMEOUT,
+};
 
 /// A certificate authority for a test cluster, with its PEM files in a directory.
 pub struct TestCa {
@@ -318,4 +322,44 @@ impl PeerClient {
         self.stream.flush()?;
         self.reply()
     }
+}
+
+/// Runs tests/py/cluster_proxy_client.py (Python's poplib, imaplib or urllib as the client):
+/// its JSON answer.
+pub fn client(
+    protocol: &str,
+    addr: SocketAddr,
+    user: &str,
+    password: &str,
+    extra: &[&str],
+) -> Json {
+    let mut command = Command::new("python3");
+    command
+        .arg(repo_path("tests/py/cluster_proxy_client.py"))
+        .arg(protocol)
+        .arg(addr.ip().to_string())
+        .arg(addr.port().to_string())
+        .arg(user)
+        .arg(password)
+        .args(extra);
+    let output = run_with_timeout(&mut command, COMMAND_TIMEOUT);
+    assert!(output.status.success(), "{protocol}: {}", describe(&output));
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    Json::parse(stdout.trim()).unwrap_or_else(|e| panic!("{e}: {stdout}"))
+}
+
+/// The messages of a successful answer, decoded.
+pub fn messages(answer: &Json) -> Vec<Vec<u8>> {
+    use base64::Engine as _;
+    assert_eq!(answer.get("ok"), &Json::Bool(true), "{answer:?}");
+    answer
+        .get("messages")
+        .array()
+        .iter()
+        .map(|m| {
+            base64::engine::general_purpose::STANDARD
+                .decode(m.str())
+                .expect("base64")
+        })
+        .collect()
 }
