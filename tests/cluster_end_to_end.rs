@@ -35,20 +35,12 @@ fn start(engine: Engine, cluster: &Cluster, listeners: &[Listeners], name: &str)
         .iter()
         .position(|n| n.name == name)
         .expect("a node of the cluster")];
-    let mut section = format!(
-        "[cluster]\nnode = {:?}\nlisten = \"{}\"\ncert = {:?}\nkey = {:?}\nca = {:?}\n",
-        node.name,
-        node.cluster,
-        node.cert.cert_path.to_str().expect("utf-8 path"),
-        node.cert.key_path.to_str().expect("utf-8 path"),
-        cluster.ca.cert_path.to_str().expect("utf-8 path"),
-    );
-    for (n, l) in cluster.nodes.iter().zip(listeners) {
-        section.push_str(&format!(
-            "[[cluster.nodes]]\nname = {:?}\ncluster = \"{}\"\npop3 = \"{}\"\nimap = \"{}\"\n",
-            n.name, n.cluster, l.pop3, l.imap
-        ));
-    }
+    let section = cluster.cluster_toml_with(name, |i| {
+        format!(
+            "pop3 = \"{}\"\nimap = \"{}\"\n",
+            listeners[i].pop3, listeners[i].imap
+        )
+    });
     let mut settings = common::Settings::new(engine);
     settings.smtp_listen = format!("{}:0", node.ip);
     settings.extra_toml = format!(

@@ -162,6 +162,12 @@ impl Cluster {
 
     /// The `[cluster]` section of node `name`: this node, its listener and files, the table.
     pub fn cluster_toml(&self, name: &str) -> String {
+        self.cluster_toml_with(name, |_| String::new())
+    }
+
+    /// As [`Cluster::cluster_toml`], with `more(i)`'s lines (e.g. the `i`th node's `pop3` and
+    /// `imap` addresses) in each node's table entry.
+    pub fn cluster_toml_with(&self, name: &str, more: impl Fn(usize) -> String) -> String {
         let node = self.node(name);
         let mut text = format!(
             "[cluster]\nnode = {:?}\nlisten = \"{}\"\ncert = {:?}\nkey = {:?}\nca = {:?}\n",
@@ -171,10 +177,12 @@ impl Cluster {
             node.cert.key_path.to_str().expect("utf-8 path"),
             self.ca.cert_path.to_str().expect("utf-8 path"),
         );
-        for n in &self.nodes {
+        for (i, n) in self.nodes.iter().enumerate() {
             text.push_str(&format!(
-                "[[cluster.nodes]]\nname = {:?}\ncluster = \"{}\"\n",
-                n.name, n.cluster
+                "[[cluster.nodes]]\nname = {:?}\ncluster = \"{}\"\n{}",
+                n.name,
+                n.cluster,
+                more(i)
             ));
         }
         text
