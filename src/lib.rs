@@ -45,6 +45,7 @@ pub mod admin;
 pub mod cluster;
 pub mod config;
 pub mod delivery;
+pub mod durable;
 pub mod envelope;
 pub mod imap;
 pub mod init;

@@ -22,8 +22,6 @@
 //! a file that no longer passes the checks at load (expired since) is logged and not used.
 
 use std::collections::HashMap;
-use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 use std::time::SystemTime;
@@ -414,7 +412,7 @@ impl KeyBackend for FileKeys {
                 write_durably(&self.dir, &path, bytes)?;
                 Ok(existed)
             }
-            None => remove_durably(&self.dir, &path),
+            None => remove_durably(&path),
         }
     }
 
@@ -462,65 +460,25 @@ fn create_dir(dir: &Path) -> Result<(), KeyStoreError> {
     // Made by root for a relay that runs as its own user (`relay user key` under sudo): the
     // directory belongs to whoever owns the spool directory above it.
     if let Some(parent) = dir.parent() {
-        same_owner(parent, dir).map_err(io)?;
-    }
-    Ok(())
-}
-
-/// Gives `path` the owner of `like` when they differ (only root can; others already match).
-fn same_owner(like: &Path, path: &Path) -> std::io::Result<()> {
-    use std::os::unix::fs::MetadataExt;
-    let want = std::fs::metadata(like)?;
-    let have = std::fs::metadata(path)?;
-    if (want.uid(), want.gid()) != (have.uid(), have.gid()) {
-        std::os::unix::fs::chown(path, Some(want.uid()), Some(want.gid()))?;
+        crate::durable::same_owner(parent, dir).map_err(io)?;
     }
     Ok(())
 }
 
 /// Writes `bytes` to `path` so that a crash leaves the old file or the new one, whole.
 fn write_durably(dir: &Path, path: &Path, bytes: &[u8]) -> Result<(), KeyStoreError> {
-    let io = |source| KeyStoreError::Io {
+    crate::durable::replace_owned_like(path, bytes, dir).map_err(|source| KeyStoreError::Io {
         path: path.to_path_buf(),
         source,
-    };
-    let tmp = path.with_extension("tmp");
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)
-        .map_err(io)?;
-    file.write_all(bytes).map_err(io)?;
-    same_owner(dir, &tmp).map_err(io)?;
-    file.sync_all().map_err(io)?;
-    std::fs::rename(&tmp, path).map_err(io)?;
-    sync_dir(dir)
+    })
 }
 
 /// Removes `path` durably; false when it did not exist.
-fn remove_durably(dir: &Path, path: &Path) -> Result<bool, KeyStoreError> {
-    match std::fs::remove_file(path) {
-        Ok(()) => {
-            sync_dir(dir)?;
-            Ok(true)
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
-        Err(source) => Err(KeyStoreError::Io {
-            path: path.to_path_buf(),
-            source,
-        }),
-    }
-}
-
-fn sync_dir(dir: &Path) -> Result<(), KeyStoreError> {
-    std::fs::File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|source| KeyStoreError::Io {
-            path: dir.to_path_buf(),
-            source,
-        })
+fn remove_durably(path: &Path) -> Result<bool, KeyStoreError> {
+    crate::durable::remove(path).map_err(|source| KeyStoreError::Io {
+        path: path.to_path_buf(),
+        source,
+    })
 }
 
 /// The server's rule from `[encryption]`.

@@ -252,7 +252,7 @@ impl Recorder {
         }
         self.warned.store(false, Ordering::Relaxed);
         let text = self.lock().save();
-        let result = write_durably(&settings.dir, &settings.state_file(), &text);
+        let result = write_durably(&settings.state_file(), &text);
         if result.is_err() {
             self.dirty.store(true, Ordering::Relaxed);
         }
@@ -298,24 +298,8 @@ impl Recorder {
 /// `DKIM-Signature:` fields, CRLF-terminated), or nothing to send it unsigned.
 pub type ReportSigner = Arc<dyn Fn(&[u8]) -> Vec<u8> + Send + Sync>;
 
-fn write_durably(dir: &Path, path: &Path, text: &[u8]) -> Result<(), ReportError> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let tmp = path.with_extension("json.tmp");
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)
-        .map_err(io_error(&tmp))?;
-    file.write_all(text).map_err(io_error(&tmp))?;
-    file.sync_all().map_err(io_error(&tmp))?;
-    drop(file);
-    std::fs::rename(&tmp, path).map_err(io_error(path))?;
-    std::fs::File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(io_error(dir))
+fn write_durably(path: &Path, text: &[u8]) -> Result<(), ReportError> {
+    crate::durable::replace(path, text).map_err(io_error(path))
 }
 
 #[cfg(test)]
