@@ -240,7 +240,14 @@ fn fill(a: &Relay, net: &Net) -> (String, Vec<String>) {
     }
     client("setup", net.imap("a"));
     let before = dump(net.imap("a"));
-    for needle in ["Work", "$Label1", "$Project", "\\\\Seen", "\\\\Answered", "14-Nov-2023"] {
+    for needle in [
+        "Work",
+        "$Label1",
+        "$Project",
+        "\\\\Seen",
+        "\\\\Answered",
+        "14-Nov-2023",
+    ] {
         assert!(before.contains(needle), "{needle} not in {before}");
     }
     let pop3 = pop3_messages(net.pop3("a"));

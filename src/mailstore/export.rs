@@ -202,4 +202,33 @@ mod tests {
         );
         assert_eq!(special_use_from(0), None);
     }
+
+    #[test]
+    fn imported_frames_survive_recovery_past_the_imported_counters() {
+        // A move wrote: frames placing UIDs 2 and 4 (A's), then a record restating INBOX's
+        // UIDNEXT 7. Recovery must not take the frames for messages expunged before it.
+        let placed = |uid: u32| Placement {
+            folder: INBOX,
+            uidvalidity: 1,
+            uid,
+            flags: Flags::default(),
+            internal_date: 9,
+            zone_minutes: 0,
+            modseq: u64::from(uid),
+        };
+        let mut s = UserStore::new("u");
+        s.replay_delivery(QueueId::new(1_000, 0), 10, 9, Some(&placed(2)));
+        s.replay_delivery(QueueId::new(1_001, 0), 10, 9, Some(&placed(4)));
+        let counters = s.import_record(vec![StateOp::FolderCounters {
+            folder: INBOX,
+            uidnext: 7,
+            highest_modseq: 6,
+        }]);
+        s.replay_state(&counters);
+        let _ = s.finish_recovery();
+        let e = s.export();
+        let uids: Vec<u32> = e.folders[0].messages.iter().map(|m| m.uid).collect();
+        assert_eq!(uids, [2, 4]);
+        assert_eq!(e.folders[0].uidnext, 7);
+    }
 }
