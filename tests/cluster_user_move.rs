@@ -273,6 +273,24 @@ fn moved_with_identity_kept(engine: Engine) {
     let _c = net.start("c");
     let (before, pop3) = fill(&a, &net);
 
+    // An IMAP session open on A through the move.
+    let mut held = Command::new("python3")
+        .arg(common::repo_path("tests/py/user_move_client.py"))
+        .args([
+            "hold",
+            &net.imap("a").ip().to_string(),
+            &net.imap("a").port().to_string(),
+        ])
+        .args(["bea", TEST_PASSWORD])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("python3");
+    let mut held_out = std::io::BufReader::new(held.stdout.take().expect("stdout"));
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut held_out, &mut line).expect("ready");
+    assert_eq!(line.trim(), "ready");
+
     let out = String::from_utf8_lossy(&{
         let o = move_bea(&a, "b");
         assert!(o.status.success(), "{}", describe(&o));
@@ -286,6 +304,25 @@ fn moved_with_identity_kept(engine: Engine) {
             .trim(),
         "b"
     );
+
+    // The session open on A during the move sees no expunge of the deleted store: its
+    // requests are refused (NO [UNAVAILABLE]), and the client logs in again (to B).
+    {
+        use std::io::{Read, Write};
+        held.stdin
+            .take()
+            .expect("stdin")
+            .write_all(b"go\n")
+            .expect("go");
+        let mut rest = String::new();
+        held_out.read_to_string(&mut rest).expect("held output");
+        let answer = Json::parse(rest.trim()).unwrap_or_else(|e| panic!("{e}: {rest}"));
+        let _ = held.wait();
+        let text = format!("{answer:?}");
+        assert!(!text.contains("EXPUNGE"), "{text}");
+        assert_eq!(answer.get("fetch").array()[0].str(), "NO", "{text}");
+        assert!(text.contains("UNAVAILABLE"), "{text}");
+    }
 
     // Same folders, subscriptions, UIDVALIDITY, UIDNEXT, UIDs, flags, dates and bytes.
     assert_eq!(dump(net.imap("b")), before, "IMAP on B");

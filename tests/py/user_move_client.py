@@ -9,6 +9,9 @@ imaplib and poplib (clients no one here wrote).
   user_move_client.py dump HOST PORT USER PASSWORD
       IMAP: every folder (LIST), subscriptions (LSUB), and per folder (EXAMINE) UIDVALIDITY,
       UIDNEXT and each message's UID, FLAGS, INTERNALDATE and BODY[] (base64)
+  user_move_client.py hold HOST PORT USER PASSWORD
+      IMAP: LOGIN and SELECT INBOX, print "ready", wait for a line on stdin, then NOOP and
+      FETCH 1:* FLAGS: prints the untagged responses NOOP brought and FETCH's status
   user_move_client.py pop3 HOST PORT USER PASSWORD
       POP3: UIDL and RETR of every message (UIDLs are printed but not compared: see the test)
 
@@ -88,11 +91,31 @@ def dump(client):
     return {"ok": True, "folders": folders, "subscribed": sorted(subscribed)}
 
 
+def hold(client):
+    check(client.select("INBOX"))
+    print("ready", flush=True)
+    sys.stdin.readline()
+    typ, _ = client.noop()
+    untagged = {k: [v.decode("latin-1") if isinstance(v, bytes) else str(v) for v in vs]
+                for k, vs in client.untagged_responses.items()}
+    try:
+        typ_fetch, data = client.fetch("1:*", "(FLAGS)")
+        fetch = [typ_fetch, [d.decode("latin-1") if isinstance(d, bytes) else str(d) for d in data]]
+    except imaplib.IMAP4.error as error:
+        fetch = ["NO", [str(error)]]
+    return {"ok": True, "noop": typ, "untagged": untagged, "fetch": fetch}
+
+
 def imap(command, host, port, user, password):
     client = imaplib.IMAP4(host, port, timeout=TIMEOUT)
     try:
         check(client.login(user, password))
-        result = setup(client) if command == "setup" else dump(client)
+        if command == "setup":
+            result = setup(client)
+        elif command == "hold":
+            result = hold(client)
+        else:
+            result = dump(client)
         client.logout()
         return result
     except imaplib.IMAP4.error as error:
