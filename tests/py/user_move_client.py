@@ -11,7 +11,7 @@ imaplib and poplib (clients no one here wrote).
       UIDNEXT and each message's UID, FLAGS, INTERNALDATE and BODY[] (base64)
   user_move_client.py hold HOST PORT USER PASSWORD
       IMAP: LOGIN and SELECT INBOX, print "ready", wait for a line on stdin, then NOOP and
-      FETCH 1:* FLAGS: prints the untagged responses NOOP brought and FETCH's status
+      FETCH 1:* BODY[]: prints the untagged responses NOOP brought and FETCH's status
   user_move_client.py pop3 HOST PORT USER PASSWORD
       POP3: UIDL and RETR of every message (UIDLs are printed but not compared: see the test)
 
@@ -99,7 +99,7 @@ def hold(client):
     untagged = {k: [v.decode("latin-1") if isinstance(v, bytes) else str(v) for v in vs]
                 for k, vs in client.untagged_responses.items()}
     try:
-        typ_fetch, data = client.fetch("1:*", "(FLAGS)")
+        typ_fetch, data = client.fetch("1:*", "(BODY.PEEK[])")
         fetch = [typ_fetch, [d.decode("latin-1") if isinstance(d, bytes) else str(d) for d in data]]
     except imaplib.IMAP4.error as error:
         fetch = ["NO", [str(error)]]
