@@ -299,6 +299,23 @@ enum UserCommand {
         #[arg(long, short)]
         config: Option<PathBuf>,
     },
+    /// Move a user's mailboxes to another cluster node: copy, switch the home in the
+    /// PostgreSQL directory, delete here. Run against the user's current home node (its
+    /// running relay does the move); run it again after any failure.
+    Move {
+        name: String,
+        /// The node to move to (one of cluster.nodes).
+        #[arg(long)]
+        to: String,
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// The admin socket of the running relay (default: the config's).
+        #[arg(long)]
+        socket: Option<PathBuf>,
+        /// How long to wait for the move to end.
+        #[arg(long = "timeout", default_value_t = 3600)]
+        timeout_secs: u64,
+    },
     /// Check a password read from stdin against the configured user (exit 0 if it matches).
     Check {
         name: String,
@@ -729,6 +746,13 @@ fn user(command: UserCommand) -> Result<()> {
             relay::cluster::directory::set_home(&config.cluster.postgres, &name, Some(&node))?;
             eprintln!("{name} is homed on {node}");
         }
+        UserCommand::Move {
+            name,
+            to,
+            config,
+            socket,
+            timeout_secs,
+        } => user_move(&name, &to, config.as_deref(), socket, timeout_secs)?,
         UserCommand::Ls { config, json } => user_ls(config, json)?,
         UserCommand::Key { command } => user_key(command)?,
         UserCommand::Check { name, config } => {
@@ -1092,6 +1116,72 @@ fn parse_id(id: &str) -> Result<relay::envelope::QueueId> {
     id.parse().map_err(|_| {
         anyhow::anyhow!("`{id}` is not a queue id (16 hex digits, as `relay queue list` prints)")
     })
+}
+
+/// `relay user move` over the admin socket: starts the move on the running relay and
+/// prints its steps until it ends.
+fn user_move(
+    name: &str,
+    to: &str,
+    path: Option<&Path>,
+    socket: Option<PathBuf>,
+    timeout_secs: u64,
+) -> Result<()> {
+    use relay::admin::client::{call, Call, Endpoint};
+    let config = load(path)?;
+    anyhow::ensure!(
+        config.cluster.postgres.conninfo.is_some(),
+        "the directory is not PostgreSQL ([cluster.postgres]): a user's home can only be moved where every node sees the change in one write"
+    );
+    anyhow::ensure!(
+        config.cluster.node_entry(to).is_some(),
+        "`{to}` is not one of cluster.nodes"
+    );
+    let socket = admin_socket(&config, socket)
+        .context("the admin endpoint is off (admin.enabled = false): nothing to ask")?;
+    let endpoint = Endpoint::Socket(socket);
+    let name = name.to_ascii_lowercase();
+    let timeout = std::time::Duration::from_secs(30);
+    let ask = |request: Call| -> Result<serde_json::Value> {
+        let (status, body) = call(&endpoint, &request)?;
+        anyhow::ensure!(status == 200, "{}", String::from_utf8_lossy(&body).trim());
+        Ok(serde_json::from_slice(&body)?)
+    };
+    let query = format!("/user/move?user={name}&to={to}");
+    ask(Call::post(&query, b"", timeout))?;
+    outln!("moving {name} to {to}");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(timeout_secs);
+    let mut last = String::new();
+    loop {
+        let p = ask(Call::get(&format!("/user/move?user={name}"), timeout))?;
+        let line = format!(
+            "{}: {} messages copied in {} batches",
+            p["step"].as_str().unwrap_or("?"),
+            p["copied"],
+            p["batches"]
+        );
+        if line != last {
+            outln!("{line}");
+            last = line;
+        }
+        if p["running"] == serde_json::Value::Bool(false) {
+            if let Some(error) = p["error"].as_str() {
+                anyhow::bail!(
+                    "the move stopped: {error}; run `relay user move {name} --to {to}` again"
+                );
+            }
+            outln!(
+                "{name} is homed on {to}; {} messages deleted here",
+                p["deleted"]
+            );
+            return Ok(());
+        }
+        anyhow::ensure!(
+            std::time::Instant::now() < deadline,
+            "the move is still running after {timeout_secs}s"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
 }
 
 /// `relay node drain|resume` over the admin socket.

@@ -25,6 +25,7 @@ pub mod node;
 pub mod queue;
 pub mod queue_text;
 pub mod socket;
+pub mod user_move;
 
 use std::io::Read;
 use std::net::{SocketAddr, TcpListener};

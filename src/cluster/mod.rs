@@ -9,6 +9,8 @@
 pub mod directory;
 pub mod limits;
 pub mod membership;
+pub mod move_plan;
+pub mod move_wire;
 pub mod node;
 pub mod redis;
 pub mod status;

@@ -42,6 +42,10 @@ pub enum StoreError {
     /// A frame did not commit (those that did stay: see the module doc).
     #[error(transparent)]
     Spool(#[from] SpoolError),
+    /// A mailbox is being moved to another node (`relay user move`): nothing was stored;
+    /// the sender tries again and reaches the new home.
+    #[error("a mailbox is being moved to another node")]
+    Moving,
 }
 
 /// A copy for `mailbox` could not be sealed.
@@ -190,6 +194,14 @@ pub async fn store(target: &Target<'_>, message: Message) -> Result<Stored, Fail
         mailboxes,
         remote,
     } = message;
+    // Held until every frame resolved: a user's move waits for these before its last copy.
+    let _deliveries = target
+        .mail_store
+        .begin_deliveries(&mailboxes)
+        .map_err(|_| Failed {
+            error: StoreError::Moving,
+            plain_len: None,
+        })?;
     let Partition { plain, sealed } = partition(target.keys, mailboxes, &received_header, &body)
         .map_err(|e| Failed {
             error: e.into(),

@@ -16,7 +16,7 @@
 //! POP3 numbers INBOX in UID order, which is arrival order for deliveries, so numbers are
 //! the same before and after a restart.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use dashmap::DashMap;
@@ -42,6 +42,11 @@ struct UserSide {
     /// Bumped after every applied change or delivery of the user's.
     changed: watch::Sender<u64>,
     pop3_locked: AtomicBool,
+    /// Set while the user is moved to another node (`relay user move`): deliveries, changes
+    /// and new POP3 sessions are refused for a while.
+    moving: AtomicBool,
+    /// Deliveries between their check of `moving` and the end of their frames' commits.
+    deliveries: AtomicUsize,
 }
 
 impl Default for UserSide {
@@ -50,9 +55,27 @@ impl Default for UserSide {
             turn: tokio::sync::Mutex::new(()),
             changed: watch::Sender::new(0),
             pop3_locked: AtomicBool::new(false),
+            moving: AtomicBool::new(false),
+            deliveries: AtomicUsize::new(0),
         }
     }
 }
+
+/// A delivery in flight for some users (see [`MailStore::begin_deliveries`]).
+#[derive(Debug)]
+pub struct Deliveries(Vec<Arc<UserSide>>);
+
+impl Drop for Deliveries {
+    fn drop(&mut self) {
+        for side in &self.0 {
+            side.deliveries.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+}
+
+/// The user is being moved to another node: try again later.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Moving;
 
 /// Every local user's mail.
 #[derive(Default)]
@@ -74,6 +97,8 @@ pub enum ChangeError {
     Spool(#[from] SpoolError),
     #[error("not stored: the spool writer is gone")]
     Closed,
+    #[error("the mailbox is being moved to another node; try again shortly")]
+    Moving,
 }
 
 /// An exclusive POP3 hold on one maildrop; dropping it (the session ended, however) unlocks.
@@ -150,6 +175,9 @@ impl MailStore {
     /// Takes the maildrop's POP3 lock and a snapshot of INBOX.
     pub fn lock(&self, mailbox: &str) -> Result<MaildropLock, InUse> {
         let side = self.side(mailbox);
+        if side.moving.load(Ordering::SeqCst) {
+            return Err(InUse);
+        }
         if side
             .pop3_locked
             .compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
@@ -266,8 +294,32 @@ impl MailStore {
         user: &str,
         make: impl FnOnce(&mut UserStore) -> Result<(Option<MailboxState>, T), StoreError>,
     ) -> Result<T, ChangeError> {
+        self.change_as(spool, user, false, make).await
+    }
+
+    /// [`change`](Self::change) for the move of `user` itself, which goes on while the
+    /// user's other changes are refused.
+    pub async fn change_moving<T>(
+        &self,
+        spool: &ShardHandle,
+        user: &str,
+        make: impl FnOnce(&mut UserStore) -> Result<(Option<MailboxState>, T), StoreError>,
+    ) -> Result<T, ChangeError> {
+        self.change_as(spool, user, true, make).await
+    }
+
+    async fn change_as<T>(
+        &self,
+        spool: &ShardHandle,
+        user: &str,
+        mover: bool,
+        make: impl FnOnce(&mut UserStore) -> Result<(Option<MailboxState>, T), StoreError>,
+    ) -> Result<T, ChangeError> {
         let side = self.side(user);
         let turn = side.turn.lock().await;
+        if !mover && side.moving.load(Ordering::SeqCst) {
+            return Err(ChangeError::Moving);
+        }
         let (record, out) = self.folders.with(user, make)?;
         if let Some(record) = record {
             commit(spool, &record).await?;
@@ -286,6 +338,57 @@ impl MailStore {
             self.notify(user);
         }
         Ok(out)
+    }
+
+    // ---- moving a user to another node ----
+
+    /// Counts a delivery for `mailboxes` in flight until the answer is dropped; refused when
+    /// one of them is being moved. Checked and counted in that order, as
+    /// [`set_moving`](Self::set_moving) sets then waits, so no delivery slips past a move.
+    pub fn begin_deliveries(&self, mailboxes: &[String]) -> Result<Deliveries, Moving> {
+        let mut held = Deliveries(Vec::with_capacity(mailboxes.len()));
+        for user in mailboxes {
+            let side = self.side(user);
+            side.deliveries.fetch_add(1, Ordering::SeqCst);
+            held.0.push(Arc::clone(&side));
+            if side.moving.load(Ordering::SeqCst) {
+                return Err(Moving);
+            }
+        }
+        Ok(held)
+    }
+
+    /// Starts or ends refusing `user`'s deliveries, changes and new POP3 sessions.
+    pub fn set_moving(&self, user: &str, moving: bool) {
+        self.side(user).moving.store(moving, Ordering::SeqCst);
+        self.notify(user);
+    }
+
+    pub fn is_moving(&self, user: &str) -> bool {
+        self.users
+            .get(user)
+            .is_some_and(|s| s.moving.load(Ordering::SeqCst))
+    }
+
+    /// Deliveries to `user` started and not yet resolved.
+    pub fn deliveries_in_flight(&self, user: &str) -> usize {
+        self.side(user).deliveries.load(Ordering::SeqCst)
+    }
+
+    /// Whether a POP3 session holds `user`'s maildrop.
+    pub fn pop3_locked(&self, user: &str) -> bool {
+        self.side(user).pop3_locked.load(Ordering::SeqCst)
+    }
+
+    /// A message frame imported from another node committed with `placement` (that node's
+    /// UID, flags and modseq): it lands as it is, in the user's turn.
+    pub async fn imported(&self, user: &str, id: QueueId, size: u64, placement: &Placement) {
+        let side = self.side(user);
+        let _turn = side.turn.lock().await;
+        self.folders
+            .with(user, |s| s.import_placed(id, size, placement));
+        drop(_turn);
+        self.notify(user);
     }
 
     // ---- recovery ----

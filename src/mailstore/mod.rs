@@ -28,6 +28,7 @@
 
 mod change;
 mod error;
+mod export;
 mod model;
 mod names;
 mod recovery;
@@ -44,6 +45,7 @@ use dashmap::DashMap;
 
 pub use change::{CopyOutcome, ExpungeOutcome, StoreOutcome, DEFAULT_FOLDERS};
 pub use error::StoreError;
+pub use export::{special_use_from, ExportedFolder, ExportedMessage, ExportedStore};
 pub use model::{
     Changes, Entry, ListEntry, Snapshot, Status, UserStore, Version, DEFAULT_MAX_FOLDERS,
     INBOX_UIDVALIDITY,

@@ -159,6 +159,8 @@ pub(super) struct ApplyCtx<'a> {
     pub(super) index: Option<&'a mut PlacementIndex>,
     /// Place ops whose body is unknown (no delivery replayed): dropped.
     pub(super) dangling: usize,
+    /// The ops are a checkpoint's: what it does not restate below its counters is gone.
+    pub(super) checkpoint: bool,
 }
 
 impl UserStore {
@@ -205,6 +207,7 @@ impl UserStore {
             sizes: &sizes,
             index: None,
             dangling: 0,
+            checkpoint: false,
         };
         self.apply_with(record, &mut ctx);
     }
@@ -237,6 +240,7 @@ impl UserStore {
             sizes: &sizes,
             index: ctx.index.as_deref_mut(),
             dangling: 0,
+            checkpoint: true,
         };
         for op in &record.ops {
             self.apply_op(op, &mut inner);
@@ -272,6 +276,7 @@ impl UserStore {
             sizes: &sizes,
             index: None,
             dangling: 0,
+            checkpoint: false,
         };
         self.apply_op(op, &mut ctx);
     }
@@ -410,8 +415,10 @@ impl UserStore {
                 f.highest_modseq = f.highest_modseq.max(*highest_modseq);
                 f.expunge_modseq = f.expunge_modseq.max(*highest_modseq);
                 // A delivery below the restated UIDNEXT that the checkpoint does not place
-                // was expunged before it (docs/MAILSTORE.md).
-                if let Some(index) = ctx.index.as_deref_mut() {
+                // was expunged before it (docs/MAILSTORE.md). Counters outside a checkpoint
+                // (a user moved here, `relay user move`) restate nothing else.
+                let checkpoint = ctx.checkpoint;
+                if let Some(index) = ctx.index.as_deref_mut().filter(|_| checkpoint) {
                     let messages = &f.messages;
                     index.retain(|(fid, uid), _| {
                         fid != folder || *uid >= *uidnext || messages.contains_key(uid)

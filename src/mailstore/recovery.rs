@@ -105,7 +105,7 @@ impl UserStore {
                 match op {
                     StateOp::FolderCounters {
                         folder, uidnext, ..
-                    } if i == start => {
+                    } if i == start && record.is_checkpoint() => {
                         cp_uidnext.insert(*folder, *uidnext);
                     }
                     StateOp::Expunge { folder, uids, .. } => {
@@ -119,6 +119,7 @@ impl UserStore {
             sizes: &r.sizes,
             index: Some(&mut index),
             dangling: 0,
+            checkpoint: false,
         };
         for record in &records[start..] {
             self.apply_with(record, &mut ctx);

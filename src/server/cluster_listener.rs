@@ -65,10 +65,23 @@ pub const SEEN_FILE: &str = "cluster-seen";
 pub struct ClusterListener {
     pub node: String,
     pub tls: ClusterTls,
+    /// The listener's side of `tls`, with the ALPN protocols of the queue transfer and of
+    /// the user move ([`server_tls`]).
+    pub server_tls: Arc<rustls::ServerConfig>,
     pub session: Arc<SessionConfig>,
     pub seen: Seen,
     /// Queue transfers stored here (`relay node drain` on a peer): the duplicate record.
     pub xfer: Arc<super::xfer_in::XferLog>,
+}
+
+/// The cluster listener's TLS: `tls`'s server side that also offers the user-move
+/// conversation (`relay user move` on a peer, [`super::move_in`]).
+pub fn server_tls(tls: &ClusterTls) -> Arc<rustls::ServerConfig> {
+    let mut config = (*tls.server()).clone();
+    config
+        .alpn_protocols
+        .push(crate::cluster::move_wire::ALPN.to_vec());
+    Arc::new(config)
 }
 
 /// The cluster listener's session settings, from the public ones: peers are relay clients
@@ -108,10 +121,16 @@ pub async fn serve<C: Connection>(
         conn.shutdown();
         return;
     };
-    let config = cluster.tls.server();
+    let config = Arc::clone(&cluster.server_tls);
     match crate::net::tls::accept(conn, config, &[], ctx.tls_handshake_timeout).await {
         Ok((tls, summary)) => {
             ctx.metrics.smtp.tls_handshakes.inc();
+            if tls.alpn_protocol().as_deref() == Some(crate::cluster::move_wire::ALPN) {
+                // A peer moves one of its users here (`relay user move`).
+                super::move_in::serve(&tls, &ctx, peer).await;
+                drop(permit);
+                return;
+            }
             if tls.alpn_protocol().as_deref() == Some(crate::net::tls::XFER_ALPN) {
                 // A draining peer hands over its queue (`relay node drain`).
                 super::xfer_session::serve(&tls, &ctx, &cluster.xfer, peer).await;

@@ -413,7 +413,7 @@ fn goodbye(session: &mut Session, out: &mut Outbox, expiry: Expiry) {
 }
 
 /// Before login the session asks nothing of the store; should it, the answer is "no".
-fn unavailable(request: &Request) -> Answer {
+pub(super) fn unavailable(request: &Request) -> Answer {
     let no = StoreError::Unavailable;
     match request {
         Request::List => Answer::List(Err(no)),

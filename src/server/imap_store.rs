@@ -45,6 +45,12 @@ impl UserStoreLink {
 
     /// Answers one request; writes are durable before this returns.
     pub async fn serve(&mut self, ctx: &ShardContext, request: Request) -> Answer {
+        // A user being moved to another node, or moved already (`relay user move`): the
+        // session gets NO [UNAVAILABLE] and shows no change, so the deletion of the store here
+        // never reaches it as expunges; a new login goes to the new home.
+        if moved_away(ctx, &self.user) {
+            return super::imap::unavailable(&request);
+        }
         let store = &ctx.mail_store;
         let user = self.user.clone();
         let read = |f: &mut dyn FnMut(&mut UserStore)| store.folders().with(&user, |s| f(s));
@@ -424,6 +430,16 @@ impl UserStoreLink {
             }
         }
     }
+}
+
+/// Whether `user`'s store here is frozen for a move or no longer theirs (homed elsewhere).
+fn moved_away(ctx: &ShardContext, user: &str) -> bool {
+    ctx.mail_store.is_moving(user)
+        || ctx.login_proxy.as_ref().is_some_and(|proxy| {
+            proxy
+                .home_elsewhere(&ctx.auth.directory.current(), user)
+                .is_some()
+        })
 }
 
 fn folder(s: &UserStore, name: &str) -> Result<FolderId, StoreError> {

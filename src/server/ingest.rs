@@ -141,6 +141,7 @@ async fn store_traced(
             let reply = match error {
                 StoreError::Seal(_) => SubmitError::Sealing,
                 StoreError::Spool(SpoolError::Backpressure) => SubmitError::Backpressure,
+                StoreError::Moving => SubmitError::Backpressure,
                 StoreError::Spool(_) => SubmitError::Storage,
             };
             tracing::warn!(

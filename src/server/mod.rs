@@ -21,12 +21,14 @@ pub mod imap_store;
 pub mod imap_views;
 pub mod ingest;
 pub mod login_proxy;
+pub mod move_in;
 pub mod pop3;
 pub mod shard;
 pub mod signatures;
 pub mod signing;
 pub mod smtp;
 pub mod starttls;
+pub mod user_move;
 pub mod verifying;
 pub mod web_proxy;
 pub mod web_store;
@@ -620,6 +622,15 @@ fn start_admin(
             drain::DrainControl(drain),
         )));
     }
+    routes.extend(crate::admin::user_move::move_routes(Arc::new(
+        user_move::MoveControl(user_move::Mover::new(
+            config,
+            stores.cluster.as_ref().map(|(_, tls)| tls),
+            Arc::clone(&stores.mail_store),
+            Arc::clone(&stores.spool),
+            stores.directory.clone(),
+        )),
+    )));
     routes.extend(crate::admin::mailbox::mailbox_routes(
         Arc::clone(&stores.mail_store),
         stores.directory.clone(),
@@ -702,6 +713,7 @@ fn build_contexts(
         (Some((node, tls)), Some(_)) => Some(Arc::new(cluster_listener::ClusterListener {
             node: node.clone(),
             tls: tls.clone(),
+            server_tls: cluster_listener::server_tls(tls),
             session: Arc::new(cluster_listener::session_config(
                 &session,
                 homed_mailboxes(stores, true),
