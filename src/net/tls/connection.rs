@@ -26,7 +26,7 @@ use crate::net::io::Connection;
 /// with 4 KiB, `benches/idle_connections.sh 10000 uring tls`; a record carrying a command
 /// line fits in 1 KiB), growing to one maximal TLS record plus header while reads come back
 /// full (a message body), and back when they do not.
-const CIPHERTEXT_MIN: usize = 1024;
+const CIPHERTEXT_MIN: usize = 512;
 const CIPHERTEXT_MAX: usize = 16 * 1024 + 512;
 
 /// What the handshake agreed, for the Received header and the log.
