@@ -249,6 +249,24 @@ mod tests {
         assert_eq!(buf, b"keptEHLO x\r\nQUIT\r\n");
     }
 
+    async fn empty_buffer<K: Connector>(connector: K) {
+        // An empty buffer may be given back while the read waits (epoll): the caller gets
+        // one of the capacity it reserved, holding what came.
+        let (conn, mut peer) = pair(connector).await;
+        peer.write_all(b"NOOP\r\n").unwrap();
+        let (read, buf) = bounded(read_more(
+            &conn,
+            Vec::with_capacity(IDLE_READ),
+            far(),
+            std::future::pending::<()>(),
+            no_goodbye,
+        ))
+        .await;
+        assert!(matches!(read, Read::Data(6)), "{read:?}");
+        assert_eq!(buf, b"NOOP\r\n");
+        assert!(buf.capacity() >= IDLE_READ, "{}", buf.capacity());
+    }
+
     async fn peer_close<K: Connector>(connector: K) {
         let (conn, peer) = pair(connector).await;
         drop(peer);
@@ -360,7 +378,14 @@ mod tests {
         };
     }
 
-    on_both_engines!(data, peer_close, deadline, stop, silent_expiry);
+    on_both_engines!(
+        data,
+        empty_buffer,
+        peer_close,
+        deadline,
+        stop,
+        silent_expiry
+    );
 
     #[test]
     fn a_waiting_connection_holds_a_small_buffer_and_data_gets_a_chunk() {
