@@ -18,7 +18,7 @@ pub const READ_CHUNK: usize = 16 * 1024;
 /// idle connection costs: a command line or a pipelined group fits, and a read that fills it
 /// grows the buffer to a chunk for the next one (target: ≤ 8 KiB per idle connection,
 /// docs/ARCHITECTURE.md §12).
-pub const IDLE_READ: usize = 1024;
+pub const IDLE_READ: usize = 512;
 /// How long a goodbye (421) may take to write before the socket is simply shut.
 pub const GOODBYE_WRITE_LIMIT: Duration = Duration::from_secs(2);
 
@@ -140,18 +140,31 @@ pub async fn flush<C: Connection>(
 }
 
 /// Moves the unconsumed tail to the front and makes room for one more read. `waiting`: the
-/// session waits for a new command (not inside a message or a line), so an emptied buffer
-/// shrinks to [`IDLE_READ`] for the wait; otherwise the read gets a whole [`READ_CHUNK`].
+/// session waits for a command (not inside a message), so the buffer stays small:
+/// [`IDLE_READ`] when empty, and doubling only while a partial line fills it (a command line
+/// is bounded by the session, which consumes an over-long one as it discards it, so the
+/// growth is too); a large buffer left from a message is given back. Otherwise (message
+/// data) the read gets a whole [`READ_CHUNK`].
 pub fn compact(input: &mut Vec<u8>, consumed: &mut usize, waiting: bool) {
     if *consumed > 0 {
         input.drain(..*consumed);
         *consumed = 0;
     }
-    if waiting && input.is_empty() {
-        if input.capacity() > IDLE_READ {
-            *input = Vec::with_capacity(IDLE_READ);
-        } else if input.capacity() < IDLE_READ {
-            input.reserve_exact(IDLE_READ);
+    if waiting {
+        if input.is_empty() {
+            if input.capacity() != IDLE_READ {
+                *input = Vec::with_capacity(IDLE_READ);
+            }
+            return;
+        }
+        let wanted = (2 * input.len()).max(IDLE_READ);
+        if input.capacity() > 4 * wanted {
+            // What a message grew, with only the start of the next command in it.
+            input.shrink_to(wanted);
+        }
+        if input.capacity() - input.len() < IDLE_READ / 2 {
+            // Doubles: a line arriving in pieces costs a logarithmic number of moves.
+            input.reserve(input.capacity().max(IDLE_READ));
         }
         return;
     }
@@ -234,6 +247,24 @@ mod tests {
         .await;
         assert!(matches!(read, Read::Data(6)), "{read:?}");
         assert_eq!(buf, b"keptEHLO x\r\nQUIT\r\n");
+    }
+
+    async fn empty_buffer<K: Connector>(connector: K) {
+        // An empty buffer may be given back while the read waits (epoll): the caller gets
+        // one of the capacity it reserved, holding what came.
+        let (conn, mut peer) = pair(connector).await;
+        peer.write_all(b"NOOP\r\n").unwrap();
+        let (read, buf) = bounded(read_more(
+            &conn,
+            Vec::with_capacity(IDLE_READ),
+            far(),
+            std::future::pending::<()>(),
+            no_goodbye,
+        ))
+        .await;
+        assert!(matches!(read, Read::Data(6)), "{read:?}");
+        assert_eq!(buf, b"NOOP\r\n");
+        assert!(buf.capacity() >= IDLE_READ, "{}", buf.capacity());
     }
 
     async fn peer_close<K: Connector>(connector: K) {
@@ -347,7 +378,14 @@ mod tests {
         };
     }
 
-    on_both_engines!(data, peer_close, deadline, stop, silent_expiry);
+    on_both_engines!(
+        data,
+        empty_buffer,
+        peer_close,
+        deadline,
+        stop,
+        silent_expiry
+    );
 
     #[test]
     fn a_waiting_connection_holds_a_small_buffer_and_data_gets_a_chunk() {
@@ -357,13 +395,14 @@ mod tests {
         let mut consumed = input.len();
         compact(&mut input, &mut consumed, true);
         assert_eq!((input.len(), input.capacity()), (0, IDLE_READ));
-        // The small read filled up with half a command line: the next read gets a chunk.
+        // The small read filled up with part of a command line: the buffer doubles, no more.
         input.extend_from_slice(&[b'a'; IDLE_READ]);
-        let mut consumed = 0;
-        compact(&mut input, &mut consumed, true);
+        compact(&mut input, &mut 0, true);
         assert_eq!(input.len(), IDLE_READ, "the partial line is kept");
+        assert!(input.capacity() >= 2 * IDLE_READ && input.capacity() < READ_CHUNK);
+        // Inside a message the read gets a chunk, and an emptied buffer is not shrunk.
+        compact(&mut input, &mut 0, false);
         assert!(input.capacity() - input.len() >= READ_CHUNK / 4);
-        // Inside a message the emptied buffer is not shrunk.
         let mut consumed = input.len();
         let before = input.capacity();
         compact(&mut input, &mut consumed, false);
@@ -371,6 +410,160 @@ mod tests {
         // A fresh connection's empty buffer gets the small one too.
         let mut input = Vec::new();
         compact(&mut input, &mut 0, true);
+        assert_eq!(input.capacity(), IDLE_READ);
+    }
+
+    /// What a session does with command lines, reduced to the part that bounds the buffer:
+    /// takes every complete line; a partial line longer than `limit` is consumed as it is
+    /// discarded (up to its LF), and answered with one error.
+    struct Lines {
+        limit: usize,
+        discarding: bool,
+        lines: Vec<Vec<u8>>,
+        too_long: usize,
+    }
+
+    impl Lines {
+        fn new(limit: usize) -> Lines {
+            Lines {
+                limit,
+                discarding: false,
+                lines: Vec::new(),
+                too_long: 0,
+            }
+        }
+
+        fn take(&mut self, input: &[u8]) -> usize {
+            let mut at = 0;
+            loop {
+                let rest = &input[at..];
+                match rest.iter().position(|&b| b == b'\n') {
+                    Some(end) => {
+                        if self.discarding {
+                            self.discarding = false;
+                        } else if end + 1 > self.limit {
+                            self.too_long += 1;
+                        } else {
+                            self.lines.push(rest[..=end].to_vec());
+                        }
+                        at += end + 1;
+                    }
+                    None if self.discarding || rest.len() > self.limit => {
+                        if !self.discarding {
+                            self.too_long += 1;
+                            self.discarding = true;
+                        }
+                        return input.len();
+                    }
+                    None => return at,
+                }
+            }
+        }
+    }
+
+    /// One read as `Connection::read_into` does it: into the spare capacity only, at most
+    /// `max` of what the peer sent.
+    fn read_some(input: &mut Vec<u8>, peer: &mut &[u8], max: usize) {
+        let spare = input.capacity() - input.len();
+        assert!(spare > 0, "a read needs spare capacity");
+        let n = spare.min(max).min(peer.len());
+        input.extend_from_slice(&peer[..n]);
+        *peer = &peer[n..];
+    }
+
+    /// Feeds `sent` to `lines` in reads of at most `max`, as a driver does while waiting for
+    /// commands; the largest capacity the buffer reached.
+    fn drive_commands(sent: &[u8], max: usize, lines: &mut Lines) -> usize {
+        let mut peer = sent;
+        let (mut input, mut consumed, mut largest) = (Vec::new(), 0, 0);
+        while !peer.is_empty() {
+            compact(&mut input, &mut consumed, true);
+            largest = largest.max(input.capacity());
+            read_some(&mut input, &mut peer, max);
+            consumed += lines.take(&input[consumed..]);
+        }
+        compact(&mut input, &mut consumed, true);
+        assert_eq!(input.capacity(), IDLE_READ, "idle again after the commands");
+        largest
+    }
+
+    #[test]
+    fn a_command_split_across_many_small_reads_is_whole_and_small() {
+        let command = b"MAIL FROM:<someone@example.test> SIZE=1000\r\n";
+        let sent: Vec<u8> = command.repeat(20);
+        for max in [1, 2, 3, 7, 64] {
+            let mut lines = Lines::new(512);
+            let largest = drive_commands(&sent, max, &mut lines);
+            assert_eq!(lines.lines.len(), 20, "reads of {max}");
+            assert!(lines.lines.iter().all(|l| l == command));
+            assert_eq!(
+                largest, IDLE_READ,
+                "reads of {max}: never past the small buffer"
+            );
+        }
+    }
+
+    #[test]
+    fn a_line_longer_than_the_small_buffer_grows_it_within_the_line_limit() {
+        // A 2,000-octet line is still a command when the limit allows it.
+        let long = [vec![b'x'; 1998], b"\r\n".to_vec()].concat();
+        let mut lines = Lines::new(4096);
+        let largest = drive_commands(
+            &[long.clone(), b"QUIT\r\n".to_vec()].concat(),
+            300,
+            &mut lines,
+        );
+        assert_eq!(lines.lines, vec![long, b"QUIT\r\n".to_vec()]);
+        assert!(largest >= 2000 && largest <= 4 * 2000, "{largest}");
+    }
+
+    #[test]
+    fn an_over_long_line_is_refused_and_the_buffer_stays_bounded() {
+        // 1 MiB without a line end, over reads of every size: the limit is what bounds the
+        // buffer, not the line.
+        let limit = 512;
+        let sent = [vec![b'y'; 1 << 20], b"\r\nNOOP\r\n".to_vec()].concat();
+        for max in [100, 1000, READ_CHUNK] {
+            let mut lines = Lines::new(limit);
+            let largest = drive_commands(&sent, max, &mut lines);
+            assert_eq!(lines.too_long, 1, "one error for the line (reads of {max})");
+            assert_eq!(
+                lines.lines,
+                vec![b"NOOP\r\n".to_vec()],
+                "the next command is whole"
+            );
+            assert!(
+                largest <= 4 * (limit + IDLE_READ),
+                "reads of {max}: {largest}"
+            );
+        }
+    }
+
+    #[test]
+    fn several_mib_of_data_read_in_chunks_then_the_buffer_is_given_back() {
+        let body = vec![b'z'; 5 << 20];
+        let mut peer = &body[..];
+        let (mut input, mut consumed, mut got, mut reads) = (Vec::new(), 0, 0usize, 0);
+        while !peer.is_empty() {
+            compact(&mut input, &mut consumed, false);
+            assert!(input.capacity() <= 2 * READ_CHUNK, "{}", input.capacity());
+            read_some(&mut input, &mut peer, usize::MAX);
+            reads += 1;
+            // The session takes all but a possible partial line's worth.
+            let take = (input.len() - consumed).saturating_sub(100);
+            got += take;
+            consumed += take;
+        }
+        got += input.len() - consumed;
+        consumed = input.len();
+        assert_eq!(got, body.len());
+        assert!(reads <= body.len() / (READ_CHUNK / 4), "{reads} reads");
+        // The next command: a partial one in the large buffer shrinks it, then empty: small.
+        input.extend_from_slice(b"QU");
+        compact(&mut input, &mut consumed, true);
+        assert!(input.capacity() < READ_CHUNK, "{}", input.capacity());
+        consumed = input.len();
+        compact(&mut input, &mut consumed, true);
         assert_eq!(input.capacity(), IDLE_READ);
     }
 }

@@ -181,20 +181,27 @@ pub mod epoll {
     pub struct EpollConnection(tokio::net::TcpStream);
 
     impl Connection for EpollConnection {
-        async fn read_into(&self, mut buf: Vec<u8>) -> (io::Result<usize>, Vec<u8>) {
+        /// An empty buffer is not needed until the socket is readable: it is given back
+        /// for the wait and allocated again at its capacity for the read, so a connection
+        /// waiting for its next command holds no read buffer on this engine.
+        async fn read_into(&self, buf: Vec<u8>) -> (io::Result<usize>, Vec<u8>) {
             if buf.len() == buf.capacity() {
                 return (
                     Err(io::Error::other("read buffer has no spare capacity")),
                     buf,
                 );
             }
+            let capacity = buf.capacity();
+            let mut parked = if buf.is_empty() { None } else { Some(buf) };
             loop {
-                if let Err(e) = self.0.readable().await {
-                    return (Err(e), buf);
+                let ready = self.0.readable().await;
+                let buf = parked.get_or_insert_with(|| Vec::with_capacity(capacity));
+                if let Err(e) = ready {
+                    return (Err(e), std::mem::take(buf));
                 }
-                match self.0.try_read_buf(&mut buf) {
+                match self.0.try_read_buf(buf) {
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                    result => return (result, buf),
+                    result => return (result, std::mem::take(buf)),
                 }
             }
         }

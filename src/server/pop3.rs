@@ -131,7 +131,9 @@ impl Upgradable for Link {
                             .then(|| login_proxy::Offered::pop3(&credentials));
                         // A failure is answered after `pop3.auth_failure_delay`.
                         let proof = credentials.into();
-                        let check = ctx.auth.check(Protocol::Pop3, peer.ip(), proof);
+                        // Boxed, as the other rare waits here: an idle session's task carries
+                        // none of their state.
+                        let check = Box::pin(ctx.auth.check(Protocol::Pop3, peer.ip(), proof));
                         let user = tokio::select! {
                             biased;
                             user = check => user,
@@ -159,7 +161,7 @@ impl Upgradable for Link {
                                         pending: &mut out.bytes,
                                         input: &input[*consumed..],
                                     };
-                                    login_proxy::pop3(conn, proxied, login).await
+                                    Box::pin(login_proxy::pop3(conn, proxied, login)).await
                                 }
                                 None => login_proxy::Proxied::Unavailable,
                             };
@@ -214,7 +216,7 @@ impl Upgradable for Link {
                     }
                     Event::Update { deleted } => {
                         let result = match &maildrop {
-                            Some(lock) => delete(ctx, lock, &deleted).await,
+                            Some(lock) => Box::pin(delete(ctx, lock, &deleted)).await,
                             None => Err(NotStored),
                         };
                         session.updated(result, out);
@@ -235,7 +237,7 @@ impl Upgradable for Link {
                         // As after SMTP's STARTTLS: nothing pipelined behind STLS may
                         // reach TLS.
                         let limit = ctx.pop3.idle_timeout;
-                        return starttls::hand_over(
+                        return Box::pin(starttls::hand_over(
                             conn,
                             &mut out.bytes,
                             limit,
@@ -243,7 +245,7 @@ impl Upgradable for Link {
                             consumed,
                             peer,
                             "STLS",
-                        )
+                        ))
                         .await;
                     }
                 }

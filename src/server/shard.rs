@@ -261,7 +261,10 @@ async fn serve<C: Connection>(
     input: Vec<u8>,
 ) {
     // The cluster's count of this client's connections, after the node's own tables.
-    let permit = match ctx.shared.connection(peer.ip()).await {
+    // Boxed, as each protocol's driver below: a task is allocated at the size of its largest
+    // state, so unboxed every idle SMTP connection would carry room for this lookup and for
+    // the largest protocol's state (`benches/idle_connections.sh`).
+    let permit = match Box::pin(ctx.shared.connection(peer.ip())).await {
         Ok(lease) => permit.with_lease(lease),
         Err(refusal) => {
             drop(permit);
@@ -269,10 +272,22 @@ async fn serve<C: Connection>(
         }
     };
     match protocol {
-        Protocol::Smtp => smtp::serve(conn, peer, ctx, permit, input, implicit_tls).await,
-        Protocol::Pop3 => pop3::serve(conn, peer, ctx, permit, input, implicit_tls).await,
-        Protocol::Imap => super::imap::serve(conn, peer, ctx, permit, input, implicit_tls).await,
-        Protocol::Cluster => super::cluster_listener::serve(conn, peer, ctx, permit).await,
+        Protocol::Smtp => Box::pin(smtp::serve(conn, peer, ctx, permit, input, implicit_tls)).await,
+        Protocol::Pop3 => Box::pin(pop3::serve(conn, peer, ctx, permit, input, implicit_tls)).await,
+        Protocol::Imap => {
+            Box::pin(super::imap::serve(
+                conn,
+                peer,
+                ctx,
+                permit,
+                input,
+                implicit_tls,
+            ))
+            .await
+        }
+        Protocol::Cluster => {
+            Box::pin(super::cluster_listener::serve(conn, peer, ctx, permit)).await
+        }
     }
 }
 

@@ -82,7 +82,9 @@ pub async fn serve<C: Connection>(
         .flatten();
     if let Some(resolver) = resolver {
         let ip = peer.ip().to_canonical();
-        if let Some((zone, code)) = dnsbl::check(resolver, ip, &dnsbl.zones, dnsbl.timeout).await {
+        if let Some((zone, code)) =
+            Box::pin(dnsbl::check(resolver, ip, &dnsbl.zones, dnsbl.timeout)).await
+        {
             tracing::info!(target: "relay::smtp", client = %ip, zone = %zone, code = %code, "client on a block list");
             link.session.client_listed(zone);
         }
@@ -206,7 +208,10 @@ impl Upgradable for Link {
                     }
                     Event::Authenticate(credentials) => {
                         let client = peer.ip().to_canonical();
-                        let check = ctx.auth.check(Protocol::Smtp, client, credentials.into());
+                        // Boxed (as the other rare waits here): an idle connection's task carries
+                        // none of their state.
+                        let check =
+                            Box::pin(ctx.auth.check(Protocol::Smtp, client, credentials.into()));
                         let result = tokio::select! {
                             biased;
                             result = check => Some(result),
@@ -229,7 +234,7 @@ impl Upgradable for Link {
                     }
                     Event::CheckRate(client) => {
                         // Bounded by cluster.redis.timeout, then the failure policy decides.
-                        let admitted = ctx.shared.message(client).await;
+                        let admitted = Box::pin(ctx.shared.message(client)).await;
                         session.rate_checked(admitted, out);
                         progressed = true;
                     }
@@ -237,7 +242,7 @@ impl Upgradable for Link {
                         ctx.metrics.smtp.bytes_sent.inc_by(out.bytes.len() as u64);
                         // RFC 3207 §5: nothing pipelined behind STARTTLS may reach TLS.
                         let limit = ctx.command_timeout;
-                        return starttls::hand_over(
+                        return Box::pin(starttls::hand_over(
                             conn,
                             &mut out.bytes,
                             limit,
@@ -245,7 +250,7 @@ impl Upgradable for Link {
                             consumed,
                             peer,
                             "STARTTLS",
-                        )
+                        ))
                         .await;
                     }
                     Event::Rejected(summary) => {

@@ -24,9 +24,9 @@ use crate::net::io::Connection;
 /// Ciphertext read per call: small while the peer sends commands (an idle connection's
 /// pending read holds this buffer: 51 KiB per idle TLS connection with 16 KiB here, 35 KiB
 /// with 4 KiB, `benches/idle_connections.sh 10000 uring tls`; a record carrying a command
-/// line fits in 1 KiB), growing to one maximal TLS record plus header while reads come back
+/// line fits in 512 octets), growing to one maximal TLS record plus header while reads come back
 /// full (a message body), and back when they do not.
-const CIPHERTEXT_MIN: usize = 1024;
+const CIPHERTEXT_MIN: usize = 512;
 const CIPHERTEXT_MAX: usize = 16 * 1024 + 512;
 
 /// What the handshake agreed, for the Received header and the log.
@@ -356,7 +356,19 @@ impl<C: Connection> Connection for TlsConnection<C> {
                     return (Err(e), buf);
                 }
             }
-            if let Err(e) = self.receive().await {
+            // Nothing copied yet into an empty buffer: it is given back while the ciphertext
+            // is waited for (an idle session holds only the ciphertext read's buffer) and
+            // allocated again at its capacity.
+            let capacity = buf.capacity();
+            let parked = start == 0 && buf.is_empty();
+            if parked {
+                buf = Vec::new();
+            }
+            let received = self.receive().await;
+            if parked {
+                buf = Vec::with_capacity(capacity);
+            }
+            if let Err(e) = received {
                 return (Err(e), buf);
             }
         }
