@@ -138,46 +138,55 @@ fn authserv_id(value: &[u8]) -> &[u8] {
 /// authserv-id is `ours`, or `None` when there is none (the message is not copied).
 pub fn remove_ours(message: &[u8], ours: &str) -> Option<Vec<u8>> {
     let header_end = header_section_end(message);
-    let mut fields = Vec::new();
+    let headers = &message[..header_end];
+    let forged = |field: &[u8]| {
+        let Some(colon) = memchr::memchr(b':', field) else {
+            return false;
+        };
+        let name = field[..colon].trim_ascii();
+        name.eq_ignore_ascii_case(b"Authentication-Results")
+            && authserv_id(&field[colon + 1..]).eq_ignore_ascii_case(ours.as_bytes())
+    };
+    // Every message passes here and almost none carries a forged field: look first, copy
+    // only when there is one.
+    if !fields(headers).any(forged) {
+        return None;
+    }
+    let mut kept = Vec::with_capacity(message.len());
+    for field in fields(headers).filter(|f| !forged(f)) {
+        kept.extend_from_slice(field);
+    }
+    kept.extend_from_slice(&message[header_end..]);
+    Some(kept)
+}
+
+/// The fields of a header section, each with its folded lines and line ending; a field runs
+/// to the line break not followed by white space (unfolding, RFC 5322 §2.2.3).
+fn fields(headers: &[u8]) -> impl Iterator<Item = &[u8]> {
     let mut start = 0;
-    while start < header_end {
+    std::iter::from_fn(move || {
+        if start >= headers.len() {
+            return None;
+        }
         let mut end = start;
-        // A field runs to the CRLF not followed by white space (unfolding, RFC 5322 §2.2.3).
         loop {
-            match message[end..header_end].iter().position(|&b| b == b'\n') {
+            match memchr::memchr(b'\n', &headers[end..]) {
                 Some(at) => {
                     end += at + 1;
-                    if end >= header_end || !matches!(message[end], b' ' | b'\t') {
+                    if end >= headers.len() || !matches!(headers[end], b' ' | b'\t') {
                         break;
                     }
                 }
                 None => {
-                    end = header_end;
+                    end = headers.len();
                     break;
                 }
             }
         }
-        fields.push(start..end);
+        let field = &headers[start..end];
         start = end;
-    }
-    let forged = |field: &std::ops::Range<usize>| {
-        let bytes = &message[field.clone()];
-        let Some(colon) = bytes.iter().position(|&b| b == b':') else {
-            return false;
-        };
-        let name = bytes[..colon].trim_ascii();
-        name.eq_ignore_ascii_case(b"Authentication-Results")
-            && authserv_id(&bytes[colon + 1..]).eq_ignore_ascii_case(ours.as_bytes())
-    };
-    if !fields.iter().any(forged) {
-        return None;
-    }
-    let mut kept = Vec::with_capacity(message.len());
-    for field in fields.iter().filter(|f| !forged(f)) {
-        kept.extend_from_slice(&message[field.clone()]);
-    }
-    kept.extend_from_slice(&message[header_end..]);
-    Some(kept)
+        Some(field)
+    })
 }
 
 /// Where the header section ends: after the last field line, before the empty line (or
@@ -187,7 +196,7 @@ fn header_section_end(message: &[u8]) -> usize {
         return 0;
     }
     let mut at = 0;
-    while let Some(nl) = message[at..].iter().position(|&b| b == b'\n') {
+    while let Some(nl) = memchr::memchr(b'\n', &message[at..]) {
         let next = at + nl + 1;
         if message[next..].starts_with(b"\r\n") || message[next..].starts_with(b"\n") {
             return next;

@@ -13,9 +13,11 @@
 #![forbid(unsafe_code)]
 
 pub mod authres;
+pub mod body_hash;
 pub mod cache;
 pub mod dmarc;
 pub mod keys;
+pub mod message;
 pub mod policy;
 pub mod report;
 pub mod sign;

@@ -24,13 +24,12 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use mail_auth::dkim::DkimError;
 use mail_auth::hickory_resolver::proto::op::ResponseCode;
 use mail_auth::hickory_resolver::proto::rr::RData;
-use mail_auth::{
-    AuthenticatedMessage, DkimOutput, DkimResult, Error, MessageAuthenticator, SpfOutput, SpfResult,
-};
+use mail_auth::{DkimOutput, DkimResult, Error, MessageAuthenticator, SpfOutput, SpfResult};
 
 use super::authres::{self, Clause};
 use super::cache::Caches;
 use super::dmarc;
+use super::message;
 use super::policy::{self, Action, DmarcStatus, Requested, Verdicts};
 use super::report::{AuthResult, Observation, PublishedPolicy};
 
@@ -314,7 +313,7 @@ async fn run(
         };
         (helo, mail_from)
     };
-    let mut parsed = AuthenticatedMessage::parse(message);
+    let mut parsed = message::parse(message);
     if let Some(parsed) = parsed.as_mut() {
         // Each signature costs a key lookup and a verification: a peer must not be able
         // to make one message cost hundreds (RFC 6376 §6.1 lets verifiers limit them).

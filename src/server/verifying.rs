@@ -122,9 +122,14 @@ pub async fn check(
     let roll = verifying.roll();
     let action = policy::decide(&settings.policy, &results.verdicts(roll));
     let header = results.header(authserv_id);
-    if let Some(observation) = results.observation(&who, action) {
-        // A deferred message comes back and is counted then.
-        if action != Action::Defer {
+    // A deferred message comes back and is counted then. Only a record that asks for
+    // reports (`rua=`) is counted, so the observation is built only for one.
+    let reported = results
+        .published
+        .as_ref()
+        .is_some_and(|published| !published.rua.is_empty());
+    if reported && action != Action::Defer {
+        if let Some(observation) = results.observation(&who, action) {
             verifying.shared.reports.record(observation);
         }
     }
