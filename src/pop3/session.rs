@@ -1258,7 +1258,11 @@ mod tests {
                             if with {
                                 session.retrieved_with(&mut out, |buf| {
                                     buf.extend_from_slice(message);
-                                    if fails { Err(Unavailable) } else { Ok(()) }
+                                    if fails {
+                                        Err(Unavailable)
+                                    } else {
+                                        Ok(())
+                                    }
                                 });
                             } else if fails {
                                 session.retrieved(Err(Unavailable), &mut out);

@@ -29,8 +29,7 @@ use super::starttls::{self, DriveEnd, Upgradable, Wire};
 use crate::envelope::QueueId;
 use crate::mailbox::MaildropLock;
 use crate::net::conn::{
-    compact, flush, read_more, stop_requested, within, Expired, Expiry, Read,
-    GOODBYE_WRITE_LIMIT,
+    compact, flush, read_more, stop_requested, within, Expired, Expiry, Read, GOODBYE_WRITE_LIMIT,
 };
 use crate::net::io::Connection;
 use crate::net::tls::TlsSummary;

@@ -866,8 +866,14 @@ fn read_body_locates_at_once_and_verifies() {
     assert!(err.to_string().contains("checksum"), "{err}");
     // Appending reads leave the buffer as it was on any error.
     let mut buf = b"kept".to_vec();
-    assert!(matches!(spool.read_body_append(m.id, &mut buf), Err(SpoolError::Corrupt { .. })));
-    assert!(matches!(spool.read_body_append(missing, &mut buf), Err(SpoolError::NotFound(_))));
+    assert!(matches!(
+        spool.read_body_append(m.id, &mut buf),
+        Err(SpoolError::Corrupt { .. })
+    ));
+    assert!(matches!(
+        spool.read_body_append(missing, &mut buf),
+        Err(SpoolError::NotFound(_))
+    ));
     assert_eq!(buf, b"kept");
     spool.close().unwrap();
 }
