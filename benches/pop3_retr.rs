@@ -3,7 +3,9 @@
 //!
 //! - `pop3_retr/retr_10k`: one `RETR 1` through `handle_input`, the `Retrieve` event answered
 //!   with the stored bytes, the stuffed response encoded (bytes = message size);
-//! - `pop3_retr/stuff_10k`: byte-stuffing alone;
+//! - `pop3_retr/retr_10k_into_output`: the same answered the way the server does, the
+//!   message copied straight into the output (as the spool's pread does) and stuffed there;
+//! - `pop3_retr/stuff_10k`: byte-stuffing alone; `stuff_in_place_10k`: in place;
 //! - `pop3_fetch/fetch_and_delete_100`: a whole pipelined session: login, 100 × (RETR n,
 //!   DELE n), QUIT and its UPDATE (elements = messages).
 //!
@@ -15,7 +17,8 @@ use std::sync::Arc;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use relay::pop3::{
-    retr_size, stuff, Event, LockResult, MaildropEntry, Outbox, Session, SessionConfig,
+    retr_size, stuff, stuff_in_place, Event, LockResult, MaildropEntry, Outbox, Session,
+    SessionConfig,
 };
 
 const MESSAGES: usize = 100;
@@ -81,6 +84,32 @@ fn retr(c: &mut Criterion) {
             };
             session.retrieved(Ok(black_box(&message)), &mut out);
             black_box(out.bytes.len())
+        })
+    });
+    group.bench_function("retr_10k_into_output", |b| {
+        let mut out = Outbox::default();
+        let mut session = logged_in(&config, &message, 1, &mut out);
+        b.iter(|| {
+            out.clear();
+            let consumed = session.handle_input(black_box(b"RETR 1\r\n"), &mut out);
+            debug_assert_eq!(consumed, 8);
+            let Some(Event::Retrieve { index: 0, .. }) = out.events.pop() else {
+                panic!("no retrieve");
+            };
+            session.retrieved_with(&mut out, |buf| {
+                buf.extend_from_slice(black_box(&message));
+                Ok(())
+            });
+            black_box(out.bytes.len())
+        })
+    });
+    group.bench_function("stuff_in_place_10k", |b| {
+        let mut out = Vec::with_capacity(message.len() * 2);
+        b.iter(|| {
+            out.clear();
+            out.extend_from_slice(black_box(&message));
+            stuff_in_place(&mut out, 0);
+            black_box(out.len())
         })
     });
     group.bench_function("stuff_10k", |b| {

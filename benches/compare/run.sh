@@ -18,8 +18,14 @@
 #          to the same loadgen sink; for both the end-to-end rate (until the sink has every
 #          accepted message), and for relay the delivery latency (250 after DATA → the
 #          next hop's 250, from relay's log);
-#        - POP3: $USERS mailboxes × $PER_USER messages of $SIZE, drained by
-#          loadgen pop3 --connections $POP3_CONNECTIONS (login, STAT, RETR + DELE all, QUIT);
+#        - POP3: each workload of $POP3_WORKLOADS (NAME:MAILBOXES:MESSAGES:SIZE; by default
+#          `login`, $USERS × $PER_USER × $SIZE, where the argon2id logins are most of the run;
+#          `retrieval`, 20 × 1000 × 10 KiB; `large`, 20 × 10 × 1 MiB), filled afresh (relay
+#          through SMTP into a fresh spool, Dovecot's Maildirs written directly) and drained
+#          by loadgen pop3 --connections $POP3_CONNECTIONS (login, STAT, RETR + DELE all,
+#          QUIT), once one command at a time and once with --pipelining --window
+#          $POP3_WINDOW (both servers offer PIPELINING); the rate is also given without the
+#          logins (loadgen's `msgs_per_s_retrieval`);
 #      plus loadgen → loadgen sink with the same SMTP workload (the client's own ceiling).
 #   3b. IMAP (IMAP=1), relay against a second Dovecot (own config, Maildirs, same argon2id
 #      hash) on loopback ports: $IMAP_USERS mailboxes filled with $IMAP_MESSAGES messages of
@@ -35,7 +41,9 @@
 #      and stops Postfix, Dovecot, relay and the sink. Nothing listens beyond 127.0.0.1.
 #
 # Knobs (environment): ROUNDS=2 DURATION=10s CONNECTIONS=50 SIZE=10KiB USERS=20 PER_USER=50
-# POP3_CONNECTIONS=4 WORK=/var/lib/relay-compare KEEP=0 (keep $WORK) RELAY_BIN LOADGEN_BIN
+# POP3_CONNECTIONS=4 POP3_WORKLOADS (see 3.) POP3_MODES="plain pipelined" POP3_WINDOW=32
+# POP3_ONLY=0 (1: only the POP3 section, no SMTP ingest or IMAP)
+# WORK=/var/lib/relay-compare KEEP=0 (keep $WORK) RELAY_BIN LOADGEN_BIN
 # (skip the build) CARGO_TARGET_DIR; IMAP=1 (0 skips the IMAP section) IMAP_ONLY=0 (1: only
 # the IMAP section, no Postfix, sink or POP3; RELAY_BIN=none then runs Dovecot's side alone)
 # IMAP_USERS=4 IMAP_MESSAGES=10000 (per mailbox) IMAP_SIZE=$SIZE IMAP_CONNECTIONS=4
@@ -51,6 +59,13 @@ SIZE=${SIZE:-10KiB}
 USERS=${USERS:-20}
 PER_USER=${PER_USER:-50}
 POP3_CONNECTIONS=${POP3_CONNECTIONS:-4}
+POP3_WORKLOADS=${POP3_WORKLOADS:-login:$USERS:$PER_USER:$SIZE retrieval:20:1000:10KiB large:20:10:1MiB}
+POP3_MODES=${POP3_MODES:-plain pipelined}
+POP3_WINDOW=${POP3_WINDOW:-32}
+POP3_ONLY=${POP3_ONLY:-0}
+[ "$POP3_ONLY" = 1 ] && IMAP=0
+# The mailboxes the largest POP3 workload needs (both servers know that many users).
+POP3_USERS_MAX=$(for w in $POP3_WORKLOADS; do echo "$w" | cut -d: -f2; done | sort -n | tail -1)
 WORK=${WORK:-/var/lib/relay-compare}
 KEEP=${KEEP:-0}
 IMAP=${IMAP:-1}
@@ -265,7 +280,7 @@ PF_MASTER_PID() { head -1 "$WORK/postfix-queue/pid/master.pid" 2>/dev/null | tr 
 DV_PORT=$(free_port)
 mkdir -p -m 755 "$WORK/dovecot" "$WORK/dovecot/run" "$WORK/dovecot/state" "$WORK/maildirs"
 : >"$WORK/dovecot/users"
-for ((i = 0; i < USERS; i++)); do echo "user$i:{ARGON2ID}$HASH" >>"$WORK/dovecot/users"; done
+for ((i = 0; i < POP3_USERS_MAX; i++)); do echo "user$i:{ARGON2ID}$HASH" >>"$WORK/dovecot/users"; done
 cat >"$DV_CONF" <<EOF
 # relay's comparison: POP3 on loopback over Maildirs.
 protocols = pop3
@@ -408,31 +423,46 @@ run_sink_ingest() {
     record sink-ingest "$1" "$json"
 }
 
-pop3_load() { # $1: HOST:PORT
-    "$LOADGEN_BIN" pop3 --target "$1" --connections "$POP3_CONNECTIONS" \
-        --user-pattern 'user{n}:password' --user-count "$USERS" --json 2>/dev/null
+# One POP3 run: $1 relay|dovecot, $2 workload NAME:MAILBOXES:MESSAGES:SIZE, $3 plain|pipelined,
+# $4 round. Recorded as "<server>-pop3-<name>-<mode>".
+run_pop3() {
+    local server=$1 workload=$2 mode=$3 round=$4 name users per size target pss json
+    IFS=: read -r name users per size <<<"$workload"
+    if [ "$server" = relay ]; then
+        launch_relay bench.test "$users" || die "relay did not start: $(tail -5 "$WORK/relay.log")"
+        RELAY_SMTP=$(grep -o 'protocol="smtp" addr=[0-9.:]*' "$WORK/relay.log" | sed 's/.*addr=//')
+        target=$(grep -o 'protocol="pop3" addr=[0-9.:]*' "$WORK/relay.log" | sed 's/.*addr=//')
+        # Fill the mailboxes through SMTP (recipients drawn at random from user0..).
+        local filled
+        filled=$("$LOADGEN_BIN" smtp --target "$RELAY_SMTP" --connections 8 --size "$size" \
+            --messages $((users * per)) --to-domain bench.test --users "$users" \
+            --pipelining --json --max-time 1h 2>/dev/null |
+            python3 -c 'import json,sys; print(json.load(sys.stdin)["messages"]["accepted"])')
+        [ "$filled" -eq $((users * per)) ] || die "relay accepted only $filled messages for the mailboxes"
+    else
+        fill_maildirs "$users" "$per" "$size"
+        target=127.0.0.1:$DV_PORT
+    fi
+    local args=()
+    if [ "$mode" = pipelined ]; then args=(--pipelining --window "$POP3_WINDOW"); fi
+    json=$("$LOADGEN_BIN" pop3 --target "$target" --connections "$POP3_CONNECTIONS" \
+        --user-pattern 'user{n}:password' --user-count "$users" --json --max-time 1h \
+        "${args[@]}" 2>>"$WORK/pop3-loadgen.log")
+    if [ "$server" = relay ]; then
+        pss=$(pss_tree "$RELAY_PID")
+        stop_relay
+    else
+        pss=$(pss_tree "$(DV_MASTER_PID)")
+    fi
+    [ "$(jget "$json" messages/retrieved)" -eq $((users * per)) ] ||
+        log "pop3: $server retrieved $(jget "$json" messages/retrieved) of $((users * per)) ($name, $mode)"
+    record "$server-pop3-$name-$mode" "$round" "$json" "pss_mib=${pss% *}"
+    log "round $round $server pop3 $name $mode: $(printf %.0f "$(jget "$json" msgs_per_s)") msgs/s, $(printf %.0f "$(jget "$json" msgs_per_s_retrieval)") without the logins, RETR p50/p99/p99.9 $(jget "$json" latency_ms/retr/p50_ms)/$(jget "$json" latency_ms/retr/p99_ms)/$(jget "$json" latency_ms/retr/p99_9_ms) ms"
 }
 
-run_relay_pop3() {
-    start_relay bench.test
-    # Fill the mailboxes through SMTP (recipients drawn at random from user0..).
-    local filled
-    filled=$("$LOADGEN_BIN" smtp --target "$RELAY_SMTP" --connections 8 --size "$SIZE" \
-        --messages $((USERS * PER_USER)) --to-domain bench.test --users "$USERS" \
-        --pipelining --json 2>/dev/null |
-        python3 -c 'import json,sys; print(json.load(sys.stdin)["messages"]["accepted"])')
-    [ "$filled" -eq $((USERS * PER_USER)) ] || die "relay accepted only $filled messages for the mailboxes"
-    local json pss
-    json=$(pop3_load "$RELAY_POP3")
-    pss=$(pss_tree "$RELAY_PID")
-    stop_relay
-    record relay-pop3 "$1" "$json" "pss_mib=${pss% *}"
-    log "round $1 relay pop3: $(echo "$json" | python3 -c 'import json,sys; print(round(json.load(sys.stdin)["msgs_per_s"]), "msgs/s")')"
-}
-
-fill_maildirs() {
+fill_maildirs() { # $1: mailboxes, $2: messages each, $3: size
     rm -rf "$WORK/maildirs"
-    python3 - "$WORK/maildirs" "$USERS" "$PER_USER" "$SIZE" <<'EOF'
+    python3 - "$WORK/maildirs" "$1" "$2" "$3" <<'EOF'
 import os, sys, random
 root, users, per_user, size = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
 units = {"KiB": 1024, "MiB": 1 << 20, "kB": 1000, "KB": 1000, "MB": 10**6, "B": 1}
@@ -459,13 +489,20 @@ EOF
     chown -R nobody:nogroup "$WORK/maildirs"
 }
 
-run_dovecot_pop3() {
-    fill_maildirs
-    local json pss
-    json=$(pop3_load "127.0.0.1:$DV_PORT")
-    pss=$(pss_tree "$(DV_MASTER_PID)")
-    record dovecot-pop3 "$1" "$json" "pss_mib=${pss% *}"
-    log "round $1 dovecot pop3: $(echo "$json" | python3 -c 'import json,sys; print(round(json.load(sys.stdin)["msgs_per_s"]), "msgs/s")')"
+# Every POP3 workload and mode, relay and Dovecot alternating which goes first.
+pop3_round() { # $1: round
+    local workload mode
+    for workload in $POP3_WORKLOADS; do
+        for mode in $POP3_MODES; do
+            if (($1 % 2 == 1)); then
+                run_pop3 relay "$workload" "$mode" "$1"
+                run_pop3 dovecot "$workload" "$mode" "$1"
+            else
+                run_pop3 dovecot "$workload" "$mode" "$1"
+                run_pop3 relay "$workload" "$mode" "$1"
+            fi
+        done
+    done
 }
 
 # ---------------------------------------------------------------------------------------------
@@ -685,19 +722,18 @@ imap_round() { # $1: relay|dovecot, $2: HOST:PORT, $3: round, $4…: the server'
 log "load average before: $(cut -d' ' -f1-3 /proc/loadavg)"
 if [ "$IMAP_ONLY" != 1 ]; then
 for ((round = 1; round <= ROUNDS; round++)); do
-    if ((round % 2 == 1)); then
-        run_relay_ingest "$round"
-        run_postfix_ingest "$round"
-        run_relay_pop3 "$round"
-        run_dovecot_pop3 "$round"
-    else
-        run_postfix_ingest "$round"
-        run_relay_ingest "$round"
-        run_dovecot_pop3 "$round"
-        run_relay_pop3 "$round"
+    if [ "$POP3_ONLY" != 1 ]; then
+        if ((round % 2 == 1)); then
+            run_relay_ingest "$round"
+            run_postfix_ingest "$round"
+        else
+            run_postfix_ingest "$round"
+            run_relay_ingest "$round"
+        fi
     fi
+    pop3_round "$round"
 done
-run_sink_ingest 1
+if [ "$POP3_ONLY" != 1 ]; then run_sink_ingest 1; fi
 fi
 
 if [ "$IMAP" = 1 ]; then
@@ -726,10 +762,10 @@ LOAD_AFTER=$(cut -d' ' -f1-3 /proc/loadavg)
 python3 - "$RESULTS" "$ROUNDS" "$DURATION" "$CONNECTIONS" "$SIZE" "$USERS" "$PER_USER" \
     "$POP3_CONNECTIONS" "$LOAD_AFTER" "$(postconf -d -h mail_version 2>/dev/null || echo '?')" \
     "$(dovecot --version 2>/dev/null | cut -d' ' -f1)" "$IMAP_USERS" "$IMAP_MESSAGES" \
-    "$IMAP_SIZE" "$IMAP_CONNECTIONS" <<'EOF'
+    "$IMAP_SIZE" "$IMAP_CONNECTIONS" "$POP3_WORKLOADS" "$POP3_MODES" "$POP3_WINDOW" <<'EOF'
 import json, statistics, sys
 (path, rounds, duration, conns, size, users, per_user, pconns, load, pf_ver, dv_ver,
- iusers, imsgs, isize, iconns) = sys.argv[1:]
+ iusers, imsgs, isize, iconns, pop3_workloads, pop3_modes, pop3_window) = sys.argv[1:]
 runs = [json.loads(l) for l in open(path)]
 def med(name, key):
     vals = []
@@ -756,13 +792,25 @@ for q in ("p50_ms", "p99_ms"):
     rows.append((f"SMTP transaction {q[:3]} (ms)", f(a, 2), f(b, 2), ratio(b, a) + " lower" if a and b else "–"))
 a, b = med("relay-ingest", "pss_mib"), med("postfix-ingest", "pss_mib")
 rows.append(("memory after ingest, PSS (MiB; processes)", f"{f(a, 1)} (1)", f"{f(b, 1)} ({f(med('postfix-ingest', 'processes'))})", "–"))
-rp, dp = med("relay-pop3", "msgs_per_s"), med("dovecot-pop3", "msgs_per_s")
-rows.append((f"POP3 RETR+DELE, {users}×{per_user} × {size}, {pconns} clients (msgs/s)", f(rp), f(dp), ratio(rp, dp)))
-for q in ("p50_ms", "p99_ms"):
-    a, b = med("relay-pop3", f"latency_ms/retr/{q}"), med("dovecot-pop3", f"latency_ms/retr/{q}")
-    rows.append((f"POP3 RETR {q[:3]} (ms)", f(a, 2), f(b, 2), ratio(b, a) + " lower" if a and b else "–"))
-a, b = med("relay-pop3", "latency_ms/login/p50_ms"), med("dovecot-pop3", "latency_ms/login/p50_ms")
-rows.append(("POP3 connect→logged in p50 (ms, argon2id m=19 MiB t=2)", f(a, 1), f(b, 1), "–"))
+for workload in pop3_workloads.split():
+    wname, wusers, wper, wsize = workload.split(":")
+    for mode in pop3_modes.split():
+        r, d = f"relay-pop3-{wname}-{mode}", f"dovecot-pop3-{wname}-{mode}"
+        how = f"window {pop3_window}" if mode == "pipelined" else "one command at a time"
+        label = f"POP3 {wname}: RETR+DELE, {wusers}×{wper} × {wsize}, {pconns} clients, {how}"
+        a, b = med(r, "msgs_per_s"), med(d, "msgs_per_s")
+        rows.append((f"{label} (msgs/s)", f(a), f(b), ratio(a, b)))
+        a, b = med(r, "msgs_per_s_retrieval"), med(d, "msgs_per_s_retrieval")
+        rows.append(("  the same without the logins (msgs/s)", f(a), f(b), ratio(a, b)))
+        a, b = med(r, "mb_per_s_retrieval"), med(d, "mb_per_s_retrieval")
+        rows.append(("  the same without the logins (MB/s)", f(a, 1), f(b, 1), ratio(a, b)))
+        for q in ("p50_ms", "p99_ms", "p99_9_ms"):
+            a, b = med(r, f"latency_ms/retr/{q}"), med(d, f"latency_ms/retr/{q}")
+            rows.append((f"  RETR {q[:-3].replace('_', '.')} (ms)", f(a, 2), f(b, 2), ratio(b, a) + " lower" if a and b else "–"))
+        a, b = med(r, "latency_ms/login/p50_ms"), med(d, "latency_ms/login/p50_ms")
+        rows.append(("  connect→logged in p50 (ms, argon2id m=19 MiB t=2)", f(a, 1), f(b, 1), "–"))
+        a, b = med(r, "login_s"), med(d, "login_s")
+        rows.append(("  time logging in / retrieving per connection (s)", f"{f(a, 2)} / {f(med(r, 'retrieval_s'), 2)}", f"{f(b, 2)} / {f(med(d, 'retrieval_s'), 2)}", "–"))
 def lower(a, b):
     return ratio(b, a) + " lower" if a and b else "–"
 a, b = med("relay-imap-append", "msgs_per_s"), med("dovecot-imap-append", "msgs_per_s")

@@ -164,9 +164,14 @@ pub struct Pop3Args {
     /// Parallel sessions; each takes the next mailbox until all are drained.
     #[arg(long, default_value_t = 4)]
     pub connections: usize,
-    /// Send RETR and DELE together when the server offers PIPELINING (RFC 2449).
+    /// When the server offers PIPELINING (RFC 2449 §6.6), send RETR n + DELE n for up to
+    /// --window messages without waiting for their answers.
     #[arg(long)]
     pub pipelining: bool,
+    /// Messages in flight with --pipelining (their RETR and DELE sent, answers not all
+    /// read); refilled when half have been answered.
+    #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u64).range(1..=4096))]
+    pub window: u64,
     /// Stop after this long even if mailboxes are left.
     #[arg(long, value_parser = duration)]
     pub duration: Option<Duration>,

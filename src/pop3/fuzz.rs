@@ -93,7 +93,15 @@ fn drive(data: &[u8]) -> u32 {
                         let message = message.filter(|_| !fail).ok_or(super::session::Unavailable);
                         // RETR's output: at most the message stuffed, and its status lines.
                         budget += 2 * message.map_or(0, <[u8]>::len) + 256;
-                        session.retrieved(message, &mut out);
+                        // Both ways of answering, by the split's second bit.
+                        if split & 2 == 0 {
+                            session.retrieved(message, &mut out);
+                        } else {
+                            session.retrieved_with(&mut out, |buf| {
+                                buf.extend_from_slice(message?);
+                                Ok(())
+                            });
+                        }
                     }
                     Event::Update { deleted } => {
                         assert!(

@@ -46,4 +46,4 @@ pub use session::{
     CloseReason, Credentials, Event, LockResult, MaildropEntry, NotStored, Outbox, Session,
     SessionConfig, Unavailable,
 };
-pub use stuff::{retr_size, stuff, top};
+pub use stuff::{retr_size, stuff, stuff_in_place, top};

@@ -482,6 +482,66 @@ impl Session {
         self.state = State::Transaction(maildrop);
     }
 
+    /// The same answer as [`Session::retrieved`], with the message read straight into the
+    /// output: `read` appends the whole stored message to the buffer it is given, or fails
+    /// (whatever it appended is cut off, and `-ERR [SYS/TEMP]` answers). The status line goes
+    /// in first with the size the maildrop announced, and is rewritten in the rare case that
+    /// the message does not end in CRLF (RETR counts the CRLF it adds); the body is stuffed
+    /// where it lies ([`stuff::stuff_in_place`]). The octets are those of `retrieved`, with
+    /// one copy of the message and one buffer less.
+    pub fn retrieved_with(
+        &mut self,
+        out: &mut Outbox,
+        read: impl FnOnce(&mut Vec<u8>) -> Result<(), Unavailable>,
+    ) {
+        let State::Retrieving {
+            maildrop,
+            index,
+            top_lines,
+        } = mem::replace(&mut self.state, State::Closed)
+        else {
+            debug_assert!(self.is_closed(), "retrieved_with without Retrieve");
+            return;
+        };
+        let mark = out.bytes.len();
+        let announced = maildrop.entries.get(index).map_or(0, |e| e.size);
+        match top_lines {
+            None => Response::retr(announced).encode(&mut out.bytes),
+            Some(_) => Response::top().encode(&mut out.bytes),
+        }
+        let mut body = out.bytes.len();
+        // Room for the message, a few dots and the terminator: the read and the stuffing
+        // then do not grow (and copy) the buffer again.
+        let room = usize::try_from(announced).unwrap_or(0);
+        out.bytes.reserve(room.saturating_add(room / 64 + 16));
+        match read(&mut out.bytes) {
+            Ok(()) => {
+                match top_lines {
+                    None => {
+                        let size = stuff::retr_size(&out.bytes[body..]);
+                        if size != announced {
+                            let mut status = Vec::new();
+                            Response::retr(size).encode(&mut status);
+                            let old = body - mark;
+                            body = mark + status.len();
+                            out.bytes.splice(mark..mark + old, status);
+                        }
+                    }
+                    Some(lines) => {
+                        let cut = stuff::top(&out.bytes[body..], lines).len();
+                        out.bytes.truncate(body + cut);
+                    }
+                }
+                stuff::stuff_in_place(&mut out.bytes, body);
+            }
+            Err(Unavailable) => {
+                out.bytes.truncate(mark);
+                Response::message_unavailable().encode(&mut out.bytes);
+            }
+        }
+        self.state = State::Transaction(maildrop);
+    }
+
     /// The driver's answer to `Event::Update`: `Ok` once the deletions are durable.
     pub fn updated(&mut self, result: Result<(), NotStored>, out: &mut Outbox) {
         let State::Updating { deleted, .. } = self.state else {
@@ -1133,6 +1193,97 @@ mod tests {
         let mut driver = Driver::new(config);
         driver.feed(input.as_bytes());
         (driver.lines(), driver)
+    }
+
+    /// A session in TRANSACTION over `messages`, each announced with `sizes` (the stored size
+    /// the maildrop lists).
+    fn transaction(messages: &[&[u8]], sizes: &[u64]) -> Session {
+        let mut out = Outbox::default();
+        let mut session = Session::new(Arc::new(config()), "1.1", &mut out);
+        let login = b"USER alice\r\nPASS secret\r\n";
+        assert_eq!(session.handle_input(login, &mut out), login.len());
+        session.authenticated(Some("alice".into()), &mut out);
+        let entries = messages
+            .iter()
+            .zip(sizes)
+            .enumerate()
+            .map(|(i, (_, &size))| MaildropEntry {
+                uid: format!("{i}"),
+                size,
+            })
+            .collect();
+        session.locked(LockResult::Locked(entries), &mut out);
+        session
+    }
+
+    /// RETR and TOP answered by reading into the output give the octets of the answer from a
+    /// separate buffer, after whatever is already in the output, for messages with and
+    /// without dots, with and without a final CRLF (where RETR's count differs from the
+    /// stored size, and from it in digits: 99 stored octets are sent as 101), and failed reads
+    /// (whatever the read appended is dropped).
+    #[test]
+    fn retrieving_into_the_output_is_byte_identical() {
+        let mut no_crlf_99 = vec![b'a'; 96];
+        no_crlf_99.extend_from_slice(b"\r\nb");
+        assert_eq!(no_crlf_99.len(), 99);
+        let messages: Vec<&[u8]> = vec![
+            MESSAGES[0],
+            MESSAGES[1],
+            MESSAGES[2],
+            b"",
+            b".",
+            b"Subject: s\r\n\r\n.a\r\n..\r\n.\r\nlast",
+            &no_crlf_99,
+        ];
+        let stored: Vec<u64> = messages.iter().map(|m| m.len() as u64).collect();
+        let exact: Vec<u64> = messages.iter().map(|m| stuff::retr_size(m)).collect();
+        for sizes in [&stored, &exact] {
+            for (n, message) in messages.iter().enumerate() {
+                for command in [
+                    format!("RETR {}\r\n", n + 1),
+                    format!("TOP {} 0\r\n", n + 1),
+                    format!("TOP {} 1\r\n", n + 1),
+                    format!("TOP {} 9\r\n", n + 1),
+                ] {
+                    for fails in [false, true] {
+                        // `retrieved` wants the exact size in the maildrop (it asserts so).
+                        let run = |with: bool| {
+                            let mut session =
+                                transaction(&messages, if with { sizes } else { &exact });
+                            let mut out = Outbox::default();
+                            out.bytes.extend_from_slice(b"+OK earlier answer\r\n");
+                            let consumed = session.handle_input(command.as_bytes(), &mut out);
+                            assert_eq!(consumed, command.len());
+                            assert!(matches!(out.events.pop(), Some(Event::Retrieve { .. })));
+                            if with {
+                                session.retrieved_with(&mut out, |buf| {
+                                    buf.extend_from_slice(message);
+                                    if fails {
+                                        Err(Unavailable)
+                                    } else {
+                                        Ok(())
+                                    }
+                                });
+                            } else if fails {
+                                session.retrieved(Err(Unavailable), &mut out);
+                            } else {
+                                session.retrieved(Ok(message), &mut out);
+                            }
+                            assert!(session.wants_input());
+                            // The session goes on: NOOP is answered after it.
+                            session.handle_input(b"NOOP\r\n", &mut out);
+                            out.bytes
+                        };
+                        assert_eq!(
+                            String::from_utf8_lossy(&run(true)),
+                            String::from_utf8_lossy(&run(false)),
+                            "{command:?} of {:?}, sizes {sizes:?}, fails {fails}",
+                            String::from_utf8_lossy(message)
+                        );
+                    }
+                }
+            }
+        }
     }
 
     #[test]

@@ -17,7 +17,10 @@
 //! than one octet per input line plus five.
 //!
 //! Performance: `stuff` copies runs between "\n." with one `memmem` scan, so a 10 KB message
-//! costs one pass and one reservation.
+//! costs one pass and one reservation. [`stuff_in_place`] does the same to a message already
+//! in the output buffer (RETR reads the stored bytes straight into it): a message with no
+//! line starting with "." is scanned once and not copied at all; otherwise only the octets
+//! after the first such line move, each once.
 
 use memchr::{memchr, memmem};
 
@@ -53,6 +56,46 @@ pub fn stuff(message: &[u8], out: &mut Vec<u8>) {
         out.extend_from_slice(b"\r\n");
     }
     out.extend_from_slice(TERMINATOR);
+}
+
+/// Byte-stuffs in place the message that fills `buf[start..]`, then appends the CRLF it may
+/// lack and the terminating ".\r\n": afterwards `buf[start..]` holds exactly what [`stuff`]
+/// would have appended for that message.
+pub fn stuff_in_place(buf: &mut Vec<u8>, start: usize) {
+    let message = buf.get(start..).unwrap_or_default();
+    let final_crlf = needs_final_crlf(message);
+    let leading = message.first() == Some(&b'.');
+    let dots = memmem::find_iter(message, b"\n.").count() + usize::from(leading);
+    if dots > 0 {
+        buf.reserve(dots + 2 + TERMINATOR.len());
+        let end = buf.len();
+        buf.resize(end + dots, 0);
+        // From the back: each run that starts with a dot moves right by the dots still to
+        // be inserted before it, and gets its extra dot in front. `read..write` is the gap.
+        let finder = memmem::FinderRev::new(b"\n.");
+        let (mut read, mut write) = (end, end + dots);
+        let mut search = end;
+        while let Some(lf) = finder.rfind(&buf[start..search]) {
+            let run = start + lf + 1;
+            buf.copy_within(run..read, write - (read - run));
+            write -= read - run + 1;
+            buf[write] = b'.';
+            read = run;
+            // "\n." cannot overlap itself: the next one ends at or before this LF.
+            search = run;
+        }
+        if leading {
+            buf.copy_within(start..read, write - (read - start));
+            write -= read - start + 1;
+            buf[write] = b'.';
+            read = start;
+        }
+        debug_assert_eq!(read, write, "every dot inserted");
+    }
+    if final_crlf {
+        buf.extend_from_slice(b"\r\n");
+    }
+    buf.extend_from_slice(TERMINATOR);
 }
 
 /// The prefix of `message` that TOP sends: headers, the blank line, `lines` body lines.
@@ -161,6 +204,53 @@ mod tests {
         }
     }
 
+    /// `stuff_in_place` after `prefix`, for `message`.
+    fn stuffed_in_place(prefix: &[u8], message: &[u8]) -> Vec<u8> {
+        let mut buf = prefix.to_vec();
+        buf.extend_from_slice(message);
+        stuff_in_place(&mut buf, prefix.len());
+        assert!(buf.starts_with(prefix), "the prefix is left alone");
+        buf.split_off(prefix.len())
+    }
+
+    /// The edge cases of stuffing in place, each against `stuff` (the function RETR used
+    /// before, which the table above pins): a dot at the start, after CRLF, after a bare
+    /// LF, runs of dot lines, a CRLF at the very end or missing, a lone CR.
+    #[test]
+    fn stuffing_in_place_matches_stuff() {
+        let cases: &[&[u8]] = &[
+            b"",
+            b".",
+            b"..",
+            b"\n",
+            b"\n.",
+            b".\r\n",
+            b"\r\n.",
+            b"a\r\n.b\r\n",
+            b".a\r\n.\r\n..\r\nb.\r\n",
+            b"\r\n.\r\n.\r\n.\r\n",
+            b".\n.\n.\n",
+            b"a\n.\r\n",
+            b"a\r\nb",
+            b"a\r\n.",
+            b"a\r",
+            b"no dots at all\r\nnone here either\r\n",
+            b"dot. inside. lines.\r\n",
+            b"Subject: x\r\n\r\n.hidden\r\nbody\r\n.\r\n",
+        ];
+        for message in cases {
+            let expected = stuffed(message);
+            for prefix in [&b""[..], b"+OK 12 octets\r\n", b"x"] {
+                assert_eq!(
+                    String::from_utf8_lossy(&stuffed_in_place(prefix, message)),
+                    String::from_utf8_lossy(&expected),
+                    "{:?} after {prefix:?}",
+                    String::from_utf8_lossy(message)
+                );
+            }
+        }
+    }
+
     #[test]
     fn stuffing_appends_to_what_is_there() {
         let mut out = b"+OK 3 octets\r\n".to_vec();
@@ -247,6 +337,18 @@ mod tests {
             }
             prop_assert_eq!(&body, &expected);
             prop_assert_eq!(body.len() as u64, retr_size(&message));
+        }
+
+        #[test]
+        fn stuffing_in_place_is_stuffing(message in message(), prefix in prop::collection::vec(any::<u8>(), 0..8)) {
+            prop_assert_eq!(stuffed_in_place(&prefix, &message), stuffed(&message));
+        }
+
+        #[test]
+        fn stuffing_random_bytes_in_place_is_stuffing(
+            message in prop::collection::vec(prop_oneof![Just(b'.'), Just(b'\n'), Just(b'\r'), any::<u8>()], 0..300),
+        ) {
+            prop_assert_eq!(stuffed_in_place(b"+OK\r\n", &message), stuffed(&message));
         }
 
         #[test]

@@ -3,8 +3,11 @@
 //! message bytes from the spool, durable deletions.
 //!
 //! A maildrop is the user's INBOX in the mail store: RETR reads the stored body bytes
-//! straight from the segment (one pread, no record decoding); QUIT's deletions are an INBOX
-//! expunge, appended to the spool log and fsynced before the `+OK`.
+//! straight from the segment into the output buffer, after the status line (one pread, no
+//! record decoding, no buffer of its own), where the session stuffs them in place; QUIT's
+//! deletions are an INBOX expunge, appended to the spool log and fsynced before the `+OK`.
+//! The output buffer is kept between writes up to [`OUTPUT_RETAINED`], so a run of pipelined
+//! RETRs does not grow a new one (and copy it while it grows) for every write.
 //!
 //! Timeouts follow RFC 1939 §3: an idle session is closed without entering UPDATE, so
 //! nothing is deleted. `pop3.idle_timeout` (the RFC's autologout timer, at least 10 minutes)
@@ -26,7 +29,7 @@ use super::starttls::{self, DriveEnd, Upgradable, Wire};
 use crate::envelope::QueueId;
 use crate::mailbox::MaildropLock;
 use crate::net::conn::{
-    compact, flush, read_more, stop_requested, within, Expiry, Read, GOODBYE_WRITE_LIMIT,
+    compact, flush, read_more, stop_requested, within, Expired, Expiry, Read, GOODBYE_WRITE_LIMIT,
 };
 use crate::net::io::Connection;
 use crate::net::tls::TlsSummary;
@@ -196,23 +199,25 @@ impl Upgradable for Link {
                         Err(_) => session.locked(LockResult::InUse, out),
                     },
                     Event::Retrieve { index, top_lines } => {
-                        let body = maildrop
+                        let id = maildrop
                             .as_ref()
                             .and_then(|lock| lock.entries.get(index))
-                            .map(|entry| ctx.store.read_body(entry.id));
-                        match body {
-                            Some(Ok(bytes)) => {
-                                if top_lines.is_none() {
-                                    ctx.metrics.pop3_retrievals.inc();
+                            .map(|entry| entry.id);
+                        session.retrieved_with(out, |buf| {
+                            let id = id.ok_or(Unavailable)?;
+                            match ctx.store.read_body_append(id, buf) {
+                                Ok(()) => {
+                                    if top_lines.is_none() {
+                                        ctx.metrics.pop3_retrievals.inc();
+                                    }
+                                    Ok(())
                                 }
-                                session.retrieved(Ok(&bytes), out)
+                                Err(error) => {
+                                    tracing::warn!(target: "relay::pop3", %error, "cannot read a message");
+                                    Err(Unavailable)
+                                }
                             }
-                            Some(Err(error)) => {
-                                tracing::warn!(target: "relay::pop3", %error, "cannot read a message");
-                                session.retrieved(Err(Unavailable), out);
-                            }
-                            None => session.retrieved(Err(Unavailable), out),
-                        }
+                        });
                     }
                     Event::Update { deleted } => {
                         let result = match &maildrop {
@@ -257,7 +262,7 @@ impl Upgradable for Link {
                 continue;
             }
             ctx.metrics.pop3.bytes_sent.inc_by(out.bytes.len() as u64);
-            if flush(conn, &mut out.bytes, ctx.pop3.idle_timeout)
+            if send(conn, &mut out.bytes, ctx.pop3.idle_timeout)
                 .await
                 .is_err()
             {
@@ -307,6 +312,34 @@ impl Upgradable for Link {
 /// appends a whole message, so a pipelined run of them (one read of `RETR 1` × 2,000) would
 /// otherwise hold that many copies in memory.
 const OUTPUT_HIGH_WATER: usize = 256 * 1024;
+
+/// The output buffer capacity kept after a write: a pipelined run of RETRs fills it to
+/// [`OUTPUT_HIGH_WATER`] plus one message, write after write. Larger (a message of a megabyte
+/// or more) is given back after its write.
+const OUTPUT_RETAINED: usize = 2 * OUTPUT_HIGH_WATER;
+
+/// Writes `bytes` within `limit` and leaves `bytes` empty, its allocation kept up to
+/// [`OUTPUT_RETAINED`] (`net::conn::flush` keeps a reply-sized one only).
+async fn send<C: Connection>(
+    conn: &C,
+    bytes: &mut Vec<u8>,
+    limit: Duration,
+) -> Result<(), Expired> {
+    if bytes.is_empty() {
+        return Ok(());
+    }
+    let pending = std::mem::take(bytes);
+    match within(conn, limit, conn.write_all(pending)).await {
+        Ok((Ok(()), mut buffer)) => {
+            if buffer.capacity() <= OUTPUT_RETAINED {
+                buffer.clear();
+                *bytes = buffer;
+            }
+            Ok(())
+        }
+        _ => Err(Expired),
+    }
+}
 
 /// When the wait for a command must end (see the module doc); reset when one is taken.
 /// IMAP's driver keeps the same two timers.

@@ -639,7 +639,13 @@ impl Core {
     }
 
     fn read_body(&self, id: QueueId) -> Result<Vec<u8>, SpoolError> {
-        self.read_retried(id, |found| self.read_located(found))
+        let mut body = Vec::new();
+        self.read_body_append(id, &mut body)?;
+        Ok(body)
+    }
+
+    fn read_body_append(&self, id: QueueId, buf: &mut Vec<u8>) -> Result<(), SpoolError> {
+        self.read_retried(id, |found| self.read_located(found, buf))
     }
 
     fn read_summary(&self, id: QueueId) -> Result<Option<Vec<u8>>, SpoolError> {
@@ -654,7 +660,7 @@ impl Core {
     fn read_retried<T>(
         &self,
         id: QueueId,
-        read: impl Fn(&Found) -> Result<T, SpoolError>,
+        mut read: impl FnMut(&Found) -> Result<T, SpoolError>,
     ) -> Result<T, SpoolError> {
         let mut found = self.index.find(id).ok_or(SpoolError::NotFound(id))?;
         let mut retried = false;
@@ -675,9 +681,24 @@ impl Core {
         }
     }
 
-    /// One pread of the stored body, verified against the frame's data checksum without
-    /// reading the meta (`crc32c_append(meta_crc, body) == data_crc`).
-    fn read_located(&self, found: &Found) -> Result<Vec<u8>, SpoolError> {
+    /// One pread of the stored body onto the end of `buf`, verified against the frame's data
+    /// checksum without reading the meta (`crc32c_append(meta_crc, body) == data_crc`). On
+    /// an error `buf` is as it was.
+    fn read_located(&self, found: &Found, buf: &mut Vec<u8>) -> Result<(), SpoolError> {
+        let at = buf.len();
+        let read = self.read_located_at(found, buf, at);
+        if read.is_err() {
+            buf.truncate(at);
+        }
+        read
+    }
+
+    fn read_located_at(
+        &self,
+        found: &Found,
+        buf: &mut Vec<u8>,
+        at: usize,
+    ) -> Result<(), SpoolError> {
         let l = &found.location;
         let path = || self.io.segment_path(l.shard, l.segment);
         let file = self
@@ -690,17 +711,21 @@ impl Core {
             reason,
         };
         let len = usize::try_from(l.body_len).map_err(|_| corrupt("body too large".into()))?;
-        let mut body = vec![0u8; len];
+        let end = at
+            .checked_add(len)
+            .ok_or_else(|| corrupt("body too large".into()))?;
+        buf.resize(end, 0);
+        let body = &mut buf[at..];
         let n = file
-            .read_at(l.body_offset, &mut body)
+            .read_at(l.body_offset, body)
             .map_err(|e| SpoolError::io("read body", path(), e))?;
         if n < len {
             return Err(corrupt(format!("body cut short: {n} of {len} bytes")));
         }
-        if crc32c::crc32c_append(found.meta_crc, &body) != found.data_crc {
+        if crc32c::crc32c_append(found.meta_crc, body) != found.data_crc {
             return Err(corrupt("data checksum mismatch".into()));
         }
-        Ok(body)
+        Ok(())
     }
 
     /// The first `max` bytes of the body, one pread, unverified: the data checksum covers the
@@ -1048,6 +1073,11 @@ impl SpoolReader {
     /// See [`Spool::read_body`].
     pub fn read_body(&self, id: QueueId) -> Result<Vec<u8>, SpoolError> {
         self.core.read_body(id)
+    }
+
+    /// See [`Spool::read_body_append`].
+    pub fn read_body_append(&self, id: QueueId, buf: &mut Vec<u8>) -> Result<(), SpoolError> {
+        self.core.read_body_append(id, buf)
     }
 
     /// See [`Spool::read_summary`].
@@ -1428,6 +1458,12 @@ impl Spool {
     /// `Err(NotFound)` for an unknown id, `Err(Corrupt)` if the bytes on disk are damaged.
     pub fn read_body(&self, id: QueueId) -> Result<Vec<u8>, SpoolError> {
         self.core.read_body(id)
+    }
+
+    /// [`Spool::read_body`] onto the end of `buf` (POP3 reads a message straight into the
+    /// answer it goes out in, with no buffer of its own). On an error `buf` is as it was.
+    pub fn read_body_append(&self, id: QueueId, buf: &mut Vec<u8>) -> Result<(), SpoolError> {
+        self.core.read_body_append(id, buf)
     }
 
     /// At most the first `max` bytes of the stored body of message `id`, for a list that

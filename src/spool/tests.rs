@@ -864,6 +864,33 @@ fn read_body_locates_at_once_and_verifies() {
     let err = spool.read_body(m.id).unwrap_err();
     assert!(matches!(err, SpoolError::Corrupt { .. }), "{err}");
     assert!(err.to_string().contains("checksum"), "{err}");
+    // Appending reads leave the buffer as it was on any error.
+    let mut buf = b"kept".to_vec();
+    assert!(matches!(
+        spool.read_body_append(m.id, &mut buf),
+        Err(SpoolError::Corrupt { .. })
+    ));
+    assert!(matches!(
+        spool.read_body_append(missing, &mut buf),
+        Err(SpoolError::NotFound(_))
+    ));
+    assert_eq!(buf, b"kept");
+    spool.close().unwrap();
+}
+
+#[test]
+fn read_body_append_puts_the_body_after_what_is_there() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (spool, _) = Spool::open(config(tmp.path()), 1).unwrap();
+    let h = spool.shard(0);
+    let m = local_message(&h, 1, &["alice"], false);
+    append_wait(&h, m.clone()).unwrap();
+    let mut buf = b"+OK 12 octets\r\n".to_vec();
+    spool.read_body_append(m.id, &mut buf).unwrap();
+    let mut expected = b"+OK 12 octets\r\n".to_vec();
+    expected.extend_from_slice(&stored_body(&m));
+    assert_eq!(buf, expected);
+    assert_eq!(spool.reader().read_body(m.id).unwrap(), stored_body(&m));
     spool.close().unwrap();
 }
 
@@ -1142,7 +1169,7 @@ fn a_reader_holding_an_unlinked_segment_finishes_and_a_stale_location_is_retried
         .unwrap();
     assert_eq!(body, stored_body(&keep));
     // A read that looked up the old location: the file is gone, the lookup is retried.
-    assert!(spool.core.read_located(&before).is_err());
+    assert!(spool.core.read_located(&before, &mut Vec::new()).is_err());
     assert_eq!(spool.read_body(keep.id).unwrap(), stored_body(&keep));
     spool.close().unwrap();
 }
