@@ -5,6 +5,7 @@ use super::*;
 use crate::envelope::{Envelope, QueueId, Recipient};
 use crate::queue::destinations::DestinationLimits;
 use crate::queue::outcome::{self, Attempted, Finalization, Settlement};
+use crate::queue::spread::Spread;
 use crate::queue::{DsnPolicy, SplitMix64};
 use crate::smtp::client::{Diagnostic, RecipientResult, Stage as ClientStage};
 use crate::smtp::reply::Reply;
@@ -28,11 +29,11 @@ fn config(connections_max: u32, transactions_max: u32, per_minute: u32) -> Sched
     SchedulerConfig {
         core: 3,
         schedule: schedule(),
-        limits: DestinationLimits {
+        spread: Spread::single(DestinationLimits {
             connections_max,
             transactions_max,
             messages_per_minute: per_minute,
-        },
+        }),
         destinations_max: 4,
         tls_failure_hold: 10 * MINUTE,
         upkeep: Upkeep::default(),
@@ -1825,7 +1826,7 @@ impl Model {
 
     /// The rules that hold after every step.
     fn check(&self) {
-        let limits = self.s.config.limits;
+        let limits = self.s.config.spread.limits();
         for i in 0..16 {
             if let Some(d) = self.s.queue().get(DestId(i)) {
                 assert!(d.connections() <= limits.connections_max.min(limits.transactions_max));
