@@ -318,6 +318,12 @@ impl RateLimiter {
         self.tat_ms = tat.saturating_add(self.interval_ms);
         Ok(())
     }
+
+    /// Gives back the token of a send that did not happen. A token taken long ago cannot
+    /// raise the burst: [`RateLimiter::try_acquire`] never counts from before `now`.
+    pub fn give_back(&mut self) {
+        self.tat_ms = self.tat_ms.saturating_sub(self.interval_ms);
+    }
 }
 
 // ---------------------------------------------------------------------------------------
@@ -406,6 +412,13 @@ impl Destination {
     /// A transaction started by [`Destination::next`] ended (whatever its outcome).
     pub fn finish(&mut self) {
         self.transactions = self.transactions.saturating_sub(1);
+    }
+
+    /// A transaction started by [`Destination::next`] was refused before anything was sent
+    /// (a limit outside this core): its rate token comes back, so a limit elsewhere does not
+    /// also spend this core's budget.
+    pub fn unsent(&mut self) {
+        self.rate.give_back();
     }
 
     /// May another connection be opened?

@@ -909,6 +909,9 @@ impl Scheduler {
         self.end_transaction(&out);
         let until = add_saturating(now.wall, wait);
         if let Some(d) = self.queue.get_mut(out.entry.dest) {
+            if out.transaction {
+                d.unsent();
+            }
             if hold || d.connections() <= 1 {
                 d.hold_until(until);
             }

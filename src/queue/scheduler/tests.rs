@@ -393,6 +393,30 @@ fn a_shared_rate_refusal_defers_without_an_attempt_and_holds_the_destination() {
     assert!(ids.contains(&entry.id), "back after the wait");
 }
 
+/// A refusal by the cluster's shared rate gives this core's rate token back: otherwise
+/// each refusal spends a local token too, and the two limits together starve the
+/// destination below either rate.
+#[test]
+fn a_shared_refusal_gives_the_local_rate_token_back() {
+    let mut clock = Clock::new();
+    // 6 a minute: one every 10 s, bursts of one.
+    let mut s = Scheduler::new(config(5, 5, 6));
+    let id = id_at(&clock, Duration::ZERO, 0);
+    s.accept(job(id, "a.test", &[0], clock.wall, 1), clock.now());
+    let dest = dest_of(&s, "a.test");
+    s.poll(clock.now());
+    let (taken, _) = s.take_next(dest, clock.now());
+    let wait = Duration::from_secs(2);
+    s.throttled(taken.unwrap().0, wait, true, clock.now())
+        .unwrap();
+    clock.advance(wait);
+    s.poll(clock.now());
+    assert!(
+        s.take_next(dest, clock.now()).0.is_some(),
+        "the local token was not spent by the refused send"
+    );
+}
+
 #[test]
 fn a_refused_connection_slot_holds_only_without_another_connection() {
     let clock = Clock::new();
