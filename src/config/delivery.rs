@@ -21,6 +21,7 @@
 //! destination_connections_max = 20
 //! destination_transactions_max = 20
 //! destination_messages_per_minute = 0  # 0 = no rate limit
+//! destination_spread = true         # every core may work a destination (each with a share of its limits)
 //! destinations_max = 100000         # per core
 //! dsn_original_max = "50kB"         # octets of the original returned in a notice
 //! mx_hosts_max = 10                 # MX hosts looked up per destination
@@ -121,6 +122,9 @@ pub struct DeliverySection {
     pub destination_transactions_max: u32,
     /// `0`: no limit.
     pub destination_messages_per_minute: u32,
+    /// Every core (up to the smallest limit) works each destination, each with a share of
+    /// its limits; `false`: one core per destination (`queue::spread`).
+    pub destination_spread: bool,
     pub destinations_max: usize,
     pub dsn_original_max: ByteSize,
     pub mx_hosts_max: usize,
@@ -161,6 +165,7 @@ impl Default for DeliverySection {
             destination_connections_max: defaults::DESTINATION_CONNECTIONS_MAX,
             destination_transactions_max: defaults::DESTINATION_TRANSACTIONS_MAX,
             destination_messages_per_minute: defaults::DESTINATION_MESSAGES_PER_MINUTE,
+            destination_spread: true,
             destinations_max: defaults::DESTINATIONS_MAX,
             dsn_original_max: defaults::DSN_ORIGINAL_MAX,
             mx_hosts_max: defaults::MX_HOSTS_MAX,
@@ -410,6 +415,7 @@ queued_bytes_max = "8GiB"         # … or beyond this
 destination_connections_max = 20
 destination_transactions_max = 20
 destination_messages_per_minute = 0  # 0 = no rate limit
+destination_spread = true         # every core may work a destination (each with a share of its limits)
 destinations_max = 100000         # per core
 dsn_original_max = "50kB"         # octets of the original returned in a notice
 mx_hosts_max = 10                 # MX hosts looked up per destination

@@ -110,6 +110,7 @@ pub fn enqueue_transferred(
         }
     }
     let now = std::time::SystemTime::now();
+    let spread = shared.spread();
     for ((attempts, next, delay_noticed), indices) in batches {
         for (key, group) in shared.group(&remote, indices) {
             let Ok(recipients) = crate::queue::RcptSet::from_indices(&group) else {
@@ -117,7 +118,7 @@ pub fn enqueue_transferred(
                 continue;
             };
             let due = next.map_or(now, |us| std::time::UNIX_EPOCH + Duration::from_micros(us));
-            let to = crate::queue::owner(&key, shared.cores());
+            let to = spread.core(&key, id);
             let job = super::Job {
                 id,
                 key,

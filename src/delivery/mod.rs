@@ -6,12 +6,13 @@
 //! and does what the scheduler's actions say.
 //!
 //! **Shape.** Every remote recipient belongs to a *destination* (its route's next hop, or its
-//! domain for MX routes), and every destination to one core ([`crate::queue::owner`]). Ingest
-//! on any core hands "recipients R of message M" to the owner through the [`mesh`]; the owner
-//! keeps them in its [`Scheduler`] (a compact entry each, nothing else in memory) and runs:
+//! domain for MX routes), worked by one or more cores with a share of its limits each
+//! ([`crate::queue::Spread`]). Ingest on any core hands "recipients R of message M" to the
+//! core [`crate::queue::Spread::core`] names (itself when it can) through the [`mesh`]; that
+//! core keeps them in its [`Scheduler`] (a compact entry each, nothing else in memory) and runs:
 //! - one scheduler task ([`run`]): takes hand-offs and operator commands, promotes what is
 //!   due, expires what waited past `max_age`, and starts connection workers;
-//! - worker tasks (`worker.rs`), at most `destination_connections_max` per destination: each
+//! - worker tasks (`worker.rs`), at most this core's share of `destination_connections_max`: each
 //!   takes its first entry *before* connecting (so a throttled or idle destination opens
 //!   nothing), resolves, connects, then sends entry after entry over the same connection
 //!   (RSET between, by the client) until the destination has nothing ready, and QUITs.
@@ -77,8 +78,8 @@ use crate::queue::scheduler::{
 };
 use crate::queue::ResolveLimits;
 use crate::queue::{
-    owner, DestId, DestinationKey, DestinationLimits, DsnPolicy, QueueEntry, RcptSet,
-    RetrySchedule, Routes,
+    DestId, DestinationKey, DestinationLimits, DsnPolicy, QueueEntry, RcptSet, RetrySchedule,
+    Routes, Spread,
 };
 use crate::runtime::clock::{Clock, SystemClock};
 use crate::runtime::Phase;
@@ -99,6 +100,8 @@ pub struct DeliveryShared {
     pub dsn_return_max: usize,
     pub resolve_limits: ResolveLimits,
     pub destination_limits: DestinationLimits,
+    /// `delivery.destination_spread`.
+    pub destination_spread: bool,
     pub destinations_max: usize,
     pub client: Arc<ClientConfig>,
     pub connect_timeout: Duration,
@@ -134,6 +137,15 @@ pub struct DeliveryShared {
 impl DeliveryShared {
     pub fn cores(&self) -> usize {
         self.mesh.cores()
+    }
+
+    /// Which cores work each destination, and their shares of its limits.
+    pub fn spread(&self) -> Spread {
+        Spread::new(
+            self.cores(),
+            self.destination_limits,
+            self.destination_spread,
+        )
     }
 
     /// The destination of one remote address: a local user homed on another node goes to
@@ -203,13 +215,14 @@ pub fn enqueue_new(
     size: u64,
 ) {
     let now = SystemClock.wall();
+    let spread = shared.spread();
     for (key, indices) in shared.group(remote, 0..remote.len()) {
         let Ok(recipients) = RcptSet::from_indices(&indices) else {
             tracing::error!(queue_id = %id, "recipient index out of range; left in the spool");
             shared.mesh.note_dropped();
             continue;
         };
-        let to = owner(&key, shared.cores());
+        let to = spread.core(&key, id);
         let job = Job {
             id,
             key,
@@ -266,6 +279,7 @@ pub fn jobs_from_live(
         .iter()
         .map(|r| r.address.to_string())
         .collect();
+    let spread = shared.spread();
     // Group by (attempts, next attempt) first: recipients retried together stay together.
     let mut batches: Vec<RetryBatch> = Vec::new();
     for (index, r) in message.remote.iter().enumerate() {
@@ -289,7 +303,7 @@ pub fn jobs_from_live(
             let due = next.map_or(SystemClock.wall(), |us| {
                 UNIX_EPOCH + Duration::from_micros(us)
             });
-            let core = owner(&key, shared.cores());
+            let core = spread.core(&key, message.id);
             shared.mesh.gauge.admit(message.body_len);
             if let Some(list) = per_core.get_mut(core) {
                 list.push(Job {
@@ -371,7 +385,7 @@ impl<C: Connector + 'static> Core<C> {
         let scheduler = Scheduler::new(SchedulerConfig {
             core: index,
             schedule: shared.schedule.clone(),
-            limits: shared.destination_limits,
+            spread: shared.spread(),
             destinations_max: shared.destinations_max,
             tls_failure_hold: shared.tls_failure_hold,
             upkeep: shared.upkeep,

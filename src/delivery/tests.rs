@@ -45,6 +45,7 @@ fn rig() -> Rig {
         dsn_return_max: d.dsn_return_max(),
         resolve_limits: d.resolve_limits(),
         destination_limits: d.destination_limits(),
+        destination_spread: d.destination_spread,
         destinations_max: d.destinations_max,
         client: Arc::new(ClientConfig::default()),
         connect_timeout: Duration::from_secs(5),

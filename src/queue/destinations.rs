@@ -1,9 +1,9 @@
 //! Per-destination bookkeeping for one core: plain data structures, no async, no clock.
 //!
 //! **Role.** A *destination* is where a group of recipients goes next, and the unit that owns
-//! a connection pool and limits. Each one is owned by exactly one core ([`owner`]), which
-//! keeps, in a [`CoreQueue`]:
-//! - the destinations it owns, each with its limits (open connections, parallel
+//! a connection pool and limits. It is worked by one or more cores ([`owner`] and the cores
+//! after it, [`super::spread`]), each of which keeps, in a [`CoreQueue`]:
+//! - the destinations it works, each with its share of their limits (open connections, parallel
 //!   transactions, a messages-per-minute [`RateLimiter`]) and a FIFO *ready* queue of
 //!   entries whose time has come;
 //! - one *deferred* index for all of them: a binary heap of compact [`QueueEntry`]s ordered by
@@ -48,6 +48,7 @@ use crate::envelope::QueueId;
 
 use super::routes::{HopAddr, NextHop, Route, TlsMode};
 use super::schedule::{self, RetrySchedule};
+use super::spread::Spread;
 use super::{from_millis, to_millis};
 
 // ---------------------------------------------------------------------------------------
@@ -317,6 +318,12 @@ impl RateLimiter {
         self.tat_ms = tat.saturating_add(self.interval_ms);
         Ok(())
     }
+
+    /// Gives back the token of a send that did not happen. A token taken long ago cannot
+    /// raise the burst: [`RateLimiter::try_acquire`] never counts from before `now`.
+    pub fn give_back(&mut self) {
+        self.tat_ms = self.tat_ms.saturating_sub(self.interval_ms);
+    }
 }
 
 // ---------------------------------------------------------------------------------------
@@ -407,6 +414,13 @@ impl Destination {
         self.transactions = self.transactions.saturating_sub(1);
     }
 
+    /// A transaction started by [`Destination::next`] was refused before anything was sent
+    /// (a limit outside this core): its rate token comes back, so a limit elsewhere does not
+    /// also spend this core's budget.
+    pub fn unsent(&mut self) {
+        self.rate.give_back();
+    }
+
     /// May another connection be opened?
     pub fn may_connect(&self) -> bool {
         self.connections < self.limits.connections_max
@@ -477,7 +491,10 @@ pub struct CoreQueue {
     free: Vec<u32>,
     index: HashMap<DestinationKey, DestId>,
     deferred: BinaryHeap<Reverse<QueueEntry>>,
-    limits: DestinationLimits,
+    /// Where this core's share of each destination's limits comes from.
+    spread: Spread,
+    /// This core's index, for its shares.
+    core: usize,
     destinations_max: usize,
 }
 
@@ -488,12 +505,21 @@ impl CoreQueue {
             free: Vec::new(),
             index: HashMap::new(),
             deferred: BinaryHeap::new(),
-            limits,
+            spread: Spread::single(limits),
+            core: 0,
             destinations_max,
         }
     }
 
-    /// The destination for `key`, created with the default limits if new.
+    /// The queue of core `core` among several, each destination with this core's share of
+    /// its limits ([`Spread::share`]).
+    pub fn spread_over(mut self, spread: Spread, core: usize) -> Self {
+        self.spread = spread;
+        self.core = core;
+        self
+    }
+
+    /// The destination for `key`, created with this core's share of the limits if new.
     pub fn destination_id(&mut self, key: DestinationKey) -> Result<DestId, TooManyDestinations> {
         if let Some(&id) = self.index.get(&key) {
             return Ok(id);
@@ -501,7 +527,7 @@ impl CoreQueue {
         if self.index.len() >= self.destinations_max {
             return Err(TooManyDestinations(self.destinations_max));
         }
-        let dest = Destination::new(key.clone(), self.limits);
+        let dest = Destination::new(key.clone(), self.spread.share(&key, self.core));
         let id = match self.free.pop() {
             Some(slot) => {
                 if let Some(place) = self.slots.get_mut(slot as usize) {

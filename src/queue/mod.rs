@@ -38,6 +38,7 @@ pub mod outcome;
 pub mod routes;
 pub mod schedule;
 pub mod scheduler;
+pub mod spread;
 pub mod xfer;
 
 pub use destinations::{
@@ -47,6 +48,7 @@ pub use destinations::{
 pub use dsn::{build_dsn, notify_decision, Action, Decision, DsnInput, DsnPolicy, Suppressed};
 pub use routes::{NextHop, Route, RouteError, RouteSpec, Routes, TlsMode};
 pub use schedule::{delay_notice_due, later_of, next_attempt, NextAttempt, RetrySchedule};
+pub use spread::Spread;
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 

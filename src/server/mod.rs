@@ -177,6 +177,7 @@ pub fn delivery_shared(
         dsn_return_max: d.dsn_return_max(),
         resolve_limits: d.resolve_limits(),
         destination_limits: d.destination_limits(),
+        destination_spread: d.destination_spread,
         destinations_max: d.destinations_max,
         client: Arc::new(d.client_config(hostname)),
         connect_timeout: d.connect_timeout.0,

@@ -47,10 +47,10 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use crate::envelope::QueueId;
 
 use super::destinations::{
-    CoreQueue, DestId, DestinationKey, DestinationLimits, Dispatch, QueueEntry, RcptSet,
-    TooManyDestinations,
+    CoreQueue, DestId, DestinationKey, Dispatch, QueueEntry, RcptSet, TooManyDestinations,
 };
 use super::schedule::{self, RetrySchedule};
+use super::spread::Spread;
 use super::{add_saturating, to_millis};
 
 /// The scheduler looks at held and rate-limited destinations at least this often, and
@@ -114,7 +114,8 @@ pub struct SchedulerConfig {
     /// This core's index (for snapshots).
     pub core: usize,
     pub schedule: RetrySchedule,
-    pub limits: DestinationLimits,
+    /// The destination limits and this core's share of them.
+    pub spread: Spread,
     pub destinations_max: usize,
     /// How long a destination whose opportunistic TLS failed is reached in plaintext.
     pub tls_failure_hold: Duration,
@@ -344,7 +345,8 @@ pub struct Scheduler {
 
 impl Scheduler {
     pub fn new(config: SchedulerConfig) -> Scheduler {
-        let queue = CoreQueue::new(config.limits, config.destinations_max);
+        let queue = CoreQueue::new(config.spread.limits(), config.destinations_max)
+            .spread_over(config.spread, config.core);
         Scheduler {
             config,
             queue,
@@ -907,6 +909,9 @@ impl Scheduler {
         self.end_transaction(&out);
         let until = add_saturating(now.wall, wait);
         if let Some(d) = self.queue.get_mut(out.entry.dest) {
+            if out.transaction {
+                d.unsent();
+            }
             if hold || d.connections() <= 1 {
                 d.hold_until(until);
             }

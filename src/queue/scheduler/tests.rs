@@ -5,6 +5,7 @@ use super::*;
 use crate::envelope::{Envelope, QueueId, Recipient};
 use crate::queue::destinations::DestinationLimits;
 use crate::queue::outcome::{self, Attempted, Finalization, Settlement};
+use crate::queue::spread::Spread;
 use crate::queue::{DsnPolicy, SplitMix64};
 use crate::smtp::client::{Diagnostic, RecipientResult, Stage as ClientStage};
 use crate::smtp::reply::Reply;
@@ -28,11 +29,11 @@ fn config(connections_max: u32, transactions_max: u32, per_minute: u32) -> Sched
     SchedulerConfig {
         core: 3,
         schedule: schedule(),
-        limits: DestinationLimits {
+        spread: Spread::single(DestinationLimits {
             connections_max,
             transactions_max,
             messages_per_minute: per_minute,
-        },
+        }),
         destinations_max: 4,
         tls_failure_hold: 10 * MINUTE,
         upkeep: Upkeep::default(),
@@ -390,6 +391,30 @@ fn a_shared_rate_refusal_defers_without_an_attempt_and_holds_the_destination() {
     let (b, _) = s.take_next(dest, clock.now());
     let ids = [a.unwrap().1.id, b.unwrap().1.id];
     assert!(ids.contains(&entry.id), "back after the wait");
+}
+
+/// A refusal by the cluster's shared rate gives this core's rate token back: otherwise
+/// each refusal spends a local token too, and the two limits together starve the
+/// destination below either rate.
+#[test]
+fn a_shared_refusal_gives_the_local_rate_token_back() {
+    let mut clock = Clock::new();
+    // 6 a minute: one every 10 s, bursts of one.
+    let mut s = Scheduler::new(config(5, 5, 6));
+    let id = id_at(&clock, Duration::ZERO, 0);
+    s.accept(job(id, "a.test", &[0], clock.wall, 1), clock.now());
+    let dest = dest_of(&s, "a.test");
+    s.poll(clock.now());
+    let (taken, _) = s.take_next(dest, clock.now());
+    let wait = Duration::from_secs(2);
+    s.throttled(taken.unwrap().0, wait, true, clock.now())
+        .unwrap();
+    clock.advance(wait);
+    s.poll(clock.now());
+    assert!(
+        s.take_next(dest, clock.now()).0.is_some(),
+        "the local token was not spent by the refused send"
+    );
 }
 
 #[test]
@@ -1825,7 +1850,7 @@ impl Model {
 
     /// The rules that hold after every step.
     fn check(&self) {
-        let limits = self.s.config.limits;
+        let limits = self.s.config.spread.limits();
         for i in 0..16 {
             if let Some(d) = self.s.queue().get(DestId(i)) {
                 assert!(d.connections() <= limits.connections_max.min(limits.transactions_max));
