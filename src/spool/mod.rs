@@ -639,7 +639,25 @@ impl Core {
     }
 
     fn read_body(&self, id: QueueId) -> Result<Vec<u8>, SpoolError> {
-        self.read_retried(id, |found| self.read_located(found))
+        let mut body = Vec::new();
+        self.read_body_into(id, &mut body)?;
+        Ok(body)
+    }
+
+    fn read_body_into(&self, id: QueueId, body: &mut Vec<u8>) -> Result<(), SpoolError> {
+        let mut found = self.index.find(id).ok_or(SpoolError::NotFound(id))?;
+        match self.read_located(&found, body) {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                // Compaction may have moved it (and unlinked the old segment) meanwhile.
+                match self.index.find(id) {
+                    Some(now) if now.location != found.location => found = now,
+                    Some(_) => return Err(e),
+                    None => return Err(SpoolError::NotFound(id)),
+                }
+                self.read_located(&found, body)
+            }
+        }
     }
 
     fn read_summary(&self, id: QueueId) -> Result<Option<Vec<u8>>, SpoolError> {
@@ -675,9 +693,11 @@ impl Core {
         }
     }
 
-    /// One pread of the stored body, verified against the frame's data checksum without
-    /// reading the meta (`crc32c_append(meta_crc, body) == data_crc`).
-    fn read_located(&self, found: &Found) -> Result<Vec<u8>, SpoolError> {
+    /// One pread of the stored body into `body` (its bytes replaced), verified against the
+    /// frame's data checksum without reading the meta (`crc32c_append(meta_crc, body) ==
+    /// data_crc`). Only the part of `body` longer than its present length is zeroed before
+    /// the read: a buffer reused from message to message is not cleared each time.
+    fn read_located(&self, found: &Found, body: &mut Vec<u8>) -> Result<(), SpoolError> {
         let l = &found.location;
         let path = || self.io.segment_path(l.shard, l.segment);
         let file = self
@@ -690,17 +710,23 @@ impl Core {
             reason,
         };
         let len = usize::try_from(l.body_len).map_err(|_| corrupt("body too large".into()))?;
-        let mut body = vec![0u8; len];
+        if body.len() < len {
+            body.resize(len, 0);
+        } else {
+            body.truncate(len);
+        }
         let n = file
-            .read_at(l.body_offset, &mut body)
+            .read_at(l.body_offset, body)
             .map_err(|e| SpoolError::io("read body", path(), e))?;
         if n < len {
+            body.clear();
             return Err(corrupt(format!("body cut short: {n} of {len} bytes")));
         }
-        if crc32c::crc32c_append(found.meta_crc, &body) != found.data_crc {
+        if crc32c::crc32c_append(found.meta_crc, body) != found.data_crc {
+            body.clear();
             return Err(corrupt("data checksum mismatch".into()));
         }
-        Ok(body)
+        Ok(())
     }
 
     /// The first `max` bytes of the body, one pread, unverified: the data checksum covers the
@@ -1048,6 +1074,11 @@ impl SpoolReader {
     /// See [`Spool::read_body`].
     pub fn read_body(&self, id: QueueId) -> Result<Vec<u8>, SpoolError> {
         self.core.read_body(id)
+    }
+
+    /// See [`Spool::read_body_into`].
+    pub fn read_body_into(&self, id: QueueId, body: &mut Vec<u8>) -> Result<(), SpoolError> {
+        self.core.read_body_into(id, body)
     }
 
     /// See [`Spool::read_summary`].
@@ -1428,6 +1459,14 @@ impl Spool {
     /// `Err(NotFound)` for an unknown id, `Err(Corrupt)` if the bytes on disk are damaged.
     pub fn read_body(&self, id: QueueId) -> Result<Vec<u8>, SpoolError> {
         self.core.read_body(id)
+    }
+
+    /// [`Spool::read_body`] into a buffer the caller reuses from message to message (a
+    /// FETCH of many bodies): `body`'s bytes are replaced by the stored body's, its
+    /// allocation kept, and only the part longer than its present length zeroed before the
+    /// read. On an error `body` is left empty.
+    pub fn read_body_into(&self, id: QueueId, body: &mut Vec<u8>) -> Result<(), SpoolError> {
+        self.core.read_body_into(id, body)
     }
 
     /// At most the first `max` bytes of the stored body of message `id`, for a list that
