@@ -160,7 +160,11 @@ fn range_single_and_pipelined_fetches_send_the_same_bytes(engine: Engine) {
         c.writer.write_all(&m).unwrap();
         c.writer.write_all(b"\r\n").unwrap();
         let (_, tagged) = c.until_tagged(&tag);
-        assert!(tagged.starts_with(format!("{tag} OK").as_bytes()), "{}", show(&tagged));
+        assert!(
+            tagged.starts_with(format!("{tag} OK").as_bytes()),
+            "{}",
+            show(&tagged)
+        );
     }
     assert!(total > 16 << 20, "{total}");
     let selected = c.ok("SELECT INBOX");
@@ -201,11 +205,18 @@ fn range_single_and_pipelined_fetches_send_the_same_bytes(engine: Engine) {
         let m = message(n);
         let head = format!("* {} FETCH (UID {uid} BODY[] {{{}}}\r\n", n + 1, m.len());
         assert!(answer.starts_with(head.as_bytes()), "{}", show(&answer));
-        assert_eq!(&answer[head.len()..head.len() + m.len()], &m[..], "message {n}");
+        assert_eq!(
+            &answer[head.len()..head.len() + m.len()],
+            &m[..],
+            "message {n}"
+        );
         assert_eq!(&answer[head.len() + m.len()..], b")\r\n");
         single.extend_from_slice(&answer);
     }
-    assert!(range == single, "the range FETCH differs from the single ones");
+    assert!(
+        range == single,
+        "the range FETCH differs from the single ones"
+    );
 
     // All the single commands in one write, then every answer, in order.
     let mut batch = Vec::new();
@@ -219,15 +230,24 @@ fn range_single_and_pipelined_fetches_send_the_same_bytes(engine: Engine) {
     let mut pipelined = Vec::new();
     for tag in &tags {
         let (untagged, tagged) = c.until_tagged(tag);
-        assert!(tagged.starts_with(format!("{tag} OK").as_bytes()), "{}", show(&tagged));
+        assert!(
+            tagged.starts_with(format!("{tag} OK").as_bytes()),
+            "{}",
+            show(&tagged)
+        );
         pipelined.extend_from_slice(&untagged);
     }
-    assert!(pipelined == single, "the pipelined FETCHes differ from the single ones");
+    assert!(
+        pipelined == single,
+        "the pipelined FETCHes differ from the single ones"
+    );
 
     // Ranges in pieces, pipelined, with a gap: the same bytes for the messages asked.
     let (lo, hi) = (uids[10], uids[39]);
     let expunge_uid = uids[20];
-    c.ok(&format!("UID STORE {expunge_uid} +FLAGS.SILENT (\\Deleted)"));
+    c.ok(&format!(
+        "UID STORE {expunge_uid} +FLAGS.SILENT (\\Deleted)"
+    ));
     c.ok(&format!("UID EXPUNGE {expunge_uid}"));
     let t1 = c.next_tag();
     let t2 = c.next_tag();

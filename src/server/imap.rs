@@ -115,10 +115,8 @@ impl Upgradable for Link {
             }
             while !self.out.events.is_empty() {
                 progressed = true;
-                let mut events = std::mem::replace(
-                    &mut self.out.events,
-                    std::mem::take(&mut self.spare_events),
-                );
+                let mut events =
+                    std::mem::replace(&mut self.out.events, std::mem::take(&mut self.spare_events));
                 for event in events.drain(..) {
                     if let Some(end) = self.event(&ctx, conn, peer, event).await {
                         return end;

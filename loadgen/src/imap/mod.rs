@@ -1095,7 +1095,10 @@ async fn pipelined(
                 expected: 0,
             });
             let tag = format!("a{number}");
-            let status = client.response.tagged(tag.as_bytes()).unwrap_or(Ok(Status::Bad))?;
+            let status = client
+                .response
+                .tagged(tag.as_bytes())
+                .unwrap_or(Ok(Status::Bad))?;
             let end = Instant::now();
             // Answers come in order for these servers; the bodies seen since the last
             // tagged answer belong to this command.
