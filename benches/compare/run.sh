@@ -31,7 +31,11 @@
 #      hash) on loopback ports: $IMAP_USERS mailboxes filled with $IMAP_MESSAGES messages of
 #      $IMAP_SIZE each by `loadgen imap --workload append` (the APPEND rate), then per round:
 #      SELECT of the full mailbox, `FETCH 1:* (FLAGS ENVELOPE)`, body FETCH of every message
-#      (`UID FETCH n BODY.PEEK[]`, msgs/s and MiB/s), `SEARCH TEXT needle`, and memory per
+#      three ways (msgs/s and MiB/s; the literal bytes checked against what was appended):
+#      `UID FETCH n BODY.PEEK[]` one round trip per message (the client's and the schedulers'
+#      wake-ups dominate), the same with $IMAP_PIPELINING commands in flight per connection,
+#      and `UID FETCH lo:hi BODY.PEEK[]` over $IMAP_RANGE messages per command with
+#      $IMAP_RANGE_DEPTH in flight (server work dominates); `SEARCH TEXT needle`, and memory per
 #      session in IDLE (RSS and PSS of the server's processes while a quarter of $IMAP_IDLE
 #      sessions and while all $IMAP_IDLE hold IDLE: the slope between the two; Dovecot forks
 #      one imap process per session, so its figure is the sum over its process tree). $IMAP_IDLE is lowered to
@@ -47,7 +51,8 @@
 # (skip the build) CARGO_TARGET_DIR; IMAP=1 (0 skips the IMAP section) IMAP_ONLY=0 (1: only
 # the IMAP section, no Postfix, sink or POP3; RELAY_BIN=none then runs Dovecot's side alone)
 # IMAP_USERS=4 IMAP_MESSAGES=10000 (per mailbox) IMAP_SIZE=$SIZE IMAP_CONNECTIONS=4
-# IMAP_IDLE=10000 (sessions held in IDLE).
+# IMAP_IDLE=10000 (sessions held in IDLE) IMAP_PIPELINING=16 IMAP_RANGE=500
+# IMAP_RANGE_DEPTH=2 IMAP_FETCH_ONLY=0 (1: the rounds run only the body fetches).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 REPO=$PWD
@@ -75,6 +80,10 @@ IMAP_MESSAGES=${IMAP_MESSAGES:-10000}
 IMAP_SIZE=${IMAP_SIZE:-$SIZE}
 IMAP_CONNECTIONS=${IMAP_CONNECTIONS:-4}
 IMAP_IDLE=${IMAP_IDLE:-10000}
+IMAP_PIPELINING=${IMAP_PIPELINING:-16}
+IMAP_RANGE=${IMAP_RANGE:-500}
+IMAP_RANGE_DEPTH=${IMAP_RANGE_DEPTH:-2}
+IMAP_FETCH_ONLY=${IMAP_FETCH_ONLY:-0}
 [ "$IMAP_ONLY" = 1 ] && IMAP=1
 [ "${RELAY_BIN:-}" != none ] || [ "$IMAP_ONLY" = 1 ] || {
     echo "compare: RELAY_BIN=none only goes with IMAP_ONLY=1" >&2
@@ -658,6 +667,8 @@ imap_prefill() { # $1: relay|dovecot, $2: HOST:PORT
     record "$1-imap-append" 1 "$json"
     [ "$(jget "$json" appended/messages)" -eq "$want" ] ||
         die "imap: $1 took $(jget "$json" appended/messages) of $want APPENDs (see $WORK/imap-loadgen.log)"
+    # What every whole-mailbox body fetch must send back, literal bytes exactly.
+    printf -v "IMAP_APPENDED_$1" %s "$(jget "$json" appended/bytes)"
     log "$1 imap: appended $want messages at $(printf %.0f "$(jget "$json" msgs_per_s)") msgs/s"
 }
 
@@ -701,19 +712,41 @@ imap_idle() { # $1: relay|dovecot, $2: HOST:PORT, $3: round, $4…: the server's
     log "round $round $name imap idle: $4 → $8 sessions, PSS +$((($5 - $1) / sessions)) KiB and RSS +$((($6 - $2) / sessions)) KiB per session ($3 → $7 processes)"
 }
 
+# Checks a whole-mailbox body fetch: every message once, the literal bytes those appended.
+imap_bodies_check() { # $1: relay|dovecot, $2: what, $3: the JSON summary
+    local appended=IMAP_APPENDED_$1
+    [ "$(jget "$3" fetched/bodies)" -eq $((IMAP_USERS * IMAP_MESSAGES)) ] ||
+        log "imap: $1 $2 returned $(jget "$3" fetched/bodies) bodies of $((IMAP_USERS * IMAP_MESSAGES))"
+    [ "$(jget "$3" fetched/body_bytes)" -eq "${!appended}" ] ||
+        log "imap: $1 $2 returned $(jget "$3" fetched/body_bytes) literal bytes, $((${!appended})) appended"
+}
+
 imap_round() { # $1: relay|dovecot, $2: HOST:PORT, $3: round, $4…: the server's root pids
     local name=$1 target=$2 round=$3 json
     shift 3
+    if [ "$IMAP_FETCH_ONLY" != 1 ]; then
     json=$(imap_load "$target" --workload select --count 3 --connections "$IMAP_CONNECTIONS")
     record "$name-imap-select" "$round" "$json"
     json=$(imap_load "$target" --workload fetch-flags --count 1 --connections "$IMAP_CONNECTIONS")
     record "$name-imap-fetch-flags" "$round" "$json"
+    fi
     json=$(imap_load "$target" --workload fetch-bodies --count "$IMAP_MESSAGES" \
         --connections "$IMAP_CONNECTIONS")
     record "$name-imap-fetch-bodies" "$round" "$json"
-    [ "$(jget "$json" fetched/bodies)" -eq $((IMAP_USERS * IMAP_MESSAGES)) ] ||
-        log "imap: $name returned $(jget "$json" fetched/bodies) bodies of $((IMAP_USERS * IMAP_MESSAGES))"
-    log "round $round $name imap: body FETCH $(printf %.0f "$(jget "$json" msgs_per_s_ops_window)") msgs/s ($(printf %.0f "$(jget "$json" msgs_per_s)") with the logins)"
+    imap_bodies_check "$name" "UID FETCH n" "$json"
+    log "round $round $name imap: body FETCH, one per round trip, $(printf %.0f "$(jget "$json" msgs_per_s_ops_window)") msgs/s ($(printf %.0f "$(jget "$json" msgs_per_s)") with the logins)"
+    json=$(imap_load "$target" --workload fetch-bodies --count "$IMAP_MESSAGES" \
+        --connections "$IMAP_CONNECTIONS" --pipelining "$IMAP_PIPELINING")
+    record "$name-imap-fetch-pipelined" "$round" "$json"
+    imap_bodies_check "$name" "pipelined UID FETCH n" "$json"
+    log "round $round $name imap: body FETCH, $IMAP_PIPELINING in flight, $(printf %.0f "$(jget "$json" msgs_per_s_ops_window)") msgs/s"
+    json=$(imap_load "$target" --workload fetch-range --range "$IMAP_RANGE" \
+        --count $(((IMAP_MESSAGES + IMAP_RANGE - 1) / IMAP_RANGE)) \
+        --connections "$IMAP_CONNECTIONS" --pipelining "$IMAP_RANGE_DEPTH")
+    record "$name-imap-fetch-range" "$round" "$json"
+    imap_bodies_check "$name" "UID FETCH lo:hi" "$json"
+    log "round $round $name imap: body FETCH, $IMAP_RANGE per UID FETCH lo:hi, $(printf %.0f "$(jget "$json" msgs_per_s_ops_window)") msgs/s, $(printf %.1f "$(jget "$json" mib_per_s)") MiB/s"
+    [ "$IMAP_FETCH_ONLY" != 1 ] || return 0
     json=$(imap_load "$target" --workload search-text --count 3 --connections "$IMAP_CONNECTIONS")
     record "$name-imap-search" "$round" "$json"
     imap_idle "$name" "$target" "$round" "$@"
@@ -830,6 +863,17 @@ a, b = med("relay-imap-fetch-bodies", "mib_per_s"), med("dovecot-imap-fetch-bodi
 rows.append(("IMAP body FETCH (MiB/s)", f(a, 1), f(b, 1), ratio(a, b)))
 a, b = med("relay-imap-fetch-bodies", "latency_ms/fetch_body/p50_ms"), med("dovecot-imap-fetch-bodies", "latency_ms/fetch_body/p50_ms")
 rows.append(("IMAP body FETCH p50 (ms)", f(a, 2), f(b, 2), lower(a, b)))
+a, b = med("relay-imap-fetch-pipelined", "msgs_per_s_ops_window"), med("dovecot-imap-fetch-pipelined", "msgs_per_s_ops_window")
+pl = med("relay-imap-fetch-pipelined", "pipelining") or med("dovecot-imap-fetch-pipelined", "pipelining")
+rows.append((f"IMAP UID FETCH n BODY.PEEK[], {f(pl)} in flight per conn, logins left out (msgs/s)", f(a), f(b), ratio(a, b)))
+a, b = med("relay-imap-fetch-range", "msgs_per_s_ops_window"), med("dovecot-imap-fetch-range", "msgs_per_s_ops_window")
+rg = med("relay-imap-fetch-range", "range") or med("dovecot-imap-fetch-range", "range")
+rd = med("relay-imap-fetch-range", "pipelining") or med("dovecot-imap-fetch-range", "pipelining")
+rows.append((f"IMAP UID FETCH lo:hi BODY.PEEK[], {f(rg)} per command, {f(rd)} in flight, logins left out (msgs/s)", f(a), f(b), ratio(a, b)))
+a, b = med("relay-imap-fetch-range", "mib_per_s"), med("dovecot-imap-fetch-range", "mib_per_s")
+rows.append(("the same (MiB/s of literals, logins included)", f(a, 1), f(b, 1), ratio(a, b)))
+a, b = med("relay-imap-fetch-range", "fetched/body_bytes"), med("dovecot-imap-fetch-range", "fetched/body_bytes")
+rows.append(("literal bytes of a whole-mailbox fetch (each = what that server was appended)", f(a), f(b), "–"))
 sessions = med("dovecot-imap-idle", "idle_sessions") or med("relay-imap-idle", "idle_sessions")
 for key, what in (("pss_kib_per_session", "PSS"), ("rss_kib_per_session", "RSS")):
     a, b = med("relay-imap-idle", key), med("dovecot-imap-idle", key)

@@ -191,7 +191,12 @@ pub enum Workload {
     FetchFlags,
     /// `UID FETCH uid BODY.PEEK[]`, one message per operation, going round the mailbox
     /// (the user's sessions share the round: --count = mailbox size fetches each once).
+    /// With --pipelining N, N such commands are in flight per session.
     FetchBodies,
+    /// `UID FETCH lo:hi BODY.PEEK[]` over --range consecutive messages per operation, going
+    /// round the mailbox (--count × --range = mailbox size fetches each once); the rate
+    /// counts bodies. With --pipelining N, N such commands are in flight per session.
+    FetchRange,
     /// `STORE n +FLAGS (\Flagged)`, going round the mailbox.
     Store,
     /// Mark the first message \Deleted and EXPUNGE it, until the mailbox is empty (the
@@ -239,6 +244,14 @@ pub struct ImapArgs {
     /// The mailbox to work on.
     #[arg(long, default_value = "INBOX")]
     pub mailbox: String,
+    /// fetch-bodies and fetch-range: commands sent before their answers are read, per
+    /// session (RFC 9051 §5.5 lets a client send several tagged commands at once);
+    /// closed loop only.
+    #[arg(long, default_value_t = 1)]
+    pub pipelining: usize,
+    /// fetch-range: messages per `UID FETCH lo:hi` command.
+    #[arg(long, default_value_t = 100)]
+    pub range: usize,
     #[command(flatten)]
     pub common: Common,
 }
@@ -474,7 +487,23 @@ mod tests {
         ]))
         .unwrap();
         assert!(matches!(cli.command, Mode::Imap(a)
-            if a.workload == Workload::FetchBodies && a.count == Some(5) && a.users.user_count == Some(2)));
+            if a.workload == Workload::FetchBodies && a.count == Some(5) && a.users.user_count == Some(2)
+                && a.pipelining == 1 && a.range == 100));
+        let cli = Cli::try_parse_from(imap.iter().chain(&[
+            "--user-count",
+            "2",
+            "--workload",
+            "fetch-range",
+            "--count",
+            "5",
+            "--range",
+            "50",
+            "--pipelining",
+            "8",
+        ]))
+        .unwrap();
+        assert!(matches!(cli.command, Mode::Imap(a)
+            if a.workload == Workload::FetchRange && a.range == 50 && a.pipelining == 8));
         // A workload is required, and only the known ones.
         assert!(Cli::try_parse_from(imap.iter().chain(&["--user-count", "2"])).is_err());
         assert!(Cli::try_parse_from(imap.iter().chain(&[

@@ -244,6 +244,75 @@ fn imap_workloads_against_dovecot_count_what_they_did() {
     assert_eq!(u(&bodies, "/fetched/body_bytes"), bytes, "{bodies}");
     assert_eq!(u(&bodies, "/latency_ms/fetch_body/count"), 60);
 
+    // The same pipelined, 8 commands in flight per session: the same bodies and bytes.
+    let pipelined = imap_ok(
+        addr,
+        &with_users(&[
+            "--workload",
+            "fetch-bodies",
+            "--count",
+            "30",
+            "--connections",
+            "2",
+            "--pipelining",
+            "8",
+        ]),
+    );
+    assert_eq!(u(&pipelined, "/fetched/bodies"), 60, "{pipelined}");
+    assert_eq!(u(&pipelined, "/fetched/body_bytes"), bytes, "{pipelined}");
+    assert_eq!(u(&pipelined, "/fetched/bodies_missing"), 0, "{pipelined}");
+    assert_eq!(u(&pipelined, "/operations/ok"), 60, "{pipelined}");
+    assert_eq!(u(&pipelined, "/latency_ms/fetch_body/count"), 60);
+    assert_eq!(u(&pipelined, "/pipelining"), 8);
+
+    // Ranges of 7 (the last of each round is 2 long), 3 in flight: 5 commands per user
+    // visit every message once.
+    let ranged = imap_ok(
+        addr,
+        &with_users(&[
+            "--workload",
+            "fetch-range",
+            "--count",
+            "5",
+            "--range",
+            "7",
+            "--connections",
+            "2",
+            "--pipelining",
+            "3",
+        ]),
+    );
+    assert_eq!(u(&ranged, "/operations/ok"), 10, "{ranged}");
+    assert_eq!(u(&ranged, "/fetched/bodies"), 60, "{ranged}");
+    assert_eq!(u(&ranged, "/fetched/body_bytes"), bytes, "{ranged}");
+    assert_eq!(u(&ranged, "/fetched/bodies_missing"), 0, "{ranged}");
+    assert_eq!(u(&ranged, "/latency_ms/fetch_range/count"), 10);
+    assert_eq!(u(&ranged, "/range"), 7);
+    // One range over the whole mailbox per user, without pipelining.
+    let whole = imap_ok(
+        addr,
+        &with_users(&["--workload", "fetch-range", "--count", "1", "--range", "30"]),
+    );
+    assert_eq!(u(&whole, "/fetched/bodies"), 60, "{whole}");
+    assert_eq!(u(&whole, "/fetched/body_bytes"), bytes, "{whole}");
+    // Pipelining is closed loop only.
+    let refused = Command::new(LOADGEN)
+        .args(["imap", "--target", addr, "--max-time", "60s"])
+        .args(with_users(&[
+            "--workload",
+            "fetch-range",
+            "--count",
+            "1",
+            "--pipelining",
+            "2",
+            "--rate",
+            "5",
+        ]))
+        .output()
+        .expect("run loadgen");
+    assert_eq!(refused.status.code(), Some(2), "{refused:?}");
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("closed loop"));
+
     let flags = imap_ok(
         addr,
         &with_users(&["--workload", "fetch-flags", "--count", "1"]),

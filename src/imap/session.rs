@@ -90,6 +90,9 @@ impl Default for SessionConfig {
 pub struct Outbox {
     pub bytes: Vec<u8>,
     pub events: Vec<Event>,
+    /// A body the session is done with (after a FETCH or SEARCH step): the driver may read
+    /// the next one into it instead of into a new allocation.
+    pub body_buffer: Option<Body>,
 }
 
 /// Something the driver must do after writing `Outbox::bytes`.
@@ -2148,6 +2151,7 @@ impl Session {
                 if !self.fetch_line(&job, uid, Some(&body), None, out) {
                     job.unknown_cte = true;
                 }
+                out.body_buffer = Some(body);
             }
             // Expunged by another session meanwhile: nothing to say about it (RFC 9051 §7.4.1).
             Err(StoreError::NonExistent) => {}
@@ -2504,11 +2508,15 @@ impl Session {
             return self.search_done(*job, out);
         };
         let verdict = match body {
-            Ok(body) => self.selected().and_then(|s| {
-                let i = s.seq_of(uid)?;
-                let content = search::Content::new(&body);
-                search::all(&job.keys, &self.search_ctx(s, i), Some(&content))
-            }),
+            Ok(body) => {
+                let verdict = self.selected().and_then(|s| {
+                    let i = s.seq_of(uid)?;
+                    let content = search::Content::new(&body);
+                    search::all(&job.keys, &self.search_ctx(s, i), Some(&content))
+                });
+                out.body_buffer = Some(body);
+                verdict
+            }
             // Expunged by another session meanwhile: it matches nothing.
             Err(StoreError::NonExistent) => Some(false),
             Err(e) => return self.store_error(&job.tag, e, out),

@@ -178,8 +178,9 @@ pub enum StoreError {
     Unavailable,
 }
 
-/// A message's stored bytes.
-pub type Body = Arc<[u8]>;
+/// A message's stored bytes. Owned, so that the driver can read the next body into the
+/// allocation the session hands back ([`Outbox::body_buffer`](super::Outbox::body_buffer)).
+pub type Body = Vec<u8>;
 
 /// An encoded [`structure::Summary`](super::structure::Summary), as the store keeps it.
 pub type Summary = Vec<u8>;

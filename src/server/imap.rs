@@ -29,6 +29,7 @@ use crate::imap::store::{Answer, Request, StoreError};
 use crate::imap::{Event, Outbox, Session};
 use crate::net::conn::{
     compact, flush, read_more, stop_requested, within, Expiry, Read, GOODBYE_WRITE_LIMIT,
+    READ_CHUNK,
 };
 use crate::net::io::Connection;
 use crate::net::tls::TlsSummary;
@@ -61,6 +62,7 @@ pub async fn serve<C: Connection>(
         store: None,
         changes: None,
         deadlines: Deadlines::default(),
+        spare_events: Vec::new(),
     };
     starttls::serve(&mut link, conn, input, implicit_tls).await;
 }
@@ -76,6 +78,9 @@ struct Link {
     /// Once logged in: the user's change signal.
     changes: Option<watch::Receiver<u64>>,
     deadlines: Deadlines,
+    /// The event list's allocation, swapped with the session's while its events are
+    /// answered (a FETCH asks for each body in an event of its own).
+    spare_events: Vec<crate::imap::Event>,
 }
 
 impl Upgradable for Link {
@@ -110,12 +115,22 @@ impl Upgradable for Link {
             }
             while !self.out.events.is_empty() {
                 progressed = true;
-                let events = std::mem::take(&mut self.out.events);
-                for event in events {
+                let mut events =
+                    std::mem::replace(&mut self.out.events, std::mem::take(&mut self.spare_events));
+                for event in events.drain(..) {
                     if let Some(end) = self.event(&ctx, conn, peer, event).await {
                         return end;
                     }
+                    // A FETCH of many bodies is written as it goes: the answers buffered
+                    // stay bounded whatever the range.
+                    if self.out.bytes.len() >= OUTPUT_HIGH_WATER
+                        && self.write_out(&ctx, conn).await.is_err()
+                    {
+                        conn.shutdown();
+                        return DriveEnd::Closed;
+                    }
                 }
+                self.spare_events = events;
             }
             if progressed
                 && self.out.bytes.len() < OUTPUT_HIGH_WATER
@@ -124,14 +139,7 @@ impl Upgradable for Link {
             {
                 continue;
             }
-            ctx.metrics
-                .imap
-                .bytes_sent
-                .inc_by(self.out.bytes.len() as u64);
-            if flush(conn, &mut self.out.bytes, ctx.imap.idle_timeout)
-                .await
-                .is_err()
-            {
+            if self.write_out(&ctx, conn).await.is_err() {
                 conn.shutdown();
                 return DriveEnd::Closed;
             }
@@ -145,9 +153,56 @@ impl Upgradable for Link {
     }
 }
 
-/// Answers buffered before they are written although commands remain: a FETCH of many
-/// bodies appends them all.
+/// Answers buffered before they are written, although commands remain or a FETCH of many
+/// bodies goes on: the bound on a connection's buffered output (plus one message).
 const OUTPUT_HIGH_WATER: usize = 256 * 1024;
+
+/// The output buffer's allocation is kept from write to write up to this size while the
+/// connection is busy (a FETCH of many bodies does not grow a new one each time), and
+/// dropped when it waits for a command.
+const OUTPUT_KEEP: usize = 2 * OUTPUT_HIGH_WATER;
+
+impl Link {
+    /// Writes the buffered answers in one write, keeping the buffer's allocation (up to
+    /// [`OUTPUT_KEEP`]) for the next ones.
+    async fn write_out<C: Connection>(
+        &mut self,
+        ctx: &ShardContext,
+        conn: &C,
+    ) -> Result<(), crate::net::conn::Expired> {
+        if self.out.bytes.is_empty() {
+            return Ok(());
+        }
+        ctx.metrics
+            .imap
+            .bytes_sent
+            .inc_by(self.out.bytes.len() as u64);
+        let pending = std::mem::take(&mut self.out.bytes);
+        match within(conn, ctx.imap.idle_timeout, conn.write_all(pending)).await {
+            Ok((Ok(()), mut buffer)) => {
+                buffer.clear();
+                if buffer.capacity() <= OUTPUT_KEEP {
+                    self.out.bytes = buffer;
+                }
+                Ok(())
+            }
+            _ => Err(crate::net::conn::Expired),
+        }
+    }
+
+    /// Drops what only a busy connection needs before it waits for a command: the kept
+    /// output and body buffers (an idle session stays small).
+    fn release_buffers(&mut self) {
+        if self.out.bytes.is_empty() && self.out.bytes.capacity() > READ_CHUNK {
+            self.out.bytes = Vec::new();
+        }
+        self.out.body_buffer = None;
+        if let Some(store) = self.store.as_mut() {
+            store.release();
+        }
+        self.spare_events = Vec::new();
+    }
+}
 
 impl Link {
     /// Answers one session event; `Some` when the drive ends.
@@ -224,6 +279,11 @@ impl Link {
                     None => unavailable(&request),
                 };
                 let _ = self.session.answer(answer, &mut self.out);
+                if let (Some(buffer), Some(store)) =
+                    (self.out.body_buffer.take(), self.store.as_mut())
+                {
+                    store.recycle(buffer);
+                }
             }
             Event::Close(reason) => {
                 ctx.metrics
@@ -290,6 +350,7 @@ impl Link {
     /// Waits for more input (and, in IDLE, for changes of the user's folders); `Some` when
     /// the drive ends.
     async fn wait<C: Connection>(&mut self, ctx: &ShardContext, conn: &C) -> Option<DriveEnd> {
+        self.release_buffers();
         let partial = self.wire.consumed < self.wire.input.len();
         compact(&mut self.wire.input, &mut self.wire.consumed, true);
         let deadline = self.deadlines.next(
@@ -366,6 +427,9 @@ impl Link {
                                 }
                                 let answer = store.serve(ctx, request).await;
                                 let _ = self.session.answer(answer, &mut self.out);
+                                if let Some(buffer) = self.out.body_buffer.take() {
+                                    store.recycle(buffer);
+                                }
                             }
                         }
                     }

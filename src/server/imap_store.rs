@@ -7,7 +7,6 @@
 //! it shows with the current one, so this side keeps only the folder's change counter.
 
 use std::collections::BTreeSet;
-use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use super::imap_views::SharedViews;
@@ -22,12 +21,20 @@ use crate::mailstore::{self, Entry, FlagMode, UserStore};
 use crate::spool::state::{self as st, FolderId};
 use crate::spool::NewMessage;
 
+/// Body buffers larger than this are not kept for the next read (one huge message must not
+/// pin its size for the rest of the session).
+const BODY_BUFFER_KEEP: usize = 1 << 20;
+
 /// One logged-in user's side of the store.
 pub struct UserStoreLink {
     user: String,
     peer: std::net::SocketAddr,
     /// The selected folder and its change counter when the session last looked.
     selected: Option<(FolderId, u64)>,
+    /// The last body's allocation, handed back by the session: a FETCH of many bodies reads
+    /// each into it (no allocation or zeroing per message). Dropped while the connection
+    /// waits for a command ([`UserStoreLink::release`]).
+    body_buffer: Vec<u8>,
 }
 
 impl UserStoreLink {
@@ -36,11 +43,46 @@ impl UserStoreLink {
             user,
             peer,
             selected: None,
+            body_buffer: Vec::new(),
         }
+    }
+
+    /// Takes back a body's allocation for the next body read.
+    pub fn recycle(&mut self, buffer: Vec<u8>) {
+        if buffer.capacity() <= BODY_BUFFER_KEEP {
+            self.body_buffer = buffer;
+        }
+    }
+
+    /// Drops the kept body buffer (the session waits for its next command).
+    pub fn release(&mut self) {
+        self.body_buffer = Vec::new();
     }
 
     pub fn user(&self) -> &str {
         &self.user
+    }
+
+    /// A message's body, read into the kept buffer.
+    fn body(
+        &mut self,
+        ctx: &ShardContext,
+        folder: FolderId,
+        uid: u32,
+    ) -> Result<crate::imap::store::Body, StoreError> {
+        let id = ctx
+            .mail_store
+            .folders()
+            .with(&self.user, |s| s.entry(folder, uid).map(|e| e.id))
+            .ok_or(StoreError::NonExistent)?;
+        let mut body = std::mem::take(&mut self.body_buffer);
+        match ctx.store.read_body_into(id, &mut body) {
+            Ok(()) => Ok(body),
+            Err(error) => {
+                tracing::warn!(target: "relay::imap", %error, "cannot read a message");
+                Err(StoreError::Unavailable)
+            }
+        }
     }
 
     /// Answers one request; writes are durable before this returns.
@@ -50,6 +92,9 @@ impl UserStoreLink {
         // never reaches it as expunges; a new login goes to the new home.
         if moved_away(ctx, &self.user) {
             return super::imap::unavailable(&request);
+        }
+        if let Request::Body { folder, uid } = request {
+            return Answer::Body(self.body(ctx, folder, uid));
         }
         let store = &ctx.mail_store;
         let user = self.user.clone();
@@ -114,20 +159,7 @@ impl UserStoreLink {
                 modseq,
                 uidnext,
             } => Answer::Changes(self.changes(ctx, folder, modseq, uidnext)),
-            Request::Body { folder, uid } => {
-                let mut id = None;
-                read(&mut |s| id = s.entry(folder, uid).map(|e| e.id));
-                let Some(id) = id else {
-                    return Answer::Body(Err(StoreError::NonExistent));
-                };
-                match ctx.store.read_body(id) {
-                    Ok(bytes) => Answer::Body(Ok(Arc::from(bytes))),
-                    Err(error) => {
-                        tracing::warn!(target: "relay::imap", %error, "cannot read a message");
-                        Answer::Body(Err(StoreError::Unavailable))
-                    }
-                }
-            }
+            Request::Body { folder, uid } => Answer::Body(self.body(ctx, folder, uid)),
             Request::Summary { folder, uid } => {
                 let mut id = None;
                 read(&mut |s| id = s.entry(folder, uid).map(|e| e.id));

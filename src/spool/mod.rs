@@ -645,7 +645,12 @@ impl Core {
     }
 
     fn read_body_append(&self, id: QueueId, buf: &mut Vec<u8>) -> Result<(), SpoolError> {
-        self.read_retried(id, |found| self.read_located(found, buf))
+        let at = buf.len();
+        self.read_retried(id, |found| self.read_located(found, buf, at))
+    }
+
+    fn read_body_into(&self, id: QueueId, body: &mut Vec<u8>) -> Result<(), SpoolError> {
+        self.read_retried(id, |found| self.read_located(found, body, 0))
     }
 
     fn read_summary(&self, id: QueueId) -> Result<Option<Vec<u8>>, SpoolError> {
@@ -681,11 +686,12 @@ impl Core {
         }
     }
 
-    /// One pread of the stored body onto the end of `buf`, verified against the frame's data
-    /// checksum without reading the meta (`crc32c_append(meta_crc, body) == data_crc`). On
-    /// an error `buf` is as it was.
-    fn read_located(&self, found: &Found, buf: &mut Vec<u8>) -> Result<(), SpoolError> {
-        let at = buf.len();
+    /// One pread of the stored body into `buf` from `at` on, verified against the frame's
+    /// data checksum without reading the meta (`crc32c_append(meta_crc, body) == data_crc`).
+    /// Whatever `buf` held past `at` is overwritten, and only the part of it that did not
+    /// exist yet is zeroed before the read (a buffer reused from message to message is not
+    /// cleared each time). On an error `buf` is cut back to `at`.
+    fn read_located(&self, found: &Found, buf: &mut Vec<u8>, at: usize) -> Result<(), SpoolError> {
         let read = self.read_located_at(found, buf, at);
         if read.is_err() {
             buf.truncate(at);
@@ -714,12 +720,17 @@ impl Core {
         let end = at
             .checked_add(len)
             .ok_or_else(|| corrupt("body too large".into()))?;
-        buf.resize(end, 0);
+        if buf.len() < end {
+            buf.resize(end, 0);
+        } else {
+            buf.truncate(end);
+        }
         let body = &mut buf[at..];
         let n = file
             .read_at(l.body_offset, body)
             .map_err(|e| SpoolError::io("read body", path(), e))?;
         if n < len {
+            body.clear();
             return Err(corrupt(format!("body cut short: {n} of {len} bytes")));
         }
         if crc32c::crc32c_append(found.meta_crc, body) != found.data_crc {
@@ -1078,6 +1089,11 @@ impl SpoolReader {
     /// See [`Spool::read_body_append`].
     pub fn read_body_append(&self, id: QueueId, buf: &mut Vec<u8>) -> Result<(), SpoolError> {
         self.core.read_body_append(id, buf)
+    }
+
+    /// See [`Spool::read_body_into`].
+    pub fn read_body_into(&self, id: QueueId, body: &mut Vec<u8>) -> Result<(), SpoolError> {
+        self.core.read_body_into(id, body)
     }
 
     /// See [`Spool::read_summary`].
@@ -1464,6 +1480,14 @@ impl Spool {
     /// answer it goes out in, with no buffer of its own). On an error `buf` is as it was.
     pub fn read_body_append(&self, id: QueueId, buf: &mut Vec<u8>) -> Result<(), SpoolError> {
         self.core.read_body_append(id, buf)
+    }
+
+    /// [`Spool::read_body`] into a buffer the caller reuses from message to message (a
+    /// FETCH of many bodies): `body`'s bytes are replaced by the stored body's, its
+    /// allocation kept, and only the part longer than its present length zeroed before the
+    /// read. On an error `body` is left empty.
+    pub fn read_body_into(&self, id: QueueId, body: &mut Vec<u8>) -> Result<(), SpoolError> {
+        self.core.read_body_into(id, body)
     }
 
     /// At most the first `max` bytes of the stored body of message `id`, for a list that

@@ -894,6 +894,47 @@ fn read_body_append_puts_the_body_after_what_is_there() {
     spool.close().unwrap();
 }
 
+/// One buffer reused over bodies of different sizes (longer, shorter, longer again) holds
+/// exactly each stored body, as `read_body` returns it; a damaged body leaves it empty.
+#[test]
+fn read_body_into_reuses_one_buffer() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (spool, _) = Spool::open(config(tmp.path()), 1).unwrap();
+    let h = spool.shard(0);
+    let mut messages = Vec::new();
+    for (n, size) in [(1usize, 9000usize), (2, 300), (3, 20_000), (4, 5)] {
+        let mut m = local_message(&h, n, &["alice"], false);
+        m.body = std::iter::repeat_n(b'a' + n as u8, size).collect();
+        let c = append_wait(&h, m.clone()).unwrap();
+        messages.push((m, c));
+    }
+    let mut buffer = b"left over from before".to_vec();
+    for (m, _) in messages.iter().chain(messages.iter().rev()) {
+        spool.reader().read_body_into(m.id, &mut buffer).unwrap();
+        assert_eq!(buffer, stored_body(m));
+        assert_eq!(buffer, spool.read_body(m.id).unwrap());
+    }
+    let missing = QueueId::new(1, 0);
+    assert!(matches!(
+        spool.read_body_into(missing, &mut buffer),
+        Err(SpoolError::NotFound(id)) if id == missing
+    ));
+    let (m, c) = &messages[2];
+    let path = FsIo::new(tmp.path().join("spool")).segment_path(0, c.location.segment);
+    let mut bytes = fs::read(&path).unwrap();
+    bytes[(c.location.body_offset + 7) as usize] ^= 0x20;
+    OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .unwrap()
+        .write_all(&bytes)
+        .unwrap();
+    let err = spool.read_body_into(m.id, &mut buffer).unwrap_err();
+    assert!(matches!(err, SpoolError::Corrupt { .. }), "{err}");
+    assert!(buffer.is_empty());
+    spool.close().unwrap();
+}
+
 #[test]
 fn compaction_reclaims_garbage_and_keeps_what_is_still_needed() {
     let tmp = tempfile::tempdir().unwrap();

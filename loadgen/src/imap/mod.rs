@@ -9,6 +9,11 @@
 //! `idle` workload instead holds every session in IDLE (RFC 2177) for `--duration` once all
 //! have entered it, for measuring a server's memory per session.
 //!
+//! Body fetches can keep the server busy rather than the round trip: `--pipelining N` keeps
+//! N commands in flight per session (sent in one write, the next sent as each is answered),
+//! and `fetch-range` asks for `--range` consecutive messages per `UID FETCH lo:hi`. Both run
+//! in [`pipelined`], closed loop only.
+//!
 //! Commands are a handful of fixed texts, so they are written by hand; the only variable
 //! parts (user names, passwords, mailbox, search word) are checked to be printable ASCII and
 //! sent as quoted strings. Responses are scanned by [`response`], which keeps what a load
@@ -17,6 +22,7 @@
 pub mod response;
 
 use std::cell::RefCell;
+use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::rc::Rc;
@@ -95,6 +101,9 @@ struct Plan {
     search: Vec<u8>,
     search_word: String,
     connections: usize,
+    /// fetch-bodies / fetch-range: commands in flight per session, messages per range.
+    pipelining: usize,
+    range: usize,
     /// `idle`: how long to hold, and sessions that have entered IDLE or given up.
     hold: Duration,
     settled: AtomicUsize,
@@ -156,6 +165,8 @@ pub struct ImapStats {
     fetch_bytes: u64,
     bodies: u64,
     body_bytes: u64,
+    /// fetch-range: bodies a range command should have returned but did not.
+    bodies_missing: u64,
     stored: u64,
     expunged: u64,
     searches: u64,
@@ -169,6 +180,7 @@ pub struct ImapStats {
     select: Latency,
     fetch_flags: Latency,
     fetch_body: Latency,
+    fetch_range: Latency,
     store: Latency,
     expunge: Latency,
     append: Latency,
@@ -211,6 +223,7 @@ impl ImapStats {
             (&mut self.fetch_bytes, o.fetch_bytes),
             (&mut self.bodies, o.bodies),
             (&mut self.body_bytes, o.body_bytes),
+            (&mut self.bodies_missing, o.bodies_missing),
             (&mut self.stored, o.stored),
             (&mut self.expunged, o.expunged),
             (&mut self.searches, o.searches),
@@ -229,6 +242,7 @@ impl ImapStats {
         self.select.add(&o.select);
         self.fetch_flags.add(&o.fetch_flags);
         self.fetch_body.add(&o.fetch_body);
+        self.fetch_range.add(&o.fetch_range);
         self.store.add(&o.store);
         self.expunge.add(&o.expunge);
         self.append.add(&o.append);
@@ -281,6 +295,19 @@ pub fn run(args: ImapArgs) -> Result<ExitCode, String> {
     }
     if args.count == Some(0) {
         return Err("--count must be at least 1".into());
+    }
+    if args.pipelining == 0 || args.pipelining > 10_000 {
+        return Err("--pipelining must be between 1 and 10000".into());
+    }
+    if args.range == 0 {
+        return Err("--range must be at least 1".into());
+    }
+    if args.pipelining > 1 && args.rate.is_some() {
+        return Err("--pipelining goes with the closed loop only (no --rate)".into());
+    }
+    if args.pipelining > 1 && !matches!(args.workload, Workload::FetchBodies | Workload::FetchRange)
+    {
+        return Err("--pipelining applies to fetch-bodies and fetch-range".into());
     }
     if let Some(rate) = args.rate {
         if !(rate.is_finite() && rate > 0.0) {
@@ -337,6 +364,8 @@ pub fn run(args: ImapArgs) -> Result<ExitCode, String> {
         search: quoted("--search", &args.search)?,
         search_word: args.search.clone(),
         connections: args.connections,
+        pipelining: args.pipelining,
+        range: args.range,
         hold: args.duration.unwrap_or_default(),
         settled: AtomicUsize::new(0),
         idling: AtomicUsize::new(0),
@@ -345,8 +374,9 @@ pub fn run(args: ImapArgs) -> Result<ExitCode, String> {
     let threads = args.common.threads(connections);
     let signal = runner::signals()?;
     eprintln!(
-        "loadgen imap: started target={addr} workload={} users={user_count} connections={connections} threads={threads} loop={}",
+        "loadgen imap: started target={addr} workload={} users={user_count} connections={connections} threads={threads} pipelining={} loop={}",
         workload_name(args.workload),
+        args.pipelining,
         match args.rate {
             Some(rate) => format!("open rate={rate}"),
             None => "closed".into(),
@@ -419,6 +449,7 @@ fn workload_name(workload: Workload) -> &'static str {
         Workload::Select => "select",
         Workload::FetchFlags => "fetch-flags",
         Workload::FetchBodies => "fetch-bodies",
+        Workload::FetchRange => "fetch-range",
         Workload::Store => "store",
         Workload::Expunge => "expunge",
         Workload::SearchText => "search-text",
@@ -603,6 +634,7 @@ enum Op {
     Select,
     FetchFlags,
     FetchBody,
+    FetchRange,
     Store,
     Expunge,
     Append,
@@ -616,6 +648,7 @@ impl Op {
             Workload::Select => Op::Select,
             Workload::FetchFlags => Op::FetchFlags,
             Workload::FetchBodies => Op::FetchBody,
+            Workload::FetchRange => Op::FetchRange,
             Workload::Store => Op::Store,
             Workload::Expunge => Op::Expunge,
             Workload::SearchText => Op::Search,
@@ -679,7 +712,11 @@ async fn start_session(
             return Ok(None);
         }
     }
-    if matches!(workload, Workload::FetchBodies | Workload::Mixed) && client.exists > 0 {
+    if matches!(
+        workload,
+        Workload::FetchBodies | Workload::FetchRange | Workload::Mixed
+    ) && client.exists > 0
+    {
         client.uids().await?;
     }
     Ok(Some(client))
@@ -710,7 +747,14 @@ async fn connection(
             let Ok(_permit) = setup.acquire().await else {
                 break;
             };
-            start_session(&plan, &stats, user, 64 * 1024).await
+            // Body fetches that keep the server busy read in larger pieces (fewer reads
+            // per byte on the client, which shares the machine with the server).
+            let buffer = if plan.pipelining > 1 || plan.workload == Workload::FetchRange {
+                256 * 1024
+            } else {
+                64 * 1024
+            };
+            start_session(&plan, &stats, user, buffer).await
         };
         let mut client = match started {
             Ok(Some(client)) => {
@@ -737,6 +781,26 @@ async fn connection(
                 continue;
             }
         };
+        if plan.pipelining > 1 || plan.workload == Workload::FetchRange {
+            match pipelined(&mut client, &plan, &stats, user).await {
+                Ok(()) => {
+                    if client.uids.is_empty() {
+                        // Nothing to fetch in this mailbox: the user's work is over.
+                        user.exhaust();
+                    }
+                    client.logout().await;
+                    if plan.control.stopped() {
+                        break 'session;
+                    }
+                }
+                Err(error) => {
+                    plan.live.error();
+                    let mut s = stats.borrow_mut();
+                    s.error(&error);
+                }
+            }
+            continue 'session;
+        }
         loop {
             if !user.claim() {
                 client.logout().await;
@@ -832,19 +896,22 @@ async fn operation(
             plan.live.add(tally.fetches, tally.fetch_bytes);
             Ok(Outcome::Done(status))
         }
-        Op::FetchBody => {
+        Op::FetchBody | Op::FetchRange => {
             if client.uids.is_empty() {
                 return Ok(Outcome::Nothing);
             }
-            let uid = client.uids[user.cursor.fetch_add(1, Ordering::Relaxed) % client.uids.len()];
+            let range = if op == Op::FetchRange { plan.range } else { 1 };
+            let (lo, hi, _) = next_range(&client.uids, &user.cursor, range);
             client.begin();
-            client.cmd.extend_from_slice(b"UID FETCH ");
-            client.cmd.extend_from_slice(uid.to_string().as_bytes());
-            client.cmd.extend_from_slice(b" BODY.PEEK[]");
+            fetch_command(&mut client.cmd, lo, hi);
             let status = client.send(&mut tally).await?;
             let mut s = stats.borrow_mut();
             if status == Status::Ok {
-                s.fetch_body.record(started.elapsed());
+                if op == Op::FetchRange {
+                    s.fetch_range.record(started.elapsed());
+                } else {
+                    s.fetch_body.record(started.elapsed());
+                }
             }
             s.bodies += tally.bodies;
             s.body_bytes += tally.body_bytes;
@@ -925,6 +992,142 @@ async fn operation(
             Ok(Outcome::Done(status))
         }
     }
+}
+
+/// The next `range` UIDs of the user's round over `uids` (sorted, as `UID SEARCH ALL`
+/// answers): `(lo, hi, messages)`. A range does not wrap past the mailbox's end.
+fn next_range(uids: &[u32], cursor: &AtomicUsize, range: usize) -> (u32, u32, u64) {
+    let start = cursor.fetch_add(range, Ordering::Relaxed) % uids.len();
+    let end = (start + range).min(uids.len());
+    (uids[start], uids[end - 1], (end - start) as u64)
+}
+
+/// Appends `UID FETCH lo[:hi] BODY.PEEK[]` (after the tag `begin` wrote).
+fn fetch_command(cmd: &mut Vec<u8>, lo: u32, hi: u32) {
+    cmd.extend_from_slice(b"UID FETCH ");
+    cmd.extend_from_slice(lo.to_string().as_bytes());
+    if hi != lo {
+        cmd.push(b':');
+        cmd.extend_from_slice(hi.to_string().as_bytes());
+    }
+    cmd.extend_from_slice(b" BODY.PEEK[]");
+}
+
+/// The number of a tag this client wrote (`a<n>`), if `head` is a tagged response.
+fn tag_number(head: &[u8]) -> Option<u64> {
+    let rest = head.strip_prefix(b"a")?;
+    let end = rest.iter().position(|&b| b == b' ')?;
+    std::str::from_utf8(&rest[..end]).ok()?.parse().ok()
+}
+
+/// A command in flight: its tag's number, when it was sent, the bodies it should return.
+struct InFlight {
+    tag: u64,
+    sent: Instant,
+    expected: u64,
+}
+
+/// fetch-bodies with `--pipelining` and fetch-range: keeps up to `plan.pipelining` body
+/// fetches in flight on this session until the user's share is used up or the run stops;
+/// new commands go out together in one write as earlier ones are answered. `Err` on a
+/// connection error (the commands in flight are given back to the user's share).
+async fn pipelined(
+    client: &mut Client,
+    plan: &Plan,
+    stats: &RefCell<ImapStats>,
+    user: &UserSlot,
+) -> Result<(), WireError> {
+    let range = if plan.workload == Workload::FetchRange {
+        plan.range
+    } else {
+        1
+    };
+    let mut inflight: VecDeque<InFlight> = VecDeque::with_capacity(plan.pipelining);
+    let mut batch = Vec::with_capacity(64 * plan.pipelining.min(1024));
+    let mut tally = Tally::default();
+    let mut draining = client.uids.is_empty();
+    let result: Result<(), WireError> = async {
+        loop {
+            batch.clear();
+            while !draining && inflight.len() < plan.pipelining {
+                if plan.control.stopped() || !user.claim() {
+                    draining = true;
+                    break;
+                }
+                let (lo, hi, expected) = next_range(&client.uids, &user.cursor, range);
+                client.begin();
+                fetch_command(&mut client.cmd, lo, hi);
+                client.cmd.extend_from_slice(b"\r\n");
+                batch.extend_from_slice(&client.cmd);
+                inflight.push_back(InFlight {
+                    tag: client.next_tag,
+                    sent: Instant::now(),
+                    expected,
+                });
+                stats.borrow_mut().attempted += 1;
+            }
+            if !batch.is_empty() {
+                client.conn.write_all(&batch).await?;
+            }
+            if inflight.is_empty() {
+                return Ok(());
+            }
+            client.response.read(&mut client.conn).await?;
+            let Some(number) = tag_number(client.response.head()) else {
+                if client.response.is_continuation() {
+                    return Err(WireError::Protocol(format!(
+                        "unexpected continuation: {}",
+                        client.response.shown()
+                    )));
+                }
+                client.untagged(&mut tally);
+                continue;
+            };
+            let Some(at) = inflight.iter().position(|c| c.tag == number) else {
+                return Err(WireError::Protocol(format!(
+                    "answer to a command not sent: {}",
+                    client.response.shown()
+                )));
+            };
+            let done = inflight.remove(at).unwrap_or(InFlight {
+                tag: number,
+                sent: Instant::now(),
+                expected: 0,
+            });
+            let tag = format!("a{number}");
+            let status = client
+                .response
+                .tagged(tag.as_bytes())
+                .unwrap_or(Ok(Status::Bad))?;
+            let end = Instant::now();
+            // Answers come in order for these servers; the bodies seen since the last
+            // tagged answer belong to this command.
+            let mut s = stats.borrow_mut();
+            s.status(status);
+            s.span(done.sent, end);
+            if status == Status::Ok {
+                if range > 1 {
+                    s.fetch_range.record(end - done.sent);
+                } else {
+                    s.fetch_body.record(end - done.sent);
+                }
+                s.bodies_missing += done.expected.saturating_sub(tally.bodies);
+            }
+            s.bodies += tally.bodies;
+            s.body_bytes += tally.body_bytes;
+            drop(s);
+            plan.live.add(tally.bodies, tally.body_bytes);
+            tally = Tally::default();
+        }
+    }
+    .await;
+    if result.is_err() {
+        for _ in &inflight {
+            user.unclaim();
+        }
+        stats.borrow_mut().failed += inflight.len() as u64;
+    }
+    result
 }
 
 /// APPENDs one generated message; returns the status and the message's size. With
@@ -1144,6 +1347,9 @@ pub struct ImapReport {
     pub expunged: u64,
     pub searched: Searched,
     pub idle: Idle,
+    /// fetch-bodies / fetch-range: commands in flight per session, messages per range.
+    pub pipelining: usize,
+    pub range: Option<usize>,
     pub ops_per_s: f64,
     /// Messages per second: appended, bodies fetched, or messages in FETCH 1:* answers,
     /// as the workload goes (operations for the others).
@@ -1190,6 +1396,8 @@ pub struct Fetched {
     /// Bodies fetched (responses with a literal) and the literals' bytes.
     pub bodies: u64,
     pub body_bytes: u64,
+    /// Bodies that answered range and body fetches should have held but did not.
+    pub bodies_missing: u64,
 }
 
 #[derive(Debug, Serialize)]
@@ -1212,6 +1420,7 @@ pub struct ImapLatency {
     pub select: LatencySummary,
     pub fetch_flags: LatencySummary,
     pub fetch_body: LatencySummary,
+    pub fetch_range: LatencySummary,
     pub store: LatencySummary,
     pub expunge: LatencySummary,
     pub append: LatencySummary,
@@ -1231,7 +1440,7 @@ impl ImapReport {
     ) -> ImapReport {
         let (msgs, bytes) = match args.workload {
             Workload::Append => (s.appended, s.append_bytes),
-            Workload::FetchBodies => (s.bodies, s.body_bytes),
+            Workload::FetchBodies | Workload::FetchRange => (s.bodies, s.body_bytes),
             Workload::FetchFlags => (s.fetched, s.fetch_bytes),
             Workload::Mixed => (s.ok, s.body_bytes + s.append_bytes),
             _ => (s.ok, 0),
@@ -1275,6 +1484,7 @@ impl ImapReport {
                 flags_envelope_bytes: s.fetch_bytes,
                 bodies: s.bodies,
                 body_bytes: s.body_bytes,
+                bodies_missing: s.bodies_missing,
             },
             stored: s.stored,
             expunged: s.expunged,
@@ -1288,6 +1498,8 @@ impl ImapReport {
                 done: s.idle_done,
                 failed: s.idle_failed,
             },
+            pipelining: args.pipelining,
+            range: (args.workload == Workload::FetchRange).then_some(args.range),
             ops_per_s: per_second(s.ok, elapsed),
             msgs_per_s: per_second(msgs, elapsed),
             ops_window_s: window.as_secs_f64(),
@@ -1303,6 +1515,7 @@ impl ImapReport {
                 select: s.select.summary(),
                 fetch_flags: s.fetch_flags.summary(),
                 fetch_body: s.fetch_body.summary(),
+                fetch_range: s.fetch_range.summary(),
                 store: s.store.summary(),
                 expunge: s.expunge.summary(),
                 append: s.append.summary(),
@@ -1336,14 +1549,24 @@ impl ImapReport {
             o.attempted, o.ok, o.no, o.bad, o.failed, o.unfinished
         );
         text += &format!(
-            "  done       appended {} ({} bytes)  selected {}  FETCH flags/envelope {}  bodies {} ({} bytes)\n",
+            "  done       appended {} ({} bytes)  selected {}  FETCH flags/envelope {}  bodies {} ({} bytes, {} missing)\n",
             self.appended.messages,
             self.appended.bytes,
             self.selected,
             self.fetched.flags_envelope,
             self.fetched.bodies,
-            self.fetched.body_bytes
+            self.fetched.body_bytes,
+            self.fetched.bodies_missing
         );
+        if self.pipelining > 1 || self.range.is_some() {
+            text += &format!(
+                "  fetching   {} commands in flight per session{}\n",
+                self.pipelining,
+                self.range
+                    .map(|r| format!(", {r} messages per UID FETCH lo:hi"))
+                    .unwrap_or_default()
+            );
+        }
         text += &format!(
             "             stored {}  expunged {}  searches {} ({} hits for {:?})  idling {} (done {}, failed {})\n",
             self.stored,
@@ -1371,6 +1594,7 @@ impl ImapReport {
             ("SELECT", &l.select),
             ("FETCH 1:* FLAGS ENV", &l.fetch_flags),
             ("UID FETCH BODY[]", &l.fetch_body),
+            ("UID FETCH lo:hi BODY[]", &l.fetch_range),
             ("STORE", &l.store),
             ("STORE+EXPUNGE", &l.expunge),
             ("APPEND", &l.append),
