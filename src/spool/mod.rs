@@ -730,7 +730,6 @@ impl Core {
             .read_at(l.body_offset, body)
             .map_err(|e| SpoolError::io("read body", path(), e))?;
         if n < len {
-            body.clear();
             return Err(corrupt(format!("body cut short: {n} of {len} bytes")));
         }
         if crc32c::crc32c_append(found.meta_crc, body) != found.data_crc {

@@ -1210,7 +1210,10 @@ fn a_reader_holding_an_unlinked_segment_finishes_and_a_stale_location_is_retried
         .unwrap();
     assert_eq!(body, stored_body(&keep));
     // A read that looked up the old location: the file is gone, the lookup is retried.
-    assert!(spool.core.read_located(&before, &mut Vec::new()).is_err());
+    assert!(spool
+        .core
+        .read_located(&before, &mut Vec::new(), 0)
+        .is_err());
     assert_eq!(spool.read_body(keep.id).unwrap(), stored_body(&keep));
     spool.close().unwrap();
 }
