@@ -11,7 +11,8 @@
 # sent. It reads each thread's CPU time (utime + stime, /proc/PID/task/TID/stat) before the
 # load and after the last delivery, and prints the shard threads' CPU seconds, their ratio
 # (busiest / least busy), CPU microseconds per message for the whole process, and the end to
-# end rate (delivered / time from the load's start to the last delivery).
+# end rate (delivered / time from the load's start to the last delivery), and how many
+# deliveries each core made (`relay_deliveries_total` from the admin listener's /metrics).
 #
 # Knobs: ROUNDS=2 DURATION=10s CONNECTIONS=20 SIZE=10KiB CORES=2 PIPELINING=0 (1: loadgen
 # --pipelining) WORK=$(mktemp -d) KEEP=0. Nothing listens beyond 127.0.0.1.
@@ -105,11 +106,21 @@ EOT
     done
     t1=$(date +%s.%N)
     after=$(thread_ticks "$RELAY_PID")
+    local admin per_core
+    admin=$(grep -o 'protocol="admin" addr=[0-9.:]*' "$dir/relay.log" | head -1 | sed 's/.*addr=//')
+    per_core=$(curl -s "http://$admin/metrics" | python3 -c '
+import sys
+out = {}
+for line in sys.stdin:
+    if line.startswith("relay_deliveries_total{") and "result=\"delivered\"" in line:
+        core = line.split("core=\"")[1].split("\"")[0]
+        out[core] = out.get(core, 0) + int(float(line.rsplit(" ", 1)[1]))
+print(" ".join(f"core{c}={n}" for c, n in sorted(out.items())))')
     kill "$RELAY_PID"; wait "$RELAY_PID" 2>/dev/null || true; RELAY_PID=""
     kill "$SINK_PID"; wait "$SINK_PID" 2>/dev/null || true; SINK_PID=""
-    python3 - "$1" "$2" "$accepted" "$got" "$t0" "$t1" "$before" "$after" <<'EOF'
+    python3 - "$1" "$2" "$accepted" "$got" "$t0" "$t1" "$before" "$after" "$per_core" <<'EOF'
 import os, sys
-rnd, spread, accepted, got, t0, t1, before, after = sys.argv[1:]
+rnd, spread, accepted, got, t0, t1, before, after, per_core = sys.argv[1:]
 hz = os.sysconf("SC_CLK_TCK")
 parse = lambda s: {k: int(v) for k, v in (kv.split("=") for kv in s.split())}
 b, a = parse(before), parse(after)
@@ -119,7 +130,7 @@ total = sum(used.values())
 busiest, idlest = max(v for _, v in shards), min(v for _, v in shards)
 ratio = busiest / idlest if idlest > 0 else float("inf")
 e2e = int(got) / (float(t1) - float(t0))
-print(f"round {rnd} spread={spread}: accepted {accepted} delivered {got} e2e {e2e:.0f} msgs/s; "
+print(f"round {rnd} spread={spread}: accepted {accepted} delivered {got} ({per_core}) e2e {e2e:.0f} msgs/s; "
       + " ".join(f"{n} {v:.2f}s" for n, v in shards)
       + f"; shard ratio {ratio:.2f}; process CPU {total:.2f}s = {1e6 * total / max(int(got), 1):.0f} us/msg")
 EOF
