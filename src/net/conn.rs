@@ -514,7 +514,7 @@ mod tests {
             &mut lines,
         );
         assert_eq!(lines.lines, vec![long, b"QUIT\r\n".to_vec()]);
-        assert!(largest >= 2000 && largest <= 4 * 2000, "{largest}");
+        assert!((2000..=4 * 2000).contains(&largest), "{largest}");
     }
 
     #[test]
