@@ -1045,6 +1045,12 @@ async fn pipelined(
     let mut inflight: VecDeque<InFlight> = VecDeque::with_capacity(plan.pipelining);
     let mut batch = Vec::with_capacity(64 * plan.pipelining.min(1024));
     let mut tally = Tally::default();
+    // Bodies answered OK commands asked for, and bodies seen: compared once the session's
+    // commands are done. Not per command: a server may run pipelined FETCHes at once and
+    // interleave their untagged answers (Dovecot does), so the bodies seen before a tagged
+    // OK are not all that command's; each command's own come before its OK, so the totals
+    // match when nothing is missing.
+    let (mut expected_ok, mut seen) = (0u64, 0u64);
     let mut draining = client.uids.is_empty();
     let result: Result<(), WireError> = async {
         loop {
@@ -1100,8 +1106,6 @@ async fn pipelined(
                 .tagged(tag.as_bytes())
                 .unwrap_or(Ok(Status::Bad))?;
             let end = Instant::now();
-            // Answers come in order for these servers; the bodies seen since the last
-            // tagged answer belong to this command.
             let mut s = stats.borrow_mut();
             s.status(status);
             s.span(done.sent, end);
@@ -1111,8 +1115,9 @@ async fn pipelined(
                 } else {
                     s.fetch_body.record(end - done.sent);
                 }
-                s.bodies_missing += done.expected.saturating_sub(tally.bodies);
+                expected_ok += done.expected;
             }
+            seen += tally.bodies;
             s.bodies += tally.bodies;
             s.body_bytes += tally.body_bytes;
             drop(s);
@@ -1121,6 +1126,7 @@ async fn pipelined(
         }
     }
     .await;
+    stats.borrow_mut().bodies_missing += expected_ok.saturating_sub(seen);
     if result.is_err() {
         for _ in &inflight {
             user.unclaim();
