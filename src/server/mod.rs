@@ -719,8 +719,9 @@ fn build_contexts(
                 &session,
                 homed_mailboxes(stores, true),
             )),
-            seen: cluster_listener::Seen::open(&config.spool.dir)
+            seen: cluster_listener::Seen::open(&config.spool.dir, Some(&stores.spool))
                 .map_err(|e| ServerError::Cluster(e.to_string()))?,
+            spool_dir: config.spool.dir.clone(),
             xfer: Arc::new(
                 xfer_in::XferLog::open(&config.spool.dir, Some(&stores.spool))
                     .map_err(|e| ServerError::Cluster(e.to_string()))?,
