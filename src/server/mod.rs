@@ -20,6 +20,7 @@ pub mod imap;
 pub mod imap_store;
 pub mod imap_views;
 pub mod ingest;
+pub mod login_in;
 pub mod login_proxy;
 pub mod move_in;
 pub mod pop3;
@@ -671,6 +672,8 @@ struct Contexts {
     signatures: Arc<signatures::SignaturesShared>,
     dmarc_reports: Arc<crate::sender_auth::report::Recorder>,
     cluster: Option<Arc<cluster_listener::ClusterListener>>,
+    /// `[cluster]`: where logins of users homed on other nodes go, and how.
+    login_proxy: Option<Arc<login_proxy::LoginProxy>>,
 }
 
 /// The SMTP session settings (with the ingest gate), the login contexts and the connection
@@ -728,8 +731,12 @@ fn build_contexts(
         })),
         _ => None,
     };
+    let login_proxy =
+        login_proxy::LoginProxy::new(&config.cluster, stores.cluster.as_ref().map(|(_, tls)| tls))
+            .map(Arc::new);
     Ok(Arc::new(Contexts {
         cluster,
+        login_proxy,
         signatures,
         dmarc_reports,
         signing,
@@ -952,7 +959,7 @@ impl Contexts {
             cluster: self.cluster.clone(),
             // The shard's own engine replaces this in shard::spawn.
             engine: Engine::Epoll,
-            login_proxy: login_proxy::LoginProxy::new(&self.config.cluster).map(Arc::new),
+            login_proxy: self.login_proxy.clone(),
         }
     }
 }

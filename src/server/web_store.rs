@@ -91,7 +91,7 @@ impl Web {
             domain,
             message_size_max: config.smtp.message_size_max.0,
             local_domains: config.local.domains.clone(),
-            homes: super::login_proxy::LoginProxy::new(&config.cluster).map(Arc::new),
+            homes: contexts.login_proxy.clone(),
         });
         let settings = WebSettings {
             threads: web.threads,
