@@ -1268,7 +1268,10 @@ mod tests {
         );
         let input = b"UIDL\r\n";
         assert_eq!(session.handle_input(input, &mut out), input.len());
-        assert_eq!(out.bytes, b"+OK\r\n1 u1\r\n.\r\n".to_vec());
+        assert_eq!(
+            out.bytes,
+            b"+OK unique-id listing follows\r\n1 u1\r\n.\r\n".to_vec()
+        );
         assert_eq!(session.user(), Some("alice"));
 
         let mut out = Outbox::default();
