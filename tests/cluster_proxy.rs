@@ -233,8 +233,11 @@ fn logins_on_any_node_reach_the_home_node(engine: Engine) {
     );
 
     // Web mail through C: a browser logs in on C and sees B's INBOX (C's own mailbox for
-    // carol is empty); its logout ends the session on B and both cookies.
+    // carol is empty); its logout ends the session on B and both cookies. B starts the
+    // session for C's word over the cluster listener: it hashes no password.
+    let b_hashes = metric(&node_b, HASHES);
     let web = client("web", c.web, "carol", TEST_PASSWORD, &[]);
+    assert_eq!(metric(&node_b, HASHES), b_hashes);
     assert_eq!(web.get("login_status").int(), 200, "{web:?}");
     assert!(
         web.get("url").str().ends_with("/mail?folder=INBOX"),
@@ -415,9 +418,12 @@ fn proxied_logins_need_no_password_and_no_public_listener_at_home(engine: Engine
         caps.contains("IMAP4rev2") && caps.contains("IDLE") && !caps.contains("AUTH="),
         "{caps}"
     );
-    // B verified no password for either session.
+    let web = client("web", c.web, "carol", TEST_PASSWORD, &[]);
+    assert_eq!(web.get("login_status").int(), 200, "{web:?}");
+    assert!(web.get("page").str().contains("preauth-1"), "{web:?}");
+    // B verified no password for any of the three sessions.
     assert_eq!(metric(&node_b, HASHES), b_hashes);
-    assert_eq!(count(&node_b, "proxied login served"), 2);
+    assert_eq!(count(&node_b, "proxied login served"), 3);
 
     // dave: C sends him to B, which does not home him: a temporary error, and B says why.
     let dave = client("pop3", c.pop3, "dave", TEST_PASSWORD, &[]);
@@ -467,7 +473,7 @@ fn proxied_logins_need_no_password_and_no_public_listener_at_home(engine: Engine
         count(&node_b, "cluster peer refused at the TLS handshake"),
         handshake_refusals + 2
     );
-    assert_eq!(count(&node_b, "proxied login served"), 2);
+    assert_eq!(count(&node_b, "proxied login served"), 3);
 
     // A node with a certificate: a request that is not one is refused (never a panic), and
     // a user not homed on B is refused with the reason.

@@ -17,7 +17,9 @@
 //!
 //! 1. front → home: `Request {protocol, user, client, from}`;
 //! 2. home → front: `Accepted {capabilities, text}` and the session runs, or `Refused
-//!    {reason}` and the connection closes.
+//!    {reason}` and the connection closes. For web mail (`protocol: web`) the answer is
+//!    `Accepted {session}`, the id of a web session the home node started for the user, and
+//!    the connection closes after it.
 
 use std::net::SocketAddr;
 
@@ -38,6 +40,10 @@ pub const USER_MAX: usize = 320;
 pub enum Protocol {
     Pop3,
     Imap,
+    /// A web-mail login: the home node starts a web session and answers with its id; the
+    /// connection closes (the browser's requests are forwarded to the home node's web
+    /// listener with that session's cookie).
+    Web,
 }
 
 impl Protocol {
@@ -45,6 +51,7 @@ impl Protocol {
         match self {
             Protocol::Pop3 => "pop3",
             Protocol::Imap => "imap",
+            Protocol::Web => "web",
         }
     }
 }
@@ -82,10 +89,13 @@ pub enum Refusal {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "answer", rename_all = "snake_case")]
 pub enum Answer {
-    /// The session runs: `capabilities` (IMAP, post-login) and the login answer's text.
+    /// The session runs: `capabilities` (IMAP, post-login) and the login answer's text;
+    /// `session`: the web session's id (web only).
     Accepted {
         capabilities: Option<String>,
         text: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        session: Option<String>,
     },
     Refused {
         reason: Refusal,
@@ -174,6 +184,8 @@ pub enum FrontStep {
         reply: Vec<u8>,
         leftover: Vec<u8>,
     },
+    /// A web login: the home node's session id.
+    WebSession(String),
     Refused(Refusal),
     Failed(FrameError),
 }
@@ -210,9 +222,21 @@ impl FrontLogin {
         self.input = Vec::new();
         match answer {
             Answer::Refused { reason } => FrontStep::Refused(reason),
-            Answer::Accepted { capabilities, text } => {
+            Answer::Accepted {
+                capabilities,
+                text,
+                session,
+            } => {
                 let text = one_line(&text);
                 let reply = match self.protocol {
+                    Protocol::Web => {
+                        let Some(id) = session.filter(|id| valid_session_id(id)) else {
+                            return FrontStep::Failed(FrameError::Invalid(
+                                "no session id in a web answer".into(),
+                            ));
+                        };
+                        return FrontStep::WebSession(id);
+                    }
                     Protocol::Pop3 => {
                         if text.is_empty() {
                             "+OK\r\n".to_string()
@@ -237,6 +261,16 @@ impl FrontLogin {
             }
         }
     }
+}
+
+/// A session id as the web layer makes them (hex digits; letters, digits, `-`, `_` of a sane
+/// length taken): it
+/// becomes a cookie value.
+fn valid_session_id(id: &str) -> bool {
+    (16..=128).contains(&id.len())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
 /// `text` without CR, LF or other control characters (it becomes part of one line).
@@ -324,6 +358,7 @@ mod tests {
         let mut answer = encode(&Answer::Accepted {
             capabilities: None,
             text: "maildrop has 2 messages (30 octets)".into(),
+            session: None,
         });
         answer.extend_from_slice(b"+OK extra");
         // Byte by byte: nothing before the whole frame.
@@ -345,6 +380,7 @@ mod tests {
         let answer = encode(&Answer::Accepted {
             capabilities: Some("IMAP4rev2 IDLE\r\nMOVE".into()),
             text: String::new(),
+            session: None,
         });
         assert_eq!(
             front.feed(&answer),
@@ -358,8 +394,31 @@ mod tests {
         let answer = encode(&Answer::Accepted {
             capabilities: None,
             text: "x".into(),
+            session: None,
         });
         assert!(matches!(front.feed(&answer), FrontStep::Failed(_)));
+    }
+
+    #[test]
+    fn a_web_login_gets_the_home_nodes_session_id() {
+        let (_, mut front) = FrontLogin::start(&request(Protocol::Web), "");
+        let id = "AbC-_0123456789xyzXYZ";
+        let answer = encode(&Answer::Accepted {
+            capabilities: None,
+            text: String::new(),
+            session: Some(id.into()),
+        });
+        assert_eq!(front.feed(&answer), FrontStep::WebSession(id.into()));
+        // A session id that could not be a cookie value, or none: not relayed.
+        for session in [None, Some("short".to_string()), Some(format!("{id}; x=1"))] {
+            let (_, mut front) = FrontLogin::start(&request(Protocol::Web), "");
+            let answer = encode(&Answer::Accepted {
+                capabilities: None,
+                text: String::new(),
+                session,
+            });
+            assert!(matches!(front.feed(&answer), FrontStep::Failed(_)));
+        }
     }
 
     #[test]

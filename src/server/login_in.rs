@@ -15,7 +15,9 @@
 //! **What runs.** The node's own POP3 or IMAP session and driver, started in the logged-in
 //! state (`pop3::serve_preauthenticated`, `imap::serve_preauthenticated`), over this TLS
 //! connection, with the client's address as its peer (for the log); its limits and
-//! timeouts are the public listener's.
+//! timeouts are the public listener's. For web mail, a session in this node's web server's
+//! table, whose id is the answer (the front node hands the browser its cookie and forwards
+//! the browser's requests to this node's web listener).
 
 use std::net::SocketAddr;
 use std::rc::Rc;
@@ -108,6 +110,54 @@ async fn refuse<C: Connection>(conn: &C, peer: SocketAddr, request: &Request, re
     conn.shutdown();
 }
 
+/// A web-mail login: a session in this node's web server for the user (its default folders
+/// made as at a login here), whose id is the answer.
+async fn web<C: Connection>(conn: &C, ctx: &ShardContext, peer: SocketAddr, request: &Request) {
+    let Some(sessions) = ctx.web_sessions.get() else {
+        refuse(conn, peer, request, Refusal::Unavailable).await;
+        return;
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(0));
+    let created = ctx
+        .mail_store
+        .change(&ctx.spool, &request.user, |s| {
+            Ok((s.ensure_defaults(now), ()))
+        })
+        .await;
+    if let Err(error) = created {
+        tracing::warn!(target: "relay::web", user = %Safe(&request.user), %error, "default folders not created");
+    }
+    let id = crate::web::session::random_token();
+    let started = match sessions.lock() {
+        Ok(mut sessions) => {
+            let csrf = crate::web::session::random_token();
+            sessions.start(
+                request.user.clone(),
+                id.clone(),
+                csrf,
+                std::time::Instant::now(),
+            );
+            true
+        }
+        Err(_) => false,
+    };
+    if !started {
+        refuse(conn, peer, request, Refusal::Unavailable).await;
+        return;
+    }
+    tracing::info!(target: "relay::web", client = %request.client.ip(), user = %Safe(&request.user), from = %Safe(&request.from), "login");
+    let accepted = Answer::Accepted {
+        capabilities: None,
+        text: String::new(),
+        session: Some(id),
+    };
+    if answer(conn, &accepted).await {
+        let _ = crate::net::conn::within(conn, ANSWER_TIMEOUT, conn.finish()).await;
+    }
+}
+
 /// Serves one proxied login (after its TLS handshake) until its session ends.
 pub async fn serve<C: Connection>(conn: &C, ctx: &Rc<ShardContext>, peer: SocketAddr) {
     let (request, input) = match read_request(conn, ctx).await {
@@ -140,6 +190,7 @@ pub async fn serve<C: Connection>(conn: &C, ctx: &Rc<ShardContext>, peer: Socket
                         &Answer::Accepted {
                             capabilities: None,
                             text,
+                            session: None,
                         },
                     )
                     .await
@@ -163,6 +214,7 @@ pub async fn serve<C: Connection>(conn: &C, ctx: &Rc<ShardContext>, peer: Socket
             )
             .await;
         }
+        Protocol::Web => web(conn, ctx, peer, &request).await,
         Protocol::Imap => {
             let accepted = async |capabilities: String| {
                 answer(
@@ -170,6 +222,7 @@ pub async fn serve<C: Connection>(conn: &C, ctx: &Rc<ShardContext>, peer: Socket
                     &Answer::Accepted {
                         capabilities: Some(capabilities),
                         text: "Logged in".into(),
+                        session: None,
                     },
                 )
                 .await

@@ -86,6 +86,16 @@ impl LoginProxy {
         })
     }
 
+    /// This node's name.
+    pub fn this_node(&self) -> &str {
+        &self.node
+    }
+
+    /// The cluster client TLS that asks for the proxied-login conversation.
+    pub fn login_tls(&self) -> Option<Arc<rustls::ClientConfig>> {
+        self.tls.clone()
+    }
+
     fn home(&self, name: &str) -> Home {
         let entry = self.nodes.iter().find(|n| n.name == name);
         Home {
@@ -229,6 +239,12 @@ async fn establish<K: Connector>(
             FrontStep::Failed(error) => {
                 upstream.shutdown();
                 return Err(Failure::Protocol(error));
+            }
+            FrontStep::WebSession(_) => {
+                upstream.shutdown();
+                return Err(Failure::Protocol(FrameError::Invalid(
+                    "a web answer to a mail login".into(),
+                )));
             }
         }
     }

@@ -674,7 +674,14 @@ struct Contexts {
     cluster: Option<Arc<cluster_listener::ClusterListener>>,
     /// `[cluster]`: where logins of users homed on other nodes go, and how.
     login_proxy: Option<Arc<login_proxy::LoginProxy>>,
+    /// The web server's session table, once it runs (web logins proxied here start theirs
+    /// in it).
+    web_sessions: WebSessions,
 }
+
+/// The web server's session table, set when the web server starts (empty without one).
+pub type WebSessions =
+    Arc<std::sync::OnceLock<Arc<std::sync::Mutex<crate::web::session::SessionTable>>>>;
 
 /// The SMTP session settings (with the ingest gate), the login contexts and the connection
 /// table every shard shares.
@@ -737,6 +744,7 @@ fn build_contexts(
     Ok(Arc::new(Contexts {
         cluster,
         login_proxy,
+        web_sessions: WebSessions::default(),
         signatures,
         dmarc_reports,
         signing,
@@ -960,6 +968,7 @@ impl Contexts {
             // The shard's own engine replaces this in shard::spawn.
             engine: Engine::Epoll,
             login_proxy: self.login_proxy.clone(),
+            web_sessions: Arc::clone(&self.web_sessions),
         }
     }
 }
