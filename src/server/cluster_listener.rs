@@ -1,4 +1,7 @@
-//! The cluster listener (`cluster.listen`): SMTP between nodes over mutual TLS.
+//! The cluster listener (`cluster.listen`): SMTP between nodes over mutual TLS, and by ALPN
+//! the other conversations between nodes: the queue transfer (`relay-xfer`,
+//! [`super::xfer_session`]), the user move (`relay-move`, [`super::move_in`]) and proxied
+//! POP3/IMAP logins (`relay-login`, [`super::login_in`]).
 //!
 //! **Who may connect.** TLS from the first byte with [`crate::net::tls::ClusterTls`]'s server
 //! side: the client must present a certificate that chains to `cluster.ca`, or the
@@ -93,12 +96,16 @@ pub struct ClusterListener {
 }
 
 /// The cluster listener's TLS: `tls`'s server side that also offers the user-move
-/// conversation (`relay user move` on a peer, [`super::move_in`]).
+/// conversation (`relay user move` on a peer, [`super::move_in`]) and the proxied login
+/// (a peer's POP3 or IMAP client, [`super::login_in`]).
 pub fn server_tls(tls: &ClusterTls) -> Arc<rustls::ServerConfig> {
     let mut config = (*tls.server()).clone();
     config
         .alpn_protocols
         .push(crate::cluster::move_wire::ALPN.to_vec());
+    config
+        .alpn_protocols
+        .push(crate::cluster::login_wire::ALPN.to_vec());
     Arc::new(config)
 }
 
@@ -146,6 +153,12 @@ pub async fn serve<C: Connection>(
             if tls.alpn_protocol().as_deref() == Some(crate::cluster::move_wire::ALPN) {
                 // A peer moves one of its users here (`relay user move`).
                 super::move_in::serve(&tls, &ctx, peer).await;
+                drop(permit);
+                return;
+            }
+            if tls.alpn_protocol().as_deref() == Some(crate::cluster::login_wire::ALPN) {
+                // A peer's client logged in there; its session runs here.
+                super::login_in::serve(&tls, &ctx, peer).await;
                 drop(permit);
                 return;
             }
