@@ -489,7 +489,7 @@ fn mail_queued_elsewhere_during_the_move_follows_the_user() {
             l.contains("stored for a peer") && l.contains(&format!("c.{id}"))
         })
         .unwrap_or_else(|| panic!("{id} never reached B:\nC:\n{}", c.log().render()));
-    assert!(c.log_contains("re-routed"), "C re-routed it");
+    c.wait_log(&["the recipient's home node changed; re-routed", &id], WAIT);
     let messages = common::cluster::messages(&client("pop3", net.pop3("b")));
     assert_eq!(
         messages.len(),

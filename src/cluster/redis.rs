@@ -79,6 +79,8 @@ pub struct RedisMetrics {
 const UNKNOWN: u8 = 0;
 const UP: u8 = 1;
 const DOWN: u8 = 2;
+/// Failed before it ever answered: its first answer is "connected", not "again".
+const NEVER_UP: u8 = 3;
 
 /// Whether Redis answered the last call, with the once-per-outage log.
 #[derive(Debug)]
@@ -93,7 +95,7 @@ impl Health {
             DOWN => {
                 tracing::info!(target: "relay::cluster", "Redis answers again: shared limits apply again")
             }
-            UNKNOWN => tracing::info!(target: "relay::cluster", "Redis connected"),
+            UNKNOWN | NEVER_UP => tracing::info!(target: "relay::cluster", "Redis connected"),
             _ => {}
         }
         self.metrics.up.set(1);
@@ -102,7 +104,13 @@ impl Health {
     fn failed(&self, error: &RedisError) {
         self.metrics.failures.inc();
         self.metrics.up.set(0);
-        if self.state.swap(DOWN, Ordering::Relaxed) != DOWN {
+        let before = self.state.load(Ordering::Relaxed);
+        let next = if matches!(before, UNKNOWN | NEVER_UP) {
+            NEVER_UP
+        } else {
+            DOWN
+        };
+        if self.state.swap(next, Ordering::Relaxed) != next {
             tracing::warn!(target: "relay::cluster", %error, "Redis unavailable: limits follow cluster.redis.failure until it answers (logged once per outage)");
         }
     }

@@ -110,6 +110,15 @@ pub struct Permit {
 }
 
 impl Permit {
+    /// A cluster peer proved by its certificate: it no longer counts against its address's
+    /// connection limit (a front node holds one connection per proxied session, far more
+    /// than `connections_per_ip_max`); the core's limit still applies.
+    pub fn peer_verified(mut self) -> Permit {
+        self._client = None;
+        self._cluster = None;
+        self
+    }
+
     /// Holds `lease` (the cluster's slot) for the life of the connection too.
     pub fn with_lease(mut self, lease: Option<ConnectionLease>) -> Permit {
         self._cluster = lease;

@@ -8,7 +8,9 @@
 //! handshake fails and the connection closes before any SMTP (logged, counted as an SMTP TLS
 //! failure). A peer that passed is an authenticated node and is trusted like a relay network
 //! client: it may relay (a draining peer hands over mail for anywhere), no message rate,
-//! no block lists.
+//! no block lists, and once verified its connection no longer counts against
+//! `server.connections_per_ip_max` (a front node keeps one connection per proxied POP3/IMAP
+//! session here); until then it does, like any client.
 //!
 //! **What it takes.** The SMTP driver (`server::smtp`) and session are the public
 //! listener's, with the session configured by [`session_config`]: no STARTTLS and no AUTH
@@ -150,6 +152,7 @@ pub async fn serve<C: Connection>(
     match crate::net::tls::accept(conn, config, &[], ctx.tls_handshake_timeout).await {
         Ok((tls, summary)) => {
             ctx.metrics.smtp.tls_handshakes.inc();
+            let permit = permit.peer_verified();
             if tls.alpn_protocol().as_deref() == Some(crate::cluster::move_wire::ALPN) {
                 // A peer moves one of its users here (`relay user move`).
                 super::move_in::serve(&tls, &ctx, peer).await;
