@@ -30,6 +30,7 @@ engine_tests! {
     downconverted_mail_still_verifies: downconverted_mail_still_verifies_uring, downconverted_mail_still_verifies_epoll;
     only_our_clients_mail_is_signed: only_our_clients_mail_is_signed_uring, only_our_clients_mail_is_signed_epoll;
     sighup_rotates_to_a_new_selector: sighup_rotates_to_a_new_selector_uring, sighup_rotates_to_a_new_selector_epoll;
+    whitespace_only_lines_at_the_end_verify: whitespace_only_lines_at_the_end_verify_uring, whitespace_only_lines_at_the_end_verify_epoll;
 }
 
 const DOMAIN: &str = "example.test";
@@ -320,6 +321,38 @@ fn signatures_verify_and_tampering_fails(engine: Engine) {
     // Another domain's mail gets no signature of ours.
     let id = relay.deliver(&["one@example.test"], &message("carol@other.test", "other"));
     assert_eq!(signatures(&relay.spool_cat(&id)), 0);
+}
+
+/// RFC 6376 §3.4.4: lines holding only whitespace at the end of the body are empty lines
+/// once trailing whitespace goes, and ignored. Our signatures over such a body verify with
+/// dkimpy and npm mailauth, which read the RFC so; they failed on the code before (which
+/// kept those lines as CRLFs, as mail-auth 0.13.3 does), seen as dkimpy's and mailauth's
+/// "fail" on both signatures.
+fn whitespace_only_lines_at_the_end_verify(engine: Engine) {
+    let dir = new_workdir();
+    let ed = keygen(dir.path(), "ed", true);
+    let rsa = keygen(dir.path(), "rsa", false);
+    let dns = dns_for(&[&ed, &rsa]);
+    let relay = signing_relay(engine, &[&ed, &rsa], dir);
+    let mut message = message("alice@example.test", "trailing");
+    message.extend_from_slice(b"last words  \r\n \r\n\t\r\n  \t \r\n\r\n \r\n");
+    let id = relay.deliver(&["one@example.test"], &message);
+    let stored = relay.spool_cat(&id);
+    assert_eq!(signatures(&stored), 2);
+    assert!(
+        stored.ends_with(b"last words  \r\n \r\n\t\r\n  \t \r\n\r\n \r\n"),
+        "the body arrived as sent: {}",
+        String::from_utf8_lossy(&stored)
+    );
+    let both = pairs(&[("pass", "ed"), ("pass", "rsa")]);
+    assert_eq!(dkimpy(&dns, &stored), both);
+    assert_eq!(mailauth(&[&ed, &rsa], &stored), both);
+    // The whitespace lines are outside the signature; the text before them is not.
+    let tampered = replace(&stored, "last words", "last Words");
+    assert_eq!(
+        dkimpy(&dns, &tampered),
+        pairs(&[("fail", "ed"), ("fail", "rsa")])
+    );
 }
 
 /// A next hop whose EHLO announces no 8BITMIME (tests/py/dkim_sink.py).

@@ -400,6 +400,89 @@ fn dmarc_and_dkim(engine: Engine) {
     relay.stop();
 }
 
+/// RFC 6376 §3.4.4: whitespace at line ends goes before empty lines at the end of the body
+/// are ignored, so lines holding only whitespace there are not hashed. Bodies ending so,
+/// signed relaxed/relaxed by dkimpy (RSA, Ed25519) and npm mailauth, verify here; on the code
+/// before (mail-auth 0.13.3's reading, which hashes them as CRLFs) all three were
+/// `dkim=fail` (body hash mismatch).
+fn whitespace_only_lines_at_the_end(engine: Engine) {
+    let world = world();
+    let relay = Relay::start(settings(engine, world.dns.port, ""));
+    let ended = |marker: &str| {
+        let mut message = message(marker, "x@signed.test", "trailing  whitespace\t");
+        message.extend_from_slice(b" \r\n\t\r\n  \t \r\n\r\n \r\n");
+        message
+    };
+    let dkimsign_relaxed = |selector: &str, alg: &str, message: &[u8]| {
+        pipe(
+            Command::new("/usr/bin/dkimsign")
+                .args([
+                    "--hcanon",
+                    "relaxed",
+                    "--bcanon",
+                    "relaxed",
+                    "--signalg",
+                    alg,
+                ])
+                .args([selector, "signed.test"])
+                .arg(world.key(selector)),
+            message,
+        )
+    };
+    for (marker, selector, signed) in [
+        (
+            "ws-dkimpy-rsa",
+            "rsa",
+            dkimsign_relaxed("rsa", "rsa-sha256", &ended("ws-dkimpy-rsa")),
+        ),
+        (
+            "ws-dkimpy-ed",
+            "ed",
+            dkimsign_relaxed("ed", "ed25519-sha256", &ended("ws-dkimpy-ed")),
+        ),
+        (
+            "ws-mailauth-rsa",
+            "rsa",
+            mailauth_sign(&world, &ended("ws-mailauth-rsa")),
+        ),
+    ] {
+        assert!(
+            signed.ends_with(b"\r\n \r\n\t\r\n  \t \r\n\r\n \r\n"),
+            "{marker}: the signer kept the body: {}",
+            String::from_utf8_lossy(&signed)
+        );
+        let text = String::from_utf8_lossy(&signed);
+        assert!(text.contains("c=relaxed/relaxed"), "{marker}: {text}");
+        let results = accepted(
+            &relay,
+            "client.nowhere.test",
+            "b@nospf.test",
+            marker,
+            &signed,
+        );
+        has(
+            &results,
+            &format!("dkim=pass header.d=signed.test header.s={selector}"),
+        );
+        has(&results, "dmarc=pass header.from=signed.test");
+    }
+    // The text before the whitespace lines is signed: changing it fails.
+    let signed = dkimsign_relaxed("rsa", "rsa-sha256", &ended("ws-tampered"));
+    let tampered = String::from_utf8(signed)
+        .expect("utf-8")
+        .replace("trailing  whitespace", "trailing whitespace!")
+        .into_bytes();
+    let results = accepted(
+        &relay,
+        "client.nowhere.test",
+        "b@nospf.test",
+        "ws-tampered",
+        &tampered,
+    );
+    has(&results, "dkim=fail header.d=signed.test header.s=rsa");
+    relay.stop();
+}
+
 /// Where RFC 7489 (organisational domain from the public suffix list, §3.2; record at the
 /// From domain else at the organisational domain, §6.6.3) and the DMARCbis tree walk
 /// mail-auth implements disagree.
@@ -723,4 +806,5 @@ engine_tests! {
     dns_failures: dns_failures_uring, dns_failures_epoll;
     forged_results_and_own_clients: forged_results_uring, forged_results_epoll;
     arc_sets: arc_sets_uring, arc_sets_epoll;
+    whitespace_only_lines_at_the_end: whitespace_only_lines_at_the_end_uring, whitespace_only_lines_at_the_end_epoll;
 }

@@ -8,8 +8,10 @@
 //!
 //! Signatures are relaxed/relaxed, never `l=`, with `t=`; `h=` lists each configured field
 //! as often as it occurs, and From/To/Subject/Date once more (over-signing: a field added
-//! later breaks the signature, RFC 6376 §8.15). The canonicalisation and the key operations
-//! are mail-auth's; the header selection is ours so the over-signing rule is exact.
+//! later breaks the signature, RFC 6376 §8.15). The header canonicalisation and the key
+//! operations are mail-auth's; the body canonicalisation is ours ([`super::body_hash`],
+//! RFC 6376 §3.4.4 where mail-auth keeps whitespace-only lines at the end of the body), the
+//! same one verification uses; the header selection is ours so the over-signing rule is exact.
 //!
 //! [`KeySet::resign`] replaces our own signatures after the delivery side rewrote a message
 //! (8BITMIME down-conversion); a signature is ours only when re-signing the original with
@@ -490,7 +492,7 @@ fn sign_with(key: &Key, message: &[u8], t: u64) -> Result<Vec<u8>, mail_auth::Er
     };
     signature.bh = key
         .key
-        .hash(Canonicalization::Relaxed.canonical_body(body, 0))
+        .hash(super::body_hash::RelaxedBody(body))
         .as_ref()
         .to_vec();
     signature.b = key.key.sign(Signable {
