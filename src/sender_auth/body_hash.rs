@@ -158,7 +158,7 @@ fn ends_at(rest: &[u8], at: usize) -> bool {
 
 /// The length of the run at the start of `rest` that goes out unchanged ([`ends_at`]),
 /// eight bytes at a time: each word is tested with its neighbours one and two bytes on and
-/// one byte back.
+/// one byte back, after a quicker test that clears words of plain text.
 fn run_end(rest: &[u8]) -> usize {
     let len = rest.len();
     if len == 0 || ends_at(rest, 0) {
@@ -168,9 +168,15 @@ fn run_end(rest: &[u8]) -> usize {
     while at + 10 <= len {
         let here = word_at(rest, at);
         let next = word_at(rest, at + 1);
+        let next_text = bytes_text(next);
+        // Most words of text hold only text and spaces followed by text: nothing ends
+        // there, and the exact test below (about three times the work) is skipped.
+        if (!bytes_text(here) & !(bytes_equal(here, b' ') & next_text) & HIGH) == 0 {
+            at += 8;
+            continue;
+        }
         let after_next = word_at(rest, at + 2);
         let before = word_at(rest, at - 1);
-        let next_text = bytes_text(next);
         let ends = bytes_equal(here, b'\t')
             | (bytes_equal(here, b' ') & !next_text)
             | (bytes_equal(here, b'\r') & !(bytes_equal(next, b'\n') & bytes_text(after_next)))
