@@ -310,37 +310,10 @@ fn ask_login(
     cert: Option<&NodeCert>,
     frame: &[u8],
 ) -> std::io::Result<Vec<u8>> {
-    use rustls::pki_types::pem::PemObject;
-    use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+    use rustls::pki_types::ServerName;
     use std::io::{Read, Write};
     use std::sync::Arc;
-    let mut roots = rustls::RootCertStore::empty();
-    for der in CertificateDer::pem_file_iter(ca)
-        .expect("read CA")
-        .flatten()
-    {
-        roots.add(der).expect("CA certificate");
-    }
-    let builder = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .expect("protocol versions")
-    .with_root_certificates(roots);
-    let mut config = match cert {
-        Some(cert) => {
-            let chain: Vec<CertificateDer<'static>> =
-                CertificateDer::pem_file_iter(&cert.cert_path)
-                    .expect("read cert")
-                    .flatten()
-                    .collect();
-            let key = PrivateKeyDer::from_pem_file(&cert.key_path).expect("read key");
-            builder
-                .with_client_auth_cert(chain, key)
-                .expect("client cert")
-        }
-        None => builder.with_no_client_auth(),
-    };
+    let mut config = common::cluster::peer_tls_config(ca, cert);
     config.alpn_protocols = vec![b"relay-login".to_vec()];
     let socket = std::net::TcpStream::connect(addr)?;
     socket.set_read_timeout(Some(Duration::from_secs(20)))?;

@@ -204,6 +204,40 @@ impl Cluster {
     }
 }
 
+/// A node's client TLS settings as a test peer uses them: trusting `ca`, presenting `cert`
+/// (or no certificate).
+pub fn peer_tls_config(ca: &Path, cert: Option<&NodeCert>) -> rustls::ClientConfig {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let mut roots = rustls::RootCertStore::empty();
+    for der in CertificateDer::pem_file_iter(ca)
+        .expect("read CA")
+        .flatten()
+    {
+        roots.add(der).expect("CA certificate");
+    }
+    let builder = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("protocol versions")
+    .with_root_certificates(roots);
+    match cert {
+        Some(cert) => {
+            let chain: Vec<CertificateDer<'static>> =
+                CertificateDer::pem_file_iter(&cert.cert_path)
+                    .expect("read cert")
+                    .flatten()
+                    .collect();
+            let key = PrivateKeyDer::from_pem_file(&cert.key_path).expect("read key");
+            builder
+                .with_client_auth_cert(chain, key)
+                .expect("client cert")
+        }
+        None => builder.with_no_client_auth(),
+    }
+}
+
 /// A blocking SMTP client over TLS to a cluster listener, as a peer would connect: trusting
 /// `ca`, presenting `cert` (or none).
 pub struct PeerClient {
@@ -229,35 +263,8 @@ impl PeerClient {
         ca: &Path,
         cert: Option<&NodeCert>,
     ) -> std::io::Result<(PeerClient, String)> {
-        use rustls::pki_types::pem::PemObject;
-        use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
-        let mut roots = rustls::RootCertStore::empty();
-        for der in CertificateDer::pem_file_iter(ca)
-            .expect("read CA")
-            .flatten()
-        {
-            roots.add(der).expect("CA certificate");
-        }
-        let builder = rustls::ClientConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .expect("protocol versions")
-        .with_root_certificates(roots);
-        let config = match cert {
-            Some(cert) => {
-                let chain: Vec<CertificateDer<'static>> =
-                    CertificateDer::pem_file_iter(&cert.cert_path)
-                        .expect("read cert")
-                        .flatten()
-                        .collect();
-                let key = PrivateKeyDer::from_pem_file(&cert.key_path).expect("read key");
-                builder
-                    .with_client_auth_cert(chain, key)
-                    .expect("client cert")
-            }
-            None => builder.with_no_client_auth(),
-        };
+        use rustls::pki_types::ServerName;
+        let config = peer_tls_config(ca, cert);
         let socket = match source {
             None => std::net::TcpStream::connect(addr)?,
             Some(ip) => {
