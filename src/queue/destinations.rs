@@ -78,15 +78,35 @@ impl DestinationKey {
     }
 
     /// FNV-1a (64-bit) over a canonical encoding: the key's text form with a type tag.
+    /// The text is hashed as it is formatted: no allocation per hand-off.
     fn stable_hash(&self) -> u64 {
-        const OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
-        const PRIME: u64 = 0x0000_0100_0000_01b3;
-        let text = match self {
-            DestinationKey::Mx(domain) => format!("mx:{domain}"),
-            DestinationKey::Static { hop, tls } => format!("static:{hop}:{tls:?}"),
+        use std::fmt::Write as _;
+        let mut h = Fnv1a::default();
+        // Writing into `Fnv1a` cannot fail.
+        let _ = match self {
+            DestinationKey::Mx(domain) => write!(h, "mx:{domain}"),
+            DestinationKey::Static { hop, tls } => write!(h, "static:{hop}:{tls:?}"),
         };
-        text.bytes()
-            .fold(OFFSET, |h, b| (h ^ u64::from(b)).wrapping_mul(PRIME))
+        h.0
+    }
+}
+
+/// FNV-1a (64-bit) as a formatting sink.
+struct Fnv1a(u64);
+
+impl Default for Fnv1a {
+    fn default() -> Self {
+        Fnv1a(0xcbf2_9ce4_8422_2325)
+    }
+}
+
+impl std::fmt::Write for Fnv1a {
+    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+        const PRIME: u64 = 0x0000_0100_0000_01b3;
+        self.0 = s
+            .bytes()
+            .fold(self.0, |h, b| (h ^ u64::from(b)).wrapping_mul(PRIME));
+        Ok(())
     }
 }
 

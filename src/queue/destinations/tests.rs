@@ -89,6 +89,27 @@ fn owners_are_stable_in_range_and_even() {
 const PINNED_OWNERS: [usize; 4] = [7, 4, 5, 5];
 
 #[test]
+fn the_hash_is_fnv1a_of_the_key_text() {
+    let fnv = |text: &str| {
+        text.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+        })
+    };
+    let key = mx("Example.COM");
+    assert_eq!(key.stable_hash(), fnv("mx:example.com"));
+    let smart = Route {
+        hop: parse_next_hop("smart.example.net:587").unwrap(),
+        tls: TlsMode::Required,
+        rule: None,
+    };
+    let key = DestinationKey::new(&smart, "a.example");
+    let DestinationKey::Static { hop, tls } = &key else {
+        panic!("a static key");
+    };
+    assert_eq!(key.stable_hash(), fnv(&format!("static:{hop}:{tls:?}")));
+}
+
+#[test]
 fn growing_the_core_count_moves_few_destinations() {
     let mut moved = 0;
     for i in 0..20_000 {
