@@ -91,14 +91,19 @@ struct Health {
 
 impl Health {
     fn succeeded(&self) {
-        match self.state.swap(UP, Ordering::Relaxed) {
-            DOWN => {
-                tracing::info!(target: "relay::cluster", "Redis answers again: shared limits apply again")
-            }
-            UNKNOWN | NEVER_UP => tracing::info!(target: "relay::cluster", "Redis connected"),
-            _ => {}
+        if let Some(line) = self.up_again() {
+            tracing::info!(target: "relay::cluster", "{line}");
         }
         self.metrics.up.set(1);
+    }
+
+    /// Marks Redis up; the line to log when that is news.
+    fn up_again(&self) -> Option<&'static str> {
+        match self.state.swap(UP, Ordering::Relaxed) {
+            DOWN => Some("Redis answers again: shared limits apply again"),
+            UNKNOWN | NEVER_UP => Some("Redis connected"),
+            _ => None,
+        }
     }
 
     fn failed(&self, error: &RedisError) {
@@ -324,5 +329,32 @@ pub fn ints(value: &Value) -> Result<Vec<i64>, RedisError> {
     match value {
         Value::Array(items) => items.iter().map(int).collect(),
         other => Err(RedisError::Answer(format!("{other:?}"))),
+    }
+}
+
+#[cfg(test)]
+mod health_tests {
+    use super::*;
+
+    #[test]
+    fn the_first_answer_is_connected_even_after_a_failed_first_contact() {
+        let health = Health {
+            state: AtomicU8::new(UNKNOWN),
+            metrics: RedisMetrics::default(),
+        };
+        health.failed(&RedisError::Busy);
+        health.failed(&RedisError::Busy);
+        assert_eq!(health.up_again(), Some("Redis connected"));
+        assert_eq!(health.up_again(), None);
+        health.failed(&RedisError::Busy);
+        assert_eq!(
+            health.up_again(),
+            Some("Redis answers again: shared limits apply again")
+        );
+        let fresh = Health {
+            state: AtomicU8::new(UNKNOWN),
+            metrics: RedisMetrics::default(),
+        };
+        assert_eq!(fresh.up_again(), Some("Redis connected"));
     }
 }
