@@ -520,7 +520,7 @@ async fn fail_destination<C: Connector + 'static>(
     let temporary = matches!(result, RecipientResult::Deferred(_));
     let others = core.fail_destination(first.0, temporary);
     for (ticket, entry) in std::iter::once(first).chain(others) {
-        let message = match core.load(entry.id) {
+        let message = match core.load(entry.id).await {
             Ok(Some(m)) => m,
             Ok(None) => {
                 core.gone(ticket, entry.id);
@@ -639,7 +639,7 @@ async fn converse<C: Connector + 'static, K: Connection>(
                     conv.client.quit(&mut conv.out);
                     continue;
                 };
-                match core.load(entry.id) {
+                match core.load(entry.id).await {
                     Ok(Some(mut message)) => {
                         let body = Bytes::from(std::mem::take(&mut message.body));
                         let mut message_out = outgoing(&entry, &message, body.clone());

@@ -950,8 +950,9 @@ impl Contexts {
             verifying: verifying::Verifying::for_shard(&self.verifying),
             signatures: signatures::Signatures::for_shard(&self.signatures),
             cluster: self.cluster.clone(),
-            // The shard's own engine replaces this in shard::spawn.
+            // The shard's own engine (and its reads) replace these in shard::spawn.
             engine: Engine::Epoll,
+            reads: crate::runtime::file_read::FileReads::Inline,
             login_proxy: login_proxy::LoginProxy::new(&self.config.cluster).map(Arc::new),
         }
     }
