@@ -243,7 +243,11 @@ pub(crate) fn read_at(
         Ok::<_, SpoolError>(buf)
     };
     let preamble = read("read segment header", 0, MessageHead::PREAMBLE_LEN)?;
-    let head = read("read frame", location.offset, MessageHead::head_len(&path, location)?)?;
+    let head = read(
+        "read frame",
+        location.offset,
+        MessageHead::head_len(&path, location)?,
+    )?;
     let head = MessageHead::parse(&path, location, &preamble, &head)?;
     let body = read("read frame", head.body_offset, head.body_len)?;
     head.check_body(&path, location, &body, body.len())?;
@@ -305,7 +309,10 @@ impl MessageHead {
             .map_err(|e| bad(format!("unreadable segment header: {e:?}")))?;
         let want = Self::head_len(path, location)?;
         if head.len() < want {
-            return Err(bad(format!("frame cut short: {} of {want} bytes", head.len())));
+            return Err(bad(format!(
+                "frame cut short: {} of {want} bytes",
+                head.len()
+            )));
         }
         let check = FrameHeader::check(head, seg.salt);
         if !check.trusted() {
@@ -335,8 +342,7 @@ impl MessageHead {
         let Record::Message(meta) = decode_payload(kind, h.version, &aligned).map_err(bad)? else {
             return Err(bad("not a message record".into()));
         };
-        let body_len =
-            usize::try_from(h.body_len).map_err(|_| bad("body too large".into()))?;
+        let body_len = usize::try_from(h.body_len).map_err(|_| bad("body too large".into()))?;
         Ok(MessageHead {
             meta,
             meta_crc: crc32c::crc32c(meta_bytes),
