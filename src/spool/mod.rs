@@ -48,8 +48,13 @@
 //! deletion state; a [`dashmap::DashMap`] touched once per message, never per byte). Writer
 //! threads update it after each commit, before replying, and compaction after each move, so
 //! [`Spool::locate`] / [`Spool::read_body`] see a message acknowledged a microsecond ago. A body
-//! read is one `pread` of the body bytes through a small cache of open segment handles,
-//! verified against the frame checksum without reading the meta (see [`frame`]).
+//! read is one positioned read of the body bytes through a small cache of open segment
+//! handles, verified against the frame checksum without reading the meta (see [`frame`]).
+//! The shards read with [`Spool::read_body_async`] / [`Spool::read_message_async`]: the same
+//! locate, checks and retry, with only the byte move handed to [`FileReads`] (the shard's
+//! io_uring ring, or the epoll engine's bounded reader pool: `runtime::file_read`), so a body
+//! not in the page cache never blocks a core; the checksum is computed in 256 KiB steps with a
+//! yield between two. The synchronous reads stay for tools, tests and `relay user move`.
 //! [`Spool::startup_view`] gives the mailbox store and the queue what to rebuild at start.
 //!
 //! # Liveness and compaction
