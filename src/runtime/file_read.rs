@@ -71,6 +71,12 @@ impl std::fmt::Debug for FileReads {
     }
 }
 
+/// Starts the epoll engine's shared pool now (from an unpinned thread: see `server::run`);
+/// a failure is reported by the first shard that asks for it.
+pub fn start_pool() {
+    let _ = shared_pool();
+}
+
 /// The epoll engine's pool, started on first use and shared by every shard.
 fn shared_pool() -> io::Result<Arc<ReadPool>> {
     static POOL: OnceLock<Arc<ReadPool>> = OnceLock::new();
