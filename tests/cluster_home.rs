@@ -316,6 +316,58 @@ fn a_resent_message_is_stored_once() {
     assert_eq!(mailbox(&b, "bea").len(), 2);
 }
 
+/// The home node is killed after its spool commit and before its duplicate record (the
+/// debug-build seam `cluster-pause-stored` holds it there; no 250 was sent): the sender's
+/// resend is recognised from the stored message itself and not stored a second time.
+#[test]
+fn killed_between_its_commit_and_its_record_stores_a_resend_once() {
+    let cluster = cluster(&["a", "b"]);
+    let b = start(&cluster, "b", Engine::Epoll);
+    let addr = cluster.node("b").cluster;
+    let ca = cluster.ca.cert_path.clone();
+    let cert = cluster.node("a").cert.clone();
+    let tag = "a.00000000000000C1";
+    let send = move |ca: std::path::PathBuf, cert: common::cluster::NodeCert| {
+        let (mut peer, _) = PeerClient::connect(addr, &ca, Some(&cert))?;
+        peer.cmd("EHLO a")?;
+        let mail = peer.cmd(&format!("MAIL FROM:<s@example.test> XQUEUE={tag}"))?;
+        assert!(mail.starts_with("250"), "{mail}");
+        let rcpt = peer.cmd("RCPT TO:<bea@example.test>")?;
+        assert!(rcpt.starts_with("250"), "{rcpt}");
+        peer.data(&message("window-1", &[]))
+    };
+    let pause = b.spool_dir.join("cluster-pause-stored");
+    std::fs::write(&pause, b"").unwrap();
+    let first = {
+        let (ca, cert) = (ca.clone(), cert.clone());
+        std::thread::spawn(move || send(ca, cert))
+    };
+    b.wait_log(
+        &[
+            "paused between the spool commit and the duplicate record",
+            tag,
+        ],
+        HOP_TIMEOUT,
+    );
+    b.kill9();
+    let answer = first.join().expect("sender thread");
+    assert!(
+        answer.as_ref().map_or(true, |r| !r.starts_with("250")),
+        "no 250 may reach the sender before the record: {answer:?}"
+    );
+    std::fs::remove_file(&pause).unwrap();
+    let b = b.restart(b.settings.clone());
+    let again = send(ca, cert).expect("resend");
+    assert!(again.starts_with("250"), "{again}");
+    assert!(
+        b.log_contains("already stored; not stored again"),
+        "the resend is recognised as a duplicate"
+    );
+    let messages = mailbox(&b, "bea");
+    assert_eq!(messages.len(), 1, "exactly once in bea's mailbox");
+    assert!(common::find(&messages[0], b"marker window-1").is_some());
+}
+
 /// B is down for a while: A queues and retries; A is killed after its 250 and before the
 /// delivery to B: after its restart the message reaches B exactly once.
 #[test]

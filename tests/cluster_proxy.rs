@@ -3,6 +3,12 @@
 //! poplib and imaplib connect to C and see B's mailbox byte for byte; deletions through C
 //! happen on B; a wrong password is refused by C alone; with B killed, C answers with a
 //! temporary error at once.
+//!
+//! The session reaches B over the cluster listener's mutual TLS, already logged in: B
+//! hashes no password for it (its `auth_hash_run_total` does not move), its public POP3
+//! and IMAP listeners need not be in the node table, a client without a cluster
+//! certificate cannot ask for a session, and a user B does not home is refused (the client
+//! gets a temporary error).
 
 #[macro_use]
 mod common;
@@ -10,7 +16,7 @@ mod common;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use common::cluster::{client, messages};
+use common::cluster::{client, messages, NodeCert, TestCa};
 use common::json::Json;
 use common::smtp::message;
 use common::{new_workdir, Engine, Relay, Settings, TEST_PASSWORD, TEST_PASSWORD_HASH};
@@ -23,6 +29,7 @@ struct NodeAddrs {
     pop3: SocketAddr,
     imap: SocketAddr,
     web: SocketAddr,
+    cert: NodeCert,
 }
 
 /// A port free on `ip` right now (each node has a loopback address of its own, so another
@@ -33,7 +40,7 @@ fn free_port(ip: &str) -> SocketAddr {
         .unwrap_or_else(|e| panic!("bind {ip}: {e}"))
 }
 
-fn node(name: &'static str, ip: &'static str) -> NodeAddrs {
+fn node(ca: &TestCa, name: &'static str, ip: &'static str) -> NodeAddrs {
     NodeAddrs {
         name,
         ip,
@@ -41,22 +48,41 @@ fn node(name: &'static str, ip: &'static str) -> NodeAddrs {
         pop3: free_port(ip),
         imap: free_port(ip),
         web: free_port(ip),
+        cert: ca.node_cert(name, ip.parse().expect("an IP address")),
     }
 }
 
 const USERS_FILE: &str = "cluster-users";
 
-/// The node's config: the test template with its own addresses, the shared users file and
-/// the `[cluster]` node table.
-fn start(engine: Engine, this: &NodeAddrs, nodes: &[&NodeAddrs], users: &str) -> Relay {
+/// The node's config: the test template with its own addresses, the users file and the
+/// `[cluster]` section (its listener and certificate, the node table; the table names the
+/// nodes' public POP3 and IMAP listeners only when `public`).
+fn start(
+    engine: Engine,
+    ca: &TestCa,
+    this: &NodeAddrs,
+    nodes: &[&NodeAddrs],
+    users: &str,
+    public: bool,
+) -> Relay {
     let mut settings = Settings::new(engine);
     settings.smtp_listen = format!("{}:0", this.ip);
-    let mut cluster = format!("[cluster]\nnode = {:?}\n", this.name);
+    let mut cluster = format!(
+        "[cluster]\nnode = {:?}\nlisten = \"{}\"\ncert = {:?}\nkey = {:?}\nca = {:?}\n",
+        this.name,
+        this.cluster,
+        this.cert.cert_path.to_str().expect("utf-8 path"),
+        this.cert.key_path.to_str().expect("utf-8 path"),
+        ca.cert_path.to_str().expect("utf-8 path"),
+    );
     for n in nodes {
         cluster.push_str(&format!(
-            "[[cluster.nodes]]\nname = {:?}\ncluster = \"{}\"\npop3 = \"{}\"\nimap = \"{}\"\nweb = \"{}\"\n",
-            n.name, n.cluster, n.pop3, n.imap, n.web
+            "[[cluster.nodes]]\nname = {:?}\ncluster = \"{}\"\nweb = \"{}\"\n",
+            n.name, n.cluster, n.web
         ));
+        if public {
+            cluster.push_str(&format!("pop3 = \"{}\"\nimap = \"{}\"\n", n.pop3, n.imap));
+        }
     }
     settings.extra_toml = format!("[web]\nlisten = [\"{}\"]\n{cluster}", this.web);
     let dir = new_workdir();
@@ -87,10 +113,28 @@ fn count(relay: &Relay, needle: &str) -> usize {
         .count()
 }
 
+/// The value of an unlabelled metric on `relay`'s `/metrics`.
+fn metric(relay: &Relay, name: &str) -> f64 {
+    let (status, body) = relay.admin_get("/metrics");
+    assert_eq!(status, 200);
+    body.lines()
+        .find_map(|line| {
+            line.strip_prefix(name)?
+                .strip_prefix(' ')?
+                .trim()
+                .parse()
+                .ok()
+        })
+        .unwrap_or_else(|| panic!("no {name} in /metrics:\n{body}"))
+}
+
+const HASHES: &str = "relay_auth_hash_run_total";
+
 fn logins_on_any_node_reach_the_home_node(engine: Engine) {
-    let b = node("b", "127.0.0.3");
-    let c = node("c", "127.0.0.4");
     let shared = new_workdir();
+    let ca = TestCa::generate(shared.path(), "proxy");
+    let b = node(&ca, "b", "127.0.0.3");
+    let c = node(&ca, "c", "127.0.0.4");
     let users = shared.path().join(USERS_FILE);
     std::fs::write(
         &users,
@@ -104,8 +148,8 @@ fn logins_on_any_node_reach_the_home_node(engine: Engine) {
     // It holds password hashes and an APOP secret: the relay wants it private.
     std::fs::set_permissions(&users, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
     let users = users.to_str().unwrap();
-    let node_b = start(engine, &b, &[&b, &c], users);
-    let node_c = start(engine, &c, &[&b, &c], users);
+    let node_b = start(engine, &ca, &b, &[&b, &c], users, true);
+    let node_c = start(engine, &ca, &c, &[&b, &c], users, true);
     let (b_pop3, b_imap) = (b.pop3, b.imap);
     assert_eq!(node_c.listening("pop3"), Some(c.pop3));
 
@@ -132,7 +176,12 @@ fn logins_on_any_node_reach_the_home_node(engine: Engine) {
             "stored message does not end with the sent one"
         );
     }
+    // The proxied logins hash the password once, on C (B has hashed its own logins only).
+    let (b_hashes, c_hashes) = (metric(&node_b, HASHES), metric(&node_c, HASHES));
     let through_c = client("pop3", c.pop3, "carol", TEST_PASSWORD, &["--dele", "2"]);
+    assert_eq!(metric(&node_b, HASHES), b_hashes);
+    assert_eq!(metric(&node_c, HASHES), c_hashes + 1.0);
+    let through_c_hashes = metric(&node_c, HASHES);
     assert_eq!(messages(&through_c), at_b);
     assert!(
         through_c.get("login").str().starts_with("+OK"),
@@ -142,17 +191,22 @@ fn logins_on_any_node_reach_the_home_node(engine: Engine) {
     let after = messages(&client("pop3", b_pop3, "carol", TEST_PASSWORD, &[]));
     assert_eq!(after, vec![at_b[0].clone(), at_b[2].clone()]);
 
-    // APOP through C: C logs in at B with the stored secret and B's own timestamp.
+    // APOP through C: checked on C (its own timestamp); B needs no secret.
+    let b_hashes = metric(&node_b, HASHES);
     let apop = client("pop3", c.pop3, "erin", "erin-secret", &["--apop"]);
     assert_eq!(messages(&apop).len(), 1);
+    assert_eq!(metric(&node_b, HASHES), b_hashes);
+    assert_eq!(metric(&node_c, HASHES), through_c_hashes + 1.0);
 
     // IMAP through C: B's post-login capabilities in the tagged OK, bodies byte for byte,
     // EXPUNGE through C effective on B.
     let imap_b = client("imap", b_imap, "carol", TEST_PASSWORD, &[]);
     let bodies = messages(&imap_b);
     assert_eq!(bodies, after);
+    let b_hashes = metric(&node_b, HASHES);
     let imap_c = client("imap", c.imap, "carol", TEST_PASSWORD, &["--expunge", "1"]);
     assert_eq!(messages(&imap_c), bodies);
+    assert_eq!(metric(&node_b, HASHES), b_hashes);
     assert_eq!(imap_c.get("capability"), imap_b.get("capability"));
     let caps = imap_c.get("capability").str();
     assert!(
@@ -162,22 +216,28 @@ fn logins_on_any_node_reach_the_home_node(engine: Engine) {
     let left = messages(&client("imap", b_imap, "carol", TEST_PASSWORD, &[]));
     assert_eq!(left, vec![bodies[1].clone()]);
 
-    // Every proxied login (POP3 carol, POP3 erin, IMAP carol) took two round trips to B:
-    // the connection with its greeting, and the login.
-    let proxied = node_c
+    // Every proxied login (POP3 carol, POP3 erin, IMAP carol) was served by B over the
+    // cluster listener, for the client's own address.
+    assert_eq!(count(&node_c, "relay::cluster: login proxied"), 3);
+    let served = node_b
         .log_lines()
         .into_iter()
-        .filter(|l| l.contains("relay::cluster: login proxied"))
+        .filter(|l| l.contains("proxied login served"))
         .collect::<Vec<_>>();
-    assert_eq!(proxied.len(), 3, "{proxied:?}");
+    assert_eq!(served.len(), 3, "{served:?}");
     assert!(
-        proxied.iter().all(|l| l.contains("round_trips=2")),
-        "{proxied:?}"
+        served
+            .iter()
+            .all(|l| l.contains("from=c") && l.contains("client=127.")),
+        "{served:?}"
     );
 
     // Web mail through C: a browser logs in on C and sees B's INBOX (C's own mailbox for
-    // carol is empty); its logout ends the session on B and both cookies.
+    // carol is empty); its logout ends the session on B and both cookies. B starts the
+    // session for C's word over the cluster listener: it hashes no password.
+    let b_hashes = metric(&node_b, HASHES);
     let web = client("web", c.web, "carol", TEST_PASSWORD, &[]);
+    assert_eq!(metric(&node_b, HASHES), b_hashes);
     assert_eq!(web.get("login_status").int(), 200, "{web:?}");
     assert!(
         web.get("url").str().ends_with("/mail?folder=INBOX"),
@@ -241,6 +301,212 @@ fn logins_on_any_node_reach_the_home_node(engine: Engine) {
     assert_eq!(count(&node_c, "proxied login failed"), 4);
 }
 
+/// Opens `addr`'s cluster listener as a peer asking (ALPN `relay-login`) for a proxied
+/// login, presenting `cert` (or none), sends `frame` and reads until the listener closes:
+/// what came back, or the error that ended the connection (a refused handshake).
+fn ask_login(
+    addr: SocketAddr,
+    ca: &std::path::Path,
+    cert: Option<&NodeCert>,
+    frame: &[u8],
+) -> std::io::Result<Vec<u8>> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+    use std::io::{Read, Write};
+    use std::sync::Arc;
+    let mut roots = rustls::RootCertStore::empty();
+    for der in CertificateDer::pem_file_iter(ca)
+        .expect("read CA")
+        .flatten()
+    {
+        roots.add(der).expect("CA certificate");
+    }
+    let builder = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("protocol versions")
+    .with_root_certificates(roots);
+    let mut config = match cert {
+        Some(cert) => {
+            let chain: Vec<CertificateDer<'static>> =
+                CertificateDer::pem_file_iter(&cert.cert_path)
+                    .expect("read cert")
+                    .flatten()
+                    .collect();
+            let key = PrivateKeyDer::from_pem_file(&cert.key_path).expect("read key");
+            builder
+                .with_client_auth_cert(chain, key)
+                .expect("client cert")
+        }
+        None => builder.with_no_client_auth(),
+    };
+    config.alpn_protocols = vec![b"relay-login".to_vec()];
+    let socket = std::net::TcpStream::connect(addr)?;
+    socket.set_read_timeout(Some(Duration::from_secs(20)))?;
+    let name = ServerName::IpAddress(addr.ip().into());
+    let connection =
+        rustls::ClientConnection::new(Arc::new(config), name).map_err(std::io::Error::other)?;
+    let mut stream = rustls::StreamOwned::new(connection, socket);
+    stream.write_all(frame)?;
+    stream.flush()?;
+    let mut answer = Vec::new();
+    stream.read_to_end(&mut answer)?;
+    Ok(answer)
+}
+
+/// A request frame as a front node sends it.
+fn login_request(protocol: &str, user: &str) -> Vec<u8> {
+    let json = format!(
+        r#"{{"protocol":"{protocol}","user":"{user}","client":"192.0.2.1:4000","from":"c"}}"#
+    );
+    let mut frame = u32::try_from(json.len()).unwrap().to_be_bytes().to_vec();
+    frame.extend_from_slice(json.as_bytes());
+    frame
+}
+
+fn proxied_logins_need_no_password_and_no_public_listener_at_home(engine: Engine) {
+    let shared = new_workdir();
+    let ca = TestCa::generate(shared.path(), "proxy");
+    let b = node(&ca, "b", "127.0.0.3");
+    let c = node(&ca, "c", "127.0.0.4");
+    // C sends carol and dave to B; B homes carol only (dave has just moved to C, and C's
+    // directory does not know yet).
+    let write_users = |name: &str, dave_home: &str| {
+        let path = shared.path().join(name);
+        std::fs::write(
+            &path,
+            format!(
+                "carol {TEST_PASSWORD_HASH} home=b\n\
+                 dave {TEST_PASSWORD_HASH} home={dave_home}\n"
+            ),
+        )
+        .unwrap();
+        std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+            .unwrap();
+        path.to_str().unwrap().to_string()
+    };
+    let users_b = write_users("users-b", "c");
+    let users_c = write_users("users-c", "b");
+    // The node table names no POP3 or IMAP listener: only the cluster listeners.
+    let node_b = start(engine, &ca, &b, &[&b, &c], &users_b, false);
+    let node_c = start(engine, &ca, &c, &[&b, &c], &users_c, false);
+    let sent: Vec<Vec<u8>> = (0..2)
+        .map(|i| message(&format!("preauth-{i}"), &["a line", ".dot"]))
+        .collect();
+    for m in &sent {
+        node_b.deliver(&["carol@example.test"], m);
+    }
+
+    let b_hashes = metric(&node_b, HASHES);
+    let pop3 = client("pop3", c.pop3, "carol", TEST_PASSWORD, &[]);
+    let got = messages(&pop3);
+    assert_eq!(got.len(), 2, "{pop3:?}");
+    for (stored, sent) in got.iter().zip(&sent) {
+        assert!(stored.ends_with(sent));
+    }
+    assert!(
+        pop3.get("login")
+            .str()
+            .starts_with("+OK maildrop has 2 messages"),
+        "{pop3:?}"
+    );
+    let imap = client("imap", c.imap, "carol", TEST_PASSWORD, &[]);
+    assert_eq!(messages(&imap), got);
+    let caps = imap.get("capability").str();
+    assert!(
+        caps.contains("IMAP4rev2") && caps.contains("IDLE") && !caps.contains("AUTH="),
+        "{caps}"
+    );
+    let web = client("web", c.web, "carol", TEST_PASSWORD, &[]);
+    assert_eq!(web.get("login_status").int(), 200, "{web:?}");
+    assert!(web.get("page").str().contains("preauth-1"), "{web:?}");
+    // B verified no password for any of the three sessions.
+    assert_eq!(metric(&node_b, HASHES), b_hashes);
+    assert_eq!(count(&node_b, "proxied login served"), 3);
+
+    // dave: C sends him to B, which does not home him: a temporary error, and B says why.
+    let dave = client("pop3", c.pop3, "dave", TEST_PASSWORD, &[]);
+    assert!(error(&dave).contains("-ERR [SYS/TEMP]"), "{dave:?}");
+    let dave = client("imap", c.imap, "dave", TEST_PASSWORD, &[]);
+    assert!(error(&dave).contains("[UNAVAILABLE]"), "{dave:?}");
+    let refused = node_b
+        .log_lines()
+        .into_iter()
+        .filter(|l| l.contains("proxied login refused"))
+        .collect::<Vec<_>>();
+    assert_eq!(refused.len(), 2, "{refused:?}");
+    assert!(
+        refused
+            .iter()
+            .all(|l| l.contains("homed on another node") && l.contains("user=dave")),
+        "{refused:?}"
+    );
+    assert_eq!(count(&node_c, "proxied login failed"), 2);
+
+    // Without a cluster certificate, or with one from another CA, no request is even read:
+    // the handshake fails.
+    let handshake_refusals = count(&node_b, "cluster peer refused at the TLS handshake");
+    let bare = ask_login(
+        b.cluster,
+        &ca.cert_path,
+        None,
+        &login_request("pop3", "carol"),
+    );
+    assert!(bare.is_err(), "{bare:?}");
+    let other_ca = TestCa::generate(shared.path(), "other");
+    let stranger = other_ca.node_cert("c", "127.0.0.4".parse().unwrap());
+    let forged = ask_login(
+        b.cluster,
+        &ca.cert_path,
+        Some(&stranger),
+        &login_request("pop3", "carol"),
+    );
+    assert!(forged.is_err(), "{forged:?}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while count(&node_b, "cluster peer refused at the TLS handshake") < handshake_refusals + 2
+        && Instant::now() < deadline
+    {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(
+        count(&node_b, "cluster peer refused at the TLS handshake"),
+        handshake_refusals + 2
+    );
+    assert_eq!(count(&node_b, "proxied login served"), 3);
+
+    // A node with a certificate: a request that is not one is refused (never a panic), and
+    // a user not homed on B is refused with the reason.
+    let garbage = ask_login(
+        b.cluster,
+        &ca.cert_path,
+        Some(&c.cert),
+        b"\xff\xff\xff\xffjunk",
+    )
+    .expect("an answer");
+    assert!(
+        String::from_utf8_lossy(&garbage).contains("bad_request"),
+        "{garbage:?}"
+    );
+    let not_here = ask_login(
+        b.cluster,
+        &ca.cert_path,
+        Some(&c.cert),
+        &login_request("imap", "dave"),
+    )
+    .expect("an answer");
+    assert!(
+        String::from_utf8_lossy(&not_here).contains("not_homed_here"),
+        "{not_here:?}"
+    );
+    // And B still serves carol afterwards.
+    let again = client("pop3", c.pop3, "carol", TEST_PASSWORD, &[]);
+    assert_eq!(messages(&again).len(), 2);
+    assert_eq!(metric(&node_b, HASHES), b_hashes);
+}
+
 engine_tests! {
     logins_on_any_node_reach_the_home_node: proxied_logins_uring, proxied_logins_epoll;
+    proxied_logins_need_no_password_and_no_public_listener_at_home:
+        preauthenticated_uring, preauthenticated_epoll;
 }

@@ -459,3 +459,50 @@ fn source_killed_after_the_switch() {
 fn target_killed_after_the_switch() {
     killed_at("switched", Victim::Target);
 }
+
+/// Mail queued on a third node for the old home while the move runs (A answers 451 while
+/// bea is frozen, so C defers it) follows bea to B at C's next retry, without a restart of
+/// C, and is stored there once.
+#[test]
+fn mail_queued_elsewhere_during_the_move_follows_the_user() {
+    let net = Net::new(&["a", "b", "c"], Engine::Epoll);
+    let a = net.start("a");
+    let b = net.start("b");
+    let c = net.start("c");
+    a.deliver(&["bea@example.test"], &message("before", &["x"]));
+
+    let pause = a.spool_dir.join("move-pause-frozen");
+    std::fs::write(&pause, b"").expect("pause file");
+    let config = a.config_path.clone();
+    let mover = std::thread::spawn(move || cli(&["user", "move", "bea", "--to", "b"], &config, ""));
+    a.wait_log(&["user move paused at", "frozen"], WAIT);
+
+    let id = c.deliver(&["bea@example.test"], &message("queued-on-c", &["x"]));
+    c.wait_log(&["relay::delivery", &id, "status=\"deferred\""], WAIT);
+
+    std::fs::remove_file(&pause).expect("unpause");
+    let out = mover.join().expect("mover thread");
+    assert!(out.status.success(), "move: {}", describe(&out));
+
+    b.log()
+        .wait_for(Duration::from_secs(30), |l| {
+            l.contains("stored for a peer") && l.contains(&format!("c.{id}"))
+        })
+        .unwrap_or_else(|| panic!("{id} never reached B:\nC:\n{}", c.log().render()));
+    assert!(c.log_contains("re-routed"), "C re-routed it");
+    let messages = common::cluster::messages(&client("pop3", net.pop3("b")));
+    assert_eq!(
+        messages.len(),
+        2,
+        "the first message and the one queued on C"
+    );
+    assert_eq!(
+        messages
+            .iter()
+            .filter(|m| common::find(m, b"marker queued-on-c").is_some())
+            .count(),
+        1,
+        "stored once"
+    );
+    assert_eq!(stored_here(&a), 0, "nothing left on A");
+}

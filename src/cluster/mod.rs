@@ -8,6 +8,7 @@
 
 pub mod directory;
 pub mod limits;
+pub mod login_wire;
 pub mod membership;
 pub mod move_plan;
 pub mod move_wire;

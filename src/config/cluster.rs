@@ -51,11 +51,14 @@ pub struct NodeEntry {
     pub name: String,
     /// Its cluster listener.
     pub cluster: SocketAddr,
-    /// Its POP3, IMAP and web listeners, for logins proxied to it.
+    /// Its POP3 and IMAP listeners: no longer used (proxied POP3 and IMAP logins reach the
+    /// home node at its cluster listener, `server::login_proxy`); accepted so that older
+    /// configs still load.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pop3: Option<SocketAddr>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub imap: Option<SocketAddr>,
+    /// Its web listener: the requests of a web session proxied to it are forwarded there.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub web: Option<SocketAddr>,
 }

@@ -7,8 +7,10 @@
 //! (`server::cluster_listener`). One SMTP transaction per home node per message: the
 //! recipients homed on one node share a destination, so they go in one transaction.
 //!
-//! The routing is decided from the directory at hand-off and again at every restart, so a
-//! user moved meanwhile follows their new home; a user whose home is this node again (or a
+//! The routing is decided from the directory at hand-off, at every restart and at every
+//! retry of a node route (`Core::rerouted`: the recipients whose home moved to another node
+//! go to that node's destination with their attempts kept), so a user moved meanwhile
+//! follows their new home; a user whose home is this node again (or a
 //! node missing from the table) is handled like any unknown next hop: the attempt defers.
 
 use std::collections::HashMap;

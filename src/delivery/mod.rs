@@ -565,6 +565,85 @@ impl<C: Connector + 'static> Core<C> {
         self.scheduler.borrow().destination_key(dest)
     }
 
+    /// A retry towards a cluster node whose recipients' home has moved since the hand-off
+    /// (`relay user move`, a directory change): the entry leaves this destination and its
+    /// recipients go to their new home nodes' destinations with their attempts kept, due at
+    /// once. Returns whether it did. Only node routes are re-routed, and only to other node
+    /// routes: a recipient now homed here, or one whose home left the table, stays (the
+    /// attempt defers as before, and a restart routes it from the directory).
+    async fn rerouted(
+        self: &Rc<Self>,
+        ticket: Ticket,
+        entry: &QueueEntry,
+        key: &DestinationKey,
+    ) -> bool {
+        let is_node = |k: &DestinationKey| {
+            matches!(
+                k,
+                DestinationKey::Static {
+                    tls: crate::queue::TlsMode::Cluster,
+                    ..
+                }
+            )
+        };
+        if entry.attempts == 0 || !is_node(key) || self.shared.cluster.is_none() {
+            return false;
+        }
+        let Ok(Some(message)) = self.load(entry.id).await else {
+            return false;
+        };
+        let groups = self
+            .shared
+            .group(&message.meta.remote, entry.recipients.indices());
+        if groups.iter().all(|(k, _)| k == key || !is_node(k)) {
+            return false;
+        }
+        let result = self.scheduler.borrow_mut().gone(ticket);
+        self.settled(result);
+        let now = SystemClock.wall();
+        let spread = self.shared.spread();
+        let size = message.body.len() as u64;
+        let mut stay: Vec<usize> = Vec::new();
+        let mut moves: Vec<(DestinationKey, Vec<usize>)> = Vec::new();
+        for (k, indices) in groups {
+            if is_node(&k) {
+                moves.push((k, indices));
+            } else {
+                stay.extend(indices);
+            }
+        }
+        if !stay.is_empty() {
+            moves.push((key.clone(), stay));
+        }
+        for (to_key, indices) in moves {
+            let Ok(recipients) = RcptSet::from_indices(&indices) else {
+                self.shared.mesh.note_dropped();
+                continue;
+            };
+            if &to_key != key {
+                for index in &indices {
+                    let to = message.meta.remote.get(*index).map_or("", String::as_str);
+                    tracing::info!(target: "relay::delivery", queue_id = %entry.id, to = %Safe(to), from_destination = %Safe(key), destination = %Safe(&to_key), "the recipient's home node changed; re-routed");
+                }
+            }
+            let core = spread.core(&to_key, entry.id);
+            let job = Job {
+                id: entry.id,
+                key: to_key,
+                recipients,
+                due: now,
+                attempts: entry.attempts,
+                delay_noticed: entry.delay_noticed,
+                size,
+            };
+            self.shared.mesh.gauge.admit(size);
+            if let Err(job) = self.shared.mesh.send(self.index, core, job) {
+                tokio::task::spawn_local(handoff(Arc::clone(&self.shared), self.index, core, job));
+            }
+        }
+        true
+    }
+
     /// Reads the message an entry names, off the core's thread (a cold body never blocks the
     /// core's other connections). `Ok(None)`: it is no longer in the spool (an operator
     /// deleted it, or every recipient already has a final result).

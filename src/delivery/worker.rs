@@ -64,6 +64,9 @@ async fn deliver<C: Connector + 'static>(core: &Rc<Core<C>>, dest: DestId, first
         core.retry(first.0);
         return;
     };
+    if core.rerouted(first.0, &first.1, &key).await {
+        return;
+    }
     // The cluster's shared throttles (`cluster.redis`), after the node's own: a connection
     // slot for as long as this worker lives, then the first message's turn.
     let _slot = match shared_connection(core, &key).await {

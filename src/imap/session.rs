@@ -453,6 +453,26 @@ impl Session {
         session
     }
 
+    /// A session for a user already authenticated elsewhere (a login proxied from another
+    /// cluster node, which checked the credentials and answers the client's login itself
+    /// with [`Session::capabilities`] of this session): no greeting, in the authenticated
+    /// state. `tls`: the connection is protected.
+    pub fn preauthenticated(config: Arc<SessionConfig>, tls: bool) -> Self {
+        Session {
+            framer: Framer::new(config.limits),
+            config,
+            state: State::Authenticated,
+            wait: Wait::None,
+            tls,
+            rev2: false,
+            condstore: false,
+            qresync: false,
+            utf8: false,
+            errors: 0,
+            auth_failures: 0,
+        }
+    }
+
     /// The server is stopping: `* BYE` and [`Event::Close`] (the driver calls this between
     /// commands, or gives up waiting on a store answer first).
     pub fn shut_down(&mut self, out: &mut Outbox) {

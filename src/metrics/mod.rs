@@ -35,7 +35,8 @@
 //! - the password-hash pool shared by all cores ([`HashPoolMetrics`]): `auth_hash_queued`
 //!   (checks waiting for a thread), `auth_hash_refused_total` (logins answered "try again
 //!   later" because the queue was full), `auth_hash_abandoned_total` (queued checks dropped
-//!   unhashed because their client had gone);
+//!   unhashed because their client had gone), `auth_hash_run_total` (checks run: one hash
+//!   each, so a login proxied to its home node shows here on the node that checked it only);
 //! - `messages_sealed_total`: copies encrypted to their user's key before they were stored
 //!   (`mailbox::sealing`), one for the process.
 //!
@@ -160,6 +161,8 @@ pub struct HashPoolMetrics {
     pub queued: Gauge,
     pub refused: Counter,
     pub abandoned: Counter,
+    /// Checks a thread ran (each one password hash, or one APOP digest).
+    pub run: Counter,
 }
 
 /// The relay's metrics registry (see the module doc for what it holds).
@@ -338,6 +341,11 @@ impl Metrics {
             "auth_hash_abandoned",
             "Queued password checks dropped unhashed because the client had gone",
             f.hash_pool.abandoned.clone(),
+        );
+        registry.register(
+            "auth_hash_run",
+            "Password checks the hash pool ran (one password hash or APOP digest each)",
+            f.hash_pool.run.clone(),
         );
         registry.register(
             "dmarc_report_observations_dropped",

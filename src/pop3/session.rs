@@ -380,6 +380,32 @@ impl Session {
         }
     }
 
+    /// A session for a user already authenticated elsewhere (a login proxied from another
+    /// cluster node, which checked the credentials and answers the client's login itself):
+    /// no greeting, and a [`Event::Lock`] for `user` is out at once. The driver answers it
+    /// with [`Session::locked`] as after a login here; the line that writes into `out` is
+    /// the login's answer (the front node relays its text). `tls`: the connection is
+    /// protected (STLS is then not offered).
+    pub fn preauthenticated(
+        config: Arc<SessionConfig>,
+        user: String,
+        tls: bool,
+        out: &mut Outbox,
+    ) -> Session {
+        out.events.push(Event::Lock { user: user.clone() });
+        Session {
+            config,
+            timestamp: None,
+            errors: 0,
+            auth_failures: 0,
+            authorization_commands: 0,
+            draining: false,
+            tls,
+            plaintext_auth: false,
+            state: State::Locking { user },
+        }
+    }
+
     /// Processes buffered input; returns how many octets were consumed (see the module doc).
     pub fn handle_input(&mut self, input: &[u8], out: &mut Outbox) -> usize {
         let mut consumed = 0;
@@ -1261,6 +1287,46 @@ mod tests {
             .collect();
         session.locked(LockResult::Locked(entries), &mut out);
         session
+    }
+
+    /// A proxied login's session: no greeting, the lock asked at once; its answer is the
+    /// login's, then the session is in TRANSACTION as after a login here. A maildrop in use
+    /// leaves it unauthenticated (the driver refuses the proxied login then).
+    #[test]
+    fn a_preauthenticated_session_locks_first_and_serves() {
+        let mut out = Outbox::default();
+        let mut session =
+            Session::preauthenticated(Arc::new(config()), "alice".into(), true, &mut out);
+        assert!(out.bytes.is_empty());
+        assert_eq!(
+            std::mem::take(&mut out.events),
+            vec![Event::Lock {
+                user: "alice".into()
+            }]
+        );
+        let entries = vec![MaildropEntry {
+            uid: "u1".into(),
+            size: 5,
+        }];
+        session.locked(LockResult::Locked(entries), &mut out);
+        assert_eq!(
+            std::mem::take(&mut out.bytes),
+            b"+OK maildrop has 1 messages (5 octets)\r\n".to_vec()
+        );
+        let input = b"UIDL\r\n";
+        assert_eq!(session.handle_input(input, &mut out), input.len());
+        assert_eq!(
+            out.bytes,
+            b"+OK unique-id listing follows\r\n1 u1\r\n.\r\n".to_vec()
+        );
+        assert_eq!(session.user(), Some("alice"));
+
+        let mut out = Outbox::default();
+        let mut session =
+            Session::preauthenticated(Arc::new(config()), "alice".into(), true, &mut out);
+        session.locked(LockResult::InUse, &mut out);
+        assert!(out.bytes.starts_with(b"-ERR [IN-USE]"));
+        assert_eq!(session.user(), None);
     }
 
     /// RETR and TOP answered by reading into the output give the octets of the answer from a

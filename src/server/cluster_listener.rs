@@ -1,4 +1,7 @@
-//! The cluster listener (`cluster.listen`): SMTP between nodes over mutual TLS.
+//! The cluster listener (`cluster.listen`): SMTP between nodes over mutual TLS, and by ALPN
+//! the other conversations between nodes: the queue transfer (`relay-xfer`,
+//! [`super::xfer_session`]), the user move (`relay-move`, [`super::move_in`]) and proxied
+//! POP3/IMAP logins (`relay-login`, [`super::login_in`]).
 //!
 //! **Who may connect.** TLS from the first byte with [`crate::net::tls::ClusterTls`]'s server
 //! side: the client must present a certificate that chains to `cluster.ca`, or the
@@ -31,13 +34,19 @@
 //!
 //! **Duplicates.** The sender records "delivered" only after our 250; if it dies in
 //! between it sends again. [`Seen`] remembers `(XQUEUE, recipient)` for the last
-//! [`SEEN_MAX`] recipients, in memory and in an append-only file in the spool directory
-//! (`cluster-seen`), written after the spool commit and before the 250: a resent recipient
-//! is answered 250 with its first queue id and not stored again. The file is written, not
-//! fsynced: it survives a crash of this process (kill -9), not a power loss; and a crash of
-//! this node between its spool commit and that write (no 250 was sent) lets the resend
-//! through. Those are the two duplicate windows left.
-
+//! [`SEEN_MAX`] recipients and answers a resent recipient 250 with its first queue id,
+//! without storing it again. The key travels in the stored message itself: its origin is
+//! `helo = XQUEUE tag`, `protocol = `[`ORIGIN_PROTOCOL`] (the peer's address is kept), so the
+//! message and the fact that it came from that queue entry are one durable write. The
+//! record is also appended to a file in the spool directory (`cluster-seen`, written after
+//! the spool commit and before the 250, not fsynced): it keeps the window for messages that
+//! have since left the spool (delivered onward, or deleted by their user and compacted). At
+//! start [`Seen::open`] reads that file and then adds the keys of the live messages stored
+//! for a peer since shortly before its newest entry, which covers a crash between the
+//! commit and the file write (the message is there, its line is not). What is left is a
+//! resend after a power loss that took the file's last lines of a message that is no
+//! longer in the spool: the sender's retries come within minutes, the user's deletion and a
+//! compaction would have to come first.
 use std::collections::{HashMap, VecDeque};
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Write};
@@ -53,6 +62,7 @@ use crate::logsafe::Safe;
 use crate::net::io::Connection;
 use crate::net::tls::ClusterTls;
 use crate::smtp::{Lookup, Mailboxes, SessionConfig, Submission, SubmitError};
+use crate::spool::Spool;
 
 /// Recipients remembered for the duplicate check: many hours of a node's cross-node mail;
 /// a resend comes within the sender's retry schedule (minutes).
@@ -60,6 +70,15 @@ pub const SEEN_MAX: usize = 100_000;
 
 /// The duplicate record's file in the spool directory.
 pub const SEEN_FILE: &str = "cluster-seen";
+
+/// The origin protocol of a message stored for a peer with `XQUEUE` (its origin's `helo` is
+/// the tag).
+pub const ORIGIN_PROTOCOL: &str = "XCLUSTER";
+
+/// How far before the record's newest entry [`Seen::open`] looks for messages stored for a
+/// peer: a queue id is taken just before the spool append, so a message committed after
+/// the last line was written has an id at most one slow commit older than that line.
+const RESCAN_MARGIN_MICROS: u64 = 10 * 60 * 1_000_000;
 
 /// What every shard's cluster listener shares.
 pub struct ClusterListener {
@@ -70,17 +89,23 @@ pub struct ClusterListener {
     pub server_tls: Arc<rustls::ServerConfig>,
     pub session: Arc<SessionConfig>,
     pub seen: Seen,
+    /// The spool directory (the duplicate record and the test seam live there).
+    pub spool_dir: PathBuf,
     /// Queue transfers stored here (`relay node drain` on a peer): the duplicate record.
     pub xfer: Arc<super::xfer_in::XferLog>,
 }
 
 /// The cluster listener's TLS: `tls`'s server side that also offers the user-move
-/// conversation (`relay user move` on a peer, [`super::move_in`]).
+/// conversation (`relay user move` on a peer, [`super::move_in`]) and the proxied login
+/// (a peer's POP3 or IMAP client, [`super::login_in`]).
 pub fn server_tls(tls: &ClusterTls) -> Arc<rustls::ServerConfig> {
     let mut config = (*tls.server()).clone();
     config
         .alpn_protocols
         .push(crate::cluster::move_wire::ALPN.to_vec());
+    config
+        .alpn_protocols
+        .push(crate::cluster::login_wire::ALPN.to_vec());
     Arc::new(config)
 }
 
@@ -131,6 +156,12 @@ pub async fn serve<C: Connection>(
                 drop(permit);
                 return;
             }
+            if tls.alpn_protocol().as_deref() == Some(crate::cluster::login_wire::ALPN) {
+                // A peer's client logged in there; its session runs here.
+                super::login_in::serve(&tls, &ctx, peer).await;
+                drop(permit);
+                return;
+            }
             if tls.alpn_protocol().as_deref() == Some(crate::net::tls::XFER_ALPN) {
                 // A draining peer hands over its queue (`relay node drain`).
                 super::xfer_session::serve(&tls, &ctx, &cluster.xfer, peer).await;
@@ -172,7 +203,7 @@ pub async fn accept(
     let Some(tag) = tag else {
         return super::ingest::store_as_sent(ctx, submission, peer).await;
     };
-    let key = |address: &str| format!("{tag}\t{}", address.to_ascii_lowercase());
+    let key = |address: &str| seen_key(&tag, address);
     let recipients = &submission.envelope.recipients;
     let before: Vec<Option<QueueId>> = recipients
         .iter()
@@ -202,10 +233,34 @@ pub async fn accept(
         .iter()
         .map(|r| key(&r.address))
         .collect();
+    submission.origin.helo = tag.clone();
+    submission.origin.protocol = ORIGIN_PROTOCOL.into();
     let id = super::ingest::store_as_sent(ctx, submission, peer).await?;
+    pause_after_commit(&cluster.spool_dir, &tag);
     cluster.seen.record(&keys, id);
     tracing::info!(target: "relay::cluster", queue_id = %id, client = %peer.ip(), peer_queue = %Safe(&tag), rcpts = keys.len(), "stored for a peer");
     Ok(id)
+}
+
+/// Test seam (debug builds only): while `<spool>/cluster-pause-stored` exists, a message
+/// stored for a peer waits between its spool commit and its duplicate record, so a test can
+/// kill the node in that window.
+fn pause_after_commit(dir: &Path, tag: &str) {
+    if !cfg!(debug_assertions) {
+        return;
+    }
+    let file = dir.join("cluster-pause-stored");
+    if file.exists() {
+        tracing::warn!(target: "relay::cluster", peer_queue = %Safe(tag), "paused between the spool commit and the duplicate record");
+        while file.exists() {
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    }
+}
+
+/// The duplicate keys of one recipient: `XQUEUE tag` and the address, lowercased.
+fn seen_key(tag: &str, address: &str) -> String {
+    format!("{tag}\t{}", address.to_ascii_lowercase())
 }
 
 /// Keeps only the recipients not stored before, and resolves them again (mailboxes and
@@ -282,9 +337,11 @@ pub struct SeenError {
 }
 
 impl Seen {
-    /// Reads `dir/cluster-seen` (absent: empty), keeps its last [`SEEN_MAX`] entries and
-    /// rewrites it with them.
-    pub fn open(dir: &Path) -> Result<Seen, SeenError> {
+    /// Reads `dir/cluster-seen` (absent: empty), adds the keys of the live messages in
+    /// `spool` stored for a peer since [`RESCAN_MARGIN_MICROS`] before the file's newest
+    /// entry (all of them when the file is empty), keeps the last [`SEEN_MAX`] entries and
+    /// rewrites the file with them.
+    pub fn open(dir: &Path, spool: Option<&Spool>) -> Result<Seen, SeenError> {
         let path = dir.join(SEEN_FILE);
         let failed = |source| SeenError {
             path: path.clone(),
@@ -297,6 +354,7 @@ impl Seen {
             file: None,
             lines: 0,
         };
+        let mut newest: Option<u64> = None;
         match File::open(&path) {
             Ok(file) => {
                 for line in BufReader::new(file).lines() {
@@ -304,6 +362,7 @@ impl Seen {
                     let Ok(line) = line else { break };
                     if let Some((key, id)) = line.rsplit_once('\t') {
                         if let Ok(id) = id.parse::<QueueId>() {
+                            newest = newest.max(Some(id.micros()));
                             inner.insert(key.to_string(), id);
                         }
                     }
@@ -311,6 +370,12 @@ impl Seen {
             }
             Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
             Err(error) => return Err(failed(error)),
+        }
+        if let Some(spool) = spool {
+            let since = newest.map_or(0, |m| m.saturating_sub(RESCAN_MARGIN_MICROS));
+            for (key, id) in stored_for_peers(spool, since) {
+                inner.insert(key, id);
+            }
         }
         inner.rewrite().map_err(failed)?;
         Ok(Seen {
@@ -352,6 +417,33 @@ impl Seen {
             }
         }
     }
+}
+
+/// The duplicate keys of the live messages in `spool` stored for a peer (origin protocol
+/// [`ORIGIN_PROTOCOL`]) whose queue id is from `since_micros` on, oldest first. A message
+/// that cannot be read is skipped (recovery has already reported it).
+fn stored_for_peers(spool: &Spool, since_micros: u64) -> Vec<(String, QueueId)> {
+    let mut ids = Vec::new();
+    spool.live_view(|m| {
+        if m.id.micros() >= since_micros {
+            ids.push(m.id);
+        }
+    });
+    ids.sort_unstable_by_key(|id| id.micros());
+    let mut keys = Vec::new();
+    for id in ids {
+        let Some(message) = spool.locate(id).and_then(|at| spool.read_message(&at).ok()) else {
+            continue;
+        };
+        let origin = &message.meta.origin;
+        if origin.protocol != ORIGIN_PROTOCOL {
+            continue;
+        }
+        for r in &message.meta.envelope.recipients {
+            keys.push((seen_key(&origin.helo, &r.address), id));
+        }
+    }
+    keys
 }
 
 impl SeenInner {
@@ -406,7 +498,7 @@ mod tests {
     #[test]
     fn seen_survives_a_reopen_and_stays_bounded() {
         let dir = tempfile::tempdir().unwrap();
-        let seen = Seen::open(dir.path()).unwrap();
+        let seen = Seen::open(dir.path(), None).unwrap();
         assert_eq!(seen.get("a.1\tx@y"), None);
         seen.record(&["a.1\tx@y".into(), "a.1\tz@y".into()], QueueId(7));
         assert_eq!(seen.get("a.1\tz@y"), Some(QueueId(7)));
@@ -417,7 +509,7 @@ mod tests {
             .open(dir.path().join(SEEN_FILE))
             .unwrap();
         file.write_all(b"a.2\tq@y\t00").unwrap();
-        let seen = Seen::open(dir.path()).unwrap();
+        let seen = Seen::open(dir.path(), None).unwrap();
         assert_eq!(seen.get("a.1\tx@y"), Some(QueueId(7)));
         assert_eq!(seen.get("a.2\tq@y"), None);
         let mut inner = seen.lock();

@@ -67,11 +67,13 @@ impl HashPool {
     ) -> Result<oneshot::Receiver<T>, Busy> {
         let (result, receiver) = oneshot::channel();
         let abandoned = self.metrics.abandoned.clone();
+        let run = self.metrics.run.clone();
         let job: Job = Box::new(move || {
             if result.is_closed() {
                 abandoned.inc();
                 return;
             }
+            run.inc();
             let _ = result.send(check());
         });
         // Counted before the send, so a thread that takes the job at once cannot decrement

@@ -67,6 +67,42 @@ pub async fn serve<C: Connection>(
     starttls::serve(&mut link, conn, input, implicit_tls).await;
 }
 
+/// Serves an IMAP client that logged in on another node (a proxied login,
+/// [`super::login_in`]) over `conn`, the cluster connection from that node: the session
+/// starts authenticated as `user` (no greeting; the user's store and change signal as after
+/// a login here), `accepted` is called with its post-login capabilities (the front node
+/// answers the client's login with them; `false`: it could not be told, nothing more
+/// happens), then the session runs until it ends. `client` is the client's own address;
+/// `input` is what the node sent after its request.
+pub async fn serve_preauthenticated<C: Connection>(
+    conn: &C,
+    client: SocketAddr,
+    ctx: Rc<ShardContext>,
+    user: String,
+    input: Vec<u8>,
+    accepted: impl AsyncFnOnce(String) -> bool,
+) {
+    let _open = ctx.metrics.imap.opened();
+    let session = Session::preauthenticated(std::sync::Arc::clone(&ctx.imap.config), true);
+    let capabilities = session.capabilities();
+    let mut link = Link {
+        phase: ctx.phase.clone(),
+        wire: Wire::new(Rc::clone(&ctx), client),
+        out: Outbox::default(),
+        session,
+        store: None,
+        changes: None,
+        deadlines: Deadlines::default(),
+        spare_events: Vec::new(),
+    };
+    link.logged_in(&ctx, &user).await;
+    if !accepted(capabilities).await {
+        return;
+    }
+    link.wire.set_input(input);
+    let _ = link.drive(conn).await;
+}
+
 /// One connection's protocol state, kept across the switch to TLS.
 struct Link {
     wire: Wire,
@@ -215,11 +251,6 @@ impl Link {
     ) -> Option<DriveEnd> {
         match event {
             Event::Authenticate(credentials) => {
-                // Kept for a login at the user's home node (`[cluster]` only).
-                let offered = ctx
-                    .login_proxy
-                    .is_some()
-                    .then(|| login_proxy::Offered::imap(&credentials));
                 let proof = credentials.into();
                 let check = ctx.auth.check(Protocol::Imap, peer.ip(), proof);
                 let user = tokio::select! {
@@ -236,8 +267,8 @@ impl Link {
                         .map(|home| (user.clone(), home)),
                     _ => None,
                 };
-                if let (Some((user, home)), Some(offered)) = (home, offered) {
-                    return self.proxy(ctx, conn, peer, &user, home, offered).await;
+                if let Some((user, home)) = home {
+                    return self.proxy(ctx, conn, peer, &user, home).await;
                 }
                 // Busy and locked are failures to the client too (the session's NO).
                 let user = user.ok();
@@ -309,19 +340,17 @@ impl Link {
         peer: SocketAddr,
         user: &str,
         home: login_proxy::Home,
-        offered: login_proxy::Offered,
     ) -> Option<DriveEnd> {
-        let tag = self.session.login_tag().map(str::to_owned);
-        if let (Some(login), Some(tag)) = (offered.login(&ctx.auth.directory.current(), user), tag)
-        {
+        if let Some(tag) = self.session.login_tag().map(str::to_owned) {
             let proxied = login_proxy::Session {
                 ctx,
                 peer,
                 home,
+                user,
                 pending: &mut self.out.bytes,
                 input: &self.wire.input[self.wire.consumed..],
             };
-            if login_proxy::imap(conn, proxied, login, tag).await == login_proxy::Proxied::Done {
+            if login_proxy::imap(conn, proxied, &tag).await == login_proxy::Proxied::Done {
                 return Some(DriveEnd::Closed);
             }
         }

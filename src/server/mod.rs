@@ -20,6 +20,7 @@ pub mod imap;
 pub mod imap_store;
 pub mod imap_views;
 pub mod ingest;
+pub mod login_in;
 pub mod login_proxy;
 pub mod move_in;
 pub mod pop3;
@@ -676,7 +677,16 @@ struct Contexts {
     signatures: Arc<signatures::SignaturesShared>,
     dmarc_reports: Arc<crate::sender_auth::report::Recorder>,
     cluster: Option<Arc<cluster_listener::ClusterListener>>,
+    /// `[cluster]`: where logins of users homed on other nodes go, and how.
+    login_proxy: Option<Arc<login_proxy::LoginProxy>>,
+    /// The web server's session table, once it runs (web logins proxied here start theirs
+    /// in it).
+    web_sessions: WebSessions,
 }
+
+/// The web server's session table, set when the web server starts (empty without one).
+pub type WebSessions =
+    Arc<std::sync::OnceLock<Arc<std::sync::Mutex<crate::web::session::SessionTable>>>>;
 
 /// The SMTP session settings (with the ingest gate), the login contexts and the connection
 /// table every shard shares.
@@ -724,8 +734,9 @@ fn build_contexts(
                 &session,
                 homed_mailboxes(stores, true),
             )),
-            seen: cluster_listener::Seen::open(&config.spool.dir)
+            seen: cluster_listener::Seen::open(&config.spool.dir, Some(&stores.spool))
                 .map_err(|e| ServerError::Cluster(e.to_string()))?,
+            spool_dir: config.spool.dir.clone(),
             xfer: Arc::new(
                 xfer_in::XferLog::open(&config.spool.dir, Some(&stores.spool))
                     .map_err(|e| ServerError::Cluster(e.to_string()))?,
@@ -733,8 +744,13 @@ fn build_contexts(
         })),
         _ => None,
     };
+    let login_proxy =
+        login_proxy::LoginProxy::new(&config.cluster, stores.cluster.as_ref().map(|(_, tls)| tls))
+            .map(Arc::new);
     Ok(Arc::new(Contexts {
         cluster,
+        login_proxy,
+        web_sessions: WebSessions::default(),
         signatures,
         dmarc_reports,
         signing,
@@ -958,7 +974,8 @@ impl Contexts {
             // The shard's own engine (and its reads) replace these in shard::spawn.
             engine: Engine::Epoll,
             reads: crate::runtime::file_read::FileReads::Inline,
-            login_proxy: login_proxy::LoginProxy::new(&self.config.cluster).map(Arc::new),
+            login_proxy: self.login_proxy.clone(),
+            web_sessions: Arc::clone(&self.web_sessions),
         }
     }
 }

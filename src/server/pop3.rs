@@ -73,6 +73,87 @@ pub async fn serve<C: Connection>(
     starttls::serve(&mut link, conn, input, implicit_tls).await;
 }
 
+/// Locks `user`'s maildrop for a session of `peer`: the lock and the session's answer.
+fn lock_maildrop(
+    ctx: &ShardContext,
+    peer: SocketAddr,
+    user: &str,
+) -> (Option<MaildropLock>, LockResult) {
+    match ctx.mail_store.lock(user) {
+        Ok(lock) => {
+            let entries = lock
+                .entries
+                .iter()
+                .map(|e| MaildropEntry {
+                    uid: e.id.to_string(),
+                    size: e.size,
+                })
+                .collect();
+            tracing::info!(target: "relay::pop3", client = %peer.ip(), user = %user, messages = lock.entries.len(), "login");
+            ctx.metrics.pop3_sessions.inc();
+            (Some(lock), LockResult::Locked(entries))
+        }
+        Err(_) => (None, LockResult::InUse),
+    }
+}
+
+/// Serves a POP3 client that logged in on another node (a proxied login,
+/// [`super::login_in`]) over `conn`, the cluster connection from that node: `user`'s maildrop
+/// is locked, `accepted` is called with the login's answer text (`Err`: the maildrop is in
+/// use; nothing more happens), and the session runs in TRANSACTION until it ends. `client`
+/// is the client's own address (for the log); `input` is what the node sent after its
+/// request.
+pub async fn serve_preauthenticated<C: Connection>(
+    conn: &C,
+    client: SocketAddr,
+    ctx: Rc<ShardContext>,
+    user: String,
+    input: Vec<u8>,
+    accepted: impl AsyncFnOnce(Result<String, LockResult>) -> bool,
+) {
+    let _open = ctx.metrics.pop3.opened();
+    let mut out = Outbox::default();
+    let mut session = Session::preauthenticated(ctx.pop3.config.clone(), user, true, &mut out);
+    let mut maildrop = None;
+    for event in std::mem::take(&mut out.events) {
+        if let Event::Lock { user } = event {
+            let (lock, result) = lock_maildrop(&ctx, client, &user);
+            maildrop = lock;
+            let refused = match &result {
+                LockResult::Locked(_) => None,
+                LockResult::InUse => Some(LockResult::InUse),
+                LockResult::Unavailable => Some(LockResult::Unavailable),
+            };
+            session.locked(result, &mut out);
+            if let Some(refused) = refused {
+                accepted(Err(refused)).await;
+                return;
+            }
+        }
+    }
+    // The login's answer, `+OK text`: the front node writes it to the client.
+    let line = std::mem::take(&mut out.bytes);
+    let text = String::from_utf8_lossy(&line);
+    let text = text
+        .trim_end()
+        .strip_prefix("+OK")
+        .unwrap_or("")
+        .trim_start();
+    if maildrop.is_none() || !accepted(Ok(text.to_string())).await {
+        return;
+    }
+    let mut link = Link {
+        phase: ctx.phase.clone(),
+        wire: Wire::new(ctx, client),
+        out,
+        session,
+        maildrop,
+        deadlines: Deadlines::default(),
+    };
+    link.wire.set_input(input);
+    let _ = link.drive(conn).await;
+}
+
 /// One connection's protocol state, kept across the switch to TLS.
 struct Link {
     wire: Wire,
@@ -128,11 +209,6 @@ impl Upgradable for Link {
                 progressed = true;
                 match event {
                     Event::Authenticate(credentials) => {
-                        // Kept for a login at the user's home node (`[cluster]` only).
-                        let offered = ctx
-                            .login_proxy
-                            .is_some()
-                            .then(|| login_proxy::Offered::pop3(&credentials));
                         // A failure is answered after `pop3.auth_failure_delay`.
                         let proof = credentials.into();
                         // Boxed, as the other rare waits here: an idle session's task carries
@@ -154,22 +230,16 @@ impl Upgradable for Link {
                                 .map(|home| (user.clone(), home)),
                             _ => None,
                         };
-                        if let (Some((user, home)), Some(offered)) = (home, offered) {
-                            let login = offered.login(&ctx.auth.directory.current(), &user);
-                            let proxied = match login {
-                                Some(login) => {
-                                    let proxied = login_proxy::Session {
-                                        ctx,
-                                        peer,
-                                        home,
-                                        pending: &mut out.bytes,
-                                        input: &input[*consumed..],
-                                    };
-                                    Box::pin(login_proxy::pop3(conn, proxied, login)).await
-                                }
-                                None => login_proxy::Proxied::Unavailable,
+                        if let Some((user, home)) = home {
+                            let proxied = login_proxy::Session {
+                                ctx,
+                                peer,
+                                home,
+                                user: &user,
+                                pending: &mut out.bytes,
+                                input: &input[*consumed..],
                             };
-                            match proxied {
+                            match Box::pin(login_proxy::pop3(conn, proxied)).await {
                                 login_proxy::Proxied::Done => return DriveEnd::Closed,
                                 login_proxy::Proxied::Unavailable => {
                                     session.authentication_unavailable(out);
@@ -182,23 +252,11 @@ impl Upgradable for Link {
                             user => session.authenticated(user.ok(), out),
                         }
                     }
-                    Event::Lock { user } => match ctx.mail_store.lock(&user) {
-                        Ok(lock) => {
-                            let entries = lock
-                                .entries
-                                .iter()
-                                .map(|e| MaildropEntry {
-                                    uid: e.id.to_string(),
-                                    size: e.size,
-                                })
-                                .collect();
-                            tracing::info!(target: "relay::pop3", client = %peer.ip(), user = %user, messages = lock.entries.len(), "login");
-                            ctx.metrics.pop3_sessions.inc();
-                            *maildrop = Some(lock);
-                            session.locked(LockResult::Locked(entries), out);
-                        }
-                        Err(_) => session.locked(LockResult::InUse, out),
-                    },
+                    Event::Lock { user } => {
+                        let (lock, result) = lock_maildrop(ctx, peer, &user);
+                        *maildrop = lock;
+                        session.locked(result, out);
+                    }
                     Event::Retrieve { index, top_lines } => {
                         let id = maildrop
                             .as_ref()

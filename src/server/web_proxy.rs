@@ -2,10 +2,11 @@
 //! listener (the node table's `web` address, plain HTTP/1.1 between nodes).
 //!
 //! The design a browser cannot tell from a local session: the login is checked here first
-//! (this node's limits see the real client); then this node logs in at the home node with
-//! the same credentials (one POST: the login form's CSRF check is a double submit, so this
-//! node sends a token of its own in both the form and the cookie) and hands the browser the
-//! home node's session cookie plus `relay_home=NODE`. Every later request carrying that
+//! (this node's limits see the real client, and the password is hashed here only); then
+//! this node asks the home node for a session over the cluster listener's mutual TLS (the
+//! proxied-login conversation, [`crate::cluster::login_wire`], as for POP3 and IMAP: the
+//! user's name, no password) and hands the browser the home node's session cookie plus
+//! `relay_home=NODE`. Every later request carrying that
 //! cookie is forwarded as it is (method, path, headers, streamed body) and the home node's
 //! response comes back as it is; the home node checks the session and its CSRF tokens
 //! itself, so a forged `relay_home` gains nothing. Its logout expires both cookies. One
@@ -21,8 +22,11 @@ use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use hyper_util::rt::TokioIo;
 
+use std::sync::Arc;
+
 use super::login_proxy::LoginProxy;
-use crate::web::http::{HOME_COOKIE, LOGIN_COOKIE, SESSION_COOKIE};
+use crate::cluster::login_wire::{self, FrontLogin, FrontStep};
+use crate::web::http::HOME_COOKIE;
 
 /// Connecting to the home node and its response head must each come within this.
 const UPSTREAM_TIMEOUT: Duration = Duration::from_secs(10);
@@ -38,8 +42,16 @@ pub enum WebProxyError {
     Http(String),
     #[error("no answer within {UPSTREAM_TIMEOUT:?}")]
     Timeout,
-    #[error("the home node refused the login (status {0})")]
-    Refused(u16),
+    #[error("this node has no cluster certificate (cluster.cert, key, ca)")]
+    NoTls,
+    #[error("TLS: {0}")]
+    Tls(String),
+    #[error("the home node closed the connection")]
+    Closed,
+    #[error("the home node refused the login: {0}")]
+    Refused(login_wire::Refusal),
+    #[error("unexpected answer from the home node: {0}")]
+    Protocol(login_wire::FrameError),
 }
 
 /// Sends one request to `addr` on a connection of its own.
@@ -76,59 +88,87 @@ fn web_address(proxy: &LoginProxy, node: &str) -> Result<Option<SocketAddr>, Web
     }
 }
 
-/// The login POST for the home node: user, password and a CSRF token of our own, sent in
-/// both the form and the login cookie.
-fn login_request(addr: SocketAddr, user: &str, password: &str) -> axum::http::Request<Body> {
-    let token = crate::web::session::random_token();
-    let form = form_urlencoded::Serializer::new(String::new())
-        .append_pair("csrf", &token)
-        .append_pair("user", user)
-        .append_pair("password", password)
-        .finish();
-    let mut request = axum::http::Request::new(Body::from(form));
-    *request.method_mut() = axum::http::Method::POST;
-    *request.uri_mut() = axum::http::Uri::from_static("/login");
-    let headers = request.headers_mut();
-    if let Ok(host) = HeaderValue::from_str(&addr.to_string()) {
-        headers.insert(header::HOST, host);
-    }
-    headers.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/x-www-form-urlencoded"),
-    );
-    if let Ok(cookie) = HeaderValue::from_str(&format!("{LOGIN_COOKIE}={token}")) {
-        headers.insert(header::COOKIE, cookie);
-    }
-    request
-}
-
-/// The session cookie's value in a login response, if it set one.
-fn session_cookie(response: &axum::http::Response<hyper::body::Incoming>) -> Option<String> {
-    let prefix = format!("{SESSION_COOKIE}=");
-    response
-        .headers()
-        .get_all(header::SET_COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .filter_map(|v| v.strip_prefix(prefix.as_str()))
-        .map(|v| v.split(';').next().unwrap_or("").trim())
-        .find(|v| !v.is_empty())
-        .map(str::to_string)
-}
-
-/// Logs `user` in at `node`: the home node's session id.
+/// Starts a web session for `user` (whose password was checked here) at `node`, over the
+/// cluster listener's mutual TLS (the proxied-login conversation,
+/// [`crate::cluster::login_wire`], `protocol: web`): no password crosses and the home node
+/// hashes none. `client` is the browser's address (for the home node's log). The home
+/// node's session id.
 pub async fn login(
     proxy: &LoginProxy,
     node: &str,
     user: &str,
-    password: &str,
+    client: SocketAddr,
 ) -> Result<String, WebProxyError> {
-    let addr = web_address(proxy, node)?.ok_or_else(|| WebProxyError::NoAddress(node.into()))?;
-    let response = send(addr, login_request(addr, user, password)).await?;
-    // A successful login is a redirect to the mailbox with the session cookie.
-    match session_cookie(&response) {
-        Some(id) if response.status().is_redirection() => Ok(id),
-        _ => Err(WebProxyError::Refused(response.status().as_u16())),
+    let addr = proxy
+        .node(node)
+        .and_then(|home| home.cluster)
+        .ok_or_else(|| WebProxyError::NoAddress(node.into()))?;
+    let tls = proxy.login_tls().ok_or(WebProxyError::NoTls)?;
+    let request = login_wire::Request {
+        protocol: login_wire::Protocol::Web,
+        user: user.to_string(),
+        client,
+        from: proxy.this_node().to_string(),
+    };
+    tokio::time::timeout(UPSTREAM_TIMEOUT, ask(addr, tls, &request))
+        .await
+        .map_err(|_| WebProxyError::Timeout)?
+}
+
+async fn ask(
+    addr: SocketAddr,
+    tls: Arc<rustls::ClientConfig>,
+    request: &login_wire::Request,
+) -> Result<String, WebProxyError> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let stream = tokio::net::TcpStream::connect(addr)
+        .await
+        .map_err(|e| WebProxyError::Connect(e.to_string()))?;
+    let _ = stream.set_nodelay(true);
+    // The peer's certificate must name the address dialled (the node table's).
+    let name = rustls::pki_types::ServerName::IpAddress(addr.ip().into());
+    let mut stream = tokio_rustls::TlsConnector::from(tls)
+        .connect(name, stream)
+        .await
+        .map_err(|e| WebProxyError::Tls(e.to_string()))?;
+    if stream.get_ref().1.alpn_protocol() != Some(login_wire::ALPN) {
+        return Err(WebProxyError::Tls(
+            "the home node does not offer proxied logins".into(),
+        ));
+    }
+    let (frame, mut machine) = FrontLogin::start(request, "");
+    stream
+        .write_all(&frame)
+        .await
+        .map_err(|e| WebProxyError::Connect(e.to_string()))?;
+    stream
+        .flush()
+        .await
+        .map_err(|e| WebProxyError::Connect(e.to_string()))?;
+    let mut buffer = vec![0u8; 4096];
+    loop {
+        let n = stream
+            .read(&mut buffer)
+            .await
+            .map_err(|e| WebProxyError::Connect(e.to_string()))?;
+        if n == 0 {
+            return Err(WebProxyError::Closed);
+        }
+        // The machine bounds what it keeps (login_wire::ANSWER_MAX).
+        match machine.feed(&buffer[..n]) {
+            FrontStep::Wait => {}
+            FrontStep::WebSession(id) => {
+                let _ = stream.shutdown().await;
+                return Ok(id);
+            }
+            FrontStep::Refused(reason) => return Err(WebProxyError::Refused(reason)),
+            FrontStep::Failed(error) => return Err(WebProxyError::Protocol(error)),
+            FrontStep::Ready { .. } => {
+                return Err(WebProxyError::Protocol(login_wire::FrameError::Invalid(
+                    "a mail answer to a web login".into(),
+                )))
+            }
+        }
     }
 }
 
@@ -215,27 +255,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_login_post_carries_one_token_in_form_and_cookie() {
-        let addr: SocketAddr = "127.0.0.3:8080".parse().unwrap();
-        let request = login_request(addr, "carol", "p&ss word");
-        assert_eq!(request.method(), axum::http::Method::POST);
-        assert_eq!(request.uri(), "/login");
-        let cookie = request.headers()[header::COOKIE].to_str().unwrap();
-        let token = cookie.strip_prefix("relay_login=").unwrap().to_string();
-        assert!(!token.is_empty());
-        let body = futures_body(request.into_body());
-        let pairs: Vec<(String, String)> = form_urlencoded::parse(&body).into_owned().collect();
-        assert_eq!(
-            pairs,
-            vec![
-                ("csrf".into(), token),
-                ("user".into(), "carol".into()),
-                ("password".into(), "p&ss word".into()),
-            ]
-        );
-    }
-
-    #[test]
     fn the_home_cookie_stays_here() {
         let mut headers = axum::http::HeaderMap::new();
         headers.append(
@@ -250,15 +269,5 @@ mod tests {
         let mut only = axum::http::HeaderMap::new();
         only.insert(header::COOKIE, HeaderValue::from_static("relay_home=b"));
         assert_eq!(without_home_cookie(&only), None);
-    }
-
-    fn futures_body(body: Body) -> Vec<u8> {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .build()
-            .unwrap();
-        runtime
-            .block_on(axum::body::to_bytes(body, 1 << 16))
-            .unwrap()
-            .to_vec()
     }
 }

@@ -91,7 +91,7 @@ impl Web {
             domain,
             message_size_max: config.smtp.message_size_max.0,
             local_domains: config.local.domains.clone(),
-            homes: super::login_proxy::LoginProxy::new(&config.cluster).map(Arc::new),
+            homes: contexts.login_proxy.clone(),
         });
         let settings = WebSettings {
             threads: web.threads,
@@ -105,6 +105,7 @@ impl Web {
         };
         let server = WebServer::start(listeners, tls, backend, settings)
             .map_err(|e| ServerError::Web(e.to_string()))?;
+        let _ = contexts.web_sessions.set(server.sessions());
         Ok(Some(Web {
             server,
             store: Some(store),
@@ -193,14 +194,13 @@ impl Backend for StoreBackend {
         &self,
         node: String,
         user: String,
-        password: String,
+        client: Client,
     ) -> BoxFuture<'_, Result<String, BackendError>> {
         Box::pin(async move {
-            let password = Password::new(password);
             let Some(homes) = &self.homes else {
                 return Err(BackendError::Unavailable);
             };
-            super::web_proxy::login(homes, &node, &user, password.expose())
+            super::web_proxy::login(homes, &node, &user, client.peer)
                 .await
                 .map_err(|error| {
                     tracing::debug!(target: "relay::web", %error, "login at the home node");

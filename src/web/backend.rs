@@ -144,13 +144,13 @@ pub trait Backend: Send + Sync + 'static {
         Box::pin(async { None })
     }
 
-    /// Logs `user` in at `node`'s web listener with the password the client gave (checked
-    /// here first); the session cookie's value there.
+    /// Starts a session for `user` (whose password was checked here) at `node`, for
+    /// `client`; the session cookie's value there.
     fn home_login(
         &self,
         _node: String,
         _user: String,
-        _password: String,
+        _client: Client,
     ) -> BoxFuture<'_, Result<String, BackendError>> {
         Box::pin(async { Err(BackendError::Unavailable) })
     }

@@ -52,7 +52,9 @@ const DRAFTS: &str = "Drafts";
 /// What the routes share.
 pub struct App {
     pub backend: Arc<dyn Backend>,
-    pub sessions: Mutex<SessionTable>,
+    /// Shared with the cluster listener, which starts the sessions of logins proxied here
+    /// from other nodes ([`WebServer::sessions`](super::serve::WebServer::sessions)).
+    pub sessions: Arc<Mutex<SessionTable>>,
     pub page_size: usize,
     /// Our `Authentication-Results` authserv-id: the only such field the pages trust.
     pub authserv_id: String,
@@ -352,12 +354,10 @@ async fn login(
         return forbidden();
     }
     let user = form.user.trim().to_string();
-    // Kept for a login at the user's home node (`[cluster]`).
-    let password = form.password.clone();
     match app.backend.login(client, user.clone(), form.password).await {
         Ok(name) => {
             if let Some(node) = app.backend.home_of(name.clone()).await {
-                return home_login(&app, client, &user, name, node, password).await;
+                return home_login(&app, client, &user, name, node).await;
             }
             let id = random_token();
             let csrf = random_token();
@@ -394,17 +394,10 @@ async fn login(
 
 /// A checked login of a user homed on another node: logged in there too, the browser gets
 /// that node's session cookie and [`HOME_COOKIE`], so its later requests are forwarded.
-async fn home_login(
-    app: &App,
-    client: Client,
-    user: &str,
-    name: String,
-    node: String,
-    password: String,
-) -> Response {
+async fn home_login(app: &App, client: Client, user: &str, name: String, node: String) -> Response {
     match app
         .backend
-        .home_login(node.clone(), name.clone(), password)
+        .home_login(node.clone(), name.clone(), client)
         .await
     {
         Ok(id) => {

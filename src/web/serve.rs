@@ -40,6 +40,7 @@ pub struct WebListener {
 
 /// The running web side; [`WebServer::stop`] ends it.
 pub struct WebServer {
+    sessions: Arc<Mutex<SessionTable>>,
     stop: Option<oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -60,14 +61,15 @@ impl WebServer {
             .build()?;
         let app = Arc::new(App {
             backend,
-            sessions: Mutex::new(SessionTable::new(
+            sessions: Arc::new(Mutex::new(SessionTable::new(
                 settings.sessions_max,
                 settings.session_idle,
                 settings.session_absolute,
-            )),
+            ))),
             page_size: settings.page_size,
             authserv_id: settings.authserv_id.clone(),
         });
+        let sessions = Arc::clone(&app.sessions);
         let router = router(app, settings.body_max);
         let (stop, stopped) = oneshot::channel::<()>();
         // Registered with the runtime's reactor here, so a bind problem is an error now.
@@ -106,9 +108,16 @@ impl WebServer {
                 runtime.shutdown_timeout(Duration::from_secs(2));
             })?;
         Ok(WebServer {
+            sessions,
             stop: Some(stop),
             thread: Some(thread),
         })
+    }
+
+    /// The session table (a login proxied here from another node starts its session in it:
+    /// `server::login_in`).
+    pub fn sessions(&self) -> Arc<Mutex<SessionTable>> {
+        Arc::clone(&self.sessions)
     }
 
     /// Stops accepting, gives requests in flight a moment, and joins the runtime's thread.

@@ -278,11 +278,11 @@ impl Harness {
         let backend = Arc::new(Memory::default());
         let app = Arc::new(App {
             backend: backend.clone(),
-            sessions: Mutex::new(SessionTable::new(
+            sessions: Arc::new(Mutex::new(SessionTable::new(
                 100,
                 Duration::from_secs(600),
                 Duration::from_secs(3600),
-            )),
+            ))),
             page_size: 2,
             authserv_id: "mx.test".into(),
         });
