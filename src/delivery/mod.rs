@@ -336,6 +336,7 @@ pub struct Core<C: Connector> {
     /// This core's spool writer: results and notices go here.
     spool: ShardHandle,
     store: Arc<Spool>,
+    reads: crate::spool::FileReads,
     mail_store: Arc<MailStore>,
     phase: watch::Receiver<Phase>,
     /// Wakes the loop: a worker ended, a transaction finished, an entry settled.
@@ -354,6 +355,8 @@ pub struct CoreParts<C> {
     pub spool: ShardHandle,
     /// The whole spool, to read messages stored by any core.
     pub store: Arc<Spool>,
+    /// How message bodies are read off the core's thread (the ring, or the reader pool).
+    pub reads: crate::spool::FileReads,
     pub mail_store: Arc<MailStore>,
     pub phase: watch::Receiver<Phase>,
     pub metrics: Option<crate::metrics::CoreMetrics>,
@@ -369,6 +372,7 @@ impl<C: Connector + 'static> Core<C> {
             connector,
             spool,
             store,
+            reads,
             mail_store,
             phase,
             metrics,
@@ -399,6 +403,7 @@ impl<C: Connector + 'static> Core<C> {
             resolver,
             spool,
             store,
+            reads,
             mail_store,
             phase,
             kick: Notify::new(),
@@ -566,7 +571,12 @@ impl<C: Connector + 'static> Core<C> {
     /// once. Returns whether it did. Only node routes are re-routed, and only to other node
     /// routes: a recipient now homed here, or one whose home left the table, stays (the
     /// attempt defers as before, and a restart routes it from the directory).
-    fn rerouted(self: &Rc<Self>, ticket: Ticket, entry: &QueueEntry, key: &DestinationKey) -> bool {
+    async fn rerouted(
+        self: &Rc<Self>,
+        ticket: Ticket,
+        entry: &QueueEntry,
+        key: &DestinationKey,
+    ) -> bool {
         let is_node = |k: &DestinationKey| {
             matches!(
                 k,
@@ -579,7 +589,7 @@ impl<C: Connector + 'static> Core<C> {
         if entry.attempts == 0 || !is_node(key) || self.shared.cluster.is_none() {
             return false;
         }
-        let Ok(Some(message)) = self.load(entry.id) else {
+        let Ok(Some(message)) = self.load(entry.id).await else {
             return false;
         };
         let groups = self
@@ -634,14 +644,16 @@ impl<C: Connector + 'static> Core<C> {
         true
     }
 
-    /// Reads the message an entry names. `Ok(None)`: it is no longer in the spool (an
-    /// operator deleted it, or every recipient already has a final result).
-    fn load(&self, id: QueueId) -> Result<Option<StoredMessage>, Reply> {
+    /// Reads the message an entry names, off the core's thread (a cold body never blocks the
+    /// core's other connections). `Ok(None)`: it is no longer in the spool (an operator
+    /// deleted it, or every recipient already has a final result).
+    async fn load(&self, id: QueueId) -> Result<Option<StoredMessage>, Reply> {
         let Some(location) = self.store.locate(id) else {
             return Ok(None);
         };
         self.store
-            .read_message(&location)
+            .read_message_async(&self.reads, &location)
+            .await
             .map(Some)
             .map_err(|e| Reply::spool_unreadable(&e.to_string()))
     }
@@ -649,8 +661,12 @@ impl<C: Connector + 'static> Core<C> {
     /// Loads the message of an entry that is to be ended without an attempt; `None` when it
     /// cannot be: the entry then leaves the queue (an unreadable one stays pending in the
     /// spool and counts as dropped: the reconciliation takes it in again).
-    fn load_to_end(self: &Rc<Self>, ticket: Ticket, entry: &QueueEntry) -> Option<StoredMessage> {
-        match self.load(entry.id) {
+    async fn load_to_end(
+        self: &Rc<Self>,
+        ticket: Ticket,
+        entry: &QueueEntry,
+    ) -> Option<StoredMessage> {
+        match self.load(entry.id).await {
             Ok(Some(message)) => Some(message),
             Ok(None) => {
                 self.gone(ticket, entry.id);
@@ -668,7 +684,7 @@ impl<C: Connector + 'static> Core<C> {
 
     /// An entry found past its deadline while it waited.
     async fn expire(self: Rc<Self>, ticket: Ticket, entry: QueueEntry) {
-        let Some(message) = self.load_to_end(ticket, &entry) else {
+        let Some(message) = self.load_to_end(ticket, &entry).await else {
             return;
         };
         let reply = Reply::delivery_expired("no successful attempt before delivery.max_age");
@@ -690,7 +706,7 @@ impl<C: Connector + 'static> Core<C> {
 
     /// An entry an operator removed (`bounce`: with a failure notice).
     async fn end(self: Rc<Self>, ticket: Ticket, entry: QueueEntry, bounce: bool) {
-        let Some(message) = self.load_to_end(ticket, &entry) else {
+        let Some(message) = self.load_to_end(ticket, &entry).await else {
             return;
         };
         let reply = if bounce {

@@ -186,6 +186,8 @@ fn run_until_drained(
             connector: EpollConnector,
             spool: spool.shard(0),
             store: Arc::clone(spool),
+            // The epoll engine's reads: the reader pool.
+            reads: crate::spool::FileReads::for_engine(crate::runtime::Engine::Epoll),
             mail_store: crate::mailbox::MailStore::new(),
             phase: phase_rx,
             metrics: None,
@@ -306,6 +308,8 @@ fn run_core_until(
             connector: EpollConnector,
             spool: spool.shard(0),
             store: Arc::clone(spool),
+            // The epoll engine's reads: the reader pool.
+            reads: crate::spool::FileReads::for_engine(crate::runtime::Engine::Epoll),
             mail_store: crate::mailbox::MailStore::new(),
             phase: phase_rx,
             metrics: None,

@@ -64,7 +64,7 @@ async fn deliver<C: Connector + 'static>(core: &Rc<Core<C>>, dest: DestId, first
         core.retry(first.0);
         return;
     };
-    if core.rerouted(first.0, &first.1, &key) {
+    if core.rerouted(first.0, &first.1, &key).await {
         return;
     }
     // The cluster's shared throttles (`cluster.redis`), after the node's own: a connection
@@ -523,7 +523,7 @@ async fn fail_destination<C: Connector + 'static>(
     let temporary = matches!(result, RecipientResult::Deferred(_));
     let others = core.fail_destination(first.0, temporary);
     for (ticket, entry) in std::iter::once(first).chain(others) {
-        let message = match core.load(entry.id) {
+        let message = match core.load(entry.id).await {
             Ok(Some(m)) => m,
             Ok(None) => {
                 core.gone(ticket, entry.id);
@@ -642,7 +642,7 @@ async fn converse<C: Connector + 'static, K: Connection>(
                     conv.client.quit(&mut conv.out);
                     continue;
                 };
-                match core.load(entry.id) {
+                match core.load(entry.id).await {
                     Ok(Some(mut message)) => {
                         let body = Bytes::from(std::mem::take(&mut message.body));
                         let mut message_out = outgoing(&entry, &message, body.clone());

@@ -43,7 +43,7 @@ pub mod stuff;
 pub use command::{encode, parse, Command, ParseError, Verb, VERBS};
 pub use reply::{Capability, MultiLine, Response, ResponseCode, Status};
 pub use session::{
-    CloseReason, Credentials, Event, LockResult, MaildropEntry, NotStored, Outbox, Session,
-    SessionConfig, Unavailable,
+    CloseReason, Credentials, Event, LockResult, MaildropEntry, NotStored, Outbox, Retrieval,
+    Session, SessionConfig, Unavailable,
 };
 pub use stuff::{retr_size, stuff, stuff_in_place, top};

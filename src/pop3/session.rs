@@ -68,6 +68,17 @@ pub const SASL_MECHANISMS: &[&str] = &["PLAIN"];
 #[error("message unavailable")]
 pub struct Unavailable;
 
+/// Where a RETR/TOP answer lies in the output while its message is being read (see
+/// [`Session::retrieval_start`]).
+#[derive(Debug)]
+#[must_use = "a started retrieval must be ended with Session::retrieval_end"]
+pub struct Retrieval {
+    /// Start of the status line.
+    mark: usize,
+    /// Start of the message.
+    body: usize,
+}
+
 /// The driver could not make the session's deletions durable (nothing was deleted).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
 #[error("deletions not stored")]
@@ -520,28 +531,63 @@ impl Session {
         out: &mut Outbox,
         read: impl FnOnce(&mut Vec<u8>) -> Result<(), Unavailable>,
     ) {
+        let Some(retrieval) = self.retrieval_start(out) else {
+            return;
+        };
+        let read = read(&mut out.bytes);
+        self.retrieval_end(out, retrieval, read);
+    }
+
+    /// [`Session::retrieved_with`] in two halves, for a driver whose read is asynchronous:
+    /// this one puts the status line into `out` and reserves room for the message; the
+    /// driver then appends the stored message to `out.bytes` (nothing else may be written
+    /// there meanwhile) and calls [`Session::retrieval_end`]. `None`: no RETR/TOP is waiting.
+    pub fn retrieval_start(&mut self, out: &mut Outbox) -> Option<Retrieval> {
+        let State::Retrieving {
+            maildrop,
+            index,
+            top_lines,
+        } = &self.state
+        else {
+            debug_assert!(self.is_closed(), "retrieval_start without Retrieve");
+            return None;
+        };
+        let mark = out.bytes.len();
+        let announced = maildrop.entries.get(*index).map_or(0, |e| e.size);
+        match top_lines {
+            None => Response::retr(announced).encode(&mut out.bytes),
+            Some(_) => Response::top().encode(&mut out.bytes),
+        }
+        let body = out.bytes.len();
+        // Room for the message, a few dots and the terminator: the read and the stuffing
+        // then do not grow (and copy) the buffer again.
+        let room = usize::try_from(announced).unwrap_or(0);
+        out.bytes.reserve(room.saturating_add(room / 64 + 16));
+        Some(Retrieval { mark, body })
+    }
+
+    /// The second half of [`Session::retrieved_with`]: `read` says whether the whole stored
+    /// message now follows the status line in `out.bytes` (on an error, whatever was
+    /// appended is cut off and `-ERR [SYS/TEMP]` answers).
+    pub fn retrieval_end(
+        &mut self,
+        out: &mut Outbox,
+        retrieval: Retrieval,
+        read: Result<(), Unavailable>,
+    ) {
         let State::Retrieving {
             maildrop,
             index,
             top_lines,
         } = mem::replace(&mut self.state, State::Closed)
         else {
-            debug_assert!(self.is_closed(), "retrieved_with without Retrieve");
+            debug_assert!(self.is_closed(), "retrieval_end without Retrieve");
             return;
         };
-        let mark = out.bytes.len();
+        let Retrieval { mark, mut body } = retrieval;
         let announced = maildrop.entries.get(index).map_or(0, |e| e.size);
-        match top_lines {
-            None => Response::retr(announced).encode(&mut out.bytes),
-            Some(_) => Response::top().encode(&mut out.bytes),
-        }
-        let mut body = out.bytes.len();
-        // Room for the message, a few dots and the terminator: the read and the stuffing
-        // then do not grow (and copy) the buffer again.
-        let room = usize::try_from(announced).unwrap_or(0);
-        out.bytes.reserve(room.saturating_add(room / 64 + 16));
-        match read(&mut out.bytes) {
-            Ok(()) => {
+        match read {
+            Ok(()) if out.bytes.len() >= body => {
                 match top_lines {
                     None => {
                         let size = stuff::retr_size(&out.bytes[body..]);
@@ -560,7 +606,8 @@ impl Session {
                 }
                 stuff::stuff_in_place(&mut out.bytes, body);
             }
-            Err(Unavailable) => {
+            // An error, or a driver that cut into the status line (a bug: answered as one).
+            _ => {
                 out.bytes.truncate(mark);
                 Response::message_unavailable().encode(&mut out.bytes);
             }

@@ -8,6 +8,7 @@
 //! Exposure: none to the network directly; reads /proc for the io_uring probe.
 
 pub mod clock;
+pub mod file_read;
 pub mod mesh;
 pub mod probe;
 pub mod shard;

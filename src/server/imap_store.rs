@@ -63,8 +63,9 @@ impl UserStoreLink {
         &self.user
     }
 
-    /// A message's body, read into the kept buffer.
-    fn body(
+    /// A message's body, read into the kept buffer (off the shard's thread: the ring or the
+    /// reader pool).
+    async fn body(
         &mut self,
         ctx: &ShardContext,
         folder: FolderId,
@@ -75,11 +76,13 @@ impl UserStoreLink {
             .folders()
             .with(&self.user, |s| s.entry(folder, uid).map(|e| e.id))
             .ok_or(StoreError::NonExistent)?;
-        let mut body = std::mem::take(&mut self.body_buffer);
-        match ctx.store.read_body_into(id, &mut body) {
+        let body = std::mem::take(&mut self.body_buffer);
+        let (read, body) = ctx.store.read_body_async(&ctx.reads, id, body, 0).await;
+        match read {
             Ok(()) => Ok(body),
             Err(error) => {
                 tracing::warn!(target: "relay::imap", %error, "cannot read a message");
+                self.recycle(body);
                 Err(StoreError::Unavailable)
             }
         }
@@ -94,7 +97,7 @@ impl UserStoreLink {
             return super::imap::unavailable(&request);
         }
         if let Request::Body { folder, uid } = request {
-            return Answer::Body(self.body(ctx, folder, uid));
+            return Answer::Body(self.body(ctx, folder, uid).await);
         }
         let store = &ctx.mail_store;
         let user = self.user.clone();
@@ -159,7 +162,7 @@ impl UserStoreLink {
                 modseq,
                 uidnext,
             } => Answer::Changes(self.changes(ctx, folder, modseq, uidnext)),
-            Request::Body { folder, uid } => Answer::Body(self.body(ctx, folder, uid)),
+            Request::Body { folder, uid } => Answer::Body(self.body(ctx, folder, uid).await),
             Request::Summary { folder, uid } => {
                 let mut id = None;
                 read(&mut |s| id = s.entry(folder, uid).map(|e| e.id));

@@ -206,6 +206,11 @@ pub fn run(config: Config) -> Result<(), ServerError> {
         choose_engine(config.server.io, probe::probe).map_err(ServerError::UringRequired)?;
     let shards = config.cores();
     let hostname = config.hostname();
+    if engine == Engine::Epoll {
+        // The body reader pool starts here, on the main thread, so its threads are not
+        // pinned to the first shard's core (threads inherit the affinity of their creator).
+        crate::runtime::file_read::start_pool();
+    }
     raise_nofile();
     // Signals are routed to us before anything starts, so an early SIGTERM is not lost.
     let signals = Signals::new([SIGTERM, SIGINT, SIGHUP]).map_err(ServerError::Signals)?;
@@ -966,8 +971,9 @@ impl Contexts {
             verifying: verifying::Verifying::for_shard(&self.verifying),
             signatures: signatures::Signatures::for_shard(&self.signatures),
             cluster: self.cluster.clone(),
-            // The shard's own engine replaces this in shard::spawn.
+            // The shard's own engine (and its reads) replace these in shard::spawn.
             engine: Engine::Epoll,
+            reads: crate::runtime::file_read::FileReads::Inline,
             login_proxy: self.login_proxy.clone(),
             web_sessions: Arc::clone(&self.web_sessions),
         }

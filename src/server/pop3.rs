@@ -3,8 +3,9 @@
 //! message bytes from the spool, durable deletions.
 //!
 //! A maildrop is the user's INBOX in the mail store: RETR reads the stored body bytes
-//! straight from the segment into the output buffer, after the status line (one pread, no
-//! record decoding, no buffer of its own), where the session stuffs them in place; QUIT's
+//! straight from the segment into the output buffer, after the status line (one read on the
+//! shard's ring, or on the reader pool under epoll: never a blocking read on the shard's
+//! thread; no record decoding, no buffer of its own), where the session stuffs them in place; QUIT's
 //! deletions are an INBOX expunge, appended to the spool log and fsynced before the `+OK`.
 //! The output buffer is kept between writes up to [`OUTPUT_RETAINED`], so a run of pipelined
 //! RETRs does not grow a new one (and copy it while it grows) for every write.
@@ -261,21 +262,33 @@ impl Upgradable for Link {
                             .as_ref()
                             .and_then(|lock| lock.entries.get(index))
                             .map(|entry| entry.id);
-                        session.retrieved_with(out, |buf| {
-                            let id = id.ok_or(Unavailable)?;
-                            match ctx.store.read_body_append(id, buf) {
-                                Ok(()) => {
-                                    if top_lines.is_none() {
-                                        ctx.metrics.pop3_retrievals.inc();
+                        // The status line goes in first; the body is read after it, off the
+                        // shard's thread (the ring or the reader pool), into the same buffer.
+                        if let Some(retrieval) = session.retrieval_start(out) {
+                            let read = match id {
+                                None => Err(Unavailable),
+                                Some(id) => {
+                                    let at = out.bytes.len();
+                                    let buf = std::mem::take(&mut out.bytes);
+                                    let (read, buf) =
+                                        ctx.store.read_body_async(&ctx.reads, id, buf, at).await;
+                                    out.bytes = buf;
+                                    match read {
+                                        Ok(()) => {
+                                            if top_lines.is_none() {
+                                                ctx.metrics.pop3_retrievals.inc();
+                                            }
+                                            Ok(())
+                                        }
+                                        Err(error) => {
+                                            tracing::warn!(target: "relay::pop3", %error, "cannot read a message");
+                                            Err(Unavailable)
+                                        }
                                     }
-                                    Ok(())
                                 }
-                                Err(error) => {
-                                    tracing::warn!(target: "relay::pop3", %error, "cannot read a message");
-                                    Err(Unavailable)
-                                }
-                            }
-                        });
+                            };
+                            session.retrieval_end(out, retrieval, read);
+                        }
                     }
                     Event::Update { deleted } => {
                         let result = match &maildrop {

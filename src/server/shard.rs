@@ -87,6 +87,9 @@ pub struct ShardContext {
     pub cluster: Option<Arc<super::cluster_listener::ClusterListener>>,
     /// The shard's I/O engine (set by [`spawn`]): connections this shard opens use it.
     pub engine: Engine,
+    /// How this shard reads message bodies from the spool without blocking (set by
+    /// [`spawn`] for the engine: the ring, or the epoll engine's reader pool).
+    pub reads: crate::runtime::file_read::FileReads,
     /// `[cluster]`: logins of users homed on other nodes are proxied there.
     pub login_proxy: Option<Arc<super::login_proxy::LoginProxy>>,
     /// The web server's session table, once it runs (for web logins proxied here).
@@ -486,6 +489,7 @@ pub fn spawn(seed: ShardSeed, events: Sender<ShardEvent>) -> io::Result<JoinHand
             Box::pin(async move {
                 let ctx = Rc::new(ShardContext {
                     engine,
+                    reads: crate::runtime::file_read::FileReads::for_engine(engine),
                     ..make_context()
                 });
                 match engine {
@@ -542,6 +546,7 @@ async fn serve_shard<L: Listener + 'static, C: Connector + 'static>(
         connector,
         spool: ctx.spool.clone(),
         store: Arc::clone(&ctx.store),
+        reads: ctx.reads.clone(),
         mail_store: Arc::clone(&ctx.mail_store),
         phase: ctx.phase.clone(),
         metrics: Some(ctx.metrics.clone()),

@@ -340,7 +340,11 @@ impl Backend for StoreBackend {
                     });
                     let (folder_id, queue_id, system) = found.ok_or(BackendError::NoSuchMessage)?;
                     let seen = system & system_flag::SEEN != 0;
-                    let body = ctx.store.read_body(queue_id).map_err(|error| {
+                    let (read, body) = ctx
+                        .store
+                        .read_body_async(&ctx.reads, queue_id, Vec::new(), 0)
+                        .await;
+                    read.map_err(|error| {
                         tracing::warn!(target: "relay::web", %error, "cannot read a message");
                         BackendError::Unavailable
                     })?;
@@ -428,7 +432,11 @@ impl Backend for StoreBackend {
                         Some(s.entry(id, uid)?.id)
                     });
                     let queue_id = found.ok_or(BackendError::NoSuchMessage)?;
-                    let draft = ctx.store.read_body(queue_id).map_err(|error| {
+                    let (read, draft) = ctx
+                        .store
+                        .read_body_async(&ctx.reads, queue_id, Vec::new(), 0)
+                        .await;
+                    read.map_err(|error| {
                         tracing::warn!(target: "relay::web", %error, "cannot read a draft");
                         BackendError::Unavailable
                     })?;
@@ -782,8 +790,12 @@ async fn search(
             // Other pages' requests share this thread.
             tokio::task::yield_now().await;
         }
-        let raw = match ctx.store.read_body(entry.id) {
-            Ok(raw) => raw,
+        let (read, raw) = ctx
+            .store
+            .read_body_async(&ctx.reads, entry.id, Vec::new(), 0)
+            .await;
+        match read {
+            Ok(()) => {}
             Err(error) => {
                 tracing::warn!(target: "relay::web", %error, "cannot read a message");
                 continue;

@@ -223,7 +223,9 @@ pub(crate) fn find_with_io(io: &dyn SegmentIo, id: QueueId) -> Result<StoredMess
 }
 
 /// Reads the record at `location`, verifying the segment header, the frame header and the data
-/// checksum (for POP3-style reads of one message without a scan).
+/// checksum (for POP3-style reads of one message without a scan). Three positioned reads:
+/// the segment preamble, the frame's header and meta, the body; [`MessageHead::parse`] and
+/// [`MessageHead::check_body`] are the same checks the shards' asynchronous read makes.
 pub(crate) fn read_at(
     io: &dyn SegmentIo,
     location: &Location,
@@ -232,60 +234,166 @@ pub(crate) fn read_at(
     let file = io
         .open_segment(location.shard, location.segment, false)
         .map_err(|e| SpoolError::io("open segment", &path, e))?;
-    let bad = |reason: String| SpoolError::Recovery {
-        path: path.clone(),
-        offset: location.offset,
-        reason,
+    let read = |what: &'static str, offset: u64, len: usize| {
+        let mut buf = vec![0u8; len];
+        let n = file
+            .read_at(offset, &mut buf)
+            .map_err(|e| SpoolError::io(what, &path, e))?;
+        buf.truncate(n);
+        Ok::<_, SpoolError>(buf)
     };
-    let mut preamble = [0u8; 2 * SEGMENT_HEADER_LEN];
-    let n = file
-        .read_at(0, &mut preamble)
-        .map_err(|e| SpoolError::io("read segment header", &path, e))?;
-    if n < preamble.len() {
-        return Err(bad("segment shorter than its preamble".into()));
+    let preamble = read("read segment header", 0, MessageHead::PREAMBLE_LEN)?;
+    let head = read(
+        "read frame",
+        location.offset,
+        MessageHead::head_len(&path, location)?,
+    )?;
+    let head = MessageHead::parse(&path, location, &preamble, &head)?;
+    let body = read("read frame", head.body_offset, head.body_len)?;
+    head.check_body(&path, location, &body, body.len())?;
+    Ok(head.into_message(*location, body))
+}
+
+/// A message frame's header and meta, checked; what a read of its body needs (sans-IO: the
+/// caller moves the bytes, synchronously or not).
+#[derive(Debug)]
+pub(crate) struct MessageHead {
+    meta: super::MessageMeta,
+    meta_crc: u32,
+    data_crc: u32,
+    /// File offset and length of the body.
+    pub body_offset: u64,
+    pub body_len: usize,
+}
+
+impl MessageHead {
+    /// Bytes of the segment preamble (two copies of the segment header).
+    pub const PREAMBLE_LEN: usize = 2 * SEGMENT_HEADER_LEN;
+
+    fn bad(path: &Path, location: &Location, reason: String) -> SpoolError {
+        SpoolError::Recovery {
+            path: path.to_path_buf(),
+            offset: location.offset,
+            reason,
+        }
     }
-    let seg = SegmentHeader::decode(&preamble[..SEGMENT_HEADER_LEN])
-        .or_else(|_| SegmentHeader::decode(&preamble[SEGMENT_HEADER_LEN..]))
-        .map_err(|e| bad(format!("unreadable segment header: {e:?}")))?;
-    let len = usize::try_from(location.frame_len).map_err(|_| bad("frame too large".into()))?;
-    if len < FRAME_HEADER_LEN || !location.offset.is_multiple_of(ALIGN) {
-        return Err(bad("not a frame location".into()));
+
+    /// Bytes of the frame before its body: header, meta and the meta's padding.
+    pub fn head_len(path: &Path, location: &Location) -> Result<usize, SpoolError> {
+        let bad = |reason: &str| Self::bad(path, location, reason.into());
+        if location.frame_len < FRAME_HEADER_LEN as u64 || !location.offset.is_multiple_of(ALIGN) {
+            return Err(bad("not a frame location"));
+        }
+        location
+            .body_offset
+            .checked_sub(location.offset)
+            .and_then(|n| usize::try_from(n).ok())
+            .filter(|&n| n >= FRAME_HEADER_LEN && n as u64 <= location.frame_len)
+            .ok_or_else(|| bad("not a frame location"))
     }
-    let mut frame = AlignedVec::<16>::new();
-    frame.resize(len, 0);
-    let n = file
-        .read_at(location.offset, &mut frame)
-        .map_err(|e| SpoolError::io("read frame", &path, e))?;
-    if n < len {
-        return Err(bad(format!("frame cut short: {n} of {len} bytes")));
+
+    /// Checks the segment preamble and the frame header read at `location` (`head`:
+    /// [`MessageHead::head_len`] bytes from `location.offset`) and decodes the meta.
+    pub fn parse(
+        path: &Path,
+        location: &Location,
+        preamble: &[u8],
+        head: &[u8],
+    ) -> Result<MessageHead, SpoolError> {
+        let bad = |reason: String| Self::bad(path, location, reason);
+        if preamble.len() < Self::PREAMBLE_LEN {
+            return Err(bad("segment shorter than its preamble".into()));
+        }
+        let seg = SegmentHeader::decode(&preamble[..SEGMENT_HEADER_LEN])
+            .or_else(|_| SegmentHeader::decode(&preamble[SEGMENT_HEADER_LEN..Self::PREAMBLE_LEN]))
+            .map_err(|e| bad(format!("unreadable segment header: {e:?}")))?;
+        let want = Self::head_len(path, location)?;
+        if head.len() < want {
+            return Err(bad(format!(
+                "frame cut short: {} of {want} bytes",
+                head.len()
+            )));
+        }
+        let check = FrameHeader::check(head, seg.salt);
+        if !check.trusted() {
+            return Err(bad("no valid frame header at this location".into()));
+        }
+        let h = check.header;
+        if h.frame_len() != location.frame_len
+            || h.body_offset() != want as u64
+            || u64::from(h.body_len) != location.body_len
+        {
+            return Err(bad("frame length differs from the location".into()));
+        }
+        let kind = RecordKind::from_u16(h.kind)
+            .filter(|k| k.version_known(h.version))
+            .ok_or_else(|| {
+                bad(format!(
+                    "unknown record kind {} version {}",
+                    h.kind, h.version
+                ))
+            })?;
+        let meta_bytes = head[FRAME_HEADER_LEN..]
+            .get(..h.meta_len as usize)
+            .ok_or_else(|| bad("meta beyond the frame".into()))?;
+        // rkyv reads the meta in place: 16-aligned, as the frame is on disk.
+        let mut aligned = AlignedVec::<16>::new();
+        aligned.extend_from_slice(meta_bytes);
+        let Record::Message(meta) = decode_payload(kind, h.version, &aligned).map_err(bad)? else {
+            return Err(bad("not a message record".into()));
+        };
+        let body_len = usize::try_from(h.body_len).map_err(|_| bad("body too large".into()))?;
+        Ok(MessageHead {
+            meta,
+            meta_crc: crc32c::crc32c(meta_bytes),
+            data_crc: h.data_crc,
+            body_offset: location.body_offset,
+            body_len,
+        })
     }
-    let check = FrameHeader::check(&frame, seg.salt);
-    if !check.trusted() {
-        return Err(bad("no valid frame header at this location".into()));
+
+    /// The body's checksum seed (the meta's CRC) and the frame's data checksum: the body is
+    /// whole when `crc32c_append(seed, body) == data_crc`.
+    pub fn crcs(&self) -> (u32, u32) {
+        (self.meta_crc, self.data_crc)
     }
-    let h = check.header;
-    if h.frame_len() != location.frame_len {
-        return Err(bad("frame length differs from the location".into()));
+
+    /// Checks that `n` bytes were read and the data checksum, at once (the synchronous read;
+    /// the asynchronous one checks in steps: [`MessageHead::check_read`], `check_crc`).
+    pub fn check_body(
+        &self,
+        path: &Path,
+        location: &Location,
+        body: &[u8],
+        n: usize,
+    ) -> Result<(), SpoolError> {
+        self.check_read(path, location, n)?;
+        self.check_crc(path, location, crc32c::crc32c_append(self.meta_crc, body))
     }
-    if !h.data_crc_matches(&frame) {
-        return Err(bad("data checksum mismatch".into()));
+
+    pub fn check_read(&self, path: &Path, location: &Location, n: usize) -> Result<(), SpoolError> {
+        if n < self.body_len {
+            return Err(Self::bad(
+                path,
+                location,
+                format!("frame cut short: body {n} of {} bytes", self.body_len),
+            ));
+        }
+        Ok(())
     }
-    let kind = RecordKind::from_u16(h.kind)
-        .filter(|k| k.version_known(h.version))
-        .ok_or_else(|| {
-            bad(format!(
-                "unknown record kind {} version {}",
-                h.kind, h.version
-            ))
-        })?;
-    let meta_bytes = &frame[FRAME_HEADER_LEN..][..h.meta_len as usize];
-    let Record::Message(meta) = decode_payload(kind, h.version, meta_bytes).map_err(bad)? else {
-        return Err(bad("not a message record".into()));
-    };
-    let body_at = h.body_offset() as usize;
-    Ok(StoredMessage {
-        meta,
-        location: *location,
-        body: frame[body_at..body_at + h.body_len as usize].to_vec(),
-    })
+
+    pub fn check_crc(&self, path: &Path, location: &Location, crc: u32) -> Result<(), SpoolError> {
+        if crc != self.data_crc {
+            return Err(Self::bad(path, location, "data checksum mismatch".into()));
+        }
+        Ok(())
+    }
+
+    pub fn into_message(self, location: Location, body: Vec<u8>) -> StoredMessage {
+        StoredMessage {
+            meta: self.meta,
+            location,
+            body,
+        }
+    }
 }

@@ -31,6 +31,11 @@ pub trait SegmentFile: Send + Sync {
     fn size(&self) -> io::Result<u64>;
     /// Reads up to `buf.len()` bytes at `offset`; fewer only at end of file.
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<usize>;
+    /// A new handle of the same open file (`dup`), for reads through io_uring
+    /// (`runtime::file_read`); `None` (the default) when this is not a real file.
+    fn duplicate(&self) -> Option<io::Result<File>> {
+        None
+    }
 }
 
 /// The directory side: shards, segment files and their names.
@@ -284,6 +289,10 @@ impl SegmentFile for FsFile {
 
     fn size(&self) -> io::Result<u64> {
         Ok(self.file.metadata()?.len())
+    }
+
+    fn duplicate(&self) -> Option<io::Result<File>> {
+        Some(self.file.try_clone())
     }
 
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<usize> {

@@ -48,8 +48,13 @@
 //! deletion state; a [`dashmap::DashMap`] touched once per message, never per byte). Writer
 //! threads update it after each commit, before replying, and compaction after each move, so
 //! [`Spool::locate`] / [`Spool::read_body`] see a message acknowledged a microsecond ago. A body
-//! read is one `pread` of the body bytes through a small cache of open segment handles,
-//! verified against the frame checksum without reading the meta (see [`frame`]).
+//! read is one positioned read of the body bytes through a small cache of open segment
+//! handles, verified against the frame checksum without reading the meta (see [`frame`]).
+//! The shards read with [`Spool::read_body_async`] / [`Spool::read_message_async`]: the same
+//! locate, checks and retry, with only the byte move handed to [`FileReads`] (the shard's
+//! io_uring ring, or the epoll engine's bounded reader pool: `runtime::file_read`), so a body
+//! not in the page cache never blocks a core; the checksum is computed in 256 KiB steps with a
+//! yield between two. The synchronous reads stay for tools, tests and `relay user move`.
 //! [`Spool::startup_view`] gives the mailbox store and the queue what to rebuild at start.
 //!
 //! # Liveness and compaction
@@ -181,6 +186,9 @@ use crossbeam::channel::{bounded, Sender, TrySendError};
 use tokio::sync::oneshot;
 
 use crate::envelope::{Envelope, Origin, QueueId};
+pub use crate::runtime::file_read::FileReads;
+use crate::runtime::file_read::ReadSource;
+use inspect::MessageHead;
 
 pub use compact::{compact_offline, compact_offline_with, CompactionConfig, CompactionReport};
 pub use error::SpoolError;
@@ -564,6 +572,39 @@ impl ShardHandle {
     }
 }
 
+/// Bytes of a body checksummed between two yields to the shard's other tasks: tens of
+/// microseconds in a release build (crc32c runs at several GB/s), a few milliseconds in a debug
+/// one; with many large bodies verified at once, a new connection waits for about one step of
+/// each between two turns of the event loop.
+const CRC_STEP: usize = 256 << 10;
+
+/// `crc32c_append(seed, bytes)`, in [`CRC_STEP`] steps with a yield between two, so a large
+/// body's verification does not hold the shard's thread in one piece.
+pub(crate) async fn crc_append(seed: u32, bytes: &[u8]) -> u32 {
+    let mut crc = seed;
+    let mut steps = bytes.chunks(CRC_STEP).peekable();
+    while let Some(step) = steps.next() {
+        crc = crc32c::crc32c_append(crc, step);
+        if steps.peek().is_some() {
+            tokio::task::yield_now().await;
+        }
+    }
+    crc
+}
+
+/// A cached segment handle as a [`ReadSource`] for [`FileReads`].
+struct SegmentSource(Arc<dyn SegmentFile>);
+
+impl ReadSource for SegmentSource {
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> std::io::Result<usize> {
+        self.0.read_at(offset, buf)
+    }
+
+    fn duplicate(&self) -> Option<std::io::Result<std::fs::File>> {
+        self.0.duplicate()
+    }
+}
+
 /// Per writable shard, shared by its writer and compaction.
 #[derive(Debug)]
 pub(crate) struct ShardSegments {
@@ -736,6 +777,119 @@ impl Core {
             return Err(corrupt("data checksum mismatch".into()));
         }
         Ok(())
+    }
+
+    /// [`Core::read_body_append`] with the bytes moved by `reads` (off the shard's thread):
+    /// the same location, checks and retry after a compaction; `buf` is owned and returned.
+    async fn read_body_async(
+        &self,
+        reads: &FileReads,
+        id: QueueId,
+        mut buf: Vec<u8>,
+        at: usize,
+    ) -> (Result<(), SpoolError>, Vec<u8>) {
+        buf.truncate(at);
+        let Some(mut found) = self.index.find(id) else {
+            return (Err(SpoolError::NotFound(id)), buf);
+        };
+        let mut retried = false;
+        loop {
+            let (read, back) = self.read_located_async(reads, &found, buf, at).await;
+            buf = back;
+            match read {
+                Ok(()) => return (Ok(()), buf),
+                Err(e) if retried => return (Err(e), buf),
+                Err(e) => {
+                    // Compaction may have moved it (and unlinked the old segment) meanwhile.
+                    retried = true;
+                    match self.index.find(id) {
+                        Some(now) if now.location != found.location => found = now,
+                        Some(_) => return (Err(e), buf),
+                        None => return (Err(SpoolError::NotFound(id)), buf),
+                    }
+                }
+            }
+        }
+    }
+
+    /// [`Core::read_located`] with the bytes moved by `reads`; the checksum is computed in
+    /// steps that let the shard's other tasks run ([`crc_append`]). On an error `buf` is cut
+    /// back to `at`.
+    async fn read_located_async(
+        &self,
+        reads: &FileReads,
+        found: &Found,
+        mut buf: Vec<u8>,
+        at: usize,
+    ) -> (Result<(), SpoolError>, Vec<u8>) {
+        let l = &found.location;
+        let path = || self.io.segment_path(l.shard, l.segment);
+        let corrupt = |reason: String| SpoolError::Corrupt {
+            path: path(),
+            offset: l.offset,
+            reason,
+        };
+        let file = match self.files.get(self.io.as_ref(), l.shard, l.segment) {
+            Ok(file) => file,
+            Err(e) => {
+                buf.truncate(at);
+                return (Err(SpoolError::io("open segment", path(), e)), buf);
+            }
+        };
+        let Ok(len) = usize::try_from(l.body_len) else {
+            buf.truncate(at);
+            return (Err(corrupt("body too large".into())), buf);
+        };
+        let source: Arc<dyn ReadSource> = Arc::new(SegmentSource(file));
+        let (read, mut buf) = reads.read_at(source, l.body_offset, buf, at, len).await;
+        let result = match read {
+            Err(e) => Err(SpoolError::io("read body", path(), e)),
+            Ok(n) if n < len => Err(corrupt(format!("body cut short: {n} of {len} bytes"))),
+            Ok(_) => {
+                let crc = crc_append(found.meta_crc, buf.get(at..).unwrap_or_default()).await;
+                if crc == found.data_crc {
+                    Ok(())
+                } else {
+                    Err(corrupt("data checksum mismatch".into()))
+                }
+            }
+        };
+        if result.is_err() {
+            buf.truncate(at);
+        }
+        (result, buf)
+    }
+
+    /// [`inspect::read_at`] with the bytes moved by `reads`: the segment preamble, the frame's
+    /// head and the body, each checked as there.
+    async fn read_message_async(
+        &self,
+        reads: &FileReads,
+        location: &Location,
+    ) -> Result<StoredMessage, SpoolError> {
+        let path = self.io.segment_path(location.shard, location.segment);
+        let file = self
+            .files
+            .get(self.io.as_ref(), location.shard, location.segment)
+            .map_err(|e| SpoolError::io("open segment", &path, e))?;
+        let source: Arc<dyn ReadSource> = Arc::new(SegmentSource(file));
+        let read = |what: &'static str, offset: u64, len: usize| {
+            let source = Arc::clone(&source);
+            let path = &path;
+            async move {
+                let (n, buf) = reads.read_at(source, offset, Vec::new(), 0, len).await;
+                n.map(|_| buf).map_err(|e| SpoolError::io(what, path, e))
+            }
+        };
+        let preamble = read("read segment header", 0, MessageHead::PREAMBLE_LEN).await?;
+        let head_len = MessageHead::head_len(&path, location)?;
+        let head = read("read frame", location.offset, head_len).await?;
+        let head = MessageHead::parse(&path, location, &preamble, &head)?;
+        let body = read("read frame", head.body_offset, head.body_len).await?;
+        head.check_read(&path, location, body.len())?;
+        let (seed, _) = head.crcs();
+        head.check_crc(&path, location, crc_append(seed, &body).await)?;
+        Ok(head.into_message(*location, body))
     }
 
     /// The first `max` bytes of the body, one pread, unverified: the data checksum covers the
@@ -1487,6 +1641,32 @@ impl Spool {
     /// read. On an error `body` is left empty.
     pub fn read_body_into(&self, id: QueueId, body: &mut Vec<u8>) -> Result<(), SpoolError> {
         self.core.read_body_into(id, body)
+    }
+
+    /// [`Spool::read_body_append`] for a shard's tasks: the bytes are moved by `reads` (the
+    /// shard's ring on io_uring, the reader pool on epoll), so a body that is not in the page
+    /// cache never blocks the shard's thread; the location, the checks (the data checksum,
+    /// computed in steps between which other tasks run) and the retry after a compaction are
+    /// those of the synchronous read. The body lands after `buf`'s first `at` bytes, read into
+    /// its allocation; `buf` is returned, cut back to `at` on an error.
+    pub async fn read_body_async(
+        &self,
+        reads: &FileReads,
+        id: QueueId,
+        buf: Vec<u8>,
+        at: usize,
+    ) -> (Result<(), SpoolError>, Vec<u8>) {
+        self.core.read_body_async(reads, id, buf, at).await
+    }
+
+    /// [`Spool::read_message`] with the bytes moved by `reads` (see
+    /// [`Spool::read_body_async`]): outbound delivery's read of a queued message.
+    pub async fn read_message_async(
+        &self,
+        reads: &FileReads,
+        location: &Location,
+    ) -> Result<StoredMessage, SpoolError> {
+        self.core.read_message_async(reads, location).await
     }
 
     /// At most the first `max` bytes of the stored body of message `id`, for a list that
