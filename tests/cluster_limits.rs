@@ -108,7 +108,7 @@ fn message_rate_is_one_budget_for_the_three_nodes() {
     for node in &nodes {
         assert_eq!(mail(node), 450, "node {}", node.addr);
     }
-    assert!(nodes[2].log_contains("message refused by the cluster's rate"));
+    nodes[2].wait_log(&["message refused by the cluster's rate"], WAIT);
     assert_eq!(
         redis.cli(&["EXISTS", "relay:rate:msg:127.0.0.1"]).trim(),
         "1"
