@@ -156,3 +156,38 @@ fn a_closed_stdout_is_not_a_panic() {
         assert_ne!(output.status.code(), Some(101), "relay {args:?}: {stderr}");
     }
 }
+
+/// Two of our own listeners on one port (here SMTP on one address and IMAP on the wildcard
+/// of the same port): every listener sets SO_REUSEPORT, so the kernel let both binds succeed
+/// and spread the port's clients over the two protocols. The start must refuse it, naming both.
+#[test]
+fn two_protocols_on_one_port_stop_the_start() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let spool = dir.path().join("spool");
+    write(
+        &dir.path().join("relay.toml"),
+        &format!(
+            "[server]\ncores = 1\n[smtp]\nlisten = [\"127.0.0.1:{port}\"]\n\
+             [imap]\nlisten = [\"0.0.0.0:{port}\"]\n[spool]\ndir = {spool:?}\n"
+        ),
+        0o644,
+    );
+    let mut serve = std::process::Command::new(common::relay_bin());
+    serve
+        .args(["serve", "--config"])
+        .arg(dir.path().join("relay.toml"))
+        .env("NO_COLOR", "1");
+    let output = common::run_with_timeout(&mut serve, std::time::Duration::from_secs(20));
+    assert!(!output.status.success(), "{}", describe(&output));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("overlaps")
+            && stderr.contains(&format!("127.0.0.1:{port}"))
+            && stderr.contains(&format!("0.0.0.0:{port}")),
+        "{stderr}"
+    );
+}

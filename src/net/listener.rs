@@ -59,6 +59,17 @@ fn bind_one(addr: SocketAddr) -> io::Result<TcpListener> {
     Ok(socket.into())
 }
 
+/// Whether two of our listeners on `a` and `b` would take each other's connections: the
+/// same port on the same address, or on one address and a wildcard of its family. The
+/// kernel lets such binds succeed because every socket of ours sets SO_REUSEPORT, and then
+/// silently spreads one port's clients over two protocols; the start refuses it instead.
+/// (`[::]` is bound IPv6-only, so it does not overlap IPv4.)
+pub fn overlaps(a: SocketAddr, b: SocketAddr) -> bool {
+    a.port() == b.port()
+        && a.is_ipv4() == b.is_ipv4()
+        && (a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified())
+}
+
 /// Makes a pending `accept` on this listening socket (possibly an io_uring operation that
 /// must not be dropped) complete with an error, so an accept loop can end without leaking
 /// an armed operation. Works through any duplicate of the socket.
@@ -89,6 +100,19 @@ mod tests {
             .expect("port is taken without SO_REUSEPORT");
         assert_eq!(err.addr, addr);
         assert!(err.to_string().contains(&addr.to_string()));
+    }
+
+    #[test]
+    fn overlapping_listeners_are_those_that_would_share_clients() {
+        let at = |s: &str| s.parse::<SocketAddr>().unwrap();
+        assert!(overlaps(at("127.0.0.1:25"), at("127.0.0.1:25")));
+        assert!(overlaps(at("0.0.0.0:25"), at("127.0.0.1:25")));
+        assert!(overlaps(at("127.0.0.2:25"), at("0.0.0.0:25")));
+        assert!(overlaps(at("[::]:25"), at("[::1]:25")));
+        assert!(!overlaps(at("127.0.0.1:25"), at("127.0.0.2:25")));
+        assert!(!overlaps(at("127.0.0.1:25"), at("127.0.0.1:26")));
+        assert!(!overlaps(at("[::]:25"), at("0.0.0.0:25")));
+        assert!(!overlaps(at("[::1]:25"), at("127.0.0.1:25")));
     }
 
     #[test]

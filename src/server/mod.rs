@@ -52,7 +52,7 @@ use crate::delivery::loops::OwnAddresses;
 use crate::delivery::{jobs_from_live, DeliveryShared, Mesh, QueueGauge};
 use crate::mailbox::{KeyStore, LocalDelivery, MailStore, SharedDirectory};
 use crate::metrics::Metrics;
-use crate::net::listener::{bind_shared, BindError};
+use crate::net::listener::{bind_shared, overlaps, BindError};
 use crate::net::tls::ServerTls;
 use crate::runtime::shard::{Placement, ShardEvent};
 use crate::runtime::{choose_engine, probe, Engine, Phase, UringUnavailable};
@@ -76,6 +76,13 @@ pub enum ServerError {
     Spool(SpoolError),
     #[error(transparent)]
     Bind(#[from] BindError),
+    #[error("{second} listener {second_addr} overlaps the {first} listener {first_addr}: each address and port may serve one protocol")]
+    ListenerClash {
+        first: String,
+        first_addr: std::net::SocketAddr,
+        second: String,
+        second_addr: std::net::SocketAddr,
+    },
     #[error("cannot install signal handlers: {0}")]
     Signals(std::io::Error),
     #[error("cannot start shard threads: {0}")]
@@ -443,16 +450,33 @@ fn bind_listeners(config: &Config, shards: usize) -> Result<Vec<ShardSockets>, S
         .filter(|_| config.cluster.enabled())
         .into_iter()
         .collect();
-    let listen = listen
+    let mut listen: Vec<_> = listen
         .into_iter()
-        .chain([(&cluster, Protocol::Cluster, false, "cluster")]);
-    for (addrs, protocol, implicit_tls, name) in listen {
-        for addr in addrs {
-            let set = bind_shared(*addr, shards)?;
-            tracing::info!(protocol = name, addr = %set.addr, "listening");
-            for (i, socket) in set.sockets.into_iter().enumerate() {
-                per_shard[i].push((socket, protocol, implicit_tls));
-            }
+        .chain([(&cluster, Protocol::Cluster, false, "cluster")])
+        .flat_map(|(addrs, protocol, implicit_tls, name)| {
+            addrs
+                .iter()
+                .map(move |addr| (*addr, protocol, implicit_tls, name))
+        })
+        .collect();
+    // Fixed ports first: a port-0 listener then gets a port no fixed one has (the kernel's
+    // choice of a free port never joins a SO_REUSEPORT group), rather than the other way round.
+    listen.sort_by_key(|(addr, ..)| addr.port() == 0);
+    let mut bound: Vec<(std::net::SocketAddr, &str)> = Vec::new();
+    for (addr, protocol, implicit_tls, name) in listen {
+        if let Some((other, other_name)) = bound.iter().find(|(b, _)| overlaps(*b, addr)) {
+            return Err(ServerError::ListenerClash {
+                first: (*other_name).to_owned(),
+                first_addr: *other,
+                second: name.to_owned(),
+                second_addr: addr,
+            });
+        }
+        let set = bind_shared(addr, shards)?;
+        tracing::info!(protocol = name, addr = %set.addr, "listening");
+        bound.push((set.addr, name));
+        for (i, socket) in set.sockets.into_iter().enumerate() {
+            per_shard[i].push((socket, protocol, implicit_tls));
         }
     }
     Ok(per_shard)
