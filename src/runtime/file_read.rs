@@ -48,6 +48,11 @@ pub trait ReadSource: Send + Sync + 'static {
     /// A new handle of the same open file (`dup`), for a ring read; `None` when the source
     /// is not a real file (it is then read inline).
     fn duplicate(&self) -> Option<io::Result<std::fs::File>>;
+    /// Reads what the page cache holds of the range without waiting for the disk
+    /// (`RWF_NOWAIT`); possibly short. `None`: this source cannot tell (not a real file).
+    fn read_at_cached(&self, _offset: u64, _buf: &mut [u8]) -> Option<io::Result<usize>> {
+        None
+    }
 }
 
 /// How this thread moves file bytes (see the module doc).
@@ -115,6 +120,37 @@ impl FileReads {
         at: usize,
         len: usize,
     ) -> (io::Result<usize>, Vec<u8>) {
+        if matches!(self, FileReads::Inline) || len > CACHED_FIRST_MAX {
+            return self.move_bytes(source, offset, buf, at, len).await;
+        }
+        let (cached, buf) = cached_read(source.as_ref(), offset, buf, at, len);
+        if cached == len {
+            return (Ok(len), buf);
+        }
+        let rest = len - cached;
+        let (read, buf) = self
+            .move_bytes(source, offset + cached as u64, buf, at + cached, rest)
+            .await;
+        match read {
+            Ok(n) => (Ok(cached + n), buf),
+            // The cached part stays out: on an error `buf.len() == at`.
+            Err(e) => {
+                let mut buf = buf;
+                buf.truncate(at);
+                (Err(e), buf)
+            }
+        }
+    }
+
+    /// [`FileReads::read_at`] without the first try from the page cache.
+    async fn move_bytes(
+        &self,
+        source: Arc<dyn ReadSource>,
+        offset: u64,
+        buf: Vec<u8>,
+        at: usize,
+        len: usize,
+    ) -> (io::Result<usize>, Vec<u8>) {
         match self {
             FileReads::Ring => match source.duplicate() {
                 Some(Ok(file)) => ring_read(file, offset, buf, at, len).await,
@@ -136,6 +172,37 @@ impl FileReads {
             FileReads::Inline => blocking_read(source.as_ref(), offset, buf, at, len),
         }
     }
+}
+
+/// Reads of at most this many bytes first try the page cache on the caller's thread: a
+/// cached small body (the common POP3 RETR and IMAP FETCH) then costs one `preadv2`, as a
+/// plain `pread` did, instead of a ring submission with a `dup`/`close` or a round trip to a
+/// pool thread. Larger reads always leave the thread: copying many cached megabytes would
+/// hold it too.
+const CACHED_FIRST_MAX: usize = RING_INLINE_MAX;
+
+/// The first try of [`FileReads::read_at`]: reads what the page cache holds of the range
+/// into `buf[at..]` without waiting for the disk; returns how many bytes that was (0 when
+/// none were cached, the source cannot tell, or on any error: the caller then reads the
+/// range the usual way and meets a real error there). `buf.len()` is `at` + that count.
+fn cached_read(
+    source: &dyn ReadSource,
+    offset: u64,
+    mut buf: Vec<u8>,
+    at: usize,
+    len: usize,
+) -> (usize, Vec<u8>) {
+    buf.truncate(at);
+    let Some(end) = at.checked_add(len) else {
+        return (0, buf);
+    };
+    buf.resize(end, 0);
+    let n = match source.read_at_cached(offset, &mut buf[at..]) {
+        Some(Ok(n)) => n.min(len),
+        Some(Err(_)) | None => 0,
+    };
+    buf.truncate(at + n);
+    (n, buf)
 }
 
 /// The blocking read (pool threads and inline): the new part of `buf` is zeroed first (safe
@@ -480,5 +547,73 @@ mod tests {
             // Not a real file: read inline even on the ring.
             tokio_uring::start(check(FileReads::Ring, fake));
         }
+    }
+
+    /// A source whose page cache holds the first `cached` bytes of what is asked
+    /// (`usize::MAX`: all; 0: none, `EAGAIN`), counting its ordinary reads.
+    struct Cache {
+        data: Vec<u8>,
+        cached: usize,
+        ordinary: AtomicUsize,
+    }
+    impl ReadSource for Cache {
+        fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<usize> {
+            self.ordinary.fetch_add(1, Ordering::SeqCst);
+            Bytes(self.data.clone()).read_at(offset, buf)
+        }
+        fn duplicate(&self) -> Option<io::Result<std::fs::File>> {
+            None
+        }
+        fn read_at_cached(&self, offset: u64, buf: &mut [u8]) -> Option<io::Result<usize>> {
+            if self.cached == 0 {
+                return Some(Err(io::ErrorKind::WouldBlock.into()));
+            }
+            let n = buf.len().min(self.cached);
+            Some(Bytes(self.data.clone()).read_at(offset, &mut buf[..n]))
+        }
+    }
+
+    /// A small read the page cache holds whole never leaves the thread; a partly cached one
+    /// reads the rest the usual way, after the cached part; an uncached one reads it all the
+    /// usual way. Large reads never try the cache. Every time the bytes land after `at`.
+    #[test]
+    fn small_reads_try_the_page_cache_first() {
+        let data: Vec<u8> = (0..200_000u32).map(|i| (i % 241) as u8).collect();
+        let pool = FileReads::Pool(ReadPool::new(1, 1).unwrap());
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let cases = [
+            (usize::MAX, 3000, 0),
+            (1000, 3000, 1),
+            (0, 3000, 1),
+            (usize::MAX, CACHED_FIRST_MAX + 1, 1),
+        ];
+        for (cached, len, ordinary) in cases {
+            let source = Arc::new(Cache {
+                data: data.clone(),
+                cached,
+                ordinary: AtomicUsize::new(0),
+            });
+            let shared: Arc<dyn ReadSource> = source.clone();
+            let (n, buf) = rt.block_on(pool.read_at(shared, 7, b"head".to_vec(), 4, len));
+            assert_eq!(n.unwrap(), len, "cached {cached}, len {len}");
+            assert_eq!(&buf[..4], b"head");
+            assert_eq!(&buf[4..], &data[7..7 + len], "cached {cached}, len {len}");
+            assert_eq!(
+                source.ordinary.load(Ordering::SeqCst),
+                ordinary,
+                "ordinary reads for cached {cached}, len {len}"
+            );
+        }
+        // At the end of the file: a cached short read, then the usual read finds the end.
+        let source: Arc<dyn ReadSource> = Arc::new(Cache {
+            data: data.clone(),
+            cached: usize::MAX,
+            ordinary: AtomicUsize::new(0),
+        });
+        let (n, buf) = rt.block_on(pool.read_at(source, 199_990, Vec::new(), 0, 100));
+        assert_eq!(n.unwrap(), 10);
+        assert_eq!(buf, &data[199_990..]);
     }
 }

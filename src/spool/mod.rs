@@ -603,6 +603,10 @@ impl ReadSource for SegmentSource {
     fn duplicate(&self) -> Option<std::io::Result<std::fs::File>> {
         self.0.duplicate()
     }
+
+    fn read_at_cached(&self, offset: u64, buf: &mut [u8]) -> Option<std::io::Result<usize>> {
+        self.0.read_at_cached(offset, buf)
+    }
 }
 
 /// Per writable shard, shared by its writer and compaction.
