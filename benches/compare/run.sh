@@ -354,7 +354,7 @@ launch_relay() { # as relay_config; false when relay did not come up
     relay_config "$@" >"$WORK/relay.toml"
     "$RELAY_BIN" serve --config "$WORK/relay.toml" 2>"$WORK/relay.log" &
     RELAY_PID=$!
-    for _ in $(seq 200); do
+    for _ in $(seq 600); do # 30 s: a loaded machine starts slowly
         grep -q 'relay ready' "$WORK/relay.log" && break
         kill -0 "$RELAY_PID" 2>/dev/null || break
         sleep 0.05
