@@ -11,6 +11,8 @@
 //!   switch before the delete; the move pauses there through its debug-build seam,
 //!   `move-pause-STEP` in A's spool), restart, run the move again: every message once on B,
 //!   none on A, none lost. Mail sent to A while the user is frozen is answered 451.
+//! - POP3 UIDLs stay what they were through moves (A → B → C), proxies and kill -9, and
+//!   mail delivered after a move gets a UIDL of its own.
 
 #[macro_use]
 mod common;
@@ -353,6 +355,113 @@ fn moved_with_identity_kept(engine: Engine) {
 
 engine_tests! {
     moved_with_identity_kept: moved_with_identity_kept_uring, moved_with_identity_kept_epoll;
+}
+
+/// POP3's listing: the UIDL response's lines (`n uidl`, number order) and every message's
+/// bytes, as Python's poplib saw them.
+fn pop3_listing(addr: SocketAddr) -> (Vec<String>, Vec<String>) {
+    let answer = client("pop3", addr);
+    let listing = answer
+        .get("listing")
+        .array()
+        .iter()
+        .map(|l| l.str().to_string())
+        .collect();
+    let messages = answer
+        .get("messages")
+        .array()
+        .iter()
+        .map(|m| m.str().to_string())
+        .collect();
+    (listing, messages)
+}
+
+/// The UIDL of each listing line.
+fn uidls_of(listing: &[String]) -> Vec<String> {
+    listing
+        .iter()
+        .map(|l| l.split_once(' ').expect("n uidl").1.to_string())
+        .collect()
+}
+
+/// Issue 20: a POP3 client that leaves mail on the server (every phone) must not fetch the
+/// mailbox again because it moved. bea's INBOX on A lists UIDLs; after `user move` to B the
+/// same numbers list the same UIDLs with the same bytes, on B and through a proxy (C, and A
+/// now), after a kill -9 of B, and after a second move (B → C). Mail delivered after the
+/// move lists a UIDL of its own, distinct from every kept one.
+#[test]
+fn pop3_uidls_survive_moves_and_restarts() {
+    let net = Net::new(&["a", "b", "c"], Engine::Epoll);
+    let a = net.start("a");
+    let mut b = net.start("b");
+    let c = net.start("c");
+    for n in 1..=4 {
+        a.deliver(
+            &["bea@example.test"],
+            &message(&format!("uidl-{n}"), &[".dot-stuffed line", "body"]),
+        );
+    }
+    let (listing, bytes) = pop3_listing(net.pop3("a"));
+    assert_eq!(listing.len(), 4, "{listing:?}");
+    let kept = uidls_of(&listing);
+
+    let out = move_bea(&a, "b");
+    assert!(out.status.success(), "{}", describe(&out));
+    assert_eq!(stored_here(&b), 4);
+    assert_eq!(
+        pop3_listing(net.pop3("b")),
+        (listing.clone(), bytes.clone()),
+        "on B"
+    );
+    assert_eq!(
+        pop3_listing(net.pop3("c")),
+        (listing.clone(), bytes.clone()),
+        "through C"
+    );
+    assert_eq!(
+        pop3_listing(net.pop3("a")),
+        (listing.clone(), bytes.clone()),
+        "through A"
+    );
+
+    // The UIDLs are in B's spool, not in its memory.
+    b.kill9();
+    b = b.restart(net.settings("b"));
+    assert_eq!(
+        pop3_listing(net.pop3("b")),
+        (listing.clone(), bytes.clone()),
+        "after kill -9 of B"
+    );
+
+    // New mail on B: a UIDL of its own.
+    send_after(&a, &b, "uidl-after");
+    let (after, after_bytes) = pop3_listing(net.pop3("b"));
+    assert_eq!(&after[..4], &listing[..], "{after:?}");
+    assert_eq!(&after_bytes[..4], &bytes[..]);
+    assert_eq!(after.len(), 5, "{after:?}");
+    let fresh = uidls_of(&after)[4].clone();
+    assert!(!kept.contains(&fresh), "{fresh} is one of {kept:?}");
+
+    // Moved again: the first four keep A's UIDLs, the fifth B's.
+    let out = move_bea(&b, "c");
+    assert!(out.status.success(), "{}", describe(&out));
+    assert_eq!(
+        pop3_listing(net.pop3("c")),
+        (after.clone(), after_bytes.clone()),
+        "on C"
+    );
+    assert_eq!(
+        pop3_listing(net.pop3("b")),
+        (after.clone(), after_bytes.clone()),
+        "through B"
+    );
+    c.kill9();
+    let _c = c.restart(net.settings("c"));
+    assert_eq!(
+        pop3_listing(net.pop3("c")),
+        (after, after_bytes),
+        "after kill -9 of C"
+    );
 }
 
 /// Who is killed at the pause.
