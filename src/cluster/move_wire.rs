@@ -432,7 +432,7 @@ mod tests {
         struct OlderImport {
             source: u64,
         }
-        let with = serde_json::to_value(&apply(Some(kept))).unwrap();
+        let with = serde_json::to_value(apply(Some(kept))).unwrap();
         let import = &with["Apply"]["batch"]["imports"][0];
         let older: OlderImport = serde_json::from_value(import.clone()).unwrap();
         assert_eq!(older.source, QueueId::new(1_764_000_000_000_000, 2).0);
