@@ -183,6 +183,72 @@ pub struct Envelope {
     pub recipients: Vec<Recipient>,
 }
 
+/// RFC 1939 §7: "The unique-id of a message is ... from 1 to 70 characters".
+pub const UIDL_MAX: usize = 70;
+
+/// Why a string cannot be a UIDL.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum UidlError {
+    #[error("an empty UIDL")]
+    Empty,
+    #[error("a UIDL of {0} octets (at most {UIDL_MAX})")]
+    TooLong(usize),
+    #[error("octet 0x{0:02x} in a UIDL (only 0x21..0x7E)")]
+    BadOctet(u8),
+}
+
+/// A checked POP3 UIDL (RFC 1939 §7): 1–70 octets, each in 0x21..0x7E. What a maildrop
+/// shows is decided in `pop3::uidl`; this is the syntax, shared with the user move's wire.
+#[derive(
+    Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
+#[serde(try_from = "String", into = "String")]
+pub struct Uidl(String);
+
+impl Uidl {
+    pub fn new(text: impl Into<String>) -> Result<Uidl, UidlError> {
+        let text = text.into();
+        if text.is_empty() {
+            return Err(UidlError::Empty);
+        }
+        if text.len() > UIDL_MAX {
+            return Err(UidlError::TooLong(text.len()));
+        }
+        if let Some(b) = text.bytes().find(|b| !(0x21..=0x7e).contains(b)) {
+            return Err(UidlError::BadOctet(b));
+        }
+        Ok(Uidl(text))
+    }
+
+    /// The UIDL of a message stored on the node that shows it: its queue id in hex.
+    pub fn of_id(id: QueueId) -> Uidl {
+        Uidl(id.to_string())
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for Uidl {
+    type Error = UidlError;
+    fn try_from(text: String) -> Result<Self, Self::Error> {
+        Uidl::new(text)
+    }
+}
+
+impl From<Uidl> for String {
+    fn from(u: Uidl) -> String {
+        u.0
+    }
+}
+
+impl std::fmt::Display for Uidl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
 /// How the message reached us, for the Received header, the log and later policy.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Origin {
@@ -196,9 +262,82 @@ pub struct Origin {
     pub protocol: String,
 }
 
+impl Origin {
+    /// The protocol of a message imported by a user move (`server::move_in`).
+    pub const MOVED: &'static str = "MOVE";
+
+    /// The origin of a message imported by a user move from node `from`, where it was stored
+    /// as `source` and showed POP3 UIDL `uidl`: `helo` is `from:SOURCE UIDL` (a node name
+    /// and a UIDL hold no space). Moves before UIDLs were kept wrote `from:SOURCE` only.
+    pub fn moved(from: &str, source: QueueId, uidl: &str) -> Origin {
+        Origin {
+            client_ip: String::new(),
+            client_port: 0,
+            helo: format!("{from}:{source} {uidl}"),
+            protocol: Self::MOVED.into(),
+        }
+    }
+
+    /// The POP3 UIDL a moved message keeps ([`Origin::moved`]), unchecked; `None` for any
+    /// other message and for one moved before UIDLs were kept.
+    pub fn kept_uidl(&self) -> Option<&str> {
+        if self.protocol != Self::MOVED {
+            return None;
+        }
+        self.helo.split_once(' ').map(|(_, uidl)| uidl)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_syntax_is_rfc_1939s() {
+        assert!(Uidl::new("a").is_ok());
+        assert!(Uidl::new("~!".repeat(35)).is_ok());
+        assert_eq!(Uidl::new(""), Err(UidlError::Empty));
+        assert_eq!(Uidl::new("x".repeat(71)), Err(UidlError::TooLong(71)));
+        assert_eq!(Uidl::new("a b"), Err(UidlError::BadOctet(b' ')));
+        assert_eq!(Uidl::new("a\u{7f}"), Err(UidlError::BadOctet(0x7f)));
+        assert_eq!(Uidl::new("é"), Err(UidlError::BadOctet(0xc3)));
+        assert_eq!(Uidl::new("a\r\n"), Err(UidlError::BadOctet(b'\r')));
+        let id = QueueId::new(1_764_000_000_000_000, 3);
+        assert_eq!(Uidl::of_id(id).as_str(), id.to_string());
+        assert_eq!(Uidl::of_id(id).as_str().len(), 16);
+    }
+
+    #[test]
+    fn json_refuses_a_bad_uidl() {
+        let u: Uidl = serde_json::from_str("\"0123ABC\"").unwrap();
+        assert_eq!(u.as_str(), "0123ABC");
+        assert_eq!(serde_json::to_string(&u).unwrap(), "\"0123ABC\"");
+        for bad in ["\"\"", "\"a b\"", "12", "null"] {
+            assert!(serde_json::from_str::<Uidl>(bad).is_err(), "{bad}");
+        }
+        let long = format!("\"{}\"", "x".repeat(71));
+        assert!(serde_json::from_str::<Uidl>(&long).is_err());
+    }
+
+    #[test]
+    fn a_moved_origin_keeps_its_uidl() {
+        let id = QueueId::new(1_764_000_000_000_000, 7);
+        let o = Origin::moved("node-a", id, "0001ABC");
+        assert_eq!(o.helo, format!("node-a:{id} 0001ABC"));
+        assert_eq!(o.kept_uidl(), Some("0001ABC"));
+        let old = Origin {
+            helo: format!("node-a:{id}"),
+            protocol: Origin::MOVED.into(),
+            ..Origin::default()
+        };
+        assert_eq!(old.kept_uidl(), None);
+        let smtp = Origin {
+            helo: "mx.example x".into(),
+            protocol: "ESMTP".into(),
+            ..Origin::default()
+        };
+        assert_eq!(smtp.kept_uidl(), None);
+    }
 
     #[test]
     fn queue_id_packs_time_and_shard() {

@@ -11,6 +11,8 @@
 //!   switch before the delete; the move pauses there through its debug-build seam,
 //!   `move-pause-STEP` in A's spool), restart, run the move again: every message once on B,
 //!   none on A, none lost. Mail sent to A while the user is frozen is answered 451.
+//! - POP3 UIDLs stay what they were through moves (A → B → C), proxies, kill -9 and
+//!   compaction on the target, and mail delivered after a move gets a UIDL of its own.
 
 #[macro_use]
 mod common;
@@ -92,6 +94,11 @@ impl Net {
     }
 
     fn settings(&self, name: &str) -> Settings {
+        self.settings_with(name, |_| {})
+    }
+
+    /// [`Net::settings`] with `more` applied before the config is written.
+    fn settings_with(&self, name: &str, more: impl FnOnce(&mut Settings)) -> Settings {
         let node = self.cluster.node(name);
         let mine = &self.listeners[self.index(name)];
         let section = self.cluster.cluster_toml_with(name, |i| {
@@ -108,6 +115,7 @@ impl Net {
              [cluster.postgres]\nconninfo = {:?}\n",
             self.pg.conninfo()
         );
+        more(&mut settings);
         let mut text = settings.render(&node.dir.path().join("spool"));
         text = text.replacen(
             "[pop3]\nlisten = [\"127.0.0.1:0\"]\n",
@@ -255,10 +263,13 @@ fn fill(a: &Relay, net: &Net) -> (String, Vec<String>) {
     (before, pop3)
 }
 
-/// Sends `n` messages to bea through `relay` and waits until B stored each one.
+/// Sends a message to bea through `relay` and waits until B stored it.
 fn send_after(relay: &Relay, b: &Relay, marker: &str) {
-    let text = message(marker, &["after the move"]);
-    let id = relay.deliver(&["bea@example.test"], &text);
+    send_to_b(relay, b, &message(marker, &["after the move"]));
+}
+
+fn send_to_b(relay: &Relay, b: &Relay, text: &[u8]) {
+    let id = relay.deliver(&["bea@example.test"], text);
     b.log()
         .wait_for(WAIT, |l| {
             l.contains("stored for a peer") && l.contains(&format!(".{id}"))
@@ -353,6 +364,192 @@ fn moved_with_identity_kept(engine: Engine) {
 
 engine_tests! {
     moved_with_identity_kept: moved_with_identity_kept_uring, moved_with_identity_kept_epoll;
+}
+
+/// POP3's listing: the UIDL response's lines (`n uidl`, number order) and every message's
+/// bytes, as Python's poplib saw them.
+fn pop3_listing(addr: SocketAddr) -> (Vec<String>, Vec<String>) {
+    let answer = client("pop3", addr);
+    let listing = answer
+        .get("listing")
+        .array()
+        .iter()
+        .map(|l| l.str().to_string())
+        .collect();
+    let messages = answer
+        .get("messages")
+        .array()
+        .iter()
+        .map(|m| m.str().to_string())
+        .collect();
+    (listing, messages)
+}
+
+/// The UIDL of each listing line.
+fn uidls_of(listing: &[String]) -> Vec<String> {
+    listing
+        .iter()
+        .map(|l| l.split_once(' ').expect("n uidl").1.to_string())
+        .collect()
+}
+
+/// Issue 20: a POP3 client that leaves mail on the server (every phone) must not fetch the
+/// mailbox again because it moved. bea's INBOX on A lists UIDLs; after `user move` to B the
+/// same numbers list the same UIDLs with the same bytes, on B and through a proxy (C, and A
+/// now), after a kill -9 of B, and after a second move (B → C). Mail delivered after the
+/// move lists a UIDL of its own, distinct from every kept one.
+#[test]
+fn pop3_uidls_survive_moves_and_restarts() {
+    let net = Net::new(&["a", "b", "c"], Engine::Epoll);
+    let a = net.start("a");
+    let mut b = net.start("b");
+    let c = net.start("c");
+    for n in 1..=4 {
+        a.deliver(
+            &["bea@example.test"],
+            &message(&format!("uidl-{n}"), &[".dot-stuffed line", "body"]),
+        );
+    }
+    let (listing, bytes) = pop3_listing(net.pop3("a"));
+    assert_eq!(listing.len(), 4, "{listing:?}");
+    let kept = uidls_of(&listing);
+
+    let out = move_bea(&a, "b");
+    assert!(out.status.success(), "{}", describe(&out));
+    assert_eq!(stored_here(&b), 4);
+    assert_eq!(
+        pop3_listing(net.pop3("b")),
+        (listing.clone(), bytes.clone()),
+        "on B"
+    );
+    assert_eq!(
+        pop3_listing(net.pop3("c")),
+        (listing.clone(), bytes.clone()),
+        "through C"
+    );
+    assert_eq!(
+        pop3_listing(net.pop3("a")),
+        (listing.clone(), bytes.clone()),
+        "through A"
+    );
+
+    // The UIDLs are in B's spool, not in its memory.
+    b.kill9();
+    b = b.restart(net.settings("b"));
+    assert_eq!(
+        pop3_listing(net.pop3("b")),
+        (listing.clone(), bytes.clone()),
+        "after kill -9 of B"
+    );
+
+    // New mail on B: a UIDL of its own.
+    send_after(&a, &b, "uidl-after");
+    let (after, after_bytes) = pop3_listing(net.pop3("b"));
+    assert_eq!(&after[..4], &listing[..], "{after:?}");
+    assert_eq!(&after_bytes[..4], &bytes[..]);
+    assert_eq!(after.len(), 5, "{after:?}");
+    let fresh = uidls_of(&after)[4].clone();
+    assert!(!kept.contains(&fresh), "{fresh} is one of {kept:?}");
+
+    // Moved again: the first four keep A's UIDLs, the fifth B's.
+    let out = move_bea(&b, "c");
+    assert!(out.status.success(), "{}", describe(&out));
+    assert_eq!(
+        pop3_listing(net.pop3("c")),
+        (after.clone(), after_bytes.clone()),
+        "on C"
+    );
+    assert_eq!(
+        pop3_listing(net.pop3("b")),
+        (after.clone(), after_bytes.clone()),
+        "through B"
+    );
+    c.kill9();
+    let _c = c.restart(net.settings("c"));
+    assert_eq!(
+        pop3_listing(net.pop3("c")),
+        (after, after_bytes),
+        "after kill -9 of C"
+    );
+}
+
+/// The kept UIDLs live in the imported message frames: compaction on the target copies
+/// those frames into a new segment (their segment is mostly garbage: big messages deleted
+/// over POP3), and after it, and after a kill -9 that makes recovery read the copies, POP3
+/// lists the same UIDLs and bytes.
+#[test]
+fn pop3_uidls_survive_compaction_on_the_target() {
+    let net = Net::new(&["a", "b"], Engine::Epoll);
+    let a = net.start("a");
+    let compacting = || {
+        net.settings_with("b", |s| {
+            s.cores = 1;
+            s.segment_size = Some("1MiB".into());
+            s.compact_interval = Some("1s".into());
+        })
+    };
+    let b = Relay::start_in(Arc::clone(&net.cluster.node("b").dir), compacting());
+    for n in 1..=4 {
+        a.deliver(
+            &["bea@example.test"],
+            &message(&format!("uidl-{n}"), &["body"]),
+        );
+    }
+    let (listing, bytes) = pop3_listing(net.pop3("a"));
+    assert_eq!(listing.len(), 4);
+    let out = move_bea(&a, "b");
+    assert!(out.status.success(), "{}", describe(&out));
+    assert_eq!(
+        pop3_listing(net.pop3("b")),
+        (listing.clone(), bytes.clone()),
+        "on B"
+    );
+
+    // Three messages of 600 KiB after the imports fill B's segment past 1 MiB (the writer
+    // moves on: the segment is sealed); deleted, they leave it mostly garbage.
+    let line = "x".repeat(76);
+    let lines: Vec<&str> = vec![line.as_str(); 8000];
+    for n in 0..3 {
+        send_to_b(&a, &b, &message(&format!("big-{n}"), &lines));
+    }
+    {
+        let mut pop3 = common::pop3::Pop3::login_retrying(
+            net.pop3("b"),
+            "bea",
+            TEST_PASSWORD,
+            Duration::from_secs(20),
+        );
+        assert_eq!(pop3.stat().0, 7);
+        for n in 5..=7 {
+            pop3.dele(n);
+        }
+        pop3.quit().expect("QUIT");
+    }
+    // Until compaction has copied the four imported frames (the only live messages).
+    let copied = std::cell::Cell::new(0u64);
+    b.log()
+        .wait_for(WAIT, |l| {
+            if let Some((head, _)) = l.split_once(" message(s) copied") {
+                if l.contains("spool compaction:") {
+                    let n = head.rsplit(' ').next().and_then(|n| n.parse().ok());
+                    copied.set(copied.get() + n.unwrap_or(0));
+                }
+            }
+            copied.get() >= 4
+        })
+        .unwrap_or_else(|| panic!("no imported frame copied on B:\n{}", b.log().render()));
+    assert_eq!(
+        pop3_listing(net.pop3("b")),
+        (listing.clone(), bytes.clone()),
+        "after compaction"
+    );
+    b.kill9();
+    let _b = b.restart(compacting());
+    assert_eq!(
+        pop3_listing(net.pop3("b")),
+        (listing, bytes),
+        "after compaction and a kill -9"
+    );
 }
 
 /// Who is killed at the pause.

@@ -7,6 +7,10 @@
 //! `summary_len` octets of IMAP summary. The source sends one batch at a time and waits for
 //! its answer, which the target gives only once the whole batch is durable.
 //!
+//! Versions: a field added to a frame is optional (an older peer's frame lacks it, and an
+//! older peer ignores it), so no version number is exchanged; [`WireImport::uidl`] (the
+//! POP3 UIDL a body keeps across the move) is one.
+//!
 //! 1. `Hello {from, user}` → `State {store}` (the target's store of the user) or `Refused`;
 //! 2. `Apply {batch}` → `Applied` or `Refused`; repeated;
 //! 3. `Bye`.
@@ -14,8 +18,9 @@
 use serde::{Deserialize, Serialize};
 
 use super::move_plan::Plan;
-use crate::envelope::QueueId;
+use crate::envelope::{QueueId, Uidl};
 use crate::mailstore::{special_use_from, ExportedStore};
+
 use crate::spool::state::{Flags, Placement, StateOp};
 
 /// The ALPN protocol name of the conversation.
@@ -224,6 +229,22 @@ pub struct WireImport {
     pub size: u64,
     pub summary_len: u32,
     pub placements: Vec<WirePlacement>,
+    /// The POP3 UIDL the source shows for it (its queue id in hex, or one it kept itself
+    /// from an earlier move), kept by the target. Absent from older senders, whose POP3
+    /// showed the queue id: [`WireImport::uidl`] answers that then. A frame with a value
+    /// that is not a UIDL does not decode.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uidl: Option<Uidl>,
+}
+
+impl WireImport {
+    /// The UIDL the target keeps for this body: the one sent, else the source's queue id
+    /// (what a sender from before UIDLs were sent showed).
+    pub fn uidl(&self) -> Uidl {
+        self.uidl
+            .clone()
+            .unwrap_or_else(|| Uidl::of_id(QueueId(self.source)))
+    }
 }
 
 /// Part of a plan: applied by the target in this order, durable before its answer.
@@ -277,6 +298,7 @@ pub fn batches(plan: &Plan) -> Vec<(Batch, Vec<QueueId>)> {
             size: import.size,
             summary_len: 0,
             placements: import.placements.iter().map(WirePlacement::from).collect(),
+            uidl: None,
         });
     }
     // Copies (of bodies the target held when planned) and fixes in the last batch: the
@@ -363,6 +385,87 @@ mod tests {
         };
         assert_eq!(WireOp::from_op(&op).unwrap().to_op(), op);
         assert!(WireOp::from_op(&StateOp::Reset).is_none());
+    }
+
+    fn apply(uidl: Option<Uidl>) -> Request {
+        Request::Apply {
+            batch: Batch {
+                imports: vec![WireImport {
+                    source: QueueId::new(1_764_000_000_000_000, 2).0,
+                    size: 10,
+                    summary_len: 0,
+                    placements: vec![WirePlacement::from(&placement(1))],
+                    uidl,
+                }],
+                ..Batch::default()
+            },
+        }
+    }
+
+    #[test]
+    fn a_uidl_rides_with_its_import_and_an_older_frame_lacks_it() {
+        let kept = Uidl::new("00062D2F5E0C8A0003").unwrap();
+        let r = apply(Some(kept.clone()));
+        let frame = encode(&r);
+        let back = decode::<Request>(&frame[4..]).unwrap();
+        assert_eq!(back, r);
+        let Request::Apply { batch } = back else {
+            panic!("an Apply")
+        };
+        assert_eq!(batch.imports[0].uidl(), kept);
+
+        // An older sender's frame has no `uidl`: the target keeps the source's queue id,
+        // which is what the older sender's POP3 showed. A frame without one is the same
+        // bytes an older sender wrote (an older target reads it as before).
+        let old = apply(None);
+        let json = serde_json::to_string(&old).unwrap();
+        assert!(!json.contains("uidl"), "{json}");
+        let Request::Apply { batch } = decode::<Request>(json.as_bytes()).unwrap() else {
+            panic!("an Apply")
+        };
+        assert_eq!(
+            batch.imports[0].uidl().as_str(),
+            QueueId::new(1_764_000_000_000_000, 2).to_string()
+        );
+        // A newer sender's frame read by a reader that does not know the field.
+        #[derive(Deserialize)]
+        struct OlderImport {
+            source: u64,
+        }
+        let with = serde_json::to_value(apply(Some(kept))).unwrap();
+        let import = &with["Apply"]["batch"]["imports"][0];
+        let older: OlderImport = serde_json::from_value(import.clone()).unwrap();
+        assert_eq!(older.source, QueueId::new(1_764_000_000_000_000, 2).0);
+    }
+
+    #[test]
+    fn a_frame_with_a_bad_uidl_is_an_error_not_a_panic() {
+        let good = serde_json::to_string(&apply(Some(Uidl::new("X").unwrap()))).unwrap();
+        let long = format!("\"{}\"", "x".repeat(71));
+        for bad in [
+            "\"\"",
+            long.as_str(),
+            "\"a b\"",
+            "\"a\\r\\n\"",
+            "\"\\u0000\"",
+            "\"\u{e9}\"",
+            "7",
+            "[\"X\"]",
+        ] {
+            let json = good.replace("\"uidl\":\"X\"", &format!("\"uidl\":{bad}"));
+            assert_ne!(json, good);
+            match decode::<Request>(json.as_bytes()) {
+                Err(FrameError::Json(_)) => {}
+                other => panic!("{bad}: {other:?}"),
+            }
+        }
+        // `null` is an older sender's absent field.
+        let null = good.replace("\"uidl\":\"X\"", "\"uidl\":null");
+        assert!(decode::<Request>(null.as_bytes()).is_ok());
+        // Every cut of a frame is an error, never a panic.
+        for n in 0..good.len() {
+            assert!(decode::<Request>(&good.as_bytes()[..n]).is_err(), "{n}");
+        }
     }
 
     #[test]

@@ -296,6 +296,7 @@ mod tests {
                     }],
                     finished: vec![],
                     dsn_sent: vec![],
+                    kept_uidl: None,
                 },
                 ReplayMessage {
                     id: QueueId::new(1_764_000_000_000_001, 0),
@@ -309,6 +310,7 @@ mod tests {
                     pending: vec![],
                     finished: vec![],
                     dsn_sent: vec![],
+                    kept_uidl: None,
                 },
             ],
             deletions: vec![],

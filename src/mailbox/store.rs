@@ -24,15 +24,19 @@ use tokio::sync::watch;
 
 use crate::envelope::QueueId;
 use crate::mailstore::{StoreError, Stores, UserStore};
+use crate::pop3::uidl::Listed;
 use crate::spool::state::{Flags, MailboxState, Placement, INBOX};
 use crate::spool::{Replay, ShardHandle, SpoolError};
 
 /// One message in POP3's view of a maildrop (INBOX).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MaildropItem {
     pub id: QueueId,
     /// Octets of the stored message (Received header ‖ content), what RETR sends unstuffed.
     pub size: u64,
+    /// Its UIDL: the queue id in hex, or the one it kept from the node it was moved from
+    /// ([`crate::pop3::uidl`]).
+    pub uidl: String,
 }
 
 /// What a user has besides the model: the turn, the change signal, POP3's lock.
@@ -187,16 +191,31 @@ impl MailStore {
         }
         let entries = self
             .folders
-            .with(mailbox, |s| s.snapshot(INBOX))
-            .map(|snapshot| {
-                snapshot
+            .with(mailbox, |s| {
+                let s = &*s;
+                let snapshot = s.snapshot(INBOX)?;
+                let listed: Vec<Listed<'_>> = snapshot
                     .messages
-                    .into_iter()
-                    .map(|(_, e)| MaildropItem {
+                    .iter()
+                    .map(|(uid, e)| Listed {
+                        uid: *uid,
                         id: e.id,
-                        size: e.size,
+                        kept: s.kept_uidl(e.id),
                     })
-                    .collect()
+                    .collect();
+                let uidls = crate::pop3::uidl::shown(&listed);
+                Ok::<Vec<MaildropItem>, StoreError>(
+                    snapshot
+                        .messages
+                        .into_iter()
+                        .zip(uidls)
+                        .map(|((_, e), uidl)| MaildropItem {
+                            id: e.id,
+                            size: e.size,
+                            uidl,
+                        })
+                        .collect(),
+                )
             })
             .unwrap_or_default();
         Ok(MaildropLock {
@@ -381,14 +400,38 @@ impl MailStore {
     }
 
     /// A message frame imported from another node committed with `placement` (that node's
-    /// UID, flags and modseq): it lands as it is, in the user's turn.
-    pub async fn imported(&self, user: &str, id: QueueId, size: u64, placement: &Placement) {
+    /// UID, flags and modseq) and the POP3 UIDL it showed there (in the frame's origin): it
+    /// lands as it is, in the user's turn.
+    pub async fn imported(
+        &self,
+        user: &str,
+        id: QueueId,
+        size: u64,
+        placement: &Placement,
+        uidl: &str,
+    ) {
         let side = self.side(user);
         let _turn = side.turn.lock().await;
-        self.folders
-            .with(user, |s| s.import_placed(id, size, placement));
+        self.folders.with(user, |s| {
+            s.keep_uidl(id, uidl);
+            s.import_placed(id, size, placement)
+        });
         drop(_turn);
         self.notify(user);
+    }
+
+    /// The UIDL POP3 shows here for `user`'s message `id` when nothing in the maildrop
+    /// twins it ([`crate::pop3::uidl`]): the one it kept from another node, or its queue id.
+    /// What a user move sends, so the target shows the same.
+    pub fn uidl(&self, user: &str, id: QueueId) -> String {
+        self.folders
+            .with_existing(user, |s| {
+                s.kept_uidl(id)
+                    .filter(|u| crate::envelope::Uidl::new(*u).is_ok())
+                    .map(str::to_string)
+            })
+            .flatten()
+            .unwrap_or_else(|| id.to_string())
     }
 
     // ---- recovery ----
@@ -401,6 +444,9 @@ impl MailStore {
             for (i, user) in message.mailboxes.iter().enumerate() {
                 let placement = message.placements.get(i).and_then(Option::as_ref);
                 self.folders.with(user, |s| {
+                    if let Some(uidl) = &message.kept_uidl {
+                        s.keep_uidl(message.id, uidl);
+                    }
                     s.replay_delivery(message.id, message.body_len, arrival, placement)
                 });
             }
@@ -465,7 +511,8 @@ mod tests {
             first.entries,
             vec![MaildropItem {
                 id: id(1),
-                size: 10
+                size: 10,
+                uidl: id(1).to_string(),
             }]
         );
         assert_eq!(store.lock("alice").err(), Some(InUse));
@@ -490,6 +537,81 @@ mod tests {
         );
         drop(lock);
         assert_eq!(store.lock("alice").unwrap().entries.len(), 2);
+    }
+
+    fn inbox(uid: u32) -> Placement {
+        Placement {
+            folder: INBOX,
+            uidvalidity: crate::mailstore::INBOX_UIDVALIDITY,
+            uid,
+            flags: Flags::default(),
+            internal_date: 0,
+            zone_minutes: 0,
+            modseq: 1,
+        }
+    }
+
+    fn uidls(store: &MailStore, user: &str) -> Vec<String> {
+        let lock = store.lock(user).unwrap();
+        lock.entries.iter().map(|e| e.uidl.clone()).collect()
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn an_imported_body_keeps_its_uidl_live_and_after_recovery() {
+        let store = MailStore::new();
+        store
+            .imported("bea", id(1), 10, &inbox(1), "SOURCE-ONE")
+            .await;
+        store
+            .imported("bea", id(2), 10, &inbox(2), "SOURCE-TWO")
+            .await;
+        assert_eq!(uidls(&store, "bea"), ["SOURCE-ONE", "SOURCE-TWO"]);
+        assert_eq!(
+            store.uidl("bea", id(1)),
+            "SOURCE-ONE",
+            "what a move sends on"
+        );
+        assert_eq!(store.uidl("bea", id(9)), id(9).to_string());
+        assert_eq!(store.uidl("nobody", id(9)), id(9).to_string());
+
+        // A restart: the frames' origins hand the UIDLs back (the second frame is from a
+        // move before UIDLs were kept: its queue id here).
+        let message = |n: u64, uid: u32, kept: Option<&str>| crate::spool::ReplayMessage {
+            id: id(n),
+            arrival_unix_micros: 0,
+            mailboxes: vec!["bea".into()],
+            remote: Vec::new(),
+            placements: vec![Some(inbox(uid))],
+            body_len: 10,
+            sender: String::new(),
+            recipients: 1,
+            pending: Vec::new(),
+            finished: Vec::new(),
+            dsn_sent: Vec::new(),
+            kept_uidl: kept.map(Box::from),
+        };
+        let replay = Replay {
+            messages: vec![
+                message(1, 1, Some("SOURCE-ONE")),
+                message(2, 2, None),
+                message(3, 3, None),
+            ],
+            ..Replay::default()
+        };
+        let again = MailStore::new();
+        for checkpoint in again.recover(&replay) {
+            again
+                .folders
+                .with(&checkpoint.user, |s| s.apply(&checkpoint));
+        }
+        assert_eq!(
+            uidls(&again, "bea"),
+            [
+                "SOURCE-ONE".to_string(),
+                id(2).to_string(),
+                id(3).to_string()
+            ]
+        );
     }
 
     #[test]

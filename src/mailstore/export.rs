@@ -139,6 +139,19 @@ impl UserStore {
         self.place(id, size, placement)
     }
 
+    /// The body `id` keeps the POP3 UIDL `uidl` from the node it came from (its frame's
+    /// origin says so: live after the import, and at every recovery).
+    pub fn keep_uidl(&mut self, id: QueueId, uidl: &str) {
+        if self.kept_uidls.get(&id).map(|u| &**u) != Some(uidl) {
+            self.kept_uidls.insert(id, Box::from(uidl));
+        }
+    }
+
+    /// The POP3 UIDL body `id` keeps from another node, if it came from one.
+    pub fn kept_uidl(&self, id: QueueId) -> Option<&str> {
+        self.kept_uidls.get(&id).map(|u| &**u)
+    }
+
     /// The record that empties the store: every folder but INBOX deleted, INBOX expunged,
     /// subscriptions dropped; `released` names every body. None when there is nothing.
     pub fn remove_all(&mut self) -> Option<MailboxState> {

@@ -130,6 +130,10 @@ pub struct UserStore {
     pub(super) records_since_checkpoint: u64,
     pub(super) max_folders: usize,
     pub(super) recovery: Option<Box<super::recovery::Recovery>>,
+    /// POP3 UIDLs kept by bodies imported from another node (`relay user move`), from their
+    /// message frames; no state record states them, so checkpoints leave them alone. An
+    /// entry outlives its body until the next start (bounded by the bodies imported).
+    pub(super) kept_uidls: HashMap<QueueId, Box<str>>,
 }
 
 /// Placements from message frames not yet applied, by folder and UID (recovery only).
@@ -179,6 +183,7 @@ impl UserStore {
             records_since_checkpoint: 0,
             max_folders: DEFAULT_MAX_FOLDERS,
             recovery: None,
+            kept_uidls: HashMap::new(),
         };
         store.ensure_inbox();
         store

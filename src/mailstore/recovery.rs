@@ -240,6 +240,8 @@ impl UserStore {
             .copied()
             .collect();
         unreferenced.sort();
+        let bodies = &self.bodies;
+        self.kept_uidls.retain(|id, _| bodies.contains_key(id));
         if !unreferenced.is_empty() {
             dirty = true;
         }

@@ -28,7 +28,8 @@
 //!
 //! Modules: [`reply`] (every response: status, response code, text), [`command`] (the
 //! `Command` type shared with the load generator), [`stuff`](mod@stuff) (byte-stuffing, TOP,
-//! the octet count RETR sends), [`session`] (the state machine). The line framer and SASL
+//! the octet count RETR sends), [`uidl`] (UIDL syntax, and UIDLs kept from another node),
+//! [`session`] (the state machine). The line framer and SASL
 //! PLAIN are shared with SMTP: [`crate::proto::line::frame`] (POP3 also accepts a bare LF as a
 //! line end) and [`crate::proto::sasl`].
 #![forbid(unsafe_code)]
@@ -39,6 +40,7 @@ pub mod fuzz;
 pub mod reply;
 pub mod session;
 pub mod stuff;
+pub mod uidl;
 
 pub use command::{encode, parse, Command, ParseError, Verb, VERBS};
 pub use reply::{Capability, MultiLine, Response, ResponseCode, Status};
@@ -47,3 +49,4 @@ pub use session::{
     Session, SessionConfig, Unavailable,
 };
 pub use stuff::{retr_size, stuff, stuff_in_place, top};
+pub use uidl::{Uidl, UidlError};

@@ -211,7 +211,8 @@ impl fmt::Debug for Credentials {
 /// One message of a locked maildrop.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct MaildropEntry {
-    /// Stable unique id for UIDL (the queue id in hex; RFC 1939 §7: 1–70 chars 0x21..0x7E).
+    /// Stable unique id for UIDL (the queue id in hex, or the UIDL a message moved from
+    /// another node kept: [`super::uidl`]; RFC 1939 §7: 1–70 chars 0x21..0x7E).
     pub uid: String,
     /// Exact octets RETR sends before stuffing, CRLF line ends: [`stuff::retr_size`].
     pub size: u64,

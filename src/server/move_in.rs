@@ -13,6 +13,12 @@
 //! before leaves part of it, which the source's next plan (made from this node's state,
 //! keyed by folder, UIDVALIDITY and UID) does not send again.
 //!
+//! **POP3 UIDLs.** Each body keeps the UIDL the source showed for it (sent with it, or the
+//! source's queue id from an older sender), in its message frame's origin
+//! ([`Origin::moved`]): the frame is the one durable write of the import, compaction copies
+//! its meta as it is, and recovery hands the UIDL back to the mail store, so POP3 here shows
+//! what it showed there, after restarts too, and a second move sends it on.
+//!
 //! Bounded memory: a batch's bodies are read one at a time, each at most the spool's frame
 //! limit, and the source sends at most [`move_wire::BATCH_BYTES`] (or one message) a batch;
 //! the target refuses a batch past [`BATCH_BYTES_MAX`].
@@ -32,8 +38,9 @@ use crate::spool::NewMessage;
 /// Body octets one batch may announce (the source sends at most an eighth of it, or one
 /// message).
 pub const BATCH_BYTES_MAX: u64 = 64 << 20;
-/// The origin protocol of an imported message (its HELO holds `node:queue-id`).
-pub const PROTOCOL: &str = "MOVE";
+/// The origin protocol of an imported message (its HELO holds `node:queue-id uidl`:
+/// [`Origin::moved`]).
+pub const PROTOCOL: &str = Origin::MOVED;
 
 /// Why a conversation ended early.
 #[derive(Debug, thiserror::Error)]
@@ -222,6 +229,7 @@ async fn apply<C: Connection>(
         } else {
             Some(summary)
         };
+        let uidl = import.uidl();
         let now = SystemTime::now();
         let id = ctx.spool.next_id(now);
         let new = NewMessage {
@@ -229,12 +237,7 @@ async fn apply<C: Connection>(
             arrival_unix_micros: now
                 .duration_since(UNIX_EPOCH)
                 .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX)),
-            origin: Origin {
-                client_ip: String::new(),
-                client_port: 0,
-                helo: format!("{from}:{}", QueueId(import.source)),
-                protocol: PROTOCOL.into(),
-            },
+            origin: Origin::moved(from, QueueId(import.source), uidl.as_str()),
             envelope: Envelope::default(),
             received_header: Vec::new(),
             body,
@@ -253,15 +256,15 @@ async fn apply<C: Connection>(
             });
         }
         placed += placements.len() as u64;
-        pending.push((id, first, receiver));
+        pending.push((id, first, uidl, receiver));
     }
     // Every frame of the batch rides the same group commits; each lands once durable.
     let mut failed = None;
-    for (id, first, receiver) in pending {
+    for (id, first, uidl, receiver) in pending {
         match receiver.await {
             Ok(Ok(committed)) => {
                 ctx.mail_store
-                    .imported(user, id, committed.location.body_len, &first)
+                    .imported(user, id, committed.location.body_len, &first, uidl.as_str())
                     .await;
             }
             Ok(Err(e)) => {

@@ -85,7 +85,7 @@ fn lock_maildrop(
                 .entries
                 .iter()
                 .map(|e| MaildropEntry {
-                    uid: e.id.to_string(),
+                    uid: e.uidl.clone(),
                     size: e.size,
                 })
                 .collect();

@@ -356,9 +356,12 @@ impl Mover {
     fn send(&self, user: &str, peer: &mut Peer, plan: &Plan) -> Result<(), StepError> {
         let mut first = true;
         for (mut batch, ids) in move_wire::batches(plan) {
-            // Summaries first (the frame states their lengths), then each body as it goes.
+            // UIDLs and summaries first (the frame states their lengths), then each body as
+            // it goes.
             let mut summaries = Vec::with_capacity(ids.len());
             for (import, id) in batch.imports.iter_mut().zip(&ids) {
+                // What POP3 shows here, so the target shows the same.
+                import.uidl = crate::pop3::Uidl::new(self.mail_store.uidl(user, *id)).ok();
                 let summary = self
                     .spool
                     .read_summary(*id)

@@ -807,6 +807,9 @@ pub struct ReplayMessage {
     pub finished: Vec<DeliveryResult>,
     /// DSN markers recorded for this message (each once, sorted): notices not to send again.
     pub dsn_sent: Vec<DsnSent>,
+    /// The POP3 UIDL a message imported by a user move keeps from its source node
+    /// ([`crate::envelope::Origin::kept_uidl`], unchecked); `None` for every other message.
+    pub kept_uidl: Option<Box<str>>,
 }
 
 /// A remote recipient still to deliver, with what its latest Deferred result said.
@@ -1172,6 +1175,7 @@ mod tests {
             pending: Vec::new(),
             finished: Vec::new(),
             dsn_sent: Vec::new(),
+            kept_uidl: None,
         };
         let mut filled = Vec::new();
         for rotation in 0..results.len() {

@@ -1158,6 +1158,7 @@ impl Core {
 }
 
 fn replay_message(meta: MessageMeta, location: Location) -> ReplayMessage {
+    let kept_uidl = meta.origin.kept_uidl().map(Box::from);
     ReplayMessage {
         id: meta.id,
         arrival_unix_micros: meta.arrival_unix_micros,
@@ -1170,6 +1171,7 @@ fn replay_message(meta: MessageMeta, location: Location) -> ReplayMessage {
         pending: Vec::new(),
         finished: Vec::new(),
         dsn_sent: Vec::new(),
+        kept_uidl,
     }
 }
 

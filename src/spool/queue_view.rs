@@ -117,6 +117,7 @@ impl QueueView {
             pending: Vec::new(),
             finished: Vec::new(),
             dsn_sent: Vec::new(),
+            kept_uidl: None,
         });
     }
 

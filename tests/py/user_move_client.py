@@ -13,7 +13,8 @@ imaplib and poplib (clients no one here wrote).
       IMAP: LOGIN and SELECT INBOX, print "ready", wait for a line on stdin, then NOOP and
       FETCH 1:* BODY[]: prints the untagged responses NOOP brought and FETCH's status
   user_move_client.py pop3 HOST PORT USER PASSWORD
-      POP3: UIDL and RETR of every message (UIDLs are printed but not compared: see the test)
+      POP3: RETR of every message, then UIDL: "uidls" in message-number order, and
+      "listing", the UIDL response's lines ("n uidl") as sent
 
 Prints one JSON document; {"ok": false, "error": text} when the server refused.
 """
@@ -135,7 +136,8 @@ def pop3(host, port, user, password):
         _, uidls, _ = client.uidl()
         client.quit()
         return {"ok": True, "messages": messages,
-                "uidls": [u.decode().split()[1] for u in uidls]}
+                "uidls": [u.decode().split()[1] for u in uidls],
+                "listing": [u.decode() for u in uidls]}
     except poplib.error_proto as error:
         text = error.args[0]
         return {"ok": False, "error": text.decode("latin-1") if isinstance(text, bytes) else str(text)}
