@@ -40,7 +40,7 @@ use std::sync::Arc;
 use memchr::memchr;
 
 use super::command::{self, Command};
-use super::reply::{Capability, Response};
+use super::reply::{Capability, Response, ResponseCode};
 use super::stuff;
 use crate::proto::line::{self, Frame};
 use crate::proto::sasl::{self, SaslError};
@@ -415,26 +415,40 @@ impl Session {
         consumed
     }
 
+    /// The driver's answer to `Event::Authenticate` when the credentials were good but the
+    /// user's home node refused the session (`[cluster]`): [`Response::login_refused`] with
+    /// `code`, back to AUTHORIZATION. Counted with the failures, but `[IN-USE]` (as a
+    /// maildrop locked here is not).
+    pub fn login_refused(&mut self, code: ResponseCode, out: &mut Outbox) {
+        let counted = code != ResponseCode::InUse;
+        self.no_login(Response::login_refused(code), counted, out);
+    }
+
+    /// Back to AUTHORIZATION after `Event::Authenticate` with `reply`, or closed when
+    /// `counted` makes this the last allowed failure.
+    fn no_login(&mut self, reply: Response, counted: bool, out: &mut Outbox) {
+        if !matches!(self.state, State::Authenticating) {
+            debug_assert!(self.is_closed(), "no login without Authenticate");
+            return;
+        }
+        self.state = State::Authorization { user: None };
+        if counted {
+            self.auth_failures = self.auth_failures.saturating_add(1);
+        }
+        if self.auth_failures >= AUTH_FAILURES_MAX {
+            let reply = Response::auth_failures_exceeded();
+            self.close(reply, CloseReason::AuthFailuresExceeded, out);
+        } else {
+            reply.encode(&mut out.bytes);
+        }
+    }
+
     /// The driver's answer to `Event::Authenticate` when the credentials could not be
     /// checked now (the server's password checks are saturated): `-ERR [SYS/TEMP]` (RFC 3206
     /// §4), back to AUTHORIZATION. Counted with the failures, so a session cannot retry
     /// without end.
     pub fn authentication_unavailable(&mut self, out: &mut Outbox) {
-        if !matches!(self.state, State::Authenticating) {
-            debug_assert!(
-                self.is_closed(),
-                "authentication_unavailable without Authenticate"
-            );
-            return;
-        }
-        self.state = State::Authorization { user: None };
-        self.auth_failures = self.auth_failures.saturating_add(1);
-        if self.auth_failures >= AUTH_FAILURES_MAX {
-            let reply = Response::auth_failures_exceeded();
-            self.close(reply, CloseReason::AuthFailuresExceeded, out);
-        } else {
-            Response::auth_unavailable().encode(&mut out.bytes);
-        }
+        self.no_login(Response::auth_unavailable(), true, out);
     }
 
     /// The driver's answer to `Event::Authenticate`: the canonical user name, or `None` for

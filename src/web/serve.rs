@@ -1,6 +1,9 @@
 //! The web runtime: a small multi-thread tokio runtime on its own thread (never a shard's),
 //! one accept loop per listener, TLS by rustls with the relay's certificate, HTTP/1.1 by
-//! hyper with a header-read timeout and a bound on connections.
+//! hyper with a header-read timeout and a bound on connections. Connections that arrive
+//! elsewhere are served the same way through a [`WebIntake`]: the requests of web
+//! sessions proxied here from another node (`[cluster]`), which come over the cluster
+//! listener's mutual TLS (`server::web_in`).
 
 use std::io;
 use std::net::SocketAddr;
@@ -41,6 +44,7 @@ pub struct WebListener {
 /// The running web side; [`WebServer::stop`] ends it.
 pub struct WebServer {
     sessions: Arc<Mutex<SessionTable>>,
+    intake: WebIntake,
     stop: Option<oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -85,11 +89,16 @@ impl WebServer {
             }
         }
         let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
+        let limit = Arc::new(Semaphore::new(CONNECTIONS_MAX));
+        let intake = WebIntake {
+            runtime: runtime.handle().clone(),
+            router: router.clone(),
+            limit: Arc::clone(&limit),
+        };
         let thread = std::thread::Builder::new()
             .name("web-main".into())
             .spawn(move || {
                 runtime.block_on(async move {
-                    let limit = Arc::new(Semaphore::new(CONNECTIONS_MAX));
                     let mut loops = Vec::new();
                     for (listener, tls) in bound {
                         let acceptor = if tls { acceptor.clone() } else { None };
@@ -109,6 +118,7 @@ impl WebServer {
             })?;
         Ok(WebServer {
             sessions,
+            intake,
             stop: Some(stop),
             thread: Some(thread),
         })
@@ -120,6 +130,12 @@ impl WebServer {
         Arc::clone(&self.sessions)
     }
 
+    /// Where connections accepted elsewhere are handed over (the requests of web sessions
+    /// proxied here: `server::web_in`).
+    pub fn intake(&self) -> WebIntake {
+        self.intake.clone()
+    }
+
     /// Stops accepting, gives requests in flight a moment, and joins the runtime's thread.
     pub fn stop(mut self) {
         if let Some(stop) = self.stop.take() {
@@ -128,6 +144,36 @@ impl WebServer {
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
         }
+    }
+}
+
+/// Serves connections accepted elsewhere on the web runtime, as a listener's are: the
+/// same router, body limit, header-read timeout and bound on connections (counted with
+/// the listeners').
+#[derive(Clone)]
+pub struct WebIntake {
+    runtime: tokio::runtime::Handle,
+    router: axum::Router,
+    limit: Arc<Semaphore>,
+}
+
+impl WebIntake {
+    /// Serves `stream` as one plain HTTP/1.1 connection from `peer` (what protects it is the
+    /// caller's: for `server::web_in`, the cluster's mutual TLS). False when the connections
+    /// are at their bound (`stream` is dropped: its peer sees the end).
+    pub fn serve<S>(&self, stream: S, peer: SocketAddr) -> bool
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let Ok(permit) = Arc::clone(&self.limit).try_acquire_owned() else {
+            return false;
+        };
+        let router = self.router.clone();
+        self.runtime.spawn(async move {
+            let _permit = permit;
+            serve_connection(stream, peer, false, router).await;
+        });
+        true
     }
 }
 
