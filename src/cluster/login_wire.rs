@@ -558,7 +558,10 @@ mod tests {
             frame.extend_from_slice(json.as_bytes());
             let (_, mut front) = FrontLogin::start(&request(Protocol::Pop3), "");
             assert!(
-                matches!(front.feed(&frame), FrontStep::Failed(FrameError::Invalid(_))),
+                matches!(
+                    front.feed(&frame),
+                    FrontStep::Failed(FrameError::Invalid(_))
+                ),
                 "{json}"
             );
         }

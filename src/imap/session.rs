@@ -1307,9 +1307,10 @@ impl Session {
         };
         let (code, text) = match why {
             LoginRefused::InUse => ("INUSE", "Mailbox in use, try again later"),
-            LoginRefused::Unavailable => {
-                ("UNAVAILABLE", "Mailbox temporarily unavailable, try again later")
-            }
+            LoginRefused::Unavailable => (
+                "UNAVAILABLE",
+                "Mailbox temporarily unavailable, try again later",
+            ),
             LoginRefused::AuthorizationFailed => ("AUTHORIZATIONFAILED", "No such mailbox"),
             LoginRefused::Limit => ("LIMIT", "Too many sessions or requests, try again later"),
             LoginRefused::ServerBug => ("SERVERBUG", "Internal error, try again later"),

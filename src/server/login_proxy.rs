@@ -419,7 +419,25 @@ async fn relay<A: Connection, B: Connection>(
         )
     };
     tokio::pin!(pumps);
-    let watchdog = async {
+    tokio::select! {
+        biased;
+        moved = &mut pumps => moved,
+        () = quiet_or_stopped(&last, idle, &mut phase) => {
+            client.shutdown();
+            upstream.shutdown();
+            pumps.await
+        }
+    }
+}
+
+/// Resolves once nothing has moved for `idle` since `last`, or at shutdown (a relay's
+/// watchdog: the caller then shuts its connections down and awaits its pumps).
+pub(super) async fn quiet_or_stopped(
+    last: &std::cell::Cell<Instant>,
+    idle: Duration,
+    phase: &mut watch::Receiver<Phase>,
+) {
+    let quiet = async {
         loop {
             let until = last.get() + idle;
             if Instant::now() >= until {
@@ -429,18 +447,8 @@ async fn relay<A: Connection, B: Connection>(
         }
     };
     tokio::select! {
-        biased;
-        moved = &mut pumps => moved,
-        () = watchdog => {
-            client.shutdown();
-            upstream.shutdown();
-            pumps.await
-        }
-        () = stop_requested(&mut phase, false) => {
-            client.shutdown();
-            upstream.shutdown();
-            pumps.await
-        }
+        () = quiet => {}
+        () = stop_requested(phase, false) => {}
     }
 }
 

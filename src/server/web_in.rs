@@ -27,7 +27,7 @@ use tokio::time::Instant;
 
 use super::shard::ShardContext;
 use crate::cluster::login_wire;
-use crate::net::conn::{stop_requested, within, READ_CHUNK};
+use crate::net::conn::{within, READ_CHUNK};
 use crate::net::io::Connection;
 use crate::runtime::Phase;
 
@@ -136,24 +136,10 @@ async fn bridge<C: Connection>(
     };
     let both = async { tokio::join!(up, down) };
     tokio::pin!(both);
-    let watchdog = async {
-        loop {
-            let until = last.get() + idle;
-            if Instant::now() >= until {
-                return;
-            }
-            tokio::time::sleep_until(until).await;
-        }
-    };
     tokio::select! {
         biased;
         moved = &mut both => moved,
-        () = watchdog => {
-            conn.shutdown();
-            let _ = cancel.send(true);
-            both.await
-        }
-        () = stop_requested(&mut phase, false) => {
+        () = super::login_proxy::quiet_or_stopped(&last, idle, &mut phase) => {
             conn.shutdown();
             let _ = cancel.send(true);
             both.await
@@ -201,7 +187,8 @@ mod tests {
                 far.write_all(&big).await.unwrap();
                 drop(far);
             };
-            let (moved, ()) = tokio::join!(bridge(&conn, near, Duration::from_secs(10), phase), web);
+            let (moved, ()) =
+                tokio::join!(bridge(&conn, near, Duration::from_secs(10), phase), web);
             moved
         });
         assert_eq!(moved, (18, 100_000));
