@@ -1768,6 +1768,44 @@ mod tests {
     }
 
     #[test]
+    fn a_login_refused_at_home_answers_its_code_and_in_use_is_not_a_failure() {
+        let mut out = Outbox::default();
+        let mut session = Session::new(Arc::new(config()), "n", &mut out);
+        let mut refuse = |code| {
+            out.clear();
+            session.handle_input(b"USER alice\r\nPASS secret\r\n", &mut out);
+            out.clear();
+            session.login_refused(code, &mut out);
+            (
+                String::from_utf8_lossy(&out.bytes).into_owned(),
+                out.events.clone(),
+            )
+        };
+        // A maildrop in use at home, as often as the client tries: never closes.
+        for _ in 0..AUTH_FAILURES_MAX + 2 {
+            assert_eq!(
+                refuse(ResponseCode::InUse),
+                (
+                    "-ERR [IN-USE] maildrop is locked by another session\r\n".to_string(),
+                    vec![]
+                )
+            );
+        }
+        assert_eq!(
+            refuse(ResponseCode::Auth).0,
+            "-ERR [AUTH] no such mailbox\r\n"
+        );
+        for _ in 1..AUTH_FAILURES_MAX - 1 {
+            assert!(refuse(ResponseCode::SysTemp)
+                .0
+                .starts_with("-ERR [SYS/TEMP]"));
+        }
+        let (reply, events) = refuse(ResponseCode::SysTemp);
+        assert!(reply.starts_with("-ERR [AUTH]"), "{reply}");
+        assert_eq!(events, [Event::Close(CloseReason::AuthFailuresExceeded)]);
+    }
+
+    #[test]
     fn quit_updates_only_with_deletions() {
         let run1 = run(&format!("{LOGIN}DELE 3\r\nDELE 1\r\nQUIT\r\n"));
         assert_eq!(

@@ -110,6 +110,22 @@ async fn answer<C: Connection>(conn: &C, answer: &Answer) -> bool {
     )
 }
 
+/// Writes the answer that the session runs (module doc of [`login_wire`]); false when it
+/// could not be written.
+async fn accepted<C: Connection>(
+    conn: &C,
+    capabilities: Option<String>,
+    text: String,
+    session: Option<String>,
+) -> bool {
+    let accepted = Answer::Accepted {
+        capabilities,
+        text,
+        session,
+    };
+    answer(conn, &accepted).await
+}
+
 /// Answers `reason` as a front node of conversation `version` reads it, and closes.
 async fn send_refusal<C: Connection>(conn: &C, reason: Refusal, version: u32) {
     let refused = Answer::Refused {
@@ -164,12 +180,7 @@ async fn web<C: Connection>(conn: &C, ctx: &ShardContext, peer: SocketAddr, requ
         return;
     }
     tracing::info!(target: "relay::web", client = %request.client.ip(), user = %Safe(&request.user), from = %Safe(&request.from), "login");
-    let accepted = Answer::Accepted {
-        capabilities: None,
-        text: String::new(),
-        session: Some(id),
-    };
-    if answer(conn, &accepted).await {
+    if accepted(conn, None, String::new(), Some(id)).await {
         let _ = crate::net::conn::within(conn, ANSWER_TIMEOUT, conn.finish()).await;
     }
 }
@@ -193,22 +204,11 @@ pub async fn serve<C: Connection>(conn: &C, ctx: &Rc<ShardContext>, peer: Socket
         return;
     }
     tracing::info!(target: "relay::cluster", peer = %peer.ip(), from = %Safe(&request.from), protocol = request.protocol.name(), user = %Safe(&request.user), client = %request.client.ip(), "proxied login served");
-    let client = request.client;
-    let user = request.user.clone();
+    let (client, user, home) = (request.client, request.user.clone(), Rc::clone(ctx));
     match request.protocol {
         Protocol::Pop3 => {
-            let accepted = async |locked: Result<String, crate::pop3::LockResult>| match locked {
-                Ok(text) => {
-                    answer(
-                        conn,
-                        &Answer::Accepted {
-                            capabilities: None,
-                            text,
-                            session: None,
-                        },
-                    )
-                    .await
-                }
+            let locked = async |locked: Result<String, crate::pop3::LockResult>| match locked {
+                Ok(text) => accepted(conn, None, text, None).await,
                 Err(result) => {
                     let reason = match result {
                         crate::pop3::LockResult::InUse => Refusal::InUse,
@@ -218,38 +218,13 @@ pub async fn serve<C: Connection>(conn: &C, ctx: &Rc<ShardContext>, peer: Socket
                     false
                 }
             };
-            super::pop3::serve_preauthenticated(
-                conn,
-                client,
-                Rc::clone(ctx),
-                user,
-                input,
-                accepted,
-            )
-            .await;
+            super::pop3::serve_preauthenticated(conn, client, home, user, input, locked).await;
         }
         Protocol::Web => web(conn, ctx, peer, &request).await,
         Protocol::Imap => {
-            let accepted = async |capabilities: String| {
-                answer(
-                    conn,
-                    &Answer::Accepted {
-                        capabilities: Some(capabilities),
-                        text: "Logged in".into(),
-                        session: None,
-                    },
-                )
-                .await
-            };
-            super::imap::serve_preauthenticated(
-                conn,
-                client,
-                Rc::clone(ctx),
-                user,
-                input,
-                accepted,
-            )
-            .await;
+            let logged_in =
+                async |caps: String| accepted(conn, Some(caps), "Logged in".into(), None).await;
+            super::imap::serve_preauthenticated(conn, client, home, user, input, logged_in).await;
         }
     }
     conn.shutdown();

@@ -18,10 +18,12 @@
 //! its web server's connections (`server::web_in`). Session cookies and mail bodies never
 //! cross between nodes in clear; the home node's public web listener plays no part (the
 //! node table's `web` address is not used). One connection per forwarded request (no
-//! pool): simple, and a home node that is down is a 503 page at once. Bounds: connecting,
-//! the TLS handshake and the response head each within [`UPSTREAM_TIMEOUT`]; the request
-//! body is this node's (its body limit applied before forwarding) and the home node's
-//! limits apply again there.
+//! pool): simple, and a home node that is down is a 503 page at once. Bounds: the connect
+//! with its TLS handshake, and then the response head, each within [`UPSTREAM_TIMEOUT`];
+//! the home node's web server applies its own header timeout, body limit and bound on
+//! connections to what arrives (as on its public listener), and this node its own to
+//! what the browser sends. A home node that does not offer `relay-web` (one of a version
+//! before it) is a 503 page too.
 
 use std::net::SocketAddr;
 use std::time::Duration;
