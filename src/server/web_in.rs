@@ -13,7 +13,7 @@
 //!
 //! **Limits.** The web server's own: the bound on connections (counted with its
 //! listeners'; past it the connection closes at once), the header-read timeout and the
-//! request body limit. Here: one buffer of [`BRIDGE_BUFFER`] octets per direction, and
+//! request body limit ([`crate::web::serve::WebIntake`]). Here: one buffer of [`BRIDGE_BUFFER`] octets per direction, and
 //! [`IDLE`] with no byte either way closes the connection; so does this node's shutdown.
 //! The front node sends one request per connection.
 
@@ -48,7 +48,7 @@ pub async fn serve<C: Connection>(conn: &C, ctx: &ShardContext, peer: SocketAddr
     };
     let (near, far) = tokio::io::duplex(BRIDGE_BUFFER);
     if !web.intake.serve(far, peer) {
-        tracing::warn!(target: "relay::web", peer = %peer.ip(), "proxied web request refused: web connections at their limit");
+        tracing::warn!(target: "relay::web", peer = %peer.ip(), "proxied web request refused: the web server is stopping or has too many waiting");
         conn.shutdown();
         return;
     }

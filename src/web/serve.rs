@@ -89,17 +89,20 @@ impl WebServer {
             }
         }
         let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
-        let limit = Arc::new(Semaphore::new(CONNECTIONS_MAX));
-        let intake = WebIntake {
-            runtime: runtime.handle().clone(),
-            router: router.clone(),
-            limit: Arc::clone(&limit),
-        };
+        // The router (and the backend it holds) lives in the runtime only: the intake's
+        // handle does not keep it once the runtime stops.
+        let (intake, handed) = tokio::sync::mpsc::channel(INTAKE_QUEUE);
+        let intake = WebIntake { queue: intake };
         let thread = std::thread::Builder::new()
             .name("web-main".into())
             .spawn(move || {
                 runtime.block_on(async move {
-                    let mut loops = Vec::new();
+                    let limit = Arc::new(Semaphore::new(CONNECTIONS_MAX));
+                    let mut loops = vec![tokio::spawn(intake_loop(
+                        handed,
+                        router.clone(),
+                        Arc::clone(&limit),
+                    ))];
                     for (listener, tls) in bound {
                         let acceptor = if tls { acceptor.clone() } else { None };
                         loops.push(tokio::spawn(accept_loop(
@@ -147,33 +150,43 @@ impl WebServer {
     }
 }
 
-/// Serves connections accepted elsewhere on the web runtime, as a listener's are: the
-/// same router, body limit, header-read timeout and bound on connections (counted with
-/// the listeners').
+/// Connections handed over and not yet taken by the web runtime.
+const INTAKE_QUEUE: usize = 64;
+
+/// Hands connections accepted elsewhere to the web runtime, which serves them as a
+/// listener's: the same router, body limit, header-read timeout and bound on connections
+/// (counted with the listeners'; past it a handed connection is dropped, its peer sees the
+/// end).
 #[derive(Clone)]
 pub struct WebIntake {
-    runtime: tokio::runtime::Handle,
-    router: axum::Router,
-    limit: Arc<Semaphore>,
+    queue: tokio::sync::mpsc::Sender<(tokio::io::DuplexStream, SocketAddr)>,
 }
 
 impl WebIntake {
     /// Serves `stream` as one plain HTTP/1.1 connection from `peer` (what protects it is the
-    /// caller's: for `server::web_in`, the cluster's mutual TLS). False when the connections
-    /// are at their bound (`stream` is dropped: its peer sees the end).
-    pub fn serve<S>(&self, stream: S, peer: SocketAddr) -> bool
-    where
-        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
-    {
-        let Ok(permit) = Arc::clone(&self.limit).try_acquire_owned() else {
-            return false;
+    /// caller's: for `server::web_in`, the cluster's mutual TLS). False when the web
+    /// runtime has stopped or [`INTAKE_QUEUE`] connections wait already (`stream` is
+    /// dropped).
+    pub fn serve(&self, stream: tokio::io::DuplexStream, peer: SocketAddr) -> bool {
+        self.queue.try_send((stream, peer)).is_ok()
+    }
+}
+
+async fn intake_loop(
+    mut handed: tokio::sync::mpsc::Receiver<(tokio::io::DuplexStream, SocketAddr)>,
+    router: axum::Router,
+    limit: Arc<Semaphore>,
+) {
+    while let Some((stream, peer)) = handed.recv().await {
+        let Ok(permit) = Arc::clone(&limit).try_acquire_owned() else {
+            tracing::debug!(target: "relay::web", client = %peer.ip(), "handed connection dropped: connections at their limit");
+            continue;
         };
-        let router = self.router.clone();
-        self.runtime.spawn(async move {
+        let router = router.clone();
+        tokio::spawn(async move {
             let _permit = permit;
             serve_connection(stream, peer, false, router).await;
         });
-        true
     }
 }
 
