@@ -29,6 +29,9 @@ struct NodeAddrs {
     pop3: SocketAddr,
     imap: SocketAddr,
     web: SocketAddr,
+    /// The `web` address the node table names for it (its own web listener unless a test
+    /// says otherwise: the address is no longer used).
+    table_web: SocketAddr,
     cert: NodeCert,
 }
 
@@ -41,13 +44,15 @@ fn free_port(ip: &str) -> SocketAddr {
 }
 
 fn node(ca: &TestCa, name: &'static str, ip: &'static str) -> NodeAddrs {
+    let web = free_port(ip);
     NodeAddrs {
         name,
         ip,
         cluster: free_port(ip),
         pop3: free_port(ip),
         imap: free_port(ip),
-        web: free_port(ip),
+        web,
+        table_web: web,
         cert: ca.node_cert(name, ip.parse().expect("an IP address")),
     }
 }
@@ -78,7 +83,7 @@ fn start(
     for n in nodes {
         cluster.push_str(&format!(
             "[[cluster.nodes]]\nname = {:?}\ncluster = \"{}\"\nweb = \"{}\"\n",
-            n.name, n.cluster, n.web
+            n.name, n.cluster, n.table_web
         ));
         if public {
             cluster.push_str(&format!("pop3 = \"{}\"\nimap = \"{}\"\n", n.pop3, n.imap));
@@ -310,22 +315,7 @@ fn ask_login(
     cert: Option<&NodeCert>,
     frame: &[u8],
 ) -> std::io::Result<Vec<u8>> {
-    use rustls::pki_types::ServerName;
-    use std::io::{Read, Write};
-    use std::sync::Arc;
-    let mut config = common::cluster::peer_tls_config(ca, cert);
-    config.alpn_protocols = vec![b"relay-login".to_vec()];
-    let socket = std::net::TcpStream::connect(addr)?;
-    socket.set_read_timeout(Some(Duration::from_secs(20)))?;
-    let name = ServerName::IpAddress(addr.ip().into());
-    let connection =
-        rustls::ClientConnection::new(Arc::new(config), name).map_err(std::io::Error::other)?;
-    let mut stream = rustls::StreamOwned::new(connection, socket);
-    stream.write_all(frame)?;
-    stream.flush()?;
-    let mut answer = Vec::new();
-    stream.read_to_end(&mut answer)?;
-    Ok(answer)
+    ask(addr, ca, cert, b"relay-login", frame)
 }
 
 /// A request frame as a front node sends it.
@@ -478,7 +468,232 @@ fn proxied_logins_need_no_password_and_no_public_listener_at_home(engine: Engine
     assert_eq!(metric(&node_b, HASHES), b_hashes);
 }
 
+/// Nodes B and C whose users file homes carol on B; the node table names `table_web` as
+/// both nodes' web address.
+struct CarolOnB {
+    shared: std::sync::Arc<tempfile::TempDir>,
+    ca: TestCa,
+    b: NodeAddrs,
+    c: NodeAddrs,
+    node_b: Relay,
+    node_c: Relay,
+}
+
+fn carol_on_b(engine: Engine, table_web: SocketAddr) -> CarolOnB {
+    let shared = new_workdir();
+    let ca = TestCa::generate(shared.path(), "proxy");
+    let mut b = node(&ca, "b", "127.0.0.3");
+    let mut c = node(&ca, "c", "127.0.0.4");
+    b.table_web = table_web;
+    c.table_web = table_web;
+    let users = shared.path().join(USERS_FILE);
+    std::fs::write(&users, format!("carol {TEST_PASSWORD_HASH} home=b\n")).unwrap();
+    std::fs::set_permissions(&users, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let users = users.to_str().unwrap();
+    let node_b = start(engine, &ca, &b, &[&b, &c], users, false);
+    let node_c = start(engine, &ca, &c, &[&b, &c], users, false);
+    CarolOnB {
+        shared,
+        ca,
+        b,
+        c,
+        node_b,
+        node_c,
+    }
+}
+
+/// Web mail through C for carol, homed on B, while the node table names as B's (and C's)
+/// web address a listener of the test's own: the login, the INBOX, a message and a sent
+/// message all work, and that listener never sees a connection (the forwarded requests go
+/// to B's cluster listener, inside the mutual TLS). A client with a node certificate of
+/// another CA cannot ask for `relay-web`.
+fn web_requests_reach_the_home_node_inside_the_cluster_tls(engine: Engine) {
+    // Where an old front node would have sent B's requests in plain HTTP.
+    let decoy = std::net::TcpListener::bind("127.0.0.3:0").unwrap();
+    decoy.set_nonblocking(true).unwrap();
+    let CarolOnB {
+        shared,
+        ca,
+        b,
+        c,
+        node_b,
+        node_c,
+    } = carol_on_b(engine, decoy.local_addr().unwrap());
+    node_b.deliver(
+        &["carol@example.test"],
+        &message("web-tls-0", &["read through c"]),
+    );
+
+    // Login, INBOX and the message, through C.
+    let web = client("web", c.web, "carol", TEST_PASSWORD, &[]);
+    assert_eq!(web.get("login_status").int(), 200, "{web:?}");
+    assert!(web.get("page").str().contains("web-tls-0"), "{web:?}");
+    assert_eq!(web.get("read_status").int(), 200, "{web:?}");
+    assert!(web.get("read").str().contains("read through c"), "{web:?}");
+    assert_eq!(web.get("logout_status").int(), 200, "{web:?}");
+
+    // Sending through C: the compose form and its multipart post are B's.
+    let spec = shared.path().join("spec.json");
+    std::fs::write(
+        &spec,
+        r#"{"to": "carol@example.test", "subject": "web-tls-sent", "body": "sent through c"}"#,
+    )
+    .unwrap();
+    let mut command = std::process::Command::new("python3");
+    command
+        .arg(common::repo_path("tests/py/web_compose_client.py"))
+        .arg(format!("http://{}", c.web))
+        .args(["send", "carol", TEST_PASSWORD, "-"])
+        .arg(&spec);
+    let output = command.output().expect("python3 web_compose_client.py");
+    assert!(output.status.success(), "{output:?}");
+    let sent = Json::parse(String::from_utf8_lossy(&output.stdout).trim()).unwrap();
+    assert_eq!(sent.get("status").int(), 200, "{sent:?}");
+    assert!(
+        sent.get("form").get("fields").get("csrf").str().len() > 10,
+        "{sent:?}"
+    );
+    // It reaches carol's mailbox on B.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let at_b = messages(&client("pop3", b.pop3, "carol", TEST_PASSWORD, &[]));
+        if at_b
+            .iter()
+            .any(|m| String::from_utf8_lossy(m).contains("Subject: web-tls-sent"))
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the sent message never arrived");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    // Nothing came to the table's web address, and C forwarded without a failure.
+    match decoy.accept() {
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+        other => panic!("a plain HTTP connection to the table's web address: {other:?}"),
+    }
+    assert_eq!(count(&node_c, "proxied request failed"), 0);
+    assert_eq!(count(&node_c, "relay::web: login proxied"), 2);
+
+    // `relay-web` wants a node certificate of the cluster's CA, like the other ALPNs.
+    let refusals = count(&node_b, "cluster peer refused at the TLS handshake");
+    let other_ca = TestCa::generate(shared.path(), "other");
+    let stranger = other_ca.node_cert("c", "127.0.0.4".parse().unwrap());
+    let forged = ask(
+        b.cluster,
+        &ca.cert_path,
+        Some(&stranger),
+        b"relay-web",
+        b"GET /mail HTTP/1.1\r\nHost: b\r\n\r\n",
+    );
+    assert!(forged.is_err(), "{forged:?}");
+    let bare = ask(
+        b.cluster,
+        &ca.cert_path,
+        None,
+        b"relay-web",
+        b"GET /mail HTTP/1.1\r\nHost: b\r\n\r\n",
+    );
+    assert!(bare.is_err(), "{bare:?}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while count(&node_b, "cluster peer refused at the TLS handshake") < refusals + 2 {
+        assert!(Instant::now() < deadline);
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // With the cluster's certificate it is B's web server (no session cookie: to the login).
+    let answer = ask(
+        b.cluster,
+        &ca.cert_path,
+        Some(&c.cert),
+        b"relay-web",
+        b"GET /mail HTTP/1.1\r\nHost: b\r\nConnection: close\r\n\r\n",
+    )
+    .expect("an answer");
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 303"), "{answer}");
+    assert!(answer.contains("location: /login"), "{answer}");
+}
+
+/// A POP3 login through C while carol's maildrop is held by a POP3 session on B: C answers
+/// `-ERR [IN-USE]` (RFC 2449), not a bare temporary failure; once B's session ends, the
+/// login through C works.
+fn a_maildrop_in_use_at_home_is_in_use_through_the_front(engine: Engine) {
+    use std::io::{BufRead, BufReader, Write};
+    let CarolOnB {
+        shared: _shared,
+        ca: _ca,
+        b,
+        c,
+        node_b,
+        node_c: _node_c,
+    } = carol_on_b(engine, free_port("127.0.0.3"));
+    node_b.deliver(&["carol@example.test"], &message("in-use-0", &["x"]));
+
+    // A POP3 session on B holds the maildrop.
+    let holder = std::net::TcpStream::connect(b.pop3).unwrap();
+    holder
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let mut reader = BufReader::new(holder.try_clone().unwrap());
+    let mut writer = holder;
+    let mut line = String::new();
+    let mut say = |command: &str| {
+        if !command.is_empty() {
+            writer.write_all(command.as_bytes()).unwrap();
+        }
+        line.clear();
+        reader.read_line(&mut line).unwrap();
+        line.clone()
+    };
+    assert!(say("").starts_with("+OK"));
+    assert!(say("USER carol\r\n").starts_with("+OK"));
+    let locked = say(&format!("PASS {TEST_PASSWORD}\r\n"));
+    assert!(locked.starts_with("+OK"), "{locked}");
+
+    let refused = client("pop3", c.pop3, "carol", TEST_PASSWORD, &[]);
+    assert!(error(&refused).starts_with("-ERR [IN-USE]"), "{refused:?}");
+    let logged = node_b.wait_log(
+        &["proxied login refused", "maildrop is in use"],
+        Duration::from_secs(10),
+    );
+    assert!(logged.contains("user=carol"), "{logged}");
+
+    assert!(say("QUIT\r\n").starts_with("+OK"));
+    let again = client("pop3", c.pop3, "carol", TEST_PASSWORD, &[]);
+    assert_eq!(messages(&again).len(), 1, "{again:?}");
+}
+
+/// Opens `addr`'s cluster listener asking for `alpn`, presenting `cert` (or none), sends
+/// `bytes` and reads until the listener closes.
+fn ask(
+    addr: SocketAddr,
+    ca: &std::path::Path,
+    cert: Option<&NodeCert>,
+    alpn: &[u8],
+    bytes: &[u8],
+) -> std::io::Result<Vec<u8>> {
+    use rustls::pki_types::ServerName;
+    use std::io::{Read, Write};
+    use std::sync::Arc;
+    let mut config = common::cluster::peer_tls_config(ca, cert);
+    config.alpn_protocols = vec![alpn.to_vec()];
+    let socket = std::net::TcpStream::connect(addr)?;
+    socket.set_read_timeout(Some(Duration::from_secs(20)))?;
+    let name = ServerName::IpAddress(addr.ip().into());
+    let connection =
+        rustls::ClientConnection::new(Arc::new(config), name).map_err(std::io::Error::other)?;
+    let mut stream = rustls::StreamOwned::new(connection, socket);
+    stream.write_all(bytes)?;
+    stream.flush()?;
+    let mut answer = Vec::new();
+    stream.read_to_end(&mut answer)?;
+    Ok(answer)
+}
+
 engine_tests! {
+    web_requests_reach_the_home_node_inside_the_cluster_tls: web_over_cluster_tls_uring,
+        web_over_cluster_tls_epoll;
+    a_maildrop_in_use_at_home_is_in_use_through_the_front: in_use_uring, in_use_epoll;
     logins_on_any_node_reach_the_home_node: proxied_logins_uring, proxied_logins_epoll;
     proxied_logins_need_no_password_and_no_public_listener_at_home:
         preauthenticated_uring, preauthenticated_epoll;

@@ -17,7 +17,12 @@
 //!
 //! 1. front → home: `Request {protocol, user, client, from}`;
 //! 2. home → front: `Accepted {capabilities, text}` and the session runs, or `Refused
-//!    {reason}` and the connection closes. For web mail (`protocol: web`) the answer is
+//!    {reason}` (a [`Refusal`]: the front node's client gets the matching response code,
+//!    e.g. POP3 `[IN-USE]` for a maildrop in use there) and the connection closes.
+//!
+//! Versions: a request carries `version` ([`VERSION`]; a node before versions sends none,
+//! read as 0). A home node answers with the refusal reasons the front node's version
+//! knows; a reason a front node does not know reads as [`Refusal::Other`] (temporary). For web mail (`protocol: web`) the answer is
 //!    `Accepted {session}`, the id of a web session the home node started for the user, and
 //!    the connection closes after it.
 
@@ -27,6 +32,13 @@ use serde::{Deserialize, Serialize};
 
 /// The ALPN protocol name of the conversation.
 pub const ALPN: &[u8] = b"relay-login";
+/// The ALPN protocol name of a web session's requests after a web login (`protocol: web`):
+/// the TLS stream carries plain HTTP/1.1 to the home node's web server (`server::web_in`),
+/// one request per connection from the front node (`server::web_proxy`).
+pub const WEB_ALPN: &[u8] = b"relay-web";
+/// The conversation's version, sent in each [`Request`] (absent: 0). Version 1 added the
+/// refusal reasons [`Refusal::OverLimit`] and [`Refusal::ShuttingDown`].
+pub const VERSION: u32 = 1;
 /// Longest request frame (a user name, a node name and an address).
 pub const REQUEST_MAX: usize = 2048;
 /// Longest answer frame (an IMAP capability list).
@@ -41,8 +53,8 @@ pub enum Protocol {
     Pop3,
     Imap,
     /// A web-mail login: the home node starts a web session and answers with its id; the
-    /// connection closes (the browser's requests are forwarded to the home node's web
-    /// listener with that session's cookie).
+    /// connection closes (the browser's requests are forwarded to the home node with that
+    /// session's cookie, over the cluster listener as ALPN [`WEB_ALPN`]).
     Web,
 }
 
@@ -66,23 +78,61 @@ pub struct Request {
     pub client: SocketAddr,
     /// The front node's name (for the logs).
     pub from: String,
+    /// The conversation version the front node speaks ([`VERSION`]; absent: 0).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub version: u32,
 }
 
-/// Why the home node does not start the session (each is a temporary failure to the
-/// client: the directories may be changing, the maildrop may be free in a moment).
+fn is_zero(version: &u32) -> bool {
+    *version == 0
+}
+
+/// Why the home node does not start the session; the front node answers its client with
+/// the matching response code (`server::login_proxy`). On the wire a reason is one
+/// snake_case JSON string (`"in_use"`); a reason a front node does not know (a newer
+/// home node's) reads as [`Refusal::Other`], a temporary failure. A home node sends the
+/// reasons of [`VERSION`] 1 only to a front node whose request says it knows them
+/// ([`Refusal::for_version`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
 #[serde(rename_all = "snake_case")]
 pub enum Refusal {
+    /// The user is not in the home node's directory (deleted, or not yet seen there).
     #[error("the user is not in the home node's directory")]
     UnknownUser,
+    /// The directories disagree for a moment (a user move).
     #[error("the user is homed on another node")]
     NotHomedHere,
+    /// Another POP3 session holds the maildrop at the home node.
     #[error("the maildrop is in use")]
     InUse,
     #[error("the mailbox is unavailable")]
     Unavailable,
     #[error("the request was not understood")]
     BadRequest,
+    /// The user is over a limit of the home node's (version 1).
+    #[error("the user is over a limit")]
+    OverLimit,
+    /// The home node is draining or stopping (version 1).
+    #[error("the home node is shutting down")]
+    ShuttingDown,
+    /// A reason this node does not know (sent by a newer one): a temporary failure.
+    #[serde(other)]
+    #[error("a reason this node does not know")]
+    Other,
+}
+
+impl Refusal {
+    /// The reason as a front node of conversation version `version` can read it: the
+    /// reasons of version 1 are [`Refusal::Unavailable`] to a version 0 node (whose decoder
+    /// would take an unknown reason for a broken answer).
+    pub fn for_version(self, version: u32) -> Refusal {
+        match self {
+            Refusal::OverLimit | Refusal::ShuttingDown | Refusal::Other if version < 1 => {
+                Refusal::Unavailable
+            }
+            reason => reason,
+        }
+    }
 }
 
 /// The home node's answer.
@@ -288,6 +338,7 @@ mod tests {
             user: "carol".into(),
             client: "192.0.2.7:40000".parse().unwrap(),
             from: "c".into(),
+            version: VERSION,
         }
     }
 
@@ -443,5 +494,105 @@ mod tests {
         ));
         // Nothing is read after the answer.
         assert!(matches!(front.feed(b"x"), FrontStep::Failed(_)));
+    }
+    /// Every reason, as the bytes a home node sends (length, then JSON).
+    const REFUSALS: [(Refusal, &str); 8] = [
+        (Refusal::UnknownUser, "unknown_user"),
+        (Refusal::NotHomedHere, "not_homed_here"),
+        (Refusal::InUse, "in_use"),
+        (Refusal::Unavailable, "unavailable"),
+        (Refusal::BadRequest, "bad_request"),
+        (Refusal::OverLimit, "over_limit"),
+        (Refusal::ShuttingDown, "shutting_down"),
+        (Refusal::Other, "other"),
+    ];
+
+    fn refused_frame(reason: &str) -> Vec<u8> {
+        let json = format!(r#"{{"answer":"refused","reason":"{reason}"}}"#);
+        let mut frame = u32::try_from(json.len()).unwrap().to_be_bytes().to_vec();
+        frame.extend_from_slice(json.as_bytes());
+        frame
+    }
+
+    #[test]
+    fn refusals_are_pinned_byte_by_byte_and_read_in_every_chunking() {
+        assert_eq!(
+            encode(&Answer::Refused {
+                reason: Refusal::InUse
+            }),
+            b"\0\0\0\x26{\"answer\":\"refused\",\"reason\":\"in_use\"}".to_vec()
+        );
+        for (reason, name) in REFUSALS {
+            let frame = encode(&Answer::Refused { reason });
+            assert_eq!(frame, refused_frame(name), "{name}");
+            for split in 0..=frame.len() {
+                let (_, mut front) = FrontLogin::start(&request(Protocol::Pop3), "");
+                let first = front.feed(&frame[..split]);
+                let step = if split == frame.len() {
+                    first
+                } else {
+                    assert_eq!(first, FrontStep::Wait, "{name} split {split}");
+                    front.feed(&frame[split..])
+                };
+                assert_eq!(step, FrontStep::Refused(reason), "{name} split {split}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_reason_this_node_does_not_know_is_a_temporary_failure() {
+        let (_, mut front) = FrontLogin::start(&request(Protocol::Imap), "a");
+        assert_eq!(
+            front.feed(&refused_frame("quota_exceeded_in_2030")),
+            FrontStep::Refused(Refusal::Other)
+        );
+        // Not a reason at all: a broken answer, never a panic.
+        for json in [
+            r#"{"answer":"refused","reason":7}"#,
+            r#"{"answer":"refused","reason":null}"#,
+            r#"{"answer":"refused"}"#,
+            r#"{"answer":"refused","reason":["in_use"]}"#,
+            r#"{"answer":"maybe","reason":"in_use"}"#,
+        ] {
+            let mut frame = u32::try_from(json.len()).unwrap().to_be_bytes().to_vec();
+            frame.extend_from_slice(json.as_bytes());
+            let (_, mut front) = FrontLogin::start(&request(Protocol::Pop3), "");
+            assert!(
+                matches!(
+                    front.feed(&frame),
+                    FrontStep::Failed(FrameError::Invalid(_))
+                ),
+                "{json}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_version_travels_and_old_front_nodes_get_old_reasons() {
+        let frame = encode(&request(Protocol::Pop3));
+        let json = std::str::from_utf8(&frame[4..]).unwrap();
+        assert!(json.ends_with(r#","from":"c","version":1}"#), "{json}");
+        // A node before versions sends none: version 0.
+        let old = r#"{"protocol":"pop3","user":"a","client":"127.0.0.1:1","from":"c"}"#;
+        let mut frame = u32::try_from(old.len()).unwrap().to_be_bytes().to_vec();
+        frame.extend_from_slice(old.as_bytes());
+        let (decoded, _) = decode_request(&frame).unwrap().unwrap();
+        assert_eq!(decoded.version, 0);
+        // ... and it is sent only the reasons it knows.
+        for (reason, _) in REFUSALS {
+            let old = reason.for_version(0);
+            let known = [
+                Refusal::UnknownUser,
+                Refusal::NotHomedHere,
+                Refusal::InUse,
+                Refusal::Unavailable,
+                Refusal::BadRequest,
+            ];
+            assert!(known.contains(&old), "{reason:?} -> {old:?}");
+            if known.contains(&reason) {
+                assert_eq!(old, reason);
+            }
+            assert_eq!(reason.for_version(VERSION), reason);
+        }
     }
 }

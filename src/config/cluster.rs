@@ -58,7 +58,9 @@ pub struct NodeEntry {
     pub pop3: Option<SocketAddr>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub imap: Option<SocketAddr>,
-    /// Its web listener: the requests of a web session proxied to it are forwarded there.
+    /// Its web listener: no longer used either (the requests of a web session proxied to
+    /// it reach it at its cluster listener, inside the mutual TLS, `server::web_proxy`);
+    /// accepted so that older configs still load.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub web: Option<SocketAddr>,
 }

@@ -38,5 +38,6 @@ pub mod utf7;
 
 pub use frame::Limits;
 pub use session::{
-    CloseReason, Credentials, Event, Greeting, Outbox, Session, SessionConfig, Unexpected,
+    CloseReason, Credentials, Event, Greeting, LoginRefused, Outbox, Session, SessionConfig,
+    Unexpected,
 };

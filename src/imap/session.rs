@@ -148,6 +148,22 @@ impl fmt::Debug for Credentials {
     }
 }
 
+/// Why a login with good credentials gets no session (the user's home node refused it,
+/// `[cluster]`): the RFC 5530 response code of the `NO`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LoginRefused {
+    /// `[INUSE]`: the mailbox is in use where it lives.
+    InUse,
+    /// `[UNAVAILABLE]`: a temporary failure.
+    Unavailable,
+    /// `[AUTHORIZATIONFAILED]`: the identity has no mailbox to act on there.
+    AuthorizationFailed,
+    /// `[LIMIT]`: over a limit of the server's.
+    Limit,
+    /// `[SERVERBUG]`: the servers did not understand each other.
+    ServerBug,
+}
+
 /// The driver answered something the session was not waiting for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[error("answer not expected in this state")]
@@ -1279,15 +1295,27 @@ impl Session {
     /// now (the user's home node is unreachable): `NO [UNAVAILABLE]` (RFC 5530), still not
     /// authenticated, not counted as a failure.
     pub fn authentication_unavailable(&mut self, out: &mut Outbox) -> Result<(), Unexpected> {
+        self.login_refused(LoginRefused::Unavailable, out)
+    }
+
+    /// The driver's answer to `Event::Authenticate` when the credentials were good but the
+    /// user's home node refused the session (`[cluster]`): `NO` with `why`'s RFC 5530 code,
+    /// still not authenticated, not counted as a failure.
+    pub fn login_refused(&mut self, why: LoginRefused, out: &mut Outbox) -> Result<(), Unexpected> {
         let Wait::Auth { tag } = std::mem::replace(&mut self.wait, Wait::None) else {
             return Err(Unexpected);
         };
-        self.no(
-            &tag,
-            Some("UNAVAILABLE"),
-            "Mailbox temporarily unavailable, try again later",
-            out,
-        );
+        let (code, text) = match why {
+            LoginRefused::InUse => ("INUSE", "Mailbox in use, try again later"),
+            LoginRefused::Unavailable => (
+                "UNAVAILABLE",
+                "Mailbox temporarily unavailable, try again later",
+            ),
+            LoginRefused::AuthorizationFailed => ("AUTHORIZATIONFAILED", "No such mailbox"),
+            LoginRefused::Limit => ("LIMIT", "Too many sessions or requests, try again later"),
+            LoginRefused::ServerBug => ("SERVERBUG", "Internal error, try again later"),
+        };
+        self.no(&tag, Some(code), text, out);
         Ok(())
     }
 

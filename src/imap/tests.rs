@@ -1386,3 +1386,48 @@ fn summary_version_pins_the_rendering() {
         "the rendering changed: raise Summary::VERSION and update this pin"
     );
 }
+
+#[test]
+fn a_login_refused_at_home_answers_its_rfc_5530_code_and_the_session_goes_on() {
+    use super::session::LoginRefused;
+    let mut out = Outbox::default();
+    let mut session = Session::new(Arc::new(config()), false, &mut out);
+    for (tag, why, reply) in [
+        (
+            "a",
+            LoginRefused::InUse,
+            "a NO [INUSE] Mailbox in use, try again later\r\n",
+        ),
+        (
+            "b",
+            LoginRefused::AuthorizationFailed,
+            "b NO [AUTHORIZATIONFAILED] No such mailbox\r\n",
+        ),
+        (
+            "c",
+            LoginRefused::Limit,
+            "c NO [LIMIT] Too many sessions or requests, try again later\r\n",
+        ),
+        (
+            "d",
+            LoginRefused::ServerBug,
+            "d NO [SERVERBUG] Internal error, try again later\r\n",
+        ),
+        (
+            "e",
+            LoginRefused::Unavailable,
+            "e NO [UNAVAILABLE] Mailbox temporarily unavailable, try again later\r\n",
+        ),
+    ] {
+        let mut out = Outbox::default();
+        let login = format!("{tag} LOGIN u p\r\n");
+        assert_eq!(session.feed(login.as_bytes(), &mut out), login.len());
+        assert!(matches!(out.events.as_slice(), [Event::Authenticate(_)]));
+        assert_eq!(session.login_tag(), Some(tag));
+        out = Outbox::default();
+        session.login_refused(why, &mut out).unwrap();
+        assert_eq!(String::from_utf8_lossy(&out.bytes), reply);
+        // Not waiting for anything: a second answer is unexpected.
+        assert!(session.login_refused(why, &mut out).is_err());
+    }
+}

@@ -369,6 +369,22 @@ impl Response {
         Self::err_code(ResponseCode::InUse, "maildrop is locked by another session")
     }
 
+    /// A login checked here whose session the user's home node refused (`[cluster]`), by
+    /// the code the driver chose: `[IN-USE]` (the maildrop is locked there, RFC 2449
+    /// §8.1.1), `[AUTH]` (no such mailbox there, RFC 3206 §5), `[SYS/PERM]`, or else
+    /// `[SYS/TEMP]` (RFC 3206 §4).
+    pub fn login_refused(code: ResponseCode) -> Self {
+        match code {
+            ResponseCode::InUse => Self::in_use(),
+            ResponseCode::Auth => Self::err_code(code, "no such mailbox"),
+            ResponseCode::SysPerm => Self::err_code(code, "mailbox not available"),
+            ResponseCode::LoginDelay | ResponseCode::SysTemp => Self::err_code(
+                ResponseCode::SysTemp,
+                "mailbox temporarily unavailable, try again later",
+            ),
+        }
+    }
+
     /// RFC 3206 §4: the maildrop could not be opened for a reason on our side.
     pub fn maildrop_unavailable() -> Self {
         Self::err_code(

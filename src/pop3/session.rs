@@ -40,7 +40,7 @@ use std::sync::Arc;
 use memchr::memchr;
 
 use super::command::{self, Command};
-use super::reply::{Capability, Response};
+use super::reply::{Capability, Response, ResponseCode};
 use super::stuff;
 use crate::proto::line::{self, Frame};
 use crate::proto::sasl::{self, SaslError};
@@ -416,26 +416,40 @@ impl Session {
         consumed
     }
 
+    /// The driver's answer to `Event::Authenticate` when the credentials were good but the
+    /// user's home node refused the session (`[cluster]`): [`Response::login_refused`] with
+    /// `code`, back to AUTHORIZATION. Counted with the failures, but `[IN-USE]` (as a
+    /// maildrop locked here is not).
+    pub fn login_refused(&mut self, code: ResponseCode, out: &mut Outbox) {
+        let counted = code != ResponseCode::InUse;
+        self.no_login(Response::login_refused(code), counted, out);
+    }
+
+    /// Back to AUTHORIZATION after `Event::Authenticate` with `reply`, or closed when
+    /// `counted` makes this the last allowed failure.
+    fn no_login(&mut self, reply: Response, counted: bool, out: &mut Outbox) {
+        if !matches!(self.state, State::Authenticating) {
+            debug_assert!(self.is_closed(), "no login without Authenticate");
+            return;
+        }
+        self.state = State::Authorization { user: None };
+        if counted {
+            self.auth_failures = self.auth_failures.saturating_add(1);
+        }
+        if self.auth_failures >= AUTH_FAILURES_MAX {
+            let reply = Response::auth_failures_exceeded();
+            self.close(reply, CloseReason::AuthFailuresExceeded, out);
+        } else {
+            reply.encode(&mut out.bytes);
+        }
+    }
+
     /// The driver's answer to `Event::Authenticate` when the credentials could not be
     /// checked now (the server's password checks are saturated): `-ERR [SYS/TEMP]` (RFC 3206
     /// §4), back to AUTHORIZATION. Counted with the failures, so a session cannot retry
     /// without end.
     pub fn authentication_unavailable(&mut self, out: &mut Outbox) {
-        if !matches!(self.state, State::Authenticating) {
-            debug_assert!(
-                self.is_closed(),
-                "authentication_unavailable without Authenticate"
-            );
-            return;
-        }
-        self.state = State::Authorization { user: None };
-        self.auth_failures = self.auth_failures.saturating_add(1);
-        if self.auth_failures >= AUTH_FAILURES_MAX {
-            let reply = Response::auth_failures_exceeded();
-            self.close(reply, CloseReason::AuthFailuresExceeded, out);
-        } else {
-            Response::auth_unavailable().encode(&mut out.bytes);
-        }
+        self.no_login(Response::auth_unavailable(), true, out);
     }
 
     /// The driver's answer to `Event::Authenticate`: the canonical user name, or `None` for
@@ -1752,6 +1766,44 @@ mod tests {
         out.clear();
         session.authentication_unavailable(&mut out);
         assert!(out.bytes.is_empty() && out.events.is_empty());
+    }
+
+    #[test]
+    fn a_login_refused_at_home_answers_its_code_and_in_use_is_not_a_failure() {
+        let mut out = Outbox::default();
+        let mut session = Session::new(Arc::new(config()), "n", &mut out);
+        let mut refuse = |code| {
+            out.clear();
+            session.handle_input(b"USER alice\r\nPASS secret\r\n", &mut out);
+            out.clear();
+            session.login_refused(code, &mut out);
+            (
+                String::from_utf8_lossy(&out.bytes).into_owned(),
+                out.events.clone(),
+            )
+        };
+        // A maildrop in use at home, as often as the client tries: never closes.
+        for _ in 0..AUTH_FAILURES_MAX + 2 {
+            assert_eq!(
+                refuse(ResponseCode::InUse),
+                (
+                    "-ERR [IN-USE] maildrop is locked by another session\r\n".to_string(),
+                    vec![]
+                )
+            );
+        }
+        assert_eq!(
+            refuse(ResponseCode::Auth).0,
+            "-ERR [AUTH] no such mailbox\r\n"
+        );
+        for _ in 1..AUTH_FAILURES_MAX - 1 {
+            assert!(refuse(ResponseCode::SysTemp)
+                .0
+                .starts_with("-ERR [SYS/TEMP]"));
+        }
+        let (reply, events) = refuse(ResponseCode::SysTemp);
+        assert!(reply.starts_with("-ERR [AUTH]"), "{reply}");
+        assert_eq!(events, [Event::Close(CloseReason::AuthFailuresExceeded)]);
     }
 
     #[test]

@@ -1,7 +1,9 @@
 //! The cluster listener (`cluster.listen`): SMTP between nodes over mutual TLS, and by ALPN
 //! the other conversations between nodes: the queue transfer (`relay-xfer`,
-//! [`super::xfer_session`]), the user move (`relay-move`, [`super::move_in`]) and proxied
-//! POP3/IMAP logins (`relay-login`, [`super::login_in`]).
+//! [`super::xfer_session`]), the user move (`relay-move`, [`super::move_in`]), proxied
+//! POP3/IMAP/web logins (`relay-login`, [`super::login_in`]) and the requests of web
+//! sessions proxied here (`relay-web`, [`super::web_in`]: HTTP/1.1 to this node's web
+//! server inside the TLS).
 //!
 //! **Who may connect.** TLS from the first byte with [`crate::net::tls::ClusterTls`]'s server
 //! side: the client must present a certificate that chains to `cluster.ca`, or the
@@ -98,16 +100,18 @@ pub struct ClusterListener {
 }
 
 /// The cluster listener's TLS: `tls`'s server side that also offers the user-move
-/// conversation (`relay user move` on a peer, [`super::move_in`]) and the proxied login
-/// (a peer's POP3 or IMAP client, [`super::login_in`]).
+/// conversation (`relay user move` on a peer, [`super::move_in`]), the proxied login
+/// (a peer's POP3, IMAP or web client, [`super::login_in`]) and a proxied web session's
+/// requests ([`super::web_in`]).
 pub fn server_tls(tls: &ClusterTls) -> Arc<rustls::ServerConfig> {
     let mut config = (*tls.server()).clone();
-    config
-        .alpn_protocols
-        .push(crate::cluster::move_wire::ALPN.to_vec());
-    config
-        .alpn_protocols
-        .push(crate::cluster::login_wire::ALPN.to_vec());
+    for alpn in [
+        crate::cluster::move_wire::ALPN,
+        crate::cluster::login_wire::ALPN,
+        crate::cluster::login_wire::WEB_ALPN,
+    ] {
+        config.alpn_protocols.push(alpn.to_vec());
+    }
     Arc::new(config)
 }
 
@@ -162,6 +166,12 @@ pub async fn serve<C: Connection>(
             if tls.alpn_protocol().as_deref() == Some(crate::cluster::login_wire::ALPN) {
                 // A peer's client logged in there; its session runs here.
                 super::login_in::serve(&tls, &ctx, peer).await;
+                drop(permit);
+                return;
+            }
+            if tls.alpn_protocol().as_deref() == Some(crate::cluster::login_wire::WEB_ALPN) {
+                // A peer forwards a request of a web session proxied here.
+                super::web_in::serve(&tls, &ctx, peer).await;
                 drop(permit);
                 return;
             }

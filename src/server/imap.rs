@@ -332,7 +332,7 @@ impl Link {
     }
 
     /// A login of a user homed on another node, proxied there; `Some` when the connection
-    /// is over, `None` after a temporary failure (the session goes on).
+    /// is over, `None` after a refusal (the session goes on).
     async fn proxy<C: Connection>(
         &mut self,
         ctx: &ShardContext,
@@ -350,8 +350,13 @@ impl Link {
                 pending: &mut self.out.bytes,
                 input: &self.wire.input[self.wire.consumed..],
             };
-            if login_proxy::imap(conn, proxied, &tag).await == login_proxy::Proxied::Done {
-                return Some(DriveEnd::Closed);
+            match login_proxy::imap(conn, proxied, &tag).await {
+                login_proxy::Proxied::Done => return Some(DriveEnd::Closed),
+                login_proxy::Proxied::Refused(reason) => {
+                    let why = login_proxy::imap_refusal(reason);
+                    let _ = self.session.login_refused(why, &mut self.out);
+                    return None;
+                }
             }
         }
         let _ = self.session.authentication_unavailable(&mut self.out);

@@ -6,18 +6,23 @@
 //! credentials itself. No password comes, and none is hashed here.
 //!
 //! **What it refuses.** A request that is not one (over [`login_wire::REQUEST_MAX`], not
-//! JSON, a bad user or node name: the connection closes), not whole within
-//! [`REQUEST_TIMEOUT`], for a user this node's directory does not know or homes on another
-//! node (the directories disagree for a moment during a move: the front node's client gets a
-//! temporary failure and logs in again), or a POP3 maildrop in use. Each refusal is logged
-//! with the peer, the front node's name and the client's address.
+//! JSON, a bad user or node name: `bad_request` and the connection closes), not whole
+//! within [`REQUEST_TIMEOUT`], any request once this node is draining or stopping
+//! (`shutting_down`), for a user this node's directory does not know (`unknown_user`) or
+//! homes on another node (`not_homed_here`: the directories disagree for a moment during a
+//! move), or a POP3 maildrop in use (`in_use`). The answer names the reason
+//! ([`login_wire::Refusal`], as the front node's conversation version knows it) and the
+//! front node gives its client the matching response code (POP3 `[IN-USE]`, IMAP
+//! `[INUSE]`, …: `server::login_proxy`). Each refusal is logged with the peer, the front
+//! node's name and the client's address.
 //!
 //! **What runs.** The node's own POP3 or IMAP session and driver, started in the logged-in
 //! state (`pop3::serve_preauthenticated`, `imap::serve_preauthenticated`), over this TLS
 //! connection, with the client's address as its peer (for the log); its limits and
 //! timeouts are the public listener's. For web mail, a session in this node's web server's
 //! table, whose id is the answer (the front node hands the browser its cookie and forwards
-//! the browser's requests to this node's web listener).
+//! the browser's requests here over the cluster listener's mutual TLS, ALPN
+//! [`login_wire::WEB_ALPN`]: [`super::web_in`]).
 
 use std::net::SocketAddr;
 use std::rc::Rc;
@@ -84,6 +89,9 @@ async fn read_request<C: Connection>(
 
 /// Why this node does not serve `user` (None: it does).
 fn refusal(ctx: &ShardContext, user: &str) -> Option<Refusal> {
+    if *ctx.phase.borrow() != crate::runtime::Phase::Running {
+        return Some(Refusal::ShuttingDown);
+    }
     let directory = ctx.auth.directory.current();
     let node = ctx.cluster.as_ref().map(|c| c.node.as_str()).unwrap_or("");
     match directory.user(user) {
@@ -102,18 +110,42 @@ async fn answer<C: Connection>(conn: &C, answer: &Answer) -> bool {
     )
 }
 
-async fn refuse<C: Connection>(conn: &C, peer: SocketAddr, request: &Request, reason: Refusal) {
-    tracing::warn!(target: "relay::cluster", peer = %peer.ip(), from = %Safe(&request.from), protocol = request.protocol.name(), user = %Safe(&request.user), client = %request.client.ip(), %reason, "proxied login refused");
-    if answer(conn, &Answer::Refused { reason }).await {
+/// Writes the answer that the session runs (module doc of [`login_wire`]); false when it
+/// could not be written.
+async fn accepted<C: Connection>(
+    conn: &C,
+    capabilities: Option<String>,
+    text: String,
+    session: Option<String>,
+) -> bool {
+    let accepted = Answer::Accepted {
+        capabilities,
+        text,
+        session,
+    };
+    answer(conn, &accepted).await
+}
+
+/// Answers `reason` as a front node of conversation `version` reads it, and closes.
+async fn send_refusal<C: Connection>(conn: &C, reason: Refusal, version: u32) {
+    let refused = Answer::Refused {
+        reason: reason.for_version(version),
+    };
+    if answer(conn, &refused).await {
         let _ = crate::net::conn::within(conn, ANSWER_TIMEOUT, conn.finish()).await;
     }
     conn.shutdown();
 }
 
+async fn refuse<C: Connection>(conn: &C, peer: SocketAddr, request: &Request, reason: Refusal) {
+    tracing::warn!(target: "relay::cluster", peer = %peer.ip(), from = %Safe(&request.from), protocol = request.protocol.name(), user = %Safe(&request.user), client = %request.client.ip(), %reason, "proxied login refused");
+    send_refusal(conn, reason, request.version).await;
+}
+
 /// A web-mail login: a session in this node's web server for the user (its default folders
 /// made as at a login here), whose id is the answer.
 async fn web<C: Connection>(conn: &C, ctx: &ShardContext, peer: SocketAddr, request: &Request) {
-    let Some(sessions) = ctx.web_sessions.get() else {
+    let Some(sessions) = ctx.web_home.get().map(|web| &web.sessions) else {
         refuse(conn, peer, request, Refusal::Unavailable).await;
         return;
     };
@@ -148,12 +180,7 @@ async fn web<C: Connection>(conn: &C, ctx: &ShardContext, peer: SocketAddr, requ
         return;
     }
     tracing::info!(target: "relay::web", client = %request.client.ip(), user = %Safe(&request.user), from = %Safe(&request.from), "login");
-    let accepted = Answer::Accepted {
-        capabilities: None,
-        text: String::new(),
-        session: Some(id),
-    };
-    if answer(conn, &accepted).await {
+    if accepted(conn, None, String::new(), Some(id)).await {
         let _ = crate::net::conn::within(conn, ANSWER_TIMEOUT, conn.finish()).await;
     }
 }
@@ -164,11 +191,9 @@ pub async fn serve<C: Connection>(conn: &C, ctx: &Rc<ShardContext>, peer: Socket
         Ok(read) => read,
         Err(error) => {
             tracing::warn!(target: "relay::cluster", peer = %peer.ip(), error = %Safe(&error.to_string()), "proxied login: no valid request");
-            let refused = Answer::Refused {
-                reason: Refusal::BadRequest,
-            };
-            if matches!(error, RequestError::Frame(_)) && answer(conn, &refused).await {
-                let _ = crate::net::conn::within(conn, ANSWER_TIMEOUT, conn.finish()).await;
+            if matches!(error, RequestError::Frame(_)) {
+                // Its version is unknown: a reason every version knows.
+                send_refusal(conn, Refusal::BadRequest, 0).await;
             }
             conn.shutdown();
             return;
@@ -179,22 +204,11 @@ pub async fn serve<C: Connection>(conn: &C, ctx: &Rc<ShardContext>, peer: Socket
         return;
     }
     tracing::info!(target: "relay::cluster", peer = %peer.ip(), from = %Safe(&request.from), protocol = request.protocol.name(), user = %Safe(&request.user), client = %request.client.ip(), "proxied login served");
-    let client = request.client;
-    let user = request.user.clone();
+    let (client, user, home) = (request.client, request.user.clone(), Rc::clone(ctx));
     match request.protocol {
         Protocol::Pop3 => {
-            let accepted = async |locked: Result<String, crate::pop3::LockResult>| match locked {
-                Ok(text) => {
-                    answer(
-                        conn,
-                        &Answer::Accepted {
-                            capabilities: None,
-                            text,
-                            session: None,
-                        },
-                    )
-                    .await
-                }
+            let locked = async |locked: Result<String, crate::pop3::LockResult>| match locked {
+                Ok(text) => accepted(conn, None, text, None).await,
                 Err(result) => {
                     let reason = match result {
                         crate::pop3::LockResult::InUse => Refusal::InUse,
@@ -204,38 +218,13 @@ pub async fn serve<C: Connection>(conn: &C, ctx: &Rc<ShardContext>, peer: Socket
                     false
                 }
             };
-            super::pop3::serve_preauthenticated(
-                conn,
-                client,
-                Rc::clone(ctx),
-                user,
-                input,
-                accepted,
-            )
-            .await;
+            super::pop3::serve_preauthenticated(conn, client, home, user, input, locked).await;
         }
         Protocol::Web => web(conn, ctx, peer, &request).await,
         Protocol::Imap => {
-            let accepted = async |capabilities: String| {
-                answer(
-                    conn,
-                    &Answer::Accepted {
-                        capabilities: Some(capabilities),
-                        text: "Logged in".into(),
-                        session: None,
-                    },
-                )
-                .await
-            };
-            super::imap::serve_preauthenticated(
-                conn,
-                client,
-                Rc::clone(ctx),
-                user,
-                input,
-                accepted,
-            )
-            .await;
+            let logged_in =
+                async |caps: String| accepted(conn, Some(caps), "Logged in".into(), None).await;
+            super::imap::serve_preauthenticated(conn, client, home, user, input, logged_in).await;
         }
     }
     conn.shutdown();

@@ -16,10 +16,15 @@
 //! client's view of capabilities is the home node's). APOP works the same way (the digest
 //! was checked here). The home node's public POP3 and IMAP listeners play no part.
 //!
-//! A home node that is down, slow (over [`UPSTREAM_LOGIN_TIMEOUT`]), unknown to the node
-//! table, or that refuses (the user is not homed there after all, its maildrop is in use)
-//! is a temporary failure to the client (POP3 `-ERR [SYS/TEMP]`, IMAP `NO [UNAVAILABLE]`),
-//! never a hang; the client may log in again. A node without the cluster TLS files
+//! A home node that is down, slow (over [`UPSTREAM_LOGIN_TIMEOUT`]) or unknown to the node
+//! table is a temporary failure to the client (POP3 `-ERR [SYS/TEMP]`, IMAP `NO
+//! [UNAVAILABLE]`), never a hang; the client may log in again. A home node that refuses
+//! says why ([`Refusal`]) and the client gets the matching code ([`pop3_code`],
+//! [`imap_refusal`]): a maildrop in use there is POP3 `[IN-USE]` (RFC 2449) and IMAP
+//! `[INUSE]` (RFC 5530); a user the home node does not know is POP3 `[AUTH]` (RFC 3206)
+//! and IMAP `[AUTHORIZATIONFAILED]`; over a limit there is IMAP `[LIMIT]`; a request it did
+//! not understand is IMAP `[SERVERBUG]`; the rest (the directories disagree during a move,
+//! the home node is shutting down, a reason this node does not know) are temporary. A node without the cluster TLS files
 //! (`cluster.cert`, `key`, `ca`) cannot proxy: its logins of users homed elsewhere are
 //! temporary failures. The relay keeps one bounded buffer per direction and the protocol's
 //! idle timeout: no bytes either way for that long and both connections are closed; so are
@@ -51,7 +56,7 @@ use crate::runtime::{Engine, Phase};
 pub const UPSTREAM_LOGIN_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The node table as the login proxies need it: which node this is, where the others'
-/// cluster listeners (and web listeners) are, and the client TLS to reach them.
+/// cluster listeners are, and the client TLS to reach them.
 #[derive(Debug, Clone)]
 pub struct LoginProxy {
     node: String,
@@ -59,30 +64,34 @@ pub struct LoginProxy {
     /// The cluster client TLS asking for the proxied-login conversation (`None`: this node
     /// has no cluster certificate and cannot proxy).
     tls: Option<Arc<rustls::ClientConfig>>,
+    /// The same asking for a web session's requests ([`login_wire::WEB_ALPN`]).
+    web_tls: Option<Arc<rustls::ClientConfig>>,
 }
 
 /// Another node holding a user's mailboxes.
 #[derive(Debug, Clone)]
 pub struct Home {
     pub node: String,
-    /// Its cluster listener.
+    /// Its cluster listener (proxied POP3, IMAP and web sessions all reach it there).
     pub cluster: Option<SocketAddr>,
-    pub web: Option<SocketAddr>,
 }
 
 impl LoginProxy {
     /// `None` without a cluster: every user is at home here. `tls`: this node's cluster
     /// TLS (`None` without its files).
     pub fn new(cluster: &ClusterSection, tls: Option<&ClusterTls>) -> Option<LoginProxy> {
-        let tls = tls.map(|tls| {
-            let mut config = (*tls.client()).clone();
-            config.alpn_protocols = vec![login_wire::ALPN.to_vec()];
-            Arc::new(config)
-        });
+        let asking = |alpn: &[u8]| {
+            tls.map(|tls| {
+                let mut config = (*tls.client()).clone();
+                config.alpn_protocols = vec![alpn.to_vec()];
+                Arc::new(config)
+            })
+        };
         Some(LoginProxy {
             node: cluster.node.clone()?,
             nodes: cluster.nodes.clone(),
-            tls,
+            tls: asking(login_wire::ALPN),
+            web_tls: asking(login_wire::WEB_ALPN),
         })
     }
 
@@ -96,12 +105,16 @@ impl LoginProxy {
         self.tls.clone()
     }
 
+    /// The cluster client TLS that asks to carry a web session's requests.
+    pub fn web_tls(&self) -> Option<Arc<rustls::ClientConfig>> {
+        self.web_tls.clone()
+    }
+
     fn home(&self, name: &str) -> Home {
         let entry = self.nodes.iter().find(|n| n.name == name);
         Home {
             node: name.to_string(),
             cluster: entry.map(|e| e.cluster),
-            web: entry.and_then(|e| e.web),
         }
     }
 
@@ -255,9 +268,40 @@ async fn establish<K: Connector>(
 pub enum Proxied {
     /// The session ran at the home node and is over: the connection is closed.
     Done,
-    /// No session at the home node: the driver answers with a temporary failure and the
-    /// session goes on (the client may try again).
-    Unavailable,
+    /// No session at the home node, for this reason (the home node's refusal, or
+    /// [`Refusal::Unavailable`] when it could not be asked): the driver answers with
+    /// [`pop3_code`] or [`imap_refusal`] and the session goes on (the client may try
+    /// again).
+    Refused(Refusal),
+}
+
+/// The POP3 response code of a refused proxied login (RFC 2449, RFC 3206).
+pub fn pop3_code(reason: Refusal) -> crate::pop3::ResponseCode {
+    use crate::pop3::ResponseCode;
+    match reason {
+        Refusal::InUse => ResponseCode::InUse,
+        Refusal::UnknownUser => ResponseCode::Auth,
+        Refusal::NotHomedHere
+        | Refusal::Unavailable
+        | Refusal::BadRequest
+        | Refusal::OverLimit
+        | Refusal::ShuttingDown
+        | Refusal::Other => ResponseCode::SysTemp,
+    }
+}
+
+/// The IMAP answer to a refused proxied login (RFC 5530 codes).
+pub fn imap_refusal(reason: Refusal) -> crate::imap::LoginRefused {
+    use crate::imap::LoginRefused;
+    match reason {
+        Refusal::InUse => LoginRefused::InUse,
+        Refusal::UnknownUser => LoginRefused::AuthorizationFailed,
+        Refusal::OverLimit => LoginRefused::Limit,
+        Refusal::BadRequest => LoginRefused::ServerBug,
+        Refusal::NotHomedHere | Refusal::Unavailable | Refusal::ShuttingDown | Refusal::Other => {
+            LoginRefused::Unavailable
+        }
+    }
 }
 
 /// What one proxied session needs besides the client's connection.
@@ -320,6 +364,7 @@ async fn run<K: Connector, C: Connection>(
         user: user.to_string(),
         client: peer,
         from: proxy.map(|p| p.node.clone()).unwrap_or_default(),
+        version: login_wire::VERSION,
     };
     let established = match (home.cluster, proxy.and_then(|p| p.tls.clone())) {
         (None, _) => Err(Failure::NoAddress),
@@ -332,9 +377,13 @@ async fn run<K: Connector, C: Connection>(
         leftover,
     } = match established {
         Ok(established) => established,
+        Err(Failure::Refused(reason)) => {
+            tracing::warn!(target: "relay::cluster", protocol = protocol.name(), client = %peer.ip(), home = %Safe(&home.node), %reason, "proxied login failed: refused by the home node");
+            return Proxied::Refused(reason);
+        }
         Err(failure) => {
             tracing::warn!(target: "relay::cluster", protocol = protocol.name(), client = %peer.ip(), home = %Safe(&home.node), error = %Safe(&failure.to_string()), "proxied login failed: home node unavailable");
-            return Proxied::Unavailable;
+            return Proxied::Refused(Refusal::Unavailable);
         }
     };
     tracing::info!(target: "relay::cluster", protocol = protocol.name(), client = %peer.ip(), home = %Safe(&home.node), user = %Safe(user), "login proxied");
@@ -370,7 +419,25 @@ async fn relay<A: Connection, B: Connection>(
         )
     };
     tokio::pin!(pumps);
-    let watchdog = async {
+    tokio::select! {
+        biased;
+        moved = &mut pumps => moved,
+        () = quiet_or_stopped(&last, idle, &mut phase) => {
+            client.shutdown();
+            upstream.shutdown();
+            pumps.await
+        }
+    }
+}
+
+/// Resolves once nothing has moved for `idle` since `last`, or at shutdown (a relay's
+/// watchdog: the caller then shuts its connections down and awaits its pumps).
+pub(super) async fn quiet_or_stopped(
+    last: &std::cell::Cell<Instant>,
+    idle: Duration,
+    phase: &mut watch::Receiver<Phase>,
+) {
+    let quiet = async {
         loop {
             let until = last.get() + idle;
             if Instant::now() >= until {
@@ -380,18 +447,8 @@ async fn relay<A: Connection, B: Connection>(
         }
     };
     tokio::select! {
-        biased;
-        moved = &mut pumps => moved,
-        () = watchdog => {
-            client.shutdown();
-            upstream.shutdown();
-            pumps.await
-        }
-        () = stop_requested(&mut phase, false) => {
-            client.shutdown();
-            upstream.shutdown();
-            pumps.await
-        }
+        () = quiet => {}
+        () = stop_requested(phase, false) => {}
     }
 }
 
@@ -430,6 +487,38 @@ async fn pump<R: Connection, W: Connection, A: Connection, B: Connection>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn each_refusal_gets_its_response_code() {
+        use crate::imap::LoginRefused;
+        let pop3 = |reason| {
+            let mut out = Vec::new();
+            crate::pop3::Response::login_refused(pop3_code(reason)).encode(&mut out);
+            String::from_utf8(out).unwrap()
+        };
+        let temp = "-ERR [SYS/TEMP] mailbox temporarily unavailable, try again later\r\n";
+        for (reason, pop3_reply, imap) in [
+            (
+                Refusal::InUse,
+                "-ERR [IN-USE] maildrop is locked by another session\r\n",
+                LoginRefused::InUse,
+            ),
+            (
+                Refusal::UnknownUser,
+                "-ERR [AUTH] no such mailbox\r\n",
+                LoginRefused::AuthorizationFailed,
+            ),
+            (Refusal::NotHomedHere, temp, LoginRefused::Unavailable),
+            (Refusal::Unavailable, temp, LoginRefused::Unavailable),
+            (Refusal::BadRequest, temp, LoginRefused::ServerBug),
+            (Refusal::OverLimit, temp, LoginRefused::Limit),
+            (Refusal::ShuttingDown, temp, LoginRefused::Unavailable),
+            (Refusal::Other, temp, LoginRefused::Unavailable),
+        ] {
+            assert_eq!(pop3(reason), pop3_reply, "{reason:?}");
+            assert_eq!(imap_refusal(reason), imap, "{reason:?}");
+        }
+    }
 
     #[test]
     fn relay_moves_bytes_both_ways_and_ends_when_one_side_closes() {

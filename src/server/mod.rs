@@ -31,6 +31,7 @@ pub mod smtp;
 pub mod starttls;
 pub mod user_move;
 pub mod verifying;
+pub mod web_in;
 pub mod web_proxy;
 pub mod web_store;
 pub mod wkd;
@@ -703,14 +704,22 @@ struct Contexts {
     cluster: Option<Arc<cluster_listener::ClusterListener>>,
     /// `[cluster]`: where logins of users homed on other nodes go, and how.
     login_proxy: Option<Arc<login_proxy::LoginProxy>>,
-    /// The web server's session table, once it runs (web logins proxied here start theirs
-    /// in it).
-    web_sessions: WebSessions,
+    /// The web server's session table and intake, once it runs (web logins proxied here
+    /// start theirs in it; their requests come in through the intake).
+    web_home: WebHome,
 }
 
-/// The web server's session table, set when the web server starts (empty without one).
-pub type WebSessions =
-    Arc<std::sync::OnceLock<Arc<std::sync::Mutex<crate::web::session::SessionTable>>>>;
+/// The web server's side for web sessions proxied here, set when the web server starts
+/// (empty without one).
+pub type WebHome = Arc<std::sync::OnceLock<WebAtHome>>;
+
+/// What the cluster listener needs of the web server: its session table (a web login
+/// proxied here starts its session in it, `login_in`) and its intake (the session's
+/// requests, `web_in`).
+pub struct WebAtHome {
+    pub sessions: Arc<std::sync::Mutex<crate::web::session::SessionTable>>,
+    pub intake: crate::web::serve::WebIntake,
+}
 
 /// The SMTP session settings (with the ingest gate), the login contexts and the connection
 /// table every shard shares.
@@ -774,7 +783,7 @@ fn build_contexts(
     Ok(Arc::new(Contexts {
         cluster,
         login_proxy,
-        web_sessions: WebSessions::default(),
+        web_home: WebHome::default(),
         signatures,
         dmarc_reports,
         signing,
@@ -999,7 +1008,7 @@ impl Contexts {
             engine: Engine::Epoll,
             reads: crate::runtime::file_read::FileReads::Inline,
             login_proxy: self.login_proxy.clone(),
-            web_sessions: Arc::clone(&self.web_sessions),
+            web_home: Arc::clone(&self.web_home),
         }
     }
 }

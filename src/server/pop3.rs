@@ -241,8 +241,8 @@ impl Upgradable for Link {
                             };
                             match Box::pin(login_proxy::pop3(conn, proxied)).await {
                                 login_proxy::Proxied::Done => return DriveEnd::Closed,
-                                login_proxy::Proxied::Unavailable => {
-                                    session.authentication_unavailable(out);
+                                login_proxy::Proxied::Refused(reason) => {
+                                    session.login_refused(login_proxy::pop3_code(reason), out);
                                     continue;
                                 }
                             }

@@ -92,8 +92,9 @@ pub struct ShardContext {
     pub reads: crate::runtime::file_read::FileReads,
     /// `[cluster]`: logins of users homed on other nodes are proxied there.
     pub login_proxy: Option<Arc<super::login_proxy::LoginProxy>>,
-    /// The web server's session table, once it runs (for web logins proxied here).
-    pub web_sessions: super::WebSessions,
+    /// The web server's session table and intake, once it runs (for web sessions proxied
+    /// here).
+    pub web_home: super::WebHome,
 }
 
 /// What POP3 connections need besides the common parts.

@@ -1,17 +1,29 @@
-//! Web sessions of users homed on another node (`[cluster]`), proxied to that node's web
-//! listener (the node table's `web` address, plain HTTP/1.1 between nodes).
+//! Web sessions of users homed on another node (`[cluster]`), proxied to that node over the
+//! cluster listener's mutual TLS.
 //!
 //! The design a browser cannot tell from a local session: the login is checked here first
 //! (this node's limits see the real client, and the password is hashed here only); then
 //! this node asks the home node for a session over the cluster listener's mutual TLS (the
 //! proxied-login conversation, [`crate::cluster::login_wire`], as for POP3 and IMAP: the
 //! user's name, no password) and hands the browser the home node's session cookie plus
-//! `relay_home=NODE`. Every later request carrying that
-//! cookie is forwarded as it is (method, path, headers, streamed body) and the home node's
-//! response comes back as it is; the home node checks the session and its CSRF tokens
-//! itself, so a forged `relay_home` gains nothing. Its logout expires both cookies. One
-//! connection per forwarded request (no pool): simple, and a home node that is down is a
-//! 503 page at once.
+//! `relay_home=NODE`. Every later request carrying that cookie is forwarded as it is
+//! (method, path, headers, streamed body) and the home node's response comes back as it
+//! is; the home node checks the session and its CSRF tokens itself, so a forged
+//! `relay_home` gains nothing. Its logout expires both cookies.
+//!
+//! **How a request travels.** To the home node's cluster listener (the node table's
+//! `cluster` address), TLS with this node's certificate, ALPN
+//! [`login_wire::WEB_ALPN`] (`relay-web`): the home node must present a node certificate
+//! of the cluster CA for the address dialled, and it serves the HTTP/1.1 inside as one of
+//! its web server's connections (`server::web_in`). Session cookies and mail bodies never
+//! cross between nodes in clear; the home node's public web listener plays no part (the
+//! node table's `web` address is not used). One connection per forwarded request (no
+//! pool): simple, and a home node that is down is a 503 page at once. Bounds: the connect
+//! with its TLS handshake, and then the response head, each within [`UPSTREAM_TIMEOUT`];
+//! the home node's web server applies its own header timeout, body limit and bound on
+//! connections to what arrives (as on its public listener), and this node its own to
+//! what the browser sends. A home node that does not offer `relay-web` (one of a version
+//! before it) is a 503 page too.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -34,7 +46,7 @@ const UPSTREAM_TIMEOUT: Duration = Duration::from_secs(10);
 /// Why a request could not be forwarded.
 #[derive(Debug, thiserror::Error)]
 pub enum WebProxyError {
-    #[error("the node table has no web address for node {0}")]
+    #[error("the node table has no cluster address for node {0}")]
     NoAddress(String),
     #[error("cannot connect: {0}")]
     Connect(String),
@@ -54,16 +66,16 @@ pub enum WebProxyError {
     Protocol(login_wire::FrameError),
 }
 
-/// Sends one request to `addr` on a connection of its own.
+/// Sends one request to the cluster listener at `addr` on a connection of its own, inside
+/// the cluster's mutual TLS (`tls` asks for [`login_wire::WEB_ALPN`]).
 async fn send(
     addr: SocketAddr,
+    tls: Arc<rustls::ClientConfig>,
     request: axum::http::Request<Body>,
 ) -> Result<axum::http::Response<hyper::body::Incoming>, WebProxyError> {
-    let stream = tokio::time::timeout(UPSTREAM_TIMEOUT, tokio::net::TcpStream::connect(addr))
+    let stream = tokio::time::timeout(UPSTREAM_TIMEOUT, connect(addr, tls, login_wire::WEB_ALPN))
         .await
-        .map_err(|_| WebProxyError::Timeout)?
-        .map_err(|e| WebProxyError::Connect(e.to_string()))?;
-    let _ = stream.set_nodelay(true);
+        .map_err(|_| WebProxyError::Timeout)??;
     let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
         .map_err(|e| WebProxyError::Http(e.to_string()))?;
@@ -77,15 +89,45 @@ async fn send(
         .map_err(|e| WebProxyError::Http(e.to_string()))
 }
 
-/// The home node's web address, if `node` is another node with one.
-fn web_address(proxy: &LoginProxy, node: &str) -> Result<Option<SocketAddr>, WebProxyError> {
-    match proxy.node(node) {
-        None => Ok(None),
-        Some(home) => home
-            .web
-            .map(Some)
-            .ok_or_else(|| WebProxyError::NoAddress(node.to_string())),
+/// A TLS connection to the cluster listener at `addr` that agreed on `alpn`. The peer's
+/// certificate must chain to the cluster CA and name the address dialled (the node
+/// table's).
+async fn connect(
+    addr: SocketAddr,
+    tls: Arc<rustls::ClientConfig>,
+    alpn: &[u8],
+) -> Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>, WebProxyError> {
+    let stream = tokio::net::TcpStream::connect(addr)
+        .await
+        .map_err(|e| WebProxyError::Connect(e.to_string()))?;
+    let _ = stream.set_nodelay(true);
+    let name = rustls::pki_types::ServerName::IpAddress(addr.ip().into());
+    let stream = tokio_rustls::TlsConnector::from(tls)
+        .connect(name, stream)
+        .await
+        .map_err(|e| WebProxyError::Tls(e.to_string()))?;
+    if stream.get_ref().1.alpn_protocol() != Some(alpn) {
+        return Err(WebProxyError::Tls(format!(
+            "the home node does not offer {}",
+            String::from_utf8_lossy(alpn)
+        )));
     }
+    Ok(stream)
+}
+
+/// The home node's cluster address and the TLS to reach it, if `node` is another node.
+fn cluster_address(
+    proxy: &LoginProxy,
+    node: &str,
+) -> Result<Option<(SocketAddr, Arc<rustls::ClientConfig>)>, WebProxyError> {
+    let Some(home) = proxy.node(node) else {
+        return Ok(None);
+    };
+    let addr = home
+        .cluster
+        .ok_or_else(|| WebProxyError::NoAddress(node.to_string()))?;
+    let tls = proxy.web_tls().ok_or(WebProxyError::NoTls)?;
+    Ok(Some((addr, tls)))
 }
 
 /// Starts a web session for `user` (whose password was checked here) at `node`, over the
@@ -109,6 +151,7 @@ pub async fn login(
         user: user.to_string(),
         client,
         from: proxy.this_node().to_string(),
+        version: login_wire::VERSION,
     };
     tokio::time::timeout(UPSTREAM_TIMEOUT, ask(addr, tls, &request))
         .await
@@ -121,21 +164,7 @@ async fn ask(
     request: &login_wire::Request,
 ) -> Result<String, WebProxyError> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let stream = tokio::net::TcpStream::connect(addr)
-        .await
-        .map_err(|e| WebProxyError::Connect(e.to_string()))?;
-    let _ = stream.set_nodelay(true);
-    // The peer's certificate must name the address dialled (the node table's).
-    let name = rustls::pki_types::ServerName::IpAddress(addr.ip().into());
-    let mut stream = tokio_rustls::TlsConnector::from(tls)
-        .connect(name, stream)
-        .await
-        .map_err(|e| WebProxyError::Tls(e.to_string()))?;
-    if stream.get_ref().1.alpn_protocol() != Some(login_wire::ALPN) {
-        return Err(WebProxyError::Tls(
-            "the home node does not offer proxied logins".into(),
-        ));
-    }
+    let mut stream = connect(addr, tls, login_wire::ALPN).await?;
     let (frame, mut machine) = FrontLogin::start(request, "");
     stream
         .write_all(&frame)
@@ -179,8 +208,8 @@ pub async fn forward(
     node: &str,
     request: Request,
 ) -> Result<Response, Request> {
-    let addr = match web_address(proxy, node) {
-        Ok(Some(addr)) => addr,
+    let (addr, tls) = match cluster_address(proxy, node) {
+        Ok(Some(found)) => found,
         Ok(None) => return Err(request),
         Err(error) => return Ok(unavailable(node, &error)),
     };
@@ -216,7 +245,7 @@ pub async fn forward(
         parts.headers.insert(header::COOKIE, value);
     }
     let upstream = axum::http::Request::from_parts(parts, body);
-    match send(addr, upstream).await {
+    match send(addr, tls, upstream).await {
         Ok(response) => {
             let (mut parts, body) = response.into_parts();
             parts.headers.remove(header::CONNECTION);

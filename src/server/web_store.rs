@@ -105,7 +105,10 @@ impl Web {
         };
         let server = WebServer::start(listeners, tls, backend, settings)
             .map_err(|e| ServerError::Web(e.to_string()))?;
-        let _ = contexts.web_sessions.set(server.sessions());
+        let _ = contexts.web_home.set(super::WebAtHome {
+            sessions: server.sessions(),
+            intake: server.intake(),
+        });
         Ok(Some(Web {
             server,
             store: Some(store),

@@ -1,6 +1,9 @@
 //! The web runtime: a small multi-thread tokio runtime on its own thread (never a shard's),
 //! one accept loop per listener, TLS by rustls with the relay's certificate, HTTP/1.1 by
-//! hyper with a header-read timeout and a bound on connections.
+//! hyper with a header-read timeout and a bound on connections. Connections that arrive
+//! elsewhere are served the same way through a [`WebIntake`]: the requests of web
+//! sessions proxied here from another node (`[cluster]`), which come over the cluster
+//! listener's mutual TLS (`server::web_in`).
 
 use std::io;
 use std::net::SocketAddr;
@@ -41,6 +44,7 @@ pub struct WebListener {
 /// The running web side; [`WebServer::stop`] ends it.
 pub struct WebServer {
     sessions: Arc<Mutex<SessionTable>>,
+    intake: WebIntake,
     stop: Option<oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -85,12 +89,20 @@ impl WebServer {
             }
         }
         let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
+        // The router (and the backend it holds) lives in the runtime only: the intake's
+        // handle does not keep it once the runtime stops.
+        let (intake, handed) = tokio::sync::mpsc::channel(INTAKE_QUEUE);
+        let intake = WebIntake { queue: intake };
         let thread = std::thread::Builder::new()
             .name("web-main".into())
             .spawn(move || {
                 runtime.block_on(async move {
                     let limit = Arc::new(Semaphore::new(CONNECTIONS_MAX));
-                    let mut loops = Vec::new();
+                    let mut loops = vec![tokio::spawn(intake_loop(
+                        handed,
+                        router.clone(),
+                        Arc::clone(&limit),
+                    ))];
                     for (listener, tls) in bound {
                         let acceptor = if tls { acceptor.clone() } else { None };
                         loops.push(tokio::spawn(accept_loop(
@@ -109,6 +121,7 @@ impl WebServer {
             })?;
         Ok(WebServer {
             sessions,
+            intake,
             stop: Some(stop),
             thread: Some(thread),
         })
@@ -120,6 +133,12 @@ impl WebServer {
         Arc::clone(&self.sessions)
     }
 
+    /// Where connections accepted elsewhere are handed over (the requests of web sessions
+    /// proxied here: `server::web_in`).
+    pub fn intake(&self) -> WebIntake {
+        self.intake.clone()
+    }
+
     /// Stops accepting, gives requests in flight a moment, and joins the runtime's thread.
     pub fn stop(mut self) {
         if let Some(stop) = self.stop.take() {
@@ -128,6 +147,46 @@ impl WebServer {
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
         }
+    }
+}
+
+/// Connections handed over and not yet taken by the web runtime.
+const INTAKE_QUEUE: usize = 64;
+
+/// Hands connections accepted elsewhere to the web runtime, which serves them as a
+/// listener's: the same router, body limit, header-read timeout and bound on connections
+/// (counted with the listeners'; past it a handed connection is dropped, its peer sees the
+/// end).
+#[derive(Clone)]
+pub struct WebIntake {
+    queue: tokio::sync::mpsc::Sender<(tokio::io::DuplexStream, SocketAddr)>,
+}
+
+impl WebIntake {
+    /// Serves `stream` as one plain HTTP/1.1 connection from `peer` (what protects it is the
+    /// caller's: for `server::web_in`, the cluster's mutual TLS). False when the web
+    /// runtime has stopped or [`INTAKE_QUEUE`] connections wait already (`stream` is
+    /// dropped).
+    pub fn serve(&self, stream: tokio::io::DuplexStream, peer: SocketAddr) -> bool {
+        self.queue.try_send((stream, peer)).is_ok()
+    }
+}
+
+async fn intake_loop(
+    mut handed: tokio::sync::mpsc::Receiver<(tokio::io::DuplexStream, SocketAddr)>,
+    router: axum::Router,
+    limit: Arc<Semaphore>,
+) {
+    while let Some((stream, peer)) = handed.recv().await {
+        let Ok(permit) = Arc::clone(&limit).try_acquire_owned() else {
+            tracing::debug!(target: "relay::web", client = %peer.ip(), "handed connection dropped: connections at their limit");
+            continue;
+        };
+        let router = router.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            serve_connection(stream, peer, false, router).await;
+        });
     }
 }
 

@@ -11,8 +11,8 @@ imaplib (clients no one here wrote).
 
   cluster_proxy_client.py web HOST PORT USER PASSWORD
       urllib with a cookie jar, as a browser: GET /login, POST the form (following the
-      redirect to the INBOX list), then POST /logout with the page's CSRF token and GET
-      /mail again
+      redirect to the INBOX list), GET the list's first message (/read), then POST /logout
+      with the page's CSRF token and GET /mail again
 
 Prints one JSON document: {"ok": true, "login": reply, "messages": [base64...],
 "capability": post-login CAPABILITY code (IMAP)} or {"ok": false, "error": text}.
@@ -82,6 +82,7 @@ def imap(host, port, user, password, expunge):
 
 
 def web(host, port, user, password):
+    import html
     import http.cookiejar
     import re
     import urllib.error
@@ -110,6 +111,12 @@ def web(host, port, user, password):
     result = {"ok": True, "login_status": status, "url": url, "page": page, "cookies": cookies}
     if status != 200 or "/mail" not in url:
         return result
+    # The first message of the list, read as a browser would follow its link.
+    link = re.search(r'href="(/read\?[^"]+)"', page)
+    if link:
+        status, _, text = call(html.unescape(link.group(1)))
+        result["read_status"] = status
+        result["read"] = text
     status, url, after = call("/logout", {"csrf": csrf(page)})
     result["logout_status"] = status
     result["cookies_after_logout"] = sorted(c.name for c in jar)
