@@ -276,12 +276,17 @@ pub enum Proxied {
 }
 
 /// The POP3 response code of a refused proxied login (RFC 2449, RFC 3206).
+///
+/// A home node that does not know the user is not an authentication failure: this node has
+/// already checked the password against the directory, so the home node's copy of it lags
+/// (or the node table is wrong). `[AUTH]` would make the client ask its user for a password
+/// that is right; it is a temporary failure.
 pub fn pop3_code(reason: Refusal) -> crate::pop3::ResponseCode {
     use crate::pop3::ResponseCode;
     match reason {
         Refusal::InUse => ResponseCode::InUse,
-        Refusal::UnknownUser => ResponseCode::Auth,
-        Refusal::NotHomedHere
+        Refusal::UnknownUser
+        | Refusal::NotHomedHere
         | Refusal::Unavailable
         | Refusal::BadRequest
         | Refusal::OverLimit
@@ -290,17 +295,19 @@ pub fn pop3_code(reason: Refusal) -> crate::pop3::ResponseCode {
     }
 }
 
-/// The IMAP answer to a refused proxied login (RFC 5530 codes).
+/// The IMAP answer to a refused proxied login (RFC 5530 codes); an unknown user at the
+/// home node is `[UNAVAILABLE]`, as in [`pop3_code`].
 pub fn imap_refusal(reason: Refusal) -> crate::imap::LoginRefused {
     use crate::imap::LoginRefused;
     match reason {
         Refusal::InUse => LoginRefused::InUse,
-        Refusal::UnknownUser => LoginRefused::AuthorizationFailed,
         Refusal::OverLimit => LoginRefused::Limit,
         Refusal::BadRequest => LoginRefused::ServerBug,
-        Refusal::NotHomedHere | Refusal::Unavailable | Refusal::ShuttingDown | Refusal::Other => {
-            LoginRefused::Unavailable
-        }
+        Refusal::UnknownUser
+        | Refusal::NotHomedHere
+        | Refusal::Unavailable
+        | Refusal::ShuttingDown
+        | Refusal::Other => LoginRefused::Unavailable,
     }
 }
 
@@ -503,11 +510,7 @@ mod tests {
                 "-ERR [IN-USE] maildrop is locked by another session\r\n",
                 LoginRefused::InUse,
             ),
-            (
-                Refusal::UnknownUser,
-                "-ERR [AUTH] no such mailbox\r\n",
-                LoginRefused::AuthorizationFailed,
-            ),
+            (Refusal::UnknownUser, temp, LoginRefused::Unavailable),
             (Refusal::NotHomedHere, temp, LoginRefused::Unavailable),
             (Refusal::Unavailable, temp, LoginRefused::Unavailable),
             (Refusal::BadRequest, temp, LoginRefused::ServerBug),
