@@ -27,7 +27,16 @@ pub struct ListenerSet {
 }
 
 /// Binds `shards` SO_REUSEPORT sockets on `addr`.
+///
+/// A fixed port is first bound once without SO_REUSEPORT and released: the kernel lets any
+/// process of the same user join a SO_REUSEPORT group, so without that check a second relay
+/// (another config, same port) would start and silently take half of the first one's
+/// clients. Postfix and Dovecot refuse an address in use; so does this. (Port 0 needs no
+/// check: the kernel never picks a port that is bound.)
 pub fn bind_shared(addr: SocketAddr, shards: usize) -> Result<ListenerSet, BindError> {
+    if addr.port() != 0 {
+        exclusive_probe(addr).map_err(|source| BindError { addr, source })?;
+    }
     let first = bind_one(addr).map_err(|source| BindError { addr, source })?;
     let actual = first
         .local_addr()
@@ -43,6 +52,17 @@ pub fn bind_shared(addr: SocketAddr, shards: usize) -> Result<ListenerSet, BindE
         addr: actual,
         sockets,
     })
+}
+
+/// Binds `addr` without SO_REUSEPORT (SO_REUSEADDR still passes connections in TIME_WAIT)
+/// and closes it: fails with `EADDRINUSE` when any socket holds the address.
+fn exclusive_probe(addr: SocketAddr) -> io::Result<()> {
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(true)?;
+    }
+    socket.set_reuse_address(true)?;
+    socket.bind(&addr.into())
 }
 
 fn bind_one(addr: SocketAddr) -> io::Result<TcpListener> {
@@ -100,6 +120,22 @@ mod tests {
             .expect("port is taken without SO_REUSEPORT");
         assert_eq!(err.addr, addr);
         assert!(err.to_string().contains(&addr.to_string()));
+    }
+
+    /// Another relay (here: the same call again, as the kernel cannot tell the two apart:
+    /// same user) on a fixed port that is already ours is refused, not let into the group.
+    #[test]
+    fn a_port_another_relay_listens_on_is_refused() {
+        let set = bind_shared("127.0.0.1:0".parse().unwrap(), 2).expect("bind");
+        let err = bind_shared(set.addr, 2)
+            .err()
+            .expect("a second SO_REUSEPORT group member on a fixed port");
+        assert_eq!(err.addr, set.addr);
+        assert_eq!(err.source.kind(), io::ErrorKind::AddrInUse);
+        drop(set);
+        // Released: the port is free again.
+        let again = bind_shared(err.addr, 2).expect("the port is free again");
+        assert_eq!(again.addr, err.addr);
     }
 
     #[test]
