@@ -69,7 +69,7 @@
 //! restarts or compaction moves it; before, the next read after the eviction would have
 //! refused it. Recovery still checks every frame at start, and the synchronous reads (tools,
 //! `relay user move`) and [`Spool::read_message_async`] (outbound delivery) check every time.
-//! The checksum was 7% of the relay's CPU on a range body FETCH (BENCHMARKS.md, 2026-12-06).
+//! The checksum was 7% of the relay's CPU on a range body FETCH (BENCHMARKS.md, 2026-12-05).
 //! [`Spool::body_checksums`] counts the checks made.
 //! [`Spool::startup_view`] gives the mailbox store and the queue what to rebuild at start.
 //!
