@@ -79,6 +79,10 @@ pub(crate) struct IndexEntry {
     /// verified as `crc32c_append(meta_crc, body) == data_crc`.
     pub data_crc: u32,
     pub meta_crc: u32,
+    /// The body at `location` was read whole and matched `data_crc` once in this process: the
+    /// shards' reads ([`super::Spool::read_body_async`]) then skip the checksum (see
+    /// "Verified once" in the spool's module doc). False again whenever `location` changes.
+    pub verified: bool,
     /// Other on-disk copies of the same frame (see the module doc).
     pub copies: Vec<Location>,
     pub mailboxes: Vec<MailboxCopy>,
@@ -133,6 +137,7 @@ impl IndexEntry {
             location,
             data_crc,
             meta_crc,
+            verified: false,
             copies: Vec::new(),
             mailboxes: copies,
             remote: states,
@@ -187,6 +192,8 @@ pub(crate) struct Found {
     pub location: Location,
     pub data_crc: u32,
     pub meta_crc: u32,
+    /// [`IndexEntry::verified`] when it was copied out.
+    pub verified: bool,
 }
 
 #[derive(Debug, Default)]
@@ -323,7 +330,18 @@ impl LiveIndex {
             location: e.location,
             data_crc: e.data_crc,
             meta_crc: e.meta_crc,
+            verified: e.verified,
         })
+    }
+
+    /// The body of `id` at `at` matched its data checksum: later reads there may skip it
+    /// ([`IndexEntry::verified`]). Nothing if the message is gone or has moved since.
+    pub fn body_verified(&self, id: QueueId, at: &Location) {
+        if let Some(mut e) = self.map.get_mut(&id) {
+            if e.location == *at {
+                e.verified = true;
+            }
+        }
     }
 
     pub fn location(&self, id: QueueId) -> Option<Location> {
@@ -364,6 +382,7 @@ impl LiveIndex {
         if let Some(mut e) = self.map.get_mut(&id) {
             if e.location == *from {
                 e.location = to;
+                e.verified = false;
                 e.copies.push(*from);
             }
         }
@@ -381,6 +400,7 @@ impl LiveIndex {
                     match e.copies.pop() {
                         Some(l) => {
                             e.location = l;
+                            e.verified = false;
                             false
                         }
                         None => true,

@@ -55,6 +55,22 @@
 //! io_uring ring, or the epoll engine's bounded reader pool: `runtime::file_read`), so a body
 //! not in the page cache never blocks a core; the checksum is computed in 256 KiB steps with a
 //! yield between two. The synchronous reads stay for tools, tests and `relay user move`.
+//!
+//! # Verified once
+//! A body the shards read ([`Spool::read_body_async`]: IMAP FETCH, POP3 RETR, web mail) is
+//! checked against its data checksum until it matches once in this process; the live index
+//! then marks the message verified at that location (`IndexEntry::verified`, one bool in an
+//! entry that exists anyway: bounded by the index, nothing to evict) and later reads of it
+//! skip the checksum. A frame's bytes never change once written (segments are append-only,
+//! and compaction writes a moved frame to a new location, which clears the mark), so what is
+//! skipped is the check of bytes already checked, not of new ones. The trade-off: a body
+//! damaged on disk after its first verified read (a media error, a stray write to the
+//! segment file) and then evicted from the page cache is served unverified until the relay
+//! restarts or compaction moves it; before, the next read after the eviction would have
+//! refused it. Recovery still checks every frame at start, and the synchronous reads (tools,
+//! `relay user move`) and [`Spool::read_message_async`] (outbound delivery) check every time.
+//! The checksum was 7% of the relay's CPU on a range body FETCH (BENCHMARKS.md, 2026-12-05).
+//! [`Spool::body_checksums`] counts the checks made.
 //! [`Spool::startup_view`] gives the mailbox store and the queue what to rebuild at start.
 //!
 //! # Liveness and compaction
@@ -636,6 +652,8 @@ pub(crate) struct Core {
     pub view: QueueView,
     /// Segment files read whole after open (replays and the queue view's build).
     segments_scanned: AtomicU64,
+    /// Bodies whose data checksum the shards' reads computed ([`Spool::body_checksums`]).
+    body_checksums: AtomicU64,
 }
 
 impl Core {
@@ -675,6 +693,7 @@ impl Core {
             startup: Mutex::new(Some(history)),
             view: QueueView::default(),
             segments_scanned: AtomicU64::new(0),
+            body_checksums: AtomicU64::new(0),
         };
         (Arc::new(core), report, resume)
     }
@@ -798,7 +817,7 @@ impl Core {
         };
         let mut retried = false;
         loop {
-            let (read, back) = self.read_located_async(reads, &found, buf, at).await;
+            let (read, back) = self.read_located_async(reads, id, &found, buf, at).await;
             buf = back;
             match read {
                 Ok(()) => return (Ok(()), buf),
@@ -817,11 +836,13 @@ impl Core {
     }
 
     /// [`Core::read_located`] with the bytes moved by `reads`; the checksum is computed in
-    /// steps that let the shard's other tasks run ([`crc_append`]). On an error `buf` is cut
-    /// back to `at`.
+    /// steps that let the shard's other tasks run ([`crc_append`]), and only while the body
+    /// at this location has not matched it yet in this process (see "Verified once" in the
+    /// module doc). On an error `buf` is cut back to `at`.
     async fn read_located_async(
         &self,
         reads: &FileReads,
+        id: QueueId,
         found: &Found,
         mut buf: Vec<u8>,
         at: usize,
@@ -849,9 +870,12 @@ impl Core {
         let result = match read {
             Err(e) => Err(SpoolError::io("read body", path(), e)),
             Ok(n) if n < len => Err(corrupt(format!("body cut short: {n} of {len} bytes"))),
+            Ok(_) if found.verified => Ok(()),
             Ok(_) => {
+                self.body_checksums.fetch_add(1, Ordering::Relaxed);
                 let crc = crc_append(found.meta_crc, buf.get(at..).unwrap_or_default()).await;
                 if crc == found.data_crc {
+                    self.index.body_verified(id, l);
                     Ok(())
                 } else {
                     Err(corrupt("data checksum mismatch".into()))
@@ -1653,7 +1677,8 @@ impl Spool {
     /// shard's ring on io_uring, the reader pool on epoll), so a body that is not in the page
     /// cache never blocks the shard's thread; the location, the checks (the data checksum,
     /// computed in steps between which other tasks run) and the retry after a compaction are
-    /// those of the synchronous read. The body lands after `buf`'s first `at` bytes, read into
+    /// those of the synchronous read, except that the checksum is computed only until it
+    /// matched once for the message at its location ("Verified once" in the module doc). The body lands after `buf`'s first `at` bytes, read into
     /// its allocation; `buf` is returned, cut back to `at` on an error.
     pub async fn read_body_async(
         &self,
@@ -1663,6 +1688,12 @@ impl Spool {
         at: usize,
     ) -> (Result<(), SpoolError>, Vec<u8>) {
         self.core.read_body_async(reads, id, buf, at).await
+    }
+
+    /// How many bodies [`Spool::read_body_async`] has checked against their data checksum
+    /// since open: once per message and location ("Verified once" in the module doc).
+    pub fn body_checksums(&self) -> u64 {
+        self.core.body_checksums.load(Ordering::Relaxed)
     }
 
     /// [`Spool::read_message`] with the bytes moved by `reads` (see

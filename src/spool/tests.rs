@@ -878,6 +878,71 @@ fn read_body_locates_at_once_and_verifies() {
     spool.close().unwrap();
 }
 
+/// Flips one byte of `location`'s body on disk (through the file, as a damaged disk would).
+fn damage_body(tmp: &std::path::Path, location: &Location) {
+    let path = FsIo::new(tmp.join("spool")).segment_path(0, location.segment);
+    let mut bytes = fs::read(&path).unwrap();
+    bytes[(location.body_offset + 7) as usize] ^= 0x20;
+    OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .unwrap()
+        .write_all(&bytes)
+        .unwrap();
+}
+
+/// The shards' reads check a body's data checksum until it matched once, then not again
+/// ("Verified once" in the module doc): counted by `body_checksums`. A body damaged before
+/// its first read is refused at every read (a mismatch marks nothing); the synchronous reads
+/// check every time; a move by compaction makes the next read check again.
+#[test]
+fn async_reads_verify_each_body_once() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (spool, _) = Spool::open(config(tmp.path()), 1).unwrap();
+    let h = spool.shard(0);
+    let good = local_message(&h, 1, &["alice"], false);
+    let good_at = append_wait(&h, good.clone()).unwrap().location;
+    let bad = local_message(&h, 2, &["alice"], false);
+    let bad_at = append_wait(&h, bad.clone()).unwrap().location;
+    damage_body(tmp.path(), &bad_at);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    let read = |id: QueueId| {
+        runtime.block_on(spool.read_body_async(&FileReads::Inline, id, b"head".to_vec(), 4))
+    };
+    assert_eq!(spool.body_checksums(), 0);
+    for n in 1..=3 {
+        let (result, buf) = read(good.id);
+        result.unwrap();
+        assert_eq!(buf[..4], *b"head");
+        assert_eq!(buf[4..], stored_body(&good)[..]);
+        assert_eq!(spool.body_checksums(), 1, "read {n} of a verified body");
+    }
+    for n in 1..=2u64 {
+        let (result, buf) = read(bad.id);
+        let err = result.unwrap_err();
+        assert!(matches!(err, SpoolError::Corrupt { .. }), "{err}");
+        assert!(err.to_string().contains("checksum"), "{err}");
+        assert_eq!(buf, b"head");
+        assert_eq!(spool.body_checksums(), 1 + n, "damaged body, read {n}");
+    }
+    // Damage after the first verified read: the synchronous read still refuses it.
+    damage_body(tmp.path(), &good_at);
+    let err = spool.read_body(good.id).unwrap_err();
+    assert!(matches!(err, SpoolError::Corrupt { .. }), "{err}");
+    // A new location is not verified: compaction's move clears the mark.
+    assert!(spool.core.index.find(good.id).unwrap().verified);
+    let mut elsewhere = good_at;
+    elsewhere.offset += 1;
+    spool.core.index.moved(good.id, &good_at, elsewhere);
+    assert!(!spool.core.index.find(good.id).unwrap().verified);
+    // ...and a mark for a location the message has left is not taken.
+    spool.core.index.body_verified(good.id, &good_at);
+    assert!(!spool.core.index.find(good.id).unwrap().verified);
+    spool.close().unwrap();
+}
+
 #[test]
 fn read_body_append_puts_the_body_after_what_is_there() {
     let tmp = tempfile::tempdir().unwrap();
