@@ -5,12 +5,14 @@
 
 #[macro_use]
 mod common;
+mod imap_support;
 
 use std::time::Duration;
 
 use common::cluster::{Cluster, PeerClient, TestCa};
 use common::smtp::message;
 use common::{has_all, Engine, Relay};
+use imap_support::{fetch_all, Py, A};
 
 /// How long a cross-node delivery may take (retries at 300 ms included).
 const HOP_TIMEOUT: Duration = Duration::from_secs(30);
@@ -314,6 +316,50 @@ fn a_resent_message_is_stored_once() {
     // Another queue id is another message.
     send("a.00000000000000AB", &["bea@example.test"], "dup-2");
     assert_eq!(mailbox(&b, "bea").len(), 2);
+}
+
+/// The first node's sender checks filed the message in Junk (`X-Relay-Junk`, which the
+/// first node removes from everything arriving from outside): the home node files it in
+/// the user's Junk folder too, not INBOX; a message without the field goes to INBOX.
+#[test]
+fn a_message_marked_junk_by_the_first_node_is_filed_in_junk_at_home() {
+    let cluster = cluster(&["a", "b"]);
+    let b = start(&cluster, "b", Engine::Epoll);
+    let addr = cluster.node("b").cluster;
+    let ca = cluster.ca.cert_path.clone();
+    let cert = cluster.node("a").cert.clone();
+    let send = |tag: &str, content: &[u8]| {
+        let (mut peer, _) = PeerClient::connect(addr, &ca, Some(&cert)).expect("connect");
+        peer.cmd("EHLO a").unwrap();
+        let mail = peer
+            .cmd(&format!("MAIL FROM:<s@example.test> XQUEUE={tag}"))
+            .unwrap();
+        assert!(mail.starts_with("250"), "{mail}");
+        let reply = peer.cmd("RCPT TO:<bea@example.test>").unwrap();
+        assert!(reply.starts_with("250"), "{reply}");
+        let reply = peer.data(content).unwrap();
+        assert!(reply.starts_with("250"), "{reply}");
+        peer.cmd("QUIT").unwrap();
+    };
+    let mut junk = b"Authentication-Results: a.test; dmarc=fail header.from=quar.test\r\nX-Relay-Junk: dmarc\r\n".to_vec();
+    junk.extend_from_slice(&message("junk-hop", &["pay this"]));
+    send("a.00000000000000C1", &junk);
+    send("a.00000000000000C2", &message("inbox-hop", &["hello"]));
+
+    let mut py = Py::spawn();
+    py.login("a", b.listening("imap").expect("imap").port(), "bea");
+    py.ok("a", "select", &[A::S("Junk")]);
+    let in_junk: Vec<Vec<u8>> = fetch_all(&mut py, "a").into_values().map(|m| m.2).collect();
+    assert_eq!(
+        in_junk,
+        vec![junk],
+        "the marked message, byte-exact, in Junk"
+    );
+    py.ok("a", "select", &[A::S("INBOX")]);
+    let in_inbox: Vec<Vec<u8>> = fetch_all(&mut py, "a").into_values().map(|m| m.2).collect();
+    assert_eq!(in_inbox.len(), 1);
+    assert!(common::find(&in_inbox[0], b"marker inbox-hop").is_some());
+    assert_eq!(mailbox(&b, "bea").len(), 1, "POP3 shows INBOX only");
 }
 
 /// A verified peer's connections do not count against `connections_per_ip_max` (a front

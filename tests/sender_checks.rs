@@ -10,6 +10,7 @@
 
 #[macro_use]
 mod common;
+mod imap_support;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -17,6 +18,7 @@ use std::time::{Duration, Instant};
 
 use common::dns::DnsServer;
 use common::{Client, Engine, Relay, Settings, TEST_PASSWORD};
+use imap_support::{fetch_all, Py, A};
 
 const MAILAUTH: &str = "node_modules/.bin/mailauth";
 
@@ -71,6 +73,7 @@ fn world() -> World {
         "_dmarc.reject.test=txt:v=DMARC1; p=reject; rua=mailto:dmarc@reject.test".to_string(),
         "reject.test=txt:v=spf1 -all".to_string(),
         "_dmarc.none.test=txt:v=DMARC1; p=none".to_string(),
+        "_dmarc.quar.test=txt:v=DMARC1; p=quarantine".to_string(),
         "_dmarc.signed.test=txt:v=DMARC1; p=none; adkim=s".to_string(),
         // RFC 7489 vs the DMARCbis tree walk: a subdomain with its own record, signed by
         // its parent (relaxed alignment through the public suffix list).
@@ -794,6 +797,103 @@ fn arc_sets(engine: Engine) {
     relay.stop();
 }
 
+/// bob's messages in `folder` over IMAP (imaplib): the bodies, in UID order.
+fn imap_folder(py: &mut Py, folder: &str) -> Vec<Vec<u8>> {
+    py.ok("a", "select", &[A::S(folder)]);
+    fetch_all(py, "a")
+        .into_values()
+        .map(|(_, _, body)| body)
+        .collect()
+}
+
+fn with_marker<'a>(messages: &'a [Vec<u8>], marker: &str) -> Option<&'a Vec<u8>> {
+    let needle = format!("marker {marker}\r\n");
+    messages
+        .iter()
+        .find(|m| common::find(m, needle.as_bytes()).is_some())
+}
+
+/// `dmarc_quarantine = "junk"` (the default) and `spf_fail = "junk"`: the message is accepted
+/// and filed in the recipient's Junk folder (created with the `\Junk` role), out of POP3's
+/// INBOX, durably; an `X-Relay-Junk` field from outside files nothing and is removed.
+fn junk_folder(engine: Engine) {
+    let world = world();
+    let relay = Relay::start(settings(engine, world.dns.port, "spf_fail = \"junk\"\n"));
+
+    // A forged From of a p=quarantine domain: SPF passes for the envelope, nothing aligns.
+    let (code, text) = send(
+        &relay,
+        "helo.pass.test",
+        "a@pass.test",
+        &message("quar", "ceo@quar.test", "pay this invoice"),
+    );
+    assert_eq!(code, 250, "{text}");
+    // SPF -all for MAIL FROM, no DMARC record.
+    let (code, text) = send(
+        &relay,
+        "helo.pass.test",
+        "x@fail.test",
+        &message("spfjunk", "x@fail.test", "hello"),
+    );
+    assert_eq!(code, 250, "{text}");
+    // A sender trying to file its own mail (or keep it out of Junk) with our field.
+    let forged = String::from_utf8(message("forgedmark", "x@none.test", "hello"))
+        .expect("utf-8")
+        .replacen("Subject:", "X-Relay-Junk: dmarc\r\nSubject:", 1);
+    let results = accepted(
+        &relay,
+        "helo.pass.test",
+        "a@pass.test",
+        "forgedmark",
+        forged.as_bytes(),
+    );
+    has(&results, "dmarc=fail header.from=none.test");
+
+    let check = |relay: &Relay| {
+        let mut py = Py::spawn();
+        py.login("a", relay.listening("imap").expect("imap").port(), "bob");
+        let listed = py.ok("a", "list", &[A::S("\"\""), A::S("*")]).text();
+        assert!(
+            listed.contains("\\Junk") && listed.contains("Junk"),
+            "{listed}"
+        );
+        let junk = imap_folder(&mut py, "Junk");
+        assert_eq!(junk.len(), 2, "two messages in Junk");
+        let quar = with_marker(&junk, "quar").expect("the p=quarantine message in Junk");
+        assert!(
+            quar.starts_with(b"Authentication-Results: relay.test;"),
+            "{}",
+            String::from_utf8_lossy(quar)
+        );
+        has(&ours(quar), "dmarc=fail header.from=quar.test");
+        assert!(common::find(quar, b"\r\nX-Relay-Junk: dmarc\r\n").is_some());
+        let spf = with_marker(&junk, "spfjunk").expect("the SPF -all message in Junk");
+        has(&ours(spf), "spf=fail smtp.mailfrom=x@fail.test");
+        assert!(common::find(spf, b"\r\nX-Relay-Junk: spf\r\n").is_some());
+
+        let inbox = imap_folder(&mut py, "INBOX");
+        assert_eq!(inbox.len(), 1, "only the forged-mark message in INBOX");
+        let kept = with_marker(&inbox, "forgedmark").expect("in INBOX");
+        assert!(
+            common::find(kept, b"X-Relay-Junk").is_none(),
+            "{}",
+            String::from_utf8_lossy(kept)
+        );
+        let _ = py.call("a", "logout", &[]);
+
+        // POP3 shows INBOX only.
+        let mut pop = relay.pop3_login("bob");
+        assert_eq!(pop.list().len(), 1);
+        let _ = pop.quit();
+    };
+    check(&relay);
+    // Filed durably: the same after a restart.
+    relay.stop();
+    let relay = relay.restart(settings(engine, world.dns.port, "spf_fail = \"junk\"\n"));
+    check(&relay);
+    relay.stop();
+}
+
 fn base64_plain(user: &str, password: &str) -> String {
     use base64::Engine as _;
     base64::engine::general_purpose::STANDARD.encode(format!("\0{user}\0{password}"))
@@ -807,4 +907,5 @@ engine_tests! {
     forged_results_and_own_clients: forged_results_uring, forged_results_epoll;
     arc_sets: arc_sets_uring, arc_sets_epoll;
     whitespace_only_lines_at_the_end: whitespace_only_lines_at_the_end_uring, whitespace_only_lines_at_the_end_epoll;
+    junk_folder: junk_folder_uring, junk_folder_epoll;
 }

@@ -24,15 +24,17 @@ pub struct VerifySection {
     /// fields claiming it are removed. Default: the host name (`server.hostname`).
     pub authserv_id: Option<String>,
     /// A DMARC failure under `p=reject`: `"reject"` (550 5.7.1 at the end of data, what
-    /// RFC 7489 §6.6.1 asks and OpenDMARC with `RejectFailures true` does) or `"mark"`.
+    /// RFC 7489 §6.6.1 asks and OpenDMARC with `RejectFailures true` does), `"junk"` or
+    /// `"mark"`.
     pub dmarc_reject: OnFail,
-    /// A DMARC failure under `p=quarantine`: `"mark"` (default: deliver with `dmarc=fail`
-    /// for the reader's filters; a Junk folder is not possible yet, mailboxes have no
-    /// folders) or `"reject"`.
+    /// A DMARC failure under `p=quarantine`: `"junk"` (default: the local recipients get it
+    /// in their Junk folder, the "spam folder" of RFC 7489 §6.3, created with the `\Junk`
+    /// role when missing; POP3 shows only INBOX), `"mark"` (delivered to INBOX with
+    /// `dmarc=fail` for the reader's filters) or `"reject"`.
     pub dmarc_quarantine: OnFail,
     /// SPF `fail` (`-all`) for MAIL FROM (HELO for the null sender) when DMARC did not
     /// decide (no record, or `p=none`): `"reject"` (550 5.7.23, what policyd-spf does by
-    /// default; the domain said the host may not send for it) or `"mark"`.
+    /// default; the domain said the host may not send for it), `"junk"` or `"mark"`.
     pub spf_fail: OnFail,
     /// A DNS failure in a check (SERVFAIL, timeout): `"tempfail"` (451 4.7.0 so the sender
     /// retries; RFC 7208 §2.6.6, RFC 7489 §6.6.3, OpenDKIM's `On-DNSError tempfail`) or
@@ -53,7 +55,7 @@ impl Default for VerifySection {
             enabled: false,
             authserv_id: None,
             dmarc_reject: OnFail::Reject,
-            dmarc_quarantine: OnFail::Mark,
+            dmarc_quarantine: OnFail::Junk,
             spf_fail: OnFail::Reject,
             dns_failure: OnDnsFailure::Tempfail,
             timeout: Interval(Duration::from_secs(15)),
@@ -127,6 +129,10 @@ mod tests {
         assert_eq!(settings.policy.dmarc_quarantine, OnFail::Reject);
         assert_eq!(settings.policy.dns_failure, OnDnsFailure::Mark);
         assert_eq!(settings.timeout, Duration::from_secs(2));
+        assert_eq!(VerifySection::default().dmarc_quarantine, OnFail::Junk);
+        let junk = parse("spf_fail = \"junk\"\ndmarc_reject = \"junk\"").expect("junk");
+        assert_eq!(junk.settings().policy.spf_fail, OnFail::Junk);
+        assert_eq!(junk.settings().policy.dmarc_reject, OnFail::Junk);
         assert!(parse("dmarc_reject = \"quarantine\"").is_err());
         assert!(parse("nonsense = 1").is_err());
     }

@@ -219,6 +219,7 @@ async fn store<C: Connector + 'static>(core: &Core<C>, dsn: Dsn) -> Result<Queue
         body: message,
         mailboxes,
         remote,
+        filing: Default::default(),
     };
     match sealing::store(&target, notice).await {
         Ok(stored) => {

@@ -21,7 +21,7 @@ pub mod users_file;
 pub use directory::{Directory, DirectoryError, Resolution, SharedDirectory, User};
 pub use keys::{KeyBackend, KeyStore, KeyStoreError, Slot, UserKeys};
 pub use local::{home_elsewhere, Homes, LocalDelivery};
-pub use store::{ChangeError, InUse, MailStore, MaildropItem, MaildropLock};
+pub use store::{ChangeError, Filing, InUse, MailStore, MaildropItem, MaildropLock};
 
 use std::sync::Arc;
 

@@ -27,7 +27,7 @@ use std::time::SystemTime;
 
 use prometheus_client::metrics::counter::Counter;
 
-use super::{KeyStore, MailStore};
+use super::{Filing, KeyStore, MailStore};
 use crate::envelope::{Envelope, Origin, QueueId};
 use crate::logsafe::Safe;
 use crate::mailcrypt::{self, KeyKind, PublicKey, SealError};
@@ -164,6 +164,8 @@ pub struct Message {
     pub body: Vec<u8>,
     pub mailboxes: Vec<String>,
     pub remote: Vec<String>,
+    /// The folder the local copies are filed in.
+    pub filing: Filing,
 }
 
 /// What was stored.
@@ -193,6 +195,7 @@ pub async fn store(target: &Target<'_>, message: Message) -> Result<Stored, Fail
         body,
         mailboxes,
         remote,
+        filing,
     } = message;
     // Held until every frame resolved: a user's move waits for these before its last copy.
     let _deliveries = target
@@ -202,6 +205,10 @@ pub async fn store(target: &Target<'_>, message: Message) -> Result<Stored, Fail
             error: StoreError::Moving,
             plain_len: None,
         })?;
+    target
+        .mail_store
+        .prepare_filing(target.spool, &mailboxes, filing)
+        .await;
     let Partition { plain, sealed } = partition(target.keys, mailboxes, &received_header, &body)
         .map_err(|e| Failed {
             error: e.into(),
@@ -226,7 +233,7 @@ pub async fn store(target: &Target<'_>, message: Message) -> Result<Stored, Fail
         } else {
             crate::imap::structure::Summary::encoded(&received_header, &body)
         };
-        let placements = target.mail_store.place(&plain, internal_date);
+        let placements = target.mail_store.place(&plain, internal_date, filing);
         let new = NewMessage {
             id: take_id(),
             arrival_unix_micros,
@@ -243,7 +250,7 @@ pub async fn store(target: &Target<'_>, message: Message) -> Result<Stored, Fail
     for copy in sealed {
         let summary = crate::imap::structure::Summary::encoded(&copy.received_header, &copy.body);
         let mailboxes = vec![copy.mailbox];
-        let placements = target.mail_store.place(&mailboxes, internal_date);
+        let placements = target.mail_store.place(&mailboxes, internal_date, filing);
         let new = NewMessage {
             id: take_id(),
             arrival_unix_micros,

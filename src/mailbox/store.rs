@@ -25,8 +25,19 @@ use tokio::sync::watch;
 use crate::envelope::QueueId;
 use crate::mailstore::{StoreError, Stores, UserStore};
 use crate::pop3::uidl::Listed;
-use crate::spool::state::{Flags, MailboxState, Placement, INBOX};
+use crate::spool::state::{Flags, MailboxState, Placement, SpecialUse, INBOX};
 use crate::spool::{Replay, ShardHandle, SpoolError};
+
+/// Which folder a delivery is filed in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Filing {
+    #[default]
+    Inbox,
+    /// The user's Junk folder (the sender checks' `junk` action): the folder with the
+    /// `\Junk` role, created first when missing ([`MailStore::prepare_filing`]); INBOX when
+    /// the user has none and none can be made (the folder limit).
+    Junk,
+}
 
 /// One message in POP3's view of a maildrop (INBOX).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -230,18 +241,58 @@ impl MailStore {
     /// Takes an INBOX UID for each mailbox a new message is for, before its frame is queued
     /// (`None` where the store cannot take one: that copy is then numbered at the next
     /// start). `internal_date` is the arrival, in seconds since the epoch.
-    pub fn place(&self, mailboxes: &[String], internal_date: i64) -> Vec<Option<Placement>> {
+    pub fn place(
+        &self,
+        mailboxes: &[String],
+        internal_date: i64,
+        filing: Filing,
+    ) -> Vec<Option<Placement>> {
         mailboxes
             .iter()
             .map(|user| {
                 self.folders
-                    .with(user, |s| s.allocate(INBOX, &Flags::default(), internal_date, 0))
+                    .with(user, |s| {
+                        let folder = match filing {
+                            Filing::Inbox => INBOX,
+                            Filing::Junk => s.role_folder(SpecialUse::Junk).unwrap_or(INBOX),
+                        };
+                        s.allocate(folder, &Flags::default(), internal_date, 0)
+                    })
                     .map_err(|error| {
                         tracing::warn!(user = %crate::logsafe::Safe(user), %error, "no UID for a delivery");
                     })
                     .ok()
             })
             .collect()
+    }
+
+    /// Before [`place`](Self::place) files a message under `filing`: the folder it goes to,
+    /// created durably (its own record, in each user's turn) where a user lacks it, so the
+    /// message frame never names a folder the log does not hold yet. A user whose folder
+    /// cannot be made gets the message in INBOX (logged): filed wrongly beats refused.
+    pub async fn prepare_filing(&self, spool: &ShardHandle, mailboxes: &[String], filing: Filing) {
+        if filing == Filing::Inbox {
+            return;
+        }
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
+        for user in mailboxes {
+            let present = self
+                .folders
+                .with(user, |s| s.role_folder(SpecialUse::Junk).is_some());
+            if present {
+                continue;
+            }
+            let made = self
+                .change(spool, user, |s| {
+                    Ok((s.ensure_role(SpecialUse::Junk, now), ()))
+                })
+                .await;
+            if let Err(error) = made {
+                tracing::warn!(user = %crate::logsafe::Safe(user), %error, "no Junk folder; filed in INBOX");
+            }
+        }
     }
 
     /// The message frame carrying `placements` (parallel to `mailboxes`) committed: the
@@ -618,7 +669,9 @@ mod tests {
     fn pop3_numbers_follow_uids_whatever_order_frames_commit_in() {
         let store = MailStore::new();
         let users = vec!["alice".to_string()];
-        let p: Vec<_> = (0..3).map(|_| store.place(&users, 0)).collect();
+        let p: Vec<_> = (0..3)
+            .map(|_| store.place(&users, 0, Filing::Inbox))
+            .collect();
         // Frames commit 3, 1, 2 (two cores): numbering stays 1, 2, 3.
         for (n, i) in [(3u64, 2usize), (1, 0), (2, 1)] {
             let placement = p[i][0].clone().unwrap();

@@ -464,9 +464,39 @@ impl UserStore {
     /// each role no folder has and whose name is free. None when there is nothing to create
     /// (or no room for it: the defaults are a convenience).
     pub fn ensure_defaults(&mut self, now: i64) -> Option<MailboxState> {
+        self.ensure_roles(&DEFAULT_FOLDERS, now)
+    }
+
+    /// Before mail is filed under `role` (the Junk folder of the sender checks): the default
+    /// folder of that role, as [`ensure_defaults`](Self::ensure_defaults) would create it,
+    /// when no folder has the role and its name is free. None when there is nothing to do or
+    /// no room: [`role_folder`](Self::role_folder) then says where the mail goes.
+    pub fn ensure_role(&mut self, role: SpecialUse, now: i64) -> Option<MailboxState> {
+        let wanted: Vec<(&str, SpecialUse)> = DEFAULT_FOLDERS
+            .into_iter()
+            .filter(|(_, r)| *r == role)
+            .collect();
+        self.ensure_roles(&wanted, now)
+    }
+
+    /// The folder mail filed under `role` goes to: the first with that role, else one with
+    /// the role's default name (a folder the user made before the roles existed).
+    pub fn role_folder(&self, role: SpecialUse) -> Option<FolderId> {
+        if let Some((id, _)) = self
+            .folders
+            .iter()
+            .find(|(_, f)| f.special_use == Some(role))
+        {
+            return Some(*id);
+        }
+        let (name, _) = DEFAULT_FOLDERS.into_iter().find(|(_, r)| *r == role)?;
+        self.names.get(name).copied()
+    }
+
+    fn ensure_roles(&mut self, roles: &[(&str, SpecialUse)], now: i64) -> Option<MailboxState> {
         let mut ops = Vec::new();
         let mut created = 0;
-        for (name, role) in DEFAULT_FOLDERS {
+        for &(name, role) in roles {
             let has_role = self.folders.values().any(|f| f.special_use == Some(role));
             if has_role || self.names.contains_key(name) {
                 continue;

@@ -951,3 +951,51 @@ fn stores_hold_one_store_per_user() {
     users.sort();
     assert_eq!(users, vec!["a", "b"]);
 }
+
+#[test]
+fn ensure_role_creates_only_that_folder_and_role_folder_finds_it() {
+    let mut s = UserStore::new("u");
+    assert_eq!(s.role_folder(SpecialUse::Junk), None);
+    let r = commit!(s, s.ensure_role(SpecialUse::Junk, NOW).unwrap());
+    let created: Vec<&str> = r
+        .ops
+        .iter()
+        .filter_map(|op| match op {
+            StateOp::CreateFolder { name, .. } => Some(name.as_str()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(created, vec!["Junk"]);
+    let junk = s.folder_id("Junk").expect("Junk");
+    assert_eq!(s.role_folder(SpecialUse::Junk), Some(junk));
+    assert_eq!(s.ensure_role(SpecialUse::Junk, NOW), None);
+    // The first login's defaults leave it alone.
+    let r = commit!(s, s.ensure_defaults(NOW).unwrap());
+    assert!(!r
+        .ops
+        .iter()
+        .any(|op| matches!(op, StateOp::CreateFolder { name, .. } if name == "Junk")));
+
+    // A "Junk" the user made without the role is where junk goes; none is created beside it.
+    let mut t = UserStore::new("t");
+    create(&mut t, "Junk");
+    let theirs = t.folder_id("Junk").expect("Junk");
+    assert_eq!(t.ensure_role(SpecialUse::Junk, NOW), None);
+    assert_eq!(t.role_folder(SpecialUse::Junk), Some(theirs));
+
+    // The role on a folder of another name wins.
+    let mut v = UserStore::new("v");
+    commit!(
+        v,
+        v.create_folder("Spam", Some(SpecialUse::Junk), NOW)
+            .expect("create")
+    );
+    assert_eq!(v.ensure_role(SpecialUse::Junk, NOW), None);
+    assert_eq!(v.role_folder(SpecialUse::Junk), v.folder_id("Spam"));
+
+    // No room: nothing to create, and nowhere to file.
+    let mut w = UserStore::new("w");
+    w.set_max_folders(1);
+    assert_eq!(w.ensure_role(SpecialUse::Junk, NOW), None);
+    assert_eq!(w.role_folder(SpecialUse::Junk), None);
+}

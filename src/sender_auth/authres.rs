@@ -137,27 +137,48 @@ fn authserv_id(value: &[u8]) -> &[u8] {
 /// `message` (header section and body) without the `Authentication-Results` fields whose
 /// authserv-id is `ours`, or `None` when there is none (the message is not copied).
 pub fn remove_ours(message: &[u8], ours: &str) -> Option<Vec<u8>> {
+    remove_fields(message, |name, value| {
+        name.eq_ignore_ascii_case(b"Authentication-Results")
+            && authserv_id(value).eq_ignore_ascii_case(ours.as_bytes())
+    })
+}
+
+/// `message` without the header fields for which `drop(name, value)` holds, or `None` when
+/// there is none. Every message passes here and almost none carries such a field: look
+/// first, copy only when there is one.
+pub(super) fn remove_fields(
+    message: &[u8],
+    drop: impl Fn(&[u8], &[u8]) -> bool,
+) -> Option<Vec<u8>> {
     let header_end = header_section_end(message);
     let headers = &message[..header_end];
-    let forged = |field: &[u8]| {
+    let dropped = |field: &[u8]| {
         let Some(colon) = memchr::memchr(b':', field) else {
             return false;
         };
-        let name = field[..colon].trim_ascii();
-        name.eq_ignore_ascii_case(b"Authentication-Results")
-            && authserv_id(&field[colon + 1..]).eq_ignore_ascii_case(ours.as_bytes())
+        drop(field[..colon].trim_ascii(), &field[colon + 1..])
     };
-    // Every message passes here and almost none carries a forged field: look first, copy
-    // only when there is one.
-    if !fields(headers).any(forged) {
+    if !fields(headers).any(dropped) {
         return None;
     }
     let mut kept = Vec::with_capacity(message.len());
-    for field in fields(headers).filter(|f| !forged(f)) {
+    for field in fields(headers).filter(|f| !dropped(f)) {
         kept.extend_from_slice(field);
     }
     kept.extend_from_slice(&message[header_end..]);
     Some(kept)
+}
+
+/// Whether `message`'s header section has a field named `name` (any case).
+pub(super) fn has_field(message: &[u8], name: &str) -> bool {
+    let headers = &message[..header_section_end(message)];
+    fields(headers).any(|field| {
+        memchr::memchr(b':', field).is_some_and(|colon| {
+            field[..colon]
+                .trim_ascii()
+                .eq_ignore_ascii_case(name.as_bytes())
+        })
+    })
 }
 
 /// The fields of a header section, each with its folded lines and line ending; a field runs

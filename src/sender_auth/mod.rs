@@ -16,6 +16,7 @@ pub mod authres;
 pub mod body_hash;
 pub mod cache;
 pub mod dmarc;
+pub mod junk_mark;
 pub mod keys;
 pub mod message;
 pub mod policy;

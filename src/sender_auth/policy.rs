@@ -1,5 +1,5 @@
-//! What the results of the checks do to a message: accept (marked), refuse (550) or defer
-//! (451). Sans-IO: results in, action out, so every combination is a unit test.
+//! What the results of the checks do to a message: accept (marked), file it in the local
+//! recipients' Junk folder, refuse (550) or defer (451). Sans-IO: results in, action out, so every combination is a unit test.
 //!
 //! Order of the rules, first match wins:
 //! 1. the whole check ran out of time → `dns_failure` (a slow DNS is a DNS failure);
@@ -25,6 +25,9 @@ pub enum OnFail {
     Reject,
     /// Delivered, with the result in `Authentication-Results` for the reader's filters.
     Mark,
+    /// Delivered (marked) into each local recipient's Junk folder (the folder with the
+    /// `\Junk` role, created when missing) instead of INBOX.
+    Junk,
 }
 
 /// What a DNS failure (SERVFAIL, timeout) during the checks does.
@@ -92,6 +95,8 @@ pub enum Refusal {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Action {
     Accept,
+    /// Accepted, filed in the Junk folder of the local recipients.
+    Junk(Refusal),
     Refuse(Refusal),
     Defer,
 }
@@ -102,6 +107,7 @@ impl Action {
     pub fn disposition(self) -> super::report::Disposition {
         match self {
             Action::Refuse(_) => super::report::Disposition::Reject,
+            Action::Junk(_) => super::report::Disposition::Quarantine,
             Action::Accept | Action::Defer => super::report::Disposition::None,
         }
     }
@@ -131,6 +137,7 @@ pub fn decide(policy: &Policy, verdicts: &Verdicts) -> Action {
     let on_fail = |on: OnFail, why: Refusal| match on {
         OnFail::Reject => Action::Refuse(why),
         OnFail::Mark => Action::Accept,
+        OnFail::Junk => Action::Junk(why),
     };
     if verdicts.timed_out {
         return dns;
@@ -158,7 +165,7 @@ pub fn decide(policy: &Policy, verdicts: &Verdicts) -> Action {
 mod tests {
     use super::*;
 
-    const ON_FAIL: [OnFail; 2] = [OnFail::Reject, OnFail::Mark];
+    const ON_FAIL: [OnFail; 3] = [OnFail::Reject, OnFail::Mark, OnFail::Junk];
     const ON_DNS: [OnDnsFailure; 2] = [OnDnsFailure::Tempfail, OnDnsFailure::Mark];
     const DMARC: [DmarcStatus; 5] = [
         DmarcStatus::None,
@@ -185,12 +192,10 @@ mod tests {
         } else {
             Action::Accept
         };
-        let reject_if = |on: OnFail, why| {
-            if on == OnFail::Reject {
-                Action::Refuse(why)
-            } else {
-                Action::Accept
-            }
+        let reject_if = |on: OnFail, why| match on {
+            OnFail::Reject => Action::Refuse(why),
+            OnFail::Junk => Action::Junk(why),
+            OnFail::Mark => Action::Accept,
         };
         let effective = match (v.requested, v.sampled) {
             (r, true) => r,
@@ -264,14 +269,15 @@ mod tests {
                 }
             }
         }
-        assert_eq!(count, 16 * 2 * 5 * 3 * 2 * 7 * 2);
-        assert_eq!(seen.len(), 4, "{seen:?}");
+        assert_eq!(count, 27 * 2 * 2 * 5 * 3 * 2 * 7 * 2);
+        // Accept, Defer, Refuse and Junk, each for DMARC and SPF where they apply.
+        assert_eq!(seen.len(), 6, "{seen:?}");
     }
 
     fn defaults() -> Policy {
         Policy {
             dmarc_reject: OnFail::Reject,
-            dmarc_quarantine: OnFail::Mark,
+            dmarc_quarantine: OnFail::Junk,
             spf_fail: OnFail::Reject,
             dns_failure: OnDnsFailure::Tempfail,
         }
@@ -338,18 +344,34 @@ mod tests {
             ),
             Action::Defer
         );
-        // Quarantine is marked by default (no Junk folder to put it in).
+        // Quarantine goes to Junk by default, whatever SPF said (DMARC decided).
         assert_eq!(
             decide(
                 &p,
                 &verdicts(DmarcStatus::Fail, Requested::Quarantine, AuthResult::Fail)
             ),
-            Action::Accept
+            Action::Junk(Refusal::Dmarc)
         );
         // pct: outside the sample, reject is only quarantine.
         let mut outside = verdicts(DmarcStatus::Fail, Requested::Reject, AuthResult::None);
         outside.sampled = false;
-        assert_eq!(decide(&p, &outside), Action::Accept);
+        assert_eq!(decide(&p, &outside), Action::Junk(Refusal::Dmarc));
+        // SPF -all filed as junk when so configured.
+        let junk_spf = Policy {
+            spf_fail: OnFail::Junk,
+            ..p
+        };
+        assert_eq!(
+            decide(
+                &junk_spf,
+                &verdicts(DmarcStatus::None, Requested::None, AuthResult::Fail)
+            ),
+            Action::Junk(Refusal::Spf)
+        );
+        assert_eq!(
+            Action::Junk(Refusal::Dmarc).disposition(),
+            crate::sender_auth::report::Disposition::Quarantine
+        );
     }
 
     #[test]

@@ -427,6 +427,7 @@ impl Job {
             body: message,
             mailboxes,
             remote,
+            filing: Default::default(),
         };
         let stored = sealing::store(&target, report).await;
         let plain_len = match &stored {

@@ -12,43 +12,58 @@ use super::shard::ShardContext;
 use crate::envelope::QueueId;
 use crate::logsafe::Safe;
 use crate::mailbox::sealing::{self, Message, StoreError, Target};
+use crate::mailbox::Filing;
+use crate::sender_auth::junk_mark;
 use crate::smtp::{Submission, SubmitError};
 use crate::spool::SpoolError;
 
-/// Accepts one submitted message: the sender checks of arriving mail (which may refuse it or
-/// add their `Authentication-Results`), our DKIM signature on our own mail, then
-/// [`store`].
+/// Accepts one submitted message: the sender checks of arriving mail (which may refuse it,
+/// file it in Junk, or add their `Authentication-Results`), our DKIM signature on our own
+/// mail, then [`store`].
 pub async fn accept(
     ctx: &ShardContext,
     mut submission: Submission,
     peer: SocketAddr,
 ) -> Result<QueueId, SubmitError> {
-    let mut headers = super::verifying::check(ctx, &mut submission, peer).await?;
+    let checked = super::verifying::check(ctx, &mut submission, peer).await?;
+    // After the checks (a signature may cover the forged field), before our signature.
+    if let Some(kept) = junk_mark::remove(&submission.body) {
+        submission.body = kept;
+    }
+    let mut headers = checked.headers;
     super::signatures::check(ctx, &mut submission, &mut headers).await;
     headers.extend(super::signing::sign(ctx, &submission));
-    store(ctx, submission, peer, headers).await
+    store(ctx, submission, peer, headers, checked.filing).await
 }
 
 /// Stores one message durably and hands it on; Ok only once the group commit covering it
 /// has synced, and no later (a full hand-off queue is retried in the background).
-/// `headers` (complete fields, CRLF-terminated) go above our Received field.
+/// `headers` (complete fields, CRLF-terminated) go above our Received field; the local
+/// copies are filed under `filing`.
 pub async fn store(
     ctx: &ShardContext,
     submission: Submission,
     peer: SocketAddr,
     headers: Vec<u8>,
+    filing: Filing,
 ) -> Result<QueueId, SubmitError> {
-    store_traced(ctx, submission, peer, headers, true).await
+    store_traced(ctx, submission, peer, headers, filing, true).await
 }
 
 /// [`store`] for a cluster peer's message: the bytes as the peer sent them, without a
-/// Received field of ours (the first node's trace is the message's; `cluster_listener`).
+/// Received field of ours (the first node's trace is the message's; `cluster_listener`),
+/// filed in Junk when the first node's checks said so ([`junk_mark`]).
 pub async fn store_as_sent(
     ctx: &ShardContext,
     submission: Submission,
     peer: SocketAddr,
 ) -> Result<QueueId, SubmitError> {
-    store_traced(ctx, submission, peer, Vec::new(), false).await
+    let filing = if junk_mark::present(&submission.body) {
+        Filing::Junk
+    } else {
+        Filing::Inbox
+    };
+    store_traced(ctx, submission, peer, Vec::new(), filing, false).await
 }
 
 async fn store_traced(
@@ -56,6 +71,7 @@ async fn store_traced(
     submission: Submission,
     peer: SocketAddr,
     headers: Vec<u8>,
+    filing: Filing,
     trace: bool,
 ) -> Result<QueueId, SubmitError> {
     let now = SystemTime::now();
@@ -100,6 +116,7 @@ async fn store_traced(
         body,
         mailboxes,
         remote,
+        filing,
     };
     let stored = sealing::store(&target, message).await;
     // The plain frame holds the remote recipients: once it committed they are pending in the
@@ -129,6 +146,7 @@ async fn store_traced(
                 size,
                 cluster = !trace,
                 sealed = stored.sealed,
+                junk = filing == Filing::Junk,
                 parts = mime.parts,
                 attachments = mime.attachments,
                 result = "queued",

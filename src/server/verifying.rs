@@ -12,11 +12,12 @@ use rand_core::RngCore;
 use super::shard::ShardContext;
 use crate::config::Config;
 use crate::logsafe::Safe;
-use crate::sender_auth::authres;
+use crate::mailbox::Filing;
 use crate::sender_auth::cache::{self, Caches};
 use crate::sender_auth::policy::{self, Action, Refusal};
 use crate::sender_auth::report::Recorder;
 use crate::sender_auth::verify::{self, Peer, Results, VerifySettings};
+use crate::sender_auth::{authres, junk_mark};
 use crate::smtp::{Submission, SubmitError};
 
 /// What every shard's checks share: the settings and the DMARC report recorder.
@@ -93,18 +94,26 @@ impl Verifying {
     }
 }
 
-/// Checks `submission`; the header fields to add above our Received field, or the reply
-/// that refuses it. Removes forged `Authentication-Results` fields from its body.
+/// What the checks let through: the header fields to add above our Received field, and
+/// where the local copies are filed.
+#[derive(Debug, Default)]
+pub struct Checked {
+    pub headers: Vec<u8>,
+    pub filing: Filing,
+}
+
+/// Checks `submission`: what to add and where to file it, or the reply that refuses it.
+/// Removes forged `Authentication-Results` fields from its body.
 pub async fn check(
     ctx: &ShardContext,
     submission: &mut Submission,
     peer: SocketAddr,
-) -> Result<Vec<u8>, SubmitError> {
+) -> Result<Checked, SubmitError> {
     let verifying = &ctx.verifying;
     let settings = &verifying.shared.settings;
     // Our own clients' mail is signed, not checked.
     if !settings.enabled || submission.authenticated.is_some() || submission.relay_client {
-        return Ok(Vec::new());
+        return Ok(Checked::default());
     }
     let authserv_id = settings.authserv_id.as_deref().unwrap_or(&ctx.hostname);
     let who = Peer {
@@ -156,16 +165,21 @@ pub async fn check(
     } else {
         checked!(info);
     }
-    match action {
-        Action::Accept => {}
+    let mut headers = header.into_bytes();
+    let filing = match action {
+        Action::Accept => Filing::Inbox,
+        Action::Junk(why) => {
+            headers.extend_from_slice(junk_mark::field(why).as_bytes());
+            Filing::Junk
+        }
         Action::Defer => return Err(SubmitError::SenderCheckUnavailable),
         Action::Refuse(Refusal::Dmarc) => return Err(SubmitError::DmarcRejected),
         Action::Refuse(Refusal::Spf) => return Err(SubmitError::SpfRejected),
-    }
+    };
     if let Some(kept) = authres::remove_ours(&submission.body, authserv_id) {
         submission.body = kept;
     }
-    Ok(header.into_bytes())
+    Ok(Checked { headers, filing })
 }
 
 /// 0..100 from a random word: the top 32 bits times 100, shifted down (multiply-shift,
