@@ -1,4 +1,4 @@
-//! Memory per idle connection, on the real relay: SMTP and POP3 connections that were
+//! Memory per idle connection, on the real relay: SMTP, POP3 and IMAP connections that were
 //! greeted (and, for TLS, ran STARTTLS/STLS and a handshake) and then stay silent, on both
 //! engines. The growth is a slope read from /proc (the relay's RSS once a warm-up share of the
 //! connections is open, and again once all are), so what the process holds anyway is not
@@ -26,6 +26,7 @@ engine_tests! {
     idle_smtp_tls: idle_smtp_tls_uring, idle_smtp_tls_epoll;
     idle_pop3: idle_pop3_uring, idle_pop3_epoll;
     idle_pop3_tls: idle_pop3_tls_uring, idle_pop3_tls_epoll;
+    idle_imap: idle_imap_uring, idle_imap_epoll;
     idle_after_a_message: idle_after_a_message_uring, idle_after_a_message_epoll;
     small_reads_long_lines_and_large_data: small_reads_long_lines_and_large_data_uring, small_reads_long_lines_and_large_data_epoll;
 }
@@ -86,6 +87,8 @@ enum Held {
 enum Protocol {
     Smtp,
     Pop3,
+    /// Plaintext only here: `benches/idle_connections.sh … tls imap` has its TLS figure.
+    Imap,
 }
 
 /// Opens one connection and leaves it waiting for a command.
@@ -94,6 +97,7 @@ fn open(addr: SocketAddr, protocol: Protocol, cert: Option<&TestCert>) -> Held {
     let ok = match protocol {
         Protocol::Smtp => "220 ",
         Protocol::Pop3 => "+OK",
+        Protocol::Imap => "* OK",
     };
     assert!(greeting.starts_with(ok), "greeting: {greeting}");
     let Some(cert) = cert else {
@@ -113,6 +117,7 @@ fn open(addr: SocketAddr, protocol: Protocol, cert: Option<&TestCert>) -> Held {
             let reply = testtls::read_reply(&mut socket);
             assert!(reply.starts_with("+OK"), "{reply}");
         }
+        Protocol::Imap => unreachable!("IMAP is measured in plaintext here"),
     }
     let (stream, _) =
         testtls::client_handshake(socket, cert.client_config()).expect("TLS handshake");
@@ -136,6 +141,7 @@ fn idle(engine: Engine, protocol: Protocol, tls: bool) {
     let addr = match protocol {
         Protocol::Smtp => relay.addr,
         Protocol::Pop3 => relay.pop3_addr,
+        Protocol::Imap => relay.listening("imap").expect("imap listener"),
     };
     let per = slope(&relay, || open(addr, protocol, cert.as_ref()));
     let bound = if tls { TLS_BOUND_KIB } else { PLAIN_BOUND_KIB };
@@ -160,6 +166,11 @@ fn idle_pop3(engine: Engine) {
 
 fn idle_pop3_tls(engine: Engine) {
     idle(engine, Protocol::Pop3, true);
+}
+
+/// An IMAP connection waiting for its first command (the drive's rare waits are boxed).
+fn idle_imap(engine: Engine) {
+    idle(engine, Protocol::Imap, false);
 }
 
 /// Runs a whole transaction of `body` on a greeted SMTP connection; the final reply.

@@ -252,7 +252,9 @@ impl Link {
         match event {
             Event::Authenticate(credentials) => {
                 let proof = credentials.into();
-                let check = ctx.auth.check(Protocol::Imap, peer.ip(), proof);
+                // Boxed, as every rare wait here: a connection's future is as large as its
+                // largest wait, and an idle session should only pay for its read.
+                let check = Box::pin(ctx.auth.check(Protocol::Imap, peer.ip(), proof));
                 let user = tokio::select! {
                     biased;
                     user = check => user,
@@ -268,12 +270,12 @@ impl Link {
                     _ => None,
                 };
                 if let Some((user, home)) = home {
-                    return self.proxy(ctx, conn, peer, &user, home).await;
+                    return Box::pin(self.proxy(ctx, conn, peer, &user, home)).await;
                 }
                 // Busy and locked are failures to the client too (the session's NO).
                 let user = user.ok();
                 if let Some(user) = &user {
-                    self.logged_in(ctx, user).await;
+                    Box::pin(self.logged_in(ctx, user)).await;
                 }
                 let _ = self.session.authenticated(user.is_some(), &mut self.out);
             }
@@ -286,7 +288,7 @@ impl Link {
                     input, consumed, ..
                 } = &mut self.wire;
                 return Some(
-                    starttls::hand_over(
+                    Box::pin(starttls::hand_over(
                         conn,
                         &mut self.out.bytes,
                         ctx.imap.idle_timeout,
@@ -294,7 +296,7 @@ impl Link {
                         consumed,
                         peer,
                         "STARTTLS",
-                    )
+                    ))
                     .await,
                 );
             }
@@ -305,7 +307,7 @@ impl Link {
                             // What the answer shows is seen; later changes wake IDLE.
                             changes.borrow_and_update();
                         }
-                        store.serve(ctx, request).await
+                        Box::pin(store.serve(ctx, request)).await
                     }
                     None => unavailable(&request),
                 };
@@ -321,8 +323,8 @@ impl Link {
                     .imap
                     .bytes_sent
                     .inc_by(self.out.bytes.len() as u64);
-                let _ = flush(conn, &mut self.out.bytes, GOODBYE_WRITE_LIMIT).await;
-                let _ = within(conn, GOODBYE_WRITE_LIMIT, conn.finish()).await;
+                let _ = Box::pin(flush(conn, &mut self.out.bytes, GOODBYE_WRITE_LIMIT)).await;
+                let _ = Box::pin(within(conn, GOODBYE_WRITE_LIMIT, conn.finish())).await;
                 conn.shutdown();
                 tracing::debug!(client = %peer, ?reason, "imap closed");
                 return Some(DriveEnd::Closed);
@@ -459,7 +461,7 @@ impl Link {
                                 if let Some(changes) = self.changes.as_mut() {
                                     changes.borrow_and_update();
                                 }
-                                let answer = store.serve(ctx, request).await;
+                                let answer = Box::pin(store.serve(ctx, request)).await;
                                 let _ = self.session.answer(answer, &mut self.out);
                                 if let Some(buffer) = self.out.body_buffer.take() {
                                     store.recycle(buffer);
@@ -468,7 +470,7 @@ impl Link {
                         }
                     }
                     ctx.metrics.imap.bytes_sent.inc_by(self.out.bytes.len() as u64);
-                    if flush(conn, &mut self.out.bytes, GOODBYE_WRITE_LIMIT).await.is_err() {
+                    if Box::pin(flush(conn, &mut self.out.bytes, GOODBYE_WRITE_LIMIT)).await.is_err() {
                         break Expiry::Deadline;
                     }
                 }
