@@ -603,3 +603,65 @@ fn implicit_tls_after_a_proxy_header_in_the_same_segment() {
     );
     relay.stop();
 }
+
+/// The `relay_tls_resumed_total` samples of `protocol`, summed.
+fn resumed_total(relay: &Relay, protocol: &str) -> f64 {
+    let (status, metrics) = relay.admin_get("/metrics");
+    assert_eq!(status, 200);
+    let label = format!("protocol=\"{protocol}\"");
+    metrics
+        .lines()
+        .filter(|l| l.starts_with("relay_tls_resumed_total{") && l.contains(&label))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// Session resumption with OpenSSL (Python's ssl) as the client: three connections in a
+/// row, each offering the session the one before left, through SMTP STARTTLS with TLS 1.3
+/// and TLS 1.2, and on the implicit-TLS POP3 listener; the first handshake is a full one,
+/// the later ones resume, and the metric counts them. A client that comes back after 300
+/// others still resumes: sessions live in tickets, not in a bounded server table (rustls's
+/// default one held 256).
+fn sessions_resume(engine: Engine) {
+    let (relay, _cert, _dir) = start(engine);
+    let pop3s = relay.listening("pop3s").expect("pop3s listener");
+    let run_after = |port: u16, mode: &str, version: &str, others: usize| -> String {
+        let output = run_with_timeout(
+            Command::new("python3")
+                .arg(common::repo_path("tests/py/tls_resume.py"))
+                .arg(port.to_string())
+                .args([mode, version])
+                .arg(others.to_string()),
+            COMMAND_TIMEOUT,
+        );
+        assert!(output.status.success(), "{}", describe(&output));
+        String::from_utf8_lossy(&output.stdout).trim().to_string()
+    };
+    let run = |port: u16, mode: &str, version: &str| run_after(port, mode, version, 0);
+    assert_eq!(
+        run(relay.addr.port(), "smtp", "1.3"),
+        r#"{"reused": [false, true, true], "version": "TLSv1.3"}"#
+    );
+    assert_eq!(
+        run(relay.addr.port(), "smtp", "1.2"),
+        r#"{"reused": [false, true, true], "version": "TLSv1.2"}"#
+    );
+    assert_eq!(resumed_total(&relay, "smtp"), 4.0);
+    assert_eq!(
+        run(pop3s.port(), "implicit", "1.3"),
+        r#"{"reused": [false, true, true], "version": "TLSv1.3"}"#
+    );
+    assert_eq!(resumed_total(&relay, "pop3"), 2.0);
+    for version in ["1.3", "1.2"] {
+        assert_eq!(
+            run_after(pop3s.port(), "implicit", version, 300),
+            format!(r#"{{"reused": [false, true, true], "version": "TLSv{version}"}}"#),
+            "TLS {version}"
+        );
+    }
+    relay.stop();
+}
+
+engine_tests! {
+    sessions_resume: sessions_resume_uring, sessions_resume_epoll;
+}

@@ -106,6 +106,8 @@ pub struct SmtpStats {
     sessions: u64,
     /// Sessions that went on over TLS (`--starttls`).
     tls_sessions: u64,
+    /// Of those, sessions that resumed an earlier one.
+    tls_resumed: u64,
     replies: CodeCounts,
     errors: ErrorCounts,
     first_error: Option<String>,
@@ -133,6 +135,7 @@ impl SmtpStats {
         self.rcpts_rejected += o.rcpts_rejected;
         self.sessions += o.sessions;
         self.tls_sessions += o.tls_sessions;
+        self.tls_resumed += o.tls_resumed;
         self.replies.add(&o.replies);
         self.errors.add(&o.errors);
         if self.first_error.is_none() {
@@ -472,7 +475,11 @@ async fn starttls(
     }
     let mut conn = conn.into_tls(Arc::clone(config), name.clone()).await?;
     let caps = ehlo(&mut conn, plan, stats).await?;
-    stats.borrow_mut().tls_sessions += 1;
+    let resumed = conn.tls_resumed();
+    let mut counts = stats.borrow_mut();
+    counts.tls_sessions += 1;
+    counts.tls_resumed += u64::from(resumed);
+    drop(counts);
     Ok((conn, caps))
 }
 
@@ -789,6 +796,8 @@ pub struct SmtpReport {
     pub sessions: u64,
     /// Sessions that went on over TLS (`--starttls`).
     pub tls_sessions: u64,
+    /// Of those, sessions that resumed an earlier one.
+    pub tls_resumed: u64,
     pub replies: BTreeMap<String, u64>,
     pub connection_errors: ErrorReport,
     pub first_error: Option<String>,
@@ -865,6 +874,7 @@ impl SmtpReport {
             mb_per_s: per_second(s.bytes, elapsed) / 1e6,
             sessions: s.sessions,
             tls_sessions: s.tls_sessions,
+            tls_resumed: s.tls_resumed,
             replies: s.replies.to_map(),
             connection_errors: ErrorReport {
                 counts: s.errors,
@@ -920,8 +930,13 @@ impl SmtpReport {
             self.recipients.accepted, self.recipients.rejected
         );
         out += &format!(
-            "  rate       {:.1} msgs/s  {:.2} MB/s  ({} bytes, {} sessions, {} over TLS)\n",
-            self.msgs_per_s, self.mb_per_s, self.bytes, self.sessions, self.tls_sessions
+            "  rate       {:.1} msgs/s  {:.2} MB/s  ({} bytes, {} sessions, {} over TLS, {} resumed)\n",
+            self.msgs_per_s,
+            self.mb_per_s,
+            self.bytes,
+            self.sessions,
+            self.tls_sessions,
+            self.tls_resumed
         );
         let replies: Vec<String> = self
             .replies

@@ -376,6 +376,16 @@ impl Conn {
         })
     }
 
+    /// The TLS session resumed an earlier one (a ticket or a session id); false in plain.
+    pub fn tls_resumed(&self) -> bool {
+        match &self.stream {
+            Stream::Tls(tls) => {
+                tls.get_ref().1.handshake_kind() == Some(rustls::HandshakeKind::Resumed)
+            }
+            _ => false,
+        }
+    }
+
     pub async fn shutdown(&mut self) {
         let _ = tokio::time::timeout(self.timeout, self.stream.shutdown()).await;
     }

@@ -12,7 +12,8 @@
 //! - `connections_open{core,protocol}`, `connections_total`, `connections_refused_total`;
 //! - `bytes_received_total{core,protocol}`, `bytes_sent_total` (connection level: what the
 //!   connection loops read and wrote);
-//! - `tls_handshakes_total{core,protocol}`, `tls_handshake_failures_total` (client side);
+//! - `tls_handshakes_total{core,protocol}`, `tls_resumed_total` (of those, resumed sessions),
+//!   `tls_handshake_failures_total` (client side);
 //! - `smtp_transactions_total{core,result,code}`: result `queued` (2xx), `deferred` (4xx),
 //!   `rejected` (5xx); `smtp_message_bytes_total{core}`: bytes of messages stored;
 //! - the body budget, one for the process (no `core` label): `smtp_body_bytes_in_flight`
@@ -131,6 +132,7 @@ struct Families {
     bytes_received: Family<ProtocolLabels, Counter>,
     bytes_sent: Family<ProtocolLabels, Counter>,
     tls_handshakes: Family<ProtocolLabels, Counter>,
+    tls_resumed: Family<ProtocolLabels, Counter>,
     tls_failures: Family<ProtocolLabels, Counter>,
     transactions: Family<TransactionLabels, Counter>,
     message_bytes: Family<CoreLabels, Counter>,
@@ -206,6 +208,7 @@ impl Metrics {
             bytes_received: Family::default(),
             bytes_sent: Family::default(),
             tls_handshakes: Family::default(),
+            tls_resumed: Family::default(),
             tls_failures: Family::default(),
             transactions: Family::default(),
             message_bytes: Family::default(),
@@ -256,6 +259,11 @@ impl Metrics {
             "tls_handshakes",
             "TLS sessions established by clients (STARTTLS, STLS, implicit TLS)",
             f.tls_handshakes.clone(),
+        );
+        registry.register(
+            "tls_resumed",
+            "Of tls_handshakes, the sessions clients resumed (a ticket or a cached session id)",
+            f.tls_resumed.clone(),
         );
         registry.register(
             "tls_handshake_failures",
@@ -447,6 +455,9 @@ impl Metrics {
                 .get_or_create_owned(&ProtocolLabels { core, protocol }),
             tls_handshakes: f
                 .tls_handshakes
+                .get_or_create_owned(&ProtocolLabels { core, protocol }),
+            tls_resumed: f
+                .tls_resumed
                 .get_or_create_owned(&ProtocolLabels { core, protocol }),
             tls_failures: f
                 .tls_failures
@@ -649,6 +660,7 @@ pub struct ProtocolMetrics {
     pub bytes_received: Counter,
     pub bytes_sent: Counter,
     pub tls_handshakes: Counter,
+    pub tls_resumed: Counter,
     pub tls_failures: Counter,
 }
 

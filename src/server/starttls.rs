@@ -121,7 +121,10 @@ async fn secure<L: Upgradable, C: Connection>(
     match tls::accept(conn, server_tls.config(), early, ctx.tls_handshake_timeout).await {
         Ok((tls, summary)) => {
             metrics.tls_handshakes.inc();
-            tracing::debug!(client = %peer, ?protocol, version = %summary.version, cipher = %summary.cipher, "TLS established");
+            if summary.resumed {
+                metrics.tls_resumed.inc();
+            }
+            tracing::debug!(client = %peer, ?protocol, version = %summary.version, cipher = %summary.cipher, resumed = summary.resumed, "TLS established");
             link.secured(&summary);
             link.wire().set_input(Vec::new());
             Some(tls)

@@ -36,6 +36,8 @@ pub struct TlsSummary {
     pub version: String,
     /// The IANA name of the cipher suite, e.g. "TLS13_AES_256_GCM_SHA384".
     pub cipher: String,
+    /// The client resumed an earlier session (a ticket or a cached session id).
+    pub resumed: bool,
 }
 
 /// Why a server handshake did not complete.
@@ -168,7 +170,12 @@ impl<C: Connection> TlsConnection<C> {
             .and_then(|suite| suite.suite().as_str())
             .unwrap_or("unknown")
             .to_string();
-        TlsSummary { version, cipher }
+        let resumed = state.handshake_kind() == Some(rustls::HandshakeKind::Resumed);
+        TlsSummary {
+            version,
+            cipher,
+            resumed,
+        }
     }
 
     /// Reads ciphertext from the socket into rustls and processes it. Returns the count read
