@@ -53,7 +53,7 @@ run() { # $1 label, rest: extra loadgen args
 import json, sys
 r = json.load(open(sys.argv[2]))
 l = r["latency_ms"]["transaction"]
-print(f'{sys.argv[1]:<34} {r["msgs_per_s"]:>9.0f} msgs/s  p50 {l["p50_ms"]:>7.2f} ms  p99 {l["p99_ms"]:>7.2f} ms  sessions {r["sessions"]} (tls {r["tls_sessions"]})')
+print(f'{sys.argv[1]:<34} {r["msgs_per_s"]:>9.0f} msgs/s  p50 {l["p50_ms"]:>7.2f} ms  p99 {l["p99_ms"]:>7.2f} ms  sessions {r["sessions"]} (tls {r["tls_sessions"]}, resumed {r.get("tls_resumed", "?")})')
 PY
 }
 for round in $(seq "${ROUNDS:-2}"); do

@@ -53,6 +53,10 @@
 # IMAP_USERS=4 IMAP_MESSAGES=10000 (per mailbox) IMAP_SIZE=$SIZE IMAP_CONNECTIONS=4
 # IMAP_IDLE=10000 (sessions held in IDLE) IMAP_PIPELINING=16 IMAP_RANGE=500
 # IMAP_RANGE_DEPTH=2 IMAP_FETCH_ONLY=0 (1: the rounds run only the body fetches).
+# TLS=1: relay and Postfix also get one throwaway certificate (P-256, openssl) and the rounds
+# add SMTP ingest over STARTTLS, long sessions and one message per connection (a handshake
+# each, resumed where the server allows it: both with their defaults), same loadgen;
+# TLS_ONLY=1 runs only those (no plaintext ingest, POP3 or IMAP).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 REPO=$PWD
@@ -84,6 +88,9 @@ IMAP_PIPELINING=${IMAP_PIPELINING:-16}
 IMAP_RANGE=${IMAP_RANGE:-500}
 IMAP_RANGE_DEPTH=${IMAP_RANGE_DEPTH:-2}
 IMAP_FETCH_ONLY=${IMAP_FETCH_ONLY:-0}
+TLS=${TLS:-1}
+TLS_ONLY=${TLS_ONLY:-0}
+if [ "$TLS_ONLY" = 1 ]; then TLS=1 IMAP=0; fi
 [ "$IMAP_ONLY" = 1 ] && IMAP=1
 [ "${RELAY_BIN:-}" != none ] || [ "$IMAP_ONLY" = 1 ] || {
     echo "compare: RELAY_BIN=none only goes with IMAP_ONLY=1" >&2
@@ -249,6 +256,14 @@ SINK_PORT=$(free_port)
 SINK_PID=$!
 sink_total() { grep -o 'total [0-9]*' "$WORK/sink.log" | tail -1 | cut -d' ' -f2; }
 
+if [ "$TLS" = 1 ]; then
+    mkdir -p -m 755 "$WORK/tls"
+    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 1 \
+        -subj /CN=bench.test -keyout "$WORK/tls/key.pem" -out "$WORK/tls/cert.pem" 2>/dev/null ||
+        die "openssl could not make the test certificate"
+    chmod 644 "$WORK/tls/key.pem" # Postfix reads it as root, relay as root: a throwaway key
+fi
+
 if [ "$IMAP_ONLY" != 1 ]; then
 PF_PORT=$(free_port)
 mkdir -p -m 755 "$PF_DIR"
@@ -274,7 +289,8 @@ mynetworks = 127.0.0.0/8
 smtpd_relay_restrictions = permit_mynetworks, reject
 relayhost = [127.0.0.1]:$SINK_PORT
 smtp_tls_security_level = none
-smtpd_tls_security_level = none
+smtpd_tls_security_level = $([ "$TLS" = 1 ] && echo may || echo none)
+$([ "$TLS" = 1 ] && printf 'smtpd_tls_cert_file = %s\nsmtpd_tls_key_file = %s\n' "$WORK/tls/cert.pem" "$WORK/tls/key.pem")
 maillog_file = $WORK/postfix.log
 biff = no
 EOF
@@ -342,6 +358,9 @@ relay_config() { # $1: local domain, $2: users, $3: IMAP port (none when empty)
         printf '[imap]\nlisten = ["127.0.0.1:%s"]\nauth_failures_per_ip_max = %s\n' "$3" "$((IMAP_IDLE + 100))"
     fi
     printf '[spool]\ndir = "%s"\nfsync = true\n' "$WORK/relay-spool"
+    if [ "$TLS" = 1 ]; then
+        printf '[tls]\ncert = "%s"\nkey = "%s"\n' "$WORK/tls/cert.pem" "$WORK/tls/key.pem"
+    fi
     printf '[local]\ndomains = ["%s"]\n' "$1"
     printf '[[relay.routes]]\ndomain = "*"\nto = "127.0.0.1:%s"\n' "$SINK_PORT"
     for ((i = 0; i < $2; i++)); do
@@ -430,6 +449,34 @@ run_sink_ingest() {
     local json
     json=$(ingest "127.0.0.1:$SINK_PORT")
     record sink-ingest "$1" "$json"
+}
+
+# SMTP ingest over STARTTLS: $1 relay|postfix, $2 round, $3 long|single (one message per
+# connection). Recorded as "<server>-tls-<shape>"; end to end is not waited for.
+run_tls_ingest() {
+    local server=$1 round=$2 shape=$3 target json
+    local extra=(--starttls)
+    [ "$shape" = single ] && extra+=(--messages-per-connection 1)
+    if [ "$server" = relay ]; then
+        start_relay localhost
+        target=$RELAY_SMTP
+    else
+        target=127.0.0.1:$PF_PORT
+    fi
+    json=$("$LOADGEN_BIN" smtp --target "$target" --connections "$CONNECTIONS" --size "$SIZE" \
+        --duration "$DURATION" --pipelining --json "${extra[@]}" 2>/dev/null)
+    [ "$server" = relay ] && stop_relay
+    record "$server-tls-$shape" "$round" "$json"
+    log "round $round $server STARTTLS ingest ($shape): $(printf %.0f "$(jget "$json" msgs_per_s)") msgs/s, $(jget "$json" tls_sessions) TLS sessions, $(jget "$json" tls_resumed) resumed"
+}
+
+tls_round() { # $1: round; the servers alternate first
+    local shape first second
+    if (($1 % 2 == 1)); then first=relay second=postfix; else first=postfix second=relay; fi
+    for shape in long single; do
+        run_tls_ingest "$first" "$1" "$shape"
+        run_tls_ingest "$second" "$1" "$shape"
+    done
 }
 
 # One POP3 run: $1 relay|dovecot, $2 workload NAME:MAILBOXES:MESSAGES:SIZE, $3 plain|pipelined,
@@ -755,7 +802,7 @@ imap_round() { # $1: relay|dovecot, $2: HOST:PORT, $3: round, $4…: the server'
 log "load average before: $(cut -d' ' -f1-3 /proc/loadavg)"
 if [ "$IMAP_ONLY" != 1 ]; then
 for ((round = 1; round <= ROUNDS; round++)); do
-    if [ "$POP3_ONLY" != 1 ]; then
+    if [ "$POP3_ONLY" != 1 ] && [ "$TLS_ONLY" != 1 ]; then
         if ((round % 2 == 1)); then
             run_relay_ingest "$round"
             run_postfix_ingest "$round"
@@ -764,9 +811,10 @@ for ((round = 1; round <= ROUNDS; round++)); do
             run_relay_ingest "$round"
         fi
     fi
-    pop3_round "$round"
+    if [ "$TLS" = 1 ] && [ "$POP3_ONLY" != 1 ]; then tls_round "$round"; fi
+    if [ "$TLS_ONLY" != 1 ]; then pop3_round "$round"; fi
 done
-if [ "$POP3_ONLY" != 1 ]; then run_sink_ingest 1; fi
+if [ "$POP3_ONLY" != 1 ] && [ "$TLS_ONLY" != 1 ]; then run_sink_ingest 1; fi
 fi
 
 if [ "$IMAP" = 1 ]; then
@@ -825,6 +873,17 @@ for q in ("p50_ms", "p99_ms"):
     rows.append((f"SMTP transaction {q[:3]} (ms)", f(a, 2), f(b, 2), ratio(b, a) + " lower" if a and b else "–"))
 a, b = med("relay-ingest", "pss_mib"), med("postfix-ingest", "pss_mib")
 rows.append(("memory after ingest, PSS (MiB; processes)", f"{f(a, 1)} (1)", f"{f(b, 1)} ({f(med('postfix-ingest', 'processes'))})", "–"))
+for shape, what in (("long", "long sessions"), ("single", "one message per connection")):
+    a, b = med(f"relay-tls-{shape}", "msgs_per_s"), med(f"postfix-tls-{shape}", "msgs_per_s")
+    if a is None and b is None:
+        continue
+    rows.append((f"SMTP ingest over STARTTLS, {what}, {size}, {conns} conns (msgs/s)", f(a), f(b), ratio(a, b)))
+    a, b = med(f"relay-tls-{shape}", "tls_resumed"), med(f"postfix-tls-{shape}", "tls_resumed")
+    sa, sb = med(f"relay-tls-{shape}", "tls_sessions"), med(f"postfix-tls-{shape}", "tls_sessions")
+    rows.append(("  TLS sessions, of which resumed", f"{f(sa)}, {f(a)}", f"{f(sb)}, {f(b)}", "–"))
+    for q in ("p50_ms", "p99_ms"):
+        a, b = med(f"relay-tls-{shape}", f"latency_ms/transaction/{q}"), med(f"postfix-tls-{shape}", f"latency_ms/transaction/{q}")
+        rows.append((f"  SMTP transaction {q[:3]} (ms)", f(a, 2), f(b, 2), ratio(b, a) + " lower" if a and b else "–"))
 for workload in pop3_workloads.split():
     wname, wusers, wper, wsize = workload.split(":")
     for mode in pop3_modes.split():

@@ -12,9 +12,10 @@ use rustls::sign::CertifiedKey;
 
 use super::TlsError;
 
-/// TLS 1.2 sessions kept for resumption by session id (a few hundred bytes each; the oldest
-/// go first).
-const SESSION_CACHE_ENTRIES: usize = 4096;
+/// Sessions kept for resumption (rustls's default keeps 256): each connection leaves two
+/// TLS 1.3 tickets or one TLS 1.2 session id, an entry of a few hundred bytes each (about
+/// 4 MiB when full); the oldest go first.
+const SESSION_CACHE_ENTRIES: usize = 16_384;
 
 /// The server's TLS settings, shared by every shard.
 #[derive(Debug, Clone)]
@@ -56,12 +57,12 @@ impl ServerTls {
             .with_safe_default_protocol_versions()?
             .with_no_client_auth()
             .with_cert_resolver(Arc::clone(&certificate) as Arc<dyn ResolvesServerCert>);
-        // Resumption: a client back within the ticket's life skips the certificate signature,
-        // the dearest part of a handshake for mail that comes one message per connection.
-        // Stateless tickets (ChaCha20-Poly1305 under a random key rotated every 6 hours, kept
-        // only in memory) serve any number of clients from every core without a shared table;
-        // the session cache serves TLS 1.2 clients that do not take tickets.
-        config.ticketer = rustls::crypto::ring::Ticketer::new()?;
+        // Resumption: a client back while its session is kept skips the certificate
+        // signature, the dearest part of a handshake for mail that comes one message per
+        // connection. Stateful (TLS 1.3 tickets and TLS 1.2 session ids name entries of one
+        // table shared by the cores): measured side by side, stateless tickets cost one
+        // message per connection about 20% of its rate (BENCHMARKS.md, session 13), and the
+        // table is large enough for thousands of returning senders.
         config.session_storage = ServerSessionMemoryCache::new(SESSION_CACHE_ENTRIES);
         Ok(ServerTls {
             config: Arc::new(config),
