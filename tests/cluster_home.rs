@@ -266,6 +266,28 @@ fn cluster_listener_refuses_strangers_and_other_nodes_users() {
     peer.cmd("QUIT").unwrap();
 }
 
+/// Sends `content` to node `to`'s cluster listener as node a does: `XQUEUE=tag`, each of
+/// `rcpts`; the reply to the end of data (which must be 250).
+fn send_as_a(cluster: &Cluster, to: &str, tag: &str, rcpts: &[&str], content: &[u8]) -> String {
+    let ca = &cluster.ca.cert_path;
+    let cert = &cluster.node("a").cert;
+    let (mut peer, _) =
+        PeerClient::connect(cluster.node(to).cluster, ca, Some(cert)).expect("connect");
+    peer.cmd("EHLO a").unwrap();
+    let mail = peer
+        .cmd(&format!("MAIL FROM:<s@example.test> XQUEUE={tag}"))
+        .unwrap();
+    assert!(mail.starts_with("250"), "{mail}");
+    for rcpt in rcpts {
+        let reply = peer.cmd(&format!("RCPT TO:<{rcpt}>")).unwrap();
+        assert!(reply.starts_with("250"), "{reply}");
+    }
+    let reply = peer.data(content).unwrap();
+    assert!(reply.starts_with("250"), "{reply}");
+    peer.cmd("QUIT").unwrap();
+    reply
+}
+
 /// A resend with the same `XQUEUE` and recipient (the sender died between our 250 and its
 /// record) is answered 250 with the first queue id and not stored again, also after a
 /// SIGKILL of the home node.
@@ -273,24 +295,8 @@ fn cluster_listener_refuses_strangers_and_other_nodes_users() {
 fn a_resent_message_is_stored_once() {
     let cluster = cluster(&["a", "b"]);
     let b = start(&cluster, "b", Engine::Epoll);
-    let addr = cluster.node("b").cluster;
-    let ca = cluster.ca.cert_path.clone();
-    let cert = cluster.node("a").cert.clone();
     let send = |tag: &str, rcpts: &[&str], marker: &str| -> String {
-        let (mut peer, _) = PeerClient::connect(addr, &ca, Some(&cert)).expect("connect");
-        peer.cmd("EHLO a").unwrap();
-        let mail = peer
-            .cmd(&format!("MAIL FROM:<s@example.test> XQUEUE={tag}"))
-            .unwrap();
-        assert!(mail.starts_with("250"), "{mail}");
-        for rcpt in rcpts {
-            let reply = peer.cmd(&format!("RCPT TO:<{rcpt}>")).unwrap();
-            assert!(reply.starts_with("250"), "{reply}");
-        }
-        let reply = peer.data(&message(marker, &[])).unwrap();
-        assert!(reply.starts_with("250"), "{reply}");
-        peer.cmd("QUIT").unwrap();
-        reply
+        send_as_a(&cluster, "b", tag, rcpts, &message(marker, &[]))
     };
     let first = send("a.00000000000000AA", &["bea@example.test"], "dup-1");
     let again = send("a.00000000000000AA", &["bea@example.test"], "dup-1");
@@ -325,21 +331,8 @@ fn a_resent_message_is_stored_once() {
 fn a_message_marked_junk_by_the_first_node_is_filed_in_junk_at_home() {
     let cluster = cluster(&["a", "b"]);
     let b = start(&cluster, "b", Engine::Epoll);
-    let addr = cluster.node("b").cluster;
-    let ca = cluster.ca.cert_path.clone();
-    let cert = cluster.node("a").cert.clone();
     let send = |tag: &str, content: &[u8]| {
-        let (mut peer, _) = PeerClient::connect(addr, &ca, Some(&cert)).expect("connect");
-        peer.cmd("EHLO a").unwrap();
-        let mail = peer
-            .cmd(&format!("MAIL FROM:<s@example.test> XQUEUE={tag}"))
-            .unwrap();
-        assert!(mail.starts_with("250"), "{mail}");
-        let reply = peer.cmd("RCPT TO:<bea@example.test>").unwrap();
-        assert!(reply.starts_with("250"), "{reply}");
-        let reply = peer.data(content).unwrap();
-        assert!(reply.starts_with("250"), "{reply}");
-        peer.cmd("QUIT").unwrap();
+        send_as_a(&cluster, "b", tag, &["bea@example.test"], content);
     };
     let mut junk = b"Authentication-Results: a.test; dmarc=fail header.from=quar.test\r\nX-Relay-Junk: dmarc\r\n".to_vec();
     junk.extend_from_slice(&message("junk-hop", &["pay this"]));

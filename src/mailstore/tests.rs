@@ -370,20 +370,23 @@ fn list_marks_children_subscriptions_and_roles() {
     assert!(sent.subscribed);
 }
 
-#[test]
-fn ensure_defaults_creates_missing_roles_once() {
-    let mut s = UserStore::new("u");
-    create(&mut s, "Trash");
-    let r = commit!(s, s.ensure_defaults(NOW).unwrap());
-    let created: Vec<&str> = r
-        .ops
+/// The names of the folders a record creates.
+fn created(r: &MailboxState) -> Vec<&str> {
+    r.ops
         .iter()
         .filter_map(|op| match op {
             StateOp::CreateFolder { name, .. } => Some(name.as_str()),
             _ => None,
         })
-        .collect();
-    assert_eq!(created, vec!["Sent", "Drafts", "Junk", "Archive"]);
+        .collect()
+}
+
+#[test]
+fn ensure_defaults_creates_missing_roles_once() {
+    let mut s = UserStore::new("u");
+    create(&mut s, "Trash");
+    let r = commit!(s, s.ensure_defaults(NOW).unwrap());
+    assert_eq!(created(&r), vec!["Sent", "Drafts", "Junk", "Archive"]);
     assert_eq!(s.ensure_defaults(NOW), None);
     s.set_max_folders(1);
     let mut t = UserStore::new("t");
@@ -957,15 +960,7 @@ fn ensure_role_creates_only_that_folder_and_role_folder_finds_it() {
     let mut s = UserStore::new("u");
     assert_eq!(s.role_folder(SpecialUse::Junk), None);
     let r = commit!(s, s.ensure_role(SpecialUse::Junk, NOW).unwrap());
-    let created: Vec<&str> = r
-        .ops
-        .iter()
-        .filter_map(|op| match op {
-            StateOp::CreateFolder { name, .. } => Some(name.as_str()),
-            _ => None,
-        })
-        .collect();
-    assert_eq!(created, vec!["Junk"]);
+    assert_eq!(created(&r), vec!["Junk"]);
     let junk = s.folder_id("Junk").expect("Junk");
     assert_eq!(s.role_folder(SpecialUse::Junk), Some(junk));
     assert_eq!(s.ensure_role(SpecialUse::Junk, NOW), None);
