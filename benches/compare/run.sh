@@ -53,6 +53,15 @@
 # IMAP_USERS=4 IMAP_MESSAGES=10000 (per mailbox) IMAP_SIZE=$SIZE IMAP_CONNECTIONS=4
 # IMAP_IDLE=10000 (sessions held in IDLE) IMAP_PIPELINING=16 IMAP_RANGE=500
 # IMAP_RANGE_DEPTH=2 IMAP_FETCH_ONLY=0 (1: the rounds run only the body fetches).
+# DISK=1: the disk measured in the same run (`loadgen disk`, records of $SIZE plus framing, one
+# write + one fdatasync per batch): the fdatasync latency (batches of 1, one writer), the raw
+# group-commit ceiling (one writer per core, $DISK_CEILING_BATCH records per fdatasync) and, for
+# each sweep point C, what the disk allows C transactions in flight (min(C, cores) writers, C
+# records per round of fdatasyncs); DISK_DURATION=3s.
+# SWEEP="1 5 20 50 200": SMTP ingest into relay and Postfix at each of these connection counts,
+# SWEEP_MODES="plain pipelined", SWEEP_DURATION=5s each, printed beside the disk's allowance at
+# that concurrency (SWEEP="" skips it). INGEST_ONLY=1: only SMTP ingest (the $CONNECTIONS-
+# connection runs, the disk, the sweep and the sink reference; no TLS, POP3 or IMAP).
 # TLS=1: relay and Postfix also get one throwaway certificate (P-256, openssl) and the rounds
 # add SMTP ingest over STARTTLS, long sessions and one message per connection (a handshake
 # each, resumed where the server allows it: both with their defaults), same loadgen;
@@ -90,6 +99,16 @@ IMAP_RANGE_DEPTH=${IMAP_RANGE_DEPTH:-2}
 IMAP_FETCH_ONLY=${IMAP_FETCH_ONLY:-0}
 TLS=${TLS:-1}
 TLS_ONLY=${TLS_ONLY:-0}
+DISK=${DISK:-1}
+DISK_DURATION=${DISK_DURATION:-3s}
+DISK_CEILING_BATCH=${DISK_CEILING_BATCH:-128}
+SWEEP=${SWEEP-1 5 20 50 200}
+SWEEP_MODES=${SWEEP_MODES:-plain pipelined}
+SWEEP_DURATION=${SWEEP_DURATION:-5s}
+INGEST_ONLY=${INGEST_ONLY:-0}
+if [ "$INGEST_ONLY" = 1 ]; then TLS=0 IMAP=0 POP3_ONLY=0; fi
+if [ "$TLS_ONLY" = 1 ] || [ "$POP3_ONLY" = 1 ]; then DISK=0 SWEEP=""; fi
+CORES=$(nproc)
 if [ "$TLS_ONLY" = 1 ]; then TLS=1 IMAP=0; fi
 [ "$IMAP_ONLY" = 1 ] && IMAP=1
 [ "${RELAY_BIN:-}" != none ] || [ "$IMAP_ONLY" = 1 ] || {
@@ -449,6 +468,51 @@ run_sink_ingest() {
     local json
     json=$(ingest "127.0.0.1:$SINK_PORT")
     record sink-ingest "$1" "$json"
+}
+
+# What the disk allows: $1 run name, $2 writers, $3 records per fdatasync, $4 round.
+run_disk() {
+    local json
+    json=$("$LOADGEN_BIN" disk --dir "$WORK" --size "$SIZE" --writers "$2" --batch "$3" \
+        --duration "$DISK_DURATION" --json 2>/dev/null) || die "loadgen disk failed"
+    record "$1" "$4" "$json" "msgs_per_s=$(jget "$json" records_per_s)"
+    log "round $4 disk, $2 writer(s), $3 per fdatasync: $(printf %.0f "$(jget "$json" records_per_s)") records/s, write+fdatasync p50 $(jget "$json" batch_latency/p50_ms) ms"
+}
+
+disk_round() { # $1: round
+    local c w
+    run_disk disk-sync 1 1 "$1"
+    run_disk disk-ceiling "$CORES" "$DISK_CEILING_BATCH" "$1"
+    for c in $SWEEP; do
+        w=$((c < CORES ? c : CORES))
+        run_disk "disk-c$c" "$w" $(((c + w - 1) / w)) "$1"
+    done
+}
+
+# Ingest at one concurrency: $1 relay|postfix, $2 connections, $3 plain|pipelined, $4 round.
+# The relay is started once per server and sweep (run_sweep); Postfix runs throughout.
+run_sweep_point() {
+    local server=$1 c=$2 mode=$3 round=$4 target json
+    local args=()
+    [ "$mode" = pipelined ] && args=(--pipelining)
+    if [ "$server" = relay ]; then target=$RELAY_SMTP; else target=127.0.0.1:$PF_PORT; fi
+    json=$("$LOADGEN_BIN" smtp --target "$target" --connections "$c" --size "$SIZE" \
+        --duration "$SWEEP_DURATION" --json "${args[@]}" 2>/dev/null)
+    record "$server-sweep-c$c-$mode" "$round" "$json"
+    log "round $round $server ingest at $c connections, $mode: $(printf %.0f "$(jget "$json" msgs_per_s)") msgs/s, transaction p50 $(jget "$json" latency_ms/transaction/p50_ms) ms"
+}
+
+sweep_round() { # $1: round; the servers alternate first
+    local order c mode server
+    if (($1 % 2 == 1)); then order="relay postfix"; else order="postfix relay"; fi
+    for server in $order; do
+        [ "$server" = relay ] && start_relay localhost
+        for c in $SWEEP; do
+            for mode in $SWEEP_MODES; do run_sweep_point "$server" "$c" "$mode" "$1"; done
+        done
+        [ "$server" = relay ] && stop_relay
+    done
+    return 0
 }
 
 # SMTP ingest over STARTTLS: $1 relay|postfix, $2 round, $3 long|single (one message per
@@ -811,8 +875,10 @@ for ((round = 1; round <= ROUNDS; round++)); do
             run_relay_ingest "$round"
         fi
     fi
+    if [ "$DISK" = 1 ]; then disk_round "$round"; fi
+    if [ -n "$SWEEP" ]; then sweep_round "$round"; fi
     if [ "$TLS" = 1 ] && [ "$POP3_ONLY" != 1 ]; then tls_round "$round"; fi
-    if [ "$TLS_ONLY" != 1 ]; then pop3_round "$round"; fi
+    if [ "$TLS_ONLY" != 1 ] && [ "$INGEST_ONLY" != 1 ]; then pop3_round "$round"; fi
 done
 if [ "$POP3_ONLY" != 1 ] && [ "$TLS_ONLY" != 1 ]; then run_sink_ingest 1; fi
 fi
@@ -843,10 +909,12 @@ LOAD_AFTER=$(cut -d' ' -f1-3 /proc/loadavg)
 python3 - "$RESULTS" "$ROUNDS" "$DURATION" "$CONNECTIONS" "$SIZE" "$USERS" "$PER_USER" \
     "$POP3_CONNECTIONS" "$LOAD_AFTER" "$(postconf -d -h mail_version 2>/dev/null || echo '?')" \
     "$(dovecot --version 2>/dev/null | cut -d' ' -f1)" "$IMAP_USERS" "$IMAP_MESSAGES" \
-    "$IMAP_SIZE" "$IMAP_CONNECTIONS" "$POP3_WORKLOADS" "$POP3_MODES" "$POP3_WINDOW" <<'EOF'
+    "$IMAP_SIZE" "$IMAP_CONNECTIONS" "$POP3_WORKLOADS" "$POP3_MODES" "$POP3_WINDOW" \
+    "$SWEEP" "$SWEEP_MODES" "$SWEEP_DURATION" "$CORES" <<'EOF'
 import json, statistics, sys
 (path, rounds, duration, conns, size, users, per_user, pconns, load, pf_ver, dv_ver,
- iusers, imsgs, isize, iconns, pop3_workloads, pop3_modes, pop3_window) = sys.argv[1:]
+ iusers, imsgs, isize, iconns, pop3_workloads, pop3_modes, pop3_window,
+ sweep, sweep_modes, sweep_duration, cores) = sys.argv[1:]
 runs = [json.loads(l) for l in open(path)]
 def med(name, key):
     vals = []
@@ -939,12 +1007,35 @@ for key, what in (("pss_kib_per_session", "PSS"), ("rss_kib_per_session", "RSS")
     rows.append((f"IMAP memory per session in IDLE, {f(sessions)} sessions, {what} (KiB)", f(a), f(b), lower(a, b)))
 si = med("sink-ingest", "msgs_per_s")
 rows.append(("reference: loadgen → loadgen sink, same SMTP load (msgs/s)", f(si), "", ""))
+ceiling, sync = med("disk-ceiling", "records_per_s"), med("disk-sync", "batch_latency/p50_ms")
+if ceiling:
+    batch = med("disk-ceiling", "batch")
+    rows.append((f"disk: raw group-commit ceiling, {cores} writers × {f(batch)} records of {size} per fdatasync (records/s)", f(ceiling), "", ""))
+    rows.append(("disk: one record per write + fdatasync, p50 / p99 (ms)", f"{f(sync, 3)} / {f(med('disk-sync', 'batch_latency/p99_ms'), 3)}", "", ""))
+    rows.append((f"relay ingest at {conns} conns, pipelined: share of the raw ceiling / of the sink rate", f"{ri / ceiling:.0%}" if ri else "–", f"{ri / si:.0%}" if ri and si else "–", ""))
+sweep_rows = []
+for c in sweep.split():
+    allow = med(f"disk-c{c}", "records_per_s")
+    for mode in sweep_modes.split():
+        a, b = med(f"relay-sweep-c{c}-{mode}", "msgs_per_s"), med(f"postfix-sweep-c{c}-{mode}", "msgs_per_s")
+        if a is None and b is None:
+            continue
+        p50 = med(f"relay-sweep-c{c}-{mode}", "latency_ms/transaction/p50_ms")
+        sweep_rows.append((c, mode, f(a), f(b), ratio(a, b), f(allow), f"{allow / a:.2f}×" if a and allow else "–", f(p50, 2)))
 print(f"\nrelay vs Postfix {pf_ver} / Dovecot {dv_ver}; medians of {rounds} alternating rounds; load average after: {load}\n")
 print("| workload | relay | Postfix / Dovecot | ratio relay/peer |")
 print("|---|---|---|---|")
 for r in rows:
-    print("| " + " | ".join(r) + " |")
+    if r[1:] != ("–", "–", "–"):  # a section this run left out
+        print("| " + " | ".join(r) + " |")
 print()
+if sweep_rows:
+    print(f"SMTP ingest by concurrency, {size}, {sweep_duration} per point; the disk's allowance is what `loadgen disk` writes durably with that many records per round of fdatasyncs (min(C, {cores}) writers); a transaction cannot finish before its fdatasync\n")
+    print("| connections | mode | relay (msgs/s) | Postfix (msgs/s) | relay/Postfix | disk allows (records/s) | allowance/relay | relay transaction p50 (ms) |")
+    print("|---|---|---|---|---|---|---|---|")
+    for r in sweep_rows:
+        print("| " + " | ".join(str(x) for x in r) + " |")
+    print()
 print("per run:")
 for r in runs:
     extra = f" e2e {r['e2e_msgs_per_s']:.0f}" if "e2e_msgs_per_s" in r else ""

@@ -33,6 +33,9 @@ pub enum Mode {
     /// Log in to IMAP mailboxes and run one workload (APPEND, SELECT, FETCH, STORE,
     /// EXPUNGE, SEARCH, a mix, or sessions held in IDLE).
     Imap(ImapArgs),
+    /// Measure what a disk allows a durable server: batches of records, one write and one
+    /// fdatasync each, from one or more writer threads.
+    Disk(DiskArgs),
 }
 
 /// Options every mode has.
@@ -208,6 +211,27 @@ pub enum Workload {
     Mixed,
     /// Hold --connections sessions in IDLE for --duration once all have entered it.
     Idle,
+}
+
+#[derive(Debug, Args)]
+pub struct DiskArgs {
+    /// Directory on the disk to measure (a scratch directory is made in it and removed).
+    #[arg(long)]
+    pub dir: PathBuf,
+    /// Message size; each record is this plus the spool's framing.
+    #[arg(long, value_parser = size, default_value = "10KiB")]
+    pub size: u64,
+    /// Records per write + fdatasync.
+    #[arg(long, default_value_t = 64)]
+    pub batch: usize,
+    /// Writer threads, each appending to its own file (a spool writer per shard).
+    #[arg(long, default_value_t = 1)]
+    pub writers: usize,
+    /// How long to write.
+    #[arg(long, value_parser = duration, default_value = "3s")]
+    pub duration: Duration,
+    #[command(flatten)]
+    pub common: Common,
 }
 
 #[derive(Debug, Args)]

@@ -757,3 +757,46 @@ fn a_message_file_is_stored_as_it_is() {
     let (status, _) = server.finish();
     assert!(status.success(), "relay exit {status}");
 }
+
+#[test]
+fn disk_writes_whole_batches_from_every_writer_and_leaves_nothing_behind() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().to_str().unwrap();
+    let summary = loadgen_json(&[
+        "disk",
+        "--dir",
+        path,
+        "--size",
+        "4KiB",
+        "--batch",
+        "3",
+        "--writers",
+        "2",
+        "--duration",
+        "300ms",
+    ]);
+    assert_eq!(u(&summary, "/writers"), 2);
+    assert_eq!(u(&summary, "/batch"), 3);
+    assert_eq!(
+        u(&summary, "/record_bytes"),
+        4096 + 160,
+        "the message plus framing"
+    );
+    let records = u(&summary, "/records");
+    let batches = u(&summary, "/batch_latency/count");
+    assert!(batches >= 2, "each writer synced at least once: {summary}");
+    assert_eq!(records, 3 * batches, "records are counted per whole batch");
+    let rate = summary["records_per_s"].as_f64().unwrap();
+    let elapsed = summary["elapsed_s"].as_f64().unwrap();
+    assert!((rate * elapsed - records as f64).abs() < 1.0, "{summary}");
+    assert!(elapsed >= 0.3, "ran its duration: {summary}");
+    let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
+    assert!(left.is_empty(), "scratch files removed: {left:?}");
+
+    let (status, _, stderr) = loadgen(&["disk", "--dir", path, "--batch", "0"]);
+    assert_eq!(status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("--batch and --writers must be at least 1"),
+        "{stderr}"
+    );
+}

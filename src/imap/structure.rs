@@ -120,7 +120,7 @@ pub fn body_structure(out: &mut Vec<u8>, msg: Option<&Message<'_>>, whole: &[u8]
     match msg {
         Some(m) => part(out, m, 0, extended),
         None => {
-            let lines = whole.iter().filter(|&&b| b == b'\n').count();
+            let lines = mime::lines::count(whole);
             let text = format!(
                 "(\"TEXT\" \"PLAIN\" (\"CHARSET\" \"US-ASCII\") NIL NIL \"7BIT\" {} {lines})",
                 whole.len()
@@ -170,16 +170,17 @@ fn part(out: &mut Vec<u8>, m: &Message<'_>, index: usize, extended: bool) {
     reply::string(out, &encoding);
     let body = m.body(index);
     out.extend_from_slice(format!(" {}", body.len()).as_bytes());
-    let lines = body.iter().filter(|&&b| b == b'\n').count();
+    // Only text and message parts carry a line count: other bodies are not counted.
+    let lines = || mime::lines::count(body);
     if p.kind == PartKind::Message {
         let child = p.children.start;
         out.push(b' ');
         envelope(out, Some(m), child);
         out.push(b' ');
         part(out, m, child, extended);
-        out.extend_from_slice(format!(" {lines}").as_bytes());
+        out.extend_from_slice(format!(" {}", lines()).as_bytes());
     } else if p.content_type.top.eq_ignore_ascii_case(b"text") {
-        out.extend_from_slice(format!(" {lines}").as_bytes());
+        out.extend_from_slice(format!(" {}", lines()).as_bytes());
     }
     if extended {
         out.extend_from_slice(b" ");

@@ -36,7 +36,7 @@
 //!
 //! Modules: [`header`] (fields, Content-Type and its parameters, CTE, disposition),
 //! [`encoded_word`] (RFC 2047 and charsets), [`boundary`] (the multipart splitter),
-//! [`tree`] (the parser and the part tree), [`base64`], [`qp`], [`downgrade`], [`policy`],
+//! [`tree`] (the parser and the part tree), [`lines`] (line counts), [`base64`], [`qp`], [`downgrade`], [`policy`],
 //! `fuzz` (with the `fuzzing` feature: the fuzz targets as plain functions, also run by
 //! unit tests).
 //!
@@ -50,6 +50,7 @@ pub mod encoded_word;
 #[cfg(any(test, feature = "fuzzing"))]
 pub mod fuzz;
 pub mod header;
+pub mod lines;
 pub mod policy;
 pub mod qp;
 pub mod tree;

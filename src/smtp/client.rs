@@ -1351,13 +1351,23 @@ pub fn dot_stuff(body: &[u8], out: &mut Vec<u8>) {
     if body.first() == Some(&b'.') {
         out.push(b'.');
     }
+    // Only line ends followed by a dot matter: search for those two octets (rare) rather than
+    // stopping at every CR and LF (two stops per line).
+    let mut after_lf = memchr::memmem::find_iter(body, b"\n.").peekable();
+    let mut after_cr = memchr::memmem::find_iter(body, b"\r.").peekable();
     let mut start = 0;
-    for i in memchr::memchr2_iter(b'\r', b'\n', body) {
-        if body.get(i + 1) == Some(&b'.') {
-            out.extend_from_slice(&body[start..=i]);
-            out.push(b'.');
-            start = i + 1;
-        }
+    loop {
+        // The two patterns never start at the same octet: merge them in order.
+        let i = match (after_lf.peek(), after_cr.peek()) {
+            (Some(&lf), Some(&cr)) if lf < cr => after_lf.next(),
+            (Some(_), Some(_)) | (None, Some(_)) => after_cr.next(),
+            (Some(_), None) => after_lf.next(),
+            (None, None) => None,
+        };
+        let Some(i) = i else { break };
+        out.extend_from_slice(&body[start..=i]);
+        out.push(b'.');
+        start = i + 1;
     }
     out.extend_from_slice(&body[start..]);
     if !body.is_empty() && !body.ends_with(b"\r\n") {
@@ -1390,6 +1400,35 @@ mod tests {
         for (body, wire) in table {
             assert_eq!(stuffed(body), *wire, "{:?}", String::from_utf8_lossy(body));
         }
+    }
+
+    #[test]
+    fn dot_stuffing_agrees_with_a_stop_at_every_line_end() {
+        fn reference(body: &[u8]) -> Vec<u8> {
+            let mut out = Vec::new();
+            for (i, &b) in body.iter().enumerate() {
+                let line_start = i == 0 || matches!(body[i - 1], b'\r' | b'\n');
+                if line_start && b == b'.' {
+                    out.push(b'.');
+                }
+                out.push(b);
+            }
+            if !body.is_empty() && !body.ends_with(b"\r\n") {
+                out.extend_from_slice(b"\r\n");
+            }
+            out.extend_from_slice(b".\r\n");
+            out
+        }
+        // Every body of up to 6 octets over the alphabet that matters, and longer mixes.
+        let alphabet = [b'.', b'\r', b'\n', b'a'];
+        for len in 0..=6u32 {
+            for n in 0..4usize.pow(len) {
+                let body: Vec<u8> = (0..len).map(|k| alphabet[n / 4usize.pow(k) % 4]).collect();
+                assert_eq!(stuffed(&body), reference(&body), "{body:?}");
+            }
+        }
+        let long = b"line one\r\n.dot\r\n\r\n..\r\nx\r.y\n.z".repeat(50);
+        assert_eq!(stuffed(&long), reference(&long));
     }
 
     #[test]
