@@ -227,6 +227,10 @@ pub struct DiskArgs {
     /// Writer threads, each appending to its own file (a spool writer per shard).
     #[arg(long, default_value_t = 1)]
     pub writers: usize,
+    /// Write into files zero-filled (and synced) beforehand, so no fdatasync has to record a
+    /// new file size; the default appends to growing files, as a log does.
+    #[arg(long)]
+    pub prezeroed: bool,
     /// How long to write.
     #[arg(long, value_parser = duration, default_value = "3s")]
     pub duration: Duration,

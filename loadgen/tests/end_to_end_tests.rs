@@ -793,6 +793,24 @@ fn disk_writes_whole_batches_from_every_writer_and_leaves_nothing_behind() {
     let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
     assert!(left.is_empty(), "scratch files removed: {left:?}");
 
+    let prezeroed = loadgen_json(&[
+        "disk",
+        "--dir",
+        path,
+        "--batch",
+        "2",
+        "--duration",
+        "200ms",
+        "--prezeroed",
+    ]);
+    assert_eq!(prezeroed["prezeroed"], Value::Bool(true));
+    assert_eq!(summary["prezeroed"], Value::Bool(false));
+    assert_eq!(
+        u(&prezeroed, "/records"),
+        2 * u(&prezeroed, "/batch_latency/count")
+    );
+    assert!(std::fs::read_dir(dir.path()).unwrap().next().is_none());
+
     let (status, _, stderr) = loadgen(&["disk", "--dir", path, "--batch", "0"]);
     assert_eq!(status.code(), Some(2), "{stderr}");
     assert!(
