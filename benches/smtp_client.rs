@@ -144,5 +144,45 @@ fn client_to_session(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, client_alone, client_to_session);
+/// Dot-stuffing a stored 10 KB body for DATA (`smtp::client::dot_stuff`, which searches for
+/// a line end followed by a dot) beside the loop it replaced, which stopped at every CR and LF.
+fn dot_stuffing(c: &mut Criterion) {
+    fn stop_at_every_line_end(body: &[u8], out: &mut Vec<u8>) {
+        out.reserve(body.len() + body.len() / 64 + 5);
+        if body.first() == Some(&b'.') {
+            out.push(b'.');
+        }
+        let mut start = 0;
+        for i in memchr::memchr2_iter(b'\r', b'\n', body) {
+            if body.get(i + 1) == Some(&b'.') {
+                out.extend_from_slice(&body[start..=i]);
+                out.push(b'.');
+                start = i + 1;
+            }
+        }
+        out.extend_from_slice(&body[start..]);
+        out.extend_from_slice(b".\r\n");
+    }
+    let body = body();
+    let mut group = c.benchmark_group("dot_stuff_10k");
+    group.throughput(Throughput::Bytes(body.len() as u64));
+    let mut out = Vec::with_capacity(2 * body.len());
+    group.bench_function("dot_stuff", |b| {
+        b.iter(|| {
+            out.clear();
+            relay::smtp::client::dot_stuff(black_box(&body), &mut out);
+            black_box(out.len())
+        })
+    });
+    group.bench_function("stop_at_every_line_end", |b| {
+        b.iter(|| {
+            out.clear();
+            stop_at_every_line_end(black_box(&body), &mut out);
+            black_box(out.len())
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, client_alone, client_to_session, dot_stuffing);
 criterion_main!(benches);
