@@ -5,8 +5,9 @@
 //! the cores' time beyond the pool's size.
 //!
 //! The threads run on every CPU the process may use, not on a shard's core (a thread spawned
-//! from a pinned thread would inherit its pin and compete with that shard alone). A check
-//! whose client has gone before a thread takes it is dropped unhashed.
+//! from a pinned thread would inherit its pin and compete with that shard alone), and at a
+//! lower priority than the shards ([`NICE`]). A check whose client has gone before a thread
+//! takes it is dropped unhashed.
 
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -18,6 +19,15 @@ use crate::metrics::HashPoolMetrics;
 
 /// The prefix of the pool threads' names (`/proc/PID/task/TID/comm`).
 pub const THREAD_NAME: &str = "auth-hash";
+
+/// How far below the shards' priority the pool threads run (nice value added to the one the
+/// process started with, up to 19). A hash holds a CPU for tens of milliseconds; at the shards'
+/// priority it takes that time slice from every session served on the CPU, which showed as
+/// the relay's POP3 RETR p99.9 going from 0.2-0.6 ms to 3.8 ms while other clients logged in
+/// (BENCHMARKS.md, session 15). At 10 the scheduler gives a shard about ten times a hash
+/// thread's share when both want a CPU, so a login waits longer on a busy machine and the
+/// sessions already in do not.
+pub const NICE: i32 = 10;
 
 type Job = Box<dyn FnOnce() + Send>;
 
@@ -96,6 +106,13 @@ fn work(queue: &Receiver<Job>, metrics: &HashPoolMetrics, cpus: Option<&rustix::
             tracing::warn!(%error, "password-hash thread: could not widen its CPU affinity");
         }
     }
+    // On Linux a nice value belongs to the thread (task) named, not to the whole process.
+    let me = rustix::thread::gettid();
+    let lowered = rustix::process::getpriority_process(Some(me))
+        .and_then(|inherited| rustix::process::setpriority_process(Some(me), below(inherited)));
+    if let Err(error) = lowered {
+        tracing::warn!(%error, "password-hash thread: could not lower its priority");
+    }
     while let Ok(job) = queue.recv() {
         metrics.queued.dec();
         // A panicking check must not take the thread with it (the pool would shrink to
@@ -104,6 +121,11 @@ fn work(queue: &Receiver<Job>, metrics: &HashPoolMetrics, cpus: Option<&rustix::
             tracing::error!("a password check panicked");
         }
     }
+}
+
+/// The pool threads' nice value when the process runs at `inherited`.
+fn below(inherited: i32) -> i32 {
+    inherited.saturating_add(NICE).min(19)
 }
 
 /// The CPUs of the process as a whole (its main thread's set, which no shard pin narrows).
@@ -126,6 +148,43 @@ mod tests {
 
     fn metrics() -> HashPoolMetrics {
         crate::metrics::Metrics::new(1, None).hash_pool()
+    }
+
+    /// Every pool thread runs [`NICE`] below the process's priority; the thread that started the pool keeps its own.
+    #[test]
+    fn pool_threads_run_below_the_shards_priority() {
+        let before = rustix::process::getpriority_process(None).unwrap();
+        assert!(before < 19, "run the tests above the lowest priority");
+        let pool = HashPool::start(2, 4, metrics()).unwrap();
+        // Each check reports the nice value of the thread it ran on, read from /proc.
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let seen: Vec<(String, i32)> = rt.block_on(async {
+            let mut seen = Vec::new();
+            for _ in 0..4 {
+                let check = pool
+                    .submit(|| {
+                        let stat = std::fs::read_to_string("/proc/thread-self/stat").unwrap();
+                        let comm = std::fs::read_to_string("/proc/thread-self/comm")
+                            .unwrap()
+                            .trim()
+                            .to_string();
+                        // Field 19 (nice), the 17th after the parenthesised name.
+                        let after_name = &stat[stat.rfind(')').unwrap() + 2..];
+                        let nice: i32 = after_name.split(' ').nth(16).unwrap().parse().unwrap();
+                        (comm, nice)
+                    })
+                    .unwrap();
+                seen.push(check.await.unwrap());
+            }
+            seen
+        });
+        for (comm, nice) in seen {
+            assert!(comm.starts_with(THREAD_NAME), "{comm}");
+            assert_eq!(nice, below(before), "{comm}");
+        }
+        assert_eq!(rustix::process::getpriority_process(None).unwrap(), before);
     }
 
     #[test]
