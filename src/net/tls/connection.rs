@@ -1,23 +1,31 @@
-//! TLS over either engine: a [`Connection`] that drives rustls's buffer API (`read_tls`,
-//! `process_new_packets`, `write_tls`) on top of another [`Connection`], so the protocol
-//! drivers run unchanged over TLS and io_uring still moves every byte (no blocking stream,
-//! no second runtime).
+//! TLS over either engine: a [`Connection`] that drives rustls's unbuffered API
+//! (`process_tls_records` and the states it returns) on top of another [`Connection`], so the
+//! protocol drivers run unchanged over TLS and io_uring still moves every byte (no blocking
+//! stream, no second runtime).
 //!
-//! Ciphertext and plaintext buffers are owned by this wrapper and reused; the rustls state
-//! sits in a `RefCell` that is never borrowed across an await, so a read pending in the
-//! kernel and a write (the driver's goodbye) can overlap as they do on a plain socket.
+//! The unbuffered API leaves every buffer to this wrapper, so an idle session holds none but
+//! the small pending read's: rustls's buffered connection kept a 4 KiB ciphertext buffer of
+//! its own from the first read on. Ciphertext not yet processed stays in `incoming`; records
+//! are decrypted one at a time, only as the driver asks for plaintext, straight into the
+//! driver's buffer (what does not fit waits in `plaintext`). The rustls state sits in a
+//! `RefCell` that is never borrowed across an await, so a read pending in the kernel and a
+//! write (the driver's goodbye) can overlap as they do on a plain socket.
 //!
-//! Records rustls queues on its own (a TLS 1.3 KeyUpdate answer, an alert) go out from the
-//! read path; writers take turns (`writing`), so two writes of ciphertext never interleave
-//! on the socket. A read that decrypts to more than rustls's plaintext buffer holds keeps
-//! the rest of its ciphertext and feeds it once the driver has taken the plaintext; bytes
-//! after the peer's close_notify are dropped.
+//! Every record rustls produces (handshake flights, alerts, encrypted data) is appended to
+//! `outgoing` in the order it was made; writers take turns (`writing`) and send it in that
+//! order, so two writes of ciphertext never interleave on the socket. Bytes after the peer's
+//! close_notify are never processed.
 
 use std::cell::{Cell, RefCell};
-use std::io::{self, BufRead, Write};
+use std::io;
 use std::sync::Arc;
 
+use rustls::client::UnbufferedClientConnection;
 use rustls::pki_types::ServerName;
+use rustls::server::UnbufferedServerConnection;
+use rustls::unbuffered::{
+    ConnectionState, EncodeError, EncryptError, InsufficientSizeError, UnbufferedStatus,
+};
 
 use crate::net::io::Connection;
 
@@ -28,6 +36,15 @@ use crate::net::io::Connection;
 /// full (a message body), and back when they do not.
 const CIPHERTEXT_MIN: usize = 512;
 const CIPHERTEXT_MAX: usize = 16 * 1024 + 512;
+
+/// Most ciphertext kept unprocessed: a handshake message may span records up to 64 KiB
+/// (rustls refuses larger ones), plus one read. A peer that sends more without completing a
+/// record or message is refused instead of growing the buffer.
+const INCOMING_MAX: usize = 64 * 1024 + 2 * CIPHERTEXT_MAX;
+
+/// Plaintext encrypted per step of a write: four full records, sent before the next four
+/// are encrypted (the ciphertext buffer stays near this size whatever the driver writes).
+const ENCRYPT_STEP: usize = 4 * 16 * 1024;
 
 /// What the handshake agreed, for the Received header and the log.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -79,13 +96,15 @@ pub async fn accept<C: Connection>(
 /// A connection protected by TLS; the inner connection carries the ciphertext.
 pub struct TlsConnection<C> {
     inner: C,
-    state: RefCell<rustls::Connection>,
-    /// Ciphertext read from the socket (reused between reads); `incoming[fed..]` is not yet
-    /// given to rustls (its plaintext buffer was full) and is fed before the socket is read
-    /// again.
+    state: RefCell<Tls>,
+    /// Ciphertext read and not yet processed: `incoming[..used]` (a partial record, or
+    /// records whose plaintext the driver has not asked for yet). While a read of the socket
+    /// is pending with nothing unprocessed, the read owns this buffer.
     incoming: RefCell<Vec<u8>>,
-    fed: Cell<usize>,
-    /// Ciphertext for the socket (reused between writes).
+    used: Cell<usize>,
+    /// Plaintext decrypted and not yet taken by the driver (its buffer was full).
+    plaintext: RefCell<Vec<u8>>,
+    /// Ciphertext for the socket, in the order it was produced.
     outgoing: RefCell<Vec<u8>>,
     /// A write of ciphertext is in flight; the other writer waits for `written`, so records
     /// never interleave on the socket.
@@ -93,17 +112,208 @@ pub struct TlsConnection<C> {
     written: tokio::sync::Notify,
     /// The size of the next ciphertext read (between the two bounds above).
     chunk: Cell<usize>,
+    /// The peer's close_notify has been processed: reads return 0 from now on.
+    peer_closed: Cell<bool>,
+    /// A TLS error ended the session: rustls is not asked for anything more (it would
+    /// process the offending input again).
+    failed: Cell<bool>,
+}
+
+enum Tls {
+    Server(UnbufferedServerConnection),
+    Client(UnbufferedClientConnection),
+}
+
+impl Tls {
+    fn common(&self) -> &rustls::CommonState {
+        match self {
+            Tls::Server(conn) => conn,
+            Tls::Client(conn) => conn,
+        }
+    }
+}
+
+/// What a pump of the record layer is for.
+enum Goal<'a> {
+    /// Complete the handshake.
+    Handshake,
+    /// Plaintext for the driver, appended to this buffer up to its capacity.
+    Read(&'a mut Vec<u8>),
+    /// Encrypt these bytes (at most [`ENCRYPT_STEP`]) into `outgoing`.
+    Write(&'a [u8]),
+    /// Encrypt a close_notify alert into `outgoing`.
+    Close,
+}
+
+/// Where a pump stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Pumped {
+    /// rustls needs more ciphertext from the peer.
+    NeedRead,
+    /// Application data may be sent (the goal's bytes, if any, are encrypted).
+    Writable,
+    /// Plaintext was given to the driver's buffer or kept for it.
+    Plaintext,
+    /// The peer's close_notify has been processed.
+    PeerClosed,
+    /// Both sides have sent close_notify.
+    Closed,
+}
+
+/// One state handled; what the pump does next.
+enum Step {
+    Again,
+    Stop(Pumped),
 }
 
 fn tls_error(error: rustls::Error) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, error)
 }
 
+/// Appends what `produce` writes to the end of `out`, growing `out` to the size rustls asks
+/// for when the first try does not fit.
+fn append_with<E>(
+    out: &mut Vec<u8>,
+    first_try: usize,
+    mut produce: impl FnMut(&mut [u8]) -> Result<usize, E>,
+    required: impl Fn(&E) -> Option<usize>,
+) -> Result<(), E> {
+    let start = out.len();
+    let mut room = first_try;
+    loop {
+        out.resize(start + room, 0);
+        match produce(&mut out[start..]) {
+            Ok(n) => {
+                out.truncate(start + n);
+                return Ok(());
+            }
+            Err(error) => {
+                out.truncate(start);
+                match required(&error) {
+                    Some(size) if size > room => room = size,
+                    _ => return Err(error),
+                }
+            }
+        }
+    }
+}
+
+fn encode_required(error: &EncodeError) -> Option<usize> {
+    match error {
+        EncodeError::InsufficientSize(InsufficientSizeError { required_size }) => {
+            Some(*required_size)
+        }
+        _ => None,
+    }
+}
+
+fn encrypt_required(error: &EncryptError) -> Option<usize> {
+    match error {
+        EncryptError::InsufficientSize(InsufficientSizeError { required_size }) => {
+            Some(*required_size)
+        }
+        _ => None,
+    }
+}
+
+fn encrypt_failed(error: EncryptError) -> io::Error {
+    io::Error::other(format!("TLS: {error}"))
+}
+
+/// Handles the state one `process_tls_records` returned. Records the peer sent are taken
+/// into `plaintext` (or the goal's buffer), handshake records are encoded into `outgoing`.
+/// Returns the ciphertext to discard from the front of the incoming buffer with the step.
+fn advance<Data>(
+    status: UnbufferedStatus<'_, '_, Data>,
+    goal: &mut Goal<'_>,
+    plaintext: &mut Vec<u8>,
+    outgoing: &mut Vec<u8>,
+) -> (usize, io::Result<Step>) {
+    let mut discard = status.discard;
+    let state = match status.state {
+        Ok(state) => state,
+        Err(error) => return (discard, Err(tls_error(error))),
+    };
+    let step = match state {
+        ConnectionState::ReadTraffic(mut traffic) => {
+            while let Some(record) = traffic.next_record() {
+                let record = match record {
+                    Ok(record) => record,
+                    Err(error) => return (discard, Err(tls_error(error))),
+                };
+                discard += record.discard;
+                let mut payload = record.payload;
+                if let Goal::Read(buf) = goal {
+                    if plaintext.is_empty() {
+                        let n = payload.len().min(buf.capacity() - buf.len());
+                        buf.extend_from_slice(&payload[..n]);
+                        payload = &payload[n..];
+                    }
+                }
+                plaintext.extend_from_slice(payload);
+            }
+            if matches!(goal, Goal::Read(_)) {
+                Ok(Step::Stop(Pumped::Plaintext))
+            } else {
+                Ok(Step::Again)
+            }
+        }
+        ConnectionState::EncodeTlsData(mut encode) => {
+            match append_with(outgoing, 0, |out| encode.encode(out), encode_required) {
+                Ok(()) => Ok(Step::Again),
+                Err(error) => Err(io::Error::other(format!("TLS: {error}"))),
+            }
+        }
+        ConnectionState::TransmitTlsData(transmit) => {
+            // The records are in `outgoing`, which is sent before anything is read again
+            // and ahead of every record made after them.
+            transmit.done();
+            Ok(Step::Again)
+        }
+        ConnectionState::BlockedHandshake => Ok(Step::Stop(Pumped::NeedRead)),
+        ConnectionState::WriteTraffic(mut traffic) => match goal {
+            Goal::Write(data) => {
+                let first_try = data.len() + data.len().div_ceil(16 * 1024).max(1) * 64;
+                match append_with(
+                    outgoing,
+                    first_try,
+                    |out| traffic.encrypt(data, out),
+                    encrypt_required,
+                ) {
+                    Ok(()) => Ok(Step::Stop(Pumped::Writable)),
+                    Err(error) => Err(encrypt_failed(error)),
+                }
+            }
+            Goal::Close => {
+                match append_with(
+                    outgoing,
+                    64,
+                    |out| traffic.queue_close_notify(out),
+                    encrypt_required,
+                ) {
+                    Ok(()) => Ok(Step::Stop(Pumped::Writable)),
+                    Err(error) => Err(encrypt_failed(error)),
+                }
+            }
+            Goal::Handshake | Goal::Read(_) => Ok(Step::Stop(Pumped::Writable)),
+        },
+        ConnectionState::PeerClosed => Ok(Step::Stop(Pumped::PeerClosed)),
+        ConnectionState::Closed => Ok(Step::Stop(Pumped::Closed)),
+        // 0-RTT is not enabled (the server config's early data size is 0), so a peer that
+        // sends it has broken the protocol; so has any state this code does not know.
+        _ => Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "TLS: unexpected early data or connection state",
+        )),
+    };
+    (discard, step)
+}
+
 impl<C: Connection> TlsConnection<C> {
     /// Server side: the handshake is driven by [`TlsConnection::handshake`].
     pub fn server(inner: C, config: Arc<rustls::ServerConfig>) -> io::Result<Self> {
-        let tls = rustls::ServerConnection::new(config).map_err(tls_error)?;
-        Ok(Self::wrap(inner, rustls::Connection::Server(tls)))
+        let tls = UnbufferedServerConnection::new(config).map_err(tls_error)?;
+        Ok(Self::wrap(inner, Tls::Server(tls)))
     }
 
     /// Client side, for `name` (SNI and, when the config verifies, the certificate's name).
@@ -112,34 +322,44 @@ impl<C: Connection> TlsConnection<C> {
         config: Arc<rustls::ClientConfig>,
         name: ServerName<'static>,
     ) -> io::Result<Self> {
-        let tls = rustls::ClientConnection::new(config, name).map_err(tls_error)?;
-        Ok(Self::wrap(inner, rustls::Connection::Client(tls)))
+        let tls = UnbufferedClientConnection::new(config, name).map_err(tls_error)?;
+        Ok(Self::wrap(inner, Tls::Client(tls)))
     }
 
-    fn wrap(inner: C, tls: rustls::Connection) -> Self {
+    fn wrap(inner: C, tls: Tls) -> Self {
         TlsConnection {
             inner,
             state: RefCell::new(tls),
             incoming: RefCell::new(Vec::new()),
-            fed: Cell::new(0),
+            used: Cell::new(0),
+            plaintext: RefCell::new(Vec::new()),
             outgoing: RefCell::new(Vec::new()),
             writing: Cell::new(false),
             written: tokio::sync::Notify::new(),
             chunk: Cell::new(CIPHERTEXT_MIN),
+            peer_closed: Cell::new(false),
+            failed: Cell::new(false),
         }
     }
 
     /// Runs the handshake to completion. The caller bounds it in time (`conn::within`).
     pub async fn handshake(&self) -> io::Result<TlsSummary> {
         loop {
-            self.send_pending().await?;
-            if !self.state.borrow().is_handshaking() {
-                break;
+            let pumped = self.pump(&mut Goal::Handshake);
+            // Whatever the pump made (the next flight, or the alert of a failure) goes out
+            // before anything else happens.
+            let sent = self.send_pending().await;
+            match pumped? {
+                Pumped::Writable | Pumped::Plaintext if !self.handshaking() => break,
+                Pumped::Writable | Pumped::Plaintext | Pumped::NeedRead => {}
+                Pumped::PeerClosed | Pumped::Closed => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "peer closed the TLS session during the handshake",
+                    ))
+                }
             }
-            if self.unfed() {
-                self.feed()?;
-                continue;
-            }
+            sent?;
             if self.receive().await? == 0 {
                 return Err(io::Error::new(
                     io::ErrorKind::UnexpectedEof,
@@ -152,13 +372,22 @@ impl<C: Connection> TlsConnection<C> {
         Ok(self.summary())
     }
 
+    fn handshaking(&self) -> bool {
+        self.state.borrow().common().is_handshaking()
+    }
+
     /// The ALPN protocol the handshake agreed on, if any.
     pub fn alpn_protocol(&self) -> Option<Vec<u8>> {
-        self.state.borrow().alpn_protocol().map(<[u8]>::to_vec)
+        self.state
+            .borrow()
+            .common()
+            .alpn_protocol()
+            .map(<[u8]>::to_vec)
     }
 
     pub fn summary(&self) -> TlsSummary {
         let state = self.state.borrow();
+        let state = state.common();
         let version = match state.protocol_version() {
             Some(rustls::ProtocolVersion::TLSv1_3) => "TLSv1.3".to_string(),
             Some(rustls::ProtocolVersion::TLSv1_2) => "TLSv1.2".to_string(),
@@ -178,22 +407,115 @@ impl<C: Connection> TlsConnection<C> {
         }
     }
 
-    /// Reads ciphertext from the socket into rustls and processes it. Returns the count read
-    /// (0: the peer closed). On a TLS error the alert rustls queued is sent before returning.
-    /// Only called when everything read before has been fed.
-    async fn receive(&self) -> io::Result<usize> {
-        let mut raw = std::mem::take(&mut *self.incoming.borrow_mut());
-        let want = self.chunk.get();
-        if raw.capacity() > want + want / 2 {
-            // Back from bulk data to commands: an idle read holds only the small buffer.
-            raw = Vec::new();
+    /// Runs rustls over the unprocessed ciphertext until it stops for `goal`. Every record
+    /// it makes is appended to `outgoing`; on a TLS error the alert rustls queued for the
+    /// peer is there too, so the caller sends `outgoing` whatever the result.
+    fn pump(&self, goal: &mut Goal<'_>) -> io::Result<Pumped> {
+        if self.failed.get() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "TLS: the session has failed",
+            ));
         }
-        raw.clear();
-        self.fed.set(0);
-        raw.reserve_exact(want);
-        let (result, raw) = self.inner.read_into(raw).await;
-        *self.incoming.borrow_mut() = raw;
-        let n = result?;
+        let mut tls = self.state.borrow_mut();
+        let mut incoming = self.incoming.borrow_mut();
+        let mut plaintext = self.plaintext.borrow_mut();
+        let mut outgoing = self.outgoing.borrow_mut();
+        loop {
+            let used = self.used.get();
+            let records = &mut incoming[..used];
+            let (discard, step) = match &mut *tls {
+                Tls::Server(conn) => advance(
+                    conn.process_tls_records(records),
+                    goal,
+                    &mut plaintext,
+                    &mut outgoing,
+                ),
+                Tls::Client(conn) => advance(
+                    conn.process_tls_records(records),
+                    goal,
+                    &mut plaintext,
+                    &mut outgoing,
+                ),
+            };
+            let discard = discard.min(used);
+            if discard > 0 {
+                incoming.copy_within(discard..used, 0);
+                self.used.set(used - discard);
+            }
+            match step {
+                Ok(Step::Again) => {}
+                Ok(Step::Stop(Pumped::PeerClosed)) => {
+                    self.peer_closed.set(true);
+                    return Ok(Pumped::PeerClosed);
+                }
+                Ok(Step::Stop(pumped)) => return Ok(pumped),
+                Err(error) => {
+                    self.failed.set(true);
+                    Self::encode_alert(&mut tls, &mut incoming[..self.used.get()], &mut outgoing);
+                    return Err(error);
+                }
+            }
+        }
+    }
+
+    /// After a TLS error: the alert rustls queued, encoded into `outgoing` (best effort; the
+    /// connection ends either way). rustls offers queued records before it looks at the
+    /// input, so one call yields the alert without processing the offending input again
+    /// (which would make a second alert).
+    fn encode_alert(tls: &mut Tls, records: &mut [u8], outgoing: &mut Vec<u8>) {
+        fn encode<Data>(status: UnbufferedStatus<'_, '_, Data>, outgoing: &mut Vec<u8>) {
+            if let Ok(ConnectionState::EncodeTlsData(mut encode)) = status.state {
+                let _ = append_with(outgoing, 0, |out| encode.encode(out), encode_required);
+            }
+        }
+        match tls {
+            Tls::Server(conn) => encode(conn.process_tls_records(records), outgoing),
+            Tls::Client(conn) => encode(conn.process_tls_records(records), outgoing),
+        }
+    }
+
+    /// Reads ciphertext from the socket after the unprocessed rest. Returns the count read
+    /// (0: the peer closed).
+    async fn receive(&self) -> io::Result<usize> {
+        let used = self.used.get();
+        if used >= INCOMING_MAX {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "TLS: the peer sent more than a record or handshake message may hold",
+            ));
+        }
+        let want = self.chunk.get();
+        let n = if used == 0 {
+            // Nothing unprocessed: the read fills the incoming buffer itself.
+            let mut raw = std::mem::take(&mut *self.incoming.borrow_mut());
+            if raw.capacity() > want + want / 2 {
+                // Back from bulk data to commands: an idle read holds only the small buffer.
+                raw = Vec::new();
+            }
+            raw.clear();
+            raw.reserve_exact(want);
+            let (result, raw) = self.inner.read_into(raw).await;
+            let mut incoming = self.incoming.borrow_mut();
+            if self.used.get() == 0 {
+                *incoming = raw;
+            } else {
+                // Bytes absorbed while the read was pending: the read's come after them.
+                incoming.truncate(self.used.get());
+                incoming.extend_from_slice(&raw);
+            }
+            self.used.set(incoming.len());
+            result?
+        } else {
+            // A partial record waits: read beside it, then append.
+            let (result, raw) = self.inner.read_into(Vec::with_capacity(want)).await;
+            let n = result?;
+            let mut incoming = self.incoming.borrow_mut();
+            incoming.truncate(self.used.get());
+            incoming.extend_from_slice(&raw);
+            self.used.set(incoming.len());
+            n
+        };
         let next = if n >= want {
             (want * 2).min(CIPHERTEXT_MAX)
         } else if n < want / 4 {
@@ -202,16 +524,6 @@ impl<C: Connection> TlsConnection<C> {
             want
         };
         self.chunk.set(next);
-        let outcome = if n == 0 {
-            self.absorb_eof()
-        } else {
-            self.feed()
-        };
-        if let Err(error) = outcome {
-            // Best effort: tell the peer why (the alert); the connection ends either way.
-            let _ = self.send_pending().await;
-            return Err(error);
-        }
         Ok(n)
     }
 
@@ -221,60 +533,21 @@ impl<C: Connection> TlsConnection<C> {
         if bytes.is_empty() {
             return Ok(());
         }
-        {
-            let mut incoming = self.incoming.borrow_mut();
-            incoming.clear();
-            incoming.extend_from_slice(bytes);
+        let mut incoming = self.incoming.borrow_mut();
+        let used = self.used.get();
+        if used + bytes.len() > INCOMING_MAX {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "TLS: the peer sent more than a record or handshake message may hold",
+            ));
         }
-        self.fed.set(0);
-        self.feed()
-    }
-
-    /// The peer closed the socket: rustls records it, so the reader tells a close without
-    /// close_notify (a truncation) from an orderly one.
-    fn absorb_eof(&self) -> io::Result<()> {
-        let mut state = self.state.borrow_mut();
-        state.read_tls(&mut &[][..])?;
-        state.process_new_packets().map_err(tls_error)?;
+        incoming.truncate(used);
+        incoming.extend_from_slice(bytes);
+        self.used.set(incoming.len());
         Ok(())
     }
 
-    /// Gives rustls what it will take of `incoming[fed..]`. Stops early, keeping the rest,
-    /// when its plaintext buffer is full (records smaller than the read can decrypt to more
-    /// than it holds; the rest is fed once the driver has taken the plaintext). After the
-    /// peer's close_notify nothing more is read (RFC 8446 §6.1): the rest is dropped.
-    fn feed(&self) -> io::Result<()> {
-        let incoming = self.incoming.borrow();
-        let mut state = self.state.borrow_mut();
-        let mut fed = self.fed.get();
-        while fed < incoming.len() {
-            match state.read_tls(&mut &incoming[fed..]) {
-                Ok(0) => {
-                    fed = incoming.len();
-                    break;
-                }
-                Ok(n) => fed += n,
-                Err(e) if e.kind() == io::ErrorKind::Other => break,
-                Err(e) => {
-                    self.fed.set(fed);
-                    return Err(e);
-                }
-            }
-            if let Err(error) = state.process_new_packets() {
-                self.fed.set(fed);
-                return Err(tls_error(error));
-            }
-        }
-        self.fed.set(fed);
-        Ok(())
-    }
-
-    /// Ciphertext read and not yet fed is waiting.
-    fn unfed(&self) -> bool {
-        self.fed.get() < self.incoming.borrow().len()
-    }
-
-    /// Writes every TLS record rustls has queued, one writer at a time.
+    /// Writes every record made so far, one writer at a time, in the order they were made.
     async fn send_pending(&self) -> io::Result<()> {
         while self.writing.get() {
             // Registered before yielding: on this single-threaded shard nothing can
@@ -283,19 +556,26 @@ impl<C: Connection> TlsConnection<C> {
         }
         let mut result = Ok(());
         self.writing.set(true);
-        while self.state.borrow().wants_write() {
-            let mut out = std::mem::take(&mut *self.outgoing.borrow_mut());
-            out.clear();
-            if let Err(e) = self.state.borrow_mut().write_tls(&mut out) {
-                result = Err(e);
+        loop {
+            let out = std::mem::take(&mut *self.outgoing.borrow_mut());
+            if out.is_empty() {
+                *self.outgoing.borrow_mut() = out;
                 break;
             }
             let (written, mut out) = self.inner.write_all(out).await;
-            if out.capacity() > 2 * CIPHERTEXT_MAX {
-                // After a large RETR: do not keep its buffer on an idle connection.
+            out.clear();
+            if out.capacity() > 2 * ENCRYPT_STEP {
+                // After an unusually large write: not kept for the next.
                 out = Vec::new();
             }
-            *self.outgoing.borrow_mut() = out;
+            {
+                // Records made while this write was in flight went into a fresh buffer;
+                // they are sent next, and this one is kept only if none were.
+                let mut current = self.outgoing.borrow_mut();
+                if current.is_empty() {
+                    *current = out;
+                }
+            }
             if let Err(e) = written {
                 result = Err(e);
                 break;
@@ -306,16 +586,31 @@ impl<C: Connection> TlsConnection<C> {
         result
     }
 
-    /// Queues a close_notify alert and sends it: the orderly end of a TLS session, so the
-    /// peer can tell it from a truncation.
+    /// Sends a close_notify alert: the orderly end of a TLS session, so the peer can tell it
+    /// from a truncation.
     pub async fn close_notify(&self) {
-        self.state.borrow_mut().send_close_notify();
-        let _ = self.send_pending().await;
+        if self.pump(&mut Goal::Close).is_ok() {
+            let _ = self.send_pending().await;
+        }
     }
 
     /// The connection carrying the ciphertext.
     pub fn inner(&self) -> &C {
         &self.inner
+    }
+
+    /// Gives back the buffers an idle session does not need while it waits for the peer.
+    fn release_idle_buffers(&self) {
+        let mut plaintext = self.plaintext.borrow_mut();
+        if plaintext.is_empty() && plaintext.capacity() > 0 {
+            *plaintext = Vec::new();
+        }
+        if !self.writing.get() {
+            let mut outgoing = self.outgoing.borrow_mut();
+            if outgoing.is_empty() && outgoing.capacity() > 0 {
+                *outgoing = Vec::new();
+            }
+        }
     }
 }
 
@@ -329,39 +624,35 @@ impl<C: Connection> Connection for TlsConnection<C> {
             );
         }
         loop {
-            let plain = {
-                let mut state = self.state.borrow_mut();
-                let mut reader = state.reader();
-                // Copied straight from rustls's plaintext buffer: no zero-filling of the
-                // spare capacity per read.
-                match reader.fill_buf() {
-                    Ok(chunk) => {
-                        let n = chunk.len().min(buf.capacity() - start);
-                        buf.extend_from_slice(&chunk[..n]);
-                        reader.consume(n);
-                        Ok(n)
-                    }
-                    Err(e) => Err(e),
+            {
+                let mut plaintext = self.plaintext.borrow_mut();
+                if !plaintext.is_empty() {
+                    let n = plaintext.len().min(buf.capacity() - start);
+                    buf.extend_from_slice(&plaintext[..n]);
+                    plaintext.drain(..n);
+                    return (Ok(n), buf);
                 }
+            }
+            if self.peer_closed.get() {
+                return (Ok(0), buf);
+            }
+            let pumped = self.pump(&mut Goal::Read(&mut buf));
+            // Records rustls made on its own (an alert, a handshake answer) go out before
+            // anything is returned or waited for.
+            let sent = if self.outgoing.borrow().is_empty() {
+                Ok(())
+            } else {
+                self.send_pending().await
             };
-            match plain {
-                Ok(n) => return (Ok(n), buf),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            match pumped {
+                Ok(Pumped::Plaintext) if buf.len() > start => return (Ok(buf.len() - start), buf),
+                Ok(Pumped::Plaintext) => continue,
+                Ok(Pumped::PeerClosed | Pumped::Closed) => return (Ok(0), buf),
+                Ok(Pumped::NeedRead | Pumped::Writable) => {}
                 Err(e) => return (Err(e), buf),
             }
-            if self.unfed() {
-                // What the last read brought and rustls had no room for.
-                if let Err(e) = self.feed() {
-                    let _ = self.send_pending().await;
-                    return (Err(e), buf);
-                }
-                continue;
-            }
-            // Records rustls queued on its own (a KeyUpdate answer) go out before waiting.
-            if self.state.borrow().wants_write() {
-                if let Err(e) = self.send_pending().await {
-                    return (Err(e), buf);
-                }
+            if let Err(e) = sent {
+                return (Err(e), buf);
             }
             // Nothing copied yet into an empty buffer: it is given back while the ciphertext
             // is waited for (an idle session holds only the ciphertext read's buffer) and
@@ -370,13 +661,26 @@ impl<C: Connection> Connection for TlsConnection<C> {
             let parked = start == 0 && buf.is_empty();
             if parked {
                 buf = Vec::new();
+                self.release_idle_buffers();
             }
             let received = self.receive().await;
             if parked {
                 buf = Vec::with_capacity(capacity);
             }
-            if let Err(e) = received {
-                return (Err(e), buf);
+            match received {
+                Ok(0) => {
+                    // The socket closed without the peer's close_notify: a truncation,
+                    // which the driver must not take for an orderly end.
+                    return (
+                        Err(io::Error::new(
+                            io::ErrorKind::UnexpectedEof,
+                            "peer closed the connection without a TLS close_notify",
+                        )),
+                        buf,
+                    );
+                }
+                Ok(_) => {}
+                Err(e) => return (Err(e), buf),
             }
         }
     }
@@ -384,12 +688,33 @@ impl<C: Connection> Connection for TlsConnection<C> {
     async fn write_all(&self, buf: Vec<u8>) -> (io::Result<()>, Vec<u8>) {
         let mut written = 0;
         while written < buf.len() {
-            let accepted = self.state.borrow_mut().writer().write(&buf[written..]);
-            match accepted {
-                Ok(n) => written += n,
+            let end = buf.len().min(written + ENCRYPT_STEP);
+            let pumped = self.pump(&mut Goal::Write(&buf[written..end]));
+            let sent = self.send_pending().await;
+            match pumped {
+                Ok(Pumped::Writable) => written = end,
+                // The peer's close_notify ends its half only: our data may still go out.
+                Ok(Pumped::PeerClosed | Pumped::Plaintext) => {}
+                Ok(Pumped::NeedRead) => {
+                    return (
+                        Err(io::Error::other(
+                            "TLS: write before the handshake completed",
+                        )),
+                        buf,
+                    )
+                }
+                Ok(Pumped::Closed) => {
+                    return (
+                        Err(io::Error::new(
+                            io::ErrorKind::BrokenPipe,
+                            "TLS session already closed",
+                        )),
+                        buf,
+                    )
+                }
                 Err(e) => return (Err(e), buf),
             }
-            if let Err(e) = self.send_pending().await {
+            if let Err(e) = sent {
                 return (Err(e), buf);
             }
         }
@@ -415,6 +740,7 @@ mod tests {
     use crate::net::io::epoll::{EpollConnector, EpollListener};
     use crate::net::io::uring::{UringConnector, UringListener};
     use crate::net::io::{Connector, Listener};
+    use std::io::Write;
     use std::time::Duration;
 
     /// A self-signed certificate for "relay.test" and a client config trusting it.
@@ -650,6 +976,75 @@ mod tests {
             .expect("the server must not spin after close_notify");
         assert_eq!(got, (Ok(()), Ok(0)), "an orderly close, the rest dropped");
         client.join().unwrap();
+    }
+
+    #[test]
+    fn a_key_update_from_the_peer_is_answered_before_the_next_reply() {
+        // The client (rustls's buffered API) refreshes its keys mid-session and asks the
+        // server to do the same (RFC 8446 §4.6.3): the server must read on under the new
+        // keys and send its own KeyUpdate before its next data, or the client cannot
+        // decrypt the reply.
+        let (server_config, client_config, _dir) = pair();
+        let (addr, result) = on_a_shard(move |listener| {
+            Box::pin(async move {
+                let (conn, _) = listener.accept().await.unwrap();
+                let tls = TlsConnection::server(conn, server_config).unwrap();
+                tls.handshake().await.unwrap();
+                let mut lines = 0;
+                loop {
+                    let (read, buf) = tls.read_into(Vec::with_capacity(1024)).await;
+                    match read {
+                        Ok(0) => break,
+                        Ok(_) => {}
+                        Err(e) => return Err(e.to_string()),
+                    }
+                    lines += 1;
+                    let (written, _) = tls.write_all(buf.to_ascii_uppercase()).await;
+                    written.map_err(|e| e.to_string())?;
+                }
+                tls.shutdown();
+                Ok(lines)
+            })
+        });
+        use std::io::Read;
+        let mut socket = std::net::TcpStream::connect(addr).unwrap();
+        socket
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        let name = ServerName::try_from("relay.test").unwrap();
+        let mut conn = rustls::ClientConnection::new(client_config, name).unwrap();
+        while conn.is_handshaking() {
+            conn.complete_io(&mut socket).unwrap();
+        }
+        let mut exchange = |conn: &mut rustls::ClientConnection, line: &[u8]| {
+            conn.writer().write_all(line).unwrap();
+            while conn.wants_write() {
+                conn.write_tls(&mut socket).unwrap();
+            }
+            let mut got = vec![0; line.len()];
+            let mut have = 0;
+            while have < line.len() {
+                match conn.reader().read(&mut got[have..]) {
+                    Ok(n) => have += n,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        conn.read_tls(&mut socket).unwrap();
+                        conn.process_new_packets().unwrap();
+                    }
+                    Err(e) => panic!("{e}"),
+                }
+            }
+            got
+        };
+        assert_eq!(exchange(&mut conn, b"before\r\n"), b"BEFORE\r\n");
+        conn.refresh_traffic_keys().unwrap();
+        assert_eq!(exchange(&mut conn, b"after\r\n"), b"AFTER\r\n");
+        assert_eq!(exchange(&mut conn, b"again\r\n"), b"AGAIN\r\n");
+        conn.send_close_notify();
+        conn.write_tls(&mut socket).unwrap();
+        let got = result
+            .recv_timeout(Duration::from_secs(20))
+            .expect("server finished");
+        assert_eq!(got, Ok(3), "an orderly close after three lines");
     }
 
     #[test]
