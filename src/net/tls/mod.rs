@@ -9,6 +9,7 @@ pub mod client;
 pub mod cluster;
 pub mod connection;
 pub mod server;
+pub mod sessions;
 
 use std::path::PathBuf;
 use std::sync::Arc;

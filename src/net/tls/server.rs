@@ -7,14 +7,16 @@ use std::sync::{Arc, RwLock};
 
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use rustls::server::{ClientHello, ResolvesServerCert, ServerSessionMemoryCache};
+use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 
+use super::sessions::SessionTable;
 use super::TlsError;
 
 /// Sessions kept for resumption (rustls's default keeps 256): each connection leaves two
 /// TLS 1.3 tickets or one TLS 1.2 session id, an entry of a few hundred bytes each (about
-/// 4 MiB when full); the oldest go first.
+/// 4 MiB when full); the oldest go first ([`SessionTable`]: rustls's own table scans its
+/// eviction order on every resumption, too slow at this size).
 const SESSION_CACHE_ENTRIES: usize = 16_384;
 
 /// The server's TLS settings, shared by every shard.
@@ -63,7 +65,7 @@ impl ServerTls {
         // table shared by the cores): measured side by side, stateless tickets cost one
         // message per connection about 20% of its rate (BENCHMARKS.md, session 13), and the
         // table is large enough for thousands of returning senders.
-        config.session_storage = ServerSessionMemoryCache::new(SESSION_CACHE_ENTRIES);
+        config.session_storage = Arc::new(SessionTable::new(SESSION_CACHE_ENTRIES));
         Ok(ServerTls {
             config: Arc::new(config),
             certificate,
