@@ -97,10 +97,12 @@ pub async fn accept<C: Connection>(
 pub struct TlsConnection<C> {
     inner: C,
     state: RefCell<Tls>,
-    /// Ciphertext read and not yet processed: `incoming[..used]` (a partial record, or
-    /// records whose plaintext the driver has not asked for yet). While a read of the socket
-    /// is pending with nothing unprocessed, the read owns this buffer.
+    /// Ciphertext read and not yet processed: `incoming[start..used]` (a partial record, or
+    /// records whose plaintext the driver has not asked for yet). Processed records only
+    /// move `start`; the rest is moved to the front when more is read. While a read of the
+    /// socket is pending with nothing unprocessed, the read owns this buffer.
     incoming: RefCell<Vec<u8>>,
+    start: Cell<usize>,
     used: Cell<usize>,
     /// Plaintext decrypted and not yet taken by the driver (its buffer was full).
     plaintext: RefCell<Vec<u8>>,
@@ -214,6 +216,13 @@ fn encrypt_required(error: &EncryptError) -> Option<usize> {
         }
         _ => None,
     }
+}
+
+fn oversized() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::InvalidData,
+        "TLS: the peer sent more than a record or handshake message may hold",
+    )
 }
 
 fn encrypt_failed(error: EncryptError) -> io::Error {
@@ -331,6 +340,7 @@ impl<C: Connection> TlsConnection<C> {
             inner,
             state: RefCell::new(tls),
             incoming: RefCell::new(Vec::new()),
+            start: Cell::new(0),
             used: Cell::new(0),
             plaintext: RefCell::new(Vec::new()),
             outgoing: RefCell::new(Vec::new()),
@@ -422,8 +432,8 @@ impl<C: Connection> TlsConnection<C> {
         let mut plaintext = self.plaintext.borrow_mut();
         let mut outgoing = self.outgoing.borrow_mut();
         loop {
-            let used = self.used.get();
-            let records = &mut incoming[..used];
+            let (start, used) = (self.start.get(), self.used.get());
+            let records = &mut incoming[start..used];
             let (discard, step) = match &mut *tls {
                 Tls::Server(conn) => advance(
                     conn.process_tls_records(records),
@@ -438,10 +448,12 @@ impl<C: Connection> TlsConnection<C> {
                     &mut outgoing,
                 ),
             };
-            let discard = discard.min(used);
-            if discard > 0 {
-                incoming.copy_within(discard..used, 0);
-                self.used.set(used - discard);
+            let start = start + discard.min(used - start);
+            if start == used {
+                self.start.set(0);
+                self.used.set(0);
+            } else {
+                self.start.set(start);
             }
             match step {
                 Ok(Step::Again) => {}
@@ -452,7 +464,8 @@ impl<C: Connection> TlsConnection<C> {
                 Ok(Step::Stop(pumped)) => return Ok(pumped),
                 Err(error) => {
                     self.failed.set(true);
-                    Self::encode_alert(&mut tls, &mut incoming[..self.used.get()], &mut outgoing);
+                    let records = &mut incoming[self.start.get()..self.used.get()];
+                    Self::encode_alert(&mut tls, records, &mut outgoing);
                     return Err(error);
                 }
             }
@@ -475,15 +488,23 @@ impl<C: Connection> TlsConnection<C> {
         }
     }
 
+    /// Moves the unprocessed ciphertext to the front of `incoming`, dropping what is
+    /// processed.
+    fn compact(&self, incoming: &mut Vec<u8>) {
+        let (start, used) = (self.start.get(), self.used.get());
+        incoming.copy_within(start..used, 0);
+        incoming.truncate(used - start);
+        self.start.set(0);
+        self.used.set(used - start);
+    }
+
     /// Reads ciphertext from the socket after the unprocessed rest. Returns the count read
     /// (0: the peer closed).
     async fn receive(&self) -> io::Result<usize> {
+        self.compact(&mut self.incoming.borrow_mut());
         let used = self.used.get();
         if used >= INCOMING_MAX {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                "TLS: the peer sent more than a record or handshake message may hold",
-            ));
+            return Err(oversized());
         }
         let want = self.chunk.get();
         let n = if used == 0 {
@@ -501,7 +522,7 @@ impl<C: Connection> TlsConnection<C> {
                 *incoming = raw;
             } else {
                 // Bytes absorbed while the read was pending: the read's come after them.
-                incoming.truncate(self.used.get());
+                self.compact(&mut incoming);
                 incoming.extend_from_slice(&raw);
             }
             self.used.set(incoming.len());
@@ -511,7 +532,7 @@ impl<C: Connection> TlsConnection<C> {
             let (result, raw) = self.inner.read_into(Vec::with_capacity(want)).await;
             let n = result?;
             let mut incoming = self.incoming.borrow_mut();
-            incoming.truncate(self.used.get());
+            self.compact(&mut incoming);
             incoming.extend_from_slice(&raw);
             self.used.set(incoming.len());
             n
@@ -534,14 +555,10 @@ impl<C: Connection> TlsConnection<C> {
             return Ok(());
         }
         let mut incoming = self.incoming.borrow_mut();
-        let used = self.used.get();
-        if used + bytes.len() > INCOMING_MAX {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                "TLS: the peer sent more than a record or handshake message may hold",
-            ));
+        self.compact(&mut incoming);
+        if self.used.get() + bytes.len() > INCOMING_MAX {
+            return Err(oversized());
         }
-        incoming.truncate(used);
         incoming.extend_from_slice(bytes);
         self.used.set(incoming.len());
         Ok(())
@@ -1045,6 +1062,45 @@ mod tests {
             .recv_timeout(Duration::from_secs(20))
             .expect("server finished");
         assert_eq!(got, Ok(3), "an orderly close after three lines");
+    }
+
+    #[test]
+    fn an_endless_handshake_message_is_refused_not_buffered() {
+        // A "ClientHello" announced at 16 MiB, sent as an endless run of handshake records:
+        // the handshake fails (rustls refuses a message past 64 KiB, our buffer refuses
+        // more than that plus a read) instead of buffering what the peer sends.
+        let (server_config, _, _dir) = pair();
+        let (addr, result) = on_a_shard(move |listener| {
+            Box::pin(async move {
+                let (conn, _) = listener.accept().await.unwrap();
+                let tls = TlsConnection::server(conn, server_config).unwrap();
+                let outcome = tls.handshake().await.map(|_| ());
+                let held = tls.incoming.borrow().capacity();
+                tls.shutdown();
+                (outcome.map_err(|e| e.kind()), held)
+            })
+        });
+        let client = std::thread::spawn(move || {
+            let mut socket = std::net::TcpStream::connect(addr).unwrap();
+            let mut first = vec![0x16, 0x03, 0x01, 0x40, 0x00, 0x01, 0xff, 0xff, 0xff];
+            first.resize(5 + 0x4000, 0x41);
+            if socket.write_all(&first).is_err() {
+                return;
+            }
+            let mut record = vec![0x16, 0x03, 0x03, 0x40, 0x00];
+            record.resize(5 + 0x4000, 0x41);
+            for _ in 0..1024 {
+                if socket.write_all(&record).is_err() {
+                    return;
+                }
+            }
+        });
+        let (outcome, held) = result
+            .recv_timeout(Duration::from_secs(20))
+            .expect("the handshake must end");
+        assert_eq!(outcome, Err(io::ErrorKind::InvalidData));
+        assert!(held <= INCOMING_MAX + CIPHERTEXT_MAX, "held {held} octets");
+        client.join().unwrap();
     }
 
     #[test]
