@@ -887,10 +887,14 @@ mod tests {
         })
     }
 
-    /// Runs `serve` on an io_uring shard thread; its result, or None if it did not finish
-    /// in time (a hang or a spin fails the test instead of stalling it).
+    /// Runs `serve` on an io_uring shard thread with the server side of the first
+    /// connection (before its handshake); its result, or None if it did not finish in time
+    /// (a hang or a spin fails the test instead of stalling it).
     fn on_a_shard<T: Send + 'static>(
-        serve: impl FnOnce(UringListener) -> std::pin::Pin<Box<dyn std::future::Future<Output = T>>>
+        config: Arc<rustls::ServerConfig>,
+        serve: impl FnOnce(
+                TlsConnection<crate::net::io::uring::UringConnection>,
+            ) -> std::pin::Pin<Box<dyn std::future::Future<Output = T>>>
             + Send
             + 'static,
     ) -> (std::net::SocketAddr, std::sync::mpsc::Receiver<T>) {
@@ -899,7 +903,11 @@ mod tests {
         let (done, result) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
             let runtime = tokio_uring::Runtime::new(&tokio_uring::builder()).unwrap();
-            let out = runtime.block_on(serve(UringListener::from_std(std)));
+            let out = runtime.block_on(async move {
+                let listener = UringListener::from_std(std);
+                let (conn, _) = listener.accept().await.unwrap();
+                serve(TlsConnection::server(conn, config).unwrap()).await
+            });
             let _ = done.send(out);
         });
         (addr, result)
@@ -913,10 +921,8 @@ mod tests {
             .collect();
         let expected: Vec<u8> = records.concat();
         let want = expected.len();
-        let (addr, result) = on_a_shard(move |listener| {
+        let (addr, result) = on_a_shard(server_config, move |tls| {
             Box::pin(async move {
-                let (conn, _) = listener.accept().await.unwrap();
-                let tls = TlsConnection::server(conn, server_config).unwrap();
                 tls.handshake().await.unwrap();
                 let mut got = Vec::new();
                 while got.len() < want {
@@ -960,10 +966,8 @@ mod tests {
         // would hold the whole shard).
         let (server_config, client_config, _dir) = pair();
         let (wire_tx, wire_rx) = std::sync::mpsc::channel::<Vec<u8>>();
-        let (addr, result) = on_a_shard(move |listener| {
+        let (addr, result) = on_a_shard(server_config, move |tls| {
             Box::pin(async move {
-                let (conn, _) = listener.accept().await.unwrap();
-                let tls = TlsConnection::server(conn, server_config).unwrap();
                 tls.handshake().await.unwrap();
                 let wire = wire_rx.recv().unwrap();
                 let fed = tls.absorb_early(&wire).map_err(|e| e.to_string());
@@ -1002,10 +1006,8 @@ mod tests {
         // keys and send its own KeyUpdate before its next data, or the client cannot
         // decrypt the reply.
         let (server_config, client_config, _dir) = pair();
-        let (addr, result) = on_a_shard(move |listener| {
+        let (addr, result) = on_a_shard(server_config, move |tls| {
             Box::pin(async move {
-                let (conn, _) = listener.accept().await.unwrap();
-                let tls = TlsConnection::server(conn, server_config).unwrap();
                 tls.handshake().await.unwrap();
                 let mut lines = 0;
                 loop {
@@ -1070,10 +1072,8 @@ mod tests {
         // the handshake fails (rustls refuses a message past 64 KiB, our buffer refuses
         // more than that plus a read) instead of buffering what the peer sends.
         let (server_config, _, _dir) = pair();
-        let (addr, result) = on_a_shard(move |listener| {
+        let (addr, result) = on_a_shard(server_config, move |tls| {
             Box::pin(async move {
-                let (conn, _) = listener.accept().await.unwrap();
-                let tls = TlsConnection::server(conn, server_config).unwrap();
                 let outcome = tls.handshake().await.map(|_| ());
                 let held = tls.incoming.borrow().capacity();
                 tls.shutdown();
