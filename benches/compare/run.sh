@@ -26,7 +26,10 @@
 #          QUIT), once one command at a time and once with --pipelining --window
 #          $POP3_WINDOW (both servers offer PIPELINING); the rate is also given without the
 #          logins (loadgen's `msgs_per_s_retrieval`);
-#      plus loadgen → loadgen sink with the same SMTP workload (the client's own ceiling).
+#      plus loadgen → loadgen sink with the same SMTP workload (the client's own ceiling),
+#      and (MAILDROP=1) each POP3 run against `loadgen maildrop`, which serves the same
+#      mailboxes from memory and takes logins at once: the most this client can retrieve, so
+#      ceiling ÷ Dovecot is the most any server could show against Dovecot here.
 #   3b. IMAP (IMAP=1), relay against a second Dovecot (own config, Maildirs, same argon2id
 #      hash) on loopback ports: $IMAP_USERS mailboxes filled with $IMAP_MESSAGES messages of
 #      $IMAP_SIZE each by `loadgen imap --workload append` (the APPEND rate), then per round:
@@ -41,6 +44,10 @@
 #      one imap process per session, so its figure is the sum over its process tree). $IMAP_IDLE is lowered to
 #      what the open-file limit allows (said on stderr). Relay's side is skipped, with a
 #      message, when relay does not greet on its IMAP port (a relay without an IMAP server).
+#      Each body fetch goes over every mailbox $IMAP_PASSES times (one pass of a 10,000-message
+#      mailbox lasts a fraction of a second: the sessions' start and end would weigh on the
+#      rate); with MAILDROP=1 the three body fetches also run against `loadgen maildrop`
+#      (the same mailboxes from memory: the client's ceiling, as for POP3).
 #   4. Prints one table (medians over the rounds; every run's figures are in $WORK/results.jsonl)
 #      and stops Postfix, Dovecot, relay and the sink. Nothing listens beyond 127.0.0.1.
 #
@@ -52,7 +59,8 @@
 # the IMAP section, no Postfix, sink or POP3; RELAY_BIN=none then runs Dovecot's side alone)
 # IMAP_USERS=4 IMAP_MESSAGES=10000 (per mailbox) IMAP_SIZE=$SIZE IMAP_CONNECTIONS=4
 # IMAP_IDLE=10000 (sessions held in IDLE) IMAP_PIPELINING=16 IMAP_RANGE=500
-# IMAP_RANGE_DEPTH=2 IMAP_FETCH_ONLY=0 (1: the rounds run only the body fetches).
+# IMAP_RANGE_DEPTH=2 IMAP_FETCH_ONLY=0 (1: the rounds run only the body fetches)
+# IMAP_PASSES=3 (body fetches over each mailbox) MAILDROP=1 (0: no client-ceiling runs).
 # DISK=1: the disk measured in the same run (`loadgen disk`, records of $SIZE plus framing, one
 # write + one fdatasync per batch): the fdatasync latency (batches of 1, one writer), the raw
 # group-commit ceiling (one writer per core, $DISK_CEILING_BATCH records per fdatasync), the
@@ -98,6 +106,8 @@ IMAP_PIPELINING=${IMAP_PIPELINING:-16}
 IMAP_RANGE=${IMAP_RANGE:-500}
 IMAP_RANGE_DEPTH=${IMAP_RANGE_DEPTH:-2}
 IMAP_FETCH_ONLY=${IMAP_FETCH_ONLY:-0}
+IMAP_PASSES=${IMAP_PASSES:-3}
+MAILDROP=${MAILDROP:-1}
 TLS=${TLS:-1}
 TLS_ONLY=${TLS_ONLY:-0}
 DISK=${DISK:-1}
@@ -169,13 +179,14 @@ RESULTS=$WORK/results.jsonl
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
-SINK_PID="" RELAY_PID="" PF_DIR=$WORK/postfix DV_CONF=$WORK/dovecot/dovecot.conf
+SINK_PID="" RELAY_PID="" MAILDROP_PID="" PF_DIR=$WORK/postfix DV_CONF=$WORK/dovecot/dovecot.conf
 DVI_CONF=$WORK/dovecot-imap/dovecot.conf IDLE_PID="" INOTIFY_WAS=""
 cleanup() {
     set +e
     if [ -n "$INOTIFY_WAS" ]; then echo "$INOTIFY_WAS" >/proc/sys/fs/inotify/max_user_instances; fi
     [ -n "$IDLE_PID" ] && kill "$IDLE_PID" 2>/dev/null && wait "$IDLE_PID" 2>/dev/null
     [ -n "$RELAY_PID" ] && kill "$RELAY_PID" 2>/dev/null && wait "$RELAY_PID" 2>/dev/null
+    [ -n "$MAILDROP_PID" ] && kill "$MAILDROP_PID" 2>/dev/null && wait "$MAILDROP_PID" 2>/dev/null
     [ -f "$PF_DIR/main.cf" ] && postfix -c "$PF_DIR" stop >/dev/null 2>&1
     [ -f "$DV_CONF" ] && dovecot -c "$DV_CONF" stop >/dev/null 2>&1
     [ -f "$DVI_CONF" ] && dovecot -c "$DVI_CONF" stop >/dev/null 2>&1
@@ -561,6 +572,9 @@ run_pop3() {
             --pipelining --json --max-time 1h 2>/dev/null |
             python3 -c 'import json,sys; print(json.load(sys.stdin)["messages"]["accepted"])')
         [ "$filled" -eq $((users * per)) ] || die "relay accepted only $filled messages for the mailboxes"
+    elif [ "$server" = maildrop ]; then
+        start_maildrop pop3 "$per" "$size"
+        target=$MAILDROP_ADDR
     else
         fill_maildirs "$users" "$per" "$size"
         target=127.0.0.1:$DV_PORT
@@ -573,6 +587,9 @@ run_pop3() {
     if [ "$server" = relay ]; then
         pss=$(pss_tree "$RELAY_PID")
         stop_relay
+    elif [ "$server" = maildrop ]; then
+        pss=$(pss_tree "$MAILDROP_PID")
+        stop_maildrop
     else
         pss=$(pss_tree "$(DV_MASTER_PID)")
     fi
@@ -580,6 +597,27 @@ run_pop3() {
         log "pop3: $server retrieved $(jget "$json" messages/retrieved) of $((users * per)) ($name, $mode)"
     record "$server-pop3-$name-$mode" "$round" "$json" "pss_mib=${pss% *}"
     log "round $round $server pop3 $name $mode: $(printf %.0f "$(jget "$json" msgs_per_s)") msgs/s, $(printf %.0f "$(jget "$json" msgs_per_s_retrieval)") without the logins, RETR p50/p99/p99.9 $(jget "$json" latency_ms/retr/p50_ms)/$(jget "$json" latency_ms/retr/p99_ms)/$(jget "$json" latency_ms/retr/p99_9_ms) ms"
+}
+
+# Starts `loadgen maildrop` ($1: pop3|imap, $2: messages per mailbox, $3: size) on a free
+# loopback port; MAILDROP_ADDR is its HOST:PORT once it listens.
+start_maildrop() {
+    local port
+    port=$(free_port)
+    "$LOADGEN_BIN" maildrop --listen "127.0.0.1:$port" --protocol "$1" --messages "$2" \
+        --size "$3" --max-time 2h >/dev/null 2>"$WORK/maildrop.log" &
+    MAILDROP_PID=$!
+    for _ in $(seq 600); do
+        grep -q 'listening' "$WORK/maildrop.log" && break
+        kill -0 "$MAILDROP_PID" 2>/dev/null || break
+        sleep 0.05
+    done
+    grep -q 'listening' "$WORK/maildrop.log" || die "loadgen maildrop did not start: $(cat "$WORK/maildrop.log")"
+    MAILDROP_ADDR=127.0.0.1:$port
+}
+stop_maildrop() {
+    kill "$MAILDROP_PID" && wait "$MAILDROP_PID" || true
+    MAILDROP_PID=""
 }
 
 fill_maildirs() { # $1: mailboxes, $2: messages each, $3: size
@@ -623,6 +661,7 @@ pop3_round() { # $1: round
                 run_pop3 dovecot "$workload" "$mode" "$1"
                 run_pop3 relay "$workload" "$mode" "$1"
             fi
+            if [ "$MAILDROP" = 1 ]; then run_pop3 maildrop "$workload" "$mode" "$1"; fi
         done
     done
 }
@@ -825,41 +864,44 @@ imap_idle() { # $1: relay|dovecot, $2: HOST:PORT, $3: round, $4…: the server's
     log "round $round $name imap idle: $4 → $8 sessions, PSS +$((($5 - $1) / sessions)) KiB and RSS +$((($6 - $2) / sessions)) KiB per session ($3 → $7 processes)"
 }
 
-# Checks a whole-mailbox body fetch: every message once, the literal bytes those appended.
-imap_bodies_check() { # $1: relay|dovecot, $2: what, $3: the JSON summary
-    local appended=IMAP_APPENDED_$1
-    [ "$(jget "$3" fetched/bodies)" -eq $((IMAP_USERS * IMAP_MESSAGES)) ] ||
-        log "imap: $1 $2 returned $(jget "$3" fetched/bodies) bodies of $((IMAP_USERS * IMAP_MESSAGES))"
-    [ "$(jget "$3" fetched/body_bytes)" -eq "${!appended}" ] ||
-        log "imap: $1 $2 returned $(jget "$3" fetched/body_bytes) literal bytes, $((${!appended})) appended"
+# Checks the body fetches: every message $IMAP_PASSES times, the literal bytes those appended
+# (the maildrop's messages are its own).
+imap_bodies_check() { # $1: relay|dovecot|maildrop, $2: what, $3: the JSON summary
+    local appended=IMAP_APPENDED_$1 want=$((IMAP_USERS * IMAP_MESSAGES * IMAP_PASSES))
+    [ "$(jget "$3" fetched/bodies)" -eq "$want" ] ||
+        log "imap: $1 $2 returned $(jget "$3" fetched/bodies) bodies of $want"
+    [ "$1" = maildrop ] || [ "$(jget "$3" fetched/body_bytes)" -eq $((${!appended} * IMAP_PASSES)) ] ||
+        log "imap: $1 $2 returned $(jget "$3" fetched/body_bytes) literal bytes, $((${!appended} * IMAP_PASSES)) appended"
 }
 
-imap_round() { # $1: relay|dovecot, $2: HOST:PORT, $3: round, $4…: the server's root pids
-    local name=$1 target=$2 round=$3 json
+imap_round() { # $1: relay|dovecot|maildrop, $2: HOST:PORT, $3: round, $4…: the server's root pids
+    local name=$1 target=$2 round=$3 json fetch_only=$IMAP_FETCH_ONLY
     shift 3
-    if [ "$IMAP_FETCH_ONLY" != 1 ]; then
+    # The maildrop serves body fetches only.
+    [ "$name" != maildrop ] || fetch_only=1
+    if [ "$fetch_only" != 1 ]; then
     json=$(imap_load "$target" --workload select --count 3 --connections "$IMAP_CONNECTIONS")
     record "$name-imap-select" "$round" "$json"
     json=$(imap_load "$target" --workload fetch-flags --count 1 --connections "$IMAP_CONNECTIONS")
     record "$name-imap-fetch-flags" "$round" "$json"
     fi
-    json=$(imap_load "$target" --workload fetch-bodies --count "$IMAP_MESSAGES" \
+    json=$(imap_load "$target" --workload fetch-bodies --count $((IMAP_MESSAGES * IMAP_PASSES)) \
         --connections "$IMAP_CONNECTIONS")
     record "$name-imap-fetch-bodies" "$round" "$json"
     imap_bodies_check "$name" "UID FETCH n" "$json"
     log "round $round $name imap: body FETCH, one per round trip, $(printf %.0f "$(jget "$json" msgs_per_s_ops_window)") msgs/s ($(printf %.0f "$(jget "$json" msgs_per_s)") with the logins)"
-    json=$(imap_load "$target" --workload fetch-bodies --count "$IMAP_MESSAGES" \
+    json=$(imap_load "$target" --workload fetch-bodies --count $((IMAP_MESSAGES * IMAP_PASSES)) \
         --connections "$IMAP_CONNECTIONS" --pipelining "$IMAP_PIPELINING")
     record "$name-imap-fetch-pipelined" "$round" "$json"
     imap_bodies_check "$name" "pipelined UID FETCH n" "$json"
     log "round $round $name imap: body FETCH, $IMAP_PIPELINING in flight, $(printf %.0f "$(jget "$json" msgs_per_s_ops_window)") msgs/s"
     json=$(imap_load "$target" --workload fetch-range --range "$IMAP_RANGE" \
-        --count $(((IMAP_MESSAGES + IMAP_RANGE - 1) / IMAP_RANGE)) \
+        --count $(((IMAP_MESSAGES + IMAP_RANGE - 1) / IMAP_RANGE * IMAP_PASSES)) \
         --connections "$IMAP_CONNECTIONS" --pipelining "$IMAP_RANGE_DEPTH")
     record "$name-imap-fetch-range" "$round" "$json"
     imap_bodies_check "$name" "UID FETCH lo:hi" "$json"
     log "round $round $name imap: body FETCH, $IMAP_RANGE per UID FETCH lo:hi, $(printf %.0f "$(jget "$json" msgs_per_s_ops_window)") msgs/s, $(printf %.1f "$(jget "$json" mib_per_s)") MiB/s"
-    [ "$IMAP_FETCH_ONLY" != 1 ] || return 0
+    [ "$fetch_only" != 1 ] || return 0
     json=$(imap_load "$target" --workload search-text --count 3 --connections "$IMAP_CONNECTIONS")
     record "$name-imap-search" "$round" "$json"
     imap_idle "$name" "$target" "$round" "$@"
@@ -892,6 +934,7 @@ if [ "$IMAP" = 1 ]; then
     start_relay_imap && relay_imap=1
     if [ "$relay_imap" = 1 ]; then imap_prefill relay "$RELAY_IMAP"; fi
     imap_prefill dovecot "127.0.0.1:$DVI_PORT"
+    if [ "$MAILDROP" = 1 ]; then start_maildrop imap "$IMAP_MESSAGES" "$IMAP_SIZE"; fi
     for ((round = 1; round <= ROUNDS; round++)); do
         if ((round % 2 == 1)) && [ "$relay_imap" = 1 ]; then
             imap_round relay "$RELAY_IMAP" "$round" "$RELAY_PID"
@@ -900,8 +943,10 @@ if [ "$IMAP" = 1 ]; then
         if ((round % 2 == 0)) && [ "$relay_imap" = 1 ]; then
             imap_round relay "$RELAY_IMAP" "$round" "$RELAY_PID"
         fi
+        if [ "$MAILDROP" = 1 ]; then imap_round maildrop "$MAILDROP_ADDR" "$round"; fi
     done
     if [ "$relay_imap" = 1 ]; then stop_relay; fi
+    if [ "$MAILDROP" = 1 ]; then stop_maildrop; fi
 fi
 LOAD_AFTER=$(cut -d' ' -f1-3 /proc/loadavg)
 
@@ -942,7 +987,8 @@ for q in ("p50_ms", "p99_ms"):
     a, b = med("relay-ingest", f"latency_ms/transaction/{q}"), med("postfix-ingest", f"latency_ms/transaction/{q}")
     rows.append((f"SMTP transaction {q[:3]} (ms)", f(a, 2), f(b, 2), ratio(b, a) + " lower" if a and b else "–"))
 a, b = med("relay-ingest", "pss_mib"), med("postfix-ingest", "pss_mib")
-rows.append(("memory after ingest, PSS (MiB; processes)", f"{f(a, 1)} (1)", f"{f(b, 1)} ({f(med('postfix-ingest', 'processes'))})", "–"))
+if a is not None or b is not None:
+    rows.append(("memory after ingest, PSS (MiB; processes)", f"{f(a, 1)} (1)", f"{f(b, 1)} ({f(med('postfix-ingest', 'processes'))})", "–"))
 for shape, what in (("long", "long sessions"), ("single", "one message per connection")):
     a, b = med(f"relay-tls-{shape}", "msgs_per_s"), med(f"postfix-tls-{shape}", "msgs_per_s")
     if a is None and b is None:
@@ -964,6 +1010,8 @@ for workload in pop3_workloads.split():
         rows.append((f"{label} (msgs/s)", f(a), f(b), ratio(a, b)))
         a, b = med(r, "msgs_per_s_retrieval"), med(d, "msgs_per_s_retrieval")
         rows.append(("  the same without the logins (msgs/s)", f(a), f(b), ratio(a, b)))
+        c = med(f"maildrop-pop3-{wname}-{mode}", "msgs_per_s_retrieval")
+        rows.append(("  client ceiling without the logins: loadgen maildrop, from memory (msgs/s; ratio: the most any server could show)", f(c), f(b), ratio(c, b)))
         a, b = med(r, "mb_per_s_retrieval"), med(d, "mb_per_s_retrieval")
         rows.append(("  the same without the logins (MB/s)", f(a, 1), f(b, 1), ratio(a, b)))
         for q in ("p50_ms", "p99_ms", "p99_9_ms"):
@@ -986,6 +1034,10 @@ for run, key, label in [
     rows.append((label, f(a, 1), f(b, 1), lower(a, b)))
 a, b = med("relay-imap-fetch-bodies", "msgs_per_s_ops_window"), med("dovecot-imap-fetch-bodies", "msgs_per_s_ops_window")
 rows.append((f"IMAP UID FETCH BODY.PEEK[], every message, {iconns} conns, logins left out (msgs/s)", f(a), f(b), ratio(a, b)))
+def ceiling_row(run):
+    c, b = med(f"maildrop-imap-{run}", "msgs_per_s_ops_window"), med(f"dovecot-imap-{run}", "msgs_per_s_ops_window")
+    rows.append(("  client ceiling: loadgen maildrop, from memory (msgs/s; ratio: the most any server could show)", f(c), f(b), ratio(c, b)))
+ceiling_row("fetch-bodies")
 a, b = med("relay-imap-fetch-bodies", "msgs_per_s"), med("dovecot-imap-fetch-bodies", "msgs_per_s")
 rows.append((f"the same over the whole run, {iconns} argon2id logins included (msgs/s)", f(a), f(b), ratio(a, b)))
 a, b = med("relay-imap-fetch-bodies", "mib_per_s"), med("dovecot-imap-fetch-bodies", "mib_per_s")
@@ -995,14 +1047,16 @@ rows.append(("IMAP body FETCH p50 (ms)", f(a, 2), f(b, 2), lower(a, b)))
 a, b = med("relay-imap-fetch-pipelined", "msgs_per_s_ops_window"), med("dovecot-imap-fetch-pipelined", "msgs_per_s_ops_window")
 pl = med("relay-imap-fetch-pipelined", "pipelining") or med("dovecot-imap-fetch-pipelined", "pipelining")
 rows.append((f"IMAP UID FETCH n BODY.PEEK[], {f(pl)} in flight per conn, logins left out (msgs/s)", f(a), f(b), ratio(a, b)))
+ceiling_row("fetch-pipelined")
 a, b = med("relay-imap-fetch-range", "msgs_per_s_ops_window"), med("dovecot-imap-fetch-range", "msgs_per_s_ops_window")
 rg = med("relay-imap-fetch-range", "range") or med("dovecot-imap-fetch-range", "range")
 rd = med("relay-imap-fetch-range", "pipelining") or med("dovecot-imap-fetch-range", "pipelining")
 rows.append((f"IMAP UID FETCH lo:hi BODY.PEEK[], {f(rg)} per command, {f(rd)} in flight, logins left out (msgs/s)", f(a), f(b), ratio(a, b)))
+ceiling_row("fetch-range")
 a, b = med("relay-imap-fetch-range", "mib_per_s"), med("dovecot-imap-fetch-range", "mib_per_s")
 rows.append(("the same (MiB/s of literals, logins included)", f(a, 1), f(b, 1), ratio(a, b)))
 a, b = med("relay-imap-fetch-range", "fetched/body_bytes"), med("dovecot-imap-fetch-range", "fetched/body_bytes")
-rows.append(("literal bytes of a whole-mailbox fetch (each = what that server was appended)", f(a), f(b), "–"))
+rows.append(("literal bytes of the range fetches (each = what that server was appended × passes)", f(a), f(b), "–"))
 sessions = med("dovecot-imap-idle", "idle_sessions") or med("relay-imap-idle", "idle_sessions")
 for key, what in (("pss_kib_per_session", "PSS"), ("rss_kib_per_session", "RSS")):
     a, b = med("relay-imap-idle", key), med("dovecot-imap-idle", key)

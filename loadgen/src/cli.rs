@@ -36,6 +36,9 @@ pub enum Mode {
     /// Measure what a disk allows a durable server: batches of records, one write and one
     /// fdatasync each, from one or more writer threads.
     Disk(DiskArgs),
+    /// Serve every user the same messages over POP3 or IMAP from memory, logins at once: the
+    /// most this client can fetch on this machine, to read a server's figure against.
+    Maildrop(MaildropArgs),
 }
 
 /// Options every mode has.
@@ -304,6 +307,34 @@ pub struct SinkArgs {
     pub quiet: bool,
     #[command(flatten)]
     pub common: Common,
+}
+
+#[derive(Debug, Args)]
+pub struct MaildropArgs {
+    /// Listen address, HOST:PORT (port 0 picks one; the address is printed on stderr).
+    #[arg(long)]
+    pub listen: String,
+    /// The protocol served.
+    #[arg(long, value_enum)]
+    pub protocol: MaildropProtocol,
+    /// Messages in every user's mailbox.
+    #[arg(long, default_value_t = 1000)]
+    pub messages: u32,
+    /// Size of each message.
+    #[arg(long, value_parser = size, default_value = "10KiB")]
+    pub size: u64,
+    /// Stop after this long (also on SIGINT/SIGTERM).
+    #[arg(long, value_parser = duration)]
+    pub duration: Option<Duration>,
+    #[command(flatten)]
+    pub common: Common,
+}
+
+/// What `loadgen maildrop` speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum MaildropProtocol {
+    Pop3,
+    Imap,
 }
 
 /// Message sizes with weights.

@@ -1,7 +1,8 @@
 //! The relay's load generator: an SMTP client that sends messages as fast as a server takes
 //! them (closed loop) or on a fixed schedule (open loop), a POP3 client that drains
 //! mailboxes, an IMAP client that runs one workload (APPEND, FETCH, SEARCH, IDLE…) over
-//! mailboxes, and an SMTP sink that accepts everything;
+//! mailboxes, an SMTP sink that accepts everything, a maildrop that serves POP3 and IMAP
+//! fetches from memory (the client's ceiling);
 //! and `disk`, the write + fdatasync rates a spool on this disk could reach.
 //!
 //! **Role.** Produce load and measure it, and not be the bottleneck: `--threads` threads,
@@ -22,12 +23,13 @@
 //!
 //! Modules: [`cli`] (arguments), [`target`] (address checks), [`message`] (the pre-generated
 //! corpus), [`wire`] (buffered connection with timeouts), [`stats`] (histograms and reports),
-//! [`runner`] (threads, signals, progress), [`smtp`], [`pop3`], [`imap`], [`sink`], and
+//! [`runner`] (threads, signals, progress), [`smtp`], [`pop3`], [`imap`], [`sink`], [`maildrop`], and
 //! [`disk`] (what the disk allows a durable server, for the benchmarks to compare against).
 
 pub mod cli;
 pub mod disk;
 pub mod imap;
+pub mod maildrop;
 pub mod message;
 pub mod pop3;
 pub mod runner;
@@ -47,5 +49,6 @@ pub fn run(cli: cli::Cli) -> Result<ExitCode, String> {
         cli::Mode::Sink(args) => sink::run(args),
         cli::Mode::Imap(args) => imap::run(args),
         cli::Mode::Disk(args) => disk::run(args),
+        cli::Mode::Maildrop(args) => maildrop::run(args),
     }
 }

@@ -260,7 +260,7 @@ pub struct SinkReport {
 }
 
 /// One SO_REUSEPORT listener per thread on the same address (port 0: the first picks it).
-fn bind(addr: SocketAddr, threads: usize) -> Result<Vec<StdListener>, String> {
+pub(crate) fn bind(addr: SocketAddr, threads: usize) -> Result<Vec<StdListener>, String> {
     let mut listeners = Vec::new();
     let mut addr = addr;
     for _ in 0..threads {

@@ -818,3 +818,152 @@ fn disk_writes_whole_batches_from_every_writer_and_leaves_nothing_behind() {
         "{stderr}"
     );
 }
+
+fn start_maildrop(protocol: &str, messages: &str, size: &str) -> (Spawned, String) {
+    let args = [
+        "maildrop",
+        "--listen",
+        "127.0.0.1:0",
+        "--protocol",
+        protocol,
+        "--messages",
+        messages,
+        "--size",
+        size,
+        "--duration",
+        "120s",
+        "--json",
+    ];
+    let mut maildrop = Spawned::start(Path::new(LOADGEN), &args);
+    let line = maildrop.wait_line("listening");
+    let addr = addr_in(&line);
+    (maildrop, addr)
+}
+
+/// Stops a maildrop with SIGINT and returns its JSON summary.
+fn stop_maildrop(maildrop: Spawned) -> Value {
+    maildrop.signal(libc::SIGINT);
+    let (status, stdout) = maildrop.finish();
+    assert!(status.success(), "maildrop exit {status}");
+    serde_json::from_str(stdout.trim()).unwrap_or_else(|e| panic!("{e}: {stdout:?}"))
+}
+
+/// The maildrop serves loadgen's IMAP body fetches (one per command and ranges) and POP3
+/// drains, every message with the size asked for, and Python's imaplib and poplib read the
+/// same messages from it.
+#[test]
+fn maildrop_serves_loadgen_and_python_the_same_messages() {
+    let (imap, addr) = start_maildrop("imap", "50", "2KiB");
+    let common = [
+        "imap",
+        "--target",
+        &addr,
+        "--user-pattern",
+        "user{n}:pw",
+        "--user-count",
+        "3",
+        "--connections",
+        "2",
+    ];
+    for extra in [
+        &["--workload", "fetch-bodies", "--count", "50"][..],
+        &[
+            "--workload",
+            "fetch-range",
+            "--range",
+            "10",
+            "--count",
+            "5",
+            "--pipelining",
+            "2",
+        ],
+    ] {
+        let mut args = common.to_vec();
+        args.extend_from_slice(extra);
+        let summary = loadgen_json(&args);
+        assert_eq!(u(&summary, "/fetched/bodies"), 150, "{extra:?}: {summary}");
+        assert_eq!(u(&summary, "/fetched/body_bytes"), 150 * 2048, "{summary}");
+        assert_eq!(u(&summary, "/fetched/bodies_missing"), 0, "{summary}");
+    }
+    let python = r#"
+import imaplib, sys
+m = imaplib.IMAP4("127.0.0.1", int(sys.argv[1]))
+m.login("someone", "anything")
+typ, data = m.select("INBOX", readonly=True)
+assert typ == "OK" and data == [b"50"], data
+typ, data = m.uid("FETCH", "7:9", "(BODY.PEEK[])")
+assert typ == "OK", data
+bodies = [part[1] for part in data if isinstance(part, tuple)]
+assert len(bodies) == 3 and all(len(b) == 2048 for b in bodies), [len(b) for b in bodies]
+assert b"Subject: message 8\r\n" in bodies[1], bodies[1][:120]
+try:
+    m.uid("STORE", "1", "+FLAGS", "(\\Seen)")
+    raise SystemExit("STORE answered OK by a read-only maildrop")
+except imaplib.IMAP4.error as e:
+    assert "not served" in str(e), e
+m.logout()
+"#;
+    let port = addr.rsplit(':').next().unwrap();
+    let out = Command::new("python3")
+        .args(["-c", python, port])
+        .output()
+        .expect("python3");
+    assert!(
+        out.status.success(),
+        "imaplib: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report = stop_maildrop(imap);
+    assert_eq!(u(&report, "/messages_served"), 150 + 150 + 3, "{report}");
+
+    let (pop3, addr) = start_maildrop("pop3", "20", "1KiB");
+    for extra in [&[][..], &["--pipelining", "--window", "8"]] {
+        let mut args = vec![
+            "pop3",
+            "--target",
+            &addr,
+            "--user-pattern",
+            "user{n}:pw",
+            "--user-count",
+            "3",
+            "--connections",
+            "2",
+        ];
+        args.extend_from_slice(extra);
+        let summary = loadgen_json(&args);
+        assert_eq!(
+            u(&summary, "/messages/retrieved"),
+            60,
+            "{extra:?}: {summary}"
+        );
+    }
+    let python = r#"
+import poplib, sys
+p = poplib.POP3("127.0.0.1", int(sys.argv[1]))
+p.user("someone"); p.pass_("anything")
+assert p.stat() == (20, 20 * 1024), p.stat()
+resp, lines, octets = p.retr(3)
+assert resp.startswith(b"+OK") and b"Subject: message 3" in lines, lines[:4]
+assert octets >= 1024, octets
+p.dele(3)
+assert p.stat() == (19, 19 * 1024), p.stat()
+try:
+    p.retr(3)
+    raise SystemExit("a deleted message was retrieved")
+except poplib.error_proto:
+    pass
+p.quit()
+"#;
+    let port = addr.rsplit(':').next().unwrap();
+    let out = Command::new("python3")
+        .args(["-c", python, port])
+        .output()
+        .expect("python3");
+    assert!(
+        out.status.success(),
+        "poplib: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report = stop_maildrop(pop3);
+    assert_eq!(u(&report, "/messages_served"), 60 + 60 + 1, "{report}");
+}
