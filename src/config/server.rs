@@ -23,6 +23,9 @@ pub struct ServerSection {
     pub drain_timeout: Interval,
     pub connections_per_core_max: usize,
     pub connections_per_ip_max: usize,
+    /// A shard serving more connections than another hands each new one to the least busy
+    /// shard (the kernel spreads them by a hash, which leaves a few long ones unevenly).
+    pub spread_connections: bool,
     /// IPv6 clients are counted per prefix of this length in every per-client limit
     /// (connections, message rate, login failures); IPv4 clients per address.
     pub client_ipv6_prefix: u8,
@@ -47,6 +50,7 @@ impl Default for ServerSection {
             drain_timeout: defaults::DRAIN_TIMEOUT,
             connections_per_core_max: defaults::CONNECTIONS_PER_CORE_MAX,
             connections_per_ip_max: defaults::CONNECTIONS_PER_IP_MAX,
+            spread_connections: true,
             client_ipv6_prefix: defaults::CLIENT_IPV6_PREFIX,
             auth_hash_threads: None,
             auth_hash_queue_max: defaults::AUTH_HASH_QUEUE_MAX,

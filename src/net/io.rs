@@ -74,7 +74,46 @@ async fn connect_std(
 /// A listening socket on the current shard.
 pub trait Listener {
     type Conn: Connection + 'static;
-    async fn accept(&self) -> io::Result<(Self::Conn, SocketAddr)>;
+    /// Accepts the next connection as this shard's.
+    async fn accept(&self) -> io::Result<(Self::Conn, SocketAddr)> {
+        let (stream, peer) = self.accept_socket().await?;
+        Ok((Self::adopt(stream)?, peer))
+    }
+    /// Accepts the next connection as a plain socket no engine owns yet: the shard may serve
+    /// it ([`Listener::adopt`]) or hand it to another shard, where nothing has to be undone.
+    async fn accept_socket(&self) -> io::Result<(std::net::TcpStream, SocketAddr)>;
+    /// Makes a socket accepted on any shard a connection of this shard's engine.
+    fn adopt(stream: std::net::TcpStream) -> io::Result<Self::Conn>;
+}
+
+/// Accepts through tokio's reactor, which both engines' runtimes have. The accepted socket
+/// comes out blocking (accept4 does not pass the listener's O_NONBLOCK on) and unregistered:
+/// a plain socket to serve here or to send to another shard. io_uring's own accept would give
+/// a tokio-uring stream, which has no way back to a plain socket without `unsafe`.
+struct Acceptor(tokio::io::unix::AsyncFd<std::net::TcpListener>);
+
+impl Acceptor {
+    /// Must be called on a shard's runtime.
+    fn new(listener: std::net::TcpListener) -> io::Result<Acceptor> {
+        listener.set_nonblocking(true)?;
+        let interest = tokio::io::Interest::READABLE;
+        // Deprecated for I/O safety: the registration must not outlive the descriptor. Here
+        // the `AsyncFd` owns the listener, so the descriptor lives exactly as long (the
+        // safe-typed `register_with_interest` is `unsafe`, which this crate forbids).
+        #[allow(deprecated)]
+        tokio::io::unix::AsyncFd::with_interest(listener, interest).map(Acceptor)
+    }
+
+    async fn accept(&self) -> io::Result<(std::net::TcpStream, SocketAddr)> {
+        loop {
+            let mut ready = self.0.readable().await?;
+            if let Ok(accepted) = ready.try_io(|listener| listener.get_ref().accept()) {
+                let (stream, peer) = accepted?;
+                let _ = stream.set_nodelay(true);
+                return Ok((stream, peer));
+            }
+        }
+    }
 }
 
 /// io_uring engine.
@@ -155,21 +194,28 @@ pub mod uring {
         }
     }
 
-    pub struct UringListener(tokio_uring::net::TcpListener);
+    pub struct UringListener(Acceptor);
 
     impl UringListener {
         /// Must be called on a tokio-uring runtime thread.
-        pub fn from_std(listener: std::net::TcpListener) -> Self {
-            UringListener(tokio_uring::net::TcpListener::from_std(listener))
+        pub fn from_std(listener: std::net::TcpListener) -> io::Result<Self> {
+            Acceptor::new(listener).map(UringListener)
         }
     }
 
     impl Listener for UringListener {
         type Conn = UringConnection;
-        async fn accept(&self) -> io::Result<(UringConnection, SocketAddr)> {
-            let (stream, peer) = self.0.accept().await?;
-            let _ = stream.set_nodelay(true);
-            Ok((UringConnection(stream), peer))
+        async fn accept_socket(&self) -> io::Result<(std::net::TcpStream, SocketAddr)> {
+            self.0.accept().await
+        }
+
+        fn adopt(stream: std::net::TcpStream) -> io::Result<UringConnection> {
+            // io_uring waits for readiness itself (and accepted sockets are blocking already:
+            // said once more, as the connector does, rather than relied on).
+            stream.set_nonblocking(false)?;
+            Ok(UringConnection(tokio_uring::net::TcpStream::from_std(
+                stream,
+            )))
         }
     }
 }
@@ -254,21 +300,24 @@ pub mod epoll {
         }
     }
 
-    pub struct EpollListener(tokio::net::TcpListener);
+    pub struct EpollListener(Acceptor);
 
     impl EpollListener {
         /// Must be called inside a tokio runtime.
         pub fn from_std(listener: std::net::TcpListener) -> io::Result<Self> {
-            tokio::net::TcpListener::from_std(listener).map(EpollListener)
+            Acceptor::new(listener).map(EpollListener)
         }
     }
 
     impl Listener for EpollListener {
         type Conn = EpollConnection;
-        async fn accept(&self) -> io::Result<(EpollConnection, SocketAddr)> {
-            let (stream, peer) = self.0.accept().await?;
-            let _ = stream.set_nodelay(true);
-            Ok((EpollConnection(stream), peer))
+        async fn accept_socket(&self) -> io::Result<(std::net::TcpStream, SocketAddr)> {
+            self.0.accept().await
+        }
+
+        fn adopt(stream: std::net::TcpStream) -> io::Result<EpollConnection> {
+            stream.set_nonblocking(true)?;
+            tokio::net::TcpStream::from_std(stream).map(EpollConnection)
         }
     }
 }

@@ -12,7 +12,6 @@
 //! connections (at connect, [`Shared::connection`]), messages (after this node's MAIL
 //! checks, through `Event::CheckRate`) and login failures ([`AuthFailures::begin_shared`]).
 
-use std::cell::Cell;
 use std::net::IpAddr;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -94,14 +93,15 @@ impl Drop for ClientSlot {
 /// One shard's admission state.
 pub struct Admission {
     core_max: usize,
-    active: Rc<Cell<usize>>,
+    /// Open connections on this shard; other shards read it to spread new ones (`balance`).
+    active: Arc<AtomicUsize>,
     idle: Rc<tokio::sync::Notify>,
     clients: Arc<ClientTable>,
 }
 
 /// Held for the life of an admitted connection; dropping it frees both slots.
 pub struct Permit {
-    active: Rc<Cell<usize>>,
+    active: Arc<AtomicUsize>,
     idle: Rc<tokio::sync::Notify>,
     /// `None` only inside an [`Unidentified`], before the client's address is known.
     _client: Option<ClientSlot>,
@@ -144,8 +144,9 @@ impl Unidentified {
 
 impl Drop for Permit {
     fn drop(&mut self) {
-        let left = self.active.get().saturating_sub(1);
-        self.active.set(left);
+        // Only this shard's thread changes the count: no other decrement can race this one.
+        let left = self.active.load(Ordering::Relaxed).saturating_sub(1);
+        self.active.store(left, Ordering::Relaxed);
         if left == 0 {
             self.idle.notify_waiters();
         }
@@ -154,9 +155,19 @@ impl Drop for Permit {
 
 impl Admission {
     pub fn new(core_max: usize, clients: Arc<ClientTable>) -> Self {
+        Admission::counted_in(core_max, clients, Arc::new(AtomicUsize::new(0)))
+    }
+
+    /// An admission that keeps its open-connection count in `active` (where other shards can
+    /// read it).
+    pub fn counted_in(
+        core_max: usize,
+        clients: Arc<ClientTable>,
+        active: Arc<AtomicUsize>,
+    ) -> Self {
         Admission {
             core_max,
-            active: Rc::new(Cell::new(0)),
+            active,
             idle: Rc::new(tokio::sync::Notify::new()),
             clients,
         }
@@ -168,13 +179,14 @@ impl Admission {
 
     /// Takes a core slot only; the client's limit applies at [`Unidentified::identify`].
     pub fn admit_unidentified(&self) -> Result<Unidentified, Refusal> {
-        if self.active.get() >= self.core_max {
+        let active = self.active.load(Ordering::Relaxed);
+        if active >= self.core_max {
             return Err(Refusal::CoreFull);
         }
-        self.active.set(self.active.get() + 1);
+        self.active.store(active + 1, Ordering::Relaxed);
         Ok(Unidentified {
             permit: Permit {
-                active: Rc::clone(&self.active),
+                active: Arc::clone(&self.active),
                 idle: Rc::clone(&self.idle),
                 _client: None,
                 _cluster: None,
@@ -188,7 +200,7 @@ impl Admission {
         loop {
             // Registered before the check, so a release in between is not missed.
             let released = self.idle.notified();
-            if self.active.get() == 0 {
+            if self.active.load(Ordering::Relaxed) == 0 {
                 return;
             }
             released.await;
@@ -197,7 +209,7 @@ impl Admission {
 
     /// Connections open on this shard now.
     pub fn active(&self) -> usize {
-        self.active.get()
+        self.active.load(Ordering::Relaxed)
     }
 }
 

@@ -10,6 +10,7 @@
 
 pub mod admission;
 pub mod auth;
+pub mod balance;
 pub mod body_budget;
 pub mod cluster_listener;
 pub mod dmarc_reports;
@@ -704,6 +705,8 @@ struct Contexts {
     cluster: Option<Arc<cluster_listener::ClusterListener>>,
     /// `[cluster]`: where logins of users homed on other nodes go, and how.
     login_proxy: Option<Arc<login_proxy::LoginProxy>>,
+    /// `server.spread_connections` with more than one shard.
+    balance: Option<Arc<balance::Balance>>,
     /// The web server's session table and intake, once it runs (web logins proxied here
     /// start theirs in it; their requests come in through the intake).
     web_home: WebHome,
@@ -780,7 +783,11 @@ fn build_contexts(
     let login_proxy =
         login_proxy::LoginProxy::new(&config.cluster, stores.cluster.as_ref().map(|(_, tls)| tls))
             .map(Arc::new);
+    // One shard has nowhere to send a connection.
+    let balance = (config.server.spread_connections && config.cores() > 1)
+        .then(|| Arc::new(balance::Balance::new(config.cores())));
     Ok(Arc::new(Contexts {
+        balance,
         cluster,
         login_proxy,
         web_home: WebHome::default(),
@@ -988,7 +995,15 @@ impl Contexts {
             pop3: pop3_context,
             imap: imap_context,
             auth,
-            admission: Admission::new(server.connections_per_core_max, Arc::clone(&self.clients)),
+            admission: match &self.balance {
+                Some(balance) => Admission::counted_in(
+                    server.connections_per_core_max,
+                    Arc::clone(&self.clients),
+                    balance.open_count(index),
+                ),
+                None => Admission::new(server.connections_per_core_max, Arc::clone(&self.clients)),
+            },
+            balance: self.balance.clone(),
             shared: Arc::clone(&self.shared),
             phase: self.phase.clone(),
             delivery: Arc::clone(&self.delivery),

@@ -1,7 +1,8 @@
 //! One shard's network side: its accept loops and the state its connections share.
 //!
 //! Everything here lives on one pinned thread (`Rc`, no locks); the only cross-core state is
-//! the per-client connection table and the spool writer's queue.
+//! the per-client connection table, the spool writer's queue and the shards' connection
+//! counts with the queues that carry accepted sockets to a less busy shard (`balance`).
 
 use std::io;
 use std::net::SocketAddr;
@@ -16,6 +17,7 @@ use tokio::sync::watch;
 
 use super::admission::{Admission, Permit, Refusal, Unidentified};
 use super::auth::Auth;
+use super::balance::{Balance, Handoff};
 use super::pop3;
 use super::smtp;
 use crate::delivery::{Core, CoreParts};
@@ -65,6 +67,9 @@ pub struct ShardContext {
     /// SMTP AUTH, POP3 and IMAP logins.
     pub auth: Auth,
     pub admission: Admission,
+    /// Where a connection goes when another shard serves fewer (`None`: served where the
+    /// kernel put it).
+    pub balance: Option<Arc<super::balance::Balance>>,
     /// The limits shared by the cluster's nodes (nothing to ask without `[cluster.redis]`).
     pub shared: Arc<super::admission::Shared>,
     pub phase: watch::Receiver<Phase>,
@@ -152,6 +157,9 @@ pub async fn run<L: Listener + 'static>(ctx: Rc<ShardContext>, listeners: Vec<Bo
             bound.implicit_tls,
         )));
     }
+    let adopting = ctx.balance.as_ref().map(|balance| {
+        tokio::task::spawn_local(adopt_loop::<L>(Rc::clone(&ctx), Arc::clone(balance)))
+    });
     let mut phase = ctx.phase.clone();
     while *phase.borrow_and_update() == Phase::Running {
         if phase.changed().await.is_err() {
@@ -165,6 +173,9 @@ pub async fn run<L: Listener + 'static>(ctx: Rc<ShardContext>, listeners: Vec<Bo
     for accept in loops {
         let _ = accept.await;
     }
+    if let Some(adopting) = adopting {
+        let _ = adopting.await;
+    }
     // Connections end by themselves: at once when idle, after their transaction when
     // draining, at once when the phase turns to Stopping.
     ctx.admission.idle().await;
@@ -176,69 +187,30 @@ async fn accept_loop<L: Listener>(
     protocol: Protocol,
     implicit_tls: bool,
 ) {
-    let proxied = match protocol {
-        Protocol::Smtp => ctx.smtp_proxy_protocol,
-        Protocol::Pop3 => ctx.pop3_proxy_protocol,
-        Protocol::Imap => ctx.imap_proxy_protocol,
-        // Peers connect directly: their certificate names them, not a balancer.
-        Protocol::Cluster => false,
-    };
     loop {
-        let accepted = listener.accept().await;
+        let accepted = listener.accept_socket().await;
         if *ctx.phase.borrow() != Phase::Running {
-            if let Ok((conn, _)) = accepted {
-                conn.shutdown();
-            }
+            // Dropping the socket closes it.
             return;
         }
         if protocol != Protocol::Cluster && super::drain::refusing() {
             // `relay node drain`: the balancer sends clients to the other nodes.
-            if let Ok((conn, _)) = accepted {
-                conn.shutdown();
-            }
             continue;
         }
         match accepted {
-            Ok((conn, peer)) => {
-                let refused = if proxied {
-                    // The client is named by the PROXY header: only the core limit applies
-                    // until then.
-                    match ctx.admission.admit_unidentified() {
-                        Ok(pending) => {
-                            let task = serve_proxied(
-                                conn,
-                                peer,
-                                Rc::clone(&ctx),
-                                pending,
-                                protocol,
-                                implicit_tls,
-                            );
-                            tokio::task::spawn_local(task);
-                            None
-                        }
-                        Err(refusal) => Some((conn, refusal)),
-                    }
-                } else {
-                    match ctx.admission.admit(peer.ip()) {
-                        Ok(permit) => {
-                            let task = serve(
-                                conn,
-                                peer,
-                                Rc::clone(&ctx),
-                                permit,
-                                protocol,
-                                implicit_tls,
-                                Vec::new(),
-                            );
-                            tokio::task::spawn_local(task);
-                            None
-                        }
-                        Err(refusal) => Some((conn, refusal)),
-                    }
+            Ok((stream, peer)) => {
+                let handoff = Handoff {
+                    stream,
+                    peer,
+                    protocol,
+                    implicit_tls,
                 };
-                if let Some((conn, refusal)) = refused {
-                    let task = turn_away(conn, peer, Rc::clone(&ctx), protocol, refusal);
-                    tokio::task::spawn_local(task);
+                let handoff = match &ctx.balance {
+                    Some(balance) => balance.place(ctx.shard, handoff),
+                    None => Some(handoff),
+                };
+                if let Some(handoff) = handoff {
+                    start::<L>(&ctx, handoff);
                 }
             }
             Err(error) => {
@@ -252,6 +224,87 @@ async fn accept_loop<L: Listener>(
                 }
             }
         }
+    }
+}
+
+/// Serves the connections other shards accepted and sent here, until the shard stops.
+async fn adopt_loop<L: Listener>(ctx: Rc<ShardContext>, balance: Arc<Balance>) {
+    let mut phase = ctx.phase.clone();
+    loop {
+        balance.take(ctx.shard, |handoff| {
+            // Once stopping, a socket still in the queue is dropped: closed unread.
+            if *ctx.phase.borrow() == Phase::Running {
+                start::<L>(&ctx, handoff);
+            }
+        });
+        if *phase.borrow_and_update() != Phase::Running {
+            return;
+        }
+        tokio::select! {
+            () = balance.sent_to(ctx.shard) => {}
+            changed = phase.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// Admits an accepted socket on this shard and starts its protocol's driver, or turns it away.
+fn start<L: Listener>(ctx: &Rc<ShardContext>, handoff: Handoff) {
+    let Handoff {
+        stream,
+        peer,
+        protocol,
+        implicit_tls,
+    } = handoff;
+    let conn = match L::adopt(stream) {
+        Ok(conn) => conn,
+        Err(error) => {
+            tracing::debug!(%error, "cannot register an accepted connection");
+            return;
+        }
+    };
+    let proxied = match protocol {
+        Protocol::Smtp => ctx.smtp_proxy_protocol,
+        Protocol::Pop3 => ctx.pop3_proxy_protocol,
+        Protocol::Imap => ctx.imap_proxy_protocol,
+        // Peers connect directly: their certificate names them, not a balancer.
+        Protocol::Cluster => false,
+    };
+    let refused = if proxied {
+        // The client is named by the PROXY header: only the core limit applies until then.
+        match ctx.admission.admit_unidentified() {
+            Ok(pending) => {
+                let task =
+                    serve_proxied(conn, peer, Rc::clone(ctx), pending, protocol, implicit_tls);
+                tokio::task::spawn_local(task);
+                None
+            }
+            Err(refusal) => Some((conn, refusal)),
+        }
+    } else {
+        match ctx.admission.admit(peer.ip()) {
+            Ok(permit) => {
+                let task = serve(
+                    conn,
+                    peer,
+                    Rc::clone(ctx),
+                    permit,
+                    protocol,
+                    implicit_tls,
+                    Vec::new(),
+                );
+                tokio::task::spawn_local(task);
+                None
+            }
+            Err(refusal) => Some((conn, refusal)),
+        }
+    };
+    if let Some((conn, refusal)) = refused {
+        let task = turn_away(conn, peer, Rc::clone(ctx), protocol, refusal);
+        tokio::task::spawn_local(task);
     }
 }
 
@@ -495,7 +548,10 @@ pub fn spawn(seed: ShardSeed, events: Sender<ShardEvent>) -> io::Result<JoinHand
                 });
                 match engine {
                     Engine::Uring => {
-                        let listeners = bind(sockets, |s| Ok(UringListener::from_std(s)))?;
+                        let listeners = bind(sockets, |s| {
+                            UringListener::from_std(s)
+                                .map_err(|e| format!("cannot register listener: {e}"))
+                        })?;
                         serve_shard(ctx, listeners, UringConnector, startup, ready).await;
                     }
                     Engine::Epoll => {

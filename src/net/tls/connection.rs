@@ -839,7 +839,7 @@ mod tests {
         runtime.block_on(async {
             let std = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
             let addr = std.local_addr().unwrap();
-            echo_over_tls(UringListener::from_std(std), addr, UringConnector).await;
+            echo_over_tls(UringListener::from_std(std).unwrap(), addr, UringConnector).await;
         });
     }
 
@@ -904,7 +904,7 @@ mod tests {
         std::thread::spawn(move || {
             let runtime = tokio_uring::Runtime::new(&tokio_uring::builder()).unwrap();
             let out = runtime.block_on(async move {
-                let listener = UringListener::from_std(std);
+                let listener = UringListener::from_std(std).unwrap();
                 let (conn, _) = listener.accept().await.unwrap();
                 serve(TlsConnection::server(conn, config).unwrap()).await
             });
@@ -1111,7 +1111,7 @@ mod tests {
         runtime.block_on(async {
             let std = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
             let addr = std.local_addr().unwrap();
-            let listener = UringListener::from_std(std);
+            let listener = UringListener::from_std(std).unwrap();
             let server = tokio_uring::spawn(async move {
                 let (conn, _) = listener.accept().await.unwrap();
                 let tls = TlsConnection::server(conn, server_config).unwrap();
