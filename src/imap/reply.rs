@@ -67,6 +67,23 @@ pub fn raw(out: &mut Vec<u8>, text: &str) {
     out.extend_from_slice(text.as_bytes());
 }
 
+/// A number in decimal, without the allocation a `format!` would make: FETCH writes several
+/// per message.
+pub fn number(out: &mut Vec<u8>, n: u64) {
+    let mut digits = [0u8; 20];
+    let mut at = digits.len();
+    let mut n = n;
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[at..]);
+}
+
 /// A string: quoted when it can be, a literal otherwise (line ends, NUL, 8-bit, long).
 pub fn string(out: &mut Vec<u8>, bytes: &[u8]) {
     let quotable = bytes.len() <= 256
@@ -89,7 +106,9 @@ pub fn string(out: &mut Vec<u8>, bytes: &[u8]) {
 
 /// `{n}\r\n` and the bytes.
 pub fn literal(out: &mut Vec<u8>, bytes: &[u8]) {
-    out.extend_from_slice(format!("{{{}}}\r\n", bytes.len()).as_bytes());
+    out.push(b'{');
+    number(out, bytes.len() as u64);
+    out.extend_from_slice(b"}\r\n");
     out.extend_from_slice(bytes);
 }
 
@@ -190,6 +209,19 @@ pub fn sequence_set(out: &mut Vec<u8>, numbers: &[u32]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn numbers_are_written_as_format_would() {
+        let mut out = Vec::new();
+        for n in [0, 1, 9, 10, 99, 100, 4_294_967_295, 1 << 53, u64::MAX] {
+            out.clear();
+            number(&mut out, n);
+            assert_eq!(out, n.to_string().as_bytes());
+        }
+        out.clear();
+        literal(&mut out, b"abc");
+        assert_eq!(out, b"{3}\r\nabc");
+    }
 
     #[test]
     fn strings_quote_or_literal() {

@@ -2339,13 +2339,18 @@ impl Session {
         }
         let mut decoded = decoded.into_iter();
         let b = &mut out.bytes;
-        reply::untagged(b, &format!("{} FETCH (", i + 1));
+        reply::untagged(b, "");
+        reply::number(b, i as u64 + 1);
+        reply::raw(b, " FETCH (");
         for (n, item) in job.items.iter().enumerate() {
             if n > 0 {
                 reply::raw(b, " ");
             }
             match item {
-                Item::Uid => reply::raw(b, &format!("UID {}", m.uid)),
+                Item::Uid => {
+                    reply::raw(b, "UID ");
+                    reply::number(b, u64::from(m.uid));
+                }
                 Item::Flags => {
                     reply::raw(b, "FLAGS ");
                     reply::flags(b, &m.flags, self.is_recent(s, m.uid));
@@ -2354,8 +2359,15 @@ impl Session {
                     reply::raw(b, "INTERNALDATE ");
                     reply::date_time(b, m.internal_date, m.zone_minutes);
                 }
-                Item::Size => reply::raw(b, &format!("RFC822.SIZE {}", m.size)),
-                Item::ModSeq => reply::raw(b, &format!("MODSEQ ({})", m.modseq)),
+                Item::Size => {
+                    reply::raw(b, "RFC822.SIZE ");
+                    reply::number(b, u64::from(m.size));
+                }
+                Item::ModSeq => {
+                    reply::raw(b, "MODSEQ (");
+                    reply::number(b, m.modseq);
+                    reply::raw(b, ")");
+                }
                 Item::Rfc822 => {
                     reply::raw(b, "RFC822 ");
                     reply::literal(b, body.unwrap_or_default());
