@@ -135,7 +135,6 @@ struct Counters {
 struct Shared {
     mailbox: Mailbox,
     counters: Counters,
-    io_timeout: Duration,
 }
 
 pub fn run(args: MaildropArgs) -> Result<ExitCode, String> {
@@ -151,7 +150,6 @@ pub fn run(args: MaildropArgs) -> Result<ExitCode, String> {
     let shared = Arc::new(Shared {
         mailbox,
         counters: Counters::default(),
-        io_timeout: args.common.io_timeout,
     });
     let control = Control::new(args.duration, args.common.max_time);
     let signal = runner::signals()?;
@@ -161,13 +159,17 @@ pub fn run(args: MaildropArgs) -> Result<ExitCode, String> {
         args.messages,
         args.size
     );
-    for (thread, listener) in listeners.into_iter().enumerate() {
-        let shared = Arc::clone(&shared);
-        std::thread::Builder::new()
-            .name(format!("maildrop-{thread}"))
-            .spawn(move || accept_thread(listener, shared))
-            .map_err(|e| format!("cannot start a thread: {e}"))?;
-    }
+    sink::start_threads(
+        listeners,
+        "maildrop",
+        args.common.io_timeout,
+        Arc::clone(&shared),
+        |s| &s.counters.connections,
+        |mut conn, shared| async move {
+            let _ = serve(&mut conn, &shared).await;
+            conn
+        },
+    )?;
     while !control.stopped() {
         std::thread::sleep(Duration::from_millis(50));
         if signal.load(Ordering::Relaxed) {
@@ -198,15 +200,7 @@ pub fn run(args: MaildropArgs) -> Result<ExitCode, String> {
         report.bytes_served,
         report.connections,
     );
-    if args.common.json {
-        eprint!("{text}");
-        match serde_json::to_string(&report) {
-            Ok(line) => println!("{line}"),
-            Err(e) => eprintln!("loadgen: cannot encode the JSON summary: {e}"),
-        }
-    } else {
-        print!("{text}");
-    }
+    crate::stats::print_summary(args.common.json, &text, &report);
     // The accept threads never end on their own; leaving main ends the process.
     Ok(ExitCode::SUCCESS)
 }
@@ -230,44 +224,6 @@ pub struct MaildropReport {
     pub bytes_served: u64,
     pub connections: u64,
     pub msgs_per_s: f64,
-}
-
-fn accept_thread(listener: std::net::TcpListener, shared: Arc<Shared>) {
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(runtime) => runtime,
-        Err(e) => {
-            eprintln!("loadgen maildrop: cannot start a runtime: {e}");
-            return;
-        }
-    };
-    let local = tokio::task::LocalSet::new();
-    local.block_on(&runtime, async move {
-        let listener = match tokio::net::TcpListener::from_std(listener) {
-            Ok(listener) => listener,
-            Err(e) => {
-                eprintln!("loadgen maildrop: {e}");
-                return;
-            }
-        };
-        loop {
-            match listener.accept().await {
-                Ok((stream, _)) => {
-                    shared.counters.connections.fetch_add(1, Ordering::Relaxed);
-                    let shared = Arc::clone(&shared);
-                    tokio::task::spawn_local(async move {
-                        let mut conn = Conn::new(stream, shared.io_timeout);
-                        let _ = serve(&mut conn, &shared).await;
-                        conn.shutdown().await;
-                    });
-                }
-                // Out of descriptors and the like: wait a little instead of spinning.
-                Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
-            }
-        }
-    });
 }
 
 /// What a session answers next: short replies built in `out`, message answers as slices of

@@ -555,15 +555,7 @@ impl Pop3Report {
             text += &summary.row(name);
             text.push('\n');
         }
-        if json {
-            eprint!("{text}");
-            match serde_json::to_string(self) {
-                Ok(line) => println!("{line}"),
-                Err(e) => eprintln!("loadgen: cannot encode the JSON summary: {e}"),
-            }
-        } else {
-            print!("{text}");
-        }
+        crate::stats::print_summary(json, &text, self);
     }
 }
 

@@ -70,11 +70,10 @@ struct Shared {
     replies: Replies,
     scripts: Vec<Scripted>,
     counters: Counters,
-    io_timeout: Duration,
 }
 
 impl Shared {
-    fn new(host: &str, scripts: &[Script], io_timeout: Duration) -> Shared {
+    fn new(host: &str, scripts: &[Script]) -> Shared {
         let replies = Replies {
             greeting: encoded(&Reply::greeting(host)),
             ehlo: encoded(&Reply::ehlo(
@@ -116,7 +115,6 @@ impl Shared {
             replies,
             scripts,
             counters: Counters::default(),
-            io_timeout,
         }
     }
 
@@ -149,21 +147,21 @@ pub fn run(args: SinkArgs) -> Result<ExitCode, String> {
         .first()
         .and_then(|l| l.local_addr().ok())
         .ok_or("no listener")?;
-    let shared = Arc::new(Shared::new(
-        &args.hostname,
-        &args.scripts,
-        args.common.io_timeout,
-    ));
+    let shared = Arc::new(Shared::new(&args.hostname, &args.scripts));
     let control = Control::new(args.duration, args.common.max_time);
     let signal = runner::signals()?;
     eprintln!("loadgen sink: listening addr={local} threads={threads}");
-    for (thread, listener) in listeners.into_iter().enumerate() {
-        let shared = Arc::clone(&shared);
-        std::thread::Builder::new()
-            .name(format!("sink-{thread}"))
-            .spawn(move || accept_thread(listener, shared))
-            .map_err(|e| format!("cannot start a thread: {e}"))?;
-    }
+    start_threads(
+        listeners,
+        "sink",
+        args.common.io_timeout,
+        Arc::clone(&shared),
+        |s| &s.counters.connections,
+        |mut conn, shared| async move {
+            let _ = serve(&mut conn, &shared).await;
+            conn
+        },
+    )?;
     let c = &shared.counters;
     let mut last = (Instant::now(), 0u64, 0u64);
     let mut peak = 0f64;
@@ -229,15 +227,7 @@ pub fn run(args: SinkArgs) -> Result<ExitCode, String> {
         report.recipients,
         report.connections
     );
-    if args.common.json {
-        eprint!("{text}");
-        match serde_json::to_string(&report) {
-            Ok(line) => println!("{line}"),
-            Err(e) => eprintln!("loadgen: cannot encode the JSON summary: {e}"),
-        }
-    } else {
-        print!("{text}");
-    }
+    crate::stats::print_summary(args.common.json, &text, &report);
     // The accept threads never end on their own; leaving main ends the process.
     Ok(ExitCode::SUCCESS)
 }
@@ -285,14 +275,61 @@ pub(crate) fn bind(addr: SocketAddr, threads: usize) -> Result<Vec<StdListener>,
     Ok(listeners)
 }
 
-fn accept_thread(listener: StdListener, shared: Arc<Shared>) {
+/// Starts one thread per listener, named `{name}-N`, each accepting with
+/// [`accept_thread`]: every connection is counted in `count(shared)` and served by `serve`
+/// (the sink's and the maildrop's threads).
+pub(crate) fn start_threads<S, F, Fut>(
+    listeners: Vec<StdListener>,
+    name: &'static str,
+    io_timeout: Duration,
+    shared: Arc<S>,
+    count: fn(&S) -> &AtomicU64,
+    serve: F,
+) -> Result<(), String>
+where
+    S: Send + Sync + 'static,
+    F: Fn(Conn, Arc<S>) -> Fut + Send + Clone + 'static,
+    Fut: std::future::Future<Output = Conn> + 'static,
+{
+    for (thread, listener) in listeners.into_iter().enumerate() {
+        let shared = Arc::clone(&shared);
+        let serve = serve.clone();
+        std::thread::Builder::new()
+            .name(format!("{name}-{thread}"))
+            .spawn(move || {
+                let counted = Arc::clone(&shared);
+                let counting = move || {
+                    count(&counted).fetch_add(1, Ordering::Relaxed);
+                };
+                accept_thread(listener, name, io_timeout, counting, move |conn| {
+                    serve(conn, Arc::clone(&shared))
+                });
+            })
+            .map_err(|e| format!("cannot start a thread: {e}"))?;
+    }
+    Ok(())
+}
+
+/// Runs a current-thread runtime on this thread that accepts on `listener`, calls
+/// `connections` for each connection and runs `serve` on it, then shuts it; `name` (after
+/// "loadgen ") starts its error lines.
+fn accept_thread<F, Fut>(
+    listener: StdListener,
+    name: &str,
+    io_timeout: Duration,
+    connections: impl Fn() + 'static,
+    serve: F,
+) where
+    F: Fn(Conn) -> Fut + 'static,
+    Fut: std::future::Future<Output = Conn> + 'static,
+{
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
     {
         Ok(runtime) => runtime,
         Err(e) => {
-            eprintln!("loadgen sink: cannot start a runtime: {e}");
+            eprintln!("loadgen {name}: cannot start a runtime: {e}");
             return;
         }
     };
@@ -301,19 +338,17 @@ fn accept_thread(listener: StdListener, shared: Arc<Shared>) {
         let listener = match tokio::net::TcpListener::from_std(listener) {
             Ok(listener) => listener,
             Err(e) => {
-                eprintln!("loadgen sink: {e}");
+                eprintln!("loadgen {name}: {e}");
                 return;
             }
         };
         loop {
             match listener.accept().await {
                 Ok((stream, _)) => {
-                    shared.counters.connections.fetch_add(1, Ordering::Relaxed);
-                    let shared = Arc::clone(&shared);
+                    connections();
+                    let served = serve(Conn::new(stream, io_timeout));
                     tokio::task::spawn_local(async move {
-                        let mut conn = Conn::new(stream, shared.io_timeout);
-                        let _ = serve(&mut conn, &shared).await;
-                        conn.shutdown().await;
+                        served.await.shutdown().await;
                     });
                 }
                 // Out of descriptors and the like: wait a little instead of spinning.
@@ -573,7 +608,7 @@ mod tests {
                 every: 4,
                 code: 450,
             }];
-            let shared = Arc::new(Shared::new("sink.test", &scripts, Duration::from_secs(10)));
+            let shared = Arc::new(Shared::new("sink.test", &scripts));
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
             let addr = listener.local_addr().unwrap();
             let server = {

@@ -173,6 +173,20 @@ pub fn per_second(count: u64, elapsed: Duration) -> f64 {
     }
 }
 
+/// Prints a run's summary: `text` on stdout, or with `json` the text on stderr and `report`
+/// as one JSON object on stdout (what scripts read).
+pub fn print_summary(json: bool, text: &str, report: &impl serde::Serialize) {
+    if json {
+        eprint!("{text}");
+        match serde_json::to_string(report) {
+            Ok(line) => println!("{line}"),
+            Err(e) => eprintln!("loadgen: cannot encode the JSON summary: {e}"),
+        }
+    } else {
+        print!("{text}");
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

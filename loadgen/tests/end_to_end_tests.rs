@@ -169,29 +169,40 @@ fn addr_in(line: &str) -> String {
         .to_string()
 }
 
-fn start_sink(extra: &[&str]) -> (Spawned, String) {
+/// Starts a loadgen server mode (`sink`, `maildrop`) on a free loopback port for up to 120 s
+/// with `--json`; returns it and its address.
+fn start_server(mode: &str, extra: &[&str]) -> (Spawned, String) {
     let mut args = vec![
-        "sink",
+        mode,
         "--listen",
         "127.0.0.1:0",
         "--duration",
         "120s",
         "--json",
-        "--quiet",
     ];
     args.extend_from_slice(extra);
-    let mut sink = Spawned::start(Path::new(LOADGEN), &args);
-    let line = sink.wait_line("listening");
+    let mut server = Spawned::start(Path::new(LOADGEN), &args);
+    let line = server.wait_line("listening");
     let addr = addr_in(&line);
-    (sink, addr)
+    (server, addr)
 }
 
-/// Stops a sink with SIGINT and returns its JSON summary.
-fn stop_sink(sink: Spawned) -> Value {
-    sink.signal(libc::SIGINT);
-    let (status, stdout) = sink.finish();
-    assert!(status.success(), "sink exit {status}");
+/// Stops a loadgen server mode with SIGINT and returns its JSON summary.
+fn stop_server(server: Spawned) -> Value {
+    server.signal(libc::SIGINT);
+    let (status, stdout) = server.finish();
+    assert!(status.success(), "server exit {status}");
     serde_json::from_str(stdout.trim()).unwrap_or_else(|e| panic!("{e}: {stdout:?}"))
+}
+
+fn start_sink(extra: &[&str]) -> (Spawned, String) {
+    let mut args = vec!["--quiet"];
+    args.extend_from_slice(extra);
+    start_server("sink", &args)
+}
+
+fn stop_sink(sink: Spawned) -> Value {
+    stop_server(sink)
 }
 
 #[test]
@@ -821,31 +832,28 @@ fn disk_writes_whole_batches_from_every_writer_and_leaves_nothing_behind() {
 
 fn start_maildrop(protocol: &str, messages: &str, size: &str) -> (Spawned, String) {
     let args = [
-        "maildrop",
-        "--listen",
-        "127.0.0.1:0",
         "--protocol",
         protocol,
         "--messages",
         messages,
         "--size",
         size,
-        "--duration",
-        "120s",
-        "--json",
     ];
-    let mut maildrop = Spawned::start(Path::new(LOADGEN), &args);
-    let line = maildrop.wait_line("listening");
-    let addr = addr_in(&line);
-    (maildrop, addr)
+    start_server("maildrop", &args)
 }
 
-/// Stops a maildrop with SIGINT and returns its JSON summary.
-fn stop_maildrop(maildrop: Spawned) -> Value {
-    maildrop.signal(libc::SIGINT);
-    let (status, stdout) = maildrop.finish();
-    assert!(status.success(), "maildrop exit {status}");
-    serde_json::from_str(stdout.trim()).unwrap_or_else(|e| panic!("{e}: {stdout:?}"))
+/// Runs a Python script with the port of `addr` as its argument; it must exit 0.
+fn python_against(script: &str, addr: &str) {
+    let port = addr.rsplit(':').next().unwrap();
+    let out = Command::new("python3")
+        .args(["-c", script, port])
+        .output()
+        .expect("python3");
+    assert!(
+        out.status.success(),
+        "python: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// The maildrop serves loadgen's IMAP body fetches (one per command and ranges) and POP3
@@ -903,17 +911,8 @@ except imaplib.IMAP4.error as e:
     assert "not served" in str(e), e
 m.logout()
 "#;
-    let port = addr.rsplit(':').next().unwrap();
-    let out = Command::new("python3")
-        .args(["-c", python, port])
-        .output()
-        .expect("python3");
-    assert!(
-        out.status.success(),
-        "imaplib: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let report = stop_maildrop(imap);
+    python_against(python, &addr);
+    let report = stop_server(imap);
     assert_eq!(u(&report, "/messages_served"), 150 + 150 + 3, "{report}");
 
     let (pop3, addr) = start_maildrop("pop3", "20", "1KiB");
@@ -954,16 +953,7 @@ except poplib.error_proto:
     pass
 p.quit()
 "#;
-    let port = addr.rsplit(':').next().unwrap();
-    let out = Command::new("python3")
-        .args(["-c", python, port])
-        .output()
-        .expect("python3");
-    assert!(
-        out.status.success(),
-        "poplib: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let report = stop_maildrop(pop3);
+    python_against(python, &addr);
+    let report = stop_server(pop3);
     assert_eq!(u(&report, "/messages_served"), 60 + 60 + 1, "{report}");
 }

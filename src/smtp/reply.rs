@@ -129,9 +129,9 @@ impl EnhancedStatus {
     fn encode(self, out: &mut Vec<u8>) {
         out.push(b'0' + self.class);
         out.push(b'.');
-        push_decimal(out, u64::from(self.subject));
+        crate::proto::decimal::push(out, u64::from(self.subject));
         out.push(b'.');
-        push_decimal(out, u64::from(self.detail));
+        crate::proto::decimal::push(out, u64::from(self.detail));
     }
 }
 
@@ -339,7 +339,7 @@ impl Reply {
     pub fn encode(&self, out: &mut Vec<u8>) {
         let mut lines = self.text.split('\n').peekable();
         while let Some(line) = lines.next() {
-            push_decimal(out, u64::from(self.code.0));
+            crate::proto::decimal::push(out, u64::from(self.code.0));
             out.push(if lines.peek().is_some() { b'-' } else { b' ' });
             if let Some(status) = self.status {
                 status.encode(out);
@@ -1425,21 +1425,6 @@ impl fmt::Display for Reply {
         }
         Ok(())
     }
-}
-
-/// Appends `n` in decimal without going through `fmt` (the reply path is hot under pipelining).
-fn push_decimal(out: &mut Vec<u8>, mut n: u64) {
-    let mut digits = [0u8; 20];
-    let mut i = digits.len();
-    loop {
-        i -= 1;
-        digits[i] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    out.extend_from_slice(&digits[i..]);
 }
 
 /// Appends a reply line, replacing control characters so that text can never end the line.

@@ -1617,15 +1617,7 @@ impl ImapReport {
 
     fn print(&self, json: bool) {
         let text = self.human();
-        if json {
-            eprint!("{text}");
-            match serde_json::to_string(self) {
-                Ok(line) => println!("{line}"),
-                Err(e) => eprintln!("loadgen: cannot encode the JSON summary: {e}"),
-            }
-        } else {
-            print!("{text}");
-        }
+        crate::stats::print_summary(json, &text, self);
     }
 }
 
