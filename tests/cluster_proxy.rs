@@ -35,12 +35,11 @@ struct NodeAddrs {
     cert: NodeCert,
 }
 
-/// A port free on `ip` right now (each node has a loopback address of its own, so another
-/// test taking it in between is unlikely).
+/// A port free on `ip` right now, never handed out before in this process
+/// (`common::cluster::free_port`).
 fn free_port(ip: &str) -> SocketAddr {
-    std::net::TcpListener::bind((ip, 0))
-        .and_then(|l| l.local_addr())
-        .unwrap_or_else(|e| panic!("bind {ip}: {e}"))
+    let ip = ip.parse().expect("an IP address");
+    SocketAddr::new(ip, common::cluster::free_port(ip))
 }
 
 fn node(ca: &TestCa, name: &'static str, ip: &'static str) -> NodeAddrs {
@@ -71,7 +70,7 @@ fn start(
     public: bool,
 ) -> Relay {
     let mut settings = Settings::new(engine);
-    settings.smtp_listen = format!("{}:0", this.ip);
+    settings.smtp_listen = free_port(this.ip).to_string();
     let mut cluster = format!(
         "[cluster]\nnode = {:?}\nlisten = \"{}\"\ncert = {:?}\nkey = {:?}\nca = {:?}\n",
         this.name,

@@ -108,7 +108,7 @@ impl Net {
             )
         });
         let mut settings = Settings::new(self.engine);
-        settings.smtp_listen = format!("{}:0", node.ip);
+        settings.smtp_listen = format!("{}:{}", node.ip, free_port(node.ip));
         settings.extra_toml = format!(
             "[delivery]\nretry_intervals = [\"300ms\"]\nretry_every = \"300ms\"\n\
              retry_jitter_percent = 0\n{section}\

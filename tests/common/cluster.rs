@@ -120,10 +120,22 @@ pub fn node_ip(index: usize) -> IpAddr {
     ))
 }
 
-/// A port free on `ip` now (bound and released: the node binds it a moment later).
+/// A port free on `ip` now (bound and released: the node binds it a moment later), and
+/// never handed out before in this process: tests run in parallel threads, and a port
+/// released here could otherwise come back from the kernel for another node's listener
+/// before the first node binds it. Nodes bind no port 0 on their addresses for the same
+/// reason (their SMTP port comes from here too).
 pub fn free_port(ip: IpAddr) -> u16 {
-    let listener = TcpListener::bind(SocketAddr::new(ip, 0)).expect("bind a free port");
-    listener.local_addr().expect("local addr").port()
+    static GIVEN: std::sync::Mutex<Vec<(IpAddr, u16)>> = std::sync::Mutex::new(Vec::new());
+    loop {
+        let listener = TcpListener::bind(SocketAddr::new(ip, 0)).expect("bind a free port");
+        let port = listener.local_addr().expect("local addr").port();
+        let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
+        if !given.contains(&(ip, port)) {
+            given.push((ip, port));
+            return port;
+        }
+    }
 }
 
 impl Cluster {
@@ -193,7 +205,7 @@ impl Cluster {
     pub fn settings(&self, name: &str, engine: Engine, extra: &str) -> Settings {
         let node = self.node(name);
         let mut settings = Settings::new(engine);
-        settings.smtp_listen = format!("{}:0", node.ip);
+        settings.smtp_listen = format!("{}:{}", node.ip, free_port(node.ip));
         settings.extra_toml = format!("{}{}{extra}", self.cluster_toml(name), self.common_toml);
         settings
     }
